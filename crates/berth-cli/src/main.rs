@@ -1,0 +1,262 @@
+//! The `berth` binary: parses the command line, resolves settings, calls the crates.
+
+mod settings;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use settings::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "Build container images on your own machines and ship them"
+)]
+struct Cli {
+    /// Data directory (default: /var/lib/berth for root, else $XDG_DATA_HOME/berth).
+    #[arg(long, global = true, env = "BERTH_ROOT")]
+    root: Option<PathBuf>,
+    /// Config file (default: $XDG_CONFIG_HOME/berth/config.toml).
+    #[arg(long, global = true, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run and maintain berth's OCI registry.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Serve the OCI Distribution API over the store.
+    Serve(ServeArgs),
+    /// Remove blobs no manifest references, and expired upload sessions.
+    Gc(GcArgs),
+    /// Re-hash every blob and report corrupt or missing content.
+    Check,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:5000].
+    #[arg(long, env = "BERTH_REGISTRY_ADDR")]
+    addr: Option<String>,
+    /// TLS certificate chain (PEM); serve HTTPS with --tls-key.
+    #[arg(long, env = "BERTH_REGISTRY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "BERTH_REGISTRY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// htpasswd file with bcrypt entries ('htpasswd -B'); enables basic auth.
+    #[arg(long, env = "BERTH_REGISTRY_HTPASSWD")]
+    htpasswd: Option<PathBuf>,
+    /// TOML rules giving users pull/push/delete per repository pattern.
+    #[arg(long, env = "BERTH_REGISTRY_ACCESS", requires = "htpasswd")]
+    access: Option<PathBuf>,
+    /// Refuse every write.
+    #[arg(long)]
+    read_only: bool,
+    /// Refuse DELETE of manifests, tags and blobs.
+    #[arg(long)]
+    no_delete: bool,
+}
+
+#[derive(Args)]
+struct GcArgs {
+    /// Report what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep unreferenced blobs younger than this (pushes in progress) [e.g. 30m, 1h, 0s].
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    grace: Duration,
+    /// Remove upload sessions idle for this long.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    upload_expiry: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 15m, 1h or 2d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("berth: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::load(cli.root, cli.config.as_deref())?;
+    match cli.command {
+        Command::Registry { command } => match command {
+            RegistryCommand::Serve(args) => serve(&settings, args),
+            RegistryCommand::Gc(args) => gc(&settings, args),
+            RegistryCommand::Check => check(&settings),
+        },
+    }
+}
+
+fn open_store(settings: &Settings) -> Result<berth_store::Store> {
+    berth_store::Store::open(&settings.root).with_context(|| {
+        format!(
+            "open store at {} (set --root or BERTH_ROOT)",
+            settings.root.display()
+        )
+    })
+}
+
+fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
+    let file = &settings.file.registry;
+    let addr = args
+        .addr
+        .or_else(|| file.addr.clone())
+        .unwrap_or_else(|| "127.0.0.1:5000".into());
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("--addr {addr:?} is not host:port"))?;
+    let tls_cert = args.tls_cert.or_else(|| file.tls_cert.clone());
+    let tls_key = args.tls_key.or_else(|| file.tls_key.clone());
+    let htpasswd = args.htpasswd.or_else(|| file.htpasswd.clone());
+    let access = args.access.or_else(|| file.access.clone());
+
+    let store = open_store(settings)?;
+    let mut config = berth_registry::Config::new(store);
+    config.read_only = args.read_only || file.read_only.unwrap_or(false);
+    config.delete_enabled = !args.no_delete && file.delete.unwrap_or(true);
+    if let Some(h) = &htpasswd {
+        config.auth = Some(berth_registry::Auth::load(h, access.as_deref())?);
+    } else if access.is_some() {
+        bail!("an access rules file needs --htpasswd: rules name users, and users need passwords");
+    }
+    let tls = match (&tls_cert, &tls_key) {
+        (Some(c), Some(k)) => Some(berth_registry::tls_acceptor(c, k)?),
+        (None, None) => None,
+        _ => bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)"),
+    };
+    let registry = berth_registry::Registry::new(config);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("listen on {addr}: is another registry running there? choose another --addr")
+        })?;
+        let local = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!(
+            "berth registry listening on {scheme}://{local} (root {})",
+            settings.root.display()
+        );
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        berth_registry::serve(listener, registry.router(), tls, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
+    let store = open_store(settings)?;
+    let report = store.gc(&berth_store::GcOptions {
+        dry_run: args.dry_run,
+        grace: args.grace,
+        upload_expiry: args.upload_expiry,
+    })?;
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for d in &report.removed_blobs {
+        println!("{verb} blob {d}");
+    }
+    for i in &report.removed_ingests {
+        println!("{verb} upload {i}");
+    }
+    println!(
+        "{} live blobs; {verb} {} blobs ({} bytes), {} repository links, {} uploads",
+        report.live_blobs,
+        report.removed_blobs.len(),
+        report.removed_bytes,
+        report.removed_links,
+        report.removed_ingests.len()
+    );
+    Ok(())
+}
+
+fn check(settings: &Settings) -> Result<()> {
+    let store = open_store(settings)?;
+    let report = store.check()?;
+    for d in &report.corrupt {
+        println!("corrupt blob {d}: its content does not hash to its name");
+    }
+    for (repo, d) in &report.missing {
+        println!("missing manifest {d} in repository {repo}");
+    }
+    println!(
+        "{} blobs checked, {} corrupt, {} missing",
+        report.blobs,
+        report.corrupt.len(),
+        report.missing.len()
+    );
+    if !report.corrupt.is_empty() || !report.missing.is_empty() {
+        bail!("store at {} is inconsistent", settings.root.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}

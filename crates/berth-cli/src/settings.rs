@@ -1,0 +1,95 @@
+//! Flags, `BERTH_*` environment variables and `config.toml` become one [`Settings`].
+//! Precedence: flag, then environment (clap reads `BERTH_*` for each flag), then the
+//! config file, then the built-in default.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// `$XDG_CONFIG_HOME/berth/config.toml`, as written by users.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory.
+    pub root: Option<PathBuf>,
+    /// `[registry]` section.
+    #[serde(default)]
+    pub registry: RegistryFile,
+}
+
+/// `[registry]` in config.toml.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    /// Listen address.
+    pub addr: Option<String>,
+    /// PEM certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// htpasswd file with bcrypt entries.
+    pub htpasswd: Option<PathBuf>,
+    /// Rights file.
+    pub access: Option<PathBuf>,
+    /// Refuse writes.
+    pub read_only: Option<bool>,
+    /// Allow deletes (default true).
+    pub delete: Option<bool>,
+}
+
+/// Resolved settings shared by every command.
+#[derive(Debug)]
+pub struct Settings {
+    /// Data directory: the store lives here.
+    pub root: PathBuf,
+    /// The config file as read (empty when absent).
+    pub file: FileConfig,
+}
+
+fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("berth/config.toml"))
+}
+
+fn default_root() -> PathBuf {
+    // SAFETY-free check for root: the effective uid is what decides /var/lib access.
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if is_root {
+        return PathBuf::from("/var/lib/berth");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("berth")
+}
+
+impl Settings {
+    /// Read the config file (an explicit one must exist) and resolve the root.
+    pub fn load(
+        root_flag: Option<PathBuf>,
+        config_flag: Option<&Path>,
+    ) -> anyhow::Result<Settings> {
+        let file = match config_path(config_flag) {
+            Some(p) if p.exists() || config_flag.is_some() => {
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("read config {}", p.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("config {} is not valid", p.display()))?
+            }
+            _ => FileConfig::default(),
+        };
+        let root = root_flag
+            .or_else(|| file.root.clone())
+            .unwrap_or_else(default_root);
+        Ok(Settings { root, file })
+    }
+}

@@ -1,0 +1,16 @@
+//! berth-oci owns the vocabulary every other berth crate speaks: content digests (and
+//! the hashers that make them), OCI and Docker media types, descriptors, the parts of
+//! manifests and indexes a registry must understand, and repository names.
+//!
+//! Manifests are parsed leniently into [`Manifest`]: a registry must store the bytes a
+//! client pushed unchanged (their digest is the manifest's identity), so parsing is only
+//! for finding what a manifest references, never for re-serialising it.
+
+mod digest;
+mod manifest;
+pub mod media_type;
+mod name;
+
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use manifest::{Descriptor, Manifest, ManifestError};
+pub use name::{NameError, validate_repository, validate_tag};

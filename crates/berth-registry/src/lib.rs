@@ -1,0 +1,25 @@
+//! berth-registry owns the OCI Distribution Spec v1.1 HTTP server: routing of the `/v2/`
+//! API (nested repository names included), content negotiation, uploads (monolithic,
+//! chunked, cross-repository mounts), tags, the referrers API and the catalog, basic
+//! authentication with per-repository rights, TLS, request logs and graceful shutdown.
+//! Content and metadata live in a [`berth_store::Store`]; the registry holds nothing but
+//! open upload writers in memory, so it can be killed at any moment.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let store = berth_store::Store::open("/var/lib/berth").unwrap();
+//! let registry = berth_registry::Registry::new(berth_registry::Config::new(store));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
+//! berth_registry::serve(listener, registry.router(), None, std::future::pending()).await
+//! # }
+//! ```
+
+mod auth;
+mod error;
+mod routes;
+mod server;
+
+pub use auth::{Access, AccessRule, Action, Auth, AuthError, BadCredentials};
+pub use error::{Code, RegistryError};
+pub use routes::{Config, Registry};
+pub use server::{TlsError, serve, tls_acceptor};

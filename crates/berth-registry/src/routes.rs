@@ -1,0 +1,1075 @@
+//! The `/v2/` API. Repository names may hold slashes, so routes are recognised by their
+//! *suffix* (`/manifests/<reference>`, `/blobs/uploads/<id>`, `/blobs/<digest>`,
+//! `/tags/list`, `/referrers/<digest>`), the rest being the name, which is then checked
+//! against the spec's grammar before it reaches the store.
+
+use std::collections::HashMap;
+use std::io::SeekFrom;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use berth_oci::{Algorithm, Descriptor, Digest, Manifest, media_type};
+use berth_store::{Store, Writer};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::auth::{Action, Auth};
+use crate::error::{Code, RegistryError};
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// How the registry behaves.
+#[derive(Debug)]
+pub struct Config {
+    /// Where content and metadata live.
+    pub store: Store,
+    /// Refuse every write.
+    pub read_only: bool,
+    /// Allow DELETE of manifests, tags and blobs.
+    pub delete_enabled: bool,
+    /// Authentication and rights; `None` lets everyone do everything.
+    pub auth: Option<Auth>,
+    /// Largest manifest accepted, in bytes.
+    pub max_manifest_bytes: usize,
+}
+
+impl Config {
+    /// Defaults: writable, deletes enabled, no auth, 4 MiB manifests.
+    pub fn new(store: Store) -> Config {
+        Config {
+            store,
+            read_only: false,
+            delete_enabled: true,
+            auth: None,
+            max_manifest_bytes: 4 << 20,
+        }
+    }
+}
+
+/// A registry: configuration plus the upload writers open between requests.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    /// Writers of chunked uploads, kept open between PATCH requests so each chunk is
+    /// hashed once. A request takes its writer out and puts it back when done; after a
+    /// restart the map is empty and the writer is re-opened from disk (re-hashing).
+    uploads: Mutex<HashMap<String, Writer>>,
+}
+
+impl Registry {
+    /// A registry over `config`.
+    pub fn new(config: Config) -> Registry {
+        Registry {
+            inner: Arc::new(Inner {
+                config,
+                uploads: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The axum router serving `/v2/`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .fallback(dispatch)
+            .with_state(self.clone())
+            .layer(axum::middleware::from_fn(crate::server::log_request))
+    }
+
+    fn store(&self) -> &Store {
+        &self.inner.config.store
+    }
+
+    fn take_writer(&self, id: &str) -> Option<Writer> {
+        self.inner.uploads.lock().expect("uploads").remove(id)
+    }
+
+    fn put_writer(&self, w: Writer) {
+        self.inner
+            .uploads
+            .lock()
+            .expect("uploads")
+            .insert(w.reference().to_string(), w);
+    }
+}
+
+#[derive(Debug)]
+enum Route {
+    Base,
+    Catalog,
+    Tags(String),
+    Manifest(String, String),
+    Blob(String, String),
+    Upload(String, Option<String>),
+    Referrers(String, String),
+}
+
+fn parse_route(path: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/v2")?;
+    if rest.is_empty() || rest == "/" {
+        return Some(Route::Base);
+    }
+    let rest = rest.strip_prefix('/')?;
+    if rest == "_catalog" {
+        return Some(Route::Catalog);
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Some(Route::Tags(name.to_string()));
+    }
+    if let Some(name) = rest
+        .strip_suffix("/blobs/uploads")
+        .or_else(|| rest.strip_suffix("/blobs/uploads/"))
+    {
+        return Some(Route::Upload(name.to_string(), None));
+    }
+    let (head, last) = rest.rsplit_once('/')?;
+    let (name, kind) = head.rsplit_once('/')?;
+    let last = last.to_string();
+    match kind {
+        "manifests" => Some(Route::Manifest(name.to_string(), last)),
+        "referrers" => Some(Route::Referrers(name.to_string(), last)),
+        "blobs" => Some(Route::Blob(name.to_string(), last)),
+        "uploads" => {
+            let name = name.strip_suffix("/blobs")?;
+            Some(Route::Upload(name.to_string(), Some(last)))
+        }
+        _ => None,
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    berth_oci::validate_repository(name)
+        .map_err(|e| RegistryError::new(Code::NameInvalid, e.to_string()))
+}
+
+fn parse_digest(s: &str) -> Result<Digest> {
+    s.parse()
+        .map_err(|e: berth_oci::DigestError| RegistryError::new(Code::DigestInvalid, e.to_string()))
+}
+
+fn query_param(req_query: Option<&str>, key: &str) -> Option<String> {
+    req_query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex_val(b[i + 1]), hex_val(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|v| v as u8)
+}
+
+async fn dispatch(State(reg): State<Registry>, req: Request) -> Response {
+    let mut resp = match handle(&reg, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    resp
+}
+
+/// The repository and action a route needs, for the rights check.
+fn required(route: &Route, method: &Method) -> Option<(String, Action)> {
+    let action = match *method {
+        Method::GET | Method::HEAD => Action::Pull,
+        Method::DELETE => Action::Delete,
+        _ => Action::Push,
+    };
+    let name = match route {
+        Route::Base | Route::Catalog => return None,
+        Route::Tags(n)
+        | Route::Manifest(n, _)
+        | Route::Blob(n, _)
+        | Route::Upload(n, _)
+        | Route::Referrers(n, _) => n,
+    };
+    // Reading an upload's status is part of pushing it.
+    let action = match (route, action) {
+        (Route::Upload(..), Action::Pull | Action::Delete) => Action::Push,
+        (_, a) => a,
+    };
+    Some((name.clone(), action))
+}
+
+fn unauthorized(message: &str) -> RegistryError {
+    RegistryError::new(Code::Unauthorized, message)
+        .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"berth\"")
+}
+
+async fn handle(reg: &Registry, req: Request) -> Result<Response> {
+    let cfg = &reg.inner.config;
+    let route = parse_route(req.uri().path()).ok_or_else(|| {
+        RegistryError::new(
+            Code::NameUnknown,
+            format!("no such API endpoint: {}", req.uri().path()),
+        )
+        .with_status(StatusCode::NOT_FOUND)
+    })?;
+    let method = req.method().clone();
+
+    let mut user = None;
+    if let Some(auth) = &cfg.auth {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        user = auth
+            .authenticate(header)
+            .map_err(|e| unauthorized(&e.to_string()))?;
+        match required(&route, &method) {
+            None if user.is_none() && !auth.anonymous_allowed() => {
+                return Err(unauthorized("authentication required"));
+            }
+            None => {}
+            Some((repo, action)) if !auth.allowed(user.as_deref(), &repo, action) => {
+                return Err(match &user {
+                    None => unauthorized("authentication required"),
+                    Some(who) => RegistryError::new(
+                        Code::Denied,
+                        format!(
+                            "user {who:?} may not {} repository {repo}",
+                            format!("{action:?}").to_lowercase()
+                        ),
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    let writes = !matches!(method, Method::GET | Method::HEAD);
+    if writes && cfg.read_only {
+        return Err(RegistryError::new(
+            Code::Unsupported,
+            "this registry is read-only",
+        ));
+    }
+    if method == Method::DELETE && !cfg.delete_enabled && !matches!(route, Route::Upload(..)) {
+        return Err(RegistryError::new(
+            Code::Unsupported,
+            "deletes are disabled on this registry",
+        ));
+    }
+
+    let query = req.uri().query().map(str::to_string);
+    let q = |k: &str| query_param(query.as_deref(), k);
+    match (route, method) {
+        (Route::Base, Method::GET | Method::HEAD) => {
+            Ok(json_response(StatusCode::OK, &serde_json::json!({})))
+        }
+        (Route::Catalog, Method::GET) => catalog(reg, user.as_deref(), q("n"), q("last")),
+        (Route::Tags(name), Method::GET) => tags_list(reg, &name, q("n"), q("last")),
+        (Route::Manifest(name, reference), m @ (Method::GET | Method::HEAD)) => {
+            get_manifest(reg, &name, &reference, req.headers(), m == Method::HEAD)
+        }
+        (Route::Manifest(name, reference), Method::PUT) => {
+            put_manifest(reg, &name, &reference, req).await
+        }
+        (Route::Manifest(name, reference), Method::DELETE) => {
+            delete_manifest(reg, &name, &reference)
+        }
+        (Route::Blob(name, digest), m @ (Method::GET | Method::HEAD)) => {
+            get_blob(reg, &name, &digest, req.headers(), m == Method::HEAD).await
+        }
+        (Route::Blob(name, digest), Method::DELETE) => {
+            check_name(&name)?;
+            let d = parse_digest(&digest)?;
+            if !reg.store().repos().unlink_blob(&name, &d)? {
+                return Err(RegistryError::new(
+                    Code::BlobUnknown,
+                    format!("blob {d} is not in repository {name}"),
+                ));
+            }
+            Ok(empty(StatusCode::ACCEPTED))
+        }
+        (Route::Upload(name, None), Method::POST) => {
+            let user = user.clone();
+            start_upload(
+                reg,
+                &name,
+                q("digest"),
+                q("mount"),
+                q("from"),
+                user.as_deref(),
+                req,
+            )
+            .await
+        }
+        (Route::Upload(name, Some(id)), Method::PATCH) => patch_upload(reg, &name, &id, req).await,
+        (Route::Upload(name, Some(id)), Method::PUT) => {
+            put_upload(reg, &name, &id, q("digest"), req).await
+        }
+        (Route::Upload(name, Some(id)), Method::GET) => {
+            let w = open_upload(reg, &name, &id)?;
+            let resp = upload_accepted(StatusCode::NO_CONTENT, &name, &id, w.offset());
+            reg.put_writer(w);
+            Ok(resp)
+        }
+        (Route::Upload(name, Some(id)), Method::DELETE) => {
+            let w = open_upload(reg, &name, &id)?;
+            drop(w);
+            reg.store().abort(&id)?;
+            Ok(empty(StatusCode::NO_CONTENT))
+        }
+        (Route::Referrers(name, digest), Method::GET) => {
+            referrers(reg, &name, &digest, q("artifactType"))
+        }
+        (_, m) => Err(RegistryError::new(
+            Code::Unsupported,
+            format!("method {m} is not supported on this endpoint"),
+        )),
+    }
+}
+
+fn empty(status: StatusCode) -> Response {
+    let mut r = status.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
+    let body = serde_json::to_vec(v).expect("json");
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn set(r: &mut Response, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+/// Apply `last` and `n` to a sorted list; returns the page and whether more follow.
+fn paginate(
+    items: Vec<String>,
+    n: Option<String>,
+    last: Option<String>,
+) -> Result<(Vec<String>, Option<usize>)> {
+    let n = match n {
+        None => None,
+        Some(s) => Some(s.parse::<usize>().map_err(|_| {
+            RegistryError::new(
+                Code::SizeInvalid,
+                format!("query parameter n={s:?} is not a number"),
+            )
+        })?),
+    };
+    let mut items: Vec<String> = match last {
+        Some(l) => items.into_iter().filter(|t| *t > l).collect(),
+        None => items,
+    };
+    let more = match n {
+        Some(n) if items.len() > n => {
+            items.truncate(n);
+            Some(n)
+        }
+        _ => None,
+    };
+    Ok((items, more))
+}
+
+fn link_next(r: &mut Response, base: &str, page: &[String], n: Option<usize>) {
+    if let (Some(n), Some(last)) = (n, page.last()) {
+        set(
+            r,
+            "link",
+            &format!("<{base}?n={n}&last={last}>; rel=\"next\""),
+        );
+    }
+}
+
+fn catalog(
+    reg: &Registry,
+    user: Option<&str>,
+    n: Option<String>,
+    last: Option<String>,
+) -> Result<Response> {
+    let mut repos = reg.store().repos().repositories()?;
+    if let Some(auth) = &reg.inner.config.auth {
+        repos.retain(|r| auth.allowed(user, r, Action::Pull));
+    }
+    let (page, more) = paginate(repos, n, last)?;
+    let mut r = json_response(StatusCode::OK, &serde_json::json!({ "repositories": page }));
+    link_next(&mut r, "/v2/_catalog", &page, more);
+    Ok(r)
+}
+
+fn tags_list(
+    reg: &Registry,
+    name: &str,
+    n: Option<String>,
+    last: Option<String>,
+) -> Result<Response> {
+    check_name(name)?;
+    let repos = reg.store().repos();
+    let tags = repos.tags(name)?;
+    if tags.is_empty() && repos.manifests(name)?.is_empty() {
+        return Err(RegistryError::new(
+            Code::NameUnknown,
+            format!("repository {name} is not known to this registry"),
+        ));
+    }
+    let (page, more) = paginate(tags, n, last)?;
+    let mut r = json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "name": name, "tags": page }),
+    );
+    link_next(&mut r, &format!("/v2/{name}/tags/list"), &page, more);
+    Ok(r)
+}
+
+/// Resolve a tag or digest to a manifest digest and its media type in `name`.
+fn resolve(reg: &Registry, name: &str, reference: &str) -> Result<(Digest, String)> {
+    let repos = reg.store().repos();
+    let digest = if reference.contains(':') {
+        parse_digest(reference)?
+    } else {
+        berth_oci::validate_tag(reference)
+            .map_err(|e| RegistryError::new(Code::ManifestInvalid, e.to_string()))?;
+        repos.tag(name, reference)?.ok_or_else(|| {
+            RegistryError::new(
+                Code::ManifestUnknown,
+                format!("tag {reference} is not in repository {name}"),
+            )
+        })?
+    };
+    let media_type = repos.manifest(name, &digest)?.ok_or_else(|| {
+        RegistryError::new(
+            Code::ManifestUnknown,
+            format!("manifest {digest} is not in repository {name}"),
+        )
+    })?;
+    Ok((digest, media_type))
+}
+
+/// Whether the client's `Accept` header admits `media_type`. No header (or `*/*`)
+/// admits everything: the bytes are served as pushed, never converted.
+fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    let mut any = false;
+    for v in headers.get_all(header::ACCEPT) {
+        let Ok(v) = v.to_str() else { continue };
+        for t in v.split(',') {
+            any = true;
+            let t = t.split(';').next().unwrap_or("").trim();
+            if t == media_type || t == "*/*" || t == "application/*" || t == "application/json" {
+                return true;
+            }
+        }
+    }
+    !any
+}
+
+fn get_manifest(
+    reg: &Registry,
+    name: &str,
+    reference: &str,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response> {
+    check_name(name)?;
+    let (digest, media_type) = resolve(reg, name, reference)?;
+    if !accepts(headers, &media_type) {
+        return Err(RegistryError::new(
+            Code::ManifestUnknown,
+            format!(
+                "manifest {digest} is a {media_type}, which the request's Accept header does not list"
+            ),
+        ));
+    }
+    let bytes = reg.store().read_blob(&digest)?.ok_or_else(|| {
+        RegistryError::new(
+            Code::ManifestUnknown,
+            format!("manifest {digest} is missing from the store"),
+        )
+    })?;
+    let len = bytes.len();
+    let mut r = if head {
+        Body::empty().into_response()
+    } else {
+        bytes.into_response()
+    };
+    set(&mut r, "content-type", &media_type);
+    set(&mut r, "content-length", &len.to_string());
+    set(&mut r, "docker-content-digest", &digest.to_string());
+    set(&mut r, "etag", &format!("\"{digest}\""));
+    Ok(r)
+}
+
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>> {
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            RegistryError::new(
+                Code::ManifestInvalid,
+                format!("request body ended early: {e}"),
+            )
+        })?;
+        if out.len() + chunk.len() > limit {
+            return Err(RegistryError::new(
+                Code::ManifestInvalid,
+                format!("manifest is larger than this registry's limit of {limit} bytes"),
+            )
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+async fn put_manifest(
+    reg: &Registry,
+    name: &str,
+    reference: &str,
+    req: Request,
+) -> Result<Response> {
+    check_name(name)?;
+    let by_digest = reference.contains(':');
+    let want = if by_digest {
+        Some(parse_digest(reference)?)
+    } else {
+        berth_oci::validate_tag(reference)
+            .map_err(|e| RegistryError::new(Code::ManifestInvalid, e.to_string()))?;
+        None
+    };
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > reg.inner.config.max_manifest_bytes
+    {
+        return Err(RegistryError::new(
+            Code::ManifestInvalid,
+            format!(
+                "manifest of {len} bytes is larger than this registry's limit of {} bytes",
+                reg.inner.config.max_manifest_bytes
+            ),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    let bytes = read_limited(req.into_body(), reg.inner.config.max_manifest_bytes).await?;
+    let (manifest, media_type) = Manifest::parse(&bytes, content_type.as_deref())
+        .map_err(|e| RegistryError::new(Code::ManifestInvalid, e.to_string()))?;
+    let algorithm = want.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
+    let digest = Digest::of(algorithm, &bytes);
+    if let Some(w) = &want
+        && *w != digest
+    {
+        return Err(RegistryError::new(
+            Code::DigestInvalid,
+            format!("manifest was pushed as {w} but its content is {digest}"),
+        ));
+    }
+    let store = reg.store();
+    let repos = store.repos();
+    for d in manifest.blobs() {
+        if d.media_type.contains("nondistributable") || d.media_type.contains("foreign") {
+            continue;
+        }
+        if !repos.has_blob(name, &d.digest)? || store.blob_size(&d.digest)?.is_none() {
+            return Err(RegistryError::new(
+                Code::ManifestBlobUnknown,
+                format!(
+                    "manifest references blob {} which is not in repository {name}; push it first",
+                    d.digest
+                ),
+            )
+            .with_detail(serde_json::json!({ "digest": d.digest })));
+        }
+    }
+    for d in &manifest.manifests {
+        if repos.manifest(name, &d.digest)?.is_none() {
+            return Err(RegistryError::new(
+                Code::ManifestBlobUnknown,
+                format!(
+                    "index references manifest {} which is not in repository {name}; push it first",
+                    d.digest
+                ),
+            )
+            .with_detail(serde_json::json!({ "digest": d.digest })));
+        }
+    }
+    store.put_blob(algorithm, &bytes)?;
+    repos.link_manifest(name, &digest, &media_type)?;
+    if let Some(subject) = &manifest.subject {
+        let descriptor = Descriptor {
+            media_type: media_type.clone(),
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            artifact_type: manifest.referrer_artifact_type(),
+            annotations: manifest.annotations.clone(),
+            platform: None,
+        };
+        repos.add_referrer(name, &subject.digest, &descriptor)?;
+    }
+    if !by_digest {
+        repos.set_tag(name, reference, &digest)?;
+    }
+    let mut r = empty(StatusCode::CREATED);
+    set(
+        &mut r,
+        "location",
+        &format!("/v2/{name}/manifests/{digest}"),
+    );
+    set(&mut r, "docker-content-digest", &digest.to_string());
+    if let Some(subject) = &manifest.subject {
+        set(&mut r, "oci-subject", &subject.digest.to_string());
+    }
+    Ok(r)
+}
+
+fn delete_manifest(reg: &Registry, name: &str, reference: &str) -> Result<Response> {
+    check_name(name)?;
+    let store = reg.store();
+    let repos = store.repos();
+    if !reference.contains(':') {
+        berth_oci::validate_tag(reference)
+            .map_err(|e| RegistryError::new(Code::ManifestInvalid, e.to_string()))?;
+        if !repos.delete_tag(name, reference)? {
+            return Err(RegistryError::new(
+                Code::ManifestUnknown,
+                format!("tag {reference} is not in repository {name}"),
+            ));
+        }
+        return Ok(empty(StatusCode::ACCEPTED));
+    }
+    let digest = parse_digest(reference)?;
+    if repos.manifest(name, &digest)?.is_none() {
+        return Err(RegistryError::new(
+            Code::ManifestUnknown,
+            format!("manifest {digest} is not in repository {name}"),
+        ));
+    }
+    if let Some(bytes) = store.read_blob(&digest)?
+        && let Ok((m, _)) = Manifest::parse(&bytes, None)
+        && let Some(subject) = m.subject
+    {
+        repos.remove_referrer(name, &subject.digest, &digest)?;
+    }
+    repos.unlink_manifest(name, &digest)?;
+    Ok(empty(StatusCode::ACCEPTED))
+}
+
+/// A parsed `Range: bytes=…` against a blob of `size` bytes: `Ok(None)` means the whole
+/// blob (no header, or one we may ignore: several ranges, another unit).
+fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>> {
+    let Some(v) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let unsatisfiable = || {
+        RegistryError::new(
+            Code::RangeInvalid,
+            format!("range {v:?} is outside the blob's {size} bytes"),
+        )
+        .with_header(header::CONTENT_RANGE, format!("bytes */{size}"))
+    };
+    let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| unsatisfiable())?;
+            if n == 0 {
+                return Err(unsatisfiable());
+            }
+            (size.saturating_sub(n), size.saturating_sub(1))
+        }
+        (s, "") => (
+            s.parse().map_err(|_| unsatisfiable())?,
+            size.saturating_sub(1),
+        ),
+        (s, e) => {
+            let s: u64 = s.parse().map_err(|_| unsatisfiable())?;
+            let e: u64 = e.parse().map_err(|_| unsatisfiable())?;
+            (s, e.min(size.saturating_sub(1)))
+        }
+    };
+    if size == 0 || start >= size || end < start {
+        return Err(unsatisfiable());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn get_blob(
+    reg: &Registry,
+    name: &str,
+    digest: &str,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response> {
+    check_name(name)?;
+    let digest = parse_digest(digest)?;
+    let store = reg.store();
+    let unknown = || {
+        RegistryError::new(
+            Code::BlobUnknown,
+            format!("blob {digest} is not in repository {name}"),
+        )
+    };
+    if !store.repos().has_blob(name, &digest)? && store.repos().manifest(name, &digest)?.is_none() {
+        return Err(unknown());
+    }
+    let (file, size) = store.open_blob(&digest)?.ok_or_else(unknown)?;
+    let range = byte_range(headers, size)?;
+    let (status, start, len) = match range {
+        None => (StatusCode::OK, 0, size),
+        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+    };
+    let mut r = if head {
+        Body::empty().into_response()
+    } else {
+        let mut file = tokio::fs::File::from_std(file);
+        if start > 0 {
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(|e| berth_store::Error::Io {
+                    op: "seek blob",
+                    path: store.blob_path(&digest),
+                    source: e,
+                })?;
+        }
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10);
+        Body::from_stream(stream).into_response()
+    };
+    *r.status_mut() = status;
+    set(&mut r, "content-length", &len.to_string());
+    set(&mut r, "content-type", "application/octet-stream");
+    set(&mut r, "docker-content-digest", &digest.to_string());
+    set(&mut r, "accept-ranges", "bytes");
+    set(&mut r, "etag", &format!("\"{digest}\""));
+    if let Some((s, e)) = range {
+        set(&mut r, "content-range", &format!("bytes {s}-{e}/{size}"));
+    }
+    Ok(r)
+}
+
+fn upload_accepted(status: StatusCode, name: &str, id: &str, offset: u64) -> Response {
+    let mut r = empty(status);
+    set(
+        &mut r,
+        "location",
+        &format!("/v2/{name}/blobs/uploads/{id}"),
+    );
+    set(&mut r, "range", &format!("0-{}", offset.saturating_sub(1)));
+    set(&mut r, "docker-upload-uuid", id);
+    r
+}
+
+fn blob_created(name: &str, digest: &Digest) -> Response {
+    let mut r = empty(StatusCode::CREATED);
+    set(&mut r, "location", &format!("/v2/{name}/blobs/{digest}"));
+    set(&mut r, "docker-content-digest", &digest.to_string());
+    r
+}
+
+/// Stream a request body into `w`. On a broken body the bytes received so far stay in
+/// the ingest (its offset says how many), as the spec's resumable uploads expect.
+async fn write_body(w: &mut Writer, body: Body) -> Result<u64> {
+    let mut stream = body.into_data_stream();
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            RegistryError::new(
+                Code::BlobUploadInvalid,
+                format!("upload body ended early after {n} bytes: {e}; resume from the offset the upload reports"),
+            )
+        })?;
+        w.write_all(&chunk)?;
+        n += chunk.len() as u64;
+    }
+    Ok(n)
+}
+
+fn upload_id_ok(id: &str) -> bool {
+    uuid::Uuid::parse_str(id).is_ok()
+}
+
+fn open_upload(reg: &Registry, name: &str, id: &str) -> Result<Writer> {
+    check_name(name)?;
+    let unknown = || {
+        RegistryError::new(
+            Code::BlobUploadUnknown,
+            format!("upload {id} is not known for repository {name}"),
+        )
+    };
+    if !upload_id_ok(id) {
+        return Err(unknown());
+    }
+    let store = reg.store();
+    let info = store.ingest(id)?.ok_or_else(unknown)?;
+    if info.owner.as_deref() != Some(name) {
+        return Err(unknown());
+    }
+    if let Some(w) = reg.take_writer(id) {
+        return Ok(w);
+    }
+    // After a restart: open from disk, re-hashing what was received.
+    Ok(store.writer(id, Algorithm::Sha256)?)
+}
+
+async fn start_upload(
+    reg: &Registry,
+    name: &str,
+    digest: Option<String>,
+    mount: Option<String>,
+    from: Option<String>,
+    user: Option<&str>,
+    req: Request,
+) -> Result<Response> {
+    check_name(name)?;
+    let store = reg.store();
+    if let (Some(mount), Some(from)) = (&mount, &from) {
+        let d = parse_digest(mount)?;
+        let may_read = reg
+            .inner
+            .config
+            .auth
+            .as_ref()
+            .is_none_or(|a| a.allowed(user, from, Action::Pull));
+        if berth_oci::validate_repository(from).is_ok()
+            && may_read
+            && store.repos().has_blob(from, &d)?
+            && store.blob_size(&d)?.is_some()
+        {
+            store.repos().link_blob(name, &d)?;
+            return Ok(blob_created(name, &d));
+        }
+        // Not mountable: fall through to an ordinary upload, as the spec says.
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    if let Some(digest) = digest {
+        let d = parse_digest(&digest)?;
+        let mut w = store.writer(&id, d.algorithm())?;
+        let result = async {
+            write_body(&mut w, req.into_body()).await?;
+            Ok::<_, RegistryError>(w.commit(Some(&d), None)?)
+        }
+        .await;
+        let _ = store.abort(&id);
+        result?;
+        store.repos().link_blob(name, &d)?;
+        return Ok(blob_created(name, &d));
+    }
+    let w = store.writer(&id, Algorithm::Sha256)?;
+    store.set_ingest_owner(&id, name)?;
+    reg.put_writer(w);
+    Ok(upload_accepted(StatusCode::ACCEPTED, name, &id, 0))
+}
+
+/// Check `Content-Range: <start>-<end>` against the upload's offset.
+fn check_content_range(headers: &HeaderMap, name: &str, id: &str, offset: u64) -> Result<()> {
+    let Some(v) = headers
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(());
+    };
+    let spec = v
+        .trim()
+        .trim_start_matches("bytes ")
+        .trim_start_matches("bytes=");
+    let start = spec
+        .split(['-', '/'])
+        .next()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match start {
+        Some(s) if s == offset => Ok(()),
+        _ => Err(RegistryError::new(
+            Code::RangeInvalid,
+            format!("chunk starts at {spec:?} but the upload has {offset} bytes; send the chunk that starts at byte {offset}"),
+        )
+        .with_header(header::LOCATION, format!("/v2/{name}/blobs/uploads/{id}"))
+        .with_header(header::RANGE, format!("0-{}", offset.saturating_sub(1)))),
+    }
+}
+
+async fn patch_upload(reg: &Registry, name: &str, id: &str, req: Request) -> Result<Response> {
+    let mut w = open_upload(reg, name, id)?;
+    if let Err(e) = check_content_range(req.headers(), name, id, w.offset()) {
+        reg.put_writer(w);
+        return Err(e);
+    }
+    let result = write_body(&mut w, req.into_body()).await;
+    let offset = w.offset();
+    reg.put_writer(w);
+    result?;
+    Ok(upload_accepted(StatusCode::ACCEPTED, name, id, offset))
+}
+
+async fn put_upload(
+    reg: &Registry,
+    name: &str,
+    id: &str,
+    digest: Option<String>,
+    req: Request,
+) -> Result<Response> {
+    let mut w = open_upload(reg, name, id)?;
+    let d = match digest.as_deref().map(parse_digest) {
+        Some(Ok(d)) => d,
+        other => {
+            reg.put_writer(w);
+            return Err(match other {
+                Some(Err(e)) => e,
+                _ => RegistryError::new(
+                    Code::DigestInvalid,
+                    "the closing PUT of an upload needs ?digest=<digest>",
+                ),
+            });
+        }
+    };
+    if d.algorithm() != Algorithm::Sha256 {
+        // Writers hash with sha256 until the closing PUT names the algorithm; re-open
+        // with the right one, re-hashing what is on disk.
+        drop(w);
+        w = reg.store().writer(id, d.algorithm())?;
+    }
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "0");
+    if has_body && let Err(e) = check_content_range(req.headers(), name, id, w.offset()) {
+        reg.put_writer(w);
+        return Err(e);
+    }
+    if let Err(e) = write_body(&mut w, req.into_body()).await {
+        reg.put_writer(w);
+        return Err(e);
+    }
+    match w.commit(Some(&d), None) {
+        Ok(_) => {}
+        Err(e) => {
+            // A failed upload is over: its data can never become this digest.
+            let _ = reg.store().abort(id);
+            return Err(e.into());
+        }
+    }
+    reg.store().repos().link_blob(name, &d)?;
+    Ok(blob_created(name, &d))
+}
+
+fn referrers(
+    reg: &Registry,
+    name: &str,
+    digest: &str,
+    artifact_type: Option<String>,
+) -> Result<Response> {
+    check_name(name)?;
+    let subject = parse_digest(digest)?;
+    let mut list = reg.store().repos().referrers(name, &subject)?;
+    if let Some(t) = &artifact_type {
+        list.retain(|d| d.artifact_type.as_deref() == Some(t.as_str()));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_INDEX,
+        "manifests": list,
+    });
+    let mut r = json_response(StatusCode::OK, &index);
+    set(&mut r, "content-type", media_type::OCI_INDEX);
+    if artifact_type.is_some() {
+        set(&mut r, "oci-filters-applied", "artifactType");
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_with_nested_names() {
+        assert!(matches!(parse_route("/v2/"), Some(Route::Base)));
+        assert!(matches!(parse_route("/v2"), Some(Route::Base)));
+        assert!(matches!(parse_route("/v2/_catalog"), Some(Route::Catalog)));
+        assert!(matches!(parse_route("/v2/a/b/tags/list"), Some(Route::Tags(n)) if n == "a/b"));
+        assert!(
+            matches!(parse_route("/v2/a/manifests/x/manifests/latest"), Some(Route::Manifest(n, r)) if n == "a/manifests/x" && r == "latest")
+        );
+        assert!(
+            matches!(parse_route("/v2/a/b/blobs/uploads/"), Some(Route::Upload(n, None)) if n == "a/b")
+        );
+        assert!(
+            matches!(parse_route("/v2/a/blobs/uploads/123"), Some(Route::Upload(n, Some(i))) if n == "a" && i == "123")
+        );
+        assert!(
+            matches!(parse_route("/v2/a/blobs/sha256:00"), Some(Route::Blob(n, d)) if n == "a" && d == "sha256:00")
+        );
+        assert!(
+            matches!(parse_route("/v2/a/referrers/sha256:00"), Some(Route::Referrers(n, _)) if n == "a")
+        );
+        assert!(parse_route("/v3/a").is_none());
+        assert!(parse_route("/v2/a/unknown/x").is_none());
+    }
+
+    #[test]
+    fn ranges() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::RANGE, v.parse().unwrap());
+            m
+        };
+        assert_eq!(byte_range(&HeaderMap::new(), 10).unwrap(), None);
+        assert_eq!(byte_range(&h("bytes=0-3"), 10).unwrap(), Some((0, 3)));
+        assert_eq!(byte_range(&h("bytes=5-"), 10).unwrap(), Some((5, 9)));
+        assert_eq!(byte_range(&h("bytes=-4"), 10).unwrap(), Some((6, 9)));
+        assert_eq!(byte_range(&h("bytes=8-100"), 10).unwrap(), Some((8, 9)));
+        assert!(byte_range(&h("bytes=10-"), 10).is_err());
+        assert!(byte_range(&h("bytes=5-2"), 10).is_err());
+        assert_eq!(byte_range(&h("bytes=0-1,3-4"), 10).unwrap(), None);
+    }
+
+    #[test]
+    fn query_decoding() {
+        assert_eq!(
+            query_param(Some("a=1&digest=sha256%3Aab"), "digest").as_deref(),
+            Some("sha256:ab")
+        );
+        assert_eq!(query_param(Some("n=2"), "last"), None);
+        assert_eq!(percent_decode("%2"), "%2");
+    }
+}

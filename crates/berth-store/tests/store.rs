@@ -1,0 +1,236 @@
+//! Content store behaviour: commit rules, resume, locking, concurrency, metadata, gc.
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use berth_oci::{Algorithm, Descriptor, Digest};
+use berth_store::{Error, ErrorKind, GcOptions, Store};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("root")).unwrap();
+    (dir, s)
+}
+
+#[test]
+fn content_is_invisible_until_commit() {
+    let (_d, s) = store();
+    let want = Digest::sha256(b"layer");
+    let mut w = s.writer("a", Algorithm::Sha256).unwrap();
+    w.write_all(b"layer").unwrap();
+    assert_eq!(s.blob_size(&want).unwrap(), None);
+    assert_eq!(s.blobs().unwrap(), vec![]);
+    let c = w.commit(Some(&want), Some(5)).unwrap();
+    assert!(!c.existed);
+    assert_eq!(s.read_blob(&want).unwrap().unwrap(), b"layer");
+    assert!(s.ingests().unwrap().is_empty(), "commit removes the ingest");
+}
+
+#[test]
+fn wrong_digest_or_size_is_refused_and_names_both_sides() {
+    let (_d, s) = store();
+    let mut w = s.writer("a", Algorithm::Sha256).unwrap();
+    w.write_all(b"actual").unwrap();
+    let claimed = Digest::sha256(b"claimed");
+    let err = w.commit(Some(&claimed), None).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::DigestMismatch { .. }));
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(
+        msg.contains(&claimed.to_string()) && msg.contains(&Digest::sha256(b"actual").to_string()),
+        "{msg}"
+    );
+    assert!(s.blobs().unwrap().is_empty(), "nothing committed");
+
+    let mut w = s.writer("b", Algorithm::Sha256).unwrap();
+    w.write_all(b"12345").unwrap();
+    let err = w.commit(None, Some(4)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SizeMismatch {
+                expected: 4,
+                got: 5
+            }
+        ),
+        "{err}"
+    );
+    assert!(s.blobs().unwrap().is_empty());
+}
+
+#[test]
+fn resume_rehashes_what_is_there() {
+    let (_d, s) = store();
+    let mut w = s.writer("up", Algorithm::Sha512).unwrap();
+    w.write_all(b"first half, ").unwrap();
+    drop(w);
+    let info = s.ingest("up").unwrap().unwrap();
+    assert_eq!(info.offset, 12);
+    let mut w = s.writer("up", Algorithm::Sha512).unwrap();
+    assert_eq!(w.offset(), 12);
+    w.write_all(b"second half").unwrap();
+    let want = Digest::of(Algorithm::Sha512, b"first half, second half");
+    assert_eq!(w.commit(Some(&want), None).unwrap().digest, want);
+    assert!(
+        s.blob_path(&want)
+            .to_string_lossy()
+            .contains("blobs/sha512/")
+    );
+}
+
+#[test]
+fn an_open_ingest_is_locked() {
+    let (_d, s) = store();
+    let _w = s.writer("busy", Algorithm::Sha256).unwrap();
+    let err = s.writer("busy", Algorithm::Sha256).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert_eq!(s.abort("busy").unwrap_err().kind(), ErrorKind::Unavailable);
+}
+
+#[test]
+fn bad_ingest_refs_are_refused() {
+    let (_d, s) = store();
+    for bad in ["", "../x", "a/b", ".hidden"] {
+        assert_eq!(
+            s.writer(bad, Algorithm::Sha256).unwrap_err().kind(),
+            ErrorKind::InvalidArgument,
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn parallel_commits_of_one_blob_all_succeed() {
+    let (_d, s) = store();
+    let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let want = Digest::sha256(&data);
+    let n = 8;
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (s, data, want, barrier) = (s.clone(), data.clone(), want.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut w = s.writer(&format!("w{i}"), Algorithm::Sha256).unwrap();
+                for chunk in data.chunks(7919) {
+                    w.write_all(chunk).unwrap();
+                }
+                barrier.wait();
+                w.commit(Some(&want), Some(data.len() as u64)).unwrap()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap().digest, want);
+    }
+    assert_eq!(s.read_blob(&want).unwrap().unwrap(), data);
+    assert!(s.ingests().unwrap().is_empty());
+    assert!(s.check().unwrap().corrupt.is_empty());
+}
+
+#[test]
+fn tags_manifests_and_referrers() {
+    let (_d, s) = store();
+    let r = s.repos();
+    let m = s.put_blob(Algorithm::Sha256, b"{}").unwrap().digest;
+    r.link_manifest("team/app", &m, "application/vnd.oci.image.manifest.v1+json")
+        .unwrap();
+    r.set_tag("team/app", "v1", &m).unwrap();
+    r.set_tag("team/app", "latest", &m).unwrap();
+    assert_eq!(r.tags("team/app").unwrap(), ["latest", "v1"]);
+    assert_eq!(r.tag("team/app", "v1").unwrap(), Some(m.clone()));
+    assert_eq!(r.repositories().unwrap(), ["team/app"]);
+    let referrer = Descriptor {
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        digest: Digest::sha256(b"sig"),
+        size: 3,
+        artifact_type: Some("application/example".into()),
+        annotations: None,
+        platform: None,
+    };
+    r.add_referrer("team/app", &m, &referrer).unwrap();
+    assert_eq!(r.referrers("team/app", &m).unwrap(), vec![referrer]);
+    assert!(r.unlink_manifest("team/app", &m).unwrap());
+    assert!(
+        r.tags("team/app").unwrap().is_empty(),
+        "deleting a manifest deletes its tags"
+    );
+    assert!(r.set_tag("team/app", "../x", &m).is_err());
+    assert!(r.link_blob("../etc", &m).is_err());
+}
+
+#[test]
+fn gc_sweeps_unreferenced_blobs_and_keeps_referenced_ones() {
+    let (_d, s) = store();
+    let layer = s.put_blob(Algorithm::Sha256, b"layer").unwrap().digest;
+    let config = s
+        .put_blob(Algorithm::Sha256, b"{\"config\":1}")
+        .unwrap()
+        .digest;
+    let orphan = s.put_blob(Algorithm::Sha256, b"orphan").unwrap().digest;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":12}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":5}}]}}"#
+    );
+    let m = s
+        .put_blob(Algorithm::Sha256, manifest.as_bytes())
+        .unwrap()
+        .digest;
+    let r = s.repos();
+    for b in [&layer, &config, &orphan] {
+        r.link_blob("app", b).unwrap();
+    }
+    r.link_manifest("app", &m, "application/vnd.oci.image.manifest.v1+json")
+        .unwrap();
+    let mut stale = s.writer("stale-upload", Algorithm::Sha256).unwrap();
+    stale.write_all(b"partial").unwrap();
+    drop(stale);
+
+    // Within the grace period nothing goes.
+    let report = s.gc(&GcOptions::default()).unwrap();
+    assert!(report.removed_blobs.is_empty(), "{report:?}");
+
+    let now = GcOptions {
+        dry_run: true,
+        grace: Duration::ZERO,
+        upload_expiry: Duration::ZERO,
+    };
+    let dry = s.gc(&now).unwrap();
+    assert_eq!(dry.removed_blobs, vec![orphan.clone()]);
+    assert_eq!(dry.removed_ingests, vec!["stale-upload".to_string()]);
+    assert!(
+        s.blob_size(&orphan).unwrap().is_some(),
+        "dry run removes nothing"
+    );
+
+    let real = s
+        .gc(&GcOptions {
+            dry_run: false,
+            ..now
+        })
+        .unwrap();
+    assert_eq!(real.removed_blobs, vec![orphan.clone()]);
+    assert_eq!(real.removed_bytes, 6);
+    assert_eq!(s.blob_size(&orphan).unwrap(), None);
+    assert!(!r.has_blob("app", &orphan).unwrap());
+    for live in [&layer, &config, &m] {
+        assert!(s.blob_size(live).unwrap().is_some(), "{live} kept");
+    }
+    assert!(s.ingests().unwrap().is_empty());
+    let check = s.check().unwrap();
+    assert!(
+        check.corrupt.is_empty() && check.missing.is_empty(),
+        "{check:?}"
+    );
+}
+
+#[test]
+fn check_finds_corrupt_blobs() {
+    let (_d, s) = store();
+    let d = s.put_blob(Algorithm::Sha256, b"good").unwrap().digest;
+    let path = s.blob_path(&d);
+    let mut perm = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&path, perm).unwrap();
+    std::fs::write(&path, b"evil").unwrap();
+    assert_eq!(s.check().unwrap().corrupt, vec![d]);
+}
