@@ -4,13 +4,16 @@
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
+use futures_util::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -150,12 +153,26 @@ pub async fn serve(
 }
 
 /// One log line per request: method, path, status, bytes in and out, time.
+///
+/// Bytes in are counted as the body is read (chunked uploads carry no Content-Length);
+/// every handler reads its whole body before answering, so the count is complete when
+/// the line is written. Bytes out are the response's Content-Length, which berth always
+/// sets.
 pub(crate) async fn log_request(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let bytes_in = content_length(req.headers());
+    let counted = Arc::new(AtomicU64::new(0));
+    let counter = counted.clone();
+    let req = req.map(|body| {
+        Body::from_stream(body.into_data_stream().inspect(move |chunk| {
+            if let Ok(c) = chunk {
+                counter.fetch_add(c.len() as u64, Ordering::Relaxed);
+            }
+        }))
+    });
     let resp = next.run(req).await;
+    let bytes_in = counted.load(Ordering::Relaxed);
     let bytes_out = content_length(resp.headers());
     tracing::info!(
         target: "berth::access",

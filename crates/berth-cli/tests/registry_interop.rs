@@ -1,0 +1,190 @@
+//! Real clients against `berth registry serve`: skopeo and docker push and pull, TLS
+//! with a CA made here, basic auth. The skopeo round trip also runs against Debian's
+//! docker-registry, so the test itself is checked against the reference registry.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn skopeo_round_trip(addr: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let want = busybox_layout(&src, "v1");
+    let reference = format!("docker://{addr}/team/busybox:v1");
+    run(&mut skopeo_copy(&format!("oci:{}:v1", src.display()), &reference, &[]));
+    let out = dir.path().join("out");
+    run(&mut skopeo_copy(&reference, &format!("oci:{}:v1", out.display()), &[]));
+    assert_eq!(layout_digest(&out), want, "digest survives the round trip");
+    let inspect = run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &reference]));
+    assert!(inspect.contains("application/vnd.oci.image.manifest.v1+json"), "{inspect}");
+    // Converting to Docker schema2 on the way is a different manifest, pushed as such.
+    let docker_ref = format!("docker://{addr}/team/busybox:v2s2");
+    run(&mut skopeo_copy(&format!("oci:{}:v1", src.display()), &docker_ref, &["--format", "v2s2"]));
+    let raw = run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &docker_ref]));
+    assert!(raw.contains("application/vnd.docker.distribution.manifest.v2+json"), "{raw}");
+    let tags = run(Command::new("skopeo").args([
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{addr}/team/busybox"),
+    ]));
+    assert!(tags.contains("\"v1\"") && tags.contains("\"v2s2\""), "{tags}");
+}
+
+#[test]
+fn skopeo_round_trip_against_berth() {
+    if !require("skopeo") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let berth = Berth::serve(root.path(), &[]);
+    skopeo_round_trip(&berth.addr);
+    check_store(root.path());
+}
+
+#[test]
+fn skopeo_round_trip_against_distribution() {
+    if !require("skopeo") {
+        return;
+    }
+    let Some(peer) = Distribution::start() else { return };
+    skopeo_round_trip(&peer.addr);
+}
+
+#[test]
+fn docker_push_and_pull() {
+    if !require("skopeo") || !require_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let berth = Berth::serve(&root, &[]);
+    let src = dir.path().join("src");
+    busybox_layout(&src, "v1");
+    let name = format!("{}/docker-test/busybox", berth.addr);
+    run(&mut skopeo_copy(&format!("oci:{}:v1", src.display()), &format!("docker://{name}:v1"), &[]));
+    let d = docker();
+    run(Command::new(d).args(["pull", &format!("{name}:v1")]));
+    let out = run(Command::new(d).args(["run", "--rm", "--network=none", &format!("{name}:v1"), "echo", "ran from berth"]));
+    assert_eq!(out.trim(), "ran from berth");
+    // docker push to another repository: the layer is mounted, the digest printed by
+    // docker is the one the registry serves.
+    let pushed = format!("{}/docker-test/pushed:latest", berth.addr);
+    run(Command::new(d).args(["tag", &format!("{name}:v1"), &pushed]));
+    let out = run(Command::new(d).args(["push", &pushed]));
+    let digest = out
+        .split_whitespace()
+        .skip_while(|w| *w != "digest:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("docker push printed no digest: {out}"))
+        .to_string();
+    let raw = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{pushed}"),
+    ]));
+    assert_eq!(raw.trim(), digest);
+    // Pull again from scratch, by digest.
+    run(Command::new(d).args(["rmi", "-f", &pushed, &format!("{name}:v1")]));
+    let by_digest = format!("{}/docker-test/pushed@{digest}", berth.addr);
+    run(Command::new(d).args(["pull", &by_digest]));
+    let out = run(Command::new(d).args(["run", "--rm", "--network=none", &by_digest, "cat", "/etc/passwd"]));
+    assert!(out.starts_with("root:x:0:0"), "{out}");
+    let _ = Command::new(d).args(["rmi", "-f", &by_digest]).output();
+    check_store(&root);
+}
+
+/// A CA, and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
+fn make_tls(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "berth test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    // The CA goes alone in `ca/`: skopeo's --cert-dir takes every *.key there as a client key.
+    std::fs::create_dir_all(dir.join("ca")).unwrap();
+    let (ca, crt, k) = (dir.join("ca/ca.crt"), dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (ca, crt, k)
+}
+
+#[test]
+fn tls_and_basic_auth_with_skopeo() {
+    if !require("skopeo") || !require("htpasswd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (_ca, crt, key) = make_tls(&certs);
+    let htpasswd = dir.path().join("htpasswd");
+    run(Command::new("htpasswd").args(["-Bbc"]).arg(&htpasswd).args(["ci", "s3cret"]));
+    let rules = dir.path().join("access.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nusers = [\"ci\"]\nrepositories = [\"ci/*\"]\nactions = [\"pull\", \"push\"]\n",
+    )
+    .unwrap();
+    let root = dir.path().join("root");
+    let berth = Berth::serve(
+        &root,
+        &[
+            "--tls-cert",
+            crt.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--htpasswd",
+            htpasswd.to_str().unwrap(),
+            "--access",
+            rules.to_str().unwrap(),
+        ],
+    );
+    let src = dir.path().join("src");
+    let want = busybox_layout(&src, "v1");
+    let oci = format!("oci:{}:v1", src.display());
+    let dest = format!("docker://{}/ci/busybox:v1", berth.addr);
+    let cadir = certs.join("ca");
+    let certdir = cadir.to_str().unwrap();
+    let copy = |creds: &str, dest: &str, verify_with_ca: bool| {
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--quiet", "--dest-creds", creds]);
+        if verify_with_ca {
+            c.args(["--dest-cert-dir", certdir]);
+        }
+        c.args([oci.as_str(), dest]);
+        c
+    };
+    // Without the CA the certificate is not trusted.
+    let err = run_fails(&mut copy("ci:s3cret", &dest, false));
+    assert!(err.contains("certificate") || err.contains("x509"), "{err}");
+    // Wrong password.
+    let err = run_fails(&mut copy("ci:wrong", &dest, true));
+    assert!(err.contains("401") || err.to_lowercase().contains("unauthorized"), "{err}");
+    // A repository the rules do not grant.
+    let err = run_fails(&mut copy("ci:s3cret", &format!("docker://{}/other/busybox:v1", berth.addr), true));
+    assert!(err.contains("403") || err.to_lowercase().contains("denied"), "{err}");
+    // Right CA, right credentials.
+    run(&mut copy("ci:s3cret", &dest, true));
+    let out = dir.path().join("out");
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--src-creds",
+        "ci:s3cret",
+        "--src-cert-dir",
+        certdir,
+        &dest,
+        &format!("oci:{}:v1", out.display()),
+    ]));
+    assert_eq!(layout_digest(&out), want);
+}
