@@ -13,23 +13,46 @@ fn skopeo_round_trip(addr: &str) {
     let src = dir.path().join("src");
     let want = busybox_layout(&src, "v1");
     let reference = format!("docker://{addr}/team/busybox:v1");
-    run(&mut skopeo_copy(&format!("oci:{}:v1", src.display()), &reference, &[]));
+    run(&mut skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &reference,
+        &[],
+    ));
     let out = dir.path().join("out");
-    run(&mut skopeo_copy(&reference, &format!("oci:{}:v1", out.display()), &[]));
+    run(&mut skopeo_copy(
+        &reference,
+        &format!("oci:{}:v1", out.display()),
+        &[],
+    ));
     assert_eq!(layout_digest(&out), want, "digest survives the round trip");
-    let inspect = run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &reference]));
-    assert!(inspect.contains("application/vnd.oci.image.manifest.v1+json"), "{inspect}");
+    let inspect =
+        run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &reference]));
+    assert!(
+        inspect.contains("application/vnd.oci.image.manifest.v1+json"),
+        "{inspect}"
+    );
     // Converting to Docker schema2 on the way is a different manifest, pushed as such.
     let docker_ref = format!("docker://{addr}/team/busybox:v2s2");
-    run(&mut skopeo_copy(&format!("oci:{}:v1", src.display()), &docker_ref, &["--format", "v2s2"]));
-    let raw = run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &docker_ref]));
-    assert!(raw.contains("application/vnd.docker.distribution.manifest.v2+json"), "{raw}");
+    run(&mut skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &docker_ref,
+        &["--format", "v2s2"],
+    ));
+    let raw =
+        run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &docker_ref]));
+    assert!(
+        raw.contains("application/vnd.docker.distribution.manifest.v2+json"),
+        "{raw}"
+    );
     let tags = run(Command::new("skopeo").args([
         "list-tags",
         "--tls-verify=false",
         &format!("docker://{addr}/team/busybox"),
     ]));
-    assert!(tags.contains("\"v1\"") && tags.contains("\"v2s2\""), "{tags}");
+    assert!(
+        tags.contains("\"v1\"") && tags.contains("\"v2s2\""),
+        "{tags}"
+    );
 }
 
 #[test]
@@ -48,7 +71,9 @@ fn skopeo_round_trip_against_distribution() {
     if !require("skopeo") {
         return;
     }
-    let Some(peer) = Distribution::start() else { return };
+    let Some(peer) = Distribution::start() else {
+        return;
+    };
     skopeo_round_trip(&peer.addr);
 }
 
@@ -63,10 +88,21 @@ fn docker_push_and_pull() {
     let src = dir.path().join("src");
     busybox_layout(&src, "v1");
     let name = format!("{}/docker-test/busybox", berth.addr);
-    run(&mut skopeo_copy(&format!("oci:{}:v1", src.display()), &format!("docker://{name}:v1"), &[]));
+    run(&mut skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &format!("docker://{name}:v1"),
+        &[],
+    ));
     let d = docker();
     run(Command::new(d).args(["pull", &format!("{name}:v1")]));
-    let out = run(Command::new(d).args(["run", "--rm", "--network=none", &format!("{name}:v1"), "echo", "ran from berth"]));
+    let out = run(Command::new(d).args([
+        "run",
+        "--rm",
+        "--network=none",
+        &format!("{name}:v1"),
+        "echo",
+        "ran from berth",
+    ]));
     assert_eq!(out.trim(), "ran from berth");
     // docker push to another repository: the layer is mounted, the digest printed by
     // docker is the one the registry serves.
@@ -91,7 +127,14 @@ fn docker_push_and_pull() {
     run(Command::new(d).args(["rmi", "-f", &pushed, &format!("{name}:v1")]));
     let by_digest = format!("{}/docker-test/pushed@{digest}", berth.addr);
     run(Command::new(d).args(["pull", &by_digest]));
-    let out = run(Command::new(d).args(["run", "--rm", "--network=none", &by_digest, "cat", "/etc/passwd"]));
+    let out = run(Command::new(d).args([
+        "run",
+        "--rm",
+        "--network=none",
+        &by_digest,
+        "cat",
+        "/etc/passwd",
+    ]));
     assert!(out.starts_with("root:x:0:0"), "{out}");
     let _ = Command::new(d).args(["rmi", "-f", &by_digest]).output();
     check_store(&root);
@@ -103,15 +146,22 @@ fn make_tls(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, s
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "berth test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
-    let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
     // The CA goes alone in `ca/`: skopeo's --cert-dir takes every *.key there as a client key.
     std::fs::create_dir_all(dir.join("ca")).unwrap();
-    let (ca, crt, k) = (dir.join("ca/ca.crt"), dir.join("server.crt"), dir.join("server.key"));
+    let (ca, crt, k) = (
+        dir.join("ca/ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    );
     std::fs::write(&ca, ca_cert.pem()).unwrap();
     std::fs::write(&crt, cert.pem()).unwrap();
     std::fs::write(&k, key.serialize_pem()).unwrap();
@@ -128,7 +178,10 @@ fn tls_and_basic_auth_with_skopeo() {
     std::fs::create_dir_all(&certs).unwrap();
     let (_ca, crt, key) = make_tls(&certs);
     let htpasswd = dir.path().join("htpasswd");
-    run(Command::new("htpasswd").args(["-Bbc"]).arg(&htpasswd).args(["ci", "s3cret"]));
+    run(Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args(["ci", "s3cret"]));
     let rules = dir.path().join("access.toml");
     std::fs::write(
         &rules,
@@ -169,10 +222,20 @@ fn tls_and_basic_auth_with_skopeo() {
     assert!(err.contains("certificate") || err.contains("x509"), "{err}");
     // Wrong password.
     let err = run_fails(&mut copy("ci:wrong", &dest, true));
-    assert!(err.contains("401") || err.to_lowercase().contains("unauthorized"), "{err}");
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("unauthorized"),
+        "{err}"
+    );
     // A repository the rules do not grant.
-    let err = run_fails(&mut copy("ci:s3cret", &format!("docker://{}/other/busybox:v1", berth.addr), true));
-    assert!(err.contains("403") || err.to_lowercase().contains("denied"), "{err}");
+    let err = run_fails(&mut copy(
+        "ci:s3cret",
+        &format!("docker://{}/other/busybox:v1", berth.addr),
+        true,
+    ));
+    assert!(
+        err.contains("403") || err.to_lowercase().contains("denied"),
+        "{err}"
+    );
     // Right CA, right credentials.
     run(&mut copy("ci:s3cret", &dest, true));
     let out = dir.path().join("out");

@@ -20,7 +20,13 @@ fn sha256_hex(data: &[u8]) -> String {
 
 /// Open an upload session; returns its Location path.
 fn start_upload(addr: &str, repo: &str) -> String {
-    let resp = raw_request(addr, &format!("POST /v2/{repo}/blobs/uploads/ HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"), &[]);
+    let resp = raw_request(
+        addr,
+        &format!(
+            "POST /v2/{repo}/blobs/uploads/ HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        ),
+        &[],
+    );
     assert!(resp.starts_with("HTTP/1.1 202"), "{resp}");
     header_of(&resp, "location")
 }
@@ -54,8 +60,14 @@ fn kill_9_mid_upload_then_resume_after_restart() {
     let loc = start_upload(&berth.addr, "crash/app");
     // Send half of a PATCH that announces the whole body, then kill the server.
     let mut c = TcpStream::connect(&berth.addr).unwrap();
-    c.write_all(format!("PATCH {loc} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", data.len()).as_bytes())
-        .unwrap();
+    c.write_all(
+        format!(
+            "PATCH {loc} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            data.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     c.write_all(&data[..2_000_000]).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     berth.kill9();
@@ -65,11 +77,18 @@ fn kill_9_mid_upload_then_resume_after_restart() {
     let report = check_store(&root);
     assert!(report.contains("0 blobs checked"), "{report}");
     let berth = Berth::serve(&root, &[]);
-    let status = raw_request(&berth.addr, &format!("GET {loc} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"), &[]);
+    let status = raw_request(
+        &berth.addr,
+        &format!("GET {loc} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+        &[],
+    );
     assert!(status.starts_with("HTTP/1.1 204"), "{status}");
     let range = header_of(&status, "range");
     let have: usize = range.trim_start_matches("0-").parse::<usize>().unwrap() + 1;
-    assert!(have > 0 && have <= 2_000_000, "received {have} bytes before the kill");
+    assert!(
+        have > 0 && have <= 2_000_000,
+        "received {have} bytes before the kill"
+    );
     // Resume from where the server says it is, after the restart.
     let resp = raw_request(
         &berth.addr,
@@ -81,7 +100,10 @@ fn kill_9_mid_upload_then_resume_after_restart() {
         &data[have..],
     );
     assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
-    let blob = reqwest::blocking_get(&format!("http://{}/v2/crash/app/blobs/{digest}", berth.addr));
+    let blob = reqwest::blocking_get(&format!(
+        "http://{}/v2/crash/app/blobs/{digest}",
+        berth.addr
+    ));
     assert_eq!(blob, data);
     check_store(&root);
 }
@@ -89,7 +111,10 @@ fn kill_9_mid_upload_then_resume_after_restart() {
 mod reqwest {
     /// A tiny blocking GET over a runtime of its own (tests here are synchronous).
     pub fn blocking_get(url: &str) -> Vec<u8> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let r = ::reqwest::get(url).await.unwrap();
             assert!(r.status().is_success(), "GET {url}: {}", r.status());
@@ -130,7 +155,11 @@ fn kill_9_during_pushes_leaves_a_consistent_store() {
     let dest = format!("docker://{}/crash/final:v1", berth.addr);
     run(&mut skopeo_copy(&oci, &dest, &[]));
     let out = dir.path().join("out");
-    run(&mut skopeo_copy(&dest, &format!("oci:{}:v1", out.display()), &[]));
+    run(&mut skopeo_copy(
+        &dest,
+        &format!("oci:{}:v1", out.display()),
+        &[],
+    ));
     assert_eq!(layout_digest(&out), want);
     check_store(&root);
 }
@@ -157,7 +186,10 @@ fn sigterm_lets_a_running_upload_finish() {
     berth.sigterm();
     std::thread::sleep(Duration::from_millis(300));
     // The server no longer accepts new connections…
-    assert!(berth.child.try_wait().unwrap().is_none(), "server waits for the running request");
+    assert!(
+        berth.child.try_wait().unwrap().is_none(),
+        "server waits for the running request"
+    );
     assert!(
         TcpStream::connect(&berth.addr).is_err(),
         "listener closed after SIGTERM"
@@ -167,7 +199,9 @@ fn sigterm_lets_a_running_upload_finish() {
     let mut resp = String::new();
     let _ = c.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
-    let status = berth.wait_exit(Duration::from_secs(10)).expect("server exits after draining");
+    let status = berth
+        .wait_exit(Duration::from_secs(10))
+        .expect("server exits after draining");
     assert!(status.success(), "{status}");
     let report = check_store(&root);
     assert!(report.contains("1 blobs checked"), "{report}");
@@ -188,13 +222,21 @@ fn two_processes_share_one_root() {
     // The same image pushed through both at once.
     let pushes: Vec<_> = [&a, &b]
         .iter()
-        .map(|s| skopeo_copy(&oci, &format!("docker://{}/shared/app:v1", s.addr), &[]).spawn().unwrap())
+        .map(|s| {
+            skopeo_copy(&oci, &format!("docker://{}/shared/app:v1", s.addr), &[])
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for mut p in pushes {
         assert!(p.wait().unwrap().success());
     }
     // Pushed through one, pulled through the other.
-    run(&mut skopeo_copy(&oci, &format!("docker://{}/only-a/app:v1", a.addr), &[]));
+    run(&mut skopeo_copy(
+        &oci,
+        &format!("docker://{}/only-a/app:v1", a.addr),
+        &[],
+    ));
     let out = dir.path().join("out");
     run(&mut skopeo_copy(
         &format!("docker://{}/only-a/app:v1", b.addr),
@@ -216,39 +258,72 @@ fn gc_removes_what_no_manifest_references() {
     let src = dir.path().join("src");
     let digest = busybox_layout(&src, "v1");
     let oci = format!("oci:{}:v1", src.display());
-    run(&mut skopeo_copy(&oci, &format!("docker://{}/gc/keep:v1", berth.addr), &[]));
-    run(&mut skopeo_copy(&oci, &format!("docker://{}/gc/drop:v1", berth.addr), &[]));
+    run(&mut skopeo_copy(
+        &oci,
+        &format!("docker://{}/gc/keep:v1", berth.addr),
+        &[],
+    ));
+    run(&mut skopeo_copy(
+        &oci,
+        &format!("docker://{}/gc/drop:v1", berth.addr),
+        &[],
+    ));
     // An orphan blob: uploaded, never referenced.
     let orphan = b"orphan blob".to_vec();
     let od = format!("sha256:{}", sha256_hex(&orphan));
     let resp = raw_request(
         &berth.addr,
-        &format!("POST /v2/gc/drop/blobs/uploads/?digest={od} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", orphan.len()),
+        &format!(
+            "POST /v2/gc/drop/blobs/uploads/?digest={od} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            orphan.len()
+        ),
         &orphan,
     );
     assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
-    let berth_gc = |args: &[&str]| run(Command::new(berth_bin()).arg("--root").arg(&root).args(["registry", "gc"]).args(args));
+    let berth_gc = |args: &[&str]| {
+        run(Command::new(berth_bin())
+            .arg("--root")
+            .arg(&root)
+            .args(["registry", "gc"])
+            .args(args))
+    };
     // Within the default grace period nothing goes.
     let out = berth_gc(&[]);
     assert!(out.contains("removed 0 blobs"), "{out}");
     let dry = berth_gc(&["--dry-run", "--grace", "0s"]);
     assert!(dry.contains(&format!("would remove blob {od}")), "{dry}");
     assert!(dry.contains("would remove 1 blobs"), "{dry}");
-    assert!(root.join("blobs/sha256").join(od.trim_start_matches("sha256:")).exists(), "dry run removes nothing");
+    assert!(
+        root.join("blobs/sha256")
+            .join(od.trim_start_matches("sha256:"))
+            .exists(),
+        "dry run removes nothing"
+    );
     let out = berth_gc(&["--grace", "0s"]);
     assert!(out.contains("removed 1 blobs"), "{out}");
-    assert!(!root.join("blobs/sha256").join(od.trim_start_matches("sha256:")).exists());
+    assert!(
+        !root
+            .join("blobs/sha256")
+            .join(od.trim_start_matches("sha256:"))
+            .exists()
+    );
     // Deleting one repository's manifest keeps the blobs the other still references.
     let resp = raw_request(
         &berth.addr,
-        &format!("DELETE /v2/gc/drop/manifests/{digest} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+        &format!(
+            "DELETE /v2/gc/drop/manifests/{digest} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        ),
         &[],
     );
     assert!(resp.starts_with("HTTP/1.1 202"), "{resp}");
     let out = berth_gc(&["--grace", "0s"]);
     assert!(out.contains("removed 0 blobs"), "{out}");
     let out = dir.path().join("out");
-    run(&mut skopeo_copy(&format!("docker://{}/gc/keep:v1", berth.addr), &format!("oci:{}:v1", out.display()), &[]));
+    run(&mut skopeo_copy(
+        &format!("docker://{}/gc/keep:v1", berth.addr),
+        &format!("oci:{}:v1", out.display()),
+        &[],
+    ));
     assert_eq!(layout_digest(&out), digest);
     check_store(&root);
 }

@@ -82,21 +82,16 @@ impl Repos {
 
     /// Every manifest digest linked in `name`.
     pub fn manifests(&self, name: &str) -> Result<Vec<Digest>> {
-        let dir = self.repo(name)?.join("_manifests");
-        let mut out = Vec::new();
-        for alg in Algorithm::ALL {
-            for hex in list_dir(&dir.join(alg.as_str()))? {
-                if let Ok(d) = format!("{}:{hex}", alg.as_str()).parse() {
-                    out.push(d);
-                }
-            }
-        }
-        Ok(out)
+        self.links(name, "_manifests")
     }
 
     /// Every blob digest linked in `name`.
     pub fn blobs(&self, name: &str) -> Result<Vec<Digest>> {
-        let dir = self.repo(name)?.join("_blobs");
+        self.links(name, "_blobs")
+    }
+
+    fn links(&self, name: &str, kind: &str) -> Result<Vec<Digest>> {
+        let dir = self.repo(name)?.join(kind);
         let mut out = Vec::new();
         for alg in Algorithm::ALL {
             for hex in list_dir(&dir.join(alg.as_str()))? {

@@ -28,12 +28,19 @@ pub fn require(tool: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    found || skip(&format!("{tool} is not installed (scripts/install-test-deps installs it)"))
+    found
+        || skip(&format!(
+            "{tool} is not installed (scripts/install-test-deps installs it)"
+        ))
 }
 
 /// The Docker CLI to use: Debian's docker.io client if present.
 pub fn docker() -> &'static str {
-    if Path::new("/usr/bin/docker").exists() { "/usr/bin/docker" } else { "docker" }
+    if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    }
 }
 
 /// Whether a Docker daemon answers (else skip or fail).
@@ -54,7 +61,9 @@ pub fn repo_root() -> PathBuf {
 
 /// Run a command, panicking with its output when it fails; returns stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -67,14 +76,20 @@ pub fn run(cmd: &mut Command) -> String {
 
 /// Run a command expected to fail; returns its stderr.
 pub fn run_fails(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     assert!(!out.status.success(), "{cmd:?} should have failed");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Make the busybox OCI layout fixture in `dir` with `tag`; returns the manifest digest.
 pub fn busybox_layout(dir: &Path, tag: &str) -> String {
-    let out = run(Command::new(repo_root().join("scripts/make-busybox-layout")).arg(dir).arg(tag));
+    let out = run(
+        Command::new(repo_root().join("scripts/make-busybox-layout"))
+            .arg(dir)
+            .arg(tag),
+    );
     out.trim().to_string()
 }
 
@@ -187,7 +202,11 @@ impl Distribution {
             .spawn()
             .expect("spawn docker-registry");
         wait_listening(&addr);
-        Some(Distribution { child, addr, _dir: dir })
+        Some(Distribution {
+            child,
+            addr,
+            _dir: dir,
+        })
     }
 }
 
@@ -200,14 +219,21 @@ impl Drop for Distribution {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Wait until something accepts connections on `addr`.
 pub fn wait_listening(addr: &str) {
     let start = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "nothing listens on {addr}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nothing listens on {addr}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -215,19 +241,31 @@ pub fn wait_listening(addr: &str) {
 /// `skopeo copy` with TLS verification off (plain HTTP on loopback) plus extra args.
 pub fn skopeo_copy(src: &str, dst: &str, extra: &[&str]) -> Command {
     let mut c = Command::new("skopeo");
-    c.args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false"])
-        .args(extra)
-        .args([src, dst]);
+    c.args([
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+    ])
+    .args(extra)
+    .args([src, dst]);
     c
 }
 
 /// The manifest digest of the single image in an OCI layout's index.json.
 pub fn layout_digest(dir: &Path) -> String {
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    index["manifests"][0]["digest"].as_str().unwrap().to_string()
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// `berth registry check` on a root: panics if the store is inconsistent.
 pub fn check_store(root: &Path) -> String {
-    run(Command::new(berth_bin()).arg("--root").arg(root).args(["registry", "check"]))
+    run(Command::new(berth_bin())
+        .arg("--root")
+        .arg(root)
+        .args(["registry", "check"]))
 }
