@@ -14,3 +14,10 @@ mod name;
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use manifest::{Descriptor, Manifest, ManifestError};
 pub use name::{NameError, validate_repository, validate_tag};
+
+/// The one mount type snapshotter and executor share: a plain value that
+/// berth-snapshot emits (an overlay of layer directories, say) and berth-exec consumes.
+pub use oci_spec::runtime::Mount;
+
+/// oci-spec, re-exported so crates agree on its version.
+pub use oci_spec;

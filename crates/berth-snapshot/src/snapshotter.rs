@@ -1,0 +1,266 @@
+//! Committed layers by chain ID, active snapshots by key.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use berth_oci::{Digest, Mount};
+
+/// Result with the snapshotter's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A snapshot failure. I/O errors name the operation and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A layer is malformed.
+    #[error("bad layer: {0}")]
+    Layer(String),
+    /// A parent snapshot is not there.
+    #[error("snapshot {0} does not exist")]
+    NotFound(String),
+}
+
+pub(crate) fn io_err(op: &'static str, path: &Path, source: io::Error) -> Error {
+    Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The OCI chain ID of a layer with `diff_id` on top of the chain `parent`.
+pub fn chain_id(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+    match parent {
+        None => diff_id.clone(),
+        Some(p) => Digest::sha256(format!("{p} {diff_id}").as_bytes()),
+    }
+}
+
+/// Snapshots under one directory.
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    root: PathBuf,
+}
+
+/// An active snapshot: an upperdir and workdir over committed layers.
+#[derive(Debug)]
+pub struct Active {
+    /// Its key.
+    pub key: String,
+    /// The chain it stands on (`None`: scratch).
+    pub parent: Option<Digest>,
+    /// Where changes land.
+    pub upper: PathBuf,
+    /// overlayfs' work directory.
+    pub work: PathBuf,
+    /// Lower layers, topmost first.
+    pub lowers: Vec<PathBuf>,
+}
+
+impl Active {
+    /// The mount plan for this snapshot as a container's root file system.
+    pub fn mounts(&self) -> Vec<Mount> {
+        let lowers: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let mut m = Mount::default();
+        m.set_destination(PathBuf::from("/"));
+        m.set_typ(Some("overlay".into()));
+        m.set_source(Some(PathBuf::from("overlay")));
+        m.set_options(Some(vec![
+            format!("lowerdir={}", lowers.join(":")),
+            format!("upperdir={}", self.upper.display()),
+            format!("workdir={}", self.work.display()),
+        ]));
+        vec![m]
+    }
+}
+
+impl Snapshotter {
+    /// Open (creating) the snapshotter at `root`, clearing leftovers of dead processes.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Snapshotter> {
+        let root = root.into();
+        for d in ["layers", "active", "tmp", "empty"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(|e| io_err("create directory", &p, e))?;
+        }
+        let s = Snapshotter { root };
+        s.clean_tmp();
+        Ok(s)
+    }
+
+    fn clean_tmp(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: Option<i32> = name.split('-').next().and_then(|p| p.parse().ok());
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    fn layer_dir(&self, chain: &Digest) -> PathBuf {
+        self.root.join("layers").join(chain.hex())
+    }
+
+    /// Whether the layer chain `chain` is unpacked.
+    pub fn exists(&self, chain: &Digest) -> bool {
+        self.layer_dir(chain).join("fs").is_dir()
+    }
+
+    /// The chain's layer directories, topmost first.
+    pub fn lowers(&self, chain: &Digest) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut cur = Some(chain.clone());
+        while let Some(c) = cur {
+            let dir = self.layer_dir(&c);
+            if !dir.join("fs").is_dir() {
+                return Err(Error::NotFound(c.to_string()));
+            }
+            out.push(dir.join("fs"));
+            cur = match fs::read_to_string(dir.join("parent")) {
+                Ok(p) => Some(
+                    p.trim()
+                        .parse()
+                        .map_err(|e| Error::Layer(format!("{}: {e}", dir.display())))?,
+                ),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err("read parent", &dir, e)),
+            };
+        }
+        Ok(out)
+    }
+
+    fn tmp_dir(&self) -> Result<PathBuf> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = self.root.join("tmp").join(format!(
+            "{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(p.join("fs")).map_err(|e| io_err("create directory", &p, e))?;
+        Ok(p)
+    }
+
+    /// Move a prepared directory (holding `fs/`) into place as layer `chain`. If another
+    /// process got there first, its copy wins and ours is dropped.
+    fn install(
+        &self,
+        staged: &Path,
+        chain: &Digest,
+        parent: Option<&Digest>,
+        diff_id: &Digest,
+    ) -> Result<()> {
+        if let Some(p) = parent {
+            fs::write(staged.join("parent"), p.to_string())
+                .map_err(|e| io_err("write parent", staged, e))?;
+        }
+        fs::write(staged.join("diff"), diff_id.to_string())
+            .map_err(|e| io_err("write diff id", staged, e))?;
+        let target = self.layer_dir(chain);
+        match fs::rename(staged, &target) {
+            Ok(()) => Ok(()),
+            Err(_) if target.join("fs").is_dir() => {
+                let _ = fs::remove_dir_all(staged);
+                Ok(())
+            }
+            Err(e) => Err(io_err("install layer", &target, e)),
+        }
+    }
+
+    /// Unpack a layer (uncompressed tar) with `diff_id` on top of `parent`; returns the
+    /// new chain ID. Does nothing if that chain is already unpacked.
+    pub fn apply(
+        &self,
+        parent: Option<&Digest>,
+        diff_id: &Digest,
+        layer: impl io::Read,
+    ) -> Result<Digest> {
+        let chain = chain_id(parent, diff_id);
+        if self.exists(&chain) {
+            return Ok(chain);
+        }
+        if let Some(p) = parent
+            && !self.exists(p)
+        {
+            return Err(Error::NotFound(p.to_string()));
+        }
+        let staged = self.tmp_dir()?;
+        if let Err(e) = crate::apply_layer(&staged.join("fs"), layer) {
+            let _ = fs::remove_dir_all(&staged);
+            return Err(e);
+        }
+        self.install(&staged, &chain, parent, diff_id)?;
+        Ok(chain)
+    }
+
+    /// Start an active snapshot on `parent` (`None`: an empty root).
+    pub fn prepare(&self, key: &str, parent: Option<&Digest>) -> Result<Active> {
+        let lowers = match parent {
+            Some(p) => self.lowers(p)?,
+            None => vec![self.root.join("empty")],
+        };
+        let dir = self.root.join("active").join(key);
+        let (upper, work) = (dir.join("fs"), dir.join("work"));
+        for d in [&upper, &work] {
+            fs::create_dir_all(d).map_err(|e| io_err("create directory", d, e))?;
+        }
+        Ok(Active {
+            key: key.to_string(),
+            parent: parent.cloned(),
+            upper,
+            work,
+            lowers,
+        })
+    }
+
+    /// Commit an active snapshot whose diff has `diff_id` as a layer; returns its chain.
+    pub fn commit(&self, active: Active, diff_id: &Digest) -> Result<Digest> {
+        let chain = chain_id(active.parent.as_ref(), diff_id);
+        let dir = self.root.join("active").join(&active.key);
+        let _ = fs::remove_dir_all(&active.work);
+        if self.exists(&chain) {
+            let _ = fs::remove_dir_all(&dir);
+            return Ok(chain);
+        }
+        self.install(&dir, &chain, active.parent.as_ref(), diff_id)?;
+        Ok(chain)
+    }
+
+    /// Throw an active snapshot away.
+    pub fn remove(&self, active: Active) -> Result<()> {
+        let dir = self.root.join("active").join(&active.key);
+        fs::remove_dir_all(&dir).map_err(|e| io_err("remove snapshot", &dir, e))
+    }
+
+    /// Remove active snapshots no live process owns (their keys start with a pid).
+    pub fn clean_active(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join("active")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: Option<i32> = name.split('-').next().and_then(|p| p.parse().ok());
+            if !pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
