@@ -1,0 +1,106 @@
+//! berth-exec owns running a process in a container: the [`Executor`] trait (a process
+//! over a root file system given as mounts, plus extra mounts), mounting those mount
+//! plans (overlayfs through the new mount API, so deep images do not hit the one-page
+//! limit of classic mount options), and the runc implementation, which writes an OCI
+//! bundle and drives Debian's `runc`.
+//!
+//! Nothing is left behind by a crash: bundles are named `<pid>-<n>`, and opening a
+//! [`Runc`] executor deletes the containers, mounts and bundles of processes that are
+//! gone.
+
+mod mount;
+mod runc;
+
+use std::path::PathBuf;
+
+use berth_oci::Mount;
+
+pub use mount::{MountGuard, mount_rootfs};
+pub use runc::{BundleBuilder, Runc};
+
+/// Result with the executor's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An executor failure (not a non-zero exit, which is a normal outcome).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A mount plan could not be mounted.
+    #[error("mount {what} on {}: {source}", target.display())]
+    Mount {
+        /// Which mount.
+        what: String,
+        /// Where.
+        target: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The request is malformed (bad container id, unsupported mount).
+    #[error("{0}")]
+    Invalid(String),
+    /// The runtime itself failed (not the process in it).
+    #[error("runc failed: {0}")]
+    Runtime(String),
+}
+
+/// Network for the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// The host's network namespace (the build default, as in BuildKit).
+    #[default]
+    Host,
+    /// A namespace of its own with only loopback.
+    None,
+}
+
+/// What to run (after BuildKit's `executor.Meta`).
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    /// argv.
+    pub args: Vec<String>,
+    /// `KEY=value` pairs.
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    pub cwd: String,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// Host name.
+    pub hostname: String,
+    /// Network mode.
+    pub network: Network,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Runs processes in containers.
+pub trait Executor: Send + Sync {
+    /// Run `meta` with `rootfs` mounted as `/` and `mounts` on top; stream its output to
+    /// `output` as it comes, and return its exit code (128+n for a signal n).
+    fn run(
+        &self,
+        rootfs: &[Mount],
+        mounts: &[Mount],
+        meta: &Meta,
+        output: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<i32>;
+}

@@ -1,0 +1,333 @@
+//! The runc executor: an OCI bundle (`config.json` + the mounted rootfs) per process.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use berth_oci::Mount;
+use serde_json::{Value, json};
+
+use crate::{Error, Executor, Meta, Network, Result, Stream, mount_rootfs};
+
+/// The capabilities Docker gives a container by default.
+const CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Writes an OCI runtime bundle's `config.json`.
+///
+/// `BundleBuilder::new(id)?.with_meta(meta).with_mounts(mounts).build(dir)`; the id is
+/// checked up front: 1–128 characters of `[A-Za-z0-9_.-]`, not starting with `.`, which
+/// is what runc accepts as a container id and is safe as a directory name.
+#[derive(Debug, Clone)]
+pub struct BundleBuilder {
+    id: String,
+    meta: Meta,
+    mounts: Vec<Mount>,
+}
+
+impl BundleBuilder {
+    /// Start a bundle for container `id`.
+    pub fn new(id: &str) -> Result<BundleBuilder> {
+        let ok = !id.is_empty()
+            && id.len() <= 128
+            && !id.starts_with('.')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !ok {
+            return Err(Error::Invalid(format!(
+                "container id {id:?} must be 1-128 characters of [A-Za-z0-9_.-], not starting with '.'"
+            )));
+        }
+        Ok(BundleBuilder {
+            id: id.to_string(),
+            meta: Meta::default(),
+            mounts: Vec::new(),
+        })
+    }
+
+    /// The process to run.
+    pub fn with_meta(mut self, meta: &Meta) -> Self {
+        self.meta = meta.clone();
+        self
+    }
+
+    /// Mounts on top of the root file system (cache, secret and bind mounts).
+    pub fn with_mounts(mut self, mounts: &[Mount]) -> Self {
+        self.mounts = mounts.to_vec();
+        self
+    }
+
+    /// The `config.json` document.
+    pub fn config(&self) -> Value {
+        let m = &self.meta;
+        let mut mounts = vec![
+            json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+            json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+            json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+            json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+            json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        ];
+        let mut namespaces = vec![
+            json!({"type": "pid"}),
+            json!({"type": "ipc"}),
+            json!({"type": "uts"}),
+            json!({"type": "mount"}),
+        ];
+        match m.network {
+            Network::Host => {
+                // The host's resolver and hosts file, read-only, as BuildKit does.
+                for f in ["/etc/resolv.conf", "/etc/hosts"] {
+                    if Path::new(f).exists() {
+                        mounts.push(json!({"destination": f, "type": "bind", "source": f, "options": ["rbind", "ro"]}));
+                    }
+                }
+            }
+            Network::None => namespaces.push(json!({"type": "network"})),
+        }
+        for extra in &self.mounts {
+            mounts.push(serde_json::to_value(extra).expect("mounts serialise"));
+        }
+        let cwd = if m.cwd.is_empty() {
+            "/"
+        } else {
+            m.cwd.as_str()
+        };
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": m.uid, "gid": m.gid, "additionalGids": m.additional_gids},
+                "args": m.args,
+                "env": m.env,
+                "cwd": cwd,
+                "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
+                "noNewPrivileges": false
+            },
+            "root": {"path": "rootfs", "readonly": false},
+            "hostname": if m.hostname.is_empty() { "berth" } else { m.hostname.as_str() },
+            "mounts": mounts,
+            "linux": {
+                "namespaces": namespaces,
+                "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                                "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
+                "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            }
+        })
+    }
+
+    /// Write `config.json` into `dir` (whose `rootfs/` the caller mounts).
+    pub fn build(self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join("config.json");
+        let text = serde_json::to_vec_pretty(&self.config()).expect("json");
+        fs::write(&path, text).map_err(|e| Error::Io {
+            op: "write bundle config",
+            path: path.clone(),
+            source: e,
+        })?;
+        Ok(path)
+    }
+
+    /// The container id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Runs processes with Debian's `runc`.
+#[derive(Debug)]
+pub struct Runc {
+    binary: PathBuf,
+    bundles: PathBuf,
+    state: PathBuf,
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error + use<> {
+    let path = path.to_path_buf();
+    move |source| Error::Io { op, path, source }
+}
+
+impl Runc {
+    /// An executor keeping bundles and runc state under `root`, using `runc` from PATH.
+    /// Containers, mounts and bundles left by dead processes are removed first.
+    pub fn new(root: &Path) -> Result<Runc> {
+        let binary = find_runc().ok_or_else(|| {
+            Error::Runtime(
+                "runc is not installed or not on PATH; install it (apt-get install runc)".into(),
+            )
+        })?;
+        let r = Runc {
+            binary,
+            bundles: root.join("bundles"),
+            state: root.join("runc"),
+        };
+        for d in [&r.bundles, &r.state] {
+            fs::create_dir_all(d).map_err(io("create directory", d))?;
+        }
+        r.clean_leftovers();
+        Ok(r)
+    }
+
+    fn clean_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(&self.bundles) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let pid: Option<i32> = id.split('-').next().and_then(|p| p.parse().ok());
+            if pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) {
+                continue;
+            }
+            tracing::info!(id, "removing a container left by a process that is gone");
+            let _ = Command::new(&self.binary)
+                .arg("--root")
+                .arg(&self.state)
+                .args(["delete", "--force", &id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = rustix::mount::unmount(
+                e.path().join("rootfs"),
+                rustix::mount::UnmountFlags::DETACH,
+            );
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn find_runc() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join("runc"))
+        .find(|p| p.is_file())
+}
+
+impl Executor for Runc {
+    fn run(
+        &self,
+        rootfs: &[Mount],
+        mounts: &[Mount],
+        meta: &Meta,
+        output: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<i32> {
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let bundle = self.bundles.join(&id);
+        let root_dir = bundle.join("rootfs");
+        fs::create_dir_all(&root_dir).map_err(io("create bundle", &bundle))?;
+        let result = (|| {
+            let guard = mount_rootfs(rootfs, &root_dir)?;
+            BundleBuilder::new(&id)?
+                .with_meta(meta)
+                .with_mounts(mounts)
+                .build(&bundle)?;
+            let code = self.run_bundle(&id, &bundle, output);
+            guard.unmount()?;
+            code
+        })();
+        if let Err(e) = fs::remove_dir_all(&bundle) {
+            tracing::warn!(bundle = %bundle.display(), error = %e, "bundle not removed");
+        }
+        result
+    }
+}
+
+impl Runc {
+    fn run_bundle(
+        &self,
+        id: &str,
+        bundle: &Path,
+        output: &mut dyn FnMut(Stream, &[u8]),
+    ) -> Result<i32> {
+        // runc's own messages go to a log of their own, so a failure of the runtime is
+        // told apart from the process exiting non-zero.
+        let log = bundle.join("runc.log");
+        let mut child = Command::new(&self.binary)
+            .arg("--root")
+            .arg(&self.state)
+            .arg("--log")
+            .arg(&log)
+            .args(["--log-format", "json", "run", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Runtime(format!("start {}: {e}", self.binary.display())))?;
+        let (tx, rx) = mpsc::channel::<(Stream, Vec<u8>)>();
+        let readers: Vec<_> = [
+            (
+                Stream::Stdout,
+                Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
+            ),
+            (
+                Stream::Stderr,
+                Box::new(child.stderr.take().expect("piped")),
+            ),
+        ]
+        .into_iter()
+        .map(|(stream, mut r)| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 32 << 10];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 || tx.send((stream, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+        drop(tx);
+        for (stream, chunk) in rx {
+            output(stream, &chunk);
+        }
+        for r in readers {
+            let _ = r.join();
+        }
+        let status = child
+            .wait()
+            .map_err(|e| Error::Runtime(format!("wait for runc: {e}")))?;
+        if let Some(msg) = runtime_error(&log) {
+            return Err(Error::Runtime(msg));
+        }
+        use std::os::unix::process::ExitStatusExt;
+        Ok(status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    }
+}
+
+/// The first error runc logged, if any.
+fn runtime_error(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    text.lines().find_map(|l| {
+        let v: Value = serde_json::from_str(l).ok()?;
+        (v["level"] == "error").then(|| v["msg"].as_str().unwrap_or(l).to_string())
+    })
+}

@@ -1,0 +1,244 @@
+//! Processes in real runc containers over real overlay snapshots of a busybox layer
+//! made from Debian's busybox-static.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use berth_exec::{BundleBuilder, Executor, Meta, Network, Runc, Stream};
+use berth_oci::{Digest, Mount};
+use berth_snapshot::{DiffOptions, Snapshotter, diff};
+
+fn ready() -> bool {
+    let strict = std::env::var("BERTH_TEST_STRICT").is_ok_and(|v| v == "1");
+    let missing = if !rustix::process::geteuid().is_root() {
+        Some("root")
+    } else if Command::new("sh")
+        .args(["-c", "command -v runc"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        Some("runc")
+    } else if !Path::new("/bin/busybox").exists() {
+        Some("busybox-static")
+    } else {
+        None
+    };
+    if let Some(m) = missing {
+        assert!(!strict, "{m} is required under BERTH_TEST_STRICT=1");
+        eprintln!("SKIP: needs {m}");
+        return false;
+    }
+    true
+}
+
+/// Unpack the busybox fixture layer; returns the snapshotter and the chain.
+fn busybox(dir: &Path) -> (Snapshotter, Digest) {
+    let layout = dir.join("layout");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-busybox-layout");
+    let out = Command::new(script).arg(&layout).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            layout.join("blobs/sha256").join(
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .trim_start_matches("sha256:"),
+            ),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let data = std::fs::read(layout.join("blobs/sha256").join(layer)).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(data.as_slice()), &mut raw)
+        .unwrap();
+    let diff_id = Digest::sha256(&raw);
+    let snaps = Snapshotter::open(dir.join("snapshots")).unwrap();
+    let chain = snaps.apply(None, &diff_id, raw.as_slice()).unwrap();
+    (snaps, chain)
+}
+
+fn meta(script: &str) -> Meta {
+    Meta {
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: vec!["PATH=/bin".into(), "GREETING=hello".into()],
+        cwd: "/".into(),
+        ..Meta::default()
+    }
+}
+
+fn run(exec: &Runc, rootfs: &[Mount], mounts: &[Mount], meta: &Meta) -> (i32, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = exec
+        .run(rootfs, mounts, meta, &mut |s, b| match s {
+            Stream::Stdout => out.extend_from_slice(b),
+            Stream::Stderr => err.extend_from_slice(b),
+        })
+        .unwrap();
+    (
+        code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+#[test]
+fn a_step_runs_and_its_changes_become_a_layer() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (snaps, chain) = busybox(dir.path());
+    let exec = Runc::new(&dir.path().join("exec")).unwrap();
+    let active = snaps
+        .prepare(&format!("{}-a", std::process::id()), Some(&chain))
+        .unwrap();
+    let (code, out, err) = run(
+        &exec,
+        &active.mounts(),
+        &[],
+        &meta(
+            "echo $GREETING from $(pwd); echo oops >&2; echo new > /created; rm /bin/true; exit 3",
+        ),
+    );
+    assert_eq!(code, 3, "{out} {err}");
+    assert_eq!(out, "hello from /\n");
+    assert_eq!(err, "oops\n");
+    let mut layer = Vec::new();
+    let info = diff(&active.upper, &mut layer, &DiffOptions::default()).unwrap();
+    let mut names = Vec::new();
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(layer.as_slice()));
+    for e in a.entries().unwrap() {
+        names.push(e.unwrap().path().unwrap().display().to_string());
+    }
+    assert!(names.contains(&"created".to_string()), "{names:?}");
+    assert!(names.contains(&"bin/.wh.true".to_string()), "{names:?}");
+    assert!(!info.empty);
+    // No mount and no bundle is left behind.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(dir.path().to_str().unwrap()),
+        "a mount was left behind"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("exec/bundles"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn user_network_and_bind_mounts() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (snaps, chain) = busybox(dir.path());
+    let exec = Runc::new(&dir.path().join("exec")).unwrap();
+    let active = snaps
+        .prepare(&format!("{}-b", std::process::id()), Some(&chain))
+        .unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let mut bind = Mount::default();
+    bind.set_destination(PathBuf::from("/cache"));
+    bind.set_typ(Some("bind".into()));
+    bind.set_source(Some(cache.clone()));
+    bind.set_options(Some(vec!["rbind".into(), "rw".into()]));
+    let mut m = meta("id -u; id -g; ls /sys/class/net; echo kept > /cache/f && cd /tmp && pwd");
+    m.uid = 65534;
+    m.gid = 65534;
+    m.network = Network::None;
+    let (code, out, err) = run(&exec, &active.mounts(), &[bind], &m);
+    assert_eq!(
+        code, 1,
+        "nobody may not write the cache dir owned by root: {out} {err}"
+    );
+    assert!(out.starts_with("65534\n65534\nlo\n"), "{out}");
+    m.uid = 0;
+    m.gid = 0;
+    let mut bind2 = Mount::default();
+    bind2.set_destination(PathBuf::from("/cache"));
+    bind2.set_typ(Some("bind".into()));
+    bind2.set_source(Some(cache.clone()));
+    bind2.set_options(Some(vec!["rbind".into(), "rw".into()]));
+    let (code, out, _) = run(&exec, &active.mounts(), &[bind2], &m);
+    assert_eq!(code, 0);
+    assert!(out.ends_with("/tmp\n"), "{out}");
+    assert_eq!(std::fs::read_to_string(cache.join("f")).unwrap(), "kept\n");
+    // Host network sees more than loopback.
+    let (_, out, _) = run(
+        &exec,
+        &active.mounts(),
+        &[],
+        &meta("ls /sys/class/net | wc -l"),
+    );
+    assert!(out.trim().parse::<u32>().unwrap() >= 1);
+}
+
+#[test]
+fn leftovers_of_dead_processes_are_removed() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("exec/bundles/999999999-0/rootfs");
+    std::fs::create_dir_all(&stale).unwrap();
+    let _exec = Runc::new(&dir.path().join("exec")).unwrap();
+    assert!(!stale.exists());
+}
+
+#[test]
+fn bundle_ids_are_checked() {
+    assert!(BundleBuilder::new("ok-1.a_b").is_ok());
+    for bad in ["", ".x", "a/b", "a b", &"x".repeat(129)] {
+        assert!(BundleBuilder::new(bad).is_err(), "{bad:?}");
+    }
+    let cfg = BundleBuilder::new("x")
+        .unwrap()
+        .with_meta(&Meta {
+            network: Network::None,
+            ..Meta::default()
+        })
+        .config();
+    assert!(
+        cfg["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network")
+    );
+    assert_eq!(cfg["process"]["cwd"], "/");
+}
+
+#[test]
+fn a_runtime_failure_is_an_error_not_an_exit_code() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (snaps, chain) = busybox(dir.path());
+    let exec = Runc::new(&dir.path().join("exec")).unwrap();
+    let active = snaps
+        .prepare(&format!("{}-c", std::process::id()), Some(&chain))
+        .unwrap();
+    let m = Meta {
+        args: vec!["/no/such/binary".into()],
+        ..meta("")
+    };
+    let err = exec
+        .run(&active.mounts(), &[], &m, &mut |_, _| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("/no/such/binary"), "{err}");
+}
