@@ -212,7 +212,7 @@ impl Store {
     /// Record who started an ingest (a registry upload records its repository).
     pub fn set_ingest_owner(&self, reference: &str, owner: &str) -> Result<()> {
         let dir = self.ingest_dir(reference)?;
-        fsutil::write_atomic(&dir.join("owner"), owner.as_bytes())
+        fsutil::write_replace(&dir.join("owner"), owner.as_bytes())
     }
 
     /// Status of an ingest, `None` if there is none.
@@ -284,6 +284,17 @@ impl std::fmt::Debug for Writer {
             .field("reference", &self.reference)
             .field("offset", &self.offset)
             .finish()
+    }
+}
+
+/// Lets a writer be the sink of encoders and `io::copy`.
+impl Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

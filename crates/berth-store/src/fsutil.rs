@@ -33,6 +33,23 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Write `data` to `path` by rename, without fsync: readers still never see a torn
+/// file, and a process crash loses nothing, but a power loss may lose the write. For
+/// records a client re-creates by retrying (a blob link, an upload's owner), where an
+/// fsync per request would cost more than it protects.
+pub(crate) fn write_replace(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("store paths have a parent");
+    fs::create_dir_all(dir).ctx("create directory", dir)?;
+    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), unique()));
+    let result = fs::write(&tmp, data)
+        .ctx("write", &tmp)
+        .and_then(|()| fs::rename(&tmp, path).ctx("rename into place", path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Read a small file, `None` when it does not exist.
 pub(crate) fn read_optional(path: &Path) -> Result<Option<String>> {
     match fs::read_to_string(path) {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use berth_oci::{Algorithm, Descriptor, Digest};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::{list_dir, read_optional, remove_optional, write_atomic};
+use crate::fsutil::{list_dir, read_optional, remove_optional, write_atomic, write_replace};
 
 /// Repository metadata under `root/repositories`.
 #[derive(Clone, Debug)]
@@ -43,7 +43,8 @@ impl Repos {
         if path.exists() {
             return Ok(());
         }
-        write_atomic(&path, b"")
+        // A lost link (power failure) only makes a client push the blob again.
+        write_replace(&path, b"")
     }
 
     /// Whether repository `name` holds blob `digest`.

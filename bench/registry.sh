@@ -1,0 +1,460 @@
+#!/usr/bin/env bash
+# Benchmark berth's registry against Debian's docker-registry (distribution 2.8) on
+# loopback: blob push/pull throughput, chunked push, and manifest HEAD/GET rates.
+#
+# Usage: bench/registry.sh
+#   BERTH_BIN=path     use this berth binary instead of `cargo build --release -p berth-cli`
+#   DIST_BIN=path      distribution binary (default: docker-registry from PATH)
+#   BIG_REPS=3         attempts per 256 MiB measurement (the median is reported)
+#   WRK_SECS=5         duration of each manifest load run (wrk for GET, ab for HEAD)
+#
+# Needs: cargo, curl, wrk, ab (apache2-utils), python3, docker-registry.
+# It fails (non-zero) if any request fails; the ratios are only reported, never enforced.
+# Only 127.0.0.1 is contacted.
+set -euo pipefail
+shopt -s inherit_errexit
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+
+WRK_SECS=${WRK_SECS:-5}
+SMALL_PUSH_REPS=50      # 1 MiB blobs pushed (each a different blob)
+SMALL_PULL_REPS=200     # 1 MiB pulls (cycling over the pushed blobs)
+BIG_REPS=${BIG_REPS:-3} # 256 MiB attempts; the median is reported
+MIB=$((1024 * 1024))
+SMALL=$MIB
+BIG=$((256 * MIB))
+CHUNK=$((16 * MIB))
+REPO=bench
+OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
+SERVERS=(berth distribution)
+
+# Never go through a proxy: everything here is on 127.0.0.1.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+# Options for every curl transfer. `Expect:` stops curl from waiting for
+# `100 Continue` on large bodies, so both servers see the same request shape.
+CURL=(--silent --show-error --noproxy '*' --max-time 300 -H 'Expect:')
+
+declare -A url pid errlog res
+
+log() { echo "== $*" >&2; }
+
+die() {
+	echo "registry.sh: FAILED: $*" >&2
+	local s
+	for s in "${SERVERS[@]}"; do
+		[[ -n ${errlog[$s]:-} && -s ${errlog[$s]} ]] || continue
+		echo "--- last lines of $s stderr:" >&2
+		tail -n 20 "${errlog[$s]}" >&2
+	done
+	exit 1
+}
+
+cleanup() {
+	local s
+	for s in "${!pid[@]}"; do kill "${pid[$s]}" 2>/dev/null || true; done
+	for s in "${!pid[@]}"; do wait "${pid[$s]}" 2>/dev/null || true; done
+	if [[ -n ${work:-} ]]; then rm -rf "$work"; fi
+}
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
+mbps() { awk -v bytes="$1" -v secs="$2" 'BEGIN { printf "%.1f", bytes / secs / 1e6 }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+sha() { echo "sha256:$(sha256sum "$1" | cut -d' ' -f1)"; }
+
+# Overwrite the first bytes of $1 with random ones: a new blob without rewriting it all.
+refresh_blob() { head -c 64 /dev/urandom | dd of="$1" bs=64 count=1 conv=notrunc status=none; }
+
+# --- servers -----------------------------------------------------------------
+
+# Two distinct free ports, both held open while they are chosen.
+free_ports() {
+	python3 -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])'
+}
+
+wait_ready() { # server
+	local s=$1 i code
+	for ((i = 0; i < 200; i++)); do
+		kill -0 "${pid[$s]}" 2>/dev/null || die "$s exited during startup"
+		code=$(curl "${CURL[@]}" -o /dev/null -w '%{http_code}' "${url[$s]}/v2/" 2>/dev/null) || true
+		[[ $code == 200 ]] && return 0
+		sleep 0.1
+	done
+	die "$s did not answer 200 on ${url[$s]}/v2/ within 20 s"
+}
+
+start_berth() { # port
+	local dir=$work/berth
+	mkdir -p "$dir/root"
+	: >"$dir/config.toml" # empty config: ignore the user's own berth config
+	errlog[berth]=$dir/stderr
+	BERTH_LOG=warn "$berth_bin" registry serve --addr "127.0.0.1:$1" --root "$dir/root" \
+		--config "$dir/config.toml" >"$dir/stdout" 2>"${errlog[berth]}" &
+	pid[berth]=$!
+	url[berth]=http://127.0.0.1:$1
+	wait_ready berth
+}
+
+start_distribution() { # port
+	local dir=$work/distribution
+	mkdir -p "$dir/root"
+	# Debian's default config minus auth/health, with request logging off like berth's.
+	cat >"$dir/config.yml" <<-EOF
+		version: 0.1
+		log:
+		  level: warn
+		  accesslog:
+		    disabled: true
+		storage:
+		  cache:
+		    blobdescriptor: inmemory
+		  filesystem:
+		    rootdirectory: $dir/root
+		http:
+		  addr: 127.0.0.1:$1
+	EOF
+	errlog[distribution]=$dir/stderr
+	"$dist_bin" serve "$dir/config.yml" >"$dir/stdout" 2>"${errlog[distribution]}" &
+	pid[distribution]=$!
+	url[distribution]=http://127.0.0.1:$1
+	wait_ready distribution
+}
+
+# --- protocol helpers ----------------------------------------------------------
+
+# Make a Location header absolute; refuse anything that is not this server.
+abs_url() { # server location
+	local base=${url[$1]} loc=$2
+	case $loc in
+	"$base"/*) echo "$loc" ;;
+	/*) echo "$base$loc" ;;
+	*) die "$1 sent Location '$loc', which is not on $base" ;;
+	esac
+}
+
+with_digest() { # url digest
+	if [[ $1 == *\?* ]]; then echo "$1&digest=$2"; else echo "$1?digest=$2"; fi
+}
+
+# POST /v2/<repo>/blobs/uploads/ -> absolute upload URL.
+start_upload() { # server
+	local out
+	out=$(curl "${CURL[@]}" -o /dev/null -X POST -H 'Content-Length: 0' \
+		-w '%{http_code} %header{location}' "${url[$1]}/v2/$REPO/blobs/uploads/") ||
+		die "$1: POST upload: curl failed"
+	[[ ${out%% *} == 202 ]] || die "$1: POST /v2/$REPO/blobs/uploads/ answered ${out%% *}, want 202"
+	abs_url "$1" "${out#* }"
+}
+
+# Monolithic push: POST, then PUT ?digest= with the whole body.
+push_blob() { # server file digest
+	local s=$1 file=$2 digest=$3 loc out
+	loc=$(start_upload "$s")
+	out=$(curl "${CURL[@]}" -o /dev/null -H 'Content-Type: application/octet-stream' \
+		-T "$file" -w '%{http_code} %{size_upload}' "$(with_digest "$loc" "$digest")") ||
+		die "$s: PUT $digest: curl failed"
+	[[ $out == "201 $(stat -c %s "$file")" ]] || die "$s: PUT $digest: got '$out', want '201 <size>'"
+}
+
+# GET one blob to /dev/null; prints seconds (curl's time_total).
+pull_blob() { # server digest size
+	local out
+	out=$(curl "${CURL[@]}" -o /dev/null -w '%{http_code} %{size_download} %{time_total}' \
+		"${url[$1]}/v2/$REPO/blobs/$2") || die "$1: GET blob $2: curl failed"
+	[[ ${out% *} == "200 $3" ]] || die "$1: GET blob $2: got '${out% *}', want '200 $3'"
+	echo "${out##* }"
+}
+
+# Check a curl batch's per-transfer "code size" lines against "$want".
+check_batch() { # server what want output
+	local bad
+	bad=$(grep -vcx -- "$3" <<<"$4") || true
+	[[ $bad == 0 && -n $4 ]] || die "$1: $2: $bad transfer(s) not '$3':"$'\n'"$(grep -vx -- "$3" <<<"$4" | head -5)"
+}
+
+# --- measurements ---------------------------------------------------------------
+
+# N different 1 MiB blobs: one curl for all POSTs, one for all PUTs (keep-alive), so
+# curl's start-up cost does not dominate 1 MiB transfers. Whole loop is timed.
+measure_push_small() { # server
+	local s=$1 i t0 out locs=() post=() put=()
+	for ((i = 0; i < SMALL_PUSH_REPS; i++)); do
+		((i)) && post+=(--next)
+		post+=("${CURL[@]}" -o /dev/null -X POST -H 'Content-Length: 0'
+			-w '%{http_code} %header{location}\n' "${url[$s]}/v2/$REPO/blobs/uploads/")
+	done
+	t0=$(now)
+	out=$(curl "${post[@]}") || die "$s: POST batch: curl failed"
+	mapfile -t locs <<<"$out"
+	((${#locs[@]} == SMALL_PUSH_REPS)) || die "$s: POST batch: ${#locs[@]} answers, want $SMALL_PUSH_REPS"
+	for ((i = 0; i < SMALL_PUSH_REPS; i++)); do
+		[[ ${locs[i]%% *} == 202 ]] || die "$s: POST upload answered '${locs[i]%% *}', want 202"
+		((i)) && put+=(--next)
+		put+=("${CURL[@]}" -o /dev/null -H 'Content-Type: application/octet-stream'
+			-w '%{http_code} %{size_upload}\n' -T "$work/small/$i"
+			"$(with_digest "$(abs_url "$s" "${locs[i]#* }")" "${small_digest[i]}")")
+	done
+	out=$(curl "${put[@]}") || die "$s: PUT batch: curl failed"
+	res[push1|$s]=$(mbps $((SMALL_PUSH_REPS * SMALL)) "$(elapsed "$t0" "$(now)")")
+	check_batch "$s" "PUT 1 MiB blobs" "201 $SMALL" "$out"
+}
+
+# Pull the 1 MiB blobs SMALL_PULL_REPS times in one keep-alive curl; whole loop timed.
+measure_pull_small() { # server
+	local s=$1 i t0 out get=()
+	for ((i = 0; i < SMALL_PULL_REPS; i++)); do
+		((i)) && get+=(--next)
+		get+=("${CURL[@]}" -o /dev/null -w '%{http_code} %{size_download}\n'
+			"${url[$s]}/v2/$REPO/blobs/${small_digest[i % SMALL_PUSH_REPS]}")
+	done
+	t0=$(now)
+	out=$(curl "${get[@]}") || die "$s: GET batch: curl failed"
+	res[pull1|$s]=$(mbps $((SMALL_PULL_REPS * SMALL)) "$(elapsed "$t0" "$(now)")")
+	check_batch "$s" "GET 1 MiB blobs" "200 $SMALL" "$out"
+}
+
+# 256 MiB monolithic push, a fresh blob per attempt (the same one for both servers).
+measure_push_big() {
+	local r s t0 digest
+	declare -A secs
+	for ((r = 0; r < BIG_REPS; r++)); do
+		refresh_blob "$work/big"
+		digest=$(sha "$work/big")
+		for s in "${SERVERS[@]}"; do
+			sync
+			t0=$(now)
+			push_blob "$s" "$work/big" "$digest"
+			secs[$s]+=" $(elapsed "$t0" "$(now)")"
+		done
+	done
+	big_digest=$digest # the last one is pulled below
+	for s in "${SERVERS[@]}"; do
+		# shellcheck disable=SC2086 # word-split the list of times
+		res[push256|$s]=$(mbps "$BIG" "$(median ${secs[$s]})")
+		log "push 256 MiB $s: seconds${secs[$s]}"
+	done
+}
+
+measure_pull_big() {
+	local r s
+	declare -A secs
+	for ((r = 0; r < BIG_REPS; r++)); do
+		for s in "${SERVERS[@]}"; do
+			secs[$s]+=" $(pull_blob "$s" "$big_digest" "$BIG")"
+		done
+	done
+	for s in "${SERVERS[@]}"; do
+		# shellcheck disable=SC2086
+		res[pull256|$s]=$(mbps "$BIG" "$(median ${secs[$s]})")
+		log "pull 256 MiB $s: seconds${secs[$s]}"
+	done
+}
+
+# POST, 16 MiB PATCHes with Content-Range (following Location each time), PUT ?digest=.
+push_chunked() { # server digest; chunks are $work/chunks/*
+	local s=$1 digest=$2 loc off=0 f size out
+	loc=$(start_upload "$s")
+	for f in "$work"/chunks/*; do
+		size=$(stat -c %s "$f")
+		out=$(curl "${CURL[@]}" -o /dev/null -X PATCH -T "$f" \
+			-H 'Content-Type: application/octet-stream' -H "Content-Range: $off-$((off + size - 1))" \
+			-w '%{http_code} %{size_upload} %header{location}' "$loc") ||
+			die "$s: PATCH at $off: curl failed"
+		[[ $out == "202 $size "* ]] || die "$s: PATCH bytes $off-$((off + size - 1)): got '$out', want '202 $size <location>'"
+		loc=$(abs_url "$s" "${out#* * }")
+		off=$((off + size))
+	done
+	out=$(curl "${CURL[@]}" -o /dev/null -X PUT -H 'Content-Length: 0' -w '%{http_code}' \
+		"$(with_digest "$loc" "$digest")") || die "$s: closing PUT: curl failed"
+	[[ $out == 201 ]] || die "$s: closing PUT of chunked upload $digest answered $out, want 201"
+}
+
+measure_push_chunked() {
+	local r s t0 digest
+	declare -A secs
+	for ((r = 0; r < BIG_REPS; r++)); do
+		refresh_blob "$work/big"
+		digest=$(sha "$work/big")
+		rm -rf "$work/chunks" && mkdir "$work/chunks"
+		split -b "$CHUNK" -d -a 3 "$work/big" "$work/chunks/c"
+		for s in "${SERVERS[@]}"; do
+			sync
+			t0=$(now)
+			push_chunked "$s" "$digest"
+			secs[$s]+=" $(elapsed "$t0" "$(now)")"
+		done
+		# Check the assembled blob really is the whole thing.
+		for s in "${SERVERS[@]}"; do pull_blob "$s" "$digest" "$BIG" >/dev/null; done
+	done
+	rm -rf "$work/chunks"
+	for s in "${SERVERS[@]}"; do
+		# shellcheck disable=SC2086
+		res[chunked|$s]=$(mbps "$BIG" "$(median ${secs[$s]})")
+		log "chunked push 256 MiB $s: seconds${secs[$s]}"
+	done
+}
+
+# A small OCI image (config `{}` + one 4 KiB layer) tagged bench:latest.
+push_manifest() { # server
+	local s=$1 out
+	push_blob "$s" "$work/config.json" "$(sha "$work/config.json")"
+	push_blob "$s" "$work/layer" "$(sha "$work/layer")"
+	out=$(curl "${CURL[@]}" -o /dev/null -X PUT -H "Content-Type: $OCI_MANIFEST" \
+		--data-binary @"$work/manifest.json" -w '%{http_code}' "${url[$s]}/v2/$REPO/manifests/latest") ||
+		die "$s: PUT manifest: curl failed"
+	[[ $out == 201 ]] || die "$s: PUT manifest answered $out, want 201"
+	out=$(curl "${CURL[@]}" -o /dev/null -H "Accept: $OCI_MANIFEST" -w '%{http_code} %{size_download}' \
+		"${url[$s]}/v2/$REPO/manifests/latest") || die "$s: GET manifest: curl failed"
+	[[ $out == "200 $(stat -c %s "$work/manifest.json")" ]] || die "$s: GET manifest: got '$out'"
+}
+
+make_manifest() {
+	printf '{}' >"$work/config.json"
+	head -c 4096 /dev/urandom >"$work/layer"
+	cat >"$work/manifest.json" <<-EOF
+		{"schemaVersion":2,"mediaType":"$OCI_MANIFEST",
+		 "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"$(sha "$work/config.json")","size":2},
+		 "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"$(sha "$work/layer")","size":4096}]}
+	EOF
+}
+
+# Manifest GET rate with wrk; fails on any non-2xx answer or socket error.
+measure_manifest_get() { # server threads conns
+	local s=$1 t=$2 c=$3 out
+	out=$(wrk -t"$t" -c"$c" -d"${WRK_SECS}s" -H "Accept: $OCI_MANIFEST" \
+		"${url[$s]}/v2/$REPO/manifests/latest") || die "$s: wrk GET -c$c failed: $out"
+	if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
+		die "$s: wrk GET -c$c saw failures:"$'\n'"$out"
+	fi
+	res[GET$c|$s]=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
+	[[ ${res[GET$c|$s]:-0} != 0 ]] || die "$s: wrk GET -c$c completed no request:"$'\n'"$out"
+}
+
+# Manifest HEAD rate with ab (-i = HEAD, -k = keep-alive). Not wrk: wrk 4.1 does not
+# know a HEAD response has no body, waits for Content-Length bytes and counts 0 requests.
+measure_manifest_head() { # server conns
+	local s=$1 c=$2 out
+	out=$(ab -i -k -q -c "$c" -t "$WRK_SECS" -n 1000000 -H "Accept: $OCI_MANIFEST" \
+		"${url[$s]}/v2/$REPO/manifests/latest" 2>&1) || die "$s: ab HEAD -c$c failed: $out"
+	if ! grep -qE '^Failed requests: +0$' <<<"$out" || grep -q 'Non-2xx' <<<"$out"; then
+		die "$s: ab HEAD -c$c saw failures:"$'\n'"$out"
+	fi
+	res[HEAD$c|$s]=$(awk '/^Requests per second:/ { printf "%.0f", $4 }' <<<"$out")
+	[[ ${res[HEAD$c|$s]:-0} != 0 ]] || die "$s: ab HEAD -c$c completed no request:"$'\n'"$out"
+}
+
+# --- report ---------------------------------------------------------------------
+
+print_table() {
+	# key | label | target ratio
+	local rows=(
+		"push1|blob push 1 MiB, monolithic (MB/s)|2"
+		"push256|blob push 256 MiB, monolithic (MB/s)|2"
+		"chunked|blob push 256 MiB, 16 MiB PATCHes (MB/s)|2"
+		"pull1|blob pull 1 MiB (MB/s)|2"
+		"pull256|blob pull 256 MiB (MB/s)|1"
+		"HEAD1|manifest HEAD, 1 conn, ab (req/s)|2"
+		"HEAD32|manifest HEAD, 32 conns, ab (req/s)|2"
+		"GET1|manifest GET, 1 conn, wrk (req/s)|2"
+		"GET32|manifest GET, 32 conns, wrk (req/s)|2"
+	)
+	local row key label target b d ratio verdict
+	printf '\n%-42s | %10s | %12s | %6s | %6s | %s\n' metric berth distribution ratio target verdict
+	printf '%s\n' "-------------------------------------------+------------+--------------+--------+--------+------------"
+	for row in "${rows[@]}"; do
+		IFS='|' read -r key label target <<<"$row"
+		b=${res[$key|berth]} d=${res[$key|distribution]}
+		ratio=$(awk -v b="$b" -v d="$d" 'BEGIN { printf "%.2f", b / d }')
+		verdict=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r >= t) ? "ok" : "below target" }')
+		printf '%-42s | %10s | %12s | %6s | %6s | %s\n' "$label" "$b" "$d" "${ratio}x" ">=${target}x" "$verdict"
+	done
+	echo
+	echo "ratio = berth / distribution (higher is better); 1 MB = 10^6 bytes."
+	echo "1 MiB: $SMALL_PUSH_REPS pushes / $SMALL_PULL_REPS pulls, whole loop timed (one keep-alive curl per batch);"
+	echo "256 MiB: median of $BIG_REPS, a fresh blob per push; manifest runs ${WRK_SECS} s each:"
+	echo "GET with wrk (-t1 -c1, -t2 -c32), HEAD with ab -i -k (-c1, -c32; wrk 4.1 cannot do HEAD)."
+	echo "Logging: berth BERTH_LOG=warn; distribution log level warn, accesslog disabled;"
+	echo "distribution storage cache: blobdescriptor inmemory (Debian default)."
+}
+
+# Anything the servers logged at warn or above is worth seeing.
+print_server_logs() {
+	local s
+	for s in "${SERVERS[@]}"; do
+		if [[ -s ${errlog[$s]} ]]; then
+			echo
+			echo "$s stderr ($(wc -l <"${errlog[$s]}") lines, last 20):"
+			tail -n 20 "${errlog[$s]}"
+		fi
+	done
+}
+
+# --- main -----------------------------------------------------------------------
+
+main() {
+	local s c port_berth port_dist
+
+	for c in curl wrk ab python3 sha256sum; do
+		command -v "$c" >/dev/null || die "$c is not installed (apt-get install -y curl wrk apache2-utils python3)"
+	done
+	dist_bin=${DIST_BIN:-$(command -v docker-registry || true)}
+	[[ -x $dist_bin ]] || die "docker-registry not found (apt-get install -y docker-registry)"
+	if [[ -n ${BERTH_BIN:-} ]]; then
+		berth_bin=$BERTH_BIN
+	else
+		log "building berth (release)"
+		(cd "$root" && cargo build --release -p berth-cli >&2)
+		berth_bin=$root/target/release/berth
+	fi
+	[[ -x $berth_bin ]] || die "no berth binary at $berth_bin"
+
+	work=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench.XXXXXX")
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM
+
+	read -r port_berth port_dist < <(free_ports)
+	start_berth "$port_berth"
+	start_distribution "$port_dist"
+	log "berth on ${url[berth]}, distribution on ${url[distribution]} ($($dist_bin --version))"
+
+	log "generating test data"
+	mkdir "$work/small"
+	small_digest=()
+	for ((i = 0; i < SMALL_PUSH_REPS; i++)); do
+		head -c "$SMALL" /dev/urandom >"$work/small/$i"
+		small_digest[i]=$(sha "$work/small/$i")
+	done
+	head -c "$BIG" /dev/urandom >"$work/big"
+	make_manifest
+
+	log "blob push/pull 1 MiB"
+	for s in "${SERVERS[@]}"; do measure_push_small "$s"; done
+	for s in "${SERVERS[@]}"; do measure_pull_small "$s"; done
+	log "blob push/pull 256 MiB"
+	measure_push_big
+	measure_pull_big
+	log "chunked push 256 MiB"
+	measure_push_chunked
+
+	log "manifest HEAD (ab) / GET (wrk), ${WRK_SECS} s each"
+	for s in "${SERVERS[@]}"; do push_manifest "$s"; done
+	for s in "${SERVERS[@]}"; do
+		measure_manifest_head "$s" 1
+		measure_manifest_head "$s" 32
+		measure_manifest_get "$s" 1 1
+		measure_manifest_get "$s" 2 32
+	done
+
+	for s in "${SERVERS[@]}"; do
+		kill -0 "${pid[$s]}" 2>/dev/null || die "$s died during the run"
+	done
+	print_table
+	print_server_logs
+}
+
+main "$@"
