@@ -251,3 +251,90 @@ fn tls_and_basic_auth_with_skopeo() {
     ]));
     assert_eq!(layout_digest(&out), want);
 }
+
+#[test]
+fn docker_login_push_pull_over_tls() {
+    if !require("skopeo") || !require("htpasswd") || !require_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, crt, key) = make_tls(&certs);
+    let htpasswd = dir.path().join("htpasswd");
+    run(Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args(["ci", "s3cret"]));
+    let root = dir.path().join("root");
+    let berth = Berth::serve(
+        &root,
+        &[
+            "--tls-cert",
+            crt.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--htpasswd",
+            htpasswd.to_str().unwrap(),
+        ],
+    );
+    // dockerd trusts the test CA for this registry only, through certs.d.
+    let certs_d = std::path::PathBuf::from(format!("/etc/docker/certs.d/{}", berth.addr));
+    std::fs::create_dir_all(&certs_d).unwrap();
+    std::fs::copy(&ca, certs_d.join("ca.crt")).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(certs_d);
+    let docker_config = dir.path().join("docker-config");
+    let d = || {
+        let mut c = Command::new(docker());
+        c.env("DOCKER_CONFIG", &docker_config);
+        c
+    };
+    let src = dir.path().join("src");
+    busybox_layout(&src, "v1");
+    let name = format!("{}/tls/busybox:v1", berth.addr);
+    // Anonymous pulls are refused. (dockerd then retries 127.0.0.0/8 over plain HTTP,
+    // so the message it prints is about that second attempt; its log has the 401.)
+    run_fails(d().args(["pull", &name]));
+    let mut login = d();
+    login
+        .args(["login", "--username", "ci", "--password-stdin", &berth.addr])
+        .stdin(std::process::Stdio::piped());
+    let mut child = login
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"s3cret").unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run(&mut skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &format!("docker://{name}"),
+        &[
+            "--dest-creds",
+            "ci:s3cret",
+            "--dest-cert-dir",
+            certs.join("ca").to_str().unwrap(),
+        ],
+    ));
+    run(d().args(["pull", &name]));
+    let pushed = format!("{}/tls/pushed:v1", berth.addr);
+    run(d().args(["tag", &name, &pushed]));
+    let out = run(d().args(["push", &pushed]));
+    assert!(out.contains("digest: sha256:"), "{out}");
+    let out = run(d().args(["run", "--rm", "--network=none", &pushed, "echo", "over tls"]));
+    assert_eq!(out.trim(), "over tls");
+    let _ = d().args(["rmi", "-f", &name, &pushed]).output();
+    check_store(&root);
+}
