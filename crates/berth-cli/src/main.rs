@@ -1,5 +1,7 @@
 //! The `berth` binary: parses the command line, resolves settings, calls the crates.
 
+mod build;
+mod progress;
 mod settings;
 
 use std::net::SocketAddr;
@@ -30,6 +32,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build an image from a Dockerfile.
+    Build(build::BuildArgs),
+    /// List the images in berth's store.
+    Images,
     /// Run and maintain berth's OCI registry.
     Registry {
         #[command(subcommand)]
@@ -121,6 +127,8 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     let settings = Settings::load(cli.root, cli.config.as_deref())?;
     match cli.command {
+        Command::Build(args) => build::run(&settings, args),
+        Command::Images => build::images(&settings),
         Command::Registry { command } => match command {
             RegistryCommand::Serve(args) => serve(&settings, args),
             RegistryCommand::Gc(args) => gc(&settings, args),

@@ -1,0 +1,150 @@
+//! Exporters: an image into the store under its names, an OCI layout tar, a directory.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use berth_oci::{Algorithm, Digest, media_type};
+use berth_store::Store;
+
+use crate::error::{BuildError, Result};
+use crate::image::{ImageConfig, split_reference};
+use crate::solver::Layer;
+
+/// An image written to the store.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    /// The manifest's digest.
+    pub manifest: Digest,
+    /// The config's digest: the image ID Docker shows.
+    pub config: Digest,
+    /// The manifest bytes.
+    pub manifest_bytes: Vec<u8>,
+}
+
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// OCI media type for a layer blob (Docker's types name the same bytes).
+fn oci_layer_type(t: &str) -> &str {
+    match t {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        }
+        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
+        other => other,
+    }
+}
+
+/// Write config and manifest for `layers` into the store and name the image `tags`.
+pub fn export_image(
+    store: &Store,
+    layers: &[Layer],
+    mut config: ImageConfig,
+    tags: &[String],
+) -> Result<Exported> {
+    config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
+    let config_bytes = serde_json::to_vec(&config).expect("config serialises");
+    let config_digest = store.put_blob(Algorithm::Sha256, &config_bytes)?.digest;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_bytes.len()},
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": oci_layer_type(&l.blob.media_type),
+            "digest": l.blob.digest,
+            "size": l.blob.size,
+        })).collect::<Vec<_>>(),
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
+    let digest = store.put_blob(Algorithm::Sha256, &manifest_bytes)?.digest;
+    let repos = store.repos();
+    for t in tags {
+        let (name, tag, _) = split_reference(t);
+        berth_oci::validate_repository(&name)
+            .and_then(|()| berth_oci::validate_tag(&tag))
+            .map_err(|e| BuildError::Invalid(format!("image name {t:?}: {e}")))?;
+        repos.link_blob(&name, &config_digest)?;
+        for l in layers {
+            repos.link_blob(&name, &l.blob.digest)?;
+        }
+        repos.link_manifest(&name, &digest, media_type::OCI_MANIFEST)?;
+        repos.set_tag(&name, &tag, &digest)?;
+    }
+    Ok(Exported {
+        manifest: digest,
+        config: config_digest,
+        manifest_bytes,
+    })
+}
+
+/// Write an exported image as an OCI image layout in a tar file at `dest` (written to
+/// a temporary name and renamed, so a failed export leaves no partial file).
+pub fn export_oci_tar(
+    store: &Store,
+    image: &Exported,
+    layers: &[Layer],
+    name: Option<&str>,
+    dest: &Path,
+) -> Result<()> {
+    let tmp = dest.with_extension(format!("partial-{}", std::process::id()));
+    let result = (|| {
+        let file = fs::File::create(&tmp)
+            .map_err(|e| BuildError::Io(format!("create {}: {e}", tmp.display())))?;
+        let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+        let add = |tar: &mut tar::Builder<_>, path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            tar.append_data(&mut h, path, data)
+                .map_err(|e| BuildError::Io(format!("write {}: {e}", tmp.display())))
+        };
+        add(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        let mut desc = serde_json::json!({
+            "mediaType": media_type::OCI_MANIFEST,
+            "digest": image.manifest,
+            "size": image.manifest_bytes.len(),
+        });
+        if let Some(n) = name {
+            desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": n});
+        }
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": [desc]});
+        add(
+            &mut tar,
+            "index.json",
+            &serde_json::to_vec(&index).expect("json"),
+        )?;
+        let mut blobs: Vec<Digest> = vec![image.manifest.clone(), image.config.clone()];
+        blobs.extend(layers.iter().map(|l| l.blob.digest.clone()));
+        blobs.dedup();
+        for d in blobs {
+            let (mut f, size) = store
+                .open_blob(&d)?
+                .ok_or_else(|| BuildError::Io(format!("blob {d} is missing from the store")))?;
+            let mut h = tar::Header::new_ustar();
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            tar.append_data(
+                &mut h,
+                format!("blobs/{}/{}", d.algorithm().as_str(), d.hex()),
+                &mut f,
+            )
+            .map_err(|e| BuildError::Io(format!("write {}: {e}", tmp.display())))?;
+        }
+        let mut w = tar
+            .into_inner()
+            .map_err(|e| BuildError::Io(format!("write {}: {e}", tmp.display())))?;
+        w.flush()
+            .map_err(|e| BuildError::Io(format!("write {}: {e}", tmp.display())))?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => fs::rename(&tmp, dest)
+            .map_err(|e| BuildError::Io(format!("rename to {}: {e}", dest.display()))),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! COPY and friends, on real directories: resolving sources (globs, `.dockerignore`),
+//! checksumming them for cache keys, and copying them into a mounted root file system.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use berth_oci::{Algorithm, Digest};
+
+use crate::error::{BuildError, Result};
+use crate::pattern::{Ignore, Pattern, match_component};
+
+/// One matched source: its path relative to the source root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// Relative path (empty for the root itself).
+    pub rel: String,
+}
+
+fn io_err(op: &str, path: &Path, e: io::Error) -> BuildError {
+    BuildError::Io(format!("{op} {}: {e}", path.display()))
+}
+
+/// Resolve COPY sources (paths or globs) under `root`. A plain path that does not exist,
+/// or is excluded, is an error naming it; a glob may match nothing only if another
+/// source matches something.
+pub fn resolve_sources(root: &Path, sources: &[String], ignore: &Ignore) -> Result<Vec<Matched>> {
+    let mut out = Vec::new();
+    for src in sources {
+        let pat = Pattern::new(src);
+        if !pat.has_wildcards() {
+            let rel = pat.path();
+            let path = root.join(&rel);
+            if fs::symlink_metadata(&path).is_err() || (!rel.is_empty() && ignore.excludes(&rel)) {
+                return Err(BuildError::SourceNotFound(src.clone()));
+            }
+            out.push(Matched { rel });
+            continue;
+        }
+        let parts: Vec<String> = pat.path().split('/').map(str::to_string).collect();
+        let mut found = Vec::new();
+        glob_walk(root, "", &parts, ignore, &mut found)?;
+        found.sort();
+        out.extend(found.into_iter().map(|rel| Matched { rel }));
+    }
+    if out.is_empty() {
+        return Err(BuildError::SourceNotFound(sources.join(" ")));
+    }
+    Ok(out)
+}
+
+fn glob_walk(
+    root: &Path,
+    rel: &str,
+    parts: &[String],
+    ignore: &Ignore,
+    out: &mut Vec<String>,
+) -> Result<()> {
+    let Some((first, rest)) = parts.split_first() else {
+        out.push(rel.to_string());
+        return Ok(());
+    };
+    let dir = root.join(rel);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for e in entries {
+        let e = e.map_err(|e| io_err("read directory", &dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let child = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        if ignore.excludes(&child) {
+            continue;
+        }
+        if match_component(first.as_bytes(), name.as_bytes()) {
+            if rest.is_empty() {
+                out.push(child);
+            } else if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                glob_walk(root, &child, rest, ignore, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every path under the matched sources, in order, with ignore rules applied.
+fn walk_matched(
+    root: &Path,
+    matched: &[Matched],
+    ignore: &Ignore,
+    f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<()>,
+) -> Result<()> {
+    fn rec(
+        root: &Path,
+        rel: &str,
+        ignore: &Ignore,
+        f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<()>,
+    ) -> Result<()> {
+        let path = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(rel)
+        };
+        let meta = fs::symlink_metadata(&path).map_err(|e| io_err("stat", &path, e))?;
+        let excluded = !rel.is_empty() && ignore.excludes(rel);
+        if !excluded {
+            f(rel, &path, &meta)?;
+        }
+        if meta.is_dir() && (!excluded || ignore.may_reinclude_below(rel)) {
+            let mut names: Vec<String> = fs::read_dir(&path)
+                .map_err(|e| io_err("read directory", &path, e))?
+                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect();
+            names.sort();
+            for n in names {
+                let child = if rel.is_empty() {
+                    n
+                } else {
+                    format!("{rel}/{n}")
+                };
+                rec(root, &child, ignore, f)?;
+            }
+        }
+        Ok(())
+    }
+    for m in matched {
+        rec(root, &m.rel, ignore, f)?;
+    }
+    Ok(())
+}
+
+/// Content checksum of the matched sources: names, types, modes, link targets and file
+/// contents — never timestamps — so a touched but unchanged file keeps the cache. Also
+/// returns each file's own hash, for cache-miss reasons.
+pub fn checksum(
+    root: &Path,
+    matched: &[Matched],
+    ignore: &Ignore,
+) -> Result<(Digest, Vec<(String, String)>)> {
+    let mut total = Algorithm::Sha256.hasher();
+    let mut files = Vec::new();
+    let mut buf = vec![0u8; 256 << 10];
+    walk_matched(root, matched, ignore, &mut |rel, path, meta| {
+        let ft = meta.file_type();
+        let summary = if ft.is_symlink() {
+            format!(
+                "l {}",
+                fs::read_link(path)
+                    .map_err(|e| io_err("read link", path, e))?
+                    .display()
+            )
+        } else if ft.is_dir() {
+            "d".to_string()
+        } else if ft.is_file() {
+            let mut h = Algorithm::Sha256.hasher();
+            let mut f = fs::File::open(path).map_err(|e| io_err("open", path, e))?;
+            loop {
+                let n = f.read(&mut buf).map_err(|e| io_err("read", path, e))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            format!("f {}", h.finish().hex())
+        } else {
+            "o".to_string()
+        };
+        let line = format!("{rel}\0{:o}\0{summary}\n", meta.mode() & 0o7777);
+        total.update(line.as_bytes());
+        files.push((rel.to_string(), summary));
+        Ok(())
+    })?;
+    Ok((total.finish(), files))
+}
+
+/// How a copy sets ownership and modes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CopyOptions {
+    /// Owner for everything written; `None` keeps the source's owner if `keep_owner`,
+    /// else root.
+    pub chown: Option<(u32, u32)>,
+    /// Mode for everything written.
+    pub chmod: Option<u32>,
+    /// Keep the source's owner (COPY --from a stage) instead of root (the context).
+    pub keep_owner: bool,
+}
+
+/// Resolve `path` (absolute, inside the container) against `root`, following symlinks as
+/// the container would see them, so nothing is written outside `root`.
+pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
+    let mut out = PathBuf::new();
+    let mut pending: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(str::to_string)
+        .collect();
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        match c.as_str() {
+            "." => continue,
+            ".." => {
+                out.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = root.join(&out).join(&c);
+        match fs::read_link(&candidate) {
+            Ok(target) if hops < 40 => {
+                hops += 1;
+                if target.is_absolute() {
+                    out = PathBuf::new();
+                }
+                let comps: Vec<String> = target
+                    .components()
+                    .filter_map(|c| match c {
+                        Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+                        Component::ParentDir => Some("..".into()),
+                        _ => None,
+                    })
+                    .collect();
+                pending.extend(comps.into_iter().rev());
+            }
+            _ => out.push(&c),
+        }
+    }
+    root.join(out)
+}
+
+/// Create `dir` and missing parents inside `root` (0755, owned as `chown` or root).
+pub fn mkdir_all(root: &Path, dir: &str, chown: Option<(u32, u32)>) -> Result<PathBuf> {
+    let mut cur = String::new();
+    for c in dir.split('/').filter(|c| !c.is_empty()) {
+        cur.push('/');
+        cur.push_str(c);
+        let p = resolve_in_root(root, &cur);
+        if !p.exists() {
+            fs::create_dir(&p).map_err(|e| io_err("create directory", &p, e))?;
+            let (u, g) = chown.unwrap_or((0, 0));
+            std::os::unix::fs::lchown(&p, Some(u), Some(g)).map_err(|e| io_err("chown", &p, e))?;
+        }
+    }
+    Ok(resolve_in_root(root, dir))
+}
+
+/// Copy matched sources from `src_root` to `dest` (absolute inside `dst_root`), with
+/// Docker's rules: a directory source copies its contents; one file source goes to
+/// `dest` itself unless `dest` ends in `/` or is a directory; several sources need a
+/// directory destination.
+pub fn copy(
+    src_root: &Path,
+    matched: &[Matched],
+    ignore: &Ignore,
+    dst_root: &Path,
+    dest: &str,
+    opts: CopyOptions,
+) -> Result<()> {
+    let dest_is_dir_hint = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
+    let several = matched.len() > 1;
+    if several && !dest_is_dir_hint && !resolve_in_root(dst_root, dest).is_dir() {
+        return Err(BuildError::Invalid(format!(
+            "COPY with several sources needs a directory destination ending in '/', got {dest:?}"
+        )));
+    }
+    for m in matched {
+        let src = if m.rel.is_empty() {
+            src_root.to_path_buf()
+        } else {
+            src_root.join(&m.rel)
+        };
+        // The top-level source is followed if it is a symlink, as Docker does.
+        let meta = fs::metadata(&src)
+            .or_else(|_| fs::symlink_metadata(&src))
+            .map_err(|e| io_err("stat", &src, e))?;
+        let target_dir_exists = resolve_in_root(dst_root, dest).is_dir();
+        if meta.is_dir() {
+            let dir = mkdir_all(dst_root, dest, opts.chown)?;
+            copy_tree(&src, &m.rel, ignore, &dir, opts)?;
+        } else {
+            let base = Path::new(&m.rel)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let (dir, name) = if dest_is_dir_hint || target_dir_exists || several {
+                (dest.trim_end_matches('/').to_string(), base)
+            } else {
+                let p = Path::new(dest);
+                (
+                    p.parent()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "/".into()),
+                    p.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or(base),
+                )
+            };
+            let dir = mkdir_all(dst_root, &dir, opts.chown)?;
+            copy_entry(&src, &meta, &dir.join(name), opts)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_tree(src: &Path, rel: &str, ignore: &Ignore, dst: &Path, opts: CopyOptions) -> Result<()> {
+    let mut names: Vec<_> = fs::read_dir(src)
+        .map_err(|e| io_err("read directory", src, e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    for n in names {
+        let s = src.join(&n);
+        let child_rel = if rel.is_empty() {
+            n.to_string_lossy().into_owned()
+        } else {
+            format!("{rel}/{}", n.to_string_lossy())
+        };
+        let excluded = ignore.excludes(&child_rel);
+        let meta = fs::symlink_metadata(&s).map_err(|e| io_err("stat", &s, e))?;
+        let d = dst.join(&n);
+        if meta.is_dir() {
+            if excluded && !ignore.may_reinclude_below(&child_rel) {
+                continue;
+            }
+            if !d.is_dir() {
+                let _ = fs::remove_file(&d);
+                fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
+            }
+            copy_tree(&s, &child_rel, ignore, &d, opts)?;
+            set_meta(&d, &meta, opts)?;
+        } else if !excluded {
+            copy_entry(&s, &meta, &d, opts)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_entry(src: &Path, meta: &fs::Metadata, dst: &Path, opts: CopyOptions) -> Result<()> {
+    if let Ok(old) = fs::symlink_metadata(dst) {
+        if old.is_dir() {
+            fs::remove_dir_all(dst).map_err(|e| io_err("replace", dst, e))?;
+        } else {
+            fs::remove_file(dst).map_err(|e| io_err("replace", dst, e))?;
+        }
+    }
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = fs::read_link(src).map_err(|e| io_err("read link", src, e))?;
+        std::os::unix::fs::symlink(&target, dst).map_err(|e| io_err("symlink", dst, e))?;
+    } else if ft.is_file() {
+        fs::copy(src, dst).map_err(|e| io_err("copy", dst, e))?;
+    } else {
+        // Devices, fifos and sockets are not copied by COPY.
+        return Ok(());
+    }
+    set_meta(dst, meta, opts)
+}
+
+fn set_meta(dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
+    let (uid, gid) = opts.chown.unwrap_or(if opts.keep_owner {
+        (meta.uid(), meta.gid())
+    } else {
+        (0, 0)
+    });
+    std::os::unix::fs::lchown(dst, Some(uid), Some(gid)).map_err(|e| io_err("chown", dst, e))?;
+    if !meta.file_type().is_symlink() {
+        let mode = opts.chmod.unwrap_or(meta.mode() & 0o7777);
+        fs::set_permissions(dst, fs::Permissions::from_mode(mode))
+            .map_err(|e| io_err("chmod", dst, e))?;
+        let mtime = rustix::fs::Timespec {
+            tv_sec: meta.mtime(),
+            tv_nsec: meta.mtime_nsec(),
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: mtime,
+            last_modification: mtime,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            dst,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_err("set times", dst, e.into()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_symlinks_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("usr/lib")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib", root.join("lib")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc", root.join("usr/escape")).unwrap();
+        assert_eq!(resolve_in_root(root, "/lib/x"), root.join("usr/lib/x"));
+        assert_eq!(
+            resolve_in_root(root, "/usr/escape/passwd"),
+            root.join("etc/passwd")
+        );
+        assert_eq!(resolve_in_root(root, "/../../x"), root.join("x"));
+    }
+
+    #[test]
+    fn checksums_ignore_timestamps_but_not_content_or_mode() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("src")).unwrap();
+        fs::write(d.path().join("src/a"), "a").unwrap();
+        fs::write(d.path().join("src/ignored.log"), "x").unwrap();
+        let ig = Ignore::parse("src/*.log");
+        let m = resolve_sources(d.path(), &["src".into()], &ig).unwrap();
+        let (c1, files) = checksum(d.path(), &m, &ig).unwrap();
+        assert_eq!(
+            files.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+            ["src", "src/a"]
+        );
+        fs::write(d.path().join("src/ignored.log"), "changed").unwrap();
+        let f = fs::File::options()
+            .write(true)
+            .open(d.path().join("src/a"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(checksum(d.path(), &m, &ig).unwrap().0, c1);
+        fs::write(d.path().join("src/a"), "b").unwrap();
+        assert_ne!(checksum(d.path(), &m, &ig).unwrap().0, c1);
+        assert!(matches!(
+            resolve_sources(d.path(), &["nope".into()], &ig),
+            Err(BuildError::SourceNotFound(_))
+        ));
+        assert!(matches!(
+            resolve_sources(d.path(), &["src/ignored.log".into()], &ig),
+            Err(BuildError::SourceNotFound(_))
+        ));
+        assert_eq!(
+            resolve_sources(d.path(), &["src/*".into()], &ig).unwrap(),
+            [Matched {
+                rel: "src/a".into()
+            }]
+        );
+    }
+}

@@ -1,0 +1,627 @@
+//! Shell-like word expansion, as Dockerfiles use it (BuildKit's `frontend/dockerfile/shell`).
+//!
+//! Parsing keeps every word raw: which variables are visible at an instruction depends on
+//! the ARG and ENV instructions before it and on the build arguments, which only the
+//! lowering step knows. Lowering then calls [`expand`] with a lookup for that scope.
+//!
+//! The rules, which follow the POSIX shell closely enough for Dockerfiles:
+//!
+//! - `$NAME` and `${NAME}` expand to the variable's value, or to nothing if it is unset.
+//! - `${NAME:-word}`: `word` if NAME is unset or empty; `${NAME-word}`: only if unset.
+//! - `${NAME:+word}`: `word` if NAME is set and not empty; `${NAME+word}`: if set.
+//! - `${NAME:?message}` / `${NAME?message}`: an error if NAME is unset (or empty).
+//! - `word` is itself expanded and may be quoted.
+//! - `'single quotes'` keep everything literal; `"double quotes"` still expand `$`.
+//!   Both kinds of quote are removed from the result.
+//! - The escape character (`\`, or `` ` `` after `# escape=``) makes the next character
+//!   literal; inside double quotes only before `"`, `$` and itself.
+//! - A `$` not followed by a name or `{` is a literal `$`.
+//!
+//! Pattern operators (`${NAME#pat}`, `${NAME%pat}`, `${NAME/a/b}`) are not supported yet
+//! and are reported as a bad substitution.
+
+/// Why a word could not be expanded or split. Offsets are byte offsets into the word.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExpandError {
+    /// `${` without its closing `}`.
+    #[error("unterminated ${{...}}: missing '}}'")]
+    UnterminatedBrace {
+        /// Where the `$` is.
+        offset: usize,
+    },
+    /// A quote without its closing quote.
+    #[error("unterminated {quote} quote")]
+    UnterminatedQuote {
+        /// `'` or `"`.
+        quote: char,
+        /// Where the opening quote is.
+        offset: usize,
+    },
+    /// `${}` or an operator we do not know, such as `${A%b}`.
+    #[error("bad substitution {text}")]
+    BadSubstitution {
+        /// The substitution as written (up to the closing brace if there is one).
+        text: String,
+        /// Where the `$` is.
+        offset: usize,
+    },
+    /// `${NAME?message}` with NAME unset (or, for `:?`, empty).
+    #[error("{name}: {message}")]
+    Unset {
+        /// The variable.
+        name: String,
+        /// The word after `?`, or a default message.
+        message: String,
+        /// Where the `$` is.
+        offset: usize,
+    },
+}
+
+impl ExpandError {
+    /// Byte offset in the word where the problem starts.
+    pub fn offset(&self) -> usize {
+        match self {
+            ExpandError::UnterminatedBrace { offset }
+            | ExpandError::UnterminatedQuote { offset, .. }
+            | ExpandError::BadSubstitution { offset, .. }
+            | ExpandError::Unset { offset, .. } => *offset,
+        }
+    }
+
+    /// What the author can do about it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            ExpandError::UnterminatedBrace { .. } => "close the substitution with '}'",
+            ExpandError::UnterminatedQuote { .. } => {
+                "close the quote, or escape it to mean a literal quote"
+            }
+            ExpandError::BadSubstitution { .. } => {
+                "supported forms are $NAME, ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:+alt}, ${NAME+alt} and ${NAME:?message}"
+            }
+            ExpandError::Unset { .. } => "set the variable with ARG, ENV or a build argument",
+        }
+    }
+}
+
+/// Expands `word`: substitutes variables through `lookup`, removes quotes and escapes.
+///
+/// `lookup` returns `None` for an unset variable (which expands to nothing, as in a shell).
+/// `escape` is the Dockerfile's escape character (`\` unless `# escape=` says otherwise).
+///
+/// ```
+/// use berth_build::frontend::dockerfile::expand::expand;
+///
+/// let lookup = |name: &str| (name == "V").then(|| "1.2".to_string());
+/// assert_eq!(expand("app-${V}-'$V'", lookup, '\\').unwrap(), "app-1.2-$V");
+/// assert_eq!(expand("${MISSING:-none}", lookup, '\\').unwrap(), "none");
+/// ```
+pub fn expand(
+    word: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+    escape: char,
+) -> Result<String, ExpandError> {
+    let mut expander = Expander::new(word, escape, lookup, true);
+    expander.word(false)
+}
+
+/// The names of the variables `word` refers to, in order of first appearance, including
+/// those only reached through an operator (`B` in `${A:-$B}`).
+///
+/// Lowering uses this to say *why* a cache key changed ("ARG VERSION changed"), and to
+/// know which build arguments an instruction depends on.
+///
+/// ```
+/// use berth_build::frontend::dockerfile::expand::referenced_vars;
+///
+/// let names = referenced_vars("$A-${B:-$C}-'$D'-\\$E", '\\').unwrap();
+/// assert_eq!(names, ["A", "B", "C"]);
+/// ```
+pub fn referenced_vars(word: &str, escape: char) -> Result<Vec<String>, ExpandError> {
+    let mut expander = Expander::new(word, escape, |_: &str| None, false);
+    expander.word(false)?;
+    Ok(expander.referenced)
+}
+
+/// A raw word of an instruction's arguments, as [`split_words`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Word {
+    /// The word as written: quotes and escapes are kept, for [`expand`] to process.
+    pub text: String,
+    /// Byte offset of the word's first character in the split text.
+    pub offset: usize,
+}
+
+/// Splits `text` at whitespace that is neither quoted nor escaped, keeping each word raw.
+///
+/// This is how ENV, ARG and LABEL find their `key=value` pairs: `k="a b" k2=c` is two
+/// words, `k="a b"` and `k2=c`. A trailing lone escape character is dropped; an
+/// unterminated quote is an error.
+///
+/// ```
+/// use berth_build::frontend::dockerfile::expand::split_words;
+///
+/// let words = split_words(r#"a="b c" d\ e"#, '\\').unwrap();
+/// let texts: Vec<_> = words.iter().map(|w| w.text.as_str()).collect();
+/// assert_eq!(texts, [r#"a="b c""#, r"d\ e"]);
+/// assert_eq!(words[1].offset, 8);
+/// ```
+pub fn split_words(text: &str, escape: char) -> Result<Vec<Word>, ExpandError> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut start = None;
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c.is_whitespace() {
+            if let Some(offset) = start.take() {
+                words.push(Word {
+                    text: std::mem::take(&mut current),
+                    offset,
+                });
+            }
+            continue;
+        }
+        start.get_or_insert(i);
+        if c == escape {
+            if let Some((_, next)) = chars.next() {
+                current.push(c);
+                current.push(next);
+            }
+            continue;
+        }
+        current.push(c);
+        if c == '\'' || c == '"' {
+            loop {
+                match chars.next() {
+                    None => {
+                        return Err(ExpandError::UnterminatedQuote {
+                            quote: c,
+                            offset: i,
+                        });
+                    }
+                    Some((_, q)) if q == c => {
+                        current.push(q);
+                        break;
+                    }
+                    // Single quotes keep everything literal, even the escape character.
+                    Some((_, e)) if e == escape && c == '"' => {
+                        current.push(e);
+                        if let Some((_, next)) = chars.next() {
+                            current.push(next);
+                        }
+                    }
+                    Some((_, other)) => current.push(other),
+                }
+            }
+        }
+    }
+    if let Some(offset) = start {
+        words.push(Word {
+            text: current,
+            offset,
+        });
+    }
+    Ok(words)
+}
+
+/// A cursor over one word doing the expansion; also records which names it looked up.
+struct Expander<'a, F> {
+    src: &'a str,
+    pos: usize,
+    escape: char,
+    lookup: F,
+    /// Whether `${A?msg}` with A unset is an error (off when only collecting names).
+    check_unset: bool,
+    referenced: Vec<String>,
+}
+
+impl<'a, F: Fn(&str) -> Option<String>> Expander<'a, F> {
+    fn new(src: &'a str, escape: char, lookup: F, check_unset: bool) -> Self {
+        Expander {
+            src,
+            pos: 0,
+            escape,
+            lookup,
+            check_unset,
+            referenced: Vec::new(),
+        }
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.src[self.pos..].chars().next()
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek()?;
+        self.pos += c.len_utf8();
+        Some(c)
+    }
+
+    fn lookup(&mut self, name: &str) -> Option<String> {
+        if !self.referenced.iter().any(|n| n == name) {
+            self.referenced.push(name.to_owned());
+        }
+        (self.lookup)(name)
+    }
+
+    /// Expands up to the end, or, inside `${...}`, up to (not including) an unquoted `}`.
+    fn word(&mut self, in_braces: bool) -> Result<String, ExpandError> {
+        let mut out = String::new();
+        while let Some(c) = self.peek() {
+            if in_braces && c == '}' {
+                break;
+            }
+            let start = self.pos;
+            self.bump();
+            match c {
+                '\'' => self.single_quoted(start, &mut out)?,
+                '"' => self.double_quoted(start, &mut out)?,
+                '$' => self.dollar(start, &mut out)?,
+                c if c == self.escape => out.extend(self.bump()),
+                c => out.push(c),
+            }
+        }
+        Ok(out)
+    }
+
+    fn single_quoted(&mut self, start: usize, out: &mut String) -> Result<(), ExpandError> {
+        loop {
+            match self.bump() {
+                None => {
+                    return Err(ExpandError::UnterminatedQuote {
+                        quote: '\'',
+                        offset: start,
+                    });
+                }
+                Some('\'') => return Ok(()),
+                Some(c) => out.push(c),
+            }
+        }
+    }
+
+    fn double_quoted(&mut self, start: usize, out: &mut String) -> Result<(), ExpandError> {
+        loop {
+            let at = self.pos;
+            match self.bump() {
+                None => {
+                    return Err(ExpandError::UnterminatedQuote {
+                        quote: '"',
+                        offset: start,
+                    });
+                }
+                Some('"') => return Ok(()),
+                Some('$') => self.dollar(at, out)?,
+                Some(c) if c == self.escape => match self.peek() {
+                    Some(next) if next == '"' || next == '$' || next == self.escape => {
+                        self.bump();
+                        out.push(next);
+                    }
+                    // Elsewhere inside double quotes the escape character is literal.
+                    _ => out.push(c),
+                },
+                Some(c) => out.push(c),
+            }
+        }
+    }
+
+    /// After a `$` at `start`.
+    fn dollar(&mut self, start: usize, out: &mut String) -> Result<(), ExpandError> {
+        match self.peek() {
+            Some('{') => {
+                self.bump();
+                self.braced(start, out)
+            }
+            Some(c) if c.is_alphanumeric() || c == '_' => {
+                let name = self.name();
+                out.push_str(&self.lookup(&name).unwrap_or_default());
+                Ok(())
+            }
+            _ => {
+                out.push('$');
+                Ok(())
+            }
+        }
+    }
+
+    /// A name: letters, digits and `_`; or, as in a shell, only digits if it starts with one.
+    fn name(&mut self) -> String {
+        let digits_only = self.peek().is_some_and(|c| c.is_ascii_digit());
+        let mut name = String::new();
+        while let Some(c) = self.peek() {
+            let ok = if digits_only {
+                c.is_ascii_digit()
+            } else {
+                c.is_alphanumeric() || c == '_'
+            };
+            if !ok {
+                break;
+            }
+            self.bump();
+            name.push(c);
+        }
+        name
+    }
+
+    /// After `${`, with the `$` at `start`.
+    fn braced(&mut self, start: usize, out: &mut String) -> Result<(), ExpandError> {
+        let name = self.name();
+        if name.is_empty() {
+            return Err(self.bad_substitution(start));
+        }
+        let (colon, op) = match self.bump() {
+            None => return Err(ExpandError::UnterminatedBrace { offset: start }),
+            Some('}') => {
+                out.push_str(&self.lookup(&name).unwrap_or_default());
+                return Ok(());
+            }
+            Some(':') => match self.bump() {
+                Some(op @ ('-' | '+' | '?')) => (true, op),
+                _ => return Err(self.bad_substitution(start)),
+            },
+            Some(op @ ('-' | '+' | '?')) => (false, op),
+            Some(_) => return Err(self.bad_substitution(start)),
+        };
+        let value = self.lookup(&name);
+        // The operand is always expanded, even when unused, so that `referenced_vars`
+        // sees every name a word mentions.
+        let operand = self.word(true)?;
+        if self.bump() != Some('}') {
+            return Err(ExpandError::UnterminatedBrace { offset: start });
+        }
+        let present = match &value {
+            Some(v) => !colon || !v.is_empty(),
+            None => false,
+        };
+        match op {
+            '-' if present => out.push_str(&value.unwrap_or_default()),
+            '-' => out.push_str(&operand),
+            '+' if present => out.push_str(&operand),
+            '+' => {}
+            _ if present => out.push_str(&value.unwrap_or_default()),
+            _ if self.check_unset => {
+                let message = if !operand.is_empty() {
+                    operand
+                } else if colon {
+                    "parameter null or not set".to_owned()
+                } else {
+                    "parameter not set".to_owned()
+                };
+                return Err(ExpandError::Unset {
+                    name,
+                    message,
+                    offset: start,
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A bad substitution starting at `start`, showing the text up to its `}`.
+    fn bad_substitution(&self, start: usize) -> ExpandError {
+        match self.src[start..].find('}') {
+            Some(end) => ExpandError::BadSubstitution {
+                text: self.src[start..=start + end].to_owned(),
+                offset: start,
+            },
+            None => ExpandError::UnterminatedBrace { offset: start },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "SET" => Some("value".into()),
+            "EMPTY" => Some(String::new()),
+            "SPACED" => Some("a b".into()),
+            "1" => Some("first".into()),
+            _ => None,
+        }
+    }
+
+    fn x(word: &str) -> String {
+        expand(word, env, '\\').unwrap()
+    }
+
+    #[test]
+    fn plain_and_braced_names() {
+        assert_eq!(x("$SET"), "value");
+        assert_eq!(x("${SET}"), "value");
+        assert_eq!(x("pre-${SET}-post"), "pre-value-post");
+        assert_eq!(x("$SET.txt"), "value.txt");
+        assert_eq!(x("$SET_x"), "", "the name runs over letters, digits and _");
+        assert_eq!(x("${SET}_x"), "value_x");
+        assert_eq!(x("$1"), "first");
+        assert_eq!(x("$12"), "", "digit names are all digits");
+    }
+
+    #[test]
+    fn missing_vars_expand_to_nothing() {
+        assert_eq!(x("$UNSET"), "");
+        assert_eq!(x("a${UNSET}b"), "ab");
+        assert_eq!(x("$EMPTY"), "");
+    }
+
+    #[test]
+    fn lone_dollar_is_literal() {
+        assert_eq!(x("$"), "$");
+        assert_eq!(x("a$ b"), "a$ b");
+        assert_eq!(x("$-x"), "$-x");
+        assert_eq!(x("cost: 5$"), "cost: 5$");
+    }
+
+    #[test]
+    fn default_operators() {
+        assert_eq!(x("${SET:-d}"), "value");
+        assert_eq!(x("${EMPTY:-d}"), "d");
+        assert_eq!(x("${UNSET:-d}"), "d");
+        assert_eq!(x("${SET-d}"), "value");
+        assert_eq!(x("${EMPTY-d}"), "", "without ':' only unset counts");
+        assert_eq!(x("${UNSET-d}"), "d");
+        assert_eq!(x("${UNSET:-}"), "");
+    }
+
+    #[test]
+    fn alternative_operators() {
+        assert_eq!(x("${SET:+alt}"), "alt");
+        assert_eq!(x("${EMPTY:+alt}"), "");
+        assert_eq!(x("${UNSET:+alt}"), "");
+        assert_eq!(x("${SET+alt}"), "alt");
+        assert_eq!(x("${EMPTY+alt}"), "alt", "without ':' empty counts as set");
+        assert_eq!(x("${UNSET+alt}"), "");
+    }
+
+    #[test]
+    fn error_operators() {
+        assert_eq!(x("${SET:?boom}"), "value");
+        assert_eq!(x("${EMPTY?boom}"), "");
+        let err = expand("x${EMPTY:?must be set}", env, '\\').unwrap_err();
+        assert_eq!(
+            err,
+            ExpandError::Unset {
+                name: "EMPTY".into(),
+                message: "must be set".into(),
+                offset: 1
+            }
+        );
+        assert_eq!(err.to_string(), "EMPTY: must be set");
+        let err = expand("${UNSET?}", env, '\\').unwrap_err();
+        assert_eq!(err.to_string(), "UNSET: parameter not set");
+    }
+
+    #[test]
+    fn operands_are_expanded_and_may_be_quoted() {
+        assert_eq!(x("${UNSET:-$SET}"), "value");
+        assert_eq!(x("${UNSET:-${EMPTY:-deep}}"), "deep");
+        assert_eq!(x("${UNSET:-\"a } b\"}"), "a } b");
+        assert_eq!(x("${UNSET:-'$SET'}"), "$SET");
+        assert_eq!(x("${UNSET:-a\\}b}"), "a}b");
+        assert_eq!(x("${SET:+[$SET]}"), "[value]");
+    }
+
+    #[test]
+    fn quotes() {
+        assert_eq!(x("'$SET'"), "$SET", "single quotes suppress expansion");
+        assert_eq!(x("\"$SET\""), "value", "double quotes do not");
+        assert_eq!(x("\"a  b\""), "a  b");
+        assert_eq!(x("'a'\"b\"c"), "abc");
+        assert_eq!(x("\"it's\""), "it's");
+        assert_eq!(x("'say \"hi\"'"), "say \"hi\"");
+        assert_eq!(x("\"$SPACED\""), "a b");
+        assert_eq!(x("''"), "");
+        assert_eq!(x("'\\n'"), "\\n", "nothing is special in single quotes");
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(x("\\$SET"), "$SET");
+        assert_eq!(x("\\${SET}"), "${SET}");
+        assert_eq!(x("a\\ b"), "a b");
+        assert_eq!(x("\\\\"), "\\");
+        assert_eq!(x("\\'$SET\\'"), "'value'");
+        assert_eq!(
+            x("trailing\\"),
+            "trailing",
+            "a lone escape at the end is dropped"
+        );
+        // Inside double quotes only ", $ and the escape itself are escapable.
+        assert_eq!(x("\"\\$SET\""), "$SET");
+        assert_eq!(x("\"\\\"\""), "\"");
+        assert_eq!(x("\"C:\\dir\""), "C:\\dir");
+    }
+
+    #[test]
+    fn backtick_escape() {
+        let e = |w: &str| expand(w, env, '`').unwrap();
+        assert_eq!(e("`$SET"), "$SET");
+        assert_eq!(e("C:\\Windows\\$SET"), "C:\\Windows\\value");
+        assert_eq!(e("\"a`\"b\""), "a\"b");
+    }
+
+    #[test]
+    fn unterminated_brace() {
+        let err = expand("abc${SET", env, '\\').unwrap_err();
+        assert_eq!(err, ExpandError::UnterminatedBrace { offset: 3 });
+        assert_eq!(err.to_string(), "unterminated ${...}: missing '}'");
+        assert_eq!(
+            expand("${SET:-default", env, '\\').unwrap_err(),
+            ExpandError::UnterminatedBrace { offset: 0 }
+        );
+        assert_eq!(
+            expand("${", env, '\\').unwrap_err(),
+            ExpandError::UnterminatedBrace { offset: 0 }
+        );
+    }
+
+    #[test]
+    fn bad_substitutions() {
+        for (word, text) in [
+            ("${}", "${}"),
+            ("${SET%.txt}", "${SET%.txt}"),
+            ("${SET:3}", "${SET:3}"),
+            ("x${-a}", "${-a}"),
+        ] {
+            match expand(word, env, '\\') {
+                Err(ExpandError::BadSubstitution { text: got, .. }) => assert_eq!(got, text),
+                other => panic!("{word}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unterminated_quotes() {
+        assert_eq!(
+            expand("a'b", env, '\\').unwrap_err(),
+            ExpandError::UnterminatedQuote {
+                quote: '\'',
+                offset: 1
+            }
+        );
+        assert_eq!(
+            expand("\"ab", env, '\\').unwrap_err().to_string(),
+            "unterminated \" quote"
+        );
+    }
+
+    #[test]
+    fn referenced_vars_lists_every_name_once() {
+        assert_eq!(
+            referenced_vars("$A ${B} ${C:-$D} ${E:+${F}} $A '$G' \"$H\" \\$I", '\\').unwrap(),
+            ["A", "B", "C", "D", "E", "F", "H"]
+        );
+        assert!(referenced_vars("${A?}", '\\').is_ok(), "no unset errors");
+        assert!(referenced_vars("plain", '\\').unwrap().is_empty());
+        assert!(referenced_vars("${A", '\\').is_err());
+    }
+
+    #[test]
+    fn split_words_keeps_quotes_and_escapes() {
+        let texts = |s: &str| -> Vec<String> {
+            split_words(s, '\\')
+                .unwrap()
+                .into_iter()
+                .map(|w| w.text)
+                .collect()
+        };
+        assert_eq!(texts("  a  b\tc "), ["a", "b", "c"]);
+        assert_eq!(texts(r#"k="a b" k2='c d'"#), [r#"k="a b""#, "k2='c d'"]);
+        assert_eq!(texts(r"a\ b c"), [r"a\ b", "c"]);
+        assert_eq!(texts(r#"k="say \"hi\"" x"#), [r#"k="say \"hi\"""#, "x"]);
+        assert_eq!(texts(r"k='\' x"), [r"k='\'", "x"]);
+        assert_eq!(texts("a b\\"), ["a", "b"]);
+        assert_eq!(texts(r#""""#), [r#""""#]);
+        assert!(texts("").is_empty());
+        let words = split_words("a  bb", '\\').unwrap();
+        assert_eq!(words[1].offset, 3);
+        assert_eq!(
+            split_words("k=\"open", '\\').unwrap_err(),
+            ExpandError::UnterminatedQuote {
+                quote: '"',
+                offset: 2
+            }
+        );
+    }
+}

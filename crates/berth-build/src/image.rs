@@ -1,0 +1,405 @@
+//! Base images: resolving a reference to a manifest and config, importing the blobs of
+//! an OCI layout into the content store, and the image config a build edits.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use berth_oci::{Digest, Manifest, media_type};
+use berth_store::Store;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BuildError, Result};
+
+/// The parts of an OCI/Docker image config a build reads and writes. Unknown fields of
+/// a base image's config are not carried over.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerConfig {
+    /// `KEY=value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Default command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// Entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub working_dir: String,
+    /// User.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// `80/tcp` → `{}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exposed_ports: BTreeMap<String, serde_json::Value>,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Volumes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, serde_json::Value>,
+    /// Stop signal.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stop_signal: String,
+    /// Docker's healthcheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<serde_json::Value>,
+    /// Docker's SHELL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
+    /// Docker's ONBUILD triggers (recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_build: Vec<String>,
+}
+
+impl ContainerConfig {
+    /// The value of `key` in `env`.
+    pub fn env_get(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// Set `key=value` in `env`, replacing an earlier value.
+    pub fn env_set(&mut self, key: &str, value: &str) {
+        self.env
+            .retain(|kv| kv.split_once('=').map(|(k, _)| k) != Some(key));
+        self.env.push(format!("{key}={value}"));
+    }
+}
+
+/// One history entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// When.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// What made it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub created_by: String,
+    /// A step that made no layer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty_layer: bool,
+    /// Comment.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+}
+
+/// An image config document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// Creation time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// CPU architecture.
+    pub architecture: String,
+    /// Operating system.
+    pub os: String,
+    /// Runtime configuration.
+    #[serde(default)]
+    pub config: ContainerConfig,
+    /// Layers.
+    pub rootfs: RootFs,
+    /// History.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<History>,
+}
+
+/// `rootfs` of an image config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RootFs {
+    /// Always `layers`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Uncompressed layer digests.
+    pub diff_ids: Vec<Digest>,
+}
+
+impl Default for RootFs {
+    fn default() -> Self {
+        RootFs {
+            kind: "layers".into(),
+            diff_ids: Vec::new(),
+        }
+    }
+}
+
+/// A base image, resolved and with its blobs in the content store.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The reference as written.
+    pub reference: String,
+    /// Its manifest's digest.
+    pub manifest: Digest,
+    /// Its config.
+    pub config: ImageConfig,
+}
+
+/// The host platform, as OCI names it.
+pub fn host_platform() -> (&'static str, &'static str) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        other => other,
+    };
+    ("linux", arch)
+}
+
+/// Resolve `reference`: `oci-layout://DIR[:TAG|@DIGEST]`, or a name in the local store
+/// (`app`, `app:tag`, `library/busybox:1.36`; `docker.io/` and `library/` are tried).
+pub fn resolve(store: &Store, reference: &str) -> Result<ResolvedImage> {
+    let manifest = if let Some(rest) = reference.strip_prefix("oci-layout://") {
+        import_layout(store, rest)?
+    } else {
+        lookup_local(store, reference)?
+    };
+    let bytes = store.read_blob(&manifest)?.ok_or_else(|| {
+        BuildError::Image(format!(
+            "manifest {manifest} of {reference} is missing from the store"
+        ))
+    })?;
+    let (m, mt) = Manifest::parse(&bytes, None)
+        .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
+    let (manifest, m) = if media_type::is_index(&mt) {
+        let (os, arch) = host_platform();
+        let pick = m
+            .manifests
+            .iter()
+            .find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| p["os"] == os && p["architecture"] == arch)
+            })
+            .ok_or_else(|| {
+                BuildError::Image(format!("{reference} has no image for {os}/{arch}"))
+            })?;
+        let bytes = store.read_blob(&pick.digest)?.ok_or_else(|| {
+            BuildError::Image(format!("{reference}: manifest {} is missing", pick.digest))
+        })?;
+        let (m, _) = Manifest::parse(&bytes, None)
+            .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
+        (pick.digest.clone(), m)
+    } else {
+        (manifest, m)
+    };
+    let cfg_desc = m
+        .config
+        .as_ref()
+        .ok_or_else(|| BuildError::Image(format!("{reference}: manifest has no config")))?;
+    let cfg_bytes = store.read_blob(&cfg_desc.digest)?.ok_or_else(|| {
+        BuildError::Image(format!(
+            "{reference}: config {} is missing",
+            cfg_desc.digest
+        ))
+    })?;
+    let config: ImageConfig = serde_json::from_slice(&cfg_bytes)
+        .map_err(|e| BuildError::Image(format!("{reference}: image config is not valid: {e}")))?;
+    if config.rootfs.diff_ids.len() != m.layers.len() {
+        return Err(BuildError::Image(format!(
+            "{reference}: config lists {} layers, manifest {}",
+            config.rootfs.diff_ids.len(),
+            m.layers.len()
+        )));
+    }
+    Ok(ResolvedImage {
+        reference: reference.to_string(),
+        manifest,
+        config,
+    })
+}
+
+/// The layers (descriptors) and diff IDs of an image manifest in the store.
+pub fn layers_of(store: &Store, manifest: &Digest) -> Result<Vec<berth_oci::Descriptor>> {
+    let bytes = store.read_blob(manifest)?.ok_or_else(|| {
+        BuildError::Image(format!("manifest {manifest} is missing from the store"))
+    })?;
+    let (m, _) = Manifest::parse(&bytes, None)
+        .map_err(|e| BuildError::Image(format!("manifest {manifest}: {e}")))?;
+    Ok(m.layers)
+}
+
+/// The `rootfs.diff_ids` of the image manifest `manifest` in the store.
+pub fn resolve_config_diff_ids(store: &Store, manifest: &Digest) -> Result<Vec<Digest>> {
+    let bytes = store.read_blob(manifest)?.ok_or_else(|| {
+        BuildError::Image(format!("manifest {manifest} is missing from the store"))
+    })?;
+    let (m, _) = Manifest::parse(&bytes, None)
+        .map_err(|e| BuildError::Image(format!("manifest {manifest}: {e}")))?;
+    let cfg = m
+        .config
+        .ok_or_else(|| BuildError::Image(format!("manifest {manifest} has no config")))?;
+    let cfg_bytes = store.read_blob(&cfg.digest)?.ok_or_else(|| {
+        BuildError::Image(format!("config {} is missing from the store", cfg.digest))
+    })?;
+    let config: ImageConfig = serde_json::from_slice(&cfg_bytes)
+        .map_err(|e| BuildError::Image(format!("config {}: {e}", cfg.digest)))?;
+    Ok(config.rootfs.diff_ids)
+}
+
+/// Split `name[:tag][@digest]` into repository, tag and digest.
+pub fn split_reference(reference: &str) -> (String, String, Option<String>) {
+    let (rest, digest) = match reference.split_once('@') {
+        Some((r, d)) => (r, Some(d.to_string())),
+        None => (reference, None),
+    };
+    let slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[slash..].split_once(':') {
+        Some((_, t)) => (
+            &rest[..slash + rest[slash..].find(':').unwrap()],
+            t.to_string(),
+        ),
+        None => (rest, "latest".to_string()),
+    };
+    (name.to_string(), tag, digest)
+}
+
+fn lookup_local(store: &Store, reference: &str) -> Result<Digest> {
+    let (name, tag, digest) = split_reference(reference);
+    let repos = store.repos();
+    let short = name.strip_prefix("docker.io/").unwrap_or(&name).to_string();
+    let mut candidates = vec![name.clone(), short.clone()];
+    if let Some(s) = short.strip_prefix("library/") {
+        candidates.push(s.to_string());
+    } else if !short.contains('/') {
+        candidates.push(format!("library/{short}"));
+    }
+    for repo in &candidates {
+        if berth_oci::validate_repository(repo).is_err() {
+            continue;
+        }
+        if let Some(d) = &digest {
+            let d: Digest = d
+                .parse()
+                .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
+            if repos.manifest(repo, &d)?.is_some() {
+                return Ok(d);
+            }
+        } else if let Some(d) = repos.tag(repo, &tag)? {
+            return Ok(d);
+        }
+    }
+    Err(BuildError::Image(format!(
+        "image {reference} is not in berth's store and berth pulls no registry images yet; \
+         use an OCI layout (FROM oci-layout:///path/to/layout:tag) or push it into berth's registry first"
+    )))
+}
+
+/// Import an OCI layout's image into the store (blobs verified by digest); returns the
+/// manifest (or index) digest. `spec` is `DIR`, `DIR:TAG` or `DIR@DIGEST`.
+fn import_layout(store: &Store, spec: &str) -> Result<Digest> {
+    let (dir, sel) = if let Some((d, dg)) = spec.rsplit_once('@') {
+        (d, Some(dg.to_string()))
+    } else {
+        match spec.rsplit_once(':') {
+            Some((d, t)) if !t.contains('/') => (d, Some(t.to_string())),
+            _ => (spec, None),
+        }
+    };
+    let dir = PathBuf::from(dir);
+    let index_path = dir.join("index.json");
+    let index: Manifest = serde_json::from_slice(
+        &fs::read(&index_path)
+            .map_err(|e| BuildError::Image(format!("read {}: {e}", index_path.display())))?,
+    )
+    .map_err(|e| BuildError::Image(format!("{}: {e}", index_path.display())))?;
+    let pick = match &sel {
+        None if index.manifests.len() == 1 => index.manifests.first(),
+        None => None,
+        Some(s) if s.contains(':') && s.starts_with("sha") => {
+            index.manifests.iter().find(|d| d.digest.to_string() == *s)
+        }
+        Some(tag) => index.manifests.iter().find(|d| {
+            d.annotations
+                .as_ref()
+                .and_then(|a| a.get("org.opencontainers.image.ref.name"))
+                .is_some_and(|n| n == tag)
+        }),
+    }
+    .ok_or_else(|| {
+        BuildError::Image(format!(
+            "{}: no image {} in the layout",
+            dir.display(),
+            sel.as_deref()
+                .map_or("(several images; name a tag)".to_string(), |s| format!(
+                    "tagged {s:?}"
+                ))
+        ))
+    })?;
+    import_tree(store, &dir, &pick.digest)?;
+    Ok(pick.digest.clone())
+}
+
+/// Copy a manifest or index and everything it references from a layout into the store.
+fn import_tree(store: &Store, dir: &Path, digest: &Digest) -> Result<()> {
+    let bytes = import_blob(store, dir, digest)?;
+    if let Ok((m, _)) = Manifest::parse(&bytes, None) {
+        for d in m.blobs() {
+            import_blob(store, dir, &d.digest)?;
+        }
+        for d in &m.manifests {
+            import_tree(store, dir, &d.digest)?;
+        }
+    }
+    Ok(())
+}
+
+fn import_blob(store: &Store, dir: &Path, digest: &Digest) -> Result<Vec<u8>> {
+    let path = dir
+        .join("blobs")
+        .join(digest.algorithm().as_str())
+        .join(digest.hex());
+    if store.blob_size(digest)?.is_none() {
+        let mut f = fs::File::open(&path)
+            .map_err(|e| BuildError::Image(format!("read {}: {e}", path.display())))?;
+        let reference = format!("import-{}-{}", std::process::id(), digest.hex());
+        let mut w = store.writer(&reference, digest.algorithm())?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf)
+                .map_err(|e| BuildError::Io(format!("read {}: {e}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n])?;
+        }
+        if let Err(e) = w.commit(Some(digest), None) {
+            let _ = store.abort(&reference);
+            return Err(BuildError::Image(format!("{}: {e}", path.display())));
+        }
+    }
+    // Only manifests are read back, and they are small.
+    let size = store.blob_size(digest)?.unwrap_or(0);
+    if size > 4 << 20 {
+        return Ok(Vec::new());
+    }
+    Ok(store.read_blob(digest)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        assert_eq!(
+            split_reference("busybox"),
+            ("busybox".into(), "latest".into(), None)
+        );
+        assert_eq!(
+            split_reference("a/b:1.0"),
+            ("a/b".into(), "1.0".into(), None)
+        );
+        assert_eq!(
+            split_reference("host:5000/a/b"),
+            ("host:5000/a/b".into(), "latest".into(), None)
+        );
+        assert_eq!(
+            split_reference("host:5000/a:v@sha256:x"),
+            ("host:5000/a".into(), "v".into(), Some("sha256:x".into()))
+        );
+    }
+}

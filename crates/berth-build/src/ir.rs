@@ -1,0 +1,328 @@
+//! The build graph: vertices (an op and its inputs) that frontends build and the solver
+//! runs.
+//!
+//! As in BuildKit's LLB, a [`State`] is immutable: every method returns a new state and
+//! nothing runs until the graph is solved, so a frontend can branch a stage without
+//! aliasing bugs. A vertex's [`State::digest`] covers its op definition and its inputs'
+//! digests; what must not change it (progress names, secrets' values, proxy variables)
+//! lives outside the op or is skipped when serialising.
+//!
+//! Outputs are file-system states: a chain of layers for images, or a plain directory
+//! for local sources (a build context). The Earthfile frontend uses the same graph:
+//! several targets are several states, artifacts are paths in a state, and `BUILD +x`
+//! or `COPY +x/file` are edges to another target's state.
+
+use std::sync::Arc;
+
+use berth_oci::Digest;
+use serde::Serialize;
+
+/// Where a base image comes from, resolved to a manifest digest before solving so that
+/// the digest is part of the cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageSource {
+    /// The reference as the user wrote it (`busybox`, `oci-layout://dir:tag`).
+    pub reference: String,
+    /// The manifest the reference resolved to.
+    pub manifest: Digest,
+}
+
+/// Network mode of an exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum NetworkMode {
+    /// The host's network (default).
+    #[default]
+    Host,
+    /// Loopback only.
+    None,
+}
+
+/// How concurrent builds share a cache mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub enum Sharing {
+    /// Everyone uses the same directory at once.
+    #[default]
+    Shared,
+    /// One user at a time; others wait.
+    Locked,
+    /// Each concurrent user gets a directory of its own.
+    Private,
+}
+
+/// What is mounted at an exec mount's target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum MountSource {
+    /// A path of input `n` of the vertex (`RUN --mount=type=bind,from=…`).
+    Input {
+        /// Input index.
+        input: usize,
+        /// Path inside that input.
+        path: String,
+        /// Writable (changes are thrown away).
+        rw: bool,
+    },
+    /// A persistent cache directory (`--mount=type=cache`).
+    Cache {
+        /// Cache id (defaults to the target).
+        id: String,
+        /// Sharing mode.
+        sharing: Sharing,
+    },
+    /// A secret file (`--mount=type=secret`); only its id is part of the key.
+    Secret {
+        /// Secret id.
+        id: String,
+        /// Expose as this environment variable instead of a file.
+        env: Option<String>,
+        /// Fail if the secret is not provided.
+        required: bool,
+    },
+    /// An empty tmpfs.
+    Tmpfs,
+}
+
+/// A mount of an exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExecMount {
+    /// Where, inside the container.
+    pub target: String,
+    /// What.
+    pub source: MountSource,
+}
+
+/// Run a process on input 0 (the root file system). Its changes are the output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExecOp {
+    /// argv.
+    pub args: Vec<String>,
+    /// `KEY=value`, build ARGs included.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub cwd: String,
+    /// `user[:group]` as written; resolved against the root file system's /etc/passwd.
+    pub user: String,
+    /// Network.
+    pub network: NetworkMode,
+    /// Extra mounts.
+    pub mounts: Vec<ExecMount>,
+    /// Proxy variables (`HTTP_PROXY`, …): given to the process, never part of the key or
+    /// the image.
+    #[serde(skip)]
+    pub proxy_env: Vec<String>,
+}
+
+/// One file operation on input 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum FileAction {
+    /// Copy `sources` (paths or globs relative to input `from`'s root) to `dest`.
+    Copy {
+        /// Input index to copy from.
+        from: usize,
+        /// Source paths, may hold globs.
+        sources: Vec<String>,
+        /// Destination; a trailing `/` (or several sources) means "into this directory".
+        dest: String,
+        /// `user[:group]` for everything copied (names resolved in the destination).
+        chown: Option<String>,
+        /// Mode for everything copied.
+        chmod: Option<u32>,
+        /// Unpack local tar archives (ADD).
+        extract_archives: bool,
+        /// Patterns excluded from the copy (`--exclude`).
+        exclude: Vec<String>,
+    },
+    /// Write a file (heredocs, `COPY <<EOF`).
+    Write {
+        /// Path.
+        path: String,
+        /// Content.
+        data: Vec<u8>,
+        /// Mode.
+        mode: u32,
+        /// Owner, `user[:group]`.
+        chown: Option<String>,
+    },
+    /// Create a directory and its parents (WORKDIR).
+    Mkdir {
+        /// Path.
+        path: String,
+        /// Owner, `user[:group]`.
+        chown: Option<String>,
+    },
+}
+
+/// File operations, applied in order to input 0; other inputs are copy sources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileOp {
+    /// The actions.
+    pub actions: Vec<FileAction>,
+    /// Working directory for relative destinations.
+    pub cwd: String,
+}
+
+/// A build context directory (`COPY . /app` reads from it), filtered by `.dockerignore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalSource {
+    /// Name of the context (`context` for the main one).
+    pub name: String,
+    /// Exclusion patterns (`.dockerignore`).
+    pub exclude: Vec<String>,
+}
+
+/// An operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Op {
+    /// The empty file system.
+    Scratch,
+    /// A base image.
+    Image(ImageSource),
+    /// Files from the client.
+    Local(LocalSource),
+    /// A process.
+    Exec(ExecOp),
+    /// File operations.
+    File(FileOp),
+}
+
+/// A node of the graph. Only `op` and the inputs' digests make its digest.
+#[derive(Debug)]
+pub struct Vertex {
+    /// What it does.
+    pub op: Op,
+    /// What it reads.
+    pub inputs: Vec<State>,
+    /// Label for progress and cache-miss reasons (`[build 2/5] RUN make`).
+    pub name: String,
+    /// Always run, never reuse a cached result (`--no-cache`).
+    pub ignore_cache: bool,
+    digest: Digest,
+}
+
+impl Vertex {
+    /// The vertex digest: op definition plus input digests.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+}
+
+/// An immutable handle on a vertex: the state of a file system after it.
+#[derive(Debug, Clone)]
+pub struct State(Arc<Vertex>);
+
+#[derive(Serialize)]
+struct KeyDoc<'a> {
+    op: &'a Op,
+    inputs: Vec<&'a Digest>,
+}
+
+impl State {
+    /// A state made by `op` over `inputs`.
+    pub fn new(op: Op, inputs: Vec<State>, name: impl Into<String>) -> State {
+        let doc = KeyDoc {
+            op: &op,
+            inputs: inputs.iter().map(|i| i.digest()).collect(),
+        };
+        let digest = Digest::sha256(&serde_json::to_vec(&doc).expect("ops serialise"));
+        State(Arc::new(Vertex {
+            op,
+            inputs,
+            name: name.into(),
+            ignore_cache: false,
+            digest,
+        }))
+    }
+
+    /// The empty file system.
+    pub fn scratch() -> State {
+        State::new(Op::Scratch, vec![], "scratch")
+    }
+
+    /// A base image.
+    pub fn image(source: ImageSource) -> State {
+        let name = format!("FROM {}", source.reference);
+        State::new(Op::Image(source), vec![], name)
+    }
+
+    /// A local directory.
+    pub fn local(source: LocalSource) -> State {
+        let name = format!("[internal] load {}", source.name);
+        State::new(Op::Local(source), vec![], name)
+    }
+
+    /// Run `exec` on this state; `extra` are the inputs bind mounts refer to (index 1…).
+    pub fn run(&self, exec: ExecOp, extra: Vec<State>, name: impl Into<String>) -> State {
+        let mut inputs = vec![self.clone()];
+        inputs.extend(extra);
+        State::new(Op::Exec(exec), inputs, name)
+    }
+
+    /// Apply file actions to this state; `extra` are copy sources (index 1…).
+    pub fn file(&self, op: FileOp, extra: Vec<State>, name: impl Into<String>) -> State {
+        let mut inputs = vec![self.clone()];
+        inputs.extend(extra);
+        State::new(Op::File(op), inputs, name)
+    }
+
+    /// The same state, but never taken from cache.
+    pub fn with_ignore_cache(self, ignore: bool) -> State {
+        if self.0.ignore_cache == ignore {
+            return self;
+        }
+        let v = &self.0;
+        State(Arc::new(Vertex {
+            op: v.op.clone(),
+            inputs: v.inputs.clone(),
+            name: v.name.clone(),
+            ignore_cache: ignore,
+            digest: v.digest.clone(),
+        }))
+    }
+
+    /// The vertex behind this state.
+    pub fn vertex(&self) -> &Vertex {
+        &self.0
+    }
+
+    /// Its digest.
+    pub fn digest(&self) -> &Digest {
+        &self.0.digest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(cmd: &str) -> ExecOp {
+        ExecOp {
+            args: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: String::new(),
+            network: NetworkMode::Host,
+            mounts: vec![],
+            proxy_env: vec![],
+        }
+    }
+
+    #[test]
+    fn digests_cover_op_and_inputs_but_not_names_or_proxies() {
+        let base = State::scratch();
+        let a = base.run(exec("make"), vec![], "[a] RUN make");
+        let b = base.run(exec("make"), vec![], "[b] RUN make");
+        assert_eq!(a.digest(), b.digest(), "names are not part of the digest");
+        let mut with_proxy = exec("make");
+        with_proxy.proxy_env = vec!["HTTP_PROXY=http://proxy.invalid:3128".into()];
+        assert_eq!(base.run(with_proxy, vec![], "x").digest(), a.digest());
+        assert_ne!(base.run(exec("make all"), vec![], "x").digest(), a.digest());
+        let on_a = a.run(exec("make"), vec![], "x");
+        assert_ne!(on_a.digest(), a.digest(), "inputs are part of the digest");
+        // Branching leaves the original untouched.
+        let branch1 = a.run(exec("x"), vec![], "1");
+        let branch2 = a.run(exec("y"), vec![], "2");
+        assert_eq!(
+            branch1.vertex().inputs[0].digest(),
+            branch2.vertex().inputs[0].digest()
+        );
+    }
+}

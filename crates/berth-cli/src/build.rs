@@ -1,0 +1,223 @@
+//! `berth build` and `berth images`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use berth_build::{BuildOptions, OutputSpec, Progress, SecretSource};
+use clap::Args;
+
+use crate::progress::{self, Mode};
+use crate::settings::Settings;
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The build context directory.
+    context: PathBuf,
+    /// The Dockerfile [default: CONTEXT/Dockerfile].
+    #[arg(short = 'f', long)]
+    file: Option<PathBuf>,
+    /// Name the image (repeatable), e.g. -t app:1.0.
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// Build this stage instead of the last.
+    #[arg(long)]
+    target: Option<String>,
+    /// A build argument, KEY=VALUE (repeatable).
+    #[arg(long = "build-arg", value_parser = key_value)]
+    build_args: Vec<(String, String)>,
+    /// A secret: id=ID,src=FILE or id=ID,env=VAR (repeatable).
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// Run every step; reuse nothing from cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Progress display.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: Mode,
+    /// Say why each step that runs was not taken from cache.
+    #[arg(long)]
+    explain: bool,
+    /// Also write the result: type=oci,dest=FILE.tar or type=local,dest=DIR.
+    #[arg(long = "output", short = 'o')]
+    outputs: Vec<String>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        // `--build-arg NAME` takes the value from berth's environment, as docker does.
+        None if !s.is_empty() => std::env::var(s)
+            .map(|v| (s.to_string(), v))
+            .map_err(|_| format!("--build-arg {s}: no value given and ${s} is not set")),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_opts(s: &str) -> HashMap<String, String> {
+    s.split(',')
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+fn parse_secret(s: &str) -> Result<(String, SecretSource)> {
+    let o = parse_opts(s);
+    let id = o
+        .get("id")
+        .cloned()
+        .with_context(|| format!("--secret {s:?}: id= is required"))?;
+    let src = match (o.get("src").or_else(|| o.get("source")), o.get("env")) {
+        (Some(f), None) => SecretSource::File(PathBuf::from(f)),
+        (None, Some(e)) => SecretSource::Env(e.clone()),
+        (None, None) => SecretSource::Env(id.clone()),
+        _ => bail!("--secret {s:?}: give src=FILE or env=VAR, not both"),
+    };
+    if let SecretSource::File(f) = &src
+        && !f.is_file()
+    {
+        bail!("--secret {s:?}: {} is not a file", f.display());
+    }
+    Ok((id, src))
+}
+
+fn parse_output(s: &str) -> Result<OutputSpec> {
+    let o = parse_opts(s);
+    let dest = o
+        .get("dest")
+        .with_context(|| format!("--output {s:?}: dest= is required"))?;
+    match o.get("type").map(String::as_str) {
+        Some("oci") | Some("tar") => Ok(OutputSpec::OciTar(PathBuf::from(dest))),
+        Some("local") => Ok(OutputSpec::Local(PathBuf::from(dest))),
+        other => bail!("--output {s:?}: type must be oci or local, got {other:?}"),
+    }
+}
+
+/// Proxy variables of berth's environment, for RUN steps.
+fn proxy_env() -> Vec<String> {
+    berth_build::PROXY_ARGS
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+        .collect()
+}
+
+pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
+    let context = args
+        .context
+        .canonicalize()
+        .with_context(|| format!("build context {}", args.context.display()))?;
+    let dockerfile = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    let secrets = args
+        .secrets
+        .iter()
+        .map(|s| parse_secret(s))
+        .collect::<Result<HashMap<_, _>>>()?;
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|s| parse_output(s))
+        .collect::<Result<Vec<_>>>()?;
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
+        ),
+        Err(_) => None,
+    };
+    let tty = match args.progress {
+        Mode::Tty => true,
+        Mode::Plain => false,
+        Mode::Auto => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let tty_view = tty.then(|| Arc::new(progress::Tty::new(args.explain)));
+    let sink: Arc<dyn Progress> = match &tty_view {
+        Some(t) => t.clone(),
+        None => Arc::new(progress::Plain::new(args.explain)),
+    };
+    let opts = BuildOptions {
+        dockerfile,
+        context,
+        tags: args.tags.clone(),
+        target: args.target.clone(),
+        build_args: args.build_args.iter().cloned().collect::<BTreeMap<_, _>>(),
+        secrets,
+        no_cache: args.no_cache,
+        source_date_epoch,
+        proxy_env: proxy_env(),
+        outputs,
+        progress: sink,
+    };
+    let store = berth_store::Store::open(&settings.root)
+        .with_context(|| format!("open store at {}", settings.root.display()))?;
+    let executor: Arc<dyn berth_exec::Executor> =
+        Arc::new(berth_exec::Runc::new(&settings.root.join("exec"))?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(berth_build::build(&settings.root, store, executor, opts));
+    if let Some(t) = &tty_view {
+        t.finish();
+    }
+    let result = result?;
+    for t in &args.tags {
+        println!("{t}");
+    }
+    println!("{}", result.image_id);
+    eprintln!(
+        "built image {} (manifest {}, {} layers)",
+        result.image_id, result.manifest, result.layers
+    );
+    Ok(())
+}
+
+pub fn images(settings: &Settings) -> Result<()> {
+    let store = berth_store::Store::open(&settings.root)?;
+    let repos = store.repos();
+    println!(
+        "{:<40} {:<20} {:<19} {:>10}",
+        "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
+    );
+    for repo in repos.repositories()? {
+        for tag in repos.tags(&repo)? {
+            let Some(m) = repos.tag(&repo, &tag)? else {
+                continue;
+            };
+            let Some(bytes) = store.read_blob(&m)? else {
+                continue;
+            };
+            let Ok((manifest, _)) = berth_oci::Manifest::parse(&bytes, None) else {
+                continue;
+            };
+            let id = manifest
+                .config
+                .as_ref()
+                .map(|c| c.digest.hex()[..12].to_string())
+                .unwrap_or_default();
+            let size: u64 = manifest.layers.iter().map(|l| l.size).sum();
+            println!("{repo:<40} {tag:<20} {id:<19} {:>10}", human(size));
+        }
+    }
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", units[u])
+    }
+}
