@@ -13,7 +13,7 @@ use crate::frontend::dockerfile::Dockerfile;
 use crate::frontend::dockerfile::lower::{LowerOptions, lower};
 use crate::image;
 use crate::pattern::Ignore;
-use crate::solver::{Output, Progress, SecretSource, SolveOptions, Solver};
+use crate::solver::{Cancel, Output, Progress, SecretSource, SolveOptions, Solver};
 
 /// Where a build's result goes besides the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +49,8 @@ pub struct BuildOptions {
     pub outputs: Vec<OutputSpec>,
     /// Progress sink.
     pub progress: Arc<dyn Progress>,
+    /// Cancellation.
+    pub cancel: Cancel,
 }
 
 /// What a build made.
@@ -125,6 +127,7 @@ pub async fn build(
             no_cache: opts.no_cache,
             source_date_epoch: opts.source_date_epoch,
             progress: opts.progress.clone(),
+            cancel: opts.cancel.clone(),
         },
     )?;
     let solved = solver.solve(&lowered.state).await?;

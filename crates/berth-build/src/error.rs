@@ -36,6 +36,9 @@ pub enum BuildError {
         "secret {0:?} is required by the build but was not given; pass --secret id={0},src=FILE or id={0},env=VAR"
     )]
     MissingSecret(String),
+    /// The build was canceled (Ctrl-C, SIGTERM).
+    #[error("the build was canceled")]
+    Canceled,
     /// Input that is well-formed but unusable.
     #[error("{0}")]
     Invalid(String),

@@ -51,5 +51,5 @@ pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
 pub use pattern::{Ignore, Pattern};
 pub use solver::{
-    Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions, Solved, Solver,
+    Cancel, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions, Solved, Solver,
 };

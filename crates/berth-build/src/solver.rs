@@ -140,6 +140,23 @@ pub enum SecretSource {
     Env(String),
 }
 
+/// Cancels a build: steps not yet started fail with [`BuildError::Canceled`]; pair it
+/// with [`berth_exec::Executor::cancel`] to stop the steps that run.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// Cancel.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether it was canceled.
+    pub fn is_canceled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// What a solver needs besides the graph.
 #[derive(Clone)]
 pub struct SolveOptions {
@@ -153,6 +170,8 @@ pub struct SolveOptions {
     pub source_date_epoch: Option<u64>,
     /// Progress sink.
     pub progress: Arc<dyn Progress>,
+    /// Cancellation.
+    pub cancel: Cancel,
 }
 
 type SharedSolve = Shared<BoxFuture<'static, Result<Arc<Solved>, Arc<BuildError>>>>;
@@ -205,8 +224,19 @@ impl Solver {
         executor: Arc<dyn Executor>,
         opts: SolveOptions,
     ) -> Result<Arc<Solver>> {
+        // Whatever a killed build left mounted goes first, then its snapshots.
+        berth_exec::cleanup_stale_mounts(&root.join("tmp"));
         let snapshots = Snapshotter::open(root.join("snapshots"))?;
         snapshots.clean_active();
+        if let Ok(entries) = fs::read_dir(root.join("tmp")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid: Option<i32> = name.split('-').next().and_then(|p| p.parse().ok());
+                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
         for d in ["cache/records", "cache/steps", "cache/mounts", "tmp"] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(|e| io_err("create directory", &p, e))?;
@@ -270,6 +300,9 @@ impl Solver {
     }
 
     fn solve_blocking(&self, state: &State, inputs: &[Arc<Solved>]) -> Result<Solved> {
+        if self.opts.cancel.is_canceled() {
+            return Err(BuildError::Canceled);
+        }
         let v = state.vertex();
         let (key, ingredients) = self.cache_key(state, inputs)?;
         let visible = Self::visible(state);
@@ -426,6 +459,10 @@ impl Solver {
         let Ok(rec) = serde_json::from_slice::<Record>(&bytes) else {
             return Ok(None);
         };
+        // The record's mtime is its last use, for `berth prune`.
+        if let Ok(f) = fs::File::options().write(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         for l in &rec.layers {
             if self.store.blob_size(&l.blob.digest)?.is_none() {
                 return Ok(None);

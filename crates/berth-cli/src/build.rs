@@ -141,6 +141,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         Some(t) => t.clone(),
         None => Arc::new(progress::Plain::new(args.explain)),
     };
+    let cancel = berth_build::Cancel::default();
     let opts = BuildOptions {
         dockerfile,
         context,
@@ -153,6 +154,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         proxy_env: proxy_env(),
         outputs,
         progress: sink,
+        cancel: cancel.clone(),
     };
     let store = berth_store::Store::open(&settings.root)
         .with_context(|| format!("open store at {}", settings.root.display()))?;
@@ -161,9 +163,26 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(berth_build::build(&settings.root, store, executor, opts));
+    let result = rt.block_on(async {
+        let build = berth_build::build(&settings.root, store, executor.clone(), opts);
+        tokio::pin!(build);
+        tokio::select! {
+            r = &mut build => r,
+            () = crate::shutdown_signal() => {
+                // Stop what runs, start nothing new, and let every step clean up.
+                eprintln!("berth: canceling the build");
+                cancel.cancel();
+                executor.cancel();
+                build.await
+            }
+        }
+    });
     if let Some(t) = &tty_view {
         t.finish();
+    }
+    if cancel.is_canceled() {
+        eprintln!("berth: build canceled; nothing was recorded");
+        std::process::exit(130);
     }
     let result = result?;
     for t in &args.tags {

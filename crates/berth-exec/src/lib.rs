@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use berth_oci::Mount;
 
-pub use mount::{MountGuard, mount_rootfs};
+pub use mount::{MountGuard, cleanup_stale_mounts, mount_rootfs};
 pub use runc::{BundleBuilder, Runc};
 
 /// Result with the executor's [`Error`].
@@ -103,4 +103,8 @@ pub trait Executor: Send + Sync {
         meta: &Meta,
         output: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<i32>;
+
+    /// Kill every process this executor is running (a build was canceled). Their `run`
+    /// calls then return as the processes die.
+    fn cancel(&self) {}
 }

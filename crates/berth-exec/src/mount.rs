@@ -112,3 +112,57 @@ fn mount_overlay_new_api(options: &[String], target: &Path) -> rustix::io::Resul
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
 }
+
+/// Unmount what processes that are gone left mounted below `under`: mount points whose
+/// first path component below `under` is named `<pid>-…` for a pid that no longer runs.
+/// Returns the mount points removed.
+pub fn cleanup_stale_mounts(under: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut stale: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .filter_map(|p| {
+            let rel = p.strip_prefix(under).ok()?.to_path_buf();
+            let first = rel
+                .components()
+                .next()?
+                .as_os_str()
+                .to_string_lossy()
+                .into_owned();
+            let pid: i32 = first.split('-').next()?.parse().ok()?;
+            (!Path::new(&format!("/proc/{pid}")).exists()).then_some(p)
+        })
+        .collect();
+    // Deepest first, so nested mounts go before their parents.
+    stale.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    stale.dedup();
+    for p in &stale {
+        if let Err(e) = rustix::mount::unmount(p, UnmountFlags::DETACH) {
+            tracing::warn!(mount = %p.display(), error = %e, "stale mount not removed");
+        }
+    }
+    stale
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> PathBuf {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}

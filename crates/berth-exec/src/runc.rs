@@ -158,6 +158,8 @@ pub struct Runc {
     binary: PathBuf,
     bundles: PathBuf,
     state: PathBuf,
+    running: std::sync::Mutex<std::collections::HashSet<String>>,
+    canceled: std::sync::atomic::AtomicBool,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -180,6 +182,8 @@ impl Runc {
             binary,
             bundles: root.join("bundles"),
             state: root.join("runc"),
+            running: Default::default(),
+            canceled: Default::default(),
         };
         for d in [&r.bundles, &r.state] {
             fs::create_dir_all(d).map_err(io("create directory", d))?;
@@ -189,6 +193,7 @@ impl Runc {
     }
 
     fn clean_leftovers(&self) {
+        crate::cleanup_stale_mounts(&self.bundles);
         let Ok(entries) = fs::read_dir(&self.bundles) else {
             return;
         };
@@ -231,6 +236,9 @@ impl Executor for Runc {
         meta: &Meta,
         output: &mut dyn FnMut(Stream, &[u8]),
     ) -> Result<i32> {
+        if self.canceled.load(Ordering::SeqCst) {
+            return Err(Error::Runtime("the build was canceled".into()));
+        }
         let id = format!(
             "{}-{}",
             std::process::id(),
@@ -245,7 +253,9 @@ impl Executor for Runc {
                 .with_meta(meta)
                 .with_mounts(mounts)
                 .build(&bundle)?;
+            self.running.lock().expect("running").insert(id.clone());
             let code = self.run_bundle(&id, &bundle, output);
+            self.running.lock().expect("running").remove(&id);
             guard.unmount()?;
             code
         })();
@@ -253,6 +263,26 @@ impl Executor for Runc {
             tracing::warn!(bundle = %bundle.display(), error = %e, "bundle not removed");
         }
         result
+    }
+
+    fn cancel(&self) {
+        self.canceled.store(true, Ordering::SeqCst);
+        let ids: Vec<String> = self
+            .running
+            .lock()
+            .expect("running")
+            .iter()
+            .cloned()
+            .collect();
+        for id in ids {
+            let _ = Command::new(&self.binary)
+                .arg("--root")
+                .arg(&self.state)
+                .args(["kill", "--all", &id, "KILL"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
