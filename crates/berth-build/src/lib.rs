@@ -40,6 +40,7 @@ pub mod frontend;
 pub mod image;
 pub mod ir;
 mod pattern;
+mod prune;
 mod solver;
 
 pub use berth_exec::Stream;
@@ -50,6 +51,7 @@ pub use frontend::dockerfile::Dockerfile;
 pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
 pub use pattern::{Ignore, Pattern};
+pub use prune::{PruneOptions, PruneReport, prune};
 pub use solver::{
     Cancel, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions, Solved, Solver,
 };

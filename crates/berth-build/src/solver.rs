@@ -186,6 +186,8 @@ pub struct Solver {
     memo: Mutex<HashMap<Digest, SharedSolve>>,
     ids: Mutex<HashMap<Digest, usize>>,
     next_id: AtomicUsize,
+    /// Shared prune lock, held while this solver lives.
+    _lock: fs::File,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -224,6 +226,7 @@ impl Solver {
         executor: Arc<dyn Executor>,
         opts: SolveOptions,
     ) -> Result<Arc<Solver>> {
+        let lock = crate::prune::lock(root, false)?;
         // Whatever a killed build left mounted goes first, then its snapshots.
         berth_exec::cleanup_stale_mounts(&root.join("tmp"));
         let snapshots = Snapshotter::open(root.join("snapshots"))?;
@@ -250,6 +253,7 @@ impl Solver {
             memo: Mutex::new(HashMap::new()),
             ids: Mutex::new(HashMap::new()),
             next_id: AtomicUsize::new(1),
+            _lock: lock,
         }))
     }
 

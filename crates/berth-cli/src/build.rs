@@ -240,3 +240,73 @@ fn human(n: u64) -> String {
         format!("{v:.1}{}", units[u])
     }
 }
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Keep this much cache, most recently used first (e.g. 10GB, 500MB) [default: 0].
+    #[arg(long, value_parser = parse_size, default_value = "0")]
+    keep_storage: u64,
+    /// Also remove cache mounts (RUN --mount=type=cache).
+    #[arg(long)]
+    all: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 500MB or 10GB"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit (use B, kB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    Ok((n * mult) as u64)
+}
+
+pub fn prune(settings: &Settings, args: PruneArgs) -> Result<()> {
+    let store = berth_store::Store::open(&settings.root)?;
+    let r = berth_build::prune(
+        &settings.root,
+        &store,
+        &berth_build::PruneOptions {
+            keep_storage: args.keep_storage,
+            all: args.all,
+        },
+    )?;
+    println!(
+        "removed {} cache records, {} unpacked layers, {} layer blobs, {} cache mounts; freed {}",
+        r.records,
+        r.snapshots,
+        r.blobs,
+        r.cache_mounts,
+        human(r.bytes)
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("0").unwrap(), 0);
+        assert_eq!(super::parse_size("10GB").unwrap(), 10_000_000_000);
+        assert_eq!(super::parse_size("1.5MiB").unwrap(), 1_572_864);
+        assert!(super::parse_size("ten").is_err());
+        assert!(super::parse_size("5XB").is_err());
+    }
+}

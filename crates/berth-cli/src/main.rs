@@ -36,6 +36,8 @@ enum Command {
     Build(build::BuildArgs),
     /// List the images in berth's store.
     Images,
+    /// Free build cache, least recently used first (images in the store stay).
+    Prune(build::PruneArgs),
     /// Run and maintain berth's OCI registry.
     Registry {
         #[command(subcommand)]
@@ -129,6 +131,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => build::run(&settings, args),
         Command::Images => build::images(&settings),
+        Command::Prune(args) => build::prune(&settings, args),
         Command::Registry { command } => match command {
             RegistryCommand::Serve(args) => serve(&settings, args),
             RegistryCommand::Gc(args) => gc(&settings, args),

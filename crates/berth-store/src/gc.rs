@@ -74,6 +74,26 @@ fn older_than(path: &std::path::Path, age: Duration, now: SystemTime) -> bool {
 }
 
 impl Store {
+    /// Every digest some repository's manifests reach: the manifests, their configs,
+    /// layers and child manifests. (Blobs only linked, never referenced, are not in it.)
+    pub fn referenced(&self) -> Result<HashSet<Digest>> {
+        let repos = self.repos();
+        let mut live = HashSet::new();
+        for name in repos.repositories()? {
+            for m in repos.manifests(&name)? {
+                if let Some(bytes) = self.read_blob(&m)?
+                    && let Ok((manifest, _)) = Manifest::parse(&bytes, None)
+                {
+                    for d in manifest.blobs().chain(manifest.manifests.iter()) {
+                        live.insert(d.digest.clone());
+                    }
+                }
+                live.insert(m);
+            }
+        }
+        Ok(live)
+    }
+
     /// Collect garbage: see the module docs.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
         let now = SystemTime::now();

@@ -1,0 +1,252 @@
+//! A build's life as a process: canceled by SIGTERM, killed with -9, two builds on one
+//! root at once, and `berth prune`. Nothing may be left behind: no mount, no container,
+//! no half-made snapshot.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn ready() -> bool {
+    let root_ok = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root_ok {
+        return skip("berth build needs root (overlayfs, runc)");
+    }
+    require("runc")
+}
+
+/// A context whose Dockerfile is `body` on top of the busybox fixture.
+fn project(dir: &Path, body: &str) -> std::path::PathBuf {
+    let layout = dir.join("busybox");
+    if !layout.exists() {
+        busybox_layout(&layout, "v1");
+    }
+    let ctx = dir.join(format!("ctx-{}", body.len()));
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM oci-layout://{}:v1\n{body}", layout.display()),
+    )
+    .unwrap();
+    ctx
+}
+
+fn build_cmd(root: &Path, ctx: &Path) -> Command {
+    let mut c = Command::new(berth_bin());
+    c.arg("--root")
+        .arg(root)
+        .args(["build", "--progress", "plain"])
+        .arg(ctx);
+    c
+}
+
+/// Start a build and wait until its output shows `marker`.
+fn start_until(root: &Path, ctx: &Path, marker: &str) -> (Child, std::path::PathBuf) {
+    let log = ctx.join("build.log");
+    let child = build_cmd(root, ctx)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(marker)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "build never printed {marker:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, log)
+}
+
+fn mounts_under(root: &Path) -> usize {
+    let root = root.canonicalize().unwrap_or(root.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| m.starts_with(root.to_str().unwrap()))
+        })
+        .count()
+}
+
+fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn processes_running(pattern: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn sigterm_cancels_cleanly() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ctx = project(dir.path(), "RUN echo started && sleep 4321\n");
+    let (mut child, log) = start_until(&root, &ctx, "started");
+    run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let status = child.wait().unwrap();
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(130), "{out}");
+    assert!(out.contains("canceled"), "{out}");
+    assert_eq!(mounts_under(&root), 0, "no mount left");
+    assert_eq!(
+        entries(&root.join("snapshots/active")),
+        0,
+        "no active snapshot left"
+    );
+    assert_eq!(entries(&root.join("exec/bundles")), 0, "no bundle left");
+    assert!(
+        !processes_running("sleep 4321"),
+        "the step's process was killed"
+    );
+    // The root is usable right away.
+    let quick = project(dir.path(), "RUN echo fine\n");
+    run(&mut build_cmd(&root, &quick));
+}
+
+#[test]
+fn after_kill_9_the_next_build_cleans_up() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ctx = project(dir.path(), "RUN echo started && sleep 4322\n");
+    let (mut child, _log) = start_until(&root, &ctx, "started");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // runc and the container outlive a SIGKILL'd berth; their mount stays too.
+    assert!(
+        mounts_under(&root) > 0,
+        "the killed build left its mount (the case under test)"
+    );
+    let quick = project(dir.path(), "RUN echo after-the-crash\n");
+    let out = Command::new(berth_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["build", "--progress", "plain", "-t", "after:1"])
+        .arg(&quick)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("after-the-crash"), "{err}");
+    assert_eq!(mounts_under(&root), 0, "stale mounts removed");
+    assert_eq!(entries(&root.join("snapshots/active")), 0);
+    assert_eq!(entries(&root.join("exec/bundles")), 0);
+    assert!(
+        !processes_running("sleep 4322"),
+        "the orphaned container was deleted"
+    );
+}
+
+#[test]
+fn two_builds_share_one_root() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let a = project(
+        dir.path(),
+        "RUN echo shared > /shared && sleep 1\nRUN echo a > /a\n",
+    );
+    let b = project(
+        dir.path(),
+        "RUN echo shared > /shared && sleep 1\nRUN echo bb > /b\nCOPY Dockerfile /\n",
+    );
+    let ca = build_cmd(&root, &a)
+        .args(["-t", "a:1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cb = build_cmd(&root, &b)
+        .args(["-t", "b:1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for c in [ca, cb] {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let images = run(Command::new(berth_bin())
+        .arg("--root")
+        .arg(&root)
+        .arg("images"));
+    assert!(images.contains("a ") && images.contains("b "), "{images}");
+    // Both results are usable: rebuilding either is fully cached.
+    let out = build_cmd(&root, &a).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("CACHED").count(), 2, "{err}");
+    check_store(&root);
+}
+
+#[test]
+fn prune_frees_cache_but_keeps_images() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ctx = project(
+        dir.path(),
+        "RUN echo one > /one\nRUN --mount=type=cache,target=/c echo x >> /c/log\n",
+    );
+    run(build_cmd(&root, &ctx).args(["-t", "kept:1"]));
+    let report = run(Command::new(berth_bin()).arg("--root").arg(&root).args([
+        "prune",
+        "--keep-storage",
+        "1GB",
+    ]));
+    assert!(report.contains("removed 0 cache records"), "{report}");
+    let out = build_cmd(&root, &ctx).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .matches("CACHED")
+            .count(),
+        2
+    );
+    let report = run(Command::new(berth_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["prune", "--all"]));
+    assert!(report.contains("removed 2 cache records"), "{report}");
+    assert!(report.contains("1 cache mounts"), "{report}");
+    assert_eq!(
+        entries(&root.join("snapshots/layers")),
+        0,
+        "unpacked layers gone"
+    );
+    let images = run(Command::new(berth_bin())
+        .arg("--root")
+        .arg(&root)
+        .arg("images"));
+    assert!(images.contains("kept"), "{images}");
+    check_store(&root);
+    let out = build_cmd(&root, &ctx).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("CACHED").count(), 0, "{err}");
+}
