@@ -51,6 +51,8 @@ pub struct BuildOptions {
     pub progress: Arc<dyn Progress>,
     /// Cancellation.
     pub cancel: Cancel,
+    /// Registry client for base images not in the store (`None`: no pulls).
+    pub client: Option<Arc<berth_client::Client>>,
 }
 
 /// What a build made.
@@ -113,10 +115,23 @@ pub async fn build(
         no_cache: opts.no_cache,
         created,
     };
-    let store_for_resolve = store.clone();
-    let lowered = lower(&df, &lower_opts, &mut |r| {
-        image::resolve(&store_for_resolve, r)
-    })?;
+    // Lowering resolves base images, which may mean pulling them: it runs on a blocking
+    // thread that waits for the async pulls.
+    let handle = tokio::runtime::Handle::current();
+    let (store2, client) = (store.clone(), opts.client.clone());
+    let lowered = tokio::task::spawn_blocking(move || {
+        let pull = |r: &str| -> Result<Digest> {
+            let client = client
+                .as_ref()
+                .ok_or_else(|| BuildError::Image(format!("image {r} is not in berth's store")))?;
+            handle.block_on(image::pull(client, &store2, r))
+        };
+        lower(&df, &lower_opts, &mut |r| {
+            image::resolve(&store2, r, Some(&pull))
+        })
+    })
+    .await
+    .map_err(|e| BuildError::Invalid(format!("lowering panicked: {e}")))??;
     let solver = Solver::new(
         root,
         store.clone(),

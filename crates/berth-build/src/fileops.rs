@@ -1,6 +1,7 @@
 //! COPY and friends, on real directories: resolving sources (globs, `.dockerignore`),
 //! checksumming them for cache keys, and copying them into a mounted root file system.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -187,6 +188,8 @@ pub struct CopyOptions {
     pub chmod: Option<u32>,
     /// Keep the source's owner (COPY --from a stage) instead of root (the context).
     pub keep_owner: bool,
+    /// Unpack tar and tar.gz sources into the destination (ADD).
+    pub extract_archives: bool,
 }
 
 /// Resolve `path` (absolute, inside the container) against `root`, following symlinks as
@@ -251,7 +254,8 @@ pub fn mkdir_all(root: &Path, dir: &str, chown: Option<(u32, u32)>) -> Result<Pa
 /// Copy matched sources from `src_root` to `dest` (absolute inside `dst_root`), with
 /// Docker's rules: a directory source copies its contents; one file source goes to
 /// `dest` itself unless `dest` ends in `/` or is a directory; several sources need a
-/// directory destination.
+/// directory destination. Files hard-linked to each other stay hard-linked. With
+/// `opts.extract_archives` (ADD), a tar or tar.gz file source is unpacked into `dest`.
 pub fn copy(
     src_root: &Path,
     matched: &[Matched],
@@ -267,6 +271,11 @@ pub fn copy(
             "COPY with several sources needs a directory destination ending in '/', got {dest:?}"
         )));
     }
+    let mut copier = Copier {
+        ignore,
+        opts,
+        links: HashMap::new(),
+    };
     for m in matched {
         let src = if m.rel.is_empty() {
             src_root.to_path_buf()
@@ -280,7 +289,10 @@ pub fn copy(
         let target_dir_exists = resolve_in_root(dst_root, dest).is_dir();
         if meta.is_dir() {
             let dir = mkdir_all(dst_root, dest, opts.chown)?;
-            copy_tree(&src, &m.rel, ignore, &dir, opts)?;
+            copier.tree(&src, &m.rel, &dir)?;
+        } else if opts.extract_archives && meta.is_file() && archive_kind(&src)?.is_some() {
+            let dir = mkdir_all(dst_root, dest, opts.chown)?;
+            extract(&src, &dir)?;
         } else {
             let base = Path::new(&m.rel)
                 .file_name()
@@ -300,64 +312,113 @@ pub fn copy(
                 )
             };
             let dir = mkdir_all(dst_root, &dir, opts.chown)?;
-            copy_entry(&src, &meta, &dir.join(name), opts)?;
+            copier.entry(&src, &meta, &dir.join(name))?;
         }
     }
     Ok(())
 }
 
-fn copy_tree(src: &Path, rel: &str, ignore: &Ignore, dst: &Path, opts: CopyOptions) -> Result<()> {
-    let mut names: Vec<_> = fs::read_dir(src)
-        .map_err(|e| io_err("read directory", src, e))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
-    names.sort();
-    for n in names {
-        let s = src.join(&n);
-        let child_rel = if rel.is_empty() {
-            n.to_string_lossy().into_owned()
-        } else {
-            format!("{rel}/{}", n.to_string_lossy())
-        };
-        let excluded = ignore.excludes(&child_rel);
-        let meta = fs::symlink_metadata(&s).map_err(|e| io_err("stat", &s, e))?;
-        let d = dst.join(&n);
-        if meta.is_dir() {
-            if excluded && !ignore.may_reinclude_below(&child_rel) {
-                continue;
-            }
-            if !d.is_dir() {
-                let _ = fs::remove_file(&d);
-                fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
-            }
-            copy_tree(&s, &child_rel, ignore, &d, opts)?;
-            set_meta(&d, &meta, opts)?;
-        } else if !excluded {
-            copy_entry(&s, &meta, &d, opts)?;
-        }
-    }
-    Ok(())
-}
-
-fn copy_entry(src: &Path, meta: &fs::Metadata, dst: &Path, opts: CopyOptions) -> Result<()> {
-    if let Ok(old) = fs::symlink_metadata(dst) {
-        if old.is_dir() {
-            fs::remove_dir_all(dst).map_err(|e| io_err("replace", dst, e))?;
-        } else {
-            fs::remove_file(dst).map_err(|e| io_err("replace", dst, e))?;
-        }
-    }
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let target = fs::read_link(src).map_err(|e| io_err("read link", src, e))?;
-        std::os::unix::fs::symlink(&target, dst).map_err(|e| io_err("symlink", dst, e))?;
-    } else if ft.is_file() {
-        fs::copy(src, dst).map_err(|e| io_err("copy", dst, e))?;
+/// What ADD unpacks: `Some(true)` for gzip, `Some(false)` for a plain tar.
+fn archive_kind(path: &Path) -> Result<Option<bool>> {
+    let mut head = [0u8; 262];
+    let mut f = fs::File::open(path).map_err(|e| io_err("open", path, e))?;
+    let n = f.read(&mut head).map_err(|e| io_err("read", path, e))?;
+    let head = &head[..n];
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Some(true)
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        Some(false)
     } else {
-        // Devices, fifos and sockets are not copied by COPY.
-        return Ok(());
+        None
+    })
+}
+
+/// Unpack a tar (or tar.gz) into `dir`, keeping owners and modes; nothing may land
+/// outside `dir`.
+fn extract(archive: &Path, dir: &Path) -> Result<()> {
+    let f = fs::File::open(archive).map_err(|e| io_err("open", archive, e))?;
+    let reader: Box<dyn Read> = if archive_kind(archive)? == Some(true) {
+        Box::new(flate2::read::GzDecoder::new(io::BufReader::new(f)))
+    } else {
+        Box::new(io::BufReader::new(f))
+    };
+    let mut a = tar::Archive::new(reader);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_overwrite(true);
+    a.unpack(dir)
+        .map_err(|e| io_err("unpack archive", archive, e))
+}
+
+/// One copy: remembers the first copy of each multiply-linked file, so later links to
+/// it become hard links again.
+struct Copier<'a> {
+    ignore: &'a Ignore,
+    opts: CopyOptions,
+    links: HashMap<(u64, u64), PathBuf>,
+}
+
+impl Copier<'_> {
+    fn tree(&mut self, src: &Path, rel: &str, dst: &Path) -> Result<()> {
+        let mut names: Vec<_> = fs::read_dir(src)
+            .map_err(|e| io_err("read directory", src, e))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort();
+        for n in names {
+            let s = src.join(&n);
+            let child_rel = if rel.is_empty() {
+                n.to_string_lossy().into_owned()
+            } else {
+                format!("{rel}/{}", n.to_string_lossy())
+            };
+            let excluded = self.ignore.excludes(&child_rel);
+            let meta = fs::symlink_metadata(&s).map_err(|e| io_err("stat", &s, e))?;
+            let d = dst.join(&n);
+            if meta.is_dir() {
+                if excluded && !self.ignore.may_reinclude_below(&child_rel) {
+                    continue;
+                }
+                if !d.is_dir() {
+                    let _ = fs::remove_file(&d);
+                    fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
+                }
+                self.tree(&s, &child_rel, &d)?;
+                set_meta(&d, &meta, self.opts)?;
+            } else if !excluded {
+                self.entry(&s, &meta, &d)?;
+            }
+        }
+        Ok(())
     }
-    set_meta(dst, meta, opts)
+
+    fn entry(&mut self, src: &Path, meta: &fs::Metadata, dst: &Path) -> Result<()> {
+        if let Ok(old) = fs::symlink_metadata(dst) {
+            if old.is_dir() {
+                fs::remove_dir_all(dst).map_err(|e| io_err("replace", dst, e))?;
+            } else {
+                fs::remove_file(dst).map_err(|e| io_err("replace", dst, e))?;
+            }
+        }
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(src).map_err(|e| io_err("read link", src, e))?;
+            std::os::unix::fs::symlink(&target, dst).map_err(|e| io_err("symlink", dst, e))?;
+        } else if ft.is_file() {
+            if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                if let Some(first) = self.links.get(&key) {
+                    return fs::hard_link(first, dst).map_err(|e| io_err("hard link", dst, e));
+                }
+                self.links.insert(key, dst.to_path_buf());
+            }
+            fs::copy(src, dst).map_err(|e| io_err("copy", dst, e))?;
+        } else {
+            // Devices, fifos and sockets are not copied by COPY.
+            return Ok(());
+        }
+        set_meta(dst, meta, self.opts)
+    }
 }
 
 fn set_meta(dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {

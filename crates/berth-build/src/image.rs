@@ -149,13 +149,22 @@ pub fn host_platform() -> (&'static str, &'static str) {
     ("linux", arch)
 }
 
-/// Resolve `reference`: `oci-layout://DIR[:TAG|@DIGEST]`, or a name in the local store
-/// (`app`, `app:tag`, `library/busybox:1.36`; `docker.io/` and `library/` are tried).
-pub fn resolve(store: &Store, reference: &str) -> Result<ResolvedImage> {
+/// Pulls an image into the store and returns its manifest digest.
+pub type PullFn<'a> = dyn Fn(&str) -> Result<Digest> + 'a;
+
+/// Resolve `reference`: `oci-layout://DIR[:TAG|@DIGEST]`, a name in the local store
+/// (`app`, `app:tag`, `library/busybox:1.36`; `docker.io/` and `library/` are tried),
+/// or else an image in a registry, pulled into the store through `pull` (which gets
+/// the reference and returns the manifest digest).
+pub fn resolve(store: &Store, reference: &str, pull: Option<&PullFn<'_>>) -> Result<ResolvedImage> {
     let manifest = if let Some(rest) = reference.strip_prefix("oci-layout://") {
         import_layout(store, rest)?
     } else {
-        lookup_local(store, reference)?
+        match (lookup_local(store, reference), pull) {
+            (Ok(d), _) => d,
+            (Err(_), Some(pull)) => pull(reference)?,
+            (Err(e), None) => return Err(e),
+        }
     };
     let bytes = store.read_blob(&manifest)?.ok_or_else(|| {
         BuildError::Image(format!(
@@ -283,8 +292,8 @@ fn lookup_local(store: &Store, reference: &str) -> Result<Digest> {
         }
     }
     Err(BuildError::Image(format!(
-        "image {reference} is not in berth's store and berth pulls no registry images yet; \
-         use an OCI layout (FROM oci-layout:///path/to/layout:tag) or push it into berth's registry first"
+        "image {reference} is not in berth's store; name a registry image, an OCI layout \
+         (FROM oci-layout:///path/to/layout:tag), or build it first"
     )))
 }
 
@@ -377,6 +386,72 @@ fn import_blob(store: &Store, dir: &Path, digest: &Digest) -> Result<Vec<u8>> {
         return Ok(Vec::new());
     }
     Ok(store.read_blob(digest)?.unwrap_or_default())
+}
+
+/// Removes an ingest when dropped (a no-op once it was committed).
+struct AbortOnDrop<'a> {
+    store: &'a Store,
+    reference: &'a str,
+}
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.store.abort(self.reference);
+    }
+}
+
+/// Pull `reference` from its registry into the store: the manifest for the host
+/// platform, its config and layers (in parallel, each verified against its digest
+/// before it is committed). Returns the manifest's digest.
+pub async fn pull(client: &berth_client::Client, store: &Store, reference: &str) -> Result<Digest> {
+    let r: berth_client::Reference = reference
+        .parse()
+        .map_err(|e: berth_client::ReferenceError| BuildError::Image(e.to_string()))?;
+    let img = |e: berth_client::Error| BuildError::Image(format!("pull {reference}: {e}"));
+    let mut pulled = client.manifest(&r).await.map_err(img)?;
+    if media_type::is_index(&pulled.media_type) {
+        store.put_blob(pulled.digest.algorithm(), &pulled.bytes)?;
+        let (os, arch) = host_platform();
+        let child = berth_client::Client::pick_platform(&pulled, os, arch).ok_or_else(|| {
+            BuildError::Image(format!("{reference} has no image for {os}/{arch}"))
+        })?;
+        let by_digest = berth_client::Reference {
+            tag: None,
+            digest: Some(child),
+            ..r.clone()
+        };
+        pulled = client.manifest(&by_digest).await.map_err(img)?;
+    }
+    let (m, _) = Manifest::parse(&pulled.bytes, Some(&pulled.media_type))
+        .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
+    let blobs: Vec<berth_oci::Descriptor> = m.blobs().cloned().collect();
+    let fetches = blobs.into_iter().map(|d| {
+        let r = r.clone();
+        async move {
+            if store.blob_size(&d.digest)?.is_some() {
+                return Ok::<_, BuildError>(());
+            }
+            let ingest = format!("pull-{}-{}", std::process::id(), d.digest.hex());
+            // Declared before the writer so it drops after it: an abandoned fetch (a
+            // sibling failed, the build was canceled) removes its ingest.
+            let _guard = AbortOnDrop {
+                store,
+                reference: &ingest,
+            };
+            let mut w = store.writer(&ingest, d.digest.algorithm())?;
+            client
+                .blob(&r, &d.digest, &mut |chunk| {
+                    w.write_all(chunk).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(img)?;
+            w.commit(Some(&d.digest), Some(d.size))?;
+            Ok(())
+        }
+    });
+    futures_util::future::try_join_all(fetches).await?;
+    store.put_blob(pulled.digest.algorithm(), &pulled.bytes)?;
+    Ok(pulled.digest)
 }
 
 #[cfg(test)]

@@ -725,7 +725,7 @@ impl Solver {
                 dest,
                 chown,
                 chmod,
-                extract_archives: _,
+                extract_archives,
                 exclude,
             } => {
                 let input = inputs.get(*from).ok_or_else(|| {
@@ -754,6 +754,8 @@ impl Solver {
                         chown,
                         chmod: *chmod,
                         keep_owner: from_stage,
+                        // Only archives from the build context are unpacked, as in Docker.
+                        extract_archives: *extract_archives && !from_stage,
                     },
                 )
             }
@@ -909,6 +911,13 @@ impl Solver {
                 NetworkMode::None => Network::None,
             },
         };
+        // The runtime creates a file for each file mount whose target the image lacks;
+        // those stubs must not end up in the layer (directories stay, as in Docker).
+        let mut stubs: Vec<String> = op.mounts.iter().map(|m| m.target.clone()).collect();
+        if op.network == NetworkMode::Host {
+            stubs.extend(["/etc/hosts".to_string(), "/etc/resolv.conf".to_string()]);
+        }
+        stubs.retain(|t| !exists_in(&active.lowers, t));
         let mut tail = Tail::default();
         let progress = &self.opts.progress;
         let code = self
@@ -928,6 +937,12 @@ impl Solver {
                 code,
                 output: tail.text(),
             });
+        }
+        for t in stubs {
+            let p = active.upper.join(t.trim_start_matches('/'));
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.len() == 0) {
+                fs::remove_file(&p).map_err(|e| io_err("remove mount stub", &p, e))?;
+            }
         }
         Ok(())
     }
@@ -1139,6 +1154,19 @@ fn lookup_user(lowers: &[PathBuf], user: &str) -> Result<(u32, u32)> {
         },
     };
     Ok((uid, gid))
+}
+
+/// Whether `path` exists in the file system made of `lowers` (topmost first): the
+/// topmost layer that has an entry there decides, and a whiteout means "deleted".
+fn exists_in(lowers: &[PathBuf], path: &str) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let rel = path.trim_start_matches('/');
+    for l in lowers {
+        if let Ok(m) = fs::symlink_metadata(l.join(rel)) {
+            return !(m.file_type().is_char_device() && m.rdev() == 0);
+        }
+    }
+    false
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {

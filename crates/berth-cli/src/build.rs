@@ -155,6 +155,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         outputs,
         progress: sink,
         cancel: cancel.clone(),
+        client: Some(Arc::new(settings.registry_client())),
     };
     let store = berth_store::Store::open(&settings.root)
         .with_context(|| format!("open store at {}", settings.root.display()))?;

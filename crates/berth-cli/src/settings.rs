@@ -16,6 +16,23 @@ pub struct FileConfig {
     /// `[registry]` section.
     #[serde(default)]
     pub registry: RegistryFile,
+    /// `[registries."host:port"]`: how to reach other registries.
+    #[serde(default)]
+    pub registries: std::collections::BTreeMap<String, RegistryHost>,
+}
+
+/// `[registries."host:port"]` in config.toml.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryHost {
+    /// Extra CA certificate (PEM) to trust for this registry.
+    pub ca: Option<PathBuf>,
+    /// Do not verify its TLS certificate.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Speak plain HTTP to it.
+    #[serde(default)]
+    pub http: bool,
 }
 
 /// `[registry]` in config.toml.
@@ -73,6 +90,30 @@ fn default_root() -> PathBuf {
 }
 
 impl Settings {
+    /// A registry client configured from `[registries]` and Docker's credentials.
+    pub fn registry_client(&self) -> berth_client::Client {
+        let hosts = self
+            .file
+            .registries
+            .iter()
+            .map(|(h, r)| {
+                (
+                    h.clone(),
+                    berth_client::HostOptions {
+                        ca: r.ca.clone(),
+                        insecure: r.insecure,
+                        http: r.http,
+                    },
+                )
+            })
+            .collect();
+        berth_client::Client::new(berth_client::ClientConfig {
+            hosts,
+            docker_config: berth_client::DockerConfig::load(),
+            credentials: Default::default(),
+        })
+    }
+
     /// Read the config file (an explicit one must exist) and resolve the root.
     pub fn load(
         root_flag: Option<PathBuf>,

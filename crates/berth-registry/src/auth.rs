@@ -164,7 +164,8 @@ impl Auth {
         else {
             return Err(BadCredentials);
         };
-        let raw = decode_base64(b64.trim()).ok_or(BadCredentials)?;
+        let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64.trim())
+            .map_err(|_| BadCredentials)?;
         let text = String::from_utf8(raw).map_err(|_| BadCredentials)?;
         let (user, pass) = text.split_once(':').ok_or(BadCredentials)?;
         let key: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
@@ -231,35 +232,6 @@ fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let s = s.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c)? << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        match chunk.len() {
-            4 => out.extend_from_slice(&bytes[1..4]),
-            3 => out.extend_from_slice(&bytes[1..3]),
-            2 => out.push(bytes[1]),
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,14 +244,6 @@ mod tests {
         assert!(glob("a*c", "abbbc"));
         assert!(!glob("a*c", "abbbd"));
         assert!(glob("exact", "exact"));
-    }
-
-    #[test]
-    fn base64() {
-        assert_eq!(decode_base64("dXNlcjpwYXNz").unwrap(), b"user:pass");
-        assert_eq!(decode_base64("YQ==").unwrap(), b"a");
-        assert_eq!(decode_base64("YWI=").unwrap(), b"ab");
-        assert!(decode_base64("!!!").is_none());
     }
 
     #[test]

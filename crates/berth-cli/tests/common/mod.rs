@@ -269,3 +269,295 @@ pub fn check_store(root: &Path) -> String {
         .arg(root)
         .args(["registry", "check"]))
 }
+
+// ---------------------------------------------------------------------------------------
+// Build tests: `berth build` on the busybox fixture, file trees, and docker as the peer.
+
+/// Whether `berth build` can run here: root (overlayfs, runc), runc, and busybox-static
+/// for the base image (else skip or fail).
+pub fn require_build() -> bool {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !is_root {
+        return skip("berth build needs root (overlayfs, runc)");
+    }
+    require("runc") && require("busybox")
+}
+
+/// The folder of build corpus cases, one sub-folder (context with its Dockerfile) each.
+pub fn builds_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/builds")
+}
+
+/// A busybox base image for builds: an OCI layout in its own temporary folder.
+pub struct BuildBase {
+    dir: tempfile::TempDir,
+}
+
+impl BuildBase {
+    const TAG: &'static str = "base";
+
+    pub fn new() -> BuildBase {
+        let dir = tempfile::tempdir().unwrap();
+        busybox_layout(&dir.path().join("busybox"), Self::TAG);
+        BuildBase { dir }
+    }
+
+    /// The layout folder.
+    pub fn layout(&self) -> PathBuf {
+        self.dir.path().join("busybox")
+    }
+
+    /// `oci-layout:///abs/dir:tag`, for `FROM` or `--build-arg BASE=`.
+    pub fn reference(&self) -> String {
+        format!("oci-layout://{}:{}", self.layout().display(), Self::TAG)
+    }
+
+    /// The same image in dockerd as `berth-test/busybox:corpus`, copied there once per
+    /// test process (the fixture is deterministic, so any test's copy is the same image).
+    pub fn docker_reference(&self) -> &'static str {
+        static LOADED: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+        LOADED.get_or_init(|| {
+            let name = "berth-test/busybox:corpus";
+            run(&mut skopeo_copy(
+                &format!("oci:{}:{}", self.layout().display(), Self::TAG),
+                &format!("docker-daemon:{name}"),
+                &[],
+            ));
+            name
+        })
+    }
+}
+
+impl Default for BuildBase {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `berth --root ROOT build --progress plain`, with SOURCE_DATE_EPOCH=0 so that equal
+/// inputs give equal digests.
+pub fn berth_build(root: &Path) -> Command {
+    let mut c = Command::new(berth_bin());
+    c.arg("--root")
+        .arg(root)
+        .args(["build", "--progress", "plain"])
+        .env("SOURCE_DATE_EPOCH", "0")
+        .env("BERTH_LOG", "warn");
+    c
+}
+
+/// What a finished command printed.
+pub struct Output {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The manifest digest from berth build's closing `built image ... (manifest D, ...)`.
+    pub fn manifest(&self) -> String {
+        self.stderr
+            .split("(manifest ")
+            .nth(1)
+            .and_then(|r| r.split([',', ')']).next())
+            .unwrap_or_else(|| panic!("no manifest digest in the output:\n{}", self.stderr))
+            .to_string()
+    }
+}
+
+/// Run a command and collect its exit and output, whatever they are.
+pub fn output(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    Output {
+        success: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Run a command that must succeed; its output.
+pub fn output_ok(cmd: &mut Command) -> Output {
+    let out = output(cmd);
+    assert!(
+        out.success,
+        "{cmd:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        out.code, out.stdout, out.stderr
+    );
+    out
+}
+
+/// One path of a file tree, as the comparisons see it: everything but timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// `dir`, `file`, `symlink`, `char`, `block`, `fifo` or `socket`.
+    pub kind: &'static str,
+    /// Permission bits with setuid, setgid and sticky (st_mode & 0o7777), in octal.
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Regular files only (a directory's size depends on the file system).
+    pub size: u64,
+    pub symlink_target: Option<String>,
+    pub sha256: Option<String>,
+    /// The other paths of the tree that are hard links to the same regular file.
+    pub hardlinks: Vec<String>,
+}
+
+/// A file tree by absolute path (`/etc/passwd`); the root folder itself is left out.
+pub type Tree = std::collections::BTreeMap<String, TreeEntry>;
+
+/// Walk `root` (not following symlinks) into a `Tree`.
+pub fn file_tree(root: &Path) -> Tree {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        tree: &mut Tree,
+        inodes: &mut BTreeMap<(u64, u64), Vec<String>>,
+        files: &mut Vec<(String, PathBuf)>,
+    ) {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for path in names {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let key = format!("/{}", path.strip_prefix(root).unwrap().display());
+            let ft = meta.file_type();
+            let kind = if ft.is_dir() {
+                "dir"
+            } else if ft.is_symlink() {
+                "symlink"
+            } else if ft.is_file() {
+                "file"
+            } else if ft.is_char_device() {
+                "char"
+            } else if ft.is_block_device() {
+                "block"
+            } else if ft.is_fifo() {
+                "fifo"
+            } else {
+                "socket"
+            };
+            if ft.is_file() {
+                files.push((key.clone(), path.clone()));
+                if meta.nlink() > 1 {
+                    inodes
+                        .entry((meta.dev(), meta.ino()))
+                        .or_default()
+                        .push(key.clone());
+                }
+            }
+            tree.insert(
+                key,
+                TreeEntry {
+                    kind,
+                    mode: format!("{:o}", meta.mode() & 0o7777),
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    size: if ft.is_file() { meta.size() } else { 0 },
+                    symlink_target: ft
+                        .is_symlink()
+                        .then(|| std::fs::read_link(&path).unwrap().display().to_string()),
+                    sha256: None,
+                    hardlinks: Vec::new(),
+                },
+            );
+            if ft.is_dir() {
+                walk(root, &path, tree, inodes, files);
+            }
+        }
+    }
+
+    let mut tree = Tree::new();
+    let mut inodes = BTreeMap::new();
+    let mut files = Vec::new();
+    walk(root, root, &mut tree, &mut inodes, &mut files);
+    for group in inodes.values() {
+        for path in group {
+            tree.get_mut(path).unwrap().hardlinks =
+                group.iter().filter(|p| *p != path).cloned().collect();
+        }
+    }
+    for chunk in files.chunks(200) {
+        let sums = run(Command::new("sha256sum")
+            .arg("--")
+            .args(chunk.iter().map(|(_, p)| p)));
+        for ((key, _), line) in chunk.iter().zip(sums.lines()) {
+            let sum = line.split_whitespace().next().unwrap().to_string();
+            tree.get_mut(key).unwrap().sha256 = Some(sum);
+        }
+    }
+    tree
+}
+
+/// The file tree of a container made from `image`: `docker create`, `docker export`,
+/// unpacked under `work` (which must not exist yet) as root, keeping owners and modes.
+pub fn docker_image_tree(image: &str, work: &Path) -> Tree {
+    let id = run(Command::new(docker()).args(["create", image]))
+        .trim()
+        .to_string();
+    std::fs::create_dir_all(work).unwrap();
+    let tar = work.join("export.tar");
+    let exported = output(
+        Command::new(docker())
+            .args(["export", "-o"])
+            .arg(&tar)
+            .arg(&id),
+    );
+    run(Command::new(docker()).args(["rm", &id]));
+    assert!(exported.success, "docker export: {}", exported.stderr);
+    let rootfs = work.join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    run(Command::new("tar")
+        .args(["-x", "-p", "--numeric-owner", "-f"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&rootfs));
+    file_tree(&rootfs)
+}
+
+/// The differences between two trees, one line each (empty when equal).
+pub fn tree_diff(a_name: &str, a: &Tree, b_name: &str, b: &Tree) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, ea) in a {
+        match b.get(path) {
+            None => out.push(format!("{path}: only in {a_name}: {ea:?}")),
+            Some(eb) if ea != eb => out.push(format!(
+                "{path}:\n    {a_name}: {ea:?}\n    {b_name}: {eb:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for (path, eb) in b {
+        if !a.contains_key(path) {
+            out.push(format!("{path}: only in {b_name}: {eb:?}"));
+        }
+    }
+    out
+}
+
+/// Removes docker images by name when dropped.
+#[derive(Default)]
+pub struct DockerImages(pub Vec<String>);
+
+impl Drop for DockerImages {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = Command::new(docker())
+                .args(["rmi", "-f"])
+                .args(&self.0)
+                .output();
+        }
+    }
+}

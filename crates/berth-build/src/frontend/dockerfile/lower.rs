@@ -304,9 +304,10 @@ impl Lowerer<'_> {
                     }
                 }
                 InstructionKind::Env { vars } => {
+                    // Every value of one ENV sees the variables as they were before it
+                    // (`ENV A=two B=$A` gives B the old A), as Docker does.
                     for kv in vars {
-                        let v = expand(&kv.value, |k| scope.lookup(&config.config, k), escape)
-                            .map_err(|e| src_err(df, line, 1, &e.to_string()))?;
+                        let v = ex(&kv.value, &scope)?;
                         let k = ex(&kv.key, &scope)?;
                         config.config.env_set(&k, &v);
                     }
@@ -490,9 +491,11 @@ impl Lowerer<'_> {
                     };
                     config.config.working_dir = abs.clone();
                     let op = FileOp {
+                        // New directories belong to the current USER, as in Docker.
                         actions: vec![FileAction::Mkdir {
                             path: abs,
-                            chown: None,
+                            chown: (!config.config.user.is_empty())
+                                .then(|| config.config.user.clone()),
                         }],
                         cwd: "/".into(),
                     };

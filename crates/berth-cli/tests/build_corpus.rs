@@ -1,0 +1,447 @@
+//! The build corpus: each folder of `tests/builds/` is a context with its Dockerfile,
+//! built by berth and by docker (BuildKit in Debian's dockerd) from the same busybox
+//! base. berth's image is pulled from `berth registry serve` and run; its file tree
+//! (both the pulled image and `--output type=local`) and its config must equal docker's.
+//! Heredocs, which docker 20.10 lacks, are checked by their content alone.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::*;
+
+/// Paths that docker's container adds (`docker create` + `docker export`), or that are
+/// mountpoints of a running container: left out of every comparison.
+fn docker_added(path: &str) -> bool {
+    const EXACT: [&str; 5] = [
+        "/.dockerenv",
+        "/etc/hosts",
+        "/etc/hostname",
+        "/etc/resolv.conf",
+        // docker's init layer links it to /proc/mounts.
+        "/etc/mtab",
+    ];
+    EXACT.contains(&path)
+        || ["/dev", "/proc", "/sys"]
+            .iter()
+            .any(|m| path == *m || path.starts_with(&format!("{m}/")))
+}
+
+fn comparable(tree: Tree) -> Tree {
+    tree.into_iter().filter(|(p, _)| !docker_added(p)).collect()
+}
+
+/// One corpus case: its folder name, arguments for both builders beside
+/// `--build-arg BASE=`, and `docker run` checks of berth's image (`docker run` options,
+/// then `--` and the command; the expected stdout).
+struct Case {
+    name: &'static str,
+    args: &'static [&'static str],
+    runs: &'static [(&'static [&'static str], &'static str)],
+}
+
+/// Everything a case produced.
+struct Built {
+    _work: tempfile::TempDir,
+    _images: DockerImages,
+    _server: Berth,
+    /// berth's image, pulled into dockerd.
+    berth_image: String,
+    /// docker's build of the same Dockerfile.
+    docker_image: String,
+    /// berth's `--output type=local`.
+    local: PathBuf,
+    work: PathBuf,
+    docker_tree: std::cell::OnceCell<Tree>,
+}
+
+fn ready() -> bool {
+    require_build() && require_docker() && require("skopeo")
+}
+
+/// Build `case` with berth and with docker, pull berth's image and run the checks.
+fn build_both(case: &Case) -> Built {
+    let base = BuildBase::new();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let local = work.path().join("local");
+    let context = builds_dir().join(case.name);
+    let tag = format!("corpus/{}:latest", case.name);
+
+    let mut berth = berth_build(&root);
+    berth
+        .args(["-t", &tag])
+        .arg("--build-arg")
+        .arg(format!("BASE={}", base.reference()))
+        .arg("--output")
+        .arg(format!("type=local,dest={}", local.display()));
+    berth.args(case.args);
+    output_ok(berth.arg(&context));
+
+    let mut images = DockerImages::default();
+    let server = Berth::serve(&root, &[]);
+    let berth_image = format!("{}/{tag}", server.addr);
+    images.0.push(berth_image.clone());
+    run(Command::new(docker()).args(["pull", "-q", &berth_image]));
+
+    // Unique per build: two tests may build one case at once.
+    static BUILDS: AtomicUsize = AtomicUsize::new(0);
+    let docker_image = format!(
+        "berth-test/corpus-{}:{}-{}",
+        case.name,
+        std::process::id(),
+        BUILDS.fetch_add(1, Ordering::Relaxed)
+    );
+    images.0.push(docker_image.clone());
+    let mut build = Command::new(docker());
+    build
+        .env("DOCKER_BUILDKIT", "1")
+        .args(["build", "-q", "-t", &docker_image])
+        .arg("--build-arg")
+        .arg(format!("BASE={}", base.docker_reference()));
+    build.args(case.args);
+    output_ok(build.arg(&context));
+
+    for (args, want) in case.runs {
+        let got = run(Command::new(docker())
+            .args(["run", "--rm"])
+            .args(args.iter().take_while(|a| **a != "--"))
+            .arg(&berth_image)
+            .args(args.iter().skip_while(|a| **a != "--").skip(1)));
+        assert_eq!(got, *want, "docker run {args:?} of berth's image");
+    }
+    Built {
+        berth_image,
+        docker_image,
+        local,
+        work: work.path().to_path_buf(),
+        docker_tree: std::cell::OnceCell::new(),
+        _work: work,
+        _images: images,
+        _server: server,
+    }
+}
+
+impl Built {
+    fn docker_tree(&self) -> &Tree {
+        self.docker_tree.get_or_init(|| {
+            comparable(docker_image_tree(
+                &self.docker_image,
+                &self.work.join("docker-tree"),
+            ))
+        })
+    }
+
+    /// berth's image as docker unpacks it (layers, whiteouts and all) equals docker's.
+    fn assert_image_tree(&self) {
+        let berth = comparable(docker_image_tree(
+            &self.berth_image,
+            &self.work.join("berth-tree"),
+        ));
+        let diff = tree_diff("berth image", &berth, "docker", self.docker_tree());
+        assert!(diff.is_empty(), "file trees differ:\n{}", diff.join("\n"));
+    }
+
+    /// berth's `--output type=local` equals docker's image.
+    fn assert_local_tree(&self) {
+        let local = comparable(file_tree(&self.local));
+        let diff = tree_diff("berth local", &local, "docker", self.docker_tree());
+        assert!(diff.is_empty(), "file trees differ:\n{}", diff.join("\n"));
+    }
+
+    /// The image configs agree, but for `ArgsEscaped`, which docker's builder sets and
+    /// the image spec reserves for Windows.
+    fn assert_same_config(&self) {
+        let berth = inspect_config(&self.berth_image);
+        let docker = inspect_config(&self.docker_image);
+        assert_eq!(
+            berth, docker,
+            "docker inspect .Config: berth's image (left) vs docker's (right)"
+        );
+    }
+}
+
+fn inspect_config(image: &str) -> serde_json::Value {
+    let out = run(Command::new(docker()).args(["inspect", "--format", "{{json .Config}}", image]));
+    let mut config: serde_json::Value = serde_json::from_str(&out).unwrap();
+    if let Some(c) = config.as_object_mut() {
+        c.remove("ArgsEscaped");
+    }
+    config
+}
+
+/// Build, run, and compare trees and config.
+fn check(case: &Case) {
+    if !ready() {
+        return;
+    }
+    let built = build_both(case);
+    built.assert_image_tree();
+    built.assert_local_tree();
+    built.assert_same_config();
+}
+
+#[test]
+fn multi_stage() {
+    check(&Case {
+        name: "multi_stage",
+        args: &[],
+        runs: &[(&[], "left\nright\ndeep\n")],
+    });
+}
+
+#[test]
+fn deletions_opaque() {
+    check(&Case {
+        name: "deletions_opaque",
+        args: &[],
+        runs: &[
+            (&[], "new\ngone-ok\nuname-ok\nfresh\n"),
+            (&["--", "cat", "/data/keep/k"], "k\n"),
+        ],
+    });
+}
+
+#[test]
+fn permissions() {
+    check(&Case {
+        name: "permissions",
+        args: &[],
+        runs: &[
+            (&[], "65534\nwritten by 65534:65534\n"),
+            (
+                &["--user", "1000", "--", "/opt/script.sh"],
+                "script ran as 1000\n",
+            ),
+        ],
+    });
+}
+
+#[test]
+fn links() {
+    check(&Case {
+        name: "links",
+        args: &[],
+        runs: &[(&[], "target\ntarget\ntarget\ntarget\nin-tree\n")],
+    });
+}
+
+const HARDLINKS: Case = Case {
+    name: "hardlinks",
+    args: &[],
+    runs: &[(&[], "target\nsame-layer\nsame-layer\n")],
+};
+
+#[test]
+fn hardlinks() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&HARDLINKS);
+    built.assert_image_tree();
+    built.assert_same_config();
+}
+
+#[test]
+fn hardlinks_in_local_output() {
+    if !ready() {
+        return;
+    }
+    build_both(&HARDLINKS).assert_local_tree();
+}
+
+#[test]
+fn dockerignore() {
+    check(&Case {
+        name: "dockerignore",
+        args: &[],
+        runs: &[(
+            &[],
+            "/ctx\n/ctx/build\n/ctx/build/important.txt\n/ctx/docs\n/ctx/docs/readme.md\n\
+             /ctx/keep.txt\n/ctx/logs\n/ctx/logs/keep.log\n/ctx/logs/notes.txt\n/ctx/nested\n\
+             /ctx/nested/deep\n/ctx/nested/y.txt\n",
+        )],
+    });
+}
+
+#[test]
+fn arg_scoping() {
+    if !ready() {
+        return;
+    }
+    let case = Case {
+        name: "arg_scoping",
+        args: &["--build-arg", "WHO=berth"],
+        runs: &[(
+            &[],
+            "hello berth\n\
+             hello berth global=unset not_kept=build-time-only\n\
+             greeting=unset global=unset\n\
+             not_kept=absent\n",
+        )],
+    };
+    let built = build_both(&case);
+    built.assert_image_tree();
+    built.assert_local_tree();
+    built.assert_same_config();
+    let env = inspect_config(&built.berth_image)["Env"].clone();
+    assert_eq!(
+        env,
+        serde_json::json!([
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "MESSAGE=hello berth"
+        ]),
+        "only ENV is kept in the image, no ARG"
+    );
+}
+
+#[test]
+fn image_config() {
+    if !ready() {
+        return;
+    }
+    let case = Case {
+        name: "image_config",
+        args: &[],
+        runs: &[(&[], "entry arg1\n/app/sub\n1000\na b c\n")],
+    };
+    let built = build_both(&case);
+    built.assert_same_config();
+    built.assert_image_tree();
+    built.assert_local_tree();
+    let config = inspect_config(&built.berth_image);
+    assert_eq!(config["User"], "1000:1000");
+    assert_eq!(config["WorkingDir"], "/app/sub");
+    assert_eq!(config["StopSignal"], "SIGTERM");
+    assert_eq!(
+        config["ExposedPorts"],
+        serde_json::json!({"8080/tcp": {}, "9090/udp": {}})
+    );
+    assert_eq!(
+        config["Volumes"],
+        serde_json::json!({"/data": {}, "/cache": {}})
+    );
+    assert_eq!(
+        config["Labels"],
+        serde_json::json!({"org.example.name": "corpus", "org.example.multi": "a b"})
+    );
+    assert_eq!(config["Cmd"], serde_json::json!(["arg1"]));
+}
+
+#[test]
+fn workdir_user() {
+    check(&Case {
+        name: "workdir_user",
+        args: &[],
+        runs: &[(&[], "/tmp\n/home/nobody/work\n")],
+    });
+}
+
+#[test]
+fn copy_semantics() {
+    check(&Case {
+        name: "copy_semantics",
+        args: &[],
+        runs: &[(&[], "a\na\nb\n")],
+    });
+}
+
+#[test]
+fn add_archive() {
+    check(&Case {
+        name: "add_archive",
+        args: &[],
+        runs: &[(&[], "inside\n")],
+    });
+}
+
+#[test]
+fn shell_healthcheck() {
+    check(&Case {
+        name: "shell_healthcheck",
+        args: &[],
+        runs: &[(&[], "shell form\nshell=/bin/sh opts=ce\n")],
+    });
+}
+
+#[test]
+fn type_changes() {
+    check(&Case {
+        name: "type_changes",
+        args: &[],
+        runs: &[(&[], "now-a-file\nnow-inside\nnow-inside\nregular\n")],
+    });
+}
+
+#[test]
+fn target_stage() {
+    check(&Case {
+        name: "target_stage",
+        args: &["--target", "second"],
+        runs: &[(&[], "first\nsecond\nfirst\n")],
+    });
+}
+
+#[test]
+fn env_expansion() {
+    check(&Case {
+        name: "env_expansion",
+        args: &[],
+        runs: &[(&[], "two one two-one fallback set $A\n/w/two\none\n")],
+    });
+}
+
+/// Heredocs: berth only (docker 20.10's builder has none), checked by content.
+#[test]
+fn heredocs() {
+    if !ready() {
+        return;
+    }
+    let base = BuildBase::new();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let local = work.path().join("local");
+    output_ok(
+        berth_build(&root)
+            .args(["-t", "corpus/heredocs:latest", "--build-arg"])
+            .arg(format!("BASE={}", base.reference()))
+            .arg("--output")
+            .arg(format!("type=local,dest={}", local.display()))
+            .arg(builds_dir().join("heredocs")),
+    );
+    let read = |p: &str| std::fs::read_to_string(local.join(p)).unwrap();
+    assert_eq!(read("run-heredoc.txt"), "line1\nhi berth\n");
+    assert_eq!(read("run-sh.txt"), "via sh\n");
+    assert_eq!(
+        read("copied.txt"),
+        "name=berth\n",
+        "unquoted delimiter expands"
+    );
+    assert_eq!(
+        read("raw.txt"),
+        "name=$NAME\n",
+        "quoted delimiter keeps $NAME"
+    );
+
+    let server = Berth::serve(&root, &[]);
+    let image = format!("{}/corpus/heredocs:latest", server.addr);
+    let _images = DockerImages(vec![image.clone()]);
+    run(Command::new(docker()).args(["pull", "-q", &image]));
+    let got = run(Command::new(docker()).args(["run", "--rm", &image]));
+    assert_eq!(got, "line1\nhi berth\nvia sh\nname=berth\nname=$NAME\n");
+}
+
+/// Every folder of the corpus has a test here.
+#[test]
+fn every_case_has_a_test() {
+    let source = include_str!("build_corpus.rs");
+    for entry in std::fs::read_dir(builds_dir()).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            source.contains(&format!("\"{name}\"")),
+            "tests/builds/{name} has no test in build_corpus.rs"
+        );
+    }
+}

@@ -1,0 +1,517 @@
+//! The HTTP side: per-registry TLS settings, the auth dance, manifests and blobs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use berth_oci::{Digest, media_type};
+use futures_util::StreamExt;
+use reqwest::{Method, Response, StatusCode, header};
+
+use crate::auth::{Credentials, DockerConfig};
+use crate::reference::Reference;
+
+/// Result with the client's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A registry client failure, saying what to do where it can.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The registry could not be reached or the connection broke.
+    #[error("{url}: {message}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// What happened and what to check.
+        message: String,
+    },
+    /// Credentials are missing or refused.
+    #[error(
+        "{registry}: authentication failed ({status}); log in to {registry} or check the credentials in ~/.docker/config.json"
+    )]
+    Unauthorized {
+        /// The registry.
+        registry: String,
+        /// HTTP status.
+        status: u16,
+    },
+    /// The image or blob does not exist.
+    #[error("{0}: not found in the registry")]
+    NotFound(String),
+    /// Any other unexpected answer.
+    #[error("{method} {url}: {status} {body}")]
+    Http {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Status.
+        status: u16,
+        /// The start of the body (registries explain themselves there).
+        body: String,
+    },
+    /// Content does not match its digest.
+    #[error(
+        "{what}: expected {expected}, got {got}; the registry served corrupt or substituted content"
+    )]
+    DigestMismatch {
+        /// What was checked.
+        what: String,
+        /// Expected digest.
+        expected: Digest,
+        /// Actual digest.
+        got: Digest,
+    },
+    /// Something local failed (a CA file, the sink).
+    #[error("{0}")]
+    Local(String),
+}
+
+/// How to reach one registry.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// Extra CA certificate (PEM) to trust for it.
+    pub ca: Option<PathBuf>,
+    /// Skip TLS verification (only when configured).
+    pub insecure: bool,
+    /// Plain HTTP.
+    pub http: bool,
+}
+
+/// Client settings.
+#[derive(Debug, Clone, Default)]
+pub struct ClientConfig {
+    /// Per-registry settings, keyed by `host[:port]`.
+    pub hosts: HashMap<String, HostOptions>,
+    /// Docker's config, for credentials.
+    pub docker_config: DockerConfig,
+    /// Credentials berth was given directly, by registry (win over Docker's).
+    pub credentials: HashMap<String, Credentials>,
+}
+
+/// A manifest as fetched.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The bytes as served.
+    pub bytes: Vec<u8>,
+    /// Its media type.
+    pub media_type: String,
+    /// Its digest (verified).
+    pub digest: Digest,
+}
+
+/// A registry client. Cheap to share; keeps one HTTP client per registry and the
+/// tokens it was given.
+pub struct Client {
+    config: ClientConfig,
+    http: Mutex<HashMap<String, reqwest::Client>>,
+    tokens: Mutex<HashMap<String, String>>,
+    scheme: Mutex<HashMap<String, &'static str>>,
+}
+
+const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+impl Client {
+    /// A client with `config`.
+    pub fn new(config: ClientConfig) -> Client {
+        Client {
+            config,
+            http: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            scheme: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn host(&self, registry: &str) -> HostOptions {
+        self.config.hosts.get(registry).cloned().unwrap_or_default()
+    }
+
+    /// Schemes to try, in order. A registry on this machine with no settings is tried
+    /// over HTTPS, then plain HTTP (as Docker treats 127.0.0.0/8), unless an earlier
+    /// request already found out which one it speaks.
+    fn schemes(&self, r: &Reference) -> Vec<&'static str> {
+        if let Some(s) = self.scheme.lock().expect("scheme").get(&r.registry) {
+            return vec![s];
+        }
+        let opts = self.host(&r.registry);
+        if opts.http {
+            vec!["http"]
+        } else if r.is_loopback() && opts.ca.is_none() && !opts.insecure {
+            vec!["https", "http"]
+        } else {
+            vec!["https"]
+        }
+    }
+
+    fn http_client(&self, registry: &str) -> Result<reqwest::Client> {
+        let mut cache = self.http.lock().expect("clients");
+        if let Some(c) = cache.get(registry) {
+            return Ok(c.clone());
+        }
+        let opts = self.host(registry);
+        let mut b =
+            reqwest::Client::builder().user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &opts.ca {
+            let pem = std::fs::read(ca).map_err(|e| {
+                Error::Local(format!("read CA {} for {registry}: {e}", ca.display()))
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::Local(format!(
+                    "CA {} for {registry} is not PEM: {e}",
+                    ca.display()
+                ))
+            })? {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        if opts.insecure {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        let c = b
+            .build()
+            .map_err(|e| Error::Local(format!("HTTP client for {registry}: {e}")))?;
+        cache.insert(registry.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn credentials(&self, registry: &str) -> Option<Credentials> {
+        self.config
+            .credentials
+            .get(registry)
+            .cloned()
+            .or_else(|| self.config.docker_config.credentials(registry))
+    }
+
+    /// Send a request, answering auth challenges (Bearer tokens, Basic) once.
+    async fn send(
+        &self,
+        r: &Reference,
+        method: Method,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<Response> {
+        let schemes = self.schemes(r);
+        let mut last = None;
+        for (i, scheme) in schemes.iter().enumerate() {
+            match self
+                .send_with(r, scheme, method.clone(), path, accept)
+                .await
+            {
+                Err(Error::Transport { url, message })
+                    if i + 1 < schemes.len() && !message.contains("certificate") =>
+                {
+                    tracing::debug!(url, message, "HTTPS failed; trying plain HTTP");
+                    last = Some(Error::Transport { url, message });
+                }
+                other => {
+                    if other.is_ok() {
+                        self.scheme
+                            .lock()
+                            .expect("scheme")
+                            .insert(r.registry.clone(), scheme);
+                    }
+                    return other;
+                }
+            }
+        }
+        Err(last.expect("at least one scheme"))
+    }
+
+    async fn send_with(
+        &self,
+        r: &Reference,
+        scheme: &str,
+        method: Method,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<Response> {
+        let url = format!("{scheme}://{}{path}", r.api_host());
+        let http = self.http_client(&r.registry)?;
+        let scope = format!("repository:{}:pull", r.repository);
+        let token_key = format!("{}|{scope}", r.registry);
+        let build = |auth: Option<String>| {
+            let mut req = http.request(method.clone(), &url);
+            if let Some(a) = accept {
+                req = req.header(header::ACCEPT, a);
+            }
+            if let Some(a) = auth {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            req
+        };
+        let cached = self.tokens.lock().expect("tokens").get(&token_key).cloned();
+        let resp = build(cached.clone())
+            .send()
+            .await
+            .map_err(|e| transport(&url, e))?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let creds = self.credentials(&r.registry);
+        let auth = if let Some(params) = challenge
+            .strip_prefix("Bearer ")
+            .or_else(|| challenge.strip_prefix("bearer "))
+        {
+            let token = self
+                .fetch_token(&http, &r.registry, params, &scope, creds.as_ref())
+                .await?;
+            format!("Bearer {token}")
+        } else {
+            let c = creds.ok_or(Error::Unauthorized {
+                registry: r.registry.clone(),
+                status: 401,
+            })?;
+            basic(&c)
+        };
+        self.tokens
+            .lock()
+            .expect("tokens")
+            .insert(token_key, auth.clone());
+        let resp = build(Some(auth))
+            .send()
+            .await
+            .map_err(|e| transport(&url, e))?;
+        if matches!(
+            resp.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
+            return Err(Error::Unauthorized {
+                registry: r.registry.clone(),
+                status: resp.status().as_u16(),
+            });
+        }
+        Ok(resp)
+    }
+
+    async fn fetch_token(
+        &self,
+        http: &reqwest::Client,
+        registry: &str,
+        params: &str,
+        scope: &str,
+        creds: Option<&Credentials>,
+    ) -> Result<String> {
+        let p = parse_challenge(params);
+        let realm = p
+            .get("realm")
+            .ok_or_else(|| Error::Local(format!("{registry}: Bearer challenge without realm")))?;
+        let mut req = http
+            .get(realm)
+            .query(&[("scope", p.get("scope").map_or(scope, String::as_str))]);
+        if let Some(service) = p.get("service") {
+            req = req.query(&[("service", service.as_str())]);
+        }
+        if let Some(c) = creds {
+            req = req.header(header::AUTHORIZATION, basic(c));
+        }
+        let resp = req.send().await.map_err(|e| transport(realm, e))?;
+        if !resp.status().is_success() {
+            return Err(Error::Unauthorized {
+                registry: registry.to_string(),
+                status: resp.status().as_u16(),
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+        }
+        let t: Token = resp.json().await.map_err(|e| transport(realm, e))?;
+        t.token.or(t.access_token).ok_or_else(|| {
+            Error::Local(format!(
+                "{registry}: token server {realm} returned no token"
+            ))
+        })
+    }
+
+    /// Fetch a manifest (or index) by the reference's tag or digest; its digest is
+    /// checked against the reference's digest, or the registry's `Docker-Content-Digest`.
+    pub async fn manifest(&self, r: &Reference) -> Result<Pulled> {
+        let path = format!("/v2/{}/manifests/{}", r.repository, r.manifest_ref());
+        let resp = self.send(r, Method::GET, &path, Some(ACCEPT)).await?;
+        let resp = check(resp, "GET", &r.to_string()).await?;
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport(&path, e))?
+            .to_vec();
+        let expected = r.digest.clone().or(header_digest);
+        let digest = match &expected {
+            Some(e) => Digest::of(e.algorithm(), &bytes),
+            None => Digest::sha256(&bytes),
+        };
+        if let Some(e) = expected
+            && e != digest
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest of {r}"),
+                expected: e,
+                got: digest,
+            });
+        }
+        let (_, media_type) = berth_oci::Manifest::parse(&bytes, ct.as_deref())
+            .map_err(|e| Error::Local(format!("manifest of {r}: {e}")))?;
+        Ok(Pulled {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// Stream blob `digest` of `r`'s repository into `sink`, verifying its digest; the
+    /// sink sees every byte before the check, so it must not publish them until this
+    /// returns `Ok` (berth's content store commits only under the expected digest).
+    pub async fn blob(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        sink: &mut (dyn FnMut(&[u8]) -> std::result::Result<(), String> + Send),
+    ) -> Result<u64> {
+        let path = format!("/v2/{}/blobs/{digest}", r.repository);
+        let resp = self.send(r, Method::GET, &path, None).await?;
+        let resp = check(resp, "GET", &format!("{}@{digest}", r.repository)).await?;
+        let mut hasher = digest.algorithm().hasher();
+        let mut n = 0u64;
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| transport(&path, e))?;
+            hasher.update(&chunk);
+            n += chunk.len() as u64;
+            sink(&chunk).map_err(Error::Local)?;
+        }
+        let got = hasher.finish();
+        if got != *digest {
+            return Err(Error::DigestMismatch {
+                what: format!("blob of {}", r.repository),
+                expected: digest.clone(),
+                got,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Pick the manifest for `os/arch` out of an index.
+    pub fn pick_platform(index: &Pulled, os: &str, arch: &str) -> Option<Digest> {
+        if !media_type::is_index(&index.media_type) {
+            return None;
+        }
+        let (m, _) = berth_oci::Manifest::parse(&index.bytes, Some(&index.media_type)).ok()?;
+        m.manifests
+            .iter()
+            .find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| p["os"] == os && p["architecture"] == arch)
+            })
+            .map(|d| d.digest.clone())
+    }
+}
+
+fn basic(c: &Credentials) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password))
+    )
+}
+
+fn transport(url: &str, e: reqwest::Error) -> Error {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    let hint = if msg.contains("certificate") || msg.contains("UnknownIssuer") {
+        "; the registry's certificate is not trusted: set `ca` for this registry in berth's config (or `insecure = true`)"
+    } else if msg.contains("dns error") || msg.contains("failed to lookup") {
+        "; the registry's host name does not resolve: check the image name, DNS or the proxy settings (HTTPS_PROXY, NO_PROXY)"
+    } else if msg.to_lowercase().contains("connect") {
+        "; is the registry running and reachable from here (proxy settings: HTTPS_PROXY, NO_PROXY)?"
+    } else {
+        ""
+    };
+    Error::Transport {
+        url: url.to_string(),
+        message: format!("{msg}{hint}"),
+    }
+}
+
+async fn check(resp: Response, method: &str, what: &str) -> Result<Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    if status == StatusCode::NOT_FOUND {
+        return Err(Error::NotFound(what.to_string()));
+    }
+    let url = resp.url().to_string();
+    let body = resp.text().await.unwrap_or_default();
+    Err(Error::Http {
+        method: method.into(),
+        url,
+        status: status.as_u16(),
+        body: body.chars().take(300).collect(),
+    })
+}
+
+/// `realm="…",service="…",scope="…"` → map.
+fn parse_challenge(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let Some((k, v)) = rest.split_once('=') else {
+            break;
+        };
+        let k = k.trim().trim_start_matches(',').trim().to_string();
+        let v = v.trim_start();
+        let (value, tail) = if let Some(q) = v.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (q[..end].to_string(), &q[end + 1..]),
+                None => (q.to_string(), ""),
+            }
+        } else {
+            match v.find(',') {
+                Some(end) => (v[..end].to_string(), &v[end..]),
+                None => (v.to_string(), ""),
+            }
+        };
+        out.insert(k, value);
+        rest = tail.trim_start().trim_start_matches(',');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let p = parse_challenge(
+            r#"realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(p["realm"], "https://auth.example/token");
+        assert_eq!(p["service"], "registry.example");
+        assert_eq!(p["scope"], "repository:a/b:pull,push");
+    }
+}

@@ -1,0 +1,16 @@
+//! berth-client owns talking to registries as a client: image references
+//! (`registry/repository:tag@digest`, Docker Hub's defaults included), credentials (the
+//! Docker config file, credential helpers, berth's own), the Distribution API's token
+//! and basic auth dance, TLS with extra CAs or none for insecure registries, and
+//! pulling manifests and blobs with their digests verified.
+//!
+//! HTTP proxies come from the environment (`HTTPS_PROXY`, `NO_PROXY`…), as reqwest reads
+//! them.
+
+mod auth;
+mod client;
+mod reference;
+
+pub use auth::{Credentials, DockerConfig};
+pub use client::{Client, ClientConfig, Error, HostOptions, Pulled, Result};
+pub use reference::{Reference, ReferenceError};
