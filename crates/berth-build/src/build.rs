@@ -145,7 +145,9 @@ pub async fn build(
             cancel: opts.cancel.clone(),
         },
     )?;
-    let solved = solver.solve(&lowered.state).await?;
+    let solved = solver.solve(&lowered.state).await;
+    solver.save_sums();
+    let solved = solved?;
     let Output::Layers(layers) = &solved.output else {
         return Err(BuildError::Invalid(
             "the build's result is not a file system".into(),

@@ -134,13 +134,30 @@ fn walk_matched(
     Ok(())
 }
 
+/// A file's content hash, remembered with what identifies that version of the file:
+/// size, modification and change times (nanoseconds) and inode. Any write changes the
+/// change time, so a hit means the same content without reading it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CachedSum {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+    sum: String,
+}
+
+/// Content hashes of one context directory, by relative path.
+pub type SumCache = std::sync::Mutex<HashMap<String, CachedSum>>;
+
 /// Content checksum of the matched sources: names, types, modes, link targets and file
 /// contents — never timestamps — so a touched but unchanged file keeps the cache. Also
-/// returns each file's own hash, for cache-miss reasons.
-pub fn checksum(
+/// returns each file's own hash, for cache-miss reasons. Content hashes come from
+/// `cache` for files whose metadata says they did not change; new ones are recorded.
+pub fn checksum_cached(
     root: &Path,
     matched: &[Matched],
     ignore: &Ignore,
+    cache: Option<&SumCache>,
 ) -> Result<(Digest, Vec<(String, String)>)> {
     let mut total = Algorithm::Sha256.hasher();
     let mut files = Vec::new();
@@ -157,16 +174,35 @@ pub fn checksum(
         } else if ft.is_dir() {
             "d".to_string()
         } else if ft.is_file() {
-            let mut h = Algorithm::Sha256.hasher();
-            let mut f = fs::File::open(path).map_err(|e| io_err("open", path, e))?;
-            loop {
-                let n = f.read(&mut buf).map_err(|e| io_err("read", path, e))?;
-                if n == 0 {
-                    break;
+            let id = |sum: String| CachedSum {
+                size: meta.len(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+                ctime: (meta.ctime(), meta.ctime_nsec()),
+                ino: meta.ino(),
+                sum,
+            };
+            let known = cache.and_then(|c| c.lock().expect("sums").get(rel).cloned());
+            match known {
+                Some(k) if k == id(k.sum.clone()) => k.sum,
+                _ => {
+                    let mut h = Algorithm::Sha256.hasher();
+                    let mut f = fs::File::open(path).map_err(|e| io_err("open", path, e))?;
+                    loop {
+                        let n = f.read(&mut buf).map_err(|e| io_err("read", path, e))?;
+                        if n == 0 {
+                            break;
+                        }
+                        h.update(&buf[..n]);
+                    }
+                    let sum = format!("f {}", h.finish().hex());
+                    if let Some(c) = cache {
+                        c.lock()
+                            .expect("sums")
+                            .insert(rel.to_string(), id(sum.clone()));
+                    }
+                    sum
                 }
-                h.update(&buf[..n]);
             }
-            format!("f {}", h.finish().hex())
         } else {
             "o".to_string()
         };
@@ -478,7 +514,7 @@ mod tests {
         fs::write(d.path().join("src/ignored.log"), "x").unwrap();
         let ig = Ignore::parse("src/*.log");
         let m = resolve_sources(d.path(), &["src".into()], &ig).unwrap();
-        let (c1, files) = checksum(d.path(), &m, &ig).unwrap();
+        let (c1, files) = checksum_cached(d.path(), &m, &ig, None).unwrap();
         assert_eq!(
             files.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
             ["src", "src/a"]
@@ -489,9 +525,33 @@ mod tests {
             .open(d.path().join("src/a"))
             .unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
-        assert_eq!(checksum(d.path(), &m, &ig).unwrap().0, c1);
+        assert_eq!(checksum_cached(d.path(), &m, &ig, None).unwrap().0, c1);
         fs::write(d.path().join("src/a"), "b").unwrap();
-        assert_ne!(checksum(d.path(), &m, &ig).unwrap().0, c1);
+        assert_ne!(checksum_cached(d.path(), &m, &ig, None).unwrap().0, c1);
+        // With a cache: an unchanged file is not read again, a rewritten one is, even
+        // when its mtime is put back.
+        let cache = SumCache::default();
+        let (c2, _) = checksum_cached(d.path(), &m, &ig, Some(&cache)).unwrap();
+        assert_eq!(cache.lock().unwrap().len(), 1);
+        assert_eq!(
+            checksum_cached(d.path(), &m, &ig, Some(&cache)).unwrap().0,
+            c2
+        );
+        let before = fs::metadata(d.path().join("src/a"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        fs::write(d.path().join("src/a"), "c").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(d.path().join("src/a"))
+            .unwrap()
+            .set_modified(before)
+            .unwrap();
+        assert_ne!(
+            checksum_cached(d.path(), &m, &ig, Some(&cache)).unwrap().0,
+            c2
+        );
         assert!(matches!(
             resolve_sources(d.path(), &["nope".into()], &ig),
             Err(BuildError::SourceNotFound(_))

@@ -186,6 +186,8 @@ pub struct Solver {
     memo: Mutex<HashMap<Digest, SharedSolve>>,
     ids: Mutex<HashMap<Digest, usize>>,
     next_id: AtomicUsize,
+    /// Content hashes of context files, by context directory (see `save_sums`).
+    sums: Mutex<HashMap<PathBuf, Arc<fileops::SumCache>>>,
     /// Shared prune lock, held while this solver lives.
     _lock: fs::File,
 }
@@ -253,6 +255,7 @@ impl Solver {
             memo: Mutex::new(HashMap::new()),
             ids: Mutex::new(HashMap::new()),
             next_id: AtomicUsize::new(1),
+            sums: Mutex::new(HashMap::new()),
             _lock: lock,
         }))
     }
@@ -435,7 +438,8 @@ impl Solver {
             if let Some(Output::Dir { path, exclude }) = inputs.get(input).map(|s| &s.output) {
                 let ignore = Ignore::new(exclude.iter().map(String::as_str));
                 let matched = fileops::resolve_sources(path, &srcs, &ignore)?;
-                let (sum, files) = fileops::checksum(path, &matched, &ignore)?;
+                let cache = self.sum_cache(path);
+                let (sum, files) = fileops::checksum_cached(path, &matched, &ignore, Some(&cache))?;
                 content.push(sum.to_string());
                 ing.files.extend(files);
             }
@@ -453,6 +457,41 @@ impl Solver {
         };
         let key = Digest::sha256(&serde_json::to_vec(&doc).expect("json"));
         Ok((key, ing))
+    }
+
+    fn sums_path(&self, context: &Path) -> PathBuf {
+        let id = Digest::sha256(context.to_string_lossy().as_bytes());
+        self.root.join("cache/sums").join(id.hex())
+    }
+
+    /// The content-hash cache of a context directory, loaded on first use.
+    fn sum_cache(&self, context: &Path) -> Arc<fileops::SumCache> {
+        let mut all = self.sums.lock().expect("sums");
+        all.entry(context.to_path_buf())
+            .or_insert_with(|| {
+                let map = fs::read(self.sums_path(context))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                Arc::new(std::sync::Mutex::new(map))
+            })
+            .clone()
+    }
+
+    /// Keep the content hashes computed in this build for the next one, so unchanged
+    /// context files are not read again.
+    pub fn save_sums(&self) {
+        let all = self.sums.lock().expect("sums");
+        for (context, cache) in all.iter() {
+            let path = self.sums_path(context);
+            if let Some(dir) = path.parent() {
+                let _ = fs::create_dir_all(dir);
+            }
+            let map = cache.lock().expect("sums");
+            if let Ok(bytes) = serde_json::to_vec(&*map) {
+                let _ = write_atomic(&path, &bytes);
+            }
+        }
     }
 
     fn lookup(&self, key: &Digest) -> Result<Option<Vec<Layer>>> {

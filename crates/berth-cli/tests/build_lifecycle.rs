@@ -99,8 +99,9 @@ fn sigterm_cancels_cleanly() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let ctx = project(dir.path(), "RUN echo started && sleep 4321\n");
-    let (mut child, log) = start_until(&root, &ctx, "started");
+    // The marker is the step's output, not its name: `ready-$((1+1))` prints ready-2.
+    let ctx = project(dir.path(), "RUN echo ready-$((1+1)) && sleep 4321\n");
+    let (mut child, log) = start_until(&root, &ctx, "ready-2");
     run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
     let status = child.wait().unwrap();
     let out = std::fs::read_to_string(&log).unwrap();
@@ -123,14 +124,35 @@ fn sigterm_cancels_cleanly() {
 }
 
 #[test]
+fn sigterm_before_the_container_starts_still_cancels() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ctx = project(dir.path(), "RUN sleep 4323\n");
+    // The step's label is printed before runc has created the container.
+    let (mut child, log) = start_until(&root, &ctx, "RUN sleep 4323");
+    run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let status = child.wait().unwrap();
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(130), "{out}");
+    assert!(
+        !processes_running("sleep 4323"),
+        "the container was killed once it existed"
+    );
+    assert_eq!(mounts_under(&root), 0, "no mount left");
+}
+
+#[test]
 fn after_kill_9_the_next_build_cleans_up() {
     if !ready() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let ctx = project(dir.path(), "RUN echo started && sleep 4322\n");
-    let (mut child, _log) = start_until(&root, &ctx, "started");
+    let ctx = project(dir.path(), "RUN echo ready-$((1+1)) && sleep 4322\n");
+    let (mut child, _log) = start_until(&root, &ctx, "ready-2");
     child.kill().unwrap();
     child.wait().unwrap();
     // runc and the container outlive a SIGKILL'd berth; their mount stays too.

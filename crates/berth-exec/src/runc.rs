@@ -158,8 +158,7 @@ pub struct Runc {
     binary: PathBuf,
     bundles: PathBuf,
     state: PathBuf,
-    running: std::sync::Mutex<std::collections::HashSet<String>>,
-    canceled: std::sync::atomic::AtomicBool,
+    canceled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -182,7 +181,6 @@ impl Runc {
             binary,
             bundles: root.join("bundles"),
             state: root.join("runc"),
-            running: Default::default(),
             canceled: Default::default(),
         };
         for d in [&r.bundles, &r.state] {
@@ -253,9 +251,7 @@ impl Executor for Runc {
                 .with_meta(meta)
                 .with_mounts(mounts)
                 .build(&bundle)?;
-            self.running.lock().expect("running").insert(id.clone());
             let code = self.run_bundle(&id, &bundle, output);
-            self.running.lock().expect("running").remove(&id);
             guard.unmount()?;
             code
         })();
@@ -266,23 +262,8 @@ impl Executor for Runc {
     }
 
     fn cancel(&self) {
+        // Each running container has a watcher that sees this and kills it.
         self.canceled.store(true, Ordering::SeqCst);
-        let ids: Vec<String> = self
-            .running
-            .lock()
-            .expect("running")
-            .iter()
-            .cloned()
-            .collect();
-        for id in ids {
-            let _ = Command::new(&self.binary)
-                .arg("--root")
-                .arg(&self.state)
-                .args(["kill", "--all", &id, "KILL"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
     }
 }
 
@@ -334,15 +315,38 @@ impl Runc {
         })
         .collect();
         drop(tx);
+        // Kill the container if the build is canceled while it runs. Polling the flag
+        // (rather than killing from `cancel`) covers a cancel that lands while runc is
+        // still creating the container, when `runc kill` would find nothing to kill.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (done, canceled) = (done.clone(), self.canceled.clone());
+            let (binary, state, id) = (self.binary.clone(), self.state.clone(), id.to_string());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    if canceled.load(Ordering::SeqCst) {
+                        let _ = Command::new(&binary)
+                            .arg("--root")
+                            .arg(&state)
+                            .args(["kill", "--all", &id, "KILL"])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status();
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            })
+        };
         for (stream, chunk) in rx {
             output(stream, &chunk);
         }
         for r in readers {
             let _ = r.join();
         }
-        let status = child
-            .wait()
-            .map_err(|e| Error::Runtime(format!("wait for runc: {e}")))?;
+        let status = child.wait();
+        done.store(true, Ordering::SeqCst);
+        let _ = watcher.join();
+        let status = status.map_err(|e| Error::Runtime(format!("wait for runc: {e}")))?;
         if let Some(msg) = runtime_error(&log) {
             return Err(Error::Runtime(msg));
         }

@@ -278,9 +278,11 @@ impl Lowerer<'_> {
         let label = self.label(idx);
         let mut cmd_set_here = false;
         for (i, ins) in stage.instructions.iter().enumerate() {
+            // Numbered as BuildKit does: FROM is step 1 of the stage.
             let name = format!(
-                "[{label} {}/{n}] {}",
-                i + 1,
+                "[{label} {}/{}] {}",
+                i + 2,
+                n + 1,
                 ins.original.lines().next().unwrap_or("")
             );
             let line = ins.lines.start;
