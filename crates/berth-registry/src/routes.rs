@@ -772,7 +772,7 @@ async fn get_blob(
                     source: e,
                 })?;
         }
-        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10);
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 1 << 20);
         Body::from_stream(stream).into_response()
     };
     *r.status_mut() = status;
