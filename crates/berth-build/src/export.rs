@@ -60,6 +60,7 @@ pub fn export_image(
     let repos = store.repos();
     for t in tags {
         let (name, tag, _) = split_reference(t);
+        let name = crate::image::local_name(&name);
         berth_oci::validate_repository(&name)
             .and_then(|()| berth_oci::validate_tag(&tag))
             .map_err(|e| BuildError::Invalid(format!("image name {t:?}: {e}")))?;
@@ -147,4 +148,59 @@ pub fn export_oci_tar(
             Err(e)
         }
     }
+}
+
+/// Push the image `manifest` of the store to `dest` in a registry: blobs the registry
+/// lacks go up in parallel (existing ones are skipped), then the manifest. Returns the
+/// pushed manifest's digest.
+pub async fn push_image(
+    store: &Store,
+    client: &berth_client::Client,
+    manifest: &Digest,
+    dest: &berth_client::Reference,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Digest> {
+    let bytes = store.read_blob(manifest)?.ok_or_else(|| {
+        BuildError::Image(format!("manifest {manifest} is missing from the store"))
+    })?;
+    let (m, mt) = berth_oci::Manifest::parse(&bytes, None)
+        .map_err(|e| BuildError::Image(format!("manifest {manifest}: {e}")))?;
+    let err = |e: berth_client::Error| BuildError::Image(format!("push to {dest}: {e}"));
+    if media_type::is_index(&mt) {
+        for child in &m.manifests {
+            let by_digest = berth_client::Reference {
+                tag: None,
+                digest: Some(child.digest.clone()),
+                ..dest.clone()
+            };
+            Box::pin(push_image(
+                store,
+                client,
+                &child.digest,
+                &by_digest,
+                progress,
+            ))
+            .await?;
+        }
+    }
+    let uploads = m.blobs().map(|d| async move {
+        let size = store.blob_size(&d.digest)?.ok_or_else(|| {
+            BuildError::Image(format!(
+                "blob {} of {manifest} is missing from the store",
+                d.digest
+            ))
+        })?;
+        let sent = client
+            .push_blob(dest, &d.digest, &store.blob_path(&d.digest), size)
+            .await
+            .map_err(err)?;
+        progress(&format!(
+            "{} {}",
+            if sent { "pushed" } else { "exists" },
+            d.digest
+        ));
+        Ok::<_, BuildError>(())
+    });
+    futures_util::future::try_join_all(uploads).await?;
+    client.push_manifest(dest, &bytes, &mt).await.map_err(err)
 }

@@ -266,8 +266,26 @@ pub fn split_reference(reference: &str) -> (String, String, Option<String>) {
     (name.to_string(), tag, digest)
 }
 
+/// The repository name an image reference has in berth's store: the reference's name,
+/// with a registry host's `:port` written `-port` (`127.0.0.1:5000/app` is stored as
+/// `127.0.0.1-5000/app`), since repository names cannot hold `:`.
+pub fn local_name(name: &str) -> String {
+    match name.split_once('/') {
+        Some((host, rest)) if host.contains(['.', ':']) || host == "localhost" => {
+            format!("{}/{rest}", host.replace(':', "-").to_ascii_lowercase())
+        }
+        _ => name.to_string(),
+    }
+}
+
+/// The manifest an image name (`name[:tag][@digest]`) has in the local store.
+pub fn local_manifest(store: &Store, reference: &str) -> Result<Digest> {
+    lookup_local(store, reference)
+}
+
 fn lookup_local(store: &Store, reference: &str) -> Result<Digest> {
     let (name, tag, digest) = split_reference(reference);
+    let name = local_name(&name);
     let repos = store.repos();
     let short = name.strip_prefix("docker.io/").unwrap_or(&name).to_string();
     let mut candidates = vec![name.clone(), short.clone()];
@@ -457,6 +475,17 @@ pub async fn pull(client: &berth_client::Client, store: &Store, reference: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_names() {
+        assert_eq!(
+            local_name("127.0.0.1:5000/team/app"),
+            "127.0.0.1-5000/team/app"
+        );
+        assert_eq!(local_name("registry.internal/app"), "registry.internal/app");
+        assert_eq!(local_name("team/app"), "team/app");
+        assert_eq!(local_name("app"), "app");
+    }
 
     #[test]
     fn references() {

@@ -46,7 +46,7 @@ mod solver;
 pub use berth_exec::Stream;
 pub use build::{BuildOptions, BuildResult, OutputSpec, build, rfc3339};
 pub use error::{BuildError, Result};
-pub use export::{Exported, export_image, export_oci_tar};
+pub use export::{Exported, export_image, export_oci_tar, push_image};
 pub use frontend::dockerfile::Dockerfile;
 pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};

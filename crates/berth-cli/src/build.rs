@@ -42,6 +42,9 @@ pub struct BuildArgs {
     /// Also write the result: type=oci,dest=FILE.tar or type=local,dest=DIR.
     #[arg(long = "output", short = 'o')]
     outputs: Vec<String>,
+    /// Push the image to the registry of each -t name after the build.
+    #[arg(long)]
+    push: bool,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -159,6 +162,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     };
     let store = berth_store::Store::open(&settings.root)
         .with_context(|| format!("open store at {}", settings.root.display()))?;
+    let store_for_push = store.clone();
     let executor: Arc<dyn berth_exec::Executor> =
         Arc::new(berth_exec::Runc::new(&settings.root.join("exec"))?);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -190,6 +194,18 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         println!("{t}");
     }
     println!("{}", result.image_id);
+    if args.push {
+        if args.tags.is_empty() {
+            bail!("--push needs at least one -t name saying where to push");
+        }
+        let client = settings.registry_client();
+        for t in &args.tags {
+            let dest: berth_client::Reference = t.parse()?;
+            let digest =
+                rt.block_on(push_one(&store_for_push, &client, &result.manifest, &dest))?;
+            println!("{}/{}@{digest}", dest.registry, dest.repository);
+        }
+    }
     eprintln!(
         "built image {} (manifest {}, {} layers)",
         result.image_id, result.manifest, result.layers
@@ -310,4 +326,36 @@ mod tests {
         assert!(super::parse_size("ten").is_err());
         assert!(super::parse_size("5XB").is_err());
     }
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The image in berth's store (NAME[:TAG]).
+    name: String,
+    /// Where to push it [default: NAME itself, e.g. registry.internal:5000/app:1].
+    dest: Option<String>,
+}
+
+async fn push_one(
+    store: &berth_store::Store,
+    client: &berth_client::Client,
+    manifest: &berth_oci::Digest,
+    dest: &berth_client::Reference,
+) -> Result<berth_oci::Digest> {
+    let show = |line: &str| eprintln!("{dest}: {line}");
+    Ok(berth_build::push_image(store, client, manifest, dest, &show).await?)
+}
+
+pub fn push(settings: &Settings, args: PushArgs) -> Result<()> {
+    let store = berth_store::Store::open(&settings.root)?;
+    let manifest = berth_build::image::local_manifest(&store, &args.name)
+        .with_context(|| format!("berth push {}", args.name))?;
+    let dest: berth_client::Reference = args.dest.as_deref().unwrap_or(&args.name).parse()?;
+    let client = settings.registry_client();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let digest = rt.block_on(push_one(&store, &client, &manifest, &dest))?;
+    println!("{}/{}@{digest}", dest.registry, dest.repository);
+    Ok(())
 }

@@ -38,6 +38,8 @@ enum Command {
     Images,
     /// Free build cache, least recently used first (images in the store stay).
     Prune(build::PruneArgs),
+    /// Push an image from berth's store to a registry.
+    Push(build::PushArgs),
     /// Run and maintain berth's OCI registry.
     Registry {
         #[command(subcommand)]
@@ -132,6 +134,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Build(args) => build::run(&settings, args),
         Command::Images => build::images(&settings),
         Command::Prune(args) => build::prune(&settings, args),
+        Command::Push(args) => build::push(&settings, args),
         Command::Registry { command } => match command {
             RegistryCommand::Serve(args) => serve(&settings, args),
             RegistryCommand::Gc(args) => gc(&settings, args),

@@ -184,20 +184,11 @@ impl Client {
     }
 
     /// Send a request, answering auth challenges (Bearer tokens, Basic) once.
-    async fn send(
-        &self,
-        r: &Reference,
-        method: Method,
-        path: &str,
-        accept: Option<&str>,
-    ) -> Result<Response> {
+    async fn send(&self, r: &Reference, req: &Req<'_>) -> Result<Response> {
         let schemes = self.schemes(r);
         let mut last = None;
         for (i, scheme) in schemes.iter().enumerate() {
-            match self
-                .send_with(r, scheme, method.clone(), path, accept)
-                .await
-            {
+            match self.send_with(r, scheme, req).await {
                 Err(Error::Transport { url, message })
                     if i + 1 < schemes.len() && !message.contains("certificate") =>
                 {
@@ -218,30 +209,45 @@ impl Client {
         Err(last.expect("at least one scheme"))
     }
 
-    async fn send_with(
-        &self,
-        r: &Reference,
-        scheme: &str,
-        method: Method,
-        path: &str,
-        accept: Option<&str>,
-    ) -> Result<Response> {
-        let url = format!("{scheme}://{}{path}", r.api_host());
+    async fn send_with(&self, r: &Reference, scheme: &str, req: &Req<'_>) -> Result<Response> {
+        // Upload locations may come back absolute.
+        let url = if req.path.starts_with("http://") || req.path.starts_with("https://") {
+            req.path.to_string()
+        } else {
+            format!("{scheme}://{}{}", r.api_host(), req.path)
+        };
         let http = self.http_client(&r.registry)?;
-        let scope = format!("repository:{}:pull", r.repository);
+        let scope = format!(
+            "repository:{}:{}",
+            r.repository,
+            if req.push { "pull,push" } else { "pull" }
+        );
         let token_key = format!("{}|{scope}", r.registry);
-        let build = |auth: Option<String>| {
-            let mut req = http.request(method.clone(), &url);
-            if let Some(a) = accept {
-                req = req.header(header::ACCEPT, a);
+        let build = |auth: Option<String>| -> Result<reqwest::RequestBuilder> {
+            let mut b = http.request(req.method.clone(), &url);
+            if let Some(a) = req.accept {
+                b = b.header(header::ACCEPT, a);
+            }
+            if let Some(t) = req.content_type {
+                b = b.header(header::CONTENT_TYPE, t);
             }
             if let Some(a) = auth {
-                req = req.header(header::AUTHORIZATION, a);
+                b = b.header(header::AUTHORIZATION, a);
             }
-            req
+            Ok(match &req.body {
+                Body::Empty => b,
+                Body::Bytes(bytes) => b.body(bytes.clone()),
+                Body::File(path, len) => {
+                    let f = std::fs::File::open(path)
+                        .map_err(|e| Error::Local(format!("open {}: {e}", path.display())))?;
+                    let stream = tokio_util_stream(tokio::fs::File::from_std(f));
+                    b.header(header::CONTENT_LENGTH, *len)
+                        .body(reqwest::Body::wrap_stream(stream))
+                }
+            })
         };
         let cached = self.tokens.lock().expect("tokens").get(&token_key).cloned();
-        let resp = build(cached.clone())
+        let resp = build(cached.clone())?
             .send()
             .await
             .map_err(|e| transport(&url, e))?;
@@ -274,7 +280,7 @@ impl Client {
             .lock()
             .expect("tokens")
             .insert(token_key, auth.clone());
-        let resp = build(Some(auth))
+        let resp = build(Some(auth))?
             .send()
             .await
             .map_err(|e| transport(&url, e))?;
@@ -337,7 +343,7 @@ impl Client {
     /// checked against the reference's digest, or the registry's `Docker-Content-Digest`.
     pub async fn manifest(&self, r: &Reference) -> Result<Pulled> {
         let path = format!("/v2/{}/manifests/{}", r.repository, r.manifest_ref());
-        let resp = self.send(r, Method::GET, &path, Some(ACCEPT)).await?;
+        let resp = self.send(r, &Req::get(&path, Some(ACCEPT))).await?;
         let resp = check(resp, "GET", &r.to_string()).await?;
         let header_digest = resp
             .headers()
@@ -387,7 +393,7 @@ impl Client {
         sink: &mut (dyn FnMut(&[u8]) -> std::result::Result<(), String> + Send),
     ) -> Result<u64> {
         let path = format!("/v2/{}/blobs/{digest}", r.repository);
-        let resp = self.send(r, Method::GET, &path, None).await?;
+        let resp = self.send(r, &Req::get(&path, None)).await?;
         let resp = check(resp, "GET", &format!("{}@{digest}", r.repository)).await?;
         let mut hasher = digest.algorithm().hasher();
         let mut n = 0u64;
@@ -409,6 +415,123 @@ impl Client {
         Ok(n)
     }
 
+    /// Whether `r`'s repository holds blob `d`.
+    pub async fn has_blob(&self, r: &Reference, d: &Digest) -> Result<bool> {
+        let path = format!("/v2/{}/blobs/{d}", r.repository);
+        let req = Req {
+            method: Method::HEAD,
+            push: true,
+            ..Req::get(&path, None)
+        };
+        let resp = self.send(r, &req).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => check(resp, "HEAD", &path).await.map(|_| false),
+        }
+    }
+
+    /// Upload the blob `d` of `size` bytes from `file` to `r`'s repository, unless it is
+    /// already there; returns whether it was uploaded. Transient failures (transport
+    /// errors, 5xx) are retried three times.
+    pub async fn push_blob(
+        &self,
+        r: &Reference,
+        d: &Digest,
+        file: &std::path::Path,
+        size: u64,
+    ) -> Result<bool> {
+        if self.has_blob(r, d).await? {
+            return Ok(false);
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.upload(r, d, file, size).await {
+                Ok(()) => return Ok(true),
+                Err(e) if attempt < 4 && is_transient(&e) => {
+                    tracing::warn!(blob = %d, error = %e, attempt, "blob upload failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn upload(
+        &self,
+        r: &Reference,
+        d: &Digest,
+        file: &std::path::Path,
+        size: u64,
+    ) -> Result<()> {
+        let path = format!("/v2/{}/blobs/uploads/", r.repository);
+        let req = Req {
+            method: Method::POST,
+            push: true,
+            ..Req::get(&path, None)
+        };
+        let resp = check(self.send(r, &req).await?, "POST", &path).await?;
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Error::Local(format!("{}: upload started without a Location", r.registry))
+            })?
+            .to_string();
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let put = format!("{loc}{sep}digest={d}");
+        let req = Req {
+            method: Method::PUT,
+            push: true,
+            content_type: Some("application/octet-stream"),
+            body: Body::File(file.to_path_buf(), size),
+            ..Req::get(&put, None)
+        };
+        check(self.send(r, &req).await?, "PUT", &put).await?;
+        Ok(())
+    }
+
+    /// Put a manifest under `r`'s tag (or digest); returns its digest, checked against
+    /// what the registry reports.
+    pub async fn push_manifest(
+        &self,
+        r: &Reference,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Digest> {
+        let digest = Digest::sha256(bytes);
+        let path = format!(
+            "/v2/{}/manifests/{}",
+            r.repository,
+            r.tag.clone().unwrap_or_else(|| digest.to_string())
+        );
+        let req = Req {
+            method: Method::PUT,
+            push: true,
+            content_type: Some(media_type),
+            body: Body::Bytes(bytes::Bytes::copy_from_slice(bytes)),
+            ..Req::get(&path, None)
+        };
+        let resp = check(self.send(r, &req).await?, "PUT", &path).await?;
+        if let Some(reported) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            && reported != digest.to_string()
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest pushed to {r}"),
+                expected: digest,
+                got: reported
+                    .parse()
+                    .map_err(|e| Error::Local(format!("{r}: {e}")))?,
+            });
+        }
+        Ok(digest)
+    }
+
     /// Pick the manifest for `os/arch` out of an index.
     pub fn pick_platform(index: &Pulled, os: &str, arch: &str) -> Option<Digest> {
         if !media_type::is_index(&index.media_type) {
@@ -423,6 +546,59 @@ impl Client {
                     .is_some_and(|p| p["os"] == os && p["architecture"] == arch)
             })
             .map(|d| d.digest.clone())
+    }
+}
+
+/// A request body that can be produced again (a request may be re-sent after an auth
+/// challenge).
+enum Body {
+    Empty,
+    Bytes(bytes::Bytes),
+    File(PathBuf, u64),
+}
+
+/// One request, as [`Client::send`] takes it.
+struct Req<'a> {
+    method: Method,
+    path: &'a str,
+    accept: Option<&'a str>,
+    content_type: Option<&'a str>,
+    body: Body,
+    /// Ask for push rights (token scope `pull,push`).
+    push: bool,
+}
+
+impl<'a> Req<'a> {
+    fn get(path: &'a str, accept: Option<&'a str>) -> Req<'a> {
+        Req {
+            method: Method::GET,
+            path,
+            accept,
+            content_type: None,
+            body: Body::Empty,
+            push: false,
+        }
+    }
+}
+
+fn tokio_util_stream(
+    f: tokio::fs::File,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures_util::stream::unfold((f, vec![0u8; 1 << 20]), |(mut f, mut buf)| async move {
+        use tokio::io::AsyncReadExt;
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => Some((Ok(bytes::Bytes::copy_from_slice(&buf[..n])), (f, buf))),
+            Err(e) => Some((Err(e), (f, buf))),
+        }
+    })
+}
+
+fn is_transient(e: &Error) -> bool {
+    match e {
+        Error::Transport { .. } => true,
+        Error::Http { status, .. } => *status >= 500 || *status == 429,
+        _ => false,
     }
 }
 
