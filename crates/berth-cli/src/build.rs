@@ -45,6 +45,35 @@ pub struct BuildArgs {
     /// Push the image to the registry of each -t name after the build.
     #[arg(long)]
     push: bool,
+    /// Load the image into the local Docker daemon (under each -t name) after the build.
+    #[arg(long)]
+    load: bool,
+    #[command(flatten)]
+    delivery: Delivery,
+}
+
+/// How images reach the Docker daemon.
+#[derive(Args, Clone)]
+pub struct Delivery {
+    /// Do not use the registry proxy; always stream a tar to the daemon.
+    #[arg(long)]
+    no_registry_proxy: bool,
+    /// Port of the registry proxy on 127.0.0.1 [default: any free port].
+    #[arg(long)]
+    registry_proxy_port: Option<u16>,
+}
+
+impl Delivery {
+    fn options(&self, settings: &Settings) -> berth_docker::LoadOptions {
+        berth_docker::LoadOptions {
+            no_registry_proxy: self.no_registry_proxy
+                || settings.file.docker.registry_proxy == Some(false),
+            proxy_port: self
+                .registry_proxy_port
+                .or(settings.file.docker.registry_proxy_port)
+                .unwrap_or(0),
+        }
+    }
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -194,6 +223,15 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         println!("{t}");
     }
     println!("{}", result.image_id);
+    if args.load {
+        if args.tags.is_empty() {
+            bail!("--load needs a -t name for the image in Docker");
+        }
+        let opts = args.delivery.options(settings);
+        for t in &args.tags {
+            rt.block_on(load_one(&store_for_push, t, None, &opts))?;
+        }
+    }
     if args.push {
         if args.tags.is_empty() {
             bail!("--push needs at least one -t name saying where to push");
@@ -358,4 +396,56 @@ pub fn push(settings: &Settings, args: PushArgs) -> Result<()> {
     let digest = rt.block_on(push_one(&store, &client, &manifest, &dest))?;
     println!("{}/{}@{digest}", dest.registry, dest.repository);
     Ok(())
+}
+
+#[derive(Args)]
+pub struct LoadArgs {
+    /// The image in berth's store (NAME[:TAG]).
+    name: String,
+    /// Name it gets in Docker [default: NAME].
+    #[arg(long = "as")]
+    as_name: Option<String>,
+    #[command(flatten)]
+    delivery: Delivery,
+}
+
+/// Load `name` from the store into Docker as `target` (default: `name`).
+async fn load_one(
+    store: &berth_store::Store,
+    name: &str,
+    target: Option<&str>,
+    opts: &berth_docker::LoadOptions,
+) -> Result<()> {
+    let manifest = berth_build::image::local_manifest(store, name)
+        .with_context(|| format!("berth load {name}"))?;
+    let (repo, _, _) = berth_build::image::split_reference(name);
+    let repo = berth_build::image::local_name(&repo);
+    let target = target.unwrap_or(name);
+    let full = if target
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains(':'))
+    {
+        target.to_string()
+    } else {
+        format!("{target}:latest")
+    };
+    let docker = berth_docker::connect().await?;
+    let loaded = berth_docker::load(&docker, store, &repo, &manifest, &full, opts).await?;
+    let how = match &loaded.path {
+        berth_docker::Path::RegistryProxy => "through berth's registry proxy",
+        berth_docker::Path::Tar(_) => "as a tar stream",
+    };
+    eprintln!("loaded {full} into Docker {how}");
+    println!("{}", loaded.image_id);
+    Ok(())
+}
+
+pub fn load(settings: &Settings, args: LoadArgs) -> Result<()> {
+    let store = berth_store::Store::open(&settings.root)?;
+    let opts = args.delivery.options(settings);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(load_one(&store, &args.name, args.as_name.as_deref(), &opts))
 }

@@ -40,6 +40,8 @@ enum Command {
     Prune(build::PruneArgs),
     /// Push an image from berth's store to a registry.
     Push(build::PushArgs),
+    /// Load an image from berth's store into the local Docker daemon.
+    Load(build::LoadArgs),
     /// Run and maintain berth's OCI registry.
     Registry {
         #[command(subcommand)]
@@ -114,10 +116,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() {
     let cli = Cli::parse();
+    // Request logs are for the registry server; other commands that serve (the proxy of
+    // `berth load`) keep them quiet unless BERTH_LOG asks.
+    let default_filter = match &cli.command {
+        Command::Registry {
+            command: RegistryCommand::Serve(_),
+        } => "info",
+        _ => "info,berth::access=warn,berth_registry=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -135,6 +145,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Images => build::images(&settings),
         Command::Prune(args) => build::prune(&settings, args),
         Command::Push(args) => build::push(&settings, args),
+        Command::Load(args) => build::load(&settings, args),
         Command::Registry { command } => match command {
             RegistryCommand::Serve(args) => serve(&settings, args),
             RegistryCommand::Gc(args) => gc(&settings, args),

@@ -16,9 +16,22 @@ pub struct FileConfig {
     /// `[registry]` section.
     #[serde(default)]
     pub registry: RegistryFile,
+    /// `[docker]`: delivery into the local Docker daemon.
+    #[serde(default)]
+    pub docker: DockerFile,
     /// `[registries."host:port"]`: how to reach other registries.
     #[serde(default)]
     pub registries: std::collections::BTreeMap<String, RegistryHost>,
+}
+
+/// `[docker]` in config.toml.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DockerFile {
+    /// Use the registry proxy (default true); false always streams a tar.
+    pub registry_proxy: Option<bool>,
+    /// Port of the registry proxy on 127.0.0.1 (default: any free port).
+    pub registry_proxy_port: Option<u16>,
 }
 
 /// `[registries."host:port"]` in config.toml.

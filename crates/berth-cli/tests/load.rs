@@ -1,0 +1,200 @@
+//! `berth load` into a real dockerd: through the registry proxy, with the proxy turned
+//! off, with the proxy unreachable from the daemon (berth in a network namespace of its
+//! own, the Docker socket shared: the Earthly failure), and with the pull breaking
+//! midway. Each time the image runs and its ID is the one berth built.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+fn ready() -> bool {
+    let root_ok = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    (root_ok || skip("berth build needs root")) && require("runc") && require_docker()
+}
+
+/// Build a small image as `name` in a fresh root; returns (root, image ID).
+fn build(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let layout = dir.join("busybox");
+    busybox_layout(&layout, "v1");
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM oci-layout://{}:v1\nRUN echo {name} > /who\nCMD [\"cat\", \"/who\"]\n",
+            layout.display()
+        ),
+    )
+    .unwrap();
+    let root = dir.join("root");
+    let out = run(Command::new(berth_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["build", "--progress", "plain", "-t", name])
+        .arg(&ctx));
+    let id = out.lines().last().unwrap().trim().to_string();
+    assert!(id.starts_with("sha256:"), "{out}");
+    (root, id)
+}
+
+fn load(root: &Path, args: &[&str], netns: Option<&str>) -> Output {
+    let mut c = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, berth_bin()]);
+            c
+        }
+        None => Command::new(berth_bin()),
+    };
+    c.arg("--root")
+        .arg(root)
+        .arg("load")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn check_runs(name: &str, id: &str) {
+    let d = docker();
+    let out = run(Command::new(d).args(["run", "--rm", "--network=none", name]));
+    assert_eq!(
+        out.trim(),
+        name,
+        "the image's CMD prints the name it was built as"
+    );
+    let got = run(Command::new(d).args(["image", "inspect", "--format", "{{.Id}}", name]));
+    assert_eq!(got.trim(), id, "Docker holds the image berth built");
+    let repos = run(Command::new(d).args(["image", "ls", "--format", "{{.Repository}}"]));
+    assert!(
+        !repos.contains("berth-probe"),
+        "temporary names removed: {repos}"
+    );
+    let _ = Command::new(d).args(["rmi", "-f", name]).output();
+}
+
+#[test]
+fn through_the_registry_proxy() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (root, id) = build(dir.path(), "loadproxy:1");
+    let out = load(&root, &["loadproxy:1"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("through berth's registry proxy"), "{err}");
+    check_runs("loadproxy:1", &id);
+}
+
+#[test]
+fn with_the_proxy_turned_off() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (root, id) = build(dir.path(), "loadtar:1");
+    let out = load(&root, &["--no-registry-proxy", "loadtar:1"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("as a tar stream"), "{err}");
+    check_runs("loadtar:1", &id);
+}
+
+#[test]
+fn falls_back_when_the_daemon_cannot_reach_the_proxy() {
+    if !ready() || !require("ip") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (root, id) = build(dir.path(), "loadnetns:1");
+    let ns = format!("berth-test-{}", std::process::id());
+    run(Command::new("ip").args(["netns", "add", &ns]));
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
+        }
+    }
+    let _ns = Netns(ns.clone());
+    run(Command::new("ip").args(["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]));
+    // berth listens on 127.0.0.1 of its namespace; dockerd dials 127.0.0.1 of its own.
+    let out = load(&root, &["loadnetns:1"], Some(&ns));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("could not pull from berth's registry proxy"),
+        "{err}"
+    );
+    assert!(err.contains("as a tar stream"), "{err}");
+    check_runs("loadnetns:1", &id);
+}
+
+#[test]
+fn falls_back_when_the_pull_breaks_midway() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (root, id) = build(dir.path(), "loadbroken:1");
+    // The proxy serves only what the repository links: unlink the top layer so the
+    // daemon's pull fails after the manifest and config went through.
+    let manifest_digest =
+        std::fs::read_to_string(root.join("repositories/loadbroken/_tags/1")).unwrap();
+    let bytes = std::fs::read(
+        root.join("blobs/sha256")
+            .join(manifest_digest.trim().trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let layer = m["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    std::fs::remove_file(
+        root.join("repositories/loadbroken/_blobs/sha256")
+            .join(&layer),
+    )
+    .unwrap();
+    let out = load(&root, &["loadbroken:1"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("could not pull from berth's registry proxy"),
+        "{err}"
+    );
+    check_runs("loadbroken:1", &id);
+}
+
+#[test]
+fn an_unreachable_daemon_is_explained() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (root, _) = build(dir.path(), "loadnodaemon:1");
+    let out = Command::new(berth_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["load", "loadnodaemon:1"])
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/no.sock", dir.path().display()),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Docker daemon") && err.contains("DOCKER_HOST"),
+        "{err}"
+    );
+}
