@@ -449,3 +449,57 @@ pub fn load(settings: &Settings, args: LoadArgs) -> Result<()> {
         .build()?;
     rt.block_on(load_one(&store, &args.name, args.as_name.as_deref(), &opts))
 }
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// The registry (host[:port]; docker.io for Docker Hub).
+    registry: String,
+    /// User name.
+    #[arg(short, long)]
+    username: String,
+    /// Read the password from standard input (otherwise from BERTH_PASSWORD).
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+pub fn login(settings: &Settings, args: LoginArgs) -> Result<()> {
+    let password = if args.password_stdin {
+        let mut p = String::new();
+        std::io::stdin().read_line(&mut p)?;
+        p.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        std::env::var("BERTH_PASSWORD").context(
+            "give the password on standard input with --password-stdin, or in BERTH_PASSWORD",
+        )?
+    };
+    let creds = berth_client::Credentials {
+        username: args.username.clone(),
+        password,
+    };
+    let mut client = settings.registry_config();
+    client.docker_config = berth_client::DockerConfig::default();
+    client
+        .credentials
+        .insert(args.registry.clone(), creds.clone());
+    let client = berth_client::Client::new(client);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(client.login(&args.registry))?;
+    let path = berth_client::save_credentials(&args.registry, Some(&creds))?;
+    eprintln!(
+        "login to {} succeeded; credentials saved in {}",
+        args.registry,
+        path.display()
+    );
+    Ok(())
+}
+
+pub fn logout(registry: &str) -> Result<()> {
+    let path = berth_client::save_credentials(registry, None)?;
+    eprintln!(
+        "removed the credentials for {registry} from {}",
+        path.display()
+    );
+    Ok(())
+}

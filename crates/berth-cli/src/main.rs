@@ -42,6 +42,13 @@ enum Command {
     Push(build::PushArgs),
     /// Load an image from berth's store into the local Docker daemon.
     Load(build::LoadArgs),
+    /// Log in to a registry (credentials are kept in Docker's config file).
+    Login(build::LoginArgs),
+    /// Forget the credentials for a registry.
+    Logout {
+        /// The registry (host[:port]).
+        registry: String,
+    },
     /// Run and maintain berth's OCI registry.
     Registry {
         #[command(subcommand)]
@@ -146,6 +153,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prune(args) => build::prune(&settings, args),
         Command::Push(args) => build::push(&settings, args),
         Command::Load(args) => build::load(&settings, args),
+        Command::Login(args) => build::login(&settings, args),
+        Command::Logout { registry } => build::logout(&registry),
         Command::Registry { command } => match command {
             RegistryCommand::Serve(args) => serve(&settings, args),
             RegistryCommand::Gc(args) => gc(&settings, args),

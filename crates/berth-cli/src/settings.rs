@@ -105,6 +105,11 @@ fn default_root() -> PathBuf {
 impl Settings {
     /// A registry client configured from `[registries]` and Docker's credentials.
     pub fn registry_client(&self) -> berth_client::Client {
+        berth_client::Client::new(self.registry_config())
+    }
+
+    /// The configuration [`Settings::registry_client`] uses.
+    pub fn registry_config(&self) -> berth_client::ClientConfig {
         let hosts = self
             .file
             .registries
@@ -120,11 +125,11 @@ impl Settings {
                 )
             })
             .collect();
-        berth_client::Client::new(berth_client::ClientConfig {
+        berth_client::ClientConfig {
             hosts,
             docker_config: berth_client::DockerConfig::load(),
             credentials: Default::default(),
-        })
+        }
     }
 
     /// Read the config file (an explicit one must exist) and resolve the root.

@@ -219,3 +219,88 @@ fn push_to_distribution() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in berth's store"));
 }
+
+#[test]
+fn login_then_push_then_logout() {
+    if !ready() || !require("htpasswd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    run(Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args(["deployer", "s3cret"]));
+    let reg = Berth::serve(
+        &dir.path().join("registry"),
+        &["--htpasswd", htpasswd.to_str().unwrap()],
+    );
+    let cfg = dir.path().join("docker-config");
+    let login = |password: &str| {
+        let mut c = Command::new(berth_bin());
+        c.args(["login", "-u", "deployer", "--password-stdin", &reg.addr])
+            .env("DOCKER_CONFIG", &cfg)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        std::io::Write::write_all(
+            child.stdin.as_mut().unwrap(),
+            format!("{password}\n").as_bytes(),
+        )
+        .unwrap();
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    };
+    let out = login("wrong");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("authentication failed"));
+    assert!(
+        !cfg.join("config.json").exists(),
+        "nothing saved on a failed login"
+    );
+    let out = login("s3cret");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = std::fs::read_to_string(cfg.join("config.json")).unwrap();
+    assert!(saved.contains(&reg.addr), "{saved}");
+
+    let ctx = context(dir.path());
+    let root = dir.path().join("root");
+    let name = format!("{}/deploy/app:1", reg.addr);
+    let out = berth(
+        &root,
+        &cfg,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            &name,
+            "--push",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = Command::new(berth_bin())
+        .args(["logout", &reg.addr])
+        .env("DOCKER_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        !std::fs::read_to_string(cfg.join("config.json"))
+            .unwrap()
+            .contains(&reg.addr)
+    );
+    let out = berth(&root, &cfg, &["push", &name]);
+    assert!(!out.status.success(), "logged out: the push is refused");
+}

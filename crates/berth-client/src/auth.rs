@@ -97,6 +97,57 @@ impl DockerConfig {
     }
 }
 
+/// The Docker config file berth reads credentials from and `berth login` writes to.
+pub fn docker_config_path() -> Option<PathBuf> {
+    std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+        .map(|d| d.join("config.json"))
+}
+
+/// Store (`Some`) or remove (`None`) credentials for `registry` in the `auths` of Docker's
+/// config file, keeping everything else in it. Written atomically, mode 0600.
+pub fn save_credentials(registry: &str, creds: Option<&Credentials>) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = docker_config_path()
+        .ok_or_else(|| std::io::Error::other("neither DOCKER_CONFIG nor HOME is set"))?;
+    let mut doc: serde_json::Value = match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
+        Err(e) => return Err(e),
+    };
+    let key = if registry == "docker.io" {
+        "https://index.docker.io/v1/"
+    } else {
+        registry
+    };
+    let obj = doc
+        .as_object_mut()
+        .ok_or_else(|| std::io::Error::other(format!("{} is not a JSON object", path.display())))?;
+    let auths = obj.entry("auths").or_insert_with(|| serde_json::json!({}));
+    match creds {
+        Some(c) => {
+            let auth = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", c.username, c.password));
+            auths[key] = serde_json::json!({ "auth": auth });
+        }
+        None => {
+            if let Some(a) = auths.as_object_mut() {
+                a.remove(key);
+            }
+        }
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.berth-tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc).expect("json"))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
 fn decode_entry(e: &AuthEntry) -> Option<Credentials> {
     if let Some(token) = &e.identity_token {
         return Some(Credentials {

@@ -415,6 +415,21 @@ impl Client {
         Ok(n)
     }
 
+    /// Check that `registry` accepts this client's credentials for it (`GET /v2/`,
+    /// answering its challenge), as `docker login` does.
+    pub async fn login(&self, registry: &str) -> Result<()> {
+        let r = Reference {
+            registry: registry.to_string(),
+            repository: "berth/login".into(),
+            tag: None,
+            digest: None,
+        };
+        let resp = self.send(&r, &Req::get("/v2/", None)).await?;
+        check(resp, "GET", &format!("{registry}/v2/"))
+            .await
+            .map(|_| ())
+    }
+
     /// Whether `r`'s repository holds blob `d`.
     pub async fn has_blob(&self, r: &Reference, d: &Digest) -> Result<bool> {
         let path = format!("/v2/{}/blobs/{d}", r.repository);

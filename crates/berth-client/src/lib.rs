@@ -11,6 +11,6 @@ mod auth;
 mod client;
 mod reference;
 
-pub use auth::{Credentials, DockerConfig};
+pub use auth::{Credentials, DockerConfig, docker_config_path, save_credentials};
 pub use client::{Client, ClientConfig, Error, HostOptions, Pulled, Result};
 pub use reference::{Reference, ReferenceError};
