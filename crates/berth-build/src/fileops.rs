@@ -32,7 +32,7 @@ pub fn resolve_sources(root: &Path, sources: &[String], ignore: &Ignore) -> Resu
         let pat = Pattern::new(src);
         if !pat.has_wildcards() {
             let rel = pat.path();
-            let path = root.join(&rel);
+            let path = resolve_in_root(root, &rel)?;
             if fs::symlink_metadata(&path).is_err() || (!rel.is_empty() && ignore.excludes(&rel)) {
                 return Err(BuildError::SourceNotFound(src.clone()));
             }
@@ -88,7 +88,9 @@ fn glob_walk(
     Ok(())
 }
 
-/// Every path under the matched sources, in order, with ignore rules applied.
+/// Every path under the matched sources, in order, with ignore rules applied. A
+/// top-level source that is a symlink is walked as what it points to (inside `root`),
+/// since that is what COPY copies.
 fn walk_matched(
     root: &Path,
     matched: &[Matched],
@@ -96,40 +98,36 @@ fn walk_matched(
     f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<()>,
 ) -> Result<()> {
     fn rec(
-        root: &Path,
+        path: &Path,
         rel: &str,
         ignore: &Ignore,
         f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<()>,
     ) -> Result<()> {
-        let path = if rel.is_empty() {
-            root.to_path_buf()
-        } else {
-            root.join(rel)
-        };
-        let meta = fs::symlink_metadata(&path).map_err(|e| io_err("stat", &path, e))?;
+        let meta = fs::symlink_metadata(path).map_err(|e| io_err("stat", path, e))?;
         let excluded = !rel.is_empty() && ignore.excludes(rel);
         if !excluded {
-            f(rel, &path, &meta)?;
+            f(rel, path, &meta)?;
         }
         if meta.is_dir() && (!excluded || ignore.may_reinclude_below(rel)) {
-            let mut names: Vec<String> = fs::read_dir(&path)
-                .map_err(|e| io_err("read directory", &path, e))?
+            let mut names: Vec<String> = fs::read_dir(path)
+                .map_err(|e| io_err("read directory", path, e))?
                 .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
                 .collect();
             names.sort();
             for n in names {
                 let child = if rel.is_empty() {
-                    n
+                    n.clone()
                 } else {
                     format!("{rel}/{n}")
                 };
-                rec(root, &child, ignore, f)?;
+                rec(&path.join(&n), &child, ignore, f)?;
             }
         }
         Ok(())
     }
     for m in matched {
-        rec(root, &m.rel, ignore, f)?;
+        let top = resolve_in_root(root, &m.rel)?;
+        rec(&top, &m.rel, ignore, f)?;
     }
     Ok(())
 }
@@ -229,8 +227,10 @@ pub struct CopyOptions {
 }
 
 /// Resolve `path` (absolute, inside the container) against `root`, following symlinks as
-/// the container would see them, so nothing is written outside `root`.
-pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
+/// the container would see them, so nothing is read or written outside `root`. The
+/// result holds no symlink but perhaps the last component, when that one does not
+/// exist. More than 40 links is an error (as ELOOP), never a path left unresolved.
+pub fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf> {
     let mut out = PathBuf::new();
     let mut pending: Vec<String> = path
         .split('/')
@@ -250,7 +250,12 @@ pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
         }
         let candidate = root.join(&out).join(&c);
         match fs::read_link(&candidate) {
-            Ok(target) if hops < 40 => {
+            Ok(_) if hops >= 40 => {
+                return Err(BuildError::Invalid(format!(
+                    "{path}: too many levels of symbolic links inside the image"
+                )));
+            }
+            Ok(target) => {
                 hops += 1;
                 if target.is_absolute() {
                     out = PathBuf::new();
@@ -265,10 +270,10 @@ pub fn resolve_in_root(root: &Path, path: &str) -> PathBuf {
                     .collect();
                 pending.extend(comps.into_iter().rev());
             }
-            _ => out.push(&c),
+            Err(_) => out.push(&c),
         }
     }
-    root.join(out)
+    Ok(root.join(out))
 }
 
 /// Create `dir` and missing parents inside `root` (0755, owned as `chown` or root).
@@ -277,14 +282,14 @@ pub fn mkdir_all(root: &Path, dir: &str, chown: Option<(u32, u32)>) -> Result<Pa
     for c in dir.split('/').filter(|c| !c.is_empty()) {
         cur.push('/');
         cur.push_str(c);
-        let p = resolve_in_root(root, &cur);
-        if !p.exists() {
+        let p = resolve_in_root(root, &cur)?;
+        if fs::symlink_metadata(&p).is_err() {
             fs::create_dir(&p).map_err(|e| io_err("create directory", &p, e))?;
             let (u, g) = chown.unwrap_or((0, 0));
             std::os::unix::fs::lchown(&p, Some(u), Some(g)).map_err(|e| io_err("chown", &p, e))?;
         }
     }
-    Ok(resolve_in_root(root, dir))
+    resolve_in_root(root, dir)
 }
 
 /// Copy matched sources from `src_root` to `dest` (absolute inside `dst_root`), with
@@ -302,7 +307,7 @@ pub fn copy(
 ) -> Result<()> {
     let dest_is_dir_hint = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
     let several = matched.len() > 1;
-    if several && !dest_is_dir_hint && !resolve_in_root(dst_root, dest).is_dir() {
+    if several && !dest_is_dir_hint && !resolve_in_root(dst_root, dest)?.is_dir() {
         return Err(BuildError::Invalid(format!(
             "COPY with several sources needs a directory destination ending in '/', got {dest:?}"
         )));
@@ -311,18 +316,14 @@ pub fn copy(
         ignore,
         opts,
         links: HashMap::new(),
+        root: dst_root,
     };
     for m in matched {
-        let src = if m.rel.is_empty() {
-            src_root.to_path_buf()
-        } else {
-            src_root.join(&m.rel)
-        };
-        // The top-level source is followed if it is a symlink, as Docker does.
-        let meta = fs::metadata(&src)
-            .or_else(|_| fs::symlink_metadata(&src))
-            .map_err(|e| io_err("stat", &src, e))?;
-        let target_dir_exists = resolve_in_root(dst_root, dest).is_dir();
+        // The top-level source is followed if it is a symlink, as Docker does — but
+        // inside the source's own root, never the host's.
+        let src = resolve_in_root(src_root, &m.rel)?;
+        let meta = fs::symlink_metadata(&src).map_err(|e| io_err("stat", &src, e))?;
+        let target_dir_exists = resolve_in_root(dst_root, dest)?.is_dir();
         if meta.is_dir() {
             let dir = mkdir_all(dst_root, dest, opts.chown)?;
             copier.tree(&src, &m.rel, &dir)?;
@@ -392,6 +393,8 @@ struct Copier<'a> {
     ignore: &'a Ignore,
     opts: CopyOptions,
     links: HashMap<(u64, u64), PathBuf>,
+    /// The destination root: symlinks met in the destination resolve inside it.
+    root: &'a Path,
 }
 
 impl Copier<'_> {
@@ -410,14 +413,33 @@ impl Copier<'_> {
             };
             let excluded = self.ignore.excludes(&child_rel);
             let meta = fs::symlink_metadata(&s).map_err(|e| io_err("stat", &s, e))?;
-            let d = dst.join(&n);
+            let mut d = dst.join(&n);
             if meta.is_dir() {
                 if excluded && !self.ignore.may_reinclude_below(&child_rel) {
                     continue;
                 }
-                if !d.is_dir() {
-                    let _ = fs::remove_file(&d);
-                    fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
+                match fs::symlink_metadata(&d) {
+                    // A symlink in the destination is followed as the container would
+                    // follow it: inside the root.
+                    Ok(m) if m.file_type().is_symlink() => {
+                        let inside = d
+                            .strip_prefix(self.root)
+                            .unwrap_or(&d)
+                            .to_string_lossy()
+                            .into_owned();
+                        d = resolve_in_root(self.root, &inside)?;
+                        if !fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
+                            let _ = fs::remove_file(&d);
+                            fs::create_dir_all(&d)
+                                .map_err(|e| io_err("create directory", &d, e))?;
+                        }
+                    }
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        fs::remove_file(&d).map_err(|e| io_err("replace", &d, e))?;
+                        fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
+                    }
+                    Err(_) => fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?,
                 }
                 self.tree(&s, &child_rel, &d)?;
                 set_meta(&d, &meta, self.opts)?;
@@ -498,12 +520,18 @@ mod tests {
         fs::create_dir_all(root.join("usr/lib")).unwrap();
         std::os::unix::fs::symlink("/usr/lib", root.join("lib")).unwrap();
         std::os::unix::fs::symlink("../../../../etc", root.join("usr/escape")).unwrap();
-        assert_eq!(resolve_in_root(root, "/lib/x"), root.join("usr/lib/x"));
         assert_eq!(
-            resolve_in_root(root, "/usr/escape/passwd"),
+            resolve_in_root(root, "/lib/x").unwrap(),
+            root.join("usr/lib/x")
+        );
+        assert_eq!(
+            resolve_in_root(root, "/usr/escape/passwd").unwrap(),
             root.join("etc/passwd")
         );
-        assert_eq!(resolve_in_root(root, "/../../x"), root.join("x"));
+        assert_eq!(resolve_in_root(root, "/../../x").unwrap(), root.join("x"));
+        // A link loop is an error, not a path the kernel would follow outside.
+        std::os::unix::fs::symlink("/loop", root.join("loop")).unwrap();
+        assert!(resolve_in_root(root, "/loop/x").is_err());
     }
 
     #[test]

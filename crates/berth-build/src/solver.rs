@@ -815,6 +815,15 @@ impl Solver {
                     .unwrap_or_else(|| "/".into());
                 let dir = fileops::mkdir_all(target, &parent, chown)?;
                 let file = dir.join(Path::new(&p).file_name().unwrap_or_default());
+                // Whatever stands there is replaced, a symlink included: writing through
+                // it could reach outside the image.
+                match fs::symlink_metadata(&file) {
+                    Ok(m) if m.is_dir() => {
+                        fs::remove_dir_all(&file).map_err(|e| io_err("replace", &file, e))?
+                    }
+                    Ok(_) => fs::remove_file(&file).map_err(|e| io_err("replace", &file, e))?,
+                    Err(_) => {}
+                }
                 fs::write(&file, data).map_err(|e| io_err("write", &file, e))?;
                 use std::os::unix::fs::PermissionsExt;
                 fs::set_permissions(&file, fs::Permissions::from_mode(*mode))
@@ -914,7 +923,7 @@ impl Solver {
                         BuildError::Invalid(format!("mount of missing input {input}"))
                     })?;
                     let (root, _ignore, view, _) = self.source_root(solved)?;
-                    let src = fileops::resolve_in_root(&root, path);
+                    let src = fileops::resolve_in_root(&root, path)?;
                     if let Some(v) = view {
                         holds.views.push(v);
                     }

@@ -42,7 +42,12 @@ pub fn apply_layer(dir: &Path, layer: impl Read) -> Result<()> {
             continue;
         };
         let name_bytes = name.as_bytes();
-        let parent = dir.join(rel.parent().unwrap_or(Path::new("")));
+        // Whiteouts and replacements below act on paths themselves, before tar-rs's
+        // checks: a parent that is a symlink (planted by an earlier entry) would point
+        // them outside the layer, so no parent component may be one.
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        check_no_symlinks(dir, parent_rel)?;
+        let parent = dir.join(parent_rel);
         if name_bytes == OPAQUE.as_bytes() {
             fs::create_dir_all(&parent).map_err(|e| io_err("create directory", &parent, e))?;
             rustix::fs::setxattr(&parent, "trusted.overlay.opaque", b"y", XattrFlags::empty())
@@ -50,6 +55,12 @@ pub fn apply_layer(dir: &Path, layer: impl Read) -> Result<()> {
             continue;
         }
         if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if hidden.is_empty() || hidden == b"." || hidden == b".." || hidden.contains(&b'/') {
+                return Err(Error::Layer(format!(
+                    "whiteout {} names no file",
+                    path.display()
+                )));
+            }
             fs::create_dir_all(&parent).map_err(|e| io_err("create directory", &parent, e))?;
             let target = parent.join(OsStr::from_bytes(hidden));
             remove_any(&target)?;
@@ -73,6 +84,25 @@ pub fn apply_layer(dir: &Path, layer: impl Read) -> Result<()> {
         entry
             .unpack_in(dir)
             .map_err(|e| io_err("unpack", &target, e))?;
+    }
+    Ok(())
+}
+
+/// Refuse `rel` (below `dir`) if any existing component of it is a symlink.
+fn check_no_symlinks(dir: &Path, rel: &Path) -> Result<()> {
+    let mut cur = dir.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::Layer(format!(
+                    "entry below {} goes through a symlink; refusing to follow it out of the layer",
+                    rel.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
     }
     Ok(())
 }

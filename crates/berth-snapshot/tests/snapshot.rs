@@ -348,3 +348,44 @@ fn overlay_round_trip_through_a_real_mount() {
     seen.sort();
     assert_eq!(seen, ["data/z", "etc/b", "etc/c"]);
 }
+
+#[test]
+fn whiteouts_through_symlinks_cannot_reach_outside_the_layer() {
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    fs::create_dir(&victim).unwrap();
+    fs::write(victim.join("keep"), "precious").unwrap();
+    // A symlink to the victim, then a whiteout "through" it.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    b.append_link(&mut h, "x", &victim).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    b.append_data(&mut h, "x/.wh.keep", &b""[..]).unwrap();
+    let data = b.into_inner().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let err = apply_layer(dst.path(), data.as_slice()).unwrap_err();
+    assert!(err.to_string().contains("symlink"), "{err:?}");
+    assert_eq!(fs::read_to_string(victim.join("keep")).unwrap(), "precious");
+    // A bare ".wh." would name the parent itself.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(0);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "d/.wh.", &b""[..]).unwrap();
+    let data = b.into_inner().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    assert!(apply_layer(dst.path(), data.as_slice()).is_err());
+}
