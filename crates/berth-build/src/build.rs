@@ -73,6 +73,9 @@ pub async fn build(
     executor: Arc<dyn berth_exec::Executor>,
     opts: BuildOptions,
 ) -> Result<BuildResult> {
+    // Held from before base images are pulled until the image is recorded, so prune
+    // and gc cannot remove what this build fetched or reused in between.
+    let _lock = store.lock_root(false)?;
     let text = std::fs::read_to_string(&opts.dockerfile).map_err(|e| {
         BuildError::Invalid(format!(
             "read {}: {e}; pass the Dockerfile with -f",

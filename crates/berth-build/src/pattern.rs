@@ -96,7 +96,8 @@ impl Ignore {
         let mut excluded = false;
         for r in &self.rules {
             if r.negated {
-                if excluded && r.matches(path) {
+                // `!src` re-includes src and everything below it, as in Docker.
+                if excluded && r.matches_or_parent(path) {
                     excluded = false;
                 }
             } else if r.matches_or_parent(path) {
@@ -207,5 +208,11 @@ mod tests {
         assert!(!ig.excludes("src/main.rs"));
         assert!(ig.may_reinclude_below("build"));
         assert!(!ig.may_reinclude_below("src"));
+        // The allow-list idiom: ignore everything, then re-include a directory.
+        let allow = Ignore::parse("*\n!src\n");
+        assert!(allow.excludes("README.md"));
+        assert!(!allow.excludes("src"));
+        assert!(!allow.excludes("src/main.rs"));
+        assert!(!allow.excludes("src/deep/mod.rs"));
     }
 }

@@ -46,19 +46,6 @@ struct Record {
     layers: Vec<Layer>,
 }
 
-/// Take the root's prune lock: shared for builds, exclusive for prune.
-pub(crate) fn lock(root: &Path, exclusive: bool) -> Result<fs::File> {
-    let dir = root.join("cache");
-    fs::create_dir_all(&dir)
-        .map_err(|e| BuildError::Io(format!("create {}: {e}", dir.display())))?;
-    let path = dir.join("prune.lock");
-    let f = fs::File::create(&path)
-        .map_err(|e| BuildError::Io(format!("create {}: {e}", path.display())))?;
-    let r = if exclusive { f.lock() } else { f.lock_shared() };
-    r.map_err(|e| BuildError::Io(format!("lock {}: {e}", path.display())))?;
-    Ok(f)
-}
-
 fn du(path: &Path) -> u64 {
     let Ok(m) = fs::symlink_metadata(path) else {
         return 0;
@@ -85,7 +72,7 @@ fn chains(layers: &[Layer]) -> Vec<Digest> {
 /// Prune the build cache of the data root `root`.
 pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
     let waiting = std::time::Instant::now();
-    let _lock = lock(root, true)?;
+    let _lock = store.lock_root(true)?;
     if waiting.elapsed().as_secs() > 1 {
         tracing::info!("waited for running builds to finish");
     }

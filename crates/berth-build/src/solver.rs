@@ -228,7 +228,7 @@ impl Solver {
         executor: Arc<dyn Executor>,
         opts: SolveOptions,
     ) -> Result<Arc<Solver>> {
-        let lock = crate::prune::lock(root, false)?;
+        let lock = store.lock_root(false)?;
         // Whatever a killed build left mounted goes first, then its snapshots.
         berth_exec::cleanup_stale_mounts(&root.join("tmp"));
         let snapshots = Snapshotter::open(root.join("snapshots"))?;
@@ -449,11 +449,14 @@ impl Solver {
             op: &'a str,
             inputs: Vec<&'a str>,
             content: &'a [String],
+            /// Layer timestamps depend on it, so results made under another do not fit.
+            source_date_epoch: Option<u64>,
         }
         let doc = KeyDoc {
             op: &ing.op,
             inputs: ing.inputs.iter().map(|(_, k)| k.as_str()).collect(),
             content: &content,
+            source_date_epoch: self.opts.source_date_epoch,
         };
         let key = Digest::sha256(&serde_json::to_vec(&doc).expect("json"));
         Ok((key, ing))

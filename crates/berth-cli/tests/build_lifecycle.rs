@@ -272,3 +272,45 @@ fn prune_frees_cache_but_keeps_images() {
     assert!(out.status.success(), "{err}");
     assert_eq!(err.matches("CACHED").count(), 0, "{err}");
 }
+
+#[test]
+fn registry_gc_keeps_the_build_cache() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    // Untagged: nothing but the cache refers to these layers.
+    let ctx = project(dir.path(), "RUN echo cached-layer > /c\n");
+    run(&mut build_cmd(&root, &ctx));
+    // gc may drop unnamed manifests and configs, but not the layers the cache lists.
+    run(Command::new(berth_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["registry", "gc", "--grace", "0s"]));
+    let out = build_cmd(&root, &ctx).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("CACHED").count(), 1, "{err}");
+}
+
+#[test]
+fn platform_args_are_predefined() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ctx = project(
+        dir.path(),
+        "ARG TARGETARCH\nARG TARGETPLATFORM\nRUN echo arch=$TARGETARCH platform=$TARGETPLATFORM\n",
+    );
+    let out = build_cmd(&root, &ctx).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("arch=amd64 platform=linux/amd64")
+            || err.contains("arch=arm64 platform=linux/arm64"),
+        "{err}"
+    );
+}

@@ -61,7 +61,7 @@ struct Inner {
     /// Writers of chunked uploads, kept open between PATCH requests so each chunk is
     /// hashed once. A request takes its writer out and puts it back when done; after a
     /// restart the map is empty and the writer is re-opened from disk (re-hashing).
-    uploads: Mutex<HashMap<String, Writer>>,
+    uploads: Mutex<HashMap<String, (Writer, std::time::Instant)>>,
 }
 
 impl Registry {
@@ -88,15 +88,35 @@ impl Registry {
     }
 
     fn take_writer(&self, id: &str) -> Option<Writer> {
-        self.inner.uploads.lock().expect("uploads").remove(id)
-    }
-
-    fn put_writer(&self, w: Writer) {
         self.inner
             .uploads
             .lock()
             .expect("uploads")
-            .insert(w.reference().to_string(), w);
+            .remove(id)
+            .map(|(w, _)| w)
+    }
+
+    /// Keep an upload's writer for its next request. Writers idle for 15 minutes are
+    /// closed (their data stays on disk; a later request re-opens it), and at most 256
+    /// are kept open, oldest closed first: an abandoned upload must not hold a file
+    /// descriptor and a lock for ever.
+    fn put_writer(&self, w: Writer) {
+        const IDLE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+        const MAX_OPEN: usize = 256;
+        let mut uploads = self.inner.uploads.lock().expect("uploads");
+        let now = std::time::Instant::now();
+        uploads.retain(|_, (_, used)| now.duration_since(*used) < IDLE);
+        while uploads.len() >= MAX_OPEN {
+            let oldest = uploads
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => uploads.remove(&k),
+                None => break,
+            };
+        }
+        uploads.insert(w.reference().to_string(), (w, now));
     }
 }
 

@@ -96,9 +96,11 @@ impl Store {
 
     /// Collect garbage: see the module docs.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
+        // Builds hold this lock shared; the build cache's layers are roots too.
+        let _lock = self.lock_root(true)?;
         let now = SystemTime::now();
         let repos = self.repos();
-        let mut live: HashSet<Digest> = HashSet::new();
+        let mut live: HashSet<Digest> = self.cache_roots()?;
         let mut report = GcReport::default();
         for name in repos.repositories()? {
             let mut referenced: HashSet<Digest> = HashSet::new();

@@ -41,6 +41,10 @@ impl Repos {
     pub fn link_blob(&self, name: &str, digest: &Digest) -> Result<()> {
         let path = self.link(name, "_blobs", digest)?;
         if path.exists() {
+            // A re-push restarts gc's grace period for the blob.
+            if let Ok(f) = fs::File::options().write(true).open(&path) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             return Ok(());
         }
         // A lost link (power failure) only makes a client push the blob again.

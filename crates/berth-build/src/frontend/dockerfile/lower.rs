@@ -96,7 +96,21 @@ pub fn lower(
     resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
 ) -> Result<Lowered> {
     let escape = df.directives.escape;
-    let mut meta: HashMap<String, Option<String>> = HashMap::new();
+    // BuildKit's automatic platform ARGs: global, and visible in a stage once declared.
+    let (os, arch) = host_platform();
+    let mut meta: HashMap<String, Option<String>> = [
+        ("TARGETPLATFORM", format!("{os}/{arch}")),
+        ("TARGETOS", os.to_string()),
+        ("TARGETARCH", arch.to_string()),
+        ("TARGETVARIANT", String::new()),
+        ("BUILDPLATFORM", format!("{os}/{arch}")),
+        ("BUILDOS", os.to_string()),
+        ("BUILDARCH", arch.to_string()),
+        ("BUILDVARIANT", String::new()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), Some(v)))
+    .collect();
     for m in &df.meta_args {
         let value = match opts.build_args.get(&m.arg.name) {
             Some(v) => Some(v.clone()),
