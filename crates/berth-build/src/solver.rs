@@ -926,9 +926,35 @@ impl Solver {
                         BuildError::Invalid(format!("mount of missing input {input}"))
                     })?;
                     let (root, _ignore, view, _) = self.source_root(solved)?;
-                    let src = fileops::resolve_in_root(&root, path)?;
+                    let mut src = fileops::resolve_in_root(&root, path)?;
+                    let from_context = view.is_none();
                     if let Some(v) = view {
                         holds.views.push(v);
+                    }
+                    // Writes to a writable mount of the build context are thrown away,
+                    // as in Docker: the step sees an overlay, never the user's files.
+                    if *rw && from_context && src.is_dir() {
+                        let scratch = self.root.join("tmp").join(unique("ctxrw"));
+                        let (upper, work, at) = (
+                            scratch.join("upper"),
+                            scratch.join("work"),
+                            scratch.join("mnt"),
+                        );
+                        for d in [&upper, &work, &at] {
+                            fs::create_dir_all(d).map_err(|e| io_err("create directory", d, e))?;
+                        }
+                        holds.dirs.push(scratch.clone());
+                        let mut plan = Mount::default();
+                        plan.set_destination(PathBuf::from("/"));
+                        plan.set_typ(Some("overlay".into()));
+                        plan.set_source(Some(PathBuf::from("overlay")));
+                        plan.set_options(Some(vec![
+                            format!("lowerdir={}", src.display()),
+                            format!("upperdir={}", upper.display()),
+                            format!("workdir={}", work.display()),
+                        ]));
+                        holds.mounts.push(berth_exec::mount_rootfs(&[plan], &at)?);
+                        src = at;
                     }
                     mount.set_typ(Some("bind".into()));
                     mount.set_source(Some(src));
@@ -1055,12 +1081,15 @@ impl Solver {
 struct Holds {
     locks: Vec<fs::File>,
     views: Vec<View>,
+    mounts: Vec<berth_exec::MountGuard>,
     dirs: Vec<PathBuf>,
 }
 
 impl Drop for Holds {
     fn drop(&mut self) {
         self.views.clear();
+        // Unmount before the scratch directories under them go.
+        self.mounts.clear();
         for d in &self.dirs {
             let _ = fs::remove_dir_all(d);
         }
@@ -1187,7 +1216,19 @@ fn lookup_user(lowers: &[PathBuf], user: &str) -> Result<(u32, u32)> {
         })
     };
     let (uid, primary) = match u.parse::<u32>() {
-        Ok(n) => (n, field("passwd", u, 3).unwrap_or(n)),
+        // A numeric user takes the group of the passwd entry with that uid, or 0, as
+        // runc and Docker do.
+        Ok(n) => {
+            let gid = read("passwd").and_then(|text| {
+                text.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.get(2).and_then(|x| x.parse::<u32>().ok()) == Some(n))
+                        .then(|| f.get(3)?.parse().ok())
+                        .flatten()
+                })
+            });
+            (n, gid.unwrap_or(0))
+        }
         Err(_) => {
             let uid = field("passwd", u, 2).ok_or_else(|| {
                 BuildError::Invalid(format!("user {u:?} is not in the image's /etc/passwd"))

@@ -314,3 +314,27 @@ fn platform_args_are_predefined() {
         "{err}"
     );
 }
+
+#[test]
+fn a_writable_context_mount_leaves_the_context_alone() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ctx = project(
+        dir.path(),
+        "RUN --mount=type=bind,rw,target=/ctx echo scribble > /ctx/written-by-run && ls /ctx\n",
+    );
+    let out = build_cmd(&root, &ctx).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("written-by-run"),
+        "the step saw its own write: {err}"
+    );
+    assert!(
+        !ctx.join("written-by-run").exists(),
+        "the user's context was written to"
+    );
+}

@@ -195,7 +195,6 @@ fn percent_decode(s: &str) -> String {
                 }
                 _ => out.push(b'%'),
             },
-            b'+' => out.push(b' '),
             c => out.push(c),
         }
         i += 1;
@@ -650,7 +649,9 @@ async fn put_manifest(
         }
     }
     store.put_blob(algorithm, &bytes)?;
-    repos.link_manifest(name, &digest, &media_type)?;
+    // The referrer record goes first: a crash between the two leaves a record whose
+    // manifest is not linked, which listings skip, rather than a linked manifest that
+    // never shows up as a referrer.
     if let Some(subject) = &manifest.subject {
         let descriptor = Descriptor {
             media_type: media_type.clone(),
@@ -662,6 +663,7 @@ async fn put_manifest(
         };
         repos.add_referrer(name, &subject.digest, &descriptor)?;
     }
+    repos.link_manifest(name, &digest, &media_type)?;
     if !by_digest {
         repos.set_tag(name, reference, &digest)?;
     }
@@ -1020,7 +1022,9 @@ fn referrers(
 ) -> Result<Response> {
     check_name(name)?;
     let subject = parse_digest(digest)?;
-    let mut list = reg.store().repos().referrers(name, &subject)?;
+    let repos = reg.store().repos();
+    let mut list = repos.referrers(name, &subject)?;
+    list.retain(|d| repos.manifest(name, &d.digest).ok().flatten().is_some());
     if let Some(t) = &artifact_type {
         list.retain(|d| d.artifact_type.as_deref() == Some(t.as_str()));
     }

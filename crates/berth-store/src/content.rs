@@ -212,21 +212,34 @@ impl Store {
     /// Fails with [`Error::Locked`] while another writer has it open.
     pub fn writer(&self, reference: &str, algorithm: Algorithm) -> Result<Writer> {
         let dir = self.ingest_dir(reference)?;
-        fs::create_dir_all(&dir).ctx("create ingest", &dir)?;
         let path = dir.join("data");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .ctx("open ingest", &path)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked(reference.to_string())),
-            Err(fs::TryLockError::Error(e)) => return Err(e).ctx("lock ingest", &path),
-        }
-        // The ingest may have been committed or aborted by its previous writer between our
-        // create_dir and lock; then `path` is an orphan we just re-created.
+        let mut attempts = 0;
+        let mut file = loop {
+            fs::create_dir_all(&dir).ctx("create ingest", &dir)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(&path)
+                .ctx("open ingest", &path)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Locked(reference.to_string()));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(e).ctx("lock ingest", &path),
+            }
+            // The previous writer may have committed or aborted the ingest between our
+            // open and our lock: then the file we hold is no longer `path`, and writing
+            // to it would be writing to nothing. Start over on the current one.
+            use std::os::unix::fs::MetadataExt;
+            let held = file.metadata().ctx("stat ingest", &path)?;
+            match fs::metadata(&path) {
+                Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => break file,
+                _ if attempts < 3 => attempts += 1,
+                _ => return Err(Error::Locked(reference.to_string())),
+            }
+        };
         let mut hasher = algorithm.hasher();
         let mut offset = 0u64;
         let mut buf = vec![0u8; 1 << 20];

@@ -285,6 +285,17 @@ impl Lowerer<'_> {
             })?
         };
         config.created = self.opts.created.clone();
+        if !config.config.on_build.is_empty() {
+            return Err(src_err(
+                df,
+                stage.lines.start,
+                1,
+                &format!(
+                    "{from} has ONBUILD triggers ({}), which berth does not run yet; build from an image without them",
+                    config.config.on_build.join("; ")
+                ),
+            ));
+        }
         let base_history = config.history.len();
         let mut steps: Vec<Option<State>> = Vec::new();
         let mut scope = Scope { args: Vec::new() };
@@ -367,7 +378,17 @@ impl Lowerer<'_> {
                         }
                     };
                     let mut env = config.config.env.clone();
-                    let mut proxy_env = self.opts.proxy_env.clone();
+                    // Proxy variables given as build arguments win over the host's.
+                    let mut proxy_env: Vec<String> = self
+                        .opts
+                        .proxy_env
+                        .iter()
+                        .filter(|kv| {
+                            let k = kv.split('=').next().unwrap_or("");
+                            !self.opts.build_args.contains_key(k)
+                        })
+                        .cloned()
+                        .collect();
                     for (k, v) in &scope.args {
                         let Some(v) = v else { continue };
                         if config.config.env_get(k).is_some() {
@@ -429,6 +450,9 @@ impl Lowerer<'_> {
                     made = Some(state.clone());
                 }
                 InstructionKind::Copy(c) => {
+                    if c.parents {
+                        return Err(src_err(df, line, 1, "COPY --parents is not supported yet"));
+                    }
                     let (src_state, sources, writes) = self.copy_sources(
                         &c.sources,
                         c.from.as_deref(),
@@ -683,8 +707,10 @@ impl Lowerer<'_> {
             match s {
                 CopySource::Path(p) => paths.push(ex(p)?),
                 CopySource::Heredoc(h) => {
+                    // Only `$VAR`/`${VAR}` are replaced in a heredoc's body: its quotes
+                    // and backslashes are file content (BuildKit's SkipProcessQuotes).
                     let content = if h.expand {
-                        ex(&h.content)?
+                        expand_vars(&h.content, |k| scope.lookup(config, k))
                     } else {
                         h.content.clone()
                     };
@@ -805,6 +831,50 @@ impl Lowerer<'_> {
     }
 }
 
+/// Replace `$NAME`, `${NAME}`, `${NAME:-default}` and `${NAME-default}` in `text`,
+/// leaving everything else (quotes, backslashes, a lone `$`) as it is.
+fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let name_char = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'{'
+                && let Some(end) = text[i + 2..].find('}')
+            {
+                let inner = &text[i + 2..i + 2 + end];
+                let (name, default) = match inner.find(":-").or_else(|| inner.find('-')) {
+                    Some(p) => {
+                        let skip = if inner[p..].starts_with(":-") { 2 } else { 1 };
+                        (&inner[..p], Some(&inner[p + skip..]))
+                    }
+                    None => (inner, None),
+                };
+                if !name.is_empty() && name.bytes().all(name_char) {
+                    let v = lookup(name).filter(|v| !(v.is_empty() && inner.contains(":-")));
+                    out.push_str(&v.unwrap_or_else(|| default.unwrap_or("").to_string()));
+                    i += 3 + end;
+                    continue;
+                }
+            } else if name_char(b[i + 1]) && !b[i + 1].is_ascii_digit() {
+                let start = i + 1;
+                let mut j = start;
+                while j < b.len() && name_char(b[j]) {
+                    j += 1;
+                }
+                out.push_str(&lookup(&text[start..j]).unwrap_or_default());
+                i = j;
+                continue;
+            }
+        }
+        let ch = text[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
 fn command_list(c: &CommandLine, config: &ContainerConfig) -> Vec<String> {
     match c {
         CommandLine::Exec(l) => l.clone(),
@@ -842,5 +912,31 @@ fn history_text(original: &str, keyword: &str) -> String {
     match keyword {
         "RUN" => format!("RUN /bin/sh -c {rest} # buildkit"),
         _ => format!("{keyword} {rest}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_vars;
+
+    #[test]
+    fn heredoc_bodies_keep_quotes_and_backslashes() {
+        let look = |k: &str| match k {
+            "X" => Some("value".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(
+            expand_vars(r#"{"a": "$X", "b": "${X}"}"#, look),
+            r#"{"a": "value", "b": "value"}"#
+        );
+        assert_eq!(
+            expand_vars("Don't \\n $ ${UNSET:-dflt} ${EMPTY:-e} ${EMPTY-e}", look),
+            "Don't \\n $ dflt e "
+        );
+        assert_eq!(
+            expand_vars("price: $5 and $X.", look),
+            "price: $5 and value."
+        );
     }
 }
