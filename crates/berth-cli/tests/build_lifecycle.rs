@@ -11,14 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn ready() -> bool {
-    let root_ok = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root_ok {
-        return skip("berth build needs root (overlayfs, runc)");
-    }
-    require("runc")
+    require_build()
 }
 
 /// A context whose Dockerfile is `body` on top of the busybox fixture.

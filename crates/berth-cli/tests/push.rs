@@ -11,11 +11,7 @@ use std::process::{Command, Output};
 use common::*;
 
 fn ready() -> bool {
-    let root_ok = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    (root_ok || skip("berth build needs root")) && require("runc") && require("skopeo")
+    require_build() && require("skopeo")
 }
 
 fn berth(root: &Path, docker_config: &Path, args: &[&str]) -> Output {

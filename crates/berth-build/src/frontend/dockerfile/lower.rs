@@ -174,6 +174,17 @@ fn src_err(df: &Dockerfile, line: usize, column: usize, msg: &str) -> BuildError
     BuildError::Source(df.source.error(Pos { line, column }, msg.to_string()))
 }
 
+/// What COPY and ADD share.
+struct CopySpec<'a> {
+    sources: &'a [CopySource],
+    from: Option<&'a str>,
+    dest: &'a str,
+    chown: Option<&'a str>,
+    chmod: Option<&'a str>,
+    exclude: &'a [String],
+    extract: bool,
+}
+
 /// Variables visible to an instruction: ENV of the image, then the stage's ARGs.
 struct Scope {
     args: Vec<(String, Option<String>)>,
@@ -453,31 +464,17 @@ impl Lowerer<'_> {
                     if c.parents {
                         return Err(src_err(df, line, 1, "COPY --parents is not supported yet"));
                     }
-                    let (src_state, sources, writes) = self.copy_sources(
-                        &c.sources,
-                        c.from.as_deref(),
-                        idx,
-                        &scope,
-                        &config.config,
-                        line,
-                    )?;
-                    let dest = ex(&c.dest, &scope)?;
-                    let chown = c.chown.as_deref().map(|s| ex(s, &scope)).transpose()?;
-                    let chmod = parse_chmod(c.chmod.as_deref(), df, line)?;
-                    let op = self.copy_op(
-                        &dest,
-                        sources,
-                        writes,
-                        chown,
-                        chmod,
-                        false,
-                        c.exclude.clone(),
-                        &config.config,
-                        src_state.is_some(),
-                    );
-                    state = state
-                        .file(op, src_state.into_iter().collect(), name.clone())
-                        .with_ignore_cache(self.opts.no_cache);
+                    let spec = CopySpec {
+                        sources: &c.sources,
+                        from: c.from.as_deref(),
+                        dest: &c.dest,
+                        chown: c.chown.as_deref(),
+                        chmod: c.chmod.as_deref(),
+                        exclude: &c.exclude,
+                        extract: false,
+                    };
+                    state =
+                        self.copy_step(&state, spec, idx, &scope, &config.config, line, &name)?;
                     made = Some(state.clone());
                 }
                 InstructionKind::Add(a) => {
@@ -496,25 +493,17 @@ impl Lowerer<'_> {
                             ),
                         ));
                     }
-                    let (src_state, sources, writes) =
-                        self.copy_sources(&a.sources, None, idx, &scope, &config.config, line)?;
-                    let dest = ex(&a.dest, &scope)?;
-                    let chown = a.chown.as_deref().map(|s| ex(s, &scope)).transpose()?;
-                    let chmod = parse_chmod(a.chmod.as_deref(), df, line)?;
-                    let op = self.copy_op(
-                        &dest,
-                        sources,
-                        writes,
-                        chown,
-                        chmod,
-                        a.unpack.unwrap_or(true),
-                        a.exclude.clone(),
-                        &config.config,
-                        src_state.is_some(),
-                    );
-                    state = state
-                        .file(op, src_state.into_iter().collect(), name.clone())
-                        .with_ignore_cache(self.opts.no_cache);
+                    let spec = CopySpec {
+                        sources: &a.sources,
+                        from: None,
+                        dest: &a.dest,
+                        chown: a.chown.as_deref(),
+                        chmod: a.chmod.as_deref(),
+                        exclude: &a.exclude,
+                        extract: a.unpack.unwrap_or(true),
+                    };
+                    state =
+                        self.copy_step(&state, spec, idx, &scope, &config.config, line, &name)?;
                     made = Some(state.clone());
                 }
                 InstructionKind::Workdir { path } => {
@@ -633,6 +622,45 @@ impl Lowerer<'_> {
             },
         );
         Ok(())
+    }
+
+    /// COPY and ADD: resolve the sources, expand the flags, add the file op.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_step(
+        &mut self,
+        state: &State,
+        spec: CopySpec<'_>,
+        idx: usize,
+        scope: &Scope,
+        config: &ContainerConfig,
+        line: usize,
+        name: &str,
+    ) -> Result<State> {
+        let df = self.df;
+        let escape = df.directives.escape;
+        let ex = |w: &str| {
+            expand(w, |k| scope.lookup(config, k), escape)
+                .map_err(|e| src_err(df, line, 1, &e.to_string()))
+        };
+        let (src_state, sources, writes) =
+            self.copy_sources(spec.sources, spec.from, idx, scope, config, line)?;
+        let dest = ex(spec.dest)?;
+        let chown = spec.chown.map(ex).transpose()?;
+        let chmod = parse_chmod(spec.chmod, df, line)?;
+        let op = self.copy_op(
+            &dest,
+            sources,
+            writes,
+            chown,
+            chmod,
+            spec.extract,
+            spec.exclude.to_vec(),
+            config,
+            src_state.is_some(),
+        );
+        Ok(state
+            .file(op, src_state.into_iter().collect(), name.to_string())
+            .with_ignore_cache(self.opts.no_cache))
     }
 
     #[allow(clippy::too_many_arguments)]
