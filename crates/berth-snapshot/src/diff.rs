@@ -24,8 +24,11 @@ use crate::snapshotter::{Result, io_err};
 pub struct DiffOptions {
     /// Clamp every mtime to this (seconds since the epoch): reproducible layers.
     pub source_date_epoch: Option<u64>,
-    /// gzip level 0-9; `None` for flate2's fast level (1), which is what a build wants:
-    /// level 6 costs three times the CPU for a few percent of size.
+    /// gzip level 0-9; `None` for level 2. Level 1 in zlib-rs codes incompressible
+    /// data with fixed Huffman tables: 5% larger than the input and four times slower
+    /// to unpack than the stored blocks level 2 falls back to (measured: 397 vs 1610
+    /// MB/s to decompress random data). On a tar of /usr/lib level 2 compresses at
+    /// 173 MB/s to 34% (level 1: 280 MB/s, 41%; level 6: 94 MB/s, 32%).
     pub gzip_level: Option<u32>,
 }
 
@@ -65,7 +68,7 @@ impl<W: Write> Write for Tee<W> {
 
 /// Write the changes recorded in `upper` as a gzip-compressed OCI layer into `out`.
 pub fn diff(upper: &Path, out: impl Write, opts: &DiffOptions) -> Result<LayerInfo> {
-    let level = flate2::Compression::new(opts.gzip_level.unwrap_or(1));
+    let level = flate2::Compression::new(opts.gzip_level.unwrap_or(2));
     let compressed = Tee {
         inner: out,
         hasher: Algorithm::Sha256.hasher(),
