@@ -132,6 +132,40 @@ fn walk_matched(
     Ok(())
 }
 
+/// For each path below `dir` (which is `rel` in the context) that `ignore` excludes,
+/// put an overlayfs whiteout at the same place below `upper`, so an overlay of `dir`
+/// with that upper directory shows the context as the build sees it.
+pub fn whiteout_ignored(dir: &Path, rel: &str, ignore: &Ignore, upper: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return Err(io_err("read directory", dir, e)),
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let child_rel = if rel.is_empty() {
+            name.to_string_lossy().into_owned()
+        } else {
+            format!("{rel}/{}", name.to_string_lossy())
+        };
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if ignore.excludes(&child_rel) && !(is_dir && ignore.may_reinclude_below(&child_rel)) {
+            fs::create_dir_all(upper).map_err(|err| io_err("create directory", upper, err))?;
+            let w = upper.join(&name);
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &w,
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::empty(),
+                0,
+            )
+            .map_err(|err| io_err("create whiteout", &w, err.into()))?;
+        } else if is_dir {
+            whiteout_ignored(&e.path(), &child_rel, ignore, &upper.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
 /// A file's content hash, remembered with what identifies that version of the file:
 /// size, modification and change times (nanoseconds) and inode. Any write changes the
 /// change time, so a hit means the same content without reading it.

@@ -909,8 +909,20 @@ impl Solver {
                         env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
                         continue;
                     }
-                    let dir = self.root.join("tmp").join(unique("secret"));
+                    // Secrets live in memory (/dev/shm is a tmpfs), in a directory only
+                    // root can enter, and only for the step.
+                    let shm = Path::new("/dev/shm");
+                    let base = if shm.is_dir() {
+                        shm.to_path_buf()
+                    } else {
+                        self.root.join("tmp")
+                    };
+                    let dir = base.join(format!("berth-secret-{}", unique("s")));
                     fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
+                    {
+                        use std::os::unix::fs::PermissionsExt;
+                        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+                    }
                     let file = dir.join("value");
                     fs::write(&file, &value).map_err(|e| io_err("write secret", &file, e))?;
                     use std::os::unix::fs::PermissionsExt;
@@ -925,16 +937,19 @@ impl Solver {
                     let solved = inputs.get(*input).ok_or_else(|| {
                         BuildError::Invalid(format!("mount of missing input {input}"))
                     })?;
-                    let (root, _ignore, view, _) = self.source_root(solved)?;
+                    let (root, ignore, view, _) = self.source_root(solved)?;
                     let mut src = fileops::resolve_in_root(&root, path)?;
                     let from_context = view.is_none();
                     if let Some(v) = view {
                         holds.views.push(v);
                     }
-                    // Writes to a writable mount of the build context are thrown away,
-                    // as in Docker: the step sees an overlay, never the user's files.
-                    if *rw && from_context && src.is_dir() {
-                        let scratch = self.root.join("tmp").join(unique("ctxrw"));
+                    // A mount of the build context is an overlay: files .dockerignore
+                    // excludes are hidden by whiteouts in its upper directory (the step
+                    // must not read what its cache key does not cover), and writes to a
+                    // writable mount are thrown away, never reaching the user's files.
+                    let hide = from_context && !ignore.patterns().is_empty();
+                    if from_context && src.is_dir() && (*rw || hide) {
+                        let scratch = self.root.join("tmp").join(unique("ctxmnt"));
                         let (upper, work, at) = (
                             scratch.join("upper"),
                             scratch.join("work"),
@@ -944,6 +959,12 @@ impl Solver {
                             fs::create_dir_all(d).map_err(|e| io_err("create directory", d, e))?;
                         }
                         holds.dirs.push(scratch.clone());
+                        let rel = src
+                            .strip_prefix(&root)
+                            .unwrap_or(Path::new(""))
+                            .to_string_lossy()
+                            .into_owned();
+                        fileops::whiteout_ignored(&src, &rel, &ignore, &upper)?;
                         let mut plan = Mount::default();
                         plan.set_destination(PathBuf::from("/"));
                         plan.set_typ(Some("overlay".into()));

@@ -331,3 +331,33 @@ fn a_writable_context_mount_leaves_the_context_alone() {
         "the user's context was written to"
     );
 }
+
+#[test]
+fn a_context_mount_hides_what_dockerignore_excludes() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ctx = project(
+        dir.path(),
+        "RUN --mount=type=bind,target=/ctx ls -a /ctx /ctx/sub && cat /ctx/sub/kept\n",
+    );
+    std::fs::write(ctx.join(".dockerignore"), "*.secret\nsub/drop\n").unwrap();
+    std::fs::write(ctx.join("token.secret"), "hidden").unwrap();
+    std::fs::create_dir_all(ctx.join("sub")).unwrap();
+    std::fs::write(ctx.join("sub/drop"), "hidden").unwrap();
+    std::fs::write(ctx.join("sub/kept"), "visible-content").unwrap();
+    let out = build_cmd(&root, &ctx).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("visible-content"), "{err}");
+    assert!(
+        !err.contains("token.secret") && !err.contains(" drop"),
+        "ignored files were visible: {err}"
+    );
+    assert!(
+        ctx.join("token.secret").exists(),
+        "the context itself is untouched"
+    );
+}
