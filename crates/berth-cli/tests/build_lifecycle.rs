@@ -30,6 +30,14 @@ fn project(dir: &Path, body: &str) -> std::path::PathBuf {
     ctx
 }
 
+/// Build `ctx` on `root`, which must succeed; returns the progress output.
+fn build_ok(root: &Path, ctx: &Path) -> String {
+    let out = build_cmd(root, ctx).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    err
+}
+
 fn build_cmd(root: &Path, ctx: &Path) -> Command {
     let mut c = Command::new(berth_bin());
     c.arg("--root")
@@ -260,9 +268,7 @@ fn prune_frees_cache_but_keeps_images() {
         .arg("images"));
     assert!(images.contains("kept"), "{images}");
     check_store(&root);
-    let out = build_cmd(&root, &ctx).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = build_ok(&root, &ctx);
     assert_eq!(err.matches("CACHED").count(), 0, "{err}");
 }
 
@@ -281,9 +287,7 @@ fn registry_gc_keeps_the_build_cache() {
         .arg("--root")
         .arg(&root)
         .args(["registry", "gc", "--grace", "0s"]));
-    let out = build_cmd(&root, &ctx).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = build_ok(&root, &ctx);
     assert_eq!(err.matches("CACHED").count(), 1, "{err}");
 }
 
@@ -298,9 +302,7 @@ fn platform_args_are_predefined() {
         dir.path(),
         "ARG TARGETARCH\nARG TARGETPLATFORM\nRUN echo arch=$TARGETARCH platform=$TARGETPLATFORM\n",
     );
-    let out = build_cmd(&root, &ctx).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = build_ok(&root, &ctx);
     assert!(
         err.contains("arch=amd64 platform=linux/amd64")
             || err.contains("arch=arm64 platform=linux/arm64"),
@@ -319,9 +321,7 @@ fn a_writable_context_mount_leaves_the_context_alone() {
         dir.path(),
         "RUN --mount=type=bind,rw,target=/ctx echo scribble > /ctx/written-by-run && ls /ctx\n",
     );
-    let out = build_cmd(&root, &ctx).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = build_ok(&root, &ctx);
     assert!(
         err.contains("written-by-run"),
         "the step saw its own write: {err}"
@@ -348,9 +348,7 @@ fn a_context_mount_hides_what_dockerignore_excludes() {
     std::fs::create_dir_all(ctx.join("sub")).unwrap();
     std::fs::write(ctx.join("sub/drop"), "hidden").unwrap();
     std::fs::write(ctx.join("sub/kept"), "visible-content").unwrap();
-    let out = build_cmd(&root, &ctx).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let err = build_ok(&root, &ctx);
     assert!(err.contains("visible-content"), "{err}");
     assert!(
         !err.contains("token.secret") && !err.contains(" drop"),

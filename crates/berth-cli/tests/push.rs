@@ -46,15 +46,7 @@ fn build_push_to_berth_registry_with_auth_then_docker_runs_it() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    run(Command::new("htpasswd")
-        .args(["-Bbc"])
-        .arg(&htpasswd)
-        .args(["ci", "pw"]));
-    let reg = Berth::serve(
-        &dir.path().join("registry"),
-        &["--htpasswd", htpasswd.to_str().unwrap()],
-    );
+    let reg = serve_with_user(dir.path(), "ci", "pw");
     let ctx = context(dir.path());
     let root = dir.path().join("root");
     let name = format!("{}/team/app:1", reg.addr);
@@ -222,15 +214,7 @@ fn login_then_push_then_logout() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    run(Command::new("htpasswd")
-        .args(["-Bbc"])
-        .arg(&htpasswd)
-        .args(["deployer", "s3cret"]));
-    let reg = Berth::serve(
-        &dir.path().join("registry"),
-        &["--htpasswd", htpasswd.to_str().unwrap()],
-    );
+    let reg = serve_with_user(dir.path(), "deployer", "s3cret");
     let cfg = dir.path().join("docker-config");
     let login = |password: &str| {
         let mut c = Command::new(berth_bin());

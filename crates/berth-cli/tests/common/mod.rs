@@ -561,3 +561,17 @@ impl Drop for DockerImages {
         }
     }
 }
+
+/// `berth registry serve` over `dir/registry` with basic auth for one user (bcrypt
+/// htpasswd made with Debian's htpasswd).
+pub fn serve_with_user(dir: &Path, user: &str, password: &str) -> Berth {
+    let htpasswd = dir.join("htpasswd");
+    run(Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args([user, password]));
+    Berth::serve(
+        &dir.join("registry"),
+        &["--htpasswd", htpasswd.to_str().unwrap()],
+    )
+}
