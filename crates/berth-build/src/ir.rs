@@ -67,6 +67,13 @@ pub enum MountSource {
         id: String,
         /// Sharing mode.
         sharing: Sharing,
+        /// Owner and mode of the cache directory when it is first made (`uid=`,
+        /// `gid=`, `mode=`; default root and 0755).
+        uid: u32,
+        /// Group.
+        gid: u32,
+        /// Mode.
+        mode: u32,
     },
     /// A secret file (`--mount=type=secret`); only its id is part of the key.
     Secret {

@@ -897,8 +897,14 @@ impl Solver {
             let mut mount = Mount::default();
             mount.set_destination(PathBuf::from(&m.target));
             match &m.source {
-                MountSource::Cache { id, sharing } => {
-                    let dir = self.cache_mount_dir(id, *sharing, holds)?;
+                MountSource::Cache {
+                    id,
+                    sharing,
+                    uid,
+                    gid,
+                    mode,
+                } => {
+                    let dir = self.cache_mount_dir(id, *sharing, holds, (*uid, *gid, *mode))?;
                     mount.set_typ(Some("bind".into()));
                     mount.set_source(Some(dir));
                     mount.set_options(Some(vec!["rbind".into(), "rw".into()]));
@@ -1062,7 +1068,13 @@ impl Solver {
         Ok(())
     }
 
-    fn cache_mount_dir(&self, id: &str, sharing: Sharing, holds: &mut Holds) -> Result<PathBuf> {
+    fn cache_mount_dir(
+        &self,
+        id: &str,
+        sharing: Sharing,
+        holds: &mut Holds,
+        (uid, gid, mode): (u32, u32, u32),
+    ) -> Result<PathBuf> {
         let base = self
             .root
             .join("cache/mounts")
@@ -1108,7 +1120,14 @@ impl Solver {
                 }
             }
         };
-        fs::create_dir_all(&dir).map_err(|e| io_err("create cache mount", &dir, e))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(|e| io_err("create cache mount", &dir, e))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(|e| io_err("chown cache mount", &dir, e))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                .map_err(|e| io_err("chmod cache mount", &dir, e))?;
+        }
         Ok(dir)
     }
 }

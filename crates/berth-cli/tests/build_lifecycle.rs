@@ -359,3 +359,18 @@ fn a_context_mount_hides_what_dockerignore_excludes() {
         "the context itself is untouched"
     );
 }
+
+#[test]
+fn cache_mounts_take_their_owner_and_mode() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ctx = project(
+        dir.path(),
+        "USER 65534\nRUN --mount=type=cache,target=/home/c,uid=65534,gid=65534,mode=0700 echo ok > /home/c/f && stat -c '%u:%g %a' /home/c\n",
+    );
+    let err = build_ok(&root, &ctx);
+    assert!(err.contains("65534:65534 700"), "{err}");
+}

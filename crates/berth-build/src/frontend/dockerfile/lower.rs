@@ -791,6 +791,9 @@ impl Lowerer<'_> {
                         }
                         _ => Sharing::Shared,
                     },
+                    uid: m.uid.unwrap_or(0),
+                    gid: m.gid.unwrap_or(0),
+                    mode: m.mode.unwrap_or(0o755),
                 }
             }
             MountType::Secret => {
