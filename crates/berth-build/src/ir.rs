@@ -85,7 +85,10 @@ pub enum MountSource {
         required: bool,
     },
     /// An empty tmpfs.
-    Tmpfs,
+    Tmpfs {
+        /// Size limit in bytes (`size=`).
+        size: Option<u64>,
+    },
 }
 
 /// A mount of an exec.

@@ -1007,14 +1007,14 @@ impl Solver {
                         if *rw { "rw".into() } else { "ro".into() },
                     ]));
                 }
-                MountSource::Tmpfs => {
+                MountSource::Tmpfs { size } => {
                     mount.set_typ(Some("tmpfs".into()));
                     mount.set_source(Some(PathBuf::from("tmpfs")));
-                    mount.set_options(Some(vec![
-                        "nosuid".into(),
-                        "nodev".into(),
-                        "mode=1777".into(),
-                    ]));
+                    let mut opts = vec!["nosuid".into(), "nodev".into(), "mode=1777".into()];
+                    if let Some(n) = size {
+                        opts.push(format!("size={n}"));
+                    }
+                    mount.set_options(Some(opts));
                 }
             }
             mounts.push(mount);
@@ -1257,12 +1257,15 @@ fn lookup_user(lowers: &[PathBuf], user: &str) -> Result<(u32, u32)> {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
+    // The topmost layer with an entry at /etc/<name> decides; a whiteout means the file
+    // was deleted.
     let read = |name: &str| -> Option<String> {
-        lowers.iter().find_map(|l| {
-            let p = l.join("etc").join(name);
-            let m = fs::symlink_metadata(&p).ok()?;
-            m.is_file().then(|| fs::read_to_string(&p).ok()).flatten()
-        })
+        let p = lowers
+            .iter()
+            .map(|l| l.join("etc").join(name))
+            .find(|p| fs::symlink_metadata(p).is_ok())?;
+        let m = fs::symlink_metadata(&p).ok()?;
+        m.is_file().then(|| fs::read_to_string(&p).ok()).flatten()
     };
     let field = |file: &str, name: &str, idx: usize| -> Option<u32> {
         read(file)?.lines().find_map(|l| {

@@ -374,3 +374,23 @@ fn cache_mounts_take_their_owner_and_mode() {
     let err = build_ok(&root, &ctx);
     assert!(err.contains("65534:65534 700"), "{err}");
 }
+
+#[test]
+fn tmpfs_mounts_take_their_size() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let ctx = project(
+        dir.path(),
+        "RUN --mount=type=tmpfs,target=/scratch,size=1048576 df -k /scratch | tail -1\n",
+    );
+    let err = build_ok(&root, &ctx);
+    // df -k: the size column of a 1 MiB tmpfs is 1024.
+    assert!(
+        err.lines()
+            .any(|l| l.contains("tmpfs") && l.split_whitespace().any(|w| w == "1024")),
+        "{err}"
+    );
+}

@@ -836,7 +836,7 @@ impl Lowerer<'_> {
                     rw: !m.readonly,
                 }
             }
-            MountType::Tmpfs => MountSource::Tmpfs,
+            MountType::Tmpfs => MountSource::Tmpfs { size: m.size },
             MountType::Ssh => {
                 return Err(src_err(
                     self.df,
