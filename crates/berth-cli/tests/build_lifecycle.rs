@@ -394,3 +394,41 @@ fn tmpfs_mounts_take_their_size() {
         "{err}"
     );
 }
+
+#[test]
+fn onbuild_triggers_run_in_the_child_only() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let base = project(
+        dir.path(),
+        "ONBUILD RUN echo triggered-$((40+2)) > /onbuild\nONBUILD COPY marker /marker\n",
+    );
+    run(build_cmd(&root, &base).args(["-t", "onbase:1"]));
+    let child = dir.path().join("child");
+    std::fs::create_dir_all(&child).unwrap();
+    std::fs::write(
+        child.join("Dockerfile"),
+        "FROM onbase:1\nRUN cat /onbuild /marker\n",
+    )
+    .unwrap();
+    std::fs::write(child.join("marker"), "from-the-child-context\n").unwrap();
+    let err = build_ok(&root, &child);
+    assert!(
+        err.contains("triggered-42") && err.contains("from-the-child-context"),
+        "{err}"
+    );
+    run(build_cmd(&root, &child).args(["-t", "onchild:1"]));
+    // The triggers are not inherited by the child's image.
+    let grandchild = dir.path().join("grandchild");
+    std::fs::create_dir_all(&grandchild).unwrap();
+    std::fs::write(
+        grandchild.join("Dockerfile"),
+        "FROM onchild:1\nRUN echo grandchild\n",
+    )
+    .unwrap();
+    let err = build_ok(&root, &grandchild);
+    assert!(!err.contains("COPY marker"), "{err}");
+}

@@ -296,24 +296,33 @@ impl Lowerer<'_> {
             })?
         };
         config.created = self.opts.created.clone();
+        // The base's ONBUILD triggers run first, as if written right after FROM, and are
+        // not passed on to this image (Docker's rule). Errors in them point at FROM.
+        let mut instructions = Vec::new();
         if !config.config.on_build.is_empty() {
-            return Err(src_err(
-                df,
-                stage.lines.start,
-                1,
-                &format!(
-                    "{from} has ONBUILD triggers ({}), which berth does not run yet; build from an image without them",
-                    config.config.on_build.join("; ")
-                ),
-            ));
+            let text = format!("FROM scratch\n{}\n", config.config.on_build.join("\n"));
+            let triggers = Dockerfile::parse("ONBUILD", &text).map_err(|e| {
+                src_err(
+                    df,
+                    stage.lines.start,
+                    1,
+                    &format!("{from}'s ONBUILD triggers: {e}"),
+                )
+            })?;
+            for mut t in triggers.stages.into_iter().flat_map(|s| s.instructions) {
+                t.lines = stage.lines;
+                instructions.push(t);
+            }
+            config.config.on_build.clear();
         }
+        instructions.extend(stage.instructions.iter().cloned());
         let base_history = config.history.len();
         let mut steps: Vec<Option<State>> = Vec::new();
         let mut scope = Scope { args: Vec::new() };
-        let n = stage.instructions.len();
+        let n = instructions.len();
         let label = self.label(idx);
         let mut cmd_set_here = false;
-        for (i, ins) in stage.instructions.iter().enumerate() {
+        for (i, ins) in instructions.iter().enumerate() {
             // Numbered as BuildKit does: FROM is step 1 of the stage.
             let name = format!(
                 "[{label} {}/{}] {}",
