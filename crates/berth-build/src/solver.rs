@@ -1061,8 +1061,18 @@ impl Solver {
         }
         for t in stubs {
             let p = active.upper.join(t.trim_start_matches('/'));
-            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            let meta = fs::symlink_metadata(&p);
+            if meta.as_ref().is_ok_and(|m| m.is_file() && m.len() == 0) {
                 fs::remove_file(&p).map_err(|e| io_err("remove mount stub", &p, e))?;
+            } else if t == crate::frontend::dockerfile::lower::HEREDOC_DIR
+                && meta.is_ok_and(|m| m.is_dir())
+            {
+                // berth's own mount point, not the user's: it leaves no trace, nor does
+                // a /run that only it made.
+                let _ = fs::remove_dir(&p);
+                if !exists_in(&active.lowers, "/run") {
+                    let _ = fs::remove_dir(active.upper.join("run"));
+                }
             }
         }
         Ok(())

@@ -432,3 +432,30 @@ fn onbuild_triggers_run_in_the_child_only() {
     let err = build_ok(&root, &grandchild);
     assert!(!err.contains("COPY marker"), "{err}");
 }
+
+#[test]
+fn heredoc_scripts_run_with_their_shebang() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    // /bin/cat as the interpreter prints the script: proof it was not run by sh.
+    let ctx = project(
+        dir.path(),
+        "RUN <<EOF\n#!/bin/cat\nhello-from-a-cat-script\nEOF\n",
+    );
+    let out_dir = dir.path().join("out");
+    let out = build_cmd(&root, &ctx)
+        .arg("--output")
+        .arg(format!("type=local,dest={}", out_dir.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("hello-from-a-cat-script"), "{err}");
+    assert!(
+        !out_dir.join("run").exists(),
+        "the script's mount point left no trace"
+    );
+}

@@ -26,6 +26,10 @@ use crate::ir::{
     State,
 };
 
+/// Where a `RUN <<EOF` script with a `#!` line is written for its interpreter: a tmpfs
+/// mounted for that step only.
+pub const HEREDOC_DIR: &str = "/run/berth-heredoc";
+
 /// Proxy variables: given to RUN, never in a cache key or the image.
 pub const PROXY_ARGS: [&str; 10] = [
     "HTTP_PROXY",
@@ -373,6 +377,7 @@ impl Lowerer<'_> {
                         .shell
                         .clone()
                         .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+                    let mut heredoc_script = false;
                     let args = match &run.command {
                         CommandLine::Exec(list) => list.clone(),
                         CommandLine::Shell(cmd) => {
@@ -380,8 +385,24 @@ impl Lowerer<'_> {
                             let only_heredoc = run.heredocs.len() == 1
                                 && cmd.trim_start().starts_with("<<")
                                 && !cmd.trim().contains(' ');
-                            if only_heredoc {
-                                script = run.heredocs[0].content.clone();
+                            let body = &run
+                                .heredocs
+                                .first()
+                                .map(|h| h.content.clone())
+                                .unwrap_or_default();
+                            if only_heredoc && body.starts_with("#!") {
+                                // A script with its own interpreter: written to a tmpfs
+                                // mounted for the step, then run by that interpreter.
+                                heredoc_script = true;
+                                let interp = body.lines().next().unwrap_or("#!/bin/sh")[2..]
+                                    .trim()
+                                    .to_string();
+                                script = format!(
+                                    "cat > {HEREDOC_DIR}/script <<'BERTH_HEREDOC_EOF'\n{body}{}BERTH_HEREDOC_EOF\nexec {interp} {HEREDOC_DIR}/script",
+                                    if body.ends_with('\n') { "" } else { "\n" }
+                                );
+                            } else if only_heredoc {
+                                script = body.clone();
                             } else {
                                 for h in &run.heredocs {
                                     script.push('\n');
@@ -429,6 +450,12 @@ impl Lowerer<'_> {
                     }
                     let mut extra = Vec::new();
                     let mut mounts = Vec::new();
+                    if heredoc_script {
+                        mounts.push(ExecMount {
+                            target: HEREDOC_DIR.into(),
+                            source: MountSource::Tmpfs { size: None },
+                        });
+                    }
                     for m in &run.mounts {
                         mounts.push(self.run_mount(
                             m,
