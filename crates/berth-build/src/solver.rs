@@ -988,15 +988,7 @@ impl Solver {
                             .to_string_lossy()
                             .into_owned();
                         fileops::whiteout_ignored(&src, &rel, &ignore, &upper)?;
-                        let mut plan = Mount::default();
-                        plan.set_destination(PathBuf::from("/"));
-                        plan.set_typ(Some("overlay".into()));
-                        plan.set_source(Some(PathBuf::from("overlay")));
-                        plan.set_options(Some(vec![
-                            format!("lowerdir={}", src.display()),
-                            format!("upperdir={}", upper.display()),
-                            format!("workdir={}", work.display()),
-                        ]));
+                        let plan = berth_snapshot::overlay_mount(&[src.clone()], &upper, &work);
                         holds.mounts.push(berth_exec::mount_rootfs(&[plan], &at)?);
                         src = at;
                     }

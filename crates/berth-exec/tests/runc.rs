@@ -68,6 +68,26 @@ fn busybox(dir: &Path) -> (Snapshotter, Digest) {
     (snaps, chain)
 }
 
+/// The busybox layer unpacked, a runc executor, and an active snapshot on the layer.
+fn setup(dir: &Path, key: &str) -> (Snapshotter, Runc, berth_snapshot::Active) {
+    let (snaps, chain) = busybox(dir);
+    let exec = Runc::new(&dir.join("exec")).unwrap();
+    let active = snaps
+        .prepare(&format!("{}-{key}", std::process::id()), Some(&chain))
+        .unwrap();
+    (snaps, exec, active)
+}
+
+/// A read-write bind mount of `source` at `target`.
+fn bind(source: &Path, target: &str) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(PathBuf::from(target));
+    m.set_typ(Some("bind".into()));
+    m.set_source(Some(source.to_path_buf()));
+    m.set_options(Some(vec!["rbind".into(), "rw".into()]));
+    m
+}
+
 fn meta(script: &str) -> Meta {
     Meta {
         args: vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -98,11 +118,7 @@ fn a_step_runs_and_its_changes_become_a_layer() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (snaps, chain) = busybox(dir.path());
-    let exec = Runc::new(&dir.path().join("exec")).unwrap();
-    let active = snaps
-        .prepare(&format!("{}-a", std::process::id()), Some(&chain))
-        .unwrap();
+    let (_snaps, exec, active) = setup(dir.path(), "a");
     let (code, out, err) = run(
         &exec,
         &active.mounts(),
@@ -144,23 +160,14 @@ fn user_network_and_bind_mounts() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (snaps, chain) = busybox(dir.path());
-    let exec = Runc::new(&dir.path().join("exec")).unwrap();
-    let active = snaps
-        .prepare(&format!("{}-b", std::process::id()), Some(&chain))
-        .unwrap();
+    let (_snaps, exec, active) = setup(dir.path(), "b");
     let cache = dir.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
-    let mut bind = Mount::default();
-    bind.set_destination(PathBuf::from("/cache"));
-    bind.set_typ(Some("bind".into()));
-    bind.set_source(Some(cache.clone()));
-    bind.set_options(Some(vec!["rbind".into(), "rw".into()]));
     let mut m = meta("id -u; id -g; ls /sys/class/net; echo kept > /cache/f && cd /tmp && pwd");
     m.uid = 65534;
     m.gid = 65534;
     m.network = Network::None;
-    let (code, out, err) = run(&exec, &active.mounts(), &[bind], &m);
+    let (code, out, err) = run(&exec, &active.mounts(), &[bind(&cache, "/cache")], &m);
     assert_eq!(
         code, 1,
         "nobody may not write the cache dir owned by root: {out} {err}"
@@ -168,12 +175,7 @@ fn user_network_and_bind_mounts() {
     assert!(out.starts_with("65534\n65534\nlo\n"), "{out}");
     m.uid = 0;
     m.gid = 0;
-    let mut bind2 = Mount::default();
-    bind2.set_destination(PathBuf::from("/cache"));
-    bind2.set_typ(Some("bind".into()));
-    bind2.set_source(Some(cache.clone()));
-    bind2.set_options(Some(vec!["rbind".into(), "rw".into()]));
-    let (code, out, _) = run(&exec, &active.mounts(), &[bind2], &m);
+    let (code, out, _) = run(&exec, &active.mounts(), &[bind(&cache, "/cache")], &m);
     assert_eq!(code, 0);
     assert!(out.ends_with("/tmp\n"), "{out}");
     assert_eq!(std::fs::read_to_string(cache.join("f")).unwrap(), "kept\n");
@@ -228,11 +230,7 @@ fn a_runtime_failure_is_an_error_not_an_exit_code() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (snaps, chain) = busybox(dir.path());
-    let exec = Runc::new(&dir.path().join("exec")).unwrap();
-    let active = snaps
-        .prepare(&format!("{}-c", std::process::id()), Some(&chain))
-        .unwrap();
+    let (_snaps, exec, active) = setup(dir.path(), "c");
     let m = Meta {
         args: vec!["/no/such/binary".into()],
         ..meta("")

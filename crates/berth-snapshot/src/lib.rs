@@ -20,4 +20,4 @@ mod snapshotter;
 
 pub use apply::apply_layer;
 pub use diff::{DiffOptions, LayerInfo, diff};
-pub use snapshotter::{Active, Error, Result, Snapshotter, chain_id};
+pub use snapshotter::{Active, Error, Result, Snapshotter, chain_id, overlay_mount};

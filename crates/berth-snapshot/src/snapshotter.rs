@@ -70,22 +70,23 @@ pub struct Active {
 impl Active {
     /// The mount plan for this snapshot as a container's root file system.
     pub fn mounts(&self) -> Vec<Mount> {
-        let lowers: Vec<String> = self
-            .lowers
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        let mut m = Mount::default();
-        m.set_destination(PathBuf::from("/"));
-        m.set_typ(Some("overlay".into()));
-        m.set_source(Some(PathBuf::from("overlay")));
-        m.set_options(Some(vec![
-            format!("lowerdir={}", lowers.join(":")),
-            format!("upperdir={}", self.upper.display()),
-            format!("workdir={}", self.work.display()),
-        ]));
-        vec![m]
+        vec![overlay_mount(&self.lowers, &self.upper, &self.work)]
     }
+}
+
+/// An overlay of `lowers` (topmost first) with `upper` and `work`, as a root mount plan.
+pub fn overlay_mount(lowers: &[PathBuf], upper: &Path, work: &Path) -> Mount {
+    let lowers: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+    let mut m = Mount::default();
+    m.set_destination(PathBuf::from("/"));
+    m.set_typ(Some("overlay".into()));
+    m.set_source(Some(PathBuf::from("overlay")));
+    m.set_options(Some(vec![
+        format!("lowerdir={}", lowers.join(":")),
+        format!("upperdir={}", upper.display()),
+        format!("workdir={}", work.display()),
+    ]));
+    m
 }
 
 impl Snapshotter {
