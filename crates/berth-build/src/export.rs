@@ -190,15 +190,19 @@ pub async fn push_image(
                 d.digest
             ))
         })?;
-        let sent = client
-            .push_blob(dest, &d.digest, &store.blob_path(&d.digest), size)
+        let sources = store.sources(&d.digest, &dest.registry)?;
+        let how = client
+            .push_blob(dest, &d.digest, &store.blob_path(&d.digest), size, &sources)
             .await
             .map_err(err)?;
-        progress(&format!(
-            "{} {}",
-            if sent { "pushed" } else { "exists" },
-            d.digest
-        ));
+        store.add_source(&d.digest, &dest.registry, &dest.repository)?;
+        progress(&match how {
+            berth_client::BlobPush::Exists => format!("exists {}", d.digest),
+            berth_client::BlobPush::Mounted(from) => format!("mounted {} from {from}", d.digest),
+            berth_client::BlobPush::Uploaded => {
+                format!("pushed {} ({:.1} MB)", d.digest, size as f64 / 1e6)
+            }
+        });
         Ok::<_, BuildError>(())
     });
     futures_util::future::try_join_all(uploads).await?;

@@ -648,8 +648,21 @@ impl Solver {
                         .join()
                         .map_err(|_| BuildError::Invalid("layer decompression panicked".into()))?;
                     applied?;
-                    inflated
-                        .map_err(|e| BuildError::Image(format!("layer {}: {e}", l.blob.digest)))?;
+                    match inflated {
+                        // A hint for loads into Docker, which take layers uncompressed.
+                        Ok(size) => self.store.set_uncompressed(
+                            &l.blob.digest,
+                            &berth_store::Uncompressed {
+                                diff_id: l.diff_id.clone(),
+                                size,
+                            },
+                        )?,
+                        // Another build unpacked the same chain first: nothing was read.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                        Err(e) => {
+                            return Err(BuildError::Image(format!("layer {}: {e}", l.blob.digest)));
+                        }
+                    }
                 } else {
                     let reader = std::io::BufReader::with_capacity(1 << 20, file);
                     self.snapshots.apply(parent.as_ref(), &l.diff_id, reader)?;
@@ -691,6 +704,13 @@ impl Solver {
             return Ok(Output::Layers(below.to_vec()));
         }
         w.commit(Some(&info.digest), Some(info.size))?;
+        self.store.set_uncompressed(
+            &info.digest,
+            &berth_store::Uncompressed {
+                diff_id: info.diff_id.clone(),
+                size: info.uncompressed_size,
+            },
+        )?;
         self.snapshots.commit(active, &info.diff_id)?;
         let mut layers = below.to_vec();
         layers.push(Layer {

@@ -81,10 +81,36 @@ fn through_the_registry_proxy() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (root, id) = build(dir.path(), "loadproxy:1");
-    let out = load(&root, &["loadproxy:1"], None);
+    let out = Command::new(berth_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["load", "loadproxy:1"])
+        .env("BERTH_LOG", "berth_docker=debug")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("through berth's registry proxy"), "{err}");
+    // The daemon is local: it asked for the new layer uncompressed, by its diff_id
+    // (the base layer may be in the daemon already, from other images).
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            root.join("blobs/sha256")
+                .join(id.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let top = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap();
+    let top = top.as_str().unwrap();
+    assert!(
+        err.contains(&format!("/blobs/{top}")),
+        "{top} not asked for: {err}"
+    );
     check_runs("loadproxy:1", &id);
 }
 
@@ -140,27 +166,15 @@ fn falls_back_when_the_pull_breaks_midway() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (root, id) = build(dir.path(), "loadbroken:1");
-    // The proxy serves only what the repository links: unlink the top layer so the
-    // daemon's pull fails after the manifest and config went through.
-    let manifest_digest =
-        std::fs::read_to_string(root.join("repositories/loadbroken/_tags/1")).unwrap();
-    let bytes = std::fs::read(
-        root.join("blobs/sha256")
-            .join(manifest_digest.trim().trim_start_matches("sha256:")),
-    )
-    .unwrap();
-    let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    let layer = m["layers"].as_array().unwrap().last().unwrap()["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
-    std::fs::remove_file(
-        root.join("repositories/loadbroken/_blobs/sha256")
-            .join(&layer),
-    )
-    .unwrap();
-    let out = load(&root, &["loadbroken:1"], None);
+    // The failpoint has the proxy answer 404 for the last layer: the daemon's pull
+    // fails after the manifest and config went through.
+    let out = Command::new(berth_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["load", "loadbroken:1"])
+        .env("BERTH_FAILPOINT", "load-proxy-layer-404")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(

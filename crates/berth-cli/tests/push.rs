@@ -127,6 +127,18 @@ fn build_push_to_berth_registry_with_auth_then_docker_runs_it() {
     assert!(!err.contains("pushed sha256"), "{err}");
     assert!(err.contains("exists sha256"), "{err}");
 
+    // To another repository of the same registry, every blob is mounted, none sent.
+    let copy = format!("{}/team/copy:1", reg.addr);
+    let out = berth(&root, &creds, &["push", &name, &copy]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("pushed sha256"), "{err}");
+    assert_eq!(err.matches("from team/app").count(), 3, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{}/team/copy@{digest}", reg.addr)
+    );
+
     // The deploy host: docker pulls from berth's registry and runs the image.
     if require_docker() {
         let d = docker();
@@ -202,6 +214,21 @@ fn push_to_distribution() {
         &[],
     ));
     assert_eq!(layout_digest(&out), digest);
+    // distribution mounts the blobs into another repository: nothing is uploaded again.
+    let other = format!("{}/moved/other:2", peer.addr);
+    let out = berth(&root, &none, &["push", "local/app:2", &other]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("pushed sha256"), "{err}");
+    assert_eq!(err.matches("mounted sha256").count(), 3, "{err}");
+    let served = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{other}"),
+    ]));
+    assert_eq!(served.trim(), digest);
     // A name that is not in the store is explained.
     let out = berth(&root, &none, &["push", "nothing/here:1", &dest]);
     assert!(!out.status.success());
@@ -283,4 +310,144 @@ fn login_then_push_then_logout() {
     );
     let out = berth(&root, &cfg, &["push", &name]);
     assert!(!out.status.success(), "logged out: the push is refused");
+}
+
+/// A web server that is not a registry: it answers every request with an HTML 404.
+fn not_a_registry() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let body = "<html><body><h1>404 Not Found</h1></body></html>";
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                format!(
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn push_errors_say_what_failed() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(dir.path());
+    let root = dir.path().join("root");
+    let none = dir.path().join("no-creds");
+    std::fs::create_dir_all(&none).unwrap();
+    let out = berth(
+        &root,
+        &none,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "local/app:3",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An address that answers HTTP but not the registry API.
+    let web = not_a_registry();
+    let out = berth(
+        &root,
+        &none,
+        &["push", "local/app:3", &format!("{web}/app:3")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("{web} does not speak the registry API"))
+            && err.contains("404")
+            && err.contains("address and port"),
+        "{err}"
+    );
+
+    // Nothing listening.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let out = berth(
+        &root,
+        &none,
+        &["push", "local/app:3", &format!("{closed}/app:3")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is the registry running"), "{err}");
+
+    // A TLS registry whose certificate comes from a CA berth was not given: the error
+    // names the certificate and the setting that fixes it; with the CA, the push works.
+    let certs = dir.path().join("certs");
+    let (ca, crt, key) = make_tls(&certs);
+    let reg = Berth::serve(
+        &dir.path().join("registry"),
+        &[
+            "--tls-cert",
+            crt.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let wrong = dir.path().join("wrong");
+    let (wrong_ca, _, _) = make_tls(&wrong);
+    let config = |ca: &Path| {
+        let p = dir.path().join("berth.toml");
+        std::fs::write(
+            &p,
+            format!("[registries.\"{}\"]\nca = \"{}\"\n", reg.addr, ca.display()),
+        )
+        .unwrap();
+        p
+    };
+    let dest = format!("{}/secure/app:3", reg.addr);
+    let cfg = config(&wrong_ca);
+    let out = berth(
+        &root,
+        &none,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "push",
+            "local/app:3",
+            &dest,
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("certificate is not trusted") && err.contains("`ca`"),
+        "{err}"
+    );
+    let cfg = config(&ca);
+    let out = berth(
+        &root,
+        &none,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "push",
+            "local/app:3",
+            &dest,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

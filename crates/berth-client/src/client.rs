@@ -62,6 +62,16 @@ pub enum Error {
         /// Actual digest.
         got: Digest,
     },
+    /// The address answers HTTP, but not as a registry.
+    #[error(
+        "{registry} does not speak the registry API ({answer}); check the registry's address and port"
+    )]
+    NotRegistry {
+        /// The registry as named.
+        registry: String,
+        /// What it answered.
+        answer: String,
+    },
     /// Something local failed (a CA file, the sink).
     #[error("{0}")]
     Local(String),
@@ -107,6 +117,8 @@ pub struct Client {
     http: Mutex<HashMap<String, reqwest::Client>>,
     tokens: Mutex<HashMap<String, String>>,
     scheme: Mutex<HashMap<String, &'static str>>,
+    /// Registries whose `/v2/` answered like a registry.
+    pinged: Mutex<std::collections::HashSet<String>>,
 }
 
 const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
@@ -120,6 +132,7 @@ impl Client {
             http: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             scheme: Mutex::new(HashMap::new()),
+            pinged: Mutex::new(Default::default()),
         }
     }
 
@@ -185,6 +198,9 @@ impl Client {
 
     /// Send a request, answering auth challenges (Bearer tokens, Basic) once.
     async fn send(&self, r: &Reference, req: &Req<'_>) -> Result<Response> {
+        if req.path != "/v2/" && !self.pinged.lock().expect("pinged").contains(&r.registry) {
+            self.ping(r).await?;
+        }
         let schemes = self.schemes(r);
         let mut last = None;
         for (i, scheme) in schemes.iter().enumerate() {
@@ -209,6 +225,41 @@ impl Client {
         Err(last.expect("at least one scheme"))
     }
 
+    /// Check once per registry that it speaks the distribution API (`GET /v2/` answers
+    /// 200, or 401 to ask for credentials), as Docker does before its first request, so
+    /// a wrong address or port is told as such instead of as a puzzling 404 or 405 later.
+    async fn ping(&self, r: &Reference) -> Result<()> {
+        let resp = match Box::pin(self.send(r, &Req::get("/v2/", None))).await {
+            Err(Error::Unauthorized { .. }) => None,
+            other => Some(other?),
+        };
+        if let Some(resp) = resp {
+            let status = resp.status();
+            let versioned = resp
+                .headers()
+                .contains_key("docker-distribution-api-version");
+            if !status.is_success() && !versioned {
+                let url = resp.url().to_string();
+                let body: String = resp
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(120)
+                    .collect();
+                return Err(Error::NotRegistry {
+                    registry: r.registry.clone(),
+                    answer: format!("GET {url} answered {status} {}", body.trim()),
+                });
+            }
+        }
+        self.pinged
+            .lock()
+            .expect("pinged")
+            .insert(r.registry.clone());
+        Ok(())
+    }
+
     async fn send_with(&self, r: &Reference, scheme: &str, req: &Req<'_>) -> Result<Response> {
         // Upload locations may come back absolute.
         let url = if req.path.starts_with("http://") || req.path.starts_with("https://") {
@@ -217,12 +268,15 @@ impl Client {
             format!("{scheme}://{}{}", r.api_host(), req.path)
         };
         let http = self.http_client(&r.registry)?;
-        let scope = format!(
+        let mut scopes = vec![format!(
             "repository:{}:{}",
             r.repository,
             if req.push { "pull,push" } else { "pull" }
-        );
-        let token_key = format!("{}|{scope}", r.registry);
+        )];
+        if let Some(from) = req.mount_from {
+            scopes.push(format!("repository:{from}:pull"));
+        }
+        let token_key = format!("{}|{}", r.registry, scopes.join(" "));
         let build = |auth: Option<String>| -> Result<reqwest::RequestBuilder> {
             let mut b = http.request(req.method.clone(), &url);
             if let Some(a) = req.accept {
@@ -266,7 +320,7 @@ impl Client {
             .or_else(|| challenge.strip_prefix("bearer "))
         {
             let token = self
-                .fetch_token(&http, &r.registry, params, &scope, creds.as_ref())
+                .fetch_token(&http, &r.registry, params, &scopes, creds.as_ref())
                 .await?;
             format!("Bearer {token}")
         } else {
@@ -301,16 +355,22 @@ impl Client {
         http: &reqwest::Client,
         registry: &str,
         params: &str,
-        scope: &str,
+        scopes: &[String],
         creds: Option<&Credentials>,
     ) -> Result<String> {
         let p = parse_challenge(params);
         let realm = p
             .get("realm")
             .ok_or_else(|| Error::Local(format!("{registry}: Bearer challenge without realm")))?;
-        let mut req = http
-            .get(realm)
-            .query(&[("scope", p.get("scope").map_or(scope, String::as_str))]);
+        let mut req = http.get(realm);
+        // The challenge names the scope of the refused request; a mount also needs
+        // pull rights on its source repository.
+        if let Some(s) = p.get("scope").filter(|s| !scopes.contains(s)) {
+            req = req.query(&[("scope", s.as_str())]);
+        }
+        for s in scopes {
+            req = req.query(&[("scope", s.as_str())]);
+        }
         if let Some(service) = p.get("service") {
             req = req.query(&[("service", service.as_str())]);
         }
@@ -446,24 +506,38 @@ impl Client {
         }
     }
 
-    /// Upload the blob `d` of `size` bytes from `file` to `r`'s repository, unless it is
-    /// already there; returns whether it was uploaded. Transient failures (transport
-    /// errors, 5xx) are retried three times.
+    /// Get blob `d` (`size` bytes, in `file`) into `r`'s repository: nothing to do if it
+    /// is there already; else mounted from one of `mount_from` (repositories of the same
+    /// registry believed to hold it), which costs no upload; else uploaded. Transient
+    /// upload failures (transport errors, 5xx) are retried three times.
     pub async fn push_blob(
         &self,
         r: &Reference,
         d: &Digest,
         file: &std::path::Path,
         size: u64,
-    ) -> Result<bool> {
+        mount_from: &[String],
+    ) -> Result<BlobPush> {
         if self.has_blob(r, d).await? {
-            return Ok(false);
+            return Ok(BlobPush::Exists);
+        }
+        let mut location = None;
+        for from in mount_from.iter().filter(|f| **f != r.repository).take(3) {
+            match self.mount(r, d, from).await {
+                Ok(Mount::Done) => return Ok(BlobPush::Mounted(from.clone())),
+                Ok(Mount::Upload(loc)) => {
+                    // The registry opened an ordinary upload instead: use it.
+                    location = Some(loc);
+                    break;
+                }
+                Err(e) => tracing::debug!(blob = %d, from, error = %e, "mount refused"),
+            }
         }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.upload(r, d, file, size).await {
-                Ok(()) => return Ok(true),
+            match self.upload(r, d, file, size, location.take()).await {
+                Ok(()) => return Ok(BlobPush::Uploaded),
                 Err(e) if attempt < 4 && is_transient(&e) => {
                     tracing::warn!(blob = %d, error = %e, attempt, "blob upload failed; retrying");
                     tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
@@ -473,28 +547,43 @@ impl Client {
         }
     }
 
+    /// Ask the registry to mount blob `d` from repository `from` into `r`'s.
+    async fn mount(&self, r: &Reference, d: &Digest, from: &str) -> Result<Mount> {
+        let path = format!("/v2/{}/blobs/uploads/?mount={d}&from={from}", r.repository);
+        let req = Req {
+            method: Method::POST,
+            push: true,
+            mount_from: Some(from),
+            ..Req::get(&path, None)
+        };
+        let resp = check(self.send(r, &req).await?, "POST", &path).await?;
+        if resp.status() == StatusCode::CREATED {
+            return Ok(Mount::Done);
+        }
+        upload_location(r, &resp).map(Mount::Upload)
+    }
+
     async fn upload(
         &self,
         r: &Reference,
         d: &Digest,
         file: &std::path::Path,
         size: u64,
+        location: Option<String>,
     ) -> Result<()> {
-        let path = format!("/v2/{}/blobs/uploads/", r.repository);
-        let req = Req {
-            method: Method::POST,
-            push: true,
-            ..Req::get(&path, None)
+        let loc = match location {
+            Some(loc) => loc,
+            None => {
+                let path = format!("/v2/{}/blobs/uploads/", r.repository);
+                let req = Req {
+                    method: Method::POST,
+                    push: true,
+                    ..Req::get(&path, None)
+                };
+                let resp = check(self.send(r, &req).await?, "POST", &path).await?;
+                upload_location(r, &resp)?
+            }
         };
-        let resp = check(self.send(r, &req).await?, "POST", &path).await?;
-        let loc = resp
-            .headers()
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                Error::Local(format!("{}: upload started without a Location", r.registry))
-            })?
-            .to_string();
         let sep = if loc.contains('?') { '&' } else { '?' };
         let put = format!("{loc}{sep}digest={d}");
         let req = Req {
@@ -564,6 +653,30 @@ impl Client {
     }
 }
 
+/// How [`Client::push_blob`] got a blob into the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobPush {
+    /// The repository had it.
+    Exists,
+    /// Mounted from this repository of the same registry.
+    Mounted(String),
+    /// Uploaded.
+    Uploaded,
+}
+
+enum Mount {
+    Done,
+    Upload(String),
+}
+
+fn upload_location(r: &Reference, resp: &Response) -> Result<String> {
+    resp.headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| Error::Local(format!("{}: upload started without a Location", r.registry)))
+}
+
 /// A request body that can be produced again (a request may be re-sent after an auth
 /// challenge).
 enum Body {
@@ -581,6 +694,8 @@ struct Req<'a> {
     body: Body,
     /// Ask for push rights (token scope `pull,push`).
     push: bool,
+    /// Also ask for pull rights on this repository (a cross-repository mount).
+    mount_from: Option<&'a str>,
 }
 
 impl<'a> Req<'a> {
@@ -592,6 +707,7 @@ impl<'a> Req<'a> {
             content_type: None,
             body: Body::Empty,
             push: false,
+            mount_from: None,
         }
     }
 }

@@ -12,5 +12,5 @@ mod client;
 mod reference;
 
 pub use auth::{Credentials, DockerConfig, docker_config_path, save_credentials};
-pub use client::{Client, ClientConfig, Error, HostOptions, Pulled, Result};
+pub use client::{BlobPush, Client, ClientConfig, Error, HostOptions, Pulled, Result};
 pub use reference::{Reference, ReferenceError};

@@ -5,12 +5,16 @@
 //! are not sent again. That only works when the daemon can reach berth's loopback — not
 //! when berth runs in another network namespace or container, or `DOCKER_HOST` points
 //! at another machine (Earthly's "connection refused"). So a pre-flight first has the
-//! daemon pull a tiny probe image from the proxy; if that fails, or the real pull fails
-//! midway, berth streams the image as a `docker load` archive instead and says why.
+//! daemon resolve the image's manifest on the proxy (`GET /distribution/…/json`: no
+//! layers, nothing stored); if that fails, or the real pull fails midway, berth streams
+//! the image as a `docker load` archive instead and says why.
+//!
+//! To a daemon on this machine layers go uncompressed on both paths (see `layers`).
 
-use std::net::SocketAddr;
+mod layers;
+mod proxy;
 
-use berth_oci::{Digest, Manifest};
+use berth_oci::Digest;
 use berth_store::Store;
 use bollard::Docker;
 use bollard::query_parameters::{
@@ -101,6 +105,24 @@ pub async fn connect() -> Result<Docker> {
     d.negotiate_version().await.map_err(derr)
 }
 
+/// Whether the daemon is on this machine (a unix socket, or tcp to loopback): then
+/// layers go to it uncompressed.
+fn daemon_is_local() -> bool {
+    let host = docker_host();
+    let Some(rest) = host
+        .strip_prefix("tcp://")
+        .or_else(|| host.strip_prefix("http://"))
+    else {
+        return host.starts_with("unix://") || host.starts_with('/');
+    };
+    let h = rest.split('/').next().unwrap_or("");
+    let h = h.rsplit_once(':').map_or(h, |(h, _)| h);
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost"
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Load image `manifest` (in the store as `repo`) into the daemon, named `name`
 /// (`app:1`).
 pub async fn load(
@@ -111,19 +133,26 @@ pub async fn load(
     name: &str,
     opts: &LoadOptions,
 ) -> Result<Loaded> {
-    let config = config_digest(store, manifest)?;
-    let expected = config.to_string();
+    let local = daemon_is_local();
+    let image = {
+        let store = store.clone();
+        let manifest = manifest.clone();
+        tokio::task::spawn_blocking(move || layers::image(&store, &manifest, local))
+            .await
+            .map_err(|e| Error::Store(e.to_string()))??
+    };
+    let expected = image.config_digest.to_string();
     let path = if opts.no_registry_proxy {
-        load_tar(docker, store, manifest, name).await?;
+        load_tar(docker, &image, name).await?;
         Path::Tar("the registry proxy is turned off".into())
     } else {
-        match via_proxy(docker, store, repo, manifest, name, opts.proxy_port).await {
+        match via_proxy(docker, &image, repo, name, opts.proxy_port).await {
             Ok(()) => Path::RegistryProxy,
             Err(reason) => {
                 eprintln!(
                     "berth: the Docker daemon could not pull from berth's registry proxy ({reason}); sending the image as a tar stream instead"
                 );
-                load_tar(docker, store, manifest, name).await?;
+                load_tar(docker, &image, name).await?;
                 Path::Tar(reason)
             }
         }
@@ -141,69 +170,6 @@ pub async fn load(
         image_id: got,
         path,
     })
-}
-
-fn config_digest(store: &Store, manifest: &Digest) -> Result<Digest> {
-    let m = read_manifest(store, manifest)?;
-    Ok(m.config
-        .ok_or_else(|| Error::Store(format!("manifest {manifest} has no config")))?
-        .digest)
-}
-
-fn read_manifest(store: &Store, manifest: &Digest) -> Result<Manifest> {
-    let bytes = store
-        .read_blob(manifest)
-        .map_err(|e| Error::Store(e.to_string()))?
-        .ok_or_else(|| Error::Store(format!("manifest {manifest} is not in berth's store")))?;
-    Manifest::parse(&bytes, None)
-        .map(|(m, _)| m)
-        .map_err(|e| Error::Store(format!("manifest {manifest}: {e}")))
-}
-
-/// The registry proxy: berth's registry, read-only, over the store, on 127.0.0.1.
-struct Proxy {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Proxy {
-    async fn start(store: &Store, port: u16) -> std::io::Result<Proxy> {
-        let mut config = berth_registry::Config::new(store.clone());
-        config.read_only = true;
-        config.delete_enabled = false;
-        let registry = berth_registry::Registry::new(config);
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-        let addr = listener.local_addr()?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(berth_registry::serve(
-            listener,
-            registry.router(),
-            None,
-            async {
-                let _ = rx.await;
-            },
-        ));
-        Ok(Proxy {
-            addr,
-            stop: Some(tx),
-            task,
-        })
-    }
-
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        // A proxy dropped without stop() (an error path) must not outlive the load.
-        self.task.abort();
-    }
 }
 
 /// Have the daemon pull `reference`; the error says why it could not.
@@ -239,22 +205,22 @@ async fn remove(docker: &Docker, reference: &str) {
 
 async fn via_proxy(
     docker: &Docker,
-    store: &Store,
+    image: &layers::Image,
     repo: &str,
-    manifest: &Digest,
     name: &str,
     port: u16,
 ) -> std::result::Result<(), String> {
-    let proxy = Proxy::start(store, port)
+    let proxy = proxy::Proxy::start(image.clone(), port)
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let reference = format!("{}/{repo}@{}", proxy.addr, image.manifest_digest);
     let result = async {
-        // Pre-flight: a tiny image proves the daemon reaches the proxy before the real pull.
-        let probe = probe_image(store).map_err(|e| e.to_string())?;
-        let probe_ref = format!("{}/berth-probe@{probe}", proxy.addr);
-        pull(docker, &probe_ref).await?;
-        remove(docker, &probe_ref).await;
-        let reference = format!("{}/{repo}@{manifest}", proxy.addr);
+        // Pre-flight: the daemon resolves the manifest on the proxy, which proves it
+        // reaches it, before a pull that would leave partial downloads behind.
+        docker
+            .inspect_registry_image(&reference, None)
+            .await
+            .map_err(|e| e.to_string())?;
         pull(docker, &reference).await?;
         let (r, t) = split_name(name);
         docker
@@ -286,59 +252,12 @@ fn split_name(name: &str) -> (String, String) {
     }
 }
 
-/// A one-layer image (an empty tar) in the store as `berth-probe`; returns its manifest.
-fn probe_image(store: &Store) -> Result<Digest> {
-    let se = |e: berth_store::Error| Error::Store(e.to_string());
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &[0u8; 1024]).expect("in memory");
-    let layer = gz.finish().expect("in memory");
-    let diff_id = Digest::sha256(&[0u8; 1024]);
-    let layer_d = store
-        .put_blob(berth_oci::Algorithm::Sha256, &layer)
-        .map_err(se)?
-        .digest;
-    let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
-    );
-    let config_d = store
-        .put_blob(berth_oci::Algorithm::Sha256, config.as_bytes())
-        .map_err(se)?
-        .digest;
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_d}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer_d}","size":{}}}]}}"#,
-        config.len(),
-        layer.len()
-    );
-    let m = store
-        .put_blob(berth_oci::Algorithm::Sha256, manifest.as_bytes())
-        .map_err(se)?
-        .digest;
-    let repos = store.repos();
-    for d in [&layer_d, &config_d] {
-        repos.link_blob("berth-probe", d).map_err(se)?;
-    }
-    repos
-        .link_manifest("berth-probe", &m, berth_oci::media_type::OCI_MANIFEST)
-        .map_err(se)?;
-    Ok(m)
-}
-
 /// Stream the image as a docker-archive (`manifest.json`, config, one file per layer)
 /// into the daemon's image-load endpoint. Docker 20.10 cannot load OCI layouts, so this
-/// is the format every daemon takes. Layers go as stored (gzip); the daemon unpacks
-/// them either way.
-async fn load_tar(docker: &Docker, store: &Store, manifest: &Digest, name: &str) -> Result<()> {
-    let m = read_manifest(store, manifest)?;
-    let config = m
-        .config
-        .clone()
-        .ok_or_else(|| Error::Store(format!("manifest {manifest} has no config")))?;
-    let config_bytes = store
-        .read_blob(&config.digest)
-        .map_err(|e| Error::Store(e.to_string()))?
-        .ok_or_else(|| Error::Store(format!("config {} is not in the store", config.digest)))?;
+/// is the format every daemon takes.
+async fn load_tar(docker: &Docker, image: &layers::Image, name: &str) -> Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
-    let store2 = store.clone();
+    let image = image.clone();
     let name = name.to_string();
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         let mut tar = tar::Builder::new(ChannelWriter { tx: tx.clone() });
@@ -349,31 +268,37 @@ async fn load_tar(docker: &Docker, store: &Store, manifest: &Digest, name: &str)
             h.set_mtime(0);
             tar.append_data(&mut h, path, data)
         };
-        let cfg_name = format!("{}.json", config.digest.hex());
+        let cfg_name = format!("{}.json", image.config_digest.hex());
         add(
             &cfg_name,
-            config_bytes.len() as u64,
-            &mut config_bytes.as_slice(),
+            image.config.len() as u64,
+            &mut image.config.as_slice(),
         )?;
-        let mut layers = Vec::new();
-        for l in &m.layers {
-            let (mut f, size) = store2
-                .open_blob(&l.digest)
-                .map_err(std::io::Error::other)?
-                .ok_or_else(|| {
-                    std::io::Error::other(format!("layer {} is not in the store", l.digest))
-                })?;
+        let mut names = Vec::new();
+        for l in &image.layers {
             let p = format!("{}/layer.tar", l.digest.hex());
-            add(&p, size, &mut f)?;
-            layers.push(p);
+            // A short read would shift every later entry: fail instead.
+            let mut r = std::io::Read::take(l.open()?, l.size);
+            let mut counted = Counted {
+                inner: &mut r,
+                n: 0,
+            };
+            add(&p, l.size, &mut counted)?;
+            if counted.n != l.size {
+                return Err(std::io::Error::other(format!(
+                    "layer {} ended after {} of {} bytes",
+                    l.digest, counted.n, l.size
+                )));
+            }
+            names.push(p);
         }
-        let mf = serde_json::json!([{"Config": cfg_name, "RepoTags": [name], "Layers": layers}]);
+        let mf = serde_json::json!([{"Config": cfg_name, "RepoTags": [name], "Layers": names}]);
         let mf = serde_json::to_vec(&mf).expect("json");
         add("manifest.json", mf.len() as u64, &mut mf.as_slice())?;
         tar.into_inner()?;
         Ok(())
     });
-    let stream = tokio_stream(rx);
+    let stream = receiver_stream(rx);
     let mut results = docker.import_image_stream(
         ImportImageOptions {
             quiet: true,
@@ -394,10 +319,27 @@ async fn load_tar(docker: &Docker, store: &Store, manifest: &Digest, name: &str)
         }
     }
     let written = writer.await.map_err(|e| Error::Store(e.to_string()))?;
+    if let Err(e) = written {
+        return Err(Error::Store(format!("writing the image archive: {e}")));
+    }
     if let Some(f) = failure {
         return Err(derr(format!("docker load failed: {f}")));
     }
-    written.map_err(|e| Error::Store(format!("writing the image archive: {e}")))
+    Ok(())
+}
+
+/// Counts the bytes read through it.
+struct Counted<'a> {
+    inner: &'a mut dyn std::io::Read,
+    n: u64,
+}
+
+impl std::io::Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
 }
 
 struct ChannelWriter {
@@ -418,7 +360,7 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
-fn tokio_stream(
+pub(crate) fn receiver_stream(
     mut rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))

@@ -23,3 +23,10 @@ pub const MANIFEST_TYPES: [&str; 4] = [
 pub fn is_index(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
 }
+
+/// OCI image config.
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// An uncompressed OCI layer (its digest is its diff_id).
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+/// A gzip-compressed OCI layer.
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";

@@ -41,6 +41,8 @@ pub struct LayerInfo {
     pub digest: Digest,
     /// Size of the compressed layer.
     pub size: u64,
+    /// Size of the uncompressed tar.
+    pub uncompressed_size: u64,
     /// Its media type.
     pub media_type: &'static str,
     /// Whether the layer holds no entries at all.
@@ -94,6 +96,7 @@ pub fn diff(upper: &Path, out: impl Write, opts: &DiffOptions) -> Result<LayerIn
         .into_inner()
         .map_err(|e| io_err("finish layer tar", upper, e))?;
     let diff_id = raw.hasher.finish();
+    let uncompressed_size = raw.count;
     let compressed = raw
         .inner
         .finish()
@@ -106,6 +109,7 @@ pub fn diff(upper: &Path, out: impl Write, opts: &DiffOptions) -> Result<LayerIn
         diff_id,
         digest: compressed.hasher.finish(),
         size: compressed.count,
+        uncompressed_size,
         media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
         empty: entries == 0,
     })

@@ -175,7 +175,9 @@ impl Store {
 
     /// Delete a committed blob. Only garbage collection should call this.
     pub fn delete_blob(&self, digest: &Digest) -> Result<bool> {
-        fsutil::remove_optional(&self.blob_path(digest))
+        let removed = fsutil::remove_optional(&self.blob_path(digest))?;
+        self.forget(digest)?;
+        Ok(removed)
     }
 
     /// Every committed blob, by walking `blobs/`.

@@ -15,6 +15,7 @@
 //! root/repositories/<name>/_manifests/<alg>/<hex> ... this manifest (file holds its media type)
 //! root/repositories/<name>/_tags/<tag>           tag -> manifest digest
 //! root/repositories/<name>/_referrers/<alg>-<hex>/<alg>-<hex>  descriptor of a referrer
+//! root/blobinfo/<alg>/<hex>/...                  hints about a blob: remote sources, uncompressed size
 //! ```
 //!
 //! A lifecycle, as a registry upload uses it:
@@ -37,12 +38,14 @@
 //! assert_eq!(store.blob_size(&want).unwrap(), Some(11));
 //! ```
 
+mod blobinfo;
 mod content;
 mod error;
 mod fsutil;
 mod gc;
 mod meta;
 
+pub use blobinfo::Uncompressed;
 pub use content::{Committed, IngestInfo, Store, Writer};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{CheckReport, GcOptions, GcReport};

@@ -575,3 +575,31 @@ pub fn serve_with_user(dir: &Path, user: &str, password: &str) -> Berth {
         &["--htpasswd", htpasswd.to_str().unwrap()],
     )
 }
+
+/// A CA, and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
+pub fn make_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "berth test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    // The CA goes alone in `ca/`: skopeo's --cert-dir takes every *.key there as a client key.
+    std::fs::create_dir_all(dir.join("ca")).unwrap();
+    let (ca, crt, k) = (
+        dir.join("ca/ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (ca, crt, k)
+}
