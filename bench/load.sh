@@ -53,6 +53,8 @@
 #   BERTH_BIN=path   use this berth instead of `cargo build --release -p berth-cli`
 #   REPS=3           attempts per case (the median is reported)
 #   PARTS=3 PART_MIB=100   shape of the image
+#   DATA=random      what the parts hold: random (incompressible) or text (`seq` output,
+#                    which gzip shrinks to about a quarter, like program text and docs)
 #   SETTLE=3         seconds to wait (after sync) before each timed attempt
 #   DIAG=1           run the diagnostics (0: table only); DIAG_REPS=2 attempts per pull
 #   DOCKER=/usr/bin/docker   the docker client (Debian's 20.10)
@@ -70,6 +72,12 @@ repo=$(dirname "$here")
 REPS=${REPS:-3}
 PARTS=${PARTS:-3}
 PART_MIB=${PART_MIB:-100}
+DATA=${DATA:-random}
+case $DATA in
+random) SOURCE="head -c $((PART_MIB * 1024 * 1024)) /dev/urandom" ;;
+text) SOURCE="seq 1 100000000 | head -c $((PART_MIB * 1024 * 1024))" ;;
+*) echo "DATA must be random or text" >&2; exit 2 ;;
+esac
 SETTLE=${SETTLE:-3}
 DIAG=${DIAG:-1}
 DIAG_REPS=${DIAG_REPS:-2}
@@ -154,13 +162,13 @@ LAYERDB=$DOCKER_ROOT/image/$DOCKER_DRIVER/layerdb/sha256
 
 # --- images ------------------------------------------------------------------
 
-log "making the images: busybox + $PARTS x $PART_MIB MiB of random data"
+log "making the images: busybox + $PARTS x $PART_MIB MiB of $DATA data"
 "$repo/scripts/make-busybox-layout" "$work/busybox" "$BB_TAG" >/dev/null
 mkdir -p "$work/ctx"
 {
 	echo "FROM oci-layout://$work/busybox:$BB_TAG"
 	for ((i = 1; i <= PARTS; i++)); do
-		echo "RUN mkdir -p /data && head -c $((PART_MIB * 1024 * 1024)) /dev/urandom > /data/part$i"
+		echo "RUN mkdir -p /data && $SOURCE > /data/part$i"
 	done
 } >"$work/ctx/Dockerfile"
 {
@@ -377,7 +385,7 @@ print_table() {
 	echo "median of $REPS; runnable = the load command + 'docker run --rm IMAGE true', timed together;"
 	echo "ratio run = berth's runnable time / docker load's (the verdict); ratio load = the same for the load"
 	echo "command alone (lower is better). 'docker run --rm IMAGE true' alone took $(median ${ALLRUN}) s (median of all)."
-	echo "image: busybox + $PARTS x $PART_MIB MiB random; berth's layers $((size_big / 1000000)) MB gzip, the peer's archive"
+	echo "image: busybox + $PARTS x $PART_MIB MiB $DATA; berth's layers $((size_big / 1000000)) MB gzip, the peer's archive"
 	echo "$(($(stat -c %s "$work/big.docker.tar") / 1000000)) MB (skopeo docker-archive, uncompressed layers). Every attempt starts after the"
 	echo "images were removed from dockerd (layers checked gone in $DOCKER_DRIVER's layerdb), sync and ${SETTLE} s."
 	echo "all attempts (load / runnable, s):"

@@ -335,6 +335,7 @@ pub fn copy(
     src_root: &Path,
     matched: &[Matched],
     ignore: &Ignore,
+    exclude: &Ignore,
     dst_root: &Path,
     dest: &str,
     opts: CopyOptions,
@@ -348,6 +349,7 @@ pub fn copy(
     }
     let mut copier = Copier {
         ignore,
+        exclude,
         opts,
         links: HashMap::new(),
         root: dst_root,
@@ -360,7 +362,7 @@ pub fn copy(
         let target_dir_exists = resolve_in_root(dst_root, dest)?.is_dir();
         if meta.is_dir() {
             let dir = mkdir_all(dst_root, dest, opts.chown)?;
-            copier.tree(&src, &m.rel, &dir)?;
+            copier.tree(&src, &m.rel, "", &dir)?;
         } else if opts.extract_archives && meta.is_file() && archive_kind(&src)?.is_some() {
             let dir = mkdir_all(dst_root, dest, opts.chown)?;
             extract(&src, &dir)?;
@@ -424,7 +426,11 @@ fn extract(archive: &Path, dir: &Path) -> Result<()> {
 /// One copy: remembers the first copy of each multiply-linked file, so later links to
 /// it become hard links again.
 struct Copier<'a> {
+    /// .dockerignore: paths relative to the context root.
     ignore: &'a Ignore,
+    /// `COPY --exclude`: paths relative to each source (as BuildKit matches them; the
+    /// source itself is never excluded).
+    exclude: &'a Ignore,
     opts: CopyOptions,
     links: HashMap<(u64, u64), PathBuf>,
     /// The destination root: symlinks met in the destination resolve inside it.
@@ -432,7 +438,7 @@ struct Copier<'a> {
 }
 
 impl Copier<'_> {
-    fn tree(&mut self, src: &Path, rel: &str, dst: &Path) -> Result<()> {
+    fn tree(&mut self, src: &Path, rel: &str, src_rel: &str, dst: &Path) -> Result<()> {
         let mut names: Vec<_> = fs::read_dir(src)
             .map_err(|e| io_err("read directory", src, e))?
             .filter_map(|e| e.ok().map(|e| e.file_name()))
@@ -445,11 +451,20 @@ impl Copier<'_> {
             } else {
                 format!("{rel}/{}", n.to_string_lossy())
             };
-            let excluded = self.ignore.excludes(&child_rel);
+            let child_src = if src_rel.is_empty() {
+                n.to_string_lossy().into_owned()
+            } else {
+                format!("{src_rel}/{}", n.to_string_lossy())
+            };
+            let ignored = self.ignore.excludes(&child_rel);
+            let excluded_here = self.exclude.excludes(&child_src);
+            let excluded = ignored || excluded_here;
             let meta = fs::symlink_metadata(&s).map_err(|e| io_err("stat", &s, e))?;
             let mut d = dst.join(&n);
             if meta.is_dir() {
-                if excluded && !self.ignore.may_reinclude_below(&child_rel) {
+                let may_return = (!ignored || self.ignore.may_reinclude_below(&child_rel))
+                    && (!excluded_here || self.exclude.may_reinclude_below(&child_src));
+                if excluded && !may_return {
                     continue;
                 }
                 match fs::symlink_metadata(&d) {
@@ -475,7 +490,7 @@ impl Copier<'_> {
                     }
                     Err(_) => fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?,
                 }
-                self.tree(&s, &child_rel, &d)?;
+                self.tree(&s, &child_rel, &child_src, &d)?;
                 set_meta(&d, &meta, self.opts)?;
             } else if !excluded {
                 self.entry(&s, &meta, &d)?;

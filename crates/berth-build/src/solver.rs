@@ -610,6 +610,7 @@ impl Solver {
             &view.dir,
             &matched,
             &Ignore::default(),
+            &Ignore::default(),
             dest,
             "/",
             CopyOptions {
@@ -810,12 +811,8 @@ impl Solver {
                 let input = inputs.get(*from).ok_or_else(|| {
                     BuildError::Invalid(format!("copy from missing input {from}"))
                 })?;
-                let (root, mut ignore, _view, from_stage) = self.source_root(input)?;
-                if !exclude.is_empty() {
-                    let mut pats = ignore.patterns();
-                    pats.extend(exclude.iter().cloned());
-                    ignore = Ignore::new(pats.iter().map(String::as_str));
-                }
+                let (root, ignore, _view, from_stage) = self.source_root(input)?;
+                let exclude = Ignore::new(exclude.iter().map(String::as_str));
                 let matched = fileops::resolve_sources(&root, sources, &ignore)?;
                 let dest = if dest.ends_with('/') {
                     format!("{}/", abs(dest).trim_end_matches('/'))
@@ -827,6 +824,7 @@ impl Solver {
                     &root,
                     &matched,
                     &ignore,
+                    &exclude,
                     target,
                     &dest,
                     CopyOptions {

@@ -617,3 +617,72 @@ fn oci_tar_output_is_accepted_by_skopeo() {
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     assert_eq!(config["config"]["Cmd"], serde_json::json!(["cat", "/hi"]));
 }
+
+/// `COPY --exclude` patterns match paths relative to each source, as BuildKit matches
+/// them: `*` stays within one level, `**` goes deeper, `!` re-includes, and a source
+/// named on the command line is copied even when a pattern would match its name.
+#[test]
+fn copy_exclude_matches_below_each_source() {
+    let Some(p) = project(
+        "FROM scratch\n\
+         COPY --exclude=*.md docs/ /one/\n\
+         COPY --exclude=**/*.md --exclude=!keep/** docs/ /deep/\n\
+         COPY --exclude=docs/*.md . /all/\n\
+         COPY --exclude=*.txt a.txt /single/\n\
+         COPY --exclude=sub docs /nosub/\n",
+    ) else {
+        return;
+    };
+    for d in ["docs/sub", "docs/keep"] {
+        std::fs::create_dir_all(p.context().join(d)).unwrap();
+    }
+    for f in [
+        "docs/README.md",
+        "docs/a.txt",
+        "docs/sub/x.md",
+        "docs/sub/y.txt",
+        "docs/keep/k.md",
+        "a.txt",
+    ] {
+        p.file(f, f);
+    }
+    let local = p.path("out");
+    p.build_ok(&["--output", &format!("type=local,dest={}", local.display())]);
+    let mut files: Vec<String> = walk(&local);
+    files.sort();
+    let want = [
+        "all/Dockerfile",
+        "all/a.txt",
+        "all/docs/a.txt",
+        "all/docs/keep/k.md",
+        "all/docs/sub/x.md",
+        "all/docs/sub/y.txt",
+        "deep/a.txt",
+        "deep/keep/k.md",
+        "deep/sub/y.txt",
+        "nosub/README.md",
+        "nosub/a.txt",
+        "nosub/keep/k.md",
+        "one/a.txt",
+        "one/keep/k.md",
+        "one/sub/x.md",
+        "one/sub/y.txt",
+        "single/a.txt",
+    ];
+    assert_eq!(files, want);
+}
+
+/// Regular files below `dir`, relative, slash-separated.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()).into_iter().map(|f| format!("{name}/{f}")));
+        } else {
+            out.push(name);
+        }
+    }
+    out
+}

@@ -133,7 +133,12 @@ pub async fn load(
     name: &str,
     opts: &LoadOptions,
 ) -> Result<Loaded> {
-    let local = daemon_is_local();
+    // BERTH_LOAD_LAYERS=as-stored|inflate overrides the choice (for benchmarks).
+    let local = match std::env::var("BERTH_LOAD_LAYERS").as_deref() {
+        Ok("as-stored") => false,
+        Ok("inflate") => true,
+        _ => daemon_is_local(),
+    };
     let image = {
         let store = store.clone();
         let manifest = manifest.clone();

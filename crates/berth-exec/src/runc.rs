@@ -40,6 +40,7 @@ pub struct BundleBuilder {
     id: String,
     meta: Meta,
     mounts: Vec<Mount>,
+    rootfs: Option<PathBuf>,
 }
 
 impl BundleBuilder {
@@ -60,6 +61,7 @@ impl BundleBuilder {
             id: id.to_string(),
             meta: Meta::default(),
             mounts: Vec::new(),
+            rootfs: None,
         })
     }
 
@@ -72,6 +74,13 @@ impl BundleBuilder {
     /// Mounts on top of the root file system (cache, secret and bind mounts).
     pub fn with_mounts(mut self, mounts: &[Mount]) -> Self {
         self.mounts = mounts.to_vec();
+        self
+    }
+
+    /// The root file system at an absolute path (default: `rootfs/` beside
+    /// `config.json`).
+    pub fn with_rootfs(mut self, rootfs: &Path) -> Self {
+        self.rootfs = Some(rootfs.to_path_buf());
         self
     }
 
@@ -122,7 +131,7 @@ impl BundleBuilder {
                 "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
                 "noNewPrivileges": false
             },
-            "root": {"path": "rootfs", "readonly": false},
+            "root": {"path": self.rootfs.as_deref().unwrap_or(Path::new("rootfs")), "readonly": false},
             "hostname": if m.hostname.is_empty() { "berth" } else { m.hostname.as_str() },
             "mounts": mounts,
             "linux": {
@@ -157,6 +166,9 @@ impl BundleBuilder {
 pub struct Runc {
     binary: PathBuf,
     bundles: PathBuf,
+    /// Where `config.json` goes: memory (/dev/shm), since it holds the process's
+    /// environment, which may carry secrets (`RUN --mount=type=secret,env=`).
+    configs: PathBuf,
     state: PathBuf,
     canceled: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -180,11 +192,16 @@ impl Runc {
         let r = Runc {
             binary,
             bundles: root.join("bundles"),
+            configs: config_dir(root),
             state: root.join("runc"),
             canceled: Default::default(),
         };
-        for d in [&r.bundles, &r.state] {
+        for d in [&r.bundles, &r.state, &r.configs] {
             fs::create_dir_all(d).map_err(io("create directory", d))?;
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(&r.configs, fs::Permissions::from_mode(0o700));
         }
         r.clean_leftovers();
         Ok(r)
@@ -214,8 +231,22 @@ impl Runc {
                 rustix::mount::UnmountFlags::DETACH,
             );
             let _ = fs::remove_dir_all(e.path());
+            let _ = fs::remove_dir_all(self.configs.join(&id));
         }
     }
+}
+
+/// `config.json`s live in memory when /dev/shm is there, one directory per data root
+/// (named by a hash of its path).
+fn config_dir(root: &Path) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        return root.join("bundle-configs");
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    root.hash(&mut h);
+    shm.join(format!("berth-runc-{:016x}", h.finish()))
 }
 
 fn find_runc() -> Option<PathBuf> {
@@ -244,19 +275,24 @@ impl Executor for Runc {
         );
         let bundle = self.bundles.join(&id);
         let root_dir = bundle.join("rootfs");
+        let config = self.configs.join(&id);
         fs::create_dir_all(&root_dir).map_err(io("create bundle", &bundle))?;
         let result = (|| {
+            fs::create_dir_all(&config).map_err(io("create bundle", &config))?;
             let guard = mount_rootfs(rootfs, &root_dir)?;
             BundleBuilder::new(&id)?
                 .with_meta(meta)
                 .with_mounts(mounts)
-                .build(&bundle)?;
-            let code = self.run_bundle(&id, &bundle, output);
+                .with_rootfs(&root_dir)
+                .build(&config)?;
+            let code = self.run_bundle(&id, &config, output);
             guard.unmount()?;
             code
         })();
-        if let Err(e) = fs::remove_dir_all(&bundle) {
-            tracing::warn!(bundle = %bundle.display(), error = %e, "bundle not removed");
+        for dir in [&bundle, &config] {
+            if let Err(e) = fs::remove_dir_all(dir) {
+                tracing::warn!(bundle = %dir.display(), error = %e, "bundle not removed");
+            }
         }
         result
     }
@@ -364,4 +400,30 @@ fn runtime_error(log: &Path) -> Option<String> {
         let v: Value = serde_json::from_str(l).ok()?;
         (v["level"] == "error").then(|| v["msg"].as_str().unwrap_or(l).to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_stay_in_memory_and_name_their_rootfs() {
+        let dir = config_dir(Path::new("/var/lib/berth"));
+        if Path::new("/dev/shm").is_dir() {
+            assert!(dir.starts_with("/dev/shm"), "{}", dir.display());
+        }
+        assert_ne!(dir, config_dir(Path::new("/other/root")));
+        let rootfs = Path::new("/var/lib/berth/bundles/x/rootfs");
+        let meta = Meta {
+            env: vec!["TOKEN=s3cret".into()],
+            ..Meta::default()
+        };
+        let cfg = BundleBuilder::new("x")
+            .unwrap()
+            .with_meta(&meta)
+            .with_rootfs(rootfs)
+            .config();
+        assert_eq!(cfg["root"]["path"], rootfs.to_str().unwrap());
+        assert_eq!(cfg["process"]["env"][0], "TOKEN=s3cret");
+    }
 }
