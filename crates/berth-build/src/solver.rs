@@ -196,7 +196,7 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 fn unique(prefix: &str) -> String {
     format!(
         "{}-{prefix}{}",
-        std::process::id(),
+        berth_snapshot::owner::token(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
 }
@@ -228,15 +228,16 @@ impl Solver {
         opts: SolveOptions,
     ) -> Result<Arc<Solver>> {
         let lock = store.lock_root(false)?;
+        let owners = root.join("owners");
+        berth_snapshot::owner::register(&owners).map_err(|e| io_err("register in", &owners, e))?;
         // Whatever a killed build left mounted goes first, then its snapshots.
-        berth_exec::cleanup_stale_mounts(&root.join("tmp"));
+        berth_exec::cleanup_stale_mounts(&root.join("tmp"), &owners);
         let snapshots = Snapshotter::open(root.join("snapshots"))?;
         snapshots.clean_active();
         if let Ok(entries) = fs::read_dir(root.join("tmp")) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let pid: Option<i32> = name.split('-').next().and_then(|p| p.parse().ok());
-                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                if berth_snapshot::owner::is_gone(&owners, &name) {
                     let _ = fs::remove_dir_all(e.path());
                 }
             }

@@ -58,6 +58,21 @@ fn authorized(h: &HeaderMap) -> bool {
     h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer tok-123")
 }
 
+/// `GET /v2/`: a challenge without a scope, as Docker Hub answers it.
+async fn base(State(s): State<S>, h: HeaderMap) -> Response {
+    if authorized(&h) {
+        return axum::Json(serde_json::json!({})).into_response();
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            "www-authenticate",
+            format!("Bearer realm=\"{}\",service=\"test-registry\"", s.realm),
+        )],
+    )
+        .into_response()
+}
+
 async fn manifest(State(s): State<S>, h: HeaderMap) -> Response {
     if !authorized(&h) {
         return challenge(&s);
@@ -101,6 +116,7 @@ async fn serve(corrupt: bool) -> (String, Arc<AtomicUsize>) {
     let counter = s.token_requests.clone();
     let app = Router::new()
         .route("/token", get(token))
+        .route("/v2/", get(base))
         .route("/v2/team/app/manifests/{reference}", get(manifest))
         .route("/v2/team/app/blobs/{digest}", get(blob))
         .with_state(s);

@@ -114,9 +114,9 @@ fn mount_overlay_new_api(options: &[String], target: &Path) -> rustix::io::Resul
 }
 
 /// Unmount what processes that are gone left mounted below `under`: mount points whose
-/// first path component below `under` is named `<pid>-…` for a pid that no longer runs.
-/// Returns the mount points removed.
-pub fn cleanup_stale_mounts(under: &Path) -> Vec<PathBuf> {
+/// first path component below `under` is named by an owner (see
+/// [`berth_snapshot::owner`]) that `owners` shows gone. Returns the mount points removed.
+pub fn cleanup_stale_mounts(under: &Path, owners: &Path) -> Vec<PathBuf> {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -132,8 +132,7 @@ pub fn cleanup_stale_mounts(under: &Path) -> Vec<PathBuf> {
                 .as_os_str()
                 .to_string_lossy()
                 .into_owned();
-            let pid: i32 = first.split('-').next()?.parse().ok()?;
-            (!Path::new(&format!("/proc/{pid}")).exists()).then_some(p)
+            berth_snapshot::owner::is_gone(owners, &first).then_some(p)
         })
         .collect();
     // Deepest first, so nested mounts go before their parents.

@@ -199,6 +199,7 @@ impl Runc {
         for d in [&r.bundles, &r.state, &r.configs] {
             fs::create_dir_all(d).map_err(io("create directory", d))?;
         }
+        berth_snapshot::owner::register(&r.owners()).map_err(io("register in", &r.owners()))?;
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = fs::set_permissions(&r.configs, fs::Permissions::from_mode(0o700));
@@ -207,15 +208,19 @@ impl Runc {
         Ok(r)
     }
 
+    /// Where processes using this executor hold their owner locks.
+    fn owners(&self) -> PathBuf {
+        self.bundles.with_file_name("owners")
+    }
+
     fn clean_leftovers(&self) {
-        crate::cleanup_stale_mounts(&self.bundles);
+        crate::cleanup_stale_mounts(&self.bundles, &self.owners());
         let Ok(entries) = fs::read_dir(&self.bundles) else {
             return;
         };
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().into_owned();
-            let pid: Option<i32> = id.split('-').next().and_then(|p| p.parse().ok());
-            if pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) {
+            if !berth_snapshot::owner::is_gone(&self.owners(), &id) {
                 continue;
             }
             tracing::info!(id, "removing a container left by a process that is gone");
@@ -270,7 +275,7 @@ impl Executor for Runc {
         }
         let id = format!(
             "{}-{}",
-            std::process::id(),
+            berth_snapshot::owner::token(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let bundle = self.bundles.join(&id);

@@ -16,6 +16,7 @@
 
 mod apply;
 mod diff;
+pub mod owner;
 mod snapshotter;
 
 pub use apply::apply_layer;

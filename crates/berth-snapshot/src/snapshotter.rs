@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use berth_oci::{Digest, Mount};
 
+use crate::owner;
+
 /// Result with the snapshotter's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -98,8 +100,14 @@ impl Snapshotter {
             fs::create_dir_all(&p).map_err(|e| io_err("create directory", &p, e))?;
         }
         let s = Snapshotter { root };
+        owner::register(&s.owners()).map_err(|e| io_err("register in", &s.owners(), e))?;
         s.clean_tmp();
         Ok(s)
+    }
+
+    /// Where processes using this snapshotter hold their owner locks.
+    fn owners(&self) -> PathBuf {
+        self.root.join("owners")
     }
 
     fn clean_tmp(&self) {
@@ -108,9 +116,7 @@ impl Snapshotter {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let pid: Option<i32> = name.split('-').next().and_then(|p| p.parse().ok());
-            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-            if !alive {
+            if owner::is_gone(&self.owners(), &name) {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
@@ -153,7 +159,7 @@ impl Snapshotter {
         static N: AtomicU64 = AtomicU64::new(0);
         let p = self.root.join("tmp").join(format!(
             "{}-{}",
-            std::process::id(),
+            owner::token(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
         fs::create_dir_all(p.join("fs")).map_err(|e| io_err("create directory", &p, e))?;
@@ -251,15 +257,15 @@ impl Snapshotter {
         fs::remove_dir_all(&dir).map_err(|e| io_err("remove snapshot", &dir, e))
     }
 
-    /// Remove active snapshots no live process owns (their keys start with a pid).
+    /// Remove active snapshots no live process owns (keys start with an owner token,
+    /// see [`crate::owner`]).
     pub fn clean_active(&self) {
         let Ok(entries) = fs::read_dir(self.root.join("active")) else {
             return;
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let pid: Option<i32> = name.split('-').next().and_then(|p| p.parse().ok());
-            if !pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) {
+            if owner::is_gone(&self.owners(), &name) {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
