@@ -53,6 +53,11 @@ pub struct BuildOptions {
     pub cancel: Cancel,
     /// Registry client for base images not in the store (`None`: no pulls).
     pub client: Option<Arc<berth_client::Client>>,
+    /// How the image's own layers are compressed (new ones, and cached ones made
+    /// another way, which are converted).
+    pub compression: berth_snapshot::Compression,
+    /// Convert the base image's layers too.
+    pub force_compression: bool,
 }
 
 /// What a build made.
@@ -144,6 +149,7 @@ pub async fn build(
             secrets: opts.secrets.clone(),
             no_cache: opts.no_cache,
             source_date_epoch: opts.source_date_epoch,
+            compression: opts.compression,
             progress: opts.progress.clone(),
             cancel: opts.cancel.clone(),
         },
@@ -157,6 +163,19 @@ pub async fn build(
         ));
     };
     let mut config = lowered.config.clone();
+    // The base image's layers keep their compression unless forced, as in BuildKit.
+    let keep = if opts.force_compression {
+        0
+    } else {
+        config.rootfs.diff_ids.len().min(layers.len())
+    };
+    let converted = {
+        let (store, layers, to) = (store.clone(), layers.clone(), opts.compression);
+        tokio::task::spawn_blocking(move || export::convert_layers(&store, &layers, to, keep))
+            .await
+            .map_err(|e| BuildError::Invalid(e.to_string()))??
+    };
+    let layers = &converted;
     // Steps whose change was empty made no layer; the history must say so.
     for (step, h) in config
         .history

@@ -3,8 +3,11 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use berth_oci::{Algorithm, Digest, media_type};
+use berth_snapshot::Compression;
 use berth_store::Store;
 
 use crate::error::{BuildError, Result};
@@ -33,6 +36,64 @@ fn oci_layer_type(t: &str) -> &str {
         "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
         other => other,
     }
+}
+
+/// `layers` with every layer from index `keep` on compressed as `to`: a layer compressed
+/// otherwise (a cached one from a build with other settings, or a base layer when
+/// forced) is re-encoded once; the store remembers the variant for the next time.
+pub fn convert_layers(
+    store: &Store,
+    layers: &[Layer],
+    to: Compression,
+    keep: usize,
+) -> Result<Vec<Layer>> {
+    let mut out = layers.to_vec();
+    for l in out.iter_mut().skip(keep) {
+        let Some(from) = Compression::of_media_type(&l.blob.media_type) else {
+            continue; // foreign or unknown layers go as they are
+        };
+        if from == to {
+            continue;
+        }
+        let kind = to.to_string();
+        let (digest, size) = match store.variant(&l.blob.digest, &kind)? {
+            Some(v) => v,
+            None => {
+                let (file, _) = store.open_blob(&l.blob.digest)?.ok_or_else(|| {
+                    BuildError::Image(format!("layer {} is missing from the store", l.blob.digest))
+                })?;
+                let reference = format!(
+                    "convert-{}-{}",
+                    berth_snapshot::owner::token(),
+                    l.blob.digest.hex()
+                );
+                let mut w = store.writer(&reference, Algorithm::Sha256)?;
+                let converted = berth_snapshot::recompress(from, to, file, &mut w).map_err(|e| {
+                    BuildError::Image(format!("re-compress layer {}: {e}", l.blob.digest))
+                });
+                if let Err(e) = converted {
+                    drop(w);
+                    let _ = store.abort(&reference);
+                    return Err(e);
+                }
+                let c = w.commit(None, None)?;
+                store.set_variant(&l.blob.digest, &kind, &c.digest, c.size)?;
+                (c.digest, c.size)
+            }
+        };
+        if let Some(u) = store.uncompressed(&l.blob.digest)? {
+            store.set_uncompressed(&digest, &u)?;
+        }
+        l.blob = berth_oci::Descriptor {
+            media_type: to.media_type().to_string(),
+            digest,
+            size,
+            artifact_type: None,
+            annotations: None,
+            platform: None,
+        };
+    }
+    Ok(out)
 }
 
 /// Write config and manifest for `layers` into the store and name the image `tags`.
@@ -107,7 +168,12 @@ pub fn export_oci_tar(
             "size": image.manifest_bytes.len(),
         });
         if let Some(n) = name {
-            desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": n});
+            // As BuildKit's OCI exporter: the tag as ref.name, the full name for containerd.
+            let (_, tag, _) = split_reference(n);
+            desc["annotations"] = serde_json::json!({
+                "io.containerd.image.name": n,
+                "org.opencontainers.image.ref.name": tag,
+            });
         }
         let index = serde_json::json!({"schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": [desc]});
         add(
@@ -183,7 +249,11 @@ pub async fn push_image(
             .await?;
         }
     }
-    let uploads = m.blobs().map(|d| async move {
+    let blobs: Vec<_> = m
+        .blobs()
+        .map(|d| (d, Arc::new(AtomicU64::new(0))))
+        .collect();
+    let uploads = blobs.iter().map(|(d, sent)| async move {
         let size = store.blob_size(&d.digest)?.ok_or_else(|| {
             BuildError::Image(format!(
                 "blob {} of {manifest} is missing from the store",
@@ -191,20 +261,57 @@ pub async fn push_image(
             ))
         })?;
         let sources = store.sources(&d.digest, &dest.registry)?;
+        let started = std::time::Instant::now();
         let how = client
-            .push_blob(dest, &d.digest, &store.blob_path(&d.digest), size, &sources)
+            .push_blob(
+                dest,
+                &d.digest,
+                &store.blob_path(&d.digest),
+                size,
+                &sources,
+                Some(sent),
+            )
             .await
             .map_err(err)?;
         store.add_source(&d.digest, &dest.registry, &dest.repository)?;
         progress(&match how {
             berth_client::BlobPush::Exists => format!("exists {}", d.digest),
             berth_client::BlobPush::Mounted(from) => format!("mounted {} from {from}", d.digest),
-            berth_client::BlobPush::Uploaded => {
-                format!("pushed {} ({:.1} MB)", d.digest, size as f64 / 1e6)
-            }
+            berth_client::BlobPush::Uploaded => format!(
+                "pushed {} ({}) in {:.1} s",
+                d.digest,
+                megabytes(size),
+                started.elapsed().as_secs_f64()
+            ),
         });
         Ok::<_, BuildError>(())
     });
-    futures_util::future::try_join_all(uploads).await?;
+    // Every few seconds, how far the big uploads still running have got.
+    let ticker = async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            for (d, sent) in &blobs {
+                let n = sent.load(Ordering::Relaxed);
+                if n > 0 && n < d.size {
+                    progress(&format!(
+                        "pushing {} {} / {}",
+                        d.digest,
+                        megabytes(n),
+                        megabytes(d.size)
+                    ));
+                }
+            }
+        }
+    };
+    tokio::select! {
+        done = futures_util::future::try_join_all(uploads) => { done?; }
+        () = ticker => {}
+    }
     client.push_manifest(dest, &bytes, &mt).await.map_err(err)
+}
+
+fn megabytes(n: u64) -> String {
+    format!("{:.1} MB", n as f64 / 1e6)
 }

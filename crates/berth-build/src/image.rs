@@ -343,7 +343,8 @@ fn import_layout(store: &Store, spec: &str) -> Result<Digest> {
             d.annotations
                 .as_ref()
                 .and_then(|a| a.get("org.opencontainers.image.ref.name"))
-                .is_some_and(|n| n == tag)
+                // A tag, or a full name whose tag is this one.
+                .is_some_and(|n| n == tag || n.rsplit_once(':').is_some_and(|(_, t)| t == tag))
         }),
     }
     .ok_or_else(|| {

@@ -44,6 +44,7 @@ mod prune;
 mod solver;
 
 pub use berth_exec::Stream;
+pub use berth_snapshot::Compression;
 pub use build::{BuildOptions, BuildResult, OutputSpec, build, rfc3339};
 pub use error::{BuildError, Result};
 pub use export::{Exported, export_image, export_oci_tar, push_image};

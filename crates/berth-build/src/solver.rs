@@ -167,6 +167,8 @@ pub struct SolveOptions {
     pub no_cache: bool,
     /// Clamp layer timestamps (reproducible builds).
     pub source_date_epoch: Option<u64>,
+    /// How new layers are compressed.
+    pub compression: berth_snapshot::Compression,
     /// Progress sink.
     pub progress: Arc<dyn Progress>,
     /// Cancellation.
@@ -630,16 +632,20 @@ impl Solver {
                 let (file, _) = self.store.open_blob(&l.blob.digest)?.ok_or_else(|| {
                     BuildError::Image(format!("layer {} is missing from the store", l.blob.digest))
                 })?;
-                if l.blob.media_type.ends_with("gzip") {
+                let compression = berth_snapshot::Compression::of_media_type(&l.blob.media_type)
+                    .ok_or_else(|| {
+                        BuildError::Image(format!(
+                            "layer {} has media type {}, which berth cannot unpack",
+                            l.blob.digest, l.blob.media_type
+                        ))
+                    })?;
+                if compression != berth_snapshot::Compression::Uncompressed {
                     // Decompress on a thread of its own, piping into the unpacker: the
                     // two halves (inflate; creating files) overlap on two cores.
                     let (pipe_r, mut pipe_w) =
                         std::io::pipe().map_err(|e| io_err("create pipe", &self.root, e))?;
                     let inflater = std::thread::spawn(move || {
-                        let mut gz = flate2::read::GzDecoder::new(
-                            std::io::BufReader::with_capacity(1 << 20, file),
-                        );
-                        std::io::copy(&mut gz, &mut pipe_w)
+                        std::io::copy(&mut compression.reader(file)?, &mut pipe_w)
                     });
                     let applied = self.snapshots.apply(
                         parent.as_ref(),
@@ -689,6 +695,7 @@ impl Solver {
         let opts = DiffOptions {
             source_date_epoch: self.opts.source_date_epoch,
             gzip_level: None,
+            compression: self.opts.compression,
         };
         let info = match berth_snapshot::diff(&active.upper, &mut w, &opts) {
             Ok(i) => i,

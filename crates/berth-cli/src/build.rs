@@ -33,6 +33,13 @@ pub struct BuildArgs {
     /// Run every step; reuse nothing from cache.
     #[arg(long)]
     no_cache: bool,
+    /// Layer compression: gzip, zstd (smaller, faster; Docker 23+ and most registries)
+    /// or uncompressed.
+    #[arg(long, default_value = "gzip")]
+    compression: berth_build::Compression,
+    /// Re-compress the base image's layers too (by default they stay as they are).
+    #[arg(long)]
+    force_compression: bool,
     /// Progress display.
     #[arg(long, value_enum, default_value = "auto")]
     progress: Mode,
@@ -188,6 +195,8 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         progress: sink,
         cancel: cancel.clone(),
         client: Some(Arc::new(settings.registry_client())),
+        compression: args.compression,
+        force_compression: args.force_compression,
     };
     let store = berth_store::Store::open(&settings.root)
         .with_context(|| format!("open store at {}", settings.root.display()))?;

@@ -686,3 +686,118 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// Media types of the layers of the manifest `digest` in `root`'s store.
+fn layer_types(root: &std::path::Path, digest: &str) -> Vec<String> {
+    let bytes = std::fs::read(
+        root.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            l["mediaType"]
+                .as_str()
+                .unwrap()
+                .rsplit('.')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// `--compression zstd` writes the build's own layers as zstd and leaves the base's
+/// alone; a later build asking for gzip converts the cached layers instead of re-running
+/// their steps; `--force-compression` converts the base layers too; zstd builds are
+/// reproducible across fresh roots.
+#[test]
+fn compression_applies_to_new_and_cached_layers() {
+    let dockerfile = "FROM {base}\nRUN echo z > /z\nCOPY a.txt /a.txt\n";
+    let Some(p) = project(dockerfile) else {
+        return;
+    };
+    p.file("a.txt", "a\n");
+    let z = p.build_ok(&["--compression", "zstd"]);
+    assert_eq!(
+        layer_types(&p.root(), &z.manifest()),
+        ["tar+gzip", "tar+zstd", "tar+zstd"],
+        "the base layer keeps its compression"
+    );
+    let g = p.build_ok(&[]);
+    assert_eq!(
+        layer_types(&p.root(), &g.manifest()),
+        ["tar+gzip", "tar+gzip", "tar+gzip"]
+    );
+    assert!(
+        cacheable(&steps(&g.stderr)).iter().all(|s| s.cached),
+        "converting re-runs nothing: {}",
+        g.stderr
+    );
+    assert_eq!(g.stdout, z.stdout, "the same image ID (config)");
+    let f = p.build_ok(&["--compression", "zstd", "--force-compression"]);
+    assert_eq!(
+        layer_types(&p.root(), &f.manifest()),
+        ["tar+zstd", "tar+zstd", "tar+zstd"]
+    );
+    // A fresh root unpacks the zstd layers (base included) when it builds on them.
+    let tar = p.path("zstd.tar");
+    p.build_ok(&[
+        "--compression",
+        "zstd",
+        "--force-compression",
+        "--output",
+        &format!("type=oci,dest={}", tar.display()),
+    ]);
+    let layout = p.path("zstd-layout");
+    std::fs::create_dir(&layout).unwrap();
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&layout));
+    let child = Project::new(&format!(
+        "FROM oci-layout://{}:latest\nRUN cat /z /a.txt > /both\n",
+        layout.display()
+    ));
+    let c = child.build_ok(&[
+        "--output",
+        &format!("type=local,dest={}", child.path("fs").display()),
+    ]);
+    assert!(c.success);
+    assert_eq!(
+        std::fs::read_to_string(child.path("fs/both")).unwrap(),
+        "z\na\n"
+    );
+    let u = p.build_ok(&["--compression", "uncompressed"]);
+    assert_eq!(
+        layer_types(&p.root(), &u.manifest()),
+        ["tar+gzip", "tar", "tar"]
+    );
+    check_store(&p.root());
+
+    let fresh = Project::new(dockerfile);
+    fresh.file(
+        "Dockerfile",
+        &dockerfile.replace("{base}", &p.base.reference()),
+    );
+    fresh.file("a.txt", "a\n");
+    let again = fresh.build_ok(&["--compression", "zstd"]);
+    assert_eq!(
+        again.manifest(),
+        z.manifest(),
+        "zstd layers are reproducible"
+    );
+
+    let out = p.build(&["--compression", "lz4"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("gzip, zstd or uncompressed"),
+        "{}",
+        out.stderr
+    );
+}

@@ -16,6 +16,10 @@ fn ready() -> bool {
 
 /// Build a small image as `name` in a fresh root; returns (root, image ID).
 fn build(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    build_with(dir, name, &[])
+}
+
+fn build_with(dir: &Path, name: &str, args: &[&str]) -> (std::path::PathBuf, String) {
     let layout = dir.join("busybox");
     busybox_layout(&layout, "v1");
     let ctx = dir.join("ctx");
@@ -33,6 +37,7 @@ fn build(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
         .arg("--root")
         .arg(&root)
         .args(["build", "--progress", "plain", "-t", name])
+        .args(args)
         .arg(&ctx));
     let id = out.lines().last().unwrap().trim().to_string();
     assert!(id.starts_with("sha256:"), "{out}");
@@ -207,4 +212,28 @@ fn an_unreachable_daemon_is_explained() {
         err.contains("Docker daemon") && err.contains("DOCKER_HOST"),
         "{err}"
     );
+}
+
+/// Docker 20.10 cannot read zstd layers: berth inflates them on both paths, and the
+/// daemon's diff_id checks prove the bytes.
+#[test]
+fn zstd_images_load_into_an_old_daemon() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (root, id) = build_with(
+        dir.path(),
+        "loadzstd:1",
+        &["--compression", "zstd", "--force-compression"],
+    );
+    let out = load(&root, &["loadzstd:1"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("through berth's registry proxy"), "{err}");
+    check_runs("loadzstd:1", &id);
+    let out = load(&root, &["--no-registry-proxy", "loadzstd:1"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    check_runs("loadzstd:1", &id);
 }

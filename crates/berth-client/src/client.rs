@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use berth_oci::{Digest, media_type};
 use futures_util::StreamExt;
@@ -291,10 +292,13 @@ impl Client {
             Ok(match &req.body {
                 Body::Empty => b,
                 Body::Bytes(bytes) => b.body(bytes.clone()),
-                Body::File(path, len) => {
+                Body::File(path, len, sent) => {
                     let f = std::fs::File::open(path)
                         .map_err(|e| Error::Local(format!("open {}: {e}", path.display())))?;
-                    let stream = tokio_util_stream(tokio::fs::File::from_std(f));
+                    if let Some(s) = sent {
+                        s.store(0, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let stream = tokio_util_stream(tokio::fs::File::from_std(f), sent.clone());
                     b.header(header::CONTENT_LENGTH, *len)
                         .body(reqwest::Body::wrap_stream(stream))
                 }
@@ -508,8 +512,9 @@ impl Client {
 
     /// Get blob `d` (`size` bytes, in `file`) into `r`'s repository: nothing to do if it
     /// is there already; else mounted from one of `mount_from` (repositories of the same
-    /// registry believed to hold it), which costs no upload; else uploaded. Transient
-    /// upload failures (transport errors, 5xx) are retried three times.
+    /// registry believed to hold it), which costs no upload; else uploaded, `sent`
+    /// (if given) counting the bytes on their way. Transient upload failures (transport
+    /// errors, 5xx) are retried three times.
     pub async fn push_blob(
         &self,
         r: &Reference,
@@ -517,6 +522,7 @@ impl Client {
         file: &std::path::Path,
         size: u64,
         mount_from: &[String],
+        sent: Option<&Arc<AtomicU64>>,
     ) -> Result<BlobPush> {
         if self.has_blob(r, d).await? {
             return Ok(BlobPush::Exists);
@@ -536,7 +542,7 @@ impl Client {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.upload(r, d, file, size, location.take()).await {
+            match self.upload(r, d, file, size, location.take(), sent).await {
                 Ok(()) => return Ok(BlobPush::Uploaded),
                 Err(e) if attempt < 4 && is_transient(&e) => {
                     tracing::warn!(blob = %d, error = %e, attempt, "blob upload failed; retrying");
@@ -570,6 +576,7 @@ impl Client {
         file: &std::path::Path,
         size: u64,
         location: Option<String>,
+        sent: Option<&Arc<AtomicU64>>,
     ) -> Result<()> {
         let loc = match location {
             Some(loc) => loc,
@@ -590,7 +597,7 @@ impl Client {
             method: Method::PUT,
             push: true,
             content_type: Some("application/octet-stream"),
-            body: Body::File(file.to_path_buf(), size),
+            body: Body::File(file.to_path_buf(), size, sent.cloned()),
             ..Req::get(&put, None)
         };
         check(self.send(r, &req).await?, "PUT", &put).await?;
@@ -682,7 +689,8 @@ fn upload_location(r: &Reference, resp: &Response) -> Result<String> {
 enum Body {
     Empty,
     Bytes(bytes::Bytes),
-    File(PathBuf, u64),
+    /// A file of this size; the counter (if any) follows the bytes sent.
+    File(PathBuf, u64, Option<Arc<AtomicU64>>),
 }
 
 /// One request, as [`Client::send`] takes it.
@@ -714,15 +722,25 @@ impl<'a> Req<'a> {
 
 fn tokio_util_stream(
     f: tokio::fs::File,
+    sent: Option<Arc<AtomicU64>>,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
-    futures_util::stream::unfold((f, vec![0u8; 1 << 20]), |(mut f, mut buf)| async move {
-        use tokio::io::AsyncReadExt;
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => Some((Ok(bytes::Bytes::copy_from_slice(&buf[..n])), (f, buf))),
-            Err(e) => Some((Err(e), (f, buf))),
-        }
-    })
+    futures_util::stream::unfold(
+        (f, vec![0u8; 1 << 20], sent),
+        |(mut f, mut buf, sent)| async move {
+            use tokio::io::AsyncReadExt;
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    if let Some(s) = &sent {
+                        s.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let chunk = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    Some((Ok(chunk), (f, buf, sent)))
+                }
+                Err(e) => Some((Err(e), (f, buf, sent))),
+            }
+        },
+    )
 }
 
 fn is_transient(e: &Error) -> bool {

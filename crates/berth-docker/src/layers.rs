@@ -10,6 +10,7 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 
 use berth_oci::{Digest, Manifest, media_type};
+use berth_snapshot::Compression;
 use berth_store::{Store, Uncompressed};
 
 use crate::{Error, Result};
@@ -25,19 +26,14 @@ pub(crate) struct Layer {
     pub media_type: String,
     /// The blob in berth's store.
     pub path: PathBuf,
-    /// Whether berth inflates the (gzip) blob on the way.
-    pub inflate: bool,
+    /// How berth decodes the blob on the way (`Uncompressed`: sent as stored).
+    pub decode: Compression,
 }
 
 impl Layer {
     /// The bytes as sent.
     pub fn open(&self) -> io::Result<Box<dyn Read + Send>> {
-        let f = io::BufReader::with_capacity(1 << 20, std::fs::File::open(&self.path)?);
-        Ok(if self.inflate {
-            Box::new(flate2::read::MultiGzDecoder::new(f))
-        } else {
-            Box::new(f)
-        })
+        self.decode.reader(std::fs::File::open(&self.path)?)
     }
 }
 
@@ -86,11 +82,23 @@ pub(crate) fn image(store: &Store, manifest: &Digest, inflate: bool) -> Result<I
                 l.digest
             )));
         }
-        let plain = if inflate && l.media_type.ends_with("gzip") {
-            uncompressed(store, &l.digest, diff_ids.get(i))?
-                .filter(|u| always || worth_inflating(l.size, u.size))
-        } else {
-            None
+        // Docker before 23 cannot read zstd: such layers are always inflated.
+        let compression = Compression::of_media_type(&l.media_type);
+        let plain = match compression {
+            Some(Compression::Zstd) => {
+                let u = uncompressed(store, &l.digest, Compression::Zstd, diff_ids.get(i))?;
+                Some(u.ok_or_else(|| {
+                    Error::Store(format!(
+                        "zstd layer {} does not inflate to its diff_id; the image is damaged",
+                        l.digest
+                    ))
+                })?)
+            }
+            Some(Compression::Gzip) if inflate => {
+                uncompressed(store, &l.digest, Compression::Gzip, diff_ids.get(i))?
+                    .filter(|u| always || worth_inflating(l.size, u.size))
+            }
+            _ => None,
         };
         layers.push(match plain {
             Some(u) => {
@@ -100,7 +108,7 @@ pub(crate) fn image(store: &Store, manifest: &Digest, inflate: bool) -> Result<I
                     size: u.size,
                     media_type: media_type::OCI_LAYER.to_string(),
                     path,
-                    inflate: true,
+                    decode: compression.unwrap_or(Compression::Uncompressed),
                 }
             }
             None => Layer {
@@ -108,7 +116,7 @@ pub(crate) fn image(store: &Store, manifest: &Digest, inflate: bool) -> Result<I
                 size: l.size,
                 media_type: l.media_type.clone(),
                 path,
-                inflate: false,
+                decode: Compression::Uncompressed,
             },
         });
     }
@@ -168,6 +176,7 @@ fn diff_ids(config: &[u8]) -> Vec<Digest> {
 fn uncompressed(
     store: &Store,
     blob: &Digest,
+    compression: Compression,
     diff_id: Option<&Digest>,
 ) -> Result<Option<Uncompressed>> {
     let Some(diff_id) = diff_id else {
@@ -177,7 +186,9 @@ fn uncompressed(
         return Ok((u.diff_id == *diff_id).then_some(u));
     }
     let f = std::fs::File::open(store.blob_path(blob)).map_err(store_err)?;
-    let mut gz = flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 20, f));
+    let Ok(mut gz) = compression.reader(f) else {
+        return Ok(None);
+    };
     let mut hasher = berth_oci::Algorithm::Sha256.hasher();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -239,7 +250,7 @@ mod tests {
 
         let kept = image(&store, &m, false).unwrap();
         assert_eq!(kept.manifest_digest, m);
-        assert!(!kept.layers[0].inflate);
+        assert_eq!(kept.layers[0].decode, Compression::Uncompressed);
 
         let img = image(&store, &m, true).unwrap();
         assert_ne!(img.manifest_digest, m);
@@ -274,6 +285,6 @@ mod tests {
             .unwrap();
         let img = image(&store, &m, true).unwrap();
         assert_eq!(img.manifest_digest, m, "sent as stored");
-        assert!(!img.layers[0].inflate);
+        assert_eq!(img.layers[0].decode, Compression::Uncompressed);
     }
 }

@@ -17,6 +17,7 @@ use std::path::Path;
 
 use berth_oci::{Algorithm, Digest, Hasher};
 
+use crate::compression::{Compression, Encoder};
 use crate::snapshotter::{Result, io_err};
 
 /// How a layer is written.
@@ -30,6 +31,8 @@ pub struct DiffOptions {
     /// MB/s to decompress random data). On a tar of /usr/lib level 2 compresses at
     /// 173 MB/s to 34% (level 1: 280 MB/s, 41%; level 6: 94 MB/s, 32%).
     pub gzip_level: Option<u32>,
+    /// How the layer is compressed.
+    pub compression: Compression,
 }
 
 /// What a diff produced.
@@ -68,17 +71,18 @@ impl<W: Write> Write for Tee<W> {
     }
 }
 
-/// Write the changes recorded in `upper` as a gzip-compressed OCI layer into `out`.
+/// Write the changes recorded in `upper` as an OCI layer, compressed as `opts` says,
+/// into `out`.
 pub fn diff(upper: &Path, out: impl Write, opts: &DiffOptions) -> Result<LayerInfo> {
-    let level = flate2::Compression::new(opts.gzip_level.unwrap_or(2));
     let compressed = Tee {
         inner: out,
         hasher: Algorithm::Sha256.hasher(),
         count: 0,
     };
-    let gz = flate2::write::GzEncoder::new(compressed, level);
+    let enc = Encoder::new(opts.compression, compressed, opts.gzip_level)
+        .map_err(|e| io_err("start compressing layer", upper, e))?;
     let raw = Tee {
-        inner: gz,
+        inner: enc,
         hasher: Algorithm::Sha256.hasher(),
         count: 0,
     };
@@ -100,7 +104,7 @@ pub fn diff(upper: &Path, out: impl Write, opts: &DiffOptions) -> Result<LayerIn
     let compressed = raw
         .inner
         .finish()
-        .map_err(|e| io_err("finish gzip", upper, e))?;
+        .map_err(|e| io_err("finish compressing layer", upper, e))?;
     let mut compressed = compressed;
     compressed
         .flush()
@@ -110,7 +114,7 @@ pub fn diff(upper: &Path, out: impl Write, opts: &DiffOptions) -> Result<LayerIn
         digest: compressed.hasher.finish(),
         size: compressed.count,
         uncompressed_size,
-        media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+        media_type: opts.compression.media_type(),
         empty: entries == 0,
     })
 }

@@ -117,6 +117,7 @@ fn diff_encodes_whiteouts_opaque_dirs_links_and_xattrs() {
         &DiffOptions {
             source_date_epoch: Some(0),
             gzip_level: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -154,6 +155,7 @@ fn diff_encodes_whiteouts_opaque_dirs_links_and_xattrs() {
         &DiffOptions {
             source_date_epoch: Some(0),
             gzip_level: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -3,6 +3,7 @@
 //! ```text
 //! root/blobinfo/<alg>/<hex>/sources/<registry>+<repository>   the blob is in that remote repository
 //! root/blobinfo/<alg>/<hex>/uncompressed                      "<diff_id> <size>" of a compressed layer
+//! root/blobinfo/<alg>/<hex>/variant.<compression>             "<digest> <size>": the same layer compressed so
 //! ```
 //!
 //! Sources let a push mount a blob from another repository of the same registry instead
@@ -75,6 +76,33 @@ impl Store {
             Some(Uncompressed { diff_id, size })
         })();
         Ok(parsed)
+    }
+
+    /// Record that `other` (of `size` bytes) is layer `digest` compressed as `kind`.
+    pub fn set_variant(
+        &self,
+        digest: &Digest,
+        kind: &str,
+        other: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        let path = self.info_dir(digest).join(format!("variant.{kind}"));
+        fsutil::write_replace(&path, format!("{other} {size}").as_bytes())
+    }
+
+    /// Layer `digest` compressed as `kind`, when recorded and still in the store.
+    pub fn variant(&self, digest: &Digest, kind: &str) -> Result<Option<(Digest, u64)>> {
+        let path = self.info_dir(digest).join(format!("variant.{kind}"));
+        let Some(text) = fsutil::read_optional(&path)? else {
+            return Ok(None);
+        };
+        let mut parts = text.split_whitespace();
+        let parsed: Option<(Digest, u64)> =
+            (|| Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?)))();
+        match parsed {
+            Some((d, size)) if self.blob_size(&d)? == Some(size) => Ok(Some((d, size))),
+            _ => Ok(None),
+        }
     }
 
     /// Forget everything about blob `digest` (after it was deleted).
