@@ -53,6 +53,7 @@
 #   BERTH_BIN=path   use this berth instead of `cargo build --release -p berth-cli`
 #   REPS=3           attempts per case (the median is reported)
 #   PARTS=3 PART_MIB=100   shape of the image
+#   COMPRESSION=gzip berth's layer compression (berth build --compression)
 #   DATA=random      what the parts hold: random (incompressible) or text (`seq` output,
 #                    which gzip shrinks to about a quarter, like program text and docs)
 #   SETTLE=3         seconds to wait (after sync) before each timed attempt
@@ -73,6 +74,7 @@ REPS=${REPS:-3}
 PARTS=${PARTS:-3}
 PART_MIB=${PART_MIB:-100}
 DATA=${DATA:-random}
+COMPRESSION=${COMPRESSION:-gzip}
 case $DATA in
 random) SOURCE="head -c $((PART_MIB * 1024 * 1024)) /dev/urandom" ;;
 text) SOURCE="seq 1 100000000 | head -c $((PART_MIB * 1024 * 1024))" ;;
@@ -179,13 +181,23 @@ mkdir -p "$work/ctx"
 build() { # tag dockerfile oci-archive
 	local t0
 	t0=$(now)
+	# The peer's archive needs gzip layers (skopeo cannot write zstd into a
+	# docker-archive): with another compression, a second build (cached, with
+	# SOURCE_DATE_EPOCH so the config and image ID stay the same) re-encodes them.
 	berth build --progress plain -t "$1" -f "$2" --output "type=oci,dest=$3" "$work/ctx" \
 		>"$work/logs/build-${1##*:}.log" 2>&1 ||
 		{ tail -n 30 "$work/logs/build-${1##*:}.log" >&2; die "berth build -t $1"; }
+	if [[ $COMPRESSION != gzip ]]; then
+		berth build --progress plain --compression "$COMPRESSION" -t "$1" -f "$2" "$work/ctx" \
+			>>"$work/logs/build-${1##*:}.log" 2>&1 ||
+			{ tail -n 30 "$work/logs/build-${1##*:}.log" >&2; die "berth build --compression $COMPRESSION -t $1"; }
+	fi
 	log "built $1 in $(elapsed "$t0" "$(now)") s"
 }
 # One build each gives both the store's image and the OCI archive: berth stamps the
-# config with the build time, so a second (cached) build would be another image ID.
+# config with the build time, so a second (cached) build would be another image ID
+# (unless SOURCE_DATE_EPOCH, set for COMPRESSION other than gzip).
+[[ $COMPRESSION != gzip ]] && export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 build "$BIG" "$work/ctx/Dockerfile" "$work/big.oci.tar"
 build "$NEXT" "$work/ctx/Dockerfile.next" "$work/next.oci.tar"
 

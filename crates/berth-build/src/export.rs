@@ -55,35 +55,7 @@ pub fn convert_layers(
         if from == to {
             continue;
         }
-        let kind = to.to_string();
-        let (digest, size) = match store.variant(&l.blob.digest, &kind)? {
-            Some(v) => v,
-            None => {
-                let (file, _) = store.open_blob(&l.blob.digest)?.ok_or_else(|| {
-                    BuildError::Image(format!("layer {} is missing from the store", l.blob.digest))
-                })?;
-                let reference = format!(
-                    "convert-{}-{}",
-                    berth_snapshot::owner::token(),
-                    l.blob.digest.hex()
-                );
-                let mut w = store.writer(&reference, Algorithm::Sha256)?;
-                let converted = berth_snapshot::recompress(from, to, file, &mut w).map_err(|e| {
-                    BuildError::Image(format!("re-compress layer {}: {e}", l.blob.digest))
-                });
-                if let Err(e) = converted {
-                    drop(w);
-                    let _ = store.abort(&reference);
-                    return Err(e);
-                }
-                let c = w.commit(None, None)?;
-                store.set_variant(&l.blob.digest, &kind, &c.digest, c.size)?;
-                (c.digest, c.size)
-            }
-        };
-        if let Some(u) = store.uncompressed(&l.blob.digest)? {
-            store.set_uncompressed(&digest, &u)?;
-        }
+        let (digest, size) = variant(store, &l.blob.digest, from, to)?;
         l.blob = berth_oci::Descriptor {
             media_type: to.media_type().to_string(),
             digest,
@@ -94,6 +66,69 @@ pub fn convert_layers(
         };
     }
     Ok(out)
+}
+
+/// Layer `blob` (compressed as `from`) compressed as `to`: recorded earlier, or
+/// re-encoded now into the store and recorded.
+fn variant(
+    store: &Store,
+    blob: &Digest,
+    from: Compression,
+    to: Compression,
+) -> Result<(Digest, u64)> {
+    let kind = to.to_string();
+    if let Some(v) = store.variant(blob, &kind)? {
+        return Ok(v);
+    }
+    let (file, _) = store
+        .open_blob(blob)?
+        .ok_or_else(|| BuildError::Image(format!("layer {blob} is missing from the store")))?;
+    let reference = format!("convert-{}-{}", berth_snapshot::owner::token(), blob.hex());
+    let mut w = store.writer(&reference, Algorithm::Sha256)?;
+    let converted = berth_snapshot::recompress(from, to, file, &mut w)
+        .map_err(|e| BuildError::Image(format!("re-compress layer {blob}: {e}")));
+    if let Err(e) = converted {
+        drop(w);
+        let _ = store.abort(&reference);
+        return Err(e);
+    }
+    let c = w.commit(None, None)?;
+    store.set_variant(blob, &kind, &c.digest, c.size)?;
+    if let Some(u) = store.uncompressed(blob)? {
+        store.set_uncompressed(&c.digest, &u)?;
+    }
+    Ok((c.digest, c.size))
+}
+
+/// The manifest `bytes` with its uncompressed layers gzip'ed (in the store), for a
+/// registry: layers are kept uncompressed only on this machine (`berth build --load`),
+/// and compressed when they leave it, as `docker push` does. `None` if there are none.
+fn compressed_for_registry(store: &Store, bytes: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| BuildError::Image(format!("manifest: {e}")))?;
+    let docker = doc["mediaType"] == media_type::DOCKER_MANIFEST;
+    let mut changed = false;
+    for l in doc["layers"].as_array_mut().into_iter().flatten() {
+        let t = l["mediaType"].as_str().unwrap_or_default();
+        if Compression::of_media_type(t) != Some(Compression::Uncompressed) || t.is_empty() {
+            continue;
+        }
+        let blob: Digest = l["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e| BuildError::Image(format!("manifest layer digest: {e}")))?;
+        let (digest, size) = variant(store, &blob, Compression::Uncompressed, Compression::Gzip)?;
+        l["digest"] = digest.to_string().into();
+        l["size"] = size.into();
+        l["mediaType"] = if docker {
+            "application/vnd.docker.image.rootfs.diff.tar.gzip".into()
+        } else {
+            Compression::Gzip.media_type().into()
+        };
+        changed = true;
+    }
+    Ok(changed.then(|| serde_json::to_vec(&doc).expect("json")))
 }
 
 /// Write config and manifest for `layers` into the store and name the image `tags`.
@@ -218,7 +253,8 @@ pub fn export_oci_tar(
 
 /// Push the image `manifest` of the store to `dest` in a registry: blobs the registry
 /// lacks go up in parallel (existing ones are skipped), then the manifest. Returns the
-/// pushed manifest's digest.
+/// pushed manifest's digest. Uncompressed layers (`berth build --load` keeps them so)
+/// are gzip'ed on the way, so the pushed digest then differs from the local one.
 pub async fn push_image(
     store: &Store,
     client: &berth_client::Client,
@@ -226,12 +262,40 @@ pub async fn push_image(
     dest: &berth_client::Reference,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Digest> {
+    push_tree(store, client, manifest, dest, progress, true).await
+}
+
+/// [`push_image`]; `top` is false for the manifests of an index, which must go up
+/// byte for byte (the index names their digests).
+async fn push_tree(
+    store: &Store,
+    client: &berth_client::Client,
+    manifest: &Digest,
+    dest: &berth_client::Reference,
+    progress: &(dyn Fn(&str) + Sync),
+    top: bool,
+) -> Result<Digest> {
     let bytes = store.read_blob(manifest)?.ok_or_else(|| {
         BuildError::Image(format!("manifest {manifest} is missing from the store"))
     })?;
-    let (m, mt) = berth_oci::Manifest::parse(&bytes, None)
+    let (mut m, mt) = berth_oci::Manifest::parse(&bytes, None)
         .map_err(|e| BuildError::Image(format!("manifest {manifest}: {e}")))?;
     let err = |e: berth_client::Error| BuildError::Image(format!("push to {dest}: {e}"));
+    let mut bytes = bytes;
+    if top && !media_type::is_index(&mt) {
+        let store2 = store.clone();
+        let original = bytes.clone();
+        let gz = tokio::task::spawn_blocking(move || compressed_for_registry(&store2, &original))
+            .await
+            .map_err(|e| BuildError::Invalid(e.to_string()))??;
+        if let Some(gz) = gz {
+            progress("compressed the uncompressed layers with gzip for the registry");
+            m = berth_oci::Manifest::parse(&gz, None)
+                .map_err(|e| BuildError::Image(format!("manifest {manifest}: {e}")))?
+                .0;
+            bytes = gz;
+        }
+    }
     if media_type::is_index(&mt) {
         for child in &m.manifests {
             let by_digest = berth_client::Reference {
@@ -239,12 +303,13 @@ pub async fn push_image(
                 digest: Some(child.digest.clone()),
                 ..dest.clone()
             };
-            Box::pin(push_image(
+            Box::pin(push_tree(
                 store,
                 client,
                 &child.digest,
                 &by_digest,
                 progress,
+                false,
             ))
             .await?;
         }

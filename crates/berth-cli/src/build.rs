@@ -34,9 +34,10 @@ pub struct BuildArgs {
     #[arg(long)]
     no_cache: bool,
     /// Layer compression: gzip, zstd (smaller, faster; Docker 23+ and most registries)
-    /// or uncompressed.
-    #[arg(long, default_value = "gzip")]
-    compression: berth_build::Compression,
+    /// or uncompressed [default: gzip; uncompressed with --load and neither --push nor
+    /// an OCI output, as the image stays on this machine until pushed].
+    #[arg(long)]
+    compression: Option<berth_build::Compression>,
     /// Re-compress the base image's layers too (by default they stay as they are).
     #[arg(long)]
     force_compression: bool,
@@ -162,6 +163,9 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         .iter()
         .map(|s| parse_output(s))
         .collect::<Result<Vec<_>>>()?;
+    let outputs_oci = outputs
+        .iter()
+        .any(|o| matches!(o, berth_build::OutputSpec::OciTar(_)));
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => Some(
             v.trim()
@@ -195,7 +199,14 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         progress: sink,
         cancel: cancel.clone(),
         client: Some(Arc::new(settings.registry_client())),
-        compression: args.compression,
+        compression: args.compression.unwrap_or({
+            let leaves = args.push || outputs_oci;
+            if args.load && !leaves {
+                berth_build::Compression::Uncompressed
+            } else {
+                berth_build::Compression::Gzip
+            }
+        }),
         force_compression: args.force_compression,
     };
     let store = berth_store::Store::open(&settings.root)

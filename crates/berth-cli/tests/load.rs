@@ -72,8 +72,10 @@ fn check_runs(name: &str, id: &str) {
     let got = run(Command::new(d).args(["image", "inspect", "--format", "{{.Id}}", name]));
     assert_eq!(got.trim(), id, "Docker holds the image berth built");
     let repos = run(Command::new(d).args(["image", "ls", "--format", "{{.Repository}}"]));
+    let repo = name.split(':').next().unwrap();
+    let temporary = |r: &str| r.starts_with("127.0.0.1:") && r.ends_with(&format!("/{repo}"));
     assert!(
-        !repos.contains("berth-probe"),
+        !repos.contains("berth-probe") && !repos.lines().any(temporary),
         "temporary names removed: {repos}"
     );
     let _ = Command::new(d).args(["rmi", "-f", name]).output();
@@ -236,4 +238,82 @@ fn zstd_images_load_into_an_old_daemon() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     check_runs("loadzstd:1", &id);
+}
+
+/// `berth build --load` alone keeps the image's own layers uncompressed (no gzip at
+/// build, no inflating at load); pushing it later gzips them for the registry, as
+/// `docker push` does, and the registry serves what berth says it pushed.
+#[test]
+fn build_load_keeps_layers_uncompressed_and_push_compresses_them() {
+    if !ready() || !require("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (root, id) = build_with(dir.path(), "loadplain:1", &["--load"]);
+    check_runs("loadplain:1", &id);
+    let tag = std::fs::read_to_string(root.join("repositories/loadplain/_tags/1")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            root.join("blobs/sha256")
+                .join(tag.trim().trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar"
+        ],
+        "the base layer as it came, the built one uncompressed"
+    );
+
+    let reg = Berth::serve(&dir.path().join("registry"), &[]);
+    let dest = format!("{}/plain/app:1", reg.addr);
+    let out = Command::new(berth_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["push", "loadplain:1", &dest])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("compressed the uncompressed layers"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let digest = stdout.trim().split('@').nth(1).unwrap().to_string();
+    assert_ne!(digest, tag.trim(), "the pushed manifest is the gzip'ed one");
+    let raw = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{dest}"),
+    ]));
+    assert_eq!(
+        raw.matches("application/vnd.oci.image.layer.v1.tar+gzip")
+            .count(),
+        2,
+        "{raw}"
+    );
+    let served = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{dest}"),
+    ]));
+    assert_eq!(served.trim(), digest);
+    // The layers really are the image's: the daemon pulls and runs it.
+    let pulled = format!("{}/plain/app@{digest}", reg.addr);
+    run(Command::new(docker()).args(["pull", &pulled]));
+    let out = run(Command::new(docker()).args(["run", "--rm", "--network=none", &pulled]));
+    assert_eq!(out.trim(), "loadplain:1");
+    let _ = Command::new(docker()).args(["rmi", "-f", &pulled]).output();
+    check_store(&root);
 }
