@@ -36,7 +36,7 @@
 # load or run, on a wrong image ID, or when the proxy path fell back to the tar.
 #
 # Then (DIAG=1, the default) where the time goes, untimed by the table:
-#   - berth load of an image dockerd already has (berth's fixed cost: start, probe,
+#   - berth load of an image dockerd already has (berth's fixed cost: start, pre-flight,
 #     manifest, tag, inspect);
 #   - one proxy load with BERTH_LOG=info: the proxy's request log, each line's offset
 #     from the start of `berth load`;
@@ -415,7 +415,7 @@ print_table
 echo
 echo "== diagnostics (not part of the table)"
 
-# Fixed cost: the image is already in dockerd; nothing but the probe, manifest, config.
+# Fixed cost: the image is already in dockerd; nothing but the pre-flight, manifest, config.
 make_empty
 load_berth proxy "$BIG" "${ID[big]}" >/dev/null
 fixed=()

@@ -301,14 +301,7 @@ fn build_load_keeps_layers_uncompressed_and_push_compresses_them() {
         2,
         "{raw}"
     );
-    let served = run(Command::new("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        "--format",
-        "{{.Digest}}",
-        &format!("docker://{dest}"),
-    ]));
-    assert_eq!(served.trim(), digest);
+    assert_eq!(served_digest(&dest), digest);
     // The layers really are the image's: the daemon pulls and runs it.
     let pulled = format!("{}/plain/app@{digest}", reg.addr);
     run(Command::new(docker()).args(["pull", &pulled]));

@@ -160,18 +160,12 @@ fn build_push_to_berth_registry_with_auth_then_docker_runs_it() {
     }
 }
 
-#[test]
-fn push_to_distribution() {
-    if !ready() {
-        return;
-    }
-    let Some(peer) = Distribution::start() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = context(dir.path());
-    let root = dir.path().join("root");
-    let none = dir.path().join("no-creds");
+/// Build `tag` into a fresh root under `dir`; returns the root and an empty Docker
+/// config directory (no credentials).
+fn build_anonymous(dir: &Path, tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ctx = context(dir);
+    let root = dir.join("root");
+    let none = dir.join("no-creds");
     std::fs::create_dir_all(&none).unwrap();
     let out = berth(
         &root,
@@ -181,7 +175,7 @@ fn push_to_distribution() {
             "--progress",
             "plain",
             "-t",
-            "local/app:2",
+            tag,
             ctx.to_str().unwrap(),
         ],
     );
@@ -190,6 +184,19 @@ fn push_to_distribution() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (root, none)
+}
+
+#[test]
+fn push_to_distribution() {
+    if !ready() {
+        return;
+    }
+    let Some(peer) = Distribution::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (root, none) = build_anonymous(dir.path(), "local/app:2");
     let dest = format!("{}/moved/app:2", peer.addr);
     let out = berth(&root, &none, &["push", "local/app:2", &dest]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -199,14 +206,7 @@ fn push_to_distribution() {
         String::from_utf8_lossy(&out.stderr)
     );
     let digest = stdout.trim().split('@').nth(1).unwrap().to_string();
-    let served = run(Command::new("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        "--format",
-        "{{.Digest}}",
-        &format!("docker://{dest}"),
-    ]));
-    assert_eq!(served.trim(), digest);
+    assert_eq!(served_digest(&dest), digest);
     let out = dir.path().join("out");
     run(&mut skopeo_copy(
         &format!("docker://{dest}"),
@@ -221,14 +221,7 @@ fn push_to_distribution() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("pushed sha256"), "{err}");
     assert_eq!(err.matches("mounted sha256").count(), 3, "{err}");
-    let served = run(Command::new("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        "--format",
-        "{{.Digest}}",
-        &format!("docker://{other}"),
-    ]));
-    assert_eq!(served.trim(), digest);
+    assert_eq!(served_digest(&other), digest);
     // A name that is not in the store is explained.
     let out = berth(&root, &none, &["push", "nothing/here:1", &dest]);
     assert!(!out.status.success());
@@ -341,27 +334,7 @@ fn push_errors_say_what_failed() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ctx = context(dir.path());
-    let root = dir.path().join("root");
-    let none = dir.path().join("no-creds");
-    std::fs::create_dir_all(&none).unwrap();
-    let out = berth(
-        &root,
-        &none,
-        &[
-            "build",
-            "--progress",
-            "plain",
-            "-t",
-            "local/app:3",
-            ctx.to_str().unwrap(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (root, none) = build_anonymous(dir.path(), "local/app:3");
 
     // An address that answers HTTP but not the registry API.
     let web = not_a_registry();
@@ -405,46 +378,32 @@ fn push_errors_say_what_failed() {
     );
     let wrong = dir.path().join("wrong");
     let (wrong_ca, _, _) = make_tls(&wrong);
-    let config = |ca: &Path| {
-        let p = dir.path().join("berth.toml");
+    let dest = format!("{}/secure/app:3", reg.addr);
+    // A push with `ca` set to this CA file in berth's config.
+    let push_with_ca = |ca: &Path| {
+        let cfg = dir.path().join("berth.toml");
         std::fs::write(
-            &p,
+            &cfg,
             format!("[registries.\"{}\"]\nca = \"{}\"\n", reg.addr, ca.display()),
         )
         .unwrap();
-        p
-    };
-    let dest = format!("{}/secure/app:3", reg.addr);
-    let cfg = config(&wrong_ca);
-    let out = berth(
-        &root,
-        &none,
-        &[
+        let args = [
             "--config",
             cfg.to_str().unwrap(),
             "push",
             "local/app:3",
             &dest,
-        ],
-    );
+        ];
+        berth(&root, &none, &args)
+    };
+    let out = push_with_ca(&wrong_ca);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
         err.contains("certificate is not trusted") && err.contains("`ca`"),
         "{err}"
     );
-    let cfg = config(&ca);
-    let out = berth(
-        &root,
-        &none,
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "push",
-            "local/app:3",
-            &dest,
-        ],
-    );
+    let out = push_with_ca(&ca);
     assert!(
         out.status.success(),
         "{}",

@@ -603,3 +603,17 @@ pub fn make_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&k, key.serialize_pem()).unwrap();
     (ca, crt, k)
 }
+
+/// The manifest digest a registry serves for `reference` (host/repo:tag), asked with
+/// skopeo over plain HTTP.
+pub fn served_digest(reference: &str) -> String {
+    run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{reference}"),
+    ]))
+    .trim()
+    .to_string()
+}
