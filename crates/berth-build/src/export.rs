@@ -49,9 +49,13 @@ pub fn convert_layers(
 ) -> Result<Vec<Layer>> {
     let mut out = layers.to_vec();
     for l in out.iter_mut().skip(keep) {
-        let Some(from) = Compression::of_media_type(&l.blob.media_type) else {
+        let t = &l.blob.media_type;
+        let Some(from) = Compression::of_media_type(t) else {
             continue; // foreign or unknown layers go as they are
         };
+        if t.contains("foreign") || t.contains("nondistributable") {
+            continue; // their bytes live elsewhere: re-encoding would change what they name
+        }
         if from == to {
             continue;
         }
@@ -93,9 +97,9 @@ fn variant(
         return Err(e);
     }
     let c = w.commit(None, None)?;
-    store.set_variant(blob, &kind, &c.digest, c.size)?;
+    store.set_variant(blob, &kind, &c.digest, c.size);
     if let Some(u) = store.uncompressed(blob)? {
-        store.set_uncompressed(&c.digest, &u)?;
+        store.set_uncompressed(&c.digest, &u);
     }
     Ok((c.digest, c.size))
 }
@@ -110,7 +114,7 @@ fn compressed_for_registry(store: &Store, bytes: &[u8]) -> Result<Option<Vec<u8>
     let mut changed = false;
     for l in doc["layers"].as_array_mut().into_iter().flatten() {
         let t = l["mediaType"].as_str().unwrap_or_default();
-        if Compression::of_media_type(t) != Some(Compression::Uncompressed) || t.is_empty() {
+        if Compression::of_media_type(t) != Some(Compression::Uncompressed) {
             continue;
         }
         let blob: Digest = l["digest"]
@@ -338,7 +342,7 @@ async fn push_tree(
             )
             .await
             .map_err(err)?;
-        store.add_source(&d.digest, &dest.registry, &dest.repository)?;
+        store.add_source(&d.digest, &dest.registry, &dest.repository);
         progress(&match how {
             berth_client::BlobPush::Exists => format!("exists {}", d.digest),
             berth_client::BlobPush::Mounted(from) => format!("mounted {} from {from}", d.digest),

@@ -447,7 +447,7 @@ pub async fn pull(client: &berth_client::Client, store: &Store, reference: &str)
     let fetches = blobs.into_iter().map(|d| {
         let r = r.clone();
         async move {
-            store.add_source(&d.digest, &r.registry, &r.repository)?;
+            store.add_source(&d.digest, &r.registry, &r.repository);
             if store.blob_size(&d.digest)?.is_some() {
                 return Ok::<_, BuildError>(());
             }

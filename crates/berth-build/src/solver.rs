@@ -664,7 +664,7 @@ impl Solver {
                                 diff_id: l.diff_id.clone(),
                                 size,
                             },
-                        )?,
+                        ),
                         // Another build unpacked the same chain first: nothing was read.
                         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
                         Err(e) => {
@@ -719,7 +719,7 @@ impl Solver {
                 diff_id: info.diff_id.clone(),
                 size: info.uncompressed_size,
             },
-        )?;
+        );
         self.snapshots.commit(active, &info.diff_id)?;
         let mut layers = below.to_vec();
         layers.push(Layer {
@@ -967,11 +967,11 @@ impl Solver {
                         self.root.join("tmp")
                     };
                     let dir = base.join(format!("berth-secret-{}", unique("s")));
-                    fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
-                    {
-                        use std::os::unix::fs::PermissionsExt;
-                        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
-                    }
+                    // A new directory (never one someone placed there), private from
+                    // the start; the name carries the owner token's random part.
+                    std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+                        .create(&dir)
+                        .map_err(|e| io_err("create directory", &dir, e))?;
                     let file = dir.join("value");
                     fs::write(&file, &value).map_err(|e| io_err("write secret", &file, e))?;
                     use std::os::unix::fs::PermissionsExt;

@@ -34,8 +34,8 @@ pub struct BuildArgs {
     #[arg(long)]
     no_cache: bool,
     /// Layer compression: gzip, zstd (smaller, faster; Docker 23+ and most registries)
-    /// or uncompressed [default: gzip; uncompressed with --load and neither --push nor
-    /// an OCI output, as the image stays on this machine until pushed].
+    /// or uncompressed [default: gzip; uncompressed with --load to a daemon on this
+    /// machine and neither --push nor an OCI output: the image stays here until pushed].
     #[arg(long)]
     compression: Option<berth_build::Compression>,
     /// Re-compress the base image's layers too (by default they stay as they are).
@@ -201,7 +201,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         client: Some(Arc::new(settings.registry_client())),
         compression: args.compression.unwrap_or({
             let leaves = args.push || outputs_oci;
-            if args.load && !leaves {
+            if args.load && !leaves && berth_docker::daemon_is_local() {
                 berth_build::Compression::Uncompressed
             } else {
                 berth_build::Compression::Gzip

@@ -239,7 +239,13 @@ impl Client {
             let versioned = resp
                 .headers()
                 .contains_key("docker-distribution-api-version");
-            if !status.is_success() && !versioned {
+            // A registry answers 200, or 401/403 without credentials; some proxies in
+            // front of one drop the version header. A 404, a 405 or a redirect to a
+            // web page from an address without that header is not a registry.
+            let registry_like = status.is_success()
+                || status == StatusCode::UNAUTHORIZED
+                || status == StatusCode::FORBIDDEN;
+            if !registry_like && !versioned {
                 let url = resp.url().to_string();
                 let body: String = resp
                     .text()

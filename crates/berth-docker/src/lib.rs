@@ -107,7 +107,7 @@ pub async fn connect() -> Result<Docker> {
 
 /// Whether the daemon is on this machine (a unix socket, or tcp to loopback): then
 /// layers go to it uncompressed.
-fn daemon_is_local() -> bool {
+pub fn daemon_is_local() -> bool {
     let host = docker_host();
     let Some(rest) = host
         .strip_prefix("tcp://")
@@ -265,43 +265,12 @@ async fn load_tar(docker: &Docker, image: &layers::Image, name: &str) -> Result<
     let image = image.clone();
     let name = name.to_string();
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let mut tar = tar::Builder::new(ChannelWriter { tx: tx.clone() });
-        let mut add = |path: &str, size: u64, data: &mut dyn std::io::Read| {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(size);
-            h.set_mode(0o644);
-            h.set_mtime(0);
-            tar.append_data(&mut h, path, data)
-        };
-        let cfg_name = format!("{}.json", image.config_digest.hex());
-        add(
-            &cfg_name,
-            image.config.len() as u64,
-            &mut image.config.as_slice(),
-        )?;
-        let mut names = Vec::new();
-        for l in &image.layers {
-            let p = format!("{}/layer.tar", l.digest.hex());
-            // A short read would shift every later entry: fail instead.
-            let mut r = std::io::Read::take(l.open()?, l.size);
-            let mut counted = Counted {
-                inner: &mut r,
-                n: 0,
-            };
-            add(&p, l.size, &mut counted)?;
-            if counted.n != l.size {
-                return Err(std::io::Error::other(format!(
-                    "layer {} ended after {} of {} bytes",
-                    l.digest, counted.n, l.size
-                )));
-            }
-            names.push(p);
+        let written = write_archive(&image, &name, &tx);
+        if let Err(e) = &written {
+            // Cut the request body short: the daemon must not load a truncated archive.
+            let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
         }
-        let mf = serde_json::json!([{"Config": cfg_name, "RepoTags": [name], "Layers": names}]);
-        let mf = serde_json::to_vec(&mf).expect("json");
-        add("manifest.json", mf.len() as u64, &mut mf.as_slice())?;
-        tar.into_inner()?;
-        Ok(())
+        written
     });
     let stream = receiver_stream(rx);
     let mut results = docker.import_image_stream(
@@ -324,12 +293,59 @@ async fn load_tar(docker: &Docker, image: &layers::Image, name: &str) -> Result<
         }
     }
     let written = writer.await.map_err(|e| Error::Store(e.to_string()))?;
-    if let Err(e) = written {
-        return Err(Error::Store(format!("writing the image archive: {e}")));
+    match (written, failure) {
+        // The daemon stopped reading because it failed: its reason is the one to tell.
+        (Err(e), Some(f)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            Err(derr(format!("docker load failed: {f}")))
+        }
+        (Err(e), _) => Err(Error::Store(format!("writing the image archive: {e}"))),
+        (Ok(()), Some(f)) => Err(derr(format!("docker load failed: {f}"))),
+        (Ok(()), None) => Ok(()),
     }
-    if let Some(f) = failure {
-        return Err(derr(format!("docker load failed: {f}")));
+}
+
+/// Write `image` as a docker-archive named `name` into `tx`.
+fn write_archive(
+    image: &layers::Image,
+    name: &str,
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+) -> std::io::Result<()> {
+    let mut tar = tar::Builder::new(ChannelWriter { tx: tx.clone() });
+    let mut add = |path: &str, size: u64, data: &mut dyn std::io::Read| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        tar.append_data(&mut h, path, data)
+    };
+    let cfg_name = format!("{}.json", image.config_digest.hex());
+    add(
+        &cfg_name,
+        image.config.len() as u64,
+        &mut image.config.as_slice(),
+    )?;
+    let mut names = Vec::new();
+    for l in &image.layers {
+        let p = format!("{}/layer.tar", l.digest.hex());
+        // A short read would shift every later entry: fail instead.
+        let mut r = std::io::Read::take(l.open()?, l.size);
+        let mut counted = Counted {
+            inner: &mut r,
+            n: 0,
+        };
+        add(&p, l.size, &mut counted)?;
+        if counted.n != l.size {
+            return Err(std::io::Error::other(format!(
+                "layer {} ended after {} of {} bytes",
+                l.digest, counted.n, l.size
+            )));
+        }
+        names.push(p);
     }
+    let mf = serde_json::json!([{"Config": cfg_name, "RepoTags": [name], "Layers": names}]);
+    let mf = serde_json::to_vec(&mf).expect("json");
+    add("manifest.json", mf.len() as u64, &mut mf.as_slice())?;
+    tar.into_inner()?;
     Ok(())
 }
 

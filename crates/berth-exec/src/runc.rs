@@ -166,7 +166,7 @@ impl BundleBuilder {
 pub struct Runc {
     binary: PathBuf,
     bundles: PathBuf,
-    /// Where `config.json` goes: memory (/dev/shm), since it holds the process's
+    /// Where `config.json` goes: memory (/run), since it holds the process's
     /// environment, which may carry secrets (`RUN --mount=type=secret,env=`).
     configs: PathBuf,
     state: PathBuf,
@@ -196,14 +196,11 @@ impl Runc {
             state: root.join("runc"),
             canceled: Default::default(),
         };
-        for d in [&r.bundles, &r.state, &r.configs] {
+        for d in [&r.bundles, &r.state] {
             fs::create_dir_all(d).map_err(io("create directory", d))?;
         }
+        private_dir(&r.configs)?;
         berth_snapshot::owner::register(&r.owners()).map_err(io("register in", &r.owners()))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = fs::set_permissions(&r.configs, fs::Permissions::from_mode(0o700));
-        }
         r.clean_leftovers();
         Ok(r)
     }
@@ -235,23 +232,53 @@ impl Runc {
                 e.path().join("rootfs"),
                 rustix::mount::UnmountFlags::DETACH,
             );
-            let _ = fs::remove_dir_all(e.path());
             let _ = fs::remove_dir_all(self.configs.join(&id));
+            let _ = fs::remove_dir_all(e.path());
+        }
+        // Configs whose bundle went first (a kill between the two removals).
+        for e in fs::read_dir(&self.configs).into_iter().flatten().flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if berth_snapshot::owner::is_gone(&self.owners(), &id) {
+                let _ = fs::remove_dir_all(e.path());
+            }
         }
     }
 }
 
-/// `config.json`s live in memory when /dev/shm is there, one directory per data root
-/// (named by a hash of its path).
+/// `config.json`s live in memory, in /run (a tmpfs only root writes to, so nobody can
+/// plant a directory or a link there first), one directory per data root, named by a
+/// hash of its path; elsewhere (not root, no /run) under the data root.
 fn config_dir(root: &Path) -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if !shm.is_dir() {
+    let run = Path::new("/run");
+    if !rustix::process::geteuid().is_root() || !run.is_dir() {
         return root.join("bundle-configs");
     }
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     root.hash(&mut h);
-    shm.join(format!("berth-runc-{:016x}", h.finish()))
+    run.join(format!("berth-runc-{:016x}", h.finish()))
+}
+
+/// Create `dir` (mode 0700), or accept it only if it is a real directory of ours that
+/// nobody else may enter.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).map_err(io("create directory", parent))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("create directory", dir)(e)),
+    }
+    let m = fs::symlink_metadata(dir).map_err(io("inspect", dir))?;
+    if !m.is_dir() || m.uid() != rustix::process::geteuid().as_raw() || m.mode() & 0o077 != 0 {
+        return Err(Error::Runtime(format!(
+            "{} is not a private directory of this user (a link, someone else's, or open to others); remove it",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 fn find_runc() -> Option<PathBuf> {
@@ -294,7 +321,7 @@ impl Executor for Runc {
             guard.unmount()?;
             code
         })();
-        for dir in [&bundle, &config] {
+        for dir in [&config, &bundle] {
             if let Err(e) = fs::remove_dir_all(dir) {
                 tracing::warn!(bundle = %dir.display(), error = %e, "bundle not removed");
             }
@@ -414,8 +441,8 @@ mod tests {
     #[test]
     fn configs_stay_in_memory_and_name_their_rootfs() {
         let dir = config_dir(Path::new("/var/lib/berth"));
-        if Path::new("/dev/shm").is_dir() {
-            assert!(dir.starts_with("/dev/shm"), "{}", dir.display());
+        if rustix::process::geteuid().is_root() {
+            assert!(dir.starts_with("/run"), "{}", dir.display());
         }
         assert_ne!(dir, config_dir(Path::new("/other/root")));
         let rootfs = Path::new("/var/lib/berth/bundles/x/rootfs");

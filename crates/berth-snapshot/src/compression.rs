@@ -37,9 +37,8 @@ impl Compression {
             Some(Compression::Gzip)
         } else if t.ends_with("zstd") {
             Some(Compression::Zstd)
-        } else if t.ends_with(".tar")
+        } else if t == Compression::Uncompressed.media_type()
             || t == "application/vnd.docker.image.rootfs.diff.tar"
-            || t.is_empty()
         {
             Some(Compression::Uncompressed)
         } else {
@@ -190,6 +189,10 @@ mod tests {
             Some(Compression::Gzip)
         );
         assert_eq!(Compression::of_media_type("application/x-unknown"), None);
+        assert_eq!(
+            Compression::of_media_type("application/vnd.docker.image.rootfs.foreign.diff.tar"),
+            None
+        );
         assert!("lz4".parse::<Compression>().is_err());
     }
 }

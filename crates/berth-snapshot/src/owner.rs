@@ -8,7 +8,12 @@
 //! life; scratch names start with `<token>-`. The kernel drops the lock when the process
 //! dies, in whatever namespace, so a lock that can be taken marks a process that is gone.
 //!
-//! Names from before tokens (`<pid>-…`) are judged by the pid, as they were.
+//! Names from before tokens (`<pid>-…`) are judged by the pid, as they were; names of
+//! neither form are not berth's scratch entries and are left alone.
+//!
+//! A lock file appears only once it is locked (created as `.<token>.tmp`, locked, then
+//! renamed), so a process judging owners never takes the lock of one that is starting;
+//! `register` also removes the lock files of owners that are gone.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -52,10 +57,36 @@ pub fn register(dir: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(dir)?;
-    let f = File::create(dir.join(format!("{}.lock", token())))?;
+    let tmp = dir.join(format!(".{}.tmp", token()));
+    let f = File::create(&tmp)?;
     f.lock()?;
+    std::fs::rename(&tmp, dir.join(format!("{}.lock", token())))?;
     held.insert(dir.to_path_buf(), f);
+    drop(held);
+    sweep(dir)
+}
+
+/// Remove the lock files of owners that are gone.
+fn sweep(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(owner) = name.strip_suffix(".lock")
+            && is_token(owner)
+        {
+            is_gone(dir, &format!("{owner}-"));
+        }
+    }
     Ok(())
+}
+
+/// Whether `s` has a token's form: `<digits>x<hex>`.
+fn is_token(s: &str) -> bool {
+    s.split_once('x').is_some_and(|(pid, rest)| {
+        !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && !rest.is_empty()
+            && rest.bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }
 
 /// Whether the process that named entry `name` (`<token>-…` or `<pid>-…`) is gone,
@@ -67,7 +98,7 @@ pub fn is_gone(dir: &Path, name: &str) -> bool {
     if let Ok(pid) = owner.parse::<u32>() {
         return !Path::new(&format!("/proc/{pid}")).exists();
     }
-    if owner == token() {
+    if owner == token() || !is_token(owner) {
         return false;
     }
     let lock = dir.join(format!("{owner}.lock"));
@@ -110,5 +141,17 @@ mod tests {
         assert!(!is_gone(dir.path(), &format!("{}-x", std::process::id())));
         assert!(is_gone(dir.path(), "999999999-x"));
         assert!(!is_gone(dir.path(), "-x"));
+        // Not a scratch name of berth's: left alone.
+        assert!(!is_gone(dir.path(), "berth-secret-1x2-s1"));
+        assert!(!is_gone(dir.path(), "notes"));
+        // A dead owner's lock file is swept when another process registers.
+        let stale = dir.path().join("7x00000000bbbbbbbb.lock");
+        File::create(&stale).unwrap();
+        let starting = dir.path().join(".8x00000000cccccccc.tmp");
+        File::create(&starting).unwrap();
+        sweep(dir.path()).unwrap();
+        assert!(!stale.exists());
+        assert!(starting.exists(), "a starting owner's file is not touched");
+        assert!(dir.path().join(format!("{}.lock", token())).exists());
     }
 }

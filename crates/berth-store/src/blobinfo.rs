@@ -38,14 +38,14 @@ impl Store {
             .join(digest.hex())
     }
 
-    /// Remember that `registry`'s `repository` holds blob `digest`.
-    pub fn add_source(&self, digest: &Digest, registry: &str, repository: &str) -> Result<()> {
+    /// Remember that `registry`'s `repository` holds blob `digest`. Hints are best
+    /// effort: a failure to write one is logged, never an error.
+    pub fn add_source(&self, digest: &Digest, registry: &str, repository: &str) {
         let name = format!("{registry}+{}", repository.replace('/', "+"));
         let path = self.info_dir(digest).join("sources").join(name);
-        if path.exists() {
-            return Ok(());
+        if !path.exists() {
+            hint(fsutil::write_replace(&path, b""));
         }
-        fsutil::write_replace(&path, b"")
     }
 
     /// The repositories of `registry` known to hold blob `digest`.
@@ -58,9 +58,12 @@ impl Store {
     }
 
     /// Record the uncompressed digest and size of the compressed layer `digest`.
-    pub fn set_uncompressed(&self, digest: &Digest, u: &Uncompressed) -> Result<()> {
+    pub fn set_uncompressed(&self, digest: &Digest, u: &Uncompressed) {
         let path = self.info_dir(digest).join("uncompressed");
-        fsutil::write_replace(&path, format!("{} {}", u.diff_id, u.size).as_bytes())
+        hint(fsutil::write_replace(
+            &path,
+            format!("{} {}", u.diff_id, u.size).as_bytes(),
+        ));
     }
 
     /// The uncompressed digest and size of layer `digest`, when recorded.
@@ -79,15 +82,12 @@ impl Store {
     }
 
     /// Record that `other` (of `size` bytes) is layer `digest` compressed as `kind`.
-    pub fn set_variant(
-        &self,
-        digest: &Digest,
-        kind: &str,
-        other: &Digest,
-        size: u64,
-    ) -> Result<()> {
+    pub fn set_variant(&self, digest: &Digest, kind: &str, other: &Digest, size: u64) {
         let path = self.info_dir(digest).join(format!("variant.{kind}"));
-        fsutil::write_replace(&path, format!("{other} {size}").as_bytes())
+        hint(fsutil::write_replace(
+            &path,
+            format!("{other} {size}").as_bytes(),
+        ));
     }
 
     /// Layer `digest` compressed as `kind`, when recorded and still in the store.
@@ -115,6 +115,12 @@ impl Store {
     }
 }
 
+fn hint(written: Result<()>) {
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "a blob hint was not recorded");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,10 +131,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let d = Digest::sha256(b"layer");
         assert!(store.sources(&d, "r:5000").unwrap().is_empty());
-        store.add_source(&d, "r:5000", "team/app").unwrap();
-        store.add_source(&d, "r:5000", "team/app").unwrap();
-        store.add_source(&d, "r:5000", "base").unwrap();
-        store.add_source(&d, "other", "x").unwrap();
+        store.add_source(&d, "r:5000", "team/app");
+        store.add_source(&d, "r:5000", "team/app");
+        store.add_source(&d, "r:5000", "base");
+        store.add_source(&d, "other", "x");
         assert_eq!(
             store.sources(&d, "r:5000").unwrap(),
             vec!["base".to_string(), "team/app".to_string()]
@@ -138,7 +144,7 @@ mod tests {
             diff_id: Digest::sha256(b"tar"),
             size: 10240,
         };
-        store.set_uncompressed(&d, &u).unwrap();
+        store.set_uncompressed(&d, &u);
         assert_eq!(store.uncompressed(&d).unwrap(), Some(u));
         store.forget(&d).unwrap();
         assert_eq!(store.uncompressed(&d).unwrap(), None);

@@ -176,7 +176,9 @@ impl Store {
     /// Delete a committed blob. Only garbage collection should call this.
     pub fn delete_blob(&self, digest: &Digest) -> Result<bool> {
         let removed = fsutil::remove_optional(&self.blob_path(digest))?;
-        self.forget(digest)?;
+        if let Err(e) = self.forget(digest) {
+            tracing::warn!(blob = %digest, error = %e, "hints of a deleted blob not removed");
+        }
         Ok(removed)
     }
 
