@@ -205,6 +205,20 @@ impl Runc {
         Ok(r)
     }
 
+    /// Create the private directory `config` of one container, inside `self.configs`
+    /// (made again, privately, if another berth removed it when it was empty).
+    fn config_dir_for(&self, config: &Path) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        let make = || fs::DirBuilder::new().mode(0o700).create(config);
+        match make() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                private_dir(&self.configs)?;
+                make().map_err(io("create bundle", config))
+            }
+            other => other.map_err(io("create bundle", config)),
+        }
+    }
+
     /// Where processes using this executor hold their owner locks.
     fn owners(&self) -> PathBuf {
         self.bundles.with_file_name("owners")
@@ -281,6 +295,14 @@ fn private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+impl Drop for Runc {
+    fn drop(&mut self) {
+        // The per-root directory in /run goes when its last container did (rmdir
+        // fails, harmlessly, while another berth on the root has one there).
+        let _ = fs::remove_dir(&self.configs);
+    }
+}
+
 fn find_runc() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -310,7 +332,7 @@ impl Executor for Runc {
         let config = self.configs.join(&id);
         fs::create_dir_all(&root_dir).map_err(io("create bundle", &bundle))?;
         let result = (|| {
-            fs::create_dir_all(&config).map_err(io("create bundle", &config))?;
+            self.config_dir_for(&config)?;
             let guard = mount_rootfs(rootfs, &root_dir)?;
             BundleBuilder::new(&id)?
                 .with_meta(meta)
