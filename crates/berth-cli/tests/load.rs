@@ -310,3 +310,58 @@ fn build_load_keeps_layers_uncompressed_and_push_compresses_them() {
     let _ = Command::new(docker()).args(["rmi", "-f", &pulled]).output();
     check_store(&root);
 }
+
+/// Forward TCP connections on 127.0.0.1 to the Docker socket; returns the address.
+fn tcp_to_docker_socket() -> String {
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(tcp) = conn else { continue };
+            let Ok(unix) = std::os::unix::net::UnixStream::connect(&socket) else {
+                continue;
+            };
+            let (mut t2, mut u2) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
+            let (mut t1, mut u1) = (tcp, unix);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut t1, &mut u1);
+                let _ = u1.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u2, &mut t2);
+                let _ = t2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// `DOCKER_HOST=tcp://…` is honoured: the daemon is reached over TCP (a loopback one
+/// counts as local, so the registry proxy on 127.0.0.1 works), and the tar path too.
+#[test]
+fn honours_a_tcp_docker_host() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (root, id) = build(dir.path(), "loadtcp:1");
+    let tcp = format!("tcp://{}", tcp_to_docker_socket());
+    for args in [&["loadtcp:1"][..], &["--no-registry-proxy", "loadtcp:1"][..]] {
+        let out = Command::new(berth_bin())
+            .arg("--root")
+            .arg(&root)
+            .arg("load")
+            .args(args)
+            .env("DOCKER_HOST", &tcp)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
+        check_runs("loadtcp:1", &id);
+    }
+}
