@@ -350,7 +350,10 @@ fn honours_a_tcp_docker_host() {
     let dir = tempfile::tempdir().unwrap();
     let (root, id) = build(dir.path(), "loadtcp:1");
     let tcp = format!("tcp://{}", tcp_to_docker_socket());
-    for args in [&["loadtcp:1"][..], &["--no-registry-proxy", "loadtcp:1"][..]] {
+    for args in [
+        &["loadtcp:1"][..],
+        &["--no-registry-proxy", "loadtcp:1"][..],
+    ] {
         let out = Command::new(berth_bin())
             .arg("--root")
             .arg(&root)

@@ -66,7 +66,9 @@ pub fn register(dir: &Path) -> std::io::Result<()> {
     sweep(dir)
 }
 
-/// Remove the lock files of owners that are gone.
+/// Remove the lock files of owners that are gone, and the temporary ones of owners that
+/// died before locking theirs (unlocked, and a minute old: a starting owner locks its
+/// file a moment after creating it).
 fn sweep(dir: &Path) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -74,6 +76,17 @@ fn sweep(dir: &Path) -> std::io::Result<()> {
             && is_token(owner)
         {
             is_gone(dir, &format!("{owner}-"));
+        } else if let Some(owner) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp"))
+            && is_token(owner)
+            && owner != token()
+        {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() >= 60));
+            if old && File::open(e.path()).is_ok_and(|f| f.try_lock().is_ok()) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
     Ok(())
@@ -149,9 +162,15 @@ mod tests {
         File::create(&stale).unwrap();
         let starting = dir.path().join(".8x00000000cccccccc.tmp");
         File::create(&starting).unwrap();
+        let died_starting = dir.path().join(".9x00000000dddddddd.tmp");
+        File::create(&died_starting)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(120))
+            .unwrap();
         sweep(dir.path()).unwrap();
         assert!(!stale.exists());
         assert!(starting.exists(), "a starting owner's file is not touched");
+        assert!(!died_starting.exists());
         assert!(dir.path().join(format!("{}.lock", token())).exists());
     }
 }
