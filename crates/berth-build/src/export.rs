@@ -25,15 +25,11 @@ pub struct Exported {
     pub manifest_bytes: Vec<u8>,
 }
 
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-
 /// OCI media type for a layer blob (Docker's types name the same bytes).
 fn oci_layer_type(t: &str) -> &str {
     match t {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        }
-        "application/vnd.docker.image.rootfs.diff.tar" => "application/vnd.oci.image.layer.v1.tar",
+        media_type::DOCKER_LAYER_GZIP => media_type::OCI_LAYER_GZIP,
+        media_type::DOCKER_LAYER => media_type::OCI_LAYER,
         other => other,
     }
 }
@@ -126,7 +122,7 @@ fn compressed_for_registry(store: &Store, bytes: &[u8]) -> Result<Option<Vec<u8>
         l["digest"] = digest.to_string().into();
         l["size"] = size.into();
         l["mediaType"] = if docker {
-            "application/vnd.docker.image.rootfs.diff.tar.gzip".into()
+            media_type::DOCKER_LAYER_GZIP.into()
         } else {
             Compression::Gzip.media_type().into()
         };
@@ -148,7 +144,7 @@ pub fn export_image(
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": media_type::OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_bytes.len()},
+        "config": {"mediaType": media_type::OCI_CONFIG, "digest": config_digest, "size": config_bytes.len()},
         "layers": layers.iter().map(|l| serde_json::json!({
             "mediaType": oci_layer_type(&l.blob.media_type),
             "digest": l.blob.digest,

@@ -61,6 +61,18 @@ fn load(root: &Path, args: &[&str], netns: Option<&str>) -> Output {
         .unwrap()
 }
 
+/// `berth load ARGS` with `env` set.
+fn load_with(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(berth_bin())
+        .arg("--root")
+        .arg(root)
+        .arg("load")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
 fn check_runs(name: &str, id: &str) {
     let d = docker();
     let out = run(Command::new(d).args(["run", "--rm", "--network=none", name]));
@@ -88,13 +100,11 @@ fn through_the_registry_proxy() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (root, id) = build(dir.path(), "loadproxy:1");
-    let out = Command::new(berth_bin())
-        .arg("--root")
-        .arg(&root)
-        .args(["load", "loadproxy:1"])
-        .env("BERTH_LOG", "berth_docker=debug")
-        .output()
-        .unwrap();
+    let out = load_with(
+        &root,
+        &["loadproxy:1"],
+        &[("BERTH_LOG", "berth_docker=debug")],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("through berth's registry proxy"), "{err}");
@@ -175,13 +185,8 @@ fn falls_back_when_the_pull_breaks_midway() {
     let (root, id) = build(dir.path(), "loadbroken:1");
     // The failpoint has the proxy answer 404 for the last layer: the daemon's pull
     // fails after the manifest and config went through.
-    let out = Command::new(berth_bin())
-        .arg("--root")
-        .arg(&root)
-        .args(["load", "loadbroken:1"])
-        .env("BERTH_FAILPOINT", "load-proxy-layer-404")
-        .output()
-        .unwrap();
+    let failpoint = ("BERTH_FAILPOINT", "load-proxy-layer-404");
+    let out = load_with(&root, &["loadbroken:1"], &[failpoint]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -198,16 +203,8 @@ fn an_unreachable_daemon_is_explained() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (root, _) = build(dir.path(), "loadnodaemon:1");
-    let out = Command::new(berth_bin())
-        .arg("--root")
-        .arg(&root)
-        .args(["load", "loadnodaemon:1"])
-        .env(
-            "DOCKER_HOST",
-            format!("unix://{}/no.sock", dir.path().display()),
-        )
-        .output()
-        .unwrap();
+    let nowhere = format!("unix://{}/no.sock", dir.path().display());
+    let out = load_with(&root, &["loadnodaemon:1"], &[("DOCKER_HOST", &nowhere)]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -317,27 +314,21 @@ fn tcp_to_docker_socket() -> String {
         .ok()
         .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
         .unwrap_or_else(|| "/var/run/docker.sock".into());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(tcp) = conn else { continue };
-            let Ok(unix) = std::os::unix::net::UnixStream::connect(&socket) else {
-                continue;
-            };
-            let (mut t2, mut u2) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
-            let (mut t1, mut u1) = (tcp, unix);
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut t1, &mut u1);
-                let _ = u1.shutdown(std::net::Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut u2, &mut t2);
-                let _ = t2.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    addr
+    loopback_server(move |tcp| {
+        let Ok(unix) = std::os::unix::net::UnixStream::connect(&socket) else {
+            return;
+        };
+        let (mut t2, mut u2) = (tcp.try_clone().unwrap(), unix.try_clone().unwrap());
+        let (mut t1, mut u1) = (tcp, unix);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut t1, &mut u1);
+            let _ = u1.shutdown(std::net::Shutdown::Write);
+        });
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut u2, &mut t2);
+            let _ = t2.shutdown(std::net::Shutdown::Write);
+        });
+    })
 }
 
 /// `DOCKER_HOST=tcp://…` is honoured: the daemon is reached over TCP (a loopback one
@@ -354,14 +345,7 @@ fn honours_a_tcp_docker_host() {
         &["loadtcp:1"][..],
         &["--no-registry-proxy", "loadtcp:1"][..],
     ] {
-        let out = Command::new(berth_bin())
-            .arg("--root")
-            .arg(&root)
-            .arg("load")
-            .args(args)
-            .env("DOCKER_HOST", &tcp)
-            .output()
-            .unwrap();
+        let out = load_with(&root, args, &[("DOCKER_HOST", &tcp)]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?}: {err}");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);

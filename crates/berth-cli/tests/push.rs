@@ -307,25 +307,19 @@ fn login_then_push_then_logout() {
 
 /// A web server that is not a registry: it answers every request with an HTML 404.
 fn not_a_registry() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = std::io::Read::read(&mut conn, &mut buf);
-            let body = "<html><body><h1>404 Not Found</h1></body></html>";
-            let _ = std::io::Write::write_all(
-                &mut conn,
-                format!(
-                    "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-            );
-        }
-    });
-    addr
+    loopback_server(|mut conn| {
+        let mut buf = [0u8; 4096];
+        let _ = std::io::Read::read(&mut conn, &mut buf);
+        let body = "<html><body><h1>404 Not Found</h1></body></html>";
+        let _ = std::io::Write::write_all(
+            &mut conn,
+            format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    })
 }
 
 #[test]

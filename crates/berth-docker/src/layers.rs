@@ -53,9 +53,20 @@ fn store_err(e: impl std::fmt::Display) -> Error {
     Error::Store(e.to_string())
 }
 
-/// Read image `manifest` from the store; with `inflate`, gzip layers become
-/// uncompressed ones (in a new OCI manifest).
-pub(crate) fn image(store: &Store, manifest: &Digest, inflate: bool) -> Result<Image> {
+/// Which gzip layers go to the daemon inflated (zstd ones always do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inflate {
+    /// None: a daemon on another machine.
+    Never,
+    /// Those gzip shrank (see [`worth_inflating`]): a daemon on this machine.
+    WhenWorthIt,
+    /// All of them.
+    Always,
+}
+
+/// Read image `manifest` from the store; gzip layers become uncompressed ones (in a
+/// new OCI manifest) as `inflate` says.
+pub(crate) fn image(store: &Store, manifest: &Digest, inflate: Inflate) -> Result<Image> {
     let bytes = store
         .read_blob(manifest)
         .map_err(store_err)?
@@ -73,7 +84,6 @@ pub(crate) fn image(store: &Store, manifest: &Digest, inflate: bool) -> Result<I
     let diff_ids = diff_ids(&config);
     let mut layers = Vec::new();
     let mut rewritten = false;
-    let always = std::env::var("BERTH_LOAD_LAYERS").as_deref() == Ok("inflate");
     for (i, l) in m.layers.iter().enumerate() {
         let path = store.blob_path(&l.digest);
         if store.blob_size(&l.digest).map_err(store_err)?.is_none() {
@@ -94,9 +104,9 @@ pub(crate) fn image(store: &Store, manifest: &Digest, inflate: bool) -> Result<I
                     ))
                 })?)
             }
-            Some(Compression::Gzip) if inflate => {
+            Some(Compression::Gzip) if inflate != Inflate::Never => {
                 uncompressed(store, &l.digest, Compression::Gzip, diff_ids.get(i))?
-                    .filter(|u| always || worth_inflating(l.size, u.size))
+                    .filter(|u| inflate == Inflate::Always || worth_inflating(l.size, u.size))
             }
             _ => None,
         };
@@ -248,11 +258,11 @@ mod tests {
         let tar = vec![7u8; 3 * 512];
         let (m, diff_id) = one_layer_image(&store, &tar);
 
-        let kept = image(&store, &m, false).unwrap();
+        let kept = image(&store, &m, Inflate::Never).unwrap();
         assert_eq!(kept.manifest_digest, m);
         assert_eq!(kept.layers[0].decode, Compression::Uncompressed);
 
-        let img = image(&store, &m, true).unwrap();
+        let img = image(&store, &m, Inflate::WhenWorthIt).unwrap();
         assert_ne!(img.manifest_digest, m);
         assert_eq!(img.manifest_digest, Digest::sha256(&img.manifest));
         let l = &img.layers[0];
@@ -273,7 +283,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (m, _) = one_layer_image(&store, &[1u8; 1024]);
-        let layer = image(&store, &m, false).unwrap().layers[0].digest.clone();
+        let layer = image(&store, &m, Inflate::Never).unwrap().layers[0]
+            .digest
+            .clone();
         store.set_uncompressed(
             &layer,
             &Uncompressed {
@@ -281,7 +293,7 @@ mod tests {
                 size: 5,
             },
         );
-        let img = image(&store, &m, true).unwrap();
+        let img = image(&store, &m, Inflate::WhenWorthIt).unwrap();
         assert_eq!(img.manifest_digest, m, "sent as stored");
         assert_eq!(img.layers[0].decode, Compression::Uncompressed);
     }

@@ -134,15 +134,16 @@ pub async fn load(
     opts: &LoadOptions,
 ) -> Result<Loaded> {
     // BERTH_LOAD_LAYERS=as-stored|inflate overrides the choice (for benchmarks).
-    let local = match std::env::var("BERTH_LOAD_LAYERS").as_deref() {
-        Ok("as-stored") => false,
-        Ok("inflate") => true,
-        _ => daemon_is_local(),
+    let inflate = match std::env::var("BERTH_LOAD_LAYERS").as_deref() {
+        Ok("as-stored") => layers::Inflate::Never,
+        Ok("inflate") => layers::Inflate::Always,
+        _ if daemon_is_local() => layers::Inflate::WhenWorthIt,
+        _ => layers::Inflate::Never,
     };
     let image = {
         let store = store.clone();
         let manifest = manifest.clone();
-        tokio::task::spawn_blocking(move || layers::image(&store, &manifest, local))
+        tokio::task::spawn_blocking(move || layers::image(&store, &manifest, inflate))
             .await
             .map_err(|e| Error::Store(e.to_string()))??
     };

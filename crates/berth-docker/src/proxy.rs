@@ -127,19 +127,25 @@ fn bytes_response(
     digest: &berth_oci::Digest,
     head: bool,
 ) -> Response {
-    let mut r = if head {
-        Response::new(Body::empty())
+    let body = if head {
+        Body::empty()
     } else {
-        Response::new(Body::from(bytes.to_vec()))
+        Body::from(bytes.to_vec())
     };
+    blob_response(body, bytes.len() as u64, media_type, &digest.to_string())
+}
+
+/// A response carrying a blob of `size` bytes (its body, or none for HEAD).
+fn blob_response(body: Body, size: u64, media_type: &str, digest: &str) -> Response {
+    let mut r = Response::new(body);
     let h = r.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_str(media_type)
             .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
+    if let Ok(v) = HeaderValue::from_str(digest) {
         h.insert("docker-content-digest", v);
     }
     r
@@ -181,15 +187,5 @@ fn layer_response(layer: Layer, head: bool) -> Response {
         });
         Body::from_stream(crate::receiver_stream(rx))
     };
-    let mut r = Response::new(body);
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&digest) {
-        h.insert("docker-content-digest", v);
-    }
-    r
+    blob_response(body, size, "application/octet-stream", &digest)
 }

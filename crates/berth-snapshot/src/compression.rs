@@ -7,6 +7,8 @@
 
 use std::io::{self, Read, Write};
 
+use berth_oci::media_type;
+
 /// How a layer is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
@@ -23,9 +25,9 @@ impl Compression {
     /// The OCI media type of a layer compressed this way.
     pub fn media_type(self) -> &'static str {
         match self {
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-            Compression::Uncompressed => "application/vnd.oci.image.layer.v1.tar",
+            Compression::Gzip => media_type::OCI_LAYER_GZIP,
+            Compression::Zstd => media_type::OCI_LAYER_ZSTD,
+            Compression::Uncompressed => media_type::OCI_LAYER,
         }
     }
 
@@ -37,9 +39,7 @@ impl Compression {
             Some(Compression::Gzip)
         } else if t.ends_with("zstd") {
             Some(Compression::Zstd)
-        } else if t == Compression::Uncompressed.media_type()
-            || t == "application/vnd.docker.image.rootfs.diff.tar"
-        {
+        } else if t == media_type::OCI_LAYER || t == media_type::DOCKER_LAYER {
             Some(Compression::Uncompressed)
         } else {
             None

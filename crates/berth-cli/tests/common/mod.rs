@@ -617,3 +617,16 @@ pub fn served_digest(reference: &str) -> String {
     .trim()
     .to_string()
 }
+
+/// A server on 127.0.0.1 (any free port) handing each connection to `handle` on its
+/// own thread's loop; returns its address.
+pub fn loopback_server(handle: impl Fn(std::net::TcpStream) + Send + 'static) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            handle(conn);
+        }
+    });
+    addr
+}
