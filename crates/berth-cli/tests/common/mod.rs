@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 /// Skip the test (return false) with a reason that scripts/test counts, or panic under
 /// strict mode (CI sets BERTH_TEST_STRICT=1).
+#[allow(unused_imports)]
 pub use berth_testutil::{skip, strict};
 
 /// Whether `tool` is on PATH (else skip or fail).
