@@ -1539,42 +1539,40 @@ mod tests {
     }
 
     impl Events {
-        /// Labels of the steps that came from cache.
-        fn cached(&self) -> Vec<String> {
-            let events = self.0.lock().unwrap();
-            events
-                .iter()
-                .filter_map(|e| match e {
-                    Event::Cached { name, .. } => Some(name.clone()),
-                    _ => None,
-                })
-                .collect()
+        /// What `pick` takes from each event it matches, in order.
+        fn pick<T>(&self, pick: impl Fn(&Event) -> Option<T>) -> Vec<T> {
+            self.0.lock().unwrap().iter().filter_map(pick).collect()
         }
 
-        /// Why the step labelled `step` ran (it must have, once).
-        fn reason(&self, step: &str) -> String {
-            let events = self.0.lock().unwrap();
-            let found: Vec<&String> = events
-                .iter()
-                .filter_map(|e| match e {
-                    Event::Reason { name, reason, .. } if name == step => Some(reason),
-                    _ => None,
-                })
-                .collect();
-            assert_eq!(found.len(), 1, "one reason for {step:?} in {events:#?}");
-            found[0].clone()
+        /// Labels of the steps that came from cache.
+        fn cached(&self) -> Vec<String> {
+            self.pick(|e| match e {
+                Event::Cached { name, .. } => Some(name.clone()),
+                _ => None,
+            })
         }
 
         /// Labels of the steps that started, in order, with repeats.
         fn started(&self) -> Vec<String> {
-            let events = self.0.lock().unwrap();
-            events
-                .iter()
-                .filter_map(|e| match e {
-                    Event::Started { name, .. } => Some(name.clone()),
-                    _ => None,
-                })
-                .collect()
+            self.pick(|e| match e {
+                Event::Started { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+        }
+
+        /// Why the step labelled `step` ran (it must have, once).
+        fn reason(&self, step: &str) -> String {
+            let found = self.pick(|e| match e {
+                Event::Reason { name, reason, .. } if name == step => Some(reason.clone()),
+                _ => None,
+            });
+            assert_eq!(
+                found.len(),
+                1,
+                "one reason for {step:?} in {:#?}",
+                self.0.lock().unwrap()
+            );
+            found[0].clone()
         }
     }
 
@@ -1659,6 +1657,21 @@ mod tests {
         async fn build_ok(&self, state: &State, run: Run<'_>) -> Arc<Events> {
             let (mut results, events) = self.build(&[state], run).await;
             results.remove(0).expect("the build succeeds");
+            events
+        }
+
+        /// Solve one state with `cancel`; it must fail as canceled.
+        async fn build_canceled(&self, state: &State, cancel: Cancel) -> Arc<Events> {
+            let run = Run {
+                cancel,
+                ..Run::default()
+            };
+            let (results, events) = self.build(&[state], run).await;
+            assert!(
+                matches!(results[0], Err(BuildError::Canceled)),
+                "{:?}",
+                results[0]
+            );
             events
         }
     }
@@ -1929,20 +1942,7 @@ mod tests {
         let d = run(&c, "d", "d");
         let cancel = Cancel::default();
         *f.exec.cancel_on.lock().unwrap() = Some(("b".into(), cancel.clone()));
-        let (results, events) = f
-            .build(
-                &[&d],
-                Run {
-                    cancel,
-                    ..Run::default()
-                },
-            )
-            .await;
-        assert!(
-            matches!(results[0], Err(BuildError::Canceled)),
-            "{:?}",
-            results[0]
-        );
+        let events = f.build_canceled(&d, cancel).await;
         // The step that ran finished; nothing started after the cancel.
         assert_eq!(f.exec.runs(), ["a", "b"]);
         assert_eq!(events.started(), ["a", "b"]);
@@ -1954,20 +1954,7 @@ mod tests {
         let cancel = Cancel::default();
         cancel.cancel();
         let step = run(&run(&State::scratch(), "a", "a"), "b", "b");
-        let (results, _) = f
-            .build(
-                &[&step],
-                Run {
-                    cancel,
-                    ..Run::default()
-                },
-            )
-            .await;
-        assert!(
-            matches!(results[0], Err(BuildError::Canceled)),
-            "{:?}",
-            results[0]
-        );
+        f.build_canceled(&step, cancel).await;
         assert!(f.exec.runs().is_empty());
     }
 
