@@ -13,7 +13,7 @@ use crate::frontend::dockerfile::Dockerfile;
 use crate::frontend::dockerfile::lower::{LowerOptions, lower};
 use crate::image;
 use crate::pattern::Ignore;
-use crate::solver::{Cancel, Output, Progress, SecretSource, SolveOptions, Solver};
+use crate::solver::{Cancel, Output, Progress, SecretSource, SolveOptions, Solver, build_id};
 
 /// Where a build's result goes besides the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +152,7 @@ pub async fn build(
             compression: opts.compression,
             progress: opts.progress.clone(),
             cancel: opts.cancel.clone(),
+            build_id: build_id(&opts.context, &opts.dockerfile, opts.target.as_deref()),
         },
     )?;
     let solved = solver.solve(&lowered.state).await;

@@ -55,4 +55,5 @@ pub use pattern::{Ignore, Pattern};
 pub use prune::{PruneOptions, PruneReport, prune};
 pub use solver::{
     Cancel, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions, Solved, Solver,
+    build_id,
 };

@@ -8,8 +8,10 @@
 //! later build whose key matches reuses the recorded layers without running anything.
 //!
 //! When a step does run, the solver compares its key's ingredients with those of the
-//! last build of the same step and says why it re-ran: which instruction text, which
-//! input step, which files.
+//! same step in the last run of the same build (context, build file and target, see
+//! [`SolveOptions::build_id`]) and says why it re-ran: which instruction text or
+//! variable, which input step (changed, added or removed), which files, or
+//! `SOURCE_DATE_EPOCH`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -173,6 +175,28 @@ pub struct SolveOptions {
     pub progress: Arc<dyn Progress>,
     /// Cancellation.
     pub cancel: Cancel,
+    /// What identifies the build whose last run explains a cache miss (its context
+    /// directory, build file and target, see [`build_id`]): the history of a step is
+    /// kept under it and the step's label, so two projects sharing a root and a label
+    /// are never compared.
+    pub build_id: String,
+}
+
+/// The [`SolveOptions::build_id`] of a build of `target` (default: the last stage) from
+/// `build_file` in `context`. Paths are made absolute, so `berth build .` and
+/// `berth build /abs/path` are the same build.
+pub fn build_id(context: &Path, build_file: &Path, target: Option<&str>) -> String {
+    let abs = |p: &Path| {
+        fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    serde_json::json!({
+        "context": abs(context),
+        "file": abs(build_file),
+        "target": target,
+    })
+    .to_string()
 }
 
 type SharedSolve = Shared<BoxFuture<'static, Result<Arc<Solved>, Arc<BuildError>>>>;
@@ -213,12 +237,44 @@ struct Record {
     layers: Vec<Layer>,
 }
 
-/// What a step's key was made of, kept per step label to explain the next miss.
-#[derive(Serialize, Deserialize, Default)]
+/// What a step's key was made of, kept per build and step label to explain the next
+/// miss.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 struct Ingredients {
     op: String,
+    /// `(label, cache key)` of each input, in the op's order.
     inputs: Vec<(String, String)>,
     files: BTreeMap<String, String>,
+    #[serde(default)]
+    source_date_epoch: Option<u64>,
+}
+
+/// A solve error shared by every vertex that waited on it, back as an owned error of
+/// the same kind where the kind matters to callers (a cancel stays [`BuildError::Canceled`],
+/// a failed command keeps its exit code and output).
+fn unshare(e: Arc<BuildError>) -> BuildError {
+    match Arc::try_unwrap(e) {
+        Ok(e) => e,
+        Err(e) => match &*e {
+            BuildError::Canceled => BuildError::Canceled,
+            BuildError::StepFailed {
+                step,
+                command,
+                code,
+                output,
+            } => BuildError::StepFailed {
+                step: step.clone(),
+                command: command.clone(),
+                code: *code,
+                output: output.clone(),
+            },
+            BuildError::SourceNotFound(s) => BuildError::SourceNotFound(s.clone()),
+            BuildError::MissingSecret(s) => BuildError::MissingSecret(s.clone()),
+            BuildError::Image(s) => BuildError::Image(s.clone()),
+            BuildError::Io(s) => BuildError::Io(s.clone()),
+            other => BuildError::Invalid(other.to_string()),
+        },
+    }
 }
 
 impl Solver {
@@ -244,7 +300,9 @@ impl Solver {
                 }
             }
         }
-        for d in ["cache/records", "cache/steps", "cache/mounts", "tmp"] {
+        // Step history was once kept per label alone; it is now per build (`history_path`).
+        let _ = fs::remove_dir_all(root.join("cache/steps"));
+        for d in ["cache/records", "cache/history", "cache/mounts", "tmp"] {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(|e| io_err("create directory", &p, e))?;
         }
@@ -264,12 +322,7 @@ impl Solver {
 
     /// Solve `state` and everything it needs.
     pub async fn solve(self: &Arc<Self>, state: &State) -> Result<Arc<Solved>> {
-        self.solve_shared(state)
-            .await
-            .map_err(|e| match Arc::try_unwrap(e) {
-                Ok(e) => e,
-                Err(e) => BuildError::Invalid(e.to_string()),
-            })
+        self.solve_shared(state).await.map_err(unshare)
     }
 
     fn solve_shared(self: &Arc<Self>, state: &State) -> SharedSolve {
@@ -296,7 +349,7 @@ impl Solver {
         let inputs: Vec<Arc<Solved>> =
             try_join_all(state.vertex().inputs.iter().map(|i| self.solve_shared(i)))
                 .await
-                .map_err(|e| BuildError::Invalid(e.to_string()))?;
+                .map_err(unshare)?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.solve_blocking(&state, &inputs))
             .await
@@ -414,6 +467,12 @@ impl Solver {
                 .map(|(s, r)| (s.vertex().name.clone(), r.key.to_string()))
                 .collect(),
             files: BTreeMap::new(),
+            // Only what a step makes has timestamps to clamp. A source's key without
+            // it keeps "input FROM … changed" out of the explanation of a new epoch.
+            source_date_epoch: self
+                .opts
+                .source_date_epoch
+                .filter(|_| matches!(v.op, Op::Exec(_) | Op::File(_))),
         };
         // Content of the context files a step reads.
         let mut content = Vec::new();
@@ -458,7 +517,7 @@ impl Solver {
             op: &ing.op,
             inputs: ing.inputs.iter().map(|(_, k)| k.as_str()).collect(),
             content: &content,
-            source_date_epoch: self.opts.source_date_epoch,
+            source_date_epoch: ing.source_date_epoch,
         };
         let key = Digest::sha256(&serde_json::to_vec(&doc).expect("json"));
         Ok((key, ing))
@@ -519,61 +578,33 @@ impl Solver {
         Ok(Some(rec.layers))
     }
 
-    fn steps_path(&self, name: &str) -> PathBuf {
+    /// Where the ingredients of step `name` of this build are kept:
+    /// `cache/history/<build>/<step>`, both hashed.
+    fn history_path(&self, name: &str) -> PathBuf {
         self.root
-            .join("cache/steps")
+            .join("cache/history")
+            .join(Digest::sha256(self.opts.build_id.as_bytes()).hex())
             .join(Digest::sha256(name.as_bytes()).hex())
     }
 
     fn remember(&self, name: &str, ing: &Ingredients) {
+        let path = self.history_path(name);
+        if let Some(dir) = path.parent() {
+            let _ = fs::create_dir_all(dir);
+        }
         if let Ok(bytes) = serde_json::to_vec(ing) {
-            let _ = write_atomic(&self.steps_path(name), &bytes);
+            let _ = write_atomic(&path, &bytes);
         }
     }
 
-    /// Why a step runs: compare with what its key was made of last time.
+    /// Why a step runs: compare with what its key was made of in this build's last run.
     fn explain(&self, name: &str, now: &Ingredients) -> String {
-        let Some(before) = fs::read(self.steps_path(name))
+        match fs::read(self.history_path(name))
             .ok()
             .and_then(|b| serde_json::from_slice::<Ingredients>(&b).ok())
-        else {
-            return "first build of this step".into();
-        };
-        let mut why = Vec::new();
-        if before.op != now.op {
-            why.push(describe_op_change(&before.op, &now.op));
-        }
-        for ((name_now, key_now), (_, key_before)) in now.inputs.iter().zip(&before.inputs) {
-            if key_now != key_before {
-                why.push(format!("input {name_now:?} changed"));
-            }
-        }
-        let mut changed = Vec::new();
-        for (path, sum) in &now.files {
-            match before.files.get(path) {
-                None => changed.push(format!("{path} (new)")),
-                Some(b) if b != sum => changed.push(path.clone()),
-                _ => {}
-            }
-        }
-        for path in before.files.keys() {
-            if !now.files.contains_key(path) {
-                changed.push(format!("{path} (removed)"));
-            }
-        }
-        if !changed.is_empty() {
-            let shown: Vec<_> = changed.iter().take(5).cloned().collect();
-            let more = if changed.len() > 5 {
-                format!(" and {} more", changed.len() - 5)
-            } else {
-                String::new()
-            };
-            why.push(format!("files changed: {}{more}", shown.join(", ")));
-        }
-        if why.is_empty() {
-            "its cached result is gone (pruned)".into()
-        } else {
-            why.join("; ")
+        {
+            Some(before) => explain_change(&before, now),
+            None => "first build of this step".into(),
         }
     }
 
@@ -1224,6 +1255,91 @@ impl Tail {
     }
 }
 
+/// Why a step whose key was made of `before` last time and of `now` this time runs.
+fn explain_change(before: &Ingredients, now: &Ingredients) -> String {
+    let mut why = Vec::new();
+    if before.op != now.op {
+        why.push(describe_op_change(&before.op, &now.op));
+    }
+    why.extend(describe_input_changes(&before.inputs, &now.inputs));
+    let mut changed = Vec::new();
+    for (path, sum) in &now.files {
+        match before.files.get(path) {
+            None => changed.push(format!("{path} (new)")),
+            Some(b) if b != sum => changed.push(path.clone()),
+            _ => {}
+        }
+    }
+    for path in before.files.keys() {
+        if !now.files.contains_key(path) {
+            changed.push(format!("{path} (removed)"));
+        }
+    }
+    if !changed.is_empty() {
+        let shown: Vec<_> = changed.iter().take(5).cloned().collect();
+        let more = if changed.len() > 5 {
+            format!(" and {} more", changed.len() - 5)
+        } else {
+            String::new()
+        };
+        why.push(format!("files changed: {}{more}", shown.join(", ")));
+    }
+    if before.source_date_epoch != now.source_date_epoch {
+        let show = |v: Option<u64>| v.map_or_else(|| "unset".to_string(), |v| v.to_string());
+        why.push(format!(
+            "SOURCE_DATE_EPOCH changed from {} to {}",
+            show(before.source_date_epoch),
+            show(now.source_date_epoch)
+        ));
+    }
+    if why.is_empty() {
+        "its cached result is gone (pruned)".into()
+    } else {
+        why.join("; ")
+    }
+}
+
+/// How a step's inputs differ between two runs. With as many inputs as before, each
+/// slot is compared with the same slot (the op names its inputs by position); otherwise
+/// the first input (the file system the step runs on) is compared by position and the
+/// others are matched by label, so an extra `COPY --from` or bind mount reads as
+/// "input added", not as every later slot changing.
+fn describe_input_changes(before: &[(String, String)], now: &[(String, String)]) -> Vec<String> {
+    let changed = |label: &str| format!("input {label:?} changed");
+    if before.len() == now.len() {
+        return now
+            .iter()
+            .zip(before)
+            .filter(|((_, k_now), (_, k_before))| k_now != k_before)
+            .map(|((label, _), _)| changed(label))
+            .collect();
+    }
+    let mut why = Vec::new();
+    if let (Some((label, k_now)), Some((_, k_before))) = (now.first(), before.first())
+        && k_now != k_before
+    {
+        why.push(changed(label));
+    }
+    let (before, now) = (before.get(1..).unwrap_or(&[]), now.get(1..).unwrap_or(&[]));
+    let mut unmatched: Vec<&(String, String)> = before.iter().collect();
+    for (label, key) in now {
+        match unmatched.iter().position(|(l, _)| l == label) {
+            Some(i) => {
+                if unmatched.remove(i).1 != *key {
+                    why.push(changed(label));
+                }
+            }
+            None => why.push(format!("input added: {label}")),
+        }
+    }
+    why.extend(
+        unmatched
+            .into_iter()
+            .map(|(label, _)| format!("input removed: {label}")),
+    );
+    why
+}
+
 fn describe_op_change(before: &str, now: &str) -> String {
     let (Ok(b), Ok(n)) = (
         serde_json::from_str::<serde_json::Value>(before),
@@ -1353,4 +1469,510 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", unique("w")));
     fs::write(&tmp, data).map_err(|e| io_err("write", &tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| io_err("rename", path, e))
+}
+
+/// The solver driven with in-memory vertices and an executor that counts its calls
+/// instead of running containers (after BuildKit's `solver/scheduler_test.go`): what is
+/// asserted is how often each step ran, what came from cache and why the rest ran.
+/// Snapshots and layers are real (plain directories and the content store), so no root,
+/// runc or overlayfs is needed.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{ExecMount, LocalSource};
+
+    /// Runs nothing: records each command and writes `/<command>.out` (holding the
+    /// step's environment) into the step's upper directory, so every step makes a layer.
+    #[derive(Default)]
+    struct Counting {
+        runs: Mutex<Vec<String>>,
+        /// Cancel this build while running the command named.
+        cancel_on: Mutex<Option<(String, Cancel)>>,
+    }
+
+    impl Counting {
+        fn runs(&self) -> Vec<String> {
+            self.runs.lock().unwrap().clone()
+        }
+
+        fn clear(&self) {
+            self.runs.lock().unwrap().clear();
+        }
+    }
+
+    impl Executor for Counting {
+        fn run(
+            &self,
+            rootfs: &[Mount],
+            _mounts: &[Mount],
+            meta: &Meta,
+            output: &mut dyn FnMut(Stream, &[u8]),
+        ) -> berth_exec::Result<i32> {
+            let command = meta.args.last().cloned().unwrap_or_default();
+            self.runs.lock().unwrap().push(command.clone());
+            let upper = rootfs[0]
+                .options()
+                .iter()
+                .flatten()
+                .find_map(|o| o.strip_prefix("upperdir="))
+                .map(PathBuf::from)
+                .expect("an overlay root with an upper directory");
+            fs::write(upper.join(format!("{command}.out")), meta.env.join("\n")).unwrap();
+            if let Some((on, cancel)) = &*self.cancel_on.lock().unwrap()
+                && *on == command
+            {
+                cancel.cancel();
+            }
+            output(Stream::Stdout, b"ran\n");
+            Ok(0)
+        }
+    }
+
+    /// Keeps every event.
+    #[derive(Default)]
+    struct Events(Mutex<Vec<Event>>);
+
+    impl Progress for Events {
+        fn event(&self, event: Event) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    impl Events {
+        /// What `pick` takes from each event it matches, in order.
+        fn pick<T>(&self, pick: impl Fn(&Event) -> Option<T>) -> Vec<T> {
+            self.0.lock().unwrap().iter().filter_map(pick).collect()
+        }
+
+        /// Labels of the steps that came from cache.
+        fn cached(&self) -> Vec<String> {
+            self.pick(|e| match e {
+                Event::Cached { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+        }
+
+        /// Labels of the steps that started, in order, with repeats.
+        fn started(&self) -> Vec<String> {
+            self.pick(|e| match e {
+                Event::Started { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+        }
+
+        /// Why the step labelled `step` ran (it must have, once).
+        fn reason(&self, step: &str) -> String {
+            let found = self.pick(|e| match e {
+                Event::Reason { name, reason, .. } if name == step => Some(reason.clone()),
+                _ => None,
+            });
+            assert_eq!(
+                found.len(),
+                1,
+                "one reason for {step:?} in {:#?}",
+                self.0.lock().unwrap()
+            );
+            found[0].clone()
+        }
+    }
+
+    /// A data root, a build context and the counting executor.
+    struct Fixture {
+        dir: tempfile::TempDir,
+        exec: Arc<Counting>,
+    }
+
+    /// How one build is run.
+    struct Run<'a> {
+        build_id: &'a str,
+        source_date_epoch: Option<u64>,
+        no_cache: bool,
+        cancel: Cancel,
+    }
+
+    impl Default for Run<'_> {
+        fn default() -> Self {
+            Run {
+                build_id: "project-a",
+                source_date_epoch: None,
+                no_cache: false,
+                cancel: Cancel::default(),
+            }
+        }
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let f = Fixture {
+                dir: tempfile::tempdir().unwrap(),
+                exec: Arc::default(),
+            };
+            fs::create_dir(f.context()).unwrap();
+            f
+        }
+
+        fn root(&self) -> PathBuf {
+            self.dir.path().join("root")
+        }
+
+        fn context(&self) -> PathBuf {
+            self.dir.path().join("context")
+        }
+
+        /// Solve `states` together in a fresh solver (a new build); clears the run count.
+        async fn build(
+            &self,
+            states: &[&State],
+            run: Run<'_>,
+        ) -> (Vec<Result<Digest>>, Arc<Events>) {
+            self.exec.clear();
+            let events = Arc::new(Events::default());
+            let store = Store::open(self.root().join("store")).unwrap();
+            let solver = Solver::new(
+                &self.root(),
+                store,
+                self.exec.clone(),
+                SolveOptions {
+                    contexts: HashMap::from([("context".to_string(), self.context())]),
+                    secrets: HashMap::new(),
+                    no_cache: run.no_cache,
+                    source_date_epoch: run.source_date_epoch,
+                    compression: berth_snapshot::Compression::Gzip,
+                    progress: events.clone(),
+                    cancel: run.cancel,
+                    build_id: run.build_id.to_string(),
+                },
+            )
+            .unwrap();
+            let results =
+                futures_util::future::join_all(states.iter().map(|s| solver.solve(s))).await;
+            let results = results
+                .into_iter()
+                .map(|r| r.map(|s| s.key.clone()))
+                .collect();
+            (results, events)
+        }
+
+        /// Solve one state; it must succeed.
+        async fn build_ok(&self, state: &State, run: Run<'_>) -> Arc<Events> {
+            let (mut results, events) = self.build(&[state], run).await;
+            results.remove(0).expect("the build succeeds");
+            events
+        }
+
+        /// Solve one state with `cancel`; it must fail as canceled.
+        async fn build_canceled(&self, state: &State, cancel: Cancel) -> Arc<Events> {
+            let run = Run {
+                cancel,
+                ..Run::default()
+            };
+            let (results, events) = self.build(&[state], run).await;
+            assert!(
+                matches!(results[0], Err(BuildError::Canceled)),
+                "{:?}",
+                results[0]
+            );
+            events
+        }
+    }
+
+    fn exec(command: &str, env: &[&str]) -> ExecOp {
+        ExecOp {
+            args: vec!["/bin/sh".into(), "-c".into(), command.into()],
+            env: env.iter().map(|e| e.to_string()).collect(),
+            cwd: "/".into(),
+            user: String::new(),
+            network: NetworkMode::None,
+            mounts: Vec::new(),
+            proxy_env: Vec::new(),
+        }
+    }
+
+    fn run(on: &State, command: &str, label: &str) -> State {
+        on.run(exec(command, &[]), Vec::new(), label)
+    }
+
+    fn context() -> State {
+        State::local(LocalSource {
+            name: "context".into(),
+            exclude: Vec::new(),
+        })
+    }
+
+    /// `RUN --mount=type=bind,target=/src <command>` over the build context.
+    fn run_on_context(on: &State, command: &str, label: &str) -> State {
+        let mut op = exec(command, &[]);
+        op.mounts.push(ExecMount {
+            target: "/src".into(),
+            source: MountSource::Input {
+                input: 1,
+                path: "/".into(),
+                rw: false,
+            },
+        });
+        on.run(op, vec![context()], label)
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn each_vertex_is_solved_once_however_many_paths_reach_it() {
+        let f = Fixture::new();
+        let base = run(&State::scratch(), "base", "base");
+        let left = run(&base, "left", "left");
+        let right = run(&base, "right", "right");
+        // `top` reads both branches, which both read `base`.
+        let top = left.run(exec("top", &[]), vec![right.clone()], "top");
+        // The same vertex built again from scratch, and solved alongside.
+        let left_again = run(&run(&State::scratch(), "base", "base"), "left", "left");
+        assert_eq!(left_again.digest(), left.digest());
+        let (results, events) = f
+            .build(&[&top, &left_again, &left, &right], Run::default())
+            .await;
+        for r in &results {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        assert_eq!(sorted(f.exec.runs()), ["base", "left", "right", "top"]);
+        assert_eq!(sorted(events.started()), ["base", "left", "right", "top"]);
+        assert_eq!(results[1].as_ref().unwrap(), results[2].as_ref().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_second_build_takes_every_step_from_cache() {
+        let f = Fixture::new();
+        fs::write(f.context().join("a.txt"), "a\n").unwrap();
+        let a = run(&State::scratch(), "a", "a");
+        let b = run_on_context(&a, "b", "b");
+        let c = run(&b, "c", "c");
+        let first = f.build_ok(&c, Run::default()).await;
+        assert_eq!(f.exec.runs(), ["a", "b", "c"]);
+        assert!(first.cached().is_empty());
+        assert_eq!(first.reason("a"), "first build of this step");
+
+        let second = f.build_ok(&c, Run::default()).await;
+        assert!(f.exec.runs().is_empty(), "ran again: {:?}", f.exec.runs());
+        assert_eq!(second.cached(), ["a", "b", "c"]);
+        assert_eq!(second.started(), ["[internal] load context"]);
+    }
+
+    #[tokio::test]
+    async fn a_miss_reruns_that_step_and_what_follows_only() {
+        let f = Fixture::new();
+        let a = run(&State::scratch(), "a", "a");
+        f.build_ok(&run(&run(&a, "b", "b"), "c", "c"), Run::default())
+            .await;
+        let events = f
+            .build_ok(&run(&run(&a, "b2", "b"), "c", "c"), Run::default())
+            .await;
+        assert_eq!(f.exec.runs(), ["b2", "c"]);
+        assert_eq!(events.cached(), ["a"]);
+        assert_eq!(events.reason("b"), "the instruction changed");
+        assert_eq!(events.reason("c"), r#"input "b" changed"#);
+    }
+
+    #[tokio::test]
+    async fn a_changed_or_added_or_removed_variable_is_named_old_to_new() {
+        let f = Fixture::new();
+        let step = |env: &[&str]| State::scratch().run(exec("build", env), Vec::new(), "build");
+        f.build_ok(&step(&["FLAVOR=plain", "GONE=1"]), Run::default())
+            .await;
+        let events = f
+            .build_ok(&step(&["FLAVOR=spicy", "NEW=x"]), Run::default())
+            .await;
+        assert_eq!(
+            events.reason("build"),
+            r#"FLAVOR changed from "plain" to "spicy", NEW="x" is new, GONE was removed"#
+        );
+        // A change of both the command and a variable names both.
+        let events = f
+            .build_ok(
+                &State::scratch().run(
+                    exec("build2", &["FLAVOR=mild", "NEW=x"]),
+                    Vec::new(),
+                    "build",
+                ),
+                Run::default(),
+            )
+            .await;
+        assert_eq!(
+            events.reason("build"),
+            r#"the instruction changed, FLAVOR changed from "spicy" to "mild""#
+        );
+    }
+
+    #[tokio::test]
+    async fn changed_added_and_removed_context_files_are_named() {
+        let f = Fixture::new();
+        let write = |name: &str, text: &str| fs::write(f.context().join(name), text).unwrap();
+        write("a.txt", "a\n");
+        write("b.txt", "b\n");
+        let step = run_on_context(&State::scratch(), "use-context", "use");
+        f.build_ok(&step, Run::default()).await;
+        write("b.txt", "b changed\n");
+        write("c.txt", "c\n");
+        fs::remove_file(f.context().join("a.txt")).unwrap();
+        let events = f.build_ok(&step, Run::default()).await;
+        assert_eq!(f.exec.runs(), ["use-context"]);
+        assert_eq!(
+            events.reason("use"),
+            "files changed: b.txt, c.txt (new), a.txt (removed)"
+        );
+    }
+
+    #[tokio::test]
+    async fn added_and_removed_inputs_are_named() {
+        let f = Fixture::new();
+        let base = run(&State::scratch(), "base", "base");
+        let helper = run(&State::scratch(), "helper", "helper");
+        let plain = base.run(exec("step", &[]), Vec::new(), "step");
+        let with_helper = base.run(exec("step", &[]), vec![helper.clone()], "step");
+        f.build_ok(&plain, Run::default()).await;
+        let events = f.build_ok(&with_helper, Run::default()).await;
+        assert_eq!(events.reason("step"), "input added: helper");
+        let events = f.build_ok(&plain, Run::default()).await;
+        assert_eq!(events.cached(), ["base", "step"]);
+        // Back to the plain step, but through a changed base: the base is compared
+        // by position, the helper reported as gone.
+        f.build_ok(&with_helper, Run::default()).await;
+        let other_base = run(&State::scratch(), "base2", "base");
+        let events = f
+            .build_ok(
+                &other_base.run(exec("step", &[]), Vec::new(), "step"),
+                Run::default(),
+            )
+            .await;
+        assert_eq!(
+            events.reason("step"),
+            r#"input "base" changed; input removed: helper"#
+        );
+    }
+
+    #[tokio::test]
+    async fn a_changed_source_date_epoch_is_named() {
+        let f = Fixture::new();
+        let step = run(&State::scratch(), "build", "build");
+        let at = |epoch| Run {
+            source_date_epoch: epoch,
+            ..Run::default()
+        };
+        f.build_ok(&step, at(Some(0))).await;
+        assert_eq!(
+            f.build_ok(&step, at(Some(100))).await.reason("build"),
+            "SOURCE_DATE_EPOCH changed from 0 to 100"
+        );
+        assert_eq!(
+            f.build_ok(&step, at(None)).await.reason("build"),
+            "SOURCE_DATE_EPOCH changed from 100 to unset"
+        );
+        assert_eq!(f.build_ok(&step, at(None)).await.cached(), ["build"]);
+    }
+
+    #[tokio::test]
+    async fn a_pruned_result_and_no_cache_are_named() {
+        let f = Fixture::new();
+        let step = run(&State::scratch(), "build", "build");
+        f.build_ok(&step, Run::default()).await;
+        let records = f.root().join("cache/records");
+        for e in fs::read_dir(&records).unwrap() {
+            fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let events = f.build_ok(&step, Run::default()).await;
+        assert_eq!(events.reason("build"), "its cached result is gone (pruned)");
+        let no_cache = Run {
+            no_cache: true,
+            ..Run::default()
+        };
+        assert_eq!(
+            f.build_ok(&step, no_cache).await.reason("build"),
+            "--no-cache"
+        );
+        assert_eq!(f.exec.runs(), ["build"]);
+    }
+
+    #[tokio::test]
+    async fn history_is_kept_per_build_not_per_label() {
+        let f = Fixture::new();
+        let project = |id| Run {
+            build_id: id,
+            ..Run::default()
+        };
+        // Two projects in one root with a step of the same label.
+        let in_a = run(&State::scratch(), "make a", "[build 1/1] RUN make");
+        let in_b = run(&State::scratch(), "make b", "[build 1/1] RUN make");
+        f.build_ok(&in_a, project("a")).await;
+        let events = f.build_ok(&in_b, project("b")).await;
+        assert_eq!(
+            events.reason("[build 1/1] RUN make"),
+            "first build of this step"
+        );
+        // Project a, changed, is compared with its own last build, not with b's.
+        let in_a2 = in_a.vertex().inputs[0].run(
+            exec("make a", &["MODE=fast"]),
+            Vec::new(),
+            "[build 1/1] RUN make",
+        );
+        let events = f.build_ok(&in_a2, project("a")).await;
+        assert_eq!(
+            events.reason("[build 1/1] RUN make"),
+            r#"MODE="fast" is new"#
+        );
+    }
+
+    #[test]
+    fn build_ids_name_context_file_and_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, file) = (dir.path().join("ctx"), dir.path().join("ctx/Dockerfile"));
+        fs::create_dir(&ctx).unwrap();
+        let id = build_id(&ctx, &file, None);
+        assert_eq!(id, build_id(&ctx.join("."), &file, None));
+        assert_ne!(id, build_id(&ctx, &file, Some("test")));
+        assert_ne!(id, build_id(dir.path(), &file, None));
+        assert_ne!(id, build_id(&ctx, &ctx.join("other.Dockerfile"), None));
+    }
+
+    #[tokio::test]
+    async fn a_cancel_stops_new_steps_and_returns_canceled() {
+        let f = Fixture::new();
+        let a = run(&State::scratch(), "a", "a");
+        let b = run(&a, "b", "b");
+        let c = run(&b, "c", "c");
+        let d = run(&c, "d", "d");
+        let cancel = Cancel::default();
+        *f.exec.cancel_on.lock().unwrap() = Some(("b".into(), cancel.clone()));
+        let events = f.build_canceled(&d, cancel).await;
+        // The step that ran finished; nothing started after the cancel.
+        assert_eq!(f.exec.runs(), ["a", "b"]);
+        assert_eq!(events.started(), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_canceled_build_runs_nothing() {
+        let f = Fixture::new();
+        let cancel = Cancel::default();
+        cancel.cancel();
+        let step = run(&run(&State::scratch(), "a", "a"), "b", "b");
+        f.build_canceled(&step, cancel).await;
+        assert!(f.exec.runs().is_empty());
+    }
+
+    #[test]
+    fn a_shared_error_keeps_its_kind() {
+        let shared = Arc::new(BuildError::Canceled);
+        let _other_waiter = shared.clone();
+        assert!(matches!(unshare(shared), BuildError::Canceled));
+        let failed = Arc::new(BuildError::StepFailed {
+            step: "s".into(),
+            command: "c".into(),
+            code: 3,
+            output: "o".into(),
+        });
+        let _other_waiter = failed.clone();
+        assert!(matches!(
+            unshare(failed),
+            BuildError::StepFailed { code: 3, .. }
+        ));
+    }
 }

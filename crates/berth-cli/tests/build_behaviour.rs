@@ -250,6 +250,80 @@ fn steps_of(out: &Output) -> Vec<Step> {
     steps(&out.stderr)
 }
 
+/// Issue 13: the history that explains a miss is the build's (context, Dockerfile,
+/// target), not every step of the root with the same label.
+#[test]
+fn two_projects_in_one_root_are_not_compared() {
+    let dockerfile = "FROM {base}\n\
+         ARG MODE=a\n\
+         RUN echo \"mode=$MODE\"\n";
+    let Some(a) = project(dockerfile) else {
+        return;
+    };
+    let b = Project::new(dockerfile);
+    b.file(
+        "Dockerfile",
+        &dockerfile.replace("{base}", &a.base.reference()),
+    );
+    let root = a.root();
+    let build = |p: &Project, args: &[&str]| {
+        let out = output(
+            berth_build(&root)
+                .args(["-t", "behaviour/shared:latest"])
+                .args(args)
+                .arg(p.context()),
+        );
+        assert!(out.success, "berth build {args:?} failed:\n{}", out.stderr);
+        out
+    };
+    let miss = |out: &Output| {
+        step(&steps_of(out), "mode=")
+            .miss
+            .clone()
+            .unwrap_or_else(|| panic!("the step ran:\n{}", out.stderr))
+    };
+    assert_eq!(miss(&build(&a, &[])), "first build of this step");
+    // Same label, other project, other value: its own first build, not "MODE changed".
+    assert_eq!(
+        miss(&build(&b, &["--build-arg", "MODE=b"])),
+        "first build of this step"
+    );
+    // Each project is compared with its own last build.
+    assert_eq!(
+        miss(&build(&a, &["--build-arg", "MODE=a2"])),
+        r#"MODE changed from "a" to "a2""#
+    );
+    assert_eq!(
+        miss(&build(&b, &["--build-arg", "MODE=b2"])),
+        r#"MODE changed from "b" to "b2""#
+    );
+}
+
+#[test]
+fn changed_source_date_epoch_is_named() {
+    let Some(p) = project(
+        "FROM {base}\n\
+         RUN echo first > /first\n",
+    ) else {
+        return;
+    };
+    p.build_ok(&[]);
+    let out = output_ok(
+        berth_build(&p.root())
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["-t", "behaviour/test:latest"])
+            .arg(p.context()),
+    );
+    let steps = steps(&out.stderr);
+    let first = step(&steps, "echo first");
+    assert_eq!(
+        first.miss.as_deref(),
+        Some("SOURCE_DATE_EPOCH changed from 0 to 1700000000"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn no_cache_reruns_everything() {
     let Some(p) = project(

@@ -7,19 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether missing prerequisites must fail the test (CI sets BERTH_TEST_STRICT=1).
-pub fn strict() -> bool {
-    std::env::var("BERTH_TEST_STRICT").is_ok_and(|v| v == "1")
-}
-
-/// Skip the test (return false) with a reason, or panic under strict mode.
-pub fn skip(why: &str) -> bool {
-    if strict() {
-        panic!("prerequisite missing under BERTH_TEST_STRICT=1: {why}");
-    }
-    eprintln!("SKIP: {why}");
-    false
-}
+/// Skip the test (return false) with a reason that scripts/test counts, or panic under
+/// strict mode (CI sets BERTH_TEST_STRICT=1).
+#[allow(unused_imports)]
+pub use berth_testutil::{skip, strict};
 
 /// Whether `tool` is on PATH (else skip or fail).
 pub fn require(tool: &str) -> bool {
