@@ -293,4 +293,15 @@ fn seccomp_and_masked_paths_are_dockers() {
         assert!(out.contains(masked), "{masked}: {out}");
     }
     assert!(!out.contains("sysrq=0"), "{out}");
+    // The filter holds for a step that runs as another user too (runc loads it before
+    // switching users, since noNewPrivileges stays false as in Docker).
+    let nobody = Meta {
+        uid: 65534,
+        gid: 65534,
+        ..isolated("busybox unshare -U true; echo \"unshare=$?\"")
+    };
+    let (code, out, err) = run(&exec, &active.mounts(), &[], &nobody);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("unshare=1"), "{out}{err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
 }
