@@ -9,7 +9,6 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::Path;
 
 use common::*;
 
@@ -31,11 +30,32 @@ fn fetch(addr: &str) -> String {
     )
 }
 
-fn context(dir: &Path, dockerfile: &str) -> std::path::PathBuf {
-    let ctx = dir.join("ctx");
+/// A build with a server on the host's 127.0.0.1: the busybox base, a temporary folder
+/// and a context whose Dockerfile `dockerfile(base reference, fetch RUN command)` makes.
+struct Project {
+    _base: BuildBase,
+    dir: tempfile::TempDir,
+    ctx: std::path::PathBuf,
+    addr: String,
+}
+
+fn project(dockerfile: impl Fn(&str, &str) -> String) -> Project {
+    let base = BuildBase::new();
+    let addr = host_server();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
-    ctx
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        dockerfile(&base.reference(), &fetch(&addr)),
+    )
+    .unwrap();
+    Project {
+        _base: base,
+        dir,
+        ctx,
+        addr,
+    }
 }
 
 #[test]
@@ -43,25 +63,20 @@ fn default_steps_are_fenced_off_the_host() {
     if !require_build() {
         return;
     }
-    let base = BuildBase::new();
-    let addr = host_server();
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = context(
-        dir.path(),
-        &format!(
-            "FROM {}\n\
-             RUN {} ; echo \"exit=$?\" >> /got\n\
-             RUN ls /sys/class/net > /ifaces && cp /etc/resolv.conf /resolv-seen\n",
-            base.reference(),
-            fetch(&addr)
-        ),
-    );
+    let p = project(|base, fetch| {
+        format!(
+            "FROM {base}\n\
+             RUN {fetch} ; echo \"exit=$?\" >> /got\n\
+             RUN ls /sys/class/net > /ifaces && cp /etc/resolv.conf /resolv-seen\n"
+        )
+    });
+    let (dir, ctx, addr) = (&p.dir, p.ctx.as_path(), &p.addr);
     let out_dir = dir.path().join("out");
     output_ok(
         berth_build(&dir.path().join("root"))
             .arg("--output")
             .arg(format!("type=local,dest={}", out_dir.display()))
-            .arg(&ctx),
+            .arg(ctx),
     );
     let got = std::fs::read_to_string(out_dir.join("got")).unwrap();
     assert!(
@@ -86,19 +101,12 @@ fn host_network_needs_the_network_host_entitlement() {
     if !require_build() {
         return;
     }
-    let base = BuildBase::new();
-    let addr = host_server();
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = context(
-        dir.path(),
-        &format!(
-            "FROM {}\nRUN echo first > /first\nRUN --network=host {}\n",
-            base.reference(),
-            fetch(&addr)
-        ),
-    );
+    let p = project(|base, fetch| {
+        format!("FROM {base}\nRUN echo first > /first\nRUN --network=host {fetch}\n")
+    });
+    let (dir, ctx) = (&p.dir, p.ctx.as_path());
     let root = dir.path().join("root");
-    let refused = output(berth_build(&root).arg(&ctx));
+    let refused = output(berth_build(&root).arg(ctx));
     assert!(!refused.success);
     for said in [
         "Dockerfile:3",
@@ -116,7 +124,7 @@ fn host_network_needs_the_network_host_entitlement() {
         berth_build(&root)
             .args(["--allow", "network.host", "--output"])
             .arg(format!("type=local,dest={}", out_dir.display()))
-            .arg(&ctx),
+            .arg(ctx),
     );
     let got = std::fs::read_to_string(out_dir.join("got")).unwrap();
     assert!(got.contains("host says hi"), "{got}");
@@ -129,7 +137,7 @@ fn host_network_needs_the_network_host_entitlement() {
     cmd.arg("--no-cache")
         .arg("--output")
         .arg(format!("type=local,dest={}", out_dir.display()))
-        .arg(&ctx);
+        .arg(ctx);
     let mut with_config = std::process::Command::new(berth_bin());
     with_config.arg("--config").arg(&config);
     with_config.args(cmd.get_args());
@@ -141,7 +149,7 @@ fn host_network_needs_the_network_host_entitlement() {
     let bad = output(
         berth_build(&root)
             .args(["--allow", "network.everything"])
-            .arg(&ctx),
+            .arg(ctx),
     );
     assert!(!bad.success);
     assert!(bad.stderr.contains("network.host"), "{}", bad.stderr);
