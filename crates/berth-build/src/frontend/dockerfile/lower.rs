@@ -1015,7 +1015,49 @@ fn history_text(original: &str, keyword: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::expand_vars;
+    use super::{LowerOptions, expand_vars, lower};
+    use crate::Dockerfile;
+    use crate::ir::{Entitlement, NetworkMode, Op};
+
+    #[test]
+    fn run_networks_and_the_network_host_entitlement() {
+        let df = Dockerfile::parse(
+            "Dockerfile",
+            "FROM scratch\nRUN a\nRUN --network=none b\nRUN --network=default c\nRUN --network=host d\n",
+        )
+        .unwrap();
+        let mut resolve = |r: &str| panic!("FROM scratch resolves nothing, asked for {r}");
+        let err = lower(&df, &LowerOptions::default(), &mut resolve).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "Dockerfile:5:1: RUN --network=host needs the entitlement network.host"
+            ),
+            "{err}"
+        );
+        let opts = LowerOptions {
+            allow: vec![Entitlement::NetworkHost],
+            ..LowerOptions::default()
+        };
+        let lowered = lower(&df, &opts, &mut resolve).unwrap();
+        let networks: Vec<NetworkMode> = lowered
+            .steps
+            .iter()
+            .flatten()
+            .filter_map(|s| match &s.vertex().op {
+                Op::Exec(e) => Some(e.network),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            networks,
+            [
+                NetworkMode::Isolated,
+                NetworkMode::None,
+                NetworkMode::Isolated,
+                NetworkMode::Host
+            ]
+        );
+    }
 
     #[test]
     fn heredoc_bodies_keep_quotes_and_backslashes() {
