@@ -58,6 +58,8 @@ pub struct BuildOptions {
     pub compression: berth_snapshot::Compression,
     /// Convert the base image's layers too.
     pub force_compression: bool,
+    /// Entitlements granted (`--allow network.host`).
+    pub allow: Vec<crate::ir::Entitlement>,
 }
 
 /// What a build made.
@@ -122,6 +124,7 @@ pub async fn build(
         proxy_env: opts.proxy_env.clone(),
         no_cache: opts.no_cache,
         created,
+        allow: opts.allow.clone(),
     };
     // Lowering resolves base images, which may mean pulling them: it runs on a blocking
     // thread that waits for the async pulls.

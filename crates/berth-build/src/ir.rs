@@ -30,11 +30,50 @@ pub struct ImageSource {
 /// Network mode of an exec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub enum NetworkMode {
-    /// The host's network (default).
+    /// A network namespace of the step's own with outbound access (default).
     #[default]
+    Isolated,
+    /// The host's network (needs the `network.host` entitlement).
     Host,
     /// Loopback only.
     None,
+}
+
+/// A privilege a build must be granted before a Dockerfile may use it (buildx's
+/// `--allow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Entitlement {
+    /// `RUN --network=host`.
+    NetworkHost,
+}
+
+impl Entitlement {
+    /// Every entitlement, by name.
+    pub const ALL: [(&'static str, Entitlement); 1] = [("network.host", Entitlement::NetworkHost)];
+
+    /// Its name, as given to `--allow`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Entitlement::NetworkHost => "network.host",
+        }
+    }
+}
+
+impl std::str::FromStr for Entitlement {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Entitlement::ALL
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, e)| *e)
+            .ok_or_else(|| {
+                format!(
+                    "unknown entitlement {s:?}; berth knows {}",
+                    Entitlement::ALL.map(|(n, _)| n).join(", ")
+                )
+            })
+    }
 }
 
 /// How concurrent builds share a cache mount.

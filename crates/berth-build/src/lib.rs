@@ -51,6 +51,7 @@ pub use export::{Exported, export_image, export_oci_tar, push_image};
 pub use frontend::dockerfile::Dockerfile;
 pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
+pub use ir::Entitlement;
 pub use pattern::{Ignore, Pattern};
 pub use prune::{PruneOptions, PruneReport, prune};
 pub use solver::{

@@ -1077,6 +1077,7 @@ impl Solver {
             additional_gids: Vec::new(),
             hostname: String::new(),
             network: match op.network {
+                NetworkMode::Isolated => Network::Isolated,
                 NetworkMode::Host => Network::Host,
                 NetworkMode::None => Network::None,
             },
@@ -1084,7 +1085,7 @@ impl Solver {
         // The runtime creates a file for each file mount whose target the image lacks;
         // those stubs must not end up in the layer (directories stay, as in Docker).
         let mut stubs: Vec<String> = op.mounts.iter().map(|m| m.target.clone()).collect();
-        if op.network == NetworkMode::Host {
+        if op.network != NetworkMode::None {
             stubs.extend(["/etc/hosts".to_string(), "/etc/resolv.conf".to_string()]);
         }
         stubs.retain(|t| !exists_in(&active.lowers, t));

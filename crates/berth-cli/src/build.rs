@@ -56,6 +56,10 @@ pub struct BuildArgs {
     /// Load the image into the local Docker daemon (under each -t name) after the build.
     #[arg(long)]
     load: bool,
+    /// Grant an entitlement (repeatable): network.host lets `RUN --network=host` use
+    /// the host's network [config: [build] allow = ["network.host"]].
+    #[arg(long = "allow", value_parser = parse_entitlement)]
+    allow: Vec<berth_build::Entitlement>,
     #[command(flatten)]
     delivery: Delivery,
 }
@@ -93,6 +97,27 @@ fn key_value(s: &str) -> Result<(String, String), String> {
             .map_err(|_| format!("--build-arg {s}: no value given and ${s} is not set")),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
+}
+
+fn parse_entitlement(s: &str) -> Result<berth_build::Entitlement, String> {
+    s.parse()
+}
+
+/// `--allow` flags and `[build] allow` of config.toml, together.
+fn entitlements(
+    flags: &[berth_build::Entitlement],
+    settings: &Settings,
+) -> Result<Vec<berth_build::Entitlement>> {
+    let mut all = flags.to_vec();
+    for name in &settings.file.build.allow {
+        all.push(
+            name.parse()
+                .map_err(|e: String| anyhow::anyhow!("[build] allow in config.toml: {e}"))?,
+        );
+    }
+    all.sort();
+    all.dedup();
+    Ok(all)
 }
 
 fn parse_opts(s: &str) -> HashMap<String, String> {
@@ -208,6 +233,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
             }
         }),
         force_compression: args.force_compression,
+        allow: entitlements(&args.allow, settings)?,
     };
     let store = berth_store::Store::open(&settings.root)
         .with_context(|| format!("open store at {}", settings.root.display()))?;

@@ -22,6 +22,18 @@ pub struct FileConfig {
     /// `[registries."host:port"]`: how to reach other registries.
     #[serde(default)]
     pub registries: std::collections::BTreeMap<String, RegistryHost>,
+    /// `[build]`: defaults of `berth build`.
+    #[serde(default)]
+    pub build: BuildFile,
+}
+
+/// `[build]` in config.toml.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BuildFile {
+    /// Entitlements every build is granted, as with `--allow` (e.g. `["network.host"]`).
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// `[docker]` in config.toml.

@@ -4,18 +4,26 @@
 //! limit of classic mount options), and the runc implementation, which writes an OCI
 //! bundle and drives Debian's `runc`.
 //!
+//! Steps are isolated as Docker isolates containers by default: a network namespace of
+//! their own with outbound access through slirp4netns (pooled, see the `net` module),
+//! Docker's default seccomp profile, capabilities, and masked and read-only `/proc`
+//! paths.
+//!
 //! Nothing is left behind by a crash: bundles are named `<pid>-<n>`, and opening a
 //! [`Runc`] executor deletes the containers, mounts and bundles of processes that are
 //! gone.
 
 mod mount;
+mod net;
 mod runc;
+mod seccomp;
 
 use std::path::PathBuf;
 
 use berth_oci::Mount;
 
 pub use mount::{MountGuard, cleanup_stale_mounts, mount_rootfs};
+pub use net::{DNS_ADDR, STEP_ADDR};
 pub use runc::{BundleBuilder, Runc};
 
 /// Result with the executor's [`Error`].
@@ -50,16 +58,24 @@ pub enum Error {
     /// The runtime itself failed (not the process in it).
     #[error("runc failed: {0}")]
     Runtime(String),
+    /// A step's network could not be set up.
+    #[error("step network: {0}")]
+    Network(String),
 }
 
 /// Network for the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Network {
-    /// The host's network namespace (the build default, as in BuildKit).
+    /// A namespace of its own with outbound access through slirp4netns, fenced off the
+    /// host's loopback and addresses (the default, as Docker and BuildKit isolate
+    /// steps).
     #[default]
-    Host,
+    Isolated,
     /// A namespace of its own with only loopback.
     None,
+    /// The host's network namespace (a build grants it only with the `network.host`
+    /// entitlement).
+    Host,
 }
 
 /// What to run (after BuildKit's `executor.Meta`).

@@ -30,6 +30,32 @@ const CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// Docker's default masked paths: over each, runc mounts an empty read-only tmpfs (a
+/// directory) or binds `/dev/null` (a file).
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+];
+
+/// Docker's default read-only paths.
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
 /// Writes an OCI runtime bundle's `config.json`.
 ///
 /// `BundleBuilder::new(id)?.with_meta(meta).with_mounts(mounts).build(dir)`; the id is
@@ -41,6 +67,8 @@ pub struct BundleBuilder {
     meta: Meta,
     mounts: Vec<Mount>,
     rootfs: Option<PathBuf>,
+    netns: Option<PathBuf>,
+    etc: Vec<(&'static str, PathBuf)>,
 }
 
 impl BundleBuilder {
@@ -62,6 +90,8 @@ impl BundleBuilder {
             meta: Meta::default(),
             mounts: Vec::new(),
             rootfs: None,
+            netns: None,
+            etc: Vec::new(),
         })
     }
 
@@ -81,6 +111,19 @@ impl BundleBuilder {
     /// `config.json`).
     pub fn with_rootfs(mut self, rootfs: &Path) -> Self {
         self.rootfs = Some(rootfs.to_path_buf());
+        self
+    }
+
+    /// For [`Network::Isolated`]: the network namespace to join (without one, the
+    /// container gets a new namespace with only loopback) and the files berth wrote for
+    /// its `/etc/resolv.conf` and `/etc/hosts` (destination, file), bound read-only.
+    pub fn with_network_namespace(
+        mut self,
+        path: &Path,
+        etc: Vec<(&'static str, PathBuf)>,
+    ) -> Self {
+        self.netns = Some(path.to_path_buf());
+        self.etc = etc;
         self
     }
 
@@ -111,6 +154,15 @@ impl BundleBuilder {
                 }
             }
             Network::None => namespaces.push(json!({"type": "network"})),
+            Network::Isolated => {
+                namespaces.push(match &self.netns {
+                    Some(path) => json!({"type": "network", "path": path}),
+                    None => json!({"type": "network"}),
+                });
+                for (dest, source) in &self.etc {
+                    mounts.push(json!({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "ro"]}));
+                }
+            }
         }
         for extra in &self.mounts {
             mounts.push(serde_json::to_value(extra).expect("mounts serialise"));
@@ -129,16 +181,18 @@ impl BundleBuilder {
                 "env": m.env,
                 "cwd": cwd,
                 "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
+                // As Docker: set only with `--security-opt no-new-privileges`, so a
+                // setuid `sudo` or `su` in a step works as under `docker build`.
                 "noNewPrivileges": false
             },
             "root": {"path": self.rootfs.as_deref().unwrap_or(Path::new("rootfs")), "readonly": false},
-            "hostname": if m.hostname.is_empty() { "berth" } else { m.hostname.as_str() },
+            "hostname": hostname(m),
             "mounts": mounts,
             "linux": {
                 "namespaces": namespaces,
-                "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-                                "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
-                "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+                "seccomp": crate::seccomp::profile(),
+                "maskedPaths": MASKED_PATHS,
+                "readonlyPaths": READONLY_PATHS
             }
         })
     }
@@ -161,6 +215,15 @@ impl BundleBuilder {
     }
 }
 
+/// The container's host name.
+fn hostname(m: &Meta) -> &str {
+    if m.hostname.is_empty() {
+        "berth"
+    } else {
+        m.hostname.as_str()
+    }
+}
+
 /// Runs processes with Debian's `runc`.
 #[derive(Debug)]
 pub struct Runc {
@@ -171,6 +234,7 @@ pub struct Runc {
     configs: PathBuf,
     state: PathBuf,
     canceled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    nets: crate::net::NetPool,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -195,6 +259,7 @@ impl Runc {
             configs: config_dir(root),
             state: root.join("runc"),
             canceled: Default::default(),
+            nets: Default::default(),
         };
         for d in [&r.bundles, &r.state] {
             fs::create_dir_all(d).map_err(io("create directory", d))?;
@@ -202,6 +267,7 @@ impl Runc {
         private_dir(&r.configs)?;
         berth_snapshot::owner::register(&r.owners()).map_err(io("register in", &r.owners()))?;
         r.clean_leftovers();
+        r.nets.prewarm();
         Ok(r)
     }
 
@@ -304,10 +370,15 @@ impl Drop for Runc {
 }
 
 fn find_runc() -> Option<PathBuf> {
+    find_binary("runc")
+}
+
+/// `name` on PATH, or in /usr/sbin or /usr/bin.
+pub(crate) fn find_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|d| d.join("runc"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
 
@@ -333,12 +404,21 @@ impl Executor for Runc {
         fs::create_dir_all(&root_dir).map_err(io("create bundle", &bundle))?;
         let result = (|| {
             self.config_dir_for(&config)?;
+            // Held until the container is gone, then back to the pool.
+            let lease = match meta.network {
+                Network::Isolated => Some(self.nets.acquire()?),
+                Network::None | Network::Host => None,
+            };
             let guard = mount_rootfs(rootfs, &root_dir)?;
-            BundleBuilder::new(&id)?
+            let mut bundle = BundleBuilder::new(&id)?
                 .with_meta(meta)
                 .with_mounts(mounts)
-                .with_rootfs(&root_dir)
-                .build(&config)?;
+                .with_rootfs(&root_dir);
+            if let Some(lease) = &lease {
+                let etc = crate::net::write_etc(&config, hostname(meta))?;
+                bundle = bundle.with_network_namespace(&lease.path(), etc);
+            }
+            bundle.build(&config)?;
             let code = self.run_bundle(&id, &config, output);
             guard.unmount()?;
             code

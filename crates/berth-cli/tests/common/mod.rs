@@ -264,8 +264,9 @@ pub fn check_store(root: &Path) -> String {
 // ---------------------------------------------------------------------------------------
 // Build tests: `berth build` on the busybox fixture, file trees, and docker as the peer.
 
-/// Whether `berth build` can run here: root (overlayfs, runc), runc, and busybox-static
-/// for the base image (else skip or fail).
+/// Whether `berth build` can run here: root (overlayfs, runc), runc, slirp4netns (the
+/// default network of RUN steps), and busybox-static for the base image (else skip or
+/// fail).
 pub fn require_build() -> bool {
     let is_root = Command::new("id")
         .arg("-u")
@@ -274,7 +275,7 @@ pub fn require_build() -> bool {
     if !is_root {
         return skip("berth build needs root (overlayfs, runc)");
     }
-    require("runc") && require("busybox")
+    require("runc") && require("slirp4netns") && require("busybox")
 }
 
 /// The folder of build corpus cases, one sub-folder (context with its Dockerfile) each.

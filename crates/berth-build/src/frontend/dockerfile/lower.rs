@@ -59,6 +59,8 @@ pub struct LowerOptions {
     pub no_cache: bool,
     /// `created` timestamps (RFC 3339); `None` leaves them out.
     pub created: Option<String>,
+    /// Entitlements granted (`--allow`).
+    pub allow: Vec<ir::Entitlement>,
 }
 
 /// The lowered target.
@@ -172,6 +174,27 @@ pub fn lower(
         steps: out.steps,
         base_history: out.base_history,
     })
+}
+
+impl Lowerer<'_> {
+    /// Refuse `what` at `line` unless the build was granted `e`.
+    fn entitled(&self, e: ir::Entitlement, line: usize, what: &str) -> Result<()> {
+        if self.opts.allow.contains(&e) {
+            return Ok(());
+        }
+        let name = e.name();
+        Err(BuildError::Source(
+            self.df
+                .source
+                .error(
+                    Pos { line, column: 1 },
+                    format!("{what} needs the entitlement {name}, which this build was not granted"),
+                )
+                .with_hint(format!(
+                    "grant it with `berth build --allow {name}`, or with `[build] allow = [\"{name}\"]` in berth's config.toml"
+                )),
+        ))
+    }
 }
 
 fn src_err(df: &Dockerfile, line: usize, column: usize, msg: &str) -> BuildError {
@@ -486,7 +509,15 @@ impl Lowerer<'_> {
                         user: config.config.user.clone(),
                         network: match run.network {
                             Some(NetworkMode::None) => ir::NetworkMode::None,
-                            _ => ir::NetworkMode::Host,
+                            Some(NetworkMode::Host) => {
+                                self.entitled(
+                                    ir::Entitlement::NetworkHost,
+                                    line,
+                                    "RUN --network=host",
+                                )?;
+                                ir::NetworkMode::Host
+                            }
+                            Some(NetworkMode::Default) | None => ir::NetworkMode::Isolated,
                         },
                         mounts,
                         proxy_env,
@@ -984,7 +1015,49 @@ fn history_text(original: &str, keyword: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::expand_vars;
+    use super::{LowerOptions, expand_vars, lower};
+    use crate::Dockerfile;
+    use crate::ir::{Entitlement, NetworkMode, Op};
+
+    #[test]
+    fn run_networks_and_the_network_host_entitlement() {
+        let df = Dockerfile::parse(
+            "Dockerfile",
+            "FROM scratch\nRUN a\nRUN --network=none b\nRUN --network=default c\nRUN --network=host d\n",
+        )
+        .unwrap();
+        let mut resolve = |r: &str| panic!("FROM scratch resolves nothing, asked for {r}");
+        let err = lower(&df, &LowerOptions::default(), &mut resolve).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "Dockerfile:5:1: RUN --network=host needs the entitlement network.host"
+            ),
+            "{err}"
+        );
+        let opts = LowerOptions {
+            allow: vec![Entitlement::NetworkHost],
+            ..LowerOptions::default()
+        };
+        let lowered = lower(&df, &opts, &mut resolve).unwrap();
+        let networks: Vec<NetworkMode> = lowered
+            .steps
+            .iter()
+            .flatten()
+            .filter_map(|s| match &s.vertex().op {
+                Op::Exec(e) => Some(e.network),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            networks,
+            [
+                NetworkMode::Isolated,
+                NetworkMode::None,
+                NetworkMode::Isolated,
+                NetworkMode::Host
+            ]
+        );
+    }
 
     #[test]
     fn heredoc_bodies_keep_quotes_and_backslashes() {
