@@ -648,10 +648,11 @@ impl Solver {
                     let inflater = std::thread::spawn(move || {
                         std::io::copy(&mut compression.reader(file)?, &mut pipe_w)
                     });
+                    let reader = std::io::BufReader::with_capacity(1 << 20, pipe_r);
                     let applied = self.snapshots.apply(
                         parent.as_ref(),
                         &l.diff_id,
-                        std::io::BufReader::with_capacity(1 << 20, pipe_r),
+                        berth_snapshot::Cancelable::new(reader, || self.opts.cancel.is_canceled()),
                     );
                     let inflated = inflater
                         .join()
@@ -674,6 +675,8 @@ impl Solver {
                     }
                 } else {
                     let reader = std::io::BufReader::with_capacity(1 << 20, file);
+                    let reader =
+                        berth_snapshot::Cancelable::new(reader, || self.opts.cancel.is_canceled());
                     self.snapshots.apply(parent.as_ref(), &l.diff_id, reader)?;
                 }
             }
