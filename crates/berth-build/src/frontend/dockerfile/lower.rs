@@ -25,6 +25,7 @@ use crate::ir::{
     self, ExecMount, ExecOp, FileAction, FileOp, ImageSource, LocalSource, MountSource, Sharing,
     State,
 };
+use crate::solver::Cancel;
 
 /// Where a `RUN <<EOF` script with a `#!` line is written for its interpreter: a tmpfs
 /// mounted for that step only.
@@ -59,6 +60,8 @@ pub struct LowerOptions {
     pub no_cache: bool,
     /// `created` timestamps (RFC 3339); `None` leaves them out.
     pub created: Option<String>,
+    /// Stops lowering between instructions with [`BuildError::Canceled`].
+    pub cancel: Cancel,
 }
 
 /// The lowered target.
@@ -116,6 +119,9 @@ pub fn lower(
     .map(|(k, v)| (k.to_string(), Some(v)))
     .collect();
     for m in &df.meta_args {
+        if opts.cancel.is_canceled() {
+            return Err(BuildError::Canceled);
+        }
         let value = match opts.build_args.get(&m.arg.name) {
             Some(v) => Some(v.clone()),
             None => match &m.arg.default {
@@ -327,6 +333,9 @@ impl Lowerer<'_> {
         let label = self.label(idx);
         let mut cmd_set_here = false;
         for (i, ins) in instructions.iter().enumerate() {
+            if self.opts.cancel.is_canceled() {
+                return Err(BuildError::Canceled);
+            }
             // Numbered as BuildKit does: FROM is step 1 of the stage.
             let name = format!(
                 "[{label} {}/{}] {}",
