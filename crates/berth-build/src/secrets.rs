@@ -58,10 +58,11 @@ pub(crate) fn sweep(root: &Path, owners: &Path) {
             continue;
         };
         let ours = fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && m.uid() == me);
-        if ours && berth_snapshot::owner::is_gone(owners, rest) {
-            if let Err(err) = fs::remove_dir_all(e.path()) {
-                tracing::warn!("remove leftover secret {}: {err}", e.path().display());
-            }
+        if ours
+            && berth_snapshot::owner::is_gone(owners, rest)
+            && let Err(err) = fs::remove_dir_all(e.path())
+        {
+            tracing::warn!("remove leftover secret {}: {err}", e.path().display());
         }
     }
 }
