@@ -19,6 +19,34 @@ fn context(dir: &Path, name: &str, body: &str) -> PathBuf {
     ctx
 }
 
+/// A scratch directory with the busybox base image.
+struct Project {
+    dir: tempfile::TempDir,
+    base: BuildBase,
+}
+
+impl Project {
+    fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().unwrap(),
+            base: BuildBase::new(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A context `name` whose Dockerfile is `FROM <busybox>` and `body`.
+    fn context(&self, name: &str, body: &str) -> PathBuf {
+        context(
+            self.dir.path(),
+            name,
+            &format!("FROM {}\n{body}", self.base.reference()),
+        )
+    }
+}
+
 /// The image config berth recorded for `name:tag` in `root`.
 fn stored_config(root: &Path, name: &str, tag: &str) -> serde_json::Value {
     let blob = |d: &str| {
@@ -209,22 +237,14 @@ fn copy_of_a_source_and_a_link_to_it_gives_two_files() {
     if !require_build() {
         return;
     }
-    let base = BuildBase::new();
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = context(
-        dir.path(),
-        "ctx",
-        &format!(
-            "FROM {}\nCOPY a b /dst/\nRUN stat -c '%h %F' /dst/a /dst/b\n",
-            base.reference()
-        ),
-    );
+    let p = Project::new();
+    let ctx = p.context("ctx", "COPY a b /dst/\nRUN stat -c '%h %F' /dst/a /dst/b\n");
     std::fs::write(ctx.join("a"), "content\n").unwrap();
     // `a` has a second name in the context (as checkouts and caches make), `b` links to it.
     std::fs::hard_link(ctx.join("a"), ctx.join("a-again")).unwrap();
     std::os::unix::fs::symlink("a", ctx.join("b")).unwrap();
-    let root = dir.path().join("root");
-    let oci = dir.path().join("image.tar");
+    let root = p.path("root");
+    let oci = p.path("image.tar");
     let out = output_ok(
         berth_build(&root)
             .arg("-o")
@@ -236,7 +256,7 @@ fn copy_of_a_source_and_a_link_to_it_gives_two_files() {
         "two files, one link each:\n{}",
         out.stderr
     );
-    let listings = layer_listings(&oci, &dir.path().join("oci"));
+    let listings = layer_listings(&oci, &p.path("oci"));
     let listing = listings
         .iter()
         .find(|l| l.contains("dst/"))
@@ -258,19 +278,14 @@ fn copy_through_a_dangling_absolute_link_makes_its_target() {
     if !require_build() {
         return;
     }
-    let base = BuildBase::new();
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = context(
-        dir.path(),
+    let p = Project::new();
+    let ctx = p.context(
         "ctx",
-        &format!(
-            "FROM {}\nRUN ln -s /opt/app /app\nCOPY x /app/\nCOPY x /app/sub/y\nRUN cat /opt/app/x /opt/app/sub/y && ls -l /app\n",
-            base.reference()
-        ),
+        "RUN ln -s /opt/app /app\nCOPY x /app/\nCOPY x /app/sub/y\n\
+         RUN cat /opt/app/x /opt/app/sub/y && ls -l /app\n",
     );
     std::fs::write(ctx.join("x"), "copied-through-the-link\n").unwrap();
-    let root = dir.path().join("root");
-    let out = output_ok(berth_build(&root).arg(&ctx));
+    let out = output_ok(berth_build(&p.path("root")).arg(&ctx));
     assert!(
         out.stderr.matches("copied-through-the-link").count() >= 2,
         "{}",
@@ -288,16 +303,15 @@ fn runaway_expansion_is_an_error_naming_the_variable() {
     if !require_build() {
         return;
     }
-    let base = BuildBase::new();
-    let dir = tempfile::tempdir().unwrap();
+    let p = Project::new();
     // 1 KiB, then doubled 40 times: a terabyte if nothing stops it.
-    let mut body = format!("FROM {}\nARG A={}\n", base.reference(), "x".repeat(1024));
+    let mut body = format!("ARG A={}\n", "x".repeat(1024));
     for _ in 0..40 {
         body.push_str("ARG A=$A$A\n");
     }
     body.push_str("RUN echo never\n");
-    let ctx = context(dir.path(), "ctx", &body);
-    let out = output(berth_build(&dir.path().join("root")).arg(&ctx));
+    let ctx = p.context("ctx", &body);
+    let out = output(berth_build(&p.path("root")).arg(&ctx));
     assert!(!out.success);
     // 1 KiB doubles past 1 MiB at the eleventh doubling, line 13.
     assert!(out.stderr.contains("Dockerfile:13"), "{}", out.stderr);
@@ -320,21 +334,16 @@ fn wait_at_most(child: &mut Child, limit: Duration) -> Option<i32> {
     panic!("berth had not exited {limit:?} after SIGTERM");
 }
 
-fn sigterm(child: &Child) {
-    run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+/// Start `cmd` with its standard error going to `log`.
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
+    cmd.stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
 }
 
-fn mounts_under(root: &Path) -> usize {
-    let root = root.canonicalize().unwrap_or(root.to_path_buf());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .nth(4)
-                .is_some_and(|m| m.starts_with(root.to_str().unwrap()))
-        })
-        .count()
+fn sigterm(child: &Child) {
+    run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -352,23 +361,16 @@ fn sigterm_during_parsing_stops_the_build() {
     if !require_build() {
         return;
     }
-    let base = BuildBase::new();
-    let dir = tempfile::tempdir().unwrap();
+    let p = Project::new();
     // Two million instructions: parsing and lowering them takes a minute here.
-    let mut body = format!("FROM {}\n", base.reference());
+    let mut body = String::new();
     for i in 0..2_000_000 {
         body.push_str(&format!("ENV V{}={i} \\\n  W=1\n", i % 7));
     }
-    let ctx = context(dir.path(), "ctx", &body);
+    let ctx = p.context("ctx", &body);
     drop(body);
-    let root = dir.path().join("root");
-    let log = dir.path().join("build.log");
-    let mut child = berth_build(&root)
-        .arg(&ctx)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (root, log) = (p.path("root"), p.path("build.log"));
+    let mut child = spawn_logged(berth_build(&root).arg(&ctx), &log);
     // Berth reads the file at once; a moment later it is parsing.
     std::thread::sleep(Duration::from_secs(2));
     sigterm(&child);
@@ -383,50 +385,39 @@ fn sigterm_during_unpacking_stops_it_and_leaves_nothing() {
     if !require_build() {
         return;
     }
-    let base = BuildBase::new();
-    let dir = tempfile::tempdir().unwrap();
+    let p = Project::new();
     // The fixture: an image whose top layer holds 60000 files, made by berth itself
     // and exported as an OCI layout.
-    let maker = context(
-        dir.path(),
+    let maker = p.context(
         "maker",
-        &format!(
-            "FROM {}\nRUN mkdir /many && cd /many && busybox seq 1 60000 | busybox xargs busybox touch\n",
-            base.reference()
-        ),
+        "RUN mkdir /many && cd /many && busybox seq 1 60000 | busybox xargs busybox touch\n",
     );
-    let oci = dir.path().join("big.tar");
+    let oci = p.path("big.tar");
     output_ok(
-        berth_build(&dir.path().join("maker-root"))
+        berth_build(&p.path("maker-root"))
             .args(["-t", "big:v1", "-o"])
             .arg(format!("type=oci,dest={}", oci.display()))
             .arg(&maker),
     );
-    let layout = dir.path().join("big");
+    let layout = p.path("big");
     std::fs::create_dir_all(&layout).unwrap();
     run(Command::new("tar")
         .arg("-C")
         .arg(&layout)
         .arg("-xf")
         .arg(&oci));
-    std::fs::remove_dir_all(dir.path().join("maker-root")).unwrap();
+    std::fs::remove_dir_all(p.path("maker-root")).unwrap();
 
     let ctx = context(
-        dir.path(),
+        p.dir.path(),
         "ctx",
         &format!(
             "FROM oci-layout://{}:v1\nRUN echo never-$((1+1))\n",
             layout.display()
         ),
     );
-    let root = dir.path().join("root");
-    let log = dir.path().join("build.log");
-    let mut child = berth_build(&root)
-        .arg(&ctx)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (root, log) = (p.path("root"), p.path("build.log"));
+    let mut child = spawn_logged(berth_build(&root).arg(&ctx), &log);
     // Wait until the big layer is being unpacked: its staging directory has /many.
     let staging = root.join("snapshots/tmp");
     let start = Instant::now();
@@ -482,29 +473,22 @@ fn secrets_of_a_killed_build_are_removed_by_the_next() {
     if !require_build() || !Path::new("/dev/shm").is_dir() {
         return;
     }
-    let base = BuildBase::new();
-    let dir = tempfile::tempdir().unwrap();
+    let p = Project::new();
     let secret = format!("fid-secret-{}-{:?}", std::process::id(), Instant::now());
-    let file = dir.path().join("secret.txt");
+    let file = p.path("secret.txt");
     std::fs::write(&file, &secret).unwrap();
-    let ctx = context(
-        dir.path(),
+    let ctx = p.context(
         "ctx",
-        &format!(
-            "FROM {}\nRUN --mount=type=secret,id=tok echo ready-$((1+1)) && sleep 4325\n",
-            base.reference()
-        ),
+        "RUN --mount=type=secret,id=tok echo ready-$((1+1)) && sleep 4325\n",
     );
-    let root = dir.path().join("root");
-    let log = dir.path().join("build.log");
-    let mut child = berth_build(&root)
-        .args(["--secret"])
-        .arg(format!("id=tok,src={}", file.display()))
-        .arg(&ctx)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (root, log) = (p.path("root"), p.path("build.log"));
+    let mut child = spawn_logged(
+        berth_build(&root)
+            .args(["--secret"])
+            .arg(format!("id=tok,src={}", file.display()))
+            .arg(&ctx),
+        &log,
+    );
     let start = Instant::now();
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
@@ -525,11 +509,7 @@ fn secrets_of_a_killed_build_are_removed_by_the_next() {
         "the killed build left its secret (the case under test)"
     );
 
-    let quick = context(
-        dir.path(),
-        "quick",
-        &format!("FROM {}\nRUN echo after-the-kill\n", base.reference()),
-    );
+    let quick = p.context("quick", "RUN echo after-the-kill\n");
     output_ok(berth_build(&root).arg(&quick));
     assert!(!left[0].exists(), "{} was not removed", left[0].display());
     assert!(secret_dirs_holding(&secret).is_empty());
