@@ -663,13 +663,19 @@ mod tests {
         );
     }
 
+    /// A context `src` holding the file `name` with `content`, and an empty destination root, in a new temporary directory.
+    fn src_and_root(name: &str, content: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let (src, root) = (d.path().join("src"), d.path().join("root"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&root).unwrap();
+        fs::write(src.join(name), content).unwrap();
+        (d, src, root)
+    }
+
     #[test]
     fn a_source_linked_to_another_is_copied_on_its_own() {
-        let d = tempfile::tempdir().unwrap();
-        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
-        fs::create_dir_all(&src).unwrap();
-        fs::create_dir_all(&dst).unwrap();
-        fs::write(src.join("a"), "content").unwrap();
+        let (_d, src, dst) = src_and_root("a", "content");
         // `a` has a second name in the context, and `b` points to it.
         fs::hard_link(src.join("a"), src.join("a2")).unwrap();
         std::os::unix::fs::symlink("a", src.join("b")).unwrap();
@@ -720,11 +726,7 @@ mod tests {
 
     #[test]
     fn a_copy_through_a_dangling_link_makes_its_target() {
-        let d = tempfile::tempdir().unwrap();
-        let (src, root) = (d.path().join("src"), d.path().join("root"));
-        fs::create_dir_all(&src).unwrap();
-        fs::create_dir_all(&root).unwrap();
-        fs::write(src.join("x"), "x").unwrap();
+        let (d, src, root) = src_and_root("x", "x");
         // `/app -> /opt/app`, and neither /opt nor /opt/app exists.
         std::os::unix::fs::symlink("/opt/app", root.join("app")).unwrap();
         // A relative one, two levels deep, and one that tries to climb out of the root.
