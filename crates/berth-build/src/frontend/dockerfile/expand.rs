@@ -237,12 +237,24 @@ fn push_bounded(
     name: &str,
     offset: usize,
 ) -> Result<(), ExpandError> {
+    push_within(out, value, name, offset, MAX_WORD)
+}
+
+/// Append `value` (what `$name` at `offset` gave) to `out`, unless `out` would then be
+/// longer than `limit` bytes.
+pub(crate) fn push_within(
+    out: &mut String,
+    value: &str,
+    name: &str,
+    offset: usize,
+    limit: usize,
+) -> Result<(), ExpandError> {
     let size = out.len() + value.len();
-    if size > MAX_WORD {
+    if size > limit {
         return Err(ExpandError::TooLong {
             name: name.to_owned(),
             size,
-            limit: MAX_WORD,
+            limit,
             offset,
         });
     }
