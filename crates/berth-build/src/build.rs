@@ -94,7 +94,6 @@ pub async fn build(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "Dockerfile".into());
-    let df = Dockerfile::parse(&name, &text)?;
     let ignore_file = [
         opts.dockerfile
             .with_file_name(format!("{name}.dockerignore")),
@@ -125,12 +124,15 @@ pub async fn build(
         no_cache: opts.no_cache,
         created,
         allow: opts.allow.clone(),
+        cancel: opts.cancel.clone(),
     };
-    // Lowering resolves base images, which may mean pulling them: it runs on a blocking
-    // thread that waits for the async pulls.
+    // Parsing a big Dockerfile takes seconds, and lowering resolves base images, which
+    // may mean pulling them: both run on a blocking thread (which waits for the async
+    // pulls), so a cancel is seen while they run; each checks it as it goes.
     let handle = tokio::runtime::Handle::current();
-    let (store2, client) = (store.clone(), opts.client.clone());
+    let (store2, client, cancel) = (store.clone(), opts.client.clone(), opts.cancel.clone());
     let lowered = tokio::task::spawn_blocking(move || {
+        let df = Dockerfile::parse_cancelable(&name, &text, &cancel)?;
         let pull = |r: &str| -> Result<Digest> {
             let client = client
                 .as_ref()

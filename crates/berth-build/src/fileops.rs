@@ -311,6 +311,9 @@ pub fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf> {
 }
 
 /// Create `dir` and missing parents inside `root` (0755, owned as `chown` or root).
+/// A symlink on the way is followed inside `root`, and the directories its target
+/// lacks are made too, as Docker does: with `/app -> /opt/app` and no `/opt`,
+/// `mkdir_all(root, "/app/x")` makes `/opt`, `/opt/app` and `/opt/app/x`.
 pub fn mkdir_all(root: &Path, dir: &str, chown: Option<(u32, u32)>) -> Result<PathBuf> {
     let mut cur = String::new();
     for c in dir.split('/').filter(|c| !c.is_empty()) {
@@ -318,9 +321,20 @@ pub fn mkdir_all(root: &Path, dir: &str, chown: Option<(u32, u32)>) -> Result<Pa
         cur.push_str(c);
         let p = resolve_in_root(root, &cur)?;
         if fs::symlink_metadata(&p).is_err() {
-            fs::create_dir(&p).map_err(|e| io_err("create directory", &p, e))?;
-            let (u, g) = chown.unwrap_or((0, 0));
-            std::os::unix::fs::lchown(&p, Some(u), Some(g)).map_err(|e| io_err("chown", &p, e))?;
+            // `p` holds no symlink (resolve_in_root), but a link's target may name
+            // several directories that do not exist yet: make each, outermost first.
+            let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
+            let mut at = root.to_path_buf();
+            for part in rel.components() {
+                at.push(part);
+                if fs::symlink_metadata(&at).is_ok() {
+                    continue;
+                }
+                fs::create_dir(&at).map_err(|e| io_err("create directory", &at, e))?;
+                let (u, g) = chown.unwrap_or((0, 0));
+                std::os::unix::fs::lchown(&at, Some(u), Some(g))
+                    .map_err(|e| io_err("chown", &at, e))?;
+            }
         }
     }
     resolve_in_root(root, dir)
@@ -329,7 +343,8 @@ pub fn mkdir_all(root: &Path, dir: &str, chown: Option<(u32, u32)>) -> Result<Pa
 /// Copy matched sources from `src_root` to `dest` (absolute inside `dst_root`), with
 /// Docker's rules: a directory source copies its contents; one file source goes to
 /// `dest` itself unless `dest` ends in `/` or is a directory; several sources need a
-/// directory destination. Files hard-linked to each other stay hard-linked. With
+/// directory destination. Files hard-linked to each other within one source stay
+/// hard-linked. With
 /// `opts.extract_archives` (ADD), a tar or tar.gz file source is unpacked into `dest`.
 pub fn copy(
     src_root: &Path,
@@ -355,6 +370,9 @@ pub fn copy(
         root: dst_root,
     };
     for m in matched {
+        // Hard links are kept within one source, as BuildKit copies each source on its
+        // own: `COPY a b /dst/` with `b -> a` gives two files, never two names of one.
+        copier.links.clear();
         // The top-level source is followed if it is a symlink, as Docker does — but
         // inside the source's own root, never the host's.
         let src = resolve_in_root(src_root, &m.rel)?;
@@ -642,6 +660,99 @@ mod tests {
             [Matched {
                 rel: "src/a".into()
             }]
+        );
+    }
+
+    /// A context `src` holding the file `name` with `content`, and an empty destination root, in a new temporary directory.
+    fn src_and_root(name: &str, content: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let (src, root) = (d.path().join("src"), d.path().join("root"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&root).unwrap();
+        fs::write(src.join(name), content).unwrap();
+        (d, src, root)
+    }
+
+    #[test]
+    fn a_source_linked_to_another_is_copied_on_its_own() {
+        let (_d, src, dst) = src_and_root("a", "content");
+        // `a` has a second name in the context, and `b` points to it.
+        fs::hard_link(src.join("a"), src.join("a2")).unwrap();
+        std::os::unix::fs::symlink("a", src.join("b")).unwrap();
+        let none = Ignore::default();
+        let matched = resolve_sources(&src, &["a".into(), "b".into()], &none).unwrap();
+        copy(
+            &src,
+            &matched,
+            &none,
+            &none,
+            &dst,
+            "/out/",
+            CopyOptions::default(),
+        )
+        .unwrap();
+        let (a, b) = (
+            fs::symlink_metadata(dst.join("out/a")).unwrap(),
+            fs::symlink_metadata(dst.join("out/b")).unwrap(),
+        );
+        assert!(a.is_file() && b.is_file());
+        assert_eq!(
+            (a.nlink(), b.nlink()),
+            (1, 1),
+            "two files, not two names of one"
+        );
+        assert_ne!(a.ino(), b.ino());
+        assert_eq!(fs::read(dst.join("out/b")).unwrap(), b"content");
+        // Within one source, hard links stay.
+        fs::create_dir(src.join("dir")).unwrap();
+        fs::write(src.join("dir/x"), "x").unwrap();
+        fs::hard_link(src.join("dir/x"), src.join("dir/y")).unwrap();
+        let matched = resolve_sources(&src, &["dir".into()], &none).unwrap();
+        copy(
+            &src,
+            &matched,
+            &none,
+            &none,
+            &dst,
+            "/tree/",
+            CopyOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            fs::metadata(dst.join("tree/x")).unwrap().ino(),
+            fs::metadata(dst.join("tree/y")).unwrap().ino()
+        );
+    }
+
+    #[test]
+    fn a_copy_through_a_dangling_link_makes_its_target() {
+        let (d, src, root) = src_and_root("x", "x");
+        // `/app -> /opt/app`, and neither /opt nor /opt/app exists.
+        std::os::unix::fs::symlink("/opt/app", root.join("app")).unwrap();
+        // A relative one, two levels deep, and one that tries to climb out of the root.
+        std::os::unix::fs::symlink("../srv/data/here", root.join("rel")).unwrap();
+        std::os::unix::fs::symlink("/../../../outside", root.join("esc")).unwrap();
+        let none = Ignore::default();
+        let matched = resolve_sources(&src, &["x".into()], &none).unwrap();
+        for dest in ["/app/", "/rel/", "/esc/sub/"] {
+            copy(
+                &src,
+                &matched,
+                &none,
+                &none,
+                &root,
+                dest,
+                CopyOptions::default(),
+            )
+            .unwrap();
+        }
+        assert_eq!(fs::read(root.join("opt/app/x")).unwrap(), b"x");
+        assert!(fs::symlink_metadata(root.join("app")).unwrap().is_symlink());
+        assert_eq!(fs::read(root.join("srv/data/here/x")).unwrap(), b"x");
+        assert_eq!(fs::read(root.join("outside/sub/x")).unwrap(), b"x");
+        assert!(
+            !d.path().join("outside").exists(),
+            "nothing outside the root"
         );
     }
 }

@@ -11,13 +11,30 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{BuildError, Result};
 
+/// Reads JSON `null` as the type's default (empty). Docker writes `"Env": null`,
+/// `"Cmd": null`, `"Volumes": null`, `"history": null` … wherever its Go structs hold a
+/// nil slice or map (`docker import`, `docker commit`, the classic builder), and means
+/// the same as an absent or empty field. Every non-`Option` field of the config types
+/// below is read through this, so a `null` anywhere in them is empty, never an error.
+fn null_as_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// The parts of an OCI/Docker image config a build reads and writes. Unknown fields of
 /// a base image's config are not carried over.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ContainerConfig {
     /// `KEY=value`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub env: Vec<String>,
     /// Default command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -26,22 +43,46 @@ pub struct ContainerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
     /// Working directory.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub working_dir: String,
     /// User.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub user: String,
     /// `80/tcp` → `{}`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub exposed_ports: BTreeMap<String, serde_json::Value>,
     /// Labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub labels: BTreeMap<String, String>,
     /// Volumes.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub volumes: BTreeMap<String, serde_json::Value>,
     /// Stop signal.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub stop_signal: String,
     /// Docker's healthcheck.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,7 +91,11 @@ pub struct ContainerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<Vec<String>>,
     /// Docker's ONBUILD triggers (recorded).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub on_build: Vec<String>,
 }
 
@@ -78,13 +123,25 @@ pub struct History {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
     /// What made it.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub created_by: String,
     /// A step that made no layer.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub empty_layer: bool,
     /// Comment.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub comment: String,
 }
 
@@ -95,16 +152,23 @@ pub struct ImageConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
     /// CPU architecture.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub architecture: String,
     /// Operating system.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub os: String,
     /// Runtime configuration.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub config: ContainerConfig,
     /// Layers.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub rootfs: RootFs,
     /// History.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub history: Vec<History>,
 }
 
@@ -112,9 +176,10 @@ pub struct ImageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RootFs {
     /// Always `layers`.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, deserialize_with = "null_as_default")]
     pub kind: String,
     /// Uncompressed layer digests.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub diff_ids: Vec<Digest>,
 }
 
@@ -507,5 +572,35 @@ mod tests {
             split_reference("host:5000/a:v@sha256:x"),
             ("host:5000/a".into(), "v".into(), Some("sha256:x".into()))
         );
+    }
+
+    /// The config `docker import` wrote (Docker 20.10, saved with `docker save`):
+    /// `null` for Env, Cmd, Entrypoint, Volumes, OnBuild, Labels.
+    const IMPORTED: &str = r#"{"architecture":"amd64","comment":"Imported from -","config":{"Hostname":"","Domainname":"","User":"","AttachStdin":false,"AttachStdout":false,"AttachStderr":false,"Tty":false,"OpenStdin":false,"StdinOnce":false,"Env":null,"Cmd":null,"Image":"","Volumes":null,"WorkingDir":"","Entrypoint":null,"OnBuild":null,"Labels":null},"container_config":{"Hostname":"","Domainname":"","User":"","AttachStdin":false,"AttachStdout":false,"AttachStderr":false,"Tty":false,"OpenStdin":false,"StdinOnce":false,"Env":null,"Cmd":null,"Image":"","Volumes":null,"WorkingDir":"","Entrypoint":null,"OnBuild":null,"Labels":null},"created":"2026-12-02T02:49:40.833114398Z","docker_version":"20.10.24+dfsg1","history":[{"created":"2026-12-02T02:49:40.833114398Z","comment":"Imported from -"}],"os":"linux","rootfs":{"type":"layers","diff_ids":["sha256:8b93b320085f420fc78446320be9e9c460c42f13da6b02c0f83ea589bc5c0c26"]}}"#;
+
+    #[test]
+    fn nulls_docker_writes_read_as_empty() {
+        let c: ImageConfig = serde_json::from_str(IMPORTED).unwrap();
+        assert_eq!(c.config, ContainerConfig::default());
+        assert_eq!(c.rootfs.diff_ids.len(), 1);
+        assert_eq!(c.history[0].comment, "Imported from -");
+        // Every field Docker may leave nil, at once, including the top-level ones.
+        let all_null = r#"{"architecture":"amd64","os":"linux",
+            "config":{"Env":null,"Cmd":null,"Entrypoint":null,"Volumes":null,
+              "ExposedPorts":null,"Labels":null,"OnBuild":null,"Shell":null,
+              "Healthcheck":null,"WorkingDir":null,"User":null,"StopSignal":null},
+            "history":[{"created":null,"created_by":null,"empty_layer":null,"comment":null}],
+            "rootfs":{"type":"layers","diff_ids":null}}"#;
+        let c: ImageConfig = serde_json::from_str(all_null).unwrap();
+        assert_eq!(c.config, ContainerConfig::default());
+        assert!(c.rootfs.diff_ids.is_empty());
+        let c: ImageConfig = serde_json::from_str(
+            r#"{"architecture":"amd64","os":"linux","config":null,"history":null,"rootfs":null}"#,
+        )
+        .unwrap();
+        assert!(c.history.is_empty() && c.rootfs.kind == "layers");
+        // Written back, an empty field is left out, never `null`.
+        let out = serde_json::to_string(&c).unwrap();
+        assert!(!out.contains("null"), "{out}");
     }
 }

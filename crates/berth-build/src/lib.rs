@@ -41,6 +41,7 @@ pub mod image;
 pub mod ir;
 mod pattern;
 mod prune;
+mod secrets;
 mod solver;
 
 pub use berth_exec::Stream;

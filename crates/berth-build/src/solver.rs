@@ -290,6 +290,7 @@ impl Solver {
         berth_snapshot::owner::register(&owners).map_err(|e| io_err("register in", &owners, e))?;
         // Whatever a killed build left mounted goes first, then its snapshots.
         berth_exec::cleanup_stale_mounts(&root.join("tmp"), &owners);
+        crate::secrets::sweep(root, &owners);
         let snapshots = Snapshotter::open(root.join("snapshots"))?;
         snapshots.clean_active();
         if let Ok(entries) = fs::read_dir(root.join("tmp")) {
@@ -678,10 +679,11 @@ impl Solver {
                     let inflater = std::thread::spawn(move || {
                         std::io::copy(&mut compression.reader(file)?, &mut pipe_w)
                     });
+                    let reader = std::io::BufReader::with_capacity(1 << 20, pipe_r);
                     let applied = self.snapshots.apply(
                         parent.as_ref(),
                         &l.diff_id,
-                        std::io::BufReader::with_capacity(1 << 20, pipe_r),
+                        berth_snapshot::Cancelable::new(reader, || self.opts.cancel.is_canceled()),
                     );
                     let inflated = inflater
                         .join()
@@ -704,6 +706,8 @@ impl Solver {
                     }
                 } else {
                     let reader = std::io::BufReader::with_capacity(1 << 20, file);
+                    let reader =
+                        berth_snapshot::Cancelable::new(reader, || self.opts.cancel.is_canceled());
                     self.snapshots.apply(parent.as_ref(), &l.diff_id, reader)?;
                 }
             }
@@ -991,18 +995,7 @@ impl Solver {
                     }
                     // Secrets live in memory (/dev/shm is a tmpfs), in a directory only
                     // root can enter, and only for the step.
-                    let shm = Path::new("/dev/shm");
-                    let base = if shm.is_dir() {
-                        shm.to_path_buf()
-                    } else {
-                        self.root.join("tmp")
-                    };
-                    let dir = base.join(format!("berth-secret-{}", unique("s")));
-                    // A new directory (never one someone placed there), private from
-                    // the start; the name carries the owner token's random part.
-                    std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
-                        .create(&dir)
-                        .map_err(|e| io_err("create directory", &dir, e))?;
+                    let dir = crate::secrets::stage_dir(&self.root, &unique("s"))?;
                     let file = dir.join("value");
                     fs::write(&file, &value).map_err(|e| io_err("write secret", &file, e))?;
                     use std::os::unix::fs::PermissionsExt;

@@ -69,19 +69,6 @@ fn start_until(root: &Path, ctx: &Path, marker: &str) -> (Child, std::path::Path
     (child, log)
 }
 
-fn mounts_under(root: &Path) -> usize {
-    let root = root.canonicalize().unwrap_or(root.to_path_buf());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .nth(4)
-                .is_some_and(|m| m.starts_with(root.to_str().unwrap()))
-        })
-        .count()
-}
-
 fn entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }

@@ -622,3 +622,17 @@ pub fn loopback_server(handle: impl Fn(std::net::TcpStream) + Send + 'static) ->
     });
     addr
 }
+
+/// How many mounts lie below `root` (as this process sees them).
+pub fn mounts_under(root: &Path) -> usize {
+    let root = root.canonicalize().unwrap_or(root.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| m.starts_with(root.to_str().unwrap()))
+        })
+        .count()
+}

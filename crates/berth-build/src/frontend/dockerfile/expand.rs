@@ -19,6 +19,14 @@
 //!
 //! Pattern operators (`${NAME#pat}`, `${NAME%pat}`, `${NAME/a/b}`) are not supported yet
 //! and are reported as a bad substitution.
+//!
+//! An expanded word is at most [`MAX_WORD`] bytes: `ARG A=$A$A` repeated doubles a
+//! value each time, and forty of them would ask for a terabyte. Going beyond it is an
+//! error naming the variable, before the memory is taken.
+
+/// The most bytes one expanded word may hold (1 MiB; Linux takes at most 128 KiB for
+/// one argument or environment string of a process anyway).
+pub const MAX_WORD: usize = 1 << 20;
 
 /// Why a word could not be expanded or split. Offsets are byte offsets into the word.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +53,20 @@ pub enum ExpandError {
         /// Where the `$` is.
         offset: usize,
     },
+    /// Substituting `name` would make the word longer than [`MAX_WORD`].
+    #[error(
+        "expanding ${name} makes the word longer than {limit} bytes ({size} or more), the limit for one expanded word"
+    )]
+    TooLong {
+        /// The variable whose value did not fit.
+        name: String,
+        /// Bytes the word would have held at least.
+        size: usize,
+        /// [`MAX_WORD`].
+        limit: usize,
+        /// Where the `$` is.
+        offset: usize,
+    },
     /// `${NAME?message}` with NAME unset (or, for `:?`, empty).
     #[error("{name}: {message}")]
     Unset {
@@ -64,6 +86,7 @@ impl ExpandError {
             ExpandError::UnterminatedBrace { offset }
             | ExpandError::UnterminatedQuote { offset, .. }
             | ExpandError::BadSubstitution { offset, .. }
+            | ExpandError::TooLong { offset, .. }
             | ExpandError::Unset { offset, .. } => *offset,
         }
     }
@@ -79,6 +102,9 @@ impl ExpandError {
                 "supported forms are $NAME, ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:+alt}, ${NAME+alt} and ${NAME:?message}"
             }
             ExpandError::Unset { .. } => "set the variable with ARG, ENV or a build argument",
+            ExpandError::TooLong { .. } => {
+                "keep large values in files (COPY them, or RUN --mount=type=secret) instead of variables"
+            }
         }
     }
 }
@@ -203,6 +229,39 @@ pub fn split_words(text: &str, escape: char) -> Result<Vec<Word>, ExpandError> {
     Ok(words)
 }
 
+/// Append `value` (what `$name` at `offset` gave) to `out`, unless the word would then
+/// be longer than [`MAX_WORD`].
+fn push_bounded(
+    out: &mut String,
+    value: &str,
+    name: &str,
+    offset: usize,
+) -> Result<(), ExpandError> {
+    push_within(out, value, name, offset, MAX_WORD)
+}
+
+/// Append `value` (what `$name` at `offset` gave) to `out`, unless `out` would then be
+/// longer than `limit` bytes.
+pub(crate) fn push_within(
+    out: &mut String,
+    value: &str,
+    name: &str,
+    offset: usize,
+    limit: usize,
+) -> Result<(), ExpandError> {
+    let size = out.len() + value.len();
+    if size > limit {
+        return Err(ExpandError::TooLong {
+            name: name.to_owned(),
+            size,
+            limit,
+            offset,
+        });
+    }
+    out.push_str(value);
+    Ok(())
+}
+
 /// A cursor over one word doing the expansion; also records which names it looked up.
 struct Expander<'a, F> {
     src: &'a str,
@@ -312,8 +371,8 @@ impl<'a, F: Fn(&str) -> Option<String>> Expander<'a, F> {
             }
             Some(c) if c.is_alphanumeric() || c == '_' => {
                 let name = self.name();
-                out.push_str(&self.lookup(&name).unwrap_or_default());
-                Ok(())
+                let value = self.lookup(&name).unwrap_or_default();
+                push_bounded(out, &value, &name, start)
             }
             _ => {
                 out.push('$');
@@ -350,8 +409,8 @@ impl<'a, F: Fn(&str) -> Option<String>> Expander<'a, F> {
         let (colon, op) = match self.bump() {
             None => return Err(ExpandError::UnterminatedBrace { offset: start }),
             Some('}') => {
-                out.push_str(&self.lookup(&name).unwrap_or_default());
-                return Ok(());
+                let value = self.lookup(&name).unwrap_or_default();
+                return push_bounded(out, &value, &name, start);
             }
             Some(':') => match self.bump() {
                 Some(op @ ('-' | '+' | '?')) => (true, op),
@@ -372,11 +431,11 @@ impl<'a, F: Fn(&str) -> Option<String>> Expander<'a, F> {
             None => false,
         };
         match op {
-            '-' if present => out.push_str(&value.unwrap_or_default()),
-            '-' => out.push_str(&operand),
-            '+' if present => out.push_str(&operand),
+            '-' if present => push_bounded(out, &value.unwrap_or_default(), &name, start)?,
+            '-' => push_bounded(out, &operand, &name, start)?,
+            '+' if present => push_bounded(out, &operand, &name, start)?,
             '+' => {}
-            _ if present => out.push_str(&value.unwrap_or_default()),
+            _ if present => push_bounded(out, &value.unwrap_or_default(), &name, start)?,
             _ if self.check_unset => {
                 let message = if !operand.is_empty() {
                     operand
@@ -623,5 +682,39 @@ mod tests {
                 offset: 2
             }
         );
+    }
+
+    #[test]
+    fn expansion_is_bounded() {
+        // `ARG A=$A$A` forty times: the doubling stops with an error naming A once a
+        // word would pass MAX_WORD, long before it could take the memory.
+        let mut value = "x".to_string();
+        let mut err = None;
+        for _ in 0..40 {
+            let v = value.clone();
+            match expand("$A${A}", |n: &str| (n == "A").then(|| v.clone()), '\\') {
+                Ok(next) => value = next,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(value.len() <= MAX_WORD);
+        let err = err.expect("the doubling was stopped");
+        assert!(
+            matches!(&err, ExpandError::TooLong { name, .. } if name == "A"),
+            "{err:?}"
+        );
+        assert_eq!(err.offset(), 2, "the substitution that did not fit");
+        assert!(err.to_string().contains("$A"), "{err}");
+        // Operands are bounded too, and a word just under the limit is fine.
+        let big = "y".repeat(MAX_WORD);
+        let look = |n: &str| (n == "BIG").then(|| big.clone());
+        assert!(expand("${UNSET:-$BIG}", look, '\\').is_ok());
+        assert!(matches!(
+            expand("a${UNSET:-$BIG}", look, '\\'),
+            Err(ExpandError::TooLong { .. })
+        ));
     }
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use super::expand::{Word, split_words};
 use super::parse::{self, Ast, Directives, Flag, Heredoc, Node};
+use crate::error::BuildError;
 use crate::frontend::source::{LineRange, Pos, Source, SourceError, Warning};
+use crate::solver::Cancel;
 
 /// A parsed Dockerfile: directives, global ARGs and build stages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,20 @@ impl Dockerfile {
     /// Parses and interprets `text`; `file` is the name errors show (e.g. `Dockerfile`).
     pub fn parse(file: &str, text: &str) -> Result<Dockerfile, SourceError> {
         from_ast(parse::parse(file, text)?)
+    }
+
+    /// [`Dockerfile::parse`] that stops within an instruction once `cancel` is canceled,
+    /// with [`BuildError::Canceled`]: a million-line Dockerfile takes seconds.
+    pub fn parse_cancelable(
+        file: &str,
+        text: &str,
+        cancel: &Cancel,
+    ) -> Result<Dockerfile, BuildError> {
+        let canceled = || cancel.is_canceled();
+        match parse::parse_until(file, text, &canceled).and_then(|a| from_ast_until(a, &canceled)) {
+            Err(_) if cancel.is_canceled() => Err(BuildError::Canceled),
+            r => Ok(r?),
+        }
     }
 
     /// The stage named `name` (stage names are lowercase).
@@ -506,6 +522,11 @@ impl PortSpec {
 
 /// Interprets the nodes of `ast`: typed instructions, grouped into stages.
 pub fn from_ast(ast: Ast) -> Result<Dockerfile, SourceError> {
+    from_ast_until(ast, &|| false)
+}
+
+/// [`from_ast`], asking `canceled` before each node (see [`parse::parse_until`]).
+fn from_ast_until(ast: Ast, canceled: &dyn Fn() -> bool) -> Result<Dockerfile, SourceError> {
     let Ast {
         source,
         directives,
@@ -520,6 +541,9 @@ pub fn from_ast(ast: Ast) -> Result<Dockerfile, SourceError> {
     let mut meta_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
     for node in &nodes {
+        if canceled() {
+            return Err(cx.err(node.keyword_pos(), "canceled"));
+        }
         if node.keyword.eq_ignore_ascii_case("FROM") {
             let (from, name_pos) = cx.from(node)?;
             if let (Some(name), Some(pos)) = (&from.name, name_pos)

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{BuildError, Result};
-use crate::frontend::dockerfile::expand::expand;
+use crate::frontend::dockerfile::expand::{ExpandError, MAX_WORD, expand, push_within};
 use crate::frontend::dockerfile::instructions::{
     CommandLine, CopySource, Dockerfile, Healthcheck, InstructionKind, MountType, NetworkMode,
     RunMount, Stage,
@@ -25,6 +25,7 @@ use crate::ir::{
     self, ExecMount, ExecOp, FileAction, FileOp, ImageSource, LocalSource, MountSource, Sharing,
     State,
 };
+use crate::solver::Cancel;
 
 /// Where a `RUN <<EOF` script with a `#!` line is written for its interpreter: a tmpfs
 /// mounted for that step only.
@@ -61,6 +62,8 @@ pub struct LowerOptions {
     pub created: Option<String>,
     /// Entitlements granted (`--allow`).
     pub allow: Vec<ir::Entitlement>,
+    /// Stops lowering between instructions with [`BuildError::Canceled`].
+    pub cancel: Cancel,
 }
 
 /// The lowered target.
@@ -118,6 +121,9 @@ pub fn lower(
     .map(|(k, v)| (k.to_string(), Some(v)))
     .collect();
     for m in &df.meta_args {
+        if opts.cancel.is_canceled() {
+            return Err(BuildError::Canceled);
+        }
         let value = match opts.build_args.get(&m.arg.name) {
             Some(v) => Some(v.clone()),
             None => match &m.arg.default {
@@ -350,6 +356,9 @@ impl Lowerer<'_> {
         let label = self.label(idx);
         let mut cmd_set_here = false;
         for (i, ins) in instructions.iter().enumerate() {
+            if self.opts.cancel.is_canceled() {
+                return Err(BuildError::Canceled);
+            }
             // Numbered as BuildKit does: FROM is step 1 of the stage.
             let name = format!(
                 "[{label} {}/{}] {}",
@@ -806,6 +815,7 @@ impl Lowerer<'_> {
                     // and backslashes are file content (BuildKit's SkipProcessQuotes).
                     let content = if h.expand {
                         expand_vars(&h.content, |k| scope.lookup(config, k))
+                            .map_err(|e| src_err(self.df, line, 1, &e.to_string()))?
                     } else {
                         h.content.clone()
                     };
@@ -930,8 +940,13 @@ impl Lowerer<'_> {
 }
 
 /// Replace `$NAME`, `${NAME}`, `${NAME:-default}` and `${NAME-default}` in `text`,
-/// leaving everything else (quotes, backslashes, a lone `$`) as it is.
-fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+/// leaving everything else (quotes, backslashes, a lone `$`) as it is. Substitutions may
+/// add at most [`MAX_WORD`] bytes to the text.
+fn expand_vars(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> std::result::Result<String, ExpandError> {
+    let limit = text.len() + MAX_WORD;
     let b = text.as_bytes();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
@@ -951,7 +966,8 @@ fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
                 };
                 if !name.is_empty() && name.bytes().all(name_char) {
                     let v = lookup(name).filter(|v| !(v.is_empty() && inner.contains(":-")));
-                    out.push_str(&v.unwrap_or_else(|| default.unwrap_or("").to_string()));
+                    let v = v.unwrap_or_else(|| default.unwrap_or("").to_string());
+                    push_within(&mut out, &v, name, i, limit)?;
                     i += 3 + end;
                     continue;
                 }
@@ -961,7 +977,8 @@ fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
                 while j < b.len() && name_char(b[j]) {
                     j += 1;
                 }
-                out.push_str(&lookup(&text[start..j]).unwrap_or_default());
+                let name = &text[start..j];
+                push_within(&mut out, &lookup(name).unwrap_or_default(), name, i, limit)?;
                 i = j;
                 continue;
             }
@@ -970,7 +987,7 @@ fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
         out.push(ch);
         i += ch.len_utf8();
     }
-    out
+    Ok(out)
 }
 
 fn command_list(c: &CommandLine, config: &ContainerConfig) -> Vec<String> {
@@ -1067,16 +1084,30 @@ mod tests {
             _ => None,
         };
         assert_eq!(
-            expand_vars(r#"{"a": "$X", "b": "${X}"}"#, look),
+            expand_vars(r#"{"a": "$X", "b": "${X}"}"#, look).unwrap(),
             r#"{"a": "value", "b": "value"}"#
         );
         assert_eq!(
-            expand_vars("Don't \\n $ ${UNSET:-dflt} ${EMPTY:-e} ${EMPTY-e}", look),
+            expand_vars("Don't \\n $ ${UNSET:-dflt} ${EMPTY:-e} ${EMPTY-e}", look).unwrap(),
             "Don't \\n $ dflt e "
         );
         assert_eq!(
-            expand_vars("price: $5 and $X.", look),
+            expand_vars("price: $5 and $X.", look).unwrap(),
             "price: $5 and value."
         );
+    }
+
+    #[test]
+    fn heredoc_expansion_is_bounded() {
+        // A heredoc naming a 512 KiB variable three times: 1.5 MiB of substitutions.
+        let big = "b".repeat(super::MAX_WORD / 2);
+        let look = |k: &str| (k == "BIG").then(|| big.clone());
+        assert_eq!(
+            expand_vars("$BIG${BIG}", look).unwrap().len(),
+            super::MAX_WORD
+        );
+        let err = expand_vars("$BIG\n${BIG}\n$BIG", look).unwrap_err();
+        assert!(err.to_string().contains("$BIG"), "{err}");
+        assert_eq!(err.offset(), 12, "the third one");
     }
 }

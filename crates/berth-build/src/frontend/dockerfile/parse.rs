@@ -108,6 +108,17 @@ pub struct Heredoc {
 
 /// Parses `text` (named `file` in errors) into nodes, without interpreting instructions.
 pub fn parse(file: &str, text: &str) -> Result<Ast, SourceError> {
+    parse_until(file, text, &|| false)
+}
+
+/// [`parse`], asking `canceled` before each instruction and stopping with an error once
+/// it says so (a Ctrl-C during a Dockerfile of a million lines); the caller tells that
+/// error from a real one by asking `canceled` again.
+pub fn parse_until(
+    file: &str,
+    text: &str,
+    canceled: &dyn Fn() -> bool,
+) -> Result<Ast, SourceError> {
     let source = Source::new(file, text);
     let directives = parse_directives(&source)?;
     let escape = directives.escape;
@@ -117,6 +128,15 @@ pub fn parse(file: &str, text: &str) -> Result<Ast, SourceError> {
     // Index of the next line to read; line numbers are indices + 1.
     let mut next = 0;
     while next < lines.len() {
+        if canceled() {
+            return Err(source.error(
+                Pos {
+                    line: next + 1,
+                    column: 1,
+                },
+                "canceled",
+            ));
+        }
         let first = &lines[next];
         next += 1;
         let start = next;
