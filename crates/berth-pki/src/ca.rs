@@ -393,3 +393,217 @@ fn load_key(path: &Path) -> Result<KeyPair, PkiError> {
     KeyPair::from_pem(&read_text(path)?)
         .map_err(PkiError::rcgen(format!("read key {}", path.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::needs_renewal;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn save_load_keeps_identity_and_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        let (ca, created) = Ca::load_or_create(&pki, "sat-1").unwrap();
+        assert!(created);
+        assert_eq!(mode(&pki.join("ca.key")), 0o600);
+        assert_eq!(mode(&pki.join("ca.crt")), 0o644);
+        assert_eq!(mode(&pki), 0o700);
+        let (again, created) = Ca::load_or_create(&pki, "ignored").unwrap();
+        assert!(!created);
+        assert_eq!(again.pin(), ca.pin());
+        assert_eq!(again.name(), "sat-1");
+        assert_eq!(again.cert_pem(), ca.cert_pem());
+        assert_eq!(Pin::of_cert_der(ca.cert_der()).unwrap(), ca.pin());
+        assert!(
+            !format!("{ca:?}").contains("PRIVATE"),
+            "Debug never shows the key"
+        );
+    }
+
+    #[test]
+    fn load_refuses_readable_key_and_foreign_cert() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        Ca::create("a").unwrap().save(dir.path()).unwrap();
+        let key = dir.path().join("ca.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Ca::load(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, PkiError::InsecureKeyFile { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        let other = Ca::create("b").unwrap();
+        std::fs::write(dir.path().join("ca.crt"), other.cert_pem()).unwrap();
+        assert!(matches!(
+            Ca::load(dir.path()),
+            Err(PkiError::KeyMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn client_certificate_from_csr() {
+        let ca = Ca::create("sat").unwrap();
+        let key = ClientKey::generate().unwrap();
+        let csr = key.csr_pem("laptop").unwrap();
+        let issued = ca
+            .sign_client_csr(&csr, "laptop", Validity::from_now(DEFAULT_CLIENT_VALIDITY))
+            .unwrap();
+        assert_eq!(issued.info.common_name.as_deref(), Some("laptop"));
+        assert_eq!(
+            issued.info.serial.len(),
+            32,
+            "128-bit serial: {}",
+            issued.info.serial
+        );
+        let days = |d: Duration| d.as_secs() / 86_400;
+        let v = issued.info.validity;
+        assert_eq!(
+            days(v.not_after.duration_since(SystemTime::now()).unwrap()),
+            29
+        );
+
+        let der = crate::cert::cert_der_from_pem(&issued.cert_pem, "client").unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        assert_eq!(cert.issuer().to_string(), "CN=sat");
+
+        let other = ca
+            .sign_client_csr(&key.csr_pem("laptop").unwrap(), "laptop", v)
+            .unwrap();
+        assert_ne!(other.info.serial, issued.info.serial, "serials are random");
+        let identity = key.into_identity(issued.cert_pem);
+        assert_eq!(
+            identity.info().unwrap().pin,
+            issued.info.pin,
+            "certificate carries the client's key"
+        );
+    }
+
+    #[test]
+    fn csr_refusals() {
+        let ca = Ca::create("sat").unwrap();
+        let key = ClientKey::generate().unwrap();
+        let v = Validity::from_now(DEFAULT_CLIENT_VALIDITY);
+        let err = ca
+            .sign_client_csr(&key.csr_pem("laptop").unwrap(), "ci-runner", v)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("is for laptop, not for ci-runner"),
+            "{err}"
+        );
+        assert!(matches!(
+            ca.sign_client_csr("garbage", "laptop", v),
+            Err(PkiError::Csr { .. })
+        ));
+
+        // Flip a bit in the signature (the DER's last byte): the CSR no longer proves the key.
+        use rustls_pki_types::pem::PemObject as _;
+        let mut der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(
+            key.csr_pem("laptop").unwrap().as_bytes(),
+        )
+        .unwrap()
+        .as_ref()
+        .to_vec();
+        *der.last_mut().unwrap() ^= 1;
+        let tampered = format!(
+            "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+            base64(&der)
+        );
+        let err = ca.sign_client_csr(&tampered, "laptop", v).unwrap_err();
+        assert!(
+            err.to_string().to_lowercase().contains("signature"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn renewal_after_half_the_validity() {
+        let ca = Ca::create("sat").unwrap();
+        let key = ClientKey::generate().unwrap();
+        let start = SystemTime::now();
+        let v = Validity {
+            not_before: start,
+            not_after: start + Duration::from_secs(30 * 86_400),
+        };
+        let issued = ca
+            .sign_client_csr(&key.csr_pem("laptop").unwrap(), "laptop", v)
+            .unwrap();
+        let der = crate::cert::cert_der_from_pem(&issued.cert_pem, "client").unwrap();
+        let day = |n: u64| start + Duration::from_secs(n * 86_400);
+        assert!(!needs_renewal(&der, start).unwrap());
+        assert!(!needs_renewal(&der, day(14)).unwrap());
+        assert!(needs_renewal(&der, day(15) + Duration::from_secs(1)).unwrap());
+        assert!(needs_renewal(&der, day(31)).unwrap());
+    }
+
+    #[test]
+    fn server_certificate_names_and_chain() {
+        let ca = Ca::create("sat").unwrap();
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let id = ca
+            .issue_server_cert(
+                &["sat.internal".into()],
+                &[ip],
+                Validity::from_now(DEFAULT_SERVER_VALIDITY),
+            )
+            .unwrap();
+        let chain = id.chain().unwrap();
+        assert_eq!(chain.len(), 2, "leaf and CA");
+        assert_eq!(&chain[1], ca.cert_der());
+        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
+        let san = format!(
+            "{:?}",
+            leaf.subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+        );
+        assert!(
+            san.contains("sat.internal") && san.contains("[10, 1, 2, 3]"),
+            "{san}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        id.save(dir.path(), "server").unwrap();
+        assert_eq!(mode(&dir.path().join("server.key")), 0o600);
+        assert_eq!(
+            Identity::load(dir.path(), "server").unwrap().cert_pem,
+            id.cert_pem
+        );
+        assert!(
+            ca.issue_server_cert(&[], &[], Validity::from_now(DEFAULT_SERVER_VALIDITY))
+                .is_err()
+        );
+    }
+
+    fn base64(data: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in data.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}

@@ -14,8 +14,14 @@ use crate::{PkiError, TokenError};
 /// This is kubeadm's discovery-token-ca-cert-hash: it names the CA's key, so it survives a
 /// re-issued CA certificate for the same key, and a token carrying it lets a client trust the
 /// satellite's CA on first contact without a copied certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pin([u8; 32]);
+
+impl fmt::Debug for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pin({self})")
+    }
+}
 
 impl Pin {
     /// The pin of a DER SubjectPublicKeyInfo.

@@ -116,8 +116,10 @@ pub fn first_contact(pin: Pin) -> Result<(ClientConfig, Arc<PinnedCaVerifier>), 
     Ok((config, verifier))
 }
 
-/// What a client should tell its user when the satellite refused its certificate, read from
-/// the TLS alert the satellite sent (with TLS 1.3 it arrives on the first read).
+/// What a client should tell its user when a connection to a satellite failed for a trust
+/// reason: the satellite refused the client's certificate (read from the TLS alert it sent;
+/// with TLS 1.3 that arrives on the first read), the server's CA did not match the token's
+/// pin, or the server is not signed by the CA stored at enrollment. `None` for other errors.
 pub fn explain_refusal(err: &std::io::Error) -> Option<String> {
     let tls = err.get_ref()?.downcast_ref::<rustls::Error>()?;
     match tls {
@@ -129,6 +131,16 @@ pub fn explain_refusal(err: &std::io::Error) -> Option<String> {
         rustls::Error::AlertReceived(AlertDescription::CertificateExpired) => Some(
             "the satellite refused this client's certificate: it expired (or is not valid yet); \
              run `berth satellite add` again or let it renew"
+                .into(),
+        ),
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            other.0.downcast_ref::<PinMismatch>().map(ToString::to_string)
+        }
+        // BadSignature: a CA with the same name but another key signed it (an impostor, or
+        // the satellite's CA was made anew).
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => Some(
+            "the server's certificate is not signed by the satellite's CA stored at enrollment; \
+             check the address, or enroll again with `berth satellite add` if the satellite was rebuilt"
                 .into(),
         ),
         _ => None,
