@@ -189,6 +189,11 @@ impl Ca {
             client: client_name.to_owned(),
             reason,
         };
+        if !is_valid_client_name(client_name) {
+            return Err(refuse(
+                "a client name is 1 to 64 letters, digits, `.`, `-` or `_`, starting with a letter or digit".into(),
+            ));
+        }
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| refuse(format!("{e}; the client must send a CSR made by berth")))?;
         let asked = dn_common_name(&csr.params.distinguished_name);
@@ -221,6 +226,15 @@ impl Ca {
             self.name
         )))
     }
+}
+
+/// Client names end up in certificates, file names and messages: keep them plain.
+fn is_valid_client_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 fn dn_common_name(dn: &rcgen::DistinguishedName) -> Option<String> {

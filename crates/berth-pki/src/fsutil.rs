@@ -87,24 +87,29 @@ pub(crate) fn from_unix_secs(secs: u64) -> SystemTime {
 
 /// `2026-12-02 03:50:48 UTC`: the form every message of this crate uses.
 pub fn format_utc(t: SystemTime) -> String {
-    let secs = unix_secs(t);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
-    let z = days as i64 + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let t = time::OffsetDateTime::from(t);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     )
+}
+
+/// Opens (creating) `path` and takes an exclusive `flock` on it, waiting for other holders
+/// (other processes, or other open files in this one). Released when the file is dropped.
+pub(crate) fn lock_exclusive(path: &Path) -> Result<File, PkiError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(PkiError::io("open", path))?;
+    file.lock().map_err(PkiError::io("lock", path))?;
+    Ok(file)
 }
 
 #[cfg(test)]

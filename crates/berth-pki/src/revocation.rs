@@ -1,7 +1,7 @@
 //! Revoked client certificates: a list on disk and the check every handshake runs.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{format_utc, from_unix_secs, unix_secs, write_atomic};
+use crate::fsutil::{format_utc, from_unix_secs, lock_exclusive, unix_secs, write_atomic};
 use crate::{CertInfo, PkiError};
 
 /// One revoked certificate.
@@ -103,14 +103,7 @@ impl RevocationList {
         now: SystemTime,
     ) -> Result<Revocation, PkiError> {
         // The lock file serialises writers across processes; the mutex, threads in this one.
-        let lock_path = self.path.with_extension("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(PkiError::io("open", &lock_path))?;
-        lock.lock().map_err(PkiError::io("lock", &lock_path))?;
+        let _lock = lock_exclusive(&self.path.with_extension("lock"))?;
         let mut state = self.state.lock().expect("revocation list lock");
         self.refresh(&mut state)?;
         let entry = state
@@ -172,7 +165,7 @@ impl RevocationList {
 
     fn refresh(&self, state: &mut State) -> Result<(), PkiError> {
         let seen = file_identity(&self.path)?;
-        if seen == state.seen && (seen.is_some() || state.entries.is_empty()) {
+        if seen == state.seen {
             return Ok(());
         }
         state.entries = match seen {

@@ -8,7 +8,7 @@
 //! enough, and a stolen store file cannot be turned into a working token.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use crate::fsutil::{
-    create_private_dir, format_utc, from_unix_secs, hex, random, unix_secs, write_atomic,
+    create_private_dir, format_utc, from_unix_secs, hex, lock_exclusive, random, unix_secs,
+    write_atomic,
 };
 use crate::{Pin, PkiError, TokenError};
 
@@ -359,15 +360,7 @@ impl TokenStore {
     }
 
     fn lock(&self) -> Result<File, PkiError> {
-        let path = self.dir.join(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(PkiError::io("open", &path))?;
-        file.lock().map_err(PkiError::io("lock", &path))?;
-        Ok(file)
+        lock_exclusive(&self.dir.join(".lock"))
     }
 }
 
