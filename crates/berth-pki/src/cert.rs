@@ -137,10 +137,15 @@ impl CertInfo {
     }
 
     /// The name to show in messages: the common name, or the serial.
+    /// Control characters are shown as `?`, so a name cannot forge log lines.
     pub fn display_name(&self) -> String {
-        self.common_name
-            .clone()
-            .unwrap_or_else(|| format!("with serial {}", self.serial))
+        match &self.common_name {
+            Some(cn) => cn
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect(),
+            None => format!("with serial {}", self.serial),
+        }
     }
 }
 

@@ -173,7 +173,23 @@ impl ClientCertVerifier for CheckedClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        // WebPKI first: only a certificate of this CA is judged by the revocation list, and
+        // names in log lines come from certificates the CA signed.
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        let verified = match self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(verified) => verified,
+            Err(err) => {
+                if let Err(refusal @ (Refusal::Expired { .. } | Refusal::NotYetValid { .. })) =
+                    self.revocations.check(end_entity, at)
+                {
+                    tracing::warn!("{refusal}");
+                }
+                return Err(err);
+            }
+        };
         if let Err(refusal) = self.revocations.check(end_entity, at) {
             tracing::warn!("{refusal}");
             return Err(match refusal {
@@ -185,8 +201,7 @@ impl ClientCertVerifier for CheckedClientVerifier {
                 }
             });
         }
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
