@@ -548,6 +548,76 @@ mod tests {
         }
     }
 
+    /// Redeems across processes: this test binary runs itself as children, each redeeming
+    /// once from the same store (see `child_redeem`).
+    #[test]
+    fn redemptions_across_processes_never_exceed_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path()).unwrap();
+        let now = SystemTime::now();
+        let options = TokenOptions {
+            uses: 2,
+            ..TokenOptions::default()
+        };
+        let t = store.create(options, "sat:1", pin(), now).unwrap();
+        let children: Vec<_> = (0..5)
+            .map(|_| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "--exact",
+                        "token::tests::child_redeem",
+                        "--ignored",
+                        "--nocapture",
+                    ])
+                    .env("BERTH_PKI_CHILD_STORE", dir.path())
+                    .env("BERTH_PKI_CHILD_TOKEN", t.to_string())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outputs: Vec<String> = children
+            .into_iter()
+            .map(|c| String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap())
+            .collect();
+        let redeemed = outputs
+            .iter()
+            .filter(|o| o.contains("child: redeemed"))
+            .count();
+        let refused = outputs
+            .iter()
+            .filter(|o| o.contains("child: refused"))
+            .count();
+        assert_eq!((redeemed, refused), (2, 3), "{outputs:?}");
+        assert_eq!(store.list().unwrap()[0].used, 2);
+    }
+
+    /// The child half of `redemptions_across_processes_never_exceed_uses`.
+    #[test]
+    #[ignore = "run by redemptions_across_processes_never_exceed_uses"]
+    fn child_redeem() {
+        let (Some(dir), Some(token)) = (
+            std::env::var_os("BERTH_PKI_CHILD_STORE"),
+            std::env::var("BERTH_PKI_CHILD_TOKEN").ok(),
+        ) else {
+            return;
+        };
+        let token: Token = token.parse().unwrap();
+        let store = TokenStore::open(Path::new(&dir)).unwrap();
+        match store.redeem(
+            TokenKind::Enroll,
+            &token.id,
+            &token.secret,
+            SystemTime::now(),
+        ) {
+            Ok(_) => println!("child: redeemed"),
+            Err(e) if matches!(e.as_token(), Some(TokenError::UsedUp { .. })) => {
+                println!("child: refused")
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     /// flock is per open file, so threads each opening the lock behave as processes do.
     #[test]
     fn concurrent_redemptions_never_exceed_uses() {

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use berth_pki::{
     Ca, CertInfo, ClientAuth, ClientKey, DEFAULT_CLIENT_VALIDITY, DEFAULT_SERVER_VALIDITY,
     Identity, Pin, RevocationList, ServerTrust, Token, TokenKind, TokenOptions, TokenStore,
-    Validity, client_config, explain_refusal, first_contact, server_config,
+    Validity, client_config, explain_refusal, first_contact, needs_renewal, server_config,
 };
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -113,6 +113,19 @@ async fn serve(tls: tokio_rustls::server::TlsStream<TcpStream>, ca: &Ca, tokens:
             }) {
             Ok(issued) => json!({ "cert": issued.cert_pem }),
             Err(err) => json!({ "error": err.to_string() }),
+        }
+    } else if let Some(r) = request.get("renew") {
+        // Renewal runs over mutual TLS: the name comes from the verified certificate.
+        match peer {
+            Some(name) => match ca.sign_client_csr(
+                r["csr"].as_str().unwrap(),
+                &name,
+                Validity::from_now(DEFAULT_CLIENT_VALIDITY),
+            ) {
+                Ok(issued) => json!({ "cert": issued.cert_pem }),
+                Err(err) => json!({ "error": err.to_string() }),
+            },
+            None => json!({ "error": "renewal needs a client certificate" }),
         }
     } else {
         json!({ "hello": peer.unwrap_or_else(|| "anonymous".into()) })
@@ -367,4 +380,38 @@ async fn expired_client_refused_at_handshake() {
         .unwrap_err();
     let why = explain_refusal(&err).unwrap_or_else(|| panic!("no explanation for {err}"));
     assert!(why.contains("expired"), "{why}");
+}
+
+#[tokio::test]
+async fn renewal_once_half_used() {
+    let sat = Satellite::start("sat-1", ClientAuth::Optional).await;
+    let key = ClientKey::generate().unwrap();
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    // Issued 16 days ago for 30 days: still valid, past half.
+    let old = Validity {
+        not_before: now - 16 * day,
+        not_after: now + 14 * day,
+    };
+    let issued = sat
+        .ca
+        .sign_client_csr(&key.csr_pem("laptop").unwrap(), "laptop", old)
+        .unwrap();
+    let identity = key.into_identity(issued.cert_pem);
+    assert!(needs_renewal(&identity.chain().unwrap()[0], now).unwrap());
+
+    let fresh_key = ClientKey::generate().unwrap();
+    let config =
+        client_config(ServerTrust::Ca(sat.ca.cert_der().clone()), Some(&identity)).unwrap();
+    let request = json!({ "renew": { "csr": fresh_key.csr_pem("laptop").unwrap() } });
+    let reply = call(config, sat.addr, request).await.unwrap();
+    let renewed = fresh_key.into_identity(reply["cert"].as_str().unwrap().to_owned());
+    assert!(!needs_renewal(&renewed.chain().unwrap()[0], now).unwrap());
+    assert_ne!(renewed.info().unwrap().serial, issued.info.serial);
+    assert_eq!(
+        hello(sat.ca.cert_der(), Some(&renewed), sat.addr)
+            .await
+            .unwrap(),
+        "laptop"
+    );
 }
