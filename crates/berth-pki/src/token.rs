@@ -385,6 +385,12 @@ fn write_record(path: &Path, record: &TokenRecord) -> Result<(), PkiError> {
 mod tests {
     use super::*;
 
+    fn new_store() -> (tempfile::TempDir, TokenStore, SystemTime) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path()).unwrap();
+        (dir, store, SystemTime::now())
+    }
+
     fn pin() -> Pin {
         Pin::of_spki(b"ca key")
     }
@@ -447,9 +453,7 @@ mod tests {
 
     #[test]
     fn store_keeps_only_the_hash_and_counts_uses() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::open(dir.path()).unwrap();
-        let now = SystemTime::now();
+        let (_dir, store, now) = new_store();
         let opts = TokenOptions {
             uses: 2,
             ..TokenOptions::default()
@@ -487,9 +491,7 @@ mod tests {
 
     #[test]
     fn distinct_refusals() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::open(dir.path()).unwrap();
-        let now = SystemTime::now();
+        let (_dir, store, now) = new_store();
         let t = store
             .create(TokenOptions::default(), "sat:8372", pin(), now)
             .unwrap();
@@ -532,9 +534,7 @@ mod tests {
 
     #[test]
     fn unlimited_uses_until_expiry() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::open(dir.path()).unwrap();
-        let now = SystemTime::now();
+        let (_dir, store, now) = new_store();
         let opts = TokenOptions {
             kind: TokenKind::Pull,
             uses: 0,
@@ -552,9 +552,7 @@ mod tests {
     /// once from the same store (see `child_redeem`).
     #[test]
     fn redemptions_across_processes_never_exceed_uses() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::open(dir.path()).unwrap();
-        let now = SystemTime::now();
+        let (dir, store, now) = new_store();
         let options = TokenOptions {
             uses: 2,
             ..TokenOptions::default()
@@ -621,9 +619,7 @@ mod tests {
     /// flock is per open file, so threads each opening the lock behave as processes do.
     #[test]
     fn concurrent_redemptions_never_exceed_uses() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::open(dir.path()).unwrap();
-        let now = SystemTime::now();
+        let (dir, store, now) = new_store();
         let t = store
             .create(
                 TokenOptions {
