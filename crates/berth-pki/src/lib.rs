@@ -19,6 +19,34 @@
 //! 4. [`needs_renewal`] tells the client when to repeat step 2 over mutual TLS; the
 //!    satellite's [`RevocationList`] refuses revoked and expired certificates at the handshake.
 //!
+//! ```
+//! use std::time::SystemTime;
+//! use berth_pki::*;
+//!
+//! # fn main() -> Result<(), PkiError> {
+//! # let root = tempfile::tempdir().unwrap();
+//! // On the satellite, first start:
+//! let (ca, _created) = Ca::load_or_create(&root.path().join("pki"), "sat-1")?;
+//! let tokens = TokenStore::open(&root.path().join("tokens"))?;
+//! let token = tokens.create(TokenOptions::default(), "sat.internal:8372", ca.pin(), SystemTime::now())?;
+//! let line = token.to_string(); // berth-<id>.<secret>@sat.internal:8372#sha256:<pin>
+//!
+//! // On the client (after a pinned first contact):
+//! let token: Token = line.parse()?;
+//! let key = ClientKey::generate()?;
+//! let csr = key.csr_pem("laptop")?;
+//!
+//! // Back on the satellite:
+//! tokens.redeem(TokenKind::Enroll, &token.id, &token.secret, SystemTime::now())?;
+//! let issued = ca.sign_client_csr(&csr, "laptop", Validity::from_now(DEFAULT_CLIENT_VALIDITY))?;
+//!
+//! // The client keeps its key and the certificate.
+//! let identity = key.into_identity(issued.cert_pem);
+//! assert!(!needs_renewal(&identity.chain()?[0], SystemTime::now())?);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! The satellite service (gRPC, file layout in its root, `berth satellite …` commands) is
 //! berth-satellite's and berth-cli's; this crate holds no network protocol of its own.
 #![warn(missing_docs)]
