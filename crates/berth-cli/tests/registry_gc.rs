@@ -84,7 +84,10 @@ impl Pusher {
     async fn delete_manifest(&self, m: &Pushed) {
         let r = self
             .http
-            .delete(format!("{}/v2/{}/manifests/{}", self.base, m.repo, m.digest))
+            .delete(format!(
+                "{}/v2/{}/manifests/{}",
+                self.base, m.repo, m.digest
+            ))
             .send()
             .await
             .unwrap();
@@ -253,7 +256,7 @@ fn gc_beside_pushers_never_breaks_a_committed_manifest() {
                         k += 1;
                         let repo = format!("stress/r{}", (p + k) % REPOS);
                         let from = format!("stress/r{}", (p + k + 1) % REPOS);
-                        let done = if k % 3 == 0 && !images.is_empty() {
+                        let done = if k.is_multiple_of(3) && !images.is_empty() {
                             // Re-push an image pushed earlier, to another repository and
                             // tag: its blobs are mostly found by HEAD and skipped.
                             let old = images[k % images.len()].clone();
@@ -273,7 +276,7 @@ fn gc_beside_pushers_never_breaks_a_committed_manifest() {
                                 .await
                         };
                         let Some(done) = done else { continue };
-                        if k % 4 == 0 {
+                        if k.is_multiple_of(4) {
                             // An index over the manifest just pushed.
                             let bytes = format!(
                                 r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":{}}}]}}"#,
@@ -289,7 +292,7 @@ fn gc_beside_pushers_never_breaks_a_committed_manifest() {
                             }
                         }
                         images.push(done.clone());
-                        if k % 5 == 1 && k % 4 != 0 {
+                        if k % 5 == 1 && !k.is_multiple_of(4) {
                             // Deleted: its blobs become garbage, which gc removes while
                             // later re-pushes of the image HEAD them.
                             pusher.delete_manifest(&done).await;
@@ -370,10 +373,14 @@ fn gc_beside_pushers_never_breaks_a_committed_manifest() {
 }
 
 fn run_gc(root: &PathBuf) -> String {
-    run(Command::new(berth_bin())
-        .arg("--root")
-        .arg(root)
-        .args(["registry", "gc", "--grace", "0s", "--upload-expiry", "1h"]))
+    run(Command::new(berth_bin()).arg("--root").arg(root).args([
+        "registry",
+        "gc",
+        "--grace",
+        "0s",
+        "--upload-expiry",
+        "1h",
+    ]))
 }
 
 fn gc_loop(root: &PathBuf, counts: &Counts, stop: &AtomicBool) {
@@ -386,5 +393,8 @@ fn gc_loop(root: &PathBuf, counts: &Counts, stop: &AtomicBool) {
         }
     }
     eprintln!("gc removed {} blobs over the run", removed.len());
-    assert!(!removed.is_empty(), "gc found garbage to remove beside the pushes");
+    assert!(
+        !removed.is_empty(),
+        "gc found garbage to remove beside the pushes"
+    );
 }

@@ -302,7 +302,10 @@ fn gc_removes_what_no_manifest_references() {
         .join("repositories/gc/drop/_blobs/sha256")
         .join(od.trim_start_matches("sha256:"));
     for f in [&blob, &link] {
-        std::fs::File::open(f).unwrap().set_modified(hour_ago).unwrap();
+        std::fs::File::open(f)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
     }
     let out = berth_gc(&[]);
     assert!(out.contains("removed 0 blobs"), "{out}");

@@ -660,47 +660,34 @@ async fn put_manifest(
         let repos = store.repos();
         // Every reference is held (protected from gc) from its check until the manifest
         // is linked; the guards stamp the blobs when dropped, after the link.
+        let hold = |r: &Descriptor, linked: bool, holder: &str, what: &str| {
+            let guard = if linked {
+                store.protect_blob(&r.digest)?
+            } else {
+                None
+            };
+            let Some(guard) = guard else {
+                return Err(RegistryError::new(
+                    Code::ManifestBlobUnknown,
+                    format!(
+                        "{holder} references {what} {} which is not in repository {n}; push it first",
+                        r.digest
+                    ),
+                )
+                .with_detail(serde_json::json!({ "digest": r.digest })));
+            };
+            check_size(&r.digest, r.size, guard.size(), what)?;
+            Ok(guard)
+        };
         let mut guards = Vec::new();
         for r in manifest.blobs() {
-            if media_type::is_non_distributable(&r.media_type) {
-                continue;
+            if !media_type::is_non_distributable(&r.media_type) {
+                guards.push(hold(r, repos.has_blob(&n, &r.digest)?, "manifest", "blob")?);
             }
-            let guard = if repos.has_blob(&n, &r.digest)? {
-                store.protect_blob(&r.digest)?
-            } else {
-                None
-            };
-            let Some(guard) = guard else {
-                return Err(RegistryError::new(
-                    Code::ManifestBlobUnknown,
-                    format!(
-                        "manifest references blob {} which is not in repository {n}; push it first",
-                        r.digest
-                    ),
-                )
-                .with_detail(serde_json::json!({ "digest": r.digest })));
-            };
-            check_size(&r.digest, r.size, guard.size(), "blob")?;
-            guards.push(guard);
         }
         for r in &manifest.manifests {
-            let guard = if repos.manifest(&n, &r.digest)?.is_some() {
-                store.protect_blob(&r.digest)?
-            } else {
-                None
-            };
-            let Some(guard) = guard else {
-                return Err(RegistryError::new(
-                    Code::ManifestBlobUnknown,
-                    format!(
-                        "index references manifest {} which is not in repository {n}; push it first",
-                        r.digest
-                    ),
-                )
-                .with_detail(serde_json::json!({ "digest": r.digest })));
-            };
-            check_size(&r.digest, r.size, guard.size(), "manifest")?;
-            guards.push(guard);
+            let linked = repos.manifest(&n, &r.digest)?.is_some();
+            guards.push(hold(r, linked, "index", "manifest")?);
         }
         let (_, own) = store.put_blob_protected(algorithm, &bytes)?;
         guards.push(own);
@@ -1088,7 +1075,12 @@ async fn open_upload(reg: &Registry, name: &str, id: &str) -> Result<Writer> {
 /// Commit an upload's writer under `expected` and link the blob into `name`, with the
 /// blob protected from gc until the link is written. A failed commit removes the ingest:
 /// its data can never become this digest.
-async fn commit_upload(reg: &Registry, name: &str, w: Writer, expected: Digest) -> Result<Response> {
+async fn commit_upload(
+    reg: &Registry,
+    name: &str,
+    w: Writer,
+    expected: Digest,
+) -> Result<Response> {
     let (store, n, d) = (reg.store().clone(), name.to_string(), expected.clone());
     blocking(move || {
         let reference = w.reference().to_string();
@@ -1233,7 +1225,9 @@ fn check_content_range(
     }
     let Some(end) = end else { return Ok(None) };
     if end < offset {
-        return Err(refuse(format!("Content-Range {spec:?} ends before it starts")));
+        return Err(refuse(format!(
+            "Content-Range {spec:?} ends before it starts"
+        )));
     }
     let announced = end - offset + 1;
     let length = headers

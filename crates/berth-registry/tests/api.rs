@@ -46,6 +46,16 @@ async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
     }
 }
 
+/// A registry with users `ci` (password `ci-pass`) and `dev` (`dev-pass`) and `rules`.
+async fn start_with_users(rules: &str) -> Server {
+    let users = HashMap::from([
+        ("ci".to_string(), bcrypt::hash("ci-pass", 4).unwrap()),
+        ("dev".to_string(), bcrypt::hash("dev-pass", 4).unwrap()),
+    ]);
+    let access: Access = toml::from_str(rules).unwrap();
+    start_with(|c| c.auth = Some(Auth::new(users, Some(access)))).await
+}
+
 async fn start() -> Server {
     start_with(|_| {}).await
 }
@@ -1084,7 +1094,8 @@ async fn parallel_pushes_of_one_blob() {
 #[tokio::test]
 async fn descriptor_sizes_must_match_the_stored_blobs() {
     let s = start().await;
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let c = s.push_blob("app", config).await;
     let l = s.push_blob("app", b"layer of 17 bytes").await;
     // The layer is 17 bytes; the manifest says 16.
@@ -1119,7 +1130,8 @@ async fn descriptor_sizes_must_match_the_stored_blobs() {
 #[tokio::test]
 async fn only_exact_non_distributable_types_skip_the_existence_check() {
     let s = start().await;
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let c = s.push_blob("app", config).await;
     let absent = Digest::sha256(b"lives elsewhere");
     let manifest = |layer_type: &str| {
@@ -1206,7 +1218,12 @@ async fn a_patch_whose_body_is_not_its_content_range_writes_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
 }
 
 #[tokio::test]
@@ -1235,7 +1252,8 @@ async fn an_aborted_single_post_upload_leaves_nothing() {
 #[tokio::test]
 async fn put_by_digest_with_tag_parameters_tags_it() {
     let s = start().await;
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let c = s.push_blob("app", config).await;
     let l = s.push_blob("app", b"l").await;
     let m = image_manifest(&c, config.len(), &l, 1, None);
@@ -1262,11 +1280,7 @@ async fn put_by_digest_with_tag_parameters_tags_it() {
 
 #[tokio::test]
 async fn mount_without_from_finds_a_readable_repository() {
-    let users = HashMap::from([
-        ("ci".to_string(), bcrypt::hash("ci-pass", 4).unwrap()),
-        ("dev".to_string(), bcrypt::hash("dev-pass", 4).unwrap()),
-    ]);
-    let access: Access = toml::from_str(
+    let s = start_with_users(
         r#"
         [[rule]]
         users = ["ci"]
@@ -1278,37 +1292,52 @@ async fn mount_without_from_finds_a_readable_repository() {
         actions = ["pull", "push"]
         "#,
     )
-    .unwrap();
-    let s = start_with(|c| c.auth = Some(Auth::new(users, Some(access)))).await;
+    .await;
     let post = |user: &'static str, pass: &'static str, path: String| {
         s.req(Method::POST, &path).basic_auth(user, Some(pass))
     };
     let secret = Digest::sha256(b"secret layer");
-    let r = post("ci", "ci-pass", format!("/v2/secret/app/blobs/uploads/?digest={secret}"))
-        .body(b"secret layer".to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        "ci",
+        "ci-pass",
+        format!("/v2/secret/app/blobs/uploads/?digest={secret}"),
+    )
+    .body(b"secret layer".to_vec())
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let shared = Digest::sha256(b"shared layer");
-    let r = post("ci", "ci-pass", format!("/v2/dev/base/blobs/uploads/?digest={shared}"))
-        .body(b"shared layer".to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        "ci",
+        "ci-pass",
+        format!("/v2/dev/base/blobs/uploads/?digest={shared}"),
+    )
+    .body(b"shared layer".to_vec())
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     // dev may read dev/base: mounted without naming it.
-    let r = post("dev", "dev-pass", format!("/v2/dev/app/blobs/uploads/?mount={shared}"))
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        "dev",
+        "dev-pass",
+        format!("/v2/dev/app/blobs/uploads/?mount={shared}"),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert!(s.store.repos().has_blob("dev/app", &shared).unwrap());
     // dev may not read secret/app: an ordinary upload starts, nothing is linked.
-    let r = post("dev", "dev-pass", format!("/v2/dev/app/blobs/uploads/?mount={secret}"))
-        .send()
-        .await
-        .unwrap();
+    let r = post(
+        "dev",
+        "dev-pass",
+        format!("/v2/dev/app/blobs/uploads/?mount={secret}"),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert!(!s.store.repos().has_blob("dev/app", &secret).unwrap());
 }

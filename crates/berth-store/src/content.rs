@@ -395,7 +395,9 @@ impl Writer {
         }
         self.file.set_len(len).ctx("truncate ingest", &self.path)?;
         let mut hasher = self.algorithm.hasher();
-        let mut f = File::open(&self.path).ctx("open ingest", &self.path)?.take(len);
+        let mut f = File::open(&self.path)
+            .ctx("open ingest", &self.path)?
+            .take(len);
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = f.read(&mut buf).ctx("re-hash ingest", &self.path)?;
@@ -481,11 +483,7 @@ impl Writer {
         // Out of the ingest first (a new writer on this ref starts a new file), then
         // unlocked: the blob's lock is the inode's, and we take it shared below.
         let blob_dir = target.parent().expect("blob has a parent");
-        let tmp = blob_dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            fsutil::unique()
-        ));
+        let tmp = blob_dir.join(format!(".tmp-{}-{}", std::process::id(), fsutil::unique()));
         fs::rename(&path, &tmp).ctx("move ingest to the blob store", &tmp)?;
         let _ = file.unlock();
         drop(file);

@@ -126,7 +126,11 @@ pub enum ProblemKind {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "repository {}: manifest {}: ", self.repository, self.manifest)?;
+        write!(
+            f,
+            "repository {}: manifest {}: ",
+            self.repository, self.manifest
+        )?;
         match &self.kind {
             ProblemKind::ManifestMissing => write!(f, "missing from the blob store"),
             ProblemKind::Unreadable(e) => write!(f, "does not parse: {e}"),
@@ -258,10 +262,24 @@ impl Store {
                 report.removed_blobs.push(blob);
             }
         }
+        // Temporary names a commit killed mid-way left beside the blobs.
+        for alg in berth_oci::Algorithm::ALL {
+            let dir = self.root().join("blobs").join(alg.as_str());
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let old = entry.metadata().ok().and_then(|m| m.modified().ok());
+                let expired = old.is_some_and(|t| {
+                    marked_at.duration_since(t).unwrap_or_default() >= opts.upload_expiry
+                });
+                if expired
+                    && entry.file_name().to_string_lossy().starts_with(".tmp-")
+                    && !opts.dry_run
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
         for ingest in self.ingests()? {
-            let age = marked_at
-                .duration_since(ingest.updated)
-                .unwrap_or_default();
+            let age = marked_at.duration_since(ingest.updated).unwrap_or_default();
             if age < opts.upload_expiry {
                 continue;
             }

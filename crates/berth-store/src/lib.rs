@@ -50,5 +50,5 @@ pub use blobinfo::Uncompressed;
 pub use content::{Committed, IngestInfo, Store, Writer};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{CheckReport, GcOptions, GcReport, Problem, ProblemKind};
-pub use protect::{BlobGuard, CLOCK_MARGIN, STAMP_SLACK};
 pub use meta::Repos;
+pub use protect::{BlobGuard, CLOCK_MARGIN, STAMP_SLACK};

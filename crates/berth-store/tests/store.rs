@@ -197,7 +197,11 @@ fn gc_sweeps_unreferenced_blobs_and_keeps_referenced_ones() {
         .unwrap();
     assert!(fresh.removed_blobs.is_empty(), "{fresh:?}");
     backdate(&s.blob_path(&orphan));
-    backdate(&s.root().join("repositories/app/_blobs/sha256").join(orphan.hex()));
+    backdate(
+        &s.root()
+            .join("repositories/app/_blobs/sha256")
+            .join(orphan.hex()),
+    );
 
     let now = GcOptions {
         dry_run: true,
