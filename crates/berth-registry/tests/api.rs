@@ -1296,48 +1296,30 @@ async fn mount_without_from_finds_a_readable_repository() {
     let post = |user: &'static str, pass: &'static str, path: String| {
         s.req(Method::POST, &path).basic_auth(user, Some(pass))
     };
-    let secret = Digest::sha256(b"secret layer");
-    let r = post(
-        "ci",
-        "ci-pass",
-        format!("/v2/secret/app/blobs/uploads/?digest={secret}"),
-    )
-    .body(b"secret layer".to_vec())
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let shared = Digest::sha256(b"shared layer");
-    let r = post(
-        "ci",
-        "ci-pass",
-        format!("/v2/dev/base/blobs/uploads/?digest={shared}"),
-    )
-    .body(b"shared layer".to_vec())
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    // dev may read dev/base: mounted without naming it.
-    let r = post(
-        "dev",
-        "dev-pass",
-        format!("/v2/dev/app/blobs/uploads/?mount={shared}"),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    assert!(s.store.repos().has_blob("dev/app", &shared).unwrap());
-    // dev may not read secret/app: an ordinary upload starts, nothing is linked.
-    let r = post(
-        "dev",
-        "dev-pass",
-        format!("/v2/dev/app/blobs/uploads/?mount={secret}"),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    assert!(!s.store.repos().has_blob("dev/app", &secret).unwrap());
+    let mut digests = Vec::new();
+    for (repo, data) in [
+        ("secret/app", &b"secret layer"[..]),
+        ("dev/base", &b"shared layer"[..]),
+    ] {
+        let d = Digest::sha256(data);
+        let path = format!("/v2/{repo}/blobs/uploads/?digest={d}");
+        let r = post("ci", "ci-pass", path)
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        digests.push(d);
+    }
+    // dev may read dev/base: mounted without naming it. dev may not read secret/app:
+    // an ordinary upload starts, and nothing is linked.
+    for (d, want, linked) in [
+        (&digests[1], StatusCode::CREATED, true),
+        (&digests[0], StatusCode::ACCEPTED, false),
+    ] {
+        let path = format!("/v2/dev/app/blobs/uploads/?mount={d}");
+        let r = post("dev", "dev-pass", path).send().await.unwrap();
+        assert_eq!(r.status(), want, "mount {d}");
+        assert_eq!(s.store.repos().has_blob("dev/app", d).unwrap(), linked);
+    }
 }
