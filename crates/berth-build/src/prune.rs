@@ -131,6 +131,9 @@ pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneRep
         .flatten()
         .map(|l| l.blob.digest.clone())
         .collect();
+    // Taken before looking for references: a registry serving this root may link a
+    // layer into a repository meanwhile, and `sweep_blob` keeps what it protected since.
+    let marked_at = SystemTime::now();
     let images = store.referenced()?;
     let mut seen = HashSet::new();
     for l in removed_layers {
@@ -138,8 +141,7 @@ pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneRep
         if live_blobs.contains(&d) || images.contains(&d) || !seen.insert(d.clone()) {
             continue;
         }
-        if let Some(size) = store.blob_size(&d)? {
-            store.delete_blob(&d)?;
+        if let Some(size) = store.sweep_blob(&d, marked_at, std::time::Duration::ZERO, false)? {
             report.blobs += 1;
             report.bytes += size;
         }

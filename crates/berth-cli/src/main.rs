@@ -62,7 +62,8 @@ enum RegistryCommand {
     Serve(ServeArgs),
     /// Remove blobs no manifest references, and expired upload sessions.
     Gc(GcArgs),
-    /// Re-hash every blob and report corrupt or missing content.
+    /// Re-hash every blob, and check that every manifest pulls whole (its blob, config,
+    /// layers, child manifests, referrer record).
     Check,
 }
 
@@ -267,17 +268,21 @@ fn check(settings: &Settings) -> Result<()> {
     for d in &report.corrupt {
         println!("corrupt blob {d}: its content does not hash to its name");
     }
-    for (repo, d) in &report.missing {
-        println!("missing manifest {d} in repository {repo}");
+    for p in &report.problems {
+        println!("{p}");
     }
     println!(
-        "{} blobs checked, {} corrupt, {} missing",
+        "{} blobs checked, {} corrupt; {} manifests checked, {} problems",
         report.blobs,
         report.corrupt.len(),
-        report.missing.len()
+        report.manifests,
+        report.problems.len()
     );
-    if !report.corrupt.is_empty() || !report.missing.is_empty() {
-        bail!("store at {} is inconsistent", settings.root.display());
+    if !report.corrupt.is_empty() || !report.problems.is_empty() {
+        bail!(
+            "store at {} is inconsistent: pulls of the manifests listed above fail; push them again, or delete them",
+            settings.root.display()
+        );
     }
     Ok(())
 }

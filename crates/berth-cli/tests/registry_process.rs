@@ -290,6 +290,25 @@ fn gc_removes_what_no_manifest_references() {
     // Within the default grace period nothing goes.
     let out = berth_gc(&[]);
     assert!(out.contains("removed 0 blobs"), "{out}");
+    // Nor within the clock margin (berth_store::CLOCK_MARGIN) of a grace of 0s: the
+    // upload stamped it a moment ago.
+    let out = berth_gc(&["--grace", "0s"]);
+    assert!(out.contains("removed 0 blobs"), "{out}");
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let blob = root
+        .join("blobs/sha256")
+        .join(od.trim_start_matches("sha256:"));
+    let link = root
+        .join("repositories/gc/drop/_blobs/sha256")
+        .join(od.trim_start_matches("sha256:"));
+    for f in [&blob, &link] {
+        std::fs::File::open(f)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+    let out = berth_gc(&[]);
+    assert!(out.contains("removed 0 blobs"), "{out}");
     let dry = berth_gc(&["--dry-run", "--grace", "0s"]);
     assert!(dry.contains(&format!("would remove blob {od}")), "{dry}");
     assert!(dry.contains("would remove 1 blobs"), "{dry}");

@@ -36,3 +36,19 @@ pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
 /// Docker's gzip-compressed layer.
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Layers a registry need not hold, since their descriptors' `urls` say where they are:
+/// OCI's non-distributable layers (deprecated in image-spec 1.1, still accepted) and
+/// Docker's foreign layers. Only these exact types are exempt from a registry's check that
+/// a manifest's blobs exist.
+pub const NON_DISTRIBUTABLE_LAYERS: [&str; 4] = [
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+];
+
+/// Whether `media_type` is one of [`NON_DISTRIBUTABLE_LAYERS`].
+pub fn is_non_distributable(media_type: &str) -> bool {
+    NON_DISTRIBUTABLE_LAYERS.contains(&media_type)
+}

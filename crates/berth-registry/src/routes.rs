@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use berth_oci::{Algorithm, Descriptor, Digest, Manifest, media_type};
 use berth_store::{Store, Writer};
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 
 use crate::auth::{Action, Auth};
 use crate::error::{Code, RegistryError};
@@ -181,6 +181,18 @@ fn query_param(req_query: Option<&str>, key: &str) -> Option<String> {
     })
 }
 
+/// Every value of `key` in the query (`?tag=a&tag=b`).
+fn query_params(req_query: Option<&str>, key: &str) -> Vec<String> {
+    req_query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k == key).then(|| percent_decode(v))
+        })
+        .collect()
+}
+
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -312,10 +324,12 @@ async fn handle(reg: &Registry, req: Request) -> Result<Response> {
             get_manifest(reg, &name, &reference, req.headers(), m == Method::HEAD)
         }
         (Route::Manifest(name, reference), Method::PUT) => {
-            put_manifest(reg, &name, &reference, req).await
+            let tags = query_params(query.as_deref(), "tag");
+            put_manifest(reg, &name, &reference, tags, req).await
         }
         (Route::Manifest(name, reference), Method::DELETE) => {
-            delete_manifest(reg, &name, &reference)
+            let reg = reg.clone();
+            blocking(move || delete_manifest(&reg, &name, &reference)).await
         }
         (Route::Blob(name, digest), m @ (Method::GET | Method::HEAD)) => {
             get_blob(reg, &name, &digest, req.headers(), m == Method::HEAD).await
@@ -323,7 +337,8 @@ async fn handle(reg: &Registry, req: Request) -> Result<Response> {
         (Route::Blob(name, digest), Method::DELETE) => {
             check_name(&name)?;
             let d = parse_digest(&digest)?;
-            if !reg.store().repos().unlink_blob(&name, &d)? {
+            let (store, n, d2) = (reg.store().clone(), name.clone(), d.clone());
+            if !blocking(move || Ok(store.repos().unlink_blob(&n, &d2)?)).await? {
                 return Err(RegistryError::new(
                     Code::BlobUnknown,
                     format!("blob {d} is not in repository {name}"),
@@ -349,15 +364,19 @@ async fn handle(reg: &Registry, req: Request) -> Result<Response> {
             put_upload(reg, &name, &id, q("digest"), req).await
         }
         (Route::Upload(name, Some(id)), Method::GET) => {
-            let w = open_upload(reg, &name, &id)?;
+            let w = open_upload(reg, &name, &id).await?;
             let resp = upload_accepted(StatusCode::NO_CONTENT, &name, &id, w.offset());
             reg.put_writer(w);
             Ok(resp)
         }
         (Route::Upload(name, Some(id)), Method::DELETE) => {
-            let w = open_upload(reg, &name, &id)?;
-            drop(w);
-            reg.store().abort(&id)?;
+            let w = open_upload(reg, &name, &id).await?;
+            let store = reg.store().clone();
+            blocking(move || {
+                drop(w);
+                Ok(store.abort(&id)?)
+            })
+            .await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
         (Route::Referrers(name, digest), Method::GET) => {
@@ -575,6 +594,7 @@ async fn put_manifest(
     reg: &Registry,
     name: &str,
     reference: &str,
+    extra_tags: Vec<String>,
     req: Request,
 ) -> Result<Response> {
     check_name(name)?;
@@ -586,6 +606,19 @@ async fn put_manifest(
             .map_err(|e| RegistryError::new(Code::ManifestInvalid, e.to_string()))?;
         None
     };
+    // OCI 1.1: `PUT /manifests/<digest>?tag=<t>` tags the manifest too.
+    let mut tags: Vec<String> = Vec::new();
+    if !by_digest {
+        tags.push(reference.to_string());
+    }
+    for t in extra_tags {
+        berth_oci::validate_tag(&t).map_err(|e| {
+            RegistryError::new(Code::ManifestInvalid, format!("query parameter tag: {e}"))
+        })?;
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -619,54 +652,67 @@ async fn put_manifest(
             format!("manifest was pushed as {w} but its content is {digest}"),
         ));
     }
-    let store = reg.store();
-    let repos = store.repos();
-    for d in manifest.blobs() {
-        if d.media_type.contains("nondistributable") || d.media_type.contains("foreign") {
-            continue;
-        }
-        if !repos.has_blob(name, &d.digest)? || store.blob_size(&d.digest)?.is_none() {
-            return Err(RegistryError::new(
-                Code::ManifestBlobUnknown,
-                format!(
-                    "manifest references blob {} which is not in repository {name}; push it first",
-                    d.digest
-                ),
-            )
-            .with_detail(serde_json::json!({ "digest": d.digest })));
-        }
-    }
-    for d in &manifest.manifests {
-        if repos.manifest(name, &d.digest)?.is_none() {
-            return Err(RegistryError::new(
-                Code::ManifestBlobUnknown,
-                format!(
-                    "index references manifest {} which is not in repository {name}; push it first",
-                    d.digest
-                ),
-            )
-            .with_detail(serde_json::json!({ "digest": d.digest })));
-        }
-    }
-    store.put_blob(algorithm, &bytes)?;
-    // The referrer record goes first: a crash between the two leaves a record whose
-    // manifest is not linked, which listings skip, rather than a linked manifest that
-    // never shows up as a referrer.
-    if let Some(subject) = &manifest.subject {
-        let descriptor = Descriptor {
-            media_type: media_type.clone(),
-            digest: digest.clone(),
-            size: bytes.len() as u64,
-            artifact_type: manifest.referrer_artifact_type(),
-            annotations: manifest.annotations.clone(),
-            platform: None,
+    let store = reg.store().clone();
+    let (n, d) = (name.to_string(), digest.clone());
+    let subject = manifest.subject.clone();
+    let t = tags.clone();
+    blocking(move || {
+        let repos = store.repos();
+        // Every reference is held (protected from gc) from its check until the manifest
+        // is linked; the guards stamp the blobs when dropped, after the link.
+        let hold = |r: &Descriptor, linked: bool, holder: &str, what: &str| {
+            let guard = if linked {
+                store.protect_blob(&r.digest)?
+            } else {
+                None
+            };
+            let Some(guard) = guard else {
+                return Err(RegistryError::new(
+                    Code::ManifestBlobUnknown,
+                    format!(
+                        "{holder} references {what} {} which is not in repository {n}; push it first",
+                        r.digest
+                    ),
+                )
+                .with_detail(serde_json::json!({ "digest": r.digest })));
+            };
+            check_size(&r.digest, r.size, guard.size(), what)?;
+            Ok(guard)
         };
-        repos.add_referrer(name, &subject.digest, &descriptor)?;
-    }
-    repos.link_manifest(name, &digest, &media_type)?;
-    if !by_digest {
-        repos.set_tag(name, reference, &digest)?;
-    }
+        let mut guards = Vec::new();
+        for r in manifest.blobs() {
+            if !media_type::is_non_distributable(&r.media_type) {
+                guards.push(hold(r, repos.has_blob(&n, &r.digest)?, "manifest", "blob")?);
+            }
+        }
+        for r in &manifest.manifests {
+            let linked = repos.manifest(&n, &r.digest)?.is_some();
+            guards.push(hold(r, linked, "index", "manifest")?);
+        }
+        let (_, own) = store.put_blob_protected(algorithm, &bytes)?;
+        guards.push(own);
+        // The referrer record goes first: a crash between the two leaves a record whose
+        // manifest is not linked, which listings skip, rather than a linked manifest that
+        // never shows up as a referrer.
+        if let Some(subject) = &manifest.subject {
+            let descriptor = Descriptor {
+                media_type: media_type.clone(),
+                digest: d.clone(),
+                size: bytes.len() as u64,
+                artifact_type: manifest.referrer_artifact_type(),
+                annotations: manifest.annotations.clone(),
+                platform: None,
+            };
+            repos.add_referrer(&n, &subject.digest, &descriptor)?;
+        }
+        repos.link_manifest(&n, &d, &media_type)?;
+        for tag in &t {
+            repos.set_tag(&n, tag, &d)?;
+        }
+        drop(guards);
+        Ok(())
+    })
+    .await?;
     let mut r = empty(StatusCode::CREATED);
     set(
         &mut r,
@@ -674,10 +720,32 @@ async fn put_manifest(
         &format!("/v2/{name}/manifests/{digest}"),
     );
     set(&mut r, "docker-content-digest", &digest.to_string());
-    if let Some(subject) = &manifest.subject {
+    if let Some(subject) = &subject {
         set(&mut r, "oci-subject", &subject.digest.to_string());
     }
+    if by_digest {
+        for tag in &tags {
+            if let Ok(v) = HeaderValue::from_str(tag) {
+                r.headers_mut().append("oci-tag", v);
+            }
+        }
+    }
     Ok(r)
+}
+
+/// A descriptor's size must be the stored blob's (image-spec: "size ... MUST" match;
+/// a client that trusted it would read a truncated or overlong blob).
+fn check_size(digest: &Digest, declared: u64, stored: u64, what: &str) -> Result<()> {
+    if declared == stored {
+        return Ok(());
+    }
+    Err(RegistryError::new(
+        Code::ManifestInvalid,
+        format!(
+            "manifest gives {what} {digest} a size of {declared} bytes, but the stored {what} has {stored}; fix the descriptor's size"
+        ),
+    )
+    .with_detail(serde_json::json!({ "digest": digest, "size": declared, "stored": stored })))
 }
 
 fn delete_manifest(reg: &Registry, name: &str, reference: &str) -> Result<Response> {
@@ -765,37 +833,52 @@ async fn get_blob(
 ) -> Result<Response> {
     check_name(name)?;
     let digest = parse_digest(digest)?;
-    let store = reg.store();
-    let unknown = || {
-        RegistryError::new(
-            Code::BlobUnknown,
-            format!("blob {digest} is not in repository {name}"),
-        )
-    };
-    if !store.repos().has_blob(name, &digest)? && store.repos().manifest(name, &digest)?.is_none() {
-        return Err(unknown());
-    }
-    let (file, size) = store.open_blob(&digest)?.ok_or_else(unknown)?;
-    let range = byte_range(headers, size)?;
-    let (status, start, len) = match range {
-        None => (StatusCode::OK, 0, size),
-        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
-    };
-    let mut r = if head {
-        Body::empty().into_response()
-    } else {
-        let mut file = tokio::fs::File::from_std(file);
-        if start > 0 {
+    let store = reg.store().clone();
+    let (n, d, h) = (name.to_string(), digest.clone(), headers.clone());
+    // A HEAD or GET that finds the blob stamps it (a re-push relies on that HEAD).
+    let found = blocking(move || {
+        let repos = store.repos();
+        if !repos.has_blob(&n, &d)? && repos.manifest(&n, &d)?.is_none() {
+            return Ok(None);
+        }
+        let Some(guard) = store.protect_blob(&d)? else {
+            return Ok(None);
+        };
+        let size = guard.size();
+        let range = byte_range(&h, size)?;
+        if head {
+            return Ok(Some((None, size, range)));
+        }
+        let mut file = guard.into_file();
+        if let Some((start, _)) = range {
+            use std::io::Seek;
             file.seek(SeekFrom::Start(start))
-                .await
                 .map_err(|e| berth_store::Error::Io {
                     op: "seek blob",
-                    path: store.blob_path(&digest),
+                    path: store.blob_path(&d),
                     source: e,
                 })?;
         }
-        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 1 << 20);
-        Body::from_stream(stream).into_response()
+        Ok(Some((Some(file), size, range)))
+    })
+    .await?;
+    let Some((file, size, range)) = found else {
+        return Err(RegistryError::new(
+            Code::BlobUnknown,
+            format!("blob {digest} is not in repository {name}"),
+        ));
+    };
+    let (status, len) = match range {
+        None => (StatusCode::OK, size),
+        Some((s, e)) => (StatusCode::PARTIAL_CONTENT, e - s + 1),
+    };
+    let mut r = match file {
+        None => Body::empty().into_response(),
+        Some(file) => {
+            let file = tokio::fs::File::from_std(file);
+            let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 1 << 20);
+            Body::from_stream(stream).into_response()
+        }
     };
     *r.status_mut() = status;
     set(&mut r, "content-length", &len.to_string());
@@ -807,6 +890,19 @@ async fn get_blob(
         set(&mut r, "content-range", &format!("bytes {s}-{e}/{size}"));
     }
     Ok(r)
+}
+
+/// Run blocking store work (file writes, fsync, rename, hashing, locks) on tokio's
+/// blocking pool, so the async workers only move bytes between sockets and channels.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        RegistryError::new(Code::Unavailable, format!("internal error: {e}"))
+            .with_status(StatusCode::INTERNAL_SERVER_ERROR)
+    })?
 }
 
 fn upload_accepted(status: StatusCode, name: &str, id: &str, offset: u64) -> Response {
@@ -828,29 +924,127 @@ fn blob_created(name: &str, digest: &Digest) -> Response {
     r
 }
 
-/// Stream a request body into `w`. On a broken body the bytes received so far stay in
-/// the ingest (its offset says how many), as the spec's resumable uploads expect.
-async fn write_body(w: &mut Writer, body: Body) -> Result<u64> {
-    let mut stream = body.into_data_stream();
-    let mut n = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            RegistryError::new(
-                Code::BlobUploadInvalid,
-                format!("upload body ended early after {n} bytes: {e}; resume from the offset the upload reports"),
-            )
-        })?;
-        w.write_all(&chunk)?;
-        n += chunk.len() as u64;
+/// What becomes of an upload whose body did not arrive whole (the client went away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnBreak {
+    /// Keep what arrived: a chunked upload resumes from the offset it reports.
+    Keep,
+    /// Remove the ingest: a single-POST upload has no session to resume.
+    Discard,
+}
+
+/// Stream a request body into `w`. The chunks go through a small bounded channel to a
+/// writer on the blocking pool, so no async worker writes or hashes and at most a few
+/// chunks are in memory. `expect` is the length the request announced (its
+/// `Content-Range`): a body of another length is undone and refused with 416. A body that
+/// breaks off keeps or discards what arrived as `on_break` says, also when the client
+/// goes away and this future is dropped. Returns the writer (none once discarded).
+async fn write_body(
+    store: &Store,
+    w: Writer,
+    body: Body,
+    expect: Option<u64>,
+    on_break: OnBreak,
+) -> (Option<Writer>, Result<u64>) {
+    enum End {
+        Whole,
+        Broken(String),
     }
-    Ok(n)
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<bytes::Bytes>>(4);
+    let store = store.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let mut w = w;
+        let start = w.offset();
+        let mut received = 0u64;
+        let mut failed = None;
+        let mut whole = false;
+        while let Some(msg) = rx.blocking_recv() {
+            let Some(chunk) = msg else {
+                whole = true;
+                break;
+            };
+            received += chunk.len() as u64;
+            if failed.is_none() && expect.is_none_or(|e| received <= e) {
+                failed = w.write_all(&chunk).err();
+            }
+        }
+        if let Some(e) = failed {
+            return (Some(w), Err(RegistryError::from(e)));
+        }
+        if !whole {
+            let written = w.offset() - start;
+            if on_break == OnBreak::Discard {
+                let reference = w.reference().to_string();
+                drop(w);
+                let _ = store.abort(&reference);
+                return (None, Ok(written));
+            }
+            return (Some(w), Ok(written));
+        }
+        if let Some(e) = expect
+            && received != e
+        {
+            let undone = w.truncate(start).map_err(RegistryError::from);
+            let err = undone.and(Err(RegistryError::new(
+                Code::RangeInvalid,
+                format!(
+                    "Content-Range announces {e} bytes but the body has {received}; nothing of it was written"
+                ),
+            )));
+            return (Some(w), err);
+        }
+        (Some(w), Ok(received))
+    });
+    let mut stream = body.into_data_stream();
+    let mut end = End::Whole;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                if tx.send(Some(c)).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                end = End::Broken(e.to_string());
+                break;
+            }
+        }
+    }
+    if matches!(end, End::Whole) {
+        let _ = tx.send(None).await;
+    }
+    drop(tx);
+    let (w, result) = match task.await {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                None,
+                Err(
+                    RegistryError::new(Code::Unavailable, format!("internal error: {e}"))
+                        .with_status(StatusCode::INTERNAL_SERVER_ERROR),
+                ),
+            );
+        }
+    };
+    match (end, result) {
+        (End::Broken(e), Ok(n)) => (
+            w,
+            Err(RegistryError::new(
+                Code::BlobUploadInvalid,
+                format!(
+                    "upload body ended early after {n} bytes: {e}; resume from the offset the upload reports"
+                ),
+            )),
+        ),
+        (_, r) => (w, r),
+    }
 }
 
 fn upload_id_ok(id: &str) -> bool {
     uuid::Uuid::parse_str(id).is_ok()
 }
 
-fn open_upload(reg: &Registry, name: &str, id: &str) -> Result<Writer> {
+async fn open_upload(reg: &Registry, name: &str, id: &str) -> Result<Writer> {
     check_name(name)?;
     let unknown = || {
         RegistryError::new(
@@ -861,16 +1055,90 @@ fn open_upload(reg: &Registry, name: &str, id: &str) -> Result<Writer> {
     if !upload_id_ok(id) {
         return Err(unknown());
     }
-    let store = reg.store();
-    let info = store.ingest(id)?.ok_or_else(unknown)?;
-    if info.owner.as_deref() != Some(name) {
-        return Err(unknown());
-    }
-    if let Some(w) = reg.take_writer(id) {
-        return Ok(w);
-    }
-    // After a restart: open from disk, re-hashing what was received.
-    Ok(store.writer(id, Algorithm::Sha256)?)
+    let (reg2, n, i) = (reg.clone(), name.to_string(), id.to_string());
+    blocking(move || {
+        let store = reg2.store();
+        match store.ingest(&i)? {
+            Some(info) if info.owner.as_deref() == Some(n.as_str()) => {}
+            _ => return Ok(None),
+        }
+        if let Some(w) = reg2.take_writer(&i) {
+            return Ok(Some(w));
+        }
+        // After a restart: open from disk, re-hashing what was received.
+        Ok(Some(store.writer(&i, Algorithm::Sha256)?))
+    })
+    .await?
+    .ok_or_else(unknown)
+}
+
+/// Commit an upload's writer under `expected` and link the blob into `name`, with the
+/// blob protected from gc until the link is written. A failed commit removes the ingest:
+/// its data can never become this digest.
+async fn commit_upload(
+    reg: &Registry,
+    name: &str,
+    w: Writer,
+    expected: Digest,
+) -> Result<Response> {
+    let (store, n, d) = (reg.store().clone(), name.to_string(), expected.clone());
+    blocking(move || {
+        let reference = w.reference().to_string();
+        match w.commit_protected(Some(&d), None) {
+            Ok((_, guard)) => {
+                store.repos().link_blob(&n, &d)?;
+                drop(guard);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = store.abort(&reference);
+                Err(e.into())
+            }
+        }
+    })
+    .await?;
+    Ok(blob_created(name, &expected))
+}
+
+/// Link blob `digest` into `name` from a repository the client may read: `from` when
+/// given, else any. Returns whether it was mounted.
+async fn mount_blob(
+    reg: &Registry,
+    name: &str,
+    digest: Digest,
+    from: Option<String>,
+    user: Option<&str>,
+) -> Result<bool> {
+    let (reg, n, user) = (reg.clone(), name.to_string(), user.map(str::to_string));
+    blocking(move || {
+        let store = reg.store();
+        let repos = store.repos();
+        let may_read = |repo: &str| {
+            reg.inner
+                .config
+                .auth
+                .as_ref()
+                .is_none_or(|a| a.allowed(user.as_deref(), repo, Action::Pull))
+        };
+        let sources = match from {
+            Some(f) if berth_oci::validate_repository(&f).is_ok() => vec![f],
+            Some(_) => Vec::new(),
+            None => repos.repositories()?,
+        };
+        for src in sources {
+            if !may_read(&src) || !repos.has_blob(&src, &digest)? {
+                continue;
+            }
+            let Some(guard) = store.protect_blob(&digest)? else {
+                return Ok(false);
+            };
+            repos.link_blob(&n, &digest)?;
+            drop(guard);
+            return Ok(true);
+        }
+        Ok(false)
+    })
+    .await
 }
 
 async fn start_upload(
@@ -883,21 +1151,10 @@ async fn start_upload(
     req: Request,
 ) -> Result<Response> {
     check_name(name)?;
-    let store = reg.store();
-    if let (Some(mount), Some(from)) = (&mount, &from) {
+    let store = reg.store().clone();
+    if let Some(mount) = &mount {
         let d = parse_digest(mount)?;
-        let may_read = reg
-            .inner
-            .config
-            .auth
-            .as_ref()
-            .is_none_or(|a| a.allowed(user, from, Action::Pull));
-        if berth_oci::validate_repository(from).is_ok()
-            && may_read
-            && store.repos().has_blob(from, &d)?
-            && store.blob_size(&d)?.is_some()
-        {
-            store.repos().link_blob(name, &d)?;
+        if mount_blob(reg, name, d.clone(), from, user).await? {
             return Ok(blob_created(name, &d));
         }
         // Not mountable: fall through to an ordinary upload, as the spec says.
@@ -905,59 +1162,101 @@ async fn start_upload(
     let id = uuid::Uuid::new_v4().to_string();
     if let Some(digest) = digest {
         let d = parse_digest(&digest)?;
-        let mut w = store.writer(&id, d.algorithm())?;
-        let result = async {
-            write_body(&mut w, req.into_body()).await?;
-            Ok::<_, RegistryError>(w.commit(Some(&d), None)?)
+        let (s, i, alg) = (store.clone(), id.clone(), d.algorithm());
+        let w = blocking(move || Ok(s.writer(&i, alg)?)).await?;
+        let (w, result) = write_body(&store, w, req.into_body(), None, OnBreak::Discard).await;
+        let Some(w) = w else {
+            return Err(result.err().unwrap_or_else(|| {
+                RegistryError::new(Code::BlobUploadInvalid, "upload body ended early")
+            }));
+        };
+        if let Err(e) = result {
+            let s = store.clone();
+            blocking(move || {
+                drop(w);
+                let _ = s.abort(&id);
+                Ok(())
+            })
+            .await?;
+            return Err(e);
         }
-        .await;
-        let _ = store.abort(&id);
-        result?;
-        store.repos().link_blob(name, &d)?;
-        return Ok(blob_created(name, &d));
+        return commit_upload(reg, name, w, d).await;
     }
-    let w = store.writer(&id, Algorithm::Sha256)?;
-    store.set_ingest_owner(&id, name)?;
+    let (s, i, n) = (store.clone(), id.clone(), name.to_string());
+    let w = blocking(move || {
+        let w = s.writer(&i, Algorithm::Sha256)?;
+        s.set_ingest_owner(&i, &n)?;
+        Ok(w)
+    })
+    .await?;
     reg.put_writer(w);
     Ok(upload_accepted(StatusCode::ACCEPTED, name, &id, 0))
 }
 
-/// Check `Content-Range: <start>-<end>` against the upload's offset.
-fn check_content_range(headers: &HeaderMap, name: &str, id: &str, offset: u64) -> Result<()> {
+/// Check `Content-Range: <start>-<end>` against the upload's offset and the request's
+/// `Content-Length`; returns the length the range announces, if it has an end.
+fn check_content_range(
+    headers: &HeaderMap,
+    name: &str,
+    id: &str,
+    offset: u64,
+) -> Result<Option<u64>> {
     let Some(v) = headers
         .get(header::CONTENT_RANGE)
         .and_then(|v| v.to_str().ok())
     else {
-        return Ok(());
+        return Ok(None);
     };
     let spec = v
         .trim()
         .trim_start_matches("bytes ")
         .trim_start_matches("bytes=");
-    let start = spec
-        .split(['-', '/'])
-        .next()
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    match start {
-        Some(s) if s == offset => Ok(()),
-        _ => Err(RegistryError::new(
-            Code::RangeInvalid,
-            format!("chunk starts at {spec:?} but the upload has {offset} bytes; send the chunk that starts at byte {offset}"),
-        )
-        .with_header(header::LOCATION, format!("/v2/{name}/blobs/uploads/{id}"))
-        .with_header(header::RANGE, format!("0-{}", offset.saturating_sub(1)))),
+    let mut parts = spec.split(['-', '/']).map(|s| s.trim().parse::<u64>().ok());
+    let (start, end) = (parts.next().flatten(), parts.next().flatten());
+    let refuse = |why: String| {
+        RegistryError::new(Code::RangeInvalid, why)
+            .with_header(header::LOCATION, format!("/v2/{name}/blobs/uploads/{id}"))
+            .with_header(header::RANGE, format!("0-{}", offset.saturating_sub(1)))
+    };
+    if start != Some(offset) {
+        return Err(refuse(format!(
+            "chunk starts at {spec:?} but the upload has {offset} bytes; send the chunk that starts at byte {offset}"
+        )));
     }
+    let Some(end) = end else { return Ok(None) };
+    if end < offset {
+        return Err(refuse(format!(
+            "Content-Range {spec:?} ends before it starts"
+        )));
+    }
+    let announced = end - offset + 1;
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(len) = length
+        && len != announced
+    {
+        return Err(refuse(format!(
+            "Content-Range {spec:?} announces {announced} bytes but Content-Length is {len}"
+        )));
+    }
+    Ok(Some(announced))
 }
 
 async fn patch_upload(reg: &Registry, name: &str, id: &str, req: Request) -> Result<Response> {
-    let mut w = open_upload(reg, name, id)?;
-    if let Err(e) = check_content_range(req.headers(), name, id, w.offset()) {
+    let w = open_upload(reg, name, id).await?;
+    let expect = match check_content_range(req.headers(), name, id, w.offset()) {
+        Ok(e) => e,
+        Err(e) => {
+            reg.put_writer(w);
+            return Err(e);
+        }
+    };
+    let (w, result) = write_body(reg.store(), w, req.into_body(), expect, OnBreak::Keep).await;
+    let offset = w.as_ref().map_or(0, Writer::offset);
+    if let Some(w) = w {
         reg.put_writer(w);
-        return Err(e);
     }
-    let result = write_body(&mut w, req.into_body()).await;
-    let offset = w.offset();
-    reg.put_writer(w);
     result?;
     Ok(upload_accepted(StatusCode::ACCEPTED, name, id, offset))
 }
@@ -969,7 +1268,7 @@ async fn put_upload(
     digest: Option<String>,
     req: Request,
 ) -> Result<Response> {
-    let mut w = open_upload(reg, name, id)?;
+    let mut w = open_upload(reg, name, id).await?;
     let d = match digest.as_deref().map(parse_digest) {
         Some(Ok(d)) => d,
         other => {
@@ -986,32 +1285,39 @@ async fn put_upload(
     if d.algorithm() != Algorithm::Sha256 {
         // Writers hash with sha256 until the closing PUT names the algorithm; re-open
         // with the right one, re-hashing what is on disk.
-        drop(w);
-        w = reg.store().writer(id, d.algorithm())?;
+        let (s, i, alg) = (reg.store().clone(), id.to_string(), d.algorithm());
+        w = blocking(move || {
+            drop(w);
+            Ok(s.writer(&i, alg)?)
+        })
+        .await?;
     }
     let has_body = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v != "0");
-    if has_body && let Err(e) = check_content_range(req.headers(), name, id, w.offset()) {
-        reg.put_writer(w);
-        return Err(e);
-    }
-    if let Err(e) = write_body(&mut w, req.into_body()).await {
-        reg.put_writer(w);
-        return Err(e);
-    }
-    match w.commit(Some(&d), None) {
-        Ok(_) => {}
-        Err(e) => {
-            // A failed upload is over: its data can never become this digest.
-            let _ = reg.store().abort(id);
-            return Err(e.into());
+    let mut expect = None;
+    if has_body {
+        match check_content_range(req.headers(), name, id, w.offset()) {
+            Ok(e) => expect = e,
+            Err(e) => {
+                reg.put_writer(w);
+                return Err(e);
+            }
         }
     }
-    reg.store().repos().link_blob(name, &d)?;
-    Ok(blob_created(name, &d))
+    let (w, result) = write_body(reg.store(), w, req.into_body(), expect, OnBreak::Keep).await;
+    let Some(w) = w else {
+        return Err(result.err().unwrap_or_else(|| {
+            RegistryError::new(Code::BlobUploadInvalid, "upload body ended early")
+        }));
+    };
+    if let Err(e) = result {
+        reg.put_writer(w);
+        return Err(e);
+    }
+    commit_upload(reg, name, w, d).await
 }
 
 fn referrers(

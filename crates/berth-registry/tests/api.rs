@@ -46,6 +46,16 @@ async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
     }
 }
 
+/// A registry with users `ci` (password `ci-pass`) and `dev` (`dev-pass`) and `rules`.
+async fn start_with_users(rules: &str) -> Server {
+    let users = HashMap::from([
+        ("ci".to_string(), bcrypt::hash("ci-pass", 4).unwrap()),
+        ("dev".to_string(), bcrypt::hash("dev-pass", 4).unwrap()),
+    ]);
+    let access: Access = toml::from_str(rules).unwrap();
+    start_with(|c| c.auth = Some(Auth::new(users, Some(access)))).await
+}
+
 async fn start() -> Server {
     start_with(|_| {}).await
 }
@@ -1075,5 +1085,241 @@ async fn parallel_pushes_of_one_blob() {
             .await
             .unwrap();
         assert_eq!(r.bytes().await.unwrap().len(), data.len());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Input checks (issue 13, item 4).
+
+#[tokio::test]
+async fn descriptor_sizes_must_match_the_stored_blobs() {
+    let s = start().await;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let c = s.push_blob("app", config).await;
+    let l = s.push_blob("app", b"layer of 17 bytes").await;
+    // The layer is 17 bytes; the manifest says 16.
+    let bad = image_manifest(&c, config.len(), &l, 16, None);
+    let r = s.put_manifest("app", "bad", OCI_MANIFEST, &bad).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+    let bad = image_manifest(&c, config.len() + 1, &l, 17, None);
+    let r = s.put_manifest("app", "bad", OCI_MANIFEST, &bad).await;
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+    assert!(s.store.repos().tag("app", "bad").unwrap().is_none());
+    // An index whose child's size is wrong is refused too.
+    let good = image_manifest(&c, config.len(), &l, 17, None);
+    let r = s.put_manifest("app", "good", OCI_MANIFEST, &good).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let m = Digest::sha256(&good);
+    let index = |size: usize| {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{m}","size":{size}}}]}}"#
+        )
+    };
+    let r = s
+        .put_manifest("app", "list", OCI_INDEX, index(good.len() + 5).as_bytes())
+        .await;
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+    let r = s
+        .put_manifest("app", "list", OCI_INDEX, index(good.len()).as_bytes())
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn only_exact_non_distributable_types_skip_the_existence_check() {
+    let s = start().await;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let c = s.push_blob("app", config).await;
+    let absent = Digest::sha256(b"lives elsewhere");
+    let manifest = |layer_type: &str| {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{c}","size":{}}},"layers":[{{"mediaType":"{layer_type}","digest":"{absent}","size":15,"urls":["https://example.invalid/l"]}}]}}"#,
+            config.len()
+        )
+    };
+    for exempt in [
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    ] {
+        let r = s
+            .put_manifest("app", "ok", OCI_MANIFEST, manifest(exempt).as_bytes())
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED, "{exempt}");
+    }
+    for lookalike in [
+        "application/vnd.example.foreign+gzip",
+        "application/x-nondistributable",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip.evil",
+    ] {
+        let r = s
+            .put_manifest("app", "bad", OCI_MANIFEST, manifest(lookalike).as_bytes())
+            .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{lookalike}");
+        assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN", "{lookalike}");
+    }
+}
+
+#[tokio::test]
+async fn a_patch_whose_body_is_not_its_content_range_writes_nothing() {
+    let s = start().await;
+    let r = s
+        .req(Method::POST, "/v2/app/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    let loc = header(&r, "location").to_string();
+    let r = s
+        .req(Method::PATCH, &loc)
+        .header("content-range", "0-9")
+        .body(vec![1u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    // Announces bytes 10-19 (10 bytes) but sends 25.
+    let r = s
+        .req(Method::PATCH, &loc)
+        .header("content-range", "10-19")
+        .body(vec![2u8; 25])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(header(&r, "range"), "0-9");
+    // The same without Content-Length (a streamed body): undone after the fact.
+    let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(vec![3u8; 4])]);
+    let r = s
+        .req(Method::PATCH, &loc)
+        .header("content-range", "10-19")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let r = s.req(Method::GET, &loc).send().await.unwrap();
+    assert_eq!(header(&r, "range"), "0-9", "nothing of the refused chunks");
+    // The right chunk, then close: the content is exactly the accepted chunks.
+    let mut data = vec![1u8; 10];
+    data.extend([4u8; 10]);
+    let r = s
+        .req(Method::PATCH, &loc)
+        .header("content-range", "10-19")
+        .body(vec![4u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let d = Digest::sha256(&data);
+    let r = s
+        .req(Method::PUT, &format!("{loc}?digest={d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn an_aborted_single_post_upload_leaves_nothing() {
+    let s = start().await;
+    let d = Digest::sha256(&[9u8; 100_000]);
+    send_truncated(
+        &s,
+        format!("POST /v2/app/blobs/uploads/?digest={d} HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n"),
+        &[9u8; 30_000],
+    )
+    .await;
+    // The server notices the broken body on its own time: wait for it, boundedly.
+    let mut left = s.store.ingests().unwrap();
+    for _ in 0..100 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        left = s.store.ingests().unwrap();
+    }
+    assert!(left.is_empty(), "ingests left behind: {left:?}");
+    assert!(s.store.blobs().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn put_by_digest_with_tag_parameters_tags_it() {
+    let s = start().await;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let c = s.push_blob("app", config).await;
+    let l = s.push_blob("app", b"l").await;
+    let m = image_manifest(&c, config.len(), &l, 1, None);
+    let d = Digest::sha256(&m);
+    let r = s
+        .put_manifest("app", &format!("{d}?tag=v1&tag=latest"), OCI_MANIFEST, &m)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let tags: Vec<&str> = r
+        .headers()
+        .get_all("oci-tag")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["v1", "latest"]);
+    for t in ["v1", "latest"] {
+        assert_eq!(s.store.repos().tag("app", t).unwrap(), Some(d.clone()));
+    }
+    let r = s
+        .put_manifest("app", &format!("{d}?tag=bad:tag"), OCI_MANIFEST, &m)
+        .await;
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
+}
+
+#[tokio::test]
+async fn mount_without_from_finds_a_readable_repository() {
+    let s = start_with_users(
+        r#"
+        [[rule]]
+        users = ["ci"]
+        repositories = ["*"]
+        actions = ["pull", "push"]
+        [[rule]]
+        users = ["dev"]
+        repositories = ["dev/*"]
+        actions = ["pull", "push"]
+        "#,
+    )
+    .await;
+    let post = |user: &'static str, pass: &'static str, path: String| {
+        s.req(Method::POST, &path).basic_auth(user, Some(pass))
+    };
+    let mut digests = Vec::new();
+    for (repo, data) in [
+        ("secret/app", &b"secret layer"[..]),
+        ("dev/base", &b"shared layer"[..]),
+    ] {
+        let d = Digest::sha256(data);
+        let path = format!("/v2/{repo}/blobs/uploads/?digest={d}");
+        let r = post("ci", "ci-pass", path)
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        digests.push(d);
+    }
+    // dev may read dev/base: mounted without naming it. dev may not read secret/app:
+    // an ordinary upload starts, and nothing is linked.
+    for (d, want, linked) in [
+        (&digests[1], StatusCode::CREATED, true),
+        (&digests[0], StatusCode::ACCEPTED, false),
+    ] {
+        let path = format!("/v2/dev/app/blobs/uploads/?mount={d}");
+        let r = post("dev", "dev-pass", path).send().await.unwrap();
+        assert_eq!(r.status(), want, "mount {d}");
+        assert_eq!(s.store.repos().has_blob("dev/app", d).unwrap(), linked);
     }
 }

@@ -20,6 +20,7 @@ use berth_oci::{Algorithm, Digest, Hasher};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::{self, list_dir, sync_dir};
 use crate::meta::Repos;
+use crate::protect::BlobGuard;
 
 /// A content store rooted at one directory. Cheap to clone; all state is on disk.
 #[derive(Clone, Debug)]
@@ -154,13 +155,23 @@ impl Store {
 
     /// Store small content in one step (manifests). Returns its digest.
     pub fn put_blob(&self, algorithm: Algorithm, data: &[u8]) -> Result<Committed> {
+        self.put_blob_protected(algorithm, data).map(|(c, _)| c)
+    }
+
+    /// [`Store::put_blob`], returning the blob protected until the guard is dropped.
+    pub fn put_blob_protected(
+        &self,
+        algorithm: Algorithm,
+        data: &[u8],
+    ) -> Result<(Committed, BlobGuard)> {
         let digest = Digest::of(algorithm, data);
-        if let Some(size) = self.blob_size(&digest)? {
-            return Ok(Committed {
+        if let Some(guard) = self.protect_blob(&digest)? {
+            let committed = Committed {
                 digest,
-                size,
+                size: guard.size(),
                 existed: true,
-            });
+            };
+            return Ok((committed, guard));
         }
         let reference = format!(
             "put-{}-{}-{}",
@@ -170,10 +181,11 @@ impl Store {
         );
         let mut w = self.writer(&reference, algorithm)?;
         w.write_all(data)?;
-        w.commit(Some(&digest), Some(data.len() as u64))
+        w.commit_protected(Some(&digest), Some(data.len() as u64))
     }
 
-    /// Delete a committed blob. Only garbage collection should call this.
+    /// Delete a committed blob, unconditionally. Garbage collection uses
+    /// [`Store::sweep_blob`], which respects protection; this is for tests and repairs.
     pub fn delete_blob(&self, digest: &Digest) -> Result<bool> {
         let removed = fsutil::remove_optional(&self.blob_path(digest))?;
         if let Err(e) = self.forget(digest) {
@@ -260,6 +272,7 @@ impl Store {
             reference: reference.to_string(),
             path,
             file,
+            algorithm,
             hasher,
             offset,
         })
@@ -330,6 +343,7 @@ pub struct Writer {
     reference: String,
     path: PathBuf,
     file: File,
+    algorithm: Algorithm,
     hasher: Hasher,
     offset: u64,
 }
@@ -373,6 +387,30 @@ impl Writer {
         Ok(())
     }
 
+    /// Cut the ingest back to its first `len` bytes (undoing a refused chunk), re-hashing
+    /// what stays.
+    pub fn truncate(&mut self, len: u64) -> Result<()> {
+        if len >= self.offset {
+            return Ok(());
+        }
+        self.file.set_len(len).ctx("truncate ingest", &self.path)?;
+        let mut hasher = self.algorithm.hasher();
+        let mut f = File::open(&self.path)
+            .ctx("open ingest", &self.path)?
+            .take(len);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).ctx("re-hash ingest", &self.path)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        self.hasher = hasher;
+        self.offset = len;
+        Ok(())
+    }
+
     /// The digest of what is written so far, without committing.
     pub fn digest(&self) -> Digest {
         self.hasher.clone().finish()
@@ -383,11 +421,23 @@ impl Writer {
     /// closed whatever the outcome. On a mismatch the ingest is kept and the error names
     /// both sides; the caller decides whether to [`Store::abort`] it.
     pub fn commit(self, expected: Option<&Digest>, size: Option<u64>) -> Result<Committed> {
+        self.commit_protected(expected, size).map(|(c, _)| c)
+    }
+
+    /// [`Writer::commit`], returning the new blob protected from garbage collection
+    /// (see [`Store::protect_blob`]) until the guard is dropped: a caller that records
+    /// the blob somewhere (a repository link) does so before dropping it.
+    pub fn commit_protected(
+        self,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+    ) -> Result<(Committed, BlobGuard)> {
         let Writer {
             store,
             reference,
             path,
             file,
+            algorithm: _,
             hasher,
             offset,
         } = self;
@@ -409,38 +459,68 @@ impl Writer {
                 size: offset,
             });
         }
-        let target = store.blob_path(&got);
         let dir = path
             .parent()
             .expect("ingest data has a parent")
             .to_path_buf();
-        if target.exists() {
+        let target = store.blob_path(&got);
+        if let Some(guard) = store.protect_blob(&got)? {
             drop(file);
-            remove_ingest_dir(&dir)?;
-            return Ok(Committed {
+            if let Err(e) = remove_ingest_dir(&dir) {
+                tracing::warn!(error = %e, reference, "blob already committed but the ingest was not removed");
+            }
+            let committed = Committed {
                 digest: got,
                 size: offset,
                 existed: true,
-            });
+            };
+            return Ok((committed, guard));
         }
-        // Durable before visible: the data must reach the disk before the rename can.
+        // Durable before visible: the data must reach the disk before the link can.
         file.sync_all().ctx("sync ingest", &path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o444))
             .ctx("make blob read-only", &path)?;
-        fs::rename(&path, &target).ctx("commit blob", &target)?;
+        // Out of the ingest first (a new writer on this ref starts a new file), then
+        // unlocked: the blob's lock is the inode's, and we take it shared below.
+        let blob_dir = target.parent().expect("blob has a parent");
+        let tmp = blob_dir.join(format!(".tmp-{}-{}", std::process::id(), fsutil::unique()));
+        fs::rename(&path, &tmp).ctx("move ingest to the blob store", &tmp)?;
+        let _ = file.unlock();
         drop(file);
-        // The blob is committed from here on; later failures only leave litter behind,
-        // which gc removes, so they are logged rather than returned.
-        if let Err(e) = sync_dir(target.parent().expect("blob has a parent")) {
-            tracing::warn!(error = %e, "blob committed but its directory was not synced");
-        }
         if let Err(e) = remove_ingest_dir(&dir) {
-            tracing::warn!(error = %e, reference, "blob committed but its ingest was not removed");
+            // The data has left it; what remains is litter gc removes.
+            tracing::warn!(error = %e, reference, "ingest not removed after commit");
         }
-        Ok(Committed {
-            digest: got,
-            size: offset,
-            existed: false,
-        })
+        // The blob appears by hard link, never by rename: a link does not replace a blob
+        // gc holds locked (see `protect`), so gc removes only the file it checked. The
+        // temporary name stays until the blob is protected, so a blob gc removed between
+        // our link and our lock is linked again.
+        let result = (|| {
+            for _ in 0..8 {
+                let linked = match fs::hard_link(&tmp, &target) {
+                    Ok(()) => {
+                        if let Err(e) = sync_dir(blob_dir) {
+                            tracing::warn!(error = %e, "blob committed but its directory was not synced");
+                        }
+                        true
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                    Err(e) => return Err(e).ctx("commit blob", &target),
+                };
+                if let Some(guard) = store.protect_blob(&got)? {
+                    let committed = Committed {
+                        digest: got.clone(),
+                        size: offset,
+                        existed: !linked,
+                    };
+                    return Ok((committed, guard));
+                }
+            }
+            Err(Error::Locked(format!(
+                "{reference} (blob {got} was removed by garbage collection as often as it was committed)"
+            )))
+        })();
+        let _ = fs::remove_file(&tmp);
+        result
     }
 }

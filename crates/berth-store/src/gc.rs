@@ -1,30 +1,36 @@
 //! Mark-and-sweep garbage collection and consistency checks.
 //!
 //! Marking walks every repository: each linked manifest is live, and so is everything it
-//! references (config, layers, child manifests). Blob links that no manifest references
-//! are dropped. Sweeping deletes unmarked blobs and expired ingests.
+//! reaches (config, layers, child manifests and theirs). Blob links that no manifest of
+//! their repository reaches are dropped. Sweeping deletes unmarked blobs and expired
+//! ingests.
 //!
-//! GC may run while a registry serves the same root. A push uploads blobs before the
-//! manifest that references them, so blobs and blob links younger than the *grace
-//! period* are always kept; an upload still in progress holds its ingest locked, so it
-//! is never swept.
+//! GC may run while registries serve the same root, in other processes. A push uploads
+//! blobs before the manifest that references them, and a re-push finds blobs by HEAD and
+//! skips them; every such request protects the blobs it relies on (`protect`), and gc
+//! removes a blob or a link only under the blob's exclusive lock, when the blob's stamp is
+//! older than the mark time less the *grace period*. docs/ARCHITECTURE.md ("gc beside
+//! pushes") proves that no manifest answered 2xx loses a blob. An upload still in
+//! progress holds its ingest locked, so it is never swept.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::time::{Duration, SystemTime};
 
-use berth_oci::{Digest, Manifest};
+use berth_oci::{Descriptor, Digest, Manifest, media_type};
 
 use crate::content::Store;
 use crate::error::{IoContext, Result};
+use crate::protect;
 
 /// How a collection runs.
 #[derive(Debug, Clone)]
 pub struct GcOptions {
     /// Report what would be removed, remove nothing.
     pub dry_run: bool,
-    /// Blobs and links younger than this are kept even when unreferenced.
+    /// Blobs and links stamped more recently than this before the mark are kept even
+    /// when unreferenced (plus [`crate::CLOCK_MARGIN`]).
     pub grace: Duration,
     /// Ingests (upload sessions) untouched for this long are removed.
     pub upload_expiry: Duration,
@@ -60,36 +66,148 @@ pub struct GcReport {
 pub struct CheckReport {
     /// Blobs checked.
     pub blobs: usize,
+    /// Manifests checked (counting a manifest once per repository that links it).
+    pub manifests: usize,
     /// Blobs whose content does not hash to their name.
     pub corrupt: Vec<Digest>,
-    /// `(repository, digest)` of manifests linked but missing from the blob store.
-    pub missing: Vec<(String, Digest)>,
+    /// What is wrong with the manifests repositories serve.
+    pub problems: Vec<Problem>,
 }
 
-fn older_than(path: &std::path::Path, age: Duration, now: SystemTime) -> bool {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map(|t| now.duration_since(t).unwrap_or_default() >= age)
-        .unwrap_or(false)
+/// One thing wrong with a manifest a repository serves: a pull of it would fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The repository that links the manifest.
+    pub repository: String,
+    /// The manifest.
+    pub manifest: Digest,
+    /// What is wrong.
+    pub kind: ProblemKind,
+}
+
+/// What is wrong with a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The manifest is linked but its own blob is missing from the store.
+    ManifestMissing,
+    /// The manifest's bytes do not parse.
+    Unreadable(String),
+    /// A referenced blob (`role`: config, layer, manifest) is missing from the store.
+    BlobMissing {
+        /// config, layer or manifest.
+        role: &'static str,
+        /// The blob.
+        digest: Digest,
+    },
+    /// A referenced blob is in the store, but the repository does not serve it.
+    NotInRepository {
+        /// config, layer or manifest.
+        role: &'static str,
+        /// The blob.
+        digest: Digest,
+    },
+    /// A referenced blob's size is not the descriptor's.
+    SizeMismatch {
+        /// config, layer or manifest.
+        role: &'static str,
+        /// The blob.
+        digest: Digest,
+        /// The descriptor's size.
+        expected: u64,
+        /// The stored blob's size.
+        got: u64,
+    },
+    /// The manifest names a subject, but the subject's referrers do not list it.
+    ReferrerNotRecorded {
+        /// The subject.
+        subject: Digest,
+    },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "repository {}: manifest {}: ",
+            self.repository, self.manifest
+        )?;
+        match &self.kind {
+            ProblemKind::ManifestMissing => write!(f, "missing from the blob store"),
+            ProblemKind::Unreadable(e) => write!(f, "does not parse: {e}"),
+            ProblemKind::BlobMissing { role, digest } => {
+                write!(f, "{role} {digest} is missing from the blob store")
+            }
+            ProblemKind::NotInRepository { role, digest } => write!(
+                f,
+                "{role} {digest} is stored but not linked in the repository (a pull gets 404)"
+            ),
+            ProblemKind::SizeMismatch {
+                role,
+                digest,
+                expected,
+                got,
+            } => write!(
+                f,
+                "{role} {digest} is {got} bytes, the manifest says {expected}"
+            ),
+            ProblemKind::ReferrerNotRecorded { subject } => write!(
+                f,
+                "its subject {subject} does not list it among its referrers"
+            ),
+        }
+    }
+}
+
+/// Reads manifests once each and follows their references.
+struct Marker<'a> {
+    store: &'a Store,
+    /// A manifest's config and layers, and its child manifests.
+    refs: HashMap<Digest, (Vec<Digest>, Vec<Digest>)>,
+}
+
+impl<'a> Marker<'a> {
+    fn new(store: &'a Store) -> Self {
+        Marker {
+            store,
+            refs: HashMap::new(),
+        }
+    }
+
+    /// Add to `out` everything the manifests `roots` reach, themselves included. Only
+    /// manifests are read: configs and layers are leaves.
+    fn reach(&mut self, roots: Vec<Digest>, out: &mut HashSet<Digest>) -> Result<()> {
+        let mut todo = roots;
+        while let Some(d) = todo.pop() {
+            if !out.insert(d.clone()) {
+                continue;
+            }
+            if !self.refs.contains_key(&d) {
+                let mut refs = (Vec::new(), Vec::new());
+                if let Some(bytes) = self.store.read_blob(&d)?
+                    && let Ok((m, _)) = Manifest::parse(&bytes, None)
+                {
+                    refs.0 = m.blobs().map(|x| x.digest.clone()).collect();
+                    refs.1 = m.manifests.iter().map(|x| x.digest.clone()).collect();
+                }
+                self.refs.insert(d.clone(), refs);
+            }
+            let (leaves, children) = &self.refs[&d];
+            out.extend(leaves.iter().cloned());
+            todo.extend(children.iter().cloned());
+        }
+        Ok(())
+    }
 }
 
 impl Store {
     /// Every digest some repository's manifests reach: the manifests, their configs,
-    /// layers and child manifests. (Blobs only linked, never referenced, are not in it.)
+    /// layers and child manifests, recursively. (Blobs only linked are not in it.)
     pub fn referenced(&self) -> Result<HashSet<Digest>> {
         let repos = self.repos();
+        let mut marker = Marker::new(self);
         let mut live = HashSet::new();
         for name in repos.repositories()? {
-            for m in repos.manifests(&name)? {
-                if let Some(bytes) = self.read_blob(&m)?
-                    && let Ok((manifest, _)) = Manifest::parse(&bytes, None)
-                {
-                    for d in manifest.blobs().chain(manifest.manifests.iter()) {
-                        live.insert(d.digest.clone());
-                    }
-                }
-                live.insert(m);
-            }
+            marker.reach(repos.manifests(&name)?, &mut live)?;
         }
         Ok(live)
     }
@@ -98,63 +216,70 @@ impl Store {
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
         // Builds hold this lock shared; the build cache's layers are roots too.
         let _lock = self.lock_root(true)?;
-        let now = SystemTime::now();
+        // Taken before any manifest is listed: what is linked before it is marked, what
+        // is linked after it stamps its blobs after it.
+        let marked_at = SystemTime::now();
+        let cutoff = protect::cutoff(marked_at, opts.grace);
         let repos = self.repos();
         let mut live: HashSet<Digest> = self.cache_roots()?;
+        let mut marker = Marker::new(self);
         let mut report = GcReport::default();
         for name in repos.repositories()? {
-            let mut referenced: HashSet<Digest> = HashSet::new();
-            for m in repos.manifests(&name)? {
-                live.insert(m.clone());
-                let Some(bytes) = self.read_blob(&m)? else {
-                    continue;
-                };
-                let Ok((manifest, _)) = Manifest::parse(&bytes, None) else {
-                    continue;
-                };
-                for d in manifest.blobs().chain(manifest.manifests.iter()) {
-                    referenced.insert(d.digest.clone());
-                    live.insert(d.digest.clone());
-                }
-            }
+            let mut reached = HashSet::new();
+            marker.reach(repos.manifests(&name)?, &mut reached)?;
             for b in repos.blobs(&name)? {
-                if referenced.contains(&b) {
+                if reached.contains(&b) {
                     continue;
                 }
-                let link = self
-                    .root()
-                    .join("repositories")
-                    .join(&name)
-                    .join("_blobs")
-                    .join(b.algorithm().as_str())
-                    .join(b.hex());
-                if older_than(&link, opts.grace, now) {
-                    report.removed_links += 1;
+                let link = repos.link(&name, "_blobs", &b)?;
+                let removed = self.with_blob_exclusive(&b, |blob| {
+                    let link_old =
+                        fs::metadata(&link).is_ok_and(|m| protect::stamped_before(&m, cutoff));
+                    let blob_old = blob.is_none_or(|m| protect::stamped_before(m, cutoff));
+                    if !(link_old && blob_old) {
+                        return Ok(false);
+                    }
                     if !opts.dry_run {
                         repos.unlink_blob(&name, &b)?;
                     }
+                    Ok(true)
+                })?;
+                if removed == Some(true) {
+                    report.removed_links += 1;
                 } else {
                     live.insert(b);
                 }
             }
+            live.extend(reached);
         }
         report.live_blobs = live.len();
         for blob in self.blobs()? {
             if live.contains(&blob) {
                 continue;
             }
-            let path = self.blob_path(&blob);
-            if !older_than(&path, opts.grace, now) {
-                continue;
+            if let Some(size) = self.sweep_blob(&blob, marked_at, opts.grace, opts.dry_run)? {
+                report.removed_bytes += size;
+                report.removed_blobs.push(blob);
             }
-            report.removed_bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            if !opts.dry_run {
-                self.delete_blob(&blob)?;
+        }
+        // Temporary names a commit killed mid-way left beside the blobs.
+        for alg in berth_oci::Algorithm::ALL {
+            let dir = self.root().join("blobs").join(alg.as_str());
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let old = entry.metadata().ok().and_then(|m| m.modified().ok());
+                let expired = old.is_some_and(|t| {
+                    marked_at.duration_since(t).unwrap_or_default() >= opts.upload_expiry
+                });
+                if expired
+                    && entry.file_name().to_string_lossy().starts_with(".tmp-")
+                    && !opts.dry_run
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
             }
-            report.removed_blobs.push(blob);
         }
         for ingest in self.ingests()? {
-            let age = now.duration_since(ingest.updated).unwrap_or_default();
+            let age = marked_at.duration_since(ingest.updated).unwrap_or_default();
             if age < opts.upload_expiry {
                 continue;
             }
@@ -166,14 +291,22 @@ impl Store {
         Ok(report)
     }
 
-    /// Re-hash every blob and check every manifest link has its blob.
+    /// Re-hash every blob, and check every manifest each repository links the way a pull
+    /// would: its own blob, its config and layers (present, of the descriptor's size,
+    /// served by the repository), the child manifests of an index, and that a manifest
+    /// with a subject is listed among the subject's referrers.
     pub fn check(&self) -> Result<CheckReport> {
         let mut report = CheckReport::default();
         let mut buf = vec![0u8; 1 << 20];
         for blob in self.blobs()? {
             report.blobs += 1;
             let path = self.blob_path(&blob);
-            let mut f = fs::File::open(&path).ctx("open blob", &path)?;
+            let mut f = match fs::File::open(&path) {
+                Ok(f) => f,
+                // Removed by a gc running beside us.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).ctx("open blob", &path),
+            };
             let mut h = blob.algorithm().hasher();
             loop {
                 let n = f.read(&mut buf).ctx("read blob", &path)?;
@@ -189,11 +322,71 @@ impl Store {
         let repos = self.repos();
         for name in repos.repositories()? {
             for m in repos.manifests(&name)? {
-                if self.blob_size(&m)?.is_none() {
-                    report.missing.push((name.clone(), m));
-                }
+                report.manifests += 1;
+                let problems = self.check_manifest(&name, &m)?;
+                report
+                    .problems
+                    .extend(problems.into_iter().map(|kind| Problem {
+                        repository: name.clone(),
+                        manifest: m.clone(),
+                        kind,
+                    }));
             }
         }
         Ok(report)
+    }
+
+    fn check_manifest(&self, name: &str, digest: &Digest) -> Result<Vec<ProblemKind>> {
+        let repos = self.repos();
+        let Some(bytes) = self.read_blob(digest)? else {
+            return Ok(vec![ProblemKind::ManifestMissing]);
+        };
+        let manifest = match Manifest::parse(&bytes, repos.manifest(name, digest)?.as_deref()) {
+            Ok((m, _)) => m,
+            Err(e) => return Ok(vec![ProblemKind::Unreadable(e.to_string())]),
+        };
+        let mut out = Vec::new();
+        let mut check = |role: &'static str, d: &Descriptor| -> Result<()> {
+            let linked = if role == "manifest" {
+                repos.manifest(name, &d.digest)?.is_some()
+            } else {
+                repos.has_blob(name, &d.digest)?
+            };
+            let digest = d.digest.clone();
+            match self.blob_size(&d.digest)? {
+                None => out.push(ProblemKind::BlobMissing { role, digest }),
+                Some(got) if got != d.size => out.push(ProblemKind::SizeMismatch {
+                    role,
+                    digest,
+                    expected: d.size,
+                    got,
+                }),
+                Some(_) if !linked => out.push(ProblemKind::NotInRepository { role, digest }),
+                Some(_) => {}
+            }
+            Ok(())
+        };
+        if let Some(d) = &manifest.config {
+            check("config", d)?;
+        }
+        for d in &manifest.layers {
+            if !media_type::is_non_distributable(&d.media_type) {
+                check("layer", d)?;
+            }
+        }
+        for d in &manifest.manifests {
+            check("manifest", d)?;
+        }
+        if let Some(subject) = &manifest.subject
+            && !repos
+                .referrers(name, &subject.digest)?
+                .iter()
+                .any(|r| r.digest == *digest)
+        {
+            out.push(ProblemKind::ReferrerNotRecorded {
+                subject: subject.digest.clone(),
+            });
+        }
+        Ok(out)
     }
 }

@@ -44,9 +44,11 @@ mod error;
 mod fsutil;
 mod gc;
 mod meta;
+mod protect;
 
 pub use blobinfo::Uncompressed;
 pub use content::{Committed, IngestInfo, Store, Writer};
 pub use error::{Error, ErrorKind, Result};
-pub use gc::{CheckReport, GcOptions, GcReport};
+pub use gc::{CheckReport, GcOptions, GcReport, Problem, ProblemKind};
 pub use meta::Repos;
+pub use protect::{BlobGuard, CLOCK_MARGIN, STAMP_SLACK};

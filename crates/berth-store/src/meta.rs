@@ -29,7 +29,7 @@ impl Repos {
         Ok(self.dir.join(name))
     }
 
-    fn link(&self, name: &str, kind: &str, digest: &Digest) -> Result<PathBuf> {
+    pub(crate) fn link(&self, name: &str, kind: &str, digest: &Digest) -> Result<PathBuf> {
         Ok(self
             .repo(name)?
             .join(kind)

@@ -187,6 +187,21 @@ fn gc_sweeps_unreferenced_blobs_and_keeps_referenced_ones() {
     // Within the grace period nothing goes.
     let report = s.gc(&GcOptions::default()).unwrap();
     assert!(report.removed_blobs.is_empty(), "{report:?}");
+    // Freshly stamped blobs stay even with no grace (the clock margin).
+    let fresh = s
+        .gc(&GcOptions {
+            dry_run: true,
+            grace: Duration::ZERO,
+            upload_expiry: Duration::ZERO,
+        })
+        .unwrap();
+    assert!(fresh.removed_blobs.is_empty(), "{fresh:?}");
+    backdate(&s.blob_path(&orphan));
+    backdate(
+        &s.root()
+            .join("repositories/app/_blobs/sha256")
+            .join(orphan.hex()),
+    );
 
     let now = GcOptions {
         dry_run: true,
@@ -217,9 +232,102 @@ fn gc_sweeps_unreferenced_blobs_and_keeps_referenced_ones() {
     assert!(s.ingests().unwrap().is_empty());
     let check = s.check().unwrap();
     assert!(
-        check.corrupt.is_empty() && check.missing.is_empty(),
+        check.corrupt.is_empty() && check.problems.is_empty(),
         "{check:?}"
     );
+}
+
+/// Make a file look an hour old (as if stamped before any grace period).
+fn backdate(path: &std::path::Path) {
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+#[test]
+fn gc_never_removes_a_protected_blob() {
+    let (_d, s) = store();
+    let orphan = s.put_blob(Algorithm::Sha256, b"held").unwrap().digest;
+    backdate(&s.blob_path(&orphan));
+    let now = GcOptions {
+        dry_run: false,
+        grace: Duration::ZERO,
+        upload_expiry: Duration::ZERO,
+    };
+    // Held by a request (a HEAD, a manifest PUT checking it): kept.
+    let guard = s.protect_blob(&orphan).unwrap().expect("blob present");
+    assert_eq!(guard.size(), 4);
+    assert!(s.gc(&now).unwrap().removed_blobs.is_empty());
+    // Released: stamped now, so kept by this and any gc that marked before.
+    drop(guard);
+    assert!(s.gc(&now).unwrap().removed_blobs.is_empty());
+    assert!(
+        s.sweep_blob(&orphan, std::time::SystemTime::now(), Duration::ZERO, false)
+            .unwrap()
+            .is_none()
+    );
+    // Once its stamp is older than the cutoff, it goes.
+    backdate(&s.blob_path(&orphan));
+    assert_eq!(s.gc(&now).unwrap().removed_blobs, vec![orphan.clone()]);
+    assert!(s.protect_blob(&orphan).unwrap().is_none());
+    // Committing it again works, and the new blob is protected on return.
+    let mut w = s.writer("again", Algorithm::Sha256).unwrap();
+    w.write_all(b"held").unwrap();
+    let (c, guard) = w.commit_protected(Some(&orphan), None).unwrap();
+    assert!(!c.existed);
+    backdate(&s.blob_path(&orphan));
+    assert!(s.gc(&now).unwrap().removed_blobs.is_empty());
+    drop(guard);
+}
+
+#[test]
+fn check_verifies_every_manifest_deeply() {
+    let (_d, s) = store();
+    let put = |b: &[u8]| s.put_blob(Algorithm::Sha256, b).unwrap().digest;
+    let r = s.repos();
+    let layer = put(b"layer");
+    let config = put(b"{}");
+    let unlinked = put(b"unlinked layer");
+    let missing = berth_oci::Digest::sha256(b"never stored");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":99}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{missing}","size":1}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{unlinked}","size":14}},{{"mediaType":"application/vnd.oci.image.layer.nondistributable.v1.tar","digest":"{missing}","size":1}}],"subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{missing}","size":1}}}}"#
+    );
+    let m = put(manifest.as_bytes());
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{m}","size":{}}},{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{missing}","size":1}}]}}"#,
+        manifest.len()
+    );
+    let i = put(index.as_bytes());
+    let gone = berth_oci::Digest::sha256(b"gone manifest");
+    for b in [&layer, &config] {
+        r.link_blob("app", b).unwrap();
+    }
+    r.link_manifest("app", &m, "application/vnd.oci.image.manifest.v1+json")
+        .unwrap();
+    r.link_manifest("app", &i, "application/vnd.oci.image.index.v1+json")
+        .unwrap();
+    r.link_manifest("app", &gone, "application/vnd.oci.image.manifest.v1+json")
+        .unwrap();
+    let report = s.check().unwrap();
+    assert_eq!(report.manifests, 3);
+    let text: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    let has = |want: &str| {
+        assert!(
+            text.iter().any(|t| t.contains(want)),
+            "no problem with {want:?} in {text:#?}"
+        )
+    };
+    has(&format!("manifest {gone}: missing from the blob store"));
+    has(&format!("layer {layer} is 5 bytes, the manifest says 99"));
+    has(&format!("manifest {m}: layer {missing} is missing"));
+    has(&format!("layer {unlinked} is stored but not linked"));
+    has(&format!("subject {missing} does not list it"));
+    has(&format!("manifest {i}: manifest {missing} is missing"));
+    // The non-distributable layer is not a problem; nothing else is either.
+    assert_eq!(report.problems.len(), 6, "{text:#?}");
+    assert!(report.problems.iter().all(|p| p.repository == "app"));
 }
 
 #[test]
