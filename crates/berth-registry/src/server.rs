@@ -183,9 +183,10 @@ pub async fn serve_with(
                              new connections wait until some close. Raise the limit \
                              (ulimit -n, LimitNOFILE=) or lower --max-connections"
                         );
-                        Exhaustion { failures: 0, backoff: Duration::from_millis(10) }
+                        Exhaustion { failures: 0, last: Instant::now(), backoff: Duration::from_millis(10) }
                     });
                     ex.failures += 1;
+                    ex.last = Instant::now();
                     let pause = ex.backoff;
                     ex.backoff = (ex.backoff * 2).min(Duration::from_secs(1));
                     tokio::select! {
@@ -201,11 +202,17 @@ pub async fn serve_with(
             },
             () = &mut shutdown => break,
         };
-        if let Some(ex) = exhausted.take() {
-            tracing::warn!(
-                failed_accepts = ex.failures,
-                "descriptors available again: accepting connections"
-            );
+        // An episode ends after a quiet spell, not at the first accept that works:
+        // near the limit, accepts succeed and fail in turns, and that is one story.
+        if let Some(ex) = &mut exhausted {
+            ex.backoff = Duration::from_millis(10);
+            if ex.last.elapsed() >= EXHAUSTION_QUIET {
+                tracing::warn!(
+                    failed_accepts = ex.failures,
+                    "descriptors available again: accepting connections"
+                );
+                exhausted = None;
+            }
         }
         let _ = stream.set_nodelay(true);
         let (permit, service) = match slots.clone().try_acquire_owned() {
@@ -272,8 +279,13 @@ const OVERFLOW_ANSWERS: usize = 64;
 /// A run of failed accepts for lack of descriptors (or memory), logged once.
 struct Exhaustion {
     failures: u64,
+    /// The latest failure.
+    last: Instant,
     backoff: Duration,
 }
+
+/// How long accepts must work before running out of descriptors counts as over.
+const EXHAUSTION_QUIET: Duration = Duration::from_secs(5);
 
 /// EMFILE, ENFILE, ENOBUFS, ENOMEM (Linux numbers): the process or the system is out of
 /// something a new connection needs; retrying at once would spin.
