@@ -28,7 +28,9 @@
 //! - a failed one is remembered for [`LoginLimits::failure_ttl`], so the same wrong
 //!   credentials (a misconfigured CI job retrying) cost bcrypt once;
 //! - each client address has a token bucket of login attempts with credentials not yet
-//!   known good; when it is empty the answer is 429 with `Retry-After`, before any bcrypt;
+//!   known good; when it is empty the answer is 429 with `Retry-After`, before any bcrypt
+//!   (and after a second, so that a client ignoring `Retry-After` cannot make the
+//!   server answer refusals as fast as it can send);
 //! - an unknown user is checked against a dummy hash of the users' cost, so an answer
 //!   takes as long whether the name exists or not.
 
@@ -127,6 +129,9 @@ pub enum LoginError {
         retry_after: Duration,
     },
 }
+
+/// How long a throttled login waits for its 429.
+const THROTTLED_HOLD: Duration = Duration::from_secs(1);
 
 /// Bounds on what logins may cost the server.
 #[derive(Debug, Clone)]
@@ -300,7 +305,15 @@ impl Auth {
         // all get past the limit while the first ones are being checked. It is given
         // back only once the credentials proved good (or no check ran for lack of
         // room): a client that hangs up mid-check still paid for it.
-        let client = self.reserve(client)?;
+        let client = match self.reserve(client) {
+            Ok(key) => key,
+            Err(e) => {
+                // Hold the refusal a moment: a client that ignores Retry-After and asks
+                // again at once would otherwise make the server answer at line rate.
+                tokio::time::sleep(THROTTLED_HOLD).await;
+                return Err(e);
+            }
+        };
         if self.failed_recently(&key) {
             return Err(LoginError::BadCredentials);
         }
