@@ -330,10 +330,8 @@ async fn refused_request_with_a_body_reads_the_challenge() {
         assert!(lower.contains("www-authenticate: basic"), "{resp}");
 
         // A client waiting for 100-continue is answered before it sends anything.
-        let head = format!(
-            "PUT /v2/app/manifests/v1 HTTP/1.1\r\nhost: x\r\ncontent-length: 5000000\r\nexpect: 100-continue\r\n\r\n"
-        );
-        let (resp, _) = exchange(addr, &head, &[], Duration::ZERO);
+        let head = "PUT /v2/app/manifests/v1 HTTP/1.1\r\nhost: x\r\ncontent-length: 5000000\r\nexpect: 100-continue\r\n\r\n";
+        let (resp, _) = exchange(addr, head, &[], Duration::ZERO);
         assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
     })
     .await
