@@ -37,119 +37,8 @@ CURL=(--silent --show-error --noproxy '*' --max-time 60 -H 'Expect:' -u "$USER_N
 
 declare -A url pid errlog res
 
-log() { echo "== $*" >&2; }
-
-die() {
-	echo "registry-hostile.sh: FAILED: $*" >&2
-	local s
-	for s in "${SERVERS[@]}"; do
-		[[ -n ${errlog[$s]:-} && -s ${errlog[$s]} ]] || continue
-		echo "--- last lines of $s stderr:" >&2
-		tail -n 20 "${errlog[$s]}" >&2
-	done
-	exit 1
-}
-
-cleanup() {
-	local s
-	for s in "${!pid[@]}"; do kill "${pid[$s]}" 2>/dev/null || true; done
-	for s in "${!pid[@]}"; do wait "${pid[$s]}" 2>/dev/null || true; done
-	if [[ -n ${work:-} ]]; then rm -rf "$work"; fi
-}
-
-sha() { echo "sha256:$(sha256sum "$1" | cut -d' ' -f1)"; }
-
-free_ports() {
-	python3 -c '
-import socket
-a, b = socket.socket(), socket.socket()
-a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
-print(a.getsockname()[1], b.getsockname()[1])'
-}
-
-wait_ready() { # server
-	local s=$1 i code
-	for ((i = 0; i < 200; i++)); do
-		kill -0 "${pid[$s]}" 2>/dev/null || die "$s exited during startup"
-		code=$(curl "${CURL[@]}" -o /dev/null -w '%{http_code}' "${url[$s]}/v2/" 2>/dev/null) || true
-		[[ $code == 200 ]] && return 0
-		sleep 0.1
-	done
-	die "$s did not answer 200 on ${url[$s]}/v2/ within 20 s"
-}
-
-start_berth() { # port
-	local dir=$work/berth
-	mkdir -p "$dir/root"
-	: >"$dir/config.toml"
-	errlog[berth]=$dir/stderr
-	BERTH_LOG=warn "$berth_bin" registry serve --addr "127.0.0.1:$1" --root "$dir/root" \
-		--config "$dir/config.toml" --htpasswd "$work/htpasswd" >"$dir/stdout" 2>"${errlog[berth]}" &
-	pid[berth]=$!
-	url[berth]=http://127.0.0.1:$1
-	wait_ready berth
-}
-
-start_distribution() { # port
-	local dir=$work/distribution
-	mkdir -p "$dir/root"
-	cat >"$dir/config.yml" <<-EOF
-		version: 0.1
-		log:
-		  level: error
-		  accesslog:
-		    disabled: true
-		storage:
-		  cache:
-		    blobdescriptor: inmemory
-		  filesystem:
-		    rootdirectory: $dir/root
-		auth:
-		  htpasswd:
-		    realm: bench
-		    path: $work/htpasswd
-		http:
-		  addr: 127.0.0.1:$1
-	EOF
-	errlog[distribution]=$dir/stderr
-	"$dist_bin" serve "$dir/config.yml" >"$dir/stdout" 2>"${errlog[distribution]}" &
-	pid[distribution]=$!
-	url[distribution]=http://127.0.0.1:$1
-	wait_ready distribution
-}
-
-# POST, then PUT ?digest= with the whole body (as bench/registry.sh).
-push_blob() { # server file
-	local s=$1 file=$2 loc out
-	loc=$(curl "${CURL[@]}" -o /dev/null -X POST -H 'Content-Length: 0' -w '%header{location}' \
-		"${url[$s]}/v2/$REPO/blobs/uploads/") || die "$s: POST upload failed"
-	[[ $loc == /* ]] && loc=${url[$s]}$loc
-	[[ $loc == "${url[$s]}"/* ]] || die "$s: Location '$loc' is not on ${url[$s]}"
-	if [[ $loc == *\?* ]]; then loc="$loc&digest=$(sha "$file")"; else loc="$loc?digest=$(sha "$file")"; fi
-	out=$(curl "${CURL[@]}" -o /dev/null -H 'Content-Type: application/octet-stream' -T "$file" \
-		-w '%{http_code}' "$loc") || die "$s: PUT blob failed"
-	[[ $out == 201 ]] || die "$s: push blob answered $out, want 201"
-}
-
-push_manifest() { # server
-	local s=$1 out
-	push_blob "$s" "$work/config.json"
-	push_blob "$s" "$work/layer"
-	out=$(curl "${CURL[@]}" -o /dev/null -X PUT -H "Content-Type: $OCI_MANIFEST" \
-		--data-binary @"$work/manifest.json" -w '%{http_code}' "${url[$s]}/v2/$REPO/manifests/latest") ||
-		die "$s: PUT manifest: curl failed"
-	[[ $out == 201 ]] || die "$s: PUT manifest answered $out, want 201"
-}
-
-make_manifest() {
-	printf '{}' >"$work/config.json"
-	head -c 4096 /dev/urandom >"$work/layer"
-	cat >"$work/manifest.json" <<-EOF
-		{"schemaVersion":2,"mediaType":"$OCI_MANIFEST",
-		 "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"$(sha "$work/config.json")","size":2},
-		 "layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"$(sha "$work/layer")","size":4096}]}
-	EOF
-}
+# shellcheck source=bench/registry-lib.sh
+source "$here/registry-lib.sh"
 
 # A new wrong password on every request: a guessing attacker, not a retrying client.
 write_storm_script() {
@@ -246,20 +135,11 @@ print_table() {
 }
 
 main() {
-	local c ports port_berth port_dist
+	local c s
 	for c in curl wrk htpasswd python3 sha256sum base64; do
 		command -v "$c" >/dev/null || die "$c is not installed (apt-get install -y curl wrk apache2-utils python3)"
 	done
-	dist_bin=${DIST_BIN:-$(command -v docker-registry || true)}
-	[[ -x $dist_bin ]] || die "docker-registry not found (apt-get install -y docker-registry)"
-	if [[ -n ${BERTH_BIN:-} ]]; then
-		berth_bin=$BERTH_BIN
-	else
-		log "building berth (release)"
-		(cd "$root" && cargo build --release -p berth-cli >&2)
-		berth_bin=${CARGO_TARGET_DIR:-$root/target}/release/berth
-	fi
-	[[ -x $berth_bin ]] || die "no berth binary at $berth_bin"
+	find_servers
 	(($(ulimit -n) > IDLE_CONNS + STORM_CONNS + 100)) || ulimit -n 4096 ||
 		die "ulimit -n $(ulimit -n) is too low for $IDLE_CONNS idle connections"
 
@@ -270,12 +150,9 @@ main() {
 	make_manifest
 	write_storm_script
 
-	# Command substitution waits for the helper to exit and release both ports.
-	ports=$(free_ports)
-	read -r port_berth port_dist <<<"$ports"
-	start_berth "$port_berth"
-	start_distribution "$port_dist"
-	log "berth on ${url[berth]}, distribution on ${url[distribution]} ($($dist_bin --version))"
+	BERTH_SERVE_ARGS=(--htpasswd "$work/htpasswd")
+	DIST_EXTRA_CONFIG=$(printf 'auth:\n  htpasswd:\n    realm: bench\n    path: %s' "$work/htpasswd")
+	start_servers
 	for s in "${SERVERS[@]}"; do push_manifest "$s"; done
 
 	for s in "${SERVERS[@]}"; do
