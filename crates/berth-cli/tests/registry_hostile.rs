@@ -3,55 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A registry whose stderr goes to a file, killed on drop.
-struct Logged {
-    child: std::process::Child,
-    addr: String,
-    stderr: std::path::PathBuf,
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve_logged(dir: &std::path::Path, args: &[&str]) -> Logged {
-    let stderr = dir.join("stderr");
-    let mut child = Command::new(berth_bin())
-        .arg("--root")
-        .arg(dir.join("root"))
-        .args(["registry", "serve", "--addr", "127.0.0.1:0"])
-        .args(args)
-        .env("BERTH_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("spawn berth");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("berth did not say where it listens: {line:?}"))
-        .to_string();
-    Logged {
-        child,
-        addr,
-        stderr,
-    }
-}
 
 fn get_v2(addr: &str) -> Option<String> {
     let mut c = TcpStream::connect(addr).ok()?;
@@ -70,7 +27,13 @@ fn out_of_descriptors_is_logged_once_and_survived() {
     }
     let dir = tempfile::tempdir().unwrap();
     // A connection limit far above the descriptors, so accept itself runs out.
-    let berth = serve_logged(dir.path(), &["--max-connections", "1000"]);
+    let stderr = dir.path().join("stderr");
+    let berth = Berth::serve_to(
+        &dir.path().join("root"),
+        "127.0.0.1:0",
+        &["--max-connections", "1000"],
+        std::fs::File::create(&stderr).unwrap().into(),
+    );
     assert!(get_v2(&berth.addr).is_some_and(|r| r.starts_with("HTTP/1.1 200")));
     run(Command::new("prlimit")
         .arg("--pid")
@@ -107,7 +70,7 @@ fn out_of_descriptors_is_logged_once_and_survived() {
     // The end of the episode is told after 5 s without a failure, at the next accept.
     std::thread::sleep(Duration::from_secs(6));
     assert!(get_v2(&berth.addr).is_some_and(|r| r.starts_with("HTTP/1.1 200")));
-    let log = std::fs::read_to_string(&berth.stderr).unwrap();
+    let log = std::fs::read_to_string(&stderr).unwrap();
     let exhausted = log.matches("out of file descriptors").count();
     assert_eq!(exhausted, 1, "logged once per episode:\n{log}");
     assert_eq!(log.matches("available again").count(), 1, "{log}");

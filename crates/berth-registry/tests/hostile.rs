@@ -42,6 +42,15 @@ fn users() -> HashMap<String, String> {
     ])
 }
 
+/// GET /v2/ with Basic credentials.
+async fn get_v2(http: &Client, base: &str, user: &str, pass: &str) -> reqwest::Response {
+    http.get(format!("{base}/v2/"))
+        .basic_auth(user, Some(pass))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn error_code(r: reqwest::Response) -> String {
     let v: serde_json::Value = r.json().await.expect("error body is JSON");
     v["errors"][0]["code"].as_str().unwrap_or("").to_string()
@@ -106,24 +115,14 @@ async fn normal_requests_succeed_during_a_storm_of_failed_logins() {
     let base = format!("http://{}", s.addr);
     let http = Client::new();
     // A client that logged in before the storm, from the storm's own address.
-    let r = http
-        .get(format!("{base}/v2/"))
-        .basic_auth("ci", Some("ci-pass"))
-        .send()
-        .await
-        .unwrap();
+    let r = get_v2(&http, &base, "ci", "ci-pass").await;
     assert_eq!(r.status(), StatusCode::OK);
 
     let storm: Vec<_> = (0..200)
         .map(|i| {
             let (http, base) = (http.clone(), base.clone());
             tokio::spawn(async move {
-                let r = http
-                    .get(format!("{base}/v2/"))
-                    .basic_auth("ci", Some(format!("wrong-{i}")))
-                    .send()
-                    .await
-                    .unwrap();
+                let r = get_v2(&http, &base, "ci", &format!("wrong-{i}")).await;
                 let status = r.status();
                 let retry = r.headers().get("retry-after").cloned();
                 (status, retry, error_code(r).await)
@@ -132,24 +131,14 @@ async fn normal_requests_succeed_during_a_storm_of_failed_logins() {
         .collect();
     // During the storm: the logged-in client, and a first login from another address.
     for _ in 0..5 {
-        let r = http
-            .get(format!("{base}/v2/"))
-            .basic_auth("ci", Some("ci-pass"))
-            .send()
-            .await
-            .unwrap();
+        let r = get_v2(&http, &base, "ci", "ci-pass").await;
         assert_eq!(r.status(), StatusCode::OK);
     }
     let elsewhere = Client::builder()
         .local_address(Some("127.0.0.2".parse::<IpAddr>().unwrap()))
         .build()
         .unwrap();
-    let r = elsewhere
-        .get(format!("{base}/v2/"))
-        .basic_auth("dev", Some("dev-pass"))
-        .send()
-        .await
-        .unwrap();
+    let r = get_v2(&elsewhere, &base, "dev", "dev-pass").await;
     assert_eq!(
         r.status(),
         StatusCode::OK,
