@@ -172,8 +172,20 @@ async fn normal_requests_succeed_during_a_storm_of_failed_logins() {
     assert_eq!(throttled, 200 - burst);
 }
 
+/// Read until the server closes `c`; fails if our 20 s read timeout comes first.
+fn assert_closed(c: &mut TcpStream, what: &str) {
+    let mut sink = Vec::new();
+    let r = c.read_to_end(&mut sink);
+    assert!(
+        r.is_ok()
+            || r.as_ref()
+                .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+        "{what} stays open: {r:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_and_slow_header_connections_are_closed() {
+async fn silent_slow_and_idle_connections_are_closed() {
     let s = start(
         |_| {},
         ServeOptions {
@@ -188,14 +200,19 @@ async fn silent_and_slow_header_connections_are_closed() {
         // Connects and sends nothing: closed by the server, not by our 20 s read timeout.
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut buf = [0u8; 64];
-        let n = c.read(&mut buf);
-        assert!(
-            matches!(n, Ok(0))
-                || n.as_ref()
-                    .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
-            "a silent connection stays open: {n:?}"
-        );
+        assert_closed(&mut c, "a silent connection");
+
+        // A keep-alive connection after its request, and an HTTP/2 connection (preface
+        // and empty SETTINGS, no stream): both closed once idle.
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert!(get_on(&mut c, "/v2/").contains(" 200 "));
+        assert_closed(&mut c, "an idle keep-alive connection");
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .unwrap();
+        assert_closed(&mut c, "an idle HTTP/2 connection");
 
         // Sends a header a byte every 100 ms, for up to 20 s: the server hangs up first.
         let c = TcpStream::connect(addr).unwrap();
