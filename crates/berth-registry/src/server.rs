@@ -27,6 +27,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -103,6 +104,10 @@ pub struct ServeOptions {
     /// A connection with no request in flight for this long is closed (HTTP/2, and
     /// connections that never sent a request line).
     pub idle_timeout: Duration,
+    /// A connection with a request in flight that moves no byte either way for this long
+    /// is closed: a client that stops reading a download or stops sending an upload
+    /// would otherwise hold its connection slot (and an open file) for ever.
+    pub stall_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -111,6 +116,7 @@ impl Default for ServeOptions {
             max_connections: default_max_connections(),
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            stall_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -235,6 +241,10 @@ pub async fn serve_with(
         tokio::spawn(async move {
             let _permit = permit;
             let activity = service.activity.clone();
+            let stream = Watched {
+                inner: stream,
+                activity: activity.clone(),
+            };
             match tls {
                 None => {
                     let conn =
@@ -294,8 +304,9 @@ fn is_exhaustion(e: &std::io::Error) -> bool {
 }
 
 /// Run a connection until it ends, or until it has been idle too long: no request in
-/// flight for `header_read_timeout` before its first request, `idle_timeout` after.
-/// Dropping the connection's future closes its socket.
+/// flight for `header_read_timeout` before its first request, `idle_timeout` after; or
+/// a request in flight but no byte read or written for `stall_timeout`. Dropping the
+/// connection's future closes its socket.
 async fn drive<E: std::fmt::Display>(
     conn: impl Future<Output = Result<(), E>>,
     activity: &Activity,
@@ -309,10 +320,13 @@ async fn drive<E: std::fmt::Display>(
         } else {
             options.idle_timeout
         };
+        // Nothing wakes this loop when a request starts or ends, so it also looks again
+        // after the shorter of the two limits: each is then seen within twice its time.
         let deadline = match activity.idle_since() {
             Some(since) => since + limit,
-            None => Instant::now() + limit,
-        };
+            None => activity.last_io() + options.stall_timeout,
+        }
+        .min(Instant::now() + limit.min(options.stall_timeout));
         tokio::select! {
             r = &mut conn => {
                 if let Err(e) = r {
@@ -321,12 +335,82 @@ async fn drive<E: std::fmt::Display>(
                 return;
             }
             () = tokio::time::sleep_until(deadline.into()) => {
-                if activity.idle_since().is_some_and(|since| since.elapsed() >= limit) {
-                    tracing::debug!(%peer, "closing idle connection");
-                    return;
+                match activity.idle_since() {
+                    Some(since) if since.elapsed() >= limit => {
+                        tracing::debug!(%peer, "closing idle connection");
+                        return;
+                    }
+                    None if activity.last_io().elapsed() >= options.stall_timeout => {
+                        tracing::info!(
+                            %peer,
+                            "closing a connection whose request moved no data for {:?}",
+                            options.stall_timeout
+                        );
+                        return;
+                    }
+                    _ => {}
                 }
             }
         }
+    }
+}
+
+/// The connection's socket, noting when bytes move (for [`drive`]'s stall check).
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.moved();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.moved();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.moved();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -337,9 +421,20 @@ struct Activity {
     requests: AtomicU64,
     /// Milliseconds after `start` when the last request in flight finished.
     idle_ms: AtomicU64,
+    /// Milliseconds after `start` when a byte was last read or written.
+    io_ms: AtomicU64,
 }
 
 impl Activity {
+    fn moved(&self) {
+        self.io_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last_io(&self) -> Instant {
+        self.start + Duration::from_millis(self.io_ms.load(Ordering::Relaxed))
+    }
+
     /// When the connection became idle; `None` while a request is in flight.
     fn idle_since(&self) -> Option<Instant> {
         (self.in_flight.load(Ordering::Acquire) == 0)
@@ -422,6 +517,7 @@ impl Tracked {
                 in_flight: AtomicUsize::new(0),
                 requests: AtomicU64::new(0),
                 idle_ms: AtomicU64::new(0),
+                io_ms: AtomicU64::new(0),
             }),
         }
     }

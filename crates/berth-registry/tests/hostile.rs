@@ -394,3 +394,55 @@ async fn anonymous_writes_are_refused_beyond_loopback() {
     let r = http.post(upload(&loopback)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_nobody_reads_is_cut_off() {
+    let s = start(
+        |_| {},
+        ServeOptions {
+            stall_timeout: Duration::from_secs(1),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    // Larger than what loopback's socket buffers absorb.
+    let blob: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    let digest = berth_oci::Digest::sha256(&blob);
+    let r = Client::new()
+        .post(format!(
+            "http://{}/v2/app/blobs/uploads/?digest={digest}",
+            s.addr
+        ))
+        .body(blob.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let addr = s.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(format!("GET /v2/app/blobs/{digest} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        // Read nothing for a while, then everything that comes.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(4) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let mut got = Vec::new();
+        let r = c.read_to_end(&mut got);
+        assert!(
+            r.is_ok()
+                || r.as_ref()
+                    .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
+            "the stalled download was not closed: {r:?}"
+        );
+        assert!(
+            got.len() < blob.len(),
+            "the whole blob came through after a stall: {} bytes",
+            got.len()
+        );
+    })
+    .await
+    .unwrap();
+}
