@@ -172,16 +172,18 @@ async fn normal_requests_succeed_during_a_storm_of_failed_logins() {
     assert_eq!(throttled, 200 - burst);
 }
 
-/// Read until the server closes `c`; fails if our 20 s read timeout comes first.
-fn assert_closed(c: &mut TcpStream, what: &str) {
-    let mut sink = Vec::new();
-    let r = c.read_to_end(&mut sink);
+/// Read until the server closes `c` and return what came; fails if the read timeout
+/// set on `c` comes first.
+fn read_until_closed(c: &mut TcpStream, what: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    let r = c.read_to_end(&mut got);
     assert!(
         r.is_ok()
             || r.as_ref()
                 .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
         "{what} stays open: {r:?}"
     );
+    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,19 +202,19 @@ async fn silent_slow_and_idle_connections_are_closed() {
         // Connects and sends nothing: closed by the server, not by our 20 s read timeout.
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        assert_closed(&mut c, "a silent connection");
+        read_until_closed(&mut c, "a silent connection");
 
         // A keep-alive connection after its request, and an HTTP/2 connection (preface
         // and empty SETTINGS, no stream): both closed once idle.
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         assert!(get_on(&mut c, "/v2/").contains(" 200 "));
-        assert_closed(&mut c, "an idle keep-alive connection");
+        read_until_closed(&mut c, "an idle keep-alive connection");
         let mut c = TcpStream::connect(addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
             .unwrap();
-        assert_closed(&mut c, "an idle HTTP/2 connection");
+        read_until_closed(&mut c, "an idle HTTP/2 connection");
 
         // Sends a header a byte every 100 ms, for up to 20 s: the server hangs up first.
         let c = TcpStream::connect(addr).unwrap();
@@ -233,14 +235,7 @@ async fn silent_slow_and_idle_connections_are_closed() {
         });
         let mut c = c;
         c.set_read_timeout(Some(Duration::from_secs(25))).unwrap();
-        let mut out = Vec::new();
-        let r = c.read_to_end(&mut out);
-        assert!(
-            r.is_ok()
-                || r.as_ref()
-                    .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
-            "the slow connection was not closed by the server: {r:?}"
-        );
+        let out = read_until_closed(&mut c, "the slow connection");
         let _ = c.shutdown(std::net::Shutdown::Both);
         let finished = writer.join().unwrap();
         assert!(
@@ -429,14 +424,7 @@ async fn a_download_nobody_reads_is_cut_off() {
         while start.elapsed() < Duration::from_secs(4) {
             std::thread::sleep(Duration::from_millis(200));
         }
-        let mut got = Vec::new();
-        let r = c.read_to_end(&mut got);
-        assert!(
-            r.is_ok()
-                || r.as_ref()
-                    .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock),
-            "the stalled download was not closed: {r:?}"
-        );
+        let got = read_until_closed(&mut c, "the stalled download");
         assert!(
             got.len() < blob.len(),
             "the whole blob came through after a stall: {} bytes",
