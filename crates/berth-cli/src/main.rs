@@ -90,6 +90,18 @@ struct ServeArgs {
     /// Refuse DELETE of manifests, tags and blobs.
     #[arg(long)]
     no_delete: bool,
+    /// Accept pushes and deletes without --htpasswd on an address beyond loopback.
+    #[arg(long)]
+    allow_anonymous_push: bool,
+    /// Connections served at once; more get 503 [default: half of `ulimit -n`, at most 1024].
+    #[arg(long, env = "BERTH_REGISTRY_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Time a client gets to send a request's headers [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    header_timeout: Option<Duration>,
+    /// Close connections with no request for this long [default: 2m].
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -191,6 +203,19 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
     let mut config = berth_registry::Config::new(store);
     config.read_only = args.read_only || file.read_only.unwrap_or(false);
     config.delete_enabled = !args.no_delete && file.delete.unwrap_or(true);
+    config.allow_anonymous_push =
+        args.allow_anonymous_push || file.allow_anonymous_push.unwrap_or(false);
+    config.listen_on(addr);
+    let mut options = berth_registry::ServeOptions::default();
+    if let Some(n) = args.max_connections.or(file.max_connections) {
+        options.max_connections = n;
+    }
+    if let Some(t) = args.header_timeout {
+        options.header_read_timeout = t;
+    }
+    if let Some(t) = args.idle_timeout {
+        options.idle_timeout = t;
+    }
     if let Some(h) = &htpasswd {
         config.auth = Some(berth_registry::Auth::load(h, access.as_deref())?);
     } else if access.is_some() {
@@ -218,7 +243,8 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
         );
         use std::io::Write;
         std::io::stdout().flush()?;
-        berth_registry::serve(listener, registry.router(), tls, shutdown_signal()).await?;
+        berth_registry::serve_with(listener, registry.router(), tls, options, shutdown_signal())
+            .await?;
         Ok(())
     })
 }

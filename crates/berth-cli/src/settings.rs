@@ -78,6 +78,10 @@ pub struct RegistryFile {
     pub read_only: Option<bool>,
     /// Allow deletes (default true).
     pub delete: Option<bool>,
+    /// Accept writes without auth beyond loopback.
+    pub allow_anonymous_push: Option<bool>,
+    /// Connections served at once.
+    pub max_connections: Option<usize>,
 }
 
 /// Resolved settings shared by every command.

@@ -1,7 +1,11 @@
 //! The spec's error codes and JSON bodies, mapped from store errors in one place.
 
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 
 /// OCI distribution error codes (spec, "Error Codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,5 +155,51 @@ impl From<berth_store::Error> for RegistryError {
                     .with_status(StatusCode::INTERNAL_SERVER_ERROR)
             }
         }
+    }
+}
+
+/// Most of a refused request's body read (and thrown away) before the answer.
+const DRAIN_BYTES: usize = 1 << 20;
+/// Longest wait for it.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Refuse `req` with `err` (401, 403, 429 before the body was touched). A client still
+/// sending a body would otherwise hit a closed connection and report a broken pipe
+/// instead of the challenge: so up to 1 MiB or 1 s of the body is read and dropped
+/// first, and the HTTP/1 connection is closed after the answer (`Connection: close`),
+/// since the rest of the body may still be on its way. A client that asked for
+/// `100-continue` has sent nothing yet and is answered at once.
+pub(crate) async fn refuse(err: RegistryError, req: Request) -> RegistryError {
+    let headers = req.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    if !has_body {
+        return err;
+    }
+    let waits_for_continue = headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    let http1 = req.version() <= Version::HTTP_11;
+    if !waits_for_continue {
+        let mut body = req.into_body().into_data_stream();
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            let mut read = 0;
+            while read < DRAIN_BYTES {
+                match body.next().await {
+                    Some(Ok(chunk)) => read += chunk.len(),
+                    _ => break,
+                }
+            }
+        })
+        .await;
+    }
+    if http1 {
+        err.with_header(header::CONNECTION, "close")
+    } else {
+        err
     }
 }

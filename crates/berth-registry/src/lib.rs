@@ -19,7 +19,9 @@ mod error;
 mod routes;
 mod server;
 
-pub use auth::{Access, AccessRule, Action, Auth, AuthError, BadCredentials};
+pub use auth::{Access, AccessRule, Action, Auth, AuthError, LoginError, LoginLimits};
 pub use error::{Code, RegistryError};
 pub use routes::{Config, Registry};
-pub use server::{TlsError, serve, tls_acceptor};
+pub use server::{
+    ServeOptions, TlsError, default_max_connections, serve, serve_with, tls_acceptor,
+};

@@ -17,7 +17,7 @@ use berth_store::{Store, Writer};
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 
-use crate::auth::{Action, Auth};
+use crate::auth::{Action, Auth, LoginError};
 use crate::error::{Code, RegistryError};
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -35,6 +35,11 @@ pub struct Config {
     pub auth: Option<Auth>,
     /// Largest manifest accepted, in bytes.
     pub max_manifest_bytes: usize,
+    /// The registry listens beyond loopback: without `auth`, writes are refused unless
+    /// `allow_anonymous_push` (see [`Config::listen_on`]).
+    pub beyond_loopback: bool,
+    /// Accept pushes and deletes without authentication even beyond loopback.
+    pub allow_anonymous_push: bool,
 }
 
 impl Config {
@@ -46,7 +51,15 @@ impl Config {
             delete_enabled: true,
             auth: None,
             max_manifest_bytes: 4 << 20,
+            beyond_loopback: false,
+            allow_anonymous_push: false,
         }
+    }
+
+    /// Record where the registry listens: any address but 127.0.0.0/8 and ::1
+    /// (0.0.0.0 included) is beyond loopback.
+    pub fn listen_on(&mut self, addr: std::net::SocketAddr) {
+        self.beyond_loopback = !addr.ip().is_loopback();
     }
 }
 
@@ -67,6 +80,7 @@ struct Inner {
 impl Registry {
     /// A registry over `config`.
     pub fn new(config: Config) -> Registry {
+        crate::auth::warn_if_writes_refused(&config);
         Registry {
             inner: Arc::new(Inner {
                 config,
@@ -258,6 +272,55 @@ fn unauthorized(message: &str) -> RegistryError {
         .with_header(header::WWW_AUTHENTICATE, "Basic realm=\"berth\"")
 }
 
+/// Who is asking, and whether they may do what the route needs.
+async fn authorize(
+    reg: &Registry,
+    route: &Route,
+    method: &Method,
+    headers: &HeaderMap,
+    client: std::net::IpAddr,
+) -> Result<Option<String>> {
+    let cfg = &reg.inner.config;
+    let Some(auth) = &cfg.auth else {
+        if crate::auth::writes_refused(cfg) && !matches!(*method, Method::GET | Method::HEAD) {
+            return Err(crate::auth::writes_refused_error());
+        }
+        return Ok(None);
+    };
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = match auth.authenticate(header, client).await {
+        Ok(user) => user,
+        Err(e @ LoginError::BadCredentials) => return Err(unauthorized(&e.to_string())),
+        Err(e @ LoginError::Throttled { retry_after }) => {
+            return Err(
+                RegistryError::new(Code::TooManyRequests, e.to_string()).with_header(
+                    header::RETRY_AFTER,
+                    retry_after.as_secs().max(1).to_string(),
+                ),
+            );
+        }
+    };
+    match required(route, method) {
+        None if user.is_none() && !auth.anonymous_allowed() => {
+            Err(unauthorized("authentication required"))
+        }
+        None => Ok(user),
+        Some((repo, action)) if !auth.allowed(user.as_deref(), &repo, action) => Err(match &user {
+            None => unauthorized("authentication required"),
+            Some(who) => RegistryError::new(
+                Code::Denied,
+                format!(
+                    "user {who:?} may not {} repository {repo}",
+                    format!("{action:?}").to_lowercase()
+                ),
+            ),
+        }),
+        Some(_) => Ok(user),
+    }
+}
+
 async fn handle(reg: &Registry, req: Request) -> Result<Response> {
     let cfg = &reg.inner.config;
     let route = parse_route(req.uri().path()).ok_or_else(|| {
@@ -269,35 +332,14 @@ async fn handle(reg: &Registry, req: Request) -> Result<Response> {
     })?;
     let method = req.method().clone();
 
-    let mut user = None;
-    if let Some(auth) = &cfg.auth {
-        let header = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        user = auth
-            .authenticate(header)
-            .map_err(|e| unauthorized(&e.to_string()))?;
-        match required(&route, &method) {
-            None if user.is_none() && !auth.anonymous_allowed() => {
-                return Err(unauthorized("authentication required"));
-            }
-            None => {}
-            Some((repo, action)) if !auth.allowed(user.as_deref(), &repo, action) => {
-                return Err(match &user {
-                    None => unauthorized("authentication required"),
-                    Some(who) => RegistryError::new(
-                        Code::Denied,
-                        format!(
-                            "user {who:?} may not {} repository {repo}",
-                            format!("{action:?}").to_lowercase()
-                        ),
-                    ),
-                });
-            }
-            Some(_) => {}
-        }
-    }
+    let client = req
+        .extensions()
+        .get::<crate::server::ClientAddr>()
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
+    let user = match authorize(reg, &route, &method, req.headers(), client).await {
+        Ok(user) => user,
+        Err(e) => return Err(crate::error::refuse(e, req).await),
+    };
     let writes = !matches!(method, Method::GET | Method::HEAD);
     if writes && cfg.read_only {
         return Err(RegistryError::new(

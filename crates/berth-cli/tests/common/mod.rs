@@ -104,6 +104,11 @@ impl Berth {
 
     /// Start serving on a given address.
     pub fn serve_at(root: &Path, addr: &str, args: &[&str]) -> Berth {
+        Self::serve_to(root, addr, args, Stdio::inherit())
+    }
+
+    /// Start serving on a given address, its log going to `stderr`.
+    pub fn serve_to(root: &Path, addr: &str, args: &[&str], stderr: Stdio) -> Berth {
         let mut child = Command::new(berth_bin())
             .args(["--root"])
             .arg(root)
@@ -111,7 +116,7 @@ impl Berth {
             .args(args)
             .env("BERTH_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn berth");
         let mut line = String::new();
