@@ -347,7 +347,7 @@ pub struct PruneArgs {
     /// Keep this much cache, most recently used first (e.g. 10GB, 500MB) [default: 0].
     #[arg(long, value_parser = parse_size, default_value = "0")]
     keep_storage: u64,
-    /// Also remove cache mounts (RUN --mount=type=cache).
+    /// Also remove cache mounts (RUN --mount=type=cache) and all cache-miss history.
     #[arg(long)]
     all: bool,
 }
@@ -390,11 +390,12 @@ pub fn prune(settings: &Settings, args: PruneArgs) -> Result<()> {
         },
     )?;
     println!(
-        "removed {} cache records, {} unpacked layers, {} layer blobs, {} cache mounts; freed {}",
+        "removed {} cache records, {} unpacked layers, {} layer blobs, {} cache mounts, {} step histories; freed {}",
         r.records,
         r.snapshots,
         r.blobs,
         r.cache_mounts,
+        r.histories,
         human(r.bytes)
     );
     Ok(())
