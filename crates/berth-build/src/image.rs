@@ -326,7 +326,11 @@ fn lookup_local(store: &Store, reference: &str) -> Result<Digest> {
         WrittenReference::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
     let name = written.local_repository();
     let repos = store.repos();
-    let short = name.strip_prefix("docker.io/").unwrap_or(&name).to_string();
+    let short = name
+        .strip_prefix(berth_oci::DOCKER_HUB)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(&name)
+        .to_string();
     let mut candidates = vec![name.clone(), short.clone()];
     if let Some(s) = short.strip_prefix("library/") {
         candidates.push(s.to_string());
@@ -506,6 +510,36 @@ pub async fn pull(client: &berth_client::Client, store: &Store, reference: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_names_resolve_as_written_with_hub_forms_tried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = |s: &str| {
+            let blob = store.put_blob(berth_oci::Algorithm::Sha256, s.as_bytes());
+            blob.unwrap().digest
+        };
+        let name = |repo: &str, tag: &str, d: &Digest| {
+            let repos = store.repos();
+            repos
+                .link_manifest(repo, d, media_type::OCI_MANIFEST)
+                .unwrap();
+            repos.set_tag(repo, tag, d).unwrap();
+        };
+        let (app, local, hub) = (digest("app"), digest("local"), digest("hub"));
+        name("app", "1.0", &app);
+        name("127.0.0.1-5000/team/app", "latest", &local);
+        name("library/busybox", "1.36", &hub);
+        let find = |r: &str| local_manifest(&store, r).ok();
+        assert_eq!(find("app:1.0"), Some(app.clone()));
+        assert_eq!(find("docker.io/library/app:1.0"), Some(app.clone()));
+        assert_eq!(find(&format!("app@{app}")), Some(app.clone()));
+        assert_eq!(find("app"), None, "no latest tag");
+        assert_eq!(find("127.0.0.1:5000/team/app"), Some(local));
+        assert_eq!(find("busybox:1.36"), Some(hub.clone()));
+        assert_eq!(find("docker.io/busybox:1.36"), Some(hub));
+        assert_eq!(find("App:1.0"), None);
+    }
 
     /// The config `docker import` wrote (Docker 20.10, saved with `docker save`):
     /// `null` for Env, Cmd, Entrypoint, Volumes, OnBuild, Labels.
