@@ -467,10 +467,9 @@ async fn load_one(
         .with_context(|| format!("berth load {name}"))?;
     let repo = berth_oci::WrittenReference::parse(name)?.local_repository();
     let target = target.unwrap_or(name);
-    let full = match berth_oci::WrittenReference::parse(target)? {
-        w if w.tag.is_some() => target.to_string(),
-        w => format!("{}:latest", w.name()),
-    };
+    // Docker names an image by name and tag; a digest written here cannot be kept.
+    let target = berth_oci::WrittenReference::parse(target)?;
+    let full = format!("{}:{}", target.name(), target.tag_or_latest());
     let docker = berth_docker::connect().await?;
     let loaded = berth_docker::load(&docker, store, &repo, &manifest, &full, opts).await?;
     let how = match &loaded.path {
