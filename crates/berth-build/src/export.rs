@@ -11,7 +11,7 @@ use berth_snapshot::Compression;
 use berth_store::Store;
 
 use crate::error::{BuildError, Result};
-use crate::image::{ImageConfig, split_reference};
+use crate::image::ImageConfig;
 use crate::solver::Layer;
 
 /// An image written to the store.
@@ -155,17 +155,17 @@ pub fn export_image(
     let digest = store.put_blob(Algorithm::Sha256, &manifest_bytes)?.digest;
     let repos = store.repos();
     for t in tags {
-        let (name, tag, _) = split_reference(t);
-        let name = crate::image::local_name(&name);
+        let written = berth_oci::WrittenReference::parse(t)
+            .map_err(|e| BuildError::Invalid(format!("image name: {e}")))?;
+        let (name, tag) = (written.local_repository(), written.tag_or_latest());
         berth_oci::validate_repository(&name)
-            .and_then(|()| berth_oci::validate_tag(&tag))
             .map_err(|e| BuildError::Invalid(format!("image name {t:?}: {e}")))?;
         repos.link_blob(&name, &config_digest)?;
         for l in layers {
             repos.link_blob(&name, &l.blob.digest)?;
         }
         repos.link_manifest(&name, &digest, media_type::OCI_MANIFEST)?;
-        repos.set_tag(&name, &tag, &digest)?;
+        repos.set_tag(&name, tag, &digest)?;
     }
     Ok(Exported {
         manifest: digest,
@@ -204,7 +204,10 @@ pub fn export_oci_tar(
         });
         if let Some(n) = name {
             // As BuildKit's OCI exporter: the tag as ref.name, the full name for containerd.
-            let (_, tag, _) = split_reference(n);
+            let tag = berth_oci::WrittenReference::parse(n)
+                .map_err(|e| BuildError::Invalid(format!("image name: {e}")))?
+                .tag_or_latest()
+                .to_string();
             desc["annotations"] = serde_json::json!({
                 "io.containerd.image.name": n,
                 "org.opencontainers.image.ref.name": tag,
@@ -259,7 +262,7 @@ pub async fn push_image(
     store: &Store,
     client: &berth_client::Client,
     manifest: &Digest,
-    dest: &berth_client::Reference,
+    dest: &berth_oci::Reference,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Digest> {
     push_tree(store, client, manifest, dest, progress, true).await
@@ -271,7 +274,7 @@ async fn push_tree(
     store: &Store,
     client: &berth_client::Client,
     manifest: &Digest,
-    dest: &berth_client::Reference,
+    dest: &berth_oci::Reference,
     progress: &(dyn Fn(&str) + Sync),
     top: bool,
 ) -> Result<Digest> {
@@ -298,7 +301,7 @@ async fn push_tree(
     }
     if media_type::is_index(&mt) {
         for child in &m.manifests {
-            let by_digest = berth_client::Reference {
+            let by_digest = berth_oci::Reference {
                 tag: None,
                 digest: Some(child.digest.clone()),
                 ..dest.clone()

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use berth_oci::{Digest, Manifest, media_type};
+use berth_oci::{
+    Digest, LayoutReference, Manifest, Reference, ReferenceError, WrittenReference, media_type,
+};
 use berth_store::Store;
 use serde::{Deserialize, Serialize};
 
@@ -222,7 +224,7 @@ pub type PullFn<'a> = dyn Fn(&str) -> Result<Digest> + 'a;
 /// or else an image in a registry, pulled into the store through `pull` (which gets
 /// the reference and returns the manifest digest).
 pub fn resolve(store: &Store, reference: &str, pull: Option<&PullFn<'_>>) -> Result<ResolvedImage> {
-    let manifest = if let Some(rest) = reference.strip_prefix("oci-layout://") {
+    let manifest = if let Some(rest) = reference.strip_prefix(berth_oci::LAYOUT_SCHEME) {
         import_layout(store, rest)?
     } else {
         match (lookup_local(store, reference), pull) {
@@ -314,45 +316,21 @@ pub fn resolve_config_diff_ids(store: &Store, manifest: &Digest) -> Result<Vec<D
     Ok(config.rootfs.diff_ids)
 }
 
-/// Split `name[:tag][@digest]` into repository, tag and digest.
-pub fn split_reference(reference: &str) -> (String, String, Option<String>) {
-    let (rest, digest) = match reference.split_once('@') {
-        Some((r, d)) => (r, Some(d.to_string())),
-        None => (reference, None),
-    };
-    let slash = rest.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match rest[slash..].split_once(':') {
-        Some((_, t)) => (
-            &rest[..slash + rest[slash..].find(':').unwrap()],
-            t.to_string(),
-        ),
-        None => (rest, "latest".to_string()),
-    };
-    (name.to_string(), tag, digest)
-}
-
-/// The repository name an image reference has in berth's store: the reference's name,
-/// with a registry host's `:port` written `-port` (`127.0.0.1:5000/app` is stored as
-/// `127.0.0.1-5000/app`), since repository names cannot hold `:`.
-pub fn local_name(name: &str) -> String {
-    match name.split_once('/') {
-        Some((host, rest)) if host.contains(['.', ':']) || host == "localhost" => {
-            format!("{}/{rest}", host.replace(':', "-").to_ascii_lowercase())
-        }
-        _ => name.to_string(),
-    }
-}
-
 /// The manifest an image name (`name[:tag][@digest]`) has in the local store.
 pub fn local_manifest(store: &Store, reference: &str) -> Result<Digest> {
     lookup_local(store, reference)
 }
 
 fn lookup_local(store: &Store, reference: &str) -> Result<Digest> {
-    let (name, tag, digest) = split_reference(reference);
-    let name = local_name(&name);
+    let written =
+        WrittenReference::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
+    let name = written.local_repository();
     let repos = store.repos();
-    let short = name.strip_prefix("docker.io/").unwrap_or(&name).to_string();
+    let short = name
+        .strip_prefix(berth_oci::DOCKER_HUB)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(&name)
+        .to_string();
     let mut candidates = vec![name.clone(), short.clone()];
     if let Some(s) = short.strip_prefix("library/") {
         candidates.push(s.to_string());
@@ -363,14 +341,11 @@ fn lookup_local(store: &Store, reference: &str) -> Result<Digest> {
         if berth_oci::validate_repository(repo).is_err() {
             continue;
         }
-        if let Some(d) = &digest {
-            let d: Digest = d
-                .parse()
-                .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
-            if repos.manifest(repo, &d)?.is_some() {
-                return Ok(d);
+        if let Some(d) = &written.digest {
+            if repos.manifest(repo, d)?.is_some() {
+                return Ok(d.clone());
             }
-        } else if let Some(d) = repos.tag(repo, &tag)? {
+        } else if let Some(d) = repos.tag(repo, written.tag_or_latest())? {
             return Ok(d);
         }
     }
@@ -383,44 +358,37 @@ fn lookup_local(store: &Store, reference: &str) -> Result<Digest> {
 /// Import an OCI layout's image into the store (blobs verified by digest); returns the
 /// manifest (or index) digest. `spec` is `DIR`, `DIR:TAG` or `DIR@DIGEST`.
 fn import_layout(store: &Store, spec: &str) -> Result<Digest> {
-    let (dir, sel) = if let Some((d, dg)) = spec.rsplit_once('@') {
-        (d, Some(dg.to_string()))
-    } else {
-        match spec.rsplit_once(':') {
-            Some((d, t)) if !t.contains('/') => (d, Some(t.to_string())),
-            _ => (spec, None),
-        }
-    };
-    let dir = PathBuf::from(dir);
+    let layout = LayoutReference::parse(spec).map_err(|e| BuildError::Image(e.to_string()))?;
+    let dir = PathBuf::from(&layout.dir);
     let index_path = dir.join("index.json");
     let index: Manifest = serde_json::from_slice(
         &fs::read(&index_path)
             .map_err(|e| BuildError::Image(format!("read {}: {e}", index_path.display())))?,
     )
     .map_err(|e| BuildError::Image(format!("{}: {e}", index_path.display())))?;
-    let pick = match &sel {
-        None if index.manifests.len() == 1 => index.manifests.first(),
-        None => None,
-        Some(s) if s.contains(':') && s.starts_with("sha") => {
-            index.manifests.iter().find(|d| d.digest.to_string() == *s)
-        }
-        Some(tag) => index.manifests.iter().find(|d| {
+    let pick = match (&layout.digest, &layout.tag) {
+        (Some(digest), _) => index.manifests.iter().find(|d| d.digest == *digest),
+        (None, Some(tag)) => index.manifests.iter().find(|d| {
             d.annotations
                 .as_ref()
                 .and_then(|a| a.get("org.opencontainers.image.ref.name"))
                 // A tag, or a full name whose tag is this one.
-                .is_some_and(|n| n == tag || n.rsplit_once(':').is_some_and(|(_, t)| t == tag))
+                .is_some_and(|n| {
+                    n == tag
+                        || WrittenReference::parse(n)
+                            .is_ok_and(|w| w.tag.as_deref() == Some(tag.as_str()))
+                })
         }),
+        (None, None) if index.manifests.len() == 1 => index.manifests.first(),
+        (None, None) => None,
     }
     .ok_or_else(|| {
-        BuildError::Image(format!(
-            "{}: no image {} in the layout",
-            dir.display(),
-            sel.as_deref()
-                .map_or("(several images; name a tag)".to_string(), |s| format!(
-                    "tagged {s:?}"
-                ))
-        ))
+        let which = match (&layout.digest, &layout.tag) {
+            (Some(d), _) => format!("with manifest {d}"),
+            (None, Some(t)) => format!("tagged {t:?}"),
+            (None, None) => "(several images; name a tag)".to_string(),
+        };
+        BuildError::Image(format!("{}: no image {which} in the layout", dir.display()))
     })?;
     import_tree(store, &dir, &pick.digest)?;
     Ok(pick.digest.clone())
@@ -488,9 +456,9 @@ impl Drop for AbortOnDrop<'_> {
 /// platform, its config and layers (in parallel, each verified against its digest
 /// before it is committed). Returns the manifest's digest.
 pub async fn pull(client: &berth_client::Client, store: &Store, reference: &str) -> Result<Digest> {
-    let r: berth_client::Reference = reference
+    let r: Reference = reference
         .parse()
-        .map_err(|e: berth_client::ReferenceError| BuildError::Image(e.to_string()))?;
+        .map_err(|e: ReferenceError| BuildError::Image(e.to_string()))?;
     let img = |e: berth_client::Error| BuildError::Image(format!("pull {reference}: {e}"));
     let mut pulled = client.manifest(&r).await.map_err(img)?;
     if media_type::is_index(&pulled.media_type) {
@@ -499,7 +467,7 @@ pub async fn pull(client: &berth_client::Client, store: &Store, reference: &str)
         let child = berth_client::Client::pick_platform(&pulled, os, arch).ok_or_else(|| {
             BuildError::Image(format!("{reference} has no image for {os}/{arch}"))
         })?;
-        let by_digest = berth_client::Reference {
+        let by_digest = Reference {
             tag: None,
             digest: Some(child),
             ..r.clone()
@@ -544,34 +512,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_names() {
-        assert_eq!(
-            local_name("127.0.0.1:5000/team/app"),
-            "127.0.0.1-5000/team/app"
-        );
-        assert_eq!(local_name("registry.internal/app"), "registry.internal/app");
-        assert_eq!(local_name("team/app"), "team/app");
-        assert_eq!(local_name("app"), "app");
-    }
-
-    #[test]
-    fn references() {
-        assert_eq!(
-            split_reference("busybox"),
-            ("busybox".into(), "latest".into(), None)
-        );
-        assert_eq!(
-            split_reference("a/b:1.0"),
-            ("a/b".into(), "1.0".into(), None)
-        );
-        assert_eq!(
-            split_reference("host:5000/a/b"),
-            ("host:5000/a/b".into(), "latest".into(), None)
-        );
-        assert_eq!(
-            split_reference("host:5000/a:v@sha256:x"),
-            ("host:5000/a".into(), "v".into(), Some("sha256:x".into()))
-        );
+    fn store_names_resolve_as_written_with_hub_forms_tried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = |s: &str| {
+            let blob = store.put_blob(berth_oci::Algorithm::Sha256, s.as_bytes());
+            blob.unwrap().digest
+        };
+        let name = |repo: &str, tag: &str, d: &Digest| {
+            let repos = store.repos();
+            repos
+                .link_manifest(repo, d, media_type::OCI_MANIFEST)
+                .unwrap();
+            repos.set_tag(repo, tag, d).unwrap();
+        };
+        let (app, local, hub) = (digest("app"), digest("local"), digest("hub"));
+        name("app", "1.0", &app);
+        name("127.0.0.1-5000/team/app", "latest", &local);
+        name("library/busybox", "1.36", &hub);
+        let find = |r: &str| local_manifest(&store, r).ok();
+        assert_eq!(find("app:1.0"), Some(app.clone()));
+        assert_eq!(find("docker.io/library/app:1.0"), Some(app.clone()));
+        assert_eq!(find(&format!("app@{app}")), Some(app.clone()));
+        assert_eq!(find("app"), None, "no latest tag");
+        assert_eq!(find("127.0.0.1:5000/team/app"), Some(local));
+        assert_eq!(find("busybox:1.36"), Some(hub.clone()));
+        assert_eq!(find("docker.io/busybox:1.36"), Some(hub));
+        assert_eq!(find("App:1.0"), None);
     }
 
     /// The config `docker import` wrote (Docker 20.10, saved with `docker save`):

@@ -5,6 +5,10 @@
 //! never removed, though their unpacked snapshots may be (they are unpacked again when
 //! a build needs them). Builds hold a shared lock on the root for their whole run and
 //! prune takes it exclusively, so prune never removes a layer a running build mounts.
+//!
+//! The cache-miss history (`cache/history/<build>/<step>`, see the solver) goes with
+//! the records: an entry whose cache key no longer has a record is removed, and
+//! `--all` removes all of it, so the history never outgrows the cache.
 
 use std::collections::HashSet;
 use std::fs;
@@ -22,7 +26,8 @@ use crate::solver::Layer;
 pub struct PruneOptions {
     /// Keep this many bytes of cache (most recently used first); 0 removes it all.
     pub keep_storage: u64,
-    /// Also remove cache mounts (`RUN --mount=type=cache`).
+    /// Also remove cache mounts (`RUN --mount=type=cache`) and the whole cache-miss
+    /// history.
     pub all: bool,
 }
 
@@ -37,6 +42,8 @@ pub struct PruneReport {
     pub blobs: usize,
     /// Cache mounts removed.
     pub cache_mounts: usize,
+    /// Cache-miss history entries (one per build and step) removed.
+    pub histories: usize,
     /// Bytes freed (approximate: file sizes).
     pub bytes: u64,
 }
@@ -44,6 +51,49 @@ pub struct PruneReport {
 #[derive(serde::Deserialize)]
 struct Record {
     layers: Vec<Layer>,
+}
+
+/// The part of a history entry prune reads: the cache key the step made. Entries
+/// written before the key was kept have none and are treated as orphans.
+#[derive(serde::Deserialize)]
+struct HistoryEntry {
+    #[serde(default)]
+    key: Option<Digest>,
+}
+
+/// Remove the history entries under `root`'s `cache/history` whose record is gone (all
+/// of them with `all`), and the build directories left empty, counting them in `report`.
+fn prune_history(root: &Path, all: bool, report: &mut PruneReport) -> Result<()> {
+    let records = root.join("cache/records");
+    for build in fs::read_dir(root.join("cache/history"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = build.path();
+        let mut left = 0usize;
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            let live = !all
+                && fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<HistoryEntry>(&b).ok())
+                    .and_then(|h| h.key)
+                    .is_some_and(|k| records.join(k.hex()).exists());
+            if live {
+                left += 1;
+                continue;
+            }
+            report.bytes += du(&path);
+            fs::remove_file(&path)
+                .map_err(|err| BuildError::Io(format!("remove {}: {err}", path.display())))?;
+            report.histories += 1;
+        }
+        if left == 0 {
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+    Ok(())
 }
 
 fn du(path: &Path) -> u64 {
@@ -146,6 +196,7 @@ pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneRep
             report.bytes += size;
         }
     }
+    prune_history(root, opts.all, &mut report)?;
     if opts.all {
         for e in fs::read_dir(root.join("cache/mounts"))
             .into_iter()
@@ -164,4 +215,95 @@ pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneRep
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_oci::{Algorithm, Descriptor};
+
+    /// A record of one layer (a blob in the store) under key `key`, last used `age`
+    /// seconds ago.
+    fn record(root: &Path, store: &Store, key: &Digest, data: &[u8], age: u64) -> u64 {
+        let blob = store.put_blob(Algorithm::Sha256, data).unwrap();
+        let layer = serde_json::json!({
+            "diff_id": Digest::sha256(data),
+            "blob": Descriptor {
+                media_type: berth_oci::media_type::OCI_LAYER_GZIP.into(),
+                digest: blob.digest,
+                size: blob.size,
+                artifact_type: None,
+                annotations: None,
+                platform: None,
+            },
+        });
+        let path = root.join("cache/records").join(key.hex());
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, serde_json::json!({ "layers": [layer] }).to_string()).unwrap();
+        let when = SystemTime::now() - std::time::Duration::from_secs(age);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        blob.size
+    }
+
+    fn history(root: &Path, build: &str, step: &str, key: Option<&Digest>) {
+        let dir = root.join("cache/history").join(build);
+        fs::create_dir_all(&dir).unwrap();
+        let mut entry = serde_json::json!({"op": "run", "inputs": [], "files": {}});
+        if let Some(k) = key {
+            entry["key"] = serde_json::json!(k);
+        }
+        fs::write(dir.join(step), entry.to_string()).unwrap();
+    }
+
+    fn histories(root: &Path) -> Vec<String> {
+        let mut out: Vec<String> = walk(&root.join("cache/history"));
+        out.sort();
+        out
+    }
+
+    fn walk(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()).into_iter().map(|n| format!("{name}/{n}")));
+                out.push(format!("{name}/"));
+            } else {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn prune_drops_the_history_of_removed_records_and_all_of_it_with_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = Store::open(root).unwrap();
+        let (old, new) = (Digest::sha256(b"old key"), Digest::sha256(b"new key"));
+        record(root, &store, &old, b"old layer", 3600);
+        let kept = record(root, &store, &new, b"new layer", 0);
+        history(root, "a", "old-step", Some(&old));
+        history(root, "a", "new-step", Some(&new));
+        history(root, "b", "old-step", Some(&old));
+        // Written before entries kept their key: nothing says it is live.
+        history(root, "b", "legacy", None);
+
+        let opts = PruneOptions {
+            keep_storage: kept,
+            all: false,
+        };
+        let report = prune(root, &store, &opts).unwrap();
+        assert_eq!((report.records, report.histories), (1, 3));
+        assert_eq!(histories(root), ["a/", "a/new-step"]);
+
+        let report = prune(root, &store, &PruneOptions { all: true, ..opts }).unwrap();
+        assert_eq!((report.records, report.histories), (0, 1));
+        assert!(histories(root).is_empty(), "{:?}", histories(root));
+    }
 }

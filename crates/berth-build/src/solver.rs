@@ -382,7 +382,7 @@ impl Solver {
                 id,
                 name: v.name.clone(),
             });
-            self.remember(&v.name, &ingredients);
+            self.remember(&v.name, &key, &ingredients);
             return Ok(Solved {
                 key,
                 output: Output::Layers(layers),
@@ -444,7 +444,7 @@ impl Solver {
             .expect("json");
             let path = self.root.join("cache/records").join(key.hex());
             write_atomic(&path, &rec)?;
-            self.remember(&v.name, &ingredients);
+            self.remember(&v.name, &key, &ingredients);
         }
         if visible {
             progress.event(Event::Done {
@@ -588,12 +588,24 @@ impl Solver {
             .join(Digest::sha256(name.as_bytes()).hex())
     }
 
-    fn remember(&self, name: &str, ing: &Ingredients) {
+    /// Keep `ing` as step `name`'s history, with the cache key it made (`key`), which
+    /// `berth prune` reads to drop the history of the records it removes.
+    fn remember(&self, name: &str, key: &Digest, ing: &Ingredients) {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            key: &'a Digest,
+            #[serde(flatten)]
+            ingredients: &'a Ingredients,
+        }
         let path = self.history_path(name);
         if let Some(dir) = path.parent() {
             let _ = fs::create_dir_all(dir);
         }
-        if let Ok(bytes) = serde_json::to_vec(ing) {
+        let entry = Entry {
+            key,
+            ingredients: ing,
+        };
+        if let Ok(bytes) = serde_json::to_vec(&entry) {
             let _ = write_atomic(&path, &bytes);
         }
     }

@@ -284,7 +284,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         }
         let client = settings.registry_client();
         for t in &args.tags {
-            let dest: berth_client::Reference = t.parse()?;
+            let dest: berth_oci::Reference = t.parse()?;
             let digest =
                 rt.block_on(push_one(&store_for_push, &client, &result.manifest, &dest))?;
             println!("{}/{}@{digest}", dest.registry, dest.repository);
@@ -347,7 +347,7 @@ pub struct PruneArgs {
     /// Keep this much cache, most recently used first (e.g. 10GB, 500MB) [default: 0].
     #[arg(long, value_parser = parse_size, default_value = "0")]
     keep_storage: u64,
-    /// Also remove cache mounts (RUN --mount=type=cache).
+    /// Also remove cache mounts (RUN --mount=type=cache) and all cache-miss history.
     #[arg(long)]
     all: bool,
 }
@@ -390,11 +390,12 @@ pub fn prune(settings: &Settings, args: PruneArgs) -> Result<()> {
         },
     )?;
     println!(
-        "removed {} cache records, {} unpacked layers, {} layer blobs, {} cache mounts; freed {}",
+        "removed {} cache records, {} unpacked layers, {} layer blobs, {} cache mounts, {} step histories; freed {}",
         r.records,
         r.snapshots,
         r.blobs,
         r.cache_mounts,
+        r.histories,
         human(r.bytes)
     );
     Ok(())
@@ -424,7 +425,7 @@ async fn push_one(
     store: &berth_store::Store,
     client: &berth_client::Client,
     manifest: &berth_oci::Digest,
-    dest: &berth_client::Reference,
+    dest: &berth_oci::Reference,
 ) -> Result<berth_oci::Digest> {
     let show = |line: &str| eprintln!("{dest}: {line}");
     Ok(berth_build::push_image(store, client, manifest, dest, &show).await?)
@@ -434,7 +435,7 @@ pub fn push(settings: &Settings, args: PushArgs) -> Result<()> {
     let store = berth_store::Store::open(&settings.root)?;
     let manifest = berth_build::image::local_manifest(&store, &args.name)
         .with_context(|| format!("berth push {}", args.name))?;
-    let dest: berth_client::Reference = args.dest.as_deref().unwrap_or(&args.name).parse()?;
+    let dest: berth_oci::Reference = args.dest.as_deref().unwrap_or(&args.name).parse()?;
     let client = settings.registry_client();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -464,18 +465,11 @@ async fn load_one(
 ) -> Result<()> {
     let manifest = berth_build::image::local_manifest(store, name)
         .with_context(|| format!("berth load {name}"))?;
-    let (repo, _, _) = berth_build::image::split_reference(name);
-    let repo = berth_build::image::local_name(&repo);
+    let repo = berth_oci::WrittenReference::parse(name)?.local_repository();
     let target = target.unwrap_or(name);
-    let full = if target
-        .rsplit('/')
-        .next()
-        .is_some_and(|last| last.contains(':'))
-    {
-        target.to_string()
-    } else {
-        format!("{target}:latest")
-    };
+    // Docker names an image by name and tag; a digest written here cannot be kept.
+    let target = berth_oci::WrittenReference::parse(target)?;
+    let full = format!("{}:{}", target.name(), target.tag_or_latest());
     let docker = berth_docker::connect().await?;
     let loaded = berth_docker::load(&docker, store, &repo, &manifest, &full, opts).await?;
     let how = match &loaded.path {

@@ -231,6 +231,13 @@ fn prune_frees_cache_but_keeps_images() {
         "1GB",
     ]));
     assert!(report.contains("removed 0 cache records"), "{report}");
+    // The history of steps whose records stay is kept (each entry names its key).
+    assert!(report.contains("0 step histories"), "{report}");
+    assert_eq!(
+        entries(&root.join("cache/history")),
+        1,
+        "one build's history"
+    );
     let out = build_cmd(&root, &ctx).output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr)
@@ -244,6 +251,8 @@ fn prune_frees_cache_but_keeps_images() {
         .args(["prune", "--all"]));
     assert!(report.contains("removed 2 cache records"), "{report}");
     assert!(report.contains("1 cache mounts"), "{report}");
+    assert!(report.contains("2 step histories"), "{report}");
+    assert_eq!(entries(&root.join("cache/history")), 0, "history gone");
     assert_eq!(
         entries(&root.join("snapshots/layers")),
         0,

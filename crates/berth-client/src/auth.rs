@@ -69,7 +69,7 @@ impl DockerConfig {
 
     /// Credentials for `registry` (as written in references: `docker.io`, `host:port`).
     pub fn credentials(&self, registry: &str) -> Option<Credentials> {
-        let keys: Vec<String> = if registry == "docker.io" {
+        let keys: Vec<String> = if registry == berth_oci::DOCKER_HUB {
             vec![
                 "https://index.docker.io/v1/".into(),
                 "index.docker.io".into(),
@@ -117,7 +117,7 @@ pub fn save_credentials(registry: &str, creds: Option<&Credentials>) -> std::io:
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
         Err(e) => return Err(e),
     };
-    let key = if registry == "docker.io" {
+    let key = if registry == berth_oci::DOCKER_HUB {
         "https://index.docker.io/v1/"
     } else {
         registry

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use reqwest::{Method, Response, StatusCode, header};
 
 use crate::auth::{Credentials, DockerConfig};
-use crate::reference::Reference;
+use berth_oci::Reference;
 
 /// Result with the client's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

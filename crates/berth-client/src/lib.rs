@@ -1,5 +1,5 @@
-//! berth-client owns talking to registries as a client: image references
-//! (`registry/repository:tag@digest`, Docker Hub's defaults included), credentials (the
+//! berth-client owns talking to registries as a client, for image references as
+//! berth-oci parses them ([`berth_oci::Reference`]): credentials (the
 //! Docker config file, credential helpers, berth's own), the Distribution API's token
 //! and basic auth dance, TLS with extra CAs or none for insecure registries, and
 //! pulling manifests and blobs with their digests verified.
@@ -9,8 +9,6 @@
 
 mod auth;
 mod client;
-mod reference;
 
 pub use auth::{Credentials, DockerConfig, docker_config_path, save_credentials};
 pub use client::{BlobPush, Client, ClientConfig, Error, HostOptions, Pulled, Result};
-pub use reference::{Reference, ReferenceError};

@@ -115,12 +115,7 @@ pub fn daemon_is_local() -> bool {
     else {
         return host.starts_with("unix://") || host.starts_with('/');
     };
-    let h = rest.split('/').next().unwrap_or("");
-    let h = h.rsplit_once(':').map_or(h, |(h, _)| h);
-    let h = h.trim_start_matches('[').trim_end_matches(']');
-    h == "localhost"
-        || h.parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    berth_oci::is_loopback_host(rest.split('/').next().unwrap_or(""))
 }
 
 /// Load image `manifest` (in the store as `repo`) into the daemon, named `name`
@@ -228,7 +223,7 @@ async fn via_proxy(
             .await
             .map_err(|e| e.to_string())?;
         pull(docker, &reference).await?;
-        let (r, t) = split_name(name);
+        let (r, t) = split_name(name)?;
         docker
             .tag_image(
                 &reference,
@@ -247,15 +242,10 @@ async fn via_proxy(
     result
 }
 
-fn split_name(name: &str) -> (String, String) {
-    let slash = name.rfind('/').map_or(0, |i| i + 1);
-    match name[slash..].rfind(':') {
-        Some(i) => (
-            name[..slash + i].to_string(),
-            name[slash + i + 1..].to_string(),
-        ),
-        None => (name.to_string(), "latest".to_string()),
-    }
+/// The repository and tag (`latest` if none is written) Docker is to name the image.
+fn split_name(name: &str) -> std::result::Result<(String, String), String> {
+    let w = berth_oci::WrittenReference::parse(name).map_err(|e| e.to_string())?;
+    Ok((w.name(), w.tag_or_latest().to_string()))
 }
 
 /// Stream the image as a docker-archive (`manifest.json`, config, one file per layer)
@@ -392,11 +382,13 @@ pub(crate) fn receiver_stream(
 mod tests {
     #[test]
     fn names() {
-        assert_eq!(super::split_name("app:1"), ("app".into(), "1".into()));
+        let split = |n| super::split_name(n).unwrap();
+        assert_eq!(split("app:1"), ("app".into(), "1".into()));
         assert_eq!(
-            super::split_name("host:5000/app"),
+            split("host:5000/app"),
             ("host:5000/app".into(), "latest".into())
         );
-        assert_eq!(super::split_name("a/b:c"), ("a/b".into(), "c".into()));
+        assert_eq!(split("a/b:c"), ("a/b".into(), "c".into()));
+        assert!(super::split_name("App:1").is_err());
     }
 }
