@@ -17,7 +17,7 @@ use crate::error::{BuildError, Result};
 use crate::frontend::dockerfile::expand::{ExpandError, MAX_WORD, expand, push_within};
 use crate::frontend::dockerfile::instructions::{
     CommandLine, CopySource, Dockerfile, Healthcheck, InstructionKind, MountType, NetworkMode,
-    RunMount, Stage,
+    RunMount, SecurityMode, Stage,
 };
 use crate::frontend::source::Pos;
 use crate::image::{ContainerConfig, History, ImageConfig, ResolvedImage, host_platform};
@@ -183,6 +183,23 @@ pub fn lower(
 }
 
 impl Lowerer<'_> {
+    /// `RUN --security=insecure` at `line`: BuildKit runs it privileged once the build is
+    /// granted `security.insecure`; berth has no privileged steps, and running it in the
+    /// sandbox instead would fail later with a confusing EPERM, so it stops here.
+    fn insecure_refused(&self, line: usize) -> BuildError {
+        BuildError::Source(
+            self.df
+                .source
+                .error(
+                    Pos { line, column: 1 },
+                    "RUN --security=insecure needs the entitlement security.insecure, which berth does not offer: its steps always run in the sandbox".to_string(),
+                )
+                .with_hint(
+                    "remove --security=insecure if the step does not need privileges (devices, mounts, all capabilities)",
+                ),
+        )
+    }
+
     /// Refuse `what` at `line` unless the build was granted `e`.
     fn entitled(&self, e: ir::Entitlement, line: usize, what: &str) -> Result<()> {
         if self.opts.allow.contains(&e) {
@@ -404,6 +421,9 @@ impl Lowerer<'_> {
                     }
                 }
                 InstructionKind::Run(run) => {
+                    if run.security == Some(SecurityMode::Insecure) {
+                        return Err(self.insecure_refused(line));
+                    }
                     let shell = config
                         .config
                         .shell
@@ -1074,6 +1094,30 @@ mod tests {
                 NetworkMode::Host
             ]
         );
+    }
+
+    #[test]
+    fn insecure_steps_are_refused_by_name() {
+        let df = Dockerfile::parse(
+            "Dockerfile",
+            "FROM scratch\nRUN --security=sandbox a\nRUN --security=insecure b\n",
+        )
+        .unwrap();
+        let mut resolve = |r: &str| panic!("FROM scratch resolves nothing, asked for {r}");
+        let opts = LowerOptions {
+            allow: vec![Entitlement::NetworkHost],
+            ..LowerOptions::default()
+        };
+        let err = lower(&df, &opts, &mut resolve).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "Dockerfile:3:1: RUN --security=insecure needs the entitlement security.insecure"
+            ),
+            "{err}"
+        );
+        let sandboxed =
+            Dockerfile::parse("Dockerfile", "FROM scratch\nRUN --security=sandbox a\n").unwrap();
+        assert!(lower(&sandboxed, &opts, &mut resolve).is_ok());
     }
 
     #[test]
