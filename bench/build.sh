@@ -76,12 +76,8 @@ declare -A RESULT   # RESULT[project/scenario/rep/tool] = BENCH_RESULT value
 declare -A LOGOF    # LOGOF[project/scenario/tool] = log of the best run
 declare -a WARN=()
 
-log() { echo "== $*" >&2; }
-die() { echo "build.sh: FAILED: $*" >&2; exit 1; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-min() { printf '%s\n' "$@" | sort -g | head -n 1; }
-has_tool() { [[ " $TOOLS " == *" $1 "* ]]; }
+# log, die, now, elapsed, min, has_tool
+. "$here/common.sh"
 
 work=
 cleanup() {

@@ -98,10 +98,8 @@ declare -A MED    # MED[case/kind] = median
 declare -a PIDS=()
 ALLRUN=        # every docker run --rm IMAGE true, s
 
-log() { echo "== $*" >&2; }
-die() { echo "load.sh: FAILED: $*" >&2; exit 1; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+# log, die, now, elapsed, min, has_tool
+. "$here/common.sh"
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 

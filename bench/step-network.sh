@@ -31,12 +31,8 @@ DOCKER=/usr/bin/docker
 DNAME=berth-bench/busybox:step-network
 MODES=(default none host)
 
-log() { echo "== $*" >&2; }
-die() { echo "step-network.sh: FAILED: $*" >&2; exit 1; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-min() { printf '%s\n' "$@" | sort -g | head -n 1; }
-has_tool() { [[ " $TOOLS " == *" $1 "* ]]; }
+# log, die, now, elapsed, min, has_tool
+. "$here/common.sh"
 
 work=
 cleanup() {
