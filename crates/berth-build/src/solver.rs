@@ -139,6 +139,8 @@ pub enum SecretSource {
     File(PathBuf),
     /// An environment variable of berth's process.
     Env(String),
+    /// The value itself, in memory (a satellite's secrets arrive in the build request).
+    Value(Arc<[u8]>),
 }
 
 /// Cancels a build: steps not yet started fail with [`BuildError::Canceled`]; pair it
@@ -991,6 +993,7 @@ impl Solver {
                         Some(SecretSource::File(p)) => {
                             fs::read(p).map_err(|e| io_err("read secret", p, e))?
                         }
+                        Some(SecretSource::Value(v)) => v.to_vec(),
                         Some(SecretSource::Env(var)) => std::env::var(var)
                             .map_err(|_| {
                                 BuildError::Invalid(format!(

@@ -60,6 +60,12 @@ pub struct BuildArgs {
     /// the host's network [config: [build] allow = ["network.host"]].
     #[arg(long = "allow", value_parser = parse_entitlement)]
     allow: Vec<berth_build::Entitlement>,
+    /// Build on this enrolled satellite [default: the one `berth satellite use` chose].
+    #[arg(long, env = "BERTH_SATELLITE", conflicts_with = "no_satellite")]
+    satellite: Option<String>,
+    /// Build on this machine even when a satellite is in use.
+    #[arg(long)]
+    no_satellite: bool,
     #[command(flatten)]
     delivery: Delivery,
 }
@@ -209,6 +215,21 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         Some(t) => t.clone(),
         None => Arc::new(progress::Plain::new(args.explain)),
     };
+    if let Some(name) =
+        crate::satellite::chosen(args.satellite.as_deref(), args.no_satellite, settings)?
+    {
+        return remote(
+            settings,
+            &name,
+            &args,
+            context,
+            dockerfile,
+            secrets,
+            source_date_epoch,
+            sink,
+            tty_view,
+        );
+    }
     let cancel = berth_build::Cancel::default();
     let opts = BuildOptions {
         dockerfile,
@@ -293,6 +314,69 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     eprintln!(
         "built image {} (manifest {}, {} layers)",
         result.image_id, result.manifest, result.layers
+    );
+    Ok(())
+}
+
+/// `berth build` on a satellite: the same request, progress and output as a local build.
+#[allow(clippy::too_many_arguments)]
+fn remote(
+    settings: &Settings,
+    name: &str,
+    args: &BuildArgs,
+    context: PathBuf,
+    dockerfile: PathBuf,
+    secrets: HashMap<String, SecretSource>,
+    source_date_epoch: Option<u64>,
+    sink: Arc<dyn Progress>,
+    tty_view: Option<Arc<progress::Tty>>,
+) -> Result<()> {
+    if args.push || args.load || !args.outputs.is_empty() {
+        bail!(
+            "--push, --load and --output are not available with a satellite yet; build with \
+             --no-satellite, or pull the image from the satellite's registry"
+        );
+    }
+    let request = berth_satellite::proto::BuildRequest {
+        tags: args.tags.clone(),
+        target: args.target.clone().unwrap_or_default(),
+        build_args: args.build_args.iter().cloned().collect(),
+        secrets: secrets
+            .iter()
+            .map(|(id, src)| Ok((id.clone(), crate::satellite::secret_value(src)?)))
+            .collect::<Result<_>>()?,
+        no_cache: args.no_cache,
+        source_date_epoch,
+        allow: entitlements(&args.allow, settings)?
+            .iter()
+            .map(|e| e.name().to_owned())
+            .collect(),
+        compression: match args.compression {
+            Some(berth_build::Compression::Zstd) => "zstd".into(),
+            Some(berth_build::Compression::Uncompressed) => "uncompressed".into(),
+            _ => String::new(),
+        },
+        force_compression: args.force_compression,
+        ..Default::default()
+    };
+    let result = crate::satellite::build(settings, name, context, dockerfile, request, sink);
+    if let Some(t) = &tty_view {
+        t.finish();
+    }
+    let r = result?;
+    for t in &args.tags {
+        println!("{t}");
+    }
+    println!("{}", r.result.image_id);
+    eprintln!(
+        "built image {} on satellite {name} (manifest {}, {} layers; context {} entries, {} \
+         files uploaded, {} bytes)",
+        r.result.image_id,
+        r.result.manifest,
+        r.result.layers,
+        r.entries,
+        r.uploaded_files,
+        r.uploaded_bytes
     );
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod build;
 mod progress;
+mod satellite;
 mod settings;
 
 use std::net::SocketAddr;
@@ -48,6 +49,11 @@ enum Command {
     Logout {
         /// The registry (host[:port]).
         registry: String,
+    },
+    /// Remote builders: run one, enroll with one, build on one.
+    Satellite {
+        #[command(subcommand)]
+        command: satellite::SatelliteCommand,
     },
     /// Run and maintain berth's OCI registry.
     Registry {
@@ -117,7 +123,7 @@ struct GcArgs {
     upload_expiry: Duration,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -168,6 +174,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Load(args) => build::load(&settings, args),
         Command::Login(args) => build::login(&settings, args),
         Command::Logout { registry } => build::logout(&registry),
+        Command::Satellite { command } => satellite::run(&settings, command),
         Command::Registry { command } => match command {
             RegistryCommand::Serve(args) => serve(&settings, args),
             RegistryCommand::Gc(args) => gc(&settings, args),
@@ -249,7 +256,7 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
     })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");

@@ -119,6 +119,14 @@ fn default_root() -> PathBuf {
 }
 
 impl Settings {
+    /// berth's configuration directory (`$XDG_CONFIG_HOME/berth`): enrolled satellites
+    /// live in it.
+    pub fn config_dir(&self) -> PathBuf {
+        config_path(None)
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| self.root.join("config"))
+    }
+
     /// A registry client configured from `[registries]` and Docker's credentials.
     pub fn registry_client(&self) -> berth_client::Client {
         berth_client::Client::new(self.registry_config())

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use berth_oci::Mount;
 
 pub use mount::{MountGuard, cleanup_stale_mounts, mount_rootfs};
-pub use net::{DNS_ADDR, STEP_ADDR};
+pub use net::{DNS_ADDR, STEP_ADDR, host_addresses};
 pub use runc::{BundleBuilder, Runc};
 
 /// Result with the executor's [`Error`].

@@ -332,7 +332,7 @@ fn prohibit_routes(addrs: &[(IpAddr, u8)]) -> Result<()> {
 
 /// The host's own addresses (not loopback), with their prefix length: IPv4 from the
 /// local routing table (`/proc/net/fib_trie`), IPv6 from `/proc/net/if_inet6`.
-pub(crate) fn host_addresses() -> Vec<(IpAddr, u8)> {
+pub fn host_addresses() -> Vec<(IpAddr, u8)> {
     let mut out = Vec::new();
     if let Ok(text) = std::fs::read_to_string("/proc/net/fib_trie") {
         out.extend(parse_fib_trie(&text));

@@ -23,5 +23,6 @@ pub use auth::{Access, AccessRule, Action, Auth, AuthError, LoginError, LoginLim
 pub use error::{Code, RegistryError};
 pub use routes::{Config, Registry};
 pub use server::{
-    ServeOptions, TlsError, default_max_connections, serve, serve_with, tls_acceptor,
+    PeerCertificates, ServeOptions, TlsError, default_max_connections, serve, serve_with,
+    tls_acceptor,
 };

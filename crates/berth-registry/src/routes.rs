@@ -40,6 +40,10 @@ pub struct Config {
     pub beyond_loopback: bool,
     /// Accept pushes and deletes without authentication even beyond loopback.
     pub allow_anonymous_push: bool,
+    /// A client that presented a TLS certificate the listener verified (see
+    /// [`crate::PeerCertificates`]) may do everything, as user `client-certificate`: the
+    /// satellite's listener accepts only certificates of its own CA, unrevoked.
+    pub client_certificates: bool,
 }
 
 impl Config {
@@ -53,6 +57,7 @@ impl Config {
             max_manifest_bytes: 4 << 20,
             beyond_loopback: false,
             allow_anonymous_push: false,
+            client_certificates: false,
         }
     }
 
@@ -336,7 +341,17 @@ async fn handle(reg: &Registry, req: Request) -> Result<Response> {
         .extensions()
         .get::<crate::server::ClientAddr>()
         .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
-    let user = match authorize(reg, &route, &method, req.headers(), client).await {
+    let certified = cfg.client_certificates
+        && req
+            .extensions()
+            .get::<crate::server::PeerCertificates>()
+            .is_some();
+    let authorized = if certified {
+        Ok(Some("client-certificate".to_string()))
+    } else {
+        authorize(reg, &route, &method, req.headers(), client).await
+    };
+    let user = match authorized {
         Ok(user) => user,
         Err(e) => return Err(crate::error::refuse(e, req).await),
     };

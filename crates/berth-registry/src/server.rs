@@ -139,6 +139,11 @@ pub fn default_max_connections() -> usize {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 
+/// The certificate chain a TLS client presented and the listener's verifier accepted,
+/// put into each request's extensions by [`serve`] (absent without one).
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<[rustls_pki_types::CertificateDer<'static>]>);
+
 /// Serve `app` on `listener` with [`ServeOptions::default`]; see [`serve_with`].
 pub async fn serve(
     listener: TcpListener,
@@ -268,6 +273,15 @@ pub async fn serve_with(
                             return;
                         }
                     };
+                    let mut service = service;
+                    service.peer_certs = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .filter(|c| !c.is_empty())
+                        .map(|c| {
+                            PeerCertificates(c.iter().map(|c| c.clone().into_owned()).collect())
+                        });
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                     drive(watcher.watch(conn.into_owned()), &activity, &options, peer).await;
                 }
@@ -495,6 +509,7 @@ struct Tracked {
     app: Option<Router>,
     max_connections: usize,
     peer: SocketAddr,
+    peer_certs: Option<PeerCertificates>,
     activity: Arc<Activity>,
 }
 
@@ -512,6 +527,7 @@ impl Tracked {
             app,
             max_connections,
             peer,
+            peer_certs: None,
             activity: Arc::new(Activity {
                 start: Instant::now(),
                 in_flight: AtomicUsize::new(0),
@@ -531,6 +547,9 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let in_flight = InFlight::new(self.activity.clone());
         req.extensions_mut().insert(ClientAddr(self.peer));
+        if let Some(certs) = &self.peer_certs {
+            req.extensions_mut().insert(certs.clone());
+        }
         let app = self.app.clone();
         let max = self.max_connections;
         Box::pin(async move {

@@ -1,0 +1,467 @@
+//! `berth satellite …`: run a satellite, manage its tokens and clients (on its host), and
+//! enroll with satellites and build on them (on a client).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use berth_build::Progress;
+use berth_pki::{Token, TokenKind, TokenOptions};
+use berth_satellite::{Enrollments, SatelliteOptions, SatelliteRoot};
+use clap::{Args, Subcommand};
+
+use crate::settings::Settings;
+
+#[derive(Subcommand)]
+pub enum SatelliteCommand {
+    /// Run a satellite: a remote builder for enrolled clients (port 8372, mutual TLS).
+    Serve(ServeArgs),
+    /// Enrollment tokens (run on the satellite's host, with its --root).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Enrolled clients (run on the satellite's host, with its --root).
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// Enroll with a satellite, using a token from its operator.
+    Add(AddArgs),
+    /// List the satellites this machine is enrolled with.
+    Ls,
+    /// Forget a satellite (its client certificate and key are deleted).
+    Rm {
+        /// The satellite's name here.
+        name: String,
+    },
+    /// Build on this satellite by default (`berth build --no-satellite` builds here).
+    Use {
+        /// The satellite's name here.
+        name: String,
+    },
+    /// Show a satellite's version, load, builds and cache, and this client's certificate.
+    Inspect {
+        /// The satellite's name here [default: the one in use].
+        name: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BERTH_SATELLITE_ADDR", default_value = "0.0.0.0:8372")]
+    addr: String,
+    /// The satellite's name [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Names and addresses clients reach it by, comma-separated; the first goes into
+    /// tokens [default: the host's first address].
+    #[arg(long, value_delimiter = ',')]
+    advertise: Vec<String>,
+    /// Let builds ask for an entitlement (repeatable): network.host.
+    #[arg(long = "allow", value_parser = |s: &str| s.parse::<berth_build::Entitlement>())]
+    allow: Vec<berth_build::Entitlement>,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it alone on stdout.
+    Create {
+        /// How long it stays valid (e.g. 30m, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = crate::parse_duration)]
+        ttl: Duration,
+        /// How many enrollments it allows (0: unlimited).
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List tokens (secrets are never shown again).
+    Ls,
+    /// Revoke a token by its id.
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ClientsCommand {
+    /// List the client certificates issued.
+    Ls,
+    /// Revoke a client's certificates: the next handshake is refused.
+    Revoke {
+        /// The client's name, or a certificate serial.
+        client: String,
+        /// Why (kept in the revocation list).
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+    },
+}
+
+#[derive(Args)]
+pub struct AddArgs {
+    /// A name for the satellite on this machine.
+    name: String,
+    /// The token its operator gave (`berth satellite token create`).
+    #[arg(long, env = "BERTH_SATELLITE_TOKEN")]
+    token: String,
+    /// This client's name on the satellite [default: user@host].
+    #[arg(long)]
+    client_name: Option<String>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Where this machine keeps its enrolments.
+pub fn enrollments(settings: &Settings) -> Enrollments {
+    Enrollments::new(settings.config_dir().join("satellites"))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "satellite".into())
+}
+
+fn plain_name(s: &str) -> String {
+    let n: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    n.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
+fn ago(unix: u64) -> String {
+    berth_pki::format_utc(SystemTime::UNIX_EPOCH + Duration::from_secs(unix))
+}
+
+pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
+    match command {
+        SatelliteCommand::Serve(args) => serve(settings, args),
+        SatelliteCommand::Token { command } => {
+            let root = SatelliteRoot::new(&settings.root);
+            match command {
+                TokenCommand::Create { ttl, uses } => {
+                    let token = root.create_token(TokenOptions {
+                        kind: TokenKind::Enroll,
+                        ttl,
+                        uses,
+                    })?;
+                    println!("{token}");
+                }
+                TokenCommand::Ls => {
+                    println!(
+                        "{:<18} {:<7} {:<6} {:<22} STATE",
+                        "ID", "KIND", "USED", "EXPIRES"
+                    );
+                    let now = SystemTime::now();
+                    for t in root.tokens()?.list()? {
+                        let state = if t.revoked_unix.is_some() {
+                            "revoked"
+                        } else if t.is_usable(now) {
+                            "usable"
+                        } else if t.expires() <= now {
+                            "expired"
+                        } else {
+                            "used up"
+                        };
+                        let uses = if t.uses == 0 {
+                            format!("{}/∞", t.used)
+                        } else {
+                            format!("{}/{}", t.used, t.uses)
+                        };
+                        println!(
+                            "{:<18} {:<7} {:<6} {:<22} {state}",
+                            t.id,
+                            t.kind.to_string(),
+                            uses,
+                            ago(t.expires_unix)
+                        );
+                    }
+                }
+                TokenCommand::Revoke { id } => {
+                    root.tokens()?.revoke(&id, SystemTime::now())?;
+                    eprintln!("token {id} revoked");
+                }
+            }
+            Ok(())
+        }
+        SatelliteCommand::Clients { command } => {
+            let root = SatelliteRoot::new(&settings.root);
+            match command {
+                ClientsCommand::Ls => {
+                    let revoked: Vec<String> = root
+                        .revocations()?
+                        .list()?
+                        .into_iter()
+                        .map(|r| r.serial)
+                        .collect();
+                    let now = berth_satellite_unix(SystemTime::now());
+                    println!("{:<24} {:<34} {:<22} STATE", "CLIENT", "SERIAL", "EXPIRES");
+                    for c in root.clients()? {
+                        let state = if revoked.contains(&c.serial) {
+                            "revoked"
+                        } else if c.not_after_unix <= now {
+                            "expired"
+                        } else {
+                            "valid"
+                        };
+                        println!(
+                            "{:<24} {:<34} {:<22} {state}",
+                            c.name,
+                            c.serial,
+                            ago(c.not_after_unix)
+                        );
+                    }
+                }
+                ClientsCommand::Revoke { client, reason } => {
+                    let n = root.revoke_client(&client, &reason)?;
+                    eprintln!("revoked {n} certificate(s) of {client}");
+                }
+            }
+            Ok(())
+        }
+        SatelliteCommand::Add(args) => {
+            let token: Token = args.token.trim().parse().context(
+                "--token is not a berth token (berth-<id>.<secret>@host:port#sha256:<pin>)",
+            )?;
+            let client = args.client_name.unwrap_or_else(|| {
+                let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+                plain_name(&format!("{user}-{}", host_name()))
+            });
+            let rec =
+                runtime()?.block_on(enrollments(settings).add(&args.name, &token, &client))?;
+            println!(
+                "enrolled with satellite {} ({}) as {}",
+                rec.satellite, rec.address, rec.client
+            );
+            Ok(())
+        }
+        SatelliteCommand::Ls => {
+            let e = enrollments(settings);
+            let default = e.default_name()?;
+            println!(
+                "{:<16} {:<28} {:<16} CLIENT",
+                "NAME", "ADDRESS", "SATELLITE"
+            );
+            for s in e.list()? {
+                let mark = if default.as_deref() == Some(&s.name) {
+                    "*"
+                } else {
+                    ""
+                };
+                println!(
+                    "{:<16} {:<28} {:<16} {}",
+                    format!("{}{mark}", s.name),
+                    s.address,
+                    s.satellite,
+                    s.client
+                );
+            }
+            Ok(())
+        }
+        SatelliteCommand::Rm { name } => {
+            enrollments(settings).remove(&name)?;
+            eprintln!("forgot satellite {name}");
+            Ok(())
+        }
+        SatelliteCommand::Use { name } => {
+            enrollments(settings).set_default(&name)?;
+            eprintln!("builds go to satellite {name} (`berth build --no-satellite` builds here)");
+            Ok(())
+        }
+        SatelliteCommand::Inspect { name } => {
+            let e = enrollments(settings);
+            let name = match name {
+                Some(n) => n,
+                None => e.default_name()?.context(
+                    "no satellite in use: name one, or pick one with `berth satellite use NAME`",
+                )?,
+            };
+            let rec = e.get(&name)?;
+            let rt = runtime()?;
+            let st = rt.block_on(async {
+                let mut conn = e.connect(&name).await?;
+                conn.status().await
+            })?;
+            println!("name:            {name} (satellite {})", st.name);
+            println!("address:         {}", rec.address);
+            println!("version:         {}", st.version);
+            println!("load:            {:.2} on {} cpus", st.load1, st.cpus);
+            println!("running builds:  {}", st.running_builds);
+            println!(
+                "cache:           {}{}",
+                human(st.cache_bytes),
+                if st.cache_cap_bytes > 0 {
+                    format!(" of {}", human(st.cache_cap_bytes))
+                } else {
+                    String::new()
+                }
+            );
+            println!("clients:         {}", st.enrolled_clients);
+            println!(
+                "this client:     {} (certificate valid until {})",
+                st.client,
+                ago(st.client_cert_expires.max(0) as u64)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn berth_satellite_unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
+    let addr: SocketAddr = args
+        .addr
+        .parse()
+        .with_context(|| format!("--addr {:?} is not host:port", args.addr))?;
+    let opts = SatelliteOptions {
+        root: settings.root.clone(),
+        name: args.name.unwrap_or_else(|| plain_name(&host_name())),
+        advertise: args.advertise,
+        addr,
+        allow: args.allow,
+    };
+    let (sat, opened) = berth_satellite::Satellite::open(&opts)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen on {addr}: choose another --addr"))?;
+        let local = listener.local_addr()?;
+        println!(
+            "berth satellite {} listening on {local} (root {}, tokens name {})",
+            opts.name,
+            settings.root.display(),
+            opened.address
+        );
+        if opened.first_start {
+            let token = sat.root().create_token(TokenOptions::default())?;
+            println!("first start: enroll a client with");
+            println!("  berth satellite add {} --token {token}", opts.name);
+            println!("(valid 24 h, once; more with `berth satellite token create`)");
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        sat.serve(listener, crate::shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// The satellite a build goes to: `--satellite NAME`, BERTH_SATELLITE, or the one chosen
+/// with `berth satellite use`; none with `--no-satellite`.
+pub fn chosen(
+    flag: Option<&str>,
+    no_satellite: bool,
+    settings: &Settings,
+) -> Result<Option<String>> {
+    if no_satellite {
+        return Ok(None);
+    }
+    if let Some(n) = flag.filter(|n| !n.is_empty()) {
+        return Ok(Some(n.to_owned()));
+    }
+    Ok(enrollments(settings).default_name()?)
+}
+
+/// A build on satellite `name`, shown like a local one.
+pub fn build(
+    settings: &Settings,
+    name: &str,
+    context: PathBuf,
+    dockerfile: PathBuf,
+    request: berth_satellite::proto::BuildRequest,
+    sink: Arc<dyn Progress>,
+) -> Result<berth_satellite::RemoteResult> {
+    let e = enrollments(settings);
+    let sums = settings.root.join("satellite-client/sums").join(format!(
+        "{:016x}",
+        fnv(context.to_string_lossy().as_bytes())
+    ));
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut conn = e.connect(name).await?;
+        let remote = berth_satellite::RemoteBuild {
+            context,
+            dockerfile,
+            sums,
+            request,
+        };
+        let mut on_event = |ev| sink.event(ev);
+        let build = berth_satellite::build(&mut conn, remote, &mut on_event);
+        tokio::select! {
+            r = build => Ok(r?),
+            () = crate::shutdown_signal() => {
+                // Dropping the stream tells the satellite to stop the build.
+                eprintln!("berth: canceling the build on satellite {name}");
+                std::process::exit(130);
+            }
+        }
+    })
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Reads a secret's value on the client, to send it in the build request.
+pub fn secret_value(src: &berth_build::SecretSource) -> Result<Vec<u8>> {
+    Ok(match src {
+        berth_build::SecretSource::File(p) => {
+            std::fs::read(p).with_context(|| format!("read secret {}", p.display()))?
+        }
+        berth_build::SecretSource::Env(v) => std::env::var(v)
+            .with_context(|| format!("secret: environment variable {v} is not set"))?
+            .into_bytes(),
+        berth_build::SecretSource::Value(v) => v.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn plain_names() {
+        assert_eq!(super::plain_name("root@my host"), "root-my-host");
+        assert_eq!(super::plain_name("-x"), "x");
+    }
+}

@@ -1,0 +1,537 @@
+//! The client side: enrollment, the enrolled satellites kept in berth's config directory,
+//! connections over mutual TLS, and remote builds.
+//!
+//! Under the client's `<config>/satellites/`:
+//!
+//! ```text
+//! <name>/satellite.json   address, the satellite's and this client's names
+//! <name>/ca.crt           the satellite's CA (its pin was in the token)
+//! <name>/client.{crt,key} this client's certificate and key (key 0600, made here)
+//! default                 the name `berth satellite use` chose
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use berth_pki::{ClientKey, Identity, ServerTrust, Token};
+use futures_util::StreamExt;
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::context::{Entry, SumCache, write_atomic};
+use crate::error::SatError;
+use crate::proto::{self, build_event::Event as Ev, satellite_client::SatelliteClient};
+
+/// What the client keeps of one satellite.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enrolled {
+    /// The name the user gave it (`berth satellite add NAME`).
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// The satellite's own name.
+    pub satellite: String,
+    /// This client's name on the satellite.
+    pub client: String,
+}
+
+/// The satellites this client has enrolled with.
+#[derive(Debug, Clone)]
+pub struct Enrollments {
+    dir: PathBuf,
+}
+
+impl Enrollments {
+    /// Kept in `dir` (normally `$XDG_CONFIG_HOME/berth/satellites`).
+    pub fn new(dir: PathBuf) -> Enrollments {
+        Enrollments { dir }
+    }
+
+    fn check_name(name: &str) -> Result<(), SatError> {
+        let ok = (1..=64).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if ok {
+            Ok(())
+        } else {
+            Err(SatError::BadRequest(format!(
+                "satellite name {name:?}: use 1 to 64 letters, digits, `.`, `-` or `_`"
+            )))
+        }
+    }
+
+    /// Enrolls with the satellite a token names: pinned first contact, a key made here,
+    /// its CSR and the token's secret sent, the certificate stored. Returns the record.
+    pub async fn add(&self, name: &str, token: &Token, client: &str) -> Result<Enrolled, SatError> {
+        Self::check_name(name)?;
+        let dir = self.dir.join(name);
+        if dir.join("satellite.json").exists() {
+            return Err(SatError::BadRequest(format!(
+                "a satellite named {name} is already enrolled; `berth satellite rm {name}` first"
+            )));
+        }
+        let (config, verifier) = berth_pki::first_contact(token.pin)?;
+        let mut grpc = connect(&token.addr, config).await?;
+        let key = ClientKey::generate()?;
+        let resp = grpc
+            .enroll(proto::EnrollRequest {
+                token_id: token.id.clone(),
+                token_secret: token.secret.clone(),
+                client_name: client.to_owned(),
+                csr_pem: key.csr_pem(client)?,
+            })
+            .await
+            .map_err(|s| remote_error(&token.addr, s))?
+            .into_inner();
+        let ca = verifier
+            .ca_cert()
+            .ok_or_else(|| SatError::Internal("handshake done but no CA was pinned".into()))?;
+        let ca_pin = berth_pki::Pin::of_cert_der(&ca)?;
+        let sent_pin = berth_pki::CertInfo::from_pem(&resp.ca_pem)?.pin;
+        let ca_info_pin = berth_pki::Pin::of_cert_der(&pem_to_der(&resp.ca_pem)?)?;
+        if ca_pin != token.pin || sent_pin != ca_info_pin || ca_info_pin != token.pin {
+            return Err(SatError::Denied(
+                "the satellite answered with a CA that does not match the token's pin".into(),
+            ));
+        }
+        make_private_dir(&dir)?;
+        let identity = key.into_identity(resp.cert_pem);
+        identity.save(&dir, "client")?;
+        write_atomic(&dir.join("ca.crt"), resp.ca_pem.as_bytes())?;
+        let rec = Enrolled {
+            name: name.to_owned(),
+            address: token.addr.clone(),
+            satellite: resp.satellite,
+            client: client.to_owned(),
+        };
+        write_atomic(
+            &dir.join("satellite.json"),
+            &serde_json::to_vec_pretty(&rec).expect("record serialises"),
+        )?;
+        if self.default_name()?.is_none() {
+            self.set_default(name)?;
+        }
+        Ok(rec)
+    }
+
+    /// The record of satellite `name`.
+    pub fn get(&self, name: &str) -> Result<Enrolled, SatError> {
+        Self::check_name(name)?;
+        let p = self.dir.join(name).join("satellite.json");
+        let bytes = std::fs::read(&p).map_err(|_| {
+            SatError::BadRequest(format!(
+                "no satellite named {name}: enroll it with `berth satellite add {name} --token T` \
+                 (see `berth satellite ls`)"
+            ))
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| SatError::Internal(format!("{}: {e}", p.display())))
+    }
+
+    /// Every enrolled satellite, by name.
+    pub fn list(&self) -> Result<Vec<Enrolled>, SatError> {
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if let Some(n) = e.file_name().to_str()
+                    && e.path().join("satellite.json").exists()
+                {
+                    out.push(self.get(n)?);
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Forgets satellite `name` (its certificate and key are deleted).
+    pub fn remove(&self, name: &str) -> Result<(), SatError> {
+        self.get(name)?;
+        let dir = self.dir.join(name);
+        std::fs::remove_dir_all(&dir).map_err(SatError::io("remove", &dir))?;
+        if self.default_name()?.as_deref() == Some(name) {
+            let _ = std::fs::remove_file(self.dir.join("default"));
+        }
+        Ok(())
+    }
+
+    /// Makes `name` the satellite `berth build --satellite` uses without a name.
+    pub fn set_default(&self, name: &str) -> Result<(), SatError> {
+        self.get(name)?;
+        write_atomic(&self.dir.join("default"), name.as_bytes())
+    }
+
+    /// The default satellite's name, if one is set.
+    pub fn default_name(&self) -> Result<Option<String>, SatError> {
+        match std::fs::read_to_string(self.dir.join("default")) {
+            Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+            _ => Ok(None),
+        }
+    }
+
+    /// This client's identity with satellite `name`.
+    pub fn identity(&self, name: &str) -> Result<Identity, SatError> {
+        Ok(Identity::load(&self.dir.join(name), "client")?)
+    }
+
+    /// A mutual-TLS connection to satellite `name`. A certificate past half its life is
+    /// renewed first (while it still works).
+    pub async fn connect(&self, name: &str) -> Result<Connection, SatError> {
+        let rec = self.get(name)?;
+        let dir = self.dir.join(name);
+        let ca = pem_to_der(
+            &std::fs::read_to_string(dir.join("ca.crt"))
+                .map_err(SatError::io("read", &dir.join("ca.crt")))?,
+        )?;
+        let mut identity = self.identity(name)?;
+        let config =
+            |id: &Identity| berth_pki::client_config(ServerTrust::Ca(ca.clone()), Some(id));
+        let mut grpc = connect(&rec.address, config(&identity)?).await?;
+        let leaf = identity.chain()?.remove(0);
+        if berth_pki::needs_renewal(&leaf, SystemTime::now())? {
+            let key = ClientKey::generate()?;
+            let resp = grpc
+                .renew(proto::RenewRequest {
+                    csr_pem: key.csr_pem(&rec.client)?,
+                })
+                .await
+                .map_err(|s| remote_error(&rec.address, s))?
+                .into_inner();
+            identity = key.into_identity(resp.cert_pem);
+            identity.save(&dir, "client")?;
+            grpc = connect(&rec.address, config(&identity)?).await?;
+        }
+        Ok(Connection {
+            grpc,
+            address: rec.address,
+            ca,
+            identity,
+        })
+    }
+}
+
+/// A connection to an enrolled satellite.
+pub struct Connection {
+    /// The gRPC client.
+    pub grpc: SatelliteClient<Channel>,
+    /// `host:port`.
+    pub address: String,
+    ca: CertificateDer<'static>,
+    identity: Identity,
+}
+
+impl Connection {
+    /// A rustls client configuration for other connections to this satellite (its
+    /// registry API), with this client's certificate.
+    pub fn tls_config(&self) -> Result<rustls::ClientConfig, SatError> {
+        Ok(berth_pki::client_config(
+            ServerTrust::Ca(self.ca.clone()),
+            Some(&self.identity),
+        )?)
+    }
+
+    /// The satellite's status.
+    pub async fn status(&mut self) -> Result<proto::StatusResponse, SatError> {
+        self.grpc
+            .status(proto::StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| remote_error(&self.address, s))
+    }
+}
+
+fn make_private_dir(dir: &Path) -> Result<(), SatError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(SatError::io("create", dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(SatError::io("chmod", dir))
+}
+
+fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, SatError> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| SatError::Internal(format!("read CA certificate: {e}")))
+}
+
+/// Connects over TLS (`config` decides the trust and the client certificate) and speaks
+/// gRPC over HTTP/2 on it.
+pub async fn connect(
+    addr: &str,
+    mut config: rustls::ClientConfig,
+) -> Result<SatelliteClient<Channel>, SatError> {
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let host = host_of(addr).to_owned();
+    let server_name = rustls_pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| SatError::BadRequest(format!("satellite address {addr}: {e}")))?;
+    let target = addr.to_owned();
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| SatError::BadRequest(format!("satellite address {addr}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_uri| {
+            let (connector, server_name, target) =
+                (connector.clone(), server_name.clone(), target.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| connect_error(addr, &e))?;
+    Ok(SatelliteClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+/// Finds the I/O error under a transport error and explains trust failures.
+fn connect_error(addr: &str, e: &(dyn std::error::Error + 'static)) -> SatError {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut last = e.to_string();
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(why) = berth_pki::explain_refusal(io) {
+                return SatError::Denied(format!("satellite {addr}: {why}"));
+            }
+            last = io.to_string();
+        }
+        cur = err.source();
+    }
+    SatError::Remote(format!("cannot reach satellite {addr}: {last}"))
+}
+
+/// An error status from the satellite, with trust failures explained.
+pub fn remote_error(addr: &str, s: tonic::Status) -> SatError {
+    use std::error::Error;
+    if let Some(src) = s.source() {
+        let e = connect_error(addr, src);
+        if matches!(e, SatError::Denied(_)) {
+            return e;
+        }
+    }
+    let msg = s.message().to_owned();
+    match s.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => SatError::Denied(msg),
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => SatError::BadRequest(msg),
+        tonic::Code::Unavailable if msg.is_empty() || msg.contains("transport") => {
+            SatError::Remote(format!(
+                "satellite {addr} is unreachable or went away: {msg}"
+            ))
+        }
+        tonic::Code::Unavailable => SatError::Unavailable(msg),
+        _ if msg.is_empty() => SatError::Remote(format!("satellite {addr}: {s}")),
+        _ => SatError::Remote(msg),
+    }
+}
+
+/// A build to run on a satellite.
+pub struct RemoteBuild {
+    /// The context directory on this machine.
+    pub context: PathBuf,
+    /// The Dockerfile on this machine.
+    pub dockerfile: PathBuf,
+    /// Where the client keeps its file hashes between builds.
+    pub sums: PathBuf,
+    /// The request (context, snapshot and Dockerfile fields are filled in here).
+    pub request: proto::BuildRequest,
+}
+
+/// What a remote build sent and made.
+#[derive(Debug, Clone)]
+pub struct RemoteResult {
+    /// The image.
+    pub result: proto::BuildResult,
+    /// Entries in the context.
+    pub entries: usize,
+    /// Files and bytes uploaded.
+    pub uploaded_files: u64,
+    /// Bytes uploaded.
+    pub uploaded_bytes: u64,
+}
+
+/// Syncs the context, runs the build and hands every event to `on_event` as it arrives.
+/// Dropping the returned future (Ctrl-C) drops the stream, and the satellite cancels.
+pub async fn build(
+    conn: &mut Connection,
+    mut b: RemoteBuild,
+    on_event: &mut (dyn FnMut(berth_build::Event) + Send),
+) -> Result<RemoteResult, SatError> {
+    let addr = conn.address.clone();
+    let err = |s: tonic::Status| remote_error(&addr, s);
+    let dockerfile_name = b
+        .dockerfile
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "Dockerfile".into());
+    let own_ignore = b
+        .dockerfile
+        .with_file_name(format!("{dockerfile_name}.dockerignore"));
+    let ignore_text = [own_ignore, b.context.join(".dockerignore")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .map(|p| std::fs::read_to_string(&p).map_err(SatError::io("read", &p)))
+        .transpose()?;
+    let dockerfile_text = std::fs::read_to_string(&b.dockerfile).map_err(|e| {
+        SatError::BadRequest(format!(
+            "read {}: {e}; pass the Dockerfile with -f",
+            b.dockerfile.display()
+        ))
+    })?;
+    let (context, sums, ignore) = (
+        b.context.clone(),
+        b.sums.clone(),
+        berth_build::Ignore::parse(ignore_text.as_deref().unwrap_or("")),
+    );
+    let entries = tokio::task::spawn_blocking(move || {
+        let mut cache = SumCache::load(&sums);
+        let entries = crate::context::scan(&context, &ignore, &mut cache)?;
+        cache.save(&sums)?;
+        Ok::<_, SatError>(entries)
+    })
+    .await
+    .map_err(|e| SatError::Internal(e.to_string()))??;
+    let context_name = b
+        .context
+        .canonicalize()
+        .unwrap_or(b.context.clone())
+        .display()
+        .to_string();
+    let prepared = conn
+        .grpc
+        .prepare_context(proto::PrepareContextRequest {
+            context: context_name.clone(),
+            entries: entries.iter().cloned().map(Into::into).collect(),
+        })
+        .await
+        .map_err(err)?
+        .into_inner();
+    let (mut uploaded_files, mut uploaded_bytes) = (0, 0);
+    if !prepared.missing.is_empty() {
+        let by_digest: HashMap<&str, &Entry> =
+            entries.iter().map(|e| (e.digest.as_str(), e)).collect();
+        let mut files = Vec::new();
+        for d in &prepared.missing {
+            let e = by_digest.get(d.as_str()).ok_or_else(|| {
+                SatError::Remote(format!(
+                    "the satellite asked for {d}, which is not in the context"
+                ))
+            })?;
+            files.push((d.clone(), b.context.join(&e.path)));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let ctx = context_name.clone();
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), SatError> {
+            use std::io::Read;
+            for (digest, path) in files {
+                let mut f = std::fs::File::open(&path).map_err(SatError::io("open", &path))?;
+                let mut sent_any = false;
+                loop {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let n = f.read(&mut buf).map_err(SatError::io("read", &path))?;
+                    if n == 0 && sent_any {
+                        break;
+                    }
+                    buf.truncate(n);
+                    sent_any = true;
+                    let chunk = proto::FileChunk {
+                        context: ctx.clone(),
+                        digest: digest.clone(),
+                        data: buf,
+                    };
+                    if tx.blocking_send(chunk).is_err() {
+                        return Ok(());
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        });
+        let up = conn
+            .grpc
+            .upload_files(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await;
+        reader
+            .await
+            .map_err(|e| SatError::Internal(e.to_string()))??;
+        let up = up.map_err(err)?.into_inner();
+        uploaded_files = up.files;
+        uploaded_bytes = up.bytes;
+    }
+    b.request.context = context_name;
+    b.request.snapshot = prepared.snapshot;
+    b.request.dockerfile = dockerfile_text;
+    b.request.dockerfile_name = dockerfile_name;
+    b.request.dockerignore = ignore_text;
+    let mut stream = conn.grpc.build(b.request).await.map_err(err)?.into_inner();
+    while let Some(msg) = stream.next().await {
+        let ev = msg.map_err(err)?;
+        let Some(ev) = ev.event else { continue };
+        let step = |id: u32| id as usize;
+        let e = match ev {
+            Ev::Result(result) => {
+                return Ok(RemoteResult {
+                    result,
+                    entries: entries.len(),
+                    uploaded_files,
+                    uploaded_bytes,
+                });
+            }
+            Ev::Started(s) => berth_build::Event::Started {
+                id: step(s.id),
+                name: s.name,
+            },
+            Ev::Cached(s) => berth_build::Event::Cached {
+                id: step(s.id),
+                name: s.name,
+            },
+            Ev::Reason(r) => berth_build::Event::Reason {
+                id: step(r.id),
+                name: r.name,
+                reason: r.reason,
+            },
+            Ev::Log(l) => berth_build::Event::Log {
+                id: step(l.id),
+                stream: if l.stream == 2 {
+                    berth_build::Stream::Stderr
+                } else {
+                    berth_build::Stream::Stdout
+                },
+                data: l.data,
+            },
+            Ev::Done(d) => berth_build::Event::Done {
+                id: step(d.id),
+                name: d.name,
+                elapsed: std::time::Duration::from_millis(d.elapsed_ms),
+            },
+            Ev::Failed(s) => berth_build::Event::Failed {
+                id: step(s.id),
+                name: s.name,
+            },
+        };
+        on_event(e);
+    }
+    Err(SatError::Remote(format!(
+        "satellite {} ended the build without a result (did it stop?)",
+        conn.address
+    )))
+}

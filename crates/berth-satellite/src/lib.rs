@@ -1,0 +1,27 @@
+//! berth-satellite owns berth's remote builder ("satellite") and its client. A satellite is
+//! `berth build` run as a service: the same build engine and store, reached over one mutual
+//! TLS listener that carries the gRPC control API (enrollment, status, context sync, builds
+//! with their event streams) and the registry API over the satellite's store, for images
+//! going out.
+//!
+//! Trust sets itself up (berth-pki): the first start makes the satellite's CA; a one-time
+//! token carries the CA's pin; [`Enrollments::add`] connects pinned, sends a CSR for a key
+//! made on the client, and keeps the certificate it gets. Every later call presents it.
+//!
+//! Build contexts travel content-addressed ([`context`]): the client lists names, modes and
+//! digests, and uploads only the contents the satellite lacks.
+#![warn(missing_docs)]
+
+mod client;
+pub mod context;
+mod error;
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto;
+mod server;
+mod service;
+
+pub use client::{
+    Connection, Enrolled, Enrollments, RemoteBuild, RemoteResult, build, connect, remote_error,
+};
+pub use error::SatError;
+pub use server::{ClientRecord, DEFAULT_PORT, Opened, Satellite, SatelliteOptions, SatelliteRoot};

@@ -1,0 +1,410 @@
+//! The satellite: its identity and trust on disk, and one TLS listener serving the gRPC
+//! control API and the registry API over the satellite's store.
+//!
+//! Under `<root>/satellite/`:
+//!
+//! ```text
+//! pki/ca.{crt,key}      the satellite's own CA (key 0600, never sent)
+//! server.{crt,key}      the listener's certificate, issued again at each start
+//! address               host:port that tokens carry
+//! name                  the satellite's name
+//! tokens/               enrollment and pull tokens (secrets hashed)
+//! revoked.json          revoked client certificates
+//! clients/<serial>.json the client certificates issued
+//! contexts/<client>/    build contexts kept between builds (see `context`)
+//! builds/<id>/          a running build's Dockerfile (removed after)
+//! ```
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use berth_build::Entitlement;
+use berth_pki::{
+    Ca, CertInfo, ClientAuth, Identity, RevocationList, Token, TokenOptions, TokenStore, Validity,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::context::write_atomic;
+use crate::error::SatError;
+
+/// The default port of `berth satellite serve`.
+pub const DEFAULT_PORT: u16 = 8372;
+
+/// A satellite's state directory.
+#[derive(Debug, Clone)]
+pub struct SatelliteRoot {
+    /// The berth data root (store, build cache); the satellite's own files are in
+    /// `satellite/` under it.
+    pub root: PathBuf,
+}
+
+impl SatelliteRoot {
+    /// The satellite directory of data root `root`.
+    pub fn new(root: &Path) -> SatelliteRoot {
+        SatelliteRoot {
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.join("satellite")
+    }
+
+    fn pki(&self) -> PathBuf {
+        self.dir().join("pki")
+    }
+
+    /// The token store.
+    pub fn tokens(&self) -> Result<TokenStore, SatError> {
+        Ok(TokenStore::open(&self.dir().join("tokens"))?)
+    }
+
+    /// The revocation list.
+    pub fn revocations(&self) -> Result<RevocationList, SatError> {
+        Ok(RevocationList::open(&self.dir().join("revoked.json"))?)
+    }
+
+    /// The CA, which must exist (the satellite has been started once).
+    pub fn ca(&self) -> Result<Ca, SatError> {
+        if !self.pki().join("ca.crt").exists() {
+            return Err(SatError::BadRequest(format!(
+                "no satellite in {}: start it once with `berth satellite serve --root {}`",
+                self.root.display(),
+                self.root.display()
+            )));
+        }
+        Ok(Ca::load(&self.pki())?)
+    }
+
+    /// The address tokens carry, as recorded by the last `serve`.
+    pub fn address(&self) -> Result<String, SatError> {
+        let p = self.dir().join("address");
+        std::fs::read_to_string(&p)
+            .map(|s| s.trim().to_owned())
+            .map_err(|_| {
+                SatError::BadRequest(format!(
+                    "{} is missing: start the satellite once with `berth satellite serve`",
+                    p.display()
+                ))
+            })
+    }
+
+    /// Creates a token for this satellite.
+    pub fn create_token(&self, options: TokenOptions) -> Result<Token, SatError> {
+        let ca = self.ca()?;
+        Ok(self
+            .tokens()?
+            .create(options, &self.address()?, ca.pin(), SystemTime::now())?)
+    }
+
+    fn clients_dir(&self) -> PathBuf {
+        self.dir().join("clients")
+    }
+
+    /// Records an issued client certificate.
+    pub(crate) fn record_client(&self, cert_pem: &str, info: &CertInfo) -> Result<(), SatError> {
+        let dir = self.clients_dir();
+        std::fs::create_dir_all(&dir).map_err(SatError::io("create", &dir))?;
+        let rec = ClientRecord {
+            name: info.display_name(),
+            serial: info.serial.clone(),
+            not_after_unix: unix(info.validity.not_after),
+            issued_unix: unix(SystemTime::now()),
+            cert_pem: cert_pem.to_owned(),
+        };
+        write_atomic(
+            &dir.join(format!("{}.json", info.serial)),
+            &serde_json::to_vec_pretty(&rec).expect("record serialises"),
+        )
+    }
+
+    /// Every client certificate issued, oldest first.
+    pub fn clients(&self) -> Result<Vec<ClientRecord>, SatError> {
+        let dir = self.clients_dir();
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(SatError::io("list", &dir)(e)),
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json")
+                && let Ok(b) = std::fs::read(&p)
+                && let Ok(r) = serde_json::from_slice::<ClientRecord>(&b)
+            {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| (a.issued_unix, &a.serial).cmp(&(b.issued_unix, &b.serial)));
+        Ok(out)
+    }
+
+    /// Revokes every certificate of client `who` (a name or a serial); returns how many.
+    pub fn revoke_client(&self, who: &str, reason: &str) -> Result<usize, SatError> {
+        let list = self.revocations()?;
+        let mut n = 0;
+        for c in self.clients()? {
+            if c.name == who || c.serial == who {
+                list.revoke(&CertInfo::from_pem(&c.cert_pem)?, reason, SystemTime::now())?;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Err(SatError::BadRequest(format!(
+                "no client named or with serial {who:?}; see `berth satellite clients ls`"
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// A client certificate the satellite issued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// The client's name.
+    pub name: String,
+    /// Certificate serial (hex).
+    pub serial: String,
+    /// End of validity, seconds since the epoch.
+    pub not_after_unix: u64,
+    /// When it was issued.
+    pub issued_unix: u64,
+    /// The certificate.
+    pub cert_pem: String,
+}
+
+pub(crate) fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// How `berth satellite serve` runs.
+#[derive(Debug, Clone)]
+pub struct SatelliteOptions {
+    /// The berth data root.
+    pub root: PathBuf,
+    /// The satellite's name (default: the host name).
+    pub name: String,
+    /// Names and addresses clients use to reach it; the first goes into tokens. Every
+    /// address of the host is added to the certificate as well.
+    pub advertise: Vec<String>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Entitlements the operator lets builds ask for.
+    pub allow: Vec<Entitlement>,
+}
+
+/// A running satellite's shared state.
+#[derive(Clone)]
+pub struct Satellite {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) dirs: SatelliteRoot,
+    pub(crate) name: String,
+    pub(crate) ca: Ca,
+    pub(crate) server: Identity,
+    pub(crate) tokens: TokenStore,
+    pub(crate) revocations: Arc<RevocationList>,
+    pub(crate) store: berth_store::Store,
+    pub(crate) allow: Vec<Entitlement>,
+    pub(crate) running: AtomicU32,
+    pub(crate) draining: AtomicBool,
+    /// One lock per client context: a context's tree must not change under a build.
+    pub(crate) contexts: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What [`Satellite::open`] found or made.
+#[derive(Debug)]
+pub struct Opened {
+    /// The CA was made now: this is the satellite's first start.
+    pub first_start: bool,
+    /// The address tokens carry.
+    pub address: String,
+}
+
+impl Satellite {
+    /// Loads the satellite's identity (making its CA on the first start) and issues the
+    /// listener's certificate for the advertised names and the host's addresses.
+    pub fn open(opts: &SatelliteOptions) -> Result<(Satellite, Opened), SatError> {
+        let dirs = SatelliteRoot::new(&opts.root);
+        let dir = dirs.dir();
+        std::fs::create_dir_all(&dir).map_err(SatError::io("create", &dir))?;
+        let (ca, first_start) = Ca::load_or_create(&dirs.pki(), &opts.name)?;
+        let (names, mut ips) = split_names(&opts.advertise);
+        if !opts.addr.ip().is_unspecified() {
+            ips.push(opts.addr.ip());
+        } else {
+            ips.extend(berth_exec::host_addresses().into_iter().map(|(ip, _)| ip));
+        }
+        ips.push(IpAddr::from([127, 0, 0, 1]));
+        ips.push(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+        ips.sort();
+        ips.dedup();
+        let server = ca.issue_server_cert(
+            &names,
+            &ips,
+            Validity::from_now(berth_pki::DEFAULT_SERVER_VALIDITY),
+        )?;
+        server.save(&dir, "server")?;
+        let host = opts
+            .advertise
+            .first()
+            .cloned()
+            .unwrap_or_else(|| match opts.addr.ip() {
+                ip if ip.is_unspecified() => ips
+                    .iter()
+                    .find(|i| !i.is_loopback() && i.is_ipv4())
+                    .map_or("127.0.0.1".into(), ToString::to_string),
+                ip => ip.to_string(),
+            });
+        let address = match host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", opts.addr.port()),
+            _ => format!("{host}:{}", opts.addr.port()),
+        };
+        write_atomic(&dir.join("address"), address.as_bytes())?;
+        write_atomic(&dir.join("name"), opts.name.as_bytes())?;
+        let store = berth_store::Store::open(&opts.root).map_err(|e| {
+            SatError::Internal(format!("open store at {}: {e}", opts.root.display()))
+        })?;
+        let sat = Satellite {
+            inner: Arc::new(Inner {
+                tokens: dirs.tokens()?,
+                revocations: Arc::new(dirs.revocations()?),
+                dirs,
+                name: opts.name.clone(),
+                ca,
+                server,
+                store,
+                allow: opts.allow.clone(),
+                running: AtomicU32::new(0),
+                draining: AtomicBool::new(false),
+                contexts: Mutex::new(HashMap::new()),
+            }),
+        };
+        Ok((
+            sat,
+            Opened {
+                first_start,
+                address,
+            },
+        ))
+    }
+
+    /// The satellite's state directory.
+    pub fn root(&self) -> &SatelliteRoot {
+        &self.inner.dirs
+    }
+
+    /// Builds running now.
+    pub fn running_builds(&self) -> u32 {
+        self.inner.running.load(Ordering::SeqCst)
+    }
+
+    /// Refuse new builds from now on (running ones go on).
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The TLS acceptor: the satellite's server certificate, client certificates of its
+    /// own CA checked against the revocation list, optional (enrollment comes without
+    /// one; the service refuses every other call then). ALPN offers h2 (gRPC) and
+    /// HTTP/1.1 (registry clients such as Docker).
+    pub fn tls_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, SatError> {
+        let mut config = berth_pki::server_config(
+            self.inner.ca.cert_der(),
+            &self.inner.server,
+            self.inner.revocations.clone(),
+            ClientAuth::Optional,
+        )?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Everything the listener serves: the gRPC control API, `/healthz`, and the registry
+    /// API (`/v2/`) over the satellite's store for enrolled clients.
+    pub fn router(&self) -> axum::Router {
+        let mut config = berth_registry::Config::new(self.inner.store.clone());
+        config.client_certificates = true;
+        // No users: without a client certificate nothing is allowed.
+        config.auth = Some(berth_registry::Auth::new(HashMap::new(), None));
+        let registry = berth_registry::Registry::new(config);
+        let grpc = crate::proto::satellite_server::SatelliteServer::new(crate::service::Service {
+            sat: self.clone(),
+        })
+        .max_decoding_message_size(64 << 20);
+        registry
+            .router()
+            .route_service("/berth.satellite.v1.Satellite/{*method}", grpc)
+            .route(
+                "/healthz",
+                axum::routing::get(healthz).with_state(self.clone()),
+            )
+    }
+
+    /// Serve on `listener` until `shutdown` resolves; then drain: refuse new builds and
+    /// give running ones `drain` to finish.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), SatError> {
+        let options = berth_registry::ServeOptions {
+            // A build step may print nothing for a long time; callers are authenticated.
+            stall_timeout: Duration::from_secs(24 * 3600),
+            idle_timeout: Duration::from_secs(600),
+            ..Default::default()
+        };
+        let sat = self.clone();
+        let shutdown = async move {
+            shutdown.await;
+            sat.drain();
+        };
+        berth_registry::serve_with(
+            listener,
+            self.router(),
+            Some(self.tls_acceptor()?),
+            options,
+            shutdown,
+        )
+        .await
+        .map_err(|e| SatError::Internal(format!("serve: {e}")))
+    }
+}
+
+async fn healthz(
+    axum::extract::State(sat): axum::extract::State<Satellite>,
+) -> (axum::http::StatusCode, String) {
+    if sat.inner.draining.load(Ordering::SeqCst) {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "draining\n".into(),
+        )
+    } else {
+        (axum::http::StatusCode::OK, "ok\n".into())
+    }
+}
+
+/// Splits advertised names into DNS names and IP addresses.
+fn split_names(advertise: &[String]) -> (Vec<String>, Vec<IpAddr>) {
+    let mut names = Vec::new();
+    let mut ips = Vec::new();
+    for a in advertise {
+        let a = a.trim_start_matches('[').trim_end_matches(']');
+        match a.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => names.push(a.to_owned()),
+        }
+    }
+    if names.is_empty() {
+        names.push("localhost".into());
+    }
+    (names, ips)
+}

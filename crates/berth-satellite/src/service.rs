@@ -1,0 +1,476 @@
+//! The gRPC control API (see `proto/satellite.proto`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use berth_build::{BuildOptions, Entitlement, Event, Progress, SecretSource};
+use berth_pki::{CertInfo, TokenKind, Validity};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::context::{ClientContexts, Entry};
+use crate::error::SatError;
+use crate::proto::{self, build_event::Event as Ev};
+use crate::server::{Satellite, unix};
+
+pub(crate) struct Service {
+    pub(crate) sat: Satellite,
+}
+
+/// The enrolled client behind a request: its verified certificate.
+fn caller<T>(req: &Request<T>) -> Result<CertInfo, Status> {
+    let certs = req
+        .extensions()
+        .get::<berth_registry::PeerCertificates>()
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "this call needs an enrolled client: run `berth satellite add NAME --token T` first",
+            )
+        })?;
+    let leaf = certs
+        .0
+        .first()
+        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    CertInfo::from_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))
+}
+
+/// The directory name of a client's contexts: its certificate's name, kept plain.
+fn client_dir(info: &CertInfo) -> String {
+    info.display_name()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Service {
+    fn contexts(&self, info: &CertInfo) -> ClientContexts {
+        ClientContexts::new(
+            self.sat
+                .inner
+                .dirs
+                .root
+                .join("satellite/contexts")
+                .join(client_dir(info)),
+        )
+    }
+
+    fn issue(&self, csr_pem: &str, client: &str) -> Result<proto::EnrollResponse, SatError> {
+        let issued = self.sat.inner.ca.sign_client_csr(
+            csr_pem,
+            client,
+            Validity::from_now(berth_pki::DEFAULT_CLIENT_VALIDITY),
+        )?;
+        self.sat
+            .inner
+            .dirs
+            .record_client(&issued.cert_pem, &issued.info)?;
+        Ok(proto::EnrollResponse {
+            cert_pem: issued.cert_pem,
+            ca_pem: self.sat.inner.ca.cert_pem().to_owned(),
+            satellite: self.sat.inner.name.clone(),
+        })
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SatError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker panicked: {e}")))?
+        .map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl proto::satellite_server::Satellite for Service {
+    async fn enroll(
+        &self,
+        req: Request<proto::EnrollRequest>,
+    ) -> Result<Response<proto::EnrollResponse>, Status> {
+        let r = req.into_inner();
+        let svc = Service {
+            sat: self.sat.clone(),
+        };
+        let resp = blocking(move || {
+            // Sign first: a malformed CSR must not use up the token.
+            let resp = svc.issue(&r.csr_pem, &r.client_name)?;
+            svc.sat.inner.tokens.redeem(
+                TokenKind::Enroll,
+                &r.token_id,
+                &r.token_secret,
+                SystemTime::now(),
+            )?;
+            tracing::info!(client = %r.client_name, token = %r.token_id, "client enrolled");
+            Ok(resp)
+        })
+        .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<proto::RenewRequest>,
+    ) -> Result<Response<proto::EnrollResponse>, Status> {
+        let who = caller(&req)?;
+        let name = who.common_name.clone().unwrap_or_default();
+        let csr = req.into_inner().csr_pem;
+        let svc = Service {
+            sat: self.sat.clone(),
+        };
+        let resp = blocking(move || svc.issue(&csr, &name)).await?;
+        tracing::info!(client = %who.display_name(), "client certificate renewed");
+        Ok(Response::new(resp))
+    }
+
+    async fn status(
+        &self,
+        req: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let who = caller(&req)?;
+        let sat = self.sat.clone();
+        let (cache_bytes, clients) = blocking(move || {
+            let bytes = dir_bytes(&sat.inner.dirs.root.join("blobs"))
+                + dir_bytes(&sat.inner.dirs.root.join("layers"));
+            let clients = sat.inner.dirs.clients()?.len() as u32;
+            Ok((bytes, clients))
+        })
+        .await?;
+        let load1 = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        Ok(Response::new(proto::StatusResponse {
+            name: self.sat.inner.name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            running_builds: self.sat.inner.running.load(Ordering::SeqCst),
+            cache_bytes,
+            cache_cap_bytes: 0,
+            load1,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            client: who.display_name(),
+            client_cert_expires: unix(who.validity.not_after) as i64,
+            enrolled_clients: clients,
+        }))
+    }
+
+    async fn prepare_context(
+        &self,
+        req: Request<proto::PrepareContextRequest>,
+    ) -> Result<Response<proto::PrepareContextResponse>, Status> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let contexts = self.contexts(&who);
+        let entries: Vec<Entry> = r.entries.into_iter().map(Entry::from).collect();
+        let (snapshot, missing) = blocking(move || contexts.prepare(&r.context, &entries)).await?;
+        Ok(Response::new(proto::PrepareContextResponse {
+            missing,
+            snapshot,
+        }))
+    }
+
+    async fn upload_files(
+        &self,
+        req: Request<Streaming<proto::FileChunk>>,
+    ) -> Result<Response<proto::UploadFilesResponse>, Status> {
+        let who = caller(&req)?;
+        let contexts = self.contexts(&who);
+        let mut stream = req.into_inner();
+        // File writes happen on a blocking thread fed through a small channel, so a slow
+        // disk slows the upload instead of a runtime worker.
+        let (tx, mut rx) = mpsc::channel::<proto::FileChunk>(8);
+        let writer = tokio::task::spawn_blocking(move || -> Result<(u64, u64), SatError> {
+            let (mut files, mut bytes) = (0u64, 0u64);
+            let mut current: Option<(String, crate::context::Incoming)> = None;
+            while let Some(chunk) = rx.blocking_recv() {
+                if current.as_ref().is_none_or(|(d, _)| *d != chunk.digest) {
+                    if let Some((_, inc)) = current.take() {
+                        bytes += inc.finish()?;
+                        files += 1;
+                    }
+                    current = Some((chunk.digest.clone(), contexts.receive(&chunk.digest)?));
+                }
+                if let Some((_, inc)) = current.as_mut() {
+                    inc.write(&chunk.data)?;
+                }
+            }
+            if let Some((_, inc)) = current.take() {
+                bytes += inc.finish()?;
+                files += 1;
+            }
+            Ok((files, bytes))
+        });
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if tx.send(chunk).await.is_err() {
+                break; // the writer failed: its error is below
+            }
+        }
+        drop(tx);
+        let (files, bytes) = writer
+            .await
+            .map_err(|e| Status::internal(format!("upload writer panicked: {e}")))?
+            .map_err(Status::from)?;
+        tracing::info!(client = %who.display_name(), files, bytes, "context files received");
+        Ok(Response::new(proto::UploadFilesResponse { files, bytes }))
+    }
+
+    type BuildStream = ReceiverStream<Result<proto::BuildEvent, Status>>;
+
+    async fn build(
+        &self,
+        req: Request<proto::BuildRequest>,
+    ) -> Result<Response<Self::BuildStream>, Status> {
+        let who = caller(&req)?;
+        if self.sat.inner.draining.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(format!(
+                "satellite {} is shutting down and takes no new builds; retry on another or after its restart",
+                self.sat.inner.name
+            )));
+        }
+        let r = req.into_inner();
+        let allow = entitlements(&r.allow, &self.sat.inner.allow)?;
+        let (tx, rx) = mpsc::channel(64);
+        let sat = self.sat.clone();
+        let contexts = self.contexts(&who);
+        let client = who.display_name();
+        tokio::spawn(async move {
+            sat.inner.running.fetch_add(1, Ordering::SeqCst);
+            let result = run_build(&sat, contexts, r, allow, tx.clone()).await;
+            sat.inner.running.fetch_sub(1, Ordering::SeqCst);
+            let msg = match result {
+                Ok(res) => Ok(proto::BuildEvent {
+                    event: Some(Ev::Result(res)),
+                }),
+                Err(e) => {
+                    tracing::info!(%client, error = %e, "build failed");
+                    Err(Status::from(e))
+                }
+            };
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Checks the entitlements a build asks for against those the operator allows.
+fn entitlements(asked: &[String], allowed: &[Entitlement]) -> Result<Vec<Entitlement>, Status> {
+    let mut out = Vec::new();
+    for a in asked {
+        let e: Entitlement = a.parse().map_err(Status::invalid_argument)?;
+        if !allowed.contains(&e) {
+            return Err(Status::permission_denied(format!(
+                "the build asks for entitlement {a}, which this satellite does not grant; its \
+                 operator enables it with `allow = [\"{a}\"]` under [builder] in the satellite's \
+                 config (or `berth satellite serve --allow {a}`)"
+            )));
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// Forwards solver events into the response stream. The solver calls `event` from
+/// blocking and async code alike, so events go through an unbounded channel first.
+struct Forward(mpsc::UnboundedSender<Event>);
+
+impl Progress for Forward {
+    fn event(&self, event: Event) {
+        let _ = self.0.send(event);
+    }
+}
+
+fn to_proto(e: Event) -> proto::BuildEvent {
+    let step = |id: usize, name: String| proto::Step {
+        id: id as u32,
+        name,
+    };
+    let event = match e {
+        Event::Started { id, name } => Ev::Started(step(id, name)),
+        Event::Cached { id, name } => Ev::Cached(step(id, name)),
+        Event::Reason { id, name, reason } => Ev::Reason(proto::StepReason {
+            id: id as u32,
+            name,
+            reason,
+        }),
+        Event::Log { id, stream, data } => Ev::Log(proto::StepLog {
+            id: id as u32,
+            stream: match stream {
+                berth_build::Stream::Stdout => 1,
+                berth_build::Stream::Stderr => 2,
+            },
+            data,
+        }),
+        Event::Done { id, name, elapsed } => Ev::Done(proto::StepDone {
+            id: id as u32,
+            name,
+            elapsed_ms: elapsed.as_millis() as u64,
+        }),
+        Event::Failed { id, name } => Ev::Failed(step(id, name)),
+    };
+    proto::BuildEvent { event: Some(event) }
+}
+
+async fn run_build(
+    sat: &Satellite,
+    contexts: ClientContexts,
+    r: proto::BuildRequest,
+    allow: Vec<Entitlement>,
+    tx: mpsc::Sender<Result<proto::BuildEvent, Status>>,
+) -> Result<proto::BuildResult, SatError> {
+    let lock = {
+        let key = contexts_key(&contexts, &r.context);
+        sat.inner
+            .contexts
+            .lock()
+            .expect("contexts lock")
+            .entry(key)
+            .or_default()
+            .clone()
+    };
+    let _held = lock.lock().await;
+    let tree = {
+        let (contexts, name, snap) = (contexts.clone(), r.context.clone(), r.snapshot.clone());
+        tokio::task::spawn_blocking(move || contexts.materialize(&name, &snap))
+            .await
+            .map_err(|e| SatError::Internal(e.to_string()))??
+    };
+    // The Dockerfile (and its own ignore file) live beside the context, for this build.
+    let build_dir = sat
+        .inner
+        .dirs
+        .root
+        .join("satellite/builds")
+        .join(crate::context::uuid_like());
+    std::fs::create_dir_all(&build_dir).map_err(SatError::io("create", &build_dir))?;
+    let _cleanup = RemoveOnDrop(build_dir.clone());
+    let name = safe_file_name(&r.dockerfile_name);
+    let dockerfile = build_dir.join(&name);
+    std::fs::write(&dockerfile, &r.dockerfile).map_err(SatError::io("write", &dockerfile))?;
+    if let Some(ignore) = &r.dockerignore {
+        let p = build_dir.join(format!("{name}.dockerignore"));
+        std::fs::write(&p, ignore).map_err(SatError::io("write", &p))?;
+    }
+
+    let (etx, mut erx) = mpsc::unbounded_channel();
+    let forward = {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = erx.recv().await {
+                if tx.send(Ok(to_proto(e))).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let cancel = berth_build::Cancel::default();
+    let secrets: HashMap<String, SecretSource> = r
+        .secrets
+        .into_iter()
+        .map(|(k, v)| (k, SecretSource::Value(Arc::from(v))))
+        .collect();
+    let opts = BuildOptions {
+        dockerfile,
+        context: tree,
+        tags: r.tags,
+        target: (!r.target.is_empty()).then_some(r.target),
+        build_args: r.build_args.into_iter().collect::<BTreeMap<_, _>>(),
+        secrets,
+        no_cache: r.no_cache,
+        source_date_epoch: r.source_date_epoch,
+        proxy_env: Vec::new(),
+        outputs: Vec::new(),
+        progress: Arc::new(Forward(etx)),
+        cancel: cancel.clone(),
+        client: Some(Arc::new(berth_client::Client::new(
+            berth_client::ClientConfig {
+                hosts: HashMap::new(),
+                docker_config: berth_client::DockerConfig::load(),
+                credentials: HashMap::new(),
+            },
+        ))),
+        compression: match r.compression.as_str() {
+            "zstd" => berth_build::Compression::Zstd,
+            "none" | "uncompressed" => berth_build::Compression::Uncompressed,
+            _ => berth_build::Compression::Gzip,
+        },
+        force_compression: r.force_compression,
+        allow,
+    };
+    let root = sat.inner.dirs.root.clone();
+    let executor: Arc<dyn berth_exec::Executor> =
+        Arc::new(berth_exec::Runc::new(&root.join("exec")).map_err(berth_build::BuildError::from)?);
+    let mut build = Box::pin(berth_build::build(
+        &root,
+        sat.inner.store.clone(),
+        executor.clone(),
+        opts,
+    ));
+    let result = tokio::select! {
+        r = &mut build => r,
+        () = tx.closed() => {
+            // The client went away (Ctrl-C, lost connection): stop the build.
+            tracing::info!("client disconnected: canceling its build");
+            cancel.cancel();
+            executor.cancel();
+            (&mut build).await
+        }
+    };
+    // The build holds the event sender: drop it so the forwarder sees the end.
+    drop(build);
+    let _ = forward.await;
+    let res = result?;
+    Ok(proto::BuildResult {
+        manifest: res.manifest.to_string(),
+        image_id: res.image_id.to_string(),
+        layers: res.layers as u32,
+    })
+}
+
+fn contexts_key(contexts: &ClientContexts, name: &str) -> std::path::PathBuf {
+    contexts.dir().join(name)
+}
+
+fn safe_file_name(name: &str) -> String {
+    let n: String = name.chars().filter(|c| !matches!(c, '/' | '\0')).collect();
+    if n.is_empty() || n == "." || n == ".." {
+        "Dockerfile".into()
+    } else {
+        n
+    }
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
