@@ -64,6 +64,9 @@ pub struct ServeArgs {
     /// Let builds ask for an entitlement (repeatable): network.host.
     #[arg(long = "allow", value_parser = |s: &str| s.parse::<berth_build::Entitlement>())]
     allow: Vec<berth_build::Entitlement>,
+    /// How long client certificates stay valid; clients renew them at half.
+    #[arg(long, default_value = "30d", value_parser = crate::parse_duration)]
+    client_validity: Duration,
 }
 
 #[derive(Subcommand)]
@@ -356,6 +359,7 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
         advertise: args.advertise,
         addr,
         allow: args.allow,
+        client_validity: args.client_validity,
     };
     let (sat, opened) = berth_satellite::Satellite::open(&opts)?;
     let rt = runtime()?;
@@ -364,20 +368,24 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("listen on {addr}: choose another --addr"))?;
         let local = listener.local_addr()?;
-        println!(
-            "berth satellite {} listening on {local} (root {}, tokens name {})",
+        // A closed stdout (a supervisor that read the first line) must not stop the server.
+        let mut text = format!(
+            "berth satellite {} listening on {local} (root {}, tokens name {})\n",
             opts.name,
             settings.root.display(),
             opened.address
         );
         if opened.first_start {
             let token = sat.root().create_token(TokenOptions::default())?;
-            println!("first start: enroll a client with");
-            println!("  berth satellite add {} --token {token}", opts.name);
-            println!("(valid 24 h, once; more with `berth satellite token create`)");
+            text.push_str(&format!(
+                "first start: enroll a client with\n  berth satellite add {} --token {token}\n\
+                 (valid 24 h, once; more with `berth satellite token create`)\n",
+                opts.name
+            ));
         }
         use std::io::Write;
-        std::io::stdout().flush()?;
+        let mut out = std::io::stdout();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
         sat.serve(listener, crate::shutdown_signal()).await?;
         Ok(())
     })

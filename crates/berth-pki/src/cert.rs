@@ -150,11 +150,20 @@ impl CertInfo {
 }
 
 /// True once half of the certificate's validity has passed (or it has expired): the client
-/// then asks for a new certificate while the old one still works.
+/// then asks for a new certificate while the old one still works. The clock-skew backdate
+/// ([`Validity::BACKDATE`]) does not count: a 30-day certificate renews after 15 days.
 pub fn needs_renewal(cert_der: &[u8], now: SystemTime) -> Result<bool, PkiError> {
     let v = CertInfo::from_der(cert_der)?.validity;
     let total = v.not_after.duration_since(v.not_before).unwrap_or_default();
-    Ok(now >= v.not_before + total / 2)
+    let (start, life) = if total > Validity::BACKDATE {
+        (
+            v.not_before + Validity::BACKDATE,
+            total - Validity::BACKDATE,
+        )
+    } else {
+        (v.not_before, total)
+    };
+    Ok(now >= start + life / 2)
 }
 
 pub(crate) fn parse<'a>(

@@ -76,7 +76,7 @@ impl Enrollments {
             )));
         }
         let (config, verifier) = berth_pki::first_contact(token.pin)?;
-        let mut grpc = connect(&token.addr, config).await?;
+        let (mut grpc, refusal) = connect_watched(&token.addr, config).await?;
         let key = ClientKey::generate()?;
         let resp = grpc
             .enroll(proto::EnrollRequest {
@@ -86,7 +86,7 @@ impl Enrollments {
                 csr_pem: key.csr_pem(client)?,
             })
             .await
-            .map_err(|s| remote_error(&token.addr, s))?
+            .map_err(|s| remote_error(&token.addr, s, &refusal))?
             .into_inner();
         let ca = verifier
             .ca_cert()
@@ -191,7 +191,7 @@ impl Enrollments {
         let mut identity = self.identity(name)?;
         let config =
             |id: &Identity| berth_pki::client_config(ServerTrust::Ca(ca.clone()), Some(id));
-        let mut grpc = connect(&rec.address, config(&identity)?).await?;
+        let (mut grpc, mut refusal) = connect_watched(&rec.address, config(&identity)?).await?;
         let leaf = identity.chain()?.remove(0);
         if berth_pki::needs_renewal(&leaf, SystemTime::now())? {
             let key = ClientKey::generate()?;
@@ -200,14 +200,15 @@ impl Enrollments {
                     csr_pem: key.csr_pem(&rec.client)?,
                 })
                 .await
-                .map_err(|s| remote_error(&rec.address, s))?
+                .map_err(|s| remote_error(&rec.address, s, &refusal))?
                 .into_inner();
             identity = key.into_identity(resp.cert_pem);
             identity.save(&dir, "client")?;
-            grpc = connect(&rec.address, config(&identity)?).await?;
+            (grpc, refusal) = connect_watched(&rec.address, config(&identity)?).await?;
         }
         Ok(Connection {
             grpc,
+            refusal,
             address: rec.address,
             ca,
             identity,
@@ -219,6 +220,8 @@ impl Enrollments {
 pub struct Connection {
     /// The gRPC client.
     pub grpc: SatelliteClient<Channel>,
+    /// A trust refusal seen on the connection.
+    pub refusal: Refusal,
     /// `host:port`.
     pub address: String,
     ca: CertificateDer<'static>,
@@ -241,7 +244,7 @@ impl Connection {
             .status(proto::StatusRequest {})
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| remote_error(&self.address, s))
+            .map_err(|s| remote_error(&self.address, s, &self.refusal))
     }
 }
 
@@ -266,8 +269,76 @@ fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, SatError> {
 /// gRPC over HTTP/2 on it.
 pub async fn connect(
     addr: &str,
-    mut config: rustls::ClientConfig,
+    config: rustls::ClientConfig,
 ) -> Result<SatelliteClient<Channel>, SatError> {
+    Ok(connect_watched(addr, config).await?.0)
+}
+
+/// Why the satellite refused this client at the TLS level, seen on the connection after
+/// the handshake (TLS 1.3 sends a refused certificate's alert on the first read, and the
+/// gRPC channel reports only "transport error" to the call).
+#[derive(Debug, Clone, Default)]
+pub struct Refusal(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Refusal {
+    fn get(&self) -> Option<String> {
+        self.0.lock().expect("refusal lock").clone()
+    }
+}
+
+/// A connection's socket that notes a trust refusal it reads.
+struct Watched<S> {
+    inner: S,
+    refusal: Refusal,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Err(e)) = &r
+            && let Some(why) = berth_pki::explain_refusal(e)
+        {
+            *self.refusal.0.lock().expect("refusal lock") = Some(why);
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// [`connect`], also returning where a trust refusal seen later is kept.
+pub async fn connect_watched(
+    addr: &str,
+    mut config: rustls::ClientConfig,
+) -> Result<(SatelliteClient<Channel>, Refusal), SatError> {
+    let refusal = Refusal::default();
+    let seen = refusal.clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let host = host_of(addr).to_owned();
@@ -281,18 +352,28 @@ pub async fn connect(
         .keep_alive_while_idle(true);
     let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_uri| {
-            let (connector, server_name, target) =
-                (connector.clone(), server_name.clone(), target.clone());
+            let (connector, server_name, target, seen) = (
+                connector.clone(),
+                server_name.clone(),
+                target.clone(),
+                seen.clone(),
+            );
             async move {
                 let tcp = tokio::net::TcpStream::connect(&target).await?;
                 tcp.set_nodelay(true)?;
                 let tls = connector.connect(server_name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Watched {
+                    inner: tls,
+                    refusal: seen,
+                }))
             }
         }))
         .await
         .map_err(|e| connect_error(addr, &e))?;
-    Ok(SatelliteClient::new(channel).max_decoding_message_size(64 << 20))
+    Ok((
+        SatelliteClient::new(channel).max_decoding_message_size(64 << 20),
+        refusal,
+    ))
 }
 
 fn host_of(addr: &str) -> &str {
@@ -319,8 +400,12 @@ fn connect_error(addr: &str, e: &(dyn std::error::Error + 'static)) -> SatError 
 }
 
 /// An error status from the satellite, with trust failures explained.
-pub fn remote_error(addr: &str, s: tonic::Status) -> SatError {
+pub fn remote_error(addr: &str, s: tonic::Status, refusal: &Refusal) -> SatError {
     use std::error::Error;
+    if let Some(why) = refusal.get() {
+        return SatError::Denied(format!("satellite {addr}: {why}"));
+    }
+    let transport = s.source().is_some();
     if let Some(src) = s.source() {
         let e = connect_error(addr, src);
         if matches!(e, SatError::Denied(_)) {
@@ -328,14 +413,16 @@ pub fn remote_error(addr: &str, s: tonic::Status) -> SatError {
         }
     }
     let msg = s.message().to_owned();
+    if transport {
+        // Not an answer of the satellite: the connection failed under the call.
+        return SatError::Remote(format!(
+            "lost the connection to satellite {addr} ({msg}); is it running? \
+             `berth satellite inspect` checks"
+        ));
+    }
     match s.code() {
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => SatError::Denied(msg),
         tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => SatError::BadRequest(msg),
-        tonic::Code::Unavailable if msg.is_empty() || msg.contains("transport") => {
-            SatError::Remote(format!(
-                "satellite {addr} is unreachable or went away: {msg}"
-            ))
-        }
         tonic::Code::Unavailable => SatError::Unavailable(msg),
         _ if msg.is_empty() => SatError::Remote(format!("satellite {addr}: {s}")),
         _ => SatError::Remote(msg),
@@ -375,7 +462,8 @@ pub async fn build(
     on_event: &mut (dyn FnMut(berth_build::Event) + Send),
 ) -> Result<RemoteResult, SatError> {
     let addr = conn.address.clone();
-    let err = |s: tonic::Status| remote_error(&addr, s);
+    let refusal = conn.refusal.clone();
+    let err = |s: tonic::Status| remote_error(&addr, s, &refusal);
     let dockerfile_name = b
         .dockerfile
         .file_name()

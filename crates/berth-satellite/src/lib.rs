@@ -21,7 +21,8 @@ mod server;
 mod service;
 
 pub use client::{
-    Connection, Enrolled, Enrollments, RemoteBuild, RemoteResult, build, connect, remote_error,
+    Connection, Enrolled, Enrollments, Refusal, RemoteBuild, RemoteResult, build, connect,
+    connect_watched, remote_error,
 };
 pub use error::SatError;
 pub use server::{ClientRecord, DEFAULT_PORT, Opened, Satellite, SatelliteOptions, SatelliteRoot};

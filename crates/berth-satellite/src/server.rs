@@ -198,6 +198,8 @@ pub struct SatelliteOptions {
     pub addr: SocketAddr,
     /// Entitlements the operator lets builds ask for.
     pub allow: Vec<Entitlement>,
+    /// How long client certificates are valid (clients renew at half).
+    pub client_validity: Duration,
 }
 
 /// A running satellite's shared state.
@@ -215,6 +217,7 @@ pub(crate) struct Inner {
     pub(crate) revocations: Arc<RevocationList>,
     pub(crate) store: berth_store::Store,
     pub(crate) allow: Vec<Entitlement>,
+    pub(crate) client_validity: Duration,
     pub(crate) running: AtomicU32,
     pub(crate) draining: AtomicBool,
     /// One lock per client context: a context's tree must not change under a build.
@@ -284,6 +287,7 @@ impl Satellite {
                 server,
                 store,
                 allow: opts.allow.clone(),
+                client_validity: opts.client_validity,
                 running: AtomicU32::new(0),
                 draining: AtomicBool::new(false),
                 contexts: Mutex::new(HashMap::new()),

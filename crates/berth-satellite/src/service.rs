@@ -68,7 +68,7 @@ impl Service {
         let issued = self.sat.inner.ca.sign_client_csr(
             csr_pem,
             client,
-            Validity::from_now(berth_pki::DEFAULT_CLIENT_VALIDITY),
+            Validity::from_now(self.sat.inner.client_validity),
         )?;
         self.sat
             .inner

@@ -23,6 +23,8 @@
 use std::io::Write;
 use std::path::Path;
 
+pub mod netns;
+
 /// The environment variable naming the file skips are appended to.
 pub const SKIP_LOG_ENV: &str = "BERTH_SKIP_LOG";
 

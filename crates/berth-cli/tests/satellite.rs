@@ -1,0 +1,530 @@
+//! Satellites (issue 8), through the `berth` binary as users run it: a satellite and its
+//! clients in network namespaces of their own joined by a veth pair (real runc and
+//! overlayfs on the satellite), or on loopback where the network does not matter
+//! (tokens, certificates). Every client has its own config directory (XDG_CONFIG_HOME),
+//! where its enrolments live.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_testutil::netns::{Host, Lab};
+use common::*;
+
+/// A running `berth satellite serve`, killed on drop.
+struct Sat {
+    child: Child,
+    root: PathBuf,
+    /// `host:port` tokens carry.
+    addr: String,
+}
+
+impl Sat {
+    /// Serves `root` on `addr` (inside `host` if given) with extra `args`.
+    fn start(host: Option<&Host>, root: &Path, addr: &str, args: &[&str]) -> Sat {
+        let mut c = match host {
+            Some(h) => h.command(berth_bin()),
+            None => Command::new(berth_bin()),
+        };
+        c.arg("--root")
+            .arg(root)
+            .args(["satellite", "serve", "--addr", addr, "--name", "sat1"])
+            .args(args)
+            .env("BERTH_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = c.spawn().expect("spawn berth satellite serve");
+        let mut line = String::new();
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        reader
+            .read_line(&mut line)
+            .expect("read the satellite's first line");
+        // Keep reading what else it prints (the first-start token).
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let addr = line
+            .split("tokens name ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .unwrap_or_else(|| panic!("the satellite did not say its address: {line:?}"))
+            .to_string();
+        Sat {
+            child,
+            root: root.to_path_buf(),
+            addr,
+        }
+    }
+
+    /// `berth satellite token create ARGS` on the satellite's root: the token.
+    fn token(&self, args: &[&str]) -> String {
+        let out = output_ok(
+            Command::new(berth_bin())
+                .arg("--root")
+                .arg(&self.root)
+                .args(["satellite", "token", "create"])
+                .args(args),
+        );
+        let token = out.stdout.trim().to_string();
+        assert_eq!(
+            token.lines().count(),
+            1,
+            "the token alone on stdout: {token}"
+        );
+        token
+    }
+
+    /// `berth satellite ARGS` on the satellite's root.
+    fn admin(&self, args: &[&str]) -> Output {
+        output(
+            Command::new(berth_bin())
+                .arg("--root")
+                .arg(&self.root)
+                .arg("satellite")
+                .args(args),
+        )
+    }
+
+    /// Containers runc runs for the satellite's builds.
+    fn containers(&self) -> usize {
+        let state = self.root.join("exec/runc");
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["list", "-q"])
+            .output()
+            .expect("runc list");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sat {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A client machine: its own config directory and berth root, maybe in a namespace.
+struct Client {
+    host: Option<Host>,
+    cfg: PathBuf,
+    root: PathBuf,
+}
+
+impl Client {
+    fn new(dir: &Path, name: &str, host: Option<Host>) -> Client {
+        Client {
+            host,
+            cfg: dir.join(format!("{name}-config")),
+            root: dir.join(format!("{name}-root")),
+        }
+    }
+
+    fn berth(&self) -> Command {
+        let mut c = match &self.host {
+            Some(h) => h.command(berth_bin()),
+            None => Command::new(berth_bin()),
+        };
+        c.env("XDG_CONFIG_HOME", &self.cfg)
+            .env("BERTH_LOG", "warn")
+            .env("SOURCE_DATE_EPOCH", "0")
+            .arg("--root")
+            .arg(&self.root);
+        c
+    }
+
+    fn add(&self, name: &str, token: &str) -> Output {
+        output(self.berth().args([
+            "satellite",
+            "add",
+            name,
+            "--token",
+            token,
+            "--client-name",
+            "laptop",
+        ]))
+    }
+
+    fn build(&self, ctx: &Path, args: &[&str]) -> Command {
+        let mut c = self.berth();
+        c.args(["build", "--progress", "plain"]).args(args).arg(ctx);
+        c
+    }
+
+    fn satellite_dir(&self, name: &str) -> PathBuf {
+        self.cfg.join("berth/satellites").join(name)
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// The bytes uploaded, as the closing line of a remote build says.
+fn uploaded(stderr: &str) -> (u64, u64) {
+    let tail = stderr
+        .split("entries, ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no upload summary in:\n{stderr}"));
+    let nums: Vec<u64> = tail
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (nums[0], nums[1])
+}
+
+/// `busybox httpd` answering `sat says hi` on 127.0.0.1:8999 inside `host`.
+fn loopback_httpd(host: &Host, dir: &Path) -> Child {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "sat says hi\n").unwrap();
+    let child = host
+        .command("busybox")
+        .args(["httpd", "-f", "-p", "127.0.0.1:8999", "-h"])
+        .arg(&www)
+        .spawn()
+        .expect("busybox httpd");
+    // It answers inside its namespace (so the fence test below is not vacuous).
+    let start = Instant::now();
+    loop {
+        let got = output(host.command("sh").args([
+            "-c",
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 127.0.0.1 8999",
+        ]));
+        if got.stdout.contains("sat says hi") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "httpd in {} does not answer: {}",
+            host.ns,
+            got.stderr
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn fetch(host: &str, port: &str) -> String {
+    format!(
+        "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox timeout 5 busybox nc -w 3 {host} {port} > /got 2>&1; true"
+    )
+}
+
+#[test]
+fn remote_build_across_hosts_matches_local_and_uploads_only_changes() {
+    if !require_build() || !require("ip") {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab::new("sat");
+    let (client_ns, sat_ns) = (lab.host("client"), lab.host("sat"));
+    lab.link(&client_ns, "10.77.0.1/24", &sat_ns, "10.77.0.2/24");
+    let mut httpd = loopback_httpd(&sat_ns, dir.path());
+
+    let sat = Sat::start(
+        Some(&sat_ns),
+        &dir.path().join("sat-root"),
+        "10.77.0.2:8372",
+        &["--advertise", "10.77.0.2"],
+    );
+    assert_eq!(sat.addr, "10.77.0.2:8372");
+    let client = Client::new(dir.path(), "laptop", Some(client_ns));
+    let add = client.add("sat", &sat.token(&[]));
+    assert!(add.success, "{}", add.stderr);
+    assert!(add.stdout.contains("as laptop"), "{}", add.stdout);
+
+    // Keys stay private, and the CA key never leaves the satellite.
+    let ca_key = dir.path().join("sat-root/satellite/pki/ca.key");
+    assert_eq!(mode(&ca_key), 0o600);
+    assert_eq!(mode(&client.satellite_dir("sat").join("client.key")), 0o600);
+    let ca_key_text = std::fs::read_to_string(&ca_key).unwrap();
+    for e in std::fs::read_dir(client.satellite_dir("sat")).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        assert!(
+            !text.contains(ca_key_text.trim()),
+            "the CA key reached the client"
+        );
+        assert!(!text.contains("PRIVATE KEY") || text.contains("BEGIN PRIVATE KEY"));
+    }
+
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("src")).unwrap();
+    std::fs::write(ctx.join("src/a.txt"), "alpha\n").unwrap();
+    std::fs::write(ctx.join("big.bin"), vec![7u8; 300_000]).unwrap();
+    std::os::unix::fs::symlink("src/a.txt", ctx.join("link")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY . /app\nRUN cat /app/src/a.txt /app/link > /out && ls -l /app >> /out\n",
+            base.reference()
+        ),
+    )
+    .unwrap();
+
+    let first = output_ok(&mut client.build(&ctx, &["-t", "app:1"]));
+    assert_eq!(
+        uploaded(&first.stderr).0,
+        3,
+        "three distinct contents (a.txt, big.bin, the Dockerfile): {}",
+        first.stderr
+    );
+    // The same build here gives the same image, byte for byte.
+    let local_root = dir.path().join("local-root");
+    let local = output_ok(
+        berth_build(&local_root)
+            .args(["--no-satellite", "-t", "app:1"])
+            .arg(&ctx)
+            .env("XDG_CONFIG_HOME", dir.path().join("none")),
+    );
+    assert_eq!(
+        first.manifest(),
+        local.manifest(),
+        "remote and local builds differ"
+    );
+
+    let again = output_ok(&mut client.build(&ctx, &["-t", "app:1"]));
+    assert_eq!(uploaded(&again.stderr), (0, 0), "{}", again.stderr);
+    assert!(again.stderr.contains("CACHED"), "{}", again.stderr);
+    assert_eq!(again.manifest(), first.manifest());
+
+    std::fs::write(ctx.join("src/a.txt"), "alpha, changed\n").unwrap();
+    let changed = output_ok(&mut client.build(&ctx, &["-t", "app:2", "--explain"]));
+    assert_eq!(
+        uploaded(&changed.stderr),
+        (1, "alpha, changed\n".len() as u64),
+        "only the changed file goes up: {}",
+        changed.stderr
+    );
+    assert!(
+        changed.stderr.contains("src/a.txt"),
+        "the cache-miss reason names the file: {}",
+        changed.stderr
+    );
+    assert_ne!(changed.manifest(), first.manifest());
+
+    // A RUN on the satellite reaches neither its loopback nor its own address.
+    let fence = dir.path().join("fence");
+    std::fs::create_dir_all(&fence).unwrap();
+    std::fs::write(
+        fence.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN {}\nRUN ! grep -q 'sat says hi' /got\nRUN {}\nRUN ! grep -q HTTP /got\n",
+            base.reference(),
+            fetch("127.0.0.1", "8999"),
+            fetch("10.77.0.2", "8372"),
+        ),
+    )
+    .unwrap();
+    output_ok(&mut client.build(&fence, &[]));
+    let _ = httpd.kill();
+    let _ = httpd.wait();
+}
+
+#[test]
+fn tokens_and_client_certificates_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let sat = Sat::start(
+        None,
+        &dir.path().join("sat-root"),
+        &format!("127.0.0.1:{port}"),
+        &["--advertise", "127.0.0.1"],
+    );
+    let client = Client::new(dir.path(), "laptop", None);
+
+    // A wrong secret, then the right token, then the same token again.
+    let token = sat.token(&[]);
+    let (head, tail) = token.split_once('.').unwrap();
+    let forged = format!("{head}.{}{}", "0".repeat(32), &tail[32..]);
+    let bad = client.add("s1", &forged);
+    assert!(!bad.success);
+    assert!(
+        bad.stderr.contains("secret does not match"),
+        "{}",
+        bad.stderr
+    );
+    assert!(client.add("s1", &token).success);
+    let reused = client.add("s2", &token);
+    assert!(!reused.success);
+    assert!(reused.stderr.contains("used"), "{}", reused.stderr);
+
+    let short = sat.token(&["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let expired = client.add("s3", &short);
+    assert!(!expired.success);
+    assert!(expired.stderr.contains("expired"), "{}", expired.stderr);
+
+    let revoked = sat.token(&[]);
+    let id = revoked
+        .split('.')
+        .next()
+        .unwrap()
+        .trim_start_matches("berth-");
+    assert!(sat.admin(&["token", "revoke", id]).success);
+    let out = client.add("s4", &revoked);
+    assert!(!out.success);
+    assert!(out.stderr.contains("revoked"), "{}", out.stderr);
+    let ls = sat.admin(&["token", "ls"]);
+    assert!(
+        ls.stdout.contains("revoked") && ls.stdout.contains("expired"),
+        "{}",
+        ls.stdout
+    );
+
+    // Another satellite answering at the token's address: its CA is not the pinned one.
+    let port2 = free_port().to_string();
+    let other = Sat::start(
+        None,
+        &dir.path().join("other-root"),
+        &format!("127.0.0.1:{port2}"),
+        &["--advertise", "127.0.0.1"],
+    );
+    let aimed = sat
+        .token(&[])
+        .replace(&format!(":{port}#"), &format!(":{port2}#"));
+    let out = client.add("s5", &aimed);
+    assert!(!out.success);
+    assert!(out.stderr.to_lowercase().contains("pin"), "{}", out.stderr);
+    drop(other);
+
+    // The enrolled client works until the operator revokes it.
+    let inspect = output(client.berth().args(["satellite", "inspect", "s1"]));
+    assert!(inspect.success, "{}", inspect.stderr);
+    assert!(
+        inspect.stdout.contains("this client:     laptop"),
+        "{}",
+        inspect.stdout
+    );
+    let clients = sat.admin(&["clients", "ls"]);
+    assert!(
+        clients.stdout.contains("laptop") && clients.stdout.contains("valid"),
+        "{}",
+        clients.stdout
+    );
+    assert!(sat.admin(&["clients", "revoke", "laptop"]).success);
+    let refused = output(client.berth().args(["satellite", "inspect", "s1"]));
+    assert!(!refused.success);
+    assert!(refused.stderr.contains("revoked"), "{}", refused.stderr);
+}
+
+#[test]
+fn client_certificates_renew_at_half_life_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let sat = Sat::start(
+        None,
+        &dir.path().join("sat-root"),
+        &format!("127.0.0.1:{port}"),
+        &["--advertise", "127.0.0.1", "--client-validity", "6s"],
+    );
+    let client = Client::new(dir.path(), "laptop", None);
+    assert!(client.add("s1", &sat.token(&[])).success);
+    let cert = client.satellite_dir("s1").join("client.crt");
+    let before = std::fs::read(&cert).unwrap();
+    let inspect = || output(client.berth().args(["satellite", "inspect", "s1"]));
+    assert!(inspect().success);
+    assert_eq!(
+        std::fs::read(&cert).unwrap(),
+        before,
+        "not renewed before half its life"
+    );
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(inspect().success);
+    let renewed = std::fs::read(&cert).unwrap();
+    assert_ne!(renewed, before, "renewed once half-used");
+    // Left alone past its end, the certificate is refused, and the message says so.
+    std::thread::sleep(Duration::from_millis(6500));
+    let out = inspect();
+    assert!(!out.success);
+    assert!(out.stderr.contains("expired"), "{}", out.stderr);
+}
+
+#[test]
+fn ctrl_c_cancels_the_remote_build_and_a_killed_satellite_is_reported() {
+    if !require_build() {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let root = dir.path().join("sat-root");
+    let mut sat = Sat::start(
+        None,
+        &root,
+        &format!("127.0.0.1:{port}"),
+        &["--advertise", "127.0.0.1"],
+    );
+    let client = Client::new(dir.path(), "laptop", None);
+    assert!(client.add("s1", &sat.token(&[])).success);
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}\nRUN echo started && sleep 120\n", base.reference()),
+    )
+    .unwrap();
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < Duration::from_secs(60), "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let mut running = client
+        .build(&ctx, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the step never started on the satellite", &|| {
+        sat.containers() == 1
+    });
+    run(Command::new("kill").args(["-INT", &running.id().to_string()]));
+    let status = running.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    wait_for(
+        "the satellite kept the container after the client left",
+        &|| sat.containers() == 0,
+    );
+
+    // Killed mid-build: the client says so, and a restarted satellite builds again.
+    let running = client
+        .build(&ctx, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the step never started", &|| sat.containers() == 1);
+    sat.kill9();
+    let out = running.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("satellite"), "{err}");
+    let sat = Sat::start(
+        None,
+        &root,
+        &format!("127.0.0.1:{port}"),
+        &["--advertise", "127.0.0.1"],
+    );
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}\nRUN echo fine\n", base.reference()),
+    )
+    .unwrap();
+    output_ok(&mut client.build(&ctx, &[]));
+    wait_for("a container of the killed satellite was left", &|| {
+        sat.containers() == 0
+    });
+}
