@@ -48,6 +48,9 @@ pub enum BuildError {
     /// The content store failed.
     #[error(transparent)]
     Store(#[from] berth_store::Error),
+    /// Moving an image between a registry and the store failed.
+    #[error(transparent)]
+    Transfer(#[from] berth_client::TransferError),
     /// A snapshot operation failed.
     #[error(transparent)]
     Snapshot(#[from] berth_snapshot::Error),

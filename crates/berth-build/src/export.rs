@@ -3,8 +3,6 @@
 use std::fs;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use berth_oci::{Algorithm, Digest, media_type};
 use berth_snapshot::Compression;
@@ -254,10 +252,12 @@ pub fn export_oci_tar(
     }
 }
 
-/// Push the image `manifest` of the store to `dest` in a registry: blobs the registry
-/// lacks go up in parallel (existing ones are skipped), then the manifest. Returns the
-/// pushed manifest's digest. Uncompressed layers (`berth build --load` keeps them so)
-/// are gzip'ed on the way, so the pushed digest then differs from the local one.
+/// The registry exporter: push the image `manifest` of the store to `dest` through
+/// [`berth_client::push_image`] (blobs the registry lacks go up in parallel, existing ones
+/// are skipped, known ones mounted, then the manifest). Returns the pushed manifest's
+/// digest. Uncompressed layers (`berth build --load` keeps them so) are gzip'ed on the
+/// way, so the pushed digest then differs from the local one; an index goes byte for
+/// byte (it names its manifests' digests).
 pub async fn push_image(
     store: &Store,
     client: &berth_client::Client,
@@ -265,27 +265,13 @@ pub async fn push_image(
     dest: &berth_oci::Reference,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Digest> {
-    push_tree(store, client, manifest, dest, progress, true).await
-}
-
-/// [`push_image`]; `top` is false for the manifests of an index, which must go up
-/// byte for byte (the index names their digests).
-async fn push_tree(
-    store: &Store,
-    client: &berth_client::Client,
-    manifest: &Digest,
-    dest: &berth_oci::Reference,
-    progress: &(dyn Fn(&str) + Sync),
-    top: bool,
-) -> Result<Digest> {
     let bytes = store.read_blob(manifest)?.ok_or_else(|| {
         BuildError::Image(format!("manifest {manifest} is missing from the store"))
     })?;
-    let (mut m, mt) = berth_oci::Manifest::parse(&bytes, None)
+    let (_, mt) = berth_oci::Manifest::parse(&bytes, None)
         .map_err(|e| BuildError::Image(format!("manifest {manifest}: {e}")))?;
-    let err = |e: berth_client::Error| BuildError::Image(format!("push to {dest}: {e}"));
     let mut bytes = bytes;
-    if top && !media_type::is_index(&mt) {
+    if !media_type::is_index(&mt) {
         let store2 = store.clone();
         let original = bytes.clone();
         let gz = tokio::task::spawn_blocking(move || compressed_for_registry(&store2, &original))
@@ -293,93 +279,8 @@ async fn push_tree(
             .map_err(|e| BuildError::Invalid(e.to_string()))??;
         if let Some(gz) = gz {
             progress("compressed the uncompressed layers with gzip for the registry");
-            m = berth_oci::Manifest::parse(&gz, None)
-                .map_err(|e| BuildError::Image(format!("manifest {manifest}: {e}")))?
-                .0;
             bytes = gz;
         }
     }
-    if media_type::is_index(&mt) {
-        for child in &m.manifests {
-            let by_digest = berth_oci::Reference {
-                tag: None,
-                digest: Some(child.digest.clone()),
-                ..dest.clone()
-            };
-            Box::pin(push_tree(
-                store,
-                client,
-                &child.digest,
-                &by_digest,
-                progress,
-                false,
-            ))
-            .await?;
-        }
-    }
-    let blobs: Vec<_> = m
-        .blobs()
-        .map(|d| (d, Arc::new(AtomicU64::new(0))))
-        .collect();
-    let uploads = blobs.iter().map(|(d, sent)| async move {
-        let size = store.blob_size(&d.digest)?.ok_or_else(|| {
-            BuildError::Image(format!(
-                "blob {} of {manifest} is missing from the store",
-                d.digest
-            ))
-        })?;
-        let sources = store.sources(&d.digest, &dest.registry)?;
-        let started = std::time::Instant::now();
-        let how = client
-            .push_blob(
-                dest,
-                &d.digest,
-                &store.blob_path(&d.digest),
-                size,
-                &sources,
-                Some(sent),
-            )
-            .await
-            .map_err(err)?;
-        store.add_source(&d.digest, &dest.registry, &dest.repository);
-        progress(&match how {
-            berth_client::BlobPush::Exists => format!("exists {}", d.digest),
-            berth_client::BlobPush::Mounted(from) => format!("mounted {} from {from}", d.digest),
-            berth_client::BlobPush::Uploaded => format!(
-                "pushed {} ({}) in {:.1} s",
-                d.digest,
-                megabytes(size),
-                started.elapsed().as_secs_f64()
-            ),
-        });
-        Ok::<_, BuildError>(())
-    });
-    // Every few seconds, how far the big uploads still running have got.
-    let ticker = async {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            for (d, sent) in &blobs {
-                let n = sent.load(Ordering::Relaxed);
-                if n > 0 && n < d.size {
-                    progress(&format!(
-                        "pushing {} {} / {}",
-                        d.digest,
-                        megabytes(n),
-                        megabytes(d.size)
-                    ));
-                }
-            }
-        }
-    };
-    tokio::select! {
-        done = futures_util::future::try_join_all(uploads) => { done?; }
-        () = ticker => {}
-    }
-    client.push_manifest(dest, &bytes, &mt).await.map_err(err)
-}
-
-fn megabytes(n: u64) -> String {
-    format!("{:.1} MB", n as f64 / 1e6)
+    Ok(berth_client::push_manifest(client, store, &bytes, dest, progress).await?)
 }

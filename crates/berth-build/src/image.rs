@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use berth_client::{PullOptions, TransferError};
 use berth_oci::{
     Digest, LayoutReference, Manifest, Reference, ReferenceError, WrittenReference, media_type,
 };
@@ -214,6 +215,37 @@ pub fn host_platform() -> (&'static str, &'static str) {
         other => other,
     };
     ("linux", arch)
+}
+
+/// Pull `reference` (as written in the build file) from its registry into the store:
+/// the manifest for the host platform, its config and layers (see
+/// [`berth_client::pull_image`]). Returns the manifest's digest.
+pub(crate) async fn pull(
+    client: &berth_client::Client,
+    store: &Store,
+    reference: &str,
+) -> Result<Digest> {
+    let r: Reference = reference
+        .parse()
+        .map_err(|e: ReferenceError| BuildError::Image(e.to_string()))?;
+    let (os, arch) = host_platform();
+    let opts = PullOptions {
+        platform: berth_client::Platform::new(os, arch),
+    };
+    match berth_client::pull_image(client, store, &r, &opts).await {
+        Ok(pulled) => Ok(pulled.manifest),
+        // Told with the reference as the build file wrote it.
+        Err(TransferError::Registry { source, .. }) => {
+            Err(BuildError::Image(format!("pull {reference}: {source}")))
+        }
+        Err(TransferError::NoPlatform { .. }) => Err(BuildError::Image(format!(
+            "{reference} has no image for {os}/{arch}"
+        ))),
+        Err(TransferError::Manifest { message, .. }) => {
+            Err(BuildError::Image(format!("{reference}: {message}")))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Pulls an image into the store and returns its manifest digest.
@@ -438,73 +470,6 @@ fn import_blob(store: &Store, dir: &Path, digest: &Digest) -> Result<Vec<u8>> {
         return Ok(Vec::new());
     }
     Ok(store.read_blob(digest)?.unwrap_or_default())
-}
-
-/// Removes an ingest when dropped (a no-op once it was committed).
-struct AbortOnDrop<'a> {
-    store: &'a Store,
-    reference: &'a str,
-}
-
-impl Drop for AbortOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.store.abort(self.reference);
-    }
-}
-
-/// Pull `reference` from its registry into the store: the manifest for the host
-/// platform, its config and layers (in parallel, each verified against its digest
-/// before it is committed). Returns the manifest's digest.
-pub async fn pull(client: &berth_client::Client, store: &Store, reference: &str) -> Result<Digest> {
-    let r: Reference = reference
-        .parse()
-        .map_err(|e: ReferenceError| BuildError::Image(e.to_string()))?;
-    let img = |e: berth_client::Error| BuildError::Image(format!("pull {reference}: {e}"));
-    let mut pulled = client.manifest(&r).await.map_err(img)?;
-    if media_type::is_index(&pulled.media_type) {
-        store.put_blob(pulled.digest.algorithm(), &pulled.bytes)?;
-        let (os, arch) = host_platform();
-        let child = berth_client::Client::pick_platform(&pulled, os, arch).ok_or_else(|| {
-            BuildError::Image(format!("{reference} has no image for {os}/{arch}"))
-        })?;
-        let by_digest = Reference {
-            tag: None,
-            digest: Some(child),
-            ..r.clone()
-        };
-        pulled = client.manifest(&by_digest).await.map_err(img)?;
-    }
-    let (m, _) = Manifest::parse(&pulled.bytes, Some(&pulled.media_type))
-        .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
-    let blobs: Vec<berth_oci::Descriptor> = m.blobs().cloned().collect();
-    let fetches = blobs.into_iter().map(|d| {
-        let r = r.clone();
-        async move {
-            store.add_source(&d.digest, &r.registry, &r.repository);
-            if store.blob_size(&d.digest)?.is_some() {
-                return Ok::<_, BuildError>(());
-            }
-            let ingest = format!("pull-{}-{}", std::process::id(), d.digest.hex());
-            // Declared before the writer so it drops after it: an abandoned fetch (a
-            // sibling failed, the build was canceled) removes its ingest.
-            let _guard = AbortOnDrop {
-                store,
-                reference: &ingest,
-            };
-            let mut w = store.writer(&ingest, d.digest.algorithm())?;
-            client
-                .blob(&r, &d.digest, &mut |chunk| {
-                    w.write_all(chunk).map_err(|e| e.to_string())
-                })
-                .await
-                .map_err(img)?;
-            w.commit(Some(&d.digest), Some(d.size))?;
-            Ok(())
-        }
-    });
-    futures_util::future::try_join_all(fetches).await?;
-    store.put_blob(pulled.digest.algorithm(), &pulled.bytes)?;
-    Ok(pulled.digest)
 }
 
 #[cfg(test)]

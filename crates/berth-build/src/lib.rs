@@ -54,7 +54,7 @@ pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
 pub use ir::Entitlement;
 pub use pattern::{Ignore, Pattern};
-pub use prune::{PruneOptions, PruneReport, prune};
+pub use prune::{BuildCache, PruneOptions, PruneReport, prune};
 pub use solver::{
     Cancel, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions, Solved, Solver,
     build_id,

@@ -9,6 +9,10 @@
 //! The cache-miss history (`cache/history/<build>/<step>`, see the solver) goes with
 //! the records: an entry whose cache key no longer has a record is removed, and
 //! `--all` removes all of it, so the history never outgrows the cache.
+//!
+//! The store's gc knows nothing of the cache's files: [`BuildCache`] gives it the layers
+//! the records list as roots ([`berth_store::GcRoots`]), so `berth registry gc` keeps what
+//! cached builds rely on.
 
 use std::collections::HashSet;
 use std::fs;
@@ -51,6 +55,52 @@ pub struct PruneReport {
 #[derive(serde::Deserialize)]
 struct Record {
     layers: Vec<Layer>,
+}
+
+/// The build cache of a data root, as the store's gc sees it: the layer blobs its
+/// records list are roots. Pass it to every [`Store::gc`] of a root builds use.
+#[derive(Debug, Clone)]
+pub struct BuildCache {
+    root: PathBuf,
+}
+
+impl BuildCache {
+    /// The build cache of the data root `root` (the directory holding `cache/`).
+    pub fn new(root: impl Into<PathBuf>) -> BuildCache {
+        BuildCache { root: root.into() }
+    }
+}
+
+impl berth_store::GcRoots for BuildCache {
+    /// The layer blobs of every record. A record that does not parse is no cache hit
+    /// (the solver reads it as a miss, prune removes it), so its layers are not roots;
+    /// a record or directory that cannot be read fails the collection.
+    fn roots(&self, _store: &Store) -> berth_store::Result<HashSet<Digest>> {
+        let dir = self.root.join("cache/records");
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| berth_store::Error::Io { op, path, source }
+        };
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+            Err(e) => return Err(io("list build cache records", &dir)(e)),
+        };
+        let mut out = HashSet::new();
+        for entry in entries {
+            let path = entry.map_err(io("list build cache records", &dir))?.path();
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                // A temporary name renamed into place meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("read build cache record", &path)(e)),
+            };
+            if let Ok(rec) = serde_json::from_slice::<Record>(&bytes) {
+                out.extend(rec.layers.into_iter().map(|l| l.blob.digest));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The part of a history entry prune reads: the cache key the step made. Entries
@@ -278,6 +328,40 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_cache_gives_gc_its_layers_as_roots() {
+        use berth_store::{GcOptions, GcRoots, NoRoots};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = Store::open(root).unwrap();
+        let cache = BuildCache::new(root);
+        assert!(cache.roots(&store).unwrap().is_empty(), "no cache yet");
+        let key = Digest::sha256(b"key");
+        record(root, &store, &key, b"cached layer", 0);
+        let layer = Digest::sha256(b"cached layer");
+        let junk = root.join("cache/records/junk");
+        fs::write(&junk, "not a record").unwrap();
+        assert_eq!(cache.roots(&store).unwrap(), HashSet::from([layer.clone()]));
+
+        // Unnamed by any repository and past the grace: only the roots keep it.
+        let old = SystemTime::now() - std::time::Duration::from_secs(3600);
+        fs::File::open(store.blob_path(&layer))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let now = GcOptions {
+            grace: std::time::Duration::ZERO,
+            ..GcOptions::default()
+        };
+        assert!(store.gc(&now, &cache).unwrap().removed_blobs.is_empty());
+        assert!(store.blob_size(&layer).unwrap().is_some());
+        let dry = GcOptions {
+            dry_run: true,
+            ..now
+        };
+        assert_eq!(store.gc(&dry, &NoRoots).unwrap().removed_blobs, [layer]);
     }
 
     #[test]

@@ -268,11 +268,13 @@ pub(crate) async fn shutdown_signal() {
 
 fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
     let store = open_store(settings)?;
-    let report = store.gc(&berth_store::GcOptions {
+    let opts = berth_store::GcOptions {
         dry_run: args.dry_run,
         grace: args.grace,
         upload_expiry: args.upload_expiry,
-    })?;
+    };
+    // The build cache's layers are roots: builds share this root.
+    let report = store.gc(&opts, &berth_build::BuildCache::new(&settings.root))?;
     let verb = if args.dry_run {
         "would remove"
     } else {

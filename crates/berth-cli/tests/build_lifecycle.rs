@@ -278,11 +278,39 @@ fn registry_gc_keeps_the_build_cache() {
     // Untagged: nothing but the cache refers to these layers.
     let ctx = project(dir.path(), "RUN echo cached-layer > /c\n");
     run(&mut build_cmd(&root, &ctx));
+    // Every blob looks an hour old, so neither the grace period nor the clock margin
+    // keeps it: only the cache's roots do.
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let blobs = root.join("blobs/sha256");
+    for e in std::fs::read_dir(&blobs).unwrap() {
+        let f = std::fs::File::open(e.unwrap().path()).unwrap();
+        f.set_modified(old).unwrap();
+    }
+    let before = entries(&blobs);
     // gc may drop unnamed manifests and configs, but not the layers the cache lists.
-    run(Command::new(berth_bin())
+    let out = run(Command::new(berth_bin())
         .arg("--root")
         .arg(&root)
         .args(["registry", "gc", "--grace", "0s"]));
+    assert!(
+        entries(&blobs) < before,
+        "gc removed the unnamed image: {out}"
+    );
+    let mut layers = 0;
+    for e in std::fs::read_dir(root.join("cache/records")).unwrap() {
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        for l in record["layers"].as_array().unwrap() {
+            let digest = l["blob"]["digest"].as_str().unwrap();
+            let hex = digest.strip_prefix("sha256:").unwrap();
+            assert!(
+                blobs.join(hex).exists(),
+                "cached layer {digest} removed: {out}"
+            );
+            layers += 1;
+        }
+    }
+    assert!(layers > 0, "the build recorded its layers");
     let err = build_ok(&root, &ctx);
     assert_eq!(err.matches("CACHED").count(), 1, "{err}");
 }

@@ -2,13 +2,19 @@
 //! berth-oci parses them ([`berth_oci::Reference`]): credentials (the
 //! Docker config file, credential helpers, berth's own), the Distribution API's token
 //! and basic auth dance, TLS with extra CAs or none for insecure registries, and
-//! pulling manifests and blobs with their digests verified.
+//! pulling manifests and blobs with their digests verified; and moving whole images
+//! between a registry and berth's content store ([`transfer`]: pull, push,
+//! cross-repository mounts), which builds, satellites and `berth push` share.
 //!
 //! HTTP proxies come from the environment (`HTTPS_PROXY`, `NO_PROXY`…), as reqwest reads
 //! them.
 
 mod auth;
 mod client;
+pub mod transfer;
 
 pub use auth::{Credentials, DockerConfig, docker_config_path, save_credentials};
 pub use client::{BlobPush, Client, ClientConfig, Error, HostOptions, Pulled, Result};
+pub use transfer::{
+    Platform, PullOptions, PulledImage, TransferError, pull_image, push_image, push_manifest,
+};

@@ -8,7 +8,6 @@
 //! resumes it (re-hashing what is there). A writer holds an advisory lock on its ingest,
 //! which the OS drops when the process dies, so two writers never share one ingest.
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -79,32 +78,6 @@ impl Store {
         let f = File::create(&path).ctx("create lock", &path)?;
         if exclusive { f.lock() } else { f.lock_shared() }.ctx("lock", &path)?;
         Ok(f)
-    }
-
-    /// Digests the build cache refers to (`cache/records`): roots for gc, like images.
-    pub fn cache_roots(&self) -> Result<HashSet<Digest>> {
-        fn walk(v: &serde_json::Value, out: &mut HashSet<Digest>) {
-            match v {
-                serde_json::Value::String(s) => {
-                    if let Ok(d) = s.parse() {
-                        out.insert(d);
-                    }
-                }
-                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-                serde_json::Value::Object(o) => o.values().for_each(|x| walk(x, out)),
-                _ => {}
-            }
-        }
-        let mut out = HashSet::new();
-        for name in list_dir(&self.root.join("cache/records"))? {
-            let path = self.root.join("cache/records").join(name);
-            if let Ok(bytes) = fs::read(&path)
-                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
-            {
-                walk(&v, &mut out);
-            }
-        }
-        Ok(out)
     }
 
     /// Repository metadata kept in this store.

@@ -12,6 +12,11 @@
 //! older than the mark time less the *grace period*. docs/ARCHITECTURE.md ("gc beside
 //! pushes") proves that no manifest answered 2xx loses a blob. An upload still in
 //! progress holds its ingest locked, so it is never swept.
+//!
+//! Content kept for other parts of berth without a repository naming it (the build
+//! cache's layers) is live too: its owner tells gc through [`GcRoots`], which every
+//! collection takes, so the store never reads another crate's files and a caller cannot
+//! forget the roots by leaving an option out.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -23,6 +28,50 @@ use berth_oci::{Descriptor, Digest, Manifest, media_type};
 use crate::content::Store;
 use crate::error::{IoContext, Result};
 use crate::protect;
+
+/// The roots another part of berth keeps in the store: digests gc must keep although
+/// no repository's manifest reaches them (berth-build's cache records list the layers
+/// of cached steps).
+///
+/// [`Store::gc`] calls [`GcRoots::roots`] once, after taking the root's lock
+/// exclusively (so no build writes a record meanwhile: builds hold it shared) and
+/// before it removes anything; an error ends the collection with nothing removed.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// use std::collections::HashSet;
+/// use berth_oci::{Algorithm, Digest};
+/// use berth_store::{GcOptions, GcRoots, Result, Store};
+///
+/// /// Keeps one blob, as a cache would keep its layers.
+/// struct Keep(Digest);
+///
+/// impl GcRoots for Keep {
+///     fn roots(&self, _store: &Store) -> Result<HashSet<Digest>> {
+///         Ok(HashSet::from([self.0.clone()]))
+///     }
+/// }
+///
+/// let store = Store::open(dir.path()).unwrap();
+/// let layer = store.put_blob(Algorithm::Sha256, b"cached layer").unwrap().digest;
+/// let now = GcOptions { grace: std::time::Duration::ZERO, ..GcOptions::default() };
+/// store.gc(&now, &Keep(layer.clone())).unwrap();
+/// assert!(store.blob_size(&layer).unwrap().is_some());
+/// ```
+pub trait GcRoots {
+    /// Every digest to keep.
+    fn roots(&self, store: &Store) -> Result<HashSet<Digest>>;
+}
+
+/// No roots besides the repositories: for a store nothing but registries writes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRoots;
+
+impl GcRoots for NoRoots {
+    fn roots(&self, _store: &Store) -> Result<HashSet<Digest>> {
+        Ok(HashSet::new())
+    }
+}
 
 /// How a collection runs.
 #[derive(Debug, Clone)]
@@ -212,16 +261,18 @@ impl Store {
         Ok(live)
     }
 
-    /// Collect garbage: see the module docs.
-    pub fn gc(&self, opts: &GcOptions) -> Result<GcReport> {
-        // Builds hold this lock shared; the build cache's layers are roots too.
+    /// Collect garbage: see the module docs. `roots` names what other parts of berth
+    /// keep in the store (see [`GcRoots`]); pass [`NoRoots`] only for a store no build
+    /// uses.
+    pub fn gc(&self, opts: &GcOptions, roots: &dyn GcRoots) -> Result<GcReport> {
+        // Builds hold this lock shared, so the roots cannot change until gc is done.
         let _lock = self.lock_root(true)?;
         // Taken before any manifest is listed: what is linked before it is marked, what
         // is linked after it stamps its blobs after it.
         let marked_at = SystemTime::now();
         let cutoff = protect::cutoff(marked_at, opts.grace);
         let repos = self.repos();
-        let mut live: HashSet<Digest> = self.cache_roots()?;
+        let mut live: HashSet<Digest> = roots.roots(self)?;
         let mut marker = Marker::new(self);
         let mut report = GcReport::default();
         for name in repos.repositories()? {

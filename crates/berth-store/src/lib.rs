@@ -2,7 +2,8 @@
 //! (blobs named by digest, written through ingests that hash while they write and become
 //! visible only on commit under the expected digest), the repository metadata a registry
 //! serves (which blobs and manifests a repository holds, its tags, the referrers of its
-//! manifests) and garbage collection.
+//! manifests) and garbage collection, whose roots beyond the repositories (the build
+//! cache's layers) their owners give through [`GcRoots`].
 //!
 //! Everything is plain files under one root, changed only by atomic renames, so several
 //! processes can share a root and a killed process leaves nothing half-written visible:
@@ -49,6 +50,6 @@ mod protect;
 pub use blobinfo::Uncompressed;
 pub use content::{Committed, IngestInfo, Store, Writer};
 pub use error::{Error, ErrorKind, Result};
-pub use gc::{CheckReport, GcOptions, GcReport, Problem, ProblemKind};
+pub use gc::{CheckReport, GcOptions, GcReport, GcRoots, NoRoots, Problem, ProblemKind};
 pub use meta::Repos;
 pub use protect::{BlobGuard, CLOCK_MARGIN, STAMP_SLACK};

@@ -1,10 +1,11 @@
 //! Content store behaviour: commit rules, resume, locking, concurrency, metadata, gc.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use berth_oci::{Algorithm, Descriptor, Digest};
-use berth_store::{Error, ErrorKind, GcOptions, Store};
+use berth_store::{Error, ErrorKind, GcOptions, GcRoots, NoRoots, Store};
 
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -185,15 +186,18 @@ fn gc_sweeps_unreferenced_blobs_and_keeps_referenced_ones() {
     drop(stale);
 
     // Within the grace period nothing goes.
-    let report = s.gc(&GcOptions::default()).unwrap();
+    let report = s.gc(&GcOptions::default(), &NoRoots).unwrap();
     assert!(report.removed_blobs.is_empty(), "{report:?}");
     // Freshly stamped blobs stay even with no grace (the clock margin).
     let fresh = s
-        .gc(&GcOptions {
-            dry_run: true,
-            grace: Duration::ZERO,
-            upload_expiry: Duration::ZERO,
-        })
+        .gc(
+            &GcOptions {
+                dry_run: true,
+                grace: Duration::ZERO,
+                upload_expiry: Duration::ZERO,
+            },
+            &NoRoots,
+        )
         .unwrap();
     assert!(fresh.removed_blobs.is_empty(), "{fresh:?}");
     backdate(&s.blob_path(&orphan));
@@ -208,7 +212,7 @@ fn gc_sweeps_unreferenced_blobs_and_keeps_referenced_ones() {
         grace: Duration::ZERO,
         upload_expiry: Duration::ZERO,
     };
-    let dry = s.gc(&now).unwrap();
+    let dry = s.gc(&now, &NoRoots).unwrap();
     assert_eq!(dry.removed_blobs, vec![orphan.clone()]);
     assert_eq!(dry.removed_ingests, vec!["stale-upload".to_string()]);
     assert!(
@@ -217,10 +221,13 @@ fn gc_sweeps_unreferenced_blobs_and_keeps_referenced_ones() {
     );
 
     let real = s
-        .gc(&GcOptions {
-            dry_run: false,
-            ..now
-        })
+        .gc(
+            &GcOptions {
+                dry_run: false,
+                ..now
+            },
+            &NoRoots,
+        )
         .unwrap();
     assert_eq!(real.removed_blobs, vec![orphan.clone()]);
     assert_eq!(real.removed_bytes, 6);
@@ -259,10 +266,10 @@ fn gc_never_removes_a_protected_blob() {
     // Held by a request (a HEAD, a manifest PUT checking it): kept.
     let guard = s.protect_blob(&orphan).unwrap().expect("blob present");
     assert_eq!(guard.size(), 4);
-    assert!(s.gc(&now).unwrap().removed_blobs.is_empty());
+    assert!(s.gc(&now, &NoRoots).unwrap().removed_blobs.is_empty());
     // Released: stamped now, so kept by this and any gc that marked before.
     drop(guard);
-    assert!(s.gc(&now).unwrap().removed_blobs.is_empty());
+    assert!(s.gc(&now, &NoRoots).unwrap().removed_blobs.is_empty());
     assert!(
         s.sweep_blob(&orphan, std::time::SystemTime::now(), Duration::ZERO, false)
             .unwrap()
@@ -270,7 +277,10 @@ fn gc_never_removes_a_protected_blob() {
     );
     // Once its stamp is older than the cutoff, it goes.
     backdate(&s.blob_path(&orphan));
-    assert_eq!(s.gc(&now).unwrap().removed_blobs, vec![orphan.clone()]);
+    assert_eq!(
+        s.gc(&now, &NoRoots).unwrap().removed_blobs,
+        vec![orphan.clone()]
+    );
     assert!(s.protect_blob(&orphan).unwrap().is_none());
     // Committing it again works, and the new blob is protected on return.
     let mut w = s.writer("again", Algorithm::Sha256).unwrap();
@@ -278,8 +288,48 @@ fn gc_never_removes_a_protected_blob() {
     let (c, guard) = w.commit_protected(Some(&orphan), None).unwrap();
     assert!(!c.existed);
     backdate(&s.blob_path(&orphan));
-    assert!(s.gc(&now).unwrap().removed_blobs.is_empty());
+    assert!(s.gc(&now, &NoRoots).unwrap().removed_blobs.is_empty());
     drop(guard);
+}
+
+/// Roots given by another part of berth, as berth-build gives its cache's layers.
+struct Roots(Result<Vec<Digest>, ()>);
+
+impl GcRoots for Roots {
+    fn roots(&self, store: &Store) -> berth_store::Result<HashSet<Digest>> {
+        match &self.0 {
+            Ok(d) => Ok(d.iter().cloned().collect()),
+            Err(()) => Err(Error::Io {
+                op: "read roots",
+                path: store.root().join("cache/records"),
+                source: std::io::Error::other("unreadable"),
+            }),
+        }
+    }
+}
+
+#[test]
+fn gc_keeps_the_roots_it_is_given_and_stops_when_they_fail() {
+    let (_d, s) = store();
+    let cached = s.put_blob(Algorithm::Sha256, b"cached").unwrap().digest;
+    let orphan = s.put_blob(Algorithm::Sha256, b"orphan").unwrap().digest;
+    backdate(&s.blob_path(&cached));
+    backdate(&s.blob_path(&orphan));
+    let now = GcOptions {
+        dry_run: false,
+        grace: Duration::ZERO,
+        upload_expiry: Duration::ZERO,
+    };
+    // Roots that cannot be read: nothing is removed, and the error says why.
+    let err = s.gc(&now, &Roots(Err(()))).unwrap_err();
+    assert!(err.to_string().contains("read roots"), "{err}");
+    assert!(s.blob_size(&orphan).unwrap().is_some());
+    // A root is live; what no root or repository reaches goes.
+    let report = s.gc(&now, &Roots(Ok(vec![cached.clone()]))).unwrap();
+    assert_eq!(report.removed_blobs, vec![orphan]);
+    assert!(s.blob_size(&cached).unwrap().is_some());
+    // Without the roots it would have gone too.
+    assert_eq!(s.gc(&now, &NoRoots).unwrap().removed_blobs, vec![cached]);
 }
 
 #[test]

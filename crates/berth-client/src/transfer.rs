@@ -1,0 +1,324 @@
+//! Moving images between a registry and berth's content store: [`pull_image`] brings
+//! an image (the manifest for one platform, its config and layers) into the store, and
+//! [`push_image`] sends an image of the store to a repository.
+//!
+//! Both keep the store consistent whatever fails: a pulled blob is written through an
+//! ingest and committed only under the digest its descriptor names (a blob served with
+//! other bytes, or cut short, leaves nothing), and an ingest a failed or abandoned fetch
+//! started is removed. Manifests go in last, after everything they reference, so the
+//! store never holds a pulled manifest without its blobs.
+//!
+//! The store remembers where each blob came from (`Store::add_source`): a push to
+//! another repository of the same registry then asks the registry to mount the blob from
+//! there (a cross-repository mount) instead of uploading it again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use berth_oci::{Descriptor, Digest, Manifest, Reference, media_type};
+use berth_store::Store;
+
+use crate::client::{BlobPush, Client, Error};
+
+/// Result with [`TransferError`].
+pub type TransferResult<T> = std::result::Result<T, TransferError>;
+
+/// Why a pull or push failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The registry failed or refused; `context` says what was being done
+    /// (`pull registry/app:1`, `push to registry/app:1`).
+    #[error("{context}: {source}")]
+    Registry {
+        /// What was being done, and with which image.
+        context: String,
+        /// The client's error.
+        #[source]
+        source: Error,
+    },
+    /// An index has no manifest for the platform asked for.
+    #[error("{reference} has no image for {os}/{architecture}")]
+    NoPlatform {
+        /// The image.
+        reference: String,
+        /// The operating system asked for.
+        os: String,
+        /// The architecture asked for.
+        architecture: String,
+    },
+    /// A manifest does not parse.
+    #[error("{what}: {message}")]
+    Manifest {
+        /// Which manifest (`registry/app:1`, `manifest sha256:…`).
+        what: String,
+        /// The parser's complaint.
+        message: String,
+    },
+    /// Content an image names is not in the store (a push of an incomplete image).
+    #[error("{0} is missing from the store")]
+    Missing(String),
+    /// The content store failed.
+    #[error(transparent)]
+    Store(#[from] berth_store::Error),
+}
+
+/// An OS and CPU architecture, as OCI names them (`linux`, `amd64`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// `linux`.
+    pub os: String,
+    /// `amd64`, `arm64`, ….
+    pub architecture: String,
+}
+
+impl Platform {
+    /// The platform `os`/`architecture`.
+    pub fn new(os: impl Into<String>, architecture: impl Into<String>) -> Platform {
+        Platform {
+            os: os.into(),
+            architecture: architecture.into(),
+        }
+    }
+}
+
+/// How [`pull_image`] runs.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// The platform whose manifest is taken out of a multi-platform index.
+    pub platform: Platform,
+}
+
+/// What [`pull_image`] brought into the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledImage {
+    /// The image manifest's digest (for an index, the platform's manifest).
+    pub manifest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// The index it was picked from, when the reference named one (also in the store).
+    pub index: Option<Digest>,
+}
+
+/// Pull `reference` from its registry into `store`: the manifest (for an index, the one
+/// for `opts.platform`), its config and layers. Blobs the store has are not fetched; the
+/// others are fetched in parallel, each verified against its digest before it is
+/// committed. The manifests are stored last.
+pub async fn pull_image(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    opts: &PullOptions,
+) -> TransferResult<PulledImage> {
+    let registry = |source: Error| TransferError::Registry {
+        context: format!("pull {reference}"),
+        source,
+    };
+    let mut pulled = client.manifest(reference).await.map_err(registry)?;
+    let mut index = None;
+    if media_type::is_index(&pulled.media_type) {
+        let Platform { os, architecture } = &opts.platform;
+        let child = Client::pick_platform(&pulled, os, architecture).ok_or_else(|| {
+            TransferError::NoPlatform {
+                reference: reference.to_string(),
+                os: os.clone(),
+                architecture: architecture.clone(),
+            }
+        })?;
+        let by_digest = Reference {
+            tag: None,
+            digest: Some(child),
+            ..reference.clone()
+        };
+        let child = client.manifest(&by_digest).await.map_err(registry)?;
+        index = Some(std::mem::replace(&mut pulled, child));
+    }
+    let (m, _) = Manifest::parse(&pulled.bytes, Some(&pulled.media_type)).map_err(|e| {
+        TransferError::Manifest {
+            what: reference.to_string(),
+            message: e.to_string(),
+        }
+    })?;
+    let fetches = m
+        .blobs()
+        .map(|d| pull_blob(client, store, reference, d, &registry));
+    futures_util::future::try_join_all(fetches).await?;
+    store.put_blob(pulled.digest.algorithm(), &pulled.bytes)?;
+    if let Some(index) = &index {
+        store.put_blob(index.digest.algorithm(), &index.bytes)?;
+    }
+    Ok(PulledImage {
+        manifest: pulled.digest,
+        media_type: pulled.media_type,
+        index: index.map(|i| i.digest),
+    })
+}
+
+/// Fetch blob `d` of `reference`'s repository into the store, unless it is there.
+async fn pull_blob(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    d: &Descriptor,
+    registry: &impl Fn(Error) -> TransferError,
+) -> TransferResult<()> {
+    store.add_source(&d.digest, &reference.registry, &reference.repository);
+    if store.blob_size(&d.digest)?.is_some() {
+        return Ok(());
+    }
+    let ingest = format!("pull-{}-{}", std::process::id(), d.digest.hex());
+    // Declared before the writer so it drops after it: an abandoned fetch (a sibling
+    // failed, the caller was canceled) removes its ingest.
+    let _guard = AbortOnDrop {
+        store,
+        reference: &ingest,
+    };
+    let mut w = store.writer(&ingest, d.digest.algorithm())?;
+    client
+        .blob(reference, &d.digest, &mut |chunk| {
+            w.write_all(chunk).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(registry)?;
+    w.commit(Some(&d.digest), Some(d.size))?;
+    Ok(())
+}
+
+/// Removes an ingest when dropped (a no-op once it was committed).
+struct AbortOnDrop<'a> {
+    store: &'a Store,
+    reference: &'a str,
+}
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.store.abort(self.reference);
+    }
+}
+
+/// How [`push_image`] reports what it does: one line per blob (`exists …`,
+/// `mounted … from …`, `pushed … (… MB) in … s`), and every few seconds how far the
+/// big uploads still running have got.
+pub type PushProgress<'a> = &'a (dyn Fn(&str) + Sync);
+
+/// Push the image (or index) `manifest` of `store` to `dest`: see [`push_manifest`].
+pub async fn push_image(
+    client: &Client,
+    store: &Store,
+    manifest: &Digest,
+    dest: &Reference,
+    progress: PushProgress<'_>,
+) -> TransferResult<Digest> {
+    let bytes = read_manifest(store, manifest)?;
+    push_manifest(client, store, &bytes, dest, progress).await
+}
+
+/// Push the manifest `bytes` to `dest` (under its tag, or its digest), with what it
+/// references from `store`: the manifests of an index first (byte for byte, by
+/// digest), the blobs the repository lacks in parallel (existing ones are skipped,
+/// ones the store saw in another repository of the same registry are mounted), then the
+/// manifest. The bytes need not be in the store (a manifest rewritten for the push).
+/// Returns the pushed manifest's digest, as the registry confirmed it.
+pub async fn push_manifest(
+    client: &Client,
+    store: &Store,
+    bytes: &[u8],
+    dest: &Reference,
+    progress: PushProgress<'_>,
+) -> TransferResult<Digest> {
+    let what = || format!("manifest {}", Digest::sha256(bytes));
+    let (m, mt) = Manifest::parse(bytes, None).map_err(|e| TransferError::Manifest {
+        what: what(),
+        message: e.to_string(),
+    })?;
+    let registry = |source: Error| TransferError::Registry {
+        context: format!("push to {dest}"),
+        source,
+    };
+    for child in &m.manifests {
+        let by_digest = Reference {
+            tag: None,
+            digest: Some(child.digest.clone()),
+            ..dest.clone()
+        };
+        let child_bytes = read_manifest(store, &child.digest)?;
+        Box::pin(push_manifest(
+            client,
+            store,
+            &child_bytes,
+            &by_digest,
+            progress,
+        ))
+        .await?;
+    }
+    let blobs: Vec<_> = m
+        .blobs()
+        .map(|d| (d, Arc::new(AtomicU64::new(0))))
+        .collect();
+    let uploads = blobs.iter().map(|(d, sent)| async {
+        let size = store
+            .blob_size(&d.digest)?
+            .ok_or_else(|| TransferError::Missing(format!("blob {} of {}", d.digest, what())))?;
+        let sources = store.sources(&d.digest, &dest.registry)?;
+        let started = std::time::Instant::now();
+        let how = client
+            .push_blob(
+                dest,
+                &d.digest,
+                &store.blob_path(&d.digest),
+                size,
+                &sources,
+                Some(sent),
+            )
+            .await
+            .map_err(registry)?;
+        store.add_source(&d.digest, &dest.registry, &dest.repository);
+        progress(&match how {
+            BlobPush::Exists => format!("exists {}", d.digest),
+            BlobPush::Mounted(from) => format!("mounted {} from {from}", d.digest),
+            BlobPush::Uploaded => format!(
+                "pushed {} ({}) in {:.1} s",
+                d.digest,
+                megabytes(size),
+                started.elapsed().as_secs_f64()
+            ),
+        });
+        Ok::<_, TransferError>(())
+    });
+    // Every few seconds, how far the big uploads still running have got.
+    let ticker = async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            for (d, sent) in &blobs {
+                let n = sent.load(Ordering::Relaxed);
+                if n > 0 && n < d.size {
+                    progress(&format!(
+                        "pushing {} {} / {}",
+                        d.digest,
+                        megabytes(n),
+                        megabytes(d.size)
+                    ));
+                }
+            }
+        }
+    };
+    tokio::select! {
+        done = futures_util::future::try_join_all(uploads) => { done?; }
+        () = ticker => {}
+    }
+    client
+        .push_manifest(dest, bytes, &mt)
+        .await
+        .map_err(registry)
+}
+
+fn read_manifest(store: &Store, digest: &Digest) -> TransferResult<Vec<u8>> {
+    store
+        .read_blob(digest)?
+        .ok_or_else(|| TransferError::Missing(format!("manifest {digest}")))
+}
+
+fn megabytes(n: u64) -> String {
+    format!("{:.1} MB", n as f64 / 1e6)
+}
