@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use berth_exec::{Executor, Meta, Network, Stream};
@@ -331,9 +331,14 @@ impl Solver {
         if let Some(f) = memo.get(state.digest()) {
             return f.clone();
         }
-        let this = self.clone();
+        // The future holds the solver weakly. The memo, which the solver owns, keeps
+        // futures that never finish when a build fails in one branch while another
+        // still runs, or when its caller stops waiting; a strong handle in them made a
+        // cycle that kept the solver, its memo and its prune lock alive for the rest of
+        // the process.
+        let this = Arc::downgrade(self);
         let st = state.clone();
-        let fut = async move { this.solve_vertex(st).await.map_err(Arc::new) }
+        let fut = async move { Self::solve_vertex(this, st).await.map_err(Arc::new) }
             .boxed()
             .shared();
         memo.insert(state.digest().clone(), fut.clone());
@@ -346,13 +351,18 @@ impl Solver {
             .or_insert_with(|| self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    async fn solve_vertex(self: Arc<Self>, state: State) -> Result<Arc<Solved>> {
-        let inputs: Vec<Arc<Solved>> =
-            try_join_all(state.vertex().inputs.iter().map(|i| self.solve_shared(i)))
-                .await
-                .map_err(unshare)?;
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.solve_blocking(&state, &inputs))
+    /// Solve the inputs of `state`, then `state`. The solver is upgraded only to start
+    /// work, never held across an await (see `solve_shared`). It is always there: a
+    /// caller of [`Solver::solve`] holds it while anything polls these futures.
+    async fn solve_vertex(this: Weak<Self>, state: State) -> Result<Arc<Solved>> {
+        let gone = || BuildError::Invalid("the solver was dropped during its build".into());
+        let inputs = {
+            let solver = this.upgrade().ok_or_else(gone)?;
+            try_join_all(state.vertex().inputs.iter().map(|i| solver.solve_shared(i)))
+        };
+        let inputs: Vec<Arc<Solved>> = inputs.await.map_err(unshare)?;
+        let solver = this.upgrade().ok_or_else(gone)?;
+        tokio::task::spawn_blocking(move || solver.solve_blocking(&state, &inputs))
             .await
             .map_err(|e| BuildError::Invalid(format!("build step panicked: {e}")))?
             .map(Arc::new)
@@ -1489,11 +1499,16 @@ mod tests {
 
     /// Runs nothing: records each command and writes `/<command>.out` (holding the
     /// step's environment) into the step's upper directory, so every step makes a layer.
+    ///
+    /// The command `gated` waits until [`Counting::open`]; the command `fail` waits
+    /// until `gated` runs, then exits 1.
     #[derive(Default)]
     struct Counting {
         runs: Mutex<Vec<String>>,
         /// Cancel this build while running the command named.
         cancel_on: Mutex<Option<(String, Cancel)>>,
+        /// Whether `gated` runs, and whether it may finish.
+        gate: (Mutex<(bool, bool)>, std::sync::Condvar),
     }
 
     impl Counting {
@@ -1503,6 +1518,12 @@ mod tests {
 
         fn clear(&self) {
             self.runs.lock().unwrap().clear();
+        }
+
+        /// Let `gated` finish.
+        fn open(&self) {
+            self.gate.0.lock().unwrap().1 = true;
+            self.gate.1.notify_all();
         }
     }
 
@@ -1529,8 +1550,17 @@ mod tests {
             {
                 cancel.cancel();
             }
+            let (gate, changed) = &self.gate;
+            if command == "gated" {
+                gate.lock().unwrap().0 = true;
+                changed.notify_all();
+                let _open = changed.wait_while(gate.lock().unwrap(), |g| !g.1).unwrap();
+            }
+            if command == "fail" {
+                let _running = changed.wait_while(gate.lock().unwrap(), |g| !g.0).unwrap();
+            }
             output(Stream::Stdout, b"ran\n");
-            Ok(0)
+            Ok(if command == "fail" { 1 } else { 0 })
         }
     }
 
@@ -1962,6 +1992,84 @@ mod tests {
         let step = run(&run(&State::scratch(), "a", "a"), "b", "b");
         f.build_canceled(&step, cancel).await;
         assert!(f.exec.runs().is_empty());
+    }
+
+    impl Fixture {
+        /// A solver for a build in this fixture.
+        fn solver(&self) -> Arc<Solver> {
+            let store = Store::open(self.root().join("store")).unwrap();
+            let opts = SolveOptions {
+                contexts: HashMap::new(),
+                secrets: HashMap::new(),
+                no_cache: false,
+                source_date_epoch: None,
+                compression: berth_snapshot::Compression::Gzip,
+                progress: Arc::new(NoProgress),
+                cancel: Cancel::default(),
+                build_id: "project-a".into(),
+            };
+            Solver::new(&self.root(), store, self.exec.clone(), opts).unwrap()
+        }
+
+        /// Whether `berth prune` could take the root's lock now (no build holds it).
+        fn prune_lock_free(&self) -> bool {
+            let store = Store::open(self.root().join("store")).unwrap();
+            let path = self.root().join("store/cache/prune.lock");
+            drop(store);
+            let f = fs::File::open(&path).unwrap();
+            f.try_lock().is_ok()
+        }
+    }
+
+    /// A satellite runs many builds in one process: a build that failed while another
+    /// branch was still running must not leave its solver (memo, prune lock) behind.
+    #[test]
+    fn a_failed_build_drops_its_solver() {
+        let f = Fixture::new();
+        let failing = run(&State::scratch(), "fail", "fail");
+        let gated = run(&State::scratch(), "gated", "gated");
+        let top = failing.run(exec("top", &[]), vec![gated], "top");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let solver = f.solver();
+        let weak = Arc::downgrade(&solver);
+        let result = rt.block_on(solver.solve(&top));
+        assert!(
+            matches!(result, Err(BuildError::StepFailed { code: 1, .. })),
+            "{result:?}"
+        );
+        drop(solver);
+        // `gated` still runs; once it ends (the runtime waits for it), nothing of the
+        // build is left.
+        f.exec.open();
+        drop(rt);
+        assert_eq!(sorted(f.exec.runs()), ["fail", "gated"]);
+        assert!(weak.upgrade().is_none(), "the solver outlived its build");
+        assert!(
+            f.prune_lock_free(),
+            "the failed build still holds the prune lock"
+        );
+    }
+
+    /// A build whose caller stops waiting (an aborted task) drops its solver too.
+    #[test]
+    fn an_abandoned_build_drops_its_solver() {
+        let f = Fixture::new();
+        let step = run(&run(&State::scratch(), "a", "a"), "b", "b");
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let solver = f.solver();
+        let weak = Arc::downgrade(&solver);
+        let polled_once = rt.block_on(async { solver.solve(&step).now_or_never() });
+        assert!(
+            polled_once.is_none(),
+            "the build cannot be done at its first poll"
+        );
+        drop(solver);
+        drop(rt);
+        assert!(weak.upgrade().is_none(), "the solver outlived its build");
+        assert!(
+            f.prune_lock_free(),
+            "the abandoned build still holds the prune lock"
+        );
     }
 
     #[test]
