@@ -238,8 +238,8 @@ struct StageState {
     steps: Vec<Option<State>>,
     /// History entries inherited from the base.
     base_history: usize,
-    /// The stage's ARGs in declaration order, with their values (`None`: no value).
-    args: Vec<(String, Option<String>)>,
+    /// The stage's ARGs that have a value, each name once (see `declare_arg`).
+    args: Vec<(String, String)>,
     /// Whether this stage set CMD (an ENTRYPOINT after it leaves it alone).
     cmd_set_here: bool,
 }
@@ -253,9 +253,18 @@ impl StageState {
         }
         self.args
             .iter()
-            .rev()
             .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.clone())
+            .map(|(_, v)| v.clone())
+    }
+
+    /// ARG `name` with `value`, as BuildKit's AddEnv: a value replaces an earlier one of
+    /// the same name (and moves it last); no value leaves an earlier one alone. So a
+    /// step gets each variable once: with two `X=` entries, C's getenv and Go would
+    /// read the first and shells and Python the last.
+    fn declare_arg(&mut self, name: &str, value: Option<String>) {
+        let Some(value) = value else { return };
+        self.args.retain(|(k, _)| k != name);
+        self.args.push((name.to_string(), value));
     }
 
     /// The working directory of the next instruction (`/` if none was set).
@@ -549,7 +558,7 @@ impl Lowerer<'_> {
                     None => self.meta.get(&a.name).cloned().flatten(),
                 },
             };
-            st.args.push((a.name.clone(), value));
+            st.declare_arg(&a.name, value);
         }
         Ok(())
     }

@@ -79,7 +79,6 @@ impl Lowerer<'_> {
             .cloned()
             .collect();
         for (k, v) in &st.args {
-            let Some(v) = v else { continue };
             if config.env_get(k).is_some() {
                 continue;
             }
@@ -243,4 +242,45 @@ fn command(run: &Run, shell: &Option<Vec<String>>) -> (Vec<String>, bool) {
         .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
     args.push(script);
     (args, heredoc_script)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::frontend::dockerfile::lower::{LowerOptions, lower};
+    use crate::ir::{ExecOp, Op};
+    use crate::{Dockerfile, image::ResolvedImage};
+
+    /// The exec op of the last step of `text`, lowered with `opts`.
+    fn last_exec(text: &str, opts: &LowerOptions) -> ExecOp {
+        let df = Dockerfile::parse("Dockerfile", text).unwrap();
+        let mut resolve =
+            |r: &str| -> crate::Result<ResolvedImage> { panic!("nothing to resolve, asked {r}") };
+        let lowered = lower(&df, opts, &mut resolve).unwrap();
+        match &lowered.state.vertex().op {
+            Op::Exec(e) => e.clone(),
+            op => panic!("the last step is not a RUN: {op:?}"),
+        }
+    }
+
+    /// Programs disagree on which of two `X=` entries counts (C's getenv and Go take the
+    /// first, shells and Python the last), so a variable reaches a step once: with the
+    /// value its last ARG gave it, as BuildKit's AddEnv does. An ARG without a value
+    /// keeps the earlier one, for the step and for expansion.
+    #[test]
+    fn a_redeclared_arg_reaches_run_once_with_its_last_value() {
+        let exec = last_exec(
+            "FROM scratch\nARG X=1 Y=y\nARG X=2\nARG HTTP_PROXY=a\nARG HTTP_PROXY=b\nARG X\nENV SEEN=$X\nRUN echo $X\n",
+            &LowerOptions::default(),
+        );
+        assert_eq!(
+            exec.env,
+            [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "SEEN=2",
+                "Y=y",
+                "X=2"
+            ]
+        );
+        assert_eq!(exec.proxy_env, ["HTTP_PROXY=b"]);
+    }
 }
