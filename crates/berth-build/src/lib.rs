@@ -13,6 +13,13 @@
 //! 3. [`frontend::dockerfile::expand`]: `$VAR`/`${VAR:-default}` expansion. Parsing keeps
 //!    words raw, because which variables are in scope depends on ARG and ENV order, which
 //!    only lowering knows.
+//! 4. [`frontend::dockerfile::lower`]: instructions → build graph ([`ir::State`]) and
+//!    image config, one function per instruction over the stage lowered so far.
+//!
+//! The [`Solver`] runs the graph for one build. Its module is cut by concern: the solve
+//! loop (`schedule`), cache keys and records (`cache`), why a step missed the cache
+//! (`history`), RUN steps (`exec`) and their mounts (`mounts`), file operations
+//! (`file`), and layers and snapshots (`snapshot`).
 //!
 //! ```
 //! use berth_build::Dockerfile;

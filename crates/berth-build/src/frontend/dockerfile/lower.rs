@@ -10,22 +10,25 @@
 //! Build arguments reach RUN steps as environment variables and so are part of their
 //! cache key — except the predefined proxy variables (`HTTP_PROXY`, `NO_PROXY`, …),
 //! which go to the process but never into a key or the image.
+//!
+//! Each instruction is lowered by a function of its own over `StageState`, the stage so
+//! far; RUN and COPY/ADD, the two that build graph nodes with inputs, live in `run`
+//! and `copy`.
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{BuildError, Result};
-use crate::frontend::dockerfile::expand::{ExpandError, MAX_WORD, expand, push_within};
+use crate::frontend::dockerfile::expand::expand;
 use crate::frontend::dockerfile::instructions::{
-    CommandLine, CopySource, Dockerfile, Healthcheck, InstructionKind, MountType, NetworkMode,
-    RunMount, SecurityMode, Stage,
+    ArgDecl, CommandLine, Dockerfile, Healthcheck, Instruction, InstructionKind, Stage,
 };
 use crate::frontend::source::Pos;
 use crate::image::{ContainerConfig, History, ImageConfig, ResolvedImage, host_platform};
-use crate::ir::{
-    self, ExecMount, ExecOp, FileAction, FileOp, ImageSource, LocalSource, MountSource, Sharing,
-    State,
-};
+use crate::ir::{self, FileAction, FileOp, ImageSource, LocalSource, State};
 use crate::solver::Cancel;
+
+mod copy;
+mod run;
 
 /// Where a `RUN <<EOF` script with a `#!` line is written for its interpreter: a tmpfs
 /// mounted for that step only.
@@ -224,42 +227,68 @@ fn src_err(df: &Dockerfile, line: usize, column: usize, msg: &str) -> BuildError
     BuildError::Source(df.source.error(Pos { line, column }, msg.to_string()))
 }
 
-/// What COPY and ADD share.
-struct CopySpec<'a> {
-    sources: &'a [CopySource],
-    from: Option<&'a str>,
-    dest: &'a str,
-    chown: Option<&'a str>,
-    chmod: Option<&'a str>,
-    exclude: &'a [String],
-    extract: bool,
+/// One stage being lowered: its graph so far, the image config tracked beside it, the
+/// history steps this build added, and the ARGs in scope.
+struct StageState {
+    /// Index of the stage in the Dockerfile.
+    idx: usize,
+    state: State,
+    config: ImageConfig,
+    /// For each history entry added, the state it made (`None`: metadata only).
+    steps: Vec<Option<State>>,
+    /// History entries inherited from the base.
+    base_history: usize,
+    /// The stage's ARGs that have a value, each name once (see `declare_arg`).
+    args: Vec<(String, String)>,
+    /// Whether this stage set CMD (an ENTRYPOINT after it leaves it alone).
+    cmd_set_here: bool,
 }
 
-/// Variables visible to an instruction: ENV of the image, then the stage's ARGs.
-struct Scope {
-    args: Vec<(String, Option<String>)>,
-}
-
-impl Scope {
-    fn lookup(&self, config: &ContainerConfig, key: &str) -> Option<String> {
-        // ENV wins over ARG of the same name, as in Docker.
-        if let Some(v) = config.env_get(key) {
+impl StageState {
+    /// The value of variable `key` for the next instruction: ENV of the image wins over
+    /// an ARG of the same name, as in Docker.
+    fn lookup(&self, key: &str) -> Option<String> {
+        if let Some(v) = self.config.config.env_get(key) {
             return Some(v.to_string());
         }
         self.args
             .iter()
-            .rev()
             .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.clone())
+            .map(|(_, v)| v.clone())
+    }
+
+    /// ARG `name` with `value`, as BuildKit's AddEnv: a value replaces an earlier one of
+    /// the same name (and moves it last); no value leaves an earlier one alone. So a
+    /// step gets each variable once: with two `X=` entries, C's getenv and Go would
+    /// read the first and shells and Python the last.
+    fn declare_arg(&mut self, name: &str, value: Option<String>) {
+        let Some(value) = value else { return };
+        self.args.retain(|(k, _)| k != name);
+        self.args.push((name.to_string(), value));
+    }
+
+    /// The working directory of the next instruction (`/` if none was set).
+    fn cwd(&self) -> String {
+        if self.config.config.working_dir.is_empty() {
+            "/".into()
+        } else {
+            self.config.config.working_dir.clone()
+        }
     }
 }
 
 impl Lowerer<'_> {
-    fn label(&self, idx: usize) -> String {
+    fn stage_label(&self, idx: usize) -> String {
         self.df.stages[idx]
             .name
             .clone()
             .unwrap_or_else(|| format!("stage-{idx}"))
+    }
+
+    /// Expand `word` with the variables in scope in `st`; errors point at `line`.
+    fn expand(&self, st: &StageState, word: &str, line: usize) -> Result<String> {
+        expand(word, |k| st.lookup(k), self.df.directives.escape)
+            .map_err(|e| src_err(self.df, line, 1, &e.to_string()))
     }
 
     fn image(&mut self, reference: &str) -> Result<(State, ImageConfig)> {
@@ -300,33 +329,78 @@ impl Lowerer<'_> {
         }
     }
 
+    /// Lower stage `idx` (once) into `self.done`.
     fn stage(&mut self, idx: usize) -> Result<()> {
         if self.done.contains_key(&idx) {
             return Ok(());
         }
+        let stage: &Stage = &self.df.stages[idx];
+        let (mut st, triggers) = self.from(idx)?;
+        let instructions: Vec<&Instruction> = triggers.iter().chain(&stage.instructions).collect();
+        let n = instructions.len();
+        let label = self.stage_label(idx);
+        for (i, ins) in instructions.into_iter().enumerate() {
+            if self.opts.cancel.is_canceled() {
+                return Err(BuildError::Canceled);
+            }
+            // Numbered as BuildKit does: FROM is step 1 of the stage.
+            let name = format!(
+                "[{label} {}/{}] {}",
+                i + 2,
+                n + 1,
+                ins.original.lines().next().unwrap_or("")
+            );
+            let made = self.instruction(&mut st, ins, &name)?;
+            if !matches!(ins.kind, InstructionKind::Arg { .. }) || made.is_some() {
+                st.config.history.push(History {
+                    created: self.opts.created.clone(),
+                    created_by: history_text(&ins.original, ins.keyword()),
+                    empty_layer: made.is_none(),
+                    comment: "berth".into(),
+                });
+                st.steps.push(made);
+            }
+        }
+        self.done.insert(
+            idx,
+            StageOut {
+                state: st.state,
+                config: st.config,
+                steps: st.steps,
+                base_history: st.base_history,
+            },
+        );
+        Ok(())
+    }
+
+    /// FROM of stage `idx`: the base's state and config, and the base's ONBUILD
+    /// triggers, which run first, as if written right after FROM, and are not passed on
+    /// to this image (Docker's rule). Errors in them point at FROM.
+    fn from(&mut self, idx: usize) -> Result<(StageState, Vec<Instruction>)> {
         let df = self.df;
         let stage: &Stage = &df.stages[idx];
+        let line = stage.lines.start;
         let escape = df.directives.escape;
-        let meta = self.meta.clone();
+        let meta = &self.meta;
         let from = expand(
             &stage.from.image,
             |k| meta.get(k).cloned().flatten(),
             escape,
         )
-        .map_err(|e| src_err(df, stage.lines.start, 1, &e.to_string()))?;
+        .map_err(|e| src_err(df, line, 1, &e.to_string()))?;
         if let Some(p) = &stage.from.platform {
             let p = expand(p, |k| meta.get(k).cloned().flatten(), escape).unwrap_or_default();
             let (os, arch) = host_platform();
             if !p.is_empty() && p != format!("{os}/{arch}") && !p.contains("BUILDPLATFORM") {
                 return Err(src_err(
                     df,
-                    stage.lines.start,
+                    line,
                     1,
                     &format!("--platform={p}: berth builds for the host platform {os}/{arch} only"),
                 ));
             }
         }
-        let (mut state, mut config) = if from.eq_ignore_ascii_case("scratch") {
+        let (state, mut config) = if from.eq_ignore_ascii_case("scratch") {
             let (os, arch) = host_platform();
             (
                 State::scratch(),
@@ -341,673 +415,208 @@ impl Lowerer<'_> {
             (o.state.clone(), o.config.clone())
         } else {
             self.image(&from).map_err(|e| match e {
-                BuildError::Image(m) => src_err(df, stage.lines.start, 1, &m),
+                BuildError::Image(m) => src_err(df, line, 1, &m),
                 e => e,
             })?
         };
         config.created = self.opts.created.clone();
-        // The base's ONBUILD triggers run first, as if written right after FROM, and are
-        // not passed on to this image (Docker's rule). Errors in them point at FROM.
-        let mut instructions = Vec::new();
+        let mut triggers = Vec::new();
         if !config.config.on_build.is_empty() {
             let text = format!("FROM scratch\n{}\n", config.config.on_build.join("\n"));
-            let triggers = Dockerfile::parse("ONBUILD", &text).map_err(|e| {
-                src_err(
-                    df,
-                    stage.lines.start,
-                    1,
-                    &format!("{from}'s ONBUILD triggers: {e}"),
-                )
-            })?;
-            for mut t in triggers.stages.into_iter().flat_map(|s| s.instructions) {
+            let parsed = Dockerfile::parse("ONBUILD", &text)
+                .map_err(|e| src_err(df, line, 1, &format!("{from}'s ONBUILD triggers: {e}")))?;
+            for mut t in parsed.stages.into_iter().flat_map(|s| s.instructions) {
                 t.lines = stage.lines;
-                instructions.push(t);
+                triggers.push(t);
             }
             config.config.on_build.clear();
         }
-        instructions.extend(stage.instructions.iter().cloned());
-        let base_history = config.history.len();
-        let mut steps: Vec<Option<State>> = Vec::new();
-        let mut scope = Scope { args: Vec::new() };
-        let n = instructions.len();
-        let label = self.label(idx);
-        let mut cmd_set_here = false;
-        for (i, ins) in instructions.iter().enumerate() {
-            if self.opts.cancel.is_canceled() {
-                return Err(BuildError::Canceled);
+        let st = StageState {
+            idx,
+            state,
+            base_history: config.history.len(),
+            config,
+            steps: Vec::new(),
+            args: Vec::new(),
+            cmd_set_here: false,
+        };
+        Ok((st, triggers))
+    }
+
+    /// Lower one instruction of `st`, labelled `name` for progress; returns the state it
+    /// made (and `st` now ends with), or `None` for metadata only.
+    fn instruction(
+        &mut self,
+        st: &mut StageState,
+        ins: &Instruction,
+        name: &str,
+    ) -> Result<Option<State>> {
+        let line = ins.lines.start;
+        let made = match &ins.kind {
+            InstructionKind::Run(run) => Some(self.run(st, run, line, name)?),
+            InstructionKind::Copy(c) => Some(self.copy(st, c, line, name)?),
+            InstructionKind::Add(a) => Some(self.add(st, a, line, name)?),
+            InstructionKind::Workdir { path } => Some(self.workdir(st, path, line, name)?),
+            kind => {
+                self.metadata(st, kind, line)?;
+                None
             }
-            // Numbered as BuildKit does: FROM is step 1 of the stage.
-            let name = format!(
-                "[{label} {}/{}] {}",
-                i + 2,
-                n + 1,
-                ins.original.lines().next().unwrap_or("")
-            );
-            let line = ins.lines.start;
-            let cfg_snapshot = config.config.clone();
-            let ex = |w: &str, scope: &Scope| -> Result<String> {
-                expand(w, |k| scope.lookup(&cfg_snapshot, k), escape)
-                    .map_err(|e| src_err(df, line, 1, &e.to_string()))
-            };
-            let mut made: Option<State> = None;
-            match &ins.kind {
-                InstructionKind::Arg { args } => {
-                    for a in args {
-                        let value = match self.opts.build_args.get(&a.name) {
-                            Some(v) => Some(v.clone()),
-                            None => match &a.default {
-                                Some(d) => Some(ex(d, &scope)?),
-                                None => self.meta.get(&a.name).cloned().flatten(),
-                            },
-                        };
-                        scope.args.push((a.name.clone(), value));
-                    }
+        };
+        if let Some(state) = &made {
+            st.state = state.clone();
+        }
+        Ok(made)
+    }
+
+    /// An instruction that changes only the image config or the variables in scope.
+    fn metadata(&self, st: &mut StageState, kind: &InstructionKind, line: usize) -> Result<()> {
+        match kind {
+            InstructionKind::Arg { args } => self.arg(st, args, line)?,
+            InstructionKind::Env { vars } => {
+                // Every value of one ENV sees the variables as they were before it
+                // (`ENV A=two B=$A` gives B the old A), as Docker does: all are expanded
+                // before any is set.
+                let mut set = Vec::with_capacity(vars.len());
+                for kv in vars {
+                    let v = self.expand(st, &kv.value, line)?;
+                    let k = self.expand(st, &kv.key, line)?;
+                    set.push((k, v));
                 }
-                InstructionKind::Env { vars } => {
-                    // Every value of one ENV sees the variables as they were before it
-                    // (`ENV A=two B=$A` gives B the old A), as Docker does.
-                    for kv in vars {
-                        let v = ex(&kv.value, &scope)?;
-                        let k = ex(&kv.key, &scope)?;
-                        config.config.env_set(&k, &v);
-                    }
+                for (k, v) in set {
+                    st.config.config.env_set(&k, &v);
                 }
-                InstructionKind::Label { labels } => {
-                    for kv in labels {
-                        config
-                            .config
-                            .labels
-                            .insert(ex(&kv.key, &scope)?, ex(&kv.value, &scope)?);
-                    }
+            }
+            InstructionKind::Label { labels } => {
+                for kv in labels {
+                    let k = self.expand(st, &kv.key, line)?;
+                    let v = self.expand(st, &kv.value, line)?;
+                    st.config.config.labels.insert(k, v);
                 }
-                InstructionKind::Run(run) => {
-                    if run.security == Some(SecurityMode::Insecure) {
-                        return Err(self.insecure_refused(line));
-                    }
-                    let shell = config
-                        .config
-                        .shell
-                        .clone()
-                        .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
-                    let mut heredoc_script = false;
-                    let args = match &run.command {
-                        CommandLine::Exec(list) => list.clone(),
-                        CommandLine::Shell(cmd) => {
-                            let mut script = cmd.clone();
-                            let only_heredoc = run.heredocs.len() == 1
-                                && cmd.trim_start().starts_with("<<")
-                                && !cmd.trim().contains(' ');
-                            let body = &run
-                                .heredocs
-                                .first()
-                                .map(|h| h.content.clone())
-                                .unwrap_or_default();
-                            if only_heredoc && body.starts_with("#!") {
-                                // A script with its own interpreter: written to a tmpfs
-                                // mounted for the step, then run by that interpreter.
-                                heredoc_script = true;
-                                let interp = body.lines().next().unwrap_or("#!/bin/sh")[2..]
-                                    .trim()
-                                    .to_string();
-                                script = format!(
-                                    "cat > {HEREDOC_DIR}/script <<'BERTH_HEREDOC_EOF'\n{body}{}BERTH_HEREDOC_EOF\nexec {interp} {HEREDOC_DIR}/script",
-                                    if body.ends_with('\n') { "" } else { "\n" }
-                                );
-                            } else if only_heredoc {
-                                script = body.clone();
-                            } else {
-                                for h in &run.heredocs {
-                                    script.push('\n');
-                                    script.push_str(&h.content);
-                                    if !h.content.ends_with('\n') {
-                                        script.push('\n');
-                                    }
-                                    script.push_str(&h.name);
-                                }
-                            }
-                            let mut a = shell.clone();
-                            a.push(script);
-                            a
-                        }
-                    };
-                    let mut env = config.config.env.clone();
-                    // Proxy variables given as build arguments win over the host's.
-                    let mut proxy_env: Vec<String> = self
-                        .opts
-                        .proxy_env
-                        .iter()
-                        .filter(|kv| {
-                            let k = kv.split('=').next().unwrap_or("");
-                            !self.opts.build_args.contains_key(k)
-                        })
-                        .cloned()
-                        .collect();
-                    for (k, v) in &scope.args {
-                        let Some(v) = v else { continue };
-                        if config.config.env_get(k).is_some() {
-                            continue;
-                        }
-                        if PROXY_ARGS.contains(&k.as_str()) {
-                            proxy_env.push(format!("{k}={v}"));
-                        } else {
-                            env.push(format!("{k}={v}"));
-                        }
-                    }
-                    for (k, v) in &self.opts.build_args {
-                        if PROXY_ARGS.contains(&k.as_str())
-                            && !proxy_env.iter().any(|p| p.starts_with(&format!("{k}=")))
-                        {
-                            proxy_env.push(format!("{k}={v}"));
-                        }
-                    }
-                    let mut extra = Vec::new();
-                    let mut mounts = Vec::new();
-                    if heredoc_script {
-                        mounts.push(ExecMount {
-                            target: HEREDOC_DIR.into(),
-                            source: MountSource::Tmpfs { size: None },
-                        });
-                    }
-                    for m in &run.mounts {
-                        mounts.push(self.run_mount(
-                            m,
-                            idx,
-                            &mut extra,
-                            line,
-                            &scope,
-                            &config.config,
-                        )?);
-                    }
-                    let exec = ExecOp {
-                        args,
-                        env: if env.iter().any(|e| e.starts_with("PATH=")) {
-                            env
-                        } else {
-                            let mut e = vec![
-                                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-                                    .to_string(),
-                            ];
-                            e.extend(env);
-                            e
-                        },
-                        cwd: if config.config.working_dir.is_empty() {
-                            "/".into()
-                        } else {
-                            config.config.working_dir.clone()
-                        },
-                        user: config.config.user.clone(),
-                        network: match run.network {
-                            Some(NetworkMode::None) => ir::NetworkMode::None,
-                            Some(NetworkMode::Host) => {
-                                self.entitled(
-                                    ir::Entitlement::NetworkHost,
-                                    line,
-                                    "RUN --network=host",
-                                )?;
-                                ir::NetworkMode::Host
-                            }
-                            Some(NetworkMode::Default) | None => ir::NetworkMode::Isolated,
-                        },
-                        mounts,
-                        proxy_env,
-                    };
-                    state = state
-                        .run(exec, extra, name.clone())
-                        .with_ignore_cache(self.opts.no_cache);
-                    made = Some(state.clone());
+            }
+            InstructionKind::User { user } => {
+                st.config.config.user = self.expand(st, user, line)?;
+            }
+            InstructionKind::Cmd { command } => {
+                st.config.config.cmd = Some(command_list(command, &st.config.config));
+                st.cmd_set_here = true;
+            }
+            InstructionKind::Entrypoint { command } => {
+                st.config.config.entrypoint = Some(command_list(command, &st.config.config));
+                if !st.cmd_set_here {
+                    st.config.config.cmd = None;
                 }
-                InstructionKind::Copy(c) => {
-                    if c.parents {
-                        return Err(src_err(df, line, 1, "COPY --parents is not supported yet"));
-                    }
-                    let spec = CopySpec {
-                        sources: &c.sources,
-                        from: c.from.as_deref(),
-                        dest: &c.dest,
-                        chown: c.chown.as_deref(),
-                        chmod: c.chmod.as_deref(),
-                        exclude: &c.exclude,
-                        extract: false,
-                    };
-                    state =
-                        self.copy_step(&state, spec, idx, &scope, &config.config, line, &name)?;
-                    made = Some(state.clone());
-                }
-                InstructionKind::Add(a) => {
-                    if let Some(url) = a.sources.iter().find_map(|s| match s {
-                        CopySource::Path(p) if p.contains("://") || p.starts_with("git@") => {
-                            Some(p.clone())
-                        }
-                        _ => None,
-                    }) {
-                        return Err(src_err(
-                            df,
-                            line,
-                            1,
-                            &format!(
-                                "ADD {url}: remote sources are not supported yet; download in a RUN step instead"
-                            ),
-                        ));
-                    }
-                    let spec = CopySpec {
-                        sources: &a.sources,
-                        from: None,
-                        dest: &a.dest,
-                        chown: a.chown.as_deref(),
-                        chmod: a.chmod.as_deref(),
-                        exclude: &a.exclude,
-                        extract: a.unpack.unwrap_or(true),
-                    };
-                    state =
-                        self.copy_step(&state, spec, idx, &scope, &config.config, line, &name)?;
-                    made = Some(state.clone());
-                }
-                InstructionKind::Workdir { path } => {
-                    let p = ex(path, &scope)?;
-                    let abs = if p.starts_with('/') {
+            }
+            InstructionKind::Shell { shell } => st.config.config.shell = Some(shell.clone()),
+            InstructionKind::Expose { ports } => {
+                for p in ports {
+                    let p = self.expand(st, p, line)?;
+                    let p = if p.contains('/') {
                         p
                     } else {
-                        let base = if config.config.working_dir.is_empty() {
-                            "/"
-                        } else {
-                            config.config.working_dir.as_str()
-                        };
-                        format!("{}/{p}", base.trim_end_matches('/'))
+                        format!("{p}/tcp")
                     };
-                    config.config.working_dir = abs.clone();
-                    let op = FileOp {
-                        // New directories belong to the current USER, as in Docker.
-                        actions: vec![FileAction::Mkdir {
-                            path: abs,
-                            chown: (!config.config.user.is_empty())
-                                .then(|| config.config.user.clone()),
-                        }],
-                        cwd: "/".into(),
-                    };
-                    state = state
-                        .file(op, vec![], name.clone())
-                        .with_ignore_cache(self.opts.no_cache);
-                    made = Some(state.clone());
+                    st.config
+                        .config
+                        .exposed_ports
+                        .insert(p, serde_json::json!({}));
                 }
-                InstructionKind::User { user } => config.config.user = ex(user, &scope)?,
-                InstructionKind::Cmd { command } => {
-                    config.config.cmd = Some(command_list(command, &config.config));
-                    cmd_set_here = true;
-                }
-                InstructionKind::Entrypoint { command } => {
-                    config.config.entrypoint = Some(command_list(command, &config.config));
-                    if !cmd_set_here {
-                        config.config.cmd = None;
-                    }
-                }
-                InstructionKind::Shell { shell } => config.config.shell = Some(shell.clone()),
-                InstructionKind::Expose { ports } => {
-                    for p in ports {
-                        let p = ex(p, &scope)?;
-                        let p = if p.contains('/') {
-                            p
-                        } else {
-                            format!("{p}/tcp")
-                        };
-                        config.config.exposed_ports.insert(p, serde_json::json!({}));
-                    }
-                }
-                InstructionKind::Volume { paths } => {
-                    for p in paths {
-                        config
-                            .config
-                            .volumes
-                            .insert(ex(p, &scope)?, serde_json::json!({}));
-                    }
-                }
-                InstructionKind::StopSignal { signal } => {
-                    config.config.stop_signal = ex(signal, &scope)?
-                }
-                InstructionKind::Healthcheck(h) => {
-                    config.config.healthcheck = Some(match h {
-                        Healthcheck::Disable => serde_json::json!({"Test": ["NONE"]}),
-                        Healthcheck::Cmd(c) => {
-                            let test = match &c.command {
-                                CommandLine::Exec(l) => std::iter::once("CMD".to_string())
-                                    .chain(l.iter().cloned())
-                                    .collect::<Vec<_>>(),
-                                CommandLine::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
-                            };
-                            let mut v = serde_json::json!({"Test": test});
-                            let ns =
-                                |d: &Option<std::time::Duration>| d.map(|d| d.as_nanos() as u64);
-                            for (k, d) in [
-                                ("Interval", ns(&c.interval)),
-                                ("Timeout", ns(&c.timeout)),
-                                ("StartPeriod", ns(&c.start_period)),
-                                ("StartInterval", ns(&c.start_interval)),
-                            ] {
-                                if let Some(d) = d {
-                                    v[k] = serde_json::json!(d);
-                                }
-                            }
-                            if let Some(r) = c.retries {
-                                v["Retries"] = serde_json::json!(r);
-                            }
-                            v
-                        }
-                    });
-                }
-                InstructionKind::OnBuild { trigger } => {
-                    config.config.on_build.push(trigger.original.clone())
-                }
-                InstructionKind::Maintainer { .. } => {}
             }
-            if !matches!(ins.kind, InstructionKind::Arg { .. }) || made.is_some() {
-                config.history.push(History {
-                    created: self.opts.created.clone(),
-                    created_by: history_text(&ins.original, ins.keyword()),
-                    empty_layer: made.is_none(),
-                    comment: "berth".into(),
-                });
-                steps.push(made);
+            InstructionKind::Volume { paths } => {
+                for p in paths {
+                    let p = self.expand(st, p, line)?;
+                    st.config.config.volumes.insert(p, serde_json::json!({}));
+                }
+            }
+            InstructionKind::StopSignal { signal } => {
+                st.config.config.stop_signal = self.expand(st, signal, line)?;
+            }
+            InstructionKind::Healthcheck(h) => {
+                st.config.config.healthcheck = Some(healthcheck(h));
+            }
+            InstructionKind::OnBuild { trigger } => {
+                st.config.config.on_build.push(trigger.original.clone());
+            }
+            InstructionKind::Maintainer { .. } => {}
+            InstructionKind::Run(_)
+            | InstructionKind::Copy(_)
+            | InstructionKind::Add(_)
+            | InstructionKind::Workdir { .. } => {
+                unreachable!("{} makes a state", kind.keyword())
             }
         }
-        self.done.insert(
-            idx,
-            StageOut {
-                state,
-                config,
-                steps,
-                base_history,
-            },
-        );
         Ok(())
     }
 
-    /// COPY and ADD: resolve the sources, expand the flags, add the file op.
-    #[allow(clippy::too_many_arguments)]
-    fn copy_step(
-        &mut self,
-        state: &State,
-        spec: CopySpec<'_>,
-        idx: usize,
-        scope: &Scope,
-        config: &ContainerConfig,
-        line: usize,
-        name: &str,
-    ) -> Result<State> {
-        let df = self.df;
-        let escape = df.directives.escape;
-        let ex = |w: &str| {
-            expand(w, |k| scope.lookup(config, k), escape)
-                .map_err(|e| src_err(df, line, 1, &e.to_string()))
-        };
-        let (src_state, sources, writes) =
-            self.copy_sources(spec.sources, spec.from, idx, scope, config, line)?;
-        let dest = ex(spec.dest)?;
-        let chown = spec.chown.map(ex).transpose()?;
-        let chmod = parse_chmod(spec.chmod, df, line)?;
-        let op = self.copy_op(
-            &dest,
-            sources,
-            writes,
-            chown,
-            chmod,
-            spec.extract,
-            spec.exclude.to_vec(),
-            config,
-            src_state.is_some(),
-        );
-        Ok(state
-            .file(op, src_state.into_iter().collect(), name.to_string())
-            .with_ignore_cache(self.opts.no_cache))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn copy_op(
-        &self,
-        dest: &str,
-        sources: Vec<String>,
-        writes: Vec<(String, Vec<u8>)>,
-        chown: Option<String>,
-        chmod: Option<u32>,
-        extract: bool,
-        exclude: Vec<String>,
-        config: &ContainerConfig,
-        _from_stage: bool,
-    ) -> FileOp {
-        let mut actions = Vec::new();
-        let many = sources.len() + writes.len() > 1;
-        for (name, data) in writes {
-            let path = if dest.ends_with('/') || many {
-                format!("{}/{name}", dest.trim_end_matches('/'))
-            } else {
-                dest.to_string()
+    /// ARG: each declaration takes its build argument, else its default (which sees the
+    /// ones before it), else a global ARG of the same name.
+    fn arg(&self, st: &mut StageState, args: &[ArgDecl], line: usize) -> Result<()> {
+        for a in args {
+            let value = match self.opts.build_args.get(&a.name) {
+                Some(v) => Some(v.clone()),
+                None => match &a.default {
+                    Some(d) => Some(self.expand(st, d, line)?),
+                    None => self.meta.get(&a.name).cloned().flatten(),
+                },
             };
-            actions.push(FileAction::Write {
-                path,
-                data,
-                mode: chmod.unwrap_or(0o644),
-                chown: chown.clone(),
-            });
+            st.declare_arg(&a.name, value);
         }
-        if !sources.is_empty() {
-            actions.push(FileAction::Copy {
-                from: 1,
-                sources,
-                dest: dest.to_string(),
-                chown,
-                chmod,
-                extract_archives: extract,
-                exclude,
-            });
-        }
-        FileOp {
-            actions,
-            cwd: if config.working_dir.is_empty() {
-                "/".into()
-            } else {
-                config.working_dir.clone()
-            },
-        }
+        Ok(())
     }
 
-    /// Sources of COPY/ADD: the state they come from (the context unless `--from`),
-    /// the expanded paths, and heredocs to write.
-    #[allow(clippy::type_complexity)]
-    fn copy_sources(
-        &mut self,
-        sources: &[CopySource],
-        from: Option<&str>,
-        idx: usize,
-        scope: &Scope,
-        config: &ContainerConfig,
-        line: usize,
-    ) -> Result<(Option<State>, Vec<String>, Vec<(String, Vec<u8>)>)> {
-        let escape = self.df.directives.escape;
-        let ex = |w: &str| {
-            expand(w, |k| scope.lookup(config, k), escape)
-                .map_err(|e| src_err(self.df, line, 1, &e.to_string()))
-        };
-        let mut paths = Vec::new();
-        let mut writes = Vec::new();
-        for s in sources {
-            match s {
-                CopySource::Path(p) => paths.push(ex(p)?),
-                CopySource::Heredoc(h) => {
-                    // Only `$VAR`/`${VAR}` are replaced in a heredoc's body: its quotes
-                    // and backslashes are file content (BuildKit's SkipProcessQuotes).
-                    let content = if h.expand {
-                        expand_vars(&h.content, |k| scope.lookup(config, k))
-                            .map_err(|e| src_err(self.df, line, 1, &e.to_string()))?
-                    } else {
-                        h.content.clone()
-                    };
-                    writes.push((h.name.clone(), content.into_bytes()));
-                }
-            }
-        }
-        let state = if paths.is_empty() {
-            None
+    /// WORKDIR: sets the working directory and makes it, owned by the current USER as
+    /// in Docker.
+    fn workdir(&self, st: &mut StageState, path: &str, line: usize, name: &str) -> Result<State> {
+        let p = self.expand(st, path, line)?;
+        let abs = if p.starts_with('/') {
+            p
         } else {
-            Some(match from {
-                Some(f) => {
-                    let f = ex(f)?;
-                    self.state_named(&f, idx)?
-                }
-                None => self.context.clone(),
-            })
+            format!("{}/{p}", st.cwd().trim_end_matches('/'))
         };
-        Ok((state, paths, writes))
-    }
-
-    fn run_mount(
-        &mut self,
-        m: &RunMount,
-        idx: usize,
-        extra: &mut Vec<State>,
-        line: usize,
-        scope: &Scope,
-        config: &ContainerConfig,
-    ) -> Result<ExecMount> {
-        let escape = self.df.directives.escape;
-        let ex = |w: &str| {
-            expand(w, |k| scope.lookup(config, k), escape)
-                .map_err(|e| src_err(self.df, line, 1, &e.to_string()))
+        st.config.config.working_dir = abs.clone();
+        let user = &st.config.config.user;
+        let op = FileOp {
+            actions: vec![FileAction::Mkdir {
+                path: abs,
+                chown: (!user.is_empty()).then(|| user.clone()),
+            }],
+            cwd: "/".into(),
         };
-        let target = m.target.as_deref().map(ex).transpose()?;
-        let source = match m.kind {
-            MountType::Cache => {
-                let target = target.clone().ok_or_else(|| {
-                    src_err(self.df, line, 1, "--mount=type=cache needs a target")
-                })?;
-                MountSource::Cache {
-                    id: m.id.clone().unwrap_or(target),
-                    sharing: match m.sharing {
-                        Some(crate::frontend::dockerfile::instructions::CacheSharing::Locked) => {
-                            Sharing::Locked
-                        }
-                        Some(crate::frontend::dockerfile::instructions::CacheSharing::Private) => {
-                            Sharing::Private
-                        }
-                        _ => Sharing::Shared,
-                    },
-                    uid: m.uid.unwrap_or(0),
-                    gid: m.gid.unwrap_or(0),
-                    mode: m.mode.unwrap_or(0o755),
-                }
-            }
-            MountType::Secret => {
-                let id =
-                    m.id.clone()
-                        .or_else(|| {
-                            target
-                                .as_deref()
-                                .and_then(|t| t.rsplit('/').next())
-                                .map(str::to_string)
-                        })
-                        .ok_or_else(|| {
-                            src_err(
-                                self.df,
-                                line,
-                                1,
-                                "--mount=type=secret needs an id or a target",
-                            )
-                        })?;
-                MountSource::Secret {
-                    id,
-                    env: m.env.clone(),
-                    required: m.required,
-                }
-            }
-            MountType::Bind => {
-                let st = match &m.from {
-                    Some(f) => self.state_named(&ex(f)?, idx)?,
-                    None => self.context.clone(),
-                };
-                extra.push(st);
-                MountSource::Input {
-                    input: extra.len(),
-                    path: m
-                        .source
-                        .as_deref()
-                        .map(ex)
-                        .transpose()?
-                        .unwrap_or_else(|| "/".into()),
-                    rw: !m.readonly,
-                }
-            }
-            MountType::Tmpfs => MountSource::Tmpfs { size: m.size },
-            MountType::Ssh => {
-                return Err(src_err(
-                    self.df,
-                    line,
-                    1,
-                    "--mount=type=ssh is not supported yet",
-                ));
-            }
-        };
-        let target = match (&source, target) {
-            (_, Some(t)) => t,
-            (MountSource::Secret { id, .. }, None) => format!("/run/secrets/{id}"),
-            _ => {
-                return Err(src_err(
-                    self.df,
-                    line,
-                    1,
-                    &format!("--mount=type={} needs a target", m.kind.as_str()),
-                ));
-            }
-        };
-        Ok(ExecMount { target, source })
+        Ok(st
+            .state
+            .file(op, vec![], name.to_string())
+            .with_ignore_cache(self.opts.no_cache))
     }
 }
 
-/// Replace `$NAME`, `${NAME}`, `${NAME:-default}` and `${NAME-default}` in `text`,
-/// leaving everything else (quotes, backslashes, a lone `$`) as it is. Substitutions may
-/// add at most [`MAX_WORD`] bytes to the text.
-fn expand_vars(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> std::result::Result<String, ExpandError> {
-    let limit = text.len() + MAX_WORD;
-    let b = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    let name_char = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    while i < b.len() {
-        if b[i] == b'$' && i + 1 < b.len() {
-            if b[i + 1] == b'{'
-                && let Some(end) = text[i + 2..].find('}')
-            {
-                let inner = &text[i + 2..i + 2 + end];
-                let (name, default) = match inner.find(":-").or_else(|| inner.find('-')) {
-                    Some(p) => {
-                        let skip = if inner[p..].starts_with(":-") { 2 } else { 1 };
-                        (&inner[..p], Some(&inner[p + skip..]))
-                    }
-                    None => (inner, None),
-                };
-                if !name.is_empty() && name.bytes().all(name_char) {
-                    let v = lookup(name).filter(|v| !(v.is_empty() && inner.contains(":-")));
-                    let v = v.unwrap_or_else(|| default.unwrap_or("").to_string());
-                    push_within(&mut out, &v, name, i, limit)?;
-                    i += 3 + end;
-                    continue;
+/// The `Healthcheck` of an image config for HEALTHCHECK.
+fn healthcheck(h: &Healthcheck) -> serde_json::Value {
+    match h {
+        Healthcheck::Disable => serde_json::json!({"Test": ["NONE"]}),
+        Healthcheck::Cmd(c) => {
+            let test = match &c.command {
+                CommandLine::Exec(l) => std::iter::once("CMD".to_string())
+                    .chain(l.iter().cloned())
+                    .collect::<Vec<_>>(),
+                CommandLine::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+            };
+            let mut v = serde_json::json!({"Test": test});
+            let ns = |d: &Option<std::time::Duration>| d.map(|d| d.as_nanos() as u64);
+            for (k, d) in [
+                ("Interval", ns(&c.interval)),
+                ("Timeout", ns(&c.timeout)),
+                ("StartPeriod", ns(&c.start_period)),
+                ("StartInterval", ns(&c.start_interval)),
+            ] {
+                if let Some(d) = d {
+                    v[k] = serde_json::json!(d);
                 }
-            } else if name_char(b[i + 1]) && !b[i + 1].is_ascii_digit() {
-                let start = i + 1;
-                let mut j = start;
-                while j < b.len() && name_char(b[j]) {
-                    j += 1;
-                }
-                let name = &text[start..j];
-                push_within(&mut out, &lookup(name).unwrap_or_default(), name, i, limit)?;
-                i = j;
-                continue;
             }
+            if let Some(r) = c.retries {
+                v["Retries"] = serde_json::json!(r);
+            }
+            v
         }
-        let ch = text[i..].chars().next().expect("in bounds");
-        out.push(ch);
-        i += ch.len_utf8();
     }
-    Ok(out)
 }
 
 fn command_list(c: &CommandLine, config: &ContainerConfig) -> Vec<String> {
@@ -1024,24 +633,6 @@ fn command_list(c: &CommandLine, config: &ContainerConfig) -> Vec<String> {
     }
 }
 
-fn parse_chmod(s: Option<&str>, df: &Dockerfile, line: usize) -> Result<Option<u32>> {
-    match s {
-        None => Ok(None),
-        Some(s) => u32::from_str_radix(s, 8)
-            .ok()
-            .filter(|m| *m <= 0o7777)
-            .map(Some)
-            .ok_or_else(|| {
-                src_err(
-                    df,
-                    line,
-                    1,
-                    &format!("--chmod={s} is not an octal mode like 755"),
-                )
-            }),
-    }
-}
-
 fn history_text(original: &str, keyword: &str) -> String {
     let rest = original.get(keyword.len()..).unwrap_or("").trim();
     match keyword {
@@ -1052,7 +643,7 @@ fn history_text(original: &str, keyword: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{LowerOptions, expand_vars, lower};
+    use super::{LowerOptions, lower};
     use crate::Dockerfile;
     use crate::ir::{Entitlement, NetworkMode, Op};
 
@@ -1118,40 +709,5 @@ mod tests {
         let sandboxed =
             Dockerfile::parse("Dockerfile", "FROM scratch\nRUN --security=sandbox a\n").unwrap();
         assert!(lower(&sandboxed, &opts, &mut resolve).is_ok());
-    }
-
-    #[test]
-    fn heredoc_bodies_keep_quotes_and_backslashes() {
-        let look = |k: &str| match k {
-            "X" => Some("value".to_string()),
-            "EMPTY" => Some(String::new()),
-            _ => None,
-        };
-        assert_eq!(
-            expand_vars(r#"{"a": "$X", "b": "${X}"}"#, look).unwrap(),
-            r#"{"a": "value", "b": "value"}"#
-        );
-        assert_eq!(
-            expand_vars("Don't \\n $ ${UNSET:-dflt} ${EMPTY:-e} ${EMPTY-e}", look).unwrap(),
-            "Don't \\n $ dflt e "
-        );
-        assert_eq!(
-            expand_vars("price: $5 and $X.", look).unwrap(),
-            "price: $5 and value."
-        );
-    }
-
-    #[test]
-    fn heredoc_expansion_is_bounded() {
-        // A heredoc naming a 512 KiB variable three times: 1.5 MiB of substitutions.
-        let big = "b".repeat(super::MAX_WORD / 2);
-        let look = |k: &str| (k == "BIG").then(|| big.clone());
-        assert_eq!(
-            expand_vars("$BIG${BIG}", look).unwrap().len(),
-            super::MAX_WORD
-        );
-        let err = expand_vars("$BIG\n${BIG}\n$BIG", look).unwrap_err();
-        assert!(err.to_string().contains("$BIG"), "{err}");
-        assert_eq!(err.offset(), 12, "the third one");
     }
 }

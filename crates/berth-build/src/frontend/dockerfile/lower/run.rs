@@ -1,0 +1,286 @@
+//! RUN: the command (shell or exec form, heredocs), the environment (ARGs, proxy
+//! variables), the network, and the mounts.
+
+use super::{HEREDOC_DIR, Lowerer, PROXY_ARGS, StageState, src_err};
+use crate::error::Result;
+use crate::frontend::dockerfile::instructions::{
+    CacheSharing, CommandLine, MountType, NetworkMode, Run, RunMount, SecurityMode,
+};
+use crate::ir::{self, ExecMount, ExecOp, MountSource, Sharing, State};
+
+/// PATH of a step whose image sets none, as in Docker.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl Lowerer<'_> {
+    /// RUN on top of `st`, labelled `name`.
+    pub(super) fn run(
+        &mut self,
+        st: &StageState,
+        run: &Run,
+        line: usize,
+        name: &str,
+    ) -> Result<State> {
+        if run.security == Some(SecurityMode::Insecure) {
+            return Err(self.insecure_refused(line));
+        }
+        let (args, heredoc_script) = command(run, &st.config.config.shell);
+        let (mut env, proxy_env) = self.run_env(st);
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(0, DEFAULT_PATH.to_string());
+        }
+        let mut extra = Vec::new();
+        let mut mounts = Vec::new();
+        if heredoc_script {
+            mounts.push(ExecMount {
+                target: HEREDOC_DIR.into(),
+                source: MountSource::Tmpfs { size: None },
+            });
+        }
+        for m in &run.mounts {
+            mounts.push(self.run_mount(st, m, &mut extra, line)?);
+        }
+        let network = match run.network {
+            Some(NetworkMode::None) => ir::NetworkMode::None,
+            Some(NetworkMode::Host) => {
+                self.entitled(ir::Entitlement::NetworkHost, line, "RUN --network=host")?;
+                ir::NetworkMode::Host
+            }
+            Some(NetworkMode::Default) | None => ir::NetworkMode::Isolated,
+        };
+        let exec = ExecOp {
+            args,
+            env,
+            cwd: st.cwd(),
+            user: st.config.config.user.clone(),
+            network,
+            mounts,
+            proxy_env,
+        };
+        Ok(st
+            .state
+            .run(exec, extra, name.to_string())
+            .with_ignore_cache(self.opts.no_cache))
+    }
+
+    /// The environment of a RUN in `st`: the image's ENV plus the stage's ARGs that ENV
+    /// does not set; and apart, the proxy variables (build arguments win over berth's
+    /// own), which reach the process but no cache key.
+    fn run_env(&self, st: &StageState) -> (Vec<String>, Vec<String>) {
+        let config = &st.config.config;
+        let mut env = config.env.clone();
+        let mut proxy_env: Vec<String> = self
+            .opts
+            .proxy_env
+            .iter()
+            .filter(|kv| {
+                let k = kv.split('=').next().unwrap_or("");
+                !self.opts.build_args.contains_key(k)
+            })
+            .cloned()
+            .collect();
+        for (k, v) in &st.args {
+            if config.env_get(k).is_some() {
+                continue;
+            }
+            if PROXY_ARGS.contains(&k.as_str()) {
+                proxy_env.push(format!("{k}={v}"));
+            } else {
+                env.push(format!("{k}={v}"));
+            }
+        }
+        for (k, v) in &self.opts.build_args {
+            if PROXY_ARGS.contains(&k.as_str())
+                && !proxy_env.iter().any(|p| p.starts_with(&format!("{k}=")))
+            {
+                proxy_env.push(format!("{k}={v}"));
+            }
+        }
+        (env, proxy_env)
+    }
+
+    /// One `--mount` of a RUN in `st`; a bind mount's source state is added to `extra`
+    /// (the step's inputs after the first).
+    fn run_mount(
+        &mut self,
+        st: &StageState,
+        m: &RunMount,
+        extra: &mut Vec<State>,
+        line: usize,
+    ) -> Result<ExecMount> {
+        let target = m
+            .target
+            .as_deref()
+            .map(|t| self.expand(st, t, line))
+            .transpose()?;
+        let source = match m.kind {
+            MountType::Cache => {
+                let target = target.clone().ok_or_else(|| {
+                    src_err(self.df, line, 1, "--mount=type=cache needs a target")
+                })?;
+                MountSource::Cache {
+                    id: m.id.clone().unwrap_or(target),
+                    sharing: match m.sharing {
+                        Some(CacheSharing::Locked) => Sharing::Locked,
+                        Some(CacheSharing::Private) => Sharing::Private,
+                        _ => Sharing::Shared,
+                    },
+                    uid: m.uid.unwrap_or(0),
+                    gid: m.gid.unwrap_or(0),
+                    mode: m.mode.unwrap_or(0o755),
+                }
+            }
+            MountType::Secret => {
+                let id =
+                    m.id.clone()
+                        .or_else(|| {
+                            target
+                                .as_deref()
+                                .and_then(|t| t.rsplit('/').next())
+                                .map(str::to_string)
+                        })
+                        .ok_or_else(|| {
+                            src_err(
+                                self.df,
+                                line,
+                                1,
+                                "--mount=type=secret needs an id or a target",
+                            )
+                        })?;
+                MountSource::Secret {
+                    id,
+                    env: m.env.clone(),
+                    required: m.required,
+                }
+            }
+            MountType::Bind => {
+                let from = match &m.from {
+                    Some(f) => {
+                        let f = self.expand(st, f, line)?;
+                        self.state_named(&f, st.idx)?
+                    }
+                    None => self.context.clone(),
+                };
+                extra.push(from);
+                MountSource::Input {
+                    input: extra.len(),
+                    path: m
+                        .source
+                        .as_deref()
+                        .map(|s| self.expand(st, s, line))
+                        .transpose()?
+                        .unwrap_or_else(|| "/".into()),
+                    rw: !m.readonly,
+                }
+            }
+            MountType::Tmpfs => MountSource::Tmpfs { size: m.size },
+            MountType::Ssh => {
+                return Err(src_err(
+                    self.df,
+                    line,
+                    1,
+                    "--mount=type=ssh is not supported yet",
+                ));
+            }
+        };
+        let target = match (&source, target) {
+            (_, Some(t)) => t,
+            (MountSource::Secret { id, .. }, None) => format!("/run/secrets/{id}"),
+            _ => {
+                return Err(src_err(
+                    self.df,
+                    line,
+                    1,
+                    &format!("--mount=type={} needs a target", m.kind.as_str()),
+                ));
+            }
+        };
+        Ok(ExecMount { target, source })
+    }
+}
+
+/// The process arguments of `run` under `shell` (`/bin/sh -c` if unset), and whether
+/// its script is a heredoc with its own interpreter, which needs [`HEREDOC_DIR`].
+fn command(run: &Run, shell: &Option<Vec<String>>) -> (Vec<String>, bool) {
+    let cmd = match &run.command {
+        CommandLine::Exec(list) => return (list.clone(), false),
+        CommandLine::Shell(cmd) => cmd,
+    };
+    let mut heredoc_script = false;
+    let mut script = cmd.clone();
+    let only_heredoc =
+        run.heredocs.len() == 1 && cmd.trim_start().starts_with("<<") && !cmd.trim().contains(' ');
+    let body = &run
+        .heredocs
+        .first()
+        .map(|h| h.content.clone())
+        .unwrap_or_default();
+    if only_heredoc && body.starts_with("#!") {
+        // A script with its own interpreter: written to a tmpfs mounted for the step,
+        // then run by that interpreter.
+        heredoc_script = true;
+        let interp = body.lines().next().unwrap_or("#!/bin/sh")[2..]
+            .trim()
+            .to_string();
+        script = format!(
+            "cat > {HEREDOC_DIR}/script <<'BERTH_HEREDOC_EOF'\n{body}{}BERTH_HEREDOC_EOF\nexec {interp} {HEREDOC_DIR}/script",
+            if body.ends_with('\n') { "" } else { "\n" }
+        );
+    } else if only_heredoc {
+        script = body.clone();
+    } else {
+        for h in &run.heredocs {
+            script.push('\n');
+            script.push_str(&h.content);
+            if !h.content.ends_with('\n') {
+                script.push('\n');
+            }
+            script.push_str(&h.name);
+        }
+    }
+    let mut args = shell
+        .clone()
+        .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+    args.push(script);
+    (args, heredoc_script)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::frontend::dockerfile::lower::{LowerOptions, lower};
+    use crate::ir::{ExecOp, Op};
+    use crate::{Dockerfile, image::ResolvedImage};
+
+    /// The exec op of the last step of `text`, lowered with `opts`.
+    fn last_exec(text: &str, opts: &LowerOptions) -> ExecOp {
+        let df = Dockerfile::parse("Dockerfile", text).unwrap();
+        let mut resolve =
+            |r: &str| -> crate::Result<ResolvedImage> { panic!("nothing to resolve, asked {r}") };
+        let lowered = lower(&df, opts, &mut resolve).unwrap();
+        match &lowered.state.vertex().op {
+            Op::Exec(e) => e.clone(),
+            op => panic!("the last step is not a RUN: {op:?}"),
+        }
+    }
+
+    /// Programs disagree on which of two `X=` entries counts (C's getenv and Go take the
+    /// first, shells and Python the last), so a variable reaches a step once: with the
+    /// value its last ARG gave it, as BuildKit's AddEnv does. An ARG without a value
+    /// keeps the earlier one, for the step and for expansion.
+    #[test]
+    fn a_redeclared_arg_reaches_run_once_with_its_last_value() {
+        let exec = last_exec(
+            "FROM scratch\nARG X=1 Y=y\nARG X=2\nARG HTTP_PROXY=a\nARG HTTP_PROXY=b\nARG X\nENV SEEN=$X\nRUN echo $X\n",
+            &LowerOptions::default(),
+        );
+        assert_eq!(
+            exec.env,
+            [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "SEEN=2",
+                "Y=y",
+                "X=2"
+            ]
+        );
+        assert_eq!(exec.proxy_env, ["HTTP_PROXY=b"]);
+    }
+}

@@ -1,0 +1,220 @@
+//! Cache keys and cache records. A step's key is a digest of its op, the keys of its
+//! inputs, the content of the context files it reads and, for steps that make layers,
+//! `SOURCE_DATE_EPOCH`; the record under a key lists the layers it made
+//! (`cache/records/<key>`). The content checksums of a context's files are kept between
+//! builds (`cache/sums/<context>`), so unchanged files are not read again.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_oci::Digest;
+use serde::{Deserialize, Serialize};
+
+use super::{Layer, Output, Solved, Solver, write_atomic};
+use crate::error::Result;
+use crate::fileops;
+use crate::ir::{FileAction, MountSource, Op, State};
+use crate::pattern::Ignore;
+
+/// The record kept for each cache key.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    layers: Vec<Layer>,
+}
+
+/// What a step's key was made of, kept per build and step label to explain the next
+/// miss.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub(super) struct Ingredients {
+    pub(super) op: String,
+    /// `(label, cache key)` of each input, in the op's order.
+    pub(super) inputs: Vec<(String, String)>,
+    pub(super) files: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) source_date_epoch: Option<u64>,
+}
+
+impl Solver {
+    /// The cache key of `state` given its solved `inputs`, and what it is made of.
+    pub(super) fn cache_key(
+        &self,
+        state: &State,
+        inputs: &[Arc<Solved>],
+    ) -> Result<(Digest, Ingredients)> {
+        let v = state.vertex();
+        let op = serde_json::to_string(&v.op).expect("ops serialise");
+        let mut ing = Ingredients {
+            op,
+            inputs: v
+                .inputs
+                .iter()
+                .zip(inputs)
+                .map(|(s, r)| (s.vertex().name.clone(), r.key.to_string()))
+                .collect(),
+            files: BTreeMap::new(),
+            // Only what a step makes has timestamps to clamp. A source's key without
+            // it keeps "input FROM … changed" out of the explanation of a new epoch.
+            source_date_epoch: self
+                .opts
+                .source_date_epoch
+                .filter(|_| matches!(v.op, Op::Exec(_) | Op::File(_))),
+        };
+        // Content of the context files a step reads.
+        let mut content = Vec::new();
+        let sources: Vec<(usize, Vec<String>)> = match &v.op {
+            Op::File(f) => f
+                .actions
+                .iter()
+                .filter_map(|a| match a {
+                    FileAction::Copy { from, sources, .. } => Some((*from, sources.clone())),
+                    _ => None,
+                })
+                .collect(),
+            Op::Exec(e) => e
+                .mounts
+                .iter()
+                .filter_map(|m| match &m.source {
+                    MountSource::Input { input, path, .. } => Some((*input, vec![path.clone()])),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (input, srcs) in sources {
+            if let Some(Output::Dir { path, exclude }) = inputs.get(input).map(|s| &s.output) {
+                let ignore = Ignore::new(exclude.iter().map(String::as_str));
+                let matched = fileops::resolve_sources(path, &srcs, &ignore)?;
+                let cache = self.sum_cache(path);
+                let (sum, files) = fileops::checksum_cached(path, &matched, &ignore, Some(&cache))?;
+                content.push(sum.to_string());
+                ing.files.extend(files);
+            }
+        }
+        #[derive(Serialize)]
+        struct KeyDoc<'a> {
+            op: &'a str,
+            inputs: Vec<&'a str>,
+            content: &'a [String],
+            /// Layer timestamps depend on it, so results made under another do not fit.
+            source_date_epoch: Option<u64>,
+        }
+        let doc = KeyDoc {
+            op: &ing.op,
+            inputs: ing.inputs.iter().map(|(_, k)| k.as_str()).collect(),
+            content: &content,
+            source_date_epoch: ing.source_date_epoch,
+        };
+        let key = Digest::sha256(&serde_json::to_vec(&doc).expect("json"));
+        Ok((key, ing))
+    }
+
+    fn sums_path(&self, context: &Path) -> PathBuf {
+        let id = Digest::sha256(context.to_string_lossy().as_bytes());
+        self.root.join("cache/sums").join(id.hex())
+    }
+
+    /// The content-hash cache of a context directory, loaded on first use.
+    fn sum_cache(&self, context: &Path) -> Arc<fileops::SumCache> {
+        let mut all = self.sums.lock().expect("sums");
+        all.entry(context.to_path_buf())
+            .or_insert_with(|| {
+                let map = fs::read(self.sums_path(context))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                Arc::new(std::sync::Mutex::new(map))
+            })
+            .clone()
+    }
+
+    /// Keep the content hashes computed in this build for the next one, so unchanged
+    /// context files are not read again.
+    pub fn save_sums(&self) {
+        let all = self.sums.lock().expect("sums");
+        for (context, cache) in all.iter() {
+            let path = self.sums_path(context);
+            if let Some(dir) = path.parent() {
+                let _ = fs::create_dir_all(dir);
+            }
+            let map = cache.lock().expect("sums");
+            if let Ok(bytes) = serde_json::to_vec(&*map) {
+                let _ = write_atomic(&path, &bytes);
+            }
+        }
+    }
+
+    fn record_path(&self, key: &Digest) -> PathBuf {
+        self.root.join("cache/records").join(key.hex())
+    }
+
+    /// Record that `key` made `layers`.
+    pub(super) fn record(&self, key: &Digest, layers: &[Layer]) -> Result<()> {
+        let rec = serde_json::to_vec(&Record {
+            layers: layers.to_vec(),
+        })
+        .expect("json");
+        write_atomic(&self.record_path(key), &rec)
+    }
+
+    /// The layers recorded under `key`, if the record and all its blobs are there.
+    pub(super) fn lookup(&self, key: &Digest) -> Result<Option<Vec<Layer>>> {
+        let path = self.record_path(key);
+        let Ok(bytes) = fs::read(&path) else {
+            return Ok(None);
+        };
+        let Ok(rec) = serde_json::from_slice::<Record>(&bytes) else {
+            return Ok(None);
+        };
+        // The record's mtime is its last use, for `berth prune`.
+        if let Ok(f) = fs::File::options().write(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+        for l in &rec.layers {
+            if self.store.blob_size(&l.blob.digest)?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(rec.layers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::solver::testkit::*;
+
+    #[tokio::test]
+    async fn a_second_build_takes_every_step_from_cache() {
+        let f = Fixture::new();
+        fs::write(f.context().join("a.txt"), "a\n").unwrap();
+        let a = run(&State::scratch(), "a", "a");
+        let b = run_on_context(&a, "b", "b");
+        let c = run(&b, "c", "c");
+        let first = f.build_ok(&c, Run::default()).await;
+        assert_eq!(f.exec.runs(), ["a", "b", "c"]);
+        assert!(first.cached().is_empty());
+        assert_eq!(first.reason("a"), "first build of this step");
+
+        let second = f.build_ok(&c, Run::default()).await;
+        assert!(f.exec.runs().is_empty(), "ran again: {:?}", f.exec.runs());
+        assert_eq!(second.cached(), ["a", "b", "c"]);
+        assert_eq!(second.started(), ["[internal] load context"]);
+    }
+
+    #[tokio::test]
+    async fn a_miss_reruns_that_step_and_what_follows_only() {
+        let f = Fixture::new();
+        let a = run(&State::scratch(), "a", "a");
+        f.build_ok(&run(&run(&a, "b", "b"), "c", "c"), Run::default())
+            .await;
+        let events = f
+            .build_ok(&run(&run(&a, "b2", "b"), "c", "c"), Run::default())
+            .await;
+        assert_eq!(f.exec.runs(), ["b2", "c"]);
+        assert_eq!(events.cached(), ["a"]);
+        assert_eq!(events.reason("b"), "the instruction changed");
+        assert_eq!(events.reason("c"), r#"input "b" changed"#);
+    }
+}

@@ -1,0 +1,214 @@
+//! Running a RUN step: the process (user, environment, network), its output, and the
+//! stub files the runtime leaves for file mounts.
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use berth_exec::{Meta, Network};
+use berth_snapshot::Active;
+
+use super::mounts::Holds;
+use super::{Event, Output, Solved, Solver, io_err};
+use crate::error::{BuildError, Result};
+use crate::ir::{ExecOp, NetworkMode, State};
+
+impl Solver {
+    /// Run a RUN step on its first input's file system; its changes become a layer.
+    pub(super) fn run_exec(
+        &self,
+        state: &State,
+        id: usize,
+        op: &ExecOp,
+        inputs: &[Arc<Solved>],
+    ) -> Result<Output> {
+        let Output::Layers(below) = &inputs[0].output else {
+            return Err(BuildError::Invalid(
+                "RUN needs a file system, not a directory".into(),
+            ));
+        };
+        let active = self.prepare(below)?;
+        let mut holds = Holds::default();
+        let result = self.exec_in(state, id, op, inputs, &active, &mut holds);
+        drop(holds);
+        match result {
+            Ok(()) => self.commit(active, below),
+            Err(e) => {
+                let _ = self.snapshots.remove(active);
+                Err(e)
+            }
+        }
+    }
+
+    /// Run `op` in `active`; what its mounts need stays in `holds` until the caller
+    /// drops it.
+    fn exec_in(
+        &self,
+        state: &State,
+        id: usize,
+        op: &ExecOp,
+        inputs: &[Arc<Solved>],
+        active: &Active,
+        holds: &mut Holds,
+    ) -> Result<()> {
+        let (uid, gid) = lookup_user(&active.lowers, &op.user)?;
+        let mut env = op.env.clone();
+        env.extend(op.proxy_env.iter().cloned());
+        let mounts = self.exec_mounts(op, inputs, (uid, gid), &mut env, holds)?;
+        let meta = Meta {
+            args: op.args.clone(),
+            env,
+            cwd: op.cwd.clone(),
+            uid,
+            gid,
+            additional_gids: Vec::new(),
+            hostname: String::new(),
+            network: match op.network {
+                NetworkMode::Isolated => Network::Isolated,
+                NetworkMode::Host => Network::Host,
+                NetworkMode::None => Network::None,
+            },
+        };
+        // The runtime creates a file for each file mount whose target the image lacks;
+        // those stubs must not end up in the layer (directories stay, as in Docker).
+        let mut stubs: Vec<String> = op.mounts.iter().map(|m| m.target.clone()).collect();
+        if op.network != NetworkMode::None {
+            stubs.extend(["/etc/hosts".to_string(), "/etc/resolv.conf".to_string()]);
+        }
+        stubs.retain(|t| !exists_in(&active.lowers, t));
+        let mut tail = Tail::default();
+        let progress = &self.opts.progress;
+        let code = self
+            .executor
+            .run(&active.mounts(), &mounts, &meta, &mut |stream, data| {
+                tail.push(data);
+                progress.event(Event::Log {
+                    id,
+                    stream,
+                    data: data.to_vec(),
+                });
+            })?;
+        if code != 0 {
+            return Err(BuildError::StepFailed {
+                step: state.vertex().name.clone(),
+                command: format!("{:?}", op.args),
+                code,
+                output: tail.text(),
+            });
+        }
+        for t in stubs {
+            let p = active.upper.join(t.trim_start_matches('/'));
+            let meta = fs::symlink_metadata(&p);
+            if meta.as_ref().is_ok_and(|m| m.is_file() && m.len() == 0) {
+                fs::remove_file(&p).map_err(|e| io_err("remove mount stub", &p, e))?;
+            } else if t == crate::frontend::dockerfile::lower::HEREDOC_DIR
+                && meta.is_ok_and(|m| m.is_dir())
+            {
+                // berth's own mount point, not the user's: it leaves no trace, nor does
+                // a /run that only it made.
+                let _ = fs::remove_dir(&p);
+                if !exists_in(&active.lowers, "/run") {
+                    let _ = fs::remove_dir(active.upper.join("run"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The last lines of a step's output, for its error message.
+#[derive(Default)]
+struct Tail {
+    buf: Vec<u8>,
+}
+
+impl Tail {
+    const KEEP: usize = 8 << 10;
+
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() > 2 * Self::KEEP {
+            self.buf.drain(..self.buf.len() - Self::KEEP);
+        }
+    }
+
+    fn text(&self) -> String {
+        let s = String::from_utf8_lossy(&self.buf);
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+/// Resolve `user[:group]` against the image's /etc/passwd and /etc/group (numeric ids
+/// pass through; an empty user is root).
+pub(super) fn lookup_user(lowers: &[PathBuf], user: &str) -> Result<(u32, u32)> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    // The topmost layer with an entry at /etc/<name> decides; a whiteout means the file
+    // was deleted.
+    let read = |name: &str| -> Option<String> {
+        let p = lowers
+            .iter()
+            .map(|l| l.join("etc").join(name))
+            .find(|p| fs::symlink_metadata(p).is_ok())?;
+        let m = fs::symlink_metadata(&p).ok()?;
+        m.is_file().then(|| fs::read_to_string(&p).ok()).flatten()
+    };
+    let field = |file: &str, name: &str, idx: usize| -> Option<u32> {
+        read(file)?.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name))
+                .then(|| f.get(idx)?.parse().ok())
+                .flatten()
+        })
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        // A numeric user takes the group of the passwd entry with that uid, or 0, as
+        // runc and Docker do.
+        Ok(n) => {
+            let gid = read("passwd").and_then(|text| {
+                text.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.get(2).and_then(|x| x.parse::<u32>().ok()) == Some(n))
+                        .then(|| f.get(3)?.parse().ok())
+                        .flatten()
+                })
+            });
+            (n, gid.unwrap_or(0))
+        }
+        Err(_) => {
+            let uid = field("passwd", u, 2).ok_or_else(|| {
+                BuildError::Invalid(format!("user {u:?} is not in the image's /etc/passwd"))
+            })?;
+            (uid, field("passwd", u, 3).unwrap_or(0))
+        }
+    };
+    let gid = match g {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => field("group", g, 2).ok_or_else(|| {
+                BuildError::Invalid(format!("group {g:?} is not in the image's /etc/group"))
+            })?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// Whether `path` exists in the file system made of `lowers` (topmost first): the
+/// topmost layer that has an entry there decides, and a whiteout means "deleted".
+fn exists_in(lowers: &[PathBuf], path: &str) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let rel = path.trim_start_matches('/');
+    for l in lowers {
+        if let Ok(m) = fs::symlink_metadata(l.join(rel)) {
+            return !(m.file_type().is_char_device() && m.rdev() == 0);
+        }
+    }
+    false
+}

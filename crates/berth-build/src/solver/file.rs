@@ -1,0 +1,153 @@
+//! File operations (COPY, ADD, WORKDIR, heredoc files) on a step's snapshot.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::exec::lookup_user;
+use super::snapshot::View;
+use super::{Output, Solved, Solver, io_err, unique};
+use crate::error::{BuildError, Result};
+use crate::fileops::{self, CopyOptions};
+use crate::ir::{FileAction, FileOp};
+use crate::pattern::Ignore;
+
+impl Solver {
+    /// Where the files of `input` are read from: the directory, its ignore rules, the
+    /// view that keeps it mounted (a stage's file system), and whether it is a stage.
+    pub(super) fn source_root(
+        &self,
+        input: &Solved,
+    ) -> Result<(PathBuf, Ignore, Option<View>, bool)> {
+        match &input.output {
+            Output::Dir { path, exclude } => Ok((
+                path.clone(),
+                Ignore::new(exclude.iter().map(String::as_str)),
+                None,
+                false,
+            )),
+            Output::Layers(layers) => {
+                let view = self.view(layers)?;
+                Ok((view.dir.clone(), Ignore::default(), Some(view), true))
+            }
+        }
+    }
+
+    /// Apply a file op on its first input's file system; its changes become a layer.
+    pub(super) fn run_file(&self, op: &FileOp, inputs: &[Arc<Solved>]) -> Result<Output> {
+        let Output::Layers(below) = &inputs[0].output else {
+            return Err(BuildError::Invalid(
+                "file operations need a file system, not a directory".into(),
+            ));
+        };
+        let active = self.prepare(below)?;
+        let target = self.root.join("tmp").join(unique("mnt"));
+        fs::create_dir_all(&target).map_err(|e| io_err("create directory", &target, e))?;
+        let result = (|| {
+            let guard = berth_exec::mount_rootfs(&active.mounts(), &target)?;
+            for action in &op.actions {
+                self.file_action(action, &op.cwd, &target, &active.lowers, inputs)?;
+            }
+            guard.unmount()?;
+            Ok::<_, BuildError>(())
+        })();
+        let _ = fs::remove_dir(&target);
+        if let Err(e) = result {
+            let _ = self.snapshots.remove(active);
+            return Err(e);
+        }
+        self.commit(active, below)
+    }
+
+    /// One action of a file op on the file system mounted at `target`.
+    fn file_action(
+        &self,
+        action: &FileAction,
+        cwd: &str,
+        target: &Path,
+        lowers: &[PathBuf],
+        inputs: &[Arc<Solved>],
+    ) -> Result<()> {
+        let abs = |p: &str| {
+            if p.starts_with('/') {
+                p.to_string()
+            } else {
+                format!("{}/{p}", cwd.trim_end_matches('/'))
+            }
+        };
+        let owner = |c: &Option<String>| c.as_deref().map(|u| lookup_user(lowers, u)).transpose();
+        match action {
+            FileAction::Copy {
+                from,
+                sources,
+                dest,
+                chown,
+                chmod,
+                extract_archives,
+                exclude,
+            } => {
+                let input = inputs.get(*from).ok_or_else(|| {
+                    BuildError::Invalid(format!("copy from missing input {from}"))
+                })?;
+                let (root, ignore, _view, from_stage) = self.source_root(input)?;
+                let exclude = Ignore::new(exclude.iter().map(String::as_str));
+                let matched = fileops::resolve_sources(&root, sources, &ignore)?;
+                let dest = if dest.ends_with('/') {
+                    format!("{}/", abs(dest).trim_end_matches('/'))
+                } else {
+                    abs(dest)
+                };
+                let chown = owner(chown)?;
+                fileops::copy(
+                    &root,
+                    &matched,
+                    &ignore,
+                    &exclude,
+                    target,
+                    &dest,
+                    CopyOptions {
+                        chown,
+                        chmod: *chmod,
+                        keep_owner: from_stage,
+                        // Only archives from the build context are unpacked, as in Docker.
+                        extract_archives: *extract_archives && !from_stage,
+                    },
+                )
+            }
+            FileAction::Mkdir { path, chown } => {
+                fileops::mkdir_all(target, &abs(path), owner(chown)?).map(|_| ())
+            }
+            FileAction::Write {
+                path,
+                data,
+                mode,
+                chown,
+            } => {
+                let chown = owner(chown)?;
+                let p = abs(path);
+                let parent = Path::new(&p)
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "/".into());
+                let dir = fileops::mkdir_all(target, &parent, chown)?;
+                let file = dir.join(Path::new(&p).file_name().unwrap_or_default());
+                // Whatever stands there is replaced, a symlink included: writing through
+                // it could reach outside the image.
+                match fs::symlink_metadata(&file) {
+                    Ok(m) if m.is_dir() => {
+                        fs::remove_dir_all(&file).map_err(|e| io_err("replace", &file, e))?
+                    }
+                    Ok(_) => fs::remove_file(&file).map_err(|e| io_err("replace", &file, e))?,
+                    Err(_) => {}
+                }
+                fs::write(&file, data).map_err(|e| io_err("write", &file, e))?;
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&file, fs::Permissions::from_mode(*mode))
+                    .map_err(|e| io_err("chmod", &file, e))?;
+                let (u, g) = chown.unwrap_or((0, 0));
+                std::os::unix::fs::lchown(&file, Some(u), Some(g))
+                    .map_err(|e| io_err("chown", &file, e))
+            }
+        }
+    }
+}

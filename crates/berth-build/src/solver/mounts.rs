@@ -1,0 +1,260 @@
+//! The mounts of a RUN step: cache directories (with their sharing modes), secrets,
+//! bind mounts of the context or another stage, tmpfs; and [`Holds`], what they keep
+//! until the step ends.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_oci::{Digest, Mount};
+
+use super::snapshot::View;
+use super::{SecretSource, Solved, Solver, io_err, unique};
+use crate::error::{BuildError, Result};
+use crate::fileops;
+use crate::ir::{ExecOp, MountSource, Sharing};
+
+impl Solver {
+    /// The runtime mounts for `op.mounts`, in their order, for a process running as
+    /// `uid:gid`. A secret asked for as a variable is added to `env` instead; what the
+    /// mounts need until the step ends (locks, views, scratch directories) goes into
+    /// `holds`.
+    pub(super) fn exec_mounts(
+        &self,
+        op: &ExecOp,
+        inputs: &[Arc<Solved>],
+        (uid, gid): (u32, u32),
+        env: &mut Vec<String>,
+        holds: &mut Holds,
+    ) -> Result<Vec<Mount>> {
+        let bind = |source: PathBuf, access: &str| {
+            let options = vec!["rbind".to_string(), access.to_string()];
+            ("bind", source, options)
+        };
+        let mut mounts = Vec::new();
+        for m in &op.mounts {
+            let (typ, source, options) = match &m.source {
+                MountSource::Cache {
+                    id,
+                    sharing,
+                    uid,
+                    gid,
+                    mode,
+                } => bind(
+                    self.cache_mount_dir(id, *sharing, holds, (*uid, *gid, *mode))?,
+                    "rw",
+                ),
+                MountSource::Secret {
+                    id,
+                    env: as_env,
+                    required,
+                } => {
+                    let staged = self.secret_mount(
+                        id,
+                        as_env.as_deref(),
+                        *required,
+                        (uid, gid),
+                        env,
+                        holds,
+                    )?;
+                    match staged {
+                        Some(file) => bind(file, "ro"),
+                        None => continue,
+                    }
+                }
+                MountSource::Input { input, path, rw } => bind(
+                    self.input_mount(inputs, *input, path, *rw, holds)?,
+                    if *rw { "rw" } else { "ro" },
+                ),
+                MountSource::Tmpfs { size } => {
+                    let mut opts = vec!["nosuid".into(), "nodev".into(), "mode=1777".into()];
+                    if let Some(n) = size {
+                        opts.push(format!("size={n}"));
+                    }
+                    ("tmpfs", PathBuf::from("tmpfs"), opts)
+                }
+            };
+            let mut mount = Mount::default();
+            mount.set_destination(PathBuf::from(&m.target));
+            mount.set_typ(Some(typ.into()));
+            mount.set_source(Some(source));
+            mount.set_options(Some(options));
+            mounts.push(mount);
+        }
+        Ok(mounts)
+    }
+
+    /// Secret `id` for a process running as `uid:gid`: the file to mount, staged in
+    /// memory for the step; or `None` when it goes into `env` as `as_env`, or is optional
+    /// and not given.
+    fn secret_mount(
+        &self,
+        id: &str,
+        as_env: Option<&str>,
+        required: bool,
+        (uid, gid): (u32, u32),
+        env: &mut Vec<String>,
+        holds: &mut Holds,
+    ) -> Result<Option<PathBuf>> {
+        let value = match self.opts.secrets.get(id) {
+            Some(SecretSource::File(p)) => fs::read(p).map_err(|e| io_err("read secret", p, e))?,
+            Some(SecretSource::Value(v)) => v.to_vec(),
+            Some(SecretSource::Env(var)) => std::env::var(var)
+                .map_err(|_| {
+                    BuildError::Invalid(format!(
+                        "secret {id:?}: environment variable {var} is not set"
+                    ))
+                })?
+                .into_bytes(),
+            None if required => return Err(BuildError::MissingSecret(id.to_string())),
+            None => return Ok(None),
+        };
+        if let Some(var) = as_env {
+            env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+            return Ok(None);
+        }
+        // Secrets live in memory (/dev/shm is a tmpfs), in a directory only root can
+        // enter, and only for the step.
+        let dir = crate::secrets::stage_dir(&self.root, &unique("s"))?;
+        let file = dir.join("value");
+        fs::write(&file, &value).map_err(|e| io_err("write secret", &file, e))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(&file, fs::Permissions::from_mode(0o400));
+        let _ = std::os::unix::fs::chown(&file, Some(uid), Some(gid));
+        holds.dirs.push(dir);
+        Ok(Some(file))
+    }
+
+    /// What to bind-mount for `path` of input `input` (`--mount=type=bind`).
+    fn input_mount(
+        &self,
+        inputs: &[Arc<Solved>],
+        input: usize,
+        path: &str,
+        rw: bool,
+        holds: &mut Holds,
+    ) -> Result<PathBuf> {
+        let solved = inputs
+            .get(input)
+            .ok_or_else(|| BuildError::Invalid(format!("mount of missing input {input}")))?;
+        let (root, ignore, view, _) = self.source_root(solved)?;
+        let src = fileops::resolve_in_root(&root, path)?;
+        let from_context = view.is_none();
+        if let Some(v) = view {
+            holds.views.push(v);
+        }
+        // A mount of the build context is an overlay: files .dockerignore excludes are
+        // hidden by whiteouts in its upper directory (the step must not read what its
+        // cache key does not cover), and writes to a writable mount are thrown away,
+        // never reaching the user's files.
+        let hide = from_context && !ignore.patterns().is_empty();
+        if !(from_context && src.is_dir() && (rw || hide)) {
+            return Ok(src);
+        }
+        let scratch = self.root.join("tmp").join(unique("ctxmnt"));
+        let (upper, work, at) = (
+            scratch.join("upper"),
+            scratch.join("work"),
+            scratch.join("mnt"),
+        );
+        for d in [&upper, &work, &at] {
+            fs::create_dir_all(d).map_err(|e| io_err("create directory", d, e))?;
+        }
+        holds.dirs.push(scratch.clone());
+        let rel = src
+            .strip_prefix(&root)
+            .unwrap_or(Path::new(""))
+            .to_string_lossy()
+            .into_owned();
+        fileops::whiteout_ignored(&src, &rel, &ignore, &upper)?;
+        let plan = berth_snapshot::overlay_mount(std::slice::from_ref(&src), &upper, &work);
+        holds.mounts.push(berth_exec::mount_rootfs(&[plan], &at)?);
+        Ok(at)
+    }
+
+    /// The directory of cache mount `id`, made with owner and mode on first use, and
+    /// locked in `holds` as its sharing mode asks (`private` takes the first free copy).
+    fn cache_mount_dir(
+        &self,
+        id: &str,
+        sharing: Sharing,
+        holds: &mut Holds,
+        (uid, gid, mode): (u32, u32, u32),
+    ) -> Result<PathBuf> {
+        let base = self
+            .root
+            .join("cache/mounts")
+            .join(Digest::sha256(id.as_bytes()).hex());
+        let lock_at = |dir: &Path, wait: bool| -> Result<Option<fs::File>> {
+            let lock_path = dir.with_extension("lock");
+            let f =
+                fs::File::create(&lock_path).map_err(|e| io_err("create lock", &lock_path, e))?;
+            if wait {
+                f.lock().map_err(|e| io_err("lock", &lock_path, e))?;
+                Ok(Some(f))
+            } else {
+                match f.try_lock() {
+                    Ok(()) => Ok(Some(f)),
+                    Err(_) => Ok(None),
+                }
+            }
+        };
+        let dir = match sharing {
+            Sharing::Shared => base,
+            Sharing::Locked => {
+                if let Some(l) = lock_at(&base, true)? {
+                    holds.locks.push(l);
+                }
+                base
+            }
+            Sharing::Private => {
+                let mut n = 0;
+                loop {
+                    let d = if n == 0 {
+                        base.clone()
+                    } else {
+                        base.with_file_name(format!(
+                            "{}-{n}",
+                            base.file_name().unwrap().to_string_lossy()
+                        ))
+                    };
+                    if let Some(l) = lock_at(&d, false)? {
+                        holds.locks.push(l);
+                        break d;
+                    }
+                    n += 1;
+                }
+            }
+        };
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(|e| io_err("create cache mount", &dir, e))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(|e| io_err("chown cache mount", &dir, e))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                .map_err(|e| io_err("chmod cache mount", &dir, e))?;
+        }
+        Ok(dir)
+    }
+}
+
+/// Things held for the duration of a step: cache-mount locks, mounted views, secret
+/// files. Dropping releases them.
+#[derive(Default)]
+pub(super) struct Holds {
+    locks: Vec<fs::File>,
+    views: Vec<View>,
+    mounts: Vec<berth_exec::MountGuard>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Holds {
+    fn drop(&mut self) {
+        self.views.clear();
+        // Unmount before the scratch directories under them go.
+        self.mounts.clear();
+        for d in &self.dirs {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Layers and snapshots: unpacking a chain of layers, committing a step's changes as a
+//! new layer, and throw-away mounted views of a file system.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use berth_oci::{Descriptor, Digest};
+use berth_snapshot::{Active, DiffOptions, Snapshotter};
+
+use super::{Layer, Output, Solver, io_err, unique};
+use crate::error::{BuildError, Result};
+use crate::fileops::{self, CopyOptions};
+use crate::image;
+use crate::pattern::Ignore;
+
+impl Solver {
+    /// The layers of an image in the store.
+    pub(super) fn load_image(&self, manifest: &Digest) -> Result<Output> {
+        let descs = image::layers_of(&self.store, manifest)?;
+        let cfg = image::resolve_config_diff_ids(&self.store, manifest)?;
+        let layers: Vec<Layer> = descs
+            .into_iter()
+            .zip(cfg)
+            .map(|(blob, diff_id)| Layer { diff_id, blob })
+            .collect();
+        Ok(Output::Layers(layers))
+    }
+
+    /// Copy the file system of `layers` into the directory `dest` (`--output type=local`).
+    pub fn export_dir(&self, layers: &[Layer], dest: &Path) -> Result<()> {
+        fs::create_dir_all(dest).map_err(|e| io_err("create directory", dest, e))?;
+        let view = self.view(layers)?;
+        let matched = [fileops::Matched { rel: String::new() }];
+        fileops::copy(
+            &view.dir,
+            &matched,
+            &Ignore::default(),
+            &Ignore::default(),
+            dest,
+            "/",
+            CopyOptions {
+                keep_owner: true,
+                ..CopyOptions::default()
+            },
+        )
+    }
+
+    /// Make sure the snapshot chain of `layers` is unpacked; returns its chain ID.
+    fn ensure_chain(&self, layers: &[Layer]) -> Result<Option<Digest>> {
+        let mut parent: Option<Digest> = None;
+        for l in layers {
+            let chain = berth_snapshot::chain_id(parent.as_ref(), &l.diff_id);
+            if !self.snapshots.exists(&chain) {
+                let (file, _) = self.store.open_blob(&l.blob.digest)?.ok_or_else(|| {
+                    BuildError::Image(format!("layer {} is missing from the store", l.blob.digest))
+                })?;
+                let compression = berth_snapshot::Compression::of_media_type(&l.blob.media_type)
+                    .ok_or_else(|| {
+                        BuildError::Image(format!(
+                            "layer {} has media type {}, which berth cannot unpack",
+                            l.blob.digest, l.blob.media_type
+                        ))
+                    })?;
+                if compression != berth_snapshot::Compression::Uncompressed {
+                    // Decompress on a thread of its own, piping into the unpacker: the
+                    // two halves (inflate; creating files) overlap on two cores.
+                    let (pipe_r, mut pipe_w) =
+                        std::io::pipe().map_err(|e| io_err("create pipe", &self.root, e))?;
+                    let inflater = std::thread::spawn(move || {
+                        std::io::copy(&mut compression.reader(file)?, &mut pipe_w)
+                    });
+                    let reader = std::io::BufReader::with_capacity(1 << 20, pipe_r);
+                    let applied = self.snapshots.apply(
+                        parent.as_ref(),
+                        &l.diff_id,
+                        berth_snapshot::Cancelable::new(reader, || self.opts.cancel.is_canceled()),
+                    );
+                    let inflated = inflater
+                        .join()
+                        .map_err(|_| BuildError::Invalid("layer decompression panicked".into()))?;
+                    applied?;
+                    match inflated {
+                        // A hint for loads into Docker, which take layers uncompressed.
+                        Ok(size) => self.store.set_uncompressed(
+                            &l.blob.digest,
+                            &berth_store::Uncompressed {
+                                diff_id: l.diff_id.clone(),
+                                size,
+                            },
+                        ),
+                        // Another build unpacked the same chain first: nothing was read.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                        Err(e) => {
+                            return Err(BuildError::Image(format!("layer {}: {e}", l.blob.digest)));
+                        }
+                    }
+                } else {
+                    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+                    let reader =
+                        berth_snapshot::Cancelable::new(reader, || self.opts.cancel.is_canceled());
+                    self.snapshots.apply(parent.as_ref(), &l.diff_id, reader)?;
+                }
+            }
+            parent = Some(chain);
+        }
+        Ok(parent)
+    }
+
+    /// An active snapshot on top of `layers`, unpacking them first if needed.
+    pub(super) fn prepare(&self, layers: &[Layer]) -> Result<Active> {
+        let chain = self.ensure_chain(layers)?;
+        Ok(self.snapshots.prepare(&unique("s"), chain.as_ref())?)
+    }
+
+    /// Diff an active snapshot into a layer on top of `below`; an empty diff adds none.
+    pub(super) fn commit(&self, active: Active, below: &[Layer]) -> Result<Output> {
+        let reference = unique("layer");
+        let mut w = self
+            .store
+            .writer(&reference, berth_oci::Algorithm::Sha256)?;
+        let opts = DiffOptions {
+            source_date_epoch: self.opts.source_date_epoch,
+            gzip_level: None,
+            compression: self.opts.compression,
+        };
+        let info = match berth_snapshot::diff(&active.upper, &mut w, &opts) {
+            Ok(i) => i,
+            Err(e) => {
+                drop(w);
+                let _ = self.store.abort(&reference);
+                let _ = self.snapshots.remove(active);
+                return Err(e.into());
+            }
+        };
+        if info.empty {
+            drop(w);
+            let _ = self.store.abort(&reference);
+            self.snapshots.remove(active)?;
+            return Ok(Output::Layers(below.to_vec()));
+        }
+        w.commit(Some(&info.digest), Some(info.size))?;
+        self.store.set_uncompressed(
+            &info.digest,
+            &berth_store::Uncompressed {
+                diff_id: info.diff_id.clone(),
+                size: info.uncompressed_size,
+            },
+        );
+        self.snapshots.commit(active, &info.diff_id)?;
+        let mut layers = below.to_vec();
+        layers.push(Layer {
+            diff_id: info.diff_id,
+            blob: Descriptor {
+                media_type: info.media_type.to_string(),
+                digest: info.digest,
+                size: info.size,
+                artifact_type: None,
+                annotations: None,
+                platform: None,
+            },
+        });
+        Ok(Output::Layers(layers))
+    }
+
+    /// Mount a throw-away view of `layers` at a fresh directory.
+    pub(super) fn view(&self, layers: &[Layer]) -> Result<View> {
+        let active = self.prepare(layers)?;
+        let dir = self.root.join("tmp").join(unique("view"));
+        fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
+        let guard = berth_exec::mount_rootfs(&active.mounts(), &dir)?;
+        Ok(View {
+            dir,
+            guard: Some(guard),
+            active: Some(active),
+            snapshots: self.snapshots.clone(),
+        })
+    }
+}
+
+/// A mounted, throw-away view of a file system.
+pub(super) struct View {
+    pub(super) dir: PathBuf,
+    guard: Option<berth_exec::MountGuard>,
+    active: Option<Active>,
+    snapshots: Snapshotter,
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        if let Some(g) = self.guard.take() {
+            let _ = g.unmount();
+        }
+        let _ = fs::remove_dir(&self.dir);
+        if let Some(a) = self.active.take() {
+            let _ = self.snapshots.remove(a);
+        }
+    }
+}
