@@ -253,7 +253,7 @@ impl BundleBuilder {
             // `sudo` or `su` in a step works as under `docker build`.
             .no_new_privileges(false)
             .build()?;
-        // No limits of berth's own: a step inherits runc's, as under Docker.
+        // No limits of berth's own: a step inherits berth's through runc.
         process.set_rlimits(None);
 
         let mut linux = LinuxBuilder::default()
