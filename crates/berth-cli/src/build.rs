@@ -9,7 +9,7 @@ use berth_build::{BuildOptions, OutputSpec, Progress, SecretSource};
 use clap::Args;
 
 use crate::progress::{self, Mode};
-use crate::settings::Settings;
+use crate::settings::{DockerArgs, Settings};
 
 #[derive(Args)]
 pub struct BuildArgs {
@@ -67,31 +67,7 @@ pub struct BuildArgs {
     #[arg(long)]
     no_satellite: bool,
     #[command(flatten)]
-    delivery: Delivery,
-}
-
-/// How images reach the Docker daemon.
-#[derive(Args, Clone)]
-pub struct Delivery {
-    /// Do not use the registry proxy; always stream a tar to the daemon.
-    #[arg(long)]
-    no_registry_proxy: bool,
-    /// Port of the registry proxy on 127.0.0.1 [default: any free port].
-    #[arg(long)]
-    registry_proxy_port: Option<u16>,
-}
-
-impl Delivery {
-    fn options(&self, settings: &Settings) -> berth_docker::LoadOptions {
-        berth_docker::LoadOptions {
-            no_registry_proxy: self.no_registry_proxy
-                || settings.file.docker.registry_proxy == Some(false),
-            proxy_port: self
-                .registry_proxy_port
-                .or(settings.file.docker.registry_proxy_port)
-                .unwrap_or(0),
-        }
-    }
+    docker: DockerArgs,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -107,23 +83,6 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 
 fn parse_entitlement(s: &str) -> Result<berth_build::Entitlement, String> {
     s.parse()
-}
-
-/// `--allow` flags and `[build] allow` of config.toml, together.
-fn entitlements(
-    flags: &[berth_build::Entitlement],
-    settings: &Settings,
-) -> Result<Vec<berth_build::Entitlement>> {
-    let mut all = flags.to_vec();
-    for name in &settings.file.build.allow {
-        all.push(
-            name.parse()
-                .map_err(|e: String| anyhow::anyhow!("[build] allow in config.toml: {e}"))?,
-        );
-    }
-    all.sort();
-    all.dedup();
-    Ok(all)
 }
 
 fn parse_opts(s: &str) -> HashMap<String, String> {
@@ -167,14 +126,6 @@ fn parse_output(s: &str) -> Result<OutputSpec> {
     }
 }
 
-/// Proxy variables of berth's environment, for RUN steps.
-fn proxy_env() -> Vec<String> {
-    berth_build::PROXY_ARGS
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
-        .collect()
-}
-
 pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     let context = args
         .context
@@ -197,14 +148,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     let outputs_oci = outputs
         .iter()
         .any(|o| matches!(o, berth_build::OutputSpec::OciTar(_)));
-    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => Some(
-            v.trim()
-                .parse::<u64>()
-                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?,
-        ),
-        Err(_) => None,
-    };
+    let build = settings.build(&args.allow)?;
     let tty = match args.progress {
         Mode::Tty => true,
         Mode::Plain => false,
@@ -225,7 +169,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
             context,
             dockerfile,
             secrets,
-            source_date_epoch,
+            &build,
             sink,
             tty_view,
         );
@@ -239,8 +183,8 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         build_args: args.build_args.iter().cloned().collect::<BTreeMap<_, _>>(),
         secrets,
         no_cache: args.no_cache,
-        source_date_epoch,
-        proxy_env: proxy_env(),
+        source_date_epoch: build.source_date_epoch,
+        proxy_env: build.proxy_env,
         outputs,
         progress: sink,
         cancel: cancel.clone(),
@@ -254,7 +198,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
             }
         }),
         force_compression: args.force_compression,
-        allow: entitlements(&args.allow, settings)?,
+        allow: build.allow,
     };
     let store = berth_store::Store::open(&settings.root)
         .with_context(|| format!("open store at {}", settings.root.display()))?;
@@ -294,7 +238,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         if args.tags.is_empty() {
             bail!("--load needs a -t name for the image in Docker");
         }
-        let opts = args.delivery.options(settings);
+        let opts = settings.docker(&args.docker);
         for t in &args.tags {
             rt.block_on(load_one(&store_for_push, t, None, &opts))?;
         }
@@ -327,7 +271,7 @@ fn remote(
     context: PathBuf,
     dockerfile: PathBuf,
     secrets: HashMap<String, SecretSource>,
-    source_date_epoch: Option<u64>,
+    build: &crate::settings::BuildSettings,
     sink: Arc<dyn Progress>,
     tty_view: Option<Arc<progress::Tty>>,
 ) -> Result<()> {
@@ -346,11 +290,8 @@ fn remote(
             .map(|(id, src)| Ok((id.clone(), crate::satellite::secret_value(src)?)))
             .collect::<Result<_>>()?,
         no_cache: args.no_cache,
-        source_date_epoch,
-        allow: entitlements(&args.allow, settings)?
-            .iter()
-            .map(|e| e.name().to_owned())
-            .collect(),
+        source_date_epoch: build.source_date_epoch,
+        allow: build.allow.iter().map(|e| e.name().to_owned()).collect(),
         compression: match args.compression {
             Some(berth_build::Compression::Zstd) => "zstd".into(),
             Some(berth_build::Compression::Uncompressed) => "uncompressed".into(),
@@ -537,7 +478,7 @@ pub struct LoadArgs {
     #[arg(long = "as")]
     as_name: Option<String>,
     #[command(flatten)]
-    delivery: Delivery,
+    docker: DockerArgs,
 }
 
 /// Load `name` from the store into Docker as `target` (default: `name`).
@@ -567,7 +508,7 @@ async fn load_one(
 
 pub fn load(settings: &Settings, args: LoadArgs) -> Result<()> {
     let store = berth_store::Store::open(&settings.root)?;
-    let opts = args.delivery.options(settings);
+    let opts = settings.docker(&args.docker);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -5,7 +5,6 @@ mod progress;
 mod satellite;
 mod settings;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -65,49 +64,12 @@ enum Command {
 #[derive(Subcommand)]
 enum RegistryCommand {
     /// Serve the OCI Distribution API over the store.
-    Serve(ServeArgs),
+    Serve(settings::RegistryServeArgs),
     /// Remove blobs no manifest references, and expired upload sessions.
     Gc(GcArgs),
     /// Re-hash every blob, and check that every manifest pulls whole (its blob, config,
     /// layers, child manifests, referrer record).
     Check,
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:5000].
-    #[arg(long, env = "BERTH_REGISTRY_ADDR")]
-    addr: Option<String>,
-    /// TLS certificate chain (PEM); serve HTTPS with --tls-key.
-    #[arg(long, env = "BERTH_REGISTRY_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
-    #[arg(long, env = "BERTH_REGISTRY_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// htpasswd file with bcrypt entries ('htpasswd -B'); enables basic auth.
-    #[arg(long, env = "BERTH_REGISTRY_HTPASSWD")]
-    htpasswd: Option<PathBuf>,
-    /// TOML rules giving users pull/push/delete per repository pattern.
-    #[arg(long, env = "BERTH_REGISTRY_ACCESS", requires = "htpasswd")]
-    access: Option<PathBuf>,
-    /// Refuse every write.
-    #[arg(long)]
-    read_only: bool,
-    /// Refuse DELETE of manifests, tags and blobs.
-    #[arg(long)]
-    no_delete: bool,
-    /// Accept pushes and deletes without --htpasswd on an address beyond loopback.
-    #[arg(long)]
-    allow_anonymous_push: bool,
-    /// Connections served at once; more get 503 [default: half of `ulimit -n`, at most 1024].
-    #[arg(long, env = "BERTH_REGISTRY_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
-    /// Time a client gets to send a request's headers [default: 30s].
-    #[arg(long, value_parser = parse_duration)]
-    header_timeout: Option<Duration>,
-    /// Close connections with no request for this long [default: 2m].
-    #[arg(long, value_parser = parse_duration)]
-    idle_timeout: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -192,46 +154,21 @@ fn open_store(settings: &Settings) -> Result<berth_store::Store> {
     })
 }
 
-fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
-    let file = &settings.file.registry;
-    let addr = args
-        .addr
-        .or_else(|| file.addr.clone())
-        .unwrap_or_else(|| "127.0.0.1:5000".into());
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("--addr {addr:?} is not host:port"))?;
-    let tls_cert = args.tls_cert.or_else(|| file.tls_cert.clone());
-    let tls_key = args.tls_key.or_else(|| file.tls_key.clone());
-    let htpasswd = args.htpasswd.or_else(|| file.htpasswd.clone());
-    let access = args.access.or_else(|| file.access.clone());
-
+fn serve(settings: &Settings, args: settings::RegistryServeArgs) -> Result<()> {
+    let serve = settings.registry_serve(&args)?;
+    let addr = serve.addr;
     let store = open_store(settings)?;
     let mut config = berth_registry::Config::new(store);
-    config.read_only = args.read_only || file.read_only.unwrap_or(false);
-    config.delete_enabled = !args.no_delete && file.delete.unwrap_or(true);
-    config.allow_anonymous_push =
-        args.allow_anonymous_push || file.allow_anonymous_push.unwrap_or(false);
+    config.read_only = serve.read_only;
+    config.delete_enabled = serve.delete;
+    config.allow_anonymous_push = serve.allow_anonymous_push;
     config.listen_on(addr);
-    let mut options = berth_registry::ServeOptions::default();
-    if let Some(n) = args.max_connections.or(file.max_connections) {
-        options.max_connections = n;
+    if let Some(h) = &serve.htpasswd {
+        config.auth = Some(berth_registry::Auth::load(h, serve.access.as_deref())?);
     }
-    if let Some(t) = args.header_timeout {
-        options.header_read_timeout = t;
-    }
-    if let Some(t) = args.idle_timeout {
-        options.idle_timeout = t;
-    }
-    if let Some(h) = &htpasswd {
-        config.auth = Some(berth_registry::Auth::load(h, access.as_deref())?);
-    } else if access.is_some() {
-        bail!("an access rules file needs --htpasswd: rules name users, and users need passwords");
-    }
-    let tls = match (&tls_cert, &tls_key) {
-        (Some(c), Some(k)) => Some(berth_registry::tls_acceptor(c, k)?),
-        (None, None) => None,
-        _ => bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)"),
+    let tls = match &serve.tls {
+        Some((cert, key)) => Some(berth_registry::tls_acceptor(cert, key)?),
+        None => None,
     };
     let registry = berth_registry::Registry::new(config);
 
@@ -250,8 +187,14 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
         );
         use std::io::Write;
         std::io::stdout().flush()?;
-        berth_registry::serve_with(listener, registry.router(), tls, options, shutdown_signal())
-            .await?;
+        berth_registry::serve_with(
+            listener,
+            registry.router(),
+            tls,
+            serve.options,
+            shutdown_signal(),
+        )
+        .await?;
         Ok(())
     })
 }

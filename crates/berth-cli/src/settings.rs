@@ -1,87 +1,198 @@
 //! Flags, `BERTH_*` environment variables and `config.toml` become one [`Settings`].
-//! Precedence: flag, then environment (clap reads `BERTH_*` for each flag), then the
-//! config file, then the built-in default.
+//!
+//! Precedence, for every setting: the flag, then its `BERTH_*` variable (clap reads the
+//! variable for the flag, so the two arrive as one value), then `config.toml`, then the
+//! built-in default. Commands do not read the file: they ask [`Settings`] for the
+//! resolved values of their part, handing over their flags ([`Settings::build`],
+//! [`Settings::docker`], [`Settings::registry_serve`], [`Settings::registry_config`]).
+//!
+//! To add a section `[x]`: an `XFile` struct (what users write: every field optional,
+//! unknown keys refused) as a field of [`FileConfig`]; the flags that override it as a
+//! clap `XArgs` struct, flattened into the command; and `Settings::x(&self, &XArgs)`
+//! returning the resolved value. Values that need parsing (addresses, entitlements)
+//! get a type that parses while the file is read, so a bad one is reported with the
+//! file, the key and the line.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::Context;
-use serde::Deserialize;
+use anyhow::{Context, bail};
+use berth_build::Entitlement;
+use clap::Args;
+use serde::{Deserialize, Deserializer};
 
 /// `$XDG_CONFIG_HOME/berth/config.toml`, as written by users.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+struct FileConfig {
     /// Data directory.
-    pub root: Option<PathBuf>,
-    /// `[registry]` section.
+    root: Option<PathBuf>,
+    /// `[registry]`: `berth registry serve`.
     #[serde(default)]
-    pub registry: RegistryFile,
+    registry: RegistryFile,
     /// `[docker]`: delivery into the local Docker daemon.
     #[serde(default)]
-    pub docker: DockerFile,
+    docker: DockerFile,
     /// `[registries."host:port"]`: how to reach other registries.
     #[serde(default)]
-    pub registries: std::collections::BTreeMap<String, RegistryHost>,
+    registries: BTreeMap<String, RegistryHost>,
     /// `[build]`: defaults of `berth build`.
     #[serde(default)]
-    pub build: BuildFile,
+    build: BuildFile,
 }
 
 /// `[build]` in config.toml.
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BuildFile {
+struct BuildFile {
     /// Entitlements every build is granted, as with `--allow` (e.g. `["network.host"]`).
-    #[serde(default)]
-    pub allow: Vec<String>,
+    #[serde(default, deserialize_with = "parsed")]
+    allow: Vec<Entitlement>,
 }
 
 /// `[docker]` in config.toml.
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DockerFile {
+struct DockerFile {
     /// Use the registry proxy (default true); false always streams a tar.
-    pub registry_proxy: Option<bool>,
+    registry_proxy: Option<bool>,
     /// Port of the registry proxy on 127.0.0.1 (default: any free port).
-    pub registry_proxy_port: Option<u16>,
+    registry_proxy_port: Option<u16>,
 }
 
 /// `[registries."host:port"]` in config.toml.
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RegistryHost {
+struct RegistryHost {
     /// Extra CA certificate (PEM) to trust for this registry.
-    pub ca: Option<PathBuf>,
+    ca: Option<PathBuf>,
     /// Do not verify its TLS certificate.
     #[serde(default)]
-    pub insecure: bool,
+    insecure: bool,
     /// Speak plain HTTP to it.
     #[serde(default)]
-    pub http: bool,
+    http: bool,
 }
 
 /// `[registry]` in config.toml.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RegistryFile {
+struct RegistryFile {
     /// Listen address.
-    pub addr: Option<String>,
+    addr: Option<SocketAddr>,
     /// PEM certificate chain.
-    pub tls_cert: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
     /// PEM private key.
-    pub tls_key: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     /// htpasswd file with bcrypt entries.
-    pub htpasswd: Option<PathBuf>,
+    htpasswd: Option<PathBuf>,
     /// Rights file.
-    pub access: Option<PathBuf>,
+    access: Option<PathBuf>,
     /// Refuse writes.
-    pub read_only: Option<bool>,
+    read_only: Option<bool>,
     /// Allow deletes (default true).
-    pub delete: Option<bool>,
+    delete: Option<bool>,
     /// Accept writes without auth beyond loopback.
-    pub allow_anonymous_push: Option<bool>,
+    allow_anonymous_push: Option<bool>,
     /// Connections served at once.
-    pub max_connections: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+/// A list of strings in the file, each parsed with `FromStr`.
+fn parsed<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// Flags of `berth registry serve` (each overrides `[registry]` in config.toml).
+#[derive(Args, Debug)]
+pub struct RegistryServeArgs {
+    /// Address to listen on [default: 127.0.0.1:5000].
+    #[arg(long, env = "BERTH_REGISTRY_ADDR")]
+    addr: Option<String>,
+    /// TLS certificate chain (PEM); serve HTTPS with --tls-key.
+    #[arg(long, env = "BERTH_REGISTRY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "BERTH_REGISTRY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// htpasswd file with bcrypt entries ('htpasswd -B'); enables basic auth.
+    #[arg(long, env = "BERTH_REGISTRY_HTPASSWD")]
+    htpasswd: Option<PathBuf>,
+    /// TOML rules giving users pull/push/delete per repository pattern.
+    #[arg(long, env = "BERTH_REGISTRY_ACCESS", requires = "htpasswd")]
+    access: Option<PathBuf>,
+    /// Refuse every write.
+    #[arg(long)]
+    read_only: bool,
+    /// Refuse DELETE of manifests, tags and blobs.
+    #[arg(long)]
+    no_delete: bool,
+    /// Accept pushes and deletes without --htpasswd on an address beyond loopback.
+    #[arg(long)]
+    allow_anonymous_push: bool,
+    /// Connections served at once; more get 503 [default: half of `ulimit -n`, at most 1024].
+    #[arg(long, env = "BERTH_REGISTRY_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Time a client gets to send a request's headers [default: 30s].
+    #[arg(long, value_parser = crate::parse_duration)]
+    header_timeout: Option<Duration>,
+    /// Close connections with no request for this long [default: 2m].
+    #[arg(long, value_parser = crate::parse_duration)]
+    idle_timeout: Option<Duration>,
+}
+
+/// What `berth registry serve` runs with.
+#[derive(Debug)]
+pub struct RegistryServe {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Certificate chain and key: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// htpasswd file: basic auth.
+    pub htpasswd: Option<PathBuf>,
+    /// Rights file (only with `htpasswd`).
+    pub access: Option<PathBuf>,
+    /// Refuse every write.
+    pub read_only: bool,
+    /// Allow deletes.
+    pub delete: bool,
+    /// Accept writes without auth beyond loopback.
+    pub allow_anonymous_push: bool,
+    /// Connection limit and timeouts.
+    pub options: berth_registry::ServeOptions,
+}
+
+/// Flags for delivery into the Docker daemon (`berth build --load`, `berth load`); each
+/// overrides `[docker]` in config.toml.
+#[derive(Args, Clone, Debug)]
+pub struct DockerArgs {
+    /// Do not use the registry proxy; always stream a tar to the daemon.
+    #[arg(long)]
+    no_registry_proxy: bool,
+    /// Port of the registry proxy on 127.0.0.1 [default: any free port].
+    #[arg(long)]
+    registry_proxy_port: Option<u16>,
+}
+
+/// What `berth build` takes from the settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildSettings {
+    /// Entitlements granted: `--allow` and `[build] allow`, together.
+    pub allow: Vec<Entitlement>,
+    /// Proxy variables of berth's environment, for RUN steps (`KEY=value`).
+    pub proxy_env: Vec<String>,
+    /// `SOURCE_DATE_EPOCH`: the time stamp of reproducible builds.
+    pub source_date_epoch: Option<u64>,
 }
 
 /// Resolved settings shared by every command.
@@ -90,7 +201,10 @@ pub struct Settings {
     /// Data directory: the store lives here.
     pub root: PathBuf,
     /// The config file as read (empty when absent).
-    pub file: FileConfig,
+    file: FileConfig,
+    /// The variables berth reads besides the flags' own (which clap reads):
+    /// `SOURCE_DATE_EPOCH` and the proxy variables, as berth found them.
+    env: BTreeMap<String, String>,
 }
 
 fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
@@ -118,6 +232,76 @@ fn default_root() -> PathBuf {
         .join("berth")
 }
 
+/// Parse config.toml; an error names the file, the key and its line.
+fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
+    let e = match toml::from_str(text) {
+        Ok(file) => return Ok(file),
+        Err(e) => e,
+    };
+    let Some(span) = e.span() else {
+        bail!("config {} is not valid: {}", path.display(), e.message());
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    let key = toml::de::DeTable::parse(text)
+        .ok()
+        .and_then(|doc| key_at(doc.get_ref(), &span));
+    match key {
+        Some(key) => bail!(
+            "config {} is not valid: {key} (line {line}, column {column}): {}",
+            path.display(),
+            e.message()
+        ),
+        None => bail!(
+            "config {} is not valid: line {line}, column {column}: {}",
+            path.display(),
+            e.message()
+        ),
+    }
+}
+
+/// The dotted key (`registries."host:5000".ca`) whose name or value holds `span`.
+fn key_at(table: &toml::de::DeTable, span: &Range<usize>) -> Option<String> {
+    let holds = |r: Range<usize>| r.start <= span.start && span.end <= r.end;
+    table.iter().find_map(|(k, v)| {
+        let name = key_name(k.get_ref());
+        if holds(k.span()) {
+            return Some(name);
+        }
+        // A `[section]`'s own span is only its header: look inside it in any case.
+        match key_within(v.get_ref(), span) {
+            Some(rest) => Some(format!("{name}{rest}")),
+            None => holds(v.span()).then_some(name),
+        }
+    })
+}
+
+/// The rest of the key (`.key`, `[2].key`) inside a table or an array of tables.
+fn key_within(v: &toml::de::DeValue, span: &Range<usize>) -> Option<String> {
+    match v {
+        toml::de::DeValue::Table(t) => key_at(t, span).map(|k| format!(".{k}")),
+        toml::de::DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            key_within(item.get_ref(), span).map(|rest| format!("[{i}]{rest}"))
+        }),
+        _ => None,
+    }
+}
+
+fn key_name(k: &str) -> String {
+    let bare = !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        k.to_string()
+    } else {
+        format!("{k:?}")
+    }
+}
+
 impl Settings {
     /// berth's configuration directory (`$XDG_CONFIG_HOME/berth`): enrolled satellites
     /// live in it.
@@ -125,6 +309,38 @@ impl Settings {
         config_path(None)
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| self.root.join("config"))
+    }
+
+    /// Read the config file (an explicit one must exist) and resolve the root.
+    pub fn load(
+        root_flag: Option<PathBuf>,
+        config_flag: Option<&Path>,
+    ) -> anyhow::Result<Settings> {
+        let file = match config_path(config_flag) {
+            Some(p) if p.exists() || config_flag.is_some() => {
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("read config {}", p.display()))?;
+                parse_file(&p, &text)?
+            }
+            _ => FileConfig::default(),
+        };
+        let env = ["SOURCE_DATE_EPOCH"]
+            .iter()
+            .chain(berth_build::PROXY_ARGS.iter())
+            .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+            .collect();
+        Ok(Settings::resolve(root_flag, file, env))
+    }
+
+    fn resolve(
+        root_flag: Option<PathBuf>,
+        file: FileConfig,
+        env: BTreeMap<String, String>,
+    ) -> Settings {
+        let root = root_flag
+            .or_else(|| file.root.clone())
+            .unwrap_or_else(default_root);
+        Settings { root, file, env }
     }
 
     /// A registry client configured from `[registries]` and Docker's credentials.
@@ -156,23 +372,385 @@ impl Settings {
         }
     }
 
-    /// Read the config file (an explicit one must exist) and resolve the root.
-    pub fn load(
-        root_flag: Option<PathBuf>,
-        config_flag: Option<&Path>,
-    ) -> anyhow::Result<Settings> {
-        let file = match config_path(config_flag) {
-            Some(p) if p.exists() || config_flag.is_some() => {
-                let text = std::fs::read_to_string(&p)
-                    .with_context(|| format!("read config {}", p.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("config {} is not valid", p.display()))?
-            }
-            _ => FileConfig::default(),
+    /// `berth build`'s settings, with its `--allow` flags.
+    pub fn build(&self, allow: &[Entitlement]) -> anyhow::Result<BuildSettings> {
+        let mut all: Vec<Entitlement> = allow
+            .iter()
+            .chain(&self.file.build.allow)
+            .copied()
+            .collect();
+        all.sort();
+        all.dedup();
+        let source_date_epoch =
+            match self.env.get("SOURCE_DATE_EPOCH") {
+                Some(v) => Some(v.trim().parse::<u64>().with_context(|| {
+                    format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
+                })?),
+                None => None,
+            };
+        let proxy_env = berth_build::PROXY_ARGS
+            .iter()
+            .filter_map(|k| Some(format!("{k}={}", self.env.get(*k)?)))
+            .collect();
+        Ok(BuildSettings {
+            allow: all,
+            proxy_env,
+            source_date_epoch,
+        })
+    }
+
+    /// How images reach the Docker daemon.
+    pub fn docker(&self, flags: &DockerArgs) -> berth_docker::LoadOptions {
+        let file = &self.file.docker;
+        berth_docker::LoadOptions {
+            no_registry_proxy: flags.no_registry_proxy || file.registry_proxy == Some(false),
+            proxy_port: flags
+                .registry_proxy_port
+                .or(file.registry_proxy_port)
+                .unwrap_or(0),
+        }
+    }
+
+    /// What `berth registry serve` runs with.
+    pub fn registry_serve(&self, flags: &RegistryServeArgs) -> anyhow::Result<RegistryServe> {
+        let file = &self.file.registry;
+        let addr = match &flags.addr {
+            Some(a) => a
+                .parse()
+                .with_context(|| format!("--addr {a:?} is not host:port"))?,
+            None => file
+                .addr
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5000))),
         };
-        let root = root_flag
-            .or_else(|| file.root.clone())
-            .unwrap_or_else(default_root);
-        Ok(Settings { root, file })
+        let tls_cert = flags.tls_cert.clone().or_else(|| file.tls_cert.clone());
+        let tls_key = flags.tls_key.clone().or_else(|| file.tls_key.clone());
+        let htpasswd = flags.htpasswd.clone().or_else(|| file.htpasswd.clone());
+        let access = flags.access.clone().or_else(|| file.access.clone());
+        if access.is_some() && htpasswd.is_none() {
+            bail!(
+                "an access rules file needs --htpasswd: rules name users, and users need passwords"
+            );
+        }
+        let tls = match (tls_cert, tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)"),
+        };
+        let mut options = berth_registry::ServeOptions::default();
+        if let Some(n) = flags.max_connections.or(file.max_connections) {
+            options.max_connections = n;
+        }
+        if let Some(t) = flags.header_timeout {
+            options.header_read_timeout = t;
+        }
+        if let Some(t) = flags.idle_timeout {
+            options.idle_timeout = t;
+        }
+        Ok(RegistryServe {
+            addr,
+            tls,
+            htpasswd,
+            access,
+            read_only: flags.read_only || file.read_only.unwrap_or(false),
+            delete: !flags.no_delete && file.delete.unwrap_or(true),
+            allow_anonymous_push: flags.allow_anonymous_push
+                || file.allow_anonymous_push.unwrap_or(false),
+            options,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::sync::Mutex;
+
+    /// Held by every test that parses flags: some set `BERTH_*` variables, which clap
+    /// reads while parsing.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        flags: RegistryServeArgs,
+    }
+
+    #[derive(Parser)]
+    struct Docker {
+        #[command(flatten)]
+        flags: DockerArgs,
+    }
+
+    fn settings(file: &str) -> Settings {
+        settings_env(file, &[])
+    }
+
+    fn settings_env(file: &str, env: &[(&str, &str)]) -> Settings {
+        let file = parse_file(Path::new("/etc/berth/config.toml"), file).unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::resolve(Some("/srv/berth".into()), file, env)
+    }
+
+    /// Parse `berth registry serve` flags with `env` set, as clap sees them.
+    fn serve_flags(args: &[&str], env: &[(&str, &str)]) -> RegistryServeArgs {
+        let _lock = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in env {
+            // SAFETY: the tests that read these variables (through clap) hold ENV_LOCK,
+            // and nothing else in this test binary reads them.
+            unsafe { std::env::set_var(k, v) };
+        }
+        let parsed = Serve::try_parse_from(std::iter::once("serve").chain(args.iter().copied()));
+        for (k, _) in env {
+            // SAFETY: as above.
+            unsafe { std::env::remove_var(k) };
+        }
+        parsed.unwrap().flags
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        const FILE: &str = "[registry]\naddr = \"127.0.0.1:7000\"\nmax_connections = 30\n";
+        let env = [
+            ("BERTH_REGISTRY_ADDR", "127.0.0.1:8000"),
+            ("BERTH_REGISTRY_MAX_CONNECTIONS", "40"),
+        ];
+        let flags = ["--addr", "127.0.0.1:9000", "--max-connections", "50"];
+
+        let default = settings("").registry_serve(&serve_flags(&[], &[])).unwrap();
+        assert_eq!(default.addr, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(
+            default.options.max_connections,
+            berth_registry::ServeOptions::default().max_connections
+        );
+
+        let file = settings(FILE)
+            .registry_serve(&serve_flags(&[], &[]))
+            .unwrap();
+        assert_eq!(file.addr, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(file.options.max_connections, 30);
+
+        let env_over_file = settings(FILE)
+            .registry_serve(&serve_flags(&[], &env))
+            .unwrap();
+        assert_eq!(env_over_file.addr, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(env_over_file.options.max_connections, 40);
+
+        let flag_over_env = settings(FILE)
+            .registry_serve(&serve_flags(&flags, &env))
+            .unwrap();
+        assert_eq!(flag_over_env.addr, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(flag_over_env.options.max_connections, 50);
+    }
+
+    #[test]
+    fn registry_switches_and_paths() {
+        let file = "[registry]\nread_only = true\ndelete = false\nhtpasswd = \"/etc/h\"\n\
+                    tls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"\n";
+        let s = settings(file)
+            .registry_serve(&serve_flags(&["--htpasswd", "/flag/h"], &[]))
+            .unwrap();
+        assert!(s.read_only);
+        assert!(!s.delete);
+        assert!(!s.allow_anonymous_push);
+        assert_eq!(s.htpasswd, Some(PathBuf::from("/flag/h")));
+        assert_eq!(
+            s.tls,
+            Some((PathBuf::from("/etc/c.pem"), PathBuf::from("/etc/k.pem")))
+        );
+
+        let d = settings("").registry_serve(&serve_flags(&[], &[])).unwrap();
+        assert!(!d.read_only && d.delete && d.tls.is_none() && d.htpasswd.is_none());
+        let flags = [
+            "--no-delete",
+            "--allow-anonymous-push",
+            "--idle-timeout",
+            "5s",
+        ];
+        let f = settings("")
+            .registry_serve(&serve_flags(&flags, &[]))
+            .unwrap();
+        assert!(!f.delete && f.allow_anonymous_push);
+        assert_eq!(f.options.idle_timeout, Duration::from_secs(5));
+
+        // Half a TLS pair from the file, or rules without passwords, are refused.
+        let err = settings("[registry]\ntls_key = \"/etc/k.pem\"\n")
+            .registry_serve(&serve_flags(&[], &[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        let err = settings("[registry]\naccess = \"/etc/a.toml\"\n")
+            .registry_serve(&serve_flags(&[], &[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("--htpasswd"), "{err}");
+        let err = settings("")
+            .registry_serve(&serve_flags(&["--addr", "nowhere"], &[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("--addr \"nowhere\""), "{err}");
+    }
+
+    #[test]
+    fn docker_delivery_flag_beats_file_beats_default() {
+        let parse = |args: &[&str]| {
+            let _lock = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            Docker::try_parse_from(std::iter::once("load").chain(args.iter().copied()))
+                .unwrap()
+                .flags
+        };
+        let d = settings("").docker(&parse(&[]));
+        assert!(!d.no_registry_proxy);
+        assert_eq!(d.proxy_port, 0);
+        let file = "[docker]\nregistry_proxy = false\nregistry_proxy_port = 5001\n";
+        let f = settings(file).docker(&parse(&[]));
+        assert!(f.no_registry_proxy);
+        assert_eq!(f.proxy_port, 5001);
+        let file_on = "[docker]\nregistry_proxy = true\nregistry_proxy_port = 5001\n";
+        let flags = parse(&["--no-registry-proxy", "--registry-proxy-port", "5002"]);
+        let g = settings(file_on).docker(&flags);
+        assert!(g.no_registry_proxy);
+        assert_eq!(g.proxy_port, 5002);
+    }
+
+    #[test]
+    fn build_settings_join_flags_file_and_environment() {
+        let host = Entitlement::NetworkHost;
+        let b = settings("").build(&[]).unwrap();
+        assert_eq!(
+            b,
+            BuildSettings {
+                allow: vec![],
+                proxy_env: vec![],
+                source_date_epoch: None
+            }
+        );
+        assert_eq!(settings("").build(&[host]).unwrap().allow, [host]);
+        let file = "[build]\nallow = [\"network.host\"]\n";
+        assert_eq!(settings(file).build(&[]).unwrap().allow, [host]);
+        assert_eq!(settings(file).build(&[host]).unwrap().allow, [host]);
+
+        let env = [
+            ("SOURCE_DATE_EPOCH", " 1700000000 "),
+            ("HTTPS_PROXY", "http://proxy:3128"),
+        ];
+        let b = settings_env("", &env).build(&[]).unwrap();
+        assert_eq!(b.source_date_epoch, Some(1_700_000_000));
+        assert_eq!(b.proxy_env, ["HTTPS_PROXY=http://proxy:3128"]);
+        let err = settings_env("", &[("SOURCE_DATE_EPOCH", "yesterday")])
+            .build(&[])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("SOURCE_DATE_EPOCH=\"yesterday\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn root_flag_beats_file_beats_default() {
+        let file = |text: &str| parse_file(Path::new("c.toml"), text).unwrap();
+        let env = BTreeMap::new;
+        let flag = Settings::resolve(Some("/flag".into()), file("root = \"/file\""), env());
+        assert_eq!(flag.root, Path::new("/flag"));
+        let from_file = Settings::resolve(None, file("root = \"/file\""), env());
+        assert_eq!(from_file.root, Path::new("/file"));
+        assert_eq!(
+            Settings::resolve(None, file(""), env()).root,
+            default_root()
+        );
+    }
+
+    #[test]
+    fn invalid_config_names_the_file_and_the_key() {
+        let path = Path::new("/home/u/.config/berth/config.toml");
+        let err = |text: &str| parse_file(path, text).unwrap_err().to_string();
+        for (text, key, line, says) in [
+            (
+                "[docker]\nregistry_proxy = \"no\"\n",
+                "docker.registry_proxy",
+                2,
+                "expected a boolean",
+            ),
+            (
+                "[docker]\nregistry_proxi = true\n",
+                "docker.registry_proxi",
+                2,
+                "unknown field",
+            ),
+            ("root = 5\n", "root", 1, "expected path string"),
+            (
+                "\n[registry]\naddr = \"nope\"\n",
+                "registry.addr",
+                3,
+                "socket address",
+            ),
+            (
+                "[build]\nallow = [\"network.everything\"]\n",
+                "build.allow",
+                2,
+                "network.host",
+            ),
+            (
+                "[registries.\"r.internal:5000\"]\ninsecure = 1\n",
+                "registries.\"r.internal:5000\".insecure",
+                2,
+                "expected a boolean",
+            ),
+            (
+                "docker = { registry_proxy_port = 70000 }\n",
+                "docker.registry_proxy_port",
+                1,
+                "u16",
+            ),
+            ("[dockr]\n", "dockr", 1, "unknown field"),
+        ] {
+            let e = err(text);
+            assert!(
+                e.starts_with(&format!("config {} is not valid: ", path.display())),
+                "{e}"
+            );
+            assert!(e.contains(&format!("{key} (line {line}, ")), "{key}: {e}");
+            assert!(e.contains(says), "{says}: {e}");
+        }
+        // Not TOML at all: no key to name, but the file and the place.
+        let e = err("[docker\n");
+        assert!(
+            e.contains("config.toml is not valid: line 1, column 8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn keys_inside_arrays_of_tables_are_named() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Rules {
+            rule: Vec<Rule>,
+        }
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Rule {
+            users: Vec<String>,
+        }
+        let text = "[[rule]]\nusers = [\"a\"]\n[[rule]]\nusers = \"b\"\n";
+        let e = toml::from_str::<Rules>(text).unwrap_err();
+        let doc = toml::de::DeTable::parse(text).unwrap();
+        let key = key_at(doc.get_ref(), &e.span().unwrap());
+        assert_eq!(key.as_deref(), Some("rule[1].users"));
+    }
+
+    #[test]
+    fn an_explicit_config_file_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.toml");
+        let err = Settings::load(None, Some(&missing)).unwrap_err();
+        assert!(format!("{err:#}").contains("none.toml"), "{err:#}");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[registry]\nread_only = \"yes\"\n").unwrap();
+        let err = Settings::load(None, Some(&bad)).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.toml is not valid: registry.read_only (line 2"),
+            "{err}"
+        );
     }
 }

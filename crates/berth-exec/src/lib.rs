@@ -13,6 +13,7 @@
 //! [`Runc`] executor deletes the containers, mounts and bundles of processes that are
 //! gone.
 
+mod bundle;
 mod mount;
 mod net;
 mod runc;
@@ -22,9 +23,10 @@ use std::path::PathBuf;
 
 use berth_oci::Mount;
 
+pub use bundle::BundleBuilder;
 pub use mount::{MountGuard, cleanup_stale_mounts, mount_rootfs};
 pub use net::{DNS_ADDR, STEP_ADDR, host_addresses};
-pub use runc::{BundleBuilder, Runc};
+pub use runc::Runc;
 
 /// Result with the executor's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

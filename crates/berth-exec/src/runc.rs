@@ -8,221 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use berth_oci::Mount;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::bundle::{BundleBuilder, hostname};
 use crate::{Error, Executor, Meta, Network, Result, Stream, mount_rootfs};
-
-/// The capabilities Docker gives a container by default.
-const CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
-/// Docker's default masked paths: over each, runc mounts an empty read-only tmpfs (a
-/// directory) or binds `/dev/null` (a file).
-const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/interrupts",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/sys/devices/virtual/powercap",
-    "/sys/firmware",
-];
-
-/// Docker's default read-only paths.
-const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
-
-/// Writes an OCI runtime bundle's `config.json`.
-///
-/// `BundleBuilder::new(id)?.with_meta(meta).with_mounts(mounts).build(dir)`; the id is
-/// checked up front: 1–128 characters of `[A-Za-z0-9_.-]`, not starting with `.`, which
-/// is what runc accepts as a container id and is safe as a directory name.
-#[derive(Debug, Clone)]
-pub struct BundleBuilder {
-    id: String,
-    meta: Meta,
-    mounts: Vec<Mount>,
-    rootfs: Option<PathBuf>,
-    netns: Option<PathBuf>,
-    etc: Vec<(&'static str, PathBuf)>,
-}
-
-impl BundleBuilder {
-    /// Start a bundle for container `id`.
-    pub fn new(id: &str) -> Result<BundleBuilder> {
-        let ok = !id.is_empty()
-            && id.len() <= 128
-            && !id.starts_with('.')
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        if !ok {
-            return Err(Error::Invalid(format!(
-                "container id {id:?} must be 1-128 characters of [A-Za-z0-9_.-], not starting with '.'"
-            )));
-        }
-        Ok(BundleBuilder {
-            id: id.to_string(),
-            meta: Meta::default(),
-            mounts: Vec::new(),
-            rootfs: None,
-            netns: None,
-            etc: Vec::new(),
-        })
-    }
-
-    /// The process to run.
-    pub fn with_meta(mut self, meta: &Meta) -> Self {
-        self.meta = meta.clone();
-        self
-    }
-
-    /// Mounts on top of the root file system (cache, secret and bind mounts).
-    pub fn with_mounts(mut self, mounts: &[Mount]) -> Self {
-        self.mounts = mounts.to_vec();
-        self
-    }
-
-    /// The root file system at an absolute path (default: `rootfs/` beside
-    /// `config.json`).
-    pub fn with_rootfs(mut self, rootfs: &Path) -> Self {
-        self.rootfs = Some(rootfs.to_path_buf());
-        self
-    }
-
-    /// For [`Network::Isolated`]: the network namespace to join (without one, the
-    /// container gets a new namespace with only loopback) and the files berth wrote for
-    /// its `/etc/resolv.conf` and `/etc/hosts` (destination, file), bound read-only.
-    pub fn with_network_namespace(
-        mut self,
-        path: &Path,
-        etc: Vec<(&'static str, PathBuf)>,
-    ) -> Self {
-        self.netns = Some(path.to_path_buf());
-        self.etc = etc;
-        self
-    }
-
-    /// The `config.json` document.
-    pub fn config(&self) -> Value {
-        let m = &self.meta;
-        let mut mounts = vec![
-            json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
-            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-            json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-            json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-            json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-            json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        ];
-        let mut namespaces = vec![
-            json!({"type": "pid"}),
-            json!({"type": "ipc"}),
-            json!({"type": "uts"}),
-            json!({"type": "mount"}),
-        ];
-        match m.network {
-            Network::Host => {
-                // The host's resolver and hosts file, read-only, as BuildKit does.
-                for f in ["/etc/resolv.conf", "/etc/hosts"] {
-                    if Path::new(f).exists() {
-                        mounts.push(json!({"destination": f, "type": "bind", "source": f, "options": ["rbind", "ro"]}));
-                    }
-                }
-            }
-            Network::None => namespaces.push(json!({"type": "network"})),
-            Network::Isolated => {
-                namespaces.push(match &self.netns {
-                    Some(path) => json!({"type": "network", "path": path}),
-                    None => json!({"type": "network"}),
-                });
-                for (dest, source) in &self.etc {
-                    mounts.push(json!({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "ro"]}));
-                }
-            }
-        }
-        for extra in &self.mounts {
-            mounts.push(serde_json::to_value(extra).expect("mounts serialise"));
-        }
-        let cwd = if m.cwd.is_empty() {
-            "/"
-        } else {
-            m.cwd.as_str()
-        };
-        json!({
-            "ociVersion": "1.0.2",
-            "process": {
-                "terminal": false,
-                "user": {"uid": m.uid, "gid": m.gid, "additionalGids": m.additional_gids},
-                "args": m.args,
-                "env": m.env,
-                "cwd": cwd,
-                "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
-                // As Docker: set only with `--security-opt no-new-privileges`, so a
-                // setuid `sudo` or `su` in a step works as under `docker build`.
-                "noNewPrivileges": false
-            },
-            "root": {"path": self.rootfs.as_deref().unwrap_or(Path::new("rootfs")), "readonly": false},
-            "hostname": hostname(m),
-            "mounts": mounts,
-            "linux": {
-                "namespaces": namespaces,
-                "seccomp": crate::seccomp::profile(),
-                "maskedPaths": MASKED_PATHS,
-                "readonlyPaths": READONLY_PATHS
-            }
-        })
-    }
-
-    /// Write `config.json` into `dir` (whose `rootfs/` the caller mounts).
-    pub fn build(self, dir: &Path) -> Result<PathBuf> {
-        let path = dir.join("config.json");
-        let text = serde_json::to_vec_pretty(&self.config()).expect("json");
-        fs::write(&path, text).map_err(|e| Error::Io {
-            op: "write bundle config",
-            path: path.clone(),
-            source: e,
-        })?;
-        Ok(path)
-    }
-
-    /// The container id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-/// The container's host name.
-fn hostname(m: &Meta) -> &str {
-    if m.hostname.is_empty() {
-        "berth"
-    } else {
-        m.hostname.as_str()
-    }
-}
 
 /// Runs processes with Debian's `runc`.
 #[derive(Debug)]
@@ -552,12 +341,16 @@ mod tests {
             env: vec!["TOKEN=s3cret".into()],
             ..Meta::default()
         };
-        let cfg = BundleBuilder::new("x")
+        let spec = BundleBuilder::new("x")
             .unwrap()
             .with_meta(&meta)
             .with_rootfs(rootfs)
-            .config();
-        assert_eq!(cfg["root"]["path"], rootfs.to_str().unwrap());
-        assert_eq!(cfg["process"]["env"][0], "TOKEN=s3cret");
+            .spec()
+            .unwrap();
+        assert_eq!(spec.root().as_ref().unwrap().path(), rootfs);
+        assert_eq!(
+            spec.process().as_ref().unwrap().env().as_deref(),
+            Some(&["TOKEN=s3cret".to_string()][..])
+        );
     }
 }

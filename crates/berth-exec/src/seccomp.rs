@@ -1,5 +1,5 @@
 //! The seccomp filter of every step: Docker's default profile, resolved for the
-//! capabilities berth gives a step ([`crate::runc`]'s `CAPS`, Docker's default set) and
+//! capabilities berth gives a step ([`crate::bundle`]'s `CAPS`, Docker's default set) and
 //! for the machine's architecture.
 //!
 //! Docker keeps its profile as one document with conditional rules (`includes` and
@@ -13,7 +13,11 @@
 //! Names the local libseccomp does not know are skipped by runc, so the list may name
 //! system calls newer than the machine.
 
-use serde_json::{Value, json};
+use oci_spec::OciSpecError;
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
+};
 
 /// Allowed to every container, whatever its capabilities (Docker's unconditional
 /// allowlist), grouped by topic only for reading.
@@ -120,52 +124,93 @@ const AF_VSOCK: u64 = 40;
 /// `ENOSYS`, so that libcs retry `clone3` as `clone`, whose flags the filter can see.
 const ENOSYS: u32 = 38;
 
-/// libseccomp's names of the architectures a process of this machine may use.
-fn architectures() -> &'static [&'static str] {
+/// The architectures a process of this machine may use.
+fn architectures() -> Vec<Arch> {
     match std::env::consts::ARCH {
-        "x86_64" => &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "aarch64" => &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-        "riscv64" => &["SCMP_ARCH_RISCV64"],
-        "s390x" => &["SCMP_ARCH_S390X", "SCMP_ARCH_S390"],
-        _ => &[],
+        "x86_64" => vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32],
+        "aarch64" => vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm],
+        "riscv64" => vec![Arch::ScmpArchRiscv64],
+        "s390x" => vec![Arch::ScmpArchS390x, Arch::ScmpArchS390],
+        _ => vec![],
     }
 }
 
+/// A rule allowing `name` when its argument `index` compares to `value` by `op`.
+fn allow_if(
+    name: &str,
+    index: usize,
+    value: u64,
+    op: LinuxSeccompOperator,
+) -> Result<LinuxSyscall, OciSpecError> {
+    let arg = LinuxSeccompArgBuilder::default()
+        .index(index)
+        .value(value)
+        .value_two(0u64)
+        .op(op)
+        .build()?;
+    LinuxSyscallBuilder::default()
+        .names(vec![name.to_string()])
+        .action(LinuxSeccompAction::ScmpActAllow)
+        .args(vec![arg])
+        .build()
+}
+
 /// The `linux.seccomp` object of a step's `config.json`.
-pub(crate) fn profile() -> Value {
+pub(crate) fn profile() -> Result<LinuxSeccomp, OciSpecError> {
     let arch = std::env::consts::ARCH;
-    let mut allowed: Vec<&str> = ALLOWED.to_vec();
+    let mut allowed: Vec<String> = ALLOWED.iter().map(|s| s.to_string()).collect();
     for (a, names) in ARCH_ALLOWED {
         if *a == arch {
-            allowed.extend_from_slice(names);
+            allowed.extend(names.iter().map(|s| s.to_string()));
         }
     }
-    let one_arg = |name: &str, index: u32, value: u64, op: &str| {
-        json!({"names": [name], "action": "SCMP_ACT_ALLOW",
-               "args": [{"index": index, "value": value, "valueTwo": 0, "op": op}]})
-    };
-    let mut syscalls = vec![json!({"names": allowed, "action": "SCMP_ACT_ALLOW"})];
-    syscalls.push(one_arg("socket", 0, AF_VSOCK, "SCMP_CMP_NE"));
+    let mut syscalls = vec![
+        LinuxSyscallBuilder::default()
+            .names(allowed)
+            .action(LinuxSeccompAction::ScmpActAllow)
+            .build()?,
+    ];
+    syscalls.push(allow_if(
+        "socket",
+        0,
+        AF_VSOCK,
+        LinuxSeccompOperator::ScmpCmpNe,
+    )?);
     for p in PERSONALITIES {
-        syscalls.push(one_arg("personality", 0, *p, "SCMP_CMP_EQ"));
+        syscalls.push(allow_if(
+            "personality",
+            0,
+            *p,
+            LinuxSeccompOperator::ScmpCmpEq,
+        )?);
     }
     // s390 passes clone's flags second.
     let flags_arg = if arch == "s390x" { 1 } else { 0 };
-    syscalls.push(json!({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
-        "args": [{"index": flags_arg, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0,
-                  "op": "SCMP_CMP_MASKED_EQ"}]}));
-    syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}));
-    json!({
-        "defaultAction": "SCMP_ACT_ERRNO",
-        "defaultErrnoRet": 1,
-        "architectures": architectures(),
-        "syscalls": syscalls,
-    })
+    syscalls.push(allow_if(
+        "clone",
+        flags_arg,
+        CLONE_NAMESPACE_FLAGS,
+        LinuxSeccompOperator::ScmpCmpMaskedEq,
+    )?);
+    syscalls.push(
+        LinuxSyscallBuilder::default()
+            .names(vec!["clone3".to_string()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(ENOSYS)
+            .build()?,
+    );
+    LinuxSeccompBuilder::default()
+        .default_action(LinuxSeccompAction::ScmpActErrno)
+        .default_errno_ret(1u32)
+        .architectures(architectures())
+        .syscalls(syscalls)
+        .build()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn allowed(p: &Value, name: &str) -> Vec<Value> {
         p["syscalls"]
@@ -179,7 +224,7 @@ mod tests {
 
     #[test]
     fn docker_default_without_sys_admin() {
-        let p = profile();
+        let p = serde_json::to_value(profile().unwrap()).unwrap();
         assert_eq!(p["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(p["defaultErrnoRet"], 1);
         for gone in [

@@ -108,7 +108,9 @@ fn bundle_ids_are_checked() {
             network: Network::None,
             ..Meta::default()
         })
-        .config();
+        .spec()
+        .unwrap();
+    let cfg = serde_json::to_value(cfg).unwrap();
     assert!(
         cfg["linux"]["namespaces"]
             .as_array()
