@@ -29,10 +29,10 @@ pub fn import(settings: &Settings, args: ImportArgs) -> Result<()> {
         let f = std::fs::File::open(&args.file).with_context(|| format!("open {shown}"))?;
         berth_docker::import(&store, f, &opts)
     }
-    .with_context(|| {
-        format!(
-            "import {shown}: nothing was named; blobs written before the failure are left for \
-             `berth registry gc` or `berth prune`"
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "import {shown}: {e}\nnothing was named; blobs written before the failure stay \
+             unreferenced until `berth registry gc` collects them"
         )
     })?;
     for img in &imported.images {

@@ -25,8 +25,7 @@
 //!
 //! Only when every image of the archive checked out are names recorded. A failure before
 //! that leaves no name and no half-written blob (ingests are removed); blobs committed
-//! before the failure stay, unreferenced, until `berth registry gc` or `berth prune`
-//! collects them.
+//! before the failure stay, unreferenced, until `berth registry gc` collects them.
 //!
 //! **Writing** a docker-archive uses the layout Docker 20.10 loads (`<digest>/layer.tar`,
 //! `<config hex>.json`, `manifest.json`), with layers inflated as `docker save` writes
