@@ -269,3 +269,42 @@ fn damaged_archives_leave_the_store_unchanged() {
     assert!(out.contains(&format!("imported {image} ")), "{out}");
     check_store(&root);
 }
+
+/// Archives another tool wrote: skopeo's oci-archive (a full name as ref.name) and
+/// docker-archive of the busybox fixture.
+#[test]
+fn skopeo_archives_import() {
+    if !require("skopeo") || !require("busybox") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = BuildBase::new();
+    let layout = format!("oci:{}:base", base.layout().display());
+    let digest = layout_digest(&base.layout());
+    let root = dir.path().join("root");
+
+    let oci = dir.path().join("oci.tar");
+    run(&mut skopeo_copy(
+        &layout,
+        &format!("oci-archive:{}:peer/oci:1", oci.display()),
+        &[],
+    ));
+    let out = run(berth(&root).arg("import").arg(&oci));
+    assert!(out.contains("imported peer/oci:1 "), "{out}");
+    assert_eq!(tagged(&root, "peer/oci", "1"), digest, "kept byte for byte");
+
+    let docker = dir.path().join("docker.tar");
+    run(&mut skopeo_copy(
+        &layout,
+        &format!("docker-archive:{}:peer/docker:1", docker.display()),
+        &[],
+    ));
+    let out = run(berth(&root).arg("import").arg(&docker));
+    assert!(out.contains("imported peer/docker:1 "), "{out}");
+    assert_eq!(
+        config_digest(&root, &tagged(&root, "peer/docker", "1")),
+        config_digest(&root, &digest),
+        "the same image config"
+    );
+    check_store(&root);
+}

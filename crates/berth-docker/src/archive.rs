@@ -655,8 +655,19 @@ impl Entries {
         if index.manifests.is_empty() {
             return Err(bad("index.json", "lists no image"));
         }
-        let mut plans = Vec::new();
+        let mut plans: Vec<Plan> = Vec::new();
         for d in &index.manifests {
+            let a = d.annotations.as_ref();
+            let full = a.and_then(|a| a.get(IMAGE_NAME)).or_else(|| {
+                // ref.name is a tag (BuildKit, Docker) or a full name (skopeo).
+                a.and_then(|a| a.get(REF_NAME))
+                    .filter(|n| n.contains([':', '/']))
+            });
+            // One image under several names has a descriptor per name.
+            if let Some(p) = plans.iter_mut().find(|p| p.top == d.digest) {
+                p.names.extend(full.cloned());
+                continue;
+            }
             let mut plan = Plan {
                 top: d.digest.clone(),
                 config: None,
@@ -665,12 +676,6 @@ impl Entries {
                 names: Vec::new(),
             };
             self.oci_tree(store, d, &mut plan, 0)?;
-            let a = d.annotations.as_ref();
-            let full = a.and_then(|a| a.get(IMAGE_NAME)).or_else(|| {
-                // ref.name is a tag (BuildKit, Docker) or a full name (skopeo).
-                a.and_then(|a| a.get(REF_NAME))
-                    .filter(|n| n.contains([':', '/']))
-            });
             plan.names.extend(full.cloned());
             plans.push(plan);
         }
@@ -1317,6 +1322,7 @@ mod tests {
         let (_d, b) = store();
         let got = import(&b, oci.as_slice(), &ImportOptions::default()).unwrap();
         assert_eq!(got.format, ArchiveFormat::Oci);
+        assert_eq!(got.images.len(), 1, "one image, two names");
         assert_eq!(names(&b), ["again:2", "two:latest"]);
         assert_eq!(b.repos().tag("again", "2").unwrap(), Some(two.clone()));
         assert!(b.check().unwrap().problems.is_empty());
