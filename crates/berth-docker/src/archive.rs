@@ -16,7 +16,7 @@
 //! Then the format is decided: `manifest.json` means docker-archive, in Docker's legacy
 //! layout (`<id>/layer.tar`, `<id>.json`) or the one Docker 25+ writes (everything under
 //! `blobs/sha256/`, with an `index.json` beside it that is not used: Docker's own loader
-//! reads `manifest.json`, and Docker 25's index lists manifests without their layers).
+//! reads `manifest.json`, and some of Docker's indexes list manifests without layers).
 //! Each layer's diff_id (its digest, or that of its inflated content when it is gzip or
 //! zstd) must be the config's `rootfs.diff_ids` entry, and berth writes an OCI manifest
 //! for it. Otherwise `index.json` means an OCI layout: every manifest, index, config and
