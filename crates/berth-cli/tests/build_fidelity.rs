@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A context with `body` as its Dockerfile.
-fn context(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let ctx = dir.join(name);
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), body).unwrap();
-    ctx
-}
-
 /// A scratch directory with the busybox base image.
 struct Project {
     dir: tempfile::TempDir,

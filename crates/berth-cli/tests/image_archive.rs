@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -16,14 +16,6 @@ fn berth(root: &Path) -> Command {
     let mut c = Command::new(berth_bin());
     c.arg("--root").arg(root).env("BERTH_LOG", "warn");
     c
-}
-
-/// A context with `body` as its Dockerfile.
-fn context(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let ctx = dir.join(name);
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), body).unwrap();
-    ctx
 }
 
 /// Blob `digest` of the store at `root`.

@@ -559,6 +559,14 @@ impl Drop for DockerImages {
     }
 }
 
+/// A build context `dir/name` with `body` as its Dockerfile.
+pub fn context(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let ctx = dir.join(name);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), body).unwrap();
+    ctx
+}
+
 /// A busybox root file system as a plain tar, for `docker import`.
 pub fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
     let rootfs = dir.join("rootfs");
