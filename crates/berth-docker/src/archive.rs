@@ -1375,6 +1375,68 @@ mod tests {
         assert!(names(store).is_empty(), "{:?}", names(store));
     }
 
+    /// `tar` with each file passed through `f` (`None` drops it).
+    fn rewrite(tar: &[u8], f: impl Fn(&str, Vec<u8>) -> Option<Vec<u8>>) -> Vec<u8> {
+        let mut out = tar::Builder::new(Vec::new());
+        for e in tar::Archive::new(tar).entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            if let Some(d) = f(&path, data) {
+                let mut h = tar::Header::new_gnu();
+                h.set_mode(0o644);
+                h.set_size(d.len() as u64);
+                out.append_data(&mut h, &path, d.as_slice()).unwrap();
+            }
+        }
+        out.into_inner().unwrap()
+    }
+
+    #[test]
+    fn oci_archives_are_checked_by_digest_and_size() {
+        let (tar, _, _) = legacy_archive();
+        let (_d, a) = store();
+        import(&a, tar.as_slice(), &ImportOptions::default()).unwrap();
+        let two = a.repos().tag("two", "latest").unwrap().unwrap();
+        let (m, _) = Manifest::parse(&a.read_blob(&two).unwrap().unwrap(), None).unwrap();
+        let top = format!("blobs/sha256/{}", hex(&m.layers[1].digest));
+        let images = [SaveImage {
+            name: "two:latest".into(),
+            manifest: two,
+        }];
+        let mut oci = Vec::new();
+        save(&a, &images, ArchiveFormat::Oci, &mut oci).unwrap();
+        let fails = |bytes: &[u8], want: &[&str]| {
+            let (_d, store) = store();
+            let err = import(&store, bytes, &ImportOptions::default())
+                .unwrap_err()
+                .to_string();
+            for w in want {
+                assert!(err.contains(w), "{w:?} not in: {err}");
+            }
+            unchanged(&store);
+        };
+        let missing = rewrite(&oci, |p, d| (p != top).then_some(d));
+        fails(&missing, &[&top, "layer", "not in the archive"]);
+        // index.json says the manifest is one byte longer than it is.
+        let longer = rewrite(&oci, |p, d| {
+            if p != "index.json" {
+                return Some(d);
+            }
+            let mut index: serde_json::Value = serde_json::from_slice(&d).unwrap();
+            let size = index["manifests"][0]["size"].as_u64().unwrap();
+            index["manifests"][0]["size"] = (size + 1).into();
+            Some(serde_json::to_vec(&index).unwrap())
+        });
+        fails(&longer, &["bytes, but the descriptor", "corrupt"]);
+        // Intact, it imports; a layer already in the store need not be in the archive.
+        let (_d, b) = store();
+        import(&b, oci.as_slice(), &ImportOptions::default()).unwrap();
+        let again = import(&b, missing.as_slice(), &ImportOptions::default()).unwrap();
+        assert_eq!(again.images.len(), 1);
+    }
+
     /// Every damage gives an error naming the entry, and leaves no name and no ingest.
     #[test]
     fn damaged_archives_change_nothing() {
