@@ -1,6 +1,7 @@
 //! The `berth` binary: parses the command line, resolves settings, calls the crates.
 
 mod build;
+mod image;
 mod progress;
 mod satellite;
 mod settings;
@@ -42,6 +43,10 @@ enum Command {
     Push(build::PushArgs),
     /// Load an image from berth's store into the local Docker daemon.
     Load(build::LoadArgs),
+    /// Read an image archive (docker save, OCI layout tar) into berth's store.
+    Import(image::ImportArgs),
+    /// Write images from berth's store as an archive (docker-archive or OCI layout tar).
+    Save(image::SaveArgs),
     /// Log in to a registry (credentials are kept in Docker's config file).
     Login(build::LoginArgs),
     /// Forget the credentials for a registry.
@@ -134,6 +139,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prune(args) => build::prune(&settings, args),
         Command::Push(args) => build::push(&settings, args),
         Command::Load(args) => build::load(&settings, args),
+        Command::Import(args) => image::import(&settings, args),
+        Command::Save(args) => image::save(&settings, args),
         Command::Login(args) => build::login(&settings, args),
         Command::Logout { registry } => build::logout(&registry),
         Command::Satellite { command } => satellite::run(&settings, command),

@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A context with `body` as its Dockerfile.
-fn context(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let ctx = dir.join(name);
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), body).unwrap();
-    ctx
-}
-
 /// A scratch directory with the busybox base image.
 struct Project {
     dir: tempfile::TempDir,
@@ -59,25 +51,6 @@ fn stored_config(root: &Path, name: &str, tag: &str) -> serde_json::Value {
     serde_json::from_slice(&blob(m["config"]["digest"].as_str().unwrap())).unwrap()
 }
 
-/// A busybox root file system as a plain tar, for `docker import`.
-fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
-    let rootfs = dir.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
-    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "ls", "true", "sleep", "stat"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    let tar = dir.join("rootfs.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
-    tar
-}
-
 #[test]
 fn images_docker_made_are_bases() {
     if !require_build() || !require_docker() {
@@ -85,43 +58,13 @@ fn images_docker_made_are_bases() {
     }
     let d = docker();
     let dir = tempfile::tempdir().unwrap();
-    let name = format!("berth-fid-{}", std::process::id());
+    let made = DockerMadeImages::new(dir.path(), &format!("berth-fid-{}", std::process::id()));
     let mut cleanup = DockerImages(Vec::new());
-    // docker import: Env, Cmd, Entrypoint, Volumes, OnBuild and Labels are all null.
-    let imported = format!("{name}:imported");
-    run(Command::new(d)
-        .arg("import")
-        .arg(busybox_rootfs_tar(dir.path()))
-        .arg(&imported));
-    cleanup.0.push(imported.clone());
-    // docker commit of a container made from it.
-    let committed = format!("{name}:committed");
-    let container = format!("{name}-c");
-    run(Command::new(d).args(["create", "--name", &container, &imported, "true"]));
-    let commit = output(Command::new(d).args(["commit", &container, &committed]));
-    run(Command::new(d).args(["rm", &container]));
-    assert!(commit.success, "{}", commit.stderr);
-    cleanup.0.push(committed.clone());
-    // Docker's classic builder, with a RUN of its own.
-    let classic = format!("{name}:classic");
-    let classic_ctx = context(
-        dir.path(),
-        "classic",
-        &format!("FROM {imported}\nRUN echo classic > /classic\n"),
+    let (imported, committed, classic) = (
+        made.imported.clone(),
+        made.committed.clone(),
+        made.classic.clone(),
     );
-    run(Command::new(d)
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "--network=none", "-q", "-t", &classic])
-        .arg(&classic_ctx));
-    cleanup.0.push(classic.clone());
-    let raw = run(Command::new(d).args([
-        "image",
-        "inspect",
-        "--format",
-        "{{json .Config}}",
-        &imported,
-    ]));
-    assert!(raw.contains("\"Env\":null"), "the case under test: {raw}");
 
     // Each reaches berth through a registry: berth's own, and Debian's for one.
     let reg_root = dir.path().join("registry");

@@ -10,9 +10,17 @@
 //! the image as a `docker load` archive instead and says why.
 //!
 //! To a daemon on this machine layers go uncompressed on both paths (see `layers`).
+//!
+//! It also owns image archives, the other delivery format: `docker save` output and OCI
+//! layout tars read into berth's store, and written from it (see `archive`).
 
+mod archive;
 mod layers;
 mod proxy;
+
+pub use archive::{
+    ArchiveFormat, ImportOptions, Imported, ImportedImage, SaveImage, import, save, save_to_file,
+};
 
 use berth_oci::Digest;
 use berth_store::Store;
@@ -39,6 +47,9 @@ pub enum Error {
     /// The image is not (completely) in berth's store.
     #[error("{0}")]
     Store(String),
+    /// An image archive is not one, or is damaged (the message names the entry).
+    #[error("{0}")]
+    Archive(String),
     /// The daemon holds a different image than the one berth built.
     #[error("the daemon loaded image {got}, but berth built {expected}")]
     Mismatch {
@@ -256,7 +267,12 @@ async fn load_tar(docker: &Docker, image: &layers::Image, name: &str) -> Result<
     let image = image.clone();
     let name = name.to_string();
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let written = write_archive(&image, &name, &tx);
+        let names = [name];
+        let written = archive::write_docker_archive(
+            &[(&image, &names[..])],
+            ChannelWriter { tx: tx.clone() },
+        )
+        .map(|_| ());
         if let Err(e) = &written {
             // Cut the request body short: the daemon must not load a truncated archive.
             let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
@@ -292,65 +308,6 @@ async fn load_tar(docker: &Docker, image: &layers::Image, name: &str) -> Result<
         (Err(e), _) => Err(Error::Store(format!("writing the image archive: {e}"))),
         (Ok(()), Some(f)) => Err(derr(format!("docker load failed: {f}"))),
         (Ok(()), None) => Ok(()),
-    }
-}
-
-/// Write `image` as a docker-archive named `name` into `tx`.
-fn write_archive(
-    image: &layers::Image,
-    name: &str,
-    tx: &tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
-) -> std::io::Result<()> {
-    let mut tar = tar::Builder::new(ChannelWriter { tx: tx.clone() });
-    let mut add = |path: &str, size: u64, data: &mut dyn std::io::Read| {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(size);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        tar.append_data(&mut h, path, data)
-    };
-    let cfg_name = format!("{}.json", image.config_digest.hex());
-    add(
-        &cfg_name,
-        image.config.len() as u64,
-        &mut image.config.as_slice(),
-    )?;
-    let mut names = Vec::new();
-    for l in &image.layers {
-        let p = format!("{}/layer.tar", l.digest.hex());
-        // A short read would shift every later entry: fail instead.
-        let mut r = std::io::Read::take(l.open()?, l.size);
-        let mut counted = Counted {
-            inner: &mut r,
-            n: 0,
-        };
-        add(&p, l.size, &mut counted)?;
-        if counted.n != l.size {
-            return Err(std::io::Error::other(format!(
-                "layer {} ended after {} of {} bytes",
-                l.digest, counted.n, l.size
-            )));
-        }
-        names.push(p);
-    }
-    let mf = serde_json::json!([{"Config": cfg_name, "RepoTags": [name], "Layers": names}]);
-    let mf = serde_json::to_vec(&mf).expect("json");
-    add("manifest.json", mf.len() as u64, &mut mf.as_slice())?;
-    tar.into_inner()?;
-    Ok(())
-}
-
-/// Counts the bytes read through it.
-struct Counted<'a> {
-    inner: &'a mut dyn std::io::Read,
-    n: u64,
-}
-
-impl std::io::Read for Counted<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
     }
 }
 

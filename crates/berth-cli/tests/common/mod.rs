@@ -559,6 +559,101 @@ impl Drop for DockerImages {
     }
 }
 
+/// A build context `dir/name` with `body` as its Dockerfile.
+pub fn context(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let ctx = dir.join(name);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), body).unwrap();
+    ctx
+}
+
+/// A busybox root file system as a plain tar, for `docker import`.
+pub fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "ls", "true", "sleep", "stat"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let tar = dir.join("rootfs.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    tar
+}
+
+/// Images Docker made itself, whose configs hold the `null`s Docker writes (issue 13):
+/// `NAME:imported` by `docker import` of busybox, `NAME:committed` by `docker commit` of
+/// a container of it (command `true`), `NAME:classic` by the classic builder
+/// (`DOCKER_BUILDKIT=0`) with a RUN writing `/classic`. Removed from dockerd on drop.
+pub struct DockerMadeImages {
+    pub imported: String,
+    pub committed: String,
+    pub classic: String,
+    _cleanup: DockerImages,
+}
+
+impl DockerMadeImages {
+    /// Make them in dockerd, using `dir` for scratch files.
+    pub fn new(dir: &Path, name: &str) -> DockerMadeImages {
+        let d = docker();
+        let mut cleanup = DockerImages(Vec::new());
+        let imported = format!("{name}:imported");
+        run(Command::new(d)
+            .arg("import")
+            .arg(busybox_rootfs_tar(dir))
+            .arg(&imported));
+        cleanup.0.push(imported.clone());
+        let committed = format!("{name}:committed");
+        let container = format!("{name}-c");
+        run(Command::new(d).args(["create", "--name", &container, &imported, "true"]));
+        let commit = output(Command::new(d).args(["commit", &container, &committed]));
+        run(Command::new(d).args(["rm", &container]));
+        assert!(commit.success, "{}", commit.stderr);
+        cleanup.0.push(committed.clone());
+        let classic = format!("{name}:classic");
+        let ctx = dir.join("classic");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {imported}\nRUN echo classic > /classic\n"),
+        )
+        .unwrap();
+        run(Command::new(d)
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "--network=none", "-q", "-t", &classic])
+            .arg(&ctx));
+        cleanup.0.push(classic.clone());
+        let raw = run(Command::new(d).args([
+            "image",
+            "inspect",
+            "--format",
+            "{{json .Config}}",
+            &imported,
+        ]));
+        assert!(raw.contains("\"Env\":null"), "the case under test: {raw}");
+        DockerMadeImages {
+            imported,
+            committed,
+            classic,
+            _cleanup: cleanup,
+        }
+    }
+
+    /// (variant, image) for each.
+    pub fn all(&self) -> [(&'static str, &str); 3] {
+        [
+            ("imported", &self.imported),
+            ("committed", &self.committed),
+            ("classic", &self.classic),
+        ]
+    }
+}
+
 /// `berth registry serve` over `dir/registry` with basic auth for one user (bcrypt
 /// htpasswd made with Debian's htpasswd).
 pub fn serve_with_user(dir: &Path, user: &str, password: &str) -> Berth {
