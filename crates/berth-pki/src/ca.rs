@@ -544,11 +544,9 @@ mod tests {
     fn renewal_after_half_the_validity() {
         let ca = Ca::create("sat").unwrap();
         let key = ClientKey::generate().unwrap();
+        // As berth issues them: valid from a few minutes before `start` (clock skew).
         let start = SystemTime::now();
-        let v = Validity {
-            not_before: start,
-            not_after: start + Duration::from_secs(30 * 86_400),
-        };
+        let v = Validity::starting(start, Duration::from_secs(30 * 86_400));
         let issued = ca
             .sign_client_csr(&key.csr_pem("laptop").unwrap(), "laptop", v)
             .unwrap();
