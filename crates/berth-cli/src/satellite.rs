@@ -415,6 +415,8 @@ pub fn build(
     dockerfile: PathBuf,
     request: berth_satellite::proto::BuildRequest,
     sink: Arc<dyn Progress>,
+    fetch_into: Option<PathBuf>,
+    tags: &[String],
 ) -> Result<berth_satellite::RemoteResult> {
     let e = enrollments(settings);
     let sums = settings.root.join("satellite-client/sums").join(format!(
@@ -431,9 +433,21 @@ pub fn build(
             request,
         };
         let mut on_event = |ev| sink.event(ev);
-        let build = berth_satellite::build(&mut conn, remote, &mut on_event);
+        let fetched = async {
+            let r = berth_satellite::build(&mut conn, remote, &mut on_event).await?;
+            // Only the blobs this machine lacks come down.
+            if let Some(root) = &fetch_into {
+                let store = berth_store::Store::open(root)
+                    .with_context(|| format!("open store at {}", root.display()))?;
+                let manifest: berth_oci::Digest = r.result.manifest.parse()?;
+                for t in tags {
+                    conn.fetch_image(&store, t, &manifest).await?;
+                }
+            }
+            anyhow::Ok(r)
+        };
         tokio::select! {
-            r = build => Ok(r?),
+            r = fetched => r,
             () = crate::shutdown_signal() => {
                 // Dropping the stream tells the satellite to stop the build.
                 eprintln!("berth: canceling the build on satellite {name}");
