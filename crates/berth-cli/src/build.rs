@@ -320,9 +320,14 @@ fn remote(
         credentials,
         ..Default::default()
     };
-    let fetch_into = fetch.then(|| settings.root.clone());
     let result = crate::satellite::build(
-        settings, name, context, dockerfile, request, sink, fetch_into, &args.tags,
+        settings,
+        name,
+        context,
+        dockerfile,
+        request,
+        sink,
+        fetch.then(|| (settings.root.clone(), args.tags.as_slice())),
     );
     if let Some(t) = &tty_view {
         t.finish();
