@@ -439,14 +439,34 @@ fn client_certificates_renew_at_half_life_and_expire() {
         before,
         "not renewed before half its life"
     );
-    std::thread::sleep(Duration::from_millis(3500));
-    assert!(inspect().success);
+    // Times come from the certificates themselves: a loaded machine may take seconds
+    // between two commands.
+    let validity = |pem: &[u8]| {
+        berth_pki::CertInfo::from_pem(std::str::from_utf8(pem).unwrap())
+            .unwrap()
+            .validity
+    };
+    let sleep_until = |t: std::time::SystemTime| {
+        if let Ok(d) = t.duration_since(std::time::SystemTime::now()) {
+            std::thread::sleep(d);
+        }
+    };
+    let v = validity(&before);
+    let issued = v.not_before + berth_pki::Validity::BACKDATE;
+    let life = v.not_after.duration_since(issued).unwrap();
+    sleep_until(issued + life / 2 + Duration::from_millis(500));
+    let out = inspect();
+    assert!(out.success, "{}", out.stderr);
     let renewed = std::fs::read(&cert).unwrap();
     assert_ne!(renewed, before, "renewed once half-used");
     // Left alone past its end, the certificate is refused, and the message says so.
-    std::thread::sleep(Duration::from_millis(6500));
+    sleep_until(validity(&renewed).not_after + Duration::from_millis(1500));
     let out = inspect();
-    assert!(!out.success);
+    assert!(
+        !out.success,
+        "an expired certificate was accepted: {}",
+        out.stdout
+    );
     assert!(out.stderr.contains("expired"), "{}", out.stderr);
 }
 
