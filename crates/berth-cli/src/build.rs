@@ -163,15 +163,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         crate::satellite::chosen(args.satellite.as_deref(), args.no_satellite, settings)?
     {
         return remote(
-            settings,
-            &name,
-            &args,
-            context,
-            dockerfile,
-            secrets,
-            &build,
-            sink,
-            tty_view,
+            settings, &name, &args, context, dockerfile, secrets, &build, sink, tty_view,
         );
     }
     let cancel = berth_build::Cancel::default();
@@ -275,11 +267,37 @@ fn remote(
     sink: Arc<dyn Progress>,
     tty_view: Option<Arc<progress::Tty>>,
 ) -> Result<()> {
-    if args.push || args.load || !args.outputs.is_empty() {
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|s| parse_output(s))
+        .collect::<Result<Vec<_>>>()?;
+    if outputs.iter().any(|o| matches!(o, OutputSpec::Local(_))) {
         bail!(
-            "--push, --load and --output are not available with a satellite yet; build with \
-             --no-satellite, or pull the image from the satellite's registry"
+            "--output type=local is not available with a satellite yet; use type=oci, or \
+             build with --no-satellite"
         );
+    }
+    let fetch = args.load || !outputs.is_empty();
+    if (fetch || args.push) && args.tags.is_empty() {
+        bail!("--load, --push and --output with a satellite need a -t name for the image");
+    }
+    // The registry credentials a push from the satellite needs, for this build only.
+    let mut credentials = HashMap::new();
+    if args.push {
+        let docker = settings.registry_config().docker_config;
+        for t in &args.tags {
+            let dest: berth_oci::Reference = t.parse()?;
+            if let Some(c) = docker.credentials(&dest.registry) {
+                credentials.insert(
+                    dest.registry.clone(),
+                    berth_satellite::proto::Credential {
+                        username: c.username,
+                        password: c.password,
+                    },
+                );
+            }
+        }
     }
     let request = berth_satellite::proto::BuildRequest {
         tags: args.tags.clone(),
@@ -298,9 +316,19 @@ fn remote(
             _ => String::new(),
         },
         force_compression: args.force_compression,
+        push: args.push,
+        credentials,
         ..Default::default()
     };
-    let result = crate::satellite::build(settings, name, context, dockerfile, request, sink);
+    let result = crate::satellite::build(
+        settings,
+        name,
+        context,
+        dockerfile,
+        request,
+        sink,
+        fetch.then(|| (settings.root.clone(), args.tags.as_slice())),
+    );
     if let Some(t) = &tty_view {
         t.finish();
     }
@@ -309,6 +337,36 @@ fn remote(
         println!("{t}");
     }
     println!("{}", r.result.image_id);
+    for p in &r.result.pushed {
+        println!("{p}");
+    }
+    if fetch {
+        let store = berth_store::Store::open(&settings.root)
+            .with_context(|| format!("open store at {}", settings.root.display()))?;
+        if args.load {
+            let opts = settings.docker(&args.docker);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            for t in &args.tags {
+                rt.block_on(load_one(&store, t, None, &opts))?;
+            }
+        }
+        let manifest: berth_oci::Digest = r.result.manifest.parse()?;
+        for out in &outputs {
+            if let OutputSpec::OciTar(dest) = out {
+                berth_docker::save_to_file(
+                    &store,
+                    &[berth_docker::SaveImage {
+                        name: args.tags[0].clone(),
+                        manifest: manifest.clone(),
+                    }],
+                    berth_docker::ArchiveFormat::Oci,
+                    dest,
+                )?;
+            }
+        }
+    }
     eprintln!(
         "built image {} on satellite {name} (manifest {}, {} layers; context {} entries, {} \
          files uploaded, {} bytes)",

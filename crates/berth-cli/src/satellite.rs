@@ -407,7 +407,8 @@ pub fn chosen(
     Ok(enrollments(settings).default_name()?)
 }
 
-/// A build on satellite `name`, shown like a local one.
+/// A build on satellite `name`, shown like a local one. With `fetch` (a berth root and
+/// the image's names), the image comes down into that store afterwards.
 pub fn build(
     settings: &Settings,
     name: &str,
@@ -415,6 +416,7 @@ pub fn build(
     dockerfile: PathBuf,
     request: berth_satellite::proto::BuildRequest,
     sink: Arc<dyn Progress>,
+    fetch: Option<(PathBuf, &[String])>,
 ) -> Result<berth_satellite::RemoteResult> {
     let e = enrollments(settings);
     let sums = settings.root.join("satellite-client/sums").join(format!(
@@ -431,9 +433,21 @@ pub fn build(
             request,
         };
         let mut on_event = |ev| sink.event(ev);
-        let build = berth_satellite::build(&mut conn, remote, &mut on_event);
+        let fetched = async {
+            let r = berth_satellite::build(&mut conn, remote, &mut on_event).await?;
+            // Only the blobs this machine lacks come down.
+            if let Some((root, tags)) = &fetch {
+                let store = berth_store::Store::open(root)
+                    .with_context(|| format!("open store at {}", root.display()))?;
+                let manifest: berth_oci::Digest = r.result.manifest.parse()?;
+                for t in tags.iter() {
+                    conn.fetch_image(&store, t, &manifest).await?;
+                }
+            }
+            anyhow::Ok(r)
+        };
         tokio::select! {
-            r = build => Ok(r?),
+            r = fetched => r,
             () = crate::shutdown_signal() => {
                 // Dropping the stream tells the satellite to stop the build.
                 eprintln!("berth: canceling the build on satellite {name}");

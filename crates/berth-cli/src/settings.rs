@@ -361,6 +361,7 @@ impl Settings {
                         ca: r.ca.clone(),
                         insecure: r.insecure,
                         http: r.http,
+                        tls: None,
                     },
                 )
             })

@@ -439,14 +439,34 @@ fn client_certificates_renew_at_half_life_and_expire() {
         before,
         "not renewed before half its life"
     );
-    std::thread::sleep(Duration::from_millis(3500));
-    assert!(inspect().success);
+    // Times come from the certificates themselves: a loaded machine may take seconds
+    // between two commands.
+    let validity = |pem: &[u8]| {
+        berth_pki::CertInfo::from_pem(std::str::from_utf8(pem).unwrap())
+            .unwrap()
+            .validity
+    };
+    let sleep_until = |t: std::time::SystemTime| {
+        if let Ok(d) = t.duration_since(std::time::SystemTime::now()) {
+            std::thread::sleep(d);
+        }
+    };
+    let v = validity(&before);
+    let issued = v.not_before + berth_pki::Validity::BACKDATE;
+    let life = v.not_after.duration_since(issued).unwrap();
+    sleep_until(issued + life / 2 + Duration::from_millis(500));
+    let out = inspect();
+    assert!(out.success, "{}", out.stderr);
     let renewed = std::fs::read(&cert).unwrap();
     assert_ne!(renewed, before, "renewed once half-used");
     // Left alone past its end, the certificate is refused, and the message says so.
-    std::thread::sleep(Duration::from_millis(6500));
+    sleep_until(validity(&renewed).not_after + Duration::from_millis(1500));
     let out = inspect();
-    assert!(!out.success);
+    assert!(
+        !out.success,
+        "an expired certificate was accepted: {}",
+        out.stdout
+    );
     assert!(out.stderr.contains("expired"), "{}", out.stderr);
 }
 
@@ -527,4 +547,150 @@ fn ctrl_c_cancels_the_remote_build_and_a_killed_satellite_is_reported() {
     wait_for("a container of the killed satellite was left", &|| {
         sat.containers() == 0
     });
+}
+
+#[test]
+fn outputs_of_a_remote_build_reach_this_machine_and_registries() {
+    if !require_build() || !require_docker() || !require("htpasswd") || !require("skopeo") {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let sat = Sat::start(
+        None,
+        &dir.path().join("sat-root"),
+        &format!("127.0.0.1:{port}"),
+        &["--advertise", "127.0.0.1"],
+    );
+    let client = Client::new(dir.path(), "laptop", None);
+    assert!(client.add("s1", &sat.token(&[])).success);
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN echo made on the satellite > /msg\nCMD [\"cat\", \"/msg\"]\n",
+            base.reference()
+        ),
+    )
+    .unwrap();
+
+    // --load: the image comes down into this machine's store and into dockerd.
+    let name = format!("berth-test/satload-{}:1", std::process::id());
+    let built = output_ok(&mut client.build(&ctx, &["-t", &name, "--load"]));
+    let ran = run(Command::new(docker()).args(["run", "--rm", &name]));
+    assert_eq!(ran.trim(), "made on the satellite");
+    let local = output_ok(client.berth().arg("images"));
+    assert!(
+        local
+            .stdout
+            .contains(&format!("berth-test/satload-{}", std::process::id())),
+        "{}",
+        local.stdout
+    );
+    let _ = Command::new(docker()).args(["rmi", "-f", &name]).output();
+
+    // --output type=oci: an OCI archive on this machine, of the same manifest.
+    let tar = dir.path().join("out.tar");
+    output_ok(&mut client.build(
+        &ctx,
+        &[
+            "-t",
+            &name,
+            "--output",
+            &format!("type=oci,dest={}", tar.display()),
+        ],
+    ));
+    let inspected = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}", tar.display()),
+    ]));
+    let digest = format!("sha256:{}", sha256_hex(inspected.as_bytes()));
+    assert_eq!(
+        digest,
+        built.manifest(),
+        "the archive holds the built manifest"
+    );
+
+    // --push: from the satellite, with this client's credentials for that build only.
+    let reg = serve_with_user(dir.path(), "deployer", "s3cret-for-sat");
+    let docker_cfg = dir.path().join("docker-config");
+    let mut login = client.berth();
+    login
+        .args(["login", "-u", "deployer", "--password-stdin", &reg.addr])
+        .env("DOCKER_CONFIG", &docker_cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"s3cret-for-sat\n").unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let dest = format!("{}/deploy/app:1", reg.addr);
+    let pushed = output_ok(
+        client
+            .build(&ctx, &["-t", &dest, "--push"])
+            .env("DOCKER_CONFIG", &docker_cfg),
+    );
+    assert!(
+        pushed
+            .stdout
+            .contains(&format!("{}/deploy/app@{}", reg.addr, built.manifest())),
+        "{}",
+        pushed.stdout
+    );
+    let remote = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        "deployer:s3cret-for-sat",
+        &format!("docker://{dest}"),
+    ]));
+    assert_eq!(
+        format!("sha256:{}", sha256_hex(remote.as_bytes())),
+        built.manifest()
+    );
+    let leaked = Command::new("grep")
+        .args(["-rl", "s3cret-for-sat"])
+        .arg(dir.path().join("sat-root"))
+        .output()
+        .unwrap();
+    assert!(
+        leaked.stdout.is_empty(),
+        "the satellite kept the password: {}",
+        String::from_utf8_lossy(&leaked.stdout)
+    );
+    // Without credentials the push from the satellite is refused, and says so.
+    let refused = output(
+        client
+            .build(&ctx, &["-t", &dest, "--push"])
+            .env("DOCKER_CONFIG", dir.path().join("empty-docker-config")),
+    );
+    assert!(!refused.success);
+    assert!(
+        refused.stderr.to_lowercase().contains("auth"),
+        "{}",
+        refused.stderr
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            std::io::Write::write_all(c.stdin.as_mut().unwrap(), bytes)?;
+            drop(c.stdin.take());
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }

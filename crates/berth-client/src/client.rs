@@ -87,6 +87,9 @@ pub struct HostOptions {
     pub insecure: bool,
     /// Plain HTTP.
     pub http: bool,
+    /// A complete TLS configuration for this registry (a satellite's CA and this
+    /// client's certificate); `ca` and `insecure` do not apply then.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// Client settings.
@@ -181,6 +184,9 @@ impl Client {
         }
         if opts.insecure {
             b = b.danger_accept_invalid_certs(true);
+        }
+        if let Some(tls) = &opts.tls {
+            b = b.use_preconfigured_tls((**tls).clone());
         }
         let c = b
             .build()

@@ -429,6 +429,68 @@ pub fn remote_error(addr: &str, s: tonic::Status, refusal: &Refusal) -> SatError
     }
 }
 
+impl Connection {
+    /// Brings image `name` (as tagged by a build on the satellite, whose manifest is
+    /// `manifest`) from the satellite's registry into `store` under the same name. Blobs
+    /// the store has are not fetched.
+    pub async fn fetch_image(
+        &self,
+        store: &berth_store::Store,
+        name: &str,
+        manifest: &berth_oci::Digest,
+    ) -> Result<(), SatError> {
+        let written = berth_oci::WrittenReference::parse(name)
+            .map_err(|e| SatError::BadRequest(e.to_string()))?;
+        let (repo, tag) = (
+            written.local_repository(),
+            written.tag_or_latest().to_owned(),
+        );
+        let remote: berth_oci::Reference = format!("{}/{repo}@{manifest}", self.address)
+            .parse()
+            .map_err(|e: berth_oci::ReferenceError| SatError::Internal(e.to_string()))?;
+        let client = berth_client::Client::new(berth_client::ClientConfig {
+            hosts: HashMap::from([(
+                self.address.clone(),
+                berth_client::HostOptions {
+                    tls: Some(Arc::new(self.tls_config()?)),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        });
+        let (os, arch) = berth_build::image::host_platform();
+        let pulled = berth_client::transfer::pull_image(
+            &client,
+            store,
+            &remote,
+            &berth_client::transfer::PullOptions {
+                platform: berth_client::transfer::Platform::new(os, arch),
+            },
+        )
+        .await
+        .map_err(|e| {
+            SatError::Remote(format!("fetch {name} from satellite {}: {e}", self.address))
+        })?;
+        let bytes = store
+            .read_blob(&pulled.manifest)
+            .map_err(|e| SatError::Internal(e.to_string()))?
+            .ok_or_else(|| {
+                SatError::Internal(format!("manifest {} not stored", pulled.manifest))
+            })?;
+        let (m, media_type) = berth_oci::Manifest::parse(&bytes, None)
+            .map_err(|e| SatError::Remote(format!("manifest of {name}: {e}")))?;
+        let repos = store.repos();
+        let link =
+            |r: Result<(), berth_store::Error>| r.map_err(|e| SatError::Internal(e.to_string()));
+        for d in m.config.iter().chain(m.layers.iter()) {
+            link(repos.link_blob(&repo, &d.digest))?;
+        }
+        link(repos.link_manifest(&repo, &pulled.manifest, &media_type))?;
+        link(repos.set_tag(&repo, &tag, &pulled.manifest))?;
+        Ok(())
+    }
+}
+
 /// A build to run on a satellite.
 pub struct RemoteBuild {
     /// The context directory on this machine.

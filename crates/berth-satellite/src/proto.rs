@@ -165,6 +165,20 @@ pub struct BuildRequest {
     pub compression: ::prost::alloc::string::String,
     #[prost(bool, tag = "13")]
     pub force_compression: bool,
+    /// Push each tag to its registry from the satellite, with these credentials (by
+    /// registry host), which are used for this build only and never stored.
+    #[prost(bool, tag = "15")]
+    pub push: bool,
+    #[prost(map = "string, message", tag = "16")]
+    pub credentials: ::std::collections::HashMap<::prost::alloc::string::String, Credential>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Credential {
+    #[prost(string, tag = "1")]
+    pub username: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub password: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -241,6 +255,9 @@ pub struct BuildResult {
     pub image_id: ::prost::alloc::string::String,
     #[prost(uint32, tag = "3")]
     pub layers: u32,
+    /// What was pushed: `registry/repository@digest` per tag.
+    #[prost(string, repeated, tag = "4")]
+    pub pushed: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Generated client implementations.
 pub mod satellite_client {

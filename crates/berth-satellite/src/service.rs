@@ -378,6 +378,7 @@ async fn run_build(
         .into_iter()
         .map(|(k, v)| (k, SecretSource::Value(Arc::from(v))))
         .collect();
+    let tags = r.tags.clone();
     let opts = BuildOptions {
         dockerfile,
         context: tree,
@@ -429,10 +430,43 @@ async fn run_build(
     drop(build);
     let _ = forward.await;
     let res = result?;
+    let mut pushed = Vec::new();
+    if r.push {
+        // The client's credentials serve this push and go with it: nothing is stored.
+        let credentials = r
+            .credentials
+            .into_iter()
+            .map(|(host, c)| {
+                (
+                    host,
+                    berth_client::Credentials {
+                        username: c.username,
+                        password: c.password,
+                    },
+                )
+            })
+            .collect();
+        let client = berth_client::Client::new(berth_client::ClientConfig {
+            credentials,
+            ..Default::default()
+        });
+        for t in &tags {
+            let dest: berth_oci::Reference = t
+                .parse()
+                .map_err(|e| SatError::BadRequest(format!("--push to {t}: {e}")))?;
+            let digest =
+                berth_build::push_image(&sat.inner.store, &client, &res.manifest, &dest, &|line| {
+                    tracing::debug!("{line}")
+                })
+                .await?;
+            pushed.push(format!("{}/{}@{digest}", dest.registry, dest.repository));
+        }
+    }
     Ok(proto::BuildResult {
         manifest: res.manifest.to_string(),
         image_id: res.image_id.to_string(),
         layers: res.layers as u32,
+        pushed,
     })
 }
 
