@@ -42,6 +42,26 @@ struct FileConfig {
     /// `[build]`: defaults of `berth build`.
     #[serde(default)]
     build: BuildFile,
+    /// `[network]`: proxies and CAs for every part of berth.
+    #[serde(default)]
+    network: NetworkFile,
+}
+
+/// `[network]` in config.toml. Proxies set here win over the environment's; `no_proxy`
+/// entries are added to the environment's NO_PROXY (both merged, nothing overwritten).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    /// Proxy for http:// URLs.
+    http_proxy: Option<String>,
+    /// Proxy for https:// URLs.
+    https_proxy: Option<String>,
+    /// Hosts, `.suffixes`, CIDRs, `host:port` or `*` reached directly.
+    #[serde(default)]
+    no_proxy: Vec<String>,
+    /// PEM bundles trusted besides the system's roots.
+    #[serde(default)]
+    ca: Vec<PathBuf>,
 }
 
 /// `[build]` in config.toml.
@@ -370,6 +390,21 @@ impl Settings {
             hosts,
             docker_config: berth_client::DockerConfig::load(),
             credentials: Default::default(),
+            network: self.network(),
+        }
+    }
+
+    /// The one network configuration: the environment's proxies and NO_PROXY, with
+    /// `[network]` of config.toml on top.
+    pub fn network(&self) -> berth_net::Network {
+        let n = &self.file.network;
+        berth_net::Network {
+            proxies: berth_net::Proxies::from_env_with(&|k| self.env.get(k).cloned()).merge(
+                n.http_proxy.as_deref(),
+                n.https_proxy.as_deref(),
+                &n.no_proxy,
+            ),
+            ca_bundles: n.ca.clone(),
         }
     }
 
@@ -389,10 +424,14 @@ impl Settings {
                 })?),
                 None => None,
             };
-        let proxy_env = berth_build::PROXY_ARGS
-            .iter()
-            .filter_map(|k| Some(format!("{k}={}", self.env.get(*k)?)))
-            .collect();
+        // HTTP(S)_PROXY and NO_PROXY as the network configuration resolves them (both
+        // cases, lists merged); FTP_PROXY and ALL_PROXY as the environment has them.
+        let mut proxy_env = self.network().proxies.step_env();
+        proxy_env.extend(
+            ["FTP_PROXY", "ftp_proxy", "ALL_PROXY", "all_proxy"]
+                .iter()
+                .filter_map(|k| Some(format!("{k}={}", self.env.get(*k)?))),
+        );
         Ok(BuildSettings {
             allow: all,
             proxy_env,
@@ -637,7 +676,46 @@ mod tests {
         ];
         let b = settings_env("", &env).build(&[]).unwrap();
         assert_eq!(b.source_date_epoch, Some(1_700_000_000));
-        assert_eq!(b.proxy_env, ["HTTPS_PROXY=http://proxy:3128"]);
+        // Steps get both cases, as Docker passes them.
+        assert_eq!(
+            b.proxy_env,
+            [
+                "HTTPS_PROXY=http://proxy:3128",
+                "https_proxy=http://proxy:3128"
+            ]
+        );
+        // [network] wins for proxies and adds to NO_PROXY; the registry client and the
+        // steps see the same result.
+        let file = "[network]\nhttps_proxy = \"http://file:8080\"\nno_proxy = [\"10.0.0.0/8\", \".corp\"]\n";
+        let s = settings_env(
+            file,
+            &[
+                ("HTTPS_PROXY", "http://env:3128"),
+                ("no_proxy", "localhost"),
+            ],
+        );
+        let net = s.network();
+        assert_eq!(net.proxies.https.as_deref(), Some("http://file:8080"));
+        assert_eq!(
+            net.proxies.no_proxy.entries(),
+            ["localhost", "10.0.0.0/8", ".corp"]
+        );
+        let b = s.build(&[]).unwrap();
+        assert!(
+            b.proxy_env
+                .contains(&"NO_PROXY=localhost,10.0.0.0/8,.corp".to_string())
+        );
+        assert!(
+            b.proxy_env
+                .contains(&"https_proxy=http://file:8080".to_string())
+        );
+        assert_eq!(
+            s.registry_config()
+                .network
+                .proxies
+                .proxy_for("https", "10.1.1.1", 443),
+            None
+        );
         let err = settings_env("", &[("SOURCE_DATE_EPOCH", "yesterday")])
             .build(&[])
             .unwrap_err();

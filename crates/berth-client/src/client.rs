@@ -101,6 +101,9 @@ pub struct ClientConfig {
     pub docker_config: DockerConfig,
     /// Credentials berth was given directly, by registry (win over Docker's).
     pub credentials: HashMap<String, Credentials>,
+    /// Proxies, NO_PROXY and extra CA bundles (berth-net): the environment's are not read
+    /// here, only what this carries.
+    pub network: berth_net::Network,
 }
 
 /// A manifest as fetched.
@@ -167,8 +170,28 @@ impl Client {
             return Ok(c.clone());
         }
         let opts = self.host(registry);
-        let mut b =
-            reqwest::Client::builder().user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            // Proxies come from the one network configuration, NO_PROXY rules included
+            // (CIDRs and ports, which reqwest's own reading of the environment lacks).
+            .no_proxy();
+        let proxies = self.config.network.proxies.clone();
+        if proxies.http.is_some() || proxies.https.is_some() {
+            b = b.proxy(reqwest::Proxy::custom(move |url| {
+                let host = url.host_str()?;
+                let port = url.port_or_known_default()?;
+                proxies
+                    .proxy_for(url.scheme(), host, port)
+                    .map(str::to_owned)
+            }));
+        }
+        for pem in self.config.network.extra_roots().map_err(Error::Local)? {
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Local(format!("a CA bundle of [network] is not PEM: {e}")))?
+            {
+                b = b.add_root_certificate(cert);
+            }
+        }
         if let Some(ca) = &opts.ca {
             let pem = std::fs::read(ca).map_err(|e| {
                 Error::Local(format!("read CA {} for {registry}: {e}", ca.display()))

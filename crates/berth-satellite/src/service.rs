@@ -397,6 +397,8 @@ async fn run_build(
                 hosts: HashMap::new(),
                 docker_config: berth_client::DockerConfig::load(),
                 credentials: HashMap::new(),
+                // The satellite's own proxies and NO_PROXY, for its base-image pulls.
+                network: berth_net::Network::from_env(),
             },
         ))),
         compression: match r.compression.as_str() {
@@ -448,6 +450,7 @@ async fn run_build(
             .collect();
         let client = berth_client::Client::new(berth_client::ClientConfig {
             credentials,
+            network: berth_net::Network::from_env(),
             ..Default::default()
         });
         for t in &tags {

@@ -1,0 +1,168 @@
+//! The one network configuration (berth-net) through `berth build`: base-image pulls go
+//! through a real forward proxy (Debian's tinyproxy, whose log proves which requests
+//! crossed it) unless NO_PROXY (a CIDR, a host:port, merged from the environment and
+//! config.toml) says otherwise, and RUN steps see the proxy variables in both cases.
+//! Everything on 127.0.0.1.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+/// tinyproxy on a free port of 127.0.0.1, logging each request; killed on drop.
+struct Proxy {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Proxy {
+    fn start(dir: &Path) -> Proxy {
+        let port = free_port();
+        let log = dir.join("tinyproxy.log");
+        let conf = dir.join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Info\n\
+                 MaxClients 20\nAllow 127.0.0.1\nDisableViaHeader Yes\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("tinyproxy")
+            .args(["-d", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tinyproxy");
+        let addr = format!("127.0.0.1:{port}");
+        wait_listening(&addr);
+        Proxy { child, addr, log }
+    }
+
+    /// Log lines of requests that went to `target` (host:port).
+    fn requests_to(&self, target: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Request") && l.contains(target))
+            .count()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn pulls_go_through_the_proxy_unless_no_proxy_says_otherwise() {
+    if !require_build() || !require("skopeo") || !require("tinyproxy") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Berth::serve(&dir.path().join("registry"), &[]);
+    let layout = dir.path().join("layout");
+    busybox_layout(&layout, "v1");
+    run(&mut skopeo_copy(
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{}/base/busybox:v1", reg.addr),
+        &["--dest-tls-verify=false"],
+    ));
+    let proxy = Proxy::start(dir.path());
+    let proxy_url = format!("http://{}", proxy.addr);
+
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}/base/busybox:v1\nRUN env | grep -i _proxy= | sort > /proxies\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let build = |name: &str, env: &[(&str, &str)], config: Option<&str>| {
+        let root = dir.path().join(name);
+        let out_dir = dir.path().join(format!("{name}-out"));
+        let mut c = berth_build(&root);
+        c.env_remove("NO_PROXY").env_remove("no_proxy");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        if let Some(text) = config {
+            let path = dir.path().join(format!("{name}.toml"));
+            std::fs::write(&path, text).unwrap();
+            c.arg("--config").arg(&path);
+        }
+        c.arg("--output")
+            .arg(format!("type=local,dest={}", out_dir.display()))
+            .arg(&ctx);
+        output_ok(&mut c);
+        std::fs::read_to_string(out_dir.join("proxies")).unwrap()
+    };
+
+    // Through the proxy: the pull's requests are in its log; the step sees both cases.
+    let seen = build(
+        "proxied",
+        &[("HTTP_PROXY", &proxy_url), ("HTTPS_PROXY", &proxy_url)],
+        None,
+    );
+    let through = proxy.requests_to(&reg.addr);
+    assert!(through > 0, "no request to {} crossed the proxy", reg.addr);
+    for line in [
+        format!("HTTP_PROXY={proxy_url}"),
+        format!("http_proxy={proxy_url}"),
+        format!("HTTPS_PROXY={proxy_url}"),
+        format!("https_proxy={proxy_url}"),
+    ] {
+        assert!(
+            seen.lines().any(|l| l == line),
+            "{line} missing from the step's env:\n{seen}"
+        );
+    }
+
+    // A NO_PROXY rule for another port of the host does not exempt the registry.
+    build(
+        "other-port",
+        &[
+            ("HTTP_PROXY", &proxy_url),
+            ("HTTPS_PROXY", &proxy_url),
+            ("NO_PROXY", "127.0.0.1:1"),
+        ],
+        None,
+    );
+    let after_port = proxy.requests_to(&reg.addr);
+    assert!(
+        after_port > through,
+        "a host:port rule for another port bypassed the proxy"
+    );
+
+    // A CIDR in config.toml's [network] no_proxy, merged with the environment's list:
+    // the pull goes direct, and the step's NO_PROXY holds both lists.
+    let seen = build(
+        "cidr",
+        &[
+            ("HTTP_PROXY", &proxy_url),
+            ("HTTPS_PROXY", &proxy_url),
+            ("no_proxy", "internal.example"),
+        ],
+        Some("[network]\nno_proxy = [\"127.0.0.0/8\"]\n"),
+    );
+    assert_eq!(
+        proxy.requests_to(&reg.addr),
+        after_port,
+        "a pull covered by NO_PROXY went through the proxy"
+    );
+    assert!(
+        seen.lines()
+            .any(|l| l == "NO_PROXY=internal.example,127.0.0.0/8"),
+        "merged NO_PROXY missing:\n{seen}"
+    );
+}
