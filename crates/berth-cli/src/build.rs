@@ -163,15 +163,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         crate::satellite::chosen(args.satellite.as_deref(), args.no_satellite, settings)?
     {
         return remote(
-            settings,
-            &name,
-            &args,
-            context,
-            dockerfile,
-            secrets,
-            &build,
-            sink,
-            tty_view,
+            settings, &name, &args, context, dockerfile, secrets, &build, sink, tty_view,
         );
     }
     let cancel = berth_build::Cancel::default();
