@@ -563,3 +563,49 @@ fn manifests_are_kubernetes_yaml_with_the_essentials() {
     assert!(!bad.success);
     assert!(bad.stderr.contains("--name"), "{}", bad.stderr);
 }
+
+#[test]
+fn a_ca_dir_keeps_clients_trusted_on_a_fresh_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let first_root = dir.path().join("first-root");
+    let mut sat = Sat::start(None, &first_root, &addr, &["--advertise", "127.0.0.1"]);
+    let client = Client::new(dir.path(), "laptop", None);
+    assert!(client.add("s1", &sat.token(&[])).success);
+    sat.kill9();
+
+    // The operator's copy of the CA (a mounted Secret in Kubernetes), 0400 as mounted.
+    let secret = dir.path().join("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    for f in ["ca.crt", "ca.key"] {
+        let to = secret.join(f);
+        std::fs::copy(first_root.join("satellite/pki").join(f), &to).unwrap();
+        std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+    }
+    // The volume is gone: a fresh root, same address, the CA from --ca-dir.
+    let fresh = dir.path().join("fresh-root");
+    let ca_dir = secret.to_str().unwrap();
+    let _sat = Sat::start(
+        None,
+        &fresh,
+        &addr,
+        &["--advertise", "127.0.0.1", "--ca-dir", ca_dir],
+    );
+    assert_eq!(
+        std::fs::read(fresh.join("satellite/pki/ca.crt")).unwrap(),
+        std::fs::read(secret.join("ca.crt")).unwrap(),
+        "the given CA is installed into the root (token create pins it)"
+    );
+    let inspect = output(client.berth().args(["satellite", "inspect", "s1"]));
+    assert!(inspect.success, "{}", inspect.stderr);
+
+    // An empty --ca-dir (the optional Secret not made): the root makes its own CA.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let own = dir.path().join("own-root");
+    let _other = loopback_sat(&own, &["--ca-dir", empty.to_str().unwrap()]);
+    assert_ne!(
+        std::fs::read(own.join("satellite/pki/ca.crt")).unwrap(),
+        std::fs::read(secret.join("ca.crt")).unwrap()
+    );
+}
