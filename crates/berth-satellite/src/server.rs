@@ -366,13 +366,11 @@ impl Satellite {
             tracing::info!("draining: every build ended");
             return;
         }
-        let builds = self.inner.builds.lock().expect("builds lock");
-        for (id, b) in builds.iter() {
+        for (id, b) in self.inner.builds.lock().expect("builds lock").iter() {
             tracing::warn!(build = %id, client = %b.client, "drain timeout: canceling the build");
             b.cancel.cancel();
             b.executor.cancel();
         }
-        drop(builds);
         // Canceled steps kill their containers within a second or two; a build stuck
         // beyond this is left to the process exit.
         if tokio::time::timeout(Duration::from_secs(60), running.wait_for(|n| *n == 0))

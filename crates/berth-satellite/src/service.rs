@@ -410,15 +410,9 @@ async fn run_build(
             let mut client_gone = false;
             while let Some(e) = erx.recv().await {
                 match &e {
-                    Event::Started { id, .. } => {
-                        if open.insert(*id) {
-                            metrics.step_started();
-                        }
-                    }
-                    Event::Done { id, .. } | Event::Failed { id, .. } => {
-                        if open.remove(id) {
-                            metrics.step_ended(matches!(e, Event::Failed { .. }));
-                        }
+                    Event::Started { id, .. } if open.insert(*id) => metrics.step_started(),
+                    Event::Done { id, .. } | Event::Failed { id, .. } if open.remove(id) => {
+                        metrics.step_ended(matches!(e, Event::Failed { .. }));
                     }
                     Event::Cached { .. } => metrics.step_cached(),
                     _ => {}
