@@ -288,8 +288,11 @@ impl proto::satellite_server::Satellite for Service {
                     Err(Status::from(e))
                 }
             };
-            let _ = tx.send(msg).await;
+            // Counted out before the client hears the end, so that what it reads next
+            // (`/metrics`, `inspect`) agrees. A drain that ends now still delivers this
+            // message: the server lets open streams finish.
             sat.inner.running.send_modify(|n| *n -= 1);
+            let _ = tx.send(msg).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
