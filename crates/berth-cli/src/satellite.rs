@@ -47,6 +47,22 @@ pub enum SatelliteCommand {
         /// The satellite's name here [default: the one in use].
         name: Option<String>,
     },
+    /// Print Kubernetes YAML for a satellite: a StatefulSet (privileged pod, its root on a
+    /// PersistentVolumeClaim, the CA optionally from a Secret) and a Service on port 8372.
+    Manifests(ManifestArgs),
+}
+
+#[derive(Args)]
+pub struct ManifestArgs {
+    /// The satellite's name: the StatefulSet, the Service and the `<name>-ca` Secret.
+    #[arg(long, default_value = "berth-satellite")]
+    name: String,
+    /// The image holding the berth binary and runc.
+    #[arg(long, default_value = concat!("berth:", env!("CARGO_PKG_VERSION")))]
+    image: String,
+    /// Size of the PersistentVolumeClaim holding the root (cache, identity, enrolments).
+    #[arg(long, default_value = "50Gi")]
+    storage: String,
 }
 
 #[derive(Args)]
@@ -67,6 +83,15 @@ pub struct ServeArgs {
     /// How long client certificates stay valid; clients renew them at half.
     #[arg(long, default_value = "30d", value_parser = crate::parse_duration)]
     client_validity: Duration,
+    /// On SIGTERM, how long running builds may finish before they are canceled (new
+    /// builds are refused meanwhile).
+    #[arg(long, default_value = "10m", value_parser = crate::parse_duration)]
+    drain_timeout: Duration,
+    /// A directory that may hold the CA (ca.crt, ca.key), such as a mounted Kubernetes
+    /// Secret; when it does, that CA is installed into the root and used, otherwise the
+    /// root's own CA is (made on the first start).
+    #[arg(long, value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -157,6 +182,10 @@ fn ago(unix: u64) -> String {
 pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
     match command {
         SatelliteCommand::Serve(args) => serve(settings, args),
+        SatelliteCommand::Manifests(args) => {
+            print!("{}", manifests(&args)?);
+            Ok(())
+        }
         SatelliteCommand::Token { command } => {
             let root = SatelliteRoot::new(&settings.root);
             match command {
@@ -360,6 +389,8 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
         addr,
         allow: args.allow,
         client_validity: args.client_validity,
+        drain_timeout: args.drain_timeout,
+        ca_dir: args.ca_dir,
     };
     let (sat, opened) = berth_satellite::Satellite::open(&opts)?;
     let rt = runtime()?;
@@ -389,6 +420,177 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
         sat.serve(listener, crate::shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Where the satellite's root lives in its pod.
+const POD_ROOT: &str = "/var/lib/berth";
+/// Where the optional CA Secret is mounted.
+const POD_CA_DIR: &str = "/etc/berth/ca";
+
+/// The Kubernetes YAML of `berth satellite manifests`.
+///
+/// The CA lives in the root, on the PersistentVolumeClaim, so a restarted or rescheduled
+/// pod keeps it with the cache and the enrolments. The Secret `<name>-ca` is optional: an
+/// operator who wants the CA to outlive the volume copies it there once, and the pod
+/// (mounting it at `--ca-dir`) then uses it even on a fresh volume. It is not printed
+/// here: it would need the CA's key, which only the first start makes.
+fn manifests(args: &ManifestArgs) -> Result<String> {
+    let name = &args.name;
+    let dns_label = (1..=52).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    anyhow::ensure!(
+        dns_label,
+        "--name {name:?}: Kubernetes names are 1 to 52 lowercase letters, digits and `-`, \
+         starting and ending with a letter or digit"
+    );
+    anyhow::ensure!(
+        !args.image.is_empty()
+            && !args
+                .image
+                .chars()
+                .any(|c| c.is_whitespace() || c == '"' || c == '\\'),
+        "--image {:?}: an image reference has no spaces, quotes or backslashes",
+        args.image
+    );
+    let digits = args
+        .storage
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &args.storage[digits.len()..];
+    anyhow::ensure!(
+        !digits.is_empty()
+            && digits.chars().all(|c| c.is_ascii_digit())
+            && ["", "Ki", "Mi", "Gi", "Ti", "Pi", "k", "M", "G", "T", "P"].contains(&unit),
+        "--storage {:?}: give a size such as 50Gi or 500G",
+        args.storage
+    );
+    let (image, storage, port) = (&args.image, &args.storage, berth_satellite::DEFAULT_PORT);
+    Ok(format!(
+        r#"# berth satellite {name}: `kubectl apply -f` this file.
+#
+# Its root ({POD_ROOT}: CA, cache, tokens, enrolled clients) is on the PersistentVolumeClaim
+# root-{name}-0, so restarts and rescheduling keep identity, cache and enrolments.
+# The pod is privileged: it runs build steps with runc and overlayfs.
+#
+# Enroll a client:
+#   kubectl exec {name}-0 -- berth --root {POD_ROOT} satellite token create
+#   berth satellite add {name} --token <token>
+# Tokens carry {name}.<namespace>.svc; for clients outside the cluster, expose the Service
+# and add their name for it to --advertise.
+#
+# Optional: keep the CA in the Secret {name}-ca, so that it outlives the volume (then a
+# fresh volume still serves the CA every client trusts). After the first start:
+#   kubectl exec {name}-0 -- cat {POD_ROOT}/satellite/pki/ca.crt > ca.crt
+#   kubectl exec {name}-0 -- cat {POD_ROOT}/satellite/pki/ca.key > ca.key
+#   kubectl create secret generic {name}-ca --from-file=ca.crt --from-file=ca.key
+#   rm ca.key
+# Without the Secret, the mount is empty and the CA in the root is used.
+#
+# /healthz and /metrics (Prometheus) answer on the same TLS port without a client
+# certificate; /healthz says 503 while the satellite drains on SIGTERM.
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  labels:
+    app.kubernetes.io/name: berth-satellite
+    app.kubernetes.io/instance: {name}
+spec:
+  selector:
+    app.kubernetes.io/name: berth-satellite
+    app.kubernetes.io/instance: {name}
+  ports:
+    - name: satellite
+      port: {port}
+      targetPort: satellite
+      protocol: TCP
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {name}
+  labels:
+    app.kubernetes.io/name: berth-satellite
+    app.kubernetes.io/instance: {name}
+spec:
+  serviceName: {name}
+  replicas: 1
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: berth-satellite
+      app.kubernetes.io/instance: {name}
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/name: berth-satellite
+        app.kubernetes.io/instance: {name}
+      annotations:
+        prometheus.io/scrape: "true"
+        prometheus.io/scheme: "https"
+        prometheus.io/port: "{port}"
+        prometheus.io/path: "/metrics"
+    spec:
+      # Longer than --drain-timeout: running builds may finish after SIGTERM.
+      terminationGracePeriodSeconds: 660
+      containers:
+        - name: satellite
+          image: "{image}"
+          args:
+            - --root={POD_ROOT}
+            - satellite
+            - serve
+            - --addr=0.0.0.0:{port}
+            - --name={name}
+            - --advertise={name}.$(POD_NAMESPACE).svc,{name}.$(POD_NAMESPACE).svc.cluster.local,{name}
+            - --ca-dir={POD_CA_DIR}
+            - --drain-timeout=10m
+          env:
+            - name: POD_NAMESPACE
+              valueFrom:
+                fieldRef:
+                  fieldPath: metadata.namespace
+          ports:
+            - name: satellite
+              containerPort: {port}
+              protocol: TCP
+          securityContext:
+            privileged: true
+          readinessProbe:
+            httpGet:
+              path: /healthz
+              port: satellite
+              scheme: HTTPS
+            periodSeconds: 10
+          livenessProbe:
+            tcpSocket:
+              port: satellite
+            periodSeconds: 30
+          volumeMounts:
+            - name: root
+              mountPath: {POD_ROOT}
+            - name: ca
+              mountPath: {POD_CA_DIR}
+              readOnly: true
+      volumes:
+        - name: ca
+          secret:
+            secretName: {name}-ca
+            optional: true
+            defaultMode: 256
+  volumeClaimTemplates:
+    - metadata:
+        name: root
+      spec:
+        accessModes:
+          - ReadWriteOnce
+        resources:
+          requests:
+            storage: {storage}
+"#
+    ))
 }
 
 /// The satellite a build goes to: `--satellite NAME`, BERTH_SATELLITE, or the one chosen

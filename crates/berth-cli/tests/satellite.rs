@@ -6,162 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_testutil::netns::{Host, Lab};
+use common::satellite::{Client, Sat};
 use common::*;
-
-/// A running `berth satellite serve`, killed on drop.
-struct Sat {
-    child: Child,
-    root: PathBuf,
-    /// `host:port` tokens carry.
-    addr: String,
-}
-
-impl Sat {
-    /// Serves `root` on `addr` (inside `host` if given) with extra `args`.
-    fn start(host: Option<&Host>, root: &Path, addr: &str, args: &[&str]) -> Sat {
-        let mut c = match host {
-            Some(h) => h.command(berth_bin()),
-            None => Command::new(berth_bin()),
-        };
-        c.arg("--root")
-            .arg(root)
-            .args(["satellite", "serve", "--addr", addr, "--name", "sat1"])
-            .args(args)
-            .env("BERTH_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = c.spawn().expect("spawn berth satellite serve");
-        let mut line = String::new();
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
-        reader
-            .read_line(&mut line)
-            .expect("read the satellite's first line");
-        // Keep reading what else it prints (the first-start token).
-        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        let addr = line
-            .split("tokens name ")
-            .nth(1)
-            .and_then(|r| r.split(')').next())
-            .unwrap_or_else(|| panic!("the satellite did not say its address: {line:?}"))
-            .to_string();
-        Sat {
-            child,
-            root: root.to_path_buf(),
-            addr,
-        }
-    }
-
-    /// `berth satellite token create ARGS` on the satellite's root: the token.
-    fn token(&self, args: &[&str]) -> String {
-        let out = output_ok(
-            Command::new(berth_bin())
-                .arg("--root")
-                .arg(&self.root)
-                .args(["satellite", "token", "create"])
-                .args(args),
-        );
-        let token = out.stdout.trim().to_string();
-        assert_eq!(
-            token.lines().count(),
-            1,
-            "the token alone on stdout: {token}"
-        );
-        token
-    }
-
-    /// `berth satellite ARGS` on the satellite's root.
-    fn admin(&self, args: &[&str]) -> Output {
-        output(
-            Command::new(berth_bin())
-                .arg("--root")
-                .arg(&self.root)
-                .arg("satellite")
-                .args(args),
-        )
-    }
-
-    /// Containers runc runs for the satellite's builds.
-    fn containers(&self) -> usize {
-        let state = self.root.join("exec/runc");
-        let out = Command::new("runc")
-            .arg("--root")
-            .arg(&state)
-            .args(["list", "-q"])
-            .output()
-            .expect("runc list");
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Sat {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// A client machine: its own config directory and berth root, maybe in a namespace.
-struct Client {
-    host: Option<Host>,
-    cfg: PathBuf,
-    root: PathBuf,
-}
-
-impl Client {
-    fn new(dir: &Path, name: &str, host: Option<Host>) -> Client {
-        Client {
-            host,
-            cfg: dir.join(format!("{name}-config")),
-            root: dir.join(format!("{name}-root")),
-        }
-    }
-
-    fn berth(&self) -> Command {
-        let mut c = match &self.host {
-            Some(h) => h.command(berth_bin()),
-            None => Command::new(berth_bin()),
-        };
-        c.env("XDG_CONFIG_HOME", &self.cfg)
-            .env("BERTH_LOG", "warn")
-            .env("SOURCE_DATE_EPOCH", "0")
-            .arg("--root")
-            .arg(&self.root);
-        c
-    }
-
-    fn add(&self, name: &str, token: &str) -> Output {
-        output(self.berth().args([
-            "satellite",
-            "add",
-            name,
-            "--token",
-            token,
-            "--client-name",
-            "laptop",
-        ]))
-    }
-
-    fn build(&self, ctx: &Path, args: &[&str]) -> Command {
-        let mut c = self.berth();
-        c.args(["build", "--progress", "plain"]).args(args).arg(ctx);
-        c
-    }
-
-    fn satellite_dir(&self, name: &str) -> PathBuf {
-        self.cfg.join("berth/satellites").join(name)
-    }
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -460,6 +312,8 @@ fn client_certificates_renew_at_half_life_and_expire() {
     let renewed = std::fs::read(&cert).unwrap();
     assert_ne!(renewed, before, "renewed once half-used");
     // Left alone past its end, the certificate is refused, and the message says so.
+    // Certificates hold whole seconds, and the check compares seconds: wait more than
+    // a second beyond the end.
     sleep_until(validity(&renewed).not_after + Duration::from_millis(1500));
     let out = inspect();
     assert!(

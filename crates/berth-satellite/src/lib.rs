@@ -15,6 +15,7 @@
 mod client;
 pub mod context;
 mod error;
+mod metrics;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto;
 mod server;

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -200,6 +200,12 @@ pub struct SatelliteOptions {
     pub allow: Vec<Entitlement>,
     /// How long client certificates are valid (clients renew at half).
     pub client_validity: Duration,
+    /// On SIGTERM, how long running builds may take to finish before they are canceled.
+    pub drain_timeout: Duration,
+    /// A directory that may hold the CA (`ca.crt`, `ca.key`), e.g. a mounted Kubernetes
+    /// Secret: when it does, that CA is installed into the root and used; when it is
+    /// empty or absent, the root's own CA is (made on the first start).
+    pub ca_dir: Option<PathBuf>,
 }
 
 /// A running satellite's shared state.
@@ -218,10 +224,22 @@ pub(crate) struct Inner {
     pub(crate) store: berth_store::Store,
     pub(crate) allow: Vec<Entitlement>,
     pub(crate) client_validity: Duration,
-    pub(crate) running: AtomicU32,
+    /// Builds running now; drain waits for it to reach 0.
+    pub(crate) running: tokio::sync::watch::Sender<u32>,
     pub(crate) draining: AtomicBool,
+    pub(crate) drain_timeout: Duration,
+    /// The running builds by id, to cancel them when the drain times out.
+    pub(crate) builds: Mutex<HashMap<String, RunningBuild>>,
+    pub(crate) metrics: crate::metrics::Metrics,
     /// One lock per client context: a context's tree must not change under a build.
     pub(crate) contexts: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A build in progress, as drain needs it.
+pub(crate) struct RunningBuild {
+    pub(crate) client: String,
+    pub(crate) cancel: berth_build::Cancel,
+    pub(crate) executor: Arc<dyn berth_exec::Executor>,
 }
 
 /// What [`Satellite::open`] found or made.
@@ -240,7 +258,12 @@ impl Satellite {
         let dirs = SatelliteRoot::new(&opts.root);
         let dir = dirs.dir();
         std::fs::create_dir_all(&dir).map_err(SatError::io("create", &dir))?;
-        let (ca, first_start) = Ca::load_or_create(&dirs.pki(), &opts.name)?;
+        let (ca, first_start) = match opts.ca_dir.as_deref() {
+            Some(given) if given.join("ca.crt").exists() => {
+                (install_ca(given, &dirs.pki())?, false)
+            }
+            _ => Ca::load_or_create(&dirs.pki(), &opts.name)?,
+        };
         let (names, mut ips) = split_names(&opts.advertise);
         if !opts.addr.ip().is_unspecified() {
             ips.push(opts.addr.ip());
@@ -288,8 +311,11 @@ impl Satellite {
                 store,
                 allow: opts.allow.clone(),
                 client_validity: opts.client_validity,
-                running: AtomicU32::new(0),
+                running: tokio::sync::watch::Sender::new(0),
                 draining: AtomicBool::new(false),
+                drain_timeout: opts.drain_timeout,
+                builds: Mutex::new(HashMap::new()),
+                metrics: crate::metrics::Metrics::default(),
                 contexts: Mutex::new(HashMap::new()),
             }),
         };
@@ -309,12 +335,53 @@ impl Satellite {
 
     /// Builds running now.
     pub fn running_builds(&self) -> u32 {
-        self.inner.running.load(Ordering::SeqCst)
+        *self.inner.running.borrow()
     }
 
     /// Refuse new builds from now on (running ones go on).
     pub fn drain(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Drains: refuses new builds, waits up to `timeout` for the running ones to end, then
+    /// cancels those still running (their containers are killed and removed) and waits
+    /// for them to wind down.
+    pub async fn drain_builds(&self, timeout: Duration) {
+        self.drain();
+        let mut running = self.inner.running.subscribe();
+        let n = *running.borrow();
+        if n == 0 {
+            tracing::info!("draining: no build running");
+            return;
+        }
+        tracing::info!(
+            builds = n,
+            timeout_s = timeout.as_secs(),
+            "draining: new builds are refused; waiting for the running ones"
+        );
+        if tokio::time::timeout(timeout, running.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+        {
+            tracing::info!("draining: every build ended");
+            return;
+        }
+        for (id, b) in self.inner.builds.lock().expect("builds lock").iter() {
+            tracing::warn!(build = %id, client = %b.client, "drain timeout: canceling the build");
+            b.cancel.cancel();
+            b.executor.cancel();
+        }
+        // Canceled steps kill their containers within a second or two; a build stuck
+        // beyond this is left to the process exit.
+        if tokio::time::timeout(Duration::from_secs(60), running.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                builds = *running.borrow(),
+                "canceled builds did not end within 60 s; exiting anyway"
+            );
+        }
     }
 
     /// The TLS acceptor: the satellite's server certificate, client certificates of its
@@ -351,10 +418,15 @@ impl Satellite {
                 "/healthz",
                 axum::routing::get(healthz).with_state(self.clone()),
             )
+            .route(
+                "/metrics",
+                axum::routing::get(metrics).with_state(self.clone()),
+            )
     }
 
-    /// Serve on `listener` until `shutdown` resolves; then drain: refuse new builds and
-    /// give running ones `drain` to finish.
+    /// Serve on `listener` until `shutdown` resolves; then drain ([`Satellite::drain_builds`]
+    /// with the options' drain timeout) while still answering, so that new builds get a
+    /// clear refusal instead of a closed port; then close the listener.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
@@ -369,7 +441,7 @@ impl Satellite {
         let sat = self.clone();
         let shutdown = async move {
             shutdown.await;
-            sat.drain();
+            sat.drain_builds(sat.inner.drain_timeout).await;
         };
         berth_registry::serve_with(
             listener,
@@ -394,6 +466,39 @@ async fn healthz(
     } else {
         (axum::http::StatusCode::OK, "ok\n".into())
     }
+}
+
+/// `/metrics`: Prometheus text, no client certificate needed (counts only).
+async fn metrics(
+    axum::extract::State(sat): axum::extract::State<Satellite>,
+) -> impl axum::response::IntoResponse {
+    let text = tokio::task::spawn_blocking(move || crate::metrics::render(&sat))
+        .await
+        .unwrap_or_else(|e| format!("# metrics failed: {e}\n"));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+/// Installs the CA in `given` (a mounted Secret) into the root's `pki` directory, so every
+/// command on the root (`token create` pins it) sees the CA the listener uses.
+fn install_ca(given: &Path, pki: &Path) -> Result<Ca, SatError> {
+    let ca = Ca::load(given)?;
+    match Ca::load(pki) {
+        Ok(own) if own.pin() == ca.pin() => return Ok(own),
+        Ok(own) => tracing::warn!(
+            given = %given.display(),
+            replaced = %own.pin(),
+            "the CA in --ca-dir differs from the root's: the root's is replaced"
+        ),
+        Err(_) => {}
+    }
+    ca.save(pki)?;
+    Ok(ca)
 }
 
 /// Splits advertised names into DNS names and IP addresses.

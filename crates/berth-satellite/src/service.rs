@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use berth_build::{BuildOptions, Entitlement, Event, Progress, SecretSource};
 use berth_pki::{CertInfo, TokenKind, Validity};
@@ -14,8 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::context::{ClientContexts, Entry};
 use crate::error::SatError;
+use crate::metrics::Outcome;
 use crate::proto::{self, build_event::Event as Ev};
-use crate::server::{Satellite, unix};
+use crate::server::{RunningBuild, Satellite, unix};
 
 pub(crate) struct Service {
     pub(crate) sat: Satellite,
@@ -53,6 +54,18 @@ fn client_dir(info: &CertInfo) -> String {
 }
 
 impl Service {
+    /// Refuses work for a new build while the satellite drains.
+    fn refuse_if_draining(&self) -> Result<(), Status> {
+        if self.sat.inner.draining.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(format!(
+                "satellite {} is shutting down (draining its running builds) and takes no new \
+                 builds; retry after its restart or build on another satellite",
+                self.sat.inner.name
+            )));
+        }
+        Ok(())
+    }
+
     fn contexts(&self, info: &CertInfo) -> ClientContexts {
         ClientContexts::new(
             self.sat
@@ -111,6 +124,7 @@ impl proto::satellite_server::Satellite for Service {
                 SystemTime::now(),
             )?;
             tracing::info!(client = %r.client_name, token = %r.token_id, "client enrolled");
+            svc.sat.inner.metrics.invalidate();
             Ok(resp)
         })
         .await?;
@@ -138,13 +152,7 @@ impl proto::satellite_server::Satellite for Service {
     ) -> Result<Response<proto::StatusResponse>, Status> {
         let who = caller(&req)?;
         let sat = self.sat.clone();
-        let (cache_bytes, clients) = blocking(move || {
-            let bytes = dir_bytes(&sat.inner.dirs.root.join("blobs"))
-                + dir_bytes(&sat.inner.dirs.root.join("layers"));
-            let clients = sat.inner.dirs.clients()?.len() as u32;
-            Ok((bytes, clients))
-        })
-        .await?;
+        let disk = blocking(move || Ok(sat.inner.metrics.disk(&sat))).await?;
         let load1 = std::fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -152,14 +160,14 @@ impl proto::satellite_server::Satellite for Service {
         Ok(Response::new(proto::StatusResponse {
             name: self.sat.inner.name.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
-            running_builds: self.sat.inner.running.load(Ordering::SeqCst),
-            cache_bytes,
+            running_builds: self.sat.running_builds(),
+            cache_bytes: disk.cache_bytes,
             cache_cap_bytes: 0,
             load1,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             client: who.display_name(),
             client_cert_expires: unix(who.validity.not_after) as i64,
-            enrolled_clients: clients,
+            enrolled_clients: disk.enrolled_clients,
         }))
     }
 
@@ -168,6 +176,7 @@ impl proto::satellite_server::Satellite for Service {
         req: Request<proto::PrepareContextRequest>,
     ) -> Result<Response<proto::PrepareContextResponse>, Status> {
         let who = caller(&req)?;
+        self.refuse_if_draining()?;
         let r = req.into_inner();
         let contexts = self.contexts(&who);
         let entries: Vec<Entry> = r.entries.into_iter().map(Entry::from).collect();
@@ -184,6 +193,7 @@ impl proto::satellite_server::Satellite for Service {
     ) -> Result<Response<proto::UploadFilesResponse>, Status> {
         let who = caller(&req)?;
         let contexts = self.contexts(&who);
+        let sat = self.sat.clone();
         let mut stream = req.into_inner();
         // File writes happen on a blocking thread fed through a small channel, so a slow
         // disk slows the upload instead of a runtime worker.
@@ -196,6 +206,7 @@ impl proto::satellite_server::Satellite for Service {
                     if let Some((_, inc)) = current.take() {
                         bytes += inc.finish()?;
                         files += 1;
+                        sat.inner.metrics.context_file_received();
                     }
                     current = Some((chunk.digest.clone(), contexts.receive(&chunk.digest)?));
                 }
@@ -206,11 +217,18 @@ impl proto::satellite_server::Satellite for Service {
             if let Some((_, inc)) = current.take() {
                 bytes += inc.finish()?;
                 files += 1;
+                sat.inner.metrics.context_file_received();
             }
             Ok((files, bytes))
         });
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
+            let chunk = chunk.inspect_err(|e| {
+                tracing::info!(client = %who.display_name(), error = %e, "context upload cut short");
+            })?;
+            self.sat
+                .inner
+                .metrics
+                .context_received(chunk.data.len() as u64);
             if tx.send(chunk).await.is_err() {
                 break; // the writer failed: its error is below
             }
@@ -231,31 +249,49 @@ impl proto::satellite_server::Satellite for Service {
         req: Request<proto::BuildRequest>,
     ) -> Result<Response<Self::BuildStream>, Status> {
         let who = caller(&req)?;
-        if self.sat.inner.draining.load(Ordering::SeqCst) {
-            return Err(Status::unavailable(format!(
-                "satellite {} is shutting down and takes no new builds; retry on another or after its restart",
-                self.sat.inner.name
-            )));
-        }
+        self.refuse_if_draining()?;
         let r = req.into_inner();
-        let allow = entitlements(&r.allow, &self.sat.inner.allow)?;
+        let client = who.display_name();
+        let allow = entitlements(&r.allow, &self.sat.inner.allow).inspect_err(|e| {
+            tracing::info!(%client, error = %e.message(), "build refused");
+        })?;
         let (tx, rx) = mpsc::channel(64);
         let sat = self.sat.clone();
         let contexts = self.contexts(&who);
-        let client = who.display_name();
+        let id = crate::context::uuid_like();
+        // Counted before the task starts, so a drain that begins now waits for it.
+        sat.inner.running.send_modify(|n| *n += 1);
         tokio::spawn(async move {
-            sat.inner.running.fetch_add(1, Ordering::SeqCst);
-            let result = run_build(&sat, contexts, r, allow, tx.clone()).await;
-            sat.inner.running.fetch_sub(1, Ordering::SeqCst);
+            let started = Instant::now();
+            tracing::info!(%client, build = %id, context = %r.context, "build started");
+            let cancel = berth_build::Cancel::default();
+            let result =
+                run_build(&sat, &id, &client, contexts, r, allow, &cancel, tx.clone()).await;
+            sat.inner.builds.lock().expect("builds lock").remove(&id);
+            let outcome = match &result {
+                Ok(_) => Outcome::Ok,
+                Err(SatError::Build(berth_build::BuildError::Canceled)) => Outcome::Canceled,
+                Err(_) if cancel.is_canceled() => Outcome::Canceled,
+                Err(_) => Outcome::Failed,
+            };
+            sat.inner.metrics.build_ended(outcome);
+            let duration_ms = started.elapsed().as_millis() as u64;
             let msg = match result {
-                Ok(res) => Ok(proto::BuildEvent {
-                    event: Some(Ev::Result(res)),
-                }),
+                Ok(res) => {
+                    tracing::info!(%client, build = %id, duration_ms, result = outcome.as_str(), image = %res.manifest, "build ended");
+                    Ok(proto::BuildEvent {
+                        event: Some(Ev::Result(res)),
+                    })
+                }
                 Err(e) => {
-                    tracing::info!(%client, error = %e, "build failed");
+                    tracing::info!(%client, build = %id, duration_ms, result = outcome.as_str(), error = %e, "build ended");
                     Err(Status::from(e))
                 }
             };
+            // Counted out before the client hears the end, so that what it reads next
+            // (`/metrics`, `inspect`) agrees. A drain that ends now still delivers this
+            // message: the server lets open streams finish.
+            sat.inner.running.send_modify(|n| *n -= 1);
             let _ = tx.send(msg).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -320,11 +356,15 @@ fn to_proto(e: Event) -> proto::BuildEvent {
     proto::BuildEvent { event: Some(event) }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_build(
     sat: &Satellite,
+    id: &str,
+    client: &str,
     contexts: ClientContexts,
     r: proto::BuildRequest,
     allow: Vec<Entitlement>,
+    cancel: &berth_build::Cancel,
     tx: mpsc::Sender<Result<proto::BuildEvent, Status>>,
 ) -> Result<proto::BuildResult, SatError> {
     let lock = {
@@ -364,15 +404,31 @@ async fn run_build(
     let (etx, mut erx) = mpsc::unbounded_channel();
     let forward = {
         let tx = tx.clone();
+        let sat = sat.clone();
         tokio::spawn(async move {
+            // Steps started and not yet ended: the running-steps gauge gives them back
+            // when the build ends without closing them (canceled).
+            let mut open = std::collections::HashSet::new();
+            let metrics = &sat.inner.metrics;
+            let mut client_gone = false;
             while let Some(e) = erx.recv().await {
-                if tx.send(Ok(to_proto(e))).await.is_err() {
-                    break;
+                match &e {
+                    Event::Started { id, .. } if open.insert(*id) => metrics.step_started(),
+                    Event::Done { id, .. } | Event::Failed { id, .. } if open.remove(id) => {
+                        metrics.step_ended(matches!(e, Event::Failed { .. }));
+                    }
+                    Event::Cached { .. } => metrics.step_cached(),
+                    _ => {}
+                }
+                // Events keep being counted after the client left.
+                if !client_gone && tx.send(Ok(to_proto(e))).await.is_err() {
+                    client_gone = true;
                 }
             }
+            metrics.steps_abandoned(open.len());
         })
     };
-    let cancel = berth_build::Cancel::default();
+    let cancel = cancel.clone();
     let secrets: HashMap<String, SecretSource> = r
         .secrets
         .into_iter()
@@ -412,6 +468,14 @@ async fn run_build(
     let root = sat.inner.dirs.root.clone();
     let executor: Arc<dyn berth_exec::Executor> =
         Arc::new(berth_exec::Runc::new(&root.join("exec")).map_err(berth_build::BuildError::from)?);
+    sat.inner.builds.lock().expect("builds lock").insert(
+        id.to_owned(),
+        RunningBuild {
+            client: client.to_owned(),
+            cancel: cancel.clone(),
+            executor: executor.clone(),
+        },
+    );
     let mut build = Box::pin(berth_build::build(
         &root,
         sat.inner.store.clone(),
@@ -422,7 +486,7 @@ async fn run_build(
         r = &mut build => r,
         () = tx.closed() => {
             // The client went away (Ctrl-C, lost connection): stop the build.
-            tracing::info!("client disconnected: canceling its build");
+            tracing::info!(%client, build = %id, "client disconnected: canceling its build");
             cancel.cancel();
             executor.cancel();
             (&mut build).await
@@ -492,22 +556,4 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }

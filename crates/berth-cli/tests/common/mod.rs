@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod satellite;
+
 /// Skip the test (return false) with a reason that scripts/test counts, or panic under
 /// strict mode (CI sets BERTH_TEST_STRICT=1).
 #[allow(unused_imports)]
