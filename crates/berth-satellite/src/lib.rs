@@ -17,6 +17,7 @@ pub mod context;
 mod error;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto;
+mod pull;
 mod server;
 mod service;
 
