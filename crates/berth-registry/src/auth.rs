@@ -419,6 +419,11 @@ impl Auth {
             .map_err(|_| LoginError::BadCredentials)?;
         let text = String::from_utf8(raw).map_err(|_| LoginError::BadCredentials)?;
         let (user, pass) = text.split_once(':').ok_or(LoginError::BadCredentials)?;
+        if user.is_empty() && pass.is_empty() {
+            // What some clients without credentials send after a 401 (skopeo, containers/
+            // image): answered as anonymous, so the refusal says "authentication required".
+            return Ok(None);
+        }
         let key: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
         if self.verified.lock().expect("auth cache").contains(&key) {
             if self.credentials.lasting() {
@@ -712,6 +717,11 @@ mod tests {
             Err(LoginError::BadCredentials)
         );
         assert_eq!(auth.authenticate(None, LOCAL).await, Ok(None));
+        assert_eq!(
+            auth.authenticate(Some(&basic("", "")), LOCAL).await,
+            Ok(None),
+            "empty credentials are anonymous"
+        );
     }
 
     #[tokio::test]
