@@ -1,6 +1,6 @@
 //! A deploy host pulls what a satellite built straight from the satellite (issue 8, item 5):
 //! with `docker login` credentials from `berth satellite token create --pull`, or with an
-//! enrolled client's certificate (skopeo `--cert-dir`).
+//! enrolled client's certificate (Docker's `certs.d`, skopeo's `--cert-dir`).
 //!
 //! The satellite runs in a network namespace joined by a veth pair to the machine's own
 //! namespace, where the real dockerd runs: the machine is the deploy host (and, with a
@@ -350,5 +350,13 @@ fn deploy_host_pulls_from_the_satellite_with_a_pull_token_or_a_client_certificat
         "{}",
         anonymous.stderr
     );
+
+    // Docker with the client certificate in certs.d pulls without logging in.
+    let certs_d = Path::new("/etc/docker/certs.d").join(&addr);
+    std::fs::copy(cert_dir.join("client.cert"), certs_d.join("client.cert")).unwrap();
+    std::fs::copy(cert_dir.join("client.key"), certs_d.join("client.key")).unwrap();
+    output_ok(docker_cmd(&docker_cfg).args(["rmi", &image, &format!("{addr}/pushed:1")]));
+    let pulled = output_ok(docker_cmd(&docker_cfg).args(["pull", &image]));
+    assert!(pulled.stdout.contains(&manifest), "{}", pulled.stdout);
     drop(sat);
 }
