@@ -92,8 +92,8 @@ pub enum TokenCommand {
         /// `docker login HOST:PORT -u berth-<id> --password-stdin`.
         #[arg(long)]
         pull: bool,
-        /// Output: text, or json (one object; with --pull also registry, username,
-        /// password).
+        /// Output: text, or json (one object: token, id and expires; with --pull
+        /// registry, username, password and expires).
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
     },
