@@ -18,7 +18,7 @@ use crate::settings::Settings;
 pub enum SatelliteCommand {
     /// Run a satellite: a remote builder for enrolled clients (port 8372, mutual TLS).
     Serve(ServeArgs),
-    /// Enrollment tokens (run on the satellite's host, with its --root).
+    /// Enrollment and pull tokens (run on the satellite's host, with its --root).
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -28,6 +28,10 @@ pub enum SatelliteCommand {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+    /// Print the satellite's CA certificate (PEM), for a deploy host's Docker to trust:
+    /// save it as /etc/docker/certs.d/HOST:PORT/ca.crt there (run on the satellite's host,
+    /// with its --root).
+    Ca,
     /// Enroll with a satellite, using a token from its operator.
     Add(AddArgs),
     /// List the satellites this machine is enrolled with.
@@ -96,14 +100,27 @@ pub struct ServeArgs {
 
 #[derive(Subcommand)]
 pub enum TokenCommand {
-    /// Make a token and print it alone on stdout.
+    /// Make an enrollment token and print it alone on stdout; with --pull, make a pull
+    /// token and print what `docker login` needs.
     Create {
         /// How long it stays valid (e.g. 30m, 24h, 7d).
         #[arg(long, default_value = "24h", value_parser = crate::parse_duration)]
         ttl: Duration,
-        /// How many enrollments it allows (0: unlimited).
-        #[arg(long, default_value_t = 1)]
-        uses: u32,
+        /// How many enrollments it allows (0: unlimited) [default: 1].
+        #[arg(long)]
+        uses: Option<u32>,
+        /// A pull token: credentials for `docker login` to the satellite's registry that
+        /// may pull (never push or delete), reusable until it expires or is revoked.
+        /// Prints three lines on stdout, `registry: HOST:PORT`, `username: berth-<id>`
+        /// and `password: <secret>` (or one JSON object with --format json, keys
+        /// registry, username, password, expires), e.g. on the deploy host:
+        /// `docker login HOST:PORT -u berth-<id> --password-stdin`.
+        #[arg(long)]
+        pull: bool,
+        /// Output: text, or json (one object: token, id and expires; with --pull
+        /// registry, username, password and expires).
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
     },
     /// List tokens (secrets are never shown again).
     Ls,
@@ -189,14 +206,12 @@ pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
         SatelliteCommand::Token { command } => {
             let root = SatelliteRoot::new(&settings.root);
             match command {
-                TokenCommand::Create { ttl, uses } => {
-                    let token = root.create_token(TokenOptions {
-                        kind: TokenKind::Enroll,
-                        ttl,
-                        uses,
-                    })?;
-                    println!("{token}");
-                }
+                TokenCommand::Create {
+                    ttl,
+                    uses,
+                    pull,
+                    format,
+                } => create_token(&root, ttl, uses, pull, &format)?,
                 TokenCommand::Ls => {
                     println!(
                         "{:<18} {:<7} {:<6} {:<22} STATE",
@@ -267,6 +282,11 @@ pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
                     eprintln!("revoked {n} certificate(s) of {client}");
                 }
             }
+            Ok(())
+        }
+        SatelliteCommand::Ca => {
+            let root = SatelliteRoot::new(&settings.root);
+            print!("{}", root.ca()?.cert_pem());
             Ok(())
         }
         SatelliteCommand::Add(args) => {
@@ -355,6 +375,58 @@ pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `berth satellite token create`.
+fn create_token(
+    root: &SatelliteRoot,
+    ttl: Duration,
+    uses: Option<u32>,
+    pull: bool,
+    format: &str,
+) -> Result<()> {
+    let (kind, uses) = match (pull, uses) {
+        (false, uses) => (TokenKind::Enroll, uses.unwrap_or(1)),
+        (true, None | Some(0)) => (TokenKind::Pull, 0),
+        (true, Some(_)) => anyhow::bail!(
+            "--uses does not apply to pull tokens: they are checked on every registry \
+             request, not counted; bound them with --ttl and end them with `berth satellite \
+             token revoke ID`"
+        ),
+    };
+    let token = root.create_token(TokenOptions { kind, ttl, uses })?;
+    let expires = berth_pki::format_utc(SystemTime::now() + ttl);
+    let user = format!("berth-{}", token.id);
+    match (pull, format) {
+        (false, "json") => println!(
+            "{}",
+            serde_json::json!({ "token": token.to_string(), "id": token.id, "expires": expires })
+        ),
+        (false, _) => println!("{token}"),
+        (true, "json") => println!(
+            "{}",
+            serde_json::json!({
+                "registry": token.addr,
+                "username": user,
+                "password": token.secret,
+                "expires": expires,
+            })
+        ),
+        (true, _) => {
+            println!(
+                "registry: {}\nusername: {user}\npassword: {}",
+                token.addr, token.secret
+            );
+            eprintln!(
+                "pull token {} (valid until {expires}; `berth satellite token revoke {}` ends it).\n\
+                 On the deploy host: save the output of `berth satellite ca` (run here) as\n  \
+                 /etc/docker/certs.d/{}/ca.crt\nthen\n  \
+                 docker login {} --username {user} --password-stdin",
+                token.id, token.id, token.addr, token.addr
+            );
+        }
+    }
+    Ok(())
 }
 
 fn berth_satellite_unix(t: SystemTime) -> u64 {

@@ -303,46 +303,27 @@ impl TokenStore {
         let _lock = self.lock()?;
         let path = self.existing(id)?;
         let mut record = read_record(&path)?;
-        let offered = sha256_hex(secret);
-        if aws_lc_rs::constant_time::verify_slices_are_equal(
-            offered.as_bytes(),
-            record.secret_sha256.as_bytes(),
-        )
-        .is_err()
-        {
-            return Err(TokenError::WrongSecret { id: id.to_owned() }.into());
-        }
-        if record.kind != kind {
-            return Err(TokenError::WrongKind {
-                id: id.to_owned(),
-                wanted: kind.to_string(),
-                actual: record.kind.to_string(),
-            }
-            .into());
-        }
-        if let Some(at) = record.revoked_unix {
-            return Err(TokenError::Revoked {
-                id: id.to_owned(),
-                at: format_utc(from_unix_secs(at)),
-            }
-            .into());
-        }
-        if unix_secs(now) >= record.expires_unix {
-            return Err(TokenError::Expired {
-                id: id.to_owned(),
-                at: format_utc(record.expires()),
-            }
-            .into());
-        }
-        if record.uses != 0 && record.used >= record.uses {
-            return Err(TokenError::UsedUp {
-                id: id.to_owned(),
-                uses: record.uses,
-            }
-            .into());
-        }
+        check(&record, kind, id, secret, now)?;
         record.used = record.used.saturating_add(1);
         write_record(&path, &record)?;
+        Ok(record)
+    }
+
+    /// Checks a token offered by a client without using it up: the same checks as
+    /// [`TokenStore::redeem`], in the same order, but nothing is written and no lock is
+    /// taken (records are replaced by atomic rename, so a read sees one whole version).
+    ///
+    /// This is for tokens presented again and again, such as a pull token sent with
+    /// every registry request: it costs a SHA-256 and the read of one small file.
+    pub fn verify(
+        &self,
+        kind: TokenKind,
+        id: &str,
+        secret: &str,
+        now: SystemTime,
+    ) -> Result<TokenRecord, PkiError> {
+        let record = read_record(&self.existing(id)?)?;
+        check(&record, kind, id, secret, now)?;
         Ok(record)
     }
 
@@ -362,6 +343,51 @@ impl TokenStore {
     fn lock(&self) -> Result<File, PkiError> {
         lock_exclusive(&self.dir.join(".lock"))
     }
+}
+
+/// The checks of [`TokenStore::redeem`] and [`TokenStore::verify`], secret first.
+fn check(
+    record: &TokenRecord,
+    kind: TokenKind,
+    id: &str,
+    secret: &str,
+    now: SystemTime,
+) -> Result<(), TokenError> {
+    let offered = sha256_hex(secret);
+    if aws_lc_rs::constant_time::verify_slices_are_equal(
+        offered.as_bytes(),
+        record.secret_sha256.as_bytes(),
+    )
+    .is_err()
+    {
+        return Err(TokenError::WrongSecret { id: id.to_owned() });
+    }
+    if record.kind != kind {
+        return Err(TokenError::WrongKind {
+            id: id.to_owned(),
+            wanted: kind.to_string(),
+            actual: record.kind.to_string(),
+        });
+    }
+    if let Some(at) = record.revoked_unix {
+        return Err(TokenError::Revoked {
+            id: id.to_owned(),
+            at: format_utc(from_unix_secs(at)),
+        });
+    }
+    if unix_secs(now) >= record.expires_unix {
+        return Err(TokenError::Expired {
+            id: id.to_owned(),
+            at: format_utc(record.expires()),
+        });
+    }
+    if record.uses != 0 && record.used >= record.uses {
+        return Err(TokenError::UsedUp {
+            id: id.to_owned(),
+            uses: record.uses,
+        });
+    }
+    Ok(())
 }
 
 fn sha256_hex(secret: &str) -> String {
@@ -546,6 +572,56 @@ mod tests {
                 .redeem(TokenKind::Pull, &t.id, &t.secret, now)
                 .unwrap();
         }
+    }
+
+    #[test]
+    fn verify_checks_like_redeem_without_using_up() {
+        let (_dir, store, now) = new_store();
+        let opts = TokenOptions {
+            kind: TokenKind::Pull,
+            uses: 1,
+            ..TokenOptions::default()
+        };
+        let t = store.create(opts, "sat:8372", pin(), now).unwrap();
+        for _ in 0..3 {
+            let r = store
+                .verify(TokenKind::Pull, &t.id, &t.secret, now)
+                .unwrap();
+            assert_eq!(r.used, 0, "verify never counts a use");
+        }
+        let refused = |kind, secret: &str, at| {
+            store
+                .verify(kind, &t.id, secret, at)
+                .unwrap_err()
+                .as_token()
+                .cloned()
+                .unwrap()
+        };
+        assert!(matches!(
+            refused(TokenKind::Pull, &"0".repeat(32), now),
+            TokenError::WrongSecret { .. }
+        ));
+        assert!(matches!(
+            refused(TokenKind::Enroll, &t.secret, now),
+            TokenError::WrongKind { .. }
+        ));
+        let later = now + DEFAULT_TOKEN_TTL + Duration::from_secs(1);
+        assert!(matches!(
+            refused(TokenKind::Pull, &t.secret, later),
+            TokenError::Expired { .. }
+        ));
+        store.revoke(&t.id, now).unwrap();
+        assert!(matches!(
+            refused(TokenKind::Pull, &t.secret, now),
+            TokenError::Revoked { .. }
+        ));
+        assert!(matches!(
+            store
+                .verify(TokenKind::Pull, "ffffffff", &t.secret, now)
+                .unwrap_err()
+                .as_token(),
+            Some(TokenError::Unknown { .. })
+        ));
     }
 
     /// Redeems across processes: this test binary runs itself as children, each redeeming

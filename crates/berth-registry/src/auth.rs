@@ -1,5 +1,7 @@
-//! Basic authentication against an htpasswd file (bcrypt entries) and per-repository
-//! rights from a small TOML file:
+//! Basic authentication: [`Auth`] keeps logins cheap and hard to guess (the rules below),
+//! and asks a [`Credentials`] whether a user name and password are good and what their
+//! holder may do. berth-registry's own credentials are [`Htpasswd`]: an htpasswd file
+//! (bcrypt entries) and per-repository rights from a small TOML file:
 //!
 //! ```toml
 //! # Rules are checked in order; a user gets the union of the actions of every rule that
@@ -19,14 +21,16 @@
 //! Without a rules file every authenticated user may do everything.
 //!
 //! bcrypt is slow by design (tens of milliseconds at cost 10), so it is kept away from
-//! the async worker threads and out of reach of anyone who can send a request:
+//! the async worker threads and out of reach of anyone who can send a request; any other
+//! [`Credentials`] (the satellite's pull tokens) gets the same protection:
 //!
 //! - a check runs on tokio's blocking pool, at most [`LoginLimits::workers`] at a time;
 //! - a successful check is remembered (keyed by a hash of the credentials, never the
 //!   password itself) for the life of the process, since clients send credentials with
-//!   every request;
-//! - a failed one is remembered for [`LoginLimits::failure_ttl`], so the same wrong
-//!   credentials (a misconfigured CI job retrying) cost bcrypt once;
+//!   every request; credentials that can be revoked ([`Credentials::lasting`] is false)
+//!   are checked again on each request, but known good ones take no login attempt;
+//! - a failed one is remembered for [`LoginLimits::failure_ttl`], with its reason, so the
+//!   same wrong credentials (a misconfigured CI job retrying) cost bcrypt once;
 //! - each client address has a token bucket of login attempts with credentials not yet
 //!   known good; when it is empty the answer is 429 with `Retry-After`, before any bcrypt
 //!   (and after a second, so that a client ignoring `Retry-After` cannot make the
@@ -113,11 +117,15 @@ pub enum AuthError {
 }
 
 /// Why a login was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoginError {
     /// Credentials were given and are wrong (unknown user, wrong password, malformed).
     #[error("authentication failed: check the user name and password")]
     BadCredentials,
+    /// Credentials were given, are the holder's, and are no longer good (a revoked or
+    /// expired token); the message says which and what to do.
+    #[error("{0}")]
+    Refused(String),
     /// This client address made too many login attempts that failed, or too many
     /// logins wait for a check.
     #[error(
@@ -168,16 +176,68 @@ impl Default for LoginLimits {
     }
 }
 
-/// Who may do what.
+/// Where [`Auth`] checks user names and passwords, and who may do what.
+///
+/// For each request with basic-auth credentials, [`Auth`] calls [`Credentials::verify`]
+/// (unless the credentials are known good and [`Credentials::lasting`]), on the blocking
+/// pool and behind its throttling; then [`Credentials::allowed`] for the repository and
+/// action of the route. Requests without credentials are anonymous.
+pub trait Credentials: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether `password` is `user`'s. Runs on tokio's blocking pool, at most
+    /// [`LoginLimits::workers`] at once, so it may be slow (bcrypt) or read a file.
+    /// Refuse with [`LoginError::BadCredentials`] when the password is wrong (say nothing
+    /// more), or [`LoginError::Refused`] to tell the holder of good credentials why they
+    /// no longer work.
+    fn verify(&self, user: &str, password: &str) -> Result<(), LoginError>;
+
+    /// Whether credentials that passed once stay good for the life of the process. When
+    /// false (tokens that expire or can be revoked), [`Credentials::verify`] runs on
+    /// every request, so it must be cheap.
+    fn lasting(&self) -> bool {
+        true
+    }
+
+    /// Whether `user` (`None`: anonymous) may do `action` on `repository`.
+    fn allowed(&self, user: Option<&str>, repository: &str, action: Action) -> bool;
+
+    /// Whether anonymous requests may do anything at all.
+    fn anonymous_allowed(&self) -> bool {
+        false
+    }
+
+    /// The message of the 403 answering an authenticated `user` who may not do `action`
+    /// on `repository`.
+    fn denied(&self, user: &str, repository: &str, action: Action) -> String {
+        format!("user {user:?} may not {action} repository {repository}")
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        })
+    }
+}
+
+/// Users of an htpasswd file (bcrypt) and rights from an optional rules file.
 #[derive(Debug)]
-pub struct Auth {
+pub struct Htpasswd {
     users: HashMap<String, String>,
     access: Option<Access>,
     /// Checked instead of a user's hash when the user does not exist.
     dummy: String,
+}
+
+/// Who may do what: a [`Credentials`] behind the login throttling of this module.
+#[derive(Debug)]
+pub struct Auth {
+    credentials: Arc<dyn Credentials>,
     limits: LoginLimits,
     verified: Mutex<HashSet<[u8; 32]>>,
-    failed: Mutex<HashMap<[u8; 32], Instant>>,
+    failed: Mutex<HashMap<[u8; 32], (Instant, LoginError)>>,
     buckets: Mutex<HashMap<IpAddr, Bucket>>,
     workers: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -200,9 +260,9 @@ impl Bucket {
     }
 }
 
-impl Auth {
+impl Htpasswd {
     /// Load an htpasswd file and an optional rules file.
-    pub fn load(htpasswd: &Path, rules: Option<&Path>) -> Result<Auth, AuthError> {
+    pub fn load(htpasswd: &Path, rules: Option<&Path>) -> Result<Htpasswd, AuthError> {
         let read = |p: &Path| {
             std::fs::read_to_string(p).map_err(|source| AuthError::Read {
                 path: p.display().to_string(),
@@ -237,21 +297,12 @@ impl Auth {
                 })?,
             ),
         };
-        Ok(Auth::new(users, access))
+        Ok(Htpasswd::new(users, access))
     }
 
-    /// Build from users (name → bcrypt hash) and optional rules, with default limits.
-    pub fn new(users: HashMap<String, String>, access: Option<Access>) -> Auth {
-        Auth::with_limits(users, access, LoginLimits::default())
-    }
-
-    /// Build with explicit login limits. Hashes one random password at the highest cost
-    /// among the users' hashes, for unknown users to be checked against.
-    pub fn with_limits(
-        users: HashMap<String, String>,
-        access: Option<Access>,
-        limits: LoginLimits,
-    ) -> Auth {
+    /// From users (name → bcrypt hash) and optional rules. Hashes one random password at
+    /// the highest cost among the users' hashes, for unknown users to be checked against.
+    pub fn new(users: HashMap<String, String>, access: Option<Access>) -> Htpasswd {
         let cost = users
             .values()
             .filter_map(|h| bcrypt_cost(h))
@@ -259,10 +310,80 @@ impl Auth {
             .unwrap_or(4);
         let secret = uuid::Uuid::new_v4().to_string();
         let dummy = bcrypt::hash(secret, cost).expect("bcrypt with a cost read from a hash");
-        Auth {
+        Htpasswd {
             users,
             access,
             dummy,
+        }
+    }
+}
+
+impl Credentials for Htpasswd {
+    /// Unknown users take the same path as known ones: same hash cost, same time.
+    fn verify(&self, user: &str, password: &str) -> Result<(), LoginError> {
+        let (hash, known) = match self.users.get(user) {
+            Some(h) => (h.as_str(), true),
+            None => (self.dummy.as_str(), false),
+        };
+        match bcrypt::verify(password, hash) {
+            Ok(true) if known => Ok(()),
+            _ => Err(LoginError::BadCredentials),
+        }
+    }
+
+    /// Without a rules file every authenticated user may do everything.
+    fn allowed(&self, user: Option<&str>, repository: &str, action: Action) -> bool {
+        let Some(access) = &self.access else {
+            return user.is_some();
+        };
+        access.rule.iter().any(|r| {
+            r.actions.contains(&action)
+                && r.users.iter().any(|u| match (u.as_str(), user) {
+                    ("anonymous", None) => true,
+                    ("*", Some(_)) => true,
+                    (name, Some(who)) => name == who,
+                    _ => false,
+                })
+                && r.repositories.iter().any(|p| glob(p, repository))
+        })
+    }
+
+    fn anonymous_allowed(&self) -> bool {
+        self.access.as_ref().is_some_and(|a| {
+            a.rule
+                .iter()
+                .any(|r| r.users.iter().any(|u| u == "anonymous"))
+        })
+    }
+}
+
+impl Auth {
+    /// Load an htpasswd file and an optional rules file (see [`Htpasswd::load`]).
+    pub fn load(htpasswd: &Path, rules: Option<&Path>) -> Result<Auth, AuthError> {
+        Ok(Auth::with_credentials(
+            Htpasswd::load(htpasswd, rules)?,
+            LoginLimits::default(),
+        ))
+    }
+
+    /// Build from users (name → bcrypt hash) and optional rules, with default limits.
+    pub fn new(users: HashMap<String, String>, access: Option<Access>) -> Auth {
+        Auth::with_limits(users, access, LoginLimits::default())
+    }
+
+    /// Build from users and rules with explicit login limits.
+    pub fn with_limits(
+        users: HashMap<String, String>,
+        access: Option<Access>,
+        limits: LoginLimits,
+    ) -> Auth {
+        Auth::with_credentials(Htpasswd::new(users, access), limits)
+    }
+
+    /// Check logins against `credentials`, within `limits`.
+    pub fn with_credentials(credentials: impl Credentials, limits: LoginLimits) -> Auth {
+        Auth {
+            credentials: Arc::new(credentials),
             workers: Arc::new(Semaphore::new(limits.workers.max(1))),
             limits,
             verified: Mutex::new(HashSet::new()),
@@ -273,7 +394,8 @@ impl Auth {
         }
     }
 
-    /// How many bcrypt checks ran so far (each costs a blocking thread tens of ms).
+    /// How many credential checks ran so far (for htpasswd users each is a bcrypt check,
+    /// which costs a blocking thread tens of ms).
     pub fn bcrypt_checks(&self) -> u64 {
         self.checks.load(Ordering::Relaxed)
     }
@@ -297,9 +419,27 @@ impl Auth {
             .map_err(|_| LoginError::BadCredentials)?;
         let text = String::from_utf8(raw).map_err(|_| LoginError::BadCredentials)?;
         let (user, pass) = text.split_once(':').ok_or(LoginError::BadCredentials)?;
+        if user.is_empty() && pass.is_empty() {
+            // What some clients without credentials send after a 401 (skopeo, containers/
+            // image): answered as anonymous, so the refusal says "authentication required".
+            return Ok(None);
+        }
         let key: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
         if self.verified.lock().expect("auth cache").contains(&key) {
-            return Ok(Some(user.to_string()));
+            if self.credentials.lasting() {
+                return Ok(Some(user.to_string()));
+            }
+            // Known good but revocable: checked again, without taking an attempt (these
+            // credentials were right, so this is no guess).
+            return match self.check(user, pass).await {
+                Ok(()) => Ok(Some(user.to_string())),
+                Err(e @ LoginError::Throttled { .. }) => Err(e),
+                Err(e) => {
+                    self.verified.lock().expect("auth cache").remove(&key);
+                    self.remember_failure(key, e.clone());
+                    Err(e)
+                }
+            };
         }
         // Take an attempt before anything else, so a burst of parallel requests cannot
         // all get past the limit while the first ones are being checked. It is given
@@ -314,33 +454,29 @@ impl Auth {
                 return Err(e);
             }
         };
-        if self.failed_recently(&key) {
-            return Err(LoginError::BadCredentials);
+        if let Some(e) = self.failed_recently(&key) {
+            return Err(e);
         }
-        // Unknown users take the same path as known ones: same hash cost, same pool.
-        let (hash, known) = match self.users.get(user) {
-            Some(h) => (h.clone(), true),
-            None => (self.dummy.clone(), false),
-        };
-        let matches = match self.check(pass.to_string(), hash).await {
-            Ok(m) => m,
-            Err(e) => {
+        match self.check(user, pass).await {
+            Ok(()) => {
+                self.verified.lock().expect("auth cache").insert(key);
                 self.give_back(client);
-                return Err(e);
+                Ok(Some(user.to_string()))
             }
-        };
-        if matches && known {
-            self.verified.lock().expect("auth cache").insert(key);
-            self.give_back(client);
-            Ok(Some(user.to_string()))
-        } else {
-            self.remember_failure(key);
-            Err(LoginError::BadCredentials)
+            Err(e @ LoginError::Throttled { .. }) => {
+                self.give_back(client);
+                Err(e)
+            }
+            Err(e) => {
+                self.remember_failure(key, e.clone());
+                Err(e)
+            }
         }
     }
 
-    /// bcrypt on the blocking pool, at most `workers` at once and `queue` waiting.
-    async fn check(&self, pass: String, hash: String) -> Result<bool, LoginError> {
+    /// [`Credentials::verify`] on the blocking pool, at most `workers` at once and `queue`
+    /// waiting.
+    async fn check(&self, user: &str, pass: &str) -> Result<(), LoginError> {
         struct Waiting<'a>(&'a AtomicUsize);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
@@ -359,16 +495,18 @@ impl Auth {
             .clone()
             .acquire_owned()
             .await
-            .expect("bcrypt pool is never closed");
+            .expect("the check pool is never closed");
         drop(waiting);
         self.checks.fetch_add(1, Ordering::Relaxed);
         // The permit goes with the check: a request dropped mid-check does not free a
         // worker that is still busy.
+        let (credentials, user, pass) =
+            (self.credentials.clone(), user.to_owned(), pass.to_owned());
         let verify = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            bcrypt::verify(pass, &hash).unwrap_or(false)
+            credentials.verify(&user, &pass)
         });
-        Ok(verify.await.unwrap_or(false))
+        verify.await.unwrap_or(Err(LoginError::BadCredentials))
     }
 
     /// Take one attempt from `client`'s bucket, or say when one will be there. Returns
@@ -411,49 +549,42 @@ impl Auth {
         }
     }
 
-    fn failed_recently(&self, key: &[u8; 32]) -> bool {
+    /// The refusal of these credentials, if they failed within `failure_ttl`.
+    fn failed_recently(&self, key: &[u8; 32]) -> Option<LoginError> {
         let failed = self.failed.lock().expect("failed logins");
-        failed.get(key).is_some_and(|until| *until > Instant::now())
+        failed
+            .get(key)
+            .filter(|(until, _)| *until > Instant::now())
+            .map(|(_, e)| e.clone())
     }
 
-    fn remember_failure(&self, key: [u8; 32]) {
+    fn remember_failure(&self, key: [u8; 32], error: LoginError) {
         let now = Instant::now();
         let mut failed = self.failed.lock().expect("failed logins");
         if failed.len() >= self.limits.max_failures {
-            failed.retain(|_, until| *until > now);
+            failed.retain(|_, (until, _)| *until > now);
             if failed.len() >= self.limits.max_failures
-                && let Some(first) = failed.iter().min_by_key(|(_, u)| **u).map(|(k, _)| *k)
+                && let Some(first) = failed.iter().min_by_key(|(_, (u, _))| *u).map(|(k, _)| *k)
             {
                 failed.remove(&first);
             }
         }
-        failed.insert(key, now + self.limits.failure_ttl);
+        failed.insert(key, (now + self.limits.failure_ttl, error));
     }
 
     /// Whether `user` (`None`: anonymous) may do `action` on `repository`.
     pub fn allowed(&self, user: Option<&str>, repository: &str, action: Action) -> bool {
-        let Some(access) = &self.access else {
-            return user.is_some();
-        };
-        access.rule.iter().any(|r| {
-            r.actions.contains(&action)
-                && r.users.iter().any(|u| match (u.as_str(), user) {
-                    ("anonymous", None) => true,
-                    ("*", Some(_)) => true,
-                    (name, Some(who)) => name == who,
-                    _ => false,
-                })
-                && r.repositories.iter().any(|p| glob(p, repository))
-        })
+        self.credentials.allowed(user, repository, action)
     }
 
     /// Whether anonymous requests may do anything at all.
     pub fn anonymous_allowed(&self) -> bool {
-        self.access.as_ref().is_some_and(|a| {
-            a.rule
-                .iter()
-                .any(|r| r.users.iter().any(|u| u == "anonymous"))
-        })
+        self.credentials.anonymous_allowed()
+    }
+
+    /// Why authenticated `user` may not do `action` on `repository` (the 403's message).
+    pub fn denied(&self, user: &str, repository: &str, action: Action) -> String {
+        self.credentials.denied(user, repository, action)
     }
 }
 
@@ -586,14 +717,20 @@ mod tests {
             Err(LoginError::BadCredentials)
         );
         assert_eq!(auth.authenticate(None, LOCAL).await, Ok(None));
+        assert_eq!(
+            auth.authenticate(Some(&basic("", "")), LOCAL).await,
+            Ok(None),
+            "empty credentials are anonymous"
+        );
     }
 
     #[tokio::test]
     async fn unknown_user_and_wrong_password_take_the_same_path() {
         let users = HashMap::from([("ci".to_string(), bcrypt::hash("pw", 5).unwrap())]);
-        let auth = Auth::new(users, None);
+        let htpasswd = Htpasswd::new(users, None);
         // The stand-in hash costs what the real ones cost.
-        assert_eq!(bcrypt_cost(&auth.dummy), Some(5));
+        assert_eq!(bcrypt_cost(&htpasswd.dummy), Some(5));
+        let auth = Auth::with_credentials(htpasswd, LoginLimits::default());
         let wrong = auth.authenticate(Some(&basic("ci", "nope")), LOCAL).await;
         assert_eq!(wrong, Err(LoginError::BadCredentials));
         assert_eq!(auth.bcrypt_checks(), 1);
@@ -653,6 +790,72 @@ mod tests {
             Ok(Some("ci".into()))
         );
         assert_eq!(auth.bcrypt_checks(), 3);
+    }
+
+    /// Credentials that can be revoked: one user, pull only.
+    #[derive(Debug)]
+    struct Revocable {
+        revoked: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Credentials for Revocable {
+        fn verify(&self, user: &str, password: &str) -> Result<(), LoginError> {
+            if (user, password) != ("t", "secret") {
+                return Err(LoginError::BadCredentials);
+            }
+            if self.revoked.load(Ordering::SeqCst) {
+                return Err(LoginError::Refused("token t was revoked".into()));
+            }
+            Ok(())
+        }
+        fn lasting(&self) -> bool {
+            false
+        }
+        fn allowed(&self, user: Option<&str>, _: &str, action: Action) -> bool {
+            user.is_some() && action == Action::Pull
+        }
+        fn denied(&self, user: &str, _: &str, action: Action) -> String {
+            format!("{user} is a pull token: it may not {action}")
+        }
+    }
+
+    #[tokio::test]
+    async fn revocable_credentials_are_checked_each_time_without_spending_attempts() {
+        let limits = LoginLimits {
+            burst: 2,
+            refill: Duration::from_secs(3600),
+            ..LoginLimits::default()
+        };
+        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let auth = Auth::with_credentials(
+            Revocable {
+                revoked: revoked.clone(),
+            },
+            limits,
+        );
+        let good = basic("t", "secret");
+        // Far more requests than the burst: known good credentials take no attempt.
+        for _ in 0..6 {
+            assert_eq!(
+                auth.authenticate(Some(&good), LOCAL).await,
+                Ok(Some("t".into()))
+            );
+        }
+        assert_eq!(auth.bcrypt_checks(), 6, "checked again on every request");
+        assert!(auth.allowed(Some("t"), "app", Action::Pull));
+        assert!(!auth.allowed(Some("t"), "app", Action::Push));
+        assert!(!auth.anonymous_allowed());
+        assert_eq!(
+            auth.denied("t", "app", Action::Push),
+            "t is a pull token: it may not push"
+        );
+
+        revoked.store(true, Ordering::SeqCst);
+        let refused = Err(LoginError::Refused("token t was revoked".into()));
+        assert_eq!(auth.authenticate(Some(&good), LOCAL).await, refused);
+        // Remembered with its reason: the next refusal costs no check.
+        assert_eq!(auth.authenticate(Some(&good), LOCAL).await, refused);
+        assert_eq!(auth.bcrypt_checks(), 7);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! berth-registry owns the OCI Distribution Spec v1.1 HTTP server: routing of the `/v2/`
 //! API (nested repository names included), content negotiation, uploads (monolithic,
 //! chunked, cross-repository mounts), tags, the referrers API and the catalog, basic
-//! authentication with per-repository rights, TLS, request logs and graceful shutdown.
+//! authentication with per-repository rights (htpasswd, or any [`Credentials`]), TLS,
+//! request logs and graceful shutdown.
 //! Content and metadata live in a [`berth_store::Store`]; the registry holds nothing but
 //! open upload writers in memory, so it can be killed at any moment.
 //!
@@ -19,7 +20,9 @@ mod error;
 mod routes;
 mod server;
 
-pub use auth::{Access, AccessRule, Action, Auth, AuthError, LoginError, LoginLimits};
+pub use auth::{
+    Access, AccessRule, Action, Auth, AuthError, Credentials, Htpasswd, LoginError, LoginLimits,
+};
 pub use error::{Code, RegistryError};
 pub use routes::{Config, Registry};
 pub use server::{

@@ -297,7 +297,9 @@ async fn authorize(
         .and_then(|v| v.to_str().ok());
     let user = match auth.authenticate(header, client).await {
         Ok(user) => user,
-        Err(e @ LoginError::BadCredentials) => return Err(unauthorized(&e.to_string())),
+        Err(e @ (LoginError::BadCredentials | LoginError::Refused(_))) => {
+            return Err(unauthorized(&e.to_string()));
+        }
         Err(e @ LoginError::Throttled { retry_after }) => {
             return Err(
                 RegistryError::new(Code::TooManyRequests, e.to_string()).with_header(
@@ -314,13 +316,7 @@ async fn authorize(
         None => Ok(user),
         Some((repo, action)) if !auth.allowed(user.as_deref(), &repo, action) => Err(match &user {
             None => unauthorized("authentication required"),
-            Some(who) => RegistryError::new(
-                Code::Denied,
-                format!(
-                    "user {who:?} may not {} repository {repo}",
-                    format!("{action:?}").to_lowercase()
-                ),
-            ),
+            Some(who) => RegistryError::new(Code::Denied, auth.denied(who, &repo, action)),
         }),
         Some(_) => Ok(user),
     }

@@ -18,6 +18,7 @@ mod error;
 mod metrics;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto;
+mod pull;
 mod server;
 mod service;
 

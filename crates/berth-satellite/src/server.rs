@@ -400,12 +400,19 @@ impl Satellite {
     }
 
     /// Everything the listener serves: the gRPC control API, `/healthz`, and the registry
-    /// API (`/v2/`) over the satellite's store for enrolled clients.
+    /// API (`/v2/`) over the satellite's store for enrolled clients (everything) and
+    /// holders of a pull token (basic auth, pull only).
     pub fn router(&self) -> axum::Router {
         let mut config = berth_registry::Config::new(self.inner.store.clone());
         config.client_certificates = true;
-        // No users: without a client certificate nothing is allowed.
-        config.auth = Some(berth_registry::Auth::new(HashMap::new(), None));
+        // Without a client certificate, only pull tokens are users.
+        let tokens = crate::pull::PullTokens {
+            tokens: self.inner.tokens.clone(),
+        };
+        config.auth = Some(berth_registry::Auth::with_credentials(
+            tokens,
+            berth_registry::LoginLimits::default(),
+        ));
         let registry = berth_registry::Registry::new(config);
         let grpc = crate::proto::satellite_server::SatelliteServer::new(crate::service::Service {
             sat: self.clone(),
