@@ -258,6 +258,7 @@ impl Satellite {
         let dirs = SatelliteRoot::new(&opts.root);
         let dir = dirs.dir();
         std::fs::create_dir_all(&dir).map_err(SatError::io("create", &dir))?;
+        check_overlay_upper(&opts.root, &dir)?;
         let (ca, first_start) = match opts.ca_dir.as_deref() {
             Some(given) if given.join("ca.crt").exists() => {
                 (install_ca(given, &dirs.pki())?, false)
@@ -523,4 +524,61 @@ fn split_names(advertise: &[String]) -> (Vec<String>, Vec<IpAddr>) {
         names.push("localhost".into());
     }
     (names, ips)
+}
+
+/// Checks that overlayfs can keep upper directories under the data root `root` (in
+/// `scratch`, a directory on the same file system), as every build step needs.
+///
+/// Why at start: a root that cannot fails only at the first RUN or COPY, with the
+/// kernel's bare `EINVAL` from the overlay mount. That is the case of a root on overlayfs,
+/// such as a container's own root file system: a satellite in Docker must keep its root
+/// on a volume or a bind mount. Without the right to mount (not root), nothing can be
+/// checked and builds say so themselves.
+fn check_overlay_upper(root: &Path, scratch: &Path) -> Result<(), SatError> {
+    let probe = scratch.join(format!("overlay-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&probe);
+    for d in ["lower", "upper", "work", "merged"] {
+        let p = probe.join(d);
+        std::fs::create_dir_all(&p).map_err(SatError::io("create", &p))?;
+    }
+    let mut plan = berth_oci::Mount::default();
+    plan.set_destination(PathBuf::from("/"));
+    plan.set_typ(Some("overlay".into()));
+    plan.set_source(Some(PathBuf::from("overlay")));
+    plan.set_options(Some(vec![
+        format!("lowerdir={}", probe.join("lower").display()),
+        format!("upperdir={}", probe.join("upper").display()),
+        format!("workdir={}", probe.join("work").display()),
+    ]));
+    let mounted = berth_exec::mount_rootfs(&[plan], &probe.join("merged")).map(|g| g.unmount());
+    let _ = std::fs::remove_dir_all(&probe);
+    let error = match mounted {
+        Ok(_) => return Ok(()),
+        Err(berth_exec::Error::Mount { source, .. })
+            if source.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) =>
+        {
+            tracing::debug!(
+                "not allowed to mount: overlayfs in {} not checked",
+                root.display()
+            );
+            return Ok(());
+        }
+        Err(e) => e,
+    };
+    // Magic numbers are 32 bits; f_type's width differs between architectures.
+    const OVERLAYFS_SUPER_MAGIC: u32 = 0x794c_7630;
+    let on_overlay =
+        rustix::fs::statfs(root).is_ok_and(|s| s.f_type as u32 == OVERLAYFS_SUPER_MAGIC);
+    let why = if on_overlay {
+        " (it is on overlayfs, as a container's own root file system is)"
+    } else {
+        ""
+    };
+    Err(SatError::Unavailable(format!(
+        "the data root {} cannot hold overlayfs upper directories{why}, which every build \
+         step needs: a test overlay failed: {error}. Put the root on a local disk file \
+         system (ext4, xfs) with --root; in a container, on a volume or a bind mount \
+         (docker run -v berth-satellite:/var/lib/berth …)",
+        root.display()
+    )))
 }
