@@ -548,3 +548,41 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .unwrap()
         .to_string()
 }
+
+#[test]
+fn context_caches_are_bounded_per_client() {
+    if !require_build() {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    // Room for one of the two contexts below.
+    let sat = Sat::start(
+        None,
+        &dir.path().join("sat-root"),
+        &format!("127.0.0.1:{port}"),
+        &["--advertise", "127.0.0.1", "--context-cache", "150K"],
+    );
+    let client = Client::new(dir.path(), "laptop", None);
+    assert!(client.add("s1", &sat.token(&[])).success);
+    let project = |name: &str| {
+        let ctx = dir.path().join(name);
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("data"), vec![name.as_bytes()[0]; 100_000]).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {}\nCOPY data /data\n", base.reference()),
+        )
+        .unwrap();
+        ctx
+    };
+    let (a, b) = (project("a"), project("b"));
+    let sent = |ctx: &Path| uploaded(&output_ok(&mut client.build(ctx, &[])).stderr).0;
+    assert_eq!(sent(&a), 2);
+    assert_eq!(sent(&a), 0, "a context within the cap stays");
+    assert_eq!(sent(&b), 2);
+    // Building b pushed a (least recently built) out: a goes up again, whole.
+    assert_eq!(sent(&a), 2, "an evicted context is sent again");
+    assert_eq!(sent(&a), 0);
+}

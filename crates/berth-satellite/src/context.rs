@@ -342,6 +342,67 @@ impl ClientContexts {
     }
 }
 
+impl ClientContexts {
+    /// Keeps this client's contexts within `cap` bytes (their files' sizes, as listed),
+    /// removing the least recently built first. `busy(dir)` says a context is in use by a
+    /// build (it stays); uploads nobody placed for an hour go too. Returns the removed
+    /// contexts' directories.
+    pub fn evict(&self, cap: u64, busy: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut contexts = Vec::new();
+        for e in rd.flatten() {
+            let dir = e.path();
+            let Ok(meta) = fs::metadata(dir.join("manifest.json")) else {
+                continue;
+            };
+            let bytes: u64 = read_manifest(&dir)
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.size)
+                .sum();
+            let used = meta.modified().unwrap_or(UNIX_EPOCH);
+            contexts.push((used, bytes, dir));
+        }
+        contexts.sort();
+        let mut total: u64 = contexts.iter().map(|c| c.1).sum();
+        let mut removed = Vec::new();
+        for (_, bytes, dir) in contexts {
+            if total <= cap {
+                break;
+            }
+            if busy(&dir) {
+                continue;
+            }
+            // The manifest goes first: a half-removed tree is then a context to rebuild.
+            let _ = fs::remove_file(dir.join("manifest.json"));
+            if fs::remove_dir_all(&dir).is_ok() {
+                total = total.saturating_sub(bytes);
+                removed.push(dir);
+            }
+        }
+        if let Ok(rd) = fs::read_dir(self.dir.join("blobs")) {
+            let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+            for e in rd.flatten() {
+                let stale = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < hour_ago);
+                if stale {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        removed
+    }
+
+    /// The directory of context `name` (what [`ClientContexts::evict`]'s `busy` is asked).
+    pub fn context_path(&self, name: &str) -> PathBuf {
+        self.context_dir(name)
+    }
+}
+
 /// An upload being written: hashed as it arrives, committed only under its digest.
 pub struct Incoming {
     file: fs::File,
@@ -703,6 +764,43 @@ mod tests {
         let tree = store.materialize("proj", &id).unwrap();
         assert!(!tree.join("link").exists());
         assert_eq!(entries_of(&tree), second);
+    }
+
+    #[test]
+    fn contexts_beyond_the_cap_go_least_recently_built_first() {
+        let sat = tempfile::tempdir().unwrap();
+        let store = ClientContexts::new(sat.path().join("c1"));
+        let make = |name: &str, bytes: usize| {
+            let src = tempfile::tempdir().unwrap();
+            fs::write(src.path().join("f"), vec![name.as_bytes()[0]; bytes]).unwrap();
+            let entries = entries_of(src.path());
+            let (id, missing) = store.prepare(name, &entries).unwrap();
+            for d in missing {
+                let mut inc = store.receive(&d).unwrap();
+                inc.write(&fs::read(src.path().join("f")).unwrap()).unwrap();
+                inc.finish().unwrap();
+            }
+            store.materialize(name, &id).unwrap();
+            // Distinct times of use, oldest first.
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        make("a", 1000);
+        make("b", 1000);
+        make("c", 1000);
+        let (a, b, c) = (
+            store.context_path("a"),
+            store.context_path("b"),
+            store.context_path("c"),
+        );
+        // Under the cap nothing goes.
+        assert!(store.evict(3000, &|_| false).is_empty());
+        // Over it, the oldest not in use goes first: a is busy, so b goes.
+        let removed = store.evict(2000, &|d| d == a);
+        assert_eq!(removed, vec![b.clone()]);
+        assert!(a.exists() && !b.exists() && c.exists());
+        let removed = store.evict(1000, &|_| false);
+        assert_eq!(removed, vec![a]);
+        assert!(c.join("tree/f").exists());
     }
 
     #[test]

@@ -202,6 +202,9 @@ pub struct SatelliteOptions {
     pub client_validity: Duration,
     /// On SIGTERM, how long running builds may take to finish before they are canceled.
     pub drain_timeout: Duration,
+    /// Bytes of build contexts kept per client between builds (least recently built
+    /// go first).
+    pub context_cache: u64,
     /// A directory that may hold the CA (`ca.crt`, `ca.key`), e.g. a mounted Kubernetes
     /// Secret: when it does, that CA is installed into the root and used; when it is
     /// empty or absent, the root's own CA is (made on the first start).
@@ -228,6 +231,7 @@ pub(crate) struct Inner {
     pub(crate) running: tokio::sync::watch::Sender<u32>,
     pub(crate) draining: AtomicBool,
     pub(crate) drain_timeout: Duration,
+    pub(crate) context_cache: u64,
     /// The running builds by id, to cancel them when the drain times out.
     pub(crate) builds: Mutex<HashMap<String, RunningBuild>>,
     pub(crate) metrics: crate::metrics::Metrics,
@@ -315,6 +319,7 @@ impl Satellite {
                 running: tokio::sync::watch::Sender::new(0),
                 draining: AtomicBool::new(false),
                 drain_timeout: opts.drain_timeout,
+                context_cache: opts.context_cache,
                 builds: Mutex::new(HashMap::new()),
                 metrics: crate::metrics::Metrics::default(),
                 contexts: Mutex::new(HashMap::new()),

@@ -384,6 +384,25 @@ async fn run_build(
             .await
             .map_err(|e| SatError::Internal(e.to_string()))??
     };
+    // The client's other contexts make room, oldest first, unless a build uses them.
+    {
+        let (contexts, sat2, cap) = (contexts.clone(), sat.clone(), sat.inner.context_cache);
+        let removed = tokio::task::spawn_blocking(move || {
+            contexts.evict(cap, &|dir| {
+                sat2.inner
+                    .contexts
+                    .lock()
+                    .expect("contexts lock")
+                    .get(dir)
+                    .is_some_and(|m| m.try_lock().is_err())
+            })
+        })
+        .await
+        .unwrap_or_default();
+        for dir in removed {
+            tracing::info!(context = %dir.display(), "context evicted (over the per-client cap)");
+        }
+    }
     // The Dockerfile (and its own ignore file) live beside the context, for this build.
     let build_dir = sat
         .inner
@@ -538,7 +557,7 @@ async fn run_build(
 }
 
 fn contexts_key(contexts: &ClientContexts, name: &str) -> std::path::PathBuf {
-    contexts.dir().join(name)
+    contexts.context_path(name)
 }
 
 fn safe_file_name(name: &str) -> String {
