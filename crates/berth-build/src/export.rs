@@ -284,3 +284,28 @@ pub async fn push_image(
     }
     Ok(berth_client::push_manifest(client, store, &bytes, dest, progress).await?)
 }
+
+/// Write the file system of the image whose manifest is `manifest` (in `store`) into the
+/// directory `dest`, its layers applied in order with whiteouts carried out: what
+/// `--output type=local` gives for an image that was not built here (a satellite's).
+pub fn export_rootfs(store: &Store, manifest: &Digest, dest: &Path) -> Result<()> {
+    let layers = crate::image::layers_of(store, manifest)?;
+    fs::create_dir_all(dest)
+        .map_err(|e| BuildError::Io(format!("create {}: {e}", dest.display())))?;
+    for l in layers {
+        let compression = Compression::of_media_type(&l.media_type).ok_or_else(|| {
+            BuildError::Image(format!(
+                "layer {} has media type {}, which berth cannot unpack",
+                l.digest, l.media_type
+            ))
+        })?;
+        let (file, _) = store.open_blob(&l.digest)?.ok_or_else(|| {
+            BuildError::Image(format!("layer {} is missing from the store", l.digest))
+        })?;
+        let reader = compression
+            .reader(std::io::BufReader::new(file))
+            .map_err(|e| BuildError::Io(format!("read layer {}: {e}", l.digest)))?;
+        berth_snapshot::apply_layer_flat(dest, reader)?;
+    }
+    Ok(())
+}

@@ -55,7 +55,7 @@ pub use berth_exec::Stream;
 pub use berth_snapshot::Compression;
 pub use build::{BuildOptions, BuildResult, OutputSpec, build, rfc3339};
 pub use error::{BuildError, Result};
-pub use export::{Exported, export_image, export_oci_tar, push_image};
+pub use export::{Exported, export_image, export_oci_tar, export_rootfs, push_image};
 pub use frontend::dockerfile::Dockerfile;
 pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};

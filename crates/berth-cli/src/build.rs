@@ -272,12 +272,6 @@ fn remote(
         .iter()
         .map(|s| parse_output(s))
         .collect::<Result<Vec<_>>>()?;
-    if outputs.iter().any(|o| matches!(o, OutputSpec::Local(_))) {
-        bail!(
-            "--output type=local is not available with a satellite yet; use type=oci, or \
-             build with --no-satellite"
-        );
-    }
     let fetch = args.load || !outputs.is_empty();
     if (fetch || args.push) && args.tags.is_empty() {
         bail!("--load, --push and --output with a satellite need a -t name for the image");
@@ -354,6 +348,9 @@ fn remote(
         }
         let manifest: berth_oci::Digest = r.result.manifest.parse()?;
         for out in &outputs {
+            if let OutputSpec::Local(dest) = out {
+                berth_build::export_rootfs(&store, &manifest, dest)?;
+            }
             if let OutputSpec::OciTar(dest) = out {
                 berth_docker::save_to_file(
                     &store,

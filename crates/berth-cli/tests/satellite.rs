@@ -468,6 +468,54 @@ fn outputs_of_a_remote_build_reach_this_machine_and_registries() {
         "the archive holds the built manifest"
     );
 
+    // --output type=local: the image's file system here, as a local build writes it
+    // (whiteouts carried out: the Dockerfile below removes a base file).
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN echo made on the satellite > /msg && rm /bin/sed\nCMD [\"cat\", \"/msg\"]\n",
+            base.reference()
+        ),
+    )
+    .unwrap();
+    let remote_dir = dir.path().join("remote-rootfs");
+    output_ok(&mut client.build(
+        &ctx,
+        &[
+            "-t",
+            &name,
+            "--output",
+            &format!("type=local,dest={}", remote_dir.display()),
+        ],
+    ));
+    let local_dir = dir.path().join("local-rootfs");
+    output_ok(
+        berth_build(&dir.path().join("local-root"))
+            .args(["--no-satellite", "--output"])
+            .arg(format!("type=local,dest={}", local_dir.display()))
+            .arg(&ctx)
+            .env("XDG_CONFIG_HOME", dir.path().join("none")),
+    );
+    assert!(
+        !remote_dir.join("bin/sed").exists(),
+        "a removed file came back"
+    );
+    let diff = tree_diff(
+        "remote",
+        &file_tree(&remote_dir),
+        "local",
+        &file_tree(&local_dir),
+    );
+    assert!(diff.is_empty(), "remote and local rootfs differ: {diff:#?}");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN echo made on the satellite > /msg\nCMD [\"cat\", \"/msg\"]\n",
+            base.reference()
+        ),
+    )
+    .unwrap();
+
     // --push: from the satellite, with this client's credentials for that build only.
     let reg = serve_with_user(dir.path(), "deployer", "s3cret-for-sat");
     let docker_cfg = dir.path().join("docker-config");

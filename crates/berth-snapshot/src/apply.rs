@@ -27,6 +27,16 @@ pub fn apply_layer(dir: &Path, layer: impl Read) -> Result<()> {
     Unpacker::new(dir).run(layer).map(|_| ())
 }
 
+/// Unpack the tar stream `layer` into `dir` on top of the layers unpacked there before,
+/// as a flattened file system (an image's root as files, for `--output type=local`):
+/// `.wh.<name>` removes `<name>`, and `.wh..wh..opq` empties its directory of what
+/// earlier layers put there. The same checks as [`apply_layer`] apply.
+pub fn apply_layer_flat(dir: &Path, layer: impl Read) -> Result<()> {
+    let mut u = Unpacker::new(dir);
+    u.flat = Some(BTreeSet::new());
+    u.run(layer).map(|_| ())
+}
+
 /// A reader that fails once `canceled()` says so. A layer unpacked from it stops at its
 /// next read (every few hundred kilobytes at most, and between entries), and the
 /// snapshotter removes what it had staged.
@@ -62,6 +72,9 @@ struct Unpacker<'a> {
     /// `lstat`s made to check or create parent directories (the work that used to grow
     /// with depth for every entry).
     lookups: u64,
+    /// Flattening ([`apply_layer_flat`]): the keys of the paths this layer wrote, which
+    /// an opaque marker keeps.
+    flat: Option<BTreeSet<Vec<u8>>>,
 }
 
 impl<'a> Unpacker<'a> {
@@ -70,6 +83,7 @@ impl<'a> Unpacker<'a> {
             dir,
             known: BTreeSet::new(),
             lookups: 0,
+            flat: None,
         }
     }
 
@@ -104,6 +118,20 @@ impl<'a> Unpacker<'a> {
             let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
             self.directory(&parent_rel)?;
             let parent = dir.join(&parent_rel);
+            if name_bytes == OPAQUE.as_bytes() && self.flat.is_some() {
+                let children = fs::read_dir(&parent).map_err(|e| io_err("list", &parent, e))?;
+                for child in children.flatten() {
+                    let child_rel = parent_rel.join(child.file_name());
+                    let written = self
+                        .flat
+                        .as_ref()
+                        .is_some_and(|w| w.contains(&key(&child_rel)));
+                    if !written {
+                        self.remove(&child_rel, &child.path())?;
+                    }
+                }
+                continue;
+            }
             if name_bytes == OPAQUE.as_bytes() {
                 rustix::fs::setxattr(&parent, "trusted.overlay.opaque", b"y", XattrFlags::empty())
                     .map_err(|e| io_err("mark opaque", &parent, e.into()))?;
@@ -120,6 +148,9 @@ impl<'a> Unpacker<'a> {
                 let hidden = OsStr::from_bytes(hidden);
                 let target = parent.join(hidden);
                 self.remove(&parent_rel.join(hidden), &target)?;
+                if self.flat.is_some() {
+                    continue;
+                }
                 rustix::fs::mknodat(
                     rustix::fs::CWD,
                     &target,
@@ -158,6 +189,9 @@ impl<'a> Unpacker<'a> {
                 self.check_no_symlinks(link_rel.parent().unwrap_or(Path::new("")))?;
                 let src = dir.join(&link_rel);
                 fs::hard_link(&src, &target).map_err(|e| io_err("hard link", &target, e))?;
+                if let Some(w) = &mut self.flat {
+                    w.insert(key(&rel));
+                }
                 continue;
             }
             entry
@@ -165,6 +199,9 @@ impl<'a> Unpacker<'a> {
                 .map_err(|e| io_err("unpack", &target, e))?;
             if kind.is_dir() {
                 self.known.insert(key(&rel));
+            }
+            if let Some(w) = &mut self.flat {
+                w.insert(key(&rel));
             }
         }
         Ok(self.lookups)
@@ -301,6 +338,62 @@ mod tests {
         h.set_gid(0);
         h.set_mtime(0);
         h
+    }
+
+    #[test]
+    fn flattening_applies_whiteouts_and_opaque_directories() {
+        let layer = |entries: &[(&str, Option<&str>)]| {
+            let mut b = tar::Builder::new(Vec::new());
+            for (path, data) in entries {
+                match data {
+                    Some(d) => {
+                        let mut h = header(tar::EntryType::Regular, d.len() as u64);
+                        b.append_data(&mut h, path, d.as_bytes()).unwrap();
+                    }
+                    None => {
+                        let mut h = header(tar::EntryType::Directory, 0);
+                        b.append_data(&mut h, path, &b""[..]).unwrap();
+                    }
+                }
+            }
+            b.into_inner().unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let lower = layer(&[
+            ("etc/", None),
+            ("etc/keep", Some("k")),
+            ("etc/gone", Some("g")),
+            ("opt/", None),
+            ("opt/old", Some("o")),
+        ]);
+        // The marker comes after a file of its own layer, which must stay.
+        let upper = layer(&[
+            ("etc/.wh.gone", Some("")),
+            ("opt/new", Some("n")),
+            ("opt/.wh..wh..opq", Some("")),
+        ]);
+        apply_layer_flat(dir.path(), &lower[..]).unwrap();
+        apply_layer_flat(dir.path(), &upper[..]).unwrap();
+        let d = dir.path();
+        assert_eq!(fs::read_to_string(d.join("etc/keep")).unwrap(), "k");
+        assert!(!d.join("etc/gone").exists() && !d.join("etc/.wh.gone").exists());
+        assert!(
+            !d.join("opt/old").exists(),
+            "the opaque marker hides lower files"
+        );
+        assert_eq!(fs::read_to_string(d.join("opt/new")).unwrap(), "n");
+        assert!(!d.join("opt/.wh..wh..opq").exists());
+        // Nothing of overlay's format is left: no whiteout devices.
+        let mut stack = vec![d.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            for e in fs::read_dir(&p).unwrap().flatten() {
+                let ft = e.file_type().unwrap();
+                assert!(ft.is_dir() || ft.is_file(), "{:?}", e.path());
+                if ft.is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod diff;
 pub mod owner;
 mod snapshotter;
 
-pub use apply::{Cancelable, apply_layer};
+pub use apply::{Cancelable, apply_layer, apply_layer_flat};
 pub use compression::{Compression, recompress};
 pub use diff::{DiffOptions, LayerInfo, diff};
 pub use snapshotter::{Active, Error, Result, Snapshotter, chain_id, overlay_mount};
