@@ -95,6 +95,17 @@ struct RegistryHost {
     /// Speak plain HTTP to it.
     #[serde(default)]
     http: bool,
+    /// Registries (`host[:port]`) holding copies of its images, tried in order before
+    /// it when pulling (`[registries."docker.io"] mirrors = ["mirror.corp:5000"]`).
+    #[serde(default, deserialize_with = "checked_mirrors")]
+    mirrors: Vec<String>,
+}
+
+fn checked_mirrors<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|m| berth_client::check_mirror(m).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// `[registry]` in config.toml.
@@ -382,6 +393,7 @@ impl Settings {
                         insecure: r.insecure,
                         http: r.http,
                         tls: None,
+                        mirrors: r.mirrors.clone(),
                     },
                 )
             })
