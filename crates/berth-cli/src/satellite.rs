@@ -17,6 +17,12 @@ use crate::settings::Settings;
 #[derive(Subcommand)]
 pub enum SatelliteCommand {
     /// Run a satellite: a remote builder for enrolled clients (port 8372, mutual TLS).
+    #[command(
+        after_help = "Configuration: --config FILE names the satellite's own TOML here \
+        ([builder] allow, [network] proxies and CAs, [registries.\"host:port\"] ca, insecure, \
+        http, mirrors), or BERTH_SATELLITE_CONFIG holds it inline; berth's config.toml is \
+        read from its default place."
+    )]
     Serve(ServeArgs),
     /// Enrollment and pull tokens (run on the satellite's host, with its --root).
     Token {
@@ -96,6 +102,14 @@ pub struct ServeArgs {
     /// root's own CA is (made on the first start).
     #[arg(long, value_name = "DIR")]
     ca_dir: Option<PathBuf>,
+    /// The satellite's configuration: the global `--config FILE` (main.rs moves it here),
+    /// or inline TOML in BERTH_SATELLITE_CONFIG.
+    #[arg(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the satellite configuration equivalent to a BuildKit buildkitd.toml on
+    /// stdout, and every key that has no equivalent on stderr; then exit.
+    #[arg(long, value_name = "FILE")]
+    import_buildkitd_toml: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -454,6 +468,8 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
         .addr
         .parse()
         .with_context(|| format!("--addr {:?} is not host:port", args.addr))?;
+    let inline = std::env::var(berth_satellite::config::CONFIG_ENV).ok();
+    let config = berth_satellite::SatelliteConfig::load(args.config.as_deref(), inline.as_deref())?;
     let opts = SatelliteOptions {
         root: settings.root.clone(),
         name: args.name.unwrap_or_else(|| plain_name(&host_name())),
@@ -463,6 +479,7 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
         client_validity: args.client_validity,
         drain_timeout: args.drain_timeout,
         ca_dir: args.ca_dir,
+        config,
     };
     let (sat, opened) = berth_satellite::Satellite::open(&opts)?;
     let rt = runtime()?;
