@@ -464,6 +464,9 @@ fn human(bytes: u64) -> String {
 }
 
 fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
+    if let Some(file) = &args.import_buildkitd_toml {
+        return import_buildkitd(file);
+    }
     let addr: SocketAddr = args
         .addr
         .parse()
@@ -509,6 +512,23 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
         sat.serve(listener, crate::shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// `serve --import-buildkitd-toml FILE`: the equivalent satellite config on stdout, each
+/// key without one on stderr.
+fn import_buildkitd(file: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("read buildkitd config {}", file.display()))?;
+    let imported = berth_satellite::config::import_buildkitd(&text, &file.display().to_string())?;
+    print!(
+        "# berth satellite config from {} (berth satellite serve --import-buildkitd-toml)\n{}",
+        file.display(),
+        imported.config.to_toml()
+    );
+    for (key, why) in &imported.unmapped {
+        eprintln!("{key}: not mapped: {why}");
+    }
+    Ok(())
 }
 
 /// Where the satellite's root lives in its pod.

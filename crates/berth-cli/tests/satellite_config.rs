@@ -242,3 +242,48 @@ fn a_satellite_configured_inline_grants_entitlements_passes_proxies_and_uses_mir
         "{log}"
     );
 }
+
+#[test]
+fn import_buildkitd_toml_prints_the_config_and_lists_what_it_cannot_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let bk = dir.path().join("buildkitd.toml");
+    std::fs::write(
+        &bk,
+        "insecure-entitlements = [\"network.host\"]\n\
+         [worker.oci]\n  max-parallelism = 4\n  gckeepstorage = 10000000000\n\
+         [registry.\"docker.io\"]\n  mirrors = [\"mirror.corp.example:5000\"]\n\
+         [registry.\"mirror.corp.example:5000\"]\n  http = true\n",
+    )
+    .unwrap();
+    let out = output_ok(
+        Command::new(berth_bin())
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .args(["satellite", "serve", "--import-buildkitd-toml"])
+            .arg(&bk),
+    );
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "worker.oci.gckeepstorage: not mapped: satellites have no automatic cache GC yet; \
+             run `berth prune --keep-storage SIZE` on the satellite's root (from a timer)",
+            "worker.oci.max-parallelism: not mapped: berth has no limit of parallel build \
+             steps yet: the solver runs every ready step",
+        ],
+        "{}",
+        out.stderr
+    );
+    // The unit tests check that what is printed parses back to the same config.
+    assert!(
+        out.stdout.contains("allow = [\"network.host\"]")
+            && out
+                .stdout
+                .contains("[registries.\"docker.io\"]\nmirrors = [\"mirror.corp.example:5000\"]")
+            && out
+                .stdout
+                .contains("[registries.\"mirror.corp.example:5000\"]\nhttp = true"),
+        "{}",
+        out.stdout
+    );
+}

@@ -244,7 +244,215 @@ impl SatelliteConfig {
 
     /// As TOML, for `--import-buildkitd-toml`.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a satellite config serialises")
+        let mut text = toml::to_string(self).expect("a satellite config serialises");
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// What [`import_buildkitd`] made of a buildkitd.toml.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Imported {
+    /// The equivalent satellite configuration.
+    pub config: SatelliteConfig,
+    /// Every key with no equivalent: its dotted name and why (sections in key order).
+    pub unmapped: Vec<(String, String)>,
+}
+
+const NO_GC: &str = "satellites have no automatic cache GC yet; run `berth prune \
+                     --keep-storage SIZE` on the satellite's root (from a timer)";
+
+/// Reads a BuildKit `buildkitd.toml` and maps what has a satellite equivalent:
+/// `insecure-entitlements` to `[builder] allow`, and `[registry."host"]` (`mirrors`,
+/// `http`, `insecure`, `ca`) to `[registries."host"]`. A mirror's own `http` or `ca` is
+/// in its own entry, in BuildKit as in berth. Everything else is listed in
+/// [`Imported::unmapped`] with the reason, one leaf key a line, so nothing is dropped
+/// silently.
+pub fn import_buildkitd(text: &str, source: &str) -> Result<Imported, SatError> {
+    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        SatError::BadRequest(format!(
+            "buildkitd config {source} is not TOML: {}",
+            e.to_string().trim_end()
+        ))
+    })?;
+    let mut out = Imported::default();
+    for (key, value) in &doc {
+        match key.as_str() {
+            "insecure-entitlements" => import_entitlements(value, &mut out),
+            "registry" => match value {
+                toml::Value::Table(hosts) => {
+                    for (host, v) in hosts {
+                        import_registry(host, v, &mut out);
+                    }
+                }
+                v => unmapped(&mut out, "registry", v, "expected a table of registries"),
+            },
+            "worker" => match value {
+                toml::Value::Table(workers) => {
+                    for (name, v) in workers {
+                        let path = format!("worker.{}", quoted(name));
+                        if name == "oci" {
+                            import_oci_worker(&path, v, &mut out);
+                        } else {
+                            unmapped(
+                                &mut out,
+                                &path,
+                                v,
+                                "berth runs build steps with runc itself: there is no \
+                                 containerd or other worker",
+                            );
+                        }
+                    }
+                }
+                v => unmapped(&mut out, "worker", v, "expected a table of workers"),
+            },
+            other => {
+                let why = match other {
+                    "root" => "the satellite's data root is --root (or BERTH_ROOT)",
+                    "debug" | "trace" | "log" => {
+                        "logging is set with BERTH_LOG (a level filter such as `debug`) and \
+                         BERTH_LOG_FORMAT=json"
+                    }
+                    "grpc" => {
+                        "a satellite listens on --addr with mutual TLS it sets up itself \
+                         (its own CA; clients enroll with a token)"
+                    }
+                    "dns" => "RUN steps use the satellite's own resolver configuration",
+                    _ => "berth has no equivalent",
+                };
+                unmapped(&mut out, &quoted(other), value, why);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn import_entitlements(value: &toml::Value, out: &mut Imported) {
+    let Some(items) = value.as_array() else {
+        return unmapped(out, "insecure-entitlements", value, "expected a list");
+    };
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str().map(str::parse::<Entitlement>) {
+            Some(Ok(e)) if !out.config.builder.allow.contains(&e) => {
+                out.config.builder.allow.push(e)
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) => out.unmapped.push((
+                format!("insecure-entitlements[{i}]"),
+                format!(
+                    "{item}: berth grants only {}",
+                    Entitlement::ALL.map(|(n, _)| n).join(", ")
+                ),
+            )),
+            None => unmapped(
+                out,
+                &format!("insecure-entitlements[{i}]"),
+                item,
+                "expected a string",
+            ),
+        }
+    }
+}
+
+fn import_registry(host: &str, value: &toml::Value, out: &mut Imported) {
+    let path = format!("registry.{}", quoted(host));
+    let Some(table) = value.as_table() else {
+        return unmapped(out, &path, value, "expected a table");
+    };
+    if berth_client::check_mirror(host).is_err() {
+        return unmapped(
+            out,
+            &path,
+            value,
+            "not a registry host[:port] as berth names registries",
+        );
+    }
+    let mut reg = RegistryConfig::default();
+    for (key, v) in table {
+        let at = format!("{path}.{}", quoted(key));
+        match (key.as_str(), v) {
+            ("http", toml::Value::Boolean(b)) => reg.http = *b,
+            ("insecure", toml::Value::Boolean(b)) => reg.insecure = *b,
+            ("mirrors", toml::Value::Array(items)) => {
+                for (i, m) in items.iter().enumerate() {
+                    match m.as_str().map(berth_client::check_mirror) {
+                        Some(Ok(m)) => reg.mirrors.push(m),
+                        Some(Err(why)) => out.unmapped.push((format!("{at}[{i}]"), why)),
+                        None => unmapped(out, &format!("{at}[{i}]"), m, "expected a string"),
+                    }
+                }
+            }
+            ("ca", toml::Value::Array(items)) => {
+                for (i, c) in items.iter().enumerate() {
+                    match c.as_str() {
+                        Some(c) if reg.ca.is_none() => reg.ca = Some(PathBuf::from(c)),
+                        Some(_) => out.unmapped.push((
+                            format!("{at}[{i}]"),
+                            "berth takes one CA file per registry: concatenate the PEM files \
+                             into the first one"
+                                .into(),
+                        )),
+                        None => unmapped(out, &format!("{at}[{i}]"), c, "expected a path"),
+                    }
+                }
+            }
+            ("ca", toml::Value::String(c)) => reg.ca = Some(PathBuf::from(c)),
+            ("keypair", v) => unmapped(
+                out,
+                &at,
+                v,
+                "berth does not present client certificates to registries",
+            ),
+            (_, v) => unmapped(out, &at, v, "berth has no equivalent"),
+        }
+    }
+    if reg != RegistryConfig::default() {
+        out.config.registries.insert(host.to_owned(), reg);
+    }
+}
+
+fn import_oci_worker(path: &str, value: &toml::Value, out: &mut Imported) {
+    let Some(table) = value.as_table() else {
+        return unmapped(out, path, value, "expected a table");
+    };
+    for (key, v) in table {
+        let at = format!("{path}.{}", quoted(key));
+        let why = match key.as_str() {
+            // Steps run on the satellite's runc worker in any case: nothing to carry.
+            "enabled" if v.as_bool() == Some(true) => continue,
+            "enabled" => "a satellite always builds with runc",
+            "gc" | "gckeepstorage" | "reservedSpace" | "maxUsedSpace" | "minFreeSpace"
+            | "gcpolicy" => NO_GC,
+            "max-parallelism" => {
+                "berth has no limit of parallel build steps yet: the solver runs every \
+                 ready step"
+            }
+            "platforms" => "berth builds for the satellite's own platform only",
+            "snapshotter" => "berth always uses overlayfs",
+            "binary" => "berth runs runc (found on PATH)",
+            "rootless" | "noProcessSandbox" => "a satellite runs as root",
+            _ => "berth has no equivalent",
+        };
+        unmapped(out, &at, v, why);
+    }
+}
+
+/// Records every leaf key under `path` (tables and arrays of tables walked) as unmapped.
+fn unmapped(out: &mut Imported, path: &str, value: &toml::Value, why: &str) {
+    match value {
+        toml::Value::Table(t) if !t.is_empty() => {
+            for (k, v) in t {
+                unmapped(out, &format!("{path}.{}", quoted(k)), v, why);
+            }
+        }
+        toml::Value::Array(items) if !items.is_empty() && items.iter().all(|i| i.is_table()) => {
+            for (i, v) in items.iter().enumerate() {
+                unmapped(out, &format!("{path}[{i}]"), v, why);
+            }
+        }
+        _ => out.unmapped.push((path.to_owned(), why.to_owned())),
     }
 }
 
@@ -412,5 +620,130 @@ insecure = false
             .unwrap_err()
             .to_string();
         assert!(e.contains("none.toml"), "{e}");
+    }
+
+    /// A buildkitd.toml as a company runs it: mirrors for Docker Hub, a private registry
+    /// with its own CA, GC settings, and the keys people copy from BuildKit's example.
+    const BUILDKITD: &str = r#"
+root = "/var/lib/buildkit"
+debug = true
+insecure-entitlements = ["network.host", "security.insecure"]
+
+[log]
+  format = "json"
+
+[grpc]
+  address = ["tcp://0.0.0.0:1234"]
+  [grpc.tls]
+    cert = "/etc/buildkit/tls.crt"
+
+[worker.oci]
+  enabled = true
+  snapshotter = "overlayfs"
+  gc = true
+  gckeepstorage = "80%"
+  max-parallelism = 4
+
+  [[worker.oci.gcpolicy]]
+    keepBytes = "10GB"
+    keepDuration = "48h"
+    filters = ["type==source.local", "type==exec.cachemount"]
+  [[worker.oci.gcpolicy]]
+    all = true
+    keepBytes = "50GB"
+
+[worker.containerd]
+  enabled = false
+
+[registry."docker.io"]
+  mirrors = ["mirror.corp.example:5000", "harbor.corp.example/proxy.docker.io"]
+
+[registry."mirror.corp.example:5000"]
+  http = true
+
+[registry."registry.corp.example"]
+  ca = ["/etc/ssl/corp-root.pem", "/etc/ssl/corp-intermediate.pem"]
+  insecure = false
+  [[registry."registry.corp.example".keypair]]
+    key = "/etc/buildkit/client.key"
+    cert = "/etc/buildkit/client.crt"
+"#;
+
+    #[test]
+    fn buildkitd_toml_maps_registries_and_entitlements_and_lists_the_rest() {
+        let imported = import_buildkitd(BUILDKITD, "buildkitd.toml").unwrap();
+        let c = &imported.config;
+        assert_eq!(c.builder.allow, [Entitlement::NetworkHost]);
+        assert_eq!(
+            c.registries["docker.io"].mirrors,
+            ["mirror.corp.example:5000"]
+        );
+        assert!(c.registries["mirror.corp.example:5000"].http);
+        let corp = &c.registries["registry.corp.example"];
+        assert_eq!(
+            corp.ca.as_deref(),
+            Some(Path::new("/etc/ssl/corp-root.pem"))
+        );
+        assert!(!corp.insecure);
+        assert_eq!(c.registries.len(), 3);
+
+        let unmapped: BTreeMap<&str, &str> = imported
+            .unmapped
+            .iter()
+            .map(|(k, w)| (k.as_str(), w.as_str()))
+            .collect();
+        for (key, why) in [
+            ("root", "--root"),
+            ("debug", "BERTH_LOG"),
+            ("log.format", "BERTH_LOG"),
+            ("grpc.address", "mutual TLS"),
+            ("grpc.tls.cert", "mutual TLS"),
+            ("insecure-entitlements[1]", "berth grants only network.host"),
+            ("worker.oci.snapshotter", "overlayfs"),
+            ("worker.oci.gc", "berth prune --keep-storage"),
+            ("worker.oci.gckeepstorage", "berth prune --keep-storage"),
+            ("worker.oci.max-parallelism", "parallel build steps"),
+            ("worker.oci.gcpolicy[0].keepDuration", "berth prune"),
+            ("worker.oci.gcpolicy[0].filters", "berth prune"),
+            ("worker.oci.gcpolicy[1].all", "berth prune"),
+            ("worker.containerd.enabled", "runc itself"),
+            (
+                "registry.\"docker.io\".mirrors[1]",
+                "paths on mirrors are not supported",
+            ),
+            (
+                "registry.\"registry.corp.example\".ca[1]",
+                "one CA file per registry",
+            ),
+            (
+                "registry.\"registry.corp.example\".keypair[0].key",
+                "client certificates",
+            ),
+        ] {
+            let got = unmapped
+                .get(key)
+                .unwrap_or_else(|| panic!("{key} not listed in {unmapped:#?}"));
+            assert!(got.contains(why), "{key}: {got}");
+        }
+        // Mapped keys are not listed; `enabled = true` of the OCI worker needs nothing.
+        for key in [
+            "worker.oci.enabled",
+            "registry.\"docker.io\".mirrors[0]",
+            "registry.\"mirror.corp.example:5000\".http",
+            "insecure-entitlements[0]",
+        ] {
+            assert!(!unmapped.contains_key(key), "{key} listed");
+        }
+        assert_eq!(unmapped.len(), imported.unmapped.len(), "one line a key");
+
+        // What is printed is a configuration `serve` accepts, equal to the import.
+        let printed = c.to_toml();
+        assert_eq!(SatelliteConfig::parse(&printed, "printed").unwrap(), *c);
+        assert!(printed.contains("[registries.\"docker.io\"]"), "{printed}");
+
+        let e = import_buildkitd("[registry\n", "bk.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("buildkitd config bk.toml is not TOML"), "{e}");
     }
 }
