@@ -738,6 +738,26 @@ mod tests {
     }
 
     #[test]
+    fn registry_mirrors_reach_the_client_config() {
+        let file = "[registries.\"docker.io\"]\nmirrors = [\"mirror.corp:5000\", \"m2.corp\"]\n\
+                    [registries.\"mirror.corp:5000\"]\nhttp = true\n";
+        let hosts = settings(file).registry_config().hosts;
+        assert_eq!(hosts["docker.io"].mirrors, ["mirror.corp:5000", "m2.corp"]);
+        assert!(hosts["mirror.corp:5000"].http && hosts["mirror.corp:5000"].mirrors.is_empty());
+        let err = parse_file(
+            Path::new("c.toml"),
+            "[registries.\"docker.io\"]\nmirrors = [\"m/path\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("registries.\"docker.io\".mirrors (line 2")
+                && err.contains("paths on mirrors"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn root_flag_beats_file_beats_default() {
         let file = |text: &str| parse_file(Path::new("c.toml"), text).unwrap();
         let env = BTreeMap::new;

@@ -109,9 +109,13 @@ pub fn check_mirror(mirror: &str) -> std::result::Result<String, String> {
         .parse()
         .map_err(|e| format!("mirror {mirror:?} is not a registry host[:port]: {e}"))?;
     if r.registry != mirror {
+        let why = if mirror.contains('/') {
+            "paths on mirrors are not supported: the image's own path is used"
+        } else {
+            "a registry host name has a dot or a port, or is localhost"
+        };
         return Err(format!(
-            "mirror {mirror:?} is not a registry host[:port] (paths on mirrors are not \
-             supported: the image's own path is used)"
+            "mirror {mirror:?} is not a registry host[:port] ({why})"
         ));
     }
     Ok(mirror.to_owned())
