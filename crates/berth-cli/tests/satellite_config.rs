@@ -195,6 +195,8 @@ fn bad_satellite_config_is_refused_naming_the_key_and_its_source() {
 /// The satellite's config grants `network.host`, gives RUN steps its proxies (the
 /// satellite's own pulls skip them through `no_proxy`) and pulls FROM through a mirror
 /// while the upstream is down; inline in `BERTH_SATELLITE_CONFIG`, as in a container.
+/// Restarted with other proxies (from `--config FILE`), the same build is all cache
+/// hits: proxies are not part of cache keys.
 #[test]
 fn a_satellite_configured_inline_grants_entitlements_passes_proxies_and_uses_mirrors() {
     if !require_build() || !require("skopeo") {
@@ -204,43 +206,66 @@ fn a_satellite_configured_inline_grants_entitlements_passes_proxies_and_uses_mir
     let mut regs = Registries::start(dir.path());
     let (up, mirror) = (regs.upstream.addr.clone(), regs.mirror.addr.clone());
     regs.upstream.kill9();
-    let config = format!(
-        "[builder]\nallow = [\"network.host\"]\n\n\
-         [network]\nhttp_proxy = \"http://proxy.invalid:3128\"\n\
-         https_proxy = \"http://proxy.invalid:3128\"\nno_proxy = [\"127.0.0.1\"]\n\n\
-         [registries.\"{up}\"]\nmirrors = [\"{mirror}\"]\n"
-    );
-    let port = free_port();
-    let log = std::fs::File::create(dir.path().join("sat.log")).unwrap();
-    let _sat = {
-        let sat = Sat::start_with(
-            None,
-            &dir.path().join("sat-root"),
-            &format!("127.0.0.1:{port}"),
-            &["--advertise", "127.0.0.1"],
-            &[("BERTH_SATELLITE_CONFIG", &config)],
-            log.into(),
-        );
-        let client = Client::new(dir.path(), "laptop", None);
-        assert!(client.add("s1", &sat.token(&[])).success);
-        let ctx = context(
-            dir.path(),
-            "ctx",
-            &format!(
-                "FROM {}\n\
-                 RUN test \"$HTTPS_PROXY\" = http://proxy.invalid:3128 && test \"$http_proxy\" = http://proxy.invalid:3128 && echo \"$NO_PROXY\" | grep -q 127.0.0.1\n\
-                 RUN --network=host true\n",
-                regs.from()
-            ),
-        );
-        output_ok(&mut client.build(&ctx, &["--allow", "network.host"]));
-        sat
+    let config = |proxy: &str| {
+        format!(
+            "[builder]\nallow = [\"network.host\"]\n\n\
+             [network]\nhttp_proxy = \"{proxy}\"\nhttps_proxy = \"{proxy}\"\n\
+             no_proxy = [\"127.0.0.1\"]\n\n\
+             [registries.\"{up}\"]\nmirrors = [\"{mirror}\"]\n"
+        )
     };
-    let log = std::fs::read_to_string(dir.path().join("sat.log")).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let sat_root = dir.path().join("sat-root");
+    let log_path = dir.path().join("sat.log");
+    let mut sat = Sat::start_with(
+        None,
+        &sat_root,
+        &addr,
+        &["--advertise", "127.0.0.1"],
+        &[(
+            "BERTH_SATELLITE_CONFIG",
+            &config("http://proxy.invalid:3128"),
+        )],
+        std::fs::File::create(&log_path).unwrap().into(),
+    );
+    let client = Client::new(dir.path(), "laptop", None);
+    assert!(client.add("s1", &sat.token(&[])).success);
+    let ctx = context(
+        dir.path(),
+        "ctx",
+        &format!(
+            "FROM {}\n\
+             RUN test \"$HTTPS_PROXY\" = http://proxy.invalid:3128 && \
+             test \"$http_proxy\" = http://proxy.invalid:3128 && \
+             echo \"$NO_PROXY\" | grep -q 127.0.0.1\n\
+             RUN --network=host true\n",
+            regs.from()
+        ),
+    );
+    let first = output_ok(&mut client.build(&ctx, &["--allow", "network.host"]));
+    sat.kill9();
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         log.contains("pulled from mirror") && log.contains(&mirror),
         "{log}"
     );
+
+    // Other proxies, from a file: the first RUN would fail if it ran again.
+    let file = dir.path().join("satellite.toml");
+    std::fs::write(&file, config("http://other.invalid:8080")).unwrap();
+    let _sat = Sat::start(
+        None,
+        &sat_root,
+        &addr,
+        &[
+            "--advertise",
+            "127.0.0.1",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+    );
+    let again = output_ok(&mut client.build(&ctx, &["--allow", "network.host"]));
+    assert_eq!(again.manifest(), first.manifest());
 }
 
 #[test]
