@@ -139,7 +139,15 @@ fn main() {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(mut cli: Cli) -> Result<()> {
+    // `berth satellite serve --config FILE` names the satellite's own configuration
+    // (berth_satellite::config); config.toml is read from its usual place then.
+    if let Command::Satellite {
+        command: satellite::SatelliteCommand::Serve(args),
+    } = &mut cli.command
+    {
+        args.config = cli.config.take();
+    }
     let settings = Settings::load(cli.root, cli.config.as_deref())?;
     match cli.command {
         Command::Build(args) => build::run(&settings, args),

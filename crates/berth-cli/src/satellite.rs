@@ -17,6 +17,12 @@ use crate::settings::Settings;
 #[derive(Subcommand)]
 pub enum SatelliteCommand {
     /// Run a satellite: a remote builder for enrolled clients (port 8372, mutual TLS).
+    #[command(
+        after_help = "Configuration: --config FILE names the satellite's own TOML here \
+        ([builder] allow, [network] proxies and CAs, [registries.\"host:port\"] ca, insecure, \
+        http, mirrors), or BERTH_SATELLITE_CONFIG holds it inline; berth's config.toml is \
+        read from its default place."
+    )]
     Serve(ServeArgs),
     /// Enrollment and pull tokens (run on the satellite's host, with its --root).
     Token {
@@ -100,6 +106,14 @@ pub struct ServeArgs {
     /// root's own CA is (made on the first start).
     #[arg(long, value_name = "DIR")]
     ca_dir: Option<PathBuf>,
+    /// The satellite's configuration: the global `--config FILE` (main.rs moves it here),
+    /// or inline TOML in BERTH_SATELLITE_CONFIG.
+    #[arg(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the satellite configuration equivalent to a BuildKit buildkitd.toml on
+    /// stdout, and every key that has no equivalent on stderr; then exit.
+    #[arg(long, value_name = "FILE")]
+    import_buildkitd_toml: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -474,10 +488,15 @@ fn human(bytes: u64) -> String {
 }
 
 fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
+    if let Some(file) = &args.import_buildkitd_toml {
+        return import_buildkitd(file);
+    }
     let addr: SocketAddr = args
         .addr
         .parse()
         .with_context(|| format!("--addr {:?} is not host:port", args.addr))?;
+    let inline = std::env::var(berth_satellite::config::CONFIG_ENV).ok();
+    let config = berth_satellite::SatelliteConfig::load(args.config.as_deref(), inline.as_deref())?;
     let opts = SatelliteOptions {
         root: settings.root.clone(),
         name: args.name.unwrap_or_else(|| plain_name(&host_name())),
@@ -488,6 +507,7 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
         drain_timeout: args.drain_timeout,
         context_cache: args.context_cache,
         ca_dir: args.ca_dir,
+        config,
     };
     let (sat, opened) = berth_satellite::Satellite::open(&opts)?;
     let rt = runtime()?;
@@ -517,6 +537,23 @@ fn serve(settings: &Settings, args: ServeArgs) -> Result<()> {
         sat.serve(listener, crate::shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// `serve --import-buildkitd-toml FILE`: the equivalent satellite config on stdout, each
+/// key without one on stderr.
+fn import_buildkitd(file: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("read buildkitd config {}", file.display()))?;
+    let imported = berth_satellite::config::import_buildkitd(&text, &file.display().to_string())?;
+    print!(
+        "# berth satellite config from {} (berth satellite serve --import-buildkitd-toml)\n{}",
+        file.display(),
+        imported.config.to_toml()
+    );
+    for (key, why) in &imported.unmapped {
+        eprintln!("{key}: not mapped: {why}");
+    }
+    Ok(())
 }
 
 /// Where the satellite's root lives in its pod.

@@ -95,6 +95,17 @@ struct RegistryHost {
     /// Speak plain HTTP to it.
     #[serde(default)]
     http: bool,
+    /// Registries (`host[:port]`) holding copies of its images, tried in order before
+    /// it when pulling (`[registries."docker.io"] mirrors = ["mirror.corp:5000"]`).
+    #[serde(default, deserialize_with = "checked_mirrors")]
+    mirrors: Vec<String>,
+}
+
+fn checked_mirrors<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|m| berth_client::check_mirror(m).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// `[registry]` in config.toml.
@@ -382,6 +393,7 @@ impl Settings {
                         insecure: r.insecure,
                         http: r.http,
                         tls: None,
+                        mirrors: r.mirrors.clone(),
                     },
                 )
             })
@@ -721,6 +733,26 @@ mod tests {
             .unwrap_err();
         assert!(
             err.to_string().contains("SOURCE_DATE_EPOCH=\"yesterday\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn registry_mirrors_reach_the_client_config() {
+        let file = "[registries.\"docker.io\"]\nmirrors = [\"mirror.corp:5000\", \"m2.corp\"]\n\
+                    [registries.\"mirror.corp:5000\"]\nhttp = true\n";
+        let hosts = settings(file).registry_config().hosts;
+        assert_eq!(hosts["docker.io"].mirrors, ["mirror.corp:5000", "m2.corp"]);
+        assert!(hosts["mirror.corp:5000"].http && hosts["mirror.corp:5000"].mirrors.is_empty());
+        let err = parse_file(
+            Path::new("c.toml"),
+            "[registries.\"docker.io\"]\nmirrors = [\"m/path\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("registries.\"docker.io\".mirrors (line 2")
+                && err.contains("paths on mirrors"),
             "{err}"
         );
     }

@@ -90,6 +90,35 @@ pub struct HostOptions {
     /// A complete TLS configuration for this registry (a satellite's CA and this
     /// client's certificate); `ca` and `insecure` do not apply then.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Registries (`host[:port]`) holding copies of this one's images: a pull tries each
+    /// in order, then this registry ([`crate::pull_image`]). A mirror's own TLS settings
+    /// are its own entry's.
+    pub mirrors: Vec<String>,
+}
+
+/// Checks a mirror as configuration gives it: a registry `host[:port]`, no scheme and no
+/// path (the image's repository path is kept on the mirror). Returns it as given.
+pub fn check_mirror(mirror: &str) -> std::result::Result<String, String> {
+    if let Some((scheme, _)) = mirror.split_once("://") {
+        return Err(format!(
+            "mirror {mirror:?}: give host[:port] without {scheme}://; set `http = true` in the \
+             mirror's own [registries.\"host:port\"] entry for plain HTTP"
+        ));
+    }
+    let r: Reference = format!("{mirror}/x")
+        .parse()
+        .map_err(|e| format!("mirror {mirror:?} is not a registry host[:port]: {e}"))?;
+    if r.registry != mirror {
+        let why = if mirror.contains('/') {
+            "paths on mirrors are not supported: the image's own path is used"
+        } else {
+            "a registry host name has a dot or a port, or is localhost"
+        };
+        return Err(format!(
+            "mirror {mirror:?} is not a registry host[:port] ({why})"
+        ));
+    }
+    Ok(mirror.to_owned())
 }
 
 /// Client settings.
@@ -145,6 +174,14 @@ impl Client {
 
     fn host(&self, registry: &str) -> HostOptions {
         self.config.hosts.get(registry).cloned().unwrap_or_default()
+    }
+
+    /// The mirrors configured for `registry`, in the order to try them.
+    pub fn mirrors(&self, registry: &str) -> &[String] {
+        self.config
+            .hosts
+            .get(registry)
+            .map_or(&[], |h| h.mirrors.as_slice())
     }
 
     /// Schemes to try, in order. A registry on this machine with no settings is tried

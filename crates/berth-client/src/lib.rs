@@ -6,15 +6,17 @@
 //! between a registry and berth's content store ([`transfer`]: pull, push,
 //! cross-repository mounts), which builds, satellites and `berth push` share.
 //!
-//! HTTP proxies come from the environment (`HTTPS_PROXY`, `NO_PROXY`…), as reqwest reads
-//! them.
+//! Proxies, NO_PROXY and extra CAs come from the [`berth_net::Network`] the client is
+//! given. Registry mirrors ([`HostOptions::mirrors`]) serve pulls before their upstream.
 
 mod auth;
 mod client;
 pub mod transfer;
 
 pub use auth::{Credentials, DockerConfig, docker_config_path, save_credentials};
-pub use client::{BlobPush, Client, ClientConfig, Error, HostOptions, Pulled, Result};
+pub use client::{
+    BlobPush, Client, ClientConfig, Error, HostOptions, Pulled, Result, check_mirror,
+};
 pub use transfer::{
     Platform, PullOptions, PulledImage, TransferError, pull_image, push_image, push_manifest,
 };

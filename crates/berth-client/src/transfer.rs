@@ -60,6 +60,14 @@ pub enum TransferError {
     /// The content store failed.
     #[error(transparent)]
     Store(#[from] berth_store::Error),
+    /// Every source of an image with mirrors failed: each mirror, then its registry.
+    #[error("pull {reference}: no source served it: {}", attempts.join("; "))]
+    Sources {
+        /// The image, as asked for.
+        reference: String,
+        /// Each attempt, in order: `mirror HOST: error`, then `upstream HOST: error`.
+        attempts: Vec<String>,
+    },
 }
 
 /// An OS and CPU architecture, as OCI names them (`linux`, `amd64`).
@@ -103,7 +111,74 @@ pub struct PulledImage {
 /// for `opts.platform`), its config and layers. Blobs the store has are not fetched; the
 /// others are fetched in parallel, each verified against its digest before it is
 /// committed. The manifests are stored last.
+///
+/// When the client has mirrors for the reference's registry ([`crate::HostOptions`]),
+/// each is tried in order with the same repository path (`docker.io/library/busybox`
+/// is `library/busybox` on a mirror, as BuildKit's mirrors take it), then the registry
+/// itself; any failure moves on to the next source, and if all fail the error
+/// ([`TransferError::Sources`]) names every attempt. Content is verified by digest
+/// whatever served it, so a mirror cannot substitute an image pulled by digest.
 pub async fn pull_image(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    opts: &PullOptions,
+) -> TransferResult<PulledImage> {
+    let mirrors: Vec<&String> = client
+        .mirrors(&reference.registry)
+        .iter()
+        .filter(|m| **m != reference.registry)
+        .collect();
+    if mirrors.is_empty() {
+        return pull_from(client, store, reference, opts).await;
+    }
+    let mut attempts = Vec::new();
+    for m in mirrors {
+        let via = Reference {
+            registry: m.clone(),
+            ..reference.clone()
+        };
+        match pull_from(client, store, &via, opts).await {
+            Ok(pulled) => {
+                tracing::info!(image = %reference, mirror = %m, "pulled from mirror");
+                return Ok(pulled);
+            }
+            Err(e) => {
+                tracing::info!(image = %reference, mirror = %m, error = %e, "mirror failed; trying the next source");
+                attempts.push(format!("mirror {m}: {}", source_error(e)));
+            }
+        }
+    }
+    match pull_from(client, store, reference, opts).await {
+        Ok(pulled) => {
+            tracing::info!(image = %reference, registry = %reference.registry, "pulled from the upstream registry (every mirror failed)");
+            Ok(pulled)
+        }
+        Err(e) => {
+            attempts.push(format!(
+                "upstream {}: {}",
+                reference.registry,
+                source_error(e)
+            ));
+            Err(TransferError::Sources {
+                reference: reference.to_string(),
+                attempts,
+            })
+        }
+    }
+}
+
+/// An attempt's error without the `pull REFERENCE: ` its context adds (the attempt is
+/// named by its source already).
+fn source_error(e: TransferError) -> String {
+    match e {
+        TransferError::Registry { source, .. } => source.to_string(),
+        e => e.to_string(),
+    }
+}
+
+/// [`pull_image`] from `reference`'s registry alone.
+async fn pull_from(
     client: &Client,
     store: &Store,
     reference: &Reference,

@@ -353,3 +353,82 @@ async fn pushing_an_image_whose_blob_is_missing_writes_no_manifest() {
     assert_eq!(dst.store.repos().tag("app", "1").unwrap(), None);
     assert_eq!(dst.store.blob_size(&image.amd64.0).unwrap(), None);
 }
+
+/// A port on 127.0.0.1 where nothing listens.
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn with_mirrors(registry: &str, mirrors: &[String]) -> Client {
+    let mut config = ClientConfig::default();
+    config.hosts.insert(
+        registry.to_string(),
+        berth_client::HostOptions {
+            mirrors: mirrors.to_vec(),
+            ..Default::default()
+        },
+    );
+    Client::new(config)
+}
+
+#[tokio::test]
+async fn docker_hub_pulls_go_to_the_mirrors_in_order_with_the_library_path() {
+    let mirror = start().await;
+    let image = publish(&mirror.store, "library/app");
+    let dead = format!("127.0.0.1:{}", dead_port());
+    let client = with_mirrors("docker.io", &[dead, mirror.addr.to_string()]);
+    let (_dir, store) = local();
+    // `app:1` is docker.io/library/app:1: the first mirror is down, the second serves
+    // library/app; docker.io itself is never asked (this machine has no internet).
+    let r: Reference = "app:1".parse().unwrap();
+    let pulled = pull_image(&client, &store, &r, &on("arm64")).await.unwrap();
+    assert_eq!(pulled.manifest, image.arm64.0);
+    assert_eq!(pulled.index, Some(image.index));
+    for d in &image.arm64.1 {
+        assert!(store.blob_size(d).unwrap().is_some(), "{d} pulled");
+    }
+}
+
+#[tokio::test]
+async fn when_every_source_fails_the_error_names_each_attempt() {
+    let empty_mirror = start().await;
+    let (m1, up) = (
+        empty_mirror.addr.to_string(),
+        format!("127.0.0.1:{}", dead_port()),
+    );
+    let m2 = format!("127.0.0.1:{}", dead_port());
+    let client = with_mirrors(&up, &[m1.clone(), m2.clone()]);
+    let (_dir, store) = local();
+    let r: Reference = format!("{up}/team/app:1").parse().unwrap();
+    let err = pull_image(&client, &store, &r, &on("amd64"))
+        .await
+        .unwrap_err();
+    let TransferError::Sources { attempts, .. } = &err else {
+        panic!("not a Sources error: {err}");
+    };
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert!(
+        attempts[0].starts_with(&format!("mirror {m1}: ")) && attempts[0].contains("not found"),
+        "{}",
+        attempts[0]
+    );
+    assert!(
+        attempts[1].starts_with(&format!("mirror {m2}: ")),
+        "{}",
+        attempts[1]
+    );
+    assert!(
+        attempts[2].starts_with(&format!("upstream {up}: ")),
+        "{}",
+        attempts[2]
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("pull {r}: no source served it: mirror {m1}: ")),
+        "{err}"
+    );
+}

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod client;
+pub mod config;
 pub mod context;
 mod error;
 mod metrics;
@@ -26,5 +27,6 @@ pub use client::{
     Connection, Enrolled, Enrollments, Refusal, RemoteBuild, RemoteResult, build, connect,
     connect_watched, remote_error,
 };
+pub use config::SatelliteConfig;
 pub use error::SatError;
 pub use server::{ClientRecord, DEFAULT_PORT, Opened, Satellite, SatelliteOptions, SatelliteRoot};

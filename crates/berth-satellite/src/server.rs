@@ -209,6 +209,10 @@ pub struct SatelliteOptions {
     /// Secret: when it does, that CA is installed into the root and used; when it is
     /// empty or absent, the root's own CA is (made on the first start).
     pub ca_dir: Option<PathBuf>,
+    /// The satellite's configuration (`--config`, `BERTH_SATELLITE_CONFIG`): its
+    /// `[builder] allow` adds to `allow`; `[network]` and `[registries]` serve the
+    /// satellite's own pulls and pushes, and RUN steps get its proxy variables.
+    pub config: crate::config::SatelliteConfig,
 }
 
 /// A running satellite's shared state.
@@ -226,6 +230,7 @@ pub(crate) struct Inner {
     pub(crate) revocations: Arc<RevocationList>,
     pub(crate) store: berth_store::Store,
     pub(crate) allow: Vec<Entitlement>,
+    pub(crate) config: crate::config::SatelliteConfig,
     pub(crate) client_validity: Duration,
     /// Builds running now; drain waits for it to reach 0.
     pub(crate) running: tokio::sync::watch::Sender<u32>,
@@ -314,7 +319,14 @@ impl Satellite {
                 ca,
                 server,
                 store,
-                allow: opts.allow.clone(),
+                allow: {
+                    let mut allow = opts.allow.clone();
+                    allow.extend(&opts.config.builder.allow);
+                    allow.sort();
+                    allow.dedup();
+                    allow
+                },
+                config: opts.config.clone(),
                 client_validity: opts.client_validity,
                 running: tokio::sync::watch::Sender::new(0),
                 draining: AtomicBool::new(false),

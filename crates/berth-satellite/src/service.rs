@@ -454,6 +454,8 @@ async fn run_build(
         .map(|(k, v)| (k, SecretSource::Value(Arc::from(v))))
         .collect();
     let tags = r.tags.clone();
+    // The satellite's environment with [network] of its config on top.
+    let network = sat.inner.config.network();
     let opts = BuildOptions {
         dockerfile,
         context: tree,
@@ -463,17 +465,19 @@ async fn run_build(
         secrets,
         no_cache: r.no_cache,
         source_date_epoch: r.source_date_epoch,
-        proxy_env: Vec::new(),
+        // Steps get the satellite's proxy variables; the solver keeps them out of cache
+        // keys, so a satellite behind a proxy shares keys with one that is not.
+        proxy_env: network.proxies.step_env(),
         outputs: Vec::new(),
         progress: Arc::new(Forward(etx)),
         cancel: cancel.clone(),
         client: Some(Arc::new(berth_client::Client::new(
             berth_client::ClientConfig {
-                hosts: HashMap::new(),
+                // Mirrors and per-registry TLS of [registries], for base-image pulls.
+                hosts: sat.inner.config.hosts(),
                 docker_config: berth_client::DockerConfig::load(),
                 credentials: HashMap::new(),
-                // The satellite's own proxies and NO_PROXY, for its base-image pulls.
-                network: berth_net::Network::from_env(),
+                network: network.clone(),
             },
         ))),
         compression: match r.compression.as_str() {
@@ -533,7 +537,8 @@ async fn run_build(
             .collect();
         let client = berth_client::Client::new(berth_client::ClientConfig {
             credentials,
-            network: berth_net::Network::from_env(),
+            hosts: sat.inner.config.hosts(),
+            network,
             ..Default::default()
         });
         for t in &tags {
