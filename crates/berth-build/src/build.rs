@@ -60,6 +60,8 @@ pub struct BuildOptions {
     pub force_compression: bool,
     /// Entitlements granted (`--allow network.host`).
     pub allow: Vec<crate::ir::Entitlement>,
+    /// A CA bundle RUN steps see read-only (never in a layer or a cache key).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// What a build made.
@@ -158,6 +160,7 @@ pub async fn build(
             progress: opts.progress.clone(),
             cancel: opts.cancel.clone(),
             build_id: build_id(&opts.context, &opts.dockerfile, opts.target.as_deref()),
+            ca_bundle: opts.ca_bundle.clone(),
         },
     )?;
     let solved = solver.solve(&lowered.state).await;

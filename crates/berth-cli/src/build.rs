@@ -191,6 +191,16 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         }),
         force_compression: args.force_compression,
         allow: build.allow,
+        ca_bundle: None,
+    };
+    // [network] ca_to_steps: the bundle lives in the root's tmp/ for this build only.
+    let step_ca = settings
+        .network()
+        .step_bundle(&settings.root.join("tmp"))
+        .map_err(|e| anyhow::anyhow!("[network] ca_to_steps: {e}"))?;
+    let opts = BuildOptions {
+        ca_bundle: step_ca.as_ref().map(|b| b.path().to_path_buf()),
+        ..opts
     };
     let store = berth_store::Store::open(&settings.root)
         .with_context(|| format!("open store at {}", settings.root.display()))?;

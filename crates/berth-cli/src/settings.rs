@@ -62,6 +62,9 @@ struct NetworkFile {
     /// PEM bundles trusted besides the system's roots.
     #[serde(default)]
     ca: Vec<PathBuf>,
+    /// RUN steps see the host's roots and `ca` (mounted read-only, never in a layer).
+    #[serde(default)]
+    ca_to_steps: bool,
 }
 
 /// `[build]` in config.toml.
@@ -417,6 +420,7 @@ impl Settings {
                 &n.no_proxy,
             ),
             ca_bundles: n.ca.clone(),
+            ca_to_steps: n.ca_to_steps,
         }
     }
 

@@ -166,3 +166,105 @@ fn pulls_go_through_the_proxy_unless_no_proxy_says_otherwise() {
         "merged NO_PROXY missing:\n{seen}"
     );
 }
+
+#[test]
+fn steps_see_the_company_ca_only_when_asked_and_it_stays_out_of_the_image() {
+    if !require_build() || !require("openssl") {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("corp-ca.pem");
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=berth-corp-test-ca",
+            "-keyout",
+        ])
+        .arg(dir.path().join("corp-ca.key"))
+        .arg("-out")
+        .arg(&ca));
+    let ca_text = std::fs::read_to_string(&ca).unwrap();
+    let marker = ca_text.lines().nth(1).unwrap().to_string();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN (grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt; \
+             grep -c '{marker}' /etc/ssl/certs/ca-certificates.crt) > /seen 2>&1; true\n",
+            base.reference()
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("config.toml");
+    let root = dir.path().join("root");
+    let build = |ca_to_steps: bool, out: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[network]\nca = [\"{}\"]\nca_to_steps = {ca_to_steps}\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        let out_dir = dir.path().join(out);
+        let o = output_ok(
+            berth_build(&root)
+                .arg("--config")
+                .arg(&config)
+                .arg("--output")
+                .arg(format!("type=local,dest={}", out_dir.display()))
+                .arg(&ctx),
+        );
+        (out_dir, o)
+    };
+    let (out, _) = build(true, "with-ca");
+    let seen = std::fs::read_to_string(out.join("seen")).unwrap();
+    let counts: Vec<u64> = seen.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(counts.len(), 2, "{seen}");
+    assert_eq!(
+        counts[1], 1,
+        "the company CA is in the step's bundle: {seen}"
+    );
+    assert!(counts[0] >= 1, "{seen}");
+    let left: Vec<_> = std::fs::read_dir(root.join("tmp"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "the step bundle outlived its build: {left:?}"
+    );
+    // busybox has no CA bundle: neither the file nor the directories made for it stay.
+    assert!(
+        !out.join("etc/ssl").exists(),
+        "the CA mount left /etc/ssl in the image"
+    );
+    // The CA is not a cache input: the same build without it reuses the step.
+    let (_, again) = build(false, "without-ca");
+    assert!(again.stderr.contains("CACHED"), "{}", again.stderr);
+    // And a step that runs without it sees no bundle.
+    std::fs::write(ctx.join("changed"), "x").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY changed /\nRUN ls /etc/ssl/certs/ca-certificates.crt > /seen 2>&1; true\n",
+            base.reference()
+        ),
+    )
+    .unwrap();
+    let (out, _) = build(false, "no-ca");
+    let seen = std::fs::read_to_string(out.join("seen")).unwrap();
+    assert!(seen.contains("No such file"), "{seen}");
+}

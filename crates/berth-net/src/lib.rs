@@ -302,6 +302,35 @@ pub struct Network {
     pub proxies: Proxies,
     /// PEM bundles trusted in addition to the system's roots.
     pub ca_bundles: Vec<PathBuf>,
+    /// Build steps see the system's roots and `ca_bundles` too (mounted read-only, never
+    /// stored in a layer).
+    pub ca_to_steps: bool,
+}
+
+/// Where this host keeps its CA roots (the first that exists is used).
+const SYSTEM_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// A CA bundle written for a build's steps; removed on drop.
+#[derive(Debug)]
+pub struct StepBundle {
+    path: PathBuf,
+}
+
+impl StepBundle {
+    /// The file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for StepBundle {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl Network {
@@ -310,7 +339,36 @@ impl Network {
         Network {
             proxies: Proxies::from_env(),
             ca_bundles: Vec::new(),
+            ca_to_steps: false,
         }
+    }
+
+    /// With `ca_to_steps`, writes the bundle build steps see into `dir` (the host's roots,
+    /// then every extra bundle) and returns it; `None` otherwise.
+    pub fn step_bundle(&self, dir: &std::path::Path) -> Result<Option<StepBundle>, String> {
+        if !self.ca_to_steps {
+            return Ok(None);
+        }
+        let mut pem = SYSTEM_BUNDLES
+            .iter()
+            .find_map(|p| std::fs::read(p).ok())
+            .unwrap_or_default();
+        for extra in self.extra_roots()? {
+            if !pem.is_empty() && !pem.ends_with(b"\n") {
+                pem.push(b'\n');
+            }
+            pem.extend_from_slice(&extra);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = dir.join(format!(
+            "{}-{}-ca-bundle.pem",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, &pem).map_err(|e| format!("write {}: {e}", path.display()))?;
+        Ok(Some(StepBundle { path }))
     }
 
     /// Reads every extra CA bundle: the PEM certificates, for an HTTP client's roots.

@@ -88,6 +88,9 @@ pub struct NetworkConfig {
     /// PEM bundles trusted besides the system's roots, for every registry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ca: Vec<PathBuf>,
+    /// RUN steps see the host's roots and `ca` (mounted read-only, never in a layer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ca_to_steps: bool,
 }
 
 impl NetworkConfig {
@@ -215,6 +218,7 @@ impl SatelliteConfig {
                 &n.no_proxy,
             ),
             ca_bundles: n.ca.clone(),
+            ca_to_steps: n.ca_to_steps,
         }
     }
 

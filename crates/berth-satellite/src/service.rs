@@ -487,6 +487,14 @@ async fn run_build(
         },
         force_compression: r.force_compression,
         allow,
+        ca_bundle: None,
+    };
+    let step_ca = network
+        .step_bundle(&sat.inner.dirs.root.join("tmp"))
+        .map_err(|e| SatError::Internal(format!("[network] ca_to_steps: {e}")))?;
+    let opts = BuildOptions {
+        ca_bundle: step_ca.as_ref().map(|b| b.path().to_path_buf()),
+        ..opts
     };
     let root = sat.inner.dirs.root.clone();
     let executor: Arc<dyn berth_exec::Executor> =

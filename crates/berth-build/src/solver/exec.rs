@@ -54,7 +54,29 @@ impl Solver {
         let (uid, gid) = lookup_user(&active.lowers, &op.user)?;
         let mut env = op.env.clone();
         env.extend(op.proxy_env.iter().cloned());
-        let mounts = self.exec_mounts(op, inputs, (uid, gid), &mut env, holds)?;
+        let mut mounts = self.exec_mounts(op, inputs, (uid, gid), &mut env, holds)?;
+        // The company CA bundle, where the image keeps its roots (berth's own mounts:
+        // their stubs and the directories made for them leave no trace).
+        let mut own: Vec<String> = Vec::new();
+        if let Some(bundle) = &self.opts.ca_bundle {
+            let mut targets: Vec<&str> = CA_PATHS
+                .iter()
+                .copied()
+                .filter(|t| exists_in(&active.lowers, t))
+                .collect();
+            if targets.is_empty() {
+                targets.push(CA_PATHS[0]);
+            }
+            for t in targets {
+                let mut m = berth_oci::Mount::default();
+                m.set_destination(PathBuf::from(t));
+                m.set_typ(Some("bind".into()));
+                m.set_source(Some(bundle.clone()));
+                m.set_options(Some(vec!["rbind".into(), "ro".into()]));
+                mounts.push(m);
+                own.push(t.to_string());
+            }
+        }
         let meta = Meta {
             args: op.args.clone(),
             env,
@@ -75,6 +97,7 @@ impl Solver {
         if op.network != NetworkMode::None {
             stubs.extend(["/etc/hosts".to_string(), "/etc/resolv.conf".to_string()]);
         }
+        stubs.extend(own.iter().cloned());
         stubs.retain(|t| !exists_in(&active.lowers, t));
         let mut tail = Tail::default();
         let progress = &self.opts.progress;
@@ -101,6 +124,21 @@ impl Solver {
             let meta = fs::symlink_metadata(&p);
             if meta.as_ref().is_ok_and(|m| m.is_file() && m.len() == 0) {
                 fs::remove_file(&p).map_err(|e| io_err("remove mount stub", &p, e))?;
+                if own.contains(&t) {
+                    // Directories made only for berth's mount go too (empty, and not in
+                    // the image).
+                    let mut dir = std::path::Path::new(&t).parent();
+                    while let Some(d) = dir.filter(|d| d != &std::path::Path::new("/")) {
+                        let ds = d.to_string_lossy();
+                        if exists_in(&active.lowers, &ds)
+                            || fs::remove_dir(active.upper.join(ds.trim_start_matches('/')))
+                                .is_err()
+                        {
+                            break;
+                        }
+                        dir = d.parent();
+                    }
+                }
             } else if t == crate::frontend::dockerfile::lower::HEREDOC_DIR
                 && meta.is_ok_and(|m| m.is_dir())
             {
@@ -115,6 +153,13 @@ impl Solver {
         Ok(())
     }
 }
+
+/// Where images keep their CA roots: Debian and Alpine, Fedora and RHEL, others.
+const CA_PATHS: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
 
 /// The last lines of a step's output, for its error message.
 #[derive(Default)]

@@ -206,6 +206,11 @@ pub struct SolveOptions {
     /// kept under it and the step's label, so two projects sharing a root and a label
     /// are never compared.
     pub build_id: String,
+    /// A CA bundle (PEM file) RUN steps see read-only at the usual places
+    /// (`/etc/ssl/certs/ca-certificates.crt`, `/etc/pki/tls/certs/ca-bundle.crt`,
+    /// `/etc/ssl/cert.pem`, those the image has; the first otherwise), never in a layer
+    /// and outside cache keys.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// The [`SolveOptions::build_id`] of a build of `target` (default: the last stage) from

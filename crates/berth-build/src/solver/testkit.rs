@@ -197,6 +197,7 @@ impl Fixture {
                 progress: events.clone(),
                 cancel: run.cancel,
                 build_id: run.build_id.to_string(),
+                ca_bundle: None,
             },
         )
         .unwrap();
@@ -286,6 +287,7 @@ impl Fixture {
             progress: Arc::new(NoProgress),
             cancel: Cancel::default(),
             build_id: "project-a".into(),
+            ca_bundle: None,
         };
         Solver::new(&self.root(), store, self.exec.clone(), opts).unwrap()
     }
