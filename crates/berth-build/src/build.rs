@@ -62,6 +62,8 @@ pub struct BuildOptions {
     pub allow: Vec<crate::ir::Entitlement>,
     /// A CA bundle RUN steps see read-only (never in a layer or a cache key).
     pub ca_bundle: Option<PathBuf>,
+    /// Limits steps running at once, shared with other builds (`None`: no limit).
+    pub step_slots: Option<Arc<crate::solver::StepSlots>>,
 }
 
 /// What a build made.
@@ -161,6 +163,7 @@ pub async fn build(
             cancel: opts.cancel.clone(),
             build_id: build_id(&opts.context, &opts.dockerfile, opts.target.as_deref()),
             ca_bundle: opts.ca_bundle.clone(),
+            step_slots: opts.step_slots.clone(),
         },
     )?;
     let solved = solver.solve(&lowered.state).await;

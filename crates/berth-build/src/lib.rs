@@ -64,5 +64,5 @@ pub use pattern::{Ignore, Pattern};
 pub use prune::{BuildCache, PruneOptions, PruneReport, prune};
 pub use solver::{
     Cancel, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions, Solved, Solver,
-    build_id,
+    StepSlots, build_id,
 };

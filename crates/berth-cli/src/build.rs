@@ -192,6 +192,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         force_compression: args.force_compression,
         allow: build.allow,
         ca_bundle: None,
+        step_slots: None,
     };
     // [network] ca_to_steps: the bundle lives in the root's tmp/ for this build only.
     let step_ca = settings

@@ -634,3 +634,66 @@ fn context_caches_are_bounded_per_client() {
     assert_eq!(sent(&a), 2, "an evicted context is sent again");
     assert_eq!(sent(&a), 0);
 }
+
+#[test]
+fn builder_limits_steps_at_once_and_trims_its_cache() {
+    if !require_build() {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    // Two independent stages whose RUNs each fail if the other runs at the same time
+    // (they meet in a shared cache mount), joined in a last stage.
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let step = |me: &str| {
+        format!(
+            "RUN --mount=type=cache,id=overlap,target=/c,sharing=shared \
+             sh -c 'touch /c/{me}; sleep 2; n=$(ls /c | wc -l); rm /c/{me}; test $n -eq 1' && echo {me} > /seen"
+        )
+    };
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {b} AS a\n{}\nFROM {b} AS b\n{}\nFROM {b}\nCOPY --from=a /seen /a\nCOPY --from=b /seen /b\n",
+            step("a"),
+            step("b"),
+            b = base.reference()
+        ),
+    )
+    .unwrap();
+    let run_on = |name: &str, config: &str| {
+        let port = free_port().to_string();
+        let sat = Sat::start_with(
+            None,
+            &dir.path().join(format!("{name}-root")),
+            &format!("127.0.0.1:{port}"),
+            &["--advertise", "127.0.0.1"],
+            &[("BERTH_SATELLITE_CONFIG", config)],
+            Stdio::inherit(),
+        );
+        let client = Client::new(dir.path(), name, None);
+        assert!(client.add("s", &sat.token(&[])).success);
+        let out = output(&mut client.build(&ctx, &[]));
+        (sat, client, out)
+    };
+    // Without a limit the two steps overlap (the stages run in parallel)…
+    let (_sat, _client, free) = run_on("free", "");
+    assert!(
+        !free.success,
+        "the two RUNs never overlapped, so the limit below proves nothing"
+    );
+    // … with one slot they take turns, and the cap of 0 bytes empties the cache after.
+    let (sat, client, limited) = run_on(
+        "limited",
+        "[builder]\nmax_parallel_steps = 1\ncache_max_bytes = 0\n",
+    );
+    assert!(limited.success, "{}", limited.stderr);
+    common::satellite::wait_for("the build cache was not trimmed", &|| {
+        std::fs::read_dir(sat.root.join("cache/records"))
+            .map(|rd| rd.count() == 0)
+            .unwrap_or(true)
+    });
+    let again = output_ok(&mut client.build(&ctx, &[]));
+    assert!(!again.stderr.contains("CACHED"), "{}", again.stderr);
+}

@@ -278,11 +278,45 @@ pub async fn connect(
 /// the handshake (TLS 1.3 sends a refused certificate's alert on the first read, and the
 /// gRPC channel reports only "transport error" to the call).
 #[derive(Debug, Clone, Default)]
-pub struct Refusal(Arc<std::sync::Mutex<Option<String>>>);
+pub struct Refusal(
+    Arc<std::sync::Mutex<Option<String>>>,
+    /// Where and how to look again: a refusal can also end the connection on the write
+    /// side first (the satellite closed it after its alert), before anything reads it.
+    Option<Arc<(String, rustls::ClientConfig)>>,
+);
 
 impl Refusal {
     fn get(&self) -> Option<String> {
         self.0.lock().expect("refusal lock").clone()
+    }
+
+    /// After a transport failure: the refusal seen, or one a fresh handshake and read
+    /// get (at most a second; only on this error path).
+    fn diagnose(&self) -> Option<String> {
+        if let Some(why) = self.get() {
+            return Some(why);
+        }
+        let (addr, config) = self.1.as_deref()?;
+        let probe = || -> Option<String> {
+            use std::io::Read;
+            let host = rustls_pki_types::ServerName::try_from(host_of(addr).to_owned()).ok()?;
+            let conn = rustls::ClientConnection::new(Arc::new(config.clone()), host).ok()?;
+            let tcp = std::net::TcpStream::connect(addr).ok()?;
+            tcp.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+                .ok()?;
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte)
+                .err()
+                .and_then(|e| berth_pki::explain_refusal(&e))
+        };
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi {
+            tokio::task::block_in_place(probe)
+        } else {
+            probe()
+        }
     }
 }
 
@@ -337,7 +371,10 @@ pub async fn connect_watched(
     addr: &str,
     mut config: rustls::ClientConfig,
 ) -> Result<(SatelliteClient<Channel>, Refusal), SatError> {
-    let refusal = Refusal::default();
+    let refusal = Refusal(
+        Default::default(),
+        Some(Arc::new((addr.to_owned(), config.clone()))),
+    );
     let seen = refusal.clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -402,10 +439,15 @@ fn connect_error(addr: &str, e: &(dyn std::error::Error + 'static)) -> SatError 
 /// An error status from the satellite, with trust failures explained.
 pub fn remote_error(addr: &str, s: tonic::Status, refusal: &Refusal) -> SatError {
     use std::error::Error;
-    if let Some(why) = refusal.get() {
+    let transport = s.source().is_some();
+    let why = if transport {
+        refusal.diagnose()
+    } else {
+        refusal.get()
+    };
+    if let Some(why) = why {
         return SatError::Denied(format!("satellite {addr}: {why}"));
     }
-    let transport = s.source().is_some();
     if let Some(src) = s.source() {
         let e = connect_error(addr, src);
         if matches!(e, SatError::Denied(_)) {

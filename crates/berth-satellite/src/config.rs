@@ -63,11 +63,18 @@ pub struct BuilderConfig {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub allow: Vec<Entitlement>,
+    /// Steps (RUN, COPY, ADD) running at once across all builds; none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel_steps: Option<usize>,
+    /// Build cache kept (bytes); after a build, when no build runs, the least recently
+    /// used cache goes until it fits. None: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_max_bytes: Option<u64>,
 }
 
 impl BuilderConfig {
     fn is_empty(&self) -> bool {
-        self.allow.is_empty()
+        *self == BuilderConfig::default()
     }
 }
 

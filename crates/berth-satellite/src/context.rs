@@ -176,9 +176,14 @@ impl ClientContexts {
         fs::create_dir_all(dir.join("snapshots")).map_err(SatError::io("create", &dir))?;
         fs::create_dir_all(self.dir.join("blobs")).map_err(SatError::io("create", &self.dir))?;
         let id = snapshot_id(entries);
+        let current = read_manifest(&dir)?;
+        if !current.is_empty() && snapshot_id(&current) == id {
+            // Nothing changed since the last build: no snapshot to write, nothing to send.
+            return Ok((id, Vec::new()));
+        }
         let json = serde_json::to_vec(entries).expect("entries serialise");
         write_atomic(&dir.join("snapshots").join(format!("{id}.json")), &json)?;
-        let have: HashSet<String> = read_manifest(&dir)?
+        let have: HashSet<String> = current
             .into_iter()
             .filter(|e| e.is_file())
             .map(|e| e.digest)
@@ -230,6 +235,16 @@ impl ClientContexts {
             Ok(b) => serde_json::from_slice(&b)
                 .map_err(|e| SatError::Internal(format!("{}: {e}", snap.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // The tree is the snapshot already (prepare found nothing changed).
+                let manifest = dir.join("manifest.json");
+                let current = read_manifest(&dir)?;
+                if !current.is_empty() && snapshot_id(&current) == id {
+                    // Used now: the least recently built context is evicted first.
+                    if let Ok(f) = fs::File::options().write(true).open(&manifest) {
+                        let _ = f.set_modified(SystemTime::now());
+                    }
+                    return Ok(dir.join("tree"));
+                }
                 return Err(SatError::BadRequest(format!(
                     "context {name:?} has no snapshot {id}: prepare it first"
                 )));
@@ -251,6 +266,8 @@ impl ClientContexts {
             in_tree.entry(e.digest.as_str()).or_insert(e.path.as_str());
         }
         let mut used_blobs = HashSet::new();
+        // How many new places in the tree take each content: the last one takes the file.
+        let mut remaining: HashMap<String, usize> = HashMap::new();
         for e in wanted.iter().filter(|e| e.is_file()) {
             if old
                 .get(&e.path)
@@ -269,6 +286,7 @@ impl ClientContexts {
                 copy_verified(&tree.join(src), &blob, e.hex())?;
             }
             used_blobs.insert(e.hex().to_owned());
+            *remaining.entry(e.hex().to_owned()).or_insert(0usize) += 1;
         }
 
         // 2. Remove what went away or changed type, deepest first.
@@ -310,9 +328,22 @@ impl ClientContexts {
                 }
                 _ => {
                     if o.is_none_or(|o| o.digest != e.digest) {
-                        let tmp = at.with_file_name(format!(".berth-new.{}", uuid_like()));
-                        fs::copy(self.blob(e.hex()), &tmp).map_err(SatError::io("write", &tmp))?;
-                        fs::rename(&tmp, &at).map_err(SatError::io("replace", &at))?;
+                        let blob = self.blob(e.hex());
+                        let last_use = match remaining.get_mut(e.hex()) {
+                            Some(n) => {
+                                *n -= 1;
+                                *n == 0
+                            }
+                            None => false,
+                        };
+                        if last_use {
+                            // Its last place in the tree: moved, not copied.
+                            fs::rename(&blob, &at).map_err(SatError::io("place", &at))?;
+                        } else {
+                            let tmp = at.with_file_name(format!(".berth-new.{}", uuid_like()));
+                            fs::copy(&blob, &tmp).map_err(SatError::io("write", &tmp))?;
+                            fs::rename(&tmp, &at).map_err(SatError::io("replace", &at))?;
+                        }
                     }
                     if o.is_none_or(|o| o.digest != e.digest || o.mode != e.mode) {
                         fs::set_permissions(&at, fs::Permissions::from_mode(e.mode & 0o7777))
@@ -740,6 +771,11 @@ mod tests {
             first,
             "same names, modes, times and contents"
         );
+        // The same list again: nothing to send, no snapshot written, the tree as it is.
+        let (same, missing) = store.prepare("proj", &first).unwrap();
+        assert_eq!((same.as_str(), missing.len()), (id.as_str(), 0));
+        assert_eq!(store.materialize("proj", &same).unwrap(), tree);
+        assert_eq!(entries_of(&tree), first);
 
         fs::write(client.path().join("b.txt"), "b2").unwrap();
         fs::remove_file(client.path().join("link")).unwrap();

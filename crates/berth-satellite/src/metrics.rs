@@ -234,6 +234,19 @@ pub(crate) fn render(sat: &Satellite) -> String {
         )],
     );
     metric(
+        "steps_queued",
+        "gauge",
+        "Build steps waiting for a slot ([builder] max_parallel_steps).",
+        &[(
+            "",
+            sat.inner
+                .step_slots
+                .as_ref()
+                .map_or(0, |s| s.queued())
+                .to_string(),
+        )],
+    );
+    metric(
         "steps_total",
         "counter",
         "Build steps ended since the satellite started, by how.",

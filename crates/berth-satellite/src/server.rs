@@ -231,6 +231,8 @@ pub(crate) struct Inner {
     pub(crate) store: berth_store::Store,
     pub(crate) allow: Vec<Entitlement>,
     pub(crate) config: crate::config::SatelliteConfig,
+    /// `[builder] max_parallel_steps`, shared by every build.
+    pub(crate) step_slots: Option<Arc<berth_build::StepSlots>>,
     pub(crate) client_validity: Duration,
     /// Builds running now; drain waits for it to reach 0.
     pub(crate) running: tokio::sync::watch::Sender<u32>,
@@ -327,6 +329,11 @@ impl Satellite {
                     allow
                 },
                 config: opts.config.clone(),
+                step_slots: opts
+                    .config
+                    .builder
+                    .max_parallel_steps
+                    .map(|n| Arc::new(berth_build::StepSlots::new(n))),
                 client_validity: opts.client_validity,
                 running: tokio::sync::watch::Sender::new(0),
                 draining: AtomicBool::new(false),

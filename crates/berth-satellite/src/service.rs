@@ -293,8 +293,60 @@ impl proto::satellite_server::Satellite for Service {
             // message: the server lets open streams finish.
             sat.inner.running.send_modify(|n| *n -= 1);
             let _ = tx.send(msg).await;
+            trim_cache(&sat).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// `[builder] cache_max_bytes`: once no build runs, the least recently used build cache
+/// goes until the rest fits, then the blobs nothing refers to any more (images in the
+/// store stay). Skipped while builds run: they hold the root's shared lock, and the
+/// next idle moment comes soon enough.
+async fn trim_cache(sat: &Satellite) {
+    let Some(cap) = sat.inner.config.builder.cache_max_bytes else {
+        return;
+    };
+    if sat.running_builds() > 0 {
+        return;
+    }
+    let (root, store) = (sat.inner.dirs.root.clone(), sat.inner.store.clone());
+    let done = tokio::task::spawn_blocking(move || -> Result<(usize, usize), String> {
+        let pruned = berth_build::prune(
+            &root,
+            &store,
+            &berth_build::PruneOptions {
+                keep_storage: cap,
+                all: false,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let gc = store
+            .gc(
+                &berth_store::GcOptions {
+                    dry_run: false,
+                    // Blobs a push or pull of the last minutes relies on stay.
+                    grace: std::time::Duration::from_secs(600),
+                    upload_expiry: std::time::Duration::from_secs(24 * 3600),
+                },
+                &berth_build::BuildCache::new(&root),
+            )
+            .map_err(|e| e.to_string())?;
+        Ok((pruned.records, gc.removed_blobs.len()))
+    })
+    .await;
+    match done {
+        Ok(Ok((0, 0))) => {}
+        Ok(Ok((records, blobs))) => {
+            tracing::info!(
+                records,
+                blobs,
+                cap,
+                "build cache trimmed to [builder] cache_max_bytes"
+            )
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "trimming the build cache failed"),
+        Err(e) => tracing::warn!(error = %e, "trimming the build cache panicked"),
     }
 }
 
@@ -488,12 +540,14 @@ async fn run_build(
         force_compression: r.force_compression,
         allow,
         ca_bundle: None,
+        step_slots: None,
     };
     let step_ca = network
         .step_bundle(&sat.inner.dirs.root.join("tmp"))
         .map_err(|e| SatError::Internal(format!("[network] ca_to_steps: {e}")))?;
     let opts = BuildOptions {
         ca_bundle: step_ca.as_ref().map(|b| b.path().to_path_buf()),
+        step_slots: sat.inner.step_slots.clone(),
         ..opts
     };
     let root = sat.inner.dirs.root.clone();

@@ -211,6 +211,69 @@ pub struct SolveOptions {
     /// `/etc/ssl/cert.pem`, those the image has; the first otherwise), never in a layer
     /// and outside cache keys.
     pub ca_bundle: Option<PathBuf>,
+    /// Limits how many steps run at once, across every build sharing it (a satellite's
+    /// `max_parallel_steps`); `None` runs every ready step.
+    pub step_slots: Option<Arc<StepSlots>>,
+}
+
+/// A counting semaphore for running steps, shared by builds. Waiting steps show as
+/// queued; a canceled build stops waiting within a fraction of a second.
+#[derive(Debug)]
+pub struct StepSlots {
+    max: usize,
+    state: Mutex<(usize, usize)>,
+    freed: std::sync::Condvar,
+}
+
+impl StepSlots {
+    /// At most `max` steps at once (at least one).
+    pub fn new(max: usize) -> StepSlots {
+        StepSlots {
+            max: max.max(1),
+            state: Mutex::new((0, 0)),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Steps waiting for a slot now.
+    pub fn queued(&self) -> usize {
+        self.state.lock().expect("slots").1
+    }
+
+    /// Steps holding a slot now.
+    pub fn running(&self) -> usize {
+        self.state.lock().expect("slots").0
+    }
+
+    /// Waits for a slot (blocking); `None` if `cancel` fires first.
+    pub(crate) fn acquire(self: &Arc<Self>, cancel: &Cancel) -> Option<StepSlot> {
+        let mut st = self.state.lock().expect("slots");
+        st.1 += 1;
+        while st.0 >= self.max {
+            if cancel.is_canceled() {
+                st.1 -= 1;
+                return None;
+            }
+            st = self
+                .freed
+                .wait_timeout(st, Duration::from_millis(200))
+                .expect("slots")
+                .0;
+        }
+        st.1 -= 1;
+        st.0 += 1;
+        Some(StepSlot(self.clone()))
+    }
+}
+
+/// A held slot of [`StepSlots`]; given back on drop.
+pub(crate) struct StepSlot(Arc<StepSlots>);
+
+impl Drop for StepSlot {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("slots").0 -= 1;
+        self.0.freed.notify_one();
+    }
 }
 
 /// The [`SolveOptions::build_id`] of a build of `target` (default: the last stage) from
@@ -332,5 +395,37 @@ mod tests {
         assert_ne!(id, build_id(&ctx, &file, Some("test")));
         assert_ne!(id, build_id(dir.path(), &file, None));
         assert_ne!(id, build_id(&ctx, &ctx.join("other.Dockerfile"), None));
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn slots_queue_steps_beyond_the_limit_and_let_cancels_go() {
+        let slots = Arc::new(StepSlots::new(1));
+        let cancel = Cancel::default();
+        let held = slots.acquire(&cancel).unwrap();
+        assert_eq!((slots.running(), slots.queued()), (1, 0));
+        let (s2, c2) = (slots.clone(), cancel.clone());
+        let waiter = std::thread::spawn(move || s2.acquire(&c2).is_some());
+        while slots.queued() == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(held);
+        assert!(waiter.join().unwrap(), "the queued step got the freed slot");
+        assert_eq!((slots.running(), slots.queued()), (0, 0));
+
+        let held = slots.acquire(&cancel).unwrap();
+        let (s3, c3) = (slots.clone(), cancel.clone());
+        let waiter = std::thread::spawn(move || s3.acquire(&c3).is_none());
+        while slots.queued() == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        cancel.cancel();
+        assert!(waiter.join().unwrap(), "a canceled build stops waiting");
+        assert_eq!(slots.queued(), 0);
+        drop(held);
     }
 }

@@ -127,6 +127,15 @@ impl Solver {
                 output: Output::Layers(layers),
             });
         }
+        // Steps that run a process or copy files wait for a slot when slots are limited.
+        let _slot = match (&self.opts.step_slots, cacheable) {
+            (Some(slots), true) => Some(
+                slots
+                    .acquire(&self.opts.cancel)
+                    .ok_or(BuildError::Canceled)?,
+            ),
+            _ => None,
+        };
         if visible {
             progress.event(Event::Started {
                 id,

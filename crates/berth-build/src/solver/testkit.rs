@@ -198,6 +198,7 @@ impl Fixture {
                 cancel: run.cancel,
                 build_id: run.build_id.to_string(),
                 ca_bundle: None,
+                step_slots: None,
             },
         )
         .unwrap();
@@ -288,6 +289,7 @@ impl Fixture {
             cancel: Cancel::default(),
             build_id: "project-a".into(),
             ca_bundle: None,
+            step_slots: None,
         };
         Solver::new(&self.root(), store, self.exec.clone(), opts).unwrap()
     }
