@@ -272,8 +272,8 @@ pub struct Imported {
     pub unmapped: Vec<(String, String)>,
 }
 
-const NO_GC: &str = "satellites have no automatic cache GC yet; run `berth prune \
-                     --keep-storage SIZE` on the satellite's root (from a timer)";
+const NO_GC: &str = "set `cache_max_bytes` under [builder] (the cache is trimmed to it \
+                     after builds), or run `berth prune --keep-storage SIZE`";
 
 /// Reads a BuildKit `buildkitd.toml` and maps what has a satellite equivalent:
 /// `insecure-entitlements` to `[builder] allow`, and `[registry."host"]` (`mirrors`,
@@ -434,12 +434,25 @@ fn import_oci_worker(path: &str, value: &toml::Value, out: &mut Imported) {
             // Steps run on the satellite's runc worker in any case: nothing to carry.
             "enabled" if v.as_bool() == Some(true) => continue,
             "enabled" => "a satellite always builds with runc",
-            "gc" | "gckeepstorage" | "reservedSpace" | "maxUsedSpace" | "minFreeSpace"
-            | "gcpolicy" => NO_GC,
-            "max-parallelism" => {
-                "berth has no limit of parallel build steps yet: the solver runs every \
-                 ready step"
-            }
+            // BuildKit's keep-storage: bytes, or a size with a unit ("512MB", "10GB").
+            "gckeepstorage" => match disk_bytes(v) {
+                Some(n) => {
+                    out.config.builder.cache_max_bytes = Some(n);
+                    continue;
+                }
+                None => {
+                    "only a number of bytes or a size such as \"10GB\" maps to \
+                         [builder] cache_max_bytes (not a percentage)"
+                }
+            },
+            "gc" | "reservedSpace" | "maxUsedSpace" | "minFreeSpace" | "gcpolicy" => NO_GC,
+            "max-parallelism" => match v.as_integer().filter(|n| *n > 0) {
+                Some(n) => {
+                    out.config.builder.max_parallel_steps = Some(n as usize);
+                    continue;
+                }
+                None => "expected a positive number",
+            },
             "platforms" => "berth builds for the satellite's own platform only",
             "snapshotter" => "berth always uses overlayfs",
             "binary" => "berth runs runc (found on PATH)",
@@ -448,6 +461,30 @@ fn import_oci_worker(path: &str, value: &toml::Value, out: &mut Imported) {
         };
         unmapped(out, &at, v, why);
     }
+}
+
+/// A BuildKit disk size: an integer of bytes, or a string with a decimal or binary unit.
+fn disk_bytes(v: &toml::Value) -> Option<u64> {
+    if let Some(n) = v.as_integer() {
+        return u64::try_from(n).ok();
+    }
+    let t = v.as_str()?.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KIB" => 1 << 10,
+        "MIB" => 1 << 20,
+        "GIB" => 1 << 30,
+        "TIB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// Records every leaf key under `path` (tables and arrays of tables walked) as unmapped.
@@ -685,6 +722,11 @@ insecure-entitlements = ["network.host", "security.insecure"]
         let imported = import_buildkitd(BUILDKITD, "buildkitd.toml").unwrap();
         let c = &imported.config;
         assert_eq!(c.builder.allow, [Entitlement::NetworkHost]);
+        assert_eq!(c.builder.max_parallel_steps, Some(4));
+        assert!(
+            c.builder.cache_max_bytes.is_none(),
+            "a percentage does not map"
+        );
         assert_eq!(
             c.registries["docker.io"].mirrors,
             ["mirror.corp.example:5000"]
@@ -711,12 +753,10 @@ insecure-entitlements = ["network.host", "security.insecure"]
             ("grpc.tls.cert", "mutual TLS"),
             ("insecure-entitlements[1]", "berth grants only network.host"),
             ("worker.oci.snapshotter", "overlayfs"),
-            ("worker.oci.gc", "berth prune --keep-storage"),
-            ("worker.oci.gckeepstorage", "berth prune --keep-storage"),
-            ("worker.oci.max-parallelism", "parallel build steps"),
-            ("worker.oci.gcpolicy[0].keepDuration", "berth prune"),
-            ("worker.oci.gcpolicy[0].filters", "berth prune"),
-            ("worker.oci.gcpolicy[1].all", "berth prune"),
+            ("worker.oci.gc", "cache_max_bytes"),
+            ("worker.oci.gcpolicy[0].keepDuration", "cache_max_bytes"),
+            ("worker.oci.gcpolicy[0].filters", "cache_max_bytes"),
+            ("worker.oci.gcpolicy[1].all", "cache_max_bytes"),
             ("worker.containerd.enabled", "runc itself"),
             (
                 "registry.\"docker.io\".mirrors[1]",
