@@ -18,10 +18,11 @@
 # compiles 500; generated through bench/common.sh). Scenarios, per project:
 #   cold    empty caches: local berth in a new --root; the satellite restarted on a new
 #           root with a new client root (client's checksum cache empty, whole context
-#           uploaded); remote dockerd after `docker builder prune -af`, base loaded (1 run)
+#           uploaded); remote dockerd after `docker builder prune -af`, base loaded
+#           (min of COLD_REPS, each from new roots, ~30 s after the deletions)
 #   cold, base in   berth only, local and remote: new roots where an untimed warm-up build
 #           (FROM base; RUN true) imported and unpacked the base, as `docker load` does
-#           before docker's cold build (1 run)
+#           before docker's cold build (min of COLD_REPS)
 #   no-op   the same build again                                   (min of NOOP_REPS)
 #   change  one source file changed (new content each run)
 #           (min of CHANGE_REPS for small, LARGE_CHANGE_REPS for large)
@@ -36,7 +37,7 @@
 # Usage: bench/satellite.sh          (as root: runc, overlayfs, netns, a second dockerd)
 #   BERTH_BIN=path       use this berth instead of `cargo build --release -p berth-cli`
 #   PROJECTS="small large"   which projects to run
-#   NOOP_REPS=3  CHANGE_REPS=2  LARGE_CHANGE_REPS=2   repetitions (minimum reported)
+#   COLD_REPS=2 NOOP_REPS=5 CHANGE_REPS=2 LARGE_CHANGE_REPS=3   runs (the minimum is reported)
 #   LARGE_MODULES=30 LARGE_FILES=100 LARGE_BUILT=5   shape of the large context
 #   CACHE=/var/tmp/berth-bench   debootstrap rootfs and Debian OCI layout (shared with
 #                        bench/build.sh; the first run fetches from Debian's mirror)
@@ -57,9 +58,10 @@ repo=$(dirname "$here")
 
 CACHE=${CACHE:-/var/tmp/berth-bench}
 PROJECTS=${PROJECTS:-small large}
-NOOP_REPS=${NOOP_REPS:-3}
+COLD_REPS=${COLD_REPS:-2}
+NOOP_REPS=${NOOP_REPS:-5}
 CHANGE_REPS=${CHANGE_REPS:-2}
-LARGE_CHANGE_REPS=${LARGE_CHANGE_REPS:-2}
+LARGE_CHANGE_REPS=${LARGE_CHANGE_REPS:-3}
 LARGE_MODULES=${LARGE_MODULES:-30}
 LARGE_FILES=${LARGE_FILES:-100}
 LARGE_BUILT=${LARGE_BUILT:-5}
@@ -343,12 +345,12 @@ warm_up() {
 }
 
 last_delete=0
-# make_cold PROJECT: empty caches for all three (untimed).
+# make_cold PROJECT REP: empty caches for all three (untimed).
 make_cold() {
-	local p=$1 imgs
-	LROOT[$p]=$stores/local-$p-cold
-	CROOT[$p]=$stores/client-$p-cold
-	start_satellite "$stores/sat-$p-cold"
+	local p=$1 r=$2 imgs
+	LROOT[$p]=$stores/local-$p-cold$r
+	CROOT[$p]=$stores/client-$p-cold$r
+	start_satellite "$stores/sat-$p-cold$r"
 	imgs=$(rdocker images --format '{{.Repository}}:{{.Tag}}' | grep "^$D_PREFIX/out-" || true)
 	[[ -z $imgs ]] || rdocker rmi -f $imgs >/dev/null
 	rdocker builder prune -af >/dev/null
@@ -359,18 +361,23 @@ make_cold() {
 run_project() {
 	local p=$1 r tool reps
 	set_source "$p" 0
-	make_cold "$p"
-	settle
-	for tool in $TOOLS; do measure "$p" cold 1 "$tool"; done
+	for ((r = 1; r <= COLD_REPS; r++)); do
+		make_cold "$p" "$r"
+		settle
+		for tool in $TOOLS; do measure "$p" cold "$r" "$tool"; done
+	done
 	# Cold again with the base already in: new roots (and a new satellite) where an
 	# untimed warm-up build unpacked it, as `docker load` did for docker's cold build.
-	LROOT[$p]=$stores/local-$p
-	CROOT[$p]=$stores/client-$p
-	start_satellite "$stores/sat-$p"
-	warm_up local "$p"
-	warm_up remote "$p"
-	measure "$p" coldbase 1 local
-	measure "$p" coldbase 1 remote
+	# The last of these roots go on to the no-op and change runs.
+	for ((r = 1; r <= COLD_REPS; r++)); do
+		LROOT[$p]=$stores/local-$p-$r
+		CROOT[$p]=$stores/client-$p-$r
+		start_satellite "$stores/sat-$p-$r"
+		warm_up local "$p"
+		warm_up remote "$p"
+		measure "$p" coldbase "$r" local
+		measure "$p" coldbase "$r" remote
+	done
 	for ((r = 1; r <= NOOP_REPS; r++)); do
 		for tool in $TOOLS; do measure "$p" noop "$r" "$tool"; done
 	done
@@ -422,7 +429,7 @@ vs_local() {
 	local p=$1 s=$2 r=$3 l=$4
 	[[ -n $r && -n $l ]] || { echo "-"; return; }
 	case $s in
-	noop) awk -v r="$r" -v l="$l" 'BEGIN { d = (r - l) * 1000; printf "+%.0fms (<=50ms) %s", d, (d <= 50 ? "ok" : "MISS") }' ;;
+	noop) awk -v r="$r" -v l="$l" 'BEGIN { d = (r - l) * 1000; printf "%+.0fms (<=50ms) %s", d, (d <= 50 ? "ok" : "MISS") }' ;;
 	cold | coldbase) awk -v x="$(ratio "$r" "$l")" 'BEGIN { x += 0; printf "<=1.1x %s", (x <= 1.1 ? "ok" : "MISS") }' ;;
 	change)
 		if [[ $p == large ]]; then
@@ -435,7 +442,7 @@ vs_local() {
 echo
 echo "remote berth build (--satellite, over a veth pair) vs local berth build vs docker build"
 echo "against a remote dockerd (docker.io $(rdocker version --format '{{.Server.Version}}' 2>/dev/null || echo '?'), BuildKit, tcp+TLS)"
-echo "wall time of the client command; cold: 1 run; no-op: min of $NOOP_REPS; change: min of $CHANGE_REPS (small), $LARGE_CHANGE_REPS (large). Lower is better."
+echo "wall time of the client command; cold: min of $COLD_REPS; no-op: min of $NOOP_REPS; change: min of $CHANGE_REPS (small), $LARGE_CHANGE_REPS (large). Lower is better."
 printf '%-6s %-16s %9s %9s %9s  %-7s %-22s %-8s %s\n' project scenario local remote docker \
 	rem/loc "target vs local" rem/dock "target vs docker"
 for p in $PROJECTS; do
@@ -476,8 +483,10 @@ for p in $PROJECTS; do
 			echo "  $p ${LABEL[$s]} - $tool (${T[$p/$s/$tool]}s):"
 			step_times "${LOGOF[$p/$s/$tool]}"
 			[[ $tool == docker ]] || phases "${LOGOF[$p/$s/$tool]}" "${T[$p/$s/$tool]}"
-			[[ $tool == remote ]] && grep -o 'context [0-9]* entries, [0-9]* files uploaded, [0-9]* bytes' \
-				"${LOGOF[$p/$s/$tool]}" | sed 's/^/    /'
+			if [[ $tool == remote ]]; then
+				grep -o 'context [0-9]* entries, [0-9]* files uploaded, [0-9]* bytes' \
+					"${LOGOF[$p/$s/$tool]}" | sed 's/^/    /'
+			fi
 		done
 	done
 done
