@@ -683,10 +683,10 @@ fn builder_limits_steps_at_once_and_trims_its_cache() {
         !free.success,
         "the two RUNs never overlapped, so the limit below proves nothing"
     );
-    // … with one slot they take turns, and the cap of 0 bytes empties the cache after.
+    // … with one slot they take turns, and a cap of 1 byte empties the cache after.
     let (sat, client, limited) = run_on(
         "limited",
-        "[builder]\nmax_parallel_steps = 1\ncache_max_bytes = 0\n",
+        "[builder]\nmax_parallel_steps = 1\ncache_max_bytes = 1\n",
     );
     assert!(limited.success, "{}", limited.stderr);
     common::satellite::wait_for("the build cache was not trimmed", &|| {
@@ -696,4 +696,10 @@ fn builder_limits_steps_at_once_and_trims_its_cache() {
     });
     let again = output_ok(&mut client.build(&ctx, &[]));
     assert!(!again.stderr.contains("CACHED"), "{}", again.stderr);
+    let inspect = output_ok(client.berth().args(["satellite", "inspect", "s"]));
+    assert!(
+        inspect.stdout.contains(" of 1 B"),
+        "the cap is reported: {}",
+        inspect.stdout
+    );
 }

@@ -162,7 +162,7 @@ impl proto::satellite_server::Satellite for Service {
             version: env!("CARGO_PKG_VERSION").into(),
             running_builds: self.sat.running_builds(),
             cache_bytes: disk.cache_bytes,
-            cache_cap_bytes: 0,
+            cache_cap_bytes: self.sat.inner.config.builder.cache_max_bytes.unwrap_or(0),
             load1,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             client: who.display_name(),
