@@ -76,7 +76,8 @@ declare -A RESULT   # RESULT[project/scenario/rep/tool] = BENCH_RESULT value
 declare -A LOGOF    # LOGOF[project/scenario/tool] = log of the best run
 declare -a WARN=()
 
-# log, die, now, elapsed, min, has_tool
+# log, die, now, elapsed, min, has_tool; the projects and their bases (debian_rootfs,
+# oci_layout, prepare_project, set_source, changed_file), bench_result, settle, step_times
 . "$here/common.sh"
 
 work=
@@ -166,64 +167,6 @@ command -v skopeo >/dev/null || die "skopeo is not installed"
 bb_layout=$work/busybox-layout
 "$repo/scripts/make-busybox-layout" "$bb_layout" "$BB_TAG" >/dev/null
 
-# Debian bookworm minbase with gcc: debootstrap once into $CACHE, then a
-# deterministic one-layer OCI layout of it, also cached.
-debian_rootfs() {
-	local rootfs=$CACHE/debian-rootfs
-	[[ -f $rootfs/.berth-bench-ready ]] && return
-	command -v debootstrap >/dev/null || apt-get install -y debootstrap >/dev/null
-	log "debootstrap bookworm (minbase + gcc, libc6-dev) into $rootfs (first run only)"
-	mkdir -p "$CACHE"
-	rm -rf "$rootfs.tmp"
-	debootstrap --variant=minbase --include=gcc,libc6-dev bookworm "$rootfs.tmp" "$DEBIAN_MIRROR" \
-		>"$work/logs/debootstrap.log" 2>&1 || { tail -n 20 "$work/logs/debootstrap.log" >&2; die debootstrap; }
-	# What an image does not carry: package caches, device nodes, the host's names.
-	rm -rf "$rootfs.tmp"/var/cache/apt/archives/*.deb "$rootfs.tmp"/var/cache/apt/*.bin \
-		"$rootfs.tmp"/var/lib/apt/lists/* "$rootfs.tmp"/dev/*
-	: > "$rootfs.tmp/etc/resolv.conf"
-	echo localhost > "$rootfs.tmp/etc/hostname"
-	touch "$rootfs.tmp/.berth-bench-ready"
-	rm -rf "$rootfs"
-	mv "$rootfs.tmp" "$rootfs"
-}
-
-# oci_layout ROOTFS LAYOUT TAG CMD: a one-layer OCI image layout of ROOTFS.
-oci_layout() {
-	local rootfs=$1 dir=$2 tag=$3 cmd=$4 tmp=$2.tmp
-	rm -rf "$tmp"
-	mkdir -p "$tmp/blobs/sha256"
-	tar --sort=name --numeric-owner --owner=0 --group=0 --format=gnu \
-		--exclude=./.berth-bench-ready -C "$rootfs" -cf "$tmp/layer.tar" .
-	local diff_id layer layer_size config config_size manifest manifest_size
-	diff_id=$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)
-	gzip -n -6 < "$tmp/layer.tar" > "$tmp/layer.tar.gz"
-	rm "$tmp/layer.tar"
-	layer=$(sha256sum "$tmp/layer.tar.gz" | cut -d' ' -f1)
-	layer_size=$(stat -c %s "$tmp/layer.tar.gz")
-	mv "$tmp/layer.tar.gz" "$tmp/blobs/sha256/$layer"
-	printf '%s' "{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{\"Env\":[\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"],\"Cmd\":[\"$cmd\"]},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:$diff_id\"]},\"history\":[{\"created\":\"1970-01-01T00:00:00Z\",\"created_by\":\"berth bench/build.sh\"}],\"created\":\"1970-01-01T00:00:00Z\"}" > "$tmp/config.json"
-	config=$(sha256sum "$tmp/config.json" | cut -d' ' -f1)
-	config_size=$(stat -c %s "$tmp/config.json")
-	mv "$tmp/config.json" "$tmp/blobs/sha256/$config"
-	printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$config\",\"size\":$config_size},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$layer\",\"size\":$layer_size}]}" > "$tmp/manifest.json"
-	manifest=$(sha256sum "$tmp/manifest.json" | cut -d' ' -f1)
-	manifest_size=$(stat -c %s "$tmp/manifest.json")
-	mv "$tmp/manifest.json" "$tmp/blobs/sha256/$manifest"
-	printf '{"imageLayoutVersion":"1.0.0"}' > "$tmp/oci-layout"
-	printf '%s' "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$manifest\",\"size\":$manifest_size,\"annotations\":{\"org.opencontainers.image.ref.name\":\"$tag\"}}]}" > "$tmp/index.json"
-	rm -rf "$dir"
-	mv "$tmp" "$dir"
-}
-
-debian_layout() {
-	local dir=$CACHE/debian-layout
-	debian_rootfs
-	if [[ ! -f $dir/index.json || $CACHE/debian-rootfs/.berth-bench-ready -nt $dir/index.json ]]; then
-		log "making the Debian OCI layout $dir (first run only)"
-		oci_layout "$CACHE/debian-rootfs" "$dir" "$DEB_TAG" bash
-	fi
-}
-
 # Per project: the base as each tool names it.
 declare -A LAYOUT TAG DNAME
 LAYOUT[small]=$bb_layout TAG[small]=$BB_TAG DNAME[small]=$D_PREFIX/busybox:$BB_TAG
@@ -264,39 +207,7 @@ buildah_load_base() { # project
 
 # --- projects ----------------------------------------------------------------
 
-# prepare_project PROJECT: its context in $work/ctx-PROJECT, the file the change edits.
-prepare_project() {
-	local p=$1 ctx=$work/ctx-$1
-	rm -rf "$ctx"
-	case $p in
-	small) cp -r "$here/projects/small" "$ctx" ;;
-	large | incremental)
-		debian_layout
-		"$here/projects/large/generate.sh" "$ctx" "$LARGE_MODULES" "$LARGE_FILES" "$LARGE_BUILT"
-		[[ $p == incremental ]] && cp "$here/projects/large/Dockerfile.incremental" "$ctx/Dockerfile"
-		;;
-	*) die "unknown project $p" ;;
-	esac
-	CHANGED[$p]=$(changed_file "$p")
-	cp "$ctx/${CHANGED[$p]}" "$work/orig-$p"
-}
 declare -A CHANGED BROOT
-changed_file() {
-	case $1 in
-	small) echo src/notes-05.txt ;;
-	large | incremental) echo modules/m00/m00_f000.c ;;
-	esac
-}
-# set_source project rev: rev 0 is the original file; rev N > 0 a new content.
-set_source() {
-	local p=$1 rev=$2 f=$work/ctx-$1/${CHANGED[$1]}
-	cp "$work/orig-$p" "$f"
-	((rev == 0)) && return
-	case $p in
-	small) echo "line rev: changed $rev" >> "$f" ;;
-	large | incremental) sed -i "s/^#define BENCH_REV 0$/#define BENCH_REV $rev/" "$f" ;;
-	esac
-}
 
 # --- builds ------------------------------------------------------------------
 
@@ -328,21 +239,11 @@ build() {
 	elapsed "$t0" "$t1"
 }
 
-bench_result() { grep -o 'BENCH_RESULT=[0-9a-f]\+' "$1" | tail -n 1 | cut -d= -f2 || true; }
-
 # This VM's ext4 has no journal, and ext4 then skips inodes freed in the last
 # dirty_expire seconds when it allocates new ones: right after a mass deletion
 # (docker builder prune, buildah rmi) creating thousands of files costs seconds of
 # kernel time in whichever tool comes next. So wait that long after the deletions.
 last_delete=0
-settle() {
-	local expire left
-	[[ ${SETTLE:-1} == 1 ]] || return 0
-	expire=$(( $(cat /proc/sys/vm/dirty_expire_centisecs 2>/dev/null || echo 3000) / 100 + 1 ))
-	left=$(awk -v l="$last_delete" -v n="$(now)" -v e="$expire" 'BEGIN { d = e - (n - l); print (d > 0 ? d : 0) }')
-	log "settling $(printf '%.0f' "$left")s after deletions"
-	sleep "$left"
-}
 
 # Make TOOL's cache cold for PROJECT (untimed).
 make_cold() {
@@ -429,28 +330,6 @@ run_project() {
 			[[ -z ${TIMES[$p/$s/$tool]:-} ]] || log "  $p $s $tool: ${TIMES[$p/$s/$tool]}"
 		done
 	done
-}
-
-# Step timings of a build log (berth's or BuildKit's plain progress): "name time".
-step_times() { # log
-	awk '
-	/^#[0-9]+ / {
-		id = $1
-		line = $0; sub(/^#[0-9]+ +/, "", line)
-		if (line ~ /^[0-9]+\.[0-9]+ /) sub(/^[0-9]+\.[0-9]+ +/, "", line)
-		if (!(id in name)) { name[id] = line; order[++n] = id }
-		if (line ~ /^DONE [0-9.]+s$/) { t = line; sub(/^DONE /, "", t); done[id] = t }
-		else if (line ~ / CACHED$/ || line == "CACHED") done[id] = "cached"
-	}
-	END {
-		for (i = 1; i <= n; i++) {
-			id = order[i]
-			if (done[id] == "cached") cached++
-			else if (id in done) printf "    %-6s %s\n", done[id], substr(name[id], 1, 90)
-		}
-		if (cached) printf "    (%d steps cached)\n", cached
-	}
-	' "$1"
 }
 
 # --- run ---------------------------------------------------------------------
