@@ -632,17 +632,19 @@ pub async fn build(
         let ctx = context_name.clone();
         let reader = tokio::task::spawn_blocking(move || -> Result<(), SatError> {
             use std::io::Read;
+            const CHUNK: u64 = 1 << 20;
             for (digest, path) in files {
                 let mut f = std::fs::File::open(&path).map_err(SatError::io("open", &path))?;
-                let mut sent_any = false;
+                // Buffers sized to the file: most context files are small.
+                let mut left = f.metadata().map_err(SatError::io("inspect", &path))?.len();
                 loop {
-                    let mut buf = vec![0u8; 1 << 20];
-                    let n = f.read(&mut buf).map_err(SatError::io("read", &path))?;
-                    if n == 0 && sent_any {
-                        break;
-                    }
-                    buf.truncate(n);
-                    sent_any = true;
+                    let want = left.min(CHUNK) as usize;
+                    let mut buf = Vec::with_capacity(want);
+                    let n = (&mut f)
+                        .take(want as u64)
+                        .read_to_end(&mut buf)
+                        .map_err(SatError::io("read", &path))?;
+                    left -= n as u64;
                     let chunk = proto::FileChunk {
                         context: ctx.clone(),
                         digest: digest.clone(),
@@ -651,7 +653,9 @@ pub async fn build(
                     if tx.blocking_send(chunk).is_err() {
                         return Ok(());
                     }
-                    if n == 0 {
+                    // An empty file is one empty chunk; a file that shrank ends early
+                    // (the satellite then refuses its digest).
+                    if left == 0 || n < want {
                         break;
                     }
                 }
