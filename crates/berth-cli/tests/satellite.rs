@@ -186,13 +186,7 @@ fn remote_build_across_hosts_matches_local_and_uploads_only_changes() {
 #[test]
 fn tokens_and_client_certificates_are_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
-    let sat = Sat::start(
-        None,
-        &dir.path().join("sat-root"),
-        &format!("127.0.0.1:{port}"),
-        &["--advertise", "127.0.0.1"],
-    );
+    let sat = Sat::on_loopback(&dir.path().join("sat-root"), &[]);
     let client = Client::new(dir.path(), "laptop", None);
 
     // A wrong secret, then the right token, then the same token again.
@@ -235,16 +229,11 @@ fn tokens_and_client_certificates_are_checked() {
     );
 
     // Another satellite answering at the token's address: its CA is not the pinned one.
-    let port2 = free_port().to_string();
-    let other = Sat::start(
-        None,
-        &dir.path().join("other-root"),
-        &format!("127.0.0.1:{port2}"),
-        &["--advertise", "127.0.0.1"],
-    );
+    let other = Sat::on_loopback(&dir.path().join("other-root"), &[]);
     let aimed = sat
         .token(&[])
-        .replace(&format!(":{port}#"), &format!(":{port2}#"));
+        .replace(&format!("@{}#", sat.addr), &format!("@{}#", other.addr));
+    assert!(aimed.contains(&format!("@{}#", other.addr)), "{aimed}");
     let out = client.add("s5", &aimed);
     assert!(!out.success);
     assert!(out.stderr.to_lowercase().contains("pin"), "{}", out.stderr);
@@ -273,13 +262,7 @@ fn tokens_and_client_certificates_are_checked() {
 #[test]
 fn client_certificates_renew_at_half_life_and_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
-    let sat = Sat::start(
-        None,
-        &dir.path().join("sat-root"),
-        &format!("127.0.0.1:{port}"),
-        &["--advertise", "127.0.0.1", "--client-validity", "6s"],
-    );
+    let sat = Sat::on_loopback(&dir.path().join("sat-root"), &["--client-validity", "6s"]);
     let client = Client::new(dir.path(), "laptop", None);
     assert!(client.add("s1", &sat.token(&[])).success);
     let cert = client.satellite_dir("s1").join("client.crt");
@@ -410,13 +393,7 @@ fn outputs_of_a_remote_build_reach_this_machine_and_registries() {
     }
     let base = BuildBase::new();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
-    let sat = Sat::start(
-        None,
-        &dir.path().join("sat-root"),
-        &format!("127.0.0.1:{port}"),
-        &["--advertise", "127.0.0.1"],
-    );
+    let sat = Sat::on_loopback(&dir.path().join("sat-root"), &[]);
     let client = Client::new(dir.path(), "laptop", None);
     assert!(client.add("s1", &sat.token(&[])).success);
     let ctx = dir.path().join("ctx");
@@ -604,14 +581,8 @@ fn context_caches_are_bounded_per_client() {
     }
     let base = BuildBase::new();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port().to_string();
     // Room for one of the two contexts below.
-    let sat = Sat::start(
-        None,
-        &dir.path().join("sat-root"),
-        &format!("127.0.0.1:{port}"),
-        &["--advertise", "127.0.0.1", "--context-cache", "150K"],
-    );
+    let sat = Sat::on_loopback(&dir.path().join("sat-root"), &["--context-cache", "150K"]);
     let client = Client::new(dir.path(), "laptop", None);
     assert!(client.add("s1", &sat.token(&[])).success);
     let project = |name: &str| {

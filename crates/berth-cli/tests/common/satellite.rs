@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use berth_testutil::netns::Host;
 
-use super::{Output, berth_bin, output, output_ok, run};
+use super::{Output, berth_bin, free_port, output, output_ok, run};
 
 /// A running `berth satellite serve`, killed on drop.
 pub struct Sat {
@@ -68,6 +68,14 @@ impl Sat {
             addr,
             host: host.cloned(),
         }
+    }
+
+    /// A satellite on a free port of 127.0.0.1 (advertised as 127.0.0.1), with `args`.
+    pub fn on_loopback(root: &Path, args: &[&str]) -> Sat {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut all = vec!["--advertise", "127.0.0.1"];
+        all.extend_from_slice(args);
+        Sat::start(None, root, &addr, &all)
     }
 
     /// `berth satellite token create ARGS` on the satellite's root: the token.
