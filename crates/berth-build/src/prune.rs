@@ -30,6 +30,8 @@ use crate::solver::Layer;
 pub struct PruneOptions {
     /// Keep this many bytes of cache (most recently used first); 0 removes it all.
     pub keep_storage: u64,
+    /// Cache unused for longer than this goes, whatever `keep_storage` allows.
+    pub keep_duration: Option<std::time::Duration>,
     /// Also remove cache mounts (`RUN --mount=type=cache`) and the whole cache-miss
     /// history.
     pub all: bool,
@@ -202,8 +204,12 @@ pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneRep
     let mut kept = Vec::new();
     let mut used = 0u64;
     let mut removed_layers: Vec<Layer> = Vec::new();
-    for (path, _, layers, weight) in records {
-        if used + weight <= opts.keep_storage {
+    let now = SystemTime::now();
+    for (path, last_used, layers, weight) in records {
+        let stale = opts
+            .keep_duration
+            .is_some_and(|keep| now.duration_since(last_used).unwrap_or_default() > keep);
+        if !stale && used.saturating_add(weight) <= opts.keep_storage {
             used += weight;
             kept.push(layers);
         } else {
@@ -380,6 +386,7 @@ mod tests {
 
         let opts = PruneOptions {
             keep_storage: kept,
+            keep_duration: None,
             all: false,
         };
         let report = prune(root, &store, &opts).unwrap();
@@ -389,5 +396,24 @@ mod tests {
         let report = prune(root, &store, &PruneOptions { all: true, ..opts }).unwrap();
         assert_eq!((report.records, report.histories), (0, 1));
         assert!(histories(root).is_empty(), "{:?}", histories(root));
+    }
+
+    #[test]
+    fn cache_unused_longer_than_keep_duration_goes_whatever_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = Store::open(root).unwrap();
+        let (old, new) = (Digest::sha256(b"old key"), Digest::sha256(b"new key"));
+        record(root, &store, &old, b"old layer", 3 * 3600);
+        record(root, &store, &new, b"new layer", 60);
+        let opts = PruneOptions {
+            keep_storage: u64::MAX,
+            keep_duration: Some(std::time::Duration::from_secs(3600)),
+            all: false,
+        };
+        let report = prune(root, &store, &opts).unwrap();
+        assert_eq!(report.records, 1, "only the record unused for 3 h goes");
+        assert!(root.join("cache/records").join(new.hex()).exists());
+        assert!(!root.join("cache/records").join(old.hex()).exists());
     }
 }

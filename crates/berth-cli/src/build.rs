@@ -435,9 +435,14 @@ fn human(n: u64) -> String {
 
 #[derive(Args)]
 pub struct PruneArgs {
-    /// Keep this much cache, most recently used first (e.g. 10GB, 500MB) [default: 0].
-    #[arg(long, value_parser = parse_size, default_value = "0")]
-    keep_storage: u64,
+    /// Keep this much cache, most recently used first (e.g. 10GB, 500MB) [default: 0,
+    /// or no limit with --keep-duration].
+    #[arg(long, value_parser = parse_size)]
+    keep_storage: Option<u64>,
+    /// Remove cache unused for longer than this (e.g. 12h, 7d), whatever --keep-storage
+    /// allows.
+    #[arg(long, value_parser = crate::parse_duration)]
+    keep_duration: Option<std::time::Duration>,
     /// Also remove cache mounts (RUN --mount=type=cache) and all cache-miss history.
     #[arg(long)]
     all: bool,
@@ -476,7 +481,11 @@ pub fn prune(settings: &Settings, args: PruneArgs) -> Result<()> {
         &settings.root,
         &store,
         &berth_build::PruneOptions {
-            keep_storage: args.keep_storage,
+            keep_storage: args.keep_storage.unwrap_or(match args.keep_duration {
+                Some(_) => u64::MAX,
+                None => 0,
+            }),
+            keep_duration: args.keep_duration,
             all: args.all,
         },
     )?;

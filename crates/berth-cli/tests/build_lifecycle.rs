@@ -231,6 +231,13 @@ fn prune_frees_cache_but_keeps_images() {
         "1GB",
     ]));
     assert!(report.contains("removed 0 cache records"), "{report}");
+    // An age limit alone keeps whatever was used within it (no size limit then).
+    let report = run(Command::new(berth_bin()).arg("--root").arg(&root).args([
+        "prune",
+        "--keep-duration",
+        "1h",
+    ]));
+    assert!(report.contains("removed 0 cache records"), "{report}");
     // The history of steps whose records stay is kept (each entry names its key).
     assert!(report.contains("0 step histories"), "{report}");
     assert_eq!(

@@ -70,6 +70,36 @@ pub struct BuilderConfig {
     /// used cache goes until it fits. None: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_max_bytes: Option<u64>,
+    /// Cache unused for longer than this goes after builds (`12h`, `7d`; s, m, h, d).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_keep: Option<String>,
+}
+
+impl BuilderConfig {
+    /// `cache_keep` as a duration (checked when the config is read).
+    pub fn cache_keep(&self) -> Option<std::time::Duration> {
+        self.cache_keep
+            .as_deref()
+            .and_then(|s| parse_duration(s).ok())
+    }
+}
+
+/// `30s`, `15m`, `12h`, `7d`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 12h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 impl BuilderConfig {
@@ -203,6 +233,13 @@ impl SatelliteConfig {
 
     /// Checks what serde cannot: registry names.
     fn check(&self, source: &str) -> Result<(), SatError> {
+        if let Some(keep) = &self.builder.cache_keep {
+            parse_duration(keep).map_err(|e| {
+                SatError::BadRequest(format!(
+                    "satellite config {source} is not valid: builder.cache_keep: {e}"
+                ))
+            })?;
+        }
         for host in self.registries.keys() {
             berth_client::check_mirror(host).map_err(|_| {
                 SatError::BadRequest(format!(
@@ -645,6 +682,19 @@ insecure = false
             );
             assert!(e.contains(says), "want {says:?} in: {e}");
         }
+    }
+
+    #[test]
+    fn cache_keep_is_a_duration() {
+        let c = SatelliteConfig::parse("[builder]\ncache_keep = \"7d\"\n", "test").unwrap();
+        assert_eq!(
+            c.builder.cache_keep(),
+            Some(std::time::Duration::from_secs(7 * 86400))
+        );
+        let e = SatelliteConfig::parse("[builder]\ncache_keep = \"7 days\"\n", "test")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("builder.cache_keep"), "{e}");
     }
 
     #[test]

@@ -304,9 +304,12 @@ impl proto::satellite_server::Satellite for Service {
 /// store stay). Skipped while builds run: they hold the root's shared lock, and the
 /// next idle moment comes soon enough.
 async fn trim_cache(sat: &Satellite) {
-    let Some(cap) = sat.inner.config.builder.cache_max_bytes else {
+    let builder = &sat.inner.config.builder;
+    let keep = builder.cache_keep();
+    if builder.cache_max_bytes.is_none() && keep.is_none() {
         return;
-    };
+    }
+    let cap = builder.cache_max_bytes.unwrap_or(u64::MAX);
     if sat.running_builds() > 0 {
         return;
     }
@@ -317,6 +320,7 @@ async fn trim_cache(sat: &Satellite) {
             &store,
             &berth_build::PruneOptions {
                 keep_storage: cap,
+                keep_duration: keep,
                 all: false,
             },
         )
