@@ -645,6 +645,9 @@ pub struct SumCache {
     used: HashSet<String>,
     #[serde(skip)]
     pub(crate) hashed_bytes: u64,
+    /// Something to write back: a file hashed, or one gone.
+    #[serde(skip)]
+    dirty: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -668,7 +671,13 @@ impl SumCache {
     /// Saves the entries used since loading (files gone from the context are dropped).
     pub fn save(&mut self, path: &Path) -> Result<(), SatError> {
         let used = std::mem::take(&mut self.used);
+        let before = self.entries.len();
         self.entries.retain(|k, _| used.contains(k));
+        if !self.dirty && self.entries.len() == before && path.exists() {
+            // Nothing changed: a no-op build writes nothing.
+            return Ok(());
+        }
+        self.dirty = false;
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(SatError::io("create", parent))?;
         }
@@ -716,6 +725,7 @@ impl SumCache {
             self.hashed_bytes += n as u64;
         }
         let digest = format!("sha256:{}", hex(&hasher.finalize()));
+        self.dirty = true;
         self.entries.insert(
             rel.to_owned(),
             CachedSum {
@@ -896,5 +906,21 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2100));
         scan(dir.path(), &berth_build::Ignore::parse(""), &mut again).unwrap();
         assert_eq!(again.hashed_bytes(), 0, "unchanged file not read again");
+        // Nothing changed: the cache file is not rewritten.
+        let past = SystemTime::now() - Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        again.save(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), past);
+        // A file gone is written out.
+        fs::remove_file(dir.path().join("f")).unwrap();
+        let mut third = SumCache::load(&path);
+        scan(dir.path(), &berth_build::Ignore::parse(""), &mut third).unwrap();
+        third.save(&path).unwrap();
+        assert!(SumCache::load(&path).entries.is_empty());
     }
 }
