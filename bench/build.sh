@@ -126,19 +126,7 @@ chattr +T "$stores" 2>/dev/null || true
 
 # --- tools -------------------------------------------------------------------
 
-if [[ -n ${BERTH_BIN:-} ]]; then
-	cp "$BERTH_BIN" "$work/berth"
-else
-	# Others may be editing the workspace: a build can fail for a moment; retry.
-	for try in 1 2 3 4 5 6; do
-		if (cd "$repo" && cargo build --release -p berth-cli) >"$work/logs/cargo.log" 2>&1; then break; fi
-		[[ $try == 6 ]] && { tail -n 30 "$work/logs/cargo.log" >&2; die "cargo build --release -p berth-cli"; }
-		log "cargo build failed (try $try), retrying in 20 s"
-		sleep 20
-	done
-	# A private copy: a concurrent rebuild must not swap the binary mid-benchmark.
-	cp "$repo/target/release/berth" "$work/berth"
-fi
+private_berth
 BERTH=$work/berth
 "$BERTH" build --help >/dev/null || die "$BERTH has no build command"
 

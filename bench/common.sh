@@ -165,3 +165,21 @@ settle() {
 	log "settling $(printf '%.0f' "$left")s after deletions"
 	sleep "$left"
 }
+
+# private_berth: $work/berth, a private copy (a concurrent rebuild must not swap the
+# binary mid-benchmark) of $BERTH_BIN or of a release build of the workspace at $repo.
+# Others may be editing the workspace: a build can fail for a moment, so it is retried.
+private_berth() {
+	if [[ -n ${BERTH_BIN:-} ]]; then
+		cp "$BERTH_BIN" "$work/berth"
+		return
+	fi
+	local try
+	for try in 1 2 3 4 5 6; do
+		if (cd "$repo" && cargo build --release -p berth-cli) >"$work/logs/cargo.log" 2>&1; then break; fi
+		[[ $try == 6 ]] && { tail -n 30 "$work/logs/cargo.log" >&2; die "cargo build --release -p berth-cli"; }
+		log "cargo build failed (try $try), retrying in 20 s"
+		sleep 20
+	done
+	cp "${CARGO_TARGET_DIR:-$repo/target}/release/berth" "$work/berth"
+}

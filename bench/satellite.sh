@@ -157,17 +157,7 @@ run_dir=$(mktemp -d /run/berth-satbench.XXXXXX)
 
 # --- berth -------------------------------------------------------------------
 
-if [[ -n ${BERTH_BIN:-} ]]; then
-	cp "$BERTH_BIN" "$work/berth"
-else
-	for try in 1 2 3 4 5 6; do
-		if (cd "$repo" && cargo build --release -p berth-cli) >"$work/logs/cargo.log" 2>&1; then break; fi
-		[[ $try == 6 ]] && { tail -n 30 "$work/logs/cargo.log" >&2; die "cargo build --release -p berth-cli"; }
-		log "cargo build failed (try $try), retrying in 20 s"
-		sleep 20
-	done
-	cp "${CARGO_TARGET_DIR:-$repo/target}/release/berth" "$work/berth"
-fi
+private_berth
 BERTH=$work/berth
 "$BERTH" satellite --help >/dev/null || die "$BERTH has no satellite command"
 
