@@ -448,7 +448,8 @@ pub struct PruneArgs {
     all: bool,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+/// `500MB`, `10GB`, `4G`, `512MiB` (kB/MB/GB decimal, KiB/MiB/GiB binary), or bytes.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

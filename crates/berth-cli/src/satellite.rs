@@ -99,7 +99,7 @@ pub struct ServeArgs {
     drain_timeout: Duration,
     /// Build contexts kept per client between builds (e.g. 512M, 4G); the least recently
     /// built go first.
-    #[arg(long, default_value = "4G", value_parser = parse_size)]
+    #[arg(long, default_value = "4G", value_parser = crate::build::parse_size)]
     context_cache: u64,
     /// A directory that may hold the CA (ca.crt, ca.key), such as a mounted Kubernetes
     /// Secret; when it does, that CA is installed into the root and used, otherwise the
@@ -277,7 +277,9 @@ pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
                         .into_iter()
                         .map(|r| r.serial)
                         .collect();
-                    let now = berth_satellite_unix(SystemTime::now());
+                    let now = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
                     println!("{:<24} {:<34} {:<22} STATE", "CLIENT", "SERIAL", "EXPIRES");
                     for c in root.clients()? {
                         let state = if revoked.contains(&c.serial) {
@@ -445,31 +447,6 @@ fn create_token(
         }
     }
     Ok(())
-}
-
-/// `123`, `512K`, `512M`, `4G`, `1T` (powers of 1024; a trailing `B`/`iB` is allowed).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim().trim_end_matches(['B', 'b']).trim_end_matches('i');
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 512M or 4G"))?;
-    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => return Err(format!("{s:?}: the unit must be K, M, G or T")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
-fn berth_satellite_unix(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn human(bytes: u64) -> String {
@@ -818,11 +795,11 @@ pub fn secret_value(src: &berth_build::SecretSource) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn sizes() {
-        assert_eq!(super::parse_size("4G"), Ok(4 << 30));
-        assert_eq!(super::parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(super::parse_size("100"), Ok(100));
-        assert!(super::parse_size("4X").is_err() && super::parse_size("G").is_err());
+    fn context_cache_sizes() {
+        use crate::build::parse_size;
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("4X").is_err() && parse_size("G").is_err());
     }
 
     #[test]

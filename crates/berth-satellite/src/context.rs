@@ -150,11 +150,6 @@ impl ClientContexts {
         ClientContexts { dir }
     }
 
-    /// `contexts/<client>`.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn context_dir(&self, name: &str) -> PathBuf {
         // Names come from clients: hash them into file names.
         self.dir.join(&hex(&Sha256::digest(name.as_bytes()))[..32])

@@ -424,7 +424,7 @@ async fn run_build(
     tx: mpsc::Sender<Result<proto::BuildEvent, Status>>,
 ) -> Result<proto::BuildResult, SatError> {
     let lock = {
-        let key = contexts_key(&contexts, &r.context);
+        let key = contexts.context_path(&r.context);
         sat.inner
             .contexts
             .lock()
@@ -625,10 +625,6 @@ async fn run_build(
         layers: res.layers as u32,
         pushed,
     })
-}
-
-fn contexts_key(contexts: &ClientContexts, name: &str) -> std::path::PathBuf {
-    contexts.context_path(name)
 }
 
 fn safe_file_name(name: &str) -> String {
