@@ -137,6 +137,9 @@ pub async fn build(
     let (store2, client, cancel) = (store.clone(), opts.client.clone(), opts.cancel.clone());
     let lowered = tokio::task::spawn_blocking(move || {
         let df = Dockerfile::parse_cancelable(&name, &text, &cancel)?;
+        for w in df.checked_warnings()? {
+            tracing::warn!("{name}:{}: {} [{}]", w.line, w.message, w.rule);
+        }
         let pull = |r: &str| -> Result<Digest> {
             let client = client
                 .as_ref()

@@ -163,11 +163,20 @@ impl Built {
     }
 }
 
+/// `docker inspect`'s `.Config` of `image`, with its `.Author` (which MAINTAINER sets) as
+/// `Author` beside the config's own fields.
 fn inspect_config(image: &str) -> serde_json::Value {
-    let out = run(Command::new(docker()).args(["inspect", "--format", "{{json .Config}}", image]));
-    let mut config: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let out = run(Command::new(docker()).args([
+        "inspect",
+        "--format",
+        "{{json .Config}}\n{{json .Author}}",
+        image,
+    ]));
+    let (config, author) = out.trim().split_once('\n').unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(config).unwrap();
     if let Some(c) = config.as_object_mut() {
         c.remove("ArgsEscaped");
+        c.insert("Author".into(), serde_json::from_str(author).unwrap());
     }
     config
 }
@@ -444,4 +453,161 @@ fn every_case_has_a_test() {
             "tests/builds/{name} has no test in build_corpus.rs"
         );
     }
+}
+
+// ---- variables, config, RUN (issue 15)
+
+#[test]
+fn vars_parent_stage_args() {
+    check(&Case {
+        name: "vars_parent_stage_args",
+        args: &[],
+        runs: &[(
+            &[],
+            "arg=inherited global=global-default env=penv\n\
+             redeclared=inherited\n\
+             grandchild=inherited\n",
+        )],
+    });
+}
+
+#[test]
+fn vars_arg_after_env() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "vars_arg_after_env",
+        args: &[],
+        runs: &[(
+            &[],
+            "run mode=from-arg keep=env-keep\n\
+             later=env-again copied=from-arg\n\
+             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+             KEEP=env-keep\nMODE=from-arg\nCOPIED=from-arg\nLATER=env-again\nHOME=/root\n\
+             image mode=from-env\n",
+        )],
+    });
+    built.assert_image_tree();
+    built.assert_local_tree();
+    built.assert_same_config();
+    assert_eq!(
+        inspect_config(&built.berth_image)["Env"],
+        serde_json::json!([
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "MODE=from-env",
+            "KEEP=env-keep",
+            "LATER=env-again",
+            "COPIED=from-arg"
+        ]),
+        "the image keeps the ENV values"
+    );
+}
+
+#[test]
+fn vars_env_order() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "vars_env_order",
+        args: &[],
+        // A step's variables are ordered by when each was last set; the image's Env
+        // keeps each where it was first set.
+        runs: &[(
+            &[],
+            "THIRD=3\nFIRST=one\n\
+             PATH=/opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+             SECOND=two\nFOURTH=4\nHOME=/root\n",
+        )],
+    });
+    built.assert_image_tree();
+    built.assert_same_config();
+    assert_eq!(
+        inspect_config(&built.berth_image)["Env"],
+        serde_json::json!([
+            "PATH=/opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "FIRST=one",
+            "SECOND=two",
+            "THIRD=3",
+            "FOURTH=4"
+        ])
+    );
+}
+
+#[test]
+fn config_maintainer() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "config_maintainer",
+        args: &[],
+        runs: &[],
+    });
+    built.assert_same_config();
+    assert_eq!(
+        inspect_config(&built.berth_image)["Author"],
+        "Jane Doe <jane@example.com>"
+    );
+}
+
+#[test]
+fn config_expose_ranges() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "config_expose_ranges",
+        args: &[],
+        runs: &[],
+    });
+    built.assert_same_config();
+    let ports = inspect_config(&built.berth_image)["ExposedPorts"].clone();
+    let keys: Vec<&String> = ports.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "443/tcp", "53/udp", "7000/udp", "7001/udp", "8000/tcp", "8001/tcp", "8002/tcp",
+            "9000/tcp", "9001/tcp"
+        ]
+    );
+}
+
+#[test]
+fn run_user_groups() {
+    check(&Case {
+        name: "run_user_groups",
+        args: &[],
+        // Docker 20.10's BuildKit gives a step no supplementary group for its primary
+        // group (newer BuildKit adds it, as `docker run` does on the last line).
+        runs: &[(
+            &[],
+            "id-app: uid=1000(app) gid=1000(app) groups=50(staff),63(audio)\n\
+             id-app-staff: uid=1000(app) gid=50(staff)\n\
+             id-1000: uid=1000(app) gid=1000(app) groups=50(staff),63(audio)\n\
+             id-1000-1000: uid=1000(app) gid=1000(app)\n\
+             id-app-64: uid=1000(app) gid=64(video)\n\
+             uid=1000(app) gid=1000(app) groups=50(staff),63(audio),1000(app)\n",
+        )],
+    });
+}
+
+#[test]
+fn run_secret_options() {
+    check(&Case {
+        name: "run_secret_options",
+        args: &[
+            "--secret",
+            "id=tok,src=tests/builds/run_secret_options/token.txt",
+        ],
+        runs: &[(
+            &[],
+            "/run/secrets/tok 400 0:0\n\
+             /run/secrets/tok 440 1234:2345\n\
+             s3cr3t\n\
+             /tok 400 0:0\n\
+             absent\n",
+        )],
+    });
 }

@@ -15,15 +15,13 @@ use crate::fileops;
 use crate::ir::{ExecOp, MountSource, Sharing};
 
 impl Solver {
-    /// The runtime mounts for `op.mounts`, in their order, for a process running as
-    /// `uid:gid`. A secret asked for as a variable is added to `env` instead; what the
-    /// mounts need until the step ends (locks, views, scratch directories) goes into
-    /// `holds`.
+    /// The runtime mounts for `op.mounts`, in their order. A secret asked for as a
+    /// variable is added to `env`; what the mounts need until the step ends (locks,
+    /// views, scratch directories) goes into `holds`.
     pub(super) fn exec_mounts(
         &self,
         op: &ExecOp,
         inputs: &[Arc<Solved>],
-        (uid, gid): (u32, u32),
         env: &mut Vec<String>,
         holds: &mut Holds,
     ) -> Result<Vec<Mount>> {
@@ -47,20 +45,22 @@ impl Solver {
                 MountSource::Secret {
                     id,
                     env: as_env,
+                    file,
                     required,
+                    uid,
+                    gid,
+                    mode,
                 } => {
-                    let staged = self.secret_mount(
-                        id,
-                        as_env.as_deref(),
-                        *required,
-                        (uid, gid),
-                        env,
-                        holds,
-                    )?;
-                    match staged {
-                        Some(file) => bind(file, "ro"),
-                        None => continue,
+                    let Some(value) = self.secret_value(id, *required)? else {
+                        continue;
+                    };
+                    if let Some(var) = as_env {
+                        env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
                     }
+                    if !*file {
+                        continue;
+                    }
+                    bind(self.secret_file(&value, (*uid, *gid, *mode), holds)?, "ro")
                 }
                 MountSource::Input { input, path, rw } => bind(
                     self.input_mount(inputs, *input, path, *rw, holds)?,
@@ -84,19 +84,9 @@ impl Solver {
         Ok(mounts)
     }
 
-    /// Secret `id` for a process running as `uid:gid`: the file to mount, staged in
-    /// memory for the step; or `None` when it goes into `env` as `as_env`, or is optional
-    /// and not given.
-    fn secret_mount(
-        &self,
-        id: &str,
-        as_env: Option<&str>,
-        required: bool,
-        (uid, gid): (u32, u32),
-        env: &mut Vec<String>,
-        holds: &mut Holds,
-    ) -> Result<Option<PathBuf>> {
-        let value = match self.opts.secrets.get(id) {
+    /// The value of secret `id`; `None` if it is optional and not given.
+    fn secret_value(&self, id: &str, required: bool) -> Result<Option<Vec<u8>>> {
+        Ok(Some(match self.opts.secrets.get(id) {
             Some(SecretSource::File(p)) => fs::read(p).map_err(|e| io_err("read secret", p, e))?,
             Some(SecretSource::Value(v)) => v.to_vec(),
             Some(SecretSource::Env(var)) => std::env::var(var)
@@ -108,21 +98,29 @@ impl Solver {
                 .into_bytes(),
             None if required => return Err(BuildError::MissingSecret(id.to_string())),
             None => return Ok(None),
-        };
-        if let Some(var) = as_env {
-            env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
-            return Ok(None);
-        }
+        }))
+    }
+
+    /// A file holding `value`, owned by `uid:gid` with `mode` (BuildKit's defaults are
+    /// root and 0400, whoever the step runs as), to mount for one step.
+    fn secret_file(
+        &self,
+        value: &[u8],
+        (uid, gid, mode): (u32, u32, u32),
+        holds: &mut Holds,
+    ) -> Result<PathBuf> {
         // Secrets live in memory (/dev/shm is a tmpfs), in a directory only root can
         // enter, and only for the step.
         let dir = crate::secrets::stage_dir(&self.root, &unique("s"))?;
+        holds.dirs.push(dir.clone());
         let file = dir.join("value");
-        fs::write(&file, &value).map_err(|e| io_err("write secret", &file, e))?;
+        fs::write(&file, value).map_err(|e| io_err("write secret", &file, e))?;
         use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(&file, fs::Permissions::from_mode(0o400));
-        let _ = std::os::unix::fs::chown(&file, Some(uid), Some(gid));
-        holds.dirs.push(dir);
-        Ok(Some(file))
+        std::os::unix::fs::chown(&file, Some(uid), Some(gid))
+            .map_err(|e| io_err("chown secret", &file, e))?;
+        fs::set_permissions(&file, fs::Permissions::from_mode(mode))
+            .map_err(|e| io_err("chmod secret", &file, e))?;
+        Ok(file)
     }
 
     /// What to bind-mount for `path` of input `input` (`--mount=type=bind`).
