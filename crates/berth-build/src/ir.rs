@@ -131,6 +131,20 @@ pub enum MountSource {
         /// Mode of the file (`mode=`; default 0400).
         mode: u32,
     },
+    /// The client's SSH agent (`--mount=type=ssh`): a socket at the target that
+    /// forwards to the agent given as `--ssh ID`.
+    Ssh {
+        /// Agent id (`default` unless `id=` says otherwise).
+        id: String,
+        /// Fail if no agent of that id is given (else the step runs without it).
+        required: bool,
+        /// Owner of the socket (`uid=`, `gid=`; default root).
+        uid: u32,
+        /// Group.
+        gid: u32,
+        /// Mode of the socket (`mode=`; default 0600).
+        mode: u32,
+    },
     /// An empty tmpfs.
     Tmpfs {
         /// Size limit in bytes (`size=`).

@@ -63,14 +63,19 @@ fn ready() -> bool {
 
 /// Build `case` with berth and with docker, pull berth's image and run the checks.
 fn build_both(case: &Case) -> Built {
+    build_both_in(case, &builds_dir().join(case.name), &[])
+}
+
+/// [`build_both`] of the context `context`, both builders run with `envs` set.
+fn build_both_in(case: &Case, context: &std::path::Path, envs: &[(&str, &str)]) -> Built {
     let base = BuildBase::new();
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("root");
     let local = work.path().join("local");
-    let context = builds_dir().join(case.name);
     let tag = format!("corpus/{}:latest", case.name);
 
     let mut berth = berth_build(&root);
+    berth.envs(envs.iter().copied());
     berth
         .args(["-t", &tag])
         .arg("--build-arg")
@@ -78,7 +83,7 @@ fn build_both(case: &Case) -> Built {
         .arg("--output")
         .arg(format!("type=local,dest={}", local.display()));
     berth.args(case.args);
-    output_ok(berth.arg(&context));
+    output_ok(berth.arg(context));
 
     let mut images = DockerImages::default();
     let server = Berth::serve(&root, &[]);
@@ -97,12 +102,13 @@ fn build_both(case: &Case) -> Built {
     images.0.push(docker_image.clone());
     let mut build = Command::new(docker());
     build
+        .envs(envs.iter().copied())
         .env("DOCKER_BUILDKIT", "1")
         .args(["build", "-q", "-t", &docker_image])
         .arg("--build-arg")
         .arg(format!("BASE={}", base.docker_reference()));
     build.args(case.args);
-    output_ok(build.arg(&context));
+    output_ok(build.arg(context));
 
     for (args, want) in case.runs {
         let got = run(Command::new(docker())
@@ -610,4 +616,116 @@ fn run_secret_options() {
              absent\n",
         )],
     });
+}
+
+/// An `ssh-agent` of this test's own, holding one new key, listening in `dir`.
+struct Agent {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &std::path::Path) -> Agent {
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = Agent { child, socket };
+        while !agent.socket.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let key = dir.join("key");
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key));
+        run(Command::new("ssh-add")
+            .arg("-q")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &agent.socket));
+        agent
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ssh_ready() -> bool {
+    ready() && require("ssh-agent") && require("ssh-keygen") && require("gcc")
+}
+
+/// `RUN --mount=type=ssh` with `--ssh default`, against a real agent: the step asks it
+/// for its keys through the forwarded socket (agent-ask, a static helper: busybox has no
+/// unix-socket client).
+#[test]
+fn run_ssh() {
+    if !ssh_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let context = dir.path().join("context");
+    std::fs::create_dir(&context).unwrap();
+    for f in ["Dockerfile", "agent-ask.c"] {
+        std::fs::copy(builds_dir().join("run_ssh").join(f), context.join(f)).unwrap();
+    }
+    run(Command::new("gcc")
+        .args(["-static", "-Os", "-o"])
+        .arg(context.join("agent-ask"))
+        .arg(context.join("agent-ask.c")));
+    let agent = Agent::start(dir.path());
+    let sock = agent.socket.to_str().unwrap();
+    let case = Case {
+        name: "run_ssh",
+        args: &["--ssh", "default"],
+        runs: &[(
+            &["--network", "none"],
+            "agent answered: 1 key(s)\n\
+             sock=/run/buildkit/ssh_agent.0\n\
+             socket 600 0:0\n\
+             agent answered: 1 key(s)\n\
+             /tmp/agent.sock socket 660 1000:1000\n\
+             agent answered: 1 key(s)\n\
+             absent\n",
+        )],
+    };
+    let built = build_both_in(&case, &context, &[("SSH_AUTH_SOCK", sock)]);
+    built.assert_image_tree();
+    built.assert_local_tree();
+    built.assert_same_config();
+}
+
+/// A step that requires an agent fails, saying how to give one, when none was given.
+#[test]
+fn run_ssh_required_without_agent() {
+    if !ready() {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "ARG BASE\nFROM $BASE\nRUN --mount=type=ssh,required true\n",
+    )
+    .unwrap();
+    let out = output(
+        berth_build(&dir.path().join("root"))
+            .arg("--build-arg")
+            .arg(format!("BASE={}", base.reference()))
+            .arg(dir.path()),
+    );
+    assert!(!out.success, "built without the agent it requires");
+    assert!(
+        out.stderr
+            .contains("no SSH agent \"default\" was forwarded")
+            && out.stderr.contains("pass --ssh default"),
+        "{}",
+        out.stderr
+    );
 }

@@ -66,6 +66,18 @@ impl Solver {
                     self.input_mount(inputs, *input, path, *rw, holds)?,
                     if *rw { "rw" } else { "ro" },
                 ),
+                MountSource::Ssh {
+                    id,
+                    required,
+                    uid,
+                    gid,
+                    mode,
+                } => match self.opts.ssh.get(id) {
+                    Some(agent) => bind(self.ssh_socket(agent, (*uid, *gid, *mode), holds)?, "rw"),
+                    None if *required => return Err(BuildError::MissingSsh(id.clone())),
+                    // As BuildKit: an optional agent that was not given is left out.
+                    None => continue,
+                },
                 MountSource::Tmpfs { size } => {
                     let mut opts = vec!["nosuid".into(), "nodev".into(), "mode=1777".into()];
                     if let Some(n) = size {
@@ -121,6 +133,28 @@ impl Solver {
         fs::set_permissions(&file, fs::Permissions::from_mode(mode))
             .map_err(|e| io_err("chmod secret", &file, e))?;
         Ok(file)
+    }
+
+    /// A socket, owned by `uid:gid` with `mode`, that forwards each connection to the
+    /// SSH agent listening at `agent`, for one step (BuildKit's ssh mount: the step
+    /// talks to the client's agent, never sees its keys).
+    fn ssh_socket(
+        &self,
+        agent: &Path,
+        (uid, gid, mode): (u32, u32, u32),
+        holds: &mut Holds,
+    ) -> Result<PathBuf> {
+        let dir = crate::secrets::stage_dir(&self.root, &unique("ssh"))?;
+        holds.dirs.push(dir.clone());
+        let socket = dir.join("agent.sock");
+        let forward = crate::ssh::Forward::start(&socket, agent.to_path_buf())?;
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::chown(&socket, Some(uid), Some(gid))
+            .map_err(|e| io_err("chown ssh agent socket", &socket, e))?;
+        fs::set_permissions(&socket, fs::Permissions::from_mode(mode))
+            .map_err(|e| io_err("chmod ssh agent socket", &socket, e))?;
+        holds.forwards.push(forward);
+        Ok(socket)
     }
 
     /// What to bind-mount for `path` of input `input` (`--mount=type=bind`).
@@ -243,6 +277,7 @@ pub(super) struct Holds {
     locks: Vec<fs::File>,
     views: Vec<View>,
     mounts: Vec<berth_exec::MountGuard>,
+    forwards: Vec<crate::ssh::Forward>,
     dirs: Vec<PathBuf>,
 }
 
@@ -251,6 +286,7 @@ impl Drop for Holds {
         self.views.clear();
         // Unmount before the scratch directories under them go.
         self.mounts.clear();
+        self.forwards.clear();
         for d in &self.dirs {
             let _ = fs::remove_dir_all(d);
         }

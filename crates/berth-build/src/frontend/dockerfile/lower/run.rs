@@ -34,7 +34,22 @@ impl Lowerer<'_> {
             });
         }
         for m in &run.mounts {
-            mounts.push(self.run_mount(st, m, &mut extra, line)?);
+            let mut mount = self.run_mount(st, m, &mut extra, line)?;
+            if let MountSource::Ssh { .. } = mount.source {
+                // As BuildKit: the n-th agent socket defaults to
+                // /run/buildkit/ssh_agent.<n>, and the first is SSH_AUTH_SOCK unless set.
+                let n = mounts
+                    .iter()
+                    .filter(|m: &&ExecMount| matches!(m.source, MountSource::Ssh { .. }))
+                    .count();
+                if mount.target.is_empty() {
+                    mount.target = format!("/run/buildkit/ssh_agent.{n}");
+                }
+                if n == 0 && !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    env.push(format!("SSH_AUTH_SOCK={}", mount.target));
+                }
+            }
+            mounts.push(mount);
         }
         let network = match run.network {
             Some(NetworkMode::None) => ir::NetworkMode::None,
@@ -181,18 +196,27 @@ impl Lowerer<'_> {
             }
             MountType::Tmpfs => MountSource::Tmpfs { size: m.size },
             MountType::Ssh => {
-                return Err(src_err(
-                    self.df,
-                    line,
-                    1,
-                    "--mount=type=ssh is not supported yet",
-                ));
+                if m.source.is_some() {
+                    return Err(src_err(
+                        self.df,
+                        line,
+                        1,
+                        "--mount=type=ssh takes no source=; name the agent with id=",
+                    ));
+                }
+                MountSource::Ssh {
+                    id: m.id.clone().unwrap_or_else(|| "default".into()),
+                    required: m.required,
+                    uid: m.uid.unwrap_or(0),
+                    gid: m.gid.unwrap_or(0),
+                    mode: m.mode.unwrap_or(0o600),
+                }
             }
         };
         let target = match (&source, target) {
             (_, Some(t)) => t,
-            // A secret only given as a variable.
-            (MountSource::Secret { .. }, None) => String::new(),
+            // A secret only given as a variable; an agent socket at its default place.
+            (MountSource::Secret { .. } | MountSource::Ssh { .. }, None) => String::new(),
             _ => {
                 return Err(src_err(
                     self.df,
