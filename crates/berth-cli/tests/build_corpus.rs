@@ -729,3 +729,58 @@ fn run_ssh_required_without_agent() {
         out.stderr
     );
 }
+
+#[test]
+fn config_scratch() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "config_scratch",
+        args: &[],
+        runs: &[],
+    });
+    built.assert_image_tree();
+    built.assert_same_config();
+}
+
+/// `# check=`: documented behaviour (docker 20.10 has no build checks). error=true fails
+/// on a check left, naming it; skip= leaves it out; an unknown option is an error.
+#[test]
+fn parser_check() {
+    if !ready() {
+        return;
+    }
+    let base = BuildBase::new();
+    let work = tempfile::tempdir().unwrap();
+    let context = builds_dir().join("parser_check");
+    let build = |file: &str| {
+        output(
+            berth_build(&work.path().join("root"))
+                .arg("--build-arg")
+                .arg(format!("BASE={}", base.reference()))
+                .arg("-f")
+                .arg(context.join(file))
+                .arg(&context),
+        )
+    };
+    let failed = build("Dockerfile");
+    assert!(!failed.success, "error=true let a MAINTAINER through");
+    assert!(
+        failed
+            .stderr
+            .contains("Dockerfile:6:1: build check violations")
+            && failed.stderr.contains("MaintainerDeprecated"),
+        "{}",
+        failed.stderr
+    );
+    let skipped = build("Dockerfile.skip");
+    assert!(skipped.success, "{}", skipped.stderr);
+    let bad = build("Dockerfile.bad");
+    assert!(!bad.success, "an invalid # check= was accepted");
+    assert!(
+        bad.stderr.contains("invalid check option \"skip\""),
+        "{}",
+        bad.stderr
+    );
+}
