@@ -127,11 +127,7 @@ impl Solver {
         holds.dirs.push(dir.clone());
         let file = dir.join("value");
         fs::write(&file, value).map_err(|e| io_err("write secret", &file, e))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::os::unix::fs::chown(&file, Some(uid), Some(gid))
-            .map_err(|e| io_err("chown secret", &file, e))?;
-        fs::set_permissions(&file, fs::Permissions::from_mode(mode))
-            .map_err(|e| io_err("chmod secret", &file, e))?;
+        set_owner_mode(&file, (uid, gid, mode), "secret")?;
         Ok(file)
     }
 
@@ -147,13 +143,10 @@ impl Solver {
         let dir = crate::secrets::stage_dir(&self.root, &unique("ssh"))?;
         holds.dirs.push(dir.clone());
         let socket = dir.join("agent.sock");
-        let forward = crate::ssh::Forward::start(&socket, agent.to_path_buf())?;
-        use std::os::unix::fs::PermissionsExt;
-        std::os::unix::fs::chown(&socket, Some(uid), Some(gid))
-            .map_err(|e| io_err("chown ssh agent socket", &socket, e))?;
-        fs::set_permissions(&socket, fs::Permissions::from_mode(mode))
-            .map_err(|e| io_err("chmod ssh agent socket", &socket, e))?;
-        holds.forwards.push(forward);
+        holds
+            .forwards
+            .push(crate::ssh::Forward::start(&socket, agent.to_path_buf())?);
+        set_owner_mode(&socket, (uid, gid, mode), "ssh agent socket")?;
         Ok(socket)
     }
 
@@ -268,6 +261,15 @@ impl Solver {
         }
         Ok(dir)
     }
+}
+
+/// Give `path` (a `what`, for errors) its owner and mode.
+fn set_owner_mode(path: &Path, (uid, gid, mode): (u32, u32, u32), what: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .map_err(|e| io_err(&format!("chown {what}"), path, e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err(&format!("chmod {what}"), path, e))
 }
 
 /// Things held for the duration of a step: cache-mount locks, mounted views, secret
