@@ -890,7 +890,7 @@ fn docker_name(name: &str) -> Result<String> {
 
 /// `manifest` itself, or for an index the manifest of this machine's platform (a
 /// docker-archive holds one platform).
-fn platform_manifest(store: &Store, manifest: &Digest, name: &str) -> Result<Digest> {
+pub(crate) fn platform_manifest(store: &Store, manifest: &Digest, name: &str) -> Result<Digest> {
     let bytes = store
         .read_blob(manifest)
         .map_err(store_err)?

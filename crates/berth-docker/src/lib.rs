@@ -12,15 +12,19 @@
 //! To a daemon on this machine layers go uncompressed on both paths (see `layers`).
 //!
 //! It also owns image archives, the other delivery format: `docker save` output and OCI
-//! layout tars read into berth's store, and written from it (see `archive`).
+//! layout tars read into berth's store, and written from it (see `archive`); and
+//! describing images of the store as Docker does (`docker image inspect`, `docker
+//! history`; see `inspect`).
 
 mod archive;
+mod inspect;
 mod layers;
 mod proxy;
 
 pub use archive::{
     ArchiveFormat, ImportOptions, Imported, ImportedImage, SaveImage, import, save, save_to_file,
 };
+pub use inspect::{DockerConfig, HistoryRow, ImageFacts, Inspected, history, image_facts, inspect};
 
 use berth_oci::Digest;
 use berth_store::Store;
