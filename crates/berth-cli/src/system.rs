@@ -59,7 +59,7 @@ pub fn run(settings: &Settings, command: SystemCommand) -> Result<()> {
 
 /// `n (p%)` of `total`, as docker shows reclaimable space.
 fn share(n: u64, total: u64) -> String {
-    let pct = if total == 0 { 0 } else { n * 100 / total };
+    let pct = (n * 100).checked_div(total).unwrap_or(0);
     format!("{} ({pct}%)", human_size(n))
 }
 
