@@ -481,6 +481,12 @@ mod tests {
         let root = dir.path();
         let store = Store::open(root).unwrap();
         let size = record(root, &store, &Digest::sha256(b"key"), b"a layer", 0);
+        // Older than sweeping's clock margin.
+        let old = SystemTime::now() - std::time::Duration::from_secs(3600);
+        fs::File::open(store.blob_path(&Digest::sha256(b"a layer")))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         fs::create_dir_all(root.join("cache/mounts/m")).unwrap();
         fs::write(root.join("cache/mounts/m/f"), b"abc").unwrap();
         let u = cache_usage(root, &store).unwrap();

@@ -367,12 +367,12 @@ mod tests {
         let table = render(None, "table {{.Repository}}\t{{.Tag}}", &titles, &rows).unwrap();
         assert_eq!(
             table,
-            "REPOSITORY                TAG\nbusybox                   1\na/very/long/repository    latest\n"
+            "REPOSITORY               TAG\nbusybox                  1\na/very/long/repository   latest\n"
         );
         let plain = render(Some("{{.Repository}}:{{.Tag}}"), "", &titles, &rows).unwrap();
         assert_eq!(plain, "busybox:1\na/very/long/repository:latest\n");
         let tabbed = render(Some(r"table {{.Tag}}\t{{.Tag}}"), "", &titles, &rows[..1]).unwrap();
-        assert_eq!(tabbed, "TAG        TAG\n1          1\n");
+        assert_eq!(tabbed, "TAG       TAG\n1         1\n");
         let json = render(Some("json"), "", &titles, &rows[..1]).unwrap();
         assert_eq!(json, "{\"Repository\":\"busybox\",\"Tag\":\"1\"}\n");
         let err = render(Some("{{.Nope}}"), "", &titles, &rows).unwrap_err();

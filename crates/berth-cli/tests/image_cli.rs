@@ -478,6 +478,121 @@ fn pull_tag_and_rmi_refused_while_a_build_uses_the_image() {
     assert_eq!(out, "Untagged: base:1\n", "the pulled name still holds it");
 }
 
+/// Adds to the busybox layout `layout` an index `multi` of two platforms: the real image
+/// as linux/amd64 and a linux/arm64 one (its config says so; the layer is the same).
+/// Returns the index digest.
+fn add_multi_platform_index(layout: &Path) -> String {
+    let blobs = layout.join("blobs/sha256");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let amd64 = index["manifests"][0].clone();
+    let read = |d: &str| std::fs::read(blobs.join(d.strip_prefix("sha256:").unwrap())).unwrap();
+    let put = |bytes: &[u8]| {
+        let tmp = layout.join("tmp-blob");
+        std::fs::write(&tmp, bytes).unwrap();
+        let d = sha256(&tmp);
+        std::fs::rename(&tmp, blobs.join(d.strip_prefix("sha256:").unwrap())).unwrap();
+        d
+    };
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&read(amd64["digest"].as_str().unwrap())).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&read(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    config["architecture"] = "arm64".into();
+    let config = config.to_string();
+    manifest["config"]["digest"] = put(config.as_bytes()).into();
+    manifest["config"]["size"] = config.len().into();
+    let manifest = manifest.to_string();
+    let child = |d: &serde_json::Value, size: usize, arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": d, "size": size,
+            "platform": {"os": "linux", "architecture": arch},
+        })
+    };
+    let multi = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            child(&amd64["digest"], amd64["size"].as_u64().unwrap() as usize, "amd64"),
+            child(&put(manifest.as_bytes()).into(), manifest.len(), "arm64"),
+        ],
+    })
+    .to_string();
+    let digest = put(multi.as_bytes());
+    let mut index = index;
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest, "size": multi.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    digest
+}
+
+#[test]
+fn pull_every_platform_or_one() {
+    if !require("skopeo") || !require("busybox") || std::env::consts::ARCH != "x86_64" {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = BuildBase::new();
+    let index = add_multi_platform_index(&base.layout());
+    let reg = Berth::serve(&dir.path().join("reg"), &[]);
+    let remote = format!("{}/team/multi:1", reg.addr);
+    run(&mut skopeo_copy(
+        &format!("oci:{}:multi", base.layout().display()),
+        &format!("docker://{remote}"),
+        &["--all", "--dest-tls-verify=false"],
+    ));
+
+    let root = dir.path().join("all");
+    let pulled = output_ok(berth(&root).args(["pull", &remote]));
+    assert!(
+        pulled.stderr.contains(&format!("Digest: {index}")),
+        "{}",
+        pulled.stderr
+    );
+    let shown = run(berth(&root).args([
+        "images",
+        "--digests",
+        "--format",
+        "{{.Repository}} {{.Digest}}",
+    ]));
+    assert_eq!(shown, format!("{}/team/multi {index}\n", reg.addr));
+    // Both platforms are in the store: the index pushes whole, and checks clean.
+    let copy = format!("{}/team/copy:1", reg.addr);
+    run(berth(&root).args(["push", &remote, &copy]));
+    let served = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{copy}"),
+    ]));
+    assert_eq!(served.matches("\"platform\"").count(), 2, "{served}");
+    check_store(&root);
+    // This machine's platform is what inspect describes.
+    let arch = run(berth(&root).args(["inspect", "-f", "{{.Architecture}}", &remote]));
+    assert_eq!(arch.trim(), "amd64");
+
+    let one = dir.path().join("one");
+    run(berth(&one).args(["pull", "--platform", "linux/arm64", &remote]));
+    let arch = run(berth(&one).args([
+        "inspect",
+        "-f",
+        "{{.Architecture}} {{json .RepoDigests}}",
+        &remote,
+    ]));
+    assert_eq!(
+        arch.trim(),
+        format!("arm64 [\"{}/team/multi@{index}\"]", reg.addr)
+    );
+    check_store(&one);
+}
+
 #[test]
 fn inspect_equals_docker_image_inspect() {
     if !require_build() || !require_docker() {

@@ -150,6 +150,9 @@ pub async fn load(
         _ if daemon_is_local() => layers::Inflate::WhenWorthIt,
         _ => layers::Inflate::Never,
     };
+    // A daemon takes one platform: an index (`berth pull` keeps them whole) gives this
+    // machine's.
+    let manifest = archive::platform_manifest(store, manifest, name)?;
     let image = {
         let store = store.clone();
         let manifest = manifest.clone();

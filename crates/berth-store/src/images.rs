@@ -392,9 +392,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let a = image(&store, &[b"a"]);
-        assert!(store.claim_image(std::slice::from_ref(&a)).unwrap().is_some());
+        assert!(
+            store
+                .claim_image(std::slice::from_ref(&a))
+                .unwrap()
+                .is_some()
+        );
         let hold = store.hold_image(&a).unwrap();
-        assert!(store.claim_image(std::slice::from_ref(&a)).unwrap().is_none());
+        assert!(
+            store
+                .claim_image(std::slice::from_ref(&a))
+                .unwrap()
+                .is_none()
+        );
         drop(hold);
         assert!(store.claim_image(&[a]).unwrap().is_some());
     }
