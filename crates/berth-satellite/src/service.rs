@@ -519,6 +519,7 @@ async fn run_build(
         target: (!r.target.is_empty()).then_some(r.target),
         build_args: r.build_args.into_iter().collect::<BTreeMap<_, _>>(),
         secrets,
+        ssh: HashMap::new(),
         no_cache: r.no_cache,
         source_date_epoch: r.source_date_epoch,
         // Steps get the satellite's proxy variables; the solver keeps them out of cache
