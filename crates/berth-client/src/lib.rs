@@ -18,5 +18,6 @@ pub use client::{
     BlobPush, Client, ClientConfig, Error, HostOptions, Pulled, Result, check_mirror,
 };
 pub use transfer::{
-    Platform, PullOptions, PulledImage, TransferError, pull_image, push_image, push_manifest,
+    Platform, PullEvent, PullOptions, PullProgress, PulledImage, TransferError, pull_image,
+    push_image, push_manifest,
 };
