@@ -23,9 +23,10 @@ fn io_err(op: &str, path: &Path, e: io::Error) -> BuildError {
     BuildError::Io(format!("{op} {}: {e}", path.display()))
 }
 
-/// Resolve COPY sources (paths or globs) under `root`. A plain path that does not exist,
-/// or is excluded, is an error naming it; a glob may match nothing only if another
-/// source matches something.
+/// Resolve COPY sources (paths or globs) under `root`, as BuildKit does: a plain path
+/// that does not exist, or is excluded, is an error naming it; a glob that matches
+/// nothing is skipped (so a COPY whose every source is such a glob copies nothing), but
+/// the folders before its first wildcard must exist.
 pub fn resolve_sources(root: &Path, sources: &[String], ignore: &Ignore) -> Result<Vec<Matched>> {
     let mut out = Vec::new();
     for src in sources {
@@ -40,13 +41,17 @@ pub fn resolve_sources(root: &Path, sources: &[String], ignore: &Ignore) -> Resu
             continue;
         }
         let parts: Vec<String> = pat.path().split('/').map(str::to_string).collect();
+        let fixed = parts
+            .iter()
+            .take_while(|p| !Pattern::new(p).has_wildcards())
+            .count();
+        if fs::symlink_metadata(resolve_in_root(root, &parts[..fixed].join("/"))?).is_err() {
+            return Err(BuildError::SourceNotFound(src.clone()));
+        }
         let mut found = Vec::new();
         glob_walk(root, "", &parts, ignore, &mut found)?;
         found.sort();
         out.extend(found.into_iter().map(|rel| Matched { rel }));
-    }
-    if out.is_empty() {
-        return Err(BuildError::SourceNotFound(sources.join(" ")));
     }
     Ok(out)
 }
@@ -148,7 +153,10 @@ pub fn whiteout_ignored(dir: &Path, rel: &str, ignore: &Ignore, upper: &Path) ->
             format!("{rel}/{}", name.to_string_lossy())
         };
         let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        if ignore.excludes(&child_rel) && !(is_dir && ignore.may_reinclude_below(&child_rel)) {
+        let none = Ignore::default();
+        if ignore.excludes(&child_rel)
+            && !(is_dir && any_included(&e.path(), &child_rel, "", ignore, &none)?)
+        {
             fs::create_dir_all(upper).map_err(|err| io_err("create directory", upper, err))?;
             let w = upper.join(&name);
             rustix::fs::mknodat(
@@ -164,6 +172,47 @@ pub fn whiteout_ignored(dir: &Path, rel: &str, ignore: &Ignore, upper: &Path) ->
         }
     }
     Ok(())
+}
+
+/// Whether anything below the folder `dir` (`rel` from the context root, `src_rel` from
+/// the copied source) is kept by both `ignore` (matched on `rel`) and `exclude` (on
+/// `src_rel`): an excluded folder holds something an exception re-includes. Folders
+/// no exception can reach are not walked.
+fn any_included(
+    dir: &Path,
+    rel: &str,
+    src_rel: &str,
+    ignore: &Ignore,
+    exclude: &Ignore,
+) -> Result<bool> {
+    let reachable = |ig: &Ignore, r: &str| !ig.excludes(r) || ig.may_reinclude_below(r);
+    if !(rel.is_empty() || reachable(ignore, rel))
+        || !(src_rel.is_empty() || reachable(exclude, src_rel))
+    {
+        return Ok(false);
+    }
+    let entries = fs::read_dir(dir).map_err(|e| io_err("read directory", dir, e))?;
+    for e in entries {
+        let e = e.map_err(|e| io_err("read directory", dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let join = |base: &str| {
+            if base.is_empty() {
+                name.clone()
+            } else {
+                format!("{base}/{name}")
+            }
+        };
+        let (child_rel, child_src) = (join(rel), join(src_rel));
+        if !ignore.excludes(&child_rel) && !exclude.excludes(&child_src) {
+            return Ok(true);
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir())
+            && any_included(&e.path(), &child_rel, &child_src, ignore, exclude)?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A file's content hash, remembered with what identifies that version of the file:
@@ -341,11 +390,13 @@ pub fn mkdir_all(root: &Path, dir: &str, chown: Option<(u32, u32)>) -> Result<Pa
 }
 
 /// Copy matched sources from `src_root` to `dest` (absolute inside `dst_root`), with
-/// Docker's rules: a directory source copies its contents; one file source goes to
-/// `dest` itself unless `dest` ends in `/` or is a directory; several sources need a
-/// directory destination. Files hard-linked to each other within one source stay
-/// hard-linked. With
-/// `opts.extract_archives` (ADD), a tar or tar.gz file source is unpacked into `dest`.
+/// BuildKit's rules, each source on its own: a directory source copies its contents; a
+/// file source goes into `dest` if `dest` ends in `/` or is a directory, else to `dest`
+/// itself (so with several sources and such a destination the last one wins). `dest` is
+/// resolved inside `dst_root` with its links, the last one included: a file copied onto
+/// a link replaces the link's target. Files hard-linked to each other within one source
+/// stay hard-linked. With `opts.extract_archives` (ADD), a file source that is a tar,
+/// plain or compressed (gzip, bzip2, xz), is unpacked into `dest`.
 pub fn copy(
     src_root: &Path,
     matched: &[Matched],
@@ -356,12 +407,6 @@ pub fn copy(
     opts: CopyOptions,
 ) -> Result<()> {
     let dest_is_dir_hint = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
-    let several = matched.len() > 1;
-    if several && !dest_is_dir_hint && !resolve_in_root(dst_root, dest)?.is_dir() {
-        return Err(BuildError::Invalid(format!(
-            "COPY with several sources needs a directory destination ending in '/', got {dest:?}"
-        )));
-    }
     let mut copier = Copier {
         ignore,
         exclude,
@@ -377,63 +422,110 @@ pub fn copy(
         // inside the source's own root, never the host's.
         let src = resolve_in_root(src_root, &m.rel)?;
         let meta = fs::symlink_metadata(&src).map_err(|e| io_err("stat", &src, e))?;
-        let target_dir_exists = resolve_in_root(dst_root, dest)?.is_dir();
         if meta.is_dir() {
             let dir = mkdir_all(dst_root, dest, opts.chown)?;
             copier.tree(&src, &m.rel, "", &dir)?;
-        } else if opts.extract_archives && meta.is_file() && archive_kind(&src)?.is_some() {
-            let dir = mkdir_all(dst_root, dest, opts.chown)?;
-            extract(&src, &dir)?;
-        } else {
-            let base = Path::new(&m.rel)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let (dir, name) = if dest_is_dir_hint || target_dir_exists || several {
-                (dest.trim_end_matches('/').to_string(), base)
-            } else {
-                let p = Path::new(dest);
-                (
-                    p.parent()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "/".into()),
-                    p.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or(base),
-                )
-            };
-            let dir = mkdir_all(dst_root, &dir, opts.chown)?;
-            copier.entry(&src, &meta, &dir.join(name))?;
+            continue;
         }
+        if opts.extract_archives
+            && meta.is_file()
+            && let Some(kind) = archive_kind(&src)?
+        {
+            let dir = mkdir_all(dst_root, dest, opts.chown)?;
+            extract(&src, kind, &dir)?;
+            continue;
+        }
+        let base = Path::new(&m.rel)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let resolved = resolve_in_root(dst_root, dest)?;
+        let into_dir =
+            dest_is_dir_hint || fs::symlink_metadata(&resolved).is_ok_and(|m| m.is_dir());
+        let file = if into_dir {
+            mkdir_all(dst_root, dest, opts.chown)?.join(base)
+        } else {
+            let inside = Path::new("/").join(resolved.strip_prefix(dst_root).unwrap_or(&resolved));
+            let parent = inside.parent().unwrap_or(Path::new("/"));
+            let name = inside
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or(base.into());
+            mkdir_all(dst_root, &parent.to_string_lossy(), opts.chown)?.join(name)
+        };
+        copier.entry(&src, &meta, &file)?;
     }
     Ok(())
 }
 
-/// What ADD unpacks: `Some(true)` for gzip, `Some(false)` for a plain tar.
-fn archive_kind(path: &Path) -> Result<Option<bool>> {
-    let mut head = [0u8; 262];
-    let mut f = fs::File::open(path).map_err(|e| io_err("open", path, e))?;
-    let n = f.read(&mut head).map_err(|e| io_err("read", path, e))?;
-    let head = &head[..n];
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Some(true)
-    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
-        Some(false)
-    } else {
-        None
-    })
+/// How an archive ADD unpacks is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
 }
 
-/// Unpack a tar (or tar.gz) into `dir`, keeping owners and modes; nothing may land
-/// outside `dir`.
-fn extract(archive: &Path, dir: &Path) -> Result<()> {
+impl Compression {
+    /// The compression `head` (a file's first bytes) starts with, by magic number, as
+    /// Docker's archive package detects it.
+    fn detect(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b, 0x08]) {
+            Compression::Gzip
+        } else if head.starts_with(b"BZh") {
+            Compression::Bzip2
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Compression::Xz
+        } else {
+            Compression::None
+        }
+    }
+
+    /// `file`, decompressed.
+    fn reader(self, file: fs::File) -> Result<Box<dyn Read>> {
+        let file = io::BufReader::new(file);
+        Ok(match self {
+            Compression::None => Box::new(file),
+            Compression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+            Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+            Compression::Xz => Box::new(lzma_rust2::XzReader::new(file, true)),
+        })
+    }
+}
+
+/// What ADD unpacks: a file whose content, decompressed if it is gzip, bzip2 or xz,
+/// starts with a valid tar header (BuildKit's test: the first entry reads). Anything
+/// else, a gzip file that is not a tar or an empty file included, is copied as it is.
+fn archive_kind(path: &Path) -> Result<Option<Compression>> {
+    let mut f = fs::File::open(path).map_err(|e| io_err("open", path, e))?;
+    let mut head = [0u8; 6];
+    let mut n = 0;
+    while n < head.len() {
+        match f
+            .read(&mut head[n..])
+            .map_err(|e| io_err("read", path, e))?
+        {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let kind = Compression::detect(&head[..n]);
+    let f = fs::File::open(path).map_err(|e| io_err("open", path, e))?;
+    let mut archive = tar::Archive::new(kind.reader(f)?);
+    let is_tar = archive
+        .entries()
+        .ok()
+        .and_then(|mut e| e.next())
+        .is_some_and(|e| e.is_ok());
+    Ok(is_tar.then_some(kind))
+}
+
+/// Unpack a tar compressed as `kind` into `dir`, keeping owners and modes; nothing may
+/// land outside `dir`.
+fn extract(archive: &Path, kind: Compression, dir: &Path) -> Result<()> {
     let f = fs::File::open(archive).map_err(|e| io_err("open", archive, e))?;
-    let reader: Box<dyn Read> = if archive_kind(archive)? == Some(true) {
-        Box::new(flate2::read::GzDecoder::new(io::BufReader::new(f)))
-    } else {
-        Box::new(io::BufReader::new(f))
-    };
-    let mut a = tar::Archive::new(reader);
+    let mut a = tar::Archive::new(kind.reader(f)?);
     a.set_preserve_permissions(true);
     a.set_preserve_ownerships(true);
     a.set_overwrite(true);
@@ -480,9 +572,11 @@ impl Copier<'_> {
             let meta = fs::symlink_metadata(&s).map_err(|e| io_err("stat", &s, e))?;
             let mut d = dst.join(&n);
             if meta.is_dir() {
-                let may_return = (!ignored || self.ignore.may_reinclude_below(&child_rel))
-                    && (!excluded_here || self.exclude.may_reinclude_below(&child_src));
-                if excluded && !may_return {
+                // An excluded folder is copied only for what an exception re-includes
+                // below it, and never as an empty folder (BuildKit makes such parents
+                // only when something below them is copied).
+                if excluded && !any_included(&s, &child_rel, &child_src, self.ignore, self.exclude)?
+                {
                     continue;
                 }
                 match fs::symlink_metadata(&d) {
@@ -754,5 +848,169 @@ mod tests {
             !d.path().join("outside").exists(),
             "nothing outside the root"
         );
+    }
+
+    /// Copy `sources` of `src` to `dest` in `root` with `opts` and no ignore rules.
+    fn copy_plain(src: &Path, sources: &[&str], root: &Path, dest: &str, opts: CopyOptions) {
+        let none = Ignore::default();
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        let matched = resolve_sources(src, &sources, &none).unwrap();
+        copy(src, &matched, &none, &none, root, dest, opts).unwrap();
+    }
+
+    fn archives() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/archives")
+    }
+
+    #[test]
+    fn add_unpacks_a_tar_in_every_format_by_content() {
+        let (_d, src, root) = src_and_root("unused", "");
+        let add = CopyOptions {
+            extract_archives: true,
+            ..CopyOptions::default()
+        };
+        for name in ["pkg.tar", "pkg.tgz", "pkg.tar.bz2", "pkg.tar.xz"] {
+            // Named without an extension: the content decides.
+            fs::copy(archives().join(name), src.join("blob")).unwrap();
+            let dest = format!("/{name}/");
+            copy_plain(&src, &["blob"], &root, &dest, add);
+            let at = root.join(name).join("pkg");
+            assert_eq!(fs::read(at.join("sub/f")).unwrap(), b"inside\n", "{name}");
+            assert_eq!(fs::read_link(at.join("link")).unwrap(), Path::new("sub/f"));
+            let run = fs::metadata(at.join("run.sh")).unwrap();
+            assert_eq!(run.mode() & 0o7777, 0o4755, "{name}: setuid kept");
+            assert_eq!((run.uid(), run.gid()), (1234, 5678), "{name}: owner kept");
+            let sub = fs::metadata(at.join("sub")).unwrap();
+            assert_eq!(sub.mode() & 0o7777, 0o750);
+        }
+    }
+
+    #[test]
+    fn add_copies_what_is_not_a_tar_as_it_is() {
+        let (_d, src, root) = src_and_root("empty.tar", "");
+        fs::write(src.join("fake.tar"), "not a tar").unwrap();
+        for name in ["data.json.gz", "note.txt.xz"] {
+            fs::copy(archives().join(name), src.join(name)).unwrap();
+        }
+        let add = CopyOptions {
+            extract_archives: true,
+            ..CopyOptions::default()
+        };
+        let names = ["empty.tar", "fake.tar", "data.json.gz", "note.txt.xz"];
+        copy_plain(&src, &names, &root, "/out/", add);
+        for name in names {
+            assert_eq!(
+                fs::read(root.join("out").join(name)).unwrap(),
+                fs::read(src.join(name)).unwrap(),
+                "{name} copied as it is"
+            );
+        }
+    }
+
+    #[test]
+    fn a_glob_matching_nothing_is_skipped() {
+        let (_d, src, _root) = src_and_root("a.txt", "a");
+        let none = Ignore::default();
+        let resolve = |s: &[&str]| {
+            let s: Vec<String> = s.iter().map(|s| s.to_string()).collect();
+            resolve_sources(&src, &s, &none)
+        };
+        let rels = |m: Vec<Matched>| m.into_iter().map(|m| m.rel).collect::<Vec<_>>();
+        assert_eq!(rels(resolve(&["*.none", "a.txt"]).unwrap()), ["a.txt"]);
+        assert!(resolve(&["*.none"]).unwrap().is_empty());
+        // The folder before the wildcard must exist, and a plain path too.
+        assert!(matches!(
+            resolve(&["missing/*.txt"]),
+            Err(BuildError::SourceNotFound(s)) if s == "missing/*.txt"
+        ));
+        assert!(matches!(
+            resolve(&["*.none", "missing"]),
+            Err(BuildError::SourceNotFound(s)) if s == "missing"
+        ));
+    }
+
+    #[test]
+    fn several_sources_onto_a_file_path_leave_the_last() {
+        let (_d, src, root) = src_and_root("a", "a");
+        fs::write(src.join("b"), "b").unwrap();
+        copy_plain(&src, &["a", "b"], &root, "/out", CopyOptions::default());
+        assert_eq!(fs::read(root.join("out")).unwrap(), b"b");
+        // An existing folder receives them both.
+        fs::create_dir(root.join("dir")).unwrap();
+        copy_plain(&src, &["a", "b"], &root, "/dir", CopyOptions::default());
+        assert_eq!(fs::read(root.join("dir/a")).unwrap(), b"a");
+        assert_eq!(fs::read(root.join("dir/b")).unwrap(), b"b");
+    }
+
+    #[test]
+    fn a_file_copied_onto_a_link_replaces_its_target() {
+        let (d, src, root) = src_and_root("conf", "new");
+        fs::create_dir(root.join("etc")).unwrap();
+        fs::write(root.join("etc/real.conf"), "old").unwrap();
+        std::os::unix::fs::symlink("/etc/real.conf", root.join("etc/app.conf")).unwrap();
+        std::os::unix::fs::symlink("rel.conf", root.join("etc/to-rel")).unwrap();
+        std::os::unix::fs::symlink("/nowhere/new.conf", root.join("etc/dangling")).unwrap();
+        std::os::unix::fs::symlink("/../../outside", root.join("etc/escape")).unwrap();
+        for dest in [
+            "/etc/app.conf",
+            "/etc/to-rel",
+            "/etc/dangling",
+            "/etc/escape",
+        ] {
+            copy_plain(&src, &["conf"], &root, dest, CopyOptions::default());
+        }
+        assert_eq!(fs::read(root.join("etc/real.conf")).unwrap(), b"new");
+        assert!(
+            fs::symlink_metadata(root.join("etc/app.conf"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(root.join("etc/rel.conf")).unwrap(), b"new");
+        assert_eq!(fs::read(root.join("nowhere/new.conf")).unwrap(), b"new");
+        assert_eq!(fs::read(root.join("outside")).unwrap(), b"new");
+        assert!(
+            !d.path().join("outside").exists(),
+            "nothing outside the root"
+        );
+    }
+
+    #[test]
+    fn excluded_folders_are_not_left_empty() {
+        let (_d, src, root) = src_and_root("main.rs", "m");
+        for f in [
+            "src/debug/important.log",
+            "src/debug/noise.log",
+            "build/deep/out.o",
+        ] {
+            fs::create_dir_all(src.join(f).parent().unwrap()).unwrap();
+            fs::write(src.join(f), f).unwrap();
+        }
+        fs::create_dir_all(src.join("logs/empty")).unwrap();
+        let ig = Ignore::parse("**/*.log\n!**/important.log\nbuild\nlogs\n");
+        let none = Ignore::default();
+        let matched = resolve_sources(&src, &[".".into()], &ig).unwrap();
+        copy(
+            &src,
+            &matched,
+            &ig,
+            &none,
+            &root,
+            "/ctx/",
+            CopyOptions::default(),
+        )
+        .unwrap();
+        assert!(root.join("ctx/src/debug/important.log").is_file());
+        assert!(!root.join("ctx/src/debug/noise.log").exists());
+        assert!(!root.join("ctx/build").exists(), "no empty excluded folder");
+        assert!(!root.join("ctx/logs").exists());
+        // The context as a RUN mount sees it: the same folders are whited out.
+        let upper = root.join("upper");
+        whiteout_ignored(&src, "", &ig, &upper).unwrap();
+        let kind = |p: &str| fs::symlink_metadata(upper.join(p)).map(|m| m.file_type());
+        use std::os::unix::fs::FileTypeExt;
+        assert!(kind("build").unwrap().is_char_device());
+        assert!(kind("logs").unwrap().is_char_device());
+        assert!(kind("src/debug/noise.log").unwrap().is_char_device());
+        assert!(kind("src/debug/important.log").is_err());
     }
 }

@@ -194,24 +194,8 @@ pub(super) fn lookup_user(lowers: &[PathBuf], user: &str) -> Result<(u32, u32)> 
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    // The topmost layer with an entry at /etc/<name> decides; a whiteout means the file
-    // was deleted.
-    let read = |name: &str| -> Option<String> {
-        let p = lowers
-            .iter()
-            .map(|l| l.join("etc").join(name))
-            .find(|p| fs::symlink_metadata(p).is_ok())?;
-        let m = fs::symlink_metadata(&p).ok()?;
-        m.is_file().then(|| fs::read_to_string(&p).ok()).flatten()
-    };
-    let field = |file: &str, name: &str, idx: usize| -> Option<u32> {
-        read(file)?.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&name))
-                .then(|| f.get(idx)?.parse().ok())
-                .flatten()
-        })
-    };
+    let read = |name: &str| etc_file(lowers, name);
+    let field = |file: &str, name: &str, idx: usize| etc_field(lowers, file, name, idx);
     let (uid, primary) = match u.parse::<u32>() {
         // A numeric user takes the group of the passwd entry with that uid, or 0, as
         // runc and Docker do.
@@ -245,6 +229,66 @@ pub(super) fn lookup_user(lowers: &[PathBuf], user: &str) -> Result<(u32, u32)> 
     Ok((uid, gid))
 }
 
+/// The text of the image's `/etc/<name>`: the topmost layer with an entry there decides;
+/// a whiteout (or anything but a file) means there is none.
+fn etc_file(lowers: &[PathBuf], name: &str) -> Option<String> {
+    let p = lowers
+        .iter()
+        .map(|l| l.join("etc").join(name))
+        .find(|p| fs::symlink_metadata(p).is_ok())?;
+    let m = fs::symlink_metadata(&p).ok()?;
+    m.is_file().then(|| fs::read_to_string(&p).ok()).flatten()
+}
+
+/// Field `idx` (a number) of the entry `name` of the image's `/etc/<file>`.
+fn etc_field(lowers: &[PathBuf], file: &str, name: &str, idx: usize) -> Option<u32> {
+    etc_file(lowers, file)?.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name))
+            .then(|| f.get(idx)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// The owner `--chown=user[:group]` gives in a file op (COPY, ADD, and the folders
+/// WORKDIR makes for USER), resolved as BuildKit's file ops do, which differs from a
+/// RUN's user: a numeric user alone is also the group (`4321` is 4321:4321), a name
+/// takes its uid and primary group from the image's /etc/passwd, a group name its gid
+/// from /etc/group; an empty user is root. A name the image lacks leaves root (user)
+/// or the user's group (group), with a warning, where BuildKit is silent.
+pub(super) fn chown_ids(lowers: &[PathBuf], spec: &str) -> (u32, u32) {
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let mut ids = (0, 0);
+    if let Ok(n) = u.parse::<u32>() {
+        ids = (n, n);
+    } else if !u.is_empty() {
+        match (
+            etc_field(lowers, "passwd", u, 2),
+            etc_field(lowers, "passwd", u, 3),
+        ) {
+            (Some(uid), gid) => ids = (uid, gid.unwrap_or(0)),
+            (None, _) => tracing::warn!(
+                "--chown={spec}: user {u:?} is not in the image's /etc/passwd; owner is root, as in BuildKit"
+            ),
+        }
+    }
+    match g.filter(|g| !g.is_empty()).map(|g| (g, g.parse::<u32>())) {
+        Some((_, Ok(n))) => ids.1 = n,
+        Some((g, Err(_))) => match etc_field(lowers, "group", g, 2) {
+            Some(gid) => ids.1 = gid,
+            None => tracing::warn!(
+                "--chown={spec}: group {g:?} is not in the image's /etc/group; group is {}, as in BuildKit",
+                ids.1
+            ),
+        },
+        None => {}
+    }
+    ids
+}
+
 /// Whether `path` exists in the file system made of `lowers` (topmost first): the
 /// topmost layer that has an entry there decides, and a whiteout means "deleted".
 fn exists_in(lowers: &[PathBuf], path: &str) -> bool {
@@ -256,4 +300,35 @@ fn exists_in(lowers: &[PathBuf], path: &str) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chown_resolves_as_buildkit_file_ops() {
+        let d = tempfile::tempdir().unwrap();
+        let etc = d.path().join("etc");
+        fs::create_dir(&etc).unwrap();
+        fs::write(
+            etc.join("passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1500:1600::/:/bin/sh\nu1000:x:1000:100::/:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(etc.join("group"), "root:x:0:\nother:x:1700:\n").unwrap();
+        let lowers = [d.path().to_path_buf()];
+        let ids = |s: &str| chown_ids(&lowers, s);
+        assert_eq!(ids("4321"), (4321, 4321), "a numeric user is its group too");
+        assert_eq!(ids("1000"), (1000, 1000), "even when passwd says otherwise");
+        assert_eq!(ids("app"), (1500, 1600), "a name takes its primary group");
+        assert_eq!(ids("app:other"), (1500, 1700));
+        assert_eq!(ids("4321:other"), (4321, 1700));
+        assert_eq!(ids("app:77"), (1500, 77));
+        assert_eq!(ids(":other"), (0, 1700), "an empty user is root");
+        assert_eq!(ids("nobody-here"), (0, 0), "unknown names leave root");
+        assert_eq!(ids("1000:nogroup"), (1000, 1000));
+        // A RUN's numeric user still takes its group from passwd.
+        assert_eq!(lookup_user(&lowers, "1000").unwrap(), (1000, 100));
+    }
 }

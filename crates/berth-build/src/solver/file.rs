@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::exec::lookup_user;
+use super::exec::chown_ids;
 use super::snapshot::View;
 use super::{Output, Solved, Solver, io_err, unique};
 use crate::error::{BuildError, Result};
@@ -75,7 +75,9 @@ impl Solver {
                 format!("{}/{p}", cwd.trim_end_matches('/'))
             }
         };
-        let owner = |c: &Option<String>| c.as_deref().map(|u| lookup_user(lowers, u)).transpose();
+        let owner = |c: &Option<String>| -> Result<Option<(u32, u32)>> {
+            Ok(c.as_deref().map(|u| chown_ids(lowers, u)))
+        };
         match action {
             FileAction::Copy {
                 from,
