@@ -458,6 +458,54 @@ pub fn copy(
     Ok(())
 }
 
+/// `COPY --parents`: each source keeps its path, from the context root or from its
+/// pivot `/./` (`x/./y/*.txt` copies `x/y/a.txt` to `dest/y/a.txt`), as BuildKit turns
+/// the source into an include pattern over its pivot folder. A source without
+/// wildcards must exist; `*` stays within one level, `**` crosses levels.
+pub fn copy_parents(
+    src_root: &Path,
+    sources: &[String],
+    ignore: &Ignore,
+    exclude: &Ignore,
+    dst_root: &Path,
+    dest: &str,
+    opts: CopyOptions,
+) -> Result<()> {
+    let dir = mkdir_all(dst_root, dest, opts.chown)?;
+    for src in sources {
+        let (pivot, pattern) = parents_pivot(src);
+        let pattern = Pattern::new(pattern);
+        if !pattern.has_wildcards() {
+            let rel = Pattern::new(&format!("{pivot}/{}", pattern.path())).path();
+            if fs::symlink_metadata(resolve_in_root(src_root, &rel)?).is_err()
+                || ignore.excludes(&rel)
+            {
+                return Err(BuildError::SourceNotFound(src.clone()));
+            }
+        }
+        let pivot = Pattern::new(pivot).path();
+        let base = resolve_in_root(src_root, &pivot)?;
+        if !fs::symlink_metadata(&base).is_ok_and(|m| m.is_dir()) {
+            return Err(BuildError::SourceNotFound(src.clone()));
+        }
+        let mut copier = Copier {
+            ignore,
+            exclude,
+            opts,
+            links: HashMap::new(),
+            root: dst_root,
+        };
+        copier.parents(&base, &pivot, "", &pattern, &dir)?;
+    }
+    Ok(())
+}
+
+/// The pivot folder of a `COPY --parents` source and the pattern below it: what comes
+/// before `/./`, or the context root.
+pub fn parents_pivot(src: &str) -> (&str, &str) {
+    src.split_once("/./").unwrap_or(("", src))
+}
+
 /// How an archive ADD unpacks is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Compression {
@@ -570,7 +618,7 @@ impl Copier<'_> {
             let excluded_here = self.exclude.excludes(&child_src);
             let excluded = ignored || excluded_here;
             let meta = fs::symlink_metadata(&s).map_err(|e| io_err("stat", &s, e))?;
-            let mut d = dst.join(&n);
+            let d = dst.join(&n);
             if meta.is_dir() {
                 // An excluded folder is copied only for what an exception re-includes
                 // below it, and never as an empty folder (BuildKit makes such parents
@@ -579,33 +627,108 @@ impl Copier<'_> {
                 {
                     continue;
                 }
-                match fs::symlink_metadata(&d) {
-                    // A symlink in the destination is followed as the container would
-                    // follow it: inside the root.
-                    Ok(m) if m.file_type().is_symlink() => {
-                        let inside = d
-                            .strip_prefix(self.root)
-                            .unwrap_or(&d)
-                            .to_string_lossy()
-                            .into_owned();
-                        d = resolve_in_root(self.root, &inside)?;
-                        if !fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
-                            let _ = fs::remove_file(&d);
-                            fs::create_dir_all(&d)
-                                .map_err(|e| io_err("create directory", &d, e))?;
-                        }
-                    }
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        fs::remove_file(&d).map_err(|e| io_err("replace", &d, e))?;
-                        fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
-                    }
-                    Err(_) => fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?,
-                }
+                let (d, _) = self.dir_at(&d)?;
                 self.tree(&s, &child_rel, &child_src, &d)?;
                 set_meta(&d, &meta, self.opts)?;
             } else if !excluded {
                 self.entry(&s, &meta, &d)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make `d` a folder (replacing a file there) and return where it is: a symlink in
+    /// the destination is followed as the container would follow it, inside the root.
+    /// Also whether it was made now.
+    fn dir_at(&self, d: &Path) -> Result<(PathBuf, bool)> {
+        let mut d = d.to_path_buf();
+        let made = match fs::symlink_metadata(&d) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let inside = d
+                    .strip_prefix(self.root)
+                    .unwrap_or(&d)
+                    .to_string_lossy()
+                    .into_owned();
+                d = resolve_in_root(self.root, &inside)?;
+                if fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
+                    false
+                } else {
+                    let _ = fs::remove_file(&d);
+                    fs::create_dir_all(&d).map_err(|e| io_err("create directory", &d, e))?;
+                    true
+                }
+            }
+            Ok(m) if m.is_dir() => false,
+            Ok(_) => {
+                fs::remove_file(&d).map_err(|e| io_err("replace", &d, e))?;
+                fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
+                true
+            }
+            Err(_) => {
+                fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
+                true
+            }
+        };
+        Ok((d, made))
+    }
+
+    /// `COPY --parents`: below the folder `src` (`ctx_rel` from the context root, `rel`
+    /// from the pivot), copy what `pattern` matches, with its path, to `dst`. A folder
+    /// on the way is made only if something below it is copied, with the metadata of
+    /// its source, as BuildKit's include patterns do.
+    fn parents(
+        &mut self,
+        src: &Path,
+        ctx_rel: &str,
+        rel: &str,
+        pattern: &Pattern,
+        dst: &Path,
+    ) -> Result<()> {
+        let mut names: Vec<_> = fs::read_dir(src)
+            .map_err(|e| io_err("read directory", src, e))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort();
+        let join = |base: &str, n: &str| {
+            if base.is_empty() {
+                n.to_string()
+            } else {
+                format!("{base}/{n}")
+            }
+        };
+        for n in names {
+            let name = n.to_string_lossy();
+            let (child_ctx, child_rel) = (join(ctx_rel, &name), join(rel, &name));
+            let s = src.join(&n);
+            let meta = fs::symlink_metadata(&s).map_err(|e| io_err("stat", &s, e))?;
+            let excluded = self.ignore.excludes(&child_ctx) || self.exclude.excludes(&child_rel);
+            if excluded
+                && !(meta.is_dir()
+                    && any_included(&s, &child_ctx, &child_rel, self.ignore, self.exclude)?)
+            {
+                continue;
+            }
+            let d = dst.join(&n);
+            if pattern.matches_or_parent(&child_rel) {
+                if meta.is_dir() {
+                    let (d, _) = self.dir_at(&d)?;
+                    self.tree(&s, &child_ctx, &child_rel, &d)?;
+                    set_meta(&d, &meta, self.opts)?;
+                } else {
+                    self.entry(&s, &meta, &d)?;
+                }
+            } else if meta.is_dir() && pattern.may_match_below(&child_rel) {
+                let (d, made) = self.dir_at(&d)?;
+                self.parents(&s, &child_ctx, &child_rel, pattern, &d)?;
+                let empty = fs::read_dir(&d)
+                    .map_err(|e| io_err("read directory", &d, e))?
+                    .next()
+                    .is_none();
+                if made && empty {
+                    fs::remove_dir(&d).map_err(|e| io_err("remove", &d, e))?;
+                } else {
+                    set_meta(&d, &meta, self.opts)?;
+                }
             }
         }
         Ok(())
@@ -1012,5 +1135,89 @@ mod tests {
         assert!(kind("logs").unwrap().is_char_device());
         assert!(kind("src/debug/noise.log").unwrap().is_char_device());
         assert!(kind("src/debug/important.log").is_err());
+    }
+
+    #[test]
+    fn copy_parents_keeps_paths_from_the_root_or_the_pivot() {
+        let (_d, src, root) = src_and_root("top.txt", "t");
+        for f in [
+            "x/a.txt",
+            "y/a.txt",
+            "pkgs/one/package.json",
+            "pkgs/one/index.js",
+            "pkgs/two/package.json",
+            "deep/x/y/z.txt",
+            "deep/x/w.md",
+        ] {
+            fs::create_dir_all(src.join(f).parent().unwrap()).unwrap();
+            fs::write(src.join(f), f).unwrap();
+        }
+        fs::create_dir_all(src.join("pkgs/empty")).unwrap();
+        let none = Ignore::default();
+        let srcs = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let opts = CopyOptions::default();
+        copy_parents(
+            &src,
+            &srcs(&["./x/a.txt", "y/a.txt"]),
+            &none,
+            &none,
+            &root,
+            "/p/",
+            opts,
+        )
+        .unwrap();
+        copy_parents(
+            &src,
+            &srcs(&["pkgs/*/package.json"]),
+            &none,
+            &none,
+            &root,
+            "/g/",
+            opts,
+        )
+        .unwrap();
+        copy_parents(
+            &src,
+            &srcs(&["deep/./x/**/*.txt"]),
+            &none,
+            &none,
+            &root,
+            "/v/",
+            opts,
+        )
+        .unwrap();
+        let tree = |dir: &str| {
+            let mut out = Vec::new();
+            let mut stack = vec![root.join(dir)];
+            while let Some(d) = stack.pop() {
+                for e in fs::read_dir(&d).unwrap() {
+                    let p = e.unwrap().path();
+                    out.push(p.strip_prefix(&root).unwrap().display().to_string());
+                    if p.is_dir() {
+                        stack.push(p);
+                    }
+                }
+            }
+            out.sort();
+            out
+        };
+        assert_eq!(tree("p"), ["p/x", "p/x/a.txt", "p/y", "p/y/a.txt"]);
+        assert_eq!(
+            tree("g"),
+            [
+                "g/pkgs",
+                "g/pkgs/one",
+                "g/pkgs/one/package.json",
+                "g/pkgs/two",
+                "g/pkgs/two/package.json"
+            ],
+            "no index.js, no empty folder"
+        );
+        assert_eq!(tree("v"), ["v/x", "v/x/y", "v/x/y/z.txt"], "from the pivot");
+        // A path without wildcards must exist.
+        assert!(matches!(
+            copy_parents(&src, &srcs(&["nope.txt"]), &none, &none, &root, "/n/", opts),
+            Err(BuildError::SourceNotFound(_))
+        ));
     }
 }

@@ -179,6 +179,10 @@ pub enum FileAction {
         extract_archives: bool,
         /// Patterns excluded from the copy (`--exclude`).
         exclude: Vec<String>,
+        /// `COPY --parents`: sources keep their paths (from the context root or a
+        /// `/./` pivot). Left out of the digest when false, so older keys stay.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        parents: bool,
     },
     /// Write a file (heredocs, `COPY <<EOF`).
     Write {
@@ -231,6 +235,9 @@ pub enum Op {
     Exec(ExecOp),
     /// File operations.
     File(FileOp),
+    /// The inputs' layers one after the other (`COPY --link`: a layer made on scratch
+    /// put on top of the stage, so its key does not depend on what is below).
+    Merge,
 }
 
 /// A node of the graph. Only `op` and the inputs' digests make its digest.
@@ -310,6 +317,11 @@ impl State {
         let mut inputs = vec![self.clone()];
         inputs.extend(extra);
         State::new(Op::File(op), inputs, name)
+    }
+
+    /// `layers` stacked in order, the first at the bottom (BuildKit's MergeOp).
+    pub fn merge(layers: Vec<State>, name: impl Into<String>) -> State {
+        State::new(Op::Merge, layers, name)
     }
 
     /// The same state, but never taken from cache.

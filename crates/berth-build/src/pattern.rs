@@ -39,6 +39,14 @@ impl Pattern {
         (1..=comps.len()).any(|n| match_parts(&self.parts, &comps[..n]))
     }
 
+    /// Whether something below the folder `dir` may match: the pattern crosses levels
+    /// (`**`) or its first components match `dir`'s.
+    pub fn may_match_below(&self, dir: &str) -> bool {
+        let comps: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
+        self.parts.iter().any(|p| p == "**")
+            || (self.parts.len() > comps.len() && match_parts(&self.parts[..comps.len()], &comps))
+    }
+
     /// Whether the pattern holds wildcards.
     pub fn has_wildcards(&self) -> bool {
         self.parts.iter().any(|p| p.contains(['*', '?', '[']))
@@ -110,16 +118,9 @@ impl Ignore {
     /// Whether a directory may hold re-included paths (so it must be walked even when
     /// excluded).
     pub fn may_reinclude_below(&self, dir: &str) -> bool {
-        let depth = dir.split('/').filter(|c| !c.is_empty()).count();
-        self.rules.iter().any(|r| {
-            r.negated
-                && (r.parts.iter().any(|p| p == "**")
-                    || (r.parts.len() > depth
-                        && match_parts(
-                            &r.parts[..depth],
-                            &dir.split('/').filter(|c| !c.is_empty()).collect::<Vec<_>>(),
-                        )))
-        })
+        self.rules
+            .iter()
+            .any(|r| r.negated && r.may_match_below(dir))
     }
 
     /// The patterns, for cache keys.

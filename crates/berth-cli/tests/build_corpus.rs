@@ -409,44 +409,77 @@ fn env_expansion() {
     });
 }
 
+/// A case docker 20.10 cannot build, built by berth alone: its `--output type=local`
+/// and its image, pulled into dockerd from `berth registry serve`.
+struct BerthOnly {
+    _work: tempfile::TempDir,
+    _server: Berth,
+    _images: DockerImages,
+    local: PathBuf,
+    image: String,
+}
+
+impl BerthOnly {
+    fn build(name: &str) -> BerthOnly {
+        let base = BuildBase::new();
+        let work = tempfile::tempdir().unwrap();
+        let root = work.path().join("root");
+        let local = work.path().join("local");
+        let tag = format!("corpus/{name}:latest");
+        output_ok(
+            berth_build(&root)
+                .args(["-t", &tag, "--build-arg"])
+                .arg(format!("BASE={}", base.reference()))
+                .arg("--output")
+                .arg(format!("type=local,dest={}", local.display()))
+                .arg(builds_dir().join(name)),
+        );
+        let server = Berth::serve(&root, &[]);
+        let image = format!("{}/{tag}", server.addr);
+        let images = DockerImages(vec![image.clone()]);
+        run(Command::new(docker()).args(["pull", "-q", &image]));
+        BerthOnly {
+            _work: work,
+            _server: server,
+            _images: images,
+            local,
+            image,
+        }
+    }
+
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.local.join(path)).unwrap()
+    }
+
+    /// `docker run` of the image with its own command: the output.
+    fn run(&self) -> String {
+        run(Command::new(docker()).args(["run", "--rm", &self.image]))
+    }
+}
+
 /// Heredocs: berth only (docker 20.10's builder has none), checked by content.
 #[test]
 fn heredocs() {
     if !ready() {
         return;
     }
-    let base = BuildBase::new();
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    let local = work.path().join("local");
-    output_ok(
-        berth_build(&root)
-            .args(["-t", "corpus/heredocs:latest", "--build-arg"])
-            .arg(format!("BASE={}", base.reference()))
-            .arg("--output")
-            .arg(format!("type=local,dest={}", local.display()))
-            .arg(builds_dir().join("heredocs")),
-    );
-    let read = |p: &str| std::fs::read_to_string(local.join(p)).unwrap();
-    assert_eq!(read("run-heredoc.txt"), "line1\nhi berth\n");
-    assert_eq!(read("run-sh.txt"), "via sh\n");
+    let built = BerthOnly::build("heredocs");
+    assert_eq!(built.read("run-heredoc.txt"), "line1\nhi berth\n");
+    assert_eq!(built.read("run-sh.txt"), "via sh\n");
     assert_eq!(
-        read("copied.txt"),
+        built.read("copied.txt"),
         "name=berth\n",
         "unquoted delimiter expands"
     );
     assert_eq!(
-        read("raw.txt"),
+        built.read("raw.txt"),
         "name=$NAME\n",
         "quoted delimiter keeps $NAME"
     );
-
-    let server = Berth::serve(&root, &[]);
-    let image = format!("{}/corpus/heredocs:latest", server.addr);
-    let _images = DockerImages(vec![image.clone()]);
-    run(Command::new(docker()).args(["pull", "-q", &image]));
-    let got = run(Command::new(docker()).args(["run", "--rm", &image]));
-    assert_eq!(got, "line1\nhi berth\nvia sh\nname=berth\nname=$NAME\n");
+    assert_eq!(
+        built.run(),
+        "line1\nhi berth\nvia sh\nname=berth\nname=$NAME\n"
+    );
 }
 
 // ---- COPY/ADD and context (issue 15)
@@ -650,6 +683,36 @@ fn copy_from_whiteouts() {
              /data/old/new\n",
         )],
     });
+}
+
+/// `COPY --parents`, `--exclude` and `--link`: berth only (docker 20.10's builder has
+/// none of them), checked against BuildKit's documented behaviour.
+#[test]
+fn copy_new_flags() {
+    if !ready() {
+        return;
+    }
+    let built = BerthOnly::build("copy_new_flags");
+    assert_eq!(
+        built.run(),
+        "/added\n/added/app\n/added/app/main.rs\n/added/app/sub\n/added/app/sub/mod.rs\n\
+         /added/lib\n/added/lib/lib.rs\n/assets\n/assets/logo.png\n/glob\n/glob/src\n\
+         /glob/src/app\n/glob/src/app/main.rs\n/glob/src/lib\n/glob/src/lib/lib.rs\n\
+         /linkdir\n/linkdir/a.txt\n/no-parents\n/no-parents/a.txt\n/parents\n/parents/x\n\
+         /parents/x/a.txt\n/parents/y\n/parents/y/a.txt\n/pivot\n/pivot/app\n\
+         /pivot/app/main.rs\n/pivot/app/sub\n/pivot/app/sub/mod.rs\n/real\n"
+    );
+    assert_eq!(
+        built.read("no-parents/a.txt"),
+        "ya\n",
+        "the last source wins"
+    );
+    assert_eq!(built.read("parents/x/a.txt"), "xa\n");
+    let linkdir = std::fs::symlink_metadata(built.local.join("linkdir")).unwrap();
+    assert!(
+        linkdir.is_dir(),
+        "--link does not follow the stage's symlink"
+    );
 }
 
 /// Every folder of the corpus has a test here.

@@ -87,34 +87,32 @@ impl Solver {
                 chmod,
                 extract_archives,
                 exclude,
+                parents,
             } => {
                 let input = inputs.get(*from).ok_or_else(|| {
                     BuildError::Invalid(format!("copy from missing input {from}"))
                 })?;
                 let (root, ignore, _view, from_stage) = self.source_root(input)?;
                 let exclude = Ignore::new(exclude.iter().map(String::as_str));
-                let matched = fileops::resolve_sources(&root, sources, &ignore)?;
                 let dest = if dest.ends_with('/') {
                     format!("{}/", abs(dest).trim_end_matches('/'))
                 } else {
                     abs(dest)
                 };
-                let chown = owner(chown)?;
-                fileops::copy(
-                    &root,
-                    &matched,
-                    &ignore,
-                    &exclude,
-                    target,
-                    &dest,
-                    CopyOptions {
-                        chown,
-                        chmod: *chmod,
-                        keep_owner: from_stage,
-                        // Only archives from the build context are unpacked, as in Docker.
-                        extract_archives: *extract_archives && !from_stage,
-                    },
-                )
+                let opts = CopyOptions {
+                    chown: owner(chown)?,
+                    chmod: *chmod,
+                    keep_owner: from_stage,
+                    // Only archives from the build context are unpacked, as in Docker.
+                    extract_archives: *extract_archives && !from_stage,
+                };
+                if *parents {
+                    return fileops::copy_parents(
+                        &root, sources, &ignore, &exclude, target, &dest, opts,
+                    );
+                }
+                let matched = fileops::resolve_sources(&root, sources, &ignore)?;
+                fileops::copy(&root, &matched, &ignore, &exclude, target, &dest, opts)
             }
             FileAction::Mkdir { path, chown } => {
                 fileops::mkdir_all(target, &abs(path), owner(chown)?).map(|_| ())

@@ -16,6 +16,8 @@ struct CopySpec<'a> {
     chmod: Option<&'a str>,
     exclude: &'a [String],
     extract: bool,
+    parents: bool,
+    link: bool,
 }
 
 /// The sources of a COPY/ADD, resolved: the state they come from (the context unless
@@ -35,14 +37,6 @@ impl Lowerer<'_> {
         line: usize,
         name: &str,
     ) -> Result<State> {
-        if c.parents {
-            return Err(src_err(
-                self.df,
-                line,
-                1,
-                "COPY --parents is not supported yet",
-            ));
-        }
         let spec = CopySpec {
             sources: &c.sources,
             from: c.from.as_deref(),
@@ -51,6 +45,8 @@ impl Lowerer<'_> {
             chmod: c.chmod.as_deref(),
             exclude: &c.exclude,
             extract: false,
+            parents: c.parents,
+            link: c.link,
         };
         self.copy_step(st, spec, line, name)
     }
@@ -85,6 +81,8 @@ impl Lowerer<'_> {
             chmod: a.chmod.as_deref(),
             exclude: &a.exclude,
             extract: a.unpack.unwrap_or(true),
+            parents: false,
+            link: a.link,
         };
         self.copy_step(st, spec, line, name)
     }
@@ -103,6 +101,19 @@ impl Lowerer<'_> {
         let chmod = parse_chmod(spec.chmod, self.df, line)?;
         let inputs = sources.from.clone().into_iter().collect();
         let op = copy_op(&dest, sources, &spec, chown, chmod, st.cwd());
+        // --link, as BuildKit: the copy is made on scratch, as a layer of its own put on
+        // top of the stage, so it does not depend on the stage (its cache survives a new
+        // base; links in the stage's destination are not followed, and user names are
+        // looked up in the empty scratch). BuildKit does not link with --chmod.
+        if spec.link && spec.chmod.is_none() {
+            let layer = State::scratch()
+                .file(op, inputs, name.to_string())
+                .with_ignore_cache(self.opts.no_cache);
+            return Ok(State::merge(
+                vec![st.state.clone(), layer],
+                format!("LINK {name}"),
+            ));
+        }
         Ok(st
             .state
             .file(op, inputs, name.to_string())
@@ -188,6 +199,7 @@ fn copy_op(
             chmod,
             extract_archives: spec.extract,
             exclude: spec.exclude.to_vec(),
+            parents: spec.parents,
         });
     }
     FileOp { actions, cwd }
