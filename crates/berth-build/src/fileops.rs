@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use berth_oci::{Algorithm, Digest};
 
 use crate::error::{BuildError, Result};
+use crate::mode::ModeSet;
 use crate::pattern::{Ignore, Pattern, match_component};
 
 /// One matched source: its path relative to the source root.
@@ -295,6 +296,15 @@ pub fn checksum_cached(
     Ok((total.finish(), files))
 }
 
+/// `--chmod`: an octal mode, or a symbolic one applied to each entry's own mode.
+#[derive(Debug, Clone, Copy)]
+pub enum Chmod {
+    /// `--chmod=0755`.
+    Octal(u32),
+    /// `--chmod=u+x,go-w`.
+    Symbolic(ModeSet),
+}
+
 /// How a copy sets ownership and modes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CopyOptions {
@@ -302,7 +312,7 @@ pub struct CopyOptions {
     /// else root.
     pub chown: Option<(u32, u32)>,
     /// Mode for everything written.
-    pub chmod: Option<u32>,
+    pub chmod: Option<Chmod>,
     /// Keep the source's owner (COPY --from a stage) instead of root (the context).
     pub keep_owner: bool,
     /// Unpack tar and tar.gz sources into the destination (ADD).
@@ -771,7 +781,11 @@ fn set_meta(dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
     });
     std::os::unix::fs::lchown(dst, Some(uid), Some(gid)).map_err(|e| io_err("chown", dst, e))?;
     if !meta.file_type().is_symlink() {
-        let mode = opts.chmod.unwrap_or(meta.mode() & 0o7777);
+        let mode = match opts.chmod {
+            None => meta.mode() & 0o7777,
+            Some(Chmod::Octal(m)) => m,
+            Some(Chmod::Symbolic(set)) => set.apply(meta.mode(), meta.is_dir()),
+        };
         fs::set_permissions(dst, fs::Permissions::from_mode(mode))
             .map_err(|e| io_err("chmod", dst, e))?;
         let mtime = rustix::fs::Timespec {

@@ -183,6 +183,10 @@ pub enum FileAction {
         /// `/./` pivot). Left out of the digest when false, so older keys stay.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         parents: bool,
+        /// A symbolic `--chmod` (`u+x,go-w`), applied to each entry's mode; `chmod` is
+        /// then `None`. Left out of the digest when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chmod_symbolic: Option<String>,
     },
     /// Write a file (heredocs, `COPY <<EOF`).
     Write {

@@ -700,8 +700,21 @@ fn copy_new_flags() {
          /glob/src/app\n/glob/src/app/main.rs\n/glob/src/lib\n/glob/src/lib/lib.rs\n\
          /linkdir\n/linkdir/a.txt\n/no-parents\n/no-parents/a.txt\n/parents\n/parents/x\n\
          /parents/x/a.txt\n/parents/y\n/parents/y/a.txt\n/pivot\n/pivot/app\n\
-         /pivot/app/main.rs\n/pivot/app/sub\n/pivot/app/sub/mod.rs\n/real\n"
+         /pivot/app/main.rs\n/pivot/app/sub\n/pivot/app/sub/mod.rs\n/real\n/sym\n/sym/lib\n\
+         /sym/lib/x\n/sym/run.sh\n"
     );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(built.local.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    // 0644 files: u+x 0744, g=u 0774, o-r 0770; the 0755 folder: 0771.
+    assert_eq!(mode("sym/run.sh"), 0o770);
+    assert_eq!(mode("sym/lib/x"), 0o770);
+    assert_eq!(mode("sym/lib"), 0o771);
     assert_eq!(
         built.read("no-parents/a.txt"),
         "ya\n",

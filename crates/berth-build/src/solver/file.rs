@@ -8,8 +8,9 @@ use super::exec::chown_ids;
 use super::snapshot::View;
 use super::{Output, Solved, Solver, io_err, unique};
 use crate::error::{BuildError, Result};
-use crate::fileops::{self, CopyOptions};
+use crate::fileops::{self, Chmod, CopyOptions};
 use crate::ir::{FileAction, FileOp};
+use crate::mode::ModeSet;
 use crate::pattern::Ignore;
 
 impl Solver {
@@ -88,6 +89,7 @@ impl Solver {
                 extract_archives,
                 exclude,
                 parents,
+                chmod_symbolic,
             } => {
                 let input = inputs.get(*from).ok_or_else(|| {
                     BuildError::Invalid(format!("copy from missing input {from}"))
@@ -101,7 +103,15 @@ impl Solver {
                 };
                 let opts = CopyOptions {
                     chown: owner(chown)?,
-                    chmod: *chmod,
+                    chmod: match (chmod, chmod_symbolic) {
+                        (Some(m), _) => Some(Chmod::Octal(*m)),
+                        (None, Some(s)) => {
+                            Some(Chmod::Symbolic(ModeSet::parse(s).ok_or_else(|| {
+                                BuildError::Invalid(format!("--chmod={s}: not a mode"))
+                            })?))
+                        }
+                        (None, None) => None,
+                    },
                     keep_owner: from_stage,
                     // Only archives from the build context are unpacked, as in Docker.
                     extract_archives: *extract_archives && !from_stage,

@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::frontend::dockerfile::expand::{ExpandError, MAX_WORD, push_within};
 use crate::frontend::dockerfile::instructions::{Add, Copy, CopySource, Dockerfile};
 use crate::ir::{FileAction, FileOp, State};
+use crate::mode::ModeSet;
 
 /// What COPY and ADD share.
 struct CopySpec<'a> {
@@ -172,7 +173,7 @@ fn copy_op(
     sources: Sources,
     spec: &CopySpec<'_>,
     chown: Option<String>,
-    chmod: Option<u32>,
+    chmod: Option<ChmodFlag>,
     cwd: String,
 ) -> FileOp {
     let mut actions = Vec::new();
@@ -186,7 +187,12 @@ fn copy_op(
         actions.push(FileAction::Write {
             path,
             data,
-            mode: chmod.unwrap_or(0o644),
+            // As BuildKit: the file is made 0644, then copied with the mode.
+            mode: match &chmod {
+                None => 0o644,
+                Some(ChmodFlag::Octal(m)) => *m,
+                Some(ChmodFlag::Symbolic(_, set)) => set.apply(0o644, false),
+            },
             chown: chown.clone(),
         });
     }
@@ -196,7 +202,14 @@ fn copy_op(
             sources: sources.paths,
             dest: dest.to_string(),
             chown,
-            chmod,
+            chmod: match &chmod {
+                Some(ChmodFlag::Octal(m)) => Some(*m),
+                _ => None,
+            },
+            chmod_symbolic: match chmod {
+                Some(ChmodFlag::Symbolic(text, _)) => Some(text),
+                _ => None,
+            },
             extract_archives: spec.extract,
             exclude: spec.exclude.to_vec(),
             parents: spec.parents,
@@ -205,22 +218,33 @@ fn copy_op(
     FileOp { actions, cwd }
 }
 
-fn parse_chmod(s: Option<&str>, df: &Dockerfile, line: usize) -> Result<Option<u32>> {
-    match s {
-        None => Ok(None),
-        Some(s) => u32::from_str_radix(s, 8)
-            .ok()
-            .filter(|m| *m <= 0o7777)
-            .map(Some)
-            .ok_or_else(|| {
-                src_err(
-                    df,
-                    line,
-                    1,
-                    &format!("--chmod={s} is not an octal mode like 755"),
-                )
-            }),
+/// `--chmod`: octal (at most 07777), or symbolic as chmod(1) (Dockerfile 1.14); a value
+/// that starts with a digit must be octal, as in BuildKit.
+fn parse_chmod(s: Option<&str>, df: &Dockerfile, line: usize) -> Result<Option<ChmodFlag>> {
+    let Some(s) = s else {
+        return Ok(None);
+    };
+    if let Some(m) = u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777) {
+        return Ok(Some(ChmodFlag::Octal(m)));
     }
+    if let Some(set) = ModeSet::parse(s) {
+        return Ok(Some(ChmodFlag::Symbolic(s.to_string(), set)));
+    }
+    Err(src_err(
+        df,
+        line,
+        1,
+        &format!(
+            "--chmod={s} is neither an octal mode up to 7777 (755) nor a symbolic one (u+x,go-w)"
+        ),
+    ))
+}
+
+/// A parsed `--chmod`.
+enum ChmodFlag {
+    Octal(u32),
+    /// The text (kept in the op) and its parse.
+    Symbolic(String, ModeSet),
 }
 
 /// Replace `$NAME`, `${NAME}`, `${NAME:-default}` and `${NAME-default}` in `text`,
