@@ -442,7 +442,7 @@ pub fn copy(
             && let Some(kind) = archive_kind(&src)?
         {
             let dir = mkdir_all(dst_root, dest, opts.chown)?;
-            extract(&src, kind, &dir)?;
+            extract(&src, kind, &dir, opts.chown)?;
             continue;
         }
         let base = Path::new(&m.rel)
@@ -579,16 +579,50 @@ fn archive_kind(path: &Path) -> Result<Option<Compression>> {
     Ok(is_tar.then_some(kind))
 }
 
-/// Unpack a tar compressed as `kind` into `dir`, keeping owners and modes; nothing may
-/// land outside `dir`.
-fn extract(archive: &Path, kind: Compression, dir: &Path) -> Result<()> {
-    let f = fs::File::open(archive).map_err(|e| io_err("open", archive, e))?;
-    let mut a = tar::Archive::new(kind.reader(f)?);
+/// Unpack a tar compressed as `kind` into `dir`, keeping modes, and owners unless
+/// `chown` (ADD --chown) names others, as BuildKit's unpack does; nothing may land
+/// outside `dir`.
+fn extract(archive: &Path, kind: Compression, dir: &Path, chown: Option<(u32, u32)>) -> Result<()> {
+    let open = || -> Result<tar::Archive<Box<dyn Read>>> {
+        let f = fs::File::open(archive).map_err(|e| io_err("open", archive, e))?;
+        Ok(tar::Archive::new(kind.reader(f)?))
+    };
+    let unpack_err = |e| io_err("unpack archive", archive, e);
+    let mut a = open()?;
     a.set_preserve_permissions(true);
     a.set_preserve_ownerships(true);
     a.set_overwrite(true);
-    a.unpack(dir)
-        .map_err(|e| io_err("unpack archive", archive, e))
+    a.unpack(dir).map_err(unpack_err)?;
+    let Some((uid, gid)) = chown else {
+        return Ok(());
+    };
+    // A second pass gives each entry the owner, then its mode again (a chown clears
+    // setuid). Paths resolve inside `dir`, through links the archive made.
+    for entry in open()?.entries().map_err(unpack_err)? {
+        let entry = entry.map_err(unpack_err)?;
+        let path = entry.path().map_err(unpack_err)?.into_owned();
+        let parts: Vec<String> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        let Some((name, parents)) = parts.split_last() else {
+            continue;
+        };
+        let at = resolve_in_root(dir, &parents.join("/"))?.join(name);
+        let Ok(meta) = fs::symlink_metadata(&at) else {
+            continue;
+        };
+        std::os::unix::fs::lchown(&at, Some(uid), Some(gid))
+            .map_err(|e| io_err("chown", &at, e))?;
+        if !meta.file_type().is_symlink() {
+            fs::set_permissions(&at, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(|e| io_err("chmod", &at, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// One copy: remembers the first copy of each multiply-linked file, so later links to
@@ -766,8 +800,26 @@ impl Copier<'_> {
             }
             fs::copy(src, dst).map_err(|e| io_err("copy", dst, e))?;
         } else {
-            // Devices, fifos and sockets are not copied by COPY.
-            return Ok(());
+            // Devices, fifos and sockets are made anew, as BuildKit's copy does
+            // (COPY --from a stage that has them).
+            use std::os::unix::fs::FileTypeExt;
+            let kind = if ft.is_char_device() {
+                rustix::fs::FileType::CharacterDevice
+            } else if ft.is_block_device() {
+                rustix::fs::FileType::BlockDevice
+            } else if ft.is_fifo() {
+                rustix::fs::FileType::Fifo
+            } else {
+                rustix::fs::FileType::Socket
+            };
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                dst,
+                kind,
+                rustix::fs::Mode::from_raw_mode(meta.mode() & 0o7777),
+                meta.rdev(),
+            )
+            .map_err(|e| io_err("create special file", dst, e.into()))?;
         }
         set_meta(dst, meta, self.opts)
     }
@@ -1020,6 +1072,18 @@ mod tests {
             let sub = fs::metadata(at.join("sub")).unwrap();
             assert_eq!(sub.mode() & 0o7777, 0o750);
         }
+        // ADD --chown owns the unpacked entries too, and keeps their modes.
+        let chown = CopyOptions {
+            chown: Some((42, 43)),
+            ..add
+        };
+        copy_plain(&src, &["blob"], &root, "/owned/", chown);
+        for p in ["owned", "owned/pkg", "owned/pkg/run.sh", "owned/pkg/link"] {
+            let m = fs::symlink_metadata(root.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (42, 43), "{p}");
+        }
+        let run = fs::metadata(root.join("owned/pkg/run.sh")).unwrap();
+        assert_eq!(run.mode() & 0o7777, 0o4755, "setuid kept after the chown");
     }
 
     #[test]
@@ -1233,5 +1297,34 @@ mod tests {
             copy_parents(&src, &srcs(&["nope.txt"]), &none, &none, &root, "/n/", opts),
             Err(BuildError::SourceNotFound(_))
         ));
+    }
+
+    #[test]
+    fn special_files_are_copied() {
+        let (_d, src, root) = src_and_root("f", "f");
+        let mknod = |name: &str, kind, dev| {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &src.join(name),
+                kind,
+                rustix::fs::Mode::from_raw_mode(0o640),
+                dev,
+            )
+            .unwrap();
+        };
+        mknod("pipe", rustix::fs::FileType::Fifo, 0);
+        mknod(
+            "null",
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::makedev(1, 3),
+        );
+        copy_plain(&src, &["."], &root, "/out/", CopyOptions::default());
+        use std::os::unix::fs::FileTypeExt;
+        let pipe = fs::symlink_metadata(root.join("out/pipe")).unwrap();
+        assert!(pipe.file_type().is_fifo());
+        assert_eq!(pipe.mode() & 0o7777, 0o640);
+        let null = fs::symlink_metadata(root.join("out/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
     }
 }
