@@ -416,7 +416,6 @@ pub fn copy(
     dest: &str,
     opts: CopyOptions,
 ) -> Result<()> {
-    let dest_is_dir_hint = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
     let mut copier = Copier {
         ignore,
         exclude,
@@ -449,20 +448,7 @@ pub fn copy(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let resolved = resolve_in_root(dst_root, dest)?;
-        let into_dir =
-            dest_is_dir_hint || fs::symlink_metadata(&resolved).is_ok_and(|m| m.is_dir());
-        let file = if into_dir {
-            mkdir_all(dst_root, dest, opts.chown)?.join(base)
-        } else {
-            let inside = Path::new("/").join(resolved.strip_prefix(dst_root).unwrap_or(&resolved));
-            let parent = inside.parent().unwrap_or(Path::new("/"));
-            let name = inside
-                .file_name()
-                .map(|n| n.to_os_string())
-                .unwrap_or(base.into());
-            mkdir_all(dst_root, &parent.to_string_lossy(), opts.chown)?.join(name)
-        };
+        let file = file_dest(dst_root, dest, &base, opts.chown)?;
         copier.entry(&src, &meta, &file)?;
     }
     Ok(())
@@ -514,6 +500,30 @@ pub fn copy_parents(
 /// before `/./`, or the context root.
 pub fn parents_pivot(src: &str) -> (&str, &str) {
     src.split_once("/./").unwrap_or(("", src))
+}
+
+/// Where a file named `name` copied to `dest` (absolute inside `root`) goes, its
+/// missing parent folders made (owned as `chown`): into `dest` if it ends in `/` or is
+/// a folder in the image, else to `dest` itself, resolved with its links, the last one
+/// included (a file copied onto a link replaces the link's target), inside `root`.
+pub fn file_dest(
+    root: &Path,
+    dest: &str,
+    name: &str,
+    chown: Option<(u32, u32)>,
+) -> Result<PathBuf> {
+    let dir_hint = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
+    let resolved = resolve_in_root(root, dest)?;
+    if dir_hint || fs::symlink_metadata(&resolved).is_ok_and(|m| m.is_dir()) {
+        return Ok(mkdir_all(root, dest, chown)?.join(name));
+    }
+    let inside = Path::new("/").join(resolved.strip_prefix(root).unwrap_or(&resolved));
+    let parent = inside.parent().unwrap_or(Path::new("/"));
+    let file = inside
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or(name.into());
+    Ok(mkdir_all(root, &parent.to_string_lossy(), chown)?.join(file))
 }
 
 /// How an archive ADD unpacks is compressed.

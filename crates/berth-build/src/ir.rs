@@ -190,8 +190,11 @@ pub enum FileAction {
     },
     /// Write a file (heredocs, `COPY <<EOF`).
     Write {
-        /// Path.
+        /// Destination, as COPY's: a folder if it ends in `/` or is one in the image
+        /// (the file is then `name` in it), else the file itself.
         path: String,
+        /// The file's name in a folder destination (a heredoc's name).
+        name: String,
         /// Content.
         data: Vec<u8>,
         /// Mode.

@@ -728,6 +728,18 @@ fn copy_new_flags() {
     );
 }
 
+/// Heredocs copied as COPY copies: berth only, checked by content.
+#[test]
+fn copy_heredoc_dest() {
+    if !ready() {
+        return;
+    }
+    let built = BerthOnly::build("copy_heredoc_dest");
+    assert_eq!(built.run(), "keep\ninto the folder\nthrough the link\nb\n");
+    let link = std::fs::symlink_metadata(built.local.join("etc/app.conf")).unwrap();
+    assert!(link.is_symlink(), "the link stays");
+}
+
 /// Every folder of the corpus has a test here.
 #[test]
 fn every_case_has_a_test() {

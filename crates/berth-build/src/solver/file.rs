@@ -129,20 +129,18 @@ impl Solver {
             }
             FileAction::Write {
                 path,
+                name,
                 data,
                 mode,
                 chown,
             } => {
                 let chown = owner(chown)?;
-                let p = abs(path);
-                let parent = Path::new(&p)
-                    .parent()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "/".into());
-                let dir = fileops::mkdir_all(target, &parent, chown)?;
-                let file = dir.join(Path::new(&p).file_name().unwrap_or_default());
-                // Whatever stands there is replaced, a symlink included: writing through
-                // it could reach outside the image.
+                let p = if path.ends_with('/') {
+                    format!("{}/", abs(path).trim_end_matches('/'))
+                } else {
+                    abs(path)
+                };
+                let file = fileops::file_dest(target, &p, name, chown)?;
                 match fs::symlink_metadata(&file) {
                     Ok(m) if m.is_dir() => {
                         fs::remove_dir_all(&file).map_err(|e| io_err("replace", &file, e))?

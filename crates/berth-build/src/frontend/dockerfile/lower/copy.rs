@@ -166,8 +166,9 @@ impl Lowerer<'_> {
     }
 }
 
-/// The file op of a COPY/ADD to `dest` (expanded) in working directory `cwd`: heredoc
-/// files are written, then paths copied from input 1.
+/// The file op of a COPY/ADD to `dest` (expanded) in working directory `cwd`: the
+/// paths copied from input 1, then heredoc files written (BuildKit's order: with a
+/// file destination, the last source wins).
 fn copy_op(
     dest: &str,
     sources: Sources,
@@ -177,15 +178,30 @@ fn copy_op(
     cwd: String,
 ) -> FileOp {
     let mut actions = Vec::new();
-    let many = sources.paths.len() + sources.writes.len() > 1;
+    if !sources.paths.is_empty() {
+        actions.push(FileAction::Copy {
+            from: 1,
+            sources: sources.paths,
+            dest: dest.to_string(),
+            chown: chown.clone(),
+            chmod: match &chmod {
+                Some(ChmodFlag::Octal(m)) => Some(*m),
+                _ => None,
+            },
+            chmod_symbolic: match &chmod {
+                Some(ChmodFlag::Symbolic(text, _)) => Some(text.clone()),
+                _ => None,
+            },
+            extract_archives: spec.extract,
+            exclude: spec.exclude.to_vec(),
+            parents: spec.parents,
+        });
+    }
     for (name, data) in sources.writes {
-        let path = if dest.ends_with('/') || many {
-            format!("{}/{name}", dest.trim_end_matches('/'))
-        } else {
-            dest.to_string()
-        };
+        // Each heredoc is copied to `dest` on its own, as BuildKit does.
         actions.push(FileAction::Write {
-            path,
+            path: dest.to_string(),
+            name,
             data,
             // As BuildKit: the file is made 0644, then copied with the mode.
             mode: match &chmod {
@@ -194,25 +210,6 @@ fn copy_op(
                 Some(ChmodFlag::Symbolic(_, set)) => set.apply(0o644, false),
             },
             chown: chown.clone(),
-        });
-    }
-    if !sources.paths.is_empty() {
-        actions.push(FileAction::Copy {
-            from: 1,
-            sources: sources.paths,
-            dest: dest.to_string(),
-            chown,
-            chmod: match &chmod {
-                Some(ChmodFlag::Octal(m)) => Some(*m),
-                _ => None,
-            },
-            chmod_symbolic: match chmod {
-                Some(ChmodFlag::Symbolic(text, _)) => Some(text),
-                _ => None,
-            },
-            extract_archives: spec.extract,
-            exclude: spec.exclude.to_vec(),
-            parents: spec.parents,
         });
     }
     FileOp { actions, cwd }
