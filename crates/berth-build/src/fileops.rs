@@ -46,19 +46,24 @@ pub fn resolve_sources(root: &Path, sources: &[String], ignore: &Ignore) -> Resu
             .iter()
             .take_while(|p| !Pattern::new(p).has_wildcards())
             .count();
-        if fs::symlink_metadata(resolve_in_root(root, &parts[..fixed].join("/"))?).is_err() {
+        // The folders before the first wildcard are followed through links (inside the
+        // root), as BuildKit resolves them; below, links are not descended.
+        let prefix = parts[..fixed].join("/");
+        let base = resolve_in_root(root, &prefix)?;
+        if fs::symlink_metadata(&base).is_err() {
             return Err(BuildError::SourceNotFound(src.clone()));
         }
         let mut found = Vec::new();
-        glob_walk(root, "", &parts, ignore, &mut found)?;
+        glob_walk(&base, &prefix, &parts[fixed..], ignore, &mut found)?;
         found.sort();
         out.extend(found.into_iter().map(|rel| Matched { rel }));
     }
     Ok(out)
 }
 
+/// The paths below the real folder `dir` (`rel` in the source) that `parts` match.
 fn glob_walk(
-    root: &Path,
+    dir: &Path,
     rel: &str,
     parts: &[String],
     ignore: &Ignore,
@@ -68,12 +73,11 @@ fn glob_walk(
         out.push(rel.to_string());
         return Ok(());
     };
-    let dir = root.join(rel);
-    let Ok(entries) = fs::read_dir(&dir) else {
+    let Ok(entries) = fs::read_dir(dir) else {
         return Ok(());
     };
     for e in entries {
-        let e = e.map_err(|e| io_err("read directory", &dir, e))?;
+        let e = e.map_err(|e| io_err("read directory", dir, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
         let child = if rel.is_empty() {
             name.clone()
@@ -87,7 +91,7 @@ fn glob_walk(
             if rest.is_empty() {
                 out.push(child);
             } else if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                glob_walk(root, &child, rest, ignore, out)?;
+                glob_walk(&e.path(), &child, rest, ignore, out)?;
             }
         }
     }
@@ -1138,6 +1142,21 @@ mod tests {
             resolve(&["*.none", "missing"]),
             Err(BuildError::SourceNotFound(s)) if s == "missing"
         ));
+        // Folders before the wildcard are followed through links; links below are not.
+        fs::create_dir_all(src.join("real/sub")).unwrap();
+        fs::write(src.join("real/b.txt"), "b").unwrap();
+        fs::write(src.join("real/sub/c.txt"), "c").unwrap();
+        std::os::unix::fs::symlink("real", src.join("link")).unwrap();
+        std::os::unix::fs::symlink("../real", src.join("real/back")).unwrap();
+        assert_eq!(rels(resolve(&["link/*.txt"]).unwrap()), ["link/b.txt"]);
+        assert_eq!(
+            rels(resolve(&["link/*/c.txt"]).unwrap()),
+            ["link/sub/c.txt"]
+        );
+        assert_eq!(
+            rels(resolve(&["real/*/b.txt"]).unwrap()),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
