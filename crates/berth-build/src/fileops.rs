@@ -1334,7 +1334,7 @@ mod tests {
         let mknod = |name: &str, kind, dev| {
             rustix::fs::mknodat(
                 rustix::fs::CWD,
-                &src.join(name),
+                src.join(name),
                 kind,
                 rustix::fs::Mode::from_raw_mode(0o640),
                 dev,

@@ -217,6 +217,24 @@ impl Solver {
     }
 }
 
+/// The layers of `inputs`, one input after the other (nothing runs: a merge is cheap,
+/// and its layers are cached in the inputs' records).
+fn merge(inputs: &[Arc<Solved>]) -> Result<Output> {
+    let mut layers = Vec::new();
+    for i in inputs {
+        match &i.output {
+            Output::Layers(l) => layers.extend(l.iter().cloned()),
+            Output::Dir { path, .. } => {
+                return Err(BuildError::Invalid(format!(
+                    "cannot merge the directory {} as layers",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(Output::Layers(layers))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,22 +356,4 @@ mod tests {
             BuildError::StepFailed { code: 3, .. }
         ));
     }
-}
-
-/// The layers of `inputs`, one input after the other (nothing runs: a merge is cheap,
-/// and its layers are cached in the inputs' records).
-fn merge(inputs: &[Arc<Solved>]) -> Result<Output> {
-    let mut layers = Vec::new();
-    for i in inputs {
-        match &i.output {
-            Output::Layers(l) => layers.extend(l.iter().cloned()),
-            Output::Dir { path, .. } => {
-                return Err(BuildError::Invalid(format!(
-                    "cannot merge the directory {} as layers",
-                    path.display()
-                )));
-            }
-        }
-    }
-    Ok(Output::Layers(layers))
 }
