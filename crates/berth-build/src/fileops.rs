@@ -420,13 +420,7 @@ pub fn copy(
     dest: &str,
     opts: CopyOptions,
 ) -> Result<()> {
-    let mut copier = Copier {
-        ignore,
-        exclude,
-        opts,
-        links: HashMap::new(),
-        root: dst_root,
-    };
+    let mut copier = Copier::new(ignore, exclude, opts, dst_root);
     for m in matched {
         // Hard links are kept within one source, as BuildKit copies each source on its
         // own: `COPY a b /dst/` with `b -> a` gives two files, never two names of one.
@@ -488,13 +482,7 @@ pub fn copy_parents(
         if !fs::symlink_metadata(&base).is_ok_and(|m| m.is_dir()) {
             return Err(BuildError::SourceNotFound(src.clone()));
         }
-        let mut copier = Copier {
-            ignore,
-            exclude,
-            opts,
-            links: HashMap::new(),
-            root: dst_root,
-        };
+        let mut copier = Copier::new(ignore, exclude, opts, dst_root);
         copier.parents(&base, &pivot, "", &pattern, &dir)?;
     }
     Ok(())
@@ -653,7 +641,17 @@ struct Copier<'a> {
     root: &'a Path,
 }
 
-impl Copier<'_> {
+impl<'a> Copier<'a> {
+    fn new(ignore: &'a Ignore, exclude: &'a Ignore, opts: CopyOptions, root: &'a Path) -> Self {
+        Copier {
+            ignore,
+            exclude,
+            opts,
+            links: HashMap::new(),
+            root,
+        }
+    }
+
     fn tree(&mut self, src: &Path, rel: &str, src_rel: &str, dst: &Path) -> Result<()> {
         let mut names: Vec<_> = fs::read_dir(src)
             .map_err(|e| io_err("read directory", src, e))?
@@ -1061,6 +1059,14 @@ mod tests {
         copy(src, &matched, &none, &none, root, dest, opts).unwrap();
     }
 
+    /// Files at `paths` below `dir`, each holding its path, with their folders.
+    fn write_files(dir: &Path, paths: &[&str]) {
+        for f in paths {
+            fs::create_dir_all(dir.join(f).parent().unwrap()).unwrap();
+            fs::write(dir.join(f), f).unwrap();
+        }
+    }
+
     fn archives() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/archives")
     }
@@ -1207,14 +1213,14 @@ mod tests {
     #[test]
     fn excluded_folders_are_not_left_empty() {
         let (_d, src, root) = src_and_root("main.rs", "m");
-        for f in [
-            "src/debug/important.log",
-            "src/debug/noise.log",
-            "build/deep/out.o",
-        ] {
-            fs::create_dir_all(src.join(f).parent().unwrap()).unwrap();
-            fs::write(src.join(f), f).unwrap();
-        }
+        write_files(
+            &src,
+            &[
+                "src/debug/important.log",
+                "src/debug/noise.log",
+                "build/deep/out.o",
+            ],
+        );
         fs::create_dir_all(src.join("logs/empty")).unwrap();
         let ig = Ignore::parse("**/*.log\n!**/important.log\nbuild\nlogs\n");
         let none = Ignore::default();
@@ -1247,18 +1253,18 @@ mod tests {
     #[test]
     fn copy_parents_keeps_paths_from_the_root_or_the_pivot() {
         let (_d, src, root) = src_and_root("top.txt", "t");
-        for f in [
-            "x/a.txt",
-            "y/a.txt",
-            "pkgs/one/package.json",
-            "pkgs/one/index.js",
-            "pkgs/two/package.json",
-            "deep/x/y/z.txt",
-            "deep/x/w.md",
-        ] {
-            fs::create_dir_all(src.join(f).parent().unwrap()).unwrap();
-            fs::write(src.join(f), f).unwrap();
-        }
+        write_files(
+            &src,
+            &[
+                "x/a.txt",
+                "y/a.txt",
+                "pkgs/one/package.json",
+                "pkgs/one/index.js",
+                "pkgs/two/package.json",
+                "deep/x/y/z.txt",
+                "deep/x/w.md",
+            ],
+        );
         fs::create_dir_all(src.join("pkgs/empty")).unwrap();
         let none = Ignore::default();
         let srcs = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();

@@ -234,28 +234,32 @@ mod tests {
 
     #[test]
     fn symbolic_modes_follow_chmod() {
-        assert_eq!(apply("+x", 0o644, false), 0o755);
-        assert_eq!(apply("u+x", 0o644, false), 0o744);
-        assert_eq!(apply("a-w", 0o666, false), 0o444);
-        assert_eq!(apply("u=rwx,go=rx", 0o600, false), 0o755);
-        assert_eq!(apply("go=", 0o777, false), 0o700);
-        assert_eq!(apply("u+x-w", 0o644, false), 0o544);
-        assert_eq!(apply("g=u", 0o640, false), 0o660);
-        assert_eq!(apply("o=g-w", 0o674, false), 0o675, "copy then remove");
-        // X: execute for folders and for files that already have some.
-        assert_eq!(apply("a+X", 0o644, false), 0o644);
-        assert_eq!(apply("a+X", 0o644, true), 0o755);
-        assert_eq!(apply("a+X", 0o744, false), 0o755);
-        // Special bits: s for user and group, t for everyone, never for `o` alone.
-        assert_eq!(apply("u+s", 0o755, false), 0o4755);
-        assert_eq!(apply("g+s", 0o755, false), 0o2755);
-        assert_eq!(apply("+t", 0o777, true), 0o1777);
-        assert_eq!(apply("o+t", 0o777, true), 0o777);
-        assert_eq!(
-            apply("=r", 0o4755, false),
-            0o444,
-            "= clears the special bits"
-        );
+        // (mode, before, is a folder, after)
+        let cases = [
+            ("+x", 0o644, false, 0o755),
+            ("u+x", 0o644, false, 0o744),
+            ("a-w", 0o666, false, 0o444),
+            ("u=rwx,go=rx", 0o600, false, 0o755),
+            ("go=", 0o777, false, 0o700),
+            ("u+x-w", 0o644, false, 0o544),
+            ("g=u", 0o640, false, 0o660),
+            // Copy a class, then remove from it.
+            ("o=g-w", 0o674, false, 0o675),
+            // X: execute for folders and for files that already have some.
+            ("a+X", 0o644, false, 0o644),
+            ("a+X", 0o644, true, 0o755),
+            ("a+X", 0o744, false, 0o755),
+            // s for user and group, t for everyone, never for `o` alone.
+            ("u+s", 0o755, false, 0o4755),
+            ("g+s", 0o755, false, 0o2755),
+            ("+t", 0o777, true, 0o1777),
+            ("o+t", 0o777, true, 0o777),
+            // `=` clears the special bits.
+            ("=r", 0o4755, false, 0o444),
+        ];
+        for (text, before, is_dir, after) in cases {
+            assert_eq!(apply(text, before, is_dir), after, "{text} on {before:o}");
+        }
     }
 
     #[test]
