@@ -39,6 +39,8 @@ pub struct BuildOptions {
     pub build_args: BTreeMap<String, String>,
     /// Secrets by id.
     pub secrets: HashMap<String, SecretSource>,
+    /// SSH agent sockets by id (`--ssh default`), for `RUN --mount=type=ssh`.
+    pub ssh: HashMap<String, PathBuf>,
     /// Reuse nothing.
     pub no_cache: bool,
     /// `SOURCE_DATE_EPOCH`: reproducible timestamps.
@@ -137,6 +139,9 @@ pub async fn build(
     let (store2, client, cancel) = (store.clone(), opts.client.clone(), opts.cancel.clone());
     let lowered = tokio::task::spawn_blocking(move || {
         let df = Dockerfile::parse_cancelable(&name, &text, &cancel)?;
+        for w in df.checked_warnings()? {
+            tracing::warn!("{name}:{}: {} [{}]", w.line, w.message, w.rule);
+        }
         let pull = |r: &str| -> Result<Digest> {
             let client = client
                 .as_ref()
@@ -156,6 +161,7 @@ pub async fn build(
         SolveOptions {
             contexts: HashMap::from([("context".to_string(), opts.context.clone())]),
             secrets: opts.secrets.clone(),
+            ssh: opts.ssh.clone(),
             no_cache: opts.no_cache,
             source_date_epoch: opts.source_date_epoch,
             compression: opts.compression,

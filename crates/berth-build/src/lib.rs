@@ -51,6 +51,7 @@ mod pattern;
 mod prune;
 mod secrets;
 mod solver;
+mod ssh;
 
 pub use berth_exec::Stream;
 pub use berth_snapshot::Compression;

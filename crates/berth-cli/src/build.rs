@@ -30,6 +30,10 @@ pub struct BuildArgs {
     /// A secret: id=ID,src=FILE or id=ID,env=VAR (repeatable).
     #[arg(long = "secret")]
     secrets: Vec<String>,
+    /// Forward an SSH agent to `RUN --mount=type=ssh` steps (repeatable): `default` or
+    /// `ID` for the agent of $SSH_AUTH_SOCK, or `ID=SOCKET` for another agent's socket.
+    #[arg(long = "ssh")]
+    ssh: Vec<String>,
     /// Run every step; reuse nothing from cache.
     #[arg(long)]
     no_cache: bool,
@@ -114,6 +118,37 @@ fn parse_secret(s: &str) -> Result<(String, SecretSource)> {
     Ok((id, src))
 }
 
+/// One `--ssh`: `ID` (the agent of $SSH_AUTH_SOCK) or `ID=SOCKET`. Docker also takes key
+/// files there; berth forwards agents only.
+fn parse_ssh(s: &str) -> Result<(String, PathBuf)> {
+    let (id, path) = match s.split_once('=') {
+        Some((id, path)) => (id, PathBuf::from(path)),
+        None => {
+            let sock = std::env::var_os("SSH_AUTH_SOCK").with_context(|| {
+                format!(
+                    "--ssh {s}: SSH_AUTH_SOCK is not set, so there is no agent to forward; \
+                     start one (eval $(ssh-agent); ssh-add) or give its socket: --ssh {s}=/path/to/agent.sock"
+                )
+            })?;
+            (s, PathBuf::from(sock))
+        }
+    };
+    if id.is_empty() {
+        bail!("--ssh {s:?}: the id is empty; write --ssh default or --ssh ID=SOCKET");
+    }
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(&path) {
+        Ok(m) if m.file_type().is_socket() => Ok((id.to_string(), path)),
+        Ok(_) => bail!(
+            "--ssh {s}: {} is not an agent socket; berth forwards SSH agents, not key files: \
+             load the key into an agent (ssh-add {}) and pass --ssh {id}",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => bail!("--ssh {s}: agent socket {}: {e}", path.display()),
+    }
+}
+
 fn parse_output(s: &str) -> Result<OutputSpec> {
     let o = parse_opts(s);
     let dest = o
@@ -140,6 +175,11 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         .iter()
         .map(|s| parse_secret(s))
         .collect::<Result<HashMap<_, _>>>()?;
+    let ssh = args
+        .ssh
+        .iter()
+        .map(|s| parse_ssh(s))
+        .collect::<Result<HashMap<_, _>>>()?;
     let outputs = args
         .outputs
         .iter()
@@ -162,6 +202,13 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     if let Some(name) =
         crate::satellite::chosen(args.satellite.as_deref(), args.no_satellite, settings)?
     {
+        if !ssh.is_empty() {
+            bail!(
+                "--ssh is not supported with a satellite: berth cannot forward your SSH agent to \
+                 satellite {name} yet; build here with --no-satellite, or fetch what needs the \
+                 agent before the build"
+            );
+        }
         return remote(
             settings, &name, &args, context, dockerfile, secrets, &build, sink, tty_view,
         );
@@ -174,6 +221,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         target: args.target.clone(),
         build_args: args.build_args.iter().cloned().collect::<BTreeMap<_, _>>(),
         secrets,
+        ssh,
         no_cache: args.no_cache,
         source_date_epoch: build.source_date_epoch,
         proxy_env: build.proxy_env,

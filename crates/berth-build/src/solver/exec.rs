@@ -51,10 +51,10 @@ impl Solver {
         active: &Active,
         holds: &mut Holds,
     ) -> Result<()> {
-        let (uid, gid) = lookup_user(&active.lowers, &op.user)?;
+        let user = exec_user(&active.lowers, &op.user)?;
         let mut env = op.env.clone();
         env.extend(op.proxy_env.iter().cloned());
-        let mut mounts = self.exec_mounts(op, inputs, (uid, gid), &mut env, holds)?;
+        let mut mounts = self.exec_mounts(op, inputs, &mut env, holds)?;
         // The company CA bundle, where the image keeps its roots (berth's own mounts:
         // their stubs and the directories made for them leave no trace).
         let mut own: Vec<String> = Vec::new();
@@ -81,9 +81,9 @@ impl Solver {
             args: op.args.clone(),
             env,
             cwd: op.cwd.clone(),
-            uid,
-            gid,
-            additional_gids: Vec::new(),
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.groups,
             hostname: String::new(),
             network: match op.network {
                 NetworkMode::Isolated => Network::Isolated,
@@ -184,100 +184,152 @@ impl Tail {
     }
 }
 
-/// Resolve `user[:group]` against the image's /etc/passwd and /etc/group (numeric ids
-/// pass through; an empty user is root).
-pub(super) fn lookup_user(lowers: &[PathBuf], user: &str) -> Result<(u32, u32)> {
+/// Who a step's process runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ExecUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// Resolve `user[:group]` for a process as BuildKit does (runc's `GetExecUser`):
+///
+/// - empty is root; `UID:GID` in numbers (or `root`) is taken as is, with no lookup;
+/// - otherwise the user is found in /etc/passwd by name or uid (a uid it lacks runs
+///   with gid 0), its primary group from there;
+/// - `user:group` runs with that group only (by name or gid in /etc/group, or any
+///   number); a bare `user` also gets the groups that list it in /etc/group.
+pub(super) fn exec_user(lowers: &[PathBuf], user: &str) -> Result<ExecUser> {
+    let id = |s: &str| {
+        if s == "root" {
+            Some(0)
+        } else {
+            s.parse::<u32>().ok()
+        }
+    };
     if user.is_empty() {
-        return Ok((0, 0));
+        return Ok(ExecUser {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        });
     }
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let read = |name: &str| etc_file(lowers, name);
-    let field = |file: &str, name: &str, idx: usize| etc_field(lowers, file, name, idx);
-    let (uid, primary) = match u.parse::<u32>() {
-        // A numeric user takes the group of the passwd entry with that uid, or 0, as
-        // runc and Docker do.
-        Ok(n) => {
-            let gid = read("passwd").and_then(|text| {
-                text.lines().find_map(|l| {
-                    let f: Vec<&str> = l.split(':').collect();
-                    (f.get(2).and_then(|x| x.parse::<u32>().ok()) == Some(n))
-                        .then(|| f.get(3)?.parse().ok())
-                        .flatten()
-                })
-            });
-            (n, gid.unwrap_or(0))
-        }
-        Err(_) => {
-            let uid = field("passwd", u, 2).ok_or_else(|| {
-                BuildError::Invalid(format!("user {u:?} is not in the image's /etc/passwd"))
-            })?;
-            (uid, field("passwd", u, 3).unwrap_or(0))
+    if let (Some(uid), Some(gid)) = (id(u), g.and_then(id)) {
+        return Ok(ExecUser {
+            uid,
+            gid,
+            groups: Vec::new(),
+        });
+    }
+    let entries = |name: &str| etc_entries(lowers, name);
+    let passwd = entries("passwd");
+    let numeric = u.parse::<u32>().ok();
+    // By name first, then by uid, as runc does.
+    let entry = passwd.iter().find(|e| e[0] == u).or_else(|| {
+        passwd
+            .iter()
+            .find(|e| numeric.is_some() && number(e, 2) == numeric)
+    });
+    let (uid, mut gid, name) = match (entry, numeric) {
+        (Some(e), _) => (
+            number(e, 2).unwrap_or(0),
+            number(e, 3).unwrap_or(0),
+            Some(e[0].clone()),
+        ),
+        (None, Some(n)) => (n, 0, None),
+        (None, None) => {
+            return Err(BuildError::Invalid(format!(
+                "user {u:?} is not in the image's /etc/passwd; add it (e.g. RUN adduser), \
+                 or give a numeric uid"
+            )));
         }
     };
-    let gid = match g {
-        None => primary,
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => field("group", g, 2).ok_or_else(|| {
-                BuildError::Invalid(format!("group {g:?} is not in the image's /etc/group"))
-            })?,
-        },
-    };
-    Ok((uid, gid))
+    let group = entries("group");
+    let mut groups = Vec::new();
+    match g {
+        Some(g) => {
+            gid = match group
+                .iter()
+                .find(|e| e[0] == g || e.get(2).is_some_and(|x| x == g))
+                .and_then(|e| number(e, 2))
+            {
+                Some(n) => n,
+                None => g.parse().map_err(|_| {
+                    BuildError::Invalid(format!(
+                        "group {g:?} is not in the image's /etc/group; add it (e.g. RUN \
+                         addgroup), or give a numeric gid"
+                    ))
+                })?,
+            };
+        }
+        None => {
+            if let Some(name) = name {
+                for e in &group {
+                    let member = e.get(3).is_some_and(|m| m.split(',').any(|m| m == name));
+                    if let (true, Some(n)) = (member, number(e, 2)) {
+                        groups.push(n);
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExecUser { uid, gid, groups })
 }
 
-/// The text of the image's `/etc/<name>`: the topmost layer with an entry there decides;
-/// a whiteout (or anything but a file) means there is none.
-fn etc_file(lowers: &[PathBuf], name: &str) -> Option<String> {
-    let p = lowers
+/// The entries of the image's `/etc/<name>`, split into their `:` fields: the topmost
+/// layer with an entry at that path decides; a whiteout means the file was deleted.
+fn etc_entries(lowers: &[PathBuf], name: &str) -> Vec<Vec<String>> {
+    let text = lowers
         .iter()
         .map(|l| l.join("etc").join(name))
-        .find(|p| fs::symlink_metadata(p).is_ok())?;
-    let m = fs::symlink_metadata(&p).ok()?;
-    m.is_file().then(|| fs::read_to_string(&p).ok()).flatten()
+        .find(|p| fs::symlink_metadata(p).is_ok())
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .and_then(|p| fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split(':').map(str::to_string).collect())
+        .collect()
 }
 
-/// Field `idx` (a number) of the entry `name` of the image's `/etc/<file>`.
-fn etc_field(lowers: &[PathBuf], file: &str, name: &str, idx: usize) -> Option<u32> {
-    etc_file(lowers, file)?.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.first() == Some(&name))
-            .then(|| f.get(idx)?.parse().ok())
-            .flatten()
-    })
+/// Field `i` of an entry, as a number.
+fn number(e: &[String], i: usize) -> Option<u32> {
+    e.get(i).and_then(|f| f.parse::<u32>().ok())
 }
 
 /// The owner `--chown=user[:group]` gives in a file op (COPY, ADD, and the folders
-/// WORKDIR makes for USER), resolved as BuildKit's file ops do, which differs from a
-/// RUN's user: a numeric user alone is also the group (`4321` is 4321:4321), a name
-/// takes its uid and primary group from the image's /etc/passwd, a group name its gid
-/// from /etc/group; an empty user is root. A name the image lacks leaves root (user)
-/// or the user's group (group), with a warning, where BuildKit is silent.
+/// WORKDIR makes for USER), resolved as BuildKit's file ops do (its `readUser`), which
+/// differs from a RUN's user: a numeric user alone is also the group (`4321` is
+/// 4321:4321), a name takes its uid and primary group from the image's /etc/passwd, a
+/// group name its gid from /etc/group; an empty user is root. A name the image lacks
+/// leaves root (user) or the user's group (group), with a warning, where BuildKit is
+/// silent.
 pub(super) fn chown_ids(lowers: &[PathBuf], spec: &str) -> (u32, u32) {
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
+    let by_name =
+        |file: &str, name: &str| etc_entries(lowers, file).into_iter().find(|e| e[0] == name);
     let mut ids = (0, 0);
     if let Ok(n) = u.parse::<u32>() {
         ids = (n, n);
     } else if !u.is_empty() {
-        match (
-            etc_field(lowers, "passwd", u, 2),
-            etc_field(lowers, "passwd", u, 3),
-        ) {
-            (Some(uid), gid) => ids = (uid, gid.unwrap_or(0)),
-            (None, _) => tracing::warn!(
+        match by_name("passwd", u) {
+            Some(e) => ids = (number(&e, 2).unwrap_or(0), number(&e, 3).unwrap_or(0)),
+            None => tracing::warn!(
                 "--chown={spec}: user {u:?} is not in the image's /etc/passwd; owner is root, as in BuildKit"
             ),
         }
     }
     match g.filter(|g| !g.is_empty()).map(|g| (g, g.parse::<u32>())) {
         Some((_, Ok(n))) => ids.1 = n,
-        Some((g, Err(_))) => match etc_field(lowers, "group", g, 2) {
+        Some((g, Err(_))) => match by_name("group", g).and_then(|e| number(&e, 2)) {
             Some(gid) => ids.1 = gid,
             None => tracing::warn!(
                 "--chown={spec}: group {g:?} is not in the image's /etc/group; group is {}, as in BuildKit",
@@ -329,6 +381,7 @@ mod tests {
         assert_eq!(ids("nobody-here"), (0, 0), "unknown names leave root");
         assert_eq!(ids("1000:nogroup"), (1000, 1000));
         // A RUN's numeric user still takes its group from passwd.
-        assert_eq!(lookup_user(&lowers, "1000").unwrap(), (1000, 100));
+        let run = exec_user(&lowers, "1000").unwrap();
+        assert_eq!((run.uid, run.gid), (1000, 100));
     }
 }
