@@ -317,7 +317,8 @@ pub struct CopyOptions {
     pub chown: Option<(u32, u32)>,
     /// Mode for everything written.
     pub chmod: Option<Chmod>,
-    /// Keep the source's owner (COPY --from a stage) instead of root (the context).
+    /// The source is a stage's file system (COPY --from), not a build context: keep
+    /// its owners instead of root, and copy its devices, fifos and sockets.
     pub keep_owner: bool,
     /// Unpack tar and tar.gz sources into the destination (ADD).
     pub extract_archives: bool,
@@ -811,9 +812,12 @@ impl<'a> Copier<'a> {
                 self.links.insert(key, dst.to_path_buf());
             }
             fs::copy(src, dst).map_err(|e| io_err("copy", dst, e))?;
+        } else if !self.opts.keep_owner {
+            // A build context holds no devices, fifos or sockets: Docker's context
+            // transfer leaves them out.
+            return Ok(());
         } else {
-            // Devices, fifos and sockets are made anew, as BuildKit's copy does
-            // (COPY --from a stage that has them).
+            // From a stage they are made anew, as BuildKit's copy does.
             use std::os::unix::fs::FileTypeExt;
             let kind = if ft.is_char_device() {
                 rustix::fs::FileType::CharacterDevice
@@ -1335,7 +1339,7 @@ mod tests {
     }
 
     #[test]
-    fn special_files_are_copied() {
+    fn special_files_are_copied_from_stages_only() {
         let (_d, src, root) = src_and_root("f", "f");
         let mknod = |name: &str, kind, dev| {
             rustix::fs::mknodat(
@@ -1353,7 +1357,16 @@ mod tests {
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::makedev(1, 3),
         );
-        copy_plain(&src, &["."], &root, "/out/", CopyOptions::default());
+        // From a context they are left out.
+        copy_plain(&src, &["."], &root, "/ctx/", CopyOptions::default());
+        assert!(fs::symlink_metadata(root.join("ctx/pipe")).is_err());
+        assert!(root.join("ctx/f").is_file());
+        // From a stage (owners kept) they are made anew.
+        let stage = CopyOptions {
+            keep_owner: true,
+            ..CopyOptions::default()
+        };
+        copy_plain(&src, &["."], &root, "/out/", stage);
         use std::os::unix::fs::FileTypeExt;
         let pipe = fs::symlink_metadata(root.join("out/pipe")).unwrap();
         assert!(pipe.file_type().is_fifo());
