@@ -46,6 +46,7 @@ mod fileops;
 pub mod frontend;
 pub mod image;
 pub mod ir;
+mod mode;
 mod pattern;
 mod prune;
 mod secrets;
