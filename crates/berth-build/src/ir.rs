@@ -68,10 +68,17 @@ impl std::str::FromStr for Entitlement {
             .find(|(n, _)| *n == s)
             .map(|(_, e)| *e)
             .ok_or_else(|| {
-                format!(
-                    "unknown entitlement {s:?}; berth knows {}",
-                    Entitlement::ALL.map(|(n, _)| n).join(", ")
-                )
+                let known = Entitlement::ALL.map(|(n, _)| n).join(", ");
+                if s == "security.insecure" {
+                    // BuildKit's privileged steps: berth has none to grant.
+                    format!(
+                        "entitlement \"security.insecure\" cannot be granted: berth runs no \
+                         privileged steps (RUN --security=insecure is refused); berth knows \
+                         {known}"
+                    )
+                } else {
+                    format!("unknown entitlement {s:?}; berth knows {known}")
+                }
             })
     }
 }
@@ -382,6 +389,18 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn security_insecure_is_refused_with_the_reason() {
+        assert_eq!("network.host".parse(), Ok(Entitlement::NetworkHost));
+        let err = "security.insecure".parse::<Entitlement>().unwrap_err();
+        assert!(
+            err.contains("cannot be granted") && err.contains("no privileged steps"),
+            "{err}"
+        );
+        let err = "net.host".parse::<Entitlement>().unwrap_err();
+        assert!(err.starts_with("unknown entitlement"), "{err}");
+    }
 
     fn exec(cmd: &str) -> ExecOp {
         ExecOp {
