@@ -258,6 +258,23 @@ pub struct LocalSource {
     pub exclude: Vec<String>,
 }
 
+/// A file downloaded over HTTP(S) (`ADD https://…`): its output is a directory holding
+/// the one file `filename`, mode 0600, dated by `Last-Modified` when the server gives one.
+/// Its cache key is the content's digest, found by downloading or revalidating (see the
+/// solver's `http` module), not the URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpSource {
+    /// The URL.
+    pub url: String,
+    /// The file's name (the last segment of the URL's path, `__unnamed__` if none).
+    pub filename: String,
+    /// `--checksum`: the digest the content must have.
+    pub checksum: Option<Digest>,
+    /// Where it was asked for (`Dockerfile:3`), for errors; not part of the digest.
+    #[serde(skip)]
+    pub origin: String,
+}
+
 /// An operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Op {
@@ -267,6 +284,8 @@ pub enum Op {
     Image(ImageSource),
     /// Files from the client.
     Local(LocalSource),
+    /// A file from a URL.
+    Http(HttpSource),
     /// A process.
     Exec(ExecOp),
     /// File operations.

@@ -201,7 +201,7 @@ impl Client {
         }
     }
 
-    fn http_client(&self, registry: &str) -> Result<reqwest::Client> {
+    pub(crate) fn http_client(&self, registry: &str) -> Result<reqwest::Client> {
         let mut cache = self.http.lock().expect("clients");
         if let Some(c) = cache.get(registry) {
             return Ok(c.clone());
@@ -831,7 +831,7 @@ fn basic(c: &Credentials) -> String {
     )
 }
 
-fn transport(url: &str, e: reqwest::Error) -> Error {
+pub(crate) fn transport(url: &str, e: reqwest::Error) -> Error {
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(&e);
     while let Some(s) = src {

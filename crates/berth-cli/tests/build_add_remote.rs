@@ -1,0 +1,441 @@
+//! `ADD` of HTTP(S) URLs (issue 15, item 3): downloaded from a loopback server written
+//! here, which counts requests and answers conditional ones with 304, so the tests see
+//! what berth asked for: a download is a file (not unpacked, mode 0600, dated by
+//! Last-Modified), `--checksum` is verified and spares the request when the content is
+//! cached, a rebuild revalidates (304 keeps the cache hit), a changed file re-runs the
+//! step, errors name the Dockerfile line and the URL, and downloads cross the proxy.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+
+/// A file the server serves.
+#[derive(Clone)]
+struct Served {
+    body: Vec<u8>,
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+/// A request the server saw: its path and whether it was conditional.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    path: String,
+    conditional: bool,
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 serving `files`, one request per connection.
+#[derive(Clone)]
+struct FileServer {
+    addr: String,
+    files: Arc<Mutex<HashMap<String, Served>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FileServer {
+    fn start() -> FileServer {
+        let files: Arc<Mutex<HashMap<String, Served>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (f, s) = (files.clone(), seen.clone());
+        let addr = loopback_server(move |conn| {
+            let (f, s) = (f.clone(), s.clone());
+            std::thread::spawn(move || answer(conn, &f, &s));
+        });
+        FileServer { addr, files, seen }
+    }
+
+    fn put(&self, path: &str, body: &[u8], etag: Option<&str>, last_modified: Option<&str>) {
+        self.files.lock().unwrap().insert(
+            path.to_string(),
+            Served {
+                body: body.to_vec(),
+                etag: etag.map(str::to_owned),
+                last_modified: last_modified.map(str::to_owned),
+            },
+        );
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The requests for `path` so far.
+    fn requests(&self, path: &str) -> Vec<Seen> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().filter(|s| s.path == path).cloned().collect()
+    }
+}
+
+fn answer(
+    conn: std::net::TcpStream,
+    files: &Mutex<HashMap<String, Served>>,
+    seen: &Mutex<Vec<Seen>>,
+) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut first = String::new();
+    if reader.read_line(&mut first).is_err() {
+        return;
+    }
+    // A request through a proxy names the whole URL.
+    let target = first.split(' ').nth(1).unwrap_or("/").to_string();
+    let path = match target.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/".into(), |i| rest[i..].to_string()),
+        None => target,
+    };
+    let mut headers = HashMap::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let file = files.lock().unwrap().get(&path).cloned();
+    let conditional =
+        headers.contains_key("if-none-match") || headers.contains_key("if-modified-since");
+    seen.lock().unwrap().push(Seen {
+        path: path.clone(),
+        conditional,
+    });
+    let mut out = conn;
+    let Some(file) = file else {
+        let _ = out.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
+        );
+        return;
+    };
+    let fresh = match (headers.get("if-none-match"), &file.etag) {
+        (Some(sent), Some(etag)) => sent == etag,
+        _ => match (headers.get("if-modified-since"), &file.last_modified) {
+            (Some(sent), Some(lm)) => sent == lm,
+            _ => false,
+        },
+    };
+    let mut head = String::new();
+    if let Some(e) = &file.etag {
+        head.push_str(&format!("ETag: {e}\r\n"));
+    }
+    if let Some(lm) = &file.last_modified {
+        head.push_str(&format!("Last-Modified: {lm}\r\n"));
+    }
+    if fresh {
+        let _ = write!(
+            out,
+            "HTTP/1.1 304 Not Modified\r\n{head}Connection: close\r\n\r\n"
+        );
+        return;
+    }
+    let _ = write!(
+        out,
+        "HTTP/1.1 200 OK\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        file.body.len()
+    );
+    let _ = out.write_all(&file.body);
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+}
+
+/// A scratch directory with the busybox base image.
+struct Project {
+    dir: tempfile::TempDir,
+    base: BuildBase,
+}
+
+impl Project {
+    fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().unwrap(),
+            base: BuildBase::new(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A context `name` whose Dockerfile is `FROM <busybox>` and `body`.
+    fn context(&self, name: &str, body: &str) -> PathBuf {
+        context(
+            self.dir.path(),
+            name,
+            &format!("FROM {}\n{body}", self.base.reference()),
+        )
+    }
+
+    /// Build `ctx` in the root `root` into the folder `out`.
+    fn build(&self, root: &str, ctx: &Path, out: &str) -> Output {
+        let _ = std::fs::remove_dir_all(self.path(out));
+        output(
+            berth_build(&self.path(root))
+                .arg("--output")
+                .arg(format!("type=local,dest={}", self.path(out).display()))
+                .arg(ctx),
+        )
+    }
+}
+
+/// The labels of the steps a build took from cache.
+fn cached(out: &Output) -> Vec<String> {
+    out.stderr
+        .lines()
+        .filter_map(|l| l.strip_suffix(" CACHED"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn sha256_of(data: &[u8]) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    format!("sha256:{}", text.split(' ').next().unwrap())
+}
+
+/// A gzip-compressed tar holding `inner.txt`, made with the system's tar.
+fn tar_gz(dir: &Path) -> Vec<u8> {
+    let src = dir.join("tar-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("inner.txt"), "inside\n").unwrap();
+    let tgz = dir.join("data.tar.gz");
+    run(Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&src)
+        .arg("inner.txt"));
+    std::fs::read(tgz).unwrap()
+}
+
+const LAST_MODIFIED: &str = "Tue, 15 Nov 1994 08:12:31 GMT";
+const LAST_MODIFIED_UNIX: i64 = 784_887_151;
+
+#[test]
+fn downloads_are_files_checked_and_revalidated() {
+    if !require_build() {
+        return;
+    }
+    let p = Project::new();
+    let srv = FileServer::start();
+    let archive = tar_gz(p.dir.path());
+    srv.put(
+        "/dl/data.tar.gz",
+        &archive,
+        Some("\"v1\""),
+        Some(LAST_MODIFIED),
+    );
+    // No ETag: revalidated by date alone.
+    srv.put("/x.txt", b"x content\n", None, Some(LAST_MODIFIED));
+    let sum = sha256_of(b"x content\n");
+    let ctx = p.context(
+        "ctx",
+        &format!(
+            "ADD {} /d/\nADD --chmod=644 --chown=7:8 {} /named.txt\nADD --checksum={sum} {} /sum/\n",
+            srv.url("/dl/data.tar.gz"),
+            srv.url("/x.txt"),
+            srv.url("/x.txt"),
+        ),
+    );
+    let first = p.build("root", &ctx, "out1");
+    assert!(first.success, "{}", first.stderr);
+    let out = p.path("out1");
+    // Not unpacked, 0600, dated by Last-Modified, owned by root.
+    let tgz = out.join("d/data.tar.gz");
+    assert_eq!(std::fs::read(&tgz).unwrap(), archive);
+    assert!(
+        !out.join("d/inner.txt").exists(),
+        "a download is never unpacked"
+    );
+    let meta = std::fs::metadata(&tgz).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(meta.mtime(), LAST_MODIFIED_UNIX);
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    // A file destination names the file; --chmod and --chown as for local files.
+    let named = std::fs::metadata(out.join("named.txt")).unwrap();
+    assert_eq!(named.permissions().mode() & 0o7777, 0o644);
+    assert_eq!((named.uid(), named.gid()), (7, 8));
+    assert_eq!(
+        std::fs::read(out.join("sum/x.txt")).unwrap(),
+        b"x content\n"
+    );
+    assert_eq!(srv.requests("/dl/data.tar.gz").len(), 1);
+    let x_first = srv.requests("/x.txt").len();
+    assert!(x_first >= 1);
+
+    // A rebuild revalidates: 304s keep every step cached; the --checksum source, whose
+    // content is cached, asks nothing.
+    let second = p.build("root", &ctx, "out2");
+    assert!(second.success, "{}", second.stderr);
+    let steps = cached(&second);
+    assert_eq!(
+        steps.iter().filter(|s| s.contains(" ADD ")).count(),
+        3,
+        "{}",
+        second.stderr
+    );
+    let dl = srv.requests("/dl/data.tar.gz");
+    assert_eq!(dl.len(), 2, "{dl:?}");
+    assert!(
+        dl[1].conditional,
+        "the rebuild's request was not conditional"
+    );
+    let x = srv.requests("/x.txt");
+    assert_eq!(
+        x.len(),
+        x_first + 1,
+        "the --checksum source was requested again: {x:?}"
+    );
+    assert!(x.last().unwrap().conditional);
+
+    // A changed file re-runs its step (and only the steps after it).
+    srv.put("/dl/data.tar.gz", b"new content\n", Some("\"v2\""), None);
+    let third = p.build("root", &ctx, "out3");
+    assert!(third.success, "{}", third.stderr);
+    let steps = cached(&third);
+    assert!(
+        !steps.iter().any(|s| s.contains("ADD http")),
+        "the changed download stayed cached: {}",
+        third.stderr
+    );
+    assert_eq!(
+        std::fs::read(p.path("out3/d/data.tar.gz")).unwrap(),
+        b"new content\n"
+    );
+}
+
+#[test]
+fn checksum_mismatches_and_missing_files_name_the_line_and_the_url() {
+    if !require_build() {
+        return;
+    }
+    let p = Project::new();
+    let srv = FileServer::start();
+    srv.put("/a.txt", b"a\n", None, None);
+    let wrong = sha256_of(b"something else\n");
+    let ctx = p.context(
+        "mismatch",
+        &format!("ADD --checksum={wrong} {} /a.txt\n", srv.url("/a.txt")),
+    );
+    let out = p.build("root", &ctx, "out");
+    assert!(!out.success);
+    let got = sha256_of(b"a\n");
+    for part in [
+        "Dockerfile:2",
+        &srv.url("/a.txt"),
+        &format!("expected {wrong}"),
+        &format!("got {got}"),
+    ] {
+        assert!(out.stderr.contains(part), "no {part:?} in:\n{}", out.stderr);
+    }
+
+    let ctx = p.context("missing", &format!("\nADD {} /\n", srv.url("/nope.bin")));
+    let out = p.build("root", &ctx, "out");
+    assert!(!out.success);
+    for part in ["Dockerfile:3", &srv.url("/nope.bin"), "404"] {
+        assert!(out.stderr.contains(part), "no {part:?} in:\n{}", out.stderr);
+    }
+
+    // Nothing listens on a port just freed: connection refused, named.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/f");
+    let ctx = p.context("refused", &format!("ADD {url} /\n"));
+    let out = p.build("root", &ctx, "out");
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("Dockerfile:2") && out.stderr.contains(&url),
+        "{}",
+        out.stderr
+    );
+}
+
+/// tinyproxy on a free port of 127.0.0.1, logging each request; killed on drop.
+struct Proxy {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Proxy {
+    fn start(dir: &Path) -> Proxy {
+        let port = free_port();
+        let log = dir.join("tinyproxy.log");
+        let conf = dir.join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Info\n\
+                 MaxClients 20\nAllow 127.0.0.1\nDisableViaHeader Yes\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("tinyproxy")
+            .args(["-d", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tinyproxy");
+        let addr = format!("127.0.0.1:{port}");
+        wait_listening(&addr);
+        Proxy { child, addr, log }
+    }
+
+    fn requests_to(&self, target: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Request") && l.contains(target))
+            .count()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn downloads_go_through_the_proxy() {
+    if !require_build() || !require("tinyproxy") {
+        return;
+    }
+    let p = Project::new();
+    let srv = FileServer::start();
+    srv.put("/p.txt", b"proxied\n", None, None);
+    let proxy = Proxy::start(p.dir.path());
+    let ctx = p.context("ctx", &format!("ADD {} /\n", srv.url("/p.txt")));
+    let out = output(
+        berth_build(&p.path("root"))
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .env("HTTP_PROXY", format!("http://{}", proxy.addr))
+            .arg("--output")
+            .arg(format!("type=local,dest={}", p.path("out").display()))
+            .arg(&ctx),
+    );
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(std::fs::read(p.path("out/p.txt")).unwrap(), b"proxied\n");
+    assert_eq!(
+        proxy.requests_to(&srv.addr),
+        1,
+        "the download did not cross the proxy"
+    );
+    assert_eq!(srv.requests("/p.txt").len(), 1);
+}
