@@ -439,3 +439,76 @@ fn downloads_go_through_the_proxy() {
     );
     assert_eq!(srv.requests("/p.txt").len(), 1);
 }
+
+/// Docker 20.10's BuildKit fetches from the same loopback server (its HTTP source runs
+/// in dockerd, on the host's network): the files it adds equal berth's, times included.
+#[test]
+fn downloads_match_docker_buildkit() {
+    if !require_build() || !require_docker() {
+        return;
+    }
+    let p = Project::new();
+    let srv = FileServer::start();
+    let archive = tar_gz(p.dir.path());
+    // dockerd's BuildKit keeps what it fetched by URL and ETag: a tag of this run only.
+    let etag = format!(
+        "\"{}-{:?}\"",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    srv.put(
+        "/dl/data.tar.gz",
+        &archive,
+        Some(&etag),
+        Some(LAST_MODIFIED),
+    );
+    srv.put("/plain", b"no date\n", None, None);
+    // (--chmod is left out: docker 20.10 ignores it on URLs; today's BuildKit applies
+    // it, as berth does, tested above.)
+    let body = format!(
+        "ADD {a} /d/\nADD {a} /named.tgz\nADD {b} /e/\nADD --chown=5:6 {b} /f/g\n",
+        a = srv.url("/dl/data.tar.gz"),
+        b = srv.url("/plain"),
+    );
+    let ctx = p.context("berth", &body);
+    let built = p.build("root", &ctx, "out");
+    assert!(built.success, "{}", built.stderr);
+    let docker_ctx = context(
+        p.dir.path(),
+        "docker",
+        &format!("FROM {}\n{body}", p.base.docker_reference()),
+    );
+    let mut images = DockerImages::default();
+    let image = format!("berth-test/add-remote:{}", std::process::id());
+    images.0.push(image.clone());
+    output_ok(
+        Command::new(docker())
+            .env("DOCKER_BUILDKIT", "1")
+            .args(["build", "-q", "--network", "host", "-t", &image])
+            .arg(&docker_ctx),
+    );
+    let work = p.path("docker-tree");
+    let docker_tree = docker_image_tree(&image, &work);
+    let added = ["/d", "/named.tgz", "/e", "/f"];
+    let pick = |t: &Tree| -> Tree {
+        t.iter()
+            .filter(|(k, _)| {
+                added
+                    .iter()
+                    .any(|a| k == a || k.starts_with(&format!("{a}/")))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let ours = pick(&file_tree(&p.path("out")));
+    let theirs = pick(&docker_tree);
+    assert!(ours.len() >= 6, "{ours:?}");
+    let diff = tree_diff("berth", &ours, "docker", &theirs);
+    assert!(diff.is_empty(), "file trees differ:\n{}", diff.join("\n"));
+    let mtime = |root: &Path, rel: &str| std::fs::metadata(root.join(rel)).unwrap().mtime();
+    assert_eq!(
+        mtime(&p.path("out"), "d/data.tar.gz"),
+        mtime(&work.join("rootfs"), "d/data.tar.gz")
+    );
+    assert_eq!(mtime(&p.path("out"), "named.tgz"), LAST_MODIFIED_UNIX);
+}
