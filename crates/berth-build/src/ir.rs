@@ -275,6 +275,24 @@ pub struct HttpSource {
     pub origin: String,
 }
 
+/// A git repository at a ref (`ADD https://host/repo.git#ref:subdir`, `ADD
+/// git@host:repo.git`): its output is the checkout (of `subdir`), without `.git` unless
+/// `keep_git_dir`. Its cache key is the commit the ref resolves to (`git ls-remote`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GitSource {
+    /// The repository, as git takes it.
+    pub remote: String,
+    /// A branch, tag or full commit (`None`: the remote's HEAD).
+    pub reference: Option<String>,
+    /// A folder of the repository to add instead of all of it.
+    pub subdir: Option<String>,
+    /// Keep `.git` (`--keep-git-dir`).
+    pub keep_git_dir: bool,
+    /// Where it was asked for (`Dockerfile:3`), for errors; not part of the digest.
+    #[serde(skip)]
+    pub origin: String,
+}
+
 /// An operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Op {
@@ -286,6 +304,8 @@ pub enum Op {
     Local(LocalSource),
     /// A file from a URL.
     Http(HttpSource),
+    /// A git checkout.
+    Git(GitSource),
     /// A process.
     Exec(ExecOp),
     /// File operations.

@@ -512,3 +512,161 @@ fn downloads_match_docker_buildkit() {
     );
     assert_eq!(mtime(&p.path("out"), "named.tgz"), LAST_MODIFIED_UNIX);
 }
+
+/// `git daemon` serving the repositories below `base` on a free port of 127.0.0.1;
+/// killed on drop.
+struct GitDaemon {
+    child: Child,
+    addr: String,
+}
+
+impl GitDaemon {
+    fn start(base: &Path) -> GitDaemon {
+        let port = free_port();
+        let child = Command::new("git")
+            .arg("daemon")
+            .arg("--reuseaddr")
+            .arg("--export-all")
+            .arg(format!("--base-path={}", base.display()))
+            .arg("--listen=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start git daemon");
+        let addr = format!("127.0.0.1:{port}");
+        wait_listening(&addr);
+        GitDaemon { child, addr }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `git -C dir args…` with a fixed identity; its trimmed stdout.
+fn git(dir: &Path, args: &[&str]) -> String {
+    run(Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+        .args(args))
+    .trim()
+    .to_string()
+}
+
+/// Commit `a.txt` with `text` (and `sub/b.txt`, `run.sh`) in the work tree `work`.
+fn commit(work: &Path, text: &str) -> String {
+    std::fs::write(work.join("a.txt"), text).unwrap();
+    std::fs::create_dir_all(work.join("sub")).unwrap();
+    std::fs::write(work.join("sub/b.txt"), format!("b {text}")).unwrap();
+    std::fs::write(work.join("run.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(work.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-q", "-m", text]);
+    git(work, &["rev-parse", "HEAD"])
+}
+
+#[test]
+fn git_repositories_at_branches_tags_commits_and_folders() {
+    if !require_build() || !require("git") {
+        return;
+    }
+    let p = Project::new();
+    let work = p.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    let first = commit(&work, "one\n");
+    git(&work, &["tag", "-a", "v1", "-m", "v1"]);
+    let second = commit(&work, "two\n");
+    let served = p.path("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let bare = served.join("repo.git");
+    run(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(&bare));
+    let daemon = GitDaemon::start(&served);
+    let repo = format!("git://{}/repo.git", daemon.addr);
+    let ctx = p.context(
+        "ctx",
+        &format!(
+            "ADD {repo}#v1 /tag/\nADD {repo}#{first} /commit/\nADD {repo}#main /main/\n\
+             ADD {repo}#main:sub /sub/\nADD --keep-git-dir {repo}#main /kept/\n"
+        ),
+    );
+    let built = p.build("root", &ctx, "out1");
+    assert!(built.success, "{}", built.stderr);
+    let out = p.path("out1");
+    let read = |rel: &str| std::fs::read_to_string(out.join(rel)).unwrap();
+    assert_eq!(read("main/a.txt"), "two\n");
+    assert_eq!(read("tag/a.txt"), "one\n");
+    assert_eq!(read("commit/a.txt"), "one\n");
+    assert_eq!(read("sub/b.txt"), "b two\n");
+    assert!(
+        !out.join("sub/a.txt").exists(),
+        "the folder's siblings came too"
+    );
+    assert!(
+        !out.join("main/.git").exists(),
+        ".git kept without --keep-git-dir"
+    );
+    let mode = std::fs::metadata(out.join("main/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert!(out.join("kept/.git").is_dir());
+    assert_eq!(git(&out.join("kept"), &["rev-parse", "HEAD"]), second);
+
+    // Nothing moved: every ADD is cached.
+    let again = p.build("root", &ctx, "out2");
+    assert!(again.success, "{}", again.stderr);
+    let adds = |o: &Output| {
+        cached(o)
+            .into_iter()
+            .filter(|s| s.contains(" ADD "))
+            .count()
+    };
+    assert_eq!(adds(&again), 5, "{}", again.stderr);
+
+    // A new commit on the branch re-runs the step that adds it (and those after it),
+    // not the ones before.
+    let third = commit(&work, "three\n");
+    git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
+    let moved = p.build("root", &ctx, "out3");
+    assert!(moved.success, "{}", moved.stderr);
+    let steps = cached(&moved);
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.ends_with(&format!("ADD {repo}#v1 /tag/"))),
+        "{}",
+        moved.stderr
+    );
+    assert!(
+        !steps
+            .iter()
+            .any(|s| s.ends_with(&format!("ADD {repo}#main /main/"))),
+        "{}",
+        moved.stderr
+    );
+    let out = p.path("out3");
+    assert_eq!(
+        std::fs::read_to_string(out.join("main/a.txt")).unwrap(),
+        "three\n"
+    );
+    assert_eq!(git(&out.join("kept"), &["rev-parse", "HEAD"]), third);
+
+    // A ref that is not there names the line, the repository and the ref.
+    let ctx = p.context("bad", &format!("ADD {repo}#nope /x/\n"));
+    let bad = p.build("root", &ctx, "out4");
+    assert!(!bad.success);
+    for part in ["Dockerfile:2", repo.as_str(), "\"nope\""] {
+        assert!(bad.stderr.contains(part), "no {part:?} in:\n{}", bad.stderr);
+    }
+}

@@ -172,6 +172,11 @@ impl Client {
         }
     }
 
+    /// The network settings (proxies, NO_PROXY, extra CAs) it was given.
+    pub fn network(&self) -> &berth_net::Network {
+        &self.config.network
+    }
+
     fn host(&self, registry: &str) -> HostOptions {
         self.config.hosts.get(registry).cloned().unwrap_or_default()
     }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Event, Output, Solved, Solver, io_err, unique, write_atomic};
 use crate::error::{BuildError, Result};
-use crate::ir::{HttpSource, State};
+use crate::ir::{HttpSource, Op, State};
 
 /// What is remembered of a URL between builds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,8 +45,9 @@ impl Solver {
         self.http_dir().join("blobs").join(digest.hex())
     }
 
-    /// Solve a download: fetch or revalidate it, then key it by its content.
-    pub(super) fn solve_http(&self, state: &State, src: &HttpSource) -> Result<Solved> {
+    /// Solve a remote source (a download or a git checkout), which is never recorded:
+    /// its key comes from what the remote holds now.
+    pub(super) fn solve_remote(&self, state: &State) -> Result<Solved> {
         let v = state.vertex();
         let id = self.step_id(state);
         let progress = &self.opts.progress;
@@ -55,7 +56,15 @@ impl Solver {
             name: v.name.clone(),
         });
         let start = Instant::now();
-        match self.fetch_http(src) {
+        let fetched = match &v.op {
+            Op::Http(src) => self.fetch_http(src),
+            Op::Git(src) => self.fetch_git(src),
+            _ => Err(BuildError::Invalid(format!(
+                "{} is not a remote source",
+                v.name
+            ))),
+        };
+        match fetched {
             Ok(solved) => {
                 progress.event(Event::Done {
                     id,

@@ -29,6 +29,7 @@
 //! - `mounts`: the mounts of a RUN step (cache, secret, bind, tmpfs) and what they hold;
 //! - `file`: COPY/ADD/WORKDIR file operations;
 //! - `http`: downloads (`ADD https://…`), keyed by their content;
+//! - `git`: git checkouts (`ADD <repository>#<ref>`), keyed by their commit;
 //! - `snapshot`: layers ↔ snapshots: unpacking chains, committing a step's changes as a
 //!   layer, throw-away views.
 
@@ -52,6 +53,7 @@ use schedule::SharedSolve;
 mod cache;
 mod exec;
 mod file;
+mod git;
 mod history;
 mod http;
 mod mounts;

@@ -106,8 +106,8 @@ impl Solver {
             return Err(BuildError::Canceled);
         }
         let v = state.vertex();
-        if let Op::Http(src) = &v.op {
-            return self.solve_http(state, src);
+        if matches!(v.op, Op::Http(_) | Op::Git(_)) {
+            return self.solve_remote(state);
         }
         let (key, ingredients) = self.cache_key(state, inputs)?;
         let visible = Self::visible(state);
@@ -176,7 +176,7 @@ impl Solver {
             Op::Exec(e) => self.run_exec(state, id, e, inputs),
             Op::File(f) => self.run_file(f, inputs),
             Op::Merge => merge(inputs),
-            Op::Http(_) => unreachable!("downloads are solved by solve_http"),
+            Op::Http(_) | Op::Git(_) => unreachable!("remote sources are solved by solve_remote"),
         };
         let output = match result {
             Ok(o) => o,

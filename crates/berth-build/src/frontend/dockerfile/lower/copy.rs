@@ -5,14 +5,15 @@ use super::{Lowerer, StageState, src_err};
 use crate::error::Result;
 use crate::frontend::dockerfile::expand::{ExpandError, MAX_WORD, push_within};
 use crate::frontend::dockerfile::instructions::{Add, Copy, CopySource, Dockerfile};
-use crate::ir::{FileAction, FileOp, HttpSource, Op, State};
+use crate::ir::{FileAction, FileOp, GitSource, HttpSource, Op, State};
 use crate::mode::ModeSet;
 
 /// What COPY and ADD share.
 struct CopySpec<'a> {
     sources: &'a [CopySource],
-    /// Downloads (ADD of URLs), each copied from its own input, and whether to unpack it.
-    remote: Vec<(State, bool)>,
+    /// Downloads and git checkouts (ADD), each copied from its own input: the state,
+    /// the path copied from it, and whether to unpack it.
+    remote: Vec<(State, String, bool)>,
     from: Option<&'a str>,
     dest: &'a str,
     chown: Option<&'a str>,
@@ -64,19 +65,6 @@ impl Lowerer<'_> {
         line: usize,
         name: &str,
     ) -> Result<State> {
-        if let Some(url) = a.sources.iter().find_map(|s| match s {
-            CopySource::Path(p) if is_git_source(p) => Some(p.clone()),
-            _ => None,
-        }) {
-            return Err(src_err(
-                self.df,
-                line,
-                1,
-                &format!(
-                    "ADD {url}: git repositories are not supported yet; clone in a RUN step instead"
-                ),
-            ));
-        }
         let checksum = match &a.checksum {
             None => None,
             Some(c) => {
@@ -95,6 +83,16 @@ impl Lowerer<'_> {
         let mut local = Vec::new();
         for s in &a.sources {
             match s {
+                CopySource::Path(p) if is_git_source(p) => {
+                    let url = self.expand(st, p, line)?;
+                    let source = git_source(&url, a.keep_git_dir, self.df.source.name(), line);
+                    let name = format!("git {url}");
+                    remote.push((
+                        State::new(Op::Git(source), vec![], name),
+                        ".".to_string(),
+                        false,
+                    ));
+                }
                 CopySource::Path(p) if p.starts_with("http://") || p.starts_with("https://") => {
                     let url = self.expand(st, p, line)?;
                     let source = HttpSource {
@@ -104,15 +102,21 @@ impl Lowerer<'_> {
                         origin: format!("{}:{line}", self.df.source.name()),
                     };
                     let name = format!("download {}", source.url);
+                    let file = source.filename.clone();
                     remote.push((
                         State::new(Op::Http(source), vec![], name),
+                        file,
                         a.unpack == Some(true),
                     ));
                 }
                 other => local.push(other.clone()),
             }
         }
-        if checksum.is_some() && (remote.len() != 1 || !local.is_empty()) {
+        let one_url = match remote.as_slice() {
+            [(st, _, _)] => matches!(st.vertex().op, Op::Http(_)),
+            _ => false,
+        };
+        if checksum.is_some() && (!one_url || !local.is_empty()) {
             return Err(src_err(
                 self.df,
                 line,
@@ -149,7 +153,7 @@ impl Lowerer<'_> {
         let chmod = parse_chmod(spec.chmod, self.df, line)?;
         let mut inputs: Vec<State> = sources.from.clone().into_iter().collect();
         let first_remote = inputs.len() + 1;
-        inputs.extend(spec.remote.iter().map(|(s, _)| s.clone()));
+        inputs.extend(spec.remote.iter().map(|(s, _, _)| s.clone()));
         let op = copy_op(&dest, sources, &spec, first_remote, chown, chmod, st.cwd());
         // --link, as BuildKit: the copy is made on scratch, as a layer of its own put on
         // top of the stage, so it does not depend on the stage (its cache survives a new
@@ -232,11 +236,9 @@ fn copy_op(
     if !sources.paths.is_empty() {
         copies.push((1, sources.paths, spec.extract));
     }
-    // Each download is the one file of its input, named as the URL's path ends.
-    for (i, (st, unpack)) in spec.remote.iter().enumerate() {
-        if let Op::Http(h) = &st.vertex().op {
-            copies.push((first_remote + i, vec![h.filename.clone()], *unpack));
-        }
+    // A download is the one file of its input; a checkout is copied whole.
+    for (i, (_, path, unpack)) in spec.remote.iter().enumerate() {
+        copies.push((first_remote + i, vec![path.clone()], *unpack));
     }
     for (from, paths, extract) in copies {
         actions.push(FileAction::Copy {
@@ -293,6 +295,20 @@ pub(super) fn is_git_source(s: &str) -> bool {
         .next()
         .unwrap_or(before_ref)
         .ends_with(".git")
+}
+
+/// A git source as BuildKit reads one: `remote#ref:subdir`, both parts optional.
+fn git_source(url: &str, keep_git_dir: bool, file: &str, line: usize) -> GitSource {
+    let (remote, fragment) = url.split_once('#').unwrap_or((url, ""));
+    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    GitSource {
+        remote: remote.to_string(),
+        reference: some(reference),
+        subdir: some(subdir.trim_matches('/')),
+        keep_git_dir,
+        origin: format!("{file}:{line}"),
+    }
 }
 
 /// The name a downloaded file gets (BuildKit's): the last segment of the URL's path,
@@ -450,6 +466,13 @@ mod tests {
         assert!(is_git_source("https://h/o/r.git#v1:sub"));
         assert!(!is_git_source("https://h/o/r.tar.gz"));
         assert!(!is_git_source("https://h/git.html"));
+        let g = super::git_source("git://h:9/r.git#v1:a/b/", true, "Dockerfile", 3);
+        assert_eq!(g.remote, "git://h:9/r.git");
+        assert_eq!(g.reference.as_deref(), Some("v1"));
+        assert_eq!(g.subdir.as_deref(), Some("a/b"));
+        assert_eq!(g.origin, "Dockerfile:3");
+        let g = super::git_source("git@h:o/r.git", false, "Dockerfile", 1);
+        assert_eq!((g.reference, g.subdir), (None, None));
     }
 
     #[test]
