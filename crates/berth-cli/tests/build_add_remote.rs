@@ -548,6 +548,96 @@ impl Drop for GitDaemon {
     }
 }
 
+/// Git's smart HTTP on 127.0.0.1: each request is handed to `git http-backend` (CGI)
+/// serving the repositories below `base`. Returns the address.
+fn git_http(base: &Path) -> String {
+    let base = base.to_path_buf();
+    loopback_server(move |conn| {
+        let base = base.clone();
+        std::thread::spawn(move || git_http_answer(conn, &base));
+    })
+}
+
+fn git_http_answer(conn: std::net::TcpStream, base: &Path) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut first = String::new();
+    if reader.read_line(&mut first).is_err() {
+        return;
+    }
+    let mut parts = first.split(' ');
+    let method = parts.next().unwrap_or("GET").to_string();
+    let target = parts.next().unwrap_or("/").to_string();
+    // Through a proxy the target is the whole URL.
+    let target = match target.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/".into(), |i| rest[i..].to_string()),
+        None => target,
+    };
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut headers = HashMap::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).unwrap();
+    let mut cgi = Command::new("git");
+    cgi.arg("http-backend")
+        .env("GIT_PROJECT_ROOT", base)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", &method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_LENGTH", len.to_string())
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    for (h, var) in [
+        ("content-type", "CONTENT_TYPE"),
+        ("content-encoding", "HTTP_CONTENT_ENCODING"),
+        ("git-protocol", "GIT_PROTOCOL"),
+    ] {
+        if let Some(v) = headers.get(h) {
+            cgi.env(var, v);
+        }
+    }
+    let mut child = cgi.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(&body).unwrap();
+    let out = child.wait_with_output().unwrap().stdout;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+    let Some((end, sep)) = split else { return };
+    let head = String::from_utf8_lossy(&out[..end]).into_owned();
+    let content = &out[end + sep..];
+    let mut status = "200 OK".to_string();
+    let mut extra = String::new();
+    for line in head.lines() {
+        match line.split_once(':') {
+            Some((k, v)) if k.eq_ignore_ascii_case("status") => status = v.trim().to_string(),
+            Some(_) => extra.push_str(&format!("{}\r\n", line.trim())),
+            None => {}
+        }
+    }
+    let mut conn = conn;
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        content.len()
+    );
+    let _ = conn.write_all(content);
+}
+
 /// `git -C dir args…` with a fixed identity; its trimmed stdout.
 fn git(dir: &Path, args: &[&str]) -> String {
     run(Command::new("git")
@@ -669,4 +759,62 @@ fn git_repositories_at_branches_tags_commits_and_folders() {
     for part in ["Dockerfile:2", repo.as_str(), "\"nope\""] {
         assert!(bad.stderr.contains(part), "no {part:?} in:\n{}", bad.stderr);
     }
+}
+
+/// The form most Dockerfiles use, `http(s)://…/repo.git#ref`, over git's smart HTTP,
+/// through the configured proxy (git gets berth's proxy variables). Docker 20.10's
+/// BuildKit has no `ADD` of git repositories (it downloads the URL as a file), so the
+/// reference here is the documented behaviour.
+#[test]
+fn git_over_http_goes_through_the_proxy() {
+    if !require_build() || !require("git") || !require("tinyproxy") {
+        return;
+    }
+    let p = Project::new();
+    let work = p.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    commit(&work, "one\n");
+    let served = p.path("served");
+    std::fs::create_dir_all(&served).unwrap();
+    run(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(served.join("repo.git")));
+    let addr = git_http(&served);
+    let repo = format!("http://{addr}/repo.git");
+    let proxy = Proxy::start(p.dir.path());
+    let ctx = p.context(
+        "ctx",
+        &format!("ADD {repo}#main /g/\nADD --chown=3:4 {repo}#main:sub /s\n"),
+    );
+    // The proxy comes from config.toml only, so git sees it only if berth passes it.
+    let config = p.path("config.toml");
+    std::fs::write(
+        &config,
+        format!("[network]\nhttp_proxy = \"http://{}\"\n", proxy.addr),
+    )
+    .unwrap();
+    let mut build = berth_build(&p.path("root"));
+    for var in ["NO_PROXY", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        build.env_remove(var).env_remove(var.to_ascii_lowercase());
+    }
+    let out = output(
+        build
+            .arg("--config")
+            .arg(&config)
+            .arg("--output")
+            .arg(format!("type=local,dest={}", p.path("out").display()))
+            .arg(&ctx),
+    );
+    assert!(out.success, "{}", out.stderr);
+    let o = p.path("out");
+    assert_eq!(std::fs::read_to_string(o.join("g/a.txt")).unwrap(), "one\n");
+    let b = std::fs::metadata(o.join("s/b.txt")).unwrap();
+    assert_eq!((b.uid(), b.gid()), (3, 4));
+    assert!(!o.join("s/a.txt").exists());
+    assert!(
+        proxy.requests_to(&addr) > 0,
+        "git did not go through the proxy"
+    );
 }
