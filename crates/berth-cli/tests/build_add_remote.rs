@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -73,19 +73,17 @@ impl FileServer {
     }
 }
 
-fn answer(
-    conn: std::net::TcpStream,
-    files: &Mutex<HashMap<String, Served>>,
-    seen: &Mutex<Vec<Seen>>,
-) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
+/// The method, target (path and query; a proxied request's URL is cut to them) and
+/// headers (names in lower case) of the request on `reader`.
+fn read_request(
+    reader: &mut BufReader<std::net::TcpStream>,
+) -> Option<(String, String, HashMap<String, String>)> {
     let mut first = String::new();
-    if reader.read_line(&mut first).is_err() {
-        return;
-    }
-    // A request through a proxy names the whole URL.
-    let target = first.split(' ').nth(1).unwrap_or("/").to_string();
-    let path = match target.split_once("://") {
+    reader.read_line(&mut first).ok()?;
+    let mut parts = first.split(' ');
+    let method = parts.next()?.to_string();
+    let target = parts.next().unwrap_or("/").to_string();
+    let target = match target.split_once("://") {
         Some((_, rest)) => rest.find('/').map_or("/".into(), |i| rest[i..].to_string()),
         None => target,
     };
@@ -99,6 +97,18 @@ fn answer(
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
+    Some((method, target, headers))
+}
+
+fn answer(
+    conn: std::net::TcpStream,
+    files: &Mutex<HashMap<String, Served>>,
+    seen: &Mutex<Vec<Seen>>,
+) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let Some((_, path, headers)) = read_request(&mut reader) else {
+        return;
+    };
     let file = files.lock().unwrap().get(&path).cloned();
     let conditional =
         headers.contains_key("if-none-match") || headers.contains_key("if-modified-since");
@@ -144,43 +154,15 @@ fn answer(
     let _ = reader.read_to_end(&mut rest);
 }
 
-/// A scratch directory with the busybox base image.
-struct Project {
-    dir: tempfile::TempDir,
-    base: BuildBase,
-}
-
-impl Project {
-    fn new() -> Project {
-        Project {
-            dir: tempfile::tempdir().unwrap(),
-            base: BuildBase::new(),
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// A context `name` whose Dockerfile is `FROM <busybox>` and `body`.
-    fn context(&self, name: &str, body: &str) -> PathBuf {
-        context(
-            self.dir.path(),
-            name,
-            &format!("FROM {}\n{body}", self.base.reference()),
-        )
-    }
-
-    /// Build `ctx` in the root `root` into the folder `out`.
-    fn build(&self, root: &str, ctx: &Path, out: &str) -> Output {
-        let _ = std::fs::remove_dir_all(self.path(out));
-        output(
-            berth_build(&self.path(root))
-                .arg("--output")
-                .arg(format!("type=local,dest={}", self.path(out).display()))
-                .arg(ctx),
-        )
-    }
+/// Build `ctx` of `p` in the root `root` into the folder `out`.
+fn build(p: &Project, root: &str, ctx: &Path, out: &str) -> Output {
+    let _ = std::fs::remove_dir_all(p.path(out));
+    output(
+        berth_build(&p.path(root))
+            .arg("--output")
+            .arg(format!("type=local,dest={}", p.path(out).display()))
+            .arg(ctx),
+    )
 }
 
 /// The labels of the steps a build took from cache.
@@ -250,7 +232,7 @@ fn downloads_are_files_checked_and_revalidated() {
             srv.url("/x.txt"),
         ),
     );
-    let first = p.build("root", &ctx, "out1");
+    let first = build(&p, "root", &ctx, "out1");
     assert!(first.success, "{}", first.stderr);
     let out = p.path("out1");
     // Not unpacked, 0600, dated by Last-Modified, owned by root.
@@ -278,7 +260,7 @@ fn downloads_are_files_checked_and_revalidated() {
 
     // A rebuild revalidates: 304s keep every step cached; the --checksum source, whose
     // content is cached, asks nothing.
-    let second = p.build("root", &ctx, "out2");
+    let second = build(&p, "root", &ctx, "out2");
     assert!(second.success, "{}", second.stderr);
     let steps = cached(&second);
     assert_eq!(
@@ -303,7 +285,7 @@ fn downloads_are_files_checked_and_revalidated() {
 
     // A changed file re-runs its step (and only the steps after it).
     srv.put("/dl/data.tar.gz", b"new content\n", Some("\"v2\""), None);
-    let third = p.build("root", &ctx, "out3");
+    let third = build(&p, "root", &ctx, "out3");
     assert!(third.success, "{}", third.stderr);
     let steps = cached(&third);
     assert!(
@@ -330,7 +312,7 @@ fn checksum_mismatches_and_missing_files_name_the_line_and_the_url() {
         "mismatch",
         &format!("ADD --checksum={wrong} {} /a.txt\n", srv.url("/a.txt")),
     );
-    let out = p.build("root", &ctx, "out");
+    let out = build(&p, "root", &ctx, "out");
     assert!(!out.success);
     let got = sha256_of(b"a\n");
     for part in [
@@ -343,7 +325,7 @@ fn checksum_mismatches_and_missing_files_name_the_line_and_the_url() {
     }
 
     let ctx = p.context("missing", &format!("\nADD {} /\n", srv.url("/nope.bin")));
-    let out = p.build("root", &ctx, "out");
+    let out = build(&p, "root", &ctx, "out");
     assert!(!out.success);
     for part in ["Dockerfile:3", &srv.url("/nope.bin"), "404"] {
         assert!(out.stderr.contains(part), "no {part:?} in:\n{}", out.stderr);
@@ -353,62 +335,13 @@ fn checksum_mismatches_and_missing_files_name_the_line_and_the_url() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/f");
     let ctx = p.context("refused", &format!("ADD {url} /\n"));
-    let out = p.build("root", &ctx, "out");
+    let out = build(&p, "root", &ctx, "out");
     assert!(!out.success);
     assert!(
         out.stderr.contains("Dockerfile:2") && out.stderr.contains(&url),
         "{}",
         out.stderr
     );
-}
-
-/// tinyproxy on a free port of 127.0.0.1, logging each request; killed on drop.
-struct Proxy {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Proxy {
-    fn start(dir: &Path) -> Proxy {
-        let port = free_port();
-        let log = dir.join("tinyproxy.log");
-        let conf = dir.join("tinyproxy.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogFile \"{}\"\nLogLevel Info\n\
-                 MaxClients 20\nAllow 127.0.0.1\nDisableViaHeader Yes\n",
-                log.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("tinyproxy")
-            .args(["-d", "-c"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tinyproxy");
-        let addr = format!("127.0.0.1:{port}");
-        wait_listening(&addr);
-        Proxy { child, addr, log }
-    }
-
-    fn requests_to(&self, target: &str) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("Request") && l.contains(target))
-            .count()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -471,7 +404,7 @@ fn downloads_match_docker_buildkit() {
         b = srv.url("/plain"),
     );
     let ctx = p.context("berth", &body);
-    let built = p.build("root", &ctx, "out");
+    let built = build(&p, "root", &ctx, "out");
     assert!(built.success, "{}", built.stderr);
     let docker_ctx = context(
         p.dir.path(),
@@ -560,29 +493,10 @@ fn git_http(base: &Path) -> String {
 
 fn git_http_answer(conn: std::net::TcpStream, base: &Path) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
-    let mut first = String::new();
-    if reader.read_line(&mut first).is_err() {
+    let Some((method, target, headers)) = read_request(&mut reader) else {
         return;
-    }
-    let mut parts = first.split(' ');
-    let method = parts.next().unwrap_or("GET").to_string();
-    let target = parts.next().unwrap_or("/").to_string();
-    // Through a proxy the target is the whole URL.
-    let target = match target.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or("/".into(), |i| rest[i..].to_string()),
-        None => target,
     };
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let mut headers = HashMap::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
     let len: usize = headers
         .get("content-length")
         .and_then(|l| l.parse().ok())
@@ -689,7 +603,7 @@ fn git_repositories_at_branches_tags_commits_and_folders() {
              ADD {repo}#main:sub /sub/\nADD --keep-git-dir {repo}#main /kept/\n"
         ),
     );
-    let built = p.build("root", &ctx, "out1");
+    let built = build(&p, "root", &ctx, "out1");
     assert!(built.success, "{}", built.stderr);
     let out = p.path("out1");
     let read = |rel: &str| std::fs::read_to_string(out.join(rel)).unwrap();
@@ -714,7 +628,7 @@ fn git_repositories_at_branches_tags_commits_and_folders() {
     assert_eq!(git(&out.join("kept"), &["rev-parse", "HEAD"]), second);
 
     // Nothing moved: every ADD is cached.
-    let again = p.build("root", &ctx, "out2");
+    let again = build(&p, "root", &ctx, "out2");
     assert!(again.success, "{}", again.stderr);
     let adds = |o: &Output| {
         cached(o)
@@ -728,7 +642,7 @@ fn git_repositories_at_branches_tags_commits_and_folders() {
     // not the ones before.
     let third = commit(&work, "three\n");
     git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
-    let moved = p.build("root", &ctx, "out3");
+    let moved = build(&p, "root", &ctx, "out3");
     assert!(moved.success, "{}", moved.stderr);
     let steps = cached(&moved);
     assert!(
@@ -754,7 +668,7 @@ fn git_repositories_at_branches_tags_commits_and_folders() {
 
     // A ref that is not there names the line, the repository and the ref.
     let ctx = p.context("bad", &format!("ADD {repo}#nope /x/\n"));
-    let bad = p.build("root", &ctx, "out4");
+    let bad = build(&p, "root", &ctx, "out4");
     assert!(!bad.success);
     for part in ["Dockerfile:2", repo.as_str(), "\"nope\""] {
         assert!(bad.stderr.contains(part), "no {part:?} in:\n{}", bad.stderr);
