@@ -57,7 +57,8 @@ impl Lowerer<'_> {
     }
 
     /// ADD on top of `st`, labelled `name`: COPY that unpacks local archives (unless
-    /// `--unpack=false`); remote sources are refused.
+    /// `--unpack=false`), and adds URLs (a download vertex each, never unpacked unless
+    /// `--unpack=true`) and git repositories (a checkout vertex each).
     pub(super) fn add(
         &mut self,
         st: &StageState,
