@@ -16,11 +16,13 @@
 
 mod archive;
 mod layers;
+mod probe;
 mod proxy;
 
 pub use archive::{
     ArchiveFormat, ImportOptions, Imported, ImportedImage, SaveImage, import, save, save_to_file,
 };
+pub use probe::{daemon_reaches_loopback, daemon_version};
 
 use berth_oci::Digest;
 use berth_store::Store;

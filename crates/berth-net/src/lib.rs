@@ -429,7 +429,9 @@ pub fn probe_proxy(url: &str, timeout: std::time::Duration) -> Result<String, St
         } else if n == 0 {
             Err(format!("{addr} closed the connection without answering"))
         } else {
-            Err(format!("{addr} does not answer as an HTTP proxy ({line:?})"))
+            Err(format!(
+                "{addr} does not answer as an HTTP proxy ({line:?})"
+            ))
         };
     }
     Err(last)
@@ -454,10 +456,18 @@ mod tests {
         });
         let answer = probe_proxy(&format!("http://user:pw@{addr}/"), t).unwrap();
         assert_eq!(answer, "HTTP/1.1 502 Bad Gateway");
-        assert!(server.join().unwrap().starts_with("CONNECT berth-doctor.invalid:443 "));
+        assert!(
+            server
+                .join()
+                .unwrap()
+                .starts_with("CONNECT berth-doctor.invalid:443 ")
+        );
         // The same port, closed now.
         let err = probe_proxy(&format!("http://{addr}"), t).unwrap_err();
-        assert!(err.contains(&addr.to_string()) && err.contains("refused"), "{err}");
+        assert!(
+            err.contains(&addr.to_string()) && err.contains("refused"),
+            "{err}"
+        );
     }
 
     #[test]
