@@ -63,6 +63,16 @@ impl Report {
         self.push(area, check, Status::Ok, detail, None);
     }
 
+    fn fail(
+        &mut self,
+        area: Area,
+        check: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.push(area, check, Status::Fail, detail, Some(fix.into()));
+    }
+
     fn push(
         &mut self,
         area: Area,
@@ -198,16 +208,10 @@ fn network(settings: &Settings, r: &mut Report) {
     for (name, url) in proxies {
         match berth_net::probe_proxy(url, Duration::from_secs(5)) {
             Ok(line) => r.ok(Area::Network, format!("proxy {url}"), format!("answers ({line})")),
-            Err(e) => r.push(
-                Area::Network,
-                format!("proxy {url}"),
-                Status::Fail,
-                e,
-                Some(format!(
+            Err(e) => r.fail(Area::Network, format!("proxy {url}"), e, format!(
                     "start the proxy, or correct {name} ([network] in config.toml, or {} in the environment)",
                     name.to_ascii_uppercase()
                 )),
-            ),
         }
     }
     for ca in &net.ca_bundles {
@@ -221,19 +225,17 @@ fn network(settings: &Settings, r: &mut Report) {
                     t.matches("-----BEGIN CERTIFICATE-----").count()
                 ),
             ),
-            Ok(_) => r.push(
+            Ok(_) => r.fail(
                 Area::Network,
                 check,
-                Status::Fail,
                 "holds no PEM certificate",
-                Some("point [network] ca at a PEM bundle (-----BEGIN CERTIFICATE-----)".into()),
+                "point [network] ca at a PEM bundle (-----BEGIN CERTIFICATE-----)",
             ),
-            Err(e) => r.push(
+            Err(e) => r.fail(
                 Area::Network,
                 check,
-                Status::Fail,
                 e.to_string(),
-                Some("fix the path in [network] ca, or make the file readable".into()),
+                "fix the path in [network] ca, or make the file readable",
             ),
         }
     }
@@ -290,16 +292,12 @@ async fn docker(r: &mut Report) {
     let d = match berth_docker::connect().await {
         Ok(d) => d,
         Err(e) => {
-            r.push(
+            r.fail(
                 Area::Docker,
                 "daemon",
-                Status::Fail,
                 e.to_string(),
-                Some(
-                    "start dockerd, or point DOCKER_HOST at it; without it `--load` and \
-                     `berth load` cannot deliver (other commands work)"
-                        .into(),
-                ),
+                "start dockerd, or point DOCKER_HOST at it; without it `--load` and \
+                     `berth load` cannot deliver (other commands work)",
             );
             return;
         }
@@ -307,29 +305,24 @@ async fn docker(r: &mut Report) {
     match berth_docker::daemon_version(&d).await {
         Ok(v) => r.ok(Area::Docker, "daemon", format!("reachable, version {v}")),
         Err(e) => {
-            r.push(
+            r.fail(
                 Area::Docker,
                 "daemon",
-                Status::Fail,
                 e.to_string(),
-                Some("check that dockerd answers: docker version".into()),
+                "check that dockerd answers: docker version",
             );
             return;
         }
     }
     match berth_docker::daemon_reaches_loopback(&d).await {
         Ok(detail) => r.ok(Area::Docker, "reaches berth's 127.0.0.1", detail),
-        Err(e) => r.push(
+        Err(e) => r.fail(
             Area::Docker,
             "reaches berth's 127.0.0.1",
-            Status::Fail,
             e,
-            Some(
-                "run berth in the daemon's network namespace (same host, not in another \
+            "run berth in the daemon's network namespace (same host, not in another \
                  container), or set `[docker] registry_proxy = false` so images go as a tar \
-                 stream; registries or mirrors on 127.0.0.1 are not reachable for that daemon"
-                    .into(),
-            ),
+                 stream; registries or mirrors on 127.0.0.1 are not reachable for that daemon",
         ),
     }
 }
@@ -339,12 +332,11 @@ async fn satellites(settings: &Settings, r: &mut Report) {
     let list = match e.list() {
         Ok(l) => l,
         Err(err) => {
-            r.push(
+            r.fail(
                 Area::Satellites,
                 "enrollments",
-                Status::Fail,
                 err.to_string(),
-                Some("fix or remove the damaged record (`berth satellite rm NAME`)".into()),
+                "fix or remove the damaged record (`berth satellite rm NAME`)",
             );
             return;
         }
@@ -355,42 +347,25 @@ async fn satellites(settings: &Settings, r: &mut Report) {
     }
     for s in list {
         let name = s.name.clone();
-        let p = match e.probe(&name).await {
-            Ok(p) => p,
-            Err(err) => {
-                r.push(
-                    Area::Satellites,
-                    name.clone(),
-                    Status::Fail,
-                    err.to_string(),
-                    Some(format!(
+        let p =
+            match e.probe(&name).await {
+                Ok(p) => p,
+                Err(err) => {
+                    r.fail(Area::Satellites, name.clone(), err.to_string(), format!(
                         "re-enroll: berth satellite rm {name}; berth satellite add {name} --token T"
-                    )),
-                );
-                continue;
-            }
-        };
+                    ));
+                    continue;
+                }
+            };
         let now = SystemTime::now();
         let check = format!("{name} certificate");
         match p.cert_expires {
-            None => r.push(
-                Area::Satellites,
-                check,
-                Status::Fail,
-                "this client's certificate cannot be read",
-                Some(format!("re-enroll: berth satellite rm {name}; berth satellite add {name} --token T")),
-            ),
-            Some(t) if t <= now => r.push(
-                Area::Satellites,
-                check,
-                Status::Fail,
-                format!("expired {} ago", days(now.duration_since(t).unwrap_or_default())),
-                Some(format!(
+            None => r.fail(Area::Satellites, check, "this client's certificate cannot be read", format!("re-enroll: berth satellite rm {name}; berth satellite add {name} --token T")),
+            Some(t) if t <= now => r.fail(Area::Satellites, check, format!("expired {} ago", days(now.duration_since(t).unwrap_or_default())), format!(
                     "an expired certificate cannot renew itself: get a new token from the satellite's \
                      admin (`berth satellite token create`), then berth satellite rm {name}; \
                      berth satellite add {name} --token T"
                 )),
-            ),
             Some(t) => {
                 let left = days(t.duration_since(now).unwrap_or_default());
                 if p.renewal_due {
@@ -410,16 +385,15 @@ async fn satellites(settings: &Settings, r: &mut Report) {
                 format!("{name} reachable"),
                 format!("{}: {d}", p.enrolled.address),
             ),
-            Err(err) => r.push(
+            Err(err) => r.fail(
                 Area::Satellites,
                 format!("{name} reachable"),
-                Status::Fail,
                 err,
-                Some(format!(
+                format!(
                     "is the satellite running at {}? check the address, firewalls and \
                      `berth satellite inspect {name}`",
                     p.enrolled.address
-                )),
+                ),
             ),
         }
     }

@@ -434,3 +434,39 @@ fn config_show_names_file_env_and_flag() {
         "{table}"
     );
 }
+
+#[test]
+fn an_enrolled_satellite_answers_and_is_reported_when_it_stops() {
+    if !require_build() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let m = Machine::new(&dir.path().join("client"), "");
+    let mut sat = common::satellite::Sat::on_loopback(&dir.path().join("sat-root"), &[]);
+    let client = common::satellite::Client {
+        host: None,
+        cfg: m.dir.join("xdg"),
+        root: m.dir.join("root"),
+        name: "laptop".into(),
+    };
+    let added = client.add("s1", &sat.token(&[]));
+    assert!(added.success, "{}", added.stderr);
+    let (ok, checks) = m.doctor("satellites");
+    assert!(ok, "{checks:#?}");
+    let reach = check(&checks, "s1 reachable");
+    assert!(
+        text(reach, "detail").contains("satellite sat1"),
+        "{reach:#}"
+    );
+    assert!(
+        text(check(&checks, "s1 certificate"), "detail").starts_with("expires in "),
+        "{checks:#?}"
+    );
+
+    sat.kill9();
+    let (ok, checks) = m.doctor("satellites");
+    assert!(!ok);
+    let reach = check(&checks, "s1 reachable");
+    assert_eq!(reach["status"], "fail", "{reach:#}");
+    assert!(text(reach, "fix").contains(&sat.addr), "{reach:#}");
+}

@@ -306,16 +306,7 @@ impl Client {
         };
         if let Some(resp) = resp {
             let status = resp.status();
-            let versioned = resp
-                .headers()
-                .contains_key("docker-distribution-api-version");
-            // A registry answers 200, or 401/403 without credentials; some proxies in
-            // front of one drop the version header. A 404, a 405 or a redirect to a
-            // web page from an address without that header is not a registry.
-            let registry_like = status.is_success()
-                || status == StatusCode::UNAUTHORIZED
-                || status == StatusCode::FORBIDDEN;
-            if !registry_like && !versioned {
+            if !speaks_registry_api(&resp) {
                 let url = resp.url().to_string();
                 let body: String = resp
                     .text()
@@ -843,6 +834,20 @@ fn basic(c: &Credentials) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password))
     )
+}
+
+/// Whether an answer to `GET /v2/` comes from a registry. A registry answers 200, or
+/// 401/403 without credentials; some proxies in front of one drop the version header. A
+/// 404, a 405 or a redirect to a web page from an address without that header is not a
+/// registry.
+pub(crate) fn speaks_registry_api(resp: &Response) -> bool {
+    let status = resp.status();
+    status.is_success()
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || resp
+            .headers()
+            .contains_key("docker-distribution-api-version")
 }
 
 pub(crate) fn transport(url: &str, e: reqwest::Error) -> Error {

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use berth_oci::Reference;
-use reqwest::{StatusCode, header};
+use reqwest::header;
 
-use crate::client::{Client, Error, transport};
+use crate::client::{Client, Error, speaks_registry_api, transport};
 
 /// How long each network step may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -283,13 +283,7 @@ impl Client {
             return steps;
         };
         let status = resp.status();
-        let versioned = resp
-            .headers()
-            .contains_key("docker-distribution-api-version");
-        let registry_like = status.is_success()
-            || status == StatusCode::UNAUTHORIZED
-            || status == StatusCode::FORBIDDEN;
-        if !registry_like && !versioned {
+        if !speaks_registry_api(&resp) {
             steps.push(ProbeStep::bad(
                 "api",
                 Outcome::Fail,
