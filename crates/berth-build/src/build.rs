@@ -137,6 +137,9 @@ pub async fn build(
     // pulls), so a cancel is seen while they run; each checks it as it goes.
     let handle = tokio::runtime::Handle::current();
     let (store2, client, cancel) = (store.clone(), opts.client.clone(), opts.cancel.clone());
+    // `berth rmi` refuses the base images this build holds until it ends.
+    let holds = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holds2 = holds.clone();
     let lowered = tokio::task::spawn_blocking(move || {
         let df = Dockerfile::parse_cancelable(&name, &text, &cancel)?;
         for w in df.checked_warnings()? {
@@ -149,7 +152,10 @@ pub async fn build(
             handle.block_on(image::pull(client, &store2, r))
         };
         lower(&df, &lower_opts, &mut |r| {
-            image::resolve(&store2, r, Some(&pull))
+            let resolved = image::resolve(&store2, r, Some(&pull))?;
+            let hold = store2.hold_image(&resolved.manifest)?;
+            holds2.lock().expect("image holds").push(hold);
+            Ok(resolved)
         })
     })
     .await

@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use berth_oci::{Algorithm, Digest};
 
 use crate::error::{BuildError, Result};
+use crate::mode::ModeSet;
 use crate::pattern::{Ignore, Pattern, match_component};
 
 /// One matched source: its path relative to the source root.
@@ -23,9 +24,10 @@ fn io_err(op: &str, path: &Path, e: io::Error) -> BuildError {
     BuildError::Io(format!("{op} {}: {e}", path.display()))
 }
 
-/// Resolve COPY sources (paths or globs) under `root`. A plain path that does not exist,
-/// or is excluded, is an error naming it; a glob may match nothing only if another
-/// source matches something.
+/// Resolve COPY sources (paths or globs) under `root`, as BuildKit does: a plain path
+/// that does not exist, or is excluded, is an error naming it; a glob that matches
+/// nothing is skipped (so a COPY whose every source is such a glob copies nothing), but
+/// the folders before its first wildcard must exist.
 pub fn resolve_sources(root: &Path, sources: &[String], ignore: &Ignore) -> Result<Vec<Matched>> {
     let mut out = Vec::new();
     for src in sources {
@@ -40,19 +42,28 @@ pub fn resolve_sources(root: &Path, sources: &[String], ignore: &Ignore) -> Resu
             continue;
         }
         let parts: Vec<String> = pat.path().split('/').map(str::to_string).collect();
+        let fixed = parts
+            .iter()
+            .take_while(|p| !Pattern::new(p).has_wildcards())
+            .count();
+        // The folders before the first wildcard are followed through links (inside the
+        // root), as BuildKit resolves them; below, links are not descended.
+        let prefix = parts[..fixed].join("/");
+        let base = resolve_in_root(root, &prefix)?;
+        if fs::symlink_metadata(&base).is_err() {
+            return Err(BuildError::SourceNotFound(src.clone()));
+        }
         let mut found = Vec::new();
-        glob_walk(root, "", &parts, ignore, &mut found)?;
+        glob_walk(&base, &prefix, &parts[fixed..], ignore, &mut found)?;
         found.sort();
         out.extend(found.into_iter().map(|rel| Matched { rel }));
-    }
-    if out.is_empty() {
-        return Err(BuildError::SourceNotFound(sources.join(" ")));
     }
     Ok(out)
 }
 
+/// The paths below the real folder `dir` (`rel` in the source) that `parts` match.
 fn glob_walk(
-    root: &Path,
+    dir: &Path,
     rel: &str,
     parts: &[String],
     ignore: &Ignore,
@@ -62,12 +73,11 @@ fn glob_walk(
         out.push(rel.to_string());
         return Ok(());
     };
-    let dir = root.join(rel);
-    let Ok(entries) = fs::read_dir(&dir) else {
+    let Ok(entries) = fs::read_dir(dir) else {
         return Ok(());
     };
     for e in entries {
-        let e = e.map_err(|e| io_err("read directory", &dir, e))?;
+        let e = e.map_err(|e| io_err("read directory", dir, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
         let child = if rel.is_empty() {
             name.clone()
@@ -81,7 +91,7 @@ fn glob_walk(
             if rest.is_empty() {
                 out.push(child);
             } else if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                glob_walk(root, &child, rest, ignore, out)?;
+                glob_walk(&e.path(), &child, rest, ignore, out)?;
             }
         }
     }
@@ -148,7 +158,10 @@ pub fn whiteout_ignored(dir: &Path, rel: &str, ignore: &Ignore, upper: &Path) ->
             format!("{rel}/{}", name.to_string_lossy())
         };
         let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        if ignore.excludes(&child_rel) && !(is_dir && ignore.may_reinclude_below(&child_rel)) {
+        let none = Ignore::default();
+        if ignore.excludes(&child_rel)
+            && !(is_dir && any_included(&e.path(), &child_rel, "", ignore, &none)?)
+        {
             fs::create_dir_all(upper).map_err(|err| io_err("create directory", upper, err))?;
             let w = upper.join(&name);
             rustix::fs::mknodat(
@@ -164,6 +177,47 @@ pub fn whiteout_ignored(dir: &Path, rel: &str, ignore: &Ignore, upper: &Path) ->
         }
     }
     Ok(())
+}
+
+/// Whether anything below the folder `dir` (`rel` from the context root, `src_rel` from
+/// the copied source) is kept by both `ignore` (matched on `rel`) and `exclude` (on
+/// `src_rel`): an excluded folder holds something an exception re-includes. Folders
+/// no exception can reach are not walked.
+fn any_included(
+    dir: &Path,
+    rel: &str,
+    src_rel: &str,
+    ignore: &Ignore,
+    exclude: &Ignore,
+) -> Result<bool> {
+    let reachable = |ig: &Ignore, r: &str| !ig.excludes(r) || ig.may_reinclude_below(r);
+    if !(rel.is_empty() || reachable(ignore, rel))
+        || !(src_rel.is_empty() || reachable(exclude, src_rel))
+    {
+        return Ok(false);
+    }
+    let entries = fs::read_dir(dir).map_err(|e| io_err("read directory", dir, e))?;
+    for e in entries {
+        let e = e.map_err(|e| io_err("read directory", dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let join = |base: &str| {
+            if base.is_empty() {
+                name.clone()
+            } else {
+                format!("{base}/{name}")
+            }
+        };
+        let (child_rel, child_src) = (join(rel), join(src_rel));
+        if !ignore.excludes(&child_rel) && !exclude.excludes(&child_src) {
+            return Ok(true);
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir())
+            && any_included(&e.path(), &child_rel, &child_src, ignore, exclude)?
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A file's content hash, remembered with what identifies that version of the file:
@@ -246,6 +300,15 @@ pub fn checksum_cached(
     Ok((total.finish(), files))
 }
 
+/// `--chmod`: an octal mode, or a symbolic one applied to each entry's own mode.
+#[derive(Debug, Clone, Copy)]
+pub enum Chmod {
+    /// `--chmod=0755`.
+    Octal(u32),
+    /// `--chmod=u+x,go-w`.
+    Symbolic(ModeSet),
+}
+
 /// How a copy sets ownership and modes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CopyOptions {
@@ -253,8 +316,9 @@ pub struct CopyOptions {
     /// else root.
     pub chown: Option<(u32, u32)>,
     /// Mode for everything written.
-    pub chmod: Option<u32>,
-    /// Keep the source's owner (COPY --from a stage) instead of root (the context).
+    pub chmod: Option<Chmod>,
+    /// The source is a stage's file system (COPY --from), not a build context: keep
+    /// its owners instead of root, and copy its devices, fifos and sockets.
     pub keep_owner: bool,
     /// Unpack tar and tar.gz sources into the destination (ADD).
     pub extract_archives: bool,
@@ -341,11 +405,13 @@ pub fn mkdir_all(root: &Path, dir: &str, chown: Option<(u32, u32)>) -> Result<Pa
 }
 
 /// Copy matched sources from `src_root` to `dest` (absolute inside `dst_root`), with
-/// Docker's rules: a directory source copies its contents; one file source goes to
-/// `dest` itself unless `dest` ends in `/` or is a directory; several sources need a
-/// directory destination. Files hard-linked to each other within one source stay
-/// hard-linked. With
-/// `opts.extract_archives` (ADD), a tar or tar.gz file source is unpacked into `dest`.
+/// BuildKit's rules, each source on its own: a directory source copies its contents; a
+/// file source goes into `dest` if `dest` ends in `/` or is a directory, else to `dest`
+/// itself (so with several sources and such a destination the last one wins). `dest` is
+/// resolved inside `dst_root` with its links, the last one included: a file copied onto
+/// a link replaces the link's target. Files hard-linked to each other within one source
+/// stay hard-linked. With `opts.extract_archives` (ADD), a file source that is a tar,
+/// plain or compressed (gzip, bzip2, xz), is unpacked into `dest`.
 pub fn copy(
     src_root: &Path,
     matched: &[Matched],
@@ -355,20 +421,7 @@ pub fn copy(
     dest: &str,
     opts: CopyOptions,
 ) -> Result<()> {
-    let dest_is_dir_hint = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
-    let several = matched.len() > 1;
-    if several && !dest_is_dir_hint && !resolve_in_root(dst_root, dest)?.is_dir() {
-        return Err(BuildError::Invalid(format!(
-            "COPY with several sources needs a directory destination ending in '/', got {dest:?}"
-        )));
-    }
-    let mut copier = Copier {
-        ignore,
-        exclude,
-        opts,
-        links: HashMap::new(),
-        root: dst_root,
-    };
+    let mut copier = Copier::new(ignore, exclude, opts, dst_root);
     for m in matched {
         // Hard links are kept within one source, as BuildKit copies each source on its
         // own: `COPY a b /dst/` with `b -> a` gives two files, never two names of one.
@@ -377,68 +430,202 @@ pub fn copy(
         // inside the source's own root, never the host's.
         let src = resolve_in_root(src_root, &m.rel)?;
         let meta = fs::symlink_metadata(&src).map_err(|e| io_err("stat", &src, e))?;
-        let target_dir_exists = resolve_in_root(dst_root, dest)?.is_dir();
         if meta.is_dir() {
             let dir = mkdir_all(dst_root, dest, opts.chown)?;
             copier.tree(&src, &m.rel, "", &dir)?;
-        } else if opts.extract_archives && meta.is_file() && archive_kind(&src)?.is_some() {
-            let dir = mkdir_all(dst_root, dest, opts.chown)?;
-            extract(&src, &dir)?;
-        } else {
-            let base = Path::new(&m.rel)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let (dir, name) = if dest_is_dir_hint || target_dir_exists || several {
-                (dest.trim_end_matches('/').to_string(), base)
-            } else {
-                let p = Path::new(dest);
-                (
-                    p.parent()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "/".into()),
-                    p.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or(base),
-                )
-            };
-            let dir = mkdir_all(dst_root, &dir, opts.chown)?;
-            copier.entry(&src, &meta, &dir.join(name))?;
+            continue;
         }
+        if opts.extract_archives
+            && meta.is_file()
+            && let Some(kind) = archive_kind(&src)?
+        {
+            let dir = mkdir_all(dst_root, dest, opts.chown)?;
+            extract(&src, kind, &dir, opts.chown)?;
+            continue;
+        }
+        let base = Path::new(&m.rel)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file = file_dest(dst_root, dest, &base, opts.chown)?;
+        copier.entry(&src, &meta, &file)?;
     }
     Ok(())
 }
 
-/// What ADD unpacks: `Some(true)` for gzip, `Some(false)` for a plain tar.
-fn archive_kind(path: &Path) -> Result<Option<bool>> {
-    let mut head = [0u8; 262];
-    let mut f = fs::File::open(path).map_err(|e| io_err("open", path, e))?;
-    let n = f.read(&mut head).map_err(|e| io_err("read", path, e))?;
-    let head = &head[..n];
-    Ok(if head.starts_with(&[0x1f, 0x8b]) {
-        Some(true)
-    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
-        Some(false)
-    } else {
-        None
-    })
+/// `COPY --parents`: each source keeps its path, from the context root or from its
+/// pivot `/./` (`x/./y/*.txt` copies `x/y/a.txt` to `dest/y/a.txt`), as BuildKit turns
+/// the source into an include pattern over its pivot folder. A source without
+/// wildcards must exist; `*` stays within one level, `**` crosses levels.
+pub fn copy_parents(
+    src_root: &Path,
+    sources: &[String],
+    ignore: &Ignore,
+    exclude: &Ignore,
+    dst_root: &Path,
+    dest: &str,
+    opts: CopyOptions,
+) -> Result<()> {
+    let dir = mkdir_all(dst_root, dest, opts.chown)?;
+    for src in sources {
+        let (pivot, pattern) = parents_pivot(src);
+        let pattern = Pattern::new(pattern);
+        if !pattern.has_wildcards() {
+            let rel = Pattern::new(&format!("{pivot}/{}", pattern.path())).path();
+            if fs::symlink_metadata(resolve_in_root(src_root, &rel)?).is_err()
+                || ignore.excludes(&rel)
+            {
+                return Err(BuildError::SourceNotFound(src.clone()));
+            }
+        }
+        let pivot = Pattern::new(pivot).path();
+        let base = resolve_in_root(src_root, &pivot)?;
+        if !fs::symlink_metadata(&base).is_ok_and(|m| m.is_dir()) {
+            return Err(BuildError::SourceNotFound(src.clone()));
+        }
+        let mut copier = Copier::new(ignore, exclude, opts, dst_root);
+        copier.parents(&base, &pivot, "", &pattern, &dir)?;
+    }
+    Ok(())
 }
 
-/// Unpack a tar (or tar.gz) into `dir`, keeping owners and modes; nothing may land
+/// The pivot folder of a `COPY --parents` source and the pattern below it: what comes
+/// before `/./`, or the context root.
+pub fn parents_pivot(src: &str) -> (&str, &str) {
+    src.split_once("/./").unwrap_or(("", src))
+}
+
+/// Where a file named `name` copied to `dest` (absolute inside `root`) goes, its
+/// missing parent folders made (owned as `chown`): into `dest` if it ends in `/` or is
+/// a folder in the image, else to `dest` itself, resolved with its links, the last one
+/// included (a file copied onto a link replaces the link's target), inside `root`.
+pub fn file_dest(
+    root: &Path,
+    dest: &str,
+    name: &str,
+    chown: Option<(u32, u32)>,
+) -> Result<PathBuf> {
+    let dir_hint = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
+    let resolved = resolve_in_root(root, dest)?;
+    if dir_hint || fs::symlink_metadata(&resolved).is_ok_and(|m| m.is_dir()) {
+        return Ok(mkdir_all(root, dest, chown)?.join(name));
+    }
+    let inside = Path::new("/").join(resolved.strip_prefix(root).unwrap_or(&resolved));
+    let parent = inside.parent().unwrap_or(Path::new("/"));
+    let file = inside
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or(name.into());
+    Ok(mkdir_all(root, &parent.to_string_lossy(), chown)?.join(file))
+}
+
+/// How an archive ADD unpacks is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+}
+
+impl Compression {
+    /// The compression `head` (a file's first bytes) starts with, by magic number, as
+    /// Docker's archive package detects it.
+    fn detect(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b, 0x08]) {
+            Compression::Gzip
+        } else if head.starts_with(b"BZh") {
+            Compression::Bzip2
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Compression::Xz
+        } else {
+            Compression::None
+        }
+    }
+
+    /// `file`, decompressed.
+    fn reader(self, file: fs::File) -> Result<Box<dyn Read>> {
+        let file = io::BufReader::new(file);
+        Ok(match self {
+            Compression::None => Box::new(file),
+            Compression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
+            Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+            Compression::Xz => Box::new(lzma_rust2::XzReader::new(file, true)),
+        })
+    }
+}
+
+/// What ADD unpacks: a file whose content, decompressed if it is gzip, bzip2 or xz,
+/// starts with a valid tar header (BuildKit's test: the first entry reads). Anything
+/// else, a gzip file that is not a tar or an empty file included, is copied as it is.
+fn archive_kind(path: &Path) -> Result<Option<Compression>> {
+    let mut f = fs::File::open(path).map_err(|e| io_err("open", path, e))?;
+    let mut head = [0u8; 6];
+    let mut n = 0;
+    while n < head.len() {
+        match f
+            .read(&mut head[n..])
+            .map_err(|e| io_err("read", path, e))?
+        {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let kind = Compression::detect(&head[..n]);
+    let f = fs::File::open(path).map_err(|e| io_err("open", path, e))?;
+    let mut archive = tar::Archive::new(kind.reader(f)?);
+    let is_tar = archive
+        .entries()
+        .ok()
+        .and_then(|mut e| e.next())
+        .is_some_and(|e| e.is_ok());
+    Ok(is_tar.then_some(kind))
+}
+
+/// Unpack a tar compressed as `kind` into `dir`, keeping modes, and owners unless
+/// `chown` (ADD --chown) names others, as BuildKit's unpack does; nothing may land
 /// outside `dir`.
-fn extract(archive: &Path, dir: &Path) -> Result<()> {
-    let f = fs::File::open(archive).map_err(|e| io_err("open", archive, e))?;
-    let reader: Box<dyn Read> = if archive_kind(archive)? == Some(true) {
-        Box::new(flate2::read::GzDecoder::new(io::BufReader::new(f)))
-    } else {
-        Box::new(io::BufReader::new(f))
+fn extract(archive: &Path, kind: Compression, dir: &Path, chown: Option<(u32, u32)>) -> Result<()> {
+    let open = || -> Result<tar::Archive<Box<dyn Read>>> {
+        let f = fs::File::open(archive).map_err(|e| io_err("open", archive, e))?;
+        Ok(tar::Archive::new(kind.reader(f)?))
     };
-    let mut a = tar::Archive::new(reader);
+    let unpack_err = |e| io_err("unpack archive", archive, e);
+    let mut a = open()?;
     a.set_preserve_permissions(true);
     a.set_preserve_ownerships(true);
     a.set_overwrite(true);
-    a.unpack(dir)
-        .map_err(|e| io_err("unpack archive", archive, e))
+    a.unpack(dir).map_err(unpack_err)?;
+    let Some((uid, gid)) = chown else {
+        return Ok(());
+    };
+    // A second pass gives each entry the owner, then its mode again (a chown clears
+    // setuid). Paths resolve inside `dir`, through links the archive made.
+    for entry in open()?.entries().map_err(unpack_err)? {
+        let entry = entry.map_err(unpack_err)?;
+        let path = entry.path().map_err(unpack_err)?.into_owned();
+        let parts: Vec<String> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        let Some((name, parents)) = parts.split_last() else {
+            continue;
+        };
+        let at = resolve_in_root(dir, &parents.join("/"))?.join(name);
+        let Ok(meta) = fs::symlink_metadata(&at) else {
+            continue;
+        };
+        std::os::unix::fs::lchown(&at, Some(uid), Some(gid))
+            .map_err(|e| io_err("chown", &at, e))?;
+        if !meta.file_type().is_symlink() {
+            fs::set_permissions(&at, fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(|e| io_err("chmod", &at, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// One copy: remembers the first copy of each multiply-linked file, so later links to
@@ -455,7 +642,17 @@ struct Copier<'a> {
     root: &'a Path,
 }
 
-impl Copier<'_> {
+impl<'a> Copier<'a> {
+    fn new(ignore: &'a Ignore, exclude: &'a Ignore, opts: CopyOptions, root: &'a Path) -> Self {
+        Copier {
+            ignore,
+            exclude,
+            opts,
+            links: HashMap::new(),
+            root,
+        }
+    }
+
     fn tree(&mut self, src: &Path, rel: &str, src_rel: &str, dst: &Path) -> Result<()> {
         let mut names: Vec<_> = fs::read_dir(src)
             .map_err(|e| io_err("read directory", src, e))?
@@ -478,40 +675,117 @@ impl Copier<'_> {
             let excluded_here = self.exclude.excludes(&child_src);
             let excluded = ignored || excluded_here;
             let meta = fs::symlink_metadata(&s).map_err(|e| io_err("stat", &s, e))?;
-            let mut d = dst.join(&n);
+            let d = dst.join(&n);
             if meta.is_dir() {
-                let may_return = (!ignored || self.ignore.may_reinclude_below(&child_rel))
-                    && (!excluded_here || self.exclude.may_reinclude_below(&child_src));
-                if excluded && !may_return {
+                // An excluded folder is copied only for what an exception re-includes
+                // below it, and never as an empty folder (BuildKit makes such parents
+                // only when something below them is copied).
+                if excluded && !any_included(&s, &child_rel, &child_src, self.ignore, self.exclude)?
+                {
                     continue;
                 }
-                match fs::symlink_metadata(&d) {
-                    // A symlink in the destination is followed as the container would
-                    // follow it: inside the root.
-                    Ok(m) if m.file_type().is_symlink() => {
-                        let inside = d
-                            .strip_prefix(self.root)
-                            .unwrap_or(&d)
-                            .to_string_lossy()
-                            .into_owned();
-                        d = resolve_in_root(self.root, &inside)?;
-                        if !fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
-                            let _ = fs::remove_file(&d);
-                            fs::create_dir_all(&d)
-                                .map_err(|e| io_err("create directory", &d, e))?;
-                        }
-                    }
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        fs::remove_file(&d).map_err(|e| io_err("replace", &d, e))?;
-                        fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
-                    }
-                    Err(_) => fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?,
-                }
+                let (d, _) = self.dir_at(&d)?;
                 self.tree(&s, &child_rel, &child_src, &d)?;
                 set_meta(&d, &meta, self.opts)?;
             } else if !excluded {
                 self.entry(&s, &meta, &d)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make `d` a folder (replacing a file there) and return where it is: a symlink in
+    /// the destination is followed as the container would follow it, inside the root.
+    /// Also whether it was made now.
+    fn dir_at(&self, d: &Path) -> Result<(PathBuf, bool)> {
+        let mut d = d.to_path_buf();
+        let made = match fs::symlink_metadata(&d) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let inside = d
+                    .strip_prefix(self.root)
+                    .unwrap_or(&d)
+                    .to_string_lossy()
+                    .into_owned();
+                d = resolve_in_root(self.root, &inside)?;
+                if fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
+                    false
+                } else {
+                    let _ = fs::remove_file(&d);
+                    fs::create_dir_all(&d).map_err(|e| io_err("create directory", &d, e))?;
+                    true
+                }
+            }
+            Ok(m) if m.is_dir() => false,
+            Ok(_) => {
+                fs::remove_file(&d).map_err(|e| io_err("replace", &d, e))?;
+                fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
+                true
+            }
+            Err(_) => {
+                fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
+                true
+            }
+        };
+        Ok((d, made))
+    }
+
+    /// `COPY --parents`: below the folder `src` (`ctx_rel` from the context root, `rel`
+    /// from the pivot), copy what `pattern` matches, with its path, to `dst`. A folder
+    /// on the way is made only if something below it is copied, with the metadata of
+    /// its source, as BuildKit's include patterns do.
+    fn parents(
+        &mut self,
+        src: &Path,
+        ctx_rel: &str,
+        rel: &str,
+        pattern: &Pattern,
+        dst: &Path,
+    ) -> Result<()> {
+        let mut names: Vec<_> = fs::read_dir(src)
+            .map_err(|e| io_err("read directory", src, e))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort();
+        let join = |base: &str, n: &str| {
+            if base.is_empty() {
+                n.to_string()
+            } else {
+                format!("{base}/{n}")
+            }
+        };
+        for n in names {
+            let name = n.to_string_lossy();
+            let (child_ctx, child_rel) = (join(ctx_rel, &name), join(rel, &name));
+            let s = src.join(&n);
+            let meta = fs::symlink_metadata(&s).map_err(|e| io_err("stat", &s, e))?;
+            let excluded = self.ignore.excludes(&child_ctx) || self.exclude.excludes(&child_rel);
+            if excluded
+                && !(meta.is_dir()
+                    && any_included(&s, &child_ctx, &child_rel, self.ignore, self.exclude)?)
+            {
+                continue;
+            }
+            let d = dst.join(&n);
+            if pattern.matches_or_parent(&child_rel) {
+                if meta.is_dir() {
+                    let (d, _) = self.dir_at(&d)?;
+                    self.tree(&s, &child_ctx, &child_rel, &d)?;
+                    set_meta(&d, &meta, self.opts)?;
+                } else {
+                    self.entry(&s, &meta, &d)?;
+                }
+            } else if meta.is_dir() && pattern.may_match_below(&child_rel) {
+                let (d, made) = self.dir_at(&d)?;
+                self.parents(&s, &child_ctx, &child_rel, pattern, &d)?;
+                let empty = fs::read_dir(&d)
+                    .map_err(|e| io_err("read directory", &d, e))?
+                    .next()
+                    .is_none();
+                if made && empty {
+                    fs::remove_dir(&d).map_err(|e| io_err("remove", &d, e))?;
+                } else {
+                    set_meta(&d, &meta, self.opts)?;
+                }
             }
         }
         Ok(())
@@ -538,9 +812,30 @@ impl Copier<'_> {
                 self.links.insert(key, dst.to_path_buf());
             }
             fs::copy(src, dst).map_err(|e| io_err("copy", dst, e))?;
-        } else {
-            // Devices, fifos and sockets are not copied by COPY.
+        } else if !self.opts.keep_owner {
+            // A build context holds no devices, fifos or sockets: Docker's context
+            // transfer leaves them out.
             return Ok(());
+        } else {
+            // From a stage they are made anew, as BuildKit's copy does.
+            use std::os::unix::fs::FileTypeExt;
+            let kind = if ft.is_char_device() {
+                rustix::fs::FileType::CharacterDevice
+            } else if ft.is_block_device() {
+                rustix::fs::FileType::BlockDevice
+            } else if ft.is_fifo() {
+                rustix::fs::FileType::Fifo
+            } else {
+                rustix::fs::FileType::Socket
+            };
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                dst,
+                kind,
+                rustix::fs::Mode::from_raw_mode(meta.mode() & 0o7777),
+                meta.rdev(),
+            )
+            .map_err(|e| io_err("create special file", dst, e.into()))?;
         }
         set_meta(dst, meta, self.opts)
     }
@@ -554,7 +849,11 @@ fn set_meta(dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
     });
     std::os::unix::fs::lchown(dst, Some(uid), Some(gid)).map_err(|e| io_err("chown", dst, e))?;
     if !meta.file_type().is_symlink() {
-        let mode = opts.chmod.unwrap_or(meta.mode() & 0o7777);
+        let mode = match opts.chmod {
+            None => meta.mode() & 0o7777,
+            Some(Chmod::Octal(m)) => m,
+            Some(Chmod::Symbolic(set)) => set.apply(meta.mode(), meta.is_dir()),
+        };
         fs::set_permissions(dst, fs::Permissions::from_mode(mode))
             .map_err(|e| io_err("chmod", dst, e))?;
         let mtime = rustix::fs::Timespec {
@@ -754,5 +1053,326 @@ mod tests {
             !d.path().join("outside").exists(),
             "nothing outside the root"
         );
+    }
+
+    /// Copy `sources` of `src` to `dest` in `root` with `opts` and no ignore rules.
+    fn copy_plain(src: &Path, sources: &[&str], root: &Path, dest: &str, opts: CopyOptions) {
+        let none = Ignore::default();
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        let matched = resolve_sources(src, &sources, &none).unwrap();
+        copy(src, &matched, &none, &none, root, dest, opts).unwrap();
+    }
+
+    /// Files at `paths` below `dir`, each holding its path, with their folders.
+    fn write_files(dir: &Path, paths: &[&str]) {
+        for f in paths {
+            fs::create_dir_all(dir.join(f).parent().unwrap()).unwrap();
+            fs::write(dir.join(f), f).unwrap();
+        }
+    }
+
+    fn archives() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/archives")
+    }
+
+    #[test]
+    fn add_unpacks_a_tar_in_every_format_by_content() {
+        let (_d, src, root) = src_and_root("unused", "");
+        let add = CopyOptions {
+            extract_archives: true,
+            ..CopyOptions::default()
+        };
+        for name in ["pkg.tar", "pkg.tgz", "pkg.tar.bz2", "pkg.tar.xz"] {
+            // Named without an extension: the content decides.
+            fs::copy(archives().join(name), src.join("blob")).unwrap();
+            let dest = format!("/{name}/");
+            copy_plain(&src, &["blob"], &root, &dest, add);
+            let at = root.join(name).join("pkg");
+            assert_eq!(fs::read(at.join("sub/f")).unwrap(), b"inside\n", "{name}");
+            assert_eq!(fs::read_link(at.join("link")).unwrap(), Path::new("sub/f"));
+            let run = fs::metadata(at.join("run.sh")).unwrap();
+            assert_eq!(run.mode() & 0o7777, 0o4755, "{name}: setuid kept");
+            assert_eq!((run.uid(), run.gid()), (1234, 5678), "{name}: owner kept");
+            let sub = fs::metadata(at.join("sub")).unwrap();
+            assert_eq!(sub.mode() & 0o7777, 0o750);
+        }
+        // ADD --chown owns the unpacked entries too, and keeps their modes.
+        let chown = CopyOptions {
+            chown: Some((42, 43)),
+            ..add
+        };
+        copy_plain(&src, &["blob"], &root, "/owned/", chown);
+        for p in ["owned", "owned/pkg", "owned/pkg/run.sh", "owned/pkg/link"] {
+            let m = fs::symlink_metadata(root.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (42, 43), "{p}");
+        }
+        let run = fs::metadata(root.join("owned/pkg/run.sh")).unwrap();
+        assert_eq!(run.mode() & 0o7777, 0o4755, "setuid kept after the chown");
+    }
+
+    #[test]
+    fn add_copies_what_is_not_a_tar_as_it_is() {
+        let (_d, src, root) = src_and_root("empty.tar", "");
+        fs::write(src.join("fake.tar"), "not a tar").unwrap();
+        for name in ["data.json.gz", "note.txt.xz"] {
+            fs::copy(archives().join(name), src.join(name)).unwrap();
+        }
+        let add = CopyOptions {
+            extract_archives: true,
+            ..CopyOptions::default()
+        };
+        let names = ["empty.tar", "fake.tar", "data.json.gz", "note.txt.xz"];
+        copy_plain(&src, &names, &root, "/out/", add);
+        for name in names {
+            assert_eq!(
+                fs::read(root.join("out").join(name)).unwrap(),
+                fs::read(src.join(name)).unwrap(),
+                "{name} copied as it is"
+            );
+        }
+    }
+
+    #[test]
+    fn a_glob_matching_nothing_is_skipped() {
+        let (_d, src, _root) = src_and_root("a.txt", "a");
+        let none = Ignore::default();
+        let resolve = |s: &[&str]| {
+            let s: Vec<String> = s.iter().map(|s| s.to_string()).collect();
+            resolve_sources(&src, &s, &none)
+        };
+        let rels = |m: Vec<Matched>| m.into_iter().map(|m| m.rel).collect::<Vec<_>>();
+        assert_eq!(rels(resolve(&["*.none", "a.txt"]).unwrap()), ["a.txt"]);
+        assert!(resolve(&["*.none"]).unwrap().is_empty());
+        // The folder before the wildcard must exist, and a plain path too.
+        assert!(matches!(
+            resolve(&["missing/*.txt"]),
+            Err(BuildError::SourceNotFound(s)) if s == "missing/*.txt"
+        ));
+        assert!(matches!(
+            resolve(&["*.none", "missing"]),
+            Err(BuildError::SourceNotFound(s)) if s == "missing"
+        ));
+        // Folders before the wildcard are followed through links; links below are not.
+        fs::create_dir_all(src.join("real/sub")).unwrap();
+        fs::write(src.join("real/b.txt"), "b").unwrap();
+        fs::write(src.join("real/sub/c.txt"), "c").unwrap();
+        std::os::unix::fs::symlink("real", src.join("link")).unwrap();
+        std::os::unix::fs::symlink("../real", src.join("real/back")).unwrap();
+        assert_eq!(rels(resolve(&["link/*.txt"]).unwrap()), ["link/b.txt"]);
+        assert_eq!(
+            rels(resolve(&["link/*/c.txt"]).unwrap()),
+            ["link/sub/c.txt"]
+        );
+        assert_eq!(
+            rels(resolve(&["real/*/b.txt"]).unwrap()),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn several_sources_onto_a_file_path_leave_the_last() {
+        let (_d, src, root) = src_and_root("a", "a");
+        fs::write(src.join("b"), "b").unwrap();
+        copy_plain(&src, &["a", "b"], &root, "/out", CopyOptions::default());
+        assert_eq!(fs::read(root.join("out")).unwrap(), b"b");
+        // An existing folder receives them both.
+        fs::create_dir(root.join("dir")).unwrap();
+        copy_plain(&src, &["a", "b"], &root, "/dir", CopyOptions::default());
+        assert_eq!(fs::read(root.join("dir/a")).unwrap(), b"a");
+        assert_eq!(fs::read(root.join("dir/b")).unwrap(), b"b");
+    }
+
+    #[test]
+    fn a_file_copied_onto_a_link_replaces_its_target() {
+        let (d, src, root) = src_and_root("conf", "new");
+        fs::create_dir(root.join("etc")).unwrap();
+        fs::write(root.join("etc/real.conf"), "old").unwrap();
+        std::os::unix::fs::symlink("/etc/real.conf", root.join("etc/app.conf")).unwrap();
+        std::os::unix::fs::symlink("rel.conf", root.join("etc/to-rel")).unwrap();
+        std::os::unix::fs::symlink("/nowhere/new.conf", root.join("etc/dangling")).unwrap();
+        std::os::unix::fs::symlink("/../../outside", root.join("etc/escape")).unwrap();
+        for dest in [
+            "/etc/app.conf",
+            "/etc/to-rel",
+            "/etc/dangling",
+            "/etc/escape",
+        ] {
+            copy_plain(&src, &["conf"], &root, dest, CopyOptions::default());
+        }
+        assert_eq!(fs::read(root.join("etc/real.conf")).unwrap(), b"new");
+        assert!(
+            fs::symlink_metadata(root.join("etc/app.conf"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(root.join("etc/rel.conf")).unwrap(), b"new");
+        assert_eq!(fs::read(root.join("nowhere/new.conf")).unwrap(), b"new");
+        assert_eq!(fs::read(root.join("outside")).unwrap(), b"new");
+        assert!(
+            !d.path().join("outside").exists(),
+            "nothing outside the root"
+        );
+    }
+
+    #[test]
+    fn excluded_folders_are_not_left_empty() {
+        let (_d, src, root) = src_and_root("main.rs", "m");
+        write_files(
+            &src,
+            &[
+                "src/debug/important.log",
+                "src/debug/noise.log",
+                "build/deep/out.o",
+            ],
+        );
+        fs::create_dir_all(src.join("logs/empty")).unwrap();
+        let ig = Ignore::parse("**/*.log\n!**/important.log\nbuild\nlogs\n");
+        let none = Ignore::default();
+        let matched = resolve_sources(&src, &[".".into()], &ig).unwrap();
+        copy(
+            &src,
+            &matched,
+            &ig,
+            &none,
+            &root,
+            "/ctx/",
+            CopyOptions::default(),
+        )
+        .unwrap();
+        assert!(root.join("ctx/src/debug/important.log").is_file());
+        assert!(!root.join("ctx/src/debug/noise.log").exists());
+        assert!(!root.join("ctx/build").exists(), "no empty excluded folder");
+        assert!(!root.join("ctx/logs").exists());
+        // The context as a RUN mount sees it: the same folders are whited out.
+        let upper = root.join("upper");
+        whiteout_ignored(&src, "", &ig, &upper).unwrap();
+        let kind = |p: &str| fs::symlink_metadata(upper.join(p)).map(|m| m.file_type());
+        use std::os::unix::fs::FileTypeExt;
+        assert!(kind("build").unwrap().is_char_device());
+        assert!(kind("logs").unwrap().is_char_device());
+        assert!(kind("src/debug/noise.log").unwrap().is_char_device());
+        assert!(kind("src/debug/important.log").is_err());
+    }
+
+    #[test]
+    fn copy_parents_keeps_paths_from_the_root_or_the_pivot() {
+        let (_d, src, root) = src_and_root("top.txt", "t");
+        write_files(
+            &src,
+            &[
+                "x/a.txt",
+                "y/a.txt",
+                "pkgs/one/package.json",
+                "pkgs/one/index.js",
+                "pkgs/two/package.json",
+                "deep/x/y/z.txt",
+                "deep/x/w.md",
+            ],
+        );
+        fs::create_dir_all(src.join("pkgs/empty")).unwrap();
+        let none = Ignore::default();
+        let srcs = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let opts = CopyOptions::default();
+        copy_parents(
+            &src,
+            &srcs(&["./x/a.txt", "y/a.txt"]),
+            &none,
+            &none,
+            &root,
+            "/p/",
+            opts,
+        )
+        .unwrap();
+        copy_parents(
+            &src,
+            &srcs(&["pkgs/*/package.json"]),
+            &none,
+            &none,
+            &root,
+            "/g/",
+            opts,
+        )
+        .unwrap();
+        copy_parents(
+            &src,
+            &srcs(&["deep/./x/**/*.txt"]),
+            &none,
+            &none,
+            &root,
+            "/v/",
+            opts,
+        )
+        .unwrap();
+        let tree = |dir: &str| {
+            let mut out = Vec::new();
+            let mut stack = vec![root.join(dir)];
+            while let Some(d) = stack.pop() {
+                for e in fs::read_dir(&d).unwrap() {
+                    let p = e.unwrap().path();
+                    out.push(p.strip_prefix(&root).unwrap().display().to_string());
+                    if p.is_dir() {
+                        stack.push(p);
+                    }
+                }
+            }
+            out.sort();
+            out
+        };
+        assert_eq!(tree("p"), ["p/x", "p/x/a.txt", "p/y", "p/y/a.txt"]);
+        assert_eq!(
+            tree("g"),
+            [
+                "g/pkgs",
+                "g/pkgs/one",
+                "g/pkgs/one/package.json",
+                "g/pkgs/two",
+                "g/pkgs/two/package.json"
+            ],
+            "no index.js, no empty folder"
+        );
+        assert_eq!(tree("v"), ["v/x", "v/x/y", "v/x/y/z.txt"], "from the pivot");
+        // A path without wildcards must exist.
+        assert!(matches!(
+            copy_parents(&src, &srcs(&["nope.txt"]), &none, &none, &root, "/n/", opts),
+            Err(BuildError::SourceNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn special_files_are_copied_from_stages_only() {
+        let (_d, src, root) = src_and_root("f", "f");
+        let mknod = |name: &str, kind, dev| {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                src.join(name),
+                kind,
+                rustix::fs::Mode::from_raw_mode(0o640),
+                dev,
+            )
+            .unwrap();
+        };
+        mknod("pipe", rustix::fs::FileType::Fifo, 0);
+        mknod(
+            "null",
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::makedev(1, 3),
+        );
+        // From a context they are left out.
+        copy_plain(&src, &["."], &root, "/ctx/", CopyOptions::default());
+        assert!(fs::symlink_metadata(root.join("ctx/pipe")).is_err());
+        assert!(root.join("ctx/f").is_file());
+        // From a stage (owners kept) they are made anew.
+        let stage = CopyOptions {
+            keep_owner: true,
+            ..CopyOptions::default()
+        };
+        copy_plain(&src, &["."], &root, "/out/", stage);
+        use std::os::unix::fs::FileTypeExt;
+        let pipe = fs::symlink_metadata(root.join("out/pipe")).unwrap();
+        assert!(pipe.file_type().is_fifo());
+        assert_eq!(pipe.mode() & 0o7777, 0o640);
+        let null = fs::symlink_metadata(root.join("out/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
     }
 }

@@ -243,9 +243,7 @@ pub(crate) async fn pull(
         .parse()
         .map_err(|e: ReferenceError| BuildError::Image(e.to_string()))?;
     let (os, arch) = host_platform();
-    let opts = PullOptions {
-        platform: berth_client::Platform::new(os, arch),
-    };
+    let opts = PullOptions::new(berth_client::Platform::new(os, arch));
     match berth_client::pull_image(client, store, &r, &opts).await {
         Ok(pulled) => Ok(pulled.manifest),
         // Told with the reference as the build file wrote it.

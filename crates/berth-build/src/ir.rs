@@ -68,10 +68,17 @@ impl std::str::FromStr for Entitlement {
             .find(|(n, _)| *n == s)
             .map(|(_, e)| *e)
             .ok_or_else(|| {
-                format!(
-                    "unknown entitlement {s:?}; berth knows {}",
-                    Entitlement::ALL.map(|(n, _)| n).join(", ")
-                )
+                let known = Entitlement::ALL.map(|(n, _)| n).join(", ");
+                if s == "security.insecure" {
+                    // BuildKit's privileged steps: berth has none to grant.
+                    format!(
+                        "entitlement \"security.insecure\" cannot be granted: berth runs no \
+                         privileged steps (RUN --security=insecure is refused); berth knows \
+                         {known}"
+                    )
+                } else {
+                    format!("unknown entitlement {s:?}; berth knows {known}")
+                }
             })
     }
 }
@@ -201,11 +208,22 @@ pub enum FileAction {
         extract_archives: bool,
         /// Patterns excluded from the copy (`--exclude`).
         exclude: Vec<String>,
+        /// `COPY --parents`: sources keep their paths (from the context root or a
+        /// `/./` pivot). Left out of the digest when false, so older keys stay.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        parents: bool,
+        /// A symbolic `--chmod` (`u+x,go-w`), applied to each entry's mode; `chmod` is
+        /// then `None`. Left out of the digest when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        chmod_symbolic: Option<String>,
     },
     /// Write a file (heredocs, `COPY <<EOF`).
     Write {
-        /// Path.
+        /// Destination, as COPY's: a folder if it ends in `/` or is one in the image
+        /// (the file is then `name` in it), else the file itself.
         path: String,
+        /// The file's name in a folder destination (a heredoc's name).
+        name: String,
         /// Content.
         data: Vec<u8>,
         /// Mode.
@@ -253,6 +271,9 @@ pub enum Op {
     Exec(ExecOp),
     /// File operations.
     File(FileOp),
+    /// The inputs' layers one after the other (`COPY --link`: a layer made on scratch
+    /// put on top of the stage, so its key does not depend on what is below).
+    Merge,
 }
 
 /// A node of the graph. Only `op` and the inputs' digests make its digest.
@@ -334,6 +355,11 @@ impl State {
         State::new(Op::File(op), inputs, name)
     }
 
+    /// `layers` stacked in order, the first at the bottom (BuildKit's MergeOp).
+    pub fn merge(layers: Vec<State>, name: impl Into<String>) -> State {
+        State::new(Op::Merge, layers, name)
+    }
+
     /// The same state, but never taken from cache.
     pub fn with_ignore_cache(self, ignore: bool) -> State {
         if self.0.ignore_cache == ignore {
@@ -363,6 +389,18 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn security_insecure_is_refused_with_the_reason() {
+        assert_eq!("network.host".parse(), Ok(Entitlement::NetworkHost));
+        let err = "security.insecure".parse::<Entitlement>().unwrap_err();
+        assert!(
+            err.contains("cannot be granted") && err.contains("no privileged steps"),
+            "{err}"
+        );
+        let err = "net.host".parse::<Entitlement>().unwrap_err();
+        assert!(err.starts_with("unknown entitlement"), "{err}");
+    }
 
     fn exec(cmd: &str) -> ExecOp {
         ExecOp {

@@ -46,6 +46,7 @@ mod fileops;
 pub mod frontend;
 pub mod image;
 pub mod ir;
+mod mode;
 mod pattern;
 mod prune;
 mod secrets;
@@ -62,7 +63,7 @@ pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
 pub use ir::Entitlement;
 pub use pattern::{Ignore, Pattern};
-pub use prune::{BuildCache, PruneOptions, PruneReport, prune};
+pub use prune::{BuildCache, CacheUsage, PruneOptions, PruneReport, cache_usage, prune};
 pub use solver::{
     Cancel, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions, Solved, Solver,
     StepSlots, build_id,

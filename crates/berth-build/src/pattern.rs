@@ -2,7 +2,7 @@
 //!
 //! A pattern is matched against a slash-separated path relative to the context root,
 //! component by component: `*` matches within one component, `?` one character,
-//! `[a-z]`/`[!a-z]` a class, and a `**` component any number of components. As in
+//! `[a-z]`/`[^a-z]` a class, and a `**` component any number of components. As in
 //! Docker, an ignore pattern that matches a directory excludes all below it, and a
 //! pattern starting with `!` re-includes what an earlier one excluded.
 
@@ -37,6 +37,14 @@ impl Pattern {
     pub fn matches_or_parent(&self, path: &str) -> bool {
         let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
         (1..=comps.len()).any(|n| match_parts(&self.parts, &comps[..n]))
+    }
+
+    /// Whether something below the folder `dir` may match: the pattern crosses levels
+    /// (`**`) or its first components match `dir`'s.
+    pub fn may_match_below(&self, dir: &str) -> bool {
+        let comps: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
+        self.parts.iter().any(|p| p == "**")
+            || (self.parts.len() > comps.len() && match_parts(&self.parts[..comps.len()], &comps))
     }
 
     /// Whether the pattern holds wildcards.
@@ -110,16 +118,9 @@ impl Ignore {
     /// Whether a directory may hold re-included paths (so it must be walked even when
     /// excluded).
     pub fn may_reinclude_below(&self, dir: &str) -> bool {
-        let depth = dir.split('/').filter(|c| !c.is_empty()).count();
-        self.rules.iter().any(|r| {
-            r.negated
-                && (r.parts.iter().any(|p| p == "**")
-                    || (r.parts.len() > depth
-                        && match_parts(
-                            &r.parts[..depth],
-                            &dir.split('/').filter(|c| !c.is_empty()).collect::<Vec<_>>(),
-                        )))
-        })
+        self.rules
+            .iter()
+            .any(|r| r.negated && r.may_match_below(dir))
     }
 
     /// The patterns, for cache keys.
@@ -154,8 +155,10 @@ pub fn match_component(p: &[u8], s: &[u8]) -> bool {
             let Some((&c, srest)) = s.split_first() else {
                 return false;
             };
+            // Only `^` negates a class, as in Go's filepath.Match and the regular
+            // expressions Docker's pattern matcher builds: `[!a]` is `!` or `a`.
             let (negate, body) = match rest.first() {
-                Some(b'!' | b'^') => (true, &rest[1..]),
+                Some(b'^') => (true, &rest[1..]),
                 _ => (false, rest),
             };
             let Some(end) = body.iter().skip(1).position(|&b| b == b']').map(|i| i + 1) else {
@@ -192,7 +195,13 @@ mod tests {
         assert!(!match_component(b"*.rs", b"main.rc"));
         assert!(match_component(b"f?o", b"foo"));
         assert!(match_component(b"[a-c]x", b"bx"));
-        assert!(!match_component(b"[!a-c]x", b"bx"));
+        assert!(!match_component(b"[^a-c]x", b"bx"));
+        assert!(
+            match_component(b"[!a-c]x", b"bx"),
+            "`!` is a member, not a negation"
+        );
+        assert!(match_component(b"[!a-c]x", b"!x"));
+        assert!(!match_component(b"[!a-c]x", b"dx"));
         assert!(match_component(b"\\*", b"*"));
     }
 

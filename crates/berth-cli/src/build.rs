@@ -1,4 +1,4 @@
-//! `berth build` and `berth images`.
+//! `berth build`, `push`, `load`, `prune`, `login` and `logout`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -436,51 +436,6 @@ fn remote(
     Ok(())
 }
 
-pub fn images(settings: &Settings) -> Result<()> {
-    let store = berth_store::Store::open(&settings.root)?;
-    let repos = store.repos();
-    println!(
-        "{:<40} {:<20} {:<19} {:>10}",
-        "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
-    );
-    for repo in repos.repositories()? {
-        for tag in repos.tags(&repo)? {
-            let Some(m) = repos.tag(&repo, &tag)? else {
-                continue;
-            };
-            let Some(bytes) = store.read_blob(&m)? else {
-                continue;
-            };
-            let Ok((manifest, _)) = berth_oci::Manifest::parse(&bytes, None) else {
-                continue;
-            };
-            let id = manifest
-                .config
-                .as_ref()
-                .map(|c| c.digest.hex()[..12].to_string())
-                .unwrap_or_default();
-            let size: u64 = manifest.layers.iter().map(|l| l.size).sum();
-            println!("{repo:<40} {tag:<20} {id:<19} {:>10}", human(size));
-        }
-    }
-    Ok(())
-}
-
-fn human(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < units.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.1}{}", units[u])
-    }
-}
-
 #[derive(Args)]
 pub struct PruneArgs {
     /// Keep this much cache, most recently used first (e.g. 10GB, 500MB) [default: 0,
@@ -545,7 +500,7 @@ pub fn prune(settings: &Settings, args: PruneArgs) -> Result<()> {
         r.blobs,
         r.cache_mounts,
         r.histories,
-        human(r.bytes)
+        crate::format::human_size(r.bytes)
     );
     Ok(())
 }
@@ -577,7 +532,14 @@ async fn push_one(
     dest: &berth_oci::Reference,
 ) -> Result<berth_oci::Digest> {
     let show = |line: &str| eprintln!("{dest}: {line}");
-    Ok(berth_build::push_image(store, client, manifest, dest, &show).await?)
+    let pushed = berth_build::push_image(store, client, manifest, dest, &show).await?;
+    // `berth inspect` shows it among the image's RepoDigests, as docker does.
+    let name =
+        berth_oci::WrittenReference::parse(&format!("{}/{}", dest.registry, dest.repository))?
+            .familiar()
+            .name();
+    store.add_repo_digest(manifest, &name, &pushed);
+    Ok(pushed)
 }
 
 pub fn push(settings: &Settings, args: PushArgs) -> Result<()> {

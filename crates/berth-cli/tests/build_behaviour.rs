@@ -211,6 +211,41 @@ fn changed_context_file_reruns_its_copy_and_what_follows() {
     assert_ne!(first.manifest(), second.manifest());
 }
 
+/// `COPY --link` (issue 15): its layer is made on scratch, so a change below it keeps
+/// it cached (BuildKit's MergeOp), while a plain COPY after the change runs again; the
+/// image still has both the new lower layer and the linked files.
+#[test]
+fn copy_link_is_reused_when_what_is_below_changes() {
+    let Some(p) = project(
+        "FROM {base}\n\
+         ARG V\n\
+         RUN echo $V > /v\n\
+         COPY --link a.txt /app/\n\
+         COPY b.txt /b.txt\n",
+    ) else {
+        return;
+    };
+    p.file("a.txt", "a\n");
+    p.file("b.txt", "b\n");
+    let local = p.dir.path().join("out");
+    let out = format!("type=local,dest={}", local.display());
+    p.build_ok(&["--build-arg", "V=1", "--output", &out]);
+    let second = p.build_ok(&["--build-arg", "V=2", "--output", &out]);
+    let steps = steps(&second.stderr);
+    assert!(!step(&steps, "RUN echo $V").cached, "{}", second.stderr);
+    assert!(
+        step(&steps, "COPY --link a.txt").cached,
+        "{}",
+        second.stderr
+    );
+    assert!(!step(&steps, "COPY b.txt").cached, "{}", second.stderr);
+    assert_eq!(std::fs::read_to_string(local.join("v")).unwrap(), "2\n");
+    assert_eq!(
+        std::fs::read_to_string(local.join("app/a.txt")).unwrap(),
+        "a\n"
+    );
+}
+
 #[test]
 fn changed_build_arg_is_named() {
     let Some(p) = project(

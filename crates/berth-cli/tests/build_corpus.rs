@@ -66,6 +66,19 @@ fn build_both(case: &Case) -> Built {
     build_both_in(case, &builds_dir().join(case.name), &[])
 }
 
+/// [`build_both`] from a copy of the case's folder that `prepare` changes first: for
+/// what git cannot hold (hard links, special mode bits, empty folders).
+fn build_prepared(case: &Case, prepare: impl FnOnce(&std::path::Path)) -> Built {
+    let copy = tempfile::tempdir().unwrap();
+    let context = copy.path().join("context");
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(builds_dir().join(case.name))
+        .arg(&context));
+    prepare(&context);
+    build_both_in(case, &context, &[])
+}
+
 /// [`build_both`] of the context `context`, both builders run with `envs` set.
 fn build_both_in(case: &Case, context: &std::path::Path, envs: &[(&str, &str)]) -> Built {
     let base = BuildBase::new();
@@ -189,10 +202,15 @@ fn inspect_config(image: &str) -> serde_json::Value {
 
 /// Build, run, and compare trees and config.
 fn check(case: &Case) {
+    check_prepared(case, |_| {});
+}
+
+/// [`check`] of a context that `prepare` changes first (see [`build_prepared`]).
+fn check_prepared(case: &Case, prepare: impl FnOnce(&std::path::Path)) {
     if !ready() {
         return;
     }
-    let built = build_both(case);
+    let built = build_prepared(case, prepare);
     built.assert_image_tree();
     built.assert_local_tree();
     built.assert_same_config();
@@ -408,44 +426,337 @@ fn env_expansion() {
     });
 }
 
+/// A case docker 20.10 cannot build, built by berth alone: its `--output type=local`
+/// and its image, pulled into dockerd from `berth registry serve`.
+struct BerthOnly {
+    _work: tempfile::TempDir,
+    _server: Berth,
+    _images: DockerImages,
+    local: PathBuf,
+    image: String,
+}
+
+impl BerthOnly {
+    fn build(name: &str) -> BerthOnly {
+        let base = BuildBase::new();
+        let work = tempfile::tempdir().unwrap();
+        let root = work.path().join("root");
+        let local = work.path().join("local");
+        let tag = format!("corpus/{name}:latest");
+        output_ok(
+            berth_build(&root)
+                .args(["-t", &tag, "--build-arg"])
+                .arg(format!("BASE={}", base.reference()))
+                .arg("--output")
+                .arg(format!("type=local,dest={}", local.display()))
+                .arg(builds_dir().join(name)),
+        );
+        let server = Berth::serve(&root, &[]);
+        let image = format!("{}/{tag}", server.addr);
+        let images = DockerImages(vec![image.clone()]);
+        run(Command::new(docker()).args(["pull", "-q", &image]));
+        BerthOnly {
+            _work: work,
+            _server: server,
+            _images: images,
+            local,
+            image,
+        }
+    }
+
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.local.join(path)).unwrap()
+    }
+
+    /// `docker run` of the image with its own command: the output.
+    fn run(&self) -> String {
+        run(Command::new(docker()).args(["run", "--rm", &self.image]))
+    }
+}
+
 /// Heredocs: berth only (docker 20.10's builder has none), checked by content.
 #[test]
 fn heredocs() {
     if !ready() {
         return;
     }
-    let base = BuildBase::new();
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    let local = work.path().join("local");
-    output_ok(
-        berth_build(&root)
-            .args(["-t", "corpus/heredocs:latest", "--build-arg"])
-            .arg(format!("BASE={}", base.reference()))
-            .arg("--output")
-            .arg(format!("type=local,dest={}", local.display()))
-            .arg(builds_dir().join("heredocs")),
-    );
-    let read = |p: &str| std::fs::read_to_string(local.join(p)).unwrap();
-    assert_eq!(read("run-heredoc.txt"), "line1\nhi berth\n");
-    assert_eq!(read("run-sh.txt"), "via sh\n");
+    let built = BerthOnly::build("heredocs");
+    assert_eq!(built.read("run-heredoc.txt"), "line1\nhi berth\n");
+    assert_eq!(built.read("run-sh.txt"), "via sh\n");
     assert_eq!(
-        read("copied.txt"),
+        built.read("copied.txt"),
         "name=berth\n",
         "unquoted delimiter expands"
     );
     assert_eq!(
-        read("raw.txt"),
+        built.read("raw.txt"),
         "name=$NAME\n",
         "quoted delimiter keeps $NAME"
     );
+    assert_eq!(
+        built.run(),
+        "line1\nhi berth\nvia sh\nname=berth\nname=$NAME\n"
+    );
+}
 
-    let server = Berth::serve(&root, &[]);
-    let image = format!("{}/corpus/heredocs:latest", server.addr);
-    let _images = DockerImages(vec![image.clone()]);
-    run(Command::new(docker()).args(["pull", "-q", &image]));
-    let got = run(Command::new(docker()).args(["run", "--rm", &image]));
-    assert_eq!(got, "line1\nhi berth\nvia sh\nname=berth\nname=$NAME\n");
+// ---- COPY/ADD and context (issue 15)
+
+/// Set `mode` (with special bits) on `path` below `dir`.
+fn chmod(dir: &std::path::Path, path: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join(path), std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn add_compressed() {
+    check(&Case {
+        name: "add_compressed",
+        args: &[],
+        runs: &[(&[], "inside\ninside\ninside\n")],
+    });
+}
+
+#[test]
+fn add_not_archive() {
+    check(&Case {
+        name: "add_not_archive",
+        args: &[],
+        runs: &[(&[], "{\"a\":1}\nnote\nnot a tar\n")],
+    });
+}
+
+#[test]
+fn copy_empty_glob() {
+    check(&Case {
+        name: "copy_empty_glob",
+        args: &[],
+        runs: &[(&[], "a.txt\nb.md\nno-none\n")],
+    });
+}
+
+#[test]
+fn copy_several_to_file() {
+    check(&Case {
+        name: "copy_several_to_file",
+        args: &[],
+        runs: &[(&[], "b\n2\n")],
+    });
+}
+
+#[test]
+fn copy_chown_id() {
+    check(&Case {
+        name: "copy_chown_id",
+        args: &[],
+        runs: &[(
+            &[],
+            "4321:4321 /out/id/f\n1500:1600 /out/name/f\n0:1700 /out/group-only/f\n",
+        )],
+    });
+}
+
+#[test]
+fn copy_dest_symlink() {
+    check(&Case {
+        name: "copy_dest_symlink",
+        args: &[],
+        runs: &[(&[], "new\nnew\nnew\nnew\nt\n")],
+    });
+}
+
+#[test]
+fn dockerignore_exception() {
+    check(&Case {
+        name: "dockerignore_exception",
+        args: &[],
+        runs: &[(
+            &[],
+            "/ctx\n/ctx/.dockerignore\n/ctx/Dockerfile\n/ctx/docs\n/ctx/src\n\
+             /ctx/src/debug\n/ctx/src/debug/important.log\n/ctx/src/main.rs\n",
+        )],
+    });
+}
+
+#[test]
+fn copy_links_independent() {
+    check_prepared(
+        &Case {
+            name: "copy_links_independent",
+            args: &[],
+            runs: &[(&[], "content\ncontent\n")],
+        },
+        |ctx| {
+            std::fs::hard_link(ctx.join("a"), ctx.join("a2")).unwrap();
+            std::os::unix::fs::symlink("a", ctx.join("b")).unwrap();
+            std::fs::hard_link(ctx.join("dir/x"), ctx.join("dir/y")).unwrap();
+        },
+    );
+}
+
+#[test]
+fn copy_globs() {
+    check(&Case {
+        name: "copy_globs",
+        args: &[],
+        runs: &[(
+            &[],
+            "/g\n/g/class\n/g/class/a1.txt\n/g/class/a2.txt\n/g/dirs\n/g/dirs/deep\n\
+             /g/dirs/deep/x.txt\n/g/dirs/x.txt\n/g/doublestar\n/g/doublestar/x.txt\n\
+             /g/middle\n/g/middle/x.txt\n/g/negclass\n/g/negclass/a1.txt\n/g/question\n\
+             /g/question/a1.txt\n/g/question/a2.txt\n/g/question/ab.txt\n/g/space\n\
+             /g/space/sp ace.txt\n/g/star\n/g/star/.hidden.txt\n/g/star/a1.txt\n\
+             /g/star/a2.txt\n/g/star/ab.txt\n/g/star/lit[1].txt\n/g/star/sp ace.txt\n",
+        )],
+    });
+}
+
+#[test]
+fn copy_source_symlinks() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "copy_source_symlinks",
+        args: &[],
+        runs: &[],
+    });
+    built.assert_image_tree();
+    built.assert_local_tree();
+    built.assert_same_config();
+    let tree = built.docker_tree();
+    assert_eq!(
+        tree["/s/file-link"].kind, "file",
+        "a top-level link is followed"
+    );
+    assert_eq!(
+        tree["/s/real/dangling"].kind, "symlink",
+        "links inside are kept"
+    );
+    assert!(
+        tree.contains_key("/s/dir/r"),
+        "a folder link copies its contents"
+    );
+}
+
+#[test]
+fn copy_modes() {
+    check_prepared(
+        &Case {
+            name: "copy_modes",
+            args: &[],
+            runs: &[(
+                &[],
+                "4755 0:0 /m/plain/suid\n1770 1234:5678 /m/from/d\n4711 1234:5678 /m/from/d/f\n",
+            )],
+        },
+        |ctx| {
+            chmod(ctx, "suid", 0o4755);
+            chmod(ctx, "sgid", 0o2711);
+            chmod(ctx, "exec.sh", 0o555);
+            chmod(ctx, "ro", 0o400);
+            chmod(ctx, "tree/sub", 0o1777);
+            chmod(ctx, "tree", 0o700);
+            // Docker's context transfer leaves fifos out.
+            run(Command::new("mkfifo").arg(ctx.join("tree/pipe")));
+        },
+    );
+}
+
+#[test]
+fn dockerignore_patterns() {
+    check(&Case {
+        name: "dockerignore_patterns",
+        args: &[],
+        runs: &[(
+            &[],
+            "/ctx\n/ctx/a\n/ctx/a/a.md\n/ctx/a/b\n/ctx/a/b/b.md\n/ctx/a/b/c\n/ctx/a/b/c/c.md\n\
+             /ctx/keep\n/ctx/keep/k.tmp\n/ctx/keep/k.txt\n/ctx/q22.cfg\n/ctx/xa\n/ctx/xa/f\n",
+        )],
+    });
+}
+
+#[test]
+fn copy_dest_rules() {
+    check(&Case {
+        name: "copy_dest_rules",
+        args: &[],
+        runs: &[(
+            &[],
+            "/deep\n/deep/new\n/deep/new/parents\n/deep/new/parents/d\n/deep/new/parents/sub\n\
+             /deep/new/parents/sub/s\n/exists\n/exists/d\n/exists/f.txt\n/exists/keep\n\
+             /exists/keep/k\n/exists/sub\n/exists/sub/s\n/to\n/to/dir\n/to/dir/f.txt\n\
+             /to/renamed\n/work\n/work/f.txt\n/work/rel\n/work/rel/d\n/work/rel/sub\n\
+             /work/rel/sub/s\n/work/sub\n/work/sub/f.txt\n/work/two\n/work/up.txt\nd\n",
+        )],
+    });
+}
+
+#[test]
+fn copy_from_whiteouts() {
+    check(&Case {
+        name: "copy_from_whiteouts",
+        args: &[],
+        runs: &[(
+            &[],
+            "/copied-old\n/copied-old/new\n/data\n/data/keep\n/data/keep/base\n/data/old\n\
+             /data/old/new\n",
+        )],
+    });
+}
+
+/// `COPY --parents`, `--exclude` and `--link`: berth only (docker 20.10's builder has
+/// none of them), checked against BuildKit's documented behaviour.
+#[test]
+fn copy_new_flags() {
+    if !ready() {
+        return;
+    }
+    let built = BerthOnly::build("copy_new_flags");
+    assert_eq!(
+        built.run(),
+        "/added\n/added/app\n/added/app/main.rs\n/added/app/sub\n/added/app/sub/mod.rs\n\
+         /added/lib\n/added/lib/lib.rs\n/assets\n/assets/logo.png\n/glob\n/glob/src\n\
+         /glob/src/app\n/glob/src/app/main.rs\n/glob/src/lib\n/glob/src/lib/lib.rs\n\
+         /linkdir\n/linkdir/a.txt\n/no-parents\n/no-parents/a.txt\n/parents\n/parents/x\n\
+         /parents/x/a.txt\n/parents/y\n/parents/y/a.txt\n/pivot\n/pivot/app\n\
+         /pivot/app/main.rs\n/pivot/app/sub\n/pivot/app/sub/mod.rs\n/real\n/sym\n/sym/lib\n\
+         /sym/lib/x\n/sym/run.sh\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(built.local.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    // 0644 files: u+x 0744, g=u 0774, o-r 0770; the 0755 folder: 0771.
+    assert_eq!(mode("sym/run.sh"), 0o770);
+    assert_eq!(mode("sym/lib/x"), 0o770);
+    assert_eq!(mode("sym/lib"), 0o771);
+    assert_eq!(
+        built.read("no-parents/a.txt"),
+        "ya\n",
+        "the last source wins"
+    );
+    assert_eq!(built.read("parents/x/a.txt"), "xa\n");
+    let linkdir = std::fs::symlink_metadata(built.local.join("linkdir")).unwrap();
+    assert!(
+        linkdir.is_dir(),
+        "--link does not follow the stage's symlink"
+    );
+}
+
+/// Heredocs copied as COPY copies: berth only, checked by content.
+#[test]
+fn copy_heredoc_dest() {
+    if !ready() {
+        return;
+    }
+    let built = BerthOnly::build("copy_heredoc_dest");
+    assert_eq!(built.run(), "keep\ninto the folder\nthrough the link\nb\n");
+    let link = std::fs::symlink_metadata(built.local.join("etc/app.conf")).unwrap();
+    assert!(link.is_symlink(), "the link stays");
 }
 
 /// Every folder of the corpus has a test here.

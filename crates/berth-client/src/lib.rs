@@ -22,5 +22,6 @@ pub use client::{
 };
 pub use probe::{Outcome, ProbeStep, RateLimit};
 pub use transfer::{
-    Platform, PullOptions, PulledImage, TransferError, pull_image, push_image, push_manifest,
+    Platform, PullEvent, PullOptions, PullProgress, PulledImage, TransferError, pull_image,
+    push_image, push_manifest,
 };

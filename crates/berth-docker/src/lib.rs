@@ -12,9 +12,12 @@
 //! To a daemon on this machine layers go uncompressed on both paths (see `layers`).
 //!
 //! It also owns image archives, the other delivery format: `docker save` output and OCI
-//! layout tars read into berth's store, and written from it (see `archive`).
+//! layout tars read into berth's store, and written from it (see `archive`); and
+//! describing images of the store as Docker does (`docker image inspect`, `docker
+//! history`; see `inspect`).
 
 mod archive;
+mod inspect;
 mod layers;
 mod probe;
 mod proxy;
@@ -22,6 +25,7 @@ mod proxy;
 pub use archive::{
     ArchiveFormat, ImportOptions, Imported, ImportedImage, SaveImage, import, save, save_to_file,
 };
+pub use inspect::{DockerConfig, HistoryRow, ImageFacts, Inspected, history, image_facts, inspect};
 pub use probe::{daemon_reaches_loopback, daemon_version};
 
 use berth_oci::Digest;
@@ -148,6 +152,9 @@ pub async fn load(
         _ if daemon_is_local() => layers::Inflate::WhenWorthIt,
         _ => layers::Inflate::Never,
     };
+    // A daemon takes one platform: an index (`berth pull` keeps them whole) gives this
+    // machine's.
+    let manifest = archive::platform_manifest(store, manifest, name)?;
     let image = {
         let store = store.clone();
         let manifest = manifest.clone();

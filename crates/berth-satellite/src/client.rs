@@ -568,9 +568,9 @@ impl Connection {
             &client,
             store,
             &remote,
-            &berth_client::transfer::PullOptions {
-                platform: berth_client::transfer::Platform::new(os, arch),
-            },
+            &berth_client::transfer::PullOptions::new(berth_client::transfer::Platform::new(
+                os, arch,
+            )),
         )
         .await
         .map_err(|e| {

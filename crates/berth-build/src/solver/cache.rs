@@ -68,6 +68,20 @@ impl Solver {
                 .actions
                 .iter()
                 .filter_map(|a| match a {
+                    // --parents reads below each source's pivot: all of it is keyed
+                    // (more than the pattern matches, never less).
+                    FileAction::Copy {
+                        from,
+                        sources,
+                        parents: true,
+                        ..
+                    } => Some((
+                        *from,
+                        sources
+                            .iter()
+                            .map(|s| format!("{}/.", fileops::parents_pivot(s).0))
+                            .collect(),
+                    )),
                     FileAction::Copy { from, sources, .. } => Some((*from, sources.clone())),
                     _ => None,
                 })

@@ -184,12 +184,6 @@ impl Tail {
     }
 }
 
-/// Resolve `user[:group]` against the image's /etc/passwd and /etc/group (numeric ids
-/// pass through; an empty user is root): the uid and gid, for ownership.
-pub(super) fn lookup_user(lowers: &[PathBuf], user: &str) -> Result<(u32, u32)> {
-    exec_user(lowers, user).map(|u| (u.uid, u.gid))
-}
-
 /// Who a step's process runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct ExecUser {
@@ -232,22 +226,7 @@ pub(super) fn exec_user(lowers: &[PathBuf], user: &str) -> Result<ExecUser> {
             groups: Vec::new(),
         });
     }
-    // The topmost layer with an entry at /etc/<name> decides; a whiteout means the file
-    // was deleted. Entries are split into their `:` fields.
-    let entries = |name: &str| -> Vec<Vec<String>> {
-        let text = lowers
-            .iter()
-            .map(|l| l.join("etc").join(name))
-            .find(|p| fs::symlink_metadata(p).is_ok())
-            .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
-            .and_then(|p| fs::read_to_string(p).ok())
-            .unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-            .map(|l| l.split(':').map(str::to_string).collect())
-            .collect()
-    };
-    let number = |e: &[String], i: usize| e.get(i).and_then(|f| f.parse::<u32>().ok());
+    let entries = |name: &str| etc_entries(lowers, name);
     let passwd = entries("passwd");
     let numeric = u.parse::<u32>().ok();
     // By name first, then by uid, as runc does.
@@ -302,6 +281,66 @@ pub(super) fn exec_user(lowers: &[PathBuf], user: &str) -> Result<ExecUser> {
     Ok(ExecUser { uid, gid, groups })
 }
 
+/// The entries of the image's `/etc/<name>`, split into their `:` fields: the topmost
+/// layer with an entry at that path decides; a whiteout means the file was deleted.
+fn etc_entries(lowers: &[PathBuf], name: &str) -> Vec<Vec<String>> {
+    let text = lowers
+        .iter()
+        .map(|l| l.join("etc").join(name))
+        .find(|p| fs::symlink_metadata(p).is_ok())
+        .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .and_then(|p| fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.split(':').map(str::to_string).collect())
+        .collect()
+}
+
+/// Field `i` of an entry, as a number.
+fn number(e: &[String], i: usize) -> Option<u32> {
+    e.get(i).and_then(|f| f.parse::<u32>().ok())
+}
+
+/// The owner `--chown=user[:group]` gives in a file op (COPY, ADD, and the folders
+/// WORKDIR makes for USER), resolved as BuildKit's file ops do (its `readUser`), which
+/// differs from a RUN's user: a numeric user alone is also the group (`4321` is
+/// 4321:4321), a name takes its uid and primary group from the image's /etc/passwd, a
+/// group name its gid from /etc/group; an empty user is root. A name the image lacks
+/// leaves root (user) or the user's group (group), with a warning, where BuildKit is
+/// silent.
+pub(super) fn chown_ids(lowers: &[PathBuf], spec: &str) -> (u32, u32) {
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let by_name =
+        |file: &str, name: &str| etc_entries(lowers, file).into_iter().find(|e| e[0] == name);
+    let mut ids = (0, 0);
+    if let Ok(n) = u.parse::<u32>() {
+        ids = (n, n);
+    } else if !u.is_empty() {
+        match by_name("passwd", u) {
+            Some(e) => ids = (number(&e, 2).unwrap_or(0), number(&e, 3).unwrap_or(0)),
+            None => tracing::warn!(
+                "--chown={spec}: user {u:?} is not in the image's /etc/passwd; owner is root, as in BuildKit"
+            ),
+        }
+    }
+    match g.filter(|g| !g.is_empty()).map(|g| (g, g.parse::<u32>())) {
+        Some((_, Ok(n))) => ids.1 = n,
+        Some((g, Err(_))) => match by_name("group", g).and_then(|e| number(&e, 2)) {
+            Some(gid) => ids.1 = gid,
+            None => tracing::warn!(
+                "--chown={spec}: group {g:?} is not in the image's /etc/group; group is {}, as in BuildKit",
+                ids.1
+            ),
+        },
+        None => {}
+    }
+    ids
+}
+
 /// Whether `path` exists in the file system made of `lowers` (topmost first): the
 /// topmost layer that has an entry there decides, and a whiteout means "deleted".
 fn exists_in(lowers: &[PathBuf], path: &str) -> bool {
@@ -313,4 +352,36 @@ fn exists_in(lowers: &[PathBuf], path: &str) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chown_resolves_as_buildkit_file_ops() {
+        let d = tempfile::tempdir().unwrap();
+        let etc = d.path().join("etc");
+        fs::create_dir(&etc).unwrap();
+        fs::write(
+            etc.join("passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1500:1600::/:/bin/sh\nu1000:x:1000:100::/:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(etc.join("group"), "root:x:0:\nother:x:1700:\n").unwrap();
+        let lowers = [d.path().to_path_buf()];
+        let ids = |s: &str| chown_ids(&lowers, s);
+        assert_eq!(ids("4321"), (4321, 4321), "a numeric user is its group too");
+        assert_eq!(ids("1000"), (1000, 1000), "even when passwd says otherwise");
+        assert_eq!(ids("app"), (1500, 1600), "a name takes its primary group");
+        assert_eq!(ids("app:other"), (1500, 1700));
+        assert_eq!(ids("4321:other"), (4321, 1700));
+        assert_eq!(ids("app:77"), (1500, 77));
+        assert_eq!(ids(":other"), (0, 1700), "an empty user is root");
+        assert_eq!(ids("nobody-here"), (0, 0), "unknown names leave root");
+        assert_eq!(ids("1000:nogroup"), (1000, 1000));
+        // A RUN's numeric user still takes its group from passwd.
+        let run = exec_user(&lowers, "1000").unwrap();
+        assert_eq!((run.uid, run.gid), (1000, 100));
+    }
 }

@@ -4,12 +4,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::exec::lookup_user;
+use super::exec::chown_ids;
 use super::snapshot::View;
 use super::{Output, Solved, Solver, io_err, unique};
 use crate::error::{BuildError, Result};
-use crate::fileops::{self, CopyOptions};
+use crate::fileops::{self, Chmod, CopyOptions};
 use crate::ir::{FileAction, FileOp};
+use crate::mode::ModeSet;
 use crate::pattern::Ignore;
 
 impl Solver {
@@ -75,7 +76,9 @@ impl Solver {
                 format!("{}/{p}", cwd.trim_end_matches('/'))
             }
         };
-        let owner = |c: &Option<String>| c.as_deref().map(|u| lookup_user(lowers, u)).transpose();
+        let owner = |c: &Option<String>| -> Result<Option<(u32, u32)>> {
+            Ok(c.as_deref().map(|u| chown_ids(lowers, u)))
+        };
         match action {
             FileAction::Copy {
                 from,
@@ -85,54 +88,59 @@ impl Solver {
                 chmod,
                 extract_archives,
                 exclude,
+                parents,
+                chmod_symbolic,
             } => {
                 let input = inputs.get(*from).ok_or_else(|| {
                     BuildError::Invalid(format!("copy from missing input {from}"))
                 })?;
                 let (root, ignore, _view, from_stage) = self.source_root(input)?;
                 let exclude = Ignore::new(exclude.iter().map(String::as_str));
-                let matched = fileops::resolve_sources(&root, sources, &ignore)?;
                 let dest = if dest.ends_with('/') {
                     format!("{}/", abs(dest).trim_end_matches('/'))
                 } else {
                     abs(dest)
                 };
-                let chown = owner(chown)?;
-                fileops::copy(
-                    &root,
-                    &matched,
-                    &ignore,
-                    &exclude,
-                    target,
-                    &dest,
-                    CopyOptions {
-                        chown,
-                        chmod: *chmod,
-                        keep_owner: from_stage,
-                        // Only archives from the build context are unpacked, as in Docker.
-                        extract_archives: *extract_archives && !from_stage,
+                let opts = CopyOptions {
+                    chown: owner(chown)?,
+                    chmod: match (chmod, chmod_symbolic) {
+                        (Some(m), _) => Some(Chmod::Octal(*m)),
+                        (None, Some(s)) => {
+                            Some(Chmod::Symbolic(ModeSet::parse(s).ok_or_else(|| {
+                                BuildError::Invalid(format!("--chmod={s}: not a mode"))
+                            })?))
+                        }
+                        (None, None) => None,
                     },
-                )
+                    keep_owner: from_stage,
+                    // Only archives from the build context are unpacked, as in Docker.
+                    extract_archives: *extract_archives && !from_stage,
+                };
+                if *parents {
+                    return fileops::copy_parents(
+                        &root, sources, &ignore, &exclude, target, &dest, opts,
+                    );
+                }
+                let matched = fileops::resolve_sources(&root, sources, &ignore)?;
+                fileops::copy(&root, &matched, &ignore, &exclude, target, &dest, opts)
             }
             FileAction::Mkdir { path, chown } => {
                 fileops::mkdir_all(target, &abs(path), owner(chown)?).map(|_| ())
             }
             FileAction::Write {
                 path,
+                name,
                 data,
                 mode,
                 chown,
             } => {
                 let chown = owner(chown)?;
-                let p = abs(path);
-                let parent = Path::new(&p)
-                    .parent()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "/".into());
-                let dir = fileops::mkdir_all(target, &parent, chown)?;
-                let file = dir.join(Path::new(&p).file_name().unwrap_or_default());
-                // Whatever stands there is replaced, a symlink included: writing through
-                // it could reach outside the image.
+                let p = if path.ends_with('/') {
+                    format!("{}/", abs(path).trim_end_matches('/'))
+                } else {
+                    abs(path)
+                };
+                let file = fileops::file_dest(target, &p, name, chown)?;
                 match fs::symlink_metadata(&file) {
                     Ok(m) if m.is_dir() => {
                         fs::remove_dir_all(&file).map_err(|e| io_err("replace", &file, e))?

@@ -96,7 +96,7 @@ impl Solver {
 
     /// Whether `state` is shown in progress (scratch is not).
     fn visible(state: &State) -> bool {
-        !matches!(state.vertex().op, Op::Scratch)
+        !matches!(state.vertex().op, Op::Scratch | Op::Merge)
     }
 
     /// Solve `state` once its inputs are: from cache if its key has a record, else by
@@ -172,6 +172,7 @@ impl Solver {
             }
             Op::Exec(e) => self.run_exec(state, id, e, inputs),
             Op::File(f) => self.run_file(f, inputs),
+            Op::Merge => merge(inputs),
         };
         let output = match result {
             Ok(o) => o,
@@ -214,6 +215,24 @@ impl Solver {
             _ => None,
         }
     }
+}
+
+/// The layers of `inputs`, one input after the other (nothing runs: a merge is cheap,
+/// and its layers are cached in the inputs' records).
+fn merge(inputs: &[Arc<Solved>]) -> Result<Output> {
+    let mut layers = Vec::new();
+    for i in inputs {
+        match &i.output {
+            Output::Layers(l) => layers.extend(l.iter().cloned()),
+            Output::Dir { path, .. } => {
+                return Err(BuildError::Invalid(format!(
+                    "cannot merge the directory {} as layers",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(Output::Layers(layers))
 }
 
 #[cfg(test)]

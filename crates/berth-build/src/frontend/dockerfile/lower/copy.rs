@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::frontend::dockerfile::expand::{ExpandError, MAX_WORD, push_within};
 use crate::frontend::dockerfile::instructions::{Add, Copy, CopySource, Dockerfile};
 use crate::ir::{FileAction, FileOp, State};
+use crate::mode::ModeSet;
 
 /// What COPY and ADD share.
 struct CopySpec<'a> {
@@ -16,6 +17,8 @@ struct CopySpec<'a> {
     chmod: Option<&'a str>,
     exclude: &'a [String],
     extract: bool,
+    parents: bool,
+    link: bool,
 }
 
 /// The sources of a COPY/ADD, resolved: the state they come from (the context unless
@@ -35,14 +38,6 @@ impl Lowerer<'_> {
         line: usize,
         name: &str,
     ) -> Result<State> {
-        if c.parents {
-            return Err(src_err(
-                self.df,
-                line,
-                1,
-                "COPY --parents is not supported yet",
-            ));
-        }
         let spec = CopySpec {
             sources: &c.sources,
             from: c.from.as_deref(),
@@ -51,6 +46,8 @@ impl Lowerer<'_> {
             chmod: c.chmod.as_deref(),
             exclude: &c.exclude,
             extract: false,
+            parents: c.parents,
+            link: c.link,
         };
         self.copy_step(st, spec, line, name)
     }
@@ -85,6 +82,8 @@ impl Lowerer<'_> {
             chmod: a.chmod.as_deref(),
             exclude: &a.exclude,
             extract: a.unpack.unwrap_or(true),
+            parents: false,
+            link: a.link,
         };
         self.copy_step(st, spec, line, name)
     }
@@ -103,6 +102,19 @@ impl Lowerer<'_> {
         let chmod = parse_chmod(spec.chmod, self.df, line)?;
         let inputs = sources.from.clone().into_iter().collect();
         let op = copy_op(&dest, sources, &spec, chown, chmod, st.cwd());
+        // --link, as BuildKit: the copy is made on scratch, as a layer of its own put on
+        // top of the stage, so it does not depend on the stage (its cache survives a new
+        // base; links in the stage's destination are not followed, and user names are
+        // looked up in the empty scratch). BuildKit does not link with --chmod.
+        if spec.link && spec.chmod.is_none() {
+            let layer = State::scratch()
+                .file(op, inputs, name.to_string())
+                .with_ignore_cache(self.opts.no_cache);
+            return Ok(State::merge(
+                vec![st.state.clone(), layer],
+                format!("LINK {name}"),
+            ));
+        }
         Ok(st
             .state
             .file(op, inputs, name.to_string())
@@ -154,61 +166,82 @@ impl Lowerer<'_> {
     }
 }
 
-/// The file op of a COPY/ADD to `dest` (expanded) in working directory `cwd`: heredoc
-/// files are written, then paths copied from input 1.
+/// The file op of a COPY/ADD to `dest` (expanded) in working directory `cwd`: the
+/// paths copied from input 1, then heredoc files written (BuildKit's order: with a
+/// file destination, the last source wins).
 fn copy_op(
     dest: &str,
     sources: Sources,
     spec: &CopySpec<'_>,
     chown: Option<String>,
-    chmod: Option<u32>,
+    chmod: Option<ChmodFlag>,
     cwd: String,
 ) -> FileOp {
     let mut actions = Vec::new();
-    let many = sources.paths.len() + sources.writes.len() > 1;
-    for (name, data) in sources.writes {
-        let path = if dest.ends_with('/') || many {
-            format!("{}/{name}", dest.trim_end_matches('/'))
-        } else {
-            dest.to_string()
-        };
-        actions.push(FileAction::Write {
-            path,
-            data,
-            mode: chmod.unwrap_or(0o644),
-            chown: chown.clone(),
-        });
-    }
     if !sources.paths.is_empty() {
         actions.push(FileAction::Copy {
             from: 1,
             sources: sources.paths,
             dest: dest.to_string(),
-            chown,
-            chmod,
+            chown: chown.clone(),
+            chmod: match &chmod {
+                Some(ChmodFlag::Octal(m)) => Some(*m),
+                _ => None,
+            },
+            chmod_symbolic: match &chmod {
+                Some(ChmodFlag::Symbolic(text, _)) => Some(text.clone()),
+                _ => None,
+            },
             extract_archives: spec.extract,
             exclude: spec.exclude.to_vec(),
+            parents: spec.parents,
+        });
+    }
+    for (name, data) in sources.writes {
+        // Each heredoc is copied to `dest` on its own, as BuildKit does.
+        actions.push(FileAction::Write {
+            path: dest.to_string(),
+            name,
+            data,
+            // As BuildKit: the file is made 0644, then copied with the mode.
+            mode: match &chmod {
+                None => 0o644,
+                Some(ChmodFlag::Octal(m)) => *m,
+                Some(ChmodFlag::Symbolic(_, set)) => set.apply(0o644, false),
+            },
+            chown: chown.clone(),
         });
     }
     FileOp { actions, cwd }
 }
 
-fn parse_chmod(s: Option<&str>, df: &Dockerfile, line: usize) -> Result<Option<u32>> {
-    match s {
-        None => Ok(None),
-        Some(s) => u32::from_str_radix(s, 8)
-            .ok()
-            .filter(|m| *m <= 0o7777)
-            .map(Some)
-            .ok_or_else(|| {
-                src_err(
-                    df,
-                    line,
-                    1,
-                    &format!("--chmod={s} is not an octal mode like 755"),
-                )
-            }),
+/// `--chmod`: octal (at most 07777), or symbolic as chmod(1) (Dockerfile 1.14); a value
+/// that starts with a digit must be octal, as in BuildKit.
+fn parse_chmod(s: Option<&str>, df: &Dockerfile, line: usize) -> Result<Option<ChmodFlag>> {
+    let Some(s) = s else {
+        return Ok(None);
+    };
+    if let Some(m) = u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777) {
+        return Ok(Some(ChmodFlag::Octal(m)));
     }
+    if let Some(set) = ModeSet::parse(s) {
+        return Ok(Some(ChmodFlag::Symbolic(s.to_string(), set)));
+    }
+    Err(src_err(
+        df,
+        line,
+        1,
+        &format!(
+            "--chmod={s} is neither an octal mode up to 7777 (755) nor a symbolic one (u+x,go-w)"
+        ),
+    ))
+}
+
+/// A parsed `--chmod`.
+enum ChmodFlag {
+    Octal(u32),
+    /// The text (kept in the op) and its parse.
+    Symbolic(String, ModeSet),
 }
 
 /// Replace `$NAME`, `${NAME}`, `${NAME:-default}` and `${NAME-default}` in `text`,
