@@ -9,7 +9,8 @@
 //! To add a section `[x]`: an `XFile` struct (what users write: every field optional,
 //! unknown keys refused) as a field of [`FileConfig`]; the flags that override it as a
 //! clap `XArgs` struct, flattened into the command; and `Settings::x(&self, &XArgs)`
-//! returning the resolved value. Values that need parsing (addresses, entitlements)
+//! returning the resolved value; and its keys to `Settings::provenance`
+//! (config_show.rs) so `berth config show` lists them. Values that need parsing (addresses, entitlements)
 //! get a type that parses while the file is read, so a bad one is reported with the
 //! file, the key and the line.
 
