@@ -10,9 +10,9 @@
 //! unknown keys refused) as a field of [`FileConfig`]; the flags that override it as a
 //! clap `XArgs` struct, flattened into the command; and `Settings::x(&self, &XArgs)`
 //! returning the resolved value; and its keys to `Settings::provenance`
-//! (config_show.rs) so `berth config show` lists them. Values that need parsing (addresses, entitlements)
-//! get a type that parses while the file is read, so a bad one is reported with the
-//! file, the key and the line.
+//! (config_show.rs) so `berth config show` lists them. Values that need parsing
+//! (addresses, entitlements) get a type that parses while the file is read, so a bad
+//! one is reported with the file, the key and the line.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
