@@ -124,6 +124,32 @@ fn a_registry_with_a_wrong_ca_is_named_with_its_fix() {
         text(check(&checks, " api"), "detail"),
         "GET /v2/ answered 200"
     );
+
+    // The CA as a bundle of [network] serves as well; a bundle that is missing is named.
+    let missing = dir.path().join("no-such-ca.pem");
+    let m = Machine::new(
+        &dir.path().join("bundle"),
+        &format!(
+            "[network]\nca = [\"{}\", \"{}\"]\n[registries.\"{}\"]\n",
+            ca.display(),
+            missing.display(),
+            reg.addr
+        ),
+    );
+    let (ok, checks) = m.doctor("network");
+    assert!(!ok);
+    let bundle = check(&checks, &format!("CA bundle {}", missing.display()));
+    assert_eq!(bundle["status"], "fail", "{bundle:#}");
+    assert!(text(bundle, "fix").contains("[network] ca"), "{bundle:#}");
+    let good = check(&checks, &format!("CA bundle {}", ca.display()));
+    assert_eq!(text(good, "detail"), "1 certificates");
+    std::fs::copy(&ca, &missing).unwrap();
+    let (ok, checks) = m.doctor("network,registries");
+    assert!(ok, "{checks:#?}");
+    assert_eq!(
+        text(check(&checks, " tls"), "detail"),
+        "certificate verified"
+    );
 }
 
 #[test]
