@@ -1,6 +1,7 @@
 //! The `berth` binary: parses the command line, resolves settings, calls the crates.
 
 mod build;
+mod doctor;
 mod format;
 mod image;
 mod progress;
@@ -80,11 +81,35 @@ enum Command {
         #[command(subcommand)]
         command: satellite::SatelliteCommand,
     },
+    /// Show berth's effective configuration and where each value came from.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Check proxies, registries, the Docker daemon, this host and satellites; print a
+    /// fix for every problem.
+    Doctor(doctor::DoctorArgs),
     /// Run and maintain berth's OCI registry.
     Registry {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print every setting, its value and its source (flag, env, file, default).
+    Show {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ShowFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ShowFormat {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -194,6 +219,20 @@ fn run(mut cli: Cli) -> Result<()> {
         Command::Login(args) => build::login(&settings, args),
         Command::Logout { registry } => build::logout(&registry),
         Command::Satellite { command } => satellite::run(&settings, command),
+        Command::Config {
+            command: ConfigCommand::Show { format },
+        } => {
+            let entries = settings.provenance(&|k| std::env::var(k).ok());
+            match format {
+                ShowFormat::Table => print!("{}", settings::config_show::table(&entries)),
+                ShowFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&settings::config_show::json(&entries))?
+                ),
+            }
+            Ok(())
+        }
+        Command::Doctor(args) => doctor::run(&settings, args),
         Command::Registry { command } => match command {
             RegistryCommand::Serve(args) => serve(&settings, args),
             RegistryCommand::Gc(args) => gc(&settings, args),

@@ -9,9 +9,10 @@
 //! To add a section `[x]`: an `XFile` struct (what users write: every field optional,
 //! unknown keys refused) as a field of [`FileConfig`]; the flags that override it as a
 //! clap `XArgs` struct, flattened into the command; and `Settings::x(&self, &XArgs)`
-//! returning the resolved value. Values that need parsing (addresses, entitlements)
-//! get a type that parses while the file is read, so a bad one is reported with the
-//! file, the key and the line.
+//! returning the resolved value; and its keys to `Settings::provenance`
+//! (config_show.rs) so `berth config show` lists them. Values that need parsing
+//! (addresses, entitlements) get a type that parses while the file is read, so a bad
+//! one is reported with the file, the key and the line.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +24,9 @@ use anyhow::{Context, bail};
 use berth_build::Entitlement;
 use clap::Args;
 use serde::{Deserialize, Deserializer};
+
+#[path = "config_show.rs"]
+pub mod config_show;
 
 /// `$XDG_CONFIG_HOME/berth/config.toml`, as written by users.
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +243,12 @@ pub struct Settings {
     /// The variables berth reads besides the flags' own (which clap reads):
     /// `SOURCE_DATE_EPOCH` and the proxy variables, as berth found them.
     env: BTreeMap<String, String>,
+    /// The config file read, if any (for `berth config show`).
+    config_file: Option<PathBuf>,
+    /// `--config` (or BERTH_CONFIG) named it.
+    config_from_flag: bool,
+    /// `--root` (or BERTH_ROOT) gave the root.
+    root_from_flag: bool,
 }
 
 fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
@@ -350,11 +360,14 @@ impl Settings {
         root_flag: Option<PathBuf>,
         config_flag: Option<&Path>,
     ) -> anyhow::Result<Settings> {
+        let mut config_file = None;
         let file = match config_path(config_flag) {
             Some(p) if p.exists() || config_flag.is_some() => {
                 let text = std::fs::read_to_string(&p)
                     .with_context(|| format!("read config {}", p.display()))?;
-                parse_file(&p, &text)?
+                let parsed = parse_file(&p, &text)?;
+                config_file = Some(p);
+                parsed
             }
             _ => FileConfig::default(),
         };
@@ -363,7 +376,13 @@ impl Settings {
             .chain(berth_build::PROXY_ARGS.iter())
             .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
             .collect();
-        Ok(Settings::resolve(root_flag, file, env))
+        let root_from_flag = root_flag.is_some();
+        Ok(Settings {
+            config_file,
+            config_from_flag: config_flag.is_some(),
+            root_from_flag,
+            ..Settings::resolve(root_flag, file, env)
+        })
     }
 
     fn resolve(
@@ -374,7 +393,14 @@ impl Settings {
         let root = root_flag
             .or_else(|| file.root.clone())
             .unwrap_or_else(default_root);
-        Settings { root, file, env }
+        Settings {
+            root,
+            file,
+            env,
+            config_file: None,
+            config_from_flag: false,
+            root_from_flag: false,
+        }
     }
 
     /// A registry client configured from `[registries]` and Docker's credentials.

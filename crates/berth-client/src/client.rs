@@ -172,7 +172,11 @@ impl Client {
         }
     }
 
-    fn host(&self, registry: &str) -> HostOptions {
+    pub(crate) fn network(&self) -> &berth_net::Network {
+        &self.config.network
+    }
+
+    pub(crate) fn host(&self, registry: &str) -> HostOptions {
         self.config.hosts.get(registry).cloned().unwrap_or_default()
     }
 
@@ -187,7 +191,7 @@ impl Client {
     /// Schemes to try, in order. A registry on this machine with no settings is tried
     /// over HTTPS, then plain HTTP (as Docker treats 127.0.0.0/8), unless an earlier
     /// request already found out which one it speaks.
-    fn schemes(&self, r: &Reference) -> Vec<&'static str> {
+    pub(crate) fn schemes(&self, r: &Reference) -> Vec<&'static str> {
         if let Some(s) = self.scheme.lock().expect("scheme").get(&r.registry) {
             return vec![s];
         }
@@ -201,7 +205,7 @@ impl Client {
         }
     }
 
-    fn http_client(&self, registry: &str) -> Result<reqwest::Client> {
+    pub(crate) fn http_client(&self, registry: &str) -> Result<reqwest::Client> {
         let mut cache = self.http.lock().expect("clients");
         if let Some(c) = cache.get(registry) {
             return Ok(c.clone());
@@ -255,7 +259,7 @@ impl Client {
         Ok(c)
     }
 
-    fn credentials(&self, registry: &str) -> Option<Credentials> {
+    pub(crate) fn credentials(&self, registry: &str) -> Option<Credentials> {
         self.config
             .credentials
             .get(registry)
@@ -302,16 +306,7 @@ impl Client {
         };
         if let Some(resp) = resp {
             let status = resp.status();
-            let versioned = resp
-                .headers()
-                .contains_key("docker-distribution-api-version");
-            // A registry answers 200, or 401/403 without credentials; some proxies in
-            // front of one drop the version header. A 404, a 405 or a redirect to a
-            // web page from an address without that header is not a registry.
-            let registry_like = status.is_success()
-                || status == StatusCode::UNAUTHORIZED
-                || status == StatusCode::FORBIDDEN;
-            if !registry_like && !versioned {
+            if !speaks_registry_api(&resp) {
                 let url = resp.url().to_string();
                 let body: String = resp
                     .text()
@@ -473,6 +468,16 @@ impl Client {
                 "{registry}: token server {realm} returned no token"
             ))
         })
+    }
+
+    /// The headers of a `HEAD` of `r`'s manifest (Docker Hub reports its rate limit
+    /// there; a HEAD does not count against it).
+    pub(crate) async fn manifest_headers(&self, r: &Reference) -> Result<header::HeaderMap> {
+        let path = format!("/v2/{}/manifests/{}", r.repository, r.manifest_ref());
+        let mut req = Req::get(&path, Some(ACCEPT));
+        req.method = Method::HEAD;
+        let resp = self.send(r, &req).await?;
+        Ok(check(resp, "HEAD", &r.to_string()).await?.headers().clone())
     }
 
     /// Fetch a manifest (or index) by the reference's tag or digest; its digest is
@@ -831,7 +836,21 @@ fn basic(c: &Credentials) -> String {
     )
 }
 
-fn transport(url: &str, e: reqwest::Error) -> Error {
+/// Whether an answer to `GET /v2/` comes from a registry. A registry answers 200, or
+/// 401/403 without credentials; some proxies in front of one drop the version header. A
+/// 404, a 405 or a redirect to a web page from an address without that header is not a
+/// registry.
+pub(crate) fn speaks_registry_api(resp: &Response) -> bool {
+    let status = resp.status();
+    status.is_success()
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || resp
+            .headers()
+            .contains_key("docker-distribution-api-version")
+}
+
+pub(crate) fn transport(url: &str, e: reqwest::Error) -> Error {
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
