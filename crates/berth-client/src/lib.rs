@@ -15,7 +15,8 @@ pub mod transfer;
 
 pub use auth::{Credentials, DockerConfig, docker_config_path, save_credentials};
 pub use client::{
-    BlobPush, Client, ClientConfig, Error, HostOptions, Pulled, Result, check_mirror,
+    BlobBody, BlobPush, Client, ClientConfig, Error, Head, HostOptions, Pulled, Result,
+    check_mirror,
 };
 pub use transfer::{
     Platform, PullOptions, PulledImage, TransferError, pull_image, push_image, push_manifest,
