@@ -188,7 +188,9 @@ fn serve(settings: &Settings, args: settings::RegistryServeArgs) -> Result<()> {
     config.listen_on(addr);
     config.mirror = serve.mirror;
     // The build cache of a shared root is never evicted from under its builds.
-    config.mirror.roots = Some(std::sync::Arc::new(berth_build::BuildCache::new(&settings.root)));
+    config.mirror.roots = Some(std::sync::Arc::new(berth_build::BuildCache::new(
+        &settings.root,
+    )));
     if let Some(h) = &serve.htpasswd {
         config.auth = Some(berth_registry::Auth::load(h, serve.access.as_deref())?);
     }

@@ -616,7 +616,8 @@ impl Settings {
                 tag_ttl: m.tag_ttl.unwrap_or(berth_registry::DEFAULT_TAG_TTL),
             });
         }
-        berth_registry::check_mirrors(&mirrors).map_err(|e| anyhow::anyhow!("[[registry.mirror]]: {e}"))?;
+        berth_registry::check_mirrors(&mirrors)
+            .map_err(|e| anyhow::anyhow!("[[registry.mirror]]: {e}"))?;
         Ok(berth_registry::MirrorSettings {
             mirrors,
             max_bytes: file.mirror_max_size,
@@ -898,11 +899,21 @@ mod tests {
         let err = s.mirrors(&|_| None).unwrap_err().to_string();
         assert!(err.contains("HUB_TOKEN, which is not set"), "{err}");
 
-        let err = |text: &str| parse_file(Path::new("c.toml"), text).unwrap_err().to_string();
+        let err = |text: &str| {
+            parse_file(Path::new("c.toml"), text)
+                .unwrap_err()
+                .to_string()
+        };
         let e = err("[[registry.mirror]]\nprefix = \"Hub/x\"\nupstream = \"https://r.example\"\n");
-        assert!(e.contains("registry.mirror[0].prefix (line 2") && e.contains("one lowercase"), "{e}");
+        assert!(
+            e.contains("registry.mirror[0].prefix (line 2") && e.contains("one lowercase"),
+            "{e}"
+        );
         let e = err("[[registry.mirror]]\nprefix = \"hub\"\nupstream = \"r.example\"\n");
-        assert!(e.contains("registry.mirror[0].upstream (line 3") && e.contains("https://"), "{e}");
+        assert!(
+            e.contains("registry.mirror[0].upstream (line 3") && e.contains("https://"),
+            "{e}"
+        );
         let two = "[[registry.mirror]]\nprefix = \"a\"\nupstream = \"https://a.example\"\ndefault = true\n\
                    [[registry.mirror]]\nprefix = \"b\"\nupstream = \"https://b.example\"\ndefault = true\n";
         let e = settings(two).mirrors(&|_| None).unwrap_err().to_string();

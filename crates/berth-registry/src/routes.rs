@@ -443,7 +443,17 @@ async fn handle(reg: &Registry, req: Request) -> Result<Response> {
     let query = req.uri().query().map(str::to_string);
     let q = |k: &str| query_param(query.as_deref(), k);
     if let (Some(t), Some(mirrors)) = (&mirror, &reg.inner.mirrors) {
-        return mirrored(reg, mirrors, t, route, method, req.headers(), q("n"), q("last")).await;
+        return mirrored(
+            reg,
+            mirrors,
+            t,
+            route,
+            method,
+            req.headers(),
+            q("n"),
+            q("last"),
+        )
+        .await;
     }
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => {

@@ -140,7 +140,12 @@ mod tests {
             assert!(store.blob_size(kept).unwrap().is_some());
         }
         // Under the cap: nothing more goes.
-        assert!(evict(&store, &prefixes, 250, None).unwrap().evicted.is_empty());
+        assert!(
+            evict(&store, &prefixes, 250, None)
+                .unwrap()
+                .evicted
+                .is_empty()
+        );
         let r = evict(&store, &prefixes, 100, None).unwrap();
         assert_eq!(r.evicted, [(b, 100)]);
     }

@@ -99,7 +99,11 @@ fn set_blob_headers(h: &mut axum::http::HeaderMap, d: &Digest) {
 }
 
 /// Join the flight of blob `d` (starting it if none runs) and answer with its body.
-pub(crate) async fn get(mirrors: &Arc<Mirrors>, t: &Target, d: &Digest) -> Result<Response, RegistryError> {
+pub(crate) async fn get(
+    mirrors: &Arc<Mirrors>,
+    t: &Target,
+    d: &Digest,
+) -> Result<Response, RegistryError> {
     let flight = join(mirrors, t, d).await?;
     let mut rx = flight.progress.clone();
     // Wait for the upstream's answer: its failure is this request's error response.
@@ -144,19 +148,30 @@ pub(crate) async fn get(mirrors: &Arc<Mirrors>, t: &Target, d: &Digest) -> Resul
 }
 
 fn lost() -> RegistryError {
-    RegistryError::new(Code::Unavailable, "the upstream fetch of this blob ended without a result; retry")
-        .with_status(StatusCode::BAD_GATEWAY)
+    RegistryError::new(
+        Code::Unavailable,
+        "the upstream fetch of this blob ended without a result; retry",
+    )
+    .with_status(StatusCode::BAD_GATEWAY)
 }
 
 /// The flight of `d`, started when none runs.
-async fn join(mirrors: &Arc<Mirrors>, t: &Target, d: &Digest) -> Result<Arc<Flight>, RegistryError> {
+async fn join(
+    mirrors: &Arc<Mirrors>,
+    t: &Target,
+    d: &Digest,
+) -> Result<Arc<Flight>, RegistryError> {
     if let Some(f) = mirrors.flights.0.lock().expect("flights").get(d) {
         return Ok(f.clone());
     }
     // Open the ingest before taking the map again; a racing request may have started the
     // same flight meanwhile, and then this ingest is dropped unused.
     let store = mirrors.store.clone();
-    let reference = format!("mirror-{}-{}", &d.hex()[..16], uuid::Uuid::new_v4().simple());
+    let reference = format!(
+        "mirror-{}-{}",
+        &d.hex()[..16],
+        uuid::Uuid::new_v4().simple()
+    );
     let (s, r, alg) = (store.clone(), reference.clone(), d.algorithm());
     let (writer, file) = super::blocking(move || {
         let w = s.writer(&r, alg)?;
@@ -319,7 +334,10 @@ async fn fly(
     })
     .await;
     if committed.is_err() {
-        mirror.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        mirror
+            .counters
+            .upstream_errors
+            .fetch_add(1, Ordering::Relaxed);
     }
     committed
 }

@@ -55,15 +55,60 @@ pub(crate) fn render(mirrors: Option<&Mirrors>) -> String {
     };
     type Pick = fn(&Counters) -> &AtomicU64;
     let families: [(&str, &str, &str, Pick); 9] = [
-        ("hits_total", "counter", "requests answered from the cache", |c| &c.hits),
-        ("misses_total", "counter", "requests that needed the upstream", |c| &c.misses),
-        ("upstream_blob_fetches_total", "counter", "blob GETs sent upstream (one per blob for any number of concurrent clients)", |c| &c.blob_fetches),
-        ("upstream_manifest_fetches_total", "counter", "manifest GETs sent upstream", |c| &c.manifest_fetches),
-        ("revalidations_total", "counter", "tag HEADs sent upstream after the tag TTL", |c| &c.revalidations),
-        ("stale_served_total", "counter", "cached tags served stale while the upstream failed or rate-limited", |c| &c.stale),
-        ("upstream_errors_total", "counter", "upstream failures", |c| &c.upstream_errors),
-        ("upstream_bytes_total", "counter", "bytes received from the upstream", |c| &c.upstream_bytes),
-        ("streamed_bytes_total", "counter", "blob bytes sent to clients while being fetched", |c| &c.served_bytes),
+        (
+            "hits_total",
+            "counter",
+            "requests answered from the cache",
+            |c| &c.hits,
+        ),
+        (
+            "misses_total",
+            "counter",
+            "requests that needed the upstream",
+            |c| &c.misses,
+        ),
+        (
+            "upstream_blob_fetches_total",
+            "counter",
+            "blob GETs sent upstream (one per blob for any number of concurrent clients)",
+            |c| &c.blob_fetches,
+        ),
+        (
+            "upstream_manifest_fetches_total",
+            "counter",
+            "manifest GETs sent upstream",
+            |c| &c.manifest_fetches,
+        ),
+        (
+            "revalidations_total",
+            "counter",
+            "tag HEADs sent upstream after the tag TTL",
+            |c| &c.revalidations,
+        ),
+        (
+            "stale_served_total",
+            "counter",
+            "cached tags served stale while the upstream failed or rate-limited",
+            |c| &c.stale,
+        ),
+        (
+            "upstream_errors_total",
+            "counter",
+            "upstream failures",
+            |c| &c.upstream_errors,
+        ),
+        (
+            "upstream_bytes_total",
+            "counter",
+            "bytes received from the upstream",
+            |c| &c.upstream_bytes,
+        ),
+        (
+            "streamed_bytes_total",
+            "counter",
+            "blob bytes sent to clients while being fetched",
+            |c| &c.served_bytes,
+        ),
     ];
     for (name, kind, help, pick) in families {
         let _ = writeln!(out, "# HELP berth_mirror_{name} {help}");
@@ -95,11 +140,17 @@ pub(crate) fn render(mirrors: Option<&Mirrors>) -> String {
     }
     let cache = mirrors.cache_bytes.load(Ordering::Relaxed);
     if cache != u64::MAX {
-        let _ = writeln!(out, "# HELP berth_mirror_cache_bytes size of the pull-through cache as last measured, plus blobs fetched since");
+        let _ = writeln!(
+            out,
+            "# HELP berth_mirror_cache_bytes size of the pull-through cache as last measured, plus blobs fetched since"
+        );
         let _ = writeln!(out, "# TYPE berth_mirror_cache_bytes gauge");
         let _ = writeln!(out, "berth_mirror_cache_bytes {cache}");
     }
-    let _ = writeln!(out, "# HELP berth_mirror_evicted_blobs_total blobs evicted to keep the cache under its cap");
+    let _ = writeln!(
+        out,
+        "# HELP berth_mirror_evicted_blobs_total blobs evicted to keep the cache under its cap"
+    );
     let _ = writeln!(out, "# TYPE berth_mirror_evicted_blobs_total counter");
     let _ = writeln!(
         out,

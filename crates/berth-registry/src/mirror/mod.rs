@@ -242,7 +242,9 @@ impl Mirror {
     /// Note what the upstream said of its rate limit.
     fn note_limit(&self, remaining: Option<u64>) {
         if let Some(r) = remaining {
-            self.counters.rate_limit_remaining.store(r, Ordering::Relaxed);
+            self.counters
+                .rate_limit_remaining
+                .store(r, Ordering::Relaxed);
             if r == 0 {
                 self.limit_for(Duration::from_secs(60));
             }
@@ -256,7 +258,9 @@ impl Mirror {
     /// An upstream failure as the client of this cache sees it, naming the upstream and
     /// its answer; `what` is what was asked for.
     fn upstream_error(&self, e: &berth_client::Error, what: &str, code: Code) -> RegistryError {
-        self.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .upstream_errors
+            .fetch_add(1, Ordering::Relaxed);
         let url = &self.config.upstream.url;
         match e.status() {
             Some(404) => RegistryError::new(
@@ -265,7 +269,9 @@ impl Mirror {
             ),
             Some(429) => {
                 self.limit_for(Duration::from_secs(60));
-                self.counters.rate_limit_remaining.store(0, Ordering::Relaxed);
+                self.counters
+                    .rate_limit_remaining
+                    .store(0, Ordering::Relaxed);
                 RegistryError::new(
                     Code::TooManyRequests,
                     format!(
@@ -455,8 +461,7 @@ impl Mirrors {
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let prefixes: Vec<String> =
-                this.list.iter().map(|m| m.config.prefix.clone()).collect();
+            let prefixes: Vec<String> = this.list.iter().map(|m| m.config.prefix.clone()).collect();
             let roots = this.roots.as_deref().map(|r| r as &dyn GcRoots);
             match evict(&this.store, &prefixes, max, roots) {
                 Ok(report) => {
@@ -481,9 +486,7 @@ impl Mirrors {
 }
 
 /// Run blocking store work off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         RegistryError::new(Code::Unavailable, format!("internal error: {e}"))
             .with_status(StatusCode::INTERNAL_SERVER_ERROR)
@@ -518,7 +521,11 @@ fn keep_manifest(
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>` under a mirror: make sure the cache
 /// holds the manifest (fetching or revalidating as the rules say), then return its
 /// digest, served from the cache by the caller.
-pub(crate) async fn manifest(mirrors: &Arc<Mirrors>, t: &Target, reference: &str) -> Result<Digest> {
+pub(crate) async fn manifest(
+    mirrors: &Arc<Mirrors>,
+    t: &Target,
+    reference: &str,
+) -> Result<Digest> {
     let m = &t.mirror;
     let c = &m.counters;
     let store = mirrors.store.clone();
@@ -592,15 +599,18 @@ pub(crate) async fn manifest(mirrors: &Arc<Mirrors>, t: &Target, reference: &str
             c.misses.fetch_add(1, Ordering::Relaxed);
             match fetch_manifest(mirrors, t, Some(&tag), None).await {
                 Ok(new) => Ok(new),
-                Err(e) if e.status != StatusCode::NOT_FOUND => {
-                    stale(&format!("the tag moved upstream but fetching it failed ({})", e.message))
-                }
+                Err(e) if e.status != StatusCode::NOT_FOUND => stale(&format!(
+                    "the tag moved upstream but fetching it failed ({})",
+                    e.message
+                )),
                 Err(e) => Err(e),
             }
         }
-        Err(e) if e.status() == Some(404) => {
-            Err(m.upstream_error(&e, &format!("tag {tag} of {}", t.upstream.repository), Code::ManifestUnknown))
-        }
+        Err(e) if e.status() == Some(404) => Err(m.upstream_error(
+            &e,
+            &format!("tag {tag} of {}", t.upstream.repository),
+            Code::ManifestUnknown,
+        )),
         Err(e) => {
             let err = m.upstream_error(&e, "the tag", Code::ManifestUnknown);
             stale(&format!("upstream check failed: {}", err.message))
@@ -625,7 +635,8 @@ async fn fetch_manifest(
         return Err(RegistryError::new(
             Code::TooManyRequests,
             format!(
-                "upstream {} is rate-limiting this cache and {what} is not cached; retry later",
+                "upstream {} answered 429 (rate limit) or has no requests left, and {what} is \
+                 not cached; retry later",
                 m.config.upstream.url
             ),
         )
@@ -642,7 +653,11 @@ async fn fetch_manifest(
         .upstream_bytes
         .fetch_add(pulled.bytes.len() as u64, Ordering::Relaxed);
     let d = pulled.digest.clone();
-    let (s, n, tg) = (mirrors.store.clone(), t.name.clone(), tag.map(str::to_string));
+    let (s, n, tg) = (
+        mirrors.store.clone(),
+        t.name.clone(),
+        tag.map(str::to_string),
+    );
     blocking(move || keep_manifest(&s, &n, &pulled, tg.as_deref())).await?;
     Ok(d)
 }
