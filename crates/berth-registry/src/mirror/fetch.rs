@@ -5,8 +5,8 @@
 //! Every request for the same blob while it runs — the first included — reads the
 //! ingest's file as it grows, through its own read-only handle, so a slow client never
 //! holds the fetch back and memory holds no blob. The last byte is held back from every
-//! client until the store has committed the blob under its digest: a client never
-//! receives a whole blob that failed verification. A fetch that fails (the upstream
+//! client until the whole blob is in and hashes to its digest: a client never receives
+//! a whole blob that failed verification. (The commit's fsync runs after that.) A fetch that fails (the upstream
 //! dies mid-blob, or the content does not match its digest) ends every client's body
 //! with an error, removes the ingest, and the next request starts a new flight.
 
@@ -49,6 +49,9 @@ struct Progress {
     size: Option<u64>,
     /// Bytes in the ingest.
     written: u64,
+    /// All of it is in, and it hashes to the digest: clients may have the last byte
+    /// (the commit, with its fsync, may still be under way).
+    verified: bool,
     /// Done: committed, or failed with the error clients get.
     end: Option<Result<(), Failure>>,
 }
@@ -313,6 +316,22 @@ async fn fly(
             Code::BlobUnknown,
         ));
     }
+    // Verified before the commit (whose fsync of a big blob takes a while): the clients
+    // get their last byte now.
+    let got = w.digest();
+    if got != *d || body.size.is_some_and(|s| s != w.offset()) {
+        let size = w.offset();
+        let _ = discard(Some(w)).await;
+        mirror.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        return Err(RegistryError::new(
+            Code::BlobUnknown,
+            format!(
+                "the upstream served {d} with other content ({got}, {size} bytes); nothing was kept"
+            ),
+        )
+        .with_status(StatusCode::BAD_GATEWAY));
+    }
+    tx.send_modify(|p| p.verified = true);
     let (s, n, d2, size) = (store.clone(), name.to_string(), d.clone(), body.size);
     let committed = super::blocking(move || {
         let r = w.reference().to_string();
@@ -360,6 +379,7 @@ impl Reader {
             // The last byte waits for the commit: a blob that fails its digest check is
             // never delivered whole.
             let limit = match &p.end {
+                _ if p.verified => p.written,
                 Some(Ok(())) => p.written,
                 Some(Err(f)) => {
                     self.done = true;
@@ -400,7 +420,7 @@ impl Reader {
                     }
                 };
             }
-            if p.end.is_some() {
+            if p.end.is_some() || p.verified {
                 self.done = true;
                 return None;
             }
