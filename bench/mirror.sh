@@ -24,7 +24,8 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(dirname "$here")
+root=$(dirname "$here")
+repo=$root
 # shellcheck source=bench/common.sh
 source "$here/common.sh"
 
@@ -32,109 +33,70 @@ LAYERS=${LAYERS:-3}
 LAYER_MB=${LAYER_MB:-100}
 REPS=${REPS:-3}
 CLIENTS=16
-IMAGE=bench/big
+REPO=bench/big
 TAG=v1
-ACCEPT='application/vnd.oci.image.manifest.v1+json'
+OCI_MANIFEST='application/vnd.oci.image.manifest.v1+json'
+# The servers: the upstream (berth, access log on), and the two caches.
+SERVERS=(upstream berth distribution)
 
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY NO_PROXY no_proxy
 CURL=(--silent --show-error --noproxy '*' --max-time 600 -H 'Expect:')
 
-declare -A pids res urls
+declare -A url pid errlog res
+# shellcheck source=bench/registry-lib.sh
+source "$here/registry-lib.sh"
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-sha() { echo "sha256:$(sha256sum "$1" | cut -d' ' -f1)"; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-cleanup() {
-	local p
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-	[[ -n ${work:-} ]] && rm -rf "$work"
-}
-
-wait_ready() { # name url
-	local i
-	for ((i = 0; i < 200; i++)); do
-		kill -0 "${pids[$1]}" 2>/dev/null || die "$1 exited during startup (see $work/logs/$1.err)"
-		[[ $(curl "${CURL[@]}" -o /dev/null -w '%{http_code}' "$2/v2/" 2>/dev/null) == 200 ]] && return 0
-		sleep 0.1
-	done
-	die "$1 did not answer on $2/v2/"
-}
-
-# start_berth NAME CONFIG_TEXT: a berth registry on a fresh root; its URL in urls[NAME].
-start_berth() {
+# start_berth_with NAME CONFIG_TEXT LOG: a berth registry on a fresh root and a free port.
+start_berth_with() {
 	local name=$1 port dir=$work/$1
-	port=$(free_port)
+	read -r port _ <<<"$(free_ports)"
 	rm -rf "$dir" && mkdir -p "$dir/root"
 	printf '%s' "$2" >"$dir/config.toml"
-	BERTH_LOG=${BERTH_LOG_LEVEL:-warn} "$work/berth" --root "$dir/root" --config "$dir/config.toml" \
-		registry serve --addr "127.0.0.1:$port" >"$work/logs/$name.out" 2>"$work/logs/$name.err" &
-	pids[$name]=$!
-	urls[$name]=http://127.0.0.1:$port
-	wait_ready "$name" "${urls[$name]}"
+	errlog[$name]=$dir/stderr
+	BERTH_LOG=$3 "$berth_bin" --root "$dir/root" --config "$dir/config.toml" \
+		registry serve --addr "127.0.0.1:$port" >"$dir/stdout" 2>"${errlog[$name]}" &
+	pid[$name]=$!
+	url[$name]=http://127.0.0.1:$port
+	wait_ready "$name"
 }
 
-# start_distribution NAME UPSTREAM_URL: docker-registry in proxy mode on a fresh root.
-start_distribution() {
-	local name=$1 port dir=$work/$1
-	port=$(free_port)
-	rm -rf "$dir" && mkdir -p "$dir/root"
-	cat >"$dir/config.yml" <<-EOF
-		version: 0.1
-		log:
-		  level: warn
-		  accesslog:
-		    disabled: true
-		storage:
-		  cache:
-		    blobdescriptor: inmemory
-		  filesystem:
-		    rootdirectory: $dir/root
-		http:
-		  addr: 127.0.0.1:$port
-		proxy:
-		  remoteurl: $2
-	EOF
-	"$dist_bin" serve "$dir/config.yml" >"$work/logs/$name.out" 2>"$work/logs/$name.err" &
-	pids[$name]=$!
-	urls[$name]=http://127.0.0.1:$port
-	wait_ready "$name" "${urls[$name]}"
+# start_cache SERVER: an empty cache in front of the upstream, at url[SERVER].
+start_cache() {
+	local port
+	case $1 in
+	berth) start_berth_with berth "$(printf '[[registry.mirror]]\nprefix = "up"\nupstream = "%s"\n' "${url[upstream]}")" warn ;;
+	distribution)
+		rm -rf "$work/distribution"
+		read -r port _ <<<"$(free_ports)"
+		DIST_EXTRA_CONFIG=$(printf 'proxy:\n  remoteurl: %s' "${url[upstream]}") start_distribution "$port"
+		;;
+	esac
 }
 
-stop() { # name
-	kill "${pids[$1]}" 2>/dev/null || true
-	wait "${pids[$1]}" 2>/dev/null || true
-	unset "pids[$1]"
+stop() { # server
+	kill "${pid[$1]}" 2>/dev/null || true
+	wait "${pid[$1]}" 2>/dev/null || true
+	unset "pid[$1]"
 }
 
-# push_blob URL FILE: monolithic upload of FILE into $IMAGE.
-push_blob() {
-	local loc code digest
-	digest=$(sha "$2")
-	loc=$(curl "${CURL[@]}" -o /dev/null -X POST -H 'Content-Length: 0' -w '%header{location}' "$1/v2/$IMAGE/blobs/uploads/")
-	[[ $loc == /* ]] && loc=$1$loc
-	[[ $loc == *\?* ]] && loc="$loc&digest=$digest" || loc="$loc?digest=$digest"
-	code=$(curl "${CURL[@]}" -o /dev/null -w '%{http_code}' -H 'Content-Type: application/octet-stream' -T "$2" "$loc")
-	[[ $code == 201 ]] || die "push $2: $code"
-}
-
-# make_image URL: LAYERS random layers, a config and a manifest, pushed as $IMAGE:$TAG.
+# make_image: LAYERS random layers, a config and a manifest, pushed to the upstream as
+# $REPO:$TAG; $work/image/blobs lists "digest size" of every blob a pull fetches.
 make_image() {
 	local i layers=() config manifest
 	mkdir -p "$work/image"
 	for ((i = 0; i < LAYERS; i++)); do
 		head -c $((LAYER_MB << 20)) /dev/urandom >"$work/image/layer$i"
-		push_blob "$1" "$work/image/layer$i"
+		push_blob upstream "$work/image/layer$i" "$(sha "$work/image/layer$i")"
 		layers+=("{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$(sha "$work/image/layer$i")\",\"size\":$((LAYER_MB << 20))}")
 	done
 	printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}' >"$work/image/config"
-	push_blob "$1" "$work/image/config"
+	push_blob upstream "$work/image/config" "$(sha "$work/image/config")"
 	config="{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"$(sha "$work/image/config")\",\"size\":$(stat -c %s "$work/image/config")}"
-	manifest="{\"schemaVersion\":2,\"mediaType\":\"$ACCEPT\",\"config\":$config,\"layers\":[$(IFS=,; echo "${layers[*]}")]}"
+	manifest="{\"schemaVersion\":2,\"mediaType\":\"$OCI_MANIFEST\",\"config\":$config,\"layers\":[$(IFS=,; echo "${layers[*]}")]}"
 	printf '%s' "$manifest" >"$work/image/manifest"
-	[[ $(curl "${CURL[@]}" -o /dev/null -w '%{http_code}' -X PUT -H "Content-Type: $ACCEPT" \
-		--data-binary @"$work/image/manifest" "$1/v2/$IMAGE/manifests/$TAG") == 201 ]] || die "push manifest"
-	# "digest size" of every blob a pull fetches.
+	[[ $(curl "${CURL[@]}" -o /dev/null -w '%{http_code}' -X PUT -H "Content-Type: $OCI_MANIFEST" \
+		--data-binary @"$work/image/manifest" "${url[upstream]}/v2/$REPO/manifests/$TAG") == 201 ]] || die "push manifest"
 	python3 - "$work/image/manifest" >"$work/image/blobs" <<-'PY'
 		import json, sys
 		m = json.load(open(sys.argv[1]))
@@ -148,7 +110,7 @@ make_image() {
 pull() {
 	local t0 code
 	t0=$(now)
-	code=$(curl "${CURL[@]}" -o /dev/null -w '%{http_code}' -H "Accept: $ACCEPT" "$1/v2/$2/manifests/$TAG")
+	code=$(curl "${CURL[@]}" -o /dev/null -w '%{http_code}' -H "Accept: $OCI_MANIFEST" "$1/v2/$2/manifests/$TAG")
 	[[ $code == 200 ]] || die "GET $1/v2/$2/manifests/$TAG: $code"
 	xargs -P 3 -L 1 sh -c 'out=$(curl --silent --noproxy "*" --max-time 600 -o /dev/null -w "%{http_code} %{size_download}" "$0/v2/$1/blobs/$2") && [ "$out" = "200 $3" ] || { echo "GET $2: $out, want 200 $3" >&2; exit 255; }' "$1" "$2" \
 		<"$work/image/blobs" || die "pull through $1 failed"
@@ -156,44 +118,34 @@ pull() {
 }
 
 # Blob GETs the upstream answered 200 so far (its access log).
-upstream_fetches() { grep -c 'method=GET path="/v2/[^"]*/blobs/sha256:[^"]*" status=200' "$work/logs/upstream.err" || true; }
+upstream_fetches() { grep -c 'method=GET path="/v2/[^"]*/blobs/sha256:[^"]*" status=200' "${errlog[upstream]}" || true; }
 
-start_cache() { # server upstream_url: the cache's URL in urls[cache-SERVER]
-	case $1 in
-	berth) start_berth cache-berth "$(printf '[[registry.mirror]]\nprefix = "up"\nupstream = "%s"\n' "$2")" ;;
-	distribution) start_distribution cache-distribution "$2" ;;
-	esac
-}
-cache_repo() { [[ $1 == berth ]] && echo "up/$IMAGE" || echo "$IMAGE"; }
+cache_repo() { [[ $1 == berth ]] && echo "up/$REPO" || echo "$REPO"; }
 
 main() {
-	local s r u before url t0 cpids
+	local s r p before t0 cpids
 	for c in curl python3 sha256sum xargs; do
 		command -v "$c" >/dev/null || die "$c is not installed"
 	done
-	dist_bin=${DIST_BIN:-$(command -v docker-registry || true)}
-	[[ -n $dist_bin ]] || die "docker-registry is not installed (apt-get install docker-registry)"
 	work=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-mirror.XXXXXX")
 	mkdir -p "$work/logs"
 	trap cleanup EXIT
 	trap 'exit 130' INT TERM
-	private_berth
+	find_servers
 
 	log "upstream: a berth registry with a $LAYERS x $LAYER_MB MiB image"
-	BERTH_LOG_LEVEL=info start_berth upstream ""
-	u=${urls[upstream]}
-	make_image "$u"
+	start_berth_with upstream "" info
+	make_image
 
 	declare -A direct_secs cold_secs warm_secs
 	for ((r = 0; r < REPS; r++)); do
-		direct_secs[x]+=" $(pull "$u" "$IMAGE")"
+		direct_secs[x]+=" $(pull "${url[upstream]}" "$REPO")"
 		for s in berth distribution; do
 			sync
-			start_cache "$s" "$u"
-			url=${urls[cache-$s]}
-			cold_secs[$s]+=" $(pull "$url" "$(cache_repo "$s")")"
-			warm_secs[$s]+=" $(pull "$url" "$(cache_repo "$s")")"
-			stop "cache-$s"
+			start_cache "$s"
+			cold_secs[$s]+=" $(pull "${url[$s]}" "$(cache_repo "$s")")"
+			warm_secs[$s]+=" $(pull "${url[$s]}" "$(cache_repo "$s")")"
+			stop "$s"
 		done
 		log "round $((r + 1)): direct${direct_secs[x]} | cold berth${cold_secs[berth]} distribution${cold_secs[distribution]} | warm berth${warm_secs[berth]} distribution${warm_secs[distribution]}"
 	done
@@ -209,21 +161,19 @@ main() {
 	log "$CLIENTS clients pulling the same cold image at once"
 	for s in berth distribution; do
 		sync
-		start_cache "$s" "$u"
-		url=${urls[cache-$s]}
+		start_cache "$s"
 		before=$(upstream_fetches)
 		cpids=()
 		t0=$(now)
 		for ((r = 0; r < CLIENTS; r++)); do
-			pull "$url" "$(cache_repo "$s")" >"$work/logs/client-$s-$r" &
+			pull "${url[$s]}" "$(cache_repo "$s")" >"$work/logs/client-$s-$r" &
 			cpids+=($!)
 		done
 		for p in "${cpids[@]}"; do wait "$p" || die "a client through $s failed"; done
 		res[many|$s]=$(elapsed "$t0" "$(now)")
 		res[fetches|$s]=$(($(upstream_fetches) - before))
-		stop "cache-$s"
+		stop "$s"
 	done
-
 	local blobs=$((LAYERS + 1))
 	echo
 	printf '%-44s | %10s | %12s | %s\n' "pull of $LAYERS x $LAYER_MB MiB (seconds)" berth distribution "ratio (distribution / berth)"

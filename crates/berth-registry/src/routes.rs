@@ -550,12 +550,10 @@ async fn mirrored(
             let digest = crate::mirror::manifest(mirrors, t, &reference).await?;
             get_manifest(reg, &name, &digest.to_string(), headers, head)
         }
-        Route::Blob(name, digest) => {
-            match crate::mirror::blob(mirrors, t, &digest, head, headers).await? {
-                BlobSource::Cached => get_blob(reg, &name, &digest, headers, head).await,
-                BlobSource::Head(r) | BlobSource::Fetching(r) => Ok(r),
-            }
-        }
+        Route::Blob(name, digest) => match crate::mirror::blob(mirrors, t, &digest, head).await? {
+            BlobSource::Cached => get_blob(reg, &name, &digest, headers, head).await,
+            BlobSource::Head(r) | BlobSource::Fetching(r) => Ok(r),
+        },
         Route::Tags(name) if method == Method::GET => tags_list(reg, &name, n, last),
         Route::Referrers(name, digest) if method == Method::GET => {
             referrers(reg, &name, &digest, None)

@@ -101,13 +101,16 @@ fn set_blob_headers(h: &mut axum::http::HeaderMap, d: &Digest) {
     }
 }
 
-/// Join the flight of blob `d` (starting it if none runs) and answer with its body.
+/// Join the flight of blob `d` (starting it if none runs) and answer with its body;
+/// `None` when a flight that just ended left it in the cache.
 pub(crate) async fn get(
     mirrors: &Arc<Mirrors>,
     t: &Target,
     d: &Digest,
-) -> Result<Response, RegistryError> {
-    let flight = join(mirrors, t, d).await?;
+) -> Result<Option<Response>, RegistryError> {
+    let Some(flight) = join(mirrors, t, d).await? else {
+        return Ok(None);
+    };
     let mut rx = flight.progress.clone();
     // Wait for the upstream's answer: its failure is this request's error response.
     let p = rx
@@ -147,7 +150,7 @@ pub(crate) async fn get(
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     }
     set_blob_headers(h, d);
-    Ok(r)
+    Ok(Some(r))
 }
 
 fn lost() -> RegistryError {
@@ -158,17 +161,19 @@ fn lost() -> RegistryError {
     .with_status(StatusCode::BAD_GATEWAY)
 }
 
-/// The flight of `d`, started when none runs.
+/// The flight of `d`, started when none runs; `None` when the blob is cached after all.
 async fn join(
     mirrors: &Arc<Mirrors>,
     t: &Target,
     d: &Digest,
-) -> Result<Arc<Flight>, RegistryError> {
+) -> Result<Option<Arc<Flight>>, RegistryError> {
     if let Some(f) = mirrors.flights.0.lock().expect("flights").get(d) {
-        return Ok(f.clone());
+        return Ok(Some(f.clone()));
     }
-    // Open the ingest before taking the map again; a racing request may have started the
-    // same flight meanwhile, and then this ingest is dropped unused.
+    // A flight leaves the map only after its blob is linked: one that ended since the
+    // caller looked at the store has left the blob there. Else the ingest is opened
+    // before taking the map again; a racing request may have started the same flight
+    // meanwhile, and then this ingest is dropped unused.
     let store = mirrors.store.clone();
     let reference = format!(
         "mirror-{}-{}",
@@ -176,12 +181,19 @@ async fn join(
         uuid::Uuid::new_v4().simple()
     );
     let (s, r, alg) = (store.clone(), reference.clone(), d.algorithm());
-    let (writer, file) = super::blocking(move || {
+    let (n, d2) = (t.name.clone(), d.clone());
+    let opened = super::blocking(move || {
+        if s.repos().has_blob(&n, &d2)? && s.blob_size(&d2)?.is_some() {
+            return Ok(None);
+        }
         let w = s.writer(&r, alg)?;
         let f = w.reader()?;
-        Ok((w, f))
+        Ok(Some((w, f)))
     })
     .await?;
+    let Some((writer, file)) = opened else {
+        return Ok(None);
+    };
     let (tx, rx) = watch::channel(Progress::default());
     let flight = {
         let mut map = mirrors.flights.0.lock().expect("flights");
@@ -192,7 +204,7 @@ async fn join(
                 drop(writer);
                 let _ = store.abort(&reference);
             });
-            return Ok(f);
+            return Ok(Some(f));
         }
         let f = Arc::new(Flight {
             file: Arc::new(file),
@@ -229,7 +241,7 @@ async fn join(
             mirrors2.cached(size);
         }
     });
-    Ok(flight)
+    Ok(Some(flight))
 }
 
 /// The fetch itself: upstream GET into the ingest, commit under the digest, link into
@@ -322,7 +334,10 @@ async fn fly(
     if got != *d || body.size.is_some_and(|s| s != w.offset()) {
         let size = w.offset();
         let _ = discard(Some(w)).await;
-        mirror.counters.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        mirror
+            .counters
+            .upstream_errors
+            .fetch_add(1, Ordering::Relaxed);
         return Err(RegistryError::new(
             Code::BlobUnknown,
             format!(

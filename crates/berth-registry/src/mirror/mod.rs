@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use berth_oci::{Digest, Reference};
 use berth_store::{GcRoots, Store};
@@ -678,9 +678,7 @@ pub(crate) async fn blob(
     t: &Target,
     digest: &str,
     head: bool,
-    headers: &HeaderMap,
 ) -> Result<BlobSource> {
-    let _ = headers;
     let m = &t.mirror;
     let c = &m.counters;
     let d: Digest = digest.parse().map_err(|e: berth_oci::DigestError| {
@@ -718,7 +716,14 @@ pub(crate) async fn blob(
         c.misses.fetch_add(1, Ordering::Relaxed);
         return Ok(BlobSource::Head(fetch::head_response(&d, h.size)));
     }
-    c.misses.fetch_add(1, Ordering::Relaxed);
-    let resp = fetch::get(mirrors, t, &d).await?;
-    Ok(BlobSource::Fetching(resp))
+    match fetch::get(mirrors, t, &d).await? {
+        Some(resp) => {
+            c.misses.fetch_add(1, Ordering::Relaxed);
+            Ok(BlobSource::Fetching(resp))
+        }
+        None => {
+            c.hits.fetch_add(1, Ordering::Relaxed);
+            Ok(BlobSource::Cached)
+        }
+    }
 }
