@@ -21,7 +21,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use berth_oci::Digest;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use super::{Mirrors, Target};
@@ -29,6 +29,9 @@ use crate::error::{Code, RegistryError};
 
 /// Largest piece read from the ingest for one client at a time.
 const READ_CHUNK: u64 = 1 << 20;
+
+/// Most bytes handed to the ingest's writer at once.
+const BATCH: usize = 1 << 20;
 
 /// Blobs being fetched, by digest.
 #[derive(Default)]
@@ -293,22 +296,44 @@ async fn fly(
     });
     let mut stream = body.stream;
     let mut broken = None;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => {
+    // Chunks that are already there go to the writer together (up to BATCH): one hop to
+    // the blocking pool and one wake-up of the readers for each, not for every 16 KiB.
+    let mut batch = bytes::BytesMut::new();
+    let mut next = stream.next().await;
+    loop {
+        match next {
+            Some(Ok(c)) => {
                 mirror
                     .counters
                     .upstream_bytes
                     .fetch_add(c.len() as u64, Ordering::Relaxed);
-                if chunks.send(c).await.is_err() {
-                    break;
+                if batch.is_empty() && c.len() >= BATCH {
+                    batch = c.into();
+                } else {
+                    batch.extend_from_slice(&c);
                 }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 broken = Some(e);
                 break;
             }
+            None => break,
         }
+        next = match stream.next().now_or_never() {
+            Some(n) if batch.len() < BATCH => n,
+            ready => {
+                if chunks.send(batch.split().freeze()).await.is_err() {
+                    break;
+                }
+                match ready {
+                    Some(n) => n,
+                    None => stream.next().await,
+                }
+            }
+        };
+    }
+    if broken.is_none() && !batch.is_empty() {
+        let _ = chunks.send(batch.freeze()).await;
     }
     drop(chunks);
     let (w, written) = write.await.map_err(|e| {
