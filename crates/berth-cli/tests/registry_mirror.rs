@@ -848,3 +848,73 @@ fn eviction_under_a_small_cap_keeps_the_most_recently_pulled() {
     );
     check_store(&cache.berth.root);
 }
+
+#[test]
+fn berth_builds_use_the_cache_as_their_registry_mirror_and_say_so() {
+    if !require_build() || !require("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Berth::serve(&dir.path().join("upstream"), &[]);
+    let layout = dir.path().join("busybox");
+    let digest = busybox_layout(&layout, "v1");
+    push_layout(&layout, "v1", &up.addr, "base/busybox");
+    let cache = Cache::start(
+        dir.path(),
+        &format!(
+            "[[registry.mirror]]\nprefix = \"up\"\nupstream = \"http://{}\"\ndefault = true\n",
+            up.addr
+        ),
+        &[],
+    );
+    // berth's own pulls: [registries."UPSTREAM"] mirrors = ["CACHE"]; the image's path is
+    // kept, so the cache answers at its root, from its default mirror.
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registries.\"{}\"]\nmirrors = [\"{}\"]\n",
+            up.addr,
+            cache.addr()
+        ),
+    )
+    .unwrap();
+    let ctx = context(
+        dir.path(),
+        "ctx",
+        &format!("FROM {}/base/busybox:v1\nRUN echo built > /out\n", up.addr),
+    );
+    let build = |root: &str| {
+        output_ok(
+            berth_build(&dir.path().join(root))
+                .env("BERTH_LOG", "info")
+                .arg("--config")
+                .arg(&config)
+                .arg(&ctx),
+        )
+    };
+    let out = build("first");
+    assert!(
+        out.stderr.contains("pulled from mirror") && out.stderr.contains(cache.addr()),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(cache.metric("upstream_blob_fetches_total", "up"), 2);
+    assert!(
+        cache.log().contains("/v2/base/busybox/manifests/"),
+        "{}",
+        cache.log()
+    );
+    // The upstream gone, a fresh root still gets the base image, from the cache alone.
+    up.kill9();
+    let out = build("second");
+    assert!(out.stderr.contains("pulled from mirror"), "{}", out.stderr);
+    assert!(
+        cache
+            .berth
+            .root
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+            .exists()
+    );
+}
