@@ -577,15 +577,27 @@ fn dockerd_with_registry_mirrors_pulls_library_images_through_the_cache() {
     let layout = dir.path().join("busybox");
     busybox_layout(&layout, "latest");
     up.push(&layout, "latest", "library/busybox");
+    // No user in the mirror's entry: the cache takes the upstream's credentials from
+    // Docker's config file ("puller:s3cret").
+    let docker_config = dir.path().join("docker-config");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    std::fs::write(
+        docker_config.join("config.json"),
+        format!(
+            "{{\"auths\":{{\"{}\":{{\"auth\":\"cHVsbGVyOnMzY3JldA==\"}}}}}}",
+            up.berth.addr
+        ),
+    )
+    .unwrap();
     let cache = Cache::start(
         dir.path(),
         &format!(
             "[[registry.mirror]]\nprefix = \"hub\"\nupstream = \"https://{}\"\ndefault = true\n\
-             username = \"puller\"\npassword_env = \"UPSTREAM_PASSWORD\"\nca = \"{}\"\n",
+             ca = \"{}\"\n",
             up.berth.addr,
             up.ca.display()
         ),
-        &[("UPSTREAM_PASSWORD", "s3cret")],
+        &[("DOCKER_CONFIG", docker_config.to_str().unwrap())],
     );
     let daemon_dir = dir.path().join("dockerd");
     std::fs::create_dir_all(&daemon_dir).unwrap();
