@@ -847,12 +847,28 @@ fn eviction_under_a_small_cap_keeps_the_most_recently_pulled() {
     assert!(!blob(1).exists(), "b was pulled least recently:\n{out}");
     assert!(blob(0).exists() && blob(2).exists(), "{out}");
 
-    // With the upstream gone, a and c still pull; b does not.
+    // b again, from the upstream: over the cap, the server evicts on its own, and c is
+    // now the least recently pulled.
+    std::thread::sleep(Duration::from_secs(2));
+    pull(dir.path(), &format!("{m}/up/b:1")).unwrap();
+    let start = Instant::now();
+    while blob(2).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not evict c:\n{}",
+            cache.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(blob(0).exists() && blob(1).exists());
+    assert!(cache.log().contains("least recently pulled blobs evicted"));
+
+    // With the upstream gone, a and b still pull; c does not.
     up.kill9();
     pull(dir.path(), &format!("{m}/up/a:1")).unwrap();
-    pull(dir.path(), &format!("{m}/up/c:1")).unwrap();
-    pull(dir.path(), &format!("{m}/up/b:1")).unwrap_err();
-    let (status, resp) = curl(&m, "/v2/up/b/manifests/1", &[]);
+    pull(dir.path(), &format!("{m}/up/b:1")).unwrap();
+    pull(dir.path(), &format!("{m}/up/c:1")).unwrap_err();
+    let (status, resp) = curl(&m, "/v2/up/c/manifests/1", &[]);
     assert_eq!(status, 502, "{resp}");
     assert!(
         resp.contains(&format!("upstream http://{}", up.addr)),

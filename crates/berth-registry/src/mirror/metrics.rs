@@ -138,8 +138,7 @@ pub(crate) fn render(mirrors: Option<&Mirrors>) -> String {
             );
         }
     }
-    let cache = mirrors.cache_bytes.load(Ordering::Relaxed);
-    if cache != u64::MAX {
+    if let Some(cache) = mirrors.cache_bytes() {
         let _ = writeln!(
             out,
             "# HELP berth_mirror_cache_bytes size of the pull-through cache as last measured, plus blobs fetched since"

@@ -327,9 +327,10 @@ pub(crate) struct Mirrors {
     flights: fetch::Flights,
     max_bytes: Option<u64>,
     roots: Option<Arc<dyn GcRoots + Send + Sync>>,
-    /// The cache's size as last measured plus what was fetched since; `u64::MAX`
-    /// before the first measurement.
+    /// The cache's size as last measured; `u64::MAX` before the first measurement.
     cache_bytes: AtomicU64,
+    /// Bytes cached since the last measurement began.
+    added: AtomicU64,
     evicting: AtomicBool,
     evicted_blobs: AtomicU64,
 }
@@ -385,6 +386,7 @@ impl Mirrors {
             max_bytes: settings.max_bytes,
             roots: settings.roots.clone(),
             cache_bytes: AtomicU64::new(u64::MAX),
+            added: AtomicU64::new(0),
             evicting: AtomicBool::new(false),
             evicted_blobs: AtomicU64::new(0),
         }))
@@ -449,39 +451,52 @@ impl Mirrors {
     /// Account a newly cached blob; evict in the background when over the cap.
     fn cached(self: &Arc<Self>, bytes: u64) {
         let Some(max) = self.max_bytes else { return };
-        let now = self
-            .cache_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(if b == u64::MAX { b } else { b + bytes })
-            })
-            .unwrap_or(u64::MAX);
-        let now = if now == u64::MAX { now } else { now + bytes };
-        if now <= max || self.evicting.swap(true, Ordering::AcqRel) {
+        self.added.fetch_add(bytes, Ordering::Relaxed);
+        let known = self.cache_bytes.load(Ordering::Relaxed);
+        let over =
+            known == u64::MAX || known.saturating_add(self.added.load(Ordering::Relaxed)) > max;
+        if !over || self.evicting.swap(true, Ordering::AcqRel) {
             return;
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let prefixes: Vec<String> = this.list.iter().map(|m| m.config.prefix.clone()).collect();
             let roots = this.roots.as_deref().map(|r| r as &dyn GcRoots);
-            match evict(&this.store, &prefixes, max, roots) {
-                Ok(report) => {
-                    this.cache_bytes
-                        .store(report.cache_bytes, Ordering::Relaxed);
-                    this.evicted_blobs
-                        .fetch_add(report.evicted.len() as u64, Ordering::Relaxed);
-                    if !report.evicted.is_empty() {
-                        tracing::info!(
-                            evicted = report.evicted.len(),
-                            freed = report.cache_bytes_before - report.cache_bytes,
-                            cache_bytes = report.cache_bytes,
-                            "pull-through cache over its cap: least recently pulled blobs evicted"
-                        );
+            // Again while blobs cached during a run take the cache over the cap.
+            loop {
+                this.added.store(0, Ordering::Relaxed);
+                let report = match evict(&this.store, &prefixes, max, roots) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pull-through cache eviction failed");
+                        break;
                     }
+                };
+                this.cache_bytes
+                    .store(report.cache_bytes, Ordering::Relaxed);
+                this.evicted_blobs
+                    .fetch_add(report.evicted.len() as u64, Ordering::Relaxed);
+                if !report.evicted.is_empty() {
+                    tracing::info!(
+                        evicted = report.evicted.len(),
+                        freed = report.cache_bytes_before - report.cache_bytes,
+                        cache_bytes = report.cache_bytes,
+                        "pull-through cache over its cap: least recently pulled blobs evicted"
+                    );
                 }
-                Err(e) => tracing::warn!(error = %e, "pull-through cache eviction failed"),
+                let added = this.added.load(Ordering::Relaxed);
+                if added == 0 || report.cache_bytes + added <= max {
+                    break;
+                }
             }
             this.evicting.store(false, Ordering::Release);
         });
+    }
+
+    /// The cache's size: as last measured plus what was fetched since.
+    pub(crate) fn cache_bytes(&self) -> Option<u64> {
+        let known = self.cache_bytes.load(Ordering::Relaxed);
+        (known != u64::MAX).then(|| known + self.added.load(Ordering::Relaxed))
     }
 }
 
