@@ -54,65 +54,50 @@ pub(crate) fn render(mirrors: Option<&Mirrors>) -> String {
         return out;
     };
     type Pick = fn(&Counters) -> &AtomicU64;
-    let families: [(&str, &str, &str, Pick); 9] = [
-        (
-            "hits_total",
-            "counter",
-            "requests answered from the cache",
-            |c| &c.hits,
-        ),
-        (
-            "misses_total",
-            "counter",
-            "requests that needed the upstream",
-            |c| &c.misses,
-        ),
+    let counters: [(&str, &str, Pick); 9] = [
+        ("hits_total", "requests answered from the cache", |c| {
+            &c.hits
+        }),
+        ("misses_total", "requests that needed the upstream", |c| {
+            &c.misses
+        }),
         (
             "upstream_blob_fetches_total",
-            "counter",
             "blob GETs sent upstream (one per blob for any number of concurrent clients)",
             |c| &c.blob_fetches,
         ),
         (
             "upstream_manifest_fetches_total",
-            "counter",
             "manifest GETs sent upstream",
             |c| &c.manifest_fetches,
         ),
         (
             "revalidations_total",
-            "counter",
             "tag HEADs sent upstream after the tag TTL",
             |c| &c.revalidations,
         ),
         (
             "stale_served_total",
-            "counter",
             "cached tags served stale while the upstream failed or rate-limited",
             |c| &c.stale,
         ),
-        (
-            "upstream_errors_total",
-            "counter",
-            "upstream failures",
-            |c| &c.upstream_errors,
-        ),
+        ("upstream_errors_total", "upstream failures", |c| {
+            &c.upstream_errors
+        }),
         (
             "upstream_bytes_total",
-            "counter",
             "bytes received from the upstream",
             |c| &c.upstream_bytes,
         ),
         (
             "streamed_bytes_total",
-            "counter",
             "blob bytes sent to clients while being fetched",
             |c| &c.served_bytes,
         ),
     ];
-    for (name, kind, help, pick) in families {
+    for (name, help, pick) in counters {
         let _ = writeln!(out, "# HELP berth_mirror_{name} {help}");
-        let _ = writeln!(out, "# TYPE berth_mirror_{name} {kind}");
+        let _ = writeln!(out, "# TYPE berth_mirror_{name} counter");
         for m in &mirrors.list {
             let _ = writeln!(
                 out,
