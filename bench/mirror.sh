@@ -12,14 +12,17 @@
 #   DIST_BIN=path    distribution binary (default: docker-registry from PATH)
 #   LAYERS=3         layers of the image; LAYER_MB=100 MiB of random data each (~300 MB)
 #   REPS=3           attempts per single-client measurement (the median is reported)
+#   UPSTREAM_RATE=800mbit  the upstream sits in a network namespace of its own behind a
+#                    veth pair sending at this rate (tc tbf), as a registry across a WAN;
+#                    0: on 127.0.0.1 like the caches (then every pull is CPU-bound here)
 #
 # A "pull" is what docker and skopeo do: GET the manifest by tag, then the config and the
 # layers, 3 at a time, to /dev/null, each checked for status and size. The upstream is a
 # berth registry (its access log counts the fetches); the image's layers are random
-# bytes, so nothing compresses. Targets (issue 10): warm >= 2x distribution, cold within
+# bytes, so nothing compresses. The caches and the clients are on 127.0.0.1. Targets (issue 10): warm >= 2x distribution, cold within
 # 1.1x of a direct pull, and the 16-client cold case fetching each blob once. The
 # ratios are only reported, never enforced; the script fails if any request fails.
-# Only 127.0.0.1 is contacted.
+# Runs as root (the network namespace); only 127.0.0.1 and the veth pair 10.79.0.0/24 are used.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -32,6 +35,8 @@ source "$here/common.sh"
 LAYERS=${LAYERS:-3}
 LAYER_MB=${LAYER_MB:-100}
 REPS=${REPS:-3}
+UPSTREAM_RATE=${UPSTREAM_RATE:-800mbit}
+NS=berth-bench-mirror-up
 CLIENTS=16
 REPO=bench/big
 TAG=v1
@@ -47,17 +52,20 @@ declare -A url pid errlog res
 source "$here/registry-lib.sh"
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# start_berth_with NAME CONFIG_TEXT LOG: a berth registry on a fresh root and a free port.
+# start_berth_with NAME CONFIG_TEXT LOG [HOST [CMD...]]: a berth registry on a fresh root
+# and a free port of HOST (127.0.0.1), run under CMD (a command that execs the rest, such
+# as nsenter, so that $! is the registry).
 start_berth_with() {
-	local name=$1 port dir=$work/$1
+	local name=$1 config=$2 level=$3 host=${4:-127.0.0.1} port dir=$work/$1
+	shift 4 || shift $#
 	read -r port _ <<<"$(free_ports)"
 	rm -rf "$dir" && mkdir -p "$dir/root"
-	printf '%s' "$2" >"$dir/config.toml"
+	printf '%s' "$config" >"$dir/config.toml"
 	errlog[$name]=$dir/stderr
-	BERTH_LOG=$3 "$berth_bin" --root "$dir/root" --config "$dir/config.toml" \
-		registry serve --addr "127.0.0.1:$port" >"$dir/stdout" 2>"${errlog[$name]}" &
+	BERTH_LOG=$level "$@" "$berth_bin" --root "$dir/root" --config "$dir/config.toml" \
+		registry serve --addr "$host:$port" >"$dir/stdout" 2>"${errlog[$name]}" &
 	pid[$name]=$!
-	url[$name]=http://127.0.0.1:$port
+	url[$name]=http://$host:$port
 	wait_ready "$name"
 }
 
@@ -129,12 +137,24 @@ main() {
 	done
 	work=$(mktemp -d "${TMPDIR:-/tmp}/berth-bench-mirror.XXXXXX")
 	mkdir -p "$work/logs"
-	trap cleanup EXIT
+	trap 'cleanup; ip netns delete "$NS" 2>/dev/null || true' EXIT
 	trap 'exit 130' INT TERM
 	find_servers
 
 	log "upstream: a berth registry with a $LAYERS x $LAYER_MB MiB image"
-	start_berth_with upstream "" info
+	if [[ $UPSTREAM_RATE == 0 ]]; then
+		start_berth_with upstream "" info
+	else
+		# The upstream behind a veth pair whose upstream side sends at UPSTREAM_RATE.
+		netns_add "$NS"
+		ip link add bbmirror0 type veth peer name bbmirror1 || die "ip link add"
+		ip link set bbmirror1 netns "$NS"
+		ip addr add 10.79.0.1/24 dev bbmirror0 && ip link set bbmirror0 up
+		ip -n "$NS" addr add 10.79.0.2/24 dev bbmirror1 && ip -n "$NS" link set bbmirror1 up
+		in_ns "$NS" tc qdisc add dev bbmirror1 root tbf rate "$UPSTREAM_RATE" burst 1mb latency 100ms ||
+			die "tc tbf on the upstream's link"
+		start_berth_with upstream "$(printf "[registry]\nallow_anonymous_push = true\n")" info 10.79.0.2 nsenter --net="/run/netns/$NS" --
+	fi
 	make_image
 
 	declare -A direct_secs cold_secs warm_secs
@@ -187,7 +207,8 @@ main() {
 	echo
 	echo "direct pull from the upstream: ${res[direct]} s; berth cold / direct = $(awk -v b="${res[cold|berth]}" -v d="${res[direct]}" 'BEGIN { printf "%.2f", b / d }')x (target <= 1.1x)"
 	echo "targets: warm >= 2x distribution; $CLIENTS-client cold case: $blobs upstream fetches (one per blob)"
-	echo "medians of $REPS rounds for direct, cold and warm; a fresh cache each round."
+	echo "medians of $REPS rounds for direct, cold and warm; a fresh cache each round;"
+	echo "upstream link: ${UPSTREAM_RATE/#0/loopback (no limit)}."
 }
 
 main "$@"
