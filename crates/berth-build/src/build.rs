@@ -39,6 +39,8 @@ pub struct BuildOptions {
     pub build_args: BTreeMap<String, String>,
     /// Secrets by id.
     pub secrets: HashMap<String, SecretSource>,
+    /// SSH agent sockets by id (`--ssh default`), for `RUN --mount=type=ssh`.
+    pub ssh: HashMap<String, PathBuf>,
     /// Reuse nothing.
     pub no_cache: bool,
     /// `SOURCE_DATE_EPOCH`: reproducible timestamps.
@@ -135,8 +137,14 @@ pub async fn build(
     // pulls), so a cancel is seen while they run; each checks it as it goes.
     let handle = tokio::runtime::Handle::current();
     let (store2, client, cancel) = (store.clone(), opts.client.clone(), opts.cancel.clone());
+    // `berth rmi` refuses the base images this build holds until it ends.
+    let holds = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holds2 = holds.clone();
     let lowered = tokio::task::spawn_blocking(move || {
         let df = Dockerfile::parse_cancelable(&name, &text, &cancel)?;
+        for w in df.checked_warnings()? {
+            tracing::warn!("{name}:{}: {} [{}]", w.line, w.message, w.rule);
+        }
         let pull = |r: &str| -> Result<Digest> {
             let client = client
                 .as_ref()
@@ -144,7 +152,10 @@ pub async fn build(
             handle.block_on(image::pull(client, &store2, r))
         };
         lower(&df, &lower_opts, &mut |r| {
-            image::resolve(&store2, r, Some(&pull))
+            let resolved = image::resolve(&store2, r, Some(&pull))?;
+            let hold = store2.hold_image(&resolved.manifest)?;
+            holds2.lock().expect("image holds").push(hold);
+            Ok(resolved)
         })
     })
     .await
@@ -156,6 +167,7 @@ pub async fn build(
         SolveOptions {
             contexts: HashMap::from([("context".to_string(), opts.context.clone())]),
             secrets: opts.secrets.clone(),
+            ssh: opts.ssh.clone(),
             no_cache: opts.no_cache,
             source_date_epoch: opts.source_date_epoch,
             compression: opts.compression,

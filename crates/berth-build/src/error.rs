@@ -36,6 +36,11 @@ pub enum BuildError {
         "secret {0:?} is required by the build but was not given; pass --secret id={0},src=FILE or id={0},env=VAR"
     )]
     MissingSecret(String),
+    /// A step needs an SSH agent (`--mount=type=ssh,required`) that was not given.
+    #[error(
+        "no SSH agent {0:?} was forwarded to the build, and a RUN --mount=type=ssh,required needs it; pass --ssh {0} (the agent of $SSH_AUTH_SOCK) or --ssh {0}=/path/to/agent.sock"
+    )]
+    MissingSsh(String),
     /// The build was canceled (Ctrl-C, SIGTERM).
     #[error("the build was canceled")]
     Canceled,

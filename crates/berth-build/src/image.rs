@@ -111,11 +111,18 @@ impl ContainerConfig {
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
     }
 
-    /// Set `key=value` in `env`, replacing an earlier value.
+    /// Set `key=value` in `env`: in the place of an earlier value (Docker keeps a
+    /// redefined variable where it was), else last.
     pub fn env_set(&mut self, key: &str, value: &str) {
-        self.env
-            .retain(|kv| kv.split_once('=').map(|(k, _)| k) != Some(key));
-        self.env.push(format!("{key}={value}"));
+        let kv = format!("{key}={value}");
+        match self
+            .env
+            .iter()
+            .position(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+        {
+            Some(i) => self.env[i] = kv,
+            None => self.env.push(kv),
+        }
     }
 }
 
@@ -154,6 +161,13 @@ pub struct ImageConfig {
     /// Creation time (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// Who made the image (MAINTAINER).
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub author: String,
     /// CPU architecture.
     #[serde(default, deserialize_with = "null_as_default")]
     pub architecture: String,
@@ -229,9 +243,7 @@ pub(crate) async fn pull(
         .parse()
         .map_err(|e: ReferenceError| BuildError::Image(e.to_string()))?;
     let (os, arch) = host_platform();
-    let opts = PullOptions {
-        platform: berth_client::Platform::new(os, arch),
-    };
+    let opts = PullOptions::new(berth_client::Platform::new(os, arch));
     match berth_client::pull_image(client, store, &r, &opts).await {
         Ok(pulled) => Ok(pulled.manifest),
         // Told with the reference as the build file wrote it.

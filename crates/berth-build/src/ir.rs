@@ -114,14 +114,36 @@ pub enum MountSource {
         /// Mode.
         mode: u32,
     },
-    /// A secret file (`--mount=type=secret`); only its id is part of the key.
+    /// A secret (`--mount=type=secret`); its value is no part of the key.
     Secret {
         /// Secret id.
         id: String,
-        /// Expose as this environment variable instead of a file.
+        /// Also (or only) expose it as this environment variable (`env=`).
         env: Option<String>,
+        /// Mount it as a file at the mount's target (without `env=`, or with a target).
+        file: bool,
         /// Fail if the secret is not provided.
         required: bool,
+        /// Owner of the file (`uid=`, `gid=`; default root).
+        uid: u32,
+        /// Group.
+        gid: u32,
+        /// Mode of the file (`mode=`; default 0400).
+        mode: u32,
+    },
+    /// The client's SSH agent (`--mount=type=ssh`): a socket at the target that
+    /// forwards to the agent given as `--ssh ID`.
+    Ssh {
+        /// Agent id (`default` unless `id=` says otherwise).
+        id: String,
+        /// Fail if no agent of that id is given (else the step runs without it).
+        required: bool,
+        /// Owner of the socket (`uid=`, `gid=`; default root).
+        uid: u32,
+        /// Group.
+        gid: u32,
+        /// Mode of the socket (`mode=`; default 0600).
+        mode: u32,
     },
     /// An empty tmpfs.
     Tmpfs {

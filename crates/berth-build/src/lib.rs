@@ -50,6 +50,7 @@ mod pattern;
 mod prune;
 mod secrets;
 mod solver;
+mod ssh;
 
 pub use berth_exec::Stream;
 pub use berth_snapshot::Compression;
@@ -61,7 +62,7 @@ pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
 pub use ir::Entitlement;
 pub use pattern::{Ignore, Pattern};
-pub use prune::{BuildCache, PruneOptions, PruneReport, prune};
+pub use prune::{BuildCache, CacheUsage, PruneOptions, PruneReport, cache_usage, prune};
 pub use solver::{
     Cancel, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions, Solved, Solver,
     StepSlots, build_id,

@@ -171,6 +171,90 @@ fn chains(layers: &[Layer]) -> Vec<Digest> {
     out
 }
 
+/// The cache records of `root` (path, last use, layers), and the paths of records that
+/// do not parse (a miss to the solver; prune removes them).
+#[allow(clippy::type_complexity)]
+fn read_records(root: &Path) -> (Vec<(PathBuf, SystemTime, Vec<Layer>)>, Vec<PathBuf>) {
+    let (mut records, mut unreadable) = (Vec::new(), Vec::new());
+    for e in fs::read_dir(root.join("cache/records"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = e.path();
+        let Ok(bytes) = fs::read(&path) else { continue };
+        let Ok(rec) = serde_json::from_slice::<Record>(&bytes) else {
+            unreadable.push(path);
+            continue;
+        };
+        let mtime = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        records.push((path, mtime, rec.layers));
+    }
+    (records, unreadable)
+}
+
+/// What the build cache of a data root holds on disk, for `berth system df`. `prune`
+/// with `keep_storage: 0` frees all of it but `shared_bytes` (layers images reference
+/// too); `all` adds the cache mounts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// Cache records.
+    pub records: usize,
+    /// Their layer blobs' bytes, each blob once.
+    pub layer_bytes: u64,
+    /// Of `layer_bytes`, what images in the store reference too.
+    pub shared_bytes: u64,
+    /// Unpacked layers.
+    pub snapshots: usize,
+    /// Their bytes.
+    pub snapshot_bytes: u64,
+    /// Bytes of the cache-miss history.
+    pub history_bytes: u64,
+    /// Cache mounts (`RUN --mount=type=cache`): id and bytes.
+    pub mounts: Vec<(String, u64)>,
+}
+
+/// Measure the build cache of the data root `root` (nothing is locked or changed).
+pub fn cache_usage(root: &Path, store: &Store) -> Result<CacheUsage> {
+    let mut usage = CacheUsage::default();
+    let images = store.referenced()?;
+    let mut seen = HashSet::new();
+    let (records, _) = read_records(root);
+    usage.records = records.len();
+    for l in records.iter().flat_map(|(_, _, layers)| layers) {
+        if !seen.insert(l.blob.digest.clone()) {
+            continue;
+        }
+        let size = store.blob_size(&l.blob.digest)?.unwrap_or(0);
+        usage.layer_bytes += size;
+        if images.contains(&l.blob.digest) {
+            usage.shared_bytes += size;
+        }
+    }
+    for e in fs::read_dir(root.join("snapshots/layers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        usage.snapshots += 1;
+        usage.snapshot_bytes += du(&e.path());
+    }
+    usage.history_bytes = du(&root.join("cache/history"));
+    for e in fs::read_dir(root.join("cache/mounts"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = e.file_name().to_string_lossy().into_owned();
+        usage.mounts.push((id, du(&e.path())));
+    }
+    usage.mounts.sort();
+    Ok(usage)
+}
+
 /// Prune the build cache of the data root `root`.
 pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
     let waiting = std::time::Instant::now();
@@ -179,25 +263,18 @@ pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneRep
         tracing::info!("waited for running builds to finish");
     }
     let mut report = PruneReport::default();
-    let records_dir = root.join("cache/records");
     let snaps_dir = root.join("snapshots/layers");
+    let (read, unreadable) = read_records(root);
+    for path in unreadable {
+        let _ = fs::remove_file(&path);
+    }
     let mut records: Vec<(PathBuf, SystemTime, Vec<Layer>, u64)> = Vec::new();
-    for e in fs::read_dir(&records_dir).into_iter().flatten().flatten() {
-        let path = e.path();
-        let Ok(bytes) = fs::read(&path) else { continue };
-        let Ok(rec) = serde_json::from_slice::<Record>(&bytes) else {
-            let _ = fs::remove_file(&path);
-            continue;
-        };
-        let mtime = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let weight = match (rec.layers.last(), chains(&rec.layers).last()) {
+    for (path, mtime, layers) in read {
+        let weight = match (layers.last(), chains(&layers).last()) {
             (Some(l), Some(c)) => l.blob.size + du(&snaps_dir.join(c.hex())),
             _ => 0,
         };
-        records.push((path, mtime, rec.layers, weight));
+        records.push((path, mtime, layers, weight));
     }
     records.sort_by_key(|r| std::cmp::Reverse(r.1));
     // Keep the most recently used records within the budget.
@@ -396,6 +473,33 @@ mod tests {
         let report = prune(root, &store, &PruneOptions { all: true, ..opts }).unwrap();
         assert_eq!((report.records, report.histories), (0, 1));
         assert!(histories(root).is_empty(), "{:?}", histories(root));
+    }
+
+    #[test]
+    fn usage_measures_what_prune_frees() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = Store::open(root).unwrap();
+        let size = record(root, &store, &Digest::sha256(b"key"), b"a layer", 0);
+        // Older than sweeping's clock margin.
+        let old = SystemTime::now() - std::time::Duration::from_secs(3600);
+        fs::File::open(store.blob_path(&Digest::sha256(b"a layer")))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        fs::create_dir_all(root.join("cache/mounts/m")).unwrap();
+        fs::write(root.join("cache/mounts/m/f"), b"abc").unwrap();
+        let u = cache_usage(root, &store).unwrap();
+        assert_eq!((u.records, u.layer_bytes, u.shared_bytes), (1, size, 0));
+        assert_eq!(u.mounts, [("m".to_string(), 3)]);
+        let all = PruneOptions {
+            keep_storage: 0,
+            keep_duration: None,
+            all: true,
+        };
+        let r = prune(root, &store, &all).unwrap();
+        assert_eq!((r.records, r.blobs, r.cache_mounts), (1, 1, 1));
+        assert_eq!(cache_usage(root, &store).unwrap(), CacheUsage::default());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `berth build` and `berth images`.
+//! `berth build`, `push`, `load`, `prune`, `login` and `logout`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -30,6 +30,10 @@ pub struct BuildArgs {
     /// A secret: id=ID,src=FILE or id=ID,env=VAR (repeatable).
     #[arg(long = "secret")]
     secrets: Vec<String>,
+    /// Forward an SSH agent to `RUN --mount=type=ssh` steps (repeatable): `default` or
+    /// `ID` for the agent of $SSH_AUTH_SOCK, or `ID=SOCKET` for another agent's socket.
+    #[arg(long = "ssh")]
+    ssh: Vec<String>,
     /// Run every step; reuse nothing from cache.
     #[arg(long)]
     no_cache: bool,
@@ -114,6 +118,37 @@ fn parse_secret(s: &str) -> Result<(String, SecretSource)> {
     Ok((id, src))
 }
 
+/// One `--ssh`: `ID` (the agent of $SSH_AUTH_SOCK) or `ID=SOCKET`. Docker also takes key
+/// files there; berth forwards agents only.
+fn parse_ssh(s: &str) -> Result<(String, PathBuf)> {
+    let (id, path) = match s.split_once('=') {
+        Some((id, path)) => (id, PathBuf::from(path)),
+        None => {
+            let sock = std::env::var_os("SSH_AUTH_SOCK").with_context(|| {
+                format!(
+                    "--ssh {s}: SSH_AUTH_SOCK is not set, so there is no agent to forward; \
+                     start one (eval $(ssh-agent); ssh-add) or give its socket: --ssh {s}=/path/to/agent.sock"
+                )
+            })?;
+            (s, PathBuf::from(sock))
+        }
+    };
+    if id.is_empty() {
+        bail!("--ssh {s:?}: the id is empty; write --ssh default or --ssh ID=SOCKET");
+    }
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(&path) {
+        Ok(m) if m.file_type().is_socket() => Ok((id.to_string(), path)),
+        Ok(_) => bail!(
+            "--ssh {s}: {} is not an agent socket; berth forwards SSH agents, not key files: \
+             load the key into an agent (ssh-add {}) and pass --ssh {id}",
+            path.display(),
+            path.display()
+        ),
+        Err(e) => bail!("--ssh {s}: agent socket {}: {e}", path.display()),
+    }
+}
+
 fn parse_output(s: &str) -> Result<OutputSpec> {
     let o = parse_opts(s);
     let dest = o
@@ -140,6 +175,11 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         .iter()
         .map(|s| parse_secret(s))
         .collect::<Result<HashMap<_, _>>>()?;
+    let ssh = args
+        .ssh
+        .iter()
+        .map(|s| parse_ssh(s))
+        .collect::<Result<HashMap<_, _>>>()?;
     let outputs = args
         .outputs
         .iter()
@@ -162,6 +202,13 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     if let Some(name) =
         crate::satellite::chosen(args.satellite.as_deref(), args.no_satellite, settings)?
     {
+        if !ssh.is_empty() {
+            bail!(
+                "--ssh is not supported with a satellite: berth cannot forward your SSH agent to \
+                 satellite {name} yet; build here with --no-satellite, or fetch what needs the \
+                 agent before the build"
+            );
+        }
         return remote(
             settings, &name, &args, context, dockerfile, secrets, &build, sink, tty_view,
         );
@@ -174,6 +221,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         target: args.target.clone(),
         build_args: args.build_args.iter().cloned().collect::<BTreeMap<_, _>>(),
         secrets,
+        ssh,
         no_cache: args.no_cache,
         source_date_epoch: build.source_date_epoch,
         proxy_env: build.proxy_env,
@@ -388,51 +436,6 @@ fn remote(
     Ok(())
 }
 
-pub fn images(settings: &Settings) -> Result<()> {
-    let store = berth_store::Store::open(&settings.root)?;
-    let repos = store.repos();
-    println!(
-        "{:<40} {:<20} {:<19} {:>10}",
-        "REPOSITORY", "TAG", "IMAGE ID", "SIZE"
-    );
-    for repo in repos.repositories()? {
-        for tag in repos.tags(&repo)? {
-            let Some(m) = repos.tag(&repo, &tag)? else {
-                continue;
-            };
-            let Some(bytes) = store.read_blob(&m)? else {
-                continue;
-            };
-            let Ok((manifest, _)) = berth_oci::Manifest::parse(&bytes, None) else {
-                continue;
-            };
-            let id = manifest
-                .config
-                .as_ref()
-                .map(|c| c.digest.hex()[..12].to_string())
-                .unwrap_or_default();
-            let size: u64 = manifest.layers.iter().map(|l| l.size).sum();
-            println!("{repo:<40} {tag:<20} {id:<19} {:>10}", human(size));
-        }
-    }
-    Ok(())
-}
-
-fn human(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < units.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.1}{}", units[u])
-    }
-}
-
 #[derive(Args)]
 pub struct PruneArgs {
     /// Keep this much cache, most recently used first (e.g. 10GB, 500MB) [default: 0,
@@ -497,7 +500,7 @@ pub fn prune(settings: &Settings, args: PruneArgs) -> Result<()> {
         r.blobs,
         r.cache_mounts,
         r.histories,
-        human(r.bytes)
+        crate::format::human_size(r.bytes)
     );
     Ok(())
 }
@@ -529,7 +532,14 @@ async fn push_one(
     dest: &berth_oci::Reference,
 ) -> Result<berth_oci::Digest> {
     let show = |line: &str| eprintln!("{dest}: {line}");
-    Ok(berth_build::push_image(store, client, manifest, dest, &show).await?)
+    let pushed = berth_build::push_image(store, client, manifest, dest, &show).await?;
+    // `berth inspect` shows it among the image's RepoDigests, as docker does.
+    let name =
+        berth_oci::WrittenReference::parse(&format!("{}/{}", dest.registry, dest.repository))?
+            .familiar()
+            .name();
+    store.add_repo_digest(manifest, &name, &pushed);
+    Ok(pushed)
 }
 
 pub fn push(settings: &Settings, args: PushArgs) -> Result<()> {

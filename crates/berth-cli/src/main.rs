@@ -1,16 +1,18 @@
 //! The `berth` binary: parses the command line, resolves settings, calls the crates.
 
 mod build;
+mod format;
 mod image;
 mod progress;
 mod satellite;
 mod settings;
+mod system;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use settings::Settings;
 
@@ -36,7 +38,26 @@ enum Command {
     /// Build an image from a Dockerfile.
     Build(build::BuildArgs),
     /// List the images in berth's store.
-    Images,
+    Images(image::ImagesArgs),
+    /// Pull an image (every platform, or --platform's) from a registry into the store.
+    Pull(image::PullArgs),
+    /// Give an image of the store another name.
+    Tag(image::TagArgs),
+    /// Remove image names from the store (gc then frees what nothing references).
+    Rmi(image::RmiArgs),
+    /// Describe images as `docker image inspect` does (JSON).
+    Inspect(image::InspectArgs),
+    /// Show the steps that made an image, with their layers' sizes.
+    History(image::HistoryArgs),
+    /// Disk use of the store and the build cache, and freeing it.
+    System {
+        #[command(subcommand)]
+        command: system::SystemCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completions(system::CompletionsArgs),
+    /// Write man pages for berth and each command into a directory.
+    Man(system::ManArgs),
     /// Free build cache, least recently used first (images in the store stay).
     Prune(build::PruneArgs),
     /// Push an image from berth's store to a registry.
@@ -148,10 +169,23 @@ fn run(mut cli: Cli) -> Result<()> {
     {
         args.config = cli.config.take();
     }
+    // Generated from the command definitions alone: no config is read.
+    let command = match cli.command {
+        Command::Completions(args) => return system::completions(Cli::command(), args),
+        Command::Man(args) => return system::man(Cli::command(), args),
+        command => command,
+    };
     let settings = Settings::load(cli.root, cli.config.as_deref())?;
-    match cli.command {
+    match command {
         Command::Build(args) => build::run(&settings, args),
-        Command::Images => build::images(&settings),
+        Command::Images(args) => image::images(&settings, args),
+        Command::Pull(args) => image::pull(&settings, args),
+        Command::Tag(args) => image::tag(&settings, args),
+        Command::Rmi(args) => image::rmi(&settings, args),
+        Command::Inspect(args) => image::inspect(&settings, args),
+        Command::History(args) => image::history(&settings, args),
+        Command::System { command } => system::run(&settings, command),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
         Command::Prune(args) => build::prune(&settings, args),
         Command::Push(args) => build::push(&settings, args),
         Command::Load(args) => build::load(&settings, args),
@@ -168,7 +202,7 @@ fn run(mut cli: Cli) -> Result<()> {
     }
 }
 
-fn open_store(settings: &Settings) -> Result<berth_store::Store> {
+pub(crate) fn open_store(settings: &Settings) -> Result<berth_store::Store> {
     berth_store::Store::open(&settings.root).with_context(|| {
         format!(
             "open store at {} (set --root or BERTH_ROOT)",

@@ -63,14 +63,19 @@ fn ready() -> bool {
 
 /// Build `case` with berth and with docker, pull berth's image and run the checks.
 fn build_both(case: &Case) -> Built {
+    build_both_in(case, &builds_dir().join(case.name), &[])
+}
+
+/// [`build_both`] of the context `context`, both builders run with `envs` set.
+fn build_both_in(case: &Case, context: &std::path::Path, envs: &[(&str, &str)]) -> Built {
     let base = BuildBase::new();
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("root");
     let local = work.path().join("local");
-    let context = builds_dir().join(case.name);
     let tag = format!("corpus/{}:latest", case.name);
 
     let mut berth = berth_build(&root);
+    berth.envs(envs.iter().copied());
     berth
         .args(["-t", &tag])
         .arg("--build-arg")
@@ -78,7 +83,7 @@ fn build_both(case: &Case) -> Built {
         .arg("--output")
         .arg(format!("type=local,dest={}", local.display()));
     berth.args(case.args);
-    output_ok(berth.arg(&context));
+    output_ok(berth.arg(context));
 
     let mut images = DockerImages::default();
     let server = Berth::serve(&root, &[]);
@@ -97,12 +102,13 @@ fn build_both(case: &Case) -> Built {
     images.0.push(docker_image.clone());
     let mut build = Command::new(docker());
     build
+        .envs(envs.iter().copied())
         .env("DOCKER_BUILDKIT", "1")
         .args(["build", "-q", "-t", &docker_image])
         .arg("--build-arg")
         .arg(format!("BASE={}", base.docker_reference()));
     build.args(case.args);
-    output_ok(build.arg(&context));
+    output_ok(build.arg(context));
 
     for (args, want) in case.runs {
         let got = run(Command::new(docker())
@@ -163,11 +169,20 @@ impl Built {
     }
 }
 
+/// `docker inspect`'s `.Config` of `image`, with its `.Author` (which MAINTAINER sets) as
+/// `Author` beside the config's own fields.
 fn inspect_config(image: &str) -> serde_json::Value {
-    let out = run(Command::new(docker()).args(["inspect", "--format", "{{json .Config}}", image]));
-    let mut config: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let out = run(Command::new(docker()).args([
+        "inspect",
+        "--format",
+        "{{json .Config}}\n{{json .Author}}",
+        image,
+    ]));
+    let (config, author) = out.trim().split_once('\n').unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(config).unwrap();
     if let Some(c) = config.as_object_mut() {
         c.remove("ArgsEscaped");
+        c.insert("Author".into(), serde_json::from_str(author).unwrap());
     }
     config
 }
@@ -444,4 +459,328 @@ fn every_case_has_a_test() {
             "tests/builds/{name} has no test in build_corpus.rs"
         );
     }
+}
+
+// ---- variables, config, RUN (issue 15)
+
+#[test]
+fn vars_parent_stage_args() {
+    check(&Case {
+        name: "vars_parent_stage_args",
+        args: &[],
+        runs: &[(
+            &[],
+            "arg=inherited global=global-default env=penv\n\
+             redeclared=inherited\n\
+             grandchild=inherited\n",
+        )],
+    });
+}
+
+#[test]
+fn vars_arg_after_env() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "vars_arg_after_env",
+        args: &[],
+        runs: &[(
+            &[],
+            "run mode=from-arg keep=env-keep\n\
+             later=env-again copied=from-arg\n\
+             PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+             KEEP=env-keep\nMODE=from-arg\nCOPIED=from-arg\nLATER=env-again\nHOME=/root\n\
+             image mode=from-env\n",
+        )],
+    });
+    built.assert_image_tree();
+    built.assert_local_tree();
+    built.assert_same_config();
+    assert_eq!(
+        inspect_config(&built.berth_image)["Env"],
+        serde_json::json!([
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "MODE=from-env",
+            "KEEP=env-keep",
+            "LATER=env-again",
+            "COPIED=from-arg"
+        ]),
+        "the image keeps the ENV values"
+    );
+}
+
+#[test]
+fn vars_env_order() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "vars_env_order",
+        args: &[],
+        // A step's variables are ordered by when each was last set; the image's Env
+        // keeps each where it was first set.
+        runs: &[(
+            &[],
+            "THIRD=3\nFIRST=one\n\
+             PATH=/opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+             SECOND=two\nFOURTH=4\nHOME=/root\n",
+        )],
+    });
+    built.assert_image_tree();
+    built.assert_same_config();
+    assert_eq!(
+        inspect_config(&built.berth_image)["Env"],
+        serde_json::json!([
+            "PATH=/opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "FIRST=one",
+            "SECOND=two",
+            "THIRD=3",
+            "FOURTH=4"
+        ])
+    );
+}
+
+#[test]
+fn config_maintainer() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "config_maintainer",
+        args: &[],
+        runs: &[],
+    });
+    built.assert_same_config();
+    assert_eq!(
+        inspect_config(&built.berth_image)["Author"],
+        "Jane Doe <jane@example.com>"
+    );
+}
+
+#[test]
+fn config_expose_ranges() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "config_expose_ranges",
+        args: &[],
+        runs: &[],
+    });
+    built.assert_same_config();
+    let ports = inspect_config(&built.berth_image)["ExposedPorts"].clone();
+    let keys: Vec<&String> = ports.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "443/tcp", "53/udp", "7000/udp", "7001/udp", "8000/tcp", "8001/tcp", "8002/tcp",
+            "9000/tcp", "9001/tcp"
+        ]
+    );
+}
+
+#[test]
+fn run_user_groups() {
+    check(&Case {
+        name: "run_user_groups",
+        args: &[],
+        // Docker 20.10's BuildKit gives a step no supplementary group for its primary
+        // group (newer BuildKit adds it, as `docker run` does on the last line).
+        runs: &[(
+            &[],
+            "id-app: uid=1000(app) gid=1000(app) groups=50(staff),63(audio)\n\
+             id-app-staff: uid=1000(app) gid=50(staff)\n\
+             id-1000: uid=1000(app) gid=1000(app) groups=50(staff),63(audio)\n\
+             id-1000-1000: uid=1000(app) gid=1000(app)\n\
+             id-app-64: uid=1000(app) gid=64(video)\n\
+             uid=1000(app) gid=1000(app) groups=50(staff),63(audio),1000(app)\n",
+        )],
+    });
+}
+
+#[test]
+fn run_secret_options() {
+    check(&Case {
+        name: "run_secret_options",
+        args: &[
+            "--secret",
+            "id=tok,src=tests/builds/run_secret_options/token.txt",
+        ],
+        runs: &[(
+            &[],
+            "/run/secrets/tok 400 0:0\n\
+             /run/secrets/tok 440 1234:2345\n\
+             s3cr3t\n\
+             /tok 400 0:0\n\
+             absent\n",
+        )],
+    });
+}
+
+/// An `ssh-agent` of this test's own, holding one new key, listening in `dir`.
+struct Agent {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &std::path::Path) -> Agent {
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = Agent { child, socket };
+        while !agent.socket.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let key = dir.join("key");
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key));
+        run(Command::new("ssh-add")
+            .arg("-q")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &agent.socket));
+        agent
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ssh_ready() -> bool {
+    ready() && require("ssh-agent") && require("ssh-keygen") && require("gcc")
+}
+
+/// `RUN --mount=type=ssh` with `--ssh default`, against a real agent: the step asks it
+/// for its keys through the forwarded socket (agent-ask, a static helper: busybox has no
+/// unix-socket client).
+#[test]
+fn run_ssh() {
+    if !ssh_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let context = dir.path().join("context");
+    std::fs::create_dir(&context).unwrap();
+    for f in ["Dockerfile", "agent-ask.c"] {
+        std::fs::copy(builds_dir().join("run_ssh").join(f), context.join(f)).unwrap();
+    }
+    run(Command::new("gcc")
+        .args(["-static", "-Os", "-o"])
+        .arg(context.join("agent-ask"))
+        .arg(context.join("agent-ask.c")));
+    let agent = Agent::start(dir.path());
+    let sock = agent.socket.to_str().unwrap();
+    let case = Case {
+        name: "run_ssh",
+        args: &["--ssh", "default"],
+        runs: &[(
+            &["--network", "none"],
+            "agent answered: 1 key(s)\n\
+             sock=/run/buildkit/ssh_agent.0\n\
+             socket 600 0:0\n\
+             agent answered: 1 key(s)\n\
+             /tmp/agent.sock socket 660 1000:1000\n\
+             agent answered: 1 key(s)\n\
+             absent\n",
+        )],
+    };
+    let built = build_both_in(&case, &context, &[("SSH_AUTH_SOCK", sock)]);
+    built.assert_image_tree();
+    built.assert_local_tree();
+    built.assert_same_config();
+}
+
+/// A step that requires an agent fails, saying how to give one, when none was given.
+#[test]
+fn run_ssh_required_without_agent() {
+    if !ready() {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "ARG BASE\nFROM $BASE\nRUN --mount=type=ssh,required true\n",
+    )
+    .unwrap();
+    let out = output(
+        berth_build(&dir.path().join("root"))
+            .arg("--build-arg")
+            .arg(format!("BASE={}", base.reference()))
+            .arg(dir.path()),
+    );
+    assert!(!out.success, "built without the agent it requires");
+    assert!(
+        out.stderr
+            .contains("no SSH agent \"default\" was forwarded")
+            && out.stderr.contains("pass --ssh default"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn config_scratch() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "config_scratch",
+        args: &[],
+        runs: &[],
+    });
+    built.assert_image_tree();
+    built.assert_same_config();
+}
+
+/// `# check=`: documented behaviour (docker 20.10 has no build checks). error=true fails
+/// on a check left, naming it; skip= leaves it out; an unknown option is an error.
+#[test]
+fn parser_check() {
+    if !ready() {
+        return;
+    }
+    let base = BuildBase::new();
+    let work = tempfile::tempdir().unwrap();
+    let context = builds_dir().join("parser_check");
+    let build = |file: &str| {
+        output(
+            berth_build(&work.path().join("root"))
+                .arg("--build-arg")
+                .arg(format!("BASE={}", base.reference()))
+                .arg("-f")
+                .arg(context.join(file))
+                .arg(&context),
+        )
+    };
+    let failed = build("Dockerfile");
+    assert!(!failed.success, "error=true let a MAINTAINER through");
+    assert!(
+        failed
+            .stderr
+            .contains("Dockerfile:6:1: build check violations")
+            && failed.stderr.contains("MaintainerDeprecated"),
+        "{}",
+        failed.stderr
+    );
+    let skipped = build("Dockerfile.skip");
+    assert!(skipped.success, "{}", skipped.stderr);
+    let bad = build("Dockerfile.bad");
+    assert!(!bad.success, "an invalid # check= was accepted");
+    assert!(
+        bad.stderr.contains("invalid check option \"skip\""),
+        "{}",
+        bad.stderr
+    );
 }

@@ -19,5 +19,6 @@ pub use client::{
     check_mirror,
 };
 pub use transfer::{
-    Platform, PullOptions, PulledImage, TransferError, pull_image, push_image, push_manifest,
+    Platform, PullEvent, PullOptions, PullProgress, PulledImage, TransferError, pull_image,
+    push_image, push_manifest,
 };

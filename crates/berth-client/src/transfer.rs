@@ -90,16 +90,79 @@ impl Platform {
 }
 
 /// How [`pull_image`] runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PullOptions {
     /// The platform whose manifest is taken out of a multi-platform index.
     pub platform: Platform,
+    /// Take every manifest of an index, and the index itself (`platform` is unused).
+    pub all_platforms: bool,
+    /// Told about each blob as it is fetched.
+    pub progress: Option<PullProgress>,
 }
+
+impl PullOptions {
+    /// Pull the manifest for `platform`, quietly.
+    pub fn new(platform: Platform) -> PullOptions {
+        PullOptions {
+            platform,
+            all_platforms: false,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for PullOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PullOptions")
+            .field("platform", &self.platform)
+            .field("all_platforms", &self.all_platforms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a pull tells about a blob (config or layer), for people watching it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullEvent {
+    /// The store has it already: nothing to fetch.
+    Exists {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// Fetching started.
+    Started {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// `done` of `size` bytes arrived; sent at most every two seconds a blob.
+    Progress {
+        /// The blob.
+        digest: Digest,
+        /// Bytes so far.
+        done: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// Fetched, verified against its digest and committed.
+    Done {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+}
+
+/// Where [`pull_image`] sends its [`PullEvent`]s (from several tasks at once).
+pub type PullProgress = Arc<dyn Fn(&PullEvent) + Send + Sync>;
 
 /// What [`pull_image`] brought into the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PulledImage {
-    /// The image manifest's digest (for an index, the platform's manifest).
+    /// The image manifest's digest (for an index, the platform's manifest; with
+    /// [`PullOptions::all_platforms`], the index itself).
     pub manifest: Digest,
     /// Its media type.
     pub media_type: String,
@@ -190,6 +253,9 @@ async fn pull_from(
     };
     let mut pulled = client.manifest(reference).await.map_err(registry)?;
     let mut index = None;
+    if media_type::is_index(&pulled.media_type) && opts.all_platforms {
+        return pull_index(client, store, reference, pulled, opts).await;
+    }
     if media_type::is_index(&pulled.media_type) {
         let Platform { os, architecture } = &opts.platform;
         let child = Client::pick_platform(&pulled, os, architecture).ok_or_else(|| {
@@ -215,7 +281,7 @@ async fn pull_from(
     })?;
     let fetches = m
         .blobs()
-        .map(|d| pull_blob(client, store, reference, d, &registry));
+        .map(|d| pull_blob(client, store, reference, d, &registry, opts));
     futures_util::future::try_join_all(fetches).await?;
     store.put_blob(pulled.digest.algorithm(), &pulled.bytes)?;
     if let Some(index) = &index {
@@ -228,6 +294,69 @@ async fn pull_from(
     })
 }
 
+/// Every manifest of the index `pulled` (of `reference`), their blobs, then the index.
+async fn pull_index(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    pulled: crate::client::Pulled,
+    opts: &PullOptions,
+) -> TransferResult<PulledImage> {
+    let registry = |source: Error| TransferError::Registry {
+        context: format!("pull {reference}"),
+        source,
+    };
+    let parse = |bytes: &[u8], mt: &str, what: String| {
+        Manifest::parse(bytes, Some(mt))
+            .map(|(m, _)| m)
+            .map_err(|e| TransferError::Manifest {
+                what,
+                message: e.to_string(),
+            })
+    };
+    let index = parse(&pulled.bytes, &pulled.media_type, reference.to_string())?;
+    let mut children = Vec::new();
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    for c in &index.manifests {
+        let by_digest = Reference {
+            tag: None,
+            digest: Some(c.digest.clone()),
+            ..reference.clone()
+        };
+        let child = client.manifest(&by_digest).await.map_err(registry)?;
+        if media_type::is_index(&child.media_type) {
+            return Err(TransferError::Manifest {
+                what: format!("{reference}: manifest {}", c.digest),
+                message: "an index inside an index is not supported; pull it by digest".into(),
+            });
+        }
+        let m = parse(
+            &child.bytes,
+            &child.media_type,
+            format!("manifest {}", c.digest),
+        )?;
+        for d in m.blobs() {
+            if !blobs.iter().any(|b| b.digest == d.digest) {
+                blobs.push(d.clone());
+            }
+        }
+        children.push(child);
+    }
+    let fetches = blobs
+        .iter()
+        .map(|d| pull_blob(client, store, reference, d, &registry, opts));
+    futures_util::future::try_join_all(fetches).await?;
+    for child in &children {
+        store.put_blob(child.digest.algorithm(), &child.bytes)?;
+    }
+    store.put_blob(pulled.digest.algorithm(), &pulled.bytes)?;
+    Ok(PulledImage {
+        manifest: pulled.digest,
+        media_type: pulled.media_type,
+        index: None,
+    })
+}
+
 /// Fetch blob `d` of `reference`'s repository into the store, unless it is there.
 async fn pull_blob(
     client: &Client,
@@ -235,11 +364,23 @@ async fn pull_blob(
     reference: &Reference,
     d: &Descriptor,
     registry: &impl Fn(Error) -> TransferError,
+    opts: &PullOptions,
 ) -> TransferResult<()> {
+    let tell = |e: PullEvent| {
+        if let Some(p) = &opts.progress {
+            p(&e)
+        }
+    };
+    let (digest, size) = (d.digest.clone(), d.size);
     store.add_source(&d.digest, &reference.registry, &reference.repository);
     if store.blob_size(&d.digest)?.is_some() {
+        tell(PullEvent::Exists { digest, size });
         return Ok(());
     }
+    tell(PullEvent::Started {
+        digest: digest.clone(),
+        size,
+    });
     let ingest = format!("pull-{}-{}", std::process::id(), d.digest.hex());
     // Declared before the writer so it drops after it: an abandoned fetch (a sibling
     // failed, the caller was canceled) removes its ingest.
@@ -248,13 +389,24 @@ async fn pull_blob(
         reference: &ingest,
     };
     let mut w = store.writer(&ingest, d.digest.algorithm())?;
+    let (mut done, mut told) = (0u64, std::time::Instant::now());
     client
         .blob(reference, &d.digest, &mut |chunk| {
+            done += chunk.len() as u64;
+            if told.elapsed() >= std::time::Duration::from_secs(2) {
+                told = std::time::Instant::now();
+                tell(PullEvent::Progress {
+                    digest: digest.clone(),
+                    done,
+                    size,
+                });
+            }
             w.write_all(chunk).map_err(|e| e.to_string())
         })
         .await
         .map_err(registry)?;
     w.commit(Some(&d.digest), Some(d.size))?;
+    tell(PullEvent::Done { digest, size });
     Ok(())
 }
 

@@ -4,10 +4,11 @@
 //! registry (uploads), with every digest checked; and pulls that fail (a blob served
 //! with other bytes, a blob the registry lost) leave the store without a trace of them.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use berth_client::{
-    Client, ClientConfig, Error, Platform, PullOptions, TransferError, pull_image, push_image,
+    Client, ClientConfig, Error, Platform, PullEvent, PullOptions, TransferError, pull_image,
+    push_image,
 };
 use berth_oci::{Algorithm, Digest, Reference, media_type};
 use berth_registry::{Config, Registry};
@@ -142,9 +143,7 @@ fn client() -> Client {
 }
 
 fn on(arch: &str) -> PullOptions {
-    PullOptions {
-        platform: Platform::new("linux", arch),
-    }
+    PullOptions::new(Platform::new("linux", arch))
 }
 
 /// A store the test pulls into.
@@ -241,6 +240,57 @@ async fn pull_a_platform_then_push_it_by_mount_and_by_upload() {
         "{report:?}"
     );
     assert_eq!(report.manifests, 3);
+}
+
+#[tokio::test]
+async fn pull_every_platform_of_an_index_with_an_event_per_blob() {
+    let src = start().await;
+    let image = publish(&src.store, "team/app");
+    let (_dir, store) = local();
+    // One blob of arm64 is there already.
+    let had = image.arm64.1[0].clone();
+    store
+        .put_blob(
+            Algorithm::Sha256,
+            &src.store.read_blob(&had).unwrap().unwrap(),
+        )
+        .unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let opts = PullOptions {
+        all_platforms: true,
+        progress: Some(Arc::new(move |e: &PullEvent| {
+            seen.lock().unwrap().push(e.clone())
+        })),
+        ..on("s390x")
+    };
+    let pulled = pull_image(&client(), &store, &src.reference("team/app:1"), &opts)
+        .await
+        .unwrap();
+    assert_eq!((&pulled.manifest, &pulled.index), (&image.index, &None));
+    assert_eq!(pulled.media_type, media_type::OCI_INDEX);
+    let all: Vec<&Digest> = image.amd64.1.iter().chain(&image.arm64.1).collect();
+    for d in all
+        .iter()
+        .copied()
+        .chain([&image.amd64.0, &image.arm64.0, &image.index])
+    {
+        assert!(store.blob_size(d).unwrap().is_some(), "{d} pulled");
+    }
+    let events = events.lock().unwrap();
+    let done: Vec<&Digest> = events
+        .iter()
+        .filter_map(|e| match e {
+            PullEvent::Done { digest, .. } => Some(digest),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done.len(), all.len() - 1, "{events:?}");
+    assert!(!done.contains(&&had));
+    assert!(events.contains(&PullEvent::Exists {
+        size: store.blob_size(&had).unwrap().unwrap(),
+        digest: had,
+    }));
 }
 
 /// What a failed pull may leave: complete blobs of the image (valid content gc

@@ -208,16 +208,9 @@ struct StoreName {
 /// (`docker.io/library/busybox:1`, as Docker 25 and containerd write them) are stored as
 /// Docker shows them (`busybox:1`), which is how `FROM busybox:1` finds them.
 fn store_name(name: &str) -> Result<StoreName> {
-    let mut w = WrittenReference::parse(name)
-        .map_err(|e| Error::Archive(format!("image name {name:?}: {e}")))?;
-    if matches!(w.domain.as_deref(), Some("docker.io" | "index.docker.io")) {
-        w.domain = None;
-        if let Some(short) = w.path.strip_prefix("library/")
-            && !short.contains('/')
-        {
-            w.path = short.to_string();
-        }
-    }
+    let w = WrittenReference::parse(name)
+        .map_err(|e| Error::Archive(format!("image name {name:?}: {e}")))?
+        .familiar();
     if w.tag.is_none() && w.digest.is_some() {
         return Err(Error::Archive(format!(
             "image name {name:?} has a digest and no tag; name the image with -t NAME:TAG"
@@ -897,7 +890,7 @@ fn docker_name(name: &str) -> Result<String> {
 
 /// `manifest` itself, or for an index the manifest of this machine's platform (a
 /// docker-archive holds one platform).
-fn platform_manifest(store: &Store, manifest: &Digest, name: &str) -> Result<Digest> {
+pub(crate) fn platform_manifest(store: &Store, manifest: &Digest, name: &str) -> Result<Digest> {
     let bytes = store
         .read_blob(manifest)
         .map_err(store_err)?

@@ -12,15 +12,19 @@
 //! To a daemon on this machine layers go uncompressed on both paths (see `layers`).
 //!
 //! It also owns image archives, the other delivery format: `docker save` output and OCI
-//! layout tars read into berth's store, and written from it (see `archive`).
+//! layout tars read into berth's store, and written from it (see `archive`); and
+//! describing images of the store as Docker does (`docker image inspect`, `docker
+//! history`; see `inspect`).
 
 mod archive;
+mod inspect;
 mod layers;
 mod proxy;
 
 pub use archive::{
     ArchiveFormat, ImportOptions, Imported, ImportedImage, SaveImage, import, save, save_to_file,
 };
+pub use inspect::{DockerConfig, HistoryRow, ImageFacts, Inspected, history, image_facts, inspect};
 
 use berth_oci::Digest;
 use berth_store::Store;
@@ -146,6 +150,9 @@ pub async fn load(
         _ if daemon_is_local() => layers::Inflate::WhenWorthIt,
         _ => layers::Inflate::Never,
     };
+    // A daemon takes one platform: an index (`berth pull` keeps them whole) gives this
+    // machine's.
+    let manifest = archive::platform_manifest(store, manifest, name)?;
     let image = {
         let store = store.clone();
         let manifest = manifest.clone();

@@ -115,6 +115,22 @@ impl WrittenReference {
         }
     }
 
+    /// The name as Docker shows it: Docker Hub's full forms lose their domain, and
+    /// `library/` when one component follows (`docker.io/library/busybox:1` is
+    /// `busybox:1`, `index.docker.io/team/app` is `team/app`). berth's store files
+    /// Docker Hub images under these names, where `FROM busybox:1` looks first.
+    pub fn familiar(mut self) -> WrittenReference {
+        if matches!(self.domain.as_deref(), Some(DOCKER_HUB | "index.docker.io")) {
+            self.domain = None;
+            if let Some(short) = self.path.strip_prefix("library/")
+                && !short.contains('/')
+            {
+                self.path = short.to_string();
+            }
+        }
+        self
+    }
+
     /// Apply Docker Hub's defaults: no domain means `docker.io`, a one-component path
     /// there means `library/…`, and no tag or digest means `latest`.
     pub fn into_reference(self) -> Reference {
@@ -335,6 +351,21 @@ mod tests {
             tag.map(Into::into),
             digest.map(Into::into),
         )
+    }
+
+    #[test]
+    fn familiar_names_are_what_docker_shows() {
+        let f = |s: &str| {
+            let w = WrittenReference::parse(s).unwrap().familiar();
+            format!("{}:{}", w.name(), w.tag_or_latest())
+        };
+        assert_eq!(f("docker.io/library/busybox:1"), "busybox:1");
+        assert_eq!(f("index.docker.io/team/app"), "team/app:latest");
+        assert_eq!(f("docker.io/library/a/b:2"), "library/a/b:2");
+        assert_eq!(
+            f("127.0.0.1:5000/library/app:3"),
+            "127.0.0.1:5000/library/app:3"
+        );
     }
 
     #[test]

@@ -505,9 +505,9 @@ impl Connection {
             &client,
             store,
             &remote,
-            &berth_client::transfer::PullOptions {
-                platform: berth_client::transfer::Platform::new(os, arch),
-            },
+            &berth_client::transfer::PullOptions::new(berth_client::transfer::Platform::new(
+                os, arch,
+            )),
         )
         .await
         .map_err(|e| {
@@ -629,10 +629,14 @@ pub async fn build(
             files.push((d.clone(), b.context.join(&e.path)));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let ctx = context_name.clone();
         let reader = tokio::task::spawn_blocking(move || -> Result<(), SatError> {
             use std::io::Read;
+            // Chunks of at most CHUNK bytes, sent in batches of about as much: a batch
+            // carries hundreds of small files (one message and one socket write instead
+            // of one per file, which is what a cold context of small files cost).
             const CHUNK: u64 = 1 << 20;
+            let mut batch = proto::FileBatch::default();
+            let mut batched = 0u64;
             for (digest, path) in files {
                 let mut f = std::fs::File::open(&path).map_err(SatError::io("open", &path))?;
                 // Buffers sized to the file: most context files are small.
@@ -645,13 +649,17 @@ pub async fn build(
                         .read_to_end(&mut buf)
                         .map_err(SatError::io("read", &path))?;
                     left -= n as u64;
-                    let chunk = proto::FileChunk {
-                        context: ctx.clone(),
+                    // Per chunk, framing costs a few bytes beside the digest.
+                    batched += n as u64 + 80;
+                    batch.chunks.push(proto::FileChunk {
                         digest: digest.clone(),
                         data: buf,
-                    };
-                    if tx.blocking_send(chunk).is_err() {
-                        return Ok(());
+                    });
+                    if batched >= CHUNK {
+                        batched = 0;
+                        if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                            return Ok(());
+                        }
                     }
                     // An empty file is one empty chunk; a file that shrank ends early
                     // (the satellite then refuses its digest).
@@ -659,6 +667,9 @@ pub async fn build(
                         break;
                     }
                 }
+            }
+            if !batch.chunks.is_empty() {
+                let _ = tx.blocking_send(batch);
             }
             Ok(())
         });

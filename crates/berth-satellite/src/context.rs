@@ -203,11 +203,19 @@ impl ClientContexts {
                 SatError::BadRequest(format!("upload of {digest:?}: not a sha256 digest"))
             })?;
         let blobs = self.dir.join("blobs");
-        fs::create_dir_all(&blobs).map_err(SatError::io("create", &blobs))?;
         let tmp = blobs.join(format!(".{hex}.{}", uuid_like()));
-        let file = fs::File::create(&tmp).map_err(SatError::io("create", &tmp))?;
+        let file = match fs::File::create(&tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Only before the first prepare of this client (which makes blobs/).
+                fs::create_dir_all(&blobs).map_err(SatError::io("create", &blobs))?;
+                fs::File::create(&tmp)
+            }
+            r => r,
+        }
+        .map_err(SatError::io("create", &tmp))?;
         Ok(Incoming {
             file,
+            committed: false,
             tmp,
             dest: blobs.join(hex),
             expect: hex.to_owned(),
@@ -260,7 +268,6 @@ impl ClientContexts {
         for e in old.values().filter(|e| e.is_file()) {
             in_tree.entry(e.digest.as_str()).or_insert(e.path.as_str());
         }
-        let mut used_blobs = HashSet::new();
         // How many new places in the tree take each content: the last one takes the file.
         let mut remaining: HashMap<String, usize> = HashMap::new();
         for e in wanted.iter().filter(|e| e.is_file()) {
@@ -280,7 +287,6 @@ impl ClientContexts {
                 };
                 copy_verified(&tree.join(src), &blob, e.hex())?;
             }
-            used_blobs.insert(e.hex().to_owned());
             *remaining.entry(e.hex().to_owned()).or_insert(0usize) += 1;
         }
 
@@ -357,12 +363,10 @@ impl ClientContexts {
                 .map_err(SatError::io("chmod", &at))?;
             set_mtime(&at, e.mtime_ns, true)?;
         }
+        // Every content placed took its upload along on its last use (a rename): blobs/
+        // holds no upload of this snapshot any more.
         let json = serde_json::to_vec(&wanted).expect("entries serialise");
         write_atomic(&dir.join("manifest.json"), &json)?;
-        // Placed contents live in the tree now; their uploads are no longer needed.
-        for hex in used_blobs {
-            let _ = fs::remove_file(self.blob(&hex));
-        }
         let _ = fs::remove_file(&snap);
         Ok(tree)
     }
@@ -432,6 +436,8 @@ impl ClientContexts {
 /// An upload being written: hashed as it arrives, committed only under its digest.
 pub struct Incoming {
     file: fs::File,
+    /// Renamed to its digest's name: nothing to clean up.
+    committed: bool,
     tmp: PathBuf,
     dest: PathBuf,
     expect: String,
@@ -450,7 +456,7 @@ impl Incoming {
     }
 
     /// Checks the digest and makes the content available; returns its size.
-    pub fn finish(self) -> Result<u64, SatError> {
+    pub fn finish(mut self) -> Result<u64, SatError> {
         let got = hex(&self.hasher.clone().finalize());
         if got != self.expect {
             let _ = fs::remove_file(&self.tmp);
@@ -460,14 +466,17 @@ impl Incoming {
             )));
         }
         fs::rename(&self.tmp, &self.dest).map_err(SatError::io("commit", &self.dest))?;
+        self.committed = true;
         Ok(self.bytes)
     }
 }
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        // After finish() the temp file is gone; otherwise the upload was cut short.
-        let _ = fs::remove_file(&self.tmp);
+        // Unless finish() committed it, the upload was cut short.
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 

@@ -111,12 +111,18 @@ pub struct PrepareContextResponse {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct FileChunk {
-    #[prost(string, tag = "1")]
-    pub context: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub digest: ::prost::alloc::string::String,
     #[prost(bytes = "vec", tag = "3")]
     pub data: ::prost::alloc::vec::Vec<u8>,
+}
+/// Chunks in stream order. Many small files travel in one batch (one message, one write
+/// on each side instead of one per file); a large file's chunks span batches.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FileBatch {
+    #[prost(message, repeated, tag = "1")]
+    pub chunks: ::prost::alloc::vec::Vec<FileChunk>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -404,10 +410,10 @@ pub mod satellite_client {
             ));
             self.inner.unary(req, path, codec).await
         }
-        /// Send the contents PrepareContext asked for, as a stream of chunks.
+        /// Send the contents PrepareContext asked for, as a stream of batches of chunks.
         pub async fn upload_files(
             &mut self,
-            request: impl tonic::IntoStreamingRequest<Message = super::FileChunk>,
+            request: impl tonic::IntoStreamingRequest<Message = super::FileBatch>,
         ) -> std::result::Result<tonic::Response<super::UploadFilesResponse>, tonic::Status>
         {
             self.inner.ready().await.map_err(|e| {
@@ -478,10 +484,10 @@ pub mod satellite_server {
             &self,
             request: tonic::Request<super::PrepareContextRequest>,
         ) -> std::result::Result<tonic::Response<super::PrepareContextResponse>, tonic::Status>;
-        /// Send the contents PrepareContext asked for, as a stream of chunks.
+        /// Send the contents PrepareContext asked for, as a stream of batches of chunks.
         async fn upload_files(
             &self,
-            request: tonic::Request<tonic::Streaming<super::FileChunk>>,
+            request: tonic::Request<tonic::Streaming<super::FileBatch>>,
         ) -> std::result::Result<tonic::Response<super::UploadFilesResponse>, tonic::Status>;
         /// Server streaming response type for the Build method.
         type BuildStream: tonic::codegen::tokio_stream::Stream<
@@ -725,12 +731,12 @@ pub mod satellite_server {
                 "/berth.satellite.v1.Satellite/UploadFiles" => {
                     #[allow(non_camel_case_types)]
                     struct UploadFilesSvc<T: Satellite>(pub Arc<T>);
-                    impl<T: Satellite> tonic::server::ClientStreamingService<super::FileChunk> for UploadFilesSvc<T> {
+                    impl<T: Satellite> tonic::server::ClientStreamingService<super::FileBatch> for UploadFilesSvc<T> {
                         type Response = super::UploadFilesResponse;
                         type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
-                            request: tonic::Request<tonic::Streaming<super::FileChunk>>,
+                            request: tonic::Request<tonic::Streaming<super::FileBatch>>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {

@@ -189,7 +189,7 @@ impl proto::satellite_server::Satellite for Service {
 
     async fn upload_files(
         &self,
-        req: Request<Streaming<proto::FileChunk>>,
+        req: Request<Streaming<proto::FileBatch>>,
     ) -> Result<Response<proto::UploadFilesResponse>, Status> {
         let who = caller(&req)?;
         let contexts = self.contexts(&who);
@@ -197,39 +197,41 @@ impl proto::satellite_server::Satellite for Service {
         let mut stream = req.into_inner();
         // File writes happen on a blocking thread fed through a small channel, so a slow
         // disk slows the upload instead of a runtime worker.
-        let (tx, mut rx) = mpsc::channel::<proto::FileChunk>(8);
+        let (tx, mut rx) = mpsc::channel::<proto::FileBatch>(4);
         let writer = tokio::task::spawn_blocking(move || -> Result<(u64, u64), SatError> {
             let (mut files, mut bytes) = (0u64, 0u64);
             let mut current: Option<(String, crate::context::Incoming)> = None;
-            while let Some(chunk) = rx.blocking_recv() {
-                if current.as_ref().is_none_or(|(d, _)| *d != chunk.digest) {
-                    if let Some((_, inc)) = current.take() {
-                        bytes += inc.finish()?;
-                        files += 1;
-                        sat.inner.metrics.context_file_received();
-                    }
-                    current = Some((chunk.digest.clone(), contexts.receive(&chunk.digest)?));
-                }
-                if let Some((_, inc)) = current.as_mut() {
-                    inc.write(&chunk.data)?;
-                }
-            }
-            if let Some((_, inc)) = current.take() {
+            let mut finish = |inc: crate::context::Incoming| -> Result<(), SatError> {
                 bytes += inc.finish()?;
                 files += 1;
                 sat.inner.metrics.context_file_received();
+                Ok(())
+            };
+            while let Some(batch) = rx.blocking_recv() {
+                for chunk in batch.chunks {
+                    if current.as_ref().is_none_or(|(d, _)| *d != chunk.digest) {
+                        if let Some((_, inc)) = current.take() {
+                            finish(inc)?;
+                        }
+                        current = Some((chunk.digest.clone(), contexts.receive(&chunk.digest)?));
+                    }
+                    if let Some((_, inc)) = current.as_mut() {
+                        inc.write(&chunk.data)?;
+                    }
+                }
+            }
+            if let Some((_, inc)) = current.take() {
+                finish(inc)?;
             }
             Ok((files, bytes))
         });
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.inspect_err(|e| {
+        while let Some(batch) = stream.next().await {
+            let batch = batch.inspect_err(|e| {
                 tracing::info!(client = %who.display_name(), error = %e, "context upload cut short");
             })?;
-            self.sat
-                .inner
-                .metrics
-                .context_received(chunk.data.len() as u64);
-            if tx.send(chunk).await.is_err() {
+            let size = batch.chunks.iter().map(|c| c.data.len() as u64).sum();
+            self.sat.inner.metrics.context_received(size);
+            if tx.send(batch).await.is_err() {
                 break; // the writer failed: its error is below
             }
         }
@@ -519,6 +521,7 @@ async fn run_build(
         target: (!r.target.is_empty()).then_some(r.target),
         build_args: r.build_args.into_iter().collect::<BTreeMap<_, _>>(),
         secrets,
+        ssh: HashMap::new(),
         no_cache: r.no_cache,
         source_date_epoch: r.source_date_epoch,
         // Steps get the satellite's proxy variables; the solver keeps them out of cache

@@ -31,7 +31,7 @@ pub struct Uncompressed {
 }
 
 impl Store {
-    fn info_dir(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn info_dir(&self, digest: &Digest) -> PathBuf {
         self.root()
             .join("blobinfo")
             .join(digest.algorithm().as_str())

@@ -261,6 +261,24 @@ impl Store {
         Ok(live)
     }
 
+    /// The blobs nothing keeps, with their sizes: no repository's manifest reaches them
+    /// and `roots` does not name them. gc removes them once their grace is over (a blob
+    /// only linked into a repository, or stamped recently, waits for it). Nothing is
+    /// locked: an estimate for reports.
+    pub fn unreferenced(&self, roots: &dyn GcRoots) -> Result<Vec<(Digest, u64)>> {
+        let mut live = self.referenced()?;
+        live.extend(roots.roots(self)?);
+        let mut out = Vec::new();
+        for b in self.blobs()? {
+            if !live.contains(&b)
+                && let Some(size) = self.blob_size(&b)?
+            {
+                out.push((b, size));
+            }
+        }
+        Ok(out)
+    }
+
     /// Collect garbage: see the module docs. `roots` names what other parts of berth
     /// keep in the store (see [`GcRoots`]); pass [`NoRoots`] only for a store no build
     /// uses.

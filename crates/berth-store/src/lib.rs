@@ -17,6 +17,7 @@
 //! root/repositories/<name>/_tags/<tag>           tag -> manifest digest
 //! root/repositories/<name>/_referrers/<alg>-<hex>/<alg>-<hex>  descriptor of a referrer
 //! root/blobinfo/<alg>/<hex>/...                  hints about a blob: remote sources, uncompressed size
+//! root/inuse/<alg>-<hex>                         locked by builds using that image (see `images`)
 //! ```
 //!
 //! A lifecycle, as a registry upload uses it:
@@ -44,6 +45,7 @@ mod content;
 mod error;
 mod fsutil;
 mod gc;
+mod images;
 mod meta;
 mod protect;
 
@@ -51,5 +53,6 @@ pub use blobinfo::Uncompressed;
 pub use content::{Committed, IngestInfo, Store, Writer};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{CheckReport, GcOptions, GcReport, GcRoots, NoRoots, Problem, ProblemKind};
+pub use images::{ImageClaim, ImageEntry, ImageHold, ImageTree, Untagged};
 pub use meta::Repos;
 pub use protect::{BlobGuard, CLOCK_MARGIN, STAMP_SLACK};

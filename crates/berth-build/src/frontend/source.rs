@@ -99,6 +99,9 @@ impl fmt::Display for LineRange {
 /// deprecated instruction), like BuildKit's build checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
+    /// The BuildKit build check it corresponds to (`MaintainerDeprecated`), which the
+    /// `# check=skip=` directive names.
+    pub rule: &'static str,
     /// The line it is about.
     pub line: usize,
     /// What is wrong and what to write instead.

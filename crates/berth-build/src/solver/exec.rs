@@ -51,10 +51,10 @@ impl Solver {
         active: &Active,
         holds: &mut Holds,
     ) -> Result<()> {
-        let (uid, gid) = lookup_user(&active.lowers, &op.user)?;
+        let user = exec_user(&active.lowers, &op.user)?;
         let mut env = op.env.clone();
         env.extend(op.proxy_env.iter().cloned());
-        let mut mounts = self.exec_mounts(op, inputs, (uid, gid), &mut env, holds)?;
+        let mut mounts = self.exec_mounts(op, inputs, &mut env, holds)?;
         // The company CA bundle, where the image keeps its roots (berth's own mounts:
         // their stubs and the directories made for them leave no trace).
         let mut own: Vec<String> = Vec::new();
@@ -81,9 +81,9 @@ impl Solver {
             args: op.args.clone(),
             env,
             cwd: op.cwd.clone(),
-            uid,
-            gid,
-            additional_gids: Vec::new(),
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.groups,
             hostname: String::new(),
             network: match op.network {
                 NetworkMode::Isolated => Network::Isolated,
@@ -185,64 +185,121 @@ impl Tail {
 }
 
 /// Resolve `user[:group]` against the image's /etc/passwd and /etc/group (numeric ids
-/// pass through; an empty user is root).
+/// pass through; an empty user is root): the uid and gid, for ownership.
 pub(super) fn lookup_user(lowers: &[PathBuf], user: &str) -> Result<(u32, u32)> {
+    exec_user(lowers, user).map(|u| (u.uid, u.gid))
+}
+
+/// Who a step's process runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ExecUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// Resolve `user[:group]` for a process as BuildKit does (runc's `GetExecUser`):
+///
+/// - empty is root; `UID:GID` in numbers (or `root`) is taken as is, with no lookup;
+/// - otherwise the user is found in /etc/passwd by name or uid (a uid it lacks runs
+///   with gid 0), its primary group from there;
+/// - `user:group` runs with that group only (by name or gid in /etc/group, or any
+///   number); a bare `user` also gets the groups that list it in /etc/group.
+pub(super) fn exec_user(lowers: &[PathBuf], user: &str) -> Result<ExecUser> {
+    let id = |s: &str| {
+        if s == "root" {
+            Some(0)
+        } else {
+            s.parse::<u32>().ok()
+        }
+    };
     if user.is_empty() {
-        return Ok((0, 0));
+        return Ok(ExecUser {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        });
     }
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
+    if let (Some(uid), Some(gid)) = (id(u), g.and_then(id)) {
+        return Ok(ExecUser {
+            uid,
+            gid,
+            groups: Vec::new(),
+        });
+    }
     // The topmost layer with an entry at /etc/<name> decides; a whiteout means the file
-    // was deleted.
-    let read = |name: &str| -> Option<String> {
-        let p = lowers
+    // was deleted. Entries are split into their `:` fields.
+    let entries = |name: &str| -> Vec<Vec<String>> {
+        let text = lowers
             .iter()
             .map(|l| l.join("etc").join(name))
-            .find(|p| fs::symlink_metadata(p).is_ok())?;
-        let m = fs::symlink_metadata(&p).ok()?;
-        m.is_file().then(|| fs::read_to_string(&p).ok()).flatten()
+            .find(|p| fs::symlink_metadata(p).is_ok())
+            .filter(|p| fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+            .and_then(|p| fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| l.split(':').map(str::to_string).collect())
+            .collect()
     };
-    let field = |file: &str, name: &str, idx: usize| -> Option<u32> {
-        read(file)?.lines().find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&name))
-                .then(|| f.get(idx)?.parse().ok())
-                .flatten()
-        })
-    };
-    let (uid, primary) = match u.parse::<u32>() {
-        // A numeric user takes the group of the passwd entry with that uid, or 0, as
-        // runc and Docker do.
-        Ok(n) => {
-            let gid = read("passwd").and_then(|text| {
-                text.lines().find_map(|l| {
-                    let f: Vec<&str> = l.split(':').collect();
-                    (f.get(2).and_then(|x| x.parse::<u32>().ok()) == Some(n))
-                        .then(|| f.get(3)?.parse().ok())
-                        .flatten()
-                })
-            });
-            (n, gid.unwrap_or(0))
+    let number = |e: &[String], i: usize| e.get(i).and_then(|f| f.parse::<u32>().ok());
+    let passwd = entries("passwd");
+    let numeric = u.parse::<u32>().ok();
+    // By name first, then by uid, as runc does.
+    let entry = passwd.iter().find(|e| e[0] == u).or_else(|| {
+        passwd
+            .iter()
+            .find(|e| numeric.is_some() && number(e, 2) == numeric)
+    });
+    let (uid, mut gid, name) = match (entry, numeric) {
+        (Some(e), _) => (
+            number(e, 2).unwrap_or(0),
+            number(e, 3).unwrap_or(0),
+            Some(e[0].clone()),
+        ),
+        (None, Some(n)) => (n, 0, None),
+        (None, None) => {
+            return Err(BuildError::Invalid(format!(
+                "user {u:?} is not in the image's /etc/passwd; add it (e.g. RUN adduser), \
+                 or give a numeric uid"
+            )));
         }
-        Err(_) => {
-            let uid = field("passwd", u, 2).ok_or_else(|| {
-                BuildError::Invalid(format!("user {u:?} is not in the image's /etc/passwd"))
-            })?;
-            (uid, field("passwd", u, 3).unwrap_or(0))
+    };
+    let group = entries("group");
+    let mut groups = Vec::new();
+    match g {
+        Some(g) => {
+            gid = match group
+                .iter()
+                .find(|e| e[0] == g || e.get(2).is_some_and(|x| x == g))
+                .and_then(|e| number(e, 2))
+            {
+                Some(n) => n,
+                None => g.parse().map_err(|_| {
+                    BuildError::Invalid(format!(
+                        "group {g:?} is not in the image's /etc/group; add it (e.g. RUN \
+                         addgroup), or give a numeric gid"
+                    ))
+                })?,
+            };
         }
-    };
-    let gid = match g {
-        None => primary,
-        Some(g) => match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => field("group", g, 2).ok_or_else(|| {
-                BuildError::Invalid(format!("group {g:?} is not in the image's /etc/group"))
-            })?,
-        },
-    };
-    Ok((uid, gid))
+        None => {
+            if let Some(name) = name {
+                for e in &group {
+                    let member = e.get(3).is_some_and(|m| m.split(',').any(|m| m == name));
+                    if let (true, Some(n)) = (member, number(e, 2)) {
+                        groups.push(n);
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExecUser { uid, gid, groups })
 }
 
 /// Whether `path` exists in the file system made of `lowers` (topmost first): the

@@ -191,6 +191,8 @@ pub struct SolveOptions {
     pub contexts: HashMap<String, PathBuf>,
     /// Secrets by id.
     pub secrets: HashMap<String, SecretSource>,
+    /// SSH agent sockets by id (`--ssh`), for `RUN --mount=type=ssh`.
+    pub ssh: HashMap<String, PathBuf>,
     /// Run every step, reuse nothing.
     pub no_cache: bool,
     /// Clamp layer timestamps (reproducible builds).

@@ -15,15 +15,13 @@ use crate::fileops;
 use crate::ir::{ExecOp, MountSource, Sharing};
 
 impl Solver {
-    /// The runtime mounts for `op.mounts`, in their order, for a process running as
-    /// `uid:gid`. A secret asked for as a variable is added to `env` instead; what the
-    /// mounts need until the step ends (locks, views, scratch directories) goes into
-    /// `holds`.
+    /// The runtime mounts for `op.mounts`, in their order. A secret asked for as a
+    /// variable is added to `env`; what the mounts need until the step ends (locks,
+    /// views, scratch directories) goes into `holds`.
     pub(super) fn exec_mounts(
         &self,
         op: &ExecOp,
         inputs: &[Arc<Solved>],
-        (uid, gid): (u32, u32),
         env: &mut Vec<String>,
         holds: &mut Holds,
     ) -> Result<Vec<Mount>> {
@@ -47,25 +45,39 @@ impl Solver {
                 MountSource::Secret {
                     id,
                     env: as_env,
+                    file,
                     required,
+                    uid,
+                    gid,
+                    mode,
                 } => {
-                    let staged = self.secret_mount(
-                        id,
-                        as_env.as_deref(),
-                        *required,
-                        (uid, gid),
-                        env,
-                        holds,
-                    )?;
-                    match staged {
-                        Some(file) => bind(file, "ro"),
-                        None => continue,
+                    let Some(value) = self.secret_value(id, *required)? else {
+                        continue;
+                    };
+                    if let Some(var) = as_env {
+                        env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
                     }
+                    if !*file {
+                        continue;
+                    }
+                    bind(self.secret_file(&value, (*uid, *gid, *mode), holds)?, "ro")
                 }
                 MountSource::Input { input, path, rw } => bind(
                     self.input_mount(inputs, *input, path, *rw, holds)?,
                     if *rw { "rw" } else { "ro" },
                 ),
+                MountSource::Ssh {
+                    id,
+                    required,
+                    uid,
+                    gid,
+                    mode,
+                } => match self.opts.ssh.get(id) {
+                    Some(agent) => bind(self.ssh_socket(agent, (*uid, *gid, *mode), holds)?, "rw"),
+                    None if *required => return Err(BuildError::MissingSsh(id.clone())),
+                    // As BuildKit: an optional agent that was not given is left out.
+                    None => continue,
+                },
                 MountSource::Tmpfs { size } => {
                     let mut opts = vec!["nosuid".into(), "nodev".into(), "mode=1777".into()];
                     if let Some(n) = size {
@@ -84,19 +96,9 @@ impl Solver {
         Ok(mounts)
     }
 
-    /// Secret `id` for a process running as `uid:gid`: the file to mount, staged in
-    /// memory for the step; or `None` when it goes into `env` as `as_env`, or is optional
-    /// and not given.
-    fn secret_mount(
-        &self,
-        id: &str,
-        as_env: Option<&str>,
-        required: bool,
-        (uid, gid): (u32, u32),
-        env: &mut Vec<String>,
-        holds: &mut Holds,
-    ) -> Result<Option<PathBuf>> {
-        let value = match self.opts.secrets.get(id) {
+    /// The value of secret `id`; `None` if it is optional and not given.
+    fn secret_value(&self, id: &str, required: bool) -> Result<Option<Vec<u8>>> {
+        Ok(Some(match self.opts.secrets.get(id) {
             Some(SecretSource::File(p)) => fs::read(p).map_err(|e| io_err("read secret", p, e))?,
             Some(SecretSource::Value(v)) => v.to_vec(),
             Some(SecretSource::Env(var)) => std::env::var(var)
@@ -108,21 +110,44 @@ impl Solver {
                 .into_bytes(),
             None if required => return Err(BuildError::MissingSecret(id.to_string())),
             None => return Ok(None),
-        };
-        if let Some(var) = as_env {
-            env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
-            return Ok(None);
-        }
+        }))
+    }
+
+    /// A file holding `value`, owned by `uid:gid` with `mode` (BuildKit's defaults are
+    /// root and 0400, whoever the step runs as), to mount for one step.
+    fn secret_file(
+        &self,
+        value: &[u8],
+        (uid, gid, mode): (u32, u32, u32),
+        holds: &mut Holds,
+    ) -> Result<PathBuf> {
         // Secrets live in memory (/dev/shm is a tmpfs), in a directory only root can
         // enter, and only for the step.
         let dir = crate::secrets::stage_dir(&self.root, &unique("s"))?;
+        holds.dirs.push(dir.clone());
         let file = dir.join("value");
-        fs::write(&file, &value).map_err(|e| io_err("write secret", &file, e))?;
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(&file, fs::Permissions::from_mode(0o400));
-        let _ = std::os::unix::fs::chown(&file, Some(uid), Some(gid));
-        holds.dirs.push(dir);
-        Ok(Some(file))
+        fs::write(&file, value).map_err(|e| io_err("write secret", &file, e))?;
+        set_owner_mode(&file, (uid, gid, mode), "secret")?;
+        Ok(file)
+    }
+
+    /// A socket, owned by `uid:gid` with `mode`, that forwards each connection to the
+    /// SSH agent listening at `agent`, for one step (BuildKit's ssh mount: the step
+    /// talks to the client's agent, never sees its keys).
+    fn ssh_socket(
+        &self,
+        agent: &Path,
+        (uid, gid, mode): (u32, u32, u32),
+        holds: &mut Holds,
+    ) -> Result<PathBuf> {
+        let dir = crate::secrets::stage_dir(&self.root, &unique("ssh"))?;
+        holds.dirs.push(dir.clone());
+        let socket = dir.join("agent.sock");
+        holds
+            .forwards
+            .push(crate::ssh::Forward::start(&socket, agent.to_path_buf())?);
+        set_owner_mode(&socket, (uid, gid, mode), "ssh agent socket")?;
+        Ok(socket)
     }
 
     /// What to bind-mount for `path` of input `input` (`--mount=type=bind`).
@@ -238,6 +263,15 @@ impl Solver {
     }
 }
 
+/// Give `path` (a `what`, for errors) its owner and mode.
+fn set_owner_mode(path: &Path, (uid, gid, mode): (u32, u32, u32), what: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .map_err(|e| io_err(&format!("chown {what}"), path, e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err(&format!("chmod {what}"), path, e))
+}
+
 /// Things held for the duration of a step: cache-mount locks, mounted views, secret
 /// files. Dropping releases them.
 #[derive(Default)]
@@ -245,6 +279,7 @@ pub(super) struct Holds {
     locks: Vec<fs::File>,
     views: Vec<View>,
     mounts: Vec<berth_exec::MountGuard>,
+    forwards: Vec<crate::ssh::Forward>,
     dirs: Vec<PathBuf>,
 }
 
@@ -253,6 +288,7 @@ impl Drop for Holds {
         self.views.clear();
         // Unmount before the scratch directories under them go.
         self.mounts.clear();
+        self.forwards.clear();
         for d in &self.dirs {
             let _ = fs::remove_dir_all(d);
         }

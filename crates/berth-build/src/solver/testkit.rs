@@ -191,6 +191,7 @@ impl Fixture {
             SolveOptions {
                 contexts: HashMap::from([("context".to_string(), self.context())]),
                 secrets: HashMap::new(),
+                ssh: HashMap::new(),
                 no_cache: run.no_cache,
                 source_date_epoch: run.source_date_epoch,
                 compression: berth_snapshot::Compression::Gzip,
@@ -282,6 +283,7 @@ impl Fixture {
         let opts = SolveOptions {
             contexts: HashMap::new(),
             secrets: HashMap::new(),
+            ssh: HashMap::new(),
             no_cache: false,
             source_date_epoch: None,
             compression: berth_snapshot::Compression::Gzip,

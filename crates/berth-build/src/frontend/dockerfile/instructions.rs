@@ -52,6 +52,40 @@ impl Dockerfile {
         }
     }
 
+    /// The warnings `# check=` leaves to report; an error when it says `error=true` and
+    /// some are left (BuildKit's "lint violation"), pointing at the first.
+    pub fn checked_warnings(&self) -> Result<Vec<&Warning>, SourceError> {
+        let checks = &self.directives.checks;
+        let left: Vec<&Warning> = self
+            .warnings
+            .iter()
+            .filter(|w| checks.reports(w.rule))
+            .collect();
+        if let (true, Some(first)) = (checks.error, left.first()) {
+            let mut rules: Vec<&str> = left.iter().map(|w| w.rule).collect();
+            rules.sort_unstable();
+            rules.dedup();
+            return Err(self
+                .source
+                .error(
+                    Pos {
+                        line: first.line,
+                        column: 1,
+                    },
+                    format!(
+                        "build check violations, and # check= says error=true: {} ({})",
+                        rules.join(", "),
+                        first.message
+                    ),
+                )
+                .with_hint(format!(
+                    "fix them, or skip them with # check=skip={};error=true",
+                    rules.join(",")
+                )));
+        }
+        Ok(left)
+    }
+
     /// The stage named `name` (stage names are lowercase).
     pub fn stage(&self, name: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.name.as_deref() == Some(name))
@@ -752,6 +786,7 @@ impl Cx<'_> {
             "MAINTAINER" => {
                 let name = self.single(node, "MAINTAINER", "a name", "MAINTAINER Jane Doe")?;
                 self.warnings.push(Warning {
+                    rule: "MaintainerDeprecated",
                     line: node.lines.start,
                     message: "MAINTAINER is deprecated; use LABEL \
                               org.opencontainers.image.authors=\"...\" instead"
@@ -971,6 +1006,7 @@ impl Cx<'_> {
                     .with_hint(form));
             };
             self.warnings.push(Warning {
+                rule: "LegacyKeyValueFormat",
                 line: node.lines.start,
                 message: format!(
                     "legacy \"{keyword} name value\" form; write \"{keyword} name=value\""
@@ -1367,7 +1403,7 @@ impl Cx<'_> {
         Ok(node.args.clone())
     }
 
-    fn expose(&self, node: &Node) -> Result<InstructionKind, SourceError> {
+    fn expose(&mut self, node: &Node) -> Result<InstructionKind, SourceError> {
         self.flags(node, "EXPOSE", &[])?;
         let words = self.words(node)?;
         let hint = "a port looks like 80, 80/tcp, 53/udp or 8000-8010/tcp";
@@ -1377,13 +1413,13 @@ impl Cx<'_> {
         for word in &words {
             // Words with variables or quotes can only be checked once expanded.
             let literal = !word.text.contains(['$', '"', '\'', self.escape]);
-            if literal && PortSpec::parse(&word.text).is_none() {
-                let hint = if word.text.contains(':') {
-                    "EXPOSE takes container ports only; publish to the host when running \
-                     (docker run -p 8080:80)"
-                } else {
-                    hint
-                };
+            if !literal {
+                continue;
+            }
+            // `[ip:]host:port` is accepted with a warning, as BuildKit does; only the
+            // container port counts.
+            let container = word.text.rsplit(':').next().unwrap_or_default();
+            if PortSpec::parse(container).is_none() {
                 return Err(self
                     .err(
                         self.word_pos(node, word),
@@ -1391,6 +1427,28 @@ impl Cx<'_> {
                     )
                     .with_hint(hint));
             }
+            let (rule, message) = if container != word.text {
+                (
+                    "ExposeInvalidFormat",
+                    format!(
+                        "EXPOSE {} names a host port, which EXPOSE ignores; write EXPOSE \
+                         {container} and publish when running (docker run -p)",
+                        word.text
+                    ),
+                )
+            } else if container.contains(|c: char| c.is_ascii_uppercase()) {
+                (
+                    "ExposeProtoCasing",
+                    format!("write the protocol of EXPOSE {container} in lower case"),
+                )
+            } else {
+                continue;
+            };
+            self.warnings.push(Warning {
+                rule,
+                line: node.lines.start,
+                message,
+            });
         }
         Ok(InstructionKind::Expose {
             ports: words.into_iter().map(|w| w.text).collect(),
@@ -1536,7 +1594,7 @@ fn is_stage_name(name: &str) -> bool {
 }
 
 /// Go's `strconv.ParseBool`, which Docker uses for flag values.
-fn parse_bool(s: &str) -> Option<bool> {
+pub(super) fn parse_bool(s: &str) -> Option<bool> {
     match s {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),

@@ -20,7 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::error::{BuildError, Result};
 use crate::frontend::dockerfile::expand::expand;
 use crate::frontend::dockerfile::instructions::{
-    ArgDecl, CommandLine, Dockerfile, Healthcheck, Instruction, InstructionKind, Stage,
+    ArgDecl, CommandLine, Dockerfile, Healthcheck, Instruction, InstructionKind, PortSpec,
+    Protocol, Stage,
 };
 use crate::frontend::source::Pos;
 use crate::image::{ContainerConfig, History, ImageConfig, ResolvedImage, host_platform};
@@ -33,6 +34,10 @@ mod run;
 /// Where a `RUN <<EOF` script with a `#!` line is written for its interpreter: a tmpfs
 /// mounted for that step only.
 pub const HEREDOC_DIR: &str = "/run/berth-heredoc";
+
+/// PATH of an image that sets none, as in Docker.
+pub(crate) const DEFAULT_PATH: &str =
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Proxy variables: given to RUN, never in a cache key or the image.
 pub const PROXY_ARGS: [&str; 10] = [
@@ -89,6 +94,9 @@ struct StageOut {
     config: ImageConfig,
     steps: Vec<Option<State>>,
     base_history: usize,
+    /// The variables in scope at the end of the stage: a stage built on this one starts
+    /// with them, ARGs included.
+    vars: Vec<Var>,
 }
 
 struct Lowerer<'a> {
@@ -227,8 +235,17 @@ fn src_err(df: &Dockerfile, line: usize, column: usize, msg: &str) -> BuildError
     BuildError::Source(df.source.error(Pos { line, column }, msg.to_string()))
 }
 
+/// A variable in scope: set by ENV, or by an ARG that has a value.
+#[derive(Debug, Clone)]
+struct Var {
+    name: String,
+    value: String,
+    /// Set by ARG (a proxy variable set so stays out of cache keys; see [`PROXY_ARGS`]).
+    arg: bool,
+}
+
 /// One stage being lowered: its graph so far, the image config tracked beside it, the
-/// history steps this build added, and the ARGs in scope.
+/// history steps this build added, and the variables in scope.
 struct StageState {
     /// Index of the stage in the Dockerfile.
     idx: usize,
@@ -238,33 +255,43 @@ struct StageState {
     steps: Vec<Option<State>>,
     /// History entries inherited from the base.
     base_history: usize,
-    /// The stage's ARGs that have a value, each name once (see `declare_arg`).
-    args: Vec<(String, String)>,
+    /// The variables RUN steps get and words are expanded with, each name once, in the
+    /// order they were last set (BuildKit's one list for ENV and ARG, its llb state's
+    /// env): an ARG after an ENV of the same name wins here, though the image keeps the
+    /// ENV; a stage built on another starts with that one's list.
+    vars: Vec<Var>,
     /// Whether this stage set CMD (an ENTRYPOINT after it leaves it alone).
     cmd_set_here: bool,
 }
 
 impl StageState {
-    /// The value of variable `key` for the next instruction: ENV of the image wins over
-    /// an ARG of the same name, as in Docker.
+    /// The value of variable `key` for the next instruction: whichever of ENV and ARG
+    /// set it last, as in BuildKit.
     fn lookup(&self, key: &str) -> Option<String> {
-        if let Some(v) = self.config.config.env_get(key) {
-            return Some(v.to_string());
-        }
-        self.args
+        self.vars
             .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
+            .find(|v| v.name == key)
+            .map(|v| v.value.clone())
     }
 
-    /// ARG `name` with `value`, as BuildKit's AddEnv: a value replaces an earlier one of
-    /// the same name (and moves it last); no value leaves an earlier one alone. So a
-    /// step gets each variable once: with two `X=` entries, C's getenv and Go would
-    /// read the first and shells and Python the last.
+    /// Set variable `name`, as BuildKit's AddEnv: the value replaces an earlier one of
+    /// the same name and moves it last. So a step gets each variable once: with two
+    /// `X=` entries, C's getenv and Go would read the first and shells and Python the
+    /// last.
+    fn set_var(&mut self, name: &str, value: String, arg: bool) {
+        self.vars.retain(|v| v.name != name);
+        self.vars.push(Var {
+            name: name.to_string(),
+            value,
+            arg,
+        });
+    }
+
+    /// ARG `name` with `value`; no value leaves an earlier one of the name alone.
     fn declare_arg(&mut self, name: &str, value: Option<String>) {
-        let Some(value) = value else { return };
-        self.args.retain(|(k, _)| k != name);
-        self.args.push((name.to_string(), value));
+        if let Some(value) = value {
+            self.set_var(name, value, true);
+        }
     }
 
     /// The working directory of the next instruction (`/` if none was set).
@@ -368,6 +395,7 @@ impl Lowerer<'_> {
                 config: st.config,
                 steps: st.steps,
                 base_history: st.base_history,
+                vars: st.vars,
             },
         );
         Ok(())
@@ -400,25 +428,44 @@ impl Lowerer<'_> {
                 ));
             }
         }
-        let (state, mut config) = if from.eq_ignore_ascii_case("scratch") {
+        let (state, mut config, inherited) = if from.eq_ignore_ascii_case("scratch") {
             let (os, arch) = host_platform();
-            (
-                State::scratch(),
-                ImageConfig {
-                    architecture: arch.into(),
-                    os: os.into(),
-                    ..Default::default()
-                },
-            )
+            let mut config = ImageConfig {
+                architecture: arch.into(),
+                os: os.into(),
+                ..Default::default()
+            };
+            // BuildKit's empty image works in `/`.
+            config.config.working_dir = "/".into();
+            (State::scratch(), config, None)
         } else if let Some(i) = self.stage_ref(&from, idx)? {
             let o = &self.done[&i];
-            (o.state.clone(), o.config.clone())
+            (o.state.clone(), o.config.clone(), Some(o.vars.clone()))
         } else {
-            self.image(&from).map_err(|e| match e {
+            let (state, config) = self.image(&from).map_err(|e| match e {
                 BuildError::Image(m) => src_err(df, line, 1, &m),
                 e => e,
-            })?
+            })?;
+            (state, config, None)
         };
+        // As BuildKit: an image always gets a PATH, and its Env is where a stage's
+        // variables start (a stage's base stage hands on its own, ARGs included).
+        if config.config.env_get("PATH").is_none() {
+            config.config.env.push(DEFAULT_PATH.to_string());
+        }
+        let vars = inherited.unwrap_or_else(|| {
+            let mut vars: Vec<Var> = Vec::new();
+            for kv in &config.config.env {
+                let (name, value) = kv.split_once('=').unwrap_or((kv, ""));
+                vars.retain(|v| v.name != name);
+                vars.push(Var {
+                    name: name.to_string(),
+                    value: value.to_string(),
+                    arg: false,
+                });
+            }
+            vars
+        });
         config.created = self.opts.created.clone();
         let mut triggers = Vec::new();
         if !config.config.on_build.is_empty() {
@@ -437,7 +484,7 @@ impl Lowerer<'_> {
             base_history: config.history.len(),
             config,
             steps: Vec::new(),
-            args: Vec::new(),
+            vars,
             cmd_set_here: false,
         };
         Ok((st, triggers))
@@ -484,6 +531,7 @@ impl Lowerer<'_> {
                 }
                 for (k, v) in set {
                     st.config.config.env_set(&k, &v);
+                    st.set_var(&k, v, false);
                 }
             }
             InstructionKind::Label { labels } => {
@@ -508,17 +556,17 @@ impl Lowerer<'_> {
             }
             InstructionKind::Shell { shell } => st.config.config.shell = Some(shell.clone()),
             InstructionKind::Expose { ports } => {
-                for p in ports {
-                    let p = self.expand(st, p, line)?;
-                    let p = if p.contains('/') {
-                        p
-                    } else {
-                        format!("{p}/tcp")
-                    };
-                    st.config
-                        .config
-                        .exposed_ports
-                        .insert(p, serde_json::json!({}));
+                for word in ports {
+                    let expanded = self.expand(st, word, line)?;
+                    // One word may expand to several ports (`EXPOSE $PORTS`).
+                    for p in expanded.split_whitespace() {
+                        for key in exposed_ports(p).map_err(|m| src_err(self.df, line, 1, &m))? {
+                            st.config
+                                .config
+                                .exposed_ports
+                                .insert(key, serde_json::json!({}));
+                        }
+                    }
                 }
             }
             InstructionKind::Volume { paths } => {
@@ -536,7 +584,8 @@ impl Lowerer<'_> {
             InstructionKind::OnBuild { trigger } => {
                 st.config.config.on_build.push(trigger.original.clone());
             }
-            InstructionKind::Maintainer { .. } => {}
+            // As written: BuildKit expands no variables in MAINTAINER.
+            InstructionKind::Maintainer { name } => st.config.author = name.clone(),
             InstructionKind::Run(_)
             | InstructionKind::Copy(_)
             | InstructionKind::Add(_)
@@ -586,6 +635,24 @@ impl Lowerer<'_> {
             .file(op, vec![], name.to_string())
             .with_ignore_cache(self.opts.no_cache))
     }
+}
+
+/// The `ExposedPorts` keys of one EXPOSE port, as BuildKit stores them: one per port of a
+/// range, protocol in lower case (`8000-8001/UDP` → `8000/udp`, `8001/udp`). A
+/// `[ip:]host:` prefix, which only `docker run -p` means, is dropped.
+fn exposed_ports(word: &str) -> std::result::Result<Vec<String>, String> {
+    let container = word.rsplit(':').next().unwrap_or(word);
+    let spec = PortSpec::parse(container).ok_or_else(|| {
+        format!("invalid port {word}: a port looks like 80, 80/tcp, 53/udp or 8000-8010/tcp")
+    })?;
+    let proto = match spec.protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    };
+    Ok((spec.start..=spec.end)
+        .map(|p| format!("{p}/{proto}"))
+        .collect())
 }
 
 /// The `Healthcheck` of an image config for HEALTHCHECK.

@@ -41,8 +41,68 @@ pub struct Directives {
     /// `# syntax=`: which frontend image Docker would use. Recorded; berth always uses
     /// its own parser.
     pub syntax: Option<String>,
-    /// `# check=`: build-check configuration. Recorded, not acted on yet.
+    /// `# check=`: build-check configuration, as written.
     pub check: Option<String>,
+    /// The same, read: which warnings are skipped, and whether the rest fail the build.
+    pub checks: CheckOptions,
+}
+
+/// `# check=` options, as BuildKit reads them: `skip=Rule,Other` (or `skip=all`),
+/// `error=true`, `experimental=...`, joined by `;`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// `skip=all`.
+    pub skip_all: bool,
+    /// `skip=` rule names.
+    pub skip: Vec<String>,
+    /// `error=true`: a warning that is not skipped fails the build.
+    pub error: bool,
+}
+
+impl CheckOptions {
+    /// Reads a `# check=` value; the error names the option at fault.
+    ///
+    /// ```
+    /// use berth_build::frontend::dockerfile::parse::CheckOptions;
+    ///
+    /// let c = CheckOptions::parse("skip=JSONArgsRecommended, StageNameCasing;error=true").unwrap();
+    /// assert_eq!(c.skip, ["JSONArgsRecommended", "StageNameCasing"]);
+    /// assert!(c.error && !c.skip_all);
+    /// assert!(CheckOptions::parse("skip").is_err());
+    /// ```
+    pub fn parse(value: &str) -> Result<CheckOptions, String> {
+        let mut c = CheckOptions::default();
+        let value = value.trim();
+        if value.is_empty() {
+            return Ok(c);
+        }
+        let list =
+            |v: &str| -> Vec<String> { v.split(',').map(|r| r.trim().to_string()).collect() };
+        for part in value.splitn(3, ';') {
+            let Some((key, v)) = part.split_once('=') else {
+                return Err(format!("invalid check option {part:?}"));
+            };
+            let v = v.trim();
+            match key.trim() {
+                "skip" if v == "all" => c.skip_all = true,
+                "skip" => c.skip = list(v),
+                // Experimental checks: berth has none, so there is nothing to turn on.
+                "experimental" => {}
+                "error" => {
+                    c.error = super::instructions::parse_bool(v).ok_or_else(|| {
+                        format!("invalid check option {part:?}: error takes true or false")
+                    })?;
+                }
+                other => return Err(format!("invalid check option {other:?}")),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether a warning of `rule` is reported.
+    pub fn reports(&self, rule: &str) -> bool {
+        !self.skip_all && !self.skip.iter().any(|r| r == rule)
+    }
 }
 
 impl Default for Directives {
@@ -51,6 +111,7 @@ impl Default for Directives {
             escape: '\\',
             syntax: None,
             check: None,
+            checks: CheckOptions::default(),
         }
     }
 }
@@ -170,6 +231,7 @@ pub fn parse_until(
         }
         if let Some(line) = empty_continuation {
             warnings.push(Warning {
+                rule: "NoEmptyContinuation",
                 line,
                 message: "empty continuation line: the instruction goes on after it; remove the \
                           blank line, or end the previous line without the escape character"
@@ -552,7 +614,18 @@ fn parse_directives(source: &Source) -> Result<Directives, SourceError> {
                 }
             }
             "syntax" => directives.syntax = Some(value.to_owned()),
-            _ => directives.check = Some(value.to_owned()),
+            _ => {
+                // BuildKit reads the options up to the first space.
+                let options = value.split(' ').next().unwrap_or_default();
+                directives.checks = CheckOptions::parse(options).map_err(|e| {
+                    source
+                        .error(pos(value_offset), format!("# check= directive: {e}"))
+                        .with_hint(
+                            "write e.g. # check=skip=JSONArgsRecommended,StageNameCasing;error=true",
+                        )
+                })?;
+                directives.check = Some(value.to_owned());
+            }
         }
         seen.push(name);
     }

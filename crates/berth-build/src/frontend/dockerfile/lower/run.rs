@@ -1,15 +1,12 @@
 //! RUN: the command (shell or exec form, heredocs), the environment (ARGs, proxy
 //! variables), the network, and the mounts.
 
-use super::{HEREDOC_DIR, Lowerer, PROXY_ARGS, StageState, src_err};
+use super::{DEFAULT_PATH, HEREDOC_DIR, Lowerer, PROXY_ARGS, StageState, src_err};
 use crate::error::Result;
 use crate::frontend::dockerfile::instructions::{
     CacheSharing, CommandLine, MountType, NetworkMode, Run, RunMount, SecurityMode,
 };
 use crate::ir::{self, ExecMount, ExecOp, MountSource, Sharing, State};
-
-/// PATH of a step whose image sets none, as in Docker.
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 impl Lowerer<'_> {
     /// RUN on top of `st`, labelled `name`.
@@ -37,7 +34,22 @@ impl Lowerer<'_> {
             });
         }
         for m in &run.mounts {
-            mounts.push(self.run_mount(st, m, &mut extra, line)?);
+            let mut mount = self.run_mount(st, m, &mut extra, line)?;
+            if let MountSource::Ssh { .. } = mount.source {
+                // As BuildKit: the n-th agent socket defaults to
+                // /run/buildkit/ssh_agent.<n>, and the first is SSH_AUTH_SOCK unless set.
+                let n = mounts
+                    .iter()
+                    .filter(|m: &&ExecMount| matches!(m.source, MountSource::Ssh { .. }))
+                    .count();
+                if mount.target.is_empty() {
+                    mount.target = format!("/run/buildkit/ssh_agent.{n}");
+                }
+                if n == 0 && !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    env.push(format!("SSH_AUTH_SOCK={}", mount.target));
+                }
+            }
+            mounts.push(mount);
         }
         let network = match run.network {
             Some(NetworkMode::None) => ir::NetworkMode::None,
@@ -62,12 +74,12 @@ impl Lowerer<'_> {
             .with_ignore_cache(self.opts.no_cache))
     }
 
-    /// The environment of a RUN in `st`: the image's ENV plus the stage's ARGs that ENV
-    /// does not set; and apart, the proxy variables (build arguments win over berth's
-    /// own), which reach the process but no cache key.
+    /// The environment of a RUN in `st`: the variables in scope (ENV and ARG, in the
+    /// order they were last set); and apart, the proxy variables set by ARG or given as
+    /// build arguments (those win over berth's own), which reach the process but no
+    /// cache key.
     fn run_env(&self, st: &StageState) -> (Vec<String>, Vec<String>) {
-        let config = &st.config.config;
-        let mut env = config.env.clone();
+        let mut env = Vec::with_capacity(st.vars.len());
         let mut proxy_env: Vec<String> = self
             .opts
             .proxy_env
@@ -78,14 +90,12 @@ impl Lowerer<'_> {
             })
             .cloned()
             .collect();
-        for (k, v) in &st.args {
-            if config.env_get(k).is_some() {
-                continue;
-            }
-            if PROXY_ARGS.contains(&k.as_str()) {
-                proxy_env.push(format!("{k}={v}"));
+        for v in &st.vars {
+            let kv = format!("{}={}", v.name, v.value);
+            if v.arg && PROXY_ARGS.contains(&v.name.as_str()) {
+                proxy_env.push(kv);
             } else {
-                env.push(format!("{k}={v}"));
+                env.push(kv);
             }
         }
         for (k, v) in &self.opts.build_args {
@@ -107,7 +117,7 @@ impl Lowerer<'_> {
         extra: &mut Vec<State>,
         line: usize,
     ) -> Result<ExecMount> {
-        let target = m
+        let mut target = m
             .target
             .as_deref()
             .map(|t| self.expand(st, t, line))
@@ -130,14 +140,18 @@ impl Lowerer<'_> {
                 }
             }
             MountType::Secret => {
+                // As BuildKit: the id is id= or source=, else the target's file name;
+                // the file goes to the target, else to /run/secrets/<id>, unless env=
+                // asks for a variable and no target is given.
+                let source = m
+                    .source
+                    .as_deref()
+                    .map(|s| self.expand(st, s, line))
+                    .transpose()?;
                 let id =
                     m.id.clone()
-                        .or_else(|| {
-                            target
-                                .as_deref()
-                                .and_then(|t| t.rsplit('/').next())
-                                .map(str::to_string)
-                        })
+                        .or(source)
+                        .or_else(|| target.as_deref().map(|t| base_name(t).to_string()))
                         .ok_or_else(|| {
                             src_err(
                                 self.df,
@@ -146,10 +160,18 @@ impl Lowerer<'_> {
                                 "--mount=type=secret needs an id or a target",
                             )
                         })?;
+                let file = m.env.is_none() || target.is_some();
+                if file && target.is_none() {
+                    target = Some(format!("/run/secrets/{}", base_name(&id)));
+                }
                 MountSource::Secret {
                     id,
                     env: m.env.clone(),
+                    file,
                     required: m.required,
+                    uid: m.uid.unwrap_or(0),
+                    gid: m.gid.unwrap_or(0),
+                    mode: m.mode.unwrap_or(0o400),
                 }
             }
             MountType::Bind => {
@@ -174,17 +196,27 @@ impl Lowerer<'_> {
             }
             MountType::Tmpfs => MountSource::Tmpfs { size: m.size },
             MountType::Ssh => {
-                return Err(src_err(
-                    self.df,
-                    line,
-                    1,
-                    "--mount=type=ssh is not supported yet",
-                ));
+                if m.source.is_some() {
+                    return Err(src_err(
+                        self.df,
+                        line,
+                        1,
+                        "--mount=type=ssh takes no source=; name the agent with id=",
+                    ));
+                }
+                MountSource::Ssh {
+                    id: m.id.clone().unwrap_or_else(|| "default".into()),
+                    required: m.required,
+                    uid: m.uid.unwrap_or(0),
+                    gid: m.gid.unwrap_or(0),
+                    mode: m.mode.unwrap_or(0o600),
+                }
             }
         };
         let target = match (&source, target) {
             (_, Some(t)) => t,
-            (MountSource::Secret { id, .. }, None) => format!("/run/secrets/{id}"),
+            // A secret only given as a variable; an agent socket at its default place.
+            (MountSource::Secret { .. } | MountSource::Ssh { .. }, None) => String::new(),
             _ => {
                 return Err(src_err(
                     self.df,
@@ -196,6 +228,15 @@ impl Lowerer<'_> {
         };
         Ok(ExecMount { target, source })
     }
+}
+
+/// The last component of `path` (`path.Base` in Go).
+fn base_name(path: &str) -> &str {
+    let p = path.trim_end_matches('/');
+    p.rsplit('/')
+        .next()
+        .filter(|b| !b.is_empty())
+        .unwrap_or("/")
 }
 
 /// The process arguments of `run` under `shell` (`/bin/sh -c` if unset), and whether
@@ -276,9 +317,9 @@ mod tests {
             exec.env,
             [
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "SEEN=2",
                 "Y=y",
-                "X=2"
+                "X=2",
+                "SEEN=2"
             ]
         );
         assert_eq!(exec.proxy_env, ["HTTP_PROXY=b"]);
