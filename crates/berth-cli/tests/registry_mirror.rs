@@ -933,10 +933,25 @@ fn berth_builds_use_the_cache_as_their_registry_mirror_and_say_so() {
         "{}",
         cache.log()
     );
-    // The upstream gone, a fresh root still gets the base image, from the cache alone.
+    // The upstream gone, a fresh root still gets the base image, from the cache alone;
+    // `berth pull` too, and it says so.
     up.kill9();
     let out = build("second");
     assert!(out.stderr.contains("pulled from mirror"), "{}", out.stderr);
+    let pulled = output_ok(
+        Command::new(berth_bin())
+            .arg("--root")
+            .arg(dir.path().join("third"))
+            .arg("--config")
+            .arg(&config)
+            .args(["pull", &format!("{}/base/busybox:v1", up.addr)])
+            .env("BERTH_LOG", "info"),
+    );
+    assert!(
+        pulled.stderr.contains("pulled from mirror") && pulled.stderr.contains(cache.addr()),
+        "{}",
+        pulled.stderr
+    );
     assert!(
         cache
             .berth
