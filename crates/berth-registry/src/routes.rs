@@ -101,10 +101,14 @@ impl Registry {
         }
     }
 
-    /// The axum router serving `/v2/`.
+    /// The axum router serving `/v2/`, and `/metrics` when the registry has mirrors (a
+    /// registry embedded with routes of its own, like a satellite's, has none).
     pub fn router(&self) -> Router {
-        Router::new()
-            .route("/metrics", axum::routing::get(metrics))
+        let mut router = Router::new();
+        if self.inner.mirrors.is_some() {
+            router = router.route("/metrics", axum::routing::get(metrics));
+        }
+        router
             .fallback(dispatch)
             .with_state(self.clone())
             .layer(axum::middleware::from_fn(crate::server::log_request))
