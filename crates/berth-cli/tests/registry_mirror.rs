@@ -490,11 +490,14 @@ fn mirror_serves_prefix_ns_and_root_through_the_proxy_and_refuses_pushes() {
     );
 }
 
-/// A dockerd of its own (data root, exec root, socket) on this machine's network,
-/// with `registry-mirrors` pointing at the cache; stopped on drop.
+/// A dockerd of its own (data root, exec root, socket, and a bridge of its own: with
+/// `--bridge=none` dockerd deletes the machine's docker0, which the machine's dockerd
+/// uses) on this machine's network, with `registry-mirrors` pointing at the cache;
+/// stopped on drop, its bridge removed.
 struct Dockerd {
     child: Child,
     socket: PathBuf,
+    bridge: String,
 }
 
 impl Dockerd {
@@ -506,6 +509,13 @@ impl Dockerd {
             format!("{{\"registry-mirrors\": [\"http://{mirror}\"]}}"),
         )
         .unwrap();
+        let n = std::process::id() % 250;
+        let bridge = format!("bmirror{n}");
+        let _ = Command::new("ip")
+            .args(["link", "delete", &bridge])
+            .output();
+        run(Command::new("ip").args(["link", "add", &bridge, "type", "bridge"]));
+        run(Command::new("ip").args(["addr", "add", &format!("10.213.{n}.1/24"), "dev", &bridge]));
         let child = Command::new("dockerd")
             .arg("--config-file")
             .arg(&config)
@@ -517,17 +527,17 @@ impl Dockerd {
             .arg(dir.join("docker.pid"))
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
-            .args([
-                "--bridge=none",
-                "--iptables=false",
-                "--ip-masq=false",
-                "--ip-forward=false",
-            ])
+            .args(["--bridge", &bridge])
+            .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("dockerd.log")).unwrap())
             .spawn()
             .expect("start dockerd");
-        let d = Dockerd { child, socket };
+        let d = Dockerd {
+            child,
+            socket,
+            bridge,
+        };
         let start = Instant::now();
         while !d.docker(&["version"]).status.success() {
             assert!(
@@ -558,12 +568,15 @@ impl Drop for Dockerd {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             if self.child.try_wait().ok().flatten().is_some() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .output();
     }
 }
 
