@@ -259,6 +259,11 @@ fn serve(settings: &Settings, args: settings::RegistryServeArgs) -> Result<()> {
     config.delete_enabled = serve.delete;
     config.allow_anonymous_push = serve.allow_anonymous_push;
     config.listen_on(addr);
+    config.mirror = serve.mirror;
+    // The build cache of a shared root is never evicted from under its builds.
+    config.mirror.roots = Some(std::sync::Arc::new(berth_build::BuildCache::new(
+        &settings.root,
+    )));
     if let Some(h) = &serve.htpasswd {
         config.auth = Some(berth_registry::Auth::load(h, serve.access.as_deref())?);
     }
@@ -313,7 +318,22 @@ fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
         upload_expiry: args.upload_expiry,
     };
     // The build cache's layers are roots: builds share this root.
-    let report = store.gc(&opts, &berth_build::BuildCache::new(&settings.root))?;
+    let roots = berth_build::BuildCache::new(&settings.root);
+    // Over its cap, the pull-through cache loses its least recently pulled blobs first.
+    if let Some((prefixes, max)) = settings.mirror_cap()
+        && !args.dry_run
+    {
+        let r = berth_registry::evict(&store, &prefixes, max, Some(&roots))?;
+        for (d, size) in &r.evicted {
+            println!("evicted blob {d} ({size} bytes) from the pull-through cache");
+        }
+        println!(
+            "pull-through cache: {} bytes (cap {max}); evicted {} blobs",
+            r.cache_bytes,
+            r.evicted.len()
+        );
+    }
+    let report = store.gc(&opts, &roots)?;
     let verb = if args.dry_run {
         "would remove"
     } else {

@@ -18,7 +18,8 @@ pub mod transfer;
 
 pub use auth::{Credentials, DockerConfig, docker_config_path, save_credentials};
 pub use client::{
-    BlobPush, Client, ClientConfig, Error, HostOptions, Pulled, Result, check_mirror,
+    BlobBody, BlobPush, Client, ClientConfig, Error, Head, HostOptions, Pulled, Result,
+    check_mirror,
 };
 pub use probe::{Outcome, ProbeStep, RateLimit};
 pub use transfer::{
