@@ -757,7 +757,8 @@ fn config_scratch() {
 }
 
 /// `# check=`: documented behaviour (docker 20.10 has no build checks). error=true fails
-/// on a check left, naming it; skip= leaves it out; an unknown option is an error.
+/// on a check left, naming it; skip= leaves it out (also in a `# check=` comment right
+/// above the instruction); an unknown option is an error.
 #[test]
 fn parser_check() {
     if !ready() {
@@ -788,6 +789,8 @@ fn parser_check() {
     );
     let skipped = build("Dockerfile.skip");
     assert!(skipped.success, "{}", skipped.stderr);
+    let commented = build("Dockerfile.comment");
+    assert!(commented.success, "{}", commented.stderr);
     let bad = build("Dockerfile.bad");
     assert!(!bad.success, "an invalid # check= was accepted");
     assert!(

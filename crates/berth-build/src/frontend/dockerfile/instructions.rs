@@ -60,6 +60,10 @@ impl Dockerfile {
             .warnings
             .iter()
             .filter(|w| checks.reports(w.rule))
+            .filter(|w| {
+                self.comment_checks(w.line)
+                    .is_none_or(|c| !c.skip_all && !c.skip.iter().any(|r| r == w.rule))
+            })
             .collect();
         if let (true, Some(first)) = (checks.error, left.first()) {
             let mut rules: Vec<&str> = left.iter().map(|w| w.rule).collect();
@@ -84,6 +88,29 @@ impl Dockerfile {
                 )));
         }
         Ok(left)
+    }
+
+    /// The `# check=` comment among those right above the instruction starting at
+    /// `line`, if there is one. As BuildKit (dockerfile 1.20), it can only skip more
+    /// checks for that instruction: the caller reads `skip` alone. Blank lines do not
+    /// end the comments above an instruction; an empty `#` does.
+    fn comment_checks(&self, line: usize) -> Option<parse::CheckOptions> {
+        let mut comments = Vec::new();
+        for n in (1..line).rev() {
+            let text = self.source.line(n)?.trim();
+            if text.is_empty() {
+                continue;
+            }
+            match text.strip_prefix('#') {
+                Some(c) if !c.trim().is_empty() => comments.push(text),
+                _ => break,
+            }
+        }
+        let check = comments.iter().rev().find_map(|c| {
+            parse::directive(c).filter(|(name, _, _)| name.eq_ignore_ascii_case("check"))
+        })?;
+        // As BuildKit: the options end at the first space; invalid ones are ignored.
+        parse::CheckOptions::parse(check.1.split(' ').next().unwrap_or_default()).ok()
     }
 
     /// The stage named `name` (stage names are lowercase).
@@ -1845,6 +1872,34 @@ mod tests {
         assert_eq!(
             csv_fields("type=bind,\"source=a,b\",rw"),
             ["type=bind", "source=a,b", "rw"]
+        );
+    }
+
+    /// A `# check=skip=` comment above one instruction skips its checks there only;
+    /// an empty `#` cuts it off; it cannot skip what the file reports elsewhere.
+    #[test]
+    fn check_comments_skip_one_instruction() {
+        let rules = |text: &str| -> Vec<usize> {
+            let df = Dockerfile::parse("Dockerfile", text).unwrap();
+            df.checked_warnings()
+                .unwrap()
+                .iter()
+                .map(|w| w.line)
+                .collect()
+        };
+        let text = "# check=error=true\nFROM a\n# why: old image\n# check=skip=MaintainerDeprecated\n\nMAINTAINER x\n";
+        assert!(rules(text).is_empty());
+        assert_eq!(
+            rules("FROM a\n# check=skip=MaintainerDeprecated\nMAINTAINER x\nMAINTAINER y\n"),
+            [4]
+        );
+        assert_eq!(
+            rules("FROM a\n# check=skip=MaintainerDeprecated\n#\nMAINTAINER x\n"),
+            [4]
+        );
+        assert_eq!(
+            rules("FROM a\n# check=skip=Other\nMAINTAINER x\n"),
+            [3]
         );
     }
 
