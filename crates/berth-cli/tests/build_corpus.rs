@@ -847,7 +847,10 @@ fn berth_only(name: &str, file: &str) -> (tempfile::TempDir, Output) {
             .arg("--build-arg")
             .arg(format!("BASE={}", base.reference()))
             .arg("--output")
-            .arg(format!("type=local,dest={}", work.path().join("local").display()))
+            .arg(format!(
+                "type=local,dest={}",
+                work.path().join("local").display()
+            ))
             .arg("-f")
             .arg(context.join(file))
             .arg(&context),
@@ -960,10 +963,7 @@ fn onbuild_image() {
         &case,
         &context,
         &[],
-        &[
-            "--build-arg".into(),
-            format!("PARENT={pushed}"),
-        ],
+        &["--build-arg".into(), format!("PARENT={pushed}")],
         &["--build-arg".into(), format!("PARENT={parent}")],
     );
     built.assert_image_tree();

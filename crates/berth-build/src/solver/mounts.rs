@@ -327,7 +327,15 @@ impl Solver {
             keep_owner: true,
             ..Default::default()
         };
-        fileops::copy(&root, &matched, &ignore, &Default::default(), dir, "/", opts)?;
+        fileops::copy(
+            &root,
+            &matched,
+            &ignore,
+            &Default::default(),
+            dir,
+            "/",
+            opts,
+        )?;
         set_owner_mode(
             dir,
             (meta.uid(), meta.gid(), meta.permissions().mode() & 0o7777),

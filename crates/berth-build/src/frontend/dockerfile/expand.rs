@@ -823,7 +823,10 @@ mod tests {
             ["S", "R", "T"]
         );
         assert!(expand("${S/a}", env, '\\').is_err(), "missing second /");
-        assert!(expand("${S//a}", env, '\\').is_err(), "as BuildKit, // needs its second /");
+        assert!(
+            expand("${S//a}", env, '\\').is_err(),
+            "as BuildKit, // needs its second /"
+        );
     }
 
     #[test]

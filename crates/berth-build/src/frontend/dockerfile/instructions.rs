@@ -1736,7 +1736,10 @@ fn check_mount(m: &RunMount) -> Result<(), (String, &'static str)> {
         return Err((misplaced("sharing"), "sharing= only applies to type=cache"));
     }
     if m.from.is_some() && m.kind == Secret {
-        return Err((misplaced("from"), "a secret comes from --secret, not from a stage"));
+        return Err((
+            misplaced("from"),
+            "a secret comes from --secret, not from a stage",
+        ));
     }
     if (m.mode.is_some() || m.uid.is_some() || m.gid.is_some())
         && !matches!(m.kind, Cache | Secret | Ssh)
@@ -1897,10 +1900,7 @@ mod tests {
             rules("FROM a\n# check=skip=MaintainerDeprecated\n#\nMAINTAINER x\n"),
             [4]
         );
-        assert_eq!(
-            rules("FROM a\n# check=skip=Other\nMAINTAINER x\n"),
-            [3]
-        );
+        assert_eq!(rules("FROM a\n# check=skip=Other\nMAINTAINER x\n"), [3]);
     }
 
     #[test]

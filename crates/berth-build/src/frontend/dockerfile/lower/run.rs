@@ -2,12 +2,12 @@
 //! variables), the network, and the mounts.
 
 use super::{DEFAULT_PATH, HEREDOC_DIR, Lowerer, PROXY_ARGS, StageState, src_err};
-use crate::frontend::source::Pos;
 use crate::error::{BuildError, Result};
 use crate::frontend::dockerfile::expand::expand;
 use crate::frontend::dockerfile::instructions::{
     CacheSharing, CommandLine, MountType, NetworkMode, Run, RunMount, SecurityMode,
 };
+use crate::frontend::source::Pos;
 use crate::ir::{self, ExecMount, ExecOp, MountSource, Sharing, State};
 
 impl Lowerer<'_> {
@@ -175,9 +175,10 @@ impl Lowerer<'_> {
                 };
                 MountSource::Cache {
                     // As BuildKit: the id defaults to the target as written, cleaned.
-                    id: m.id.clone().unwrap_or_else(|| {
-                        clean_path(m.target.as_deref().unwrap_or_default())
-                    }),
+                    id: m
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| clean_path(m.target.as_deref().unwrap_or_default())),
                     sharing: match m.sharing {
                         Some(CacheSharing::Locked) => Sharing::Locked,
                         Some(CacheSharing::Private) => Sharing::Private,
