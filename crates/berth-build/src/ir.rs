@@ -107,19 +107,21 @@ pub enum MountSource {
         /// Writable (changes are thrown away).
         rw: bool,
     },
-    /// A persistent cache directory (`--mount=type=cache`).
+    /// A persistent cache directory (`--mount=type=cache`). As in BuildKit, caches of
+    /// one id but different starts (`seed`, `owner`) are different caches.
     Cache {
-        /// Cache id (defaults to the target).
+        /// Cache id (defaults to the target as written, cleaned).
         id: String,
         /// Sharing mode.
         sharing: Sharing,
-        /// Owner and mode of the cache directory when it is first made (`uid=`,
-        /// `gid=`, `mode=`; default root and 0755).
-        uid: u32,
-        /// Group.
-        gid: u32,
-        /// Mode.
-        mode: u32,
+        /// Owner and mode (uid, gid, mode) of the cache directory when it is first
+        /// made, if `uid=`, `gid=` or `mode=` gave one (else root and 0755).
+        owner: Option<(u32, u32, u32)>,
+        /// What the cache holds when first made (`from=`, `source=`): a path of input
+        /// `n` of the vertex, copied. Without it, an empty directory.
+        seed: Option<(usize, String)>,
+        /// Mounted read-only (`ro`).
+        readonly: bool,
     },
     /// A secret (`--mount=type=secret`); its value is no part of the key.
     Secret {

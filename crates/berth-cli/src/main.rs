@@ -1,6 +1,7 @@
 //! The `berth` binary: parses the command line, resolves settings, calls the crates.
 
 mod build;
+mod doctor;
 mod format;
 mod image;
 mod progress;
@@ -80,11 +81,35 @@ enum Command {
         #[command(subcommand)]
         command: satellite::SatelliteCommand,
     },
+    /// Show berth's effective configuration and where each value came from.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Check proxies, registries, the Docker daemon, this host and satellites; print a
+    /// fix for every problem.
+    Doctor(doctor::DoctorArgs),
     /// Run and maintain berth's OCI registry.
     Registry {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print every setting, its value and its source (flag, env, file, default).
+    Show {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ShowFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ShowFormat {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -194,6 +219,20 @@ fn run(mut cli: Cli) -> Result<()> {
         Command::Login(args) => build::login(&settings, args),
         Command::Logout { registry } => build::logout(&registry),
         Command::Satellite { command } => satellite::run(&settings, command),
+        Command::Config {
+            command: ConfigCommand::Show { format },
+        } => {
+            let entries = settings.provenance(&|k| std::env::var(k).ok());
+            match format {
+                ShowFormat::Table => print!("{}", settings::config_show::table(&entries)),
+                ShowFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&settings::config_show::json(&entries))?
+                ),
+            }
+            Ok(())
+        }
+        Command::Doctor(args) => doctor::run(&settings, args),
         Command::Registry { command } => match command {
             RegistryCommand::Serve(args) => serve(&settings, args),
             RegistryCommand::Gc(args) => gc(&settings, args),
@@ -220,6 +259,11 @@ fn serve(settings: &Settings, args: settings::RegistryServeArgs) -> Result<()> {
     config.delete_enabled = serve.delete;
     config.allow_anonymous_push = serve.allow_anonymous_push;
     config.listen_on(addr);
+    config.mirror = serve.mirror;
+    // The build cache of a shared root is never evicted from under its builds.
+    config.mirror.roots = Some(std::sync::Arc::new(berth_build::BuildCache::new(
+        &settings.root,
+    )));
     if let Some(h) = &serve.htpasswd {
         config.auth = Some(berth_registry::Auth::load(h, serve.access.as_deref())?);
     }
@@ -274,7 +318,22 @@ fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
         upload_expiry: args.upload_expiry,
     };
     // The build cache's layers are roots: builds share this root.
-    let report = store.gc(&opts, &berth_build::BuildCache::new(&settings.root))?;
+    let roots = berth_build::BuildCache::new(&settings.root);
+    // Over its cap, the pull-through cache loses its least recently pulled blobs first.
+    if let Some((prefixes, max)) = settings.mirror_cap()
+        && !args.dry_run
+    {
+        let r = berth_registry::evict(&store, &prefixes, max, Some(&roots))?;
+        for (d, size) in &r.evicted {
+            println!("evicted blob {d} ({size} bytes) from the pull-through cache");
+        }
+        println!(
+            "pull-through cache: {} bytes (cap {max}); evicted {} blobs",
+            r.cache_bytes,
+            r.evicted.len()
+        );
+    }
+    let report = store.gc(&opts, &roots)?;
     let verb = if args.dry_run {
         "would remove"
     } else {

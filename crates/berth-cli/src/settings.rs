@@ -9,9 +9,10 @@
 //! To add a section `[x]`: an `XFile` struct (what users write: every field optional,
 //! unknown keys refused) as a field of [`FileConfig`]; the flags that override it as a
 //! clap `XArgs` struct, flattened into the command; and `Settings::x(&self, &XArgs)`
-//! returning the resolved value. Values that need parsing (addresses, entitlements)
-//! get a type that parses while the file is read, so a bad one is reported with the
-//! file, the key and the line.
+//! returning the resolved value; and its keys to `Settings::provenance`
+//! (config_show.rs) so `berth config show` lists them. Values that need parsing
+//! (addresses, entitlements) get a type that parses while the file is read, so a bad
+//! one is reported with the file, the key and the line.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +24,9 @@ use anyhow::{Context, bail};
 use berth_build::Entitlement;
 use clap::Args;
 use serde::{Deserialize, Deserializer};
+
+#[path = "config_show.rs"]
+pub mod config_show;
 
 /// `$XDG_CONFIG_HOME/berth/config.toml`, as written by users.
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +137,61 @@ struct RegistryFile {
     allow_anonymous_push: Option<bool>,
     /// Connections served at once.
     max_connections: Option<usize>,
+    /// `[[registry.mirror]]`: upstreams served as read-only namespaces.
+    #[serde(default)]
+    mirror: Vec<MirrorFile>,
+    /// Size cap of the pull-through cache (`"20GB"`); least recently pulled goes first.
+    #[serde(default, deserialize_with = "size")]
+    mirror_max_size: Option<u64>,
+}
+
+/// `[[registry.mirror]]` in config.toml: one upstream served by `berth registry serve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorFile {
+    /// Served as `/v2/<prefix>/<repo>`.
+    #[serde(deserialize_with = "prefix")]
+    prefix: String,
+    /// `https://host[:port]` (or `http://`).
+    #[serde(deserialize_with = "upstream")]
+    upstream: berth_registry::Upstream,
+    /// Also served at the root (dockerd's `registry-mirrors`).
+    #[serde(default)]
+    default: bool,
+    /// User name for the upstream.
+    username: Option<String>,
+    /// The environment variable holding its password or token.
+    password_env: Option<String>,
+    /// Extra CA (PEM) for the upstream.
+    ca: Option<PathBuf>,
+    /// Do not verify the upstream's certificate.
+    #[serde(default)]
+    insecure: bool,
+    /// How long a cached tag is served before it is checked upstream (`"10m"`).
+    #[serde(default, deserialize_with = "duration")]
+    tag_ttl: Option<Duration>,
+}
+
+fn prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let p = String::deserialize(d)?;
+    berth_registry::check_prefix(&p).map_err(serde::de::Error::custom)?;
+    Ok(p)
+}
+
+fn upstream<'de, D: Deserializer<'de>>(d: D) -> Result<berth_registry::Upstream, D::Error> {
+    berth_registry::Upstream::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    crate::parse_duration(&String::deserialize(d)?)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    crate::build::parse_size(&String::deserialize(d)?)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A list of strings in the file, each parsed with `FromStr`.
@@ -204,6 +263,8 @@ pub struct RegistryServe {
     pub allow_anonymous_push: bool,
     /// Connection limit and timeouts.
     pub options: berth_registry::ServeOptions,
+    /// The pull-through cache (no mirrors: none). Its `roots` are left to the caller.
+    pub mirror: berth_registry::MirrorSettings,
 }
 
 /// Flags for delivery into the Docker daemon (`berth build --load`, `berth load`); each
@@ -239,6 +300,12 @@ pub struct Settings {
     /// The variables berth reads besides the flags' own (which clap reads):
     /// `SOURCE_DATE_EPOCH` and the proxy variables, as berth found them.
     env: BTreeMap<String, String>,
+    /// The config file read, if any (for `berth config show`).
+    config_file: Option<PathBuf>,
+    /// `--config` (or BERTH_CONFIG) named it.
+    config_from_flag: bool,
+    /// `--root` (or BERTH_ROOT) gave the root.
+    root_from_flag: bool,
 }
 
 fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
@@ -350,11 +417,14 @@ impl Settings {
         root_flag: Option<PathBuf>,
         config_flag: Option<&Path>,
     ) -> anyhow::Result<Settings> {
+        let mut config_file = None;
         let file = match config_path(config_flag) {
             Some(p) if p.exists() || config_flag.is_some() => {
                 let text = std::fs::read_to_string(&p)
                     .with_context(|| format!("read config {}", p.display()))?;
-                parse_file(&p, &text)?
+                let parsed = parse_file(&p, &text)?;
+                config_file = Some(p);
+                parsed
             }
             _ => FileConfig::default(),
         };
@@ -363,7 +433,13 @@ impl Settings {
             .chain(berth_build::PROXY_ARGS.iter())
             .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
             .collect();
-        Ok(Settings::resolve(root_flag, file, env))
+        let root_from_flag = root_flag.is_some();
+        Ok(Settings {
+            config_file,
+            config_from_flag: config_flag.is_some(),
+            root_from_flag,
+            ..Settings::resolve(root_flag, file, env)
+        })
     }
 
     fn resolve(
@@ -374,7 +450,14 @@ impl Settings {
         let root = root_flag
             .or_else(|| file.root.clone())
             .unwrap_or_else(default_root);
-        Settings { root, file, env }
+        Settings {
+            root,
+            file,
+            env,
+            config_file: None,
+            config_from_flag: false,
+            root_from_flag: false,
+        }
     }
 
     /// A registry client configured from `[registries]` and Docker's credentials.
@@ -512,6 +595,61 @@ impl Settings {
             allow_anonymous_push: flags.allow_anonymous_push
                 || file.allow_anonymous_push.unwrap_or(false),
             options,
+            mirror: self.mirrors(&|k| std::env::var(k).ok())?,
+        })
+    }
+
+    /// The prefixes of `[[registry.mirror]]` and `[registry] mirror_max_size`, for
+    /// `berth registry gc`'s eviction (`None` without a cap).
+    pub fn mirror_cap(&self) -> Option<(Vec<String>, u64)> {
+        let file = &self.file.registry;
+        let max = file.mirror_max_size?;
+        Some((file.mirror.iter().map(|m| m.prefix.clone()).collect(), max))
+    }
+
+    /// `[[registry.mirror]]` resolved: passwords read from their variables (`env`).
+    fn mirrors(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<berth_registry::MirrorSettings> {
+        let file = &self.file.registry;
+        let mut mirrors = Vec::new();
+        for m in &file.mirror {
+            let password = match &m.password_env {
+                Some(var) => Some(env(var).with_context(|| {
+                    format!(
+                        "mirror {:?}: password_env names {var}, which is not set; export it                          before `berth registry serve`",
+                        m.prefix
+                    )
+                })?),
+                None => None,
+            };
+            if m.username.is_some() != password.is_some() {
+                bail!(
+                    "mirror {:?}: give both username and password_env, or neither (then Docker's                      credentials for {} are used)",
+                    m.prefix,
+                    m.upstream.url
+                );
+            }
+            mirrors.push(berth_registry::MirrorConfig {
+                prefix: m.prefix.clone(),
+                upstream: m.upstream.clone(),
+                default: m.default,
+                username: m.username.clone(),
+                password,
+                ca: m.ca.clone(),
+                insecure: m.insecure,
+                tag_ttl: m.tag_ttl.unwrap_or(berth_registry::DEFAULT_TAG_TTL),
+            });
+        }
+        berth_registry::check_mirrors(&mirrors)
+            .map_err(|e| anyhow::anyhow!("[[registry.mirror]]: {e}"))?;
+        Ok(berth_registry::MirrorSettings {
+            mirrors,
+            max_bytes: file.mirror_max_size,
+            network: self.network(),
+            docker_config: berth_client::DockerConfig::load(),
+            roots: None,
         })
     }
 }
@@ -759,6 +897,53 @@ mod tests {
                 && err.contains("paths on mirrors"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn registry_mirrors_are_read_with_their_passwords() {
+        let file = "[registry]\nmirror_max_size = \"2GB\"\n\
+                    [[registry.mirror]]\nprefix = \"hub\"\nupstream = \"https://registry-1.docker.io\"\n\
+                    default = true\nusername = \"ci\"\npassword_env = \"HUB_TOKEN\"\ntag_ttl = \"5m\"\n\
+                    [[registry.mirror]]\nprefix = \"corp\"\nupstream = \"http://10.0.0.5:5000/\"\n";
+        let s = settings(file);
+        let m = s
+            .mirrors(&|k| (k == "HUB_TOKEN").then(|| "secret".to_string()))
+            .unwrap();
+        assert_eq!(m.max_bytes, Some(2_000_000_000));
+        let (hub, corp) = (&m.mirrors[0], &m.mirrors[1]);
+        assert_eq!(hub.upstream.registry, "docker.io");
+        assert!(hub.default && !corp.default);
+        assert_eq!(hub.password.as_deref(), Some("secret"));
+        assert_eq!(hub.tag_ttl, Duration::from_secs(300));
+        assert_eq!(corp.upstream.url, "http://10.0.0.5:5000");
+        assert!(corp.upstream.http && corp.username.is_none());
+        assert_eq!(corp.tag_ttl, berth_registry::DEFAULT_TAG_TTL);
+        assert_eq!(
+            s.mirror_cap(),
+            Some((vec!["hub".to_string(), "corp".to_string()], 2_000_000_000))
+        );
+        let err = s.mirrors(&|_| None).unwrap_err().to_string();
+        assert!(err.contains("HUB_TOKEN, which is not set"), "{err}");
+
+        let err = |text: &str| {
+            parse_file(Path::new("c.toml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[[registry.mirror]]\nprefix = \"Hub/x\"\nupstream = \"https://r.example\"\n");
+        assert!(
+            e.contains("registry.mirror[0].prefix (line 2") && e.contains("one lowercase"),
+            "{e}"
+        );
+        let e = err("[[registry.mirror]]\nprefix = \"hub\"\nupstream = \"r.example\"\n");
+        assert!(
+            e.contains("registry.mirror[0].upstream (line 3") && e.contains("https://"),
+            "{e}"
+        );
+        let two = "[[registry.mirror]]\nprefix = \"a\"\nupstream = \"https://a.example\"\ndefault = true\n\
+                   [[registry.mirror]]\nprefix = \"b\"\nupstream = \"https://b.example\"\ndefault = true\n";
+        let e = settings(two).mirrors(&|_| None).unwrap_err().to_string();
+        assert!(e.contains("only one mirror"), "{e}");
     }
 
     #[test]

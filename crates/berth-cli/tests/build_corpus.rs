@@ -81,6 +81,18 @@ fn build_prepared(case: &Case, prepare: impl FnOnce(&std::path::Path)) -> Built 
 
 /// [`build_both`] of the context `context`, both builders run with `envs` set.
 fn build_both_in(case: &Case, context: &std::path::Path, envs: &[(&str, &str)]) -> Built {
+    build_both_with(case, context, envs, &[], &[])
+}
+
+/// [`build_both_in`], berth also given `berth_args` and docker `docker_args` (a base
+/// image each reaches by its own reference).
+fn build_both_with(
+    case: &Case,
+    context: &std::path::Path,
+    envs: &[(&str, &str)],
+    berth_args: &[String],
+    docker_args: &[String],
+) -> Built {
     let base = BuildBase::new();
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("root");
@@ -95,7 +107,7 @@ fn build_both_in(case: &Case, context: &std::path::Path, envs: &[(&str, &str)]) 
         .arg(format!("BASE={}", base.reference()))
         .arg("--output")
         .arg(format!("type=local,dest={}", local.display()));
-    berth.args(case.args);
+    berth.args(case.args).args(berth_args);
     output_ok(berth.arg(context));
 
     let mut images = DockerImages::default();
@@ -120,7 +132,7 @@ fn build_both_in(case: &Case, context: &std::path::Path, envs: &[(&str, &str)]) 
         .args(["build", "-q", "-t", &docker_image])
         .arg("--build-arg")
         .arg(format!("BASE={}", base.docker_reference()));
-    build.args(case.args);
+    build.args(case.args).args(docker_args);
     output_ok(build.arg(context));
 
     for (args, want) in case.runs {
@@ -1056,7 +1068,8 @@ fn config_scratch() {
 }
 
 /// `# check=`: documented behaviour (docker 20.10 has no build checks). error=true fails
-/// on a check left, naming it; skip= leaves it out; an unknown option is an error.
+/// on a check left, naming it; skip= leaves it out (also in a `# check=` comment right
+/// above the instruction); an unknown option is an error.
 #[test]
 fn parser_check() {
     if !ready() {
@@ -1087,6 +1100,8 @@ fn parser_check() {
     );
     let skipped = build("Dockerfile.skip");
     assert!(skipped.success, "{}", skipped.stderr);
+    let commented = build("Dockerfile.comment");
+    assert!(commented.success, "{}", commented.stderr);
     let bad = build("Dockerfile.bad");
     assert!(!bad.success, "an invalid # check= was accepted");
     assert!(
@@ -1094,4 +1109,274 @@ fn parser_check() {
         "{}",
         bad.stderr
     );
+}
+
+// ---- RUN mounts, modifiers, ONBUILD (issue 15)
+
+/// RUN mounts as BuildKit has them: a cache id defaults to the cleaned target; bind and
+/// tmpfs targets are relative to WORKDIR; a cache seeded `from=` a stage keeps owners
+/// and modes; `ro` caches; one id with `uid=` is another cache; writable binds of a
+/// stage or a context file write to a copy. Built from a copy of the case, so a write
+/// through to the context would show in `/out/data-after` without harming the repo.
+#[test]
+fn run_mounts() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["Dockerfile", "data.txt"] {
+        std::fs::copy(builds_dir().join("run_mounts").join(f), dir.path().join(f)).unwrap();
+    }
+    let case = Case {
+        name: "run_mounts",
+        args: &[],
+        runs: &[(
+            &[],
+            "one\ncontext file\n1\nseeded\n750 1234:2345\nread-only\n700 1234:2345\n\
+             changed\nseeded\ncontext file\n",
+        )],
+    };
+    let built = build_both_in(&case, dir.path(), &[]);
+    built.assert_image_tree();
+    built.assert_local_tree();
+    built.assert_same_config();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("data.txt")).unwrap(),
+        "context file\n",
+        "a writable bind mount wrote to the context"
+    );
+}
+
+/// A berth-only build of `tests/builds/<name>/<file>` (for what docker 20.10 cannot
+/// build), its `--output type=local` in the returned directory's `local`.
+fn berth_only(name: &str, file: &str) -> (tempfile::TempDir, Output) {
+    let base = BuildBase::new();
+    let work = tempfile::tempdir().unwrap();
+    let context = builds_dir().join(name);
+    let out = output(
+        berth_build(&work.path().join("root"))
+            .arg("--build-arg")
+            .arg(format!("BASE={}", base.reference()))
+            .arg("--output")
+            .arg(format!(
+                "type=local,dest={}",
+                work.path().join("local").display()
+            ))
+            .arg("-f")
+            .arg(context.join(file))
+            .arg(&context),
+    );
+    (work, out)
+}
+
+/// `${v#pat}`, `${v##pat}`, `${v%pat}`, `${v%%pat}`, `${v/pat/repl}`, `${v//pat/repl}`
+/// and `${v:?msg}`: documented behaviour (docker 20.10 lacks them).
+#[test]
+fn vars_modifiers() {
+    if !ready() {
+        return;
+    }
+    let (work, out) = berth_only("vars_modifiers", "Dockerfile");
+    assert!(out.success, "{}", out.stderr);
+    let read = |p: &str| std::fs::read_to_string(work.path().join("local").join(p)).unwrap();
+    assert_eq!(
+        read("env.txt"),
+        "ALL=foob_rb_z\nBASE_NAME=app.tar.gz\nDIR=/usr/local/bin\nLONG=z\nLSUF=foob\n\
+         NONE=foobarbaz\nONE=foob_rbaz\nREL=local/bin/app.tar.gz\nSHORT=rbaz\nSTAR=fooXz\n\
+         STEM=/usr/local/bin/app\nSUF=foobarb\n"
+    );
+    assert_eq!(read("pwd.txt"), "/w/foo\n");
+    let (_work, unset) = berth_only("vars_modifiers", "Dockerfile.unset");
+    assert!(!unset.success, "${{NAME:?}} of an unset NAME was accepted");
+    assert!(
+        unset.stderr.contains("NAME: must be set"),
+        "{}",
+        unset.stderr
+    );
+}
+
+/// Variables in every mount option (`id=`, `target=`, `uid=`, `gid=`, `mode=`, `type=`,
+/// `size=`), as BuildKit expands them; `from=` refuses them and `required` is only
+/// for secret and ssh mounts, as in BuildKit. Documented behaviour: docker 20.10
+/// expands no mount option.
+#[test]
+fn run_mount_vars() {
+    if !ready() {
+        return;
+    }
+    let (work, out) = berth_only("run_mount_vars", "Dockerfile");
+    assert!(out.success, "{}", out.stderr);
+    let read = |p: &str| std::fs::read_to_string(work.path().join("local").join(p)).unwrap();
+    assert_eq!(read("cache-meta"), "750 1234:1234\n");
+    assert_eq!(read("same-id"), "mark\n");
+    assert_eq!(read("tmpfs-size"), "1024\n");
+    let (_w, from) = berth_only("run_mount_vars", "Dockerfile.from");
+    assert!(!from.success, "from=$STAGE was accepted");
+    assert!(
+        from.stderr.contains("doesn't support variable expansion"),
+        "{}",
+        from.stderr
+    );
+    let (_w, required) = berth_only("run_mount_vars", "Dockerfile.required");
+    assert!(!required.success, "required on a cache mount was accepted");
+    assert!(
+        required
+            .stderr
+            .contains("required does not apply to type=cache"),
+        "{}",
+        required.stderr
+    );
+}
+
+#[test]
+fn onbuild_stage() {
+    check(&Case {
+        name: "onbuild_stage",
+        args: &[],
+        runs: &[(&[], "parent\ntrigger saw parent-arg\n/from-trigger\nyes\n")],
+    });
+}
+
+/// ONBUILD triggers of an image (built by docker, handed to berth through a registry):
+/// ARG, RUN and COPY from the child's context run first in the child.
+#[test]
+fn onbuild_image() {
+    if !ready() {
+        return;
+    }
+    let base = BuildBase::new();
+    let work = tempfile::tempdir().unwrap();
+    let context = builds_dir().join("onbuild_image");
+    let parent = format!("berth-test/corpus-onbuild-parent:{}", std::process::id());
+    let _images = DockerImages(vec![parent.clone()]);
+    run(Command::new(docker())
+        .env("DOCKER_BUILDKIT", "1")
+        .args(["build", "-q", "-t", &parent, "--build-arg"])
+        .arg(format!("BASE={}", base.docker_reference()))
+        .arg("-f")
+        .arg(context.join("Dockerfile.parent"))
+        .arg(&context));
+    // Through a registry: an OCI layout would lose the triggers (skopeo turns the
+    // config into an OCI one, which has no OnBuild).
+    let registry = Berth::serve(&work.path().join("registry"), &[]);
+    let pushed = format!("{}/corpus/onbuild-parent:1", registry.addr);
+    run(&mut skopeo_copy(
+        &format!("docker-daemon:{parent}"),
+        &format!("docker://{pushed}"),
+        &[],
+    ));
+    let case = Case {
+        name: "onbuild_image",
+        args: &[],
+        runs: &[(&[], "trigger for child\nfrom the context\n")],
+    };
+    let built = build_both_with(
+        &case,
+        &context,
+        &[],
+        &["--build-arg".into(), format!("PARENT={pushed}")],
+        &["--build-arg".into(), format!("PARENT={parent}")],
+    );
+    built.assert_image_tree();
+    built.assert_local_tree();
+    built.assert_same_config();
+}
+
+#[test]
+fn cmd_entrypoint() {
+    check(&Case {
+        name: "cmd_entrypoint",
+        args: &[],
+        runs: &[(&[], "final /bin/sh -c echo shell \"$HOME\"\n")],
+    });
+}
+
+/// ENTRYPOINT resets the CMD its stage inherited.
+#[test]
+fn cmd_entrypoint_reset() {
+    check(&Case {
+        name: "cmd_entrypoint",
+        args: &["--target", "reset"],
+        runs: &[(&[], "entry shell form\n")],
+    });
+}
+
+/// ENTRYPOINT keeps a CMD set in its own stage.
+#[test]
+fn cmd_entrypoint_kept() {
+    check(&Case {
+        name: "cmd_entrypoint",
+        args: &["--target", "kept"],
+        runs: &[(&[], "entry own cmd\n")],
+    });
+}
+
+#[test]
+fn healthcheck_none() {
+    check(&Case {
+        name: "healthcheck_none",
+        args: &[],
+        runs: &[],
+    });
+}
+
+/// Every HEALTHCHECK option, exec form.
+#[test]
+fn healthcheck_options() {
+    check(&Case {
+        name: "healthcheck_none",
+        args: &["--target", "checked"],
+        runs: &[],
+    });
+}
+
+/// A HEALTHCHECK inherited from the stage below.
+#[test]
+fn healthcheck_inherited() {
+    check(&Case {
+        name: "healthcheck_none",
+        args: &["--target", "inherited"],
+        runs: &[],
+    });
+}
+
+/// Shell form, replacing an inherited one.
+#[test]
+fn healthcheck_shell_form() {
+    check(&Case {
+        name: "healthcheck_none",
+        args: &["--target", "shellform"],
+        runs: &[],
+    });
+}
+
+#[test]
+fn config_volume_signal() {
+    check(&Case {
+        name: "config_volume_signal",
+        args: &[],
+        runs: &[],
+    });
+}
+
+/// `STOPSIGNAL 9`: a number is kept as written.
+#[test]
+fn config_stopsignal_number() {
+    check(&Case {
+        name: "config_volume_signal",
+        args: &["--target", "numbered"],
+        runs: &[],
+    });
+}
+
+#[test]
+fn escape_backtick() {
+    check(&Case {
+        name: "escape_backtick",
+        args: &[],
+        runs: &[(
+            &[],
+            "win=C:\\path\\to next=twowords\ncontinued line\njson \\ backslash\n",
+        )],
+    });
 }

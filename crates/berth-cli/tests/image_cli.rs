@@ -693,3 +693,90 @@ fn completions_and_man_pages() {
         assert!(out.contains("berth-rmi"), "{out}");
     }
 }
+
+/// `berth pull` takes what FROM takes: credentials from Docker's config (refused
+/// without them, saying what to do), and `[registries."host"] mirrors` tried before an
+/// upstream that does not answer.
+#[test]
+fn pull_uses_registry_credentials_and_mirrors() {
+    if !require("skopeo") || !require("busybox") || !require("htpasswd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = BuildBase::new();
+    let private_dir = dir.path().join("private");
+    std::fs::create_dir_all(&private_dir).unwrap();
+    let private = serve_with_user(&private_dir, "ci", "pw");
+    let remote = format!("{}/team/app:1", private.addr);
+    run(&mut skopeo_copy(
+        &format!("oci:{}:base", base.layout().display()),
+        &format!("docker://{remote}"),
+        &["--dest-creds", "ci:pw"],
+    ));
+    let none = dir.path().join("no-creds");
+    std::fs::create_dir_all(&none).unwrap();
+    let root = dir.path().join("root");
+    let refused = output(
+        berth(&root)
+            .env("DOCKER_CONFIG", &none)
+            .args(["pull", &remote]),
+    );
+    assert!(!refused.success, "pulled without credentials");
+    assert!(
+        refused.stderr.contains("authentication failed") && refused.stderr.contains("log in"),
+        "{}",
+        refused.stderr
+    );
+    let creds = dir.path().join("creds");
+    std::fs::create_dir_all(&creds).unwrap();
+    // "ci:pw" in base64, as `docker login` writes it.
+    std::fs::write(
+        creds.join("config.json"),
+        format!(
+            "{{\"auths\":{{\"{}\":{{\"auth\":\"Y2k6cHc=\"}}}}}}",
+            private.addr
+        ),
+    )
+    .unwrap();
+    output_ok(
+        berth(&root)
+            .env("DOCKER_CONFIG", &creds)
+            .args(["pull", &remote]),
+    );
+    let id = run(berth(&root).args(["inspect", "-f", "{{.Id}}", &remote]));
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    check_store(&root);
+
+    // An upstream nothing answers (a closed port on loopback), mirrored by a registry that
+    // holds the same repository: the pull comes from the mirror.
+    let mirror = Berth::serve(&dir.path().join("mirror"), &[]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    run(&mut skopeo_copy(
+        &format!("oci:{}:base", base.layout().display()),
+        &format!("docker://{}/team/app:1", mirror.addr),
+        &[],
+    ));
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(config.join("berth")).unwrap();
+    std::fs::write(
+        config.join("berth/config.toml"),
+        format!(
+            "[registries.\"{upstream}\"]\nmirrors = [\"{}\"]\n",
+            mirror.addr
+        ),
+    )
+    .unwrap();
+    let mirrored = dir.path().join("mirrored");
+    let via = format!("{upstream}/team/app:1");
+    output_ok(
+        berth(&mirrored)
+            .env("XDG_CONFIG_HOME", &config)
+            .env("DOCKER_CONFIG", &none)
+            .args(["pull", &via]),
+    );
+    let pulled = run(berth(&mirrored).args(["inspect", "-f", "{{.Id}}", &via]));
+    assert_eq!(pulled, id, "the mirror's image is the same image");
+    check_store(&mirrored);
+}

@@ -8,6 +8,7 @@ mod common;
 
 use std::process::Command;
 
+use common::tinyproxy::Proxy;
 use common::*;
 
 #[test]

@@ -78,6 +78,60 @@ pub enum Error {
     Local(String),
 }
 
+impl Error {
+    /// The HTTP status the registry answered with, when it answered (404 for
+    /// [`Error::NotFound`]).
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Unauthorized { status, .. } | Error::Http { status, .. } => Some(*status),
+            Error::NotFound(_) => Some(404),
+            _ => None,
+        }
+    }
+}
+
+/// What a HEAD of a manifest or blob told.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    /// `Docker-Content-Digest`, when sent.
+    pub digest: Option<Digest>,
+    /// `Content-Type`, parameters cut.
+    pub media_type: Option<String>,
+    /// `Content-Length`.
+    pub size: Option<u64>,
+    /// Requests left in the registry's rate-limit window (Docker Hub's
+    /// `ratelimit-remaining: 76;w=21600`), when it says.
+    pub rate_limit_remaining: Option<u64>,
+}
+
+impl Head {
+    fn of(resp: &Response) -> Head {
+        let h = resp.headers();
+        let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        Head {
+            digest: text("docker-content-digest").and_then(|v| v.parse().ok()),
+            media_type: text("content-type")
+                .map(|s| s.split(';').next().unwrap_or("").trim().to_string()),
+            size: text("content-length").and_then(|v| v.trim().parse().ok()),
+            rate_limit_remaining: rate_limit_remaining(h),
+        }
+    }
+}
+
+/// Docker Hub's `ratelimit-remaining: 76;w=21600` (the count before the window).
+fn rate_limit_remaining(h: &header::HeaderMap) -> Option<u64> {
+    let v = h.get("ratelimit-remaining")?.to_str().ok()?;
+    v.split(';').next()?.trim().parse().ok()
+}
+
+/// A blob's body as the registry streams it, not verified: the caller hashes it.
+pub struct BlobBody {
+    /// `Content-Length`, when sent.
+    pub size: Option<u64>,
+    /// The bytes.
+    pub stream: futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>,
+}
+
 /// How to reach one registry.
 #[derive(Debug, Clone, Default)]
 pub struct HostOptions {
@@ -144,6 +198,8 @@ pub struct Pulled {
     pub media_type: String,
     /// Its digest (verified).
     pub digest: Digest,
+    /// Requests left in the registry's rate-limit window, when it says (Docker Hub).
+    pub rate_limit_remaining: Option<u64>,
 }
 
 /// A registry client. Cheap to share; keeps one HTTP client per registry and the
@@ -177,7 +233,7 @@ impl Client {
         &self.config.network
     }
 
-    fn host(&self, registry: &str) -> HostOptions {
+    pub(crate) fn host(&self, registry: &str) -> HostOptions {
         self.config.hosts.get(registry).cloned().unwrap_or_default()
     }
 
@@ -192,7 +248,7 @@ impl Client {
     /// Schemes to try, in order. A registry on this machine with no settings is tried
     /// over HTTPS, then plain HTTP (as Docker treats 127.0.0.0/8), unless an earlier
     /// request already found out which one it speaks.
-    fn schemes(&self, r: &Reference) -> Vec<&'static str> {
+    pub(crate) fn schemes(&self, r: &Reference) -> Vec<&'static str> {
         if let Some(s) = self.scheme.lock().expect("scheme").get(&r.registry) {
             return vec![s];
         }
@@ -260,7 +316,7 @@ impl Client {
         Ok(c)
     }
 
-    fn credentials(&self, registry: &str) -> Option<Credentials> {
+    pub(crate) fn credentials(&self, registry: &str) -> Option<Credentials> {
         self.config
             .credentials
             .get(registry)
@@ -307,16 +363,7 @@ impl Client {
         };
         if let Some(resp) = resp {
             let status = resp.status();
-            let versioned = resp
-                .headers()
-                .contains_key("docker-distribution-api-version");
-            // A registry answers 200, or 401/403 without credentials; some proxies in
-            // front of one drop the version header. A 404, a 405 or a redirect to a
-            // web page from an address without that header is not a registry.
-            let registry_like = status.is_success()
-                || status == StatusCode::UNAUTHORIZED
-                || status == StatusCode::FORBIDDEN;
-            if !registry_like && !versioned {
+            if !speaks_registry_api(&resp) {
                 let url = resp.url().to_string();
                 let body: String = resp
                     .text()
@@ -480,12 +527,23 @@ impl Client {
         })
     }
 
+    /// The headers of a `HEAD` of `r`'s manifest (Docker Hub reports its rate limit
+    /// there; a HEAD does not count against it).
+    pub(crate) async fn manifest_headers(&self, r: &Reference) -> Result<header::HeaderMap> {
+        let path = format!("/v2/{}/manifests/{}", r.repository, r.manifest_ref());
+        let mut req = Req::get(&path, Some(ACCEPT));
+        req.method = Method::HEAD;
+        let resp = self.send(r, &req).await?;
+        Ok(check(resp, "HEAD", &r.to_string()).await?.headers().clone())
+    }
+
     /// Fetch a manifest (or index) by the reference's tag or digest; its digest is
     /// checked against the reference's digest, or the registry's `Docker-Content-Digest`.
     pub async fn manifest(&self, r: &Reference) -> Result<Pulled> {
         let path = format!("/v2/{}/manifests/{}", r.repository, r.manifest_ref());
         let resp = self.send(r, &Req::get(&path, Some(ACCEPT))).await?;
         let resp = check(resp, "GET", &r.to_string()).await?;
+        let rate_limit_remaining = rate_limit_remaining(resp.headers());
         let header_digest = resp
             .headers()
             .get("docker-content-digest")
@@ -521,7 +579,47 @@ impl Client {
             bytes,
             media_type,
             digest,
+            rate_limit_remaining,
         })
+    }
+
+    /// HEAD a manifest by the reference's tag or digest: its digest and media type as
+    /// the registry reports them, without fetching it (a cache revalidating a tag).
+    pub async fn manifest_head(&self, r: &Reference) -> Result<Head> {
+        let path = format!("/v2/{}/manifests/{}", r.repository, r.manifest_ref());
+        let req = Req {
+            method: Method::HEAD,
+            ..Req::get(&path, Some(ACCEPT))
+        };
+        let resp = check(self.send(r, &req).await?, "HEAD", &r.to_string()).await?;
+        Ok(Head::of(&resp))
+    }
+
+    /// HEAD blob `digest` of `r`'s repository (with pull rights only).
+    pub async fn blob_head(&self, r: &Reference, digest: &Digest) -> Result<Head> {
+        let path = format!("/v2/{}/blobs/{digest}", r.repository);
+        let req = Req {
+            method: Method::HEAD,
+            ..Req::get(&path, None)
+        };
+        let what = format!("{}@{digest}", r.repository);
+        let resp = check(self.send(r, &req).await?, "HEAD", &what).await?;
+        Ok(Head::of(&resp))
+    }
+
+    /// Start fetching blob `digest` of `r`'s repository and hand over its body as it
+    /// arrives, unverified: the caller hashes it (berth's store commits only under the
+    /// expected digest). A body that breaks off ends the stream with an error.
+    pub async fn blob_body(&self, r: &Reference, digest: &Digest) -> Result<BlobBody> {
+        let path = format!("/v2/{}/blobs/{digest}", r.repository);
+        let resp = self.send(r, &Req::get(&path, None)).await?;
+        let resp = check(resp, "GET", &format!("{}@{digest}", r.repository)).await?;
+        let size = resp.content_length();
+        let stream = resp
+            .bytes_stream()
+            .map(move |c| c.map_err(|e| transport(&path, e)))
+            .boxed();
+        Ok(BlobBody { size, stream })
     }
 
     /// Stream blob `digest` of `r`'s repository into `sink`, verifying its digest; the
@@ -834,6 +932,20 @@ fn basic(c: &Credentials) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password))
     )
+}
+
+/// Whether an answer to `GET /v2/` comes from a registry. A registry answers 200, or
+/// 401/403 without credentials; some proxies in front of one drop the version header. A
+/// 404, a 405 or a redirect to a web page from an address without that header is not a
+/// registry.
+pub(crate) fn speaks_registry_api(resp: &Response) -> bool {
+    let status = resp.status();
+    status.is_success()
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+        || resp
+            .headers()
+            .contains_key("docker-distribution-api-version")
 }
 
 pub(crate) fn transport(url: &str, e: reqwest::Error) -> Error {

@@ -9,16 +9,21 @@
 //! Proxies, NO_PROXY and extra CAs come from the [`berth_net::Network`] the client is
 //! given; [`Client::fetch_url`] downloads plain URLs (`ADD https://…`) with the same
 //! settings. Registry mirrors ([`HostOptions::mirrors`]) serve pulls before their upstream.
+//! [`Client::probe`] checks one registry step by step (name, connection, TLS, API,
+//! credentials, rate limit) for `berth doctor`.
 
 mod auth;
 mod client;
+mod probe;
 pub mod transfer;
 mod url;
 
 pub use auth::{Credentials, DockerConfig, docker_config_path, save_credentials};
 pub use client::{
-    BlobPush, Client, ClientConfig, Error, HostOptions, Pulled, Result, check_mirror,
+    BlobBody, BlobPush, Client, ClientConfig, Error, Head, HostOptions, Pulled, Result,
+    check_mirror,
 };
+pub use probe::{Outcome, ProbeStep, RateLimit};
 pub use transfer::{
     Platform, PullEvent, PullOptions, PullProgress, PulledImage, TransferError, pull_image,
     push_image, push_manifest,

@@ -19,12 +19,14 @@
 mod archive;
 mod inspect;
 mod layers;
+mod probe;
 mod proxy;
 
 pub use archive::{
     ArchiveFormat, ImportOptions, Imported, ImportedImage, SaveImage, import, save, save_to_file,
 };
 pub use inspect::{DockerConfig, HistoryRow, ImageFacts, Inspected, history, image_facts, inspect};
+pub use probe::{daemon_reaches_loopback, daemon_version};
 
 use berth_oci::Digest;
 use berth_store::Store;

@@ -16,6 +16,7 @@
 mod bundle;
 mod mount;
 mod net;
+mod preflight;
 mod runc;
 mod seccomp;
 
@@ -26,6 +27,7 @@ use berth_oci::Mount;
 pub use bundle::BundleBuilder;
 pub use mount::{MountGuard, cleanup_stale_mounts, mount_rootfs};
 pub use net::{DNS_ADDR, STEP_ADDR, host_addresses};
+pub use preflight::{HostCheck, host_checks};
 pub use runc::Runc;
 
 /// Result with the executor's [`Error`].

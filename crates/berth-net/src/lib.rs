@@ -380,9 +380,95 @@ impl Network {
     }
 }
 
+/// Whether the proxy at `url` (`http://host:port`) answers: a TCP connection and a
+/// `CONNECT` to a name that cannot resolve, whose answer (any HTTP status line) shows a
+/// proxy is listening. Returns that status line, or what failed. For `berth doctor`.
+pub fn probe_proxy(url: &str, timeout: std::time::Duration) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let with_port = if authority.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+    }) && (!authority.contains('[') || authority.contains("]:"))
+    {
+        authority.to_owned()
+    } else if url.starts_with("https://") {
+        format!("{authority}:443")
+    } else {
+        format!("{authority}:80")
+    };
+    let addrs: Vec<_> = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {with_port}: {e}"))?
+        .collect();
+    let mut last = format!("{with_port} has no address");
+    for addr in addrs {
+        let mut conn = match std::net::TcpStream::connect_timeout(&addr, timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                last = format!("connect to {addr}: {e}");
+                continue;
+            }
+        };
+        let _ = conn.set_read_timeout(Some(timeout));
+        let _ = conn.set_write_timeout(Some(timeout));
+        conn.write_all(
+            b"CONNECT berth-doctor.invalid:443 HTTP/1.1\r\nHost: berth-doctor.invalid:443\r\n\r\n",
+        )
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+        let mut buf = [0u8; 256];
+        let n = conn
+            .read(&mut buf)
+            .map_err(|e| format!("{addr} accepted the connection but did not answer: {e}"))?;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let line = text.lines().next().unwrap_or("").trim().to_owned();
+        return if line.starts_with("HTTP/") {
+            Ok(line)
+        } else if n == 0 {
+            Err(format!("{addr} closed the connection without answering"))
+        } else {
+            Err(format!(
+                "{addr} does not answer as an HTTP proxy ({line:?})"
+            ))
+        };
+    }
+    Err(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_probe_tells_a_proxy_from_a_closed_port() {
+        use std::io::{Read, Write};
+        let t = std::time::Duration::from_secs(5);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 512];
+            let n = c.read(&mut buf).unwrap();
+            c.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        let answer = probe_proxy(&format!("http://user:pw@{addr}/"), t).unwrap();
+        assert_eq!(answer, "HTTP/1.1 502 Bad Gateway");
+        assert!(
+            server
+                .join()
+                .unwrap()
+                .starts_with("CONNECT berth-doctor.invalid:443 ")
+        );
+        // The same port, closed now.
+        let err = probe_proxy(&format!("http://{addr}"), t).unwrap_err();
+        assert!(
+            err.contains(&addr.to_string()) && err.contains("refused"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn domains_suffixes_and_wildcards() {

@@ -2,7 +2,8 @@
 //! API (nested repository names included), content negotiation, uploads (monolithic,
 //! chunked, cross-repository mounts), tags, the referrers API and the catalog, basic
 //! authentication with per-repository rights (htpasswd, or any [`Credentials`]), TLS,
-//! request logs and graceful shutdown.
+//! request logs and graceful shutdown; and a pull-through cache serving upstream
+//! registries as read-only namespaces beside the local repositories ([`MirrorConfig`]).
 //! Content and metadata live in a [`berth_store::Store`]; the registry holds nothing but
 //! open upload writers in memory, so it can be killed at any moment.
 //!
@@ -17,6 +18,7 @@
 
 mod auth;
 mod error;
+mod mirror;
 mod routes;
 mod server;
 
@@ -24,6 +26,10 @@ pub use auth::{
     Access, AccessRule, Action, Auth, AuthError, Credentials, Htpasswd, LoginError, LoginLimits,
 };
 pub use error::{Code, RegistryError};
+pub use mirror::{
+    DEFAULT_TAG_TTL, EvictReport, MirrorConfig, MirrorSettings, Upstream, check_mirrors,
+    check_prefix, evict,
+};
 pub use routes::{Config, Registry};
 pub use server::{
     PeerCertificates, ServeOptions, TlsError, default_max_connections, serve, serve_with,

@@ -44,6 +44,8 @@ pub struct Config {
     /// [`crate::PeerCertificates`]) may do everything, as user `client-certificate`: the
     /// satellite's listener accepts only certificates of its own CA, unrevoked.
     pub client_certificates: bool,
+    /// Upstream registries served as read-only namespaces (the pull-through cache).
+    pub mirror: crate::mirror::MirrorSettings,
 }
 
 impl Config {
@@ -58,6 +60,7 @@ impl Config {
             beyond_loopback: false,
             allow_anonymous_push: false,
             client_certificates: false,
+            mirror: Default::default(),
         }
     }
 
@@ -80,23 +83,32 @@ struct Inner {
     /// hashed once. A request takes its writer out and puts it back when done; after a
     /// restart the map is empty and the writer is re-opened from disk (re-hashing).
     uploads: Mutex<HashMap<String, (Writer, std::time::Instant)>>,
+    /// The pull-through cache, when mirrors are configured.
+    mirrors: Option<Arc<crate::mirror::Mirrors>>,
 }
 
 impl Registry {
     /// A registry over `config`.
     pub fn new(config: Config) -> Registry {
         crate::auth::warn_if_writes_refused(&config);
+        let mirrors = crate::mirror::Mirrors::new(&config.mirror, config.store.clone());
         Registry {
             inner: Arc::new(Inner {
                 config,
                 uploads: Mutex::new(HashMap::new()),
+                mirrors,
             }),
         }
     }
 
-    /// The axum router serving `/v2/`.
+    /// The axum router serving `/v2/`, and `/metrics` when the registry has mirrors (a
+    /// registry embedded with routes of its own, like a satellite's, has none).
     pub fn router(&self) -> Router {
-        Router::new()
+        let mut router = Router::new();
+        if self.inner.mirrors.is_some() {
+            router = router.route("/metrics", axum::routing::get(metrics));
+        }
+        router
             .fallback(dispatch)
             .with_state(self.clone())
             .layer(axum::middleware::from_fn(crate::server::log_request))
@@ -148,6 +160,67 @@ enum Route {
     Blob(String, String),
     Upload(String, Option<String>),
     Referrers(String, String),
+}
+
+impl Route {
+    /// The repository the route names, if any.
+    fn name_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags(n)
+            | Route::Manifest(n, _)
+            | Route::Blob(n, _)
+            | Route::Upload(n, _)
+            | Route::Referrers(n, _) => Some(n),
+        }
+    }
+}
+
+/// `/metrics`: Prometheus text (the pull-through cache's counters); counts only.
+async fn metrics(State(reg): State<Registry>) -> Response {
+    let text = crate::mirror::render_metrics(reg.inner.mirrors.as_deref());
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
+}
+
+/// Which mirror, if any, a request for `route` goes to: a name under a mirror's prefix,
+/// `?ns=` naming an upstream, or (reads only) a name no local repository has while a
+/// default mirror is set. The route's name becomes the cache's repository.
+async fn mirror_target(
+    reg: &Registry,
+    route: &mut Route,
+    method: &Method,
+    query: Option<&str>,
+) -> Result<Option<crate::mirror::Target>> {
+    let Some(mirrors) = &reg.inner.mirrors else {
+        return Ok(None);
+    };
+    let Some(name) = route.name_mut() else {
+        return Ok(None);
+    };
+    let ns = query_param(query, "ns");
+    let mut target = mirrors.by_name(name, ns.as_deref());
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    if target.is_none() && read && mirrors.has_default() && check_name(name).is_ok() {
+        let (store, n) = (reg.store().clone(), name.clone());
+        let local = blocking(move || {
+            let repos = store.repos();
+            Ok(!repos.tags(&n)?.is_empty() || !repos.manifests(&n)?.is_empty())
+        })
+        .await?;
+        if !local {
+            target = mirrors.by_default(name);
+        }
+    }
+    if let Some(t) = &target {
+        check_name(&t.name)?;
+        *name = t.name.clone();
+    }
+    Ok(target)
 }
 
 fn parse_route(path: &str) -> Option<Route> {
@@ -324,7 +397,7 @@ async fn authorize(
 
 async fn handle(reg: &Registry, req: Request) -> Result<Response> {
     let cfg = &reg.inner.config;
-    let route = parse_route(req.uri().path()).ok_or_else(|| {
+    let mut route = parse_route(req.uri().path()).ok_or_else(|| {
         RegistryError::new(
             Code::NameUnknown,
             format!("no such API endpoint: {}", req.uri().path()),
@@ -332,6 +405,12 @@ async fn handle(reg: &Registry, req: Request) -> Result<Response> {
         .with_status(StatusCode::NOT_FOUND)
     })?;
     let method = req.method().clone();
+    let mirror = mirror_target(reg, &mut route, &method, req.uri().query()).await?;
+    if let (Some(t), Some(mirrors)) = (&mirror, &reg.inner.mirrors)
+        && !matches!(method, Method::GET | Method::HEAD)
+    {
+        return Err(crate::error::refuse(mirrors.refuse_write(t), req).await);
+    }
 
     let client = req
         .extensions()
@@ -367,6 +446,19 @@ async fn handle(reg: &Registry, req: Request) -> Result<Response> {
 
     let query = req.uri().query().map(str::to_string);
     let q = |k: &str| query_param(query.as_deref(), k);
+    if let (Some(t), Some(mirrors)) = (&mirror, &reg.inner.mirrors) {
+        return mirrored(
+            reg,
+            mirrors,
+            t,
+            route,
+            method,
+            req.headers(),
+            q("n"),
+            q("last"),
+        )
+        .await;
+    }
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => {
             Ok(json_response(StatusCode::OK, &serde_json::json!({})))
@@ -438,6 +530,41 @@ async fn handle(reg: &Registry, req: Request) -> Result<Response> {
         (_, m) => Err(RegistryError::new(
             Code::Unsupported,
             format!("method {m} is not supported on this endpoint"),
+        )),
+    }
+}
+
+/// A read of a mirrored repository: the cache makes sure it holds what is asked for
+/// (fetching, revalidating or streaming from upstream), and the store serves it.
+#[allow(clippy::too_many_arguments)]
+async fn mirrored(
+    reg: &Registry,
+    mirrors: &Arc<crate::mirror::Mirrors>,
+    t: &crate::mirror::Target,
+    route: Route,
+    method: Method,
+    headers: &HeaderMap,
+    n: Option<String>,
+    last: Option<String>,
+) -> Result<Response> {
+    use crate::mirror::BlobSource;
+    let head = method == Method::HEAD;
+    match route {
+        Route::Manifest(name, reference) => {
+            let digest = crate::mirror::manifest(mirrors, t, &reference).await?;
+            get_manifest(reg, &name, &digest.to_string(), headers, head)
+        }
+        Route::Blob(name, digest) => match crate::mirror::blob(mirrors, t, &digest, head).await? {
+            BlobSource::Cached => get_blob(reg, &name, &digest, headers, head).await,
+            BlobSource::Head(r) | BlobSource::Fetching(r) => Ok(r),
+        },
+        Route::Tags(name) if method == Method::GET => tags_list(reg, &name, n, last),
+        Route::Referrers(name, digest) if method == Method::GET => {
+            referrers(reg, &name, &digest, None)
+        }
+        _ => Err(RegistryError::new(
+            Code::Unsupported,
+            format!("method {method} is not supported on this endpoint"),
         )),
     }
 }

@@ -216,6 +216,69 @@ impl Enrollments {
     }
 }
 
+/// What `berth doctor` learns of one enrolled satellite.
+#[derive(Debug, Clone)]
+pub struct SatelliteProbe {
+    /// The record.
+    pub enrolled: Enrolled,
+    /// When this client's certificate stops being valid (`None`: it could not be read).
+    pub cert_expires: Option<SystemTime>,
+    /// Past half its life: the next connection renews it.
+    pub renewal_due: bool,
+    /// The satellite's status answer (`name version`), or why there was none.
+    pub reachable: Result<String, String>,
+}
+
+impl Enrollments {
+    /// Checks satellite `name` without changing anything (no renewal): this client's
+    /// certificate, and a status call over mutual TLS.
+    pub async fn probe(&self, name: &str) -> Result<SatelliteProbe, SatError> {
+        let enrolled = self.get(name)?;
+        let dir = self.dir.join(name);
+        let identity = self.identity(name);
+        let leaf = identity
+            .as_ref()
+            .ok()
+            .and_then(|i| i.chain().ok())
+            .and_then(|mut c| (!c.is_empty()).then(|| c.remove(0)));
+        let info = leaf
+            .as_ref()
+            .and_then(|l| berth_pki::CertInfo::from_der(l).ok());
+        let renewal_due = leaf
+            .as_ref()
+            .and_then(|l| berth_pki::needs_renewal(l, SystemTime::now()).ok())
+            .unwrap_or(false);
+        let reachable = async {
+            let identity = identity.map_err(|e| e.to_string())?;
+            let ca_path = dir.join("ca.crt");
+            let ca = std::fs::read_to_string(&ca_path)
+                .map_err(|e| format!("read {}: {e}", ca_path.display()))?;
+            let ca = pem_to_der(&ca).map_err(|e| e.to_string())?;
+            let config = berth_pki::client_config(ServerTrust::Ca(ca), Some(&identity))
+                .map_err(|e| e.to_string())?;
+            let call = async {
+                let (mut grpc, refusal) = connect_watched(&enrolled.address, config).await?;
+                grpc.status(proto::StatusRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| remote_error(&enrolled.address, s, &refusal))
+            };
+            match tokio::time::timeout(std::time::Duration::from_secs(15), call).await {
+                Ok(Ok(st)) => Ok(format!("satellite {} {} answers", st.name, st.version)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("{}: no answer in 15s", enrolled.address)),
+            }
+        }
+        .await;
+        Ok(SatelliteProbe {
+            enrolled,
+            cert_expires: info.map(|i| i.validity.not_after),
+            renewal_due,
+            reachable,
+        })
+    }
+}
+
 /// A connection to an enrolled satellite.
 pub struct Connection {
     /// The gRPC client.

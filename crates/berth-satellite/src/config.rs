@@ -482,7 +482,11 @@ fn import_oci_worker(path: &str, value: &toml::Value, out: &mut Imported) {
                          [builder] cache_max_bytes (not a percentage)"
                 }
             },
-            "gc" | "reservedSpace" | "maxUsedSpace" | "minFreeSpace" | "gcpolicy" => NO_GC,
+            "gcpolicy" => {
+                import_gc_policies(&at, v, out);
+                continue;
+            }
+            "gc" | "reservedSpace" | "maxUsedSpace" | "minFreeSpace" => NO_GC,
             "max-parallelism" => match v.as_integer().filter(|n| *n > 0) {
                 Some(n) => {
                     out.config.builder.max_parallel_steps = Some(n as usize);
@@ -498,6 +502,90 @@ fn import_oci_worker(path: &str, value: &toml::Value, out: &mut Imported) {
         };
         unmapped(out, &at, v, why);
     }
+}
+
+/// `[[worker.oci.gcpolicy]]`: a policy without `filters` applies to the whole cache, as
+/// berth's limits do: its `keepBytes` maps to `cache_max_bytes` and its `keepDuration` to
+/// `cache_keep` (the strictest wins when several do). A filtered policy has no equivalent.
+fn import_gc_policies(path: &str, value: &toml::Value, out: &mut Imported) {
+    let Some(policies) = value.as_array() else {
+        return unmapped(out, path, value, "expected a list of tables");
+    };
+    for (i, policy) in policies.iter().enumerate() {
+        let at = format!("{path}[{i}]");
+        let Some(table) = policy.as_table() else {
+            unmapped(out, &at, policy, "expected a table");
+            continue;
+        };
+        if table
+            .get("filters")
+            .is_some_and(|f| f.as_array().is_none_or(|a| !a.is_empty()))
+        {
+            unmapped(
+                out,
+                &at,
+                policy,
+                "berth's cache limits apply to the whole cache, not to filtered records; \
+                 an unfiltered policy (or [builder] cache_max_bytes / cache_keep) sets them",
+            );
+            continue;
+        }
+        for (key, v) in table {
+            let key_at = format!("{at}.{}", quoted(key));
+            match key.as_str() {
+                "all" | "filters" => {}
+                "keepBytes" => match disk_bytes(v) {
+                    Some(n) => {
+                        let cap = &mut out.config.builder.cache_max_bytes;
+                        *cap = Some(cap.map_or(n, |c| c.min(n)));
+                    }
+                    None => unmapped(out, &key_at, v, "expected bytes or a size such as \"10GB\""),
+                },
+                "keepDuration" => match go_duration_secs(v) {
+                    Some(secs) => {
+                        let keep = &mut out.config.builder.cache_keep;
+                        let old = keep.as_deref().and_then(|k| parse_duration(k).ok());
+                        if old.is_none_or(|o| secs < o.as_secs()) {
+                            *keep = Some(format!("{secs}s"));
+                        }
+                    }
+                    None => unmapped(
+                        out,
+                        &key_at,
+                        v,
+                        "expected seconds or a duration such as \"48h\" or \"1h30m\"",
+                    ),
+                },
+                _ => unmapped(out, &key_at, v, NO_GC),
+            }
+        }
+    }
+}
+
+/// BuildKit's keepDuration: an integer of seconds, or a Go duration of h, m and s parts
+/// (`48h`, `1h30m`, `90s`).
+fn go_duration_secs(v: &toml::Value) -> Option<u64> {
+    if let Some(n) = v.as_integer() {
+        return u64::try_from(n).ok();
+    }
+    let mut rest = v.as_str()?.trim();
+    let mut total = 0u64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest[..digits].parse().ok()?;
+        let unit = match &rest[digits..digits + 1] {
+            "h" => 3600,
+            "m" => 60,
+            "s" => 1,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        rest = &rest[digits + 1..];
+    }
+    Some(total)
 }
 
 /// A BuildKit disk size: an integer of bytes, or a string with a decimal or binary unit.
@@ -768,14 +856,41 @@ insecure-entitlements = ["network.host", "security.insecure"]
 "#;
 
     #[test]
+    fn unfiltered_gc_policies_map_to_the_cache_limits_the_strictest_winning() {
+        let toml = "[worker.oci]\n\
+                    [[worker.oci.gcpolicy]]\nkeepDuration = \"1h30m\"\nkeepBytes = 2000000\n\
+                    [[worker.oci.gcpolicy]]\nall = true\nkeepDuration = 172800\nkeepBytes = \"1GB\"\n\
+                    [[worker.oci.gcpolicy]]\nkeepDuration = \"2 days\"\nminFreeSpace = \"5GB\"\n";
+        let imported = import_buildkitd(toml, "bk.toml").unwrap();
+        let b = &imported.config.builder;
+        assert_eq!(b.cache_keep.as_deref(), Some("5400s"));
+        assert_eq!(b.cache_keep(), Some(std::time::Duration::from_secs(5400)));
+        assert_eq!(b.cache_max_bytes, Some(2_000_000));
+        let keys: Vec<&str> = imported.unmapped.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "worker.oci.gcpolicy[2].keepDuration",
+                "worker.oci.gcpolicy[2].minFreeSpace"
+            ]
+        );
+        assert_eq!(go_duration_secs(&toml::Value::from("48h")), Some(172_800));
+        assert_eq!(go_duration_secs(&toml::Value::from("1h1m1s")), Some(3661));
+        assert_eq!(go_duration_secs(&toml::Value::from("10ms")), None);
+        assert_eq!(go_duration_secs(&toml::Value::from("")), None);
+    }
+
+    #[test]
     fn buildkitd_toml_maps_registries_and_entitlements_and_lists_the_rest() {
         let imported = import_buildkitd(BUILDKITD, "buildkitd.toml").unwrap();
         let c = &imported.config;
         assert_eq!(c.builder.allow, [Entitlement::NetworkHost]);
         assert_eq!(c.builder.max_parallel_steps, Some(4));
-        assert!(
-            c.builder.cache_max_bytes.is_none(),
-            "a percentage does not map"
+        // gckeepstorage's percentage does not map; the unfiltered policy's keepBytes does.
+        assert_eq!(c.builder.cache_max_bytes, Some(50_000_000_000));
+        assert_eq!(
+            c.builder.cache_keep, None,
+            "the only keepDuration is filtered"
         );
         assert_eq!(
             c.registries["docker.io"].mirrors,
@@ -804,9 +919,8 @@ insecure-entitlements = ["network.host", "security.insecure"]
             ("insecure-entitlements[1]", "berth grants only network.host"),
             ("worker.oci.snapshotter", "overlayfs"),
             ("worker.oci.gc", "cache_max_bytes"),
-            ("worker.oci.gcpolicy[0].keepDuration", "cache_max_bytes"),
-            ("worker.oci.gcpolicy[0].filters", "cache_max_bytes"),
-            ("worker.oci.gcpolicy[1].all", "cache_max_bytes"),
+            ("worker.oci.gcpolicy[0].keepDuration", "filtered records"),
+            ("worker.oci.gcpolicy[0].filters", "filtered records"),
             ("worker.containerd.enabled", "runc itself"),
             (
                 "registry.\"docker.io\".mirrors[1]",
@@ -832,6 +946,8 @@ insecure-entitlements = ["network.host", "security.insecure"]
             "registry.\"docker.io\".mirrors[0]",
             "registry.\"mirror.corp.example:5000\".http",
             "insecure-entitlements[0]",
+            "worker.oci.gcpolicy[1].all",
+            "worker.oci.gcpolicy[1].keepBytes",
         ] {
             assert!(!unmapped.contains_key(key), "{key} listed");
         }

@@ -24,8 +24,8 @@ mod server;
 mod service;
 
 pub use client::{
-    Connection, Enrolled, Enrollments, Refusal, RemoteBuild, RemoteResult, build, connect,
-    connect_watched, remote_error,
+    Connection, Enrolled, Enrollments, Refusal, RemoteBuild, RemoteResult, SatelliteProbe, build,
+    connect, connect_watched, remote_error,
 };
 pub use config::SatelliteConfig;
 pub use error::SatError;

@@ -352,6 +352,13 @@ impl Writer {
         self.offset
     }
 
+    /// A second, read-only handle on the ingest's data, to read what is written while it
+    /// is written (a pull-through cache streams a blob to its clients as it arrives).
+    /// The handle stays valid after commit or abort: it is the same file.
+    pub fn reader(&self) -> Result<File> {
+        File::open(&self.path).ctx("open ingest", &self.path)
+    }
+
     /// Append `data`, hashing it on the way.
     pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
         self.file.write_all(data).ctx("write ingest", &self.path)?;

@@ -131,6 +131,18 @@ impl Repos {
         }
     }
 
+    /// When `tag` of `name` was last set (each [`Repos::set_tag`] renews it, even to the
+    /// same digest); `None` without the tag. A pull-through cache revalidates tags by it.
+    pub fn tag_set_at(&self, name: &str, tag: &str) -> Result<Option<std::time::SystemTime>> {
+        berth_oci::validate_tag(tag).map_err(|e| Error::Invalid(e.to_string()))?;
+        let path = self.repo(name)?.join("_tags").join(tag);
+        match std::fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.modified().ctx("stat tag", &path)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx("stat tag", &path),
+        }
+    }
+
     /// Remove `tag` of `name`. Returns whether it existed.
     pub fn delete_tag(&self, name: &str, tag: &str) -> Result<bool> {
         berth_oci::validate_tag(tag).map_err(|e| Error::Invalid(e.to_string()))?;

@@ -35,13 +35,24 @@ impl Solver {
                 MountSource::Cache {
                     id,
                     sharing,
-                    uid,
-                    gid,
-                    mode,
-                } => bind(
-                    self.cache_mount_dir(id, *sharing, holds, (*uid, *gid, *mode))?,
-                    "rw",
-                ),
+                    owner,
+                    seed,
+                    readonly,
+                } => {
+                    let start = match seed {
+                        Some((input, path)) => CacheStart::Copy(
+                            inputs.get(*input).ok_or_else(|| {
+                                BuildError::Invalid(format!("cache seed of missing input {input}"))
+                            })?,
+                            path,
+                        ),
+                        None => CacheStart::Empty(*owner),
+                    };
+                    bind(
+                        self.cache_mount_dir(id, *sharing, holds, start)?,
+                        if *readonly { "ro" } else { "rw" },
+                    )
+                }
                 MountSource::Secret {
                     id,
                     env: as_env,
@@ -173,6 +184,15 @@ impl Solver {
         // cache key does not cover), and writes to a writable mount are thrown away,
         // never reaching the user's files.
         let hide = from_context && !ignore.patterns().is_empty();
+        if from_context && rw && !src.is_dir() {
+            // A writable mount of one context file gets a copy to write to.
+            let scratch = self.root.join("tmp").join(unique("ctxfile"));
+            fs::create_dir_all(&scratch).map_err(|e| io_err("create directory", &scratch, e))?;
+            holds.dirs.push(scratch.clone());
+            let copy = scratch.join("file");
+            fs::copy(&src, &copy).map_err(|e| io_err("copy", &src, e))?;
+            return Ok(copy);
+        }
         if !(from_context && src.is_dir() && (rw || hide)) {
             return Ok(src);
         }
@@ -197,19 +217,28 @@ impl Solver {
         Ok(at)
     }
 
-    /// The directory of cache mount `id`, made with owner and mode on first use, and
+    /// The directory of cache mount `id`, made as `start` says on first use, and
     /// locked in `holds` as its sharing mode asks (`private` takes the first free copy).
+    /// As BuildKit's cache keys (`id:ref`), caches of one id with different starts are
+    /// different directories.
     fn cache_mount_dir(
         &self,
         id: &str,
         sharing: Sharing,
         holds: &mut Holds,
-        (uid, gid, mode): (u32, u32, u32),
+        start: CacheStart<'_>,
     ) -> Result<PathBuf> {
+        let key = match &start {
+            CacheStart::Empty(None) => id.to_string(),
+            CacheStart::Empty(Some((uid, gid, mode))) => {
+                format!("{id}:mkdir {uid}:{gid} {mode:o}")
+            }
+            CacheStart::Copy(from, path) => format!("{id}:{}{path}", from.key),
+        };
         let base = self
             .root
             .join("cache/mounts")
-            .join(Digest::sha256(id.as_bytes()).hex());
+            .join(Digest::sha256(key.as_bytes()).hex());
         let lock_at = |dir: &Path, wait: bool| -> Result<Option<fs::File>> {
             let lock_path = dir.with_extension("lock");
             let f =
@@ -252,15 +281,75 @@ impl Solver {
             }
         };
         if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(|e| io_err("create cache mount", &dir, e))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                .map_err(|e| io_err("chown cache mount", &dir, e))?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
-                .map_err(|e| io_err("chmod cache mount", &dir, e))?;
+            // Made aside and renamed into place, so a failed copy leaves no half cache.
+            let new = dir.with_extension(unique("new"));
+            fs::create_dir_all(&new).map_err(|e| io_err("create cache mount", &new, e))?;
+            let made = match start {
+                CacheStart::Empty(owner) => {
+                    set_owner_mode(&new, owner.unwrap_or((0, 0, 0o755)), "cache mount")
+                }
+                CacheStart::Copy(from, path) => self.seed_cache(&new, from, path, holds),
+            };
+            let made = made.and_then(|()| match fs::rename(&new, &dir) {
+                // Another step made it meanwhile: theirs is as good.
+                Err(_) if dir.is_dir() => Ok(()),
+                r => r.map_err(|e| io_err("rename cache mount", &new, e)),
+            });
+            if made.is_err() || new.exists() {
+                let _ = fs::remove_dir_all(&new);
+            }
+            made?;
         }
         Ok(dir)
     }
+
+    /// Fill the new cache directory `dir` with a copy of `path` of `from`, owners and
+    /// modes kept (the directory takes those of `path`).
+    fn seed_cache(&self, dir: &Path, from: &Solved, path: &str, holds: &mut Holds) -> Result<()> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let (root, ignore, view, _) = self.source_root(from)?;
+        if let Some(v) = view {
+            holds.views.push(v);
+        }
+        let src = fileops::resolve_in_root(&root, path)?;
+        let meta = match fs::metadata(&src) {
+            Ok(m) if m.is_dir() => m,
+            Ok(_) => {
+                return Err(BuildError::Invalid(format!(
+                    "--mount=type=cache,source={path}: not a directory; a cache starts from a directory"
+                )));
+            }
+            // As BuildKit, a source that is not there starts the cache empty.
+            Err(_) => return set_owner_mode(dir, (0, 0, 0o755), "cache mount"),
+        };
+        let matched = fileops::resolve_sources(&root, &[path.to_string()], &ignore)?;
+        let opts = fileops::CopyOptions {
+            keep_owner: true,
+            ..Default::default()
+        };
+        fileops::copy(
+            &root,
+            &matched,
+            &ignore,
+            &Default::default(),
+            dir,
+            "/",
+            opts,
+        )?;
+        set_owner_mode(
+            dir,
+            (meta.uid(), meta.gid(), meta.permissions().mode() & 0o7777),
+            "cache mount",
+        )
+    }
+}
+
+/// How a cache mount's directory starts when first made.
+enum CacheStart<'a> {
+    /// Empty, with this (uid, gid, mode) if given (else root, 0755).
+    Empty(Option<(u32, u32, u32)>),
+    /// A copy of a path of a solved input.
+    Copy(&'a Solved, &'a str),
 }
 
 /// Give `path` (a `what`, for errors) its owner and mode.

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod satellite;
+pub mod tinyproxy;
 
 /// Skip the test (return false) with a reason that scripts/test counts, or panic under
 /// strict mode (CI sets BERTH_TEST_STRICT=1).

@@ -190,6 +190,10 @@ fn run(r: &Run) -> String {
 }
 
 fn mount(m: &RunMount) -> String {
+    if m.raw.contains('$') {
+        // Parsed only when lowering knows the variables.
+        return format!("{:?}", m.raw);
+    }
     let mut out = m.kind.as_str().to_owned();
     let text = [
         ("target", &m.target),

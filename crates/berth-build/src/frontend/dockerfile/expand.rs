@@ -17,8 +17,11 @@
 //!   literal; inside double quotes only before `"`, `$` and itself.
 //! - A `$` not followed by a name or `{` is a literal `$`.
 //!
-//! Pattern operators (`${NAME#pat}`, `${NAME%pat}`, `${NAME/a/b}`) are not supported yet
-//! and are reported as a bad substitution.
+//! - `${NAME#pat}` / `${NAME##pat}` remove the shortest / longest prefix matching `pat`,
+//!   `${NAME%pat}` / `${NAME%%pat}` the shortest / longest suffix; `${NAME/pat/repl}`
+//!   replaces the first (longest) match, `${NAME//pat/repl}` every match. In `pat`, `*`
+//!   is any string, `?` one character, `\*`, `\?` and `\\` are literal (BuildKit's
+//!   patterns: no bracket expressions). `${NAME:#…}` and the like are errors.
 //!
 //! An expanded word is at most [`MAX_WORD`] bytes: `ARG A=$A$A` repeated doubles a
 //! value each time, and forty of them would ask for a terabyte. Going beyond it is an
@@ -99,7 +102,7 @@ impl ExpandError {
                 "close the quote, or escape it to mean a literal quote"
             }
             ExpandError::BadSubstitution { .. } => {
-                "supported forms are $NAME, ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:+alt}, ${NAME+alt} and ${NAME:?message}"
+                "supported forms are $NAME, ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:+alt}, ${NAME+alt}, ${NAME:?message}, ${NAME#pat}, ${NAME##pat}, ${NAME%pat}, ${NAME%%pat}, ${NAME/pat/repl} and ${NAME//pat/repl}"
             }
             ExpandError::Unset { .. } => "set the variable with ARG, ENV or a build argument",
             ExpandError::TooLong { .. } => {
@@ -127,7 +130,7 @@ pub fn expand(
     escape: char,
 ) -> Result<String, ExpandError> {
     let mut expander = Expander::new(word, escape, lookup, true);
-    expander.word(false)
+    expander.word(None, false)
 }
 
 /// The names of the variables `word` refers to, in order of first appearance, including
@@ -144,7 +147,7 @@ pub fn expand(
 /// ```
 pub fn referenced_vars(word: &str, escape: char) -> Result<Vec<String>, ExpandError> {
     let mut expander = Expander::new(word, escape, |_: &str| None, false);
-    expander.word(false)?;
+    expander.word(None, false)?;
     Ok(expander.referenced)
 }
 
@@ -302,11 +305,13 @@ impl<'a, F: Fn(&str) -> Option<String>> Expander<'a, F> {
         (self.lookup)(name)
     }
 
-    /// Expands up to the end, or, inside `${...}`, up to (not including) an unquoted `}`.
-    fn word(&mut self, in_braces: bool) -> Result<String, ExpandError> {
+    /// Expands up to the end, or up to (not including) an unquoted `stop` (`}` inside
+    /// `${...}`). With `raw_escapes` (a pattern operand) an escape is kept with the
+    /// character it escapes, for the pattern to read.
+    fn word(&mut self, stop: Option<char>, raw_escapes: bool) -> Result<String, ExpandError> {
         let mut out = String::new();
         while let Some(c) = self.peek() {
-            if in_braces && c == '}' {
+            if Some(c) == stop {
                 break;
             }
             let start = self.pos;
@@ -315,6 +320,10 @@ impl<'a, F: Fn(&str) -> Option<String>> Expander<'a, F> {
                 '\'' => self.single_quoted(start, &mut out)?,
                 '"' => self.double_quoted(start, &mut out)?,
                 '$' => self.dollar(start, &mut out)?,
+                c if c == self.escape && raw_escapes => {
+                    out.push('\\');
+                    out.extend(self.bump());
+                }
                 c if c == self.escape => out.extend(self.bump()),
                 c => out.push(c),
             }
@@ -417,12 +426,13 @@ impl<'a, F: Fn(&str) -> Option<String>> Expander<'a, F> {
                 _ => return Err(self.bad_substitution(start)),
             },
             Some(op @ ('-' | '+' | '?')) => (false, op),
+            Some(op @ ('#' | '%' | '/')) => return self.pattern_op(start, &name, op, out),
             Some(_) => return Err(self.bad_substitution(start)),
         };
         let value = self.lookup(&name);
         // The operand is always expanded, even when unused, so that `referenced_vars`
         // sees every name a word mentions.
-        let operand = self.word(true)?;
+        let operand = self.word(Some('}'), false)?;
         if self.bump() != Some('}') {
             return Err(ExpandError::UnterminatedBrace { offset: start });
         }
@@ -437,12 +447,13 @@ impl<'a, F: Fn(&str) -> Option<String>> Expander<'a, F> {
             '+' => {}
             _ if present => push_bounded(out, &value.unwrap_or_default(), &name, start)?,
             _ if self.check_unset => {
+                // BuildKit's messages.
                 let message = if !operand.is_empty() {
                     operand
-                } else if colon {
-                    "parameter null or not set".to_owned()
+                } else if value.is_some() {
+                    "is not allowed to be empty".to_owned()
                 } else {
-                    "parameter not set".to_owned()
+                    "is not allowed to be unset".to_owned()
                 };
                 return Err(ExpandError::Unset {
                     name,
@@ -455,6 +466,57 @@ impl<'a, F: Fn(&str) -> Option<String>> Expander<'a, F> {
         Ok(())
     }
 
+    /// `${NAME#pat}`, `${NAME%pat}` (doubled: longest) or `${NAME/pat/repl}` (`//`:
+    /// every match), after the operator `op`; the `$` is at `start`.
+    fn pattern_op(
+        &mut self,
+        start: usize,
+        name: &str,
+        op: char,
+        out: &mut String,
+    ) -> Result<(), ExpandError> {
+        let value: Vec<char> = self.lookup(name).unwrap_or_default().chars().collect();
+        let doubled = self.peek() == Some(op);
+        if doubled {
+            self.bump();
+        }
+        let stop = if op == '/' { '/' } else { '}' };
+        let pattern = self.word(Some(stop), true)?;
+        if self.bump() != Some(stop) {
+            return Err(ExpandError::UnterminatedBrace { offset: start });
+        }
+        let replacement = if op == '/' {
+            let r = self.word(Some('}'), true)?;
+            if self.bump() != Some('}') {
+                return Err(ExpandError::UnterminatedBrace { offset: start });
+            }
+            // As BuildKit: escapes of `}` and `/` are dropped from the replacement
+            // (which is not a pattern); others stay.
+            r.replace("\\}", "}").replace("\\/", "/")
+        } else {
+            String::new()
+        };
+        let pat = Pattern::parse(&pattern);
+        let result: String = match op {
+            '#' => match pat.match_at(&value, 0, doubled) {
+                Some(end) => value[end..].iter().collect(),
+                None => value.iter().collect(),
+            },
+            '%' => {
+                // The shortest (longest) suffix is the shortest (longest) prefix of the
+                // reversed value matching the reversed pattern.
+                let rev_value: Vec<char> = value.iter().rev().copied().collect();
+                let rev_pat = Pattern(pat.0.iter().rev().cloned().collect());
+                match rev_pat.match_at(&rev_value, 0, doubled) {
+                    Some(end) => value[..value.len() - end].iter().collect(),
+                    None => value.iter().collect(),
+                }
+            }
+            _ => pat.replace(&value, &replacement, doubled),
+        };
+        push_bounded(out, &result, name, start)
+    }
+
     /// A bad substitution starting at `start`, showing the text up to its `}`.
     fn bad_substitution(&self, start: usize) -> ExpandError {
         match self.src[start..].find('}') {
@@ -464,6 +526,114 @@ impl<'a, F: Fn(&str) -> Option<String>> Expander<'a, F> {
             },
             None => ExpandError::UnterminatedBrace { offset: start },
         }
+    }
+}
+
+/// One element of a `${NAME#pattern}` pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PatternPart {
+    /// `*`: any string.
+    Any,
+    /// `?`: one character.
+    One,
+    /// A literal character.
+    Char(char),
+}
+
+/// A shell pattern of a substitution, as BuildKit reads it: `*`, `?`, literals, and
+/// `\` making `*`, `?` or `\` literal (an escaped `}` or `/` is that character).
+#[derive(Debug, Clone)]
+struct Pattern(Vec<PatternPart>);
+
+impl Pattern {
+    fn parse(raw: &str) -> Pattern {
+        let mut parts = Vec::new();
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            parts.push(match c {
+                '*' => PatternPart::Any,
+                '?' => PatternPart::One,
+                '\\' => PatternPart::Char(chars.next().unwrap_or('\\')),
+                c => PatternPart::Char(c),
+            });
+        }
+        Pattern(parts)
+    }
+
+    /// Where a match of the pattern starting at `from` in `value` ends, if there is one:
+    /// the stars take as much as they can (`greedy`) or as little, the first star first,
+    /// as Go's regexp does with `.*` and `.*?`.
+    fn match_at(&self, value: &[char], from: usize, greedy: bool) -> Option<usize> {
+        // Positions (part, at) known not to lead to a match: the search stays
+        // polynomial however many stars the pattern has.
+        let mut dead = std::collections::HashSet::new();
+        self.match_from(0, from, value, greedy, &mut dead)
+    }
+
+    fn match_from(
+        &self,
+        part: usize,
+        at: usize,
+        value: &[char],
+        greedy: bool,
+        dead: &mut std::collections::HashSet<(usize, usize)>,
+    ) -> Option<usize> {
+        if dead.contains(&(part, at)) {
+            return None;
+        }
+        let found = match self.0.get(part) {
+            None => Some(at),
+            Some(PatternPart::Any) => {
+                let ends = at..=value.len();
+                if greedy {
+                    ends.rev()
+                        .find_map(|e| self.match_from(part + 1, e, value, greedy, dead))
+                } else {
+                    ends.into_iter()
+                        .find_map(|e| self.match_from(part + 1, e, value, greedy, dead))
+                }
+            }
+            Some(PatternPart::One) if at < value.len() => {
+                self.match_from(part + 1, at + 1, value, greedy, dead)
+            }
+            Some(PatternPart::Char(c)) if value.get(at) == Some(c) => {
+                self.match_from(part + 1, at + 1, value, greedy, dead)
+            }
+            Some(_) => None,
+        };
+        if found.is_none() {
+            dead.insert((part, at));
+        }
+        found
+    }
+
+    /// `value` with its leftmost match (every match if `all`) replaced by
+    /// `replacement`; stars are greedy. As Go's `ReplaceAllString`, an empty match
+    /// right after a match is skipped.
+    fn replace(&self, value: &[char], replacement: &str, all: bool) -> String {
+        let mut out = String::new();
+        let (mut copied, mut search, mut last_end) = (0, 0, None);
+        while search <= value.len() {
+            let Some((s, e)) =
+                (search..=value.len()).find_map(|s| self.match_at(value, s, true).map(|e| (s, e)))
+            else {
+                break;
+            };
+            if e == s && last_end == Some(s) {
+                search = s + 1;
+                continue;
+            }
+            out.extend(&value[copied..s]);
+            out.push_str(replacement);
+            copied = e;
+            last_end = Some(e);
+            search = if e > s { e } else { s + 1 };
+            if !all {
+                break;
+            }
+        }
+        out.extend(&value[copied..]);
+        out
     }
 }
 
@@ -548,7 +718,9 @@ mod tests {
         );
         assert_eq!(err.to_string(), "EMPTY: must be set");
         let err = expand("${UNSET?}", env, '\\').unwrap_err();
-        assert_eq!(err.to_string(), "UNSET: parameter not set");
+        assert_eq!(err.to_string(), "UNSET: is not allowed to be unset");
+        let err = expand("${EMPTY:?}", env, '\\').unwrap_err();
+        assert_eq!(err.to_string(), "EMPTY: is not allowed to be empty");
     }
 
     #[test]
@@ -615,11 +787,53 @@ mod tests {
         );
     }
 
+    /// The Dockerfile reference's examples, and BuildKit's pattern rules.
+    #[test]
+    fn pattern_operators() {
+        let env = |name: &str| match name {
+            "S" => Some("foobarbaz".to_string()),
+            "P" => Some("/usr/local/bin/app.tar.gz".to_string()),
+            "T" => Some("a*b".to_string()),
+            "R" => Some("aaa".to_string()),
+            _ => None,
+        };
+        let x = |w: &str| expand(w, env, '\\').unwrap();
+        assert_eq!(x("${S#foo}"), "barbaz");
+        assert_eq!(x("${S#*a}"), "rbaz");
+        assert_eq!(x("${S##*a}"), "z");
+        assert_eq!(x("${S#nope}"), "foobarbaz");
+        assert_eq!(x("${S%baz}"), "foobar");
+        assert_eq!(x("${S%a*}"), "foobarb");
+        assert_eq!(x("${S%%a*}"), "foob");
+        assert_eq!(x("${P##*/}"), "app.tar.gz");
+        assert_eq!(x("${P%/*}"), "/usr/local/bin");
+        assert_eq!(x("${P%%.*}"), "/usr/local/bin/app");
+        assert_eq!(x("${P#/usr/???}"), "al/bin/app.tar.gz");
+        assert_eq!(x("${S/a/_}"), "foob_rbaz");
+        assert_eq!(x("${S//a/_}"), "foob_rb_z");
+        assert_eq!(x("${S/b*a/X}"), "fooXz", "stars in replacements are greedy");
+        assert_eq!(x("${S//o/}"), "fbarbaz", "an empty replacement removes");
+        assert_eq!(x("${T#a\\*}"), "b", "an escaped star is literal");
+        assert_eq!(x("${T/\\*/-}"), "a-b");
+        assert_eq!(x("${R//a*/b}"), "b");
+        assert_eq!(x("${UNSET#x}-${UNSET/a/b}"), "-");
+        assert_eq!(x("${S/o/${R}}"), "faaaobarbaz", "operands are expanded");
+        assert_eq!(
+            referenced_vars("${S/$R/${T}}", '\\').unwrap(),
+            ["S", "R", "T"]
+        );
+        assert!(expand("${S/a}", env, '\\').is_err(), "missing second /");
+        assert!(
+            expand("${S//a}", env, '\\').is_err(),
+            "as BuildKit, // needs its second /"
+        );
+    }
+
     #[test]
     fn bad_substitutions() {
         for (word, text) in [
             ("${}", "${}"),
-            ("${SET%.txt}", "${SET%.txt}"),
+            ("${SET:#v}", "${SET:#v}"),
             ("${SET:3}", "${SET:3}"),
             ("x${-a}", "${-a}"),
         ] {

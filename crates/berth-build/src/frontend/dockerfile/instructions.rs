@@ -60,6 +60,10 @@ impl Dockerfile {
             .warnings
             .iter()
             .filter(|w| checks.reports(w.rule))
+            .filter(|w| {
+                self.comment_checks(w.line)
+                    .is_none_or(|c| !c.skip_all && !c.skip.iter().any(|r| r == w.rule))
+            })
             .collect();
         if let (true, Some(first)) = (checks.error, left.first()) {
             let mut rules: Vec<&str> = left.iter().map(|w| w.rule).collect();
@@ -84,6 +88,29 @@ impl Dockerfile {
                 )));
         }
         Ok(left)
+    }
+
+    /// The `# check=` comment among those right above the instruction starting at
+    /// `line`, if there is one. As BuildKit (dockerfile 1.20), it can only skip more
+    /// checks for that instruction: the caller reads `skip` alone. Blank lines do not
+    /// end the comments above an instruction; an empty `#` does.
+    fn comment_checks(&self, line: usize) -> Option<parse::CheckOptions> {
+        let mut comments = Vec::new();
+        for n in (1..line).rev() {
+            let text = self.source.line(n)?.trim();
+            if text.is_empty() {
+                continue;
+            }
+            match text.strip_prefix('#') {
+                Some(c) if !c.trim().is_empty() => comments.push(text),
+                _ => break,
+            }
+        }
+        let check = comments.iter().rev().find_map(|c| {
+            parse::directive(c).filter(|(name, _, _)| name.eq_ignore_ascii_case("check"))
+        })?;
+        // As BuildKit: the options end at the first space; invalid ones are ignored.
+        parse::CheckOptions::parse(check.1.split(' ').next().unwrap_or_default()).ok()
     }
 
     /// The stage named `name` (stage names are lowercase).
@@ -353,6 +380,173 @@ pub struct RunMount {
     pub env: Option<String>,
     /// `size=` in bytes (tmpfs only).
     pub size: Option<u64>,
+    /// The `--mount=` value as written. One that refers to variables is only parsed
+    /// when lowering knows them: until then the fields above are defaults.
+    pub raw: String,
+}
+
+impl RunMount {
+    /// A bind mount with nothing set, for `raw`.
+    fn new(raw: &str) -> RunMount {
+        RunMount {
+            kind: MountType::Bind,
+            target: None,
+            source: None,
+            from: None,
+            readonly: true,
+            id: None,
+            sharing: None,
+            mode: None,
+            uid: None,
+            gid: None,
+            required: false,
+            env: None,
+            size: None,
+            raw: raw.to_owned(),
+        }
+    }
+
+    /// Parses a `--mount=` value, `raw`: comma-separated `key=value` fields (CSV, so a
+    /// field may be double-quoted to hold a comma), each value passed through `expand`
+    /// first, as BuildKit's `parseMount`. An error is (message, hint).
+    pub fn parse(
+        raw: &str,
+        expand: &mut dyn FnMut(&str) -> Result<String, String>,
+    ) -> Result<RunMount, (String, &'static str)> {
+        let mut readonly = None;
+        let mut m = RunMount::new(raw);
+        for field in csv_fields(raw) {
+            let (key, value) = match field.split_once('=') {
+                Some((key, value)) => (key.trim().to_ascii_lowercase(), Some(value.trim())),
+                None => (field.trim().to_ascii_lowercase(), None),
+            };
+            if key.is_empty() {
+                continue;
+            }
+            let value = match value {
+                Some(v) => Some(expand(v).map_err(|e| {
+                    (
+                        format!("mount option {key}: {e}"),
+                        "check the variables the option refers to",
+                    )
+                })?),
+                None => None,
+            };
+            let value = value.as_deref();
+            let text = |value: Option<&str>| match value {
+                Some(v) if !v.is_empty() => Ok(v.to_owned()),
+                _ => Err((
+                    format!("mount option {key} needs a value"),
+                    "write key=value, e.g. target=/root/.cache",
+                )),
+            };
+            let flag_bool = |value: Option<&str>| match value {
+                None => Ok(true),
+                Some(v) => parse_bool(v).ok_or_else(|| {
+                    (
+                        format!("mount option {key} takes true or false, not {v:?}"),
+                        "write the option alone, or with =true or =false",
+                    )
+                }),
+            };
+            let number = |value: Option<&str>, radix: u32| {
+                let v = text(value)?;
+                u32::from_str_radix(&v, radix).map_err(|_| {
+                    (
+                        format!("mount option {key} is not a number: {v:?}"),
+                        "mode is octal (mode=0755); uid and gid are decimal",
+                    )
+                })
+            };
+            // As BuildKit, `required` and `size` are checked against the type given
+            // before them.
+            let only_for = |kinds: &[MountType], hint: &'static str| {
+                if kinds.contains(&m.kind) {
+                    Ok(())
+                } else {
+                    Err((
+                        format!(
+                            "mount option {key} does not apply to type={} mounts",
+                            m.kind.as_str()
+                        ),
+                        hint,
+                    ))
+                }
+            };
+            match key.as_str() {
+                "type" => {
+                    m.kind = match value.unwrap_or_default().to_ascii_lowercase().as_str() {
+                        "bind" => MountType::Bind,
+                        "cache" => MountType::Cache,
+                        "tmpfs" => MountType::Tmpfs,
+                        "secret" => MountType::Secret,
+                        "ssh" => MountType::Ssh,
+                        other => {
+                            return Err((
+                                format!("unknown mount type {other:?}"),
+                                "type is one of bind, cache, tmpfs, secret, ssh",
+                            ));
+                        }
+                    };
+                }
+                "from" => m.from = Some(text(value)?),
+                "source" | "src" => m.source = Some(text(value)?),
+                "target" | "dst" | "destination" => m.target = Some(text(value)?),
+                "readonly" | "ro" => readonly = Some(flag_bool(value)?),
+                "readwrite" | "rw" => readonly = Some(!flag_bool(value)?),
+                "id" => m.id = Some(text(value)?),
+                "sharing" => {
+                    m.sharing = Some(
+                        match value.unwrap_or_default().to_ascii_lowercase().as_str() {
+                            "shared" => CacheSharing::Shared,
+                            "private" => CacheSharing::Private,
+                            "locked" => CacheSharing::Locked,
+                            other => {
+                                return Err((
+                                    format!("unknown cache sharing {other:?}"),
+                                    "sharing is one of shared, private, locked",
+                                ));
+                            }
+                        },
+                    );
+                }
+                "mode" => m.mode = Some(number(value, 8)?),
+                "uid" => m.uid = Some(number(value, 10)?),
+                "gid" => m.gid = Some(number(value, 10)?),
+                "required" => {
+                    only_for(
+                        &[MountType::Secret, MountType::Ssh],
+                        "required applies to type=secret and type=ssh, written after type=",
+                    )?;
+                    m.required = flag_bool(value)?;
+                }
+                "env" => m.env = Some(text(value)?),
+                "size" => {
+                    only_for(
+                        &[MountType::Tmpfs],
+                        "size applies to type=tmpfs, written after type=",
+                    )?;
+                    let v = text(value)?;
+                    m.size = Some(parse_size(&v).ok_or_else(|| {
+                        (
+                            format!("invalid tmpfs size {v:?}"),
+                            "write a size in bytes, or with a unit: size=64m, size=1.5g, size=64MiB",
+                        )
+                    })?);
+                }
+                _ => {
+                    return Err((
+                        format!("unknown mount option {key}"),
+                        "mount options are type, from, source, target, ro, rw, id, sharing, \
+                         mode, uid, gid, required, env and size",
+                    ));
+                }
+            }
+        }
+        m.readonly = readonly.unwrap_or(RunMount::default_readonly(m.kind));
+        check_mount(&m)?;
+        Ok(m)
+    }
 }
 
 impl RunMount {
@@ -1091,174 +1285,30 @@ impl Cx<'_> {
         })
     }
 
-    /// One `--mount=` value: comma-separated `key=value` fields (CSV, so a field may be
-    /// double-quoted to hold a comma).
+    /// One `--mount=` value. As BuildKit, a value that refers to variables is only
+    /// checked for what needs none here (`from=` takes none); lowering parses it again
+    /// with its variables expanded ([`RunMount::parse`]).
     fn mount(&self, node: &Node, flag: &Flag) -> Result<RunMount, SourceError> {
-        let at = node.pos(flag.offset);
-        let err = |message: String, hint: &str| self.err(at, message).with_hint(hint);
-        let mut kind = None;
-        let mut readonly = None;
-        let mut m = RunMount {
-            kind: MountType::Bind,
-            target: None,
-            source: None,
-            from: None,
-            readonly: true,
-            id: None,
-            sharing: None,
-            mode: None,
-            uid: None,
-            gid: None,
-            required: false,
-            env: None,
-            size: None,
+        let raw = flag.value.as_deref().unwrap_or_default();
+        let err = |(message, hint): (String, &str)| {
+            self.err(node.pos(flag.offset), message).with_hint(hint)
         };
-        for field in csv_fields(flag.value.as_deref().unwrap_or_default()) {
-            let (key, value) = match field.split_once('=') {
-                Some((key, value)) => (key.trim().to_ascii_lowercase(), Some(value.trim())),
-                None => (field.trim().to_ascii_lowercase(), None),
-            };
-            if key.is_empty() {
-                continue;
-            }
-            let text = |value: Option<&str>| match value {
-                Some(v) if !v.is_empty() => Ok(v.to_owned()),
-                _ => Err(err(
-                    format!("mount option {key} needs a value"),
-                    "write key=value, e.g. target=/root/.cache",
-                )),
-            };
-            let flag_bool = |value: Option<&str>| match value {
-                None => Ok(true),
-                Some(v) => parse_bool(v).ok_or_else(|| {
-                    err(
-                        format!("mount option {key} takes true or false, not {v:?}"),
-                        "write the option alone, or with =true or =false",
-                    )
-                }),
-            };
-            let number = |value: Option<&str>, radix: u32| {
-                let v = text(value)?;
-                u32::from_str_radix(&v, radix).map_err(|_| {
-                    err(
-                        format!("mount option {key} is not a number: {v:?}"),
-                        "mode is octal (mode=0755); uid and gid are decimal",
-                    )
-                })
-            };
-            match key.as_str() {
-                "type" => {
-                    kind = Some(match value.unwrap_or_default() {
-                        "bind" => MountType::Bind,
-                        "cache" => MountType::Cache,
-                        "tmpfs" => MountType::Tmpfs,
-                        "secret" => MountType::Secret,
-                        "ssh" => MountType::Ssh,
-                        other => {
-                            return Err(err(
-                                format!("unknown mount type {other:?}"),
-                                "type is one of bind, cache, tmpfs, secret, ssh",
-                            ));
-                        }
-                    });
-                }
-                "from" => m.from = Some(text(value)?),
-                "source" | "src" => m.source = Some(text(value)?),
-                "target" | "dst" | "destination" => m.target = Some(text(value)?),
-                "readonly" | "ro" => readonly = Some(flag_bool(value)?),
-                "readwrite" | "rw" => readonly = Some(!flag_bool(value)?),
-                "id" => m.id = Some(text(value)?),
-                "sharing" => {
-                    m.sharing = Some(match value.unwrap_or_default() {
-                        "shared" => CacheSharing::Shared,
-                        "private" => CacheSharing::Private,
-                        "locked" => CacheSharing::Locked,
-                        other => {
-                            return Err(err(
-                                format!("unknown cache sharing {other:?}"),
-                                "sharing is one of shared, private, locked",
-                            ));
-                        }
-                    });
-                }
-                "mode" => m.mode = Some(number(value, 8)?),
-                "uid" => m.uid = Some(number(value, 10)?),
-                "gid" => m.gid = Some(number(value, 10)?),
-                "required" => m.required = flag_bool(value)?,
-                "env" => m.env = Some(text(value)?),
-                "size" => {
-                    let v = text(value)?;
-                    m.size = Some(parse_size(&v).ok_or_else(|| {
-                        err(
-                            format!("invalid tmpfs size {v:?}"),
-                            "write a size in bytes, or with a unit: size=64m",
-                        )
-                    })?);
-                }
-                _ => {
-                    return Err(err(
-                        format!("unknown mount option {key}"),
-                        "mount options are type, from, source, target, ro, rw, id, sharing, \
-                         mode, uid, gid, required, env and size",
-                    ));
+        if raw.contains('$') {
+            for field in csv_fields(raw) {
+                let (key, value) = field.split_once('=').unwrap_or((&field, ""));
+                let dollar = value.find('$');
+                if key.trim().eq_ignore_ascii_case("from")
+                    && dollar.is_some_and(|i| i + 1 != value.len())
+                {
+                    return Err(err((
+                        "from= of a mount doesn't support variable expansion".into(),
+                        "define an alias stage (FROM ${IMAGE} AS src) and mount from=src",
+                    )));
                 }
             }
+            return Ok(RunMount::new(raw));
         }
-        m.kind = kind.unwrap_or(MountType::Bind);
-        m.readonly = readonly.unwrap_or(RunMount::default_readonly(m.kind));
-        Self::check_mount(&m).map_err(|(message, hint)| err(message, hint))?;
-        Ok(m)
-    }
-
-    /// Which options make sense for which mount type; (message, hint) if one does not.
-    fn check_mount(m: &RunMount) -> Result<(), (String, &'static str)> {
-        use MountType::{Bind, Cache, Secret, Ssh, Tmpfs};
-        let kind = m.kind.as_str();
-        let misplaced = |option: &str| format!("{option}= does not apply to type={kind} mounts");
-        if m.sharing.is_some() && m.kind != Cache {
-            return Err((misplaced("sharing"), "sharing= only applies to type=cache"));
-        }
-        if m.from.is_some() && !matches!(m.kind, Bind | Cache) {
-            return Err((
-                misplaced("from"),
-                "from= only applies to type=bind and type=cache",
-            ));
-        }
-        if (m.mode.is_some() || m.uid.is_some() || m.gid.is_some())
-            && !matches!(m.kind, Cache | Secret | Ssh)
-        {
-            return Err((
-                misplaced("mode/uid/gid"),
-                "mode, uid and gid apply to cache, secret and ssh mounts",
-            ));
-        }
-        if m.env.is_some() && m.kind != Secret {
-            return Err((misplaced("env"), "env= only applies to type=secret"));
-        }
-        if m.size.is_some() && m.kind != Tmpfs {
-            return Err((misplaced("size"), "size= only applies to type=tmpfs"));
-        }
-        if m.target.is_none() && matches!(m.kind, Bind | Cache | Tmpfs) {
-            return Err((
-                format!("type={kind} mount needs a target"),
-                "add target=<path in the container>, e.g. --mount=type=cache,target=/root/.cache",
-            ));
-        }
-        if m.kind == Secret {
-            if m.id.is_none() && m.source.is_none() && m.target.is_none() {
-                return Err((
-                    "secret mount needs an id".into(),
-                    "add id=<secret id>, and target=<path> or env=<NAME> to choose where it appears",
-                ));
-            }
-            if m.id.is_some() && m.source.is_some() {
-                return Err((
-                    "secret mount has both id= and source=".into(),
-                    "source= is another name for id=; give only one",
-                ));
-            }
-        }
-        Ok(())
+        RunMount::parse(raw, &mut |v| Ok(v.to_owned())).map_err(err)
     }
 
     fn command(&self, node: &Node, keyword: &str) -> Result<CommandLine, SourceError> {
@@ -1636,22 +1686,84 @@ fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_nanos(nanos.round() as u64))
 }
 
-/// A byte size, optionally with a binary unit: `1048576`, `64k`, `64m`, `1g`, `64mb`.
+/// A tmpfs size as BuildKit reads it (go-units `RAMInBytes`): a decimal number (a
+/// fraction allowed), an optional space, and an optional binary unit `k`, `m`, `g`,
+/// `t` or `p`, with an optional `i` and `b` after it: `1048576`, `64m`, `1.5g`,
+/// `64 MiB`, `100b`.
 fn parse_size(s: &str) -> Option<u64> {
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let number: u64 = s[..digits].parse().ok()?;
-    let unit = match s[digits..]
-        .to_ascii_lowercase()
-        .trim_end_matches(['b', 'i'])
-    {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        _ => return None,
+    let digits = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let number = &s[..digits];
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return None;
+    }
+    let number: f64 = number.parse().ok()?;
+    let rest = s[digits..].strip_prefix(' ').unwrap_or(&s[digits..]);
+    let rest = rest.to_ascii_lowercase();
+    let mut chars = rest.chars().peekable();
+    let shift = match chars.peek() {
+        Some('k') => 10,
+        Some('m') => 20,
+        Some('g') => 30,
+        Some('t') => 40,
+        Some('p') => 50,
+        _ => 0,
     };
-    number.checked_mul(unit)
+    if shift > 0 {
+        chars.next();
+    }
+    if chars.peek() == Some(&'i') {
+        chars.next();
+    }
+    if chars.peek() == Some(&'b') {
+        chars.next();
+    }
+    if chars.next().is_some() {
+        return None;
+    }
+    let bytes = number * (1u64 << shift) as f64;
+    (bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// Which options BuildKit refuses for which mount type; (message, hint) if one is.
+/// What it ignores (`env=` on a bind mount, `from=` on a tmpfs) is ignored here too.
+fn check_mount(m: &RunMount) -> Result<(), (String, &'static str)> {
+    use MountType::{Cache, Secret, Ssh};
+    let kind = m.kind.as_str();
+    let misplaced = |option: &str| format!("{option}= does not apply to type={kind} mounts");
+    if m.sharing.is_some() && m.kind != Cache {
+        return Err((misplaced("sharing"), "sharing= only applies to type=cache"));
+    }
+    if m.from.is_some() && m.kind == Secret {
+        return Err((
+            misplaced("from"),
+            "a secret comes from --secret, not from a stage",
+        ));
+    }
+    if (m.mode.is_some() || m.uid.is_some() || m.gid.is_some())
+        && !matches!(m.kind, Cache | Secret | Ssh)
+    {
+        return Err((
+            misplaced("mode/uid/gid"),
+            "mode, uid and gid apply to cache, secret and ssh mounts",
+        ));
+    }
+    if m.kind == Secret {
+        if m.id.is_none() && m.source.is_none() && m.target.is_none() {
+            return Err((
+                "secret mount needs an id".into(),
+                "add id=<secret id>, and target=<path> or env=<NAME> to choose where it appears",
+            ));
+        }
+        if m.id.is_some() && m.source.is_some() {
+            return Err((
+                "secret mount has both id= and source=".into(),
+                "source= is another name for id=; give only one",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Splits a `--mount` value at commas outside double quotes, removing the quotes.
@@ -1735,6 +1847,11 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Some(1 << 30));
         assert_eq!(parse_size("m"), None);
         assert_eq!(parse_size("5x"), None);
+        assert_eq!(parse_size("1.5g"), Some(3 << 29));
+        assert_eq!(parse_size("64 MiB"), Some(64 << 20));
+        assert_eq!(parse_size("100b"), Some(100));
+        assert_eq!(parse_size("1p"), Some(1 << 50));
+        assert_eq!(parse_size("1.2.3"), None);
     }
 
     #[test]
@@ -1759,6 +1876,31 @@ mod tests {
             csv_fields("type=bind,\"source=a,b\",rw"),
             ["type=bind", "source=a,b", "rw"]
         );
+    }
+
+    /// A `# check=skip=` comment above one instruction skips its checks there only;
+    /// an empty `#` cuts it off; it cannot skip what the file reports elsewhere.
+    #[test]
+    fn check_comments_skip_one_instruction() {
+        let rules = |text: &str| -> Vec<usize> {
+            let df = Dockerfile::parse("Dockerfile", text).unwrap();
+            df.checked_warnings()
+                .unwrap()
+                .iter()
+                .map(|w| w.line)
+                .collect()
+        };
+        let text = "# check=error=true\nFROM a\n# why: old image\n# check=skip=MaintainerDeprecated\n\nMAINTAINER x\n";
+        assert!(rules(text).is_empty());
+        assert_eq!(
+            rules("FROM a\n# check=skip=MaintainerDeprecated\nMAINTAINER x\nMAINTAINER y\n"),
+            [4]
+        );
+        assert_eq!(
+            rules("FROM a\n# check=skip=MaintainerDeprecated\n#\nMAINTAINER x\n"),
+            [4]
+        );
+        assert_eq!(rules("FROM a\n# check=skip=Other\nMAINTAINER x\n"), [3]);
     }
 
     #[test]

@@ -625,7 +625,9 @@ impl Lowerer<'_> {
         let user = &st.config.config.user;
         let op = FileOp {
             actions: vec![FileAction::Mkdir {
-                path: abs,
+                // The directory made is the cleaned path (`/a/../b` makes `/b` only),
+                // though the config keeps the path as written, as docker 20.10 does.
+                path: run::clean_abs(&abs),
                 chown: (!user.is_empty()).then(|| user.clone()),
             }],
             cwd: "/".into(),

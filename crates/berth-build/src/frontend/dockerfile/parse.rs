@@ -634,7 +634,7 @@ fn parse_directives(source: &Source) -> Result<Directives, SourceError> {
 
 /// Matches `# name = value` (BuildKit's `^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`
 /// after leading whitespace): the name, the value and the value's byte offset in `line`.
-fn directive(line: &str) -> Option<(&str, &str, usize)> {
+pub(super) fn directive(line: &str) -> Option<(&str, &str, usize)> {
     let rest = line.trim_start().strip_prefix('#')?.trim_start();
     let name_len = rest
         .find(|c: char| !c.is_ascii_alphanumeric())

@@ -2,10 +2,12 @@
 //! variables), the network, and the mounts.
 
 use super::{DEFAULT_PATH, HEREDOC_DIR, Lowerer, PROXY_ARGS, StageState, src_err};
-use crate::error::Result;
+use crate::error::{BuildError, Result};
+use crate::frontend::dockerfile::expand::expand;
 use crate::frontend::dockerfile::instructions::{
     CacheSharing, CommandLine, MountType, NetworkMode, Run, RunMount, SecurityMode,
 };
+use crate::frontend::source::Pos;
 use crate::ir::{self, ExecMount, ExecOp, MountSource, Sharing, State};
 
 impl Lowerer<'_> {
@@ -108,8 +110,9 @@ impl Lowerer<'_> {
         (env, proxy_env)
     }
 
-    /// One `--mount` of a RUN in `st`; a bind mount's source state is added to `extra`
-    /// (the step's inputs after the first).
+    /// One `--mount` of a RUN in `st`; a bind mount's source state, or the state a
+    /// cache starts from, is added to `extra` (the step's inputs after the first). Every
+    /// option is expanded first, as BuildKit does.
     fn run_mount(
         &mut self,
         st: &StageState,
@@ -117,40 +120,88 @@ impl Lowerer<'_> {
         extra: &mut Vec<State>,
         line: usize,
     ) -> Result<ExecMount> {
-        let mut target = m
-            .target
-            .as_deref()
-            .map(|t| self.expand(st, t, line))
-            .transpose()?;
+        let escape = self.df.directives.escape;
+        let m = RunMount::parse(&m.raw, &mut |w| {
+            expand(w, |k| st.lookup(k), escape).map_err(|e| e.to_string())
+        })
+        .map_err(|(message, hint)| {
+            BuildError::Source(
+                self.df
+                    .source
+                    .error(Pos { line, column: 1 }, message)
+                    .with_hint(hint),
+            )
+        })?;
+        let m = &m;
+        // As BuildKit: bind, cache and tmpfs targets are relative to the working
+        // directory (a missing one is the working directory itself), and never `/`.
+        let dir_target = || -> Result<String> {
+            let t = m.target.as_deref().unwrap_or_default();
+            let target = if t.starts_with('/') {
+                clean_abs(t)
+            } else {
+                clean_abs(&format!("{}/{t}", st.cwd()))
+            };
+            if target == "/" {
+                return Err(src_err(
+                    self.df,
+                    line,
+                    1,
+                    &format!(
+                        "--mount=type={}: invalid mount target {target:?}; mount somewhere below /",
+                        m.kind.as_str()
+                    ),
+                ));
+            }
+            Ok(target)
+        };
+        let source_path = || {
+            let s = m.source.as_deref().unwrap_or_default();
+            clean_abs(&format!("/{s}"))
+        };
+        let mut target = m.target.clone();
         let source = match m.kind {
             MountType::Cache => {
-                let target = target.clone().ok_or_else(|| {
-                    src_err(self.df, line, 1, "--mount=type=cache needs a target")
-                })?;
+                target = Some(dir_target()?);
+                // As BuildKit: a cache starts as a copy of `source=` (default `/`) of
+                // `from=`, or else as an empty directory, owned and moded as `uid=`,
+                // `gid=`, `mode=` say.
+                let seed = match &m.from {
+                    Some(f) => {
+                        extra.push(self.state_named(f, st.idx)?);
+                        Some((extra.len(), source_path()))
+                    }
+                    None => None,
+                };
                 MountSource::Cache {
-                    id: m.id.clone().unwrap_or(target),
+                    // As BuildKit: the id defaults to the target as written, cleaned.
+                    id: m
+                        .id
+                        .clone()
+                        .unwrap_or_else(|| clean_path(m.target.as_deref().unwrap_or_default())),
                     sharing: match m.sharing {
                         Some(CacheSharing::Locked) => Sharing::Locked,
                         Some(CacheSharing::Private) => Sharing::Private,
                         _ => Sharing::Shared,
                     },
-                    uid: m.uid.unwrap_or(0),
-                    gid: m.gid.unwrap_or(0),
-                    mode: m.mode.unwrap_or(0o755),
+                    owner: (m.uid.is_some() || m.gid.is_some() || m.mode.is_some()).then(|| {
+                        (
+                            m.uid.unwrap_or(0),
+                            m.gid.unwrap_or(0),
+                            m.mode.unwrap_or(0o755),
+                        )
+                    }),
+                    seed,
+                    readonly: m.readonly,
                 }
             }
             MountType::Secret => {
                 // As BuildKit: the id is id= or source=, else the target's file name;
                 // the file goes to the target, else to /run/secrets/<id>, unless env=
                 // asks for a variable and no target is given.
-                let source = m
-                    .source
-                    .as_deref()
-                    .map(|s| self.expand(st, s, line))
-                    .transpose()?;
                 let id =
                     m.id.clone()
-                        .or(source)
+                        .or(m.source.clone())
                         .or_else(|| target.as_deref().map(|t| base_name(t).to_string()))
                         .ok_or_else(|| {
                             src_err(
@@ -175,26 +226,22 @@ impl Lowerer<'_> {
                 }
             }
             MountType::Bind => {
+                target = Some(dir_target()?);
                 let from = match &m.from {
-                    Some(f) => {
-                        let f = self.expand(st, f, line)?;
-                        self.state_named(&f, st.idx)?
-                    }
+                    Some(f) => self.state_named(f, st.idx)?,
                     None => self.context.clone(),
                 };
                 extra.push(from);
                 MountSource::Input {
                     input: extra.len(),
-                    path: m
-                        .source
-                        .as_deref()
-                        .map(|s| self.expand(st, s, line))
-                        .transpose()?
-                        .unwrap_or_else(|| "/".into()),
+                    path: source_path(),
                     rw: !m.readonly,
                 }
             }
-            MountType::Tmpfs => MountSource::Tmpfs { size: m.size },
+            MountType::Tmpfs => {
+                target = Some(dir_target()?);
+                MountSource::Tmpfs { size: m.size }
+            }
             MountType::Ssh => {
                 if m.source.is_some() {
                     return Err(src_err(
@@ -213,21 +260,38 @@ impl Lowerer<'_> {
                 }
             }
         };
-        let target = match (&source, target) {
-            (_, Some(t)) => t,
-            // A secret only given as a variable; an agent socket at its default place.
-            (MountSource::Secret { .. } | MountSource::Ssh { .. }, None) => String::new(),
-            _ => {
-                return Err(src_err(
-                    self.df,
-                    line,
-                    1,
-                    &format!("--mount=type={} needs a target", m.kind.as_str()),
-                ));
-            }
-        };
+        // A secret only given as a variable; an agent socket at its default place.
+        let target = target.unwrap_or_default();
         Ok(ExecMount { target, source })
     }
+}
+
+/// `path` cleaned as Go's `path.Clean`: no empty, `.` or resolvable `..` components;
+/// `.` for an empty path.
+fn clean_path(path: &str) -> String {
+    let abs = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|p| *p != "..") => {
+                parts.pop();
+            }
+            ".." if abs => {}
+            c => parts.push(c),
+        }
+    }
+    let joined = parts.join("/");
+    match (abs, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".into(),
+        (false, false) => joined,
+    }
+}
+
+/// An absolute path, cleaned (`/a/./b/../c/` is `/a/c`).
+pub(super) fn clean_abs(path: &str) -> String {
+    clean_path(&format!("/{path}"))
 }
 
 /// The last component of `path` (`path.Base` in Go).
