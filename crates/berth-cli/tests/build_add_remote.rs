@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use common::tinyproxy::Proxy;
 use common::*;
 
 /// A file the server serves.

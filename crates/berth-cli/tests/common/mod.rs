@@ -740,40 +740,6 @@ pub fn mounts_under(root: &Path) -> usize {
         .count()
 }
 
-/// A scratch directory with the busybox base image.
-pub struct Project {
-    pub dir: tempfile::TempDir,
-    pub base: BuildBase,
-}
-
-impl Project {
-    pub fn new() -> Project {
-        Project {
-            dir: tempfile::tempdir().unwrap(),
-            base: BuildBase::new(),
-        }
-    }
-
-    pub fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// A context `name` whose Dockerfile is `FROM <busybox>` and `body`.
-    pub fn context(&self, name: &str, body: &str) -> PathBuf {
-        context(
-            self.dir.path(),
-            name,
-            &format!("FROM {}\n{body}", self.base.reference()),
-        )
-    }
-}
-
-impl Default for Project {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// tinyproxy on a free port of 127.0.0.1, logging each request; killed on drop.
 pub struct Proxy {
     child: Child,
@@ -821,5 +787,39 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory with the busybox base image.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub base: BuildBase,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().unwrap(),
+            base: BuildBase::new(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A context `name` whose Dockerfile is `FROM <busybox>` and `body`.
+    pub fn context(&self, name: &str, body: &str) -> PathBuf {
+        context(
+            self.dir.path(),
+            name,
+            &format!("FROM {}\n{body}", self.base.reference()),
+        )
+    }
+}
+
+impl Default for Project {
+    fn default() -> Self {
+        Self::new()
     }
 }
