@@ -176,6 +176,7 @@ pub async fn build(
             build_id: build_id(&opts.context, &opts.dockerfile, opts.target.as_deref()),
             ca_bundle: opts.ca_bundle.clone(),
             step_slots: opts.step_slots.clone(),
+            client: opts.client.clone(),
         },
     )?;
     let solved = solver.solve(&lowered.state).await;

@@ -50,6 +50,9 @@ pub enum BuildError {
     /// An I/O failure (operation and path in the message).
     #[error("{0}")]
     Io(String),
+    /// A remote source (`ADD https://…`) could not be fetched or did not match.
+    #[error("{0}")]
+    Remote(String),
     /// The content store failed.
     #[error(transparent)]
     Store(#[from] berth_store::Error),

@@ -260,6 +260,41 @@ pub struct LocalSource {
     pub exclude: Vec<String>,
 }
 
+/// A file downloaded over HTTP(S) (`ADD https://…`): its output is a directory holding
+/// the one file `filename`, mode 0600, dated by `Last-Modified` when the server gives one.
+/// Its cache key is the content's digest, found by downloading or revalidating (see the
+/// solver's `http` module), not the URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpSource {
+    /// The URL.
+    pub url: String,
+    /// The file's name (the last segment of the URL's path, `__unnamed__` if none).
+    pub filename: String,
+    /// `--checksum`: the digest the content must have.
+    pub checksum: Option<Digest>,
+    /// Where it was asked for (`Dockerfile:3`), for errors; not part of the digest.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+/// A git repository at a ref (`ADD https://host/repo.git#ref:subdir`, `ADD
+/// git@host:repo.git`): its output is the checkout (of `subdir`), without `.git` unless
+/// `keep_git_dir`. Its cache key is the commit the ref resolves to (`git ls-remote`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GitSource {
+    /// The repository, as git takes it.
+    pub remote: String,
+    /// A branch, tag or full commit (`None`: the remote's HEAD).
+    pub reference: Option<String>,
+    /// A folder of the repository to add instead of all of it.
+    pub subdir: Option<String>,
+    /// Keep `.git` (`--keep-git-dir`).
+    pub keep_git_dir: bool,
+    /// Where it was asked for (`Dockerfile:3`), for errors; not part of the digest.
+    #[serde(skip)]
+    pub origin: String,
+}
+
 /// An operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Op {
@@ -269,6 +304,10 @@ pub enum Op {
     Image(ImageSource),
     /// Files from the client.
     Local(LocalSource),
+    /// A file from a URL.
+    Http(HttpSource),
+    /// A git checkout.
+    Git(GitSource),
     /// A process.
     Exec(ExecOp),
     /// File operations.

@@ -330,6 +330,18 @@ pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneRep
         }
     }
     prune_history(root, opts.all, &mut report)?;
+    // Downloads and git checkouts (`ADD` of URLs and repositories) are fetched again
+    // when needed: they go when no record stays.
+    if kept.is_empty() {
+        for d in ["cache/http", "cache/git"] {
+            let p = root.join(d);
+            if p.exists() {
+                report.bytes += du(&p);
+                fs::remove_dir_all(&p)
+                    .map_err(|err| BuildError::Io(format!("remove {}: {err}", p.display())))?;
+            }
+        }
+    }
     if opts.all {
         for e in fs::read_dir(root.join("cache/mounts"))
             .into_iter()
@@ -489,6 +501,10 @@ mod tests {
             .unwrap();
         fs::create_dir_all(root.join("cache/mounts/m")).unwrap();
         fs::write(root.join("cache/mounts/m/f"), b"abc").unwrap();
+        for d in ["cache/http/blobs", "cache/git/c"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+            fs::write(root.join(d).join("f"), b"fetched").unwrap();
+        }
         let u = cache_usage(root, &store).unwrap();
         assert_eq!((u.records, u.layer_bytes, u.shared_bytes), (1, size, 0));
         assert_eq!(u.mounts, [("m".to_string(), 3)]);
@@ -499,6 +515,7 @@ mod tests {
         };
         let r = prune(root, &store, &all).unwrap();
         assert_eq!((r.records, r.blobs, r.cache_mounts), (1, 1, 1));
+        assert!(!root.join("cache/http").exists() && !root.join("cache/git").exists());
         assert_eq!(cache_usage(root, &store).unwrap(), CacheUsage::default());
     }
 

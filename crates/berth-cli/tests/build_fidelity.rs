@@ -11,34 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A scratch directory with the busybox base image.
-struct Project {
-    dir: tempfile::TempDir,
-    base: BuildBase,
-}
-
-impl Project {
-    fn new() -> Project {
-        Project {
-            dir: tempfile::tempdir().unwrap(),
-            base: BuildBase::new(),
-        }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// A context `name` whose Dockerfile is `FROM <busybox>` and `body`.
-    fn context(&self, name: &str, body: &str) -> PathBuf {
-        context(
-            self.dir.path(),
-            name,
-            &format!("FROM {}\n{body}", self.base.reference()),
-        )
-    }
-}
-
 /// The image config berth recorded for `name:tag` in `root`.
 fn stored_config(root: &Path, name: &str, tag: &str) -> serde_json::Value {
     let blob = |d: &str| {

@@ -228,7 +228,8 @@ impl Client {
         }
     }
 
-    pub(crate) fn network(&self) -> &berth_net::Network {
+    /// The network settings (proxies, NO_PROXY, extra CAs) it was given.
+    pub fn network(&self) -> &berth_net::Network {
         &self.config.network
     }
 

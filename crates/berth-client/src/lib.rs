@@ -7,7 +7,8 @@
 //! cross-repository mounts), which builds, satellites and `berth push` share.
 //!
 //! Proxies, NO_PROXY and extra CAs come from the [`berth_net::Network`] the client is
-//! given. Registry mirrors ([`HostOptions::mirrors`]) serve pulls before their upstream.
+//! given; [`Client::fetch_url`] downloads plain URLs (`ADD https://…`) with the same
+//! settings. Registry mirrors ([`HostOptions::mirrors`]) serve pulls before their upstream.
 //! [`Client::probe`] checks one registry step by step (name, connection, TLS, API,
 //! credentials, rate limit) for `berth doctor`.
 
@@ -15,6 +16,7 @@ mod auth;
 mod client;
 mod probe;
 pub mod transfer;
+mod url;
 
 pub use auth::{Credentials, DockerConfig, docker_config_path, save_credentials};
 pub use client::{
@@ -26,3 +28,4 @@ pub use transfer::{
     Platform, PullEvent, PullOptions, PullProgress, PulledImage, TransferError, pull_image,
     push_image, push_manifest,
 };
+pub use url::{UrlFetch, Validators};

@@ -28,6 +28,8 @@
 //! - `exec`: running a RUN step (user lookup, mount stubs, output tail);
 //! - `mounts`: the mounts of a RUN step (cache, secret, bind, tmpfs) and what they hold;
 //! - `file`: COPY/ADD/WORKDIR file operations;
+//! - `http`: downloads (`ADD https://…`), keyed by their content;
+//! - `git`: git checkouts (`ADD <repository>#<ref>`), keyed by their commit;
 //! - `snapshot`: layers ↔ snapshots: unpacking chains, committing a step's changes as a
 //!   layer, throw-away views.
 
@@ -51,7 +53,9 @@ use schedule::SharedSolve;
 mod cache;
 mod exec;
 mod file;
+mod git;
 mod history;
+mod http;
 mod mounts;
 mod schedule;
 mod snapshot;
@@ -216,6 +220,9 @@ pub struct SolveOptions {
     /// Limits how many steps run at once, across every build sharing it (a satellite's
     /// `max_parallel_steps`); `None` runs every ready step.
     pub step_slots: Option<Arc<StepSlots>>,
+    /// The client downloads (`ADD https://…`) go through, with the configured proxies
+    /// and CAs (`None`: a client with no proxy and the system's roots).
+    pub client: Option<Arc<berth_client::Client>>,
 }
 
 /// A counting semaphore for running steps, shared by builds. Waiting steps show as

@@ -71,7 +71,7 @@ impl Solver {
     }
 
     /// The step number of `state` in this build's progress.
-    fn step_id(&self, state: &State) -> usize {
+    pub(super) fn step_id(&self, state: &State) -> usize {
         let mut ids = self.ids.lock().expect("ids");
         *ids.entry(state.digest().clone())
             .or_insert_with(|| self.next_id.fetch_add(1, Ordering::Relaxed))
@@ -106,6 +106,9 @@ impl Solver {
             return Err(BuildError::Canceled);
         }
         let v = state.vertex();
+        if matches!(v.op, Op::Http(_) | Op::Git(_)) {
+            return self.solve_remote(state);
+        }
         let (key, ingredients) = self.cache_key(state, inputs)?;
         let visible = Self::visible(state);
         let id = if visible { self.step_id(state) } else { 0 };
@@ -173,6 +176,7 @@ impl Solver {
             Op::Exec(e) => self.run_exec(state, id, e, inputs),
             Op::File(f) => self.run_file(f, inputs),
             Op::Merge => merge(inputs),
+            Op::Http(_) | Op::Git(_) => unreachable!("remote sources are solved by solve_remote"),
         };
         let output = match result {
             Ok(o) => o,

@@ -200,6 +200,7 @@ impl Fixture {
                 build_id: run.build_id.to_string(),
                 ca_bundle: None,
                 step_slots: None,
+                client: None,
             },
         )
         .unwrap();
@@ -292,6 +293,7 @@ impl Fixture {
             build_id: "project-a".into(),
             ca_bundle: None,
             step_slots: None,
+            client: None,
         };
         Solver::new(&self.root(), store, self.exec.clone(), opts).unwrap()
     }

@@ -789,3 +789,37 @@ impl Drop for Proxy {
         let _ = self.child.wait();
     }
 }
+
+/// A scratch directory with the busybox base image.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub base: BuildBase,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().unwrap(),
+            base: BuildBase::new(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A context `name` whose Dockerfile is `FROM <busybox>` and `body`.
+    pub fn context(&self, name: &str, body: &str) -> PathBuf {
+        context(
+            self.dir.path(),
+            name,
+            &format!("FROM {}\n{body}", self.base.reference()),
+        )
+    }
+}
+
+impl Default for Project {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -5,12 +5,15 @@ use super::{Lowerer, StageState, src_err};
 use crate::error::Result;
 use crate::frontend::dockerfile::expand::{ExpandError, MAX_WORD, push_within};
 use crate::frontend::dockerfile::instructions::{Add, Copy, CopySource, Dockerfile};
-use crate::ir::{FileAction, FileOp, State};
+use crate::ir::{FileAction, FileOp, GitSource, HttpSource, Op, State};
 use crate::mode::ModeSet;
 
 /// What COPY and ADD share.
 struct CopySpec<'a> {
     sources: &'a [CopySource],
+    /// Downloads and git checkouts (ADD), each copied from its own input: the state,
+    /// the path copied from it, and whether to unpack it.
+    remote: Vec<(State, String, bool)>,
     from: Option<&'a str>,
     dest: &'a str,
     chown: Option<&'a str>,
@@ -40,6 +43,7 @@ impl Lowerer<'_> {
     ) -> Result<State> {
         let spec = CopySpec {
             sources: &c.sources,
+            remote: Vec::new(),
             from: c.from.as_deref(),
             dest: &c.dest,
             chown: c.chown.as_deref(),
@@ -53,7 +57,8 @@ impl Lowerer<'_> {
     }
 
     /// ADD on top of `st`, labelled `name`: COPY that unpacks local archives (unless
-    /// `--unpack=false`); remote sources are refused.
+    /// `--unpack=false`), and adds URLs (a download vertex each, never unpacked unless
+    /// `--unpack=true`) and git repositories (a checkout vertex each).
     pub(super) fn add(
         &mut self,
         st: &StageState,
@@ -61,21 +66,68 @@ impl Lowerer<'_> {
         line: usize,
         name: &str,
     ) -> Result<State> {
-        if let Some(url) = a.sources.iter().find_map(|s| match s {
-            CopySource::Path(p) if p.contains("://") || p.starts_with("git@") => Some(p.clone()),
-            _ => None,
-        }) {
+        let checksum = match &a.checksum {
+            None => None,
+            Some(c) => {
+                let c = self.expand(st, c, line)?;
+                Some(c.parse::<berth_oci::Digest>().map_err(|e| {
+                    src_err(
+                        self.df,
+                        line,
+                        1,
+                        &format!("--checksum={c} is not a digest (sha256:<64 hex digits>): {e}"),
+                    )
+                })?)
+            }
+        };
+        let mut remote = Vec::new();
+        let mut local = Vec::new();
+        for s in &a.sources {
+            match s {
+                CopySource::Path(p) if is_git_source(p) => {
+                    let url = self.expand(st, p, line)?;
+                    let source = git_source(&url, a.keep_git_dir, self.df.source.name(), line);
+                    let name = format!("git {url}");
+                    remote.push((
+                        State::new(Op::Git(source), vec![], name),
+                        ".".to_string(),
+                        false,
+                    ));
+                }
+                CopySource::Path(p) if p.starts_with("http://") || p.starts_with("https://") => {
+                    let url = self.expand(st, p, line)?;
+                    let source = HttpSource {
+                        filename: url_filename(&url),
+                        url,
+                        checksum: checksum.clone(),
+                        origin: format!("{}:{line}", self.df.source.name()),
+                    };
+                    let name = format!("download {}", source.url);
+                    let file = source.filename.clone();
+                    remote.push((
+                        State::new(Op::Http(source), vec![], name),
+                        file,
+                        a.unpack == Some(true),
+                    ));
+                }
+                other => local.push(other.clone()),
+            }
+        }
+        let one_url = match remote.as_slice() {
+            [(st, _, _)] => matches!(st.vertex().op, Op::Http(_)),
+            _ => false,
+        };
+        if checksum.is_some() && (!one_url || !local.is_empty()) {
             return Err(src_err(
                 self.df,
                 line,
                 1,
-                &format!(
-                    "ADD {url}: remote sources are not supported yet; download in a RUN step instead"
-                ),
+                "--checksum needs exactly one source, an http:// or https:// URL",
             ));
         }
         let spec = CopySpec {
-            sources: &a.sources,
+            sources: &local,
+            remote,
             from: None,
             dest: &a.dest,
             chown: a.chown.as_deref(),
@@ -100,8 +152,10 @@ impl Lowerer<'_> {
         let dest = self.expand(st, spec.dest, line)?;
         let chown = spec.chown.map(|c| self.expand(st, c, line)).transpose()?;
         let chmod = parse_chmod(spec.chmod, self.df, line)?;
-        let inputs = sources.from.clone().into_iter().collect();
-        let op = copy_op(&dest, sources, &spec, chown, chmod, st.cwd());
+        let mut inputs: Vec<State> = sources.from.clone().into_iter().collect();
+        let first_remote = inputs.len() + 1;
+        inputs.extend(spec.remote.iter().map(|(s, _, _)| s.clone()));
+        let op = copy_op(&dest, sources, &spec, first_remote, chown, chmod, st.cwd());
         // --link, as BuildKit: the copy is made on scratch, as a layer of its own put on
         // top of the stage, so it does not depend on the stage (its cache survives a new
         // base; links in the stage's destination are not followed, and user names are
@@ -173,15 +227,24 @@ fn copy_op(
     dest: &str,
     sources: Sources,
     spec: &CopySpec<'_>,
+    first_remote: usize,
     chown: Option<String>,
     chmod: Option<ChmodFlag>,
     cwd: String,
 ) -> FileOp {
     let mut actions = Vec::new();
+    let mut copies: Vec<(usize, Vec<String>, bool)> = Vec::new();
     if !sources.paths.is_empty() {
+        copies.push((1, sources.paths, spec.extract));
+    }
+    // A download is the one file of its input; a checkout is copied whole.
+    for (i, (_, path, unpack)) in spec.remote.iter().enumerate() {
+        copies.push((first_remote + i, vec![path.clone()], *unpack));
+    }
+    for (from, paths, extract) in copies {
         actions.push(FileAction::Copy {
-            from: 1,
-            sources: sources.paths,
+            from,
+            sources: paths,
             dest: dest.to_string(),
             chown: chown.clone(),
             chmod: match &chmod {
@@ -192,7 +255,7 @@ fn copy_op(
                 Some(ChmodFlag::Symbolic(text, _)) => Some(text.clone()),
                 _ => None,
             },
-            extract_archives: spec.extract,
+            extract_archives: extract,
             exclude: spec.exclude.to_vec(),
             parents: spec.parents,
         });
@@ -213,6 +276,75 @@ fn copy_op(
         });
     }
     FileOp { actions, cwd }
+}
+
+/// Whether an ADD source is a git repository, as BuildKit tells them apart: `git@…`,
+/// `git://…`, `ssh://…`, or an http(s) URL whose path ends in `.git` (before a `#ref`).
+pub(super) fn is_git_source(s: &str) -> bool {
+    if s.starts_with("git@") || s.starts_with("git://") || s.starts_with("ssh://") {
+        return true;
+    }
+    let Some(rest) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let before_ref = rest.split('#').next().unwrap_or(rest);
+    before_ref
+        .split('?')
+        .next()
+        .unwrap_or(before_ref)
+        .ends_with(".git")
+}
+
+/// A git source as BuildKit reads one: `remote#ref:subdir`, both parts optional.
+fn git_source(url: &str, keep_git_dir: bool, file: &str, line: usize) -> GitSource {
+    let (remote, fragment) = url.split_once('#').unwrap_or((url, ""));
+    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    GitSource {
+        remote: remote.to_string(),
+        reference: some(reference),
+        subdir: some(subdir.trim_matches('/')),
+        keep_git_dir,
+        origin: format!("{file}:{line}"),
+    }
+}
+
+/// The name a downloaded file gets (BuildKit's): the last segment of the URL's path,
+/// percent-decoded, `__unnamed__` when the path has none.
+pub(super) fn url_filename(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let last = path.rsplit('/').next().unwrap_or("");
+    let decoded = percent_decode(last);
+    if decoded.is_empty() || decoded == "." || decoded == ".." {
+        "__unnamed__".to_string()
+    } else {
+        decoded
+    }
+}
+
+/// `%xx` escapes replaced by their bytes (invalid escapes kept as written).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `--chmod`: octal (at most 07777), or symbolic as chmod(1) (Dockerfile 1.14); a value
@@ -319,6 +451,29 @@ mod tests {
             expand_vars("price: $5 and $X.", look).unwrap(),
             "price: $5 and value."
         );
+    }
+
+    #[test]
+    fn downloads_are_named_by_the_url_path_and_git_sources_are_told_apart() {
+        use super::{is_git_source, url_filename};
+        assert_eq!(
+            url_filename("https://h:8/a/b/file.tar.gz?x=1#y"),
+            "file.tar.gz"
+        );
+        assert_eq!(url_filename("http://h/dir/a%20b"), "a b");
+        assert_eq!(url_filename("http://h/"), "__unnamed__");
+        assert_eq!(url_filename("http://h"), "__unnamed__");
+        assert!(is_git_source("git@github.com:o/r.git#main"));
+        assert!(is_git_source("https://h/o/r.git#v1:sub"));
+        assert!(!is_git_source("https://h/o/r.tar.gz"));
+        assert!(!is_git_source("https://h/git.html"));
+        let g = super::git_source("git://h:9/r.git#v1:a/b/", true, "Dockerfile", 3);
+        assert_eq!(g.remote, "git://h:9/r.git");
+        assert_eq!(g.reference.as_deref(), Some("v1"));
+        assert_eq!(g.subdir.as_deref(), Some("a/b"));
+        assert_eq!(g.origin, "Dockerfile:3");
+        let g = super::git_source("git@h:o/r.git", false, "Dockerfile", 1);
+        assert_eq!((g.reference, g.subdir), (None, None));
     }
 
     #[test]
