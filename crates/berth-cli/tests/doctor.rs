@@ -222,24 +222,8 @@ fn pull_through_upstreams_are_probed_with_their_own_ca_and_credentials() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (ca, crt, key) = make_tls(&dir.path().join("tls"));
+    let (up, ca) = serve_tls_with_user(&dir.path().join("up"), "puller", "s3cret");
     let (other_ca, _, _) = make_tls(&dir.path().join("other"));
-    let htpasswd = dir.path().join("htpasswd");
-    run(Command::new("htpasswd")
-        .args(["-Bbc"])
-        .arg(&htpasswd)
-        .args(["puller", "s3cret"]));
-    let up = Berth::serve(
-        &dir.path().join("upstream"),
-        &[
-            "--htpasswd",
-            htpasswd.to_str().unwrap(),
-            "--tls-cert",
-            crt.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
     let mirror = |prefix: &str, ca: &Path, var: &str| {
         format!(
             "[[registry.mirror]]\nprefix = \"{prefix}\"\nupstream = \"https://{}\"\n\
