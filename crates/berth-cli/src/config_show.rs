@@ -190,6 +190,48 @@ impl Settings {
                 serde_json::Value::Null,
             ));
         }
+        out.push(match reg.mirror_max_size {
+            Some(v) => entry("registry.mirror_max_size", v, file_src()),
+            None => entry(
+                "registry.mirror_max_size",
+                serde_json::Value::Null,
+                Source::Default,
+            ),
+        });
+        // [[registry.mirror]]: keyed as the file's errors name them; a password is
+        // shown by the variable that holds it, never by its value.
+        for (i, m) in reg.mirror.iter().enumerate() {
+            let key = |k: &str| format!("registry.mirror[{i}].{k}");
+            let set_or_default = |k: &str, v: Option<serde_json::Value>, default| match v {
+                Some(v) => entry(key(k), v, file_src()),
+                None => entry(key(k), default, Source::Default),
+            };
+            out.push(entry(key("prefix"), m.prefix.as_str(), file_src()));
+            out.push(entry(key("upstream"), m.upstream.url.as_str(), file_src()));
+            for (k, on) in [("default", m.default), ("insecure", m.insecure)] {
+                out.push(set_or_default(k, on.then_some(true.into()), false.into()));
+            }
+            out.push(set_or_default(
+                "username",
+                m.username.as_deref().map(Into::into),
+                serde_json::Value::Null,
+            ));
+            out.push(set_or_default(
+                "password_env",
+                m.password_env.as_deref().map(Into::into),
+                serde_json::Value::Null,
+            ));
+            out.push(set_or_default(
+                "ca",
+                m.ca.as_deref().map(path_value),
+                serde_json::Value::Null,
+            ));
+            out.push(set_or_default(
+                "tag_ttl",
+                m.tag_ttl.map(|t| duration_value(t).into()),
+                duration_value(berth_registry::DEFAULT_TAG_TTL).into(),
+            ));
+        }
         out.push(var_or_file(
             "registry.max_connections",
             "BERTH_REGISTRY_MAX_CONNECTIONS",
@@ -230,6 +272,16 @@ impl Settings {
             ));
         }
         out
+    }
+}
+
+/// A duration as config.toml writes it (`10m`, `90s`, `2h`).
+fn duration_value(d: std::time::Duration) -> String {
+    match d.as_secs() {
+        s if s > 0 && s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 
@@ -291,6 +343,10 @@ mod tests {
             path,
             "root = \"/file/root\"\n[network]\nhttp_proxy = \"http://file:3128\"\n\
              no_proxy = [\".corp\", \"localhost\"]\n[registry]\naddr = \"127.0.0.1:7000\"\n\
+             mirror_max_size = \"2GB\"\n\
+             [[registry.mirror]]\nprefix = \"hub\"\nupstream = \"https://registry-1.docker.io/\"\n\
+             default = true\nusername = \"ci\"\npassword_env = \"HUB_TOKEN\"\ntag_ttl = \"90m\"\n\
+             [[registry.mirror]]\nprefix = \"corp\"\nupstream = \"http://10.0.0.5:5000\"\n\
              [registries.\"r.corp:5000\"]\nhttp = true\n",
         )
         .unwrap();
@@ -334,6 +390,38 @@ mod tests {
         );
         assert_eq!(find(&e, "registry.delete")[0].source, Source::Default);
         assert_eq!(find(&e, "registries.\"r.corp:5000\".http")[0].value, true);
+        assert_eq!(
+            find(&e, "registry.mirror_max_size")[0].value,
+            2_000_000_000u64
+        );
+        assert_eq!(find(&e, "registry.mirror_max_size")[0].source, file);
+        let mirror = |i: usize, k: &str| {
+            let found = find(&e, &format!("registry.mirror[{i}].{k}"));
+            assert_eq!(found.len(), 1, "registry.mirror[{i}].{k}");
+            (found[0].value.clone(), found[0].source.clone())
+        };
+        assert_eq!(mirror(0, "prefix"), ("hub".into(), file.clone()));
+        assert_eq!(
+            mirror(0, "upstream"),
+            ("https://registry-1.docker.io".into(), file.clone())
+        );
+        assert_eq!(mirror(0, "default"), (true.into(), file.clone()));
+        assert_eq!(
+            mirror(0, "password_env"),
+            ("HUB_TOKEN".into(), file.clone())
+        );
+        assert_eq!(mirror(0, "tag_ttl"), ("90m".into(), file.clone()));
+        assert_eq!(
+            mirror(1, "upstream"),
+            ("http://10.0.0.5:5000".into(), file.clone())
+        );
+        assert_eq!(mirror(1, "default"), (false.into(), Source::Default));
+        assert_eq!(
+            mirror(1, "username"),
+            (serde_json::Value::Null, Source::Default)
+        );
+        assert_eq!(mirror(1, "insecure"), (false.into(), Source::Default));
+        assert_eq!(mirror(1, "tag_ttl").1, Source::Default);
 
         // A root from the flag, and from BERTH_ROOT (clap merges the two).
         s.root_from_flag = true;

@@ -257,11 +257,12 @@ async fn registries(settings: &Settings, r: &mut Report) {
             }
         }
     }
-    if names.is_empty() {
+    let mirrors = settings.mirror_checks(&|k| std::env::var(k).ok());
+    if names.is_empty() && mirrors.is_empty() {
         r.ok(
             Area::Registries,
             "registries",
-            "none configured ([registries.\"host:port\"] in config.toml)",
+            "none configured ([registries.\"host:port\"] or [[registry.mirror]] in config.toml)",
         );
         return;
     }
@@ -285,6 +286,88 @@ async fn registries(settings: &Settings, r: &mut Report) {
                 step.fix,
             );
         }
+    }
+    for m in mirrors {
+        pull_through_upstream(m, r).await;
+    }
+}
+
+/// Probes one `[[registry.mirror]]` upstream the way `registry serve` reaches it; the
+/// fixes name the entry's own keys.
+async fn pull_through_upstream(m: crate::settings::MirrorCheck, r: &mut Report) {
+    let label = format!("mirror {} ({})", m.prefix, m.upstream);
+    let entry = format!(
+        "the [[registry.mirror]] entry with prefix = \"{}\"",
+        m.prefix
+    );
+    let mut config_problem = match (&m.username, &m.password_env) {
+        (_, Some(var)) if m.password_unset => Some((
+            format!("password_env names {var}, which is not set"),
+            format!(
+                "export {var}=<password or token> where `berth registry serve` (and this doctor) \
+                 runs; {entry} reads its password from it"
+            ),
+        )),
+        (Some(user), None) => Some((
+            format!("username = \"{user}\" without password_env"),
+            format!(
+                "add password_env = \"VARIABLE\" to {entry}, or remove username to use \
+                 Docker's credentials for {}",
+                m.registry
+            ),
+        )),
+        (None, Some(var)) => Some((
+            format!("password_env = \"{var}\" without username"),
+            format!("add username = \"...\" to {entry}"),
+        )),
+        _ => None,
+    };
+    let client = berth_client::Client::new(m.client);
+    for step in client.probe(&m.registry).await {
+        let check = format!("{label} {}", step.step);
+        if step.step == "credentials"
+            && let Some((detail, fix)) = config_problem.take()
+        {
+            r.fail(Area::Registries, check, detail, fix);
+            continue;
+        }
+        let status = match step.outcome {
+            berth_client::Outcome::Ok => Status::Ok,
+            berth_client::Outcome::Warn => Status::Warn,
+            berth_client::Outcome::Fail => Status::Fail,
+        };
+        let fix = match (step.step, status) {
+            (_, Status::Ok) => None,
+            ("tls", _) => Some(format!(
+                "trust the CA that signed {}'s certificate: ca = \"/path/ca.pem\" in {entry}{}; \
+                 insecure = true there skips verification",
+                m.registry,
+                m.ca.as_ref()
+                    .map(|c| format!(" (its ca = \"{}\" does not verify it)", c.display()))
+                    .unwrap_or_default()
+            )),
+            ("credentials", _) => Some(match (&m.username, &m.password_env) {
+                (Some(user), Some(var)) => {
+                    format!("check username = \"{user}\" in {entry} and the password in ${var}")
+                }
+                _ => format!(
+                    "set username and password_env in {entry}, or `berth login {}` \
+                     (Docker's credentials)",
+                    m.registry
+                ),
+            }),
+            _ => step.fix,
+        };
+        r.push(Area::Registries, check, status, step.detail, fix);
+    }
+    // The probe stopped before credentials: the entry is still incomplete.
+    if let Some((detail, fix)) = config_problem {
+        r.fail(
+            Area::Registries,
+            format!("{label} credentials"),
+            detail,
+            fix,
+        );
     }
 }
 

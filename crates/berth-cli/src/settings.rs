@@ -145,6 +145,26 @@ struct RegistryFile {
     mirror_max_size: Option<u64>,
 }
 
+/// One `[[registry.mirror]]` entry as [`Settings::mirror_checks`] gives it to `berth doctor`.
+pub struct MirrorCheck {
+    /// Its `prefix`.
+    pub prefix: String,
+    /// Its `upstream` URL.
+    pub upstream: String,
+    /// The upstream as berth-client names it (`docker.io` for Docker Hub).
+    pub registry: String,
+    /// Its `ca`.
+    pub ca: Option<PathBuf>,
+    /// Its `username`.
+    pub username: Option<String>,
+    /// Its `password_env`.
+    pub password_env: Option<String>,
+    /// `password_env` names a variable that is not set.
+    pub password_unset: bool,
+    /// A client for the upstream configured as the cache's is.
+    pub client: berth_client::ClientConfig,
+}
+
 /// `[[registry.mirror]]` in config.toml: one upstream served by `berth registry serve`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -605,6 +625,55 @@ impl Settings {
         let file = &self.file.registry;
         let max = file.mirror_max_size?;
         Some((file.mirror.iter().map(|m| m.prefix.clone()).collect(), max))
+    }
+
+    /// Each `[[registry.mirror]]` as `berth doctor` probes its upstream: a client
+    /// configured the way the pull-through cache's is (the entry's CA, insecure, plain
+    /// HTTP and credentials; Docker's without a user name), even when the entry is
+    /// incomplete, so that the doctor can name what is missing.
+    pub fn mirror_checks(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<MirrorCheck> {
+        self.file
+            .registry
+            .mirror
+            .iter()
+            .map(|m| {
+                let password = m.password_env.as_deref().and_then(env);
+                let registry = m.upstream.registry.clone();
+                let mut config = berth_client::ClientConfig {
+                    docker_config: berth_client::DockerConfig::load(),
+                    network: self.network(),
+                    ..Default::default()
+                };
+                config.hosts.insert(
+                    registry.clone(),
+                    berth_client::HostOptions {
+                        ca: m.ca.clone(),
+                        insecure: m.insecure,
+                        http: m.upstream.http,
+                        ..Default::default()
+                    },
+                );
+                if let (Some(username), Some(password)) = (&m.username, &password) {
+                    config.credentials.insert(
+                        registry.clone(),
+                        berth_client::Credentials {
+                            username: username.clone(),
+                            password: password.clone(),
+                        },
+                    );
+                }
+                MirrorCheck {
+                    prefix: m.prefix.clone(),
+                    upstream: m.upstream.url.clone(),
+                    registry,
+                    ca: m.ca.clone(),
+                    username: m.username.clone(),
+                    password_env: m.password_env.clone(),
+                    password_unset: m.password_env.is_some() && password.is_none(),
+                    client: config,
+                }
+            })
+            .collect()
     }
 
     /// `[[registry.mirror]]` resolved: passwords read from their variables (`env`).

@@ -205,6 +205,100 @@ fn wrong_credentials_are_named_and_right_ones_accepted() {
     assert_eq!(check(&checks, " credentials")["status"], "warn");
 }
 
+/// The check of mirror `prefix` whose step is `step`.
+fn mirror_check<'a>(checks: &'a [Value], prefix: &str, step: &str) -> &'a Value {
+    checks
+        .iter()
+        .find(|c| {
+            let name = c["check"].as_str().unwrap();
+            name.starts_with(&format!("mirror {prefix} (")) && name.ends_with(&format!(" {step}"))
+        })
+        .unwrap_or_else(|| panic!("no check {step} of mirror {prefix} in {checks:#?}"))
+}
+
+#[test]
+fn pull_through_upstreams_are_probed_with_their_own_ca_and_credentials() {
+    if !require("htpasswd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (up, ca) = serve_tls_with_user(&dir.path().join("up"), "puller", "s3cret");
+    let (other_ca, _, _) = make_tls(&dir.path().join("other"));
+    let mirror = |prefix: &str, ca: &Path, var: &str| {
+        format!(
+            "[[registry.mirror]]\nprefix = \"{prefix}\"\nupstream = \"https://{}\"\n\
+             username = \"puller\"\npassword_env = \"{var}\"\nca = \"{}\"\n",
+            up.addr,
+            ca.display()
+        )
+    };
+    let doctor = |m: &Machine| {
+        let mut c = Command::new(berth_bin());
+        c.env("GOOD_PASSWORD", "s3cret")
+            .env_remove("UNSET_PASSWORD");
+        m.doctor_in(Some(c), "registries")
+    };
+
+    // One healthy mirror: every step passes, with the entry's CA and credentials.
+    let m = Machine::new(
+        &dir.path().join("good"),
+        &mirror("good", &ca, "GOOD_PASSWORD"),
+    );
+    let (ok, checks) = doctor(&m);
+    assert!(ok, "{checks:#?}");
+    assert_eq!(
+        text(mirror_check(&checks, "good", "tls"), "detail"),
+        "certificate verified"
+    );
+    assert_eq!(
+        text(mirror_check(&checks, "good", "credentials"), "detail"),
+        "accepted for puller"
+    );
+
+    // Beside it, one whose CA did not sign the upstream's certificate and one whose
+    // password variable is unset: each named with the fix in its own entry.
+    let config = format!(
+        "{}{}{}",
+        mirror("good", &ca, "GOOD_PASSWORD"),
+        mirror("wrongca", &other_ca, "GOOD_PASSWORD"),
+        mirror("nopass", &ca, "UNSET_PASSWORD")
+    );
+    let m = Machine::new(&dir.path().join("broken"), &config);
+    let (ok, checks) = doctor(&m);
+    assert!(!ok);
+    assert_eq!(mirror_check(&checks, "good", "credentials")["status"], "ok");
+
+    let tls = mirror_check(&checks, "wrongca", "tls");
+    assert_eq!(tls["status"], "fail", "{tls:#}");
+    assert!(text(tls, "detail").contains("certificate"), "{tls:#}");
+    let fix = text(tls, "fix");
+    assert!(
+        fix.contains("[[registry.mirror]] entry with prefix = \"wrongca\"")
+            && fix.contains(&format!("its ca = \"{}\"", other_ca.display())),
+        "{tls:#}"
+    );
+    assert_eq!(mirror_check(&checks, "wrongca", "tcp")["status"], "ok");
+
+    let creds = mirror_check(&checks, "nopass", "credentials");
+    assert_eq!(creds["status"], "fail", "{creds:#}");
+    assert!(
+        text(creds, "detail").contains("UNSET_PASSWORD"),
+        "{creds:#}"
+    );
+    assert!(
+        text(creds, "fix").contains("export UNSET_PASSWORD="),
+        "{creds:#}"
+    );
+    // Its upstream itself answers: only the credentials are named.
+    assert_eq!(mirror_check(&checks, "nopass", "tls")["status"], "ok");
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+}
+
 #[test]
 fn a_proxy_that_is_down_is_named_and_a_healthy_setup_passes() {
     if !require("tinyproxy") {
@@ -402,13 +496,17 @@ fn config_show_names_file_env_and_flag() {
     let m = Machine::new(
         dir.path(),
         "[network]\nhttp_proxy = \"http://file-proxy:3128\"\nno_proxy = [\".corp\"]\n\
-         [registry]\naddr = \"127.0.0.1:7000\"\n",
+         [registry]\naddr = \"127.0.0.1:7000\"\nmirror_max_size = \"3MB\"\n\
+         [[registry.mirror]]\nprefix = \"hub\"\nupstream = \"https://registry-1.docker.io\"\n\
+         default = true\nusername = \"ci\"\npassword_env = \"HUB_TOKEN\"\n\
+         ca = \"/etc/berth/hub-ca.pem\"\ntag_ttl = \"10m\"\n",
     );
     let out = m
         .berth(None)
         .args(["config", "show", "--format", "json"])
         .env("HTTPS_PROXY", "http://env-proxy:8080")
         .env("NO_PROXY", "localhost")
+        .env("HUB_TOKEN", "never-shown-token")
         .output()
         .unwrap();
     assert!(
@@ -446,6 +544,37 @@ fn config_show_names_file_env_and_flag() {
         .unwrap();
     assert_eq!(delete["source"]["kind"], "default");
 
+    // Every [[registry.mirror]] field and the cache's cap, a password by its variable only.
+    for (key, value) in [
+        ("registry.mirror[0].prefix", "hub"),
+        (
+            "registry.mirror[0].upstream",
+            "https://registry-1.docker.io",
+        ),
+        ("registry.mirror[0].username", "ci"),
+        ("registry.mirror[0].password_env", "HUB_TOKEN"),
+        ("registry.mirror[0].ca", "/etc/berth/hub-ca.pem"),
+        ("registry.mirror[0].tag_ttl", "10m"),
+    ] {
+        assert_eq!(source(key, value), file, "{key}");
+    }
+    let value = |key: &str| {
+        let e = entries.iter().find(|e| e["key"] == key);
+        e.unwrap_or_else(|| panic!("no {key} in {entries:#?}"))
+            .clone()
+    };
+    assert_eq!(value("registry.mirror[0].default")["value"], true);
+    assert_eq!(
+        value("registry.mirror[0].insecure")["source"]["kind"],
+        "default"
+    );
+    assert_eq!(value("registry.mirror_max_size")["value"], 3_000_000);
+    assert_eq!(value("registry.mirror_max_size")["source"]["kind"], "file");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("never-shown-token"),
+        "config show printed a password"
+    );
+
     // The root from BERTH_ROOT, and the table for people.
     let out = Command::new(berth_bin())
         .args(["config", "show"])
@@ -459,6 +588,13 @@ fn config_show_names_file_env_and_flag() {
         line.contains(&root) && line.ends_with("env BERTH_ROOT"),
         "{table}"
     );
+    let out = m.berth(None).args(["config", "show"]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("registry.mirror[0].upstream "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains("https://registry-1.docker.io"), "{table}");
 }
 
 #[test]

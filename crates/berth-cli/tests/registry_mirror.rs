@@ -339,23 +339,7 @@ struct Upstream {
 
 impl Upstream {
     fn start(dir: &Path) -> Upstream {
-        let (ca, crt, key) = make_tls(dir);
-        let htpasswd = dir.join("htpasswd");
-        run(Command::new("htpasswd")
-            .args(["-Bbc"])
-            .arg(&htpasswd)
-            .args(["puller", "s3cret"]));
-        let berth = Berth::serve(
-            &dir.join("upstream"),
-            &[
-                "--htpasswd",
-                htpasswd.to_str().unwrap(),
-                "--tls-cert",
-                crt.to_str().unwrap(),
-                "--tls-key",
-                key.to_str().unwrap(),
-            ],
-        );
+        let (berth, ca) = serve_tls_with_user(dir, "puller", "s3cret");
         Upstream {
             berth,
             ca_dir: ca.parent().unwrap().to_path_buf(),

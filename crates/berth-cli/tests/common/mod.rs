@@ -671,6 +671,29 @@ pub fn serve_with_user(dir: &Path, user: &str, password: &str) -> Berth {
     )
 }
 
+/// berth's registry over TLS (a CA of its own, made in `dir`) with basic auth for one
+/// user: the server, and the CA's PEM file.
+pub fn serve_tls_with_user(dir: &Path, user: &str, password: &str) -> (Berth, PathBuf) {
+    let (ca, crt, key) = make_tls(dir);
+    let htpasswd = dir.join("htpasswd");
+    run(Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args([user, password]));
+    let berth = Berth::serve(
+        &dir.join("upstream"),
+        &[
+            "--htpasswd",
+            htpasswd.to_str().unwrap(),
+            "--tls-cert",
+            crt.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    (berth, ca)
+}
+
 /// A CA, and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
 pub fn make_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
