@@ -18,6 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_oci::Digest;
+use common::tinyproxy::Proxy;
 use common::*;
 
 /// An OCI layout holding one image with a single uncompressed layer of `size`
