@@ -687,7 +687,8 @@ impl Settings {
             let password = match &m.password_env {
                 Some(var) => Some(env(var).with_context(|| {
                     format!(
-                        "mirror {:?}: password_env names {var}, which is not set; export it                          before `berth registry serve`",
+                        "mirror {:?}: password_env names {var}, which is not set; export it \
+                         before `berth registry serve`",
                         m.prefix
                     )
                 })?),
@@ -695,7 +696,8 @@ impl Settings {
             };
             if m.username.is_some() != password.is_some() {
                 bail!(
-                    "mirror {:?}: give both username and password_env, or neither (then Docker's                      credentials for {} are used)",
+                    "mirror {:?}: give both username and password_env, or neither (then Docker's \
+                     credentials for {} are used)",
                     m.prefix,
                     m.upstream.url
                 );
