@@ -639,29 +639,20 @@ impl Settings {
             .map(|m| {
                 let password = m.password_env.as_deref().and_then(env);
                 let registry = m.upstream.registry.clone();
-                let mut config = berth_client::ClientConfig {
-                    docker_config: berth_client::DockerConfig::load(),
-                    network: self.network(),
-                    ..Default::default()
-                };
-                config.hosts.insert(
-                    registry.clone(),
-                    berth_client::HostOptions {
-                        ca: m.ca.clone(),
-                        insecure: m.insecure,
-                        http: m.upstream.http,
-                        ..Default::default()
-                    },
-                );
-                if let (Some(username), Some(password)) = (&m.username, &password) {
-                    config.credentials.insert(
-                        registry.clone(),
-                        berth_client::Credentials {
-                            username: username.clone(),
-                            password: password.clone(),
-                        },
-                    );
+                // The client the cache itself would build, so doctor probes what serve uses.
+                let mut one =
+                    berth_registry::MirrorConfig::new(m.prefix.clone(), m.upstream.clone());
+                one.ca = m.ca.clone();
+                one.insecure = m.insecure;
+                if password.is_some() {
+                    one.username = m.username.clone();
+                    one.password = password.clone();
                 }
+                let config = berth_registry::upstream_client_config(
+                    &[one],
+                    self.network(),
+                    berth_client::DockerConfig::load(),
+                );
                 MirrorCheck {
                     prefix: m.prefix.clone(),
                     upstream: m.upstream.url.clone(),

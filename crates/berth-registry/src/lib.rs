@@ -28,7 +28,7 @@ pub use auth::{
 pub use error::{Code, RegistryError};
 pub use mirror::{
     DEFAULT_TAG_TTL, EvictReport, MirrorConfig, MirrorSettings, Upstream, check_mirrors,
-    check_prefix, evict,
+    check_prefix, evict, upstream_client_config,
 };
 pub use routes::{Config, Registry};
 pub use server::{

@@ -173,6 +173,44 @@ impl MirrorConfig {
     }
 }
 
+/// The registry client configuration that reaches `mirrors`' upstreams as the cache
+/// does: each upstream's CA, TLS and protocol, and its own credentials where it has a
+/// user name (else Docker's, from `docker_config`). `berth doctor` probes with it too.
+pub fn upstream_client_config(
+    mirrors: &[MirrorConfig],
+    network: berth_net::Network,
+    docker_config: berth_client::DockerConfig,
+) -> berth_client::ClientConfig {
+    let mut hosts = HashMap::new();
+    let mut credentials = HashMap::new();
+    for m in mirrors {
+        hosts.insert(
+            m.upstream.registry.clone(),
+            berth_client::HostOptions {
+                ca: m.ca.clone(),
+                insecure: m.insecure,
+                http: m.upstream.http,
+                ..Default::default()
+            },
+        );
+        if let Some(user) = &m.username {
+            credentials.insert(
+                m.upstream.registry.clone(),
+                berth_client::Credentials {
+                    username: user.clone(),
+                    password: m.password.clone().unwrap_or_default(),
+                },
+            );
+        }
+    }
+    berth_client::ClientConfig {
+        hosts,
+        docker_config,
+        credentials,
+        network,
+    }
+}
+
 /// Checks a mirror's prefix: one repository-name component (`hub`, `quay`).
 pub fn check_prefix(prefix: &str) -> std::result::Result<(), String> {
     if prefix.contains('/') || berth_oci::validate_repository(prefix).is_err() {
@@ -340,34 +378,11 @@ impl Mirrors {
         if settings.mirrors.is_empty() {
             return None;
         }
-        let mut hosts = HashMap::new();
-        let mut credentials = HashMap::new();
-        for m in &settings.mirrors {
-            hosts.insert(
-                m.upstream.registry.clone(),
-                berth_client::HostOptions {
-                    ca: m.ca.clone(),
-                    insecure: m.insecure,
-                    http: m.upstream.http,
-                    ..Default::default()
-                },
-            );
-            if let Some(user) = &m.username {
-                credentials.insert(
-                    m.upstream.registry.clone(),
-                    berth_client::Credentials {
-                        username: user.clone(),
-                        password: m.password.clone().unwrap_or_default(),
-                    },
-                );
-            }
-        }
-        let client = berth_client::Client::new(berth_client::ClientConfig {
-            hosts,
-            docker_config: settings.docker_config.clone(),
-            credentials,
-            network: settings.network.clone(),
-        });
+        let client = berth_client::Client::new(upstream_client_config(
+            &settings.mirrors,
+            settings.network.clone(),
+            settings.docker_config.clone(),
+        ));
         Some(Arc::new(Mirrors {
             list: settings
                 .mirrors
