@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use berth_oci::{Digest, Manifest, media_type};
@@ -64,7 +65,18 @@ pub struct ImageHold {
 /// The exclusive claim of a removal on an image, released when dropped.
 #[derive(Debug)]
 pub struct ImageClaim {
-    _files: Vec<File>,
+    files: Vec<(File, PathBuf)>,
+}
+
+impl Drop for ImageClaim {
+    fn drop(&mut self) {
+        // Nobody holds these images now: the lock files go (still locked, so a build
+        // that opened one meanwhile sees it unlinked once it gets its lock, and retries
+        // on a new file; see `hold_image`). Otherwise one file per image ever used stays.
+        for (_, path) in &self.files {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 impl Store {
@@ -262,14 +274,26 @@ impl Store {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).ctx("create directory", dir)?;
         }
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .ctx("open", &path)?;
-        file.lock_shared().ctx("lock", &path)?;
-        Ok(ImageHold { _file: file })
+        loop {
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .ctx("open", &path)?;
+            file.lock_shared().ctx("lock", &path)?;
+            // A claim unlinks the file before releasing it: holding a lock on a file no
+            // longer at `path` would hold nothing, so open the new one.
+            let held = file.metadata().ctx("inspect", &path)?;
+            match fs::metadata(&path) {
+                Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
+                    return Ok(ImageHold { _file: file });
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).ctx("inspect", &path),
+            }
+        }
     }
 
     /// Claim image `manifest` (each of `manifests`) for removal: `None` when a running
@@ -284,12 +308,12 @@ impl Store {
                 Err(e) => return Err(e).ctx("open", &path),
             };
             match file.try_lock() {
-                Ok(()) => files.push(file),
+                Ok(()) => files.push((file, path)),
                 Err(fs::TryLockError::WouldBlock) => return Ok(None),
                 Err(fs::TryLockError::Error(e)) => return Err(e).ctx("lock", &path),
             }
         }
-        Ok(Some(ImageClaim { _files: files }))
+        Ok(Some(ImageClaim { files }))
     }
 
     /// Remember that local image `manifest` is `name@remote` in a registry (pulled from
@@ -407,6 +431,44 @@ mod tests {
         );
         drop(hold);
         assert!(store.claim_image(&[a]).unwrap().is_some());
+    }
+
+    #[test]
+    fn claims_remove_lock_files_and_a_waiting_hold_takes_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = image(&store, &[b"a"]);
+        let lock = store.inuse_path(&a);
+        drop(store.hold_image(&a).unwrap());
+        assert!(lock.exists());
+        drop(
+            store
+                .claim_image(std::slice::from_ref(&a))
+                .unwrap()
+                .unwrap(),
+        );
+        assert!(!lock.exists(), "the claim left its lock file");
+
+        // A build that opened the file while a removal held it ends up on a live file,
+        // which a later removal sees.
+        drop(store.hold_image(&a).unwrap());
+        let claim = store
+            .claim_image(std::slice::from_ref(&a))
+            .unwrap()
+            .unwrap();
+        let (s2, a2) = (store.clone(), a.clone());
+        let waiter = std::thread::spawn(move || s2.hold_image(&a2).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(claim);
+        let hold = waiter.join().unwrap();
+        assert!(lock.exists(), "the hold is on a file at the path");
+        assert!(
+            store
+                .claim_image(std::slice::from_ref(&a))
+                .unwrap()
+                .is_none()
+        );
+        drop(hold);
     }
 
     #[test]
