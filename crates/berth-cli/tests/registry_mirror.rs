@@ -860,6 +860,13 @@ fn eviction_under_a_small_cap_keeps_the_most_recently_pulled() {
     }
     assert!(blob(0).exists() && blob(1).exists());
     assert!(cache.log().contains("least recently pulled blobs evicted"));
+    let metrics = run(Command::new("curl").args(["-sf", &format!("http://{m}/metrics")]));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "berth_mirror_cache_max_bytes 2500000"),
+        "the cap (2500KB) is not a gauge:\n{metrics}"
+    );
 
     // With the upstream gone, a and b still pull; c does not.
     up.kill9();

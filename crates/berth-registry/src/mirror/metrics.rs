@@ -131,6 +131,14 @@ pub(crate) fn render(mirrors: Option<&Mirrors>) -> String {
         let _ = writeln!(out, "# TYPE berth_mirror_cache_bytes gauge");
         let _ = writeln!(out, "berth_mirror_cache_bytes {cache}");
     }
+    if let Some(max) = mirrors.max_bytes {
+        let _ = writeln!(
+            out,
+            "# HELP berth_mirror_cache_max_bytes the cache's size cap (mirror_max_size)"
+        );
+        let _ = writeln!(out, "# TYPE berth_mirror_cache_max_bytes gauge");
+        let _ = writeln!(out, "berth_mirror_cache_max_bytes {max}");
+    }
     let _ = writeln!(
         out,
         "# HELP berth_mirror_evicted_blobs_total blobs evicted to keep the cache under its cap"
