@@ -616,10 +616,13 @@ impl Lowerer<'_> {
     /// in Docker.
     fn workdir(&self, st: &mut StageState, path: &str, line: usize, name: &str) -> Result<State> {
         let p = self.expand(st, path, line)?;
+        // An absolute path is kept as written, a relative one is joined to the working
+        // directory and cleaned (Go's `path.Join`), as docker 20.10's BuildKit does
+        // (newer BuildKit cleans both).
         let abs = if p.starts_with('/') {
             p
         } else {
-            format!("{}/{p}", st.cwd().trim_end_matches('/'))
+            run::clean_abs(&format!("{}/{p}", st.cwd()))
         };
         st.config.config.working_dir = abs.clone();
         let user = &st.config.config.user;
