@@ -399,12 +399,16 @@ fn downloads_match_docker_buildkit() {
     srv.put("/plain", b"no date\n", None, None);
     // (--chmod is left out: docker 20.10 ignores it on URLs; today's BuildKit applies
     // it, as berth does, tested above.)
+    // Sources are copied in the order written, URLs and local files mixed: the last
+    // `plain` wins.
     let body = format!(
-        "ADD {a} /d/\nADD {a} /named.tgz\nADD {b} /e/\nADD --chown=5:6 {b} /f/g\n",
+        "ADD {a} /d/\nADD {a} /named.tgz\nADD {b} /e/\nADD --chown=5:6 {b} /f/g\n\
+         ADD plain {b} /order1/\nADD {b} plain /order2/\n",
         a = srv.url("/dl/data.tar.gz"),
         b = srv.url("/plain"),
     );
     let ctx = p.context("berth", &body);
+    std::fs::write(ctx.join("plain"), "local\n").unwrap();
     let built = build(&p, "root", &ctx, "out");
     assert!(built.success, "{}", built.stderr);
     let docker_ctx = context(
@@ -412,6 +416,7 @@ fn downloads_match_docker_buildkit() {
         "docker",
         &format!("FROM {}\n{body}", p.base.docker_reference()),
     );
+    std::fs::write(docker_ctx.join("plain"), "local\n").unwrap();
     let mut images = DockerImages::default();
     let image = format!("berth-test/add-remote:{}", std::process::id());
     images.0.push(image.clone());
@@ -423,7 +428,7 @@ fn downloads_match_docker_buildkit() {
     );
     let work = p.path("docker-tree");
     let docker_tree = docker_image_tree(&image, &work);
-    let added = ["/d", "/named.tgz", "/e", "/f"];
+    let added = ["/d", "/named.tgz", "/e", "/f", "/order1", "/order2"];
     let pick = |t: &Tree| -> Tree {
         t.iter()
             .filter(|(k, _)| {
@@ -436,7 +441,10 @@ fn downloads_match_docker_buildkit() {
     };
     let ours = pick(&file_tree(&p.path("out")));
     let theirs = pick(&docker_tree);
-    assert!(ours.len() >= 6, "{ours:?}");
+    assert!(ours.len() >= 10, "{ours:?}");
+    let read = |rel: &str| std::fs::read_to_string(p.path("out").join(rel)).unwrap();
+    assert_eq!(read("order1/plain"), "no date\n", "the URL came last");
+    assert_eq!(read("order2/plain"), "local\n", "the local file came last");
     let diff = tree_diff("berth", &ours, "docker", &theirs);
     assert!(diff.is_empty(), "file trees differ:\n{}", diff.join("\n"));
     let mtime = |root: &Path, rel: &str| std::fs::metadata(root.join(rel)).unwrap().mtime();
