@@ -1380,3 +1380,216 @@ fn escape_backtick() {
         )],
     });
 }
+
+// ---- the rest of the reference, section by section (issue 15, corpus widening)
+
+#[test]
+fn parser_continuations() {
+    check(&Case {
+        name: "parser_continuations",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn shell_json() {
+    check(&Case {
+        name: "shell_json",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn label_quoting() {
+    check(&Case {
+        name: "label_quoting",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn user_workdir_vars() {
+    check(&Case {
+        name: "user_workdir_vars",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn copy_tree_corners() {
+    check_prepared(
+        &Case {
+            name: "copy_tree_corners",
+            args: &[],
+            runs: &[],
+        },
+        |ctx| {
+            for d in ["empty", "dir/nested-empty", "modes/sgid", "modes/sticky"] {
+                std::fs::create_dir_all(ctx.join(d)).unwrap();
+            }
+            std::fs::write(ctx.join("modes/sgid/f"), "g\n").unwrap();
+            chmod(ctx, "modes/sgid", 0o2775);
+            chmod(ctx, "modes/sticky", 0o1777);
+        },
+    );
+}
+
+#[test]
+fn add_tar_entries() {
+    check(&Case {
+        name: "add_tar_entries",
+        args: &[],
+        runs: &[],
+    });
+}
+
+/// ADD unpacks zstd tars, by name and by content: documented behaviour (today's
+/// BuildKit detects zstd as moby's archive package does; docker 20.10 copies the file).
+#[test]
+fn add_zstd() {
+    if !ready() {
+        return;
+    }
+    let built = BerthOnly::build("add_zstd");
+    assert_eq!(built.run(), "inside\norig\n");
+    assert_eq!(built.read("z/t/late/f"), "late\n");
+    assert!(
+        !built.local.join("c/by-content.bin").exists(),
+        "the zstd tar was copied, not unpacked"
+    );
+}
+
+/// COPY never puts a folder where the image has a file or a symlink, nor a file where
+/// it has a folder: both builders refuse each such target, berth naming the path.
+#[test]
+fn copy_replace_type() {
+    if !ready() {
+        return;
+    }
+    let base = BuildBase::new();
+    let work = tempfile::tempdir().unwrap();
+    let context = builds_dir().join("copy_replace_type");
+    for (target, docker_says, berth_says) in [
+        (
+            "dir-over-file",
+            "cannot copy to non-directory",
+            "[dir-over-file 2/2] COPY dir-over-file/ /r/: cannot copy a folder onto /r/file-here: it is a file",
+        ),
+        (
+            "dir-over-link",
+            "cannot copy to non-directory",
+            "[dir-over-link 2/2] COPY dir-over-link/ /r/: cannot copy a folder onto /r/link-dir: it is a symlink",
+        ),
+        (
+            "file-over-dir",
+            "cannot replace to directory",
+            "[file-over-dir 2/2] COPY file-over-dir/ /r/: cannot replace the folder /r/dir-here with a file",
+        ),
+    ] {
+        let docker = output(
+            Command::new(docker())
+                .env("DOCKER_BUILDKIT", "1")
+                .args(["build", "-q", "--target", target, "--build-arg"])
+                .arg(format!("BASE={}", base.docker_reference()))
+                .arg(&context),
+        );
+        assert!(!docker.success, "docker built {target}");
+        assert!(docker.stderr.contains(docker_says), "{}", docker.stderr);
+        let berth = output(
+            berth_build(&work.path().join("root"))
+                .args(["--target", target, "--build-arg"])
+                .arg(format!("BASE={}", base.reference()))
+                .arg(&context),
+        );
+        assert!(!berth.success, "berth built {target}");
+        assert!(berth.stderr.contains(berth_says), "{target}: {}", berth.stderr);
+    }
+    check(&Case {
+        name: "copy_replace_type",
+        args: &[],
+        runs: &[],
+    });
+}
+
+/// File capabilities: the `security.capability` xattr goes through ADD of a tar, COPY
+/// --from (also with --chown and --chmod) and a RUN's copy-up, but not from the build
+/// context, as in BuildKit.
+#[test]
+fn xattr_capability() {
+    if !ready() || !require("setcap") {
+        return;
+    }
+    let built = build_prepared(
+        &Case {
+            name: "xattr_capability",
+            args: &[],
+            runs: &[],
+        },
+        |ctx| {
+            run(Command::new("setcap")
+                .arg("cap_net_raw+ep")
+                .arg(ctx.join("capfile")));
+        },
+    );
+    built.assert_image_tree();
+    built.assert_local_tree();
+    built.assert_same_config();
+    let tree = built.docker_tree();
+    for kept in ["/c/plain", "/c/chowned", "/c/tar/tarcap", "/c/touched"] {
+        assert!(tree[kept].capability.is_some(), "{kept} lost its capability");
+    }
+    assert_eq!(tree["/c/context"].capability, None);
+}
+
+#[test]
+fn vars_precedence() {
+    check(&Case {
+        name: "vars_precedence",
+        args: &[
+            "--build-arg",
+            "FROMCLI=cli",
+            "--build-arg",
+            "GIVEN=given",
+            "--build-arg",
+            "DEFAULTED=cli-default",
+            "--build-arg",
+            "UNDECLARED=x",
+        ],
+        runs: &[],
+    });
+}
+
+#[test]
+fn dockerignore_corners() {
+    check(&Case {
+        name: "dockerignore_corners",
+        args: &[],
+        runs: &[(
+            &[],
+            "/ctx\n/ctx/.dockerignore\n/ctx/Dockerfile\n/ctx/build\n/ctx/build/README\n\
+             /ctx/esc\n/ctx/esc/plain\n/ctx/logs\n/ctx/sub\n/ctx/sub/keep.log\n",
+        )],
+    });
+}
+
+#[test]
+fn onbuild_chain() {
+    check(&Case {
+        name: "onbuild_chain",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn run_mount_options() {
+    check(&Case {
+        name: "run_mount_options",
+        args: &[],
+        runs: &[],
+    });
+}

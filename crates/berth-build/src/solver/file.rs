@@ -96,11 +96,7 @@ impl Solver {
                 })?;
                 let (root, ignore, _view, from_stage) = self.source_root(input)?;
                 let exclude = Ignore::new(exclude.iter().map(String::as_str));
-                let dest = if dest.ends_with('/') {
-                    format!("{}/", abs(dest).trim_end_matches('/'))
-                } else {
-                    abs(dest)
-                };
+                let dest = dest_path(dest, abs(dest));
                 let opts = CopyOptions {
                     chown: owner(chown)?,
                     chmod: match (chmod, chmod_symbolic) {
@@ -135,11 +131,7 @@ impl Solver {
                 chown,
             } => {
                 let chown = owner(chown)?;
-                let p = if path.ends_with('/') {
-                    format!("{}/", abs(path).trim_end_matches('/'))
-                } else {
-                    abs(path)
-                };
+                let p = dest_path(path, abs(path));
                 let file = fileops::file_dest(target, &p, name, chown)?;
                 match fs::symlink_metadata(&file) {
                     Ok(m) if m.is_dir() => {
@@ -157,5 +149,16 @@ impl Solver {
                     .map_err(|e| io_err("chown", &file, e))
             }
         }
+    }
+}
+
+/// A COPY destination as written (`dest`) and made absolute (`abs`): a folder, ending
+/// in `/`, if it was written `.`, empty or with a trailing `/`, as BuildKit's frontend
+/// decides before it cleans the path (so `/x/.` is the path `/x`, not a folder hint).
+fn dest_path(dest: &str, abs: String) -> String {
+    if dest.ends_with('/') || dest == "." || dest.is_empty() {
+        format!("{}/", abs.trim_end_matches('/'))
+    } else {
+        abs
     }
 }

@@ -408,6 +408,9 @@ pub struct TreeEntry {
     pub sha256: Option<String>,
     /// The other paths of the tree that are hard links to the same regular file.
     pub hardlinks: Vec<String>,
+    /// The `security.capability` xattr in hex: the one xattr image layers carry (Docker
+    /// and containerd write no other).
+    pub capability: Option<String>,
 }
 
 /// A file tree by absolute path (`/etc/passwd`); the root folder itself is left out.
@@ -471,6 +474,7 @@ pub fn file_tree(root: &Path) -> Tree {
                         .then(|| std::fs::read_link(&path).unwrap().display().to_string()),
                     sha256: None,
                     hardlinks: Vec::new(),
+                    capability: capability(&path),
                 },
             );
             if ft.is_dir() {
@@ -501,6 +505,13 @@ pub fn file_tree(root: &Path) -> Tree {
     tree
 }
 
+/// `path`'s `security.capability` xattr in hex, if it has one.
+fn capability(path: &Path) -> Option<String> {
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::lgetxattr(path, "security.capability", &mut buf).ok()?;
+    Some(buf[..n].iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The file tree of a container made from `image`: `docker create`, `docker export`,
 /// unpacked under `work` (which must not exist yet) as root, keeping owners and modes.
 pub fn docker_image_tree(image: &str, work: &Path) -> Tree {
@@ -520,7 +531,8 @@ pub fn docker_image_tree(image: &str, work: &Path) -> Tree {
     let rootfs = work.join("rootfs");
     std::fs::create_dir(&rootfs).unwrap();
     run(Command::new("tar")
-        .args(["-x", "-p", "--numeric-owner", "-f"])
+        .args(["-x", "-p", "--numeric-owner", "--xattrs"])
+        .args(["--xattrs-include=security.capability", "-f"])
         .arg(&tar)
         .arg("-C")
         .arg(&rootfs));
