@@ -741,3 +741,40 @@ fn git_over_http_goes_through_the_proxy() {
         "git did not go through the proxy"
     );
 }
+
+/// A git server that accepts and never answers does not hold the build: SIGTERM ends
+/// it as canceled, with the git processes it started (nothing else is left holding the
+/// connection).
+#[test]
+fn a_hanging_git_server_is_left_on_sigterm() {
+    if !require_build() || !require("git") {
+        return;
+    }
+    let p = Project::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ctx = p.context("ctx", &format!("ADD git://{addr}/repo.git#main /g/\n"));
+    let child = berth_build(&p.path("root"))
+        .arg(&ctx)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // git is connected and waits for the server's first words.
+    let (mut conn, _) = listener.accept().unwrap();
+    run(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stdout(Stdio::null()));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the build went on: {stderr}");
+    assert!(stderr.contains("canceled"), "{stderr}");
+    // git is gone: after its request, its end of the connection is closed (a git left
+    // running would hold it open, and this read would not end).
+    let mut request = Vec::new();
+    let _ = conn.read_to_end(&mut request);
+    assert!(
+        String::from_utf8_lossy(&request).contains("git-upload-pack /repo.git"),
+        "{request:?}"
+    );
+}
