@@ -778,3 +778,151 @@ fn a_hanging_git_server_is_left_on_sigterm() {
         "{request:?}"
     );
 }
+
+/// An sshd of the test's own on 127.0.0.1 that lets `git@` in with one key, in a mount
+/// namespace where /etc/passwd has a `git` user (uid 0, home `home`): the machine's
+/// files are not touched. Killed on drop.
+struct Sshd {
+    child: Child,
+    port: u16,
+    known_hosts: std::path::PathBuf,
+}
+
+impl Sshd {
+    fn start(dir: &Path, client_pub: &Path) -> Sshd {
+        let home = dir.join("home");
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        std::fs::copy(client_pub, home.join(".ssh/authorized_keys")).unwrap();
+        let host_key = dir.join("host_key");
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key));
+        let mut passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        passwd.push_str(&format!("git:x:0:0:git:{}:/bin/sh\n", home.display()));
+        std::fs::write(dir.join("passwd"), passwd).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1:{port}\nHostKey {}\nAuthorizedKeysFile {}/.ssh/authorized_keys\n\
+                 PidFile none\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowUsers git\n",
+                host_key.display(),
+                home.display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" /etc/passwd && exec /usr/sbin/sshd -D -e -f "$2""#)
+            .arg("sh")
+            .arg(dir.join("passwd"))
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let host_pub = std::fs::read_to_string(host_key.with_extension("pub")).unwrap();
+        let known_hosts = dir.join("known_hosts");
+        std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
+        Sshd {
+            child,
+            port,
+            known_hosts,
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ADD git@host:path#ref` over ssh, against a loopback sshd, the key in an ssh-agent
+/// of the test's own: git's ssh finds it through `SSH_AUTH_SOCK`, as the user's would.
+/// (The port and the host key come from GIT_SSH_COMMAND, as an ~/.ssh/config would
+/// give them.) Docker 20.10 has no ADD of git: documented behaviour.
+#[test]
+fn git_over_ssh_uses_the_agent() {
+    if !require_build()
+        || !require("git")
+        || !require("sshd")
+        || !require("ssh-agent")
+        || !require("unshare")
+    {
+        return;
+    }
+    let p = Project::new();
+    let work = p.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    commit(&work, "over ssh\n");
+    let served = p.path("served/repo.git");
+    run(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(&served));
+    let ssh = p.path("ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    let key = ssh.join("id");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key));
+    let sshd = Sshd::start(&ssh, &key.with_extension("pub"));
+    let socket = ssh.join("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    while !socket.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run(Command::new("ssh-add")
+        .arg("-q")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &socket));
+    let ctx = p.context(
+        "ctx",
+        &format!("ADD git@127.0.0.1:{}#main /g/\n", served.display()),
+    );
+    let out = output(
+        berth_build(&p.path("root"))
+            .env("SSH_AUTH_SOCK", &socket)
+            .env(
+                "GIT_SSH_COMMAND",
+                format!(
+                    "ssh -p {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -F none",
+                    sshd.port,
+                    sshd.known_hosts.display()
+                ),
+            )
+            .arg("--output")
+            .arg(format!("type=local,dest={}", p.path("out").display()))
+            .arg(&ctx),
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        out.success,
+        "{}\nsshd: {}",
+        out.stderr,
+        std::fs::read_to_string(ssh.join("sshd.log")).unwrap_or_default()
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("out/g/a.txt")).unwrap(),
+        "over ssh\n"
+    );
+}
