@@ -732,14 +732,13 @@ fn archive_path(archive: &Path, name: &Path) -> Result<Vec<String>> {
     for c in name.components() {
         match c {
             Component::Normal(n) => parts.push(n.to_string_lossy().into_owned()),
-            Component::ParentDir => {
-                if parts.pop().is_none() {
-                    return Err(BuildError::Invalid(format!(
-                        "unpack archive {}: entry {} points outside the destination",
-                        archive.display(),
-                        name.display()
-                    )));
-                }
+            // `..` pops the folder before it; with none left, it climbs out.
+            Component::ParentDir if parts.pop().is_none() => {
+                return Err(BuildError::Invalid(format!(
+                    "unpack archive {}: entry {} points outside the destination",
+                    archive.display(),
+                    name.display()
+                )));
             }
             _ => {}
         }
@@ -977,7 +976,8 @@ fn finish(src: &Path, dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Res
             continue;
         }
         if let Ok(len) = rustix::fs::lgetxattr(src, name, &mut value) {
-            let _ = rustix::fs::lsetxattr(dst, name, &value[..len], rustix::fs::XattrFlags::empty());
+            let _ =
+                rustix::fs::lsetxattr(dst, name, &value[..len], rustix::fs::XattrFlags::empty());
         }
     }
     Ok(())

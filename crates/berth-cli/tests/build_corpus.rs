@@ -1506,7 +1506,11 @@ fn copy_replace_type() {
                 .arg(&context),
         );
         assert!(!berth.success, "berth built {target}");
-        assert!(berth.stderr.contains(berth_says), "{target}: {}", berth.stderr);
+        assert!(
+            berth.stderr.contains(berth_says),
+            "{target}: {}",
+            berth.stderr
+        );
     }
     check(&Case {
         name: "copy_replace_type",
@@ -1540,7 +1544,10 @@ fn xattr_capability() {
     built.assert_same_config();
     let tree = built.docker_tree();
     for kept in ["/c/plain", "/c/chowned", "/c/tar/tarcap", "/c/touched"] {
-        assert!(tree[kept].capability.is_some(), "{kept} lost its capability");
+        assert!(
+            tree[kept].capability.is_some(),
+            "{kept} lost its capability"
+        );
     }
     assert_eq!(tree["/c/context"].capability, None);
 }

@@ -243,9 +243,9 @@ pub(super) fn run_git(
             stop(&mut child);
             return Err("canceled".into());
         }
-        let quiet = start.elapsed().saturating_sub(Duration::from_millis(
-            last.load(Ordering::Relaxed),
-        ));
+        let quiet = start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
         if quiet >= stall {
             stop(&mut child);
             return Err(format!(
