@@ -1600,3 +1600,59 @@ fn run_mount_options() {
         runs: &[],
     });
 }
+
+#[test]
+fn stage_names() {
+    check(&Case {
+        name: "stage_names",
+        args: &[],
+        runs: &[(&[], "built\nbuilt\nbuilt\nbuilt\n")],
+    });
+}
+
+/// `FROM BUILDER` after `AS builder` is no stage but an image reference, invalid in
+/// upper case: both builders refuse it.
+#[test]
+fn stage_names_from_is_exact() {
+    if !ready() {
+        return;
+    }
+    let base = BuildBase::new();
+    let context = builds_dir().join("stage_names");
+    let docker = output(
+        Command::new(docker())
+            .env("DOCKER_BUILDKIT", "1")
+            .args(["build", "-q", "-f"])
+            .arg(context.join("Dockerfile.upper"))
+            .arg("--build-arg")
+            .arg(format!("BASE={}", base.docker_reference()))
+            .arg(&context),
+    );
+    assert!(!docker.success, "docker took FROM BUILDER as the stage");
+    assert!(docker.stderr.contains("must be lowercase"), "{}", docker.stderr);
+    let (_work, berth) = berth_only("stage_names", "Dockerfile.upper");
+    assert!(!berth.success, "berth took FROM BUILDER as the stage");
+    assert!(
+        berth.stderr.contains("Dockerfile.upper:5") && berth.stderr.contains("BUILDER"),
+        "{}",
+        berth.stderr
+    );
+}
+
+#[test]
+fn env_arg_quoting() {
+    check(&Case {
+        name: "env_arg_quoting",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn add_local_forms() {
+    check(&Case {
+        name: "add_local_forms",
+        args: &[],
+        runs: &[],
+    });
+}
