@@ -593,7 +593,8 @@ fn archive_kind(path: &Path) -> Result<Option<Compression>> {
 
 /// Unpack a tar compressed as `kind` into `dir` as Docker's archive package does for
 /// ADD: entries keep their modes, owners (unless `chown`, ADD --chown, names others,
-/// applied before the xattrs so a `security.capability` stays) and xattrs; an entry
+/// applied before the xattrs so a `security.capability` stays) and xattrs (those the
+/// file system refuses are left out, as Docker ignores ENOTSUP and EPERM); an entry
 /// replaces what is at its path unless both are folders (folders merge); missing
 /// parents are made 0755; a hard link is made to its target inside `dir`; names like
 /// `.wh.x` are plain files here (whiteouts mean something in layers only); paths and
@@ -605,7 +606,8 @@ fn extract(archive: &Path, kind: Compression, dir: &Path, chown: Option<(u32, u3
     let mut a = tar::Archive::new(kind.reader(f)?);
     a.set_preserve_permissions(true);
     a.set_preserve_ownerships(chown.is_none());
-    a.set_unpack_xattrs(true);
+    // xattrs are set below, failures ignored as Docker's unpack ignores ENOTSUP and
+    // EPERM (an archive made on an SELinux host carries security.selinux).
     let mut dir_times = Vec::new();
     for entry in a.entries().map_err(unpack_err)? {
         let mut entry = entry.map_err(unpack_err)?;
@@ -684,9 +686,9 @@ fn extract(archive: &Path, kind: Compression, dir: &Path, chown: Option<(u32, u3
                 .map_err(|e| io_err("chmod", &at, e))?;
             continue;
         }
-        // The xattrs are set again after a --chown, which clears security.capability.
-        let xattrs: Vec<(String, Vec<u8>)> = match (chown, entry.pax_extensions()) {
-            (Some(_), Ok(Some(pax))) => pax
+        // After the owner: a chown clears security.capability.
+        let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions() {
+            Ok(Some(pax)) => pax
                 .filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let key = e.key().ok()?.strip_prefix("SCHILY.xattr.")?.to_string();
@@ -706,9 +708,9 @@ fn extract(archive: &Path, kind: Compression, dir: &Path, chown: Option<(u32, u3
                 fs::set_permissions(&at, fs::Permissions::from_mode(mode))
                     .map_err(|e| io_err("chmod", &at, e))?;
             }
-            for (key, value) in &xattrs {
-                let _ = rustix::fs::lsetxattr(&at, key, value, rustix::fs::XattrFlags::empty());
-            }
+        }
+        for (key, value) in &xattrs {
+            let _ = rustix::fs::lsetxattr(&at, key, value, rustix::fs::XattrFlags::empty());
         }
     }
     for (at, mtime) in dir_times.into_iter().rev() {

@@ -1656,3 +1656,38 @@ fn add_local_forms() {
         runs: &[],
     });
 }
+
+/// `ENTRYPOINT []` and `CMD []`: configs only (docker cannot create a container of an
+/// image without a command, so there is no tree to compare).
+#[test]
+fn config_empty_forms() {
+    if !ready() {
+        return;
+    }
+    let targets: [&'static [&'static str]; 3] = [
+        &["--target", "emptied"],
+        &["--target", "cmd-emptied"],
+        &["--target", "final"],
+    ];
+    for args in targets {
+        let built = build_both(&Case {
+            name: "config_empty_forms",
+            args,
+            runs: &[],
+        });
+        built.assert_same_config();
+    }
+}
+
+#[test]
+fn dockerignore_per_file() {
+    check(&Case {
+        name: "dockerignore_per_file",
+        args: &["-f", "tests/builds/dockerignore_per_file/sub/app.Dockerfile"],
+        runs: &[(
+            &[],
+            "/ctx\n/ctx/.dockerignore\n/ctx/a.txt\n/ctx/sub\n/ctx/sub/app.Dockerfile\n\
+             /ctx/sub/app.Dockerfile.dockerignore\n",
+        )],
+    });
+}

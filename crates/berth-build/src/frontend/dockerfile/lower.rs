@@ -559,12 +559,16 @@ impl Lowerer<'_> {
             InstructionKind::User { user } => {
                 st.config.config.user = self.expand(st, user, line)?;
             }
+            // An empty exec form (`CMD []`) is no command at all, null in the config, as
+            // BuildKit's parser gives it no arguments.
             InstructionKind::Cmd { command } => {
-                st.config.config.cmd = Some(command_list(command, &st.config.config));
+                st.config.config.cmd =
+                    Some(command_list(command, &st.config.config)).filter(|c| !c.is_empty());
                 st.cmd_set_here = true;
             }
             InstructionKind::Entrypoint { command } => {
-                st.config.config.entrypoint = Some(command_list(command, &st.config.config));
+                st.config.config.entrypoint =
+                    Some(command_list(command, &st.config.config)).filter(|c| !c.is_empty());
                 if !st.cmd_set_here {
                     st.config.config.cmd = None;
                 }
