@@ -1691,3 +1691,20 @@ fn dockerignore_per_file() {
         )],
     });
 }
+
+/// A heredoc copied where the image has a folder of its name is refused, as a file
+/// would be (documented behaviour: docker 20.10 has no heredocs).
+#[test]
+fn copy_heredoc_onto_folder() {
+    if !ready() {
+        return;
+    }
+    let (_work, out) = berth_only("copy_heredoc_dest", "Dockerfile.folder");
+    assert!(!out.success, "the heredoc replaced a folder");
+    assert!(
+        out.stderr
+            .contains("cannot replace the folder /etc/app.d/EOF with a file"),
+        "{}",
+        out.stderr
+    );
+}

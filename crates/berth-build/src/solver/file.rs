@@ -133,9 +133,16 @@ impl Solver {
                 let chown = owner(chown)?;
                 let p = dest_path(path, abs(path));
                 let file = fileops::file_dest(target, &p, name, chown)?;
+                // A heredoc is copied as a file is: never over a folder (BuildKit's copy
+                // refuses it too).
                 match fs::symlink_metadata(&file) {
                     Ok(m) if m.is_dir() => {
-                        fs::remove_dir_all(&file).map_err(|e| io_err("replace", &file, e))?
+                        return Err(BuildError::Conflict(format!(
+                            "cannot replace the folder {} with a file",
+                            Path::new("/")
+                                .join(file.strip_prefix(target).unwrap_or(&file))
+                                .display()
+                        )));
                     }
                     Ok(_) => fs::remove_file(&file).map_err(|e| io_err("replace", &file, e))?,
                     Err(_) => {}
