@@ -1,6 +1,7 @@
 //! `berth satellite …`: run a satellite, manage its tokens and clients (on its host), and
 //! enroll with satellites and build on them (on a client).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -728,6 +729,7 @@ pub fn build(
     context: PathBuf,
     dockerfile: PathBuf,
     request: berth_satellite::proto::BuildRequest,
+    ssh: HashMap<String, PathBuf>,
     sink: Arc<dyn Progress>,
     fetch: Option<(PathBuf, &[String])>,
 ) -> Result<berth_satellite::RemoteResult> {
@@ -744,6 +746,7 @@ pub fn build(
             dockerfile,
             sums,
             request,
+            ssh,
         };
         let mut on_event = |ev| sink.event(ev);
         let fetched = async {

@@ -874,26 +874,9 @@ fn git_over_ssh_uses_the_agent() {
         .arg(&served));
     let ssh = p.path("ssh");
     std::fs::create_dir_all(&ssh).unwrap();
-    let key = ssh.join("id");
-    run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&key));
-    let sshd = Sshd::start(&ssh, &key.with_extension("pub"));
-    let socket = ssh.join("agent.sock");
-    let mut agent = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    while !socket.exists() {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    run(Command::new("ssh-add")
-        .arg("-q")
-        .arg(&key)
-        .env("SSH_AUTH_SOCK", &socket));
+    let agent = Agent::start(&ssh);
+    let sshd = Sshd::start(&ssh, &ssh.join("key.pub"));
+    let socket = agent.socket.clone();
     let ctx = p.context(
         "ctx",
         &format!("ADD git@127.0.0.1:{}#main /g/\n", served.display()),
@@ -913,8 +896,7 @@ fn git_over_ssh_uses_the_agent() {
             .arg(format!("type=local,dest={}", p.path("out").display()))
             .arg(&ctx),
     );
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     assert!(
         out.success,
         "{}\nsshd: {}",

@@ -941,45 +941,6 @@ fn run_secret_options() {
     });
 }
 
-/// An `ssh-agent` of this test's own, holding one new key, listening in `dir`.
-struct Agent {
-    child: std::process::Child,
-    socket: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &std::path::Path) -> Agent {
-        let socket = dir.join("agent.sock");
-        let child = Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let agent = Agent { child, socket };
-        while !agent.socket.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let key = dir.join("key");
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key));
-        run(Command::new("ssh-add")
-            .arg("-q")
-            .arg(&key)
-            .env("SSH_AUTH_SOCK", &agent.socket));
-        agent
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn ssh_ready() -> bool {
     ready() && require("ssh-agent") && require("ssh-keygen") && require("gcc")
 }
@@ -1629,7 +1590,11 @@ fn stage_names_from_is_exact() {
             .arg(&context),
     );
     assert!(!docker.success, "docker took FROM BUILDER as the stage");
-    assert!(docker.stderr.contains("must be lowercase"), "{}", docker.stderr);
+    assert!(
+        docker.stderr.contains("must be lowercase"),
+        "{}",
+        docker.stderr
+    );
     let (_work, berth) = berth_only("stage_names", "Dockerfile.upper");
     assert!(!berth.success, "berth took FROM BUILDER as the stage");
     assert!(
@@ -1683,7 +1648,10 @@ fn config_empty_forms() {
 fn dockerignore_per_file() {
     check(&Case {
         name: "dockerignore_per_file",
-        args: &["-f", "tests/builds/dockerignore_per_file/sub/app.Dockerfile"],
+        args: &[
+            "-f",
+            "tests/builds/dockerignore_per_file/sub/app.Dockerfile",
+        ],
         runs: &[(
             &[],
             "/ctx\n/ctx/.dockerignore\n/ctx/a.txt\n/ctx/sub\n/ctx/sub/app.Dockerfile\n\
