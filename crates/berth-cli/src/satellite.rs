@@ -723,6 +723,7 @@ pub fn chosen(
 
 /// A build on satellite `name`, shown like a local one. With `fetch` (a berth root and
 /// the image's names), the image comes down into that store afterwards.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     settings: &Settings,
     name: &str,
