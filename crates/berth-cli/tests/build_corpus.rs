@@ -954,15 +954,7 @@ fn run_ssh() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let context = dir.path().join("context");
-    std::fs::create_dir(&context).unwrap();
-    for f in ["Dockerfile", "agent-ask.c"] {
-        std::fs::copy(builds_dir().join("run_ssh").join(f), context.join(f)).unwrap();
-    }
-    run(Command::new("gcc")
-        .args(["-static", "-Os", "-o"])
-        .arg(context.join("agent-ask"))
-        .arg(context.join("agent-ask.c")));
+    let context = run_ssh_context(dir.path());
     let agent = Agent::start(dir.path());
     let sock = agent.socket.to_str().unwrap();
     let case = Case {
@@ -1675,4 +1667,30 @@ fn copy_heredoc_onto_folder() {
         "{}",
         out.stderr
     );
+}
+
+/// `COPY --from=$IMAGE`: berth only (docker 20.10 does not expand --from).
+#[test]
+fn copy_from_image() {
+    if !ready() {
+        return;
+    }
+    let built = BerthOnly::build("copy_from_image");
+    let local = file_tree(&built.local);
+    assert_eq!(local["/x/busybox"].kind, "file");
+    assert_eq!(local["/x/busybox"].mode, "755");
+    assert_eq!(
+        built.read("x/etc/passwd"),
+        built.read("etc/passwd"),
+        "the image's /etc/ was copied"
+    );
+}
+
+#[test]
+fn workdir_symlink() {
+    check(&Case {
+        name: "workdir_symlink",
+        args: &[],
+        runs: &[],
+    });
 }

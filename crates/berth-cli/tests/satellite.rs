@@ -686,15 +686,7 @@ fn ssh_agent_is_forwarded_over_the_session() {
     }
     let base = BuildBase::new();
     let dir = tempfile::tempdir().unwrap();
-    let ctx = dir.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    for f in ["Dockerfile", "agent-ask.c"] {
-        std::fs::copy(builds_dir().join("run_ssh").join(f), ctx.join(f)).unwrap();
-    }
-    run(Command::new("gcc")
-        .args(["-static", "-Os", "-o"])
-        .arg(ctx.join("agent-ask"))
-        .arg(ctx.join("agent-ask.c")));
+    let ctx = run_ssh_context(dir.path());
     let agent = Agent::start(dir.path());
     let sat = Sat::on_loopback(&dir.path().join("sat-root"), &[]);
     let client = Client::new(dir.path(), "laptop", None);

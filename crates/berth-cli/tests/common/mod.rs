@@ -847,3 +847,18 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+/// `dir/context`: `tests/builds/run_ssh` (its Dockerfile) with its `agent-ask` helper
+/// built static by gcc (busybox has no unix-socket client to ask an agent with).
+pub fn run_ssh_context(dir: &Path) -> PathBuf {
+    let context = dir.join("context");
+    std::fs::create_dir(&context).unwrap();
+    for f in ["Dockerfile", "agent-ask.c"] {
+        std::fs::copy(builds_dir().join("run_ssh").join(f), context.join(f)).unwrap();
+    }
+    run(Command::new("gcc")
+        .args(["-static", "-Os", "-o"])
+        .arg(context.join("agent-ask"))
+        .arg(context.join("agent-ask.c")));
+    context
+}
