@@ -964,10 +964,19 @@ impl<'a> Copier<'a> {
 /// and goes on), and so are overlayfs' own and a context file's capability.
 fn finish(src: &Path, dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
     set_meta(dst, meta, opts)?;
-    let mut names = vec![0u8; 4096];
-    let Ok(n) = rustix::fs::llistxattr(src, &mut names) else {
-        return Ok(());
+    // Names first in 1 KiB; on ERANGE again in the kernel's most (XATTR_LIST_MAX).
+    let mut names = vec![0u8; 1024];
+    let n = match rustix::fs::llistxattr(src, &mut names) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::RANGE) => {
+            names.resize(64 << 10, 0);
+            rustix::fs::llistxattr(src, &mut names).unwrap_or(0)
+        }
+        Err(_) => 0,
     };
+    if n == 0 {
+        return Ok(());
+    }
     let mut value = vec![0u8; 64 << 10];
     for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
         // A build context's files reach BuildKit's copy without their capability:
@@ -1022,6 +1031,42 @@ fn set_meta(dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every xattr is copied, however many names there are (more than the first
+    /// buffer holds).
+    #[test]
+    fn copies_take_every_xattr() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+        fs::write(&src, "x").unwrap();
+        fs::write(&dst, "x").unwrap();
+        // 30 names of 40 bytes: beyond the first 1 KiB buffer, within what ext4 keeps
+        // in one inode.
+        let names: Vec<String> = (0..30)
+            .map(|i| format!("user.a-rather-long-attribute-name-{i:05}"))
+            .collect();
+        for n in &names {
+            rustix::fs::lsetxattr(
+                &src,
+                n.as_str(),
+                n.as_bytes(),
+                rustix::fs::XattrFlags::empty(),
+            )
+            .unwrap();
+        }
+        let opts = CopyOptions {
+            chown: None,
+            chmod: None,
+            keep_owner: true,
+            extract_archives: false,
+        };
+        finish(&src, &dst, &fs::symlink_metadata(&src).unwrap(), opts).unwrap();
+        let mut buf = [0u8; 64];
+        for n in &names {
+            let len = rustix::fs::lgetxattr(&dst, n.as_str(), &mut buf).unwrap();
+            assert_eq!(&buf[..len], n.as_bytes());
+        }
+    }
 
     #[test]
     fn resolves_symlinks_inside_the_root() {
