@@ -1694,3 +1694,21 @@ fn workdir_symlink() {
         runs: &[],
     });
 }
+
+#[test]
+fn copy_flag_vars() {
+    check(&Case {
+        name: "copy_flag_vars",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn parser_values() {
+    check(&Case {
+        name: "parser_values",
+        args: &[],
+        runs: &[(&[], "b=c|x=y||q\"uote\n")],
+    });
+}
