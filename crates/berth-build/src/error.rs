@@ -47,6 +47,10 @@ pub enum BuildError {
     /// Input that is well-formed but unusable.
     #[error("{0}")]
     Invalid(String),
+    /// A COPY/ADD would put a folder where the image has a file or a symlink, or a file
+    /// where it has a folder (BuildKit refuses both too).
+    #[error("{0}")]
+    Conflict(String),
     /// An I/O failure (operation and path in the message).
     #[error("{0}")]
     Io(String),

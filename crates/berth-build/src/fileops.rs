@@ -432,6 +432,7 @@ pub fn copy(
         let meta = fs::symlink_metadata(&src).map_err(|e| io_err("stat", &src, e))?;
         if meta.is_dir() {
             let dir = mkdir_all(dst_root, dest, opts.chown)?;
+            copier.dir_at(&dir)?;
             copier.tree(&src, &m.rel, "", &dir)?;
             continue;
         }
@@ -496,16 +497,17 @@ pub fn parents_pivot(src: &str) -> (&str, &str) {
 }
 
 /// Where a file named `name` copied to `dest` (absolute inside `root`) goes, its
-/// missing parent folders made (owned as `chown`): into `dest` if it ends in `/` or is
-/// a folder in the image, else to `dest` itself, resolved with its links, the last one
-/// included (a file copied onto a link replaces the link's target), inside `root`.
+/// missing parent folders made (owned as `chown`): into `dest` if it ends in `/` (the
+/// caller adds one where BuildKit sees a folder: `.`, `dir/`) or is a folder in the
+/// image, else to `dest` itself, resolved with its links, the last one included (a file
+/// copied onto a link replaces the link's target), inside `root`.
 pub fn file_dest(
     root: &Path,
     dest: &str,
     name: &str,
     chown: Option<(u32, u32)>,
 ) -> Result<PathBuf> {
-    let dir_hint = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
+    let dir_hint = dest.ends_with('/');
     let resolved = resolve_in_root(root, dest)?;
     if dir_hint || fs::symlink_metadata(&resolved).is_ok_and(|m| m.is_dir()) {
         return Ok(mkdir_all(root, dest, chown)?.join(name));
@@ -526,6 +528,7 @@ enum Compression {
     Gzip,
     Bzip2,
     Xz,
+    Zstd,
 }
 
 impl Compression {
@@ -538,6 +541,8 @@ impl Compression {
             Compression::Bzip2
         } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
             Compression::Xz
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
         } else {
             Compression::None
         }
@@ -551,11 +556,15 @@ impl Compression {
             Compression::Gzip => Box::new(flate2::read::GzDecoder::new(file)),
             Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
             Compression::Xz => Box::new(lzma_rust2::XzReader::new(file, true)),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(file)
+                    .map_err(|e| BuildError::Io(format!("read zstd stream: {e}")))?,
+            ),
         })
     }
 }
 
-/// What ADD unpacks: a file whose content, decompressed if it is gzip, bzip2 or xz,
+/// What ADD unpacks: a file whose content, decompressed if it is gzip, bzip2, xz or zstd,
 /// starts with a valid tar header (BuildKit's test: the first entry reads). Anything
 /// else, a gzip file that is not a tar or an empty file included, is copied as it is.
 fn archive_kind(path: &Path) -> Result<Option<Compression>> {
@@ -582,50 +591,161 @@ fn archive_kind(path: &Path) -> Result<Option<Compression>> {
     Ok(is_tar.then_some(kind))
 }
 
-/// Unpack a tar compressed as `kind` into `dir`, keeping modes, and owners unless
-/// `chown` (ADD --chown) names others, as BuildKit's unpack does; nothing may land
-/// outside `dir`.
+/// Unpack a tar compressed as `kind` into `dir` as Docker's archive package does for
+/// ADD: entries keep their modes, owners (unless `chown`, ADD --chown, names others,
+/// applied before the xattrs so a `security.capability` stays) and xattrs (those the
+/// file system refuses are left out, as Docker ignores ENOTSUP and EPERM); an entry
+/// replaces what is at its path unless both are folders (folders merge); missing
+/// parents are made 0755; a hard link is made to its target inside `dir`; names like
+/// `.wh.x` are plain files here (whiteouts mean something in layers only); paths and
+/// links resolve inside `dir`, and an entry climbing out of it is an error. Folder times
+/// are set last, once their contents are in.
 fn extract(archive: &Path, kind: Compression, dir: &Path, chown: Option<(u32, u32)>) -> Result<()> {
-    let open = || -> Result<tar::Archive<Box<dyn Read>>> {
-        let f = fs::File::open(archive).map_err(|e| io_err("open", archive, e))?;
-        Ok(tar::Archive::new(kind.reader(f)?))
-    };
     let unpack_err = |e| io_err("unpack archive", archive, e);
-    let mut a = open()?;
+    let f = fs::File::open(archive).map_err(|e| io_err("open", archive, e))?;
+    let mut a = tar::Archive::new(kind.reader(f)?);
     a.set_preserve_permissions(true);
-    a.set_preserve_ownerships(true);
-    a.set_overwrite(true);
-    a.unpack(dir).map_err(unpack_err)?;
-    let Some((uid, gid)) = chown else {
-        return Ok(());
-    };
-    // A second pass gives each entry the owner, then its mode again (a chown clears
-    // setuid). Paths resolve inside `dir`, through links the archive made.
-    for entry in open()?.entries().map_err(unpack_err)? {
-        let entry = entry.map_err(unpack_err)?;
-        let path = entry.path().map_err(unpack_err)?.into_owned();
-        let parts: Vec<String> = path
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
-                _ => None,
-            })
-            .collect();
-        let Some((name, parents)) = parts.split_last() else {
-            continue;
+    a.set_preserve_ownerships(chown.is_none());
+    // xattrs are set below, failures ignored as Docker's unpack ignores ENOTSUP and
+    // EPERM (an archive made on an SELinux host carries security.selinux).
+    let mut dir_times = Vec::new();
+    for entry in a.entries().map_err(unpack_err)? {
+        let mut entry = entry.map_err(unpack_err)?;
+        let name = entry.path().map_err(unpack_err)?.into_owned();
+        let parts = archive_path(archive, &name)?;
+        let at = match parts.split_last() {
+            None => dir.to_path_buf(),
+            Some((last, parents)) => {
+                let parent = resolve_in_root(dir, &parents.join("/"))?;
+                if fs::symlink_metadata(&parent).is_err() {
+                    fs::create_dir_all(&parent)
+                        .map_err(|e| io_err("create directory", &parent, e))?;
+                }
+                parent.join(last)
+            }
         };
-        let at = resolve_in_root(dir, &parents.join("/"))?.join(name);
-        let Ok(meta) = fs::symlink_metadata(&at) else {
-            continue;
+        let kind = entry.header().entry_type();
+        if let Ok(old) = fs::symlink_metadata(&at)
+            && !(old.is_dir() && kind.is_dir())
+        {
+            let removed = if old.is_dir() {
+                fs::remove_dir_all(&at)
+            } else {
+                fs::remove_file(&at)
+            };
+            removed.map_err(|e| io_err("replace", &at, e))?;
+        }
+        let header = entry.header();
+        let mode = header.mode().map_err(unpack_err)? & 0o7777;
+        let owner = match chown {
+            Some(ids) => ids,
+            None => (
+                header.uid().map_err(unpack_err)? as u32,
+                header.gid().map_err(unpack_err)? as u32,
+            ),
         };
-        std::os::unix::fs::lchown(&at, Some(uid), Some(gid))
-            .map_err(|e| io_err("chown", &at, e))?;
-        if !meta.file_type().is_symlink() {
-            fs::set_permissions(&at, fs::Permissions::from_mode(meta.mode() & 0o7777))
+        // Hard links, fifos and devices are made here (tar-rs writes a fifo as a file),
+        // and take the entry's owner and mode, as Docker's unpack gives them: for a hard
+        // link, to the inode it shares.
+        let special = if kind.is_hard_link() {
+            let target = entry.link_name().map_err(unpack_err)?.ok_or_else(|| {
+                BuildError::Io(format!("{}: a hard link without target", name.display()))
+            })?;
+            let target = resolve_in_root(dir, &archive_path(archive, &target)?.join("/"))?;
+            fs::hard_link(&target, &at).map_err(|e| io_err("hard link", &at, e))?;
+            true
+        } else if kind.is_fifo() || kind.is_character_special() || kind.is_block_special() {
+            let (file_type, dev) = if kind.is_fifo() {
+                (rustix::fs::FileType::Fifo, 0)
+            } else {
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let t = if kind.is_character_special() {
+                    rustix::fs::FileType::CharacterDevice
+                } else {
+                    rustix::fs::FileType::BlockDevice
+                };
+                (t, rustix::fs::makedev(major, minor))
+            };
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &at,
+                file_type,
+                rustix::fs::Mode::from_raw_mode(mode),
+                dev,
+            )
+            .map_err(|e| io_err("create special file", &at, e.into()))?;
+            true
+        } else {
+            false
+        };
+        if special {
+            std::os::unix::fs::lchown(&at, Some(owner.0), Some(owner.1))
+                .map_err(|e| io_err("chown", &at, e))?;
+            fs::set_permissions(&at, fs::Permissions::from_mode(mode))
                 .map_err(|e| io_err("chmod", &at, e))?;
+            continue;
+        }
+        // After the owner: a chown clears security.capability.
+        let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions() {
+            Ok(Some(pax)) => pax
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let key = e.key().ok()?.strip_prefix("SCHILY.xattr.")?.to_string();
+                    Some((key, e.value_bytes().to_vec()))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        entry.unpack(&at).map_err(unpack_err)?;
+        if kind.is_dir() {
+            dir_times.push((at.clone(), entry.header().mtime().unwrap_or(0)));
+        }
+        if let Some((uid, gid)) = chown {
+            std::os::unix::fs::lchown(&at, Some(uid), Some(gid))
+                .map_err(|e| io_err("chown", &at, e))?;
+            if !kind.is_symlink() {
+                fs::set_permissions(&at, fs::Permissions::from_mode(mode))
+                    .map_err(|e| io_err("chmod", &at, e))?;
+            }
+        }
+        for (key, value) in &xattrs {
+            let _ = rustix::fs::lsetxattr(&at, key, value, rustix::fs::XattrFlags::empty());
         }
     }
+    for (at, mtime) in dir_times.into_iter().rev() {
+        let t = rustix::fs::Timespec {
+            tv_sec: mtime as i64,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        let _ = rustix::fs::utimensat(rustix::fs::CWD, &at, &times, rustix::fs::AtFlags::empty());
+    }
     Ok(())
+}
+
+/// The components of an archive entry's `name`, cleaned as Go's `filepath.Clean` (`./`
+/// and `a/../` gone); one that climbs above the archive's root is an error.
+fn archive_path(archive: &Path, name: &Path) -> Result<Vec<String>> {
+    let mut parts: Vec<String> = Vec::new();
+    for c in name.components() {
+        match c {
+            Component::Normal(n) => parts.push(n.to_string_lossy().into_owned()),
+            // `..` pops the folder before it; with none left, it climbs out.
+            Component::ParentDir if parts.pop().is_none() => {
+                return Err(BuildError::Invalid(format!(
+                    "unpack archive {}: entry {} points outside the destination",
+                    archive.display(),
+                    name.display()
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(parts)
 }
 
 /// One copy: remembers the first copy of each multiply-linked file, so later links to
@@ -686,7 +806,7 @@ impl<'a> Copier<'a> {
                 }
                 let (d, _) = self.dir_at(&d)?;
                 self.tree(&s, &child_rel, &child_src, &d)?;
-                set_meta(&d, &meta, self.opts)?;
+                finish(&s, &d, &meta, self.opts)?;
             } else if !excluded {
                 self.entry(&s, &meta, &d)?;
             }
@@ -694,39 +814,34 @@ impl<'a> Copier<'a> {
         Ok(())
     }
 
-    /// Make `d` a folder (replacing a file there) and return where it is: a symlink in
-    /// the destination is followed as the container would follow it, inside the root.
-    /// Also whether it was made now.
+    /// Make `d` a folder, or keep the one there, and say whether it was made now. A
+    /// file or a symlink (even to a folder) in its place is an error, as in BuildKit:
+    /// below the destination, links are not followed and nothing is replaced by a folder.
     fn dir_at(&self, d: &Path) -> Result<(PathBuf, bool)> {
-        let mut d = d.to_path_buf();
-        let made = match fs::symlink_metadata(&d) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let inside = d
-                    .strip_prefix(self.root)
-                    .unwrap_or(&d)
-                    .to_string_lossy()
-                    .into_owned();
-                d = resolve_in_root(self.root, &inside)?;
-                if fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
-                    false
+        match fs::symlink_metadata(d) {
+            Ok(m) if m.is_dir() => Ok((d.to_path_buf(), false)),
+            Ok(m) => Err(BuildError::Conflict(format!(
+                "cannot copy a folder onto {}: it is a {} in the image",
+                self.inside(d),
+                if m.file_type().is_symlink() {
+                    "symlink"
                 } else {
-                    let _ = fs::remove_file(&d);
-                    fs::create_dir_all(&d).map_err(|e| io_err("create directory", &d, e))?;
-                    true
+                    "file"
                 }
-            }
-            Ok(m) if m.is_dir() => false,
-            Ok(_) => {
-                fs::remove_file(&d).map_err(|e| io_err("replace", &d, e))?;
-                fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
-                true
-            }
+            ))),
             Err(_) => {
-                fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
-                true
+                fs::create_dir(d).map_err(|e| io_err("create directory", d, e))?;
+                Ok((d.to_path_buf(), true))
             }
-        };
-        Ok((d, made))
+        }
+    }
+
+    /// `path` as the image names it (absolute, below the destination root).
+    fn inside(&self, path: &Path) -> String {
+        Path::new("/")
+            .join(path.strip_prefix(self.root).unwrap_or(path))
+            .display()
+            .to_string()
     }
 
     /// `COPY --parents`: below the folder `src` (`ctx_rel` from the context root, `rel`
@@ -770,7 +885,7 @@ impl<'a> Copier<'a> {
                 if meta.is_dir() {
                     let (d, _) = self.dir_at(&d)?;
                     self.tree(&s, &child_ctx, &child_rel, &d)?;
-                    set_meta(&d, &meta, self.opts)?;
+                    finish(&s, &d, &meta, self.opts)?;
                 } else {
                     self.entry(&s, &meta, &d)?;
                 }
@@ -784,7 +899,7 @@ impl<'a> Copier<'a> {
                 if made && empty {
                     fs::remove_dir(&d).map_err(|e| io_err("remove", &d, e))?;
                 } else {
-                    set_meta(&d, &meta, self.opts)?;
+                    finish(&s, &d, &meta, self.opts)?;
                 }
             }
         }
@@ -794,10 +909,12 @@ impl<'a> Copier<'a> {
     fn entry(&mut self, src: &Path, meta: &fs::Metadata, dst: &Path) -> Result<()> {
         if let Ok(old) = fs::symlink_metadata(dst) {
             if old.is_dir() {
-                fs::remove_dir_all(dst).map_err(|e| io_err("replace", dst, e))?;
-            } else {
-                fs::remove_file(dst).map_err(|e| io_err("replace", dst, e))?;
+                return Err(BuildError::Conflict(format!(
+                    "cannot replace the folder {} with a file",
+                    self.inside(dst)
+                )));
             }
+            fs::remove_file(dst).map_err(|e| io_err("replace", dst, e))?;
         }
         let ft = meta.file_type();
         if ft.is_symlink() {
@@ -837,8 +954,44 @@ impl<'a> Copier<'a> {
             )
             .map_err(|e| io_err("create special file", dst, e.into()))?;
         }
-        set_meta(dst, meta, self.opts)
+        finish(src, dst, meta, self.opts)
     }
+}
+
+/// Give the copy `dst` of `src` its owner, mode and times ([`set_meta`]), then the
+/// source's xattrs, as BuildKit's copy does: after the chown, which would clear a
+/// `security.capability`. An xattr the destination refuses is left out (BuildKit logs
+/// and goes on), and so are overlayfs' own and a context file's capability.
+fn finish(src: &Path, dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
+    set_meta(dst, meta, opts)?;
+    // Names first in 1 KiB; on ERANGE again in the kernel's most (XATTR_LIST_MAX).
+    let mut names = vec![0u8; 1024];
+    let n = match rustix::fs::llistxattr(src, &mut names) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::RANGE) => {
+            names.resize(64 << 10, 0);
+            rustix::fs::llistxattr(src, &mut names).unwrap_or(0)
+        }
+        Err(_) => 0,
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    let mut value = vec![0u8; 64 << 10];
+    for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        // A build context's files reach BuildKit's copy without their capability:
+        // its context transfer sets xattrs before the chown that clears it.
+        if name.starts_with(b"trusted.overlay.")
+            || (!opts.keep_owner && name == b"security.capability")
+        {
+            continue;
+        }
+        if let Ok(len) = rustix::fs::lgetxattr(src, name, &mut value) {
+            let _ =
+                rustix::fs::lsetxattr(dst, name, &value[..len], rustix::fs::XattrFlags::empty());
+        }
+    }
+    Ok(())
 }
 
 fn set_meta(dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
@@ -878,6 +1031,42 @@ fn set_meta(dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every xattr is copied, however many names there are (more than the first
+    /// buffer holds).
+    #[test]
+    fn copies_take_every_xattr() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+        fs::write(&src, "x").unwrap();
+        fs::write(&dst, "x").unwrap();
+        // 30 names of 40 bytes: beyond the first 1 KiB buffer, within what ext4 keeps
+        // in one inode.
+        let names: Vec<String> = (0..30)
+            .map(|i| format!("user.a-rather-long-attribute-name-{i:05}"))
+            .collect();
+        for n in &names {
+            rustix::fs::lsetxattr(
+                &src,
+                n.as_str(),
+                n.as_bytes(),
+                rustix::fs::XattrFlags::empty(),
+            )
+            .unwrap();
+        }
+        let opts = CopyOptions {
+            chown: None,
+            chmod: None,
+            keep_owner: true,
+            extract_archives: false,
+        };
+        finish(&src, &dst, &fs::symlink_metadata(&src).unwrap(), opts).unwrap();
+        let mut buf = [0u8; 64];
+        for n in &names {
+            let len = rustix::fs::lgetxattr(&dst, n.as_str(), &mut buf).unwrap();
+            assert_eq!(&buf[..len], n.as_bytes());
+        }
+    }
 
     #[test]
     fn resolves_symlinks_inside_the_root() {

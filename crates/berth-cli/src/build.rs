@@ -202,15 +202,8 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     if let Some(name) =
         crate::satellite::chosen(args.satellite.as_deref(), args.no_satellite, settings)?
     {
-        if !ssh.is_empty() {
-            bail!(
-                "--ssh is not supported with a satellite: berth cannot forward your SSH agent to \
-                 satellite {name} yet; build here with --no-satellite, or fetch what needs the \
-                 agent before the build"
-            );
-        }
         return remote(
-            settings, &name, &args, context, dockerfile, secrets, &build, sink, tty_view,
+            settings, &name, &args, context, dockerfile, secrets, ssh, &build, sink, tty_view,
         );
     }
     let cancel = berth_build::Cancel::default();
@@ -322,6 +315,7 @@ fn remote(
     context: PathBuf,
     dockerfile: PathBuf,
     secrets: HashMap<String, SecretSource>,
+    ssh: HashMap<String, PathBuf>,
     build: &crate::settings::BuildSettings,
     sink: Arc<dyn Progress>,
     tty_view: Option<Arc<progress::Tty>>,
@@ -379,6 +373,7 @@ fn remote(
         context,
         dockerfile,
         request,
+        ssh,
         sink,
         fetch.then(|| (settings.root.clone(), args.tags.as_slice())),
     );

@@ -1,6 +1,7 @@
 //! `berth satellite …`: run a satellite, manage its tokens and clients (on its host), and
 //! enroll with satellites and build on them (on a client).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -722,12 +723,14 @@ pub fn chosen(
 
 /// A build on satellite `name`, shown like a local one. With `fetch` (a berth root and
 /// the image's names), the image comes down into that store afterwards.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     settings: &Settings,
     name: &str,
     context: PathBuf,
     dockerfile: PathBuf,
     request: berth_satellite::proto::BuildRequest,
+    ssh: HashMap<String, PathBuf>,
     sink: Arc<dyn Progress>,
     fetch: Option<(PathBuf, &[String])>,
 ) -> Result<berth_satellite::RemoteResult> {
@@ -744,6 +747,7 @@ pub fn build(
             dockerfile,
             sums,
             request,
+            ssh,
         };
         let mut on_event = |ev| sink.event(ev);
         let fetched = async {

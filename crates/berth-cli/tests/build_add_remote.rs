@@ -399,12 +399,16 @@ fn downloads_match_docker_buildkit() {
     srv.put("/plain", b"no date\n", None, None);
     // (--chmod is left out: docker 20.10 ignores it on URLs; today's BuildKit applies
     // it, as berth does, tested above.)
+    // Sources are copied in the order written, URLs and local files mixed: the last
+    // `plain` wins.
     let body = format!(
-        "ADD {a} /d/\nADD {a} /named.tgz\nADD {b} /e/\nADD --chown=5:6 {b} /f/g\n",
+        "ADD {a} /d/\nADD {a} /named.tgz\nADD {b} /e/\nADD --chown=5:6 {b} /f/g\n\
+         ADD plain {b} /order1/\nADD {b} plain /order2/\n",
         a = srv.url("/dl/data.tar.gz"),
         b = srv.url("/plain"),
     );
     let ctx = p.context("berth", &body);
+    std::fs::write(ctx.join("plain"), "local\n").unwrap();
     let built = build(&p, "root", &ctx, "out");
     assert!(built.success, "{}", built.stderr);
     let docker_ctx = context(
@@ -412,6 +416,7 @@ fn downloads_match_docker_buildkit() {
         "docker",
         &format!("FROM {}\n{body}", p.base.docker_reference()),
     );
+    std::fs::write(docker_ctx.join("plain"), "local\n").unwrap();
     let mut images = DockerImages::default();
     let image = format!("berth-test/add-remote:{}", std::process::id());
     images.0.push(image.clone());
@@ -423,7 +428,7 @@ fn downloads_match_docker_buildkit() {
     );
     let work = p.path("docker-tree");
     let docker_tree = docker_image_tree(&image, &work);
-    let added = ["/d", "/named.tgz", "/e", "/f"];
+    let added = ["/d", "/named.tgz", "/e", "/f", "/order1", "/order2"];
     let pick = |t: &Tree| -> Tree {
         t.iter()
             .filter(|(k, _)| {
@@ -436,7 +441,10 @@ fn downloads_match_docker_buildkit() {
     };
     let ours = pick(&file_tree(&p.path("out")));
     let theirs = pick(&docker_tree);
-    assert!(ours.len() >= 6, "{ours:?}");
+    assert!(ours.len() >= 10, "{ours:?}");
+    let read = |rel: &str| std::fs::read_to_string(p.path("out").join(rel)).unwrap();
+    assert_eq!(read("order1/plain"), "no date\n", "the URL came last");
+    assert_eq!(read("order2/plain"), "local\n", "the local file came last");
     let diff = tree_diff("berth", &ours, "docker", &theirs);
     assert!(diff.is_empty(), "file trees differ:\n{}", diff.join("\n"));
     let mtime = |root: &Path, rel: &str| std::fs::metadata(root.join(rel)).unwrap().mtime();
@@ -731,5 +739,172 @@ fn git_over_http_goes_through_the_proxy() {
     assert!(
         proxy.requests_to(&addr) > 0,
         "git did not go through the proxy"
+    );
+}
+
+/// A git server that accepts and never answers does not hold the build: SIGTERM ends
+/// it as canceled, with the git processes it started (nothing else is left holding the
+/// connection).
+#[test]
+fn a_hanging_git_server_is_left_on_sigterm() {
+    if !require_build() || !require("git") {
+        return;
+    }
+    let p = Project::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let ctx = p.context("ctx", &format!("ADD git://{addr}/repo.git#main /g/\n"));
+    let child = berth_build(&p.path("root"))
+        .arg(&ctx)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // git is connected and waits for the server's first words.
+    let (mut conn, _) = listener.accept().unwrap();
+    run(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stdout(Stdio::null()));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the build went on: {stderr}");
+    assert!(stderr.contains("canceled"), "{stderr}");
+    // git is gone: after its request, its end of the connection is closed (a git left
+    // running would hold it open, and this read would not end).
+    let mut request = Vec::new();
+    let _ = conn.read_to_end(&mut request);
+    assert!(
+        String::from_utf8_lossy(&request).contains("git-upload-pack /repo.git"),
+        "{request:?}"
+    );
+}
+
+/// An sshd of the test's own on 127.0.0.1 that lets `git@` in with one key, in a mount
+/// namespace where /etc/passwd has a `git` user (uid 0, home `home`): the machine's
+/// files are not touched. Killed on drop.
+struct Sshd {
+    child: Child,
+    port: u16,
+    known_hosts: std::path::PathBuf,
+}
+
+impl Sshd {
+    fn start(dir: &Path, client_pub: &Path) -> Sshd {
+        let home = dir.join("home");
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        std::fs::copy(client_pub, home.join(".ssh/authorized_keys")).unwrap();
+        let host_key = dir.join("host_key");
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key));
+        let mut passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        passwd.push_str(&format!("git:x:0:0:git:{}:/bin/sh\n", home.display()));
+        std::fs::write(dir.join("passwd"), passwd).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1:{port}\nHostKey {}\nAuthorizedKeysFile {}/.ssh/authorized_keys\n\
+                 PidFile none\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowUsers git\n",
+                host_key.display(),
+                home.display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" /etc/passwd && exec /usr/sbin/sshd -D -e -f "$2""#)
+            .arg("sh")
+            .arg(dir.join("passwd"))
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let host_pub = std::fs::read_to_string(host_key.with_extension("pub")).unwrap();
+        let known_hosts = dir.join("known_hosts");
+        std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
+        Sshd {
+            child,
+            port,
+            known_hosts,
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ADD git@host:path#ref` over ssh, against a loopback sshd, the key in an ssh-agent
+/// of the test's own: git's ssh finds it through `SSH_AUTH_SOCK`, as the user's would.
+/// (The port and the host key come from GIT_SSH_COMMAND, as an ~/.ssh/config would
+/// give them.) Docker 20.10 has no ADD of git: documented behaviour.
+#[test]
+fn git_over_ssh_uses_the_agent() {
+    if !require_build()
+        || !require("git")
+        || !require("sshd")
+        || !require("ssh-agent")
+        || !require("unshare")
+    {
+        return;
+    }
+    let p = Project::new();
+    let work = p.path("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(&work, &["init", "-q", "-b", "main"]);
+    commit(&work, "over ssh\n");
+    let served = p.path("served/repo.git");
+    run(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(&served));
+    let ssh = p.path("ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    let agent = Agent::start(&ssh);
+    let sshd = Sshd::start(&ssh, &ssh.join("key.pub"));
+    let socket = agent.socket.clone();
+    let ctx = p.context(
+        "ctx",
+        &format!("ADD git@127.0.0.1:{}#main /g/\n", served.display()),
+    );
+    let out = output(
+        berth_build(&p.path("root"))
+            .env("SSH_AUTH_SOCK", &socket)
+            .env(
+                "GIT_SSH_COMMAND",
+                format!(
+                    "ssh -p {} -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o BatchMode=yes -F none",
+                    sshd.port,
+                    sshd.known_hosts.display()
+                ),
+            )
+            .arg("--output")
+            .arg(format!("type=local,dest={}", p.path("out").display()))
+            .arg(&ctx),
+    );
+    drop(agent);
+    assert!(
+        out.success,
+        "{}\nsshd: {}",
+        out.stderr,
+        std::fs::read_to_string(ssh.join("sshd.log")).unwrap_or_default()
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("out/g/a.txt")).unwrap(),
+        "over ssh\n"
     );
 }

@@ -28,13 +28,16 @@ fn symlinks_in_the_image_stay_in_the_image() {
         "written through /host",
     )
     .unwrap();
-    // The host's /etc/hostname differs from anything in the busybox image.
+    // The host's /etc/hostname differs from anything in the busybox image. COPY's
+    // destination /host/ is the link to /, followed inside the image (a folder copied
+    // onto a link *below* the destination is refused, as in BuildKit: corpus case
+    // copy_replace_type).
     std::fs::write(
         ctx.join("Dockerfile"),
         format!(
             "FROM oci-layout://{l}:v1 AS s\n\
              RUN ln -s / /host && ln -s /etc /leak && ln -s /tmp/{marker}-heredoc /x\n\
-             COPY payload/ /\n\
+             COPY payload/host/ /host/\n\
              COPY <<EOF /x\nheredoc\nEOF\n\
              FROM oci-layout://{l}:v1\n\
              COPY --from=s /leak/passwd /copied-passwd\n\

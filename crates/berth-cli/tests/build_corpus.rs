@@ -941,45 +941,6 @@ fn run_secret_options() {
     });
 }
 
-/// An `ssh-agent` of this test's own, holding one new key, listening in `dir`.
-struct Agent {
-    child: std::process::Child,
-    socket: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &std::path::Path) -> Agent {
-        let socket = dir.join("agent.sock");
-        let child = Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let agent = Agent { child, socket };
-        while !agent.socket.exists() {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let key = dir.join("key");
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key));
-        run(Command::new("ssh-add")
-            .arg("-q")
-            .arg(&key)
-            .env("SSH_AUTH_SOCK", &agent.socket));
-        agent
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn ssh_ready() -> bool {
     ready() && require("ssh-agent") && require("ssh-keygen") && require("gcc")
 }
@@ -993,15 +954,7 @@ fn run_ssh() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let context = dir.path().join("context");
-    std::fs::create_dir(&context).unwrap();
-    for f in ["Dockerfile", "agent-ask.c"] {
-        std::fs::copy(builds_dir().join("run_ssh").join(f), context.join(f)).unwrap();
-    }
-    run(Command::new("gcc")
-        .args(["-static", "-Os", "-o"])
-        .arg(context.join("agent-ask"))
-        .arg(context.join("agent-ask.c")));
+    let context = run_ssh_context(dir.path());
     let agent = Agent::start(dir.path());
     let sock = agent.socket.to_str().unwrap();
     let case = Case {
@@ -1378,5 +1331,384 @@ fn escape_backtick() {
             &[],
             "win=C:\\path\\to next=twowords\ncontinued line\njson \\ backslash\n",
         )],
+    });
+}
+
+// ---- the rest of the reference, section by section (issue 15, corpus widening)
+
+#[test]
+fn parser_continuations() {
+    check(&Case {
+        name: "parser_continuations",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn shell_json() {
+    check(&Case {
+        name: "shell_json",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn label_quoting() {
+    check(&Case {
+        name: "label_quoting",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn user_workdir_vars() {
+    check(&Case {
+        name: "user_workdir_vars",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn copy_tree_corners() {
+    check_prepared(
+        &Case {
+            name: "copy_tree_corners",
+            args: &[],
+            runs: &[],
+        },
+        |ctx| {
+            for d in ["empty", "dir/nested-empty", "modes/sgid", "modes/sticky"] {
+                std::fs::create_dir_all(ctx.join(d)).unwrap();
+            }
+            std::fs::write(ctx.join("modes/sgid/f"), "g\n").unwrap();
+            chmod(ctx, "modes/sgid", 0o2775);
+            chmod(ctx, "modes/sticky", 0o1777);
+        },
+    );
+}
+
+#[test]
+fn add_tar_entries() {
+    check(&Case {
+        name: "add_tar_entries",
+        args: &[],
+        runs: &[],
+    });
+}
+
+/// ADD unpacks zstd tars, by name and by content: documented behaviour (today's
+/// BuildKit detects zstd as moby's archive package does; docker 20.10 copies the file).
+#[test]
+fn add_zstd() {
+    if !ready() {
+        return;
+    }
+    let built = BerthOnly::build("add_zstd");
+    assert_eq!(built.run(), "inside\norig\n");
+    assert_eq!(built.read("z/t/late/f"), "late\n");
+    assert!(
+        !built.local.join("c/by-content.bin").exists(),
+        "the zstd tar was copied, not unpacked"
+    );
+}
+
+/// COPY never puts a folder where the image has a file or a symlink, nor a file where
+/// it has a folder: both builders refuse each such target, berth naming the path.
+#[test]
+fn copy_replace_type() {
+    if !ready() {
+        return;
+    }
+    let base = BuildBase::new();
+    let work = tempfile::tempdir().unwrap();
+    let context = builds_dir().join("copy_replace_type");
+    for (target, docker_says, berth_says) in [
+        (
+            "dir-over-file",
+            "cannot copy to non-directory",
+            "[dir-over-file 2/2] COPY dir-over-file/ /r/: cannot copy a folder onto /r/file-here: it is a file",
+        ),
+        (
+            "dir-over-link",
+            "cannot copy to non-directory",
+            "[dir-over-link 2/2] COPY dir-over-link/ /r/: cannot copy a folder onto /r/link-dir: it is a symlink",
+        ),
+        (
+            "file-over-dir",
+            "cannot replace to directory",
+            "[file-over-dir 2/2] COPY file-over-dir/ /r/: cannot replace the folder /r/dir-here with a file",
+        ),
+    ] {
+        let docker = output(
+            Command::new(docker())
+                .env("DOCKER_BUILDKIT", "1")
+                .args(["build", "-q", "--target", target, "--build-arg"])
+                .arg(format!("BASE={}", base.docker_reference()))
+                .arg(&context),
+        );
+        assert!(!docker.success, "docker built {target}");
+        assert!(docker.stderr.contains(docker_says), "{}", docker.stderr);
+        let berth = output(
+            berth_build(&work.path().join("root"))
+                .args(["--target", target, "--build-arg"])
+                .arg(format!("BASE={}", base.reference()))
+                .arg(&context),
+        );
+        assert!(!berth.success, "berth built {target}");
+        assert!(
+            berth.stderr.contains(berth_says),
+            "{target}: {}",
+            berth.stderr
+        );
+    }
+    check(&Case {
+        name: "copy_replace_type",
+        args: &[],
+        runs: &[],
+    });
+}
+
+/// File capabilities: the `security.capability` xattr goes through ADD of a tar, COPY
+/// --from (also with --chown and --chmod) and a RUN's copy-up, but not from the build
+/// context, as in BuildKit.
+#[test]
+fn xattr_capability() {
+    if !ready() || !require("setcap") {
+        return;
+    }
+    let built = build_prepared(
+        &Case {
+            name: "xattr_capability",
+            args: &[],
+            runs: &[],
+        },
+        |ctx| {
+            run(Command::new("setcap")
+                .arg("cap_net_raw+ep")
+                .arg(ctx.join("capfile")));
+        },
+    );
+    built.assert_image_tree();
+    built.assert_local_tree();
+    built.assert_same_config();
+    let tree = built.docker_tree();
+    for kept in ["/c/plain", "/c/chowned", "/c/tar/tarcap", "/c/touched"] {
+        assert!(
+            tree[kept].capability.is_some(),
+            "{kept} lost its capability"
+        );
+    }
+    assert_eq!(tree["/c/context"].capability, None);
+}
+
+#[test]
+fn vars_precedence() {
+    check(&Case {
+        name: "vars_precedence",
+        args: &[
+            "--build-arg",
+            "FROMCLI=cli",
+            "--build-arg",
+            "GIVEN=given",
+            "--build-arg",
+            "DEFAULTED=cli-default",
+            "--build-arg",
+            "UNDECLARED=x",
+        ],
+        runs: &[],
+    });
+}
+
+#[test]
+fn dockerignore_corners() {
+    check(&Case {
+        name: "dockerignore_corners",
+        args: &[],
+        runs: &[(
+            &[],
+            "/ctx\n/ctx/.dockerignore\n/ctx/Dockerfile\n/ctx/build\n/ctx/build/README\n\
+             /ctx/esc\n/ctx/esc/plain\n/ctx/logs\n/ctx/sub\n/ctx/sub/keep.log\n",
+        )],
+    });
+}
+
+#[test]
+fn onbuild_chain() {
+    check(&Case {
+        name: "onbuild_chain",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn run_mount_options() {
+    check(&Case {
+        name: "run_mount_options",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn stage_names() {
+    check(&Case {
+        name: "stage_names",
+        args: &[],
+        runs: &[(&[], "built\nbuilt\nbuilt\nbuilt\n")],
+    });
+}
+
+/// `FROM BUILDER` after `AS builder` is no stage but an image reference, invalid in
+/// upper case: both builders refuse it.
+#[test]
+fn stage_names_from_is_exact() {
+    if !ready() {
+        return;
+    }
+    let base = BuildBase::new();
+    let context = builds_dir().join("stage_names");
+    let docker = output(
+        Command::new(docker())
+            .env("DOCKER_BUILDKIT", "1")
+            .args(["build", "-q", "-f"])
+            .arg(context.join("Dockerfile.upper"))
+            .arg("--build-arg")
+            .arg(format!("BASE={}", base.docker_reference()))
+            .arg(&context),
+    );
+    assert!(!docker.success, "docker took FROM BUILDER as the stage");
+    assert!(
+        docker.stderr.contains("must be lowercase"),
+        "{}",
+        docker.stderr
+    );
+    let (_work, berth) = berth_only("stage_names", "Dockerfile.upper");
+    assert!(!berth.success, "berth took FROM BUILDER as the stage");
+    assert!(
+        berth.stderr.contains("Dockerfile.upper:5") && berth.stderr.contains("BUILDER"),
+        "{}",
+        berth.stderr
+    );
+}
+
+#[test]
+fn env_arg_quoting() {
+    check(&Case {
+        name: "env_arg_quoting",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn add_local_forms() {
+    check(&Case {
+        name: "add_local_forms",
+        args: &[],
+        runs: &[],
+    });
+}
+
+/// `ENTRYPOINT []` and `CMD []`: configs only (docker cannot create a container of an
+/// image without a command, so there is no tree to compare).
+#[test]
+fn config_empty_forms() {
+    if !ready() {
+        return;
+    }
+    let targets: [&'static [&'static str]; 3] = [
+        &["--target", "emptied"],
+        &["--target", "cmd-emptied"],
+        &["--target", "final"],
+    ];
+    for args in targets {
+        let built = build_both(&Case {
+            name: "config_empty_forms",
+            args,
+            runs: &[],
+        });
+        built.assert_same_config();
+    }
+}
+
+#[test]
+fn dockerignore_per_file() {
+    check(&Case {
+        name: "dockerignore_per_file",
+        args: &[
+            "-f",
+            "tests/builds/dockerignore_per_file/sub/app.Dockerfile",
+        ],
+        runs: &[(
+            &[],
+            "/ctx\n/ctx/.dockerignore\n/ctx/a.txt\n/ctx/sub\n/ctx/sub/app.Dockerfile\n\
+             /ctx/sub/app.Dockerfile.dockerignore\n",
+        )],
+    });
+}
+
+/// A heredoc copied where the image has a folder of its name is refused, as a file
+/// would be (documented behaviour: docker 20.10 has no heredocs).
+#[test]
+fn copy_heredoc_onto_folder() {
+    if !ready() {
+        return;
+    }
+    let (_work, out) = berth_only("copy_heredoc_dest", "Dockerfile.folder");
+    assert!(!out.success, "the heredoc replaced a folder");
+    assert!(
+        out.stderr
+            .contains("cannot replace the folder /etc/app.d/EOF with a file"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `COPY --from=$IMAGE`: berth only (docker 20.10 does not expand --from).
+#[test]
+fn copy_from_image() {
+    if !ready() {
+        return;
+    }
+    let built = BerthOnly::build("copy_from_image");
+    let local = file_tree(&built.local);
+    assert_eq!(local["/x/busybox"].kind, "file");
+    assert_eq!(local["/x/busybox"].mode, "755");
+    assert_eq!(
+        built.read("x/etc/passwd"),
+        built.read("etc/passwd"),
+        "the image's /etc/ was copied"
+    );
+}
+
+#[test]
+fn workdir_symlink() {
+    check(&Case {
+        name: "workdir_symlink",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn copy_flag_vars() {
+    check(&Case {
+        name: "copy_flag_vars",
+        args: &[],
+        runs: &[],
+    });
+}
+
+#[test]
+fn parser_values() {
+    check(&Case {
+        name: "parser_values",
+        args: &[],
+        runs: &[(&[], "b=c|x=y||q\"uote\n")],
     });
 }

@@ -674,3 +674,72 @@ fn builder_limits_steps_at_once_and_trims_its_cache() {
         inspect.stdout
     );
 }
+
+/// `--ssh default` with a satellite: the steps' agent connections travel over the
+/// satellite session to the agent on the client, as `tests/builds/run_ssh` shows for a
+/// local build (the same Dockerfile and the same answers: the socket's place, owner and
+/// mode, a custom target, a user step, an optional agent not forwarded).
+#[test]
+fn ssh_agent_is_forwarded_over_the_session() {
+    if !require_build() || !require("ssh-agent") || !require("ssh-keygen") || !require("gcc") {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = run_ssh_context(dir.path());
+    let agent = Agent::start(dir.path());
+    let sat = Sat::on_loopback(&dir.path().join("sat-root"), &[]);
+    let client = Client::new(dir.path(), "laptop", None);
+    assert!(client.add("s1", &sat.token(&[])).success);
+    let out = dir.path().join("out");
+    let built = output(
+        client
+            .build(
+                &ctx,
+                &[
+                    "--ssh",
+                    "default",
+                    "-t",
+                    "ssh:1",
+                    "--output",
+                    &format!("type=local,dest={}", out.display()),
+                    "--build-arg",
+                    &format!("BASE={}", base.reference()),
+                ],
+            )
+            .env("SSH_AUTH_SOCK", &agent.socket),
+    );
+    assert!(built.success, "{}", built.stderr);
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    assert_eq!(
+        read("default.txt"),
+        "agent answered: 1 key(s)\nsock=/run/buildkit/ssh_agent.0\nsocket 600 0:0\n"
+    );
+    assert_eq!(
+        read("custom.txt"),
+        "agent answered: 1 key(s)\n/tmp/agent.sock socket 660 1000:1000\n"
+    );
+    assert_eq!(read("tmp/as-user.txt"), "agent answered: 1 key(s)\n");
+    assert_eq!(read("optional.txt"), "absent\n");
+    // An agent the step requires and the client did not forward: the satellite's
+    // build fails, saying how to give it.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN --mount=type=ssh,id=other,required true\n",
+            base.reference()
+        ),
+    )
+    .unwrap();
+    let missing = output(
+        client
+            .build(&ctx, &["--ssh", "default"])
+            .env("SSH_AUTH_SOCK", &agent.socket),
+    );
+    assert!(!missing.success, "built without the agent it requires");
+    assert!(
+        missing.stderr.contains("pass --ssh other"),
+        "{}",
+        missing.stderr
+    );
+}

@@ -606,6 +606,9 @@ pub struct RemoteBuild {
     pub sums: PathBuf,
     /// The request (context, snapshot and Dockerfile fields are filled in here).
     pub request: proto::BuildRequest,
+    /// SSH agents to forward to `RUN --mount=type=ssh` steps, by id (`--ssh`): their
+    /// sockets on this machine.
+    pub ssh: HashMap<String, PathBuf>,
 }
 
 /// What a remote build sent and made.
@@ -752,6 +755,27 @@ pub async fn build(
     b.request.dockerfile = dockerfile_text;
     b.request.dockerfile_name = dockerfile_name;
     b.request.dockerignore = ignore_text;
+    // `--ssh`: an SshAgent session first, its id in the request; it relays the steps'
+    // agent connections to the agents here while the build runs.
+    let _agents = if b.ssh.is_empty() {
+        None
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut inbound = conn
+            .grpc
+            .ssh_agent(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(err)?
+            .into_inner();
+        let first = inbound.message().await.map_err(err)?.ok_or_else(|| {
+            SatError::Remote("the satellite ended the SSH agent session at once".into())
+        })?;
+        b.request.ssh = b.ssh.keys().cloned().collect();
+        b.request.ssh_session = first.session;
+        Some(crate::ssh::AbortOnDrop::new(tokio::spawn(
+            crate::ssh::serve_agents(inbound, tx, b.ssh.clone()),
+        )))
+    };
     let mut stream = conn.grpc.build(b.request).await.map_err(err)?.into_inner();
     while let Some(msg) = stream.next().await {
         let ev = msg.map_err(err)?;

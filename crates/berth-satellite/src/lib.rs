@@ -22,6 +22,7 @@ pub mod proto;
 mod pull;
 mod server;
 mod service;
+mod ssh;
 
 pub use client::{
     Connection, Enrolled, Enrollments, Refusal, RemoteBuild, RemoteResult, SatelliteProbe, build,

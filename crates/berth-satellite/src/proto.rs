@@ -177,6 +177,32 @@ pub struct BuildRequest {
     pub push: bool,
     #[prost(map = "string, message", tag = "16")]
     pub credentials: ::std::collections::HashMap<::prost::alloc::string::String, Credential>,
+    /// SSH agent ids the client forwards (`--ssh default`), over the SshAgent session
+    /// `ssh_session`.
+    #[prost(string, repeated, tag = "17")]
+    pub ssh: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "18")]
+    pub ssh_session: ::prost::alloc::string::String,
+}
+/// One frame of an SshAgent session.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SshFrame {
+    /// Satellite to client, the first frame only: the session's id.
+    #[prost(string, tag = "1")]
+    pub session: ::prost::alloc::string::String,
+    /// The step connection the frame is about, numbered by the satellite.
+    #[prost(uint64, tag = "2")]
+    pub conn: u64,
+    /// Satellite to client: a step connected to the agent with this `--ssh` id.
+    #[prost(string, tag = "3")]
+    pub open: ::prost::alloc::string::String,
+    /// Bytes of the connection, in order.
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    /// Either side: the connection ended.
+    #[prost(bool, tag = "5")]
+    pub close: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -448,6 +474,28 @@ pub mod satellite_client {
                 .insert(GrpcMethod::new("berth.satellite.v1.Satellite", "Build"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Relays the connections of a build's `RUN --mount=type=ssh` steps to the client's SSH
+        /// agents (`--ssh`). The client opens it before Build; the satellite's first frame
+        /// names the session, which the client puts in BuildRequest.ssh_session. Then frames
+        /// go both ways until either side ends the stream.
+        pub async fn ssh_agent(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::SshFrame>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::SshFrame>>,
+            tonic::Status,
+        > {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/berth.satellite.v1.Satellite/SshAgent");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("berth.satellite.v1.Satellite", "SshAgent"));
+            self.inner.streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -500,6 +548,19 @@ pub mod satellite_server {
             &self,
             request: tonic::Request<super::BuildRequest>,
         ) -> std::result::Result<tonic::Response<Self::BuildStream>, tonic::Status>;
+        /// Server streaming response type for the SshAgent method.
+        type SshAgentStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::SshFrame, tonic::Status>,
+            > + std::marker::Send
+            + 'static;
+        /// Relays the connections of a build's `RUN --mount=type=ssh` steps to the client's SSH
+        /// agents (`--ssh`). The client opens it before Build; the satellite's first frame
+        /// names the session, which the client puts in BuildRequest.ssh_session. Then frames
+        /// go both ways until either side ends the stream.
+        async fn ssh_agent(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::SshFrame>>,
+        ) -> std::result::Result<tonic::Response<Self::SshAgentStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct SatelliteServer<T> {
@@ -802,6 +863,46 @@ pub mod satellite_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/berth.satellite.v1.Satellite/SshAgent" => {
+                    #[allow(non_camel_case_types)]
+                    struct SshAgentSvc<T: Satellite>(pub Arc<T>);
+                    impl<T: Satellite> tonic::server::StreamingService<super::SshFrame> for SshAgentSvc<T> {
+                        type Response = super::SshFrame;
+                        type ResponseStream = T::SshAgentStream;
+                        type Future =
+                            BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<super::SshFrame>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as Satellite>::ssh_agent(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SshAgentSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -244,6 +244,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: crate::metrics::Metrics,
     /// One lock per client context: a context's tree must not change under a build.
     pub(crate) contexts: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Open SshAgent sessions by id (`--ssh` forwarded by clients).
+    pub(crate) ssh_sessions: Mutex<HashMap<String, Arc<crate::ssh::Session>>>,
 }
 
 /// A build in progress, as drain needs it.
@@ -342,6 +344,7 @@ impl Satellite {
                 builds: Mutex::new(HashMap::new()),
                 metrics: crate::metrics::Metrics::default(),
                 contexts: Mutex::new(HashMap::new()),
+                ssh_sessions: Mutex::new(HashMap::new()),
             }),
         };
         Ok((

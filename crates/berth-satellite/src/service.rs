@@ -244,6 +244,42 @@ impl proto::satellite_server::Satellite for Service {
         Ok(Response::new(proto::UploadFilesResponse { files, bytes }))
     }
 
+    type SshAgentStream = ReceiverStream<Result<proto::SshFrame, Status>>;
+
+    async fn ssh_agent(
+        &self,
+        req: Request<Streaming<proto::SshFrame>>,
+    ) -> Result<Response<Self::SshAgentStream>, Status> {
+        let who = caller(&req)?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let id = crate::context::uuid_like();
+        let session = Arc::new(crate::ssh::Session::new(who.display_name(), tx.clone()));
+        self.sat
+            .inner
+            .ssh_sessions
+            .lock()
+            .expect("ssh sessions lock")
+            .insert(id.clone(), session.clone());
+        let first = proto::SshFrame {
+            session: id.clone(),
+            ..Default::default()
+        };
+        let _ = tx.send(Ok(first)).await;
+        let sat = self.sat.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = inbound.message().await {
+                session.incoming(frame).await;
+            }
+            sat.inner
+                .ssh_sessions
+                .lock()
+                .expect("ssh sessions lock")
+                .remove(&id);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     type BuildStream = ReceiverStream<Result<proto::BuildEvent, Status>>;
 
     async fn build(
@@ -478,6 +514,37 @@ async fn run_build(
         std::fs::write(&p, ignore).map_err(SatError::io("write", &p))?;
     }
 
+    // `--ssh`: a socket per agent id in the build's folder, relayed over the client's
+    // SshAgent session (which must be this client's).
+    let mut ssh = HashMap::new();
+    let mut _relays = Vec::new();
+    if !r.ssh.is_empty() {
+        let session = sat
+            .inner
+            .ssh_sessions
+            .lock()
+            .expect("ssh sessions lock")
+            .get(&r.ssh_session)
+            .filter(|s| s.client == client)
+            .cloned()
+            .ok_or_else(|| {
+                SatError::BadRequest(
+                    "--ssh: the build names no open SSH agent session of this client; \
+                     update berth on the client"
+                        .into(),
+                )
+            })?;
+        for (i, agent) in r.ssh.iter().enumerate() {
+            let socket = build_dir.join(format!("ssh-{i}.sock"));
+            _relays.push(
+                session
+                    .listen(agent.clone(), &socket)
+                    .map_err(SatError::io("listen", &socket))?,
+            );
+            ssh.insert(agent.clone(), socket);
+        }
+    }
+
     let (etx, mut erx) = mpsc::unbounded_channel();
     let forward = {
         let tx = tx.clone();
@@ -521,7 +588,7 @@ async fn run_build(
         target: (!r.target.is_empty()).then_some(r.target),
         build_args: r.build_args.into_iter().collect::<BTreeMap<_, _>>(),
         secrets,
-        ssh: HashMap::new(),
+        ssh,
         no_cache: r.no_cache,
         source_date_epoch: r.source_date_epoch,
         // Steps get the satellite's proxy variables; the solver keeps them out of cache

@@ -242,39 +242,21 @@ impl<W: Write> Walker<'_, W> {
         self.append(&mut header, rel, io::empty(), rel)
     }
 
-    /// Extended attributes other than overlayfs' own, as PAX records before the entry.
+    /// The entry's `security.capability`, as a PAX record before it: the one xattr a
+    /// layer carries, as containerd's tar writer (BuildKit's) and Docker's write them.
+    /// Others (`user.*`, `security.selinux`, …) stay out of images: a build context's
+    /// files may hold some (a browser's `user.xdg.origin.url`) that COPY keeps in the
+    /// step's file system.
     fn xattrs(&mut self, path: &Path) -> Result<()> {
-        let names = list_xattrs(path);
-        let mut records: Vec<(String, Vec<u8>)> = Vec::new();
-        for name in names {
-            if name.starts_with("trusted.overlay.") {
-                continue;
-            }
-            let mut buf = vec![0u8; 64 << 10];
-            if let Ok(n) = rustix::fs::lgetxattr(path, name.as_str(), &mut buf) {
-                buf.truncate(n);
-                records.push((format!("SCHILY.xattr.{name}"), buf));
-            }
-        }
-        if !records.is_empty() {
+        let mut buf = vec![0u8; 4096];
+        if let Ok(n) = rustix::fs::lgetxattr(path, "security.capability", &mut buf) {
+            buf.truncate(n);
             self.builder
-                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .append_pax_extensions([("SCHILY.xattr.security.capability", buf.as_slice())])
                 .map_err(|e| io_err("write xattrs", path, e))?;
         }
         Ok(())
     }
-}
-
-fn list_xattrs(path: &Path) -> Vec<String> {
-    let mut buf = vec![0u8; 16 << 10];
-    let Ok(n) = rustix::fs::llistxattr(path, &mut buf) else {
-        return Vec::new();
-    };
-    buf[..n]
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| String::from_utf8(s.to_vec()).ok())
-        .collect()
 }
 
 fn is_opaque(dir: &Path) -> bool {

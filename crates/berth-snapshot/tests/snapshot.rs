@@ -89,6 +89,11 @@ fn entries(layer: &[u8]) -> Vec<(String, char, String, Vec<String>)> {
     out
 }
 
+/// `setcap cap_net_raw+ep`'s value of `security.capability` (vfs_cap_data v2).
+const CAP_NET_RAW: &[u8] = &[
+    1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
 #[test]
 fn diff_encodes_whiteouts_opaque_dirs_links_and_xattrs() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,6 +113,7 @@ fn diff_encodes_whiteouts_opaque_dirs_links_and_xattrs() {
             Node::Hardlink("bin/tool-link", "bin/tool"),
             Node::Symlink("bin/alias", "tool"),
             Node::Xattr("bin/tool", "user.berth", b"v"),
+            Node::Xattr("bin/tool", "security.capability", CAP_NET_RAW),
         ],
     );
     let mut out = Vec::new();
@@ -142,7 +148,8 @@ fn diff_encodes_whiteouts_opaque_dirs_links_and_xattrs() {
         ]
     );
     let tool = got.iter().find(|e| e.0 == "bin/tool").unwrap();
-    assert_eq!(tool.3, ["SCHILY.xattr.user.berth"]);
+    // Only the capability travels, as containerd writes layers.
+    assert_eq!(tool.3, ["SCHILY.xattr.security.capability"]);
     assert_eq!(
         got.iter().find(|e| e.0 == "bin/tool-link").unwrap().2,
         "bin/tool"

@@ -96,11 +96,7 @@ impl Solver {
                 })?;
                 let (root, ignore, _view, from_stage) = self.source_root(input)?;
                 let exclude = Ignore::new(exclude.iter().map(String::as_str));
-                let dest = if dest.ends_with('/') {
-                    format!("{}/", abs(dest).trim_end_matches('/'))
-                } else {
-                    abs(dest)
-                };
+                let dest = dest_path(dest, abs(dest));
                 let opts = CopyOptions {
                     chown: owner(chown)?,
                     chmod: match (chmod, chmod_symbolic) {
@@ -135,15 +131,18 @@ impl Solver {
                 chown,
             } => {
                 let chown = owner(chown)?;
-                let p = if path.ends_with('/') {
-                    format!("{}/", abs(path).trim_end_matches('/'))
-                } else {
-                    abs(path)
-                };
+                let p = dest_path(path, abs(path));
                 let file = fileops::file_dest(target, &p, name, chown)?;
+                // A heredoc is copied as a file is: never over a folder (BuildKit's copy
+                // refuses it too).
                 match fs::symlink_metadata(&file) {
                     Ok(m) if m.is_dir() => {
-                        fs::remove_dir_all(&file).map_err(|e| io_err("replace", &file, e))?
+                        return Err(BuildError::Conflict(format!(
+                            "cannot replace the folder {} with a file",
+                            Path::new("/")
+                                .join(file.strip_prefix(target).unwrap_or(&file))
+                                .display()
+                        )));
                     }
                     Ok(_) => fs::remove_file(&file).map_err(|e| io_err("replace", &file, e))?,
                     Err(_) => {}
@@ -157,5 +156,16 @@ impl Solver {
                     .map_err(|e| io_err("chown", &file, e))
             }
         }
+    }
+}
+
+/// A COPY destination as written (`dest`) and made absolute (`abs`): a folder, ending
+/// in `/`, if it was written `.`, empty or with a trailing `/`, as BuildKit's frontend
+/// decides before it cleans the path (so `/x/.` is the path `/x`, not a folder hint).
+fn dest_path(dest: &str, abs: String) -> String {
+    if dest.ends_with('/') || dest == "." || dest.is_empty() {
+        format!("{}/", abs.trim_end_matches('/'))
+    } else {
+        abs
     }
 }

@@ -2,21 +2,33 @@
 //! every build (a full commit is taken as it is), and the checkout of that commit is
 //! kept under `cache/git/<key>/`, so the key, and the steps after, move only when the
 //! ref moves. git gets berth's proxy variables and, when steps get one, the CA bundle.
+//! A git that hangs never holds the build: each git runs in a process group of its own
+//! that is killed when the build is canceled or when git has written nothing for
+//! [`STALL`] (fetches report progress, so a slow transfer is not a stall).
 
 use std::fs;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use berth_oci::Digest;
 
-use super::{Output, Solved, Solver, io_err, unique};
+use super::{Cancel, Output, Solved, Solver, io_err, unique};
 use crate::error::{BuildError, Result};
 use crate::ir::GitSource;
 
 impl Solver {
     /// Resolve and check out a git source.
     pub(super) fn fetch_git(&self, src: &GitSource) -> Result<Solved> {
+        let cancel = &self.opts.cancel;
         let fail = |what: String| {
+            if cancel.is_canceled() {
+                return BuildError::Canceled;
+            }
             BuildError::Remote(format!("{}: ADD {}: {what}", src.origin, src.remote))
         };
         let commit = self.resolve_git(src).map_err(fail)?;
@@ -91,7 +103,7 @@ impl Solver {
         {
             return Ok(r.to_ascii_lowercase());
         }
-        let out = run(self.git().args(["ls-remote", "--", &src.remote]))?;
+        let out = self.run(self.git().args(["ls-remote", "--", &src.remote]))?;
         let refs: Vec<(&str, &str)> = out.lines().filter_map(|l| l.split_once('\t')).collect();
         let want = src.reference.as_deref().unwrap_or("HEAD");
         // A tag's peeled commit first (an annotated tag names a tag object).
@@ -121,30 +133,44 @@ impl Solver {
         dir: &Path,
     ) -> std::result::Result<(), String> {
         let d = dir.to_string_lossy().into_owned();
-        run(self.git().args(["init", "-q", &d]))?;
-        run(self
-            .git()
-            .args(["-C", &d, "remote", "add", "origin", &src.remote]))?;
+        self.run(self.git().args(["init", "-q", &d]))?;
+        self.run(
+            self.git()
+                .args(["-C", &d, "remote", "add", "origin", &src.remote]),
+        )?;
         // A shallow fetch of the commit; servers that refuse a commit by id get a full
         // fetch.
-        if run(self
-            .git()
-            .args(["-C", &d, "fetch", "-q", "--depth", "1", "origin", commit]))
-        .is_err()
-        {
-            run(self.git().args([
+        // (`--progress` keeps git talking while data comes, so it is not taken for a stall.)
+        if self
+            .run(self.git().args([
                 "-C",
                 &d,
                 "fetch",
-                "-q",
+                "--progress",
+                "--depth",
+                "1",
+                "origin",
+                commit,
+            ]))
+            .is_err()
+        {
+            if self.opts.cancel.is_canceled() {
+                return Err("canceled".into());
+            }
+            self.run(self.git().args([
+                "-C",
+                &d,
+                "fetch",
+                "--progress",
                 "origin",
                 "+refs/heads/*:refs/remotes/origin/*",
                 "+refs/tags/*:refs/tags/*",
             ]))?;
         }
-        run(self
-            .git()
-            .args(["-C", &d, "checkout", "-q", "--detach", commit]))?;
+        self.run(
+            self.git()
+                .args(["-C", &d, "checkout", "-q", "--detach", commit]),
+        )?;
         if src.keep_git_dir {
             return Ok(());
         }
@@ -153,18 +179,146 @@ impl Solver {
     }
 }
 
-/// Run `cmd`; its stdout, or an error with its stderr.
-fn run(cmd: &mut Command) -> std::result::Result<String, String> {
-    let out = cmd
-        .output()
+/// How long a git may write nothing before it is taken as hung and killed.
+pub const STALL: Duration = Duration::from_secs(300);
+
+impl Solver {
+    /// Run `cmd` ([`run_git`] with this build's cancel).
+    fn run(&self, cmd: &mut Command) -> std::result::Result<String, String> {
+        run_git(cmd, &self.opts.cancel, STALL)
+    }
+}
+
+/// Run the git `cmd`: its stdout, or an error with the end of its stderr. It runs in a
+/// process group of its own (git starts ssh, `git-remote-http`, …), killed whole when
+/// `cancel` fires or when nothing came on stdout or stderr for `stall`.
+pub(super) fn run_git(
+    cmd: &mut Command,
+    cancel: &Cancel,
+    stall: Duration,
+) -> std::result::Result<String, String> {
+    let args: Vec<_> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
         .map_err(|e| format!("cannot run git ({e}); install git (Debian: apt-get install git)"))?;
-    if !out.status.success() {
-        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+    let start = Instant::now();
+    // Milliseconds after `start` of the last output.
+    let last = Arc::new(AtomicU64::new(0));
+    let reader = |mut r: Box<dyn Read + Send>| {
+        let last = last.clone();
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                all.extend_from_slice(&buf[..n]);
+                last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            all
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("piped")));
+    let err = reader(Box::new(child.stderr.take().expect("piped")));
+    let stop = |child: &mut std::process::Child| {
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        let _ = child.wait();
+    };
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Err(format!("wait for git {}: {e}", args.join(" "))),
+        }
+        if cancel.is_canceled() {
+            stop(&mut child);
+            return Err("canceled".into());
+        }
+        let quiet = start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+        if quiet >= stall {
+            stop(&mut child);
+            return Err(format!(
+                "git {} wrote nothing for {stall:?} and was stopped; check that the server answers",
+                args.join(" "),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    if !status.success() {
         return Err(format!(
             "git {} failed: {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            last_lines(&String::from_utf8_lossy(&stderr))
         ));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// The last few lines of git's stderr, progress updates (`\r`) reduced to their last.
+fn last_lines(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.rsplit('\r').find(|p| !p.trim().is_empty()))
+        .map(str::trim)
+        .collect();
+    lines[lines.len().saturating_sub(4)..].join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A git that hangs (a server that accepts and never answers) stops when the build
+    /// is canceled, with the processes it started.
+    #[test]
+    fn a_hanging_git_stops_on_cancel() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("git://{}/repo", listener.local_addr().unwrap());
+        let cancel = Cancel::default();
+        let c = cancel.clone();
+        let waiter = std::thread::spawn(move || {
+            let mut cmd = Command::new("git");
+            cmd.args(["ls-remote", "--", &url]);
+            run_git(&mut cmd, &c, STALL)
+        });
+        // Cancel once git is connected and waiting for an answer.
+        let (_conn, _) = listener.accept().unwrap();
+        cancel.cancel();
+        assert_eq!(waiter.join().unwrap(), Err("canceled".to_string()));
+    }
+
+    /// A git silent for longer than `stall` is stopped, saying so.
+    #[test]
+    fn a_silent_git_is_a_stall() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("git://{}/repo", listener.local_addr().unwrap());
+        let accept = std::thread::spawn(move || listener.accept().map(|(c, _)| c));
+        let mut cmd = Command::new("git");
+        cmd.args(["ls-remote", "--", &url]);
+        let got = run_git(&mut cmd, &Cancel::default(), Duration::from_millis(300));
+        let err = got.unwrap_err();
+        assert!(err.contains("wrote nothing for 300ms"), "{err}");
+        drop(accept.join());
+    }
+
+    #[test]
+    fn failures_keep_the_last_lines_of_progress() {
+        assert_eq!(
+            last_lines("Receiving objects: 1%\rReceiving objects: 100%\nfatal: x\n"),
+            "Receiving objects: 100%; fatal: x"
+        );
+    }
 }

@@ -174,7 +174,12 @@ impl Solver {
                 })
             }
             Op::Exec(e) => self.run_exec(state, id, e, inputs),
-            Op::File(f) => self.run_file(f, inputs),
+            // The step names the instruction whose files clashed or could not be read.
+            Op::File(f) => self.run_file(f, inputs).map_err(|e| match e {
+                BuildError::Conflict(m) => BuildError::Conflict(format!("{}: {m}", v.name)),
+                BuildError::Io(m) => BuildError::Io(format!("{}: {m}", v.name)),
+                e => e,
+            }),
             Op::Merge => merge(inputs),
             Op::Http(_) | Op::Git(_) => unreachable!("remote sources are solved by solve_remote"),
         };

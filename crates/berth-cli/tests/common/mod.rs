@@ -408,6 +408,9 @@ pub struct TreeEntry {
     pub sha256: Option<String>,
     /// The other paths of the tree that are hard links to the same regular file.
     pub hardlinks: Vec<String>,
+    /// The `security.capability` xattr in hex: the one xattr image layers carry (Docker
+    /// and containerd write no other).
+    pub capability: Option<String>,
 }
 
 /// A file tree by absolute path (`/etc/passwd`); the root folder itself is left out.
@@ -471,6 +474,7 @@ pub fn file_tree(root: &Path) -> Tree {
                         .then(|| std::fs::read_link(&path).unwrap().display().to_string()),
                     sha256: None,
                     hardlinks: Vec::new(),
+                    capability: capability(&path),
                 },
             );
             if ft.is_dir() {
@@ -501,6 +505,13 @@ pub fn file_tree(root: &Path) -> Tree {
     tree
 }
 
+/// `path`'s `security.capability` xattr in hex, if it has one.
+fn capability(path: &Path) -> Option<String> {
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::lgetxattr(path, "security.capability", &mut buf).ok()?;
+    Some(buf[..n].iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The file tree of a container made from `image`: `docker create`, `docker export`,
 /// unpacked under `work` (which must not exist yet) as root, keeping owners and modes.
 pub fn docker_image_tree(image: &str, work: &Path) -> Tree {
@@ -520,7 +531,8 @@ pub fn docker_image_tree(image: &str, work: &Path) -> Tree {
     let rootfs = work.join("rootfs");
     std::fs::create_dir(&rootfs).unwrap();
     run(Command::new("tar")
-        .args(["-x", "-p", "--numeric-owner", "-f"])
+        .args(["-x", "-p", "--numeric-owner", "--xattrs"])
+        .args(["--xattrs-include=security.capability", "-f"])
         .arg(&tar)
         .arg("-C")
         .arg(&rootfs));
@@ -795,4 +807,58 @@ impl Default for Project {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// An `ssh-agent` of this test's own, holding one new key, listening in `dir`.
+pub struct Agent {
+    child: std::process::Child,
+    pub socket: PathBuf,
+}
+
+impl Agent {
+    pub fn start(dir: &std::path::Path) -> Agent {
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = Agent { child, socket };
+        while !agent.socket.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let key = dir.join("key");
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key));
+        run(Command::new("ssh-add")
+            .arg("-q")
+            .arg(&key)
+            .env("SSH_AUTH_SOCK", &agent.socket));
+        agent
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `dir/context`: `tests/builds/run_ssh` (its Dockerfile) with its `agent-ask` helper
+/// built static by gcc (busybox has no unix-socket client to ask an agent with).
+pub fn run_ssh_context(dir: &Path) -> PathBuf {
+    let context = dir.join("context");
+    std::fs::create_dir(&context).unwrap();
+    for f in ["Dockerfile", "agent-ask.c"] {
+        std::fs::copy(builds_dir().join("run_ssh").join(f), context.join(f)).unwrap();
+    }
+    run(Command::new("gcc")
+        .args(["-static", "-Os", "-o"])
+        .arg(context.join("agent-ask"))
+        .arg(context.join("agent-ask.c")));
+    context
 }

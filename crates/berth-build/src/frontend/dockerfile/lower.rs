@@ -332,16 +332,31 @@ impl Lowerer<'_> {
         Ok((st, r.config))
     }
 
-    /// A stage by name or index (for `--from`), lowering it if needed.
+    /// A stage by name, in any case, or index (for `--from`), lowering it if needed.
     fn stage_ref(&mut self, name: &str, before: usize) -> Result<Option<usize>> {
+        self.stage_where(before, |i, n| {
+            n.is_some_and(|n| n.eq_ignore_ascii_case(name))
+                || name.parse::<usize>().is_ok_and(|x| x == i)
+        })
+    }
+
+    /// The stage a `FROM` names, lowering it if needed: by its name exactly (stage names
+    /// are kept in lower case), never by index, as BuildKit looks a base up (`FROM
+    /// Builder` or `FROM 0` is an image reference there).
+    fn base_stage(&mut self, name: &str, before: usize) -> Result<Option<usize>> {
+        self.stage_where(before, |_, n| n == Some(name))
+    }
+
+    /// The first stage before `before` that `is` (index, name) picks, lowered.
+    fn stage_where(
+        &mut self,
+        before: usize,
+        is: impl Fn(usize, Option<&str>) -> bool,
+    ) -> Result<Option<usize>> {
         let idx = self.df.stages[..before]
             .iter()
-            .position(|s| {
-                s.name
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
-            })
-            .or_else(|| name.parse::<usize>().ok().filter(|&i| i < before));
+            .enumerate()
+            .position(|(i, s)| is(i, s.name.as_deref()));
         if let Some(i) = idx {
             self.stage(i)?;
         }
@@ -438,7 +453,7 @@ impl Lowerer<'_> {
             // BuildKit's empty image works in `/`.
             config.config.working_dir = "/".into();
             (State::scratch(), config, None)
-        } else if let Some(i) = self.stage_ref(&from, idx)? {
+        } else if let Some(i) = self.base_stage(&from, idx)? {
             let o = &self.done[&i];
             (o.state.clone(), o.config.clone(), Some(o.vars.clone()))
         } else {
@@ -544,12 +559,16 @@ impl Lowerer<'_> {
             InstructionKind::User { user } => {
                 st.config.config.user = self.expand(st, user, line)?;
             }
+            // An empty exec form (`CMD []`) is no command at all, null in the config, as
+            // BuildKit's parser gives it no arguments.
             InstructionKind::Cmd { command } => {
-                st.config.config.cmd = Some(command_list(command, &st.config.config));
+                st.config.config.cmd =
+                    Some(command_list(command, &st.config.config)).filter(|c| !c.is_empty());
                 st.cmd_set_here = true;
             }
             InstructionKind::Entrypoint { command } => {
-                st.config.config.entrypoint = Some(command_list(command, &st.config.config));
+                st.config.config.entrypoint =
+                    Some(command_list(command, &st.config.config)).filter(|c| !c.is_empty());
                 if !st.cmd_set_here {
                     st.config.config.cmd = None;
                 }
@@ -616,10 +635,13 @@ impl Lowerer<'_> {
     /// in Docker.
     fn workdir(&self, st: &mut StageState, path: &str, line: usize, name: &str) -> Result<State> {
         let p = self.expand(st, path, line)?;
+        // An absolute path is kept as written, a relative one is joined to the working
+        // directory and cleaned (Go's `path.Join`), as docker 20.10's BuildKit does
+        // (newer BuildKit cleans both).
         let abs = if p.starts_with('/') {
             p
         } else {
-            format!("{}/{p}", st.cwd().trim_end_matches('/'))
+            run::clean_abs(&format!("{}/{p}", st.cwd()))
         };
         st.config.config.working_dir = abs.clone();
         let user = &st.config.config.user;

@@ -12,8 +12,9 @@ use crate::mode::ModeSet;
 struct CopySpec<'a> {
     sources: &'a [CopySource],
     /// Downloads and git checkouts (ADD), each copied from its own input: the state,
-    /// the path copied from it, and whether to unpack it.
-    remote: Vec<(State, String, bool)>,
+    /// the path copied from it, whether to unpack it, and how many local paths come
+    /// before it among the sources (sources are copied in the order written).
+    remote: Vec<(State, String, bool, usize)>,
     from: Option<&'a str>,
     dest: &'a str,
     chown: Option<&'a str>,
@@ -82,6 +83,12 @@ impl Lowerer<'_> {
         };
         let mut remote = Vec::new();
         let mut local = Vec::new();
+        let paths_before = |local: &Vec<CopySource>| {
+            local
+                .iter()
+                .filter(|s| matches!(s, CopySource::Path(_)))
+                .count()
+        };
         for s in &a.sources {
             match s {
                 CopySource::Path(p) if is_git_source(p) => {
@@ -92,6 +99,7 @@ impl Lowerer<'_> {
                         State::new(Op::Git(source), vec![], name),
                         ".".to_string(),
                         false,
+                        paths_before(&local),
                     ));
                 }
                 CopySource::Path(p) if p.starts_with("http://") || p.starts_with("https://") => {
@@ -108,13 +116,14 @@ impl Lowerer<'_> {
                         State::new(Op::Http(source), vec![], name),
                         file,
                         a.unpack == Some(true),
+                        paths_before(&local),
                     ));
                 }
                 other => local.push(other.clone()),
             }
         }
         let one_url = match remote.as_slice() {
-            [(st, _, _)] => matches!(st.vertex().op, Op::Http(_)),
+            [(st, _, _, _)] => matches!(st.vertex().op, Op::Http(_)),
             _ => false,
         };
         if checksum.is_some() && (!one_url || !local.is_empty()) {
@@ -154,7 +163,7 @@ impl Lowerer<'_> {
         let chmod = parse_chmod(spec.chmod, self.df, line)?;
         let mut inputs: Vec<State> = sources.from.clone().into_iter().collect();
         let first_remote = inputs.len() + 1;
-        inputs.extend(spec.remote.iter().map(|(s, _, _)| s.clone()));
+        inputs.extend(spec.remote.iter().map(|(s, _, _, _)| s.clone()));
         let op = copy_op(&dest, sources, &spec, first_remote, chown, chmod, st.cwd());
         // --link, as BuildKit: the copy is made on scratch, as a layer of its own put on
         // top of the stage, so it does not depend on the stage (its cache survives a new
@@ -221,8 +230,9 @@ impl Lowerer<'_> {
 }
 
 /// The file op of a COPY/ADD to `dest` (expanded) in working directory `cwd`: the
-/// paths copied from input 1, then heredoc files written (BuildKit's order: with a
-/// file destination, the last source wins).
+/// paths copied from input 1 and the downloads and checkouts from theirs, in the order
+/// written, then heredoc files written (BuildKit's order: with a file destination, the
+/// last source wins).
 fn copy_op(
     dest: &str,
     sources: Sources,
@@ -233,13 +243,21 @@ fn copy_op(
     cwd: String,
 ) -> FileOp {
     let mut actions = Vec::new();
+    // In the order written, local paths in a row sharing one copy action (each source
+    // is copied on its own in it). A download is the one file of its input; a checkout
+    // is copied whole.
     let mut copies: Vec<(usize, Vec<String>, bool)> = Vec::new();
-    if !sources.paths.is_empty() {
-        copies.push((1, sources.paths, spec.extract));
-    }
-    // A download is the one file of its input; a checkout is copied whole.
-    for (i, (_, path, unpack)) in spec.remote.iter().enumerate() {
+    let mut next = 0;
+    for (i, (_, path, unpack, before)) in spec.remote.iter().enumerate() {
+        let before = (*before).min(sources.paths.len());
+        if before > next {
+            copies.push((1, sources.paths[next..before].to_vec(), spec.extract));
+            next = before;
+        }
         copies.push((first_remote + i, vec![path.clone()], *unpack));
+    }
+    if next < sources.paths.len() {
+        copies.push((1, sources.paths[next..].to_vec(), spec.extract));
     }
     for (from, paths, extract) in copies {
         actions.push(FileAction::Copy {
