@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 mod build;
+pub mod docker;
 mod error;
 mod export;
 mod fileops;
@@ -65,6 +66,6 @@ pub use ir::Entitlement;
 pub use pattern::{Ignore, Pattern};
 pub use prune::{BuildCache, CacheUsage, PruneOptions, PruneReport, cache_usage, prune};
 pub use solver::{
-    Cancel, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions, Solved, Solver,
-    StepSlots, build_id,
+    Cancel, Captured, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions,
+    Solved, Solver, StepSlots, build_id,
 };

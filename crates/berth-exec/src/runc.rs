@@ -195,6 +195,7 @@ impl Executor for Runc {
             self.config_dir_for(&config)?;
             // Held until the container is gone, then back to the pool.
             let lease = match meta.network {
+                Network::Isolated if meta.privileged => Some(self.nets.acquire()?.discard()),
                 Network::Isolated => Some(self.nets.acquire()?),
                 Network::None | Network::Host => None,
             };
