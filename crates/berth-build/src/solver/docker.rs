@@ -69,13 +69,20 @@ wait "$dpid" 2>/dev/null
 exit $code
 "#;
 
-/// What dockerd may leave in the root file system, beyond its mount point: removed from
-/// the step's changes when the image did not have it.
-const TRACES: [&str; 4] = [
+/// What dockerd and its containerd leave in the root file system, beyond the mount
+/// point: removed from the step's changes when the image did not have it. Runtime state
+/// (`…/run/…`) goes whole; folders only when empty (the command may have put its own
+/// files there).
+const TRACES: [&str; 9] = [
     "/etc/docker/key.json",
     "/etc/docker",
     "/run/docker",
     "/var/run/docker",
+    "/run/containerd",
+    "/var/run/containerd",
+    "/opt/containerd/bin",
+    "/opt/containerd/lib",
+    "/opt/containerd",
 ];
 
 impl Solver {
@@ -209,26 +216,48 @@ impl Solver {
             if super::exec::exists_in(&active.lowers, t) {
                 continue;
             }
-            let p = active.upper.join(t.trim_start_matches('/'));
+            let Some(p) = in_upper(&active.upper, t) else {
+                continue;
+            };
             let Ok(m) = fs::symlink_metadata(&p) else {
                 continue;
             };
             if t.ends_with(".json") && m.is_file() {
                 let _ = fs::remove_file(&p);
-            } else if m.is_dir() && (*t == "/run/docker" || *t == "/var/run/docker") {
+            } else if m.is_dir() && t.contains("run/") {
+                // dockerd's runtime state, never the command's.
                 let _ = fs::remove_dir_all(&p);
             } else if m.is_dir() {
                 // Only if empty: the command may have put its own files there.
                 let _ = fs::remove_dir(&p);
             }
         }
-        // Parents made only for the mount point (an image without /var/lib).
-        for d in ["/var/lib", "/var"] {
-            if !super::exec::exists_in(&active.lowers, d) {
-                let _ = fs::remove_dir(active.upper.join(d.trim_start_matches('/')));
+        // Parents made only for these (an image without /var/lib or /opt).
+        for d in ["/var/lib", "/var", "/opt"] {
+            if !super::exec::exists_in(&active.lowers, d)
+                && let Some(p) = in_upper(&active.upper, d)
+            {
+                let _ = fs::remove_dir(p);
             }
         }
     }
+}
+
+/// `path` in the upper directory `upper`, if every folder on the way there is a real
+/// folder: the step may have made one a link (to `/run` of the host, say), and what is
+/// removed must never be found through it.
+fn in_upper(upper: &Path, path: &str) -> Option<PathBuf> {
+    let rel = Path::new(path.trim_start_matches('/'));
+    let mut p = upper.to_path_buf();
+    if let Some(parent) = rel.parent() {
+        for c in parent.components() {
+            p.push(c);
+            if !fs::symlink_metadata(&p).ok()?.is_dir() {
+                return None;
+            }
+        }
+    }
+    Some(upper.join(rel))
 }
 
 /// `tag` as `docker load` wants it in `RepoTags`: a name with a tag.
@@ -247,6 +276,26 @@ fn docker_tag(tag: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traces_are_never_looked_up_through_links() {
+        let d = tempfile::tempdir().unwrap();
+        let upper = d.path().join("upper");
+        let outside = d.path().join("outside");
+        fs::create_dir_all(upper.join("etc/docker")).unwrap();
+        fs::create_dir_all(outside.join("docker")).unwrap();
+        std::os::unix::fs::symlink(&outside, upper.join("run")).unwrap();
+        assert_eq!(
+            in_upper(&upper, "/etc/docker/key.json"),
+            Some(upper.join("etc/docker/key.json"))
+        );
+        assert_eq!(in_upper(&upper, "/run/docker"), None);
+        assert_eq!(
+            in_upper(&upper, "/var/lib/docker"),
+            None,
+            "no /var in the upper"
+        );
+    }
 
     #[test]
     fn tags_are_docker_names() {
