@@ -203,7 +203,9 @@ fn a_step_runs_an_image_of_the_same_build_in_its_own_dockerd() {
         "opt",
     ];
     assert!(
-        paths.iter().all(|p| !traces.iter().any(|t| p.starts_with(t))),
+        paths
+            .iter()
+            .all(|p| !traces.iter().any(|t| p.starts_with(t))),
         "dockerd's data, key, sockets or the mount point are in the step's layer: {paths:?}"
     );
     assert!(

@@ -61,7 +61,8 @@ pub struct BuildArgs {
     #[arg(long)]
     load: bool,
     /// Grant an entitlement (repeatable): network.host lets `RUN --network=host` use
-    /// the host's network [config: [build] allow = ["network.host"]].
+    /// the host's network, security.insecure lets `RUN --security=insecure` run
+    /// privileged [config: [build] allow = ["network.host"]].
     #[arg(long = "allow", value_parser = parse_entitlement)]
     allow: Vec<berth_build::Entitlement>,
     /// Build on this enrolled satellite [default: the one `berth satellite use` chose].

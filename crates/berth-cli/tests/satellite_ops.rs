@@ -323,6 +323,53 @@ fn network_host_needs_the_operators_grant() {
     output_ok(&mut client.build(&hostnet, &["--allow", "network.host"]));
 }
 
+/// A satellite runs privileged steps only when its operator allows `security.insecure`;
+/// by default the build is refused, saying how to allow it.
+#[test]
+fn privileged_steps_need_the_operators_grant() {
+    if !require_build() {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sat-root");
+    let privileged = ctx(
+        dir.path(),
+        "privileged",
+        &format!(
+            "FROM {}\nRUN --security=insecure mkdir -p /mnt && busybox mount -t tmpfs none /mnt \
+             && busybox umount /mnt && echo mounted > /privileged\n",
+            base.reference()
+        ),
+        &[],
+    );
+    let client = Client::new(dir.path(), "laptop", None);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut sat = Sat::start(None, &root, &addr, &["--advertise", "127.0.0.1"]);
+    assert!(client.add("s1", &sat.token(&[])).success);
+    let refused = output(&mut client.build(&privileged, &["--allow", "security.insecure"]));
+    assert!(!refused.success);
+    for needed in [
+        "entitlement security.insecure, which this satellite does not grant",
+        "berth satellite serve --allow security.insecure",
+    ] {
+        assert!(
+            refused.stderr.contains(needed),
+            "the refusal does not say {needed:?}: {}",
+            refused.stderr
+        );
+    }
+    sat.kill9();
+
+    let _sat = Sat::start(
+        None,
+        &root,
+        &addr,
+        &["--advertise", "127.0.0.1", "--allow", "security.insecure"],
+    );
+    output_ok(&mut client.build(&privileged, &["--allow", "security.insecure"]));
+}
+
 #[test]
 fn two_clients_build_at_once_and_share_the_cache() {
     if !require_build() || !require("curl") {
