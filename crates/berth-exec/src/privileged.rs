@@ -4,7 +4,7 @@
 //! no masked or read-only `/proc` paths (the bundle leaves those out). The step keeps
 //! its own namespaces (pid, mount, ipc, uts, network) and its mounts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
@@ -138,7 +138,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<LinuxDevice>, depth: usize) {
         let rdev = m.rdev();
         let dest = Path::new("/dev").join(path.strip_prefix(root).unwrap_or(&path));
         let built = LinuxDeviceBuilder::default()
-            .path(PathBuf::from(dest))
+            .path(dest)
             .typ(typ)
             .major(rustix::fs::major(rdev) as i64)
             .minor(rustix::fs::minor(rdev) as i64)
