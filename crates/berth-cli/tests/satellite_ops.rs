@@ -294,33 +294,37 @@ fn network_host_needs_the_operators_grant() {
         ),
         &[],
     );
-    let client = Client::new(dir.path(), "laptop", None);
+    refused_until_the_operator_grants(dir.path(), &root, &hostnet, "network.host");
+}
 
+/// A build of `context` asking for `entitlement` on a satellite in `root`: refused,
+/// saying how the operator allows it, then built once the same satellite (same
+/// address) grants it.
+fn refused_until_the_operator_grants(dir: &Path, root: &Path, context: &Path, entitlement: &str) {
+    let client = Client::new(dir, "laptop", None);
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut sat = Sat::start(None, &root, &addr, &["--advertise", "127.0.0.1"]);
+    let mut sat = Sat::start(None, root, &addr, &["--advertise", "127.0.0.1"]);
     assert!(client.add("s1", &sat.token(&[])).success);
-    let refused = output(&mut client.build(&hostnet, &["--allow", "network.host"]));
+    let refused = output(&mut client.build(context, &["--allow", entitlement]));
     assert!(!refused.success);
     for needed in [
-        "entitlement network.host",
-        "berth satellite serve --allow network.host",
+        format!("entitlement {entitlement}, which this satellite does not grant"),
+        format!("berth satellite serve --allow {entitlement}"),
     ] {
         assert!(
-            refused.stderr.contains(needed),
+            refused.stderr.contains(&needed),
             "the refusal does not say {needed:?}: {}",
             refused.stderr
         );
     }
     sat.kill9();
-
-    // The same satellite (same address), now granting it.
     let _sat = Sat::start(
         None,
-        &root,
+        root,
         &addr,
-        &["--advertise", "127.0.0.1", "--allow", "network.host"],
+        &["--advertise", "127.0.0.1", "--allow", entitlement],
     );
-    output_ok(&mut client.build(&hostnet, &["--allow", "network.host"]));
+    output_ok(&mut client.build(context, &["--allow", entitlement]));
 }
 
 /// A satellite runs privileged steps only when its operator allows `security.insecure`;
@@ -343,31 +347,7 @@ fn privileged_steps_need_the_operators_grant() {
         ),
         &[],
     );
-    let client = Client::new(dir.path(), "laptop", None);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut sat = Sat::start(None, &root, &addr, &["--advertise", "127.0.0.1"]);
-    assert!(client.add("s1", &sat.token(&[])).success);
-    let refused = output(&mut client.build(&privileged, &["--allow", "security.insecure"]));
-    assert!(!refused.success);
-    for needed in [
-        "entitlement security.insecure, which this satellite does not grant",
-        "berth satellite serve --allow security.insecure",
-    ] {
-        assert!(
-            refused.stderr.contains(needed),
-            "the refusal does not say {needed:?}: {}",
-            refused.stderr
-        );
-    }
-    sat.kill9();
-
-    let _sat = Sat::start(
-        None,
-        &root,
-        &addr,
-        &["--advertise", "127.0.0.1", "--allow", "security.insecure"],
-    );
-    output_ok(&mut client.build(&privileged, &["--allow", "security.insecure"]));
+    refused_until_the_operator_grants(dir.path(), &root, &privileged, "security.insecure");
 }
 
 #[test]
