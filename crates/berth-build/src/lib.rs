@@ -16,6 +16,10 @@
 //! 4. [`frontend::dockerfile::lower`]: instructions → build graph ([`ir::State`]) and
 //!    image config, one function per instruction over the stage lowered so far.
 //!
+//! [`docker::docker_run`] makes a step that runs beside a dockerd of its own, and
+//! [`Solver::capture`] answers with a command's exit code and output: the engine side
+//! of Earthly's `WITH DOCKER` and `IF`/`FOR`/`$(cmd)`.
+//!
 //! The [`Solver`] runs the graph for one build. Its module is cut by concern: the solve
 //! loop (`schedule`), cache keys and records (`cache`), why a step missed the cache
 //! (`history`), RUN steps (`exec`) and their mounts (`mounts`), file operations

@@ -145,11 +145,18 @@ fn a_step_runs_an_image_of_the_same_build_in_its_own_dockerd() {
     let mut config: ImageConfig = busybox.config.clone();
     config.config.cmd = Some(vec!["cat".into(), "/msg".into()]);
 
+    // And an image from the store, as `--pull` gives one (its gzip layer as stored).
+    let pulled = DockerImage {
+        tag: "pulled/busybox:1".into(),
+        ..DockerImage::pulled(&busybox)
+    };
     let step = docker_run(
         &from(&dind),
-        sh("docker run --rm app:test > /result.txt && docker images --format '{{.Repository}}:{{.Tag}}' > /images.txt"),
+        sh("docker run --rm app:test > /result.txt \
+            && docker run --rm pulled/busybox:1 echo pulled > /pulled.txt \
+            && docker images --format '{{.Repository}}:{{.Tag}}' | sort > /images.txt"),
         vec![],
-        vec![DockerImage::built("app:test", app.clone(), config)],
+        vec![DockerImage::built("app:test", app.clone(), config), pulled],
         "WITH DOCKER RUN docker run app:test",
     )
     .unwrap();
@@ -187,11 +194,15 @@ fn a_step_runs_an_image_of_the_same_build_in_its_own_dockerd() {
         made,
         "the container run in the step's dockerd is the image this build made"
     );
+    assert_eq!(
+        std::fs::read_to_string(out.join("pulled.txt")).unwrap(),
+        "pulled\n"
+    );
     let images = std::fs::read_to_string(out.join("images.txt")).unwrap();
-    assert_eq!(images.trim(), "app:test", "{images}");
+    assert_eq!(images, "app:test\npulled/busybox:1\n", "{images}");
     // Folders the image has may show (their times changed); nothing of dockerd's.
     let paths = last_layer_paths(&store, layers);
-    for want in ["images.txt", "result.txt"] {
+    for want in ["images.txt", "pulled.txt", "result.txt"] {
         assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
     }
     let traces = [
@@ -222,6 +233,16 @@ fn a_step_runs_an_image_of_the_same_build_in_its_own_dockerd() {
         matches!(err, BuildError::StepFailed { code: 7, .. }),
         "{err}"
     );
+
+    // An image without Docker: the wrapper says so, exit 125.
+    let no_docker = docker_run(&from(&busybox), sh("true"), vec![], vec![], "WITH DOCKER").unwrap();
+    match rt.block_on(s.solve(&no_docker)).unwrap_err() {
+        BuildError::StepFailed { code, output, .. } => {
+            assert_eq!(code, 125);
+            assert!(output.contains("the image has no docker CLI"), "{output}");
+        }
+        other => panic!("{other}"),
+    }
 
     // Same inputs in a later build: from cache, nothing runs (no dockerd either).
     drop(s);
