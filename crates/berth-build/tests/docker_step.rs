@@ -81,7 +81,11 @@ fn sh(command: &str) -> ExecOp {
 }
 
 fn solver(root: &Path, store: &Store, no_cache: bool) -> Arc<Solver> {
-    let executor = Arc::new(berth_exec::Runc::new(&root.join("exec")).unwrap());
+    let executor = Arc::new(
+        berth_exec::Runc::new(&root.join("exec"))
+            .unwrap()
+            .with_privileged(true),
+    );
     Solver::new(
         root,
         store.clone(),

@@ -215,6 +215,10 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         );
     }
     let cancel = berth_build::Cancel::default();
+    // The executor runs privileged steps only for a build granted them.
+    let privileged = build
+        .allow
+        .contains(&berth_build::Entitlement::SecurityInsecure);
     let opts = BuildOptions {
         dockerfile,
         context,
@@ -256,7 +260,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         .with_context(|| format!("open store at {}", settings.root.display()))?;
     let store_for_push = store.clone();
     let executor: Arc<dyn berth_exec::Executor> =
-        Arc::new(berth_exec::Runc::new(&settings.root.join("exec"))?);
+        Arc::new(berth_exec::Runc::new(&settings.root.join("exec"))?.with_privileged(privileged));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
