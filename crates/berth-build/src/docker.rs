@@ -74,6 +74,10 @@ impl DockerImage {
 /// host). `extra` are the inputs `exec`'s mounts refer to (index 1…); the images come
 /// after them. The step is privileged; its network is the default or `none` (the
 /// host's network is refused: dockerd would rewrite the host's bridge and firewall).
+/// The wrapper and the command run as `exec.user`, and dockerd needs root: leave the
+/// user empty (root) for a docker step. The base image must have `dockerd`, the
+/// `docker` CLI and `iptables` (Debian's docker.io); without a CLI the step fails
+/// with code 125 and says so.
 pub fn docker_run(
     state: &State,
     mut exec: ExecOp,
