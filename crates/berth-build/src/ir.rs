@@ -45,16 +45,24 @@ pub enum NetworkMode {
 pub enum Entitlement {
     /// `RUN --network=host`.
     NetworkHost,
+    /// Privileged steps (`RUN --security=insecure`, Earthly's `RUN --privileged` and
+    /// `WITH DOCKER`): every capability, no seccomp, devices, writable `/sys` and
+    /// cgroups, as `docker run --privileged`.
+    SecurityInsecure,
 }
 
 impl Entitlement {
     /// Every entitlement, by name.
-    pub const ALL: [(&'static str, Entitlement); 1] = [("network.host", Entitlement::NetworkHost)];
+    pub const ALL: [(&'static str, Entitlement); 2] = [
+        ("network.host", Entitlement::NetworkHost),
+        ("security.insecure", Entitlement::SecurityInsecure),
+    ];
 
     /// Its name, as given to `--allow`.
     pub fn name(self) -> &'static str {
         match self {
             Entitlement::NetworkHost => "network.host",
+            Entitlement::SecurityInsecure => "security.insecure",
         }
     }
 }
@@ -69,16 +77,7 @@ impl std::str::FromStr for Entitlement {
             .map(|(_, e)| *e)
             .ok_or_else(|| {
                 let known = Entitlement::ALL.map(|(n, _)| n).join(", ");
-                if s == "security.insecure" {
-                    // BuildKit's privileged steps: berth has none to grant.
-                    format!(
-                        "entitlement \"security.insecure\" cannot be granted: berth runs no \
-                         privileged steps (RUN --security=insecure is refused); berth knows \
-                         {known}"
-                    )
-                } else {
-                    format!("unknown entitlement {s:?}; berth knows {known}")
-                }
+                format!("unknown entitlement {s:?}; berth knows {known}")
             })
     }
 }
@@ -170,8 +169,31 @@ pub struct ExecMount {
     pub source: MountSource,
 }
 
-/// Run a process on input 0 (the root file system). Its changes are the output.
+/// An image loaded into the dockerd of a [`DockerSpec`] step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DockerLoad {
+    /// The name it is tagged with in that dockerd (`app:test`; `:latest` if no tag).
+    pub tag: String,
+    /// The input of the step whose layers are the image.
+    pub input: usize,
+    /// Its image config (JSON of [`crate::image::ImageConfig`]; `rootfs` is filled in
+    /// from the layers).
+    pub config: String,
+}
+
+/// A dockerd of the step's own (Earthly's `WITH DOCKER`): started before the command
+/// with its data on a fresh directory of the host, given the `loads`, stopped after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct DockerSpec {
+    /// Images loaded before the command runs.
+    pub loads: Vec<DockerLoad>,
+}
+
+/// Run a process on input 0 (the root file system). Its changes are the output.
+///
+/// New fields are left out of the digest when unset, so existing keys stay; build one
+/// with `..ExecOp::default()` so later fields need no change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct ExecOp {
     /// argv.
     pub args: Vec<String>,
@@ -189,6 +211,14 @@ pub struct ExecOp {
     /// the image.
     #[serde(skip)]
     pub proxy_env: Vec<String>,
+    /// A privileged step (`docker run --privileged`): needs the `security.insecure`
+    /// entitlement. Left out of the digest when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// Run the command beside a dockerd of its own (implies `privileged`). Left out of
+    /// the digest when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerSpec>,
 }
 
 /// One file operation on input 0.
@@ -432,15 +462,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn security_insecure_is_refused_with_the_reason() {
+    fn entitlements_parse_by_name() {
         assert_eq!("network.host".parse(), Ok(Entitlement::NetworkHost));
-        let err = "security.insecure".parse::<Entitlement>().unwrap_err();
+        assert_eq!(
+            "security.insecure".parse(),
+            Ok(Entitlement::SecurityInsecure)
+        );
+        for (name, e) in Entitlement::ALL {
+            assert_eq!(e.name(), name);
+        }
+        let err = "net.host".parse::<Entitlement>().unwrap_err();
         assert!(
-            err.contains("cannot be granted") && err.contains("no privileged steps"),
+            err.starts_with("unknown entitlement")
+                && err.contains("network.host, security.insecure"),
             "{err}"
         );
-        let err = "net.host".parse::<Entitlement>().unwrap_err();
-        assert!(err.starts_with("unknown entitlement"), "{err}");
     }
 
     fn exec(cmd: &str) -> ExecOp {
@@ -451,8 +487,33 @@ mod tests {
             user: String::new(),
             network: NetworkMode::Host,
             mounts: vec![],
-            proxy_env: vec![],
+            ..ExecOp::default()
         }
+    }
+
+    #[test]
+    fn privileged_and_docker_change_the_digest_only_when_set() {
+        // A plain step serialises as it did before these fields existed.
+        let json = serde_json::to_string(&Op::Exec(exec("make"))).unwrap();
+        assert!(
+            !json.contains("privileged") && !json.contains("docker"),
+            "{json}"
+        );
+        let plain = State::scratch().run(exec("make"), vec![], "x");
+        let privileged = ExecOp {
+            privileged: true,
+            ..exec("make")
+        };
+        let p = State::scratch().run(privileged.clone(), vec![], "x");
+        assert_ne!(p.digest(), plain.digest());
+        let docker = ExecOp {
+            docker: Some(DockerSpec::default()),
+            ..privileged
+        };
+        assert_ne!(
+            State::scratch().run(docker, vec![], "x").digest(),
+            p.digest()
+        );
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //! 4. [`frontend::dockerfile::lower`]: instructions → build graph ([`ir::State`]) and
 //!    image config, one function per instruction over the stage lowered so far.
 //!
+//! [`docker::docker_run`] makes a step that runs beside a dockerd of its own, and
+//! [`Solver::capture`] answers with a command's exit code and output: the engine side
+//! of Earthly's `WITH DOCKER` and `IF`/`FOR`/`$(cmd)`.
+//!
 //! The [`Solver`] runs the graph for one build. Its module is cut by concern: the solve
 //! loop (`schedule`), cache keys and records (`cache`), why a step missed the cache
 //! (`history`), RUN steps (`exec`) and their mounts (`mounts`), file operations
@@ -40,6 +44,7 @@
 #![warn(missing_docs)]
 
 mod build;
+pub mod docker;
 mod error;
 mod export;
 mod fileops;
@@ -65,6 +70,6 @@ pub use ir::Entitlement;
 pub use pattern::{Ignore, Pattern};
 pub use prune::{BuildCache, CacheUsage, PruneOptions, PruneReport, cache_usage, prune};
 pub use solver::{
-    Cancel, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions, Solved, Solver,
-    StepSlots, build_id,
+    Cancel, Captured, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions,
+    Solved, Solver, StepSlots, build_id,
 };

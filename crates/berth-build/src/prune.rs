@@ -331,9 +331,9 @@ pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneRep
     }
     prune_history(root, opts.all, &mut report)?;
     // Downloads and git checkouts (`ADD` of URLs and repositories) are fetched again
-    // when needed: they go when no record stays.
+    // when needed, captured answers asked again: they go when no record stays.
     if kept.is_empty() {
-        for d in ["cache/http", "cache/git"] {
+        for d in ["cache/http", "cache/git", "cache/captures"] {
             let p = root.join(d);
             if p.exists() {
                 report.bytes += du(&p);
@@ -501,7 +501,7 @@ mod tests {
             .unwrap();
         fs::create_dir_all(root.join("cache/mounts/m")).unwrap();
         fs::write(root.join("cache/mounts/m/f"), b"abc").unwrap();
-        for d in ["cache/http/blobs", "cache/git/c"] {
+        for d in ["cache/http/blobs", "cache/git/c", "cache/captures"] {
             fs::create_dir_all(root.join(d)).unwrap();
             fs::write(root.join(d).join("f"), b"fetched").unwrap();
         }
@@ -516,6 +516,7 @@ mod tests {
         let r = prune(root, &store, &all).unwrap();
         assert_eq!((r.records, r.blobs, r.cache_mounts), (1, 1, 1));
         assert!(!root.join("cache/http").exists() && !root.join("cache/git").exists());
+        assert!(!root.join("cache/captures").exists());
         assert_eq!(cache_usage(root, &store).unwrap(), CacheUsage::default());
     }
 

@@ -61,7 +61,8 @@ pub struct BuildArgs {
     #[arg(long)]
     load: bool,
     /// Grant an entitlement (repeatable): network.host lets `RUN --network=host` use
-    /// the host's network [config: [build] allow = ["network.host"]].
+    /// the host's network, security.insecure lets `RUN --security=insecure` run
+    /// privileged [config: [build] allow = ["network.host"]].
     #[arg(long = "allow", value_parser = parse_entitlement)]
     allow: Vec<berth_build::Entitlement>,
     /// Build on this enrolled satellite [default: the one `berth satellite use` chose].
@@ -207,6 +208,10 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         );
     }
     let cancel = berth_build::Cancel::default();
+    // The executor runs privileged steps only for a build granted them.
+    let privileged = build
+        .allow
+        .contains(&berth_build::Entitlement::SecurityInsecure);
     let opts = BuildOptions {
         dockerfile,
         context,
@@ -248,7 +253,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         .with_context(|| format!("open store at {}", settings.root.display()))?;
     let store_for_push = store.clone();
     let executor: Arc<dyn berth_exec::Executor> =
-        Arc::new(berth_exec::Runc::new(&settings.root.join("exec"))?);
+        Arc::new(berth_exec::Runc::new(&settings.root.join("exec"))?.with_privileged(privileged));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

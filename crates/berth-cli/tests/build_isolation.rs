@@ -154,3 +154,52 @@ fn host_network_needs_the_network_host_entitlement() {
     assert!(!bad.success);
     assert!(bad.stderr.contains("network.host"), "{}", bad.stderr);
 }
+
+/// `RUN --security=insecure` is refused without `--allow security.insecure`, before
+/// anything runs; granted, the step is privileged (it mounts a tmpfs, which needs
+/// `CAP_SYS_ADMIN` and no seccomp) while the steps around it stay in the sandbox.
+#[test]
+fn insecure_steps_need_the_entitlement_and_run_privileged() {
+    if !require_build() {
+        return;
+    }
+    let p = project(|base, _| {
+        format!(
+            "FROM {base}\nRUN echo first > /first\n\
+             RUN --security=insecure mkdir -p /mnt && busybox mount -t tmpfs none /mnt && \
+             echo mounted > /mnt/x && cat /mnt/x > /privileged && busybox umount /mnt\n\
+             RUN (busybox mount -t tmpfs none /mnt 2>/dev/null && echo mounted || echo refused) > /sandboxed\n"
+        )
+    });
+    let (dir, ctx) = (&p.dir, p.ctx.as_path());
+    let root = dir.path().join("root");
+    let refused = output(berth_build(&root).arg(ctx));
+    assert!(!refused.success);
+    for said in [
+        "Dockerfile:3",
+        "RUN --security=insecure needs the entitlement security.insecure",
+        "--allow security.insecure",
+    ] {
+        assert!(refused.stderr.contains(said), "{said}: {}", refused.stderr);
+    }
+    assert!(!refused.stderr.contains("echo first"), "{}", refused.stderr);
+
+    let out_dir = dir.path().join("out");
+    output_ok(
+        berth_build(&root)
+            .args(["--allow", "security.insecure", "--output"])
+            .arg(format!("type=local,dest={}", out_dir.display()))
+            .arg(ctx),
+    );
+    let read = |f: &str| std::fs::read_to_string(out_dir.join(f)).unwrap();
+    assert_eq!(read("privileged"), "mounted\n");
+    assert_eq!(
+        read("sandboxed"),
+        "refused\n",
+        "the next step is sandboxed again"
+    );
+    assert!(
+        !out_dir.join("mnt/x").exists(),
+        "the tmpfs was the step's, not the layer's"
+    );
+}

@@ -294,33 +294,60 @@ fn network_host_needs_the_operators_grant() {
         ),
         &[],
     );
-    let client = Client::new(dir.path(), "laptop", None);
+    refused_until_the_operator_grants(dir.path(), &root, &hostnet, "network.host");
+}
 
+/// A build of `context` asking for `entitlement` on a satellite in `root`: refused,
+/// saying how the operator allows it, then built once the same satellite (same
+/// address) grants it.
+fn refused_until_the_operator_grants(dir: &Path, root: &Path, context: &Path, entitlement: &str) {
+    let client = Client::new(dir, "laptop", None);
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut sat = Sat::start(None, &root, &addr, &["--advertise", "127.0.0.1"]);
+    let mut sat = Sat::start(None, root, &addr, &["--advertise", "127.0.0.1"]);
     assert!(client.add("s1", &sat.token(&[])).success);
-    let refused = output(&mut client.build(&hostnet, &["--allow", "network.host"]));
+    let refused = output(&mut client.build(context, &["--allow", entitlement]));
     assert!(!refused.success);
     for needed in [
-        "entitlement network.host",
-        "berth satellite serve --allow network.host",
+        format!("entitlement {entitlement}, which this satellite does not grant"),
+        format!("berth satellite serve --allow {entitlement}"),
     ] {
         assert!(
-            refused.stderr.contains(needed),
+            refused.stderr.contains(&needed),
             "the refusal does not say {needed:?}: {}",
             refused.stderr
         );
     }
     sat.kill9();
-
-    // The same satellite (same address), now granting it.
     let _sat = Sat::start(
         None,
-        &root,
+        root,
         &addr,
-        &["--advertise", "127.0.0.1", "--allow", "network.host"],
+        &["--advertise", "127.0.0.1", "--allow", entitlement],
     );
-    output_ok(&mut client.build(&hostnet, &["--allow", "network.host"]));
+    output_ok(&mut client.build(context, &["--allow", entitlement]));
+}
+
+/// A satellite runs privileged steps only when its operator allows `security.insecure`;
+/// by default the build is refused, saying how to allow it.
+#[test]
+fn privileged_steps_need_the_operators_grant() {
+    if !require_build() {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sat-root");
+    let privileged = ctx(
+        dir.path(),
+        "privileged",
+        &format!(
+            "FROM {}\nRUN --security=insecure mkdir -p /mnt && busybox mount -t tmpfs none /mnt \
+             && busybox umount /mnt && echo mounted > /privileged\n",
+            base.reference()
+        ),
+        &[],
+    );
+    refused_until_the_operator_grants(dir.path(), &root, &privileged, "security.insecure");
 }
 
 #[test]

@@ -222,9 +222,26 @@ impl BundleBuilder {
                 }
             }
         }
+        if m.privileged {
+            for mnt in mounts.iter_mut() {
+                if mnt.destination() == Path::new("/sys") {
+                    mnt.set_options(Some(strings(&["nosuid", "noexec", "nodev", "rw"])));
+                }
+            }
+            mounts.push(mount(
+                "/sys/fs/cgroup",
+                "cgroup",
+                "cgroup",
+                &["nosuid", "noexec", "nodev", "relatime", "rw"],
+            )?);
+        }
         mounts.extend(self.mounts.iter().cloned());
 
-        let caps: Capabilities = CAPS.iter().copied().collect();
+        let caps: Capabilities = if m.privileged {
+            crate::privileged::capabilities(crate::privileged::own_bounding_set())
+        } else {
+            CAPS.iter().copied().collect()
+        };
         let mut capabilities = LinuxCapabilitiesBuilder::default()
             .bounding(caps.clone())
             .effective(caps.clone())
@@ -256,14 +273,29 @@ impl BundleBuilder {
         // No limits of berth's own: a step inherits berth's through runc.
         process.set_rlimits(None);
 
-        let mut linux = LinuxBuilder::default()
-            .namespaces(namespaces)
-            .seccomp(crate::seccomp::profile()?)
-            .masked_paths(strings(MASKED_PATHS))
-            .readonly_paths(strings(READONLY_PATHS))
-            .build()?;
-        // No cgroup settings: runc's defaults, as before berth used these types.
-        linux.set_resources(None);
+        let mut linux = if m.privileged {
+            // No seccomp profile, masked or read-only paths; every device.
+            LinuxBuilder::default()
+                .namespaces(namespaces)
+                .devices(crate::privileged::host_devices(Path::new("/dev")))
+                .resources(crate::privileged::all_devices_allowed()?)
+                .build()?
+        } else {
+            let mut linux = LinuxBuilder::default()
+                .namespaces(namespaces)
+                .seccomp(crate::seccomp::profile()?)
+                .masked_paths(strings(MASKED_PATHS))
+                .readonly_paths(strings(READONLY_PATHS))
+                .build()?;
+            // No cgroup settings: runc's defaults, as before berth used these types.
+            linux.set_resources(None);
+            linux
+        };
+        if m.privileged {
+            linux.set_masked_paths(None);
+            linux.set_readonly_paths(None);
+            linux.set_seccomp(None);
+        }
 
         let root = RootBuilder::default()
             .path(self.rootfs.as_deref().unwrap_or(Path::new("rootfs")))
@@ -381,6 +413,7 @@ mod tests {
             additional_gids: vec![10, 20],
             hostname: "step".into(),
             network: Network::Isolated,
+            privileged: false,
         };
         BundleBuilder::new("b-1")
             .unwrap()
@@ -590,6 +623,85 @@ mod tests {
             .clone();
         assert_eq!(net.typ(), LinuxNamespaceType::Network);
         assert_eq!(net.path(), &None);
+    }
+
+    /// A privileged step: `docker run --privileged`'s differences, the rest unchanged.
+    #[test]
+    fn privileged_drops_the_sandbox_but_keeps_namespaces_and_mounts() {
+        let sandboxed = isolated().spec().unwrap();
+        let mut meta = isolated().meta;
+        meta.privileged = true;
+        let spec = isolated().with_meta(&meta).spec().unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.seccomp().is_none());
+        assert!(linux.masked_paths().is_none());
+        assert!(linux.readonly_paths().is_none());
+        assert_eq!(
+            linux.namespaces(),
+            sandboxed.linux().as_ref().unwrap().namespaces(),
+            "the same namespaces, the pooled network one included"
+        );
+        let devices = linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .clone()
+            .unwrap();
+        assert_eq!(devices.len(), 1);
+        assert!(devices[0].allow());
+        assert_eq!(devices[0].access().as_deref(), Some("rwm"));
+        assert!(
+            linux
+                .devices()
+                .iter()
+                .flatten()
+                .any(|d| d.path() == Path::new("/dev/null"))
+        );
+        let caps = spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .capabilities()
+            .clone()
+            .unwrap();
+        let bounding = caps.bounding().clone().unwrap();
+        assert!(bounding.contains(&Capability::SysAdmin));
+        assert!(bounding.contains(&Capability::NetAdmin));
+        assert_eq!(caps.effective().as_ref(), Some(&bounding));
+        let mounts = spec.mounts().as_ref().unwrap();
+        let find = |d: &str| {
+            mounts
+                .iter()
+                .find(|m| m.destination() == Path::new(d))
+                .unwrap_or_else(|| panic!("no mount at {d}"))
+        };
+        assert!(
+            find("/sys")
+                .options()
+                .as_ref()
+                .unwrap()
+                .contains(&"rw".to_string())
+        );
+        let cgroup = find("/sys/fs/cgroup");
+        assert_eq!(cgroup.typ().as_deref(), Some("cgroup"));
+        assert!(
+            cgroup
+                .options()
+                .as_ref()
+                .unwrap()
+                .contains(&"rw".to_string())
+        );
+        // The step's own mounts are all still there, in order.
+        let dests = |s: &Spec| -> Vec<PathBuf> {
+            s.mounts()
+                .iter()
+                .flatten()
+                .map(|m| m.destination().clone())
+                .filter(|d| d != Path::new("/sys/fs/cgroup"))
+                .collect()
+        };
+        assert_eq!(dests(&spec), dests(&sandboxed));
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod bundle;
 mod mount;
 mod net;
 mod preflight;
+mod privileged;
 mod runc;
 mod seccomp;
 
@@ -101,6 +102,12 @@ pub struct Meta {
     pub hostname: String,
     /// Network mode.
     pub network: Network,
+    /// Run privileged, as `docker run --privileged`: every capability berth holds, no
+    /// seccomp, no masked or read-only paths, the host's devices, `/sys` and cgroups
+    /// writable. The step keeps its own namespaces and mounts; an isolated network
+    /// namespace it used is discarded afterwards instead of pooled, since the step can
+    /// change it.
+    pub privileged: bool,
 }
 
 /// Which output stream a chunk came from.

@@ -97,6 +97,7 @@ pub(crate) struct NetPool {
 pub(crate) struct Lease {
     net: Option<StepNet>,
     pool: Arc<Inner>,
+    discard: bool,
 }
 
 impl Lease {
@@ -104,11 +105,19 @@ impl Lease {
     pub(crate) fn path(&self) -> PathBuf {
         self.net.as_ref().expect("leased").path()
     }
+
+    /// Do not give the namespace back: a privileged step (with `CAP_NET_ADMIN`) may have
+    /// changed its routes, addresses or firewall, so nothing else may use it.
+    pub(crate) fn discard(mut self) -> Self {
+        self.discard = true;
+        self
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(mut net) = self.net.take()
+            && !self.discard
             && net.alive()
         {
             self.pool.state.lock().expect("pool").idle.push(net);
@@ -160,6 +169,7 @@ impl NetPool {
         Lease {
             net: Some(net),
             pool: self.inner.clone(),
+            discard: false,
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Runc {
     state: PathBuf,
     canceled: std::sync::Arc<std::sync::atomic::AtomicBool>,
     nets: crate::net::NetPool,
+    /// Whether [`Meta::privileged`] processes may run (see [`Runc::with_privileged`]).
+    privileged: bool,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -49,6 +51,7 @@ impl Runc {
             state: root.join("runc"),
             canceled: Default::default(),
             nets: Default::default(),
+            privileged: false,
         };
         for d in [&r.bundles, &r.state] {
             fs::create_dir_all(d).map_err(io("create directory", d))?;
@@ -58,6 +61,15 @@ impl Runc {
         r.clean_leftovers();
         r.nets.prewarm();
         Ok(r)
+    }
+
+    /// Let privileged processes ([`Meta::privileged`]) run; an executor refuses them
+    /// unless told so. Whoever makes the executor for a build grants this only when the
+    /// build was granted `security.insecure` (a satellite: only when its operator allows
+    /// it), so a frontend that forgot to check cannot run a privileged step anyway.
+    pub fn with_privileged(mut self, allowed: bool) -> Runc {
+        self.privileged = allowed;
+        self
     }
 
     /// Create the private directory `config` of one container, inside `self.configs`
@@ -182,6 +194,14 @@ impl Executor for Runc {
         if self.canceled.load(Ordering::SeqCst) {
             return Err(Error::Runtime("the build was canceled".into()));
         }
+        if meta.privileged && !self.privileged {
+            return Err(Error::Invalid(
+                "a privileged step needs the entitlement security.insecure, which this build \
+                 was not granted (berth build --allow security.insecure; on a satellite, its \
+                 operator's --allow security.insecure)"
+                    .into(),
+            ));
+        }
         let id = format!(
             "{}-{}",
             berth_snapshot::owner::token(),
@@ -195,6 +215,7 @@ impl Executor for Runc {
             self.config_dir_for(&config)?;
             // Held until the container is gone, then back to the pool.
             let lease = match meta.network {
+                Network::Isolated if meta.privileged => Some(self.nets.acquire()?.discard()),
                 Network::Isolated => Some(self.nets.acquire()?),
                 Network::None | Network::Host => None,
             };

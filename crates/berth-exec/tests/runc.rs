@@ -137,3 +137,32 @@ fn a_runtime_failure_is_an_error_not_an_exit_code() {
         .unwrap_err();
     assert!(err.to_string().contains("/no/such/binary"), "{err}");
 }
+
+/// A privileged process runs only on an executor told to allow it; there it has what
+/// `docker run --privileged` gives (mounting needs CAP_SYS_ADMIN and no seccomp), and
+/// the same script in the sandbox is refused by the kernel.
+#[test]
+fn privileged_processes_need_the_executors_consent() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_snaps, exec, active) = setup(dir.path(), "p");
+    let script = "mkdir -p /mnt && busybox mount -t tmpfs none /mnt && echo mounted";
+    let privileged = Meta {
+        privileged: true,
+        ..meta(script)
+    };
+    let err = exec
+        .run(&active.mounts(), &[], &privileged, &mut |_, _| {})
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("entitlement security.insecure"),
+        "{err}"
+    );
+    let (code, _, _) = run(&exec, &active.mounts(), &[], &meta(script));
+    assert_ne!(code, 0, "the sandbox cannot mount");
+    let exec = exec.with_privileged(true);
+    let (code, out, err) = run(&exec, &active.mounts(), &[], &privileged);
+    assert_eq!((code, out.as_str()), (0, "mounted\n"), "{err}");
+}

@@ -4,7 +4,8 @@
 //!
 //! ```toml
 //! [builder]
-//! allow = ["network.host"]            # entitlements builds may ask for (with --allow)
+//! allow = ["network.host"]            # entitlements builds may ask for (with --allow);
+//!                                     # "security.insecure" lets them run privileged steps
 //!
 //! [network]                           # the satellite's own pulls and pushes, and RUN
 //! http_proxy = "http://proxy.corp:3128"   # steps' proxy variables (never cache keys)
@@ -884,7 +885,10 @@ insecure-entitlements = ["network.host", "security.insecure"]
     fn buildkitd_toml_maps_registries_and_entitlements_and_lists_the_rest() {
         let imported = import_buildkitd(BUILDKITD, "buildkitd.toml").unwrap();
         let c = &imported.config;
-        assert_eq!(c.builder.allow, [Entitlement::NetworkHost]);
+        assert_eq!(
+            c.builder.allow,
+            [Entitlement::NetworkHost, Entitlement::SecurityInsecure]
+        );
         assert_eq!(c.builder.max_parallel_steps, Some(4));
         // gckeepstorage's percentage does not map; the unfiltered policy's keepBytes does.
         assert_eq!(c.builder.cache_max_bytes, Some(50_000_000_000));
@@ -916,7 +920,6 @@ insecure-entitlements = ["network.host", "security.insecure"]
             ("log.format", "BERTH_LOG"),
             ("grpc.address", "mutual TLS"),
             ("grpc.tls.cert", "mutual TLS"),
-            ("insecure-entitlements[1]", "berth grants only network.host"),
             ("worker.oci.snapshotter", "overlayfs"),
             ("worker.oci.gc", "cache_max_bytes"),
             ("worker.oci.gcpolicy[0].keepDuration", "filtered records"),
@@ -946,6 +949,7 @@ insecure-entitlements = ["network.host", "security.insecure"]
             "registry.\"docker.io\".mirrors[0]",
             "registry.\"mirror.corp.example:5000\".http",
             "insecure-entitlements[0]",
+            "insecure-entitlements[1]",
             "worker.oci.gcpolicy[1].all",
             "worker.oci.gcpolicy[1].keepBytes",
         ] {

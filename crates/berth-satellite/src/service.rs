@@ -581,6 +581,9 @@ async fn run_build(
     let tags = r.tags.clone();
     // The satellite's environment with [network] of its config on top.
     let network = sat.inner.config.network();
+    // Privileged steps only for a build granted security.insecure (asked for, and
+    // allowed by the operator), whatever its frontend checked.
+    let privileged = allow.contains(&Entitlement::SecurityInsecure);
     let opts = BuildOptions {
         dockerfile,
         context: tree,
@@ -625,8 +628,11 @@ async fn run_build(
         ..opts
     };
     let root = sat.inner.dirs.root.clone();
-    let executor: Arc<dyn berth_exec::Executor> =
-        Arc::new(berth_exec::Runc::new(&root.join("exec")).map_err(berth_build::BuildError::from)?);
+    let executor: Arc<dyn berth_exec::Executor> = Arc::new(
+        berth_exec::Runc::new(&root.join("exec"))
+            .map_err(berth_build::BuildError::from)?
+            .with_privileged(privileged),
+    );
     sat.inner.builds.lock().expect("builds lock").insert(
         id.to_owned(),
         RunningBuild {

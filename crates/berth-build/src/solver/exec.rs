@@ -51,59 +51,10 @@ impl Solver {
         active: &Active,
         holds: &mut Holds,
     ) -> Result<()> {
-        let user = exec_user(&active.lowers, &op.user)?;
-        let mut env = op.env.clone();
-        env.extend(op.proxy_env.iter().cloned());
-        let mut mounts = self.exec_mounts(op, inputs, &mut env, holds)?;
-        // The company CA bundle, where the image keeps its roots (berth's own mounts:
-        // their stubs and the directories made for them leave no trace).
-        let mut own: Vec<String> = Vec::new();
-        if let Some(bundle) = &self.opts.ca_bundle {
-            let mut targets: Vec<&str> = CA_PATHS
-                .iter()
-                .copied()
-                .filter(|t| exists_in(&active.lowers, t))
-                .collect();
-            if targets.is_empty() {
-                targets.push(CA_PATHS[0]);
-            }
-            for t in targets {
-                let mut m = berth_oci::Mount::default();
-                m.set_destination(PathBuf::from(t));
-                m.set_typ(Some("bind".into()));
-                m.set_source(Some(bundle.clone()));
-                m.set_options(Some(vec!["rbind".into(), "ro".into()]));
-                mounts.push(m);
-                own.push(t.to_string());
-            }
-        }
-        let meta = Meta {
-            args: op.args.clone(),
-            env,
-            cwd: op.cwd.clone(),
-            uid: user.uid,
-            gid: user.gid,
-            additional_gids: user.groups,
-            hostname: String::new(),
-            network: match op.network {
-                NetworkMode::Isolated => Network::Isolated,
-                NetworkMode::Host => Network::Host,
-                NetworkMode::None => Network::None,
-            },
-        };
-        // The runtime creates a file for each file mount whose target the image lacks;
-        // those stubs must not end up in the layer (directories stay, as in Docker).
-        let mut stubs: Vec<String> = op.mounts.iter().map(|m| m.target.clone()).collect();
-        if op.network != NetworkMode::None {
-            stubs.extend(["/etc/hosts".to_string(), "/etc/resolv.conf".to_string()]);
-        }
-        stubs.extend(own.iter().cloned());
-        stubs.retain(|t| !exists_in(&active.lowers, t));
         let mut tail = Tail::default();
         let progress = &self.opts.progress;
-        let code = self
-            .executor
-            .run(&active.mounts(), &mounts, &meta, &mut |stream, data| {
+        let (code, stubs, own) =
+            self.exec_process(op, inputs, active, holds, &mut |stream, data| {
                 tail.push(data);
                 progress.event(Event::Log {
                     id,
@@ -150,7 +101,82 @@ impl Solver {
                 }
             }
         }
+        if op.docker.is_some() {
+            self.docker_clean(active);
+        }
         Ok(())
+    }
+
+    /// Run `op`'s process in `active`, its output to `output`; its exit code, the mount
+    /// stubs the runtime may have left in the upper directory, and which of those are
+    /// berth's own mounts.
+    pub(super) fn exec_process(
+        &self,
+        op: &ExecOp,
+        inputs: &[Arc<Solved>],
+        active: &Active,
+        holds: &mut Holds,
+        output: &mut dyn FnMut(berth_exec::Stream, &[u8]),
+    ) -> Result<(i32, Vec<String>, Vec<String>)> {
+        let user = exec_user(&active.lowers, &op.user)?;
+        let mut env = op.env.clone();
+        env.extend(op.proxy_env.iter().cloned());
+        let mut mounts = self.exec_mounts(op, inputs, &mut env, holds)?;
+        // The company CA bundle, where the image keeps its roots (berth's own mounts:
+        // their stubs and the directories made for them leave no trace).
+        let mut own: Vec<String> = Vec::new();
+        if let Some(bundle) = &self.opts.ca_bundle {
+            let mut targets: Vec<&str> = CA_PATHS
+                .iter()
+                .copied()
+                .filter(|t| exists_in(&active.lowers, t))
+                .collect();
+            if targets.is_empty() {
+                targets.push(CA_PATHS[0]);
+            }
+            for t in targets {
+                let mut m = berth_oci::Mount::default();
+                m.set_destination(PathBuf::from(t));
+                m.set_typ(Some("bind".into()));
+                m.set_source(Some(bundle.clone()));
+                m.set_options(Some(vec!["rbind".into(), "ro".into()]));
+                mounts.push(m);
+                own.push(t.to_string());
+            }
+        }
+        let mut args = op.args.clone();
+        if let Some(spec) = &op.docker {
+            let (mount, wrapped) = self.docker_prepare(op, spec, inputs, &mut holds.dirs)?;
+            mounts.push(mount);
+            args = wrapped;
+        }
+        let meta = Meta {
+            args,
+            env,
+            cwd: op.cwd.clone(),
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.groups,
+            hostname: String::new(),
+            network: match op.network {
+                NetworkMode::Isolated => Network::Isolated,
+                NetworkMode::Host => Network::Host,
+                NetworkMode::None => Network::None,
+            },
+            privileged: op.privileged || op.docker.is_some(),
+        };
+        // The runtime creates a file for each file mount whose target the image lacks;
+        // those stubs must not end up in the layer (directories stay, as in Docker).
+        let mut stubs: Vec<String> = op.mounts.iter().map(|m| m.target.clone()).collect();
+        if op.network != NetworkMode::None {
+            stubs.extend(["/etc/hosts".to_string(), "/etc/resolv.conf".to_string()]);
+        }
+        stubs.extend(own.iter().cloned());
+        stubs.retain(|t| !exists_in(&active.lowers, t));
+        let code = self
+            .executor
+            .run(&active.mounts(), &mounts, &meta, output)?;
+        Ok((code, stubs, own))
     }
 }
 
@@ -343,7 +369,7 @@ pub(super) fn chown_ids(lowers: &[PathBuf], spec: &str) -> (u32, u32) {
 
 /// Whether `path` exists in the file system made of `lowers` (topmost first): the
 /// topmost layer that has an entry there decides, and a whiteout means "deleted".
-fn exists_in(lowers: &[PathBuf], path: &str) -> bool {
+pub(super) fn exists_in(lowers: &[PathBuf], path: &str) -> bool {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let rel = path.trim_start_matches('/');
     for l in lowers {

@@ -29,6 +29,9 @@
 //! - `mounts`: the mounts of a RUN step (cache, secret, bind, tmpfs) and what they hold;
 //! - `file`: COPY/ADD/WORKDIR file operations;
 //! - `http`: downloads (`ADD https://…`), keyed by their content;
+//! - `capture`: running a command for its exit code and output (Earthly's `IF`, `FOR`,
+//!   `$(cmd)`), cached by the key a RUN of it would have;
+//! - `docker`: steps with a dockerd of their own (Earthly's `WITH DOCKER`);
 //! - `git`: git checkouts (`ADD <repository>#<ref>`), keyed by their commit;
 //! - `snapshot`: layers ↔ snapshots: unpacking chains, committing a step's changes as a
 //!   layer, throw-away views.
@@ -50,7 +53,11 @@ use crate::error::{BuildError, Result};
 use crate::fileops;
 use schedule::SharedSolve;
 
+pub use capture::Captured;
+
 mod cache;
+mod capture;
+mod docker;
 mod exec;
 mod file;
 mod git;

@@ -369,7 +369,7 @@ pub(super) struct Holds {
     views: Vec<View>,
     mounts: Vec<berth_exec::MountGuard>,
     forwards: Vec<crate::ssh::Forward>,
-    dirs: Vec<PathBuf>,
+    pub(super) dirs: Vec<PathBuf>,
 }
 
 impl Drop for Holds {

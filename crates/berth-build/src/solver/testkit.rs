@@ -243,7 +243,7 @@ pub(super) fn exec(command: &str, env: &[&str]) -> ExecOp {
         user: String::new(),
         network: NetworkMode::None,
         mounts: Vec::new(),
-        proxy_env: Vec::new(),
+        ..ExecOp::default()
     }
 }
 

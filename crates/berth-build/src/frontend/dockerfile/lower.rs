@@ -194,23 +194,6 @@ pub fn lower(
 }
 
 impl Lowerer<'_> {
-    /// `RUN --security=insecure` at `line`: BuildKit runs it privileged once the build is
-    /// granted `security.insecure`; berth has no privileged steps, and running it in the
-    /// sandbox instead would fail later with a confusing EPERM, so it stops here.
-    fn insecure_refused(&self, line: usize) -> BuildError {
-        BuildError::Source(
-            self.df
-                .source
-                .error(
-                    Pos { line, column: 1 },
-                    "RUN --security=insecure needs the entitlement security.insecure, which berth does not offer: its steps always run in the sandbox".to_string(),
-                )
-                .with_hint(
-                    "remove --security=insecure if the step does not need privileges (devices, mounts, all capabilities)",
-                ),
-        )
-    }
-
     /// Refuse `what` at `line` unless the build was granted `e`.
     fn entitled(&self, e: ir::Entitlement, line: usize, what: &str) -> Result<()> {
         if self.opts.allow.contains(&e) {
@@ -779,7 +762,7 @@ mod tests {
     }
 
     #[test]
-    fn insecure_steps_are_refused_by_name() {
+    fn insecure_steps_need_the_entitlement_and_lower_to_privileged() {
         let df = Dockerfile::parse(
             "Dockerfile",
             "FROM scratch\nRUN --security=sandbox a\nRUN --security=insecure b\n",
@@ -793,12 +776,27 @@ mod tests {
         let err = lower(&df, &opts, &mut resolve).unwrap_err().to_string();
         assert!(
             err.starts_with(
-                "Dockerfile:3:1: RUN --security=insecure needs the entitlement security.insecure"
-            ),
+                "Dockerfile:3:1: RUN --security=insecure needs the entitlement security.insecure, which this build was not granted"
+            ) && err.contains("--allow security.insecure"),
             "{err}"
         );
         let sandboxed =
             Dockerfile::parse("Dockerfile", "FROM scratch\nRUN --security=sandbox a\n").unwrap();
         assert!(lower(&sandboxed, &opts, &mut resolve).is_ok());
+        let opts = LowerOptions {
+            allow: vec![Entitlement::SecurityInsecure],
+            ..LowerOptions::default()
+        };
+        let lowered = lower(&df, &opts, &mut resolve).unwrap();
+        let privileged: Vec<bool> = lowered
+            .steps
+            .iter()
+            .flatten()
+            .filter_map(|s| match &s.vertex().op {
+                Op::Exec(e) => Some(e.privileged),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(privileged, [false, true]);
     }
 }

@@ -19,8 +19,13 @@ impl Lowerer<'_> {
         line: usize,
         name: &str,
     ) -> Result<State> {
-        if run.security == Some(SecurityMode::Insecure) {
-            return Err(self.insecure_refused(line));
+        let privileged = run.security == Some(SecurityMode::Insecure);
+        if privileged {
+            self.entitled(
+                ir::Entitlement::SecurityInsecure,
+                line,
+                "RUN --security=insecure",
+            )?;
         }
         let (args, heredoc_script) = command(run, &st.config.config.shell);
         let (mut env, proxy_env) = self.run_env(st);
@@ -69,6 +74,8 @@ impl Lowerer<'_> {
             network,
             mounts,
             proxy_env,
+            privileged,
+            docker: None,
         };
         Ok(st
             .state
