@@ -1,0 +1,258 @@
+//! The reverse proxy berth runs on each host: one listener per published port, forwarding
+//! HTTP/1.1 to the current container of its service. A deploy switches the target in one
+//! step ([`Proxies::switch`]); requests in flight to the old container finish there, and
+//! [`Target::drained`] tells when the last one has. Requests that arrive while a port
+//! has no target yet (before the first healthy container) wait for one, up to
+//! [`WAIT_FOR_TARGET`], instead of failing.
+//!
+//! Every request gets its own upstream connection: after a switch nothing can reuse a
+//! kept-alive connection to a container that is going away. Requests carry
+//! `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`.
+//!
+//! Not yet: HTTP/2, WebSocket upgrades, TLS termination, handing the target to an
+//! existing proxy.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use crate::error::DeployError;
+
+/// How long a request waits for a port to get its first target.
+pub const WAIT_FOR_TARGET: Duration = Duration::from_secs(30);
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A container a port forwards to, with the requests in flight to it.
+#[derive(Debug)]
+pub struct Target {
+    /// `ip:port` of the container.
+    pub addr: SocketAddr,
+    inflight: AtomicUsize,
+}
+
+impl Target {
+    /// A target at `addr`.
+    pub fn new(addr: SocketAddr) -> Arc<Target> {
+        Arc::new(Target {
+            addr,
+            inflight: AtomicUsize::new(0),
+        })
+    }
+
+    /// Requests being served by it now.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no request is in flight to it (after a switch away from it), at most
+    /// `limit`; false when some were still running then.
+    pub async fn drained(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.inflight() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+struct Guard(Arc<Target>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The proxy listeners of one host, by host port.
+#[derive(Default, Clone)]
+pub struct Proxies {
+    routes: Arc<Mutex<HashMap<u16, watch::Sender<Option<Arc<Target>>>>>>,
+}
+
+impl Proxies {
+    /// Points host port `listen`'s listener at `target`, starting the listener (on all
+    /// addresses) if it is not running. Returns the previous target.
+    pub async fn switch(
+        &self,
+        listen: u16,
+        target: Arc<Target>,
+    ) -> Result<Option<Arc<Target>>, DeployError> {
+        let existing = self.routes.lock().expect("routes").get(&listen).cloned();
+        let tx = match existing {
+            Some(tx) => tx,
+            None => {
+                let addr = SocketAddr::from(([0, 0, 0, 0], listen));
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    DeployError::Docker(format!(
+                        "berth's proxy cannot listen on port {listen} of this host: {e}; \
+                         free the port or publish another one"
+                    ))
+                })?;
+                let (tx, rx) = watch::channel(None);
+                tokio::spawn(serve(listener, rx));
+                self.routes
+                    .lock()
+                    .expect("routes")
+                    .insert(listen, tx.clone());
+                tracing::info!(port = listen, "proxy listening");
+                tx
+            }
+        };
+        Ok(tx.send_replace(Some(target)))
+    }
+
+    /// The current target of host port `listen`.
+    pub fn current(&self, listen: u16) -> Option<Arc<Target>> {
+        self.routes
+            .lock()
+            .expect("routes")
+            .get(&listen)
+            .and_then(|tx| tx.borrow().clone())
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, rx: watch::Receiver<Option<Arc<Target>>>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "proxy accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let rx = rx.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| forward(req, peer, rx.clone()));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "proxy connection ended");
+            }
+        });
+    }
+}
+
+fn answer(status: StatusCode, text: String) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+async fn current(rx: &mut watch::Receiver<Option<Arc<Target>>>) -> Option<Arc<Target>> {
+    let waited = tokio::time::timeout(WAIT_FOR_TARGET, rx.wait_for(Option::is_some)).await;
+    match waited {
+        Ok(Ok(t)) => t.clone(),
+        _ => None,
+    }
+}
+
+async fn forward(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    mut rx: watch::Receiver<Option<Arc<Target>>>,
+) -> Result<Response<Body>, Infallible> {
+    let Some(mut target) = current(&mut rx).await else {
+        return Ok(answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "berth proxy: no healthy container for this port yet\n".into(),
+        ));
+    };
+    let headers = req.headers_mut();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = xff.parse() {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert(
+            "x-forwarded-proto",
+            hyper::header::HeaderValue::from_static("http"),
+        );
+    }
+    if let Some(host) = headers.get(hyper::header::HOST).cloned()
+        && !headers.contains_key("x-forwarded-host")
+    {
+        headers.insert("x-forwarded-host", host);
+    }
+    // Count the request against its target before anything else, then look again: a
+    // switch that happened meanwhile is seen here, so a drain never misses a request.
+    let (stream, guard) = loop {
+        target.inflight.fetch_add(1, Ordering::SeqCst);
+        let guard = Guard(target.clone());
+        let now = rx.borrow().clone();
+        if let Some(t) = now
+            && !Arc::ptr_eq(&t, &target)
+        {
+            target = t;
+            continue;
+        }
+        match tokio::net::TcpStream::connect(target.addr).await {
+            Ok(s) => break (s, guard),
+            Err(e) => {
+                // Switched away and gone: the new container takes the request (nothing
+                // of it was sent yet).
+                let now = rx.borrow().clone();
+                match now {
+                    Some(t) if !Arc::ptr_eq(&t, &target) => target = t,
+                    _ => {
+                        return Ok(answer(
+                            StatusCode::BAD_GATEWAY,
+                            format!("berth proxy: container {} unreachable: {e}\n", target.addr),
+                        ));
+                    }
+                }
+            }
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            return Ok(answer(
+                StatusCode::BAD_GATEWAY,
+                format!("berth proxy: container {}: {e}\n", target.addr),
+            ));
+        }
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    match sender.send_request(req).await {
+        // The guard lives as long as the response body: draining waits for it.
+        Ok(resp) => Ok(resp.map(move |b| {
+            b.map_frame(move |f| {
+                let _ = &guard;
+                f
+            })
+            .boxed()
+        })),
+        Err(e) => Ok(answer(
+            StatusCode::BAD_GATEWAY,
+            format!("berth proxy: container {}: {e}\n", target.addr),
+        )),
+    }
+}
