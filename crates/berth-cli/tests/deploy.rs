@@ -190,9 +190,10 @@ impl Drop for World {
 }
 
 impl World {
-    fn new(n: u8) -> World {
+    /// `tag` names the namespaces: tests of this file run in parallel.
+    fn new(tag: &str, n: u8) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let mut lab = Lab::new("deploy");
+        let mut lab = Lab::new(tag);
         let dep = lab.host("dep");
         run(Command::new("ip").args([
             "-n",
@@ -436,11 +437,12 @@ fn deploy_new_version_under_load_failed_health_check_and_rollback() {
     if !require_deploy_world() {
         return;
     }
-    let w = World::new(2);
+    let w = World::new("deploy", 2);
     w.enroll_all();
     w.build("v1", "version-1", true);
     w.build("v2", "version-2", true);
     w.build("v3", "version-3", false);
+    w.build("v4", "version-4", true);
     w.write_deploy_file("");
 
     // First deploy: both hosts serve v1 through berth's proxy, one container each.
@@ -498,7 +500,6 @@ fn deploy_new_version_under_load_failed_health_check_and_rollback() {
             "secret found in agent files: {}",
             tree.stdout
         );
-        let _ = &h.host;
     }
 
     // v2 under load on h1: zero failed requests, and the load saw both versions.
@@ -616,6 +617,33 @@ fn deploy_new_version_under_load_failed_health_check_and_rollback() {
         out.stderr
     );
 
+    // h2 loses its route to the registry: its pull fails with dockerd's error and stops
+    // that host only; h1 goes to v4, h2 keeps serving v2.
+    run(Command::new("ip").args([
+        "-n",
+        &w.hosts[1].host.ns,
+        "route",
+        "del",
+        &format!("{REGISTRY_IP}/32"),
+    ]));
+    let out = w.deploy(&["--version", "v4"]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(out.stdout.contains("h1: web v4"), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains(&format!("h2: web failed: pull {REGISTRY}/app@sha256:")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("h2: web v2 still serves"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("deploy failed on h2"), "{}", out.stderr);
+    assert_eq!(w.get(0).stdout.trim(), "version-4");
+    assert_eq!(w.get(1).stdout.trim(), "version-2");
+
     // A secret the deploying machine lacks: refused before any host is touched.
     let out = output(w.berth().arg("deploy").env_remove("TEST_API_KEY"));
     assert!(!out.success);
@@ -632,7 +660,7 @@ fn wrong_tokens_are_refused() {
     if !require_deploy_world() {
         return;
     }
-    let w = World::new(1);
+    let w = World::new("deploytok", 1);
     let good = w.hosts[0].agent.token();
     // Same id and address, another secret.
     let (head, tail) = good.split_once('.').unwrap();

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,12 +78,28 @@ impl Drop for Guard {
 }
 
 /// The proxy listeners of one host, by host port.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Proxies {
     routes: Arc<Mutex<HashMap<u16, watch::Sender<Option<Arc<Target>>>>>>,
+    bind: IpAddr,
+}
+
+impl Default for Proxies {
+    /// Listeners on every address of the host.
+    fn default() -> Self {
+        Proxies::on(IpAddr::from([0, 0, 0, 0]))
+    }
 }
 
 impl Proxies {
+    /// Listeners on `bind` only.
+    pub fn on(bind: IpAddr) -> Proxies {
+        Proxies {
+            routes: Arc::default(),
+            bind,
+        }
+    }
+
     /// Points host port `listen`'s listener at `target`, starting the listener (on all
     /// addresses) if it is not running. Returns the previous target.
     pub async fn switch(
@@ -95,7 +111,7 @@ impl Proxies {
         let tx = match existing {
             Some(tx) => tx,
             None => {
-                let addr = SocketAddr::from(([0, 0, 0, 0], listen));
+                let addr = SocketAddr::new(self.bind, listen);
                 let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                     DeployError::Docker(format!(
                         "berth's proxy cannot listen on port {listen} of this host: {e}; \
@@ -254,5 +270,131 @@ async fn forward(
             StatusCode::BAD_GATEWAY,
             format!("berth proxy: container {}: {e}\n", target.addr),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream that answers `name`, the X-Forwarded-* it got, after `delay` for
+    /// `/slow`.
+    async fn upstream(name: &'static str) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                            if req.uri().path() == "/slow" {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
+                            let h = |k: &str| {
+                                req.headers()
+                                    .get(k)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("-")
+                                    .to_owned()
+                            };
+                            let text = format!(
+                                "{name} {} {} {}",
+                                h("x-forwarded-for"),
+                                h("x-forwarded-proto"),
+                                h("x-forwarded-host")
+                            );
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn get(port: u16, path: &str) -> (u16, String) {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri(path)
+            .header("host", format!("app.example:{port}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forwards_switches_and_drains() {
+        let (a, b) = (upstream("A").await, upstream("B").await);
+        let proxies = Proxies::on(IpAddr::from([127, 0, 0, 1]));
+        let port = free_port();
+        assert!(
+            proxies
+                .switch(port, Target::new(a))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let (status, body) = get(port, "/").await;
+        assert_eq!(status, 200);
+        assert_eq!(body, format!("A 127.0.0.1 http app.example:{port}"));
+
+        // A slow request to A is in flight when B takes over.
+        let slow = tokio::spawn(get(port, "/slow"));
+        let old = loop {
+            let cur = proxies.current(port).unwrap();
+            if cur.inflight() == 1 {
+                break proxies.switch(port, Target::new(b)).await.unwrap().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(old.addr, a);
+        assert!(get(port, "/").await.1.starts_with("B "));
+        assert_eq!(old.inflight(), 1, "the slow request still runs on A");
+        assert!(old.drained(Duration::from_secs(10)).await);
+        assert!(slow.await.unwrap().1.starts_with("A "), "it finished on A");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_wait_for_the_first_target() {
+        let b = upstream("B").await;
+        let proxies = Proxies::on(IpAddr::from([127, 0, 0, 1]));
+        let port = free_port();
+        // The listener exists with a target that is gone; then none is set (as before a
+        // first healthy container): a request waits until one is.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        proxies.switch(port, Target::new(dead)).await.unwrap();
+        let (status, body) = get(port, "/").await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("unreachable"), "{body}");
+        let tx = proxies.routes.lock().unwrap()[&port].clone();
+        tx.send_replace(None);
+        let waiting = tokio::spawn(get(port, "/"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished());
+        proxies.switch(port, Target::new(b)).await.unwrap();
+        assert!(waiting.await.unwrap().1.starts_with("B "));
     }
 }
