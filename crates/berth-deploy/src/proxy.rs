@@ -33,6 +33,9 @@ pub const WAIT_FOR_TARGET: Duration = Duration::from_secs(30);
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// A port's current target (none before the first healthy container).
+type Route = watch::Sender<Option<Arc<Target>>>;
+
 /// A container a port forwards to, with the requests in flight to it.
 #[derive(Debug)]
 pub struct Target {
@@ -80,7 +83,7 @@ impl Drop for Guard {
 /// The proxy listeners of one host, by host port.
 #[derive(Clone)]
 pub struct Proxies {
-    routes: Arc<Mutex<HashMap<u16, watch::Sender<Option<Arc<Target>>>>>>,
+    routes: Arc<Mutex<HashMap<u16, Route>>>,
     bind: IpAddr,
 }
 
