@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use berth_pki::{ClientKey, EnrollRequest, EnrollResponse, Token, TrustDir};
+use berth_pki::{ClientKey, EnrollRequest, EnrollResponse, PeerStore, Token};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -45,13 +45,12 @@ impl Hosts {
         Hosts { dir }
     }
 
+    fn peers(&self) -> PeerStore {
+        PeerStore::new(&self.dir, "host.json")
+    }
+
     fn check_name(name: &str) -> Result<(), DeployError> {
-        let ok = (1..=64).contains(&name.len())
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        if ok {
+        if PeerStore::valid_name(name) {
             Ok(())
         } else {
             Err(DeployError::BadRequest(format!(
@@ -68,8 +67,7 @@ impl Hosts {
         client: &str,
     ) -> Result<HostRecord, DeployError> {
         Self::check_name(name)?;
-        let dir = self.dir.join(name);
-        if dir.join("host.json").exists() {
+        if self.peers().read::<HostRecord>(name)?.is_some() {
             return Err(DeployError::BadRequest(format!(
                 "a host named {name} is already enrolled; `berth host rm {name}` first"
             )));
@@ -81,59 +79,44 @@ impl Hosts {
             call(&token.addr, config, "POST", "/v1/enroll", Some(&req)).await?;
         berth_pki::check_enrollment(token, &verifier, &resp.ca_pem)
             .map_err(|e| DeployError::Denied(format!("agent {}: {e}", token.addr)))?;
-        TrustDir::new(&dir).save(&resp.ca_pem, &key.into_identity(resp.cert_pem))?;
+        self.peers()
+            .trust(name)
+            .save(&resp.ca_pem, &key.into_identity(resp.cert_pem))?;
         let rec = HostRecord {
             name: name.to_owned(),
             address: token.addr.clone(),
             agent: resp.server,
         };
-        let p = dir.join("host.json");
-        std::fs::write(&p, serde_json::to_vec_pretty(&rec).expect("serialises"))
-            .map_err(DeployError::io("write", &p))?;
+        self.peers().write(name, &rec)?;
         Ok(rec)
     }
 
     /// Host `name`'s record.
     pub fn get(&self, name: &str) -> Result<HostRecord, DeployError> {
         Self::check_name(name)?;
-        let p = self.dir.join(name).join("host.json");
-        let bytes = std::fs::read(&p).map_err(|_| {
+        self.peers().read(name)?.ok_or_else(|| {
             DeployError::BadRequest(format!(
                 "no host named {name}: enroll it with `berth host add {name} --token T` \
                  (a token from `berth agent token create` on that host)"
             ))
-        })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| DeployError::Internal(format!("{}: {e}", p.display())))
+        })
     }
 
     /// Every enrolled host, by name.
     pub fn list(&self) -> Result<Vec<HostRecord>, DeployError> {
-        let mut out = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                if let Some(n) = e.file_name().to_str()
-                    && e.path().join("host.json").exists()
-                {
-                    out.push(self.get(n)?);
-                }
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        self.peers().names().iter().map(|n| self.get(n)).collect()
     }
 
-    /// Forgets host `name`.
+    /// Forgets host `name` (this machine's certificate and key for it are deleted).
     pub fn remove(&self, name: &str) -> Result<(), DeployError> {
         self.get(name)?;
-        let dir = self.dir.join(name);
-        std::fs::remove_dir_all(&dir).map_err(DeployError::io("remove", &dir))
+        Ok(self.peers().remove(name)?)
     }
 
     /// A client for host `name`'s agent.
     pub fn connect(&self, name: &str) -> Result<AgentClient, DeployError> {
         let rec = self.get(name)?;
-        let config = TrustDir::new(&self.dir.join(name)).client_config()?;
+        let config = self.peers().trust(name).client_config()?;
         Ok(AgentClient { rec, config })
     }
 }

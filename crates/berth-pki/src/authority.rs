@@ -327,3 +327,88 @@ impl TrustDir {
         crate::client_config(ServerTrust::Ca(self.ca()?), Some(&self.identity()?))
     }
 }
+
+/// The servers a client enrolled with, a directory each under one directory: the
+/// [`TrustDir`] and a JSON record (file name `record`) of the caller's type. Errors for
+/// people (an unknown name) are the caller's: it knows its commands.
+#[derive(Debug, Clone)]
+pub struct PeerStore {
+    dir: PathBuf,
+    record: &'static str,
+}
+
+impl PeerStore {
+    /// Peers kept in `dir`, each with its record in `<name>/<record>`.
+    pub fn new(dir: &Path, record: &'static str) -> PeerStore {
+        PeerStore {
+            dir: dir.to_path_buf(),
+            record,
+        }
+    }
+
+    /// Whether `name` may name a peer: 1 to 64 letters, digits, `.`, `-` or `_`, not
+    /// starting with a punctuation mark (it becomes a directory name).
+    pub fn valid_name(name: &str) -> bool {
+        (1..=64).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    }
+
+    /// The directory of peer `name`.
+    pub fn dir_of(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The trust kept for peer `name`.
+    pub fn trust(&self, name: &str) -> TrustDir {
+        TrustDir::new(&self.dir_of(name))
+    }
+
+    /// Peer `name`'s record; `None` when it is not enrolled.
+    pub fn read<R: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<R>, PkiError> {
+        let p = self.dir_of(name).join(self.record);
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(PkiError::io("read", &p)(e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| PkiError::Corrupt {
+                path: p,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Keeps peer `name`'s record (its trust is saved with [`TrustDir::save`]).
+    pub fn write<R: Serialize>(&self, name: &str, record: &R) -> Result<(), PkiError> {
+        let dir = self.dir_of(name);
+        create_private_dir(&dir)?;
+        write_atomic(
+            &dir.join(self.record),
+            &serde_json::to_vec_pretty(record).expect("record serialises"),
+            0o644,
+        )
+    }
+
+    /// The names of every enrolled peer, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join(self.record).exists())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Forgets peer `name`: its record, certificate and key.
+    pub fn remove(&self, name: &str) -> Result<(), PkiError> {
+        let dir = self.dir_of(name);
+        std::fs::remove_dir_all(&dir).map_err(PkiError::io("remove", &dir))
+    }
+}

@@ -65,7 +65,8 @@ mod tls;
 mod token;
 
 pub use authority::{
-    Authority, ClientRecord, EnrollRequest, EnrollResponse, TrustDir, check_enrollment, pem_to_der,
+    Authority, ClientRecord, EnrollRequest, EnrollResponse, PeerStore, TrustDir, check_enrollment,
+    pem_to_der,
 };
 pub use ca::{
     CA_VALIDITY, Ca, ClientKey, DEFAULT_CLIENT_VALIDITY, DEFAULT_SERVER_VALIDITY, Identity,

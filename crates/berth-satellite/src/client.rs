@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use berth_pki::{ClientKey, Identity, ServerTrust, Token, TrustDir};
+use berth_pki::{ClientKey, Identity, PeerStore, ServerTrust, Token, TrustDir};
 use futures_util::StreamExt;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
@@ -50,13 +50,12 @@ impl Enrollments {
         Enrollments { dir }
     }
 
+    fn peers(&self) -> PeerStore {
+        PeerStore::new(&self.dir, "satellite.json")
+    }
+
     fn check_name(name: &str) -> Result<(), SatError> {
-        let ok = (1..=64).contains(&name.len())
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        if ok {
+        if PeerStore::valid_name(name) {
             Ok(())
         } else {
             Err(SatError::BadRequest(format!(
@@ -69,8 +68,7 @@ impl Enrollments {
     /// its CSR and the token's secret sent, the certificate stored. Returns the record.
     pub async fn add(&self, name: &str, token: &Token, client: &str) -> Result<Enrolled, SatError> {
         Self::check_name(name)?;
-        let dir = self.dir.join(name);
-        if dir.join("satellite.json").exists() {
+        if self.peers().read::<Enrolled>(name)?.is_some() {
             return Err(SatError::BadRequest(format!(
                 "a satellite named {name} is already enrolled; `berth satellite rm {name}` first"
             )));
@@ -94,17 +92,14 @@ impl Enrollments {
         berth_pki::check_enrollment(token, &verifier, &resp.ca_pem)
             .map_err(|e| SatError::Denied(e.to_string()))?;
         let identity = key.into_identity(resp.cert_pem);
-        TrustDir::new(&dir).save(&resp.ca_pem, &identity)?;
+        self.peers().trust(name).save(&resp.ca_pem, &identity)?;
         let rec = Enrolled {
             name: name.to_owned(),
             address: token.addr.clone(),
             satellite: resp.satellite,
             client: client.to_owned(),
         };
-        write_atomic(
-            &dir.join("satellite.json"),
-            &serde_json::to_vec_pretty(&rec).expect("record serialises"),
-        )?;
+        self.peers().write(name, &rec)?;
         if self.default_name()?.is_none() {
             self.set_default(name)?;
         }
@@ -114,38 +109,23 @@ impl Enrollments {
     /// The record of satellite `name`.
     pub fn get(&self, name: &str) -> Result<Enrolled, SatError> {
         Self::check_name(name)?;
-        let p = self.dir.join(name).join("satellite.json");
-        let bytes = std::fs::read(&p).map_err(|_| {
+        self.peers().read(name)?.ok_or_else(|| {
             SatError::BadRequest(format!(
                 "no satellite named {name}: enroll it with `berth satellite add {name} --token T` \
                  (see `berth satellite ls`)"
             ))
-        })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| SatError::Internal(format!("{}: {e}", p.display())))
+        })
     }
 
     /// Every enrolled satellite, by name.
     pub fn list(&self) -> Result<Vec<Enrolled>, SatError> {
-        let mut out = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                if let Some(n) = e.file_name().to_str()
-                    && e.path().join("satellite.json").exists()
-                {
-                    out.push(self.get(n)?);
-                }
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        self.peers().names().iter().map(|n| self.get(n)).collect()
     }
 
     /// Forgets satellite `name` (its certificate and key are deleted).
     pub fn remove(&self, name: &str) -> Result<(), SatError> {
         self.get(name)?;
-        let dir = self.dir.join(name);
-        std::fs::remove_dir_all(&dir).map_err(SatError::io("remove", &dir))?;
+        self.peers().remove(name)?;
         if self.default_name()?.as_deref() == Some(name) {
             let _ = std::fs::remove_file(self.dir.join("default"));
         }
