@@ -252,7 +252,18 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     let file = DeployFile::load(&args.file)?;
     let services = file.select(&args.services)?;
     let store = crate::open_store(settings)?;
-    let client = settings.registry_client();
+    // The file's registry credentials push too (over those of `berth login`).
+    let mut config = settings.registry_config();
+    if let Some(auth) = berth_deploy::deployer::registry_auth(&file)? {
+        config.credentials.insert(
+            auth.server,
+            berth_client::Credentials {
+                username: auth.username,
+                password: auth.password,
+            },
+        );
+    }
+    let client = berth_client::Client::new(config);
     let hosts = hosts(settings);
     let progress = |line: &str| eprintln!("{line}");
     // Every host must be enrolled before anything is pushed.

@@ -234,17 +234,19 @@ impl World {
                 ip,
             });
         }
+        // Basic auth: anonymous pulls are refused, so the hosts' pulls prove that the
+        // credentials reached their dockerd.
+        let htpasswd = dir.path().join("htpasswd");
+        run(Command::new("htpasswd")
+            .args(["-Bbc"])
+            .arg(&htpasswd)
+            .args(["deployer", "pull-s3cret"]));
         let mut registry = dep
             .command(berth_bin())
             .arg("--root")
             .arg(dir.path().join("registry"))
-            .args([
-                "registry",
-                "serve",
-                "--addr",
-                REGISTRY,
-                "--allow-anonymous-push",
-            ])
+            .args(["registry", "serve", "--addr", REGISTRY, "--htpasswd"])
+            .arg(&htpasswd)
             .env("BERTH_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -278,6 +280,8 @@ impl World {
             .arg(self.dir.path().join("dep-root"))
             .env("XDG_CONFIG_HOME", self.dir.path().join("dep-config"))
             .env("BERTH_LOG", "warn")
+            .env("TEST_API_KEY", "s3cret-value")
+            .env("TEST_REGISTRY_PASSWORD", "pull-s3cret")
             .current_dir(self.dir.path());
         c
     }
@@ -327,7 +331,8 @@ impl World {
         std::fs::write(
             self.dir.path().join("berth.toml"),
             format!(
-                "[deploy.registry]\naddress = \"{REGISTRY}\"\n\
+                "[deploy.registry]\naddress = \"{REGISTRY}\"\nusername = \"deployer\"\n\
+                 password_env = \"TEST_REGISTRY_PASSWORD\"\n\
                  [deploy.roles.web]\nhosts = [{}]\n\
                  [deploy.services.web]\nimage = \"app:v1\"\nroles = [\"web\"]\n\
                  ports = [\"8080:80\"]\nstop_timeout = \"2s\"\nenv = {{ GREETING = \"hi\" }}\n\
@@ -351,12 +356,7 @@ impl World {
     }
 
     fn deploy(&self, args: &[&str]) -> Output {
-        output(
-            self.berth()
-                .arg("deploy")
-                .args(args)
-                .env("TEST_API_KEY", "s3cret-value"),
-        )
+        output(self.berth().arg("deploy").args(args))
     }
 }
 
@@ -501,6 +501,32 @@ fn deploy_new_version_under_load_failed_health_check_and_rollback() {
             tree.stdout
         );
     }
+
+    // The registry refuses anonymous pulls: the hosts pulled with the credentials the
+    // deploy handed their dockerd, which kept none of them.
+    let image = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("pushed app:v1 as "))
+        .unwrap_or_else(|| panic!("{}", out.stderr))
+        .to_owned();
+    assert!(
+        image.starts_with(&format!("{REGISTRY}/app@sha256:")),
+        "{image}"
+    );
+    // By tag: dockerd answers a pull by digest it holds without asking the registry.
+    let tagged = format!("{REGISTRY}/app:v1");
+    let pull = w.hosts[0].dockerd.docker(&["pull", &tagged]);
+    assert!(
+        !pull.success,
+        "an anonymous pull of {tagged} worked: {}",
+        pull.stdout
+    );
+    assert!(
+        pull.stderr.contains("auth") || pull.stderr.contains("denied"),
+        "{}",
+        pull.stderr
+    );
 
     // v2 under load on h1: zero failed requests, and the load saw both versions.
     let load = Load::start(&w, 0, "v2");

@@ -38,7 +38,8 @@ pub struct Planned {
     pub version: String,
 }
 
-fn registry_auth(file: &DeployFile) -> Result<Option<RegistryAuth>, DeployError> {
+/// The registry credentials of the deploy file, read now (`None`: anonymous).
+pub fn registry_auth(file: &DeployFile) -> Result<Option<RegistryAuth>, DeployError> {
     let r = &file.registry;
     match (&r.username, &r.password) {
         (Some(u), Some(p)) => Ok(Some(RegistryAuth {
