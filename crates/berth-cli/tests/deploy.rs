@@ -324,7 +324,15 @@ impl World {
         );
     }
 
+    /// The deploy file, with the HTTP health check on `/health`.
     fn write_deploy_file(&self, extra: &str) {
+        self.write_deploy_file_with(
+            "health = { path = \"/health\", interval = \"200ms\", retries = 10 }",
+            extra,
+        );
+    }
+
+    fn write_deploy_file_with(&self, health: &str, extra: &str) {
         let hosts: Vec<String> = (1..=self.hosts.len())
             .map(|i| format!("\"h{i}\""))
             .collect();
@@ -337,7 +345,7 @@ impl World {
                  [deploy.services.web]\nimage = \"app:v1\"\nroles = [\"web\"]\n\
                  ports = [\"8080:80\"]\nstop_timeout = \"2s\"\nenv = {{ GREETING = \"hi\" }}\n\
                  secrets = {{ API_KEY = {{ env = \"TEST_API_KEY\" }} }}\n\
-                 health = {{ path = \"/health\", interval = \"200ms\", retries = 10 }}\n{extra}",
+                 {health}\n{extra}",
                 hosts.join(", ")
             ),
         )
@@ -433,7 +441,7 @@ impl Load {
 }
 
 #[test]
-fn deploy_new_version_under_load_failed_health_check_and_rollback() {
+fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     if !require_deploy_world() {
         return;
     }
@@ -643,8 +651,65 @@ fn deploy_new_version_under_load_failed_health_check_and_rollback() {
         out.stderr
     );
 
+    // A second deploy of the service while one runs on the same hosts is refused. The
+    // first one's health check (a command) passes only once the test says so.
+    w.write_deploy_file_with(
+        "health = { cmd = [\"/bin/busybox\", \"test\", \"-e\", \"/tmp/ready\"], \
+         interval = \"100ms\", retries = 3000 }",
+        "",
+    );
+    let first = w
+        .berth()
+        .args(["deploy", "--version", "v1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let new_container = |h: &DeployHost| {
+        h.dockerd
+            .containers("web")
+            .into_iter()
+            .find(|c| c.contains("-v1-"))
+            .map(|c| c.split(' ').next().unwrap().to_owned())
+    };
+    let start = Instant::now();
+    while !w.hosts.iter().all(|h| new_container(h).is_some()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the first deploy started no container"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = w.deploy(&["--version", "v1"]);
+    assert!(!second.success);
+    assert!(
+        second
+            .stderr
+            .contains("another deploy of service web is running on this host"),
+        "{}",
+        second.stderr
+    );
+    for h in &w.hosts {
+        let name = new_container(h).unwrap();
+        let touch = h
+            .dockerd
+            .docker(&["exec", &name, "/bin/busybox", "touch", "/tmp/ready"]);
+        assert!(touch.success, "{}", touch.stderr);
+    }
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for (i, h) in w.hosts.iter().enumerate() {
+        assert_eq!(w.get(i).stdout.trim(), "version-1");
+        assert_eq!(h.dockerd.containers("web").len(), 1);
+    }
+    w.write_deploy_file("");
+
     // h2 loses its route to the registry: its pull fails with dockerd's error and stops
-    // that host only; h1 goes to v4, h2 keeps serving v2.
+    // that host only; h1 goes to v4, h2 keeps serving v1.
     run(Command::new("ip").args([
         "-n",
         &w.hosts[1].host.ns,
@@ -662,13 +727,13 @@ fn deploy_new_version_under_load_failed_health_check_and_rollback() {
         out.stderr
     );
     assert!(
-        out.stderr.contains("h2: web v2 still serves"),
+        out.stderr.contains("h2: web v1 still serves"),
         "{}",
         out.stderr
     );
     assert!(out.stderr.contains("deploy failed on h2"), "{}", out.stderr);
     assert_eq!(w.get(0).stdout.trim(), "version-4");
-    assert_eq!(w.get(1).stdout.trim(), "version-2");
+    assert_eq!(w.get(1).stdout.trim(), "version-1");
 
     // A secret the deploying machine lacks: refused before any host is touched.
     let out = output(w.berth().arg("deploy").env_remove("TEST_API_KEY"));
