@@ -48,7 +48,7 @@
 //! ```
 //!
 //! [`Authority`] keeps a server's side of this on disk and serves one enrollment;
-//! [`TrustDir`] and [`check_enrollment`] are the client's. Satellites and deploy agents
+//! [`TrustDir`], [`check_enrollment`] and [`PeerStore`] are the client's. Satellites and deploy agents
 //! both use them, each over its own transport.
 //!
 //! The satellite service (gRPC, file layout in its root, `berth satellite …` commands) is
