@@ -19,8 +19,12 @@ const REGISTRY_IP: &str = "10.91.0.1";
 const REGISTRY: &str = "10.91.0.1:5000";
 
 fn kill(child: &mut Child) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
+        .stderr(Stdio::null())
         .status();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
@@ -445,7 +449,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     if !require_deploy_world() {
         return;
     }
-    let w = World::new("deploy", 2);
+    let mut w = World::new("deploy", 2);
     w.enroll_all();
     w.build("v1", "version-1", true);
     w.build("v2", "version-2", true);
@@ -734,6 +738,18 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     assert!(out.stderr.contains("deploy failed on h2"), "{}", out.stderr);
     assert_eq!(w.get(0).stdout.trim(), "version-4");
     assert_eq!(w.get(1).stdout.trim(), "version-1");
+
+    // An agent restarted points its proxy at the serving container again.
+    kill(&mut w.hosts[0].agent.child);
+    let restarted = Agent::start(
+        &w.hosts[0].host,
+        &w.hosts[0].agent.root,
+        &format!("{}:8373", w.hosts[0].ip),
+        &w.hosts[0].dockerd.socket,
+        "h1",
+    );
+    w.hosts[0].agent = restarted;
+    assert_eq!(w.get(0).stdout.trim(), "version-4");
 
     // A secret the deploying machine lacks: refused before any host is touched.
     let out = output(w.berth().arg("deploy").env_remove("TEST_API_KEY"));
