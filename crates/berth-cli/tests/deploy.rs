@@ -796,7 +796,12 @@ fn wrong_tokens_are_refused() {
     wrong_pin.replace_range(pin_at..pin_at + 1, flipped);
     let out = output(w.berth().args(["host", "add", "h1", "--token", &wrong_pin]));
     assert!(!out.success);
-    assert!(out.stderr.contains("CA"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the server's CA does not match the token"),
+        "{}",
+        out.stderr
+    );
     // Calls without enrollment: the deploy names the host to enroll.
     w.write_deploy_file("");
     let out = w.deploy(&[]);
