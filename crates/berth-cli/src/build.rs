@@ -525,7 +525,7 @@ pub struct PushArgs {
     dest: Option<String>,
 }
 
-async fn push_one(
+pub(crate) async fn push_one(
     store: &berth_store::Store,
     client: &berth_client::Client,
     manifest: &berth_oci::Digest,

@@ -1,6 +1,7 @@
 //! The `berth` binary: parses the command line, resolves settings, calls the crates.
 
 mod build;
+mod deploy;
 mod doctor;
 mod format;
 mod image;
@@ -81,6 +82,22 @@ enum Command {
         #[command(subcommand)]
         command: satellite::SatelliteCommand,
     },
+    /// Deploy agent on a host: serve, enrollment tokens.
+    Agent {
+        #[command(subcommand)]
+        command: deploy::AgentCommand,
+    },
+    /// Hosts this machine deploys to: enroll with their agents, list, forget.
+    Host {
+        #[command(subcommand)]
+        command: deploy::HostCommand,
+    },
+    /// Deploy services of berth.toml to their hosts: push, then per host pull, start
+    /// beside the old one, health check, switch traffic, drain and remove the old one.
+    Deploy(deploy::DeployArgs),
+    /// Put a service's previous version (or VERSION) back on its hosts, health-gated;
+    /// --list shows each host's versions.
+    Rollback(deploy::RollbackArgs),
     /// Show berth's effective configuration and where each value came from.
     Config {
         #[command(subcommand)]
@@ -219,6 +236,10 @@ fn run(mut cli: Cli) -> Result<()> {
         Command::Login(args) => build::login(&settings, args),
         Command::Logout { registry } => build::logout(&registry),
         Command::Satellite { command } => satellite::run(&settings, command),
+        Command::Agent { command } => deploy::agent(&settings, command),
+        Command::Host { command } => deploy::host(&settings, command),
+        Command::Deploy(args) => deploy::deploy(&settings, args),
+        Command::Rollback(args) => deploy::rollback(&settings, args),
         Command::Config {
             command: ConfigCommand::Show { format },
         } => {

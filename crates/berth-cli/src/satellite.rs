@@ -176,7 +176,7 @@ pub struct AddArgs {
     client_name: Option<String>,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
@@ -187,7 +187,7 @@ pub fn enrollments(settings: &Settings) -> Enrollments {
     Enrollments::new(settings.config_dir().join("satellites"))
 }
 
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .ok()
@@ -195,7 +195,7 @@ fn host_name() -> String {
         .unwrap_or_else(|| "satellite".into())
 }
 
-fn plain_name(s: &str) -> String {
+pub(crate) fn plain_name(s: &str) -> String {
     let n: String = s
         .chars()
         .map(|c| {

@@ -69,6 +69,12 @@ pub enum PkiError {
         /// Why it was refused.
         reason: String,
     },
+    /// An enrollment answer came with a CA other than the token pinned.
+    #[error(
+        "enrollment refused: {0}; the token may belong to another server, or someone is \
+         intercepting the connection"
+    )]
+    CaMismatch(String),
     /// rustls refused a configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),

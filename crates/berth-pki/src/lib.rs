@@ -47,10 +47,15 @@
 //! # }
 //! ```
 //!
+//! [`Authority`] keeps a server's side of this on disk and serves one enrollment;
+//! [`TrustDir`], [`check_enrollment`] and [`PeerStore`] are the client's. Satellites and deploy agents
+//! both use them, each over its own transport.
+//!
 //! The satellite service (gRPC, file layout in its root, `berth satellite …` commands) is
 //! berth-satellite's and berth-cli's; this crate holds no network protocol of its own.
 #![warn(missing_docs)]
 
+mod authority;
 mod ca;
 mod cert;
 mod error;
@@ -59,6 +64,10 @@ mod revocation;
 mod tls;
 mod token;
 
+pub use authority::{
+    Authority, ClientRecord, EnrollRequest, EnrollResponse, PeerStore, TrustDir, check_enrollment,
+    pem_to_der,
+};
 pub use ca::{
     CA_VALIDITY, Ca, ClientKey, DEFAULT_CLIENT_VALIDITY, DEFAULT_SERVER_VALIDITY, Identity,
     IssuedCert,

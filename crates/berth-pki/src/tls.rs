@@ -230,8 +230,8 @@ impl ClientCertVerifier for CheckedClientVerifier {
 /// The server's chain holds no CA certificate with the pinned public key.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the satellite's CA does not match the token: the token pins {expected}, the server sent {sent}; \
-     the token may belong to another satellite, or someone is intercepting the connection"
+    "the server's CA does not match the token: the token pins {expected}, the server sent {sent}; \
+     the token may belong to another satellite or agent, or someone is intercepting the connection"
 )]
 pub struct PinMismatch {
     /// The pin from the token.

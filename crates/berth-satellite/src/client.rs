@@ -11,11 +11,11 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use berth_pki::{ClientKey, Identity, ServerTrust, Token};
+use berth_pki::{ClientKey, Identity, PeerStore, ServerTrust, Token, TrustDir};
 use futures_util::StreamExt;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
@@ -50,13 +50,12 @@ impl Enrollments {
         Enrollments { dir }
     }
 
+    fn peers(&self) -> PeerStore {
+        PeerStore::new(&self.dir, "satellite.json")
+    }
+
     fn check_name(name: &str) -> Result<(), SatError> {
-        let ok = (1..=64).contains(&name.len())
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        if ok {
+        if PeerStore::valid_name(name) {
             Ok(())
         } else {
             Err(SatError::BadRequest(format!(
@@ -69,8 +68,7 @@ impl Enrollments {
     /// its CSR and the token's secret sent, the certificate stored. Returns the record.
     pub async fn add(&self, name: &str, token: &Token, client: &str) -> Result<Enrolled, SatError> {
         Self::check_name(name)?;
-        let dir = self.dir.join(name);
-        if dir.join("satellite.json").exists() {
+        if self.peers().read::<Enrolled>(name)?.is_some() {
             return Err(SatError::BadRequest(format!(
                 "a satellite named {name} is already enrolled; `berth satellite rm {name}` first"
             )));
@@ -79,40 +77,29 @@ impl Enrollments {
         let (mut grpc, refusal) = connect_watched(&token.addr, config).await?;
         let key = ClientKey::generate()?;
         let resp = grpc
-            .enroll(proto::EnrollRequest {
-                token_id: token.id.clone(),
-                token_secret: token.secret.clone(),
-                client_name: client.to_owned(),
-                csr_pem: key.csr_pem(client)?,
+            .enroll({
+                let r = berth_pki::EnrollRequest::new(token, &key, client)?;
+                proto::EnrollRequest {
+                    token_id: r.token_id,
+                    token_secret: r.token_secret,
+                    client_name: r.client_name,
+                    csr_pem: r.csr_pem,
+                }
             })
             .await
             .map_err(|s| remote_error(&token.addr, s, &refusal))?
             .into_inner();
-        let ca = verifier
-            .ca_cert()
-            .ok_or_else(|| SatError::Internal("handshake done but no CA was pinned".into()))?;
-        let ca_pin = berth_pki::Pin::of_cert_der(&ca)?;
-        let sent_pin = berth_pki::CertInfo::from_pem(&resp.ca_pem)?.pin;
-        let ca_info_pin = berth_pki::Pin::of_cert_der(&pem_to_der(&resp.ca_pem)?)?;
-        if ca_pin != token.pin || sent_pin != ca_info_pin || ca_info_pin != token.pin {
-            return Err(SatError::Denied(
-                "the satellite answered with a CA that does not match the token's pin".into(),
-            ));
-        }
-        make_private_dir(&dir)?;
+        berth_pki::check_enrollment(token, &verifier, &resp.ca_pem)
+            .map_err(|e| SatError::Denied(e.to_string()))?;
         let identity = key.into_identity(resp.cert_pem);
-        identity.save(&dir, "client")?;
-        write_atomic(&dir.join("ca.crt"), resp.ca_pem.as_bytes())?;
+        self.peers().trust(name).save(&resp.ca_pem, &identity)?;
         let rec = Enrolled {
             name: name.to_owned(),
             address: token.addr.clone(),
             satellite: resp.satellite,
             client: client.to_owned(),
         };
-        write_atomic(
-            &dir.join("satellite.json"),
-            &serde_json::to_vec_pretty(&rec).expect("record serialises"),
-        )?;
+        self.peers().write(name, &rec)?;
         if self.default_name()?.is_none() {
             self.set_default(name)?;
         }
@@ -122,38 +109,23 @@ impl Enrollments {
     /// The record of satellite `name`.
     pub fn get(&self, name: &str) -> Result<Enrolled, SatError> {
         Self::check_name(name)?;
-        let p = self.dir.join(name).join("satellite.json");
-        let bytes = std::fs::read(&p).map_err(|_| {
+        self.peers().read(name)?.ok_or_else(|| {
             SatError::BadRequest(format!(
                 "no satellite named {name}: enroll it with `berth satellite add {name} --token T` \
                  (see `berth satellite ls`)"
             ))
-        })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| SatError::Internal(format!("{}: {e}", p.display())))
+        })
     }
 
     /// Every enrolled satellite, by name.
     pub fn list(&self) -> Result<Vec<Enrolled>, SatError> {
-        let mut out = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                if let Some(n) = e.file_name().to_str()
-                    && e.path().join("satellite.json").exists()
-                {
-                    out.push(self.get(n)?);
-                }
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        self.peers().names().iter().map(|n| self.get(n)).collect()
     }
 
     /// Forgets satellite `name` (its certificate and key are deleted).
     pub fn remove(&self, name: &str) -> Result<(), SatError> {
         self.get(name)?;
-        let dir = self.dir.join(name);
-        std::fs::remove_dir_all(&dir).map_err(SatError::io("remove", &dir))?;
+        self.peers().remove(name)?;
         if self.default_name()?.as_deref() == Some(name) {
             let _ = std::fs::remove_file(self.dir.join("default"));
         }
@@ -176,7 +148,7 @@ impl Enrollments {
 
     /// This client's identity with satellite `name`.
     pub fn identity(&self, name: &str) -> Result<Identity, SatError> {
-        Ok(Identity::load(&self.dir.join(name), "client")?)
+        Ok(TrustDir::new(&self.dir.join(name)).identity()?)
     }
 
     /// A mutual-TLS connection to satellite `name`. A certificate past half its life is
@@ -184,10 +156,7 @@ impl Enrollments {
     pub async fn connect(&self, name: &str) -> Result<Connection, SatError> {
         let rec = self.get(name)?;
         let dir = self.dir.join(name);
-        let ca = pem_to_der(
-            &std::fs::read_to_string(dir.join("ca.crt"))
-                .map_err(SatError::io("read", &dir.join("ca.crt")))?,
-        )?;
+        let ca = TrustDir::new(&dir).ca()?;
         let mut identity = self.identity(name)?;
         let config =
             |id: &Identity| berth_pki::client_config(ServerTrust::Ca(ca.clone()), Some(id));
@@ -250,10 +219,7 @@ impl Enrollments {
             .unwrap_or(false);
         let reachable = async {
             let identity = identity.map_err(|e| e.to_string())?;
-            let ca_path = dir.join("ca.crt");
-            let ca = std::fs::read_to_string(&ca_path)
-                .map_err(|e| format!("read {}: {e}", ca_path.display()))?;
-            let ca = pem_to_der(&ca).map_err(|e| e.to_string())?;
+            let ca = TrustDir::new(&dir).ca().map_err(|e| e.to_string())?;
             let config = berth_pki::client_config(ServerTrust::Ca(ca), Some(&identity))
                 .map_err(|e| e.to_string())?;
             let call = async {
@@ -309,23 +275,6 @@ impl Connection {
             .map(tonic::Response::into_inner)
             .map_err(|s| remote_error(&self.address, s, &self.refusal))
     }
-}
-
-fn make_private_dir(dir: &Path) -> Result<(), SatError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(SatError::io("create", dir))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(SatError::io("chmod", dir))
-}
-
-fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>, SatError> {
-    use rustls_pki_types::pem::PemObject;
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| SatError::Internal(format!("read CA certificate: {e}")))
 }
 
 /// Connects over TLS (`config` decides the trust and the client certificate) and speaks

@@ -23,10 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use berth_build::Entitlement;
+pub use berth_pki::ClientRecord;
 use berth_pki::{
-    Ca, CertInfo, ClientAuth, Identity, RevocationList, Token, TokenOptions, TokenStore, Validity,
+    Authority, Ca, ClientAuth, Identity, RevocationList, Token, TokenOptions, TokenStore, Validity,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::context::write_atomic;
 use crate::error::SatError;
@@ -55,105 +55,60 @@ impl SatelliteRoot {
     }
 
     fn pki(&self) -> PathBuf {
-        self.dir().join("pki")
+        self.authority().ca_dir()
+    }
+
+    /// The satellite's trust (berth-pki's [`Authority`]): CA, tokens, revocations, clients.
+    pub fn authority(&self) -> Authority {
+        Authority::new(&self.dir())
     }
 
     /// The token store.
     pub fn tokens(&self) -> Result<TokenStore, SatError> {
-        Ok(TokenStore::open(&self.dir().join("tokens"))?)
+        Ok(self.authority().tokens()?)
     }
 
     /// The revocation list.
     pub fn revocations(&self) -> Result<RevocationList, SatError> {
-        Ok(RevocationList::open(&self.dir().join("revoked.json"))?)
+        Ok(self.authority().revocations()?)
     }
 
     /// The CA, which must exist (the satellite has been started once).
     pub fn ca(&self) -> Result<Ca, SatError> {
-        if !self.pki().join("ca.crt").exists() {
+        if !self.authority().has_ca() {
             return Err(SatError::BadRequest(format!(
                 "no satellite in {}: start it once with `berth satellite serve --root {}`",
                 self.root.display(),
                 self.root.display()
             )));
         }
-        Ok(Ca::load(&self.pki())?)
+        Ok(self.authority().ca()?)
     }
 
     /// The address tokens carry, as recorded by the last `serve`.
     pub fn address(&self) -> Result<String, SatError> {
-        let p = self.dir().join("address");
-        std::fs::read_to_string(&p)
-            .map(|s| s.trim().to_owned())
-            .map_err(|_| {
-                SatError::BadRequest(format!(
-                    "{} is missing: start the satellite once with `berth satellite serve`",
-                    p.display()
-                ))
-            })
+        self.authority().address().ok_or_else(|| {
+            SatError::BadRequest(format!(
+                "{} is missing: start the satellite once with `berth satellite serve`",
+                self.dir().join("address").display()
+            ))
+        })
     }
 
     /// Creates a token for this satellite.
     pub fn create_token(&self, options: TokenOptions) -> Result<Token, SatError> {
-        let ca = self.ca()?;
-        Ok(self
-            .tokens()?
-            .create(options, &self.address()?, ca.pin(), SystemTime::now())?)
-    }
-
-    fn clients_dir(&self) -> PathBuf {
-        self.dir().join("clients")
-    }
-
-    /// Records an issued client certificate.
-    pub(crate) fn record_client(&self, cert_pem: &str, info: &CertInfo) -> Result<(), SatError> {
-        let dir = self.clients_dir();
-        std::fs::create_dir_all(&dir).map_err(SatError::io("create", &dir))?;
-        let rec = ClientRecord {
-            name: info.display_name(),
-            serial: info.serial.clone(),
-            not_after_unix: unix(info.validity.not_after),
-            issued_unix: unix(SystemTime::now()),
-            cert_pem: cert_pem.to_owned(),
-        };
-        write_atomic(
-            &dir.join(format!("{}.json", info.serial)),
-            &serde_json::to_vec_pretty(&rec).expect("record serialises"),
-        )
+        self.ca()?;
+        Ok(self.authority().create_token(options, &self.address()?)?)
     }
 
     /// Every client certificate issued, oldest first.
     pub fn clients(&self) -> Result<Vec<ClientRecord>, SatError> {
-        let dir = self.clients_dir();
-        let mut out = Vec::new();
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(SatError::io("list", &dir)(e)),
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "json")
-                && let Ok(b) = std::fs::read(&p)
-                && let Ok(r) = serde_json::from_slice::<ClientRecord>(&b)
-            {
-                out.push(r);
-            }
-        }
-        out.sort_by(|a, b| (a.issued_unix, &a.serial).cmp(&(b.issued_unix, &b.serial)));
-        Ok(out)
+        Ok(self.authority().clients()?)
     }
 
     /// Revokes every certificate of client `who` (a name or a serial); returns how many.
     pub fn revoke_client(&self, who: &str, reason: &str) -> Result<usize, SatError> {
-        let list = self.revocations()?;
-        let mut n = 0;
-        for c in self.clients()? {
-            if c.name == who || c.serial == who {
-                list.revoke(&CertInfo::from_pem(&c.cert_pem)?, reason, SystemTime::now())?;
-                n += 1;
-            }
-        }
+        let n = self.authority().revoke_client(who, reason)?;
         if n == 0 {
             return Err(SatError::BadRequest(format!(
                 "no client named or with serial {who:?}; see `berth satellite clients ls`"
@@ -161,21 +116,6 @@ impl SatelliteRoot {
         }
         Ok(n)
     }
-}
-
-/// A client certificate the satellite issued.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClientRecord {
-    /// The client's name.
-    pub name: String,
-    /// Certificate serial (hex).
-    pub serial: String,
-    /// End of validity, seconds since the epoch.
-    pub not_after_unix: u64,
-    /// When it was issued.
-    pub issued_unix: u64,
-    /// The certificate.
-    pub cert_pem: String,
 }
 
 pub(crate) fn unix(t: SystemTime) -> u64 {
@@ -309,7 +249,7 @@ impl Satellite {
             Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", opts.addr.port()),
             _ => format!("{host}:{}", opts.addr.port()),
         };
-        write_atomic(&dir.join("address"), address.as_bytes())?;
+        dirs.authority().set_address(&address)?;
         write_atomic(&dir.join("name"), opts.name.as_bytes())?;
         let store = berth_store::Store::open(&opts.root).map_err(|e| {
             SatError::Internal(format!("open store at {}: {e}", opts.root.display()))

@@ -3,10 +3,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use berth_build::{BuildOptions, Entitlement, Event, Progress, SecretSource};
-use berth_pki::{CertInfo, TokenKind, Validity};
+use berth_pki::{CertInfo, Validity};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -78,20 +78,23 @@ impl Service {
     }
 
     fn issue(&self, csr_pem: &str, client: &str) -> Result<proto::EnrollResponse, SatError> {
-        let issued = self.sat.inner.ca.sign_client_csr(
+        let inner = &self.sat.inner;
+        let resp = inner.dirs.authority().issue(
+            &inner.ca,
             csr_pem,
             client,
-            Validity::from_now(self.sat.inner.client_validity),
+            Validity::from_now(inner.client_validity),
+            &inner.name,
         )?;
-        self.sat
-            .inner
-            .dirs
-            .record_client(&issued.cert_pem, &issued.info)?;
-        Ok(proto::EnrollResponse {
-            cert_pem: issued.cert_pem,
-            ca_pem: self.sat.inner.ca.cert_pem().to_owned(),
-            satellite: self.sat.inner.name.clone(),
-        })
+        Ok(into_proto(resp))
+    }
+}
+
+fn into_proto(resp: berth_pki::EnrollResponse) -> proto::EnrollResponse {
+    proto::EnrollResponse {
+        cert_pem: resp.cert_pem,
+        ca_pem: resp.ca_pem,
+        satellite: resp.server,
     }
 }
 
@@ -115,17 +118,21 @@ impl proto::satellite_server::Satellite for Service {
             sat: self.sat.clone(),
         };
         let resp = blocking(move || {
-            // Sign first: a malformed CSR must not use up the token.
-            let resp = svc.issue(&r.csr_pem, &r.client_name)?;
-            svc.sat.inner.tokens.redeem(
-                TokenKind::Enroll,
-                &r.token_id,
-                &r.token_secret,
-                SystemTime::now(),
+            let inner = &svc.sat.inner;
+            let resp = inner.dirs.authority().enroll(
+                &inner.ca,
+                &inner.tokens,
+                &berth_pki::EnrollRequest {
+                    token_id: r.token_id,
+                    token_secret: r.token_secret,
+                    client_name: r.client_name,
+                    csr_pem: r.csr_pem,
+                },
+                Validity::from_now(inner.client_validity),
+                &inner.name,
             )?;
-            tracing::info!(client = %r.client_name, token = %r.token_id, "client enrolled");
-            svc.sat.inner.metrics.invalidate();
-            Ok(resp)
+            inner.metrics.invalidate();
+            Ok(into_proto(resp))
         })
         .await?;
         Ok(Response::new(resp))

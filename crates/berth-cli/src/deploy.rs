@@ -1,0 +1,371 @@
+//! `berth agent …` (on a host), `berth host …`, `berth deploy` and `berth rollback` (on
+//! the deploying machine). The work is berth-deploy's; this pushes the image (the store
+//! is the CLI's) and prints.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use berth_deploy::deployer::{HostResult, Planned};
+use berth_deploy::{AgentOptions, AgentRoot, DeployFile, Hosts};
+use berth_pki::{Token, TokenOptions};
+use clap::{Args, Subcommand};
+
+use crate::satellite::{host_name, plain_name, runtime};
+use crate::settings::Settings;
+
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Run the deploy agent on this host: it drives this host's dockerd (DOCKER_HOST) and
+    /// berth's reverse proxy for the deploying machines enrolled with it (port 8373,
+    /// mutual TLS).
+    Serve(AgentServeArgs),
+    /// Enrollment tokens for deploying machines (run on the agent's host, with its --root).
+    Token {
+        #[command(subcommand)]
+        command: AgentTokenCommand,
+    },
+}
+
+#[derive(Args)]
+pub struct AgentServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BERTH_AGENT_ADDR", default_value = "0.0.0.0:8373")]
+    addr: String,
+    /// The agent's name [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Names and addresses deploying machines reach it by, comma-separated; the first goes
+    /// into tokens [default: the --addr address].
+    #[arg(long, value_delimiter = ',')]
+    advertise: Vec<String>,
+    /// How long certificates of deploying machines stay valid.
+    #[arg(long, default_value = "30d", value_parser = crate::parse_duration)]
+    client_validity: Duration,
+}
+
+#[derive(Subcommand)]
+pub enum AgentTokenCommand {
+    /// Make an enrollment token and print it alone on stdout.
+    Create {
+        /// How long it stays valid (e.g. 30m, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = crate::parse_duration)]
+        ttl: Duration,
+        /// How many enrollments it allows (0: unlimited).
+        #[arg(long, default_value = "1")]
+        uses: u32,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// Enroll with a host's agent, using a token from `berth agent token create` there.
+    Add(HostAddArgs),
+    /// List the hosts this machine deploys to.
+    Ls,
+    /// Forget a host (this machine's certificate and key for it are deleted).
+    Rm {
+        /// The host's name here.
+        name: String,
+    },
+    /// Ask a host's agent for its status (over mutual TLS).
+    Status {
+        /// The host's name here.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+pub struct HostAddArgs {
+    /// A name for the host; deploy files name it in `[deploy.roles.*] hosts`.
+    name: String,
+    /// The token (`berth agent token create` on the host).
+    #[arg(long, env = "BERTH_AGENT_TOKEN")]
+    token: String,
+    /// This machine's name on the agent [default: user-host].
+    #[arg(long)]
+    client_name: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    /// Services to deploy [default: every service of the file].
+    services: Vec<String>,
+    /// The deploy file.
+    #[arg(long, short = 'f', default_value = "berth.toml")]
+    file: PathBuf,
+    /// The version to deploy: the image's tag in berth's store (`IMAGE:VERSION`)
+    /// [default: the tag the file names].
+    #[arg(long)]
+    version: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// The version to go back to [default: the one before the serving one, per host].
+    version: Option<String>,
+    /// The service [default: the file's only service].
+    #[arg(long, short = 's')]
+    service: Option<String>,
+    /// The deploy file.
+    #[arg(long, short = 'f', default_value = "berth.toml")]
+    file: PathBuf,
+    /// Only list each host's versions (newest, the serving one, first).
+    #[arg(long)]
+    list: bool,
+}
+
+fn hosts(settings: &Settings) -> Hosts {
+    Hosts::new(settings.config_dir().join("hosts"))
+}
+
+pub fn agent(settings: &Settings, command: AgentCommand) -> Result<()> {
+    match command {
+        AgentCommand::Serve(args) => serve(settings, args),
+        AgentCommand::Token {
+            command: AgentTokenCommand::Create { ttl, uses },
+        } => {
+            let token = AgentRoot::new(&settings.root).create_token(TokenOptions {
+                kind: berth_pki::TokenKind::Enroll,
+                ttl,
+                uses,
+            })?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+fn serve(settings: &Settings, args: AgentServeArgs) -> Result<()> {
+    let addr: SocketAddr = args
+        .addr
+        .parse()
+        .with_context(|| format!("--addr {:?} is not host:port", args.addr))?;
+    let opts = AgentOptions {
+        root: settings.root.clone(),
+        name: args.name.unwrap_or_else(|| plain_name(&host_name())),
+        advertise: args.advertise,
+        addr,
+        client_validity: args.client_validity,
+    };
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen on {addr}: choose another --addr"))?;
+        let (agent, first, address) = berth_deploy::Agent::open(&opts).await?;
+        let mut text = format!(
+            "berth agent {} listening on {} (root {}, tokens name {address})\n",
+            opts.name,
+            listener.local_addr()?,
+            settings.root.display()
+        );
+        if first {
+            let token = AgentRoot::new(&settings.root).create_token(TokenOptions::default())?;
+            text.push_str(&format!(
+                "first start: enroll the deploying machine with\n  berth host add {} --token {token}\n\
+                 (valid 24 h, once; more with `berth agent token create`)\n",
+                opts.name
+            ));
+        }
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+        agent.serve(listener, crate::shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+pub fn host(settings: &Settings, command: HostCommand) -> Result<()> {
+    let hosts = hosts(settings);
+    match command {
+        HostCommand::Add(args) => {
+            let token: Token = args.token.trim().parse().context(
+                "--token is not a berth token (berth-<id>.<secret>@host:port#sha256:<pin>)",
+            )?;
+            let client = args.client_name.unwrap_or_else(|| {
+                let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+                plain_name(&format!("{user}-{}", host_name()))
+            });
+            let rec = runtime()?.block_on(hosts.add(&args.name, &token, &client))?;
+            println!(
+                "enrolled with agent {} ({}) as host {}",
+                rec.agent, rec.address, rec.name
+            );
+        }
+        HostCommand::Ls => {
+            for h in hosts.list()? {
+                println!("{}\t{}\tagent {}", h.name, h.address, h.agent);
+            }
+        }
+        HostCommand::Rm { name } => {
+            hosts.remove(&name)?;
+            println!("forgot host {name}");
+        }
+        HostCommand::Status { name } => {
+            let st = runtime()?.block_on(async { hosts.connect(&name)?.status().await })?;
+            println!(
+                "host {name}: agent {} (berth {}), docker {}",
+                st.name, st.version, st.docker
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Prints each host's outcome; an error when any host failed.
+fn summarize(what: &str, results: &[HostResult]) -> Result<()> {
+    let mut failed = Vec::new();
+    for r in results {
+        match &r.report {
+            Ok(rep) if rep.error.is_none() => println!(
+                "{}: {} {}",
+                r.host,
+                r.service,
+                rep.serving.as_deref().unwrap_or("?")
+            ),
+            Ok(rep) => {
+                eprintln!(
+                    "{}: {} failed: {}",
+                    r.host,
+                    r.service,
+                    rep.error.as_deref().unwrap_or_default()
+                );
+                if let Some(v) = &rep.serving {
+                    eprintln!("{}: {} {v} still serves", r.host, r.service);
+                }
+                failed.push(r.host.clone());
+            }
+            Err(e) => {
+                eprintln!("{}: {} failed: {e}", r.host, r.service);
+                failed.push(r.host.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{what} failed on {} (see above)", failed.join(", "));
+    }
+    Ok(())
+}
+
+pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
+    let file = DeployFile::load(&args.file)?;
+    let services = file.select(&args.services)?;
+    let store = crate::open_store(settings)?;
+    // The file's registry credentials push too (over those of `berth login`).
+    let mut config = settings.registry_config();
+    if let Some(auth) = berth_deploy::deployer::registry_auth(&file)? {
+        config.credentials.insert(
+            auth.server,
+            berth_client::Credentials {
+                username: auth.username,
+                password: auth.password,
+            },
+        );
+    }
+    let client = berth_client::Client::new(config);
+    let hosts = hosts(settings);
+    let progress = |line: &str| eprintln!("{line}");
+    // Every host must be enrolled before anything is pushed.
+    for svc in &services {
+        for h in file.hosts_of(svc) {
+            hosts.get(&h)?;
+        }
+    }
+    runtime()?.block_on(async {
+        let mut results = Vec::new();
+        for svc in services {
+            let written = berth_oci::WrittenReference::parse(&svc.image).with_context(|| {
+                format!(
+                    "{}: deploy.services.{}.image",
+                    file.path.display(),
+                    svc.name
+                )
+            })?;
+            let version = args
+                .version
+                .clone()
+                .unwrap_or_else(|| written.tag_or_latest().to_owned());
+            let local = format!("{}:{version}", written.name());
+            let manifest =
+                berth_build::image::local_manifest(&store, &local).with_context(|| {
+                    format!(
+                        "the image of service {} ({local}) is not in berth's store; build it first",
+                        svc.name
+                    )
+                })?;
+            let dest: berth_oci::Reference = format!(
+                "{}/{}:{version}",
+                file.registry.address,
+                written.local_repository()
+            )
+            .parse()?;
+            let digest = crate::build::push_one(&store, &client, &manifest, &dest)
+                .await
+                .with_context(|| format!("push {dest}"))?;
+            let image = format!("{}/{}@{digest}", dest.registry, dest.repository);
+            progress(&format!("pushed {local} as {image}"));
+            let plan = Planned {
+                service: svc.clone(),
+                image,
+                version,
+            };
+            results.extend(berth_deploy::deployer::deploy(&file, &hosts, &plan, &progress).await?);
+        }
+        summarize("deploy", &results)
+    })
+}
+
+pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
+    let file = DeployFile::load(&args.file)?;
+    let svc = match &args.service {
+        Some(s) => file.select(std::slice::from_ref(s))?[0],
+        None if file.services.len() == 1 => file.services.values().next().expect("one"),
+        None => bail!(
+            "{} has several services ({}); say which with --service",
+            file.path.display(),
+            file.services.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let hosts = hosts(settings);
+    let progress = |line: &str| eprintln!("{line}");
+    runtime()?.block_on(async {
+        if args.list {
+            let mut failed = false;
+            for (host, h) in berth_deploy::deployer::history(&file, &hosts, svc).await {
+                match h {
+                    Ok(h) => {
+                        for (i, r) in h.iter().enumerate() {
+                            let mark = if i == 0 { " (serving)" } else { "" };
+                            println!(
+                                "{host}\t{}\t{}\t{}{mark}",
+                                r.version,
+                                r.image,
+                                berth_pki::format_utc(
+                                    std::time::UNIX_EPOCH + Duration::from_secs(r.deployed_unix)
+                                )
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{host}: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                bail!("some hosts did not answer");
+            }
+            return Ok(());
+        }
+        let results = berth_deploy::deployer::rollback(
+            &file,
+            &hosts,
+            svc,
+            args.version.as_deref(),
+            &progress,
+        )
+        .await?;
+        summarize("rollback", &results)
+    })
+}

@@ -1,0 +1,857 @@
+//! `berth deploy` to hosts (issue 11): each host a network namespace joined by veth to the
+//! deploying side's namespace, with its own dockerd (data root, exec root, pidfile,
+//! socket and bridge inside the namespace) and `berth agent serve`; the deploying side
+//! runs `berth registry serve` and the `berth` commands. Images are busybox httpd
+//! services built by `berth build`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_testutil::netns::{Host, Lab};
+use common::*;
+
+/// The deploying side's address every host routes to (on its loopback).
+const REGISTRY_IP: &str = "10.91.0.1";
+const REGISTRY: &str = "10.91.0.1:5000";
+
+fn kill(child: &mut Child) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A dockerd inside `host`'s namespace, stopped on drop (its containers with it).
+struct Dockerd {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Dockerd {
+    fn start(host: &Host, dir: &Path, n: u8) -> Dockerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("docker.sock");
+        // The bridge lives in the namespace: the machine's docker0 is never touched.
+        let ip = |args: &[&str]| run(Command::new("ip").arg("-n").arg(&host.ns).args(args));
+        ip(&["link", "add", "bdeploy", "type", "bridge"]);
+        ip(&["addr", "add", &format!("172.31.{n}.1/24"), "dev", "bdeploy"]);
+        ip(&["link", "set", "bdeploy", "up"]);
+        let child = host
+            .command("dockerd")
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--bridge", "bdeploy"])
+            .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false"])
+            .args(["--insecure-registry", REGISTRY])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dockerd.log")).unwrap())
+            .spawn()
+            .expect("start dockerd");
+        let d = Dockerd { child, socket };
+        let start = Instant::now();
+        while !d.docker(&["version"]).success {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the host's dockerd did not come up: {}",
+                std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        d
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        output(
+            Command::new(docker())
+                .arg("-H")
+                .arg(format!("unix://{}", self.socket.display()))
+                .args(args),
+        )
+    }
+
+    /// Names of the containers berth runs for `service`.
+    fn containers(&self, service: &str) -> Vec<String> {
+        let out = self.docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=berth.service={service}"),
+            "--format",
+            "{{.Names}} {{.Status}}",
+        ]);
+        assert!(out.success, "{}", out.stderr);
+        out.stdout.lines().map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let out = self.docker(&["ps", "-aq"]);
+        for id in out.stdout.split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        kill(&mut self.child);
+    }
+}
+
+/// `berth agent serve` in a host's namespace, killed on drop.
+struct Agent {
+    child: Child,
+    root: PathBuf,
+}
+
+impl Agent {
+    fn start(host: &Host, root: &Path, addr: &str, docker_sock: &Path, name: &str) -> Agent {
+        let mut child = host
+            .command(berth_bin())
+            .arg("--root")
+            .arg(root)
+            .args(["agent", "serve", "--addr", addr, "--name", name])
+            .env("DOCKER_HOST", format!("unix://{}", docker_sock.display()))
+            .env("BERTH_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(root.with_extension("log")).unwrap())
+            .spawn()
+            .expect("spawn berth agent serve");
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("listening on"),
+            "agent did not start: {line:?}\n{}",
+            std::fs::read_to_string(root.with_extension("log")).unwrap_or_default()
+        );
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        Agent {
+            child,
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn token(&self) -> String {
+        let out = output_ok(
+            Command::new(berth_bin())
+                .arg("--root")
+                .arg(&self.root)
+                .args(["agent", "token", "create"]),
+        );
+        out.stdout.trim().to_owned()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+struct DeployHost {
+    host: Host,
+    /// The agent before the dockerd: the agent goes first on drop.
+    agent: Agent,
+    dockerd: Dockerd,
+    /// `ip` of the host as the deploying side reaches it.
+    ip: String,
+}
+
+/// The deploying side (a namespace with the registry) and `n` hosts.
+struct World {
+    dir: tempfile::TempDir,
+    dep: Host,
+    hosts: Vec<DeployHost>,
+    registry: Child,
+    base: BuildBase,
+    _lab: Lab,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.hosts.clear();
+        kill(&mut self.registry);
+    }
+}
+
+impl World {
+    /// `tag` names the namespaces: tests of this file run in parallel.
+    fn new(tag: &str, n: u8) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lab = Lab::new(tag);
+        let dep = lab.host("dep");
+        run(Command::new("ip").args([
+            "-n",
+            &dep.ns,
+            "addr",
+            "add",
+            &format!("{REGISTRY_IP}/32"),
+            "dev",
+            "lo",
+        ]));
+        let mut hosts = Vec::new();
+        for i in 1..=n {
+            let host = lab.host(&format!("h{i}"));
+            let ip = format!("10.91.{i}.2");
+            lab.link(&dep, &format!("10.91.{i}.1/24"), &host, &format!("{ip}/24"));
+            run(Command::new("ip").args([
+                "-n",
+                &host.ns,
+                "route",
+                "add",
+                &format!("{REGISTRY_IP}/32"),
+                "via",
+                &format!("10.91.{i}.1"),
+            ]));
+            let hdir = dir.path().join(format!("h{i}"));
+            let dockerd = Dockerd::start(&host, &hdir.join("docker"), i);
+            let agent = Agent::start(
+                &host,
+                &hdir.join("agent-root"),
+                &format!("{ip}:8373"),
+                &dockerd.socket,
+                &format!("h{i}"),
+            );
+            hosts.push(DeployHost {
+                host,
+                agent,
+                dockerd,
+                ip,
+            });
+        }
+        // Basic auth: anonymous pulls are refused, so the hosts' pulls prove that the
+        // credentials reached their dockerd.
+        let htpasswd = dir.path().join("htpasswd");
+        run(Command::new("htpasswd")
+            .args(["-Bbc"])
+            .arg(&htpasswd)
+            .args(["deployer", "pull-s3cret"]));
+        let mut registry = dep
+            .command(berth_bin())
+            .arg("--root")
+            .arg(dir.path().join("registry"))
+            .args(["registry", "serve", "--addr", REGISTRY, "--htpasswd"])
+            .arg(&htpasswd)
+            .env("BERTH_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn berth registry serve");
+        let mut line = String::new();
+        BufReader::new(registry.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("listening"), "{line:?}");
+        let config = dir.path().join("dep-config/berth");
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::write(
+            config.join("config.toml"),
+            format!("[registries.\"{REGISTRY}\"]\nhttp = true\n"),
+        )
+        .unwrap();
+        World {
+            dir,
+            dep,
+            hosts,
+            registry,
+            base: BuildBase::new(),
+            _lab: lab,
+        }
+    }
+
+    /// `berth` on the deploying side (its namespace, root and config directory).
+    fn berth(&self) -> Command {
+        let mut c = self.dep.command(berth_bin());
+        c.arg("--root")
+            .arg(self.dir.path().join("dep-root"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("dep-config"))
+            .env("BERTH_LOG", "warn")
+            .env("TEST_API_KEY", "s3cret-value")
+            .env("TEST_REGISTRY_PASSWORD", "pull-s3cret")
+            .current_dir(self.dir.path());
+        c
+    }
+
+    fn enroll_all(&self) {
+        for (i, h) in self.hosts.iter().enumerate() {
+            let token = h.agent.token();
+            let out = output_ok(self.berth().args([
+                "host",
+                "add",
+                &format!("h{}", i + 1),
+                "--token",
+                &token,
+            ]));
+            assert!(out.stdout.contains("enrolled with agent"), "{}", out.stdout);
+        }
+    }
+
+    /// Builds `app:TAG` whose `/` answers `body`; with `healthy`, `/health` answers too.
+    fn build(&self, tag: &str, body: &str, healthy: bool) {
+        let ctx = self.dir.path().join(format!("ctx-{tag}"));
+        std::fs::create_dir_all(ctx.join("www")).unwrap();
+        std::fs::write(ctx.join("www/index.html"), format!("{body}\n")).unwrap();
+        if healthy {
+            std::fs::write(ctx.join("www/health"), "ok\n").unwrap();
+        }
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!(
+                "FROM {}\nCOPY www /www\n\
+                 CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-v\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
+                self.base.reference()
+            ),
+        )
+        .unwrap();
+        output_ok(
+            berth_build(&self.dir.path().join("dep-root"))
+                .args(["-t", &format!("app:{tag}")])
+                .arg(&ctx),
+        );
+    }
+
+    /// The deploy file, with the HTTP health check on `/health`.
+    fn write_deploy_file(&self, extra: &str) {
+        self.write_deploy_file_with(
+            "health = { path = \"/health\", interval = \"200ms\", retries = 10 }",
+            extra,
+        );
+    }
+
+    fn write_deploy_file_with(&self, health: &str, extra: &str) {
+        let hosts: Vec<String> = (1..=self.hosts.len())
+            .map(|i| format!("\"h{i}\""))
+            .collect();
+        std::fs::write(
+            self.dir.path().join("berth.toml"),
+            format!(
+                "[deploy.registry]\naddress = \"{REGISTRY}\"\nusername = \"deployer\"\n\
+                 password_env = \"TEST_REGISTRY_PASSWORD\"\n\
+                 [deploy.roles.web]\nhosts = [{}]\n\
+                 [deploy.services.web]\nimage = \"app:v1\"\nroles = [\"web\"]\n\
+                 ports = [\"8080:80\"]\nstop_timeout = \"2s\"\nenv = {{ GREETING = \"hi\" }}\n\
+                 secrets = {{ API_KEY = {{ env = \"TEST_API_KEY\" }} }}\n\
+                 {health}\n{extra}",
+                hosts.join(", ")
+            ),
+        )
+        .unwrap();
+    }
+
+    /// `GET /` of the service on host `i` (0-based), from the deploying side.
+    fn get(&self, i: usize) -> Output {
+        output(self.dep.command("curl").args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            &format!("http://{}:8080/", self.hosts[i].ip),
+        ]))
+    }
+
+    fn deploy(&self, args: &[&str]) -> Output {
+        output(self.berth().arg("deploy").args(args))
+    }
+}
+
+fn require_deploy_world() -> bool {
+    require_build() && require("dockerd") && require("nsenter") && require("ip") && require("curl")
+}
+
+/// A bounded HTTP load from the deploying side on one host's published port, from start
+/// to [`Load::stop`]: counts of answers and failures, and the bodies seen.
+struct Load {
+    child: Child,
+    stop: PathBuf,
+    bodies: PathBuf,
+    errors: PathBuf,
+}
+
+impl Load {
+    fn start(world: &World, host: usize, tag: &str) -> Load {
+        let d = world.dir.path();
+        let stop = d.join(format!("stop-{tag}"));
+        let bodies = d.join(format!("bodies-{tag}"));
+        let errors = d.join(format!("errors-{tag}"));
+        let script = format!(
+            "ok=0; fail=0; n=0\n\
+             while [ ! -e {stop} ] && [ $n -lt 20000 ]; do\n\
+               n=$((n+1))\n\
+               if out=$(curl -sS --fail --max-time 10 http://{ip}:8080/ 2>&1); then\n\
+                 ok=$((ok+1)); echo \"$out\" >> {bodies}\n\
+               else\n\
+                 fail=$((fail+1)); echo \"$out\" >> {errors}\n\
+               fi\n\
+             done\n\
+             echo \"$ok $fail\"\n",
+            stop = stop.display(),
+            ip = world.hosts[host].ip,
+            bodies = bodies.display(),
+            errors = errors.display(),
+        );
+        let child = world
+            .dep
+            .command("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Load {
+            child,
+            stop,
+            bodies,
+            errors,
+        }
+    }
+
+    fn seen(&self, body: &str) -> bool {
+        std::fs::read_to_string(&self.bodies)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == body)
+    }
+
+    /// (answered, failed, the failures' messages).
+    fn stop(self) -> (u64, u64, String) {
+        std::fs::write(&self.stop, "").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut it = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+        let (ok, fail) = (it.next().unwrap(), it.next().unwrap());
+        (
+            ok,
+            fail,
+            std::fs::read_to_string(&self.errors).unwrap_or_default(),
+        )
+    }
+}
+
+#[test]
+fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
+    if !require_deploy_world() {
+        return;
+    }
+    let mut w = World::new("deploy", 2);
+    w.enroll_all();
+    w.build("v1", "version-1", true);
+    w.build("v2", "version-2", true);
+    w.build("v3", "version-3", false);
+    w.build("v4", "version-4", true);
+    w.write_deploy_file("");
+
+    // First deploy: both hosts serve v1 through berth's proxy, one container each.
+    let out = w.deploy(&[]);
+    assert!(
+        out.success,
+        "first deploy failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+    assert!(
+        out.stdout.contains("h1: web v1") && out.stdout.contains("h2: web v1"),
+        "{}",
+        out.stdout
+    );
+    for (i, h) in w.hosts.iter().enumerate() {
+        let got = w.get(i);
+        assert_eq!(
+            got.stdout.trim(),
+            "version-1",
+            "host h{}: {:?} {}\ndeploy said:\n{}\n{}\nagent log:\n{}",
+            i + 1,
+            got.code,
+            got.stderr,
+            out.stdout,
+            out.stderr,
+            std::fs::read_to_string(h.agent.root.with_extension("log")).unwrap_or_default()
+        );
+        assert_eq!(
+            h.dockerd.containers("web").len(),
+            1,
+            "{:?}",
+            h.dockerd.containers("web")
+        );
+        // The secret reached the container's environment, and the agent's state holds
+        // no copy of it.
+        let env = h.dockerd.docker(&[
+            "exec",
+            h.dockerd.containers("web")[0].split(' ').next().unwrap(),
+            "/bin/busybox",
+            "env",
+        ]);
+        assert!(
+            env.stdout.contains("API_KEY=s3cret-value"),
+            "{}",
+            env.stdout
+        );
+        assert!(env.stdout.contains("GREETING=hi"), "{}", env.stdout);
+        let tree = output(
+            Command::new("grep")
+                .args(["-rl", "s3cret-value"])
+                .arg(&h.agent.root),
+        );
+        assert!(
+            tree.stdout.trim().is_empty(),
+            "secret found in agent files: {}",
+            tree.stdout
+        );
+    }
+
+    // The registry refuses anonymous pulls: the hosts pulled with the credentials the
+    // deploy handed their dockerd, which kept none of them.
+    let image = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("pushed app:v1 as "))
+        .unwrap_or_else(|| panic!("{}", out.stderr))
+        .to_owned();
+    assert!(
+        image.starts_with(&format!("{REGISTRY}/app@sha256:")),
+        "{image}"
+    );
+    // By tag: dockerd answers a pull by digest it holds without asking the registry.
+    let tagged = format!("{REGISTRY}/app:v1");
+    let pull = w.hosts[0].dockerd.docker(&["pull", &tagged]);
+    assert!(
+        !pull.success,
+        "an anonymous pull of {tagged} worked: {}",
+        pull.stdout
+    );
+    assert!(
+        pull.stderr.contains("auth") || pull.stderr.contains("denied"),
+        "{}",
+        pull.stderr
+    );
+
+    // v2 under load on h1: zero failed requests, and the load saw both versions.
+    let load = Load::start(&w, 0, "v2");
+    let start = Instant::now();
+    while !load.seen("version-1") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the load got no answer"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = w.deploy(&["--version", "v2"]);
+    assert!(
+        out.success,
+        "deploy v2 failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+    let start = Instant::now();
+    while !load.seen("version-2") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the load never saw v2"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, failed, errors) = load.stop();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the switch:\n{errors}",
+        ok + failed
+    );
+    assert!(ok > 0);
+    for (i, h) in w.hosts.iter().enumerate() {
+        assert_eq!(w.get(i).stdout.trim(), "version-2");
+        let names = h.dockerd.containers("web");
+        assert_eq!(names.len(), 1, "the old container is removed: {names:?}");
+        assert!(names[0].contains("-v2-"), "{names:?}");
+    }
+
+    // v3 has no /health: the deploy fails with the check's output, v2 keeps serving,
+    // and v3's container is gone.
+    let out = w.deploy(&["--version", "v3"]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("did not become healthy"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("GET http://") && out.stderr.contains("404"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("its last log lines"), "{}", out.stderr);
+    assert!(out.stderr.contains("v2 still serves"), "{}", out.stderr);
+    for (i, h) in w.hosts.iter().enumerate() {
+        assert_eq!(w.get(i).stdout.trim(), "version-2");
+        let names = h.dockerd.containers("web");
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].contains("-v2-"), "{names:?}");
+    }
+
+    // History: v2 serving, v1 before it; the failed v3 is not in it.
+    let out = output_ok(w.berth().args(["rollback", "--list"]));
+    let h1: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("h1\t"))
+        .collect();
+    assert_eq!(h1.len(), 2, "{}", out.stdout);
+    assert!(
+        h1[0].contains("\tv2\t") && h1[0].contains("(serving)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        h1[1].contains("\tv1\t") && h1[1].contains("@sha256:"),
+        "{}",
+        out.stdout
+    );
+
+    // Rollback without a version: the previous one (v1).
+    let out = output(
+        w.berth()
+            .arg("rollback")
+            .env("TEST_API_KEY", "s3cret-value"),
+    );
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    for i in 0..w.hosts.len() {
+        assert_eq!(w.get(i).stdout.trim(), "version-1");
+    }
+    // Rollback to a named version.
+    let out = output(
+        w.berth()
+            .args(["rollback", "v2"])
+            .env("TEST_API_KEY", "s3cret-value"),
+    );
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    for (i, h) in w.hosts.iter().enumerate() {
+        assert_eq!(w.get(i).stdout.trim(), "version-2");
+        assert_eq!(h.dockerd.containers("web").len(), 1);
+    }
+    // A version no host has.
+    let out = output(
+        w.berth()
+            .args(["rollback", "v9"])
+            .env("TEST_API_KEY", "s3cret-value"),
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("version v9 is not in its history"),
+        "{}",
+        out.stderr
+    );
+
+    // A second deploy of the service while one runs on the same hosts is refused. The
+    // first one's health check (a command) passes only once the test says so.
+    w.write_deploy_file_with(
+        "health = { cmd = [\"/bin/busybox\", \"test\", \"-e\", \"/tmp/ready\"], \
+         interval = \"100ms\", retries = 3000 }",
+        "",
+    );
+    let first = w
+        .berth()
+        .args(["deploy", "--version", "v1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let new_container = |h: &DeployHost| {
+        h.dockerd
+            .containers("web")
+            .into_iter()
+            .find(|c| c.contains("-v1-"))
+            .map(|c| c.split(' ').next().unwrap().to_owned())
+    };
+    let start = Instant::now();
+    while !w.hosts.iter().all(|h| new_container(h).is_some()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the first deploy started no container"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = w.deploy(&["--version", "v1"]);
+    assert!(!second.success);
+    assert!(
+        second
+            .stderr
+            .contains("another deploy of service web is running on this host"),
+        "{}",
+        second.stderr
+    );
+    for h in &w.hosts {
+        let name = new_container(h).unwrap();
+        let touch = h
+            .dockerd
+            .docker(&["exec", &name, "/bin/busybox", "touch", "/tmp/ready"]);
+        assert!(touch.success, "{}", touch.stderr);
+    }
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for (i, h) in w.hosts.iter().enumerate() {
+        assert_eq!(w.get(i).stdout.trim(), "version-1");
+        assert_eq!(h.dockerd.containers("web").len(), 1);
+    }
+    w.write_deploy_file("");
+
+    // h2 loses its route to the registry: its pull fails with dockerd's error and stops
+    // that host only; h1 goes to v4, h2 keeps serving v1.
+    run(Command::new("ip").args([
+        "-n",
+        &w.hosts[1].host.ns,
+        "route",
+        "del",
+        &format!("{REGISTRY_IP}/32"),
+    ]));
+    let out = w.deploy(&["--version", "v4"]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(out.stdout.contains("h1: web v4"), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains(&format!("h2: web failed: pull {REGISTRY}/app@sha256:")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("h2: web v1 still serves"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("deploy failed on h2"), "{}", out.stderr);
+    assert_eq!(w.get(0).stdout.trim(), "version-4");
+    assert_eq!(w.get(1).stdout.trim(), "version-1");
+
+    // An agent restarted points its proxy at the serving container again.
+    kill(&mut w.hosts[0].agent.child);
+    let restarted = Agent::start(
+        &w.hosts[0].host,
+        &w.hosts[0].agent.root,
+        &format!("{}:8373", w.hosts[0].ip),
+        &w.hosts[0].dockerd.socket,
+        "h1",
+    );
+    w.hosts[0].agent = restarted;
+    assert_eq!(w.get(0).stdout.trim(), "version-4");
+
+    // A secret the deploying machine lacks: refused before any host is touched.
+    let out = output(w.berth().arg("deploy").env_remove("TEST_API_KEY"));
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("deploy.services.web.secrets.API_KEY")
+            && out.stderr.contains("TEST_API_KEY is not set"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn wrong_tokens_are_refused() {
+    if !require_deploy_world() {
+        return;
+    }
+    let w = World::new("deploytok", 1);
+    let good = w.hosts[0].agent.token();
+    // Same id and address, another secret.
+    let (head, tail) = good.split_once('.').unwrap();
+    let secret_end = tail.find('@').unwrap();
+    let flip = if tail.starts_with('0') { "1" } else { "0" };
+    let wrong_secret = format!("{head}.{flip}{}", &tail[1..]);
+    let _ = secret_end;
+    let out = output(
+        w.berth()
+            .args(["host", "add", "h1", "--token", &wrong_secret]),
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("secret does not match"),
+        "{}",
+        out.stderr
+    );
+    // A pin that is not the agent's CA: refused at the handshake.
+    let pin_at = good.find("#sha256:").unwrap() + "#sha256:".len();
+    let mut wrong_pin = good.clone();
+    let flipped = if &good[pin_at..pin_at + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
+    wrong_pin.replace_range(pin_at..pin_at + 1, flipped);
+    let out = output(w.berth().args(["host", "add", "h1", "--token", &wrong_pin]));
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("the server's CA does not match the token"),
+        "{}",
+        out.stderr
+    );
+    // Calls without enrollment: the deploy names the host to enroll.
+    w.write_deploy_file("");
+    let out = w.deploy(&[]);
+    assert!(!out.success);
+    assert!(out.stderr.contains("no host named h1"), "{}", out.stderr);
+    // The good token works once, then is used up.
+    output_ok(w.berth().args(["host", "add", "h1", "--token", &good]));
+    let out = output(w.berth().args(["host", "add", "h1b", "--token", &good]));
+    assert!(!out.success);
+    assert!(out.stderr.contains("already used"), "{}", out.stderr);
+    let st = output_ok(w.berth().args(["host", "status", "h1"]));
+    assert!(st.stdout.contains("agent h1"), "{}", st.stdout);
+}
+
+#[test]
+fn deploy_file_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("berth.toml");
+    std::fs::write(
+        &f,
+        "[deploy.registry]\naddress = \"r:5000\"\n[deploy.roles.web]\nhosts = [\"h1\"]\n\
+         [deploy.services.web]\nimage = \"app:v1\"\nroles = [\"web\"]\nports = [\"80:http\"]\n",
+    )
+    .unwrap();
+    let out = output(
+        Command::new(berth_bin())
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .args(["deploy", "-f"])
+            .arg(&f),
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("berth.toml: deploy.services.web.ports[0]"),
+        "{}",
+        out.stderr
+    );
+    let out = output(
+        Command::new(berth_bin())
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .args(["deploy", "-f"])
+            .arg(dir.path().join("missing.toml")),
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("missing.toml: deploy: cannot read it"),
+        "{}",
+        out.stderr
+    );
+}

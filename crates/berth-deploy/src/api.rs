@@ -1,0 +1,89 @@
+//! What travels between the deploying machine and an agent (JSON over mutual TLS).
+//!
+//! | call | body | answer |
+//! |---|---|---|
+//! | `POST /v1/enroll` (no client certificate) | [`berth_pki::EnrollRequest`] | [`berth_pki::EnrollResponse`] |
+//! | `GET /v1/status` | | [`Status`] |
+//! | `POST /v1/deploy` | [`DeployRequest`] | [`DeployReport`] |
+//! | `GET /v1/services/{name}/history` | | [`Vec<Release>`], newest first |
+//!
+//! Errors answer a status code and `{"error": "…"}`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Service;
+
+/// A deploy of one service on one host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// The service as the deploy file describes it (secrets by source only).
+    pub service: Service,
+    /// What the host pulls: `registry/repository@sha256:…`.
+    pub image: String,
+    /// The version's name (the image's tag, or what `--version` said).
+    pub version: String,
+    /// Secret values: they go into the container's environment and nowhere else on the
+    /// host (not into its history).
+    pub secrets: BTreeMap<String, String>,
+    /// Credentials for this pull only (never written to the host's Docker config).
+    pub registry_auth: Option<RegistryAuth>,
+    /// Versions the host keeps.
+    pub history: usize,
+}
+
+/// Registry credentials handed to the host's dockerd with one pull.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    /// `host[:port]`.
+    pub server: String,
+    /// User name.
+    pub username: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a deploy did on a host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployReport {
+    /// The version now serving.
+    pub serving: Option<String>,
+    /// What happened, step by step.
+    pub steps: Vec<String>,
+    /// Why the deploy failed (the previous version, if any, keeps serving).
+    pub error: Option<String>,
+}
+
+/// One version a host ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// Its name.
+    pub version: String,
+    /// The pinned image (`registry/repository@sha256:…`).
+    pub image: String,
+    /// When it went live (seconds since the epoch).
+    pub deployed_unix: u64,
+    /// The service as deployed (secret values are not kept).
+    pub service: Service,
+}
+
+/// An agent's answer to `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// The agent's name.
+    pub name: String,
+    /// berth's version.
+    pub version: String,
+    /// The Docker daemon's version, or why it did not answer.
+    pub docker: String,
+}

@@ -1,0 +1,253 @@
+//! The deploying machine's side: the hosts it enrolled with (kept in berth's config
+//! directory) and the calls to their agents.
+//!
+//! Under `<config>/hosts/`:
+//!
+//! ```text
+//! <name>/host.json        the agent's address and name
+//! <name>/ca.crt           the agent's CA (its pin was in the token)
+//! <name>/client.{crt,key} this machine's certificate and key (key 0600, made here)
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use berth_pki::{ClientKey, EnrollRequest, EnrollResponse, PeerStore, Token};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{DeployReport, DeployRequest, Release, Status};
+use crate::error::DeployError;
+
+/// A host this machine deploys to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// Its name here (`berth host add NAME`), as deploy files name it.
+    pub name: String,
+    /// The agent's `host:port`.
+    pub address: String,
+    /// The agent's own name.
+    pub agent: String,
+}
+
+/// The hosts this machine enrolled with.
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    dir: PathBuf,
+}
+
+impl Hosts {
+    /// Kept in `dir` (normally `$XDG_CONFIG_HOME/berth/hosts`).
+    pub fn new(dir: PathBuf) -> Hosts {
+        Hosts { dir }
+    }
+
+    fn peers(&self) -> PeerStore {
+        PeerStore::new(&self.dir, "host.json")
+    }
+
+    fn check_name(name: &str) -> Result<(), DeployError> {
+        if PeerStore::valid_name(name) {
+            Ok(())
+        } else {
+            Err(DeployError::BadRequest(format!(
+                "host name {name:?}: use 1 to 64 letters, digits, `.`, `-` or `_`"
+            )))
+        }
+    }
+
+    /// Enrolls with the agent a token names and keeps it as host `name`.
+    pub async fn add(
+        &self,
+        name: &str,
+        token: &Token,
+        client: &str,
+    ) -> Result<HostRecord, DeployError> {
+        Self::check_name(name)?;
+        if self.peers().read::<HostRecord>(name)?.is_some() {
+            return Err(DeployError::BadRequest(format!(
+                "a host named {name} is already enrolled; `berth host rm {name}` first"
+            )));
+        }
+        let (config, verifier) = berth_pki::first_contact(token.pin)?;
+        let key = ClientKey::generate()?;
+        let req = EnrollRequest::new(token, &key, client)?;
+        let resp: EnrollResponse =
+            call(&token.addr, config, "POST", "/v1/enroll", Some(&req)).await?;
+        berth_pki::check_enrollment(token, &verifier, &resp.ca_pem)
+            .map_err(|e| DeployError::Denied(format!("agent {}: {e}", token.addr)))?;
+        self.peers()
+            .trust(name)
+            .save(&resp.ca_pem, &key.into_identity(resp.cert_pem))?;
+        let rec = HostRecord {
+            name: name.to_owned(),
+            address: token.addr.clone(),
+            agent: resp.server,
+        };
+        self.peers().write(name, &rec)?;
+        Ok(rec)
+    }
+
+    /// Host `name`'s record.
+    pub fn get(&self, name: &str) -> Result<HostRecord, DeployError> {
+        Self::check_name(name)?;
+        self.peers().read(name)?.ok_or_else(|| {
+            DeployError::BadRequest(format!(
+                "no host named {name}: enroll it with `berth host add {name} --token T` \
+                 (a token from `berth agent token create` on that host)"
+            ))
+        })
+    }
+
+    /// Every enrolled host, by name.
+    pub fn list(&self) -> Result<Vec<HostRecord>, DeployError> {
+        self.peers().names().iter().map(|n| self.get(n)).collect()
+    }
+
+    /// Forgets host `name` (this machine's certificate and key for it are deleted).
+    pub fn remove(&self, name: &str) -> Result<(), DeployError> {
+        self.get(name)?;
+        Ok(self.peers().remove(name)?)
+    }
+
+    /// A client for host `name`'s agent.
+    pub fn connect(&self, name: &str) -> Result<AgentClient, DeployError> {
+        let rec = self.get(name)?;
+        let config = self.peers().trust(name).client_config()?;
+        Ok(AgentClient { rec, config })
+    }
+}
+
+/// Calls to one enrolled agent over mutual TLS.
+#[derive(Clone)]
+pub struct AgentClient {
+    /// The host.
+    pub rec: HostRecord,
+    config: rustls::ClientConfig,
+}
+
+impl AgentClient {
+    /// The agent's status.
+    pub async fn status(&self) -> Result<Status, DeployError> {
+        self.call("GET", "/v1/status", None::<&()>).await
+    }
+
+    /// Runs a deploy on the host and waits for its report.
+    pub async fn deploy(&self, req: &DeployRequest) -> Result<DeployReport, DeployError> {
+        self.call("POST", "/v1/deploy", Some(req)).await
+    }
+
+    /// The versions of `service` the host ran, newest first.
+    pub async fn history(&self, service: &str) -> Result<Vec<Release>, DeployError> {
+        self.call(
+            "GET",
+            &format!("/v1/services/{service}/history"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    async fn call<B: Serialize, T: for<'de> Deserialize<'de>>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, DeployError> {
+        call(&self.rec.address, self.config.clone(), method, path, body)
+            .await
+            .map_err(|e| match e {
+                DeployError::Remote(m) => {
+                    DeployError::Remote(format!("host {}: {m}", self.rec.name))
+                }
+                e => e,
+            })
+    }
+}
+
+fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+/// One JSON call over TLS (HTTP/1.1, a connection of its own).
+async fn call<B: Serialize, T: for<'de> Deserialize<'de>>(
+    addr: &str,
+    mut config: rustls::ClientConfig,
+    method: &str,
+    path: &str,
+    body: Option<&B>,
+) -> Result<T, DeployError> {
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server_name = rustls_pki_types::ServerName::try_from(host_of(addr).to_owned())
+        .map_err(|e| DeployError::BadRequest(format!("agent address {addr}: {e}")))?;
+    let unreachable =
+        |e: &dyn std::fmt::Display| DeployError::Remote(format!("cannot reach agent {addr}: {e}"));
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| unreachable(&"no answer in 10s"))?
+    .map_err(|e| unreachable(&e))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| match berth_pki::explain_refusal(&e) {
+            Some(why) => DeployError::Denied(format!("agent {addr}: {why}")),
+            None => unreachable(&e),
+        })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| unreachable(&e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let bytes = body
+        .map(|b| serde_json::to_vec(b).expect("serialises"))
+        .unwrap_or_default();
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .map_err(|e| DeployError::Internal(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| {
+        // TLS 1.3 reports a refused client certificate on the first read.
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && let Some(why) = berth_pki::explain_refusal(io)
+            {
+                return DeployError::Denied(format!("agent {addr}: {why}"));
+            }
+            src = s.source();
+        }
+        DeployError::Remote(format!("agent {addr}: the connection failed: {e}"))
+    })?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| DeployError::Remote(format!("agent {addr}: reading the answer: {e}")))?
+        .to_bytes();
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(match status.as_u16() {
+            401 | 403 => DeployError::Denied(format!("agent {addr}: {msg}")),
+            400 => DeployError::BadRequest(format!("agent {addr}: {msg}")),
+            _ => DeployError::Remote(format!("agent {addr}: {msg}")),
+        });
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| DeployError::Remote(format!("agent {addr}: unexpected answer: {e}")))
+}

@@ -1,0 +1,212 @@
+//! The deploying machine's run: a service's hosts in batches, each host's agent asked to
+//! deploy (or roll back) and its report kept. The image is pushed before (by the caller,
+//! which owns the store); here it is a pinned reference the hosts pull.
+
+use std::time::Duration;
+
+use crate::api::{DeployReport, DeployRequest, RegistryAuth, Release};
+use crate::client::Hosts;
+use crate::config::{DeployFile, Service};
+use crate::error::DeployError;
+
+/// What one host did with one service.
+#[derive(Debug)]
+pub struct HostResult {
+    /// The host's name.
+    pub host: String,
+    /// The service.
+    pub service: String,
+    /// The agent's report, or why there was none.
+    pub report: Result<DeployReport, DeployError>,
+}
+
+impl HostResult {
+    /// The deploy failed on this host (no report, or a report with an error).
+    pub fn failed(&self) -> bool {
+        self.report.as_ref().map_or(true, |r| r.error.is_some())
+    }
+}
+
+/// A version of a service to put on its hosts.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The service (from the deploy file, or from a host's history for a rollback).
+    pub service: Service,
+    /// The pinned image (`registry/repository@sha256:…`).
+    pub image: String,
+    /// The version's name.
+    pub version: String,
+}
+
+/// The registry credentials of the deploy file, read now (`None`: anonymous).
+pub fn registry_auth(file: &DeployFile) -> Result<Option<RegistryAuth>, DeployError> {
+    let r = &file.registry;
+    match (&r.username, &r.password) {
+        (Some(u), Some(p)) => Ok(Some(RegistryAuth {
+            server: r.address.clone(),
+            username: u.clone(),
+            password: file.read_secret("deploy.registry", p)?,
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// Deploys `plan` to the service's hosts, batch after batch (`[deploy.batch]`); a host
+/// that fails does not stop the others. `progress` gets a line per host and step.
+pub async fn deploy(
+    file: &DeployFile,
+    hosts: &Hosts,
+    plan: &Planned,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<HostResult>, DeployError> {
+    let names = file.hosts_of(&plan.service);
+    let req = DeployRequest {
+        service: plan.service.clone(),
+        image: plan.image.clone(),
+        version: plan.version.clone(),
+        secrets: file.secrets_of(&plan.service)?,
+        registry_auth: registry_auth(file)?,
+        history: file.history,
+    };
+    // Every host must be known before any is touched.
+    let clients = names
+        .iter()
+        .map(|n| hosts.connect(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    let batches = file.batch.split(&clients);
+    let n = batches.len();
+    for (i, batch) in batches.into_iter().enumerate() {
+        let runs = batch.iter().map(|c| {
+            let req = &req;
+            async move {
+                progress(&format!(
+                    "{}: deploying {} {}",
+                    c.rec.name, req.service.name, req.version
+                ));
+                let report = c.deploy(req).await;
+                HostResult {
+                    host: c.rec.name.clone(),
+                    service: req.service.name.clone(),
+                    report,
+                }
+            }
+        });
+        for r in futures_util::future::join_all(runs).await {
+            match &r.report {
+                Ok(rep) => {
+                    for s in &rep.steps {
+                        progress(&format!("{}: {s}", r.host));
+                    }
+                }
+                Err(e) => progress(&format!("{}: {e}", r.host)),
+            }
+            out.push(r);
+        }
+        if i + 1 < n && file.batch.wait > Duration::ZERO {
+            progress(&format!(
+                "waiting {:?} before the next batch",
+                file.batch.wait
+            ));
+            tokio::time::sleep(file.batch.wait).await;
+        }
+    }
+    Ok(out)
+}
+
+/// The history of `service` on each of its hosts.
+pub async fn history(
+    file: &DeployFile,
+    hosts: &Hosts,
+    service: &Service,
+) -> Vec<(String, Result<Vec<Release>, DeployError>)> {
+    let mut out = Vec::new();
+    for name in file.hosts_of(service) {
+        let h = match hosts.connect(&name) {
+            Ok(c) => c.history(&service.name).await,
+            Err(e) => Err(e),
+        };
+        out.push((name, h));
+    }
+    out
+}
+
+/// Chooses what a rollback puts back from one host's history (newest first): `version`,
+/// or the one before the serving one.
+pub fn pick_release<'a>(
+    history: &'a [Release],
+    version: Option<&str>,
+) -> Result<&'a Release, String> {
+    match version {
+        Some(v) => history.iter().find(|r| r.version == v).ok_or_else(|| {
+            format!(
+                "version {v} is not in its history (it has {})",
+                history
+                    .iter()
+                    .map(|r| r.version.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }),
+        None => history
+            .get(1)
+            .ok_or_else(|| "no previous version in its history to go back to".to_owned()),
+    }
+}
+
+/// Rolls `service` back on each of its hosts to `version` (default: the previous one in
+/// that host's history): the same health-gated switch, with no build and no push.
+/// Secrets are read again from this machine (hosts keep none).
+pub async fn rollback(
+    file: &DeployFile,
+    hosts: &Hosts,
+    service: &Service,
+    version: Option<&str>,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<HostResult>, DeployError> {
+    let mut out = Vec::new();
+    for (host, h) in history(file, hosts, service).await {
+        let release = h.and_then(|h| {
+            pick_release(&h, version)
+                .cloned()
+                .map_err(|m| DeployError::BadRequest(format!("host {host}: {m}")))
+        });
+        let release = match release {
+            Ok(r) => r,
+            Err(e) => {
+                progress(&format!("{host}: {e}"));
+                out.push(HostResult {
+                    host,
+                    service: service.name.clone(),
+                    report: Err(e),
+                });
+                continue;
+            }
+        };
+        let client = hosts.connect(&host)?;
+        progress(&format!(
+            "{host}: rolling {} back to {}",
+            service.name, release.version
+        ));
+        let req = DeployRequest {
+            secrets: file.secrets_of(&release.service)?,
+            service: release.service,
+            image: release.image,
+            version: release.version,
+            registry_auth: registry_auth(file)?,
+            history: file.history,
+        };
+        let report = client.deploy(&req).await;
+        if let Ok(rep) = &report {
+            for s in &rep.steps {
+                progress(&format!("{host}: {s}"));
+            }
+        }
+        out.push(HostResult {
+            host,
+            service: service.name.clone(),
+            report,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,565 @@
+//! The host side of a deploy: the host's dockerd (bollard), the proxy switch and the
+//! history. One deploy of a service on a host:
+//!
+//! 1. pull the pinned image (credentials go with this pull only);
+//! 2. create and start the new container beside the old one (no port published: the
+//!    proxy reaches it on its bridge address);
+//! 3. run its health check until it passes, or give up after `retries` and remove it,
+//!    reporting its last log lines and the check's last output; the old one serves on;
+//! 4. switch the proxy's ports to it; let requests in flight to the old one finish
+//!    (at most `stop_timeout`); stop and remove the old one;
+//! 5. record the version in the history (the last N, newest first).
+//!
+//! Under the agent's `services/<name>/`: `history.json` ([`Release`]s; no secret values)
+//! and `current.json` (the serving container), read again at start to restore the proxy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, LogsOptions, RemoveContainerOptions,
+    StopContainerOptions,
+};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::api::{DeployReport, DeployRequest, Release};
+use crate::config::{Check, Health, Service};
+use crate::error::DeployError;
+use crate::proxy::{Proxies, Target};
+
+/// Log lines of a failed container shown in the error.
+const LOG_LINES: &str = "20";
+
+/// The serving container of a service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Current {
+    container: String,
+    version: String,
+    ports: Vec<crate::config::Port>,
+}
+
+/// Drives one host's dockerd and proxy.
+pub struct Engine {
+    docker: Docker,
+    dir: PathBuf,
+    proxies: Proxies,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn derr(what: &str) -> impl FnOnce(bollard::errors::Error) -> DeployError + '_ {
+    move |e| DeployError::Docker(format!("{what}: {}", docker_message(&e)))
+}
+
+fn docker_message(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        bollard::errors::Error::DockerStreamError { error } => error.clone(),
+        e => e.to_string(),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), DeployError> {
+    let dir = path.parent().expect("a file in a directory");
+    std::fs::create_dir_all(dir).map_err(DeployError::io("create", dir))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value).expect("serialises"))
+        .map_err(DeployError::io("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(DeployError::io("rename", path))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, DeployError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| DeployError::Internal(format!("{} is damaged: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(DeployError::io("read", path)(e)),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Engine {
+    /// An engine keeping its state in `dir`, on the dockerd of `DOCKER_HOST`.
+    pub async fn new(dir: &Path) -> Result<Engine, DeployError> {
+        let docker = berth_docker::connect()
+            .await
+            .map_err(|e| DeployError::Docker(e.to_string()))?;
+        Ok(Engine {
+            docker,
+            dir: dir.to_path_buf(),
+            proxies: Proxies::default(),
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The daemon's version.
+    pub async fn docker_version(&self) -> Result<String, DeployError> {
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(derr("docker version"))?;
+        Ok(v.version.unwrap_or_default())
+    }
+
+    fn service_dir(&self, service: &str) -> PathBuf {
+        self.dir.join("services").join(service)
+    }
+
+    /// The versions of `service` this host ran, newest (the serving one) first.
+    pub fn history(&self, service: &str) -> Result<Vec<Release>, DeployError> {
+        check_service_name(service)?;
+        Ok(read_json(&self.service_dir(service).join("history.json"))?.unwrap_or_default())
+    }
+
+    /// Points the proxy at every service's serving container again (after a restart of
+    /// the agent; containers restart with dockerd and may have new addresses).
+    pub async fn restore(&self) {
+        let Ok(rd) = std::fs::read_dir(self.dir.join("services")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let cur: Option<Current> = read_json(&e.path().join("current.json")).ok().flatten();
+            let Some(cur) = cur else { continue };
+            match self.address(&cur.container).await {
+                Ok(ip) => {
+                    for p in &cur.ports {
+                        let t = Target::new(SocketAddr::new(ip, p.container));
+                        if let Err(e) = self.proxies.switch(p.host, t).await {
+                            tracing::error!(service = %name, error = %e, "proxy not restored");
+                        }
+                    }
+                    tracing::info!(service = %name, version = %cur.version, "proxy restored");
+                }
+                Err(e) => tracing::error!(service = %name, error = %e, "serving container lost"),
+            }
+        }
+    }
+
+    async fn address(&self, container: &str) -> Result<IpAddr, DeployError> {
+        let info = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(derr(&format!("inspect container {container}")))?;
+        info.network_settings
+            .and_then(|n| n.networks)
+            .into_iter()
+            .flat_map(|m| m.into_values())
+            .filter_map(|e| e.ip_address)
+            .find_map(|ip| ip.parse().ok())
+            .ok_or_else(|| {
+                DeployError::Docker(format!(
+                    "container {container} has no network address (is it running?)"
+                ))
+            })
+    }
+
+    /// Runs one deploy (see the module's steps). A failure leaves the previous version
+    /// serving; the report says what happened either way.
+    pub async fn deploy(&self, req: DeployRequest) -> DeployReport {
+        let mut steps = Vec::new();
+        if let Err(e) = check_service_name(&req.service.name) {
+            return DeployReport {
+                serving: None,
+                steps,
+                error: Some(e.to_string()),
+            };
+        }
+        let lock = self
+            .locks
+            .lock()
+            .expect("locks")
+            .entry(req.service.name.clone())
+            .or_default()
+            .clone();
+        let result = match lock.try_lock() {
+            Ok(_held) => self.deploy_locked(&req, &mut steps).await,
+            Err(_) => Err(DeployError::BadRequest(format!(
+                "another deploy of service {} is running on this host; wait for it to end",
+                req.service.name
+            ))),
+        };
+        let current: Option<Current> =
+            read_json(&self.service_dir(&req.service.name).join("current.json"))
+                .ok()
+                .flatten();
+        DeployReport {
+            serving: current.map(|c| c.version),
+            steps,
+            error: result.err().map(|e| e.to_string()),
+        }
+    }
+
+    async fn deploy_locked(
+        &self,
+        req: &DeployRequest,
+        steps: &mut Vec<String>,
+    ) -> Result<(), DeployError> {
+        let svc = &req.service;
+        self.pull(req).await?;
+        steps.push(format!("pulled {}", req.image));
+        let name = container_name(&svc.name, &req.version);
+        let id = self.create(req, &name).await?;
+        steps.push(format!("started container {name}"));
+        if let Err(e) = self.wait_healthy(&name, &svc.health).await {
+            let logs = self.last_logs(&name).await;
+            self.remove(&name, svc).await;
+            steps.push(format!("removed unhealthy container {name}"));
+            return Err(DeployError::Unhealthy(format!(
+                "version {} of {} did not become healthy: {e}\nits last log lines:\n{logs}\
+                 the previous version keeps serving",
+                req.version, svc.name
+            )));
+        }
+        steps.push(format!("{name} is healthy"));
+        let ip = self.address(&id).await?;
+        let mut old_targets = Vec::new();
+        for p in &svc.ports {
+            match self
+                .proxies
+                .switch(p.host, Target::new(SocketAddr::new(ip, p.container)))
+                .await
+            {
+                Ok(old) => old_targets.extend(old),
+                Err(e) => {
+                    self.remove(&name, svc).await;
+                    return Err(e);
+                }
+            }
+            steps.push(format!("port {} now goes to {name}", p.host));
+        }
+        let dir = self.service_dir(&svc.name);
+        let previous: Option<Current> = read_json(&dir.join("current.json"))?;
+        write_json(
+            &dir.join("current.json"),
+            &Current {
+                container: name.clone(),
+                version: req.version.clone(),
+                ports: svc.ports.clone(),
+            },
+        )?;
+        let mut history = self.history(&svc.name)?;
+        history.insert(
+            0,
+            Release {
+                version: req.version.clone(),
+                image: req.image.clone(),
+                deployed_unix: unix_now(),
+                service: svc.clone(),
+            },
+        );
+        history.truncate(req.history.max(1));
+        write_json(&dir.join("history.json"), &history)?;
+        for t in old_targets {
+            if !t.drained(svc.stop_timeout).await {
+                steps.push(format!(
+                    "{} requests to the old container still ran after {:?}",
+                    t.inflight(),
+                    svc.stop_timeout
+                ));
+            }
+        }
+        if let Some(prev) = previous
+            && prev.container != name
+        {
+            self.remove(&prev.container, svc).await;
+            steps.push(format!("stopped and removed {}", prev.container));
+        }
+        Ok(())
+    }
+
+    async fn pull(&self, req: &DeployRequest) -> Result<(), DeployError> {
+        let opts = CreateImageOptions {
+            from_image: Some(req.image.clone()),
+            ..Default::default()
+        };
+        let creds = req.registry_auth.as_ref().map(|a| DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(a.server.clone()),
+            ..Default::default()
+        });
+        let mut stream = self.docker.create_image(Some(opts), None, creds);
+        while let Some(item) = stream.next().await {
+            let fail = |m: String| {
+                DeployError::Docker(format!(
+                    "pull {}: {m}; this host's deploy stops here (check that the host reaches \
+                     the registry and trusts it)",
+                    req.image
+                ))
+            };
+            match item {
+                Ok(info) => {
+                    if let Some(m) = info.error_detail.and_then(|d| d.message) {
+                        return Err(fail(m));
+                    }
+                }
+                Err(e) => return Err(fail(docker_message(&e))),
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(&self, req: &DeployRequest, name: &str) -> Result<String, DeployError> {
+        let svc = &req.service;
+        let mut env: Vec<String> = svc.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.extend(req.secrets.iter().map(|(k, v)| format!("{k}={v}")));
+        let labels = BTreeMap::from([
+            ("berth.service".to_owned(), svc.name.clone()),
+            ("berth.version".to_owned(), req.version.clone()),
+        ]);
+        let binds: Vec<String> = svc
+            .volumes
+            .iter()
+            .map(|v| {
+                let ro = if v.read_only { ":ro" } else { "" };
+                format!("{}:{}{ro}", v.source, v.target)
+            })
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(req.image.clone()),
+            cmd: svc.command.clone(),
+            env: Some(env),
+            labels: Some(labels.into_iter().collect()),
+            stop_signal: Some(svc.stop_signal.clone()),
+            stop_timeout: Some(svc.stop_timeout.as_secs() as i64),
+            host_config: Some(HostConfig {
+                binds: (!binds.is_empty()).then_some(binds),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(derr(&format!("create container {name}")))?;
+        if let Err(e) = self.docker.start_container(name, None).await {
+            let logs = self.last_logs(name).await;
+            self.remove(name, svc).await;
+            return Err(DeployError::Docker(format!(
+                "start container {name}: {}\n{logs}",
+                docker_message(&e)
+            )));
+        }
+        Ok(created.id)
+    }
+
+    /// Runs the check every interval until it passes; after `retries` failures, the last
+    /// failure's output.
+    async fn wait_healthy(&self, name: &str, health: &Health) -> Result<(), String> {
+        let mut last = String::new();
+        for attempt in 1..=health.retries {
+            if attempt > 1 {
+                tokio::time::sleep(health.interval).await;
+            }
+            let state = self
+                .docker
+                .inspect_container(name, None)
+                .await
+                .map_err(|e| docker_message(&e))?
+                .state
+                .unwrap_or_default();
+            if state.running != Some(true) {
+                return Err(format!(
+                    "the container exited (code {})",
+                    state.exit_code.unwrap_or(-1)
+                ));
+            }
+            let check = tokio::time::timeout(health.timeout, self.check_once(name, &health.check));
+            match check.await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(out)) => last = out,
+                Err(_) => last = format!("the check took longer than {:?}", health.timeout),
+            }
+        }
+        Err(format!(
+            "{} health checks failed; the last said: {last}",
+            health.retries
+        ))
+    }
+
+    async fn check_once(&self, name: &str, check: &Check) -> Result<(), String> {
+        match check {
+            Check::Running => Ok(()),
+            Check::Http { path, port } => {
+                let ip = self.address(name).await.map_err(|e| e.to_string())?;
+                http_check(SocketAddr::new(ip, *port), path).await
+            }
+            Check::Command(cmd) => {
+                let exec = self
+                    .docker
+                    .create_exec(
+                        name,
+                        CreateExecOptions {
+                            cmd: Some(cmd.clone()),
+                            attach_stdout: Some(true),
+                            attach_stderr: Some(true),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| docker_message(&e))?;
+                let mut out = String::new();
+                if let StartExecResults::Attached { mut output, .. } = self
+                    .docker
+                    .start_exec(&exec.id, None)
+                    .await
+                    .map_err(|e| docker_message(&e))?
+                {
+                    while let Some(Ok(chunk)) = output.next().await {
+                        out.push_str(&chunk.to_string());
+                    }
+                }
+                let code = self
+                    .docker
+                    .inspect_exec(&exec.id)
+                    .await
+                    .map_err(|e| docker_message(&e))?
+                    .exit_code
+                    .unwrap_or(-1);
+                if code == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{cmd:?} exited {code}: {}", out.trim()))
+                }
+            }
+        }
+    }
+
+    async fn last_logs(&self, name: &str) -> String {
+        let opts = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: LOG_LINES.into(),
+            ..Default::default()
+        };
+        let mut s = self.docker.logs(name, Some(opts));
+        let mut out = String::new();
+        while let Some(Ok(chunk)) = s.next().await {
+            out.push_str("  | ");
+            out.push_str(chunk.to_string().trim_end());
+            out.push('\n');
+        }
+        if out.is_empty() {
+            out.push_str("  (no output)\n");
+        }
+        out
+    }
+
+    /// Stops (the service's signal, then its timeout) and removes a container.
+    async fn remove(&self, name: &str, svc: &Service) {
+        let stop = StopContainerOptions {
+            t: Some(svc.stop_timeout.as_secs() as i32),
+            signal: None,
+        };
+        if let Err(e) = self.docker.stop_container(name, Some(stop)).await {
+            tracing::debug!(container = name, error = %e, "stop");
+        }
+        let rm = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        if let Err(e) = self.docker.remove_container(name, Some(rm)).await {
+            tracing::warn!(container = name, error = %e, "remove failed");
+        }
+    }
+}
+
+/// Service names become directory and container names: the deploy file's rule, checked
+/// again on the host.
+fn check_service_name(name: &str) -> Result<(), DeployError> {
+    let ok = (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(DeployError::BadRequest(format!(
+            "{name:?} is not a service name"
+        )))
+    }
+}
+
+fn container_name(service: &str, version: &str) -> String {
+    let v: String = version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("berth-{service}-{v}-{:06x}", nanos & 0xff_ffff)
+}
+
+/// `GET path` over HTTP/1.0; 2xx passes. The failure says the status line and the start
+/// of the body, or why nothing answered.
+async fn http_check(addr: SocketAddr, path: &str) -> Result<(), String> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: berth-health\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("GET http://{addr}{path}: {e}"))?;
+    let mut buf = Vec::new();
+    let _ = s.take(4096).read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf);
+    let status_line = text.lines().next().unwrap_or("");
+    let code: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if (200..300).contains(&code) {
+        return Ok(());
+    }
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").trim();
+    let body: String = body.chars().take(300).collect();
+    Err(format!(
+        "GET http://{addr}{path}: {}{}",
+        if status_line.is_empty() {
+            "no answer"
+        } else {
+            status_line
+        },
+        if body.is_empty() {
+            String::new()
+        } else {
+            format!(": {body}")
+        }
+    ))
+}

@@ -1,0 +1,29 @@
+//! berth-deploy owns deploys to hosts: the deploy file (`[deploy]` of `berth.toml`,
+//! [`config`]), the agent that runs on each host ([`agent`]: enrollment with a one-time
+//! token and a pinned CA through berth-pki, as satellites do; the host's dockerd through
+//! bollard; a reverse proxy per published port, [`proxy`]; the history of versions) and
+//! the deploying machine's side ([`client`], [`deployer`]): enrolled hosts, batches,
+//! rollbacks.
+//!
+//! A deploy on one host pulls the pinned image, starts the new container beside the old
+//! one, waits for its health check, switches the proxy, drains and removes the old one
+//! ([`engine`]). Building and pushing the image is the caller's (berth-cli), which owns
+//! the store.
+//!
+//! Not yet: SSH-driven hosts, agents dialing out (`--connect`), replicas, HTTP/2 and
+//! WebSocket in the proxy, `[network]` settings for agents, locks across agents.
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod deployer;
+pub mod engine;
+mod error;
+pub mod proxy;
+
+pub use agent::{Agent, AgentOptions, AgentRoot};
+pub use client::{AgentClient, HostRecord, Hosts};
+pub use config::DeployFile;
+pub use error::DeployError;
