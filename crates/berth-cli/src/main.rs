@@ -2,6 +2,7 @@
 
 mod build;
 mod doctor;
+mod earthly;
 mod format;
 mod image;
 mod progress;
@@ -154,6 +155,10 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() {
+    // `berth +target` and `berth build +target` run Earthfiles (earthly.rs).
+    if let Some(code) = earthly::intercept() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     // Request logs are for the registry server; other commands that serve (the proxy of
     // `berth load`) keep them quiet unless BERTH_LOG asks.

@@ -1,0 +1,1718 @@
+//! Earthfile recipes → build graph: an interpreter over the statements of the invoked
+//! target and of every target it reaches.
+//!
+//! Each target is lowered once per set of ARG overrides (`+t --X=1` twice is one
+//! target; `+t --X=2` is another). Lowering a target walks its base recipe, then its
+//! own statements, keeping beside the graph what Earthly keeps: the image config, the
+//! variables in scope (ENV, ARG, LET), the artifact state (`SAVE ARTIFACT` copies out
+//! of the target's file system into it), the images and local artifacts it saves, the
+//! targets it `BUILD`s, and its `CACHE` mounts. Nothing runs here: the result is a
+//! [`Plan`] of states, which the solver runs together, so independent targets run in
+//! parallel and a state reached twice runs once.
+//!
+//! What Earthly evaluates by running a command in the container (`IF`, `FOR`, `ARG
+//! X=$(cmd)`) and what needs privileges (`WITH DOCKER`, `RUN --privileged`), a host
+//! (`LOCALLY`) or another tool (`FROM DOCKERFILE`, remote references) is refused with an
+//! error at its line saying it is not supported yet.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::ast::{Command, Earthfile, Stmt, Word};
+use crate::error::{BuildError, Result};
+use crate::frontend::dockerfile::expand::expand;
+use crate::frontend::dockerfile::instructions::{CommandLine, InstructionKind, RunMount};
+use crate::frontend::dockerfile::lower::run::{MountEnv, clean_abs, exec_mount};
+use crate::frontend::dockerfile::lower::{DEFAULT_PATH, command_list, exposed_ports, healthcheck};
+use crate::frontend::source::Pos;
+use crate::image::{History, ImageConfig, ResolvedImage, host_platform};
+use crate::ir::{
+    self, ExecMount, ExecOp, FileAction, FileOp, GitSource, ImageSource, LocalSource, MountSource,
+    Op, Sharing, State,
+};
+use crate::pattern::Ignore;
+use crate::solver::Cancel;
+
+/// What lowering needs besides the Earthfiles.
+#[derive(Debug, Clone, Default)]
+pub struct EarthOptions {
+    /// `--NAME=value` overrides of the invoked target's ARGs.
+    pub args: BTreeMap<String, String>,
+    /// Proxy variables, given to RUN steps but no cache key.
+    pub proxy_env: Vec<String>,
+    /// Run every step.
+    pub no_cache: bool,
+    /// `created` timestamps (RFC 3339).
+    pub created: Option<String>,
+    /// Entitlements granted (`--allow`).
+    pub allow: Vec<ir::Entitlement>,
+    /// Stops lowering between commands.
+    pub cancel: Cancel,
+    /// `--push`: the value of `EARTHLY_PUSH`.
+    pub push: bool,
+    /// `--ci`: the value of `EARTHLY_CI`.
+    pub ci: bool,
+}
+
+/// The lowered build: every target reached, and which one was invoked.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Local sources by name: the folder of each Earthfile used.
+    pub contexts: HashMap<String, PathBuf>,
+    /// Targets, each once per set of ARG values; a target comes after those it needs.
+    pub targets: Vec<TargetOut>,
+    /// The invoked target.
+    pub invoked: usize,
+}
+
+impl Plan {
+    /// The invoked target and those connected to it through `BUILD` chains: Earthly's
+    /// output rule saves images and artifacts of these only.
+    pub fn connected(&self) -> Vec<usize> {
+        let mut seen = vec![self.invoked];
+        let mut i = 0;
+        while i < seen.len() {
+            for &b in &self.targets[seen[i]].builds {
+                if !seen.contains(&b) {
+                    seen.push(b);
+                }
+            }
+            i += 1;
+        }
+        seen
+    }
+}
+
+/// A lowered target.
+#[derive(Debug, Clone)]
+pub struct TargetOut {
+    /// `+name` or `./dir+name`, with ARG overrides if any.
+    pub label: String,
+    /// Its final state (before any `RUN --push`).
+    pub state: State,
+    /// Its image config.
+    pub config: ImageConfig,
+    /// The state each history entry made (`None`: metadata, or the base image's).
+    pub history_states: Vec<Option<State>>,
+    /// Its artifacts (`SAVE ARTIFACT`), as a file system.
+    pub artifact: State,
+    /// `SAVE IMAGE`s.
+    pub images: Vec<SavedImage>,
+    /// `SAVE ARTIFACT … AS LOCAL`s.
+    pub locals: Vec<SavedLocal>,
+    /// Targets it `BUILD`s.
+    pub builds: Vec<usize>,
+    /// The state after its `RUN --push` steps, run only with `--push`.
+    pub push_state: Option<State>,
+}
+
+/// A `SAVE IMAGE`.
+#[derive(Debug, Clone)]
+pub struct SavedImage {
+    /// Names (none: the target's image, used by `FROM +t` only).
+    pub names: Vec<String>,
+    /// `--push`.
+    pub push: bool,
+    /// Saved after a `RUN --push`: made only with `--push`.
+    pub push_only: bool,
+    /// The file system.
+    pub state: State,
+    /// The config.
+    pub config: ImageConfig,
+    /// The state each history entry made.
+    pub history_states: Vec<Option<State>>,
+}
+
+/// A `SAVE ARTIFACT … AS LOCAL`.
+#[derive(Debug, Clone)]
+pub struct SavedLocal {
+    /// A file system holding the artifact under `/out/`: `/out/<name>` for one path,
+    /// every match in `/out/` for a wildcard.
+    pub state: State,
+    /// The source had wildcards.
+    pub glob: bool,
+    /// The artifact's name under `/out/` (one path).
+    pub name: String,
+    /// Where on the host (absolute); a trailing `/` means "into this folder".
+    pub dest: String,
+    /// Where it was written, for errors (`Earthfile:12`).
+    pub origin: String,
+}
+
+/// A variable in scope.
+#[derive(Debug, Clone)]
+struct Var {
+    name: String,
+    value: String,
+    kind: VarKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VarKind {
+    Env,
+    Arg,
+    Let,
+}
+
+/// An Earthfile and what was read with it.
+struct Project {
+    ef: Earthfile,
+    dir: PathBuf,
+    /// `""` for the invoked Earthfile's folder, else `./rel` from it.
+    reference: String,
+    context: State,
+    /// `IMPORT` aliases → their folders (`Err`: a reference berth cannot import yet).
+    imports: HashMap<String, std::result::Result<PathBuf, String>>,
+    git: HashMap<&'static str, String>,
+}
+
+/// A target being lowered.
+struct Ts {
+    label: String,
+    name: String,
+    proj: Arc<Project>,
+    state: State,
+    config: ImageConfig,
+    hist: Vec<Option<State>>,
+    vars: Vec<Var>,
+    globals: Vec<Var>,
+    overrides: BTreeMap<String, String>,
+    artifact: State,
+    images: Vec<SavedImage>,
+    locals: Vec<SavedLocal>,
+    builds: Vec<usize>,
+    caches: Vec<ExecMount>,
+    /// The state before the first `RUN --push`.
+    pre_push: Option<State>,
+    is_base: bool,
+}
+
+impl Ts {
+    fn lookup(&self, key: &str) -> Option<String> {
+        self.vars
+            .iter()
+            .rev()
+            .find(|v| v.name == key)
+            .map(|v| v.value.clone())
+    }
+
+    fn set_var(&mut self, name: &str, value: String, kind: VarKind) {
+        self.vars.retain(|v| v.name != name);
+        self.vars.push(Var {
+            name: name.to_string(),
+            value,
+            kind,
+        });
+    }
+
+    fn cwd(&self) -> String {
+        if self.config.config.working_dir.is_empty() {
+            "/".into()
+        } else {
+            self.config.config.working_dir.clone()
+        }
+    }
+
+    /// `path` made absolute against the working directory.
+    fn abs(&self, path: &str) -> String {
+        let trailing = path.ends_with('/') && path.len() > 1;
+        let p = if path.starts_with('/') {
+            clean_abs(path)
+        } else {
+            clean_abs(&format!("{}/{path}", self.cwd()))
+        };
+        if trailing && p != "/" {
+            format!("{p}/")
+        } else {
+            p
+        }
+    }
+
+    fn arg_overrides(&self) -> BTreeMap<String, String> {
+        self.vars
+            .iter()
+            .filter(|v| v.kind == VarKind::Arg)
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect()
+    }
+}
+
+/// Lowers targets of Earthfiles.
+pub struct Lowerer<'a> {
+    opts: &'a EarthOptions,
+    resolve: &'a mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    root: PathBuf,
+    projects: HashMap<PathBuf, Arc<Project>>,
+    memo: HashMap<String, usize>,
+    active: Vec<(String, String)>,
+    targets: Vec<TargetOut>,
+    images: HashMap<String, (State, ImageConfig)>,
+    contexts: HashMap<String, PathBuf>,
+}
+
+/// Lower `reference` (`+target`, `./dir+target`, `../dir+target`) relative to the
+/// folder `dir`, whose Earthfile holds `+target`.
+pub fn lower(
+    dir: &Path,
+    reference: &str,
+    opts: &EarthOptions,
+    resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
+) -> Result<Plan> {
+    let root = std::fs::canonicalize(dir)
+        .map_err(|e| BuildError::Invalid(format!("folder {}: {e}", dir.display())))?;
+    let mut l = Lowerer {
+        opts,
+        resolve,
+        root: root.clone(),
+        projects: HashMap::new(),
+        memo: HashMap::new(),
+        active: Vec::new(),
+        targets: Vec::new(),
+        images: HashMap::new(),
+        contexts: HashMap::new(),
+    };
+    let (proj_part, name) = reference.split_once('+').ok_or_else(|| {
+        BuildError::Invalid(format!(
+            "{reference:?} is not a target reference; write +target or ./dir+target"
+        ))
+    })?;
+    if name.is_empty() || name.contains('/') {
+        return Err(BuildError::Invalid(format!(
+            "{reference:?} names no target; write +target or ./dir+target"
+        )));
+    }
+    let tdir = if proj_part.is_empty() {
+        root.clone()
+    } else if is_local_ref(proj_part) {
+        root.join(proj_part)
+    } else {
+        return Err(BuildError::Invalid(format!(
+            "{reference:?}: remote references are not supported yet; clone the repository and use ./path+target"
+        )));
+    };
+    let proj = l.project(&tdir)?;
+    let invoked = l.target(&proj, name, opts.args.clone(), None)?;
+    Ok(Plan {
+        contexts: l.contexts,
+        targets: l.targets,
+        invoked,
+    })
+}
+
+fn is_local_ref(p: &str) -> bool {
+    p == "." || p == ".." || p.starts_with("./") || p.starts_with("../") || p.starts_with('/')
+}
+
+fn src_err(proj: &Project, pos: Pos, msg: impl Into<String>) -> BuildError {
+    BuildError::Source(proj.ef.source.error(pos, msg))
+}
+
+fn not_supported(proj: &Project, pos: Pos, what: &str) -> BuildError {
+    BuildError::Source(
+        proj.ef
+            .source
+            .error(pos, format!("{what} is not supported by berth yet"))
+            .with_hint("see README.md, section Earthfiles, for what berth runs today"),
+    )
+}
+
+/// Files Earthly never sends as context (its implicit ignore).
+const IMPLICIT_IGNORE: &[&str] = &[
+    ".tmp-earthly-out/",
+    "build.earth",
+    "Earthfile",
+    ".earthignore",
+    ".earthlyignore",
+];
+
+impl Lowerer<'_> {
+    /// The Earthfile of folder `dir`, read once.
+    fn project(&mut self, dir: &Path) -> Result<Arc<Project>> {
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|e| BuildError::Invalid(format!("folder {}: {e}", dir.display())))?;
+        if let Some(p) = self.projects.get(&dir) {
+            return Ok(p.clone());
+        }
+        let file = dir.join("Earthfile");
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            BuildError::Invalid(format!(
+                "read {}: {e}; a target reference names a folder with an Earthfile",
+                file.display()
+            ))
+        })?;
+        let reference = match dir.strip_prefix(&self.root) {
+            Ok(rel) if rel.as_os_str().is_empty() => String::new(),
+            Ok(rel) => format!("./{}", rel.display()),
+            Err(_) => dir.display().to_string(),
+        };
+        let name = if reference.is_empty() {
+            "Earthfile".to_string()
+        } else {
+            format!("{}/Earthfile", reference.trim_start_matches("./"))
+        };
+        let ef = Earthfile::parse(&name, &text)?;
+        let mut exclude: Vec<String> = Vec::new();
+        for f in [".earthlyignore", ".earthignore"] {
+            if let Ok(t) = std::fs::read_to_string(dir.join(f)) {
+                exclude.extend(Ignore::parse(&t).patterns());
+            }
+        }
+        let implicit = !ef
+            .version
+            .as_ref()
+            .is_some_and(|v| v.features.iter().any(|f| f == "no-implicit-ignore"));
+        if implicit {
+            exclude.extend(IMPLICIT_IGNORE.iter().map(|s| s.to_string()));
+        }
+        let ctx_name = if reference.is_empty() {
+            "context".to_string()
+        } else {
+            format!("earthfile:{reference}")
+        };
+        self.contexts.insert(ctx_name.clone(), dir.clone());
+        let context = State::local(LocalSource {
+            name: ctx_name,
+            exclude,
+        });
+        let mut imports = HashMap::new();
+        let mut all: Vec<&Command> = Vec::new();
+        collect_commands(&ef.base, &mut all);
+        for t in &ef.targets {
+            collect_commands(&t.body, &mut all);
+        }
+        for c in all.into_iter().filter(|c| c.name == "IMPORT") {
+            let r = c.args[0].text.clone();
+            let alias = match (c.args.get(1), c.args.get(2)) {
+                (Some(a), Some(alias)) if a.text == "AS" => alias.text.clone(),
+                (None, None) => r
+                    .trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&r)
+                    .split(':')
+                    .next()
+                    .unwrap_or(&r)
+                    .to_string(),
+                _ => {
+                    return Err(src_err(
+                        &Project {
+                            ef: ef.clone(),
+                            dir: dir.clone(),
+                            reference: reference.clone(),
+                            context: context.clone(),
+                            imports: HashMap::new(),
+                            git: HashMap::new(),
+                        },
+                        c.pos,
+                        "IMPORT takes a reference and optionally AS <alias>",
+                    ));
+                }
+            };
+            let target = if is_local_ref(&r) {
+                Ok(dir.join(&r))
+            } else {
+                Err(format!(
+                    "IMPORT {r}: remote references are not supported by berth yet"
+                ))
+            };
+            imports.insert(alias, target);
+        }
+        let git = git_info(&dir);
+        let p = Arc::new(Project {
+            ef,
+            dir: dir.clone(),
+            reference,
+            context,
+            imports,
+            git,
+        });
+        self.projects.insert(dir, p.clone());
+        Ok(p)
+    }
+
+    /// The folder and name of a reference `text` (`+t`, `./d+t`, `alias+t`) written in
+    /// `proj` at `pos`.
+    fn resolve_ref(
+        &mut self,
+        proj: &Arc<Project>,
+        text: &str,
+        pos: Pos,
+    ) -> Result<(Arc<Project>, String)> {
+        let (p, name) = text.split_once('+').ok_or_else(|| {
+            src_err(
+                proj,
+                pos,
+                format!("{text:?} is not a target reference (+target, ./dir+target, alias+target)"),
+            )
+        })?;
+        let dir = if p.is_empty() {
+            return Ok((proj.clone(), name.to_string()));
+        } else if is_local_ref(p) {
+            proj.dir.join(p)
+        } else {
+            match proj.imports.get(p) {
+                Some(Ok(d)) => d.clone(),
+                Some(Err(m)) => return Err(src_err(proj, pos, m.clone())),
+                None if p.contains('.') || p.contains('/') => {
+                    return Err(not_supported(
+                        proj,
+                        pos,
+                        &format!("the remote reference {text}"),
+                    ));
+                }
+                None => {
+                    return Err(src_err(
+                        proj,
+                        pos,
+                        format!("{p} is not an IMPORT alias of this Earthfile"),
+                    ));
+                }
+            }
+        };
+        let target = self
+            .project(&dir)
+            .map_err(|e| src_err(proj, pos, format!("{text}: {e}")))?;
+        Ok((target, name.to_string()))
+    }
+
+    /// Lower target `name` of `proj` with ARG `overrides` (once per set of values);
+    /// `at` is the command that asked for it, for errors.
+    fn target(
+        &mut self,
+        proj: &Arc<Project>,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+        at: Option<(&Arc<Project>, Pos)>,
+    ) -> Result<usize> {
+        let label = format!("{}+{name}", proj.reference);
+        let key = format!("{}+{name} {overrides:?}", proj.dir.display());
+        if let Some(&i) = self.memo.get(&key) {
+            return Ok(i);
+        }
+        if self.active.iter().any(|(k, _)| *k == key) {
+            let chain: Vec<&str> = self
+                .active
+                .iter()
+                .skip_while(|(k, _)| *k != key)
+                .map(|(_, l)| l.as_str())
+                .chain(std::iter::once(label.as_str()))
+                .collect();
+            let msg = format!("cycle: {}", chain.join(" -> "));
+            return Err(match at {
+                Some((p, pos)) => src_err(p, pos, msg),
+                None => BuildError::Invalid(msg),
+            });
+        }
+        let Some(recipe) = proj.ef.target(name) else {
+            let names: Vec<&str> = proj.ef.targets.iter().map(|t| t.name.as_str()).collect();
+            let msg = format!(
+                "target {label} not found in {}; its targets are: {}",
+                proj.ef.source.name(),
+                names.join(", ")
+            );
+            return Err(match at {
+                Some((p, pos)) => src_err(p, pos, msg),
+                None => BuildError::Invalid(msg),
+            });
+        };
+        let body = recipe.body.clone();
+        self.active.push((key.clone(), label.clone()));
+        let result = (|| -> Result<Ts> {
+            let mut ts = self.base(proj, &overrides)?;
+            ts.label = label.clone();
+            ts.name = name.to_string();
+            ts.is_base = false;
+            self.stmts(&mut ts, proj, &body)?;
+            Ok(ts)
+        })();
+        self.active.pop();
+        let ts = result?;
+        let (state, push_state) = match &ts.pre_push {
+            Some(pre) => (pre.clone(), Some(ts.state.clone())),
+            None => (ts.state.clone(), None),
+        };
+        let shown = if overrides.is_empty() {
+            label
+        } else {
+            let args: Vec<String> = overrides
+                .iter()
+                .map(|(k, v)| format!("--{k}={v}"))
+                .collect();
+            format!("{label} {}", args.join(" "))
+        };
+        self.targets.push(TargetOut {
+            label: shown,
+            state,
+            config: ts.config,
+            history_states: ts.hist,
+            artifact: ts.artifact,
+            images: ts.images,
+            locals: ts.locals,
+            builds: ts.builds,
+            push_state,
+        });
+        let idx = self.targets.len() - 1;
+        self.memo.insert(key, idx);
+        Ok(idx)
+    }
+
+    /// The base recipe of `proj` lowered with `overrides`: where every target starts.
+    fn base(&mut self, proj: &Arc<Project>, overrides: &BTreeMap<String, String>) -> Result<Ts> {
+        let (os, arch) = host_platform();
+        let mut config = ImageConfig {
+            architecture: arch.into(),
+            os: os.into(),
+            ..Default::default()
+        };
+        config.config.working_dir = "/".into();
+        let mut ts = Ts {
+            label: format!("{}+base", proj.reference),
+            name: "base".into(),
+            proj: proj.clone(),
+            state: State::scratch(),
+            config,
+            hist: Vec::new(),
+            vars: Vec::new(),
+            globals: Vec::new(),
+            overrides: overrides.clone(),
+            artifact: State::scratch(),
+            images: Vec::new(),
+            locals: Vec::new(),
+            builds: Vec::new(),
+            caches: Vec::new(),
+            pre_push: None,
+            is_base: true,
+        };
+        let base = proj.ef.base.clone();
+        self.stmts(&mut ts, proj, &base)?;
+        if !ts.images.is_empty() || !ts.locals.is_empty() {
+            // Earthly allows them, but they belong to no target's output.
+            ts.images.clear();
+            ts.locals.clear();
+        }
+        // A target sees the base's image and environment and its global ARGs only.
+        let mut vars: Vec<Var> = ts
+            .vars
+            .iter()
+            .filter(|v| v.kind == VarKind::Env)
+            .cloned()
+            .collect();
+        vars.extend(ts.globals.iter().cloned());
+        ts.vars = vars;
+        ts.artifact = State::scratch();
+        Ok(ts)
+    }
+
+    /// Run `body` (written in `proj`) on `ts`.
+    fn stmts(&mut self, ts: &mut Ts, proj: &Arc<Project>, body: &[Stmt]) -> Result<()> {
+        for s in body {
+            if self.opts.cancel.is_canceled() {
+                return Err(BuildError::Canceled);
+            }
+            match s {
+                Stmt::Command(c) => self.command(ts, proj, c)?,
+                Stmt::Wait { body, .. } => self.stmts(ts, proj, body)?,
+                Stmt::If { branches, .. } => {
+                    return Err(not_supported(
+                        proj,
+                        branches[0].0.pos,
+                        "IF (its condition runs in the container)",
+                    ));
+                }
+                Stmt::For { head, .. } => {
+                    return Err(not_supported(
+                        proj,
+                        head.pos,
+                        "FOR (its list comes from running in the container)",
+                    ));
+                }
+                Stmt::WithDocker { head, .. } => {
+                    return Err(not_supported(
+                        proj,
+                        head.pos,
+                        "WITH DOCKER (it needs the privileged entitlement)",
+                    ));
+                }
+                Stmt::Try { head, .. } => {
+                    return Err(not_supported(proj, head.pos, "TRY"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Expand `w` with the variables of `ts`.
+    fn x(&self, ts: &Ts, proj: &Project, w: &Word) -> Result<String> {
+        self.x_text(ts, proj, &w.text, w.pos)
+    }
+
+    fn x_text(&self, ts: &Ts, proj: &Project, text: &str, pos: Pos) -> Result<String> {
+        if text.contains("$(") {
+            return Err(not_supported(
+                proj,
+                pos,
+                "$( … ) outside RUN (it runs a command in the container)",
+            ));
+        }
+        expand(text, |k| ts.lookup(k), '\\').map_err(|e| src_err(proj, pos, e.to_string()))
+    }
+
+    /// `--NAME=value` words after a reference, expanded.
+    fn ref_args(
+        &self,
+        ts: &Ts,
+        proj: &Project,
+        words: &[Word],
+    ) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for w in words {
+            let text = self.x(ts, proj, w)?;
+            let Some((k, v)) = text.strip_prefix("--").and_then(|kv| kv.split_once('=')) else {
+                return Err(src_err(
+                    proj,
+                    w.pos,
+                    format!("{text:?}: arguments after a target reference are --NAME=value"),
+                ));
+            };
+            out.insert(k.to_string(), v.to_string());
+        }
+        Ok(out)
+    }
+
+    /// Record a history entry for `c` that made `made` (or only changed the config).
+    fn history(&self, ts: &mut Ts, c: &Command, made: Option<State>) {
+        ts.config.history.push(History {
+            created: self.opts.created.clone(),
+            created_by: c.text.clone(),
+            empty_layer: made.is_none(),
+            comment: "berth earthfile".into(),
+        });
+        if let Some(s) = &made {
+            ts.state = s.clone();
+        }
+        ts.hist.push(made);
+    }
+
+    fn step_name(ts: &Ts, c: &Command) -> String {
+        format!("[{}] {}", ts.label, c.text.lines().next().unwrap_or(""))
+    }
+
+    fn command(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        if ts.pre_push.is_some()
+            && !matches!(
+                c.name.as_str(),
+                "RUN" | "SAVE IMAGE" | "ARG" | "LET" | "SET"
+            )
+        {
+            return Err(src_err(
+                proj,
+                c.pos,
+                format!("{} after RUN --push is not supported by berth yet", c.name),
+            ));
+        }
+        match c.name.as_str() {
+            "FROM" => self.from(ts, proj, c),
+            "RUN" => self.run(ts, proj, c),
+            "COPY" => self.copy(ts, proj, c),
+            "ARG" => self.arg(ts, proj, c),
+            "LET" | "SET" => {
+                let text = self.x(ts, proj, &c.args[0])?;
+                let (k, v) = text.split_once('=').ok_or_else(|| {
+                    src_err(proj, c.args[0].pos, format!("{} needs NAME=value", c.name))
+                })?;
+                let existing = ts.vars.iter().rev().find(|v| v.name == k).map(|v| v.kind);
+                match (c.name.as_str(), existing) {
+                    ("SET", Some(VarKind::Let)) | ("LET", None | Some(VarKind::Env)) => {}
+                    ("SET", _) => {
+                        return Err(src_err(
+                            proj,
+                            c.args[0].pos,
+                            format!("SET {k}: {k} was not declared with LET"),
+                        ));
+                    }
+                    _ => {
+                        return Err(src_err(
+                            proj,
+                            c.args[0].pos,
+                            format!("LET {k}: {k} is already declared; change it with SET"),
+                        ));
+                    }
+                }
+                ts.set_var(k, v.to_string(), VarKind::Let);
+                Ok(())
+            }
+            "ENV" => {
+                let pairs: Vec<(String, String)> = match c.args.as_slice() {
+                    [k, ..] if !k.text.contains('=') => {
+                        let rest = c.rest[k.text.len()..].trim();
+                        vec![(
+                            self.x(ts, proj, k)?,
+                            self.x_text(ts, proj, rest, c.args[1.min(c.args.len() - 1)].pos)?,
+                        )]
+                    }
+                    words => {
+                        let mut out = Vec::new();
+                        for w in words {
+                            let t = self.x(ts, proj, w)?;
+                            let (k, v) = t.split_once('=').unwrap_or((&t, ""));
+                            out.push((k.to_string(), v.to_string()));
+                        }
+                        out
+                    }
+                };
+                for (k, v) in pairs {
+                    ts.config.config.env_set(&k, &v);
+                    ts.set_var(&k, v, VarKind::Env);
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "WORKDIR" => {
+                let p = self.x(ts, proj, &c.args[0])?;
+                let abs = ts.abs(&p).trim_end_matches('/').to_string();
+                let abs = if abs.is_empty() { "/".to_string() } else { abs };
+                ts.config.config.working_dir = abs.clone();
+                let user = ts.config.config.user.clone();
+                let op = FileOp {
+                    actions: vec![FileAction::Mkdir {
+                        path: abs,
+                        chown: (!user.is_empty()).then_some(user),
+                    }],
+                    cwd: "/".into(),
+                };
+                let made = ts
+                    .state
+                    .file(op, vec![], Self::step_name(ts, c))
+                    .with_ignore_cache(self.opts.no_cache);
+                self.history(ts, c, Some(made));
+                Ok(())
+            }
+            "USER" => {
+                ts.config.config.user = self.x(ts, proj, &c.args[0])?;
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "EXPOSE" => {
+                for w in &c.args {
+                    let p = self.x(ts, proj, w)?;
+                    for p in p.split_whitespace() {
+                        for key in exposed_ports(p).map_err(|m| src_err(proj, w.pos, m))? {
+                            ts.config
+                                .config
+                                .exposed_ports
+                                .insert(key, serde_json::json!({}));
+                        }
+                    }
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "VOLUME" => {
+                let words: Vec<String> = match CommandLine::parse(&c.rest) {
+                    CommandLine::Exec(l) => l,
+                    CommandLine::Shell(_) => c
+                        .args
+                        .iter()
+                        .map(|w| self.x(ts, proj, w))
+                        .collect::<Result<_>>()?,
+                };
+                for p in words {
+                    ts.config.config.volumes.insert(p, serde_json::json!({}));
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "LABEL" => {
+                for w in &c.args {
+                    let t = self.x(ts, proj, w)?;
+                    let (k, v) = t.split_once('=').ok_or_else(|| {
+                        src_err(proj, w.pos, format!("LABEL {t:?}: write key=value"))
+                    })?;
+                    ts.config.config.labels.insert(k.to_string(), v.to_string());
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "CMD" | "ENTRYPOINT" => {
+                let list = command_list(&CommandLine::parse(&c.rest), &ts.config.config);
+                if c.name == "CMD" {
+                    ts.config.config.cmd = Some(list);
+                } else {
+                    ts.config.config.entrypoint = Some(list);
+                    ts.config.config.cmd = None;
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "HEALTHCHECK" => {
+                let df = crate::Dockerfile::parse(
+                    proj.ef.source.name(),
+                    &format!("FROM scratch\n{}\n", c.text),
+                )
+                .map_err(|e| src_err(proj, c.pos, e.message))?;
+                if let Some(InstructionKind::Healthcheck(h)) =
+                    df.stages[0].instructions.first().map(|i| &i.kind)
+                {
+                    ts.config.config.healthcheck = Some(healthcheck(h));
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "SAVE ARTIFACT" => self.save_artifact(ts, proj, c),
+            "SAVE IMAGE" => {
+                let mut names = Vec::new();
+                for w in &c.args {
+                    names.push(self.x(ts, proj, w)?);
+                }
+                ts.images.push(SavedImage {
+                    names,
+                    push: c.flag("push"),
+                    push_only: ts.pre_push.is_some(),
+                    state: ts.state.clone(),
+                    config: ts.config.clone(),
+                    history_states: ts.hist.clone(),
+                });
+                Ok(())
+            }
+            "BUILD" => {
+                self.platform(ts, proj, c)?;
+                let r = self.x(ts, proj, &c.args[0])?;
+                let mut args = if c.flag("pass-args") {
+                    ts.arg_overrides()
+                } else {
+                    BTreeMap::new()
+                };
+                args.extend(self.ref_args(ts, proj, &c.args[1..])?);
+                args.extend(self.build_args(ts, proj, c)?);
+                let (tp, name) = self.resolve_ref(proj, &r, c.args[0].pos)?;
+                let idx = self.target(&tp, &name, args, Some((proj, c.args[0].pos)))?;
+                if !ts.builds.contains(&idx) {
+                    ts.builds.push(idx);
+                }
+                Ok(())
+            }
+            "DO" => self.call(ts, proj, c),
+            "IMPORT" | "PROJECT" => Ok(()),
+            "CACHE" => {
+                let p = self.x(ts, proj, &c.args[0])?;
+                let target = ts.abs(&p);
+                if c.flag("persist") {
+                    return Err(not_supported(proj, c.pos, "CACHE --persist"));
+                }
+                let sharing = match c.value("sharing") {
+                    None | Some("locked") => Sharing::Locked,
+                    Some("shared") => Sharing::Shared,
+                    Some("private") => Sharing::Private,
+                    Some(o) => {
+                        return Err(src_err(
+                            proj,
+                            c.flag_pos("sharing").unwrap_or(c.pos),
+                            format!("--sharing={o}: use locked, shared or private"),
+                        ));
+                    }
+                };
+                let mode = match c.value("chmod") {
+                    None => None,
+                    Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
+                        src_err(proj, c.pos, format!("--chmod={m} is not an octal mode"))
+                    })?),
+                };
+                let id = match c.value("id") {
+                    Some(id) => id.to_string(),
+                    None => format!("earthly:{}+{}:{target}", proj.dir.display(), ts.name),
+                };
+                ts.caches.retain(|m| m.target != target);
+                ts.caches.push(ExecMount {
+                    target,
+                    source: MountSource::Cache {
+                        id,
+                        sharing,
+                        owner: mode.map(|m| (0, 0, m)),
+                        seed: None,
+                        readonly: false,
+                    },
+                });
+                Ok(())
+            }
+            "GIT CLONE" => {
+                let url = self.x(ts, proj, &c.args[0])?;
+                let dest = ts.abs(&self.x(ts, proj, &c.args[1])?);
+                let branch = c
+                    .value("branch")
+                    .map(|b| self.x_text(ts, proj, b, c.pos))
+                    .transpose()?;
+                let git = State::new(
+                    Op::Git(GitSource {
+                        remote: url.clone(),
+                        reference: branch,
+                        subdir: None,
+                        keep_git_dir: true,
+                        origin: format!("{}:{}", proj.ef.source.name(), c.pos.line),
+                    }),
+                    vec![],
+                    format!("git {url}"),
+                );
+                let op = FileOp {
+                    actions: vec![copy_action(1, vec![".".into()], format!("{dest}/"), None)],
+                    cwd: ts.cwd(),
+                };
+                let made = ts
+                    .state
+                    .file(op, vec![git], Self::step_name(ts, c))
+                    .with_ignore_cache(self.opts.no_cache);
+                self.history(ts, c, Some(made));
+                Ok(())
+            }
+            "FROM DOCKERFILE" => Err(not_supported(proj, c.pos, "FROM DOCKERFILE")),
+            "LOCALLY" => Err(not_supported(proj, c.pos, "LOCALLY")),
+            "HOST" => Err(not_supported(proj, c.pos, "HOST")),
+            "FUNCTION" | "COMMAND" => Err(src_err(
+                proj,
+                c.pos,
+                format!("{} must be the first command of its recipe", c.name),
+            )),
+            other => Err(src_err(proj, c.pos, format!("{other} is not allowed here"))),
+        }
+    }
+
+    /// Refuse `--platform` other than this host's.
+    fn platform(&self, ts: &Ts, proj: &Project, c: &Command) -> Result<()> {
+        if let Some(p) = c.value("platform") {
+            let p = self.x_text(ts, proj, p, c.pos)?;
+            let (os, arch) = host_platform();
+            if p != format!("{os}/{arch}") && p != arch {
+                return Err(src_err(
+                    proj,
+                    c.flag_pos("platform").unwrap_or(c.pos),
+                    format!("--platform={p}: berth builds for the host platform {os}/{arch} only"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The deprecated `--build-arg K=V` flags.
+    fn build_args(&self, ts: &Ts, proj: &Project, c: &Command) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for v in c.values("build-arg") {
+            let t = self.x_text(ts, proj, v, c.pos)?;
+            let (k, v) = t.split_once('=').unwrap_or((&t, ""));
+            out.insert(k.to_string(), v.to_string());
+        }
+        Ok(out)
+    }
+
+    fn from(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        self.platform(ts, proj, c)?;
+        let r = self.x(ts, proj, &c.args[0])?;
+        let (state, config, hist) = if r.contains('+') {
+            let mut args = if c.flag("pass-args") {
+                ts.arg_overrides()
+            } else {
+                BTreeMap::new()
+            };
+            args.extend(self.ref_args(ts, proj, &c.args[1..])?);
+            args.extend(self.build_args(ts, proj, c)?);
+            let (tp, name) = self.resolve_ref(proj, &r, c.args[0].pos)?;
+            let idx = self.target(&tp, &name, args, Some((proj, c.args[0].pos)))?;
+            let t = &self.targets[idx];
+            (t.state.clone(), t.config.clone(), t.history_states.clone())
+        } else {
+            if c.args.len() > 1 {
+                return Err(src_err(
+                    proj,
+                    c.args[1].pos,
+                    "FROM <image> takes one argument; --ARG=value goes with a target reference",
+                ));
+            }
+            if r == "scratch" {
+                let (os, arch) = host_platform();
+                let mut config = ImageConfig {
+                    architecture: arch.into(),
+                    os: os.into(),
+                    ..Default::default()
+                };
+                config.config.working_dir = "/".into();
+                (State::scratch(), config, Vec::new())
+            } else {
+                let (state, mut config) = match self.images.get(&r) {
+                    Some(x) => x.clone(),
+                    None => {
+                        let resolved = (self.resolve)(&r).map_err(|e| match e {
+                            BuildError::Image(m) => src_err(proj, c.args[0].pos, m),
+                            e => e,
+                        })?;
+                        let st = State::image(ImageSource {
+                            reference: r.clone(),
+                            manifest: resolved.manifest.clone(),
+                        });
+                        self.images
+                            .insert(r.clone(), (st.clone(), resolved.config.clone()));
+                        (st, resolved.config)
+                    }
+                };
+                config.created = self.opts.created.clone();
+                let n = config.history.len();
+                (state, config, vec![None; n])
+            }
+        };
+        let mut config = config;
+        if config.config.env_get("PATH").is_none() {
+            config.config.env.push(DEFAULT_PATH.to_string());
+        }
+        ts.vars.retain(|v| v.kind != VarKind::Env);
+        for kv in &config.config.env {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            ts.vars.insert(
+                0,
+                Var {
+                    name: k.to_string(),
+                    value: v.to_string(),
+                    kind: VarKind::Env,
+                },
+            );
+        }
+        ts.state = state;
+        ts.config = config;
+        ts.hist = hist;
+        Ok(())
+    }
+
+    fn arg(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        let w = &c.args[0];
+        let (name, default) = match w.text.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (w.text.clone(), None),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        {
+            return Err(src_err(
+                proj,
+                w.pos,
+                format!("ARG {name:?}: not a valid name"),
+            ));
+        }
+        let global = c.flag("global");
+        if global && !ts.is_base {
+            return Err(src_err(
+                proj,
+                c.flag_pos("global").unwrap_or(c.pos),
+                "ARG --global is only allowed in the base recipe",
+            ));
+        }
+        let value = if let Some(v) = ts.overrides.get(&name) {
+            v.clone()
+        } else if c.flag("required") {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(w.pos, format!("ARG {name} is required but was not given"))
+                    .with_hint(format!(
+                        "pass it: berth +{} --{name}=value, or BUILD +{} --{name}=value",
+                        ts.name, ts.name
+                    )),
+            ));
+        } else if let Some(d) = &default {
+            self.x_text(ts, proj, d, w.pos)?
+        } else if let Some(b) = self.builtin(ts, &name) {
+            b
+        } else if let Some(g) = ts.globals.iter().find(|g| g.name == name) {
+            g.value.clone()
+        } else {
+            String::new()
+        };
+        if global {
+            ts.globals.retain(|g| g.name != name);
+            ts.globals.push(Var {
+                name: name.clone(),
+                value: value.clone(),
+                kind: VarKind::Arg,
+            });
+        }
+        ts.set_var(&name, value, VarKind::Arg);
+        Ok(())
+    }
+
+    /// Earthly's builtin ARGs, declared with `ARG NAME`.
+    fn builtin(&self, ts: &Ts, name: &str) -> Option<String> {
+        let (os, arch) = host_platform();
+        let git = &ts.proj.git;
+        let project = ts.proj.reference.clone();
+        Some(match name {
+            "EARTHLY_TARGET" => ts.label.clone(),
+            "EARTHLY_TARGET_NAME" => ts.name.clone(),
+            "EARTHLY_TARGET_PROJECT" | "EARTHLY_TARGET_PROJECT_NO_TAG" => project,
+            "EARTHLY_TARGET_TAG" => git.get("branch").cloned().unwrap_or_default(),
+            "EARTHLY_TARGET_TAG_DOCKER" => git.get("branch").cloned().unwrap_or_default().replace(
+                |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
+                "_",
+            ),
+            "EARTHLY_GIT_HASH" => git.get("hash").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_SHORT_HASH" => git
+                .get("hash")
+                .map(|h| h.chars().take(8).collect())
+                .unwrap_or_default(),
+            "EARTHLY_GIT_BRANCH" => git.get("branch").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_ORIGIN_URL" => git.get("origin").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_PROJECT_NAME" => git.get("project").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_COMMIT_TIMESTAMP" => git.get("timestamp").cloned().unwrap_or_default(),
+            "EARTHLY_SOURCE_DATE_EPOCH" => {
+                git.get("timestamp").cloned().unwrap_or_else(|| "0".into())
+            }
+            "EARTHLY_VERSION" => format!("berth-{}", env!("CARGO_PKG_VERSION")),
+            "EARTHLY_BUILD_SHA" => String::new(),
+            "EARTHLY_CI" => self.opts.ci.to_string(),
+            "EARTHLY_PUSH" => self.opts.push.to_string(),
+            "EARTHLY_LOCALLY" => "false".into(),
+            "TARGETPLATFORM" | "NATIVEPLATFORM" | "USERPLATFORM" => format!("{os}/{arch}"),
+            "TARGETOS" | "NATIVEOS" | "USEROS" => os.into(),
+            "TARGETARCH" | "NATIVEARCH" | "USERARCH" => arch.into(),
+            "TARGETVARIANT" | "NATIVEVARIANT" | "USERVARIANT" => String::new(),
+            _ => return None,
+        })
+    }
+
+    fn run(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        for (flag, what) in [
+            (
+                "privileged",
+                "RUN --privileged needs the privileged entitlement, which berth does not offer yet",
+            ),
+            ("ssh", "RUN --ssh is not supported by berth yet"),
+            ("interactive", "RUN --interactive is not supported by berth"),
+            (
+                "interactive-keep",
+                "RUN --interactive-keep is not supported by berth",
+            ),
+            ("aws", "RUN --aws is not supported by berth"),
+        ] {
+            if c.flag(flag) {
+                return Err(src_err(proj, c.flag_pos(flag).unwrap_or(c.pos), what));
+            }
+        }
+        if let Some(p) = c.flag_pos("oidc") {
+            return Err(src_err(proj, p, "RUN --oidc is not supported by berth"));
+        }
+        if c.rest.is_empty() {
+            return Err(src_err(proj, c.pos, "RUN needs a command"));
+        }
+        let mut args = match CommandLine::parse(&c.rest) {
+            CommandLine::Exec(list) => list,
+            CommandLine::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
+        };
+        if c.flag("entrypoint") {
+            let mut full = ts.config.config.entrypoint.clone().unwrap_or_default();
+            full.extend(args);
+            args = full;
+        }
+        let mut env: Vec<String> = ts
+            .vars
+            .iter()
+            .map(|v| format!("{}={}", v.name, v.value))
+            .collect();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(0, DEFAULT_PATH.to_string());
+        }
+        let mut mounts = ts.caches.clone();
+        let mut extra = Vec::new();
+        for raw in c.values("mount") {
+            let m = RunMount::parse(raw, &mut |w| {
+                expand(w, |k| ts.lookup(k), '\\').map_err(|e| e.to_string())
+            })
+            .map_err(|(message, hint)| {
+                BuildError::Source(proj.ef.source.error(c.pos, message).with_hint(hint))
+            })?;
+            let err = |msg: String| src_err(proj, c.pos, msg);
+            let mut from = |f: &str| -> Result<State> {
+                Err(src_err(
+                    proj,
+                    c.pos,
+                    format!("--mount from={f}: Earthfile mounts take no from= yet"),
+                ))
+            };
+            let mount = exec_mount(
+                &m,
+                &MountEnv {
+                    cwd: ts.cwd(),
+                    context: &proj.context,
+                    err: &err,
+                },
+                &mut from,
+                &mut extra,
+            )?;
+            mounts.push(mount);
+        }
+        for s in c.values("secret") {
+            let s = self.x_text(ts, proj, s, c.pos)?;
+            let (var, id) = match s.split_once('=') {
+                Some((v, id)) => (
+                    v.to_string(),
+                    id.trim_start_matches("+secrets/").to_string(),
+                ),
+                None => (s.clone(), s.clone()),
+            };
+            if id.is_empty() {
+                // `--secret X=` leaves X unset, as Earthly.
+                continue;
+            }
+            mounts.push(ExecMount {
+                target: String::new(),
+                source: MountSource::Secret {
+                    id,
+                    env: Some(var),
+                    file: false,
+                    required: true,
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o400,
+                },
+            });
+        }
+        let network = match c.value("network") {
+            None | Some("default") => ir::NetworkMode::Isolated,
+            Some("none") => ir::NetworkMode::None,
+            Some("host") => {
+                if !self.opts.allow.contains(&ir::Entitlement::NetworkHost) {
+                    return Err(BuildError::Source(
+                        proj.ef
+                            .source
+                            .error(
+                                c.flag_pos("network").unwrap_or(c.pos),
+                                "RUN --network=host needs the entitlement network.host, which this build was not granted",
+                            )
+                            .with_hint("grant it with --allow network.host"),
+                    ));
+                }
+                ir::NetworkMode::Host
+            }
+            Some(o) => {
+                return Err(src_err(
+                    proj,
+                    c.flag_pos("network").unwrap_or(c.pos),
+                    format!("--network={o}: use none, default or host"),
+                ));
+            }
+        };
+        let exec = ExecOp {
+            args,
+            env,
+            cwd: ts.cwd(),
+            user: ts.config.config.user.clone(),
+            network,
+            mounts,
+            proxy_env: self.opts.proxy_env.clone(),
+        };
+        if c.flag("push") && ts.pre_push.is_none() {
+            ts.pre_push = Some(ts.state.clone());
+        }
+        let made = ts
+            .state
+            .run(exec, extra, Self::step_name(ts, c))
+            .with_ignore_cache(self.opts.no_cache || c.flag("no-cache") || c.flag("push"));
+        self.history(ts, c, Some(made));
+        Ok(())
+    }
+
+    fn copy(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        self.platform(ts, proj, c)?;
+        if let Some(p) = c.flag_pos("from") {
+            return Err(src_err(
+                proj,
+                p,
+                "COPY --from is not supported in Earthfiles; copy an artifact: COPY +target/path dest",
+            ));
+        }
+        let (srcs, dest_w) = c.args.split_at(c.args.len() - 1);
+        let dest_raw = self.x(ts, proj, &dest_w[0])?;
+        let dir = c.flag("dir");
+        let many = srcs.len() > 1;
+        let dest = ts.abs(&dest_raw);
+        let into_dir = dest.ends_with('/') || many;
+        let chmod = match c.value("chmod") {
+            None => None,
+            Some(m) => Some(
+                u32::from_str_radix(m, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| {
+                        src_err(
+                            proj,
+                            c.flag_pos("chmod").unwrap_or(c.pos),
+                            format!("--chmod={m} is not an octal mode up to 7777"),
+                        )
+                    })?,
+            ),
+        };
+        let if_exists = c.flag("if-exists");
+        let mut inputs: Vec<State> = Vec::new();
+        let mut actions = Vec::new();
+        let pass = if c.flag("pass-args") {
+            ts.arg_overrides()
+        } else {
+            BTreeMap::new()
+        };
+        for w in srcs {
+            // The artifact form, with or without ( … --ARG=v ).
+            let (text, args) = if w.group {
+                let inner = super::parse::group_words(&w.text);
+                let first = inner.first().cloned().unwrap_or_default();
+                let rest: Vec<Word> = inner[1.min(inner.len())..]
+                    .iter()
+                    .map(|t| Word {
+                        text: t.clone(),
+                        pos: w.pos,
+                        offset: 0,
+                        group: false,
+                    })
+                    .collect();
+                (
+                    self.x_text(ts, proj, &first, w.pos)?,
+                    self.ref_args(ts, proj, &rest)?,
+                )
+            } else {
+                (self.x(ts, proj, w)?, BTreeMap::new())
+            };
+            let artifact = w.group || self.is_artifact_ref(proj, &text);
+            let (from_state, path) = if artifact {
+                let (r, path) = split_artifact(&text).ok_or_else(|| {
+                    src_err(
+                        proj,
+                        w.pos,
+                        format!("{text:?}: an artifact reference is +target/path"),
+                    )
+                })?;
+                let mut all = pass.clone();
+                all.extend(args);
+                all.extend(self.build_args(ts, proj, c)?);
+                let (tp, name) = self.resolve_ref(proj, r, w.pos)?;
+                let idx = self.target(&tp, &name, all, Some((proj, w.pos)))?;
+                (self.targets[idx].artifact.clone(), path.to_string())
+            } else {
+                if if_exists && !proj.dir.join(&text).exists() && !text.contains(['*', '?', '[']) {
+                    continue;
+                }
+                (proj.context.clone(), text.clone())
+            };
+            let input = match inputs
+                .iter()
+                .position(|s| s.digest() == from_state.digest())
+            {
+                Some(i) => i + 1,
+                None => {
+                    inputs.push(from_state);
+                    inputs.len()
+                }
+            };
+            let path = if if_exists && artifact {
+                optional_glob(&path)
+            } else {
+                path
+            };
+            let target = if dir && !path.contains(['*', '?', '[']) {
+                format!("{}/{}", dest.trim_end_matches('/'), base_name(&path))
+            } else if into_dir {
+                format!("{}/", dest.trim_end_matches('/'))
+            } else {
+                dest.clone()
+            };
+            actions.push(copy_action(input, vec![path], target, chmod));
+        }
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let op = FileOp {
+            actions,
+            cwd: ts.cwd(),
+        };
+        let made = ts
+            .state
+            .file(op, inputs, Self::step_name(ts, c))
+            .with_ignore_cache(self.opts.no_cache);
+        self.history(ts, c, Some(made));
+        Ok(())
+    }
+
+    /// Whether a COPY source names an artifact (`+t/p`, `./d+t/p`, `alias+t/p`).
+    fn is_artifact_ref(&self, proj: &Project, text: &str) -> bool {
+        match text.split_once('+') {
+            Some(("", _)) => true,
+            Some((p, _)) => is_local_ref(p) || proj.imports.contains_key(p),
+            None => false,
+        }
+    }
+
+    fn save_artifact(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        let words: Vec<String> = c
+            .args
+            .iter()
+            .map(|w| self.x(ts, proj, w))
+            .collect::<Result<_>>()?;
+        let (src, dest, local) = match words.as_slice() {
+            [s] => (s, None, None),
+            [s, d] => (s, Some(d), None),
+            [s, a, l, p] if a == "AS" && l == "LOCAL" => (s, None, Some(p)),
+            [s, d, a, l, p] if a == "AS" && l == "LOCAL" => (s, Some(d), Some(p)),
+            _ => {
+                return Err(BuildError::Source(
+                    proj.ef
+                        .source
+                        .error(c.pos, "SAVE ARTIFACT: unexpected arguments")
+                        .with_hint("usage: SAVE ARTIFACT [flags] <src> [<dest>] [AS LOCAL <path>]"),
+                ));
+            }
+        };
+        let glob = src.contains(['*', '?', '[']);
+        let mut abs_src = ts.abs(src);
+        if c.flag("if-exists") {
+            abs_src = optional_glob(&abs_src);
+        }
+        let name = base_name(src.trim_end_matches('/')).to_string();
+        let target = match dest {
+            None if glob => "/".to_string(),
+            None => format!("/{name}"),
+            Some(d) if d.ends_with('/') && !glob => {
+                format!("{}/{name}", clean_abs(d).trim_end_matches('/'))
+            }
+            Some(d) if glob => format!("{}/", clean_abs(d).trim_end_matches('/')),
+            Some(d) => clean_abs(d),
+        };
+        let op = FileOp {
+            actions: vec![copy_action(1, vec![abs_src.clone()], target, None)],
+            cwd: "/".into(),
+        };
+        ts.artifact = ts.artifact.file(
+            op,
+            vec![ts.state.clone()],
+            format!("[{}] {}", ts.label, c.text),
+        );
+        if let Some(p) = local {
+            let out_dest = if glob {
+                "/out/".to_string()
+            } else {
+                format!("/out/{name}")
+            };
+            let op = FileOp {
+                actions: vec![copy_action(1, vec![abs_src], out_dest, None)],
+                cwd: "/".into(),
+            };
+            let state = State::scratch().file(
+                op,
+                vec![ts.state.clone()],
+                format!("[{}] {} (local)", ts.label, c.text),
+            );
+            let dest = if p.starts_with('/') {
+                p.clone()
+            } else {
+                format!("{}/{p}", proj.dir.display())
+            };
+            ts.locals.push(SavedLocal {
+                state,
+                glob,
+                name,
+                dest,
+                origin: format!("{}:{}", proj.ef.source.name(), c.pos.line),
+            });
+        }
+        Ok(())
+    }
+
+    /// `DO +FN --X=v`: the function's statements on the caller's state, with an ARG
+    /// scope of their own.
+    fn call(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        let r = self.x(ts, proj, &c.args[0])?;
+        let (fp, name) = self.resolve_ref(proj, &r, c.args[0].pos)?;
+        let Some(f) = fp.ef.function(&name) else {
+            return Err(src_err(
+                proj,
+                c.args[0].pos,
+                format!(
+                    "function {r} not found in {}; a function's recipe starts with FUNCTION",
+                    fp.ef.source.name()
+                ),
+            ));
+        };
+        let body = f.body.clone();
+        let mut args = if c.flag("pass-args") {
+            ts.arg_overrides()
+        } else {
+            BTreeMap::new()
+        };
+        args.extend(self.ref_args(ts, proj, &c.args[1..])?);
+        let key = format!("{}+{name}", fp.dir.display());
+        if self.active.iter().any(|(k, _)| *k == key) {
+            return Err(src_err(
+                proj,
+                c.args[0].pos,
+                format!("function {r} calls itself"),
+            ));
+        }
+        let saved_vars = ts.vars.clone();
+        let saved_overrides = std::mem::replace(&mut ts.overrides, args);
+        ts.vars.retain(|v| v.kind == VarKind::Env);
+        self.active.push((key, r));
+        let result = self.stmts(ts, &fp, &body);
+        self.active.pop();
+        ts.overrides = saved_overrides;
+        let env: Vec<Var> = ts
+            .vars
+            .iter()
+            .filter(|v| v.kind == VarKind::Env)
+            .cloned()
+            .collect();
+        ts.vars = saved_vars
+            .into_iter()
+            .filter(|v| v.kind != VarKind::Env)
+            .collect();
+        for v in env {
+            ts.set_var(&v.name, v.value, VarKind::Env);
+        }
+        result
+    }
+}
+
+/// A copy of `sources` of input `from` to `dest`.
+fn copy_action(from: usize, sources: Vec<String>, dest: String, chmod: Option<u32>) -> FileAction {
+    FileAction::Copy {
+        from,
+        sources,
+        dest,
+        chown: None,
+        chmod,
+        extract_archives: false,
+        exclude: Vec::new(),
+        parents: false,
+        chmod_symbolic: None,
+    }
+}
+
+/// `path` as a wildcard that matches only itself, so a missing path copies nothing
+/// (`--if-exists`): the first letter of its last component in brackets. The folders
+/// before it must still exist.
+fn optional_glob(path: &str) -> String {
+    if path.contains(['*', '?', '[']) {
+        return path.to_string();
+    }
+    let trimmed = path.trim_end_matches('/');
+    let (dir, last) = match trimmed.rsplit_once('/') {
+        Some((d, l)) => (format!("{d}/"), l),
+        None => (String::new(), trimmed),
+    };
+    let mut chars = last.chars();
+    match chars.next() {
+        Some(ch) if ch != '\\' => format!("{dir}[{ch}]{}", chars.as_str()),
+        _ => path.to_string(),
+    }
+}
+
+/// `+t/path` → (`+t`, `path`).
+fn split_artifact(text: &str) -> Option<(&str, &str)> {
+    let plus = text.find('+')?;
+    let slash = text[plus..].find('/')? + plus;
+    let path = &text[slash + 1..];
+    (!path.is_empty()).then_some((&text[..slash], path))
+}
+
+fn base_name(path: &str) -> &str {
+    let p = path.trim_end_matches('/');
+    p.rsplit('/')
+        .next()
+        .filter(|b| !b.is_empty())
+        .unwrap_or("/")
+}
+
+fn collect_commands<'a>(body: &'a [Stmt], out: &mut Vec<&'a Command>) {
+    for s in body {
+        match s {
+            Stmt::Command(c) => out.push(c),
+            Stmt::If {
+                branches,
+                otherwise,
+            } => {
+                for (_, b) in branches {
+                    collect_commands(b, out);
+                }
+                if let Some(b) = otherwise {
+                    collect_commands(b, out);
+                }
+            }
+            Stmt::For { body, .. } | Stmt::Wait { body, .. } | Stmt::WithDocker { body, .. } => {
+                collect_commands(body, out)
+            }
+            Stmt::Try { body, finally, .. } => {
+                collect_commands(body, out);
+                if let Some(b) = finally {
+                    collect_commands(b, out);
+                }
+            }
+        }
+    }
+}
+
+/// The git facts builtin ARGs give, for the repository `dir` is in (none outside one).
+fn git_info(dir: &Path) -> HashMap<&'static str, String> {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !s.is_empty()).then_some(s)
+    };
+    let mut m = HashMap::new();
+    let Some(hash) = git(&["rev-parse", "HEAD"]) else {
+        return m;
+    };
+    m.insert("hash", hash);
+    if let Some(b) = git(&["rev-parse", "--abbrev-ref", "HEAD"]) {
+        m.insert("branch", b);
+    }
+    if let Some(o) = git(&["config", "--get", "remote.origin.url"]) {
+        let project = o
+            .trim_end_matches(".git")
+            .rsplit([':', '/'])
+            .take(2)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("/");
+        m.insert("project", project);
+        m.insert("origin", o);
+    }
+    if let Some(t) = git(&["log", "-1", "--format=%ct"]) {
+        m.insert("timestamp", t);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_references_split_at_the_first_slash_after_the_target() {
+        assert_eq!(
+            split_artifact("+build/bin/app"),
+            Some(("+build", "bin/app"))
+        );
+        assert_eq!(split_artifact("./sub+t/f"), Some(("./sub+t", "f")));
+        assert_eq!(split_artifact("../a/b+t/x/*"), Some(("../a/b+t", "x/*")));
+        assert_eq!(split_artifact("+build"), None);
+    }
+
+    #[test]
+    fn optional_globs_match_only_their_path() {
+        assert_eq!(optional_glob("/a/b/file.txt"), "/a/b/[f]ile.txt");
+        assert_eq!(optional_glob("x"), "[x]");
+        assert_eq!(optional_glob("/a/*.txt"), "/a/*.txt");
+        let p = crate::pattern::Pattern::new("a/[f]ile.txt");
+        assert!(p.has_wildcards());
+    }
+}
