@@ -1440,7 +1440,12 @@ impl Lowerer<'_> {
     fn is_artifact_ref(&self, proj: &Project, text: &str) -> bool {
         match text.split_once('+') {
             Some(("", _)) => true,
-            Some((p, _)) => is_local_ref(p) || proj.imports.contains_key(p),
+            Some((p, _)) => {
+                is_local_ref(p)
+                    || proj.imports.contains_key(p)
+                    || p.split_once('/')
+                        .is_some_and(|(host, _)| host.contains('.'))
+            }
             None => false,
         }
     }
@@ -1695,6 +1700,174 @@ fn git_info(dir: &Path) -> HashMap<&'static str, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lower `reference` of an Earthfile `text` (plus `files`: path, Earthfile text)
+    /// with `args`; nothing may need a base image.
+    fn plan(
+        text: &str,
+        files: &[(&str, &str)],
+        reference: &str,
+        args: &[(&str, &str)],
+    ) -> Result<Plan> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Earthfile"), text).unwrap();
+        for (p, t) in files {
+            let f = dir.path().join(p).join("Earthfile");
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, t).unwrap();
+        }
+        let opts = EarthOptions {
+            args: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..EarthOptions::default()
+        };
+        lower(dir.path(), reference, &opts, &mut |r| {
+            panic!("nothing to resolve, asked {r}")
+        })
+    }
+
+    fn err(text: &str, reference: &str) -> String {
+        let e = plan(text, &[], reference, &[]).unwrap_err().to_string();
+        e.lines().next().unwrap().to_string()
+    }
+
+    fn exec_env(s: &State) -> Vec<String> {
+        match &s.vertex().op {
+            Op::Exec(e) => e.env.clone(),
+            op => panic!("not a RUN: {op:?}"),
+        }
+    }
+
+    #[test]
+    fn a_target_with_the_same_args_is_lowered_once() {
+        let text = "VERSION 0.8\nFROM scratch\na:\n    BUILD +b --X=1\n    BUILD +b --X=1\n    BUILD +b --X=2\n    BUILD +c\nb:\n    ARG X\n    RUN echo $X\nc:\n    COPY +b/nothing /x\n    COPY (+b/nothing --X=2) /y\n";
+        let p = plan(text, &[], "+a", &[]).unwrap();
+        let labels: Vec<&str> = p.targets.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["+b --X=1", "+b --X=2", "+b", "+c", "+a"]);
+        assert_eq!(p.targets[p.invoked].builds, [0, 1, 3]);
+        // The output rule: BUILD chains only; +c's COPY of +b does not connect +b.
+        let mut connected = p.connected();
+        connected.sort();
+        assert_eq!(connected, [0, 1, 3, 4]);
+        assert!(exec_env(&p.targets[0].state).contains(&"X=1".to_string()));
+    }
+
+    #[test]
+    fn cycles_are_reported_with_the_chain() {
+        let text = "VERSION 0.8\na:\n    FROM +b\nb:\n    FROM scratch\n    COPY +c/x /\nc:\n    BUILD +a\n";
+        assert_eq!(
+            err(text, "+a"),
+            "Earthfile:8:11: cycle: +a -> +b -> +c -> +a"
+        );
+    }
+
+    #[test]
+    fn arg_rules() {
+        let text = "VERSION 0.8\nFROM scratch\nARG --global G=g\nARG LOCAL=l\nt:\n    ARG --required NEED\n    ARG D=$G-d\n    ARG EARTHLY_TARGET_NAME\n    ARG TARGETARCH\n    ARG LOCAL\n    LET v=1\n    SET v=2\n    RUN true\n";
+        assert_eq!(
+            err(text, "+t"),
+            "Earthfile:6:20: ARG NEED is required but was not given"
+        );
+        let p = plan(text, &[], "+t", &[("NEED", "n")]).unwrap();
+        let env = exec_env(&p.targets[p.invoked].state);
+        let (_, arch) = host_platform();
+        for want in [
+            "G=g".to_string(),
+            "NEED=n".into(),
+            "D=g-d".into(),
+            "EARTHLY_TARGET_NAME=t".into(),
+            format!("TARGETARCH={arch}"),
+            "LOCAL=".into(),
+            "v=2".into(),
+        ] {
+            assert!(env.contains(&want), "{want} not in {env:?}");
+        }
+        assert_eq!(
+            err("VERSION 0.8\nt:\n    SET x=1\n", "+t"),
+            "Earthfile:3:9: SET x: x was not declared with LET"
+        );
+        assert_eq!(
+            err("VERSION 0.8\nt:\n    ARG --global x\n", "+t"),
+            "Earthfile:3:9: ARG --global is only allowed in the base recipe"
+        );
+    }
+
+    #[test]
+    fn functions_have_their_own_arg_scope_and_share_env_and_state() {
+        let text =
+            "VERSION 0.8\nFROM scratch\nt:\n    ARG A=caller\n    DO ./lib+F --P=p\n    RUN true\n";
+        let lib = "VERSION 0.8\nF:\n    FUNCTION\n    ARG P\n    ARG A\n    ENV FROM_F=$P-$A\n    RUN echo in-function\n";
+        let p = plan(text, &[("lib", lib)], "+t", &[]).unwrap();
+        let last = &p.targets[p.invoked].state;
+        let env = exec_env(last);
+        assert!(env.contains(&"A=caller".to_string()), "{env:?}");
+        assert!(env.contains(&"FROM_F=p-".to_string()), "{env:?}");
+        assert!(!env.iter().any(|e| e.starts_with("P=")), "{env:?}");
+        // The function's RUN is in the caller's chain.
+        let below = &last.vertex().inputs[0];
+        assert!(matches!(&below.vertex().op, Op::Exec(e) if e.args[2] == "echo in-function"));
+    }
+
+    #[test]
+    fn cache_mounts_every_later_run() {
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    RUN a\n    CACHE --id=c1 /cache\n    RUN b\n    RUN c\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let mut s = p.targets[p.invoked].state.clone();
+        let mut counts = Vec::new();
+        while let Op::Exec(e) = &s.vertex().op {
+            counts.push(e.mounts.len());
+            s = s.vertex().inputs[0].clone();
+        }
+        assert_eq!(counts, [1, 1, 0]);
+    }
+
+    #[test]
+    fn unsupported_commands_say_so_at_their_line() {
+        for (body, want) in [
+            (
+                "    RUN --privileged x\n",
+                "Earthfile:3:9: RUN --privileged needs the privileged entitlement",
+            ),
+            (
+                "    RUN --ssh x\n",
+                "Earthfile:3:9: RUN --ssh is not supported by berth yet",
+            ),
+            (
+                "    IF true\n        RUN x\n    END\n",
+                "Earthfile:3:5: IF (its condition runs in the container) is not supported by berth yet",
+            ),
+            (
+                "    WITH DOCKER\n        RUN x\n    END\n",
+                "Earthfile:3:5: WITH DOCKER (it needs the privileged entitlement) is not supported by berth yet",
+            ),
+            (
+                "    LOCALLY\n",
+                "Earthfile:3:5: LOCALLY is not supported by berth yet",
+            ),
+            (
+                "    ARG X=$(echo hi)\n",
+                "Earthfile:3:9: $( … ) outside RUN (it runs a command in the container) is not supported by berth yet",
+            ),
+            (
+                "    RUN --network=host x\n",
+                "Earthfile:3:9: RUN --network=host needs the entitlement network.host",
+            ),
+            (
+                "    BUILD +nope\n",
+                "Earthfile:3:11: target +nope not found in Earthfile; its targets are: t",
+            ),
+            (
+                "    COPY github.com/a/b+t/x .\n",
+                "Earthfile:3:10: the remote reference github.com/a/b+t/x is not supported by berth yet",
+            ),
+        ] {
+            let text = format!("VERSION 0.8\nt:\n{body}");
+            let got = err(&text, "+t");
+            assert!(got.starts_with(want), "{body:?}: {got}");
+        }
+    }
 
     #[test]
     fn artifact_references_split_at_the_first_slash_after_the_target() {

@@ -579,3 +579,187 @@ pub(crate) fn group_words(text: &str) -> Vec<String> {
         .map(|ws| ws.into_iter().map(|w| w.text).collect())
         .unwrap_or_else(|_| text.split_whitespace().map(str::to_string).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_line(text: &str) -> String {
+        match parse("Earthfile", text) {
+            Ok(_) => panic!("{text:?} should not parse"),
+            Err(e) => e.to_string().lines().next().unwrap().to_string(),
+        }
+    }
+
+    fn cmd(stmt: &Stmt) -> &Command {
+        match stmt {
+            Stmt::Command(c) => c,
+            other => panic!("not a command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn recipes_commands_flags_continuations_and_comments() {
+        let text = r##"# leading comment
+VERSION --use-cache-command --shell-out-anywhere 0.7
+FROM alpine:3.18  # trailing comment
+ARG --global NAME="a b"
+
+build:
+    # a comment inside a recipe
+    COPY --dir --chmod=0755 src \
+        other /app/
+    RUN --mount type=cache,target=/root/.cache \
+        --secret TOKEN=tok echo "#not a comment" '$HOME' a#b
+    SAVE ARTIFACT /app/bin AS LOCAL bin
+    SAVE IMAGE --push reg.invalid/app:1 reg.invalid/app:latest
+    COPY (+dep/file --X="1 2") ./
+    RUN ["echo", "exec form"]
+
+PRINT:
+    FUNCTION
+    ARG text
+    RUN echo $text
+"##;
+        let ef = parse("Earthfile", text).unwrap();
+        let v = ef.version.as_ref().unwrap();
+        assert_eq!(v.minor, 7);
+        assert_eq!(v.features, ["use-cache-command", "shell-out-anywhere"]);
+        assert_eq!(ef.base.len(), 2);
+        let from = cmd(&ef.base[0]);
+        assert_eq!((from.name.as_str(), from.args.len()), ("FROM", 1));
+        let arg = cmd(&ef.base[1]);
+        assert!(arg.flag("global"));
+        assert_eq!(arg.args[0].text, r#"NAME="a b""#);
+        let build = ef.target("build").unwrap();
+        assert_eq!(build.body.len(), 6);
+        let copy = cmd(&build.body[0]);
+        assert!(copy.flag("dir"));
+        assert_eq!(copy.value("chmod"), Some("0755"));
+        let args: Vec<&str> = copy.args.iter().map(|w| w.text.as_str()).collect();
+        assert_eq!(args, ["src", "other", "/app/"]);
+        assert_eq!((copy.lines.start, copy.lines.end), (8, 9));
+        assert_eq!(copy.args[1].pos, Pos { line: 9, column: 9 });
+        let run = cmd(&build.body[1]);
+        assert_eq!(run.values("mount"), ["type=cache,target=/root/.cache"]);
+        assert_eq!(run.value("secret"), Some("TOKEN=tok"));
+        assert_eq!(run.rest, r##"echo "#not a comment" '$HOME' a#b"##);
+        let save = cmd(&build.body[2]);
+        assert_eq!(save.name, "SAVE ARTIFACT");
+        assert_eq!(save.args.len(), 4);
+        let image = cmd(&build.body[3]);
+        assert!(image.flag("push"));
+        assert_eq!(image.args.len(), 2);
+        let group = &cmd(&build.body[4]).args[0];
+        assert!(group.group);
+        assert_eq!(group.text, r#"+dep/file --X="1 2""#);
+        assert_eq!(cmd(&build.body[5]).rest, r#"["echo", "exec form"]"#);
+        let f = ef.function("PRINT").unwrap();
+        assert_eq!(f.body.len(), 2, "FUNCTION itself is left out");
+        assert!(ef.target("PRINT").is_none());
+    }
+
+    #[test]
+    fn blocks_nest() {
+        let text = "VERSION 0.8\nt:\n    IF [ -f x ]\n        RUN a\n    ELSE IF --no-cache false\n        FOR x IN a b\n            RUN echo $x\n        END\n    ELSE\n        WAIT\n            BUILD +u\n        END\n    END\n    TRY\n        RUN b\n    FINALLY\n        SAVE ARTIFACT x\n    END\n    WITH DOCKER --load img=+u\n        RUN docker run img\n    END\nu:\n    FROM scratch\n";
+        let ef = parse("Earthfile", text).unwrap();
+        let t = ef.target("t").unwrap();
+        assert_eq!(t.body.len(), 3);
+        let Stmt::If {
+            branches,
+            otherwise,
+        } = &t.body[0]
+        else {
+            panic!("IF expected")
+        };
+        assert_eq!(branches.len(), 2);
+        assert_eq!(branches[0].0.rest, "[ -f x ]");
+        assert!(branches[1].0.flag("no-cache"));
+        assert!(matches!(branches[1].1[0], Stmt::For { .. }));
+        assert!(matches!(otherwise.as_deref(), Some([Stmt::Wait { .. }])));
+        assert!(matches!(&t.body[1], Stmt::Try { finally: Some(f), .. } if f.len() == 1));
+        let Stmt::WithDocker { head, body } = &t.body[2] else {
+            panic!("WITH DOCKER expected")
+        };
+        assert_eq!(head.value("load"), Some("img=+u"));
+        assert_eq!(body.len(), 1);
+    }
+
+    #[test]
+    fn errors_point_at_line_and_column() {
+        let cases = [
+            (
+                "VERSION 0.8\nt:\n    COPPY a b\n",
+                "Earthfile:3:5: unknown command COPPY",
+            ),
+            (
+                "VERSION 0.8\nt:\n    COPY --bogus a b\n",
+                "Earthfile:3:10: unknown flag --bogus for COPY",
+            ),
+            (
+                "VERSION --no-such-feature 0.8\n",
+                "Earthfile:1:9: unknown VERSION feature flag --no-such-feature",
+            ),
+            ("VERSION 0.5\n", "Earthfile:1:9: unsupported VERSION 0.5"),
+            (
+                "VERSION 0.8\nt:\nRUN x\n",
+                "Earthfile:3:1: RUN is not indented under a recipe",
+            ),
+            (
+                "VERSION 0.8\nt:\n    IF true\n    RUN x\n",
+                "Earthfile:3:5: IF without END",
+            ),
+            (
+                "VERSION 0.8\nt:\n    END\n",
+                "Earthfile:3:5: END without a block to close",
+            ),
+            (
+                "VERSION 0.8\nt:\n    COPY onlyone\n",
+                "Earthfile:3:5: COPY needs at least 2 arguments",
+            ),
+            (
+                "VERSION 0.8\nt:\n    RUN --mount\n",
+                "Earthfile:3:9: --mount needs a value",
+            ),
+            (
+                "VERSION 0.8\nt:\n  RUN a\nt:\n  RUN b\n",
+                "Earthfile:4:1: recipe t is defined twice",
+            ),
+            (
+                "VERSION 0.8\nt:\n    ADD a b\n",
+                "Earthfile:3:5: ADD is not an Earthfile command",
+            ),
+            (
+                "VERSION 0.8\nt:\n    RUN echo 'open\n",
+                "Earthfile:3:14: unterminated ' quote",
+            ),
+            (
+                "FROM a\nVERSION 0.8\n",
+                "Earthfile:2:1: VERSION must be the first command of the Earthfile",
+            ),
+            (
+                "VERSION 0.8\nt:\n    SAVE ARTIFACT --push x\n",
+                "Earthfile:3:19: unknown flag --push for SAVE ARTIFACT",
+            ),
+            (
+                "VERSION 0.8\nt:\n    SAVE IMAGE --push=yes x\n",
+                "Earthfile:3:16: --push takes no value, or =true or =false; got \"yes\"",
+            ),
+            (
+                "VERSION 0.8\nt:\n    FOR x a b\n    END\n",
+                "Earthfile:3:5: FOR needs IN after the variable",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(first_line(text), want, "for {text:?}");
+        }
+    }
+
+    #[test]
+    fn error_shows_the_line_and_a_hint() {
+        let err = parse("Earthfile", "VERSION 0.8\nt:\n    COPPY a b\n").unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains(" 3 |     COPPY a b\n   |     ^"), "{shown}");
+        assert!(shown.ends_with("hint: did you mean COPY?"), "{shown}");
+    }
+}
