@@ -1860,7 +1860,7 @@ mod tests {
             ),
             (
                 "    COPY github.com/a/b+t/x .\n",
-                "Earthfile:3:10: the remote reference github.com/a/b+t/x is not supported by berth yet",
+                "Earthfile:3:10: the remote reference github.com/a/b+t is not supported by berth yet",
             ),
         ] {
             let text = format!("VERSION 0.8\nt:\n{body}");
