@@ -164,7 +164,14 @@ pub async fn earth_build(
     )?;
     let result = run_plan(&solver, &store, &plan, &opts).await;
     solver.save_sums();
-    result
+    result.map_err(|e| match e {
+        // The solver knows the path only; the plan knows where it was written.
+        BuildError::SourceNotFound(path) => match plan.sources.iter().find(|(p, _)| *p == path) {
+            Some((_, err)) => BuildError::Source(err.clone()),
+            None => BuildError::SourceNotFound(path),
+        },
+        e => e,
+    })
 }
 
 /// Solve what `plan` must output, then write it.
@@ -378,6 +385,8 @@ fn export_artifact(
         return Err(BuildError::SourceNotFound(path.to_string()));
     }
     let dest = if dest.to_string_lossy().ends_with('/') || dest.is_dir() {
+        std::fs::create_dir_all(dest)
+            .map_err(|e| BuildError::Io(format!("create directory {}: {e}", dest.display())))?;
         dest.join(Path::new(path).file_name().unwrap_or_default())
     } else {
         dest.to_path_buf()

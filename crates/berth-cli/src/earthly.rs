@@ -96,8 +96,16 @@ pub fn intercept() -> Option<i32> {
         }
     }
     let word = args.get(i)?.clone();
+    // A target (or --artifact, --image) anywhere after Earthly's own flags.
+    let names_target = |rest: &[String]| {
+        rest.iter().any(|a| {
+            is_target(a) || a == "--artifact" || a == "--image" || a.starts_with("--image=")
+        })
+    };
     let earthly = if is_target(&word) {
         true
+    } else if word.starts_with('-') && word != "-h" && word != "--help" && word != "-V" {
+        names_target(&args[i..])
     } else if word == "build" {
         let rest = &args[i + 1..];
         let first_positional = rest.iter().find(|a| !a.starts_with('-'));

@@ -64,6 +64,9 @@ pub struct Plan {
     pub targets: Vec<TargetOut>,
     /// The invoked target.
     pub invoked: usize,
+    /// For each path a COPY or SAVE ARTIFACT copies, the error to give if the solver
+    /// finds it missing (it only knows the path; this says where it was written).
+    pub sources: Vec<(String, crate::SourceError)>,
 }
 
 impl Plan {
@@ -249,6 +252,7 @@ pub struct Lowerer<'a> {
     targets: Vec<TargetOut>,
     images: HashMap<String, (State, ImageConfig)>,
     contexts: HashMap<String, PathBuf>,
+    sources: Vec<(String, crate::SourceError)>,
 }
 
 /// Lower `reference` (`+target`, `./dir+target`, `../dir+target`) relative to the
@@ -271,6 +275,7 @@ pub fn lower(
         targets: Vec::new(),
         images: HashMap::new(),
         contexts: HashMap::new(),
+        sources: Vec::new(),
     };
     let (proj_part, name) = reference.split_once('+').ok_or_else(|| {
         BuildError::Invalid(format!(
@@ -297,6 +302,7 @@ pub fn lower(
         contexts: l.contexts,
         targets: l.targets,
         invoked,
+        sources: l.sources,
     })
 }
 
@@ -1407,6 +1413,20 @@ impl Lowerer<'_> {
                     inputs.len()
                 }
             };
+            self.sources.push((
+                path.clone(),
+                proj.ef.source.error(
+                    w.pos,
+                    if artifact {
+                        format!("COPY {text}: the artifact does not exist")
+                    } else {
+                        format!(
+                            "COPY {text}: not found in {} (or excluded by .earthlyignore)",
+                            proj.dir.display()
+                        )
+                    },
+                ),
+            ));
             let path = if if_exists && artifact {
                 optional_glob(&path)
             } else {
@@ -1472,6 +1492,16 @@ impl Lowerer<'_> {
         };
         let glob = src.contains(['*', '?', '[']);
         let mut abs_src = ts.abs(src);
+        self.sources.push((
+            abs_src.clone(),
+            proj.ef.source.error(
+                c.args[0].pos,
+                format!(
+                    "SAVE ARTIFACT {src}: {abs_src} does not exist in {}",
+                    ts.label
+                ),
+            ),
+        ));
         if c.flag("if-exists") {
             abs_src = optional_glob(&abs_src);
         }

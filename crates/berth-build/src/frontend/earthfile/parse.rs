@@ -175,8 +175,9 @@ fn strip_comment(line: &str) -> &str {
     let mut escaped = false;
     for (i, c) in line.char_indices() {
         if escaped {
+            // `\ #…` is a continuation then a comment, as Earthly reads it.
             escaped = false;
-            prev_space = false;
+            prev_space = c.is_whitespace();
             continue;
         }
         match (quote, c) {
