@@ -127,28 +127,10 @@ pub async fn earth_build(
     let holds = Arc::new(std::sync::Mutex::new(Vec::new()));
     let holds2 = holds.clone();
     let (dir, target) = (opts.dir.clone(), opts.target.clone());
-    let plan: Plan = tokio::task::spawn_blocking(move || {
-        let pull = |r: &str| -> Result<Digest> {
-            let client = client
-                .as_ref()
-                .ok_or_else(|| BuildError::Image(format!("image {r} is not in berth's store")))?;
-            handle.block_on(image::pull(client, &store2, r))
-        };
-        lower(&dir, &target, &lower_opts, &mut |r| {
-            let resolved = image::resolve(&store2, r, Some(&pull))?;
-            let hold = store2.hold_image(&resolved.manifest)?;
-            holds2.lock().expect("image holds").push(hold);
-            Ok(resolved)
-        })
-    })
-    .await
-    .map_err(|e| BuildError::Invalid(format!("lowering panicked: {e}")))??;
-    let solver = Solver::new(
-        root,
-        store.clone(),
-        executor,
-        SolveOptions {
-            contexts: plan.contexts.clone(),
+    let solve_opts = {
+        let opts = opts.clone();
+        move |contexts: HashMap<String, PathBuf>| SolveOptions {
+            contexts,
             secrets: opts.secrets.clone(),
             ssh: HashMap::new(),
             no_cache: opts.no_cache,
@@ -160,7 +142,69 @@ pub async fn earth_build(
             ca_bundle: opts.ca_bundle.clone(),
             step_slots: None,
             client: opts.client.clone(),
-        },
+        }
+    };
+    let (root2, executor2, solve_opts2) =
+        (root.to_path_buf(), executor.clone(), solve_opts.clone());
+    let plan: Plan = tokio::task::spawn_blocking(move || {
+        let pull = |r: &str| -> Result<Digest> {
+            let client = client
+                .as_ref()
+                .ok_or_else(|| BuildError::Image(format!("image {r} is not in berth's store")))?;
+            handle.block_on(image::pull(client, &store2, r))
+        };
+        // IF, FOR and $( … ) are answered while lowering, by a solver over the local
+        // sources known so far (made anew when another Earthfile's folder joins); its
+        // steps are cache hits for the main solve.
+        let mut eval_solver: Option<(HashMap<String, PathBuf>, Arc<Solver>)> = None;
+        let mut eval = |contexts: &HashMap<String, PathBuf>, probe: &State| {
+            if eval_solver.as_ref().is_none_or(|(c, _)| c != contexts) {
+                if let Some((_, old)) = eval_solver.take() {
+                    old.save_sums();
+                }
+                let s = Solver::new(
+                    &root2,
+                    store2.clone(),
+                    executor2.clone(),
+                    solve_opts2(contexts.clone()),
+                )?;
+                eval_solver = Some((contexts.clone(), s));
+            }
+            let solver = &eval_solver.as_ref().expect("made above").1;
+            let layers = handle.block_on(layers_of(solver, probe))?;
+            let tmp = staging(&root2.join("tmp").join("eval"))?;
+            solver.export_dir(&layers, tmp.path())?;
+            let read = |name: &str| {
+                let p = tmp.path().join(name);
+                std::fs::read_to_string(&p)
+                    .map_err(|e| BuildError::Io(format!("read the answer {}: {e}", p.display())))
+            };
+            Ok((read("code")?, read("out")?))
+        };
+        let plan = lower(
+            &dir,
+            &target,
+            &lower_opts,
+            &mut |r| {
+                let resolved = image::resolve(&store2, r, Some(&pull))?;
+                let hold = store2.hold_image(&resolved.manifest)?;
+                holds2.lock().expect("image holds").push(hold);
+                Ok(resolved)
+            },
+            &mut eval,
+        );
+        if let Some((_, s)) = eval_solver.take() {
+            s.save_sums();
+        }
+        plan
+    })
+    .await
+    .map_err(|e| BuildError::Invalid(format!("lowering panicked: {e}")))??;
+    let solver = Solver::new(
+        root,
+        store.clone(),
+        executor,
+        solve_opts(plan.contexts.clone()),
     )?;
     let result = run_plan(&solver, &store, &plan, &opts).await;
     solver.save_sums();

@@ -214,6 +214,35 @@ fn earthfile_secrets_reach_run_as_variables() {
 }
 
 #[test]
+fn earthfile_if_for_and_shell_outs_run_in_the_container() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("dynamic");
+    output_ok(&mut env.berth(&case, &["+dynamic"]));
+    assert_eq!(read(&case.join("out/branch")), "if-taken\nelse-if-taken\n");
+    assert_eq!(read(&case.join("out/list")), "one\ntwo\nthree\n");
+    assert_eq!(
+        read(&case.join("out/seen")),
+        "seen branch\nseen list\nseen marker\n"
+    );
+    // Answers are cached like steps: the same build again gives the same outputs.
+    std::fs::remove_dir_all(case.join("out")).unwrap();
+    output_ok(&mut env.berth(&case, &["+dynamic"]));
+    assert_eq!(read(&case.join("out/list")), "one\ntwo\nthree\n");
+}
+
+#[test]
+fn earthfile_run_push_runs_only_with_push() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("push");
+    output_ok(&mut env.berth(&case, &["+pushed"]));
+    output_ok(&mut env.berth(&case, &["+read"]));
+    assert_eq!(read(&case.join("events.txt")), "build\n");
+    output_ok(&mut env.berth(&case, &["--push", "+pushed"]));
+    output_ok(&mut env.berth(&case, &["+read"]));
+    assert_eq!(read(&case.join("events.txt")), "build\npush\n");
+}
+
+#[test]
 fn earthfile_artifact_flag_outputs_one_artifact() {
     let Some(env) = Env::new() else { return };
     let case = env.case("basic");

@@ -253,15 +253,71 @@ pub struct Lowerer<'a> {
     images: HashMap<String, (State, ImageConfig)>,
     contexts: HashMap<String, PathBuf>,
     sources: Vec<(String, crate::SourceError)>,
+    eval: &'a mut Eval<'a>,
 }
+
+/// Solves a probe state for `capture`, given the local sources known so far, and
+/// returns the text of its `/code` and `/out` files.
+pub type Eval<'a> = dyn FnMut(&HashMap<String, PathBuf>, &State) -> Result<(String, String)> + 'a;
+
+/// The variable each `$( … )` of a word is replaced by before expansion.
+const SHELL_OUT: &str = "__BERTH_SHELL_OUT_";
+
+/// `text` with each `$( … )` outside single quotes replaced by `${SHELL_OUT<n>}`, and
+/// the commands.
+fn shell_outs(text: &str) -> std::result::Result<(String, Vec<String>), String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::new();
+    let mut cmds = Vec::new();
+    let mut single = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\\' && !single && i + 1 < chars.len() {
+            out.push(c);
+            out.push(chars[i + 1]);
+            i += 2;
+            continue;
+        }
+        if c == '\'' {
+            single = !single;
+        }
+        if !single && c == '$' && chars.get(i + 1) == Some(&'(') {
+            let mut depth = 1;
+            let mut j = i + 2;
+            while j < chars.len() && depth > 0 {
+                match chars[j] {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                j += 1;
+            }
+            if depth > 0 {
+                return Err("unterminated $( … )".into());
+            }
+            cmds.push(chars[i + 2..j - 1].iter().collect());
+            out.push_str(&format!("${{{SHELL_OUT}{}}}", cmds.len() - 1));
+            i = j;
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    Ok((out, cmds))
+}
+
+/// Where a captured command's answer is written in its probe step.
+const EVAL_DIR: &str = "/.berth-eval";
 
 /// Lower `reference` (`+target`, `./dir+target`, `../dir+target`) relative to the
 /// folder `dir`, whose Earthfile holds `+target`.
-pub fn lower(
+pub fn lower<'a>(
     dir: &Path,
     reference: &str,
-    opts: &EarthOptions,
-    resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    opts: &'a EarthOptions,
+    resolve: &'a mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    eval: &'a mut Eval<'a>,
 ) -> Result<Plan> {
     let root = std::fs::canonicalize(dir)
         .map_err(|e| BuildError::Invalid(format!("folder {}: {e}", dir.display())))?;
@@ -276,6 +332,7 @@ pub fn lower(
         images: HashMap::new(),
         contexts: HashMap::new(),
         sources: Vec::new(),
+        eval,
     };
     let (proj_part, name) = reference.split_once('+').ok_or_else(|| {
         BuildError::Invalid(format!(
@@ -619,19 +676,36 @@ impl Lowerer<'_> {
             match s {
                 Stmt::Command(c) => self.command(ts, proj, c)?,
                 Stmt::Wait { body, .. } => self.stmts(ts, proj, body)?,
-                Stmt::If { branches, .. } => {
-                    return Err(not_supported(
-                        proj,
-                        branches[0].0.pos,
-                        "IF (its condition runs in the container)",
-                    ));
+                Stmt::If {
+                    branches,
+                    otherwise,
+                } => {
+                    let mut taken = None;
+                    for (head, body) in branches {
+                        // The condition is a shell command, run with the variables
+                        // in scope; exit code 0 is true.
+                        let (code, _) = self.capture(ts, proj, head, &head.rest)?;
+                        if code == 0 {
+                            taken = Some(body);
+                            break;
+                        }
+                    }
+                    if let Some(body) = taken.or(otherwise.as_ref()) {
+                        self.stmts(ts, proj, body)?;
+                    }
                 }
-                Stmt::For { head, .. } => {
-                    return Err(not_supported(
-                        proj,
-                        head.pos,
-                        "FOR (its list comes from running in the container)",
-                    ));
+                Stmt::For { head, body } => {
+                    let var = head.args[0].text.clone();
+                    let expr = head.rest[head.rest.find(" IN ").map_or(0, |i| i + 4)..].trim();
+                    let list = self.x_text(ts, proj, expr, head.args[2].pos)?;
+                    let seps: Vec<char> = match head.value("sep") {
+                        Some(s) => s.chars().collect(),
+                        None => vec![' ', '\t', '\n'],
+                    };
+                    for item in list.split(|c| seps.contains(&c)).filter(|i| !i.is_empty()) {
+                        ts.set_var(&var, item.to_string(), VarKind::Arg);
+                        self.stmts(ts, proj, body)?;
+                    }
                 }
                 Stmt::WithDocker { head, .. } => {
                     return Err(not_supported(
@@ -649,24 +723,57 @@ impl Lowerer<'_> {
     }
 
     /// Expand `w` with the variables of `ts`.
-    fn x(&self, ts: &Ts, proj: &Project, w: &Word) -> Result<String> {
+    fn x(&mut self, ts: &Ts, proj: &Project, w: &Word) -> Result<String> {
         self.x_text(ts, proj, &w.text, w.pos)
     }
 
-    fn x_text(&self, ts: &Ts, proj: &Project, text: &str, pos: Pos) -> Result<String> {
-        if text.contains("$(") {
-            return Err(not_supported(
-                proj,
+    /// Expand `text` (written at `pos`) with the variables of `ts`; each `$( … )` is
+    /// run in the container, and its output taken as it is.
+    fn x_text(&mut self, ts: &Ts, proj: &Project, text: &str, pos: Pos) -> Result<String> {
+        let mut outs: Vec<String> = Vec::new();
+        let text = if text.contains("$(") {
+            let (rewritten, cmds) = shell_outs(text).map_err(|m| src_err(proj, pos, m))?;
+            let c = Command {
+                name: "$( … )".into(),
                 pos,
-                "$( … ) outside RUN (it runs a command in the container)",
-            ));
-        }
-        expand(text, |k| ts.lookup(k), '\\').map_err(|e| src_err(proj, pos, e.to_string()))
+                lines: crate::frontend::source::LineRange {
+                    start: pos.line,
+                    end: pos.line,
+                },
+                flags: Vec::new(),
+                args: Vec::new(),
+                rest: String::new(),
+                text: text.to_string(),
+            };
+            for cmd in cmds {
+                let (code, out) = self.capture(ts, proj, &c, &cmd)?;
+                if code != 0 {
+                    return Err(src_err(
+                        proj,
+                        pos,
+                        format!("$({cmd}) exited with code {code}"),
+                    ));
+                }
+                outs.push(out);
+            }
+            rewritten
+        } else {
+            text.to_string()
+        };
+        expand(
+            &text,
+            |k| match k.strip_prefix(SHELL_OUT) {
+                Some(n) => n.parse::<usize>().ok().and_then(|n| outs.get(n).cloned()),
+                None => ts.lookup(k),
+            },
+            '\\',
+        )
+        .map_err(|e| src_err(proj, pos, e.to_string()))
     }
 
     /// `--NAME=value` words after a reference, expanded.
     fn ref_args(
-        &self,
+        &mut self,
         ts: &Ts,
         proj: &Project,
         words: &[Word],
@@ -983,7 +1090,7 @@ impl Lowerer<'_> {
     }
 
     /// Refuse `--platform` other than this host's.
-    fn platform(&self, ts: &Ts, proj: &Project, c: &Command) -> Result<()> {
+    fn platform(&mut self, ts: &Ts, proj: &Project, c: &Command) -> Result<()> {
         if let Some(p) = c.value("platform") {
             let p = self.x_text(ts, proj, p, c.pos)?;
             let (os, arch) = host_platform();
@@ -999,7 +1106,12 @@ impl Lowerer<'_> {
     }
 
     /// The deprecated `--build-arg K=V` flags.
-    fn build_args(&self, ts: &Ts, proj: &Project, c: &Command) -> Result<BTreeMap<String, String>> {
+    fn build_args(
+        &mut self,
+        ts: &Ts,
+        proj: &Project,
+        c: &Command,
+    ) -> Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         for v in c.values("build-arg") {
             let t = self.x_text(ts, proj, v, c.pos)?;
@@ -1182,7 +1294,8 @@ impl Lowerer<'_> {
         })
     }
 
-    fn run(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+    /// What RUN (IF, FOR) flags berth cannot run.
+    fn refuse_run_flags(&self, proj: &Project, c: &Command) -> Result<()> {
         for (flag, what) in [
             (
                 "privileged",
@@ -1203,6 +1316,10 @@ impl Lowerer<'_> {
         if let Some(p) = c.flag_pos("oidc") {
             return Err(src_err(proj, p, "RUN --oidc is not supported by berth"));
         }
+        Ok(())
+    }
+
+    fn run(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
         if c.rest.is_empty() {
             return Err(src_err(proj, c.pos, "RUN needs a command"));
         }
@@ -1215,6 +1332,29 @@ impl Lowerer<'_> {
             full.extend(args);
             args = full;
         }
+        let (exec, extra) = self.exec_op(ts, proj, c, args)?;
+        if c.flag("push") && ts.pre_push.is_none() {
+            ts.pre_push = Some(ts.state.clone());
+        }
+        let made = ts
+            .state
+            .run(exec, extra, Self::step_name(ts, c))
+            .with_ignore_cache(self.opts.no_cache || c.flag("no-cache") || c.flag("push"));
+        self.history(ts, c, Some(made));
+        Ok(())
+    }
+
+    /// The process of a RUN (or of an IF, FOR or `$( … )` evaluated in the container):
+    /// the variables in scope, CACHE mounts, `--mount`s, `--secret`s and the network of
+    /// command `c`; and the extra inputs its mounts read.
+    fn exec_op(
+        &mut self,
+        ts: &Ts,
+        proj: &Project,
+        c: &Command,
+        args: Vec<String>,
+    ) -> Result<(ExecOp, Vec<State>)> {
+        self.refuse_run_flags(proj, c)?;
         let mut env: Vec<String> = ts
             .vars
             .iter()
@@ -1312,15 +1452,54 @@ impl Lowerer<'_> {
             mounts,
             proxy_env: self.opts.proxy_env.clone(),
         };
-        if c.flag("push") && ts.pre_push.is_none() {
-            ts.pre_push = Some(ts.state.clone());
-        }
-        let made = ts
+        Ok((exec, extra))
+    }
+
+    /// Run `script` with `/bin/sh -c` on the state of `ts`, as the process of `c`
+    /// would run, for its exit code and standard output; its changes are dropped.
+    ///
+    /// The solver answers through a probe: the script's output and exit code are
+    /// written to files of a step of their own, and those files alone are exported, so
+    /// the answer is cached like any step (same state, same script, same answer).
+    fn capture(
+        &mut self,
+        ts: &Ts,
+        proj: &Project,
+        c: &Command,
+        script: &str,
+    ) -> Result<(i32, String)> {
+        let wrapped = format!(
+            "mkdir -p {EVAL_DIR} && ( {script}\n) > {EVAL_DIR}/out; echo $? > {EVAL_DIR}/code"
+        );
+        let args = vec!["/bin/sh".into(), "-c".into(), wrapped];
+        let (exec, extra) = self.exec_op(ts, proj, c, args)?;
+        let name = format!("[{}] {} (evaluate {script})", ts.label, c.name);
+        let state = ts
             .state
-            .run(exec, extra, Self::step_name(ts, c))
-            .with_ignore_cache(self.opts.no_cache || c.flag("no-cache") || c.flag("push"));
-        self.history(ts, c, Some(made));
-        Ok(())
+            .run(exec, extra, name.clone())
+            .with_ignore_cache(self.opts.no_cache || c.flag("no-cache"));
+        let probe = State::scratch().file(
+            FileOp {
+                actions: vec![copy_action(
+                    1,
+                    vec![format!("{EVAL_DIR}/")],
+                    "/".into(),
+                    None,
+                )],
+                cwd: "/".into(),
+            },
+            vec![state],
+            format!("{name} answer"),
+        );
+        let (code, out) = (self.eval)(&self.contexts, &probe)?;
+        let code = code.trim().parse::<i32>().map_err(|_| {
+            src_err(
+                proj,
+                c.pos,
+                format!("{}: the evaluation gave no exit code", c.name),
+            )
+        })?;
+        Ok((code, out.trim_end_matches('\n').to_string()))
     }
 
     fn copy(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
@@ -1753,9 +1932,27 @@ mod tests {
                 .collect(),
             ..EarthOptions::default()
         };
-        lower(dir.path(), reference, &opts, &mut |r| {
-            panic!("nothing to resolve, asked {r}")
-        })
+        // Answers as if the container ran the script: `true` exits 0 and `echo W`
+        // prints W.
+        let mut eval = |_: &HashMap<String, PathBuf>, probe: &State| {
+            let exec = &probe.vertex().inputs[1];
+            let Op::Exec(e) = &exec.vertex().op else {
+                panic!("a probe reads an exec")
+            };
+            let script = e.args[2].clone();
+            let cmd = script
+                .split("( ")
+                .nth(1)
+                .unwrap()
+                .split('\n')
+                .next()
+                .unwrap();
+            let code = if cmd.starts_with("false") { "1" } else { "0" };
+            let out = cmd.strip_prefix("echo ").unwrap_or("").to_string();
+            Ok((format!("{code}\n"), format!("{out}\n")))
+        };
+        let mut resolve = |r: &str| panic!("nothing to resolve, asked {r}");
+        lower(dir.path(), reference, &opts, &mut resolve, &mut eval)
     }
 
     fn err(text: &str, reference: &str) -> String {
@@ -1865,20 +2062,12 @@ mod tests {
                 "Earthfile:3:9: RUN --ssh is not supported by berth yet",
             ),
             (
-                "    IF true\n        RUN x\n    END\n",
-                "Earthfile:3:5: IF (its condition runs in the container) is not supported by berth yet",
-            ),
-            (
                 "    WITH DOCKER\n        RUN x\n    END\n",
                 "Earthfile:3:5: WITH DOCKER (it needs the privileged entitlement) is not supported by berth yet",
             ),
             (
                 "    LOCALLY\n",
                 "Earthfile:3:5: LOCALLY is not supported by berth yet",
-            ),
-            (
-                "    ARG X=$(echo hi)\n",
-                "Earthfile:3:9: $( … ) outside RUN (it runs a command in the container) is not supported by berth yet",
             ),
             (
                 "    RUN --network=host x\n",
@@ -1897,6 +2086,42 @@ mod tests {
             let got = err(&text, "+t");
             assert!(got.starts_with(want), "{body:?}: {got}");
         }
+    }
+
+    #[test]
+    fn if_for_and_shell_outs_follow_the_container_answers() {
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    ARG V=$(echo computed)\n    IF false\n        RUN branch-if\n    ELSE IF true\n        RUN branch-else-if\n    ELSE\n        RUN branch-else\n    END\n    FOR x IN a $(echo b c)\n        RUN loop-$x\n    END\n    FOR --sep=, y IN 1,2\n        RUN sep-$y\n    END\n    RUN last $V\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let mut s = p.targets[p.invoked].state.clone();
+        let mut cmds = Vec::new();
+        while let Op::Exec(e) = &s.vertex().op {
+            cmds.push(e.args[2].clone());
+            s = s.vertex().inputs[0].clone();
+        }
+        cmds.reverse();
+        assert_eq!(
+            cmds,
+            [
+                "branch-else-if",
+                "loop-$x",
+                "loop-$x",
+                "loop-$x",
+                "sep-$y",
+                "sep-$y",
+                "last $V"
+            ]
+        );
+        let env = exec_env(&p.targets[p.invoked].state);
+        assert!(env.contains(&"V=computed".to_string()), "{env:?}");
+        assert!(env.contains(&"x=c".to_string()), "{env:?}");
+    }
+
+    #[test]
+    fn shell_outs_are_found_outside_single_quotes() {
+        let (text, cmds) = shell_outs("a-$(echo (x))-'$(no)'-\\$(no)").unwrap();
+        assert_eq!(cmds, ["echo (x)"]);
+        assert_eq!(text, "a-${__BERTH_SHELL_OUT_0}-'$(no)'-\\$(no)");
+        assert!(shell_outs("$(open").is_err());
     }
 
     #[test]
