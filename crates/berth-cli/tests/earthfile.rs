@@ -231,6 +231,17 @@ fn earthfile_if_for_and_shell_outs_run_in_the_container() {
 }
 
 #[test]
+fn earthfile_from_dockerfile_uses_the_dockerfile_frontend() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("dockerfile");
+    output_ok(&mut env.berth(&case, &["+image"]));
+    assert_eq!(
+        read(&case.join("both.txt")),
+        "from-earthfile\nfile in the Dockerfile's context\n"
+    );
+}
+
+#[test]
 fn earthfile_run_push_runs_only_with_push() {
     let Some(env) = Env::new() else { return };
     let case = env.case("push");

@@ -115,6 +115,17 @@ pub fn lower(
     opts: &LowerOptions,
     resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
 ) -> Result<Lowered> {
+    lower_in(df, opts, "context", resolve)
+}
+
+/// [`lower`] with the build context as the local source `context_name` (an Earthfile's
+/// `FROM DOCKERFILE` names each context folder apart).
+pub(crate) fn lower_in(
+    df: &Dockerfile,
+    opts: &LowerOptions,
+    context_name: &str,
+    resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
+) -> Result<Lowered> {
     let escape = df.directives.escape;
     // BuildKit's automatic platform ARGs: global, and visible in a stage once declared.
     let (os, arch) = host_platform();
@@ -171,7 +182,7 @@ pub fn lower(
             })?,
     };
     let context = State::local(LocalSource {
-        name: "context".into(),
+        name: context_name.into(),
         exclude: opts.dockerignore.clone(),
     });
     let mut l = Lowerer {

@@ -1077,7 +1077,7 @@ impl Lowerer<'_> {
                 self.history(ts, c, Some(made));
                 Ok(())
             }
-            "FROM DOCKERFILE" => Err(not_supported(proj, c.pos, "FROM DOCKERFILE")),
+            "FROM DOCKERFILE" => self.from_dockerfile(ts, proj, c),
             "LOCALLY" => Err(not_supported(proj, c.pos, "LOCALLY")),
             "HOST" => Err(not_supported(proj, c.pos, "HOST")),
             "FUNCTION" | "COMMAND" => Err(src_err(
@@ -1192,6 +1192,86 @@ impl Lowerer<'_> {
             );
         }
         ts.state = state;
+        ts.config = config;
+        ts.hist = hist;
+        Ok(())
+    }
+
+    /// `FROM DOCKERFILE [-f file] [--target t] [--build-arg k=v] <context>`: the
+    /// Dockerfile frontend lowers it into the same graph; its image is where the target
+    /// goes on.
+    fn from_dockerfile(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        self.platform(ts, proj, c)?;
+        let ctx = self.x(ts, proj, &c.args[0])?;
+        if ctx.contains('+') {
+            return Err(not_supported(
+                proj,
+                c.args[0].pos,
+                "FROM DOCKERFILE with an artifact as its context",
+            ));
+        }
+        let ctx_dir = proj.dir.join(&ctx);
+        let file = match c.value("f") {
+            Some(f) => proj.dir.join(self.x_text(ts, proj, f, c.pos)?),
+            None => ctx_dir.join("Dockerfile"),
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            src_err(proj, c.args[0].pos, format!("read {}: {e}", file.display()))
+        })?;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into());
+        let df = crate::Dockerfile::parse(&name, &text)?;
+        let dockerignore = std::fs::read_to_string(ctx_dir.join(".dockerignore"))
+            .map(|t| Ignore::parse(&t).patterns())
+            .unwrap_or_default();
+        let target = c
+            .value("target")
+            .map(|t| self.x_text(ts, proj, t, c.pos))
+            .transpose()?;
+        let build_args = self.build_args(ts, proj, c)?;
+        let ctx_dir = std::fs::canonicalize(&ctx_dir).map_err(|e| {
+            src_err(proj, c.args[0].pos, format!("context {}: {e}", ctx_dir.display()))
+        })?;
+        let ctx_name = format!("dockerfile:{}", ctx_dir.display());
+        self.contexts.insert(ctx_name.clone(), ctx_dir);
+        let opts = crate::LowerOptions {
+            build_args,
+            target,
+            dockerignore,
+            proxy_env: self.opts.proxy_env.clone(),
+            no_cache: self.opts.no_cache,
+            created: self.opts.created.clone(),
+            allow: self.opts.allow.clone(),
+            cancel: self.opts.cancel.clone(),
+        };
+        let lowered = crate::frontend::dockerfile::lower::lower_in(
+            &df,
+            &opts,
+            &ctx_name,
+            &mut *self.resolve,
+        )?;
+        let mut config = lowered.config;
+        let mut hist = vec![None; lowered.base_history];
+        hist.extend(lowered.steps);
+        hist.resize(config.history.len(), None);
+        if config.config.env_get("PATH").is_none() {
+            config.config.env.push(DEFAULT_PATH.to_string());
+        }
+        ts.vars.retain(|v| v.kind != VarKind::Env);
+        for kv in config.config.env.iter().rev() {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            ts.vars.insert(
+                0,
+                Var {
+                    name: k.to_string(),
+                    value: v.to_string(),
+                    kind: VarKind::Env,
+                },
+            );
+        }
+        ts.state = lowered.state;
         ts.config = config;
         ts.hist = hist;
         Ok(())
