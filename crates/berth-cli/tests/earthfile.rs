@@ -254,6 +254,34 @@ fn earthfile_run_push_runs_only_with_push() {
 }
 
 #[test]
+fn earthfile_save_image_push_pushes_only_with_push() {
+    let Some(env) = Env::new() else { return };
+    if !require("skopeo") {
+        return;
+    }
+    let reg = Berth::serve(&env.dir.path().join("registry"), &[]);
+    let case = env.case("push");
+    let arg = format!("--REGISTRY={}", reg.addr);
+    let reference = format!("{}/earth/pushed:1", reg.addr);
+    // --no-output: the image stays in berth's store (no Docker needed).
+    output_ok(&mut env.berth(&case, &["--no-output", "+image", &arg]));
+    let inspect = output(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]));
+    assert!(!inspect.success, "nothing is pushed without --push");
+    let out = output_ok(&mut env.berth(&case, &["--no-output", "--push", "+image", &arg]));
+    let digest = served_digest(&reference);
+    assert!(
+        out.stdout
+            .contains(&format!("{}/earth/pushed@{digest}", reg.addr)),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn earthfile_artifact_flag_outputs_one_artifact() {
     let Some(env) = Env::new() else { return };
     let case = env.case("basic");

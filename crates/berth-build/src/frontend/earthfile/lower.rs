@@ -1215,9 +1215,8 @@ impl Lowerer<'_> {
             Some(f) => proj.dir.join(self.x_text(ts, proj, f, c.pos)?),
             None => ctx_dir.join("Dockerfile"),
         };
-        let text = std::fs::read_to_string(&file).map_err(|e| {
-            src_err(proj, c.args[0].pos, format!("read {}: {e}", file.display()))
-        })?;
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| src_err(proj, c.args[0].pos, format!("read {}: {e}", file.display())))?;
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -1232,7 +1231,11 @@ impl Lowerer<'_> {
             .transpose()?;
         let build_args = self.build_args(ts, proj, c)?;
         let ctx_dir = std::fs::canonicalize(&ctx_dir).map_err(|e| {
-            src_err(proj, c.args[0].pos, format!("context {}: {e}", ctx_dir.display()))
+            src_err(
+                proj,
+                c.args[0].pos,
+                format!("context {}: {e}", ctx_dir.display()),
+            )
         })?;
         let ctx_name = format!("dockerfile:{}", ctx_dir.display());
         self.contexts.insert(ctx_name.clone(), ctx_dir);
