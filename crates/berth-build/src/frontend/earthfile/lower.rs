@@ -1077,7 +1077,7 @@ impl Lowerer<'_> {
                 self.history(ts, c, Some(made));
                 Ok(())
             }
-            "FROM DOCKERFILE" => self.from_dockerfile(ts, proj, c),
+            "FROM DOCKERFILE" => self.dockerfile_base(ts, proj, c),
             "LOCALLY" => Err(not_supported(proj, c.pos, "LOCALLY")),
             "HOST" => Err(not_supported(proj, c.pos, "HOST")),
             "FUNCTION" | "COMMAND" => Err(src_err(
@@ -1200,7 +1200,7 @@ impl Lowerer<'_> {
     /// `FROM DOCKERFILE [-f file] [--target t] [--build-arg k=v] <context>`: the
     /// Dockerfile frontend lowers it into the same graph; its image is where the target
     /// goes on.
-    fn from_dockerfile(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+    fn dockerfile_base(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
         self.platform(ts, proj, c)?;
         let ctx = self.x(ts, proj, &c.args[0])?;
         if ctx.contains('+') {
