@@ -79,8 +79,32 @@ struct EarthCli {
 
 /// Whether `s` is a target reference as Earthly's command line takes it.
 fn is_target(s: &str) -> bool {
-    s.starts_with('+')
-        || ((s.starts_with("./") || s.starts_with("../") || s.starts_with('/')) && s.contains('+'))
+    let Some((project, name)) = s.split_once('+') else {
+        return false;
+    };
+    let local = project.is_empty()
+        || project.starts_with("./")
+        || project.starts_with("../")
+        || project.starts_with('/');
+    // `./dir+x/Dockerfile` is a path, not a target.
+    local
+        && !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn targets_are_told_from_paths() {
+        for t in ["+build", "./a+b", "../x/y+z-1", "/abs+t"] {
+            assert!(super::is_target(t), "{t}");
+        }
+        for p in [".", "./ctx", "./dir+x/Dockerfile", "app+1", "+", "A=+x"] {
+            assert!(!super::is_target(p), "{p}");
+        }
+    }
 }
 
 /// If the command line names an Earthfile target, run it and return the exit code.

@@ -23,7 +23,7 @@ use super::ast::{Command, Earthfile, Stmt, Word};
 use crate::error::{BuildError, Result};
 use crate::frontend::dockerfile::expand::expand;
 use crate::frontend::dockerfile::instructions::{CommandLine, InstructionKind, RunMount};
-use crate::frontend::dockerfile::lower::run::{MountEnv, clean_abs, exec_mount};
+use crate::frontend::dockerfile::lower::run::{MountEnv, base_name, clean_abs, exec_mount};
 use crate::frontend::dockerfile::lower::{DEFAULT_PATH, command_list, exposed_ports, healthcheck};
 use crate::frontend::source::Pos;
 use crate::image::{History, ImageConfig, ResolvedImage, host_platform};
@@ -207,6 +207,32 @@ impl Ts {
             value,
             kind,
         });
+    }
+
+    /// Start over from a new base (`FROM`): its state, config and history; the
+    /// environment becomes the base's (with a PATH), ARG and LET variables stay.
+    fn rebase(&mut self, state: State, mut config: ImageConfig, hist: Vec<Option<State>>) {
+        if config.config.env_get("PATH").is_none() {
+            config.config.env.push(DEFAULT_PATH.to_string());
+        }
+        let mut vars: Vec<Var> = config
+            .config
+            .env
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                Var {
+                    name: k.to_string(),
+                    value: v.to_string(),
+                    kind: VarKind::Env,
+                }
+            })
+            .collect();
+        vars.extend(self.vars.drain(..).filter(|v| v.kind != VarKind::Env));
+        self.vars = vars;
+        self.state = state;
+        self.config = config;
+        self.hist = hist;
     }
 
     fn cwd(&self) -> String {
@@ -622,13 +648,7 @@ impl Lowerer<'_> {
 
     /// The base recipe of `proj` lowered with `overrides`: where every target starts.
     fn base(&mut self, proj: &Arc<Project>, overrides: &BTreeMap<String, String>) -> Result<Ts> {
-        let (os, arch) = host_platform();
-        let mut config = ImageConfig {
-            architecture: arch.into(),
-            os: os.into(),
-            ..Default::default()
-        };
-        config.config.working_dir = "/".into();
+        let config = scratch_config();
         let mut ts = Ts {
             label: format!("{}+base", proj.reference),
             name: "base".into(),
@@ -991,15 +1011,7 @@ impl Lowerer<'_> {
             "BUILD" => {
                 self.platform(ts, proj, c)?;
                 let r = self.x(ts, proj, &c.args[0])?;
-                let mut args = if c.flag("pass-args") {
-                    ts.arg_overrides()
-                } else {
-                    BTreeMap::new()
-                };
-                args.extend(self.ref_args(ts, proj, &c.args[1..])?);
-                args.extend(self.build_args(ts, proj, c)?);
-                let (tp, name) = self.resolve_ref(proj, &r, c.args[0].pos)?;
-                let idx = self.target(&tp, &name, args, Some((proj, c.args[0].pos)))?;
+                let idx = self.referenced_target(ts, proj, c, &r)?;
                 if !ts.builds.contains(&idx) {
                     ts.builds.push(idx);
                 }
@@ -1089,6 +1101,27 @@ impl Lowerer<'_> {
         }
     }
 
+    /// The target `r` names in `FROM`/`BUILD` command `c` (its first argument), lowered
+    /// with the `--ARG=v` words after it, `--build-arg`s and, with `--pass-args`, the
+    /// caller's ARGs.
+    fn referenced_target(
+        &mut self,
+        ts: &Ts,
+        proj: &Arc<Project>,
+        c: &Command,
+        r: &str,
+    ) -> Result<usize> {
+        let mut args = if c.flag("pass-args") {
+            ts.arg_overrides()
+        } else {
+            BTreeMap::new()
+        };
+        args.extend(self.ref_args(ts, proj, &c.args[1..])?);
+        args.extend(self.build_args(ts, proj, c)?);
+        let (tp, name) = self.resolve_ref(proj, r, c.args[0].pos)?;
+        self.target(&tp, &name, args, Some((proj, c.args[0].pos)))
+    }
+
     /// Refuse `--platform` other than this host's.
     fn platform(&mut self, ts: &Ts, proj: &Project, c: &Command) -> Result<()> {
         if let Some(p) = c.value("platform") {
@@ -1125,15 +1158,7 @@ impl Lowerer<'_> {
         self.platform(ts, proj, c)?;
         let r = self.x(ts, proj, &c.args[0])?;
         let (state, config, hist) = if r.contains('+') {
-            let mut args = if c.flag("pass-args") {
-                ts.arg_overrides()
-            } else {
-                BTreeMap::new()
-            };
-            args.extend(self.ref_args(ts, proj, &c.args[1..])?);
-            args.extend(self.build_args(ts, proj, c)?);
-            let (tp, name) = self.resolve_ref(proj, &r, c.args[0].pos)?;
-            let idx = self.target(&tp, &name, args, Some((proj, c.args[0].pos)))?;
+            let idx = self.referenced_target(ts, proj, c, &r)?;
             let t = &self.targets[idx];
             (t.state.clone(), t.config.clone(), t.history_states.clone())
         } else {
@@ -1145,14 +1170,7 @@ impl Lowerer<'_> {
                 ));
             }
             if r == "scratch" {
-                let (os, arch) = host_platform();
-                let mut config = ImageConfig {
-                    architecture: arch.into(),
-                    os: os.into(),
-                    ..Default::default()
-                };
-                config.config.working_dir = "/".into();
-                (State::scratch(), config, Vec::new())
+                (State::scratch(), scratch_config(), Vec::new())
             } else {
                 let (state, mut config) = match self.images.get(&r) {
                     Some(x) => x.clone(),
@@ -1175,25 +1193,7 @@ impl Lowerer<'_> {
                 (state, config, vec![None; n])
             }
         };
-        let mut config = config;
-        if config.config.env_get("PATH").is_none() {
-            config.config.env.push(DEFAULT_PATH.to_string());
-        }
-        ts.vars.retain(|v| v.kind != VarKind::Env);
-        for kv in &config.config.env {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            ts.vars.insert(
-                0,
-                Var {
-                    name: k.to_string(),
-                    value: v.to_string(),
-                    kind: VarKind::Env,
-                },
-            );
-        }
-        ts.state = state;
-        ts.config = config;
-        ts.hist = hist;
+        ts.rebase(state, config, hist);
         Ok(())
     }
 
@@ -1255,28 +1255,10 @@ impl Lowerer<'_> {
             &ctx_name,
             &mut *self.resolve,
         )?;
-        let mut config = lowered.config;
         let mut hist = vec![None; lowered.base_history];
         hist.extend(lowered.steps);
-        hist.resize(config.history.len(), None);
-        if config.config.env_get("PATH").is_none() {
-            config.config.env.push(DEFAULT_PATH.to_string());
-        }
-        ts.vars.retain(|v| v.kind != VarKind::Env);
-        for kv in config.config.env.iter().rev() {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            ts.vars.insert(
-                0,
-                Var {
-                    name: k.to_string(),
-                    value: v.to_string(),
-                    kind: VarKind::Env,
-                },
-            );
-        }
-        ts.state = lowered.state;
-        ts.config = config;
-        ts.hist = hist;
+        hist.resize(lowered.config.history.len(), None);
+        ts.rebase(lowered.state, lowered.config, hist);
         Ok(())
     }
 
@@ -1871,6 +1853,19 @@ impl Lowerer<'_> {
     }
 }
 
+/// The config of the empty image (`FROM scratch`, and a base recipe without FROM):
+/// this host's platform, working in `/` as BuildKit's empty image does.
+fn scratch_config() -> ImageConfig {
+    let (os, arch) = host_platform();
+    let mut config = ImageConfig {
+        architecture: arch.into(),
+        os: os.into(),
+        ..Default::default()
+    };
+    config.config.working_dir = "/".into();
+    config
+}
+
 /// A copy of `sources` of input `from` to `dest`.
 fn copy_action(from: usize, sources: Vec<String>, dest: String, chmod: Option<u32>) -> FileAction {
     FileAction::Copy {
@@ -1911,14 +1906,6 @@ fn split_artifact(text: &str) -> Option<(&str, &str)> {
     let slash = text[plus..].find('/')? + plus;
     let path = &text[slash + 1..];
     (!path.is_empty()).then_some((&text[..slash], path))
-}
-
-fn base_name(path: &str) -> &str {
-    let p = path.trim_end_matches('/');
-    p.rsplit('/')
-        .next()
-        .filter(|b| !b.is_empty())
-        .unwrap_or("/")
 }
 
 fn collect_commands<'a>(body: &'a [Stmt], out: &mut Vec<&'a Command>) {

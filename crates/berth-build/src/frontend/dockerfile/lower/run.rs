@@ -317,7 +317,7 @@ pub(crate) fn clean_abs(path: &str) -> String {
 }
 
 /// The last component of `path` (`path.Base` in Go).
-fn base_name(path: &str) -> &str {
+pub(crate) fn base_name(path: &str) -> &str {
     let p = path.trim_end_matches('/');
     p.rsplit('/')
         .next()
