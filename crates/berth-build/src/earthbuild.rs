@@ -121,6 +121,7 @@ pub async fn earth_build(
         cancel: opts.cancel.clone(),
         push: opts.push,
         ci: opts.ci,
+        git_cache: Some(root.join("cache/earthly-git")),
     };
     let handle = tokio::runtime::Handle::current();
     let (store2, client) = (store.clone(), opts.client.clone());

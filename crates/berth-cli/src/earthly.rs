@@ -70,7 +70,7 @@ struct EarthCli {
     explain: bool,
     #[command(flatten)]
     docker: DockerArgs,
-    /// The target: +target, ./dir+target, ../dir+target.
+    /// The target: +target, ./dir+target, ../dir+target, host/org/repo[/path][:ref]+target.
     target: Option<String>,
     /// --ARG=value overrides of the target's ARGs.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -86,8 +86,12 @@ fn is_target(s: &str) -> bool {
         || project.starts_with("./")
         || project.starts_with("../")
         || project.starts_with('/');
+    // host/org/repo[/path][:ref]
+    let mut parts = project.split('/');
+    let host = parts.next().unwrap_or("");
+    let remote = (host.contains('.') || host.contains(':')) && parts.count() >= 2;
     // `./dir+x/Dockerfile` is a path, not a target.
-    local
+    (local || remote)
         && !name.is_empty()
         && name
             .chars()
@@ -98,7 +102,13 @@ fn is_target(s: &str) -> bool {
 mod tests {
     #[test]
     fn targets_are_told_from_paths() {
-        for t in ["+build", "./a+b", "../x/y+z-1", "/abs+t"] {
+        for t in [
+            "+build",
+            "./a+b",
+            "../x/y+z-1",
+            "/abs+t",
+            "github.com/org/repo:v1+t",
+        ] {
             assert!(super::is_target(t), "{t}");
         }
         for p in [".", "./ctx", "./dir+x/Dockerfile", "app+1", "+", "A=+x"] {

@@ -281,6 +281,136 @@ fn earthfile_save_image_push_pushes_only_with_push() {
     );
 }
 
+/// `git daemon` over repositories below `base`, on 127.0.0.1; killed on drop.
+struct GitDaemon(std::process::Child, String);
+
+impl GitDaemon {
+    fn start(base: &Path) -> GitDaemon {
+        let port = free_port();
+        // git-daemon itself, not `git daemon`, whose git parent would leave it running
+        // (with the test's output pipe) when killed.
+        let exec_path = run(Command::new("git").arg("--exec-path"));
+        let child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--base-path={}", base.display()))
+            .arg(format!("--port={port}"))
+            .arg(base)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start git daemon");
+        let addr = format!("127.0.0.1:{port}");
+        wait_listening(&addr);
+        GitDaemon(child, addr)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Commit `files` (path, text) to branch main of the bare repository `bare`.
+fn commit_to(bare: &Path, work: &Path, files: &[(&str, &str)]) {
+    if !work.exists() {
+        run(Command::new("git").arg("clone").arg(bare).arg(work));
+    }
+    for (path, text) in files {
+        let f = work.join(path);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, text).unwrap();
+    }
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(work)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args));
+    };
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "change"]);
+    git(&["push", "-q", "origin", "HEAD:main"]);
+}
+
+#[test]
+fn earthfile_remote_references_are_fetched_with_git_and_cached_by_commit() {
+    let Some(env) = Env::new() else { return };
+    if !require("git") {
+        return;
+    }
+    let repos = env.dir.path().join("repos");
+    let bare = repos.join("org/lib.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    run(Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "main"])
+        .arg(&bare));
+    let work = env.dir.path().join("lib-work");
+    let lib = |value: &str| {
+        format!(
+            "VERSION 0.8\nFROM busybox:1.36\nartifact:\n    COPY value.txt /\n    SAVE ARTIFACT /value.txt remote.txt\nFN:\n    FUNCTION\n    RUN echo {value} > /from-function\n"
+        )
+    };
+    commit_to(
+        &bare,
+        &work,
+        &[
+            ("Earthfile", &lib("one")),
+            ("value.txt", "remote one\n"),
+            (
+                "sub/Earthfile",
+                "VERSION 0.8\nother:\n    FROM busybox:1.36\n    RUN echo sub > /sub.txt\n    SAVE ARTIFACT /sub.txt AS LOCAL sub-out.txt\n",
+            ),
+        ],
+    );
+    let daemon = GitDaemon::start(&repos);
+    let case = env.dir.path().join("remote-case");
+    std::fs::create_dir_all(&case).unwrap();
+    std::fs::write(
+        case.join("Earthfile"),
+        format!(
+            "VERSION 0.8\nIMPORT {addr}/org/lib:main AS lib\nFROM busybox:1.36\nuse:\n    COPY lib+artifact/remote.txt /\n    DO lib+FN\n    RUN cat /remote.txt /from-function > /both\n    SAVE ARTIFACT /both AS LOCAL both.txt\n    BUILD {addr}/org/lib/sub:main+other\n",
+            addr = daemon.1
+        ),
+    )
+    .unwrap();
+    // https://ADDR/org/lib.git, pointed at the git daemon the way any git client is.
+    let berth = |args: &[&str]| {
+        let mut c = env.berth(&case, args);
+        c.env("GIT_CONFIG_COUNT", "1")
+            .env(
+                "GIT_CONFIG_KEY_0",
+                format!("url.git://{}/.insteadOf", daemon.1),
+            )
+            .env("GIT_CONFIG_VALUE_0", format!("https://{}/", daemon.1));
+        c
+    };
+    output_ok(&mut berth(&["+use"]));
+    assert_eq!(read(&case.join("both.txt")), "remote one\none\n");
+    let cache = env.dir.path().join("root/cache/earthly-git");
+    let checkouts = || std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(checkouts(), 1, "one checkout per commit");
+    // AS LOCAL of a remote target is relative to its own Earthfile: in the checkout,
+    // not beside the invoking one.
+    assert!(!case.join("sub-out.txt").exists());
+    // A new commit on main: fetched anew, the old checkout stays.
+    commit_to(
+        &bare,
+        &work,
+        &[("Earthfile", &lib("two")), ("value.txt", "remote two\n")],
+    );
+    output_ok(&mut berth(&["+use"]));
+    assert_eq!(read(&case.join("both.txt")), "remote two\ntwo\n");
+    assert_eq!(checkouts(), 2);
+    // The invocation itself may name a remote target.
+    let out = env.dir.path().join("remote-artifact");
+    let dest = format!("{}/", out.display());
+    let target = format!("{}/org/lib:main+artifact/remote.txt", daemon.1);
+    output_ok(&mut berth(&["--artifact", &target, &dest]));
+    assert_eq!(read(&out.join("remote.txt")), "remote two\n");
+}
+
 #[test]
 fn earthfile_artifact_flag_outputs_one_artifact() {
     let Some(env) = Env::new() else { return };

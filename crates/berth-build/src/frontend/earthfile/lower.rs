@@ -53,6 +53,9 @@ pub struct EarthOptions {
     pub push: bool,
     /// `--ci`: the value of `EARTHLY_CI`.
     pub ci: bool,
+    /// Where remote Earthfiles are checked out, one folder per commit (`None`: remote
+    /// references are refused).
+    pub git_cache: Option<PathBuf>,
 }
 
 /// The lowered build: every target reached, and which one was invoked.
@@ -165,8 +168,9 @@ struct Project {
     /// `""` for the invoked Earthfile's folder, else `./rel` from it.
     reference: String,
     context: State,
-    /// `IMPORT` aliases → their folders (`Err`: a reference berth cannot import yet).
-    imports: HashMap<String, std::result::Result<PathBuf, String>>,
+    /// `IMPORT` aliases → what they stand for: an absolute folder, or a remote
+    /// reference (`host/org/repo[/path][:ref]`).
+    imports: HashMap<String, String>,
     git: HashMap<&'static str, String>,
 }
 
@@ -280,6 +284,8 @@ pub struct Lowerer<'a> {
     contexts: HashMap<String, PathBuf>,
     sources: Vec<(String, crate::SourceError)>,
     eval: &'a mut Eval<'a>,
+    /// Checkouts of remote references → the reference, for labels.
+    remote_names: HashMap<PathBuf, String>,
 }
 
 /// Solves a probe state for `capture`, given the local sources known so far, and
@@ -359,6 +365,7 @@ pub fn lower<'a>(
         contexts: HashMap::new(),
         sources: Vec::new(),
         eval,
+        remote_names: HashMap::new(),
     };
     let (proj_part, name) = reference.split_once('+').ok_or_else(|| {
         BuildError::Invalid(format!(
@@ -374,9 +381,11 @@ pub fn lower<'a>(
         root.clone()
     } else if is_local_ref(proj_part) {
         root.join(proj_part)
+    } else if is_remote_ref(proj_part) {
+        l.fetch_remote(proj_part).map_err(BuildError::Remote)?
     } else {
         return Err(BuildError::Invalid(format!(
-            "{reference:?}: remote references are not supported yet; clone the repository and use ./path+target"
+            "{reference:?}: write +target, ./dir+target or host/org/repo[/path][:ref]+target"
         )));
     };
     let proj = l.project(&tdir)?;
@@ -387,6 +396,13 @@ pub fn lower<'a>(
         invoked,
         sources: l.sources,
     })
+}
+
+/// `host/org/repo[/path][:ref]`: a host (with a dot or a port) and two more parts.
+fn is_remote_ref(p: &str) -> bool {
+    let mut parts = p.split('/');
+    let host = parts.next().unwrap_or("");
+    (host.contains('.') || host.contains(':')) && parts.count() >= 2
 }
 
 fn is_local_ref(p: &str) -> bool {
@@ -430,10 +446,11 @@ impl Lowerer<'_> {
                 file.display()
             ))
         })?;
-        let reference = match dir.strip_prefix(&self.root) {
-            Ok(rel) if rel.as_os_str().is_empty() => String::new(),
-            Ok(rel) => format!("./{}", rel.display()),
-            Err(_) => dir.display().to_string(),
+        let reference = match (self.remote_names.get(&dir), dir.strip_prefix(&self.root)) {
+            (Some(r), _) => r.clone(),
+            (None, Ok(rel)) if rel.as_os_str().is_empty() => String::new(),
+            (None, Ok(rel)) => format!("./{}", rel.display()),
+            (None, Err(_)) => dir.display().to_string(),
         };
         let name = if reference.is_empty() {
             "Earthfile".to_string()
@@ -499,11 +516,9 @@ impl Lowerer<'_> {
                 }
             };
             let target = if is_local_ref(&r) {
-                Ok(dir.join(&r))
+                dir.join(&r).display().to_string()
             } else {
-                Err(format!(
-                    "IMPORT {r}: remote references are not supported by berth yet"
-                ))
+                r
             };
             imports.insert(alias, target);
         }
@@ -518,6 +533,70 @@ impl Lowerer<'_> {
         });
         self.projects.insert(dir, p.clone());
         Ok(p)
+    }
+
+    /// The folder of remote project `r` (`host/org/repo[/path][:ref]`), checked out
+    /// once per commit under [`EarthOptions::git_cache`]. The repository is
+    /// `https://host/org/repo.git`; git's `url.<base>.insteadOf` points it elsewhere
+    /// (ssh, a mirror), as for any git client.
+    fn fetch_remote(&mut self, r: &str) -> std::result::Result<PathBuf, String> {
+        let cache = self
+            .opts
+            .git_cache
+            .clone()
+            .ok_or_else(|| format!("{r}: remote references need a git cache"))?;
+        let slash = r.find('/').unwrap_or(0);
+        let (path, gitref) = match r.rfind(':') {
+            Some(i) if i > slash => (&r[..i], Some(&r[i + 1..])),
+            _ => (r, None),
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        let url = format!("https://{}/{}/{}.git", parts[0], parts[1], parts[2]);
+        let sub = parts[3..].join("/");
+        let wanted = gitref.unwrap_or("HEAD");
+        let commit = if wanted.len() == 40 && wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+            wanted.to_string()
+        } else {
+            let listed =
+                run_git(&["ls-remote", &url, wanted], None).map_err(|e| format!("{r}: {e}"))?;
+            listed
+                .lines()
+                .find(|l| {
+                    let name = l.split_whitespace().nth(1).unwrap_or("");
+                    name == wanted
+                        || name == format!("refs/heads/{wanted}")
+                        || name == format!("refs/tags/{wanted}")
+                })
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .ok_or_else(|| format!("{r}: {url} has no branch or tag {wanted}"))?
+        };
+        let checkout = cache.join(&commit);
+        if !checkout.join(".git").is_dir() {
+            std::fs::create_dir_all(&cache)
+                .map_err(|e| format!("create {}: {e}", cache.display()))?;
+            let tmp = cache.join(format!(".{commit}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let tmp_s = tmp.display().to_string();
+            run_git(&["clone", "--quiet", "--no-checkout", &url, &tmp_s], None)
+                .and_then(|_| run_git(&["checkout", "--quiet", &commit], Some(&tmp)))
+                .map_err(|e| {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    format!("{r}: {e}")
+                })?;
+            if std::fs::rename(&tmp, &checkout).is_err() {
+                // Another build checked it out meanwhile.
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
+        let dir = std::fs::canonicalize(checkout.join(&sub))
+            .map_err(|e| format!("{r}: folder {sub:?} of {url} at {commit}: {e}"))?;
+        let label = match gitref {
+            Some(g) => format!("{path}:{g}"),
+            None => path.to_string(),
+        };
+        self.remote_names.insert(dir.clone(), label);
+        Ok(dir)
     }
 
     /// The folder and name of a reference `text` (`+t`, `./d+t`, `alias+t`) written in
@@ -535,29 +614,23 @@ impl Lowerer<'_> {
                 format!("{text:?} is not a target reference (+target, ./dir+target, alias+target)"),
             )
         })?;
-        let dir = if p.is_empty() {
+        if p.is_empty() {
             return Ok((proj.clone(), name.to_string()));
-        } else if is_local_ref(p) {
+        }
+        let p = match proj.imports.get(p) {
+            Some(r) => r.as_str(),
+            None => p,
+        };
+        let dir = if is_local_ref(p) {
             proj.dir.join(p)
+        } else if is_remote_ref(p) {
+            self.fetch_remote(p).map_err(|m| src_err(proj, pos, m))?
         } else {
-            match proj.imports.get(p) {
-                Some(Ok(d)) => d.clone(),
-                Some(Err(m)) => return Err(src_err(proj, pos, m.clone())),
-                None if p.contains('.') || p.contains('/') => {
-                    return Err(not_supported(
-                        proj,
-                        pos,
-                        &format!("the remote reference {text}"),
-                    ));
-                }
-                None => {
-                    return Err(src_err(
-                        proj,
-                        pos,
-                        format!("{p} is not an IMPORT alias of this Earthfile"),
-                    ));
-                }
-            }
+            return Err(src_err(
+                proj,
+                pos,
+                format!("{p} is not an IMPORT alias of this Earthfile"),
+            ));
         };
         let target = self
             .project(&dir)
@@ -1704,12 +1777,7 @@ impl Lowerer<'_> {
     fn is_artifact_ref(&self, proj: &Project, text: &str) -> bool {
         match text.split_once('+') {
             Some(("", _)) => true,
-            Some((p, _)) => {
-                is_local_ref(p)
-                    || proj.imports.contains_key(p)
-                    || p.split_once('/')
-                        .is_some_and(|(host, _)| host.contains('.'))
-            }
+            Some((p, _)) => is_local_ref(p) || proj.imports.contains_key(p) || is_remote_ref(p),
             None => false,
         }
     }
@@ -1768,6 +1836,9 @@ impl Lowerer<'_> {
             vec![ts.state.clone()],
             format!("[{}] {}", ts.label, c.text),
         );
+        // A remote Earthfile's AS LOCAL would write into berth's checkout of it: its
+        // artifacts are for COPY and --artifact only.
+        let local = local.filter(|_| !self.remote_names.contains_key(&proj.dir));
         if let Some(p) = local {
             let out_dest = if glob {
                 "/out/".to_string()
@@ -1936,18 +2007,32 @@ fn collect_commands<'a>(body: &'a [Stmt], out: &mut Vec<&'a Command>) {
     }
 }
 
+/// Run `git ARGS` (in `dir`); its standard output, or an error with its standard error.
+fn run_git(args: &[&str], dir: Option<&Path>) -> std::result::Result<String, String> {
+    let mut cmd = std::process::Command::new("git");
+    if let Some(d) = dir {
+        cmd.arg("-C").arg(d);
+    }
+    let out = cmd
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .map_err(|e| format!("run git: {e}; install git to use remote references"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The git facts builtin ARGs give, for the repository `dir` is in (none outside one).
 fn git_info(dir: &Path) -> HashMap<&'static str, String> {
     let git = |args: &[&str]| -> Option<String> {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()?;
-        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (out.status.success() && !s.is_empty()).then_some(s)
+        let s = run_git(args, Some(dir)).ok()?.trim().to_string();
+        (!s.is_empty()).then_some(s)
     };
     let mut m = HashMap::new();
     let Some(hash) = git(&["rev-parse", "HEAD"]) else {
