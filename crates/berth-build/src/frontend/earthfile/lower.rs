@@ -871,7 +871,17 @@ impl Lowerer<'_> {
         proj: &Project,
         words: &[Word],
     ) -> Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
+        Ok(self.ref_arg_list(ts, proj, words)?.into_iter().collect())
+    }
+
+    /// `--NAME=value` words after a reference, expanded, in order (a name may repeat).
+    fn ref_arg_list(
+        &mut self,
+        ts: &Ts,
+        proj: &Project,
+        words: &[Word],
+    ) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
         for w in words {
             let text = self.x(ts, proj, w)?;
             let Some((k, v)) = text.strip_prefix("--").and_then(|kv| kv.split_once('=')) else {
@@ -881,7 +891,7 @@ impl Lowerer<'_> {
                     format!("{text:?}: arguments after a target reference are --NAME=value"),
                 ));
             };
-            out.insert(k.to_string(), v.to_string());
+            out.push((k.to_string(), v.to_string()));
         }
         Ok(out)
     }
@@ -1084,9 +1094,10 @@ impl Lowerer<'_> {
             "BUILD" => {
                 self.platform(ts, proj, c)?;
                 let r = self.x(ts, proj, &c.args[0])?;
-                let idx = self.referenced_target(ts, proj, c, &r)?;
-                if !ts.builds.contains(&idx) {
-                    ts.builds.push(idx);
+                for idx in self.referenced_targets(ts, proj, c, &r, true)? {
+                    if !ts.builds.contains(&idx) {
+                        ts.builds.push(idx);
+                    }
                 }
                 Ok(())
             }
@@ -1184,15 +1195,54 @@ impl Lowerer<'_> {
         c: &Command,
         r: &str,
     ) -> Result<usize> {
-        let mut args = if c.flag("pass-args") {
+        let all = self.referenced_targets(ts, proj, c, r, false)?;
+        Ok(all[0])
+    }
+
+    /// As [`Self::referenced_target`]; with `matrix`, an ARG given several values
+    /// (`BUILD +t --X=a --X=b`) builds the target once per value, every combination
+    /// of such ARGs, as Earthly's BUILD does. Without, the last value counts.
+    fn referenced_targets(
+        &mut self,
+        ts: &Ts,
+        proj: &Arc<Project>,
+        c: &Command,
+        r: &str,
+        matrix: bool,
+    ) -> Result<Vec<usize>> {
+        let base = if c.flag("pass-args") {
             ts.arg_overrides()
         } else {
             BTreeMap::new()
         };
-        args.extend(self.ref_args(ts, proj, &c.args[1..])?);
-        args.extend(self.build_args(ts, proj, c)?);
+        let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+        for (k, v) in self.ref_arg_list(ts, proj, &c.args[1..])? {
+            match grouped.iter_mut().find(|(n, _)| *n == k) {
+                Some((_, vals)) if matrix => vals.push(v),
+                Some((_, vals)) => *vals = vec![v],
+                None => grouped.push((k, vec![v])),
+            }
+        }
+        let mut combos = vec![base];
+        for (k, vals) in grouped {
+            let mut next = Vec::with_capacity(combos.len() * vals.len());
+            for m in &combos {
+                for v in &vals {
+                    let mut m = m.clone();
+                    m.insert(k.clone(), v.clone());
+                    next.push(m);
+                }
+            }
+            combos = next;
+        }
+        let build_args = self.build_args(ts, proj, c)?;
         let (tp, name) = self.resolve_ref(proj, r, c.args[0].pos)?;
-        self.target(&tp, &name, args, Some((proj, c.args[0].pos)))
+        let mut out = Vec::new();
+        for mut args in combos {
+            args.extend(build_args.clone());
+            out.push(self.target(&tp, &name, args, Some((proj, c.args[0].pos)))?);
+        }
+        Ok(out)
     }
 
     /// Refuse `--platform` other than this host's.
@@ -2137,6 +2187,25 @@ mod tests {
     }
 
     #[test]
+    fn build_with_several_values_of_an_arg_builds_each_combination() {
+        let text = "VERSION 0.8\nFROM scratch\na:\n    BUILD +b --X=1 --Y=p --X=2 --Y=q\nb:\n    ARG X\n    ARG Y\n    RUN echo $X$Y\n";
+        let p = plan(text, &[], "+a", &[]).unwrap();
+        let mut labels: Vec<&str> = p.targets.iter().map(|t| t.label.as_str()).collect();
+        labels.sort();
+        assert_eq!(
+            labels,
+            [
+                "+a",
+                "+b --X=1 --Y=p",
+                "+b --X=1 --Y=q",
+                "+b --X=2 --Y=p",
+                "+b --X=2 --Y=q"
+            ]
+        );
+        assert_eq!(p.targets[p.invoked].builds.len(), 4);
+    }
+
+    #[test]
     fn cycles_are_reported_with_the_chain() {
         let text = "VERSION 0.8\na:\n    FROM +b\nb:\n    FROM scratch\n    COPY +c/x /\nc:\n    BUILD +a\n";
         assert_eq!(
@@ -2234,7 +2303,7 @@ mod tests {
             ),
             (
                 "    COPY github.com/a/b+t/x .\n",
-                "Earthfile:3:10: the remote reference github.com/a/b+t is not supported by berth yet",
+                "Earthfile:3:10: github.com/a/b: remote references need a git cache",
             ),
         ] {
             let text = format!("VERSION 0.8\nt:\n{body}");
