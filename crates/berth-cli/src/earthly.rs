@@ -98,25 +98,6 @@ fn is_target(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn targets_are_told_from_paths() {
-        for t in [
-            "+build",
-            "./a+b",
-            "../x/y+z-1",
-            "/abs+t",
-            "github.com/org/repo:v1+t",
-        ] {
-            assert!(super::is_target(t), "{t}");
-        }
-        for p in [".", "./ctx", "./dir+x/Dockerfile", "app+1", "+", "A=+x"] {
-            assert!(!super::is_target(p), "{p}");
-        }
-    }
-}
-
 /// If the command line names an Earthfile target, run it and return the exit code.
 pub fn intercept() -> Option<i32> {
     let mut args: Vec<String> = std::env::args().collect();
@@ -333,4 +314,23 @@ fn run(cli: EarthCli) -> Result<()> {
         if result.artifacts.len() == 1 { "" } else { "s" },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn targets_are_told_from_paths() {
+        for t in [
+            "+build",
+            "./a+b",
+            "../x/y+z-1",
+            "/abs+t",
+            "github.com/org/repo:v1+t",
+        ] {
+            assert!(super::is_target(t), "{t}");
+        }
+        for p in [".", "./ctx", "./dir+x/Dockerfile", "app+1", "+", "A=+x"] {
+            assert!(!super::is_target(p), "{p}");
+        }
+    }
 }

@@ -37,7 +37,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build an image from a Dockerfile.
+    /// Build an image from a Dockerfile (`berth build +target` runs an Earthfile target).
     Build(build::BuildArgs),
     /// List the images in berth's store.
     Images(image::ImagesArgs),
