@@ -412,6 +412,59 @@ fn earthfile_remote_references_are_fetched_with_git_and_cached_by_commit() {
 }
 
 #[test]
+fn earthfile_builtin_args_come_from_the_git_repository() {
+    let Some(env) = Env::new() else { return };
+    if !require("git") {
+        return;
+    }
+    let case = env.case("builtins");
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(&case)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args))
+        .trim()
+        .to_string()
+    };
+    git(&["init", "-q", "-b", "feature/x"]);
+    git(&[
+        "remote",
+        "add",
+        "origin",
+        "https://git.example.invalid/org/repo.git",
+    ]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "one", "--date=@1700000000"]);
+    let hash = git(&["rev-parse", "HEAD"]);
+    let epoch = git(&["log", "-1", "--format=%ct"]);
+    output_ok(&mut env.berth(&case, &["--ci", "+builtins"]));
+    // --ci writes nothing: run again for the artifact.
+    assert!(!case.join("builtins.txt").exists());
+    output_ok(&mut env.berth(&case, &["+builtins"]));
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let want = [
+        hash.clone(),
+        hash[..8].to_string(),
+        "feature/x".into(),
+        "https://git.example.invalid/org/repo.git".into(),
+        epoch,
+        "+builtins".into(),
+        "builtins".into(),
+        "false".into(),
+        "false".into(),
+        format!("linux/{arch}"),
+        format!("linux/{arch}"),
+    ];
+    let got = read(&case.join("builtins.txt"));
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+}
+
+#[test]
 fn earthfile_artifact_flag_outputs_one_artifact() {
     let Some(env) = Env::new() else { return };
     let case = env.case("basic");

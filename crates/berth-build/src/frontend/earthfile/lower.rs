@@ -1402,6 +1402,13 @@ impl Lowerer<'_> {
                 format!("ARG {name:?}: not a valid name"),
             ));
         }
+        if c.flag("required") && default.is_some() {
+            return Err(src_err(
+                proj,
+                w.pos,
+                format!("ARG --required {name} cannot have a default value"),
+            ));
+        }
         let global = c.flag("global");
         if global && !ts.is_base {
             return Err(src_err(
