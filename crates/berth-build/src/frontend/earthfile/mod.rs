@@ -12,6 +12,7 @@
 //!   then runs every state the output needs at once.
 
 pub mod ast;
+mod dump;
 pub mod lower;
 pub mod parse;
 
