@@ -98,8 +98,9 @@ fn is_target(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// If the command line names an Earthfile target, run it and return the exit code.
-pub fn intercept() -> Option<i32> {
+/// If the command line names an Earthfile target, set up logging with `init_logging`,
+/// run it and return the exit code.
+pub fn intercept(init_logging: impl FnOnce()) -> Option<i32> {
     let mut args: Vec<String> = std::env::args().collect();
     // Past the global options to the command word.
     let mut i = 1;
@@ -139,6 +140,7 @@ pub fn intercept() -> Option<i32> {
         return None;
     }
     let cli = EarthCli::parse_from(args);
+    init_logging();
     Some(match run(cli) {
         Ok(()) => 0,
         Err(e) => {

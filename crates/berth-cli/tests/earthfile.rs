@@ -158,6 +158,12 @@ fn earthfile_output_rule_imports_and_functions() {
         read(&case.join("out/both.txt")),
         "from-connected\nvia function\n"
     );
+    // --if-exists: missing sources copy and save nothing, and fail nothing.
+    assert!(!case.join("out/missing.txt").exists());
+    assert!(
+        !docker_out(&["run", "--rm", connected, "ls", "/"]).contains("missing"),
+        "nothing was copied"
+    );
     // BUILD through an IMPORT alias: its AS LOCAL is relative to its own Earthfile.
     assert_eq!(read(&case.join("lib/lib-out.txt")), "lib\n");
     // +helper is only copied from: no artifact, no image.
