@@ -45,6 +45,7 @@
 
 mod build;
 pub mod docker;
+mod earthbuild;
 mod error;
 mod export;
 mod fileops;
@@ -61,10 +62,12 @@ mod ssh;
 pub use berth_exec::Stream;
 pub use berth_snapshot::Compression;
 pub use build::{BuildOptions, BuildResult, OutputSpec, build, rfc3339};
+pub use earthbuild::{EarthBuildOptions, EarthImage, EarthOutput, EarthResult, earth_build};
 pub use error::{BuildError, Result};
 pub use export::{Exported, export_image, export_oci_tar, export_rootfs, push_image};
 pub use frontend::dockerfile::Dockerfile;
 pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
+pub use frontend::earthfile::Earthfile;
 pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
 pub use ir::Entitlement;
 pub use pattern::{Ignore, Pattern};

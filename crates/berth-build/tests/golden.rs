@@ -5,6 +5,9 @@
 //! - `testfiles-negative/<case>/Dockerfile` must fail, and the error's first line
 //!   (`Dockerfile:3:1: message`) must equal `testfiles-negative/<case>/error`.
 //!
+//! The Earthfile frontend has the same pair, `earthfiles/<case>/{Earthfile,result}` and
+//! `earthfiles-negative/<case>/{Earthfile,error}`, compared with `Earthfile::dump()`.
+//!
 //! `BERTH_BLESS=1 cargo test -p berth-build --test golden` rewrites the expected files
 //! from the current output. Read the diff before committing it: a blessed file is only
 //! right if the output was.
@@ -12,7 +15,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use berth_build::Dockerfile;
+use berth_build::{Dockerfile, Earthfile};
 
 fn cases(dir: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -84,6 +87,42 @@ fn negative_testfiles_fail_with_their_error() {
                 let text = err.to_string();
                 let first = text.lines().next().unwrap_or_default();
                 failures.extend(compare(&case, "error", &format!("{first}\n")));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+fn read_earthfile(case: &Path) -> String {
+    let path = case.join("Earthfile");
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+#[test]
+fn earthfiles_parse_to_their_result() {
+    let mut failures = Vec::new();
+    for case in cases("earthfiles") {
+        match Earthfile::parse("Earthfile", &read_earthfile(&case)) {
+            Ok(ef) => failures.extend(compare(&case, "result", &ef.dump())),
+            Err(err) => failures.push(format!("{}: unexpected error\n{err}", name(&case))),
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+}
+
+#[test]
+fn negative_earthfiles_fail_with_their_error() {
+    let mut failures = Vec::new();
+    for case in cases("earthfiles-negative") {
+        match Earthfile::parse("Earthfile", &read_earthfile(&case)) {
+            Ok(ef) => failures.push(format!(
+                "{}: parsed, but should fail\n{}",
+                name(&case),
+                ef.dump()
+            )),
+            Err(err) => {
+                let first = format!("{}\n", err.to_string().lines().next().unwrap_or(""));
+                failures.extend(compare(&case, "error", &first));
             }
         }
     }

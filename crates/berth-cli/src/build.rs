@@ -568,7 +568,7 @@ pub struct LoadArgs {
 }
 
 /// Load `name` from the store into Docker as `target` (default: `name`).
-async fn load_one(
+pub(crate) async fn load_one(
     store: &berth_store::Store,
     name: &str,
     target: Option<&str>,

@@ -3,6 +3,7 @@
 mod build;
 mod deploy;
 mod doctor;
+mod earthly;
 mod format;
 mod image;
 mod progress;
@@ -37,7 +38,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build an image from a Dockerfile.
+    /// Build an image from a Dockerfile (`berth build +target` runs an Earthfile target).
     Build(build::BuildArgs),
     /// List the images in berth's store.
     Images(image::ImagesArgs),
@@ -171,15 +172,30 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() {
+    // `berth +target` and `berth build +target` run Earthfiles (earthly.rs).
+    if let Some(code) = earthly::intercept(|| init_logging(QUIET_SERVERS)) {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     // Request logs are for the registry server; other commands that serve (the proxy of
     // `berth load`) keep them quiet unless BERTH_LOG asks.
-    let default_filter = match &cli.command {
+    init_logging(match &cli.command {
         Command::Registry {
             command: RegistryCommand::Serve(_),
         } => "info",
-        _ => "info,berth::access=warn,berth_registry=warn",
-    };
+        _ => QUIET_SERVERS,
+    });
+    if let Err(e) = run(cli) {
+        eprintln!("berth: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The log filter of commands that are not the registry server.
+const QUIET_SERVERS: &str = "info,berth::access=warn,berth_registry=warn";
+
+/// Logs to stderr, filtered by BERTH_LOG or else `default_filter`.
+fn init_logging(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     // BERTH_LOG_FORMAT=json: one JSON object a line, for log collectors.
@@ -195,10 +211,6 @@ fn main() {
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
-    }
-    if let Err(e) = run(cli) {
-        eprintln!("berth: error: {e:#}");
-        std::process::exit(1);
     }
 }
 

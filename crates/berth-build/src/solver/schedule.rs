@@ -206,6 +206,20 @@ impl Solver {
                 elapsed: start.elapsed(),
             });
         }
+        // A step marked to always run (Earthfile `RUN --no-cache`; not the whole build
+        // under --no-cache, whose keys stay as they are) may give something new
+        // each time: the steps after it are keyed by what it gave, not by its
+        // definition, or they would be taken from cache over a changed input.
+        let key = match (&output, v.ignore_cache && cacheable && !self.opts.no_cache) {
+            (Output::Layers(layers), true) => {
+                let mut doc = key.to_string();
+                for l in layers {
+                    doc.push_str(&l.diff_id.to_string());
+                }
+                berth_oci::Digest::sha256(doc.as_bytes())
+            }
+            _ => key,
+        };
         Ok(Solved { key, output })
     }
 

@@ -29,7 +29,7 @@ use crate::ir::{self, FileAction, FileOp, ImageSource, LocalSource, State};
 use crate::solver::Cancel;
 
 mod copy;
-mod run;
+pub(crate) mod run;
 
 /// Where a `RUN <<EOF` script with a `#!` line is written for its interpreter: a tmpfs
 /// mounted for that step only.
@@ -115,6 +115,17 @@ pub fn lower(
     opts: &LowerOptions,
     resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
 ) -> Result<Lowered> {
+    lower_in(df, opts, "context", resolve)
+}
+
+/// [`lower`] with the build context as the local source `context_name` (an Earthfile's
+/// `FROM DOCKERFILE` names each context folder apart).
+pub(crate) fn lower_in(
+    df: &Dockerfile,
+    opts: &LowerOptions,
+    context_name: &str,
+    resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
+) -> Result<Lowered> {
     let escape = df.directives.escape;
     // BuildKit's automatic platform ARGs: global, and visible in a stage once declared.
     let (os, arch) = host_platform();
@@ -171,7 +182,7 @@ pub fn lower(
             })?,
     };
     let context = State::local(LocalSource {
-        name: "context".into(),
+        name: context_name.into(),
         exclude: opts.dockerignore.clone(),
     });
     let mut l = Lowerer {
@@ -647,7 +658,7 @@ impl Lowerer<'_> {
 /// The `ExposedPorts` keys of one EXPOSE port, as BuildKit stores them: one per port of a
 /// range, protocol in lower case (`8000-8001/UDP` → `8000/udp`, `8001/udp`). A
 /// `[ip:]host:` prefix, which only `docker run -p` means, is dropped.
-fn exposed_ports(word: &str) -> std::result::Result<Vec<String>, String> {
+pub(crate) fn exposed_ports(word: &str) -> std::result::Result<Vec<String>, String> {
     let container = word.rsplit(':').next().unwrap_or(word);
     let spec = PortSpec::parse(container).ok_or_else(|| {
         format!("invalid port {word}: a port looks like 80, 80/tcp, 53/udp or 8000-8010/tcp")
@@ -663,7 +674,7 @@ fn exposed_ports(word: &str) -> std::result::Result<Vec<String>, String> {
 }
 
 /// The `Healthcheck` of an image config for HEALTHCHECK.
-fn healthcheck(h: &Healthcheck) -> serde_json::Value {
+pub(crate) fn healthcheck(h: &Healthcheck) -> serde_json::Value {
     match h {
         Healthcheck::Disable => serde_json::json!({"Test": ["NONE"]}),
         Healthcheck::Cmd(c) => {
@@ -693,7 +704,7 @@ fn healthcheck(h: &Healthcheck) -> serde_json::Value {
     }
 }
 
-fn command_list(c: &CommandLine, config: &ContainerConfig) -> Vec<String> {
+pub(crate) fn command_list(c: &CommandLine, config: &ContainerConfig) -> Vec<String> {
     match c {
         CommandLine::Exec(l) => l.clone(),
         CommandLine::Shell(s) => {
@@ -707,7 +718,7 @@ fn command_list(c: &CommandLine, config: &ContainerConfig) -> Vec<String> {
     }
 }
 
-fn history_text(original: &str, keyword: &str) -> String {
+pub(crate) fn history_text(original: &str, keyword: &str) -> String {
     let rest = original.get(keyword.len()..).unwrap_or("").trim();
     match keyword {
         "RUN" => format!("RUN /bin/sh -c {rest} # buildkit"),

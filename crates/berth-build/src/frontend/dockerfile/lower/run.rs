@@ -139,138 +139,160 @@ impl Lowerer<'_> {
                     .with_hint(hint),
             )
         })?;
-        let m = &m;
-        // As BuildKit: bind, cache and tmpfs targets are relative to the working
-        // directory (a missing one is the working directory itself), and never `/`.
-        let dir_target = || -> Result<String> {
-            let t = m.target.as_deref().unwrap_or_default();
-            let target = if t.starts_with('/') {
-                clean_abs(t)
-            } else {
-                clean_abs(&format!("{}/{t}", st.cwd()))
+        let df = self.df;
+        let err = move |msg: String| src_err(df, line, 1, &msg);
+        let idx = st.idx;
+        let context = self.context.clone();
+        exec_mount(
+            &m,
+            &MountEnv {
+                cwd: st.cwd(),
+                context: &context,
+                err: &err,
+            },
+            &mut |f| self.state_named(f, idx),
+            extra,
+        )
+    }
+}
+
+/// Where an `--mount` of a RUN is lowered: the step's working directory, the build
+/// context (a bind mount's default source) and how errors point at the file. The
+/// Dockerfile and the Earthfile frontends share it.
+pub(crate) struct MountEnv<'a> {
+    /// The working directory of the step.
+    pub cwd: String,
+    /// The build context.
+    pub context: &'a State,
+    /// An error at the step.
+    pub err: &'a dyn Fn(String) -> BuildError,
+}
+
+/// One parsed `--mount` → the exec mount; a bind mount's source state, or the state a
+/// cache starts from (`from=`, found by `from`), is added to `extra` (the step's inputs
+/// after the first).
+pub(crate) fn exec_mount(
+    m: &RunMount,
+    env: &MountEnv<'_>,
+    from: &mut dyn FnMut(&str) -> Result<State>,
+    extra: &mut Vec<State>,
+) -> Result<ExecMount> {
+    // As BuildKit: bind, cache and tmpfs targets are relative to the working
+    // directory (a missing one is the working directory itself), and never `/`.
+    let dir_target = || -> Result<String> {
+        let t = m.target.as_deref().unwrap_or_default();
+        let target = if t.starts_with('/') {
+            clean_abs(t)
+        } else {
+            clean_abs(&format!("{}/{t}", env.cwd))
+        };
+        if target == "/" {
+            return Err((env.err)(format!(
+                "--mount=type={}: invalid mount target {target:?}; mount somewhere below /",
+                m.kind.as_str()
+            )));
+        }
+        Ok(target)
+    };
+    let source_path = || {
+        let s = m.source.as_deref().unwrap_or_default();
+        clean_abs(&format!("/{s}"))
+    };
+    let mut target = m.target.clone();
+    let source = match m.kind {
+        MountType::Cache => {
+            target = Some(dir_target()?);
+            // As BuildKit: a cache starts as a copy of `source=` (default `/`) of
+            // `from=`, or else as an empty directory, owned and moded as `uid=`,
+            // `gid=`, `mode=` say.
+            let seed = match &m.from {
+                Some(f) => {
+                    extra.push(from(f)?);
+                    Some((extra.len(), source_path()))
+                }
+                None => None,
             };
-            if target == "/" {
-                return Err(src_err(
-                    self.df,
-                    line,
-                    1,
-                    &format!(
-                        "--mount=type={}: invalid mount target {target:?}; mount somewhere below /",
-                        m.kind.as_str()
-                    ),
+            MountSource::Cache {
+                // As BuildKit: the id defaults to the target as written, cleaned.
+                id: m
+                    .id
+                    .clone()
+                    .unwrap_or_else(|| clean_path(m.target.as_deref().unwrap_or_default())),
+                sharing: match m.sharing {
+                    Some(CacheSharing::Locked) => Sharing::Locked,
+                    Some(CacheSharing::Private) => Sharing::Private,
+                    _ => Sharing::Shared,
+                },
+                owner: (m.uid.is_some() || m.gid.is_some() || m.mode.is_some()).then(|| {
+                    (
+                        m.uid.unwrap_or(0),
+                        m.gid.unwrap_or(0),
+                        m.mode.unwrap_or(0o755),
+                    )
+                }),
+                seed,
+                readonly: m.readonly,
+            }
+        }
+        MountType::Secret => {
+            // As BuildKit: the id is id= or source=, else the target's file name;
+            // the file goes to the target, else to /run/secrets/<id>, unless env=
+            // asks for a variable and no target is given.
+            let id = m
+                .id
+                .clone()
+                .or(m.source.clone())
+                .or_else(|| target.as_deref().map(|t| base_name(t).to_string()))
+                .ok_or_else(|| (env.err)("--mount=type=secret needs an id or a target".into()))?;
+            let file = m.env.is_none() || target.is_some();
+            if file && target.is_none() {
+                target = Some(format!("/run/secrets/{}", base_name(&id)));
+            }
+            MountSource::Secret {
+                id,
+                env: m.env.clone(),
+                file,
+                required: m.required,
+                uid: m.uid.unwrap_or(0),
+                gid: m.gid.unwrap_or(0),
+                mode: m.mode.unwrap_or(0o400),
+            }
+        }
+        MountType::Bind => {
+            target = Some(dir_target()?);
+            let from = match &m.from {
+                Some(f) => from(f)?,
+                None => env.context.clone(),
+            };
+            extra.push(from);
+            MountSource::Input {
+                input: extra.len(),
+                path: source_path(),
+                rw: !m.readonly,
+            }
+        }
+        MountType::Tmpfs => {
+            target = Some(dir_target()?);
+            MountSource::Tmpfs { size: m.size }
+        }
+        MountType::Ssh => {
+            if m.source.is_some() {
+                return Err((env.err)(
+                    "--mount=type=ssh takes no source=; name the agent with id=".into(),
                 ));
             }
-            Ok(target)
-        };
-        let source_path = || {
-            let s = m.source.as_deref().unwrap_or_default();
-            clean_abs(&format!("/{s}"))
-        };
-        let mut target = m.target.clone();
-        let source = match m.kind {
-            MountType::Cache => {
-                target = Some(dir_target()?);
-                // As BuildKit: a cache starts as a copy of `source=` (default `/`) of
-                // `from=`, or else as an empty directory, owned and moded as `uid=`,
-                // `gid=`, `mode=` say.
-                let seed = match &m.from {
-                    Some(f) => {
-                        extra.push(self.state_named(f, st.idx)?);
-                        Some((extra.len(), source_path()))
-                    }
-                    None => None,
-                };
-                MountSource::Cache {
-                    // As BuildKit: the id defaults to the target as written, cleaned.
-                    id: m
-                        .id
-                        .clone()
-                        .unwrap_or_else(|| clean_path(m.target.as_deref().unwrap_or_default())),
-                    sharing: match m.sharing {
-                        Some(CacheSharing::Locked) => Sharing::Locked,
-                        Some(CacheSharing::Private) => Sharing::Private,
-                        _ => Sharing::Shared,
-                    },
-                    owner: (m.uid.is_some() || m.gid.is_some() || m.mode.is_some()).then(|| {
-                        (
-                            m.uid.unwrap_or(0),
-                            m.gid.unwrap_or(0),
-                            m.mode.unwrap_or(0o755),
-                        )
-                    }),
-                    seed,
-                    readonly: m.readonly,
-                }
+            MountSource::Ssh {
+                id: m.id.clone().unwrap_or_else(|| "default".into()),
+                required: m.required,
+                uid: m.uid.unwrap_or(0),
+                gid: m.gid.unwrap_or(0),
+                mode: m.mode.unwrap_or(0o600),
             }
-            MountType::Secret => {
-                // As BuildKit: the id is id= or source=, else the target's file name;
-                // the file goes to the target, else to /run/secrets/<id>, unless env=
-                // asks for a variable and no target is given.
-                let id =
-                    m.id.clone()
-                        .or(m.source.clone())
-                        .or_else(|| target.as_deref().map(|t| base_name(t).to_string()))
-                        .ok_or_else(|| {
-                            src_err(
-                                self.df,
-                                line,
-                                1,
-                                "--mount=type=secret needs an id or a target",
-                            )
-                        })?;
-                let file = m.env.is_none() || target.is_some();
-                if file && target.is_none() {
-                    target = Some(format!("/run/secrets/{}", base_name(&id)));
-                }
-                MountSource::Secret {
-                    id,
-                    env: m.env.clone(),
-                    file,
-                    required: m.required,
-                    uid: m.uid.unwrap_or(0),
-                    gid: m.gid.unwrap_or(0),
-                    mode: m.mode.unwrap_or(0o400),
-                }
-            }
-            MountType::Bind => {
-                target = Some(dir_target()?);
-                let from = match &m.from {
-                    Some(f) => self.state_named(f, st.idx)?,
-                    None => self.context.clone(),
-                };
-                extra.push(from);
-                MountSource::Input {
-                    input: extra.len(),
-                    path: source_path(),
-                    rw: !m.readonly,
-                }
-            }
-            MountType::Tmpfs => {
-                target = Some(dir_target()?);
-                MountSource::Tmpfs { size: m.size }
-            }
-            MountType::Ssh => {
-                if m.source.is_some() {
-                    return Err(src_err(
-                        self.df,
-                        line,
-                        1,
-                        "--mount=type=ssh takes no source=; name the agent with id=",
-                    ));
-                }
-                MountSource::Ssh {
-                    id: m.id.clone().unwrap_or_else(|| "default".into()),
-                    required: m.required,
-                    uid: m.uid.unwrap_or(0),
-                    gid: m.gid.unwrap_or(0),
-                    mode: m.mode.unwrap_or(0o600),
-                }
-            }
-        };
-        // A secret only given as a variable; an agent socket at its default place.
-        let target = target.unwrap_or_default();
-        Ok(ExecMount { target, source })
-    }
+        }
+    };
+    // A secret only given as a variable; an agent socket at its default place.
+    let target = target.unwrap_or_default();
+    Ok(ExecMount { target, source })
 }
 
 /// `path` cleaned as Go's `path.Clean`: no empty, `.` or resolvable `..` components;
@@ -297,12 +319,12 @@ fn clean_path(path: &str) -> String {
 }
 
 /// An absolute path, cleaned (`/a/./b/../c/` is `/a/c`).
-pub(super) fn clean_abs(path: &str) -> String {
+pub(crate) fn clean_abs(path: &str) -> String {
     clean_path(&format!("/{path}"))
 }
 
 /// The last component of `path` (`path.Base` in Go).
-fn base_name(path: &str) -> &str {
+pub(crate) fn base_name(path: &str) -> &str {
     let p = path.trim_end_matches('/');
     p.rsplit('/')
         .next()

@@ -1,0 +1,440 @@
+//! One Earthfile build, end to end: lower the invoked target and what it reaches, solve
+//! every state the output needs at once, then save images into the store and artifacts
+//! on the host, following Earthly's output rule (only targets connected to the invoked
+//! one through `BUILD` chains give output).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_oci::Digest;
+use berth_store::Store;
+
+use crate::build::rfc3339;
+use crate::error::{BuildError, Result};
+use crate::export;
+use crate::frontend::earthfile::lower::{EarthOptions, Plan, SavedImage, SavedLocal, lower};
+use crate::image;
+use crate::ir::State;
+use crate::solver::{Cancel, Output, Progress, SecretSource, SolveOptions, Solver, build_id};
+
+/// What to output besides the normal rule.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum EarthOutput {
+    /// Images and local artifacts of the targets connected through `BUILD`.
+    #[default]
+    Normal,
+    /// `--artifact +t/path dest`: that artifact only, into `dest`.
+    Artifact {
+        /// The path in the target's artifacts (may end in `*`).
+        path: String,
+        /// Where on the host.
+        dest: PathBuf,
+    },
+    /// `--image +t`: the invoked target's images only.
+    Image,
+}
+
+/// An Earthfile build request.
+#[derive(Clone)]
+pub struct EarthBuildOptions {
+    /// The folder target references are relative to (the invocation's working folder).
+    pub dir: PathBuf,
+    /// `+target`, `./dir+target`.
+    pub target: String,
+    /// `--NAME=value` after the target.
+    pub args: BTreeMap<String, String>,
+    /// Secrets by id.
+    pub secrets: HashMap<String, SecretSource>,
+    /// Reuse nothing.
+    pub no_cache: bool,
+    /// `--push`: run `RUN --push` steps and mark `SAVE IMAGE --push` images for pushing.
+    pub push: bool,
+    /// `--ci`.
+    pub ci: bool,
+    /// `--no-output`: save no local artifacts (images stay in the store only).
+    pub no_output: bool,
+    /// What to output.
+    pub output: EarthOutput,
+    /// `SOURCE_DATE_EPOCH`.
+    pub source_date_epoch: Option<u64>,
+    /// Proxy variables for RUN steps.
+    pub proxy_env: Vec<String>,
+    /// Progress sink.
+    pub progress: Arc<dyn Progress>,
+    /// Cancellation.
+    pub cancel: Cancel,
+    /// Registry client for base images not in the store.
+    pub client: Option<Arc<berth_client::Client>>,
+    /// Layer compression of new layers.
+    pub compression: berth_snapshot::Compression,
+    /// Entitlements granted.
+    pub allow: Vec<crate::ir::Entitlement>,
+    /// A CA bundle RUN steps see.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+/// An image a build saved.
+#[derive(Debug, Clone)]
+pub struct EarthImage {
+    /// Its name (`SAVE IMAGE name`).
+    pub name: String,
+    /// Manifest digest.
+    pub manifest: Digest,
+    /// Config digest.
+    pub image_id: Digest,
+    /// `SAVE IMAGE --push` (pushed only with `--push`).
+    pub push: bool,
+}
+
+/// What an Earthfile build made.
+#[derive(Debug, Clone, Default)]
+pub struct EarthResult {
+    /// Images saved into the store, for the caller to load into Docker or push.
+    pub images: Vec<EarthImage>,
+    /// Files and folders written on the host.
+    pub artifacts: Vec<PathBuf>,
+    /// Targets lowered (each once per set of ARG values).
+    pub targets: usize,
+}
+
+/// Run an Earthfile build over the data root `root`.
+pub async fn earth_build(
+    root: &Path,
+    store: Store,
+    executor: Arc<dyn berth_exec::Executor>,
+    opts: EarthBuildOptions,
+) -> Result<EarthResult> {
+    let _lock = store.lock_root(false)?;
+    let created = Some(rfc3339(opts.source_date_epoch.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    })));
+    let lower_opts = EarthOptions {
+        args: opts.args.clone(),
+        proxy_env: opts.proxy_env.clone(),
+        no_cache: opts.no_cache,
+        created,
+        allow: opts.allow.clone(),
+        cancel: opts.cancel.clone(),
+        push: opts.push,
+        ci: opts.ci,
+        git_cache: Some(root.join("cache/earthly-git")),
+    };
+    let handle = tokio::runtime::Handle::current();
+    let (store2, client) = (store.clone(), opts.client.clone());
+    let holds = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holds2 = holds.clone();
+    let (dir, target) = (opts.dir.clone(), opts.target.clone());
+    let solve_opts = {
+        let opts = opts.clone();
+        move |contexts: HashMap<String, PathBuf>| SolveOptions {
+            contexts,
+            secrets: opts.secrets.clone(),
+            ssh: HashMap::new(),
+            no_cache: opts.no_cache,
+            source_date_epoch: opts.source_date_epoch,
+            compression: opts.compression,
+            progress: opts.progress.clone(),
+            cancel: opts.cancel.clone(),
+            build_id: build_id(&opts.dir, &opts.dir.join("Earthfile"), Some(&opts.target)),
+            ca_bundle: opts.ca_bundle.clone(),
+            step_slots: None,
+            client: opts.client.clone(),
+        }
+    };
+    let (root2, executor2, solve_opts2) =
+        (root.to_path_buf(), executor.clone(), solve_opts.clone());
+    let plan: Plan = tokio::task::spawn_blocking(move || {
+        let pull = |r: &str| -> Result<Digest> {
+            let client = client
+                .as_ref()
+                .ok_or_else(|| BuildError::Image(format!("image {r} is not in berth's store")))?;
+            handle.block_on(image::pull(client, &store2, r))
+        };
+        // IF, FOR and $( … ) are answered while lowering, by a solver over the local
+        // sources known so far (made anew when another Earthfile's folder joins); its
+        // steps are cache hits for the main solve.
+        let mut eval_solver: Option<(HashMap<String, PathBuf>, Arc<Solver>)> = None;
+        let mut eval = |contexts: &HashMap<String, PathBuf>, probe: &State| {
+            if eval_solver.as_ref().is_none_or(|(c, _)| c != contexts) {
+                if let Some((_, old)) = eval_solver.take() {
+                    old.save_sums();
+                }
+                let s = Solver::new(
+                    &root2,
+                    store2.clone(),
+                    executor2.clone(),
+                    solve_opts2(contexts.clone()),
+                )?;
+                eval_solver = Some((contexts.clone(), s));
+            }
+            let solver = &eval_solver.as_ref().expect("made above").1;
+            let layers = handle.block_on(layers_of(solver, probe))?;
+            let tmp = staging(&root2.join("tmp").join("eval"))?;
+            solver.export_dir(&layers, tmp.path())?;
+            let read = |name: &str| {
+                let p = tmp.path().join(name);
+                std::fs::read_to_string(&p)
+                    .map_err(|e| BuildError::Io(format!("read the answer {}: {e}", p.display())))
+            };
+            Ok((read("code")?, read("out")?))
+        };
+        let plan = lower(
+            &dir,
+            &target,
+            &lower_opts,
+            &mut |r| {
+                let resolved = image::resolve(&store2, r, Some(&pull))?;
+                let hold = store2.hold_image(&resolved.manifest)?;
+                holds2.lock().expect("image holds").push(hold);
+                Ok(resolved)
+            },
+            &mut eval,
+        );
+        if let Some((_, s)) = eval_solver.take() {
+            s.save_sums();
+        }
+        plan
+    })
+    .await
+    .map_err(|e| BuildError::Invalid(format!("lowering panicked: {e}")))??;
+    let solver = Solver::new(
+        root,
+        store.clone(),
+        executor,
+        solve_opts(plan.contexts.clone()),
+    )?;
+    let result = run_plan(&solver, &store, &plan, &opts).await;
+    solver.save_sums();
+    result.map_err(|e| match e {
+        // The solver knows the path only; the plan knows where it was written.
+        BuildError::SourceNotFound(path) => match plan.sources.iter().find(|(p, _)| *p == path) {
+            Some((_, err)) => BuildError::Source(err.clone()),
+            None => BuildError::SourceNotFound(path),
+        },
+        e => e,
+    })
+}
+
+/// Solve what `plan` must output, then write it.
+async fn run_plan(
+    solver: &Arc<Solver>,
+    store: &Store,
+    plan: &Plan,
+    opts: &EarthBuildOptions,
+) -> Result<EarthResult> {
+    let invoked = &plan.targets[plan.invoked];
+    let mut out = EarthResult {
+        targets: plan.targets.len(),
+        ..EarthResult::default()
+    };
+    if let EarthOutput::Artifact { path, dest } = &opts.output {
+        let layers = layers_of(solver, &invoked.artifact).await?;
+        let tmp = staging(dest)?;
+        let r = export_artifact(solver, &layers, tmp.path(), path, dest);
+        out.artifacts.push(dest.clone());
+        return r.map(|_| out);
+    }
+    let connected = match opts.output {
+        EarthOutput::Image => vec![plan.invoked],
+        _ => plan.connected(),
+    };
+    let mut images: Vec<&SavedImage> = Vec::new();
+    let mut locals: Vec<&SavedLocal> = Vec::new();
+    let mut states: Vec<State> = Vec::new();
+    for &t in &connected {
+        let target = &plan.targets[t];
+        states.push(target.state.clone());
+        for img in &target.images {
+            if img.names.is_empty() || (img.push_only && !opts.push) {
+                continue;
+            }
+            states.push(img.state.clone());
+            images.push(img);
+        }
+        if opts.output == EarthOutput::Normal {
+            for l in &target.locals {
+                states.push(l.state.clone());
+                locals.push(l);
+            }
+        }
+    }
+    // Everything at once: the solver runs independent states in parallel and each
+    // vertex once.
+    futures_util::future::try_join_all(states.iter().map(|s| solver.solve(s))).await?;
+    if opts.push {
+        // `RUN --push` steps only once everything else succeeded, as Earthly.
+        let pushes: Vec<&State> = connected
+            .iter()
+            .filter_map(|&t| plan.targets[t].push_state.as_ref())
+            .collect();
+        futures_util::future::try_join_all(pushes.into_iter().map(|s| solver.solve(s))).await?;
+    }
+    for img in images {
+        let layers = layers_of(solver, &img.state).await?;
+        let mut config = img.config.clone();
+        for (h, s) in config.history.iter_mut().zip(&img.history_states) {
+            if let Some(s) = s
+                && solver.added_layer(s) == Some(false)
+            {
+                h.empty_layer = true;
+            }
+        }
+        let keep = config.rootfs.diff_ids.len().min(layers.len());
+        let converted = {
+            let (store, layers, to) = (store.clone(), layers.clone(), opts.compression);
+            tokio::task::spawn_blocking(move || export::convert_layers(&store, &layers, to, keep))
+                .await
+                .map_err(|e| BuildError::Invalid(e.to_string()))??
+        };
+        let exported = export::export_image(store, &converted, config, &img.names)?;
+        for name in &img.names {
+            out.images.push(EarthImage {
+                name: name.clone(),
+                manifest: exported.manifest.clone(),
+                image_id: exported.config.clone(),
+                push: img.push,
+            });
+        }
+    }
+    if !opts.no_output {
+        for l in locals {
+            let layers = layers_of(solver, &l.state).await?;
+            let dest = PathBuf::from(&l.dest);
+            let tmp = staging(&dest)?;
+            let solver2 = solver.clone();
+            let (tmp_path, layers2) = (tmp.path().to_path_buf(), layers.clone());
+            tokio::task::spawn_blocking(move || solver2.export_dir(&layers2, &tmp_path))
+                .await
+                .map_err(|e| BuildError::Invalid(e.to_string()))??;
+            place_local(tmp.path(), l, &dest)?;
+            out.artifacts.push(dest);
+        }
+    }
+    Ok(out)
+}
+
+async fn layers_of(solver: &Arc<Solver>, state: &State) -> Result<Vec<crate::solver::Layer>> {
+    match &solver.solve(state).await?.output {
+        Output::Layers(l) => Ok(l.clone()),
+        Output::Dir { .. } => Err(BuildError::Invalid(
+            "an Earthfile output is not a file system".into(),
+        )),
+    }
+}
+
+/// A temporary folder beside an output, so the result moves into place by rename;
+/// removed with what is left in it when dropped.
+struct Staging(PathBuf);
+
+impl Staging {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A [`Staging`] folder beside `dest`.
+fn staging(dest: &Path) -> Result<Staging> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| BuildError::Io(format!("create directory {}: {e}", parent.display())))?;
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = parent.join(format!(".berth-artifact-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir)
+        .map_err(|e| BuildError::Io(format!("create directory {}: {e}", dir.display())))?;
+    Ok(Staging(dir))
+}
+
+/// Move what a `SAVE ARTIFACT … AS LOCAL` exported into `tmp/out` to `dest`: one path
+/// replaces `dest` (or goes into it when `dest` ends in `/`), wildcard matches go into
+/// the folder `dest`.
+fn place_local(tmp: &Path, l: &SavedLocal, dest: &Path) -> Result<()> {
+    let out = tmp.join("out");
+    if l.glob || l.dest.ends_with('/') {
+        std::fs::create_dir_all(dest)
+            .map_err(|e| BuildError::Io(format!("create directory {}: {e}", dest.display())))?;
+        let entries: Vec<PathBuf> = if l.glob {
+            match std::fs::read_dir(&out) {
+                Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            vec![out.join(&l.name)]
+        };
+        for e in entries {
+            let name = e.file_name().map(PathBuf::from).unwrap_or_default();
+            replace(&e, &dest.join(name))?;
+        }
+        return Ok(());
+    }
+    let src = out.join(&l.name);
+    if std::fs::symlink_metadata(&src).is_err() {
+        // SAVE ARTIFACT --if-exists of a missing path.
+        return Ok(());
+    }
+    replace(&src, dest)
+}
+
+/// Rename `src` to `dest`, replacing what is there.
+fn replace(src: &Path, dest: &Path) -> Result<()> {
+    if let Ok(m) = std::fs::symlink_metadata(dest) {
+        let r = if m.is_dir() {
+            std::fs::remove_dir_all(dest)
+        } else {
+            std::fs::remove_file(dest)
+        };
+        r.map_err(|e| BuildError::Io(format!("replace {}: {e}", dest.display())))?;
+    }
+    std::fs::rename(src, dest).map_err(|e| BuildError::Io(format!("write {}: {e}", dest.display())))
+}
+
+/// `--artifact +t/path dest`: the artifact file system exported, then `path` (or every
+/// match of a trailing `*`) moved to `dest`.
+fn export_artifact(
+    solver: &Arc<Solver>,
+    layers: &[crate::solver::Layer],
+    tmp: &Path,
+    path: &str,
+    dest: &Path,
+) -> Result<()> {
+    solver.export_dir(layers, tmp)?;
+    let path = path.trim_start_matches('/');
+    if path == "*" || path.ends_with("/*") {
+        let dir = tmp.join(path.trim_end_matches('*'));
+        std::fs::create_dir_all(dest)
+            .map_err(|e| BuildError::Io(format!("create directory {}: {e}", dest.display())))?;
+        for e in std::fs::read_dir(&dir)
+            .map_err(|e| BuildError::Io(format!("read {}: {e}", dir.display())))?
+            .flatten()
+        {
+            replace(&e.path(), &dest.join(e.file_name()))?;
+        }
+        return Ok(());
+    }
+    let src = tmp.join(path);
+    if std::fs::symlink_metadata(&src).is_err() {
+        return Err(BuildError::SourceNotFound(path.to_string()));
+    }
+    let dest = if dest.to_string_lossy().ends_with('/') || dest.is_dir() {
+        std::fs::create_dir_all(dest)
+            .map_err(|e| BuildError::Io(format!("create directory {}: {e}", dest.display())))?;
+        dest.join(Path::new(path).file_name().unwrap_or_default())
+    } else {
+        dest.to_path_buf()
+    };
+    replace(&src, &dest)
+}

@@ -1,0 +1,2377 @@
+//! Earthfile recipes → build graph: an interpreter over the statements of the invoked
+//! target and of every target it reaches.
+//!
+//! Each target is lowered once per set of ARG overrides (`+t --X=1` twice is one
+//! target; `+t --X=2` is another). Lowering a target walks its base recipe, then its
+//! own statements, keeping beside the graph what Earthly keeps: the image config, the
+//! variables in scope (ENV, ARG, LET), the artifact state (`SAVE ARTIFACT` copies out
+//! of the target's file system into it), the images and local artifacts it saves, the
+//! targets it `BUILD`s, and its `CACHE` mounts. Nothing runs here: the result is a
+//! [`Plan`] of states, which the solver runs together, so independent targets run in
+//! parallel and a state reached twice runs once.
+//!
+//! What Earthly evaluates by running a command in the container (`IF`, `FOR`, `ARG
+//! X=$(cmd)`) and what needs privileges (`WITH DOCKER`, `RUN --privileged`), a host
+//! (`LOCALLY`) or another tool (`FROM DOCKERFILE`, remote references) is refused with an
+//! error at its line saying it is not supported yet.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::ast::{Command, Earthfile, Stmt, Word};
+use crate::error::{BuildError, Result};
+use crate::frontend::dockerfile::expand::expand;
+use crate::frontend::dockerfile::instructions::{CommandLine, InstructionKind, RunMount};
+use crate::frontend::dockerfile::lower::run::{MountEnv, base_name, clean_abs, exec_mount};
+use crate::frontend::dockerfile::lower::{DEFAULT_PATH, command_list, exposed_ports, healthcheck};
+use crate::frontend::source::Pos;
+use crate::image::{History, ImageConfig, ResolvedImage, host_platform};
+use crate::ir::{
+    self, ExecMount, ExecOp, FileAction, FileOp, GitSource, ImageSource, LocalSource, MountSource,
+    Op, Sharing, State,
+};
+use crate::pattern::Ignore;
+use crate::solver::Cancel;
+
+/// What lowering needs besides the Earthfiles.
+#[derive(Debug, Clone, Default)]
+pub struct EarthOptions {
+    /// `--NAME=value` overrides of the invoked target's ARGs.
+    pub args: BTreeMap<String, String>,
+    /// Proxy variables, given to RUN steps but no cache key.
+    pub proxy_env: Vec<String>,
+    /// Run every step.
+    pub no_cache: bool,
+    /// `created` timestamps (RFC 3339).
+    pub created: Option<String>,
+    /// Entitlements granted (`--allow`).
+    pub allow: Vec<ir::Entitlement>,
+    /// Stops lowering between commands.
+    pub cancel: Cancel,
+    /// `--push`: the value of `EARTHLY_PUSH`.
+    pub push: bool,
+    /// `--ci`: the value of `EARTHLY_CI`.
+    pub ci: bool,
+    /// Where remote Earthfiles are checked out, one folder per commit (`None`: remote
+    /// references are refused).
+    pub git_cache: Option<PathBuf>,
+}
+
+/// The lowered build: every target reached, and which one was invoked.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Local sources by name: the folder of each Earthfile used.
+    pub contexts: HashMap<String, PathBuf>,
+    /// Targets, each once per set of ARG values; a target comes after those it needs.
+    pub targets: Vec<TargetOut>,
+    /// The invoked target.
+    pub invoked: usize,
+    /// For each path a COPY or SAVE ARTIFACT copies, the error to give if the solver
+    /// finds it missing (it only knows the path; this says where it was written).
+    pub sources: Vec<(String, crate::SourceError)>,
+}
+
+impl Plan {
+    /// The invoked target and those connected to it through `BUILD` chains: Earthly's
+    /// output rule saves images and artifacts of these only.
+    pub fn connected(&self) -> Vec<usize> {
+        let mut seen = vec![self.invoked];
+        let mut i = 0;
+        while i < seen.len() {
+            for &b in &self.targets[seen[i]].builds {
+                if !seen.contains(&b) {
+                    seen.push(b);
+                }
+            }
+            i += 1;
+        }
+        seen
+    }
+}
+
+/// A lowered target.
+#[derive(Debug, Clone)]
+pub struct TargetOut {
+    /// `+name` or `./dir+name`, with ARG overrides if any.
+    pub label: String,
+    /// Its final state (before any `RUN --push`).
+    pub state: State,
+    /// Its image config.
+    pub config: ImageConfig,
+    /// The state each history entry made (`None`: metadata, or the base image's).
+    pub history_states: Vec<Option<State>>,
+    /// Its artifacts (`SAVE ARTIFACT`), as a file system.
+    pub artifact: State,
+    /// `SAVE IMAGE`s.
+    pub images: Vec<SavedImage>,
+    /// `SAVE ARTIFACT … AS LOCAL`s.
+    pub locals: Vec<SavedLocal>,
+    /// Targets it `BUILD`s.
+    pub builds: Vec<usize>,
+    /// The state after its `RUN --push` steps, run only with `--push`.
+    pub push_state: Option<State>,
+}
+
+/// A `SAVE IMAGE`.
+#[derive(Debug, Clone)]
+pub struct SavedImage {
+    /// Names (none: the target's image, used by `FROM +t` only).
+    pub names: Vec<String>,
+    /// `--push`.
+    pub push: bool,
+    /// Saved after a `RUN --push`: made only with `--push`.
+    pub push_only: bool,
+    /// The file system.
+    pub state: State,
+    /// The config.
+    pub config: ImageConfig,
+    /// The state each history entry made.
+    pub history_states: Vec<Option<State>>,
+}
+
+/// A `SAVE ARTIFACT … AS LOCAL`.
+#[derive(Debug, Clone)]
+pub struct SavedLocal {
+    /// A file system holding the artifact under `/out/`: `/out/<name>` for one path,
+    /// every match in `/out/` for a wildcard.
+    pub state: State,
+    /// The source had wildcards.
+    pub glob: bool,
+    /// The artifact's name under `/out/` (one path).
+    pub name: String,
+    /// Where on the host (absolute); a trailing `/` means "into this folder".
+    pub dest: String,
+    /// Where it was written, for errors (`Earthfile:12`).
+    pub origin: String,
+}
+
+/// A variable in scope.
+#[derive(Debug, Clone)]
+struct Var {
+    name: String,
+    value: String,
+    kind: VarKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VarKind {
+    Env,
+    Arg,
+    Let,
+}
+
+/// An Earthfile and what was read with it.
+struct Project {
+    ef: Earthfile,
+    dir: PathBuf,
+    /// `""` for the invoked Earthfile's folder, else `./rel` from it.
+    reference: String,
+    context: State,
+    /// `IMPORT` aliases → what they stand for: an absolute folder, or a remote
+    /// reference (`host/org/repo[/path][:ref]`).
+    imports: HashMap<String, String>,
+    git: HashMap<&'static str, String>,
+}
+
+/// A target being lowered.
+struct Ts {
+    label: String,
+    name: String,
+    proj: Arc<Project>,
+    state: State,
+    config: ImageConfig,
+    hist: Vec<Option<State>>,
+    vars: Vec<Var>,
+    globals: Vec<Var>,
+    overrides: BTreeMap<String, String>,
+    artifact: State,
+    images: Vec<SavedImage>,
+    locals: Vec<SavedLocal>,
+    builds: Vec<usize>,
+    caches: Vec<ExecMount>,
+    /// The state before the first `RUN --push`.
+    pre_push: Option<State>,
+    is_base: bool,
+}
+
+impl Ts {
+    fn lookup(&self, key: &str) -> Option<String> {
+        self.vars
+            .iter()
+            .rev()
+            .find(|v| v.name == key)
+            .map(|v| v.value.clone())
+    }
+
+    fn set_var(&mut self, name: &str, value: String, kind: VarKind) {
+        self.vars.retain(|v| v.name != name);
+        self.vars.push(Var {
+            name: name.to_string(),
+            value,
+            kind,
+        });
+    }
+
+    /// Start over from a new base (`FROM`): its state, config and history; the
+    /// environment becomes the base's (with a PATH), ARG and LET variables stay.
+    fn rebase(&mut self, state: State, mut config: ImageConfig, hist: Vec<Option<State>>) {
+        if config.config.env_get("PATH").is_none() {
+            config.config.env.push(DEFAULT_PATH.to_string());
+        }
+        let mut vars: Vec<Var> = config
+            .config
+            .env
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                Var {
+                    name: k.to_string(),
+                    value: v.to_string(),
+                    kind: VarKind::Env,
+                }
+            })
+            .collect();
+        vars.extend(self.vars.drain(..).filter(|v| v.kind != VarKind::Env));
+        self.vars = vars;
+        self.state = state;
+        self.config = config;
+        self.hist = hist;
+    }
+
+    fn cwd(&self) -> String {
+        if self.config.config.working_dir.is_empty() {
+            "/".into()
+        } else {
+            self.config.config.working_dir.clone()
+        }
+    }
+
+    /// `path` made absolute against the working directory.
+    fn abs(&self, path: &str) -> String {
+        let trailing = path.ends_with('/') && path.len() > 1;
+        let p = if path.starts_with('/') {
+            clean_abs(path)
+        } else {
+            clean_abs(&format!("{}/{path}", self.cwd()))
+        };
+        if trailing && p != "/" {
+            format!("{p}/")
+        } else {
+            p
+        }
+    }
+
+    fn arg_overrides(&self) -> BTreeMap<String, String> {
+        self.vars
+            .iter()
+            .filter(|v| v.kind == VarKind::Arg)
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect()
+    }
+}
+
+/// Lowers targets of Earthfiles.
+pub struct Lowerer<'a> {
+    opts: &'a EarthOptions,
+    resolve: &'a mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    root: PathBuf,
+    projects: HashMap<PathBuf, Arc<Project>>,
+    memo: HashMap<String, usize>,
+    active: Vec<(String, String)>,
+    targets: Vec<TargetOut>,
+    images: HashMap<String, (State, ImageConfig)>,
+    contexts: HashMap<String, PathBuf>,
+    sources: Vec<(String, crate::SourceError)>,
+    eval: &'a mut Eval<'a>,
+    /// Checkouts of remote references → the reference, for labels.
+    remote_names: HashMap<PathBuf, String>,
+}
+
+/// Solves a probe state for `capture`, given the local sources known so far, and
+/// returns the text of its `/code` and `/out` files.
+pub type Eval<'a> = dyn FnMut(&HashMap<String, PathBuf>, &State) -> Result<(String, String)> + 'a;
+
+/// The variable each `$( … )` of a word is replaced by before expansion.
+const SHELL_OUT: &str = "__BERTH_SHELL_OUT_";
+
+/// `text` with each `$( … )` outside single quotes replaced by `${SHELL_OUT<n>}`, and
+/// the commands.
+fn shell_outs(text: &str) -> std::result::Result<(String, Vec<String>), String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::new();
+    let mut cmds = Vec::new();
+    let mut single = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\\' && !single && i + 1 < chars.len() {
+            out.push(c);
+            out.push(chars[i + 1]);
+            i += 2;
+            continue;
+        }
+        if c == '\'' {
+            single = !single;
+        }
+        if !single && c == '$' && chars.get(i + 1) == Some(&'(') {
+            let mut depth = 1;
+            let mut j = i + 2;
+            while j < chars.len() && depth > 0 {
+                match chars[j] {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                j += 1;
+            }
+            if depth > 0 {
+                return Err("unterminated $( … )".into());
+            }
+            cmds.push(chars[i + 2..j - 1].iter().collect());
+            out.push_str(&format!("${{{SHELL_OUT}{}}}", cmds.len() - 1));
+            i = j;
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    Ok((out, cmds))
+}
+
+/// Where a captured command's answer is written in its probe step.
+const EVAL_DIR: &str = "/.berth-eval";
+
+/// Lower `reference` (`+target`, `./dir+target`, `../dir+target`) relative to the
+/// folder `dir`, whose Earthfile holds `+target`.
+pub fn lower<'a>(
+    dir: &Path,
+    reference: &str,
+    opts: &'a EarthOptions,
+    resolve: &'a mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    eval: &'a mut Eval<'a>,
+) -> Result<Plan> {
+    let root = std::fs::canonicalize(dir)
+        .map_err(|e| BuildError::Invalid(format!("folder {}: {e}", dir.display())))?;
+    let mut l = Lowerer {
+        opts,
+        resolve,
+        root: root.clone(),
+        projects: HashMap::new(),
+        memo: HashMap::new(),
+        active: Vec::new(),
+        targets: Vec::new(),
+        images: HashMap::new(),
+        contexts: HashMap::new(),
+        sources: Vec::new(),
+        eval,
+        remote_names: HashMap::new(),
+    };
+    let (proj_part, name) = reference.split_once('+').ok_or_else(|| {
+        BuildError::Invalid(format!(
+            "{reference:?} is not a target reference; write +target or ./dir+target"
+        ))
+    })?;
+    if name.is_empty() || name.contains('/') {
+        return Err(BuildError::Invalid(format!(
+            "{reference:?} names no target; write +target or ./dir+target"
+        )));
+    }
+    let tdir = if proj_part.is_empty() {
+        root.clone()
+    } else if is_local_ref(proj_part) {
+        root.join(proj_part)
+    } else if is_remote_ref(proj_part) {
+        l.fetch_remote(proj_part).map_err(BuildError::Remote)?
+    } else {
+        return Err(BuildError::Invalid(format!(
+            "{reference:?}: write +target, ./dir+target or host/org/repo[/path][:ref]+target"
+        )));
+    };
+    let proj = l.project(&tdir)?;
+    let invoked = l.target(&proj, name, opts.args.clone(), None)?;
+    Ok(Plan {
+        contexts: l.contexts,
+        targets: l.targets,
+        invoked,
+        sources: l.sources,
+    })
+}
+
+/// `host/org/repo[/path][:ref]`: a host (with a dot or a port) and two more parts.
+fn is_remote_ref(p: &str) -> bool {
+    let mut parts = p.split('/');
+    let host = parts.next().unwrap_or("");
+    (host.contains('.') || host.contains(':')) && parts.count() >= 2
+}
+
+fn is_local_ref(p: &str) -> bool {
+    p == "." || p == ".." || p.starts_with("./") || p.starts_with("../") || p.starts_with('/')
+}
+
+fn src_err(proj: &Project, pos: Pos, msg: impl Into<String>) -> BuildError {
+    BuildError::Source(proj.ef.source.error(pos, msg))
+}
+
+fn not_supported(proj: &Project, pos: Pos, what: &str) -> BuildError {
+    BuildError::Source(
+        proj.ef
+            .source
+            .error(pos, format!("{what} is not supported by berth yet"))
+            .with_hint("see README.md, section Earthfiles, for what berth runs today"),
+    )
+}
+
+/// Files Earthly never sends as context (its implicit ignore).
+const IMPLICIT_IGNORE: &[&str] = &[
+    ".tmp-earthly-out/",
+    "build.earth",
+    "Earthfile",
+    ".earthignore",
+    ".earthlyignore",
+];
+
+impl Lowerer<'_> {
+    /// The Earthfile of folder `dir`, read once.
+    fn project(&mut self, dir: &Path) -> Result<Arc<Project>> {
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|e| BuildError::Invalid(format!("folder {}: {e}", dir.display())))?;
+        if let Some(p) = self.projects.get(&dir) {
+            return Ok(p.clone());
+        }
+        let file = dir.join("Earthfile");
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            BuildError::Invalid(format!(
+                "read {}: {e}; a target reference names a folder with an Earthfile",
+                file.display()
+            ))
+        })?;
+        let reference = match (self.remote_names.get(&dir), dir.strip_prefix(&self.root)) {
+            (Some(r), _) => r.clone(),
+            (None, Ok(rel)) if rel.as_os_str().is_empty() => String::new(),
+            (None, Ok(rel)) => format!("./{}", rel.display()),
+            (None, Err(_)) => dir.display().to_string(),
+        };
+        let name = if reference.is_empty() {
+            "Earthfile".to_string()
+        } else {
+            format!("{}/Earthfile", reference.trim_start_matches("./"))
+        };
+        let ef = Earthfile::parse(&name, &text)?;
+        let mut exclude: Vec<String> = Vec::new();
+        for f in [".earthlyignore", ".earthignore"] {
+            if let Ok(t) = std::fs::read_to_string(dir.join(f)) {
+                exclude.extend(Ignore::parse(&t).patterns());
+            }
+        }
+        let implicit = !ef
+            .version
+            .as_ref()
+            .is_some_and(|v| v.features.iter().any(|f| f == "no-implicit-ignore"));
+        if implicit {
+            exclude.extend(IMPLICIT_IGNORE.iter().map(|s| s.to_string()));
+        }
+        let ctx_name = if reference.is_empty() {
+            "context".to_string()
+        } else {
+            format!("earthfile:{reference}")
+        };
+        self.contexts.insert(ctx_name.clone(), dir.clone());
+        let context = State::local(LocalSource {
+            name: ctx_name,
+            exclude,
+        });
+        let mut imports = HashMap::new();
+        let mut all: Vec<&Command> = Vec::new();
+        collect_commands(&ef.base, &mut all);
+        for t in &ef.targets {
+            collect_commands(&t.body, &mut all);
+        }
+        for c in all.into_iter().filter(|c| c.name == "IMPORT") {
+            let r = c.args[0].text.clone();
+            let alias = match (c.args.get(1), c.args.get(2)) {
+                (Some(a), Some(alias)) if a.text == "AS" => alias.text.clone(),
+                (None, None) => r
+                    .trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&r)
+                    .split(':')
+                    .next()
+                    .unwrap_or(&r)
+                    .to_string(),
+                _ => {
+                    return Err(src_err(
+                        &Project {
+                            ef: ef.clone(),
+                            dir: dir.clone(),
+                            reference: reference.clone(),
+                            context: context.clone(),
+                            imports: HashMap::new(),
+                            git: HashMap::new(),
+                        },
+                        c.pos,
+                        "IMPORT takes a reference and optionally AS <alias>",
+                    ));
+                }
+            };
+            let target = if is_local_ref(&r) {
+                dir.join(&r).display().to_string()
+            } else {
+                r
+            };
+            imports.insert(alias, target);
+        }
+        let git = git_info(&dir);
+        let p = Arc::new(Project {
+            ef,
+            dir: dir.clone(),
+            reference,
+            context,
+            imports,
+            git,
+        });
+        self.projects.insert(dir, p.clone());
+        Ok(p)
+    }
+
+    /// The folder of remote project `r` (`host/org/repo[/path][:ref]`), checked out
+    /// once per commit under [`EarthOptions::git_cache`]. The repository is
+    /// `https://host/org/repo.git`; git's `url.<base>.insteadOf` points it elsewhere
+    /// (ssh, a mirror), as for any git client.
+    fn fetch_remote(&mut self, r: &str) -> std::result::Result<PathBuf, String> {
+        let cache = self
+            .opts
+            .git_cache
+            .clone()
+            .ok_or_else(|| format!("{r}: remote references need a git cache"))?;
+        let slash = r.find('/').unwrap_or(0);
+        let (path, gitref) = match r.rfind(':') {
+            Some(i) if i > slash => (&r[..i], Some(&r[i + 1..])),
+            _ => (r, None),
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        let url = format!("https://{}/{}/{}.git", parts[0], parts[1], parts[2]);
+        let sub = parts[3..].join("/");
+        let wanted = gitref.unwrap_or("HEAD");
+        let commit = if wanted.len() == 40 && wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+            wanted.to_string()
+        } else {
+            let listed =
+                run_git(&["ls-remote", &url, wanted], None).map_err(|e| format!("{r}: {e}"))?;
+            listed
+                .lines()
+                .find(|l| {
+                    let name = l.split_whitespace().nth(1).unwrap_or("");
+                    name == wanted
+                        || name == format!("refs/heads/{wanted}")
+                        || name == format!("refs/tags/{wanted}")
+                })
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .ok_or_else(|| format!("{r}: {url} has no branch or tag {wanted}"))?
+        };
+        let checkout = cache.join(&commit);
+        if !checkout.join(".git").is_dir() {
+            std::fs::create_dir_all(&cache)
+                .map_err(|e| format!("create {}: {e}", cache.display()))?;
+            let tmp = cache.join(format!(".{commit}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            let tmp_s = tmp.display().to_string();
+            run_git(&["clone", "--quiet", "--no-checkout", &url, &tmp_s], None)
+                .and_then(|_| run_git(&["checkout", "--quiet", &commit], Some(&tmp)))
+                .map_err(|e| {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    format!("{r}: {e}")
+                })?;
+            if std::fs::rename(&tmp, &checkout).is_err() {
+                // Another build checked it out meanwhile.
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
+        let dir = std::fs::canonicalize(checkout.join(&sub))
+            .map_err(|e| format!("{r}: folder {sub:?} of {url} at {commit}: {e}"))?;
+        let label = match gitref {
+            Some(g) => format!("{path}:{g}"),
+            None => path.to_string(),
+        };
+        self.remote_names.insert(dir.clone(), label);
+        Ok(dir)
+    }
+
+    /// The folder and name of a reference `text` (`+t`, `./d+t`, `alias+t`) written in
+    /// `proj` at `pos`.
+    fn resolve_ref(
+        &mut self,
+        proj: &Arc<Project>,
+        text: &str,
+        pos: Pos,
+    ) -> Result<(Arc<Project>, String)> {
+        let (p, name) = text.split_once('+').ok_or_else(|| {
+            src_err(
+                proj,
+                pos,
+                format!("{text:?} is not a target reference (+target, ./dir+target, alias+target)"),
+            )
+        })?;
+        if p.is_empty() {
+            return Ok((proj.clone(), name.to_string()));
+        }
+        let p = match proj.imports.get(p) {
+            Some(r) => r.as_str(),
+            None => p,
+        };
+        let dir = if is_local_ref(p) {
+            proj.dir.join(p)
+        } else if is_remote_ref(p) {
+            self.fetch_remote(p).map_err(|m| src_err(proj, pos, m))?
+        } else {
+            return Err(src_err(
+                proj,
+                pos,
+                format!("{p} is not an IMPORT alias of this Earthfile"),
+            ));
+        };
+        let target = self
+            .project(&dir)
+            .map_err(|e| src_err(proj, pos, format!("{text}: {e}")))?;
+        Ok((target, name.to_string()))
+    }
+
+    /// Lower target `name` of `proj` with ARG `overrides` (once per set of values);
+    /// `at` is the command that asked for it, for errors.
+    fn target(
+        &mut self,
+        proj: &Arc<Project>,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+        at: Option<(&Arc<Project>, Pos)>,
+    ) -> Result<usize> {
+        let label = format!("{}+{name}", proj.reference);
+        let key = format!("{}+{name} {overrides:?}", proj.dir.display());
+        if let Some(&i) = self.memo.get(&key) {
+            return Ok(i);
+        }
+        if self.active.iter().any(|(k, _)| *k == key) {
+            let chain: Vec<&str> = self
+                .active
+                .iter()
+                .skip_while(|(k, _)| *k != key)
+                .map(|(_, l)| l.as_str())
+                .chain(std::iter::once(label.as_str()))
+                .collect();
+            let msg = format!("cycle: {}", chain.join(" -> "));
+            return Err(match at {
+                Some((p, pos)) => src_err(p, pos, msg),
+                None => BuildError::Invalid(msg),
+            });
+        }
+        let Some(recipe) = proj.ef.target(name) else {
+            let names: Vec<&str> = proj.ef.targets.iter().map(|t| t.name.as_str()).collect();
+            let msg = format!(
+                "target {label} not found in {}; its targets are: {}",
+                proj.ef.source.name(),
+                names.join(", ")
+            );
+            return Err(match at {
+                Some((p, pos)) => src_err(p, pos, msg),
+                None => BuildError::Invalid(msg),
+            });
+        };
+        let body = recipe.body.clone();
+        self.active.push((key.clone(), label.clone()));
+        let result = (|| -> Result<Ts> {
+            let mut ts = self.base(proj, &overrides)?;
+            ts.label = label.clone();
+            ts.name = name.to_string();
+            ts.is_base = false;
+            self.stmts(&mut ts, proj, &body)?;
+            Ok(ts)
+        })();
+        self.active.pop();
+        let ts = result?;
+        let (state, push_state) = match &ts.pre_push {
+            Some(pre) => (pre.clone(), Some(ts.state.clone())),
+            None => (ts.state.clone(), None),
+        };
+        let shown = if overrides.is_empty() {
+            label
+        } else {
+            let args: Vec<String> = overrides
+                .iter()
+                .map(|(k, v)| format!("--{k}={v}"))
+                .collect();
+            format!("{label} {}", args.join(" "))
+        };
+        self.targets.push(TargetOut {
+            label: shown,
+            state,
+            config: ts.config,
+            history_states: ts.hist,
+            artifact: ts.artifact,
+            images: ts.images,
+            locals: ts.locals,
+            builds: ts.builds,
+            push_state,
+        });
+        let idx = self.targets.len() - 1;
+        self.memo.insert(key, idx);
+        Ok(idx)
+    }
+
+    /// The base recipe of `proj` lowered with `overrides`: where every target starts.
+    fn base(&mut self, proj: &Arc<Project>, overrides: &BTreeMap<String, String>) -> Result<Ts> {
+        let config = scratch_config();
+        let mut ts = Ts {
+            label: format!("{}+base", proj.reference),
+            name: "base".into(),
+            proj: proj.clone(),
+            state: State::scratch(),
+            config,
+            hist: Vec::new(),
+            vars: Vec::new(),
+            globals: Vec::new(),
+            overrides: overrides.clone(),
+            artifact: State::scratch(),
+            images: Vec::new(),
+            locals: Vec::new(),
+            builds: Vec::new(),
+            caches: Vec::new(),
+            pre_push: None,
+            is_base: true,
+        };
+        let base = proj.ef.base.clone();
+        self.stmts(&mut ts, proj, &base)?;
+        if !ts.images.is_empty() || !ts.locals.is_empty() {
+            // Earthly allows them, but they belong to no target's output.
+            ts.images.clear();
+            ts.locals.clear();
+        }
+        // A target sees the base's image and environment and its global ARGs only.
+        let mut vars: Vec<Var> = ts
+            .vars
+            .iter()
+            .filter(|v| v.kind == VarKind::Env)
+            .cloned()
+            .collect();
+        vars.extend(ts.globals.iter().cloned());
+        ts.vars = vars;
+        ts.artifact = State::scratch();
+        Ok(ts)
+    }
+
+    /// Run `body` (written in `proj`) on `ts`.
+    fn stmts(&mut self, ts: &mut Ts, proj: &Arc<Project>, body: &[Stmt]) -> Result<()> {
+        for s in body {
+            if self.opts.cancel.is_canceled() {
+                return Err(BuildError::Canceled);
+            }
+            match s {
+                Stmt::Command(c) => self.command(ts, proj, c)?,
+                Stmt::Wait { body, .. } => self.stmts(ts, proj, body)?,
+                Stmt::If {
+                    branches,
+                    otherwise,
+                } => {
+                    let mut taken = None;
+                    for (head, body) in branches {
+                        // The condition is a shell command, run with the variables
+                        // in scope; exit code 0 is true.
+                        let (code, _) = self.capture(ts, proj, head, &head.rest)?;
+                        if code == 0 {
+                            taken = Some(body);
+                            break;
+                        }
+                    }
+                    if let Some(body) = taken.or(otherwise.as_ref()) {
+                        self.stmts(ts, proj, body)?;
+                    }
+                }
+                Stmt::For { head, body } => {
+                    let var = head.args[0].text.clone();
+                    let expr = head.rest[head.rest.find(" IN ").map_or(0, |i| i + 4)..].trim();
+                    let list = self.x_text(ts, proj, expr, head.args[2].pos)?;
+                    let seps: Vec<char> = match head.value("sep") {
+                        Some(s) => s.chars().collect(),
+                        None => vec![' ', '\t', '\n'],
+                    };
+                    for item in list.split(|c| seps.contains(&c)).filter(|i| !i.is_empty()) {
+                        ts.set_var(&var, item.to_string(), VarKind::Arg);
+                        self.stmts(ts, proj, body)?;
+                    }
+                }
+                Stmt::WithDocker { head, .. } => {
+                    return Err(not_supported(
+                        proj,
+                        head.pos,
+                        "WITH DOCKER (it needs the privileged entitlement)",
+                    ));
+                }
+                Stmt::Try { head, .. } => {
+                    return Err(not_supported(proj, head.pos, "TRY"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Expand `w` with the variables of `ts`.
+    fn x(&mut self, ts: &Ts, proj: &Project, w: &Word) -> Result<String> {
+        self.x_text(ts, proj, &w.text, w.pos)
+    }
+
+    /// Expand `text` (written at `pos`) with the variables of `ts`; each `$( … )` is
+    /// run in the container, and its output taken as it is.
+    fn x_text(&mut self, ts: &Ts, proj: &Project, text: &str, pos: Pos) -> Result<String> {
+        let mut outs: Vec<String> = Vec::new();
+        let text = if text.contains("$(") {
+            let (rewritten, cmds) = shell_outs(text).map_err(|m| src_err(proj, pos, m))?;
+            let c = Command {
+                name: "$( … )".into(),
+                pos,
+                lines: crate::frontend::source::LineRange {
+                    start: pos.line,
+                    end: pos.line,
+                },
+                flags: Vec::new(),
+                args: Vec::new(),
+                rest: String::new(),
+                text: text.to_string(),
+            };
+            for cmd in cmds {
+                let (code, out) = self.capture(ts, proj, &c, &cmd)?;
+                if code != 0 {
+                    return Err(src_err(
+                        proj,
+                        pos,
+                        format!("$({cmd}) exited with code {code}"),
+                    ));
+                }
+                outs.push(out);
+            }
+            rewritten
+        } else {
+            text.to_string()
+        };
+        expand(
+            &text,
+            |k| match k.strip_prefix(SHELL_OUT) {
+                Some(n) => n.parse::<usize>().ok().and_then(|n| outs.get(n).cloned()),
+                None => ts.lookup(k),
+            },
+            '\\',
+        )
+        .map_err(|e| src_err(proj, pos, e.to_string()))
+    }
+
+    /// `--NAME=value` words after a reference, expanded.
+    fn ref_args(
+        &mut self,
+        ts: &Ts,
+        proj: &Project,
+        words: &[Word],
+    ) -> Result<BTreeMap<String, String>> {
+        Ok(self.ref_arg_list(ts, proj, words)?.into_iter().collect())
+    }
+
+    /// `--NAME=value` words after a reference, expanded, in order (a name may repeat).
+    fn ref_arg_list(
+        &mut self,
+        ts: &Ts,
+        proj: &Project,
+        words: &[Word],
+    ) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for w in words {
+            let text = self.x(ts, proj, w)?;
+            let Some((k, v)) = text.strip_prefix("--").and_then(|kv| kv.split_once('=')) else {
+                return Err(src_err(
+                    proj,
+                    w.pos,
+                    format!("{text:?}: arguments after a target reference are --NAME=value"),
+                ));
+            };
+            out.push((k.to_string(), v.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Record a history entry for `c` that made `made` (or only changed the config).
+    fn history(&self, ts: &mut Ts, c: &Command, made: Option<State>) {
+        ts.config.history.push(History {
+            created: self.opts.created.clone(),
+            created_by: c.text.clone(),
+            empty_layer: made.is_none(),
+            comment: "berth earthfile".into(),
+        });
+        if let Some(s) = &made {
+            ts.state = s.clone();
+        }
+        ts.hist.push(made);
+    }
+
+    fn step_name(ts: &Ts, c: &Command) -> String {
+        format!("[{}] {}", ts.label, c.text.lines().next().unwrap_or(""))
+    }
+
+    fn command(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        if ts.pre_push.is_some()
+            && !matches!(
+                c.name.as_str(),
+                "RUN" | "SAVE IMAGE" | "ARG" | "LET" | "SET"
+            )
+        {
+            return Err(src_err(
+                proj,
+                c.pos,
+                format!("{} after RUN --push is not supported by berth yet", c.name),
+            ));
+        }
+        match c.name.as_str() {
+            "FROM" => self.from(ts, proj, c),
+            "RUN" => self.run(ts, proj, c),
+            "COPY" => self.copy(ts, proj, c),
+            "ARG" => self.arg(ts, proj, c),
+            "LET" | "SET" => {
+                let text = self.x(ts, proj, &c.args[0])?;
+                let (k, v) = text.split_once('=').ok_or_else(|| {
+                    src_err(proj, c.args[0].pos, format!("{} needs NAME=value", c.name))
+                })?;
+                let existing = ts.vars.iter().rev().find(|v| v.name == k).map(|v| v.kind);
+                match (c.name.as_str(), existing) {
+                    ("SET", Some(VarKind::Let)) | ("LET", None | Some(VarKind::Env)) => {}
+                    ("SET", _) => {
+                        return Err(src_err(
+                            proj,
+                            c.args[0].pos,
+                            format!("SET {k}: {k} was not declared with LET"),
+                        ));
+                    }
+                    _ => {
+                        return Err(src_err(
+                            proj,
+                            c.args[0].pos,
+                            format!("LET {k}: {k} is already declared; change it with SET"),
+                        ));
+                    }
+                }
+                ts.set_var(k, v.to_string(), VarKind::Let);
+                Ok(())
+            }
+            "ENV" => {
+                let pairs: Vec<(String, String)> = match c.args.as_slice() {
+                    [k, ..] if !k.text.contains('=') => {
+                        let rest = c.rest[k.text.len()..].trim();
+                        vec![(
+                            self.x(ts, proj, k)?,
+                            self.x_text(ts, proj, rest, c.args[1.min(c.args.len() - 1)].pos)?,
+                        )]
+                    }
+                    words => {
+                        let mut out = Vec::new();
+                        for w in words {
+                            let t = self.x(ts, proj, w)?;
+                            let (k, v) = t.split_once('=').unwrap_or((&t, ""));
+                            out.push((k.to_string(), v.to_string()));
+                        }
+                        out
+                    }
+                };
+                for (k, v) in pairs {
+                    ts.config.config.env_set(&k, &v);
+                    ts.set_var(&k, v, VarKind::Env);
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "WORKDIR" => {
+                let p = self.x(ts, proj, &c.args[0])?;
+                let abs = ts.abs(&p).trim_end_matches('/').to_string();
+                let abs = if abs.is_empty() { "/".to_string() } else { abs };
+                ts.config.config.working_dir = abs.clone();
+                let user = ts.config.config.user.clone();
+                let op = FileOp {
+                    actions: vec![FileAction::Mkdir {
+                        path: abs,
+                        chown: (!user.is_empty()).then_some(user),
+                    }],
+                    cwd: "/".into(),
+                };
+                let made = ts
+                    .state
+                    .file(op, vec![], Self::step_name(ts, c))
+                    .with_ignore_cache(self.opts.no_cache);
+                self.history(ts, c, Some(made));
+                Ok(())
+            }
+            "USER" => {
+                ts.config.config.user = self.x(ts, proj, &c.args[0])?;
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "EXPOSE" => {
+                for w in &c.args {
+                    let p = self.x(ts, proj, w)?;
+                    for p in p.split_whitespace() {
+                        for key in exposed_ports(p).map_err(|m| src_err(proj, w.pos, m))? {
+                            ts.config
+                                .config
+                                .exposed_ports
+                                .insert(key, serde_json::json!({}));
+                        }
+                    }
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "VOLUME" => {
+                let words: Vec<String> = match CommandLine::parse(&c.rest) {
+                    CommandLine::Exec(l) => l,
+                    CommandLine::Shell(_) => c
+                        .args
+                        .iter()
+                        .map(|w| self.x(ts, proj, w))
+                        .collect::<Result<_>>()?,
+                };
+                for p in words {
+                    ts.config.config.volumes.insert(p, serde_json::json!({}));
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "LABEL" => {
+                for w in &c.args {
+                    let t = self.x(ts, proj, w)?;
+                    let (k, v) = t.split_once('=').ok_or_else(|| {
+                        src_err(proj, w.pos, format!("LABEL {t:?}: write key=value"))
+                    })?;
+                    ts.config.config.labels.insert(k.to_string(), v.to_string());
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "CMD" | "ENTRYPOINT" => {
+                let list = command_list(&CommandLine::parse(&c.rest), &ts.config.config);
+                if c.name == "CMD" {
+                    ts.config.config.cmd = Some(list);
+                } else {
+                    ts.config.config.entrypoint = Some(list);
+                    ts.config.config.cmd = None;
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "HEALTHCHECK" => {
+                let df = crate::Dockerfile::parse(
+                    proj.ef.source.name(),
+                    &format!("FROM scratch\n{}\n", c.text),
+                )
+                .map_err(|e| src_err(proj, c.pos, e.message))?;
+                if let Some(InstructionKind::Healthcheck(h)) =
+                    df.stages[0].instructions.first().map(|i| &i.kind)
+                {
+                    ts.config.config.healthcheck = Some(healthcheck(h));
+                }
+                self.history(ts, c, None);
+                Ok(())
+            }
+            "SAVE ARTIFACT" => self.save_artifact(ts, proj, c),
+            "SAVE IMAGE" => {
+                let mut names = Vec::new();
+                for w in &c.args {
+                    names.push(self.x(ts, proj, w)?);
+                }
+                ts.images.push(SavedImage {
+                    names,
+                    push: c.flag("push"),
+                    push_only: ts.pre_push.is_some(),
+                    state: ts.state.clone(),
+                    config: ts.config.clone(),
+                    history_states: ts.hist.clone(),
+                });
+                Ok(())
+            }
+            "BUILD" => {
+                self.platform(ts, proj, c)?;
+                let r = self.x(ts, proj, &c.args[0])?;
+                for idx in self.referenced_targets(ts, proj, c, &r, true)? {
+                    if !ts.builds.contains(&idx) {
+                        ts.builds.push(idx);
+                    }
+                }
+                Ok(())
+            }
+            "DO" => self.call(ts, proj, c),
+            "IMPORT" | "PROJECT" => Ok(()),
+            "CACHE" => {
+                let p = self.x(ts, proj, &c.args[0])?;
+                let target = ts.abs(&p);
+                if c.flag("persist") {
+                    return Err(not_supported(proj, c.pos, "CACHE --persist"));
+                }
+                let sharing = match c.value("sharing") {
+                    None | Some("locked") => Sharing::Locked,
+                    Some("shared") => Sharing::Shared,
+                    Some("private") => Sharing::Private,
+                    Some(o) => {
+                        return Err(src_err(
+                            proj,
+                            c.flag_pos("sharing").unwrap_or(c.pos),
+                            format!("--sharing={o}: use locked, shared or private"),
+                        ));
+                    }
+                };
+                let mode = match c.value("chmod") {
+                    None => None,
+                    Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
+                        src_err(proj, c.pos, format!("--chmod={m} is not an octal mode"))
+                    })?),
+                };
+                let id = match c.value("id") {
+                    Some(id) => id.to_string(),
+                    None => format!("earthly:{}+{}:{target}", proj.dir.display(), ts.name),
+                };
+                ts.caches.retain(|m| m.target != target);
+                ts.caches.push(ExecMount {
+                    target,
+                    source: MountSource::Cache {
+                        id,
+                        sharing,
+                        owner: mode.map(|m| (0, 0, m)),
+                        seed: None,
+                        readonly: false,
+                    },
+                });
+                Ok(())
+            }
+            "GIT CLONE" => {
+                let url = self.x(ts, proj, &c.args[0])?;
+                let dest = ts.abs(&self.x(ts, proj, &c.args[1])?);
+                let branch = c
+                    .value("branch")
+                    .map(|b| self.x_text(ts, proj, b, c.pos))
+                    .transpose()?;
+                let git = State::new(
+                    Op::Git(GitSource {
+                        remote: url.clone(),
+                        reference: branch,
+                        subdir: None,
+                        keep_git_dir: true,
+                        origin: format!("{}:{}", proj.ef.source.name(), c.pos.line),
+                    }),
+                    vec![],
+                    format!("git {url}"),
+                );
+                let op = FileOp {
+                    actions: vec![copy_action(1, vec![".".into()], format!("{dest}/"), None)],
+                    cwd: ts.cwd(),
+                };
+                let made = ts
+                    .state
+                    .file(op, vec![git], Self::step_name(ts, c))
+                    .with_ignore_cache(self.opts.no_cache);
+                self.history(ts, c, Some(made));
+                Ok(())
+            }
+            "FROM DOCKERFILE" => self.dockerfile_base(ts, proj, c),
+            "LOCALLY" => Err(not_supported(proj, c.pos, "LOCALLY")),
+            "HOST" => Err(not_supported(proj, c.pos, "HOST")),
+            "FUNCTION" | "COMMAND" => Err(src_err(
+                proj,
+                c.pos,
+                format!("{} must be the first command of its recipe", c.name),
+            )),
+            other => Err(src_err(proj, c.pos, format!("{other} is not allowed here"))),
+        }
+    }
+
+    /// The target `r` names in `FROM`/`BUILD` command `c` (its first argument), lowered
+    /// with the `--ARG=v` words after it, `--build-arg`s and, with `--pass-args`, the
+    /// caller's ARGs.
+    fn referenced_target(
+        &mut self,
+        ts: &Ts,
+        proj: &Arc<Project>,
+        c: &Command,
+        r: &str,
+    ) -> Result<usize> {
+        let all = self.referenced_targets(ts, proj, c, r, false)?;
+        Ok(all[0])
+    }
+
+    /// As [`Self::referenced_target`]; with `matrix`, an ARG given several values
+    /// (`BUILD +t --X=a --X=b`) builds the target once per value, every combination
+    /// of such ARGs, as Earthly's BUILD does. Without, the last value counts.
+    fn referenced_targets(
+        &mut self,
+        ts: &Ts,
+        proj: &Arc<Project>,
+        c: &Command,
+        r: &str,
+        matrix: bool,
+    ) -> Result<Vec<usize>> {
+        let base = if c.flag("pass-args") {
+            ts.arg_overrides()
+        } else {
+            BTreeMap::new()
+        };
+        let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+        for (k, v) in self.ref_arg_list(ts, proj, &c.args[1..])? {
+            match grouped.iter_mut().find(|(n, _)| *n == k) {
+                Some((_, vals)) if matrix => vals.push(v),
+                Some((_, vals)) => *vals = vec![v],
+                None => grouped.push((k, vec![v])),
+            }
+        }
+        let mut combos = vec![base];
+        for (k, vals) in grouped {
+            let mut next = Vec::with_capacity(combos.len() * vals.len());
+            for m in &combos {
+                for v in &vals {
+                    let mut m = m.clone();
+                    m.insert(k.clone(), v.clone());
+                    next.push(m);
+                }
+            }
+            combos = next;
+        }
+        let build_args = self.build_args(ts, proj, c)?;
+        let (tp, name) = self.resolve_ref(proj, r, c.args[0].pos)?;
+        let mut out = Vec::new();
+        for mut args in combos {
+            args.extend(build_args.clone());
+            out.push(self.target(&tp, &name, args, Some((proj, c.args[0].pos)))?);
+        }
+        Ok(out)
+    }
+
+    /// Refuse `--platform` other than this host's.
+    fn platform(&mut self, ts: &Ts, proj: &Project, c: &Command) -> Result<()> {
+        if let Some(p) = c.value("platform") {
+            let p = self.x_text(ts, proj, p, c.pos)?;
+            let (os, arch) = host_platform();
+            if p != format!("{os}/{arch}") && p != arch {
+                return Err(src_err(
+                    proj,
+                    c.flag_pos("platform").unwrap_or(c.pos),
+                    format!("--platform={p}: berth builds for the host platform {os}/{arch} only"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The deprecated `--build-arg K=V` flags.
+    fn build_args(
+        &mut self,
+        ts: &Ts,
+        proj: &Project,
+        c: &Command,
+    ) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for v in c.values("build-arg") {
+            let t = self.x_text(ts, proj, v, c.pos)?;
+            let (k, v) = t.split_once('=').unwrap_or((&t, ""));
+            out.insert(k.to_string(), v.to_string());
+        }
+        Ok(out)
+    }
+
+    fn from(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        self.platform(ts, proj, c)?;
+        let r = self.x(ts, proj, &c.args[0])?;
+        let (state, config, hist) = if r.contains('+') {
+            let idx = self.referenced_target(ts, proj, c, &r)?;
+            let t = &self.targets[idx];
+            (t.state.clone(), t.config.clone(), t.history_states.clone())
+        } else {
+            if c.args.len() > 1 {
+                return Err(src_err(
+                    proj,
+                    c.args[1].pos,
+                    "FROM <image> takes one argument; --ARG=value goes with a target reference",
+                ));
+            }
+            if r == "scratch" {
+                (State::scratch(), scratch_config(), Vec::new())
+            } else {
+                let (state, mut config) = match self.images.get(&r) {
+                    Some(x) => x.clone(),
+                    None => {
+                        let resolved = (self.resolve)(&r).map_err(|e| match e {
+                            BuildError::Image(m) => src_err(proj, c.args[0].pos, m),
+                            e => e,
+                        })?;
+                        let st = State::image(ImageSource {
+                            reference: r.clone(),
+                            manifest: resolved.manifest.clone(),
+                        });
+                        self.images
+                            .insert(r.clone(), (st.clone(), resolved.config.clone()));
+                        (st, resolved.config)
+                    }
+                };
+                config.created = self.opts.created.clone();
+                let n = config.history.len();
+                (state, config, vec![None; n])
+            }
+        };
+        ts.rebase(state, config, hist);
+        Ok(())
+    }
+
+    /// `FROM DOCKERFILE [-f file] [--target t] [--build-arg k=v] <context>`: the
+    /// Dockerfile frontend lowers it into the same graph; its image is where the target
+    /// goes on.
+    fn dockerfile_base(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        self.platform(ts, proj, c)?;
+        let ctx = self.x(ts, proj, &c.args[0])?;
+        if ctx.contains('+') {
+            return Err(not_supported(
+                proj,
+                c.args[0].pos,
+                "FROM DOCKERFILE with an artifact as its context",
+            ));
+        }
+        let ctx_dir = proj.dir.join(&ctx);
+        let file = match c.value("f") {
+            Some(f) => proj.dir.join(self.x_text(ts, proj, f, c.pos)?),
+            None => ctx_dir.join("Dockerfile"),
+        };
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| src_err(proj, c.args[0].pos, format!("read {}: {e}", file.display())))?;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into());
+        let df = crate::Dockerfile::parse(&name, &text)?;
+        let dockerignore = std::fs::read_to_string(ctx_dir.join(".dockerignore"))
+            .map(|t| Ignore::parse(&t).patterns())
+            .unwrap_or_default();
+        let target = c
+            .value("target")
+            .map(|t| self.x_text(ts, proj, t, c.pos))
+            .transpose()?;
+        let build_args = self.build_args(ts, proj, c)?;
+        let ctx_dir = std::fs::canonicalize(&ctx_dir).map_err(|e| {
+            src_err(
+                proj,
+                c.args[0].pos,
+                format!("context {}: {e}", ctx_dir.display()),
+            )
+        })?;
+        let ctx_name = format!("dockerfile:{}", ctx_dir.display());
+        self.contexts.insert(ctx_name.clone(), ctx_dir);
+        let opts = crate::LowerOptions {
+            build_args,
+            target,
+            dockerignore,
+            proxy_env: self.opts.proxy_env.clone(),
+            no_cache: self.opts.no_cache,
+            created: self.opts.created.clone(),
+            allow: self.opts.allow.clone(),
+            cancel: self.opts.cancel.clone(),
+        };
+        let lowered = crate::frontend::dockerfile::lower::lower_in(
+            &df,
+            &opts,
+            &ctx_name,
+            &mut *self.resolve,
+        )?;
+        let mut hist = vec![None; lowered.base_history];
+        hist.extend(lowered.steps);
+        hist.resize(lowered.config.history.len(), None);
+        ts.rebase(lowered.state, lowered.config, hist);
+        Ok(())
+    }
+
+    fn arg(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        let w = &c.args[0];
+        let (name, default) = match w.text.split_once('=') {
+            Some((k, v)) => (k.to_string(), Some(v.to_string())),
+            None => (w.text.clone(), None),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        {
+            return Err(src_err(
+                proj,
+                w.pos,
+                format!("ARG {name:?}: not a valid name"),
+            ));
+        }
+        if c.flag("required") && default.is_some() {
+            return Err(src_err(
+                proj,
+                w.pos,
+                format!("ARG --required {name} cannot have a default value"),
+            ));
+        }
+        let global = c.flag("global");
+        if global && !ts.is_base {
+            return Err(src_err(
+                proj,
+                c.flag_pos("global").unwrap_or(c.pos),
+                "ARG --global is only allowed in the base recipe",
+            ));
+        }
+        let value = if let Some(v) = ts.overrides.get(&name) {
+            v.clone()
+        } else if c.flag("required") {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(w.pos, format!("ARG {name} is required but was not given"))
+                    .with_hint(format!(
+                        "pass it: berth +{} --{name}=value, or BUILD +{} --{name}=value",
+                        ts.name, ts.name
+                    )),
+            ));
+        } else if let Some(d) = &default {
+            self.x_text(ts, proj, d, w.pos)?
+        } else if let Some(b) = self.builtin(ts, &name) {
+            b
+        } else if let Some(g) = ts.globals.iter().find(|g| g.name == name) {
+            g.value.clone()
+        } else {
+            String::new()
+        };
+        if global {
+            ts.globals.retain(|g| g.name != name);
+            ts.globals.push(Var {
+                name: name.clone(),
+                value: value.clone(),
+                kind: VarKind::Arg,
+            });
+        }
+        ts.set_var(&name, value, VarKind::Arg);
+        Ok(())
+    }
+
+    /// Earthly's builtin ARGs, declared with `ARG NAME`.
+    fn builtin(&self, ts: &Ts, name: &str) -> Option<String> {
+        let (os, arch) = host_platform();
+        let git = &ts.proj.git;
+        let project = ts.proj.reference.clone();
+        Some(match name {
+            "EARTHLY_TARGET" => ts.label.clone(),
+            "EARTHLY_TARGET_NAME" => ts.name.clone(),
+            "EARTHLY_TARGET_PROJECT" | "EARTHLY_TARGET_PROJECT_NO_TAG" => project,
+            "EARTHLY_TARGET_TAG" => git.get("branch").cloned().unwrap_or_default(),
+            "EARTHLY_TARGET_TAG_DOCKER" => git.get("branch").cloned().unwrap_or_default().replace(
+                |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
+                "_",
+            ),
+            "EARTHLY_GIT_HASH" => git.get("hash").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_SHORT_HASH" => git
+                .get("hash")
+                .map(|h| h.chars().take(8).collect())
+                .unwrap_or_default(),
+            "EARTHLY_GIT_BRANCH" => git.get("branch").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_ORIGIN_URL" => git.get("origin").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_PROJECT_NAME" => git.get("project").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_COMMIT_TIMESTAMP" => git.get("timestamp").cloned().unwrap_or_default(),
+            "EARTHLY_SOURCE_DATE_EPOCH" => {
+                git.get("timestamp").cloned().unwrap_or_else(|| "0".into())
+            }
+            "EARTHLY_VERSION" => format!("berth-{}", env!("CARGO_PKG_VERSION")),
+            "EARTHLY_BUILD_SHA" => String::new(),
+            "EARTHLY_CI" => self.opts.ci.to_string(),
+            "EARTHLY_PUSH" => self.opts.push.to_string(),
+            "EARTHLY_LOCALLY" => "false".into(),
+            "TARGETPLATFORM" | "NATIVEPLATFORM" | "USERPLATFORM" => format!("{os}/{arch}"),
+            "TARGETOS" | "NATIVEOS" | "USEROS" => os.into(),
+            "TARGETARCH" | "NATIVEARCH" | "USERARCH" => arch.into(),
+            "TARGETVARIANT" | "NATIVEVARIANT" | "USERVARIANT" => String::new(),
+            _ => return None,
+        })
+    }
+
+    /// What RUN (IF, FOR) flags berth cannot run.
+    fn refuse_run_flags(&self, proj: &Project, c: &Command) -> Result<()> {
+        for (flag, what) in [
+            (
+                "privileged",
+                "RUN --privileged needs the privileged entitlement, which berth does not offer yet",
+            ),
+            ("ssh", "RUN --ssh is not supported by berth yet"),
+            ("interactive", "RUN --interactive is not supported by berth"),
+            (
+                "interactive-keep",
+                "RUN --interactive-keep is not supported by berth",
+            ),
+            ("aws", "RUN --aws is not supported by berth"),
+        ] {
+            if c.flag(flag) {
+                return Err(src_err(proj, c.flag_pos(flag).unwrap_or(c.pos), what));
+            }
+        }
+        if let Some(p) = c.flag_pos("oidc") {
+            return Err(src_err(proj, p, "RUN --oidc is not supported by berth"));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        if c.rest.is_empty() {
+            return Err(src_err(proj, c.pos, "RUN needs a command"));
+        }
+        let mut args = match CommandLine::parse(&c.rest) {
+            CommandLine::Exec(list) => list,
+            CommandLine::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
+        };
+        if c.flag("entrypoint") {
+            let mut full = ts.config.config.entrypoint.clone().unwrap_or_default();
+            full.extend(args);
+            args = full;
+        }
+        let (exec, extra) = self.exec_op(ts, proj, c, args)?;
+        if c.flag("push") && ts.pre_push.is_none() {
+            ts.pre_push = Some(ts.state.clone());
+        }
+        let made = ts
+            .state
+            .run(exec, extra, Self::step_name(ts, c))
+            .with_ignore_cache(self.opts.no_cache || c.flag("no-cache") || c.flag("push"));
+        self.history(ts, c, Some(made));
+        Ok(())
+    }
+
+    /// The process of a RUN (or of an IF, FOR or `$( … )` evaluated in the container):
+    /// the variables in scope, CACHE mounts, `--mount`s, `--secret`s and the network of
+    /// command `c`; and the extra inputs its mounts read.
+    fn exec_op(
+        &mut self,
+        ts: &Ts,
+        proj: &Project,
+        c: &Command,
+        args: Vec<String>,
+    ) -> Result<(ExecOp, Vec<State>)> {
+        self.refuse_run_flags(proj, c)?;
+        let mut env: Vec<String> = ts
+            .vars
+            .iter()
+            .map(|v| format!("{}={}", v.name, v.value))
+            .collect();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(0, DEFAULT_PATH.to_string());
+        }
+        let mut mounts = ts.caches.clone();
+        let mut extra = Vec::new();
+        for raw in c.values("mount") {
+            let m = RunMount::parse(raw, &mut |w| {
+                expand(w, |k| ts.lookup(k), '\\').map_err(|e| e.to_string())
+            })
+            .map_err(|(message, hint)| {
+                BuildError::Source(proj.ef.source.error(c.pos, message).with_hint(hint))
+            })?;
+            let err = |msg: String| src_err(proj, c.pos, msg);
+            let mut from = |f: &str| -> Result<State> {
+                Err(src_err(
+                    proj,
+                    c.pos,
+                    format!("--mount from={f}: Earthfile mounts take no from= yet"),
+                ))
+            };
+            let mount = exec_mount(
+                &m,
+                &MountEnv {
+                    cwd: ts.cwd(),
+                    context: &proj.context,
+                    err: &err,
+                },
+                &mut from,
+                &mut extra,
+            )?;
+            mounts.push(mount);
+        }
+        for s in c.values("secret") {
+            let s = self.x_text(ts, proj, s, c.pos)?;
+            let (var, id) = match s.split_once('=') {
+                Some((v, id)) => (
+                    v.to_string(),
+                    id.trim_start_matches("+secrets/").to_string(),
+                ),
+                None => (s.clone(), s.clone()),
+            };
+            if id.is_empty() {
+                // `--secret X=` leaves X unset, as Earthly.
+                continue;
+            }
+            mounts.push(ExecMount {
+                target: String::new(),
+                source: MountSource::Secret {
+                    id,
+                    env: Some(var),
+                    file: false,
+                    required: true,
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o400,
+                },
+            });
+        }
+        let network = match c.value("network") {
+            None | Some("default") => ir::NetworkMode::Isolated,
+            Some("none") => ir::NetworkMode::None,
+            Some("host") => {
+                if !self.opts.allow.contains(&ir::Entitlement::NetworkHost) {
+                    return Err(BuildError::Source(
+                        proj.ef
+                            .source
+                            .error(
+                                c.flag_pos("network").unwrap_or(c.pos),
+                                "RUN --network=host needs the entitlement network.host, which this build was not granted",
+                            )
+                            .with_hint("grant it with --allow network.host"),
+                    ));
+                }
+                ir::NetworkMode::Host
+            }
+            Some(o) => {
+                return Err(src_err(
+                    proj,
+                    c.flag_pos("network").unwrap_or(c.pos),
+                    format!("--network={o}: use none, default or host"),
+                ));
+            }
+        };
+        let exec = ExecOp {
+            args,
+            env,
+            cwd: ts.cwd(),
+            user: ts.config.config.user.clone(),
+            network,
+            mounts,
+            proxy_env: self.opts.proxy_env.clone(),
+        };
+        Ok((exec, extra))
+    }
+
+    /// Run `script` with `/bin/sh -c` on the state of `ts`, as the process of `c`
+    /// would run, for its exit code and standard output; its changes are dropped.
+    ///
+    /// The solver answers through a probe: the script's output and exit code are
+    /// written to files of a step of their own, and those files alone are exported, so
+    /// the answer is cached like any step (same state, same script, same answer).
+    fn capture(
+        &mut self,
+        ts: &Ts,
+        proj: &Project,
+        c: &Command,
+        script: &str,
+    ) -> Result<(i32, String)> {
+        let wrapped = format!(
+            "mkdir -p {EVAL_DIR} && ( {script}\n) > {EVAL_DIR}/out; echo $? > {EVAL_DIR}/code"
+        );
+        let args = vec!["/bin/sh".into(), "-c".into(), wrapped];
+        let (exec, extra) = self.exec_op(ts, proj, c, args)?;
+        let name = format!("[{}] {} (evaluate {script})", ts.label, c.name);
+        let state = ts
+            .state
+            .run(exec, extra, name.clone())
+            .with_ignore_cache(self.opts.no_cache || c.flag("no-cache"));
+        let probe = State::scratch().file(
+            FileOp {
+                actions: vec![copy_action(
+                    1,
+                    vec![format!("{EVAL_DIR}/")],
+                    "/".into(),
+                    None,
+                )],
+                cwd: "/".into(),
+            },
+            vec![state],
+            format!("{name} answer"),
+        );
+        let (code, out) = (self.eval)(&self.contexts, &probe)?;
+        let code = code.trim().parse::<i32>().map_err(|_| {
+            src_err(
+                proj,
+                c.pos,
+                format!("{}: the evaluation gave no exit code", c.name),
+            )
+        })?;
+        Ok((code, out.trim_end_matches('\n').to_string()))
+    }
+
+    fn copy(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        self.platform(ts, proj, c)?;
+        if let Some(p) = c.flag_pos("from") {
+            return Err(src_err(
+                proj,
+                p,
+                "COPY --from is not supported in Earthfiles; copy an artifact: COPY +target/path dest",
+            ));
+        }
+        let (srcs, dest_w) = c.args.split_at(c.args.len() - 1);
+        let dest_raw = self.x(ts, proj, &dest_w[0])?;
+        let dir = c.flag("dir");
+        let many = srcs.len() > 1;
+        let dest = ts.abs(&dest_raw);
+        let into_dir = dest.ends_with('/') || many;
+        let chmod = match c.value("chmod") {
+            None => None,
+            Some(m) => Some(
+                u32::from_str_radix(m, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| {
+                        src_err(
+                            proj,
+                            c.flag_pos("chmod").unwrap_or(c.pos),
+                            format!("--chmod={m} is not an octal mode up to 7777"),
+                        )
+                    })?,
+            ),
+        };
+        let if_exists = c.flag("if-exists");
+        let mut inputs: Vec<State> = Vec::new();
+        let mut actions = Vec::new();
+        let pass = if c.flag("pass-args") {
+            ts.arg_overrides()
+        } else {
+            BTreeMap::new()
+        };
+        for w in srcs {
+            // The artifact form, with or without ( … --ARG=v ).
+            let (text, args) = if w.group {
+                let inner = super::parse::group_words(&w.text);
+                let first = inner.first().cloned().unwrap_or_default();
+                let rest: Vec<Word> = inner[1.min(inner.len())..]
+                    .iter()
+                    .map(|t| Word {
+                        text: t.clone(),
+                        pos: w.pos,
+                        offset: 0,
+                        group: false,
+                    })
+                    .collect();
+                (
+                    self.x_text(ts, proj, &first, w.pos)?,
+                    self.ref_args(ts, proj, &rest)?,
+                )
+            } else {
+                (self.x(ts, proj, w)?, BTreeMap::new())
+            };
+            let artifact = w.group || self.is_artifact_ref(proj, &text);
+            let (from_state, path) = if artifact {
+                let (r, path) = split_artifact(&text).ok_or_else(|| {
+                    src_err(
+                        proj,
+                        w.pos,
+                        format!("{text:?}: an artifact reference is +target/path"),
+                    )
+                })?;
+                let mut all = pass.clone();
+                all.extend(args);
+                all.extend(self.build_args(ts, proj, c)?);
+                let (tp, name) = self.resolve_ref(proj, r, w.pos)?;
+                let idx = self.target(&tp, &name, all, Some((proj, w.pos)))?;
+                (self.targets[idx].artifact.clone(), path.to_string())
+            } else {
+                if if_exists && !proj.dir.join(&text).exists() && !text.contains(['*', '?', '[']) {
+                    continue;
+                }
+                (proj.context.clone(), text.clone())
+            };
+            let input = match inputs
+                .iter()
+                .position(|s| s.digest() == from_state.digest())
+            {
+                Some(i) => i + 1,
+                None => {
+                    inputs.push(from_state);
+                    inputs.len()
+                }
+            };
+            self.sources.push((
+                path.clone(),
+                proj.ef.source.error(
+                    w.pos,
+                    if artifact {
+                        format!("COPY {text}: the artifact does not exist")
+                    } else {
+                        format!(
+                            "COPY {text}: not found in {} (or excluded by .earthlyignore)",
+                            proj.dir.display()
+                        )
+                    },
+                ),
+            ));
+            let path = if if_exists && artifact {
+                optional_glob(&path)
+            } else {
+                path
+            };
+            let target = if dir && !path.contains(['*', '?', '[']) {
+                format!("{}/{}", dest.trim_end_matches('/'), base_name(&path))
+            } else if into_dir {
+                format!("{}/", dest.trim_end_matches('/'))
+            } else {
+                dest.clone()
+            };
+            actions.push(copy_action(input, vec![path], target, chmod));
+        }
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let op = FileOp {
+            actions,
+            cwd: ts.cwd(),
+        };
+        let made = ts
+            .state
+            .file(op, inputs, Self::step_name(ts, c))
+            .with_ignore_cache(self.opts.no_cache);
+        self.history(ts, c, Some(made));
+        Ok(())
+    }
+
+    /// Whether a COPY source names an artifact (`+t/p`, `./d+t/p`, `alias+t/p`).
+    fn is_artifact_ref(&self, proj: &Project, text: &str) -> bool {
+        match text.split_once('+') {
+            Some(("", _)) => true,
+            Some((p, _)) => is_local_ref(p) || proj.imports.contains_key(p) || is_remote_ref(p),
+            None => false,
+        }
+    }
+
+    fn save_artifact(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        let words: Vec<String> = c
+            .args
+            .iter()
+            .map(|w| self.x(ts, proj, w))
+            .collect::<Result<_>>()?;
+        let (src, dest, local) = match words.as_slice() {
+            [s] => (s, None, None),
+            [s, d] => (s, Some(d), None),
+            [s, a, l, p] if a == "AS" && l == "LOCAL" => (s, None, Some(p)),
+            [s, d, a, l, p] if a == "AS" && l == "LOCAL" => (s, Some(d), Some(p)),
+            _ => {
+                return Err(BuildError::Source(
+                    proj.ef
+                        .source
+                        .error(c.pos, "SAVE ARTIFACT: unexpected arguments")
+                        .with_hint("usage: SAVE ARTIFACT [flags] <src> [<dest>] [AS LOCAL <path>]"),
+                ));
+            }
+        };
+        let glob = src.contains(['*', '?', '[']);
+        let mut abs_src = ts.abs(src);
+        self.sources.push((
+            abs_src.clone(),
+            proj.ef.source.error(
+                c.args[0].pos,
+                format!(
+                    "SAVE ARTIFACT {src}: {abs_src} does not exist in {}",
+                    ts.label
+                ),
+            ),
+        ));
+        if c.flag("if-exists") {
+            abs_src = optional_glob(&abs_src);
+        }
+        let name = base_name(src.trim_end_matches('/')).to_string();
+        let target = match dest {
+            None if glob => "/".to_string(),
+            None => format!("/{name}"),
+            Some(d) if d.ends_with('/') && !glob => {
+                format!("{}/{name}", clean_abs(d).trim_end_matches('/'))
+            }
+            Some(d) if glob => format!("{}/", clean_abs(d).trim_end_matches('/')),
+            Some(d) => clean_abs(d),
+        };
+        let op = FileOp {
+            actions: vec![copy_action(1, vec![abs_src.clone()], target, None)],
+            cwd: "/".into(),
+        };
+        ts.artifact = ts.artifact.file(
+            op,
+            vec![ts.state.clone()],
+            format!("[{}] {}", ts.label, c.text),
+        );
+        // A remote Earthfile's AS LOCAL would write into berth's checkout of it: its
+        // artifacts are for COPY and --artifact only.
+        let local = local.filter(|_| !self.remote_names.contains_key(&proj.dir));
+        if let Some(p) = local {
+            let out_dest = if glob {
+                "/out/".to_string()
+            } else {
+                format!("/out/{name}")
+            };
+            let op = FileOp {
+                actions: vec![copy_action(1, vec![abs_src], out_dest, None)],
+                cwd: "/".into(),
+            };
+            let state = State::scratch().file(
+                op,
+                vec![ts.state.clone()],
+                format!("[{}] {} (local)", ts.label, c.text),
+            );
+            let dest = if p.starts_with('/') {
+                p.clone()
+            } else {
+                format!("{}/{p}", proj.dir.display())
+            };
+            ts.locals.push(SavedLocal {
+                state,
+                glob,
+                name,
+                dest,
+                origin: format!("{}:{}", proj.ef.source.name(), c.pos.line),
+            });
+        }
+        Ok(())
+    }
+
+    /// `DO +FN --X=v`: the function's statements on the caller's state, with an ARG
+    /// scope of their own.
+    fn call(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        let r = self.x(ts, proj, &c.args[0])?;
+        let (fp, name) = self.resolve_ref(proj, &r, c.args[0].pos)?;
+        let Some(f) = fp.ef.function(&name) else {
+            return Err(src_err(
+                proj,
+                c.args[0].pos,
+                format!(
+                    "function {r} not found in {}; a function's recipe starts with FUNCTION",
+                    fp.ef.source.name()
+                ),
+            ));
+        };
+        let body = f.body.clone();
+        let mut args = if c.flag("pass-args") {
+            ts.arg_overrides()
+        } else {
+            BTreeMap::new()
+        };
+        args.extend(self.ref_args(ts, proj, &c.args[1..])?);
+        let key = format!("{}+{name}", fp.dir.display());
+        if self.active.iter().any(|(k, _)| *k == key) {
+            return Err(src_err(
+                proj,
+                c.args[0].pos,
+                format!("function {r} calls itself"),
+            ));
+        }
+        let saved_vars = ts.vars.clone();
+        let saved_overrides = std::mem::replace(&mut ts.overrides, args);
+        ts.vars.retain(|v| v.kind == VarKind::Env);
+        self.active.push((key, r));
+        let result = self.stmts(ts, &fp, &body);
+        self.active.pop();
+        ts.overrides = saved_overrides;
+        let env: Vec<Var> = ts
+            .vars
+            .iter()
+            .filter(|v| v.kind == VarKind::Env)
+            .cloned()
+            .collect();
+        ts.vars = saved_vars
+            .into_iter()
+            .filter(|v| v.kind != VarKind::Env)
+            .collect();
+        for v in env {
+            ts.set_var(&v.name, v.value, VarKind::Env);
+        }
+        result
+    }
+}
+
+/// The config of the empty image (`FROM scratch`, and a base recipe without FROM):
+/// this host's platform, working in `/` as BuildKit's empty image does.
+fn scratch_config() -> ImageConfig {
+    let (os, arch) = host_platform();
+    let mut config = ImageConfig {
+        architecture: arch.into(),
+        os: os.into(),
+        ..Default::default()
+    };
+    config.config.working_dir = "/".into();
+    config
+}
+
+/// A copy of `sources` of input `from` to `dest`.
+fn copy_action(from: usize, sources: Vec<String>, dest: String, chmod: Option<u32>) -> FileAction {
+    FileAction::Copy {
+        from,
+        sources,
+        dest,
+        chown: None,
+        chmod,
+        extract_archives: false,
+        exclude: Vec::new(),
+        parents: false,
+        chmod_symbolic: None,
+    }
+}
+
+/// `path` as a wildcard that matches only itself, so a missing path copies nothing
+/// (`--if-exists`): the first letter of its last component in brackets. The folders
+/// before it must still exist.
+fn optional_glob(path: &str) -> String {
+    if path.contains(['*', '?', '[']) {
+        return path.to_string();
+    }
+    let trimmed = path.trim_end_matches('/');
+    let (dir, last) = match trimmed.rsplit_once('/') {
+        Some((d, l)) => (format!("{d}/"), l),
+        None => (String::new(), trimmed),
+    };
+    let mut chars = last.chars();
+    match chars.next() {
+        Some(ch) if ch != '\\' => format!("{dir}[{ch}]{}", chars.as_str()),
+        _ => path.to_string(),
+    }
+}
+
+/// `+t/path` → (`+t`, `path`).
+fn split_artifact(text: &str) -> Option<(&str, &str)> {
+    let plus = text.find('+')?;
+    let slash = text[plus..].find('/')? + plus;
+    let path = &text[slash + 1..];
+    (!path.is_empty()).then_some((&text[..slash], path))
+}
+
+fn collect_commands<'a>(body: &'a [Stmt], out: &mut Vec<&'a Command>) {
+    for s in body {
+        match s {
+            Stmt::Command(c) => out.push(c),
+            Stmt::If {
+                branches,
+                otherwise,
+            } => {
+                for (_, b) in branches {
+                    collect_commands(b, out);
+                }
+                if let Some(b) = otherwise {
+                    collect_commands(b, out);
+                }
+            }
+            Stmt::For { body, .. } | Stmt::Wait { body, .. } | Stmt::WithDocker { body, .. } => {
+                collect_commands(body, out)
+            }
+            Stmt::Try { body, finally, .. } => {
+                collect_commands(body, out);
+                if let Some(b) = finally {
+                    collect_commands(b, out);
+                }
+            }
+        }
+    }
+}
+
+/// Run `git ARGS` (in `dir`); its standard output, or an error with its standard error.
+fn run_git(args: &[&str], dir: Option<&Path>) -> std::result::Result<String, String> {
+    let mut cmd = std::process::Command::new("git");
+    if let Some(d) = dir {
+        cmd.arg("-C").arg(d);
+    }
+    let out = cmd
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .map_err(|e| format!("run git: {e}; install git to use remote references"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The git facts builtin ARGs give, for the repository `dir` is in (none outside one).
+fn git_info(dir: &Path) -> HashMap<&'static str, String> {
+    let git = |args: &[&str]| -> Option<String> {
+        let s = run_git(args, Some(dir)).ok()?.trim().to_string();
+        (!s.is_empty()).then_some(s)
+    };
+    let mut m = HashMap::new();
+    let Some(hash) = git(&["rev-parse", "HEAD"]) else {
+        return m;
+    };
+    m.insert("hash", hash);
+    if let Some(b) = git(&["rev-parse", "--abbrev-ref", "HEAD"]) {
+        m.insert("branch", b);
+    }
+    if let Some(o) = git(&["config", "--get", "remote.origin.url"]) {
+        let project = o
+            .trim_end_matches(".git")
+            .rsplit([':', '/'])
+            .take(2)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("/");
+        m.insert("project", project);
+        m.insert("origin", o);
+    }
+    if let Some(t) = git(&["log", "-1", "--format=%ct"]) {
+        m.insert("timestamp", t);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lower `reference` of an Earthfile `text` (plus `files`: path, Earthfile text)
+    /// with `args`; nothing may need a base image.
+    fn plan(
+        text: &str,
+        files: &[(&str, &str)],
+        reference: &str,
+        args: &[(&str, &str)],
+    ) -> Result<Plan> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Earthfile"), text).unwrap();
+        for (p, t) in files {
+            let f = dir.path().join(p).join("Earthfile");
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, t).unwrap();
+        }
+        let opts = EarthOptions {
+            args: args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..EarthOptions::default()
+        };
+        // Answers as if the container ran the script: `true` exits 0 and `echo W`
+        // prints W.
+        let mut eval = |_: &HashMap<String, PathBuf>, probe: &State| {
+            let exec = &probe.vertex().inputs[1];
+            let Op::Exec(e) = &exec.vertex().op else {
+                panic!("a probe reads an exec")
+            };
+            let script = e.args[2].clone();
+            let cmd = script
+                .split("( ")
+                .nth(1)
+                .unwrap()
+                .split('\n')
+                .next()
+                .unwrap();
+            let code = if cmd.starts_with("false") { "1" } else { "0" };
+            let out = cmd.strip_prefix("echo ").unwrap_or("").to_string();
+            Ok((format!("{code}\n"), format!("{out}\n")))
+        };
+        let mut resolve = |r: &str| panic!("nothing to resolve, asked {r}");
+        lower(dir.path(), reference, &opts, &mut resolve, &mut eval)
+    }
+
+    fn err(text: &str, reference: &str) -> String {
+        let e = plan(text, &[], reference, &[]).unwrap_err().to_string();
+        e.lines().next().unwrap().to_string()
+    }
+
+    fn exec_env(s: &State) -> Vec<String> {
+        match &s.vertex().op {
+            Op::Exec(e) => e.env.clone(),
+            op => panic!("not a RUN: {op:?}"),
+        }
+    }
+
+    #[test]
+    fn a_target_with_the_same_args_is_lowered_once() {
+        let text = "VERSION 0.8\nFROM scratch\na:\n    BUILD +b --X=1\n    BUILD +b --X=1\n    BUILD +b --X=2\n    BUILD +c\nb:\n    ARG X\n    RUN echo $X\nc:\n    COPY +b/nothing /x\n    COPY (+b/nothing --X=2) /y\n";
+        let p = plan(text, &[], "+a", &[]).unwrap();
+        let labels: Vec<&str> = p.targets.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["+b --X=1", "+b --X=2", "+b", "+c", "+a"]);
+        assert_eq!(p.targets[p.invoked].builds, [0, 1, 3]);
+        // The output rule: BUILD chains only; +c's COPY of +b does not connect +b.
+        let mut connected = p.connected();
+        connected.sort();
+        assert_eq!(connected, [0, 1, 3, 4]);
+        assert!(exec_env(&p.targets[0].state).contains(&"X=1".to_string()));
+    }
+
+    #[test]
+    fn build_with_several_values_of_an_arg_builds_each_combination() {
+        let text = "VERSION 0.8\nFROM scratch\na:\n    BUILD +b --X=1 --Y=p --X=2 --Y=q\nb:\n    ARG X\n    ARG Y\n    RUN echo $X$Y\n";
+        let p = plan(text, &[], "+a", &[]).unwrap();
+        let mut labels: Vec<&str> = p.targets.iter().map(|t| t.label.as_str()).collect();
+        labels.sort();
+        assert_eq!(
+            labels,
+            [
+                "+a",
+                "+b --X=1 --Y=p",
+                "+b --X=1 --Y=q",
+                "+b --X=2 --Y=p",
+                "+b --X=2 --Y=q"
+            ]
+        );
+        assert_eq!(p.targets[p.invoked].builds.len(), 4);
+    }
+
+    #[test]
+    fn cycles_are_reported_with_the_chain() {
+        let text = "VERSION 0.8\na:\n    FROM +b\nb:\n    FROM scratch\n    COPY +c/x /\nc:\n    BUILD +a\n";
+        assert_eq!(
+            err(text, "+a"),
+            "Earthfile:8:11: cycle: +a -> +b -> +c -> +a"
+        );
+    }
+
+    #[test]
+    fn arg_rules() {
+        let text = "VERSION 0.8\nFROM scratch\nARG --global G=g\nARG LOCAL=l\nt:\n    ARG --required NEED\n    ARG D=$G-d\n    ARG EARTHLY_TARGET_NAME\n    ARG TARGETARCH\n    ARG LOCAL\n    LET v=1\n    SET v=2\n    RUN true\n";
+        assert_eq!(
+            err(text, "+t"),
+            "Earthfile:6:20: ARG NEED is required but was not given"
+        );
+        let p = plan(text, &[], "+t", &[("NEED", "n")]).unwrap();
+        let env = exec_env(&p.targets[p.invoked].state);
+        let (_, arch) = host_platform();
+        for want in [
+            "G=g".to_string(),
+            "NEED=n".into(),
+            "D=g-d".into(),
+            "EARTHLY_TARGET_NAME=t".into(),
+            format!("TARGETARCH={arch}"),
+            "LOCAL=".into(),
+            "v=2".into(),
+        ] {
+            assert!(env.contains(&want), "{want} not in {env:?}");
+        }
+        assert_eq!(
+            err("VERSION 0.8\nt:\n    SET x=1\n", "+t"),
+            "Earthfile:3:9: SET x: x was not declared with LET"
+        );
+        assert_eq!(
+            err("VERSION 0.8\nt:\n    ARG --global x\n", "+t"),
+            "Earthfile:3:9: ARG --global is only allowed in the base recipe"
+        );
+    }
+
+    #[test]
+    fn functions_have_their_own_arg_scope_and_share_env_and_state() {
+        let text =
+            "VERSION 0.8\nFROM scratch\nt:\n    ARG A=caller\n    DO ./lib+F --P=p\n    RUN true\n";
+        let lib = "VERSION 0.8\nF:\n    FUNCTION\n    ARG P\n    ARG A\n    ENV FROM_F=$P-$A\n    RUN echo in-function\n";
+        let p = plan(text, &[("lib", lib)], "+t", &[]).unwrap();
+        let last = &p.targets[p.invoked].state;
+        let env = exec_env(last);
+        assert!(env.contains(&"A=caller".to_string()), "{env:?}");
+        assert!(env.contains(&"FROM_F=p-".to_string()), "{env:?}");
+        assert!(!env.iter().any(|e| e.starts_with("P=")), "{env:?}");
+        // The function's RUN is in the caller's chain.
+        let below = &last.vertex().inputs[0];
+        assert!(matches!(&below.vertex().op, Op::Exec(e) if e.args[2] == "echo in-function"));
+    }
+
+    #[test]
+    fn cache_mounts_every_later_run() {
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    RUN a\n    CACHE --id=c1 /cache\n    RUN b\n    RUN c\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let mut s = p.targets[p.invoked].state.clone();
+        let mut counts = Vec::new();
+        while let Op::Exec(e) = &s.vertex().op {
+            counts.push(e.mounts.len());
+            s = s.vertex().inputs[0].clone();
+        }
+        assert_eq!(counts, [1, 1, 0]);
+    }
+
+    #[test]
+    fn unsupported_commands_say_so_at_their_line() {
+        for (body, want) in [
+            (
+                "    RUN --privileged x\n",
+                "Earthfile:3:9: RUN --privileged needs the privileged entitlement",
+            ),
+            (
+                "    RUN --ssh x\n",
+                "Earthfile:3:9: RUN --ssh is not supported by berth yet",
+            ),
+            (
+                "    WITH DOCKER\n        RUN x\n    END\n",
+                "Earthfile:3:5: WITH DOCKER (it needs the privileged entitlement) is not supported by berth yet",
+            ),
+            (
+                "    LOCALLY\n",
+                "Earthfile:3:5: LOCALLY is not supported by berth yet",
+            ),
+            (
+                "    RUN --network=host x\n",
+                "Earthfile:3:9: RUN --network=host needs the entitlement network.host",
+            ),
+            (
+                "    BUILD +nope\n",
+                "Earthfile:3:11: target +nope not found in Earthfile; its targets are: t",
+            ),
+            (
+                "    COPY github.com/a/b+t/x .\n",
+                "Earthfile:3:10: github.com/a/b: remote references need a git cache",
+            ),
+        ] {
+            let text = format!("VERSION 0.8\nt:\n{body}");
+            let got = err(&text, "+t");
+            assert!(got.starts_with(want), "{body:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn if_for_and_shell_outs_follow_the_container_answers() {
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    ARG V=$(echo computed)\n    IF false\n        RUN branch-if\n    ELSE IF true\n        RUN branch-else-if\n    ELSE\n        RUN branch-else\n    END\n    FOR x IN a $(echo b c)\n        RUN loop-$x\n    END\n    FOR --sep=, y IN 1,2\n        RUN sep-$y\n    END\n    RUN last $V\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let mut s = p.targets[p.invoked].state.clone();
+        let mut cmds = Vec::new();
+        while let Op::Exec(e) = &s.vertex().op {
+            cmds.push(e.args[2].clone());
+            s = s.vertex().inputs[0].clone();
+        }
+        cmds.reverse();
+        assert_eq!(
+            cmds,
+            [
+                "branch-else-if",
+                "loop-$x",
+                "loop-$x",
+                "loop-$x",
+                "sep-$y",
+                "sep-$y",
+                "last $V"
+            ]
+        );
+        let env = exec_env(&p.targets[p.invoked].state);
+        assert!(env.contains(&"V=computed".to_string()), "{env:?}");
+        assert!(env.contains(&"x=c".to_string()), "{env:?}");
+    }
+
+    #[test]
+    fn shell_outs_are_found_outside_single_quotes() {
+        let (text, cmds) = shell_outs("a-$(echo (x))-'$(no)'-\\$(no)").unwrap();
+        assert_eq!(cmds, ["echo (x)"]);
+        assert_eq!(text, "a-${__BERTH_SHELL_OUT_0}-'$(no)'-\\$(no)");
+        assert!(shell_outs("$(open").is_err());
+    }
+
+    #[test]
+    fn artifact_references_split_at_the_first_slash_after_the_target() {
+        assert_eq!(
+            split_artifact("+build/bin/app"),
+            Some(("+build", "bin/app"))
+        );
+        assert_eq!(split_artifact("./sub+t/f"), Some(("./sub+t", "f")));
+        assert_eq!(split_artifact("../a/b+t/x/*"), Some(("../a/b+t", "x/*")));
+        assert_eq!(split_artifact("+build"), None);
+    }
+
+    #[test]
+    fn optional_globs_match_only_their_path() {
+        assert_eq!(optional_glob("/a/b/file.txt"), "/a/b/[f]ile.txt");
+        assert_eq!(optional_glob("x"), "[x]");
+        assert_eq!(optional_glob("/a/*.txt"), "/a/*.txt");
+        let p = crate::pattern::Pattern::new("a/[f]ile.txt");
+        assert!(p.has_wildcards());
+    }
+}

@@ -1,0 +1,766 @@
+//! Earthfile text → [`Earthfile`]: lines (continuations, comments), recipes, commands
+//! with validated flags, and block statements.
+//!
+//! The lexical rules are Earthly's: a recipe is a `name:` line at the start of a line
+//! and the indented lines under it; the commands before the first recipe are the base
+//! recipe; `#` starts a comment at the start of a line or after whitespace, outside
+//! quotes; a line ending in `\` goes on on the next line. Words are split at
+//! whitespace outside quotes, `$( … )` and `( … )` (COPY's artifact-with-args form).
+
+use std::iter::Peekable;
+
+use super::ast::{
+    COMMANDS, Command, Earthfile, FEATURES, Flag, FlagKind, Recipe, Stmt, UNSUPPORTED, Version,
+    Word, spec,
+};
+use crate::frontend::source::{LineRange, Pos, Source, SourceError};
+
+/// A logical line: continuations joined, comment removed.
+struct Logical {
+    text: String,
+    /// The position of each byte of `text`.
+    pos: Vec<Pos>,
+    indented: bool,
+    lines: LineRange,
+}
+
+impl Logical {
+    fn pos_at(&self, offset: usize) -> Pos {
+        self.pos
+            .get(offset)
+            .or(self.pos.last())
+            .copied()
+            .unwrap_or(Pos {
+                line: self.lines.start,
+                column: 1,
+            })
+    }
+}
+
+/// Parse an Earthfile named `file` (for errors).
+pub fn parse(file: &str, text: &str) -> Result<Earthfile, SourceError> {
+    let source = Source::new(file, text);
+    let logical = logical_lines(&source)?;
+    // Group the lines into the base recipe and named recipes.
+    let mut base: Vec<Command> = Vec::new();
+    let mut recipes: Vec<(String, Pos, Vec<Command>)> = Vec::new();
+    for l in &logical {
+        if let Some(name) = header(l) {
+            if let Some(prev) = recipes.iter().find(|r| r.0 == name) {
+                return Err(source
+                    .error(l.pos_at(0), format!("recipe {name} is defined twice"))
+                    .with_hint(format!("the first one is on line {}", prev.1.line)));
+            }
+            recipes.push((name, l.pos_at(0), Vec::new()));
+            continue;
+        }
+        let cmd = command(&source, l)?;
+        match recipes.last_mut() {
+            None => base.push(cmd),
+            Some(r) => {
+                if !l.indented {
+                    return Err(source
+                        .error(cmd.pos, format!("{} is not indented under a recipe", cmd.name))
+                        .with_hint(format!(
+                            "indent it to belong to {}:, or move it before the first recipe (the base recipe)",
+                            r.0
+                        )));
+                }
+                r.2.push(cmd)
+            }
+        }
+    }
+    // VERSION first, once.
+    let mut version = None;
+    if base.first().is_some_and(|c| c.name == "VERSION") {
+        version = Some(parse_version(&source, &base.remove(0))?);
+    }
+    let stray = base
+        .iter()
+        .chain(recipes.iter().flat_map(|r| &r.2))
+        .find(|c| c.name == "VERSION");
+    if let Some(c) = stray {
+        return Err(source.error(c.pos, "VERSION must be the first command of the Earthfile"));
+    }
+    let base = statements(&source, base)?;
+    let mut targets = Vec::new();
+    let mut functions = Vec::new();
+    for (name, pos, mut cmds) in recipes {
+        let is_function = cmds
+            .first()
+            .is_some_and(|c| c.name == "FUNCTION" || c.name == "COMMAND");
+        if is_function {
+            cmds.remove(0);
+        }
+        if let Some(c) = cmds
+            .iter()
+            .find(|c| c.name == "FUNCTION" || c.name == "COMMAND")
+        {
+            return Err(source.error(
+                c.pos,
+                format!("{} must be the first command of its recipe", c.name),
+            ));
+        }
+        let body = statements(&source, cmds)?;
+        let recipe = Recipe { name, pos, body };
+        if is_function {
+            functions.push(recipe);
+        } else {
+            targets.push(recipe);
+        }
+    }
+    Ok(Earthfile {
+        source,
+        version,
+        base,
+        targets,
+        functions,
+    })
+}
+
+/// Lines → logical lines: blank and comment lines dropped, continuations joined.
+fn logical_lines(source: &Source) -> Result<Vec<Logical>, SourceError> {
+    let mut out = Vec::new();
+    let mut cur: Option<Logical> = None;
+    for (i, raw) in source.lines().iter().enumerate() {
+        let number = i + 1;
+        let stripped = strip_comment(raw);
+        let body = stripped.trim_end();
+        if cur.is_none() && body.trim().is_empty() {
+            continue;
+        }
+        let (body, continues) = match body.strip_suffix('\\') {
+            Some(b) => (b, true),
+            None => (body, false),
+        };
+        let l = cur.get_or_insert_with(|| Logical {
+            text: String::new(),
+            pos: Vec::new(),
+            indented: raw.starts_with([' ', '\t']),
+            lines: LineRange {
+                start: number,
+                end: number,
+            },
+        });
+        l.lines.end = number;
+        for (col, (_, c)) in body.char_indices().enumerate() {
+            let before = l.text.len();
+            l.text.push(c);
+            for _ in before..l.text.len() {
+                l.pos.push(Pos {
+                    line: number,
+                    column: col + 1,
+                });
+            }
+        }
+        if !continues {
+            let done = cur.take().expect("current line");
+            if !done.text.trim().is_empty() {
+                out.push(done);
+            }
+        }
+    }
+    if let Some(l) = cur
+        && !l.text.trim().is_empty()
+    {
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// `line` without its comment: `#` at the start or after whitespace, outside quotes.
+fn strip_comment(line: &str) -> &str {
+    let mut quote: Option<char> = None;
+    let mut prev_space = true;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        if escaped {
+            // `\ #…` is a continuation then a comment, as Earthly reads it.
+            escaped = false;
+            prev_space = c.is_whitespace();
+            continue;
+        }
+        match (quote, c) {
+            (_, '\\') if quote != Some('\'') => escaped = true,
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '#') if prev_space => return &line[..i],
+            _ => {}
+        }
+        prev_space = c.is_whitespace();
+    }
+    line
+}
+
+/// The recipe name if `l` is a `name:` line.
+fn header(l: &Logical) -> Option<String> {
+    if l.indented {
+        return None;
+    }
+    let name = l.text.trim().strip_suffix(':')?;
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    .then(|| name.to_string())
+}
+
+/// Split `l` into raw words.
+fn words(source: &Source, l: &Logical) -> Result<Vec<Word>, SourceError> {
+    let text = &l.text;
+    let bytes: Vec<(usize, char)> = text.char_indices().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let (start, c) = bytes[i];
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let group = c == '(';
+        let mut depth = 0usize;
+        let mut quote: Option<char> = None;
+        let mut j = i;
+        while j < bytes.len() {
+            let (_, c) = bytes[j];
+            match (quote, c) {
+                (Some('\''), '\'') => quote = None,
+                (Some('\''), _) => {}
+                (_, '\\') => j += 1,
+                (Some('"'), '"') => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '(') => depth += 1,
+                (None, ')') => depth = depth.saturating_sub(1),
+                (None, c) if c.is_whitespace() && depth == 0 => break,
+                _ => {}
+            }
+            j += 1;
+        }
+        if let Some(q) = quote {
+            return Err(source.error(l.pos_at(start), format!("unterminated {q} quote")));
+        }
+        let end = bytes.get(j).map(|b| b.0).unwrap_or(text.len());
+        let mut word = text[start..end].to_string();
+        if group {
+            match word.strip_prefix('(').and_then(|w| w.strip_suffix(')')) {
+                Some(inner) => word = inner.trim().to_string(),
+                None => {
+                    return Err(source.error(l.pos_at(start), "unterminated ( … ) group"));
+                }
+            }
+        } else if depth > 0 {
+            return Err(source.error(l.pos_at(start), "unterminated $( … )"));
+        }
+        out.push(Word {
+            text: word,
+            pos: l.pos_at(start),
+            offset: start,
+            group,
+        });
+        i = j;
+    }
+    Ok(out)
+}
+
+/// Two-word keywords: the first word and the second words that complete it.
+const COMPOUND: &[(&str, &str)] = &[
+    ("SAVE", "ARTIFACT"),
+    ("SAVE", "IMAGE"),
+    ("WITH", "DOCKER"),
+    ("ELSE", "IF"),
+    ("GIT", "CLONE"),
+    ("FROM", "DOCKERFILE"),
+];
+
+/// One logical line → a command with validated flags.
+fn command(source: &Source, l: &Logical) -> Result<Command, SourceError> {
+    let words = words(source, l)?;
+    let first = &words[0];
+    let mut name = first.text.clone();
+    let mut n = 1;
+    if let Some(second) = words.get(1)
+        && COMPOUND.contains(&(name.as_str(), second.text.as_str()))
+    {
+        name = format!("{name} {}", second.text);
+        n = 2;
+    }
+    let Some(spec) = spec(&name) else {
+        let err = match UNSUPPORTED.iter().find(|(k, _)| *k == name) {
+            Some((_, hint)) => source
+                .error(first.pos, format!("{name} is not an Earthfile command"))
+                .with_hint(*hint),
+            None if name == "SAVE" || name == "WITH" || name == "GIT" => source
+                .error(first.pos, format!("unknown command {name}"))
+                .with_hint(match name.as_str() {
+                    "SAVE" => "write SAVE ARTIFACT or SAVE IMAGE",
+                    "WITH" => "write WITH DOCKER",
+                    _ => "write GIT CLONE",
+                }),
+            None => {
+                let err = source.error(first.pos, format!("unknown command {name}"));
+                match did_you_mean(&name) {
+                    Some(s) => err.with_hint(format!("did you mean {s}?")),
+                    None => err,
+                }
+            }
+        };
+        return Err(err);
+    };
+    let mut flags = Vec::new();
+    let mut rest_at = None;
+    let mut idx = n;
+    while idx < words.len() {
+        let w = &words[idx];
+        let t = w.text.as_str();
+        if t == "--" && name == "RUN" {
+            rest_at = Some(idx + 1);
+            break;
+        }
+        let flag_name = if let Some(f) = t.strip_prefix("--") {
+            f
+        } else if name == "FROM DOCKERFILE" && t.starts_with("-f") {
+            &t[1..]
+        } else {
+            break;
+        };
+        if w.group {
+            break;
+        }
+        let (fname, inline) = match flag_name.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (flag_name, None),
+        };
+        let kind = if name == "VERSION" {
+            if !FEATURES.contains(&fname) {
+                return Err(source
+                    .error(w.pos, format!("unknown VERSION feature flag --{fname}"))
+                    .with_hint("berth knows the feature flags of Earthly 0.6 to 0.8"));
+            }
+            FlagKind::Bool
+        } else {
+            match spec.flags.iter().find(|(k, _)| *k == fname) {
+                Some((_, kind)) => *kind,
+                None => {
+                    let known: Vec<String> =
+                        spec.flags.iter().map(|(k, _)| format!("--{k}")).collect();
+                    let err = source.error(w.pos, format!("unknown flag --{fname} for {name}"));
+                    return Err(if known.is_empty() {
+                        err.with_hint(format!("{name} takes no flags"))
+                    } else {
+                        err.with_hint(format!("{name} takes {}", known.join(", ")))
+                    });
+                }
+            }
+        };
+        let value = match (kind, inline) {
+            (FlagKind::Bool, Some(v)) if v != "true" && v != "false" => {
+                return Err(source.error(
+                    w.pos,
+                    format!("--{fname} takes no value, or =true or =false; got {v:?}"),
+                ));
+            }
+            (FlagKind::Bool, v) => v,
+            (FlagKind::Value, Some(v)) => Some(v),
+            (FlagKind::Value, None) => {
+                idx += 1;
+                match words.get(idx) {
+                    Some(v) => Some(v.text.clone()),
+                    None => {
+                        return Err(source.error(w.pos, format!("--{fname} needs a value")));
+                    }
+                }
+            }
+        };
+        flags.push(Flag {
+            name: fname.to_string(),
+            value,
+            pos: w.pos,
+        });
+        idx += 1;
+    }
+    let arg_start = rest_at.unwrap_or(idx);
+    let args: Vec<Word> = words[arg_start.min(words.len())..].to_vec();
+    let rest = args
+        .first()
+        .map(|w| l.text[w.offset..].trim().to_string())
+        .unwrap_or_default();
+    if args.len() < spec.min || spec.max.is_some_and(|m| args.len() > m) {
+        let at = args.get(spec.max.unwrap_or(0)).map_or(first.pos, |w| w.pos);
+        let what = if args.len() < spec.min {
+            format!(
+                "{name} needs at least {} argument{}",
+                spec.min,
+                if spec.min == 1 { "" } else { "s" }
+            )
+        } else {
+            format!("too many arguments for {name}")
+        };
+        return Err(source
+            .error(if args.len() < spec.min { first.pos } else { at }, what)
+            .with_hint(format!("usage: {}", spec.usage)));
+    }
+    Ok(Command {
+        name,
+        pos: first.pos,
+        lines: l.lines,
+        flags,
+        args,
+        rest,
+        text: l.text.trim().to_string(),
+    })
+}
+
+/// A known command whose name is close to `name`.
+fn did_you_mean(name: &str) -> Option<&'static str> {
+    let upper = name.to_ascii_uppercase();
+    if let Some(c) = COMMANDS.iter().find(|c| c.name == upper) {
+        return Some(c.name);
+    }
+    COMMANDS
+        .iter()
+        .map(|c| (distance(&upper, c.name), c.name))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, n)| n)
+}
+
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut row = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            row.push(sub.min(prev[j + 1] + 1).min(row[j] + 1));
+        }
+        prev = row;
+    }
+    prev[b.len()]
+}
+
+fn parse_version(source: &Source, c: &Command) -> Result<Version, SourceError> {
+    let v = &c.args[0];
+    let minor = v
+        .text
+        .strip_prefix("0.")
+        .and_then(|m| m.parse::<u32>().ok())
+        .filter(|m| (6..=8).contains(m))
+        .ok_or_else(|| {
+            source
+                .error(v.pos, format!("unsupported VERSION {}", v.text))
+                .with_hint("berth runs Earthfiles of VERSION 0.6, 0.7 and 0.8")
+        })?;
+    Ok(Version {
+        minor,
+        features: c.flags.iter().map(|f| f.name.clone()).collect(),
+        pos: c.pos,
+    })
+}
+
+/// Commands → statements, blocks nested.
+fn statements(source: &Source, cmds: Vec<Command>) -> Result<Vec<Stmt>, SourceError> {
+    let mut it = cmds.into_iter().peekable();
+    let (body, end) = block(source, &mut it, None)?;
+    if let Some(end) = end {
+        return Err(source.error(end.pos, format!("{} without a block to close", end.name)));
+    }
+    Ok(body)
+}
+
+/// Statements until a block keyword that closes or continues `opener`'s block (returned).
+fn block(
+    source: &Source,
+    it: &mut Peekable<std::vec::IntoIter<Command>>,
+    opener: Option<&Command>,
+) -> Result<(Vec<Stmt>, Option<Command>), SourceError> {
+    let mut out = Vec::new();
+    while let Some(c) = it.next() {
+        match c.name.as_str() {
+            "END" | "ELSE" | "ELSE IF" | "FINALLY" => {
+                if opener.is_none() {
+                    return Err(source.error(c.pos, format!("{} without a block to close", c.name)));
+                }
+                return Ok((out, Some(c)));
+            }
+            "IF" => {
+                let mut branches = Vec::new();
+                let mut otherwise = None;
+                let mut head = c;
+                loop {
+                    let (body, end) = block(source, it, Some(&head))?;
+                    let end = closed(source, &head, end)?;
+                    match end.name.as_str() {
+                        "END" => {
+                            branches.push((head, body));
+                            break;
+                        }
+                        "ELSE IF" => {
+                            branches.push((head, body));
+                            head = end;
+                        }
+                        "ELSE" => {
+                            branches.push((head, body));
+                            let (body, last) = block(source, it, Some(&end))?;
+                            let last = closed(source, &end, last)?;
+                            if last.name != "END" {
+                                return Err(misplaced(source, &last, "ELSE"));
+                            }
+                            otherwise = Some(body);
+                            break;
+                        }
+                        _ => return Err(misplaced(source, &end, "IF")),
+                    }
+                }
+                out.push(Stmt::If {
+                    branches,
+                    otherwise,
+                });
+            }
+            "FOR" | "WAIT" | "WITH DOCKER" => {
+                let (body, end) = block(source, it, Some(&c))?;
+                let end = closed(source, &c, end)?;
+                if end.name != "END" {
+                    return Err(misplaced(source, &end, &c.name));
+                }
+                if c.name == "FOR" && c.args.get(1).is_none_or(|w| w.text != "IN") {
+                    return Err(source
+                        .error(c.pos, "FOR needs IN after the variable")
+                        .with_hint("usage: FOR [flags] <variable> IN <expression>"));
+                }
+                out.push(match c.name.as_str() {
+                    "FOR" => Stmt::For { head: c, body },
+                    "WAIT" => Stmt::Wait { head: c, body },
+                    _ => Stmt::WithDocker { head: c, body },
+                });
+            }
+            "TRY" => {
+                let (body, end) = block(source, it, Some(&c))?;
+                let end = closed(source, &c, end)?;
+                let finally = match end.name.as_str() {
+                    "END" => None,
+                    "FINALLY" => {
+                        let (f, end2) = block(source, it, Some(&end))?;
+                        let end2 = closed(source, &end, end2)?;
+                        if end2.name != "END" {
+                            return Err(misplaced(source, &end2, "TRY"));
+                        }
+                        Some(f)
+                    }
+                    _ => return Err(misplaced(source, &end, "TRY")),
+                };
+                out.push(Stmt::Try {
+                    head: c,
+                    body,
+                    finally,
+                });
+            }
+            _ => out.push(Stmt::Command(c)),
+        }
+    }
+    Ok((out, None))
+}
+
+/// The keyword that ended `opener`'s block, or an error if the recipe ended first.
+fn closed(source: &Source, opener: &Command, end: Option<Command>) -> Result<Command, SourceError> {
+    end.ok_or_else(|| {
+        source
+            .error(opener.pos, format!("{} without END", opener.name))
+            .with_hint("close the block with END at the end of the recipe at the latest")
+    })
+}
+
+fn misplaced(source: &Source, c: &Command, block: &str) -> SourceError {
+    source.error(c.pos, format!("{} cannot close a {block} block", c.name))
+}
+
+/// The words inside a `( … )` group, raw.
+pub(crate) fn group_words(text: &str) -> Vec<String> {
+    crate::frontend::dockerfile::expand::split_words(text, '\\')
+        .map(|ws| ws.into_iter().map(|w| w.text).collect())
+        .unwrap_or_else(|_| text.split_whitespace().map(str::to_string).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_line(text: &str) -> String {
+        match parse("Earthfile", text) {
+            Ok(_) => panic!("{text:?} should not parse"),
+            Err(e) => e.to_string().lines().next().unwrap().to_string(),
+        }
+    }
+
+    fn cmd(stmt: &Stmt) -> &Command {
+        match stmt {
+            Stmt::Command(c) => c,
+            other => panic!("not a command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn recipes_commands_flags_continuations_and_comments() {
+        let text = r##"# leading comment
+VERSION --use-cache-command --shell-out-anywhere 0.7
+FROM alpine:3.18  # trailing comment
+ARG --global NAME="a b"
+
+build:
+    # a comment inside a recipe
+    COPY --dir --chmod=0755 src \
+        other /app/
+    RUN --mount type=cache,target=/root/.cache \
+        --secret TOKEN=tok echo "#not a comment" '$HOME' a#b
+    SAVE ARTIFACT /app/bin AS LOCAL bin
+    SAVE IMAGE --push reg.invalid/app:1 reg.invalid/app:latest
+    COPY (+dep/file --X="1 2") ./
+    RUN ["echo", "exec form"]
+
+PRINT:
+    FUNCTION
+    ARG text
+    RUN echo $text
+"##;
+        let ef = parse("Earthfile", text).unwrap();
+        let v = ef.version.as_ref().unwrap();
+        assert_eq!(v.minor, 7);
+        assert_eq!(v.features, ["use-cache-command", "shell-out-anywhere"]);
+        assert_eq!(ef.base.len(), 2);
+        let from = cmd(&ef.base[0]);
+        assert_eq!((from.name.as_str(), from.args.len()), ("FROM", 1));
+        let arg = cmd(&ef.base[1]);
+        assert!(arg.flag("global"));
+        assert_eq!(arg.args[0].text, r#"NAME="a b""#);
+        let build = ef.target("build").unwrap();
+        assert_eq!(build.body.len(), 6);
+        let copy = cmd(&build.body[0]);
+        assert!(copy.flag("dir"));
+        assert_eq!(copy.value("chmod"), Some("0755"));
+        let args: Vec<&str> = copy.args.iter().map(|w| w.text.as_str()).collect();
+        assert_eq!(args, ["src", "other", "/app/"]);
+        assert_eq!((copy.lines.start, copy.lines.end), (8, 9));
+        assert_eq!(copy.args[1].pos, Pos { line: 9, column: 9 });
+        let run = cmd(&build.body[1]);
+        assert_eq!(run.values("mount"), ["type=cache,target=/root/.cache"]);
+        assert_eq!(run.value("secret"), Some("TOKEN=tok"));
+        assert_eq!(run.rest, r##"echo "#not a comment" '$HOME' a#b"##);
+        let save = cmd(&build.body[2]);
+        assert_eq!(save.name, "SAVE ARTIFACT");
+        assert_eq!(save.args.len(), 4);
+        let image = cmd(&build.body[3]);
+        assert!(image.flag("push"));
+        assert_eq!(image.args.len(), 2);
+        let group = &cmd(&build.body[4]).args[0];
+        assert!(group.group);
+        assert_eq!(group.text, r#"+dep/file --X="1 2""#);
+        assert_eq!(cmd(&build.body[5]).rest, r#"["echo", "exec form"]"#);
+        let f = ef.function("PRINT").unwrap();
+        assert_eq!(f.body.len(), 2, "FUNCTION itself is left out");
+        assert!(ef.target("PRINT").is_none());
+    }
+
+    #[test]
+    fn blocks_nest() {
+        let text = "VERSION 0.8\nt:\n    IF [ -f x ]\n        RUN a\n    ELSE IF --no-cache false\n        FOR x IN a b\n            RUN echo $x\n        END\n    ELSE\n        WAIT\n            BUILD +u\n        END\n    END\n    TRY\n        RUN b\n    FINALLY\n        SAVE ARTIFACT x\n    END\n    WITH DOCKER --load img=+u\n        RUN docker run img\n    END\nu:\n    FROM scratch\n";
+        let ef = parse("Earthfile", text).unwrap();
+        let t = ef.target("t").unwrap();
+        assert_eq!(t.body.len(), 3);
+        let Stmt::If {
+            branches,
+            otherwise,
+        } = &t.body[0]
+        else {
+            panic!("IF expected")
+        };
+        assert_eq!(branches.len(), 2);
+        assert_eq!(branches[0].0.rest, "[ -f x ]");
+        assert!(branches[1].0.flag("no-cache"));
+        assert!(matches!(branches[1].1[0], Stmt::For { .. }));
+        assert!(matches!(otherwise.as_deref(), Some([Stmt::Wait { .. }])));
+        assert!(matches!(&t.body[1], Stmt::Try { finally: Some(f), .. } if f.len() == 1));
+        let Stmt::WithDocker { head, body } = &t.body[2] else {
+            panic!("WITH DOCKER expected")
+        };
+        assert_eq!(head.value("load"), Some("img=+u"));
+        assert_eq!(body.len(), 1);
+    }
+
+    #[test]
+    fn errors_point_at_line_and_column() {
+        let cases = [
+            (
+                "VERSION 0.8\nt:\n    COPPY a b\n",
+                "Earthfile:3:5: unknown command COPPY",
+            ),
+            (
+                "VERSION 0.8\nt:\n    COPY --bogus a b\n",
+                "Earthfile:3:10: unknown flag --bogus for COPY",
+            ),
+            (
+                "VERSION --no-such-feature 0.8\n",
+                "Earthfile:1:9: unknown VERSION feature flag --no-such-feature",
+            ),
+            ("VERSION 0.5\n", "Earthfile:1:9: unsupported VERSION 0.5"),
+            (
+                "VERSION 0.8\nt:\nRUN x\n",
+                "Earthfile:3:1: RUN is not indented under a recipe",
+            ),
+            (
+                "VERSION 0.8\nt:\n    IF true\n    RUN x\n",
+                "Earthfile:3:5: IF without END",
+            ),
+            (
+                "VERSION 0.8\nt:\n    END\n",
+                "Earthfile:3:5: END without a block to close",
+            ),
+            (
+                "VERSION 0.8\nt:\n    COPY onlyone\n",
+                "Earthfile:3:5: COPY needs at least 2 arguments",
+            ),
+            (
+                "VERSION 0.8\nt:\n    RUN --mount\n",
+                "Earthfile:3:9: --mount needs a value",
+            ),
+            (
+                "VERSION 0.8\nt:\n  RUN a\nt:\n  RUN b\n",
+                "Earthfile:4:1: recipe t is defined twice",
+            ),
+            (
+                "VERSION 0.8\nt:\n    ADD a b\n",
+                "Earthfile:3:5: ADD is not an Earthfile command",
+            ),
+            (
+                "VERSION 0.8\nt:\n    RUN echo 'open\n",
+                "Earthfile:3:14: unterminated ' quote",
+            ),
+            (
+                "FROM a\nVERSION 0.8\n",
+                "Earthfile:2:1: VERSION must be the first command of the Earthfile",
+            ),
+            (
+                "VERSION 0.8\nt:\n    SAVE ARTIFACT --push x\n",
+                "Earthfile:3:19: unknown flag --push for SAVE ARTIFACT",
+            ),
+            (
+                "VERSION 0.8\nt:\n    SAVE IMAGE --push=yes x\n",
+                "Earthfile:3:16: --push takes no value, or =true or =false; got \"yes\"",
+            ),
+            (
+                "VERSION 0.8\nt:\n    FOR x a b\n    END\n",
+                "Earthfile:3:5: FOR needs IN after the variable",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(first_line(text), want, "for {text:?}");
+        }
+    }
+
+    #[test]
+    fn error_shows_the_line_and_a_hint() {
+        let err = parse("Earthfile", "VERSION 0.8\nt:\n    COPPY a b\n").unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains(" 3 |     COPPY a b\n   |     ^"), "{shown}");
+        assert!(shown.ends_with("hint: did you mean COPY?"), "{shown}");
+    }
+}

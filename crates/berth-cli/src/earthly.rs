@@ -1,0 +1,338 @@
+//! `berth +target` and `berth build +target`: Earthly's command line over
+//! [`berth_build::earth_build`].
+//!
+//! Earthly's form, `[flags] <target-ref> [--ARG=value…]`, puts build arguments after the
+//! target, where clap's subcommands cannot take them; so the command line is looked at
+//! before clap ([`intercept`]) and, when it names a target, parsed here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use berth_build::{EarthBuildOptions, EarthOutput, Progress, SecretSource};
+use clap::Parser;
+
+use crate::progress::{self, Mode};
+use crate::settings::{DockerArgs, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    about = "Run an Earthfile target: berth [flags] +target [--ARG=value…]"
+)]
+struct EarthCli {
+    /// Data directory (default: /var/lib/berth for root, else $XDG_DATA_HOME/berth).
+    #[arg(long, env = "BERTH_ROOT")]
+    root: Option<PathBuf>,
+    /// Config file (default: $XDG_CONFIG_HOME/berth/config.toml).
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Push `SAVE IMAGE --push` images and run `RUN --push` steps, after everything
+    /// else succeeded.
+    #[arg(long)]
+    push: bool,
+    /// CI mode: --no-output --strict, and EARTHLY_CI=true.
+    #[arg(long)]
+    ci: bool,
+    /// Refuse what is not repeatable (LOCALLY, which berth does not run anyway).
+    #[arg(long)]
+    strict: bool,
+    /// Write no local artifacts and load no images into Docker.
+    #[arg(long)]
+    no_output: bool,
+    /// Run every step; reuse nothing from cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Output only this artifact: --artifact +target/path [dest] (default dest: ./).
+    #[arg(long, num_args = 1..=2, value_names = ["TARGET/PATH", "DEST"])]
+    artifact: Option<Vec<String>>,
+    /// Output only the images of this target.
+    #[arg(long)]
+    image: Option<String>,
+    /// A secret: ID=VALUE, or ID to take the value from $ID (repeatable).
+    #[arg(long = "secret", short = 's')]
+    secrets: Vec<String>,
+    /// A secret from a file: ID=PATH (repeatable).
+    #[arg(long = "secret-file")]
+    secret_files: Vec<String>,
+    /// Grant an entitlement (repeatable): network.host.
+    #[arg(long = "allow", value_parser = |s: &str| s.parse::<berth_build::Entitlement>())]
+    allow: Vec<berth_build::Entitlement>,
+    /// Build for this platform (only the host's is supported).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Progress display.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: Mode,
+    /// Say why each step that runs was not taken from cache.
+    #[arg(long)]
+    explain: bool,
+    #[command(flatten)]
+    docker: DockerArgs,
+    /// The target: +target, ./dir+target, ../dir+target, host/org/repo[/path][:ref]+target.
+    target: Option<String>,
+    /// --ARG=value overrides of the target's ARGs.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    build_args: Vec<String>,
+}
+
+/// Whether `s` is a target reference as Earthly's command line takes it.
+fn is_target(s: &str) -> bool {
+    let Some((project, name)) = s.split_once('+') else {
+        return false;
+    };
+    let local = project.is_empty()
+        || project.starts_with("./")
+        || project.starts_with("../")
+        || project.starts_with('/');
+    // host/org/repo[/path][:ref]
+    let mut parts = project.split('/');
+    let host = parts.next().unwrap_or("");
+    let remote = (host.contains('.') || host.contains(':')) && parts.count() >= 2;
+    // `./dir+x/Dockerfile` is a path, not a target.
+    (local || remote)
+        && !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// If the command line names an Earthfile target, set up logging with `init_logging`,
+/// run it and return the exit code.
+pub fn intercept(init_logging: impl FnOnce()) -> Option<i32> {
+    let mut args: Vec<String> = std::env::args().collect();
+    // Past the global options to the command word.
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--root" | "--config" => i += 2,
+            a if a.starts_with("--root=") || a.starts_with("--config=") => i += 1,
+            _ => break,
+        }
+    }
+    let word = args.get(i)?.clone();
+    // A target (or --artifact, --image) anywhere after Earthly's own flags.
+    let names_target = |rest: &[String]| {
+        rest.iter().any(|a| {
+            is_target(a) || a == "--artifact" || a == "--image" || a.starts_with("--image=")
+        })
+    };
+    let earthly = if is_target(&word) {
+        true
+    } else if word.starts_with('-') && word != "-h" && word != "--help" && word != "-V" {
+        names_target(&args[i..])
+    } else if word == "build" {
+        let rest = &args[i + 1..];
+        let first_positional = rest.iter().find(|a| !a.starts_with('-'));
+        let is = first_positional.is_some_and(|a| is_target(a))
+            || rest
+                .iter()
+                .any(|a| a == "--artifact" || a == "--image" || a.starts_with("--image="));
+        if is {
+            args.remove(i);
+        }
+        is
+    } else {
+        false
+    };
+    if !earthly {
+        return None;
+    }
+    let cli = EarthCli::parse_from(args);
+    init_logging();
+    Some(match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("berth: error: {e:#}");
+            1
+        }
+    })
+}
+
+fn parse_secret(s: &str) -> Result<(String, SecretSource)> {
+    match s.split_once('=') {
+        Some((id, v)) => Ok((id.to_string(), SecretSource::Value(Arc::from(v.as_bytes())))),
+        None => {
+            if std::env::var_os(s).is_none() {
+                bail!("--secret {s}: no value given and ${s} is not set; write --secret {s}=VALUE");
+            }
+            Ok((s.to_string(), SecretSource::Env(s.to_string())))
+        }
+    }
+}
+
+fn run(cli: EarthCli) -> Result<()> {
+    let settings = Settings::load(cli.root.clone(), cli.config.as_deref())?;
+    if let Some(p) = &cli.platform {
+        let host = berth_build::image::host_platform();
+        if *p != format!("{}/{}", host.0, host.1) {
+            bail!(
+                "--platform {p}: berth builds for the host platform {}/{} only",
+                host.0,
+                host.1
+            );
+        }
+    }
+    let (target, output) = match (&cli.artifact, &cli.image, &cli.target) {
+        (Some(a), None, None) => {
+            let r = &a[0];
+            let plus = r.find('+').context("--artifact takes +target/path")?;
+            let slash = r[plus..]
+                .find('/')
+                .map(|s| s + plus)
+                .context("--artifact takes +target/path")?;
+            let dest = a.get(1).cloned().unwrap_or_else(|| "./".into());
+            let dest = std::env::current_dir()?.join(dest);
+            (
+                r[..slash].to_string(),
+                EarthOutput::Artifact {
+                    path: r[slash + 1..].to_string(),
+                    dest,
+                },
+            )
+        }
+        (None, Some(t), None) => (t.clone(), EarthOutput::Image),
+        (None, None, Some(t)) => (t.clone(), EarthOutput::Normal),
+        (None, None, None) => bail!("name a target: berth +target [--ARG=value…]"),
+        _ => bail!("give one of a target, --artifact or --image"),
+    };
+    let mut args = BTreeMap::new();
+    for a in &cli.build_args {
+        let Some((k, v)) = a.strip_prefix("--").and_then(|kv| kv.split_once('=')) else {
+            bail!(
+                "{a:?}: after the target come build arguments, --NAME=value; put berth's flags before the target"
+            );
+        };
+        args.insert(k.to_string(), v.to_string());
+    }
+    let mut secrets: HashMap<String, SecretSource> = HashMap::new();
+    for s in &cli.secrets {
+        let (id, src) = parse_secret(s)?;
+        secrets.insert(id, src);
+    }
+    for s in &cli.secret_files {
+        let (id, path) = s
+            .split_once('=')
+            .with_context(|| format!("--secret-file {s:?}: write ID=PATH"))?;
+        if !std::path::Path::new(path).is_file() {
+            bail!("--secret-file {s}: {path} is not a file");
+        }
+        secrets.insert(id.to_string(), SecretSource::File(PathBuf::from(path)));
+    }
+    let no_output = cli.no_output || cli.ci;
+    let build = settings.build(&cli.allow)?;
+    let tty = match cli.progress {
+        Mode::Tty => true,
+        Mode::Plain => false,
+        Mode::Auto => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let tty_view = tty.then(|| Arc::new(progress::Tty::new(cli.explain)));
+    let sink: Arc<dyn Progress> = match &tty_view {
+        Some(t) => t.clone(),
+        None => Arc::new(progress::Plain::new(cli.explain)),
+    };
+    let cancel = berth_build::Cancel::default();
+    let step_ca = settings
+        .network()
+        .step_bundle(&settings.root.join("tmp"))
+        .map_err(|e| anyhow::anyhow!("[network] ca_to_steps: {e}"))?;
+    let opts = EarthBuildOptions {
+        dir: std::env::current_dir()?,
+        target,
+        args,
+        secrets,
+        no_cache: cli.no_cache,
+        push: cli.push,
+        ci: cli.ci,
+        no_output,
+        output,
+        source_date_epoch: build.source_date_epoch,
+        proxy_env: build.proxy_env,
+        progress: sink,
+        cancel: cancel.clone(),
+        client: Some(Arc::new(settings.registry_client())),
+        compression: berth_build::Compression::Gzip,
+        allow: build.allow,
+        ca_bundle: step_ca.as_ref().map(|b| b.path().to_path_buf()),
+    };
+    let store = crate::open_store(&settings)?;
+    let executor: Arc<dyn berth_exec::Executor> =
+        Arc::new(berth_exec::Runc::new(&settings.root.join("exec"))?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let build = berth_build::earth_build(&settings.root, store.clone(), executor.clone(), opts);
+        tokio::pin!(build);
+        tokio::select! {
+            r = &mut build => r,
+            () = crate::shutdown_signal() => {
+                eprintln!("berth: canceling the build");
+                cancel.cancel();
+                executor.cancel();
+                build.await
+            }
+        }
+    });
+    if let Some(t) = &tty_view {
+        t.finish();
+    }
+    if cancel.is_canceled() {
+        eprintln!("berth: build canceled; nothing was recorded");
+        std::process::exit(130);
+    }
+    let result = result?;
+    let docker = settings.docker(&cli.docker);
+    for img in &result.images {
+        println!("{} {}", img.name, img.image_id);
+        if !no_output {
+            rt.block_on(crate::build::load_one(&store, &img.name, None, &docker))?;
+        }
+    }
+    if cli.push {
+        let client = settings.registry_client();
+        for img in result.images.iter().filter(|i| i.push) {
+            let dest: berth_oci::Reference = img.name.parse()?;
+            let digest = rt.block_on(crate::build::push_one(
+                &store,
+                &client,
+                &img.manifest,
+                &dest,
+            ))?;
+            println!("{}/{}@{digest}", dest.registry, dest.repository);
+        }
+    }
+    for a in &result.artifacts {
+        println!("{}", a.display());
+    }
+    eprintln!(
+        "built {} target{}: {} image{}, {} artifact{} written",
+        result.targets,
+        if result.targets == 1 { "" } else { "s" },
+        result.images.len(),
+        if result.images.len() == 1 { "" } else { "s" },
+        result.artifacts.len(),
+        if result.artifacts.len() == 1 { "" } else { "s" },
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn targets_are_told_from_paths() {
+        for t in [
+            "+build",
+            "./a+b",
+            "../x/y+z-1",
+            "/abs+t",
+            "github.com/org/repo:v1+t",
+        ] {
+            assert!(super::is_target(t), "{t}");
+        }
+        for p in [".", "./ctx", "./dir+x/Dockerfile", "app+1", "+", "A=+x"] {
+            assert!(!super::is_target(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,602 @@
+//! `berth +target`: the Earthfile corpus under tests/earthfiles, run with the real binary;
+//! images are checked by running them in dockerd, artifacts by reading them on disk.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// A berth root whose store holds the busybox fixture under the base image names the
+/// corpus uses, and a scratch folder for the cases.
+struct Env {
+    dir: tempfile::TempDir,
+    _base: BuildBase,
+}
+
+const BASE_NAMES: &[&str] = &[
+    "busybox:1.36",
+    "busybox:1.32.0",
+    "alpine:3.18",
+    "alpine:latest",
+    "node:13.10.1-alpine3.11",
+];
+
+impl Env {
+    /// `None` (skipped) without root, runc or busybox.
+    fn new() -> Option<Env> {
+        if !require_build() {
+            return None;
+        }
+        let base = BuildBase::new();
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("busybox.tar");
+        run(Command::new("tar")
+            .arg("-C")
+            .arg(base.layout())
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."));
+        let mut import = Command::new(berth_bin());
+        import
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("import");
+        for n in BASE_NAMES {
+            import.args(["-t", n]);
+        }
+        run(import.arg(&tar));
+        Some(Env { dir, _base: base })
+    }
+
+    /// A copy of corpus case `name` (a folder under tests/earthfiles), so outputs land
+    /// in the scratch folder.
+    fn case(&self, name: &str) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/earthfiles")
+            .join(name);
+        let dst = self.dir.path().join("cases").join(name);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        run(Command::new("cp").arg("-a").arg(&src).arg(&dst));
+        dst
+    }
+
+    /// A folder holding corpus file `file` as its Earthfile.
+    fn single(&self, file: &str) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/earthfiles")
+            .join(file);
+        let dst = self.dir.path().join("single").join(file.replace('/', "_"));
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::copy(&src, dst.join("Earthfile")).unwrap();
+        dst
+    }
+
+    /// `berth --root ROOT ARGS…` run in `cwd`.
+    fn berth(&self, cwd: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(berth_bin());
+        c.arg("--root")
+            .arg(self.dir.path().join("root"))
+            .args(args)
+            .current_dir(cwd)
+            .env("SOURCE_DATE_EPOCH", "0")
+            .env("BERTH_LOG", "warn");
+        c
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+fn docker_out(args: &[&str]) -> String {
+    run(Command::new(docker()).args(args))
+}
+
+fn docker_has(image: &str) -> bool {
+    Command::new(docker())
+        .args(["image", "inspect", image])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn earthfile_basic_images_and_artifacts() {
+    let Some(env) = Env::new() else { return };
+    if !require_docker() {
+        return;
+    }
+    let image = "berth-earthfile-test/basic:latest";
+    let _cleanup = DockerImages(vec![image.into()]);
+    let case = env.case("basic");
+    output_ok(&mut env.berth(&case, &["+all", "--progress", "plain"]));
+    // Artifacts of the BUILD-connected +build --NAME=earth.
+    assert_eq!(read(&case.join("dist/greeting.txt")), "hello earth dev\n");
+    assert_eq!(read(&case.join("dist/out-dir/ab.txt")), "a\nb\n");
+    assert_eq!(read(&case.join("dist/out-dir/app.conf")), "key=value\n");
+    assert_eq!(read(&case.join("dist/glob/ab.txt")), "a\nb\n");
+    assert!(case.join("dist/glob/greeting.txt").is_file());
+    assert!(!case.join("dist/glob/app.conf").exists());
+    // The image of +image, built FROM +build with its default NAME.
+    let ran = docker_out(&["run", "--rm", image]);
+    assert_eq!(ran, "hello world dev\nproduction\n");
+    let user = docker_out(&["run", "--rm", "--entrypoint", "id", image, "-u"]);
+    assert_eq!(user.trim(), "1000");
+    let inspect = docker_out(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Labels}} {{json .Config.ExposedPorts}} {{.Config.WorkingDir}}",
+        image,
+    ]);
+    assert_eq!(
+        inspect.trim(),
+        r#"{"org.example.case":"basic case"} {"8080/tcp":{}} /app"#
+    );
+    // ARG overrides after the target, for the invoked target and its global ARGs.
+    output_ok(&mut env.berth(
+        &case,
+        &["build", "+build", "--NAME=cli", "--VERSION_TAG=v2"],
+    ));
+    assert_eq!(read(&case.join("dist/greeting.txt")), "hello cli v2\n");
+}
+
+#[test]
+fn earthfile_output_rule_imports_and_functions() {
+    let Some(env) = Env::new() else { return };
+    if !require_docker() {
+        return;
+    }
+    let connected = "berth-earthfile-test/connected:latest";
+    let helper = "berth-earthfile-test/helper:latest";
+    let _cleanup = DockerImages(vec![connected.into(), helper.into()]);
+    let _ = Command::new(docker()).args(["rmi", "-f", helper]).output();
+    let case = env.case("outputs");
+    output_ok(&mut env.berth(&case, &["+all"]));
+    assert_eq!(
+        read(&case.join("out/both.txt")),
+        "from-connected\nvia function\n"
+    );
+    // --if-exists: missing sources copy and save nothing, and fail nothing.
+    assert!(!case.join("out/missing.txt").exists());
+    assert!(
+        !docker_out(&["run", "--rm", connected, "ls", "/"]).contains("missing"),
+        "nothing was copied"
+    );
+    // BUILD through an IMPORT alias: its AS LOCAL is relative to its own Earthfile.
+    assert_eq!(read(&case.join("lib/lib-out.txt")), "lib\n");
+    // +helper is only copied from: no artifact, no image.
+    assert!(!case.join("out/helper.txt").exists());
+    assert!(!docker_has(helper));
+    assert_eq!(
+        docker_out(&["run", "--rm", connected, "cat", "/both.txt"]),
+        "from-connected\nvia function\n"
+    );
+    // --no-output: nothing written on the host.
+    std::fs::remove_dir_all(case.join("out")).unwrap();
+    output_ok(&mut env.berth(&case, &["--no-output", "+all"]));
+    assert!(!case.join("out").exists());
+}
+
+#[test]
+fn earthfile_cache_persists_between_builds() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("cache");
+    output_ok(&mut env.berth(&case, &["+count", "--RUNID=1"]));
+    output_ok(&mut env.berth(&case, &["+count", "--RUNID=2"]));
+    assert_eq!(read(&case.join("runs.txt")), "1\n2\n");
+}
+
+#[test]
+fn earthfile_secrets_reach_run_as_variables() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("secrets");
+    let file = env.dir.path().join("file-secret");
+    std::fs::write(&file, "from-file").unwrap();
+    let file_arg = format!("file_tok={}", file.display());
+    output_ok(&mut env.berth(
+        &case,
+        &[
+            "--secret",
+            "tok=s3cret",
+            "--secret-file",
+            &file_arg,
+            "+secret",
+        ],
+    ));
+    assert_eq!(
+        read(&case.join("seen.txt")),
+        "token=s3cret file=from-file\n"
+    );
+    // A step that runs (a cached one needs no secret, as in BuildKit) and lacks it.
+    let out = output(&mut env.berth(&case, &["--no-cache", "+secret"]));
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("secret \"tok\" is required"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn earthfile_if_for_and_shell_outs_run_in_the_container() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("dynamic");
+    output_ok(&mut env.berth(&case, &["+dynamic"]));
+    assert_eq!(read(&case.join("out/branch")), "if-taken\nelse-if-taken\n");
+    assert_eq!(read(&case.join("out/list")), "one\ntwo\nthree\n");
+    assert_eq!(
+        read(&case.join("out/seen")),
+        "seen branch\nseen list\nseen marker\n"
+    );
+    // Answers are cached like steps: the same build again gives the same outputs.
+    std::fs::remove_dir_all(case.join("out")).unwrap();
+    output_ok(&mut env.berth(&case, &["+dynamic"]));
+    assert_eq!(read(&case.join("out/list")), "one\ntwo\nthree\n");
+}
+
+#[test]
+fn earthfile_from_dockerfile_uses_the_dockerfile_frontend() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("dockerfile");
+    output_ok(&mut env.berth(&case, &["+image"]));
+    assert_eq!(
+        read(&case.join("both.txt")),
+        "from-earthfile\nfile in the Dockerfile's context\n"
+    );
+}
+
+#[test]
+fn earthfile_run_push_runs_only_with_push() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("push");
+    output_ok(&mut env.berth(&case, &["+pushed"]));
+    output_ok(&mut env.berth(&case, &["+read"]));
+    assert_eq!(read(&case.join("events.txt")), "build\n");
+    output_ok(&mut env.berth(&case, &["--push", "+pushed"]));
+    output_ok(&mut env.berth(&case, &["+read"]));
+    assert_eq!(read(&case.join("events.txt")), "build\npush\n");
+}
+
+#[test]
+fn earthfile_save_image_push_pushes_only_with_push() {
+    let Some(env) = Env::new() else { return };
+    if !require("skopeo") {
+        return;
+    }
+    let reg = Berth::serve(&env.dir.path().join("registry"), &[]);
+    let case = env.case("push");
+    let arg = format!("--REGISTRY={}", reg.addr);
+    let reference = format!("{}/earth/pushed:1", reg.addr);
+    // --no-output: the image stays in berth's store (no Docker needed).
+    output_ok(&mut env.berth(&case, &["--no-output", "+image", &arg]));
+    let inspect = output(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]));
+    assert!(!inspect.success, "nothing is pushed without --push");
+    let out = output_ok(&mut env.berth(&case, &["--no-output", "--push", "+image", &arg]));
+    let digest = served_digest(&reference);
+    assert!(
+        out.stdout
+            .contains(&format!("{}/earth/pushed@{digest}", reg.addr)),
+        "{}",
+        out.stdout
+    );
+}
+
+/// `git daemon` over repositories below `base`, on 127.0.0.1; killed on drop.
+struct GitDaemon(std::process::Child, String);
+
+impl GitDaemon {
+    fn start(base: &Path) -> GitDaemon {
+        let port = free_port();
+        // git-daemon itself, not `git daemon`, whose git parent would leave it running
+        // (with the test's output pipe) when killed.
+        let exec_path = run(Command::new("git").arg("--exec-path"));
+        let child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--base-path={}", base.display()))
+            .arg(format!("--port={port}"))
+            .arg(base)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start git daemon");
+        let addr = format!("127.0.0.1:{port}");
+        wait_listening(&addr);
+        GitDaemon(child, addr)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Commit `files` (path, text) to branch main of the bare repository `bare`.
+fn commit_to(bare: &Path, work: &Path, files: &[(&str, &str)]) {
+    if !work.exists() {
+        run(Command::new("git").arg("clone").arg(bare).arg(work));
+    }
+    for (path, text) in files {
+        let f = work.join(path);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, text).unwrap();
+    }
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(work)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args));
+    };
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "change"]);
+    git(&["push", "-q", "origin", "HEAD:main"]);
+}
+
+#[test]
+fn earthfile_remote_references_are_fetched_with_git_and_cached_by_commit() {
+    let Some(env) = Env::new() else { return };
+    if !require("git") {
+        return;
+    }
+    let repos = env.dir.path().join("repos");
+    let bare = repos.join("org/lib.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    run(Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "main"])
+        .arg(&bare));
+    let work = env.dir.path().join("lib-work");
+    let lib = |value: &str| {
+        format!(
+            "VERSION 0.8\nFROM busybox:1.36\nartifact:\n    COPY value.txt /\n    SAVE ARTIFACT /value.txt remote.txt\nFN:\n    FUNCTION\n    RUN echo {value} > /from-function\n"
+        )
+    };
+    commit_to(
+        &bare,
+        &work,
+        &[
+            ("Earthfile", &lib("one")),
+            ("value.txt", "remote one\n"),
+            (
+                "sub/Earthfile",
+                "VERSION 0.8\nother:\n    FROM busybox:1.36\n    RUN echo sub > /sub.txt\n    SAVE ARTIFACT /sub.txt AS LOCAL sub-out.txt\n",
+            ),
+        ],
+    );
+    let daemon = GitDaemon::start(&repos);
+    let case = env.dir.path().join("remote-case");
+    std::fs::create_dir_all(&case).unwrap();
+    std::fs::write(
+        case.join("Earthfile"),
+        format!(
+            "VERSION 0.8\nIMPORT {addr}/org/lib:main AS lib\nFROM busybox:1.36\nuse:\n    COPY lib+artifact/remote.txt /\n    DO lib+FN\n    RUN cat /remote.txt /from-function > /both\n    SAVE ARTIFACT /both AS LOCAL both.txt\n    BUILD {addr}/org/lib/sub:main+other\n",
+            addr = daemon.1
+        ),
+    )
+    .unwrap();
+    // https://ADDR/org/lib.git, pointed at the git daemon the way any git client is.
+    let berth = |args: &[&str]| {
+        let mut c = env.berth(&case, args);
+        c.env("GIT_CONFIG_COUNT", "1")
+            .env(
+                "GIT_CONFIG_KEY_0",
+                format!("url.git://{}/.insteadOf", daemon.1),
+            )
+            .env("GIT_CONFIG_VALUE_0", format!("https://{}/", daemon.1));
+        c
+    };
+    output_ok(&mut berth(&["+use"]));
+    assert_eq!(read(&case.join("both.txt")), "remote one\none\n");
+    let cache = env.dir.path().join("root/cache/earthly-git");
+    let checkouts = || std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(checkouts(), 1, "one checkout per commit");
+    // AS LOCAL of a remote target is relative to its own Earthfile: in the checkout,
+    // not beside the invoking one.
+    assert!(!case.join("sub-out.txt").exists());
+    // A new commit on main: fetched anew, the old checkout stays.
+    commit_to(
+        &bare,
+        &work,
+        &[("Earthfile", &lib("two")), ("value.txt", "remote two\n")],
+    );
+    output_ok(&mut berth(&["+use"]));
+    assert_eq!(read(&case.join("both.txt")), "remote two\ntwo\n");
+    assert_eq!(checkouts(), 2);
+    // The invocation itself may name a remote target.
+    let out = env.dir.path().join("remote-artifact");
+    let dest = format!("{}/", out.display());
+    let target = format!("{}/org/lib:main+artifact/remote.txt", daemon.1);
+    output_ok(&mut berth(&["--artifact", &target, &dest]));
+    assert_eq!(read(&out.join("remote.txt")), "remote two\n");
+}
+
+#[test]
+fn earthfile_builtin_args_come_from_the_git_repository() {
+    let Some(env) = Env::new() else { return };
+    if !require("git") {
+        return;
+    }
+    let case = env.case("builtins");
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(&case)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args))
+        .trim()
+        .to_string()
+    };
+    git(&["init", "-q", "-b", "feature/x"]);
+    git(&[
+        "remote",
+        "add",
+        "origin",
+        "https://git.example.invalid/org/repo.git",
+    ]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "one", "--date=@1700000000"]);
+    let hash = git(&["rev-parse", "HEAD"]);
+    let epoch = git(&["log", "-1", "--format=%ct"]);
+    output_ok(&mut env.berth(&case, &["--ci", "+builtins"]));
+    // --ci writes nothing: run again for the artifact.
+    assert!(!case.join("builtins.txt").exists());
+    output_ok(&mut env.berth(&case, &["+builtins"]));
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    let want = [
+        hash.clone(),
+        hash[..8].to_string(),
+        "feature/x".into(),
+        "https://git.example.invalid/org/repo.git".into(),
+        epoch,
+        "+builtins".into(),
+        "builtins".into(),
+        "false".into(),
+        "false".into(),
+        format!("linux/{arch}"),
+        format!("linux/{arch}"),
+    ];
+    let got = read(&case.join("builtins.txt"));
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn earthfile_artifact_flag_outputs_one_artifact() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("basic");
+    let dest = env.dir.path().join("only");
+    let dest_arg = format!("{}/", dest.display());
+    output_ok(&mut env.berth(&case, &["--artifact", "+build/greeting.txt", &dest_arg]));
+    assert_eq!(read(&dest.join("greeting.txt")), "hello world dev\n");
+    assert!(!case.join("dist").exists(), "--artifact saves nothing else");
+}
+
+#[test]
+fn earthfile_errors_name_file_line_and_column() {
+    let Some(env) = Env::new() else { return };
+    let cases = [
+        (
+            "errors/unknown-command.earth",
+            "+t",
+            "Earthfile:4:5: unknown command COPPY",
+        ),
+        (
+            "errors/unknown-flag.earth",
+            "+t",
+            "Earthfile:4:19: unknown flag --kep-ts for SAVE ARTIFACT",
+        ),
+        (
+            "errors/required-arg.earth",
+            "+t",
+            "Earthfile:4:20: ARG NAME is required but was not given",
+        ),
+        (
+            "errors/cycle.earth",
+            "+a",
+            "Earthfile:6:10: cycle: +a -> +b -> +a",
+        ),
+        (
+            "errors/missing-artifact.earth",
+            "+t",
+            "Earthfile:5:19: SAVE ARTIFACT /missing: /missing does not exist in +t",
+        ),
+        (
+            "errors/bad-reference.earth",
+            "+t",
+            "Earthfile:4:10: target +nowhere not found in Earthfile; its targets are: t",
+        ),
+        (
+            "errors/unreachable-remote.earth",
+            "+t",
+            "Earthfile:4:11: registry.invalid/org/repo:main: git ls-remote https://registry.invalid/org/repo.git main failed: ",
+        ),
+    ];
+    for (file, target, want) in cases {
+        let dir = if file.ends_with("/Earthfile") {
+            env.case(Path::new(file).parent().unwrap().to_str().unwrap())
+        } else {
+            env.single(file)
+        };
+        let out = output(&mut env.berth(&dir, &[target]));
+        assert!(!out.success, "{file} should fail");
+        let first = out
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("berth: error: "))
+            .unwrap_or_else(|| panic!("{file}: no error line in:\n{}", out.stderr));
+        // Git's own words end the unreachable remote's message.
+        if want.ends_with(": ") {
+            assert!(first.starts_with(want), "{file}: {first}");
+        } else {
+            assert_eq!(first, want, "{file}:\n{}", out.stderr);
+        }
+        // The offending line is shown under the message.
+        assert!(out.stderr.contains(" | "), "{file}: {}", out.stderr);
+    }
+}
+
+/// Earthly's own examples and tests, unchanged, on the local base images.
+#[test]
+fn earthfile_earthly_examples_run_unchanged() {
+    let Some(env) = Env::new() else { return };
+    if !require_docker() {
+        return;
+    }
+    let _cleanup = DockerImages(vec!["bare:latest".into()]);
+    // examples/import: a target and an artifact through a local IMPORT path.
+    let import = env.case("earthly/examples/import");
+    let out_dir = env.dir.path().join("import-out");
+    let dest = format!("{}/", out_dir.display());
+    output_ok(&mut env.berth(
+        &import,
+        &["--artifact", "./some/local/path+get-file/file.txt", &dest],
+    ));
+    assert_eq!(
+        read(&out_dir.join("file.txt")),
+        read(&import.join("some/local/path/file.txt"))
+    );
+    // examples/monorepo: html and js artifacts.
+    let mono = env.case("earthly/examples/monorepo");
+    let web = env.dir.path().join("web");
+    let dest = format!("{}/", web.display());
+    output_ok(&mut env.berth(&mono, &["--artifact", "./html+html/*", &dest]));
+    output_ok(&mut env.berth(&mono, &["--artifact", "./js+build/index.js", &dest]));
+    assert_eq!(
+        read(&web.join("index.html")),
+        read(&mono.join("html/index.html"))
+    );
+    assert_eq!(read(&web.join("index.js")), read(&mono.join("js/index.js")));
+    // tests/*.earth that need no network.
+    for (file, args) in [
+        ("earthly/tests/env.earth", vec!["+test"]),
+        ("earthly/tests/end-comment.earth", vec!["+test"]),
+        ("earthly/tests/ci-arg.earth", vec!["--ci", "+ci-test"]),
+        ("earthly/tests/ci-arg.earth", vec!["+ci-test"]),
+        (
+            "earthly/tests/version/multi-line-with-args.earth",
+            vec!["+test"],
+        ),
+        ("earthly/tests/fail-invalid-artifact.earth", vec!["+test"]),
+    ] {
+        let dir = env.single(file);
+        output_ok(&mut env.berth(&dir, &args));
+    }
+    let dir = env.single("earthly/tests/non-transitive-args2.earth");
+    output_ok(&mut env.berth(&dir, &["+arg-target"]));
+    assert_eq!(read(&dir.join("default")), "content\n");
+    output_ok(&mut env.berth(&dir, &["+arg-target", "--SOMEARG=other"]));
+    assert_eq!(read(&dir.join("other")), "content\n");
+    let dir = env.single("earthly/tests/scratch-test.earth");
+    output_ok(&mut env.berth(&dir, &["+test"]));
+    assert!(docker_has("bare:latest"));
+}

@@ -1,0 +1,7 @@
+function component() {
+    const element = document.createElement('div');
+    element.innerHTML = "hello world"
+    return element;
+}
+
+document.body.appendChild(component());
