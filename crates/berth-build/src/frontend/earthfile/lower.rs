@@ -1646,6 +1646,7 @@ impl Lowerer<'_> {
             network,
             mounts,
             proxy_env: self.opts.proxy_env.clone(),
+            ..ExecOp::default()
         };
         Ok((exec, extra))
     }
