@@ -429,10 +429,8 @@ impl Client {
             })
         };
         let cached = self.tokens.lock().expect("tokens").get(&token_key).cloned();
-        let resp = build(cached.clone())?
-            .send()
-            .await
-            .map_err(|e| transport(&url, e))?;
+        let retry = req.retryable();
+        let resp = send_once_more(|| build(cached.clone()), retry, &url).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -462,10 +460,7 @@ impl Client {
             .lock()
             .expect("tokens")
             .insert(token_key, auth.clone());
-        let resp = build(Some(auth))?
-            .send()
-            .await
-            .map_err(|e| transport(&url, e))?;
+        let resp = send_once_more(|| build(Some(auth.clone())), retry, &url).await?;
         if matches!(
             resp.status(),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
@@ -893,6 +888,11 @@ impl<'a> Req<'a> {
             mount_from: None,
         }
     }
+
+    /// May be sent again after a failure: GET or HEAD, with no body.
+    fn retryable(&self) -> bool {
+        matches!(self.method, Method::GET | Method::HEAD) && matches!(self.body, Body::Empty)
+    }
 }
 
 fn tokio_util_stream(
@@ -946,6 +946,39 @@ pub(crate) fn speaks_registry_api(resp: &Response) -> bool {
         || resp
             .headers()
             .contains_key("docker-distribution-api-version")
+}
+
+/// Sends the request `build` makes; if it may be repeated (`retry`: GET or HEAD without a
+/// body) and failed because the server or a proxy closed a kept-alive connection just as
+/// it was reused, sends it once more on a new connection, as Go's and Docker's clients do.
+/// (A proxy such as tinyproxy closes its end between requests without saying so.)
+async fn send_once_more(
+    build: impl Fn() -> Result<reqwest::RequestBuilder>,
+    retry: bool,
+    url: &str,
+) -> Result<reqwest::Response> {
+    match build()?.send().await {
+        Err(e) if retry && closed_under_us(&e) => {
+            tracing::debug!(url, error = %e, "connection closed as it was reused; sending again");
+            build()?.send().await.map_err(|e| transport(url, e))
+        }
+        r => r.map_err(|e| transport(url, e)),
+    }
+}
+
+/// The connection was closed before any answer came (hyper's "incomplete message").
+fn closed_under_us(e: &reqwest::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        let text = s.to_string();
+        if text.contains("connection closed before message completed")
+            || text.contains("connection reset")
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 pub(crate) fn transport(url: &str, e: reqwest::Error) -> Error {
