@@ -39,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+mod bases;
 mod build;
 mod error;
 mod export;
@@ -53,6 +54,7 @@ mod secrets;
 mod solver;
 mod ssh;
 
+pub use bases::ResolvePolicy;
 pub use berth_exec::Stream;
 pub use berth_snapshot::Compression;
 pub use build::{BuildOptions, BuildResult, OutputSpec, build, rfc3339};

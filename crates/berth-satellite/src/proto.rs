@@ -177,6 +177,13 @@ pub struct BuildRequest {
     pub push: bool,
     #[prost(map = "string, message", tag = "16")]
     pub credentials: ::std::collections::HashMap<::prost::alloc::string::String, Credential>,
+    /// Resolve every base image tag against its registry (`--pull`), even when the
+    /// satellite's store has it; else a stored tag is used as is, unless its resolution
+    /// is older than `resolve_ttl_secs` (the client's `[build] resolve_ttl`).
+    #[prost(bool, tag = "17")]
+    pub pull: bool,
+    #[prost(uint64, optional, tag = "18")]
+    pub resolve_ttl_secs: ::core::option::Option<u64>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
