@@ -220,7 +220,11 @@ pub async fn build(
             h.empty_layer = true;
         }
     }
-    let exported: Exported = export::export_image(&store, layers, config, &opts.tags)?;
+    // A rebuild that changed nothing keeps its image (and writes nothing), as BuildKit's.
+    let exported: Exported = match export::unchanged_image(&store, layers, &config, &opts.tags) {
+        Some(same) => same,
+        None => export::export_image(&store, layers, config, &opts.tags)?,
+    };
     for out in &opts.outputs {
         match out {
             OutputSpec::OciTar(dest) => export::export_oci_tar(

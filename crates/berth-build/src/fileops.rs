@@ -233,7 +233,10 @@ pub struct CachedSum {
 }
 
 /// Content hashes of one context directory, by relative path.
-pub type SumCache = std::sync::Mutex<HashMap<String, CachedSum>>;
+pub type SumMap = HashMap<String, CachedSum>;
+
+/// [`SumMap`] shared by the steps of a build.
+pub type SumCache = std::sync::Mutex<SumMap>;
 
 /// Content checksum of the matched sources: names, types, modes, link targets and file
 /// contents — never timestamps — so a touched but unchanged file keeps the cache. Also

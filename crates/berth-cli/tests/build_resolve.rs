@@ -219,6 +219,72 @@ fn no_op_rebuild_sends_no_request_unless_pull_or_ttl() {
     check_store(&root);
 }
 
+/// The unpacked base survives `berth prune` (as Docker keeps its images extracted), and
+/// `prune --all` frees it too.
+#[test]
+fn unpacked_bases_survive_prune_unless_all() {
+    if !require_build() || !require("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_reg, relay) = registry(dir.path());
+    let ctx = ctx(dir.path(), &format!("{}/base/busybox:v1", relay.addr));
+    let root = dir.path().join("root");
+    output_ok(berth_build(&root).arg(&ctx));
+    // The busybox fixture has one layer: its chain is its diff ID.
+    let layout = dir.path().join("layout");
+    let blob = |d: &str| {
+        let hex = d.trim_start_matches("sha256:");
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap(),
+        )
+        .unwrap()
+    };
+    let manifest = blob(&layout_digest(&layout));
+    let config = blob(manifest["config"]["digest"].as_str().unwrap());
+    let base_chain = config["rootfs"]["diff_ids"][0]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let snapshots = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root.join("snapshots/layers"))
+            .map(|it| {
+                it.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert!(snapshots().contains(&base_chain), "{:?}", snapshots());
+    let prune = |extra: &[&str]| {
+        output_ok(
+            Command::new(berth_bin())
+                .arg("--root")
+                .arg(&root)
+                .arg("prune")
+                .args(extra),
+        )
+    };
+    prune(&[]);
+    assert_eq!(
+        snapshots(),
+        [base_chain.clone()],
+        "prune kept more or less than the base"
+    );
+    prune(&["--all"]);
+    assert_eq!(
+        snapshots(),
+        Vec::<String>::new(),
+        "prune --all kept the base"
+    );
+    // The base is still an image of the store; a build unpacks it again.
+    output_ok(berth_build(&root).arg(&ctx));
+    assert!(snapshots().contains(&base_chain));
+}
+
 #[test]
 fn satellite_no_op_rebuild_sends_no_request_unless_pull() {
     if !require_build() || !require("skopeo") {

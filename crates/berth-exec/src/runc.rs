@@ -24,6 +24,8 @@ pub struct Runc {
     state: PathBuf,
     canceled: std::sync::Arc<std::sync::atomic::AtomicBool>,
     nets: crate::net::NetPool,
+    /// A step network was made in advance ([`Executor::prepare`]).
+    prepared: std::sync::Once,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -49,6 +51,7 @@ impl Runc {
             state: root.join("runc"),
             canceled: Default::default(),
             nets: Default::default(),
+            prepared: std::sync::Once::new(),
         };
         for d in [&r.bundles, &r.state] {
             fs::create_dir_all(d).map_err(io("create directory", d))?;
@@ -56,7 +59,8 @@ impl Runc {
         private_dir(&r.configs)?;
         berth_snapshot::owner::register(&r.owners()).map_err(io("register in", &r.owners()))?;
         r.clean_leftovers();
-        r.nets.prewarm();
+        // The step network made in advance waits for `prepare`: a no-op rebuild needs
+        // none, and making one costs a namespace, `ip` and a slirp4netns process.
         Ok(r)
     }
 
@@ -223,6 +227,10 @@ impl Executor for Runc {
     fn cancel(&self) {
         // Each running container has a watcher that sees this and kills it.
         self.canceled.store(true, Ordering::SeqCst);
+    }
+
+    fn prepare(&self) {
+        self.prepared.call_once(|| self.nets.prewarm());
     }
 }
 
