@@ -317,3 +317,53 @@ fn satellite_no_op_rebuild_sends_no_request_unless_pull() {
         pulled.stderr
     );
 }
+
+/// A rebuild that changed nothing keeps its image (ID and creation time, as BuildKit
+/// does) and writes nothing: no blob, no step history, no checksum cache. A change
+/// makes a new image.
+#[test]
+fn a_no_op_rebuild_keeps_its_image_and_writes_nothing() {
+    if !require_build() {
+        return;
+    }
+    let p = Project::new();
+    let ctx = p.context("ctx", "COPY a.txt /a.txt\nRUN cat /a.txt > /b.txt\n");
+    std::fs::write(ctx.join("a.txt"), "one\n").unwrap();
+    let root = p.path("root");
+    // No SOURCE_DATE_EPOCH: the config's `created` is the build's time.
+    let build = || {
+        output_ok(
+            berth_build(&root)
+                .env_remove("SOURCE_DATE_EPOCH")
+                .args(["-t", "fast:1"])
+                .arg(&ctx),
+        )
+    };
+    let first = build();
+    let files = |dir: &str| -> Vec<(String, std::time::SystemTime)> {
+        let mut out = Vec::new();
+        let mut todo = vec![root.join(dir)];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    todo.push(e.path());
+                } else {
+                    out.push((e.path().display().to_string(), m.modified().unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let before = (files("blobs"), files("cache/history"), files("cache/sums"));
+    // A second later, so a new `created` would differ.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = build();
+    assert_eq!(again.manifest(), first.manifest(), "{}", again.stderr);
+    let after = (files("blobs"), files("cache/history"), files("cache/sums"));
+    assert_eq!(after, before, "a no-op wrote blobs, history or checksums");
+    std::fs::write(ctx.join("a.txt"), "two\n").unwrap();
+    let changed = build();
+    assert_ne!(changed.manifest(), first.manifest());
+}
