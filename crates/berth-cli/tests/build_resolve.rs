@@ -271,7 +271,7 @@ fn unpacked_bases_survive_prune_unless_all() {
     prune(&[]);
     assert_eq!(
         snapshots(),
-        [base_chain.clone()],
+        std::slice::from_ref(&base_chain),
         "prune kept more or less than the base"
     );
     prune(&["--all"]);
