@@ -74,6 +74,7 @@ debian_layout() {
 #   small  bench/projects/small (busybox base)
 #   large  bench/projects/large/generate.sh (Debian + gcc base)
 #   incremental  large with Dockerfile.incremental (objects in a cache mount)
+#   regapp  bench/projects/regapp/generate.sh (Debian + gcc base, from a registry)
 prepare_project() {
 	local p=$1 ctx=$work/ctx-$1
 	rm -rf "$ctx"
@@ -84,6 +85,10 @@ prepare_project() {
 		"$here/projects/large/generate.sh" "$ctx" "$LARGE_MODULES" "$LARGE_FILES" "$LARGE_BUILT"
 		[[ $p == incremental ]] && cp "$here/projects/large/Dockerfile.incremental" "$ctx/Dockerfile"
 		;;
+	regapp)
+		debian_layout
+		"$here/projects/regapp/generate.sh" "$ctx" "${REGAPP_CFILES:-120}" "${REGAPP_ASSETS:-3000}"
+		;;
 	*) die "unknown project $p" ;;
 	esac
 	CHANGED[$p]=$(changed_file "$p")
@@ -93,6 +98,7 @@ changed_file() {
 	case $1 in
 	small) echo src/notes-05.txt ;;
 	large | incremental) echo modules/m00/m00_f000.c ;;
+	regapp) echo assets/d00/asset-0000.txt ;;
 	esac
 }
 # set_source PROJECT REV: rev 0 is the original file; rev N > 0 a new content.
@@ -101,7 +107,7 @@ set_source() {
 	cp "$work/orig-$p" "$f"
 	((rev == 0)) && return
 	case $p in
-	small) echo "line rev: changed $rev" >> "$f" ;;
+	small | regapp) echo "line rev: changed $rev" >> "$f" ;;
 	large | incremental) sed -i "s/^#define BENCH_REV 0$/#define BENCH_REV $rev/" "$f" ;;
 	esac
 }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use berth_oci::Digest;
 use berth_store::Store;
 
+use crate::bases::{Bases, ResolvePolicy};
 use crate::error::{BuildError, Result};
 use crate::export::{self, Exported};
 use crate::frontend::dockerfile::Dockerfile;
-use crate::frontend::dockerfile::lower::{LowerOptions, lower};
-use crate::image;
+use crate::frontend::dockerfile::lower::{LowerOptions, base_references, lower};
 use crate::pattern::Ignore;
 use crate::solver::{Cancel, Output, Progress, SecretSource, SolveOptions, Solver, build_id};
 
@@ -55,6 +55,9 @@ pub struct BuildOptions {
     pub cancel: Cancel,
     /// Registry client for base images not in the store (`None`: no pulls).
     pub client: Option<Arc<berth_client::Client>>,
+    /// When a base image tag the store has is resolved against its registry again
+    /// (default: never, as `docker build`; `--pull`: always).
+    pub resolve: ResolvePolicy,
     /// How the image's own layers are compressed (new ones, and cached ones made
     /// another way, which are converted).
     pub compression: berth_snapshot::Compression,
@@ -136,7 +139,13 @@ pub async fn build(
     // may mean pulling them: both run on a blocking thread (which waits for the async
     // pulls), so a cancel is seen while they run; each checks it as it goes.
     let handle = tokio::runtime::Handle::current();
-    let (store2, client, cancel) = (store.clone(), opts.client.clone(), opts.cancel.clone());
+    let bases = Arc::new(Bases::new(
+        store.clone(),
+        opts.client.clone(),
+        opts.resolve,
+        opts.progress.clone(),
+    ));
+    let (store2, cancel) = (store.clone(), opts.cancel.clone());
     // `berth rmi` refuses the base images this build holds until it ends.
     let holds = Arc::new(std::sync::Mutex::new(Vec::new()));
     let holds2 = holds.clone();
@@ -145,14 +154,11 @@ pub async fn build(
         for w in df.checked_warnings()? {
             tracing::warn!("{name}:{}: {} [{}]", w.line, w.message, w.rule);
         }
-        let pull = |r: &str| -> Result<Digest> {
-            let client = client
-                .as_ref()
-                .ok_or_else(|| BuildError::Image(format!("image {r} is not in berth's store")))?;
-            handle.block_on(image::pull(client, &store2, r))
-        };
+        // Every base the target needs at once, rather than one at a time as met.
+        let needed = base_references(&df, &lower_opts)?;
+        handle.block_on(bases.prefetch(&needed));
         lower(&df, &lower_opts, &mut |r| {
-            let resolved = image::resolve(&store2, r, Some(&pull))?;
+            let resolved = bases.resolve_blocking(&handle, r)?;
             let hold = store2.hold_image(&resolved.manifest)?;
             holds2.lock().expect("image holds").push(hold);
             Ok(resolved)
@@ -214,7 +220,11 @@ pub async fn build(
             h.empty_layer = true;
         }
     }
-    let exported: Exported = export::export_image(&store, layers, config, &opts.tags)?;
+    // A rebuild that changed nothing keeps its image (and writes nothing), as BuildKit's.
+    let exported: Exported = match export::unchanged_image(&store, layers, &config, &opts.tags) {
+        Some(same) => same,
+        None => export::export_image(&store, layers, config, &opts.tags)?,
+    };
     for out in &opts.outputs {
         match out {
             OutputSpec::OciTar(dest) => export::export_oci_tar(

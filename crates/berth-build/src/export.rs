@@ -172,6 +172,67 @@ pub fn export_image(
     })
 }
 
+/// The image every one of `tags` names already, if it is the one [`export_image`] would
+/// write but for its timestamps (`created`, top-level and in the history): a rebuild
+/// that changed nothing. As with BuildKit, such a rebuild keeps the image, its ID and
+/// its creation time, and writes nothing (no config, manifest, links or tags).
+pub fn unchanged_image(
+    store: &Store,
+    layers: &[Layer],
+    config: &ImageConfig,
+    tags: &[String],
+) -> Option<Exported> {
+    let repos = store.repos();
+    let mut found: Option<Digest> = None;
+    for t in tags {
+        let written = berth_oci::WrittenReference::parse(t).ok()?;
+        let d = repos
+            .tag(&written.local_repository(), written.tag_or_latest())
+            .ok()??;
+        if found.as_ref().is_some_and(|f| *f != d) {
+            return None;
+        }
+        found = Some(d);
+    }
+    let manifest = found?;
+    let manifest_bytes = store.read_blob(&manifest).ok()??;
+    let (m, mt) = berth_oci::Manifest::parse(&manifest_bytes, None).ok()?;
+    if mt != media_type::OCI_MANIFEST
+        || m.layers.len() != layers.len()
+        || m.layers.iter().zip(layers).any(|(a, b)| {
+            a.digest != b.blob.digest
+                || a.size != b.blob.size
+                || a.media_type != oci_layer_type(&b.blob.media_type)
+        })
+    {
+        return None;
+    }
+    let cfg = m.config?;
+    let old: serde_json::Value =
+        serde_json::from_slice(&store.read_blob(&cfg.digest).ok()??).ok()?;
+    let mut new = config.clone();
+    new.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
+    let new = serde_json::to_value(&new).ok()?;
+    let timeless = |mut v: serde_json::Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("created");
+            if let Some(h) = o.get_mut("history").and_then(|h| h.as_array_mut()) {
+                for e in h {
+                    if let Some(e) = e.as_object_mut() {
+                        e.remove("created");
+                    }
+                }
+            }
+        }
+        v
+    };
+    (timeless(old) == timeless(new)).then_some(Exported {
+        manifest,
+        config: cfg.digest,
+        manifest_bytes,
+    })
+}
+
 /// Write an exported image as an OCI image layout in a tar file at `dest` (written to
 /// a temporary name and renamed, so a failed export leaves no partial file).
 pub fn export_oci_tar(

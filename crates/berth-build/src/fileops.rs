@@ -233,7 +233,10 @@ pub struct CachedSum {
 }
 
 /// Content hashes of one context directory, by relative path.
-pub type SumCache = std::sync::Mutex<HashMap<String, CachedSum>>;
+pub type SumMap = HashMap<String, CachedSum>;
+
+/// [`SumMap`] shared by the steps of a build.
+pub type SumCache = std::sync::Mutex<SumMap>;
 
 /// Content checksum of the matched sources: names, types, modes, link targets and file
 /// contents — never timestamps — so a touched but unchanged file keeps the cache. Also
@@ -774,6 +777,20 @@ impl<'a> Copier<'a> {
     }
 
     fn tree(&mut self, src: &Path, rel: &str, src_rel: &str, dst: &Path) -> Result<()> {
+        self.tree_into(src, rel, src_rel, dst, false)
+    }
+
+    /// [`Copier::tree`] into `dst`, which this copy made (`fresh`: empty, so nothing in
+    /// it needs replacing; a COPY of thousands of files saves a stat each through the
+    /// overlay).
+    fn tree_into(
+        &mut self,
+        src: &Path,
+        rel: &str,
+        src_rel: &str,
+        dst: &Path,
+        fresh: bool,
+    ) -> Result<()> {
         let mut names: Vec<_> = fs::read_dir(src)
             .map_err(|e| io_err("read directory", src, e))?
             .filter_map(|e| e.ok().map(|e| e.file_name()))
@@ -804,11 +821,16 @@ impl<'a> Copier<'a> {
                 {
                     continue;
                 }
-                let (d, _) = self.dir_at(&d)?;
-                self.tree(&s, &child_rel, &child_src, &d)?;
+                let (d, made) = if fresh {
+                    fs::create_dir(&d).map_err(|e| io_err("create directory", &d, e))?;
+                    (d, true)
+                } else {
+                    self.dir_at(&d)?
+                };
+                self.tree_into(&s, &child_rel, &child_src, &d, made)?;
                 finish(&s, &d, &meta, self.opts)?;
             } else if !excluded {
-                self.entry(&s, &meta, &d)?;
+                self.entry_at(&s, &meta, &d, !fresh)?;
             }
         }
         Ok(())
@@ -907,7 +929,18 @@ impl<'a> Copier<'a> {
     }
 
     fn entry(&mut self, src: &Path, meta: &fs::Metadata, dst: &Path) -> Result<()> {
-        if let Ok(old) = fs::symlink_metadata(dst) {
+        self.entry_at(src, meta, dst, true)
+    }
+
+    /// [`Copier::entry`]; `may_exist: false` when `dst`'s folder was made by this copy.
+    fn entry_at(
+        &mut self,
+        src: &Path,
+        meta: &fs::Metadata,
+        dst: &Path,
+        may_exist: bool,
+    ) -> Result<()> {
+        if may_exist && let Ok(old) = fs::symlink_metadata(dst) {
             if old.is_dir() {
                 return Err(BuildError::Conflict(format!(
                     "cannot replace the folder {} with a file",

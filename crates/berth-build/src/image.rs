@@ -277,6 +277,12 @@ pub fn resolve(store: &Store, reference: &str, pull: Option<&PullFn<'_>>) -> Res
             (Err(e), None) => return Err(e),
         }
     };
+    load(store, reference, manifest)
+}
+
+/// The image `reference` resolved to, `manifest` (an image manifest or an index, in
+/// the store): for an index, its manifest for the host platform; and its config.
+pub(crate) fn load(store: &Store, reference: &str, manifest: Digest) -> Result<ResolvedImage> {
     let bytes = store.read_blob(&manifest)?.ok_or_else(|| {
         BuildError::Image(format!(
             "manifest {manifest} of {reference} is missing from the store"

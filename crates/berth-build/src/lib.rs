@@ -43,6 +43,7 @@
 
 #![warn(missing_docs)]
 
+mod bases;
 mod build;
 pub mod docker;
 mod earthbuild;
@@ -59,6 +60,7 @@ mod secrets;
 mod solver;
 mod ssh;
 
+pub use bases::ResolvePolicy;
 pub use berth_exec::Stream;
 pub use berth_snapshot::Compression;
 pub use build::{BuildOptions, BuildResult, OutputSpec, build, rfc3339};

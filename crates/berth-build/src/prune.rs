@@ -3,7 +3,8 @@
 //! The build cache is the cache records (a step's key → its layers), the unpacked
 //! snapshots and the layer blobs only records refer to. Images named in the store are
 //! never removed, though their unpacked snapshots may be (they are unpacked again when
-//! a build needs them). Builds hold a shared lock on the root for their whole run and
+//! a build needs them); the unpacked snapshots of base images (tags resolved against a
+//! registry) stay unless `--all`, as Docker keeps its images extracted. Builds hold a shared lock on the root for their whole run and
 //! prune takes it exclusively, so prune never removes a layer a running build mounts.
 //!
 //! The cache-miss history (`cache/history/<build>/<step>`, see the solver) goes with
@@ -160,6 +161,31 @@ fn du(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The snapshot chains of the base images in the store: images named by a tag that a
+/// build or `berth pull` resolved against a registry (and that still names what it
+/// resolved; see `Store::record_resolution`), for the host platform.
+fn base_chains(store: &Store) -> HashSet<Digest> {
+    let mut out = HashSet::new();
+    let mut seen = HashSet::new();
+    for e in store.images().unwrap_or_default() {
+        let Some(tag) = &e.tag else { continue };
+        let resolved = store.resolution(&e.repository, tag).ok().flatten();
+        if resolved.is_none_or(|r| r.manifest != e.manifest) || !seen.insert(e.manifest.clone()) {
+            continue;
+        }
+        let Ok(image) = crate::image::load(store, &e.repository, e.manifest.clone()) else {
+            continue;
+        };
+        let mut parent: Option<Digest> = None;
+        for d in &image.config.rootfs.diff_ids {
+            let c = berth_snapshot::chain_id(parent.as_ref(), d);
+            out.insert(c.clone());
+            parent = Some(c);
+        }
+    }
+    out
+}
+
 fn chains(layers: &[Layer]) -> Vec<Digest> {
     let mut out = Vec::new();
     let mut parent: Option<Digest> = None;
@@ -296,7 +322,12 @@ pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneRep
             removed_layers.extend(layers);
         }
     }
-    let live_chains: HashSet<Digest> = kept.iter().flat_map(|l| chains(l)).collect();
+    let mut live_chains: HashSet<Digest> = kept.iter().flat_map(|l| chains(l)).collect();
+    // Unpacked base images stay, as Docker keeps its images extracted: the next cold
+    // build of a project need not unpack its base again. `--all` frees them too.
+    if !opts.all {
+        live_chains.extend(base_chains(store));
+    }
     for e in fs::read_dir(&snaps_dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Ok(chain) = format!("sha256:{name}").parse::<Digest>() else {

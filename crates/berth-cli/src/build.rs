@@ -37,6 +37,11 @@ pub struct BuildArgs {
     /// Run every step; reuse nothing from cache.
     #[arg(long)]
     no_cache: bool,
+    /// Resolve every base image tag against its registry, even when berth's store has
+    /// it (by default a stored tag is used as is, as `docker build` does) [config:
+    /// [build] resolve_ttl = "1h" re-resolves stored tags older than that].
+    #[arg(long)]
+    pull: bool,
     /// Layer compression: gzip, zstd (smaller, faster; Docker 23+ and most registries)
     /// or uncompressed [default: gzip; uncompressed with --load to a daemon on this
     /// machine and neither --push nor an OCI output: the image stays here until pushed].
@@ -226,7 +231,11 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         outputs,
         progress: sink,
         cancel: cancel.clone(),
-        client: Some(Arc::new(settings.registry_client())),
+        client: Some(Arc::new(settings.remembering_registry_client())),
+        resolve: berth_build::ResolvePolicy {
+            pull: args.pull,
+            ttl: build.resolve_ttl,
+        },
         compression: args.compression.unwrap_or({
             let leaves = args.push || outputs_oci;
             if args.load && !leaves && berth_docker::daemon_is_local() {
@@ -360,6 +369,8 @@ fn remote(
             .map(|(id, src)| Ok((id.clone(), crate::satellite::secret_value(src)?)))
             .collect::<Result<_>>()?,
         no_cache: args.no_cache,
+        pull: args.pull,
+        resolve_ttl_secs: build.resolve_ttl.map(|t| t.as_secs()),
         source_date_epoch: build.source_date_epoch,
         allow: build.allow.iter().map(|e| e.name().to_owned()).collect(),
         compression: match args.compression {

@@ -264,6 +264,11 @@ impl Settings {
         for a in &self.file.build.allow {
             out.push(entry("build.allow", a.name(), file_src()));
         }
+        out.push(match self.file.build.resolve_ttl {
+            Some(t) => entry("build.resolve_ttl", duration_value(t), file_src()),
+            // Stored base image tags are never re-resolved unless `--pull`.
+            None => entry("build.resolve_ttl", "never", Source::Default),
+        });
         if let Some(v) = self.env.get("SOURCE_DATE_EPOCH") {
             out.push(entry(
                 "build.source_date_epoch",

@@ -249,7 +249,7 @@ pub fn pull(settings: &Settings, args: PullArgs) -> Result<()> {
         };
         eprintln!("{line}");
     }));
-    let client = settings.registry_client();
+    let client = settings.remembering_registry_client();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -266,6 +266,12 @@ pub fn pull(settings: &Settings, args: PullArgs) -> Result<()> {
     store
         .name_image(&repository, tag, &pulled.manifest)
         .with_context(|| format!("name the pulled image {}", args.name))?;
+    // A build then takes this tag from the store, and knows how old it is.
+    if let Some(tag) = tag
+        && let Err(e) = store.record_resolution(&repository, tag, &pulled.manifest)
+    {
+        tracing::debug!(error = %e, "resolution not recorded");
+    }
     let remote = pulled.index.clone().unwrap_or(pulled.manifest.clone());
     store.add_repo_digest(&pulled.manifest, &familiar.name(), &remote);
     eprintln!("Digest: {remote}");

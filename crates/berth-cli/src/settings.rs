@@ -78,6 +78,11 @@ struct BuildFile {
     /// Entitlements every build is granted, as with `--allow` (e.g. `["network.host"]`).
     #[serde(default, deserialize_with = "parsed")]
     allow: Vec<Entitlement>,
+    /// Resolve a base image tag berth's store has against its registry again once the
+    /// store's answer is older than this (`"1h"`); unset: never (as `docker build`),
+    /// `--pull` always.
+    #[serde(default, deserialize_with = "duration")]
+    resolve_ttl: Option<Duration>,
 }
 
 /// `[docker]` in config.toml.
@@ -308,6 +313,8 @@ pub struct BuildSettings {
     pub proxy_env: Vec<String>,
     /// `SOURCE_DATE_EPOCH`: the time stamp of reproducible builds.
     pub source_date_epoch: Option<u64>,
+    /// `[build] resolve_ttl`: re-resolve stored base image tags older than this.
+    pub resolve_ttl: Option<Duration>,
 }
 
 /// Resolved settings shared by every command.
@@ -485,6 +492,14 @@ impl Settings {
         berth_client::Client::new(self.registry_config())
     }
 
+    /// [`Settings::registry_client`] that remembers under the root which scheme (HTTPS or
+    /// HTTP) each registry on this machine answered on, for builds and pulls, which run
+    /// often: the next one asks it first instead of trying HTTPS every time.
+    pub fn remembering_registry_client(&self) -> berth_client::Client {
+        self.registry_client()
+            .with_scheme_memory(self.root.join("resolved").join("_schemes"))
+    }
+
     /// The configuration [`Settings::registry_client`] uses.
     pub fn registry_config(&self) -> berth_client::ClientConfig {
         let hosts = self
@@ -555,6 +570,7 @@ impl Settings {
             allow: all,
             proxy_env,
             source_date_epoch,
+            resolve_ttl: self.file.build.resolve_ttl,
         })
     }
 
@@ -878,12 +894,18 @@ mod tests {
             BuildSettings {
                 allow: vec![],
                 proxy_env: vec![],
-                source_date_epoch: None
+                source_date_epoch: None,
+                resolve_ttl: None,
             }
         );
         assert_eq!(settings("").build(&[host]).unwrap().allow, [host]);
         let file = "[build]\nallow = [\"network.host\"]\n";
         assert_eq!(settings(file).build(&[]).unwrap().allow, [host]);
+        let ttl = "[build]\nresolve_ttl = \"90m\"\n";
+        assert_eq!(
+            settings(ttl).build(&[]).unwrap().resolve_ttl,
+            Some(Duration::from_secs(90 * 60))
+        );
         assert_eq!(settings(file).build(&[host]).unwrap().allow, [host]);
 
         let env = [

@@ -209,6 +209,11 @@ pub struct Client {
     http: Mutex<HashMap<String, reqwest::Client>>,
     tokens: Mutex<HashMap<String, String>>,
     scheme: Mutex<HashMap<String, &'static str>>,
+    /// Where the scheme a registry spoke is remembered between processes (see
+    /// [`Client::with_scheme_memory`]).
+    scheme_dir: Option<PathBuf>,
+    /// Registries whose scheme was read from `scheme_dir` and has not answered yet.
+    scheme_unconfirmed: Mutex<std::collections::HashSet<String>>,
     /// Registries whose `/v2/` answered like a registry.
     pinged: Mutex<std::collections::HashSet<String>>,
 }
@@ -224,8 +229,68 @@ impl Client {
             http: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             scheme: Mutex::new(HashMap::new()),
+            scheme_dir: None,
+            scheme_unconfirmed: Mutex::new(Default::default()),
             pinged: Mutex::new(Default::default()),
         }
+    }
+
+    /// Remember in `dir` (a file per registry) which scheme each registry that may speak
+    /// either answered on, so the next process asks it first: a registry on this machine
+    /// with no settings is otherwise tried over HTTPS, then HTTP, on every run. A
+    /// remembered scheme that stops working is forgotten and both are tried again.
+    pub fn with_scheme_memory(mut self, dir: impl Into<PathBuf>) -> Client {
+        self.scheme_dir = Some(dir.into());
+        self
+    }
+
+    /// The file remembering `registry`'s scheme (registry names hold no `/`).
+    fn scheme_file(&self, registry: &str) -> Option<PathBuf> {
+        let dir = self.scheme_dir.as_ref()?;
+        (!registry.is_empty() && !registry.contains('/') && !registry.starts_with('.'))
+            .then(|| dir.join(registry))
+    }
+
+    /// Keep `scheme` for `registry` in memory, and on disk when it is remembered there.
+    fn learned_scheme(&self, r: &Reference, scheme: &'static str) {
+        let known = self
+            .scheme
+            .lock()
+            .expect("scheme")
+            .insert(r.registry.clone(), scheme);
+        if known != Some(scheme)
+            && self.default_schemes(r).len() > 1
+            && let Some(path) = self.scheme_file(&r.registry)
+        {
+            // A hint: losing it costs one HTTPS attempt.
+            let write = || -> std::io::Result<()> {
+                let dir = path.parent().expect("a file of the scheme folder");
+                std::fs::create_dir_all(dir)?;
+                let tmp = dir.join(format!(".tmp-{}", std::process::id()));
+                std::fs::write(&tmp, scheme)?;
+                std::fs::rename(&tmp, &path)
+            };
+            if let Err(e) = write() {
+                tracing::debug!(registry = %r.registry, error = %e, "scheme not remembered");
+            }
+        }
+    }
+
+    /// Forget a scheme read from disk that did not work; whether there was one.
+    fn forget_unconfirmed(&self, r: &Reference) -> bool {
+        if !self
+            .scheme_unconfirmed
+            .lock()
+            .expect("scheme")
+            .remove(&r.registry)
+        {
+            return false;
+        }
+        self.scheme.lock().expect("scheme").remove(&r.registry);
+        if let Some(path) = self.scheme_file(&r.registry) {
+            let _ = std::fs::remove_file(path);
+        }
+        true
     }
 
     /// The network settings (proxies, NO_PROXY, extra CAs) it was given.
@@ -252,6 +317,27 @@ impl Client {
         if let Some(s) = self.scheme.lock().expect("scheme").get(&r.registry) {
             return vec![s];
         }
+        let schemes = self.default_schemes(r);
+        if schemes.len() > 1
+            && let Some(path) = self.scheme_file(&r.registry)
+            && let Ok(text) = std::fs::read_to_string(path)
+            && let Some(s) = schemes.iter().find(|s| **s == text.trim())
+        {
+            self.scheme
+                .lock()
+                .expect("scheme")
+                .insert(r.registry.clone(), s);
+            self.scheme_unconfirmed
+                .lock()
+                .expect("scheme")
+                .insert(r.registry.clone());
+            return vec![s];
+        }
+        schemes
+    }
+
+    /// Schemes to try when nothing was learned about the registry yet.
+    fn default_schemes(&self, r: &Reference) -> Vec<&'static str> {
         let opts = self.host(&r.registry);
         if opts.http {
             vec!["http"]
@@ -341,10 +427,7 @@ impl Client {
                 }
                 other => {
                     if other.is_ok() {
-                        self.scheme
-                            .lock()
-                            .expect("scheme")
-                            .insert(r.registry.clone(), scheme);
+                        self.learned_scheme(r, scheme);
                     }
                     return other;
                 }
@@ -357,6 +440,18 @@ impl Client {
     /// 200, or 401 to ask for credentials), as Docker does before its first request, so
     /// a wrong address or port is told as such instead of as a puzzling 404 or 405 later.
     async fn ping(&self, r: &Reference) -> Result<()> {
+        match self.ping_once(r).await {
+            // The scheme remembered from an earlier run no longer answers (the registry
+            // moved to TLS, or off it): forget it and try every scheme again.
+            Err(e) if self.forget_unconfirmed(r) => {
+                tracing::debug!(registry = %r.registry, error = %e, "remembered scheme failed; trying both");
+                self.ping_once(r).await
+            }
+            other => other,
+        }
+    }
+
+    async fn ping_once(&self, r: &Reference) -> Result<()> {
         let resp = match Box::pin(self.send(r, &Req::get("/v2/", None))).await {
             Err(Error::Unauthorized { .. }) => None,
             other => Some(other?),
@@ -382,6 +477,10 @@ impl Client {
             .lock()
             .expect("pinged")
             .insert(r.registry.clone());
+        self.scheme_unconfirmed
+            .lock()
+            .expect("scheme")
+            .remove(&r.registry);
         Ok(())
     }
 

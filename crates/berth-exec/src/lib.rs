@@ -134,4 +134,10 @@ pub trait Executor: Send + Sync {
     /// Kill every process this executor is running (a build was canceled). Their `run`
     /// calls then return as the processes die.
     fn cancel(&self) {}
+
+    /// A step will run soon (a build found its first cache miss): make in the background
+    /// what the first `run` needs, so it overlaps with the work before it. Called any
+    /// number of times; a build whose steps all come from cache never calls it, and so
+    /// never pays for it.
+    fn prepare(&self) {}
 }

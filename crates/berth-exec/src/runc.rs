@@ -26,6 +26,8 @@ pub struct Runc {
     nets: crate::net::NetPool,
     /// Whether [`Meta::privileged`] processes may run (see [`Runc::with_privileged`]).
     privileged: bool,
+    /// A step network was made in advance ([`Executor::prepare`]).
+    prepared: std::sync::Once,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -52,6 +54,7 @@ impl Runc {
             canceled: Default::default(),
             nets: Default::default(),
             privileged: false,
+            prepared: std::sync::Once::new(),
         };
         for d in [&r.bundles, &r.state] {
             fs::create_dir_all(d).map_err(io("create directory", d))?;
@@ -59,7 +62,8 @@ impl Runc {
         private_dir(&r.configs)?;
         berth_snapshot::owner::register(&r.owners()).map_err(io("register in", &r.owners()))?;
         r.clean_leftovers();
-        r.nets.prewarm();
+        // The step network made in advance waits for `prepare`: a no-op rebuild needs
+        // none, and making one costs a namespace, `ip` and a slirp4netns process.
         Ok(r)
     }
 
@@ -244,6 +248,10 @@ impl Executor for Runc {
     fn cancel(&self) {
         // Each running container has a watcher that sees this and kills it.
         self.canceled.store(true, Ordering::SeqCst);
+    }
+
+    fn prepare(&self) {
+        self.prepared.call_once(|| self.nets.prewarm());
     }
 }
 

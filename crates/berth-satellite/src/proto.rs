@@ -183,6 +183,13 @@ pub struct BuildRequest {
     pub ssh: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(string, tag = "18")]
     pub ssh_session: ::prost::alloc::string::String,
+    /// Resolve every base image tag against its registry (--pull), even when the
+    /// satellite's store has it; else a stored tag is used as is, unless its resolution is
+    /// older than resolve_ttl_secs (the client's \[build\] resolve_ttl).
+    #[prost(bool, tag = "19")]
+    pub pull: bool,
+    #[prost(uint64, optional, tag = "20")]
+    pub resolve_ttl_secs: ::core::option::Option<u64>,
 }
 /// One frame of an SshAgent session.
 #[allow(clippy::all)]

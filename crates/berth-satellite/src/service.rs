@@ -607,15 +607,21 @@ async fn run_build(
         outputs: Vec::new(),
         progress: Arc::new(Forward(etx)),
         cancel: cancel.clone(),
-        client: Some(Arc::new(berth_client::Client::new(
-            berth_client::ClientConfig {
+        client: Some(Arc::new(
+            berth_client::Client::new(berth_client::ClientConfig {
                 // Mirrors and per-registry TLS of [registries], for base-image pulls.
                 hosts: sat.inner.config.hosts(),
                 docker_config: berth_client::DockerConfig::load(),
                 credentials: HashMap::new(),
                 network: network.clone(),
-            },
-        ))),
+            })
+            .with_scheme_memory(sat.inner.dirs.root.join("resolved").join("_schemes")),
+        )),
+        // As a local build: stored tags are used as they are unless the client asks.
+        resolve: berth_build::ResolvePolicy {
+            pull: r.pull,
+            ttl: r.resolve_ttl_secs.map(std::time::Duration::from_secs),
+        },
         compression: match r.compression.as_str() {
             "zstd" => berth_build::Compression::Zstd,
             "none" | "uncompressed" => berth_build::Compression::Uncompressed,

@@ -18,6 +18,7 @@
 //! root/repositories/<name>/_referrers/<alg>-<hex>/<alg>-<hex>  descriptor of a referrer
 //! root/blobinfo/<alg>/<hex>/...                  hints about a blob: remote sources, uncompressed size
 //! root/inuse/<alg>-<hex>                         locked by builds using that image (see `images`)
+//! root/resolved/<name>/<tag>                     when a remote tag was last resolved (see `resolved`)
 //! ```
 //!
 //! A lifecycle, as a registry upload uses it:
@@ -48,6 +49,7 @@ mod gc;
 mod images;
 mod meta;
 mod protect;
+mod resolved;
 
 pub use blobinfo::Uncompressed;
 pub use content::{Committed, IngestInfo, Store, Writer};
@@ -56,3 +58,4 @@ pub use gc::{CheckReport, GcOptions, GcReport, GcRoots, NoRoots, Problem, Proble
 pub use images::{ImageClaim, ImageEntry, ImageHold, ImageTree, Untagged};
 pub use meta::Repos;
 pub use protect::{BlobGuard, CLOCK_MARGIN, STAMP_SLACK};
+pub use resolved::Resolution;

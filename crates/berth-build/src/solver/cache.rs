@@ -134,25 +134,31 @@ impl Solver {
         let mut all = self.sums.lock().expect("sums");
         all.entry(context.to_path_buf())
             .or_insert_with(|| {
-                let map = fs::read(self.sums_path(context))
+                let map: fileops::SumMap = fs::read(self.sums_path(context))
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok())
                     .unwrap_or_default();
-                Arc::new(std::sync::Mutex::new(map))
+                (Arc::new(std::sync::Mutex::new(map.clone())), map)
             })
+            .0
             .clone()
     }
 
     /// Keep the content hashes computed in this build for the next one, so unchanged
-    /// context files are not read again.
+    /// context files are not read again. A cache this build did not change (a no-op
+    /// rebuild) is not written again: that write was two fsyncs of a file that grows
+    /// with the context.
     pub fn save_sums(&self) {
         let all = self.sums.lock().expect("sums");
-        for (context, cache) in all.iter() {
+        for (context, (cache, read)) in all.iter() {
+            let map = cache.lock().expect("sums");
+            if *map == *read {
+                continue;
+            }
             let path = self.sums_path(context);
             if let Some(dir) = path.parent() {
                 let _ = fs::create_dir_all(dir);
             }
-            let map = cache.lock().expect("sums");
             if let Ok(bytes) = serde_json::to_vec(&*map) {
                 let _ = write_atomic(&path, &bytes);
             }

@@ -39,7 +39,11 @@ impl Solver {
             key,
             ingredients: ing,
         };
-        if let Ok(bytes) = serde_json::to_vec(&entry) {
+        // A cache hit remembers what its last run did: the same bytes, which need no
+        // write (a COPY of thousands of files makes an entry of hundreds of KiB).
+        if let Ok(bytes) = serde_json::to_vec(&entry)
+            && fs::read(&path).ok().as_deref() != Some(bytes.as_slice())
+        {
             let _ = write_atomic(&path, &bytes);
         }
     }

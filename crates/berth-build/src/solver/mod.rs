@@ -323,8 +323,9 @@ pub struct Solver {
     /// Step numbers for progress, by vertex digest.
     ids: Mutex<HashMap<Digest, usize>>,
     next_id: AtomicUsize,
-    /// Content hashes of context files, by context directory (see `save_sums`).
-    sums: Mutex<HashMap<PathBuf, Arc<fileops::SumCache>>>,
+    /// Content hashes of context files, by context directory, and what the file held
+    /// when read, so an unchanged cache is not written back (see `save_sums`).
+    sums: Mutex<HashMap<PathBuf, (Arc<fileops::SumCache>, fileops::SumMap)>>,
     /// Shared prune lock, held while this solver lives.
     _lock: fs::File,
 }

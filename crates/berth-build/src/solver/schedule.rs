@@ -130,6 +130,11 @@ impl Solver {
                 output: Output::Layers(layers),
             });
         }
+        // The first miss: whatever runs next may need the executor's step network,
+        // made meanwhile (an all-cached build never makes one).
+        if cacheable {
+            self.executor.prepare();
+        }
         // Steps that run a process or copy files wait for a slot when slots are limited.
         let _slot = match (&self.opts.step_slots, cacheable) {
             (Some(slots), true) => Some(

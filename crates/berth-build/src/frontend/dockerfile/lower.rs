@@ -28,8 +28,11 @@ use crate::image::{ContainerConfig, History, ImageConfig, ResolvedImage, host_pl
 use crate::ir::{self, FileAction, FileOp, ImageSource, LocalSource, State};
 use crate::solver::Cancel;
 
+mod bases;
 mod copy;
 pub(crate) mod run;
+
+pub(crate) use bases::base_references;
 
 /// Where a `RUN <<EOF` script with a `#!` line is written for its interpreter: a tmpfs
 /// mounted for that step only.
@@ -126,6 +129,37 @@ pub(crate) fn lower_in(
     context_name: &str,
     resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
 ) -> Result<Lowered> {
+    let meta = meta_args(df, opts)?;
+    let target = target_stage(df, opts)?;
+    let context = State::local(LocalSource {
+        name: context_name.into(),
+        exclude: opts.dockerignore.clone(),
+    });
+    let mut l = Lowerer {
+        df,
+        opts,
+        resolve,
+        meta,
+        done: HashMap::new(),
+        context,
+        images: HashMap::new(),
+    };
+    l.stage(target)?;
+    let out = l.done.remove(&target).expect("lowered");
+    Ok(Lowered {
+        state: out.state,
+        config: out.config,
+        steps: out.steps,
+        base_history: out.base_history,
+    })
+}
+
+/// The global ARGs (before the first FROM) with their values for this build, and
+/// BuildKit's automatic platform ARGs: what FROM lines expand with.
+pub(crate) fn meta_args(
+    df: &Dockerfile,
+    opts: &LowerOptions,
+) -> Result<HashMap<String, Option<String>>> {
     let escape = df.directives.escape;
     // BuildKit's automatic platform ARGs: global, and visible in a stage once declared.
     let (os, arch) = host_platform();
@@ -158,7 +192,12 @@ pub(crate) fn lower_in(
         };
         meta.insert(m.arg.name.clone(), value);
     }
-    let target = match &opts.target {
+    Ok(meta)
+}
+
+/// The index of the stage to build: `--target`, else the last.
+pub(crate) fn target_stage(df: &Dockerfile, opts: &LowerOptions) -> Result<usize> {
+    Ok(match &opts.target {
         None => df
             .stages
             .len()
@@ -180,27 +219,6 @@ pub(crate) fn lower_in(
                     }
                 ))
             })?,
-    };
-    let context = State::local(LocalSource {
-        name: context_name.into(),
-        exclude: opts.dockerignore.clone(),
-    });
-    let mut l = Lowerer {
-        df,
-        opts,
-        resolve,
-        meta,
-        done: HashMap::new(),
-        context,
-        images: HashMap::new(),
-    };
-    l.stage(target)?;
-    let out = l.done.remove(&target).expect("lowered");
-    Ok(Lowered {
-        state: out.state,
-        config: out.config,
-        steps: out.steps,
-        base_history: out.base_history,
     })
 }
 

@@ -1,0 +1,239 @@
+//! Resolving a build's base images: a tag berth's store has is taken from the store,
+//! as `docker build` takes it from Docker's image store, with no request to the
+//! registry; `--pull` asks the registry every time, and a resolve TTL asks it again
+//! once the store's answer is older than the TTL. A tag resolved against a registry is
+//! named in the store (as `docker pull` names it) and the time recorded
+//! (`Store::record_resolution`), so the progress can say how old a stored answer is.
+//!
+//! The bases a build needs are resolved at once ([`Bases::prefetch`], concurrently)
+//! before lowering; lowering then finds them resolved ([`Bases::resolve_blocking`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_oci::{Digest, WrittenReference};
+use berth_store::Store;
+
+use crate::error::{BuildError, Result};
+use crate::image;
+use crate::solver::{Event, Progress};
+
+/// When a stored tag is resolved against its registry again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResolvePolicy {
+    /// Always (`--pull`).
+    pub pull: bool,
+    /// Once the stored resolution is older than this (`None`: never, as Docker).
+    pub ttl: Option<Duration>,
+}
+
+/// The progress id of resolution lines (the solver numbers steps from 1).
+const RESOLVE_ID: usize = 0;
+
+/// A build's base-image resolver.
+pub(crate) struct Bases {
+    store: Store,
+    client: Option<Arc<berth_client::Client>>,
+    policy: ResolvePolicy,
+    progress: Arc<dyn Progress>,
+    /// What each reference resolved to in this build.
+    resolved: Mutex<HashMap<String, Digest>>,
+}
+
+impl Bases {
+    pub(crate) fn new(
+        store: Store,
+        client: Option<Arc<berth_client::Client>>,
+        policy: ResolvePolicy,
+        progress: Arc<dyn Progress>,
+    ) -> Bases {
+        Bases {
+            store,
+            client,
+            policy,
+            progress,
+            resolved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Resolve `references` concurrently. Failures are left for lowering, which
+    /// resolves the reference again when it meets it and reports the error at its line.
+    pub(crate) async fn prefetch(&self, references: &[String]) {
+        let each = references
+            .iter()
+            .filter(|r| !r.starts_with(berth_oci::LAYOUT_SCHEME))
+            .map(|r| self.resolve(r));
+        for r in futures_util::future::join_all(each).await {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "base image not resolved ahead; lowering retries");
+            }
+        }
+    }
+
+    /// [`image::ResolvedImage`] of `reference`, from a blocking thread of the runtime
+    /// `handle`: what [`Bases::prefetch`] found, else resolved now.
+    pub(crate) fn resolve_blocking(
+        &self,
+        handle: &tokio::runtime::Handle,
+        reference: &str,
+    ) -> Result<image::ResolvedImage> {
+        if reference.starts_with(berth_oci::LAYOUT_SCHEME) {
+            return image::resolve(&self.store, reference, None);
+        }
+        let manifest = match self.known(reference) {
+            Some(d) => d,
+            None => handle.block_on(self.resolve(reference))?,
+        };
+        image::load(&self.store, reference, manifest)
+    }
+
+    fn known(&self, reference: &str) -> Option<Digest> {
+        self.resolved
+            .lock()
+            .expect("resolved")
+            .get(reference)
+            .cloned()
+    }
+
+    /// The manifest (or index) `reference` names, by the policy.
+    async fn resolve(&self, reference: &str) -> Result<Digest> {
+        if let Some(d) = self.known(reference) {
+            return Ok(d);
+        }
+        let d = self.decide(reference).await?;
+        self.resolved
+            .lock()
+            .expect("resolved")
+            .insert(reference.to_string(), d.clone());
+        Ok(d)
+    }
+
+    async fn decide(&self, reference: &str) -> Result<Digest> {
+        let written =
+            WrittenReference::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
+        let local = image::local_manifest(&self.store, reference).ok();
+        if written.digest.is_some() {
+            // A digest names one image forever: the store's copy is it.
+            if let Some(d) = local {
+                self.note_stored(reference, "pinned by digest");
+                return Ok(d);
+            }
+            return self.pull(reference, None).await;
+        }
+        let familiar = written.familiar();
+        let name = (
+            familiar.local_repository(),
+            familiar.tag_or_latest().to_string(),
+        );
+        // The record counts while the tag still names what was resolved; a tag moved
+        // since (`berth tag`, a build's -t) is a local name.
+        let record = self
+            .store
+            .resolution(&name.0, &name.1)?
+            .filter(|r| Some(&r.manifest) == local.as_ref());
+        let Some(local) = local else {
+            return self.pull(reference, Some(&name)).await;
+        };
+        let age = record.as_ref().map(|r| r.age());
+        let expired = matches!((self.policy.ttl, age), (Some(ttl), Some(age)) if age > ttl);
+        if !self.policy.pull && !expired {
+            let how = match age {
+                Some(a) => format!("resolved {} ago", ago(a)),
+                None => "a local image".into(),
+            };
+            self.note_stored(reference, &how);
+            return Ok(local);
+        }
+        match self.pull(reference, Some(&name)).await {
+            Ok(d) => Ok(d),
+            // A TTL asks when it can; an unreachable registry leaves the stored answer.
+            Err(e) if !self.policy.pull => {
+                tracing::warn!(
+                    "{reference}: resolve TTL passed but the registry did not answer ({e}); using berth's stored image"
+                );
+                self.note_stored(
+                    reference,
+                    &format!(
+                        "resolved {} ago; the registry did not answer",
+                        ago(age.unwrap_or_default())
+                    ),
+                );
+                Ok(local)
+            }
+            // --pull of a name built or tagged here, never pulled: Docker fails; the
+            // image the user made is what they mean.
+            Err(e) if record.is_none() => {
+                tracing::warn!("{reference}: not pulled ({e}); using the local image");
+                self.note_stored(reference, "a local image; no registry has it");
+                Ok(local)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pull `reference` and, for a tag, name it `name` (repository, tag) in the store
+    /// and record when it was resolved.
+    async fn pull(&self, reference: &str, name: Option<&(String, String)>) -> Result<Digest> {
+        let client = self.client.as_ref().ok_or_else(|| {
+            BuildError::Image(format!("image {reference} is not in berth's store"))
+        })?;
+        let label = format!("[internal] load metadata for {reference}");
+        self.progress.event(Event::Started {
+            id: RESOLVE_ID,
+            name: label.clone(),
+        });
+        let start = Instant::now();
+        let pulled = image::pull(client, &self.store, reference).await;
+        let pulled = pulled.and_then(|d| {
+            if let Some((repo, tag)) = name {
+                self.store.name_image(repo, Some(tag), &d)?;
+                self.store.record_resolution(repo, tag, &d)?;
+            }
+            Ok(d)
+        });
+        match &pulled {
+            Ok(_) => self.progress.event(Event::Done {
+                id: RESOLVE_ID,
+                name: label,
+                elapsed: start.elapsed(),
+            }),
+            Err(_) => self.progress.event(Event::Failed {
+                id: RESOLVE_ID,
+                name: label,
+            }),
+        }
+        pulled
+    }
+
+    fn note_stored(&self, reference: &str, how: &str) {
+        self.progress.event(Event::Cached {
+            id: RESOLVE_ID,
+            name: format!("[internal] load metadata for {reference}: berth's store, {how}"),
+        });
+    }
+}
+
+/// `42s`, `5m`, `3h`, `2d`.
+fn ago(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ages_read_short() {
+        use std::time::Duration;
+        let ago = |s| super::ago(Duration::from_secs(s));
+        assert_eq!(ago(5), "5s");
+        assert_eq!(ago(300), "5m");
+        assert_eq!(ago(7200), "2h");
+        assert_eq!(ago(86400 * 3), "3d");
+    }
+}
