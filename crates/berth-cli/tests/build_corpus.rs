@@ -881,6 +881,39 @@ fn config_maintainer() {
     );
 }
 
+/// `docker history`'s CREATED BY column, newest first, down to the base's entries.
+fn history(image: &str, ours: usize) -> Vec<String> {
+    let out = run(Command::new(docker()).args([
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.CreatedBy}}",
+        image,
+    ]));
+    out.lines().take(ours).map(str::to_string).collect()
+}
+
+#[test]
+fn history_created_by() {
+    if !ready() {
+        return;
+    }
+    let built = build_both(&Case {
+        name: "history_created_by",
+        args: &[],
+        runs: &[],
+    });
+    built.assert_same_config();
+    // The Dockerfile's 14 instructions after FROM: RUN with the stage's ARGs and argv,
+    // COPY and ADD without flags, SHELL as a Go list, ARGs themselves.
+    let berth = history(&built.berth_image, 14);
+    assert_eq!(berth, history(&built.docker_image, 14));
+    assert_eq!(
+        berth[3],
+        "RUN |2 A=9 B= /bin/sh -e -c echo three # buildkit"
+    );
+}
+
 #[test]
 fn config_expose_ranges() {
     if !ready() {

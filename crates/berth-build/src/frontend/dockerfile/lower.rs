@@ -20,8 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::error::{BuildError, Result};
 use crate::frontend::dockerfile::expand::expand;
 use crate::frontend::dockerfile::instructions::{
-    ArgDecl, CommandLine, Dockerfile, Healthcheck, Instruction, InstructionKind, PortSpec,
-    Protocol, Stage,
+    ArgDecl, CommandLine, CopySource, Dockerfile, Healthcheck, Instruction, InstructionKind,
+    PortSpec, Protocol, Stage,
 };
 use crate::frontend::source::Pos;
 use crate::image::{ContainerConfig, History, ImageConfig, ResolvedImage, host_platform};
@@ -100,6 +100,8 @@ struct StageOut {
     /// The variables in scope at the end of the stage: a stage built on this one starts
     /// with them, ARGs included.
     vars: Vec<Var>,
+    /// The ARGs declared, in order (see [`StageState::arg_names`]).
+    arg_names: Vec<String>,
 }
 
 struct Lowerer<'a> {
@@ -223,6 +225,77 @@ pub(crate) fn target_stage(df: &Dockerfile, opts: &LowerOptions) -> Result<usize
 }
 
 impl Lowerer<'_> {
+    /// The image history's `created_by` of `ins`, in BuildKit's words: RUN lists the
+    /// stage's ARGs with their values (`RUN |2 A=1 B= /bin/sh -c make # buildkit`, proxy
+    /// variables left out) and its argv; COPY and ADD their sources and destination
+    /// without flags; SHELL as Go prints a list; steps that make a layer end in
+    /// ` # buildkit`.
+    fn history_text(&self, st: &StageState, ins: &Instruction) -> Result<String> {
+        let line = ins.lines.start;
+        let keyword = ins.keyword();
+        Ok(match &ins.kind {
+            InstructionKind::Run(run) => {
+                let args: Vec<String> = st
+                    .arg_names
+                    .iter()
+                    .filter(|n| !PROXY_ARGS.contains(&n.as_str()))
+                    .map(|n| format!("{n}={}", st.lookup(n).unwrap_or_default()))
+                    .collect();
+                let mut words = Vec::new();
+                if !args.is_empty() {
+                    words.push(format!("|{}", args.len()));
+                    words.extend(args);
+                }
+                words.extend(command_list(&run.command, &st.config.config));
+                format!("RUN {} # buildkit", words.join(" "))
+            }
+            InstructionKind::Copy(c) => self.copy_history(st, "COPY", &c.sources, &c.dest, line)?,
+            InstructionKind::Add(a) => self.copy_history(st, "ADD", &a.sources, &a.dest, line)?,
+            InstructionKind::Shell { shell } => format!("SHELL [{}]", shell.join(" ")),
+            InstructionKind::Arg { args } => {
+                let mut items = Vec::new();
+                for a in args {
+                    items.push(match &a.default {
+                        Some(d) => format!("{}={}", a.name, self.expand(st, d, line)?),
+                        None => a.name.clone(),
+                    });
+                }
+                format!("ARG {}", items.join(" "))
+            }
+            _ => {
+                let rest = ins.original.get(keyword.len()..).unwrap_or("").trim();
+                format!("{keyword} {rest}")
+            }
+        })
+    }
+
+    fn copy_history(
+        &self,
+        st: &StageState,
+        keyword: &str,
+        sources: &[CopySource],
+        dest: &str,
+        line: usize,
+    ) -> Result<String> {
+        let mut text = keyword.to_string();
+        for s in sources {
+            match s {
+                CopySource::Path(p) => {
+                    text.push(' ');
+                    text.push_str(&self.expand(st, p, line)?);
+                }
+                CopySource::Heredoc(h) => {
+                    text.push_str(" <<");
+                    text.push_str(&h.name);
+                }
+            }
+        }
+        text.push(' ');
+        text.push_str(&self.expand(st, dest, line)?);
+        text.push_str(" # buildkit");
+        Ok(text)
+    }
+
     /// Refuse `what` at `line` unless the build was granted `e`.
     fn entitled(&self, e: ir::Entitlement, line: usize, what: &str) -> Result<()> {
         if self.opts.allow.contains(&e) {
@@ -274,6 +347,9 @@ struct StageState {
     vars: Vec<Var>,
     /// Whether this stage set CMD (an ENTRYPOINT after it leaves it alone).
     cmd_set_here: bool,
+    /// The ARGs declared in this stage (and its base stage), each once, in order, with or
+    /// without a value: what BuildKit's RUN history lists (`RUN |2 A=1 B= …`).
+    arg_names: Vec<String>,
 }
 
 impl StageState {
@@ -405,15 +481,14 @@ impl Lowerer<'_> {
                 ins.original.lines().next().unwrap_or("")
             );
             let made = self.instruction(&mut st, ins, &name)?;
-            if !matches!(ins.kind, InstructionKind::Arg { .. }) || made.is_some() {
-                st.config.history.push(History {
-                    created: self.opts.created.clone(),
-                    created_by: history_text(&ins.original, ins.keyword()),
-                    empty_layer: made.is_none(),
-                    comment: "berth".into(),
-                });
-                st.steps.push(made);
-            }
+            let created_by = self.history_text(&st, ins)?;
+            st.config.history.push(History {
+                created: self.opts.created.clone(),
+                created_by,
+                empty_layer: made.is_none(),
+                comment: "berth".into(),
+            });
+            st.steps.push(made);
         }
         self.done.insert(
             idx,
@@ -423,6 +498,7 @@ impl Lowerer<'_> {
                 steps: st.steps,
                 base_history: st.base_history,
                 vars: st.vars,
+                arg_names: st.arg_names,
             },
         );
         Ok(())
@@ -467,7 +543,11 @@ impl Lowerer<'_> {
             (State::scratch(), config, None)
         } else if let Some(i) = self.base_stage(&from, idx)? {
             let o = &self.done[&i];
-            (o.state.clone(), o.config.clone(), Some(o.vars.clone()))
+            (
+                o.state.clone(),
+                o.config.clone(),
+                Some((o.vars.clone(), o.arg_names.clone())),
+            )
         } else {
             let (state, config) = self.image(&from).map_err(|e| match e {
                 BuildError::Image(m) => src_err(df, line, 1, &m),
@@ -480,7 +560,7 @@ impl Lowerer<'_> {
         if config.config.env_get("PATH").is_none() {
             config.config.env.push(DEFAULT_PATH.to_string());
         }
-        let vars = inherited.unwrap_or_else(|| {
+        let (vars, arg_names) = inherited.unwrap_or_else(|| {
             let mut vars: Vec<Var> = Vec::new();
             for kv in &config.config.env {
                 let (name, value) = kv.split_once('=').unwrap_or((kv, ""));
@@ -491,7 +571,7 @@ impl Lowerer<'_> {
                     arg: false,
                 });
             }
-            vars
+            (vars, Vec::new())
         });
         config.created = self.opts.created.clone();
         let mut triggers = Vec::new();
@@ -513,6 +593,7 @@ impl Lowerer<'_> {
             steps: Vec::new(),
             vars,
             cmd_set_here: false,
+            arg_names,
         };
         Ok((st, triggers))
     }
@@ -639,6 +720,9 @@ impl Lowerer<'_> {
                 },
             };
             st.declare_arg(&a.name, value);
+            if !st.arg_names.contains(&a.name) {
+                st.arg_names.push(a.name.clone());
+            }
         }
         Ok(())
     }
@@ -733,14 +817,6 @@ pub(crate) fn command_list(c: &CommandLine, config: &ContainerConfig) -> Vec<Str
             v.push(s.clone());
             v
         }
-    }
-}
-
-pub(crate) fn history_text(original: &str, keyword: &str) -> String {
-    let rest = original.get(keyword.len()..).unwrap_or("").trim();
-    match keyword {
-        "RUN" => format!("RUN /bin/sh -c {rest} # buildkit"),
-        _ => format!("{keyword} {rest}"),
     }
 }
 
