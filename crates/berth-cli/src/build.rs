@@ -56,6 +56,10 @@ pub struct BuildArgs {
     /// Say why each step that runs was not taken from cache.
     #[arg(long)]
     explain: bool,
+    /// Show no progress and print only the image ID (as `docker build -q`); errors are
+    /// still told.
+    #[arg(long, short = 'q')]
+    quiet: bool,
     /// Also write the result: type=oci,dest=FILE.tar or type=local,dest=DIR.
     #[arg(long = "output", short = 'o')]
     outputs: Vec<String>,
@@ -196,6 +200,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         .any(|o| matches!(o, berth_build::OutputSpec::OciTar(_)));
     let build = settings.build(&args.allow)?;
     let tty = match args.progress {
+        _ if args.quiet => false,
         Mode::Tty => true,
         Mode::Plain => false,
         Mode::Auto => std::io::IsTerminal::is_terminal(&std::io::stderr()),
@@ -203,6 +208,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     let tty_view = tty.then(|| Arc::new(progress::Tty::new(args.explain)));
     let sink: Arc<dyn Progress> = match &tty_view {
         Some(t) => t.clone(),
+        None if args.quiet => Arc::new(berth_build::NoProgress),
         None => Arc::new(progress::Plain::new(args.explain)),
     };
     if let Some(name) =
@@ -288,7 +294,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         std::process::exit(130);
     }
     let result = result?;
-    for t in &args.tags {
+    for t in args.tags.iter().filter(|_| !args.quiet) {
         println!("{t}");
     }
     println!("{}", result.image_id);
@@ -313,10 +319,12 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
             println!("{}/{}@{digest}", dest.registry, dest.repository);
         }
     }
-    eprintln!(
-        "built image {} (manifest {}, {} layers)",
-        result.image_id, result.manifest, result.layers
-    );
+    if !args.quiet {
+        eprintln!(
+            "built image {} (manifest {}, {} layers)",
+            result.image_id, result.manifest, result.layers
+        );
+    }
     Ok(())
 }
 
@@ -397,7 +405,7 @@ fn remote(
         t.finish();
     }
     let r = result?;
-    for t in &args.tags {
+    for t in args.tags.iter().filter(|_| !args.quiet) {
         println!("{t}");
     }
     println!("{}", r.result.image_id);
@@ -434,16 +442,18 @@ fn remote(
             }
         }
     }
-    eprintln!(
-        "built image {} on satellite {name} (manifest {}, {} layers; context {} entries, {} \
-         files uploaded, {} bytes)",
-        r.result.image_id,
-        r.result.manifest,
-        r.result.layers,
-        r.entries,
-        r.uploaded_files,
-        r.uploaded_bytes
-    );
+    if !args.quiet {
+        eprintln!(
+            "built image {} on satellite {name} (manifest {}, {} layers; context {} entries, \
+             {} files uploaded, {} bytes)",
+            r.result.image_id,
+            r.result.manifest,
+            r.result.layers,
+            r.entries,
+            r.uploaded_files,
+            r.uploaded_bytes
+        );
+    }
     Ok(())
 }
 

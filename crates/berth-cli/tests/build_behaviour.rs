@@ -177,6 +177,35 @@ fn noop_rebuild_is_fully_cached() {
 }
 
 #[test]
+fn quiet_prints_only_the_image_id_and_still_tells_errors() {
+    let Some(p) = project("FROM {base}\nRUN echo loud\n") else {
+        return;
+    };
+    let out = p.build_ok(&["-q"]);
+    let id = out.stdout.trim();
+    assert!(
+        id.starts_with("sha256:") && id.len() == 71 && !id.contains('\n'),
+        "{:?}",
+        out.stdout
+    );
+    assert!(out.stderr.is_empty(), "progress with -q:\n{}", out.stderr);
+    // The same image as a build that talks.
+    assert!(p.build_ok(&[]).stdout.contains(id));
+
+    p.file(
+        "Dockerfile",
+        &format!("FROM {}\nRUN exit 3\n", p.base.reference()),
+    );
+    let failed = p.build(&["-q"]);
+    assert!(!failed.success);
+    assert!(
+        failed.stderr.contains("RUN exit 3") && failed.stderr.contains("exited with code 3"),
+        "{}",
+        failed.stderr
+    );
+}
+
+#[test]
 fn changed_context_file_reruns_its_copy_and_what_follows() {
     let Some(p) = project(
         "FROM {base}\n\
