@@ -480,8 +480,10 @@ impl Lowerer<'_> {
                 n + 1,
                 ins.original.lines().next().unwrap_or("")
             );
-            let made = self.instruction(&mut st, ins, &name)?;
+            // In the words of the state before it: an ARG's default is expanded with the
+            // values it replaces.
             let created_by = self.history_text(&st, ins)?;
+            let made = self.instruction(&mut st, ins, &name)?;
             st.config.history.push(History {
                 created: self.opts.created.clone(),
                 created_by,
