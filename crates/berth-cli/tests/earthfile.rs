@@ -481,26 +481,6 @@ fn earthfile_artifact_flag_outputs_one_artifact() {
     assert!(!case.join("dist").exists(), "--artifact saves nothing else");
 }
 
-/// Debian's dockerd and friends, which scripts/make-dind-layout copies (else skip, or
-/// fail under BERTH_TEST_STRICT=1).
-fn require_dind_tools() -> bool {
-    let missing = [
-        "/usr/sbin/dockerd",
-        "/usr/bin/containerd",
-        "/usr/bin/containerd-shim-runc-v2",
-        "/usr/bin/docker",
-        "/usr/sbin/xtables-nft-multi",
-    ]
-    .into_iter()
-    .find(|p| !Path::new(p).exists());
-    match missing {
-        Some(p) => skip(&format!(
-            "{p} is missing (scripts/install-test-deps installs docker.io and iptables)"
-        )),
-        None => true,
-    }
-}
-
 #[test]
 fn earthfile_privileged_steps_need_the_entitlement() {
     let Some(env) = Env::new() else { return };
@@ -530,7 +510,7 @@ fn earthfile_privileged_steps_need_the_entitlement() {
 #[test]
 fn earthfile_with_docker_runs_a_loaded_target_in_its_own_dockerd() {
     let Some(env) = Env::new() else { return };
-    if !require_dind_tools() {
+    if !berth_testutil::require_dind_tools() {
         return;
     }
     // The dind base, imported under the name the case uses.

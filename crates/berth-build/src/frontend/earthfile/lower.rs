@@ -26,12 +26,14 @@ use crate::error::{BuildError, Result};
 use crate::frontend::dockerfile::expand::expand;
 use crate::frontend::dockerfile::instructions::{CommandLine, InstructionKind, RunMount};
 use crate::frontend::dockerfile::lower::run::{MountEnv, base_name, clean_abs, exec_mount};
-use crate::frontend::dockerfile::lower::{DEFAULT_PATH, command_list, exposed_ports, healthcheck};
+use crate::frontend::dockerfile::lower::{
+    DEFAULT_PATH, command_list, exposed_ports, healthcheck, memo_image,
+};
 use crate::frontend::source::Pos;
 use crate::image::{History, ImageConfig, ResolvedImage, host_platform};
 use crate::ir::{
-    self, ExecMount, ExecOp, FileAction, FileOp, GitSource, ImageSource, LocalSource, MountSource,
-    Op, Sharing, State,
+    self, ExecMount, ExecOp, FileAction, FileOp, GitSource, LocalSource, MountSource, Op, Sharing,
+    State,
 };
 use crate::pattern::Ignore;
 use crate::solver::Cancel;
@@ -1304,20 +1306,10 @@ impl Lowerer<'_> {
     /// Image `r` (written at `pos`) resolved as `FROM` resolves it (the store, then
     /// the registry), once per build.
     fn image(&mut self, proj: &Project, r: &str, pos: Pos) -> Result<(State, ImageConfig)> {
-        if let Some(x) = self.images.get(r) {
-            return Ok(x.clone());
-        }
-        let resolved = (self.resolve)(r).map_err(|e| match e {
+        memo_image(&mut self.images, &mut *self.resolve, r).map_err(|e| match e {
             BuildError::Image(m) => src_err(proj, pos, m),
             e => e,
-        })?;
-        let st = State::image(ImageSource {
-            reference: r.to_string(),
-            manifest: resolved.manifest.clone(),
-        });
-        self.images
-            .insert(r.to_string(), (st.clone(), resolved.config.clone()));
-        Ok((st, resolved.config))
+        })
     }
 
     /// `WITH DOCKER [--pull img] [--load [name=]+target] … RUN … END`: the one RUN as a
