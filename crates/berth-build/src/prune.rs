@@ -361,10 +361,16 @@ pub fn prune(root: &Path, store: &Store, opts: &PruneOptions) -> Result<PruneRep
         }
     }
     prune_history(root, opts.all, &mut report)?;
-    // Downloads and git checkouts (`ADD` of URLs and repositories) are fetched again
-    // when needed, captured answers asked again: they go when no record stays.
+    // Downloads and git checkouts (`ADD` of URLs and repositories, remote Earthfile
+    // references) are fetched again when needed, captured answers asked again: they go
+    // when no record stays. A build using them holds the root lock shared, so not now.
     if kept.is_empty() {
-        for d in ["cache/http", "cache/git", "cache/captures"] {
+        for d in [
+            "cache/http",
+            "cache/git",
+            "cache/earthly-git",
+            "cache/captures",
+        ] {
             let p = root.join(d);
             if p.exists() {
                 report.bytes += du(&p);
@@ -532,7 +538,12 @@ mod tests {
             .unwrap();
         fs::create_dir_all(root.join("cache/mounts/m")).unwrap();
         fs::write(root.join("cache/mounts/m/f"), b"abc").unwrap();
-        for d in ["cache/http/blobs", "cache/git/c", "cache/captures"] {
+        for d in [
+            "cache/http/blobs",
+            "cache/git/c",
+            "cache/earthly-git/0123abcd",
+            "cache/captures",
+        ] {
             fs::create_dir_all(root.join(d)).unwrap();
             fs::write(root.join(d).join("f"), b"fetched").unwrap();
         }
@@ -548,6 +559,7 @@ mod tests {
         assert_eq!((r.records, r.blobs, r.cache_mounts), (1, 1, 1));
         assert!(!root.join("cache/http").exists() && !root.join("cache/git").exists());
         assert!(!root.join("cache/captures").exists());
+        assert!(!root.join("cache/earthly-git").exists());
         assert_eq!(cache_usage(root, &store).unwrap(), CacheUsage::default());
     }
 

@@ -27,24 +27,14 @@ fn ready() -> bool {
     if !rustix::process::geteuid().is_root() {
         return berth_testutil::skip("steps with their own dockerd need root (runc, overlayfs)");
     }
-    let missing = [
-        "/bin/busybox",
-        "/usr/sbin/runc",
-        "/usr/bin/slirp4netns",
-        "/usr/sbin/dockerd",
-        "/usr/bin/containerd",
-        "/usr/bin/containerd-shim-runc-v2",
-        "/usr/bin/docker",
-        "/usr/sbin/xtables-nft-multi",
-    ]
-    .into_iter()
-    .find(|p| !Path::new(p).exists());
+    let missing = ["/usr/sbin/runc", "/usr/bin/slirp4netns"]
+        .into_iter()
+        .find(|p| !Path::new(p).exists());
     match missing {
         Some(p) => berth_testutil::skip(&format!(
-            "{p} is missing (scripts/install-test-deps installs docker.io, iptables, runc, \
-             slirp4netns, busybox-static)"
+            "{p} is missing (scripts/install-test-deps installs runc and slirp4netns)"
         )),
-        None => true,
+        None => berth_testutil::require_dind_tools(),
     }
 }
 

@@ -56,9 +56,13 @@ struct EarthCli {
     /// A secret from a file: ID=PATH (repeatable).
     #[arg(long = "secret-file")]
     secret_files: Vec<String>,
-    /// Grant an entitlement (repeatable): network.host.
+    /// Grant an entitlement (repeatable): network.host, security.insecure.
     #[arg(long = "allow", value_parser = |s: &str| s.parse::<berth_build::Entitlement>())]
     allow: Vec<berth_build::Entitlement>,
+    /// Earthly's names for --allow security.insecure: allow RUN --privileged and
+    /// WITH DOCKER.
+    #[arg(short = 'P', long = "allow-privileged")]
+    allow_privileged: bool,
     /// Build for this platform (only the host's is supported).
     #[arg(long)]
     platform: Option<String>,
@@ -221,7 +225,15 @@ fn run(cli: EarthCli) -> Result<()> {
         secrets.insert(id.to_string(), SecretSource::File(PathBuf::from(path)));
     }
     let no_output = cli.no_output || cli.ci;
-    let build = settings.build(&cli.allow)?;
+    let mut allow = cli.allow.clone();
+    if cli.allow_privileged {
+        allow.push(berth_build::Entitlement::SecurityInsecure);
+    }
+    let build = settings.build(&allow)?;
+    // The executor runs a privileged process only for a build granted it.
+    let privileged = build
+        .allow
+        .contains(&berth_build::Entitlement::SecurityInsecure);
     let tty = match cli.progress {
         Mode::Tty => true,
         Mode::Plain => false,
@@ -258,7 +270,7 @@ fn run(cli: EarthCli) -> Result<()> {
     };
     let store = crate::open_store(&settings)?;
     let executor: Arc<dyn berth_exec::Executor> =
-        Arc::new(berth_exec::Runc::new(&settings.root.join("exec"))?);
+        Arc::new(berth_exec::Runc::new(&settings.root.join("exec"))?.with_privileged(privileged));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -482,6 +482,74 @@ fn earthfile_artifact_flag_outputs_one_artifact() {
 }
 
 #[test]
+fn earthfile_privileged_steps_need_the_entitlement() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("with-docker");
+    // Not granted: refused at the line, nothing runs.
+    let out = output(&mut env.berth(&case, &["+privileged"]));
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains(
+            "Earthfile:24:9: RUN --privileged needs the entitlement security.insecure, \
+             which this build was not granted"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("--allow security.insecure"),
+        "{}",
+        out.stderr
+    );
+    assert!(!case.join("dist").exists());
+    // Granted (berth's spelling): the step may mount.
+    output_ok(&mut env.berth(&case, &["--allow", "security.insecure", "+privileged"]));
+    assert_eq!(read(&case.join("dist/mounted.txt")), "mounted\n");
+}
+
+#[test]
+fn earthfile_with_docker_runs_a_loaded_target_in_its_own_dockerd() {
+    let Some(env) = Env::new() else { return };
+    if !berth_testutil::require_dind_tools() {
+        return;
+    }
+    // The dind base, imported under the name the case uses.
+    let layout = env.dir.path().join("dind");
+    run(Command::new(repo_root().join("scripts/make-dind-layout"))
+        .arg(&layout)
+        .arg("latest"));
+    let tar = env.dir.path().join("dind.tar");
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    run(env
+        .berth(env.dir.path(), &["import", "-t", "berth-test/dind:latest"])
+        .arg(&tar));
+    let case = env.case("with-docker");
+
+    let out = output(&mut env.berth(&case, &["+test"]));
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("Earthfile:13:5: WITH DOCKER needs the entitlement security.insecure"),
+        "{}",
+        out.stderr
+    );
+    assert!(!case.join("dist").exists());
+
+    // Earthly's -P grants it.
+    output_ok(&mut env.berth(&case, &["-P", "--progress", "plain", "+test"]));
+    assert_eq!(read(&case.join("dist/out.txt")), "app says hello\npulled\n");
+    assert_eq!(
+        read(&case.join("dist/images.txt")),
+        "app:test\nbusybox:1.36\n"
+    );
+}
+
+#[test]
 fn earthfile_errors_name_file_line_and_column() {
     let Some(env) = Env::new() else { return };
     let cases = [

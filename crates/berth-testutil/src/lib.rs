@@ -54,6 +54,29 @@ pub fn skip(why: &str) -> bool {
     false
 }
 
+/// What scripts/make-dind-layout copies from this machine (Debian's docker.io and
+/// iptables): whether all of it is here, else skip (or fail under
+/// `BERTH_TEST_STRICT=1`).
+pub fn require_dind_tools() -> bool {
+    let missing = [
+        "/bin/busybox",
+        "/usr/sbin/dockerd",
+        "/usr/bin/containerd",
+        "/usr/bin/containerd-shim-runc-v2",
+        "/usr/bin/docker",
+        "/usr/sbin/xtables-nft-multi",
+    ]
+    .into_iter()
+    .find(|p| !Path::new(p).exists());
+    match missing {
+        Some(p) => skip(&format!(
+            "{p} is missing (scripts/install-test-deps installs docker.io, iptables and \
+             busybox-static)"
+        )),
+        None => true,
+    }
+}
+
 /// Append the line `test` TAB `why` to the skip log at `log` (tabs and line breaks in
 /// either become spaces, so every skip is exactly one line).
 pub fn record_skip(log: &Path, test: &str, why: &str) -> std::io::Result<()> {

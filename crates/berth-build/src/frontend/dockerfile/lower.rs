@@ -407,17 +407,7 @@ impl Lowerer<'_> {
     }
 
     fn image(&mut self, reference: &str) -> Result<(State, ImageConfig)> {
-        if let Some(x) = self.images.get(reference) {
-            return Ok(x.clone());
-        }
-        let r = (self.resolve)(reference)?;
-        let st = State::image(ImageSource {
-            reference: reference.to_string(),
-            manifest: r.manifest.clone(),
-        });
-        self.images
-            .insert(reference.to_string(), (st.clone(), r.config.clone()));
-        Ok((st, r.config))
+        memo_image(&mut self.images, &mut *self.resolve, reference)
     }
 
     /// A stage by name, in any case, or index (for `--from`), lowering it if needed.
@@ -820,6 +810,25 @@ pub(crate) fn command_list(c: &CommandLine, config: &ContainerConfig) -> Vec<Str
             v
         }
     }
+}
+
+/// Image `reference` as a state and its config, resolved once per build through
+/// `resolve` and kept in `images` (both frontends' `FROM`, Earthly's `--pull`).
+pub(crate) fn memo_image(
+    images: &mut HashMap<String, (State, ImageConfig)>,
+    resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    reference: &str,
+) -> Result<(State, ImageConfig)> {
+    if let Some(x) = images.get(reference) {
+        return Ok(x.clone());
+    }
+    let r = resolve(reference)?;
+    let st = State::image(ImageSource {
+        reference: reference.to_string(),
+        manifest: r.manifest.clone(),
+    });
+    images.insert(reference.to_string(), (st.clone(), r.config.clone()));
+    Ok((st, r.config))
 }
 
 #[cfg(test)]

@@ -11,25 +11,29 @@
 //! parallel and a state reached twice runs once.
 //!
 //! What Earthly evaluates by running a command in the container (`IF`, `FOR`, `ARG
-//! X=$(cmd)`) and what needs privileges (`WITH DOCKER`, `RUN --privileged`), a host
-//! (`LOCALLY`) or another tool (`FROM DOCKERFILE`, remote references) is refused with an
-//! error at its line saying it is not supported yet.
+//! X=$(cmd)`) is answered by the solver while lowering. What needs privileges
+//! (`WITH DOCKER`, `RUN --privileged`) is lowered only when the build was granted
+//! `security.insecure`. What berth does not run yet is refused with an error at its
+//! line.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::ast::{Command, Earthfile, Stmt, Word};
+use crate::docker::{DockerImage, docker_run};
 use crate::error::{BuildError, Result};
 use crate::frontend::dockerfile::expand::expand;
 use crate::frontend::dockerfile::instructions::{CommandLine, InstructionKind, RunMount};
 use crate::frontend::dockerfile::lower::run::{MountEnv, base_name, clean_abs, exec_mount};
-use crate::frontend::dockerfile::lower::{DEFAULT_PATH, command_list, exposed_ports, healthcheck};
+use crate::frontend::dockerfile::lower::{
+    DEFAULT_PATH, command_list, exposed_ports, healthcheck, memo_image,
+};
 use crate::frontend::source::Pos;
 use crate::image::{History, ImageConfig, ResolvedImage, host_platform};
 use crate::ir::{
-    self, ExecMount, ExecOp, FileAction, FileOp, GitSource, ImageSource, LocalSource, MountSource,
-    Op, Sharing, State,
+    self, ExecMount, ExecOp, FileAction, FileOp, GitSource, LocalSource, MountSource, Op, Sharing,
+    State,
 };
 use crate::pattern::Ignore;
 use crate::solver::Cancel;
@@ -800,13 +804,7 @@ impl Lowerer<'_> {
                         self.stmts(ts, proj, body)?;
                     }
                 }
-                Stmt::WithDocker { head, .. } => {
-                    return Err(not_supported(
-                        proj,
-                        head.pos,
-                        "WITH DOCKER (it needs the privileged entitlement)",
-                    ));
-                }
+                Stmt::WithDocker { head, body } => self.with_docker(ts, proj, head, body)?,
                 Stmt::Try { head, .. } => {
                     return Err(not_supported(proj, head.pos, "TRY"));
                 }
@@ -929,7 +927,7 @@ impl Lowerer<'_> {
         }
         match c.name.as_str() {
             "FROM" => self.from(ts, proj, c),
-            "RUN" => self.run(ts, proj, c),
+            "RUN" => self.run_step(ts, proj, c, None),
             "COPY" => self.copy(ts, proj, c),
             "ARG" => self.arg(ts, proj, c),
             "LET" | "SET" => {
@@ -1295,22 +1293,7 @@ impl Lowerer<'_> {
             if r == "scratch" {
                 (State::scratch(), scratch_config(), Vec::new())
             } else {
-                let (state, mut config) = match self.images.get(&r) {
-                    Some(x) => x.clone(),
-                    None => {
-                        let resolved = (self.resolve)(&r).map_err(|e| match e {
-                            BuildError::Image(m) => src_err(proj, c.args[0].pos, m),
-                            e => e,
-                        })?;
-                        let st = State::image(ImageSource {
-                            reference: r.clone(),
-                            manifest: resolved.manifest.clone(),
-                        });
-                        self.images
-                            .insert(r.clone(), (st.clone(), resolved.config.clone()));
-                        (st, resolved.config)
-                    }
-                };
+                let (state, mut config) = self.image(proj, &r, c.args[0].pos)?;
                 config.created = self.opts.created.clone();
                 let n = config.history.len();
                 (state, config, vec![None; n])
@@ -1318,6 +1301,122 @@ impl Lowerer<'_> {
         };
         ts.rebase(state, config, hist);
         Ok(())
+    }
+
+    /// Image `r` (written at `pos`) resolved as `FROM` resolves it (the store, then
+    /// the registry), once per build.
+    fn image(&mut self, proj: &Project, r: &str, pos: Pos) -> Result<(State, ImageConfig)> {
+        memo_image(&mut self.images, &mut *self.resolve, r).map_err(|e| match e {
+            BuildError::Image(m) => src_err(proj, pos, m),
+            e => e,
+        })
+    }
+
+    /// `WITH DOCKER [--pull img] [--load [name=]+target] … RUN … END`: the one RUN as a
+    /// step with a dockerd of its own that has the images loaded
+    /// ([`crate::docker::docker_run`]). `--load` targets are lowered like `FROM +t`, so
+    /// they build in parallel with the rest; `--pull` images are resolved as `FROM`'s.
+    fn with_docker(
+        &mut self,
+        ts: &mut Ts,
+        proj: &Arc<Project>,
+        head: &Command,
+        body: &[Stmt],
+    ) -> Result<()> {
+        self.entitled_privileged(proj, head.pos, "WITH DOCKER")?;
+        for flag in ["compose", "service"] {
+            if let Some(p) = head.flag_pos(flag) {
+                return Err(src_err(
+                    proj,
+                    p,
+                    format!("WITH DOCKER --{flag} is not supported by berth yet"),
+                ));
+            }
+        }
+        self.platform(ts, proj, head)?;
+        let run = match body {
+            [Stmt::Command(c)] if c.name == "RUN" => c,
+            _ => {
+                return Err(src_err(
+                    proj,
+                    head.pos,
+                    "WITH DOCKER takes exactly one RUN before its END",
+                ));
+            }
+        };
+        let mut images = Vec::new();
+        for raw in head.values("load") {
+            let pos = head.flag_pos("load").unwrap_or(head.pos);
+            let text = self.x_text(ts, proj, raw, pos)?;
+            images.push(self.docker_load(proj, &text, pos)?);
+        }
+        for raw in head.values("pull") {
+            let pos = head.flag_pos("pull").unwrap_or(head.pos);
+            let r = self.x_text(ts, proj, raw, pos)?;
+            let (state, config) = self.image(proj, &r, pos)?;
+            images.push(DockerImage {
+                tag: r,
+                state,
+                config,
+            });
+        }
+        self.run_step(ts, proj, run, Some(images))
+    }
+
+    /// One `--load` of `WITH DOCKER`: `name=+target`, `+target` (named by the target's
+    /// `SAVE IMAGE`), or either with the target in parentheses with its ARGs,
+    /// `name=(+target --X=1)`.
+    fn docker_load(&mut self, proj: &Arc<Project>, text: &str, pos: Pos) -> Result<DockerImage> {
+        let reference_at = text.find(['+', '(']).unwrap_or(0);
+        let (name, reference) = match text[..reference_at].split_once('=') {
+            Some((n, _)) => (Some(n.to_string()), &text[n.len() + 1..]),
+            None => (None, text),
+        };
+        let inner = match reference.strip_prefix('(') {
+            Some(r) => r
+                .strip_suffix(')')
+                .ok_or_else(|| src_err(proj, pos, format!("--load {text}: a ( without its )")))?,
+            None => reference,
+        };
+        let mut words = inner.split_whitespace();
+        let r = words.next().unwrap_or_default();
+        let mut args = BTreeMap::new();
+        for w in words {
+            let Some((k, v)) = w.strip_prefix("--").and_then(|kv| kv.split_once('=')) else {
+                return Err(src_err(
+                    proj,
+                    pos,
+                    format!("--load {text}: {w:?} is not a build argument (--NAME=value)"),
+                ));
+            };
+            args.insert(k.to_string(), v.to_string());
+        }
+        let (tp, tname) = self.resolve_ref(proj, r, pos)?;
+        let idx = self.target(&tp, &tname, args, Some((proj, pos)))?;
+        let t = &self.targets[idx];
+        let tag = match name {
+            Some(n) => n,
+            None => t
+                .images
+                .iter()
+                .rev()
+                .find_map(|i| i.names.first().cloned())
+                .ok_or_else(|| {
+                    src_err(
+                        proj,
+                        pos,
+                        format!(
+                            "--load {text}: {} saves no named image; name it: --load name={r}",
+                            t.label
+                        ),
+                    )
+                })?,
+        };
+        Ok(DockerImage {
+            tag,
+            state: t.state.clone(),
+            config: t.config.clone(),
+        })
     }
 
     /// `FROM DOCKERFILE [-f file] [--target t] [--build-arg k=v] <context>`: the
@@ -1489,13 +1588,28 @@ impl Lowerer<'_> {
         })
     }
 
+    /// Refuse `what` (written at `pos`) unless the build was granted
+    /// `security.insecure`, which Earthly's `RUN --privileged` and `WITH DOCKER` need.
+    fn entitled_privileged(&self, proj: &Project, pos: Pos, what: &str) -> Result<()> {
+        if self.opts.allow.contains(&ir::Entitlement::SecurityInsecure) {
+            return Ok(());
+        }
+        Err(BuildError::Source(
+            proj.ef
+                .source
+                .error(
+                    pos,
+                    format!(
+                        "{what} needs the entitlement security.insecure, which this build was not granted"
+                    ),
+                )
+                .with_hint("grant it with --allow security.insecure (or Earthly's -P, --allow-privileged)"),
+        ))
+    }
+
     /// What RUN (IF, FOR) flags berth cannot run.
     fn refuse_run_flags(&self, proj: &Project, c: &Command) -> Result<()> {
         for (flag, what) in [
-            (
-                "privileged",
-                "RUN --privileged needs the privileged entitlement, which berth does not offer yet",
-            ),
             ("ssh", "RUN --ssh is not supported by berth yet"),
             ("interactive", "RUN --interactive is not supported by berth"),
             (
@@ -1514,7 +1628,14 @@ impl Lowerer<'_> {
         Ok(())
     }
 
-    fn run(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+    /// A RUN; with `docker`, inside `WITH DOCKER` with those images loaded.
+    fn run_step(
+        &mut self,
+        ts: &mut Ts,
+        proj: &Arc<Project>,
+        c: &Command,
+        docker: Option<Vec<DockerImage>>,
+    ) -> Result<()> {
         if c.rest.is_empty() {
             return Err(src_err(proj, c.pos, "RUN needs a command"));
         }
@@ -1527,14 +1648,21 @@ impl Lowerer<'_> {
             full.extend(args);
             args = full;
         }
-        let (exec, extra) = self.exec_op(ts, proj, c, args)?;
+        let (mut exec, extra) = self.exec_op(ts, proj, c, args)?;
         if c.flag("push") && ts.pre_push.is_none() {
             ts.pre_push = Some(ts.state.clone());
         }
-        let made = ts
-            .state
-            .run(exec, extra, Self::step_name(ts, c))
-            .with_ignore_cache(self.opts.no_cache || c.flag("no-cache") || c.flag("push"));
+        let name = Self::step_name(ts, c);
+        let made = match docker {
+            None => ts.state.run(exec, extra, name),
+            Some(images) => {
+                // dockerd needs root, whatever the target's USER.
+                exec.user = String::new();
+                docker_run(&ts.state, exec, extra, images, name)
+                    .map_err(|e| src_err(proj, c.pos, e.to_string()))?
+            }
+        }
+        .with_ignore_cache(self.opts.no_cache || c.flag("no-cache") || c.flag("push"));
         self.history(ts, c, Some(made));
         Ok(())
     }
@@ -1550,6 +1678,14 @@ impl Lowerer<'_> {
         args: Vec<String>,
     ) -> Result<(ExecOp, Vec<State>)> {
         self.refuse_run_flags(proj, c)?;
+        let privileged = c.flag("privileged");
+        if privileged {
+            self.entitled_privileged(
+                proj,
+                c.flag_pos("privileged").unwrap_or(c.pos),
+                "RUN --privileged",
+            )?;
+        }
         let mut env: Vec<String> = ts
             .vars
             .iter()
@@ -1646,6 +1782,7 @@ impl Lowerer<'_> {
             network,
             mounts,
             proxy_env: self.opts.proxy_env.clone(),
+            privileged,
             ..ExecOp::default()
         };
         Ok((exec, extra))
@@ -2131,6 +2268,17 @@ mod tests {
         reference: &str,
         args: &[(&str, &str)],
     ) -> Result<Plan> {
+        plan_allowed(text, files, reference, args, &[])
+    }
+
+    /// As [`plan`], with entitlements `allow` granted.
+    fn plan_allowed(
+        text: &str,
+        files: &[(&str, &str)],
+        reference: &str,
+        args: &[(&str, &str)],
+        allow: &[ir::Entitlement],
+    ) -> Result<Plan> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("Earthfile"), text).unwrap();
         for (p, t) in files {
@@ -2143,6 +2291,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            allow: allow.to_vec(),
             ..EarthOptions::default()
         };
         // Answers as if the container ran the script: `true` exits 0 and `echo W`
@@ -2287,7 +2436,7 @@ mod tests {
         for (body, want) in [
             (
                 "    RUN --privileged x\n",
-                "Earthfile:3:9: RUN --privileged needs the privileged entitlement",
+                "Earthfile:3:9: RUN --privileged needs the entitlement security.insecure, which this build was not granted",
             ),
             (
                 "    RUN --ssh x\n",
@@ -2295,7 +2444,7 @@ mod tests {
             ),
             (
                 "    WITH DOCKER\n        RUN x\n    END\n",
-                "Earthfile:3:5: WITH DOCKER (it needs the privileged entitlement) is not supported by berth yet",
+                "Earthfile:3:5: WITH DOCKER needs the entitlement security.insecure, which this build was not granted",
             ),
             (
                 "    LOCALLY\n",
@@ -2316,6 +2465,65 @@ mod tests {
         ] {
             let text = format!("VERSION 0.8\nt:\n{body}");
             let got = err(&text, "+t");
+            assert!(got.starts_with(want), "{body:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn privileged_runs_and_with_docker_lower_when_granted() {
+        let insecure = [ir::Entitlement::SecurityInsecure];
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    RUN --privileged a\n    RUN b\n";
+        let p = plan_allowed(text, &[], "+t", &[], &insecure).unwrap();
+        let last = p.targets[p.invoked].state.vertex();
+        let Op::Exec(b) = &last.op else {
+            panic!("not a RUN")
+        };
+        assert!(!b.privileged);
+        let Op::Exec(a) = &last.inputs[0].vertex().op else {
+            panic!("not a RUN")
+        };
+        assert!(a.privileged);
+
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    USER nobody\n    WITH DOCKER --load app:1=(+app --V=2) --load +named\n        RUN docker run app:1\n    END\napp:\n    ARG V\n    RUN echo $V\nnamed:\n    RUN n\n    SAVE IMAGE other:latest\n";
+        let p = plan_allowed(text, &[], "+t", &[], &insecure).unwrap();
+        let labels: Vec<&str> = p.targets.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["+app --V=2", "+named", "+t"]);
+        let step = p.targets[p.invoked].state.vertex();
+        let Op::Exec(e) = &step.op else {
+            panic!("not a RUN")
+        };
+        assert!(e.privileged);
+        assert!(e.user.is_empty(), "dockerd runs as root: {:?}", e.user);
+        let loads = &e.docker.as_ref().unwrap().loads;
+        let tags: Vec<&str> = loads.iter().map(|l| l.tag.as_str()).collect();
+        assert_eq!(tags, ["app:1", "other:latest"]);
+        assert_eq!(
+            step.inputs[loads[0].input].digest(),
+            p.targets[0].state.digest()
+        );
+
+        for (body, want) in [
+            (
+                "    WITH DOCKER --compose c.yml\n        RUN x\n    END\n",
+                "Earthfile:3:17: WITH DOCKER --compose is not supported by berth yet",
+            ),
+            (
+                "    WITH DOCKER\n        RUN x\n        RUN y\n    END\n",
+                "Earthfile:3:5: WITH DOCKER takes exactly one RUN before its END",
+            ),
+            (
+                "    WITH DOCKER --load +t\n        RUN x\n    END\n",
+                "Earthfile:3:17: cycle",
+            ),
+            (
+                "    WITH DOCKER --load +u\n        RUN x\n    END\nu:\n    FROM scratch\n",
+                "Earthfile:3:17: --load +u: +u saves no named image; name it: --load name=+u",
+            ),
+        ] {
+            let text = format!("VERSION 0.8\nt:\n{body}");
+            let got = plan_allowed(&text, &[], "+t", &[], &insecure)
+                .unwrap_err()
+                .to_string();
             assert!(got.starts_with(want), "{body:?}: {got}");
         }
     }
