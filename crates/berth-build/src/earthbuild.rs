@@ -14,7 +14,6 @@ use crate::build::rfc3339;
 use crate::error::{BuildError, Result};
 use crate::export;
 use crate::frontend::earthfile::lower::{EarthOptions, Plan, SavedImage, SavedLocal, lower};
-use crate::image;
 use crate::ir::State;
 use crate::solver::{Cancel, Output, Progress, SecretSource, SolveOptions, Solver, build_id};
 
@@ -72,6 +71,8 @@ pub struct EarthBuildOptions {
     pub allow: Vec<crate::ir::Entitlement>,
     /// A CA bundle RUN steps see.
     pub ca_bundle: Option<PathBuf>,
+    /// When a base image tag in the store is asked of its registry again (`--pull`).
+    pub resolve: crate::ResolvePolicy,
 }
 
 /// An image a build saved.
@@ -124,7 +125,15 @@ pub async fn earth_build(
         git_cache: Some(root.join("cache/earthly-git")),
     };
     let handle = tokio::runtime::Handle::current();
-    let (store2, client) = (store.clone(), opts.client.clone());
+    let store2 = store.clone();
+    // Base images as `berth build` takes them: a tag in the store is the answer unless
+    // `--pull` or the resolve TTL says otherwise.
+    let bases = Arc::new(crate::bases::Bases::new(
+        store.clone(),
+        opts.client.clone(),
+        opts.resolve,
+        opts.progress.clone(),
+    ));
     let holds = Arc::new(std::sync::Mutex::new(Vec::new()));
     let holds2 = holds.clone();
     let (dir, target) = (opts.dir.clone(), opts.target.clone());
@@ -148,12 +157,6 @@ pub async fn earth_build(
     let (root2, executor2, solve_opts2) =
         (root.to_path_buf(), executor.clone(), solve_opts.clone());
     let plan: Plan = tokio::task::spawn_blocking(move || {
-        let pull = |r: &str| -> Result<Digest> {
-            let client = client
-                .as_ref()
-                .ok_or_else(|| BuildError::Image(format!("image {r} is not in berth's store")))?;
-            handle.block_on(image::pull(client, &store2, r))
-        };
         // IF, FOR and $( … ) are answered while lowering, by a solver over the local
         // sources known so far (made anew when another Earthfile's folder joins); its
         // steps are cache hits for the main solve.
@@ -187,7 +190,7 @@ pub async fn earth_build(
             &target,
             &lower_opts,
             &mut |r| {
-                let resolved = image::resolve(&store2, r, Some(&pull))?;
+                let resolved = bases.resolve_blocking(&handle, r)?;
                 let hold = store2.hold_image(&resolved.manifest)?;
                 holds2.lock().expect("image holds").push(hold);
                 Ok(resolved)

@@ -44,6 +44,10 @@ struct EarthCli {
     /// Run every step; reuse nothing from cache.
     #[arg(long)]
     no_cache: bool,
+    /// Resolve every base image tag against its registry, even when berth's store has
+    /// it [config: [build] resolve_ttl].
+    #[arg(long)]
+    pull: bool,
     /// Output only this artifact: --artifact +target/path [dest] (default dest: ./).
     #[arg(long, num_args = 1..=2, value_names = ["TARGET/PATH", "DEST"])]
     artifact: Option<Vec<String>>,
@@ -263,10 +267,14 @@ fn run(cli: EarthCli) -> Result<()> {
         proxy_env: build.proxy_env,
         progress: sink,
         cancel: cancel.clone(),
-        client: Some(Arc::new(settings.registry_client())),
+        client: Some(Arc::new(settings.remembering_registry_client())),
         compression: berth_build::Compression::Gzip,
         allow: build.allow,
         ca_bundle: step_ca.as_ref().map(|b| b.path().to_path_buf()),
+        resolve: berth_build::ResolvePolicy {
+            pull: cli.pull,
+            ttl: build.resolve_ttl,
+        },
     };
     let store = crate::open_store(&settings)?;
     let executor: Arc<dyn berth_exec::Executor> =

@@ -318,6 +318,46 @@ fn satellite_no_op_rebuild_sends_no_request_unless_pull() {
     );
 }
 
+#[test]
+fn earthfile_no_op_run_sends_no_request_unless_pull() {
+    if !require_build() || !require("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_reg, relay) = registry(dir.path());
+    let project = dir.path().join("earth");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(
+        project.join("Earthfile"),
+        format!(
+            "VERSION 0.8\nFROM {}/base/busybox:v1\nbuild:\n    RUN echo ran > /marker\n    SAVE ARTIFACT /marker AS LOCAL out/marker\n",
+            relay.addr
+        ),
+    )
+    .unwrap();
+    let root = dir.path().join("root");
+    let earthly = |extra: &[&str]| {
+        let mut c = Command::new(berth_bin());
+        c.arg("--root").arg(&root).current_dir(&project);
+        c.arg("+build").args(extra);
+        output_ok(&mut c)
+    };
+    earthly(&[]);
+    assert!(relay.take().2 > 0, "the cold run asked nothing?");
+    assert_eq!(
+        std::fs::read_to_string(project.join("out/marker")).unwrap(),
+        "ran\n"
+    );
+    let noop = earthly(&[]);
+    assert_eq!(relay.take(), (0, 0, 0), "{}", noop.stderr);
+    let pulled = earthly(&["--pull"]);
+    assert!(
+        relay.take().2 >= 1,
+        "--pull sent no request: {}",
+        pulled.stderr
+    );
+}
+
 /// A rebuild that changed nothing keeps its image (ID and creation time, as BuildKit
 /// does) and writes nothing: no blob, no step history, no checksum cache. A change
 /// makes a new image.
