@@ -272,27 +272,13 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(async {
-        let build = berth_build::build(&settings.root, store, executor.clone(), opts);
-        tokio::pin!(build);
-        tokio::select! {
-            r = &mut build => r,
-            () = crate::shutdown_signal() => {
-                // Stop what runs, start nothing new, and let every step clean up.
-                eprintln!("berth: canceling the build");
-                cancel.cancel();
-                executor.cancel();
-                build.await
-            }
-        }
-    });
-    if let Some(t) = &tty_view {
-        t.finish();
-    }
-    if cancel.is_canceled() {
-        eprintln!("berth: build canceled; nothing was recorded");
-        std::process::exit(130);
-    }
+    let result = run_cancelable(
+        &rt,
+        berth_build::build(&settings.root, store, executor.clone(), opts),
+        &cancel,
+        executor.as_ref(),
+        tty_view.as_deref(),
+    );
     let result = result?;
     for t in args.tags.iter().filter(|_| !args.quiet) {
         println!("{t}");
@@ -326,6 +312,37 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs `build` on `rt` until it ends; Ctrl-C or SIGTERM cancels it (running steps
+/// stopped, nothing new started, every step cleaned up) and then exits with 130.
+pub(crate) fn run_cancelable<T>(
+    rt: &tokio::runtime::Runtime,
+    build: impl std::future::Future<Output = T>,
+    cancel: &berth_build::Cancel,
+    executor: &dyn berth_exec::Executor,
+    tty_view: Option<&progress::Tty>,
+) -> T {
+    let result = rt.block_on(async {
+        tokio::pin!(build);
+        tokio::select! {
+            r = &mut build => r,
+            () = crate::shutdown_signal() => {
+                eprintln!("berth: canceling the build");
+                cancel.cancel();
+                executor.cancel();
+                build.await
+            }
+        }
+    });
+    if let Some(t) = tty_view {
+        t.finish();
+    }
+    if cancel.is_canceled() {
+        eprintln!("berth: build canceled; nothing was recorded");
+        std::process::exit(130);
+    }
+    result
 }
 
 /// `berth build` on a satellite: the same request, progress and output as a local build.

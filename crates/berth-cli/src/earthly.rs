@@ -282,26 +282,13 @@ fn run(cli: EarthCli) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(async {
-        let build = berth_build::earth_build(&settings.root, store.clone(), executor.clone(), opts);
-        tokio::pin!(build);
-        tokio::select! {
-            r = &mut build => r,
-            () = crate::shutdown_signal() => {
-                eprintln!("berth: canceling the build");
-                cancel.cancel();
-                executor.cancel();
-                build.await
-            }
-        }
-    });
-    if let Some(t) = &tty_view {
-        t.finish();
-    }
-    if cancel.is_canceled() {
-        eprintln!("berth: build canceled; nothing was recorded");
-        std::process::exit(130);
-    }
+    let result = crate::build::run_cancelable(
+        &rt,
+        berth_build::earth_build(&settings.root, store.clone(), executor.clone(), opts),
+        &cancel,
+        executor.as_ref(),
+        tty_view.as_deref(),
+    );
     let result = result?;
     let docker = settings.docker(&cli.docker);
     for img in &result.images {
