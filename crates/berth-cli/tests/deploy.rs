@@ -316,7 +316,7 @@ impl World {
             ctx.join("Dockerfile"),
             format!(
                 "FROM {}\nCOPY www /www\n\
-                 CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-v\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
+                 CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-vv\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
                 self.base.reference()
             ),
         )
@@ -815,7 +815,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     let bad = output(w.berth().args(["deploy", "exec", "nope", "--", "true"]));
     assert!(!bad.success);
     assert!(bad.stderr.contains("nope"), "{}", bad.stderr);
-    // Logs: what the container wrote (busybox httpd -v logs each request's URL), and
+    // Logs: what the container wrote (busybox httpd -vv logs each request's URL), and
     // with -f what it writes afterwards.
     assert!(
         output(
