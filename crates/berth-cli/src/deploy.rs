@@ -89,7 +89,10 @@ pub struct HostAddArgs {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DeployArgs {
+    #[command(subcommand)]
+    command: Option<DeployCommand>,
     /// Services to deploy [default: every service of the file].
     services: Vec<String>,
     /// The deploy file.
@@ -99,6 +102,59 @@ pub struct DeployArgs {
     /// [default: the tag the file names].
     #[arg(long)]
     version: Option<String>,
+}
+
+/// What runs on the hosts: `berth deploy ps|logs|exec|history` (`berth history` is the
+/// image command).
+#[derive(Subcommand)]
+pub enum DeployCommand {
+    /// The services on each host of the file: serving version, container, state, ports.
+    Ps {
+        /// The deploy file.
+        #[arg(long, short = 'f', default_value = "berth.toml")]
+        file: PathBuf,
+    },
+    /// The output of a service's serving container on each of its hosts.
+    Logs {
+        /// The service.
+        service: String,
+        /// Keep printing what it writes.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, short = 'n')]
+        tail: Option<u64>,
+        /// Only this host [default: each host of the service].
+        #[arg(long)]
+        host: Option<String>,
+        /// The deploy file.
+        #[arg(long, default_value = "berth.toml")]
+        file: PathBuf,
+    },
+    /// Run a command in a service's serving container on each of its hosts (no
+    /// terminal, no stdin); fails when it fails on any host.
+    Exec {
+        /// The service.
+        service: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+        /// Only this host [default: each host of the service].
+        #[arg(long)]
+        host: Option<String>,
+        /// The deploy file.
+        #[arg(long, short = 'f', default_value = "berth.toml")]
+        file: PathBuf,
+    },
+    /// Each host's versions of a service, newest first, with image digests; the live one
+    /// marked.
+    History {
+        /// The service [default: the file's only service].
+        service: Option<String>,
+        /// The deploy file.
+        #[arg(long, short = 'f', default_value = "berth.toml")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -249,6 +305,9 @@ fn summarize(what: &str, results: &[HostResult]) -> Result<()> {
 }
 
 pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
+    if let Some(command) = args.command {
+        return on_hosts(settings, command);
+    }
     let file = DeployFile::load(&args.file)?;
     let services = file.select(&args.services)?;
     let store = crate::open_store(settings)?;
@@ -318,45 +377,12 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
 
 pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
     let file = DeployFile::load(&args.file)?;
-    let svc = match &args.service {
-        Some(s) => file.select(std::slice::from_ref(s))?[0],
-        None if file.services.len() == 1 => file.services.values().next().expect("one"),
-        None => bail!(
-            "{} has several services ({}); say which with --service",
-            file.path.display(),
-            file.services.keys().cloned().collect::<Vec<_>>().join(", ")
-        ),
-    };
+    let svc = one_service(&file, args.service.as_deref(), "--service")?;
     let hosts = hosts(settings);
     let progress = |line: &str| eprintln!("{line}");
     runtime()?.block_on(async {
         if args.list {
-            let mut failed = false;
-            for (host, h) in berth_deploy::deployer::history(&file, &hosts, svc).await {
-                match h {
-                    Ok(h) => {
-                        for (i, r) in h.iter().enumerate() {
-                            let mark = if i == 0 { " (serving)" } else { "" };
-                            println!(
-                                "{host}\t{}\t{}\t{}{mark}",
-                                r.version,
-                                r.image,
-                                berth_pki::format_utc(
-                                    std::time::UNIX_EPOCH + Duration::from_secs(r.deployed_unix)
-                                )
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("{host}: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                bail!("some hosts did not answer");
-            }
-            return Ok(());
+            return print_history(&file, &hosts, svc).await;
         }
         let results = berth_deploy::deployer::rollback(
             &file,
@@ -368,4 +394,236 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
         .await?;
         summarize("rollback", &results)
     })
+}
+
+/// The service `name` of the file, or its only one; `how` says how to name one.
+fn one_service<'a>(
+    file: &'a DeployFile,
+    name: Option<&str>,
+    how: &str,
+) -> Result<&'a berth_deploy::config::Service> {
+    Ok(match name {
+        Some(s) => file.select(&[s.to_owned()])?[0],
+        None if file.services.len() == 1 => file.services.values().next().expect("one"),
+        None => bail!(
+            "{} has several services ({}); say which with {how}",
+            file.path.display(),
+            file.services.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// Each host's versions of `svc`, newest (the live one) first.
+async fn print_history(
+    file: &DeployFile,
+    hosts: &Hosts,
+    svc: &berth_deploy::config::Service,
+) -> Result<()> {
+    let mut failed = false;
+    for (host, h) in berth_deploy::deployer::history(file, hosts, svc).await {
+        match h {
+            Ok(h) => {
+                for (i, r) in h.iter().enumerate() {
+                    let mark = if i == 0 { " (serving)" } else { "" };
+                    println!(
+                        "{host}\t{}\t{}\t{}{mark}",
+                        r.version,
+                        r.image,
+                        berth_pki::format_utc(
+                            std::time::UNIX_EPOCH + Duration::from_secs(r.deployed_unix)
+                        )
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("{host}: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        bail!("some hosts did not answer");
+    }
+    Ok(())
+}
+
+/// The hosts of `svc`, or `only` (which must be one of them).
+fn hosts_for(
+    file: &DeployFile,
+    svc: &berth_deploy::config::Service,
+    only: Option<&str>,
+) -> Result<Vec<String>> {
+    let all = file.hosts_of(svc);
+    match only {
+        None => Ok(all),
+        Some(h) if all.iter().any(|a| a == h) => Ok(vec![h.to_owned()]),
+        Some(h) => bail!(
+            "host {h} does not run service {} in {} (its hosts: {})",
+            svc.name,
+            file.path.display(),
+            all.join(", ")
+        ),
+    }
+}
+
+fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
+    let hosts = hosts(settings);
+    match command {
+        DeployCommand::Ps { file } => {
+            let file = DeployFile::load(&file)?;
+            let mut names: Vec<String> = file
+                .services
+                .values()
+                .flat_map(|s| file.hosts_of(s))
+                .collect();
+            names.sort();
+            names.dedup();
+            runtime()?.block_on(async {
+                let mut failed = false;
+                println!("HOST\tSERVICE\tVERSION\tSTATE\tPORTS\tCONTAINER\tIMAGE");
+                for name in names {
+                    let r = match hosts.connect(&name) {
+                        Ok(c) => c.ps().await,
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok(list) => {
+                            for s in list {
+                                let state = match &s.deploying {
+                                    Some((client, since)) => format!(
+                                        "{} (deploy by {client} since {})",
+                                        s.state,
+                                        berth_pki::format_utc(
+                                            std::time::UNIX_EPOCH + Duration::from_secs(*since)
+                                        )
+                                    ),
+                                    None => s.state,
+                                };
+                                println!(
+                                    "{name}\t{}\t{}\t{state}\t{}\t{}\t{}",
+                                    s.name,
+                                    s.version,
+                                    s.ports.join(","),
+                                    s.container,
+                                    s.image.as_deref().unwrap_or("?")
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("{name}: {e}");
+                            failed = true;
+                        }
+                    }
+                }
+                if failed {
+                    bail!("some hosts did not answer");
+                }
+                Ok(())
+            })
+        }
+        DeployCommand::History { service, file } => {
+            let file = DeployFile::load(&file)?;
+            let svc = one_service(&file, service.as_deref(), "a SERVICE argument")?;
+            runtime()?.block_on(print_history(&file, &hosts, svc))
+        }
+        DeployCommand::Exec {
+            service,
+            cmd,
+            host,
+            file,
+        } => {
+            let file = DeployFile::load(&file)?;
+            let svc = one_service(&file, Some(&service), "")?;
+            let names = hosts_for(&file, svc, host.as_deref())?;
+            let prefix = names.len() > 1;
+            runtime()?.block_on(async {
+                let mut failed = Vec::new();
+                for name in names {
+                    let r = match hosts.connect(&name) {
+                        Ok(c) => c.exec(&svc.name, &cmd).await,
+                        Err(e) => Err(e),
+                    };
+                    match r {
+                        Ok(r) => {
+                            for line in r.output.lines() {
+                                if prefix {
+                                    println!("{name} | {line}");
+                                } else {
+                                    println!("{line}");
+                                }
+                            }
+                            if r.exit_code != 0 {
+                                eprintln!("{name}: {:?} exited {}", cmd, r.exit_code);
+                                failed.push(name);
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("{name}: {e}");
+                            failed.push(name);
+                        }
+                    }
+                }
+                if !failed.is_empty() {
+                    bail!("exec failed on {}", failed.join(", "));
+                }
+                Ok(())
+            })
+        }
+        DeployCommand::Logs {
+            service,
+            follow,
+            tail,
+            host,
+            file,
+        } => {
+            let file = DeployFile::load(&file)?;
+            let svc = one_service(&file, Some(&service), "")?;
+            let names = hosts_for(&file, svc, host.as_deref())?;
+            let prefix = names.len() > 1;
+            let clients = names
+                .iter()
+                .map(|n| hosts.connect(n))
+                .collect::<Result<Vec<_>, _>>()?;
+            runtime()?.block_on(async {
+                // Every host at once (with --follow they run until their containers stop).
+                let runs: Vec<_> = clients
+                    .into_iter()
+                    .map(|c| {
+                        let svc = svc.name.clone();
+                        tokio::spawn(async move {
+                            let mut partial = Vec::new();
+                            let name = c.rec.name.clone();
+                            let mut sink = |data: &[u8]| {
+                                use std::io::Write;
+                                partial.extend_from_slice(data);
+                                let mut out = std::io::stdout().lock();
+                                while let Some(i) = partial.iter().position(|b| *b == b'\n') {
+                                    let line: Vec<u8> = partial.drain(..=i).collect();
+                                    if prefix {
+                                        let _ = write!(out, "{name} | ");
+                                    }
+                                    let _ = out.write_all(&line);
+                                }
+                                let _ = out.flush();
+                            };
+                            let r = c.logs(&svc, tail, follow, &mut sink).await;
+                            (c.rec.name.clone(), r)
+                        })
+                    })
+                    .collect();
+                let mut failed = Vec::new();
+                for run in runs {
+                    let (name, r) = run.await.context("a logs task panicked")?;
+                    if let Err(e) = r {
+                        eprintln!("{name}: {e}");
+                        failed.push(name);
+                    }
+                }
+                if !failed.is_empty() {
+                    bail!("logs failed on {}", failed.join(", "));
+                }
+                Ok(())
+            })
+        }
+    }
 }

@@ -316,7 +316,7 @@ impl World {
             ctx.join("Dockerfile"),
             format!(
                 "FROM {}\nCOPY www /www\n\
-                 CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-v\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
+                 CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-vv\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
                 self.base.reference()
             ),
         )
@@ -686,13 +686,20 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     }
     let second = w.deploy(&["--version", "v1"]);
     assert!(!second.success);
-    assert!(
-        second
-            .stderr
-            .contains("another deploy of service web is running on this host"),
-        "{}",
-        second.stderr
-    );
+    // Who holds the lock: the host, since when, which client (the first deploy's, the
+    // same machine's name as `berth host add` gave it).
+    for host in ["h1", "h2"] {
+        assert!(
+            second.stderr.contains(&format!(
+                "another deploy of service web is running on host {host} (locked since "
+            )),
+            "{}",
+            second.stderr
+        );
+    }
+    assert!(second.stderr.contains(" by client "), "{}", second.stderr);
+    let ps = output_ok(w.berth().args(["deploy", "ps"]));
+    assert!(ps.stdout.contains("(deploy by "), "{}", ps.stdout);
     for h in &w.hosts {
         let name = new_container(h).unwrap();
         let touch = h
@@ -750,6 +757,175 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     );
     w.hosts[0].agent = restarted;
     assert_eq!(w.get(0).stdout.trim(), "version-4");
+
+    // `berth deploy ps|exec|logs|history` over the agents' API: h1 serves v4, h2 v1.
+    let ps = output_ok(w.berth().args(["deploy", "ps"]));
+    let row = |host: &str| {
+        ps.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{host}\tweb\t")))
+            .unwrap_or_else(|| panic!("no row of {host}: {}", ps.stdout))
+            .to_owned()
+    };
+    assert!(
+        row("h1").contains("\tv4\trunning\t8080:80\tberth-web-v4-"),
+        "{}",
+        ps.stdout
+    );
+    assert!(
+        row("h1").contains(&format!("{REGISTRY}/app@sha256:")),
+        "{}",
+        ps.stdout
+    );
+    assert!(row("h2").contains("\tv1\trunning\t"), "{}", ps.stdout);
+    let exec = output_ok(w.berth().args([
+        "deploy",
+        "exec",
+        "web",
+        "--",
+        "/bin/busybox",
+        "cat",
+        "/www/index.html",
+    ]));
+    assert!(exec.stdout.contains("h1 | version-4"), "{}", exec.stdout);
+    assert!(exec.stdout.contains("h2 | version-1"), "{}", exec.stdout);
+    let exec = output(w.berth().args([
+        "deploy",
+        "exec",
+        "web",
+        "--host",
+        "h2",
+        "--",
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "echo $API_KEY; exit 3",
+    ]));
+    assert!(!exec.success);
+    assert_eq!(exec.stdout.trim(), "s3cret-value");
+    assert!(exec.stderr.contains("exited 3"), "{}", exec.stderr);
+    assert!(exec.stderr.contains("exec failed on h2"), "{}", exec.stderr);
+    let bad = output(w.berth().args(["deploy", "logs", "web", "--host", "h9"]));
+    assert!(!bad.success);
+    assert!(
+        bad.stderr.contains("host h9 does not run service web"),
+        "{}",
+        bad.stderr
+    );
+    let bad = output(w.berth().args(["deploy", "exec", "nope", "--", "true"]));
+    assert!(!bad.success);
+    assert!(bad.stderr.contains("nope"), "{}", bad.stderr);
+    // Logs: what the container wrote (busybox httpd -vv logs each request's URL), and
+    // with -f what it writes afterwards.
+    assert!(
+        output(
+            w.dep
+                .command("curl")
+                .args(["-s", &format!("http://{}:8080/before-logs", w.hosts[0].ip)])
+        )
+        .success
+    );
+    let logs = output_ok(w.berth().args(["deploy", "logs", "web", "--host", "h1"]));
+    assert!(logs.stdout.contains("/before-logs"), "{}", logs.stdout);
+    let follow_out = w.dir.path().join("logs-follow");
+    let mut follow = w
+        .berth()
+        .args(["deploy", "logs", "-f", "-n", "0", "web"])
+        .stdout(std::fs::File::create(&follow_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        assert!(
+            output(w.dep.command("curl").args([
+                "-s",
+                &format!("http://{}:8080/while-following", w.hosts[0].ip)
+            ]))
+            .success
+        );
+        let text = std::fs::read_to_string(&follow_out).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.starts_with("h1 | ") && l.contains("/while-following"))
+        {
+            assert!(
+                !text.contains("/before-logs"),
+                "-n 0 printed old lines: {text}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "logs -f printed no new line: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kill(&mut follow);
+    let history = output_ok(w.berth().args(["deploy", "history"]));
+    let first = |host: &str| {
+        history
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{host}\t")))
+            .unwrap_or_else(|| panic!("no history of {host}: {}", history.stdout))
+            .to_owned()
+    };
+    assert!(
+        first("h1").starts_with(&format!("h1\tv4\t{REGISTRY}/app@sha256:")),
+        "{}",
+        history.stdout
+    );
+    assert!(first("h1").ends_with("(serving)"), "{}", history.stdout);
+    assert!(first("h2").starts_with("h2\tv1\t"), "{}", history.stdout);
+    assert_eq!(
+        history.stdout.matches("(serving)").count(),
+        2,
+        "{}",
+        history.stdout
+    );
+
+    // Batches: one host at a time, 3s between. h2 reaches the registry again. The order
+    // and the pause show in the agents' own history timestamps (seconds).
+    run(Command::new("ip").args([
+        "-n",
+        &w.hosts[1].host.ns,
+        "route",
+        "add",
+        &format!("{REGISTRY_IP}/32"),
+        "via",
+        "10.91.2.1",
+    ]));
+    w.write_deploy_file("[deploy.batch]\nlimit = 1\nwait = \"3s\"\n");
+    let out = w.deploy(&["--version", "v2"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stderr
+            .matches("waiting 3s before the next batch")
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    let live = |h: &DeployHost| {
+        let path = h.agent.root.join("agent/services/web/history.json");
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        (
+            v[0]["version"].as_str().unwrap().to_owned(),
+            v[0]["deployed_unix"].as_u64().unwrap(),
+        )
+    };
+    let (v1, t1) = live(&w.hosts[0]);
+    let (v2, t2) = live(&w.hosts[1]);
+    assert_eq!((v1.as_str(), v2.as_str()), ("v2", "v2"));
+    // h2 went live at least the wait (less a second of rounding) after h1.
+    assert!(
+        t2 >= t1 + 2,
+        "h1 live at {t1}, h2 at {t2}: no wait between batches"
+    );
+    for i in 0..2 {
+        assert_eq!(w.get(i).stdout.trim(), "version-2");
+    }
 
     // A secret the deploying machine lacks: refused before any host is touched.
     let out = output(w.berth().arg("deploy").env_remove("TEST_API_KEY"));

@@ -131,7 +131,7 @@ impl Agent {
             _ => format!("{host}:{}", opts.addr.port()),
         };
         authority.set_address(&address)?;
-        let engine = Engine::new(&root.dir).await?;
+        let engine = Engine::new(&root.dir, &opts.name).await?;
         engine.restore().await;
         let agent = Agent {
             inner: Arc::new(Inner {
@@ -155,6 +155,9 @@ impl Agent {
             .route("/v1/status", axum::routing::get(status))
             .route("/v1/deploy", axum::routing::post(deploy))
             .route("/v1/services/{name}/history", axum::routing::get(history))
+            .route("/v1/services", axum::routing::get(ps))
+            .route("/v1/services/{name}/logs", axum::routing::get(logs))
+            .route("/v1/services/{name}/exec", axum::routing::post(exec))
             .with_state(self.clone())
     }
 
@@ -216,11 +219,13 @@ fn token_message(p: &berth_pki::PkiError) -> String {
     }
 }
 
-/// The enrolled client behind a request.
-fn caller(certs: Option<&berth_registry::PeerCertificates>) -> Result<(), DeployError> {
-    match certs {
-        Some(c) if !c.0.is_empty() => Ok(()),
-        _ => Err(DeployError::Denied(
+/// The enrolled client behind a request: its certificate's name.
+fn caller(certs: Option<&berth_registry::PeerCertificates>) -> Result<String, DeployError> {
+    match certs.and_then(|c| c.0.first()) {
+        Some(leaf) => Ok(berth_pki::CertInfo::from_der(leaf)
+            .map(|i| i.display_name())
+            .unwrap_or_else(|_| "?".into())),
+        None => Err(DeployError::Denied(
             "this call needs an enrolled machine: run `berth host add NAME --token T` first".into(),
         )),
     }
@@ -268,9 +273,9 @@ async fn deploy(
     certs: Option<Extension<berth_registry::PeerCertificates>>,
     Json(req): Json<DeployRequest>,
 ) -> Result<Json<crate::api::DeployReport>, DeployError> {
-    caller(certs.as_deref())?;
-    tracing::info!(service = %req.service.name, version = %req.version, image = %req.image, "deploy");
-    let report = agent.inner.engine.deploy(req).await;
+    let client = caller(certs.as_deref())?;
+    tracing::info!(service = %req.service.name, version = %req.version, image = %req.image, %client, "deploy");
+    let report = agent.inner.engine.deploy(req, &client).await;
     match &report.error {
         Some(e) => tracing::warn!(error = %e, "deploy failed"),
         None => tracing::info!(serving = ?report.serving, "deploy done"),
@@ -285,4 +290,49 @@ async fn history(
 ) -> Result<Json<Vec<crate::api::Release>>, DeployError> {
     caller(certs.as_deref())?;
     Ok(Json(agent.inner.engine.history(&name)?))
+}
+
+async fn ps(
+    State(agent): State<Agent>,
+    certs: Option<Extension<berth_registry::PeerCertificates>>,
+) -> Result<Json<Vec<crate::api::ServiceState>>, DeployError> {
+    caller(certs.as_deref())?;
+    Ok(Json(agent.inner.engine.ps().await?))
+}
+
+/// `?tail=N&follow=true`.
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    tail: Option<u64>,
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn logs(
+    State(agent): State<Agent>,
+    certs: Option<Extension<berth_registry::PeerCertificates>>,
+    UrlPath(name): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<LogsQuery>,
+) -> Result<Response, DeployError> {
+    caller(certs.as_deref())?;
+    let stream = agent.inner.engine.logs(&name, q.tail, q.follow)?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn exec(
+    State(agent): State<Agent>,
+    certs: Option<Extension<berth_registry::PeerCertificates>>,
+    UrlPath(name): UrlPath<String>,
+    Json(req): Json<crate::api::ExecRequest>,
+) -> Result<Json<crate::api::ExecResult>, DeployError> {
+    let client = caller(certs.as_deref())?;
+    tracing::info!(service = %name, cmd = ?req.cmd, %client, "exec");
+    Ok(Json(agent.inner.engine.exec(&name, &req.cmd).await?))
 }

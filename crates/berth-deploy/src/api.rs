@@ -6,6 +6,9 @@
 //! | `GET /v1/status` | | [`Status`] |
 //! | `POST /v1/deploy` | [`DeployRequest`] | [`DeployReport`] |
 //! | `GET /v1/services/{name}/history` | | [`Vec<Release>`], newest first |
+//! | `GET /v1/services` | | [`Vec<ServiceState>`] |
+//! | `GET /v1/services/{name}/logs?tail=N&follow=true` | | the serving container's output (text, streamed) |
+//! | `POST /v1/services/{name}/exec` | [`ExecRequest`] | [`ExecResult`] |
 //!
 //! Errors answer a status code and `{"error": "…"}`.
 
@@ -86,4 +89,39 @@ pub struct Status {
     pub version: String,
     /// The Docker daemon's version, or why it did not answer.
     pub docker: String,
+}
+
+/// A service on a host (`GET /v1/services`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// The service.
+    pub name: String,
+    /// The serving version.
+    pub version: String,
+    /// Its pinned image, from the history.
+    pub image: Option<String>,
+    /// Its container.
+    pub container: String,
+    /// Docker's state of that container (`running`, `exited`, …, or why none).
+    pub state: String,
+    /// Published ports (`host:container`).
+    pub ports: Vec<String>,
+    /// A deploy running now: by which client, since when (seconds since the epoch).
+    pub deploying: Option<(String, u64)>,
+}
+
+/// A command to run in a service's serving container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The command and its arguments.
+    pub cmd: Vec<String>,
+}
+
+/// What an exec did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// Its exit code.
+    pub exit_code: i64,
+    /// Its output (stdout and stderr interleaved).
+    pub output: String,
 }

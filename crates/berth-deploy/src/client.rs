@@ -19,7 +19,9 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
-use crate::api::{DeployReport, DeployRequest, Release, Status};
+use crate::api::{
+    DeployReport, DeployRequest, ExecRequest, ExecResult, Release, ServiceState, Status,
+};
 use crate::error::DeployError;
 
 /// A host this machine deploys to.
@@ -150,6 +152,53 @@ impl AgentClient {
         .await
     }
 
+    /// The services on the host: serving version, container, state.
+    pub async fn ps(&self) -> Result<Vec<ServiceState>, DeployError> {
+        self.call("GET", "/v1/services", None::<&()>).await
+    }
+
+    /// Runs `cmd` in the serving container of `service`.
+    pub async fn exec(&self, service: &str, cmd: &[String]) -> Result<ExecResult, DeployError> {
+        let req = ExecRequest { cmd: cmd.to_vec() };
+        self.call("POST", &format!("/v1/services/{service}/exec"), Some(&req))
+            .await
+    }
+
+    /// The serving container's output of `service` (the last `tail` lines, all when
+    /// `None`), handed to `sink` as it comes; with `follow`, until the container stops.
+    pub async fn logs(
+        &self,
+        service: &str,
+        tail: Option<u64>,
+        follow: bool,
+        sink: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<(), DeployError> {
+        let mut path = format!("/v1/services/{service}/logs?follow={follow}");
+        if let Some(n) = tail {
+            path.push_str(&format!("&tail={n}"));
+        }
+        let addr = &self.rec.address;
+        let mut body = request(addr, self.config.clone(), "GET", &path, None::<&()>)
+            .await
+            .map_err(|e| self.named(e))?;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                DeployError::Remote(format!("host {}: reading logs: {e}", self.rec.name))
+            })?;
+            if let Some(data) = frame.data_ref() {
+                sink(data);
+            }
+        }
+        Ok(())
+    }
+
+    fn named(&self, e: DeployError) -> DeployError {
+        match e {
+            DeployError::Remote(m) => DeployError::Remote(format!("host {}: {m}", self.rec.name)),
+            e => e,
+        }
+    }
+
     async fn call<B: Serialize, T: for<'de> Deserialize<'de>>(
         &self,
         method: &str,
@@ -158,12 +207,7 @@ impl AgentClient {
     ) -> Result<T, DeployError> {
         call(&self.rec.address, self.config.clone(), method, path, body)
             .await
-            .map_err(|e| match e {
-                DeployError::Remote(m) => {
-                    DeployError::Remote(format!("host {}: {m}", self.rec.name))
-                }
-                e => e,
-            })
+            .map_err(|e| self.named(e))
     }
 }
 
@@ -177,11 +221,30 @@ fn host_of(addr: &str) -> &str {
 /// One JSON call over TLS (HTTP/1.1, a connection of its own).
 async fn call<B: Serialize, T: for<'de> Deserialize<'de>>(
     addr: &str,
-    mut config: rustls::ClientConfig,
+    config: rustls::ClientConfig,
     method: &str,
     path: &str,
     body: Option<&B>,
 ) -> Result<T, DeployError> {
+    let body = request(addr, config, method, path, body)
+        .await?
+        .collect()
+        .await
+        .map_err(|e| DeployError::Remote(format!("agent {addr}: reading the answer: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|e| DeployError::Remote(format!("agent {addr}: unexpected answer: {e}")))
+}
+
+/// One request over TLS: the body of a successful answer, still to be read; an error
+/// answer's message as the error.
+async fn request<B: Serialize>(
+    addr: &str,
+    mut config: rustls::ClientConfig,
+    method: &str,
+    path: &str,
+    body: Option<&B>,
+) -> Result<hyper::body::Incoming, DeployError> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let server_name = rustls_pki_types::ServerName::try_from(host_of(addr).to_owned())
         .map_err(|e| DeployError::BadRequest(format!("agent address {addr}: {e}")))?;
@@ -231,23 +294,22 @@ async fn call<B: Serialize, T: for<'de> Deserialize<'de>>(
         DeployError::Remote(format!("agent {addr}: the connection failed: {e}"))
     })?;
     let status = resp.status();
+    if status.is_success() {
+        return Ok(resp.into_body());
+    }
     let body = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| DeployError::Remote(format!("agent {addr}: reading the answer: {e}")))?
         .to_bytes();
-    if !status.is_success() {
-        let msg = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Err(match status.as_u16() {
-            401 | 403 => DeployError::Denied(format!("agent {addr}: {msg}")),
-            400 => DeployError::BadRequest(format!("agent {addr}: {msg}")),
-            _ => DeployError::Remote(format!("agent {addr}: {msg}")),
-        });
-    }
-    serde_json::from_slice(&body)
-        .map_err(|e| DeployError::Remote(format!("agent {addr}: unexpected answer: {e}")))
+    let msg = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    Err(match status.as_u16() {
+        401 | 403 => DeployError::Denied(format!("agent {addr}: {msg}")),
+        400 => DeployError::BadRequest(format!("agent {addr}: {msg}")),
+        _ => DeployError::Remote(format!("agent {addr}: {msg}")),
+    })
 }

@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::api::{DeployReport, DeployRequest, Release};
+use crate::api::{DeployReport, DeployRequest, ExecResult, Release, ServiceState};
 use crate::config::{Check, Health, Service};
 use crate::error::DeployError;
 use crate::proxy::{Proxies, Target};
@@ -52,7 +52,11 @@ pub struct Engine {
     docker: Docker,
     dir: PathBuf,
     proxies: Proxies,
+    /// The agent's name, for messages about this host.
+    host: String,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Who holds each service's lock, and since when.
+    holders: Mutex<HashMap<String, (String, SystemTime)>>,
 }
 
 fn derr(what: &str) -> impl FnOnce(bollard::errors::Error) -> DeployError + '_ {
@@ -93,8 +97,9 @@ fn unix_now() -> u64 {
 }
 
 impl Engine {
-    /// An engine keeping its state in `dir`, on the dockerd of `DOCKER_HOST`.
-    pub async fn new(dir: &Path) -> Result<Engine, DeployError> {
+    /// An engine of host `host` keeping its state in `dir`, on the dockerd of
+    /// `DOCKER_HOST`.
+    pub async fn new(dir: &Path, host: &str) -> Result<Engine, DeployError> {
         let docker = berth_docker::connect()
             .await
             .map_err(|e| DeployError::Docker(e.to_string()))?;
@@ -102,7 +107,9 @@ impl Engine {
             docker,
             dir: dir.to_path_buf(),
             proxies: Proxies::default(),
+            host: host.to_owned(),
             locks: Mutex::new(HashMap::new()),
+            holders: Mutex::new(HashMap::new()),
         })
     }
 
@@ -170,9 +177,10 @@ impl Engine {
             })
     }
 
-    /// Runs one deploy (see the module's steps). A failure leaves the previous version
-    /// serving; the report says what happened either way.
-    pub async fn deploy(&self, req: DeployRequest) -> DeployReport {
+    /// Runs one deploy for `client` (see the module's steps). A failure leaves the
+    /// previous version serving; the report says what happened either way. A second
+    /// deploy of the same service while one runs is refused, naming who holds it.
+    pub async fn deploy(&self, req: DeployRequest, client: &str) -> DeployReport {
         let mut steps = Vec::new();
         if let Err(e) = check_service_name(&req.service.name) {
             return DeployReport {
@@ -188,12 +196,32 @@ impl Engine {
             .entry(req.service.name.clone())
             .or_default()
             .clone();
+        let svc = &req.service.name;
         let result = match lock.try_lock() {
-            Ok(_held) => self.deploy_locked(&req, &mut steps).await,
-            Err(_) => Err(DeployError::BadRequest(format!(
-                "another deploy of service {} is running on this host; wait for it to end",
-                req.service.name
-            ))),
+            Ok(_held) => {
+                self.holders
+                    .lock()
+                    .expect("holders")
+                    .insert(svc.clone(), (client.to_owned(), SystemTime::now()));
+                let r = self.deploy_locked(&req, &mut steps).await;
+                self.holders.lock().expect("holders").remove(svc);
+                r
+            }
+            Err(_) => {
+                let holder = self.holders.lock().expect("holders").get(svc).cloned();
+                let who = match holder {
+                    Some((c, since)) => format!(
+                        " (locked since {} by client {c})",
+                        berth_pki::format_utc(since)
+                    ),
+                    None => String::new(),
+                };
+                Err(DeployError::BadRequest(format!(
+                    "another deploy of service {svc} is running on host {}{who}; wait for it \
+                     to end",
+                    self.host
+                )))
+            }
         };
         let current: Option<Current> =
             read_json(&self.service_dir(&req.service.name).join("current.json"))
@@ -411,37 +439,7 @@ impl Engine {
                 http_check(SocketAddr::new(ip, *port), path).await
             }
             Check::Command(cmd) => {
-                let exec = self
-                    .docker
-                    .create_exec(
-                        name,
-                        CreateExecOptions {
-                            cmd: Some(cmd.clone()),
-                            attach_stdout: Some(true),
-                            attach_stderr: Some(true),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map_err(|e| docker_message(&e))?;
-                let mut out = String::new();
-                if let StartExecResults::Attached { mut output, .. } = self
-                    .docker
-                    .start_exec(&exec.id, None)
-                    .await
-                    .map_err(|e| docker_message(&e))?
-                {
-                    while let Some(Ok(chunk)) = output.next().await {
-                        out.push_str(&chunk.to_string());
-                    }
-                }
-                let code = self
-                    .docker
-                    .inspect_exec(&exec.id)
-                    .await
-                    .map_err(|e| docker_message(&e))?
-                    .exit_code
-                    .unwrap_or(-1);
+                let (code, out) = self.run_exec(name, cmd).await?;
                 if code == 0 {
                     Ok(())
                 } else {
@@ -449,6 +447,160 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Runs `cmd` in container `name`: its exit code and output.
+    async fn run_exec(&self, name: &str, cmd: &[String]) -> Result<(i64, String), String> {
+        let exec = self
+            .docker
+            .create_exec(
+                name,
+                CreateExecOptions {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| docker_message(&e))?;
+        let mut out = String::new();
+        if let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| docker_message(&e))?
+        {
+            while let Some(Ok(chunk)) = output.next().await {
+                out.push_str(&chunk.to_string());
+            }
+        }
+        let code = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(|e| docker_message(&e))?
+            .exit_code
+            .unwrap_or(-1);
+        Ok((code, out))
+    }
+
+    /// The serving container of `service`, or an error naming the host.
+    fn current(&self, service: &str) -> Result<Current, DeployError> {
+        check_service_name(service)?;
+        read_json(&self.service_dir(service).join("current.json"))?.ok_or_else(|| {
+            DeployError::BadRequest(format!(
+                "service {service} has no serving container on host {}: deploy it first",
+                self.host
+            ))
+        })
+    }
+
+    /// The services of this host: serving version, container and its state.
+    pub async fn ps(&self) -> Result<Vec<ServiceState>, DeployError> {
+        let dir = self.dir.join("services");
+        let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(DeployError::io("read", &dir)(e)),
+        };
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let Ok(cur) = self.current(&name) else {
+                continue;
+            };
+            let state = match self.docker.inspect_container(&cur.container, None).await {
+                Ok(i) => i
+                    .state
+                    .and_then(|s| s.status)
+                    .map_or_else(|| "unknown".into(), |s| s.to_string()),
+                Err(e) => format!("missing: {}", docker_message(&e)),
+            };
+            let image = self
+                .history(&name)?
+                .into_iter()
+                .find(|r| r.version == cur.version)
+                .map(|r| r.image);
+            let deploying = self
+                .holders
+                .lock()
+                .expect("holders")
+                .get(&name)
+                .map(|(c, t)| {
+                    let secs = t
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    (c.clone(), secs)
+                });
+            out.push(ServiceState {
+                ports: cur
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}:{}", p.host, p.container))
+                    .collect(),
+                name,
+                version: cur.version,
+                image,
+                container: cur.container,
+                state,
+                deploying,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs `cmd` in the serving container of `service`.
+    pub async fn exec(&self, service: &str, cmd: &[String]) -> Result<ExecResult, DeployError> {
+        if cmd.is_empty() {
+            return Err(DeployError::BadRequest("exec: no command given".into()));
+        }
+        let cur = self.current(service)?;
+        let (exit_code, output) = self.run_exec(&cur.container, cmd).await.map_err(|e| {
+            DeployError::Docker(format!("exec in {} ({service}): {e}", cur.container))
+        })?;
+        Ok(ExecResult { exit_code, output })
+    }
+
+    /// The output of the serving container of `service`: the last `tail` lines (all when
+    /// `None`), then, with `follow`, what it writes until it stops or the reader goes.
+    pub fn logs(
+        &self,
+        service: &str,
+        tail: Option<u64>,
+        follow: bool,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<bytes::Bytes, DeployError>> + use<>,
+        DeployError,
+    > {
+        let cur = self.current(service)?;
+        let docker = self.docker.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let opts = LogsOptions {
+                stdout: true,
+                stderr: true,
+                follow,
+                tail: tail.map_or_else(|| "all".into(), |n| n.to_string()),
+                ..Default::default()
+            };
+            let mut s = docker.logs(&cur.container, Some(opts));
+            while let Some(item) = s.next().await {
+                let item = item
+                    .map(|c| c.into_bytes())
+                    .map_err(derr(&format!("logs of {}", cur.container)));
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|x| (x, rx))
+        }))
     }
 
     async fn last_logs(&self, name: &str) -> String {
