@@ -31,6 +31,12 @@ use crate::error::DeployError;
 /// How long a request waits for a port to get its first target.
 pub const WAIT_FOR_TARGET: Duration = Duration::from_secs(30);
 
+/// How long connecting to a container may take. A container on this host answers in
+/// well under a millisecond; a connection that takes longer went to an address that
+/// vanished (a container removed as the request set out gets no RST, only silence), so
+/// the request goes to the current target instead of waiting for TCP's own timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// A port's current target (none before the first healthy container).
@@ -228,7 +234,16 @@ async fn forward(
             target = t;
             continue;
         }
-        match tokio::net::TcpStream::connect(target.addr).await {
+        let connected =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target.addr))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer in {CONNECT_TIMEOUT:?}"),
+                    ))
+                });
+        match connected {
             Ok(s) => break (s, guard),
             Err(e) => {
                 // Switched away and gone: the new container takes the request (nothing
