@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use common::git::GitDaemon;
 use common::tinyproxy::Proxy;
 use common::*;
 
@@ -453,41 +454,6 @@ fn downloads_match_docker_buildkit() {
         mtime(&work.join("rootfs"), "d/data.tar.gz")
     );
     assert_eq!(mtime(&p.path("out"), "named.tgz"), LAST_MODIFIED_UNIX);
-}
-
-/// `git daemon` serving the repositories below `base` on a free port of 127.0.0.1;
-/// killed on drop.
-struct GitDaemon {
-    child: Child,
-    addr: String,
-}
-
-impl GitDaemon {
-    fn start(base: &Path) -> GitDaemon {
-        let port = free_port();
-        let child = Command::new("git")
-            .arg("daemon")
-            .arg("--reuseaddr")
-            .arg("--export-all")
-            .arg(format!("--base-path={}", base.display()))
-            .arg("--listen=127.0.0.1")
-            .arg(format!("--port={port}"))
-            .arg(base)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start git daemon");
-        let addr = format!("127.0.0.1:{port}");
-        wait_listening(&addr);
-        GitDaemon { child, addr }
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Git's smart HTTP on 127.0.0.1: each request is handed to `git http-backend` (CGI)

@@ -6,6 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::git::GitDaemon;
 use common::*;
 
 /// A berth root whose store holds the busybox fixture under the base image names the
@@ -287,37 +288,6 @@ fn earthfile_save_image_push_pushes_only_with_push() {
     );
 }
 
-/// `git daemon` over repositories below `base`, on 127.0.0.1; killed on drop.
-struct GitDaemon(std::process::Child, String);
-
-impl GitDaemon {
-    fn start(base: &Path) -> GitDaemon {
-        let port = free_port();
-        // git-daemon itself, not `git daemon`, whose git parent would leave it running
-        // (with the test's output pipe) when killed.
-        let exec_path = run(Command::new("git").arg("--exec-path"));
-        let child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
-            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
-            .arg(format!("--base-path={}", base.display()))
-            .arg(format!("--port={port}"))
-            .arg(base)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start git daemon");
-        let addr = format!("127.0.0.1:{port}");
-        wait_listening(&addr);
-        GitDaemon(child, addr)
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Commit `files` (path, text) to branch main of the bare repository `bare`.
 fn commit_to(bare: &Path, work: &Path, files: &[(&str, &str)]) {
     if !work.exists() {
@@ -377,7 +347,7 @@ fn earthfile_remote_references_are_fetched_with_git_and_cached_by_commit() {
         case.join("Earthfile"),
         format!(
             "VERSION 0.8\nIMPORT {addr}/org/lib:main AS lib\nFROM busybox:1.36\nuse:\n    COPY lib+artifact/remote.txt /\n    DO lib+FN\n    RUN cat /remote.txt /from-function > /both\n    SAVE ARTIFACT /both AS LOCAL both.txt\n    BUILD {addr}/org/lib/sub:main+other\n",
-            addr = daemon.1
+            addr = daemon.addr
         ),
     )
     .unwrap();
@@ -387,9 +357,9 @@ fn earthfile_remote_references_are_fetched_with_git_and_cached_by_commit() {
         c.env("GIT_CONFIG_COUNT", "1")
             .env(
                 "GIT_CONFIG_KEY_0",
-                format!("url.git://{}/.insteadOf", daemon.1),
+                format!("url.git://{}/.insteadOf", daemon.addr),
             )
-            .env("GIT_CONFIG_VALUE_0", format!("https://{}/", daemon.1));
+            .env("GIT_CONFIG_VALUE_0", format!("https://{}/", daemon.addr));
         c
     };
     output_ok(&mut berth(&["+use"]));
@@ -412,7 +382,7 @@ fn earthfile_remote_references_are_fetched_with_git_and_cached_by_commit() {
     // The invocation itself may name a remote target.
     let out = env.dir.path().join("remote-artifact");
     let dest = format!("{}/", out.display());
-    let target = format!("{}/org/lib:main+artifact/remote.txt", daemon.1);
+    let target = format!("{}/org/lib:main+artifact/remote.txt", daemon.addr);
     output_ok(&mut berth(&["--artifact", &target, &dest]));
     assert_eq!(read(&out.join("remote.txt")), "remote two\n");
 }
