@@ -43,6 +43,10 @@ pub struct AgentServeArgs {
     /// How long certificates of deploying machines stay valid.
     #[arg(long, default_value = "30d", value_parser = crate::parse_duration)]
     client_validity: Duration,
+    /// Serve plain HTTP on this unix socket instead of mutual TLS on --addr: the agent
+    /// container berth starts on SSH-driven hosts, reached through an SSH forward.
+    #[arg(long)]
+    unix: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -205,6 +209,9 @@ fn serve(settings: &Settings, args: AgentServeArgs) -> Result<()> {
         addr,
         client_validity: args.client_validity,
     };
+    if let Some(path) = args.unix {
+        return runtime()?.block_on(serve_unix(settings, &opts, path));
+    }
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -230,6 +237,41 @@ fn serve(settings: &Settings, args: AgentServeArgs) -> Result<()> {
         agent.serve(listener, crate::shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// `berth agent serve --unix PATH`: the socket is made readable by the group of dockerd's
+/// socket, as who may use dockerd may use the agent.
+async fn serve_unix(settings: &Settings, opts: &AgentOptions, path: PathBuf) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("listen on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    let docker_sock =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let docker_sock = docker_sock.trim_start_matches("unix://");
+    if let Ok(m) = std::fs::metadata(docker_sock) {
+        let _ = std::os::unix::fs::chown(&path, None, Some(m.gid()));
+    }
+    let (agent, _, _) = berth_deploy::Agent::open(opts).await?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(
+            out,
+            "berth agent {} listening on {} (root {})",
+            opts.name,
+            path.display(),
+            settings.root.display()
+        )
+        .and_then(|()| out.flush());
+    }
+    agent.serve_unix(listener, crate::shutdown_signal()).await?;
+    Ok(())
 }
 
 pub fn host(settings: &Settings, command: HostCommand) -> Result<()> {
@@ -325,10 +367,12 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     let client = berth_client::Client::new(config);
     let hosts = hosts(settings);
     let progress = |line: &str| eprintln!("{line}");
-    // Every host must be enrolled before anything is pushed.
+    // Every host must be enrolled (or an SSH host of the file) before anything is pushed.
     for svc in &services {
         for h in file.hosts_of(svc) {
-            hosts.get(&h)?;
+            if !file.ssh_hosts.contains_key(&h) {
+                hosts.get(&h)?;
+            }
         }
     }
     runtime()?.block_on(async {
@@ -482,7 +526,7 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
                 let mut failed = false;
                 println!("HOST\tSERVICE\tVERSION\tSTATE\tPORTS\tCONTAINER\tIMAGE");
                 for name in names {
-                    let r = match hosts.connect(&name) {
+                    let r = match berth_deploy::deployer::connect(&file, &hosts, &name).await {
                         Ok(c) => c.ps().await,
                         Err(e) => Err(e),
                     };
@@ -539,7 +583,7 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
             runtime()?.block_on(async {
                 let mut failed = Vec::new();
                 for name in names {
-                    let r = match hosts.connect(&name) {
+                    let r = match berth_deploy::deployer::connect(&file, &hosts, &name).await {
                         Ok(c) => c.exec(&svc.name, &cmd).await,
                         Err(e) => Err(e),
                     };
@@ -580,11 +624,11 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
             let svc = one_service(&file, Some(&service), "")?;
             let names = hosts_for(&file, svc, host.as_deref())?;
             let prefix = names.len() > 1;
-            let clients = names
-                .iter()
-                .map(|n| hosts.connect(n))
-                .collect::<Result<Vec<_>, _>>()?;
             runtime()?.block_on(async {
+                let mut clients = Vec::new();
+                for n in &names {
+                    clients.push(berth_deploy::deployer::connect(&file, &hosts, n).await?);
+                }
                 // Every host at once (with --follow they run until their containers stop).
                 let runs: Vec<_> = clients
                     .into_iter()
