@@ -352,6 +352,17 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     }
     let file = DeployFile::load(&args.file)?;
     let services = file.select(&args.services)?;
+    // Every host must be enrolled (or an SSH host of the file) before anything is built.
+    for svc in &services {
+        for h in file.hosts_of(svc) {
+            if !file.ssh_hosts.contains_key(&h) {
+                hosts(settings).get(&h)?;
+            }
+        }
+    }
+    for svc in &services {
+        build_service(settings, &file, svc, args.version.as_deref())?;
+    }
     let store = crate::open_store(settings)?;
     // The file's registry credentials push too (over those of `berth login`).
     let mut config = settings.registry_config();
@@ -367,14 +378,6 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     let client = berth_client::Client::new(config);
     let hosts = hosts(settings);
     let progress = |line: &str| eprintln!("{line}");
-    // Every host must be enrolled (or an SSH host of the file) before anything is pushed.
-    for svc in &services {
-        for h in file.hosts_of(svc) {
-            if !file.ssh_hosts.contains_key(&h) {
-                hosts.get(&h)?;
-            }
-        }
-    }
     runtime()?.block_on(async {
         let mut results = Vec::new();
         for svc in services {
@@ -392,10 +395,18 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
             let local = format!("{}:{version}", written.name());
             let manifest =
                 berth_build::image::local_manifest(&store, &local).with_context(|| {
-                    format!(
-                        "the image of service {} ({local}) is not in berth's store; build it first",
-                        svc.name
-                    )
+                    match &svc.build {
+                        Some(berth_deploy::config::Build::Earthfile { target, .. }) => format!(
+                            "the Earthfile target {target} of service {} saved no image {local}: \
+                         its SAVE IMAGE must name the service's image at the version deployed",
+                            svc.name
+                        ),
+                        _ => format!(
+                            "the image of service {} ({local}) is not in berth's store; build it \
+                         first, or say how in deploy.services.{}.build",
+                            svc.name, svc.name
+                        ),
+                    }
                 })?;
             let dest: berth_oci::Reference = format!(
                 "{}/{}:{version}",
@@ -417,6 +428,68 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
         }
         summarize("deploy", &results)
     })
+}
+
+/// Builds `svc`'s image when the file says how (`build = …`), through `berth build`'s and
+/// `berth +target`'s own paths: a Dockerfile is tagged `IMAGE:VERSION`; an Earthfile
+/// target must `SAVE IMAGE` that name itself.
+fn build_service(
+    settings: &Settings,
+    file: &DeployFile,
+    svc: &berth_deploy::config::Service,
+    version: Option<&str>,
+) -> Result<()> {
+    use berth_deploy::config::Build;
+    use clap::{Args as _, FromArgMatches as _};
+    let Some(build) = &svc.build else {
+        return Ok(());
+    };
+    let written = berth_oci::WrittenReference::parse(&svc.image).with_context(|| {
+        format!(
+            "{}: deploy.services.{}.image",
+            file.path.display(),
+            svc.name
+        )
+    })?;
+    let tag = format!(
+        "{}:{}",
+        written.name(),
+        version.unwrap_or_else(|| written.tag_or_latest())
+    );
+    eprintln!("building {tag} for service {}", svc.name);
+    let what = || format!("build of service {} ({tag})", svc.name);
+    match build {
+        Build::Dockerfile {
+            context,
+            dockerfile,
+            target,
+            args,
+        } => {
+            let mut argv: Vec<std::ffi::OsString> = vec![
+                "build".into(),
+                context.into(),
+                "-t".into(),
+                tag.clone().into(),
+            ];
+            if let Some(f) = dockerfile {
+                argv.extend(["-f".into(), f.into()]);
+            }
+            if let Some(t) = target {
+                argv.extend(["--target".into(), t.into()]);
+            }
+            for (k, v) in args {
+                argv.extend(["--build-arg".into(), format!("{k}={v}").into()]);
+            }
+            let matches = crate::build::BuildArgs::augment_args(clap::Command::new("build"))
+                .try_get_matches_from(argv)
+                .with_context(what)?;
+            let args = crate::build::BuildArgs::from_arg_matches(&matches).with_context(what)?;
+            crate::build::run(settings, args).with_context(what)
+        }
+        Build::Earthfile { target, args } => {
+            crate::earthly::build_target(settings, target, args).with_context(what)
+        }
+    }
 }
 
 pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {

@@ -1294,6 +1294,113 @@ fn three_hosts_one_over_ssh_and_hosts_losing_their_network() {
     }
 }
 
+/// Services whose image is a build: `berth deploy` builds them first (a Dockerfile at the
+/// version deployed, an Earthfile target naming its image), pushes once and deploys.
+#[test]
+fn deploy_builds_dockerfile_and_earthfile_services() {
+    if !require_deploy_world() {
+        return;
+    }
+    let w = World::new("deploybuild", 1);
+    w.enroll_all();
+    let d = w.dir.path();
+    let ctx = d.join("app");
+    std::fs::create_dir_all(ctx.join("www")).unwrap();
+    let write_app = |body: &str| {
+        std::fs::write(ctx.join("www/index.html"), format!("{body}\n")).unwrap();
+        std::fs::write(ctx.join("www/health"), "ok\n").unwrap();
+    };
+    write_app("built-1");
+    std::fs::write(
+        ctx.join("Dockerfile.web"),
+        format!(
+            "FROM {} AS base\nFROM base AS prod\nARG GREETING\nCOPY www /www\n\
+             RUN echo \"$GREETING\" > /www/greeting\n\
+             CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n\
+             FROM base AS other\nCMD [\"/bin/false\"]\n",
+            w.base.reference()
+        ),
+    )
+    .unwrap();
+    let earth = d.join("api");
+    std::fs::create_dir_all(earth.join("www")).unwrap();
+    std::fs::write(earth.join("www/index.html"), "earth-1\n").unwrap();
+    std::fs::write(
+        earth.join("Earthfile"),
+        format!(
+            "VERSION 0.8\ndocker:\n    FROM {}\n    COPY www /www\n    \
+             CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n    \
+             SAVE IMAGE api:e1\n",
+            w.base.reference()
+        ),
+    )
+    .unwrap();
+    w.write_deploy_file(
+        "build = { context = \"app\", dockerfile = \"app/Dockerfile.web\", target = \"prod\", \
+         args = { GREETING = \"hello-build\" } }\n\
+         [deploy.services.api]\nimage = \"api:e1\"\nroles = [\"web\"]\nports = [\"8081:80\"]\n\
+         build = { earthfile = \"./api+docker\" }\n",
+    );
+    let api = || {
+        output(w.dep.command("curl").args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            &format!("http://{}:8081/", w.hosts[0].ip),
+        ]))
+    };
+    let out = w.deploy(&[]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("building app:v1 for service web"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("building api:e1 for service api"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(w.get(0).stdout.trim(), "built-1");
+    assert_eq!(api().stdout.trim(), "earth-1");
+    // The build's ARG and stage reached the image.
+    let greeting = output(
+        w.dep
+            .command("curl")
+            .args(["-sS", &format!("http://{}:8080/greeting", w.hosts[0].ip)]),
+    );
+    assert_eq!(greeting.stdout.trim(), "hello-build");
+    // A new version: built again from the changed context, under its own tag.
+    write_app("built-2");
+    let out = w.deploy(&["web", "--version", "v2"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("building app:v2 for service web"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("for service api"), "{}", out.stderr);
+    assert_eq!(w.get(0).stdout.trim(), "built-2");
+    assert!(
+        out.stderr
+            .contains(&format!("pushed app:v2 as {REGISTRY}/app@sha256:")),
+        "{}",
+        out.stderr
+    );
+    // A build that fails stops the deploy before any push or host; v2 keeps serving.
+    std::fs::write(ctx.join("Dockerfile.web"), "FROM scratch\nRUN false\n").unwrap();
+    let out = w.deploy(&["web", "--version", "v3"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("build of service web (app:v3)"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("pushed"), "{}", out.stderr);
+    assert_eq!(w.get(0).stdout.trim(), "built-2");
+}
+
 #[test]
 fn wrong_tokens_are_refused() {
     if !require_deploy_world() {

@@ -24,6 +24,8 @@
 //!
 //! [deploy.services.app]
 //! image = "app:v1"                  # an image of berth's store
+//! build = { context = ".", dockerfile = "Dockerfile", target = "prod", args = { A = "1" } }
+//! # or build = { earthfile = "+docker" }: `berth deploy` builds it first
 //! roles = ["web"]
 //! command = ["httpd", "-f", "-p", "80"]
 //! env = { GREETING = "hello" }
@@ -161,6 +163,33 @@ pub struct Service {
     pub stop_signal: String,
     /// How long a container gets after the signal (and old containers to drain).
     pub stop_timeout: Duration,
+    /// What `berth deploy` builds before it pushes (none: the image is in the store).
+    #[serde(default)]
+    pub build: Option<Build>,
+}
+
+/// How a service's image is built by `berth deploy` (paths relative to the deploy file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Build {
+    /// `berth build CONTEXT -f DOCKERFILE --target T --build-arg K=V -t IMAGE:VERSION`.
+    Dockerfile {
+        /// The build context.
+        context: PathBuf,
+        /// The Dockerfile (default: in the context).
+        dockerfile: Option<PathBuf>,
+        /// The stage.
+        target: Option<String>,
+        /// Build arguments.
+        args: BTreeMap<String, String>,
+    },
+    /// `berth +target --K=V`: the target's `SAVE IMAGE` must name the service's image.
+    Earthfile {
+        /// `+target` or `./dir+target`, from the deploy file's directory.
+        target: String,
+        /// ARG overrides.
+        args: BTreeMap<String, String>,
+    },
 }
 
 /// A volume: a host path or a named volume, mounted at `target`.
@@ -282,6 +311,18 @@ struct ServiceRaw {
     health: Option<HealthRaw>,
     stop_signal: Option<String>,
     stop_timeout: Option<String>,
+    build: Option<BuildRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildRaw {
+    context: Option<PathBuf>,
+    dockerfile: Option<PathBuf>,
+    target: Option<String>,
+    earthfile: Option<String>,
+    #[serde(default)]
+    args: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -776,7 +817,12 @@ impl Checker<'_> {
                 format!("{stop_signal:?} is not a signal like SIGTERM, SIGQUIT or 15"),
             ));
         }
+        let build = match s.build {
+            None => None,
+            Some(b) => Some(self.build(&key, b)?),
+        };
         Ok(Service {
+            build,
             name: name.to_owned(),
             image: s.image,
             roles: s.roles,
@@ -793,6 +839,64 @@ impl Checker<'_> {
                 Duration::from_secs(10),
             )?,
         })
+    }
+
+    fn build(&self, key: &str, b: BuildRaw) -> Result<Build, DeployError> {
+        let key = format!("{key}.build");
+        let base = self.file.parent().unwrap_or(Path::new(""));
+        for (k, _) in &b.args {
+            if !valid_env_name(k) {
+                return Err(self.err(format!("{key}.args"), format!("{k:?} is not an ARG name")));
+            }
+        }
+        match b.earthfile {
+            Some(t) => {
+                if b.context.is_some() || b.dockerfile.is_some() || b.target.is_some() {
+                    return Err(self.err(
+                        key,
+                        "earthfile goes alone: context, dockerfile and target are for Dockerfiles",
+                    ));
+                }
+                let (dir, name) = t.split_once('+').unwrap_or(("", ""));
+                let name_ok = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !name_ok || !(dir.is_empty() || dir.starts_with("./") || dir.starts_with("../"))
+                {
+                    return Err(self.err(
+                        format!("{key}.earthfile"),
+                        format!("{t:?} is not a target like \"+docker\" or \"./dir+docker\""),
+                    ));
+                }
+                let sub = dir.trim_start_matches("./");
+                let dir = base.join(sub);
+                let dir = dir.to_string_lossy();
+                let dir = if dir.is_empty() || dir.starts_with('/') || dir.starts_with("../") {
+                    dir.trim_end_matches('/').to_owned()
+                } else {
+                    format!("./{}", dir.trim_end_matches('/'))
+                };
+                Ok(Build::Earthfile {
+                    target: format!("{dir}+{name}"),
+                    args: b.args,
+                })
+            }
+            None => {
+                let context = b.context.ok_or_else(|| {
+                    self.err(
+                        key.clone(),
+                        "say what to build: context = \"DIR\" (a Dockerfile) or earthfile = \"+target\"",
+                    )
+                })?;
+                Ok(Build::Dockerfile {
+                    context: base.join(context),
+                    dockerfile: b.dockerfile.map(|d| base.join(d)),
+                    target: b.target,
+                    args: b.args,
+                })
+            }
+        }
     }
 
     fn health(
@@ -1082,6 +1186,53 @@ health = { path = "/ok", interval = "200ms", retries = 4 }
             let e = err(&format!("{GOOD}{extra}"));
             assert!(
                 e.contains(&format!("berth.toml: {key}")) && e.contains(what),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn builds() {
+        let with = |b: &str| {
+            let text = GOOD.replace(
+                "image = \"app:v1\"\n",
+                &format!("image = \"app:v1\"\nbuild = {b}\n"),
+            );
+            DeployFile::parse(&text, Path::new("/srv/proj/berth.toml"))
+        };
+        let f = with("{ context = \"app\", target = \"prod\", args = { V = \"1\" } }").unwrap();
+        assert_eq!(
+            f.services["app"].build,
+            Some(Build::Dockerfile {
+                context: "/srv/proj/app".into(),
+                dockerfile: None,
+                target: Some("prod".into()),
+                args: [("V".to_owned(), "1".to_owned())].into(),
+            })
+        );
+        let f = with("{ earthfile = \"./web+docker\" }").unwrap();
+        assert_eq!(
+            f.services["app"].build,
+            Some(Build::Earthfile {
+                target: "/srv/proj/web+docker".into(),
+                args: BTreeMap::new(),
+            })
+        );
+        for (b, what) in [
+            (
+                "{ earthfile = \"+x\", context = \".\" }",
+                "earthfile goes alone",
+            ),
+            ("{ earthfile = \"docker\" }", "is not a target"),
+            ("{ dockerfile = \"D\" }", "say what to build"),
+            (
+                "{ context = \".\", args = { \"a b\" = \"1\" } }",
+                "not an ARG name",
+            ),
+        ] {
+            let e = with(b).unwrap_err().to_string();
+            assert!(
+                e.contains("deploy.services.app.build") && e.contains(what),
                 "{e}"
             );
         }
