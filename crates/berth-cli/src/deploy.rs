@@ -381,13 +381,7 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     runtime()?.block_on(async {
         let mut results = Vec::new();
         for svc in services {
-            let written = berth_oci::WrittenReference::parse(&svc.image).with_context(|| {
-                format!(
-                    "{}: deploy.services.{}.image",
-                    file.path.display(),
-                    svc.name
-                )
-            })?;
+            let written = written_image(&file, svc)?;
             let version = args
                 .version
                 .clone()
@@ -430,6 +424,20 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     })
 }
 
+/// The image name `svc` gives, parsed.
+fn written_image(
+    file: &DeployFile,
+    svc: &berth_deploy::config::Service,
+) -> Result<berth_oci::WrittenReference> {
+    berth_oci::WrittenReference::parse(&svc.image).with_context(|| {
+        format!(
+            "{}: deploy.services.{}.image",
+            file.path.display(),
+            svc.name
+        )
+    })
+}
+
 /// Builds `svc`'s image when the file says how (`build = …`), through `berth build`'s and
 /// `berth +target`'s own paths: a Dockerfile is tagged `IMAGE:VERSION`; an Earthfile
 /// target must `SAVE IMAGE` that name itself.
@@ -444,13 +452,7 @@ fn build_service(
     let Some(build) = &svc.build else {
         return Ok(());
     };
-    let written = berth_oci::WrittenReference::parse(&svc.image).with_context(|| {
-        format!(
-            "{}: deploy.services.{}.image",
-            file.path.display(),
-            svc.name
-        )
-    })?;
+    let written = written_image(file, svc)?;
     let tag = format!(
         "{}:{}",
         written.name(),

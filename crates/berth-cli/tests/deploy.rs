@@ -229,6 +229,15 @@ impl DeployHost {
         }
     }
 
+    /// The container of `version` of service web, if one runs.
+    fn new_container(&self, version: &str) -> Option<String> {
+        self.dockerd
+            .containers("web")
+            .into_iter()
+            .find(|c| c.contains(&format!("-{version}-")))
+            .map(|c| c.split(' ').next().unwrap().to_owned())
+    }
+
     /// Where the SSH-driven host's agent container keeps its state (its volume).
     fn agent_volume(&self) -> PathBuf {
         let out = self.dockerd.docker(&[
@@ -486,6 +495,49 @@ impl World {
             ),
         )
         .unwrap();
+    }
+
+    /// Starts `berth deploy --version VERSION` whose health check (a command) passes only
+    /// once [`World::let_pass`] says so, and returns when every host started its
+    /// container.
+    fn deploy_held(&self, version: &str) -> Child {
+        self.write_deploy_file_with(
+            "health = { cmd = [\"/bin/busybox\", \"test\", \"-e\", \"/tmp/ready\"], \
+             interval = \"100ms\", retries = 3000 }",
+            "",
+        );
+        let child = self
+            .berth()
+            .args(["deploy", "--version", version])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !self
+            .hosts
+            .iter()
+            .all(|h| h.new_container(version).is_some())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the deploy of {version} started no container on some host"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child
+    }
+
+    /// Lets the held health checks of [`World::deploy_held`] pass (through each host's
+    /// own dockerd socket, which needs no network).
+    fn let_pass(&self, version: &str) {
+        for h in &self.hosts {
+            let name = h.new_container(version).unwrap();
+            let touch = h
+                .dockerd
+                .docker(&["exec", &name, "/bin/busybox", "touch", "/tmp/ready"]);
+            assert!(touch.success, "{}", touch.stderr);
+        }
     }
 
     /// `GET /` of the service on host `i` (0-based), from the deploying side.
@@ -789,33 +841,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
 
     // A second deploy of the service while one runs on the same hosts is refused. The
     // first one's health check (a command) passes only once the test says so.
-    w.write_deploy_file_with(
-        "health = { cmd = [\"/bin/busybox\", \"test\", \"-e\", \"/tmp/ready\"], \
-         interval = \"100ms\", retries = 3000 }",
-        "",
-    );
-    let first = w
-        .berth()
-        .args(["deploy", "--version", "v1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let new_container = |h: &DeployHost| {
-        h.dockerd
-            .containers("web")
-            .into_iter()
-            .find(|c| c.contains("-v1-"))
-            .map(|c| c.split(' ').next().unwrap().to_owned())
-    };
-    let start = Instant::now();
-    while !w.hosts.iter().all(|h| new_container(h).is_some()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the first deploy started no container"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let first = w.deploy_held("v1");
     let second = w.deploy(&["--version", "v1"]);
     assert!(!second.success);
     // Who holds the lock: the host, since when, which client (the first deploy's, the
@@ -832,13 +858,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     assert!(second.stderr.contains(" by client "), "{}", second.stderr);
     let ps = output_ok(w.berth().args(["deploy", "ps"]));
     assert!(ps.stdout.contains("(deploy by "), "{}", ps.stdout);
-    for h in &w.hosts {
-        let name = new_container(h).unwrap();
-        let touch = h
-            .dockerd
-            .docker(&["exec", &name, "/bin/busybox", "touch", "/tmp/ready"]);
-        assert!(touch.success, "{}", touch.stderr);
-    }
+    w.let_pass("v1");
     let first = first.wait_with_output().unwrap();
     assert!(
         first.status.success(),
@@ -1208,43 +1228,10 @@ fn three_hosts_one_over_ssh_and_hosts_losing_their_network() {
 
     // Hosts losing their network mid-deploy. The health check (a command) passes only
     // once the test says so; h2 and h3 drop off the network while it waits.
-    w.write_deploy_file_with(
-        "health = { cmd = [\"/bin/busybox\", \"test\", \"-e\", \"/tmp/ready\"], \
-         interval = \"100ms\", retries = 3000 }",
-        "",
-    );
-    let deploy = w
-        .berth()
-        .args(["deploy", "--version", "v3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let new_container = |h: &DeployHost| {
-        h.dockerd
-            .containers("web")
-            .into_iter()
-            .find(|c| c.contains("-v3-"))
-            .map(|c| c.split(' ').next().unwrap().to_owned())
-    };
-    let start = Instant::now();
-    while !w.hosts.iter().all(|h| new_container(h).is_some()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the deploy started no container everywhere"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let deploy = w.deploy_held("v3");
     w.hosts[1].set_link(false);
     w.hosts[2].set_link(false);
-    // Each host's dockerd is reached on its own socket: the health checks pass.
-    for h in &w.hosts {
-        let name = new_container(h).unwrap();
-        let touch = h
-            .dockerd
-            .docker(&["exec", &name, "/bin/busybox", "touch", "/tmp/ready"]);
-        assert!(touch.success, "{}", touch.stderr);
-    }
+    w.let_pass("v3");
     let out = deploy.wait_with_output().unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),

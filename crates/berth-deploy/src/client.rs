@@ -79,7 +79,7 @@ impl Hosts {
         let req = EnrollRequest::new(token, &key, client)?;
         let resp: EnrollResponse = call(
             &token.addr,
-            &Transport::Tls(config),
+            &Transport::Tls(Box::new(config)),
             "POST",
             "/v1/enroll",
             Some(&req),
@@ -127,7 +127,7 @@ impl Hosts {
         let config = self.peers().trust(name).client_config()?;
         Ok(AgentClient {
             rec,
-            transport: Transport::Tls(config),
+            transport: Transport::Tls(Box::new(config)),
         })
     }
 }
@@ -136,7 +136,7 @@ impl Hosts {
 #[derive(Clone)]
 enum Transport {
     /// An enrolled agent: mutual TLS over TCP.
-    Tls(rustls::ClientConfig),
+    Tls(Box<rustls::ClientConfig>),
     /// An agent's unix socket on this machine (an SSH forward, kept open by `keep`);
     /// `client` names this machine in lock messages.
     Unix {
@@ -302,7 +302,7 @@ async fn request<B: Serialize>(
             let req = req
                 .body(Full::new(Bytes::from(bytes)))
                 .map_err(|e| DeployError::Internal(e.to_string()))?;
-            let tls = connect_tls(addr, config.clone()).await?;
+            let tls = connect_tls(addr, (**config).clone()).await?;
             send(addr, tls, req).await?
         }
         Transport::Unix {

@@ -844,7 +844,7 @@ impl Checker<'_> {
     fn build(&self, key: &str, b: BuildRaw) -> Result<Build, DeployError> {
         let key = format!("{key}.build");
         let base = self.file.parent().unwrap_or(Path::new(""));
-        for (k, _) in &b.args {
+        for k in b.args.keys() {
             if !valid_env_name(k) {
                 return Err(self.err(format!("{key}.args"), format!("{k:?} is not an ARG name")));
             }

@@ -200,8 +200,17 @@ pub async fn rollback(
                 .cloned()
                 .map_err(|m| DeployError::BadRequest(format!("host {host}: {m}")))
         });
-        let release = match release {
-            Ok(r) => r,
+        // An SSH host that cannot be reached fails alone; an unknown host stops all.
+        let ready = match release {
+            Ok(r) => match connect(file, hosts, &host).await {
+                Ok(c) => Ok((r, c)),
+                Err(e) if file.ssh_hosts.contains_key(&host) => Err(e),
+                Err(e) => return Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let (release, client) = match ready {
+            Ok(x) => x,
             Err(e) => {
                 progress(&format!("{host}: {e}"));
                 out.push(HostResult {
@@ -211,19 +220,6 @@ pub async fn rollback(
                 });
                 continue;
             }
-        };
-        let client = match connect(file, hosts, &host).await {
-            Ok(c) => c,
-            Err(e) if file.ssh_hosts.contains_key(&host) => {
-                progress(&format!("{host}: {e}"));
-                out.push(HostResult {
-                    host,
-                    service: service.name.clone(),
-                    report: Err(e),
-                });
-                continue;
-            }
-            Err(e) => return Err(e),
         };
         progress(&format!(
             "{host}: rolling {} back to {}",
