@@ -380,10 +380,14 @@ async fn ensure_agent(docker: &Docker, name: &str, host: &SshHost) -> Result<boo
         name: Some(AGENT_CONTAINER.into()),
         ..Default::default()
     };
-    docker
-        .create_container(Some(opts), body)
-        .await
-        .map_err(derr("create berth's agent container"))?;
+    match docker.create_container(Some(opts), body).await {
+        Ok(_) => {}
+        // Another deploying machine made it a moment ago: it starts it too.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => return Ok(true),
+        Err(e) => return Err(derr("create berth's agent container")(e)),
+    }
     docker
         .start_container(AGENT_CONTAINER, None)
         .await
