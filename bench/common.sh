@@ -156,6 +156,17 @@ veth_link() {
 	ip -n "$a" addr add "$aa" dev "$ea" && ip -n "$a" link set "$ea" up || die "address $aa on $ea"
 	ip -n "$b" addr add "$ba" dev "$eb" && ip -n "$b" link set "$eb" up || die "address $ba on $eb"
 }
+# remove_trees DIR...: unmounts anything still mounted below each DIR (berth's and
+# dockerd's overlays, dockerd's netns bind mounts), deepest first, then removes it.
+remove_trees() {
+	local d
+	for d in "$@"; do
+		[[ -n $d && -d $d ]] || continue
+		findmnt -rn -o TARGET | awk -v w="$d/" 'index($0, w) == 1' | sort -r |
+			while read -r m; do umount -l "$m" 2>/dev/null; done
+		rm -rf "$d"
+	done
+}
 # in_ns NAME CMD...: CMD in network namespace NAME (and nothing else changed).
 in_ns() { local ns=$1; shift; nsenter --net="/run/netns/$ns" -- "$@"; }
 

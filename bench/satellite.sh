@@ -129,15 +129,7 @@ cleanup() {
 	if [[ -n $work && -d $work && -n ${KEEP_LOGS:-} ]]; then
 		mkdir -p "$KEEP_LOGS" && cp -r "$work/logs/." "$KEEP_LOGS/" 2>/dev/null
 	fi
-	local d
-	for d in "$stores" "$run_dir" "$work"; do
-		[[ -n $d && -d $d ]] || continue
-		# Anything still mounted below (berth's and dockerd's overlays, dockerd's
-		# netns bind mounts), deepest first.
-		findmnt -rn -o TARGET | awk -v w="$d/" 'index($0, w) == 1' | sort -r |
-			while read -r m; do umount -l "$m" 2>/dev/null; done
-		rm -rf "$d"
-	done
+	remove_trees "$stores" "$run_dir" "$work"
 	exit $rc
 }
 trap cleanup EXIT

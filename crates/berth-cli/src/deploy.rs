@@ -43,6 +43,10 @@ pub struct AgentServeArgs {
     /// How long certificates of deploying machines stay valid.
     #[arg(long, default_value = "30d", value_parser = crate::parse_duration)]
     client_validity: Duration,
+    /// Serve plain HTTP on this unix socket instead of mutual TLS on --addr: the agent
+    /// container berth starts on SSH-driven hosts, reached through an SSH forward.
+    #[arg(long)]
+    unix: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -205,6 +209,9 @@ fn serve(settings: &Settings, args: AgentServeArgs) -> Result<()> {
         addr,
         client_validity: args.client_validity,
     };
+    if let Some(path) = args.unix {
+        return runtime()?.block_on(serve_unix(settings, &opts, path));
+    }
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -230,6 +237,41 @@ fn serve(settings: &Settings, args: AgentServeArgs) -> Result<()> {
         agent.serve(listener, crate::shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// `berth agent serve --unix PATH`: the socket is made readable by the group of dockerd's
+/// socket, as who may use dockerd may use the agent.
+async fn serve_unix(settings: &Settings, opts: &AgentOptions, path: PathBuf) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("listen on {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    let docker_sock =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let docker_sock = docker_sock.trim_start_matches("unix://");
+    if let Ok(m) = std::fs::metadata(docker_sock) {
+        let _ = std::os::unix::fs::chown(&path, None, Some(m.gid()));
+    }
+    let (agent, _, _) = berth_deploy::Agent::open(opts).await?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(
+            out,
+            "berth agent {} listening on {} (root {})",
+            opts.name,
+            path.display(),
+            settings.root.display()
+        )
+        .and_then(|()| out.flush());
+    }
+    agent.serve_unix(listener, crate::shutdown_signal()).await?;
+    Ok(())
 }
 
 pub fn host(settings: &Settings, command: HostCommand) -> Result<()> {
@@ -310,6 +352,17 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     }
     let file = DeployFile::load(&args.file)?;
     let services = file.select(&args.services)?;
+    // Every host must be enrolled (or an SSH host of the file) before anything is built.
+    for svc in &services {
+        for h in file.hosts_of(svc) {
+            if !file.ssh_hosts.contains_key(&h) {
+                hosts(settings).get(&h)?;
+            }
+        }
+    }
+    for svc in &services {
+        build_service(settings, &file, svc, args.version.as_deref())?;
+    }
     let store = crate::open_store(settings)?;
     // The file's registry credentials push too (over those of `berth login`).
     let mut config = settings.registry_config();
@@ -325,22 +378,10 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     let client = berth_client::Client::new(config);
     let hosts = hosts(settings);
     let progress = |line: &str| eprintln!("{line}");
-    // Every host must be enrolled before anything is pushed.
-    for svc in &services {
-        for h in file.hosts_of(svc) {
-            hosts.get(&h)?;
-        }
-    }
     runtime()?.block_on(async {
         let mut results = Vec::new();
         for svc in services {
-            let written = berth_oci::WrittenReference::parse(&svc.image).with_context(|| {
-                format!(
-                    "{}: deploy.services.{}.image",
-                    file.path.display(),
-                    svc.name
-                )
-            })?;
+            let written = written_image(&file, svc)?;
             let version = args
                 .version
                 .clone()
@@ -348,10 +389,18 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
             let local = format!("{}:{version}", written.name());
             let manifest =
                 berth_build::image::local_manifest(&store, &local).with_context(|| {
-                    format!(
-                        "the image of service {} ({local}) is not in berth's store; build it first",
-                        svc.name
-                    )
+                    match &svc.build {
+                        Some(berth_deploy::config::Build::Earthfile { target, .. }) => format!(
+                            "the Earthfile target {target} of service {} saved no image {local}: \
+                         its SAVE IMAGE must name the service's image at the version deployed",
+                            svc.name
+                        ),
+                        _ => format!(
+                            "the image of service {} ({local}) is not in berth's store; build it \
+                         first, or say how in deploy.services.{}.build",
+                            svc.name, svc.name
+                        ),
+                    }
                 })?;
             let dest: berth_oci::Reference = format!(
                 "{}/{}:{version}",
@@ -373,6 +422,76 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
         }
         summarize("deploy", &results)
     })
+}
+
+/// The image name `svc` gives, parsed.
+fn written_image(
+    file: &DeployFile,
+    svc: &berth_deploy::config::Service,
+) -> Result<berth_oci::WrittenReference> {
+    berth_oci::WrittenReference::parse(&svc.image).with_context(|| {
+        format!(
+            "{}: deploy.services.{}.image",
+            file.path.display(),
+            svc.name
+        )
+    })
+}
+
+/// Builds `svc`'s image when the file says how (`build = …`), through `berth build`'s and
+/// `berth +target`'s own paths: a Dockerfile is tagged `IMAGE:VERSION`; an Earthfile
+/// target must `SAVE IMAGE` that name itself.
+fn build_service(
+    settings: &Settings,
+    file: &DeployFile,
+    svc: &berth_deploy::config::Service,
+    version: Option<&str>,
+) -> Result<()> {
+    use berth_deploy::config::Build;
+    use clap::{Args as _, FromArgMatches as _};
+    let Some(build) = &svc.build else {
+        return Ok(());
+    };
+    let written = written_image(file, svc)?;
+    let tag = format!(
+        "{}:{}",
+        written.name(),
+        version.unwrap_or_else(|| written.tag_or_latest())
+    );
+    eprintln!("building {tag} for service {}", svc.name);
+    let what = || format!("build of service {} ({tag})", svc.name);
+    match build {
+        Build::Dockerfile {
+            context,
+            dockerfile,
+            target,
+            args,
+        } => {
+            let mut argv: Vec<std::ffi::OsString> = vec![
+                "build".into(),
+                context.into(),
+                "-t".into(),
+                tag.clone().into(),
+            ];
+            if let Some(f) = dockerfile {
+                argv.extend(["-f".into(), f.into()]);
+            }
+            if let Some(t) = target {
+                argv.extend(["--target".into(), t.into()]);
+            }
+            for (k, v) in args {
+                argv.extend(["--build-arg".into(), format!("{k}={v}").into()]);
+            }
+            let matches = crate::build::BuildArgs::augment_args(clap::Command::new("build"))
+                .try_get_matches_from(argv)
+                .with_context(what)?;
+            let args = crate::build::BuildArgs::from_arg_matches(&matches).with_context(what)?;
+            crate::build::run(settings, args).with_context(what)
+        }
+        Build::Earthfile { target, args } => {
+            crate::earthly::build_target(settings, target, args).with_context(what)
+        }
+    }
 }
 
 pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
@@ -482,7 +601,7 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
                 let mut failed = false;
                 println!("HOST\tSERVICE\tVERSION\tSTATE\tPORTS\tCONTAINER\tIMAGE");
                 for name in names {
-                    let r = match hosts.connect(&name) {
+                    let r = match berth_deploy::deployer::connect(&file, &hosts, &name).await {
                         Ok(c) => c.ps().await,
                         Err(e) => Err(e),
                     };
@@ -539,7 +658,7 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
             runtime()?.block_on(async {
                 let mut failed = Vec::new();
                 for name in names {
-                    let r = match hosts.connect(&name) {
+                    let r = match berth_deploy::deployer::connect(&file, &hosts, &name).await {
                         Ok(c) => c.exec(&svc.name, &cmd).await,
                         Err(e) => Err(e),
                     };
@@ -580,11 +699,11 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
             let svc = one_service(&file, Some(&service), "")?;
             let names = hosts_for(&file, svc, host.as_deref())?;
             let prefix = names.len() > 1;
-            let clients = names
-                .iter()
-                .map(|n| hosts.connect(n))
-                .collect::<Result<Vec<_>, _>>()?;
             runtime()?.block_on(async {
+                let mut clients = Vec::new();
+                for n in &names {
+                    clients.push(berth_deploy::deployer::connect(&file, &hosts, n).await?);
+                }
                 // Every host at once (with --follow they run until their containers stop).
                 let runs: Vec<_> = clients
                     .into_iter()

@@ -172,6 +172,27 @@ fn parse_secret(s: &str) -> Result<(String, SecretSource)> {
 
 fn run(cli: EarthCli) -> Result<()> {
     let settings = Settings::load(cli.root.clone(), cli.config.as_deref())?;
+    run_with(&settings, cli)
+}
+
+/// Runs Earthfile `target` with `--NAME=value` `args` for `berth deploy`: its images go
+/// into the store only (`--no-output`), as a command line `berth --no-output TARGET`.
+pub fn build_target(
+    settings: &Settings,
+    target: &str,
+    args: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut argv = vec![
+        "berth".to_owned(),
+        "--no-output".to_owned(),
+        target.to_owned(),
+    ];
+    argv.extend(args.iter().map(|(k, v)| format!("--{k}={v}")));
+    let cli = EarthCli::try_parse_from(argv)?;
+    run_with(settings, cli)
+}
+
+fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
     if let Some(p) = &cli.platform {
         let host = berth_build::image::host_platform();
         if *p != format!("{}/{}", host.0, host.1) {
@@ -276,7 +297,7 @@ fn run(cli: EarthCli) -> Result<()> {
             ttl: build.resolve_ttl,
         },
     };
-    let store = crate::open_store(&settings)?;
+    let store = crate::open_store(settings)?;
     let executor: Arc<dyn berth_exec::Executor> =
         Arc::new(berth_exec::Runc::new(&settings.root.join("exec"))?.with_privileged(privileged));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use common::git::GitDaemon;
+use common::sshd::Sshd;
 use common::tinyproxy::Proxy;
 use common::*;
 
@@ -743,75 +744,6 @@ fn a_hanging_git_server_is_left_on_sigterm() {
         String::from_utf8_lossy(&request).contains("git-upload-pack /repo.git"),
         "{request:?}"
     );
-}
-
-/// An sshd of the test's own on 127.0.0.1 that lets `git@` in with one key, in a mount
-/// namespace where /etc/passwd has a `git` user (uid 0, home `home`): the machine's
-/// files are not touched. Killed on drop.
-struct Sshd {
-    child: Child,
-    port: u16,
-    known_hosts: std::path::PathBuf,
-}
-
-impl Sshd {
-    fn start(dir: &Path, client_pub: &Path) -> Sshd {
-        let home = dir.join("home");
-        std::fs::create_dir_all(home.join(".ssh")).unwrap();
-        std::fs::copy(client_pub, home.join(".ssh/authorized_keys")).unwrap();
-        let host_key = dir.join("host_key");
-        run(Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&host_key));
-        let mut passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-        passwd.push_str(&format!("git:x:0:0:git:{}:/bin/sh\n", home.display()));
-        std::fs::write(dir.join("passwd"), passwd).unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let config = dir.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "ListenAddress 127.0.0.1:{port}\nHostKey {}\nAuthorizedKeysFile {}/.ssh/authorized_keys\n\
-                 PidFile none\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAllowUsers git\n",
-                host_key.display(),
-                home.display()
-            ),
-        )
-        .unwrap();
-        std::fs::create_dir_all("/run/sshd").unwrap();
-        let child = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c"])
-            .arg(r#"mount --bind "$1" /etc/passwd && exec /usr/sbin/sshd -D -e -f "$2""#)
-            .arg("sh")
-            .arg(dir.join("passwd"))
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
-            .spawn()
-            .unwrap();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let host_pub = std::fs::read_to_string(host_key.with_extension("pub")).unwrap();
-        let known_hosts = dir.join("known_hosts");
-        std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_pub}")).unwrap();
-        Sshd {
-            child,
-            port,
-            known_hosts,
-        }
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `ADD git@host:path#ref` over ssh, against a loopback sshd, the key in an ssh-agent

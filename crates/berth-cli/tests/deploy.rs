@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_testutil::netns::{Host, Lab};
+use common::sshd::Sshd;
 use common::*;
 
 /// The deploying side's address every host routes to (on its loopback).
@@ -169,16 +170,101 @@ impl Drop for Agent {
 
 struct DeployHost {
     host: Host,
-    /// The agent before the dockerd: the agent goes first on drop.
-    agent: Agent,
+    /// The agent before the dockerd: the agent goes first on drop. None on an
+    /// SSH-driven host.
+    agent: Option<Agent>,
+    /// The sshd of an SSH-driven host.
+    sshd: Option<Sshd>,
     dockerd: Dockerd,
     /// `ip` of the host as the deploying side reaches it.
     ip: String,
+    /// The host's directory (dockerd's, the agent's).
+    dir: PathBuf,
+}
+
+impl DeployHost {
+    fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("a host with an installed agent")
+    }
+
+    /// Takes the host off the network (its link to the deploying side) or back.
+    fn set_link(&self, up: bool) {
+        let out = run(Command::new("ip").args([
+            "-n",
+            &self.host.ns,
+            "-o",
+            "link",
+            "show",
+            "type",
+            "veth",
+        ]));
+        // The lab's veth (`bv…`), not those of dockerd's containers.
+        let dev = out
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .filter_map(|d| d.split('@').next())
+            .find(|d| d.starts_with("bv"))
+            .unwrap_or_else(|| panic!("no link to the deploying side in {}: {out}", self.host.ns))
+            .to_owned();
+        run(Command::new("ip").args([
+            "-n",
+            &self.host.ns,
+            "link",
+            "set",
+            &dev,
+            if up { "up" } else { "down" },
+        ]));
+        if up {
+            // The route to the registry went with the link.
+            let n = self.ip.split('.').nth(2).unwrap();
+            let _ = output(Command::new("ip").args([
+                "-n",
+                &self.host.ns,
+                "route",
+                "replace",
+                &format!("{REGISTRY_IP}/32"),
+                "via",
+                &format!("10.91.{n}.1"),
+            ]));
+        }
+    }
+
+    /// The container of `version` of service web, if one runs.
+    fn new_container(&self, version: &str) -> Option<String> {
+        self.dockerd
+            .containers("web")
+            .into_iter()
+            .find(|c| c.contains(&format!("-{version}-")))
+            .map(|c| c.split(' ').next().unwrap().to_owned())
+    }
+
+    /// Where the SSH-driven host's agent container keeps its state (its volume).
+    fn agent_volume(&self) -> PathBuf {
+        let out = self.dockerd.docker(&[
+            "volume",
+            "inspect",
+            "--format",
+            "{{.Mountpoint}}",
+            "berth-agent",
+        ]);
+        assert!(out.success, "{}", out.stderr);
+        PathBuf::from(out.stdout.trim())
+    }
+
+    /// The files an agent keeps (its root, or the agent container's volume).
+    fn agent_files(&self) -> PathBuf {
+        match &self.agent {
+            Some(a) => a.root.clone(),
+            None => self.agent_volume(),
+        }
+    }
 }
 
 /// The deploying side (a namespace with the registry) and `n` hosts.
 struct World {
     dir: tempfile::TempDir,
+    /// `BERTH_SSH_COMMAND` for the SSH-driven hosts.
+    ssh_command: String,
     dep: Host,
     hosts: Vec<DeployHost>,
     registry: Child,
@@ -196,7 +282,26 @@ impl Drop for World {
 impl World {
     /// `tag` names the namespaces: tests of this file run in parallel.
     fn new(tag: &str, n: u8) -> World {
+        World::with(tag, n, &[])
+    }
+
+    /// Hosts numbered in `ssh` (from 1) run no agent but an sshd that lets `deploy` (uid
+    /// 0) in with the test's key: the deploy file names them `[deploy.hosts.hN] ssh`.
+    fn with(tag: &str, n: u8, ssh: &[u8]) -> World {
         let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("ssh-key");
+        let known_hosts = dir.path().join("known_hosts");
+        if !ssh.is_empty() {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key));
+        }
+        let ssh_command = format!(
+            "ssh -F none -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} \
+             -o StrictHostKeyChecking=yes",
+            key.display(),
+            known_hosts.display()
+        );
         let mut lab = Lab::new(tag);
         let dep = lab.host("dep");
         run(Command::new("ip").args([
@@ -224,18 +329,38 @@ impl World {
             ]));
             let hdir = dir.path().join(format!("h{i}"));
             let dockerd = Dockerd::start(&host, &hdir.join("docker"), i);
-            let agent = Agent::start(
-                &host,
-                &hdir.join("agent-root"),
-                &format!("{ip}:8373"),
-                &dockerd.socket,
-                &format!("h{i}"),
-            );
+            let (agent, sshd) = if ssh.contains(&i) {
+                let sdir = hdir.join("sshd");
+                std::fs::create_dir_all(&sdir).unwrap();
+                let sshd = Sshd::start_at(
+                    &sdir,
+                    &key.with_extension("pub"),
+                    "deploy",
+                    &ip,
+                    22,
+                    Some(&host.ns),
+                );
+                let mut kh = std::fs::read_to_string(&known_hosts).unwrap_or_default();
+                kh.push_str(&std::fs::read_to_string(&sshd.known_hosts).unwrap());
+                std::fs::write(&known_hosts, kh).unwrap();
+                (None, Some(sshd))
+            } else {
+                let agent = Agent::start(
+                    &host,
+                    &hdir.join("agent-root"),
+                    &format!("{ip}:8373"),
+                    &dockerd.socket,
+                    &format!("h{i}"),
+                );
+                (Some(agent), None)
+            };
             hosts.push(DeployHost {
                 host,
                 agent,
+                sshd,
                 dockerd,
                 ip,
+                dir: hdir,
             });
         }
         // Basic auth: anonymous pulls are refused, so the hosts' pulls prove that the
@@ -269,6 +394,7 @@ impl World {
         .unwrap();
         World {
             dir,
+            ssh_command,
             dep,
             hosts,
             registry,
@@ -286,13 +412,15 @@ impl World {
             .env("BERTH_LOG", "warn")
             .env("TEST_API_KEY", "s3cret-value")
             .env("TEST_REGISTRY_PASSWORD", "pull-s3cret")
+            .env("BERTH_SSH_COMMAND", &self.ssh_command)
             .current_dir(self.dir.path());
         c
     }
 
     fn enroll_all(&self) {
         for (i, h) in self.hosts.iter().enumerate() {
-            let token = h.agent.token();
+            let Some(agent) = &h.agent else { continue };
+            let token = agent.token();
             let out = output_ok(self.berth().args([
                 "host",
                 "add",
@@ -340,6 +468,19 @@ impl World {
         let hosts: Vec<String> = (1..=self.hosts.len())
             .map(|i| format!("\"h{i}\""))
             .collect();
+        let mut ssh_hosts = String::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.sshd.is_some() {
+                ssh_hosts.push_str(&format!(
+                    "[deploy.hosts.h{}]\nssh = \"deploy@{}\"\ndocker_socket = \"{}\"\n\
+                     agent_socket = \"{}\"\n",
+                    i + 1,
+                    h.ip,
+                    h.dockerd.socket.display(),
+                    h.dir.join("run/agent.sock").display()
+                ));
+            }
+        }
         std::fs::write(
             self.dir.path().join("berth.toml"),
             format!(
@@ -349,11 +490,54 @@ impl World {
                  [deploy.services.web]\nimage = \"app:v1\"\nroles = [\"web\"]\n\
                  ports = [\"8080:80\"]\nstop_timeout = \"2s\"\nenv = {{ GREETING = \"hi\" }}\n\
                  secrets = {{ API_KEY = {{ env = \"TEST_API_KEY\" }} }}\n\
-                 {health}\n{extra}",
+                 {health}\n{extra}\n{ssh_hosts}",
                 hosts.join(", ")
             ),
         )
         .unwrap();
+    }
+
+    /// Starts `berth deploy --version VERSION` whose health check (a command) passes only
+    /// once [`World::let_pass`] says so, and returns when every host started its
+    /// container.
+    fn deploy_held(&self, version: &str) -> Child {
+        self.write_deploy_file_with(
+            "health = { cmd = [\"/bin/busybox\", \"test\", \"-e\", \"/tmp/ready\"], \
+             interval = \"100ms\", retries = 3000 }",
+            "",
+        );
+        let child = self
+            .berth()
+            .args(["deploy", "--version", version])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !self
+            .hosts
+            .iter()
+            .all(|h| h.new_container(version).is_some())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the deploy of {version} started no container on some host"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child
+    }
+
+    /// Lets the held health checks of [`World::deploy_held`] pass (through each host's
+    /// own dockerd socket, which needs no network).
+    fn let_pass(&self, version: &str) {
+        for h in &self.hosts {
+            let name = h.new_container(version).unwrap();
+            let touch = h
+                .dockerd
+                .docker(&["exec", &name, "/bin/busybox", "touch", "/tmp/ready"]);
+            assert!(touch.success, "{}", touch.stderr);
+        }
     }
 
     /// `GET /` of the service on host `i` (0-based), from the deploying side.
@@ -480,7 +664,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
             got.stderr,
             out.stdout,
             out.stderr,
-            std::fs::read_to_string(h.agent.root.with_extension("log")).unwrap_or_default()
+            std::fs::read_to_string(h.agent().root.with_extension("log")).unwrap_or_default()
         );
         assert_eq!(
             h.dockerd.containers("web").len(),
@@ -505,7 +689,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
         let tree = output(
             Command::new("grep")
                 .args(["-rl", "s3cret-value"])
-                .arg(&h.agent.root),
+                .arg(h.agent_files()),
         );
         assert!(
             tree.stdout.trim().is_empty(),
@@ -657,33 +841,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
 
     // A second deploy of the service while one runs on the same hosts is refused. The
     // first one's health check (a command) passes only once the test says so.
-    w.write_deploy_file_with(
-        "health = { cmd = [\"/bin/busybox\", \"test\", \"-e\", \"/tmp/ready\"], \
-         interval = \"100ms\", retries = 3000 }",
-        "",
-    );
-    let first = w
-        .berth()
-        .args(["deploy", "--version", "v1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let new_container = |h: &DeployHost| {
-        h.dockerd
-            .containers("web")
-            .into_iter()
-            .find(|c| c.contains("-v1-"))
-            .map(|c| c.split(' ').next().unwrap().to_owned())
-    };
-    let start = Instant::now();
-    while !w.hosts.iter().all(|h| new_container(h).is_some()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the first deploy started no container"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let first = w.deploy_held("v1");
     let second = w.deploy(&["--version", "v1"]);
     assert!(!second.success);
     // Who holds the lock: the host, since when, which client (the first deploy's, the
@@ -700,13 +858,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     assert!(second.stderr.contains(" by client "), "{}", second.stderr);
     let ps = output_ok(w.berth().args(["deploy", "ps"]));
     assert!(ps.stdout.contains("(deploy by "), "{}", ps.stdout);
-    for h in &w.hosts {
-        let name = new_container(h).unwrap();
-        let touch = h
-            .dockerd
-            .docker(&["exec", &name, "/bin/busybox", "touch", "/tmp/ready"]);
-        assert!(touch.success, "{}", touch.stderr);
-    }
+    w.let_pass("v1");
     let first = first.wait_with_output().unwrap();
     assert!(
         first.status.success(),
@@ -747,15 +899,15 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     assert_eq!(w.get(1).stdout.trim(), "version-1");
 
     // An agent restarted points its proxy at the serving container again.
-    kill(&mut w.hosts[0].agent.child);
+    kill(&mut w.hosts[0].agent.as_mut().unwrap().child);
     let restarted = Agent::start(
         &w.hosts[0].host,
-        &w.hosts[0].agent.root,
+        &w.hosts[0].agent().root,
         &format!("{}:8373", w.hosts[0].ip),
         &w.hosts[0].dockerd.socket,
         "h1",
     );
-    w.hosts[0].agent = restarted;
+    w.hosts[0].agent = Some(restarted);
     assert_eq!(w.get(0).stdout.trim(), "version-4");
 
     // `berth deploy ps|exec|logs|history` over the agents' API: h1 serves v4, h2 v1.
@@ -908,7 +1060,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
         out.stderr
     );
     let live = |h: &DeployHost| {
-        let path = h.agent.root.join("agent/services/web/history.json");
+        let path = h.agent().root.join("agent/services/web/history.json");
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         (
             v[0]["version"].as_str().unwrap().to_owned(),
@@ -938,13 +1090,311 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     );
 }
 
+/// Three hosts, the third driven over SSH (Debian's openssh-server in its namespace, no
+/// agent installed): berth starts its agent container there through dockerd over the
+/// SSH connection and deploys through it like on the others; then two hosts (one of each
+/// kind) lose their network in the middle of a deploy: each gets a clear result of its
+/// own, and each host ends the deploy by itself (the new version serving, the old
+/// container gone), never half-switched.
+#[test]
+fn three_hosts_one_over_ssh_and_hosts_losing_their_network() {
+    if !require_deploy_world() || !require("sshd") || !require("ssh") || !require("unshare") {
+        return;
+    }
+    let w = World::with("deployssh", 3, &[3]);
+    w.enroll_all();
+    w.build("v1", "version-1", true);
+    w.build("v2", "version-2", true);
+    w.build("v3", "version-3", true);
+    w.write_deploy_file("");
+
+    let out = w.deploy(&[]);
+    assert!(
+        out.success,
+        "first deploy failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+    for (i, h) in w.hosts.iter().enumerate() {
+        assert_eq!(w.get(i).stdout.trim(), "version-1", "host h{}", i + 1);
+        assert_eq!(h.dockerd.containers("web").len(), 1);
+    }
+    // h3 runs berth's agent as a container (host network: its proxy answered above),
+    // made from this berth binary.
+    let h3 = &w.hosts[2];
+    let agent = h3.dockerd.docker(&[
+        "inspect",
+        "--format",
+        "{{.Config.Image}} {{.HostConfig.NetworkMode}} {{.State.Running}}",
+        "berth-agent",
+    ]);
+    assert!(agent.success, "{}", agent.stderr);
+    assert!(
+        agent.stdout.starts_with("berth-agent:") && agent.stdout.trim().ends_with(" host true"),
+        "{}",
+        agent.stdout
+    );
+    // The secret reached the container, not the agent's files, not the agent container.
+    let name = h3.dockerd.containers("web")[0]
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let env = h3.dockerd.docker(&["exec", &name, "/bin/busybox", "env"]);
+    assert!(
+        env.stdout.contains("API_KEY=s3cret-value"),
+        "{}",
+        env.stdout
+    );
+    let tree = output(
+        Command::new("grep")
+            .args(["-rl", "s3cret-value"])
+            .arg(h3.agent_files()),
+    );
+    assert!(tree.stdout.trim().is_empty(), "{}", tree.stdout);
+    let inspect = h3.dockerd.docker(&["inspect", "berth-agent"]);
+    assert!(!inspect.stdout.contains("s3cret-value"));
+    assert!(!inspect.stdout.contains("pull-s3cret"));
+
+    // v2 under load on the SSH host: zero failed requests.
+    let load = Load::start(&w, 2, "ssh-v2");
+    let start = Instant::now();
+    while !load.seen("version-1") {
+        assert!(start.elapsed() < Duration::from_secs(30), "no answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = w.deploy(&["--version", "v2"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    while !load.seen("version-2") {
+        assert!(start.elapsed() < Duration::from_secs(60), "never saw v2");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, failed, errors) = load.stop();
+    assert_eq!(failed, 0, "{failed} of {} failed:\n{errors}", ok + failed);
+    // The agent container was not restarted by the second deploy (same binary).
+    let again = h3
+        .dockerd
+        .docker(&["ps", "--filter", "name=berth-agent", "--format", "{{.ID}}"]);
+    assert_eq!(again.stdout.lines().count(), 1, "{}", again.stdout);
+
+    // ps, history and exec reach the SSH host too.
+    let ps = output_ok(w.berth().args(["deploy", "ps"]));
+    assert!(
+        ps.stdout
+            .lines()
+            .any(|l| l.starts_with("h3\tweb\tv2\trunning\t8080:80\t")),
+        "{}",
+        ps.stdout
+    );
+    let exec = output_ok(w.berth().args([
+        "deploy",
+        "exec",
+        "web",
+        "--host",
+        "h3",
+        "--",
+        "/bin/busybox",
+        "cat",
+        "/www/index.html",
+    ]));
+    assert_eq!(exec.stdout.trim(), "version-2");
+
+    // A rollback over SSH: health-gated, from h3's own history.
+    let out = output(w.berth().args(["rollback", "v1"]));
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(w.get(2).stdout.trim(), "version-1");
+
+    // An SSH host that refuses the login: its own clear result, the others deploy.
+    let bad = w.dir.path().join("bad-key");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&bad));
+    let out = output(w.berth().args(["deploy", "--version", "v2"]).env(
+        "BERTH_SSH_COMMAND",
+        w.ssh_command.replace(
+            &w.dir.path().join("ssh-key").display().to_string(),
+            &bad.display().to_string(),
+        ),
+    ));
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("h3: web failed: host h3: ssh deploy@10.91.3.2 exit")
+            && out.stderr.contains("Permission denied"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("h1: web v2"), "{}", out.stdout);
+    assert_eq!(w.get(2).stdout.trim(), "version-1");
+
+    // Hosts losing their network mid-deploy. The health check (a command) passes only
+    // once the test says so; h2 and h3 drop off the network while it waits.
+    let deploy = w.deploy_held("v3");
+    w.hosts[1].set_link(false);
+    w.hosts[2].set_link(false);
+    w.let_pass("v3");
+    let out = deploy.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("h1: web v3"), "{stdout}\n{stderr}");
+    for host in ["h2", "h3"] {
+        assert!(
+            stderr.contains(&format!("{host}: web failed: ")),
+            "{stderr}"
+        );
+    }
+    assert!(
+        stderr.matches("goes on to its end on the host").count() >= 2,
+        "{stderr}"
+    );
+    assert!(stderr.contains("deploy failed on h2, h3"), "{stderr}");
+    // Back on the network: both hosts finished the deploy by themselves, whole.
+    w.hosts[1].set_link(true);
+    w.hosts[2].set_link(true);
+    for (i, h) in w.hosts.iter().enumerate() {
+        let start = Instant::now();
+        loop {
+            let names = h.dockerd.containers("web");
+            if names.len() == 1 && names[0].contains("-v3-") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "host h{} is half-switched: {names:?}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(w.get(i).stdout.trim(), "version-3", "host h{}", i + 1);
+    }
+    let ps = output_ok(w.berth().args(["deploy", "ps"]));
+    for host in ["h1", "h2", "h3"] {
+        assert!(
+            ps.stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{host}\tweb\tv3\trunning\t"))),
+            "{}",
+            ps.stdout
+        );
+    }
+}
+
+/// Services whose image is a build: `berth deploy` builds them first (a Dockerfile at the
+/// version deployed, an Earthfile target naming its image), pushes once and deploys.
+#[test]
+fn deploy_builds_dockerfile_and_earthfile_services() {
+    if !require_deploy_world() {
+        return;
+    }
+    let w = World::new("deploybuild", 1);
+    w.enroll_all();
+    let d = w.dir.path();
+    let ctx = d.join("app");
+    std::fs::create_dir_all(ctx.join("www")).unwrap();
+    let write_app = |body: &str| {
+        std::fs::write(ctx.join("www/index.html"), format!("{body}\n")).unwrap();
+        std::fs::write(ctx.join("www/health"), "ok\n").unwrap();
+    };
+    write_app("built-1");
+    std::fs::write(
+        ctx.join("Dockerfile.web"),
+        format!(
+            "FROM {} AS base\nFROM base AS prod\nARG GREETING\nCOPY www /www\n\
+             RUN echo \"$GREETING\" > /www/greeting\n\
+             CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n\
+             FROM base AS other\nCMD [\"/bin/false\"]\n",
+            w.base.reference()
+        ),
+    )
+    .unwrap();
+    let earth = d.join("api");
+    std::fs::create_dir_all(earth.join("www")).unwrap();
+    std::fs::write(earth.join("www/index.html"), "earth-1\n").unwrap();
+    std::fs::write(
+        earth.join("Earthfile"),
+        format!(
+            "VERSION 0.8\ndocker:\n    FROM {}\n    COPY www /www\n    \
+             CMD [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n    \
+             SAVE IMAGE api:e1\n",
+            w.base.reference()
+        ),
+    )
+    .unwrap();
+    w.write_deploy_file(
+        "build = { context = \"app\", dockerfile = \"app/Dockerfile.web\", target = \"prod\", \
+         args = { GREETING = \"hello-build\" } }\n\
+         [deploy.services.api]\nimage = \"api:e1\"\nroles = [\"web\"]\nports = [\"8081:80\"]\n\
+         build = { earthfile = \"./api+docker\" }\n",
+    );
+    let api = || {
+        output(w.dep.command("curl").args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            &format!("http://{}:8081/", w.hosts[0].ip),
+        ]))
+    };
+    let out = w.deploy(&[]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("building app:v1 for service web"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("building api:e1 for service api"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(w.get(0).stdout.trim(), "built-1");
+    assert_eq!(api().stdout.trim(), "earth-1");
+    // The build's ARG and stage reached the image.
+    let greeting = output(
+        w.dep
+            .command("curl")
+            .args(["-sS", &format!("http://{}:8080/greeting", w.hosts[0].ip)]),
+    );
+    assert_eq!(greeting.stdout.trim(), "hello-build");
+    // A new version: built again from the changed context, under its own tag.
+    write_app("built-2");
+    let out = w.deploy(&["web", "--version", "v2"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("building app:v2 for service web"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("for service api"), "{}", out.stderr);
+    assert_eq!(w.get(0).stdout.trim(), "built-2");
+    assert!(
+        out.stderr
+            .contains(&format!("pushed app:v2 as {REGISTRY}/app@sha256:")),
+        "{}",
+        out.stderr
+    );
+    // A build that fails stops the deploy before any push or host; v2 keeps serving.
+    std::fs::write(ctx.join("Dockerfile.web"), "FROM scratch\nRUN false\n").unwrap();
+    let out = w.deploy(&["web", "--version", "v3"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("build of service web (app:v3)"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("pushed"), "{}", out.stderr);
+    assert_eq!(w.get(0).stdout.trim(), "built-2");
+}
+
 #[test]
 fn wrong_tokens_are_refused() {
     if !require_deploy_world() {
         return;
     }
     let w = World::new("deploytok", 1);
-    let good = w.hosts[0].agent.token();
+    let good = w.hosts[0].agent().token();
     // Same id and address, another secret.
     let (head, tail) = good.split_once('.').unwrap();
     let secret_end = tail.find('@').unwrap();

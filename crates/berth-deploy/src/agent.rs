@@ -19,7 +19,7 @@ use std::time::Duration;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use berth_pki::{Authority, ClientAuth, EnrollRequest, Identity, Token, TokenOptions, Validity};
 
 use crate::api::{DeployRequest, Status};
@@ -184,6 +184,22 @@ impl Agent {
             .await
             .map_err(|e| DeployError::Internal(format!("serve: {e}")))
     }
+
+    /// Serves plain HTTP on the unix socket `listener` until `shutdown` resolves: the
+    /// agent container of an SSH-driven host, reached through an SSH forward of the
+    /// socket (see [`crate::ssh`]). No certificate: reaching the socket takes the same
+    /// rights on the host as reaching its dockerd.
+    pub async fn serve_unix(
+        &self,
+        listener: tokio::net::UnixListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DeployError> {
+        let app = self.router().layer(axum::Extension(Local));
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| DeployError::Internal(format!("serve: {e}")))
+    }
 }
 
 impl IntoResponse for DeployError {
@@ -219,15 +235,46 @@ fn token_message(p: &berth_pki::PkiError) -> String {
     }
 }
 
-/// The enrolled client behind a request: its certificate's name.
-fn caller(certs: Option<&berth_registry::PeerCertificates>) -> Result<String, DeployError> {
-    match certs.and_then(|c| c.0.first()) {
-        Some(leaf) => Ok(berth_pki::CertInfo::from_der(leaf)
-            .map(|i| i.display_name())
-            .unwrap_or_else(|_| "?".into())),
-        None => Err(DeployError::Denied(
+/// Marks requests that came through the agent's unix socket ([`Agent::serve_unix`]):
+/// whoever reached it holds the host's dockerd already (SSH access to its socket), so
+/// no certificate is asked; the caller names itself in [`CLIENT_HEADER`].
+#[derive(Clone, Copy)]
+struct Local;
+
+/// The header a caller on the unix socket names itself in (for lock messages).
+pub const CLIENT_HEADER: &str = "x-berth-client";
+
+/// The client behind a request: an enrolled machine's certificate name, or on the unix
+/// socket the name it gives.
+struct Caller(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = DeployError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Caller, DeployError> {
+        let certs = parts.extensions.get::<berth_registry::PeerCertificates>();
+        if let Some(leaf) = certs.and_then(|c| c.0.first()) {
+            return Ok(Caller(
+                berth_pki::CertInfo::from_der(leaf)
+                    .map(|i| i.display_name())
+                    .unwrap_or_else(|_| "?".into()),
+            ));
+        }
+        if parts.extensions.get::<Local>().is_some() {
+            let name = parts
+                .headers
+                .get(CLIENT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .unwrap_or("ssh");
+            return Ok(Caller(format!("{name} (ssh)")));
+        }
+        Err(DeployError::Denied(
             "this call needs an enrolled machine: run `berth host add NAME --token T` first".into(),
-        )),
+        ))
     }
 }
 
@@ -252,11 +299,7 @@ async fn enroll(
     .map_err(DeployError::from)
 }
 
-async fn status(
-    State(agent): State<Agent>,
-    certs: Option<Extension<berth_registry::PeerCertificates>>,
-) -> Result<Json<Status>, DeployError> {
-    caller(certs.as_deref())?;
+async fn status(State(agent): State<Agent>, _: Caller) -> Result<Json<Status>, DeployError> {
     let docker = match agent.inner.engine.docker_version().await {
         Ok(v) => v,
         Err(e) => format!("unreachable: {e}"),
@@ -270,12 +313,17 @@ async fn status(
 
 async fn deploy(
     State(agent): State<Agent>,
-    certs: Option<Extension<berth_registry::PeerCertificates>>,
+    Caller(client): Caller,
     Json(req): Json<DeployRequest>,
 ) -> Result<Json<crate::api::DeployReport>, DeployError> {
-    let client = caller(certs.as_deref())?;
     tracing::info!(service = %req.service.name, version = %req.version, image = %req.image, %client, "deploy");
-    let report = agent.inner.engine.deploy(req, &client).await;
+    // On a task of its own: a caller that goes away (a host losing its network) does not
+    // cancel a deploy halfway (a new container started, or ports switched and the old
+    // container left running); it ends as it would have.
+    let a = agent.clone();
+    let report = tokio::spawn(async move { a.inner.engine.deploy(req, &client).await })
+        .await
+        .map_err(|e| DeployError::Internal(format!("the deploy panicked: {e}")))?;
     match &report.error {
         Some(e) => tracing::warn!(error = %e, "deploy failed"),
         None => tracing::info!(serving = ?report.serving, "deploy done"),
@@ -285,18 +333,16 @@ async fn deploy(
 
 async fn history(
     State(agent): State<Agent>,
-    certs: Option<Extension<berth_registry::PeerCertificates>>,
+    _: Caller,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<Vec<crate::api::Release>>, DeployError> {
-    caller(certs.as_deref())?;
     Ok(Json(agent.inner.engine.history(&name)?))
 }
 
 async fn ps(
     State(agent): State<Agent>,
-    certs: Option<Extension<berth_registry::PeerCertificates>>,
+    _: Caller,
 ) -> Result<Json<Vec<crate::api::ServiceState>>, DeployError> {
-    caller(certs.as_deref())?;
     Ok(Json(agent.inner.engine.ps().await?))
 }
 
@@ -310,11 +356,10 @@ struct LogsQuery {
 
 async fn logs(
     State(agent): State<Agent>,
-    certs: Option<Extension<berth_registry::PeerCertificates>>,
+    _: Caller,
     UrlPath(name): UrlPath<String>,
     axum::extract::Query(q): axum::extract::Query<LogsQuery>,
 ) -> Result<Response, DeployError> {
-    caller(certs.as_deref())?;
     let stream = agent.inner.engine.logs(&name, q.tail, q.follow)?;
     Ok((
         [(
@@ -328,11 +373,10 @@ async fn logs(
 
 async fn exec(
     State(agent): State<Agent>,
-    certs: Option<Extension<berth_registry::PeerCertificates>>,
+    Caller(client): Caller,
     UrlPath(name): UrlPath<String>,
     Json(req): Json<crate::api::ExecRequest>,
 ) -> Result<Json<crate::api::ExecResult>, DeployError> {
-    let client = caller(certs.as_deref())?;
     tracing::info!(service = %name, cmd = ?req.cmd, %client, "exec");
     Ok(Json(agent.inner.engine.exec(&name, &req.cmd).await?))
 }

@@ -77,8 +77,14 @@ impl Hosts {
         let (config, verifier) = berth_pki::first_contact(token.pin)?;
         let key = ClientKey::generate()?;
         let req = EnrollRequest::new(token, &key, client)?;
-        let resp: EnrollResponse =
-            call(&token.addr, config, "POST", "/v1/enroll", Some(&req)).await?;
+        let resp: EnrollResponse = call(
+            &token.addr,
+            &Transport::Tls(Box::new(config)),
+            "POST",
+            "/v1/enroll",
+            Some(&req),
+        )
+        .await?;
         berth_pki::check_enrollment(token, &verifier, &resp.ca_pem)
             .map_err(|e| DeployError::Denied(format!("agent {}: {e}", token.addr)))?;
         self.peers()
@@ -119,19 +125,55 @@ impl Hosts {
     pub fn connect(&self, name: &str) -> Result<AgentClient, DeployError> {
         let rec = self.get(name)?;
         let config = self.peers().trust(name).client_config()?;
-        Ok(AgentClient { rec, config })
+        Ok(AgentClient {
+            rec,
+            transport: Transport::Tls(Box::new(config)),
+        })
     }
 }
 
-/// Calls to one enrolled agent over mutual TLS.
+/// How calls reach an agent.
+#[derive(Clone)]
+enum Transport {
+    /// An enrolled agent: mutual TLS over TCP.
+    Tls(Box<rustls::ClientConfig>),
+    /// An agent's unix socket on this machine (an SSH forward, kept open by `keep`);
+    /// `client` names this machine in lock messages.
+    Unix {
+        socket: PathBuf,
+        client: String,
+        _keep: Arc<dyn std::any::Any + Send + Sync>,
+    },
+}
+
+/// Calls to one agent: an enrolled one over mutual TLS, or an SSH-driven host's agent
+/// container through a forwarded unix socket ([`crate::ssh`]).
 #[derive(Clone)]
 pub struct AgentClient {
     /// The host.
     pub rec: HostRecord,
-    config: rustls::ClientConfig,
+    transport: Transport,
 }
 
 impl AgentClient {
+    /// A client of the agent listening on the unix socket `socket` of this machine;
+    /// `keep` lives as long as the client (the SSH process forwarding the socket).
+    pub fn unix(
+        rec: HostRecord,
+        socket: PathBuf,
+        client: String,
+        keep: Arc<dyn std::any::Any + Send + Sync>,
+    ) -> AgentClient {
+        AgentClient {
+            rec,
+            transport: Transport::Unix {
+                socket,
+                client,
+                _keep: keep,
+            },
+        }
+    }
+
     /// The agent's status.
     pub async fn status(&self) -> Result<Status, DeployError> {
         self.call("GET", "/v1/status", None::<&()>).await
@@ -178,7 +220,7 @@ impl AgentClient {
             path.push_str(&format!("&tail={n}"));
         }
         let addr = &self.rec.address;
-        let mut body = request(addr, self.config.clone(), "GET", &path, None::<&()>)
+        let mut body = request(addr, &self.transport, "GET", &path, None::<&()>)
             .await
             .map_err(|e| self.named(e))?;
         while let Some(frame) = body.frame().await {
@@ -205,7 +247,7 @@ impl AgentClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, DeployError> {
-        call(&self.rec.address, self.config.clone(), method, path, body)
+        call(&self.rec.address, &self.transport, method, path, body)
             .await
             .map_err(|e| self.named(e))
     }
@@ -221,12 +263,12 @@ fn host_of(addr: &str) -> &str {
 /// One JSON call over TLS (HTTP/1.1, a connection of its own).
 async fn call<B: Serialize, T: for<'de> Deserialize<'de>>(
     addr: &str,
-    config: rustls::ClientConfig,
+    transport: &Transport,
     method: &str,
     path: &str,
     body: Option<&B>,
 ) -> Result<T, DeployError> {
-    let body = request(addr, config, method, path, body)
+    let body = request(addr, transport, method, path, body)
         .await?
         .collect()
         .await
@@ -236,63 +278,48 @@ async fn call<B: Serialize, T: for<'de> Deserialize<'de>>(
         .map_err(|e| DeployError::Remote(format!("agent {addr}: unexpected answer: {e}")))
 }
 
-/// One request over TLS: the body of a successful answer, still to be read; an error
-/// answer's message as the error.
+/// One request (a connection of its own): the body of a successful answer, still to be
+/// read; an error answer's message as the error.
 async fn request<B: Serialize>(
     addr: &str,
-    mut config: rustls::ClientConfig,
+    transport: &Transport,
     method: &str,
     path: &str,
     body: Option<&B>,
 ) -> Result<hyper::body::Incoming, DeployError> {
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let server_name = rustls_pki_types::ServerName::try_from(host_of(addr).to_owned())
-        .map_err(|e| DeployError::BadRequest(format!("agent address {addr}: {e}")))?;
-    let unreachable =
-        |e: &dyn std::fmt::Display| DeployError::Remote(format!("cannot reach agent {addr}: {e}"));
-    let tcp = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    .map_err(|_| unreachable(&"no answer in 10s"))?
-    .map_err(|e| unreachable(&e))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| match berth_pki::explain_refusal(&e) {
-            Some(why) => DeployError::Denied(format!("agent {addr}: {why}")),
-            None => unreachable(&e),
-        })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| unreachable(&e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let bytes = body
         .map(|b| serde_json::to_vec(b).expect("serialises"))
         .unwrap_or_default();
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header("host", addr)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(bytes)))
-        .map_err(|e| DeployError::Internal(e.to_string()))?;
-    let resp = sender.send_request(req).await.map_err(|e| {
-        // TLS 1.3 reports a refused client certificate on the first read.
-        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(s) = src {
-            if let Some(io) = s.downcast_ref::<std::io::Error>()
-                && let Some(why) = berth_pki::explain_refusal(io)
-            {
-                return DeployError::Denied(format!("agent {addr}: {why}"));
-            }
-            src = s.source();
+        .header("content-type", "application/json");
+    let unreachable =
+        |e: &dyn std::fmt::Display| DeployError::Remote(format!("cannot reach agent {addr}: {e}"));
+    let resp = match transport {
+        Transport::Tls(config) => {
+            let req = req
+                .body(Full::new(Bytes::from(bytes)))
+                .map_err(|e| DeployError::Internal(e.to_string()))?;
+            let tls = connect_tls(addr, (**config).clone()).await?;
+            send(addr, tls, req).await?
         }
-        DeployError::Remote(format!("agent {addr}: the connection failed: {e}"))
-    })?;
+        Transport::Unix {
+            socket,
+            client,
+            _keep: _,
+        } => {
+            req = req.header(crate::agent::CLIENT_HEADER, client.as_str());
+            let req = req
+                .body(Full::new(Bytes::from(bytes)))
+                .map_err(|e| DeployError::Internal(e.to_string()))?;
+            let s = tokio::net::UnixStream::connect(socket)
+                .await
+                .map_err(|e| unreachable(&format!("{}: {e}", socket.display())))?;
+            send(addr, s, req).await?
+        }
+    };
     let status = resp.status();
     if status.is_success() {
         return Ok(resp.into_body());
@@ -311,5 +338,71 @@ async fn request<B: Serialize>(
         401 | 403 => DeployError::Denied(format!("agent {addr}: {msg}")),
         400 => DeployError::BadRequest(format!("agent {addr}: {msg}")),
         _ => DeployError::Remote(format!("agent {addr}: {msg}")),
+    })
+}
+
+async fn connect_tls(
+    addr: &str,
+    mut config: rustls::ClientConfig,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, DeployError> {
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let server_name = rustls_pki_types::ServerName::try_from(host_of(addr).to_owned())
+        .map_err(|e| DeployError::BadRequest(format!("agent address {addr}: {e}")))?;
+    let unreachable =
+        |e: &dyn std::fmt::Display| DeployError::Remote(format!("cannot reach agent {addr}: {e}"));
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| unreachable(&"no answer in 10s"))?
+    .map_err(|e| unreachable(&e))?;
+    // A deploy is one long request: keepalive probes notice a host that drops off the
+    // network while it runs (about 20 s), where the connection would otherwise wait
+    // forever for an answer.
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(10))
+        .with_interval(std::time::Duration::from_secs(3))
+        .with_retries(3);
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| match berth_pki::explain_refusal(&e) {
+            Some(why) => DeployError::Denied(format!("agent {addr}: {why}")),
+            None => unreachable(&e),
+        })
+}
+
+/// Sends `req` over `io` (HTTP/1.1).
+async fn send<IO>(
+    addr: &str,
+    io: IO,
+    req: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, DeployError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| DeployError::Remote(format!("cannot reach agent {addr}: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(req).await.map_err(|e| {
+        // TLS 1.3 reports a refused client certificate on the first read.
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && let Some(why) = berth_pki::explain_refusal(io)
+            {
+                return DeployError::Denied(format!("agent {addr}: {why}"));
+            }
+            src = s.source();
+        }
+        DeployError::Remote(format!(
+            "agent {addr}: the connection failed: {e}; a deploy under way goes on to its end \
+             on the host (or leaves the old version serving): see `berth deploy ps`"
+        ))
     })
 }

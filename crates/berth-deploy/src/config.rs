@@ -15,10 +15,17 @@
 //! wait = "5s"                       # between batches
 //!
 //! [deploy.roles.web]
-//! hosts = ["web1", "web2"]          # names given to `berth host add`
+//! hosts = ["web1", "web2", "web3"]  # names given to `berth host add`, or below
+//!
+//! [deploy.hosts.web3]               # a host without an agent, driven over SSH
+//! ssh = "deploy@web3.internal"      # or "ssh://deploy@web3.internal:2222"
+//! docker_socket = "/var/run/docker.sock"  # dockerd's socket on the host (default)
+//! agent_socket = "/run/berth/agent.sock"  # where berth's agent container listens (default)
 //!
 //! [deploy.services.app]
 //! image = "app:v1"                  # an image of berth's store
+//! build = { context = ".", dockerfile = "Dockerfile", target = "prod", args = { A = "1" } }
+//! # or build = { earthfile = "+docker" }: `berth deploy` builds it first
 //! roles = ["web"]
 //! command = ["httpd", "-f", "-p", "80"]
 //! env = { GREETING = "hello" }
@@ -56,6 +63,25 @@ pub struct DeployFile {
     pub batch: Batch,
     /// Versions each host keeps.
     pub history: usize,
+    /// Hosts driven over SSH (`[deploy.hosts.NAME] ssh = …`), by name; the other hosts
+    /// of the roles are enrolled agents (`berth host add`).
+    pub ssh_hosts: BTreeMap<String, SshHost>,
+}
+
+/// The dockerd socket of a host when the file does not say.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// Where berth's agent container on an SSH host listens when the file does not say.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/berth/agent.sock";
+
+/// A host reached with the system `ssh` (the user's config, keys and known hosts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshHost {
+    /// What `ssh` is given: `user@host`, `host` or `ssh://user@host:port`.
+    pub destination: String,
+    /// dockerd's socket on the host.
+    pub docker_socket: String,
+    /// The agent container's socket on the host.
+    pub agent_socket: String,
 }
 
 /// The registry the deploying machine pushes to and the hosts pull from.
@@ -137,6 +163,33 @@ pub struct Service {
     pub stop_signal: String,
     /// How long a container gets after the signal (and old containers to drain).
     pub stop_timeout: Duration,
+    /// What `berth deploy` builds before it pushes (none: the image is in the store).
+    #[serde(default)]
+    pub build: Option<Build>,
+}
+
+/// How a service's image is built by `berth deploy` (paths relative to the deploy file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Build {
+    /// `berth build CONTEXT -f DOCKERFILE --target T --build-arg K=V -t IMAGE:VERSION`.
+    Dockerfile {
+        /// The build context.
+        context: PathBuf,
+        /// The Dockerfile (default: in the context).
+        dockerfile: Option<PathBuf>,
+        /// The stage.
+        target: Option<String>,
+        /// Build arguments.
+        args: BTreeMap<String, String>,
+    },
+    /// `berth +target --K=V`: the target's `SAVE IMAGE` must name the service's image.
+    Earthfile {
+        /// `+target` or `./dir+target`, from the deploy file's directory.
+        target: String,
+        /// ARG overrides.
+        args: BTreeMap<String, String>,
+    },
 }
 
 /// A volume: a host path or a named volume, mounted at `target`.
@@ -206,6 +259,16 @@ struct DeployRaw {
     #[serde(default)]
     batch: BatchRaw,
     history: Option<i64>,
+    #[serde(default)]
+    hosts: BTreeMap<String, HostRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostRaw {
+    ssh: String,
+    docker_socket: Option<String>,
+    agent_socket: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -248,6 +311,18 @@ struct ServiceRaw {
     health: Option<HealthRaw>,
     stop_signal: Option<String>,
     stop_timeout: Option<String>,
+    build: Option<BuildRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildRaw {
+    context: Option<PathBuf>,
+    dockerfile: Option<PathBuf>,
+    target: Option<String>,
+    earthfile: Option<String>,
+    #[serde(default)]
+    args: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -468,6 +543,44 @@ impl DeployFile {
             Some(n) if (1..=100).contains(&n) => n as usize,
             Some(n) => return Err(c.err("deploy.history", format!("{n}: keep 1 to 100 versions"))),
         };
+        let mut ssh_hosts = BTreeMap::new();
+        for (name, h) in d.hosts {
+            let key = format!("deploy.hosts.{name}");
+            if !roles.values().any(|hs| hs.contains(&name)) {
+                return Err(c.err(key, "is in no role's hosts: add it to one, or remove it"));
+            }
+            let dest = h.ssh.trim();
+            if dest.is_empty() || dest.starts_with('-') || dest.contains(char::is_whitespace) {
+                return Err(c.err(
+                    format!("{key}.ssh"),
+                    format!("{:?} is not an ssh destination like user@host", h.ssh),
+                ));
+            }
+            let socket = |k: &str, v: Option<String>, default: &str| match v {
+                None => Ok(default.to_owned()),
+                Some(p) if p.starts_with('/') && !p.contains(':') => Ok(p),
+                Some(p) => Err(c.err(
+                    format!("{key}.{k}"),
+                    format!("{p:?} is not an absolute path (without `:`)"),
+                )),
+            };
+            let host = SshHost {
+                destination: dest.to_owned(),
+                docker_socket: socket("docker_socket", h.docker_socket, DEFAULT_DOCKER_SOCKET)?,
+                agent_socket: socket("agent_socket", h.agent_socket, DEFAULT_AGENT_SOCKET)?,
+            };
+            if host
+                .agent_socket
+                .rsplit_once('/')
+                .is_none_or(|(d, _)| d.is_empty())
+            {
+                return Err(c.err(
+                    format!("{key}.agent_socket"),
+                    "must be in a directory other than / (the directory is mounted into the agent's container)",
+                ));
+            }
+            ssh_hosts.insert(name, host);
+        }
         Ok(DeployFile {
             path: path.to_path_buf(),
             registry,
@@ -475,6 +588,7 @@ impl DeployFile {
             services,
             batch,
             history,
+            ssh_hosts,
         })
     }
 
@@ -703,7 +817,12 @@ impl Checker<'_> {
                 format!("{stop_signal:?} is not a signal like SIGTERM, SIGQUIT or 15"),
             ));
         }
+        let build = match s.build {
+            None => None,
+            Some(b) => Some(self.build(&key, b)?),
+        };
         Ok(Service {
+            build,
             name: name.to_owned(),
             image: s.image,
             roles: s.roles,
@@ -720,6 +839,64 @@ impl Checker<'_> {
                 Duration::from_secs(10),
             )?,
         })
+    }
+
+    fn build(&self, key: &str, b: BuildRaw) -> Result<Build, DeployError> {
+        let key = format!("{key}.build");
+        let base = self.file.parent().unwrap_or(Path::new(""));
+        for k in b.args.keys() {
+            if !valid_env_name(k) {
+                return Err(self.err(format!("{key}.args"), format!("{k:?} is not an ARG name")));
+            }
+        }
+        match b.earthfile {
+            Some(t) => {
+                if b.context.is_some() || b.dockerfile.is_some() || b.target.is_some() {
+                    return Err(self.err(
+                        key,
+                        "earthfile goes alone: context, dockerfile and target are for Dockerfiles",
+                    ));
+                }
+                let (dir, name) = t.split_once('+').unwrap_or(("", ""));
+                let name_ok = !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                if !name_ok || !(dir.is_empty() || dir.starts_with("./") || dir.starts_with("../"))
+                {
+                    return Err(self.err(
+                        format!("{key}.earthfile"),
+                        format!("{t:?} is not a target like \"+docker\" or \"./dir+docker\""),
+                    ));
+                }
+                let sub = dir.trim_start_matches("./");
+                let dir = base.join(sub);
+                let dir = dir.to_string_lossy();
+                let dir = if dir.is_empty() || dir.starts_with('/') || dir.starts_with("../") {
+                    dir.trim_end_matches('/').to_owned()
+                } else {
+                    format!("./{}", dir.trim_end_matches('/'))
+                };
+                Ok(Build::Earthfile {
+                    target: format!("{dir}+{name}"),
+                    args: b.args,
+                })
+            }
+            None => {
+                let context = b.context.ok_or_else(|| {
+                    self.err(
+                        key.clone(),
+                        "say what to build: context = \"DIR\" (a Dockerfile) or earthfile = \"+target\"",
+                    )
+                })?;
+                Ok(Build::Dockerfile {
+                    context: base.join(context),
+                    dockerfile: b.dockerfile.map(|d| base.join(d)),
+                    target: b.target,
+                    args: b.args,
+                })
+            }
+        }
     }
 
     fn health(
@@ -958,5 +1135,106 @@ health = { path = "/ok", interval = "200ms", retries = 4 }
         assert_eq!(s.stop_signal, "SIGTERM");
         assert_eq!(f.batch.limit, Limit::All);
         assert_eq!(f.history, DEFAULT_HISTORY);
+    }
+
+    #[test]
+    fn ssh_hosts() {
+        let f = parse(&format!(
+            "{GOOD}[deploy.hosts.h3]\nssh = \"deploy@h3.internal\"\n\
+             [deploy.hosts.h2]\nssh = \"ssh://h2:2222\"\ndocker_socket = \"/run/docker.sock\"\n\
+             agent_socket = \"/srv/berth/a.sock\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            f.ssh_hosts["h3"],
+            SshHost {
+                destination: "deploy@h3.internal".into(),
+                docker_socket: DEFAULT_DOCKER_SOCKET.into(),
+                agent_socket: DEFAULT_AGENT_SOCKET.into(),
+            }
+        );
+        assert_eq!(f.ssh_hosts["h2"].docker_socket, "/run/docker.sock");
+        assert_eq!(f.ssh_hosts["h2"].agent_socket, "/srv/berth/a.sock");
+        assert!(!f.ssh_hosts.contains_key("h1"));
+        for (extra, key, what) in [
+            (
+                "[deploy.hosts.h9]\nssh = \"h9\"\n",
+                "deploy.hosts.h9",
+                "in no role",
+            ),
+            (
+                "[deploy.hosts.h1]\nssh = \"-oProxyCommand=x\"\n",
+                "deploy.hosts.h1.ssh",
+                "not an ssh destination",
+            ),
+            (
+                "[deploy.hosts.h1]\nssh = \"h1\"\ndocker_socket = \"run/d.sock\"\n",
+                "deploy.hosts.h1.docker_socket",
+                "not an absolute path",
+            ),
+            (
+                "[deploy.hosts.h1]\nssh = \"h1\"\nagent_socket = \"/a.sock\"\n",
+                "deploy.hosts.h1.agent_socket",
+                "other than /",
+            ),
+            (
+                "[deploy.hosts.h1]\nagent = \"h1\"\n",
+                "line ",
+                "unknown field",
+            ),
+        ] {
+            let e = err(&format!("{GOOD}{extra}"));
+            assert!(
+                e.contains(&format!("berth.toml: {key}")) && e.contains(what),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn builds() {
+        let with = |b: &str| {
+            let text = GOOD.replace(
+                "image = \"app:v1\"\n",
+                &format!("image = \"app:v1\"\nbuild = {b}\n"),
+            );
+            DeployFile::parse(&text, Path::new("/srv/proj/berth.toml"))
+        };
+        let f = with("{ context = \"app\", target = \"prod\", args = { V = \"1\" } }").unwrap();
+        assert_eq!(
+            f.services["app"].build,
+            Some(Build::Dockerfile {
+                context: "/srv/proj/app".into(),
+                dockerfile: None,
+                target: Some("prod".into()),
+                args: [("V".to_owned(), "1".to_owned())].into(),
+            })
+        );
+        let f = with("{ earthfile = \"./web+docker\" }").unwrap();
+        assert_eq!(
+            f.services["app"].build,
+            Some(Build::Earthfile {
+                target: "/srv/proj/web+docker".into(),
+                args: BTreeMap::new(),
+            })
+        );
+        for (b, what) in [
+            (
+                "{ earthfile = \"+x\", context = \".\" }",
+                "earthfile goes alone",
+            ),
+            ("{ earthfile = \"docker\" }", "is not a target"),
+            ("{ dockerfile = \"D\" }", "say what to build"),
+            (
+                "{ context = \".\", args = { \"a b\" = \"1\" } }",
+                "not an ARG name",
+            ),
+        ] {
+            let e = with(b).unwrap_err().to_string();
+            assert!(
+                e.contains("deploy.services.app.build") && e.contains(what),
+                "{e}"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::api::{DeployReport, DeployRequest, RegistryAuth, Release};
-use crate::client::Hosts;
+use crate::client::{AgentClient, Hosts};
 use crate::config::{DeployFile, Service};
 use crate::error::DeployError;
 
@@ -68,25 +68,41 @@ pub async fn deploy(
         registry_auth: registry_auth(file)?,
         history: file.history,
     };
-    // Every host must be known before any is touched.
-    let clients = names
-        .iter()
-        .map(|n| hosts.connect(n))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Every enrolled host must be known before any is touched; SSH hosts are logged in
+    // to now, and one that cannot be reached fails alone.
+    for n in &names {
+        if !file.ssh_hosts.contains_key(n) {
+            hosts.get(n)?;
+        }
+    }
+    let mut clients: Vec<Option<Result<AgentClient, DeployError>>> =
+        futures_util::future::join_all(names.iter().map(|n| connect(file, hosts, n)))
+            .await
+            .into_iter()
+            .map(Some)
+            .collect();
     let mut out = Vec::new();
-    let batches = file.batch.split(&clients);
+    let order: Vec<usize> = (0..names.len()).collect();
+    let batches = file.batch.split(&order);
     let n = batches.len();
     for (i, batch) in batches.into_iter().enumerate() {
-        let runs = batch.iter().map(|c| {
+        let runs = batch.iter().map(|&h| {
             let req = &req;
+            let name = names[h].clone();
+            let client = clients[h].take().expect("each host once");
             async move {
-                progress(&format!(
-                    "{}: deploying {} {}",
-                    c.rec.name, req.service.name, req.version
-                ));
-                let report = c.deploy(req).await;
+                let report = match client {
+                    Ok(c) => {
+                        progress(&format!(
+                            "{name}: deploying {} {}",
+                            req.service.name, req.version
+                        ));
+                        c.deploy(req).await
+                    }
+                    Err(e) => Err(e),
+                };
                 HostResult {
-                    host: c.rec.name.clone(),
+                    host: name,
                     service: req.service.name.clone(),
                     report,
                 }
@@ -114,6 +130,19 @@ pub async fn deploy(
     Ok(out)
 }
 
+/// A client of host `name`'s agent: an SSH host of the file (logged in to now, its agent
+/// container started if needed), else an enrolled one.
+pub async fn connect(
+    file: &DeployFile,
+    hosts: &Hosts,
+    name: &str,
+) -> Result<AgentClient, DeployError> {
+    match file.ssh_hosts.get(name) {
+        Some(h) => crate::ssh::connect(name, h).await,
+        None => hosts.connect(name),
+    }
+}
+
 /// The history of `service` on each of its hosts.
 pub async fn history(
     file: &DeployFile,
@@ -122,7 +151,7 @@ pub async fn history(
 ) -> Vec<(String, Result<Vec<Release>, DeployError>)> {
     let mut out = Vec::new();
     for name in file.hosts_of(service) {
-        let h = match hosts.connect(&name) {
+        let h = match connect(file, hosts, &name).await {
             Ok(c) => c.history(&service.name).await,
             Err(e) => Err(e),
         };
@@ -171,8 +200,17 @@ pub async fn rollback(
                 .cloned()
                 .map_err(|m| DeployError::BadRequest(format!("host {host}: {m}")))
         });
-        let release = match release {
-            Ok(r) => r,
+        // An SSH host that cannot be reached fails alone; an unknown host stops all.
+        let ready = match release {
+            Ok(r) => match connect(file, hosts, &host).await {
+                Ok(c) => Ok((r, c)),
+                Err(e) if file.ssh_hosts.contains_key(&host) => Err(e),
+                Err(e) => return Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let (release, client) = match ready {
+            Ok(x) => x,
             Err(e) => {
                 progress(&format!("{host}: {e}"));
                 out.push(HostResult {
@@ -183,7 +221,6 @@ pub async fn rollback(
                 continue;
             }
         };
-        let client = hosts.connect(&host)?;
         progress(&format!(
             "{host}: rolling {} back to {}",
             service.name, release.version

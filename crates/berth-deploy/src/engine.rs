@@ -63,7 +63,7 @@ fn derr(what: &str) -> impl FnOnce(bollard::errors::Error) -> DeployError + '_ {
     move |e| DeployError::Docker(format!("{what}: {}", docker_message(&e)))
 }
 
-fn docker_message(e: &bollard::errors::Error) -> String {
+pub(crate) fn docker_message(e: &bollard::errors::Error) -> String {
     match e {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
         bollard::errors::Error::DockerStreamError { error } => error.clone(),
@@ -604,23 +604,7 @@ impl Engine {
     }
 
     async fn last_logs(&self, name: &str) -> String {
-        let opts = LogsOptions {
-            stdout: true,
-            stderr: true,
-            tail: LOG_LINES.into(),
-            ..Default::default()
-        };
-        let mut s = self.docker.logs(name, Some(opts));
-        let mut out = String::new();
-        while let Some(Ok(chunk)) = s.next().await {
-            out.push_str("  | ");
-            out.push_str(chunk.to_string().trim_end());
-            out.push('\n');
-        }
-        if out.is_empty() {
-            out.push_str("  (no output)\n");
-        }
-        out
+        container_logs(&self.docker, name).await
     }
 
     /// Stops (the service's signal, then its timeout) and removes a container.
@@ -640,6 +624,27 @@ impl Engine {
             tracing::warn!(container = name, error = %e, "remove failed");
         }
     }
+}
+
+/// The last log lines of container `name`, each indented with `  | `.
+pub(crate) async fn container_logs(docker: &Docker, name: &str) -> String {
+    let opts = LogsOptions {
+        stdout: true,
+        stderr: true,
+        tail: LOG_LINES.into(),
+        ..Default::default()
+    };
+    let mut s = docker.logs(name, Some(opts));
+    let mut out = String::new();
+    while let Some(Ok(chunk)) = s.next().await {
+        out.push_str("  | ");
+        out.push_str(chunk.to_string().trim_end());
+        out.push('\n');
+    }
+    if out.is_empty() {
+        out.push_str("  (no output)\n");
+    }
+    out
 }
 
 /// Service names become directory and container names: the deploy file's rule, checked

@@ -10,7 +10,10 @@
 //! ([`engine`]). Building and pushing the image is the caller's (berth-cli), which owns
 //! the store.
 //!
-//! Not yet: SSH-driven hosts, agents dialing out (`--connect`), replicas, HTTP/2 and
+//! SSH-driven hosts ([`ssh`]) run the same agent, as a container berth installs through
+//! the host's dockerd over the system `ssh`.
+//!
+//! Not yet: agents dialing out (`--connect`), replicas, HTTP/2 and
 //! WebSocket in the proxy, `[network]` settings for agents, locks across agents.
 #![warn(missing_docs)]
 
@@ -22,6 +25,7 @@ pub mod deployer;
 pub mod engine;
 mod error;
 pub mod proxy;
+pub mod ssh;
 
 pub use agent::{Agent, AgentOptions, AgentRoot};
 pub use client::{AgentClient, HostRecord, Hosts};

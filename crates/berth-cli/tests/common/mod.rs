@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod git;
 pub mod satellite;
+pub mod sshd;
 pub mod tinyproxy;
 
 /// Skip the test (return false) with a reason that scripts/test counts, or panic under
