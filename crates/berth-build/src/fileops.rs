@@ -325,6 +325,9 @@ pub struct CopyOptions {
     pub keep_owner: bool,
     /// Unpack tar and tar.gz sources into the destination (ADD).
     pub extract_archives: bool,
+    /// The modification time of everything written (seconds since the epoch); `None`
+    /// keeps the source's.
+    pub mtime: Option<i64>,
 }
 
 /// Resolve `path` (absolute, inside the container) against `root`, following symlinks as
@@ -1042,9 +1045,15 @@ fn set_meta(dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
         };
         fs::set_permissions(dst, fs::Permissions::from_mode(mode))
             .map_err(|e| io_err("chmod", dst, e))?;
-        let mtime = rustix::fs::Timespec {
-            tv_sec: meta.mtime(),
-            tv_nsec: meta.mtime_nsec(),
+        let mtime = match opts.mtime {
+            Some(secs) => rustix::fs::Timespec {
+                tv_sec: secs,
+                tv_nsec: 0,
+            },
+            None => rustix::fs::Timespec {
+                tv_sec: meta.mtime(),
+                tv_nsec: meta.mtime_nsec(),
+            },
         };
         let times = rustix::fs::Timestamps {
             last_access: mtime,
@@ -1088,10 +1097,8 @@ mod tests {
             .unwrap();
         }
         let opts = CopyOptions {
-            chown: None,
-            chmod: None,
             keep_owner: true,
-            extract_archives: false,
+            ..CopyOptions::default()
         };
         finish(&src, &dst, &fs::symlink_metadata(&src).unwrap(), opts).unwrap();
         let mut buf = [0u8; 64];

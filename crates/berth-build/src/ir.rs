@@ -248,6 +248,15 @@ pub enum FileAction {
         /// then `None`. Left out of the digest when absent.
         #[serde(skip_serializing_if = "Option::is_none")]
         chmod_symbolic: Option<String>,
+        /// The modification time (seconds since the epoch) of everything copied
+        /// (Earthly's COPY and SAVE ARTIFACT without `--keep-ts`); `None` keeps the
+        /// sources'. Left out of the digest when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mtime: Option<i64>,
+        /// Keep the sources' owners even from a build context (Earthly's
+        /// `--keep-own`); `chown` must be `None`. Left out of the digest when false.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        keep_owner: bool,
     },
     /// Write a file (heredocs, `COPY <<EOF`).
     Write {
