@@ -281,7 +281,12 @@ async fn run_plan(
                 .await
                 .map_err(|e| BuildError::Invalid(e.to_string()))??
         };
-        let exported = export::export_image(store, &converted, config, &img.names)?;
+        // A rebuild that changed nothing keeps its image and writes nothing, as
+        // `berth build` does.
+        let exported = match export::unchanged_image(store, &converted, &config, &img.names) {
+            Some(same) => same,
+            None => export::export_image(store, &converted, config, &img.names)?,
+        };
         for name in &img.names {
             out.images.push(EarthImage {
                 name: name.clone(),

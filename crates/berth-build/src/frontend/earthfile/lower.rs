@@ -177,7 +177,14 @@ struct Project {
     /// `IMPORT` aliases → what they stand for: an absolute folder, or a remote
     /// reference (`host/org/repo[/path][:ref]`).
     imports: HashMap<String, String>,
-    git: HashMap<&'static str, String>,
+    /// What the builtin git ARGs give, asked of git when one is first declared.
+    git: std::sync::OnceLock<HashMap<&'static str, String>>,
+}
+
+impl Project {
+    fn git(&self) -> &HashMap<&'static str, String> {
+        self.git.get_or_init(|| git_info(&self.dir))
+    }
 }
 
 /// A target being lowered.
@@ -560,7 +567,7 @@ impl Lowerer<'_> {
                             reference: reference.clone(),
                             context: context.clone(),
                             imports: HashMap::new(),
-                            git: HashMap::new(),
+                            git: std::sync::OnceLock::new(),
                         },
                         c.pos,
                         "IMPORT takes a reference and optionally AS <alias>",
@@ -574,14 +581,13 @@ impl Lowerer<'_> {
             };
             imports.insert(alias, target);
         }
-        let git = git_info(&dir);
         let p = Arc::new(Project {
             ef,
             dir: dir.clone(),
             reference,
             context,
             imports,
-            git,
+            git: std::sync::OnceLock::new(),
         });
         self.projects.insert(dir, p.clone());
         Ok(p)
@@ -1941,29 +1947,33 @@ impl Lowerer<'_> {
     /// Earthly's builtin ARGs, declared with `ARG NAME`.
     fn builtin(&self, ts: &Ts, name: &str) -> Option<String> {
         let (os, arch) = host_platform();
-        let git = &ts.proj.git;
+        // Git is asked only for a git ARG.
+        let git = || ts.proj.git();
         let project = ts.proj.reference.clone();
         Some(match name {
             "EARTHLY_TARGET" => ts.label.clone(),
             "EARTHLY_TARGET_NAME" => ts.name.clone(),
             "EARTHLY_TARGET_PROJECT" | "EARTHLY_TARGET_PROJECT_NO_TAG" => project,
-            "EARTHLY_TARGET_TAG" => git.get("branch").cloned().unwrap_or_default(),
-            "EARTHLY_TARGET_TAG_DOCKER" => git.get("branch").cloned().unwrap_or_default().replace(
-                |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
-                "_",
-            ),
-            "EARTHLY_GIT_HASH" => git.get("hash").cloned().unwrap_or_default(),
-            "EARTHLY_GIT_SHORT_HASH" => git
+            "EARTHLY_TARGET_TAG" => git().get("branch").cloned().unwrap_or_default(),
+            "EARTHLY_TARGET_TAG_DOCKER" => {
+                git().get("branch").cloned().unwrap_or_default().replace(
+                    |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
+                    "_",
+                )
+            }
+            "EARTHLY_GIT_HASH" => git().get("hash").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_SHORT_HASH" => git()
                 .get("hash")
                 .map(|h| h.chars().take(8).collect())
                 .unwrap_or_default(),
-            "EARTHLY_GIT_BRANCH" => git.get("branch").cloned().unwrap_or_default(),
-            "EARTHLY_GIT_ORIGIN_URL" => git.get("origin").cloned().unwrap_or_default(),
-            "EARTHLY_GIT_PROJECT_NAME" => git.get("project").cloned().unwrap_or_default(),
-            "EARTHLY_GIT_COMMIT_TIMESTAMP" => git.get("timestamp").cloned().unwrap_or_default(),
-            "EARTHLY_SOURCE_DATE_EPOCH" => {
-                git.get("timestamp").cloned().unwrap_or_else(|| "0".into())
-            }
+            "EARTHLY_GIT_BRANCH" => git().get("branch").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_ORIGIN_URL" => git().get("origin").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_PROJECT_NAME" => git().get("project").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_COMMIT_TIMESTAMP" => git().get("timestamp").cloned().unwrap_or_default(),
+            "EARTHLY_SOURCE_DATE_EPOCH" => git()
+                .get("timestamp")
+                .cloned()
+                .unwrap_or_else(|| "0".into()),
             "EARTHLY_VERSION" => format!("berth-{}", env!("CARGO_PKG_VERSION")),
             "EARTHLY_BUILD_SHA" => String::new(),
             "EARTHLY_CI" => self.opts.ci.to_string(),
