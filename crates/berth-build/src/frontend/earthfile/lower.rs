@@ -1776,7 +1776,7 @@ impl Lowerer<'_> {
                 match std::fs::symlink_metadata(&src) {
                     Err(_) if c.flag("if-exists") => Ok(()),
                     Err(_) => return Err(missing()),
-                    Ok(m) if into && !(m.is_dir() && !c.flag("dir")) => {
+                    Ok(m) if into && (!m.is_dir() || c.flag("dir")) => {
                         merge_into(&src, &dest.join(&name))
                     }
                     Ok(_) => merge_into(&src, &dest),
