@@ -241,7 +241,8 @@ fn earthfile_copies_are_dated_and_owned_as_in_earthly() {
     assert_eq!(
         read(&case.join("times.txt")),
         "/plain 1587038400 1234\n/kept-reset 1587038400 1234\n/kept 1000000000 4321\n\
-         /ctx 1587038400 1234\n/ctx-kept 1234567890 1234\n"
+         /ctx 1587038400 1234\n/ctx-kept 1234567890 1234\n/direct 1587038400 1234\n\
+         /direct-kept 1587038400 1234\n/direct-own 1587038400 4321\n"
     );
 }
 

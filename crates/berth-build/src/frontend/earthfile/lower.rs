@@ -117,6 +117,43 @@ pub struct TargetOut {
     pub builds: Vec<usize>,
     /// The state after its `RUN --push` steps, run only with `--push`.
     pub push_state: Option<State>,
+    /// What each `SAVE ARTIFACT` put where in [`Self::artifact`].
+    pub saved: Vec<SavedPath>,
+}
+
+impl TargetOut {
+    /// Where `COPY +t/path` can read `path` from directly, skipping the copy into the
+    /// artifacts: the one `SAVE ARTIFACT` that wrote exactly `path`, when no other
+    /// wrote beside, above or below it (nor a wildcard anywhere).
+    fn direct(&self, path: &str) -> Option<&SavedPath> {
+        let p = clean_abs(&format!("/{path}"));
+        let near = |a: &str| {
+            a == p || a == "/" || a.starts_with(&format!("{p}/")) || p.starts_with(&format!("{a}/"))
+        };
+        let mut hits = self
+            .saved
+            .iter()
+            .filter(|s| s.from.is_none() || near(&s.at));
+        let only = hits.next()?;
+        if hits.next().is_some() || only.at != p {
+            return None;
+        }
+        only.from.as_ref().map(|_| only)
+    }
+}
+
+/// Where a `SAVE ARTIFACT` put a path in its target's artifacts, and from where.
+#[derive(Debug, Clone)]
+pub struct SavedPath {
+    /// Its path in the artifacts (absolute).
+    pub at: String,
+    /// The file system and the path it was copied from; `None` when a COPY must read
+    /// the artifacts (a wildcard, `--if-exists`, a `LOCALLY` save).
+    pub from: Option<(State, String)>,
+    /// `--keep-ts`.
+    pub keep_ts: bool,
+    /// Owners kept (`--keep-own`, or VERSION 0.7+).
+    pub keep_own: bool,
 }
 
 /// A `SAVE IMAGE`.
@@ -199,6 +236,7 @@ struct Ts {
     globals: Vec<Var>,
     overrides: BTreeMap<String, String>,
     artifact: State,
+    saved: Vec<SavedPath>,
     images: Vec<SavedImage>,
     locals: Vec<SavedLocal>,
     builds: Vec<usize>,
@@ -775,6 +813,7 @@ impl Lowerer<'_> {
             locals: ts.locals,
             builds: ts.builds,
             push_state,
+            saved: ts.saved,
         });
         let idx = self.targets.len() - 1;
         self.memo.insert(key, idx);
@@ -795,6 +834,7 @@ impl Lowerer<'_> {
             globals: Vec::new(),
             overrides: overrides.clone(),
             artifact: State::scratch(),
+            saved: Vec::new(),
             images: Vec::new(),
             locals: Vec::new(),
             builds: Vec::new(),
@@ -821,6 +861,7 @@ impl Lowerer<'_> {
         vars.extend(ts.globals.iter().cloned());
         ts.vars = vars;
         ts.artifact = State::scratch();
+        ts.saved.clear();
         Ok(ts)
     }
 
@@ -1717,7 +1758,7 @@ impl Lowerer<'_> {
         let into = dest_raw.ends_with('/') || srcs.len() > 1 || dest.is_dir();
         for w in srcs {
             let (text, artifact) = self.copy_source(ts, proj, c, w)?;
-            let Some(artifact) = artifact else {
+            let Some(artifact) = artifact.map(|i| self.targets[i].artifact.clone()) else {
                 return Err(BuildError::Source(
                     proj.ef
                         .source
@@ -2305,12 +2346,43 @@ impl Lowerer<'_> {
         let mut inputs: Vec<State> = Vec::new();
         let mut actions = Vec::new();
         for w in srcs {
-            let (text, artifact_state) = self.copy_source(ts, proj, c, w)?;
-            let artifact = artifact_state.is_some();
-            let (from_state, path) = match artifact_state {
-                Some(s) => {
+            let (text, from_target) = self.copy_source(ts, proj, c, w)?;
+            let artifact = from_target.is_some();
+            // The source, its path there, and how the copy dates and owns entries.
+            let (from_state, path, keep_ts, chown, keep) = match from_target {
+                Some(i) => {
                     let (_, path) = split_artifact(&text).expect("checked by copy_source");
-                    (s, path.to_string())
+                    match self.targets[i].direct(path) {
+                        // One copy instead of SAVE ARTIFACT's and COPY's: what the two
+                        // would give, dates and owners included (and names: a file
+                        // copied into a folder is named by its source).
+                        Some(SavedPath {
+                            from: Some((state, src)),
+                            keep_ts: saved_ts,
+                            keep_own: saved_own,
+                            ..
+                        }) if base_name(src) == base_name(path.trim_end_matches('/')) => {
+                            let (chown, keep) = match (keep_own, saved_own) {
+                                (true, true) => (None, true),
+                                (true, false) => (Some("0:0".to_string()), false),
+                                (false, _) => (owner.clone(), false),
+                            };
+                            (
+                                state.clone(),
+                                src.clone(),
+                                c.flag("keep-ts") && *saved_ts,
+                                chown,
+                                keep,
+                            )
+                        }
+                        _ => (
+                            self.targets[i].artifact.clone(),
+                            path.to_string(),
+                            c.flag("keep-ts"),
+                            owner.clone(),
+                            keep_own,
+                        ),
+                    }
                 }
                 None => {
                     if if_exists
@@ -2319,7 +2391,13 @@ impl Lowerer<'_> {
                     {
                         continue;
                     }
-                    (proj.context.clone(), text.clone())
+                    (
+                        proj.context.clone(),
+                        text.clone(),
+                        c.flag("keep-ts"),
+                        owner.clone(),
+                        keep_own,
+                    )
                 }
             };
             let input = match inputs
@@ -2346,23 +2424,32 @@ impl Lowerer<'_> {
                     },
                 ),
             ));
-            let path = if if_exists && artifact {
-                optional_glob(&path)
-            } else {
-                path
+            // Named as written: a folder copied with --dir keeps the artifact's name.
+            let named = match from_target {
+                Some(_) => split_artifact(&text).map_or(path.as_str(), |(_, p)| p),
+                None => path.as_str(),
             };
-            let target = if dir && !path.contains(['*', '?', '[']) {
-                format!("{}/{}", dest.trim_end_matches('/'), base_name(&path))
+            let target = if dir && !named.contains(['*', '?', '[']) {
+                format!(
+                    "{}/{}",
+                    dest.trim_end_matches('/'),
+                    base_name(named.trim_end_matches('/'))
+                )
             } else if into_dir {
                 format!("{}/", dest.trim_end_matches('/'))
             } else {
                 dest.clone()
             };
+            let path = if if_exists && artifact {
+                optional_glob(&path)
+            } else {
+                path
+            };
             actions.push(with_meta(
                 copy_action(input, vec![path], target, chmod),
-                c.flag("keep-ts"),
-                owner.clone(),
-                keep_own,
+                keep_ts,
+                chown,
+                keep,
             ));
         }
         if actions.is_empty() {
@@ -2389,7 +2476,7 @@ impl Lowerer<'_> {
         proj: &Arc<Project>,
         c: &Command,
         w: &Word,
-    ) -> Result<(String, Option<State>)> {
+    ) -> Result<(String, Option<usize>)> {
         // The artifact form, with or without ( … --ARG=v ).
         let (text, args) = if w.group {
             let inner = super::parse::group_words(&w.text);
@@ -2429,7 +2516,7 @@ impl Lowerer<'_> {
         all.extend(self.build_args(ts, proj, c)?);
         let (tp, name) = self.resolve_ref(proj, r, w.pos)?;
         let idx = self.target(&tp, &name, all, Some((proj, w.pos)))?;
-        Ok((text, Some(self.targets[idx].artifact.clone())))
+        Ok((text, Some(idx)))
     }
 
     /// Whether a COPY source names an artifact (`+t/p`, `./d+t/p`, `alias+t/p`).
@@ -2499,7 +2586,7 @@ impl Lowerer<'_> {
         let keep_ts = c.flag("keep-ts");
         let op = FileOp {
             actions: vec![with_meta(
-                copy_action(1, vec![abs_src.clone()], target, None),
+                copy_action(1, vec![abs_src.clone()], target.clone(), None),
                 keep_ts,
                 owner.clone(),
                 keep_own,
@@ -2508,6 +2595,12 @@ impl Lowerer<'_> {
         };
         // The CACHE --persist folders are in what SAVE ARTIFACT copies from.
         let (from, _, _) = self.persisted(ts);
+        ts.saved.push(SavedPath {
+            at: clean_abs(&target),
+            from: (!glob && !c.flag("if-exists")).then(|| (from.clone(), abs_src.clone())),
+            keep_ts,
+            keep_own,
+        });
         ts.artifact =
             ts.artifact
                 .file(op, vec![from.clone()], format!("[{}] {}", ts.label, c.text));
@@ -2611,7 +2704,7 @@ impl Lowerer<'_> {
         let keep_own = c.flag("keep-own");
         let op = FileOp {
             actions: vec![with_meta(
-                copy_action(1, vec![name], target, None),
+                copy_action(1, vec![name], target.clone(), None),
                 c.flag("keep-ts"),
                 (!keep_own).then(|| "0:0".to_string()),
                 keep_own,
@@ -2621,6 +2714,12 @@ impl Lowerer<'_> {
         let source = State::local(LocalSource {
             name: ctx,
             exclude: Vec::new(),
+        });
+        ts.saved.push(SavedPath {
+            at: clean_abs(&target),
+            from: None,
+            keep_ts: c.flag("keep-ts"),
+            keep_own,
         });
         ts.artifact = ts
             .artifact
@@ -3194,6 +3293,36 @@ mod tests {
         assert_eq!(meta(copy(&t.artifact)), (None, None, true));
         let first = t.artifact.vertex().inputs[0].clone();
         assert_eq!(meta(copy(&first)), (Some(EARTHLY_MTIME), None, true));
+    }
+
+    #[test]
+    fn copy_of_one_saved_path_reads_the_target_directly() {
+        let text = "VERSION 0.8\nFROM scratch\na:\n    RUN make\n    SAVE ARTIFACT /out\n    SAVE ARTIFACT /bin/app app2\n    SAVE ARTIFACT /out/x sub/\nb:\n    SAVE ARTIFACT /one\n    SAVE ARTIFACT /two /one/two\nt:\n    COPY +a/out /o\n    COPY +a/app2 /dir/\n    COPY +a/sub/x /x\n    COPY +b/one /one\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let a = p.targets.iter().find(|t| t.label == "+a").unwrap();
+        // Newest first: +b/one (another save below it), +a/sub/x (alone), +a/app2
+        // (renamed, into a folder), +a/out (alone).
+        let mut s = p.targets[p.invoked].state.clone();
+        let mut froms = Vec::new();
+        while let Op::File(f) = &s.vertex().op {
+            let FileAction::Copy { sources, .. } = &f.actions[0] else {
+                panic!("a copy")
+            };
+            froms.push((
+                sources[0].clone(),
+                s.vertex().inputs[1].digest() == a.state.digest(),
+            ));
+            s = s.vertex().inputs[0].clone();
+        }
+        assert_eq!(
+            froms,
+            [
+                ("one".to_string(), false),
+                ("/out/x".to_string(), true),
+                ("app2".to_string(), false),
+                ("/out".to_string(), true),
+            ]
+        );
     }
 
     #[test]
