@@ -330,6 +330,43 @@ pub struct CopyOptions {
     pub mtime: Option<i64>,
 }
 
+/// Copy `src` (a file, a link or a folder) from a build's file system to `dest` on the
+/// host, replacing what is there: modes, links and modification times kept.
+pub fn copy_out(src: &Path, dest: &Path) -> std::io::Result<()> {
+    if let Ok(m) = fs::symlink_metadata(dest) {
+        if m.is_dir() {
+            fs::remove_dir_all(dest)?;
+        } else {
+            fs::remove_file(dest)?;
+        }
+    }
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    copy_tree(src, dest)
+}
+
+/// Copy `src` (a file, a link or a folder) to `dest`, which must not exist: modes,
+/// links and modification times kept.
+pub fn copy_tree(src: &Path, dest: &Path) -> std::io::Result<()> {
+    let meta = fs::symlink_metadata(src)?;
+    if meta.file_type().is_symlink() {
+        return std::os::unix::fs::symlink(fs::read_link(src)?, dest);
+    }
+    if meta.is_dir() {
+        fs::create_dir(dest)?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dest.join(e.file_name()))?;
+        }
+        fs::set_permissions(dest, meta.permissions())?;
+    } else {
+        fs::copy(src, dest)?;
+    }
+    let times = fs::FileTimes::new().set_modified(meta.modified()?);
+    fs::File::open(dest)?.set_times(times)
+}
+
 /// Resolve `path` (absolute, inside the container) against `root`, following symlinks as
 /// the container would see them, so nothing is read or written outside `root`. The
 /// result holds no symlink but perhaps the last component, when that one does not

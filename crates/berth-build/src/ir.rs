@@ -219,6 +219,22 @@ pub struct ExecOp {
     /// the digest when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerSpec>,
+    /// Paths copied out to the host when the command fails (Earthly's `TRY … FINALLY
+    /// SAVE ARTIFACT … AS LOCAL`), before its file system is dropped. What happens on
+    /// failure is no part of the key.
+    #[serde(skip)]
+    pub on_failure: Vec<FailureSave>,
+}
+
+/// A path of a failed command's file system written to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FailureSave {
+    /// The path in the container (absolute).
+    pub src: String,
+    /// Where on the host (absolute); replaced if there.
+    pub dest: std::path::PathBuf,
+    /// A missing `src` is no error.
+    pub if_exists: bool,
 }
 
 /// One file operation on input 0.

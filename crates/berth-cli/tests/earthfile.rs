@@ -227,6 +227,22 @@ fn earthfile_locally_runs_on_the_host_in_the_earthfile_folder() {
 }
 
 #[test]
+fn earthfile_try_finally_saves_the_failed_runs_files() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("try");
+    let out = output(&mut env.berth(&case, &["+fails"]));
+    assert!(!out.success);
+    assert!(out.stderr.contains("exited with code 3"), "{}", out.stderr);
+    // Copied out of the failed RUN's file system before the build stopped.
+    assert_eq!(read(&case.join("out/report.txt")), "partial\n");
+    assert_eq!(read(&case.join("out/r/log.txt")), "log\n");
+    assert!(!case.join("out/missing").exists());
+    // A RUN that passes: the saves are ordinary ones.
+    output_ok(&mut env.berth(&case, &["+passes"]));
+    assert_eq!(read(&case.join("ok.txt")), "fine\n");
+}
+
+#[test]
 fn earthfile_copies_are_dated_and_owned_as_in_earthly() {
     let Some(env) = Env::new() else { return };
     let case = env.case("keepts");

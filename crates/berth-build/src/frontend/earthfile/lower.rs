@@ -341,6 +341,8 @@ pub struct Lowerer<'a> {
     contexts: HashMap<String, PathBuf>,
     sources: Vec<(String, crate::SourceError)>,
     host: &'a mut dyn Host,
+    /// What the RUN of the `TRY` being lowered saves if it fails.
+    try_saves: Vec<ir::FailureSave>,
     /// Checkouts of remote references → the reference, for labels.
     remote_names: HashMap<PathBuf, String>,
 }
@@ -452,6 +454,7 @@ pub fn lower<'a>(
         contexts: HashMap::new(),
         sources: Vec::new(),
         host,
+        try_saves: Vec::new(),
         remote_names: HashMap::new(),
     };
     let (proj_part, name) = reference.split_once('+').ok_or_else(|| {
@@ -913,9 +916,11 @@ impl Lowerer<'_> {
                     ));
                 }
                 Stmt::WithDocker { head, body } => self.with_docker(ts, proj, head, body)?,
-                Stmt::Try { head, .. } => {
-                    return Err(not_supported(proj, head.pos, "TRY"));
-                }
+                Stmt::Try {
+                    head,
+                    body,
+                    finally,
+                } => self.try_finally(ts, proj, head, body, finally.as_deref())?,
             }
         }
         Ok(())
@@ -1652,6 +1657,110 @@ impl Lowerer<'_> {
         Ok(())
     }
 
+    /// `TRY RUN … FINALLY SAVE ARTIFACT … AS LOCAL … END` (Earthly 0.8 with `VERSION
+    /// --try`, and its limits: one RUN, then `AS LOCAL` saves of single paths). When
+    /// the RUN succeeds the saves are ordinary ones; when it fails, the solver copies
+    /// their paths out of the failed command's file system before the build stops.
+    fn try_finally(
+        &mut self,
+        ts: &mut Ts,
+        proj: &Arc<Project>,
+        head: &Command,
+        body: &[Stmt],
+        finally: Option<&[Stmt]>,
+    ) -> Result<()> {
+        let enabled = proj
+            .ef
+            .version
+            .as_ref()
+            .is_some_and(|v| v.features.iter().any(|f| f == "try"));
+        if !enabled {
+            return Err(src_err(
+                proj,
+                head.pos,
+                "TRY needs VERSION --try 0.8 (it is experimental in Earthly)",
+            ));
+        }
+        if ts.locally {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(head.pos, "TRY is not allowed in a LOCALLY target")
+                    .with_hint(LOCALLY_HINT),
+            ));
+        }
+        let run = match body {
+            [Stmt::Command(c)] if c.name == "RUN" => c,
+            _ => return Err(src_err(proj, head.pos, "TRY holds one RUN, as in Earthly")),
+        };
+        let mut saves = Vec::new();
+        for s in finally.unwrap_or_default() {
+            let c = match s {
+                Stmt::Command(c) if c.name == "SAVE ARTIFACT" => c,
+                Stmt::Command(c) => {
+                    return Err(src_err(
+                        proj,
+                        c.pos,
+                        "FINALLY holds SAVE ARTIFACT … AS LOCAL commands only, as in Earthly",
+                    ));
+                }
+                _ => {
+                    return Err(src_err(
+                        proj,
+                        head.pos,
+                        "FINALLY holds SAVE ARTIFACT … AS LOCAL commands only, as in Earthly",
+                    ));
+                }
+            };
+            let words: Vec<String> = c
+                .args
+                .iter()
+                .map(|w| self.x(ts, proj, w))
+                .collect::<Result<_>>()?;
+            let (src, local) = match words.as_slice() {
+                [s, a, l, p] | [s, _, a, l, p] if a == "AS" && l == "LOCAL" => (s, p),
+                _ => {
+                    return Err(src_err(
+                        proj,
+                        c.pos,
+                        "a SAVE ARTIFACT in FINALLY needs AS LOCAL <path>",
+                    ));
+                }
+            };
+            if src.contains(['*', '?', '[']) {
+                return Err(src_err(
+                    proj,
+                    c.args[0].pos,
+                    "a SAVE ARTIFACT in FINALLY saves one path, no wildcards",
+                ));
+            }
+            if self.remote_names.contains_key(&proj.dir) {
+                continue;
+            }
+            let mut dest = if local.starts_with('/') {
+                PathBuf::from(local)
+            } else {
+                proj.dir.join(local)
+            };
+            if local.ends_with('/') || local == "." {
+                dest = dest.join(base_name(src));
+            }
+            saves.push(ir::FailureSave {
+                src: ts.abs(src),
+                dest,
+                if_exists: c.flag("if-exists"),
+            });
+        }
+        self.try_saves = saves;
+        let ran = self.command(ts, proj, run);
+        self.try_saves.clear();
+        ran?;
+        match finally {
+            Some(f) => self.stmts(ts, proj, f),
+            None => Ok(()),
+        }
+    }
+
     /// `LOCALLY`: from here on the target's commands run on this host, in the
     /// Earthfile's folder, never cached. Earthly refuses it under `--strict`, and in a
     /// remote Earthfile without `--allow-privileged` (berth: `security.insecure`).
@@ -2092,6 +2201,7 @@ impl Lowerer<'_> {
             args = full;
         }
         let (mut exec, extra) = self.exec_op(ts, proj, c, args)?;
+        exec.on_failure = std::mem::take(&mut self.try_saves);
         if c.flag("push") && ts.pre_push.is_none() {
             ts.pre_push = Some(ts.state.clone());
         }
@@ -2686,7 +2796,7 @@ impl Lowerer<'_> {
         }
         let name = base_name(src.trim_end_matches('/')).to_string();
         let dir = self.host.scratch()?;
-        copy_tree(&host_src, &dir.join(&name)).map_err(|e| {
+        crate::fileops::copy_tree(&host_src, &dir.join(&name)).map_err(|e| {
             src_err(
                 proj,
                 c.pos,
@@ -2863,28 +2973,7 @@ fn merge_into(src: &Path, dest: &Path) -> std::io::Result<()> {
     if std::fs::rename(src, dest).is_ok() {
         return Ok(());
     }
-    copy_tree(src, dest)
-}
-
-/// Copy `src` (a file, a link or a folder) to `dest`, which must not exist: modes,
-/// links and modification times kept.
-fn copy_tree(src: &Path, dest: &Path) -> std::io::Result<()> {
-    let meta = std::fs::symlink_metadata(src)?;
-    if meta.file_type().is_symlink() {
-        return std::os::unix::fs::symlink(std::fs::read_link(src)?, dest);
-    }
-    if meta.is_dir() {
-        std::fs::create_dir(dest)?;
-        for e in std::fs::read_dir(src)? {
-            let e = e?;
-            copy_tree(&e.path(), &dest.join(e.file_name()))?;
-        }
-        std::fs::set_permissions(dest, meta.permissions())?;
-    } else {
-        std::fs::copy(src, dest)?;
-    }
-    let times = std::fs::FileTimes::new().set_modified(meta.modified()?);
-    std::fs::File::open(dest)?.set_times(times)
+    crate::fileops::copy_tree(src, dest)
 }
 
 /// `path` as a wildcard that matches only itself, so a missing path copies nothing
@@ -3323,6 +3412,51 @@ mod tests {
                 ("/out".to_string(), true),
             ]
         );
+    }
+
+    #[test]
+    fn try_saves_its_finally_paths_when_the_run_fails() {
+        let text = "VERSION --try 0.8\nFROM scratch\nt:\n    WORKDIR /w\n    TRY\n        RUN make test\n    FINALLY\n        SAVE ARTIFACT out.xml AS LOCAL reports/\n        SAVE ARTIFACT --if-exists /cov AS LOCAL /tmp/cov\n    END\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let t = &p.targets[p.invoked];
+        let Op::Exec(e) = &t.state.vertex().op else {
+            panic!("the RUN is last")
+        };
+        let dir = &p.contexts["context"];
+        assert_eq!(
+            e.on_failure,
+            [
+                ir::FailureSave {
+                    src: "/w/out.xml".into(),
+                    dest: dir.join("reports/out.xml"),
+                    if_exists: false,
+                },
+                ir::FailureSave {
+                    src: "/cov".into(),
+                    dest: "/tmp/cov".into(),
+                    if_exists: true,
+                },
+            ]
+        );
+        // On success they are ordinary saves.
+        assert_eq!(t.locals.len(), 2);
+        for (body, want) in [
+            (
+                "VERSION 0.8\nt:\n    TRY\n        RUN x\n    END\n",
+                "Earthfile:3:5: TRY needs VERSION --try 0.8",
+            ),
+            (
+                "VERSION --try 0.8\nt:\n    TRY\n        RUN x\n        RUN y\n    END\n",
+                "Earthfile:3:5: TRY holds one RUN, as in Earthly",
+            ),
+            (
+                "VERSION --try 0.8\nt:\n    TRY\n        RUN x\n    FINALLY\n        RUN y\n    END\n",
+                "Earthfile:6:9: FINALLY holds SAVE ARTIFACT … AS LOCAL commands only",
+            ),
+        ] {
+            let got = err(body, "+t");
+            assert!(got.starts_with(want), "{body:?}: {got}");
+        }
     }
 
     #[test]
