@@ -130,6 +130,7 @@ pub async fn earth_build(
         ci: opts.ci,
         git_cache: Some(root.join("cache/earthly-git")),
         strict: opts.strict,
+        no_output: opts.no_output,
     };
     let handle = tokio::runtime::Handle::current();
     let store2 = store.clone();

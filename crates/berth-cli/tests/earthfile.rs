@@ -230,6 +230,10 @@ fn earthfile_locally_runs_on_the_host_in_the_earthfile_folder() {
 fn earthfile_try_finally_saves_the_failed_runs_files() {
     let Some(env) = Env::new() else { return };
     let case = env.case("try");
+    // --no-output: nothing on the host, failed or not.
+    let out = output(&mut env.berth(&case, &["--no-output", "+fails"]));
+    assert!(!out.success);
+    assert!(!case.join("out").exists());
     let out = output(&mut env.berth(&case, &["+fails"]));
     assert!(!out.success);
     assert!(out.stderr.contains("exited with code 3"), "{}", out.stderr);

@@ -62,6 +62,8 @@ pub struct EarthOptions {
     pub git_cache: Option<PathBuf>,
     /// `--strict` (and `--ci`): refuse `LOCALLY`, as Earthly does.
     pub strict: bool,
+    /// `--no-output` (and `--ci`): a failed `TRY` saves nothing on the host either.
+    pub no_output: bool,
 }
 
 /// The lowered build: every target reached, and which one was invoked.
@@ -1734,7 +1736,7 @@ impl Lowerer<'_> {
                     "a SAVE ARTIFACT in FINALLY saves one path, no wildcards",
                 ));
             }
-            if self.remote_names.contains_key(&proj.dir) {
+            if self.remote_names.contains_key(&proj.dir) || self.opts.no_output {
                 continue;
             }
             let mut dest = if local.starts_with('/') {
