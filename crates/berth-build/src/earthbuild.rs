@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use berth_oci::Digest;
 use berth_store::Store;
@@ -13,9 +13,13 @@ use berth_store::Store;
 use crate::build::rfc3339;
 use crate::error::{BuildError, Result};
 use crate::export;
-use crate::frontend::earthfile::lower::{EarthOptions, Plan, SavedImage, SavedLocal, lower};
+use crate::frontend::earthfile::lower::{
+    EarthOptions, Host, LocalRun, Plan, SavedImage, SavedLocal, lower,
+};
 use crate::ir::State;
-use crate::solver::{Cancel, Output, Progress, SecretSource, SolveOptions, Solver, build_id};
+use crate::solver::{
+    Cancel, Event, Output, Progress, SecretSource, SolveOptions, Solver, build_id,
+};
 
 /// What to output besides the normal rule.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -51,6 +55,8 @@ pub struct EarthBuildOptions {
     pub push: bool,
     /// `--ci`.
     pub ci: bool,
+    /// `--strict` (implied by `--ci`): refuse `LOCALLY`.
+    pub strict: bool,
     /// `--no-output`: save no local artifacts (images stay in the store only).
     pub no_output: bool,
     /// What to output.
@@ -123,6 +129,8 @@ pub async fn earth_build(
         push: opts.push,
         ci: opts.ci,
         git_cache: Some(root.join("cache/earthly-git")),
+        strict: opts.strict,
+        no_output: opts.no_output,
     };
     let handle = tokio::runtime::Handle::current();
     let store2 = store.clone();
@@ -154,38 +162,22 @@ pub async fn earth_build(
             client: opts.client.clone(),
         }
     };
-    let (root2, executor2, solve_opts2) =
-        (root.to_path_buf(), executor.clone(), solve_opts.clone());
+    // Folders lowering asks for (LOCALLY snapshots, artifact contexts) live until the
+    // build ends.
+    let scratch = Arc::new(Mutex::new(Vec::new()));
+    let mut host = LowerHost {
+        root: root.to_path_buf(),
+        store: store.clone(),
+        executor: executor.clone(),
+        solve_opts: solve_opts.clone(),
+        handle: handle.clone(),
+        solver: None,
+        scratch: scratch.clone(),
+        progress: opts.progress.clone(),
+        cancel: opts.cancel.clone(),
+    };
     let plan: Plan = tokio::task::spawn_blocking(move || {
-        // IF, FOR and $( … ) are answered while lowering, by a solver over the local
-        // sources known so far (made anew when another Earthfile's folder joins); its
-        // steps are cache hits for the main solve.
-        let mut eval_solver: Option<(HashMap<String, PathBuf>, Arc<Solver>)> = None;
-        let mut eval = |contexts: &HashMap<String, PathBuf>, probe: &State| {
-            if eval_solver.as_ref().is_none_or(|(c, _)| c != contexts) {
-                if let Some((_, old)) = eval_solver.take() {
-                    old.save_sums();
-                }
-                let s = Solver::new(
-                    &root2,
-                    store2.clone(),
-                    executor2.clone(),
-                    solve_opts2(contexts.clone()),
-                )?;
-                eval_solver = Some((contexts.clone(), s));
-            }
-            let solver = &eval_solver.as_ref().expect("made above").1;
-            let layers = handle.block_on(layers_of(solver, probe))?;
-            let tmp = staging(&root2.join("tmp").join("eval"))?;
-            solver.export_dir(&layers, tmp.path())?;
-            let read = |name: &str| {
-                let p = tmp.path().join(name);
-                std::fs::read_to_string(&p)
-                    .map_err(|e| BuildError::Io(format!("read the answer {}: {e}", p.display())))
-            };
-            Ok((read("code")?, read("out")?))
-        };
-        let plan = lower(
+        lower(
             &dir,
             &target,
             &lower_opts,
@@ -195,12 +187,8 @@ pub async fn earth_build(
                 holds2.lock().expect("image holds").push(hold);
                 Ok(resolved)
             },
-            &mut eval,
-        );
-        if let Some((_, s)) = eval_solver.take() {
-            s.save_sums();
-        }
-        plan
+            &mut host,
+        )
     })
     .await
     .map_err(|e| BuildError::Invalid(format!("lowering panicked: {e}")))??;
@@ -212,6 +200,7 @@ pub async fn earth_build(
     )?;
     let result = run_plan(&solver, &store, &plan, &opts).await;
     solver.save_sums();
+    drop(scratch);
     result.map_err(|e| match e {
         // The solver knows the path only; the plan knows where it was written.
         BuildError::SourceNotFound(path) => match plan.sources.iter().find(|(p, _)| *p == path) {
@@ -293,7 +282,12 @@ async fn run_plan(
                 .await
                 .map_err(|e| BuildError::Invalid(e.to_string()))??
         };
-        let exported = export::export_image(store, &converted, config, &img.names)?;
+        // A rebuild that changed nothing keeps its image and writes nothing, as
+        // `berth build` does.
+        let exported = match export::unchanged_image(store, &converted, &config, &img.names) {
+            Some(same) => same,
+            None => export::export_image(store, &converted, config, &img.names)?,
+        };
         for name in &img.names {
             out.images.push(EarthImage {
                 name: name.clone(),
@@ -318,6 +312,153 @@ async fn run_plan(
         }
     }
     Ok(out)
+}
+
+/// What lowering asks of this machine ([`Host`]): answers and artifacts from a solver
+/// over the local sources known so far (made anew when another folder joins; its steps
+/// are cache hits for the main solve), `LOCALLY` commands run here, and folders kept
+/// until the build ends.
+struct LowerHost<F> {
+    root: PathBuf,
+    store: Store,
+    executor: Arc<dyn berth_exec::Executor>,
+    solve_opts: F,
+    handle: tokio::runtime::Handle,
+    solver: Option<(HashMap<String, PathBuf>, Arc<Solver>)>,
+    scratch: Arc<Mutex<Vec<Staging>>>,
+    progress: Arc<dyn Progress>,
+    cancel: Cancel,
+}
+
+impl<F: Fn(HashMap<String, PathBuf>) -> SolveOptions> Host for LowerHost<F> {
+    fn scratch(&mut self) -> Result<PathBuf> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        // Named for this process's owner token, so a killed build's are swept.
+        let owners = self.root.join("owners");
+        berth_snapshot::owner::register(&owners)
+            .map_err(|e| BuildError::Io(format!("register in {}: {e}", owners.display())))?;
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self
+            .root
+            .join("tmp")
+            .join(format!("{}-earthly{n}", berth_snapshot::owner::token()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BuildError::Io(format!("create directory {}: {e}", dir.display())))?;
+        self.scratch
+            .lock()
+            .expect("scratch folders")
+            .push(Staging(dir.clone()));
+        Ok(dir)
+    }
+
+    fn export(
+        &mut self,
+        contexts: &HashMap<String, PathBuf>,
+        state: &State,
+        dest: &Path,
+    ) -> Result<()> {
+        if self.solver.as_ref().is_none_or(|(c, _)| c != contexts) {
+            if let Some((_, old)) = self.solver.take() {
+                old.save_sums();
+            }
+            let s = Solver::new(
+                &self.root,
+                self.store.clone(),
+                self.executor.clone(),
+                (self.solve_opts)(contexts.clone()),
+            )?;
+            self.solver = Some((contexts.clone(), s));
+        }
+        let solver = &self.solver.as_ref().expect("made above").1;
+        let layers = self.handle.block_on(layers_of(solver, state))?;
+        solver.export_dir(&layers, dest)
+    }
+
+    fn run_local(&mut self, run: &LocalRun) -> Result<(i32, String)> {
+        run_on_host(run, &*self.progress, &self.cancel)
+    }
+}
+
+impl<F> Drop for LowerHost<F> {
+    fn drop(&mut self) {
+        if let Some((_, s)) = self.solver.take() {
+            s.save_sums();
+        }
+    }
+}
+
+/// Run a `LOCALLY` command here, its output shown as a step's: exit code and, when
+/// asked, standard output.
+fn run_on_host(run: &LocalRun, progress: &dyn Progress, cancel: &Cancel) -> Result<(i32, String)> {
+    use std::io::Read;
+    use std::process::Stdio;
+    if cancel.is_canceled() {
+        return Err(BuildError::Canceled);
+    }
+    let (program, args) = run
+        .args
+        .split_first()
+        .ok_or_else(|| BuildError::Invalid("RUN needs a command".into()))?;
+    progress.event(Event::Started {
+        id: 0,
+        name: run.name.clone(),
+    });
+    let start = std::time::Instant::now();
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .envs(run.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&run.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| BuildError::Io(format!("run {program} in {}: {e}", run.cwd.display())))?;
+    let pump = |mut r: Box<dyn Read + Send>, stream: berth_exec::Stream, keep: bool| {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if keep {
+                kept.extend_from_slice(&buf[..n]);
+            }
+            progress.event(Event::Log {
+                id: 0,
+                stream,
+                data: buf[..n].to_vec(),
+            });
+        }
+        kept
+    };
+    let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().expect("piped"));
+    let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().expect("piped"));
+    let out = std::thread::scope(|s| {
+        let err = s.spawn(|| pump(stderr, berth_exec::Stream::Stderr, false));
+        let out = pump(stdout, berth_exec::Stream::Stdout, run.capture);
+        let _ = err.join();
+        out
+    });
+    let status = child
+        .wait()
+        .map_err(|e| BuildError::Io(format!("wait for {program}: {e}")))?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    if code == 0 || run.capture {
+        progress.event(Event::Done {
+            id: 0,
+            name: run.name.clone(),
+            elapsed: start.elapsed(),
+        });
+    } else {
+        progress.event(Event::Failed {
+            id: 0,
+            name: run.name.clone(),
+        });
+    }
+    Ok((code, String::from_utf8_lossy(&out).into_owned()))
 }
 
 async fn layers_of(solver: &Arc<Solver>, state: &State) -> Result<Vec<crate::solver::Layer>> {

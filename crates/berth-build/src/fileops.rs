@@ -325,6 +325,46 @@ pub struct CopyOptions {
     pub keep_owner: bool,
     /// Unpack tar and tar.gz sources into the destination (ADD).
     pub extract_archives: bool,
+    /// The modification time of everything written (seconds since the epoch); `None`
+    /// keeps the source's.
+    pub mtime: Option<i64>,
+}
+
+/// Copy `src` (a file, a link or a folder) from a build's file system to `dest` on the
+/// host, replacing what is there: modes, links and modification times kept.
+pub fn copy_out(src: &Path, dest: &Path) -> std::io::Result<()> {
+    if let Ok(m) = fs::symlink_metadata(dest) {
+        if m.is_dir() {
+            fs::remove_dir_all(dest)?;
+        } else {
+            fs::remove_file(dest)?;
+        }
+    }
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    copy_tree(src, dest)
+}
+
+/// Copy `src` (a file, a link or a folder) to `dest`, which must not exist: modes,
+/// links and modification times kept.
+pub fn copy_tree(src: &Path, dest: &Path) -> std::io::Result<()> {
+    let meta = fs::symlink_metadata(src)?;
+    if meta.file_type().is_symlink() {
+        return std::os::unix::fs::symlink(fs::read_link(src)?, dest);
+    }
+    if meta.is_dir() {
+        fs::create_dir(dest)?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dest.join(e.file_name()))?;
+        }
+        fs::set_permissions(dest, meta.permissions())?;
+    } else {
+        fs::copy(src, dest)?;
+    }
+    let times = fs::FileTimes::new().set_modified(meta.modified()?);
+    fs::File::open(dest)?.set_times(times)
 }
 
 /// Resolve `path` (absolute, inside the container) against `root`, following symlinks as
@@ -1042,9 +1082,15 @@ fn set_meta(dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
         };
         fs::set_permissions(dst, fs::Permissions::from_mode(mode))
             .map_err(|e| io_err("chmod", dst, e))?;
-        let mtime = rustix::fs::Timespec {
-            tv_sec: meta.mtime(),
-            tv_nsec: meta.mtime_nsec(),
+        let mtime = match opts.mtime {
+            Some(secs) => rustix::fs::Timespec {
+                tv_sec: secs,
+                tv_nsec: 0,
+            },
+            None => rustix::fs::Timespec {
+                tv_sec: meta.mtime(),
+                tv_nsec: meta.mtime_nsec(),
+            },
         };
         let times = rustix::fs::Timestamps {
             last_access: mtime,
@@ -1088,10 +1134,8 @@ mod tests {
             .unwrap();
         }
         let opts = CopyOptions {
-            chown: None,
-            chmod: None,
             keep_owner: true,
-            extract_archives: false,
+            ..CopyOptions::default()
         };
         finish(&src, &dst, &fs::symlink_metadata(&src).unwrap(), opts).unwrap();
         let mut buf = [0u8; 64];

@@ -219,6 +219,22 @@ pub struct ExecOp {
     /// the digest when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerSpec>,
+    /// Paths copied out to the host when the command fails (Earthly's `TRY … FINALLY
+    /// SAVE ARTIFACT … AS LOCAL`), before its file system is dropped. What happens on
+    /// failure is no part of the key.
+    #[serde(skip)]
+    pub on_failure: Vec<FailureSave>,
+}
+
+/// A path of a failed command's file system written to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FailureSave {
+    /// The path in the container (absolute).
+    pub src: String,
+    /// Where on the host (absolute); replaced if there.
+    pub dest: std::path::PathBuf,
+    /// A missing `src` is no error.
+    pub if_exists: bool,
 }
 
 /// One file operation on input 0.
@@ -248,6 +264,15 @@ pub enum FileAction {
         /// then `None`. Left out of the digest when absent.
         #[serde(skip_serializing_if = "Option::is_none")]
         chmod_symbolic: Option<String>,
+        /// The modification time (seconds since the epoch) of everything copied
+        /// (Earthly's COPY and SAVE ARTIFACT without `--keep-ts`); `None` keeps the
+        /// sources'. Left out of the digest when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mtime: Option<i64>,
+        /// Keep the sources' owners even from a build context (Earthly's
+        /// `--keep-own`); `chown` must be `None`. Left out of the digest when false.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        keep_owner: bool,
     },
     /// Write a file (heredocs, `COPY <<EOF`).
     Write {

@@ -35,7 +35,7 @@ struct EarthCli {
     /// CI mode: --no-output --strict, and EARTHLY_CI=true.
     #[arg(long)]
     ci: bool,
-    /// Refuse what is not repeatable (LOCALLY, which berth does not run anyway).
+    /// Refuse what is not repeatable: LOCALLY targets.
     #[arg(long)]
     strict: bool,
     /// Write no local artifacts and load no images into Docker.
@@ -282,6 +282,7 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
         no_cache: cli.no_cache,
         push: cli.push,
         ci: cli.ci,
+        strict: cli.strict || cli.ci,
         no_output,
         output,
         source_date_epoch: build.source_date_epoch,

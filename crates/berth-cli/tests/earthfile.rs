@@ -187,6 +187,83 @@ fn earthfile_cache_persists_between_builds() {
     output_ok(&mut env.berth(&case, &["+count", "--RUNID=1"]));
     output_ok(&mut env.berth(&case, &["+count", "--RUNID=2"]));
     assert_eq!(read(&case.join("runs.txt")), "1\n2\n");
+    // CACHE --persist: its folder is in the image FROM +t sees and in what SAVE
+    // ARTIFACT copies; a plain CACHE folder is not.
+    output_ok(&mut env.berth(&case, &["+child"]));
+    assert_eq!(read(&case.join("child.txt")), "kept\nabsent\n");
+    output_ok(&mut env.berth(&case, &["+persist"]));
+    assert_eq!(read(&case.join("persisted.txt")), "kept\n");
+}
+
+#[test]
+fn earthfile_locally_runs_on_the_host_in_the_earthfile_folder() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("locally");
+    output_ok(&mut env.berth(&case, &["+use"]));
+    let dir = case.canonicalize().unwrap();
+    // The host's file, written by RUN in the Earthfile's folder and saved as an
+    // artifact, with the artifact COPY put there before the next RUN.
+    assert_eq!(
+        read(&case.join("seen.txt")),
+        format!("hello from {} as true\nbuilt\n", dir.display())
+    );
+    assert_eq!(read(&case.join("got/app.txt")), "built\n");
+    // Never cached: the commands run again.
+    output_ok(&mut env.berth(&case, &["+host", "--GREETING=hi"]));
+    assert_eq!(read(&case.join("runs.txt")), "run\nrun\n");
+    assert!(read(&case.join("host.txt")).starts_with("hi from "));
+    // --strict (and --ci) refuse it at its line, before anything runs.
+    for flag in ["--strict", "--ci"] {
+        let out = output(&mut env.berth(&case, &[flag, "+use"]));
+        assert!(!out.success);
+        assert!(
+            out.stderr
+                .contains("Earthfile:10:5: LOCALLY cannot be used with --strict (or --ci)"),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(read(&case.join("runs.txt")), "run\nrun\n");
+}
+
+#[test]
+fn earthfile_try_finally_saves_the_failed_runs_files() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("try");
+    // --no-output: nothing on the host, failed or not.
+    let out = output(&mut env.berth(&case, &["--no-output", "+fails"]));
+    assert!(!out.success);
+    assert!(!case.join("out").exists());
+    let out = output(&mut env.berth(&case, &["+fails"]));
+    assert!(!out.success);
+    assert!(out.stderr.contains("exited with code 3"), "{}", out.stderr);
+    // Copied out of the failed RUN's file system before the build stopped.
+    assert_eq!(read(&case.join("out/report.txt")), "partial\n");
+    assert_eq!(read(&case.join("out/r/log.txt")), "log\n");
+    assert!(!case.join("out/missing").exists());
+    // A RUN that passes: the saves are ordinary ones.
+    output_ok(&mut env.berth(&case, &["+passes"]));
+    assert_eq!(read(&case.join("ok.txt")), "fine\n");
+}
+
+#[test]
+fn earthfile_copies_are_dated_and_owned_as_in_earthly() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("keepts");
+    run(Command::new("touch")
+        .args(["-d", "@1234567890"])
+        .arg(case.join("file.txt")));
+    // Without SOURCE_DATE_EPOCH, which would clamp the times of new layers.
+    output_ok(
+        env.berth(&case, &["+times"])
+            .env_remove("SOURCE_DATE_EPOCH"),
+    );
+    assert_eq!(
+        read(&case.join("times.txt")),
+        "/plain 1587038400 1234\n/kept-reset 1587038400 1234\n/kept 1000000000 4321\n\
+         /ctx 1587038400 1234\n/ctx-kept 1234567890 1234\n/direct 1587038400 1234\n\
+         /direct-kept 1587038400 1234\n/direct-own 1587038400 4321\n"
+    );
 }
 
 #[test]
@@ -246,6 +323,9 @@ fn earthfile_from_dockerfile_uses_the_dockerfile_frontend() {
         read(&case.join("both.txt")),
         "from-earthfile\nfile in the Dockerfile's context\n"
     );
+    // FROM DOCKERFILE +target/dir: the artifact folder is the context.
+    output_ok(&mut env.berth(&case, &["+from-artifact"]));
+    assert_eq!(read(&case.join("from-artifact.txt")), "from-artifact\n");
 }
 
 #[test]

@@ -34,10 +34,41 @@ impl Solver {
         match result {
             Ok(()) => self.commit(active, below),
             Err(e) => {
+                let saved = match &e {
+                    BuildError::StepFailed { .. } if !op.on_failure.is_empty() => {
+                        self.save_on_failure(op, &active)
+                    }
+                    _ => Ok(()),
+                };
                 let _ = self.snapshots.remove(active);
-                Err(e)
+                saved.and(Err(e))
             }
         }
+    }
+
+    /// Copy `op`'s [`ExecOp::on_failure`] paths out of the failed command's file system
+    /// (mounted read-only for the purpose) to the host.
+    fn save_on_failure(&self, op: &ExecOp, active: &Active) -> Result<()> {
+        let target = self.root.join("tmp").join(super::unique("failed"));
+        fs::create_dir_all(&target).map_err(|e| io_err("create directory", &target, e))?;
+        let result = (|| {
+            let guard = berth_exec::mount_rootfs(&active.mounts(), &target)?;
+            let copied = op.on_failure.iter().try_for_each(|s| {
+                let src = crate::fileops::resolve_in_root(&target, &s.src)?;
+                if fs::symlink_metadata(&src).is_err() {
+                    if s.if_exists {
+                        return Ok(());
+                    }
+                    return Err(BuildError::SourceNotFound(s.src.clone()));
+                }
+                crate::fileops::copy_out(&src, &s.dest)
+                    .map_err(|e| io_err(&format!("save {} to", s.src), &s.dest, e))
+            });
+            guard.unmount()?;
+            copied
+        })();
+        let _ = fs::remove_dir(&target);
+        result
     }
 
     /// Run `op` in `active`; what its mounts need stays in `holds` until the caller

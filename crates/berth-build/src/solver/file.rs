@@ -90,6 +90,8 @@ impl Solver {
                 exclude,
                 parents,
                 chmod_symbolic,
+                mtime,
+                keep_owner,
             } => {
                 let input = inputs.get(*from).ok_or_else(|| {
                     BuildError::Invalid(format!("copy from missing input {from}"))
@@ -108,7 +110,8 @@ impl Solver {
                         }
                         (None, None) => None,
                     },
-                    keep_owner: from_stage,
+                    keep_owner: from_stage || *keep_owner,
+                    mtime: *mtime,
                     // Only archives from the build context are unpacked, as in Docker.
                     extract_archives: *extract_archives && !from_stage,
                 };

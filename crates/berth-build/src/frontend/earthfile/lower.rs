@@ -60,6 +60,10 @@ pub struct EarthOptions {
     /// Where remote Earthfiles are checked out, one folder per commit (`None`: remote
     /// references are refused).
     pub git_cache: Option<PathBuf>,
+    /// `--strict` (and `--ci`): refuse `LOCALLY`, as Earthly does.
+    pub strict: bool,
+    /// `--no-output` (and `--ci`): a failed `TRY` saves nothing on the host either.
+    pub no_output: bool,
 }
 
 /// The lowered build: every target reached, and which one was invoked.
@@ -115,6 +119,43 @@ pub struct TargetOut {
     pub builds: Vec<usize>,
     /// The state after its `RUN --push` steps, run only with `--push`.
     pub push_state: Option<State>,
+    /// What each `SAVE ARTIFACT` put where in [`Self::artifact`].
+    pub saved: Vec<SavedPath>,
+}
+
+impl TargetOut {
+    /// Where `COPY +t/path` can read `path` from directly, skipping the copy into the
+    /// artifacts: the one `SAVE ARTIFACT` that wrote exactly `path`, when no other
+    /// wrote beside, above or below it (nor a wildcard anywhere).
+    fn direct(&self, path: &str) -> Option<&SavedPath> {
+        let p = clean_abs(&format!("/{path}"));
+        let near = |a: &str| {
+            a == p || a == "/" || a.starts_with(&format!("{p}/")) || p.starts_with(&format!("{a}/"))
+        };
+        let mut hits = self
+            .saved
+            .iter()
+            .filter(|s| s.from.is_none() || near(&s.at));
+        let only = hits.next()?;
+        if hits.next().is_some() || only.at != p {
+            return None;
+        }
+        only.from.as_ref().map(|_| only)
+    }
+}
+
+/// Where a `SAVE ARTIFACT` put a path in its target's artifacts, and from where.
+#[derive(Debug, Clone)]
+pub struct SavedPath {
+    /// Its path in the artifacts (absolute).
+    pub at: String,
+    /// The file system and the path it was copied from; `None` when a COPY must read
+    /// the artifacts (a wildcard, `--if-exists`, a `LOCALLY` save).
+    pub from: Option<(State, String)>,
+    /// `--keep-ts`.
+    pub keep_ts: bool,
+    /// Owners kept (`--keep-own`, or VERSION 0.7+).
+    pub keep_own: bool,
 }
 
 /// A `SAVE IMAGE`.
@@ -175,7 +216,14 @@ struct Project {
     /// `IMPORT` aliases → what they stand for: an absolute folder, or a remote
     /// reference (`host/org/repo[/path][:ref]`).
     imports: HashMap<String, String>,
-    git: HashMap<&'static str, String>,
+    /// What the builtin git ARGs give, asked of git when one is first declared.
+    git: std::sync::OnceLock<HashMap<&'static str, String>>,
+}
+
+impl Project {
+    fn git(&self) -> &HashMap<&'static str, String> {
+        self.git.get_or_init(|| git_info(&self.dir))
+    }
 }
 
 /// A target being lowered.
@@ -190,13 +238,19 @@ struct Ts {
     globals: Vec<Var>,
     overrides: BTreeMap<String, String>,
     artifact: State,
+    saved: Vec<SavedPath>,
     images: Vec<SavedImage>,
     locals: Vec<SavedLocal>,
     builds: Vec<usize>,
     caches: Vec<ExecMount>,
+    /// The `CACHE` folders whose contents go into the image (`--persist`, or every
+    /// `CACHE` before Earthly 0.8).
+    persist: Vec<String>,
     /// The state before the first `RUN --push`.
     pre_push: Option<State>,
     is_base: bool,
+    /// After `LOCALLY` (until a `FROM`): commands run on the host.
+    locally: bool,
 }
 
 impl Ts {
@@ -241,6 +295,7 @@ impl Ts {
         self.state = state;
         self.config = config;
         self.hist = hist;
+        self.locally = false;
     }
 
     fn cwd(&self) -> String {
@@ -287,14 +342,46 @@ pub struct Lowerer<'a> {
     images: HashMap<String, (State, ImageConfig)>,
     contexts: HashMap<String, PathBuf>,
     sources: Vec<(String, crate::SourceError)>,
-    eval: &'a mut Eval<'a>,
+    host: &'a mut dyn Host,
+    /// What the RUN of the `TRY` being lowered saves if it fails.
+    try_saves: Vec<ir::FailureSave>,
     /// Checkouts of remote references → the reference, for labels.
     remote_names: HashMap<PathBuf, String>,
 }
 
-/// Solves a probe state for `capture`, given the local sources known so far, and
-/// returns the text of its `/code` and `/out` files.
-pub type Eval<'a> = dyn FnMut(&HashMap<String, PathBuf>, &State) -> Result<(String, String)> + 'a;
+/// What lowering asks of the machine it runs on. Earthly runs some commands while it
+/// converts a target: `IF`, `FOR … IN` and `$( … )` answers, and everything of a
+/// `LOCALLY` target, in order. Lowering stops for them and asks here.
+pub trait Host {
+    /// A new empty folder that lives until the build ends.
+    fn scratch(&mut self) -> Result<PathBuf>;
+    /// Solve `state`, given the local sources known so far, and write its file system
+    /// into the empty folder `dest`.
+    fn export(
+        &mut self,
+        contexts: &HashMap<String, PathBuf>,
+        state: &State,
+        dest: &Path,
+    ) -> Result<()>;
+    /// Run a `LOCALLY` command on this host: its exit code, and its standard output
+    /// when [`LocalRun::capture`] asks for it.
+    fn run_local(&mut self, run: &LocalRun) -> Result<(i32, String)>;
+}
+
+/// A command of a `LOCALLY` target, run on the host.
+#[derive(Debug, Clone)]
+pub struct LocalRun {
+    /// The program and its arguments (`/bin/sh -c …` for a shell command).
+    pub args: Vec<String>,
+    /// Variables added to berth's own environment (the ARGs and LETs in scope).
+    pub env: Vec<(String, String)>,
+    /// The Earthfile's folder.
+    pub cwd: PathBuf,
+    /// A label for progress.
+    pub name: String,
+    /// Keep the standard output (IF, FOR, `$( … )`).
+    pub capture: bool,
+}
 
 /// The variable each `$( … )` of a word is replaced by before expansion.
 const SHELL_OUT: &str = "__BERTH_SHELL_OUT_";
@@ -353,7 +440,7 @@ pub fn lower<'a>(
     reference: &str,
     opts: &'a EarthOptions,
     resolve: &'a mut dyn FnMut(&str) -> Result<ResolvedImage>,
-    eval: &'a mut Eval<'a>,
+    host: &'a mut dyn Host,
 ) -> Result<Plan> {
     let root = std::fs::canonicalize(dir)
         .map_err(|e| BuildError::Invalid(format!("folder {}: {e}", dir.display())))?;
@@ -368,7 +455,8 @@ pub fn lower<'a>(
         images: HashMap::new(),
         contexts: HashMap::new(),
         sources: Vec::new(),
-        eval,
+        host,
+        try_saves: Vec::new(),
         remote_names: HashMap::new(),
     };
     let (proj_part, name) = reference.split_once('+').ok_or_else(|| {
@@ -425,6 +513,16 @@ fn not_supported(proj: &Project, pos: Pos, what: &str) -> BuildError {
             .with_hint("see README.md, section Earthfiles, for what berth runs today"),
     )
 }
+
+/// What a `LOCALLY` target may hold, for errors.
+const LOCALLY_HINT: &str = "a LOCALLY target runs RUN, COPY +target/artifact and SAVE ARTIFACT on this host (and ARG, LET, SET, BUILD, DO, IF, FOR); put the rest in a target with a FROM";
+
+/// Where `CACHE --persist` mounts the cache while its contents are copied in.
+const PERSIST_MOUNT: &str = "/.berth-cache-persist";
+
+/// The modification time Earthly gives what COPY and SAVE ARTIFACT copy without
+/// `--keep-ts`: 2020-04-16T12:00:00Z.
+const EARTHLY_MTIME: i64 = 1_587_038_400;
 
 /// Files Earthly never sends as context (its implicit ignore).
 const IMPLICIT_IGNORE: &[&str] = &[
@@ -512,7 +610,7 @@ impl Lowerer<'_> {
                             reference: reference.clone(),
                             context: context.clone(),
                             imports: HashMap::new(),
-                            git: HashMap::new(),
+                            git: std::sync::OnceLock::new(),
                         },
                         c.pos,
                         "IMPORT takes a reference and optionally AS <alias>",
@@ -526,14 +624,13 @@ impl Lowerer<'_> {
             };
             imports.insert(alias, target);
         }
-        let git = git_info(&dir);
         let p = Arc::new(Project {
             ef,
             dir: dir.clone(),
             reference,
             context,
             imports,
-            git,
+            git: std::sync::OnceLock::new(),
         });
         self.projects.insert(dir, p.clone());
         Ok(p)
@@ -693,7 +790,11 @@ impl Lowerer<'_> {
             Ok(ts)
         })();
         self.active.pop();
-        let ts = result?;
+        let mut ts = result?;
+        if ts.pre_push.is_none() {
+            // The CACHE --persist folders go into what FROM +t and SAVE IMAGE see.
+            (ts.state, ts.config, ts.hist) = self.persisted(&ts);
+        }
         let (state, push_state) = match &ts.pre_push {
             Some(pre) => (pre.clone(), Some(ts.state.clone())),
             None => (ts.state.clone(), None),
@@ -717,6 +818,7 @@ impl Lowerer<'_> {
             locals: ts.locals,
             builds: ts.builds,
             push_state,
+            saved: ts.saved,
         });
         let idx = self.targets.len() - 1;
         self.memo.insert(key, idx);
@@ -737,12 +839,15 @@ impl Lowerer<'_> {
             globals: Vec::new(),
             overrides: overrides.clone(),
             artifact: State::scratch(),
+            saved: Vec::new(),
             images: Vec::new(),
             locals: Vec::new(),
             builds: Vec::new(),
             caches: Vec::new(),
+            persist: Vec::new(),
             pre_push: None,
             is_base: true,
+            locally: false,
         };
         let base = proj.ef.base.clone();
         self.stmts(&mut ts, proj, &base)?;
@@ -761,6 +866,7 @@ impl Lowerer<'_> {
         vars.extend(ts.globals.iter().cloned());
         ts.vars = vars;
         ts.artifact = State::scratch();
+        ts.saved.clear();
         Ok(ts)
     }
 
@@ -804,10 +910,19 @@ impl Lowerer<'_> {
                         self.stmts(ts, proj, body)?;
                     }
                 }
-                Stmt::WithDocker { head, body } => self.with_docker(ts, proj, head, body)?,
-                Stmt::Try { head, .. } => {
-                    return Err(not_supported(proj, head.pos, "TRY"));
+                Stmt::WithDocker { head, .. } if ts.locally => {
+                    return Err(not_supported(
+                        proj,
+                        head.pos,
+                        "WITH DOCKER in a LOCALLY target",
+                    ));
                 }
+                Stmt::WithDocker { head, body } => self.with_docker(ts, proj, head, body)?,
+                Stmt::Try {
+                    head,
+                    body,
+                    finally,
+                } => self.try_finally(ts, proj, head, body, finally.as_deref())?,
             }
         }
         Ok(())
@@ -923,6 +1038,34 @@ impl Lowerer<'_> {
                 proj,
                 c.pos,
                 format!("{} after RUN --push is not supported by berth yet", c.name),
+            ));
+        }
+        if ts.locally
+            && !matches!(
+                c.name.as_str(),
+                "RUN"
+                    | "COPY"
+                    | "SAVE ARTIFACT"
+                    | "ARG"
+                    | "LET"
+                    | "SET"
+                    | "BUILD"
+                    | "DO"
+                    | "IMPORT"
+                    | "PROJECT"
+                    | "FROM"
+                    | "FROM DOCKERFILE"
+                    | "LOCALLY"
+            )
+        {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(
+                        c.pos,
+                        format!("{} is not allowed in a LOCALLY target", c.name),
+                    )
+                    .with_hint(LOCALLY_HINT),
             ));
         }
         match c.name.as_str() {
@@ -1079,13 +1222,14 @@ impl Lowerer<'_> {
                 for w in &c.args {
                     names.push(self.x(ts, proj, w)?);
                 }
+                let (state, config, history_states) = self.persisted(ts);
                 ts.images.push(SavedImage {
                     names,
                     push: c.flag("push"),
                     push_only: ts.pre_push.is_some(),
-                    state: ts.state.clone(),
-                    config: ts.config.clone(),
-                    history_states: ts.hist.clone(),
+                    state,
+                    config,
+                    history_states,
                 });
                 Ok(())
             }
@@ -1104,8 +1248,25 @@ impl Lowerer<'_> {
             "CACHE" => {
                 let p = self.x(ts, proj, &c.args[0])?;
                 let target = ts.abs(&p);
-                if c.flag("persist") {
-                    return Err(not_supported(proj, c.pos, "CACHE --persist"));
+                // Earthly 0.8 (`--cache-persist-option`) keeps a CACHE folder's contents
+                // in the image only with --persist; before, always.
+                let persist_option = proj.ef.version.as_ref().is_none_or(|v| {
+                    v.minor >= 8 || v.features.iter().any(|f| f == "cache-persist-option")
+                });
+                let persist = if persist_option {
+                    c.flag("persist")
+                } else if let Some(pos) = c.flag_pos("persist") {
+                    return Err(src_err(
+                        proj,
+                        pos,
+                        "CACHE --persist needs VERSION 0.8 (or VERSION --cache-persist-option)",
+                    ));
+                } else {
+                    true
+                };
+                ts.persist.retain(|t| *t != target);
+                if persist {
+                    ts.persist.push(target.clone());
                 }
                 let sharing = match c.value("sharing") {
                     None | Some("locked") => Sharing::Locked,
@@ -1172,7 +1333,7 @@ impl Lowerer<'_> {
                 Ok(())
             }
             "FROM DOCKERFILE" => self.dockerfile_base(ts, proj, c),
-            "LOCALLY" => Err(not_supported(proj, c.pos, "LOCALLY")),
+            "LOCALLY" => self.locally(ts, proj, c),
             "HOST" => Err(not_supported(proj, c.pos, "HOST")),
             "FUNCTION" | "COMMAND" => Err(src_err(
                 proj,
@@ -1425,16 +1586,24 @@ impl Lowerer<'_> {
     fn dockerfile_base(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
         self.platform(ts, proj, c)?;
         let ctx = self.x(ts, proj, &c.args[0])?;
-        if ctx.contains('+') {
-            return Err(not_supported(
-                proj,
-                c.args[0].pos,
-                "FROM DOCKERFILE with an artifact as its context",
-            ));
-        }
-        let ctx_dir = proj.dir.join(&ctx);
+        // An artifact (`+t/dir`, or `-f +t/Dockerfile`) is built now and written into a
+        // folder of the build, which is then a context like a local one.
+        let ctx_dir = if self.is_artifact_ref(proj, &ctx) {
+            self.artifact_folder(proj, &ctx, c.args[0].pos, "/")?
+        } else {
+            proj.dir.join(&ctx)
+        };
         let file = match c.value("f") {
-            Some(f) => proj.dir.join(self.x_text(ts, proj, f, c.pos)?),
+            Some(f) => {
+                let f = self.x_text(ts, proj, f, c.pos)?;
+                if self.is_artifact_ref(proj, &f) {
+                    let pos = c.flag_pos("f").unwrap_or(c.pos);
+                    self.artifact_folder(proj, &f, pos, "/Dockerfile")?
+                        .join("Dockerfile")
+                } else {
+                    proj.dir.join(f)
+                }
+            }
             None => ctx_dir.join("Dockerfile"),
         };
         let text = std::fs::read_to_string(&file)
@@ -1459,7 +1628,13 @@ impl Lowerer<'_> {
                 format!("context {}: {e}", ctx_dir.display()),
             )
         })?;
-        let ctx_name = format!("dockerfile:{}", ctx_dir.display());
+        // Named by what was written, so an artifact's context keeps its name (and its
+        // steps their keys) from build to build.
+        let ctx_name = if self.is_artifact_ref(proj, &ctx) {
+            format!("dockerfile:{}/{ctx}", proj.dir.display())
+        } else {
+            format!("dockerfile:{}", ctx_dir.display())
+        };
         self.contexts.insert(ctx_name.clone(), ctx_dir);
         let opts = crate::LowerOptions {
             build_args,
@@ -1482,6 +1657,378 @@ impl Lowerer<'_> {
         hist.resize(lowered.config.history.len(), None);
         ts.rebase(lowered.state, lowered.config, hist);
         Ok(())
+    }
+
+    /// `TRY RUN … FINALLY SAVE ARTIFACT … AS LOCAL … END` (Earthly 0.8 with `VERSION
+    /// --try`, and its limits: one RUN, then `AS LOCAL` saves of single paths). When
+    /// the RUN succeeds the saves are ordinary ones; when it fails, the solver copies
+    /// their paths out of the failed command's file system before the build stops.
+    fn try_finally(
+        &mut self,
+        ts: &mut Ts,
+        proj: &Arc<Project>,
+        head: &Command,
+        body: &[Stmt],
+        finally: Option<&[Stmt]>,
+    ) -> Result<()> {
+        let enabled = proj
+            .ef
+            .version
+            .as_ref()
+            .is_some_and(|v| v.features.iter().any(|f| f == "try"));
+        if !enabled {
+            return Err(src_err(
+                proj,
+                head.pos,
+                "TRY needs VERSION --try 0.8 (it is experimental in Earthly)",
+            ));
+        }
+        if ts.locally {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(head.pos, "TRY is not allowed in a LOCALLY target")
+                    .with_hint(LOCALLY_HINT),
+            ));
+        }
+        let run = match body {
+            [Stmt::Command(c)] if c.name == "RUN" => c,
+            _ => return Err(src_err(proj, head.pos, "TRY holds one RUN, as in Earthly")),
+        };
+        let mut saves = Vec::new();
+        for s in finally.unwrap_or_default() {
+            let c = match s {
+                Stmt::Command(c) if c.name == "SAVE ARTIFACT" => c,
+                Stmt::Command(c) => {
+                    return Err(src_err(
+                        proj,
+                        c.pos,
+                        "FINALLY holds SAVE ARTIFACT … AS LOCAL commands only, as in Earthly",
+                    ));
+                }
+                _ => {
+                    return Err(src_err(
+                        proj,
+                        head.pos,
+                        "FINALLY holds SAVE ARTIFACT … AS LOCAL commands only, as in Earthly",
+                    ));
+                }
+            };
+            let words: Vec<String> = c
+                .args
+                .iter()
+                .map(|w| self.x(ts, proj, w))
+                .collect::<Result<_>>()?;
+            let (src, local) = match words.as_slice() {
+                [s, a, l, p] | [s, _, a, l, p] if a == "AS" && l == "LOCAL" => (s, p),
+                _ => {
+                    return Err(src_err(
+                        proj,
+                        c.pos,
+                        "a SAVE ARTIFACT in FINALLY needs AS LOCAL <path>",
+                    ));
+                }
+            };
+            if src.contains(['*', '?', '[']) {
+                return Err(src_err(
+                    proj,
+                    c.args[0].pos,
+                    "a SAVE ARTIFACT in FINALLY saves one path, no wildcards",
+                ));
+            }
+            if self.remote_names.contains_key(&proj.dir) || self.opts.no_output {
+                continue;
+            }
+            let mut dest = if local.starts_with('/') {
+                PathBuf::from(local)
+            } else {
+                proj.dir.join(local)
+            };
+            if local.ends_with('/') || local == "." {
+                dest = dest.join(base_name(src));
+            }
+            saves.push(ir::FailureSave {
+                src: ts.abs(src),
+                dest,
+                if_exists: c.flag("if-exists"),
+            });
+        }
+        self.try_saves = saves;
+        let ran = self.command(ts, proj, run);
+        self.try_saves.clear();
+        ran?;
+        match finally {
+            Some(f) => self.stmts(ts, proj, f),
+            None => Ok(()),
+        }
+    }
+
+    /// `LOCALLY`: from here on the target's commands run on this host, in the
+    /// Earthfile's folder, never cached. Earthly refuses it under `--strict`, and in a
+    /// remote Earthfile without `--allow-privileged` (berth: `security.insecure`).
+    fn locally(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        if self.opts.strict {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(c.pos, "LOCALLY cannot be used with --strict (or --ci)")
+                    .with_hint("run this target without --strict, or give it a FROM"),
+            ));
+        }
+        if self.remote_names.contains_key(&proj.dir) {
+            self.entitled_privileged(proj, c.pos, "LOCALLY in a remote Earthfile")?;
+        }
+        let mut config = scratch_config();
+        config.config.working_dir = proj.dir.display().to_string();
+        ts.rebase(State::scratch(), config, Vec::new());
+        ts.locally = true;
+        Ok(())
+    }
+
+    /// The variables a `LOCALLY` command gets on top of berth's environment: the ARGs
+    /// and LETs in scope (the image's ENV means nothing on the host).
+    fn local_env(ts: &Ts) -> Vec<(String, String)> {
+        ts.vars
+            .iter()
+            .filter(|v| v.kind != VarKind::Env)
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect()
+    }
+
+    /// The RUN (IF, FOR) flags a `LOCALLY` target refuses, as Earthly does.
+    fn refuse_local_run_flags(&self, proj: &Project, c: &Command) -> Result<()> {
+        for flag in [
+            "mount",
+            "secret",
+            "ssh",
+            "privileged",
+            "interactive",
+            "interactive-keep",
+            "aws",
+            "oidc",
+        ] {
+            if let Some(pos) = c.flag_pos(flag) {
+                return Err(BuildError::Source(
+                    proj.ef
+                        .source
+                        .error(
+                            pos,
+                            format!("{} --{flag} is not allowed in a LOCALLY target", c.name),
+                        )
+                        .with_hint(LOCALLY_HINT),
+                ));
+            }
+        }
+        if c.value("network") == Some("none") {
+            return Err(src_err(
+                proj,
+                c.flag_pos("network").unwrap_or(c.pos),
+                format!(
+                    "{} --network=none is not allowed in a LOCALLY target",
+                    c.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A RUN of a `LOCALLY` target: run now, on this host, in the Earthfile's folder.
+    /// `RUN --push` runs only with `--push`, in its place (Earthly 0.8's WAIT blocks).
+    fn local_run(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        self.refuse_local_run_flags(proj, c)?;
+        if c.flag("push") && !self.opts.push {
+            return Ok(());
+        }
+        let args = match CommandLine::parse(&c.rest) {
+            CommandLine::Exec(list) => list,
+            CommandLine::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
+        };
+        let (code, _) = self.host.run_local(&LocalRun {
+            args,
+            env: Self::local_env(ts),
+            cwd: proj.dir.clone(),
+            name: format!("{} (LOCALLY)", Self::step_name(ts, c)),
+            capture: false,
+        })?;
+        if code != 0 {
+            return Err(src_err(
+                proj,
+                c.pos,
+                format!("the command exited with code {code} (LOCALLY, on this host)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A COPY of a `LOCALLY` target: each artifact is built now and copied into the
+    /// Earthfile's folder on this host (folders merged into what is there).
+    fn local_copy(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        let (srcs, dest_w) = c.args.split_at(c.args.len() - 1);
+        let dest_raw = self.x(ts, proj, &dest_w[0])?;
+        let dest = PathBuf::from(ts.abs(&dest_raw));
+        let into = dest_raw.ends_with('/') || srcs.len() > 1 || dest.is_dir();
+        for w in srcs {
+            let (text, artifact) = self.copy_source(ts, proj, c, w)?;
+            let Some(artifact) = artifact.map(|i| self.targets[i].artifact.clone()) else {
+                return Err(BuildError::Source(
+                    proj.ef
+                        .source
+                        .error(
+                            w.pos,
+                            format!(
+                                "COPY {text}: a LOCALLY target copies artifacts (+target/path) only"
+                            ),
+                        )
+                        .with_hint("the files of the Earthfile's folder are already on this host"),
+                ));
+            };
+            let (_, path) = split_artifact(&text).expect("checked by copy_source");
+            let glob = path.contains(['*', '?', '[']);
+            let name = base_name(path.trim_end_matches('/')).to_string();
+            let out = if glob {
+                "/out/".to_string()
+            } else {
+                format!("/out/{name}")
+            };
+            let path = if c.flag("if-exists") {
+                optional_glob(path)
+            } else {
+                path.to_string()
+            };
+            let state = State::scratch().file(
+                FileOp {
+                    actions: vec![copy_action(1, vec![path], out, None)],
+                    cwd: "/".into(),
+                },
+                vec![artifact],
+                format!("[{}] {} (LOCALLY)", ts.label, c.text),
+            );
+            let dir = self.host.scratch()?;
+            let missing = || {
+                src_err(
+                    proj,
+                    w.pos,
+                    format!("COPY {text}: the artifact does not exist"),
+                )
+            };
+            match self.host.export(&self.contexts, &state, &dir) {
+                Err(BuildError::SourceNotFound(_)) => return Err(missing()),
+                r => r?,
+            }
+            let out = dir.join("out");
+            let placed = if glob {
+                let entries: Vec<_> = std::fs::read_dir(&out)
+                    .map(|rd| rd.flatten().collect())
+                    .unwrap_or_default();
+                entries
+                    .iter()
+                    .try_for_each(|e| merge_into(&e.path(), &dest.join(e.file_name())))
+            } else {
+                let src = out.join(&name);
+                match std::fs::symlink_metadata(&src) {
+                    Err(_) if c.flag("if-exists") => Ok(()),
+                    Err(_) => return Err(missing()),
+                    Ok(m) if into && (!m.is_dir() || c.flag("dir")) => {
+                        merge_into(&src, &dest.join(&name))
+                    }
+                    Ok(_) => merge_into(&src, &dest),
+                }
+            };
+            let _ = std::fs::remove_dir_all(&dir);
+            placed.map_err(|e| {
+                src_err(
+                    proj,
+                    c.pos,
+                    format!("COPY {text} to {}: {e}", dest.display()),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `ts`'s state, config and history with the contents of each `CACHE --persist`
+    /// folder copied in, as Earthly does at the end of a target and for `SAVE
+    /// ARTIFACT` and `SAVE IMAGE`. The copy runs `cp` in the image, with the cache
+    /// mounted beside the folder.
+    fn persisted(&self, ts: &Ts) -> (State, ImageConfig, Vec<Option<State>>) {
+        let (mut state, mut config, mut hist) =
+            (ts.state.clone(), ts.config.clone(), ts.hist.clone());
+        if ts.locally {
+            return (state, config, hist);
+        }
+        for dir in &ts.persist {
+            let Some(m) = ts.caches.iter().find(|m| m.target == *dir) else {
+                continue;
+            };
+            let quoted = format!("'{}'", dir.replace('\'', "'\\''"));
+            let exec = ExecOp {
+                args: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!("mkdir -p {quoted} && cp -a {PERSIST_MOUNT}/. {quoted}/"),
+                ],
+                env: vec![DEFAULT_PATH.to_string()],
+                cwd: "/".into(),
+                network: ir::NetworkMode::None,
+                mounts: vec![ExecMount {
+                    target: PERSIST_MOUNT.into(),
+                    source: m.source.clone(),
+                }],
+                ..ExecOp::default()
+            };
+            state = state
+                .run(
+                    exec,
+                    vec![],
+                    format!("[{}] CACHE --persist {dir}", ts.label),
+                )
+                .with_ignore_cache(self.opts.no_cache);
+            config.history.push(History {
+                created: self.opts.created.clone(),
+                created_by: format!("CACHE --persist {dir}"),
+                empty_layer: false,
+                comment: "berth earthfile".into(),
+            });
+            hist.push(Some(state.clone()));
+        }
+        (state, config, hist)
+    }
+
+    /// Artifact `text` (`+t/path`, written at `pos`) built now and copied to `to` in a
+    /// new folder of the build (a folder's contents go into `to`).
+    fn artifact_folder(
+        &mut self,
+        proj: &Arc<Project>,
+        text: &str,
+        pos: Pos,
+        to: &str,
+    ) -> Result<PathBuf> {
+        let (r, path) = split_artifact(text).ok_or_else(|| {
+            src_err(
+                proj,
+                pos,
+                format!("{text:?}: an artifact reference is +target/path"),
+            )
+        })?;
+        let (tp, name) = self.resolve_ref(proj, r, pos)?;
+        let idx = self.target(&tp, &name, BTreeMap::new(), Some((proj, pos)))?;
+        let state = State::scratch().file(
+            FileOp {
+                actions: vec![copy_action(1, vec![path.to_string()], to.into(), None)],
+                cwd: "/".into(),
+            },
+            vec![self.targets[idx].artifact.clone()],
+            format!("[{}] {text}", self.targets[idx].label),
+        );
+        let dir = self.host.scratch()?;
+        match self.host.export(&self.contexts, &state, &dir) {
+            Err(BuildError::SourceNotFound(_)) => Err(src_err(
+                proj,
+                pos,
+                format!("{text}: the artifact does not exist"),
+            )),
+            r => r.map(|_| dir),
+        }
     }
 
     fn arg(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
@@ -1552,34 +2099,38 @@ impl Lowerer<'_> {
     /// Earthly's builtin ARGs, declared with `ARG NAME`.
     fn builtin(&self, ts: &Ts, name: &str) -> Option<String> {
         let (os, arch) = host_platform();
-        let git = &ts.proj.git;
+        // Git is asked only for a git ARG.
+        let git = || ts.proj.git();
         let project = ts.proj.reference.clone();
         Some(match name {
             "EARTHLY_TARGET" => ts.label.clone(),
             "EARTHLY_TARGET_NAME" => ts.name.clone(),
             "EARTHLY_TARGET_PROJECT" | "EARTHLY_TARGET_PROJECT_NO_TAG" => project,
-            "EARTHLY_TARGET_TAG" => git.get("branch").cloned().unwrap_or_default(),
-            "EARTHLY_TARGET_TAG_DOCKER" => git.get("branch").cloned().unwrap_or_default().replace(
-                |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
-                "_",
-            ),
-            "EARTHLY_GIT_HASH" => git.get("hash").cloned().unwrap_or_default(),
-            "EARTHLY_GIT_SHORT_HASH" => git
+            "EARTHLY_TARGET_TAG" => git().get("branch").cloned().unwrap_or_default(),
+            "EARTHLY_TARGET_TAG_DOCKER" => {
+                git().get("branch").cloned().unwrap_or_default().replace(
+                    |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
+                    "_",
+                )
+            }
+            "EARTHLY_GIT_HASH" => git().get("hash").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_SHORT_HASH" => git()
                 .get("hash")
                 .map(|h| h.chars().take(8).collect())
                 .unwrap_or_default(),
-            "EARTHLY_GIT_BRANCH" => git.get("branch").cloned().unwrap_or_default(),
-            "EARTHLY_GIT_ORIGIN_URL" => git.get("origin").cloned().unwrap_or_default(),
-            "EARTHLY_GIT_PROJECT_NAME" => git.get("project").cloned().unwrap_or_default(),
-            "EARTHLY_GIT_COMMIT_TIMESTAMP" => git.get("timestamp").cloned().unwrap_or_default(),
-            "EARTHLY_SOURCE_DATE_EPOCH" => {
-                git.get("timestamp").cloned().unwrap_or_else(|| "0".into())
-            }
+            "EARTHLY_GIT_BRANCH" => git().get("branch").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_ORIGIN_URL" => git().get("origin").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_PROJECT_NAME" => git().get("project").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_COMMIT_TIMESTAMP" => git().get("timestamp").cloned().unwrap_or_default(),
+            "EARTHLY_SOURCE_DATE_EPOCH" => git()
+                .get("timestamp")
+                .cloned()
+                .unwrap_or_else(|| "0".into()),
             "EARTHLY_VERSION" => format!("berth-{}", env!("CARGO_PKG_VERSION")),
             "EARTHLY_BUILD_SHA" => String::new(),
             "EARTHLY_CI" => self.opts.ci.to_string(),
             "EARTHLY_PUSH" => self.opts.push.to_string(),
-            "EARTHLY_LOCALLY" => "false".into(),
+            "EARTHLY_LOCALLY" => ts.locally.to_string(),
             "TARGETPLATFORM" | "NATIVEPLATFORM" | "USERPLATFORM" => format!("{os}/{arch}"),
             "TARGETOS" | "NATIVEOS" | "USEROS" => os.into(),
             "TARGETARCH" | "NATIVEARCH" | "USERARCH" => arch.into(),
@@ -1639,6 +2190,9 @@ impl Lowerer<'_> {
         if c.rest.is_empty() {
             return Err(src_err(proj, c.pos, "RUN needs a command"));
         }
+        if ts.locally {
+            return self.local_run(ts, proj, c);
+        }
         let mut args = match CommandLine::parse(&c.rest) {
             CommandLine::Exec(list) => list,
             CommandLine::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
@@ -1649,6 +2203,7 @@ impl Lowerer<'_> {
             args = full;
         }
         let (mut exec, extra) = self.exec_op(ts, proj, c, args)?;
+        exec.on_failure = std::mem::take(&mut self.try_saves);
         if c.flag("push") && ts.pre_push.is_none() {
             ts.pre_push = Some(ts.state.clone());
         }
@@ -1801,6 +2356,17 @@ impl Lowerer<'_> {
         c: &Command,
         script: &str,
     ) -> Result<(i32, String)> {
+        if ts.locally {
+            self.refuse_local_run_flags(proj, c)?;
+            let (code, out) = self.host.run_local(&LocalRun {
+                args: vec!["/bin/sh".into(), "-c".into(), script.to_string()],
+                env: Self::local_env(ts),
+                cwd: proj.dir.clone(),
+                name: format!("[{}] {} (evaluate {script}, LOCALLY)", ts.label, c.name),
+                capture: true,
+            })?;
+            return Ok((code, out.trim_end_matches('\n').to_string()));
+        }
         let wrapped = format!(
             "mkdir -p {EVAL_DIR} && ( {script}\n) > {EVAL_DIR}/out; echo $? > {EVAL_DIR}/code"
         );
@@ -1824,7 +2390,16 @@ impl Lowerer<'_> {
             vec![state],
             format!("{name} answer"),
         );
-        let (code, out) = (self.eval)(&self.contexts, &probe)?;
+        let dir = self.host.scratch()?;
+        self.host.export(&self.contexts, &probe, &dir)?;
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read_to_string(&p)
+                .map_err(|e| BuildError::Io(format!("read the answer {}: {e}", p.display())))
+        };
+        let answer = read("code").and_then(|code| Ok((code, read("out")?)));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (code, out) = answer?;
         let code = code.trim().parse::<i32>().map_err(|_| {
             src_err(
                 proj,
@@ -1843,6 +2418,9 @@ impl Lowerer<'_> {
                 p,
                 "COPY --from is not supported in Earthfiles; copy an artifact: COPY +target/path dest",
             ));
+        }
+        if ts.locally {
+            return self.local_copy(ts, proj, c);
         }
         let (srcs, dest_w) = c.args.split_at(c.args.len() - 1);
         let dest_raw = self.x(ts, proj, &dest_w[0])?;
@@ -1866,54 +2444,73 @@ impl Lowerer<'_> {
             ),
         };
         let if_exists = c.flag("if-exists");
+        // Earthly's COPY: owned by the image's USER (root without one) unless
+        // --keep-own, dated 2020-04-16T12:00:00Z unless --keep-ts.
+        let keep_own = c.flag("keep-own");
+        let user = &ts.config.config.user;
+        let owner = (!keep_own).then(|| {
+            if user.is_empty() {
+                "0:0".to_string()
+            } else {
+                user.clone()
+            }
+        });
         let mut inputs: Vec<State> = Vec::new();
         let mut actions = Vec::new();
-        let pass = if c.flag("pass-args") {
-            ts.arg_overrides()
-        } else {
-            BTreeMap::new()
-        };
         for w in srcs {
-            // The artifact form, with or without ( … --ARG=v ).
-            let (text, args) = if w.group {
-                let inner = super::parse::group_words(&w.text);
-                let first = inner.first().cloned().unwrap_or_default();
-                let rest: Vec<Word> = inner[1.min(inner.len())..]
-                    .iter()
-                    .map(|t| Word {
-                        text: t.clone(),
-                        pos: w.pos,
-                        offset: 0,
-                        group: false,
-                    })
-                    .collect();
-                (
-                    self.x_text(ts, proj, &first, w.pos)?,
-                    self.ref_args(ts, proj, &rest)?,
-                )
-            } else {
-                (self.x(ts, proj, w)?, BTreeMap::new())
-            };
-            let artifact = w.group || self.is_artifact_ref(proj, &text);
-            let (from_state, path) = if artifact {
-                let (r, path) = split_artifact(&text).ok_or_else(|| {
-                    src_err(
-                        proj,
-                        w.pos,
-                        format!("{text:?}: an artifact reference is +target/path"),
-                    )
-                })?;
-                let mut all = pass.clone();
-                all.extend(args);
-                all.extend(self.build_args(ts, proj, c)?);
-                let (tp, name) = self.resolve_ref(proj, r, w.pos)?;
-                let idx = self.target(&tp, &name, all, Some((proj, w.pos)))?;
-                (self.targets[idx].artifact.clone(), path.to_string())
-            } else {
-                if if_exists && !proj.dir.join(&text).exists() && !text.contains(['*', '?', '[']) {
-                    continue;
+            let (text, from_target) = self.copy_source(ts, proj, c, w)?;
+            let artifact = from_target.is_some();
+            // The source, its path there, and how the copy dates and owns entries.
+            let (from_state, path, keep_ts, chown, keep) = match from_target {
+                Some(i) => {
+                    let (_, path) = split_artifact(&text).expect("checked by copy_source");
+                    match self.targets[i].direct(path) {
+                        // One copy instead of SAVE ARTIFACT's and COPY's: what the two
+                        // would give, dates and owners included (and names: a file
+                        // copied into a folder is named by its source).
+                        Some(SavedPath {
+                            from: Some((state, src)),
+                            keep_ts: saved_ts,
+                            keep_own: saved_own,
+                            ..
+                        }) if base_name(src) == base_name(path.trim_end_matches('/')) => {
+                            let (chown, keep) = match (keep_own, saved_own) {
+                                (true, true) => (None, true),
+                                (true, false) => (Some("0:0".to_string()), false),
+                                (false, _) => (owner.clone(), false),
+                            };
+                            (
+                                state.clone(),
+                                src.clone(),
+                                c.flag("keep-ts") && *saved_ts,
+                                chown,
+                                keep,
+                            )
+                        }
+                        _ => (
+                            self.targets[i].artifact.clone(),
+                            path.to_string(),
+                            c.flag("keep-ts"),
+                            owner.clone(),
+                            keep_own,
+                        ),
+                    }
                 }
-                (proj.context.clone(), text.clone())
+                None => {
+                    if if_exists
+                        && !proj.dir.join(&text).exists()
+                        && !text.contains(['*', '?', '['])
+                    {
+                        continue;
+                    }
+                    (
+                        proj.context.clone(),
+                        text.clone(),
+                        c.flag("keep-ts"),
+                        owner.clone(),
+                        keep_own,
+                    )
+                }
             };
             let input = match inputs
                 .iter()
@@ -1939,19 +2536,33 @@ impl Lowerer<'_> {
                     },
                 ),
             ));
-            let path = if if_exists && artifact {
-                optional_glob(&path)
-            } else {
-                path
+            // Named as written: a folder copied with --dir keeps the artifact's name.
+            let named = match from_target {
+                Some(_) => split_artifact(&text).map_or(path.as_str(), |(_, p)| p),
+                None => path.as_str(),
             };
-            let target = if dir && !path.contains(['*', '?', '[']) {
-                format!("{}/{}", dest.trim_end_matches('/'), base_name(&path))
+            let target = if dir && !named.contains(['*', '?', '[']) {
+                format!(
+                    "{}/{}",
+                    dest.trim_end_matches('/'),
+                    base_name(named.trim_end_matches('/'))
+                )
             } else if into_dir {
                 format!("{}/", dest.trim_end_matches('/'))
             } else {
                 dest.clone()
             };
-            actions.push(copy_action(input, vec![path], target, chmod));
+            let path = if if_exists && artifact {
+                optional_glob(&path)
+            } else {
+                path
+            };
+            actions.push(with_meta(
+                copy_action(input, vec![path], target, chmod),
+                keep_ts,
+                chown,
+                keep,
+            ));
         }
         if actions.is_empty() {
             return Ok(());
@@ -1966,6 +2577,58 @@ impl Lowerer<'_> {
             .with_ignore_cache(self.opts.no_cache);
         self.history(ts, c, Some(made));
         Ok(())
+    }
+
+    /// A COPY source word: its expanded text and, for an artifact (`+t/path`, `(+t/path
+    /// --ARG=v)`), the target's artifact state, lowered with the word's ARGs, the
+    /// `--build-arg`s and, with `--pass-args`, the caller's ARGs.
+    fn copy_source(
+        &mut self,
+        ts: &Ts,
+        proj: &Arc<Project>,
+        c: &Command,
+        w: &Word,
+    ) -> Result<(String, Option<usize>)> {
+        // The artifact form, with or without ( … --ARG=v ).
+        let (text, args) = if w.group {
+            let inner = super::parse::group_words(&w.text);
+            let first = inner.first().cloned().unwrap_or_default();
+            let rest: Vec<Word> = inner[1.min(inner.len())..]
+                .iter()
+                .map(|t| Word {
+                    text: t.clone(),
+                    pos: w.pos,
+                    offset: 0,
+                    group: false,
+                })
+                .collect();
+            (
+                self.x_text(ts, proj, &first, w.pos)?,
+                self.ref_args(ts, proj, &rest)?,
+            )
+        } else {
+            (self.x(ts, proj, w)?, BTreeMap::new())
+        };
+        if !(w.group || self.is_artifact_ref(proj, &text)) {
+            return Ok((text, None));
+        }
+        let (r, _) = split_artifact(&text).ok_or_else(|| {
+            src_err(
+                proj,
+                w.pos,
+                format!("{text:?}: an artifact reference is +target/path"),
+            )
+        })?;
+        let mut all = if c.flag("pass-args") {
+            ts.arg_overrides()
+        } else {
+            BTreeMap::new()
+        };
+        all.extend(args);
+        all.extend(self.build_args(ts, proj, c)?);
+        let (tp, name) = self.resolve_ref(proj, r, w.pos)?;
+        let idx = self.target(&tp, &name, all, Some((proj, w.pos)))?;
+        Ok((text, Some(idx)))
     }
 
     /// Whether a COPY source names an artifact (`+t/p`, `./d+t/p`, `alias+t/p`).
@@ -1998,6 +2661,9 @@ impl Lowerer<'_> {
             }
         };
         let glob = src.contains(['*', '?', '[']);
+        if ts.locally {
+            return self.local_save_artifact(ts, proj, c, src, dest, local.is_some());
+        }
         let mut abs_src = ts.abs(src);
         self.sources.push((
             abs_src.clone(),
@@ -2022,15 +2688,34 @@ impl Lowerer<'_> {
             Some(d) if glob => format!("{}/", clean_abs(d).trim_end_matches('/')),
             Some(d) => clean_abs(d),
         };
+        // Earthly 0.7+ keeps the owners (save-artifact-keep-own); 0.6 gives root
+        // unless --keep-own.
+        let keep_own = c.flag("keep-own")
+            || proj.ef.version.as_ref().is_none_or(|v| {
+                v.minor >= 7 || v.features.iter().any(|f| f == "save-artifact-keep-own")
+            });
+        let owner = (!keep_own).then(|| "0:0".to_string());
+        let keep_ts = c.flag("keep-ts");
         let op = FileOp {
-            actions: vec![copy_action(1, vec![abs_src.clone()], target, None)],
+            actions: vec![with_meta(
+                copy_action(1, vec![abs_src.clone()], target.clone(), None),
+                keep_ts,
+                owner.clone(),
+                keep_own,
+            )],
             cwd: "/".into(),
         };
-        ts.artifact = ts.artifact.file(
-            op,
-            vec![ts.state.clone()],
-            format!("[{}] {}", ts.label, c.text),
-        );
+        // The CACHE --persist folders are in what SAVE ARTIFACT copies from.
+        let (from, _, _) = self.persisted(ts);
+        ts.saved.push(SavedPath {
+            at: clean_abs(&target),
+            from: (!glob && !c.flag("if-exists")).then(|| (from.clone(), abs_src.clone())),
+            keep_ts,
+            keep_own,
+        });
+        ts.artifact =
+            ts.artifact
+                .file(op, vec![from.clone()], format!("[{}] {}", ts.label, c.text));
         // A remote Earthfile's AS LOCAL would write into berth's checkout of it: its
         // artifacts are for COPY and --artifact only.
         let local = local.filter(|_| !self.remote_names.contains_key(&proj.dir));
@@ -2041,14 +2726,16 @@ impl Lowerer<'_> {
                 format!("/out/{name}")
             };
             let op = FileOp {
-                actions: vec![copy_action(1, vec![abs_src], out_dest, None)],
+                actions: vec![with_meta(
+                    copy_action(1, vec![abs_src], out_dest, None),
+                    keep_ts,
+                    owner,
+                    keep_own,
+                )],
                 cwd: "/".into(),
             };
-            let state = State::scratch().file(
-                op,
-                vec![ts.state.clone()],
-                format!("[{}] {} (local)", ts.label, c.text),
-            );
+            let state =
+                State::scratch().file(op, vec![from], format!("[{}] {} (local)", ts.label, c.text));
             let dest = if p.starts_with('/') {
                 p.clone()
             } else {
@@ -2062,6 +2749,93 @@ impl Lowerer<'_> {
                 origin: format!("{}:{}", proj.ef.source.name(), c.pos.line),
             });
         }
+        Ok(())
+    }
+
+    /// `SAVE ARTIFACT src [dest]` of a `LOCALLY` target: the host's `src` (in the
+    /// Earthfile's folder) as it is now, copied into a folder of the build, becomes the
+    /// artifact.
+    fn local_save_artifact(
+        &mut self,
+        ts: &mut Ts,
+        proj: &Arc<Project>,
+        c: &Command,
+        src: &str,
+        dest: Option<&String>,
+        as_local: bool,
+    ) -> Result<()> {
+        if as_local {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(
+                        c.pos,
+                        "SAVE ARTIFACT … AS LOCAL is not allowed in a LOCALLY target",
+                    )
+                    .with_hint("the file is on this host already; copy it with RUN cp"),
+            ));
+        }
+        if src.contains(['*', '?', '[']) {
+            return Err(src_err(
+                proj,
+                c.args[0].pos,
+                format!("SAVE ARTIFACT {src}: a LOCALLY target saves one path, no wildcards"),
+            ));
+        }
+        let host_src = PathBuf::from(ts.abs(src));
+        if std::fs::symlink_metadata(&host_src).is_err() {
+            if c.flag("if-exists") {
+                return Ok(());
+            }
+            return Err(src_err(
+                proj,
+                c.args[0].pos,
+                format!(
+                    "SAVE ARTIFACT {src}: {} does not exist on this host",
+                    host_src.display()
+                ),
+            ));
+        }
+        let name = base_name(src.trim_end_matches('/')).to_string();
+        let dir = self.host.scratch()?;
+        crate::fileops::copy_tree(&host_src, &dir.join(&name)).map_err(|e| {
+            src_err(
+                proj,
+                c.pos,
+                format!("SAVE ARTIFACT {src}: copy {}: {e}", host_src.display()),
+            )
+        })?;
+        // A name of its own per snapshot, the same from build to build.
+        let ctx = format!("locally:{}", self.contexts.len());
+        self.contexts.insert(ctx.clone(), dir);
+        let target = match dest {
+            None => format!("/{name}"),
+            Some(d) if d.ends_with('/') => format!("{}/{name}", clean_abs(d).trim_end_matches('/')),
+            Some(d) => clean_abs(d),
+        };
+        let keep_own = c.flag("keep-own");
+        let op = FileOp {
+            actions: vec![with_meta(
+                copy_action(1, vec![name], target.clone(), None),
+                c.flag("keep-ts"),
+                (!keep_own).then(|| "0:0".to_string()),
+                keep_own,
+            )],
+            cwd: "/".into(),
+        };
+        let source = State::local(LocalSource {
+            name: ctx,
+            exclude: Vec::new(),
+        });
+        ts.saved.push(SavedPath {
+            at: clean_abs(&target),
+            from: None,
+            keep_ts: c.flag("keep-ts"),
+            keep_own,
+        });
+        ts.artifact = ts
+            .artifact
+            .file(op, vec![source], format!("[{}] {}", ts.label, c.text));
         Ok(())
     }
 
@@ -2144,7 +2918,64 @@ fn copy_action(from: usize, sources: Vec<String>, dest: String, chmod: Option<u3
         exclude: Vec::new(),
         parents: false,
         chmod_symbolic: None,
+        mtime: None,
+        keep_owner: false,
     }
+}
+
+/// Copy `a` with Earthly's metadata: every entry dated [`EARTHLY_MTIME`] unless
+/// `keep_ts`, owned by `chown` (`None`: as the source's kind decides) or, with
+/// `keep_owner`, by the sources' owners.
+fn with_meta(
+    mut a: FileAction,
+    keep_ts: bool,
+    chown: Option<String>,
+    keep_owner: bool,
+) -> FileAction {
+    if let FileAction::Copy {
+        mtime,
+        chown: owner,
+        keep_owner: keep,
+        ..
+    } = &mut a
+    {
+        *mtime = (!keep_ts).then_some(EARTHLY_MTIME);
+        *owner = chown;
+        *keep = keep_owner;
+    }
+    a
+}
+
+/// Move (or copy, across file systems) `src` to `dest` on the host: a folder is merged
+/// into the folder there, a file replaces what is there.
+fn merge_into(src: &Path, dest: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(src)?;
+    let existing = std::fs::symlink_metadata(dest).ok();
+    if meta.is_dir() {
+        match existing {
+            Some(d) if d.is_dir() => {}
+            Some(_) => std::fs::remove_file(dest)?,
+            None => std::fs::create_dir_all(dest)?,
+        }
+        for e in std::fs::read_dir(src)? {
+            let e = e?;
+            merge_into(&e.path(), &dest.join(e.file_name()))?;
+        }
+        return std::fs::set_permissions(dest, meta.permissions());
+    }
+    match existing {
+        Some(d) if d.is_dir() => std::fs::remove_dir_all(dest)?,
+        Some(_) => std::fs::remove_file(dest)?,
+        None => {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+    }
+    if std::fs::rename(src, dest).is_ok() {
+        return Ok(());
+    }
+    crate::fileops::copy_tree(src, dest)
 }
 
 /// `path` as a wildcard that matches only itself, so a missing path copies nothing
@@ -2294,9 +3125,39 @@ mod tests {
             allow: allow.to_vec(),
             ..EarthOptions::default()
         };
-        // Answers as if the container ran the script: `true` exits 0 and `echo W`
-        // prints W.
-        let mut eval = |_: &HashMap<String, PathBuf>, probe: &State| {
+        let mut host = Fake {
+            scratch: tempfile::tempdir().unwrap(),
+            runs: Vec::new(),
+        };
+        let mut resolve = |r: &str| panic!("nothing to resolve, asked {r}");
+        let plan = lower(dir.path(), reference, &opts, &mut resolve, &mut host);
+        RUNS.with(|r| *r.borrow_mut() = host.runs.clone());
+        plan
+    }
+
+    thread_local! {
+        /// The LOCALLY commands the last [`plan`] ran.
+        static RUNS: std::cell::RefCell<Vec<LocalRun>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// A host that answers as if the container ran the script (`true` exits 0, `false`
+    /// 1, `echo W` prints W), and records LOCALLY commands instead of running them.
+    struct Fake {
+        scratch: tempfile::TempDir,
+        runs: Vec<LocalRun>,
+    }
+
+    impl Host for Fake {
+        fn scratch(&mut self) -> Result<PathBuf> {
+            Ok(tempfile::tempdir_in(self.scratch.path()).unwrap().keep())
+        }
+
+        fn export(
+            &mut self,
+            _: &HashMap<String, PathBuf>,
+            probe: &State,
+            dest: &Path,
+        ) -> Result<()> {
             let exec = &probe.vertex().inputs[1];
             let Op::Exec(e) = &exec.vertex().op else {
                 panic!("a probe reads an exec")
@@ -2311,10 +3172,17 @@ mod tests {
                 .unwrap();
             let code = if cmd.starts_with("false") { "1" } else { "0" };
             let out = cmd.strip_prefix("echo ").unwrap_or("").to_string();
-            Ok((format!("{code}\n"), format!("{out}\n")))
-        };
-        let mut resolve = |r: &str| panic!("nothing to resolve, asked {r}");
-        lower(dir.path(), reference, &opts, &mut resolve, &mut eval)
+            std::fs::write(dest.join("code"), format!("{code}\n")).unwrap();
+            std::fs::write(dest.join("out"), format!("{out}\n")).unwrap();
+            Ok(())
+        }
+
+        fn run_local(&mut self, run: &LocalRun) -> Result<(i32, String)> {
+            self.runs.push(run.clone());
+            let script = run.args.last().cloned().unwrap_or_default();
+            let code = i32::from(script.starts_with("false"));
+            Ok((code, script.strip_prefix("echo ").unwrap_or("").to_string()))
+        }
     }
 
     fn err(text: &str, reference: &str) -> String {
@@ -2432,6 +3300,168 @@ mod tests {
     }
 
     #[test]
+    fn cache_persist_copies_the_cache_into_the_image_as_earthly_0_8_does() {
+        // 0.8: only with --persist, after the target's last command.
+        let text =
+            "VERSION 0.8\nFROM scratch\nt:\n    CACHE --persist /p\n    CACHE /q\n    RUN a\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let t = &p.targets[p.invoked];
+        let Op::Exec(e) = &t.state.vertex().op else {
+            panic!("the persist step is last")
+        };
+        assert_eq!(
+            e.args[2],
+            "mkdir -p '/p' && cp -a /.berth-cache-persist/. '/p'/"
+        );
+        assert_eq!(e.mounts[0].target, PERSIST_MOUNT);
+        assert_eq!(
+            t.config.history.last().unwrap().created_by,
+            "CACHE --persist /p"
+        );
+        assert_eq!(t.config.history.len(), t.history_states.len());
+        // 0.7 persists every CACHE and has no --persist.
+        let text = "VERSION 0.7\nFROM scratch\nt:\n    CACHE /q\n    RUN a\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let Op::Exec(e) = &p.targets[p.invoked].state.vertex().op else {
+            panic!("an exec")
+        };
+        assert!(e.args[2].contains("'/q'"), "{:?}", e.args);
+        let text = "VERSION 0.7\nt:\n    FROM scratch\n    CACHE --persist /q\n";
+        assert_eq!(
+            err(text, "+t"),
+            "Earthfile:4:11: CACHE --persist needs VERSION 0.8 (or VERSION --cache-persist-option)"
+        );
+    }
+
+    #[test]
+    fn locally_runs_on_the_host_in_the_earthfile_folder() {
+        let text = "VERSION 0.8\nt:\n    LOCALLY\n    ARG NAME=earth\n    RUN echo hi $NAME\n    IF true\n        RUN echo yes\n    END\n    RUN --push echo pushed\n    FROM scratch\n    RUN inside\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let runs = RUNS.with(|r| r.borrow().clone());
+        let scripts: Vec<&str> = runs.iter().map(|r| r.args[2].as_str()).collect();
+        // IF is answered on the host too; RUN --push waits for --push.
+        assert_eq!(scripts, ["echo hi $NAME", "true", "echo yes"]);
+        assert!(runs[0].env.contains(&("NAME".into(), "earth".into())));
+        assert_eq!(runs[0].cwd, p.contexts["context"]);
+        assert!(!runs[0].env.iter().any(|(k, _)| k == "PATH"));
+        // FROM ends LOCALLY: the next RUN is a step in the container.
+        let Op::Exec(e) = &p.targets[p.invoked].state.vertex().op else {
+            panic!("a RUN step")
+        };
+        assert_eq!(e.args[2], "inside");
+        // A failing command stops the build at its line.
+        let text = "VERSION 0.8\nt:\n    LOCALLY\n    RUN false\n";
+        assert_eq!(
+            err(text, "+t"),
+            "Earthfile:4:5: the command exited with code 1 (LOCALLY, on this host)"
+        );
+    }
+
+    #[test]
+    fn copies_are_dated_and_owned_as_in_earthly() {
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    USER app\n    COPY a /a\n    COPY --keep-ts --keep-own b /b\n    SAVE ARTIFACT /a\n    SAVE ARTIFACT --keep-ts /b\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let t = &p.targets[p.invoked];
+        let copy = |s: &State| match &s.vertex().op {
+            Op::File(f) => f.actions[0].clone(),
+            op => panic!("not a copy: {op:?}"),
+        };
+        let meta = |a: FileAction| match a {
+            FileAction::Copy {
+                mtime,
+                chown,
+                keep_owner,
+                ..
+            } => (mtime, chown, keep_owner),
+            a => panic!("{a:?}"),
+        };
+        assert_eq!(meta(copy(&t.state)), (None, None, true));
+        let a = t.state.vertex().inputs[0].clone();
+        assert_eq!(
+            meta(copy(&a)),
+            (Some(EARTHLY_MTIME), Some("app".into()), false)
+        );
+        assert_eq!(meta(copy(&t.artifact)), (None, None, true));
+        let first = t.artifact.vertex().inputs[0].clone();
+        assert_eq!(meta(copy(&first)), (Some(EARTHLY_MTIME), None, true));
+    }
+
+    #[test]
+    fn copy_of_one_saved_path_reads_the_target_directly() {
+        let text = "VERSION 0.8\nFROM scratch\na:\n    RUN make\n    SAVE ARTIFACT /out\n    SAVE ARTIFACT /bin/app app2\n    SAVE ARTIFACT /out/x sub/\nb:\n    SAVE ARTIFACT /one\n    SAVE ARTIFACT /two /one/two\nt:\n    COPY +a/out /o\n    COPY +a/app2 /dir/\n    COPY +a/sub/x /x\n    COPY +b/one /one\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let a = p.targets.iter().find(|t| t.label == "+a").unwrap();
+        // Newest first: +b/one (another save below it), +a/sub/x (alone), +a/app2
+        // (renamed, into a folder), +a/out (alone).
+        let mut s = p.targets[p.invoked].state.clone();
+        let mut froms = Vec::new();
+        while let Op::File(f) = &s.vertex().op {
+            let FileAction::Copy { sources, .. } = &f.actions[0] else {
+                panic!("a copy")
+            };
+            froms.push((
+                sources[0].clone(),
+                s.vertex().inputs[1].digest() == a.state.digest(),
+            ));
+            s = s.vertex().inputs[0].clone();
+        }
+        assert_eq!(
+            froms,
+            [
+                ("one".to_string(), false),
+                ("/out/x".to_string(), true),
+                ("app2".to_string(), false),
+                ("/out".to_string(), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn try_saves_its_finally_paths_when_the_run_fails() {
+        let text = "VERSION --try 0.8\nFROM scratch\nt:\n    WORKDIR /w\n    TRY\n        RUN make test\n    FINALLY\n        SAVE ARTIFACT out.xml AS LOCAL reports/\n        SAVE ARTIFACT --if-exists /cov AS LOCAL /tmp/cov\n    END\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let t = &p.targets[p.invoked];
+        let Op::Exec(e) = &t.state.vertex().op else {
+            panic!("the RUN is last")
+        };
+        let dir = &p.contexts["context"];
+        assert_eq!(
+            e.on_failure,
+            [
+                ir::FailureSave {
+                    src: "/w/out.xml".into(),
+                    dest: dir.join("reports/out.xml"),
+                    if_exists: false,
+                },
+                ir::FailureSave {
+                    src: "/cov".into(),
+                    dest: "/tmp/cov".into(),
+                    if_exists: true,
+                },
+            ]
+        );
+        // On success they are ordinary saves.
+        assert_eq!(t.locals.len(), 2);
+        for (body, want) in [
+            (
+                "VERSION 0.8\nt:\n    TRY\n        RUN x\n    END\n",
+                "Earthfile:3:5: TRY needs VERSION --try 0.8",
+            ),
+            (
+                "VERSION --try 0.8\nt:\n    TRY\n        RUN x\n        RUN y\n    END\n",
+                "Earthfile:3:5: TRY holds one RUN, as in Earthly",
+            ),
+            (
+                "VERSION --try 0.8\nt:\n    TRY\n        RUN x\n    FINALLY\n        RUN y\n    END\n",
+                "Earthfile:6:9: FINALLY holds SAVE ARTIFACT … AS LOCAL commands only",
+            ),
+        ] {
+            let got = err(body, "+t");
+            assert!(got.starts_with(want), "{body:?}: {got}");
+        }
+    }
+
+    #[test]
     fn unsupported_commands_say_so_at_their_line() {
         for (body, want) in [
             (
@@ -2447,8 +3477,24 @@ mod tests {
                 "Earthfile:3:5: WITH DOCKER needs the entitlement security.insecure, which this build was not granted",
             ),
             (
-                "    LOCALLY\n",
-                "Earthfile:3:5: LOCALLY is not supported by berth yet",
+                "    LOCALLY\n    ENV X=1\n",
+                "Earthfile:4:5: ENV is not allowed in a LOCALLY target",
+            ),
+            (
+                "    LOCALLY\n    RUN --mount=type=cache,target=/c x\n",
+                "Earthfile:4:9: RUN --mount is not allowed in a LOCALLY target",
+            ),
+            (
+                "    LOCALLY\n    COPY file .\n",
+                "Earthfile:4:10: COPY file: a LOCALLY target copies artifacts (+target/path) only",
+            ),
+            (
+                "    LOCALLY\n    SAVE ARTIFACT x AS LOCAL y\n",
+                "Earthfile:4:5: SAVE ARTIFACT … AS LOCAL is not allowed in a LOCALLY target",
+            ),
+            (
+                "    LOCALLY\n    WITH DOCKER\n        RUN x\n    END\n",
+                "Earthfile:4:5: WITH DOCKER in a LOCALLY target is not supported by berth yet",
             ),
             (
                 "    RUN --network=host x\n",

@@ -276,6 +276,8 @@ fn copy_op(
             extract_archives: extract,
             exclude: spec.exclude.to_vec(),
             parents: spec.parents,
+            mtime: None,
+            keep_owner: false,
         });
     }
     for (name, data) in sources.writes {

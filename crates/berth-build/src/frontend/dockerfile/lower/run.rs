@@ -76,6 +76,7 @@ impl Lowerer<'_> {
             proxy_env,
             privileged,
             docker: None,
+            on_failure: Vec::new(),
         };
         Ok(st
             .state
