@@ -123,7 +123,8 @@ impl Solver {
             gzip_level: None,
             compression: self.opts.compression,
         };
-        let info = match berth_snapshot::diff(&active.upper, &mut w, &opts) {
+        // The store's writer hashes what it writes: the layer's bytes are hashed once.
+        let info = match berth_snapshot::diff_into(&active.upper, &mut w, &opts, |w| w.digest()) {
             Ok(i) => i,
             Err(e) => {
                 drop(w);
