@@ -454,3 +454,52 @@ fn whiteouts_through_symlinks_cannot_reach_outside_the_layer() {
     let dst = tempfile::tempdir().unwrap();
     assert!(apply_layer(dst.path(), data.as_slice()).is_err());
 }
+
+/// Layers staged out of order (as a build unpacks an image's layers at once) become
+/// chains only bottom up; a staged layer dropped, or one whose unpack failed, leaves
+/// nothing behind.
+#[test]
+fn staged_layers_install_bottom_up_and_leave_nothing_when_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = Snapshotter::open(dir.path().join("snapshots")).unwrap();
+    let layer = |name: &str| {
+        let src = dir.path().join(format!("src-{name}"));
+        fs::create_dir(&src).unwrap();
+        make(&src, &[Node::File(name, name, 0o644)]);
+        let mut bytes = Vec::new();
+        let info = diff(
+            &src,
+            &mut bytes,
+            &DiffOptions {
+                compression: Compression::Uncompressed,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        (info.diff_id, bytes)
+    };
+    let tmp_entries = || fs::read_dir(dir.path().join("snapshots/tmp")).unwrap().count();
+    let (d1, l1) = layer("one");
+    let (d2, l2) = layer("two");
+    // The upper layer is staged first.
+    let s2 = snaps.stage(&d2, l2.as_slice()).unwrap();
+    let s1 = snaps.stage(&d1, l1.as_slice()).unwrap();
+    assert_eq!(tmp_entries(), 2);
+    let c1 = berth_snapshot::chain_id(None, &d1);
+    let c2 = berth_snapshot::chain_id(Some(&c1), &d2);
+    // Its parent is not installed yet: refused, and its staging directory goes.
+    let err = snaps.install_staged(s2, Some(&c1)).unwrap_err();
+    assert!(matches!(err, berth_snapshot::Error::NotFound(_)), "{err}");
+    assert!(!snaps.exists(&c2));
+    assert_eq!(tmp_entries(), 1);
+    assert_eq!(snaps.install_staged(s1, None).unwrap(), c1);
+    let s2 = snaps.stage(&d2, l2.as_slice()).unwrap();
+    assert_eq!(snaps.install_staged(s2, Some(&c1)).unwrap(), c2);
+    assert_eq!(snaps.lowers(&c2).unwrap().len(), 2);
+    assert!(snaps.lowers(&c2).unwrap()[0].join("two").is_file());
+    // Dropped before install, and failed half-way through the tar: nothing remains.
+    drop(snaps.stage(&d1, l1.as_slice()).unwrap());
+    let err = snaps.stage(&d2, &l2[..700]).unwrap_err();
+    assert!(err.to_string().contains("layer"), "{err}");
+    assert_eq!(tmp_entries(), 0);
+}

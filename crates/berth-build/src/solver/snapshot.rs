@@ -46,64 +46,130 @@ impl Solver {
     }
 
     /// Make sure the snapshot chain of `layers` is unpacked; returns its chain ID.
+    ///
+    /// The layers missing (always a top part of the chain: a chain is installed only on
+    /// an existing parent) are unpacked at once, each into a staging directory of its
+    /// own, since a layer's unpack needs nothing of the layers below it; they are then
+    /// installed bottom up, so a build killed half-way leaves only whole chains (and
+    /// staging directories of a dead owner, which the next build removes).
     fn ensure_chain(&self, layers: &[Layer]) -> Result<Option<Digest>> {
+        let mut chains = Vec::with_capacity(layers.len());
         let mut parent: Option<Digest> = None;
         for l in layers {
             let chain = berth_snapshot::chain_id(parent.as_ref(), &l.diff_id);
-            if !self.snapshots.exists(&chain) {
-                let (file, _) = self.store.open_blob(&l.blob.digest)?.ok_or_else(|| {
-                    BuildError::Image(format!("layer {} is missing from the store", l.blob.digest))
-                })?;
-                let compression = berth_snapshot::Compression::of_media_type(&l.blob.media_type)
-                    .ok_or_else(|| {
-                        BuildError::Image(format!(
-                            "layer {} has media type {}, which berth cannot unpack",
-                            l.blob.digest, l.blob.media_type
-                        ))
-                    })?;
-                if compression != berth_snapshot::Compression::Uncompressed {
-                    // Decompress on a thread of its own, piping into the unpacker: the
-                    // two halves (inflate; creating files) overlap on two cores.
-                    let (pipe_r, mut pipe_w) =
-                        std::io::pipe().map_err(|e| io_err("create pipe", &self.root, e))?;
-                    let inflater = std::thread::spawn(move || {
-                        std::io::copy(&mut compression.reader(file)?, &mut pipe_w)
-                    });
-                    let reader = std::io::BufReader::with_capacity(1 << 20, pipe_r);
-                    let applied = self.snapshots.apply(
-                        parent.as_ref(),
-                        &l.diff_id,
-                        berth_snapshot::Cancelable::new(reader, || self.opts.cancel.is_canceled()),
-                    );
-                    let inflated = inflater
-                        .join()
-                        .map_err(|_| BuildError::Invalid("layer decompression panicked".into()))?;
-                    applied?;
-                    match inflated {
-                        // A hint for loads into Docker, which take layers uncompressed.
-                        Ok(size) => self.store.set_uncompressed(
-                            &l.blob.digest,
-                            &berth_store::Uncompressed {
-                                diff_id: l.diff_id.clone(),
-                                size,
-                            },
-                        ),
-                        // Another build unpacked the same chain first: nothing was read.
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                        Err(e) => {
-                            return Err(BuildError::Image(format!("layer {}: {e}", l.blob.digest)));
-                        }
-                    }
-                } else {
-                    let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                    let reader =
-                        berth_snapshot::Cancelable::new(reader, || self.opts.cancel.is_canceled());
-                    self.snapshots.apply(parent.as_ref(), &l.diff_id, reader)?;
-                }
-            }
-            parent = Some(chain);
+            parent = Some(chain.clone());
+            chains.push(chain);
         }
-        Ok(parent)
+        // The lowest missing layer; everything above it is missing too, unless another
+        // build is installing the same chain right now (then its layers are staged
+        // here as well and the first install wins).
+        let Some(first) = chains.iter().position(|c| !self.snapshots.exists(c)) else {
+            return Ok(parent);
+        };
+        let missing = &layers[first..];
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        // The layer whose failure stopped the others: its error is the one to report.
+        let origin = std::sync::OnceLock::new();
+        let mut staged: Vec<Result<berth_snapshot::Staged>> = if missing.len() == 1 {
+            vec![self.stage_layer(&missing[0], &failed)]
+        } else {
+            // Each unpack is two threads already (inflate; create files): two layers at
+            // a time keep two cores busy without thrashing the disk with more.
+            let workers = std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 4)
+                .min(missing.len());
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let slots: Vec<std::sync::Mutex<Option<Result<berth_snapshot::Staged>>>> =
+                missing.iter().map(|_| std::sync::Mutex::new(None)).collect();
+            std::thread::scope(|scope| {
+                for _ in 0..workers {
+                    scope.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(l) = missing.get(i) else { break };
+                            let r = self.stage_layer(l, &failed);
+                            if r.is_err() && !failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                let _ = origin.set(i);
+                            }
+                            *slots[i].lock().expect("slot") = Some(r);
+                        }
+                    });
+                }
+            });
+            slots
+                .into_iter()
+                .map(|s| s.into_inner().expect("slot").expect("every layer staged"))
+                .collect()
+        };
+        // The staged layers are removed as they drop.
+        if let Some(&i) = origin.get() {
+            return Err(staged.swap_remove(i).err().expect("the failed layer"));
+        }
+        let staged: Vec<berth_snapshot::Staged> = staged.into_iter().collect::<Result<_>>()?;
+        let mut below = first.checked_sub(1).map(|i| chains[i].clone());
+        for s in staged {
+            below = Some(self.snapshots.install_staged(s, below.as_ref())?);
+        }
+        Ok(below)
+    }
+
+    /// Unpack layer `l` into a staging directory; stops early when the build is canceled
+    /// or `failed` (another layer of the same chain failed).
+    fn stage_layer(
+        &self,
+        l: &Layer,
+        failed: &std::sync::atomic::AtomicBool,
+    ) -> Result<berth_snapshot::Staged> {
+        let stop = || {
+            self.opts.cancel.is_canceled() || failed.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let (file, _) = self.store.open_blob(&l.blob.digest)?.ok_or_else(|| {
+            BuildError::Image(format!("layer {} is missing from the store", l.blob.digest))
+        })?;
+        let compression = berth_snapshot::Compression::of_media_type(&l.blob.media_type)
+            .ok_or_else(|| {
+                BuildError::Image(format!(
+                    "layer {} has media type {}, which berth cannot unpack",
+                    l.blob.digest, l.blob.media_type
+                ))
+            })?;
+        if compression == berth_snapshot::Compression::Uncompressed {
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            let reader = berth_snapshot::Cancelable::new(reader, stop);
+            return Ok(self.snapshots.stage(&l.diff_id, reader)?);
+        }
+        // Decompress on a thread of its own, piping into the unpacker: the two halves
+        // (inflate; creating files) overlap on two cores.
+        let (pipe_r, mut pipe_w) =
+            std::io::pipe().map_err(|e| io_err("create pipe", &self.root, e))?;
+        let inflater =
+            std::thread::spawn(move || std::io::copy(&mut compression.reader(file)?, &mut pipe_w));
+        let reader = std::io::BufReader::with_capacity(1 << 20, pipe_r);
+        let staged = self
+            .snapshots
+            .stage(&l.diff_id, berth_snapshot::Cancelable::new(reader, stop));
+        let inflated = inflater
+            .join()
+            .map_err(|_| BuildError::Invalid("layer decompression panicked".into()))?;
+        let staged = staged?;
+        match inflated {
+            // A hint for loads into Docker, which take layers uncompressed.
+            Ok(size) => self.store.set_uncompressed(
+                &l.blob.digest,
+                &berth_store::Uncompressed {
+                    diff_id: l.diff_id.clone(),
+                    size,
+                },
+            ),
+            // The tar ended before the stream (padding past the end-of-archive blocks):
+            // the unpacker stopped reading, and the layer is whole.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => {
+                return Err(BuildError::Image(format!("layer {}: {e}", l.blob.digest)));
+            }
+        }
+        Ok(staged)
     }
 
     /// An active snapshot on top of `layers`, unpacking them first if needed.
