@@ -287,16 +287,26 @@ fn a_build_killed_while_unpacking_layers_leaves_whole_chains() {
     child.kill().unwrap();
     child.wait().unwrap();
     chains_are_whole(&snapshots);
-    assert!(entries(&snapshots.join("tmp")) > 0, "the kill left staged layers");
+    assert!(
+        entries(&snapshots.join("tmp")) > 0,
+        "the kill left staged layers"
+    );
     // The next build removes the dead build's staging and unpacks what is missing.
-    let out = build_cmd(&root, &ctx).args(["-t", "after:1"]).output().unwrap();
+    let out = build_cmd(&root, &ctx)
+        .args(["-t", "after:1"])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(entries(&snapshots.join("tmp")), 0, "staging left behind");
-    assert_eq!(chains_are_whole(&snapshots), 5, "four layers and the COPY's");
+    assert_eq!(
+        chains_are_whole(&snapshots),
+        5,
+        "four layers and the COPY's"
+    );
     check_store(&root);
 }
 

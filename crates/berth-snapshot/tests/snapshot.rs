@@ -478,7 +478,11 @@ fn staged_layers_install_bottom_up_and_leave_nothing_when_dropped() {
         .unwrap();
         (info.diff_id, bytes)
     };
-    let tmp_entries = || fs::read_dir(dir.path().join("snapshots/tmp")).unwrap().count();
+    let tmp_entries = || {
+        fs::read_dir(dir.path().join("snapshots/tmp"))
+            .unwrap()
+            .count()
+    };
     let (d1, l1) = layer("one");
     let (d2, l2) = layer("two");
     // The upper layer is staged first.

@@ -3,9 +3,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use berth_oci::{Descriptor, Digest};
-use berth_snapshot::{Active, DiffOptions, Snapshotter};
+use berth_snapshot::{Active, DiffOptions, Snapshotter, Staged};
 
 use super::{Layer, Output, Solver, io_err, unique};
 use crate::error::{BuildError, Result};
@@ -67,10 +69,34 @@ impl Solver {
             return Ok(parent);
         };
         let missing = &layers[first..];
-        let failed = std::sync::atomic::AtomicBool::new(false);
+        // The first unpack of the build walks the context beside it: the steps after
+        // it find their checksums made.
+        let prefetch = !self.prefetched.swap(true, Ordering::Relaxed);
+        let (mut staged, origin) = std::thread::scope(|scope| {
+            if prefetch {
+                scope.spawn(|| self.prefetch_context_sums());
+            }
+            self.stage_layers(missing)
+        });
+        // The staged layers are removed as they drop.
+        if let Some(i) = origin {
+            return Err(staged.swap_remove(i).err().expect("the failed layer"));
+        }
+        let staged: Vec<Staged> = staged.into_iter().collect::<Result<_>>()?;
+        let mut below = first.checked_sub(1).map(|i| chains[i].clone());
+        for s in staged {
+            below = Some(self.snapshots.install_staged(s, below.as_ref())?);
+        }
+        Ok(below)
+    }
+
+    /// Stage `missing` (at once when there are several); each layer's result, and the
+    /// index of the one whose failure stopped the others.
+    fn stage_layers(&self, missing: &[Layer]) -> (Vec<Result<Staged>>, Option<usize>) {
+        let failed = AtomicBool::new(false);
         // The layer whose failure stopped the others: its error is the one to report.
-        let origin = std::sync::OnceLock::new();
-        let mut staged: Vec<Result<berth_snapshot::Staged>> = if missing.len() == 1 {
+        let origin = OnceLock::new();
+        let staged: Vec<Result<Staged>> = if missing.len() == 1 {
             vec![self.stage_layer(&missing[0], &failed)]
         } else {
             // Each unpack is two threads already (inflate; create files): two layers at
@@ -79,17 +105,17 @@ impl Solver {
                 .map_or(2, |n| n.get())
                 .clamp(2, 4)
                 .min(missing.len());
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let slots: Vec<std::sync::Mutex<Option<Result<berth_snapshot::Staged>>>> =
-                missing.iter().map(|_| std::sync::Mutex::new(None)).collect();
+            let next = AtomicUsize::new(0);
+            let slots: Vec<Mutex<Option<Result<Staged>>>> =
+                missing.iter().map(|_| Mutex::new(None)).collect();
             std::thread::scope(|scope| {
                 for _ in 0..workers {
                     scope.spawn(|| {
                         loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(l) = missing.get(i) else { break };
                             let r = self.stage_layer(l, &failed);
-                            if r.is_err() && !failed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            if r.is_err() && !failed.swap(true, Ordering::Relaxed) {
                                 let _ = origin.set(i);
                             }
                             *slots[i].lock().expect("slot") = Some(r);
@@ -102,28 +128,13 @@ impl Solver {
                 .map(|s| s.into_inner().expect("slot").expect("every layer staged"))
                 .collect()
         };
-        // The staged layers are removed as they drop.
-        if let Some(&i) = origin.get() {
-            return Err(staged.swap_remove(i).err().expect("the failed layer"));
-        }
-        let staged: Vec<berth_snapshot::Staged> = staged.into_iter().collect::<Result<_>>()?;
-        let mut below = first.checked_sub(1).map(|i| chains[i].clone());
-        for s in staged {
-            below = Some(self.snapshots.install_staged(s, below.as_ref())?);
-        }
-        Ok(below)
+        (staged, origin.into_inner())
     }
 
     /// Unpack layer `l` into a staging directory; stops early when the build is canceled
     /// or `failed` (another layer of the same chain failed).
-    fn stage_layer(
-        &self,
-        l: &Layer,
-        failed: &std::sync::atomic::AtomicBool,
-    ) -> Result<berth_snapshot::Staged> {
-        let stop = || {
-            self.opts.cancel.is_canceled() || failed.load(std::sync::atomic::Ordering::Relaxed)
-        };
+    fn stage_layer(&self, l: &Layer, failed: &AtomicBool) -> Result<Staged> {
+        let stop = || self.opts.cancel.is_canceled() || failed.load(Ordering::Relaxed);
         let (file, _) = self.store.open_blob(&l.blob.digest)?.ok_or_else(|| {
             BuildError::Image(format!("layer {} is missing from the store", l.blob.digest))
         })?;
