@@ -80,7 +80,7 @@ impl Solver {
         });
         // The staged layers are removed as they drop.
         if let Some(i) = origin {
-            return Err(staged.swap_remove(i).err().expect("the failed layer"));
+            return Err(staged.swap_remove(i).expect_err("the failed layer"));
         }
         let staged: Vec<Staged> = staged.into_iter().collect::<Result<_>>()?;
         let mut below = first.checked_sub(1).map(|i| chains[i].clone());
