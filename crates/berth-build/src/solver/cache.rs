@@ -277,6 +277,33 @@ mod tests {
         assert_eq!(second.started(), ["[internal] load context"]);
     }
 
+    /// The background walk checksums what the step's key reads (the same sources), and
+    /// the key takes its result: a file changed after the walk is not seen in this
+    /// build, as the step finds its checksum made. Without the walk (or with other
+    /// sources) the change would show as a miss.
+    #[tokio::test]
+    async fn a_prefetched_context_sum_is_the_one_the_key_uses() {
+        let f = Fixture::new();
+        fs::write(f.context().join("a.txt"), "a\n").unwrap();
+        let b = run_on_context(&run(&State::scratch(), "a", "a"), "b", "b");
+        f.build_ok(&b, Run::default()).await;
+        let change = || fs::write(f.context().join("a.txt"), "changed\n").unwrap();
+        let events = f
+            .build_ok(
+                &b,
+                Run {
+                    after_prefetch: Some(&change),
+                    ..Run::default()
+                },
+            )
+            .await;
+        assert!(f.exec.runs().is_empty(), "ran: {:?}", f.exec.runs());
+        assert_eq!(events.cached(), ["a", "b"]);
+        // The next build reads the file again.
+        f.build_ok(&b, Run::default()).await;
+        assert_eq!(f.exec.runs(), ["b"]);
+    }
+
     #[tokio::test]
     async fn a_miss_reruns_that_step_and_what_follows_only() {
         let f = Fixture::new();
