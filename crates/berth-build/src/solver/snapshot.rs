@@ -78,14 +78,20 @@ impl Solver {
             }
             self.stage_layers(missing)
         });
-        // The staged layers are removed as they drop.
-        if let Some(i) = origin {
-            return Err(staged.swap_remove(i).expect_err("the failed layer"));
-        }
-        let staged: Vec<Staged> = staged.into_iter().collect::<Result<_>>()?;
+        // The layers staged whole from the bottom up are installed, also when one above
+        // failed (or the build was canceled): that work is kept, as a one-by-one unpack
+        // keeps the layers below the one it stopped in. The rest are removed as they
+        // drop, and the error is that of the layer whose failure stopped the others.
+        let error = origin.map(|i| {
+            std::mem::replace(&mut staged[i], Err(BuildError::Canceled))
+                .expect_err("the failed layer")
+        });
         let mut below = first.checked_sub(1).map(|i| chains[i].clone());
         for s in staged {
-            below = Some(self.snapshots.install_staged(s, below.as_ref())?);
+            match s {
+                Ok(s) => below = Some(self.snapshots.install_staged(s, below.as_ref())?),
+                Err(e) => return Err(error.unwrap_or(e)),
+            }
         }
         Ok(below)
     }
