@@ -7,6 +7,8 @@
 #   DIST_BIN=path      distribution binary (default: docker-registry from PATH)
 #   BIG_REPS=3         attempts per 256 MiB measurement (the median is reported)
 #   WRK_SECS=5         duration of each manifest load run (wrk for GET, ab for HEAD)
+#   DISK_MIB=1024      size of the blob pushed against `dd conv=fsync` (0: skip that part)
+#   DISK_REPS=3        attempts of that comparison (the median is reported)
 #
 # Needs: cargo, curl, wrk, ab (apache2-utils), python3, docker-registry.
 # It fails (non-zero) if any request fails; the ratios are only reported, never enforced.
@@ -21,6 +23,8 @@ WRK_SECS=${WRK_SECS:-5}
 SMALL_PUSH_REPS=50      # 1 MiB blobs pushed (each a different blob)
 SMALL_PULL_REPS=200     # 1 MiB pulls (cycling over the pushed blobs)
 BIG_REPS=${BIG_REPS:-5} # 256 MiB attempts; the median is reported (this VM is noisy)
+DISK_MIB=${DISK_MIB:-1024}
+DISK_REPS=${DISK_REPS:-3}
 MIB=$((1024 * 1024))
 SMALL=$MIB
 BIG=$((256 * MIB))
@@ -215,6 +219,50 @@ measure_push_chunked() {
 
 
 
+# A big monolithic push against the disk's own fsync'd write speed (issue 16, item 6): dd
+# writes the same bytes with conv=fsync into the directory the servers' roots are in (one
+# file system), then each server takes a push of them (its commit fsyncs the blob). The
+# blob is in the page cache for both, so each times the write to the disk, not a read.
+measure_disk() {
+	local r s t0 digest bytes=$((DISK_MIB * MIB))
+	declare -A secs
+	head -c "$bytes" /dev/urandom >"$work/disk"
+	for ((r = 0; r < DISK_REPS; r++)); do
+		refresh_blob "$work/disk"
+		digest=$(sha "$work/disk")
+		sync
+		t0=$(now)
+		dd if="$work/disk" of="$work/dd-probe" bs=4M conv=fsync status=none
+		secs[dd]+=" $(elapsed "$t0" "$(now)")"
+		rm -f "$work/dd-probe"
+		for s in "${SERVERS[@]}"; do
+			sync
+			t0=$(now)
+			push_blob "$s" "$work/disk" "$digest"
+			secs[$s]+=" $(elapsed "$t0" "$(now)")"
+		done
+	done
+	for s in dd "${SERVERS[@]}"; do
+		# shellcheck disable=SC2086
+		res[disk|$s]=$(mbps "$bytes" "$(median ${secs[$s]})")
+		log "disk $DISK_MIB MiB $s: seconds${secs[$s]}"
+	done
+	rm -f "$work/disk"
+}
+
+print_disk() {
+	local s
+	[[ -n ${res[disk|dd]:-} ]] || return 0
+	echo
+	echo "blob push $DISK_MIB MiB, monolithic, against dd conv=fsync on the same file system (median of $DISK_REPS):"
+	printf '  %-14s %8s MB/s\n' "dd conv=fsync" "${res[disk|dd]}"
+	for s in "${SERVERS[@]}"; do
+		printf '  %-14s %8s MB/s  %sx of dd%s\n' "$s" "${res[disk|$s]}" \
+			"$(awk -v b="${res[disk|$s]}" -v d="${res[disk|dd]}" 'BEGIN { printf "%.2f", b / d }')" \
+			"$([[ $s == berth ]] && echo ' (target >= 0.9x)')"
+	done
+}
+
 # Manifest GET rate with wrk; fails on any non-2xx answer or socket error.
 measure_manifest_get() { # server threads conns
 	local s=$1 t=$2 c=$3 out
@@ -320,6 +368,10 @@ main() {
 	measure_pull_big
 	log "chunked push 256 MiB"
 	measure_push_chunked
+	if ((DISK_MIB > 0)); then
+		log "push $DISK_MIB MiB against dd conv=fsync"
+		measure_disk
+	fi
 
 	log "manifest HEAD (ab) / GET (wrk), ${WRK_SECS} s each"
 	for s in "${SERVERS[@]}"; do push_manifest "$s"; done
@@ -334,6 +386,7 @@ main() {
 		kill -0 "${pid[$s]}" 2>/dev/null || die "$s died during the run"
 	done
 	print_table
+	print_disk
 	print_server_logs
 }
 

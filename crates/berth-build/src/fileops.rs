@@ -1001,7 +1001,8 @@ impl<'a> Copier<'a> {
                 }
                 self.links.insert(key, dst.to_path_buf());
             }
-            fs::copy(src, dst).map_err(|e| io_err("copy", dst, e))?;
+            copy_file(src, meta, dst, self.opts)?;
+            return copy_xattrs(src, dst, self.opts);
         } else if !self.opts.keep_owner {
             // A build context holds no devices, fifos or sockets: Docker's context
             // transfer leaves them out.
@@ -1037,6 +1038,11 @@ impl<'a> Copier<'a> {
 /// and goes on), and so are overlayfs' own and a context file's capability.
 fn finish(src: &Path, dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
     set_meta(dst, meta, opts)?;
+    copy_xattrs(src, dst, opts)
+}
+
+/// The xattrs of `src` onto `dst` (see [`finish`]).
+fn copy_xattrs(src: &Path, dst: &Path, opts: CopyOptions) -> Result<()> {
     // Names first in 1 KiB; on ERANGE again in the kernel's most (XATTR_LIST_MAX).
     let mut names = vec![0u8; 1024];
     let n = match rustix::fs::llistxattr(src, &mut names) {
@@ -1067,44 +1073,95 @@ fn finish(src: &Path, dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Res
     Ok(())
 }
 
-fn set_meta(dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
-    let (uid, gid) = opts.chown.unwrap_or(if opts.keep_owner {
+/// The owner a copy of a file with `meta` gets.
+fn owner_of(meta: &fs::Metadata, opts: CopyOptions) -> (u32, u32) {
+    opts.chown.unwrap_or(if opts.keep_owner {
         (meta.uid(), meta.gid())
     } else {
         (0, 0)
-    });
+    })
+}
+
+/// The permission bits a copy of a file with `meta` gets.
+fn mode_of(meta: &fs::Metadata, opts: CopyOptions) -> u32 {
+    match opts.chmod {
+        None => meta.mode() & 0o7777,
+        Some(Chmod::Octal(m)) => m,
+        Some(Chmod::Symbolic(set)) => set.apply(meta.mode(), meta.is_dir()),
+    }
+}
+
+/// Both times of a copy: the copy's fixed time if it has one, else the source's mtime.
+fn times_of(meta: &fs::Metadata, opts: CopyOptions) -> rustix::fs::Timestamps {
+    let mtime = match opts.mtime {
+        Some(secs) => rustix::fs::Timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+        None => rustix::fs::Timespec {
+            tv_sec: meta.mtime(),
+            tv_nsec: meta.mtime_nsec(),
+        },
+    };
+    rustix::fs::Timestamps {
+        last_access: mtime,
+        last_modification: mtime,
+    }
+}
+
+fn set_meta(dst: &Path, meta: &fs::Metadata, opts: CopyOptions) -> Result<()> {
+    let (uid, gid) = owner_of(meta, opts);
     std::os::unix::fs::lchown(dst, Some(uid), Some(gid)).map_err(|e| io_err("chown", dst, e))?;
     if !meta.file_type().is_symlink() {
-        let mode = match opts.chmod {
-            None => meta.mode() & 0o7777,
-            Some(Chmod::Octal(m)) => m,
-            Some(Chmod::Symbolic(set)) => set.apply(meta.mode(), meta.is_dir()),
-        };
-        fs::set_permissions(dst, fs::Permissions::from_mode(mode))
+        fs::set_permissions(dst, fs::Permissions::from_mode(mode_of(meta, opts)))
             .map_err(|e| io_err("chmod", dst, e))?;
-        let mtime = match opts.mtime {
-            Some(secs) => rustix::fs::Timespec {
-                tv_sec: secs,
-                tv_nsec: 0,
-            },
-            None => rustix::fs::Timespec {
-                tv_sec: meta.mtime(),
-                tv_nsec: meta.mtime_nsec(),
-            },
-        };
-        let times = rustix::fs::Timestamps {
-            last_access: mtime,
-            last_modification: mtime,
-        };
         rustix::fs::utimensat(
             rustix::fs::CWD,
             dst,
-            &times,
+            &times_of(meta, opts),
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(|e| io_err("set times", dst, e.into()))?;
     }
     Ok(())
+}
+
+/// Copy the regular file `src` (of `meta`) to `dst` with its owner, mode and times, all
+/// through the two open files: `std::fs::copy` first tries `copy_file_range` (refused
+/// across file systems, as from a context into an overlay: a wasted call per file),
+/// sends until a read of 0, and sets the mode, and [`set_meta`] then looks `dst` up three
+/// more times through the overlay. Here a small file is one `sendfile` of the size its
+/// stat gave (what the context checksum read), and its metadata three calls on the
+/// descriptor; the order is [`set_meta`]'s (chown clears set-id bits).
+fn copy_file(src: &Path, meta: &fs::Metadata, dst: &Path, opts: CopyOptions) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let from = fs::File::open(src).map_err(|e| io_err("open", src, e))?;
+    let to = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dst)
+        .map_err(|e| io_err("create", dst, e))?;
+    let mut left = meta.len();
+    while left > 0 {
+        let n = rustix::fs::sendfile(&to, &from, None, left.min(1 << 30) as usize)
+            .map_err(|e| io_err("copy", dst, e.into()))?;
+        if n == 0 {
+            break; // the file shrank since its stat: its end is where it ends now
+        }
+        left -= n as u64;
+    }
+    let (uid, gid) = owner_of(meta, opts);
+    rustix::fs::fchown(
+        &to,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )
+    .map_err(|e| io_err("chown", dst, e.into()))?;
+    rustix::fs::fchmod(&to, rustix::fs::Mode::from_raw_mode(mode_of(meta, opts)))
+        .map_err(|e| io_err("chmod", dst, e.into()))?;
+    rustix::fs::futimens(&to, &times_of(meta, opts)).map_err(|e| io_err("set times", dst, e.into()))
 }
 
 #[cfg(test)]

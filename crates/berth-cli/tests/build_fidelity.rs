@@ -356,13 +356,19 @@ fn sigterm_during_unpacking_stops_it_and_leaves_nothing() {
     let err = std::fs::read_to_string(&log).unwrap();
     assert_eq!(code, Some(130), "{err}");
     assert!(!err.contains("never-2"), "the step did not run: {err}");
-    // Stopped, not finished: no layer was installed, nothing staged or mounted is left.
+    // Stopped, not finished: the big layer was not installed, nothing staged or mounted
+    // is left. The layers of an image unpack at once, so the busybox layer below is
+    // installed if it was whole when the stop came, and abandoned too if not.
     assert_eq!(entries(&root.join("snapshots/tmp")), Vec::<String>::new());
-    assert_eq!(
-        entries(&root.join("snapshots/layers")).len(),
-        1,
-        "only the busybox layer below; the big one was abandoned: {:?}",
-        entries(&root.join("snapshots/layers"))
+    let layers = entries(&root.join("snapshots/layers"));
+    assert!(
+        layers.len() <= 1
+            && layers.iter().all(|l| !root
+                .join("snapshots/layers")
+                .join(l)
+                .join("fs/many")
+                .exists()),
+        "at most the busybox layer below; the big one was abandoned: {layers:?}"
     );
     assert_eq!(mounts_under(&root), 0);
 }

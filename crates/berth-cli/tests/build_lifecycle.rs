@@ -168,6 +168,140 @@ fn after_kill_9_the_next_build_cleans_up() {
     );
 }
 
+/// An OCI layout at `dir` with tag `v1`: `layers` uncompressed layers of `files` empty
+/// files each (`/l<N>/<dir>/<file>`), slow enough to unpack for a build to be caught at
+/// it.
+fn many_layer_layout(dir: &Path, layers: usize, files: usize) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let d = berth_oci::Digest::sha256(bytes);
+        std::fs::write(blobs.join(d.hex()), bytes).unwrap();
+        (d.to_string(), bytes.len())
+    };
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for l in 0..layers {
+        let mut tar = tar::Builder::new(Vec::new());
+        for f in 0..files {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(0);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            let path = format!("l{l}/d{}/f{f}", f / 500);
+            tar.append_data(&mut h, path, std::io::empty()).unwrap();
+        }
+        let (digest, size) = put(&tar.into_inner().unwrap());
+        descs.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size,
+        }));
+        diff_ids.push(digest);
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let (cd, cs) = put(config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": descs,
+    });
+    let (md, ms) = put(manifest.to_string().as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+            "annotations": {"org.opencontainers.image.ref.name": "v1"},
+        }],
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// Every unpacked chain of the snapshotter at `snapshots` stands on an unpacked parent.
+fn chains_are_whole(snapshots: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(snapshots.join("layers")).unwrap() {
+        let dir = e.unwrap().path();
+        assert!(dir.join("fs").is_dir(), "{} has no fs/", dir.display());
+        if let Ok(p) = std::fs::read_to_string(dir.join("parent")) {
+            let hex = p.trim().strip_prefix("sha256:").unwrap().to_string();
+            assert!(
+                snapshots.join("layers").join(hex).join("fs").is_dir(),
+                "{} stands on a parent that is not unpacked",
+                dir.display()
+            );
+        }
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn a_build_killed_while_unpacking_layers_leaves_whole_chains() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let layout = dir.path().join("layers");
+    many_layer_layout(&layout, 4, 20_000);
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM oci-layout://{}:v1\nCOPY Dockerfile /copied\n",
+            layout.display()
+        ),
+    )
+    .unwrap();
+    let snapshots = root.join("snapshots");
+    let staging = || {
+        std::fs::read_dir(snapshots.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| entries(&e.path().join("fs")) > 0)
+            .count()
+    };
+    let mut child = build_cmd(&root, &ctx)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once layers are being staged (the case under test).
+    let start = Instant::now();
+    while staging() == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before it was seen unpacking"
+        );
+        assert!(start.elapsed() < Duration::from_secs(120), "never unpacked");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    chains_are_whole(&snapshots);
+    assert!(
+        entries(&snapshots.join("tmp")) > 0,
+        "the kill left staged layers"
+    );
+    // The next build removes the dead build's staging and unpacks what is missing.
+    build_ok(&root, &ctx);
+    assert_eq!(entries(&snapshots.join("tmp")), 0, "staging left behind");
+    assert_eq!(
+        chains_are_whole(&snapshots),
+        5,
+        "four layers and the COPY's"
+    );
+    check_store(&root);
+}
+
 #[test]
 fn two_builds_share_one_root() {
     if !ready() {

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -52,17 +52,29 @@ pub struct LayerInfo {
     pub empty: bool,
 }
 
-/// Hashes and counts what passes through, on its way to `inner`.
+/// Counts what passes through on its way to `inner`, and hashes it unless told not to.
 struct Tee<W> {
     inner: W,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
     count: u64,
+}
+
+impl<W> Tee<W> {
+    fn new(inner: W, hash: bool) -> Self {
+        Tee {
+            inner,
+            hasher: hash.then(|| Algorithm::Sha256.hasher()),
+            count: 0,
+        }
+    }
 }
 
 impl<W: Write> Write for Tee<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.count += n as u64;
         Ok(n)
     }
@@ -74,18 +86,26 @@ impl<W: Write> Write for Tee<W> {
 /// Write the changes recorded in `upper` as an OCI layer, compressed as `opts` says,
 /// into `out`.
 pub fn diff(upper: &Path, out: impl Write, opts: &DiffOptions) -> Result<LayerInfo> {
-    let compressed = Tee {
-        inner: out,
-        hasher: Algorithm::Sha256.hasher(),
-        count: 0,
-    };
+    diff_into(upper, Tee::new(out, true), opts, |t| {
+        t.hasher.clone().expect("hashing tee").finish()
+    })
+}
+
+/// [`diff`] into a sink that hashes what it is given itself (a content-store writer):
+/// `digest` gives the sink's sha256 of everything written once the layer is finished.
+/// Each byte is then hashed once: the tar as it enters the compressor (the diff_id),
+/// the compressed stream by the sink (the digest); an uncompressed layer's diff_id is
+/// its digest, so its tar is hashed by the sink alone.
+pub fn diff_into<W: Write>(
+    upper: &Path,
+    out: W,
+    opts: &DiffOptions,
+    digest: impl FnOnce(&W) -> Digest,
+) -> Result<LayerInfo> {
+    let compressed = Tee::new(out, false);
     let enc = Encoder::new(opts.compression, compressed, opts.gzip_level)
         .map_err(|e| io_err("start compressing layer", upper, e))?;
-    let raw = Tee {
-        inner: enc,
-        hasher: Algorithm::Sha256.hasher(),
-        count: 0,
-    };
+    let raw = Tee::new(enc, opts.compression != Compression::Uncompressed);
     let mut builder = tar::Builder::new(raw);
     builder.follow_symlinks(false);
     let mut walker = Walker {
@@ -99,19 +119,19 @@ pub fn diff(upper: &Path, out: impl Write, opts: &DiffOptions) -> Result<LayerIn
     let raw = builder
         .into_inner()
         .map_err(|e| io_err("finish layer tar", upper, e))?;
-    let diff_id = raw.hasher.finish();
     let uncompressed_size = raw.count;
-    let compressed = raw
+    let raw_hasher = raw.hasher;
+    let mut compressed = raw
         .inner
         .finish()
         .map_err(|e| io_err("finish compressing layer", upper, e))?;
-    let mut compressed = compressed;
     compressed
         .flush()
         .map_err(|e| io_err("flush layer", upper, e))?;
+    let digest = digest(&compressed.inner);
     Ok(LayerInfo {
-        diff_id,
-        digest: compressed.hasher.finish(),
+        diff_id: raw_hasher.map_or_else(|| digest.clone(), Hasher::finish),
+        digest,
         size: compressed.count,
         uncompressed_size,
         media_type: opts.compression.media_type(),
@@ -182,7 +202,16 @@ impl<W: Write> Walker<'_, W> {
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(meta.len());
                 let f = fs::File::open(&path).map_err(|e| io_err("open", &path, e))?;
-                self.append(&mut header, &rel, f, &path)?;
+                // Read up to the size in the header and no further: a small file costs
+                // one read, not a second that finds its end. tar copies through an 8 KiB
+                // buffer; a big file is read in 1 MiB chunks under it.
+                let f = f.take(meta.len());
+                if meta.len() > 256 << 10 {
+                    let f = io::BufReader::with_capacity(1 << 20, f);
+                    self.append(&mut header, &rel, f, &path)?;
+                } else {
+                    self.append(&mut header, &rel, f, &path)?;
+                }
             } else {
                 let kind = if ft.is_char_device() {
                     tar::EntryType::Char

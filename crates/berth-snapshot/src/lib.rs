@@ -22,5 +22,5 @@ mod snapshotter;
 
 pub use apply::{Cancelable, apply_layer, apply_layer_flat};
 pub use compression::{Compression, recompress};
-pub use diff::{DiffOptions, LayerInfo, diff};
-pub use snapshotter::{Active, Error, Result, Snapshotter, chain_id, overlay_mount};
+pub use diff::{DiffOptions, LayerInfo, diff, diff_into};
+pub use snapshotter::{Active, Error, Result, Snapshotter, Staged, chain_id, overlay_mount};

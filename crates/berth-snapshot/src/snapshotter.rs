@@ -54,6 +54,28 @@ pub struct Snapshotter {
     root: PathBuf,
 }
 
+/// A layer unpacked by [`Snapshotter::stage`], waiting for
+/// [`Snapshotter::install_staged`]; dropped, its directory is removed.
+#[derive(Debug)]
+pub struct Staged {
+    dir: Option<PathBuf>,
+    diff_id: Digest,
+}
+
+impl Staged {
+    fn path(&self) -> &Path {
+        self.dir.as_deref().expect("staged")
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(d) = self.dir.take() {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// An active snapshot: an upperdir and workdir over committed layers.
 #[derive(Debug)]
 pub struct Active {
@@ -209,12 +231,41 @@ impl Snapshotter {
         {
             return Err(Error::NotFound(p.to_string()));
         }
-        let staged = self.tmp_dir()?;
-        if let Err(e) = crate::apply_layer(&staged.join("fs"), layer) {
-            let _ = fs::remove_dir_all(&staged);
+        self.install_staged(self.stage(diff_id, layer)?, parent)
+    }
+
+    /// Unpack a layer (uncompressed tar) into a staging directory of its own, not yet
+    /// part of any chain: a layer's unpack needs nothing of the layers below it (each is
+    /// its own directory, overlayfs stacks them), so the layers of an image can be
+    /// staged at once and installed in order with [`Snapshotter::install_staged`].
+    /// A staging directory carries this process's owner token: dropped, or left by a
+    /// process that died, it is removed, and no chain ever names it.
+    pub fn stage(&self, diff_id: &Digest, layer: impl io::Read) -> Result<Staged> {
+        let dir = self.tmp_dir()?;
+        let staged = Staged {
+            dir: Some(dir),
+            diff_id: diff_id.clone(),
+        };
+        crate::apply_layer(&staged.path().join("fs"), layer)?;
+        Ok(staged)
+    }
+
+    /// Make a staged layer the chain on top of `parent`, which must be unpacked (the
+    /// order a chain's layers become visible in: a chain directory exists only above
+    /// existing ones); returns the chain ID. If the chain appeared meanwhile (another
+    /// build), that copy stays and the staged one goes.
+    pub fn install_staged(&self, mut staged: Staged, parent: Option<&Digest>) -> Result<Digest> {
+        let chain = chain_id(parent, &staged.diff_id);
+        if let Some(p) = parent
+            && !self.exists(p)
+        {
+            return Err(Error::NotFound(p.to_string()));
+        }
+        let dir = staged.dir.take().expect("staged once");
+        if let Err(e) = self.install(&dir, &chain, parent, &staged.diff_id) {
+            let _ = fs::remove_dir_all(&dir);
             return Err(e);
         }
-        self.install(&staged, &chain, parent, diff_id)?;
         Ok(chain)
     }
 

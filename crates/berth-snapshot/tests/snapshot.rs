@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use berth_oci::Digest;
-use berth_snapshot::{DiffOptions, Snapshotter, apply_layer, diff};
+use berth_snapshot::{Compression, DiffOptions, Snapshotter, apply_layer, diff, diff_into};
 
 /// A file-system tree described as data (after containerd's fstest.Apply).
 enum Node<'a> {
@@ -167,6 +167,70 @@ fn diff_encodes_whiteouts_opaque_dirs_links_and_xattrs() {
     )
     .unwrap();
     assert_eq!(info, info2);
+}
+
+/// The digests a diff reports are those of the bytes it wrote: the digest and size of
+/// the layer as written, the diff_id and uncompressed size of the tar inside, for every
+/// compression and whether the diff hashes the compressed stream itself ([`diff`]) or
+/// leaves it to its sink ([`diff_into`], as a build does with the store's writer).
+#[test]
+fn diff_digests_match_the_bytes_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let big: String = (0..40_000).map(|i| format!("line {i}\n")).collect();
+    make(
+        dir.path(),
+        &[
+            Node::Dir("d", 0o755),
+            Node::File("d/small", "s", 0o644),
+            Node::File("d/empty", "", 0o644),
+            Node::File("d/big", &big, 0o600),
+            Node::Whiteout("d/gone"),
+            Node::Hardlink("d/big-link", "d/big"),
+        ],
+    );
+    for compression in [
+        Compression::Gzip,
+        Compression::Zstd,
+        Compression::Uncompressed,
+    ] {
+        let opts = DiffOptions {
+            source_date_epoch: Some(0),
+            compression,
+            ..Default::default()
+        };
+        let mut bytes = Vec::new();
+        let info = diff(dir.path(), &mut bytes, &opts).unwrap();
+        let mut sunk = Vec::new();
+        let info2 = diff_into(dir.path(), &mut sunk, &opts, |v| Digest::sha256(v)).unwrap();
+        assert_eq!(info, info2, "{compression}");
+        assert_eq!(bytes, sunk, "{compression}");
+        assert_eq!(info.digest, Digest::sha256(&bytes), "{compression}");
+        assert_eq!(info.size, bytes.len() as u64, "{compression}");
+        assert_eq!(info.media_type, compression.media_type());
+        let mut tar = Vec::new();
+        compression
+            .reader(bytes.as_slice())
+            .unwrap()
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert_eq!(info.diff_id, Digest::sha256(&tar), "{compression}");
+        assert_eq!(info.uncompressed_size, tar.len() as u64, "{compression}");
+        // The big file (read in chunks) arrives whole.
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let mut found = None;
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path().unwrap() == Path::new("d/big") {
+                let mut content = String::new();
+                e.read_to_string(&mut content).unwrap();
+                found = Some(content);
+            }
+        }
+        assert!(
+            found.as_deref() == Some(big.as_str()),
+            "{compression}: d/big"
+        );
+    }
 }
 
 #[test]
@@ -389,4 +453,57 @@ fn whiteouts_through_symlinks_cannot_reach_outside_the_layer() {
     let data = b.into_inner().unwrap();
     let dst = tempfile::tempdir().unwrap();
     assert!(apply_layer(dst.path(), data.as_slice()).is_err());
+}
+
+/// Layers staged out of order (as a build unpacks an image's layers at once) become
+/// chains only bottom up; a staged layer dropped, or one whose unpack failed, leaves
+/// nothing behind.
+#[test]
+fn staged_layers_install_bottom_up_and_leave_nothing_when_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = Snapshotter::open(dir.path().join("snapshots")).unwrap();
+    let layer = |name: &str| {
+        let src = dir.path().join(format!("src-{name}"));
+        fs::create_dir(&src).unwrap();
+        make(&src, &[Node::File(name, name, 0o644)]);
+        let mut bytes = Vec::new();
+        let info = diff(
+            &src,
+            &mut bytes,
+            &DiffOptions {
+                compression: Compression::Uncompressed,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        (info.diff_id, bytes)
+    };
+    let tmp_entries = || {
+        fs::read_dir(dir.path().join("snapshots/tmp"))
+            .unwrap()
+            .count()
+    };
+    let (d1, l1) = layer("one");
+    let (d2, l2) = layer("two");
+    // The upper layer is staged first.
+    let s2 = snaps.stage(&d2, l2.as_slice()).unwrap();
+    let s1 = snaps.stage(&d1, l1.as_slice()).unwrap();
+    assert_eq!(tmp_entries(), 2);
+    let c1 = berth_snapshot::chain_id(None, &d1);
+    let c2 = berth_snapshot::chain_id(Some(&c1), &d2);
+    // Its parent is not installed yet: refused, and its staging directory goes.
+    let err = snaps.install_staged(s2, Some(&c1)).unwrap_err();
+    assert!(matches!(err, berth_snapshot::Error::NotFound(_)), "{err}");
+    assert!(!snaps.exists(&c2));
+    assert_eq!(tmp_entries(), 1);
+    assert_eq!(snaps.install_staged(s1, None).unwrap(), c1);
+    let s2 = snaps.stage(&d2, l2.as_slice()).unwrap();
+    assert_eq!(snaps.install_staged(s2, Some(&c1)).unwrap(), c2);
+    assert_eq!(snaps.lowers(&c2).unwrap().len(), 2);
+    assert!(snaps.lowers(&c2).unwrap()[0].join("two").is_file());
+    // Dropped before install, and failed half-way through the tar: nothing remains.
+    drop(snaps.stage(&d1, l1.as_slice()).unwrap());
+    let err = snaps.stage(&d2, &l2[..700]).unwrap_err();
+    assert!(err.to_string().contains("layer"), "{err}");
+    assert_eq!(tmp_entries(), 0);
 }

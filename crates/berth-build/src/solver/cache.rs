@@ -63,45 +63,9 @@ impl Solver {
         };
         // Content of the context files a step reads.
         let mut content = Vec::new();
-        let sources: Vec<(usize, Vec<String>)> = match &v.op {
-            Op::File(f) => f
-                .actions
-                .iter()
-                .filter_map(|a| match a {
-                    // --parents reads below each source's pivot: all of it is keyed
-                    // (more than the pattern matches, never less).
-                    FileAction::Copy {
-                        from,
-                        sources,
-                        parents: true,
-                        ..
-                    } => Some((
-                        *from,
-                        sources
-                            .iter()
-                            .map(|s| format!("{}/.", fileops::parents_pivot(s).0))
-                            .collect(),
-                    )),
-                    FileAction::Copy { from, sources, .. } => Some((*from, sources.clone())),
-                    _ => None,
-                })
-                .collect(),
-            Op::Exec(e) => e
-                .mounts
-                .iter()
-                .filter_map(|m| match &m.source {
-                    MountSource::Input { input, path, .. } => Some((*input, vec![path.clone()])),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
-        for (input, srcs) in sources {
+        for (input, srcs) in context_reads(&v.op) {
             if let Some(Output::Dir { path, exclude }) = inputs.get(input).map(|s| &s.output) {
-                let ignore = Ignore::new(exclude.iter().map(String::as_str));
-                let matched = fileops::resolve_sources(path, &srcs, &ignore)?;
-                let cache = self.sum_cache(path);
-                let (sum, files) = fileops::checksum_cached(path, &matched, &ignore, Some(&cache))?;
+                let (sum, files) = self.context_sum(path, exclude, &srcs)?;
                 content.push(sum.to_string());
                 ing.files.extend(files);
             }
@@ -122,6 +86,58 @@ impl Solver {
         };
         let key = Digest::sha256(&serde_json::to_vec(&doc).expect("json"));
         Ok((key, ing))
+    }
+
+    /// The content checksum of `srcs` in the directory `path` (with the ignore rules
+    /// `exclude`) and the sum of each file, computed once per build: the first caller
+    /// walks, one that comes while it walks waits for its result (the background walk
+    /// of [`Solver::prefetch_context_sums`] and the step's key).
+    fn context_sum(
+        &self,
+        path: &Path,
+        exclude: &[String],
+        srcs: &[String],
+    ) -> Result<(Digest, Vec<(String, String)>)> {
+        let slot = self
+            .context_sums
+            .lock()
+            .expect("context sums")
+            .entry((path.to_path_buf(), exclude.to_vec(), srcs.to_vec()))
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().expect("context sum");
+        if let Some(done) = &*slot {
+            return Ok(done.clone());
+        }
+        let ignore = Ignore::new(exclude.iter().map(String::as_str));
+        let matched = fileops::resolve_sources(path, srcs, &ignore)?;
+        let cache = self.sum_cache(path);
+        let done = fileops::checksum_cached(path, &matched, &ignore, Some(&cache))?;
+        *slot = Some(done.clone());
+        Ok(done)
+    }
+
+    /// Checksum every context file the builds solved so far will read (COPY and
+    /// `RUN --mount` sources of a local context), as a step's key would: run beside a
+    /// base image's unpack, so the walk (a read of every new or changed file) is off the
+    /// way of the steps after it. Errors are left for the step's own key to report.
+    pub(super) fn prefetch_context_sums(&self) {
+        let mut todo: Vec<State> = self.targets.lock().expect("targets").clone();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(state) = todo.pop() {
+            if !seen.insert(state.digest().clone()) {
+                continue;
+            }
+            let v = state.vertex();
+            for (input, srcs) in context_reads(&v.op) {
+                if let Some(Op::Local(l)) = v.inputs.get(input).map(|s| &s.vertex().op)
+                    && let Some(path) = self.opts.contexts.get(&l.name)
+                {
+                    let _ = self.context_sum(path, &l.exclude, &srcs);
+                }
+            }
+            todo.extend(v.inputs.iter().cloned());
+        }
     }
 
     fn sums_path(&self, context: &Path) -> PathBuf {
@@ -200,6 +216,44 @@ impl Solver {
     }
 }
 
+/// The context files an op reads: `(input, sources)` for each COPY source list and
+/// each `RUN --mount` of an input.
+fn context_reads(op: &Op) -> Vec<(usize, Vec<String>)> {
+    match op {
+        Op::File(f) => f
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                // --parents reads below each source's pivot: all of it is keyed
+                // (more than the pattern matches, never less).
+                FileAction::Copy {
+                    from,
+                    sources,
+                    parents: true,
+                    ..
+                } => Some((
+                    *from,
+                    sources
+                        .iter()
+                        .map(|s| format!("{}/.", fileops::parents_pivot(s).0))
+                        .collect(),
+                )),
+                FileAction::Copy { from, sources, .. } => Some((*from, sources.clone())),
+                _ => None,
+            })
+            .collect(),
+        Op::Exec(e) => e
+            .mounts
+            .iter()
+            .filter_map(|m| match &m.source {
+                MountSource::Input { input, path, .. } => Some((*input, vec![path.clone()])),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +275,33 @@ mod tests {
         assert!(f.exec.runs().is_empty(), "ran again: {:?}", f.exec.runs());
         assert_eq!(second.cached(), ["a", "b", "c"]);
         assert_eq!(second.started(), ["[internal] load context"]);
+    }
+
+    /// The background walk checksums what the step's key reads (the same sources), and
+    /// the key takes its result: a file changed after the walk is not seen in this
+    /// build, as the step finds its checksum made. Without the walk (or with other
+    /// sources) the change would show as a miss.
+    #[tokio::test]
+    async fn a_prefetched_context_sum_is_the_one_the_key_uses() {
+        let f = Fixture::new();
+        fs::write(f.context().join("a.txt"), "a\n").unwrap();
+        let b = run_on_context(&run(&State::scratch(), "a", "a"), "b", "b");
+        f.build_ok(&b, Run::default()).await;
+        let change = || fs::write(f.context().join("a.txt"), "changed\n").unwrap();
+        let events = f
+            .build_ok(
+                &b,
+                Run {
+                    after_prefetch: Some(&change),
+                    ..Run::default()
+                },
+            )
+            .await;
+        assert!(f.exec.runs().is_empty(), "ran: {:?}", f.exec.runs());
+        assert_eq!(events.cached(), ["a", "b"]);
+        // The next build reads the file again.
+        f.build_ok(&b, Run::default()).await;
+        assert_eq!(f.exec.runs(), ["b"]);
     }
 
     #[tokio::test]

@@ -326,9 +326,21 @@ pub struct Solver {
     /// Content hashes of context files, by context directory, and what the file held
     /// when read, so an unchanged cache is not written back (see `save_sums`).
     sums: Mutex<HashMap<PathBuf, (Arc<fileops::SumCache>, fileops::SumMap)>>,
+    /// Each context checksum of this build, by directory, ignore rules and sources
+    /// (`cache::context_sum`); a slot is locked while its walk runs.
+    context_sums: Mutex<HashMap<ContextRead, Arc<Mutex<Option<ContextSum>>>>>,
+    /// The states `solve` was asked for, for the background context walk.
+    targets: Mutex<Vec<crate::ir::State>>,
+    /// Whether the background context walk was started.
+    prefetched: std::sync::atomic::AtomicBool,
     /// Shared prune lock, held while this solver lives.
     _lock: fs::File,
 }
+
+/// A directory, its ignore rules and the sources read from it.
+type ContextRead = (PathBuf, Vec<String>, Vec<String>);
+/// The content checksum of a [`ContextRead`] and the sum of each file.
+type ContextSum = (Digest, Vec<(String, String)>);
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -386,6 +398,9 @@ impl Solver {
             ids: Mutex::new(HashMap::new()),
             next_id: AtomicUsize::new(1),
             sums: Mutex::new(HashMap::new()),
+            context_sums: Mutex::new(HashMap::new()),
+            targets: Mutex::new(Vec::new()),
+            prefetched: std::sync::atomic::AtomicBool::new(false),
             _lock: lock,
         }))
     }

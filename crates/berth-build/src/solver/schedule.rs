@@ -47,6 +47,7 @@ fn unshare(e: Arc<BuildError>) -> BuildError {
 impl Solver {
     /// Solve `state` and everything it needs.
     pub async fn solve(self: &Arc<Self>, state: &State) -> Result<Arc<Solved>> {
+        self.targets.lock().expect("targets").push(state.clone());
         self.solve_shared(state).await.map_err(unshare)
     }
 

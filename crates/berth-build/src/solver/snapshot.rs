@@ -3,9 +3,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use berth_oci::{Descriptor, Digest};
-use berth_snapshot::{Active, DiffOptions, Snapshotter};
+use berth_snapshot::{Active, DiffOptions, Snapshotter, Staged};
 
 use super::{Layer, Output, Solver, io_err, unique};
 use crate::error::{BuildError, Result};
@@ -46,64 +48,145 @@ impl Solver {
     }
 
     /// Make sure the snapshot chain of `layers` is unpacked; returns its chain ID.
+    ///
+    /// The layers missing (always a top part of the chain: a chain is installed only on
+    /// an existing parent) are unpacked at once, each into a staging directory of its
+    /// own, since a layer's unpack needs nothing of the layers below it; they are then
+    /// installed bottom up, so a build killed half-way leaves only whole chains (and
+    /// staging directories of a dead owner, which the next build removes).
     fn ensure_chain(&self, layers: &[Layer]) -> Result<Option<Digest>> {
+        let mut chains = Vec::with_capacity(layers.len());
         let mut parent: Option<Digest> = None;
         for l in layers {
             let chain = berth_snapshot::chain_id(parent.as_ref(), &l.diff_id);
-            if !self.snapshots.exists(&chain) {
-                let (file, _) = self.store.open_blob(&l.blob.digest)?.ok_or_else(|| {
-                    BuildError::Image(format!("layer {} is missing from the store", l.blob.digest))
-                })?;
-                let compression = berth_snapshot::Compression::of_media_type(&l.blob.media_type)
-                    .ok_or_else(|| {
-                        BuildError::Image(format!(
-                            "layer {} has media type {}, which berth cannot unpack",
-                            l.blob.digest, l.blob.media_type
-                        ))
-                    })?;
-                if compression != berth_snapshot::Compression::Uncompressed {
-                    // Decompress on a thread of its own, piping into the unpacker: the
-                    // two halves (inflate; creating files) overlap on two cores.
-                    let (pipe_r, mut pipe_w) =
-                        std::io::pipe().map_err(|e| io_err("create pipe", &self.root, e))?;
-                    let inflater = std::thread::spawn(move || {
-                        std::io::copy(&mut compression.reader(file)?, &mut pipe_w)
-                    });
-                    let reader = std::io::BufReader::with_capacity(1 << 20, pipe_r);
-                    let applied = self.snapshots.apply(
-                        parent.as_ref(),
-                        &l.diff_id,
-                        berth_snapshot::Cancelable::new(reader, || self.opts.cancel.is_canceled()),
-                    );
-                    let inflated = inflater
-                        .join()
-                        .map_err(|_| BuildError::Invalid("layer decompression panicked".into()))?;
-                    applied?;
-                    match inflated {
-                        // A hint for loads into Docker, which take layers uncompressed.
-                        Ok(size) => self.store.set_uncompressed(
-                            &l.blob.digest,
-                            &berth_store::Uncompressed {
-                                diff_id: l.diff_id.clone(),
-                                size,
-                            },
-                        ),
-                        // Another build unpacked the same chain first: nothing was read.
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                        Err(e) => {
-                            return Err(BuildError::Image(format!("layer {}: {e}", l.blob.digest)));
-                        }
-                    }
-                } else {
-                    let reader = std::io::BufReader::with_capacity(1 << 20, file);
-                    let reader =
-                        berth_snapshot::Cancelable::new(reader, || self.opts.cancel.is_canceled());
-                    self.snapshots.apply(parent.as_ref(), &l.diff_id, reader)?;
-                }
-            }
-            parent = Some(chain);
+            parent = Some(chain.clone());
+            chains.push(chain);
         }
-        Ok(parent)
+        // The lowest missing layer; everything above it is missing too, unless another
+        // build is installing the same chain right now (then its layers are staged
+        // here as well and the first install wins).
+        let Some(first) = chains.iter().position(|c| !self.snapshots.exists(c)) else {
+            return Ok(parent);
+        };
+        let missing = &layers[first..];
+        // The first unpack of the build walks the context beside it: the steps after
+        // it find their checksums made.
+        let prefetch = !self.prefetched.swap(true, Ordering::Relaxed);
+        let (mut staged, origin) = std::thread::scope(|scope| {
+            if prefetch {
+                scope.spawn(|| self.prefetch_context_sums());
+            }
+            self.stage_layers(missing)
+        });
+        // The layers staged whole from the bottom up are installed, also when one above
+        // failed (or the build was canceled): that work is kept, as a one-by-one unpack
+        // keeps the layers below the one it stopped in. The rest are removed as they
+        // drop, and the error is that of the layer whose failure stopped the others.
+        let error = origin.map(|i| {
+            std::mem::replace(&mut staged[i], Err(BuildError::Canceled))
+                .expect_err("the failed layer")
+        });
+        let mut below = first.checked_sub(1).map(|i| chains[i].clone());
+        for s in staged {
+            match s {
+                Ok(s) => below = Some(self.snapshots.install_staged(s, below.as_ref())?),
+                Err(e) => return Err(error.unwrap_or(e)),
+            }
+        }
+        Ok(below)
+    }
+
+    /// Stage `missing` (at once when there are several); each layer's result, and the
+    /// index of the one whose failure stopped the others.
+    fn stage_layers(&self, missing: &[Layer]) -> (Vec<Result<Staged>>, Option<usize>) {
+        let failed = AtomicBool::new(false);
+        // The layer whose failure stopped the others: its error is the one to report.
+        let origin = OnceLock::new();
+        let staged: Vec<Result<Staged>> = if missing.len() == 1 {
+            vec![self.stage_layer(&missing[0], &failed)]
+        } else {
+            // Each unpack is two threads already (inflate; create files): two layers at
+            // a time keep two cores busy without thrashing the disk with more.
+            let workers = std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 4)
+                .min(missing.len());
+            let next = AtomicUsize::new(0);
+            let slots: Vec<Mutex<Option<Result<Staged>>>> =
+                missing.iter().map(|_| Mutex::new(None)).collect();
+            std::thread::scope(|scope| {
+                for _ in 0..workers {
+                    scope.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(l) = missing.get(i) else { break };
+                            let r = self.stage_layer(l, &failed);
+                            if r.is_err() && !failed.swap(true, Ordering::Relaxed) {
+                                let _ = origin.set(i);
+                            }
+                            *slots[i].lock().expect("slot") = Some(r);
+                        }
+                    });
+                }
+            });
+            slots
+                .into_iter()
+                .map(|s| s.into_inner().expect("slot").expect("every layer staged"))
+                .collect()
+        };
+        (staged, origin.into_inner())
+    }
+
+    /// Unpack layer `l` into a staging directory; stops early when the build is canceled
+    /// or `failed` (another layer of the same chain failed).
+    fn stage_layer(&self, l: &Layer, failed: &AtomicBool) -> Result<Staged> {
+        let stop = || self.opts.cancel.is_canceled() || failed.load(Ordering::Relaxed);
+        let (file, _) = self.store.open_blob(&l.blob.digest)?.ok_or_else(|| {
+            BuildError::Image(format!("layer {} is missing from the store", l.blob.digest))
+        })?;
+        let compression = berth_snapshot::Compression::of_media_type(&l.blob.media_type)
+            .ok_or_else(|| {
+                BuildError::Image(format!(
+                    "layer {} has media type {}, which berth cannot unpack",
+                    l.blob.digest, l.blob.media_type
+                ))
+            })?;
+        if compression == berth_snapshot::Compression::Uncompressed {
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            let reader = berth_snapshot::Cancelable::new(reader, stop);
+            return Ok(self.snapshots.stage(&l.diff_id, reader)?);
+        }
+        // Decompress on a thread of its own, piping into the unpacker: the two halves
+        // (inflate; creating files) overlap on two cores.
+        let (pipe_r, mut pipe_w) =
+            std::io::pipe().map_err(|e| io_err("create pipe", &self.root, e))?;
+        let inflater =
+            std::thread::spawn(move || std::io::copy(&mut compression.reader(file)?, &mut pipe_w));
+        let reader = std::io::BufReader::with_capacity(1 << 20, pipe_r);
+        let staged = self
+            .snapshots
+            .stage(&l.diff_id, berth_snapshot::Cancelable::new(reader, stop));
+        let inflated = inflater
+            .join()
+            .map_err(|_| BuildError::Invalid("layer decompression panicked".into()))?;
+        let staged = staged?;
+        match inflated {
+            // A hint for loads into Docker, which take layers uncompressed.
+            Ok(size) => self.store.set_uncompressed(
+                &l.blob.digest,
+                &berth_store::Uncompressed {
+                    diff_id: l.diff_id.clone(),
+                    size,
+                },
+            ),
+            // The tar ended before the stream (padding past the end-of-archive blocks):
+            // the unpacker stopped reading, and the layer is whole.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => {
+                return Err(BuildError::Image(format!("layer {}: {e}", l.blob.digest)));
+            }
+        }
+        Ok(staged)
     }
 
     /// An active snapshot on top of `layers`, unpacking them first if needed.
@@ -123,7 +206,8 @@ impl Solver {
             gzip_level: None,
             compression: self.opts.compression,
         };
-        let info = match berth_snapshot::diff(&active.upper, &mut w, &opts) {
+        // The store's writer hashes what it writes: the layer's bytes are hashed once.
+        let info = match berth_snapshot::diff_into(&active.upper, &mut w, &opts, |w| w.digest()) {
             Ok(i) => i,
             Err(e) => {
                 drop(w);

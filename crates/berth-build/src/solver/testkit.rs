@@ -144,6 +144,9 @@ pub(super) struct Run<'a> {
     pub(super) source_date_epoch: Option<u64>,
     pub(super) no_cache: bool,
     pub(super) cancel: Cancel,
+    /// Walk the context in the background first (as a cold build's unpack starts
+    /// it), then call this before solving.
+    pub(super) after_prefetch: Option<&'a dyn Fn()>,
 }
 
 impl Default for Run<'_> {
@@ -153,6 +156,7 @@ impl Default for Run<'_> {
             source_date_epoch: None,
             no_cache: false,
             cancel: Cancel::default(),
+            after_prefetch: None,
         }
     }
 }
@@ -204,6 +208,12 @@ impl Fixture {
             },
         )
         .unwrap();
+        if let Some(after) = run.after_prefetch {
+            let targets = states.iter().map(|s| (*s).clone());
+            solver.targets.lock().unwrap().extend(targets);
+            solver.prefetch_context_sums();
+            after();
+        }
         let results = futures_util::future::join_all(states.iter().map(|s| solver.solve(s))).await;
         let results = results
             .into_iter()
