@@ -300,6 +300,9 @@ fn serve(settings: &Settings, args: settings::RegistryServeArgs) -> Result<()> {
     if let Some(h) = &serve.htpasswd {
         config.auth = Some(berth_registry::Auth::load(h, serve.access.as_deref())?);
     }
+    if let Some(s3) = &serve.s3 {
+        config.objects = Some(berth_registry::ObjectStorage::new(s3, &settings.network())?);
+    }
     let tls = match &serve.tls {
         Some((cert, key)) => Some(berth_registry::tls_acceptor(cert, key)?),
         None => None,
@@ -309,16 +312,23 @@ fn serve(settings: &Settings, args: settings::RegistryServeArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let objects = registry.objects().cloned();
     rt.block_on(async move {
+        // A wrong key or an unreachable endpoint stops the registry here, not at the
+        // first push.
+        if let Some(os) = &objects {
+            os.check(serve.read_only).await?;
+        }
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("listen on {addr}: is another registry running there? choose another --addr")
         })?;
         let local = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        println!(
-            "berth registry listening on {scheme}://{local} (root {})",
-            settings.root.display()
-        );
+        let place = match &objects {
+            Some(os) => format!("bucket {}", os.bucket()),
+            None => format!("root {}", settings.root.display()),
+        };
+        println!("berth registry listening on {scheme}://{local} ({place})");
         use std::io::Write;
         std::io::stdout().flush()?;
         berth_registry::serve_with(
@@ -343,7 +353,22 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// `registry gc` and `registry check` work on the root; refuse them when the registry's
+/// content is in a bucket, rather than report on a root it does not use.
+fn refuse_on_object_storage(settings: &Settings, what: &str) -> Result<()> {
+    if let Some(s3) = settings.registry_s3() {
+        bail!(
+            "berth registry {what} does not work on object storage yet: [registry.storage] \
+             keeps this registry in bucket {:?}; set an S3 lifecycle rule for incomplete \
+             multipart uploads meanwhile",
+            s3.bucket
+        );
+    }
+    Ok(())
+}
+
 fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
+    refuse_on_object_storage(settings, "gc")?;
     let store = open_store(settings)?;
     let opts = berth_store::GcOptions {
         dry_run: args.dry_run,
@@ -390,6 +415,7 @@ fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
 }
 
 fn check(settings: &Settings) -> Result<()> {
+    refuse_on_object_storage(settings, "check")?;
     let store = open_store(settings)?;
     let report = store.check()?;
     for d in &report.corrupt {

@@ -19,6 +19,7 @@
 mod auth;
 mod error;
 mod mirror;
+mod objects;
 mod routes;
 mod server;
 
@@ -30,6 +31,7 @@ pub use mirror::{
     DEFAULT_TAG_TTL, EvictReport, MirrorConfig, MirrorSettings, Upstream, check_mirrors,
     check_prefix, evict, upstream_client_config,
 };
+pub use objects::{ObjectStorage, S3Settings, StorageError};
 pub use routes::{Config, Registry};
 pub use server::{
     PeerCertificates, ServeOptions, TlsError, default_max_connections, serve, serve_with,

@@ -1,0 +1,253 @@
+//! `berth registry serve` on S3-compatible object storage (moto's server on 127.0.0.1):
+//! two replicas on one bucket serve each other's pushes, and a bucket that cannot be
+//! used stops the registry at start-up with an error that says why.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use berth_testutil::moto::Moto;
+use common::*;
+
+const BUCKET: &str = "berth-registry";
+
+/// A config.toml keeping the registry in `bucket` at `endpoint`.
+fn s3_config(dir: &std::path::Path, endpoint: &str, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[registry.storage]\nkind = \"s3\"\nbucket = \"{BUCKET}\"\nprefix = \"team\"\nendpoint = \"{endpoint}\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `berth registry serve` with `config`, keys in the environment; `(child, first line)`.
+fn serve(
+    root: &std::path::Path,
+    config: &std::path::Path,
+    keys: (&str, &str),
+) -> std::process::Child {
+    Command::new(berth_bin())
+        .arg("--root")
+        .arg(root)
+        .arg("--config")
+        .arg(config)
+        .args(["registry", "serve", "--addr", "127.0.0.1:0"])
+        .env("BERTH_LOG", "warn")
+        .env("AWS_ACCESS_KEY_ID", keys.0)
+        .env("AWS_SECRET_ACCESS_KEY", keys.1)
+        .env_remove("AWS_SESSION_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth")
+}
+
+/// A replica that listens: its address.
+struct Replica {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn replica(root: &std::path::Path, config: &std::path::Path, keys: (&str, &str)) -> Replica {
+    use std::io::BufRead;
+    let mut child = serve(root, config, keys);
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let Some(addr) = line
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_string)
+    else {
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "replica did not start: {line:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    assert!(line.contains(&format!("bucket {BUCKET}")), "{line}");
+    Replica { child, addr }
+}
+
+/// Run `serve` expecting it to stop at start-up; its stderr.
+fn fails_at_start(root: &std::path::Path, config: &std::path::Path, keys: (&str, &str)) -> String {
+    let out = serve(root, config, keys).wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "serve should have failed; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing may listen: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn skopeo_pushes_through_one_replica_and_pulls_through_another() {
+    if !require("skopeo") {
+        return;
+    }
+    let Some(moto) = Moto::start_with_auth(BUCKET) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = s3_config(dir.path(), &moto.endpoint, "");
+    let keys = (moto.keys.0.as_str(), moto.keys.1.as_str());
+    // Each replica has a root of its own: nothing but the bucket is shared.
+    let a = replica(&dir.path().join("a"), &config, keys);
+    let b = replica(&dir.path().join("b"), &config, keys);
+
+    let src = dir.path().join("src");
+    let want = busybox_layout(&src, "v1");
+    run(&mut skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &format!("docker://{}/team/busybox:v1", a.addr),
+        &[],
+    ));
+    let out = dir.path().join("out");
+    run(&mut skopeo_copy(
+        &format!("docker://{}/team/busybox:v1", b.addr),
+        &format!("oci:{}:v1", out.display()),
+        &[],
+    ));
+    assert_eq!(layout_digest(&out), want, "B serves what A took");
+    let tags = run(Command::new("skopeo").args([
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}/team/busybox", b.addr),
+    ]));
+    assert!(tags.contains("\"v1\""), "{tags}");
+    // The bytes are in the bucket, not in either replica's root.
+    let keys_in = moto.keys_in(BUCKET);
+    assert!(
+        keys_in.iter().any(|k| k.starts_with("team/blobs/sha256/")),
+        "{keys_in:?}"
+    );
+    assert!(
+        !keys_in.iter().any(|k| k.starts_with("team/uploads/")),
+        "no upload session left: {keys_in:?}"
+    );
+    for root in ["a", "b"] {
+        let blobs = dir.path().join(root).join("blobs");
+        let n = std::fs::read_dir(&blobs)
+            .map(|d| d.count())
+            .unwrap_or_default();
+        let inner = std::fs::read_dir(blobs.join("sha256"))
+            .map(|d| d.count())
+            .unwrap_or_default();
+        assert_eq!(inner, 0, "replica {root} keeps no blob ({n} entries)");
+    }
+}
+
+#[test]
+fn wrong_credentials_stop_the_registry_at_start_up() {
+    let Some(moto) = Moto::start_with_auth(BUCKET) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = s3_config(dir.path(), &moto.endpoint, "");
+    let err = fails_at_start(
+        &dir.path().join("root"),
+        &config,
+        ("AKIAWRONGWRONGWRONG", "nope"),
+    );
+    assert!(err.contains(&format!("S3 bucket \"{BUCKET}\"")), "{err}");
+    assert!(err.contains(&moto.endpoint), "{err}");
+    assert!(err.contains("InvalidAccessKeyId"), "{err}");
+    assert!(err.contains("credentials"), "{err}");
+    // The right key with a wrong secret: the signature does not match.
+    let err = fails_at_start(&dir.path().join("root"), &config, (&moto.keys.0, "nope"));
+    assert!(err.contains("SignatureDoesNotMatch"), "{err}");
+    // A credentials file naming a profile it lacks.
+    let creds = dir.path().join("credentials");
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            moto.keys.0, moto.keys.1
+        ),
+    )
+    .unwrap();
+    let with_file = s3_config(
+        dir.path(),
+        &moto.endpoint,
+        &format!(
+            "credentials_file = \"{}\"\nprofile = \"ci\"\n",
+            creds.display()
+        ),
+    );
+    let err = fails_at_start(&dir.path().join("root"), &with_file, ("", ""));
+    assert!(
+        err.contains(&creds.display().to_string()) && err.contains("[ci]"),
+        "{err}"
+    );
+    // The same file's default profile works (the environment's keys are wrong).
+    let with_file = s3_config(
+        dir.path(),
+        &moto.endpoint,
+        &format!("credentials_file = \"{}\"\n", creds.display()),
+    );
+    let r = replica(&dir.path().join("root"), &with_file, ("AKIAWRONG", "nope"));
+    let body = run(Command::new("curl").args(["-fsS", &format!("http://{}/v2/_catalog", r.addr)]));
+    assert!(body.contains("repositories"), "{body}");
+}
+
+#[test]
+fn an_unreachable_endpoint_or_a_missing_bucket_stops_the_registry_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: the port was free a moment ago.
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let config = s3_config(dir.path(), &endpoint, "");
+    let err = fails_at_start(&dir.path().join("root"), &config, ("AK", "SK"));
+    assert!(err.contains(&endpoint), "{err}");
+    assert!(err.contains("listing failed"), "{err}");
+    assert!(
+        err.to_lowercase().contains("connect") || err.contains("refused"),
+        "{err}"
+    );
+
+    let Some(moto) = Moto::start("other-bucket") else {
+        return;
+    };
+    let config = s3_config(dir.path(), &moto.endpoint, "");
+    let err = fails_at_start(&dir.path().join("root"), &config, ("AK", "SK"));
+    assert!(err.contains("NoSuchBucket"), "{err}");
+}
+
+#[test]
+fn gc_and_check_refuse_object_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = s3_config(dir.path(), "http://127.0.0.1:9", "");
+    for cmd in ["gc", "check"] {
+        let out = Command::new(berth_bin())
+            .arg("--root")
+            .arg(dir.path().join("root"))
+            .arg("--config")
+            .arg(&config)
+            .args(["registry", cmd])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("object storage") && err.contains(BUCKET),
+            "{cmd}: {err}"
+        );
+    }
+}
