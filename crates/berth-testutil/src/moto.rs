@@ -38,6 +38,37 @@ pub fn available() -> bool {
     true
 }
 
+/// A python with boto3: the one `moto_server` runs on (scripts/install-test-deps puts
+/// moto in a venv), else `python3`.
+fn python() -> String {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let shebang = std::env::split_paths(&path)
+                .map(|d| d.join("moto_server"))
+                .find(|p| p.is_file())
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|t| {
+                    let first = t.lines().next()?.strip_prefix("#!")?.trim().to_string();
+                    (!first.contains(' ')).then_some(first)
+                });
+            shebang
+                .into_iter()
+                .chain(["python3".to_string()])
+                .find(|py| {
+                    Command::new(py)
+                        .args(["-c", "import boto3"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                })
+                .unwrap_or_else(|| "python3".into())
+        })
+        .clone()
+}
+
 impl Moto {
     /// Start moto with a bucket `bucket`, accepting any credentials. `None` when moto is
     /// not installed (see [`available`]).
@@ -70,10 +101,10 @@ iam.put_user_policy(UserName="berth", PolicyName="all", PolicyDocument=json.dump
     {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
 print(k["AccessKeyId"], k["SecretAccessKey"])
 "#;
-        let out = Command::new("python3")
+        let out = Command::new(python())
             .args(["-c", script, &m.endpoint, bucket])
             .output()
-            .expect("run python3");
+            .expect("run python");
         assert!(
             out.status.success(),
             "making moto's IAM user failed: {}",
@@ -153,7 +184,7 @@ for page in c.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[2]):
     for o in page.get("Contents", []):
         print(o["Key"])
 "#;
-        let out = Command::new("python3")
+        let out = Command::new(python())
             .args([
                 "-c",
                 script,
@@ -163,7 +194,7 @@ for page in c.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[2]):
                 &self.keys.1,
             ])
             .output()
-            .expect("run python3");
+            .expect("run python");
         assert!(
             out.status.success(),
             "listing bucket {bucket}: {}",
