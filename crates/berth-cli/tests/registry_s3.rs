@@ -281,3 +281,122 @@ fn gc_and_check_refuse_object_storage() {
         );
     }
 }
+
+/// `curl` a request; (status, response headers lowercased).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-H", "Expect:", "-o", "/dev/null", "-D", "-"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head)
+}
+
+fn header_of(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Replica A is killed with -9 while a PATCH is on its way; the client asks replica B
+/// where the upload stands and finishes it there.
+#[test]
+fn a_push_cut_by_killing_one_replica_resumes_on_another() {
+    use std::io::Write;
+    let Some(moto) = Moto::start(BUCKET) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = s3_config(dir.path(), &moto.endpoint, "");
+    let keys = Some(("test", "test"));
+    let mut a = replica(&dir.path().join("a"), &config, keys);
+    let b = replica(&dir.path().join("b"), &config, keys);
+    let data: Vec<u8> = (0..12usize << 20)
+        .map(|i| (i % 253) as u8 ^ (i >> 16) as u8)
+        .collect();
+    let first = 9usize << 20;
+    let part1 = dir.path().join("part1");
+    let part2 = dir.path().join("part2");
+    std::fs::write(&part1, &data[..first]).unwrap();
+    std::fs::write(&part2, &data[first..]).unwrap();
+    let want = berth_oci::Digest::sha256(&data).to_string();
+
+    let (status, head) = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{}/v2/team/app/blobs/uploads/", a.addr),
+    ]);
+    assert_eq!(status, 202, "{head}");
+    let loc = header_of(&head, "location");
+    let (status, head) = curl(&[
+        "-X",
+        "PATCH",
+        "-H",
+        &format!("content-range: 0-{}", first - 1),
+        "--data-binary",
+        &format!("@{}", part1.display()),
+        &format!("http://{}{loc}", a.addr),
+    ]);
+    assert_eq!(status, 202, "{head}");
+    assert_eq!(header_of(&head, "range"), format!("0-{}", first - 1));
+
+    // The next chunk: a third of it sent, then A dies.
+    let mut s = std::net::TcpStream::connect(&a.addr).unwrap();
+    write!(
+        s,
+        "PATCH {loc} HTTP/1.1\r\nhost: x\r\ncontent-range: {first}-{}\r\ncontent-length: {}\r\n\r\n",
+        data.len() - 1,
+        data.len() - first
+    )
+    .unwrap();
+    s.write_all(&data[first..first + (1 << 20)]).unwrap();
+    s.flush().unwrap();
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    drop(s);
+
+    let (status, head) = curl(&[&format!("http://{}{loc}", b.addr)]);
+    assert_eq!(status, 204, "{head}");
+    assert_eq!(
+        header_of(&head, "range"),
+        format!("0-{}", first - 1),
+        "B knows what A kept"
+    );
+    let (status, head) = curl(&[
+        "-X",
+        "PATCH",
+        "-H",
+        &format!("content-range: {first}-{}", data.len() - 1),
+        "--data-binary",
+        &format!("@{}", part2.display()),
+        &format!("http://{}{loc}", b.addr),
+    ]);
+    assert_eq!(status, 202, "{head}");
+    let (status, head) = curl(&[
+        "-X",
+        "PUT",
+        &format!("http://{}{loc}?digest={want}", b.addr),
+    ]);
+    assert_eq!(status, 201, "{head}");
+    let out = dir.path().join("blob");
+    run(Command::new("curl")
+        .arg("-fsSo")
+        .arg(&out)
+        .arg(format!("http://{}/v2/team/app/blobs/{want}", b.addr)));
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "the blob is the bytes sent"
+    );
+}
