@@ -353,14 +353,13 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// `registry gc` and `registry check` work on the root; refuse them when the registry's
-/// content is in a bucket, rather than report on a root it does not use.
+/// `registry check` works on the root; refuse it when the registry's content is in a
+/// bucket, rather than report on a root it does not use.
 fn refuse_on_object_storage(settings: &Settings, what: &str) -> Result<()> {
     if let Some(s3) = settings.registry_s3() {
         bail!(
             "berth registry {what} does not work on object storage yet: [registry.storage] \
-             keeps this registry in bucket {:?}; set an S3 lifecycle rule for incomplete \
-             multipart uploads meanwhile",
+             keeps this registry in bucket {:?}",
             s3.bucket
         );
     }
@@ -368,13 +367,25 @@ fn refuse_on_object_storage(settings: &Settings, what: &str) -> Result<()> {
 }
 
 fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
-    refuse_on_object_storage(settings, "gc")?;
-    let store = open_store(settings)?;
     let opts = berth_store::GcOptions {
         dry_run: args.dry_run,
         grace: args.grace,
         upload_expiry: args.upload_expiry,
     };
+    if let Some(s3) = settings.registry_s3() {
+        let os = berth_registry::ObjectStorage::new(s3, &settings.network())?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let report = rt.block_on(async {
+            os.check(args.dry_run).await?;
+            os.gc(&opts)
+                .await
+                .map_err(|e| anyhow::anyhow!("gc of bucket {}: {}", s3.bucket, e.message))
+        })?;
+        return print_gc(&report, args.dry_run);
+    }
+    let store = open_store(settings)?;
     // The build cache's layers are roots: builds share this root.
     let roots = berth_build::BuildCache::new(&settings.root);
     // Over its cap, the pull-through cache loses its least recently pulled blobs first.
@@ -392,11 +403,11 @@ fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
         );
     }
     let report = store.gc(&opts, &roots)?;
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
+    print_gc(&report, args.dry_run)
+}
+
+fn print_gc(report: &berth_store::GcReport, dry_run: bool) -> Result<()> {
+    let verb = if dry_run { "would remove" } else { "removed" };
     for d in &report.removed_blobs {
         println!("{verb} blob {d}");
     }

@@ -170,3 +170,220 @@ async fn a_chunked_upload_started_on_one_replica_finishes_on_another() {
         "{keys:?}"
     );
 }
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn manifest(config: &Digest, config_len: usize, layers: &[(&Digest, usize)]) -> Vec<u8> {
+    let layers: Vec<String> = layers
+        .iter()
+        .map(|(d, n)| {
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{n}}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{config_len}}},"layers":[{}]}}"#,
+        layers.join(",")
+    )
+    .into_bytes()
+}
+
+async fn push_blob(http: &Client, base: &str, repo: &str, data: &[u8]) -> Digest {
+    let d = Digest::sha256(data);
+    let r = http
+        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    d
+}
+
+/// A push as docker does it: HEAD each blob, upload the missing ones, PUT the manifest.
+/// Returns the manifest's digest if it was answered 201.
+async fn push_image(
+    http: &Client,
+    base: &str,
+    repo: &str,
+    tag: &str,
+    blobs: &[Vec<u8>],
+) -> Option<(Digest, Vec<Digest>)> {
+    let mut digests = Vec::new();
+    for b in blobs {
+        let d = Digest::sha256(b);
+        let head = http
+            .head(format!("{base}/v2/{repo}/blobs/{d}"))
+            .send()
+            .await
+            .unwrap();
+        if head.status() != StatusCode::OK {
+            push_blob(http, base, repo, b).await;
+        }
+        digests.push(d);
+    }
+    let layers: Vec<(&Digest, usize)> = digests[1..]
+        .iter()
+        .zip(&blobs[1..])
+        .map(|(d, b)| (d, b.len()))
+        .collect();
+    let m = manifest(&digests[0], blobs[0].len(), &layers);
+    let r = http
+        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", OCI_MANIFEST)
+        .body(m.clone())
+        .send()
+        .await
+        .unwrap();
+    match r.status() {
+        StatusCode::CREATED => Some((Digest::sha256(&m), digests)),
+        s => {
+            let body = r.text().await.unwrap();
+            assert!(
+                s == StatusCode::BAD_REQUEST && body.contains("MANIFEST_BLOB_UNKNOWN"),
+                "a push may only be refused for a blob gc took: {s} {body}"
+            );
+            None
+        }
+    }
+}
+
+/// gc with no grace runs again and again on its own handle while two replicas push,
+/// re-pushing images whose blobs are garbage (HEAD finds them, so only the manifest is
+/// sent): every manifest answered 201 is whole afterwards, and the garbage nobody
+/// pushed again is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_beside_pushes_on_two_replicas_breaks_nothing() {
+    let Some(m) = Moto::start("gc-test") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&m, "gc-test", &dir.path().join("a")).await;
+    let b = replica(&m, "gc-test", &dir.path().join("b")).await;
+    let settings = S3Settings {
+        bucket: "gc-test".into(),
+        endpoint: Some(m.endpoint.clone()),
+        ..Default::default()
+    };
+    let env = |k: &str| k.starts_with("AWS_").then(|| "test".to_string());
+    let gc = ObjectStorage::with_env(&settings, &Default::default(), &env).unwrap();
+    let http = Client::new();
+    let blobs = |i: usize| -> Vec<Vec<u8>> {
+        vec![
+            format!(r#"{{"architecture":"amd64","os":"linux","n":{i}}}"#).into_bytes(),
+            format!("layer of image {i}").into_bytes().repeat(100),
+            b"shared layer".repeat(50),
+        ]
+    };
+    // Old images, four of them deleted: their own blobs become garbage.
+    let mut old = Vec::new();
+    for i in 0..6 {
+        let (d, ds) = push_image(&http, &a, "app", &format!("old{i}"), &blobs(i))
+            .await
+            .expect("no gc runs yet");
+        old.push((d, ds));
+    }
+    for (d, _) in &old[..4] {
+        let r = http
+            .delete(format!("{a}/v2/app/manifests/{d}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    // Garbage must be older than gc's slack on the bucket's whole-second times.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let collector = tokio::spawn(async move {
+        let opts = berth_store::GcOptions {
+            grace: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        let mut removed = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = gc.gc(&opts).await.unwrap();
+            removed.extend(r.removed_blobs);
+        }
+        (gc, removed)
+    });
+    let mut pushed = Vec::new();
+    let mut refused = 0;
+    for round in 0..4 {
+        let mut tasks = Vec::new();
+        for (k, base) in [&a, &b].into_iter().enumerate() {
+            let (http, base) = (http.clone(), base.clone());
+            // New images, and the deleted old ones again (0 and 1 on A, 2 on B).
+            let i = 100 + round * 2 + k;
+            let again = if k == 0 { round % 2 } else { 2 };
+            let (new, old_again) = (blobs(i), blobs(again));
+            tasks.push(tokio::spawn(async move {
+                let x = push_image(&http, &base, "app", &format!("new{i}"), &new).await;
+                let y = push_image(&http, &base, "app", &format!("again{i}"), &old_again).await;
+                [x, y]
+            }));
+        }
+        for t in tasks {
+            for r in t.await.unwrap() {
+                match r {
+                    Some(p) => pushed.push(p),
+                    None => refused += 1,
+                }
+            }
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (gc, mut removed) = collector.await.unwrap();
+    let last = gc
+        .gc(&berth_store::GcOptions {
+            grace: std::time::Duration::ZERO,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    removed.extend(last.removed_blobs);
+    eprintln!("{} pushes answered 201, {refused} refused", pushed.len());
+
+    // Everything answered 201, and the old images never deleted, pull whole from both.
+    pushed.extend(old[4..].iter().cloned());
+    for (d, refs) in &pushed {
+        for base in [&a, &b] {
+            let r = http
+                .get(format!("{base}/v2/app/manifests/{d}"))
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "manifest {d}");
+            for blob in refs {
+                let r = http
+                    .get(format!("{base}/v2/app/blobs/{blob}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::OK, "blob {blob} of {d}");
+                let body = r.bytes().await.unwrap();
+                assert_eq!(&Digest::sha256(&body), blob);
+            }
+        }
+    }
+    // Image 3 was deleted and never pushed again: its own config and layer are gone.
+    for own in &old[3].1[..2] {
+        assert!(removed.contains(own), "{own} removed ({removed:?})");
+        let r = http
+            .get(format!("{a}/v2/app/blobs/{own}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    // The shared layer stayed: live images reference it.
+    assert!(!removed.contains(&old[0].1[2]));
+}

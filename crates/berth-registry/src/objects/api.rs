@@ -134,7 +134,7 @@ pub(crate) async fn handle(
             };
             receive(os, &mut s, req.into_body(), expect, true).await?;
             os.commit_upload(s, &d).await?;
-            os.link_blob(&name, &d).await?;
+            link_committed(os, &name, &d).await?;
             Ok(blob_created(&name, &d))
         }
         (Route::Upload(name, Some(id)), Method::GET) => {
@@ -167,6 +167,21 @@ pub(crate) async fn handle(
             format!("method {m} is not supported on this endpoint"),
         )),
     }
+}
+
+/// Link a committed blob into `name`, held against a concurrent gc.
+async fn link_committed(os: &ObjectStorage, name: &str, d: &Digest) -> Result<()> {
+    os.link_blob(name, d).await?;
+    if os.hold(d).await? {
+        return Ok(());
+    }
+    os.unlink_blob(name, d).await?;
+    Err(RegistryError::new(
+        Code::Unavailable,
+        format!("{d} was removed by a garbage collection as this upload finished; push it again"),
+    )
+    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+    .with_header(header::RETRY_AFTER, "1"))
 }
 
 async fn open(os: &ObjectStorage, name: &str, id: &str) -> Result<Session> {
@@ -255,6 +270,11 @@ async fn mount(
             return Ok(false);
         }
         os.link_blob(name, digest).await?;
+        if !os.hold(digest).await? {
+            // A gc is removing it: an ordinary upload instead.
+            os.unlink_blob(name, digest).await?;
+            return Ok(false);
+        }
         return Ok(true);
     }
     Ok(false)
@@ -287,7 +307,7 @@ async fn start_upload(
             return Err(e);
         }
         os.commit_upload(s, &d).await?;
-        os.link_blob(name, &d).await?;
+        link_committed(os, name, &d).await?;
         return Ok(blob_created(name, &d));
     }
     let s = os.start_upload(name, false).await?;
@@ -353,6 +373,30 @@ async fn put_manifest(
         os.add_referrer(name, &subject, &descriptor).await?;
     }
     os.link_manifest(name, &p.digest, &p.media_type).await?;
+    // Each reference (and the manifest itself) is held against a concurrent gc: a
+    // blob a gc is removing makes the push fail rather than answer 201 and break.
+    let held = p
+        .manifest
+        .blobs()
+        .filter(|r| !media_type::is_non_distributable(&r.media_type))
+        .chain(p.manifest.manifests.iter())
+        .map(|r| r.digest.clone())
+        .chain([p.digest.clone()]);
+    for d in held {
+        if !os.hold(&d).await? {
+            os.unlink_manifest(name, &p.digest).await?;
+            if let Some((subject, _)) = p.referrer() {
+                os.remove_referrer(name, &subject, &p.digest).await?;
+            }
+            return Err(RegistryError::new(
+                Code::ManifestBlobUnknown,
+                format!(
+                    "{d} was removed by a garbage collection while this manifest was pushed; push it again"
+                ),
+            )
+            .with_detail(serde_json::json!({ "digest": d })));
+        }
+    }
     for tag in &p.tags {
         os.set_tag(name, tag, &p.digest).await?;
     }

@@ -18,6 +18,7 @@
 //! another (see [`upload`]).
 
 pub(crate) mod api;
+mod gc;
 pub(crate) mod upload;
 
 use std::path::PathBuf;

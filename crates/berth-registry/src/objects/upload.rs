@@ -162,6 +162,16 @@ impl ObjectStorage {
         }))
     }
 
+    /// The multipart upload of session `id`, if it has one (for gc).
+    pub(crate) async fn upload_multipart(&self, id: &str) -> Result<Option<String>, RegistryError> {
+        let Some(b) = self.read(&self.upload_key(id, "state")).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice::<State>(&b)
+            .ok()
+            .and_then(|s| s.multipart))
+    }
+
     /// Send full parts out of the session's buffer.
     async fn flush_parts(&self, s: &mut Session, all: bool) -> Result<(), RegistryError> {
         let data_key = self.upload_key(&s.id, "data");
