@@ -158,6 +158,47 @@ fn skopeo_pushes_through_one_replica_and_pulls_through_another() {
         !keys_in.iter().any(|k| k.starts_with("team/uploads/")),
         "no upload session left: {keys_in:?}"
     );
+    // gc on the bucket from a third process: a blob nothing references goes, the
+    // image stays whole.
+    let stray = b"a blob no manifest references".to_vec();
+    let stray_file = dir.path().join("stray");
+    std::fs::write(&stray_file, &stray).unwrap();
+    let stray_digest = berth_oci::Digest::sha256(&stray).to_string();
+    let (status, head) = curl(&[
+        "-X",
+        "POST",
+        "--data-binary",
+        &format!("@{}", stray_file.display()),
+        &format!(
+            "http://{}/v2/team/busybox/blobs/uploads/?digest={stray_digest}",
+            a.addr
+        ),
+    ]);
+    assert_eq!(status, 201, "{head}");
+    // Older than gc's slack on the bucket's whole-second times.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let gc = run(Command::new(berth_bin())
+        .arg("--root")
+        .arg(dir.path().join("c"))
+        .arg("--config")
+        .arg(&config)
+        .args(["registry", "gc", "--grace", "0s"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test"));
+    assert!(gc.contains(&format!("removed blob {stray_digest}")), "{gc}");
+    assert!(gc.contains("removed 1 blobs"), "{gc}");
+    let (status, _) = curl(&[&format!(
+        "http://{}/v2/team/busybox/blobs/{stray_digest}",
+        b.addr
+    )]);
+    assert_eq!(status, 404);
+    let again = dir.path().join("again");
+    run(&mut skopeo_copy(
+        &format!("docker://{}/team/busybox:v1", b.addr),
+        &format!("oci:{}:v1", again.display()),
+        &[],
+    ));
+    assert_eq!(layout_digest(&again), want, "the image survives gc");
     for root in ["a", "b"] {
         let blobs = dir.path().join(root).join("blobs");
         let n = std::fs::read_dir(&blobs)
