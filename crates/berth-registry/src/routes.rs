@@ -1329,21 +1329,29 @@ async fn write_body(
     }
 }
 
-pub(crate) fn upload_id_ok(id: &str) -> bool {
+fn upload_id_ok(id: &str) -> bool {
     uuid::Uuid::parse_str(id).is_ok()
 }
 
-async fn open_upload(reg: &Registry, name: &str, id: &str) -> Result<Writer> {
+pub(crate) fn upload_unknown(name: &str, id: &str) -> RegistryError {
+    RegistryError::new(
+        Code::BlobUploadUnknown,
+        format!("upload {id} is not known for repository {name}"),
+    )
+}
+
+/// Check an upload request's repository name and upload id.
+pub(crate) fn check_upload(name: &str, id: &str) -> Result<()> {
     check_name(name)?;
-    let unknown = || {
-        RegistryError::new(
-            Code::BlobUploadUnknown,
-            format!("upload {id} is not known for repository {name}"),
-        )
-    };
     if !upload_id_ok(id) {
-        return Err(unknown());
+        return Err(upload_unknown(name, id));
     }
+    Ok(())
+}
+
+async fn open_upload(reg: &Registry, name: &str, id: &str) -> Result<Writer> {
+    check_upload(name, id)?;
+    let unknown = || upload_unknown(name, id);
     let (reg2, n, i) = (reg.clone(), name.to_string(), id.to_string());
     blocking(move || {
         let store = reg2.store();

@@ -35,17 +35,23 @@ async fn replica(m: &Moto, bucket: &str, dir: &std::path::Path) -> String {
     format!("http://{addr}")
 }
 
+/// moto with bucket `bucket` and two replicas on it: (moto, their roots, A, B).
+async fn two_replicas(bucket: &str) -> Option<(Moto, tempfile::TempDir, String, String)> {
+    let m = Moto::start(bucket)?;
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&m, bucket, &dir.path().join("a")).await;
+    let b = replica(&m, bucket, &dir.path().join("b")).await;
+    Some((m, dir, a, b))
+}
+
 /// A chunked upload goes back and forth between two replicas, chunk by chunk, with
 /// chunks smaller and larger than a multipart part, and the closing PUT on the other
 /// replica: the blob is whole, its digest checked, and no session is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_upload_started_on_one_replica_finishes_on_another() {
-    let Some(m) = Moto::start("replicas") else {
+    let Some((m, _dir, a, b)) = two_replicas("replicas").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let a = replica(&m, "replicas", &dir.path().join("a")).await;
-    let b = replica(&m, "replicas", &dir.path().join("b")).await;
     let http = Client::new();
     // 21 MiB + 5 bytes of varied content: parts of 8 MiB, tails in between.
     let data: Vec<u8> = (0..(21usize << 20) + 5)
@@ -260,12 +266,9 @@ async fn push_image(
 /// pushed again is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_beside_pushes_on_two_replicas_breaks_nothing() {
-    let Some(m) = Moto::start("gc-test") else {
+    let Some((m, _dir, a, b)) = two_replicas("gc-test").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let a = replica(&m, "gc-test", &dir.path().join("a")).await;
-    let b = replica(&m, "gc-test", &dir.path().join("b")).await;
     let settings = S3Settings {
         bucket: "gc-test".into(),
         endpoint: Some(m.endpoint.clone()),

@@ -15,9 +15,9 @@ use crate::auth::Action;
 use crate::error::{Code, RegistryError};
 use crate::routes::{
     Registry, Route, blob_created, blob_response, blob_unknown, byte_range, check_accepts,
-    check_content_range, check_name, check_size, empty, json_response, link_next, manifest_created,
-    manifest_response, not_in_repository, paginate, parse_digest, query_param, query_params,
-    receive_manifest, referrers_response, upload_accepted, upload_id_ok,
+    check_content_range, check_name, check_size, check_upload, empty, json_response, link_next,
+    manifest_created, manifest_response, not_in_repository, paginate, parse_digest, query_param,
+    query_params, receive_manifest, referrers_response, upload_accepted, upload_unknown,
 };
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -185,17 +185,10 @@ async fn link_committed(os: &ObjectStorage, name: &str, d: &Digest) -> Result<()
 }
 
 async fn open(os: &ObjectStorage, name: &str, id: &str) -> Result<Session> {
-    check_name(name)?;
-    let unknown = || {
-        RegistryError::new(
-            Code::BlobUploadUnknown,
-            format!("upload {id} is not known for repository {name}"),
-        )
-    };
-    if !upload_id_ok(id) {
-        return Err(unknown());
-    }
-    os.open_upload(name, id).await?.ok_or_else(unknown)
+    check_upload(name, id)?;
+    os.open_upload(name, id)
+        .await?
+        .ok_or_else(|| upload_unknown(name, id))
 }
 
 /// Stream a request body into session `s`. A body that breaks off keeps what arrived

@@ -5,9 +5,10 @@
 //!
 //! - a writer that makes a blob referenced (a manifest PUT for every blob it references
 //!   and for itself, an upload commit, a mount) writes `gc/touch/<alg>/<hex>` after the
-//!   link it answers for, then reads `gc/doomed/<alg>/<hex>`, then checks the blob is
-//!   still there ([`ObjectStorage::hold`]); if it was doomed or is gone, it takes its
-//!   link back and does not answer 2xx;
+//!   link it answers for, then reads `gc/doomed/<alg>/<hex>` and, while it is there,
+//!   waits for the gc to decide (it removes its marker after keeping or deleting), then
+//!   checks the blob is still there ([`ObjectStorage::hold`]); if it is gone, the writer
+//!   takes its link back and does not answer 2xx;
 //! - gc, for a blob that no linked manifest referenced when it listed, and that is older
 //!   than the grace, writes `gc/doomed/…`, then reads the blob's and the touch's times
 //!   again, and deletes only if both are still old.
@@ -21,7 +22,9 @@
 //! strongly consistent) sees the manifest and marks the blob. Otherwise e > T0. If gc
 //! read the touch after e, it saw a time after T0 > T0 - grace and kept the blob. If it
 //! read it before e, its doom marker was written before that, so before c: the writer
-//! saw it and did not answer 2xx.
+//! saw it and waited until the marker was gone, which gc removes only after deleting (or
+//! keeping); the writer's existence check comes after that, so it saw the blob gone and
+//! did not answer 2xx, or saw it kept.
 
 use std::collections::{HashMap, HashSet};
 
@@ -37,6 +40,9 @@ use crate::error::RegistryError;
 /// A doom marker this old is a dead gc's: gc deletes within seconds of dooming.
 const STALE_DOOM: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
+/// How long a writer waits for a gc that doomed its blob to decide.
+const DOOM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Slack on the bucket's times: `LastModified` from a HEAD has whole seconds.
 const TIME_SLACK: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
@@ -46,16 +52,27 @@ impl ObjectStorage {
     }
 
     /// After writing a link that makes `d` referenced: stamp it, and tell whether it is
-    /// safe to answer 2xx (no gc doomed it, and it is still there).
+    /// safe to answer 2xx. A gc that doomed `d` first is waited for (its marker goes once
+    /// it has kept or removed the blob), then the blob's presence decides.
     pub(crate) async fn hold(&self, d: &Digest) -> Result<bool, RegistryError> {
         let touch = self.marker_key("touch", d);
         self.write(&touch, bytes::Bytes::new()).await?;
-        if let Some(doomed) = self.head(&self.marker_key("doomed", d)).await? {
+        let start = std::time::Instant::now();
+        while let Some(doomed) = self.head(&self.marker_key("doomed", d)).await? {
             // A gc that died after dooming leaves its marker: stale after STALE_DOOM.
             let now = self.head(&touch).await?.map(|t| t.last_modified);
-            if now.is_none_or(|now| now - doomed.last_modified < STALE_DOOM) {
-                return Ok(false);
+            if now.is_some_and(|now| now - doomed.last_modified >= STALE_DOOM) {
+                break;
             }
+            if start.elapsed() > DOOM_WAIT {
+                return Err(RegistryError::new(
+                    crate::error::Code::Unavailable,
+                    format!("a garbage collection is deciding about {d}; retry shortly"),
+                )
+                .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+                .with_header(axum::http::header::RETRY_AFTER, "5"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         Ok(self.blob_size(d).await?.is_some())
     }
@@ -243,25 +260,43 @@ mod tests {
 
         // The writer stamps first: gc sees a recent touch and keeps the blob.
         assert!(os.hold(&kept).await.unwrap());
-        // gc dooms first (as its sweep does before re-checking): the writer backs off.
-        os.write(&os.marker_key("doomed", &doomed), bytes::Bytes::new())
-            .await
-            .unwrap();
-        assert!(!os.hold(&doomed).await.unwrap());
-        os.inner
-            .delete(&os.marker_key("doomed", &doomed))
-            .await
-            .unwrap();
+        // gc dooms first: the writer waits for its decision. Here gc keeps one blob and
+        // removes the other, and removes its markers after deciding.
+        for d in [&doomed, &gone] {
+            os.write(&os.marker_key("doomed", d), bytes::Bytes::new())
+                .await
+                .unwrap();
+        }
+        let waiting = {
+            let os = os.clone();
+            let (doomed, gone) = (doomed.clone(), gone.clone());
+            tokio::spawn(async move {
+                (
+                    os.hold(&doomed).await.unwrap(),
+                    os.hold(&gone).await.unwrap(),
+                )
+            })
+        };
+        os.inner.delete(&os.blob_key(&gone)).await.unwrap();
+        for d in [&doomed, &gone] {
+            os.inner.delete(&os.marker_key("doomed", d)).await.unwrap();
+        }
+        assert_eq!(waiting.await.unwrap(), (true, false));
 
         let report = os.gc(&opts).await.unwrap();
         assert!(os.blob_size(&kept).await.unwrap().is_some(), "{report:?}");
-        assert!(!report.removed_blobs.contains(&kept));
-        // The doomed one was stamped by the writer that backed off, so it stays too;
-        // the untouched one is gone, with its link, and a writer now learns it.
-        assert!(os.blob_size(&doomed).await.unwrap().is_some());
-        assert!(report.removed_blobs.contains(&gone), "{report:?}");
-        assert_eq!(report.removed_links, 1);
-        assert!(!os.has_blob("app", &gone).await.unwrap());
-        assert!(!os.hold(&gone).await.unwrap());
+        assert!(os.blob_size(&doomed).await.unwrap().is_some(), "{report:?}");
+        assert!(
+            report.removed_blobs.is_empty(),
+            "touched blobs stay: {report:?}"
+        );
+        // Untouched for longer than the slack, nothing references them: gc removes
+        // them with their links, and a writer now learns it.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let report = os.gc(&opts).await.unwrap();
+        assert!(report.removed_blobs.contains(&kept), "{report:?}");
+        assert_eq!(report.removed_links, 2, "{report:?}");
+        assert!(!os.has_blob("app", &kept).await.unwrap());
+        assert!(!os.hold(&kept).await.unwrap());
     }
 }
