@@ -36,11 +36,6 @@ declare -A url pid errlog res
 # shellcheck source=bench/registry-lib.sh
 source "$here/registry-lib.sh"
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
-mbps() { awk -v bytes="$1" -v secs="$2" 'BEGIN { printf "%.1f", bytes / secs / 1e6 }'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-refresh_blob() { head -c 64 /dev/urandom | dd of="$1" bs=64 count=1 conv=notrunc status=none; }
 
 command -v moto_server >/dev/null || die "moto_server not found (scripts/install-test-deps)"
 find_servers

@@ -179,23 +179,7 @@ impl Server {
     }
 
     async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
-        let d = Digest::sha256(data);
-        let r = self
-            .req(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-            )
-            .body(data.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::CREATED,
-            "{}",
-            r.text().await.unwrap()
-        );
-        d
+        push_blob_to(&self.http, &self.base, repo, data).await
     }
 
     /// Push config + one layer and a manifest under `tag`; returns (manifest bytes, digest).
@@ -226,6 +210,24 @@ impl Server {
             .await
             .unwrap()
     }
+}
+
+/// A single-POST upload of `data` to `repo` at `base`, which must answer 201.
+pub(crate) async fn push_blob_to(http: &Client, base: &str, repo: &str, data: &[u8]) -> Digest {
+    let d = Digest::sha256(data);
+    let r = http
+        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    d
 }
 
 fn image_manifest(

@@ -195,23 +195,6 @@ fn manifest(config: &Digest, config_len: usize, layers: &[(&Digest, usize)]) -> 
     .into_bytes()
 }
 
-async fn push_blob(http: &Client, base: &str, repo: &str, data: &[u8]) -> Digest {
-    let d = Digest::sha256(data);
-    let r = http
-        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
-        .body(data.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::CREATED,
-        "{}",
-        r.text().await.unwrap()
-    );
-    d
-}
-
 /// A push as docker does it: HEAD each blob, upload the missing ones, PUT the manifest.
 /// Returns the manifest's digest if it was answered 201.
 async fn push_image(
@@ -230,7 +213,7 @@ async fn push_image(
             .await
             .unwrap();
         if head.status() != StatusCode::OK {
-            push_blob(http, base, repo, b).await;
+            api::push_blob_to(http, base, repo, b).await;
         }
         digests.push(d);
     }
