@@ -276,6 +276,7 @@ impl Settings {
                     s3.path_style.unwrap_or(s3.endpoint.is_some()),
                     file_src(),
                 ));
+                out.push(entry("registry.storage.redirect", s3.redirect, file_src()));
             }
             Some(crate::settings::StorageFile::Filesystem) => {
                 out.push(entry("registry.storage.kind", "filesystem", file_src()))

@@ -18,8 +18,12 @@ async fn replica(m: &Moto, bucket: &str, dir: &std::path::Path) -> String {
         endpoint: Some(m.endpoint.clone()),
         ..Default::default()
     };
+    replica_with(&settings, dir).await
+}
+
+async fn replica_with(settings: &S3Settings, dir: &std::path::Path) -> String {
     let env = |k: &str| k.starts_with("AWS_").then(|| "test".to_string());
-    let os = ObjectStorage::with_env(&settings, &Default::default(), &env).unwrap();
+    let os = ObjectStorage::with_env(settings, &Default::default(), &env).unwrap();
     os.check(false).await.unwrap();
     let mut config = Config::new(Store::open(dir).unwrap());
     config.objects = Some(os);
@@ -372,4 +376,69 @@ async fn gc_beside_pushes_on_two_replicas_breaks_nothing() {
     }
     // The shared layer stayed: live images reference it.
     assert!(!removed.contains(&old[0].1[2]));
+}
+
+/// With `redirect = true` a blob GET is a 307 to a presigned URL of the bucket, which
+/// serves the bytes (ranges too); HEAD and manifests are still answered by the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_gets_redirect_to_presigned_urls() {
+    let Some(m) = Moto::start("redirects") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let settings = S3Settings {
+        bucket: "redirects".into(),
+        endpoint: Some(m.endpoint.clone()),
+        redirect: true,
+        ..Default::default()
+    };
+    let base = replica_with(&settings, dir.path()).await;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    let http = Client::new();
+    let d = api::push_blob_to(&http, &base, "app", &data).await;
+    let manual = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = manual
+        .get(format!("{base}/v2/app/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&m.endpoint), "{location}");
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    let r = http
+        .get(format!("{base}/v2/app/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.bytes().await.unwrap()[..] == data[..]);
+    let r = http
+        .get(format!("{base}/v2/app/blobs/{d}"))
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.bytes().await.unwrap()[..], &data[10..20]);
+    let r = manual
+        .head(format!("{base}/v2/app/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-length"],
+        data.len().to_string().as_str()
+    );
+    // Not in the repository: no redirect, but the spec's error.
+    let r = manual
+        .get(format!("{base}/v2/other/blobs/{d}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }

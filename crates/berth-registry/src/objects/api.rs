@@ -17,7 +17,7 @@ use crate::routes::{
     Registry, Route, blob_created, blob_response, blob_unknown, byte_range, check_accepts,
     check_content_range, check_name, check_size, check_upload, empty, json_response, link_next,
     manifest_created, manifest_response, not_in_repository, paginate, parse_digest, query_param,
-    query_params, receive_manifest, referrers_response, upload_accepted, upload_unknown,
+    query_params, receive_manifest, referrers_response, set, upload_accepted, upload_unknown,
 };
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -444,6 +444,13 @@ async fn get_blob(
     let range = byte_range(headers, size)?;
     if head {
         return Ok(blob_response(None, &digest, size, range));
+    }
+    if let Some(url) = os.blob_redirect(&digest).await? {
+        // The client sends its Range again to the bucket.
+        let mut r = empty(StatusCode::TEMPORARY_REDIRECT);
+        set(&mut r, "location", &url);
+        set(&mut r, "docker-content-digest", &digest.to_string());
+        return Ok(r);
     }
     let options = GetOptions {
         range: range.map(|(s, e)| GetRange::Bounded(s..e + 1)),

@@ -59,6 +59,10 @@ pub struct S3Settings {
     /// Path-style addressing (`endpoint/bucket/key`); default: on with an `endpoint`,
     /// off for AWS (virtual-hosted style).
     pub path_style: Option<bool>,
+    /// Answer blob GETs with a redirect (307) to a presigned URL of the object, so the
+    /// bytes go from the bucket to the client directly. Clients must reach the endpoint.
+    #[serde(default)]
+    pub redirect: bool,
 }
 
 /// Why the bucket could not be used.
@@ -95,6 +99,7 @@ pub enum StorageError {
 #[derive(Clone)]
 pub struct ObjectStorage {
     inner: Arc<AmazonS3>,
+    redirect: bool,
     prefix: String,
     bucket: String,
     endpoint: String,
@@ -287,6 +292,7 @@ impl ObjectStorage {
             .map_err(|e| StorageError::Settings(e.to_string()))?;
         Ok(ObjectStorage {
             inner: Arc::new(inner),
+            redirect: settings.redirect,
             prefix,
             bucket: settings.bucket.clone(),
             endpoint: endpoint.unwrap_or_else(|| "AWS".into()),
@@ -320,6 +326,20 @@ impl ObjectStorage {
                 .map_err(|e| fail("removing the probe object", e))?;
         }
         Ok(())
+    }
+
+    /// A presigned GET of blob `d`, valid for `PRESIGNED_FOR`, when redirects are on.
+    pub(crate) async fn blob_redirect(&self, d: &Digest) -> Result<Option<String>, RegistryError> {
+        if !self.redirect {
+            return Ok(None);
+        }
+        use object_store::signer::{Method, Signer};
+        let url = self
+            .inner
+            .signed_url(Method::GET, &self.blob_key(d), PRESIGNED_FOR)
+            .await
+            .map_err(failure)?;
+        Ok(Some(url.to_string()))
     }
 
     /// The bucket's name.
@@ -614,6 +634,10 @@ impl ObjectStorage {
         self.write(&self.blob_key(d), data).await
     }
 }
+
+/// How long a redirect's presigned URL is valid: long enough for a slow client to
+/// start, short enough not to be a standing credential.
+const PRESIGNED_FOR: Duration = Duration::from_secs(20 * 60);
 
 /// An error and its sources, one line.
 fn error_chain(e: &dyn std::error::Error) -> String {
