@@ -439,3 +439,60 @@ fn a_push_cut_by_killing_one_replica_resumes_on_another() {
         "the blob is the bytes sent"
     );
 }
+
+/// docker pulls through replica B what skopeo pushed through A, pushes it back through B
+/// to another repository, and A serves that push by the digest docker printed.
+#[test]
+fn docker_pulls_and_pushes_across_replicas() {
+    if !require("skopeo") || !require_docker() {
+        return;
+    }
+    let Some(moto) = Moto::start(BUCKET) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = s3_config(dir.path(), &moto.endpoint, "");
+    let keys = Some(("test", "test"));
+    let a = replica(&dir.path().join("a"), &config, keys);
+    let b = replica(&dir.path().join("b"), &config, keys);
+    let src = dir.path().join("src");
+    busybox_layout(&src, "v1");
+    run(&mut skopeo_copy(
+        &format!("oci:{}:v1", src.display()),
+        &format!("docker://{}/team/busybox:v1", a.addr),
+        &[],
+    ));
+    let d = docker();
+    let from_b = format!("{}/team/busybox:v1", b.addr);
+    run(Command::new(d).args(["pull", &from_b]));
+    let out = run(Command::new(d).args([
+        "run",
+        "--rm",
+        "--network=none",
+        &from_b,
+        "echo",
+        "pulled through B",
+    ]));
+    assert_eq!(out.trim(), "pulled through B");
+    let pushed = format!("{}/team/pushed:latest", b.addr);
+    run(Command::new(d).args(["tag", &from_b, &pushed]));
+    let out = run(Command::new(d).args(["push", &pushed]));
+    let digest = out
+        .split_whitespace()
+        .skip_while(|w| *w != "digest:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("docker push printed no digest: {out}"))
+        .to_string();
+    run(Command::new(d).args(["rmi", "-f", &pushed, &from_b]));
+    let raw = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{}/team/pushed:latest", a.addr),
+    ]));
+    assert_eq!(raw.trim(), digest, "A serves what docker pushed through B");
+    let by_digest = format!("{}/team/pushed@{digest}", a.addr);
+    run(Command::new(d).args(["pull", &by_digest]));
+    run(Command::new(d).args(["rmi", "-f", &by_digest]));
+}
