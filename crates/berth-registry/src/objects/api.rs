@@ -201,6 +201,10 @@ async fn receive(
     expect: Option<u64>,
     keep: bool,
 ) -> Result<()> {
+    let _slot = os.receiving.clone().acquire_owned().await.map_err(|_| {
+        RegistryError::new(Code::Unavailable, "the registry is shutting down")
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)
+    })?;
     let start = s.received();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {

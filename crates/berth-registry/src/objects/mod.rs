@@ -99,6 +99,9 @@ pub enum StorageError {
 #[derive(Clone)]
 pub struct ObjectStorage {
     inner: Arc<AmazonS3>,
+    /// Requests streaming a body into the bucket at once: each holds up to a part
+    /// ([`upload::PART`]) in memory, so this bounds the memory uploads take.
+    receiving: Arc<tokio::sync::Semaphore>,
     redirect: bool,
     prefix: String,
     bucket: String,
@@ -292,6 +295,7 @@ impl ObjectStorage {
             .map_err(|e| StorageError::Settings(e.to_string()))?;
         Ok(ObjectStorage {
             inner: Arc::new(inner),
+            receiving: Arc::new(tokio::sync::Semaphore::new(RECEIVING)),
             redirect: settings.redirect,
             prefix,
             bucket: settings.bucket.clone(),
@@ -634,6 +638,10 @@ impl ObjectStorage {
         self.write(&self.blob_key(d), data).await
     }
 }
+
+/// Upload bodies received at once per replica (64 × 8 MiB parts = 512 MiB at most);
+/// further ones wait for a slot before their body is read.
+const RECEIVING: usize = 64;
 
 /// How long a redirect's presigned URL is valid: long enough for a slow client to
 /// start, short enough not to be a standing credential.
