@@ -353,19 +353,6 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// `registry check` works on the root; refuse it when the registry's content is in a
-/// bucket, rather than report on a root it does not use.
-fn refuse_on_object_storage(settings: &Settings, what: &str) -> Result<()> {
-    if let Some(s3) = settings.registry_s3() {
-        bail!(
-            "berth registry {what} does not work on object storage yet: [registry.storage] \
-             keeps this registry in bucket {:?}",
-            s3.bucket
-        );
-    }
-    Ok(())
-}
-
 fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
     let opts = berth_store::GcOptions {
         dry_run: args.dry_run,
@@ -426,9 +413,21 @@ fn print_gc(report: &berth_store::GcReport, dry_run: bool) -> Result<()> {
 }
 
 fn check(settings: &Settings) -> Result<()> {
-    refuse_on_object_storage(settings, "check")?;
-    let store = open_store(settings)?;
-    let report = store.check()?;
+    let report = match settings.registry_s3() {
+        Some(s3) => {
+            let os = berth_registry::ObjectStorage::new(s3, &settings.network())?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                os.check(true).await?;
+                os.verify()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("check of bucket {}: {}", s3.bucket, e.message))
+            })?
+        }
+        None => open_store(settings)?.check()?,
+    };
     for d in &report.corrupt {
         println!("corrupt blob {d}: its content does not hash to its name");
     }
@@ -443,9 +442,12 @@ fn check(settings: &Settings) -> Result<()> {
         report.problems.len()
     );
     if !report.corrupt.is_empty() || !report.problems.is_empty() {
+        let place = match settings.registry_s3() {
+            Some(s3) => format!("bucket {}", s3.bucket),
+            None => format!("store at {}", settings.root.display()),
+        };
         bail!(
-            "store at {} is inconsistent: pulls of the manifests listed above fail; push them again, or delete them",
-            settings.root.display()
+            "{place} is inconsistent: pulls of the manifests listed above fail; push them again, or delete them"
         );
     }
     Ok(())

@@ -155,14 +155,17 @@ print(k["AccessKeyId"], k["SecretAccessKey"])
 
     /// Send a bare request; the status code, if moto answered.
     fn request(&self, method: &str, path: &str) -> Option<u16> {
+        let body = b"";
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.port,
+            body.len()
         )
         .ok()?;
+        s.write_all(body).ok()?;
         let mut head = [0u8; 12];
         s.read_exact(&mut head).ok()?;
         std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
@@ -172,6 +175,42 @@ print(k["AccessKeyId"], k["SecretAccessKey"])
     pub fn create_bucket(&self, name: &str) {
         let status = self.request("PUT", &format!("/{name}"));
         assert_eq!(status, Some(200), "creating bucket {name} on moto");
+    }
+
+    /// Write object `key` of `bucket` behind the registry's back (through boto3).
+    pub fn put_object(&self, bucket: &str, key: &str, body: &[u8]) {
+        let script = r#"
+import boto3, sys
+c = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                 aws_access_key_id=sys.argv[4], aws_secret_access_key=sys.argv[5])
+c.put_object(Bucket=sys.argv[2], Key=sys.argv[3], Body=sys.stdin.buffer.read())
+"#;
+        let mut child = Command::new(python())
+            .args([
+                "-c",
+                script,
+                &self.endpoint,
+                bucket,
+                key,
+                &self.keys.0,
+                &self.keys.1,
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run python");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body)
+            .expect("write body");
+        let out = child.wait_with_output().expect("wait for python");
+        assert!(
+            out.status.success(),
+            "writing {key} on moto: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Every key in `bucket` (through boto3), sorted.

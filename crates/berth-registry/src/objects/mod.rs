@@ -20,6 +20,7 @@
 pub(crate) mod api;
 mod gc;
 pub(crate) mod upload;
+mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
