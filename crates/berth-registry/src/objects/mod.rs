@@ -32,7 +32,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    BackoffConfig, ClientOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig,
 };
 use serde::Deserialize;
 
@@ -321,14 +322,44 @@ impl ObjectStorage {
             .map_err(|e| fail("listing", e))?;
         if !read_only {
             let probe = self.key(&format!("_probe/{}", uuid::Uuid::new_v4()));
-            self.inner
-                .put(&probe, PutPayload::from_static(b"berth"))
+            let put = |mode: PutMode| {
+                self.inner.put_opts(
+                    &probe,
+                    PutPayload::from_static(b"berth"),
+                    PutOptions::from(mode),
+                )
+            };
+            put(PutMode::Create)
                 .await
                 .map_err(|e| fail("writing a probe object", e))?;
-            self.inner
-                .delete(&probe)
-                .await
-                .map_err(|e| fail("removing the probe object", e))?;
+            // Upload sessions rely on conditional writes (If-None-Match, If-Match): a
+            // server that ignores them would let two replicas corrupt one upload.
+            let again = put(PutMode::Create).await;
+            let stale = put(PutMode::Update(object_store::UpdateVersion {
+                e_tag: Some("\"0000\"".into()),
+                version: None,
+            }))
+            .await;
+            let _ = self.inner.delete(&probe).await;
+            let refused = |r: &object_store::Result<object_store::PutResult>| {
+                matches!(
+                    r,
+                    Err(object_store::Error::AlreadyExists { .. }
+                        | object_store::Error::Precondition { .. })
+                )
+            };
+            if !refused(&again) || !refused(&stale) {
+                return Err(StorageError::Unusable {
+                    bucket: self.bucket.clone(),
+                    endpoint: self.endpoint.clone(),
+                    what: "a conditional write",
+                    message: format!(
+                        "the server does not refuse a PUT with If-None-Match: * on an existing object ({}) or with a stale If-Match ({}); upload sessions need both",
+                        result_word(&again),
+                        result_word(&stale)
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -647,6 +678,13 @@ const RECEIVING: usize = 64;
 /// How long a redirect's presigned URL is valid: long enough for a slow client to
 /// start, short enough not to be a standing credential.
 const PRESIGNED_FOR: Duration = Duration::from_secs(20 * 60);
+
+fn result_word(r: &object_store::Result<object_store::PutResult>) -> String {
+    match r {
+        Ok(_) => "it succeeded".into(),
+        Err(e) => error_chain(e),
+    }
+}
 
 /// An error and its sources, one line.
 fn error_chain(e: &dyn std::error::Error) -> String {
