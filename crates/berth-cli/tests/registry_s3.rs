@@ -91,6 +91,24 @@ fn replica(
     Replica { child, addr }
 }
 
+/// moto and two replicas on its bucket (keys `test`): (moto, work dir, config, A, B).
+fn two_replicas() -> Option<(
+    Moto,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Replica,
+    Replica,
+)> {
+    let moto = Moto::start(BUCKET)?;
+    let dir = tempfile::tempdir().unwrap();
+    let config = s3_config(dir.path(), &moto.endpoint, "");
+    let keys = Some(("test", "test"));
+    // Each replica has a root of its own: nothing but the bucket is shared.
+    let a = replica(&dir.path().join("a"), &config, keys);
+    let b = replica(&dir.path().join("b"), &config, keys);
+    Some((moto, dir, config, a, b))
+}
+
 /// Run `serve` expecting it to stop at start-up; its stderr.
 fn fails_at_start(
     root: &std::path::Path,
@@ -118,15 +136,9 @@ fn skopeo_pushes_through_one_replica_and_pulls_through_another() {
     }
     // moto without auth: with auth on, it refuses every signed listing whose query has
     // a '/' (prefix=team%2F) as a signature mismatch, which boto3 hits too.
-    let Some(moto) = Moto::start(BUCKET) else {
+    let Some((moto, dir, config, a, b)) = two_replicas() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let config = s3_config(dir.path(), &moto.endpoint, "");
-    let keys = Some(("test", "test"));
-    // Each replica has a root of its own: nothing but the bucket is shared.
-    let a = replica(&dir.path().join("a"), &config, keys);
-    let b = replica(&dir.path().join("b"), &config, keys);
 
     let src = dir.path().join("src");
     let want = busybox_layout(&src, "v1");
@@ -371,14 +383,9 @@ fn header_of(head: &str, name: &str) -> String {
 #[test]
 fn a_push_cut_by_killing_one_replica_resumes_on_another() {
     use std::io::Write;
-    let Some(moto) = Moto::start(BUCKET) else {
+    let Some((_moto, dir, _config, mut a, b)) = two_replicas() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let config = s3_config(dir.path(), &moto.endpoint, "");
-    let keys = Some(("test", "test"));
-    let mut a = replica(&dir.path().join("a"), &config, keys);
-    let b = replica(&dir.path().join("b"), &config, keys);
     let data: Vec<u8> = (0..12usize << 20)
         .map(|i| (i % 253) as u8 ^ (i >> 16) as u8)
         .collect();
@@ -464,14 +471,9 @@ fn docker_pulls_and_pushes_across_replicas() {
     if !require("skopeo") || !require_docker() {
         return;
     }
-    let Some(moto) = Moto::start(BUCKET) else {
+    let Some((_moto, dir, _config, a, b)) = two_replicas() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let config = s3_config(dir.path(), &moto.endpoint, "");
-    let keys = Some(("test", "test"));
-    let a = replica(&dir.path().join("a"), &config, keys);
-    let b = replica(&dir.path().join("b"), &config, keys);
     let src = dir.path().join("src");
     busybox_layout(&src, "v1");
     run(&mut skopeo_copy(

@@ -60,6 +60,19 @@ async fn start_with(f: impl FnOnce(&mut Config)) -> Option<Server> {
         moto = Some(m);
     }
     f(&mut config);
+    let addr = serve_in_process(config).await;
+    Some(Server {
+        base: format!("http://{addr}"),
+        addr,
+        store,
+        http: Client::new(),
+        moto,
+        _dir: dir,
+    })
+}
+
+/// Serve a registry of `config` on 127.0.0.1 from this process; its address.
+pub(crate) async fn serve_in_process(config: Config) -> std::net::SocketAddr {
     let registry = Registry::new(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -69,14 +82,7 @@ async fn start_with(f: impl FnOnce(&mut Config)) -> Option<Server> {
         None,
         std::future::pending(),
     ));
-    Some(Server {
-        base: format!("http://{addr}"),
-        addr,
-        store,
-        http: Client::new(),
-        moto,
-        _dir: dir,
-    })
+    addr
 }
 
 /// A registry with users `ci` (password `ci-pass`) and `dev` (`dev-pass`) and `rules`.

@@ -6,7 +6,7 @@
 mod api;
 
 use berth_oci::Digest;
-use berth_registry::{Config, ObjectStorage, Registry, S3Settings};
+use berth_registry::{Config, ObjectStorage, S3Settings};
 use berth_store::Store;
 use berth_testutil::moto::Moto;
 use reqwest::{Client, StatusCode};
@@ -27,16 +27,7 @@ async fn replica_with(settings: &S3Settings, dir: &std::path::Path) -> String {
     os.check(false).await.unwrap();
     let mut config = Config::new(Store::open(dir).unwrap());
     config.objects = Some(os);
-    let registry = Registry::new(config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(berth_registry::serve(
-        listener,
-        registry.router(),
-        None,
-        std::future::pending(),
-    ));
-    format!("http://{addr}")
+    format!("http://{}", api::serve_in_process(config).await)
 }
 
 /// moto with bucket `bucket` and two replicas on it: (moto, their roots, A, B).
