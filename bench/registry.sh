@@ -48,13 +48,7 @@ source "$here/registry-lib.sh"
 
 
 
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", b - a }'; }
-mbps() { awk -v bytes="$1" -v secs="$2" 'BEGIN { printf "%.1f", bytes / secs / 1e6 }'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# Overwrite the first bytes of $1 with random ones: a new blob without rewriting it all.
-refresh_blob() { head -c 64 /dev/urandom | dd of="$1" bs=64 count=1 conv=notrunc status=none; }
 
 # --- servers -----------------------------------------------------------------
 

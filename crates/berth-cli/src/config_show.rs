@@ -250,6 +250,43 @@ impl Settings {
                 None => entry(format!("registry.{k}"), default, Source::Default),
             });
         }
+        // [registry.storage]: the local root unless a bucket is configured.
+        match &reg.storage {
+            Some(crate::settings::StorageFile::S3(s3)) => {
+                out.push(entry("registry.storage.kind", "s3", file_src()));
+                let opt = |v: Option<&str>| v.map_or(serde_json::Value::Null, Into::into);
+                for (k, v) in [
+                    ("bucket", Some(s3.bucket.as_str())),
+                    ("prefix", Some(s3.prefix.as_str())),
+                    ("endpoint", s3.endpoint.as_deref()),
+                    ("region", s3.region.as_deref()),
+                    ("profile", s3.profile.as_deref()),
+                ] {
+                    out.push(entry(format!("registry.storage.{k}"), opt(v), file_src()));
+                }
+                out.push(entry(
+                    "registry.storage.credentials_file",
+                    s3.credentials_file
+                        .as_deref()
+                        .map_or(serde_json::Value::Null, path_value),
+                    file_src(),
+                ));
+                out.push(entry(
+                    "registry.storage.path_style",
+                    s3.path_style.unwrap_or(s3.endpoint.is_some()),
+                    file_src(),
+                ));
+                out.push(entry("registry.storage.redirect", s3.redirect, file_src()));
+            }
+            Some(crate::settings::StorageFile::Filesystem) => {
+                out.push(entry("registry.storage.kind", "filesystem", file_src()))
+            }
+            None => out.push(entry(
+                "registry.storage.kind",
+                "filesystem",
+                Source::Default,
+            )),
+        }
 
         let d = &self.file.docker;
         out.push(match d.registry_proxy {
@@ -339,6 +376,42 @@ mod tests {
 
     fn find<'a>(entries: &'a [Entry], key: &str) -> Vec<&'a Entry> {
         entries.iter().filter(|e| e.key == key).collect()
+    }
+
+    #[test]
+    fn registry_storage_in_a_bucket() {
+        let path = Path::new("/etc/berth/config.toml");
+        let text = "[registry.storage]\nkind = \"s3\"\nbucket = \"b\"\n\
+                    endpoint = \"http://127.0.0.1:9000\"\ncredentials_file = \"/etc/c\"\n";
+        let file = super::super::parse_file(path, text).unwrap();
+        let s = Settings::resolve(None, file, BTreeMap::new());
+        let s3 = s.registry_s3().expect("s3 storage");
+        assert_eq!(s3.bucket, "b");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        let e = s.provenance(&|_| None);
+        assert_eq!(find(&e, "registry.storage.kind")[0].value, "s3");
+        assert_eq!(find(&e, "registry.storage.path_style")[0].value, true);
+        assert_eq!(
+            find(&e, "registry.storage.credentials_file")[0].value,
+            "/etc/c"
+        );
+        // The default, and mistakes named with their place.
+        let file = super::super::parse_file(path, "").unwrap();
+        let s = Settings::resolve(None, file, BTreeMap::new());
+        assert!(s.registry_s3().is_none());
+        let e = s.provenance(&|_| None);
+        assert_eq!(find(&e, "registry.storage.kind")[0].value, "filesystem");
+        for bad in [
+            "[registry.storage]\nkind = \"gcs\"\n",
+            "[registry.storage]\nkind = \"s3\"\nbucket = \"b\"\nbukket = \"c\"\n",
+            "[registry.storage]\nkind = \"s3\"\n",
+        ] {
+            let err = format!("{:#}", super::super::parse_file(path, bad).unwrap_err());
+            assert!(
+                err.contains("registry.storage") || err.contains("storage"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -300,6 +300,9 @@ fn serve(settings: &Settings, args: settings::RegistryServeArgs) -> Result<()> {
     if let Some(h) = &serve.htpasswd {
         config.auth = Some(berth_registry::Auth::load(h, serve.access.as_deref())?);
     }
+    if let Some(s3) = &serve.s3 {
+        config.objects = Some(berth_registry::ObjectStorage::new(s3, &settings.network())?);
+    }
     let tls = match &serve.tls {
         Some((cert, key)) => Some(berth_registry::tls_acceptor(cert, key)?),
         None => None,
@@ -309,16 +312,23 @@ fn serve(settings: &Settings, args: settings::RegistryServeArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let objects = registry.objects().cloned();
     rt.block_on(async move {
+        // A wrong key or an unreachable endpoint stops the registry here, not at the
+        // first push.
+        if let Some(os) = &objects {
+            os.check(serve.read_only).await?;
+        }
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("listen on {addr}: is another registry running there? choose another --addr")
         })?;
         let local = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        println!(
-            "berth registry listening on {scheme}://{local} (root {})",
-            settings.root.display()
-        );
+        let place = match &objects {
+            Some(os) => format!("bucket {}", os.bucket()),
+            None => format!("root {}", settings.root.display()),
+        };
+        println!("berth registry listening on {scheme}://{local} ({place})");
         use std::io::Write;
         std::io::stdout().flush()?;
         berth_registry::serve_with(
@@ -344,12 +354,25 @@ pub(crate) async fn shutdown_signal() {
 }
 
 fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
-    let store = open_store(settings)?;
     let opts = berth_store::GcOptions {
         dry_run: args.dry_run,
         grace: args.grace,
         upload_expiry: args.upload_expiry,
     };
+    if let Some(s3) = settings.registry_s3() {
+        let os = berth_registry::ObjectStorage::new(s3, &settings.network())?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let report = rt.block_on(async {
+            os.check(args.dry_run).await?;
+            os.gc(&opts)
+                .await
+                .map_err(|e| anyhow::anyhow!("gc of bucket {}: {}", s3.bucket, e.message))
+        })?;
+        return print_gc(&report, args.dry_run);
+    }
+    let store = open_store(settings)?;
     // The build cache's layers are roots: builds share this root.
     let roots = berth_build::BuildCache::new(&settings.root);
     // Over its cap, the pull-through cache loses its least recently pulled blobs first.
@@ -367,11 +390,11 @@ fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
         );
     }
     let report = store.gc(&opts, &roots)?;
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
+    print_gc(&report, args.dry_run)
+}
+
+fn print_gc(report: &berth_store::GcReport, dry_run: bool) -> Result<()> {
+    let verb = if dry_run { "would remove" } else { "removed" };
     for d in &report.removed_blobs {
         println!("{verb} blob {d}");
     }
@@ -390,8 +413,21 @@ fn gc(settings: &Settings, args: GcArgs) -> Result<()> {
 }
 
 fn check(settings: &Settings) -> Result<()> {
-    let store = open_store(settings)?;
-    let report = store.check()?;
+    let report = match settings.registry_s3() {
+        Some(s3) => {
+            let os = berth_registry::ObjectStorage::new(s3, &settings.network())?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                os.check(true).await?;
+                os.verify()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("check of bucket {}: {}", s3.bucket, e.message))
+            })?
+        }
+        None => open_store(settings)?.check()?,
+    };
     for d in &report.corrupt {
         println!("corrupt blob {d}: its content does not hash to its name");
     }
@@ -406,9 +442,12 @@ fn check(settings: &Settings) -> Result<()> {
         report.problems.len()
     );
     if !report.corrupt.is_empty() || !report.problems.is_empty() {
+        let place = match settings.registry_s3() {
+            Some(s3) => format!("bucket {}", s3.bucket),
+            None => format!("store at {}", settings.root.display()),
+        };
         bail!(
-            "store at {} is inconsistent: pulls of the manifests listed above fail; push them again, or delete them",
-            settings.root.display()
+            "{place} is inconsistent: pulls of the manifests listed above fail; push them again, or delete them"
         );
     }
     Ok(())

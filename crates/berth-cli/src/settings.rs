@@ -148,6 +148,18 @@ struct RegistryFile {
     /// Size cap of the pull-through cache (`"20GB"`); least recently pulled goes first.
     #[serde(default, deserialize_with = "size")]
     mirror_max_size: Option<u64>,
+    /// `[registry.storage]`: where content and metadata live (default: the root).
+    storage: Option<StorageFile>,
+}
+
+/// `[registry.storage]` in config.toml.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StorageFile {
+    /// Under the root, beside the builder's content (the default).
+    Filesystem,
+    /// An S3-compatible bucket.
+    S3(berth_registry::S3Settings),
 }
 
 /// One `[[registry.mirror]]` entry as [`Settings::mirror_checks`] gives it to `berth doctor`.
@@ -290,6 +302,8 @@ pub struct RegistryServe {
     pub options: berth_registry::ServeOptions,
     /// The pull-through cache (no mirrors: none). Its `roots` are left to the caller.
     pub mirror: berth_registry::MirrorSettings,
+    /// The bucket, with `[registry.storage] kind = "s3"`.
+    pub s3: Option<berth_registry::S3Settings>,
 }
 
 /// Flags for delivery into the Docker daemon (`berth build --load`, `berth load`); each
@@ -611,6 +625,14 @@ impl Settings {
             (None, None) => None,
             _ => bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)"),
         };
+        let mirror = self.mirrors(&|k| std::env::var(k).ok())?;
+        let s3 = self.registry_s3().cloned();
+        if s3.is_some() && !mirror.mirrors.is_empty() {
+            bail!(
+                "[[registry.mirror]] is not supported with [registry.storage] kind = \"s3\": \
+                 serve mirrors from a registry on the local file system"
+            );
+        }
         let mut options = berth_registry::ServeOptions::default();
         if let Some(n) = flags.max_connections.or(file.max_connections) {
             options.max_connections = n;
@@ -631,8 +653,17 @@ impl Settings {
             allow_anonymous_push: flags.allow_anonymous_push
                 || file.allow_anonymous_push.unwrap_or(false),
             options,
-            mirror: self.mirrors(&|k| std::env::var(k).ok())?,
+            mirror,
+            s3,
         })
+    }
+
+    /// The bucket of `[registry.storage] kind = "s3"`, if so configured.
+    pub fn registry_s3(&self) -> Option<&berth_registry::S3Settings> {
+        match &self.file.registry.storage {
+            Some(StorageFile::S3(s)) => Some(s),
+            _ => None,
+        }
     }
 
     /// The prefixes of `[[registry.mirror]]` and `[registry] mirror_max_size`, for

@@ -4,8 +4,9 @@
 //! authentication with per-repository rights (htpasswd, or any [`Credentials`]), TLS,
 //! request logs and graceful shutdown; and a pull-through cache serving upstream
 //! registries as read-only namespaces beside the local repositories ([`MirrorConfig`]).
-//! Content and metadata live in a [`berth_store::Store`]; the registry holds nothing but
-//! open upload writers in memory, so it can be killed at any moment.
+//! Content and metadata live in a [`berth_store::Store`], or in an S3-compatible bucket
+//! ([`ObjectStorage`], `Config::objects`) shared by any number of replicas; the registry
+//! holds nothing but open upload writers in memory, so it can be killed at any moment.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -19,6 +20,7 @@
 mod auth;
 mod error;
 mod mirror;
+mod objects;
 mod routes;
 mod server;
 
@@ -30,6 +32,7 @@ pub use mirror::{
     DEFAULT_TAG_TTL, EvictReport, MirrorConfig, MirrorSettings, Upstream, check_mirrors,
     check_prefix, evict, upstream_client_config,
 };
+pub use objects::{ObjectStorage, S3Settings, StorageError};
 pub use routes::{Config, Registry};
 pub use server::{
     PeerCertificates, ServeOptions, TlsError, default_max_connections, serve, serve_with,

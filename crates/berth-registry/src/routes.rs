@@ -46,6 +46,9 @@ pub struct Config {
     pub client_certificates: bool,
     /// Upstream registries served as read-only namespaces (the pull-through cache).
     pub mirror: crate::mirror::MirrorSettings,
+    /// Keep content and metadata in this bucket instead of `store` (which then holds
+    /// nothing of the registry's). Mirrors are not served from object storage.
+    pub objects: Option<crate::objects::ObjectStorage>,
 }
 
 impl Config {
@@ -61,6 +64,7 @@ impl Config {
             allow_anonymous_push: false,
             client_certificates: false,
             mirror: Default::default(),
+            objects: None,
         }
     }
 
@@ -91,7 +95,14 @@ impl Registry {
     /// A registry over `config`.
     pub fn new(config: Config) -> Registry {
         crate::auth::warn_if_writes_refused(&config);
-        let mirrors = crate::mirror::Mirrors::new(&config.mirror, config.store.clone());
+        let mirrors = if config.objects.is_some() {
+            if !config.mirror.mirrors.is_empty() {
+                tracing::warn!("mirrors are not served from object storage: ignoring them");
+            }
+            None
+        } else {
+            crate::mirror::Mirrors::new(&config.mirror, config.store.clone())
+        };
         Registry {
             inner: Arc::new(Inner {
                 config,
@@ -112,6 +123,15 @@ impl Registry {
             .fallback(dispatch)
             .with_state(self.clone())
             .layer(axum::middleware::from_fn(crate::server::log_request))
+    }
+
+    /// The bucket the registry keeps its content in, if not the local store.
+    pub fn objects(&self) -> Option<&crate::objects::ObjectStorage> {
+        self.inner.config.objects.as_ref()
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
     }
 
     fn store(&self) -> &Store {
@@ -152,7 +172,7 @@ impl Registry {
 }
 
 #[derive(Debug)]
-enum Route {
+pub(crate) enum Route {
     Base,
     Catalog,
     Tags(String),
@@ -256,17 +276,17 @@ fn parse_route(path: &str) -> Option<Route> {
     }
 }
 
-fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     berth_oci::validate_repository(name)
         .map_err(|e| RegistryError::new(Code::NameInvalid, e.to_string()))
 }
 
-fn parse_digest(s: &str) -> Result<Digest> {
+pub(crate) fn parse_digest(s: &str) -> Result<Digest> {
     s.parse()
         .map_err(|e: berth_oci::DigestError| RegistryError::new(Code::DigestInvalid, e.to_string()))
 }
 
-fn query_param(req_query: Option<&str>, key: &str) -> Option<String> {
+pub(crate) fn query_param(req_query: Option<&str>, key: &str) -> Option<String> {
     req_query?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then(|| percent_decode(v))
@@ -274,7 +294,7 @@ fn query_param(req_query: Option<&str>, key: &str) -> Option<String> {
 }
 
 /// Every value of `key` in the query (`?tag=a&tag=b`).
-fn query_params(req_query: Option<&str>, key: &str) -> Vec<String> {
+pub(crate) fn query_params(req_query: Option<&str>, key: &str) -> Vec<String> {
     req_query
         .into_iter()
         .flat_map(|q| q.split('&'))
@@ -459,6 +479,9 @@ async fn handle(reg: &Registry, req: Request) -> Result<Response> {
         )
         .await;
     }
+    if let Some(objects) = &cfg.objects {
+        return crate::objects::api::handle(reg, objects, route, method, user, query, req).await;
+    }
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => {
             Ok(json_response(StatusCode::OK, &serde_json::json!({})))
@@ -569,14 +592,14 @@ async fn mirrored(
     }
 }
 
-fn empty(status: StatusCode) -> Response {
+pub(crate) fn empty(status: StatusCode) -> Response {
     let mut r = status.into_response();
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     r
 }
 
-fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
     let body = serde_json::to_vec(v).expect("json");
     let mut r = (status, body).into_response();
     r.headers_mut().insert(
@@ -586,14 +609,14 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response {
     r
 }
 
-fn set(r: &mut Response, name: &'static str, value: &str) {
+pub(crate) fn set(r: &mut Response, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         r.headers_mut().insert(name, v);
     }
 }
 
 /// Apply `last` and `n` to a sorted list; returns the page and whether more follow.
-fn paginate(
+pub(crate) fn paginate(
     items: Vec<String>,
     n: Option<String>,
     last: Option<String>,
@@ -621,7 +644,7 @@ fn paginate(
     Ok((items, more))
 }
 
-fn link_next(r: &mut Response, base: &str, page: &[String], n: Option<usize>) {
+pub(crate) fn link_next(r: &mut Response, base: &str, page: &[String], n: Option<usize>) {
     if let (Some(n), Some(last)) = (n, page.last()) {
         set(
             r,
@@ -697,7 +720,7 @@ fn resolve(reg: &Registry, name: &str, reference: &str) -> Result<(Digest, Strin
 
 /// Whether the client's `Accept` header admits `media_type`. No header (or `*/*`)
 /// admits everything: the bytes are served as pushed, never converted.
-fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+pub(crate) fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
     let mut any = false;
     for v in headers.get_all(header::ACCEPT) {
         let Ok(v) = v.to_str() else { continue };
@@ -721,34 +744,53 @@ fn get_manifest(
 ) -> Result<Response> {
     check_name(name)?;
     let (digest, media_type) = resolve(reg, name, reference)?;
-    if !accepts(headers, &media_type) {
-        return Err(RegistryError::new(
-            Code::ManifestUnknown,
-            format!(
-                "manifest {digest} is a {media_type}, which the request's Accept header does not list"
-            ),
-        ));
+    check_accepts(headers, &digest, &media_type)?;
+    let bytes = reg.store().read_blob(&digest)?;
+    manifest_response(bytes, &digest, &media_type, head)
+}
+
+/// Refuse a manifest whose type the client's `Accept` does not list.
+pub(crate) fn check_accepts(headers: &HeaderMap, digest: &Digest, media_type: &str) -> Result<()> {
+    if accepts(headers, media_type) {
+        return Ok(());
     }
-    let bytes = reg.store().read_blob(&digest)?.ok_or_else(|| {
-        RegistryError::new(
-            Code::ManifestUnknown,
-            format!("manifest {digest} is missing from the store"),
-        )
-    })?;
+    Err(RegistryError::new(
+        Code::ManifestUnknown,
+        format!(
+            "manifest {digest} is a {media_type}, which the request's Accept header does not list"
+        ),
+    ))
+}
+
+/// The answer to a manifest GET or HEAD, from its bytes (`None`: missing).
+pub(crate) fn manifest_response(
+    bytes: Option<impl Into<bytes::Bytes>>,
+    digest: &Digest,
+    media_type: &str,
+    head: bool,
+) -> Result<Response> {
+    let bytes: bytes::Bytes = bytes
+        .ok_or_else(|| {
+            RegistryError::new(
+                Code::ManifestUnknown,
+                format!("manifest {digest} is missing from the store"),
+            )
+        })?
+        .into();
     let len = bytes.len();
     let mut r = if head {
         Body::empty().into_response()
     } else {
         bytes.into_response()
     };
-    set(&mut r, "content-type", &media_type);
+    set(&mut r, "content-type", media_type);
     set(&mut r, "content-length", &len.to_string());
     set(&mut r, "docker-content-digest", &digest.to_string());
     set(&mut r, "etag", &format!("\"{digest}\""));
     Ok(r)
 }
 
-async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>> {
+pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>> {
     let mut stream = body.into_data_stream();
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -770,13 +812,26 @@ async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-async fn put_manifest(
+/// A manifest PUT as received and checked, before anything is stored.
+pub(crate) struct PushedManifest {
+    pub(crate) manifest: Manifest,
+    pub(crate) media_type: String,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) digest: Digest,
+    /// The tags to set: the reference if it is one, and `?tag=` parameters.
+    pub(crate) tags: Vec<String>,
+    pub(crate) by_digest: bool,
+}
+
+/// Read and check a manifest PUT: name, reference, tags, size, syntax and digest.
+pub(crate) async fn receive_manifest(
     reg: &Registry,
     name: &str,
     reference: &str,
     extra_tags: Vec<String>,
     req: Request,
-) -> Result<Response> {
+) -> Result<PushedManifest> {
     check_name(name)?;
     let by_digest = reference.contains(':');
     let want = if by_digest {
@@ -832,10 +887,27 @@ async fn put_manifest(
             format!("manifest was pushed as {w} but its content is {digest}"),
         ));
     }
+    Ok(PushedManifest {
+        manifest,
+        media_type,
+        bytes,
+        algorithm,
+        digest,
+        tags,
+        by_digest,
+    })
+}
+
+async fn put_manifest(
+    reg: &Registry,
+    name: &str,
+    reference: &str,
+    extra_tags: Vec<String>,
+    req: Request,
+) -> Result<Response> {
+    let pushed = Arc::new(receive_manifest(reg, name, reference, extra_tags, req).await?);
     let store = reg.store().clone();
-    let (n, d) = (name.to_string(), digest.clone());
-    let subject = manifest.subject.clone();
-    let t = tags.clone();
+    let (n, p) = (name.to_string(), pushed.clone());
     blocking(move || {
         let repos = store.repos();
         // Every reference is held (protected from gc) from its check until the manifest
@@ -847,52 +919,76 @@ async fn put_manifest(
                 None
             };
             let Some(guard) = guard else {
-                return Err(RegistryError::new(
-                    Code::ManifestBlobUnknown,
-                    format!(
-                        "{holder} references {what} {} which is not in repository {n}; push it first",
-                        r.digest
-                    ),
-                )
-                .with_detail(serde_json::json!({ "digest": r.digest })));
+                return Err(not_in_repository(r, &n, holder, what));
             };
             check_size(&r.digest, r.size, guard.size(), what)?;
             Ok(guard)
         };
         let mut guards = Vec::new();
-        for r in manifest.blobs() {
+        for r in p.manifest.blobs() {
             if !media_type::is_non_distributable(&r.media_type) {
                 guards.push(hold(r, repos.has_blob(&n, &r.digest)?, "manifest", "blob")?);
             }
         }
-        for r in &manifest.manifests {
+        for r in &p.manifest.manifests {
             let linked = repos.manifest(&n, &r.digest)?.is_some();
             guards.push(hold(r, linked, "index", "manifest")?);
         }
-        let (_, own) = store.put_blob_protected(algorithm, &bytes)?;
+        let (_, own) = store.put_blob_protected(p.algorithm, &p.bytes)?;
         guards.push(own);
         // The referrer record goes first: a crash between the two leaves a record whose
         // manifest is not linked, which listings skip, rather than a linked manifest that
         // never shows up as a referrer.
-        if let Some(subject) = &manifest.subject {
-            let descriptor = Descriptor {
-                media_type: media_type.clone(),
-                digest: d.clone(),
-                size: bytes.len() as u64,
-                artifact_type: manifest.referrer_artifact_type(),
-                annotations: manifest.annotations.clone(),
-                platform: None,
-            };
-            repos.add_referrer(&n, &subject.digest, &descriptor)?;
+        if let Some((subject, descriptor)) = p.referrer() {
+            repos.add_referrer(&n, &subject, &descriptor)?;
         }
-        repos.link_manifest(&n, &d, &media_type)?;
-        for tag in &t {
-            repos.set_tag(&n, tag, &d)?;
+        repos.link_manifest(&n, &p.digest, &p.media_type)?;
+        for tag in &p.tags {
+            repos.set_tag(&n, tag, &p.digest)?;
         }
         drop(guards);
         Ok(())
     })
     .await?;
+    Ok(manifest_created(name, &pushed))
+}
+
+/// MANIFEST_BLOB_UNKNOWN for a reference `name` does not hold.
+pub(crate) fn not_in_repository(
+    r: &Descriptor,
+    name: &str,
+    holder: &str,
+    what: &str,
+) -> RegistryError {
+    RegistryError::new(
+        Code::ManifestBlobUnknown,
+        format!(
+            "{holder} references {what} {} which is not in repository {name}; push it first",
+            r.digest
+        ),
+    )
+    .with_detail(serde_json::json!({ "digest": r.digest }))
+}
+
+impl PushedManifest {
+    /// The subject and the referrer record to file under it, if the manifest has one.
+    pub(crate) fn referrer(&self) -> Option<(Digest, Descriptor)> {
+        let subject = self.manifest.subject.as_ref()?;
+        let descriptor = Descriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size: self.bytes.len() as u64,
+            artifact_type: self.manifest.referrer_artifact_type(),
+            annotations: self.manifest.annotations.clone(),
+            platform: None,
+        };
+        Some((subject.digest.clone(), descriptor))
+    }
+}
+
+/// 201 for a stored manifest.
+pub(crate) fn manifest_created(name: &str, pushed: &PushedManifest) -> Response {
+    let digest = &pushed.digest;
     let mut r = empty(StatusCode::CREATED);
     set(
         &mut r,
@@ -900,22 +996,22 @@ async fn put_manifest(
         &format!("/v2/{name}/manifests/{digest}"),
     );
     set(&mut r, "docker-content-digest", &digest.to_string());
-    if let Some(subject) = &subject {
+    if let Some(subject) = &pushed.manifest.subject {
         set(&mut r, "oci-subject", &subject.digest.to_string());
     }
-    if by_digest {
-        for tag in &tags {
+    if pushed.by_digest {
+        for tag in &pushed.tags {
             if let Ok(v) = HeaderValue::from_str(tag) {
                 r.headers_mut().append("oci-tag", v);
             }
         }
     }
-    Ok(r)
+    r
 }
 
 /// A descriptor's size must be the stored blob's (image-spec: "size ... MUST" match;
 /// a client that trusted it would read a truncated or overlong blob).
-fn check_size(digest: &Digest, declared: u64, stored: u64, what: &str) -> Result<()> {
+pub(crate) fn check_size(digest: &Digest, declared: u64, stored: u64, what: &str) -> Result<()> {
     if declared == stored {
         return Ok(());
     }
@@ -962,7 +1058,7 @@ fn delete_manifest(reg: &Registry, name: &str, reference: &str) -> Result<Respon
 
 /// A parsed `Range: bytes=…` against a blob of `size` bytes: `Ok(None)` means the whole
 /// blob (no header, or one we may ignore: several ranges, another unit).
-fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>> {
+pub(crate) fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>> {
     let Some(v) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };
@@ -1043,23 +1139,36 @@ async fn get_blob(
     })
     .await?;
     let Some((file, size, range)) = found else {
-        return Err(RegistryError::new(
-            Code::BlobUnknown,
-            format!("blob {digest} is not in repository {name}"),
-        ));
+        return Err(blob_unknown(&digest, name));
     };
+    let body = file.map(|file| {
+        let len = range.map_or(size, |(s, e)| e - s + 1);
+        let file = tokio::fs::File::from_std(file);
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 1 << 20);
+        Body::from_stream(stream)
+    });
+    Ok(blob_response(body, &digest, size, range))
+}
+
+pub(crate) fn blob_unknown(digest: &Digest, name: &str) -> RegistryError {
+    RegistryError::new(
+        Code::BlobUnknown,
+        format!("blob {digest} is not in repository {name}"),
+    )
+}
+
+/// The answer to a blob GET (`body`) or HEAD (`None`) of `range` of a blob of `size`.
+pub(crate) fn blob_response(
+    body: Option<Body>,
+    digest: &Digest,
+    size: u64,
+    range: Option<(u64, u64)>,
+) -> Response {
     let (status, len) = match range {
         None => (StatusCode::OK, size),
         Some((s, e)) => (StatusCode::PARTIAL_CONTENT, e - s + 1),
     };
-    let mut r = match file {
-        None => Body::empty().into_response(),
-        Some(file) => {
-            let file = tokio::fs::File::from_std(file);
-            let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 1 << 20);
-            Body::from_stream(stream).into_response()
-        }
-    };
+    let mut r = body.unwrap_or_else(Body::empty).into_response();
     *r.status_mut() = status;
     set(&mut r, "content-length", &len.to_string());
     set(&mut r, "content-type", "application/octet-stream");
@@ -1069,7 +1178,7 @@ async fn get_blob(
     if let Some((s, e)) = range {
         set(&mut r, "content-range", &format!("bytes {s}-{e}/{size}"));
     }
-    Ok(r)
+    r
 }
 
 /// Run blocking store work (file writes, fsync, rename, hashing, locks) on tokio's
@@ -1085,7 +1194,7 @@ where
     })?
 }
 
-fn upload_accepted(status: StatusCode, name: &str, id: &str, offset: u64) -> Response {
+pub(crate) fn upload_accepted(status: StatusCode, name: &str, id: &str, offset: u64) -> Response {
     let mut r = empty(status);
     set(
         &mut r,
@@ -1097,7 +1206,7 @@ fn upload_accepted(status: StatusCode, name: &str, id: &str, offset: u64) -> Res
     r
 }
 
-fn blob_created(name: &str, digest: &Digest) -> Response {
+pub(crate) fn blob_created(name: &str, digest: &Digest) -> Response {
     let mut r = empty(StatusCode::CREATED);
     set(&mut r, "location", &format!("/v2/{name}/blobs/{digest}"));
     set(&mut r, "docker-content-digest", &digest.to_string());
@@ -1224,17 +1333,25 @@ fn upload_id_ok(id: &str) -> bool {
     uuid::Uuid::parse_str(id).is_ok()
 }
 
-async fn open_upload(reg: &Registry, name: &str, id: &str) -> Result<Writer> {
+pub(crate) fn upload_unknown(name: &str, id: &str) -> RegistryError {
+    RegistryError::new(
+        Code::BlobUploadUnknown,
+        format!("upload {id} is not known for repository {name}"),
+    )
+}
+
+/// Check an upload request's repository name and upload id.
+pub(crate) fn check_upload(name: &str, id: &str) -> Result<()> {
     check_name(name)?;
-    let unknown = || {
-        RegistryError::new(
-            Code::BlobUploadUnknown,
-            format!("upload {id} is not known for repository {name}"),
-        )
-    };
     if !upload_id_ok(id) {
-        return Err(unknown());
+        return Err(upload_unknown(name, id));
     }
+    Ok(())
+}
+
+async fn open_upload(reg: &Registry, name: &str, id: &str) -> Result<Writer> {
+    check_upload(name, id)?;
+    let unknown = || upload_unknown(name, id);
     let (reg2, n, i) = (reg.clone(), name.to_string(), id.to_string());
     blocking(move || {
         let store = reg2.store();
@@ -1375,7 +1492,7 @@ async fn start_upload(
 
 /// Check `Content-Range: <start>-<end>` against the upload's offset and the request's
 /// `Content-Length`; returns the length the range announces, if it has an end.
-fn check_content_range(
+pub(crate) fn check_content_range(
     headers: &HeaderMap,
     name: &str,
     id: &str,
@@ -1511,6 +1628,14 @@ fn referrers(
     let repos = reg.store().repos();
     let mut list = repos.referrers(name, &subject)?;
     list.retain(|d| repos.manifest(name, &d.digest).ok().flatten().is_some());
+    Ok(referrers_response(list, artifact_type))
+}
+
+/// The referrers index, filtered by `artifact_type`.
+pub(crate) fn referrers_response(
+    mut list: Vec<Descriptor>,
+    artifact_type: Option<String>,
+) -> Response {
     if let Some(t) = &artifact_type {
         list.retain(|d| d.artifact_type.as_deref() == Some(t.as_str()));
     }
@@ -1524,7 +1649,7 @@ fn referrers(
     if artifact_type.is_some() {
         set(&mut r, "oci-filters-applied", "artifactType");
     }
-    Ok(r)
+    r
 }
 
 #[cfg(test)]

@@ -20,14 +20,59 @@ struct Server {
     addr: std::net::SocketAddr,
     store: Store,
     http: Client,
+    /// The S3 server, when this file runs as tests/s3.rs's module.
+    moto: Option<berth_testutil::moto::Moto>,
     _dir: tempfile::TempDir,
 }
 
-async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
+/// Whether these tests run on object storage: tests/s3.rs includes this file as its
+/// module `api`, so every flow runs on both backends.
+fn on_s3() -> bool {
+    module_path!().starts_with("s3::")
+}
+
+const BUCKET: &str = "berth-test";
+
+/// A registry on the backend of this test binary; `None` when it needs moto and moto is
+/// not installed (the test is then skipped).
+async fn start_with(f: impl FnOnce(&mut Config)) -> Option<Server> {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("root")).unwrap();
     let mut config = Config::new(store.clone());
+    let mut moto = None;
+    if on_s3() {
+        let m = berth_testutil::moto::Moto::start(BUCKET)?;
+        let settings = berth_registry::S3Settings {
+            bucket: BUCKET.into(),
+            prefix: "reg".into(),
+            endpoint: Some(m.endpoint.clone()),
+            ..Default::default()
+        };
+        let env = |k: &str| match k {
+            "AWS_ACCESS_KEY_ID" => Some("test".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("test".to_string()),
+            _ => None,
+        };
+        let os =
+            berth_registry::ObjectStorage::with_env(&settings, &Default::default(), &env).unwrap();
+        os.check(false).await.unwrap();
+        config.objects = Some(os);
+        moto = Some(m);
+    }
     f(&mut config);
+    let addr = serve_in_process(config).await;
+    Some(Server {
+        base: format!("http://{addr}"),
+        addr,
+        store,
+        http: Client::new(),
+        moto,
+        _dir: dir,
+    })
+}
+
+/// Serve a registry of `config` on 127.0.0.1 from this process; its address.
+pub(crate) async fn serve_in_process(config: Config) -> std::net::SocketAddr {
     let registry = Registry::new(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -37,17 +82,11 @@ async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
         None,
         std::future::pending(),
     ));
-    Server {
-        base: format!("http://{addr}"),
-        addr,
-        store,
-        http: Client::new(),
-        _dir: dir,
-    }
+    addr
 }
 
 /// A registry with users `ci` (password `ci-pass`) and `dev` (`dev-pass`) and `rules`.
-async fn start_with_users(rules: &str) -> Server {
+async fn start_with_users(rules: &str) -> Option<Server> {
     let users = HashMap::from([
         ("ci".to_string(), bcrypt::hash("ci-pass", 4).unwrap()),
         ("dev".to_string(), bcrypt::hash("dev-pass", 4).unwrap()),
@@ -56,8 +95,83 @@ async fn start_with_users(rules: &str) -> Server {
     start_with(|c| c.auth = Some(Auth::new(users, Some(access)))).await
 }
 
-async fn start() -> Server {
+async fn start() -> Option<Server> {
     start_with(|_| {}).await
+}
+
+/// What the backend holds, read behind the registry's back.
+impl Server {
+    /// The bucket's keys below the registry's prefix.
+    fn keys(&self, under: &str) -> Vec<String> {
+        let m = self.moto.as_ref().expect("moto");
+        m.keys_in(BUCKET)
+            .into_iter()
+            .filter_map(|k| k.strip_prefix("reg/").map(str::to_string))
+            .filter(|k| k.starts_with(under))
+            .collect()
+    }
+
+    /// Committed blobs, sorted.
+    fn blobs(&self) -> Vec<Digest> {
+        if self.moto.is_none() {
+            return self.store.blobs().unwrap();
+        }
+        let mut v: Vec<Digest> = self
+            .keys("blobs/")
+            .iter()
+            .map(|k| {
+                let mut parts = k.split('/').skip(1);
+                let (alg, hex) = (parts.next().unwrap(), parts.next().unwrap());
+                format!("{alg}:{hex}").parse().unwrap()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Upload sessions (ingests) left, as names.
+    fn ingests(&self) -> Vec<String> {
+        if self.moto.is_none() {
+            return self
+                .store
+                .ingests()
+                .unwrap()
+                .into_iter()
+                .map(|i| format!("{i:?}"))
+                .collect();
+        }
+        self.keys("uploads/")
+    }
+
+    fn tags(&self, repo: &str) -> Vec<String> {
+        if self.moto.is_none() {
+            return self.store.repos().tags(repo).unwrap();
+        }
+        let dir = format!("repositories/{repo}/_tags/");
+        self.keys(&dir)
+            .iter()
+            .map(|k| k[dir.len()..].to_string())
+            .collect()
+    }
+
+    fn repositories(&self) -> Vec<String> {
+        if self.moto.is_none() {
+            return self.store.repos().repositories().unwrap();
+        }
+        self.keys("repositories/")
+    }
+
+    fn has_blob(&self, repo: &str, d: &Digest) -> bool {
+        if self.moto.is_none() {
+            return self.store.repos().has_blob(repo, d).unwrap();
+        }
+        let k = format!(
+            "repositories/{repo}/_blobs/{}/{}",
+            d.algorithm().as_str(),
+            d.hex()
+        );
+        !self.keys(&k).is_empty()
+    }
 }
 
 impl Server {
@@ -71,23 +185,7 @@ impl Server {
     }
 
     async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
-        let d = Digest::sha256(data);
-        let r = self
-            .req(
-                Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
-            )
-            .body(data.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            r.status(),
-            StatusCode::CREATED,
-            "{}",
-            r.text().await.unwrap()
-        );
-        d
+        push_blob_to(&self.http, &self.base, repo, data).await
     }
 
     /// Push config + one layer and a manifest under `tag`; returns (manifest bytes, digest).
@@ -118,6 +216,24 @@ impl Server {
             .await
             .unwrap()
     }
+}
+
+/// A single-POST upload of `data` to `repo` at `base`, which must answer 201.
+pub(crate) async fn push_blob_to(http: &Client, base: &str, repo: &str, data: &[u8]) -> Digest {
+    let d = Digest::sha256(data);
+    let r = http
+        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    d
 }
 
 fn image_manifest(
@@ -151,7 +267,7 @@ fn header<'a>(r: &'a Response, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn base_endpoint_answers_with_api_version() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let r = s.req(Method::GET, "/v2/").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
@@ -164,7 +280,7 @@ async fn base_endpoint_answers_with_api_version() {
 
 #[tokio::test]
 async fn monolithic_push_then_pull_with_ranges() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let d = Digest::sha256(&data);
     // POST then PUT.
@@ -229,7 +345,7 @@ async fn monolithic_push_then_pull_with_ranges() {
 
 #[tokio::test]
 async fn chunked_push_refuses_out_of_order_chunks() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
     let d = Digest::sha256(&data);
     let r = s
@@ -300,7 +416,7 @@ async fn chunked_push_refuses_out_of_order_chunks() {
 
 #[tokio::test]
 async fn wrong_digest_is_refused_and_nothing_is_stored() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let claimed = Digest::sha256(b"something else");
     let r = s
         .req(
@@ -339,11 +455,8 @@ async fn wrong_digest_is_refused_and_nothing_is_stored() {
         "the failed upload is gone"
     );
 
-    assert!(s.store.blobs().unwrap().is_empty(), "no blob committed");
-    assert!(
-        s.store.ingests().unwrap().is_empty(),
-        "no ingest left behind"
-    );
+    assert!(s.blobs().is_empty(), "no blob committed");
+    assert!(s.ingests().is_empty(), "no ingest left behind");
     let r = s
         .req(Method::GET, &format!("/v2/app/blobs/{claimed}"))
         .send()
@@ -371,7 +484,7 @@ async fn send_truncated(s: &Server, head: String, body: &[u8]) {
 
 #[tokio::test]
 async fn truncated_uploads_commit_nothing() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let d = Digest::sha256(&[7u8; 1000]);
     send_truncated(
         &s,
@@ -395,7 +508,9 @@ async fn truncated_uploads_commit_nothing() {
     let mut status = None;
     for _ in 0..50 {
         let r = s.req(Method::GET, &loc).send().await.unwrap();
-        if r.status() == StatusCode::NO_CONTENT {
+        // On object storage nothing locks the session while the broken PATCH saves it:
+        // its status shows the old offset until then.
+        if r.status() == StatusCode::NO_CONTENT && (!on_s3() || header(&r, "range") == "0-399") {
             status = Some(header(&r, "range").to_string());
             break;
         }
@@ -409,17 +524,13 @@ async fn truncated_uploads_commit_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(
-        s.store.blobs().unwrap(),
-        vec![d],
-        "only the completed upload is a blob"
-    );
-    assert!(s.store.ingests().unwrap().is_empty());
+    assert_eq!(s.blobs(), vec![d], "only the completed upload is a blob");
+    assert!(s.ingests().is_empty());
 }
 
 #[tokio::test]
 async fn cancel_and_mount() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let r = s
         .req(Method::POST, "/v2/app/blobs/uploads/")
         .send()
@@ -471,7 +582,7 @@ async fn cancel_and_mount() {
 
 #[tokio::test]
 async fn manifests_by_tag_and_digest_with_negotiation() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let (manifest, d) = s
         .push_image("library/busybox", "1.36", b"layer-bytes")
         .await;
@@ -560,9 +671,9 @@ async fn manifests_by_tag_and_digest_with_negotiation() {
 
 #[tokio::test]
 async fn bad_manifests_are_refused_and_nothing_is_written() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let (_, _) = s.push_image("app", "good", b"l").await;
-    let before = s.store.blobs().unwrap().len();
+    let before = s.blobs().len();
     let c = Digest::sha256(b"not pushed");
     let missing = image_manifest(&c, 10, &c, 10, None);
     let r = s.put_manifest("app", "bad", OCI_MANIFEST, &missing).await;
@@ -617,17 +728,13 @@ async fn bad_manifests_are_refused_and_nothing_is_written() {
         .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
-    assert_eq!(
-        s.store.blobs().unwrap().len(),
-        before,
-        "no refused manifest was stored"
-    );
-    assert_eq!(s.store.repos().tags("app").unwrap(), ["good"]);
+    assert_eq!(s.blobs().len(), before, "no refused manifest was stored");
+    assert_eq!(s.tags("app"), ["good"]);
 }
 
 #[tokio::test]
 async fn invalid_names_and_path_tricks() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     for path in [
         "/v2/UPPER/manifests/latest",
         "/v2/a//b/manifests/latest",
@@ -659,13 +766,13 @@ async fn invalid_names_and_path_tricks() {
             "{path}: {buf}"
         );
     }
-    assert!(s.store.repos().repositories().unwrap().is_empty());
-    assert!(s.store.ingests().unwrap().is_empty());
+    assert!(s.repositories().is_empty());
+    assert!(s.ingests().is_empty());
 }
 
 #[tokio::test]
 async fn tags_and_catalog_paginate() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     for repo in ["a", "b/c", "d"] {
         s.push_image(repo, "v1", repo.as_bytes()).await;
     }
@@ -739,7 +846,7 @@ async fn tags_and_catalog_paginate() {
 
 #[tokio::test]
 async fn referrers_with_artifact_type_filter() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let (subject_bytes, subject) = s.push_image("app", "v1", b"app layer").await;
     let empty = s.push_blob("app", b"{}").await;
     let mut pushed = Vec::new();
@@ -825,7 +932,7 @@ async fn referrers_with_artifact_type_filter() {
 
 #[tokio::test]
 async fn deletes_of_manifests_tags_and_blobs() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let (m, d) = s.push_image("app", "v1", b"x").await;
     s.put_manifest("app", "v2", OCI_MANIFEST, &m).await;
     assert_eq!(
@@ -836,7 +943,7 @@ async fn deletes_of_manifests_tags_and_blobs() {
             .status(),
         StatusCode::ACCEPTED
     );
-    assert_eq!(s.store.repos().tags("app").unwrap(), ["v1"]);
+    assert_eq!(s.tags("app"), ["v1"]);
     assert_eq!(
         s.req(Method::DELETE, "/v2/app/manifests/v2")
             .send()
@@ -875,7 +982,9 @@ async fn deletes_of_manifests_tags_and_blobs() {
         .unwrap();
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
 
-    let s = start_with(|c| c.delete_enabled = false).await;
+    let Some(s) = start_with(|c| c.delete_enabled = false).await else {
+        return;
+    };
     let (_, d) = s.push_image("app", "v1", b"x").await;
     let r = s
         .req(Method::DELETE, &format!("/v2/app/manifests/{d}"))
@@ -888,7 +997,7 @@ async fn deletes_of_manifests_tags_and_blobs() {
 
 #[tokio::test]
 async fn sha512_content() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let data = b"sha512 layer".to_vec();
     let d = Digest::of(Algorithm::Sha512, &data);
     let r = s
@@ -943,7 +1052,9 @@ async fn sha512_content() {
 
 #[tokio::test]
 async fn read_only_refuses_writes() {
-    let s = start_with(|c| c.read_only = true).await;
+    let Some(s) = start_with(|c| c.read_only = true).await else {
+        return;
+    };
     let r = s
         .req(Method::POST, "/v2/app/blobs/uploads/")
         .send()
@@ -976,7 +1087,9 @@ async fn basic_auth_and_rights() {
         "#,
     )
     .unwrap();
-    let s = start_with(|c| c.auth = Some(Auth::new(users, Some(access)))).await;
+    let Some(s) = start_with(|c| c.auth = Some(Auth::new(users, Some(access)))).await else {
+        return;
+    };
     let r = s.req(Method::GET, "/v2/").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(header(&r, "www-authenticate"), "Basic realm=\"berth\"");
@@ -1041,7 +1154,8 @@ async fn basic_auth_and_rights() {
 
 #[tokio::test]
 async fn parallel_pushes_of_one_blob() {
-    let s = std::sync::Arc::new(start().await);
+    let Some(s) = start().await else { return };
+    let s = std::sync::Arc::new(s);
     let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
     let d = Digest::sha256(&data);
     let mut tasks = Vec::new();
@@ -1074,10 +1188,12 @@ async fn parallel_pushes_of_one_blob() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(s.store.blobs().unwrap(), vec![d.clone()]);
-    assert!(s.store.ingests().unwrap().is_empty());
-    let check = s.store.check().unwrap();
-    assert!(check.corrupt.is_empty());
+    assert_eq!(s.blobs(), vec![d.clone()]);
+    assert!(s.ingests().is_empty());
+    if !on_s3() {
+        let check = s.store.check().unwrap();
+        assert!(check.corrupt.is_empty());
+    }
     for repo in ["r0", "r1"] {
         let r = s
             .req(Method::GET, &format!("/v2/{repo}/blobs/{d}"))
@@ -1093,7 +1209,7 @@ async fn parallel_pushes_of_one_blob() {
 
 #[tokio::test]
 async fn descriptor_sizes_must_match_the_stored_blobs() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let config =
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let c = s.push_blob("app", config).await;
@@ -1106,7 +1222,7 @@ async fn descriptor_sizes_must_match_the_stored_blobs() {
     let bad = image_manifest(&c, config.len() + 1, &l, 17, None);
     let r = s.put_manifest("app", "bad", OCI_MANIFEST, &bad).await;
     assert_eq!(error_code(r).await, "MANIFEST_INVALID");
-    assert!(s.store.repos().tag("app", "bad").unwrap().is_none());
+    assert!(!s.tags("app").contains(&"bad".to_string()));
     // An index whose child's size is wrong is refused too.
     let good = image_manifest(&c, config.len(), &l, 17, None);
     let r = s.put_manifest("app", "good", OCI_MANIFEST, &good).await;
@@ -1129,7 +1245,7 @@ async fn descriptor_sizes_must_match_the_stored_blobs() {
 
 #[tokio::test]
 async fn only_exact_non_distributable_types_skip_the_existence_check() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let config =
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let c = s.push_blob("app", config).await;
@@ -1164,7 +1280,7 @@ async fn only_exact_non_distributable_types_skip_the_existence_check() {
 
 #[tokio::test]
 async fn a_patch_whose_body_is_not_its_content_range_writes_nothing() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let r = s
         .req(Method::POST, "/v2/app/blobs/uploads/")
         .send()
@@ -1228,7 +1344,7 @@ async fn a_patch_whose_body_is_not_its_content_range_writes_nothing() {
 
 #[tokio::test]
 async fn an_aborted_single_post_upload_leaves_nothing() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let d = Digest::sha256(&[9u8; 100_000]);
     send_truncated(
         &s,
@@ -1237,21 +1353,21 @@ async fn an_aborted_single_post_upload_leaves_nothing() {
     )
     .await;
     // The server notices the broken body on its own time: wait for it, boundedly.
-    let mut left = s.store.ingests().unwrap();
+    let mut left = s.ingests();
     for _ in 0..100 {
         if left.is_empty() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        left = s.store.ingests().unwrap();
+        left = s.ingests();
     }
     assert!(left.is_empty(), "ingests left behind: {left:?}");
-    assert!(s.store.blobs().unwrap().is_empty());
+    assert!(s.blobs().is_empty());
 }
 
 #[tokio::test]
 async fn put_by_digest_with_tag_parameters_tags_it() {
-    let s = start().await;
+    let Some(s) = start().await else { return };
     let config =
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let c = s.push_blob("app", config).await;
@@ -1270,7 +1386,11 @@ async fn put_by_digest_with_tag_parameters_tags_it() {
         .collect();
     assert_eq!(tags, ["v1", "latest"]);
     for t in ["v1", "latest"] {
-        assert_eq!(s.store.repos().tag("app", t).unwrap(), Some(d.clone()));
+        if on_s3() {
+            assert!(s.tags("app").contains(&t.to_string()), "tag {t}");
+        } else {
+            assert_eq!(s.store.repos().tag("app", t).unwrap(), Some(d.clone()));
+        }
     }
     let r = s
         .put_manifest("app", &format!("{d}?tag=bad:tag"), OCI_MANIFEST, &m)
@@ -1280,7 +1400,7 @@ async fn put_by_digest_with_tag_parameters_tags_it() {
 
 #[tokio::test]
 async fn mount_without_from_finds_a_readable_repository() {
-    let s = start_with_users(
+    let Some(s) = start_with_users(
         r#"
         [[rule]]
         users = ["ci"]
@@ -1292,7 +1412,10 @@ async fn mount_without_from_finds_a_readable_repository() {
         actions = ["pull", "push"]
         "#,
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     let post = |user: &'static str, pass: &'static str, path: String| {
         s.req(Method::POST, &path).basic_auth(user, Some(pass))
     };
@@ -1320,6 +1443,6 @@ async fn mount_without_from_finds_a_readable_repository() {
         let path = format!("/v2/dev/app/blobs/uploads/?mount={d}");
         let r = post("dev", "dev-pass", path).send().await.unwrap();
         assert_eq!(r.status(), want, "mount {d}");
-        assert_eq!(s.store.repos().has_blob("dev/app", d).unwrap(), linked);
+        assert_eq!(s.has_blob("dev/app", d), linked);
     }
 }

@@ -23,6 +23,7 @@
 use std::io::Write;
 use std::path::Path;
 
+pub mod moto;
 pub mod netns;
 
 /// The environment variable naming the file skips are appended to.
