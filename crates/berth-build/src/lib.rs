@@ -72,6 +72,7 @@ pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::earthfile::Earthfile;
 pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
 pub use ir::Entitlement;
+pub use ir::parse_extra_host;
 pub use pattern::{Ignore, Pattern};
 pub use prune::{BuildCache, CacheUsage, PruneOptions, PruneReport, cache_usage, prune};
 pub use solver::{

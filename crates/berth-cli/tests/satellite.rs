@@ -171,14 +171,16 @@ fn remote_build_across_hosts_matches_local_and_uploads_only_changes() {
     std::fs::write(
         fence.join("Dockerfile"),
         format!(
-            "FROM {}\nRUN {}\nRUN ! grep -q 'sat says hi' /got\nRUN {}\nRUN ! grep -q HTTP /got\n",
+            "FROM {}\nRUN {}\nRUN ! grep -q 'sat says hi' /got\nRUN {}\nRUN ! grep -q HTTP /got\n\
+             RUN grep -q '^192.0.2.9.sat.test$' /etc/hosts\n",
             base.reference(),
             fetch("127.0.0.1", "8999"),
             fetch("10.77.0.2", "8372"),
         ),
     )
     .unwrap();
-    output_ok(&mut client.build(&fence, &[]));
+    // --add-host goes with the build.
+    output_ok(&mut client.build(&fence, &["--add-host", "sat.test:192.0.2.9"]));
     let _ = httpd.kill();
     let _ = httpd.wait();
 }

@@ -190,6 +190,9 @@ pub struct BuildRequest {
     pub pull: bool,
     #[prost(uint64, optional, tag = "20")]
     pub resolve_ttl_secs: ::core::option::Option<u64>,
+    /// Extra /etc/hosts lines for every RUN (`--add-host`), as NAME=ADDRESS.
+    #[prost(string, repeated, tag = "90")]
+    pub extra_hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// One frame of an SshAgent session.
 #[allow(clippy::all)]

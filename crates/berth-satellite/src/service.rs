@@ -586,6 +586,12 @@ async fn run_build(
         .map(|(k, v)| (k, SecretSource::Value(Arc::from(v))))
         .collect();
     let tags = r.tags.clone();
+    let extra_hosts = r
+        .extra_hosts
+        .iter()
+        .map(|h| berth_build::parse_extra_host(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SatError::BadRequest)?;
     // The satellite's environment with [network] of its config on top.
     let network = sat.inner.config.network();
     // Privileged steps only for a build granted security.insecure (asked for, and
@@ -629,6 +635,7 @@ async fn run_build(
         },
         force_compression: r.force_compression,
         allow,
+        extra_hosts,
         ca_bundle: None,
         step_slots: None,
     };

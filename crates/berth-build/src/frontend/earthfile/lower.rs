@@ -121,6 +121,8 @@ pub struct TargetOut {
     pub push_state: Option<State>,
     /// What each `SAVE ARTIFACT` put where in [`Self::artifact`].
     pub saved: Vec<SavedPath>,
+    /// Its `HOST` lines, which `FROM` of it inherits with its state.
+    pub hosts: Vec<(String, std::net::IpAddr)>,
 }
 
 impl TargetOut {
@@ -251,6 +253,8 @@ struct Ts {
     is_base: bool,
     /// After `LOCALLY` (until a `FROM`): commands run on the host.
     locally: bool,
+    /// `HOST` lines for the `/etc/hosts` of its RUNs (until a `FROM`).
+    hosts: Vec<(String, std::net::IpAddr)>,
 }
 
 impl Ts {
@@ -296,6 +300,7 @@ impl Ts {
         self.config = config;
         self.hist = hist;
         self.locally = false;
+        self.hosts.clear();
     }
 
     fn cwd(&self) -> String {
@@ -819,6 +824,7 @@ impl Lowerer<'_> {
             builds: ts.builds,
             push_state,
             saved: ts.saved,
+            hosts: ts.hosts,
         });
         let idx = self.targets.len() - 1;
         self.memo.insert(key, idx);
@@ -848,6 +854,7 @@ impl Lowerer<'_> {
             pre_push: None,
             is_base: true,
             locally: false,
+            hosts: Vec::new(),
         };
         let base = proj.ef.base.clone();
         self.stmts(&mut ts, proj, &base)?;
@@ -1334,7 +1341,19 @@ impl Lowerer<'_> {
             }
             "FROM DOCKERFILE" => self.dockerfile_base(ts, proj, c),
             "LOCALLY" => self.locally(ts, proj, c),
-            "HOST" => Err(not_supported(proj, c.pos, "HOST")),
+            "HOST" => {
+                // As Earthly: a line in /etc/hosts for this target's later RUNs (and
+                // of targets built FROM it), never in the image.
+                let name = self.x(ts, proj, &c.args[0])?;
+                let addr = self.x(ts, proj, &c.args[1])?;
+                let host = ir::parse_extra_host(&format!("{name}={addr}")).map_err(|m| {
+                    let why = m.split_once(": ").map_or(m.as_str(), |(_, why)| why);
+                    src_err(proj, c.pos, format!("HOST {name} {addr}: {why}"))
+                })?;
+                ts.hosts.retain(|(n, _)| *n != host.0);
+                ts.hosts.push(host);
+                Ok(())
+            }
             "FUNCTION" | "COMMAND" => Err(src_err(
                 proj,
                 c.pos,
@@ -1439,9 +1458,11 @@ impl Lowerer<'_> {
     fn from(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
         self.platform(ts, proj, c)?;
         let r = self.x(ts, proj, &c.args[0])?;
+        let mut hosts = Vec::new();
         let (state, config, hist) = if r.contains('+') {
             let idx = self.referenced_target(ts, proj, c, &r)?;
             let t = &self.targets[idx];
+            hosts = t.hosts.clone();
             (t.state.clone(), t.config.clone(), t.history_states.clone())
         } else {
             if c.args.len() > 1 {
@@ -1461,6 +1482,7 @@ impl Lowerer<'_> {
             }
         };
         ts.rebase(state, config, hist);
+        ts.hosts = hosts;
         Ok(())
     }
 
@@ -1642,6 +1664,7 @@ impl Lowerer<'_> {
             dockerignore,
             proxy_env: self.opts.proxy_env.clone(),
             no_cache: self.opts.no_cache,
+            extra_hosts: Vec::new(),
             created: self.opts.created.clone(),
             allow: self.opts.allow.clone(),
             cancel: self.opts.cancel.clone(),
@@ -2338,6 +2361,7 @@ impl Lowerer<'_> {
             mounts,
             proxy_env: self.opts.proxy_env.clone(),
             privileged,
+            extra_hosts: ts.hosts.clone(),
             ..ExecOp::default()
         };
         Ok((exec, extra))
