@@ -235,6 +235,28 @@ impl DeployHost {
         }
     }
 
+    /// Waits until the deploying side `dep` reaches the host again after
+    /// [`DeployHost::set_link`], through a port that is not the proxy's (sshd's or the
+    /// agent's): right after the link comes up, the deploying side's neighbour entry of
+    /// the host may still be failed, and a connection is refused at once.
+    fn wait_reachable(&self, dep: &Host) {
+        let port = if self.sshd.is_some() { 22 } else { 8373 };
+        let start = Instant::now();
+        while !output(
+            dep.command("bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/{}/{port}", self.ip)]),
+        )
+        .success
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{} unreachable after its link came up",
+                self.ip
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The container of `version` of service web, if one runs.
     fn new_container(&self, version: &str) -> Option<String> {
         self.dockerd
@@ -1277,6 +1299,8 @@ fn three_hosts_one_over_ssh_and_hosts_losing_their_network() {
     // Back on the network: both hosts finished the deploy by themselves, whole.
     w.hosts[1].set_link(true);
     w.hosts[2].set_link(true);
+    w.hosts[1].wait_reachable(&w.dep);
+    w.hosts[2].wait_reachable(&w.dep);
     for (i, h) in w.hosts.iter().enumerate() {
         let start = Instant::now();
         loop {
@@ -1291,7 +1315,14 @@ fn three_hosts_one_over_ssh_and_hosts_losing_their_network() {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        assert_eq!(w.get(i).stdout.trim(), "version-3", "host h{}", i + 1);
+        let got = w.get(i);
+        assert_eq!(
+            got.stdout.trim(),
+            "version-3",
+            "host h{}: {}",
+            i + 1,
+            got.stderr
+        );
     }
     let ps = output_ok(w.berth().args(["deploy", "ps"]));
     for host in ["h1", "h2", "h3"] {
