@@ -1591,6 +1591,16 @@ fn replicas_and_the_lock_of_a_killed_agent() {
             .count();
         assert_eq!(n, 2, "replica {c} got {n} of the 6 requests");
     }
+    // `deploy logs` reads every replica, each line after its container's name.
+    let logs = output_ok(w.berth().args(["deploy", "logs", "web"]));
+    for c in &v1 {
+        let lines = logs
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{c} | ")) && l.contains("/rr-"))
+            .count();
+        assert_eq!(lines, 2, "{c}: {}", logs.stdout);
+    }
     // An h2c client (prior knowledge) gets the answer over HTTP/2.
     let h2 = curl(
         &w,

@@ -700,8 +700,10 @@ impl Engine {
         Ok(ExecResult { exit_code, output })
     }
 
-    /// The output of the serving container of `service`: the last `tail` lines (all when
-    /// `None`), then, with `follow`, what it writes until it stops or the reader goes.
+    /// The output of the serving containers of `service`: the last `tail` lines of each
+    /// (all when `None`), then, with `follow`, what they write until they stop or the
+    /// reader goes. With several replicas, each line starts with its container's name
+    /// and ` | `.
     pub fn logs(
         &self,
         service: &str,
@@ -711,28 +713,43 @@ impl Engine {
         impl futures_util::Stream<Item = Result<bytes::Bytes, DeployError>> + use<>,
         DeployError,
     > {
-        let cur = self.current(service)?;
-        let docker = self.docker.clone();
+        let all = self.current(service)?.all();
+        let prefix = all.len() > 1;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let opts = LogsOptions {
-                stdout: true,
-                stderr: true,
-                follow,
-                tail: tail.map_or_else(|| "all".into(), |n| n.to_string()),
-                ..Default::default()
-            };
-            let mut s = docker.logs(&cur.container, Some(opts));
-            while let Some(item) = s.next().await {
-                let item = item
-                    .map(|c| c.into_bytes())
-                    .map_err(derr(&format!("logs of {}", cur.container)));
-                let stop = item.is_err();
-                if tx.send(item).await.is_err() || stop {
-                    break;
+        for container in all {
+            let docker = self.docker.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let opts = LogsOptions {
+                    stdout: true,
+                    stderr: true,
+                    follow,
+                    tail: tail.map_or_else(|| "all".into(), |n| n.to_string()),
+                    ..Default::default()
+                };
+                let mut s = docker.logs(&container, Some(opts));
+                let mut partial = Vec::new();
+                while let Some(item) = s.next().await {
+                    let item = match item {
+                        Ok(c) if prefix => {
+                            partial.extend_from_slice(&c.into_bytes());
+                            Ok(prefixed_lines(&container, &mut partial, false))
+                        }
+                        Ok(c) => Ok(c.into_bytes()),
+                        Err(e) => Err(derr(&format!("logs of {container}"))(e)),
+                    };
+                    let stop = item.is_err();
+                    if tx.send(item).await.is_err() || stop {
+                        return;
+                    }
                 }
-            }
-        });
+                if !partial.is_empty() {
+                    let _ = tx
+                        .send(Ok(prefixed_lines(&container, &mut partial, true)))
+                        .await;
+                }
+            });
+        }
         Ok(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|x| (x, rx))
         }))
@@ -759,6 +776,33 @@ impl Engine {
             tracing::warn!(container = name, error = %e, "remove failed");
         }
     }
+}
+
+/// The whole lines of `partial` (all of it when `end`), each after `name | `; what is
+/// left is the start of a line still being written.
+fn prefixed_lines(name: &str, partial: &mut Vec<u8>, end: bool) -> bytes::Bytes {
+    let cut = if end {
+        partial.len()
+    } else {
+        partial
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1)
+    };
+    let mut out = Vec::new();
+    for line in partial
+        .drain(..cut)
+        .collect::<Vec<u8>>()
+        .split_inclusive(|b| *b == b'\n')
+    {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b" | ");
+        out.extend_from_slice(line);
+    }
+    if end && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    bytes::Bytes::from(out)
 }
 
 /// The last log lines of container `name`, each indented with `  | `.
@@ -854,4 +898,27 @@ async fn http_check(addr: SocketAddr, path: &str) -> Result<(), String> {
             format!(": {body}")
         }
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_of_replicas_are_prefixed_whole() {
+        let mut partial = b"one\ntw".to_vec();
+        assert_eq!(
+            &prefixed_lines("r1", &mut partial, false)[..],
+            b"r1 | one\n"
+        );
+        assert_eq!(partial, b"tw");
+        partial.extend_from_slice(b"o\nthree\nfou");
+        assert_eq!(
+            &prefixed_lines("r1", &mut partial, false)[..],
+            b"r1 | two\nr1 | three\n"
+        );
+        assert_eq!(&prefixed_lines("r1", &mut partial, true)[..], b"r1 | fou\n");
+        assert!(partial.is_empty());
+        assert!(prefixed_lines("r1", &mut partial, false).is_empty());
+    }
 }
