@@ -1610,6 +1610,10 @@ fn replicas_and_the_lock_of_a_killed_agent() {
     );
     assert!(h2.success, "{}", h2.stderr);
     assert_eq!(h2.stdout, "version-1\nhttp/2", "{}", h2.stdout);
+    // h2c by Upgrade is not offered: the answer comes in HTTP/1.1.
+    let up = curl(&w, 0, "/", &["--http2", "-w", "http/%{http_version}"]);
+    assert!(up.success, "{}", up.stderr);
+    assert_eq!(up.stdout, "version-1\nhttp/1.1", "{}", up.stdout);
     let ps = output_ok(w.berth().args(["deploy", "ps"]));
     assert!(ps.stdout.contains(&v1.join(",")), "{}", ps.stdout);
 
