@@ -106,6 +106,12 @@ pub struct DeployArgs {
     /// [default: the tag the file names].
     #[arg(long)]
     version: Option<String>,
+    /// Only these hosts (comma-separated names of the file's roles).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// Only the hosts of these roles (comma-separated, or repeated).
+    #[arg(long, value_delimiter = ',')]
+    role: Vec<String>,
 }
 
 /// What runs on the hosts: `berth deploy ps|logs|exec|history` (`berth history` is the
@@ -350,8 +356,15 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     if let Some(command) = args.command {
         return on_hosts(settings, command);
     }
-    let file = DeployFile::load(&args.file)?;
-    let services = file.select(&args.services)?;
+    let file = DeployFile::load(&args.file)?.only(&args.hosts, &args.role)?;
+    let mut services = file.select(&args.services)?;
+    services.retain(|s| !file.hosts_of(s).is_empty());
+    if services.is_empty() {
+        bail!(
+            "no service of {} runs on the hosts chosen",
+            args.file.display()
+        );
+    }
     // Every host must be enrolled (or an SSH host of the file) before anything is built.
     for svc in &services {
         for h in file.hosts_of(svc) {
@@ -623,7 +636,11 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
                                     s.name,
                                     s.version,
                                     s.ports.join(","),
-                                    s.container,
+                                    if s.containers.is_empty() {
+                                        s.container
+                                    } else {
+                                        s.containers.join(",")
+                                    },
                                     s.image.as_deref().unwrap_or("?")
                                 );
                             }
