@@ -643,7 +643,8 @@ impl Locals {
 /// The registry hosts an Earthfile build may push to, as the client guesses them to
 /// send its credentials along (`--push` from a satellite): every word of the invoked
 /// Earthfile's `text` and every `--ARG` value that reads as an image reference with an
-/// explicit registry host (`host.domain/…`, `host:port/…`, `localhost/…`). Names built
+/// explicit registry host (`host.domain/…`, `host:port/…`, `localhost/…`), or as such a
+/// host alone (`--ARG` values, and `host:port` in the Earthfile). Names built
 /// from variables the Earthfile assembles from parts are not seen; pass such a host as
 /// an ARG value, or log in on the satellite.
 pub fn earthfile_registry_hosts<'a>(
@@ -653,16 +654,23 @@ pub fn earthfile_registry_hosts<'a>(
     let mut hosts = std::collections::BTreeSet::new();
     let words = text
         .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '=' | ',' | '[' | ']'))
-        .chain(args);
-    for w in words {
-        let Some((host, rest)) = w.split_once('/') else {
-            continue;
+        .map(|w| (w, false))
+        .chain(args.into_iter().map(|w| (w, true)));
+    for (w, is_arg) in words {
+        let (host, rest) = match w.split_once('/') {
+            Some(split) => split,
+            // `--REGISTRY=host:5000` and `ARG REGISTRY=host:5000`: a host alone, as
+            // ARGs that name one are written; in the Earthfile only with a port.
+            None if is_arg || w.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => {
+                (w, "x")
+            }
+            None => continue,
         };
         let explicit = host.contains('.') || host.contains(':') || host == "localhost";
         if !explicit || rest.is_empty() || host.contains('$') {
             continue;
         }
-        if let Ok(r) = w.parse::<berth_oci::Reference>() {
+        if let Ok(r) = format!("{host}/{rest}").parse::<berth_oci::Reference>() {
             hosts.insert(r.registry);
         }
     }
@@ -904,12 +912,22 @@ pub async fn build(
 mod tests {
     #[test]
     fn push_hosts_are_found_in_the_earthfile_and_args() {
-        let text = "VERSION 0.8\nFROM busybox:1.36\nimage:\n  SAVE IMAGE --push registry.example.com/team/app:1 \"localhost:5000/x:y\"\n  ARG REG=other.invalid\n  SAVE IMAGE --push $REG/app\n";
-        let hosts = super::earthfile_registry_hosts(text, ["127.0.0.1:5001/a/b:c", "plain"]);
+        let text = "VERSION 0.8\nFROM busybox:1.36\nimage:\n  SAVE IMAGE --push registry.example.com/team/app:1 \"localhost:5000/x:y\"\n  ARG REG=other.invalid\n  ARG MIRROR=mirror.invalid:5002\n  SAVE IMAGE --push $REG/app\n";
+        let hosts = super::earthfile_registry_hosts(
+            text,
+            ["127.0.0.1:5001/a/b:c", "plain", "reg.invalid:5003", "1.2"],
+        );
         let got: Vec<&str> = hosts.iter().map(String::as_str).collect();
         assert_eq!(
             got,
-            ["127.0.0.1:5001", "localhost:5000", "registry.example.com"]
+            [
+                "1.2",
+                "127.0.0.1:5001",
+                "localhost:5000",
+                "mirror.invalid:5002",
+                "reg.invalid:5003",
+                "registry.example.com"
+            ]
         );
     }
 }

@@ -505,6 +505,31 @@ fn is_local_ref(p: &str) -> bool {
     p == "." || p == ".." || p.starts_with("./") || p.starts_with("../") || p.starts_with('/')
 }
 
+/// `p` with `.` and `..` taken out without asking the file system.
+fn lexical_clean(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A satellite's refusal of a folder outside the one its client sent.
+fn outside_error() -> BuildError {
+    BuildError::Invalid(
+        "on a satellite, targets are built from the folder berth sent (the one it ran in) \
+         and this one is outside it; run berth from a folder that holds both Earthfiles \
+         (`berth ./dir+target`), or build without --satellite"
+            .into(),
+    )
+}
+
 fn src_err(proj: &Project, pos: Pos, msg: impl Into<String>) -> BuildError {
     BuildError::Source(proj.ef.source.error(pos, msg))
 }
@@ -540,18 +565,18 @@ const IMPLICIT_IGNORE: &[&str] = &[
 impl Lowerer<'_> {
     /// The Earthfile of folder `dir`, read once.
     fn project(&mut self, dir: &Path) -> Result<Arc<Project>> {
+        // Checked before the file system is asked, so that a satellite's refusal
+        // names no path of its own.
+        if self.outside_sent(&lexical_clean(dir)) {
+            return Err(outside_error());
+        }
         let dir = std::fs::canonicalize(dir)
             .map_err(|e| BuildError::Invalid(format!("folder {}: {e}", dir.display())))?;
         if let Some(p) = self.projects.get(&dir) {
             return Ok(p.clone());
         }
         if self.outside_sent(&dir) {
-            return Err(BuildError::Invalid(
-                "on a satellite, targets are built from the folder berth sent (the one it \
-                 ran in) and this one is outside it; run berth from a folder that holds \
-                 both Earthfiles (`berth ./dir+target`), or build without --satellite"
-                    .into(),
-            ));
+            return Err(outside_error());
         }
         let file = dir.join("Earthfile");
         let text = std::fs::read_to_string(&file).map_err(|e| {
@@ -1629,7 +1654,10 @@ impl Lowerer<'_> {
             }
             None => ctx_dir.join("Dockerfile"),
         };
-        let outside = |p: &Path| std::fs::canonicalize(p).is_ok_and(|p| self.outside_sent(&p));
+        let outside = |p: &Path| {
+            self.outside_sent(&lexical_clean(p))
+                || std::fs::canonicalize(p).is_ok_and(|p| self.outside_sent(&p))
+        };
         if (!self.is_artifact_ref(proj, &ctx) && outside(&ctx_dir)) || (local_file && outside(&file))
         {
             return Err(src_err(
