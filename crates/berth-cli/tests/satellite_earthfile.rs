@@ -182,17 +182,26 @@ fn earthfile_on_a_satellite_writes_what_a_local_build_writes() {
 
     let here = output_ok(&mut s.berth(
         &local,
-        &["--no-satellite", "--progress", "plain", "+all", "--TAG=local"],
+        &[
+            "--no-satellite",
+            "--progress",
+            "plain",
+            "+all",
+            "--TAG=local",
+        ],
     ));
     let there = output_ok(&mut s.berth(
         &remote,
-        &["--satellite", "s1", "--progress", "plain", "+all", "--TAG=remote"],
+        &[
+            "--satellite",
+            "s1",
+            "--progress",
+            "plain",
+            "+all",
+            "--TAG=remote",
+        ],
     ));
-    assert!(
-        there.stderr.contains("on satellite s1"),
-        "{}",
-        there.stderr
-    );
+    assert!(there.stderr.contains("on satellite s1"), "{}", there.stderr);
     assert!(
         there.stderr.contains("ran the build step"),
         "the step's output is shown: {}",
@@ -216,9 +225,16 @@ fn earthfile_on_a_satellite_writes_what_a_local_build_writes() {
         "remote",
         &file_tree(&remote.join("dist")),
     );
-    assert!(diff.is_empty(), "local and remote outputs differ: {diff:#?}");
+    assert!(
+        diff.is_empty(),
+        "local and remote outputs differ: {diff:#?}"
+    );
     assert_eq!(mtimes(&local.join("dist")), mtimes(&remote.join("dist")));
-    let artifacts = there.stdout.lines().filter(|l| l.contains("/dist/")).count();
+    let artifacts = there
+        .stdout
+        .lines()
+        .filter(|l| l.contains("/dist/"))
+        .count();
     assert_eq!(artifacts, 4, "{}", there.stdout);
 
     // The same image, fetched into this machine's store and loaded into dockerd.
@@ -239,7 +255,14 @@ fn earthfile_on_a_satellite_writes_what_a_local_build_writes() {
     std::fs::remove_dir_all(remote.join("dist")).unwrap();
     let again = output_ok(&mut s.berth(
         &remote,
-        &["--satellite", "s1", "--progress", "plain", "+all", "--TAG=remote"],
+        &[
+            "--satellite",
+            "s1",
+            "--progress",
+            "plain",
+            "+all",
+            "--TAG=remote",
+        ],
     ));
     assert!(
         !again.stderr.contains("ran the build step"),
@@ -258,13 +281,23 @@ fn earthfile_on_a_satellite_writes_what_a_local_build_writes() {
         "remote",
         &file_tree(&remote.join("dist")),
     );
-    assert!(diff.is_empty(), "the cached run's outputs differ: {diff:#?}");
+    assert!(
+        diff.is_empty(),
+        "the cached run's outputs differ: {diff:#?}"
+    );
 
     // A changed context file goes up alone and the step runs again.
     std::fs::write(remote.join("hello.txt"), "hello again\n").unwrap();
     let changed = output_ok(&mut s.berth(
         &remote,
-        &["--satellite", "s1", "--progress", "plain", "--no-output", "+build"],
+        &[
+            "--satellite",
+            "s1",
+            "--progress",
+            "plain",
+            "--no-output",
+            "+build",
+        ],
     ));
     assert!(
         changed.stderr.contains("ran the build step"),
@@ -297,7 +330,11 @@ fn earthfile_on_a_satellite_refuses_what_would_touch_the_satellites_host() {
         let out = output(&mut s.berth(cwd, args));
         assert!(!out.success, "{args:?} succeeded:\n{}", out.stderr);
         for w in wants {
-            assert!(out.stderr.contains(w), "{args:?}: no {w:?} in:\n{}", out.stderr);
+            assert!(
+                out.stderr.contains(w),
+                "{args:?}: no {w:?} in:\n{}",
+                out.stderr
+            );
         }
     };
     // A reference outside the folder sent: on the command line (refused here) and in

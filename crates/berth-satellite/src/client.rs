@@ -583,7 +583,14 @@ pub struct RemoteResult {
 struct Locals {
     /// The folder the build was run in; outputs are relative to it.
     base: PathBuf,
-    open: HashMap<u32, (berth_build::Staging, std::fs::File, berth_build::LocalOutput)>,
+    open: HashMap<
+        u32,
+        (
+            berth_build::Staging,
+            std::fs::File,
+            berth_build::LocalOutput,
+        ),
+    >,
     written: Vec<PathBuf>,
 }
 
@@ -613,7 +620,8 @@ impl Locals {
         }
         let (staging, file, _) = self.open.get_mut(&p.index).expect("inserted above");
         let tar = staging.path().join("artifact.tar");
-        file.write_all(&p.data).map_err(SatError::io("write", &tar))?;
+        file.write_all(&p.data)
+            .map_err(SatError::io("write", &tar))?;
         if !p.last {
             return Ok(());
         }
@@ -661,7 +669,10 @@ pub fn earthfile_registry_hosts<'a>(
             Some(split) => split,
             // `--REGISTRY=host:5000` and `ARG REGISTRY=host:5000`: a host alone, as
             // ARGs that name one are written; in the Earthfile only with a port.
-            None if is_arg || w.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => {
+            None if is_arg
+                || w.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
+            {
                 (w, "x")
             }
             None => continue,
@@ -700,7 +711,11 @@ pub async fn build(
                     dockerfile.display()
                 ))
             })?;
-            (name, vec![own_ignore, b.context.join(".dockerignore")], text)
+            (
+                name,
+                vec![own_ignore, b.context.join(".dockerignore")],
+                text,
+            )
         }
         // An Earthfile build sends the folder as its root Earthfile sees it; folders
         // of other Earthfiles in it keep their own ignore files, applied on the

@@ -525,10 +525,7 @@ async fn checkout(
 fn forward_events(
     sat: &Satellite,
     tx: &mpsc::Sender<Result<proto::BuildEvent, Status>>,
-) -> (
-    mpsc::UnboundedSender<Event>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHandle<()>) {
     let (etx, mut erx) = mpsc::unbounded_channel();
     let tx = tx.clone();
     let sat = sat.clone();
@@ -889,9 +886,7 @@ async fn run_earth(
     let _ = forward.await;
     let res = result?;
     let mut images = Vec::new();
-    let pusher = r
-        .push
-        .then(|| push_client(sat, network, r.credentials));
+    let pusher = r.push.then(|| push_client(sat, network, r.credentials));
     for img in res.images {
         let pushed = match &pusher {
             Some(p) if img.push => push_one(sat, p, &img.manifest, &img.name).await?,
@@ -1058,11 +1053,17 @@ mod tests {
     #[test]
     fn local_outputs_are_placed_relative_to_the_context() {
         let root = Path::new("/sat/ctx/tree");
-        assert_eq!(super::relative_to(root, Path::new("/sat/ctx/tree/out/a")), "out/a");
+        assert_eq!(
+            super::relative_to(root, Path::new("/sat/ctx/tree/out/a")),
+            "out/a"
+        );
         assert_eq!(super::relative_to(root, root), ".");
         assert_eq!(super::relative_to(root, Path::new("/sat/x/y")), "../../x/y");
         assert_eq!(super::client_dest(root, "/sat/ctx/tree/./dist/"), "dist/");
-        assert_eq!(super::client_dest(root, "/sat/ctx/tree/sub/../../up/f"), "../up/f");
+        assert_eq!(
+            super::client_dest(root, "/sat/ctx/tree/sub/../../up/f"),
+            "../up/f"
+        );
         assert_eq!(super::client_dest(root, "/tmp/abs"), "/tmp/abs");
     }
 }

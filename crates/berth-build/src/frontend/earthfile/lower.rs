@@ -1658,7 +1658,8 @@ impl Lowerer<'_> {
             self.outside_sent(&lexical_clean(p))
                 || std::fs::canonicalize(p).is_ok_and(|p| self.outside_sent(&p))
         };
-        if (!self.is_artifact_ref(proj, &ctx) && outside(&ctx_dir)) || (local_file && outside(&file))
+        if (!self.is_artifact_ref(proj, &ctx) && outside(&ctx_dir))
+            || (local_file && outside(&file))
         {
             return Err(src_err(
                 proj,
