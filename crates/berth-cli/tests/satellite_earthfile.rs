@@ -372,6 +372,23 @@ fn earthfile_on_a_satellite_refuses_what_would_touch_the_satellites_host() {
         &["--satellite", "s1", "--artifact", "+build/app.txt"],
         &["--artifact", "satellite"],
     );
+    // `berth build --satellite NAME ./dir+target` is the same build; `../` inside the
+    // folder sent is fine.
+    output_ok(&mut s.berth(
+        &proj,
+        &[
+            "build",
+            "--satellite",
+            "s1",
+            "--progress",
+            "plain",
+            "./sub+docs",
+        ],
+    ));
+    assert_eq!(
+        std::fs::read_to_string(proj.join("dist/docs/index.txt")).unwrap(),
+        "docs\n"
+    );
     // Nothing above wrote on the satellite's host outside its root.
     assert!(!s.dir.path().join("elsewhere/dist").exists());
 }
