@@ -336,6 +336,11 @@ fn earthfile_on_a_satellite_refuses_what_would_touch_the_satellites_host() {
                 out.stderr
             );
         }
+        assert!(
+            !out.stderr.contains("sat-root"),
+            "a path of the satellite's: {}",
+            out.stderr
+        );
     };
     // A reference outside the folder sent: on the command line (refused here) and in
     // an Earthfile (refused by the satellite, at its line).
@@ -349,6 +354,23 @@ fn earthfile_on_a_satellite_refuses_what_would_touch_the_satellites_host() {
         &["--satellite", "s1", "+outside"],
         &["Earthfile:", "../elsewhere+x", "outside"],
     );
+    // A link out of the folder is followed as the satellite sees it: outside.
+    std::os::unix::fs::symlink("../elsewhere", proj.join("out-link")).unwrap();
+    refused(
+        &proj,
+        &["--satellite", "s1", "./out-link+x"],
+        &["./out-link", "No such file"],
+    );
+    std::fs::remove_file(proj.join("out-link")).unwrap();
+    // … and a link to a folder that exists on the satellite's host (the same machine
+    // here) is refused before anything there is read.
+    std::os::unix::fs::symlink(s.dir.path().join("elsewhere"), proj.join("out-link")).unwrap();
+    refused(
+        &proj,
+        &["--satellite", "s1", "./out-link+x"],
+        &["outside it"],
+    );
+    std::fs::remove_file(proj.join("out-link")).unwrap();
     // LOCALLY would run on the satellite's host.
     refused(
         &proj,

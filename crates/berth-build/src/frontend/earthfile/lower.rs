@@ -570,8 +570,9 @@ impl Lowerer<'_> {
         if self.outside_sent(&lexical_clean(dir)) {
             return Err(outside_error());
         }
-        let dir = std::fs::canonicalize(dir)
-            .map_err(|e| BuildError::Invalid(format!("folder {}: {e}", dir.display())))?;
+        let dir = std::fs::canonicalize(dir).map_err(|e| {
+            BuildError::Invalid(format!("folder {}: {e}", self.shown(&lexical_clean(dir))))
+        })?;
         if let Some(p) = self.projects.get(&dir) {
             return Ok(p.clone());
         }
@@ -582,7 +583,7 @@ impl Lowerer<'_> {
         let text = std::fs::read_to_string(&file).map_err(|e| {
             BuildError::Invalid(format!(
                 "read {}: {e}; a target reference names a folder with an Earthfile",
-                file.display()
+                self.shown(&file)
             ))
         })?;
         let reference = match (self.remote_names.get(&dir), dir.strip_prefix(&self.root)) {
@@ -671,6 +672,15 @@ impl Lowerer<'_> {
         });
         self.projects.insert(dir, p.clone());
         Ok(p)
+    }
+
+    /// `p` for messages: on a satellite, relative to the folder its client sent (its
+    /// own paths mean nothing to the client).
+    fn shown(&self, p: &Path) -> String {
+        match p.strip_prefix(&self.root) {
+            Ok(rel) if self.opts.satellite => format!("./{}", rel.display()),
+            _ => p.display().to_string(),
+        }
     }
 
     /// On a satellite, whether canonical path `p` is outside what the client sent (and
