@@ -253,6 +253,19 @@ async fn run_plan(
     };
     if let EarthOutput::Artifact { path, dest } = &opts.output {
         let layers = layers_of(solver, &invoked.artifact).await?;
+        if let Some(sink) = opts.local_sink.clone() {
+            // Staged as an `AS LOCAL` output, for the sink to place.
+            let tmp = Staging(owned_scratch(root)?);
+            let (solver, path, dest) = (solver.clone(), path.clone(), dest.clone());
+            out.artifacts.push(dest.clone());
+            tokio::task::spawn_blocking(move || {
+                let output = stage_artifact(&solver, &layers, tmp.path(), &path, &dest)?;
+                sink.local(&output, tmp.path())
+            })
+            .await
+            .map_err(|e| BuildError::Invalid(e.to_string()))??;
+            return Ok(out);
+        }
         let tmp = local_staging(dest)?;
         let r = export_artifact(solver, &layers, tmp.path(), path, dest);
         out.artifacts.push(dest.clone());
@@ -597,6 +610,54 @@ fn replace(src: &Path, dest: &Path) -> Result<()> {
         r.map_err(|e| BuildError::Io(format!("replace {}: {e}", dest.display())))?;
     }
     std::fs::rename(src, dest).map_err(|e| BuildError::Io(format!("write {}: {e}", dest.display())))
+}
+
+/// `--artifact +t/path dest` for a [`LocalSink`]: the artifact file system exported
+/// into `tmp/fs`, then `path` (or every match of a trailing `*`) moved into `tmp/out`,
+/// as an `AS LOCAL` output for `dest` (a trailing `/` puts it into that folder).
+fn stage_artifact(
+    solver: &Arc<Solver>,
+    layers: &[crate::solver::Layer],
+    tmp: &Path,
+    path: &str,
+    dest: &Path,
+) -> Result<LocalOutput> {
+    let (fs, out) = (tmp.join("fs"), tmp.join("out"));
+    for d in [&fs, &out] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| BuildError::Io(format!("create directory {}: {e}", d.display())))?;
+    }
+    solver.export_dir(layers, &fs)?;
+    let path = path.trim_start_matches('/');
+    let dest = dest.display().to_string();
+    if path == "*" || path.ends_with("/*") {
+        let dir = fs.join(path.trim_end_matches('*'));
+        for e in std::fs::read_dir(&dir)
+            .map_err(|e| BuildError::Io(format!("read {}: {e}", dir.display())))?
+            .flatten()
+        {
+            replace(&e.path(), &out.join(e.file_name()))?;
+        }
+        return Ok(LocalOutput {
+            dest,
+            glob: true,
+            name: String::new(),
+        });
+    }
+    let src = fs.join(path);
+    if std::fs::symlink_metadata(&src).is_err() {
+        return Err(BuildError::SourceNotFound(path.to_string()));
+    }
+    let name = Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    replace(&src, &out.join(&name))?;
+    Ok(LocalOutput {
+        dest,
+        glob: false,
+        name,
+    })
 }
 
 /// `--artifact +t/path dest`: the artifact file system exported, then `path` (or every

@@ -428,12 +428,6 @@ fn remote(
     tty_view: Option<Arc<progress::Tty>>,
 ) -> Result<()> {
     let cwd = std::env::current_dir()?;
-    if matches!(r.output, EarthOutput::Artifact { .. }) {
-        bail!(
-            "--artifact is not supported with a satellite; the target's SAVE ARTIFACT … AS \
-             LOCAL outputs come back from it, or build here with --no-satellite"
-        );
-    }
     let project = r.target.split_once('+').map_or("", |(p, _)| p);
     if project == ".." || project.starts_with("../") || project.starts_with('/') {
         bail!(
@@ -445,6 +439,17 @@ fn remote(
         );
     }
     let no_output = cli.no_output || cli.ci;
+    // `--artifact`: the place here, into it when it is a folder (as locally).
+    let artifact = match &r.output {
+        EarthOutput::Artifact { path, dest } => {
+            let mut d = dest.display().to_string();
+            if dest.is_dir() && !d.ends_with('/') {
+                d.push('/');
+            }
+            (path.clone(), d)
+        }
+        _ => (String::new(), String::new()),
+    };
     let mut credentials = HashMap::new();
     if cli.push {
         let earthfile = match project {
@@ -490,6 +495,8 @@ fn remote(
         strict: cli.strict,
         no_output,
         image_only: r.output == EarthOutput::Image,
+        artifact: artifact.0,
+        artifact_dest: artifact.1,
         ..Default::default()
     };
     let result = crate::satellite::build(

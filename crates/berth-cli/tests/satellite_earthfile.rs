@@ -314,6 +314,33 @@ fn earthfile_on_a_satellite_writes_what_a_local_build_writes() {
         "hello\nlib v1\n",
         "--no-output writes nothing here"
     );
+
+    // --artifact: that artifact only, placed here as a local build places it.
+    output_ok(&mut s.berth(
+        &remote,
+        &[
+            "--satellite",
+            "s1",
+            "--artifact",
+            "+build/app.txt",
+            "./got/",
+        ],
+    ));
+    assert_eq!(
+        std::fs::read_to_string(remote.join("got/app.txt")).unwrap(),
+        "hello again\nlib v1\n"
+    );
+    for (cwd, sat) in [(&local, "--no-satellite"), (&remote, "--satellite=s1")] {
+        output_ok(&mut s.berth(cwd, &[sat, "--artifact", "+deps/lib/*", "./libs"]));
+    }
+    let diff = tree_diff(
+        "local",
+        &file_tree(&local.join("libs")),
+        "remote",
+        &file_tree(&remote.join("libs")),
+    );
+    assert!(diff.is_empty(), "--artifact outputs differ: {diff:#?}");
+    assert!(remote.join("libs/core.txt").is_file());
 }
 
 #[test]
@@ -388,12 +415,6 @@ fn earthfile_on_a_satellite_refuses_what_would_touch_the_satellites_host() {
         &["--satellite", "s1", "--no-output", "+report"],
     ));
     assert!(!proj.join("tryit/ok.txt").exists());
-    // Flags that have no meaning remotely.
-    refused(
-        &proj,
-        &["--satellite", "s1", "--artifact", "+build/app.txt"],
-        &["--artifact", "satellite"],
-    );
     // `berth build --satellite NAME ./dir+target` is the same build; `../` inside the
     // folder sent is fine.
     output_ok(&mut s.berth(

@@ -206,6 +206,13 @@ pub struct BuildRequest {
     pub no_output: bool,
     #[prost(bool, tag = "25")]
     pub image_only: bool,
+    /// `--artifact +target/path dest`: only that artifact (`path` may end in `*`) comes back,
+    /// for the client's `dest` (absolute on the client; a trailing `/` puts it into that
+    /// folder), as a LocalArtifact.
+    #[prost(string, tag = "26")]
+    pub artifact: ::prost::alloc::string::String,
+    #[prost(string, tag = "27")]
+    pub artifact_dest: ::prost::alloc::string::String,
 }
 /// One frame of an SshAgent session.
 #[allow(clippy::all)]

@@ -828,6 +828,11 @@ async fn run_earth(
             "an Earthfile build names its target (+target)".into(),
         ));
     }
+    if !r.artifact.is_empty() && !r.artifact_dest.starts_with('/') {
+        return Err(SatError::BadRequest(
+            "--artifact: the destination must be absolute (on the client)".into(),
+        ));
+    }
     let (_held, tree) = checkout(sat, &contexts, &r.context, &r.snapshot).await?;
     let tree = tree
         .canonicalize()
@@ -848,7 +853,13 @@ async fn run_earth(
         ci: r.ci,
         strict: r.strict || r.ci,
         no_output: r.no_output || r.ci,
-        output: if r.image_only {
+        output: if !r.artifact.is_empty() {
+            // Placed on the client, by the sink below: never written here.
+            berth_build::EarthOutput::Artifact {
+                path: r.artifact.clone(),
+                dest: PathBuf::from(&r.artifact_dest),
+            }
+        } else if r.image_only {
             berth_build::EarthOutput::Image
         } else {
             berth_build::EarthOutput::Normal
