@@ -9,7 +9,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::satellite::{Client, Sat};
 use common::*;
@@ -120,6 +120,20 @@ fn mtimes(dir: &Path) -> Vec<(String, i64)> {
     out
 }
 
+/// Asserts that `name` holds the same tree under `local` and `remote`.
+fn same_tree(local: &Path, remote: &Path, name: &str) {
+    let diff = tree_diff(
+        "local",
+        &file_tree(&local.join(name)),
+        "remote",
+        &file_tree(&remote.join(name)),
+    );
+    assert!(
+        diff.is_empty(),
+        "{name}: local and remote differ: {diff:#?}"
+    );
+}
+
 /// The `NAME sha256:…` line berth prints for a saved image: its image id.
 fn image_id(stdout: &str, name: &str) -> String {
     stdout
@@ -219,16 +233,7 @@ fn earthfile_on_a_satellite_writes_what_a_local_build_writes() {
         Path::new("index.txt")
     );
     assert!(remote.join("dist/glob/core.txt").is_file());
-    let diff = tree_diff(
-        "local",
-        &file_tree(&local.join("dist")),
-        "remote",
-        &file_tree(&remote.join("dist")),
-    );
-    assert!(
-        diff.is_empty(),
-        "local and remote outputs differ: {diff:#?}"
-    );
+    same_tree(&local, &remote, "dist");
     assert_eq!(mtimes(&local.join("dist")), mtimes(&remote.join("dist")));
     let artifacts = there
         .stdout
@@ -275,16 +280,7 @@ fn earthfile_on_a_satellite_writes_what_a_local_build_writes() {
         "{}",
         again.stderr
     );
-    let diff = tree_diff(
-        "local",
-        &file_tree(&local.join("dist")),
-        "remote",
-        &file_tree(&remote.join("dist")),
-    );
-    assert!(
-        diff.is_empty(),
-        "the cached run's outputs differ: {diff:#?}"
-    );
+    same_tree(&local, &remote, "dist");
 
     // A changed context file goes up alone and the step runs again.
     std::fs::write(remote.join("hello.txt"), "hello again\n").unwrap();
@@ -333,13 +329,7 @@ fn earthfile_on_a_satellite_writes_what_a_local_build_writes() {
     for (cwd, sat) in [(&local, "--no-satellite"), (&remote, "--satellite=s1")] {
         output_ok(&mut s.berth(cwd, &[sat, "--artifact", "+deps/lib/*", "./libs"]));
     }
-    let diff = tree_diff(
-        "local",
-        &file_tree(&local.join("libs")),
-        "remote",
-        &file_tree(&remote.join("libs")),
-    );
-    assert!(diff.is_empty(), "--artifact outputs differ: {diff:#?}");
+    same_tree(&local, &remote, "libs");
     assert!(remote.join("libs/core.txt").is_file());
 }
 
@@ -444,17 +434,8 @@ fn earthfile_save_image_push_goes_out_from_the_satellite_with_the_clients_creden
     }
     let reg = serve_with_user(s.dir.path(), "deployer", "s3cret-for-earth");
     let docker_cfg = s.dir.path().join("docker-config");
-    let mut login = s.client.berth();
-    login
-        .args(["login", "-u", "deployer", "--password-stdin", &reg.addr])
-        .env("DOCKER_CONFIG", &docker_cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = login.spawn().unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"s3cret-for-earth\n").unwrap();
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
+    s.client
+        .login(&docker_cfg, &reg.addr, "deployer", "s3cret-for-earth");
 
     let proj = s.dir.path().join("pushproj");
     std::fs::create_dir_all(&proj).unwrap();
@@ -480,7 +461,7 @@ fn earthfile_save_image_push_goes_out_from_the_satellite_with_the_clients_creden
         "deployer:s3cret-for-earth",
         &format!("docker://{reference}"),
     ]));
-    let digest = format!("sha256:{}", sha256_hex(inspect.as_bytes()));
+    let digest = format!("sha256:{}", Client::sha256_hex(inspect.as_bytes()));
     assert!(
         out.stdout
             .contains(&format!("{}/earth/pushed@{digest}", reg.addr)),
@@ -511,20 +492,4 @@ fn earthfile_save_image_push_goes_out_from_the_satellite_with_the_clients_creden
         "{}",
         refused.stderr
     );
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
