@@ -493,3 +493,44 @@ fn earthfile_save_image_push_goes_out_from_the_satellite_with_the_clients_creden
         refused.stderr
     );
 }
+
+#[test]
+fn earthfile_on_a_satellite_takes_builtin_args_from_the_git_repository_sent() {
+    let Some(s) = Setup::new() else { return };
+    if !require("git") {
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/earthfiles/builtins");
+    let [local, remote] = ["local", "remote"].map(|n| {
+        let dst = s.dir.path().join(n);
+        run(Command::new("cp").arg("-a").arg(&src).arg(&dst));
+        let git = |args: &[&str]| {
+            run(Command::new("git")
+                .arg("-C")
+                .arg(&dst)
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+                .env("GIT_COMMITTER_DATE", "@1700000000 +0000")
+                .args(args));
+        };
+        git(&["init", "-q", "-b", "feature/x"]);
+        git(&[
+            "remote",
+            "add",
+            "origin",
+            "https://git.example.invalid/org/repo.git",
+        ]);
+        git(&["add", "-A"]);
+        git(&["commit", "-qm", "one", "--date=@1700000000"]);
+        dst
+    });
+    output_ok(&mut s.berth(&local, &["--no-satellite", "+builtins"]));
+    output_ok(&mut s.berth(&remote, &["--satellite", "s1", "+builtins"]));
+    let read = |d: &Path| std::fs::read_to_string(d.join("builtins.txt")).unwrap();
+    let hash = run(Command::new("git")
+        .arg("-C")
+        .arg(&remote)
+        .args(["rev-parse", "HEAD"]));
+    assert!(read(&remote).starts_with(hash.trim()), "{}", read(&remote));
+    // The same commit (same tree, author, dates) in both folders: the same values.
+    assert_eq!(read(&local), read(&remote));
+}
