@@ -64,7 +64,10 @@ pub use bases::ResolvePolicy;
 pub use berth_exec::Stream;
 pub use berth_snapshot::Compression;
 pub use build::{BuildOptions, BuildResult, OutputSpec, build, rfc3339};
-pub use earthbuild::{EarthBuildOptions, EarthImage, EarthOutput, EarthResult, earth_build};
+pub use earthbuild::{
+    EarthBuildOptions, EarthImage, EarthOutput, EarthResult, LocalOutput, LocalSink, Staging,
+    earth_build, local_staging, place_local_output,
+};
 pub use error::{BuildError, Result};
 pub use export::{Exported, export_image, export_oci_tar, export_rootfs, push_image};
 pub use frontend::dockerfile::Dockerfile;

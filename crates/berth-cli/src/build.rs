@@ -422,11 +422,11 @@ fn remote(
         settings,
         name,
         context,
-        dockerfile,
+        Some(dockerfile),
         request,
         ssh,
         sink,
-        fetch.then(|| (settings.root.clone(), args.tags.as_slice())),
+        fetch.then(|| settings.root.clone()),
     );
     if let Some(t) = &tty_view {
         t.finish();

@@ -721,18 +721,19 @@ pub fn chosen(
     Ok(enrollments(settings).default_name()?)
 }
 
-/// A build on satellite `name`, shown like a local one. With `fetch` (a berth root and
-/// the image's names), the image comes down into that store afterwards.
+/// A build on satellite `name`, shown like a local one. With `fetch` (a berth root),
+/// the images come down into that store afterwards: the request's tags (a Dockerfile
+/// build), or every image an Earthfile build saved.
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     settings: &Settings,
     name: &str,
     context: PathBuf,
-    dockerfile: PathBuf,
+    dockerfile: Option<PathBuf>,
     request: berth_satellite::proto::BuildRequest,
     ssh: HashMap<String, PathBuf>,
     sink: Arc<dyn Progress>,
-    fetch: Option<(PathBuf, &[String])>,
+    fetch: Option<PathBuf>,
 ) -> Result<berth_satellite::RemoteResult> {
     let e = enrollments(settings);
     let sums = settings.root.join("satellite-client/sums").join(format!(
@@ -740,6 +741,7 @@ pub fn build(
         fnv(context.to_string_lossy().as_bytes())
     ));
     let rt = runtime()?;
+    let tags = request.tags.clone();
     rt.block_on(async {
         let mut conn = e.connect(name).await?;
         let remote = berth_satellite::RemoteBuild {
@@ -753,12 +755,22 @@ pub fn build(
         let fetched = async {
             let r = berth_satellite::build(&mut conn, remote, &mut on_event).await?;
             // Only the blobs this machine lacks come down.
-            if let Some((root, tags)) = &fetch {
+            if let Some(root) = &fetch {
                 let store = berth_store::Store::open(root)
                     .with_context(|| format!("open store at {}", root.display()))?;
-                let manifest: berth_oci::Digest = r.result.manifest.parse()?;
-                for t in tags.iter() {
-                    conn.fetch_image(&store, t, &manifest).await?;
+                let images: Vec<(&str, &str)> = if r.result.images.is_empty() {
+                    tags.iter()
+                        .map(|t| (t.as_str(), r.result.manifest.as_str()))
+                        .collect()
+                } else {
+                    r.result
+                        .images
+                        .iter()
+                        .map(|i| (i.name.as_str(), i.manifest.as_str()))
+                        .collect()
+                };
+                for (t, manifest) in images {
+                    conn.fetch_image(&store, t, &manifest.parse()?).await?;
                 }
             }
             anyhow::Ok(r)

@@ -26,7 +26,7 @@ mod ssh;
 
 pub use client::{
     Connection, Enrolled, Enrollments, Refusal, RemoteBuild, RemoteResult, SatelliteProbe, build,
-    connect, connect_watched, remote_error,
+    connect, connect_watched, earthfile_registry_hosts, remote_error,
 };
 pub use config::SatelliteConfig;
 pub use error::SatError;
