@@ -265,7 +265,7 @@ pub async fn history(kube: &Kube, service: &str) -> Result<Vec<(Revision, Replic
             ))
         })
         .collect();
-    out.sort_by(|a, b| b.0.number.cmp(&a.0.number));
+    out.sort_by_key(|(r, _)| std::cmp::Reverse(r.number));
     Ok(out)
 }
 

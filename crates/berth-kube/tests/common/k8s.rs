@@ -142,6 +142,8 @@ rm -rf {dir}
         dir = dir.display(),
         parent = std::process::id(),
     );
+    // Never waited for: the supervisor outlives the test process on purpose.
+    #[allow(clippy::zombie_processes)]
     Command::new("setsid")
         .args(["bash", "-c", &script])
         .stdin(Stdio::null())
