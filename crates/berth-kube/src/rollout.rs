@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, ReplicaSet};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -25,7 +26,9 @@ use crate::{Kube, KubeError};
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 
 /// Checks every object of every service against the server, then applies them in order
-/// (ConfigMap, Secret, Deployment, Service per service). Nothing is sent if any check fails.
+/// (ConfigMap, Secret, Deployment, Service per service; [`APPLY_CONCURRENCY`] services at
+/// once). Nothing is sent if any check fails; an error of one service does not stop the
+/// others, and the first is returned.
 pub async fn apply_all(
     kube: &Kube,
     services: &[Rendered],
@@ -43,25 +46,40 @@ pub async fn apply_all(
             kube.check(&[s])?;
         }
     }
-    for r in services {
-        if let Some(c) = &r.config_map {
-            kube.apply(c).await?;
-        }
-        if let Some(s) = &r.secret {
-            kube.apply(s).await?;
-        }
-        let d = kube.apply(&r.deployment).await?;
-        if let Some(s) = &r.kservice {
-            kube.apply(s).await?;
-        }
-        progress(&format!(
-            "{}: applied deployment {} (generation {}) in namespace {}",
-            r.service,
-            r.service,
-            d.metadata.generation.unwrap_or(0),
-            kube.namespace
-        ));
+    // Services go out side by side (their objects in order), a few at a time.
+    let results: Vec<Result<(), KubeError>> = futures_util::stream::iter(services)
+        .map(|r| apply_one(kube, r, progress))
+        .buffer_unordered(APPLY_CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Services applied at once by [`apply_all`].
+pub const APPLY_CONCURRENCY: usize = 8;
+
+async fn apply_one(
+    kube: &Kube,
+    r: &Rendered,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), KubeError> {
+    if let Some(c) = &r.config_map {
+        kube.apply(c).await?;
     }
+    if let Some(s) = &r.secret {
+        kube.apply(s).await?;
+    }
+    let d = kube.apply(&r.deployment).await?;
+    if let Some(s) = &r.kservice {
+        kube.apply(s).await?;
+    }
+    progress(&format!(
+        "{}: applied deployment {} (generation {}) in namespace {}",
+        r.service,
+        r.service,
+        d.metadata.generation.unwrap_or(0),
+        kube.namespace
+    ));
     Ok(())
 }
 
