@@ -15,7 +15,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::version::{ServerInfo, parse_minor};
 use crate::{FIELD_MANAGER, KubeError};
@@ -250,14 +249,30 @@ fn manager_of(message: &str) -> String {
         .unwrap_or_else(|| message.trim().to_owned())
 }
 
-/// A JSON value's `metadata.name`.
-pub fn name_of(v: &Value) -> &str {
-    v["metadata"]["name"].as_str().unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_conflict_only_in_the_message_is_still_named() {
+        let status = kube::core::Status::failure(
+            "Apply failed with 1 conflict: conflict with \"kubectl\": .spec.replicas",
+            "Conflict",
+        )
+        .with_code(409);
+        match conflict_or(kube::Error::Api(status.boxed()), "Deployment", "web") {
+            KubeError::Conflict { conflicts, .. } => {
+                assert_eq!(
+                    conflicts,
+                    [("kubectl".to_owned(), ".spec.replicas".to_owned())]
+                )
+            }
+            other => panic!("{other}"),
+        }
+        let other = kube::core::Status::failure("nope", "Forbidden").with_code(403);
+        let e = conflict_or(kube::Error::Api(other.boxed()), "Deployment", "web");
+        assert!(e.to_string().starts_with("apply Deployment web:"), "{e}");
+    }
 
     #[test]
     fn managers_are_read_from_causes() {
