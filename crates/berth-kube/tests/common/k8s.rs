@@ -45,21 +45,21 @@ fn tail(path: &Path) -> String {
 /// The control plane, started on first use; `None` (after [`berth_testutil::skip`]) when
 /// its binaries are not built.
 pub fn control_plane() -> Option<&'static ControlPlane> {
-    static CP: OnceLock<Option<ControlPlane>> = OnceLock::new();
+    static CP: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
     let cp = CP.get_or_init(|| {
         let bins = bin_dir();
         for b in ["etcd", "kube-apiserver", "kube-controller-manager"] {
             if !bins.join(b).exists() {
-                berth_testutil::skip(&format!(
+                return Err(format!(
                     "{} is missing: run scripts/k8s-envtest (or set BERTH_K8S_BIN)",
                     bins.join(b).display()
                 ));
-                return None;
             }
         }
-        Some(start(&bins))
+        Ok(start(&bins))
     });
-    cp.as_ref()
+    // Every test that needs it skips (and is recorded) on its own.
+    cp.as_ref().map_err(|why| berth_testutil::skip(why)).ok()
 }
 
 fn start(bins: &Path) -> ControlPlane {
