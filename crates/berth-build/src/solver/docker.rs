@@ -80,7 +80,12 @@ if [ -d "$C" ]; then
   for f in "$C"/*.yml; do files="$files -f $f"; done
   services=$(cat "$C/services")
   compose() { $dc -p berth --project-directory "$PWD" $files "$@"; }
-  compose up -d $services >"$B/compose.log" 2>&1 || { cat "$B/compose.log" >&2; fail "$dc up failed"; }
+  if ! compose up -d $services >"$B/compose.log" 2>&1; then
+    cat "$B/compose.log" >&2
+    echo "berth: WITH DOCKER --compose: $dc up failed" >&2
+    kill "$dpid" 2>/dev/null
+    exit 125
+  fi
 fi
 "$@"
 code=$?
