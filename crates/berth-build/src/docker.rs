@@ -31,7 +31,7 @@
 
 use crate::error::{BuildError, Result};
 use crate::image::{ImageConfig, ResolvedImage};
-use crate::ir::{DockerLoad, DockerSpec, ExecOp, ImageSource, NetworkMode, State};
+use crate::ir::{DockerCompose, DockerLoad, DockerSpec, ExecOp, ImageSource, NetworkMode, State};
 
 /// An image loaded into a docker step's dockerd before its command runs.
 #[derive(Debug, Clone)]
@@ -80,11 +80,38 @@ impl DockerImage {
 /// with code 125 and says so.
 pub fn docker_run(
     state: &State,
-    mut exec: ExecOp,
-    mut extra: Vec<State>,
+    exec: ExecOp,
+    extra: Vec<State>,
     images: Vec<DockerImage>,
     name: impl Into<String>,
 ) -> Result<State> {
+    docker_compose_run(state, exec, extra, images, None, name)
+}
+
+/// [`docker_run`] with the services of `compose` brought up after the images are
+/// loaded (`docker compose up -d`, or `docker-compose`, whichever the image has; the
+/// step fails with code 125 when it has neither) and taken down after the command.
+/// Service names are checked here: letters, digits, `.`, `_` and `-`.
+pub fn docker_compose_run(
+    state: &State,
+    mut exec: ExecOp,
+    mut extra: Vec<State>,
+    images: Vec<DockerImage>,
+    compose: Option<DockerCompose>,
+    name: impl Into<String>,
+) -> Result<State> {
+    if let Some(c) = &compose {
+        if c.files.is_empty() {
+            return Err(BuildError::Invalid(
+                "docker compose services need at least one compose file".into(),
+            ));
+        }
+        if let Some(bad) = c.services.iter().find(|s| !valid_service(s)) {
+            return Err(BuildError::Invalid(format!(
+                "compose service name {bad:?}: use letters, digits, '.', '_' and '-'"
+            )));
+        }
+    }
     if exec.network == NetworkMode::Host {
         return Err(BuildError::Invalid(
             "a step with its own dockerd cannot use the host's network (--network=host): \
@@ -110,8 +137,17 @@ pub fn docker_run(
         });
     }
     exec.privileged = true;
-    exec.docker = Some(DockerSpec { loads });
+    exec.docker = Some(DockerSpec { loads, compose });
     Ok(state.run(exec, extra, name))
+}
+
+/// A compose service name: what Compose itself accepts, and safe as a word of the
+/// step's wrapper script.
+fn valid_service(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[cfg(test)]

@@ -216,6 +216,21 @@ pub struct DockerLoad {
 pub struct DockerSpec {
     /// Images loaded before the command runs.
     pub loads: Vec<DockerLoad>,
+    /// Services brought up after the loads and down after the command (Earthly's
+    /// `--compose`). Left out of the digest when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compose: Option<DockerCompose>,
+}
+
+/// Compose files whose services run beside a docker step's command: `docker compose`
+/// (or `docker-compose`, whichever the image has) `up -d` before it, `down` after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct DockerCompose {
+    /// The files, in order (each one `-f`): the name as written, for messages, and the
+    /// contents, which are part of the key.
+    pub files: Vec<(String, String)>,
+    /// The services to bring up; all of them when empty.
+    pub services: Vec<String>,
 }
 
 /// Run a process on input 0 (the root file system). Its changes are the output.

@@ -590,21 +590,7 @@ fn earthfile_with_docker_runs_a_loaded_target_in_its_own_dockerd() {
     if !berth_testutil::require_dind_tools() {
         return;
     }
-    // The dind base, imported under the name the case uses.
-    let layout = env.dir.path().join("dind");
-    run(Command::new(repo_root().join("scripts/make-dind-layout"))
-        .arg(&layout)
-        .arg("latest"));
-    let tar = env.dir.path().join("dind.tar");
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."));
-    run(env
-        .berth(env.dir.path(), &["import", "-t", "berth-test/dind:latest"])
-        .arg(&tar));
+    import_dind(&env, "dind", &[]);
     let case = env.case("with-docker");
 
     let out = output(&mut env.berth(&case, &["+test"]));
@@ -623,6 +609,70 @@ fn earthfile_with_docker_runs_a_loaded_target_in_its_own_dockerd() {
     assert_eq!(
         read(&case.join("dist/images.txt")),
         "app:test\nbusybox:1.36\n"
+    );
+}
+
+/// scripts/make-dind-layout's image (with `args`), imported as `berth-test/NAME:latest`.
+fn import_dind(env: &Env, name: &str, args: &[&str]) {
+    let layout = env.dir.path().join(name);
+    run(Command::new(repo_root().join("scripts/make-dind-layout"))
+        .arg(&layout)
+        .arg("latest")
+        .args(args));
+    let tar = env.dir.path().join(format!("{name}.tar"));
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    run(env
+        .berth(
+            env.dir.path(),
+            &["import", "-t", &format!("berth-test/{name}:latest")],
+        )
+        .arg(&tar));
+}
+
+#[test]
+fn earthfile_with_docker_compose_brings_services_up_beside_the_run() {
+    let Some(env) = Env::new() else { return };
+    if !berth_testutil::require_dind_tools() {
+        return;
+    }
+    if !Path::new("/usr/bin/docker-compose").exists()
+        && !berth_testutil::skip(
+            "/usr/bin/docker-compose is missing (scripts/install-test-deps installs docker-compose)",
+        )
+    {
+        return;
+    }
+    import_dind(&env, "dind", &[]);
+    import_dind(&env, "dind-compose", &["--compose"]);
+    let case = env.case("with-docker-compose");
+
+    // Both services up; a container on the project's network reaches each by name.
+    output_ok(&mut env.berth(&case, &["-P", "--progress", "plain", "+test"]));
+    assert_eq!(
+        read(&case.join("dist/out.txt")),
+        "hello-from-web\nhello-from-api\n"
+    );
+    assert_eq!(read(&case.join("dist/running.txt")), "api:test\nweb:test\n");
+
+    // --service web: only web.
+    output_ok(&mut env.berth(&case, &["-P", "--progress", "plain", "+one"]));
+    assert_eq!(read(&case.join("dist/one.txt")), "hello-from-web\n");
+    assert_eq!(read(&case.join("dist/one-running.txt")), "web:test\n");
+
+    // An image without docker compose or docker-compose.
+    let out = output(&mut env.berth(&case, &["-P", "--progress", "plain", "+missing"]));
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains(
+            "WITH DOCKER --compose: the image has neither 'docker compose' nor 'docker-compose'"
+        ),
+        "{}",
+        out.stderr
     );
 }
 

@@ -11,7 +11,10 @@
 //! (exec root and pid file under `.berth`, socket at `/var/run/docker.sock` so tools
 //! find it where they look), waits for it to answer, `docker load`s the archives, runs
 //! the command, stops dockerd and exits with the command's code (125 if dockerd or a
-//! load failed, with dockerd's log).
+//! load failed, with dockerd's log). With compose files (`.berth/compose/NNN.yml` and
+//! the list of services to start, `.berth/compose/services`) it brings the services up
+//! after the loads with `docker compose` or else `docker-compose` (project `berth`,
+//! project directory the step's working directory) and down after the command.
 //!
 //! dockerd's bridge and iptables rules live in the step's own network namespace (which
 //! a privileged step does not give back to the pool); with the host's network it would
@@ -62,8 +65,31 @@ for t in "$B"/load/*.tar; do
   [ -e "$t" ] || continue
   docker load -q -i "$t" >/dev/null || fail "docker load of $t failed"
 done
+C="$B/compose"
+if [ -d "$C" ]; then
+  if docker compose version >/dev/null 2>&1; then
+    dc="docker compose"
+  elif command -v docker-compose >/dev/null 2>&1; then
+    dc=docker-compose
+  else
+    echo "berth: WITH DOCKER --compose: the image has neither 'docker compose' nor 'docker-compose' (install docker-compose or docker-compose-plugin)" >&2
+    kill "$dpid" 2>/dev/null
+    exit 125
+  fi
+  files=
+  for f in "$C"/*.yml; do files="$files -f $f"; done
+  services=$(cat "$C/services")
+  compose() { $dc -p berth --project-directory "$PWD" $files "$@"; }
+  if ! compose up -d $services >"$B/compose.log" 2>&1; then
+    cat "$B/compose.log" >&2
+    echo "berth: WITH DOCKER --compose: $dc up failed" >&2
+    kill "$dpid" 2>/dev/null
+    exit 125
+  fi
+fi
 "$@"
 code=$?
+[ -n "${dc:-}" ] && compose down -t 1 >"$B/compose.log" 2>&1
 kill -TERM "$dpid" 2>/dev/null
 wait "$dpid" 2>/dev/null
 exit $code
@@ -121,6 +147,19 @@ impl Solver {
             })?;
             let path = load.join(format!("{n}.tar"));
             self.write_docker_archive(&path, &l.tag, layers, config)?;
+        }
+        if let Some(c) = &spec.compose {
+            // `NNN.yml`, so the wrapper's glob gives them in order.
+            let dir = data.join(".berth/compose");
+            fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
+            for (n, (_, text)) in c.files.iter().enumerate() {
+                let path = dir.join(format!("{n:03}.yml"));
+                fs::write(&path, text).map_err(|e| io_err("write", &path, e))?;
+            }
+            let path = dir.join("services");
+            let mut list = c.services.join("\n");
+            list.push('\n');
+            fs::write(&path, list).map_err(|e| io_err("write", &path, e))?;
         }
         let mut m = Mount::default();
         m.set_destination(PathBuf::from(DATA_ROOT));

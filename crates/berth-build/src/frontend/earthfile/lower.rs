@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::ast::{Command, Earthfile, Stmt, Word};
-use crate::docker::{DockerImage, docker_run};
+use crate::docker::{DockerImage, docker_compose_run};
 use crate::error::{BuildError, Result};
 use crate::frontend::dockerfile::expand::expand;
 use crate::frontend::dockerfile::instructions::{CommandLine, InstructionKind, RunMount};
@@ -32,8 +32,8 @@ use crate::frontend::dockerfile::lower::{
 use crate::frontend::source::Pos;
 use crate::image::{History, ImageConfig, ResolvedImage, host_platform};
 use crate::ir::{
-    self, ExecMount, ExecOp, FileAction, FileOp, GitSource, LocalSource, MountSource, Op, Sharing,
-    State,
+    self, DockerCompose, ExecMount, ExecOp, FileAction, FileOp, GitSource, LocalSource,
+    MountSource, Op, Sharing, State,
 };
 use crate::pattern::Ignore;
 use crate::solver::Cancel;
@@ -1563,15 +1563,6 @@ impl Lowerer<'_> {
         body: &[Stmt],
     ) -> Result<()> {
         self.entitled_privileged(proj, head.pos, "WITH DOCKER")?;
-        for flag in ["compose", "service"] {
-            if let Some(p) = head.flag_pos(flag) {
-                return Err(src_err(
-                    proj,
-                    p,
-                    format!("WITH DOCKER --{flag} is not supported by berth yet"),
-                ));
-            }
-        }
         self.platform(ts, proj, head)?;
         let run = match body {
             [Stmt::Command(c)] if c.name == "RUN" => c,
@@ -1599,7 +1590,45 @@ impl Lowerer<'_> {
                 config,
             });
         }
-        self.run_step(ts, proj, run, Some(images))
+        let compose = self.docker_compose(ts, proj, head)?;
+        self.run_step(ts, proj, run, Some((images, compose)))
+    }
+
+    /// `--compose FILE … [--service S …]` of `WITH DOCKER`: the files (relative to the
+    /// Earthfile's folder) read now, so their contents are in the step's key.
+    fn docker_compose(
+        &mut self,
+        ts: &mut Ts,
+        proj: &Arc<Project>,
+        head: &Command,
+    ) -> Result<Option<DockerCompose>> {
+        let mut services = Vec::new();
+        for raw in head.values("service") {
+            let pos = head.flag_pos("service").unwrap_or(head.pos);
+            services.push(self.x_text(ts, proj, raw, pos)?);
+        }
+        let raws = head.values("compose");
+        if raws.is_empty() {
+            return match head.flag_pos("service") {
+                Some(p) => Err(src_err(proj, p, "WITH DOCKER --service needs --compose")),
+                None => Ok(None),
+            };
+        }
+        let pos = head.flag_pos("compose").unwrap_or(head.pos);
+        let mut files = Vec::new();
+        for raw in raws {
+            let f = self.x_text(ts, proj, raw, pos)?;
+            let path = proj.dir.join(&f);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                src_err(
+                    proj,
+                    pos,
+                    format!("--compose {f}: read {}: {e}", path.display()),
+                )
+            })?;
+            files.push((f, text));
+        }
+        Ok(Some(DockerCompose { files, services }))
     }
 
     /// One `--load` of `WITH DOCKER`: `name=+target`, `+target` (named by the target's
@@ -2304,7 +2333,7 @@ impl Lowerer<'_> {
         ts: &mut Ts,
         proj: &Arc<Project>,
         c: &Command,
-        docker: Option<Vec<DockerImage>>,
+        docker: Option<(Vec<DockerImage>, Option<DockerCompose>)>,
     ) -> Result<()> {
         if c.rest.is_empty() {
             return Err(src_err(proj, c.pos, "RUN needs a command"));
@@ -2329,10 +2358,10 @@ impl Lowerer<'_> {
         let name = Self::step_name(ts, c);
         let made = match docker {
             None => ts.state.run(exec, extra, name),
-            Some(images) => {
+            Some((images, compose)) => {
                 // dockerd needs root, whatever the target's USER.
                 exec.user = String::new();
-                docker_run(&ts.state, exec, extra, images, name)
+                docker_compose_run(&ts.state, exec, extra, images, compose, name)
                     .map_err(|e| src_err(proj, c.pos, e.to_string()))?
             }
         }
@@ -3582,6 +3611,44 @@ mod tests {
     }
 
     #[test]
+    fn with_docker_compose_files_and_services_go_into_the_step() {
+        let insecure = [ir::Entitlement::SecurityInsecure];
+        let compose = |yml: &str| {
+            // The helper writes `<dir>/Earthfile`s: the compose file is one of those.
+            let text = "VERSION 0.8\nFROM scratch\nt:\n    WITH DOCKER --compose c/Earthfile --service web --service db\n        RUN x\n    END\n";
+            let p = plan_allowed(text, &[("c", yml)], "+t", &[], &insecure).unwrap();
+            let step = p.targets[p.invoked].state.clone();
+            let Op::Exec(e) = &step.vertex().op else {
+                panic!("not a RUN")
+            };
+            (
+                e.docker.clone().unwrap().compose.unwrap(),
+                step.digest().clone(),
+            )
+        };
+        let (c, a) = compose("services: {web: {image: app}}\n");
+        assert_eq!(
+            c.files,
+            [(
+                "c/Earthfile".to_string(),
+                "services: {web: {image: app}}\n".to_string()
+            )]
+        );
+        assert_eq!(c.services, ["web", "db"]);
+        let (_, b) = compose("services: {web: {image: other}}\n");
+        assert_ne!(a, b, "the compose file's contents are in the key");
+
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    WITH DOCKER --compose c/Earthfile --service 'a b'\n        RUN x\n    END\n";
+        let got = plan_allowed(text, &[("c", "services: {}\n")], "+t", &[], &insecure)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            got.contains("compose service name \"a b\": use letters"),
+            "{got}"
+        );
+    }
+
+    #[test]
     fn unsupported_commands_say_so_at_their_line() {
         for (body, want) in [
             (
@@ -3671,7 +3738,11 @@ mod tests {
         for (body, want) in [
             (
                 "    WITH DOCKER --compose c.yml\n        RUN x\n    END\n",
-                "Earthfile:3:17: WITH DOCKER --compose is not supported by berth yet",
+                "Earthfile:3:17: --compose c.yml: read ",
+            ),
+            (
+                "    WITH DOCKER --service web\n        RUN x\n    END\n",
+                "Earthfile:3:17: WITH DOCKER --service needs --compose",
             ),
             (
                 "    WITH DOCKER\n        RUN x\n        RUN y\n    END\n",
