@@ -1704,3 +1704,208 @@ fn replicas_and_the_lock_of_a_killed_agent() {
     assert!(v2.iter().all(|c| c.contains("-v2-")), "{v2:?}");
     assert_eq!(curl(&w, 0, "/", &[]).stdout.trim(), "version-2");
 }
+
+/// Debian's nginx in host `i`'s namespace, listening on the host's address, port 8080,
+/// with its upstreams in an included file berth writes. Stopped on drop.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    /// The arguments that name its files (for `-s reload`).
+    args: Vec<String>,
+}
+
+impl Nginx {
+    fn start(w: &World, i: usize) -> Nginx {
+        let dir = w.dir.path().join(format!("nginx-h{}", i + 1));
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let d = dir.display();
+        // Before the first deploy nothing listens there: nginx answers 502.
+        std::fs::write(dir.join("upstream.conf"), "server 127.0.0.1:9;\n").unwrap();
+        std::fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                "user root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 512; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n\
+                 proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n\
+                 uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
+                 upstream web {{ include {d}/upstream.conf; }}\n\
+                 server {{ listen {}:8080; location / {{ proxy_pass http://web; }} }}\n}}\n",
+                w.hosts[i].ip
+            ),
+        )
+        .unwrap();
+        let args: Vec<String> = vec![
+            "-p".into(),
+            format!("{d}/"),
+            "-e".into(),
+            format!("{d}/error.log"),
+            "-c".into(),
+            format!("{d}/nginx.conf"),
+        ];
+        let child = w.hosts[i]
+            .host
+            .command("nginx")
+            .args(&args)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let mut n = Nginx { child, dir, args };
+        let start = Instant::now();
+        loop {
+            let out = output(w.dep.command("curl").args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{}:8080/", w.hosts[i].ip),
+            ]));
+            if out.stdout == "502" {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30) && n.child.try_wait().unwrap().is_none(),
+                "nginx did not come up: {}",
+                std::fs::read_to_string(n.dir.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        n
+    }
+
+    fn upstreams(&self) -> String {
+        std::fs::read_to_string(self.dir.join("upstream.conf")).unwrap()
+    }
+
+    /// The deploy file's `[…proxy.external]` table for this nginx, with `template`.
+    fn external(&self, template: &str) -> String {
+        let reload: Vec<String> = ["nginx"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(self.args.iter().cloned())
+            .chain(["-s".to_owned(), "reload".to_owned()])
+            .map(|a| format!("{a:?}"))
+            .collect();
+        format!(
+            "[deploy.services.web.proxy.external]\nupstream_file = \"{}\"\n\
+             template = {template:?}\nreload = [{}]\ndrain = \"2s\"\n",
+            self.dir.join("upstream.conf").display(),
+            reload.join(", ")
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A host that runs its own nginx: berth writes the upstream file and reloads nginx once
+/// the new version is healthy, and removes the old container after the drain; no request
+/// fails under load during the switch. A reload that fails (nginx refuses the file) puts
+/// the old file back and keeps the old version serving; a rollback goes the same way.
+#[test]
+fn an_existing_nginx_is_handed_the_new_version() {
+    if !require_deploy_world() || !require("nginx") {
+        return;
+    }
+    let w = World::new("deployngx", 1);
+    w.enroll_all();
+    w.build("v1", "version-1", true);
+    w.build("v2", "version-2", true);
+    let nginx = Nginx::start(&w, 0);
+    let good = nginx.external("# {service} {version}\nserver {addr};");
+    w.write_deploy_file(&good);
+    let out = w.deploy(&[]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("reloaded (nginx "), "{}", out.stderr);
+    let v1 = nginx.upstreams();
+    assert!(v1.starts_with("# web v1\nserver 172.31.1."), "{v1}");
+    assert_eq!(v1.lines().count(), 2, "{v1}");
+    // `nginx -s reload` returns before the new workers take over: the old ones answer a
+    // moment longer (502 here, from the placeholder before the first deploy).
+    let answers = |w: &World, body: &str| {
+        let start = Instant::now();
+        loop {
+            let got = w.get(0);
+            if got.stdout.trim() == body {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nginx never answered {body}: {} {}",
+                got.stdout,
+                got.stderr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    answers(&w, "version-1");
+
+    let load = Load::start(&w, 0, "ngx");
+    let start = Instant::now();
+    while !load.seen("version-1") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no load answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = w.deploy(&["--version", "v2"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("waited 2s for the proxy's requests"),
+        "{}",
+        out.stderr
+    );
+    let start = Instant::now();
+    while !load.seen("version-2") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "v2 never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, fail, errors) = load.stop();
+    assert_eq!(fail, 0, "{fail} of {} requests failed: {errors}", ok + fail);
+    let v2 = nginx.upstreams();
+    assert!(v2.starts_with("# web v2\nserver 172.31.1."), "{v2}");
+    let running = w.hosts[0].dockerd.containers("web");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(running[0].contains("-v2-"), "{running:?}");
+
+    // nginx refuses a file it cannot parse: the reload fails, the old file comes back,
+    // the new container goes and v2 serves on.
+    w.write_deploy_file(&nginx.external("server {addr} bogus;"));
+    let out = w.deploy(&["--version", "v1"]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("the host's proxy was not switched to version v1 of web: reload command")
+            && out.stderr.contains("exited 1")
+            && out.stderr.contains("bogus")
+            && out.stderr.contains("has its previous text again")
+            && out.stderr.contains("the previous version keeps serving"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(nginx.upstreams(), v2);
+    assert_eq!(w.hosts[0].dockerd.containers("web").len(), 1);
+    assert_eq!(w.get(0).stdout.trim(), "version-2");
+
+    // A rollback (v1, from the host's history, with the good template it was deployed
+    // with) hands nginx v1 again.
+    w.write_deploy_file(&good);
+    let out = output(w.berth().arg("rollback"));
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        nginx.upstreams().starts_with("# web v1\n"),
+        "{}",
+        nginx.upstreams()
+    );
+    answers(&w, "version-1");
+}
