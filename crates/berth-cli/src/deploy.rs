@@ -152,6 +152,9 @@ pub enum DeployCommand {
         /// Only this host [default: each host of the service].
         #[arg(long)]
         host: Option<String>,
+        /// In this replica, from 1 [default: the first].
+        #[arg(long)]
+        replica: Option<u32>,
         /// The deploy file.
         #[arg(long, short = 'f', default_value = "berth.toml")]
         file: PathBuf,
@@ -180,6 +183,12 @@ pub struct RollbackArgs {
     /// Only list each host's versions (newest, the serving one, first).
     #[arg(long)]
     list: bool,
+    /// Only these hosts (comma-separated names of the file's roles).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// Only the hosts of these roles (comma-separated, or repeated).
+    #[arg(long, value_delimiter = ',')]
+    role: Vec<String>,
 }
 
 fn hosts(settings: &Settings) -> Hosts {
@@ -508,8 +517,11 @@ fn build_service(
 }
 
 pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
-    let file = DeployFile::load(&args.file)?;
+    let file = DeployFile::load(&args.file)?.only(&args.hosts, &args.role)?;
     let svc = one_service(&file, args.service.as_deref(), "--service")?;
+    if file.hosts_of(svc).is_empty() {
+        bail!("service {} runs on none of the hosts chosen", svc.name);
+    }
     let hosts = hosts(settings);
     let progress = |line: &str| eprintln!("{line}");
     runtime()?.block_on(async {
@@ -666,6 +678,7 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
             service,
             cmd,
             host,
+            replica,
             file,
         } => {
             let file = DeployFile::load(&file)?;
@@ -676,7 +689,7 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
                 let mut failed = Vec::new();
                 for name in names {
                     let r = match berth_deploy::deployer::connect(&file, &hosts, &name).await {
-                        Ok(c) => c.exec(&svc.name, &cmd).await,
+                        Ok(c) => c.exec(&svc.name, &cmd, replica).await,
                         Err(e) => Err(e),
                     };
                     match r {

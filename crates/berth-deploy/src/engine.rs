@@ -881,15 +881,34 @@ impl Engine {
         Ok(out)
     }
 
-    /// Runs `cmd` in the serving container of `service`.
-    pub async fn exec(&self, service: &str, cmd: &[String]) -> Result<ExecResult, DeployError> {
+    /// Runs `cmd` in a serving container of `service`: replica `replica` (from 1), or
+    /// the first.
+    pub async fn exec(
+        &self,
+        service: &str,
+        cmd: &[String],
+        replica: Option<u32>,
+    ) -> Result<ExecResult, DeployError> {
         if cmd.is_empty() {
             return Err(DeployError::BadRequest("exec: no command given".into()));
         }
-        let cur = self.current(service)?;
-        let (exit_code, output) = self.run_exec(&cur.container, cmd).await.map_err(|e| {
-            DeployError::Docker(format!("exec in {} ({service}): {e}", cur.container))
-        })?;
+        let all = self.current(service)?.all();
+        let container = match replica {
+            None => &all[0],
+            Some(n) => all.get((n as usize).wrapping_sub(1)).ok_or_else(|| {
+                DeployError::BadRequest(format!(
+                    "service {service} runs {} replica{} on host {}: replica {n} is not one \
+                         of them (they count from 1)",
+                    all.len(),
+                    if all.len() == 1 { "" } else { "s" },
+                    self.host
+                ))
+            })?,
+        };
+        let (exit_code, output) = self
+            .run_exec(container, cmd)
+            .await
+            .map_err(|e| DeployError::Docker(format!("exec in {container} ({service}): {e}")))?;
         Ok(ExecResult { exit_code, output })
     }
 
