@@ -1124,6 +1124,25 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
         "{}",
         out.stderr
     );
+    // The same filters for a rollback: v2 again on h2 alone.
+    let out = output(w.berth().args(["rollback", "v2", "--hosts", "h2"]));
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        !out.stderr.contains("h1: ") && !out.stdout.contains("h1: "),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(w.get(0).stdout.trim(), "version-1");
+    assert_eq!(w.get(1).stdout.trim(), "version-2");
+    let out = output(w.berth().args(["rollback", "--role", "db"]));
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("--role db: no such role (the file has web)"),
+        "{}",
+        out.stderr
+    );
 
     // A secret the deploying machine lacks: refused before any host is touched.
     let out = output(w.berth().arg("deploy").env_remove("TEST_API_KEY"));
@@ -1616,6 +1635,36 @@ fn replicas_and_the_lock_of_a_killed_agent() {
     assert_eq!(up.stdout, "version-1\nhttp/1.1", "{}", up.stdout);
     let ps = output_ok(w.berth().args(["deploy", "ps"]));
     assert!(ps.stdout.contains(&v1.join(",")), "{}", ps.stdout);
+    // `deploy exec --replica N` runs in the Nth (its hostname is the container's ID).
+    for (i, c) in v1.iter().enumerate() {
+        let want = w.hosts[0]
+            .dockerd
+            .docker(&["inspect", "--format", "{{.Config.Hostname}}", c]);
+        let n = (i + 1).to_string();
+        let got = output_ok(w.berth().args([
+            "deploy",
+            "exec",
+            "--replica",
+            &n,
+            "web",
+            "--",
+            "/bin/busybox",
+            "hostname",
+        ]));
+        assert_eq!(got.stdout.trim(), want.stdout.trim(), "replica {n} ({c})");
+    }
+    let out = output(
+        w.berth()
+            .args(["deploy", "exec", "--replica", "4", "web", "--", "true"]),
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains(
+            "service web runs 3 replicas on host h1: replica 4 is not one of them (they count from 1)"
+        ),
+        "{}",
+        out.stderr
+    );
 
     // v3 has no /health: no replica passes, all three go, v1's three serve on.
     let out = w.deploy(&["--version", "v3"]);
@@ -1908,4 +1957,66 @@ fn an_existing_nginx_is_handed_the_new_version() {
         nginx.upstreams()
     );
     answers(&w, "version-1");
+
+    // A proxy in a container (a busybox one standing in): the file goes into it through
+    // dockerd and the reload runs in it; a reload that fails puts its old file back.
+    let serving = w.hosts[0].new_container("v1").unwrap();
+    let image = w.hosts[0]
+        .dockerd
+        .docker(&["inspect", "--format", "{{.Config.Image}}", &serving]);
+    let edge = w.hosts[0].dockerd.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "edge",
+        image.stdout.trim(),
+        "/bin/busybox",
+        "sleep",
+        "3600",
+    ]);
+    assert!(edge.success, "{}", edge.stderr);
+    let in_edge = |reload: &str| {
+        format!(
+            "[deploy.services.web.proxy.external]\nupstream_file = \"/etc/berth/up.conf\"\n\
+             container = \"edge\"\ndrain = \"1s\"\nreload = {reload}\n"
+        )
+    };
+    let cat = |f: &str| {
+        w.hosts[0]
+            .dockerd
+            .docker(&["exec", "edge", "/bin/busybox", "cat", f])
+    };
+    w.hosts[0]
+        .dockerd
+        .docker(&["exec", "edge", "/bin/busybox", "mkdir", "-p", "/etc/berth"]);
+    w.write_deploy_file(&in_edge(
+        "[\"/bin/busybox\", \"cp\", \"/etc/berth/up.conf\", \"/tmp/reloaded\"]",
+    ));
+    let out = w.deploy(&["--version", "v2"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    let v2 = w.hosts[0].new_container("v2").unwrap();
+    let ip = w.hosts[0].dockerd.docker(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &v2,
+    ]);
+    let want = format!("server {}:80;\n", ip.stdout.trim());
+    assert_eq!(cat("/tmp/reloaded").stdout, want);
+    w.write_deploy_file(&in_edge("[\"/bin/busybox\", \"false\"]"));
+    let out = w.deploy(&["--version", "v1"]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("reload command [\"/bin/busybox\", \"false\"] (in container edge) exited 1")
+            && out
+                .stderr
+                .contains("/etc/berth/up.conf has its previous text again"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(cat("/etc/berth/up.conf").stdout, want);
+    let running = w.hosts[0].dockerd.containers("web");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(running[0].starts_with(&v2), "{running:?}");
 }
