@@ -326,8 +326,9 @@ pub fn host(settings: &Settings, command: HostCommand) -> Result<()> {
     Ok(())
 }
 
-/// Prints each host's outcome; an error when any host failed.
-fn summarize(what: &str, results: &[HostResult]) -> Result<()> {
+/// Prints each host's outcome, then a table of them (host, service, serving version,
+/// replicas, result); an error when any host failed.
+fn summarize(file: &DeployFile, what: &str, results: &[HostResult]) -> Result<()> {
     let mut failed = Vec::new();
     for r in results {
         match &r.report {
@@ -355,10 +356,70 @@ fn summarize(what: &str, results: &[HostResult]) -> Result<()> {
             }
         }
     }
+    if !results.is_empty() {
+        println!();
+        print!("{}", result_table(file, results));
+    }
     if !failed.is_empty() {
         bail!("{what} failed on {} (see above)", failed.join(", "));
     }
     Ok(())
+}
+
+/// One row per host and service: `HOST SERVICE VERSION REPLICAS RESULT`, the version
+/// being what serves now (`-`: nothing), the result `ok` or the error's first line.
+fn result_table(file: &DeployFile, results: &[HostResult]) -> String {
+    let mut rows = vec![[
+        "HOST".to_owned(),
+        "SERVICE".to_owned(),
+        "VERSION".to_owned(),
+        "REPLICAS".to_owned(),
+        "RESULT".to_owned(),
+    ]];
+    for r in results {
+        let (serving, result) = match &r.report {
+            Ok(rep) => (
+                rep.serving.clone(),
+                rep.error.as_deref().map_or_else(
+                    || "ok".to_owned(),
+                    |e| format!("failed: {}", e.lines().next().unwrap_or_default()),
+                ),
+            ),
+            Err(e) => (
+                None,
+                format!(
+                    "failed: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                ),
+            ),
+        };
+        let replicas = file
+            .services
+            .get(&r.service)
+            .map_or_else(|| "-".to_owned(), |s| s.replicas.to_string());
+        rows.push([
+            r.host.clone(),
+            r.service.clone(),
+            serving.unwrap_or_else(|| "-".to_owned()),
+            replicas,
+            result,
+        ]);
+    }
+    let mut width = [0; 4];
+    for row in &rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        for (cell, w) in row[..4].iter().zip(width) {
+            out.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(&row[4]);
+        out.push('\n');
+    }
+    out
 }
 
 pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
@@ -442,7 +503,7 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
             };
             results.extend(berth_deploy::deployer::deploy(&file, &hosts, &plan, &progress).await?);
         }
-        summarize("deploy", &results)
+        summarize(&file, "deploy", &results)
     })
 }
 
@@ -536,7 +597,7 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
             &progress,
         )
         .await?;
-        summarize("rollback", &results)
+        summarize(&file, "rollback", &results)
     })
 }
 

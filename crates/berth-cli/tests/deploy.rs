@@ -1872,6 +1872,29 @@ fn an_existing_nginx_is_handed_the_new_version() {
     let out = w.deploy(&[]);
     assert!(out.success, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("reloaded (nginx "), "{}", out.stderr);
+    // The result table at the end: host, service, version serving, replicas, result.
+    let rows = |out: &Output| -> Vec<Vec<String>> {
+        let table = out.stdout.split("\n\n").last().unwrap_or_default();
+        table
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                let mut row: Vec<String> = cells.iter().take(4).map(|c| (*c).to_owned()).collect();
+                row.push(cells.get(4..).unwrap_or_default().join(" "));
+                row
+            })
+            .collect()
+    };
+    assert_eq!(
+        rows(&out),
+        [
+            ["HOST", "SERVICE", "VERSION", "REPLICAS", "RESULT"],
+            ["h1", "web", "v1", "1", "ok"]
+        ],
+        "{}",
+        out.stdout
+    );
     let v1 = nginx.upstreams();
     assert!(v1.starts_with("# web v1\nserver 172.31.1."), "{v1}");
     assert_eq!(v1.lines().count(), 2, "{v1}");
@@ -1941,6 +1964,14 @@ fn an_existing_nginx_is_handed_the_new_version() {
             && out.stderr.contains("the previous version keeps serving"),
         "{}",
         out.stderr
+    );
+    let table = rows(&out);
+    assert_eq!(table.len(), 2, "{}", out.stdout);
+    assert_eq!(table[1][..4], ["h1", "web", "v2", "1"], "{}", out.stdout);
+    assert!(
+        table[1][4].starts_with("failed: the host's proxy was not switched to version v1"),
+        "{}",
+        out.stdout
     );
     assert_eq!(nginx.upstreams(), v2);
     assert_eq!(w.hosts[0].dockerd.containers("web").len(), 1);
