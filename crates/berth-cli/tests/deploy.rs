@@ -634,6 +634,18 @@ impl Load {
         }
     }
 
+    /// Waits (30 s at most) until the load got `body`.
+    fn wait_seen(&self, body: &str) {
+        let start = Instant::now();
+        while !self.seen(body) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the load never got {body:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn seen(&self, body: &str) -> bool {
         std::fs::read_to_string(&self.bodies)
             .unwrap_or_default()
@@ -1919,14 +1931,7 @@ fn an_existing_nginx_is_handed_the_new_version() {
     answers(&w, "version-1");
 
     let load = Load::start(&w, 0, "ngx");
-    let start = Instant::now();
-    while !load.seen("version-1") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no load answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    load.wait_seen("version-1");
     let out = w.deploy(&["--version", "v2"]);
     assert!(out.success, "{}\n{}", out.stdout, out.stderr);
     assert!(
@@ -1934,14 +1939,7 @@ fn an_existing_nginx_is_handed_the_new_version() {
         "{}",
         out.stderr
     );
-    let start = Instant::now();
-    while !load.seen("version-2") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "v2 never answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    load.wait_seen("version-2");
     let (ok, fail, errors) = load.stop();
     assert_eq!(fail, 0, "{fail} of {} requests failed: {errors}", ok + fail);
     let v2 = nginx.upstreams();
