@@ -1987,8 +1987,16 @@ fn an_existing_nginx_is_handed_the_new_version() {
     );
     answers(&w, "version-1");
 
+    // Back to berth's proxy (nginx gone): it listens on the port again.
+    drop(nginx);
+    w.write_deploy_file("");
+    let out = w.deploy(&["--version", "v1"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(w.get(0).stdout.trim(), "version-1");
+
     // A proxy in a container (a busybox one standing in): the file goes into it through
     // dockerd and the reload runs in it; a reload that fails puts its old file back.
+    // berth's proxy stops listening at that switch.
     let serving = w.hosts[0].new_container("v1").unwrap();
     let image = w.hosts[0]
         .dockerd
@@ -2023,6 +2031,18 @@ fn an_existing_nginx_is_handed_the_new_version() {
     ));
     let out = w.deploy(&["--version", "v2"]);
     assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("h1: berth's proxy stopped listening on port 8080"),
+        "{}",
+        out.stderr
+    );
+    let refused = w.get(0);
+    assert!(
+        !refused.success && refused.stderr.contains("Failed to connect"),
+        "{}",
+        refused.stderr
+    );
     let v2 = w.hosts[0].new_container("v2").unwrap();
     let ip = w.hosts[0].dockerd.docker(&[
         "inspect",

@@ -412,6 +412,19 @@ impl Engine {
                 ));
                 return Err(e);
             }
+            // A service that berth's proxy served before: its listeners stop now (the
+            // host's proxy may want the ports), and their requests drain as usual.
+            let before: Option<Current> =
+                read_json(&self.service_dir(&svc.name).join("current.json"))?;
+            for p in before.map(|c| c.ports).unwrap_or_default() {
+                if let Some(t) = self.proxies.stop(p.host) {
+                    steps.push(format!(
+                        "berth's proxy stopped listening on port {}",
+                        p.host
+                    ));
+                    old_targets.push(t);
+                }
+            }
             steps.push(format!(
                 "{} now names {} for the host's proxy{}",
                 ext.upstream_file,
