@@ -1852,7 +1852,7 @@ impl Nginx {
             .collect();
         format!(
             "[deploy.services.web.proxy.external]\nupstream_file = \"{}\"\n\
-             template = {template:?}\nreload = [{}]\ndrain = \"2s\"\n",
+             template = {template:?}\nreload = [{}]\ndrain = \"5s\"\n",
             self.dir.join("upstream.conf").display(),
             reload.join(", ")
         )
@@ -1935,13 +1935,20 @@ fn an_existing_nginx_is_handed_the_new_version() {
     let out = w.deploy(&["--version", "v2"]);
     assert!(out.success, "{}\n{}", out.stdout, out.stderr);
     assert!(
-        out.stderr.contains("waited 2s for the proxy's requests"),
+        out.stderr.contains("waited 5s for the proxy's requests"),
         "{}",
         out.stderr
     );
     load.wait_seen("version-2");
     let (ok, fail, errors) = load.stop();
-    assert_eq!(fail, 0, "{fail} of {} requests failed: {errors}", ok + fail);
+    assert_eq!(
+        fail,
+        0,
+        "{fail} of {} requests failed: {errors}\n{}\nnginx's log:\n{}",
+        ok + fail,
+        out.stderr,
+        std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default()
+    );
     let v2 = nginx.upstreams();
     assert!(v2.starts_with("# web v2\nserver 172.31.1."), "{v2}");
     let running = w.hosts[0].dockerd.containers("web");
