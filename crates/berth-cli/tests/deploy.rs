@@ -1837,6 +1837,24 @@ impl Nginx {
         n
     }
 
+    /// Waits until the master has one worker again: after a reload the old worker
+    /// keeps accepting connections (on the old upstreams) until it has taken its signal.
+    fn wait_one_worker(&self) {
+        let start = Instant::now();
+        loop {
+            let out = output(Command::new("pgrep").args(["-P", &self.child.id().to_string()]));
+            if out.stdout.lines().count() == 1 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nginx's old workers did not go: {}",
+                out.stdout
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn upstreams(&self) -> String {
         std::fs::read_to_string(self.dir.join("upstream.conf")).unwrap()
     }
@@ -1929,6 +1947,8 @@ fn an_existing_nginx_is_handed_the_new_version() {
         }
     };
     answers(&w, "version-1");
+    // The load starts on v1 alone (the placeholder's worker would answer 502).
+    nginx.wait_one_worker();
 
     let load = Load::start(&w, 0, "ngx");
     load.wait_seen("version-1");
