@@ -154,6 +154,9 @@ pub enum DeployCommand {
         /// Only this host [default: each host of the service].
         #[arg(long)]
         host: Option<String>,
+        /// In this replica, from 1 [default: the first].
+        #[arg(long)]
+        replica: Option<u32>,
         /// The deploy file.
         #[arg(long, short = 'f', default_value = "berth.toml")]
         file: PathBuf,
@@ -182,6 +185,12 @@ pub struct RollbackArgs {
     /// Only list each host's versions (newest, the serving one, first).
     #[arg(long)]
     list: bool,
+    /// Only these hosts (comma-separated names of the file's roles).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// Only the hosts of these roles (comma-separated, or repeated).
+    #[arg(long, value_delimiter = ',')]
+    role: Vec<String>,
     #[command(flatten)]
     k8s: crate::k8s::K8sArgs,
 }
@@ -321,8 +330,9 @@ pub fn host(settings: &Settings, command: HostCommand) -> Result<()> {
     Ok(())
 }
 
-/// Prints each host's outcome; an error when any host failed.
-fn summarize(what: &str, results: &[HostResult]) -> Result<()> {
+/// Prints each host's outcome, then a table of them (host, service, serving version,
+/// replicas, result); an error when any host failed.
+fn summarize(file: &DeployFile, what: &str, results: &[HostResult]) -> Result<()> {
     let mut failed = Vec::new();
     for r in results {
         match &r.report {
@@ -350,10 +360,70 @@ fn summarize(what: &str, results: &[HostResult]) -> Result<()> {
             }
         }
     }
+    if !results.is_empty() {
+        println!();
+        print!("{}", result_table(file, results));
+    }
     if !failed.is_empty() {
         bail!("{what} failed on {} (see above)", failed.join(", "));
     }
     Ok(())
+}
+
+/// One row per host and service: `HOST SERVICE VERSION REPLICAS RESULT`, the version
+/// being what serves now (`-`: nothing), the result `ok` or the error's first line.
+fn result_table(file: &DeployFile, results: &[HostResult]) -> String {
+    let mut rows = vec![[
+        "HOST".to_owned(),
+        "SERVICE".to_owned(),
+        "VERSION".to_owned(),
+        "REPLICAS".to_owned(),
+        "RESULT".to_owned(),
+    ]];
+    for r in results {
+        let (serving, result) = match &r.report {
+            Ok(rep) => (
+                rep.serving.clone(),
+                rep.error.as_deref().map_or_else(
+                    || "ok".to_owned(),
+                    |e| format!("failed: {}", e.lines().next().unwrap_or_default()),
+                ),
+            ),
+            Err(e) => (
+                None,
+                format!(
+                    "failed: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                ),
+            ),
+        };
+        let replicas = file
+            .services
+            .get(&r.service)
+            .map_or_else(|| "-".to_owned(), |s| s.replicas.to_string());
+        rows.push([
+            r.host.clone(),
+            r.service.clone(),
+            serving.unwrap_or_else(|| "-".to_owned()),
+            replicas,
+            result,
+        ]);
+    }
+    let mut width = [0; 4];
+    for row in &rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        for (cell, w) in row[..4].iter().zip(width) {
+            out.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(&row[4]);
+        out.push('\n');
+    }
+    out
 }
 
 pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
@@ -406,7 +476,7 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
             };
             results.extend(berth_deploy::deployer::deploy(&file, &hosts, &plan, &progress).await?);
         }
-        summarize("deploy", &results)
+        summarize(&file, "deploy", &results)
     })
 }
 
@@ -565,8 +635,11 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
             &args.k8s,
         );
     }
-    let file = DeployFile::load(&args.file)?;
+    let file = DeployFile::load(&args.file)?.only(&args.hosts, &args.role)?;
     let svc = one_service(&file, args.service.as_deref(), "--service")?;
+    if file.hosts_of(svc).is_empty() {
+        bail!("service {} runs on none of the hosts chosen", svc.name);
+    }
     let hosts = hosts(settings);
     let progress = |line: &str| eprintln!("{line}");
     runtime()?.block_on(async {
@@ -581,7 +654,7 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
             &progress,
         )
         .await?;
-        summarize("rollback", &results)
+        summarize(&file, "rollback", &results)
     })
 }
 
@@ -723,6 +796,7 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
             service,
             cmd,
             host,
+            replica,
             file,
         } => {
             let file = DeployFile::load(&file)?;
@@ -733,7 +807,7 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
                 let mut failed = Vec::new();
                 for name in names {
                     let r = match berth_deploy::deployer::connect(&file, &hosts, &name).await {
-                        Ok(c) => c.exec(&svc.name, &cmd).await,
+                        Ok(c) => c.exec(&svc.name, &cmd, replica).await,
                         Err(e) => Err(e),
                     };
                     match r {

@@ -634,6 +634,18 @@ impl Load {
         }
     }
 
+    /// Waits (30 s at most) until the load got `body`.
+    fn wait_seen(&self, body: &str) {
+        let start = Instant::now();
+        while !self.seen(body) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the load never got {body:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn seen(&self, body: &str) -> bool {
         std::fs::read_to_string(&self.bodies)
             .unwrap_or_default()
@@ -1121,6 +1133,25 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     assert!(!out.success);
     assert!(
         out.stderr.contains("--hosts h9: no role lists this host"),
+        "{}",
+        out.stderr
+    );
+    // The same filters for a rollback: v2 again on h2 alone.
+    let out = output(w.berth().args(["rollback", "v2", "--hosts", "h2"]));
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        !out.stderr.contains("h1: ") && !out.stdout.contains("h1: "),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(w.get(0).stdout.trim(), "version-1");
+    assert_eq!(w.get(1).stdout.trim(), "version-2");
+    let out = output(w.berth().args(["rollback", "--role", "db"]));
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("--role db: no such role (the file has web)"),
         "{}",
         out.stderr
     );
@@ -1616,6 +1647,36 @@ fn replicas_and_the_lock_of_a_killed_agent() {
     assert_eq!(up.stdout, "version-1\nhttp/1.1", "{}", up.stdout);
     let ps = output_ok(w.berth().args(["deploy", "ps"]));
     assert!(ps.stdout.contains(&v1.join(",")), "{}", ps.stdout);
+    // `deploy exec --replica N` runs in the Nth (its hostname is the container's ID).
+    for (i, c) in v1.iter().enumerate() {
+        let want = w.hosts[0]
+            .dockerd
+            .docker(&["inspect", "--format", "{{.Config.Hostname}}", c]);
+        let n = (i + 1).to_string();
+        let got = output_ok(w.berth().args([
+            "deploy",
+            "exec",
+            "--replica",
+            &n,
+            "web",
+            "--",
+            "/bin/busybox",
+            "hostname",
+        ]));
+        assert_eq!(got.stdout.trim(), want.stdout.trim(), "replica {n} ({c})");
+    }
+    let out = output(
+        w.berth()
+            .args(["deploy", "exec", "--replica", "4", "web", "--", "true"]),
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains(
+            "service web runs 3 replicas on host h1: replica 4 is not one of them (they count from 1)"
+        ),
+        "{}",
+        out.stderr
+    );
 
     // v3 has no /health: no replica passes, all three go, v1's three serve on.
     let out = w.deploy(&["--version", "v3"]);
@@ -1703,4 +1764,335 @@ fn replicas_and_the_lock_of_a_killed_agent() {
     assert_eq!(v2.len(), 3, "{v2:?}");
     assert!(v2.iter().all(|c| c.contains("-v2-")), "{v2:?}");
     assert_eq!(curl(&w, 0, "/", &[]).stdout.trim(), "version-2");
+}
+
+/// Debian's nginx in host `i`'s namespace, listening on the host's address, port 8080,
+/// with its upstreams in an included file berth writes. Stopped on drop.
+struct Nginx {
+    child: Child,
+    dir: PathBuf,
+    /// The arguments that name its files (for `-s reload`).
+    args: Vec<String>,
+}
+
+impl Nginx {
+    fn start(w: &World, i: usize) -> Nginx {
+        let dir = w.dir.path().join(format!("nginx-h{}", i + 1));
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let d = dir.display();
+        // Before the first deploy nothing listens there: nginx answers 502.
+        std::fs::write(dir.join("upstream.conf"), "server 127.0.0.1:9;\n").unwrap();
+        std::fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                "user root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 512; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n\
+                 proxy_temp_path {d}/tmp/proxy;\n  fastcgi_temp_path {d}/tmp/fastcgi;\n\
+                 uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
+                 upstream web {{ include {d}/upstream.conf; }}\n\
+                 server {{ listen {}:8080; location / {{ proxy_pass http://web; }} }}\n}}\n",
+                w.hosts[i].ip
+            ),
+        )
+        .unwrap();
+        let args: Vec<String> = vec![
+            "-p".into(),
+            format!("{d}/"),
+            "-e".into(),
+            format!("{d}/error.log"),
+            "-c".into(),
+            format!("{d}/nginx.conf"),
+        ];
+        let child = w.hosts[i]
+            .host
+            .command("nginx")
+            .args(&args)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let mut n = Nginx { child, dir, args };
+        let start = Instant::now();
+        loop {
+            let out = output(w.dep.command("curl").args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{}:8080/", w.hosts[i].ip),
+            ]));
+            if out.stdout == "502" {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30) && n.child.try_wait().unwrap().is_none(),
+                "nginx did not come up: {}",
+                std::fs::read_to_string(n.dir.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        n
+    }
+
+    /// Waits until the master has one worker again: after a reload the old worker
+    /// keeps accepting connections (on the old upstreams) until it has taken its signal.
+    fn wait_one_worker(&self) {
+        let start = Instant::now();
+        loop {
+            let out = output(Command::new("pgrep").args(["-P", &self.child.id().to_string()]));
+            if out.stdout.lines().count() == 1 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nginx's old workers did not go: {}",
+                out.stdout
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn upstreams(&self) -> String {
+        std::fs::read_to_string(self.dir.join("upstream.conf")).unwrap()
+    }
+
+    /// The deploy file's `[…proxy.external]` table for this nginx, with `template`.
+    fn external(&self, template: &str) -> String {
+        let reload: Vec<String> = ["nginx"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(self.args.iter().cloned())
+            .chain(["-s".to_owned(), "reload".to_owned()])
+            .map(|a| format!("{a:?}"))
+            .collect();
+        format!(
+            "[deploy.services.web.proxy.external]\nupstream_file = \"{}\"\n\
+             template = {template:?}\nreload = [{}]\ndrain = \"5s\"\n",
+            self.dir.join("upstream.conf").display(),
+            reload.join(", ")
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A host that runs its own nginx: berth writes the upstream file and reloads nginx once
+/// the new version is healthy, and removes the old container after the drain; no request
+/// fails under load during the switch. A reload that fails (nginx refuses the file) puts
+/// the old file back and keeps the old version serving; a rollback goes the same way.
+#[test]
+fn an_existing_nginx_is_handed_the_new_version() {
+    if !require_deploy_world() || !require("nginx") {
+        return;
+    }
+    let w = World::new("deployngx", 1);
+    w.enroll_all();
+    w.build("v1", "version-1", true);
+    w.build("v2", "version-2", true);
+    let nginx = Nginx::start(&w, 0);
+    let good = nginx.external("# {service} {version}\nserver {addr};");
+    w.write_deploy_file(&good);
+    let out = w.deploy(&[]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("reloaded (nginx "), "{}", out.stderr);
+    // The result table at the end: host, service, version serving, replicas, result.
+    let rows = |out: &Output| -> Vec<Vec<String>> {
+        let table = out.stdout.split("\n\n").last().unwrap_or_default();
+        table
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                let mut row: Vec<String> = cells.iter().take(4).map(|c| (*c).to_owned()).collect();
+                row.push(cells.get(4..).unwrap_or_default().join(" "));
+                row
+            })
+            .collect()
+    };
+    assert_eq!(
+        rows(&out),
+        [
+            ["HOST", "SERVICE", "VERSION", "REPLICAS", "RESULT"],
+            ["h1", "web", "v1", "1", "ok"]
+        ],
+        "{}",
+        out.stdout
+    );
+    let v1 = nginx.upstreams();
+    assert!(v1.starts_with("# web v1\nserver 172.31.1."), "{v1}");
+    assert_eq!(v1.lines().count(), 2, "{v1}");
+    // `nginx -s reload` returns before the new workers take over: the old ones answer a
+    // moment longer (502 here, from the placeholder before the first deploy).
+    let answers = |w: &World, body: &str| {
+        let start = Instant::now();
+        loop {
+            let got = w.get(0);
+            if got.stdout.trim() == body {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "nginx never answered {body}: {} {}",
+                got.stdout,
+                got.stderr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    answers(&w, "version-1");
+    // The load starts on v1 alone (the placeholder's worker would answer 502).
+    nginx.wait_one_worker();
+
+    let load = Load::start(&w, 0, "ngx");
+    load.wait_seen("version-1");
+    let out = w.deploy(&["--version", "v2"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("waited 5s for the proxy's requests"),
+        "{}",
+        out.stderr
+    );
+    load.wait_seen("version-2");
+    let (ok, fail, errors) = load.stop();
+    assert_eq!(
+        fail,
+        0,
+        "{fail} of {} requests failed: {errors}\n{}\nnginx's log:\n{}",
+        ok + fail,
+        out.stderr,
+        std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default()
+    );
+    let v2 = nginx.upstreams();
+    assert!(v2.starts_with("# web v2\nserver 172.31.1."), "{v2}");
+    let running = w.hosts[0].dockerd.containers("web");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(running[0].contains("-v2-"), "{running:?}");
+
+    // nginx refuses a file it cannot parse: the reload fails, the old file comes back,
+    // the new container goes and v2 serves on.
+    w.write_deploy_file(&nginx.external("server {addr} bogus;"));
+    let out = w.deploy(&["--version", "v1"]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("the host's proxy was not switched to version v1 of web: reload command")
+            && out.stderr.contains("exited 1")
+            && out.stderr.contains("bogus")
+            && out.stderr.contains("has its previous text again")
+            && out.stderr.contains("the previous version keeps serving"),
+        "{}",
+        out.stderr
+    );
+    let table = rows(&out);
+    assert_eq!(table.len(), 2, "{}", out.stdout);
+    assert_eq!(table[1][..4], ["h1", "web", "v2", "1"], "{}", out.stdout);
+    assert!(
+        table[1][4].starts_with("failed: the host's proxy was not switched to version v1"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(nginx.upstreams(), v2);
+    assert_eq!(w.hosts[0].dockerd.containers("web").len(), 1);
+    assert_eq!(w.get(0).stdout.trim(), "version-2");
+
+    // A rollback (v1, from the host's history, with the good template it was deployed
+    // with) hands nginx v1 again.
+    w.write_deploy_file(&good);
+    let out = output(w.berth().arg("rollback"));
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        nginx.upstreams().starts_with("# web v1\n"),
+        "{}",
+        nginx.upstreams()
+    );
+    answers(&w, "version-1");
+
+    // Back to berth's proxy (nginx gone): it listens on the port again.
+    drop(nginx);
+    w.write_deploy_file("");
+    let out = w.deploy(&["--version", "v1"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(w.get(0).stdout.trim(), "version-1");
+
+    // A proxy in a container (a busybox one standing in): the file goes into it through
+    // dockerd and the reload runs in it; a reload that fails puts its old file back.
+    // berth's proxy stops listening at that switch.
+    let serving = w.hosts[0].new_container("v1").unwrap();
+    let image = w.hosts[0]
+        .dockerd
+        .docker(&["inspect", "--format", "{{.Config.Image}}", &serving]);
+    let edge = w.hosts[0].dockerd.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "edge",
+        image.stdout.trim(),
+        "/bin/busybox",
+        "sleep",
+        "3600",
+    ]);
+    assert!(edge.success, "{}", edge.stderr);
+    let in_edge = |reload: &str| {
+        format!(
+            "[deploy.services.web.proxy.external]\nupstream_file = \"/etc/berth/up.conf\"\n\
+             container = \"edge\"\ndrain = \"1s\"\nreload = {reload}\n"
+        )
+    };
+    let cat = |f: &str| {
+        w.hosts[0]
+            .dockerd
+            .docker(&["exec", "edge", "/bin/busybox", "cat", f])
+    };
+    w.hosts[0]
+        .dockerd
+        .docker(&["exec", "edge", "/bin/busybox", "mkdir", "-p", "/etc/berth"]);
+    w.write_deploy_file(&in_edge(
+        "[\"/bin/busybox\", \"cp\", \"/etc/berth/up.conf\", \"/tmp/reloaded\"]",
+    ));
+    let out = w.deploy(&["--version", "v2"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("h1: berth's proxy stopped listening on port 8080"),
+        "{}",
+        out.stderr
+    );
+    let refused = w.get(0);
+    assert!(
+        !refused.success && refused.stderr.contains("Failed to connect"),
+        "{}",
+        refused.stderr
+    );
+    let v2 = w.hosts[0].new_container("v2").unwrap();
+    let ip = w.hosts[0].dockerd.docker(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &v2,
+    ]);
+    let want = format!("server {}:80;\n", ip.stdout.trim());
+    assert_eq!(cat("/tmp/reloaded").stdout, want);
+    w.write_deploy_file(&in_edge("[\"/bin/busybox\", \"false\"]"));
+    let out = w.deploy(&["--version", "v1"]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("reload command [\"/bin/busybox\", \"false\"] (in container edge) exited 1")
+            && out
+                .stderr
+                .contains("/etc/berth/up.conf has its previous text again"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(cat("/etc/berth/up.conf").stdout, want);
+    let running = w.hosts[0].dockerd.containers("web");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(running[0].starts_with(&v2), "{running:?}");
 }

@@ -377,6 +377,12 @@ async fn exec(
     UrlPath(name): UrlPath<String>,
     Json(req): Json<crate::api::ExecRequest>,
 ) -> Result<Json<crate::api::ExecResult>, DeployError> {
-    tracing::info!(service = %name, cmd = ?req.cmd, %client, "exec");
-    Ok(Json(agent.inner.engine.exec(&name, &req.cmd).await?))
+    tracing::info!(service = %name, cmd = ?req.cmd, replica = ?req.replica, %client, "exec");
+    Ok(Json(
+        agent
+            .inner
+            .engine
+            .exec(&name, &req.cmd, req.replica)
+            .await?,
+    ))
 }

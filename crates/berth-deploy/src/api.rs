@@ -119,6 +119,9 @@ pub struct ServiceState {
 pub struct ExecRequest {
     /// The command and its arguments.
     pub cmd: Vec<String>,
+    /// Which replica runs it, from 1 [default: the first].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u32>,
 }
 
 /// What an exec did.

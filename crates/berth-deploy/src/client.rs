@@ -199,9 +199,18 @@ impl AgentClient {
         self.call("GET", "/v1/services", None::<&()>).await
     }
 
-    /// Runs `cmd` in the serving container of `service`.
-    pub async fn exec(&self, service: &str, cmd: &[String]) -> Result<ExecResult, DeployError> {
-        let req = ExecRequest { cmd: cmd.to_vec() };
+    /// Runs `cmd` in a serving container of `service`: replica `replica` (from 1), or
+    /// the first.
+    pub async fn exec(
+        &self,
+        service: &str,
+        cmd: &[String],
+        replica: Option<u32>,
+    ) -> Result<ExecResult, DeployError> {
+        let req = ExecRequest {
+            cmd: cmd.to_vec(),
+            replica,
+        };
         self.call("POST", &format!("/v1/services/{service}/exec"), Some(&req))
             .await
     }

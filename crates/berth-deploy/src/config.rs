@@ -36,6 +36,13 @@
 //! stop_timeout = "10s"
 //! replicas = 2                      # containers per host (1 to 64), requests in turn
 //! health = { path = "/health", interval = "1s", timeout = "2s", retries = 10 }
+//!
+//! [deploy.services.app.proxy.external]   # the host's own proxy instead of berth's
+//! upstream_file = "/etc/nginx/berth/app.conf"
+//! template = "server {addr};"       # lines naming {addr}, {ip}, {port} or {replica}: one per replica
+//! reload = ["nginx", "-s", "reload"]
+//! container = "nginx"               # optional: the proxy runs in this container
+//! drain = "5s"                      # old containers live on this long after the reload
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -171,6 +178,65 @@ pub struct Service {
     /// berth's proxy gives them requests in turn.
     #[serde(default = "one")]
     pub replicas: u32,
+    /// A proxy the host runs already, handed the new upstreams instead of berth's proxy
+    /// listening on `ports`.
+    #[serde(default)]
+    pub proxy: Option<ExternalProxy>,
+}
+
+/// A proxy the host already runs (nginx, Caddy, HAProxy, Traefik…): after the new
+/// containers are healthy the agent writes `upstream_file` from `template` and runs
+/// `reload`; the old containers are stopped `drain` later. A failed reload puts the old
+/// file back and keeps the old version serving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalProxy {
+    /// The file the proxy includes (absolute; on the host, or in `container`).
+    pub upstream_file: String,
+    /// The file's text: a line naming `{addr}`, `{ip}`, `{port}` or `{replica}` is
+    /// written once per replica; `{service}` and `{version}` may be anywhere.
+    pub template: String,
+    /// The command that makes the proxy read the file again (none: it watches it).
+    pub reload: Option<Vec<String>>,
+    /// The proxy's container: the file is written into it and `reload` runs in it
+    /// through dockerd; none: on the agent's own file system and as its child.
+    pub container: Option<String>,
+    /// How long the old containers keep running after the reload (the proxy's requests
+    /// to them finish; berth cannot count them).
+    pub drain: Duration,
+    /// The container port the upstreams name.
+    pub port: u16,
+}
+
+/// The placeholders of [`ExternalProxy::template`] that make a line repeat per replica.
+pub const PER_REPLICA: [&str; 4] = ["{addr}", "{ip}", "{port}", "{replica}"];
+
+impl ExternalProxy {
+    /// The upstream file for the replicas at `ips`, in order.
+    pub fn render(&self, service: &str, version: &str, ips: &[std::net::IpAddr]) -> String {
+        let mut out = String::new();
+        for line in self.template.lines() {
+            let line = line
+                .replace("{service}", service)
+                .replace("{version}", version);
+            if PER_REPLICA.iter().any(|p| line.contains(p)) {
+                for (i, ip) in ips.iter().enumerate() {
+                    let addr = std::net::SocketAddr::new(*ip, self.port);
+                    out.push_str(
+                        &line
+                            .replace("{addr}", &addr.to_string())
+                            .replace("{ip}", &ip.to_string())
+                            .replace("{port}", &self.port.to_string())
+                            .replace("{replica}", &(i + 1).to_string()),
+                    );
+                    out.push('\n');
+                }
+            } else {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
 }
 
 /// The most containers of a service per host.
@@ -325,6 +391,24 @@ struct ServiceRaw {
     stop_timeout: Option<String>,
     build: Option<BuildRaw>,
     replicas: Option<toml::Value>,
+    proxy: Option<ProxyRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxyRaw {
+    external: ExternalRaw,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExternalRaw {
+    upstream_file: String,
+    template: Option<String>,
+    reload: Option<Vec<String>>,
+    container: Option<String>,
+    drain: Option<String>,
+    port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -895,7 +979,12 @@ impl Checker<'_> {
                 ));
             }
         };
+        let proxy = match s.proxy {
+            None => None,
+            Some(p) => Some(self.external(&key, p.external, &ports)?),
+        };
         Ok(Service {
+            proxy,
             build,
             replicas,
             name: name.to_owned(),
@@ -913,6 +1002,81 @@ impl Checker<'_> {
                 s.stop_timeout.as_deref(),
                 Duration::from_secs(10),
             )?,
+        })
+    }
+
+    fn external(
+        &self,
+        key: &str,
+        e: ExternalRaw,
+        ports: &[Port],
+    ) -> Result<ExternalProxy, DeployError> {
+        let key = format!("{key}.proxy.external");
+        if !e.upstream_file.starts_with('/') || e.upstream_file.ends_with('/') {
+            return Err(self.err(
+                format!("{key}.upstream_file"),
+                format!("{:?} is not an absolute file path", e.upstream_file),
+            ));
+        }
+        let template = e.template.unwrap_or_else(|| "server {addr};".into());
+        let mut rest = template.as_str();
+        while let Some(i) = rest.find('{') {
+            let word = rest[i..].split_inclusive('}').next().unwrap_or("");
+            let known = PER_REPLICA.contains(&word) || word == "{service}" || word == "{version}";
+            if !known {
+                return Err(self.err(
+                    format!("{key}.template"),
+                    format!(
+                        "{word:?} is not a placeholder: use {{addr}}, {{ip}}, {{port}}, {{replica}}, \
+                         {{service}} or {{version}}"
+                    ),
+                ));
+            }
+            rest = &rest[i + word.len()..];
+        }
+        if !PER_REPLICA.iter().any(|p| template.contains(p)) {
+            return Err(self.err(
+                format!("{key}.template"),
+                "names no upstream: put {addr} (or {ip} and {port}) on the line written per replica",
+            ));
+        }
+        if e.reload
+            .as_ref()
+            .is_some_and(|r| r.is_empty() || r[0].is_empty())
+        {
+            return Err(self.err(
+                format!("{key}.reload"),
+                "is empty: leave it out if the proxy watches the file",
+            ));
+        }
+        if let Some(c) = &e.container
+            && (c.is_empty() || c.contains(|ch: char| ch.is_whitespace() || ch == '/'))
+        {
+            return Err(self.err(
+                format!("{key}.container"),
+                format!("{c:?} is not a container name"),
+            ));
+        }
+        let port = e
+            .port
+            .or(ports.first().map(|p| p.container))
+            .ok_or_else(|| {
+                self.err(
+                    format!("{key}.port"),
+                    "the upstreams need a container port: set port or publish one in ports",
+                )
+            })?;
+        Ok(ExternalProxy {
+            upstream_file: e.upstream_file,
+            template,
+            reload: e.reload,
+            container: e.container,
+            drain: self.duration(
+                &format!("{key}.drain"),
+                e.drain.as_deref(),
+                Duration::from_secs(5),
+            )?,
+            port,
         })
     }
 
@@ -1240,6 +1404,73 @@ health = { path = "/ok", interval = "200ms", retries = 4 }
         let e = f.only(&["h9".into()], &[]).unwrap_err().to_string();
         assert!(
             e.contains("--hosts h9: no role lists this host (the file has h1, h2, h3, h4)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_external_proxy() {
+        let with = |t: &str| {
+            parse(&format!(
+                "{GOOD}[deploy.services.app.proxy.external]\n{t}\n"
+            ))
+        };
+        let f = with(
+            "upstream_file = \"/etc/nginx/app.conf\"\nreload = [\"nginx\", \"-s\", \"reload\"]\n\
+             template = \"# {service} {version}\\nserver {addr}; # {replica}\\n\"",
+        )
+        .unwrap();
+        let p = f.services["app"].proxy.clone().unwrap();
+        assert_eq!(p.port, 80);
+        assert_eq!(p.drain, Duration::from_secs(5));
+        assert_eq!(p.container, None);
+        let ips = ["172.17.0.2".parse().unwrap(), "172.17.0.3".parse().unwrap()];
+        assert_eq!(
+            p.render("app", "v2", &ips),
+            "# app v2\nserver 172.17.0.2:80; # 1\nserver 172.17.0.3:80; # 2\n"
+        );
+        let f = with("upstream_file = \"/x\"\ncontainer = \"nginx\"\nport = 81\ndrain = \"1s\"")
+            .unwrap();
+        let p = f.services["app"].proxy.clone().unwrap();
+        assert_eq!((p.port, p.container.as_deref()), (81, Some("nginx")));
+        assert_eq!(p.render("app", "v1", &ips[..1]), "server 172.17.0.2:81;\n");
+        assert_eq!(p.reload, None);
+        for (t, what) in [
+            (
+                "upstream_file = \"x.conf\"",
+                "upstream_file: \"x.conf\" is not an absolute",
+            ),
+            (
+                "upstream_file = \"/x\"\ntemplate = \"server {host};\"",
+                "\"{host}\" is not a placeholder",
+            ),
+            (
+                "upstream_file = \"/x\"\ntemplate = \"server a;\"",
+                "template: names no upstream",
+            ),
+            ("upstream_file = \"/x\"\nreload = []", "reload: is empty"),
+            (
+                "upstream_file = \"/x\"\ncontainer = \"a b\"",
+                "container: \"a b\" is not",
+            ),
+            (
+                "upstream_file = \"/x\"\ndrain = \"soon\"",
+                "proxy.external.drain",
+            ),
+            ("file = \"/x\"", "unknown field `file`"),
+        ] {
+            let e = with(t).unwrap_err().to_string();
+            assert!(e.contains(what), "{what:?} not in {e}");
+        }
+        let e = parse(
+            "[deploy.registry]\naddress = \"r:5000\"\n[deploy.roles.a]\nhosts = [\"h\"]\n\
+             [deploy.services.s]\nimage = \"i\"\nroles = [\"a\"]\n\
+             proxy = { external = { upstream_file = \"/x\" } }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("deploy.services.s.proxy.external.port: the upstreams need"),
             "{e}"
         );
     }

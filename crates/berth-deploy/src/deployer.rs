@@ -89,7 +89,10 @@ pub async fn deploy(
         let runs = batch.iter().map(|&h| {
             let req = &req;
             let name = names[h].clone();
-            let client = clients[h].take().expect("each host once");
+            let client = clients[h].take().expect("each host once").and_then(|c| {
+                external_on_ssh(file, &name, &req.service)?;
+                Ok(c)
+            });
             async move {
                 let report = match client {
                     Ok(c) => {
@@ -128,6 +131,26 @@ pub async fn deploy(
         }
     }
     Ok(out)
+}
+
+/// An SSH host's agent runs in a container of its own: it can neither write a file of
+/// the host nor run the host's reload command, so a host's own proxy must be named by
+/// its container there.
+fn external_on_ssh(file: &DeployFile, host: &str, service: &Service) -> Result<(), DeployError> {
+    match &service.proxy {
+        Some(p) if p.container.is_none() && file.ssh_hosts.contains_key(host) => {
+            Err(DeployError::Config {
+                file: file.path.display().to_string(),
+                key: format!("deploy.services.{}.proxy.external", service.name),
+                message: format!(
+                    "host {host} is driven over SSH, where berth's agent runs in a container: \
+                     name the proxy's container (container = \"…\"), or install the agent \
+                     on the host (`berth agent serve`)"
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A client of host `name`'s agent: an SSH host of the file (logged in to now, its agent
@@ -209,6 +232,10 @@ pub async fn rollback(
             },
             Err(e) => Err(e),
         };
+        let ready = ready.and_then(|(r, c)| {
+            external_on_ssh(file, &host, &r.service)?;
+            Ok((r, c))
+        });
         let (release, client) = match ready {
             Ok(x) => x,
             Err(e) => {

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::{DeployReport, DeployRequest, ExecResult, Release, ServiceState};
-use crate::config::{Check, Health, Service};
+use crate::config::{Check, ExternalProxy, Health, Service};
 use crate::error::DeployError;
 use crate::lock::{Acquired, Holder, Locks};
 use crate::proxy::{Proxies, Target};
@@ -171,7 +171,23 @@ impl Engine {
             let name = e.file_name().to_string_lossy().into_owned();
             let cur: Option<Current> = read_json(&e.path().join("current.json")).ok().flatten();
             let Some(cur) = cur else { continue };
+            let external = self
+                .history(&name)
+                .ok()
+                .and_then(|h| h.into_iter().find(|r| r.version == cur.version))
+                .and_then(|r| r.service.proxy);
             match self.addresses(&cur.all()).await {
+                Ok(ips) if external.is_some() => {
+                    let ext = external.as_ref().expect("checked");
+                    match self.hand_over(ext, &name, &cur.version, &ips).await {
+                        Ok(()) => {
+                            tracing::info!(service = %name, file = %ext.upstream_file, "host's proxy handed the serving containers")
+                        }
+                        Err(e) => {
+                            tracing::error!(service = %name, error = %e, "host's proxy not updated")
+                        }
+                    }
+                }
                 Ok(ips) => {
                     for p in &cur.ports {
                         let t = Target::pool(
@@ -385,7 +401,40 @@ impl Engine {
         steps.push(format!("{} healthy", names.join(", ")));
         let ips = self.addresses(&ids).await?;
         let mut old_targets = Vec::new();
-        for p in &svc.ports {
+        if let Some(ext) = &svc.proxy {
+            if let Err(e) = self.hand_over(ext, &svc.name, &req.version, &ips).await {
+                for c in &names {
+                    self.remove(c, svc).await;
+                }
+                steps.push(format!(
+                    "removed the new containers {} (the proxy was not switched)",
+                    names.join(", ")
+                ));
+                return Err(e);
+            }
+            // A service that berth's proxy served before: its listeners stop now (the
+            // host's proxy may want the ports), and their requests drain as usual.
+            let before: Option<Current> =
+                read_json(&self.service_dir(&svc.name).join("current.json"))?;
+            for p in before.map(|c| c.ports).unwrap_or_default() {
+                if let Some(t) = self.proxies.stop(p.host) {
+                    steps.push(format!(
+                        "berth's proxy stopped listening on port {}",
+                        p.host
+                    ));
+                    old_targets.push(t);
+                }
+            }
+            steps.push(format!(
+                "{} now names {} for the host's proxy{}",
+                ext.upstream_file,
+                names.join(", "),
+                ext.reload
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(", reloaded ({})", r.join(" ")))
+            ));
+        }
+        for p in svc.ports.iter().filter(|_| svc.proxy.is_none()) {
             let target = Target::pool(
                 ips.iter()
                     .map(|ip| SocketAddr::new(*ip, p.container))
@@ -425,6 +474,15 @@ impl Engine {
         );
         history.truncate(req.history.max(1));
         write_json(&dir.join("history.json"), &history)?;
+        if let Some(ext) = &svc.proxy
+            && previous.is_some()
+        {
+            tokio::time::sleep(ext.drain).await;
+            steps.push(format!(
+                "waited {:?} for the proxy's requests to the old containers",
+                ext.drain
+            ));
+        }
         for t in old_targets {
             if !t.drained(svc.stop_timeout).await {
                 steps.push(format!(
@@ -446,6 +504,154 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Hands the replicas at `ips` to the host's own proxy: writes its upstream file and
+    /// reloads it. When the reload fails the file's old text is put back (the proxy
+    /// still runs on it) and the error has the command's output.
+    async fn hand_over(
+        &self,
+        ext: &ExternalProxy,
+        service: &str,
+        version: &str,
+        ips: &[IpAddr],
+    ) -> Result<(), DeployError> {
+        let text = ext.render(service, version, ips);
+        let file = Path::new(&ext.upstream_file);
+        let previous = self.read_upstream(ext).await?;
+        self.write_upstream(ext, text.as_bytes()).await?;
+        let Some(cmd) = &ext.reload else {
+            return Ok(());
+        };
+        let (code, out) = match &ext.container {
+            Some(c) => self.run_exec(c, cmd).await.map_err(|e| {
+                DeployError::Docker(format!("reload of the proxy in container {c}: {e}"))
+            }),
+            None => run_local(cmd).await,
+        }
+        .map(|(code, out)| (Some(code), out))
+        .or_else(|e| Ok::<_, DeployError>((None, e.to_string())))?;
+        if code == Some(0) {
+            return Ok(());
+        }
+        let restored = match &previous {
+            Some(old) => self.write_upstream(ext, old).await,
+            None => self.remove_upstream(ext).await,
+        };
+        let restored = match restored {
+            Ok(()) => format!("{} has its previous text again", file.display()),
+            Err(e) => format!("putting {} back failed too: {e}", file.display()),
+        };
+        let what = match code {
+            Some(c) => format!("exited {c}"),
+            None => "could not run".into(),
+        };
+        Err(DeployError::Docker(format!(
+            "the host's proxy was not switched to version {version} of {service}: reload \
+             command {cmd:?}{} {what}: {}\n{restored}; the previous version keeps serving",
+            ext.container
+                .as_ref()
+                .map_or(String::new(), |c| format!(" (in container {c})")),
+            out.trim()
+        )))
+    }
+
+    /// The upstream file's text, `None` when there is none yet.
+    async fn read_upstream(&self, ext: &ExternalProxy) -> Result<Option<Vec<u8>>, DeployError> {
+        let path = Path::new(&ext.upstream_file);
+        let Some(c) = &ext.container else {
+            return match std::fs::read(path) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(DeployError::io("read", path)(e)),
+            };
+        };
+        let opts = bollard::query_parameters::DownloadFromContainerOptions {
+            path: ext.upstream_file.clone(),
+        };
+        let mut stream = self.docker.download_from_container(c, Some(opts));
+        let mut tar_bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => tar_bytes.extend_from_slice(&b),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                }) if !message.contains("No such container") => return Ok(None),
+                Err(e) => {
+                    return Err(derr(&format!(
+                        "read {} in the proxy's container {c}",
+                        ext.upstream_file
+                    ))(e));
+                }
+            }
+        }
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        let mut entries = archive
+            .entries()
+            .map_err(DeployError::io("read the archive of", path))?;
+        let mut out = Vec::new();
+        if let Some(e) = entries.next() {
+            let mut e = e.map_err(DeployError::io("read the archive of", path))?;
+            std::io::Read::read_to_end(&mut e, &mut out)
+                .map_err(DeployError::io("read the archive of", path))?;
+        }
+        Ok(Some(out))
+    }
+
+    /// Writes the upstream file: on this file system by rename of a file beside it, or
+    /// into the proxy's container through dockerd (an archive unpacked in its folder).
+    async fn write_upstream(&self, ext: &ExternalProxy, text: &[u8]) -> Result<(), DeployError> {
+        let path = Path::new(&ext.upstream_file);
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let name = path.file_name().unwrap_or_default();
+        let Some(c) = &ext.container else {
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(".berth-tmp");
+            let tmp = dir.join(tmp_name);
+            std::fs::write(&tmp, text).map_err(DeployError::io("write", &tmp))?;
+            return std::fs::rename(&tmp, path).map_err(DeployError::io("rename", path));
+        };
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(unix_now());
+        b.append_data(&mut h, name, text)
+            .map_err(DeployError::io("archive", path))?;
+        let tar_bytes = b.into_inner().map_err(DeployError::io("archive", path))?;
+        let opts = bollard::query_parameters::UploadToContainerOptions {
+            path: dir.display().to_string(),
+            ..Default::default()
+        };
+        self.docker
+            .upload_to_container(c, Some(opts), bollard::body_full(tar_bytes.into()))
+            .await
+            .map_err(derr(&format!(
+                "write {} into the proxy's container {c}",
+                ext.upstream_file
+            )))
+    }
+
+    /// Removes the upstream file (a failed first hand-over leaves none).
+    async fn remove_upstream(&self, ext: &ExternalProxy) -> Result<(), DeployError> {
+        let path = Path::new(&ext.upstream_file);
+        match &ext.container {
+            None => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(DeployError::io("remove", path)(e))
+                }
+                _ => Ok(()),
+            },
+            Some(c) => {
+                let cmd = ["rm".to_owned(), "-f".to_owned(), ext.upstream_file.clone()];
+                self.run_exec(c, &cmd)
+                    .await
+                    .map(drop)
+                    .map_err(|e| DeployError::Docker(format!("rm {} in {c}: {e}", path.display())))
+            }
+        }
     }
 
     async fn pull(&self, req: &DeployRequest) -> Result<(), DeployError> {
@@ -688,15 +894,34 @@ impl Engine {
         Ok(out)
     }
 
-    /// Runs `cmd` in the serving container of `service`.
-    pub async fn exec(&self, service: &str, cmd: &[String]) -> Result<ExecResult, DeployError> {
+    /// Runs `cmd` in a serving container of `service`: replica `replica` (from 1), or
+    /// the first.
+    pub async fn exec(
+        &self,
+        service: &str,
+        cmd: &[String],
+        replica: Option<u32>,
+    ) -> Result<ExecResult, DeployError> {
         if cmd.is_empty() {
             return Err(DeployError::BadRequest("exec: no command given".into()));
         }
-        let cur = self.current(service)?;
-        let (exit_code, output) = self.run_exec(&cur.container, cmd).await.map_err(|e| {
-            DeployError::Docker(format!("exec in {} ({service}): {e}", cur.container))
-        })?;
+        let all = self.current(service)?.all();
+        let container = match replica {
+            None => &all[0],
+            Some(n) => all.get((n as usize).wrapping_sub(1)).ok_or_else(|| {
+                DeployError::BadRequest(format!(
+                    "service {service} runs {} replica{} on host {}: replica {n} is not one \
+                         of them (they count from 1)",
+                    all.len(),
+                    if all.len() == 1 { "" } else { "s" },
+                    self.host
+                ))
+            })?,
+        };
+        let (exit_code, output) = self
+            .run_exec(container, cmd)
+            .await
+            .map_err(|e| DeployError::Docker(format!("exec in {container} ({service}): {e}")))?;
         Ok(ExecResult { exit_code, output })
     }
 
@@ -824,6 +1049,46 @@ pub(crate) async fn container_logs(docker: &Docker, name: &str) -> String {
         out.push_str("  (no output)\n");
     }
     out
+}
+
+/// How long a reload command of the host's proxy may take.
+const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `cmd` as a child of the agent: its exit code and output (stdout, then stderr);
+/// killed after [`RELOAD_TIMEOUT`]. (std's process on a blocking thread: tokio's
+/// `process` feature is not in the workspace.)
+async fn run_local(cmd: &[String]) -> Result<(i64, String), DeployError> {
+    let cmd = cmd.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let fail = |e: std::io::Error| DeployError::Docker(format!("{cmd:?}: {e}"));
+        let mut child = std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(fail)?;
+        let start = std::time::Instant::now();
+        loop {
+            if child.try_wait().map_err(fail)?.is_some() {
+                break;
+            }
+            if start.elapsed() > RELOAD_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(DeployError::Docker(format!(
+                    "{cmd:?} took longer than {RELOAD_TIMEOUT:?}"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().map_err(fail)?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok((i64::from(out.status.code().unwrap_or(-1)), text))
+    })
+    .await
+    .map_err(|e| DeployError::Internal(format!("reload command: {e}")))?
 }
 
 /// Service names become directory and container names: the deploy file's rule, checked

@@ -1,7 +1,8 @@
 //! berth-deploy owns deploys to hosts: the deploy file (`[deploy]` of `berth.toml`,
 //! [`config`]), the agent that runs on each host ([`agent`]: enrollment with a one-time
 //! token and a pinned CA through berth-pki, as satellites do; the host's dockerd through
-//! bollard; a reverse proxy per published port, [`proxy`]; the history of versions) and
+//! bollard; a reverse proxy per published port, [`proxy`], or the host's own proxy handed
+//! an upstream file and reloaded, [`config::ExternalProxy`]; the history of versions) and
 //! the deploying machine's side ([`client`], [`deployer`]): enrolled hosts, batches,
 //! rollbacks.
 //!

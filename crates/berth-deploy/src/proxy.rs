@@ -191,6 +191,17 @@ impl Proxies {
         Ok(tx.send_replace(Some(target)))
     }
 
+    /// Stops listening on host port `listen` (a service handed to the host's own proxy):
+    /// connections already accepted go on to the last target, which is returned so the
+    /// caller can drain it.
+    pub fn stop(&self, listen: u16) -> Option<Arc<Target>> {
+        let tx = self.routes.lock().expect("routes").remove(&listen)?;
+        let last = tx.borrow().clone();
+        // The last sender: its drop ends `serve`, which closes the listener.
+        drop(tx);
+        last
+    }
+
     /// The current target of host port `listen`.
     pub fn current(&self, listen: u16) -> Option<Arc<Target>> {
         self.routes
@@ -202,8 +213,17 @@ impl Proxies {
 }
 
 async fn serve(listener: tokio::net::TcpListener, rx: watch::Receiver<Option<Arc<Target>>>) {
+    let mut stopped = rx.clone();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            // `changed` fails once the sender is gone ([`Proxies::stop`]).
+            () = async { while stopped.changed().await.is_ok() {} } => {
+                tracing::info!(addr = ?listener.local_addr().ok(), "proxy stopped listening");
+                return;
+            }
+        };
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "proxy accept failed");
@@ -575,6 +595,31 @@ mod tests {
             .local_addr()
             .unwrap()
             .port()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_listener_frees_its_port() {
+        let a = upstream("A").await;
+        let proxies = Proxies::on(IpAddr::from([127, 0, 0, 1]));
+        let port = free_port();
+        proxies.switch(port, Target::new(a)).await.unwrap();
+        assert!(get(port, "/").await.1.starts_with("A "));
+        let last = proxies.stop(port).unwrap();
+        assert_eq!(last.addrs, [a]);
+        assert!(proxies.current(port).is_none());
+        assert!(proxies.stop(port).is_none());
+        // The port is free again (the listener closes on the serving task's next turn).
+        let start = std::time::Instant::now();
+        while tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "port {port} still taken"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
