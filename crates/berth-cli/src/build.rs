@@ -74,7 +74,8 @@ pub struct BuildArgs {
     /// privileged [config: [build] allow = ["network.host"]].
     #[arg(long = "allow", value_parser = parse_entitlement)]
     allow: Vec<berth_build::Entitlement>,
-    /// Build on this enrolled satellite [default: the one `berth satellite use` chose].
+    /// Build on this enrolled satellite, or on a member of a pool with `pool:NAME`
+    /// [default: the one `berth satellite use` chose].
     #[arg(long, env = "BERTH_SATELLITE", conflicts_with = "no_satellite")]
     satellite: Option<String>,
     /// Build on this machine even when a satellite is in use.
@@ -417,11 +418,12 @@ fn remote(
         ssh,
         sink,
         fetch.then(|| (settings.root.clone(), args.tags.as_slice())),
+        args.quiet,
     );
     if let Some(t) = &tty_view {
         t.finish();
     }
-    let r = result?;
+    let (member, r) = result?;
     for t in args.tags.iter().filter(|_| !args.quiet) {
         println!("{t}");
     }
@@ -461,9 +463,13 @@ fn remote(
     }
     if !args.quiet {
         eprintln!(
-            "built image {} on satellite {name} (manifest {}, {} layers; context {} entries, \
+            "built image {} on satellite {member}{} (manifest {}, {} layers; context {} entries, \
              {} files uploaded, {} bytes)",
             r.result.image_id,
+            match name.strip_prefix(berth_satellite::POOL_PREFIX) {
+                Some(pool) => format!(" of pool {pool}"),
+                None => String::new(),
+            },
             r.result.manifest,
             r.result.layers,
             r.entries,

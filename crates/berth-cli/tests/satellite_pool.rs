@@ -1,0 +1,304 @@
+//! Pools of satellites (issue 14, item 4), through the `berth` binary: `berth satellite
+//! pool add/ls/rm`, and `berth build --satellite pool:NAME` choosing a member by the
+//! cache it holds and by its load, and going to the next member when one fails before
+//! the build starts. Satellites run on loopback addresses (free ports of 127.0.0.1),
+//! each with its own root; one client enrolls with all of them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::satellite::{Client, Sat, wait_for};
+use common::*;
+
+/// A context folder `name` under `dir` holding `Dockerfile` and `files`.
+fn ctx(dir: &Path, name: &str, dockerfile: &str, files: &[(&str, &str)]) -> PathBuf {
+    let c = dir.join(name);
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::write(c.join("Dockerfile"), dockerfile).unwrap();
+    for (f, text) in files {
+        std::fs::write(c.join(f), text).unwrap();
+    }
+    c
+}
+
+/// `n` loopback satellites, and a client enrolled with each as `s1`, `s2`, ….
+fn pool_of(dir: &Path, n: usize) -> (Vec<Sat>, Client) {
+    let client = Client::new(dir, "laptop", None);
+    let sats: Vec<Sat> = (1..=n)
+        .map(|i| Sat::on_loopback(&dir.join(format!("sat{i}-root")), &[]))
+        .collect();
+    for (i, sat) in sats.iter().enumerate() {
+        let add = client.add(&format!("s{}", i + 1), &sat.token(&[]));
+        assert!(add.success, "{}", add.stderr);
+    }
+    (sats, client)
+}
+
+fn pool(client: &Client, args: &[&str]) -> Output {
+    output(client.berth().args(["satellite", "pool"]).args(args))
+}
+
+/// The member a build ran on, as its closing line says (`… on satellite NAME of pool P`).
+fn ran_on(out: &Output) -> String {
+    out.stderr
+        .lines()
+        .find(|l| l.starts_with("built image "))
+        .and_then(|l| l.split(" on satellite ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no `on satellite` in:\n{}", out.stderr))
+        .to_string()
+}
+
+/// A RUN that waits (at most 5 minutes) for `file` in the cache mount `gate`.
+fn wait_at_gate(file: &str) -> String {
+    format!(
+        "RUN --mount=type=cache,target=/gate,id=gate sh -c \
+         'for i in $(seq 3000); do [ -f /gate/{file} ] && exit 0; sleep 0.1; done; exit 1'"
+    )
+}
+
+/// Opens the gate of [`wait_at_gate`] from outside: the cache mount lives in the root.
+fn open_gate(root: &Path, file: &str) {
+    let mounts = root.join("cache/mounts");
+    let dirs: Vec<_> = std::fs::read_dir(&mounts)
+        .unwrap_or_else(|e| panic!("{}: {e}", mounts.display()))
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one cache mount (the gate) in {mounts:?}");
+    std::fs::write(dirs[0].path().join(file), "").unwrap();
+}
+
+#[test]
+fn pools_are_added_listed_and_removed_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sats, client) = pool_of(dir.path(), 2);
+
+    let unknown = pool(&client, &["add", "p", "s1", "ghost"]);
+    assert!(!unknown.success);
+    assert!(
+        unknown
+            .stderr
+            .contains("no satellite named ghost is enrolled"),
+        "{}",
+        unknown.stderr
+    );
+    let empty = pool(&client, &["add", "p"]);
+    assert!(!empty.success);
+    assert!(empty.stderr.contains("SATELLITES"), "{}", empty.stderr);
+    let bad_name = pool(&client, &["add", "../p", "s1"]);
+    assert!(!bad_name.success);
+    assert!(bad_name.stderr.contains("pool name"), "{}", bad_name.stderr);
+    // Nothing was kept by the refused commands.
+    let ls = pool(&client, &["ls"]);
+    assert!(ls.success, "{}", ls.stderr);
+    assert_eq!(ls.stdout.lines().count(), 1, "{}", ls.stdout);
+
+    let add = pool(&client, &["add", "p", "s1"]);
+    assert!(add.success, "{}", add.stderr);
+    let add = pool(&client, &["add", "p", "s2", "s1"]);
+    assert!(add.success, "{}", add.stderr);
+    assert!(add.stderr.contains("2 member(s): s1, s2"), "{}", add.stderr);
+    let ls = pool(&client, &["ls"]);
+    assert!(
+        ls.stdout.contains("p  ") && ls.stdout.contains("s1, s2"),
+        "{}",
+        ls.stdout
+    );
+    // The pool sits beside the enrolments and is not taken for one.
+    let sat_ls = output_ok(client.berth().args(["satellite", "ls"]));
+    assert_eq!(sat_ls.stdout.lines().count(), 3, "{}", sat_ls.stdout);
+
+    // A member forgotten since is shown as such.
+    output_ok(client.berth().args(["satellite", "rm", "s2"]));
+    let ls = pool(&client, &["ls"]);
+    assert!(ls.stdout.contains("s2 (not enrolled)"), "{}", ls.stdout);
+
+    let ctx = ctx(dir.path(), "c", "FROM scratch\n", &[]);
+    let missing = output(&mut client.build(&ctx, &["--satellite", "pool:nope"]));
+    assert!(!missing.success);
+    assert!(
+        missing.stderr.contains("no satellite pool named nope"),
+        "{}",
+        missing.stderr
+    );
+
+    let rm = pool(&client, &["rm", "p"]);
+    assert!(rm.success, "{}", rm.stderr);
+    let again = pool(&client, &["rm", "p"]);
+    assert!(!again.success);
+    assert!(
+        again.stderr.contains("no satellite pool named p"),
+        "{}",
+        again.stderr
+    );
+    // Its members stay enrolled.
+    let sat_ls = output_ok(client.berth().args(["satellite", "ls"]));
+    assert!(sat_ls.stdout.contains("s1"), "{}", sat_ls.stdout);
+}
+
+#[test]
+fn builds_go_where_their_cache_is_and_new_ones_avoid_busy_members() {
+    if !require_build() {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (sats, client) = pool_of(dir.path(), 3);
+    output_ok(
+        client
+            .berth()
+            .args(["satellite", "pool", "add", "p", "s1", "s2", "s3"]),
+    );
+    let root_of = |member: &str| -> &Sat {
+        let i: usize = member.trim_start_matches('s').parse().unwrap();
+        &sats[i - 1]
+    };
+
+    let app = ctx(
+        dir.path(),
+        "app",
+        &format!(
+            "FROM {}\nCOPY a.txt /a\nRUN cat /a > /b\n",
+            base.reference()
+        ),
+        &[("a.txt", "alpha\n")],
+    );
+    let first = output_ok(&mut client.build(&app, &["--satellite", "pool:p"]));
+    let home = ran_on(&first);
+    assert!(first.stderr.contains("of pool p"), "{}", first.stderr);
+    assert!(
+        first
+            .stderr
+            .contains(&format!("pool p: {home}: 0/2 steps cached")),
+        "every member was asked and none had the cache: {}",
+        first.stderr
+    );
+
+    // The rebuild goes back to the member with the cache, and finds it there.
+    let again = output_ok(&mut client.build(&app, &["--satellite", "pool:p"]));
+    assert_eq!(ran_on(&again), home, "{}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains(&format!("pool p: {home}: 2/2 steps cached")),
+        "{}",
+        again.stderr
+    );
+    assert!(again.stderr.contains("CACHED"), "{}", again.stderr);
+    assert_eq!(again.manifest(), first.manifest());
+
+    // That member gets busy: a build of another project waits at a gate there.
+    let gated = ctx(
+        dir.path(),
+        "gated",
+        &format!("FROM {}\n{}\n", base.reference(), wait_at_gate("go")),
+        &[],
+    );
+    let busy = client
+        .build(&gated, &["--satellite", &home])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let home_sat = root_of(&home);
+    wait_for("the gated step never started", &|| {
+        home_sat.containers() == 1
+    });
+
+    // The cache still wins over load: the rebuild goes to the busy member.
+    let cached = output_ok(&mut client.build(&app, &["--satellite", "pool:p"]));
+    assert_eq!(ran_on(&cached), home, "{}", cached.stderr);
+    assert!(
+        cached.stderr.contains(&format!(
+            "pool p: {home}: 2/2 steps cached, 1 builds running"
+        )),
+        "{}",
+        cached.stderr
+    );
+    assert!(cached.stderr.contains("CACHED"), "{}", cached.stderr);
+
+    // A build none holds goes to an idle member.
+    let other = ctx(
+        dir.path(),
+        "other",
+        &format!("FROM {}\nRUN echo other > /o\n", base.reference()),
+        &[],
+    );
+    let fresh = output_ok(&mut client.build(&other, &["--satellite", "pool:p"]));
+    assert_ne!(ran_on(&fresh), home, "{}", fresh.stderr);
+
+    open_gate(&home_sat.root, "go");
+    let out = busy.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_stopped_member_is_passed_over_and_the_build_runs_on_another() {
+    if !require_build() {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sats, client) = pool_of(dir.path(), 2);
+    output_ok(
+        client
+            .berth()
+            .args(["satellite", "pool", "add", "p", "s1", "s2"]),
+    );
+    let app = ctx(
+        dir.path(),
+        "app",
+        &format!("FROM {}\nCOPY a.txt /a\n", base.reference()),
+        &[("a.txt", "alpha\n")],
+    );
+    sats[0].kill9();
+
+    // Probed: s1 does not answer and goes last; s2 builds.
+    let out = output_ok(&mut client.build(&app, &["--satellite", "pool:p"]));
+    assert_eq!(ran_on(&out), "s2", "{}", out.stderr);
+    assert!(
+        out.stderr.contains("pool p: s1: no answer"),
+        "{}",
+        out.stderr
+    );
+
+    // Not probed (members in the pool's order): s1 fails before the build starts and
+    // the build goes on to s2.
+    let out = output_ok(
+        client
+            .build(&app, &["--satellite", "pool:p"])
+            .env("BERTH_POOL_PROBE_TIMEOUT", "0"),
+    );
+    assert!(
+        out.stderr
+            .contains("satellite s1 failed before the build started"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("trying s2"), "{}", out.stderr);
+    assert_eq!(ran_on(&out), "s2", "{}", out.stderr);
+
+    // With every member down the error names each attempt.
+    sats[1].kill9();
+    let out = output(
+        client
+            .build(&app, &["--satellite", "pool:p"])
+            .env("BERTH_POOL_PROBE_TIMEOUT", "0"),
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("no member of pool p could run the build")
+            && out.stderr.contains("s1: ")
+            && out.stderr.contains("s2: "),
+        "{}",
+        out.stderr
+    );
+}
