@@ -50,7 +50,7 @@ pub enum SatelliteCommand {
     },
     /// Build on this satellite by default (`berth build --no-satellite` builds here).
     Use {
-        /// The satellite's name here.
+        /// The satellite's name here, or `pool:NAME` for a pool of them.
         name: String,
     },
     /// Show a satellite's version, load, builds and cache, and this client's certificate.
@@ -443,6 +443,12 @@ pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
                     "no satellite in use: name one, or pick one with `berth satellite use NAME`",
                 )?,
             };
+            if let Some(pool) = name.strip_prefix(POOL_PREFIX) {
+                anyhow::bail!(
+                    "builds go to satellite pool {pool}: inspect one of its members \
+                     (`berth satellite pool ls`), e.g. `berth satellite inspect MEMBER`"
+                );
+            }
             let rec = e.get(&name)?;
             let rt = runtime()?;
             let st = rt.block_on(async {

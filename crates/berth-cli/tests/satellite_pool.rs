@@ -125,8 +125,25 @@ fn pools_are_added_listed_and_removed_and_bad_ones_are_refused() {
         missing.stderr
     );
 
+    let unknown_default = output(client.berth().args(["satellite", "use", "pool:nope"]));
+    assert!(!unknown_default.success);
+    assert!(
+        unknown_default
+            .stderr
+            .contains("no satellite pool named nope"),
+        "{}",
+        unknown_default.stderr
+    );
+    output_ok(client.berth().args(["satellite", "use", "pool:p"]));
     let rm = pool(&client, &["rm", "p"]);
     assert!(rm.success, "{}", rm.stderr);
+    // Forgetting the pool in use forgets the choice too.
+    let none = output(client.berth().args(["satellite", "inspect"]));
+    assert!(
+        none.stderr.contains("no satellite in use"),
+        "{}",
+        none.stderr
+    );
     let again = pool(&client, &["rm", "p"]);
     assert!(!again.success);
     assert!(
@@ -268,6 +285,12 @@ fn a_stopped_member_is_passed_over_and_the_build_runs_on_another() {
         "{}",
         out.stderr
     );
+
+    // The pool as the default: builds without --satellite go to it.
+    output_ok(client.berth().args(["satellite", "use", "pool:p"]));
+    let out = output_ok(&mut client.build(&app, &[]));
+    assert_eq!(ran_on(&out), "s2", "{}", out.stderr);
+    assert!(out.stderr.contains("of pool p"), "{}", out.stderr);
 
     // Not probed (members in the pool's order): s1 fails before the build starts and
     // the build goes on to s2.

@@ -132,9 +132,13 @@ impl Enrollments {
         Ok(())
     }
 
-    /// Makes `name` the satellite `berth build --satellite` uses without a name.
+    /// Makes `name` the satellite `berth build --satellite` uses without a name
+    /// (`pool:NAME`: a pool of them).
     pub fn set_default(&self, name: &str) -> Result<(), SatError> {
-        self.get(name)?;
+        match name.strip_prefix(crate::pool::POOL_PREFIX) {
+            Some(pool) => drop(crate::pool::Pools::new(self.dir.clone()).get(pool)?),
+            None => drop(self.get(name)?),
+        }
         write_atomic(&self.dir.join("default"), name.as_bytes())
     }
 

@@ -148,7 +148,8 @@ impl Pools {
             .collect())
     }
 
-    /// Forgets pool `name` (its members stay enrolled).
+    /// Forgets pool `name` (its members stay enrolled); builds no longer go to it by
+    /// default if `berth satellite use pool:NAME` chose it.
     pub fn remove(&self, name: &str) -> Result<(), SatError> {
         let mut f = self.read()?;
         if f.pools.remove(name).is_none() {
@@ -156,7 +157,15 @@ impl Pools {
                 "no satellite pool named {name} (see `berth satellite pool ls`)"
             )));
         }
-        self.write(&f)
+        self.write(&f)?;
+        if let Some(dir) = self.file.parent() {
+            let default = dir.join("default");
+            let chosen = std::fs::read_to_string(&default).unwrap_or_default();
+            if chosen.trim() == format!("{POOL_PREFIX}{name}") {
+                std::fs::remove_file(&default).map_err(SatError::io("remove", &default))?;
+            }
+        }
+        Ok(())
     }
 }
 
