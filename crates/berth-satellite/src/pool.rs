@@ -223,24 +223,34 @@ pub async fn probe_members(
 }
 
 /// The order to try the members in: those that answered first, most steps cached
-/// first, then fewest builds running, then the lowest load per CPU; members whose
-/// cache could not be counted after those that could; members that did not answer
-/// last. Equal members keep their order (the pool's).
-pub fn rank(mut candidates: Vec<Candidate>) -> Vec<Candidate> {
-    fn key(c: &Candidate) -> (u8, std::cmp::Reverse<u32>, u32, u64) {
-        match &c.probe {
-            Ok(p) => (
-                u8::from(!p.uncounted.is_empty()),
-                std::cmp::Reverse(p.cached),
-                p.running_builds,
-                // Load per CPU in thousandths: an order, not a measure.
-                (p.load1.max(0.0) / f64::from(p.cpus.max(1)) * 1000.0) as u64,
-            ),
-            Err(_) => (2, std::cmp::Reverse(0), u32::MAX, u64::MAX),
-        }
-    }
-    candidates.sort_by_key(key);
-    candidates
+/// first, then fewest builds running, then the lowest load per CPU (in steps of a
+/// quarter, so that members on equal footing tie); members whose cache could not be
+/// counted after those that could; members that did not answer last, in the pool's
+/// order. Ties are broken at random: clients that start builds at the same moment see
+/// the same answers, and would otherwise all pick the same member.
+pub fn rank(candidates: Vec<Candidate>) -> Vec<Candidate> {
+    use std::hash::BuildHasher;
+    // Random keys per call: a random order among equals, with no RNG crate.
+    let random = std::collections::hash_map::RandomState::new();
+    let mut keyed: Vec<_> = candidates
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let key = match &c.probe {
+                Ok(p) => (
+                    u8::from(!p.uncounted.is_empty()),
+                    std::cmp::Reverse(p.cached),
+                    p.running_builds,
+                    (p.load1.max(0.0) / f64::from(p.cpus.max(1)) * 4.0) as u64,
+                    random.hash_one(&c.name),
+                ),
+                Err(_) => (2, std::cmp::Reverse(0), u32::MAX, u64::MAX, i as u64),
+            };
+            (key, c)
+        })
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.into_iter().map(|(_, c)| c).collect()
 }
 
 #[cfg(test)]
@@ -282,15 +292,34 @@ mod tests {
             names(&ranked),
             ["warm", "warm-busy", "idle", "cold-busy", "down"]
         );
-        // Equal members keep the pool's order.
-        let ranked = rank(vec![answered("b", 0, 0, 0.5), answered("a", 0, 0, 0.5)]);
-        assert_eq!(names(&ranked), ["b", "a"]);
         // Lower load per CPU first when builds running are equal.
         let ranked = rank(vec![
             answered("hot", 0, 0, 1.5),
             answered("cool", 0, 0, 0.5),
         ]);
         assert_eq!(names(&ranked), ["cool", "hot"]);
+    }
+
+    #[test]
+    fn equal_members_are_ordered_at_random_and_silent_ones_keep_the_pools_order() {
+        let mut firsts = std::collections::BTreeSet::new();
+        // Each call draws new keys: in 64 draws both equals come first, but for a
+        // chance of 2^-63.
+        for _ in 0..64 {
+            let down = |n: &str| Candidate {
+                name: n.into(),
+                probe: Err("x".into()),
+            };
+            let ranked = rank(vec![
+                answered("a", 0, 0, 0.5),
+                down("down1"),
+                answered("b", 0, 0, 0.6),
+                down("down2"),
+            ]);
+            assert_eq!(names(&ranked[2..]), ["down1", "down2"]);
+            firsts.insert(ranked[0].name.clone());
+        }
+        assert_eq!(firsts.len(), 2, "{firsts:?}");
     }
 
     #[test]
