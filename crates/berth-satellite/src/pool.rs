@@ -249,7 +249,7 @@ pub fn rank(candidates: Vec<Candidate>) -> Vec<Candidate> {
             (key, c)
         })
         .collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.sort_by_key(|k| k.0);
     keyed.into_iter().map(|(_, c)| c).collect()
 }
 
