@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::satellite::{Client, Sat, wait_for};
+use common::satellite::{Client, Sat, open_gate, wait_at_gate, wait_for};
 use common::*;
 
 /// A context folder `name` under `dir` holding `Dockerfile` and `files`.
@@ -49,26 +49,6 @@ fn ran_on(out: &Output) -> String {
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("no `on satellite` in:\n{}", out.stderr))
         .to_string()
-}
-
-/// A RUN that waits (at most 5 minutes) for `file` in the cache mount `gate`.
-fn wait_at_gate(file: &str) -> String {
-    format!(
-        "RUN --mount=type=cache,target=/gate,id=gate sh -c \
-         'for i in $(seq 3000); do [ -f /gate/{file} ] && exit 0; sleep 0.1; done; exit 1'"
-    )
-}
-
-/// Opens the gate of [`wait_at_gate`] from outside: the cache mount lives in the root.
-fn open_gate(root: &Path, file: &str) {
-    let mounts = root.join("cache/mounts");
-    let dirs: Vec<_> = std::fs::read_dir(&mounts)
-        .unwrap_or_else(|e| panic!("{}: {e}", mounts.display()))
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .collect();
-    assert_eq!(dirs.len(), 1, "one cache mount (the gate) in {mounts:?}");
-    std::fs::write(dirs[0].path().join(file), "").unwrap();
 }
 
 #[test]

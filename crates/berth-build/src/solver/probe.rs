@@ -126,26 +126,10 @@ mod tests {
 
     use super::*;
     use crate::solver::testkit::*;
-    use crate::solver::{Cancel, NoProgress, SolveOptions};
 
     /// A solver whose context is `dir`, for probes.
     fn probing(f: &Fixture, dir: &Path) -> Arc<Solver> {
-        let store = berth_store::Store::open(f.root().join("store")).unwrap();
-        let opts = SolveOptions {
-            contexts: HashMap::from([("context".to_string(), dir.to_path_buf())]),
-            secrets: HashMap::new(),
-            ssh: HashMap::new(),
-            no_cache: false,
-            source_date_epoch: None,
-            compression: berth_snapshot::Compression::Gzip,
-            progress: Arc::new(NoProgress),
-            cancel: Cancel::default(),
-            build_id: "probe".into(),
-            ca_bundle: None,
-            step_slots: None,
-            client: None,
-        };
-        Solver::new(&f.root(), store, f.exec.clone(), opts).unwrap()
+        f.solver_on(HashMap::from([("context".to_string(), dir.to_path_buf())]))
     }
 
     /// Stand-ins of the context `a.txt` holding `text`: an empty file of its size, and
