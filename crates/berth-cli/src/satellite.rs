@@ -884,8 +884,12 @@ pub fn build(
                     eprintln!("building on satellite {member} (pool {pool})");
                 }
                 let mut started = false;
+                // Err((whether the next member may take the build, why)).
                 let attempt = async {
-                    let mut conn = e.connect(member).await?;
+                    let mut conn = e
+                        .connect(member)
+                        .await
+                        .map_err(|err| (true, anyhow::Error::from(err)))?;
                     let mut on_event = |ev| {
                         started = true;
                         sink.event(ev)
@@ -896,14 +900,15 @@ pub fn build(
                         described.clone(),
                         &mut on_event,
                     )
-                    .await?;
-                    anyhow::Ok((conn, r))
+                    .await
+                    .map_err(|err| (err.is_satellite_unavailable(), err.into()))?;
+                    Ok((conn, r))
                 };
                 let (conn, r) = match attempt.await {
                     Ok(done) => done,
-                    // Before its build started, a member's failure (down, draining,
-                    // refusing this client) sends the build to the next one.
-                    Err(err) if !started && pool.is_some() && i + 1 < order.len() => {
+                    // Before its build started, a member that cannot take it (down,
+                    // draining, refusing this client) sends the build to the next one.
+                    Err((true, err)) if !started && pool.is_some() && i + 1 < order.len() => {
                         eprintln!(
                             "berth: satellite {member} failed before the build started: {err:#}; \
                              trying {}",
@@ -912,7 +917,7 @@ pub fn build(
                         failed.push(format!("{member}: {err:#}"));
                         continue;
                     }
-                    Err(err) if !failed.is_empty() => {
+                    Err((_, err)) if !failed.is_empty() => {
                         failed.push(format!("{member}: {err:#}"));
                         anyhow::bail!(
                             "no member of pool {} could run the build:\n  {}",
@@ -920,7 +925,7 @@ pub fn build(
                             failed.join("\n  ")
                         );
                     }
-                    Err(err) => return Err(err),
+                    Err((_, err)) => return Err(err),
                 };
                 // Only the blobs this machine lacks come down.
                 if let Some((root, tags)) = &fetch {

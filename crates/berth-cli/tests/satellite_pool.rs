@@ -227,6 +227,28 @@ fn builds_go_where_their_cache_is_and_new_ones_avoid_busy_members() {
     let fresh = output_ok(&mut client.build(&other, &["--satellite", "pool:p"]));
     assert_ne!(ran_on(&fresh), home, "{}", fresh.stderr);
 
+    // A build that is wrong fails once: no member is tried after the first.
+    let broken = ctx(
+        dir.path(),
+        "broken",
+        &format!("FROM {}\nCOPPY a /a\n", base.reference()),
+        &[],
+    );
+    let out = output(&mut client.build(&broken, &["--satellite", "pool:p"]));
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("unknown instruction COPPY"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("trying"), "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("building on satellite").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+
     open_gate(&home_sat.root, "go");
     let out = busy.wait_with_output().unwrap();
     assert!(
