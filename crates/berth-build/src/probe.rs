@@ -76,30 +76,34 @@ pub async fn probe_cache(root: &Path, store: Store, opts: ProbeOptions) -> Resul
     })
     .await
     .map_err(|e| BuildError::Invalid(format!("lowering panicked: {e}")))??;
-    let executor: Arc<dyn berth_exec::Executor> =
-        Arc::new(berth_exec::Runc::new(&root.join("exec"))?);
-    let solver = Solver::new(
-        root,
-        store,
-        executor,
-        SolveOptions {
-            contexts: HashMap::from([("context".to_string(), opts.context.clone())]),
-            secrets: HashMap::new(),
-            ssh: HashMap::new(),
-            no_cache: opts.no_cache,
-            source_date_epoch: opts.source_date_epoch,
-            compression: berth_snapshot::Compression::Gzip,
-            progress: Arc::new(NoProgress),
-            cancel: Cancel::default(),
-            build_id: build_id(&opts.context, Path::new(&opts.dockerfile_name), None),
-            ca_bundle: None,
-            step_slots: None,
-            client: None,
-        },
-    )?;
-    solver.assume_sums(&opts.context, &opts.sums);
-    let state = lowered.state;
-    tokio::task::spawn_blocking(move || solver.probe(&state))
-        .await
-        .map_err(|e| BuildError::Invalid(format!("probe panicked: {e}")))
+    // Opening a solver takes the root's shared lock and sweeps what killed builds left:
+    // blocking work, off the async workers with the walk.
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let executor: Arc<dyn berth_exec::Executor> =
+            Arc::new(berth_exec::Runc::new(&root.join("exec"))?);
+        let solver = Solver::new(
+            &root,
+            store,
+            executor,
+            SolveOptions {
+                contexts: HashMap::from([("context".to_string(), opts.context.clone())]),
+                secrets: HashMap::new(),
+                ssh: HashMap::new(),
+                no_cache: opts.no_cache,
+                source_date_epoch: opts.source_date_epoch,
+                compression: berth_snapshot::Compression::Gzip,
+                progress: Arc::new(NoProgress),
+                cancel: Cancel::default(),
+                build_id: build_id(&opts.context, Path::new(&opts.dockerfile_name), None),
+                ca_bundle: None,
+                step_slots: None,
+                client: None,
+            },
+        )?;
+        solver.assume_sums(&opts.context, &opts.sums);
+        Ok(solver.probe(&lowered.state))
+    })
+    .await
+    .map_err(|e| BuildError::Invalid(format!("probe panicked: {e}")))?
 }
