@@ -663,6 +663,7 @@ pub async fn probe(
             no_cache: request.no_cache,
             source_date_epoch: request.source_date_epoch,
             allow: request.allow.clone(),
+            context: d.context_name.clone(),
         })
         .await
         .map(tonic::Response::into_inner)

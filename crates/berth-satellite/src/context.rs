@@ -185,6 +185,17 @@ impl ClientContexts {
         self.dir.join(&hex(&Sha256::digest(name.as_bytes()))[..32])
     }
 
+    /// The tree of context `name` if it holds exactly `entries` now (the last build's
+    /// context, unchanged since): a probe can read it instead of stand-ins, and the
+    /// content hashes its builds kept make that a walk of `stat`s.
+    pub fn tree_if_current(&self, name: &str, entries: &[Entry]) -> Option<PathBuf> {
+        let dir = self.context_dir(name);
+        let current: Vec<Entry> =
+            serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
+        (!current.is_empty() && snapshot_id(&current) == snapshot_id(entries))
+            .then(|| dir.join("tree"))
+    }
+
     fn blob(&self, hex: &str) -> PathBuf {
         self.dir.join("blobs").join(hex)
     }

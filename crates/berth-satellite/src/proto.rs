@@ -322,6 +322,10 @@ pub struct ProbeRequest {
     pub source_date_epoch: ::core::option::Option<u64>,
     #[prost(string, repeated, tag = "9")]
     pub allow: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The client's name for the context, as in PrepareContext: when the satellite's tree
+    /// of it holds exactly these entries, keys are computed over the tree itself.
+    #[prost(string, tag = "10")]
+    pub context: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

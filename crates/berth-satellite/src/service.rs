@@ -298,7 +298,7 @@ impl proto::satellite_server::Satellite for Service {
             cpus: cpus(),
             ..Default::default()
         };
-        match self.count_cached(r).await {
+        match self.count_cached(&who, r).await {
             Ok(c) => {
                 answer.steps = c.steps as u32;
                 answer.cached = c.cached as u32;
@@ -368,14 +368,29 @@ impl proto::satellite_server::Satellite for Service {
 }
 
 impl Service {
-    /// The steps of a probed build and those this satellite's cache answers, over
-    /// stand-ins of its context (removed after); why not, when they cannot be counted.
+    /// The steps of a probed build and those this satellite's cache answers, over the
+    /// client's tree of the context when it is unchanged and no build holds it, else
+    /// over stand-ins of its entries (removed after); why not, when they cannot be
+    /// counted.
     async fn count_cached(
         &self,
+        who: &CertInfo,
         r: proto::ProbeRequest,
     ) -> Result<berth_build::CacheProbe, String> {
         let allow =
             entitlements(&r.allow, &self.sat.inner.allow).map_err(|s| s.message().to_owned())?;
+        let contexts = self.contexts(who);
+        let lock = self
+            .sat
+            .inner
+            .contexts
+            .lock()
+            .expect("contexts lock")
+            .entry(contexts.context_path(&r.context))
+            .or_default()
+            .clone();
+        // Held until the keys are computed, so a build does not change the tree meanwhile.
+        let held = lock.try_lock().ok();
         let dir = self
             .sat
             .inner
@@ -385,18 +400,24 @@ impl Service {
             .join(crate::context::uuid_like());
         let _cleanup = RemoveOnDrop(dir.clone());
         let entries: Vec<Entry> = r.entries.into_iter().map(Entry::from).collect();
-        let sums = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || crate::context::stand_ins(&dir, &entries))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?
+        let (context, sums) = {
+            let (dir, name, use_tree) = (dir.clone(), r.context.clone(), held.is_some());
+            tokio::task::spawn_blocking(move || {
+                if use_tree && let Some(tree) = contexts.tree_if_current(&name, &entries) {
+                    // The builds of the tree kept its content hashes: none is given.
+                    return Ok((tree, HashMap::new()));
+                }
+                crate::context::stand_ins(&dir, &entries).map(|sums| (dir, sums))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
         };
         let opts = berth_build::ProbeOptions {
             dockerfile: r.dockerfile,
             dockerfile_name: safe_file_name(&r.dockerfile_name),
             dockerignore: r.dockerignore,
-            context: dir.clone(),
+            context,
             sums,
             target: (!r.target.is_empty()).then_some(r.target),
             build_args: r.build_args.into_iter().collect(),
@@ -405,13 +426,15 @@ impl Service {
             proxy_env: self.sat.inner.config.network().proxies.step_env(),
             allow,
         };
-        berth_build::probe_cache(
+        let counted = berth_build::probe_cache(
             &self.sat.inner.dirs.root,
             self.sat.inner.store.clone(),
             opts,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string());
+        drop(held);
+        counted
     }
 }
 
