@@ -187,6 +187,25 @@ fn builds_go_where_their_cache_is_and_new_ones_avoid_busy_members() {
     assert!(again.stderr.contains("CACHED"), "{}", again.stderr);
     assert_eq!(again.manifest(), first.manifest());
 
+    // The same project in another folder: no member has a tree of it, so the keys come
+    // from stand-ins of its files, and they are the keys its build has.
+    let copy = ctx(
+        dir.path(),
+        "app-copy",
+        &std::fs::read_to_string(app.join("Dockerfile")).unwrap(),
+        &[("a.txt", "alpha\n")],
+    );
+    let copied = output_ok(&mut client.build(&copy, &["--satellite", "pool:p"]));
+    assert_eq!(ran_on(&copied), home, "{}", copied.stderr);
+    assert!(
+        copied
+            .stderr
+            .contains(&format!("pool p: {home}: 2/2 steps cached")),
+        "{}",
+        copied.stderr
+    );
+    assert!(copied.stderr.contains("CACHED"), "{}", copied.stderr);
+
     // That member gets busy: a build of another project waits at a gate there.
     let gated = ctx(
         dir.path(),
