@@ -65,6 +65,8 @@ pub struct BuildOptions {
     pub force_compression: bool,
     /// Entitlements granted (`--allow network.host`).
     pub allow: Vec<crate::ir::Entitlement>,
+    /// Extra `/etc/hosts` lines for every RUN (`--add-host`).
+    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
     /// A CA bundle RUN steps see read-only (never in a layer or a cache key).
     pub ca_bundle: Option<PathBuf>,
     /// Limits steps running at once, shared with other builds (`None`: no limit).
@@ -131,6 +133,7 @@ pub async fn build(
         dockerignore,
         proxy_env: opts.proxy_env.clone(),
         no_cache: opts.no_cache,
+        extra_hosts: opts.extra_hosts.clone(),
         created,
         allow: opts.allow.clone(),
         cancel: opts.cancel.clone(),

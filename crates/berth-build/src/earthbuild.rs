@@ -79,6 +79,32 @@ pub struct EarthBuildOptions {
     pub ca_bundle: Option<PathBuf>,
     /// When a base image tag in the store is asked of its registry again (`--pull`).
     pub resolve: crate::ResolvePolicy,
+    /// Built on a satellite over the folder its client sent: see
+    /// `EarthOptions::satellite` for what is refused.
+    pub satellite: bool,
+    /// Where `SAVE ARTIFACT … AS LOCAL` outputs go instead of this host's files (a
+    /// satellite sends them to its client); `None` writes them here.
+    pub local_sink: Option<Arc<dyn LocalSink>>,
+    /// Steps at once, shared with other builds (a satellite's `max_parallel_steps`).
+    pub step_slots: Option<Arc<crate::solver::StepSlots>>,
+}
+
+/// A `SAVE ARTIFACT … AS LOCAL` output, as it is placed on a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalOutput {
+    /// Where (absolute on the building host); a trailing `/` means "into this folder".
+    pub dest: String,
+    /// The source had wildcards: every entry of the staged `out/` goes into `dest`.
+    pub glob: bool,
+    /// The artifact's name in the staged `out/` (one path).
+    pub name: String,
+}
+
+/// Takes `SAVE ARTIFACT … AS LOCAL` outputs instead of this host's file system.
+pub trait LocalSink: Send + Sync {
+    /// `staged` holds the output as `out/<name>` (or every wildcard match in `out/`);
+    /// it is removed after the call. Called off the async workers, one output at a time.
+    fn local(&self, output: &LocalOutput, staged: &Path) -> Result<()>;
 }
 
 /// An image a build saved.
@@ -131,6 +157,7 @@ pub async fn earth_build(
         git_cache: Some(root.join("cache/earthly-git")),
         strict: opts.strict,
         no_output: opts.no_output,
+        satellite: opts.satellite,
     };
     let handle = tokio::runtime::Handle::current();
     let store2 = store.clone();
@@ -158,7 +185,7 @@ pub async fn earth_build(
             cancel: opts.cancel.clone(),
             build_id: build_id(&opts.dir, &opts.dir.join("Earthfile"), Some(&opts.target)),
             ca_bundle: opts.ca_bundle.clone(),
-            step_slots: None,
+            step_slots: opts.step_slots.clone(),
             client: opts.client.clone(),
         }
     };
@@ -198,7 +225,7 @@ pub async fn earth_build(
         executor,
         solve_opts(plan.contexts.clone()),
     )?;
-    let result = run_plan(&solver, &store, &plan, &opts).await;
+    let result = run_plan(root, &solver, &store, &plan, &opts).await;
     solver.save_sums();
     drop(scratch);
     result.map_err(|e| match e {
@@ -213,6 +240,7 @@ pub async fn earth_build(
 
 /// Solve what `plan` must output, then write it.
 async fn run_plan(
+    root: &Path,
     solver: &Arc<Solver>,
     store: &Store,
     plan: &Plan,
@@ -225,7 +253,20 @@ async fn run_plan(
     };
     if let EarthOutput::Artifact { path, dest } = &opts.output {
         let layers = layers_of(solver, &invoked.artifact).await?;
-        let tmp = staging(dest)?;
+        if let Some(sink) = opts.local_sink.clone() {
+            // Staged as an `AS LOCAL` output, for the sink to place.
+            let tmp = Staging(owned_scratch(root)?);
+            let (solver, path, dest) = (solver.clone(), path.clone(), dest.clone());
+            out.artifacts.push(dest.clone());
+            tokio::task::spawn_blocking(move || {
+                let output = stage_artifact(&solver, &layers, tmp.path(), &path, &dest)?;
+                sink.local(&output, tmp.path())
+            })
+            .await
+            .map_err(|e| BuildError::Invalid(e.to_string()))??;
+            return Ok(out);
+        }
+        let tmp = local_staging(dest)?;
         let r = export_artifact(solver, &layers, tmp.path(), path, dest);
         out.artifacts.push(dest.clone());
         return r.map(|_| out);
@@ -300,15 +341,33 @@ async fn run_plan(
     if !opts.no_output {
         for l in locals {
             let layers = layers_of(solver, &l.state).await?;
+            let output = LocalOutput {
+                dest: l.dest.clone(),
+                glob: l.glob,
+                name: l.name.clone(),
+            };
             let dest = PathBuf::from(&l.dest);
-            let tmp = staging(&dest)?;
             let solver2 = solver.clone();
-            let (tmp_path, layers2) = (tmp.path().to_path_buf(), layers.clone());
-            tokio::task::spawn_blocking(move || solver2.export_dir(&layers2, &tmp_path))
-                .await
-                .map_err(|e| BuildError::Invalid(e.to_string()))??;
-            place_local(tmp.path(), l, &dest)?;
-            out.artifacts.push(dest);
+            let sink = opts.local_sink.clone();
+            let root = root.to_path_buf();
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                match sink {
+                    // Staged in the build's own scratch, never beside a path of this host.
+                    Some(sink) => {
+                        let tmp = Staging(owned_scratch(&root)?);
+                        solver2.export_dir(&layers, tmp.path())?;
+                        sink.local(&output, tmp.path())
+                    }
+                    None => {
+                        let tmp = local_staging(&dest)?;
+                        solver2.export_dir(&layers, tmp.path())?;
+                        place_local_output(tmp.path(), &output)
+                    }
+                }
+            })
+            .await
+            .map_err(|e| BuildError::Invalid(e.to_string()))??;
+            out.artifacts.push(PathBuf::from(&l.dest));
         }
     }
     Ok(out)
@@ -332,18 +391,7 @@ struct LowerHost<F> {
 
 impl<F: Fn(HashMap<String, PathBuf>) -> SolveOptions> Host for LowerHost<F> {
     fn scratch(&mut self) -> Result<PathBuf> {
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        // Named for this process's owner token, so a killed build's are swept.
-        let owners = self.root.join("owners");
-        berth_snapshot::owner::register(&owners)
-            .map_err(|e| BuildError::Io(format!("register in {}: {e}", owners.display())))?;
-        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = self
-            .root
-            .join("tmp")
-            .join(format!("{}-earthly{n}", berth_snapshot::owner::token()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| BuildError::Io(format!("create directory {}: {e}", dir.display())))?;
+        let dir = owned_scratch(&self.root)?;
         self.scratch
             .lock()
             .expect("scratch folders")
@@ -385,6 +433,22 @@ impl<F> Drop for LowerHost<F> {
             s.save_sums();
         }
     }
+}
+
+/// A new folder under `root/tmp`, named for this process's owner token so that a
+/// killed build's are swept.
+fn owned_scratch(root: &Path) -> Result<PathBuf> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let owners = root.join("owners");
+    berth_snapshot::owner::register(&owners)
+        .map_err(|e| BuildError::Io(format!("register in {}: {e}", owners.display())))?;
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = root
+        .join("tmp")
+        .join(format!("{}-earthly{n}", berth_snapshot::owner::token()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| BuildError::Io(format!("create directory {}: {e}", dir.display())))?;
+    Ok(dir)
 }
 
 /// Run a `LOCALLY` command here, its output shown as a step's: exit code and, when
@@ -472,10 +536,11 @@ async fn layers_of(solver: &Arc<Solver>, state: &State) -> Result<Vec<crate::sol
 
 /// A temporary folder beside an output, so the result moves into place by rename;
 /// removed with what is left in it when dropped.
-struct Staging(PathBuf);
+pub struct Staging(PathBuf);
 
 impl Staging {
-    fn path(&self) -> &Path {
+    /// The folder.
+    pub fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -487,7 +552,7 @@ impl Drop for Staging {
 }
 
 /// A [`Staging`] folder beside `dest`.
-fn staging(dest: &Path) -> Result<Staging> {
+pub fn local_staging(dest: &Path) -> Result<Staging> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let parent = dest
         .parent()
@@ -503,10 +568,11 @@ fn staging(dest: &Path) -> Result<Staging> {
     Ok(Staging(dir))
 }
 
-/// Move what a `SAVE ARTIFACT … AS LOCAL` exported into `tmp/out` to `dest`: one path
-/// replaces `dest` (or goes into it when `dest` ends in `/`), wildcard matches go into
-/// the folder `dest`.
-fn place_local(tmp: &Path, l: &SavedLocal, dest: &Path) -> Result<()> {
+/// Move what a `SAVE ARTIFACT … AS LOCAL` exported into `tmp/out` to its `dest`: one
+/// path replaces `dest` (or goes into it when `dest` ends in `/`), wildcard matches go
+/// into the folder `dest`. `tmp` must be on `dest`'s file system (see [`local_staging`]).
+pub fn place_local_output(tmp: &Path, l: &LocalOutput) -> Result<()> {
+    let dest = Path::new(&l.dest);
     let out = tmp.join("out");
     if l.glob || l.dest.ends_with('/') {
         std::fs::create_dir_all(dest)
@@ -544,6 +610,54 @@ fn replace(src: &Path, dest: &Path) -> Result<()> {
         r.map_err(|e| BuildError::Io(format!("replace {}: {e}", dest.display())))?;
     }
     std::fs::rename(src, dest).map_err(|e| BuildError::Io(format!("write {}: {e}", dest.display())))
+}
+
+/// `--artifact +t/path dest` for a [`LocalSink`]: the artifact file system exported
+/// into `tmp/fs`, then `path` (or every match of a trailing `*`) moved into `tmp/out`,
+/// as an `AS LOCAL` output for `dest` (a trailing `/` puts it into that folder).
+fn stage_artifact(
+    solver: &Arc<Solver>,
+    layers: &[crate::solver::Layer],
+    tmp: &Path,
+    path: &str,
+    dest: &Path,
+) -> Result<LocalOutput> {
+    let (fs, out) = (tmp.join("fs"), tmp.join("out"));
+    for d in [&fs, &out] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| BuildError::Io(format!("create directory {}: {e}", d.display())))?;
+    }
+    solver.export_dir(layers, &fs)?;
+    let path = path.trim_start_matches('/');
+    let dest = dest.display().to_string();
+    if path == "*" || path.ends_with("/*") {
+        let dir = fs.join(path.trim_end_matches('*'));
+        for e in std::fs::read_dir(&dir)
+            .map_err(|e| BuildError::Io(format!("read {}: {e}", dir.display())))?
+            .flatten()
+        {
+            replace(&e.path(), &out.join(e.file_name()))?;
+        }
+        return Ok(LocalOutput {
+            dest,
+            glob: true,
+            name: String::new(),
+        });
+    }
+    let src = fs.join(path);
+    if std::fs::symlink_metadata(&src).is_err() {
+        return Err(BuildError::SourceNotFound(path.to_string()));
+    }
+    let name = Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    replace(&src, &out.join(&name))?;
+    Ok(LocalOutput {
+        dest,
+        glob: false,
+        name,
+    })
 }
 
 /// `--artifact +t/path dest`: the artifact file system exported, then `path` (or every

@@ -82,6 +82,35 @@ impl std::str::FromStr for Entitlement {
     }
 }
 
+/// An extra `/etc/hosts` line for RUN steps: `NAME:ADDRESS` or `NAME=ADDRESS`, as
+/// `docker build --add-host` takes it (an IPv6 address after the first `:` or `=`).
+pub fn parse_extra_host(s: &str) -> Result<(String, std::net::IpAddr), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .or_else(|| s.split_once(':'))
+        .ok_or_else(|| format!("extra host {s:?}: expected NAME:ADDRESS"))?;
+    let ok_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if !ok_name {
+        return Err(format!(
+            "extra host {s:?}: {name:?} is not a host name (letters, digits, '-', '.', '_')"
+        ));
+    }
+    if addr == "host-gateway" {
+        return Err(format!(
+            "extra host {s:?}: host-gateway is not available: build steps are fenced off the host"
+        ));
+    }
+    let ip = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("extra host {s:?}: {addr:?} is not an IP address"))?;
+    Ok((name.to_string(), ip))
+}
+
 /// How concurrent builds share a cache mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 pub enum Sharing {
@@ -215,6 +244,10 @@ pub struct ExecOp {
     /// entitlement. Left out of the digest when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub privileged: bool,
+    /// Lines added to the step's `/etc/hosts`, name then address (Earthly's `HOST`,
+    /// `--add-host`). Left out of the digest when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
     /// Run the command beside a dockerd of its own (implies `privileged`). Left out of
     /// the digest when absent.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -65,7 +65,10 @@ pub use bases::ResolvePolicy;
 pub use berth_exec::Stream;
 pub use berth_snapshot::Compression;
 pub use build::{BuildOptions, BuildResult, OutputSpec, build, rfc3339};
-pub use earthbuild::{EarthBuildOptions, EarthImage, EarthOutput, EarthResult, earth_build};
+pub use earthbuild::{
+    EarthBuildOptions, EarthImage, EarthOutput, EarthResult, LocalOutput, LocalSink, Staging,
+    earth_build, local_staging, place_local_output,
+};
 pub use error::{BuildError, Result};
 pub use export::{Exported, export_image, export_oci_tar, export_rootfs, push_image};
 pub use frontend::dockerfile::Dockerfile;
@@ -73,6 +76,7 @@ pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::earthfile::Earthfile;
 pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
 pub use ir::Entitlement;
+pub use ir::parse_extra_host;
 pub use pattern::{Ignore, Pattern};
 pub use probe::{ProbeOptions, probe_cache};
 pub use prune::{BuildCache, CacheUsage, PruneOptions, PruneReport, cache_usage, prune};

@@ -58,6 +58,9 @@ pub async fn probe_cache(root: &Path, store: Store, opts: ProbeOptions) -> Resul
         no_cache: opts.no_cache,
         created: None,
         allow: opts.allow.clone(),
+        // Not in the probe yet: a build with `--add-host` gets other keys for its RUN
+        // steps, which then count as misses.
+        extra_hosts: Vec::new(),
         cancel: Cancel::default(),
     };
     let handle = tokio::runtime::Handle::current();

@@ -48,6 +48,7 @@ fn options(case: &str) -> LowerOptions {
             "HTTP_PROXY=http://host-proxy.invalid".into(),
         ],
         no_cache: false,
+        extra_hosts: Vec::new(),
         created: Some("2024-01-02T03:04:05Z".into()),
         allow: if case.starts_with("errors-") {
             Vec::new()

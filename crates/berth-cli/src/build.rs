@@ -74,6 +74,10 @@ pub struct BuildArgs {
     /// privileged [config: [build] allow = ["network.host"]].
     #[arg(long = "allow", value_parser = parse_entitlement)]
     allow: Vec<berth_build::Entitlement>,
+    /// Add a line to the `/etc/hosts` of every RUN step (repeatable): NAME:ADDRESS or
+    /// NAME=ADDRESS, e.g. --add-host db.internal:192.0.2.7 (never in the image).
+    #[arg(long = "add-host", value_parser = berth_build::parse_extra_host)]
+    add_hosts: Vec<(String, std::net::IpAddr)>,
     /// Build on this enrolled satellite, or on a member of a pool with `pool:NAME`
     /// [default: the one `berth satellite use` chose].
     #[arg(long, env = "BERTH_SATELLITE", conflicts_with = "no_satellite")]
@@ -253,6 +257,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         }),
         force_compression: args.force_compression,
         allow: build.allow,
+        extra_hosts: args.add_hosts.clone(),
         ca_bundle: None,
         step_slots: None,
     };
@@ -399,6 +404,11 @@ fn remote(
         resolve_ttl_secs: build.resolve_ttl.map(|t| t.as_secs()),
         source_date_epoch: build.source_date_epoch,
         allow: build.allow.iter().map(|e| e.name().to_owned()).collect(),
+        extra_hosts: args
+            .add_hosts
+            .iter()
+            .map(|(name, addr)| format!("{name}={addr}"))
+            .collect(),
         compression: match args.compression {
             Some(berth_build::Compression::Zstd) => "zstd".into(),
             Some(berth_build::Compression::Uncompressed) => "uncompressed".into(),
@@ -413,11 +423,11 @@ fn remote(
         settings,
         name,
         context,
-        dockerfile,
+        Some(dockerfile),
         request,
         ssh,
         sink,
-        fetch.then(|| (settings.root.clone(), args.tags.as_slice())),
+        fetch.then(|| settings.root.clone()),
         args.quiet,
     );
     if let Some(t) = &tty_view {

@@ -106,6 +106,14 @@ pub struct DeployArgs {
     /// [default: the tag the file names].
     #[arg(long)]
     version: Option<String>,
+    /// Only these hosts (comma-separated names of the file's roles).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// Only the hosts of these roles (comma-separated, or repeated).
+    #[arg(long, value_delimiter = ',')]
+    role: Vec<String>,
+    #[command(flatten)]
+    k8s: crate::k8s::K8sArgs,
 }
 
 /// What runs on the hosts: `berth deploy ps|logs|exec|history` (`berth history` is the
@@ -174,6 +182,8 @@ pub struct RollbackArgs {
     /// Only list each host's versions (newest, the serving one, first).
     #[arg(long)]
     list: bool,
+    #[command(flatten)]
+    k8s: crate::k8s::K8sArgs,
 }
 
 fn hosts(settings: &Settings) -> Hosts {
@@ -350,8 +360,24 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     if let Some(command) = args.command {
         return on_hosts(settings, command);
     }
-    let file = DeployFile::load(&args.file)?;
-    let services = file.select(&args.services)?;
+    if args.k8s.k8s {
+        return crate::k8s::deploy(
+            settings,
+            &args.file,
+            &args.services,
+            args.version.as_deref(),
+            &args.k8s,
+        );
+    }
+    let file = DeployFile::load(&args.file)?.only(&args.hosts, &args.role)?;
+    let mut services = file.select(&args.services)?;
+    services.retain(|s| !file.hosts_of(s).is_empty());
+    if services.is_empty() {
+        bail!(
+            "no service of {} runs on the hosts chosen",
+            args.file.display()
+        );
+    }
     // Every host must be enrolled (or an SSH host of the file) before anything is built.
     for svc in &services {
         for h in file.hosts_of(svc) {
@@ -364,55 +390,15 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
         build_service(settings, &file, svc, args.version.as_deref())?;
     }
     let store = crate::open_store(settings)?;
-    // The file's registry credentials push too (over those of `berth login`).
-    let mut config = settings.registry_config();
-    if let Some(auth) = berth_deploy::deployer::registry_auth(&file)? {
-        config.credentials.insert(
-            auth.server,
-            berth_client::Credentials {
-                username: auth.username,
-                password: auth.password,
-            },
-        );
-    }
-    let client = berth_client::Client::new(config);
+    let client = push_client(settings, &file)?;
     let hosts = hosts(settings);
     let progress = |line: &str| eprintln!("{line}");
     runtime()?.block_on(async {
         let mut results = Vec::new();
         for svc in services {
-            let written = written_image(&file, svc)?;
-            let version = args
-                .version
-                .clone()
-                .unwrap_or_else(|| written.tag_or_latest().to_owned());
-            let local = format!("{}:{version}", written.name());
-            let manifest =
-                berth_build::image::local_manifest(&store, &local).with_context(|| {
-                    match &svc.build {
-                        Some(berth_deploy::config::Build::Earthfile { target, .. }) => format!(
-                            "the Earthfile target {target} of service {} saved no image {local}: \
-                         its SAVE IMAGE must name the service's image at the version deployed",
-                            svc.name
-                        ),
-                        _ => format!(
-                            "the image of service {} ({local}) is not in berth's store; build it \
-                         first, or say how in deploy.services.{}.build",
-                            svc.name, svc.name
-                        ),
-                    }
-                })?;
-            let dest: berth_oci::Reference = format!(
-                "{}/{}:{version}",
-                file.registry.address,
-                written.local_repository()
-            )
-            .parse()?;
-            let digest = crate::build::push_one(&store, &client, &manifest, &dest)
-                .await
-                .with_context(|| format!("push {dest}"))?;
-            let image = format!("{}/{}@{digest}", dest.registry, dest.repository);
-            progress(&format!("pushed {local} as {image}"));
+            let pushed = push_service(&store, &client, &file, svc, args.version.as_deref()).await?;
+            progress(&format!("pushed {} as {}", pushed.local, pushed.image));
+            let (image, version) = (pushed.image, pushed.version);
             let plan = Planned {
                 service: svc.clone(),
                 image,
@@ -421,6 +407,81 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
             results.extend(berth_deploy::deployer::deploy(&file, &hosts, &plan, &progress).await?);
         }
         summarize("deploy", &results)
+    })
+}
+
+/// The registry client `berth deploy` pushes with: `berth login`'s credentials, and the
+/// deploy file's registry credentials over them.
+pub(crate) fn push_client(settings: &Settings, file: &DeployFile) -> Result<berth_client::Client> {
+    let mut config = settings.registry_config();
+    if let Some(auth) = berth_deploy::deployer::registry_auth(file)? {
+        config.credentials.insert(
+            auth.server,
+            berth_client::Credentials {
+                username: auth.username,
+                password: auth.password,
+            },
+        );
+    }
+    Ok(berth_client::Client::new(config))
+}
+
+/// A service's image as pushed to the file's registry.
+pub(crate) struct Pushed {
+    /// `IMAGE:VERSION` in berth's store.
+    pub local: String,
+    /// `registry/repository@digest`.
+    pub image: String,
+    /// The registry's repository (without the registry).
+    pub repository: String,
+    /// The manifest's digest.
+    pub digest: String,
+    /// The version deployed.
+    pub version: String,
+}
+
+/// Pushes `svc`'s image (`IMAGE:VERSION` of berth's store) to the deploy file's registry:
+/// the one push path of hosts and Kubernetes deploys.
+pub(crate) async fn push_service(
+    store: &berth_store::Store,
+    client: &berth_client::Client,
+    file: &DeployFile,
+    svc: &berth_deploy::config::Service,
+    version: Option<&str>,
+) -> Result<Pushed> {
+    let written = written_image(file, svc)?;
+    let version = version
+        .map(str::to_owned)
+        .unwrap_or_else(|| written.tag_or_latest().to_owned());
+    let local = format!("{}:{version}", written.name());
+    let manifest =
+        berth_build::image::local_manifest(store, &local).with_context(|| match &svc.build {
+            Some(berth_deploy::config::Build::Earthfile { target, .. }) => format!(
+                "the Earthfile target {target} of service {} saved no image {local}: \
+                 its SAVE IMAGE must name the service's image at the version deployed",
+                svc.name
+            ),
+            _ => format!(
+                "the image of service {} ({local}) is not in berth's store; build it \
+                 first, or say how in deploy.services.{}.build",
+                svc.name, svc.name
+            ),
+        })?;
+    let dest: berth_oci::Reference = format!(
+        "{}/{}:{version}",
+        file.registry.address,
+        written.local_repository()
+    )
+    .parse()?;
+    let digest = crate::build::push_one(store, client, &manifest, &dest)
+        .await
+        .with_context(|| format!("push {dest}"))?;
+    Ok(Pushed {
+        local,
+        image: format!("{}/{}@{digest}", dest.registry, dest.repository),
+        repository: dest.repository.clone(),
+        digest: digest.to_string(),
+        version,
     })
 }
 
@@ -441,7 +502,7 @@ fn written_image(
 /// Builds `svc`'s image when the file says how (`build = …`), through `berth build`'s and
 /// `berth +target`'s own paths: a Dockerfile is tagged `IMAGE:VERSION`; an Earthfile
 /// target must `SAVE IMAGE` that name itself.
-fn build_service(
+pub(crate) fn build_service(
     settings: &Settings,
     file: &DeployFile,
     svc: &berth_deploy::config::Service,
@@ -495,6 +556,15 @@ fn build_service(
 }
 
 pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
+    if args.k8s.k8s {
+        return crate::k8s::rollback(
+            &args.file,
+            args.service.as_deref(),
+            args.version.as_deref(),
+            args.list,
+            &args.k8s,
+        );
+    }
     let file = DeployFile::load(&args.file)?;
     let svc = one_service(&file, args.service.as_deref(), "--service")?;
     let hosts = hosts(settings);
@@ -516,7 +586,7 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
 }
 
 /// The service `name` of the file, or its only one; `how` says how to name one.
-fn one_service<'a>(
+pub(crate) fn one_service<'a>(
     file: &'a DeployFile,
     name: Option<&str>,
     how: &str,
@@ -623,7 +693,11 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
                                     s.name,
                                     s.version,
                                     s.ports.join(","),
-                                    s.container,
+                                    if s.containers.is_empty() {
+                                        s.container
+                                    } else {
+                                        s.containers.join(",")
+                                    },
                                     s.image.as_deref().unwrap_or("?")
                                 );
                             }

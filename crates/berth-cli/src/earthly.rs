@@ -78,6 +78,14 @@ struct EarthCli {
     explain: bool,
     #[command(flatten)]
     docker: DockerArgs,
+    /// Build on this enrolled satellite, or on a member of a pool with `pool:NAME`
+    /// [default: the one `berth satellite use` chose]: the folder berth runs in is sent, AS LOCAL artifacts come back here, images are
+    /// fetched into this machine's store and Docker, `--push` pushes from the satellite.
+    #[arg(long, env = "BERTH_SATELLITE", conflicts_with = "no_satellite")]
+    satellite: Option<String>,
+    /// Build on this machine even when a satellite is in use.
+    #[arg(long)]
+    no_satellite: bool,
     /// The target: +target, ./dir+target, ../dir+target, host/org/repo[/path][:ref]+target.
     target: Option<String>,
     /// --ARG=value overrides of the target's ARGs.
@@ -106,6 +114,32 @@ fn is_target(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Flags of Earthly's command line (and `berth build`'s) whose value is the next word.
+const VALUE_FLAGS: &[&str] = &[
+    "--image",
+    "--secret",
+    "-s",
+    "--secret-file",
+    "--allow",
+    "--platform",
+    "--progress",
+    "--satellite",
+    "--registry-proxy-port",
+];
+
+/// The first word of `rest` that is neither a flag nor the value of one.
+fn first_positional(rest: &[String]) -> Option<&String> {
+    let mut words = rest.iter();
+    while let Some(a) = words.next() {
+        if VALUE_FLAGS.contains(&a.as_str()) {
+            words.next();
+        } else if !a.starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
+}
+
 /// If the command line names an Earthfile target, set up logging with `init_logging`,
 /// run it and return the exit code.
 pub fn intercept(init_logging: impl FnOnce()) -> Option<i32> {
@@ -132,7 +166,7 @@ pub fn intercept(init_logging: impl FnOnce()) -> Option<i32> {
         names_target(&args[i..])
     } else if word == "build" {
         let rest = &args[i + 1..];
-        let first_positional = rest.iter().find(|a| !a.starts_with('-'));
+        let first_positional = first_positional(rest);
         let is = first_positional.is_some_and(|a| is_target(a))
             || rest
                 .iter()
@@ -182,9 +216,11 @@ pub fn build_target(
     target: &str,
     args: &BTreeMap<String, String>,
 ) -> Result<()> {
+    // Deploys take the images from this machine's store: built here.
     let mut argv = vec![
         "berth".to_owned(),
         "--no-output".to_owned(),
+        "--no-satellite".to_owned(),
         target.to_owned(),
     ];
     argv.extend(args.iter().map(|(k, v)| format!("--{k}={v}")));
@@ -269,6 +305,24 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
         Some(t) => t.clone(),
         None => Arc::new(progress::Plain::new(cli.explain)),
     };
+    if let Some(name) =
+        crate::satellite::chosen(cli.satellite.as_deref(), cli.no_satellite, settings)?
+    {
+        return remote(
+            settings,
+            &name,
+            &cli,
+            Remote {
+                target,
+                output,
+                args,
+                secrets,
+                build,
+            },
+            sink,
+            tty_view,
+        );
+    }
     let cancel = berth_build::Cancel::default();
     let step_ca = settings
         .network()
@@ -297,6 +351,9 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
             pull: cli.pull,
             ttl: build.resolve_ttl,
         },
+        satellite: false,
+        local_sink: None,
+        step_slots: None,
     };
     let store = crate::open_store(settings)?;
     let executor: Arc<dyn berth_exec::Executor> =
@@ -347,6 +404,156 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
     Ok(())
 }
 
+/// What `run_with` resolved, for a build on a satellite.
+struct Remote {
+    target: String,
+    output: EarthOutput,
+    args: BTreeMap<String, String>,
+    secrets: HashMap<String, SecretSource>,
+    build: crate::settings::BuildSettings,
+}
+
+/// `berth --satellite NAME +target`: the folder berth runs in goes to the satellite
+/// (only what it lacks), which runs the target there; `SAVE ARTIFACT … AS LOCAL`
+/// outputs come back into this folder as a local build writes them, saved images come
+/// down into this machine's store and Docker (not with `--no-output`), and `--push`
+/// pushes from the satellite with this machine's credentials for the registry hosts
+/// the invoked Earthfile and the `--ARG` values name.
+fn remote(
+    settings: &Settings,
+    name: &str,
+    cli: &EarthCli,
+    r: Remote,
+    sink: Arc<dyn Progress>,
+    tty_view: Option<Arc<progress::Tty>>,
+) -> Result<()> {
+    let cwd = std::env::current_dir()?;
+    let project = r.target.split_once('+').map_or("", |(p, _)| p);
+    if project == ".." || project.starts_with("../") || project.starts_with('/') {
+        bail!(
+            "{}: on a satellite, berth sends the folder it runs in ({}) and builds targets \
+             inside it; run berth from a folder that holds {project} (as ./…), or build \
+             here with --no-satellite",
+            r.target,
+            cwd.display()
+        );
+    }
+    let no_output = cli.no_output || cli.ci;
+    // `--artifact`: the place here, into it when it is a folder (as locally).
+    let artifact = match &r.output {
+        EarthOutput::Artifact { path, dest } => {
+            let mut d = dest.display().to_string();
+            if dest.is_dir() && !d.ends_with('/') {
+                d.push('/');
+            }
+            (path.clone(), d)
+        }
+        _ => (String::new(), String::new()),
+    };
+    let mut credentials = HashMap::new();
+    if cli.push {
+        let earthfile = match project {
+            "" => Some(cwd.join("Earthfile")),
+            p if p == "." || p.starts_with("./") => Some(cwd.join(p).join("Earthfile")),
+            _ => None,
+        };
+        let text = earthfile
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .unwrap_or_default();
+        let docker = settings.registry_config().docker_config;
+        for host in
+            berth_satellite::earthfile_registry_hosts(&text, r.args.values().map(String::as_str))
+        {
+            if let Some(c) = docker.credentials(&host) {
+                credentials.insert(
+                    host,
+                    berth_satellite::proto::Credential {
+                        username: c.username,
+                        password: c.password,
+                    },
+                );
+            }
+        }
+    }
+    let request = berth_satellite::proto::BuildRequest {
+        frontend: "earthfile".into(),
+        target: r.target.clone(),
+        build_args: r.args.into_iter().collect(),
+        secrets: r
+            .secrets
+            .iter()
+            .map(|(id, src)| Ok((id.clone(), crate::satellite::secret_value(src)?)))
+            .collect::<Result<_>>()?,
+        no_cache: cli.no_cache,
+        pull: cli.pull,
+        resolve_ttl_secs: r.build.resolve_ttl.map(|t| t.as_secs()),
+        source_date_epoch: r.build.source_date_epoch,
+        allow: r.build.allow.iter().map(|e| e.name().to_owned()).collect(),
+        push: cli.push,
+        credentials,
+        ci: cli.ci,
+        strict: cli.strict,
+        no_output,
+        image_only: r.output == EarthOutput::Image,
+        artifact: artifact.0,
+        artifact_dest: artifact.1,
+        ..Default::default()
+    };
+    let result = crate::satellite::build(
+        settings,
+        name,
+        cwd,
+        None,
+        request,
+        HashMap::new(),
+        sink,
+        (!no_output).then(|| settings.root.clone()),
+        false,
+    );
+    if let Some(t) = &tty_view {
+        t.finish();
+    }
+    let (member, done) = result?;
+    let images = &done.result.images;
+    if !no_output && !images.is_empty() {
+        let store = crate::open_store(settings)?;
+        let docker = settings.docker(&cli.docker);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        for img in images {
+            rt.block_on(crate::build::load_one(&store, &img.name, None, &docker))?;
+        }
+    }
+    for img in images {
+        println!("{} {}", img.name, img.image_id);
+    }
+    for img in images.iter().filter(|i| !i.pushed.is_empty()) {
+        println!("{}", img.pushed);
+    }
+    for a in &done.artifacts {
+        println!("{}", a.display());
+    }
+    let targets = done.result.targets;
+    eprintln!(
+        "built {targets} target{} on satellite {member}{}: {} image{}, {} artifact{} written \
+         (context {} entries, {} files uploaded, {} bytes)",
+        if targets == 1 { "" } else { "s" },
+        match name.strip_prefix(berth_satellite::POOL_PREFIX) {
+            Some(pool) => format!(" of pool {pool}"),
+            None => String::new(),
+        },
+        images.len(),
+        if images.len() == 1 { "" } else { "s" },
+        done.artifacts.len(),
+        if done.artifacts.len() == 1 { "" } else { "s" },
+        done.entries,
+        done.uploaded_files,
+        done.uploaded_bytes,
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -363,5 +570,14 @@ mod tests {
         for p in [".", "./ctx", "./dir+x/Dockerfile", "app+1", "+", "A=+x"] {
             assert!(!super::is_target(p), "{p}");
         }
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            super::first_positional(&words("--satellite s1 --push +all")).map(String::as_str),
+            Some("+all")
+        );
+        assert_eq!(
+            super::first_positional(&words("-t x --load ./ctx")).map(String::as_str),
+            Some("x")
+        );
     }
 }

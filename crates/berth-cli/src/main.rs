@@ -6,6 +6,7 @@ mod doctor;
 mod earthly;
 mod format;
 mod image;
+mod k8s;
 mod progress;
 mod satellite;
 mod settings;
@@ -95,6 +96,7 @@ enum Command {
     },
     /// Deploy services of berth.toml to their hosts: push, then per host pull, start
     /// beside the old one, health check, switch traffic, drain and remove the old one.
+    /// With --k8s: to Kubernetes, by server-side apply.
     Deploy(deploy::DeployArgs),
     /// Put a service's previous version (or VERSION) back on its hosts, health-gated;
     /// --list shows each host's versions.

@@ -818,18 +818,19 @@ fn probe_timeout() -> Result<Duration> {
 }
 
 /// A build on satellite `name` (or on a member of pool `pool:NAME`), shown like a local
-/// one. With `fetch` (a berth root and the image's names), the image comes down into
-/// that store afterwards. Returns the satellite that ran it, and what it made.
+/// one. With `fetch` (a berth root), the images come down into that store afterwards:
+/// the request's tags (a Dockerfile build), or every image an Earthfile build saved.
+/// Returns the satellite that ran it, and what it made.
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     settings: &Settings,
     name: &str,
     context: PathBuf,
-    dockerfile: PathBuf,
+    dockerfile: Option<PathBuf>,
     request: berth_satellite::proto::BuildRequest,
     ssh: HashMap<String, PathBuf>,
     sink: Arc<dyn Progress>,
-    fetch: Option<(PathBuf, &[String])>,
+    fetch: Option<PathBuf>,
     quiet: bool,
 ) -> Result<(String, berth_satellite::RemoteResult)> {
     let e = enrollments(settings);
@@ -837,6 +838,7 @@ pub fn build(
         "{:016x}",
         fnv(context.to_string_lossy().as_bytes())
     ));
+    let tags = request.tags.clone();
     let remote = berth_satellite::RemoteBuild {
         context,
         dockerfile,
@@ -928,12 +930,22 @@ pub fn build(
                     Err((_, err)) => return Err(err),
                 };
                 // Only the blobs this machine lacks come down.
-                if let Some((root, tags)) = &fetch {
+                if let Some(root) = &fetch {
                     let store = berth_store::Store::open(root)
                         .with_context(|| format!("open store at {}", root.display()))?;
-                    let manifest: berth_oci::Digest = r.result.manifest.parse()?;
-                    for t in tags.iter() {
-                        conn.fetch_image(&store, t, &manifest).await?;
+                    let images: Vec<(&str, &str)> = if r.result.images.is_empty() {
+                        tags.iter()
+                            .map(|t| (t.as_str(), r.result.manifest.as_str()))
+                            .collect()
+                    } else {
+                        r.result
+                            .images
+                            .iter()
+                            .map(|i| (i.name.as_str(), i.manifest.as_str()))
+                            .collect()
+                    };
+                    for (t, manifest) in images {
+                        conn.fetch_image(&store, t, &manifest.parse()?).await?;
                     }
                 }
                 return anyhow::Ok((member.clone(), r));

@@ -939,3 +939,50 @@ fn compression_applies_to_new_and_cached_layers() {
         out.stderr
     );
 }
+
+/// `--add-host` lines reach every RUN's `/etc/hosts` (a step's own network or none),
+/// never the image, and are part of the steps' keys; bad values are refused up front.
+#[test]
+fn add_host_reaches_run_steps_and_their_keys() {
+    let Some(p) = project(
+        "FROM {base}\n\
+         RUN cat /etc/hosts > /hosts.txt\n\
+         RUN --network=none cat /etc/hosts > /hosts-none.txt || true\n",
+    ) else {
+        return;
+    };
+    let local = p.path("local");
+    let dest = format!("type=local,dest={}", local.display());
+    p.build_ok(&[
+        "--add-host",
+        "db.internal:192.0.2.7",
+        "--add-host",
+        "v6.internal=2001:db8::7",
+        "--output",
+        &dest,
+    ]);
+    for f in ["hosts.txt", "hosts-none.txt"] {
+        let text = std::fs::read_to_string(local.join(f)).unwrap();
+        assert!(
+            text.contains("192.0.2.7\tdb.internal\n2001:db8::7\tv6.internal\n"),
+            "{f}: {text}"
+        );
+    }
+    assert!(!file_tree(&local).contains_key("/etc/hosts"));
+    // Without them the steps run again, and their files say so.
+    let plain = p.build_ok(&["--output", &dest]);
+    let steps = steps(&plain.stderr);
+    assert!(!step(&steps, "hosts.txt").cached, "{}", plain.stderr);
+    let text = std::fs::read_to_string(local.join("hosts.txt")).unwrap();
+    assert!(!text.contains("db.internal"), "{text}");
+    for (bad, says) in [
+        ("db.internal", "expected NAME:ADDRESS"),
+        ("db:192.0.2.300", "is not an IP address"),
+        ("db:host-gateway", "host-gateway is not available"),
+        ("a b:192.0.2.1", "is not a host name"),
+    ] {
+        let out = p.build(&["--add-host", bad]);
+        assert!(!out.success, "{bad}");
+        assert!(out.stderr.contains(says), "{bad}: {}", out.stderr);
+    }
+}

@@ -48,9 +48,15 @@ impl Dockerd {
     fn start(host: &Host, dir: &Path, n: u8) -> Dockerd {
         std::fs::create_dir_all(dir).unwrap();
         let socket = dir.join("docker.sock");
-        // The bridge lives in the namespace: the machine's docker0 is never touched.
+        // The bridge lives in the namespace: the machine's docker0 is never touched. It
+        // gets a MAC of its own, as dockerd gives the bridges it makes: a bridge without
+        // one takes the lowest MAC of its ports, so removing the old container's port can
+        // move it, and the new container, which learned the old MAC for the bridge's
+        // address, sends its answers to the proxy into the void until its neighbour entry
+        // expires (an answer in flight then took 14 s: a failed request under load).
         let ip = |args: &[&str]| run(Command::new("ip").arg("-n").arg(&host.ns).args(args));
-        ip(&["link", "add", "bdeploy", "type", "bridge"]);
+        let mac = format!("02:42:ac:1f:{n:02x}:01");
+        ip(&["link", "add", "bdeploy", "address", &mac, "type", "bridge"]);
         ip(&["addr", "add", &format!("172.31.{n}.1/24"), "dev", "bdeploy"]);
         ip(&["link", "set", "bdeploy", "up"]);
         let child = host
@@ -226,6 +232,28 @@ impl DeployHost {
                 "via",
                 &format!("10.91.{n}.1"),
             ]));
+        }
+    }
+
+    /// Waits until the deploying side `dep` reaches the host again after
+    /// [`DeployHost::set_link`], through a port that is not the proxy's (sshd's or the
+    /// agent's): right after the link comes up, the deploying side's neighbour entry of
+    /// the host may still be failed, and a connection is refused at once.
+    fn wait_reachable(&self, dep: &Host) {
+        let port = if self.sshd.is_some() { 22 } else { 8373 };
+        let start = Instant::now();
+        while !output(
+            dep.command("bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/{}/{port}", self.ip)]),
+        )
+        .success
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{} unreachable after its link came up",
+                self.ip
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -1079,6 +1107,24 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
         assert_eq!(w.get(i).stdout.trim(), "version-2");
     }
 
+    // Only some hosts: --hosts h2 puts v1 on h2 alone, --role web on both.
+    w.write_deploy_file("");
+    let out = w.deploy(&["--version", "v1", "--hosts", "h2"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("h1: "), "{}", out.stdout);
+    assert_eq!(w.get(0).stdout.trim(), "version-2");
+    assert_eq!(w.get(1).stdout.trim(), "version-1");
+    let out = w.deploy(&["--version", "v1", "--role", "web"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(w.get(0).stdout.trim(), "version-1");
+    let out = w.deploy(&["--hosts", "h9"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("--hosts h9: no role lists this host"),
+        "{}",
+        out.stderr
+    );
+
     // A secret the deploying machine lacks: refused before any host is touched.
     let out = output(w.berth().arg("deploy").env_remove("TEST_API_KEY"));
     assert!(!out.success);
@@ -1253,6 +1299,8 @@ fn three_hosts_one_over_ssh_and_hosts_losing_their_network() {
     // Back on the network: both hosts finished the deploy by themselves, whole.
     w.hosts[1].set_link(true);
     w.hosts[2].set_link(true);
+    w.hosts[1].wait_reachable(&w.dep);
+    w.hosts[2].wait_reachable(&w.dep);
     for (i, h) in w.hosts.iter().enumerate() {
         let start = Instant::now();
         loop {
@@ -1267,7 +1315,14 @@ fn three_hosts_one_over_ssh_and_hosts_losing_their_network() {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        assert_eq!(w.get(i).stdout.trim(), "version-3", "host h{}", i + 1);
+        let got = w.get(i);
+        assert_eq!(
+            got.stdout.trim(),
+            "version-3",
+            "host h{}: {}",
+            i + 1,
+            got.stderr
+        );
     }
     let ps = output_ok(w.berth().args(["deploy", "ps"]));
     for host in ["h1", "h2", "h3"] {
@@ -1480,4 +1535,172 @@ fn deploy_file_errors_name_the_key() {
         "{}",
         out.stderr
     );
+}
+
+/// `GET path` of port 8080 on host `i` with curl and `extra` arguments.
+fn curl(w: &World, i: usize, path: &str, extra: &[&str]) -> Output {
+    output(
+        w.dep
+            .command("curl")
+            .args(["-sS", "--fail", "--max-time", "10"])
+            .args(extra)
+            .arg(format!("http://{}:8080{path}", w.hosts[i].ip)),
+    )
+}
+
+/// Three replicas per host: requests in turn (HTTP/1.1 and h2c), all health-gated and
+/// all replaced; then the lock of a deploy whose agent is killed mid-deploy: kept in the
+/// agent's `lock.json` and enforced while that deploy lives, cleaned (with the
+/// containers that deploy started) when the agent starts again, after which a deploy
+/// goes through.
+#[test]
+fn replicas_and_the_lock_of_a_killed_agent() {
+    if !require_deploy_world() {
+        return;
+    }
+    let mut w = World::new("deployrep", 1);
+    w.enroll_all();
+    w.build("v1", "version-1", true);
+    w.build("v2", "version-2", true);
+    w.build("v3", "version-3", false);
+    w.write_deploy_file("replicas = 3");
+    let out = w.deploy(&[]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    let names = |w: &World| -> Vec<String> {
+        let mut v: Vec<String> = w.hosts[0]
+            .dockerd
+            .containers("web")
+            .iter()
+            .map(|c| c.split(' ').next().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let v1 = names(&w);
+    assert_eq!(v1.len(), 3, "{v1:?}");
+    assert!(v1.iter().all(|c| c.contains("-v1-")), "{v1:?}");
+    // Six requests, two to each replica (busybox httpd -vv logs each URL).
+    for i in 0..6 {
+        let got = curl(&w, 0, &format!("/rr-{i}"), &[]);
+        assert!(got.stderr.contains("404"), "{}", got.stderr);
+    }
+    for c in &v1 {
+        let logs = w.hosts[0].dockerd.docker(&["logs", c]);
+        let n = format!("{}{}", logs.stdout, logs.stderr)
+            .matches("/rr-")
+            .count();
+        assert_eq!(n, 2, "replica {c} got {n} of the 6 requests");
+    }
+    // `deploy logs` reads every replica, each line after its container's name.
+    let logs = output_ok(w.berth().args(["deploy", "logs", "web"]));
+    for c in &v1 {
+        let lines = logs
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{c} | ")) && l.contains("/rr-"))
+            .count();
+        assert_eq!(lines, 2, "{c}: {}", logs.stdout);
+    }
+    // An h2c client (prior knowledge) gets the answer over HTTP/2.
+    let h2 = curl(
+        &w,
+        0,
+        "/",
+        &["--http2-prior-knowledge", "-w", "http/%{http_version}"],
+    );
+    assert!(h2.success, "{}", h2.stderr);
+    assert_eq!(h2.stdout, "version-1\nhttp/2", "{}", h2.stdout);
+    // h2c by Upgrade is not offered: the answer comes in HTTP/1.1.
+    let up = curl(&w, 0, "/", &["--http2", "-w", "http/%{http_version}"]);
+    assert!(up.success, "{}", up.stderr);
+    assert_eq!(up.stdout, "version-1\nhttp/1.1", "{}", up.stdout);
+    let ps = output_ok(w.berth().args(["deploy", "ps"]));
+    assert!(ps.stdout.contains(&v1.join(",")), "{}", ps.stdout);
+
+    // v3 has no /health: no replica passes, all three go, v1's three serve on.
+    let out = w.deploy(&["--version", "v3"]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("did not become healthy (replica "),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(names(&w), v1);
+    assert_eq!(curl(&w, 0, "/", &[]).stdout.trim(), "version-1");
+
+    // A deploy of v2 whose health check waits for the test; a second one is refused
+    // with who holds the lock, which the host keeps in its agent's lock.json.
+    w.write_deploy_file_with(
+        "health = { cmd = [\"/bin/busybox\", \"test\", \"-e\", \"/tmp/ready\"], \
+         interval = \"100ms\", retries = 3000 }",
+        "replicas = 3",
+    );
+    let mut held = w
+        .berth()
+        .args(["deploy", "--version", "v2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while names(&w).iter().filter(|c| c.contains("-v2-")).count() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the deploy of v2 did not start its replicas: {:?}",
+            names(&w)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lock_file = w.hosts[0].agent().root.join("agent/lock.json");
+    let lock = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&lock_file).unwrap()).unwrap()
+    };
+    assert_eq!(lock()["web"]["version"], "v2", "{}", lock());
+    let client = lock()["web"]["client"].as_str().unwrap().to_owned();
+    let second = w.deploy(&["--version", "v1"]);
+    assert!(!second.success);
+    assert!(
+        second
+            .stderr
+            .contains("another deploy of service web is running on host h1 (locked since ")
+            && second
+                .stderr
+                .contains(&format!("by client {client}, version v2")),
+        "{}",
+        second.stderr
+    );
+
+    // The agent dies mid-deploy: the deploy fails, the lock stays in the file.
+    let agent = w.hosts[0].agent.as_mut().unwrap();
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    assert!(!held.wait().unwrap().success());
+    assert_eq!(lock()["web"]["version"], "v2", "{}", lock());
+    // Started again, the agent finds the lock's process gone: it drops the lock and
+    // removes the containers that deploy started; v1 serves on.
+    let restarted = Agent::start(
+        &w.hosts[0].host,
+        &w.hosts[0].agent().root,
+        &format!("{}:8373", w.hosts[0].ip),
+        &w.hosts[0].dockerd.socket,
+        "h1",
+    );
+    w.hosts[0].agent = Some(restarted);
+    assert!(lock().get("web").is_none(), "{}", lock());
+    assert_eq!(names(&w), v1);
+    let log = std::fs::read_to_string(w.hosts[0].agent().root.with_extension("log")).unwrap();
+    assert!(
+        log.contains("dropping the lock of a deploy whose agent process is gone"),
+        "{log}"
+    );
+    assert_eq!(curl(&w, 0, "/", &[]).stdout.trim(), "version-1");
+
+    // Now v2 goes through: three new replicas, v1's three removed.
+    w.write_deploy_file("replicas = 3");
+    let out = w.deploy(&["--version", "v2"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    let v2 = names(&w);
+    assert_eq!(v2.len(), 3, "{v2:?}");
+    assert!(v2.iter().all(|c| c.contains("-v2-")), "{v2:?}");
+    assert_eq!(curl(&w, 0, "/", &[]).stdout.trim(), "version-2");
 }

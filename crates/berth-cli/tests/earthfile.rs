@@ -267,6 +267,33 @@ fn earthfile_copies_are_dated_and_owned_as_in_earthly() {
 }
 
 #[test]
+fn earthfile_host_lines_reach_later_runs_and_targets_from_them() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("host");
+    // A target FROM another saves none of the other's artifacts (Earthly's output rule).
+    output_ok(&mut env.berth(&case, &["+base"]));
+    output_ok(&mut env.berth(&case, &["+child"]));
+    output_ok(&mut env.berth(&case, &["+fresh"]));
+    assert_eq!(read(&case.join("base.txt")), "192.0.2.7\tdb.internal\n");
+    let child = read(&case.join("child.txt"));
+    assert!(
+        child.ends_with("192.0.2.7\tdb.internal\n2001:db8::9\tcache.internal\n"),
+        "{child}"
+    );
+    let fresh = read(&case.join("fresh.txt"));
+    assert!(!fresh.contains("internal"), "{fresh}");
+    let out = output(&mut env.berth(&case, &["+bad"]));
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("Earthfile:25:5: HOST db.internal not-an-ip:")
+            && out.stderr.contains("\"not-an-ip\" is not an IP address"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn earthfile_secrets_reach_run_as_variables() {
     let Some(env) = Env::new() else { return };
     let case = env.case("secrets");

@@ -171,14 +171,16 @@ fn remote_build_across_hosts_matches_local_and_uploads_only_changes() {
     std::fs::write(
         fence.join("Dockerfile"),
         format!(
-            "FROM {}\nRUN {}\nRUN ! grep -q 'sat says hi' /got\nRUN {}\nRUN ! grep -q HTTP /got\n",
+            "FROM {}\nRUN {}\nRUN ! grep -q 'sat says hi' /got\nRUN {}\nRUN ! grep -q HTTP /got\n\
+             RUN grep -q '^192.0.2.9.sat.test$' /etc/hosts\n",
             base.reference(),
             fetch("127.0.0.1", "8999"),
             fetch("10.77.0.2", "8372"),
         ),
     )
     .unwrap();
-    output_ok(&mut client.build(&fence, &[]));
+    // --add-host goes with the build.
+    output_ok(&mut client.build(&fence, &["--add-host", "sat.test:192.0.2.9"]));
     let _ = httpd.kill();
     let _ = httpd.wait();
 }
@@ -438,7 +440,7 @@ fn outputs_of_a_remote_build_reach_this_machine_and_registries() {
         "--raw",
         &format!("oci-archive:{}", tar.display()),
     ]));
-    let digest = format!("sha256:{}", sha256_hex(inspected.as_bytes()));
+    let digest = format!("sha256:{}", Client::sha256_hex(inspected.as_bytes()));
     assert_eq!(
         digest,
         built.manifest(),
@@ -496,17 +498,7 @@ fn outputs_of_a_remote_build_reach_this_machine_and_registries() {
     // --push: from the satellite, with this client's credentials for that build only.
     let reg = serve_with_user(dir.path(), "deployer", "s3cret-for-sat");
     let docker_cfg = dir.path().join("docker-config");
-    let mut login = client.berth();
-    login
-        .args(["login", "-u", "deployer", "--password-stdin", &reg.addr])
-        .env("DOCKER_CONFIG", &docker_cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = login.spawn().unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"s3cret-for-sat\n").unwrap();
-    drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
+    client.login(&docker_cfg, &reg.addr, "deployer", "s3cret-for-sat");
     let dest = format!("{}/deploy/app:1", reg.addr);
     let pushed = output_ok(
         client
@@ -529,7 +521,7 @@ fn outputs_of_a_remote_build_reach_this_machine_and_registries() {
         &format!("docker://{dest}"),
     ]));
     assert_eq!(
-        format!("sha256:{}", sha256_hex(remote.as_bytes())),
+        format!("sha256:{}", Client::sha256_hex(remote.as_bytes())),
         built.manifest()
     );
     let leaked = Command::new("grep")
@@ -554,24 +546,6 @@ fn outputs_of_a_remote_build_reach_this_machine_and_registries() {
         "{}",
         refused.stderr
     );
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    let out = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            std::io::Write::write_all(c.stdin.as_mut().unwrap(), bytes)?;
-            drop(c.stdin.take());
-            c.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 #[test]

@@ -100,9 +100,13 @@ pub struct ServiceState {
     pub version: String,
     /// Its pinned image, from the history.
     pub image: Option<String>,
-    /// Its container.
+    /// Its container (the first replica).
     pub container: String,
-    /// Docker's state of that container (`running`, `exited`, …, or why none).
+    /// Every replica's container (agents before replicas sent only `container`).
+    #[serde(default)]
+    pub containers: Vec<String>,
+    /// Docker's state of those containers (`running`, `exited`, …, or why none; the
+    /// different states of the replicas comma-separated).
     pub state: String,
     /// Published ports (`host:container`).
     pub ports: Vec<String>,

@@ -34,6 +34,7 @@
 //! ports = ["8080:80"]               # berth's proxy on host port 8080 → container port 80
 //! stop_signal = "SIGTERM"
 //! stop_timeout = "10s"
+//! replicas = 2                      # containers per host (1 to 64), requests in turn
 //! health = { path = "/health", interval = "1s", timeout = "2s", retries = 10 }
 //! ```
 
@@ -166,6 +167,17 @@ pub struct Service {
     /// What `berth deploy` builds before it pushes (none: the image is in the store).
     #[serde(default)]
     pub build: Option<Build>,
+    /// Containers per host (1 to [`MAX_REPLICAS`]), all health-gated before a switch;
+    /// berth's proxy gives them requests in turn.
+    #[serde(default = "one")]
+    pub replicas: u32,
+}
+
+/// The most containers of a service per host.
+pub const MAX_REPLICAS: u32 = 64;
+
+fn one() -> u32 {
+    1
 }
 
 /// How a service's image is built by `berth deploy` (paths relative to the deploy file).
@@ -312,6 +324,7 @@ struct ServiceRaw {
     stop_signal: Option<String>,
     stop_timeout: Option<String>,
     build: Option<BuildRaw>,
+    replicas: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -605,6 +618,57 @@ impl DeployFile {
         out
     }
 
+    /// The file cut down to some hosts (`berth deploy --hosts a,b --role web`): each
+    /// role keeps only its hosts named in `hosts` (all when empty), and only the roles
+    /// named in `roles` (all when empty) keep any. A host or role the file does not
+    /// have is an error; services then run on what is left of their roles (maybe
+    /// nothing).
+    pub fn only(&self, hosts: &[String], roles: &[String]) -> Result<DeployFile, DeployError> {
+        let err = |key: &str, message: String| DeployError::Config {
+            file: self.path.display().to_string(),
+            key: key.to_owned(),
+            message,
+        };
+        let names = |it: &mut dyn Iterator<Item = &String>| {
+            let mut v: Vec<&str> = it.map(String::as_str).collect();
+            v.sort_unstable();
+            v.dedup();
+            v.join(", ")
+        };
+        for r in roles {
+            if !self.roles.contains_key(r) {
+                return Err(err(
+                    "deploy.roles",
+                    format!(
+                        "--role {r}: no such role (the file has {})",
+                        names(&mut self.roles.keys())
+                    ),
+                ));
+            }
+        }
+        for h in hosts {
+            if !self.roles.values().any(|hs| hs.contains(h)) {
+                return Err(err(
+                    "deploy.roles",
+                    format!(
+                        "--hosts {h}: no role lists this host (the file has {})",
+                        names(&mut self.roles.values().flatten())
+                    ),
+                ));
+            }
+        }
+        let mut out = self.clone();
+        for (name, hs) in &mut out.roles {
+            if !roles.is_empty() && !roles.contains(name) {
+                hs.clear();
+            }
+            if !hosts.is_empty() {
+                hs.retain(|h| hosts.contains(h));
+            }
+        }
+        Ok(out)
+    }
+
     /// The services named (all when `names` is empty), or an error naming an unknown one.
     pub fn select(&self, names: &[String]) -> Result<Vec<&Service>, DeployError> {
         if names.is_empty() {
@@ -821,8 +885,19 @@ impl Checker<'_> {
             None => None,
             Some(b) => Some(self.build(&key, b)?),
         };
+        let replicas = match s.replicas {
+            None => 1,
+            Some(toml::Value::Integer(n)) if (1..=i64::from(MAX_REPLICAS)).contains(&n) => n as u32,
+            Some(v) => {
+                return Err(self.err(
+                    format!("{key}.replicas"),
+                    format!("{v} is not a count of containers per host from 1 to {MAX_REPLICAS}"),
+                ));
+            }
+        };
         Ok(Service {
             build,
+            replicas,
             name: name.to_owned(),
             image: s.image,
             roles: s.roles,
@@ -1030,6 +1105,10 @@ health = { path = "/ok", interval = "200ms", retries = 4 }
         );
         assert_eq!(s.health.interval, Duration::from_millis(200));
         assert_eq!(s.health.retries, 4);
+        assert_eq!(s.replicas, 1);
+        let f = parse(&GOOD.replace("image = \"app:v1\"", "image = \"app:v1\"\nreplicas = 64"))
+            .unwrap();
+        assert_eq!(f.services["app"].replicas, 64);
         assert!(s.volumes[0].read_only && !s.volumes[1].read_only);
         assert_eq!(s.secrets["S"], SecretSource::Env("MY_SECRET".into()));
         assert_eq!(f.hosts_of(s), ["h1", "h2", "h3"]);
@@ -1074,8 +1153,20 @@ health = { path = "/ok", interval = "200ms", retries = 4 }
             ),
             (GOOD.replace("history = 3", "history = 0"), "deploy.history"),
             (
-                GOOD.replace("image = \"app:v1\"", "image = \"app:v1\"\nreplicas = 2"),
-                "unknown field `replicas`",
+                GOOD.replace("image = \"app:v1\"", "image = \"app:v1\"\nreplicas = 0"),
+                "deploy.services.app.replicas: 0 is not a count of containers per host from 1 to 64",
+            ),
+            (
+                GOOD.replace("image = \"app:v1\"", "image = \"app:v1\"\nreplicas = 65"),
+                "deploy.services.app.replicas: 65 is not",
+            ),
+            (
+                GOOD.replace("image = \"app:v1\"", "image = \"app:v1\"\nreplicas = \"2\""),
+                "deploy.services.app.replicas: \"2\" is not",
+            ),
+            (
+                GOOD.replace("image = \"app:v1\"", "image = \"app:v1\"\nreplica = 2"),
+                "unknown field `replica`",
             ),
         ];
         for (text, want) in cases {
@@ -1124,6 +1215,36 @@ health = { path = "/ok", interval = "200ms", retries = 4 }
     }
 
     #[test]
+    fn only_some_hosts_or_roles() {
+        let text = format!(
+            "{GOOD}[deploy.roles.db]\nhosts = [\"h3\", \"h4\"]\n\
+             [deploy.services.pg]\nimage = \"pg\"\nroles = [\"db\"]\n"
+        );
+        let f = parse(&text).unwrap();
+        let hosts = |f: &DeployFile, s: &str| f.hosts_of(&f.services[s]);
+        let o = f.only(&["h1".into(), "h3".into()], &[]).unwrap();
+        assert_eq!(hosts(&o, "app"), ["h1", "h3"]);
+        assert_eq!(hosts(&o, "pg"), ["h3"]);
+        let o = f.only(&[], &["db".into()]).unwrap();
+        assert!(hosts(&o, "app").is_empty());
+        assert_eq!(hosts(&o, "pg"), ["h3", "h4"]);
+        let o = f.only(&["h3".into()], &["web".into()]).unwrap();
+        assert_eq!(hosts(&o, "app"), ["h3"]);
+        assert!(hosts(&o, "pg").is_empty());
+        assert_eq!(f.only(&[], &[]).unwrap().roles, f.roles);
+        let e = f.only(&[], &["cache".into()]).unwrap_err().to_string();
+        assert!(
+            e.contains("--role cache: no such role (the file has db, web)"),
+            "{e}"
+        );
+        let e = f.only(&["h9".into()], &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("--hosts h9: no role lists this host (the file has h1, h2, h3, h4)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn defaults() {
         let f = parse(
             "[deploy.registry]\naddress = \"r:5000\"\n[deploy.roles.a]\nhosts = [\"h\"]\n\
@@ -1133,6 +1254,7 @@ health = { path = "/ok", interval = "200ms", retries = 4 }
         let s = &f.services["s"];
         assert_eq!(s.health.check, Check::Running);
         assert_eq!(s.stop_signal, "SIGTERM");
+        assert_eq!(s.replicas, 1);
         assert_eq!(f.batch.limit, Limit::All);
         assert_eq!(f.history, DEFAULT_HISTORY);
     }

@@ -2,21 +2,28 @@
 //! history. One deploy of a service on a host:
 //!
 //! 1. pull the pinned image (credentials go with this pull only);
-//! 2. create and start the new container beside the old one (no port published: the
-//!    proxy reaches it on its bridge address);
-//! 3. run its health check until it passes, or give up after `retries` and remove it,
-//!    reporting its last log lines and the check's last output; the old one serves on;
-//! 4. switch the proxy's ports to it; let requests in flight to the old one finish
-//!    (at most `stop_timeout`); stop and remove the old one;
+//! 2. create and start the new containers (`replicas` of them) beside the old ones (no
+//!    port published: the proxy reaches them on their bridge addresses);
+//! 3. run the health check of each until it passes, or give up after `retries`: then
+//!    every new container is removed, and the error has the failing one's last log lines
+//!    and the check's last output; the old ones serve on;
+//! 4. switch the proxy's ports to them (requests go to the replicas in turn); let
+//!    requests and upgraded connections in flight to the old ones finish (at most
+//!    `stop_timeout`, then the connections still open are closed); stop and remove the
+//!    old ones;
 //! 5. record the version in the history (the last N, newest first).
 //!
+//! The whole deploy holds the service's lock ([`crate::lock`], the agent's `lock.json`).
+//! A lock left by a deploy whose agent process died is stale: the next deploy of the
+//! service, or the agent's next start, drops it and removes the containers of the
+//! service that do not serve (what the dead deploy had started).
+//!
 //! Under the agent's `services/<name>/`: `history.json` ([`Release`]s; no secret values)
-//! and `current.json` (the serving container), read again at start to restore the proxy.
+//! and `current.json` (the serving containers), read again at start to restore the proxy.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bollard::Docker;
@@ -24,8 +31,8 @@ use bollard::auth::DockerCredentials;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, LogsOptions, RemoveContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions,
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -34,17 +41,32 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::api::{DeployReport, DeployRequest, ExecResult, Release, ServiceState};
 use crate::config::{Check, Health, Service};
 use crate::error::DeployError;
+use crate::lock::{Acquired, Holder, Locks};
 use crate::proxy::{Proxies, Target};
 
 /// Log lines of a failed container shown in the error.
 const LOG_LINES: &str = "20";
 
-/// The serving container of a service.
+/// The serving containers of a service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Current {
+    /// The first replica (the only container before replicas).
     container: String,
+    /// Every replica (empty in files written before replicas: `container` alone).
+    #[serde(default)]
+    containers: Vec<String>,
     version: String,
     ports: Vec<crate::config::Port>,
+}
+
+impl Current {
+    fn all(&self) -> Vec<String> {
+        if self.containers.is_empty() {
+            vec![self.container.clone()]
+        } else {
+            self.containers.clone()
+        }
+    }
 }
 
 /// Drives one host's dockerd and proxy.
@@ -54,9 +76,7 @@ pub struct Engine {
     proxies: Proxies,
     /// The agent's name, for messages about this host.
     host: String,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Who holds each service's lock, and since when.
-    holders: Mutex<HashMap<String, (String, SystemTime)>>,
+    locks: Locks,
 }
 
 fn derr(what: &str) -> impl FnOnce(bollard::errors::Error) -> DeployError + '_ {
@@ -90,7 +110,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Dep
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -108,8 +128,7 @@ impl Engine {
             dir: dir.to_path_buf(),
             proxies: Proxies::default(),
             host: host.to_owned(),
-            locks: Mutex::new(HashMap::new()),
-            holders: Mutex::new(HashMap::new()),
+            locks: Locks::new(dir),
         })
     }
 
@@ -133,9 +152,18 @@ impl Engine {
         Ok(read_json(&self.service_dir(service).join("history.json"))?.unwrap_or_default())
     }
 
-    /// Points the proxy at every service's serving container again (after a restart of
-    /// the agent; containers restart with dockerd and may have new addresses).
+    /// Points the proxy at every service's serving containers again (after a restart of
+    /// the agent; containers restart with dockerd and may have new addresses), and
+    /// cleans after deploys that died with an earlier agent process (stale locks).
     pub async fn restore(&self) {
+        match self.locks.take_stale() {
+            Ok(stale) => {
+                for (service, h) in stale {
+                    self.clean_stale(&service, &h).await;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "deploy locks not read"),
+        }
         let Ok(rd) = std::fs::read_dir(self.dir.join("services")) else {
             return;
         };
@@ -143,10 +171,14 @@ impl Engine {
             let name = e.file_name().to_string_lossy().into_owned();
             let cur: Option<Current> = read_json(&e.path().join("current.json")).ok().flatten();
             let Some(cur) = cur else { continue };
-            match self.address(&cur.container).await {
-                Ok(ip) => {
+            match self.addresses(&cur.all()).await {
+                Ok(ips) => {
                     for p in &cur.ports {
-                        let t = Target::new(SocketAddr::new(ip, p.container));
+                        let t = Target::pool(
+                            ips.iter()
+                                .map(|ip| SocketAddr::new(*ip, p.container))
+                                .collect(),
+                        );
                         if let Err(e) = self.proxies.switch(p.host, t).await {
                             tracing::error!(service = %name, error = %e, "proxy not restored");
                         }
@@ -154,6 +186,63 @@ impl Engine {
                     tracing::info!(service = %name, version = %cur.version, "proxy restored");
                 }
                 Err(e) => tracing::error!(service = %name, error = %e, "serving container lost"),
+            }
+        }
+    }
+
+    async fn addresses(&self, containers: &[String]) -> Result<Vec<IpAddr>, DeployError> {
+        let mut out = Vec::new();
+        for c in containers {
+            out.push(self.address(c).await?);
+        }
+        Ok(out)
+    }
+
+    /// Removes what a deploy that died with its agent process left: the containers of
+    /// `service` that do not serve. Runs under the service's lock (or before the agent
+    /// serves), so no other deploy of it is starting containers.
+    async fn clean_stale(&self, service: &str, h: &Holder) {
+        tracing::warn!(
+            service,
+            client = %h.client,
+            version = %h.version,
+            since = %berth_pki::format_utc(std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.since_unix)),
+            pid = h.agent.pid,
+            "dropping the lock of a deploy whose agent process is gone"
+        );
+        let serving = self.current(service).map(|c| c.all()).unwrap_or_default();
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("berth.service={service}")],
+            )])),
+            ..Default::default()
+        };
+        let list = match self.docker.list_containers(Some(opts)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(service, error = %docker_message(&e), "containers not listed");
+                return;
+            }
+        };
+        for c in list {
+            let Some(name) = c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .map(|n| n.trim_start_matches('/').to_owned())
+            else {
+                continue;
+            };
+            if !serving.contains(&name) {
+                tracing::warn!(service, container = %name, "removing a container of the dead deploy");
+                let rm = RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                };
+                if let Err(e) = self.docker.remove_container(&name, Some(rm)).await {
+                    tracing::warn!(container = %name, error = %docker_message(&e), "remove failed");
+                }
             }
         }
     }
@@ -189,39 +278,39 @@ impl Engine {
                 error: Some(e.to_string()),
             };
         }
-        let lock = self
-            .locks
-            .lock()
-            .expect("locks")
-            .entry(req.service.name.clone())
-            .or_default()
-            .clone();
         let svc = &req.service.name;
-        let result = match lock.try_lock() {
-            Ok(_held) => {
-                self.holders
-                    .lock()
-                    .expect("holders")
-                    .insert(svc.clone(), (client.to_owned(), SystemTime::now()));
+        let result = match self.locks.acquire(svc, client, &req.version) {
+            Ok(Acquired::Taken { held, stale }) => {
+                if let Some(h) = stale {
+                    self.clean_stale(svc, &h).await;
+                    steps.push(format!(
+                        "dropped the stale lock of {}'s deploy of {} (its agent process is gone) \
+                         and removed its containers",
+                        h.client, h.version
+                    ));
+                }
                 let r = self.deploy_locked(&req, &mut steps).await;
-                self.holders.lock().expect("holders").remove(svc);
+                drop(held);
                 r
             }
-            Err(_) => {
-                let holder = self.holders.lock().expect("holders").get(svc).cloned();
-                let who = match holder {
-                    Some((c, since)) => format!(
-                        " (locked since {} by client {c})",
-                        berth_pki::format_utc(since)
-                    ),
-                    None => String::new(),
+            Ok(Acquired::Busy(h)) => {
+                let process = if h.agent.pid == std::process::id() {
+                    String::new()
+                } else {
+                    format!(", in agent process {}", h.agent.pid)
                 };
                 Err(DeployError::BadRequest(format!(
-                    "another deploy of service {svc} is running on host {}{who}; wait for it \
-                     to end",
-                    self.host
+                    "another deploy of service {svc} is running on host {} (locked since {} by \
+                     client {}, version {}{process}); wait for it to end",
+                    self.host,
+                    berth_pki::format_utc(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.since_unix)
+                    ),
+                    h.client,
+                    h.version,
                 )))
             }
+            Err(e) => Err(e),
         };
         let current: Option<Current> =
             read_json(&self.service_dir(&req.service.name).join("current.json"))
@@ -242,42 +331,84 @@ impl Engine {
         let svc = &req.service;
         self.pull(req).await?;
         steps.push(format!("pulled {}", req.image));
-        let name = container_name(&svc.name, &req.version);
-        let id = self.create(req, &name).await?;
-        steps.push(format!("started container {name}"));
-        if let Err(e) = self.wait_healthy(&name, &svc.health).await {
-            let logs = self.last_logs(&name).await;
-            self.remove(&name, svc).await;
-            steps.push(format!("removed unhealthy container {name}"));
+        let base = container_name(&svc.name, &req.version);
+        let n = svc.replicas.max(1);
+        let names: Vec<String> = if n == 1 {
+            vec![base]
+        } else {
+            (1..=n).map(|i| format!("{base}-{i}")).collect()
+        };
+        let mut ids = Vec::new();
+        for name in &names {
+            match self.create(req, name).await {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    for started in &names[..ids.len()] {
+                        self.remove(started, svc).await;
+                    }
+                    return Err(e);
+                }
+            }
+            steps.push(format!("started container {name}"));
+        }
+        let checks = futures_util::future::join_all(
+            names
+                .iter()
+                .map(|name| self.wait_healthy(name, &svc.health)),
+        )
+        .await;
+        if let Some((i, e)) = checks
+            .into_iter()
+            .enumerate()
+            .find_map(|(i, r)| r.err().map(|e| (i, e)))
+        {
+            let name = &names[i];
+            let logs = self.last_logs(name).await;
+            for c in &names {
+                self.remove(c, svc).await;
+            }
+            steps.push(format!(
+                "removed unhealthy version's containers {}",
+                names.join(", ")
+            ));
+            let which = if n == 1 {
+                String::new()
+            } else {
+                format!(" (replica {} of {n}, {name})", i + 1)
+            };
             return Err(DeployError::Unhealthy(format!(
-                "version {} of {} did not become healthy: {e}\nits last log lines:\n{logs}\
+                "version {} of {} did not become healthy{which}: {e}\nits last log lines:\n{logs}\
                  the previous version keeps serving",
                 req.version, svc.name
             )));
         }
-        steps.push(format!("{name} is healthy"));
-        let ip = self.address(&id).await?;
+        steps.push(format!("{} healthy", names.join(", ")));
+        let ips = self.addresses(&ids).await?;
         let mut old_targets = Vec::new();
         for p in &svc.ports {
-            match self
-                .proxies
-                .switch(p.host, Target::new(SocketAddr::new(ip, p.container)))
-                .await
-            {
+            let target = Target::pool(
+                ips.iter()
+                    .map(|ip| SocketAddr::new(*ip, p.container))
+                    .collect(),
+            );
+            match self.proxies.switch(p.host, target).await {
                 Ok(old) => old_targets.extend(old),
                 Err(e) => {
-                    self.remove(&name, svc).await;
+                    for c in &names {
+                        self.remove(c, svc).await;
+                    }
                     return Err(e);
                 }
             }
-            steps.push(format!("port {} now goes to {name}", p.host));
+            steps.push(format!("port {} now goes to {}", p.host, names.join(", ")));
         }
         let dir = self.service_dir(&svc.name);
         let previous: Option<Current> = read_json(&dir.join("current.json"))?;
         write_json(
             &dir.join("current.json"),
             &Current {
-                container: name.clone(),
+                container: names[0].clone(),
+                containers: names.clone(),
                 version: req.version.clone(),
                 ports: svc.ports.clone(),
             },
@@ -297,17 +428,22 @@ impl Engine {
         for t in old_targets {
             if !t.drained(svc.stop_timeout).await {
                 steps.push(format!(
-                    "{} requests to the old container still ran after {:?}",
+                    "{} requests to the old containers still ran after {:?} ({} of them \
+                     upgraded connections, now closed)",
                     t.inflight(),
-                    svc.stop_timeout
+                    svc.stop_timeout,
+                    t.upgraded()
                 ));
+                t.close();
             }
         }
-        if let Some(prev) = previous
-            && prev.container != name
-        {
-            self.remove(&prev.container, svc).await;
-            steps.push(format!("stopped and removed {}", prev.container));
+        if let Some(prev) = previous {
+            for c in prev.all() {
+                if !names.contains(&c) {
+                    self.remove(&c, svc).await;
+                    steps.push(format!("stopped and removed {c}"));
+                }
+            }
         }
         Ok(())
     }
@@ -496,8 +632,9 @@ impl Engine {
         })
     }
 
-    /// The services of this host: serving version, container and its state.
+    /// The services of this host: serving version, containers and their state.
     pub async fn ps(&self) -> Result<Vec<ServiceState>, DeployError> {
+        let holders = self.locks.holders()?;
         let dir = self.dir.join("services");
         let mut names: Vec<String> = match std::fs::read_dir(&dir) {
             Ok(rd) => rd
@@ -513,29 +650,26 @@ impl Engine {
             let Ok(cur) = self.current(&name) else {
                 continue;
             };
-            let state = match self.docker.inspect_container(&cur.container, None).await {
-                Ok(i) => i
-                    .state
-                    .and_then(|s| s.status)
-                    .map_or_else(|| "unknown".into(), |s| s.to_string()),
-                Err(e) => format!("missing: {}", docker_message(&e)),
-            };
+            let mut states = Vec::new();
+            for c in cur.all() {
+                let state = match self.docker.inspect_container(&c, None).await {
+                    Ok(i) => i
+                        .state
+                        .and_then(|s| s.status)
+                        .map_or_else(|| "unknown".into(), |s| s.to_string()),
+                    Err(e) => format!("missing: {}", docker_message(&e)),
+                };
+                if !states.contains(&state) {
+                    states.push(state);
+                }
+            }
             let image = self
                 .history(&name)?
                 .into_iter()
                 .find(|r| r.version == cur.version)
                 .map(|r| r.image);
-            let deploying = self
-                .holders
-                .lock()
-                .expect("holders")
-                .get(&name)
-                .map(|(c, t)| {
-                    let secs = t
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
-                    (c.clone(), secs)
-                });
+            let deploying = holders.get(&name).map(|h| (h.client.clone(), h.since_unix));
+            let containers = cur.all();
             out.push(ServiceState {
                 ports: cur
                     .ports
@@ -545,8 +679,9 @@ impl Engine {
                 name,
                 version: cur.version,
                 image,
+                containers,
                 container: cur.container,
-                state,
+                state: states.join(","),
                 deploying,
             });
         }
@@ -565,8 +700,10 @@ impl Engine {
         Ok(ExecResult { exit_code, output })
     }
 
-    /// The output of the serving container of `service`: the last `tail` lines (all when
-    /// `None`), then, with `follow`, what it writes until it stops or the reader goes.
+    /// The output of the serving containers of `service`: the last `tail` lines of each
+    /// (all when `None`), then, with `follow`, what they write until they stop or the
+    /// reader goes. With several replicas, each line starts with its container's name
+    /// and ` | `.
     pub fn logs(
         &self,
         service: &str,
@@ -576,28 +713,43 @@ impl Engine {
         impl futures_util::Stream<Item = Result<bytes::Bytes, DeployError>> + use<>,
         DeployError,
     > {
-        let cur = self.current(service)?;
-        let docker = self.docker.clone();
+        let all = self.current(service)?.all();
+        let prefix = all.len() > 1;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let opts = LogsOptions {
-                stdout: true,
-                stderr: true,
-                follow,
-                tail: tail.map_or_else(|| "all".into(), |n| n.to_string()),
-                ..Default::default()
-            };
-            let mut s = docker.logs(&cur.container, Some(opts));
-            while let Some(item) = s.next().await {
-                let item = item
-                    .map(|c| c.into_bytes())
-                    .map_err(derr(&format!("logs of {}", cur.container)));
-                let stop = item.is_err();
-                if tx.send(item).await.is_err() || stop {
-                    break;
+        for container in all {
+            let docker = self.docker.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let opts = LogsOptions {
+                    stdout: true,
+                    stderr: true,
+                    follow,
+                    tail: tail.map_or_else(|| "all".into(), |n| n.to_string()),
+                    ..Default::default()
+                };
+                let mut s = docker.logs(&container, Some(opts));
+                let mut partial = Vec::new();
+                while let Some(item) = s.next().await {
+                    let item = match item {
+                        Ok(c) if prefix => {
+                            partial.extend_from_slice(&c.into_bytes());
+                            Ok(prefixed_lines(&container, &mut partial, false))
+                        }
+                        Ok(c) => Ok(c.into_bytes()),
+                        Err(e) => Err(derr(&format!("logs of {container}"))(e)),
+                    };
+                    let stop = item.is_err();
+                    if tx.send(item).await.is_err() || stop {
+                        return;
+                    }
                 }
-            }
-        });
+                if !partial.is_empty() {
+                    let _ = tx
+                        .send(Ok(prefixed_lines(&container, &mut partial, true)))
+                        .await;
+                }
+            });
+        }
         Ok(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|x| (x, rx))
         }))
@@ -624,6 +776,33 @@ impl Engine {
             tracing::warn!(container = name, error = %e, "remove failed");
         }
     }
+}
+
+/// The whole lines of `partial` (all of it when `end`), each after `name | `; what is
+/// left is the start of a line still being written.
+fn prefixed_lines(name: &str, partial: &mut Vec<u8>, end: bool) -> bytes::Bytes {
+    let cut = if end {
+        partial.len()
+    } else {
+        partial
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1)
+    };
+    let mut out = Vec::new();
+    for line in partial
+        .drain(..cut)
+        .collect::<Vec<u8>>()
+        .split_inclusive(|b| *b == b'\n')
+    {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b" | ");
+        out.extend_from_slice(line);
+    }
+    if end && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    bytes::Bytes::from(out)
 }
 
 /// The last log lines of container `name`, each indented with `  | `.
@@ -719,4 +898,27 @@ async fn http_check(addr: SocketAddr, path: &str) -> Result<(), String> {
             format!(": {body}")
         }
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_of_replicas_are_prefixed_whole() {
+        let mut partial = b"one\ntw".to_vec();
+        assert_eq!(
+            &prefixed_lines("r1", &mut partial, false)[..],
+            b"r1 | one\n"
+        );
+        assert_eq!(partial, b"tw");
+        partial.extend_from_slice(b"o\nthree\nfou");
+        assert_eq!(
+            &prefixed_lines("r1", &mut partial, false)[..],
+            b"r1 | two\nr1 | three\n"
+        );
+        assert_eq!(&prefixed_lines("r1", &mut partial, true)[..], b"r1 | fou\n");
+        assert!(partial.is_empty());
+        assert!(prefixed_lines("r1", &mut partial, false).is_empty());
+    }
 }

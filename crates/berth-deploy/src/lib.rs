@@ -13,8 +13,11 @@
 //! SSH-driven hosts ([`ssh`]) run the same agent, as a container berth installs through
 //! the host's dockerd over the system `ssh`.
 //!
-//! Not yet: agents dialing out (`--connect`), replicas, HTTP/2 and
-//! WebSocket in the proxy, `[network]` settings for agents, locks across agents.
+//! A deploy of a service holds its lock on the host ([`lock`], kept in the agent's state
+//! directory, so an agent process that restarts sees it, and a deploy that died with its
+//! process is cleaned after).
+//!
+//! Not yet: agents dialing out (`--connect`), `[network]` settings for agents.
 #![warn(missing_docs)]
 
 pub mod agent;
@@ -24,6 +27,7 @@ pub mod config;
 pub mod deployer;
 pub mod engine;
 mod error;
+pub mod lock;
 pub mod proxy;
 pub mod ssh;
 

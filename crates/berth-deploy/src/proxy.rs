@@ -1,16 +1,32 @@
 //! The reverse proxy berth runs on each host: one listener per published port, forwarding
-//! HTTP/1.1 to the current container of its service. A deploy switches the target in one
-//! step ([`Proxies::switch`]); requests in flight to the old container finish there, and
+//! to the current containers of its service. A deploy switches the target in one step
+//! ([`Proxies::switch`]); requests in flight to the old containers finish there, and
 //! [`Target::drained`] tells when the last one has. Requests that arrive while a port
 //! has no target yet (before the first healthy container) wait for one, up to
 //! [`WAIT_FOR_TARGET`], instead of failing.
+//!
+//! - **Replicas**: a [`Target`] is every container of one version (`replicas = N`);
+//!   requests go to them in turn, and a replica that refuses the connection passes the
+//!   request to the next one.
+//! - **HTTP/1.1 and HTTP/2**: a connection that opens with HTTP/2's preface (h2c with
+//!   prior knowledge, `curl --http2-prior-knowledge`) is served as HTTP/2; anything
+//!   else as HTTP/1.1. Containers are spoken to in HTTP/1.1 either way: an HTTP/2
+//!   request is sent in origin form with its authority as `Host`. h2c through
+//!   `Upgrade: h2c` is not offered (the request is forwarded as HTTP/1.1 with the header
+//!   removed): hyper cannot answer the upgrading request on stream 1, and clients fall
+//!   back by themselves.
+//! - **Upgrades** (WebSocket, any `Connection: upgrade` of HTTP/1.1): the request goes
+//!   to a container; when it answers `101 Switching Protocols`, the two connections are
+//!   joined byte for byte. The joined connection counts as in flight to its target
+//!   until either side closes it, so a drain waits for it; [`Target::close`] ends
+//!   those still open when the drain's time is up.
 //!
 //! Every request gets its own upstream connection: after a switch nothing can reuse a
 //! kept-alive connection to a container that is going away. Requests carry
 //! `X-Forwarded-For`, `X-Forwarded-Proto` and `X-Forwarded-Host`.
 //!
-//! Not yet: HTTP/2, WebSocket upgrades, TLS termination, handing the target to an
-//! existing proxy.
+//! Not yet: TLS termination (and so h2 over ALPN), WebSockets over HTTP/2 (RFC 8441),
+//! handing the target to an existing proxy.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,10 +36,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::header::{CONNECTION, HOST, HeaderValue, UPGRADE};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
 use crate::error::DeployError;
@@ -42,30 +59,57 @@ type Body = BoxBody<Bytes, hyper::Error>;
 /// A port's current target (none before the first healthy container).
 type Route = watch::Sender<Option<Arc<Target>>>;
 
-/// A container a port forwards to, with the requests in flight to it.
+/// The containers of one version a port forwards to, with the requests and upgraded
+/// connections in flight to them.
 #[derive(Debug)]
 pub struct Target {
-    /// `ip:port` of the container.
-    pub addr: SocketAddr,
+    /// `ip:port` of each replica.
+    pub addrs: Vec<SocketAddr>,
+    next: AtomicUsize,
     inflight: AtomicUsize,
+    upgraded: AtomicUsize,
+    closed: watch::Sender<bool>,
 }
 
 impl Target {
-    /// A target at `addr`.
+    /// A target of one container at `addr`.
     pub fn new(addr: SocketAddr) -> Arc<Target> {
+        Target::pool(vec![addr])
+    }
+
+    /// A target of the replicas at `addrs`, taken in turn.
+    ///
+    /// # Panics
+    /// When `addrs` is empty.
+    pub fn pool(addrs: Vec<SocketAddr>) -> Arc<Target> {
+        assert!(!addrs.is_empty(), "a target has at least one container");
         Arc::new(Target {
-            addr,
+            addrs,
+            next: AtomicUsize::new(0),
             inflight: AtomicUsize::new(0),
+            upgraded: AtomicUsize::new(0),
+            closed: watch::channel(false).0,
         })
     }
 
-    /// Requests being served by it now.
+    /// The replica the next request goes to.
+    fn pick(&self) -> SocketAddr {
+        self.addrs[self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len()]
+    }
+
+    /// Requests being served by it now, upgraded connections included.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::SeqCst)
     }
 
-    /// Waits until no request is in flight to it (after a switch away from it), at most
-    /// `limit`; false when some were still running then.
+    /// Upgraded connections (WebSockets) open to it now.
+    pub fn upgraded(&self) -> usize {
+        self.upgraded.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no request is in flight to it and no upgraded connection is open
+    /// (after a switch away from it), at most `limit`; false when some were still
+    /// running then.
     pub async fn drained(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         while self.inflight() > 0 {
@@ -76,8 +120,15 @@ impl Target {
         }
         true
     }
+
+    /// Closes the upgraded connections still open to it (both sides), when a drain's
+    /// time is up and its containers are about to stop.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
 }
 
+/// Counts one request (or upgraded connection) against a target while it lives.
 struct Guard(Arc<Target>);
 
 impl Drop for Guard {
@@ -164,8 +215,10 @@ async fn serve(listener: tokio::net::TcpListener, rx: watch::Receiver<Option<Arc
         let rx = rx.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| forward(req, peer, rx.clone()));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
+            // HTTP/2's preface (prior knowledge) or HTTP/1.1, upgrades allowed.
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await
             {
                 tracing::debug!(%peer, error = %e, "proxy connection ended");
@@ -192,6 +245,74 @@ async fn current(rx: &mut watch::Receiver<Option<Arc<Target>>>) -> Option<Arc<Ta
     }
 }
 
+/// An HTTP/1.1 request that asks for another protocol on its connection (WebSocket).
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req
+            .headers()
+            .get(UPGRADE)
+            .is_some_and(|v| v.as_bytes() != b"h2c")
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Adds `X-Forwarded-*`, and makes an HTTP/2 request one a container speaking HTTP/1.1
+/// takes: origin-form target, `Host` from the authority.
+fn prepare(req: &mut Request<Incoming>, peer: SocketAddr) {
+    if req.version() == Version::HTTP_2 {
+        if let Some(auth) = req.uri().authority().cloned()
+            && !req.headers().contains_key(HOST)
+            && let Ok(v) = HeaderValue::from_str(auth.as_str())
+        {
+            req.headers_mut().insert(HOST, v);
+        }
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        if let Ok(uri) = path.parse() {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = Version::HTTP_11;
+    } else if req.headers().get(UPGRADE).and_then(|v| v.to_str().ok()) == Some("h2c") {
+        // Not offered (see the module's notes): the request goes on as HTTP/1.1.
+        req.headers_mut().remove(UPGRADE);
+        req.headers_mut().remove("http2-settings");
+    }
+    let headers = req.headers_mut();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = xff.parse() {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let Some(host) = headers.get(HOST).cloned()
+        && !headers.contains_key("x-forwarded-host")
+    {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+async fn connect(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer in {CONNECT_TIMEOUT:?}"),
+            ))
+        })
+}
+
 async fn forward(
     mut req: Request<Incoming>,
     peer: SocketAddr,
@@ -203,28 +324,12 @@ async fn forward(
             "berth proxy: no healthy container for this port yet\n".into(),
         ));
     };
-    let headers = req.headers_mut();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = xff.parse() {
-        headers.insert("x-forwarded-for", v);
-    }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert(
-            "x-forwarded-proto",
-            hyper::header::HeaderValue::from_static("http"),
-        );
-    }
-    if let Some(host) = headers.get(hyper::header::HOST).cloned()
-        && !headers.contains_key("x-forwarded-host")
-    {
-        headers.insert("x-forwarded-host", host);
-    }
+    let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    prepare(&mut req, peer);
     // Count the request against its target before anything else, then look again: a
     // switch that happened meanwhile is seen here, so a drain never misses a request.
-    let (stream, guard) = loop {
+    let mut tried = 0;
+    let (stream, guard, addr) = loop {
         target.inflight.fetch_add(1, Ordering::SeqCst);
         let guard = Guard(target.clone());
         let now = rx.borrow().clone();
@@ -232,29 +337,27 @@ async fn forward(
             && !Arc::ptr_eq(&t, &target)
         {
             target = t;
+            tried = 0;
             continue;
         }
-        let connected =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target.addr))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer in {CONNECT_TIMEOUT:?}"),
-                    ))
-                });
-        match connected {
-            Ok(s) => break (s, guard),
+        let addr = target.pick();
+        match connect(addr).await {
+            Ok(s) => break (s, guard, addr),
             Err(e) => {
-                // Switched away and gone: the new container takes the request (nothing
-                // of it was sent yet).
+                // Switched away and gone: the new containers take the request (nothing
+                // of it was sent yet); else the next replica, once each.
+                tried += 1;
                 let now = rx.borrow().clone();
                 match now {
-                    Some(t) if !Arc::ptr_eq(&t, &target) => target = t,
+                    Some(t) if !Arc::ptr_eq(&t, &target) => {
+                        target = t;
+                        tried = 0;
+                    }
+                    _ if tried < target.addrs.len() => {}
                     _ => {
                         return Ok(answer(
                             StatusCode::BAD_GATEWAY,
-                            format!("berth proxy: container {} unreachable: {e}\n", target.addr),
+                            format!("berth proxy: container {addr} unreachable: {e}\n"),
                         ));
                     }
                 }
@@ -268,27 +371,67 @@ async fn forward(
         Err(e) => {
             return Ok(answer(
                 StatusCode::BAD_GATEWAY,
-                format!("berth proxy: container {}: {e}\n", target.addr),
+                format!("berth proxy: container {addr}: {e}\n"),
             ));
         }
     };
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
-    match sender.send_request(req).await {
-        // The guard lives as long as the response body: draining waits for it.
-        Ok(resp) => Ok(resp.map(move |b| {
-            b.map_frame(move |f| {
-                let _ = &guard;
-                f
-            })
-            .boxed()
-        })),
-        Err(e) => Ok(answer(
-            StatusCode::BAD_GATEWAY,
-            format!("berth proxy: container {}: {e}\n", target.addr),
-        )),
+    let mut resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(answer(
+                StatusCode::BAD_GATEWAY,
+                format!("berth proxy: container {addr}: {e}\n"),
+            ));
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client) = upgrade
+    {
+        let upstream = hyper::upgrade::on(&mut resp);
+        tokio::spawn(join(client, upstream, guard));
+        return Ok(resp.map(|_| Empty::new().map_err(|never| match never {}).boxed()));
     }
+    // The guard lives as long as the response body: draining waits for it.
+    Ok(resp.map(move |b| {
+        b.map_frame(move |f| {
+            let _ = &guard;
+            f
+        })
+        .boxed()
+    }))
+}
+
+/// Joins an upgraded client connection to its container's, byte for byte, until one
+/// side closes or the target is closed; `guard` keeps it counted as in flight.
+async fn join(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    guard: Guard,
+) {
+    let target = guard.0.clone();
+    target.upgraded.fetch_add(1, Ordering::SeqCst);
+    let mut closed = target.closed.subscribe();
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                _ = closed.wait_for(|c| *c) => {
+                    tracing::debug!("upgraded connection closed by the drain");
+                }
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+    target.upgraded.fetch_sub(1, Ordering::SeqCst);
+    drop(guard);
 }
 
 #[cfg(test)]
@@ -296,7 +439,8 @@ mod tests {
     use super::*;
 
     /// An upstream that answers `name`, the X-Forwarded-* it got, after `delay` for
-    /// `/slow`.
+    /// `/slow`; `/seen` answers the version and `Host` it got; `/ws` with a WebSocket
+    /// handshake switches protocols and then echoes what it reads as `name:…`.
     async fn upstream(name: &'static str) -> SocketAddr {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -305,32 +449,105 @@ mod tests {
                 let (s, _) = l.accept().await.unwrap();
                 tokio::spawn(async move {
                     let svc =
-                        hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                            if req.uri().path() == "/slow" {
-                                tokio::time::sleep(Duration::from_millis(300)).await;
-                            }
-                            let h = |k: &str| {
+                        hyper::service::service_fn(move |mut req: Request<Incoming>| async move {
+                            let h = |req: &Request<Incoming>, k: &str| {
                                 req.headers()
                                     .get(k)
                                     .and_then(|v| v.to_str().ok())
                                     .unwrap_or("-")
                                     .to_owned()
                             };
-                            let text = format!(
-                                "{name} {} {} {}",
-                                h("x-forwarded-for"),
-                                h("x-forwarded-proto"),
-                                h("x-forwarded-host")
-                            );
+                            if req.uri().path() == "/ws" && h(&req, "upgrade") == "websocket" {
+                                let on = hyper::upgrade::on(&mut req);
+                                tokio::spawn(async move {
+                                    let mut io = TokioIo::new(on.await.unwrap());
+                                    let mut buf = [0u8; 64];
+                                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                                    loop {
+                                        let n = io.read(&mut buf).await.unwrap_or(0);
+                                        if n == 0 {
+                                            break;
+                                        }
+                                        let mut out = format!("{name}:").into_bytes();
+                                        out.extend_from_slice(&buf[..n]);
+                                        if io.write_all(&out).await.is_err() {
+                                            break;
+                                        }
+                                    }
+                                });
+                                let r = Response::builder()
+                                    .status(101)
+                                    .header("upgrade", "websocket")
+                                    .header("connection", "Upgrade")
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap();
+                                return Ok::<_, Infallible>(r);
+                            }
+                            if req.uri().path() == "/slow" {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
+                            let text = if req.uri().path() == "/seen" {
+                                format!(
+                                    "{name} {:?} {} {}",
+                                    req.version(),
+                                    h(&req, "host"),
+                                    req.uri()
+                                )
+                            } else {
+                                format!(
+                                    "{name} {} {} {}",
+                                    h(&req, "x-forwarded-for"),
+                                    h(&req, "x-forwarded-proto"),
+                                    h(&req, "x-forwarded-host")
+                                )
+                            };
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
                         });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(s), svc)
+                        .with_upgrades()
                         .await;
                 });
             }
         });
         addr
+    }
+
+    /// A WebSocket handshake through the proxy on `port`, then the raw connection.
+    async fn websocket(port: u16) -> tokio::net::TcpStream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: app.example\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            assert_eq!(s.read(&mut b).await.unwrap(), 1, "{head:?}");
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("upgrade: websocket"),
+            "{head}"
+        );
+        s
+    }
+
+    /// Sends `msg` on an upgraded connection and reads the echo.
+    async fn echo(s: &mut tokio::net::TcpStream, msg: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
     async fn get(port: u16, path: &str) -> (u16, String) {
@@ -385,7 +602,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        assert_eq!(old.addr, a);
+        assert_eq!(old.addrs, [a]);
         assert!(get(port, "/").await.1.starts_with("B "));
         assert_eq!(old.inflight(), 1, "the slow request still runs on A");
         assert!(old.drained(Duration::from_secs(10)).await);
@@ -414,5 +631,105 @@ mod tests {
         assert!(!waiting.is_finished());
         proxies.switch(port, Target::new(b)).await.unwrap();
         assert!(waiting.await.unwrap().1.starts_with("B "));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_websocket_survives_a_switch_until_drained() {
+        use tokio::io::AsyncReadExt;
+        let (a, b) = (upstream("A").await, upstream("B").await);
+        let proxies = Proxies::on(IpAddr::from([127, 0, 0, 1]));
+        let port = free_port();
+        proxies.switch(port, Target::new(a)).await.unwrap();
+        let mut ws = websocket(port).await;
+        assert_eq!(echo(&mut ws, "one").await, "A:one");
+        let old = proxies.switch(port, Target::new(b)).await.unwrap().unwrap();
+        assert!(get(port, "/").await.1.starts_with("B "));
+        // The socket still goes to A, and the drain waits for it.
+        assert_eq!(echo(&mut ws, "two").await, "A:two");
+        assert_eq!((old.inflight(), old.upgraded()), (1, 1));
+        assert!(!old.drained(Duration::from_millis(300)).await);
+        assert_eq!(echo(&mut ws, "three").await, "A:three");
+        drop(ws);
+        assert!(old.drained(Duration::from_secs(10)).await);
+        assert_eq!(old.upgraded(), 0);
+
+        // A socket still open when the drain's time is up is closed by `close`.
+        let mut ws = websocket(port).await;
+        assert_eq!(echo(&mut ws, "x").await, "B:x");
+        let old = proxies.switch(port, Target::new(a)).await.unwrap().unwrap();
+        assert!(!old.drained(Duration::from_millis(100)).await);
+        old.close();
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(10), ws.read(&mut buf))
+            .await
+            .expect("the proxy closed the socket")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(old.drained(Duration::from_secs(10)).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_h2c_client_gets_answers() {
+        let a = upstream("A").await;
+        let proxies = Proxies::on(IpAddr::from([127, 0, 0, 1]));
+        let port = free_port();
+        proxies.switch(port, Target::new(a)).await.unwrap();
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for (path, want) in [
+            ("/", format!("A 127.0.0.1 http app.example:{port}")),
+            // The container got HTTP/1.1 in origin form, the authority as Host.
+            (
+                "/seen?q=1",
+                format!("A HTTP/1.1 app.example:{port} /seen?q=1"),
+            ),
+        ] {
+            let req = Request::builder()
+                .uri(format!("http://app.example:{port}{path}"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.version(), Version::HTTP_2);
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(String::from_utf8_lossy(&body), want);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_take_requests_in_turn() {
+        let (a, b) = (upstream("A").await, upstream("B").await);
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let proxies = Proxies::on(IpAddr::from([127, 0, 0, 1]));
+        let port = free_port();
+        proxies
+            .switch(port, Target::pool(vec![a, b]))
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(get(port, "/").await.1[..1].to_owned());
+        }
+        seen.sort();
+        assert_eq!(seen, ["A", "A", "B", "B"]);
+        // A replica that refuses connections passes its requests on.
+        proxies
+            .switch(port, Target::pool(vec![dead, a]))
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            let (status, body) = get(port, "/").await;
+            assert_eq!(status, 200, "{body}");
+            assert!(body.starts_with("A "), "{body}");
+        }
     }
 }

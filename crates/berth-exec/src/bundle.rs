@@ -180,6 +180,14 @@ impl BundleBuilder {
         self
     }
 
+    /// A file berth wrote, bound read-only over `dest` (an `/etc/` file), in any network
+    /// mode; with the host's network it replaces the host's file of that name.
+    pub fn with_etc_file(mut self, file: (&'static str, PathBuf)) -> Self {
+        self.etc.retain(|(dest, _)| *dest != file.0);
+        self.etc.push(file);
+        self
+    }
+
     /// The `config.json` document.
     pub fn spec(&self) -> Result<Spec> {
         self.try_spec()
@@ -205,7 +213,8 @@ impl BundleBuilder {
             Network::Host => {
                 // The host's resolver and hosts file, read-only, as BuildKit does.
                 for f in ["/etc/resolv.conf", "/etc/hosts"] {
-                    if Path::new(f).exists() {
+                    let own = self.etc.iter().any(|(dest, _)| *dest == f);
+                    if !own && Path::new(f).exists() {
                         mounts.push(mount(f, "bind", f, &["rbind", "ro"])?);
                     }
                 }
@@ -217,10 +226,10 @@ impl BundleBuilder {
                     net = net.path(path.clone());
                 }
                 namespaces.push(net.build()?);
-                for (dest, source) in &self.etc {
-                    mounts.push(mount(dest, "bind", source, &["rbind", "ro"])?);
-                }
             }
+        }
+        for (dest, source) in &self.etc {
+            mounts.push(mount(dest, "bind", source, &["rbind", "ro"])?);
         }
         if m.privileged {
             for mnt in mounts.iter_mut() {
@@ -413,6 +422,7 @@ mod tests {
             additional_gids: vec![10, 20],
             hostname: "step".into(),
             network: Network::Isolated,
+            extra_hosts: vec![],
             privileged: false,
         };
         BundleBuilder::new("b-1")
@@ -494,6 +504,32 @@ mod tests {
             normalise(without_etc(got)),
             normalise(without_etc(fixture("host")))
         );
+    }
+
+    /// A hosts file berth wrote (extra hosts) is bound in every network mode, and with
+    /// the host's network it replaces the host's own file rather than stacking on it.
+    #[test]
+    fn own_hosts_file_is_bound_in_every_mode() {
+        for network in [Network::Host, Network::None] {
+            let m = Meta {
+                network,
+                args: vec!["true".into()],
+                ..Meta::default()
+            };
+            let b = BundleBuilder::new("b-4")
+                .unwrap()
+                .with_meta(&m)
+                .with_etc_file(("/etc/hosts", PathBuf::from("/run/b-4/hosts")));
+            let got = json(&b);
+            let hosts: Vec<&Value> = got["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["destination"] == "/etc/hosts")
+                .collect();
+            assert_eq!(hosts.len(), 1, "{network:?}: {hosts:?}");
+            assert_eq!(hosts[0]["source"], "/run/b-4/hosts", "{network:?}");
+        }
     }
 
     /// The fields that make the isolation, read through oci-spec's types.

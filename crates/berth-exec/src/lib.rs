@@ -102,6 +102,9 @@ pub struct Meta {
     pub hostname: String,
     /// Network mode.
     pub network: Network,
+    /// Lines added to the process's `/etc/hosts`, name then address (`docker build
+    /// --add-host`, Earthly's `HOST`), in every network mode.
+    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
     /// Run privileged, as `docker run --privileged`: every capability berth holds, no
     /// seccomp, no masked or read-only paths, the host's devices, `/sys` and cgroups
     /// writable. The step keeps its own namespaces and mounts; an isolated network

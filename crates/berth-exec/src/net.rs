@@ -401,32 +401,53 @@ pub(crate) fn resolv_conf(host: &str) -> String {
     out
 }
 
-/// The step's `/etc/hosts`.
-pub(crate) fn hosts(hostname: &str) -> String {
-    format!(
+/// The step's `/etc/hosts`, with `extra` lines after berth's own.
+pub(crate) fn hosts(hostname: &str, extra: &[(String, IpAddr)]) -> String {
+    let own = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{STEP_ADDR}\t{hostname}\n"
-    )
+    );
+    with_extra_hosts(own, extra)
+}
+
+/// `base` (a hosts file) followed by one line per extra host.
+pub(crate) fn with_extra_hosts(mut base: String, extra: &[(String, IpAddr)]) -> String {
+    if !base.is_empty() && !base.ends_with('\n') {
+        base.push('\n');
+    }
+    for (name, addr) in extra {
+        base.push_str(&format!("{addr}\t{name}\n"));
+    }
+    base
 }
 
 /// Write the step's resolver and hosts files into `dir`; returns (destination, file).
-pub(crate) fn write_etc(dir: &Path, hostname: &str) -> Result<Vec<(&'static str, PathBuf)>> {
+pub(crate) fn write_etc(
+    dir: &Path,
+    hostname: &str,
+    extra: &[(String, IpAddr)],
+) -> Result<Vec<(&'static str, PathBuf)>> {
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let mut out = Vec::new();
-    for (dest, name, text) in [
-        ("/etc/resolv.conf", "resolv.conf", resolv_conf(&host_resolv)),
-        ("/etc/hosts", "hosts", hosts(hostname)),
-    ] {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| Error::Io {
-            op: "write",
-            path: path.clone(),
-            source: e,
-        })?;
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
-        out.push((dest, path));
-    }
-    Ok(out)
+    Ok(vec![
+        write_etc_file(dir, "/etc/resolv.conf", resolv_conf(&host_resolv))?,
+        write_etc_file(dir, "/etc/hosts", hosts(hostname, extra))?,
+    ])
+}
+
+/// Write `text` as the file bound at `dest` (an `/etc/` path) into `dir`, mode 0644.
+pub(crate) fn write_etc_file(
+    dir: &Path,
+    dest: &'static str,
+    text: String,
+) -> Result<(&'static str, PathBuf)> {
+    let path = dir.join(dest.trim_start_matches("/etc/"));
+    std::fs::write(&path, text).map_err(|e| Error::Io {
+        op: "write",
+        path: path.clone(),
+        source: e,
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+    Ok((dest, path))
 }
 
 #[cfg(test)]
@@ -459,6 +480,12 @@ mod tests {
             r,
             "nameserver 10.0.2.3\nsearch corp.example\noptions edns0 trust-ad\n"
         );
-        assert!(hosts("b").contains("10.0.2.100\tb\n"));
+        assert!(hosts("b", &[]).contains("10.0.2.100\tb\n"));
+        let extra = [("db.internal".to_string(), "192.0.2.7".parse().unwrap())];
+        assert!(hosts("b", &extra).ends_with("10.0.2.100\tb\n192.0.2.7\tdb.internal\n"));
+        assert_eq!(
+            with_extra_hosts("127.0.0.1 localhost".into(), &extra),
+            "127.0.0.1 localhost\n192.0.2.7\tdb.internal\n"
+        );
     }
 }

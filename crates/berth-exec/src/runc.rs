@@ -229,8 +229,17 @@ impl Executor for Runc {
                 .with_mounts(mounts)
                 .with_rootfs(&root_dir);
             if let Some(lease) = &lease {
-                let etc = crate::net::write_etc(&config, hostname(meta))?;
+                let etc = crate::net::write_etc(&config, hostname(meta), &meta.extra_hosts)?;
                 bundle = bundle.with_network_namespace(&lease.path(), etc);
+            } else if !meta.extra_hosts.is_empty() {
+                // The host's hosts file (host network) or berth's own, plus the extras.
+                let base = match meta.network {
+                    Network::Host => fs::read_to_string("/etc/hosts").unwrap_or_default(),
+                    _ => crate::net::hosts(hostname(meta), &[]),
+                };
+                let text = crate::net::with_extra_hosts(base, &meta.extra_hosts);
+                let file = crate::net::write_etc_file(&config, "/etc/hosts", text)?;
+                bundle = bundle.with_etc_file(file);
             }
             bundle.build(&config)?;
             let code = self.run_bundle(&id, &config, output);

@@ -166,3 +166,43 @@ fn privileged_processes_need_the_executors_consent() {
     let (code, out, err) = run(&exec, &active.mounts(), &[], &privileged);
     assert_eq!((code, out.as_str()), (0, "mounted\n"), "{err}");
 }
+
+/// Extra hosts reach `/etc/hosts` in every network mode: after berth's own lines in a
+/// namespace of the step's own, after the host's lines with the host's network.
+#[test]
+fn extra_hosts_are_in_etc_hosts_in_every_network_mode() {
+    if !ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_snaps, exec, active) = setup(dir.path(), "h");
+    let extra = vec![
+        ("db.internal".to_string(), "192.0.2.7".parse().unwrap()),
+        ("v6.internal".to_string(), "2001:db8::7".parse().unwrap()),
+    ];
+    let host_file = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    for network in [Network::Isolated, Network::None, Network::Host] {
+        let m = Meta {
+            network,
+            extra_hosts: extra.clone(),
+            ..meta("cat /etc/hosts")
+        };
+        let (code, out, err) = run(&exec, &active.mounts(), &[], &m);
+        assert_eq!(code, 0, "{network:?}: {err}");
+        assert!(
+            out.ends_with("192.0.2.7\tdb.internal\n2001:db8::7\tv6.internal\n"),
+            "{network:?}: {out}"
+        );
+        assert!(out.contains("localhost"), "{network:?}: {out}");
+        if network == Network::Host {
+            assert!(out.starts_with(host_file.trim_end()), "{out}");
+        }
+    }
+    // Without extras, the host's network keeps the host's file as it is.
+    let m = Meta {
+        network: Network::Host,
+        ..meta("cat /etc/hosts")
+    };
+    let (_, out, _) = run(&exec, &active.mounts(), &[], &m);
+    assert_eq!(out, host_file);
+}

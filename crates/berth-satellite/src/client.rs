@@ -11,7 +11,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -554,8 +554,10 @@ impl Connection {
 pub struct RemoteBuild {
     /// The context directory on this machine.
     pub context: PathBuf,
-    /// The Dockerfile on this machine.
-    pub dockerfile: PathBuf,
+    /// The Dockerfile on this machine; `None` for an Earthfile build (the request's
+    /// `frontend` is `earthfile`), whose context is the folder berth runs in and whose
+    /// ignore file is that folder's `.earthlyignore` (or `.earthignore`).
+    pub dockerfile: Option<PathBuf>,
     /// Where the client keeps its file hashes between builds.
     pub sums: PathBuf,
     /// The request (context, snapshot and Dockerfile fields are filled in here).
@@ -576,10 +578,124 @@ pub struct RemoteResult {
     pub uploaded_files: u64,
     /// Bytes uploaded.
     pub uploaded_bytes: u64,
+    /// Earthfile builds: the `SAVE ARTIFACT … AS LOCAL` outputs written on this machine.
+    pub artifacts: Vec<PathBuf>,
+}
+
+/// The `SAVE ARTIFACT … AS LOCAL` outputs of an Earthfile build as they arrive: each
+/// one's tar stream goes into a staging folder beside its place, is unpacked there when
+/// complete and then moved into place as a local build moves it.
+struct Locals {
+    /// The folder the build was run in; outputs are relative to it.
+    base: PathBuf,
+    open: HashMap<
+        u32,
+        (
+            berth_build::Staging,
+            std::fs::File,
+            berth_build::LocalOutput,
+        ),
+    >,
+    written: Vec<PathBuf>,
+}
+
+impl Locals {
+    async fn piece(&mut self, p: proto::LocalArtifact) -> Result<(), SatError> {
+        use std::io::Write;
+        let bad = |e: berth_build::BuildError| SatError::Internal(e.to_string());
+        if !self.open.contains_key(&p.index) {
+            let dest = if p.dest.starts_with('/') {
+                p.dest.clone()
+            } else {
+                let mut d = self.base.join(&p.dest).display().to_string();
+                if p.dest.ends_with('/') && !d.ends_with('/') {
+                    d.push('/');
+                }
+                d
+            };
+            let staging = berth_build::local_staging(Path::new(&dest)).map_err(bad)?;
+            let tar = staging.path().join("artifact.tar");
+            let file = std::fs::File::create(&tar).map_err(SatError::io("create", &tar))?;
+            let output = berth_build::LocalOutput {
+                dest,
+                glob: p.glob,
+                name: p.name.clone(),
+            };
+            self.open.insert(p.index, (staging, file, output));
+        }
+        let (staging, file, _) = self.open.get_mut(&p.index).expect("inserted above");
+        let tar = staging.path().join("artifact.tar");
+        file.write_all(&p.data)
+            .map_err(SatError::io("write", &tar))?;
+        if !p.last {
+            return Ok(());
+        }
+        let (staging, file, output) = self.open.remove(&p.index).expect("inserted above");
+        drop(file);
+        let dest = PathBuf::from(&output.dest);
+        tokio::task::spawn_blocking(move || -> Result<(), SatError> {
+            let tar = staging.path().join("artifact.tar");
+            let f = std::fs::File::open(&tar).map_err(SatError::io("open", &tar))?;
+            let mut archive = tar::Archive::new(std::io::BufReader::new(f));
+            archive.set_preserve_permissions(true);
+            archive.set_preserve_mtime(true);
+            archive.set_preserve_ownerships(rustix::process::geteuid().is_root());
+            archive
+                .unpack(staging.path())
+                .map_err(SatError::io("unpack an artifact into", staging.path()))?;
+            std::fs::remove_file(&tar).map_err(SatError::io("remove", &tar))?;
+            berth_build::place_local_output(staging.path(), &output).map_err(bad)
+        })
+        .await
+        .map_err(|e| SatError::Internal(e.to_string()))??;
+        self.written.push(dest);
+        Ok(())
+    }
+}
+
+/// The registry hosts an Earthfile build may push to, as the client guesses them to
+/// send its credentials along (`--push` from a satellite): every word of the invoked
+/// Earthfile's `text` and every `--ARG` value that reads as an image reference with an
+/// explicit registry host (`host.domain/…`, `host:port/…`, `localhost/…`), or as such a
+/// host alone (`--ARG` values, and `host:port` in the Earthfile). Names built
+/// from variables the Earthfile assembles from parts are not seen; pass such a host as
+/// an ARG value, or log in on the satellite.
+pub fn earthfile_registry_hosts<'a>(
+    text: &'a str,
+    args: impl IntoIterator<Item = &'a str>,
+) -> std::collections::BTreeSet<String> {
+    let mut hosts = std::collections::BTreeSet::new();
+    let words = text
+        .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '=' | ',' | '[' | ']'))
+        .map(|w| (w, false))
+        .chain(args.into_iter().map(|w| (w, true)));
+    for (w, is_arg) in words {
+        let (host, rest) = match w.split_once('/') {
+            Some(split) => split,
+            // `--REGISTRY=host:5000` and `ARG REGISTRY=host:5000`: a host alone, as
+            // ARGs that name one are written; in the Earthfile only with a port.
+            None if is_arg
+                || w.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
+            {
+                (w, "x")
+            }
+            None => continue,
+        };
+        let explicit = host.contains('.') || host.contains(':') || host == "localhost";
+        if !explicit || rest.is_empty() || host.contains('$') {
+            continue;
+        }
+        if let Ok(r) = format!("{host}/{rest}").parse::<berth_oci::Reference>() {
+            hosts.insert(r.registry);
+        }
+    }
+    hosts
 }
 
 /// What a build sends besides file contents, read on this machine once: the context's
-/// entries (hashed through the client's sum cache), the Dockerfile and its ignore file.
+/// entries (hashed through the client's sum cache), the Dockerfile and its ignore file
+/// (an Earthfile build: no Dockerfile, the folder's `.earthlyignore`).
 /// Pool members are probed with it, and the build on the chosen one reuses it.
 #[derive(Debug, Clone)]
 pub struct Described {
@@ -587,9 +703,9 @@ pub struct Described {
     pub entries: Vec<Entry>,
     /// The name this client gives the context on satellites (its absolute path).
     pub context_name: String,
-    /// The Dockerfile's text and file name.
+    /// The Dockerfile's text; empty for an Earthfile build.
     pub dockerfile_text: String,
-    /// The Dockerfile's file name.
+    /// The Dockerfile's file name; empty for an Earthfile build.
     pub dockerfile_name: String,
     /// The ignore file's text, if there is one.
     pub ignore_text: Option<String>,
@@ -598,25 +714,42 @@ pub struct Described {
 /// Reads and lists what `b` sends: the Dockerfile, its ignore file, the context's
 /// entries.
 pub async fn describe(b: &RemoteBuild) -> Result<Described, SatError> {
-    let dockerfile_name = b
-        .dockerfile
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "Dockerfile".into());
-    let own_ignore = b
-        .dockerfile
-        .with_file_name(format!("{dockerfile_name}.dockerignore"));
-    let ignore_text = [own_ignore, b.context.join(".dockerignore")]
+    let (dockerfile_name, ignore_files, dockerfile_text) = match &b.dockerfile {
+        Some(dockerfile) => {
+            let name = dockerfile
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "Dockerfile".into());
+            let own_ignore = dockerfile.with_file_name(format!("{name}.dockerignore"));
+            let text = std::fs::read_to_string(dockerfile).map_err(|e| {
+                SatError::BadRequest(format!(
+                    "read {}: {e}; pass the Dockerfile with -f",
+                    dockerfile.display()
+                ))
+            })?;
+            (
+                name,
+                vec![own_ignore, b.context.join(".dockerignore")],
+                text,
+            )
+        }
+        // An Earthfile build sends the folder as its root Earthfile sees it; folders
+        // of other Earthfiles in it keep their own ignore files, applied on the
+        // satellite.
+        None => (
+            String::new(),
+            vec![
+                b.context.join(".earthlyignore"),
+                b.context.join(".earthignore"),
+            ],
+            String::new(),
+        ),
+    };
+    let ignore_text = ignore_files
         .into_iter()
         .find(|p| p.is_file())
         .map(|p| std::fs::read_to_string(&p).map_err(SatError::io("read", &p)))
         .transpose()?;
-    let dockerfile_text = std::fs::read_to_string(&b.dockerfile).map_err(|e| {
-        SatError::BadRequest(format!(
-            "read {}: {e}; pass the Dockerfile with -f",
-            b.dockerfile.display()
-        ))
-    })?;
     let (context, sums, ignore) = (
         b.context.clone(),
         b.sums.clone(),
@@ -664,6 +797,7 @@ pub async fn probe(
             source_date_epoch: request.source_date_epoch,
             allow: request.allow.clone(),
             context: d.context_name.clone(),
+            frontend: request.frontend.clone(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -780,7 +914,9 @@ pub async fn build_described(
     b.request.snapshot = prepared.snapshot;
     b.request.dockerfile = dockerfile_text;
     b.request.dockerfile_name = dockerfile_name;
-    b.request.dockerignore = ignore_text;
+    if b.dockerfile.is_some() {
+        b.request.dockerignore = ignore_text;
+    }
     // `--ssh`: an SshAgent session first, its id in the request; it relays the steps'
     // agent connections to the agents here while the build runs.
     let _agents = if b.ssh.is_empty() {
@@ -803,6 +939,11 @@ pub async fn build_described(
         )))
     };
     let mut stream = conn.grpc.build(b.request).await.map_err(err)?.into_inner();
+    let mut locals = Locals {
+        base: b.context.clone(),
+        open: HashMap::new(),
+        written: Vec::new(),
+    };
     while let Some(msg) = stream.next().await {
         let ev = msg.map_err(err)?;
         let Some(ev) = ev.event else { continue };
@@ -814,7 +955,12 @@ pub async fn build_described(
                     entries: entries.len(),
                     uploaded_files,
                     uploaded_bytes,
+                    artifacts: locals.written,
                 });
+            }
+            Ev::Local(piece) => {
+                locals.piece(piece).await?;
+                continue;
             }
             Ev::Started(s) => berth_build::Event::Started {
                 id: step(s.id),
@@ -854,4 +1000,28 @@ pub async fn build_described(
         "satellite {} ended the build without a result (did it stop?)",
         conn.address
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn push_hosts_are_found_in_the_earthfile_and_args() {
+        let text = "VERSION 0.8\nFROM busybox:1.36\nimage:\n  SAVE IMAGE --push registry.example.com/team/app:1 \"localhost:5000/x:y\"\n  ARG REG=other.invalid\n  ARG MIRROR=mirror.invalid:5002\n  SAVE IMAGE --push $REG/app\n";
+        let hosts = super::earthfile_registry_hosts(
+            text,
+            ["127.0.0.1:5001/a/b:c", "plain", "reg.invalid:5003", "1.2"],
+        );
+        let got: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        assert_eq!(
+            got,
+            [
+                "1.2",
+                "127.0.0.1:5001",
+                "localhost:5000",
+                "mirror.invalid:5002",
+                "reg.invalid:5003",
+                "registry.example.com"
+            ]
+        );
+    }
 }

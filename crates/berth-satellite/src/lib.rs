@@ -30,8 +30,8 @@ mod ssh;
 
 pub use client::{
     Connection, Described, Enrolled, Enrollments, Refusal, RemoteBuild, RemoteResult,
-    SatelliteProbe, build, build_described, connect, connect_watched, describe, probe,
-    remote_error,
+    SatelliteProbe, build, build_described, connect, connect_watched, describe,
+    earthfile_registry_hosts, probe, remote_error,
 };
 pub use config::SatelliteConfig;
 pub use error::SatError;

@@ -190,6 +190,32 @@ pub struct BuildRequest {
     pub pull: bool,
     #[prost(uint64, optional, tag = "20")]
     pub resolve_ttl_secs: ::core::option::Option<u64>,
+    /// Extra /etc/hosts lines for every RUN (`--add-host`), as NAME=ADDRESS.
+    #[prost(string, repeated, tag = "90")]
+    pub extra_hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// "" (or "dockerfile"): the Dockerfile fields above. "earthfile": an Earthfile target
+    /// run over the context, whose root is the folder `berth +target` ran in; `target` is
+    /// the reference (`+t`, `./dir+t`) and `build_args` its `--NAME=value`s; the Dockerfile
+    /// fields and `tags` are unused.
+    #[prost(string, tag = "21")]
+    pub frontend: ::prost::alloc::string::String,
+    /// Earthfile builds: `--ci`, `--strict`, `--no-output` (no SAVE ARTIFACT … AS LOCAL
+    /// comes back), and `--image` (only the invoked target's images).
+    #[prost(bool, tag = "22")]
+    pub ci: bool,
+    #[prost(bool, tag = "23")]
+    pub strict: bool,
+    #[prost(bool, tag = "24")]
+    pub no_output: bool,
+    #[prost(bool, tag = "25")]
+    pub image_only: bool,
+    /// `--artifact +target/path dest`: only that artifact (`path` may end in `*`) comes back,
+    /// for the client's `dest` (absolute on the client; a trailing `/` puts it into that
+    /// folder), as a LocalArtifact.
+    #[prost(string, tag = "26")]
+    pub artifact: ::prost::alloc::string::String,
+    #[prost(string, tag = "27")]
+    pub artifact_dest: ::prost::alloc::string::String,
 }
 /// One frame of an SshAgent session.
 #[allow(clippy::all)]
@@ -228,15 +254,15 @@ pub struct Step {
     pub name: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct BuildEvent {
-    #[prost(oneof = "build_event::Event", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "build_event::Event", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub event: ::core::option::Option<build_event::Event>,
 }
 /// Nested message and enum types in `BuildEvent`.
 pub mod build_event {
     #[allow(clippy::all)]
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Event {
         #[prost(message, tag = "1")]
         Started(super::Step),
@@ -252,7 +278,51 @@ pub mod build_event {
         Failed(super::Step),
         #[prost(message, tag = "7")]
         Result(super::BuildResult),
+        #[prost(message, tag = "8")]
+        Local(super::LocalArtifact),
     }
+}
+/// A piece of a `SAVE ARTIFACT … AS LOCAL` output of an Earthfile build, for the client to
+/// write. Each output is a tar stream of a folder holding it as `out/<name>` (or, for a
+/// wildcard, every match in `out/`), cut into pieces sent in order; `last` ends it.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LocalArtifact {
+    /// Numbers the outputs of one build; the pieces of one output share it.
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    /// Where it goes, relative to the context's root, `/`-separated (it may climb out with
+    /// `../`, as a local build may write there); a trailing `/` means "into this folder".
+    #[prost(string, tag = "2")]
+    pub dest: ::prost::alloc::string::String,
+    /// The source had wildcards: every entry of `out/` goes into the folder `dest`.
+    #[prost(bool, tag = "3")]
+    pub glob: bool,
+    /// The artifact's name in `out/` (one path).
+    #[prost(string, tag = "4")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "5")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bool, tag = "6")]
+    pub last: bool,
+}
+/// An image an Earthfile build saved (`SAVE IMAGE`), in the satellite's store under its
+/// name, where the client fetches it over the registry API.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SavedImage {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub manifest: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub image_id: ::prost::alloc::string::String,
+    /// `SAVE IMAGE --push`.
+    #[prost(bool, tag = "4")]
+    pub push: bool,
+    /// With `--push`: where it went, `registry/repository@digest`.
+    #[prost(string, tag = "5")]
+    pub pushed: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -286,7 +356,7 @@ pub struct StepDone {
     pub elapsed_ms: u64,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct BuildResult {
     #[prost(string, tag = "1")]
     pub manifest: ::prost::alloc::string::String,
@@ -297,6 +367,12 @@ pub struct BuildResult {
     /// What was pushed: `registry/repository@digest` per tag.
     #[prost(string, repeated, tag = "4")]
     pub pushed: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Earthfile builds: the images saved (`manifest`, `image_id` and `layers` are then
+    /// unset), and the targets lowered.
+    #[prost(message, repeated, tag = "5")]
+    pub images: ::prost::alloc::vec::Vec<SavedImage>,
+    #[prost(uint32, tag = "6")]
+    pub targets: u32,
 }
 /// A build as PrepareContext and Build would describe it, without file contents.
 #[allow(clippy::all)]
@@ -326,6 +402,10 @@ pub struct ProbeRequest {
     /// of it holds exactly these entries, keys are computed over the tree itself.
     #[prost(string, tag = "10")]
     pub context: ::prost::alloc::string::String,
+    /// As in BuildRequest: "earthfile" builds are not counted (the answer says so), but
+    /// their answer still carries running builds and load.
+    #[prost(string, tag = "11")]
+    pub frontend: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

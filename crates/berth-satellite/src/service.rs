@@ -1,6 +1,7 @@
 //! The gRPC control API (see `proto/satellite.proto`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -320,6 +321,13 @@ impl proto::satellite_server::Satellite for Service {
         self.refuse_if_draining()?;
         let r = req.into_inner();
         let client = who.display_name();
+        if !matches!(r.frontend.as_str(), "" | "dockerfile" | "earthfile") {
+            return Err(Status::invalid_argument(format!(
+                "frontend {:?} is not one this satellite knows (dockerfile, earthfile); \
+                 update berth on the satellite",
+                r.frontend
+            )));
+        }
         let allow = entitlements(&r.allow, &self.sat.inner.allow).inspect_err(|e| {
             tracing::info!(%client, error = %e.message(), "build refused");
         })?;
@@ -333,8 +341,11 @@ impl proto::satellite_server::Satellite for Service {
             let started = Instant::now();
             tracing::info!(%client, build = %id, context = %r.context, "build started");
             let cancel = berth_build::Cancel::default();
-            let result =
-                run_build(&sat, &id, &client, contexts, r, allow, &cancel, tx.clone()).await;
+            let result = if r.frontend == "earthfile" {
+                run_earth(&sat, &id, &client, contexts, r, allow, &cancel, tx.clone()).await
+            } else {
+                run_build(&sat, &id, &client, contexts, r, allow, &cancel, tx.clone()).await
+            };
             sat.inner.builds.lock().expect("builds lock").remove(&id);
             let outcome = match &result {
                 Ok(_) => Outcome::Ok,
@@ -346,7 +357,11 @@ impl proto::satellite_server::Satellite for Service {
             let duration_ms = started.elapsed().as_millis() as u64;
             let msg = match result {
                 Ok(res) => {
-                    tracing::info!(%client, build = %id, duration_ms, result = outcome.as_str(), image = %res.manifest, "build ended");
+                    let image = match res.images.first() {
+                        Some(i) if res.manifest.is_empty() => &i.manifest,
+                        _ => &res.manifest,
+                    };
+                    tracing::info!(%client, build = %id, duration_ms, result = outcome.as_str(), %image, "build ended");
                     Ok(proto::BuildEvent {
                         event: Some(Ev::Result(res)),
                     })
@@ -377,6 +392,18 @@ impl Service {
         who: &CertInfo,
         r: proto::ProbeRequest,
     ) -> Result<berth_build::CacheProbe, String> {
+        // An Earthfile build's keys come from several targets and Earthfiles, lowered
+        // with imports and remote references: not counted. A pool ranks the answer
+        // after counted ones, by running builds and load.
+        match r.frontend.as_str() {
+            "" | "dockerfile" => {}
+            "earthfile" => return Err("Earthfile builds are not counted".into()),
+            other => {
+                return Err(format!(
+                    "frontend {other:?} is not one this satellite knows"
+                ));
+            }
+        }
         let allow =
             entitlements(&r.allow, &self.sat.inner.allow).map_err(|s| s.message().to_owned())?;
         let contexts = self.contexts(who);
@@ -562,19 +589,17 @@ fn to_proto(e: Event) -> proto::BuildEvent {
     proto::BuildEvent { event: Some(event) }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_build(
+/// The context's tree brought to the snapshot the client prepared, and held for this
+/// build (a context's tree is locked while a build uses it); the client's other
+/// contexts make room, oldest first, unless a build uses them.
+async fn checkout(
     sat: &Satellite,
-    id: &str,
-    client: &str,
-    contexts: ClientContexts,
-    r: proto::BuildRequest,
-    allow: Vec<Entitlement>,
-    cancel: &berth_build::Cancel,
-    tx: mpsc::Sender<Result<proto::BuildEvent, Status>>,
-) -> Result<proto::BuildResult, SatError> {
+    contexts: &ClientContexts,
+    context: &str,
+    snapshot: &str,
+) -> Result<(tokio::sync::OwnedMutexGuard<()>, PathBuf), SatError> {
     let lock = {
-        let key = contexts.context_path(&r.context);
+        let key = contexts.context_path(context);
         sat.inner
             .contexts
             .lock()
@@ -583,14 +608,13 @@ async fn run_build(
             .or_default()
             .clone()
     };
-    let _held = lock.lock().await;
+    let held = lock.lock_owned().await;
     let tree = {
-        let (contexts, name, snap) = (contexts.clone(), r.context.clone(), r.snapshot.clone());
+        let (contexts, name, snap) = (contexts.clone(), context.to_owned(), snapshot.to_owned());
         tokio::task::spawn_blocking(move || contexts.materialize(&name, &snap))
             .await
             .map_err(|e| SatError::Internal(e.to_string()))??
     };
-    // The client's other contexts make room, oldest first, unless a build uses them.
     {
         let (contexts, sat2, cap) = (contexts.clone(), sat.clone(), sat.inner.context_cache);
         let removed = tokio::task::spawn_blocking(move || {
@@ -609,6 +633,160 @@ async fn run_build(
             tracing::info!(context = %dir.display(), "context evicted (over the per-client cap)");
         }
     }
+    Ok((held, tree))
+}
+
+/// A task forwarding the build's events to the client (and counting its steps for
+/// /metrics): the sender the build's progress gets, and the task, which ends when every
+/// sender is dropped.
+fn forward_events(
+    sat: &Satellite,
+    tx: &mpsc::Sender<Result<proto::BuildEvent, Status>>,
+) -> (mpsc::UnboundedSender<Event>, tokio::task::JoinHandle<()>) {
+    let (etx, mut erx) = mpsc::unbounded_channel();
+    let tx = tx.clone();
+    let sat = sat.clone();
+    let task = tokio::spawn(async move {
+        // Steps started and not yet ended: the running-steps gauge gives them back
+        // when the build ends without closing them (canceled).
+        let mut open = std::collections::HashSet::new();
+        let metrics = &sat.inner.metrics;
+        let mut client_gone = false;
+        while let Some(e) = erx.recv().await {
+            match &e {
+                Event::Started { id, .. } if open.insert(*id) => metrics.step_started(),
+                Event::Done { id, .. } | Event::Failed { id, .. } if open.remove(id) => {
+                    metrics.step_ended(matches!(e, Event::Failed { .. }));
+                }
+                Event::Cached { .. } => metrics.step_cached(),
+                _ => {}
+            }
+            // Events keep being counted after the client left.
+            if !client_gone && tx.send(Ok(to_proto(e))).await.is_err() {
+                client_gone = true;
+            }
+        }
+        metrics.steps_abandoned(open.len());
+    });
+    (etx, task)
+}
+
+/// Secrets as the request carries them: values, kept in memory.
+fn secret_values(secrets: HashMap<String, Vec<u8>>) -> HashMap<String, SecretSource> {
+    secrets
+        .into_iter()
+        .map(|(k, v)| (k, SecretSource::Value(Arc::from(v))))
+        .collect()
+}
+
+/// The client a build pulls base images with: mirrors and per-registry TLS of
+/// [registries], the satellite's own Docker credentials.
+fn pull_client(sat: &Satellite, network: &berth_net::Network) -> berth_client::Client {
+    berth_client::Client::new(berth_client::ClientConfig {
+        hosts: sat.inner.config.hosts(),
+        docker_config: berth_client::DockerConfig::load(),
+        credentials: HashMap::new(),
+        network: network.clone(),
+    })
+    .with_scheme_memory(sat.inner.dirs.root.join("resolved").join("_schemes"))
+}
+
+/// The client a push from the satellite goes out with: the client's credentials serve
+/// this push and go with it; nothing is stored.
+fn push_client(
+    sat: &Satellite,
+    network: berth_net::Network,
+    credentials: HashMap<String, proto::Credential>,
+) -> berth_client::Client {
+    let credentials = credentials
+        .into_iter()
+        .map(|(host, c)| {
+            (
+                host,
+                berth_client::Credentials {
+                    username: c.username,
+                    password: c.password,
+                },
+            )
+        })
+        .collect();
+    berth_client::Client::new(berth_client::ClientConfig {
+        credentials,
+        hosts: sat.inner.config.hosts(),
+        network,
+        ..Default::default()
+    })
+}
+
+fn compression(name: &str) -> berth_build::Compression {
+    match name {
+        "zstd" => berth_build::Compression::Zstd,
+        "none" | "uncompressed" => berth_build::Compression::Uncompressed,
+        _ => berth_build::Compression::Gzip,
+    }
+}
+
+/// A fresh executor for one build, registered as running (so drain and cancel reach
+/// its containers). Privileged steps only for a build granted security.insecure
+/// (asked for, and allowed by the operator), whatever its frontend checked.
+fn build_executor(
+    sat: &Satellite,
+    id: &str,
+    client: &str,
+    allow: &[Entitlement],
+    cancel: &berth_build::Cancel,
+) -> Result<Arc<dyn berth_exec::Executor>, SatError> {
+    let privileged = allow.contains(&Entitlement::SecurityInsecure);
+    let executor: Arc<dyn berth_exec::Executor> = Arc::new(
+        berth_exec::Runc::new(&sat.inner.dirs.root.join("exec"))
+            .map_err(berth_build::BuildError::from)?
+            .with_privileged(privileged),
+    );
+    sat.inner.builds.lock().expect("builds lock").insert(
+        id.to_owned(),
+        RunningBuild {
+            client: client.to_owned(),
+            cancel: cancel.clone(),
+            executor: executor.clone(),
+        },
+    );
+    Ok(executor)
+}
+
+/// Runs `build` to its end; a client that goes away (Ctrl-C, lost connection) cancels
+/// it first.
+async fn until_done<T>(
+    build: impl std::future::Future<Output = berth_build::Result<T>>,
+    tx: &mpsc::Sender<Result<proto::BuildEvent, Status>>,
+    cancel: &berth_build::Cancel,
+    executor: &dyn berth_exec::Executor,
+    client: &str,
+    id: &str,
+) -> berth_build::Result<T> {
+    let mut build = std::pin::pin!(build);
+    tokio::select! {
+        r = &mut build => r,
+        () = tx.closed() => {
+            tracing::info!(%client, build = %id, "client disconnected: canceling its build");
+            cancel.cancel();
+            executor.cancel();
+            build.await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_build(
+    sat: &Satellite,
+    id: &str,
+    client: &str,
+    contexts: ClientContexts,
+    r: proto::BuildRequest,
+    allow: Vec<Entitlement>,
+    cancel: &berth_build::Cancel,
+    tx: mpsc::Sender<Result<proto::BuildEvent, Status>>,
+) -> Result<proto::BuildResult, SatError> {
+    let (_held, tree) = checkout(sat, &contexts, &r.context, &r.snapshot).await?;
     // The Dockerfile (and its own ignore file) live beside the context, for this build.
     let build_dir = sat
         .inner
@@ -657,52 +835,24 @@ async fn run_build(
         }
     }
 
-    let (etx, mut erx) = mpsc::unbounded_channel();
-    let forward = {
-        let tx = tx.clone();
-        let sat = sat.clone();
-        tokio::spawn(async move {
-            // Steps started and not yet ended: the running-steps gauge gives them back
-            // when the build ends without closing them (canceled).
-            let mut open = std::collections::HashSet::new();
-            let metrics = &sat.inner.metrics;
-            let mut client_gone = false;
-            while let Some(e) = erx.recv().await {
-                match &e {
-                    Event::Started { id, .. } if open.insert(*id) => metrics.step_started(),
-                    Event::Done { id, .. } | Event::Failed { id, .. } if open.remove(id) => {
-                        metrics.step_ended(matches!(e, Event::Failed { .. }));
-                    }
-                    Event::Cached { .. } => metrics.step_cached(),
-                    _ => {}
-                }
-                // Events keep being counted after the client left.
-                if !client_gone && tx.send(Ok(to_proto(e))).await.is_err() {
-                    client_gone = true;
-                }
-            }
-            metrics.steps_abandoned(open.len());
-        })
-    };
+    let (etx, forward) = forward_events(sat, &tx);
     let cancel = cancel.clone();
-    let secrets: HashMap<String, SecretSource> = r
-        .secrets
-        .into_iter()
-        .map(|(k, v)| (k, SecretSource::Value(Arc::from(v))))
-        .collect();
     let tags = r.tags.clone();
+    let extra_hosts = r
+        .extra_hosts
+        .iter()
+        .map(|h| berth_build::parse_extra_host(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SatError::BadRequest)?;
     // The satellite's environment with [network] of its config on top.
     let network = sat.inner.config.network();
-    // Privileged steps only for a build granted security.insecure (asked for, and
-    // allowed by the operator), whatever its frontend checked.
-    let privileged = allow.contains(&Entitlement::SecurityInsecure);
     let opts = BuildOptions {
         dockerfile,
         context: tree,
         tags: r.tags,
         target: (!r.target.is_empty()).then_some(r.target),
         build_args: r.build_args.into_iter().collect::<BTreeMap<_, _>>(),
-        secrets,
+        secrets: secret_values(r.secrets),
         ssh,
         no_cache: r.no_cache,
         source_date_epoch: r.source_date_epoch,
@@ -712,28 +862,16 @@ async fn run_build(
         outputs: Vec::new(),
         progress: Arc::new(Forward(etx)),
         cancel: cancel.clone(),
-        client: Some(Arc::new(
-            berth_client::Client::new(berth_client::ClientConfig {
-                // Mirrors and per-registry TLS of [registries], for base-image pulls.
-                hosts: sat.inner.config.hosts(),
-                docker_config: berth_client::DockerConfig::load(),
-                credentials: HashMap::new(),
-                network: network.clone(),
-            })
-            .with_scheme_memory(sat.inner.dirs.root.join("resolved").join("_schemes")),
-        )),
+        client: Some(Arc::new(pull_client(sat, &network))),
         // As a local build: stored tags are used as they are unless the client asks.
         resolve: berth_build::ResolvePolicy {
             pull: r.pull,
             ttl: r.resolve_ttl_secs.map(std::time::Duration::from_secs),
         },
-        compression: match r.compression.as_str() {
-            "zstd" => berth_build::Compression::Zstd,
-            "none" | "uncompressed" => berth_build::Compression::Uncompressed,
-            _ => berth_build::Compression::Gzip,
-        },
+        compression: compression(&r.compression),
         force_compression: r.force_compression,
-        allow,
+        allow: allow.clone(),
+        extra_hosts,
         ca_bundle: None,
         step_slots: None,
     };
@@ -746,71 +884,24 @@ async fn run_build(
         ..opts
     };
     let root = sat.inner.dirs.root.clone();
-    let executor: Arc<dyn berth_exec::Executor> = Arc::new(
-        berth_exec::Runc::new(&root.join("exec"))
-            .map_err(berth_build::BuildError::from)?
-            .with_privileged(privileged),
-    );
-    sat.inner.builds.lock().expect("builds lock").insert(
-        id.to_owned(),
-        RunningBuild {
-            client: client.to_owned(),
-            cancel: cancel.clone(),
-            executor: executor.clone(),
-        },
-    );
-    let mut build = Box::pin(berth_build::build(
-        &root,
-        sat.inner.store.clone(),
-        executor.clone(),
-        opts,
-    ));
-    let result = tokio::select! {
-        r = &mut build => r,
-        () = tx.closed() => {
-            // The client went away (Ctrl-C, lost connection): stop the build.
-            tracing::info!(%client, build = %id, "client disconnected: canceling its build");
-            cancel.cancel();
-            executor.cancel();
-            (&mut build).await
-        }
-    };
-    // The build holds the event sender: drop it so the forwarder sees the end.
-    drop(build);
+    let executor = build_executor(sat, id, client, &allow, &cancel)?;
+    let result = until_done(
+        berth_build::build(&root, sat.inner.store.clone(), executor.clone(), opts),
+        &tx,
+        &cancel,
+        executor.as_ref(),
+        client,
+        id,
+    )
+    .await;
+    // The build held the event sender: the forwarder has seen the end.
     let _ = forward.await;
     let res = result?;
     let mut pushed = Vec::new();
     if r.push {
-        // The client's credentials serve this push and go with it: nothing is stored.
-        let credentials = r
-            .credentials
-            .into_iter()
-            .map(|(host, c)| {
-                (
-                    host,
-                    berth_client::Credentials {
-                        username: c.username,
-                        password: c.password,
-                    },
-                )
-            })
-            .collect();
-        let client = berth_client::Client::new(berth_client::ClientConfig {
-            credentials,
-            hosts: sat.inner.config.hosts(),
-            network,
-            ..Default::default()
-        });
+        let client = push_client(sat, network, r.credentials);
         for t in &tags {
-            let dest: berth_oci::Reference = t
-                .parse()
-                .map_err(|e| SatError::BadRequest(format!("--push to {t}: {e}")))?;
-            let digest =
-                berth_build::push_image(&sat.inner.store, &client, &res.manifest, &dest, &|line| {
-                    tracing::debug!("{line}")
-                })
-                .await?;
-            pushed.push(format!("{}/{}@{digest}", dest.registry, dest.repository));
+            pushed.push(push_one(sat, &client, &res.manifest, t).await?);
         }
     }
     Ok(proto::BuildResult {
@@ -818,7 +909,259 @@ async fn run_build(
         image_id: res.image_id.to_string(),
         layers: res.layers as u32,
         pushed,
+        ..Default::default()
     })
+}
+
+/// Pushes `manifest` from the satellite's store to `name`: `registry/repository@digest`.
+async fn push_one(
+    sat: &Satellite,
+    client: &berth_client::Client,
+    manifest: &berth_oci::Digest,
+    name: &str,
+) -> Result<String, SatError> {
+    let dest: berth_oci::Reference = name
+        .parse()
+        .map_err(|e| SatError::BadRequest(format!("--push to {name}: {e}")))?;
+    let digest = berth_build::push_image(&sat.inner.store, client, manifest, &dest, &|line| {
+        tracing::debug!("{line}")
+    })
+    .await?;
+    Ok(format!("{}/{}@{digest}", dest.registry, dest.repository))
+}
+
+/// An Earthfile target over the context the client sent (its root is the folder
+/// `berth +target` ran in): the same `earth_build` a local build runs, with what
+/// would touch the satellite's host refused (`EarthOptions::satellite`) and `SAVE
+/// ARTIFACT … AS LOCAL` outputs sent back to the client ([`SendLocals`]). Saved images
+/// stay in the satellite's store, where the client fetches them; `SAVE IMAGE --push`
+/// images go out from here with `--push`.
+#[allow(clippy::too_many_arguments)]
+async fn run_earth(
+    sat: &Satellite,
+    id: &str,
+    client: &str,
+    contexts: ClientContexts,
+    r: proto::BuildRequest,
+    allow: Vec<Entitlement>,
+    cancel: &berth_build::Cancel,
+    tx: mpsc::Sender<Result<proto::BuildEvent, Status>>,
+) -> Result<proto::BuildResult, SatError> {
+    if r.target.is_empty() {
+        return Err(SatError::BadRequest(
+            "an Earthfile build names its target (+target)".into(),
+        ));
+    }
+    if !r.artifact.is_empty() && !r.artifact_dest.starts_with('/') {
+        return Err(SatError::BadRequest(
+            "--artifact: the destination must be absolute (on the client)".into(),
+        ));
+    }
+    let (_held, tree) = checkout(sat, &contexts, &r.context, &r.snapshot).await?;
+    let tree = tree
+        .canonicalize()
+        .map_err(SatError::io("resolve", &tree))?;
+    let (etx, forward) = forward_events(sat, &tx);
+    let network = sat.inner.config.network();
+    let step_ca = network
+        .step_bundle(&sat.inner.dirs.root.join("tmp"))
+        .map_err(|e| SatError::Internal(format!("[network] ca_to_steps: {e}")))?;
+    let executor = build_executor(sat, id, client, &allow, cancel)?;
+    let opts = berth_build::EarthBuildOptions {
+        dir: tree.clone(),
+        target: r.target.clone(),
+        args: r.build_args.into_iter().collect(),
+        secrets: secret_values(r.secrets),
+        no_cache: r.no_cache,
+        push: r.push,
+        ci: r.ci,
+        strict: r.strict || r.ci,
+        no_output: r.no_output || r.ci,
+        output: if !r.artifact.is_empty() {
+            // Placed on the client, by the sink below: never written here.
+            berth_build::EarthOutput::Artifact {
+                path: r.artifact.clone(),
+                dest: PathBuf::from(&r.artifact_dest),
+            }
+        } else if r.image_only {
+            berth_build::EarthOutput::Image
+        } else {
+            berth_build::EarthOutput::Normal
+        },
+        source_date_epoch: r.source_date_epoch,
+        proxy_env: network.proxies.step_env(),
+        progress: Arc::new(Forward(etx)),
+        cancel: cancel.clone(),
+        client: Some(Arc::new(pull_client(sat, &network))),
+        compression: compression(&r.compression),
+        allow,
+        ca_bundle: step_ca.as_ref().map(|b| b.path().to_path_buf()),
+        resolve: berth_build::ResolvePolicy {
+            pull: r.pull,
+            ttl: r.resolve_ttl_secs.map(std::time::Duration::from_secs),
+        },
+        satellite: true,
+        local_sink: Some(Arc::new(SendLocals {
+            tx: tx.clone(),
+            root: tree,
+            next: std::sync::atomic::AtomicU32::new(0),
+        })),
+        step_slots: sat.inner.step_slots.clone(),
+    };
+    let root = sat.inner.dirs.root.clone();
+    let result = until_done(
+        berth_build::earth_build(&root, sat.inner.store.clone(), executor.clone(), opts),
+        &tx,
+        cancel,
+        executor.as_ref(),
+        client,
+        id,
+    )
+    .await;
+    let _ = forward.await;
+    let res = result?;
+    let mut images = Vec::new();
+    let pusher = r.push.then(|| push_client(sat, network, r.credentials));
+    for img in res.images {
+        let pushed = match &pusher {
+            Some(p) if img.push => push_one(sat, p, &img.manifest, &img.name).await?,
+            _ => String::new(),
+        };
+        images.push(proto::SavedImage {
+            name: img.name,
+            manifest: img.manifest.to_string(),
+            image_id: img.image_id.to_string(),
+            push: img.push,
+            pushed,
+        });
+    }
+    Ok(proto::BuildResult {
+        images,
+        targets: res.targets as u32,
+        ..Default::default()
+    })
+}
+
+/// Sends each `SAVE ARTIFACT … AS LOCAL` output to the client as a tar stream of its
+/// staged folder, in [`proto::LocalArtifact`] pieces of about a MiB, with its place
+/// relative to the context's root (`root`). Called on a blocking thread.
+struct SendLocals {
+    tx: mpsc::Sender<Result<proto::BuildEvent, Status>>,
+    root: PathBuf,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl berth_build::LocalSink for SendLocals {
+    fn local(&self, output: &berth_build::LocalOutput, staged: &Path) -> berth_build::Result<()> {
+        let dest = client_dest(&self.root, &output.dest);
+        let mut pieces = Pieces {
+            tx: &self.tx,
+            head: proto::LocalArtifact {
+                index: self.next.fetch_add(1, Ordering::Relaxed),
+                dest,
+                glob: output.glob,
+                name: output.name.clone(),
+                ..Default::default()
+            },
+            buf: Vec::with_capacity(PIECE),
+        };
+        let out = staged.join("out");
+        let io = |e: std::io::Error| {
+            berth_build::BuildError::Io(format!("send {} to the client: {e}", output.dest))
+        };
+        {
+            let mut tar = tar::Builder::new(&mut pieces);
+            tar.follow_symlinks(false);
+            if std::fs::symlink_metadata(&out).is_ok() {
+                tar.append_dir_all("out", &out).map_err(io)?;
+            }
+            tar.finish().map_err(io)?;
+        }
+        pieces.send(true).map_err(io)
+    }
+}
+
+const PIECE: usize = 1 << 20;
+
+/// A writer cutting a tar stream into [`proto::LocalArtifact`] messages.
+struct Pieces<'a> {
+    tx: &'a mpsc::Sender<Result<proto::BuildEvent, Status>>,
+    head: proto::LocalArtifact,
+    buf: Vec<u8>,
+}
+
+impl Pieces<'_> {
+    fn send(&mut self, last: bool) -> std::io::Result<()> {
+        let msg = proto::LocalArtifact {
+            data: std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)),
+            last,
+            ..self.head.clone()
+        };
+        self.tx
+            .blocking_send(Ok(proto::BuildEvent {
+                event: Some(Ev::Local(msg)),
+            }))
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+impl std::io::Write for Pieces<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= PIECE {
+            self.send(false)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where the client writes an output the satellite would have written at `dest`: a
+/// place written relative to an Earthfile (under `root` as written, even if it climbs
+/// out with `..`) relative to the context's root; an absolute one as it is. A trailing
+/// `/` stays.
+fn client_dest(root: &Path, dest: &str) -> String {
+    let below = dest.starts_with(&format!("{}/", root.display()));
+    if !below {
+        return dest.to_owned();
+    }
+    let mut clean = PathBuf::new();
+    for c in Path::new(dest).components() {
+        match c {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => clean.push(c),
+        }
+    }
+    let mut rel = relative_to(root, &clean);
+    if dest.ends_with('/') {
+        rel.push('/');
+    }
+    rel
+}
+
+/// `to` relative to `from` (both absolute and clean), `/`-separated, climbing with
+/// `..` where `to` is not below `from`; `.` for `from` itself.
+fn relative_to(from: &Path, to: &Path) -> String {
+    let (f, t): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let parts: Vec<String> = std::iter::repeat_n("..".to_string(), f.len() - common)
+        .chain(
+            t[common..]
+                .iter()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+        )
+        .collect();
+    if parts.is_empty() {
+        ".".into()
+    } else {
+        parts.join("/")
+    }
 }
 
 fn safe_file_name(name: &str) -> String {
@@ -835,5 +1178,27 @@ struct RemoveOnDrop(std::path::PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn local_outputs_are_placed_relative_to_the_context() {
+        let root = Path::new("/sat/ctx/tree");
+        assert_eq!(
+            super::relative_to(root, Path::new("/sat/ctx/tree/out/a")),
+            "out/a"
+        );
+        assert_eq!(super::relative_to(root, root), ".");
+        assert_eq!(super::relative_to(root, Path::new("/sat/x/y")), "../../x/y");
+        assert_eq!(super::client_dest(root, "/sat/ctx/tree/./dist/"), "dist/");
+        assert_eq!(
+            super::client_dest(root, "/sat/ctx/tree/sub/../../up/f"),
+            "../up/f"
+        );
+        assert_eq!(super::client_dest(root, "/tmp/abs"), "/tmp/abs");
     }
 }

@@ -194,12 +194,13 @@ impl Solver {
                 NetworkMode::Host => Network::Host,
                 NetworkMode::None => Network::None,
             },
+            extra_hosts: op.extra_hosts.clone(),
             privileged: op.privileged || op.docker.is_some(),
         };
         // The runtime creates a file for each file mount whose target the image lacks;
         // those stubs must not end up in the layer (directories stay, as in Docker).
         let mut stubs: Vec<String> = op.mounts.iter().map(|m| m.target.clone()).collect();
-        if op.network != NetworkMode::None {
+        if op.network != NetworkMode::None || !op.extra_hosts.is_empty() {
             stubs.extend(["/etc/hosts".to_string(), "/etc/resolv.conf".to_string()]);
         }
         stubs.extend(own.iter().cloned());

@@ -222,6 +222,44 @@ impl Client {
         ]))
     }
 
+    /// `berth login -u USER --password-stdin ADDR` into the Docker config `docker_cfg`.
+    pub fn login(&self, docker_cfg: &Path, addr: &str, user: &str, password: &str) {
+        let mut login = self.berth();
+        login
+            .args(["login", "-u", user, "--password-stdin", addr])
+            .env("DOCKER_CONFIG", docker_cfg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = login.spawn().unwrap();
+        std::io::Write::write_all(
+            child.stdin.as_mut().unwrap(),
+            format!("{password}\n").as_bytes(),
+        )
+        .unwrap();
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success(), "berth login {addr}");
+    }
+
+    /// The SHA-256 of `bytes` in hex (sha256sum).
+    pub fn sha256_hex(bytes: &[u8]) -> String {
+        let out = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                std::io::Write::write_all(c.stdin.as_mut().unwrap(), bytes)?;
+                drop(c.stdin.take());
+                c.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn build(&self, ctx: &Path, args: &[&str]) -> Command {
         let mut c = self.berth();
         c.args(["build", "--progress", "plain"]).args(args).arg(ctx);

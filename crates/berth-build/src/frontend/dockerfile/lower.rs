@@ -69,6 +69,8 @@ pub struct LowerOptions {
     pub proxy_env: Vec<String>,
     /// Run every step.
     pub no_cache: bool,
+    /// Extra `/etc/hosts` lines for every RUN (`--add-host`).
+    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
     /// `created` timestamps (RFC 3339); `None` leaves them out.
     pub created: Option<String>,
     /// Entitlements granted (`--allow`).

@@ -64,6 +64,10 @@ pub struct EarthOptions {
     pub strict: bool,
     /// `--no-output` (and `--ci`): a failed `TRY` saves nothing on the host either.
     pub no_output: bool,
+    /// Lowering on a satellite, over the folder its client sent: references to folders
+    /// outside it, `LOCALLY` (it would run on the satellite's host) and `TRY` without
+    /// `--no-output` (its saves would land there too) are refused.
+    pub satellite: bool,
 }
 
 /// The lowered build: every target reached, and which one was invoked.
@@ -121,6 +125,8 @@ pub struct TargetOut {
     pub push_state: Option<State>,
     /// What each `SAVE ARTIFACT` put where in [`Self::artifact`].
     pub saved: Vec<SavedPath>,
+    /// Its `HOST` lines, which `FROM` of it inherits with its state.
+    pub hosts: Vec<(String, std::net::IpAddr)>,
 }
 
 impl TargetOut {
@@ -251,6 +257,8 @@ struct Ts {
     is_base: bool,
     /// After `LOCALLY` (until a `FROM`): commands run on the host.
     locally: bool,
+    /// `HOST` lines for the `/etc/hosts` of its RUNs (until a `FROM`).
+    hosts: Vec<(String, std::net::IpAddr)>,
 }
 
 impl Ts {
@@ -296,6 +304,7 @@ impl Ts {
         self.config = config;
         self.hist = hist;
         self.locally = false;
+        self.hosts.clear();
     }
 
     fn cwd(&self) -> String {
@@ -501,6 +510,31 @@ fn is_local_ref(p: &str) -> bool {
     p == "." || p == ".." || p.starts_with("./") || p.starts_with("../") || p.starts_with('/')
 }
 
+/// `p` with `.` and `..` taken out without asking the file system.
+fn lexical_clean(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A satellite's refusal of a folder outside the one its client sent.
+fn outside_error() -> BuildError {
+    BuildError::Invalid(
+        "on a satellite, targets are built from the folder berth sent (the one it ran in) \
+         and this one is outside it; run berth from a folder that holds both Earthfiles \
+         (`berth ./dir+target`), or build without --satellite"
+            .into(),
+    )
+}
+
 fn src_err(proj: &Project, pos: Pos, msg: impl Into<String>) -> BuildError {
     BuildError::Source(proj.ef.source.error(pos, msg))
 }
@@ -536,16 +570,25 @@ const IMPLICIT_IGNORE: &[&str] = &[
 impl Lowerer<'_> {
     /// The Earthfile of folder `dir`, read once.
     fn project(&mut self, dir: &Path) -> Result<Arc<Project>> {
-        let dir = std::fs::canonicalize(dir)
-            .map_err(|e| BuildError::Invalid(format!("folder {}: {e}", dir.display())))?;
+        // Checked before the file system is asked, so that a satellite's refusal
+        // names no path of its own.
+        if self.outside_sent(&lexical_clean(dir)) {
+            return Err(outside_error());
+        }
+        let dir = std::fs::canonicalize(dir).map_err(|e| {
+            BuildError::Invalid(format!("folder {}: {e}", self.shown(&lexical_clean(dir))))
+        })?;
         if let Some(p) = self.projects.get(&dir) {
             return Ok(p.clone());
+        }
+        if self.outside_sent(&dir) {
+            return Err(outside_error());
         }
         let file = dir.join("Earthfile");
         let text = std::fs::read_to_string(&file).map_err(|e| {
             BuildError::Invalid(format!(
                 "read {}: {e}; a target reference names a folder with an Earthfile",
-                file.display()
+                self.shown(&file)
             ))
         })?;
         let reference = match (self.remote_names.get(&dir), dir.strip_prefix(&self.root)) {
@@ -634,6 +677,24 @@ impl Lowerer<'_> {
         });
         self.projects.insert(dir, p.clone());
         Ok(p)
+    }
+
+    /// `p` for messages: on a satellite, relative to the folder its client sent (its
+    /// own paths mean nothing to the client).
+    fn shown(&self, p: &Path) -> String {
+        match p.strip_prefix(&self.root) {
+            Ok(rel) if self.opts.satellite => format!("./{}", rel.display()),
+            _ => p.display().to_string(),
+        }
+    }
+
+    /// On a satellite, whether canonical path `p` is outside what the client sent (and
+    /// outside remote checkouts): the satellite's own files are not the build's.
+    fn outside_sent(&self, p: &Path) -> bool {
+        self.opts.satellite
+            && !p.starts_with(&self.root)
+            && !self.remote_names.keys().any(|d| p.starts_with(d))
+            && !(self.opts.git_cache.as_ref()).is_some_and(|g| p.starts_with(g))
     }
 
     /// The folder of remote project `r` (`host/org/repo[/path][:ref]`), checked out
@@ -819,6 +880,7 @@ impl Lowerer<'_> {
             builds: ts.builds,
             push_state,
             saved: ts.saved,
+            hosts: ts.hosts,
         });
         let idx = self.targets.len() - 1;
         self.memo.insert(key, idx);
@@ -848,6 +910,7 @@ impl Lowerer<'_> {
             pre_push: None,
             is_base: true,
             locally: false,
+            hosts: Vec::new(),
         };
         let base = proj.ef.base.clone();
         self.stmts(&mut ts, proj, &base)?;
@@ -1334,7 +1397,19 @@ impl Lowerer<'_> {
             }
             "FROM DOCKERFILE" => self.dockerfile_base(ts, proj, c),
             "LOCALLY" => self.locally(ts, proj, c),
-            "HOST" => Err(not_supported(proj, c.pos, "HOST")),
+            "HOST" => {
+                // As Earthly: a line in /etc/hosts for this target's later RUNs (and
+                // of targets built FROM it), never in the image.
+                let name = self.x(ts, proj, &c.args[0])?;
+                let addr = self.x(ts, proj, &c.args[1])?;
+                let host = ir::parse_extra_host(&format!("{name}={addr}")).map_err(|m| {
+                    let why = m.split_once(": ").map_or(m.as_str(), |(_, why)| why);
+                    src_err(proj, c.pos, format!("HOST {name} {addr}: {why}"))
+                })?;
+                ts.hosts.retain(|(n, _)| *n != host.0);
+                ts.hosts.push(host);
+                Ok(())
+            }
             "FUNCTION" | "COMMAND" => Err(src_err(
                 proj,
                 c.pos,
@@ -1439,9 +1514,11 @@ impl Lowerer<'_> {
     fn from(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
         self.platform(ts, proj, c)?;
         let r = self.x(ts, proj, &c.args[0])?;
+        let mut hosts = Vec::new();
         let (state, config, hist) = if r.contains('+') {
             let idx = self.referenced_target(ts, proj, c, &r)?;
             let t = &self.targets[idx];
+            hosts = t.hosts.clone();
             (t.state.clone(), t.config.clone(), t.history_states.clone())
         } else {
             if c.args.len() > 1 {
@@ -1461,6 +1538,7 @@ impl Lowerer<'_> {
             }
         };
         ts.rebase(state, config, hist);
+        ts.hosts = hosts;
         Ok(())
     }
 
@@ -1593,10 +1671,12 @@ impl Lowerer<'_> {
         } else {
             proj.dir.join(&ctx)
         };
+        let mut local_file = false;
         let file = match c.value("f") {
             Some(f) => {
                 let f = self.x_text(ts, proj, f, c.pos)?;
-                if self.is_artifact_ref(proj, &f) {
+                local_file = !self.is_artifact_ref(proj, &f);
+                if !local_file {
                     let pos = c.flag_pos("f").unwrap_or(c.pos);
                     self.artifact_folder(proj, &f, pos, "/Dockerfile")?
                         .join("Dockerfile")
@@ -1606,6 +1686,20 @@ impl Lowerer<'_> {
             }
             None => ctx_dir.join("Dockerfile"),
         };
+        let outside = |p: &Path| {
+            self.outside_sent(&lexical_clean(p))
+                || std::fs::canonicalize(p).is_ok_and(|p| self.outside_sent(&p))
+        };
+        if (!self.is_artifact_ref(proj, &ctx) && outside(&ctx_dir))
+            || (local_file && outside(&file))
+        {
+            return Err(src_err(
+                proj,
+                c.args[0].pos,
+                "on a satellite, FROM DOCKERFILE takes its context and Dockerfile from the \
+                 folder berth sent (the one it ran in); this one is outside it",
+            ));
+        }
         let text = std::fs::read_to_string(&file)
             .map_err(|e| src_err(proj, c.args[0].pos, format!("read {}: {e}", file.display())))?;
         let name = file
@@ -1642,6 +1736,7 @@ impl Lowerer<'_> {
             dockerignore,
             proxy_env: self.opts.proxy_env.clone(),
             no_cache: self.opts.no_cache,
+            extra_hosts: Vec::new(),
             created: self.opts.created.clone(),
             allow: self.opts.allow.clone(),
             cancel: self.opts.cancel.clone(),
@@ -1681,6 +1776,18 @@ impl Lowerer<'_> {
                 proj,
                 head.pos,
                 "TRY needs VERSION --try 0.8 (it is experimental in Earthly)",
+            ));
+        }
+        if self.opts.satellite && !self.opts.no_output {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(
+                        head.pos,
+                        "TRY on a satellite needs --no-output (or --ci): the files a failed \
+                         RUN saves would be written on the satellite",
+                    )
+                    .with_hint("add --no-output, or build without --satellite"),
             ));
         }
         if ts.locally {
@@ -1773,6 +1880,18 @@ impl Lowerer<'_> {
                     .source
                     .error(c.pos, "LOCALLY cannot be used with --strict (or --ci)")
                     .with_hint("run this target without --strict, or give it a FROM"),
+            ));
+        }
+        if self.opts.satellite {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(
+                        c.pos,
+                        "LOCALLY cannot run on a satellite: its commands would run on the \
+                         satellite's host, not on this machine",
+                    )
+                    .with_hint("build this target without --satellite, or give it a FROM"),
             ));
         }
         if self.remote_names.contains_key(&proj.dir) {
@@ -2338,6 +2457,7 @@ impl Lowerer<'_> {
             mounts,
             proxy_env: self.opts.proxy_env.clone(),
             privileged,
+            extra_hosts: ts.hosts.clone(),
             ..ExecOp::default()
         };
         Ok((exec, extra))

@@ -75,6 +75,7 @@ impl Lowerer<'_> {
             mounts,
             proxy_env,
             privileged,
+            extra_hosts: self.opts.extra_hosts.clone(),
             docker: None,
             on_failure: Vec::new(),
         };

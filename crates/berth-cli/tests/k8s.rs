@@ -1,0 +1,259 @@
+//! `berth deploy --k8s` and `berth rollback --k8s` (issue 12) end to end: the image pushed
+//! through the hosts deploy's push path to berth's registry with basic auth, the objects
+//! applied to a real control plane (etcd, kube-apiserver and kube-controller-manager 1.20
+//! from scripts/k8s-envtest; berth-kube's tests/common/k8s.rs), the rollout waited on
+//! (pods stay Pending: no scheduler or kubelet here), and rolled back.
+
+mod common;
+#[path = "../../berth-kube/tests/common/k8s.rs"]
+mod k8s_cp;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use k8s_cp::{ControlPlane, TOKEN, control_plane};
+
+fn berth(root: &Path) -> Command {
+    let mut c = Command::new(berth_bin());
+    c.arg("--root").arg(root).env("BERTH_LOG", "warn");
+    c
+}
+
+/// GET `path` of the API server, as JSON (`None` on 404).
+fn get(cp: &ControlPlane, path: &str) -> Option<serde_json::Value> {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+        .arg(cp.dir.join("certs/apiserver.crt"))
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .arg(format!("{}{path}", cp.url))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    match code {
+        "200" => Some(serde_json::from_str(body).unwrap()),
+        "404" => None,
+        c => panic!("GET {path}: {c} {body}"),
+    }
+}
+
+fn revision(cp: &ControlPlane, ns: &str) -> Option<String> {
+    get(
+        cp,
+        &format!("/apis/apps/v1/namespaces/{ns}/deployments/web"),
+    )?["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn wait_revision(cp: &ControlPlane, ns: &str, want: &str) {
+    let start = Instant::now();
+    while revision(cp, ns).as_deref() != Some(want) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no revision {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn deploy_wait_and_rollback_on_kubernetes() {
+    let Some(cp) = control_plane() else { return };
+    if !require("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The image: busybox from a plain source registry into berth's store as web:v1, web:v2.
+    let layout = dir.path().join("layout");
+    busybox_layout(&layout, "v1");
+    let src = Berth::serve(&dir.path().join("src"), &[]);
+    run(&mut skopeo_copy(
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{}/web:v1", src.addr),
+        &["--dest-tls-verify=false"],
+    ));
+    let root = dir.path().join("root");
+    run(berth(&root).args(["pull", &format!("{}/web:v1", src.addr)]));
+    run(berth(&root).args(["tag", &format!("{}/web:v1", src.addr), "web:v1"]));
+    run(berth(&root).args(["tag", "web:v1", "web:v2"]));
+    // The registry the cluster pulls from, with basic auth.
+    let reg = serve_with_user(dir.path(), "deploy", "s3cret");
+    let ns = format!("cli{}", std::process::id());
+    let file = dir.path().join("berth.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[deploy.registry]
+address = "{reg}"
+username = "deploy"
+password_env = "REG_PASSWORD"
+[deploy.roles.web]
+hosts = ["unused"]
+[deploy.services.web]
+image = "web:v1"
+roles = ["web"]
+command = ["httpd", "-f", "-p", "80"]
+env = {{ GREETING = "hello" }}
+secrets = {{ TOKEN = {{ env = "APP_TOKEN" }} }}
+ports = ["8080:80"]
+[k8s]
+kubeconfig = "{kc}"
+namespace = "{ns}"
+image_pull_secrets = ["regcred"]
+"#,
+            reg = reg.addr,
+            kc = cp.kubeconfig.display(),
+        ),
+    )
+    .unwrap();
+    let deploy = |args: &[&str]| {
+        let mut c = berth(&root);
+        c.arg("deploy")
+            .arg("-f")
+            .arg(&file)
+            .arg("--k8s")
+            .args(args)
+            .env("REG_PASSWORD", "s3cret")
+            .env("APP_TOKEN", "t0ken");
+        c
+    };
+    let out = output_ok(&mut deploy(&[]));
+    assert!(out.stderr.contains("Kubernetes v1.20.2"), "{}", out.stderr);
+    assert!(out.stdout.contains("web\tdeployed"), "{}", out.stdout);
+    let d = get(
+        cp,
+        &format!("/apis/apps/v1/namespaces/{ns}/deployments/web"),
+    )
+    .unwrap();
+    let pod = &d["spec"]["template"]["spec"];
+    let image = pod["containers"][0]["image"].as_str().unwrap();
+    assert!(
+        image.starts_with(&format!("{}/web@sha256:", reg.addr)),
+        "{image}"
+    );
+    assert_eq!(pod["serviceAccountName"], "berth");
+    let pulls: Vec<&str> = pod["imagePullSecrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(pulls, ["regcred", "berth-pull"]);
+    // The pull secret holds the credentials berth pushed with, for that registry.
+    let s = get(cp, &format!("/api/v1/namespaces/{ns}/secrets/berth-pull")).unwrap();
+    assert_eq!(s["type"], "kubernetes.io/dockerconfigjson");
+    let b64 = s["data"][".dockerconfigjson"].as_str().unwrap();
+    let json = run(Command::new("sh").args(["-c", &format!("echo {b64} | base64 -d")]));
+    let cfg: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(cfg["auths"][&reg.addr]["username"], "deploy");
+    assert_eq!(cfg["auths"][&reg.addr]["password"], "s3cret");
+    // The pushed image is in the registry under that digest.
+    let digest = image.split('@').nth(1).unwrap();
+    let served = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "deploy:s3cret",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{}/web:v1", reg.addr),
+    ]));
+    assert_eq!(served.trim(), digest);
+    // The app's secret went into a Secret, not the Deployment.
+    assert!(!d.to_string().contains("t0ken"));
+
+    // Pods stay Pending here: --wait fails naming them.
+    let out = deploy(&["--wait", "--timeout", "2s"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("rollout of web failed"), "{err}");
+    assert!(err.contains("Pending"), "{err}");
+    assert!(
+        err.contains("web: 0/1 updated") || err.contains("/1 available"),
+        "{err}"
+    );
+
+    wait_revision(cp, &ns, "1");
+    run(&mut deploy(&["--version", "v2"]));
+    wait_revision(cp, &ns, "2");
+    let list = run(berth(&root)
+        .args(["rollback", "-f"])
+        .arg(&file)
+        .args(["--k8s", "--list"]));
+    let versions: Vec<&str> = list
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap())
+        .collect();
+    assert_eq!(versions, ["v2", "v1"], "{list}");
+    let back = run(berth(&root)
+        .args(["rollback", "-f"])
+        .arg(&file)
+        .arg("--k8s"));
+    assert_eq!(back.trim(), "web\tv1");
+    let d = get(
+        cp,
+        &format!("/apis/apps/v1/namespaces/{ns}/deployments/web"),
+    )
+    .unwrap();
+    assert_eq!(
+        d["spec"]["template"]["metadata"]["annotations"]["berth.dev/version"],
+        "v1"
+    );
+    let out = berth(&root)
+        .args(["rollback", "-f"])
+        .arg(&file)
+        .args(["--k8s", "v9"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no revision of version v9"), "{err}");
+}
+
+#[test]
+fn a_bad_context_or_table_is_reported_before_anything_happens() {
+    let Some(cp) = control_plane() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("berth.toml");
+    let base = "[deploy.registry]\naddress = \"127.0.0.1:1\"\n[deploy.roles.web]\nhosts = [\"h\"]\n\
+                [deploy.services.web]\nimage = \"web:v1\"\nroles = [\"web\"]\n";
+    std::fs::write(
+        &file,
+        format!(
+            "{base}[k8s]\nkubeconfig = \"{}\"\n",
+            cp.kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let root = dir.path().join("root");
+    let out = berth(&root)
+        .args(["deploy", "-f"])
+        .arg(&file)
+        .args(["--k8s", "--context", "nope"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("nope"), "{err}");
+    std::fs::write(&file, format!("{base}[k8s]\nnamespace = \"Bad_NS\"\n")).unwrap();
+    let out = berth(&root)
+        .args(["deploy", "-f"])
+        .arg(&file)
+        .arg("--k8s")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("k8s.namespace"), "{err}");
+    // --wait belongs to --k8s.
+    let out = berth(&root)
+        .args(["deploy", "-f"])
+        .arg(&file)
+        .arg("--wait")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--k8s"), "{err}");
+}

@@ -1,0 +1,30 @@
+//! berth-kube owns berth on Kubernetes: the `[k8s]` table of `berth.toml` ([`config`]),
+//! rendering `[deploy]` services into Deployments, Services, ConfigMaps and Secrets
+//! ([`render`]), the one function every PodSpec berth renders goes through ([`pod`]:
+//! service account and merged image pull secrets), the per-namespace pull secret and its
+//! ServiceAccount ([`pull`]), knowing what the server has before sending anything
+//! ([`version`]), server-side apply under one field manager with conflicts reported
+//! ([`apply`]), rollouts waited on and rollbacks to the previous ReplicaSet revision
+//! ([`rollout`]).
+//!
+//! Building and pushing images is the caller's (berth-cli owns the store); this crate
+//! gets the pinned image references.
+//!
+//! Not yet: satellites in the cluster, helper pods, pruning old ConfigMaps/Secrets.
+#![warn(missing_docs)]
+
+pub mod apply;
+pub mod config;
+mod error;
+pub mod pod;
+pub mod pull;
+pub mod render;
+pub mod rollout;
+pub mod version;
+
+pub use apply::{Kube, KubeOptions};
+pub use config::K8sConfig;
+pub use error::KubeError;
+
+/// The one field manager berth applies with.
+pub const FIELD_MANAGER: &str = "berth";
