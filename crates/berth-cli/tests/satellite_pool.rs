@@ -1,5 +1,6 @@
 //! Pools of satellites (issue 14, item 4), through the `berth` binary: `berth satellite
-//! pool add/ls/rm`, and `berth build --satellite pool:NAME` choosing a member by the
+//! pool add/ls/rm`, and `berth build --satellite pool:NAME` (and `berth --satellite
+//! pool:NAME +target`) choosing a member by the
 //! cache it holds and by its load, and going to the next member when one fails before
 //! the build starts. Satellites run on loopback addresses (free ports of 127.0.0.1),
 //! each with its own root; one client enrolls with all of them.
@@ -305,6 +306,47 @@ fn a_stopped_member_is_passed_over_and_the_build_runs_on_another() {
         out.stderr.contains("pool p: s1: no answer"),
         "{}",
         out.stderr
+    );
+
+    // An Earthfile target through the pool: its probe is answered but not counted, the
+    // stopped member still goes last, and the artifact comes back here.
+    let earth = dir.path().join("earth");
+    std::fs::create_dir_all(&earth).unwrap();
+    std::fs::write(
+        earth.join("Earthfile"),
+        format!(
+            "VERSION 0.8\nart:\n    FROM {}\n    RUN echo from-pool > /out.txt\n    \
+             SAVE ARTIFACT /out.txt AS LOCAL out.txt\n",
+            base.reference()
+        ),
+    )
+    .unwrap();
+    let out = output_ok(client.berth().current_dir(&earth).args([
+        "--satellite",
+        "pool:p",
+        "--progress",
+        "plain",
+        "+art",
+    ]));
+    assert!(
+        out.stderr
+            .contains("pool p: s2: cache not counted (Earthfile builds are not counted)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("pool p: s1: no answer"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("target on satellite s2 of pool p"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(earth.join("out.txt")).unwrap(),
+        "from-pool\n"
     );
 
     // The pool as the default: builds without --satellite go to it.
