@@ -232,6 +232,19 @@ pub struct CachedSum {
     sum: String,
 }
 
+impl CachedSum {
+    /// The hash `sum` (`f <hex>`) of the file whose metadata is `meta`.
+    pub fn new(meta: &fs::Metadata, sum: String) -> CachedSum {
+        CachedSum {
+            size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            ino: meta.ino(),
+            sum,
+        }
+    }
+}
+
 /// Content hashes of one context directory, by relative path.
 pub type SumMap = HashMap<String, CachedSum>;
 

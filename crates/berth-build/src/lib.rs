@@ -55,6 +55,7 @@ pub mod image;
 pub mod ir;
 mod mode;
 mod pattern;
+mod probe;
 mod prune;
 mod secrets;
 mod solver;
@@ -77,8 +78,9 @@ pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
 pub use ir::Entitlement;
 pub use ir::parse_extra_host;
 pub use pattern::{Ignore, Pattern};
+pub use probe::{ProbeOptions, probe_cache};
 pub use prune::{BuildCache, CacheUsage, PruneOptions, PruneReport, cache_usage, prune};
 pub use solver::{
-    Cancel, Captured, Event, Layer, NoProgress, Output, Progress, SecretSource, SolveOptions,
-    Solved, Solver, StepSlots, build_id,
+    CacheProbe, Cancel, Captured, Event, Layer, NoProgress, Output, Progress, SecretSource,
+    SolveOptions, Solved, Solver, StepSlots, build_id,
 };

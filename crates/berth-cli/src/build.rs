@@ -78,7 +78,8 @@ pub struct BuildArgs {
     /// NAME=ADDRESS, e.g. --add-host db.internal:192.0.2.7 (never in the image).
     #[arg(long = "add-host", value_parser = berth_build::parse_extra_host)]
     add_hosts: Vec<(String, std::net::IpAddr)>,
-    /// Build on this enrolled satellite [default: the one `berth satellite use` chose].
+    /// Build on this enrolled satellite, or on a member of a pool with `pool:NAME`
+    /// [default: the one `berth satellite use` chose].
     #[arg(long, env = "BERTH_SATELLITE", conflicts_with = "no_satellite")]
     satellite: Option<String>,
     /// Build on this machine even when a satellite is in use.
@@ -427,11 +428,12 @@ fn remote(
         ssh,
         sink,
         fetch.then(|| settings.root.clone()),
+        args.quiet,
     );
     if let Some(t) = &tty_view {
         t.finish();
     }
-    let r = result?;
+    let (member, r) = result?;
     for t in args.tags.iter().filter(|_| !args.quiet) {
         println!("{t}");
     }
@@ -471,9 +473,13 @@ fn remote(
     }
     if !args.quiet {
         eprintln!(
-            "built image {} on satellite {name} (manifest {}, {} layers; context {} entries, \
+            "built image {} on satellite {member}{} (manifest {}, {} layers; context {} entries, \
              {} files uploaded, {} bytes)",
             r.result.image_id,
+            match name.strip_prefix(berth_satellite::POOL_PREFIX) {
+                Some(pool) => format!(" of pool {pool}"),
+                None => String::new(),
+            },
             r.result.manifest,
             r.result.layers,
             r.entries,

@@ -78,8 +78,8 @@ struct EarthCli {
     explain: bool,
     #[command(flatten)]
     docker: DockerArgs,
-    /// Build on this enrolled satellite [default: the one `berth satellite use` chose]:
-    /// the folder berth runs in is sent, AS LOCAL artifacts come back here, images are
+    /// Build on this enrolled satellite, or on a member of a pool with `pool:NAME`
+    /// [default: the one `berth satellite use` chose]: the folder berth runs in is sent, AS LOCAL artifacts come back here, images are
     /// fetched into this machine's store and Docker, `--push` pushes from the satellite.
     #[arg(long, env = "BERTH_SATELLITE", conflicts_with = "no_satellite")]
     satellite: Option<String>,
@@ -508,11 +508,12 @@ fn remote(
         HashMap::new(),
         sink,
         (!no_output).then(|| settings.root.clone()),
+        false,
     );
     if let Some(t) = &tty_view {
         t.finish();
     }
-    let done = result?;
+    let (member, done) = result?;
     let images = &done.result.images;
     if !no_output && !images.is_empty() {
         let store = crate::open_store(settings)?;
@@ -535,9 +536,13 @@ fn remote(
     }
     let targets = done.result.targets;
     eprintln!(
-        "built {targets} target{} on satellite {name}: {} image{}, {} artifact{} written \
+        "built {targets} target{} on satellite {member}{}: {} image{}, {} artifact{} written \
          (context {} entries, {} files uploaded, {} bytes)",
         if targets == 1 { "" } else { "s" },
+        match name.strip_prefix(berth_satellite::POOL_PREFIX) {
+            Some(pool) => format!(" of pool {pool}"),
+            None => String::new(),
+        },
         images.len(),
         if images.len() == 1 { "" } else { "s" },
         done.artifacts.len(),

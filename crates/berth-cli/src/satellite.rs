@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use berth_build::Progress;
 use berth_pki::{Token, TokenKind, TokenOptions};
-use berth_satellite::{Enrollments, SatelliteOptions, SatelliteRoot};
+use berth_satellite::{Enrollments, POOL_PREFIX, Pools, SatelliteOptions, SatelliteRoot};
 use clap::{Args, Subcommand};
 
 use crate::settings::Settings;
@@ -50,13 +50,20 @@ pub enum SatelliteCommand {
     },
     /// Build on this satellite by default (`berth build --no-satellite` builds here).
     Use {
-        /// The satellite's name here.
+        /// The satellite's name here, or `pool:NAME` for a pool of them.
         name: String,
     },
     /// Show a satellite's version, load, builds and cache, and this client's certificate.
     Inspect {
         /// The satellite's name here [default: the one in use].
         name: Option<String>,
+    },
+    /// Pools of enrolled satellites: `berth build --satellite pool:NAME` sends the build
+    /// to the member holding most of its cache (then the least busy one), and to the
+    /// next member when one fails before the build starts.
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
     },
     /// Print Kubernetes YAML for a satellite: a StatefulSet (privileged pod, its root on a
     /// PersistentVolumeClaim, the CA optionally from a Secret) and a Service on port 8372.
@@ -151,6 +158,25 @@ pub enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+pub enum PoolCommand {
+    /// Add enrolled satellites to a pool (made if new).
+    Add {
+        /// The pool's name (`--satellite pool:NAME`).
+        name: String,
+        /// Enrolled satellites (`berth satellite ls`).
+        #[arg(required = true)]
+        satellites: Vec<String>,
+    },
+    /// List the pools and their members.
+    Ls,
+    /// Forget a pool (its members stay enrolled).
+    Rm {
+        /// The pool's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum ClientsCommand {
     /// List the client certificates issued.
     Ls,
@@ -187,6 +213,55 @@ pub fn enrollments(settings: &Settings) -> Enrollments {
     Enrollments::new(settings.config_dir().join("satellites"))
 }
 
+/// Where this machine keeps its satellite pools: beside the enrolments.
+pub fn pools(settings: &Settings) -> Pools {
+    Pools::new(settings.config_dir().join("satellites"))
+}
+
+/// `berth satellite pool …`.
+fn pool(settings: &Settings, command: PoolCommand) -> Result<()> {
+    let p = pools(settings);
+    match command {
+        PoolCommand::Add { name, satellites } => {
+            let pool = p.add(&name, &satellites, &enrollments(settings))?;
+            eprintln!(
+                "pool {} has {} member(s): {}; build on it with `berth build --satellite pool:{}`",
+                pool.name,
+                pool.members.len(),
+                pool.members.join(", "),
+                pool.name
+            );
+        }
+        PoolCommand::Ls => {
+            let enrolled: Vec<String> = enrollments(settings)
+                .list()?
+                .into_iter()
+                .map(|e| e.name)
+                .collect();
+            println!("{:<16} MEMBERS", "POOL");
+            for pool in p.list()? {
+                let members: Vec<String> = pool
+                    .members
+                    .iter()
+                    .map(|m| {
+                        if enrolled.contains(m) {
+                            m.clone()
+                        } else {
+                            format!("{m} (not enrolled)")
+                        }
+                    })
+                    .collect();
+                println!("{:<16} {}", pool.name, members.join(", "));
+            }
+        }
+        PoolCommand::Rm { name } => {
+            p.remove(&name)?;
+            eprintln!("forgot pool {name} (its satellites stay enrolled)");
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
@@ -218,6 +293,7 @@ fn ago(unix: u64) -> String {
 pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
     match command {
         SatelliteCommand::Serve(args) => serve(settings, args),
+        SatelliteCommand::Pool { command } => pool(settings, command),
         SatelliteCommand::Manifests(args) => {
             print!("{}", manifests(&args)?);
             Ok(())
@@ -367,6 +443,12 @@ pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
                     "no satellite in use: name one, or pick one with `berth satellite use NAME`",
                 )?,
             };
+            if let Some(pool) = name.strip_prefix(POOL_PREFIX) {
+                anyhow::bail!(
+                    "builds go to satellite pool {pool}: inspect one of its members \
+                     (`berth satellite pool ls`), e.g. `berth satellite inspect MEMBER`"
+                );
+            }
             let rec = e.get(&name)?;
             let rt = runtime()?;
             let st = rt.block_on(async {
@@ -721,9 +803,24 @@ pub fn chosen(
     Ok(enrollments(settings).default_name()?)
 }
 
-/// A build on satellite `name`, shown like a local one. With `fetch` (a berth root),
-/// the images come down into that store afterwards: the request's tags (a Dockerfile
-/// build), or every image an Earthfile build saved.
+/// How long each member of a pool has to answer its probe before a build
+/// (BERTH_POOL_PROBE_TIMEOUT overrides; 0 skips the probes: members are tried in the
+/// pool's order).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn probe_timeout() -> Result<Duration> {
+    match std::env::var("BERTH_POOL_PROBE_TIMEOUT") {
+        Ok(v) => {
+            crate::parse_duration(&v).map_err(|e| anyhow::anyhow!("BERTH_POOL_PROBE_TIMEOUT: {e}"))
+        }
+        Err(_) => Ok(PROBE_TIMEOUT),
+    }
+}
+
+/// A build on satellite `name` (or on a member of pool `pool:NAME`), shown like a local
+/// one. With `fetch` (a berth root), the images come down into that store afterwards:
+/// the request's tags (a Dockerfile build), or every image an Earthfile build saved.
+/// Returns the satellite that ran it, and what it made.
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     settings: &Settings,
@@ -734,49 +831,129 @@ pub fn build(
     ssh: HashMap<String, PathBuf>,
     sink: Arc<dyn Progress>,
     fetch: Option<PathBuf>,
-) -> Result<berth_satellite::RemoteResult> {
+    quiet: bool,
+) -> Result<(String, berth_satellite::RemoteResult)> {
     let e = enrollments(settings);
     let sums = settings.root.join("satellite-client/sums").join(format!(
         "{:016x}",
         fnv(context.to_string_lossy().as_bytes())
     ));
-    let rt = runtime()?;
     let tags = request.tags.clone();
+    let remote = berth_satellite::RemoteBuild {
+        context,
+        dockerfile,
+        sums,
+        request,
+        ssh,
+    };
+    let rt = runtime()?;
     rt.block_on(async {
-        let mut conn = e.connect(name).await?;
-        let remote = berth_satellite::RemoteBuild {
-            context,
-            dockerfile,
-            sums,
-            request,
-            ssh,
-        };
-        let mut on_event = |ev| sink.event(ev);
-        let fetched = async {
-            let r = berth_satellite::build(&mut conn, remote, &mut on_event).await?;
-            // Only the blobs this machine lacks come down.
-            if let Some(root) = &fetch {
-                let store = berth_store::Store::open(root)
-                    .with_context(|| format!("open store at {}", root.display()))?;
-                let images: Vec<(&str, &str)> = if r.result.images.is_empty() {
-                    tags.iter()
-                        .map(|t| (t.as_str(), r.result.manifest.as_str()))
-                        .collect()
-                } else {
-                    r.result
-                        .images
-                        .iter()
-                        .map(|i| (i.name.as_str(), i.manifest.as_str()))
-                        .collect()
-                };
-                for (t, manifest) in images {
-                    conn.fetch_image(&store, t, &manifest.parse()?).await?;
+        let run = async {
+            let described = berth_satellite::describe(&remote).await?;
+            let pool = name.strip_prefix(POOL_PREFIX);
+            let order: Vec<String> = match pool {
+                None => vec![name.to_owned()],
+                Some(pool) => {
+                    let pool = pools(settings).get(pool)?;
+                    let timeout = probe_timeout()?;
+                    if timeout.is_zero() {
+                        pool.members
+                    } else {
+                        let ranked = berth_satellite::pool::rank(
+                            berth_satellite::pool::probe_members(
+                                &e,
+                                &pool.members,
+                                &described,
+                                &remote.request,
+                                timeout,
+                            )
+                            .await,
+                        );
+                        if !quiet {
+                            for c in &ranked {
+                                eprintln!("pool {}: {}: {}", pool.name, c.name, c.summary());
+                            }
+                        }
+                        ranked.into_iter().map(|c| c.name).collect()
+                    }
                 }
+            };
+            let mut failed = Vec::new();
+            for (i, member) in order.iter().enumerate() {
+                if let Some(pool) = pool
+                    && !quiet
+                {
+                    eprintln!("building on satellite {member} (pool {pool})");
+                }
+                let mut started = false;
+                // Err((whether the next member may take the build, why)).
+                let attempt = async {
+                    let mut conn = e
+                        .connect(member)
+                        .await
+                        .map_err(|err| (true, anyhow::Error::from(err)))?;
+                    let mut on_event = |ev| {
+                        started = true;
+                        sink.event(ev)
+                    };
+                    let r = berth_satellite::build_described(
+                        &mut conn,
+                        remote.clone(),
+                        described.clone(),
+                        &mut on_event,
+                    )
+                    .await
+                    .map_err(|err| (err.is_satellite_unavailable(), err.into()))?;
+                    Ok((conn, r))
+                };
+                let (conn, r) = match attempt.await {
+                    Ok(done) => done,
+                    // Before its build started, a member that cannot take it (down,
+                    // draining, refusing this client) sends the build to the next one.
+                    Err((true, err)) if !started && pool.is_some() && i + 1 < order.len() => {
+                        eprintln!(
+                            "berth: satellite {member} failed before the build started: {err:#}; \
+                             trying {}",
+                            order[i + 1]
+                        );
+                        failed.push(format!("{member}: {err:#}"));
+                        continue;
+                    }
+                    Err((_, err)) if !failed.is_empty() => {
+                        failed.push(format!("{member}: {err:#}"));
+                        anyhow::bail!(
+                            "no member of pool {} could run the build:\n  {}",
+                            pool.unwrap_or(name),
+                            failed.join("\n  ")
+                        );
+                    }
+                    Err((_, err)) => return Err(err),
+                };
+                // Only the blobs this machine lacks come down.
+                if let Some(root) = &fetch {
+                    let store = berth_store::Store::open(root)
+                        .with_context(|| format!("open store at {}", root.display()))?;
+                    let images: Vec<(&str, &str)> = if r.result.images.is_empty() {
+                        tags.iter()
+                            .map(|t| (t.as_str(), r.result.manifest.as_str()))
+                            .collect()
+                    } else {
+                        r.result
+                            .images
+                            .iter()
+                            .map(|i| (i.name.as_str(), i.manifest.as_str()))
+                            .collect()
+                    };
+                    for (t, manifest) in images {
+                        conn.fetch_image(&store, t, &manifest.parse()?).await?;
+                    }
+                }
+                return anyhow::Ok((member.clone(), r));
             }
-            anyhow::Ok(r)
+            anyhow::bail!("satellite pool {name} has no members")
         };
         tokio::select! {
-            r = fetched => r,
+            r = run => r,
             () = crate::shutdown_signal() => {
                 // Dropping the stream tells the satellite to stop the build.
                 eprintln!("berth: canceling the build on satellite {name}");

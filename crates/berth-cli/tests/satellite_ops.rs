@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use berth_testutil::netns::Lab;
-use common::satellite::{Client, Sat, wait_for};
+use common::satellite::{Client, Sat, open_gate, wait_at_gate, wait_for};
 use common::*;
 
 /// A context folder `name` under `dir` holding `Dockerfile` and `files`.
@@ -31,27 +31,6 @@ fn loopback_sat(root: &Path, args: &[&str]) -> Sat {
     let mut all = vec!["--advertise", "127.0.0.1"];
     all.extend_from_slice(args);
     Sat::start(None, root, &format!("127.0.0.1:{port}"), &all)
-}
-
-/// A RUN that waits (at most 5 minutes) for `file` to appear in the cache mount `gate`,
-/// which other builds on the satellite, or the test through the satellite's root, create.
-fn wait_at_gate(file: &str) -> String {
-    format!(
-        "RUN --mount=type=cache,target=/gate,id=gate sh -c \
-         'for i in $(seq 3000); do [ -f /gate/{file} ] && exit 0; sleep 0.1; done; exit 1'"
-    )
-}
-
-/// Opens the gate of [`wait_at_gate`] from outside: the cache mount lives in the root.
-fn open_gate(root: &Path, file: &str) {
-    let mounts = root.join("cache/mounts");
-    let dirs: Vec<_> = std::fs::read_dir(&mounts)
-        .unwrap_or_else(|e| panic!("{}: {e}", mounts.display()))
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .collect();
-    assert_eq!(dirs.len(), 1, "one cache mount (the gate) in {mounts:?}");
-    std::fs::write(dirs[0].path().join(file), "").unwrap();
 }
 
 #[test]

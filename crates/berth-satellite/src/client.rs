@@ -132,9 +132,13 @@ impl Enrollments {
         Ok(())
     }
 
-    /// Makes `name` the satellite `berth build --satellite` uses without a name.
+    /// Makes `name` the satellite `berth build --satellite` uses without a name
+    /// (`pool:NAME`: a pool of them).
     pub fn set_default(&self, name: &str) -> Result<(), SatError> {
-        self.get(name)?;
+        match name.strip_prefix(crate::pool::POOL_PREFIX) {
+            Some(pool) => drop(crate::pool::Pools::new(self.dir.clone()).get(pool)?),
+            None => drop(self.get(name)?),
+        }
         write_atomic(&self.dir.join("default"), name.as_bytes())
     }
 
@@ -546,6 +550,7 @@ impl Connection {
 }
 
 /// A build to run on a satellite.
+#[derive(Clone)]
 pub struct RemoteBuild {
     /// The context directory on this machine.
     pub context: PathBuf,
@@ -688,16 +693,27 @@ pub fn earthfile_registry_hosts<'a>(
     hosts
 }
 
-/// Syncs the context, runs the build and hands every event to `on_event` as it arrives.
-/// Dropping the returned future (Ctrl-C) drops the stream, and the satellite cancels.
-pub async fn build(
-    conn: &mut Connection,
-    mut b: RemoteBuild,
-    on_event: &mut (dyn FnMut(berth_build::Event) + Send),
-) -> Result<RemoteResult, SatError> {
-    let addr = conn.address.clone();
-    let refusal = conn.refusal.clone();
-    let err = |s: tonic::Status| remote_error(&addr, s, &refusal);
+/// What a build sends besides file contents, read on this machine once: the context's
+/// entries (hashed through the client's sum cache), the Dockerfile and its ignore file
+/// (an Earthfile build: no Dockerfile, the folder's `.earthlyignore`).
+/// Pool members are probed with it, and the build on the chosen one reuses it.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// The context's entries.
+    pub entries: Vec<Entry>,
+    /// The name this client gives the context on satellites (its absolute path).
+    pub context_name: String,
+    /// The Dockerfile's text; empty for an Earthfile build.
+    pub dockerfile_text: String,
+    /// The Dockerfile's file name; empty for an Earthfile build.
+    pub dockerfile_name: String,
+    /// The ignore file's text, if there is one.
+    pub ignore_text: Option<String>,
+}
+
+/// Reads and lists what `b` sends: the Dockerfile, its ignore file, the context's
+/// entries.
+pub async fn describe(b: &RemoteBuild) -> Result<Described, SatError> {
     let (dockerfile_name, ignore_files, dockerfile_text) = match &b.dockerfile {
         Some(dockerfile) => {
             let name = dockerfile
@@ -753,6 +769,69 @@ pub async fn build(
         .unwrap_or(b.context.clone())
         .display()
         .to_string();
+    Ok(Described {
+        entries,
+        context_name,
+        dockerfile_text,
+        dockerfile_name,
+        ignore_text,
+    })
+}
+
+/// Asks the satellite how much of the build `d` with `request`'s options its cache
+/// holds, and how busy it is. Nothing is uploaded or run.
+pub async fn probe(
+    conn: &mut Connection,
+    d: &Described,
+    request: &proto::BuildRequest,
+) -> Result<proto::ProbeResponse, SatError> {
+    conn.grpc
+        .probe(proto::ProbeRequest {
+            entries: d.entries.iter().cloned().map(Into::into).collect(),
+            dockerfile: d.dockerfile_text.clone(),
+            dockerfile_name: d.dockerfile_name.clone(),
+            dockerignore: d.ignore_text.clone(),
+            target: request.target.clone(),
+            build_args: request.build_args.clone(),
+            no_cache: request.no_cache,
+            source_date_epoch: request.source_date_epoch,
+            allow: request.allow.clone(),
+            context: d.context_name.clone(),
+            frontend: request.frontend.clone(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| remote_error(&conn.address, s, &conn.refusal))
+}
+
+/// Syncs the context, runs the build and hands every event to `on_event` as it arrives.
+/// Dropping the returned future (Ctrl-C) drops the stream, and the satellite cancels.
+pub async fn build(
+    conn: &mut Connection,
+    b: RemoteBuild,
+    on_event: &mut (dyn FnMut(berth_build::Event) + Send),
+) -> Result<RemoteResult, SatError> {
+    let d = describe(&b).await?;
+    build_described(conn, b, d, on_event).await
+}
+
+/// [`build`] of a build already [`describe`]d.
+pub async fn build_described(
+    conn: &mut Connection,
+    mut b: RemoteBuild,
+    d: Described,
+    on_event: &mut (dyn FnMut(berth_build::Event) + Send),
+) -> Result<RemoteResult, SatError> {
+    let addr = conn.address.clone();
+    let refusal = conn.refusal.clone();
+    let err = |s: tonic::Status| remote_error(&addr, s, &refusal);
+    let Described {
+        entries,
+        context_name,
+        dockerfile_text,
+        dockerfile_name,
+        ignore_text,
+    } = d;
     let prepared = conn
         .grpc
         .prepare_context(proto::PrepareContextRequest {

@@ -128,6 +128,36 @@ pub fn validate(entries: &[Entry]) -> Result<(), SatError> {
     Ok(())
 }
 
+/// Writes stand-ins of `entries` under `dir` (which must not exist): directories and
+/// symlinks as listed, regular files empty but of the listed size (sparse), every mode
+/// as listed. Returns the content digest of each file by path: with it, a build's cache
+/// keys over `dir` are those over the real context (`berth_build::probe_cache`).
+pub fn stand_ins(dir: &Path, entries: &[Entry]) -> Result<HashMap<String, String>, SatError> {
+    validate(entries)?;
+    fs::create_dir_all(dir).map_err(SatError::io("create", dir))?;
+    let mut sums = HashMap::new();
+    for e in entries {
+        let path = dir.join(&e.path);
+        match e.kind() {
+            S_IFDIR => fs::create_dir(&path).map_err(SatError::io("create", &path))?,
+            S_IFLNK => std::os::unix::fs::symlink(&e.link, &path)
+                .map_err(SatError::io("create symlink", &path))?,
+            _ => {
+                let f = fs::File::create(&path).map_err(SatError::io("create", &path))?;
+                f.set_len(e.size).map_err(SatError::io("size", &path))?;
+                sums.insert(e.path.clone(), e.digest.clone());
+            }
+        }
+    }
+    // Modes last, deepest first, so a read-only directory is filled before it closes.
+    for e in entries.iter().rev().filter(|e| e.kind() != S_IFLNK) {
+        let path = dir.join(&e.path);
+        fs::set_permissions(&path, fs::Permissions::from_mode(e.mode & 0o7777))
+            .map_err(SatError::io("chmod", &path))?;
+    }
+    Ok(sums)
+}
+
 /// The digest naming a list of entries (a snapshot).
 pub fn snapshot_id(entries: &[Entry]) -> String {
     let json = serde_json::to_vec(entries).expect("entries serialise");
@@ -153,6 +183,17 @@ impl ClientContexts {
     fn context_dir(&self, name: &str) -> PathBuf {
         // Names come from clients: hash them into file names.
         self.dir.join(&hex(&Sha256::digest(name.as_bytes()))[..32])
+    }
+
+    /// The tree of context `name` if it holds exactly `entries` now (the last build's
+    /// context, unchanged since): a probe can read it instead of stand-ins, and the
+    /// content hashes its builds kept make that a walk of `stat`s.
+    pub fn tree_if_current(&self, name: &str, entries: &[Entry]) -> Option<PathBuf> {
+        let dir = self.context_dir(name);
+        let current: Vec<Entry> =
+            serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()?;
+        (!current.is_empty() && snapshot_id(&current) == snapshot_id(entries))
+            .then(|| dir.join("tree"))
     }
 
     fn blob(&self, hex: &str) -> PathBuf {

@@ -39,6 +39,16 @@ pub enum SatError {
 }
 
 impl SatError {
+    /// Whether the satellite could not take a build (unreachable, lost, draining, or
+    /// refusing this client), as opposed to the build or its request being wrong: the
+    /// errors on which a pool tries its next member.
+    pub fn is_satellite_unavailable(&self) -> bool {
+        matches!(
+            self,
+            SatError::Remote(_) | SatError::Unavailable(_) | SatError::Denied(_) | SatError::Pki(_)
+        )
+    }
+
     /// A closure mapping an I/O error on `path` while doing `op`.
     pub fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SatError + use<> {
         let path = path.display().to_string();

@@ -374,6 +374,62 @@ pub struct BuildResult {
     #[prost(uint32, tag = "6")]
     pub targets: u32,
 }
+/// A build as PrepareContext and Build would describe it, without file contents.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ProbeRequest {
+    /// The context's entries (paths, modes, sizes, content digests).
+    #[prost(message, repeated, tag = "1")]
+    pub entries: ::prost::alloc::vec::Vec<FileEntry>,
+    #[prost(string, tag = "2")]
+    pub dockerfile: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub dockerfile_name: ::prost::alloc::string::String,
+    #[prost(string, optional, tag = "4")]
+    pub dockerignore: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(string, tag = "5")]
+    pub target: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "6")]
+    pub build_args:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
+    #[prost(bool, tag = "7")]
+    pub no_cache: bool,
+    #[prost(uint64, optional, tag = "8")]
+    pub source_date_epoch: ::core::option::Option<u64>,
+    #[prost(string, repeated, tag = "9")]
+    pub allow: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The client's name for the context, as in PrepareContext: when the satellite's tree
+    /// of it holds exactly these entries, keys are computed over the tree itself.
+    #[prost(string, tag = "10")]
+    pub context: ::prost::alloc::string::String,
+    /// As in BuildRequest: "earthfile" builds are not counted (the answer says so), but
+    /// their answer still carries running builds and load.
+    #[prost(string, tag = "11")]
+    pub frontend: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ProbeResponse {
+    /// The satellite's name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Steps that run a process or copy files, and those its cache answers.
+    #[prost(uint32, tag = "2")]
+    pub steps: u32,
+    #[prost(uint32, tag = "3")]
+    pub cached: u32,
+    /// Why the steps were not counted (say, a base image the satellite would pull first);
+    /// empty when they were.
+    #[prost(string, tag = "4")]
+    pub uncounted: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "5")]
+    pub running_builds: u32,
+    /// 1-minute load average of its host, and its CPUs.
+    #[prost(double, tag = "6")]
+    pub load1: f64,
+    #[prost(uint32, tag = "7")]
+    pub cpus: u32,
+}
 /// Generated client implementations.
 pub mod satellite_client {
     #![allow(
@@ -579,6 +635,24 @@ pub mod satellite_client {
                 .insert(GrpcMethod::new("berth.satellite.v1.Satellite", "SshAgent"));
             self.inner.streaming(req, path, codec).await
         }
+        /// How much of a build this satellite's cache holds, and how busy it is: what a client
+        /// choosing among the members of a pool asks each of them (`--satellite pool:NAME`).
+        /// Nothing is uploaded, pulled or run: the build is lowered over stand-ins of the
+        /// context's files and each step's cache key looked up.
+        pub async fn probe(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ProbeRequest>,
+        ) -> std::result::Result<tonic::Response<super::ProbeResponse>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/berth.satellite.v1.Satellite/Probe");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("berth.satellite.v1.Satellite", "Probe"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -644,6 +718,14 @@ pub mod satellite_server {
             &self,
             request: tonic::Request<tonic::Streaming<super::SshFrame>>,
         ) -> std::result::Result<tonic::Response<Self::SshAgentStream>, tonic::Status>;
+        /// How much of a build this satellite's cache holds, and how busy it is: what a client
+        /// choosing among the members of a pool asks each of them (`--satellite pool:NAME`).
+        /// Nothing is uploaded, pulled or run: the build is lowered over stand-ins of the
+        /// context's files and each step's cache key looked up.
+        async fn probe(
+            &self,
+            request: tonic::Request<super::ProbeRequest>,
+        ) -> std::result::Result<tonic::Response<super::ProbeResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct SatelliteServer<T> {
@@ -986,6 +1068,43 @@ pub mod satellite_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/berth.satellite.v1.Satellite/Probe" => {
+                    #[allow(non_camel_case_types)]
+                    struct ProbeSvc<T: Satellite>(pub Arc<T>);
+                    impl<T: Satellite> tonic::server::UnaryService<super::ProbeRequest> for ProbeSvc<T> {
+                        type Response = super::ProbeResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ProbeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as Satellite>::probe(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ProbeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -161,10 +161,7 @@ impl proto::satellite_server::Satellite for Service {
         let who = caller(&req)?;
         let sat = self.sat.clone();
         let disk = blocking(move || Ok(sat.inner.metrics.disk(&sat))).await?;
-        let load1 = std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0);
+        let load1 = load1();
         Ok(Response::new(proto::StatusResponse {
             name: self.sat.inner.name.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -172,7 +169,7 @@ impl proto::satellite_server::Satellite for Service {
             cache_bytes: disk.cache_bytes,
             cache_cap_bytes: self.sat.inner.config.builder.cache_max_bytes.unwrap_or(0),
             load1,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            cpus: cpus(),
             client: who.display_name(),
             client_cert_expires: unix(who.validity.not_after) as i64,
             enrolled_clients: disk.enrolled_clients,
@@ -288,6 +285,32 @@ impl proto::satellite_server::Satellite for Service {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    async fn probe(
+        &self,
+        req: Request<proto::ProbeRequest>,
+    ) -> Result<Response<proto::ProbeResponse>, Status> {
+        let who = caller(&req)?;
+        self.refuse_if_draining()?;
+        let r = req.into_inner();
+        let mut answer = proto::ProbeResponse {
+            name: self.sat.inner.name.clone(),
+            running_builds: self.sat.running_builds(),
+            load1: load1(),
+            cpus: cpus(),
+            ..Default::default()
+        };
+        match self.count_cached(&who, r).await {
+            Ok(c) => {
+                answer.steps = c.steps as u32;
+                answer.cached = c.cached as u32;
+            }
+            Err(why) => answer.uncounted = why,
+        }
+        tracing::debug!(client = %who.display_name(), steps = answer.steps, cached = answer.cached,
+            uncounted = %answer.uncounted, "build probed");
+        Ok(Response::new(answer))
+    }
+
     type BuildStream = ReceiverStream<Result<proto::BuildEvent, Status>>;
 
     async fn build(
@@ -357,6 +380,100 @@ impl proto::satellite_server::Satellite for Service {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+impl Service {
+    /// The steps of a probed build and those this satellite's cache answers, over the
+    /// client's tree of the context when it is unchanged and no build holds it, else
+    /// over stand-ins of its entries (removed after); why not, when they cannot be
+    /// counted.
+    async fn count_cached(
+        &self,
+        who: &CertInfo,
+        r: proto::ProbeRequest,
+    ) -> Result<berth_build::CacheProbe, String> {
+        // An Earthfile build's keys come from several targets and Earthfiles, lowered
+        // with imports and remote references: not counted. A pool ranks the answer
+        // after counted ones, by running builds and load.
+        match r.frontend.as_str() {
+            "" | "dockerfile" => {}
+            "earthfile" => return Err("Earthfile builds are not counted".into()),
+            other => {
+                return Err(format!(
+                    "frontend {other:?} is not one this satellite knows"
+                ));
+            }
+        }
+        let allow =
+            entitlements(&r.allow, &self.sat.inner.allow).map_err(|s| s.message().to_owned())?;
+        let contexts = self.contexts(who);
+        let lock = self
+            .sat
+            .inner
+            .contexts
+            .lock()
+            .expect("contexts lock")
+            .entry(contexts.context_path(&r.context))
+            .or_default()
+            .clone();
+        // Held until the keys are computed, so a build does not change the tree meanwhile.
+        let held = lock.try_lock().ok();
+        let dir = self
+            .sat
+            .inner
+            .dirs
+            .root
+            .join("satellite/probes")
+            .join(crate::context::uuid_like());
+        let _cleanup = RemoveOnDrop(dir.clone());
+        let entries: Vec<Entry> = r.entries.into_iter().map(Entry::from).collect();
+        let (context, sums) = {
+            let (dir, name, use_tree) = (dir.clone(), r.context.clone(), held.is_some());
+            tokio::task::spawn_blocking(move || {
+                if use_tree && let Some(tree) = contexts.tree_if_current(&name, &entries) {
+                    // The builds of the tree kept its content hashes: none is given.
+                    return Ok((tree, HashMap::new()));
+                }
+                crate::context::stand_ins(&dir, &entries).map(|sums| (dir, sums))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+        };
+        let opts = berth_build::ProbeOptions {
+            dockerfile: r.dockerfile,
+            dockerfile_name: safe_file_name(&r.dockerfile_name),
+            dockerignore: r.dockerignore,
+            context,
+            sums,
+            target: (!r.target.is_empty()).then_some(r.target),
+            build_args: r.build_args.into_iter().collect(),
+            no_cache: r.no_cache,
+            source_date_epoch: r.source_date_epoch,
+            proxy_env: self.sat.inner.config.network().proxies.step_env(),
+            allow,
+        };
+        let counted = berth_build::probe_cache(
+            &self.sat.inner.dirs.root,
+            self.sat.inner.store.clone(),
+            opts,
+        )
+        .await
+        .map_err(|e| e.to_string());
+        drop(held);
+        counted
+    }
+}
+
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 /// `[builder] cache_max_bytes`: once no build runs, the least recently used build cache

@@ -32,6 +32,7 @@
 //! - `capture`: running a command for its exit code and output (Earthly's `IF`, `FOR`,
 //!   `$(cmd)`), cached by the key a RUN of it would have;
 //! - `docker`: steps with a dockerd of their own (Earthly's `WITH DOCKER`);
+//! - `probe`: a dry walk counting the steps the cache answers (satellite pools);
 //! - `git`: git checkouts (`ADD <repository>#<ref>`), keyed by their commit;
 //! - `snapshot`: layers ↔ snapshots: unpacking chains, committing a step's changes as a
 //!   layer, throw-away views.
@@ -54,6 +55,7 @@ use crate::fileops;
 use schedule::SharedSolve;
 
 pub use capture::Captured;
+pub use probe::CacheProbe;
 
 mod cache;
 mod capture;
@@ -64,6 +66,7 @@ mod git;
 mod history;
 mod http;
 mod mounts;
+mod probe;
 mod schedule;
 mod snapshot;
 #[cfg(test)]

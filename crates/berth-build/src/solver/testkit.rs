@@ -290,9 +290,14 @@ pub(super) fn sorted(mut v: Vec<String>) -> Vec<String> {
 impl Fixture {
     /// A solver for a build in this fixture.
     pub(super) fn solver(&self) -> Arc<Solver> {
+        self.solver_on(HashMap::new())
+    }
+
+    /// A solver for a build in this fixture over the local sources `contexts`.
+    pub(super) fn solver_on(&self, contexts: HashMap<String, PathBuf>) -> Arc<Solver> {
         let store = Store::open(self.root().join("store")).unwrap();
         let opts = SolveOptions {
-            contexts: HashMap::new(),
+            contexts,
             secrets: HashMap::new(),
             ssh: HashMap::new(),
             no_cache: false,

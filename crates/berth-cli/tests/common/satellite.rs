@@ -279,3 +279,24 @@ pub fn wait_for(what: &str, cond: &dyn Fn() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A RUN that waits (at most 5 minutes) for `file` to appear in the cache mount `gate`,
+/// which other builds on the satellite, or the test through the satellite's root, create.
+pub fn wait_at_gate(file: &str) -> String {
+    format!(
+        "RUN --mount=type=cache,target=/gate,id=gate sh -c \
+         'for i in $(seq 3000); do [ -f /gate/{file} ] && exit 0; sleep 0.1; done; exit 1'"
+    )
+}
+
+/// Opens the gate of [`wait_at_gate`] from outside: the cache mount lives in the root.
+pub fn open_gate(root: &Path, file: &str) {
+    let mounts = root.join("cache/mounts");
+    let dirs: Vec<_> = std::fs::read_dir(&mounts)
+        .unwrap_or_else(|e| panic!("{}: {e}", mounts.display()))
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one cache mount (the gate) in {mounts:?}");
+    std::fs::write(dirs[0].path().join(file), "").unwrap();
+}
