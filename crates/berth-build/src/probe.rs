@@ -43,6 +43,8 @@ pub struct ProbeOptions {
     pub proxy_env: Vec<String>,
     /// Entitlements granted.
     pub allow: Vec<crate::ir::Entitlement>,
+    /// Extra `/etc/hosts` lines of RUN steps (`--add-host`), part of their keys.
+    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
 }
 
 /// Counts the steps of the build `opts` describes and those the cache of `root`
@@ -58,9 +60,7 @@ pub async fn probe_cache(root: &Path, store: Store, opts: ProbeOptions) -> Resul
         no_cache: opts.no_cache,
         created: None,
         allow: opts.allow.clone(),
-        // Not in the probe yet: a build with `--add-host` gets other keys for its RUN
-        // steps, which then count as misses.
-        extra_hosts: Vec::new(),
+        extra_hosts: opts.extra_hosts.clone(),
         cancel: Cancel::default(),
     };
     let handle = tokio::runtime::Handle::current();

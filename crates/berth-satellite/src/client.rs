@@ -798,6 +798,7 @@ pub async fn probe(
             allow: request.allow.clone(),
             context: d.context_name.clone(),
             frontend: request.frontend.clone(),
+            extra_hosts: request.extra_hosts.clone(),
         })
         .await
         .map(tonic::Response::into_inner)

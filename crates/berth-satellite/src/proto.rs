@@ -406,6 +406,9 @@ pub struct ProbeRequest {
     /// their answer still carries running builds and load.
     #[prost(string, tag = "11")]
     pub frontend: ::prost::alloc::string::String,
+    /// As in BuildRequest: extra /etc/hosts lines, part of RUN steps' keys.
+    #[prost(string, repeated, tag = "12")]
+    pub extra_hosts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -406,6 +406,11 @@ impl Service {
         }
         let allow =
             entitlements(&r.allow, &self.sat.inner.allow).map_err(|s| s.message().to_owned())?;
+        let extra_hosts = r
+            .extra_hosts
+            .iter()
+            .map(|h| berth_build::parse_extra_host(h))
+            .collect::<Result<Vec<_>, _>>()?;
         let contexts = self.contexts(who);
         let lock = self
             .sat
@@ -452,6 +457,7 @@ impl Service {
             source_date_epoch: r.source_date_epoch,
             proxy_env: self.sat.inner.config.network().proxies.step_env(),
             allow,
+            extra_hosts,
         };
         let counted = berth_build::probe_cache(
             &self.sat.inner.dirs.root,
