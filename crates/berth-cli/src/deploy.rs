@@ -92,6 +92,17 @@ pub struct HostAddArgs {
     client_name: Option<String>,
 }
 
+/// `--hosts` and `--role`: the part of the file's hosts a deploy or rollback touches.
+#[derive(Args)]
+struct OnlyHosts {
+    /// Only these hosts (comma-separated names of the file's roles).
+    #[arg(long, value_delimiter = ',')]
+    hosts: Vec<String>,
+    /// Only the hosts of these roles (comma-separated, or repeated).
+    #[arg(long, value_delimiter = ',')]
+    role: Vec<String>,
+}
+
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct DeployArgs {
@@ -106,12 +117,8 @@ pub struct DeployArgs {
     /// [default: the tag the file names].
     #[arg(long)]
     version: Option<String>,
-    /// Only these hosts (comma-separated names of the file's roles).
-    #[arg(long, value_delimiter = ',')]
-    hosts: Vec<String>,
-    /// Only the hosts of these roles (comma-separated, or repeated).
-    #[arg(long, value_delimiter = ',')]
-    role: Vec<String>,
+    #[command(flatten)]
+    only: OnlyHosts,
     #[command(flatten)]
     k8s: crate::k8s::K8sArgs,
 }
@@ -185,12 +192,8 @@ pub struct RollbackArgs {
     /// Only list each host's versions (newest, the serving one, first).
     #[arg(long)]
     list: bool,
-    /// Only these hosts (comma-separated names of the file's roles).
-    #[arg(long, value_delimiter = ',')]
-    hosts: Vec<String>,
-    /// Only the hosts of these roles (comma-separated, or repeated).
-    #[arg(long, value_delimiter = ',')]
-    role: Vec<String>,
+    #[command(flatten)]
+    only: OnlyHosts,
     #[command(flatten)]
     k8s: crate::k8s::K8sArgs,
 }
@@ -439,7 +442,7 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
             &args.k8s,
         );
     }
-    let file = DeployFile::load(&args.file)?.only(&args.hosts, &args.role)?;
+    let file = DeployFile::load(&args.file)?.only(&args.only.hosts, &args.only.role)?;
     let mut services = file.select(&args.services)?;
     services.retain(|s| !file.hosts_of(s).is_empty());
     if services.is_empty() {
@@ -635,7 +638,7 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
             &args.k8s,
         );
     }
-    let file = DeployFile::load(&args.file)?.only(&args.hosts, &args.role)?;
+    let file = DeployFile::load(&args.file)?.only(&args.only.hosts, &args.only.role)?;
     let svc = one_service(&file, args.service.as_deref(), "--service")?;
     if file.hosts_of(svc).is_empty() {
         bail!("service {} runs on none of the hosts chosen", svc.name);
