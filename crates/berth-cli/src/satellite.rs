@@ -61,6 +61,30 @@ pub enum SatelliteCommand {
     /// Print Kubernetes YAML for a satellite: a StatefulSet (privileged pod, its root on a
     /// PersistentVolumeClaim, the CA optionally from a Secret) and a Service on port 8372.
     Manifests(ManifestArgs),
+    /// Apply the satellite of `manifests` to a cluster (server-side apply, berth's
+    /// ServiceAccount and pull secrets) and wait until its pod exists.
+    Deploy(SatDeployArgs),
+}
+
+#[derive(Args)]
+pub struct SatDeployArgs {
+    /// Deploy to Kubernetes (the only target so far).
+    #[arg(long, required = true)]
+    k8s: bool,
+    /// The kubeconfig context [default: the current one].
+    #[arg(long)]
+    context: Option<String>,
+    /// The namespace [default: the context's, else "default"].
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Take over fields another field manager owns (server-side apply conflicts).
+    #[arg(long)]
+    force_conflicts: bool,
+    /// How long to wait for the StatefulSet's pod to exist.
+    #[arg(long, default_value = "2m", value_parser = crate::parse_duration)]
+    timeout: std::time::Duration,
+    #[command(flatten)]
+    manifest: ManifestArgs,
 }
 
 #[derive(Args)]
@@ -228,6 +252,7 @@ pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
             print!("{}", manifests(&args)?);
             Ok(())
         }
+        SatelliteCommand::Deploy(args) => deploy_k8s(&args),
         SatelliteCommand::Token { command } => {
             let root = SatelliteRoot::new(&settings.root);
             match command {
@@ -549,7 +574,11 @@ fn import_buildkitd(file: &std::path::Path) -> Result<()> {
 /// (mounting it at `--ca-dir`) then uses it even on a fresh volume. It is not printed
 /// here: it would need the CA's key, which only the first start makes.
 fn manifests(args: &ManifestArgs) -> Result<String> {
-    let input = berth_kube::satellite::SatelliteInput {
+    berth_kube::satellite::manifests(&satellite_input(args)).map_err(anyhow::Error::msg)
+}
+
+fn satellite_input(args: &ManifestArgs) -> berth_kube::satellite::SatelliteInput {
+    berth_kube::satellite::SatelliteInput {
         name: args.name.clone(),
         image: args.image.clone(),
         storage: args.storage.clone(),
@@ -558,8 +587,41 @@ fn manifests(args: &ManifestArgs) -> Result<String> {
             service_account: args.service_account.clone(),
             pull_secrets: args.image_pull_secrets.clone(),
         },
-    };
-    berth_kube::satellite::manifests(&input).map_err(anyhow::Error::msg)
+    }
+}
+
+/// `berth satellite deploy --k8s`: berth_kube::satellite::deploy on the chosen cluster.
+fn deploy_k8s(args: &SatDeployArgs) -> Result<()> {
+    debug_assert!(args.k8s);
+    let input = satellite_input(&args.manifest);
+    runtime()?.block_on(async {
+        let kube = berth_kube::Kube::connect(&berth_kube::KubeOptions {
+            kubeconfig: None,
+            context: args.context.clone(),
+            namespace: args.namespace.clone(),
+            force_conflicts: args.force_conflicts,
+        })
+        .await?;
+        eprintln!(
+            "cluster: Kubernetes {}, namespace {}",
+            kube.server.git_version, kube.namespace
+        );
+        let pod = berth_kube::satellite::deploy(&kube, &input, args.timeout).await?;
+        let spec = pod.spec.unwrap_or_default();
+        println!(
+            "satellite {}: pod {}-0 as {} with pull secrets {}",
+            input.name,
+            input.name,
+            spec.service_account_name.unwrap_or_default(),
+            spec.image_pull_secrets
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        Ok(())
+    })
 }
 
 /// The satellite a build goes to: `--satellite NAME`, BERTH_SATELLITE, or the one chosen

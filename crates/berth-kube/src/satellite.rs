@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::KubeError;
 use crate::pod::{PodIdentity, PodParts, pod_template};
 
 /// Where the satellite's root lives in its pod.
@@ -315,6 +316,80 @@ pub fn manifests(input: &SatelliteInput) -> Result<String, String> {
         header(&input.name, &input.identity),
         docs.join("---\n")
     ))
+}
+
+/// `berth satellite deploy --k8s`: makes the namespace, berth's ServiceAccount (with the
+/// pull secrets it already lists, such as `berth-pull` from `berth deploy --k8s`; see
+/// [`crate::pull::ensure`]), applies the Service and the StatefulSet under berth's field
+/// manager, and waits until the StatefulSet's controller has made the pod `<name>-0`,
+/// which it returns. The pod is checked to carry the ServiceAccount and every pull secret
+/// of the identity. `input.identity` gives the user's own pull secrets (kept first); its
+/// service account is replaced by berth's.
+pub async fn deploy(
+    kube: &crate::Kube,
+    input: &SatelliteInput,
+    timeout: std::time::Duration,
+) -> Result<k8s_openapi::api::core::v1::Pod, KubeError> {
+    let bad = |message: String| KubeError::Rollout {
+        service: input.name.clone(),
+        detail: message,
+    };
+    validate(input).map_err(bad)?;
+    kube.ensure_namespace().await?;
+    let berths = crate::pull::ensure(kube, &crate::K8sConfig::default(), None).await?;
+    let mut input = input.clone();
+    for n in berths.pull_secrets {
+        if !input.identity.pull_secrets.contains(&n) {
+            input.identity.pull_secrets.push(n);
+        }
+    }
+    input.identity.service_account = berths.service_account;
+    let sat = render(&input).map_err(bad)?;
+    kube.check(&[&sat.service])?;
+    kube.check(&[&sat.stateful_set])?;
+    kube.apply(&sat.service).await?;
+    kube.apply(&sat.stateful_set).await?;
+    let pods = kube.api::<k8s_openapi::api::core::v1::Pod>();
+    let pod_name = format!("{}-0", input.name);
+    let start = std::time::Instant::now();
+    let pod = loop {
+        if let Some(p) = pods
+            .get_opt(&pod_name)
+            .await
+            .map_err(|e| KubeError::api(format!("get pod {pod_name}"), e))?
+        {
+            break p;
+        }
+        if start.elapsed() > timeout {
+            return Err(bad(format!(
+                "the StatefulSet made no pod {pod_name} in {}s; see `kubectl describe statefulset {}`",
+                timeout.as_secs(),
+                input.name
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let spec = pod.spec.as_ref();
+    let sa = spec.and_then(|s| s.service_account_name.as_deref());
+    let has: Vec<&str> = spec
+        .and_then(|s| s.image_pull_secrets.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+    let missing: Vec<&String> = input
+        .identity
+        .pull_secrets
+        .iter()
+        .filter(|n| !has.contains(&n.as_str()))
+        .collect();
+    if sa != Some(input.identity.service_account.as_str()) || !missing.is_empty() {
+        return Err(bad(format!(
+            "pod {pod_name} runs as {sa:?} with pull secrets {has:?}; expected {} with {:?} (an older StatefulSet revision? delete the pod)",
+            input.identity.service_account, input.identity.pull_secrets
+        )));
+    }
+    Ok(pod)
 }
 
 #[cfg(test)]
