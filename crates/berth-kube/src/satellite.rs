@@ -361,10 +361,31 @@ pub async fn deploy(
             break p;
         }
         if start.elapsed() > timeout {
+            // The controller's reason (admission refusals such as a forbidden privileged
+            // pod) is only in its events.
+            let events = kube
+                .api::<k8s_openapi::api::core::v1::Event>()
+                .list(&kube::api::ListParams::default().fields(&format!(
+                    "involvedObject.kind=StatefulSet,involvedObject.name={}",
+                    input.name
+                )))
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter(|e| e.type_.as_deref() == Some("Warning"))
+                        .filter_map(|e| e.message)
+                        .next_back()
+                })
+                .ok()
+                .flatten();
             return Err(bad(format!(
-                "the StatefulSet made no pod {pod_name} in {}s; see `kubectl describe statefulset {}`",
+                "the StatefulSet made no pod {pod_name} in {}s: {}",
                 timeout.as_secs(),
-                input.name
+                events.unwrap_or_else(|| format!(
+                    "no warning events; see `kubectl describe statefulset {}`",
+                    input.name
+                ))
             )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
