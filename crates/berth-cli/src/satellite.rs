@@ -68,6 +68,30 @@ pub enum SatelliteCommand {
     /// Print Kubernetes YAML for a satellite: a StatefulSet (privileged pod, its root on a
     /// PersistentVolumeClaim, the CA optionally from a Secret) and a Service on port 8372.
     Manifests(ManifestArgs),
+    /// Apply the satellite of `manifests` to a cluster (server-side apply, berth's
+    /// ServiceAccount and pull secrets) and wait until its pod exists.
+    Deploy(SatDeployArgs),
+}
+
+#[derive(Args)]
+pub struct SatDeployArgs {
+    /// Deploy to Kubernetes (the only target so far).
+    #[arg(long, required = true)]
+    k8s: bool,
+    /// The kubeconfig context [default: the current one].
+    #[arg(long)]
+    context: Option<String>,
+    /// The namespace [default: the context's, else "default"].
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Take over fields another field manager owns (server-side apply conflicts).
+    #[arg(long)]
+    force_conflicts: bool,
+    /// How long to wait for the StatefulSet's pod to exist.
+    #[arg(long, default_value = "2m", value_parser = crate::parse_duration)]
+    timeout: std::time::Duration,
+    #[command(flatten)]
+    manifest: ManifestArgs,
 }
 
 #[derive(Args)]
@@ -81,6 +105,12 @@ pub struct ManifestArgs {
     /// Size of the PersistentVolumeClaim holding the root (cache, identity, enrolments).
     #[arg(long, default_value = "50Gi")]
     storage: String,
+    /// The ServiceAccount the pod runs as (it must exist in the namespace).
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    /// An image pull secret for the pod (repeatable), e.g. `berth-pull`.
+    #[arg(long = "image-pull-secret")]
+    image_pull_secrets: Vec<String>,
 }
 
 #[derive(Args)]
@@ -298,6 +328,7 @@ pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
             print!("{}", manifests(&args)?);
             Ok(())
         }
+        SatelliteCommand::Deploy(args) => deploy_k8s(&args),
         SatelliteCommand::Token { command } => {
             let root = SatelliteRoot::new(&settings.root);
             match command {
@@ -616,12 +647,8 @@ fn import_buildkitd(file: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Where the satellite's root lives in its pod.
-const POD_ROOT: &str = "/var/lib/berth";
-/// Where the optional CA Secret is mounted.
-const POD_CA_DIR: &str = "/etc/berth/ca";
-
-/// The Kubernetes YAML of `berth satellite manifests`.
+/// The Kubernetes YAML of `berth satellite manifests`, rendered by
+/// `berth_kube::satellite` from typed objects (the pod through `berth_kube::pod`).
 ///
 /// The CA lives in the root, on the PersistentVolumeClaim, so a restarted or rescheduled
 /// pod keeps it with the cache and the enrolments. The Secret `<name>-ca` is optional: an
@@ -629,162 +656,54 @@ const POD_CA_DIR: &str = "/etc/berth/ca";
 /// (mounting it at `--ca-dir`) then uses it even on a fresh volume. It is not printed
 /// here: it would need the CA's key, which only the first start makes.
 fn manifests(args: &ManifestArgs) -> Result<String> {
-    let name = &args.name;
-    let dns_label = (1..=52).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    anyhow::ensure!(
-        dns_label,
-        "--name {name:?}: Kubernetes names are 1 to 52 lowercase letters, digits and `-`, \
-         starting and ending with a letter or digit"
-    );
-    anyhow::ensure!(
-        !args.image.is_empty()
-            && !args
-                .image
-                .chars()
-                .any(|c| c.is_whitespace() || c == '"' || c == '\\'),
-        "--image {:?}: an image reference has no spaces, quotes or backslashes",
-        args.image
-    );
-    let digits = args
-        .storage
-        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &args.storage[digits.len()..];
-    anyhow::ensure!(
-        !digits.is_empty()
-            && digits.chars().all(|c| c.is_ascii_digit())
-            && ["", "Ki", "Mi", "Gi", "Ti", "Pi", "k", "M", "G", "T", "P"].contains(&unit),
-        "--storage {:?}: give a size such as 50Gi or 500G",
-        args.storage
-    );
-    let (image, storage, port) = (&args.image, &args.storage, berth_satellite::DEFAULT_PORT);
-    Ok(format!(
-        r#"# berth satellite {name}: `kubectl apply -f` this file.
-#
-# Its root ({POD_ROOT}: CA, cache, tokens, enrolled clients) is on the PersistentVolumeClaim
-# root-{name}-0, so restarts and rescheduling keep identity, cache and enrolments.
-# The pod is privileged: it runs build steps with runc and overlayfs.
-#
-# Enroll a client:
-#   kubectl exec {name}-0 -- berth --root {POD_ROOT} satellite token create
-#   berth satellite add {name} --token <token>
-# Tokens carry {name}.<namespace>.svc; for clients outside the cluster, expose the Service
-# and add their name for it to --advertise.
-#
-# Optional: keep the CA in the Secret {name}-ca, so that it outlives the volume (then a
-# fresh volume still serves the CA every client trusts). After the first start:
-#   kubectl exec {name}-0 -- cat {POD_ROOT}/satellite/pki/ca.crt > ca.crt
-#   kubectl exec {name}-0 -- cat {POD_ROOT}/satellite/pki/ca.key > ca.key
-#   kubectl create secret generic {name}-ca --from-file=ca.crt --from-file=ca.key
-#   rm ca.key
-# Without the Secret, the mount is empty and the CA in the root is used.
-#
-# /healthz and /metrics (Prometheus) answer on the same TLS port without a client
-# certificate; /healthz says 503 while the satellite drains on SIGTERM.
-apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  labels:
-    app.kubernetes.io/name: berth-satellite
-    app.kubernetes.io/instance: {name}
-spec:
-  selector:
-    app.kubernetes.io/name: berth-satellite
-    app.kubernetes.io/instance: {name}
-  ports:
-    - name: satellite
-      port: {port}
-      targetPort: satellite
-      protocol: TCP
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata:
-  name: {name}
-  labels:
-    app.kubernetes.io/name: berth-satellite
-    app.kubernetes.io/instance: {name}
-spec:
-  serviceName: {name}
-  replicas: 1
-  selector:
-    matchLabels:
-      app.kubernetes.io/name: berth-satellite
-      app.kubernetes.io/instance: {name}
-  template:
-    metadata:
-      labels:
-        app.kubernetes.io/name: berth-satellite
-        app.kubernetes.io/instance: {name}
-      annotations:
-        prometheus.io/scrape: "true"
-        prometheus.io/scheme: "https"
-        prometheus.io/port: "{port}"
-        prometheus.io/path: "/metrics"
-    spec:
-      # Longer than --drain-timeout: running builds may finish after SIGTERM.
-      terminationGracePeriodSeconds: 660
-      containers:
-        - name: satellite
-          image: "{image}"
-          args:
-            - --root={POD_ROOT}
-            - satellite
-            - serve
-            - --addr=0.0.0.0:{port}
-            - --name={name}
-            - --advertise={name}.$(POD_NAMESPACE).svc,{name}.$(POD_NAMESPACE).svc.cluster.local,{name}
-            - --ca-dir={POD_CA_DIR}
-            - --drain-timeout=10m
-          env:
-            - name: POD_NAMESPACE
-              valueFrom:
-                fieldRef:
-                  fieldPath: metadata.namespace
-          ports:
-            - name: satellite
-              containerPort: {port}
-              protocol: TCP
-          securityContext:
-            privileged: true
-          readinessProbe:
-            httpGet:
-              path: /healthz
-              port: satellite
-              scheme: HTTPS
-            periodSeconds: 10
-          livenessProbe:
-            tcpSocket:
-              port: satellite
-            periodSeconds: 30
-          volumeMounts:
-            - name: root
-              mountPath: {POD_ROOT}
-            - name: ca
-              mountPath: {POD_CA_DIR}
-              readOnly: true
-      volumes:
-        - name: ca
-          secret:
-            secretName: {name}-ca
-            optional: true
-            defaultMode: 256
-  volumeClaimTemplates:
-    - metadata:
-        name: root
-      spec:
-        accessModes:
-          - ReadWriteOnce
-        resources:
-          requests:
-            storage: {storage}
-"#
-    ))
+    berth_kube::satellite::manifests(&satellite_input(args)).map_err(anyhow::Error::msg)
+}
+
+fn satellite_input(args: &ManifestArgs) -> berth_kube::satellite::SatelliteInput {
+    berth_kube::satellite::SatelliteInput {
+        name: args.name.clone(),
+        image: args.image.clone(),
+        storage: args.storage.clone(),
+        port: berth_satellite::DEFAULT_PORT,
+        identity: berth_kube::pod::PodIdentity {
+            service_account: args.service_account.clone(),
+            pull_secrets: args.image_pull_secrets.clone(),
+        },
+    }
+}
+
+/// `berth satellite deploy --k8s`: berth_kube::satellite::deploy on the chosen cluster.
+fn deploy_k8s(args: &SatDeployArgs) -> Result<()> {
+    debug_assert!(args.k8s);
+    let input = satellite_input(&args.manifest);
+    runtime()?.block_on(async {
+        let kube = berth_kube::Kube::connect(&berth_kube::KubeOptions {
+            kubeconfig: None,
+            context: args.context.clone(),
+            namespace: args.namespace.clone(),
+            force_conflicts: args.force_conflicts,
+        })
+        .await?;
+        eprintln!(
+            "cluster: Kubernetes {}, namespace {}",
+            kube.server.git_version, kube.namespace
+        );
+        let pod = berth_kube::satellite::deploy(&kube, &input, args.timeout).await?;
+        let spec = pod.spec.unwrap_or_default();
+        println!(
+            "satellite {}: pod {}-0 as {} with pull secrets {}",
+            input.name,
+            input.name,
+            spec.service_account_name.unwrap_or_default(),
+            spec.image_pull_secrets
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        Ok(())
+    })
 }
 
 /// The satellite a build goes to: `--satellite NAME`, BERTH_SATELLITE, or the one chosen

@@ -257,3 +257,110 @@ fn a_bad_context_or_table_is_reported_before_anything_happens() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--k8s"), "{err}");
 }
+
+/// POST `body` to `path` of the API server; panics unless 201.
+fn post(cp: &ControlPlane, path: &str, body: &serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+        .arg(cp.dir.join("certs/apiserver.crt"))
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["-H", "Content-Type: application/json", "-X", "POST", "-d"])
+        .arg(body.to_string())
+        .arg(format!("{}{path}", cp.url))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.ends_with("\n201"), "POST {path}: {text}");
+}
+
+#[test]
+fn satellite_deploy_puts_the_pod_through_berths_identity() {
+    let Some(cp) = control_plane() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ns = "sat";
+    // berth's ServiceAccount as `berth deploy --k8s` leaves it: listing berth-pull.
+    post(
+        cp,
+        "/api/v1/namespaces",
+        &serde_json::json!({"metadata": {"name": ns}}),
+    );
+    post(
+        cp,
+        &format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+        &serde_json::json!({"metadata": {"name": "berth"}, "imagePullSecrets": [{"name": "berth-pull"}]}),
+    );
+    let deploy = || {
+        let mut c = berth(&dir.path().join("root"));
+        c.env("KUBECONFIG", &cp.kubeconfig).args([
+            "satellite",
+            "deploy",
+            "--k8s",
+            "--context",
+            "envtest",
+            "-n",
+            ns,
+            "--name",
+            "builder",
+            "--image",
+            "127.0.0.1:5000/berth:1",
+            "--storage",
+            "1Gi",
+            "--image-pull-secret",
+            "regcred",
+        ]);
+        output_ok(&mut c)
+    };
+    let out = deploy();
+    assert!(
+        out.stdout
+            .contains("pod builder-0 as berth with pull secrets regcred,berth-pull"),
+        "{}",
+        out.stdout
+    );
+    // What the StatefulSet controller made, read back from the server.
+    let pod = get(cp, &format!("/api/v1/namespaces/{ns}/pods/builder-0")).expect("pod builder-0");
+    assert_eq!(pod["spec"]["serviceAccountName"], "berth");
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"],
+        serde_json::json!([{"name": "regcred"}, {"name": "berth-pull"}])
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["securityContext"]["privileged"],
+        true
+    );
+    let sts_path = format!("/apis/apps/v1/namespaces/{ns}/statefulsets/builder");
+    let sts = get(cp, &sts_path).unwrap();
+    assert!(
+        sts["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["manager"] == "berth" && f["operation"] == "Apply"),
+        "{sts}"
+    );
+    // Again: nothing changes.
+    deploy();
+    let again = get(cp, &sts_path).unwrap();
+    assert_eq!(
+        again["metadata"]["generation"],
+        sts["metadata"]["generation"]
+    );
+    assert_eq!(
+        again["metadata"]["resourceVersion"],
+        sts["metadata"]["resourceVersion"]
+    );
+    // Bad input is refused before anything is sent.
+    let mut c = berth(&dir.path().join("root"));
+    c.env("KUBECONFIG", &cp.kubeconfig).args([
+        "satellite",
+        "deploy",
+        "--k8s",
+        "-n",
+        ns,
+        "--storage",
+        "lots",
+    ]);
+    let bad = output(&mut c);
+    assert!(!bad.success);
+    assert!(bad.stderr.contains("--storage"), "{}", bad.stderr);
+}

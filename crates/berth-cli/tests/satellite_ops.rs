@@ -515,8 +515,11 @@ fn manifests_are_kubernetes_yaml_with_the_essentials() {
         "registry.internal:5000/berth:1",
         "--storage",
         "80Gi",
+        "--image-pull-secret",
+        "regcred",
     ]));
     let yaml = out.stdout;
+    // Rendered from typed objects, the pod through berth_kube::pod.
     let docs: Vec<&str> = yaml.split("\n---\n").collect();
     assert_eq!(docs.len(), 2, "a Service and a StatefulSet:\n{yaml}");
     for (doc, kind) in docs.iter().zip(["Service", "StatefulSet"]) {
@@ -537,6 +540,9 @@ fn manifests_are_kubernetes_yaml_with_the_essentials() {
         "- --ca-dir=/etc/berth/ca",
         "path: /healthz",
         "terminationGracePeriodSeconds: 660",
+        "serviceAccountName: default",
+        "imagePullSecrets:\n        - name: regcred\n",
+        "# berth satellite builder:",
     ] {
         assert!(yaml.contains(essential), "no {essential:?} in:\n{yaml}");
     }
@@ -568,6 +574,10 @@ fn manifests_are_kubernetes_yaml_with_the_essentials() {
         output(Command::new(berth_bin()).args(["satellite", "manifests", "--name", "Bad_Name"]));
     assert!(!bad.success);
     assert!(bad.stderr.contains("--name"), "{}", bad.stderr);
+    let bad =
+        output(Command::new(berth_bin()).args(["satellite", "manifests", "--storage", "lots"]));
+    assert!(!bad.success);
+    assert!(bad.stderr.contains("--storage"), "{}", bad.stderr);
 }
 
 #[test]

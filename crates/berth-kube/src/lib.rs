@@ -5,12 +5,13 @@
 //! ServiceAccount ([`pull`]), knowing what the server has before sending anything
 //! ([`version`]), server-side apply under one field manager with conflicts reported
 //! ([`apply`]), rollouts waited on and rollbacks to the previous ReplicaSet revision
-//! ([`rollout`]).
+//! ([`rollout`]), a satellite in the cluster ([`satellite`], printed through the small
+//! YAML emitter [`yaml`]).
 //!
 //! Building and pushing images is the caller's (berth-cli owns the store); this crate
 //! gets the pinned image references.
 //!
-//! Not yet: satellites in the cluster, helper pods, pruning old ConfigMaps/Secrets.
+//! Not yet: helper pods, pruning old ConfigMaps/Secrets.
 #![warn(missing_docs)]
 
 pub mod apply;
@@ -20,7 +21,9 @@ pub mod pod;
 pub mod pull;
 pub mod render;
 pub mod rollout;
+pub mod satellite;
 pub mod version;
+pub mod yaml;
 
 pub use apply::{Kube, KubeOptions};
 pub use config::K8sConfig;

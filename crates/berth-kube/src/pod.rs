@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, LocalObjectReference, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Container, LocalObjectReference, PodSpec, PodTemplateSpec, Volume,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Who pods run as and which pull secrets they carry.
@@ -29,6 +31,8 @@ pub struct PodParts {
     pub termination_grace_period_seconds: Option<i64>,
     /// `hostUsers`.
     pub host_users: Option<bool>,
+    /// The pod's volumes (absent when empty).
+    pub volumes: Vec<Volume>,
 }
 
 /// The PodSpec for `parts`, with `identity`'s service account and pull secrets: the
@@ -55,6 +59,7 @@ pub fn pod_spec(parts: PodParts, identity: &PodIdentity) -> PodSpec {
         }),
         termination_grace_period_seconds: parts.termination_grace_period_seconds,
         host_users: parts.host_users,
+        volumes: (!parts.volumes.is_empty()).then_some(parts.volumes),
         ..Default::default()
     }
 }

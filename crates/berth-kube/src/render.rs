@@ -202,6 +202,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, String> {
             image_pull_secrets: input.config.image_pull_secrets.clone(),
             termination_grace_period_seconds: Some(svc.stop_timeout.as_secs() as i64),
             host_users: k.host_users,
+            ..Default::default()
         },
         input.identity,
     );

@@ -1,7 +1,8 @@
 //! Every PodSpec berth renders goes through `berth_kube::pod` (issue 12): this reads the
 //! source of every crate of the workspace and fails when a file other than
 //! crates/berth-kube/src/pod.rs builds a PodSpec or PodTemplateSpec (a struct literal,
-//! `Default::default()` of one, or JSON with a pod's `containers` key).
+//! `Default::default()` of one, JSON with a pod's `containers` key, or YAML text with a
+//! `containers:` block, as hand-written manifests had).
 
 use std::path::{Path, PathBuf};
 
@@ -58,10 +59,14 @@ fn offenders(crates: &Path) -> Vec<String> {
             let l = l
                 .replace("-> PodSpec {", "")
                 .replace("-> PodTemplateSpec {", "");
-            for p in PATTERNS {
-                if l.contains(p) {
-                    bad.push(format!("{}:{}: {}", f.display(), i + 1, l));
-                }
+            // YAML: `containers:` ending a line (a block follows) or before an escaped
+            // newline in a one-line string. A Rust field (`containers: vec![…]`) has a
+            // value after it.
+            let yaml = l.trim_end().ends_with("containers:")
+                || l.contains("containers:\\n")
+                || l.contains("containers: [");
+            if yaml || PATTERNS.iter().any(|p| l.contains(p)) {
+                bad.push(format!("{}:{}: {}", f.display(), i + 1, l));
             }
         }
     }
@@ -95,7 +100,16 @@ fn a_bypass_is_caught() {
         "fn helper() -> PodSpec {\n    PodSpec { containers: vec![], ..Default::default() }\n}\n",
     )
     .unwrap();
-    let bad = offenders(dir.path());
-    assert_eq!(bad.len(), 1, "{bad:?}");
+    // Hand-written YAML, as `berth satellite manifests` once printed.
+    std::fs::write(
+        dir.path().join("c9/src/yaml.rs"),
+        "fn m() -> String {\n    r#\"spec:\n  template:\n    spec:\n      containers:\n        - name: x\n\"#.into()\n}\nconst ONE: &str = \"spec:\\n  containers:\\n  - name: x\";\n",
+    )
+    .unwrap();
+    let mut bad = offenders(dir.path());
+    bad.sort();
+    assert_eq!(bad.len(), 3, "{bad:?}");
     assert!(bad[0].contains("c7/src/helper.rs:2"), "{bad:?}");
+    assert!(bad[1].contains("c9/src/yaml.rs:5"), "{bad:?}");
+    assert!(bad[2].contains("c9/src/yaml.rs:9"), "{bad:?}");
 }

@@ -1,0 +1,483 @@
+//! A berth satellite in the cluster (`berth satellite manifests`, `berth satellite deploy
+//! --k8s`): a Service on the satellite port and a StatefulSet of one privileged pod (it
+//! runs build steps with runc and overlayfs) whose root is on a PersistentVolumeClaim
+//! from the StatefulSet's claim template, so restarts and rescheduling keep the CA, the
+//! cache and the enrolments. The CA may also come from the optional Secret `<name>-ca`,
+//! mounted at `--ca-dir`. The pod comes from [`crate::pod::pod_template`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, Probe, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::KubeError;
+use crate::pod::{PodIdentity, PodParts, pod_template};
+
+/// Where the satellite's root lives in its pod.
+pub const POD_ROOT: &str = "/var/lib/berth";
+/// Where the optional CA Secret is mounted.
+pub const POD_CA_DIR: &str = "/etc/berth/ca";
+/// The name of the port, on the container and the Service.
+const PORT_NAME: &str = "satellite";
+
+/// What a satellite is rendered from.
+#[derive(Debug, Clone)]
+pub struct SatelliteInput {
+    /// The StatefulSet's, the Service's and (with `-ca`) the CA Secret's name.
+    pub name: String,
+    /// The image holding the berth binary and runc.
+    pub image: String,
+    /// The size of the root's claim (`50Gi`).
+    pub storage: String,
+    /// The satellite's port.
+    pub port: u16,
+    /// Service account and pull secrets of the pod.
+    pub identity: PodIdentity,
+}
+
+/// A satellite's objects, in apply order.
+#[derive(Debug, Clone)]
+pub struct Satellite {
+    /// The Service.
+    pub service: Service,
+    /// The StatefulSet.
+    pub stateful_set: StatefulSet,
+}
+
+/// Checks `input`, naming the flag that is wrong.
+pub fn validate(input: &SatelliteInput) -> Result<(), String> {
+    let name = &input.name;
+    // 52: the pod is `<name>-0` and the claim `root-<name>-0`, and the StatefulSet's
+    // controller-revision label adds a hash to the name.
+    let dns_label = (1..=52).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !dns_label {
+        return Err(format!(
+            "--name {name:?}: Kubernetes names are 1 to 52 lowercase letters, digits and `-`, \
+             starting and ending with a letter or digit"
+        ));
+    }
+    if input.image.is_empty()
+        || input
+            .image
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+    {
+        return Err(format!(
+            "--image {:?}: an image reference has no spaces, quotes or backslashes",
+            input.image
+        ));
+    }
+    let digits = input
+        .storage
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &input.storage[digits.len()..];
+    if digits.is_empty()
+        || !digits.chars().all(|c| c.is_ascii_digit())
+        || !["", "Ki", "Mi", "Gi", "Ti", "Pi", "k", "M", "G", "T", "P"].contains(&unit)
+    {
+        return Err(format!(
+            "--storage {:?}: give a size such as 50Gi or 500G",
+            input.storage
+        ));
+    }
+    Ok(())
+}
+
+fn labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "berth-satellite".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
+    ])
+}
+
+/// The satellite's Service and StatefulSet.
+pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
+    validate(input)?;
+    let name = &input.name;
+    let port = i32::from(input.port);
+    let meta = ObjectMeta {
+        name: Some(name.clone()),
+        labels: Some(labels(name)),
+        ..Default::default()
+    };
+    let service = Service {
+        metadata: meta.clone(),
+        spec: Some(ServiceSpec {
+            selector: Some(labels(name)),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.to_owned()),
+                port,
+                target_port: Some(IntOrString::String(PORT_NAME.to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let named_port = || IntOrString::String(PORT_NAME.to_owned());
+    let container = Container {
+        name: PORT_NAME.to_owned(),
+        image: Some(input.image.clone()),
+        args: Some(vec![
+            format!("--root={POD_ROOT}"),
+            "satellite".to_owned(),
+            "serve".to_owned(),
+            format!("--addr=0.0.0.0:{port}"),
+            format!("--name={name}"),
+            format!(
+                "--advertise={name}.$(POD_NAMESPACE).svc,{name}.$(POD_NAMESPACE).svc.cluster.local,{name}"
+            ),
+            format!("--ca-dir={POD_CA_DIR}"),
+            "--drain-timeout=10m".to_owned(),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "POD_NAMESPACE".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.namespace".to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.to_owned()),
+            container_port: port,
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        }]),
+        security_context: Some(SecurityContext {
+            privileged: Some(true),
+            ..Default::default()
+        }),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/healthz".to_owned()),
+                port: named_port(),
+                scheme: Some("HTTPS".to_owned()),
+                ..Default::default()
+            }),
+            period_seconds: Some(10),
+            ..Default::default()
+        }),
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: named_port(),
+                ..Default::default()
+            }),
+            period_seconds: Some(30),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "root".to_owned(),
+                mount_path: POD_ROOT.to_owned(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "ca".to_owned(),
+                mount_path: POD_CA_DIR.to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+    let annotations = BTreeMap::from([
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        ("prometheus.io/scheme".to_owned(), "https".to_owned()),
+        ("prometheus.io/port".to_owned(), port.to_string()),
+        ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+    ]);
+    let template = pod_template(
+        labels(name),
+        annotations,
+        PodParts {
+            containers: vec![container],
+            // Longer than --drain-timeout: running builds may finish after SIGTERM.
+            termination_grace_period_seconds: Some(660),
+            volumes: vec![Volume {
+                name: "ca".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(format!("{name}-ca")),
+                    optional: Some(true),
+                    default_mode: Some(0o400),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        &input.identity,
+    );
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("root".to_owned()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(input.storage.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let stateful_set = StatefulSet {
+        metadata: meta,
+        spec: Some(StatefulSetSpec {
+            service_name: Some(name.clone()),
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(labels(name)),
+                ..Default::default()
+            },
+            template,
+            volume_claim_templates: Some(vec![claim]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(Satellite {
+        service,
+        stateful_set,
+    })
+}
+
+/// The comment block `berth satellite manifests` starts with.
+pub fn header(name: &str, identity: &PodIdentity) -> String {
+    let sa = &identity.service_account;
+    format!(
+        r#"# berth satellite {name}: `kubectl apply -f` this file (or `berth satellite deploy --k8s`).
+#
+# Its root ({POD_ROOT}: CA, cache, tokens, enrolled clients) is on the PersistentVolumeClaim
+# root-{name}-0, so restarts and rescheduling keep identity, cache and enrolments.
+# The pod is privileged: it runs build steps with runc and overlayfs. It runs as the
+# ServiceAccount {sa}, which must exist in the namespace; the termination grace period
+# (660s) is longer than --drain-timeout, so running builds may finish after SIGTERM.
+#
+# Enroll a client:
+#   kubectl exec {name}-0 -- berth --root {POD_ROOT} satellite token create
+#   berth satellite add {name} --token <token>
+# Tokens carry {name}.<namespace>.svc; for clients outside the cluster, expose the Service
+# and add their name for it to --advertise.
+#
+# Optional: keep the CA in the Secret {name}-ca, so that it outlives the volume (then a
+# fresh volume still serves the CA every client trusts). After the first start:
+#   kubectl exec {name}-0 -- cat {POD_ROOT}/satellite/pki/ca.crt > ca.crt
+#   kubectl exec {name}-0 -- cat {POD_ROOT}/satellite/pki/ca.key > ca.key
+#   kubectl create secret generic {name}-ca --from-file=ca.crt --from-file=ca.key
+#   rm ca.key
+# Without the Secret, the mount is empty and the CA in the root is used.
+#
+# /healthz and /metrics (Prometheus) answer on the same TLS port without a client
+# certificate; /healthz says 503 while the satellite drains on SIGTERM.
+"#
+    )
+}
+
+/// The whole `berth satellite manifests` text: the header, then the Service and the
+/// StatefulSet as YAML documents.
+pub fn manifests(input: &SatelliteInput) -> Result<String, String> {
+    let sat = render(input)?;
+    let docs = [
+        serde_json::to_value(&sat.service),
+        serde_json::to_value(&sat.stateful_set),
+    ]
+    .into_iter()
+    .map(|v| v.map(|v| crate::yaml::to_yaml(&v)))
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| format!("serialize the satellite's objects: {e}"))?;
+    Ok(format!(
+        "{}{}",
+        header(&input.name, &input.identity),
+        docs.join("---\n")
+    ))
+}
+
+/// `berth satellite deploy --k8s`: makes the namespace, berth's ServiceAccount (with the
+/// pull secrets it already lists, such as `berth-pull` from `berth deploy --k8s`; see
+/// [`crate::pull::ensure`]), applies the Service and the StatefulSet under berth's field
+/// manager, and waits until the StatefulSet's controller has made the pod `<name>-0`,
+/// which it returns. The pod is checked to carry the ServiceAccount and every pull secret
+/// of the identity. `input.identity` gives the user's own pull secrets (kept first); its
+/// service account is replaced by berth's.
+pub async fn deploy(
+    kube: &crate::Kube,
+    input: &SatelliteInput,
+    timeout: std::time::Duration,
+) -> Result<k8s_openapi::api::core::v1::Pod, KubeError> {
+    let bad = |message: String| KubeError::Rollout {
+        service: input.name.clone(),
+        detail: message,
+    };
+    validate(input).map_err(bad)?;
+    kube.ensure_namespace().await?;
+    let berths = crate::pull::ensure(kube, &crate::K8sConfig::default(), None).await?;
+    let mut input = input.clone();
+    for n in berths.pull_secrets {
+        if !input.identity.pull_secrets.contains(&n) {
+            input.identity.pull_secrets.push(n);
+        }
+    }
+    input.identity.service_account = berths.service_account;
+    let sat = render(&input).map_err(bad)?;
+    kube.check(&[&sat.service])?;
+    kube.check(&[&sat.stateful_set])?;
+    kube.apply(&sat.service).await?;
+    kube.apply(&sat.stateful_set).await?;
+    let pods = kube.api::<k8s_openapi::api::core::v1::Pod>();
+    let pod_name = format!("{}-0", input.name);
+    let start = std::time::Instant::now();
+    let pod = loop {
+        if let Some(p) = pods
+            .get_opt(&pod_name)
+            .await
+            .map_err(|e| KubeError::api(format!("get pod {pod_name}"), e))?
+        {
+            break p;
+        }
+        if start.elapsed() > timeout {
+            // The controller's reason (admission refusals such as a forbidden privileged
+            // pod) is only in its events.
+            let events = kube
+                .api::<k8s_openapi::api::core::v1::Event>()
+                .list(&kube::api::ListParams::default().fields(&format!(
+                    "involvedObject.kind=StatefulSet,involvedObject.name={}",
+                    input.name
+                )))
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .filter(|e| e.type_.as_deref() == Some("Warning"))
+                        .filter_map(|e| e.message)
+                        .next_back()
+                })
+                .ok()
+                .flatten();
+            return Err(bad(format!(
+                "the StatefulSet made no pod {pod_name} in {}s: {}",
+                timeout.as_secs(),
+                events.unwrap_or_else(|| format!(
+                    "no warning events; see `kubectl describe statefulset {}`",
+                    input.name
+                ))
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let spec = pod.spec.as_ref();
+    let sa = spec.and_then(|s| s.service_account_name.as_deref());
+    let has: Vec<&str> = spec
+        .and_then(|s| s.image_pull_secrets.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+    let missing: Vec<&String> = input
+        .identity
+        .pull_secrets
+        .iter()
+        .filter(|n| !has.contains(&n.as_str()))
+        .collect();
+    if sa != Some(input.identity.service_account.as_str()) || !missing.is_empty() {
+        return Err(bad(format!(
+            "pod {pod_name} runs as {sa:?} with pull secrets {has:?}; expected {} with {:?} (an older StatefulSet revision? delete the pod)",
+            input.identity.service_account, input.identity.pull_secrets
+        )));
+    }
+    Ok(pod)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> SatelliteInput {
+        SatelliteInput {
+            name: "builder".into(),
+            image: "registry.internal:5000/berth:1".into(),
+            storage: "80Gi".into(),
+            port: 8372,
+            identity: PodIdentity {
+                service_account: "berth".into(),
+                pull_secrets: vec!["berth-pull".into()],
+            },
+        }
+    }
+
+    #[test]
+    fn the_pod_carries_identity_volumes_and_claim() {
+        let s = render(&input()).unwrap();
+        let spec = s.stateful_set.spec.unwrap();
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("berth"));
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "berth-pull");
+        assert_eq!(
+            pod.volumes.unwrap()[0]
+                .secret
+                .as_ref()
+                .unwrap()
+                .secret_name
+                .as_deref(),
+            Some("builder-ca")
+        );
+        let claim = &spec.volume_claim_templates.unwrap()[0];
+        assert_eq!(
+            claim
+                .spec
+                .as_ref()
+                .unwrap()
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["storage"]
+                .0,
+            "80Gi"
+        );
+    }
+
+    #[test]
+    fn bad_input_names_the_flag() {
+        for (f, e) in [
+            (
+                (|i: &mut SatelliteInput| i.name = "Bad_Name".into()) as fn(&mut SatelliteInput),
+                "--name",
+            ),
+            (|i| i.image = "a b".into(), "--image"),
+            (|i| i.storage = "lots".into(), "--storage"),
+            (|i| i.storage = "5Xi".into(), "--storage"),
+        ] {
+            let mut i = input();
+            f(&mut i);
+            let err = render(&i).unwrap_err();
+            assert!(err.starts_with(e), "{err}");
+        }
+    }
+}
