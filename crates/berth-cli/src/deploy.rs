@@ -631,6 +631,7 @@ pub(crate) fn build_service(
 pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {
     if args.k8s.k8s {
         return crate::k8s::rollback(
+            settings,
             &args.file,
             args.service.as_deref(),
             args.version.as_deref(),

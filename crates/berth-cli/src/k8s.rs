@@ -21,6 +21,9 @@ pub struct K8sArgs {
     /// Deploy to Kubernetes (the file's [k8s] table) instead of the hosts.
     #[arg(long)]
     pub k8s: bool,
+    /// The kubeconfig file [default: [k8s] kubeconfig, else KUBECONFIG, else ~/.kube/config].
+    #[arg(long, requires = "k8s", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context [default: [k8s] context, else the current one].
     #[arg(long, requires = "k8s")]
     pub context: Option<String>,
@@ -52,12 +55,21 @@ fn beside(file: &Path, p: &Path) -> PathBuf {
     }
 }
 
-async fn connect(file: &DeployFile, config: &K8sConfig, args: &K8sArgs) -> Result<Kube> {
+async fn connect(
+    settings: &Settings,
+    file: &DeployFile,
+    config: &K8sConfig,
+    args: &K8sArgs,
+) -> Result<Kube> {
     let kube = Kube::connect(&KubeOptions {
-        kubeconfig: config.kubeconfig.as_deref().map(|p| beside(&file.path, p)),
+        kubeconfig: args
+            .kubeconfig
+            .clone()
+            .or_else(|| config.kubeconfig.as_deref().map(|p| beside(&file.path, p))),
         context: args.context.clone().or_else(|| config.context.clone()),
         namespace: args.namespace.clone().or_else(|| config.namespace.clone()),
         force_conflicts: args.force_conflicts,
+        network: settings.network(),
     })
     .await?;
     eprintln!(
@@ -99,7 +111,7 @@ pub fn deploy(
     });
     let progress = |line: &str| eprintln!("{line}");
     runtime()?.block_on(async {
-        let kube = connect(&file, &config, args).await?;
+        let kube = connect(settings, &file, &config, args).await?;
         kube.ensure_namespace().await?;
         let identity = berth_kube::pull::ensure(&kube, &config, creds.as_ref()).await?;
         let mut rendered = Vec::new();
@@ -141,6 +153,7 @@ pub fn deploy(
 
 /// `berth rollback --k8s [VERSION] [--service S] [--list]`.
 pub fn rollback(
+    settings: &Settings,
     path: &Path,
     service: Option<&str>,
     version: Option<&str>,
@@ -152,7 +165,7 @@ pub fn rollback(
     let svc = crate::deploy::one_service(&file, service, "--service")?;
     let progress = |line: &str| eprintln!("{line}");
     runtime()?.block_on(async {
-        let kube = connect(&file, &config, args).await?;
+        let kube = connect(settings, &file, &config, args).await?;
         let history = rollout::history(&kube, &svc.name).await?;
         if list {
             for (r, _) in &history {
@@ -190,6 +203,179 @@ pub fn rollback(
             rollout::wait(&kube, &svc.name, args.timeout, &progress).await?;
         }
         println!("{}\t{}", svc.name, rev.version);
+        Ok(())
+    })
+}
+
+/// Where `berth satellite deploy --k8s` and `berth registry deploy --k8s` apply.
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// Deploy to Kubernetes (the only target so far).
+    #[arg(long, required = true)]
+    pub k8s: bool,
+    /// The kubeconfig file [default: KUBECONFIG, else ~/.kube/config].
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context [default: the current one].
+    #[arg(long)]
+    pub context: Option<String>,
+    /// The namespace [default: the context's, else "default"].
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Take over fields another field manager owns (server-side apply conflicts).
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// How long to wait for the controller to make the pods.
+    #[arg(long, default_value = "2m", value_parser = crate::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Connects to the cluster of `args` with berth's network settings, and says which.
+pub async fn connect_cluster(settings: &Settings, args: &ClusterArgs) -> Result<Kube> {
+    debug_assert!(args.k8s);
+    let kube = Kube::connect(&KubeOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+        namespace: args.namespace.clone(),
+        force_conflicts: args.force_conflicts,
+        network: settings.network(),
+    })
+    .await?;
+    eprintln!(
+        "cluster: Kubernetes {}, namespace {}",
+        kube.server.git_version, kube.namespace
+    );
+    Ok(kube)
+}
+
+/// The credentials berth has (`berth login`, Docker's config and its helpers) for the
+/// registry of `image`, for the namespace's pull Secret; `None` when it has none.
+pub fn pull_credentials_for(image: &str) -> Result<Option<PullCredentials>> {
+    let reference: berth_oci::Reference = image
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--image {image:?}: {e}"))?;
+    let registry = reference.registry;
+    // An identity token (`<token>`) is not a password a kubelet can send.
+    Ok(berth_client::DockerConfig::load()
+        .credentials(&registry)
+        .filter(|c| c.username != "<token>")
+        .map(|c| PullCredentials {
+            registry,
+            username: c.username,
+            password: c.password,
+        }))
+}
+
+/// Flags of `berth registry manifests` (and `berth registry deploy --k8s`).
+#[derive(Args, Debug)]
+pub struct RegistryManifestArgs {
+    /// The Deployment's, Service's and PodDisruptionBudget's name (the Secret is
+    /// `<name>-config`).
+    #[arg(long, default_value = "berth-registry")]
+    pub name: String,
+    /// Replicas of `berth registry serve`.
+    #[arg(long, default_value_t = 2)]
+    pub replicas: i32,
+    /// The image holding the berth binary.
+    #[arg(long, default_value = concat!("berth:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// The port of the replicas and the Service.
+    #[arg(long, default_value_t = 5000)]
+    pub port: u16,
+    /// The ServiceAccount the pods run as (it must exist in the namespace).
+    #[arg(long, default_value = "default")]
+    pub service_account: String,
+    /// An image pull secret for the pods (repeatable).
+    #[arg(long = "image-pull-secret")]
+    pub image_pull_secrets: Vec<String>,
+    /// The Kubernetes version the PodDisruptionBudget is for (policy/v1beta1 before
+    /// 1.21) [default: 1.21 and newer].
+    #[arg(long, value_name = "1.MINOR")]
+    pub kube_version: Option<String>,
+}
+
+/// Flags of `berth registry deploy`.
+#[derive(Args, Debug)]
+pub struct RegistryDeployArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub manifest: RegistryManifestArgs,
+}
+
+fn registry_input(
+    settings: &Settings,
+    args: &RegistryManifestArgs,
+    namespace: Option<String>,
+    pdb_api_version: &str,
+) -> Result<berth_kube::registry::RegistryInput> {
+    Ok(berth_kube::registry::RegistryInput {
+        name: args.name.clone(),
+        namespace,
+        image: args.image.clone(),
+        replicas: args.replicas,
+        port: args.port,
+        files: settings.registry_replica_files(
+            berth_kube::registry::POD_CONFIG_DIR,
+            berth_kube::registry::CONFIG_KEY,
+            &|k| std::env::var(k).ok(),
+        )?,
+        identity: berth_kube::pod::PodIdentity {
+            service_account: args.service_account.clone(),
+            pull_secrets: args.image_pull_secrets.clone(),
+        },
+        pdb_api_version: pdb_api_version.to_owned(),
+    })
+}
+
+/// `berth registry manifests`: prints the registry's objects as YAML.
+pub fn registry_manifests(
+    settings: &Settings,
+    args: &RegistryManifestArgs,
+    namespace: Option<String>,
+) -> Result<()> {
+    let minor = match &args.kube_version {
+        None => 21,
+        Some(v) => v
+            .trim_start_matches('v')
+            .strip_prefix("1.")
+            .and_then(|m| berth_kube::version::parse_minor(m.split('.').next().unwrap_or(m)))
+            .with_context(|| format!("--kube-version {v:?}: give 1.MINOR, such as 1.20"))?,
+    };
+    let pdb = berth_kube::version::api_version_for("PodDisruptionBudget", minor)
+        .with_context(|| format!("--kube-version 1.{minor}: no PodDisruptionBudget API known"))?;
+    let input = registry_input(settings, args, namespace, pdb)?;
+    print!(
+        "{}",
+        berth_kube::registry::manifests(&input).map_err(anyhow::Error::msg)?
+    );
+    Ok(())
+}
+
+/// `berth registry deploy --k8s`: applies the registry's objects and waits for its pods.
+pub fn registry_deploy(settings: &Settings, args: &RegistryDeployArgs) -> Result<()> {
+    let input = registry_input(settings, &args.manifest, None, "policy/v1")?;
+    let creds = pull_credentials_for(&input.image)?;
+    runtime()?.block_on(async {
+        let kube = connect_cluster(settings, &args.cluster).await?;
+        let pods =
+            berth_kube::registry::deploy(&kube, &input, creds.as_ref(), args.cluster.timeout)
+                .await?;
+        for p in &pods {
+            let spec = p.spec.clone().unwrap_or_default();
+            println!(
+                "registry {}: pod {} as {} with pull secrets {}",
+                input.name,
+                p.metadata.name.as_deref().unwrap_or_default(),
+                spec.service_account_name.unwrap_or_default(),
+                spec.image_pull_secrets
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| r.name)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+        }
         Ok(())
     })
 }

@@ -141,6 +141,19 @@ enum RegistryCommand {
     /// Re-hash every blob, and check that every manifest pulls whole (its blob, config,
     /// layers, child manifests, referrer record).
     Check,
+    /// Print Kubernetes YAML for N replicas of the registry on the S3 bucket of
+    /// [registry.storage]: a Secret with their config and credentials, a Deployment, a
+    /// Service and a PodDisruptionBudget.
+    Manifests {
+        /// `metadata.namespace` of every object [default: none, kubectl's].
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[command(flatten)]
+        args: k8s::RegistryManifestArgs,
+    },
+    /// Apply the registry of `manifests` to a cluster (server-side apply, berth's
+    /// ServiceAccount and pull secrets) and wait until its pods exist.
+    Deploy(k8s::RegistryDeployArgs),
 }
 
 #[derive(Args)]
@@ -272,6 +285,10 @@ fn run(mut cli: Cli) -> Result<()> {
             RegistryCommand::Serve(args) => serve(&settings, args),
             RegistryCommand::Gc(args) => gc(&settings, args),
             RegistryCommand::Check => check(&settings),
+            RegistryCommand::Manifests { namespace, args } => {
+                k8s::registry_manifests(&settings, &args, namespace)
+            }
+            RegistryCommand::Deploy(args) => k8s::registry_deploy(&settings, &args),
         },
     }
 }

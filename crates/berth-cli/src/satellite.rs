@@ -75,21 +75,8 @@ pub enum SatelliteCommand {
 
 #[derive(Args)]
 pub struct SatDeployArgs {
-    /// Deploy to Kubernetes (the only target so far).
-    #[arg(long, required = true)]
-    k8s: bool,
-    /// The kubeconfig context [default: the current one].
-    #[arg(long)]
-    context: Option<String>,
-    /// The namespace [default: the context's, else "default"].
-    #[arg(long, short = 'n')]
-    namespace: Option<String>,
-    /// Take over fields another field manager owns (server-side apply conflicts).
-    #[arg(long)]
-    force_conflicts: bool,
-    /// How long to wait for the StatefulSet's pod to exist.
-    #[arg(long, default_value = "2m", value_parser = crate::parse_duration)]
-    timeout: std::time::Duration,
+    #[command(flatten)]
+    cluster: crate::k8s::ClusterArgs,
     #[command(flatten)]
     manifest: ManifestArgs,
 }
@@ -328,7 +315,7 @@ pub fn run(settings: &Settings, command: SatelliteCommand) -> Result<()> {
             print!("{}", manifests(&args)?);
             Ok(())
         }
-        SatelliteCommand::Deploy(args) => deploy_k8s(&args),
+        SatelliteCommand::Deploy(args) => deploy_k8s(settings, &args),
         SatelliteCommand::Token { command } => {
             let root = SatelliteRoot::new(&settings.root);
             match command {
@@ -672,23 +659,18 @@ fn satellite_input(args: &ManifestArgs) -> berth_kube::satellite::SatelliteInput
     }
 }
 
-/// `berth satellite deploy --k8s`: berth_kube::satellite::deploy on the chosen cluster.
-fn deploy_k8s(args: &SatDeployArgs) -> Result<()> {
-    debug_assert!(args.k8s);
+/// `berth satellite deploy --k8s`: berth_kube::satellite::deploy on the chosen cluster,
+/// with a pull Secret from berth's credentials for the image's registry (when it has
+/// some), as `berth deploy --k8s` makes one from the credentials it pushed with.
+fn deploy_k8s(settings: &Settings, args: &SatDeployArgs) -> Result<()> {
     let input = satellite_input(&args.manifest);
+    berth_kube::satellite::validate(&input).map_err(anyhow::Error::msg)?;
+    let creds = crate::k8s::pull_credentials_for(&input.image)?;
     runtime()?.block_on(async {
-        let kube = berth_kube::Kube::connect(&berth_kube::KubeOptions {
-            kubeconfig: None,
-            context: args.context.clone(),
-            namespace: args.namespace.clone(),
-            force_conflicts: args.force_conflicts,
-        })
-        .await?;
-        eprintln!(
-            "cluster: Kubernetes {}, namespace {}",
-            kube.server.git_version, kube.namespace
-        );
-        let pod = berth_kube::satellite::deploy(&kube, &input, args.timeout).await?;
+        let kube = crate::k8s::connect_cluster(settings, &args.cluster).await?;
+        let pod =
+            berth_kube::satellite::deploy(&kube, &input, creds.as_ref(), args.cluster.timeout)
+                .await?;
         let spec = pod.spec.unwrap_or_default();
         println!(
             "satellite {}: pod {}-0 as {} with pull secrets {}",

@@ -658,6 +658,147 @@ impl Settings {
         })
     }
 
+    /// The files replicas of the registry in a cluster read (`berth registry
+    /// manifests`), by name, for one Secret mounted at `dir`: `config_key` is a
+    /// config.toml with this machine's `[registry.storage]` (it must be S3: replicas
+    /// share the bucket), the `[registry]` settings that matter there, and `[network]`
+    /// from the file (not the environment: that is this machine's); then the files it
+    /// names, copied: the S3 credentials (`credentials_file`, else AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY written as one; none on AWS without keys, where the pods'
+    /// own identity signs), htpasswd, access rules and CA bundles.
+    pub fn registry_replica_files(
+        &self,
+        dir: &str,
+        config_key: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<BTreeMap<String, String>> {
+        let where_ = || {
+            self.config_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "config.toml".into())
+        };
+        let Some(s3) = self.registry_s3() else {
+            bail!(
+                "replicas of the registry share one S3 bucket: set [registry.storage] kind = \"s3\" \
+                 (bucket, endpoint, region) in {}, or name a file with --config",
+                where_()
+            );
+        };
+        let read = |what: &str, p: &Path| {
+            std::fs::read_to_string(p).with_context(|| format!("read {what} {}", p.display()))
+        };
+        let mut files = BTreeMap::new();
+        let mut storage = toml::Table::new();
+        storage.insert("kind".into(), "s3".into());
+        storage.insert("bucket".into(), s3.bucket.clone().into());
+        if !s3.prefix.is_empty() {
+            storage.insert("prefix".into(), s3.prefix.clone().into());
+        }
+        for (k, v) in [("endpoint", &s3.endpoint), ("region", &s3.region)] {
+            if let Some(v) = v {
+                storage.insert(k.into(), v.clone().into());
+            }
+        }
+        if let Some(p) = s3.path_style {
+            storage.insert("path_style".into(), p.into());
+        }
+        if s3.redirect {
+            storage.insert("redirect".into(), true.into());
+        }
+        let credentials = match (&s3.credentials_file, env("AWS_ACCESS_KEY_ID")) {
+            (Some(file), _) => {
+                if let Some(p) = &s3.profile {
+                    storage.insert("profile".into(), p.clone().into());
+                }
+                Some(read("[registry.storage] credentials_file", file)?)
+            }
+            (None, Some(key)) => {
+                let secret = env("AWS_SECRET_ACCESS_KEY")
+                    .context("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")?;
+                let mut text = format!(
+                    "[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n"
+                );
+                if let Some(t) = env("AWS_SESSION_TOKEN") {
+                    text.push_str(&format!("aws_session_token = {t}\n"));
+                }
+                Some(text)
+            }
+            (None, None) if s3.endpoint.is_some() => bail!(
+                "no S3 credentials for the replicas: set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, or [registry.storage] credentials_file in {}",
+                where_()
+            ),
+            (None, None) => None,
+        };
+        if let Some(c) = credentials {
+            storage.insert(
+                "credentials_file".into(),
+                format!("{dir}/credentials").into(),
+            );
+            files.insert("credentials".to_owned(), c);
+        }
+        let r = &self.file.registry;
+        let mut registry = toml::Table::new();
+        if let Some(h) = &r.htpasswd {
+            files.insert("htpasswd".to_owned(), read("[registry] htpasswd", h)?);
+            registry.insert("htpasswd".into(), format!("{dir}/htpasswd").into());
+        }
+        if let Some(a) = &r.access {
+            files.insert("access.toml".to_owned(), read("[registry] access", a)?);
+            registry.insert("access".into(), format!("{dir}/access.toml").into());
+        }
+        for (k, v) in [
+            ("read_only", r.read_only),
+            ("delete", r.delete),
+            ("allow_anonymous_push", r.allow_anonymous_push),
+        ] {
+            if let Some(v) = v {
+                registry.insert(k.into(), v.into());
+            }
+        }
+        if let Some(n) = r.max_connections {
+            registry.insert("max_connections".into(), (n as i64).into());
+        }
+        registry.insert("storage".into(), storage.into());
+        let mut top = toml::Table::new();
+        top.insert("registry".into(), registry.into());
+        let n = &self.file.network;
+        let mut network = toml::Table::new();
+        for (k, v) in [
+            ("http_proxy", &n.http_proxy),
+            ("https_proxy", &n.https_proxy),
+        ] {
+            if let Some(v) = v {
+                network.insert(k.into(), v.clone().into());
+            }
+        }
+        if !n.no_proxy.is_empty() {
+            network.insert("no_proxy".into(), n.no_proxy.clone().into());
+        }
+        let mut cas = Vec::new();
+        for (i, ca) in n.ca.iter().enumerate() {
+            let key = format!("ca-{i}.pem");
+            files.insert(key.clone(), read("[network] ca", ca)?);
+            cas.push(format!("{dir}/{key}"));
+        }
+        if !cas.is_empty() {
+            network.insert("ca".into(), cas.into());
+        }
+        if !network.is_empty() {
+            top.insert("network".into(), network.into());
+        }
+        files.insert(
+            config_key.to_owned(),
+            format!(
+                "# berth registry replicas (berth registry manifests from {})\n{}",
+                where_(),
+                toml::to_string(&top).context("write the replicas' config.toml")?
+            ),
+        );
+        Ok(files)
+    }
+
     /// The bucket of `[registry.storage] kind = "s3"`, if so configured.
     pub fn registry_s3(&self) -> Option<&berth_registry::S3Settings> {
         match &self.file.registry.storage {

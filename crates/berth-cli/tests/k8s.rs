@@ -291,23 +291,25 @@ fn satellite_deploy_puts_the_pod_through_berths_identity() {
     );
     let deploy = || {
         let mut c = berth(&dir.path().join("root"));
-        c.env("KUBECONFIG", &cp.kubeconfig).args([
-            "satellite",
-            "deploy",
-            "--k8s",
-            "--context",
-            "envtest",
-            "-n",
-            ns,
-            "--name",
-            "builder",
-            "--image",
-            "127.0.0.1:5000/berth:1",
-            "--storage",
-            "1Gi",
-            "--image-pull-secret",
-            "regcred",
-        ]);
+        c.env("KUBECONFIG", &cp.kubeconfig)
+            .env("DOCKER_CONFIG", dir.path().join("no-docker"))
+            .args([
+                "satellite",
+                "deploy",
+                "--k8s",
+                "--context",
+                "envtest",
+                "-n",
+                ns,
+                "--name",
+                "builder",
+                "--image",
+                "127.0.0.1:5000/berth:1",
+                "--storage",
+                "1Gi",
+                "--image-pull-secret",
+                "regcred",
+            ]);
         output_ok(&mut c)
     };
     let out = deploy();
@@ -371,4 +373,403 @@ fn satellite_deploy_puts_the_pod_through_berths_identity() {
     let bad = output(&mut c);
     assert!(!bad.success);
     assert!(bad.stderr.contains("--storage"), "{}", bad.stderr);
+}
+
+/// `s` base64-decoded.
+fn b64d(s: &str) -> String {
+    run(Command::new("sh").args(["-c", &format!("echo {s} | base64 -d")]))
+}
+
+/// A Docker config directory holding `user`/`password` for `registry` (what `berth
+/// login` writes).
+fn docker_config(dir: &Path, registry: &str, user: &str, password: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::json!({"auths": {registry: {"username": user, "password": password}}})
+            .to_string(),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+fn pull_secrets_of(pod: &serde_json::Value) -> Vec<String> {
+    pod["spec"]["imagePullSecrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn satellite_deploy_makes_the_pull_secret_from_berths_login() {
+    let Some(cp) = control_plane() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ns = "satpull";
+    let deploy = |password: &str| {
+        let conf = docker_config(
+            &dir.path().join(password),
+            "127.0.0.1:5000",
+            "sat",
+            password,
+        );
+        let mut c = berth(&dir.path().join("root"));
+        c.env("DOCKER_CONFIG", conf).args([
+            "satellite",
+            "deploy",
+            "--k8s",
+            "--kubeconfig",
+            cp.kubeconfig.to_str().unwrap(),
+            "-n",
+            ns,
+            "--name",
+            "builder",
+            "--image",
+            "127.0.0.1:5000/berth:1",
+            "--storage",
+            "1Gi",
+        ]);
+        output_ok(&mut c)
+    };
+    let out = deploy("first");
+    assert!(
+        out.stdout
+            .contains("pod builder-0 as berth with pull secrets berth-pull"),
+        "{}",
+        out.stdout
+    );
+    let secret = || {
+        let s = get(cp, &format!("/api/v1/namespaces/{ns}/secrets/berth-pull")).unwrap();
+        assert_eq!(s["type"], "kubernetes.io/dockerconfigjson");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&b64d(s["data"][".dockerconfigjson"].as_str().unwrap())).unwrap();
+        cfg["auths"]["127.0.0.1:5000"].clone()
+    };
+    assert_eq!(secret()["username"], "sat");
+    assert_eq!(secret()["password"], "first");
+    let sa = get(
+        cp,
+        &format!("/api/v1/namespaces/{ns}/serviceaccounts/berth"),
+    )
+    .unwrap();
+    assert_eq!(
+        sa["imagePullSecrets"],
+        serde_json::json!([{"name": "berth-pull"}])
+    );
+    let pod = get(cp, &format!("/api/v1/namespaces/{ns}/pods/builder-0")).unwrap();
+    assert_eq!(pull_secrets_of(&pod), ["berth-pull"]);
+    // Logged in again with another password: the Secret follows, the pod and the
+    // ServiceAccount keep one reference to it.
+    deploy("second");
+    assert_eq!(secret()["password"], "second");
+    let again = get(cp, &format!("/api/v1/namespaces/{ns}/pods/builder-0")).unwrap();
+    assert_eq!(again["metadata"]["uid"], pod["metadata"]["uid"]);
+    assert_eq!(pull_secrets_of(&again), ["berth-pull"]);
+    let sa = get(
+        cp,
+        &format!("/api/v1/namespaces/{ns}/serviceaccounts/berth"),
+    )
+    .unwrap();
+    assert_eq!(
+        sa["imagePullSecrets"],
+        serde_json::json!([{"name": "berth-pull"}])
+    );
+}
+
+/// A kubeconfig for the control plane without its CA: the server's certificate is
+/// trusted only through berth's `[network] ca`.
+fn kubeconfig_without_ca(cp: &ControlPlane, dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig-no-ca");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: envtest\n  cluster:\n    server: {}\n\
+             users:\n- name: admin\n  user:\n    token: {TOKEN}\n\
+             contexts:\n- name: envtest\n  context:\n    cluster: envtest\n    user: admin\n\
+             current-context: envtest\n",
+            cp.url
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn the_kube_client_takes_berths_network_settings() {
+    let Some(cp) = control_plane() else { return };
+    if !require("tinyproxy") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = common::tinyproxy::Proxy::start(dir.path());
+    let kc = kubeconfig_without_ca(cp, dir.path());
+    let api = cp.url.trim_start_matches("https://").to_owned();
+    let config = dir.path().join("config.toml");
+    let deploy = |network: &str| {
+        std::fs::write(&config, format!("[network]\n{network}")).unwrap();
+        let mut c = berth(&dir.path().join("root"));
+        c.env("DOCKER_CONFIG", dir.path().join("no-docker"))
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .arg("--config")
+            .arg(&config)
+            .args(["satellite", "deploy", "--k8s", "--kubeconfig"])
+            .arg(&kc)
+            .args(["-n", "satnet", "--name", "builder", "--storage", "1Gi"]);
+        output(&mut c)
+    };
+    let ca = format!(
+        "ca = [\"{}\"]\n",
+        cp.dir.join("certs/apiserver.crt").display()
+    );
+    // Without the CA the server's certificate is not trusted.
+    let out = deploy("");
+    assert!(!out.success);
+    assert!(
+        out.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        out.stderr
+    );
+    // With it, through the proxy of [network].
+    let out = deploy(&format!("{ca}https_proxy = \"http://{}\"\n", proxy.addr));
+    assert!(out.success, "{}", out.stderr);
+    let through = proxy.requests_to(&api);
+    assert!(through > 0, "no CONNECT to {api} in the proxy's log");
+    // NO_PROXY of [network] (berth-net's rules: here a CIDR) sends it direct.
+    let out = deploy(&format!(
+        "{ca}https_proxy = \"http://{}\"\nno_proxy = [\"127.0.0.0/8\"]\n",
+        proxy.addr
+    ));
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(proxy.requests_to(&api), through, "went through the proxy");
+    // A CA file that is not PEM is named.
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate\n").unwrap();
+    let out = deploy(&format!("ca = [\"{}\"]\n", bad.display()));
+    assert!(!out.success);
+    assert!(out.stderr.contains("bad.pem"), "{}", out.stderr);
+}
+
+/// The documents of a YAML stream, as JSON (PyYAML reads them).
+fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "PyYAML could not read:\n{text}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The pods of the registry `name` in `ns`, once the controller has made `n`.
+fn registry_pods(cp: &ControlPlane, ns: &str, n: usize) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let l = get(
+            cp,
+            &format!(
+                "/api/v1/namespaces/{ns}/pods?labelSelector=app.kubernetes.io/name%3Dberth-registry"
+            ),
+        )
+        .unwrap();
+        let items = l["items"].as_array().unwrap().clone();
+        if items.len() == n {
+            return items;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "{n} pods: {l}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn registry_manifests_and_deploy_on_kubernetes() {
+    let Some(cp) = control_plane() else { return };
+    if !require("python3") || !require("kubectl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, "deploy:$2y$05$abcdefghijklmnopqrstuv\n").unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registry]\nhtpasswd = \"{}\"\n[registry.storage]\nkind = \"s3\"\nbucket = \"images\"\n\
+             endpoint = \"http://127.0.0.1:9\"\nprefix = \"team\"\n",
+            htpasswd.display()
+        ),
+    )
+    .unwrap();
+    let berth_c = || {
+        let mut c = berth(&dir.path().join("root"));
+        c.arg("--config")
+            .arg(&config)
+            .env("DOCKER_CONFIG", dir.path().join("no-docker"))
+            .env("AWS_ACCESS_KEY_ID", "AKID")
+            .env("AWS_SECRET_ACCESS_KEY", "SECRETKEY")
+            .env_remove("AWS_SESSION_TOKEN");
+        c
+    };
+    let ns = "regyaml";
+    post(
+        cp,
+        "/api/v1/namespaces",
+        &serde_json::json!({"metadata": {"name": ns}}),
+    );
+    let out = output_ok(berth_c().args([
+        "registry",
+        "manifests",
+        "--replicas",
+        "3",
+        "-n",
+        ns,
+        "--image",
+        "127.0.0.1:5000/berth:1",
+        "--image-pull-secret",
+        "regcred",
+        "--kube-version",
+        "1.20",
+    ]));
+    let docs = yaml_docs(&out.stdout);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["Secret", "Deployment", "Service", "PodDisruptionBudget"]
+    );
+    assert_eq!(docs[3]["apiVersion"], "policy/v1beta1");
+    assert!(docs.iter().all(|d| d["metadata"]["namespace"] == ns));
+    let data = &docs[0]["data"];
+    let toml = b64d(data["config.toml"].as_str().unwrap());
+    assert!(toml.contains("bucket = \"images\""), "{toml}");
+    assert!(
+        toml.contains("credentials_file = \"/etc/berth/registry/credentials\""),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("htpasswd = \"/etc/berth/registry/htpasswd\""),
+        "{toml}"
+    );
+    assert!(b64d(data["credentials"].as_str().unwrap()).contains("aws_access_key_id = AKID"));
+    assert!(b64d(data["htpasswd"].as_str().unwrap()).starts_with("deploy:"));
+    assert_eq!(docs[1]["spec"]["replicas"], 3);
+    // Newer clusters get policy/v1.
+    let v1 = output_ok(berth_c().args(["registry", "manifests"]));
+    assert_eq!(yaml_docs(&v1.stdout)[3]["apiVersion"], "policy/v1");
+
+    // kubectl applies the printed YAML; the controller's pods carry the ServiceAccount
+    // and pull secret it names.
+    let file = dir.path().join("registry.yaml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    run(Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .args(["apply", "--server-side", "-f"])
+        .arg(&file));
+    for p in registry_pods(cp, ns, 3) {
+        assert_eq!(p["spec"]["serviceAccountName"], "default");
+        assert_eq!(pull_secrets_of(&p), ["regcred"]);
+        assert_eq!(
+            p["spec"]["volumes"][0]["secret"]["secretName"],
+            "berth-registry-config"
+        );
+    }
+
+    // berth registry deploy --k8s: berth's ServiceAccount, the pull Secret from berth's
+    // login for the image's registry, the PDB in the API the 1.20 server has.
+    let ns = "regdeploy";
+    let conf = docker_config(&dir.path().join("docker"), "127.0.0.1:5000", "puller", "pw");
+    let deploy = |replicas: &str| {
+        let mut c = berth_c();
+        c.env("DOCKER_CONFIG", &conf).args([
+            "registry",
+            "deploy",
+            "--k8s",
+            "--kubeconfig",
+            cp.kubeconfig.to_str().unwrap(),
+            "-n",
+            ns,
+            "--replicas",
+            replicas,
+            "--image",
+            "127.0.0.1:5000/berth:1",
+            "--image-pull-secret",
+            "regcred",
+        ]);
+        output_ok(&mut c)
+    };
+    let out = deploy("2");
+    assert_eq!(
+        out.stdout
+            .matches("as berth with pull secrets regcred,berth-pull")
+            .count(),
+        2,
+        "{}",
+        out.stdout
+    );
+    for p in registry_pods(cp, ns, 2) {
+        assert_eq!(p["spec"]["serviceAccountName"], "berth");
+        assert_eq!(pull_secrets_of(&p), ["regcred", "berth-pull"]);
+    }
+    let pdb_path =
+        format!("/apis/policy/v1beta1/namespaces/{ns}/poddisruptionbudgets/berth-registry");
+    let pdb = get(cp, &pdb_path).expect("the PDB");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert!(
+        pdb["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["manager"] == "berth" && f["operation"] == "Apply"),
+        "{pdb}"
+    );
+    let s = get(cp, &format!("/api/v1/namespaces/{ns}/secrets/berth-pull")).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&b64d(s["data"][".dockerconfigjson"].as_str().unwrap())).unwrap();
+    assert_eq!(cfg["auths"]["127.0.0.1:5000"]["username"], "puller");
+    // Again with three replicas: the same objects, one more pod, same identity.
+    let d1 = get(
+        cp,
+        &format!("/apis/apps/v1/namespaces/{ns}/deployments/berth-registry"),
+    )
+    .unwrap();
+    deploy("3");
+    let d2 = get(
+        cp,
+        &format!("/apis/apps/v1/namespaces/{ns}/deployments/berth-registry"),
+    )
+    .unwrap();
+    assert_eq!(d2["spec"]["replicas"], 3);
+    assert_eq!(
+        d1["spec"]["template"], d2["spec"]["template"],
+        "the pod template did not change"
+    );
+    assert_eq!(registry_pods(cp, ns, 3).len(), 3);
+
+    // Bad input and a missing bucket: clear errors before anything is sent.
+    let bad = output(berth_c().args(["registry", "manifests", "--replicas", "0"]));
+    assert!(!bad.success);
+    assert!(bad.stderr.contains("--replicas 0"), "{}", bad.stderr);
+    std::fs::write(&config, "[registry]\n").unwrap();
+    let bad = output(berth_c().args(["registry", "manifests"]));
+    assert!(!bad.success);
+    assert!(
+        bad.stderr.contains("[registry.storage] kind = \"s3\""),
+        "{}",
+        bad.stderr
+    );
 }

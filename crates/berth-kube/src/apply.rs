@@ -30,6 +30,9 @@ pub struct KubeOptions {
     pub namespace: Option<String>,
     /// Take over fields other managers own.
     pub force_conflicts: bool,
+    /// berth's network settings: the proxy (unless the kubeconfig's cluster names its
+    /// own `proxy-url`), NO_PROXY, and extra CAs trusted beside the kubeconfig's.
+    pub network: berth_net::Network,
 }
 
 /// A connected cluster, its server known.
@@ -45,7 +48,7 @@ pub struct Kube {
 }
 
 /// The apiVersions whose kinds berth discovers (everything it applies).
-const API_VERSIONS: &[&str] = &["v1", "apps/v1"];
+const API_VERSIONS: &[&str] = &["v1", "apps/v1", "policy/v1", "policy/v1beta1"];
 
 impl Kube {
     /// Loads the kubeconfig, connects, and learns the server's version and APIs.
@@ -54,24 +57,26 @@ impl Kube {
             context: opts.context.clone(),
             ..Default::default()
         };
-        let config = match &opts.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|e| {
-                    KubeError::Connect(format!("kubeconfig {}: {e}", path.display()))
-                })?;
-                Config::from_custom_kubeconfig(kc, &kopts).await
+        let kc = match &opts.kubeconfig {
+            Some(path) => Kubeconfig::read_from(path)
+                .map_err(|e| KubeError::Connect(format!("kubeconfig {}: {e}", path.display())))?,
+            None => {
+                Kubeconfig::read().map_err(|e| KubeError::Connect(format!("kubeconfig: {e}")))?
             }
-            None => Config::from_kubeconfig(&kopts).await,
-        }
-        .map_err(|e| {
-            KubeError::Connect(format!(
-                "kubeconfig{}: {e}",
-                opts.context
-                    .as_deref()
-                    .map(|c| format!(" context {c}"))
-                    .unwrap_or_default()
-            ))
-        })?;
+        };
+        let own_proxy = cluster_proxy(&kc, opts.context.as_deref());
+        let mut config = Config::from_custom_kubeconfig(kc, &kopts)
+            .await
+            .map_err(|e| {
+                KubeError::Connect(format!(
+                    "kubeconfig{}: {e}",
+                    opts.context
+                        .as_deref()
+                        .map(|c| format!(" context {c}"))
+                        .unwrap_or_default()
+                ))
+            })?;
+        with_network(&mut config, own_proxy, &opts.network)?;
         let namespace = opts
             .namespace
             .clone()
@@ -86,7 +91,7 @@ impl Kube {
             .map_err(|e| KubeError::Connect(format!("client for {url}: {e}")))?;
         let server = discover(&client)
             .await
-            .map_err(|e| KubeError::Connect(format!("{url}: {e}")))?;
+            .map_err(|e| KubeError::Connect(format!("{url}: {}", with_causes(&e))))?;
         Ok(Kube {
             client,
             namespace,
@@ -173,6 +178,148 @@ impl Kube {
             .await
             .map_err(|e| conflict_or(e, &kind, &name))
     }
+}
+
+impl Kube {
+    /// Server-side applies `obj` (JSON with `apiVersion`, `kind` and `metadata.name`) in
+    /// berth's namespace as a resource named `plural`: for kinds whose apiVersion is
+    /// chosen by the server's version ([`crate::version::APIS`]), which k8s-openapi has
+    /// only in its newest form. Checked against the server first.
+    pub async fn apply_value(
+        &self,
+        obj: &serde_json::Value,
+        plural: &str,
+    ) -> Result<serde_json::Value, KubeError> {
+        use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+        self.server.check(obj)?;
+        let av = obj["apiVersion"].as_str().unwrap_or_default();
+        let kind = obj["kind"].as_str().unwrap_or_default();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let (group, version) = av.rsplit_once('/').unwrap_or(("", av));
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.namespace, &ar);
+        let mut pp = PatchParams::apply(FIELD_MANAGER);
+        if self.force {
+            pp = pp.force();
+        }
+        let out = api
+            .patch(name, &pp, &Patch::Apply(obj))
+            .await
+            .map_err(|e| conflict_or(e, kind, name))?;
+        Ok(serde_json::to_value(out).expect("objects serialize"))
+    }
+}
+
+/// `e` and its causes (a TLS refusal is several levels down a connect error).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
+/// The `proxy-url` of the cluster the context (or the current one) names.
+fn cluster_proxy(kc: &Kubeconfig, context: Option<&str>) -> Option<String> {
+    let context = context.or(kc.current_context.as_deref())?;
+    let cluster = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context)?
+        .context
+        .as_ref()?
+        .cluster
+        .clone();
+    kc.clusters
+        .iter()
+        .find(|c| c.name == cluster)?
+        .cluster
+        .as_ref()?
+        .proxy_url
+        .clone()
+        .filter(|p| !p.is_empty())
+}
+
+/// berth's network settings on the client's config, as every other client of berth has
+/// them: the kubeconfig's own `proxy-url` wins; else berth's proxy for the server's
+/// address, unless berth's NO_PROXY (hosts, suffixes, CIDRs, ports) excludes it. (kube's
+/// loader reads HTTPS_PROXY and NO_PROXY by its own rules; they are replaced here.)
+/// Extra CAs are trusted beside the kubeconfig's CA, or beside the host's roots when the
+/// kubeconfig names none.
+fn with_network(
+    config: &mut Config,
+    own_proxy: Option<String>,
+    network: &berth_net::Network,
+) -> Result<(), KubeError> {
+    let url = config.cluster_url.clone();
+    let https = url.scheme_str() != Some("http");
+    let host = url.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let proxy = match own_proxy {
+        Some(p) => Some(p),
+        None => network
+            .proxies
+            .proxy_for(if https { "https" } else { "http" }, host, port)
+            .map(str::to_owned),
+    };
+    config.proxy_url =
+        match proxy {
+            None => None,
+            Some(p) => Some(p.parse().map_err(|e| {
+                KubeError::Connect(format!("proxy {p:?} for {url} is not a URL: {e}"))
+            })?),
+        };
+    let extra = network.extra_roots().map_err(KubeError::Connect)?;
+    if extra.is_empty() {
+        return Ok(());
+    }
+    // kube refuses the whole set for one root webpki cannot read: the host's bundle is
+    // filtered, berth's own bundles must be good.
+    let usable = |der: &Vec<u8>| {
+        rustls::RootCertStore::empty()
+            .add(rustls_pki_types::CertificateDer::from(der.as_slice()))
+            .is_ok()
+    };
+    let mut roots = match config.root_cert.take() {
+        Some(r) => r,
+        None => ders(
+            &berth_net::system_roots().unwrap_or_default(),
+            "the host's CA roots",
+        )?
+        .into_iter()
+        .filter(usable)
+        .collect(),
+    };
+    for (pem, path) in extra.iter().zip(&network.ca_bundles) {
+        let found = ders(pem, &path.display().to_string())?;
+        if found.is_empty() || !found.iter().all(usable) {
+            return Err(KubeError::Connect(format!(
+                "CA bundle {}: no PEM certificate, or one that cannot be a root",
+                path.display()
+            )));
+        }
+        roots.extend(found);
+    }
+    config.root_cert = Some(roots);
+    Ok(())
+}
+
+/// The DER certificates of a PEM bundle.
+fn ders(pem: &[u8], what: &str) -> Result<Vec<Vec<u8>>, KubeError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| KubeError::Connect(format!("{what}: not PEM certificates: {e}")))
 }
 
 /// The server's version and the kinds of [`API_VERSIONS`].

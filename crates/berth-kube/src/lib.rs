@@ -6,7 +6,9 @@
 //! ([`version`]), server-side apply under one field manager with conflicts reported
 //! ([`apply`]), rollouts waited on and rollbacks to the previous ReplicaSet revision
 //! ([`rollout`]), a satellite in the cluster ([`satellite`], printed through the small
-//! YAML emitter [`yaml`]).
+//! YAML emitter [`yaml`]), and berth's registry as replicas on one bucket ([`registry`]).
+//! The client takes berth's `[network]` settings (proxy, NO_PROXY, extra CAs) like every
+//! other client of berth ([`KubeOptions::network`]).
 //!
 //! Building and pushing images is the caller's (berth-cli owns the store); this crate
 //! gets the pinned image references.
@@ -19,6 +21,7 @@ pub mod config;
 mod error;
 pub mod pod;
 pub mod pull;
+pub mod registry;
 pub mod render;
 pub mod rollout;
 pub mod satellite;

@@ -81,6 +81,34 @@ pub fn pod_template(
     }
 }
 
+/// Checks that a pod (as the server has it) runs as `identity`'s service account and
+/// names each of its pull secrets exactly once; the error says what it has instead.
+pub fn check_carries(
+    name: &str,
+    spec: Option<&PodSpec>,
+    identity: &PodIdentity,
+) -> Result<(), String> {
+    let sa = spec.and_then(|s| s.service_account_name.as_deref());
+    let has: Vec<&str> = spec
+        .and_then(|s| s.image_pull_secrets.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+    let counts_ok = identity
+        .pull_secrets
+        .iter()
+        .all(|n| has.iter().filter(|h| **h == n.as_str()).count() == 1);
+    if sa != Some(identity.service_account.as_str()) || !counts_ok {
+        return Err(format!(
+            "pod {name} runs as {sa:?} with pull secrets {has:?}; expected {} with {:?} each once \
+             (an older revision's pod? delete it)",
+            identity.service_account, identity.pull_secrets
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

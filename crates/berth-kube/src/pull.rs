@@ -25,15 +25,30 @@ pub struct PullCredentials {
 
 /// The dockerconfigjson Secret for `creds`.
 pub fn pull_secret(creds: &PullCredentials) -> Secret {
+    pull_secret_over(None, creds)
+}
+
+/// The dockerconfigjson Secret for `creds`, keeping the other registries' entries of
+/// `existing` (the namespace's `berth-pull` as it is): `berth deploy --k8s` and
+/// `berth satellite deploy --k8s` may pull from different registries, and each
+/// registry's entry is replaced only by new credentials for that registry.
+pub fn pull_secret_over(existing: Option<&Secret>, creds: &PullCredentials) -> Secret {
+    let mut auths = existing
+        .and_then(|s| s.data.as_ref()?.get(".dockerconfigjson"))
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b.0).ok())
+        .and_then(|v| v.get("auths")?.as_object().cloned())
+        .unwrap_or_default();
     let auth = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{}", creds.username, creds.password));
-    let json = serde_json::json!({
-        "auths": { &creds.registry: {
+    auths.insert(
+        creds.registry.clone(),
+        serde_json::json!({
             "username": creds.username,
             "password": creds.password,
             "auth": auth,
-        }}
-    });
+        }),
+    );
+    let json = serde_json::json!({ "auths": auths });
     Secret {
         metadata: ObjectMeta {
             name: Some(PULL_SECRET.into()),
@@ -70,7 +85,12 @@ pub async fn ensure(
     let sa_name = config.service_account().to_owned();
     let mut ours = Vec::new();
     if let Some(c) = creds {
-        kube.apply(&pull_secret(c)).await?;
+        let existing = kube
+            .api::<Secret>()
+            .get_opt(PULL_SECRET)
+            .await
+            .map_err(|e| KubeError::api(format!("get secret {PULL_SECRET}"), e))?;
+        kube.apply(&pull_secret_over(existing.as_ref(), c)).await?;
         ours.push(PULL_SECRET.to_owned());
     }
     let existing = kube
@@ -127,6 +147,25 @@ pub async fn ensure(
     })
 }
 
+/// For berth's own workloads (satellites, registry replicas): [`ensure`] with berth's
+/// ServiceAccount and `creds`, then the identity of `user` (its pull secrets first, kept)
+/// with berth's ServiceAccount and pull secrets added.
+pub async fn ensure_for(
+    kube: &Kube,
+    creds: Option<&PullCredentials>,
+    user: &PodIdentity,
+) -> Result<PodIdentity, KubeError> {
+    let berths = ensure(kube, &K8sConfig::default(), creds).await?;
+    let mut out = user.clone();
+    for n in berths.pull_secrets {
+        if !out.pull_secrets.contains(&n) {
+            out.pull_secrets.push(n);
+        }
+    }
+    out.service_account = berths.service_account;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,8 +178,30 @@ mod tests {
             password: "p".into(),
         });
         assert_eq!(s.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
-        let data = &s.data.unwrap()[".dockerconfigjson"].0;
+        let data = &s.data.clone().unwrap()[".dockerconfigjson"].0;
         let v: serde_json::Value = serde_json::from_slice(data).unwrap();
         assert_eq!(v["auths"]["r:5000"]["auth"], "dTpw");
+        // Another registry's credentials join it; new ones for r:5000 replace its entry.
+        let two = pull_secret_over(
+            Some(&s),
+            &PullCredentials {
+                registry: "other:443".into(),
+                username: "o".into(),
+                password: "q".into(),
+            },
+        );
+        let three = pull_secret_over(
+            Some(&two),
+            &PullCredentials {
+                registry: "r:5000".into(),
+                username: "u".into(),
+                password: "new".into(),
+            },
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&three.data.unwrap()[".dockerconfigjson"].0).unwrap();
+        assert_eq!(v["auths"]["r:5000"]["password"], "new");
+        assert_eq!(v["auths"]["other:443"]["password"], "q");
+        assert_eq!(v["auths"].as_object().unwrap().len(), 2);
     }
 }

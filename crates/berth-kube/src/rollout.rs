@@ -83,6 +83,89 @@ async fn apply_one(
     Ok(())
 }
 
+/// Waits until the controller of `owner` (a `kind` such as StatefulSet or Deployment) has
+/// made `count` pods matching `selector` that are not being deleted, each running as
+/// `identity`'s ServiceAccount with its pull secrets ([`crate::pod::check_carries`]), and
+/// returns them. Pods of an older revision may be there for a while: they are waited out.
+/// After `timeout` the error names the last Warning event of the owner (or its
+/// ReplicaSets), where admission refusals are told, or the pod that lacks the identity.
+pub async fn wait_for_pods(
+    kube: &Kube,
+    kind: &str,
+    owner: &str,
+    selector: &str,
+    count: usize,
+    identity: &crate::pod::PodIdentity,
+    timeout: Duration,
+) -> Result<Vec<Pod>, KubeError> {
+    let pods = kube.api::<Pod>();
+    let start = Instant::now();
+    loop {
+        let live: Vec<Pod> = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map_err(|e| KubeError::api(format!("list pods of {kind} {owner}"), e))?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let wrong = live.iter().find_map(|p| {
+            crate::pod::check_carries(
+                p.metadata.name.as_deref().unwrap_or_default(),
+                p.spec.as_ref(),
+                identity,
+            )
+            .err()
+        });
+        if live.len() >= count && wrong.is_none() {
+            return Ok(live);
+        }
+        if start.elapsed() > timeout {
+            let why = match wrong {
+                Some(w) => w,
+                None => {
+                    let event = last_warning(kube, kind, owner).await;
+                    format!(
+                        "the {kind} made {} of {count} pods in {}s: {}",
+                        live.len(),
+                        timeout.as_secs(),
+                        event.unwrap_or_else(|| format!(
+                            "no warning events; see `kubectl describe {} {owner}`",
+                            kind.to_ascii_lowercase()
+                        ))
+                    )
+                }
+            };
+            return Err(KubeError::Rollout {
+                service: owner.into(),
+                detail: why,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The message of the newest Warning event about `owner` of `kind` or its ReplicaSets.
+async fn last_warning(kube: &Kube, kind: &str, owner: &str) -> Option<String> {
+    let prefix = format!("{owner}-");
+    let mut events: Vec<Event> = kube
+        .api::<Event>()
+        .list(&ListParams::default().fields("type=Warning"))
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .filter(|e| {
+            let o = &e.involved_object;
+            let name = o.name.as_deref().unwrap_or_default();
+            (o.kind.as_deref() == Some(kind) && name == owner)
+                || (o.kind.as_deref() == Some("ReplicaSet") && name.starts_with(&prefix))
+        })
+        .collect();
+    events.sort_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0));
+    events.pop()?.message
+}
+
 /// Waits for `service`'s rollout, printing progress when it changes; fails after `timeout`
 /// or when the controller reports the progress deadline exceeded.
 pub async fn wait(

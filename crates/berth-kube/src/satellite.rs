@@ -318,16 +318,17 @@ pub fn manifests(input: &SatelliteInput) -> Result<String, String> {
     ))
 }
 
-/// `berth satellite deploy --k8s`: makes the namespace, berth's ServiceAccount (with the
-/// pull secrets it already lists, such as `berth-pull` from `berth deploy --k8s`; see
-/// [`crate::pull::ensure`]), applies the Service and the StatefulSet under berth's field
-/// manager, and waits until the StatefulSet's controller has made the pod `<name>-0`,
-/// which it returns. The pod is checked to carry the ServiceAccount and every pull secret
-/// of the identity. `input.identity` gives the user's own pull secrets (kept first); its
-/// service account is replaced by berth's.
+/// `berth satellite deploy --k8s`: makes the namespace, berth's pull Secret from `creds`
+/// (when given; other registries' entries kept) and berth's ServiceAccount (with the pull
+/// secrets it already lists; see [`crate::pull::ensure_for`]), applies the Service and
+/// the StatefulSet under berth's field manager, and waits until the StatefulSet's
+/// controller has made the pod `<name>-0`, which it returns. The pod is checked to carry
+/// the ServiceAccount and every pull secret of the identity once. `input.identity` gives
+/// the user's own pull secrets (kept first); its service account is replaced by berth's.
 pub async fn deploy(
     kube: &crate::Kube,
     input: &SatelliteInput,
+    creds: Option<&crate::pull::PullCredentials>,
     timeout: std::time::Duration,
 ) -> Result<k8s_openapi::api::core::v1::Pod, KubeError> {
     let bad = |message: String| KubeError::Rollout {
@@ -336,81 +337,25 @@ pub async fn deploy(
     };
     validate(input).map_err(bad)?;
     kube.ensure_namespace().await?;
-    let berths = crate::pull::ensure(kube, &crate::K8sConfig::default(), None).await?;
     let mut input = input.clone();
-    for n in berths.pull_secrets {
-        if !input.identity.pull_secrets.contains(&n) {
-            input.identity.pull_secrets.push(n);
-        }
-    }
-    input.identity.service_account = berths.service_account;
+    input.identity = crate::pull::ensure_for(kube, creds, &input.identity).await?;
     let sat = render(&input).map_err(bad)?;
     kube.check(&[&sat.service])?;
     kube.check(&[&sat.stateful_set])?;
     kube.apply(&sat.service).await?;
     kube.apply(&sat.stateful_set).await?;
-    let pods = kube.api::<k8s_openapi::api::core::v1::Pod>();
     let pod_name = format!("{}-0", input.name);
-    let start = std::time::Instant::now();
-    let pod = loop {
-        if let Some(p) = pods
-            .get_opt(&pod_name)
-            .await
-            .map_err(|e| KubeError::api(format!("get pod {pod_name}"), e))?
-        {
-            break p;
-        }
-        if start.elapsed() > timeout {
-            // The controller's reason (admission refusals such as a forbidden privileged
-            // pod) is only in its events.
-            let events = kube
-                .api::<k8s_openapi::api::core::v1::Event>()
-                .list(&kube::api::ListParams::default().fields(&format!(
-                    "involvedObject.kind=StatefulSet,involvedObject.name={}",
-                    input.name
-                )))
-                .await
-                .map(|l| {
-                    l.items
-                        .into_iter()
-                        .filter(|e| e.type_.as_deref() == Some("Warning"))
-                        .filter_map(|e| e.message)
-                        .next_back()
-                })
-                .ok()
-                .flatten();
-            return Err(bad(format!(
-                "the StatefulSet made no pod {pod_name} in {}s: {}",
-                timeout.as_secs(),
-                events.unwrap_or_else(|| format!(
-                    "no warning events; see `kubectl describe statefulset {}`",
-                    input.name
-                ))
-            )));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    };
-    let spec = pod.spec.as_ref();
-    let sa = spec.and_then(|s| s.service_account_name.as_deref());
-    let has: Vec<&str> = spec
-        .and_then(|s| s.image_pull_secrets.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|r| r.name.as_str())
-        .collect();
-    let missing: Vec<&String> = input
-        .identity
-        .pull_secrets
-        .iter()
-        .filter(|n| !has.contains(&n.as_str()))
-        .collect();
-    if sa != Some(input.identity.service_account.as_str()) || !missing.is_empty() {
-        return Err(bad(format!(
-            "pod {pod_name} runs as {sa:?} with pull secrets {has:?}; expected {} with {:?} (an older StatefulSet revision? delete the pod)",
-            input.identity.service_account, input.identity.pull_secrets
-        )));
-    }
-    Ok(pod)
+    let pods = crate::rollout::wait_for_pods(
+        kube,
+        "StatefulSet",
+        &input.name,
+        &format!("statefulset.kubernetes.io/pod-name={pod_name}"),
+        1,
+        &input.identity,
+        timeout,
+    )
+    .await?;
+    Ok(pods.into_iter().next().expect("one pod"))
 }
 
 #[cfg(test)]

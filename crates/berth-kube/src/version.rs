@@ -80,6 +80,41 @@ pub const FIELDS: &[FieldSince] = &[
     },
 ];
 
+/// An apiVersion of a kind and the Kubernetes 1.x minor versions that serve it.
+pub struct ApiSince {
+    /// The kind.
+    pub kind: &'static str,
+    /// Its apiVersion (`policy/v1`).
+    pub api_version: &'static str,
+    /// The first minor version serving it.
+    pub minor: u32,
+    /// The first minor version no longer serving it.
+    pub removed: Option<u32>,
+}
+
+/// Kinds whose apiVersion berth picks by the server's version, newest first.
+pub const APIS: &[ApiSince] = &[
+    ApiSince {
+        kind: "PodDisruptionBudget",
+        api_version: "policy/v1",
+        minor: 21,
+        removed: None,
+    },
+    ApiSince {
+        kind: "PodDisruptionBudget",
+        api_version: "policy/v1beta1",
+        minor: 5,
+        removed: Some(25),
+    },
+];
+
+/// The apiVersion of `kind` for Kubernetes 1.`minor` by [`APIS`] (the newest it serves).
+pub fn api_version_for(kind: &str, minor: u32) -> Option<&'static str> {
+    APIS.iter()
+        .find(|a| a.kind == kind && a.minor <= minor && a.removed.is_none_or(|r| minor < r))
+        .map(|a| a.api_version)
+}
+
 /// The server: its version and the kinds it serves per apiVersion.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {
@@ -125,6 +160,30 @@ fn has_path(v: &Value, path: &str) -> bool {
 }
 
 impl ServerInfo {
+    /// The apiVersion to send `kind` with: the one [`APIS`] gives for the server's
+    /// version, if discovery shows the server serves it (else any other of the table
+    /// that it serves); an error naming the kind when it serves none.
+    pub fn api_version_for(&self, kind: &str) -> Result<&'static str, KubeError> {
+        let served = |av: &str| self.kinds.get(av).is_some_and(|k| k.contains(kind));
+        api_version_for(kind, self.minor)
+            .filter(|av| served(av))
+            .or_else(|| {
+                APIS.iter()
+                    .find(|a| a.kind == kind && served(a.api_version))
+                    .map(|a| a.api_version)
+            })
+            .ok_or_else(|| KubeError::ApiMissing {
+                api_version: APIS
+                    .iter()
+                    .filter(|a| a.kind == kind)
+                    .map(|a| a.api_version)
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                kind: kind.into(),
+                server: self.git_version.clone(),
+            })
+    }
+
     /// Refuses `object` (as sent) when the server lacks its API or one of its fields.
     pub fn check(&self, object: &Value) -> Result<(), KubeError> {
         let api_version = object["apiVersion"].as_str().unwrap_or_default();
@@ -196,6 +255,33 @@ mod tests {
                 {"name": "b", "resizePolicy": [{"resourceName": "cpu"}]}]}}}});
         let e = server(20).check(&d).unwrap_err().to_string();
         assert!(e.contains("containers[].resizePolicy"), "{e}");
+    }
+
+    #[test]
+    fn the_pdb_api_follows_the_version() {
+        assert_eq!(
+            api_version_for("PodDisruptionBudget", 20),
+            Some("policy/v1beta1")
+        );
+        assert_eq!(
+            api_version_for("PodDisruptionBudget", 21),
+            Some("policy/v1")
+        );
+        assert_eq!(
+            api_version_for("PodDisruptionBudget", 30),
+            Some("policy/v1")
+        );
+        let mut s = server(20);
+        let e = s.api_version_for("PodDisruptionBudget").unwrap_err();
+        assert!(e.to_string().contains("policy/v1 or policy/v1beta1"), "{e}");
+        s.kinds.insert(
+            "policy/v1beta1".into(),
+            BTreeSet::from(["PodDisruptionBudget".to_owned()]),
+        );
+        assert_eq!(
+            s.api_version_for("PodDisruptionBudget").unwrap(),
+            "policy/v1beta1"
+        );
     }
 
     #[test]

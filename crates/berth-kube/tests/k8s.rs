@@ -51,6 +51,7 @@ async fn connect(cp: &ControlPlane, ns: &str, force: bool) -> Kube {
         context: None,
         namespace: Some(ns.to_owned()),
         force_conflicts: force,
+        network: Default::default(),
     })
     .await
     .unwrap();
@@ -284,28 +285,85 @@ fn docker_config(s: &Secret) -> serde_json::Value {
     serde_json::from_slice(&s.data.as_ref().unwrap()[".dockerconfigjson"].0).unwrap()
 }
 
+/// The pods of `web`, once the controller has made `n` of them.
+async fn web_pods(kube: &Kube, n: usize) -> Vec<Pod> {
+    eventually("the controller-manager's pods", || async {
+        let l = kube
+            .api::<Pod>()
+            .list(&ListParams::default().labels("app.kubernetes.io/name=web"))
+            .await
+            .unwrap();
+        (l.items.len() == n).then_some(l.items)
+    })
+    .await
+}
+
 #[tokio::test]
 async fn the_pull_secret_follows_the_credentials() {
     let Some(cp) = control_plane() else { return };
     let ns = namespace("creds");
     let kube = connect(cp, &ns, false).await;
-    berth_kube::pull::ensure(&kube, &K8sConfig::default(), Some(&creds("first")))
-        .await
-        .unwrap();
+    let extra = "[k8s]\nimage_pull_secrets = [\"regcred\"]\n[k8s.services.web]\nreplicas = 2\n";
+    let objs = rendered(&kube, extra, IMAGE_A, "v1", Some(&creds("first"))).await;
+    rollout::apply_all(&kube, &objs, &quiet).await.unwrap();
     let s = kube.api::<Secret>().get("berth-pull").await.unwrap();
     assert_eq!(s.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
     assert_eq!(
         docker_config(&s)["auths"]["127.0.0.1:5000"]["password"],
         "first"
     );
-    berth_kube::pull::ensure(&kube, &K8sConfig::default(), Some(&creds("second")))
-        .await
-        .unwrap();
-    let s = kube.api::<Secret>().get("berth-pull").await.unwrap();
+    let before = web_pods(&kube, 2).await;
+    let d1 = kube.api::<Deployment>().get("web").await.unwrap();
+
+    // Deployed again with other credentials: the Secret changes, nothing else does.
+    let objs = rendered(&kube, extra, IMAGE_A, "v1", Some(&creds("second"))).await;
+    rollout::apply_all(&kube, &objs, &quiet).await.unwrap();
+    let s2 = kube.api::<Secret>().get("berth-pull").await.unwrap();
+    let cfg = docker_config(&s2);
+    assert_eq!(cfg["auths"]["127.0.0.1:5000"]["password"], "second");
+    assert_eq!(cfg["auths"].as_object().unwrap().len(), 1);
+    assert_ne!(s.metadata.resource_version, s2.metadata.resource_version);
+    let d2 = kube.api::<Deployment>().get("web").await.unwrap();
     assert_eq!(
-        docker_config(&s)["auths"]["127.0.0.1:5000"]["password"],
-        "second"
+        d1.metadata.generation, d2.metadata.generation,
+        "no new rollout"
     );
+    let tpl = d2.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pull_names(&tpl), ["regcred", "berth-pull"]);
+    let after = web_pods(&kube, 2).await;
+    let names = |ps: &[Pod]| {
+        let mut v: Vec<String> = ps
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&before), names(&after), "the same pods");
+    for p in after {
+        assert_eq!(
+            pull_names(p.spec.as_ref().unwrap()),
+            ["regcred", "berth-pull"]
+        );
+    }
+    let sa = kube.api::<ServiceAccount>().get("berth").await.unwrap();
+    assert_eq!(sa.image_pull_secrets.unwrap().len(), 1);
+
+    // Credentials for another registry (a satellite's image, say) join the Secret.
+    berth_kube::pull::ensure(
+        &kube,
+        &K8sConfig::default(),
+        Some(&PullCredentials {
+            registry: "other.invalid:5000".into(),
+            username: "sat".into(),
+            password: "third".into(),
+        }),
+    )
+    .await
+    .unwrap();
+    let cfg = docker_config(&kube.api::<Secret>().get("berth-pull").await.unwrap());
+    assert_eq!(cfg["auths"]["127.0.0.1:5000"]["password"], "second");
+    assert_eq!(cfg["auths"]["other.invalid:5000"]["password"], "third");
 }
 
 #[tokio::test]

@@ -314,6 +314,11 @@ const SYSTEM_BUNDLES: [&str; 3] = [
     "/etc/ssl/cert.pem",
 ];
 
+/// This host's CA roots (PEM), from the first of the usual bundle files that exists.
+pub fn system_roots() -> Option<Vec<u8>> {
+    SYSTEM_BUNDLES.iter().find_map(|p| std::fs::read(p).ok())
+}
+
 /// A CA bundle written for a build's steps; removed on drop.
 #[derive(Debug)]
 pub struct StepBundle {
@@ -349,10 +354,7 @@ impl Network {
         if !self.ca_to_steps {
             return Ok(None);
         }
-        let mut pem = SYSTEM_BUNDLES
-            .iter()
-            .find_map(|p| std::fs::read(p).ok())
-            .unwrap_or_default();
+        let mut pem = system_roots().unwrap_or_default();
         for extra in self.extra_roots()? {
             if !pem.is_empty() && !pem.ends_with(b"\n") {
                 pem.push(b'\n');
