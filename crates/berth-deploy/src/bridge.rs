@@ -9,74 +9,33 @@
 //! answers to a MAC nobody has until its entry expires (15 to 45 s, then probes). Under
 //! load that is a request that hangs for seconds. berth therefore pins such a bridge's
 //! MAC to the one it has (`addr_assign_type` becomes 3, "set"), before a deploy starts
-//! a container.
+//! a container (each deploy: setting it again is harmless).
 
-use std::path::Path;
-
-/// `addr_assign_type` of an address given to the device (NET_ADDR_SET).
-const NET_ADDR_SET: &str = "3";
-
-/// What [`pin_mac`] did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Pinned {
-    /// The bridge had a MAC of its own already.
-    Already,
-    /// Its MAC (this one) is now its own.
-    Now(String),
-}
-
-/// Pins the MAC of bridge `name` (a device in `/sys/class/net` of this network
-/// namespace) to the one it has now, unless it was given one. Needs CAP_NET_ADMIN.
-pub fn pin_mac(name: &str) -> std::io::Result<Pinned> {
-    pin_mac_in(Path::new("/sys/class/net"), name)
-}
-
-fn pin_mac_in(sys: &Path, name: &str) -> std::io::Result<Pinned> {
-    let bad = || {
-        std::io::Error::new(
+/// Pins the MAC of bridge `name` (in this network namespace) to the one it has now:
+/// setting a bridge's MAC, even to the same value, makes it the bridge's own
+/// (`addr_assign_type` 3, "set"), and it no longer follows its ports. Needs
+/// CAP_NET_ADMIN. Returns the MAC. (Not `/sys/class/net`: that shows the network
+/// namespace sysfs was mounted in, not necessarily the agent's.)
+pub fn pin_mac(name: &str) -> std::io::Result<String> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{name:?} is not a network device name"),
-        )
-    };
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', '\0']) {
-        return Err(bad());
+        ));
     }
-    let dir = sys.join(name);
-    let read = |f: &str| {
-        std::fs::read_to_string(dir.join(f)).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("read {}: {e}", dir.join(f).display()))
-        })
-    };
-    if read("addr_assign_type")?.trim() == NET_ADDR_SET {
-        return Ok(Pinned::Already);
-    }
-    let text = read("address")?.trim().to_owned();
-    let mac = parse_mac(&text).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("bridge {name} has no Ethernet address ({text:?})"),
-        )
-    })?;
-    set_mac(name, mac)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("set the MAC of bridge {name}: {e}")))?;
-    Ok(Pinned::Now(text))
+    let mac = hwaddr(name, None)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("read the MAC of {name}: {e}")))?;
+    hwaddr(name, Some(mac))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("set the MAC of {name}: {e}")))?;
+    Ok(mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
 }
 
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = text.split(':');
-    for b in &mut out {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
-/// SIOCSIFHWADDR on device `name`: the one call that sets a MAC without netlink.
-fn set_mac(name: &str, mac: [u8; 6]) -> std::io::Result<()> {
+/// SIOCGIFHWADDR (`set` none) or SIOCSIFHWADDR on device `name`: a MAC without netlink.
+fn hwaddr(name: &str, set: Option<[u8; 6]>) -> std::io::Result<[u8; 6]> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     // SAFETY: plain socket(2); the descriptor is owned (and closed) by `sock`.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -90,18 +49,37 @@ fn set_mac(name: &str, mac: [u8; 6]) -> std::io::Result<()> {
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
-    let mut addr: libc::sockaddr = unsafe { std::mem::zeroed() };
-    addr.sa_family = libc::ARPHRD_ETHER;
-    for (d, s) in addr.sa_data.iter_mut().zip(mac) {
-        *d = s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_hwaddr = addr;
-    // SAFETY: SIOCSIFHWADDR reads one ifreq, which lives across the call.
-    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFHWADDR, &req) };
+    let op = match set {
+        Some(mac) => {
+            // SAFETY: as above, a C struct of integers.
+            let mut addr: libc::sockaddr = unsafe { std::mem::zeroed() };
+            addr.sa_family = libc::ARPHRD_ETHER;
+            for (d, s) in addr.sa_data.iter_mut().zip(mac) {
+                *d = s as libc::c_char;
+            }
+            req.ifr_ifru.ifru_hwaddr = addr;
+            libc::SIOCSIFHWADDR
+        }
+        None => libc::SIOCGIFHWADDR,
+    };
+    // SAFETY: both requests take one ifreq, which lives across the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), op, &mut req) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    // SAFETY: the kernel filled `ifru_hwaddr` (SIOCGIFHWADDR), or we did.
+    let addr = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if addr.sa_family != libc::ARPHRD_ETHER {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not an Ethernet device",
+        ));
+    }
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(addr.sa_data) {
+        *d = s as u8;
+    }
+    Ok(mac)
 }
 
 #[cfg(test)]
@@ -109,35 +87,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn macs_parse() {
-        assert_eq!(
-            parse_mac("02:42:ac:1e:01:ff"),
-            Some([2, 0x42, 0xac, 0x1e, 1, 0xff])
-        );
-        for bad in [
-            "",
-            "02:42:ac:1e:01",
-            "02:42:ac:1e:01:ff:00",
-            "2:42:ac:1e:01:ff",
-            "zz:42:ac:1e:01:ff",
-        ] {
-            assert_eq!(parse_mac(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_bridge_with_its_own_mac_is_left_alone_and_bad_names_are_refused() {
-        let sys = tempfile::tempdir().unwrap();
-        let dev = sys.path().join("br-own");
-        std::fs::create_dir(&dev).unwrap();
-        std::fs::write(dev.join("addr_assign_type"), "3\n").unwrap();
-        std::fs::write(dev.join("address"), "02:42:ac:1e:01:01\n").unwrap();
-        assert_eq!(pin_mac_in(sys.path(), "br-own").unwrap(), Pinned::Already);
-        for name in ["", "../etc", "a-name-far-too-long"] {
-            let e = pin_mac_in(sys.path(), name).unwrap_err();
+    fn bad_names_and_missing_devices_are_errors() {
+        for name in ["", "a-name-far-too-long"] {
+            let e = pin_mac(name).unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{name}: {e}");
         }
-        let e = pin_mac_in(sys.path(), "nosuchdev").unwrap_err();
-        assert!(e.to_string().contains("nosuchdev/addr_assign_type"), "{e}");
+        let e = pin_mac("nosuchdev0").unwrap_err();
+        assert!(e.to_string().contains("read the MAC of nosuchdev0"), "{e}");
     }
 }

@@ -563,8 +563,8 @@ impl Engine {
     }
 
     /// Pins the MAC of the bridge of dockerd's default network (where berth starts
-    /// containers) if it has none of its own ([`crate::bridge`]); says so in `steps`, and
-    /// warns there when it cannot.
+    /// containers), in case it has none of its own ([`crate::bridge`]); warns in `steps`
+    /// when it cannot.
     async fn pin_bridge(&self, steps: &mut Vec<String>) {
         let net = match self.docker.inspect_network("bridge", None).await {
             Ok(n) => n,
@@ -580,20 +580,13 @@ impl Engine {
             return;
         };
         match crate::bridge::pin_mac(&name) {
-            Ok(crate::bridge::Pinned::Already) => {}
-            Ok(crate::bridge::Pinned::Now(mac)) => {
-                tracing::info!(bridge = %name, %mac, "pinned the bridge's MAC");
-                steps.push(format!(
-                    "pinned the MAC of bridge {name} to {mac}, the one it had (a bridge \
-                     without one moves it when a container goes)"
-                ));
-            }
+            Ok(mac) => tracing::debug!(bridge = %name, %mac, "bridge MAC pinned"),
             Err(e) => {
                 tracing::warn!(bridge = %name, error = %e, "bridge MAC not pinned");
                 steps.push(format!(
-                    "warning: bridge {name} has no MAC of its own and berth could not pin \
-                     it ({e}): when a container goes, others may lose their answers for \
-                     seconds; `ip link set {name} address …` fixes it"
+                    "warning: berth could not pin the MAC of bridge {name} ({e}): if it has \
+                     none of its own, containers may lose their answers for seconds when \
+                     another goes; `ip link set {name} address …` fixes it"
                 ));
             }
         }
