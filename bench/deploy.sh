@@ -30,8 +30,10 @@
 #   BERTH_BIN=path   use this berth instead of `cargo build --release -p berth-cli`
 #   REPS=5           timed deploys per tool (the median and min are reported)
 #   TOOLS="agent ssh script"
-#   KEEP_LOGS=dir    copy every log there
 #   STORE_DIR=/var/lib   where roots and dockerd data go
+#   KEEP_LOGS=dir    copy every log there (failures-TOOL-REP: each failed request)
+#   AGENT_LOG=info   the agents' BERTH_LOG (debug: the time of each deploy step)
+#   BRIDGE_MAC=1     0: the hosts' bridges have no MAC of their own
 # Needs: iproute2, nsenter, docker.io 20.10 (dockerd, /usr/bin/docker), openssh-server,
 # openssh-client, curl, busybox-static, runc. The main dockerd is not used.
 # On exit (trap): agents, registry, sshds and dockerds stopped, namespaces deleted,
@@ -104,7 +106,16 @@ for i in "${HOSTS[@]}"; do
 	netns_add "$h"
 	veth_link "$(ns dep)" "10.93.$i.1/24" "$h" "10.93.$i.2/24" "bdb$(($$ % 10000))x$i"
 	ip -n "$h" route add 10.93.0.1/32 via "10.93.$i.1"
-	ip -n "$h" link add bdeploy type bridge
+	# The bridge gets a MAC of its own, as dockerd gives the bridges it makes (BRIDGE_MAC=0:
+	# none, as a bridge made by hand; berth's agent then pins its MAC at the first deploy).
+	# A bridge without one takes its ports' lowest MAC and moves when that port goes, and
+	# a container that learnt the old one sends its answers nowhere until its neighbour
+	# entry expires (a request of the load hangs).
+	if [[ ${BRIDGE_MAC:-1} == 1 ]]; then
+		ip -n "$h" link add bdeploy address "02:42:ac:1e:0$i:01" type bridge
+	else
+		ip -n "$h" link add bdeploy type bridge
+	fi
 	ip -n "$h" addr add "172.30.$i.1/24" dev bdeploy
 	ip -n "$h" link set bdeploy up
 	d=$run_dir/h$i
@@ -140,7 +151,7 @@ nsenter --net="/run/netns/$(ns dep)" -- "$BERTH" --root "$stores/registry" regis
 	>"$work/logs/registry.out" 2>"$work/logs/registry.log" &
 pids+=($!)
 for i in "${HOSTS[@]}"; do
-	DOCKER_HOST=unix://$run_dir/h$i/docker.sock BERTH_LOG=info nsenter --net="/run/netns/$(ns "$i")" -- "$BERTH" \
+	DOCKER_HOST=unix://$run_dir/h$i/docker.sock BERTH_LOG=${AGENT_LOG:-info} nsenter --net="/run/netns/$(ns "$i")" -- "$BERTH" \
 		--root "$stores/h$i/agent" agent serve --addr "10.93.$i.2:8373" --name "h$i" \
 		>"$work/logs/agent-h$i.out" 2>"$work/logs/agent-h$i.log" &
 	pids+=($!)
@@ -213,16 +224,27 @@ run_tool() { # TOOL N
 	esac
 }
 
-# load_start TOOL: a curl loop on the tool's port of every host, round robin.
+# load_start TOOL REP: a curl loop on the tool's port of every host, round robin. A request
+# fails when curl fails (its exit code: 7 refused, 28 timed out, 52 empty answer, 56 reset)
+# or the answer is not 2xx; each failure is logged to logs/failures-TOOL-REP with its time
+# (UTC, when it started), host, curl's exit code, HTTP status and duration.
 load_start() {
 	rm -f "$work/load.stop" "$work/load.count"
 	in_ns "$(ns dep)" bash -c '
 		ok=0 fail=0 n=0
 		while [[ ! -e $1/load.stop ]]; do
 			i=$((n % 3 + 1)); n=$((n + 1))
-			if curl -sf -o /dev/null --max-time 5 "http://10.93.$i.2:$2/"; then ok=$((ok + 1)); else fail=$((fail + 1)); fi
+			t=$(date -u +%T.%N)
+			rc=0
+			out=$(curl -s -o /dev/null -w "%{http_code} %{time_total}" --max-time 5 "http://10.93.$i.2:$2/") || rc=$?
+			if [[ $rc == 0 && $out == 2* ]]; then
+				ok=$((ok + 1))
+			else
+				fail=$((fail + 1))
+				echo "${t:0:12} h$i curl_exit=$rc http=${out% *} took=${out#* }s" >> "$3"
+			fi
 		done
-		echo "$ok $fail" > "$1/load.count"' load "$work" "${PORT[$1]}" &
+		echo "$ok $fail" > "$1/load.count"' load "$work" "${PORT[$1]}" "$work/logs/failures-$1-$2" &
 	load_pid=$!
 }
 load_stop() { touch "$work/load.stop"; wait "$load_pid" || true; }
@@ -236,7 +258,7 @@ for tool in $TOOLS; do FAILS[$tool]=0 TOTALS[$tool]=0; done
 for ((r = 1; r <= REPS; r++)); do
 	build_version "$r"
 	for tool in $TOOLS; do
-		load_start "$tool"
+		load_start "$tool" "$r"
 		sleep 0.5
 		start=$(now)
 		run_tool "$tool" "$r" >"$work/logs/$tool-$r.log" 2>&1 || { tail -n 20 "$work/logs/$tool-$r.log" >&2; die "$tool: deploy v$r"; }
@@ -251,7 +273,8 @@ for ((r = 1; r <= REPS; r++)); do
 			got=$(in_ns "$(ns dep)" curl -sf --max-time 5 "http://10.93.$i.2:${PORT[$tool]}/" || true)
 			[[ $got == "version-$r" ]] || die "$tool: h$i answers ${got:-nothing} after deploying v$r"
 		done
-		log "rep $r $tool: $(elapsed "$start" "$end") s, $fail of $((ok + fail)) requests failed"
+		log "rep $r $tool: $(elapsed "$start" "$end") s, $fail of $((ok + fail)) requests failed (from $(date -u -d "@$start" +%T.%3N) UTC)"
+		[[ -s $work/logs/failures-$tool-$r ]] && sed 's/^/     failed: /' "$work/logs/failures-$tool-$r" >&2
 	done
 done
 

@@ -469,7 +469,13 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     runtime()?.block_on(async {
         let mut results = Vec::new();
         for svc in services {
-            let pushed = push_service(&store, &client, &file, svc, args.version.as_deref()).await?;
+            // The hosts are reached (SSH logins, agent containers) while the image is
+            // pushed; nothing is asked of them before the push is done.
+            let (pushed, connected) = tokio::join!(
+                push_service(&store, &client, &file, svc, args.version.as_deref()),
+                berth_deploy::deployer::connect_hosts(&file, &hosts, svc)
+            );
+            let (pushed, connected) = (pushed?, connected?);
             progress(&format!("pushed {} as {}", pushed.local, pushed.image));
             let (image, version) = (pushed.image, pushed.version);
             let plan = Planned {
@@ -477,7 +483,10 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
                 image,
                 version,
             };
-            results.extend(berth_deploy::deployer::deploy(&file, &hosts, &plan, &progress).await?);
+            results.extend(
+                berth_deploy::deployer::deploy_connected(&file, connected, &plan, &progress)
+                    .await?,
+            );
         }
         summarize(&file, "deploy", &results)
     })

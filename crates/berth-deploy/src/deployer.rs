@@ -51,6 +51,35 @@ pub fn registry_auth(file: &DeployFile) -> Result<Option<RegistryAuth>, DeployEr
     }
 }
 
+/// The hosts of a service, each with its agent's client or why there is none: SSH hosts
+/// are logged in to (and their agent container started) here, so this can run while the
+/// image is pushed.
+pub struct Connected {
+    names: Vec<String>,
+    clients: Vec<Option<Result<AgentClient, DeployError>>>,
+}
+
+/// Connects to `service`'s hosts ([`Connected`]). Every enrolled host must be known
+/// before any is touched; an SSH host that cannot be reached fails alone.
+pub async fn connect_hosts(
+    file: &DeployFile,
+    hosts: &Hosts,
+    service: &Service,
+) -> Result<Connected, DeployError> {
+    let names = file.hosts_of(service);
+    for n in &names {
+        if !file.ssh_hosts.contains_key(n) {
+            hosts.get(n)?;
+        }
+    }
+    let clients = futures_util::future::join_all(names.iter().map(|n| connect(file, hosts, n)))
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
+    Ok(Connected { names, clients })
+}
+
 /// Deploys `plan` to the service's hosts, batch after batch (`[deploy.batch]`); a host
 /// that fails does not stop the others. `progress` gets a line per host and step.
 pub async fn deploy(
@@ -59,7 +88,17 @@ pub async fn deploy(
     plan: &Planned,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Vec<HostResult>, DeployError> {
-    let names = file.hosts_of(&plan.service);
+    let connected = connect_hosts(file, hosts, &plan.service).await?;
+    deploy_connected(file, connected, plan, progress).await
+}
+
+/// [`deploy`] to hosts connected before ([`connect_hosts`] of `plan`'s service).
+pub async fn deploy_connected(
+    file: &DeployFile,
+    connected: Connected,
+    plan: &Planned,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<HostResult>, DeployError> {
     let req = DeployRequest {
         service: plan.service.clone(),
         image: plan.image.clone(),
@@ -68,19 +107,7 @@ pub async fn deploy(
         registry_auth: registry_auth(file)?,
         history: file.history,
     };
-    // Every enrolled host must be known before any is touched; SSH hosts are logged in
-    // to now, and one that cannot be reached fails alone.
-    for n in &names {
-        if !file.ssh_hosts.contains_key(n) {
-            hosts.get(n)?;
-        }
-    }
-    let mut clients: Vec<Option<Result<AgentClient, DeployError>>> =
-        futures_util::future::join_all(names.iter().map(|n| connect(file, hosts, n)))
-            .await
-            .into_iter()
-            .map(Some)
-            .collect();
+    let Connected { names, mut clients } = connected;
     let mut out = Vec::new();
     let order: Vec<usize> = (0..names.len()).collect();
     let batches = file.batch.split(&order);

@@ -44,6 +44,53 @@ use crate::error::DeployError;
 use crate::lock::{Acquired, Holder, Locks};
 use crate::proxy::{Proxies, Target};
 
+/// Times the steps of one deploy, in the agent's log (`deploy step`, at debug; the whole
+/// deploy at info), so that a slow deploy says where its time went.
+struct Clock {
+    service: String,
+    version: String,
+    start: std::time::Instant,
+    lap: std::time::Instant,
+}
+
+impl Clock {
+    fn new(service: &str, version: &str) -> Clock {
+        let now = std::time::Instant::now();
+        Clock {
+            service: service.to_owned(),
+            version: version.to_owned(),
+            start: now,
+            lap: now,
+        }
+    }
+
+    fn lap(&mut self, step: &str) {
+        let now = std::time::Instant::now();
+        tracing::debug!(
+            service = %self.service,
+            version = %self.version,
+            step,
+            ms = now.duration_since(self.lap).as_millis() as u64,
+            "deploy step"
+        );
+        self.lap = now;
+    }
+}
+
+impl Drop for Clock {
+    fn drop(&mut self) {
+        tracing::info!(
+            service = %self.service,
+            version = %self.version,
+            ms = self.start.elapsed().as_millis() as u64,
+            "deploy steps took"
+        );
+    }
+}
+
+/// The first pause between the quick health checks of a container just started.
+const QUICK_CHECKS: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Log lines of a failed container shown in the error.
 const LOG_LINES: &str = "20";
 
@@ -345,7 +392,10 @@ impl Engine {
         steps: &mut Vec<String>,
     ) -> Result<(), DeployError> {
         let svc = &req.service;
+        let mut clock = Clock::new(&svc.name, &req.version);
+        self.pin_bridge(steps).await;
         self.pull(req).await?;
+        clock.lap("pull");
         steps.push(format!("pulled {}", req.image));
         let base = container_name(&svc.name, &req.version);
         let n = svc.replicas.max(1);
@@ -367,6 +417,7 @@ impl Engine {
             }
             steps.push(format!("started container {name}"));
         }
+        clock.lap("create and start");
         let checks = futures_util::future::join_all(
             names
                 .iter()
@@ -398,6 +449,7 @@ impl Engine {
                 req.version, svc.name
             )));
         }
+        clock.lap("health");
         steps.push(format!("{} healthy", names.join(", ")));
         let ips = self.addresses(&ids).await?;
         let mut old_targets = Vec::new();
@@ -451,6 +503,7 @@ impl Engine {
             }
             steps.push(format!("port {} now goes to {}", p.host, names.join(", ")));
         }
+        clock.lap("switch");
         let dir = self.service_dir(&svc.name);
         let previous: Option<Current> = read_json(&dir.join("current.json"))?;
         write_json(
@@ -483,6 +536,7 @@ impl Engine {
                 ext.drain
             ));
         }
+        clock.lap("history");
         for t in old_targets {
             if !t.drained(svc.stop_timeout).await {
                 steps.push(format!(
@@ -495,6 +549,7 @@ impl Engine {
                 t.close();
             }
         }
+        clock.lap("drain");
         if let Some(prev) = previous {
             for c in prev.all() {
                 if !names.contains(&c) {
@@ -503,7 +558,38 @@ impl Engine {
                 }
             }
         }
+        clock.lap("stop and remove");
         Ok(())
+    }
+
+    /// Pins the MAC of the bridge of dockerd's default network (where berth starts
+    /// containers), in case it has none of its own ([`crate::bridge`]); warns in `steps`
+    /// when it cannot.
+    async fn pin_bridge(&self, steps: &mut Vec<String>) {
+        let net = match self.docker.inspect_network("bridge", None).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %docker_message(&e), "no default bridge network");
+                return;
+            }
+        };
+        let Some(name) = net
+            .options
+            .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+        else {
+            return;
+        };
+        match crate::bridge::pin_mac(&name) {
+            Ok(mac) => tracing::debug!(bridge = %name, %mac, "bridge MAC pinned"),
+            Err(e) => {
+                tracing::warn!(bridge = %name, error = %e, "bridge MAC not pinned");
+                steps.push(format!(
+                    "warning: berth could not pin the MAC of bridge {name} ({e}): if it has \
+                     none of its own, containers may lose their answers for seconds when \
+                     another goes; `ip link set {name} address …` fixes it"
+                ));
+            }
+        }
     }
 
     /// Hands the replicas at `ips` to the host's own proxy: writes its upstream file and
@@ -740,37 +826,67 @@ impl Engine {
     }
 
     /// Runs the check every interval until it passes; after `retries` failures, the last
-    /// failure's output.
+    /// failure's output. A container just started usually listens within milliseconds:
+    /// until the first interval is over, checks also run at [`QUICK_CHECKS`] pauses that
+    /// double up to the interval, and their failures do not count against `retries`.
     async fn wait_healthy(&self, name: &str, health: &Health) -> Result<(), String> {
+        let start = tokio::time::Instant::now();
         let mut last = String::new();
         for attempt in 1..=health.retries {
-            if attempt > 1 {
+            if attempt == 2 {
+                // The quick checks took the first interval.
+                tokio::time::sleep_until(start + health.interval).await;
+            } else if attempt > 2 {
                 tokio::time::sleep(health.interval).await;
             }
-            let state = self
-                .docker
-                .inspect_container(name, None)
-                .await
-                .map_err(|e| docker_message(&e))?
-                .state
-                .unwrap_or_default();
-            if state.running != Some(true) {
-                return Err(format!(
-                    "the container exited (code {})",
-                    state.exit_code.unwrap_or(-1)
-                ));
+            match self.probe(name, health).await? {
+                None => return Ok(()),
+                Some(out) => last = out,
             }
-            let check = tokio::time::timeout(health.timeout, self.check_once(name, &health.check));
-            match check.await {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(out)) => last = out,
-                Err(_) => last = format!("the check took longer than {:?}", health.timeout),
+            if attempt == 1 {
+                let mut pause = QUICK_CHECKS;
+                loop {
+                    let at = tokio::time::Instant::now() + pause;
+                    if at + pause / 2 >= start + health.interval {
+                        break;
+                    }
+                    tokio::time::sleep_until(at).await;
+                    match self.probe(name, health).await? {
+                        None => return Ok(()),
+                        Some(out) => last = out,
+                    }
+                    pause *= 2;
+                }
             }
         }
         Err(format!(
             "{} health checks failed; the last said: {last}",
             health.retries
         ))
+    }
+
+    /// One health check of container `name`: `None` when it passes, else what it said;
+    /// `Err` when the container is not running (no check can pass).
+    async fn probe(&self, name: &str, health: &Health) -> Result<Option<String>, String> {
+        let state = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| docker_message(&e))?
+            .state
+            .unwrap_or_default();
+        if state.running != Some(true) {
+            return Err(format!(
+                "the container exited (code {})",
+                state.exit_code.unwrap_or(-1)
+            ));
+        }
+        let check = tokio::time::timeout(health.timeout, self.check_once(name, &health.check));
+        Ok(match check.await {
+            Ok(Ok(())) => None,
+            Ok(Err(out)) => Some(out),
+            Err(_) => Some(format!("the check took longer than {:?}", health.timeout)),
+        })
     }
 
     async fn check_once(&self, name: &str, check: &Check) -> Result<(), String> {

@@ -23,6 +23,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bridge;
 pub mod client;
 pub mod config;
 pub mod deployer;

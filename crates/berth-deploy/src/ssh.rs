@@ -363,6 +363,9 @@ async fn ensure_agent(docker: &Docker, name: &str, host: &SshHost) -> Result<boo
         labels: Some([("berth.agent".to_owned(), name.to_owned())].into()),
         host_config: Some(HostConfig {
             network_mode: Some("host".into()),
+            // To pin the MAC of the containers' bridge (`crate::bridge`); whoever runs
+            // this container has the host's dockerd anyway.
+            cap_add: Some(vec!["NET_ADMIN".into()]),
             binds: Some(vec![
                 format!("{}:/var/run/docker.sock", host.docker_socket),
                 format!("{socket_dir}:{socket_dir}"),
