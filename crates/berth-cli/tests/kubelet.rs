@@ -437,7 +437,6 @@ fn wait_pod<T>(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
-    let Some(cp) = control_plane() else { return };
     if !kubelet_bin().exists() {
         berth_testutil::skip(&format!(
             "{} is missing: run scripts/k8s-envtest (or set BERTH_K8S_BIN)",
@@ -445,6 +444,7 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
         ));
         return;
     }
+    let Some(cp) = control_plane() else { return };
     if !(require("skopeo") && require("htpasswd") && require("unshare") && require("dockerd")) {
         return;
     }
