@@ -1,0 +1,605 @@
+//! Pods really running (issue 12): kubelet 1.20 with its built-in dockershim (built by
+//! scripts/k8s-envtest) joins the test control plane (berth-kube's tests/common/k8s.rs)
+//! as a node, over a dockerd of its own; berth's registry with basic auth holds the
+//! image. A Deployment rendered by berth's pod path into a namespace without berth's pull
+//! secret fails to pull (the registry's refusal in the pod's status and events); the same
+//! service into a namespace with it rolls out and its container runs.
+//!
+//! Nothing of the machine changes, though kubelet sets kernel tunables and cgroups:
+//! - kubelet and the node's dockerd run in a mount namespace of their own, in which the
+//!   `/proc/sys` files kubelet checks are bind-mounted over by regular files already
+//!   holding the values it wants (and `--protect-kernel-defaults` makes it refuse, never
+//!   write, should one differ), tmpfs hides /var/lib and /var/log (kubelet's fixed
+//!   paths), and the node dockerd's socket and pid file cover /var/run/docker.{sock,pid}
+//!   (kubelet's cAdvisor and its oom-score tuning of "the docker daemon" find that one);
+//! - the node dockerd, its bridge, its containers and berth's registry live in a network
+//!   namespace of the test; kubelet stays in the machine's (the API server listens on its
+//!   127.0.0.1) with `--make-iptables-util-chains=false`, listening on 127.0.0.1 only;
+//! - `--cgroups-per-qos=false --enforce-node-allocatable=`: no kubepods cgroups, the
+//!   containers' cgroups are dockerd's own as for any container;
+//! - `modprobe` on kubelet's PATH is a stub (its network plugin loads br_netfilter).
+//!
+//! There is no scheduler: the test binds the Deployment's pods to the node as
+//! kube-scheduler would (the pods/binding subresource).
+
+mod common;
+#[path = "../../berth-kube/tests/common/k8s.rs"]
+mod k8s_cp;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use berth_deploy::DeployFile;
+use berth_kube::pull::PullCredentials;
+use berth_kube::render::{RenderInput, render};
+use berth_kube::{K8sConfig, Kube, KubeOptions};
+use berth_testutil::netns::{Host, Lab};
+use common::*;
+use k8s_cp::{ControlPlane, TOKEN, control_plane};
+
+/// The registry, on the loopback of the node's network namespace (dockerd counts
+/// 127.0.0.0/8 as insecure, so plain HTTP needs no flag).
+const REGISTRY: &str = "127.0.0.1:5000";
+/// The node dockerd's bridge (inside the node's namespace).
+const BRIDGE: &str = "bkubelet";
+const BRIDGE_ADDR: &str = "10.94.0.1/24";
+/// The node dockerd's runtime: runc with a negative `oomScoreAdj` of the bundle made 0.
+/// dockershim gives every pod sandbox -998 (and Guaranteed pods' containers too), and
+/// lowering a score needs CAP_SYS_RESOURCE, which this machine's root lacks (its
+/// bounding set): runc fails with "can't get final child's PID from pipe: EOF".
+const RUNC_CLAMP: &str = r#"#!/bin/sh
+prev=
+for a in "$@"; do
+  if [ "$prev" = --bundle ] || [ "$prev" = -b ]; then
+    [ -f "$a/config.json" ] && sed -i 's/"oomScoreAdj":-[0-9]*/"oomScoreAdj":0/' "$a/config.json"
+  fi
+  prev=$a
+done
+exec runc "$@"
+"#;
+/// The sandbox ("pause") image kubelet starts each pod with, made locally.
+const PAUSE: &str = "berth-test/pause:1";
+
+fn kubelet_bin() -> PathBuf {
+    std::env::var_os("BERTH_K8S_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/berth-k8s/current/bin"))
+        .join("kubelet")
+}
+
+/// The node: its dockerd and kubelet under one supervising shell in a private mount
+/// namespace (`unshare --mount`), stopped (containers removed, dockerd stopped) on drop
+/// or when the test process dies.
+struct Node {
+    supervisor: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Node {
+    fn start(cp: &ControlPlane, host: &Host, dir: &Path, name: &str) -> Node {
+        std::fs::create_dir_all(dir.join("sysctl")).unwrap();
+        std::fs::create_dir_all(dir.join("fakebin")).unwrap();
+        for (name, text) in [
+            ("modprobe", "#!/bin/sh\nexit 0\n"),
+            ("runc-clamp", RUNC_CLAMP),
+        ] {
+            let path = dir.join("fakebin").join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let ip = |args: &[&str]| run(Command::new("ip").arg("-n").arg(&host.ns).args(args));
+        ip(&[
+            "link",
+            "add",
+            BRIDGE,
+            "address",
+            "02:42:0a:5e:00:01",
+            "type",
+            "bridge",
+        ]);
+        ip(&["addr", "add", BRIDGE_ADDR, "dev", BRIDGE]);
+        ip(&["link", "set", BRIDGE, "up"]);
+        let socket = dir.join("docker/docker.sock");
+        let port = || free_port().to_string();
+        let script = format!(
+            r#"
+set -u
+D={dir}
+fail() {{ echo "node: $*" >&2; exit 1; }}
+# The values kubelet wants, in regular files over the kernel's: it reads them, finds
+# them right, and never writes (--protect-kernel-defaults would refuse to anyway).
+for kv in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_on_oops=1 \
+  kernel/keys/root_maxkeys=1000000 kernel/keys/root_maxbytes=25000000 \
+  net/bridge/bridge-nf-call-iptables=1 net/bridge/bridge-nf-call-ip6tables=1; do
+  k=${{kv%%=*}}; f=$D/sysctl/$(echo "$k" | tr / .)
+  echo "${{kv#*=}}" >"$f"
+  [ -e "/proc/sys/$k" ] || continue
+  mount --bind "$f" "/proc/sys/$k" || fail "cannot cover /proc/sys/$k"
+done
+mount -t tmpfs tmpfs /var/lib || fail "cannot cover /var/lib"
+mount -t tmpfs tmpfs /var/log || fail "cannot cover /var/log"
+mkdir -p $D/docker
+nsenter --net=/run/netns/{ns} -- dockerd --data-root $D/docker/data --exec-root $D/docker/exec \
+  --pidfile $D/docker/docker.pid -H unix://{socket} --bridge {bridge} \
+  --iptables=false --ip-masq=false --ip-forward=false \
+  --add-runtime clamp=$D/fakebin/runc-clamp --default-runtime clamp >$D/dockerd.log 2>&1 &
+dockerd=$!
+for i in $(seq 1 300); do [ -S {socket} ] && [ -s $D/docker/docker.pid ] && break; sleep 0.2; done
+[ -S {socket} ] || fail "dockerd did not come up"
+# kubelet's cAdvisor and dockershim's oom-score tuning look for "the" docker daemon here.
+for f in sock pid; do
+  [ -e /var/run/docker.$f ] || fail "/var/run/docker.$f is missing (scripts/start-dockerd)"
+done
+mount --bind {socket} /var/run/docker.sock || fail "cannot cover /var/run/docker.sock"
+mount --bind $D/docker/docker.pid /var/run/docker.pid || fail "cannot cover /var/run/docker.pid"
+PATH=$D/fakebin:$PATH {kubelet} --kubeconfig={kubeconfig} --hostname-override={name} --register-node=true \
+  --container-runtime=docker --docker-endpoint=unix://{socket} \
+  --container-runtime-endpoint=unix://$D/dockershim.sock --experimental-dockershim-root-directory=$D/dockershim \
+  --root-dir=$D/kubelet --cert-dir=$D/kubelet/pki --volume-plugin-dir=$D/volume-plugins \
+  --pod-infra-container-image={pause} --network-plugin= --hairpin-mode=none \
+  --cgroup-driver=cgroupfs --cgroups-per-qos=false --enforce-node-allocatable= \
+  --fail-swap-on=false --protect-kernel-defaults=true --make-iptables-util-chains=false \
+  --address=127.0.0.1 --port={kport} --healthz-bind-address=127.0.0.1 --healthz-port={hport} --read-only-port=0 \
+  --eviction-hard='memory.available<1Mi,nodefs.available<1%,imagefs.available<1%,nodefs.inodesFree<1%' \
+  --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
+  --v=2 >$D/kubelet.log 2>&1 &
+kubelet=$!
+stop() {{
+  kill $kubelet 2>/dev/null; wait $kubelet
+  ids=$(docker -H unix://{socket} ps -aq)
+  [ -n "$ids" ] && docker -H unix://{socket} rm -f $ids >/dev/null
+  kill $dockerd 2>/dev/null; wait $dockerd
+  exit 0
+}}
+trap stop TERM INT
+while kill -0 {parent} 2>/dev/null && kill -0 $kubelet 2>/dev/null; do sleep 1 & wait $!; done
+stop
+"#,
+            dir = dir.display(),
+            ns = host.ns,
+            socket = socket.display(),
+            bridge = BRIDGE,
+            kubelet = kubelet_bin().display(),
+            kubeconfig = cp.kubeconfig.display(),
+            pause = PAUSE,
+            kport = port(),
+            hport = port(),
+            parent = std::process::id(),
+        );
+        let supervisor = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "bash", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("node.log")).unwrap())
+            .spawn()
+            .expect("start the node");
+        let mut node = Node {
+            supervisor,
+            dir: dir.to_path_buf(),
+            socket,
+        };
+        let start = Instant::now();
+        while !node.docker(&["version"]).success {
+            if let Some(status) = node.supervisor.try_wait().unwrap() {
+                panic!("the node stopped ({status}): {}", node.logs());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the node's dockerd did not come up: {}",
+                node.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        node
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        output(
+            Command::new(docker())
+                .arg("-H")
+                .arg(format!("unix://{}", self.socket.display()))
+                .args(args),
+        )
+    }
+
+    /// The last lines of the node's, dockerd's and kubelet's logs.
+    fn logs(&self) -> String {
+        ["node.log", "dockerd.log", "kubelet.log"]
+            .iter()
+            .map(|f| {
+                let s = std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+                let lines: Vec<&str> = s.lines().collect();
+                format!(
+                    "--- {f}:\n{}",
+                    lines[lines.len().saturating_sub(25)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.supervisor.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if self.supervisor.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.supervisor.kill();
+        let _ = self.supervisor.wait();
+    }
+}
+
+/// `berth registry serve` with basic auth in the node's network namespace, killed on drop.
+struct Registry(Child);
+
+impl Registry {
+    fn start(host: &Host, dir: &Path) -> Registry {
+        let htpasswd = dir.join("htpasswd");
+        run(Command::new("htpasswd")
+            .args(["-Bbc"])
+            .arg(&htpasswd)
+            .args(["deploy", "s3cret"]));
+        let mut child = host
+            .command(berth_bin())
+            .arg("--root")
+            .arg(dir.join("registry"))
+            .args(["registry", "serve", "--addr", REGISTRY, "--htpasswd"])
+            .arg(&htpasswd)
+            .env("BERTH_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .expect("spawn berth registry serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("listening"), "{line:?}");
+        Registry(child)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The API server's answer to `method path` (with a JSON `body`), and its status code.
+fn api(cp: &ControlPlane, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args([
+        "-s",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .arg("--cacert")
+    .arg(cp.dir.join("certs/apiserver.crt"))
+    .args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+    if let Some(b) = body {
+        c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    let out = c.arg(format!("{}{path}", cp.url)).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.parse().unwrap_or(0), body.to_owned())
+}
+
+fn get(cp: &ControlPlane, path: &str) -> serde_json::Value {
+    let (code, body) = api(cp, "GET", path, None);
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// What kube-scheduler would do: binds every pod of `namespaces` without a node to
+/// `node`, until dropped.
+struct Binder {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Binder {
+    fn start(cp: &'static ControlPlane, namespaces: Vec<String>, node: String) -> Binder {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                for ns in &namespaces {
+                    let pods = get(
+                        cp,
+                        &format!("/api/v1/namespaces/{ns}/pods?fieldSelector=spec.nodeName%3D"),
+                    );
+                    for p in pods["items"].as_array().into_iter().flatten() {
+                        let name = p["metadata"]["name"].as_str().unwrap();
+                        let binding = serde_json::json!({
+                            "apiVersion": "v1", "kind": "Binding",
+                            "metadata": {"name": name},
+                            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                        });
+                        let (code, body) = api(
+                            cp,
+                            "POST",
+                            &format!("/api/v1/namespaces/{ns}/pods/{name}/binding"),
+                            Some(&binding.to_string()),
+                        );
+                        // 409: bound meanwhile (or gone).
+                        assert!(
+                            code == 201 || code == 409 || code == 404,
+                            "bind {ns}/{name}: {code} {body}"
+                        );
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        Binder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Binder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const FILE: &str = r#"
+[deploy.registry]
+address = "127.0.0.1:5000"
+[deploy.roles.web]
+hosts = ["h"]
+[deploy.services.web]
+image = "web:v1"
+roles = ["web"]
+command = ["sh", "-c", "echo berth-pod-ran; exec sleep 3600"]
+"#;
+
+/// berth's objects for FILE's `web` with `image` into `ns` (pull identity first: with
+/// `creds` the namespace gets berth's pull secret), applied.
+async fn deploy(cp: &ControlPlane, ns: &str, image: &str, creds: Option<&PullCredentials>) {
+    let kube = Kube::connect(&KubeOptions {
+        kubeconfig: Some(cp.kubeconfig.clone()),
+        context: None,
+        namespace: Some(ns.to_owned()),
+        force_conflicts: false,
+    })
+    .await
+    .unwrap();
+    kube.ensure_namespace().await.unwrap();
+    let file = DeployFile::parse(FILE, Path::new("berth.toml")).unwrap();
+    let config = K8sConfig::parse(FILE, Path::new("berth.toml")).unwrap();
+    let identity = berth_kube::pull::ensure(&kube, &config, creds)
+        .await
+        .unwrap();
+    let none = BTreeMap::new();
+    let rendered = render(&RenderInput {
+        service: &file.services["web"],
+        image,
+        version: "v1",
+        secrets: &none,
+        config: &config,
+        identity: &identity,
+    })
+    .unwrap();
+    berth_kube::rollout::apply_all(&kube, &[rendered], &|_| {})
+        .await
+        .unwrap();
+}
+
+/// Polls the pods of `ns` until `f` finds what it looks for in one.
+fn wait_pod<T>(
+    cp: &ControlPlane,
+    node: &Node,
+    ns: &str,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        let pods = get(cp, &format!("/api/v1/namespaces/{ns}/pods"));
+        if let Some(v) = pods["items"].as_array().into_iter().flatten().find_map(&f) {
+            return v;
+        }
+        // A hang guard, not a timing assertion: pulls here take seconds.
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "gave up waiting for {what} in {ns}; pods: {}\n{}",
+            serde_json::to_string_pretty(&pods["items"]).unwrap(),
+            node.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
+    if !kubelet_bin().exists() {
+        berth_testutil::skip(&format!(
+            "{} is missing: run scripts/k8s-envtest (or set BERTH_K8S_BIN)",
+            kubelet_bin().display()
+        ));
+        return;
+    }
+    let Some(cp) = control_plane() else { return };
+    if !(require("skopeo") && require("htpasswd") && require("unshare") && require("dockerd")) {
+        return;
+    }
+    if !std::path::Path::new("/var/run/docker.pid").exists() {
+        berth_testutil::skip("/var/run/docker.pid is missing (scripts/start-dockerd)");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("berth-kubelet-")
+        .tempdir()
+        .unwrap();
+    let mut lab = Lab::new("kubelet");
+    let host = lab.host("node");
+    let node_name = format!("berth-node-{}", std::process::id());
+    let node = Node::start(cp, &host, &dir.path().join("node"), &node_name);
+    let _registry = Registry::start(&host, dir.path());
+
+    // The image in berth's registry (pushed with the credentials), and the sandbox image
+    // in the node's dockerd.
+    let layout = dir.path().join("layout");
+    busybox_layout(&layout, "v1");
+    let digest_file = dir.path().join("digest");
+    run(host
+        .command("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "deploy:s3cret",
+            "--digestfile",
+        ])
+        .arg(&digest_file)
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{REGISTRY}/web:v1")));
+    let digest = std::fs::read_to_string(&digest_file).unwrap();
+    let image = format!("{REGISTRY}/web@{}", digest.trim());
+    // What the node's dockerd gets without credentials: 401 with a Basic challenge.
+    let anonymous = run(host.command("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-D",
+        "-",
+        &format!("http://{REGISTRY}/v2/web/manifests/{}", digest.trim()),
+    ]));
+    assert!(
+        anonymous.starts_with("HTTP/1.1 401") && anonymous.contains("Basic realm"),
+        "{anonymous}"
+    );
+    let tar = busybox_rootfs_tar(dir.path());
+    let imported = node.docker(&[
+        "import",
+        "--change",
+        r#"CMD ["sleep", "2147483647"]"#,
+        tar.to_str().unwrap(),
+        PAUSE,
+    ]);
+    assert!(imported.success, "{}", imported.stderr);
+
+    // The node registers and becomes Ready.
+    let start = Instant::now();
+    loop {
+        let (code, body) = api(cp, "GET", &format!("/api/v1/nodes/{node_name}"), None);
+        if code == 200 {
+            let n: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let ready = n["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if ready {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "node {node_name} did not become Ready: {code} {body}\n{}",
+            node.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let pid = std::process::id();
+    let (without, with) = (format!("kl{pid}-nosecret"), format!("kl{pid}-secret"));
+    let _binder = Binder::start(cp, vec![without.clone(), with.clone()], node_name.clone());
+
+    // Without berth's pull secret first: once the node holds the image, kubelet would
+    // start it for any pod naming it (IfNotPresent), secret or not.
+    deploy(cp, &without, &image, None).await;
+    let (reason, message) = wait_pod(cp, &node, &without, "a failed pull", |p| {
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        let reason = w["reason"].as_str()?;
+        (reason == "ErrImagePull" || reason == "ImagePullBackOff").then(|| {
+            (
+                reason.to_owned(),
+                w["message"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+    });
+    let spec = &get(cp, &format!("/api/v1/namespaces/{without}/pods"))["items"][0]["spec"];
+    assert_eq!(spec["serviceAccountName"], "berth");
+    assert!(spec["imagePullSecrets"].is_null(), "{spec}");
+    let events = get(cp, &format!("/api/v1/namespaces/{without}/events"));
+    let failed: Vec<String> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reason"] == "Failed")
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect();
+    // dockerd's words for the registry's 401 with a Basic challenge (checked above).
+    assert!(
+        failed
+            .iter()
+            .any(|m| m.contains(&image) && m.contains("no basic auth credentials")),
+        "{reason}: {message}; events: {failed:?}"
+    );
+    eprintln!("without the pull secret: {reason}: {message}; events: {failed:?}");
+    let pulled = node.docker(&["image", "ls", "--format", "{{.Repository}}"]);
+    assert!(!pulled.stdout.contains(REGISTRY), "{}", pulled.stdout);
+
+    // With it: the pod runs, its container is the registry's image.
+    let creds = PullCredentials {
+        registry: REGISTRY.into(),
+        username: "deploy".into(),
+        password: "s3cret".into(),
+    };
+    deploy(cp, &with, &image, Some(&creds)).await;
+    let pod = wait_pod(cp, &node, &with, "a running pod", |p| {
+        (p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true)
+            .then(|| p.clone())
+    });
+    let pulls: Vec<&str> = pod["spec"]["imagePullSecrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(pulls, ["berth-pull"]);
+    assert_eq!(pod["spec"]["nodeName"], node_name.as_str());
+    let status = &pod["status"]["containerStatuses"][0];
+    assert!(
+        status["imageID"].as_str().unwrap().ends_with(digest.trim()),
+        "{status}"
+    );
+    let id = status["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("docker://")
+        .to_owned();
+    let logs = node.docker(&["logs", &id]);
+    assert!(logs.success, "{}", logs.stderr);
+    assert_eq!(logs.stdout.trim(), "berth-pod-ran");
+
+    // The node leaves the cluster with the test.
+    let _ = api(cp, "DELETE", &format!("/api/v1/nodes/{node_name}"), None);
+}
