@@ -535,7 +535,8 @@ fn remote_outputs(
     images: &[&berth_satellite::proto::SavedImage],
     artifacts: &[&PathBuf],
 ) -> Result<()> {
-    if !(cli.no_output || cli.ci) && !images.is_empty() {
+    let no_output = cli.no_output || cli.ci;
+    if !no_output && !images.is_empty() {
         let store = crate::open_store(settings)?;
         let docker = settings.docker(&cli.docker);
         let rt = tokio::runtime::Builder::new_multi_thread()
