@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
-# Benchmark a pool of satellites: N independent builds started at once with
-# `berth build --satellite pool:NAME` on a pool of 2 satellites against a pool of 1
-# (issue 14, item 4: the target is <= 0.6x the time on 2).
+# Benchmark a pool of satellites: one build of N independent targets (an Earthfile's
+# `+all` that only BUILDs them), `berth --satellite pool:p +all` on a pool of 2
+# satellites against `berth --satellite s1 +all` on one (issue 14, item 4: the target
+# is <= 0.6x the time on 2). On the pool the client splits `+all` into its N builds and
+# sends each to a member (by cache, then spread); on one satellite `+all` is one build.
 #
 # Both satellites run on this machine, on 127.0.0.1, each with its own root, and each
 # limited to one step at a time (`[builder] max_parallel_steps = 1`, a one-core builder):
 # the steps sleep STEP_SECS to stand for work, so what this measures is how the client
-# spreads builds over the members (probes, ranking, the context sync and the build
+# spreads the targets over the members (probes, ranking, the context sync and the build
 # calls), not the hardware, which both share. On real machines each member brings its
 # own cores and disks.
 #
-# Each build has its own context and RUN (nothing is shared, nothing cached): N
-# distinct builds, the `berth build` processes started STAGGER seconds apart. A run is
-# the wall time from the first start to the last end (`date +%s.%N`); the satellites
-# get new roots for every run, so every build is cold. The table gives pool-of-2 /
-# pool-of-1 and how many builds each member ran.
+# Each target COPYs its own input and RUNs its own step (nothing is shared, nothing
+# cached). A run is the wall time of the one command (`date +%s.%N`); the satellites get
+# new roots for every run, so every build is cold. The table gives 2 / 1 and which
+# member ran which target.
 #
 # Usage: bench/satellite-pool.sh            (as root: runc, overlayfs)
 #   BERTH_BIN=path   use this berth instead of `cargo build --release -p berth-cli`
-#   N=6              builds per run
-#   STEP_SECS=2      how long each build's step works (sleeps)
+#   N=6              independent targets of the build
+#   STEP_SECS=2      how long each target's step works (sleeps)
 #   REPS=2           runs per pool size (the minimum is reported)
-#   STAGGER=0.3      seconds between starting two builds
 #   PORTS="18472 18473"   the satellites' ports on 127.0.0.1
 #   KEEP_LOGS=dir    copy every build log there
 # Needs: busybox-static, runc.
@@ -36,7 +36,6 @@ source "$here/common.sh"
 N=${N:-6}
 STEP_SECS=${STEP_SECS:-2}
 REPS=${REPS:-2}
-STAGGER=${STAGGER:-0.3}
 read -r -a ports <<<"${PORTS:-18472 18473}"
 
 [[ $(id -u) == 0 ]] || die "run as root (runc, overlayfs)"
@@ -65,13 +64,17 @@ for t in sh sleep echo cat; do ln -s busybox "$rootfs/bin/$t"; done
 oci_layout "$rootfs" "$work/base" base /bin/sh
 base="oci-layout://$work/base:base"
 
-# N contexts, each its own build.
-for i in $(seq "$N"); do
-	mkdir -p "$work/ctx/$i"
-	echo "input $i" >"$work/ctx/$i/input.txt"
-	printf 'FROM %s\nCOPY input.txt /input.txt\nRUN sleep %s && echo %s > /done\n' \
-		"$base" "$STEP_SECS" "$i" >"$work/ctx/$i/Dockerfile"
-done
+# One folder: an Earthfile whose +all BUILDs N targets, each with its own input.
+mkdir -p "$work/proj"
+{
+	printf 'VERSION 0.8\nall:\n'
+	for i in $(seq "$N"); do printf '    BUILD +t%s\n' "$i"; done
+	for i in $(seq "$N"); do
+		echo "input $i" >"$work/proj/input$i.txt"
+		printf 't%s:\n    FROM %s\n    COPY input%s.txt /input.txt\n    RUN sleep %s && echo %s > /done\n' \
+			"$i" "$base" "$i" "$STEP_SECS" "$i"
+	done
+} >"$work/proj/Earthfile"
 
 # start_sats K RUN: K satellites on new roots; the client (new config and root) enrolls
 # with each and makes pool p of them.
@@ -107,28 +110,29 @@ stop_sats() {
 	sat_pids=()
 }
 
-# run_builds RUN: the N builds, started STAGGER apart; prints the wall time. Fails if
-# a build fails.
-run_builds() {
-	local run=$1 i pids=() start end
+# run_build RUN SATELLITE: the one build of +all on SATELLITE (s1, or pool:p); prints
+# the wall time. Fails if the build fails.
+run_build() {
+	local run=$1 sat=$2 start end
 	start=$(now)
-	for i in $(seq "$N"); do
-		SOURCE_DATE_EPOCH=0 "$berth" --root "$client_root" build --progress plain \
-			--satellite pool:p "$work/ctx/$i" >"$work/logs/run-$run-build-$i.log" 2>&1 &
-		pids+=($!)
-		sleep "$STAGGER"
-	done
-	for i in "${!pids[@]}"; do
-		wait "${pids[$i]}" || die "build $((i + 1)) of run $run failed: $(tail -n 5 "$work/logs/run-$run-build-$((i + 1)).log")"
-	done
+	(cd "$work/proj" && SOURCE_DATE_EPOCH=0 "$berth" --root "$client_root" --satellite "$sat" \
+		--no-output --progress plain +all) >"$work/logs/run-$run-build.log" 2>&1 ||
+		die "the build of run $run failed: $(tail -n 5 "$work/logs/run-$run-build.log")"
 	end=$(now)
 	elapsed "$start" "$end"
 }
 
-# spread RUN: how many builds each member ran, e.g. "s1:3 s2:3".
+# spread RUN: which member ran which target, e.g. "+t1 on s1, +t2 on s2" (from the
+# closing line of a build on a pool), or "all on s1".
 spread() {
-	grep -ho 'on satellite s[0-9]* of pool' "$work"/logs/run-"$1"-build-*.log |
-		awk '{print $3}' | sort | uniq -c | awk '{printf "%s:%s ", $2, $1}'
+	local line
+	line=$(grep '^built .* on pool p (' "$work/logs/run-$1-build.log" || true)
+	if [[ -n $line ]]; then
+		line=${line#*(}
+		echo "${line%%):*}"
+	else
+		echo "+all on s1"
+	fi
 }
 
 declare -A best where
@@ -137,9 +141,10 @@ for k in 1 2; do
 	times=()
 	for rep in $(seq "$REPS"); do
 		run=$((run + 1))
-		log "pool of $k, run $rep: $N builds"
+		log "pool of $k, run $rep: one build of $N targets"
 		start_sats "$k" "$run"
-		t=$(run_builds "$run")
+		if [[ $k == 1 ]]; then sat=s1; else sat=pool:p; fi
+		t=$(run_build "$run" "$sat")
 		times+=("$t")
 		where[$k]=$(spread "$run")
 		log "pool of $k, run $rep: ${t}s (${where[$k]})"
@@ -148,9 +153,9 @@ for k in 1 2; do
 done
 stop_sats
 
-printf '\n%-12s %10s  %s\n' "pool" "time (s)" "builds per member (last run)"
+printf '\n%-12s %10s  %s\n' "satellites" "time (s)" "targets per member (last run)"
 printf '%-12s %10s  %s\n' "1 satellite" "${best[1]}" "${where[1]}"
 printf '%-12s %10s  %s\n' "2 satellites" "${best[2]}" "${where[2]}"
 ratio=$(awk -v a="${best[2]}" -v b="${best[1]}" 'BEGIN { printf "%.2f", a / b }')
-printf '\n2 / 1 = %sx (target <= 0.6x; N=%s, STEP_SECS=%s, STAGGER=%s, min of %s runs)\n' \
-	"$ratio" "$N" "$STEP_SECS" "$STAGGER" "$REPS"
+printf '\n2 / 1 = %sx (target <= 0.6x; N=%s targets, STEP_SECS=%s, min of %s runs)\n' \
+	"$ratio" "$N" "$STEP_SECS" "$REPS"

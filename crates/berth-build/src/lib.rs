@@ -82,5 +82,5 @@ pub use probe::{ProbeOptions, probe_cache};
 pub use prune::{BuildCache, CacheUsage, PruneOptions, PruneReport, cache_usage, prune};
 pub use solver::{
     CacheProbe, Cancel, Captured, Event, Layer, NoProgress, Output, Progress, SecretSource,
-    SolveOptions, Solved, Solver, StepSlots, build_id,
+    SolveOptions, Solved, Solver, StepSlots, build_id, probe_history,
 };

@@ -450,31 +450,11 @@ fn remote(
         }
         _ => (String::new(), String::new()),
     };
-    let mut credentials = HashMap::new();
-    if cli.push {
-        let earthfile = match project {
-            "" => Some(cwd.join("Earthfile")),
-            p if p == "." || p.starts_with("./") => Some(cwd.join(p).join("Earthfile")),
-            _ => None,
-        };
-        let text = earthfile
-            .and_then(|f| std::fs::read_to_string(f).ok())
-            .unwrap_or_default();
-        let docker = settings.registry_config().docker_config;
-        for host in
-            berth_satellite::earthfile_registry_hosts(&text, r.args.values().map(String::as_str))
-        {
-            if let Some(c) = docker.credentials(&host) {
-                credentials.insert(
-                    host,
-                    berth_satellite::proto::Credential {
-                        username: c.username,
-                        password: c.password,
-                    },
-                );
-            }
-        }
-    }
+    let credentials = if cli.push {
+        push_credentials(settings, &cwd, project, r.args.values())
+    } else {
+        HashMap::new()
+    };
     let request = berth_satellite::proto::BuildRequest {
         frontend: "earthfile".into(),
         target: r.target.clone(),
@@ -499,6 +479,12 @@ fn remote(
         artifact_dest: artifact.1,
         ..Default::default()
     };
+    if let Some(pool) = name.strip_prefix(berth_satellite::POOL_PREFIX)
+        && r.output == EarthOutput::Normal
+        && let Some(fanned) = fanned(&cwd, &r.target, &request)
+    {
+        return remote_fanned(settings, pool, cli, cwd, request, fanned, sink, tty_view);
+    }
     let result = crate::satellite::build(
         settings,
         name,
@@ -515,25 +501,12 @@ fn remote(
     }
     let (member, done) = result?;
     let images = &done.result.images;
-    if !no_output && !images.is_empty() {
-        let store = crate::open_store(settings)?;
-        let docker = settings.docker(&cli.docker);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        for img in images {
-            rt.block_on(crate::build::load_one(&store, &img.name, None, &docker))?;
-        }
-    }
-    for img in images {
-        println!("{} {}", img.name, img.image_id);
-    }
-    for img in images.iter().filter(|i| !i.pushed.is_empty()) {
-        println!("{}", img.pushed);
-    }
-    for a in &done.artifacts {
-        println!("{}", a.display());
-    }
+    remote_outputs(
+        settings,
+        cli,
+        &images.iter().collect::<Vec<_>>(),
+        &done.artifacts.iter().collect::<Vec<_>>(),
+    )?;
     let targets = done.result.targets;
     eprintln!(
         "built {targets} target{} on satellite {member}{}: {} image{}, {} artifact{} written \
@@ -550,6 +523,177 @@ fn remote(
         done.entries,
         done.uploaded_files,
         done.uploaded_bytes,
+    );
+    Ok(())
+}
+
+/// What builds on satellites made, here: their images (already in the store) loaded
+/// into Docker unless `--no-output`, then a line per image, push and artifact.
+fn remote_outputs(
+    settings: &Settings,
+    cli: &EarthCli,
+    images: &[&berth_satellite::proto::SavedImage],
+    artifacts: &[&PathBuf],
+) -> Result<()> {
+    let no_output = cli.no_output || cli.ci;
+    if !no_output && !images.is_empty() {
+        let store = crate::open_store(settings)?;
+        let docker = settings.docker(&cli.docker);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        for img in images {
+            rt.block_on(crate::build::load_one(&store, &img.name, None, &docker))?;
+        }
+    }
+    for img in images {
+        println!("{} {}", img.name, img.image_id);
+    }
+    for img in images.iter().filter(|i| !i.pushed.is_empty()) {
+        println!("{}", img.pushed);
+    }
+    for a in artifacts {
+        println!("{}", a.display());
+    }
+    Ok(())
+}
+
+/// The credentials of this machine for the registry hosts an Earthfile build of
+/// `project` (`""`, `./dir`) with ARG values `args` may push to, sent with the request
+/// (`--push` pushes from the satellite).
+fn push_credentials<'a>(
+    settings: &Settings,
+    cwd: &std::path::Path,
+    project: &str,
+    args: impl IntoIterator<Item = &'a String>,
+) -> HashMap<String, berth_satellite::proto::Credential> {
+    let mut credentials = HashMap::new();
+    let earthfile = match project {
+        "" => Some(cwd.join("Earthfile")),
+        p if p == "." || p.starts_with("./") => Some(cwd.join(p).join("Earthfile")),
+        _ => None,
+    };
+    let text = earthfile
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .unwrap_or_default();
+    let docker = settings.registry_config().docker_config;
+    let args: Vec<&str> = args.into_iter().map(String::as_str).collect();
+    for host in berth_satellite::earthfile_registry_hosts(&text, args) {
+        if let Some(c) = docker.credentials(&host) {
+            credentials.insert(
+                host,
+                berth_satellite::proto::Credential {
+                    username: c.username,
+                    password: c.password,
+                },
+            );
+        }
+    }
+    credentials
+}
+
+/// The builds that `target` stands for when its recipe only BUILDs other targets
+/// ([`berth_build::frontend::earthfile::fan_out`]), with the command line's `request`
+/// arguments; `None` when it is built whole (or its Earthfile cannot be read here: the
+/// member then says why).
+fn fanned(
+    cwd: &std::path::Path,
+    target: &str,
+    request: &berth_satellite::proto::BuildRequest,
+) -> Option<Vec<berth_build::frontend::earthfile::FannedTarget>> {
+    let project = target.split_once('+')?.0;
+    let file = cwd.join(project).join("Earthfile");
+    let text = std::fs::read_to_string(&file).ok()?;
+    let ef = berth_build::Earthfile::parse("Earthfile", &text).ok()?;
+    let args: BTreeMap<String, String> = request
+        .build_args
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    berth_build::frontend::earthfile::fan_out(&ef, target, &args)
+}
+
+/// `berth --satellite pool:NAME +all` where `+all` only BUILDs independent targets:
+/// each of them is a build of its own, sent to the member that holds its cache (or the
+/// least busy), all at once; their outputs come back as a single build's do, and the
+/// closing line says which member built which target.
+#[allow(clippy::too_many_arguments)]
+fn remote_fanned(
+    settings: &Settings,
+    pool: &str,
+    cli: &EarthCli,
+    cwd: PathBuf,
+    request: berth_satellite::proto::BuildRequest,
+    fanned: Vec<berth_build::frontend::earthfile::FannedTarget>,
+    sink: Arc<dyn Progress>,
+    tty_view: Option<Arc<progress::Tty>>,
+) -> Result<()> {
+    let no_output = cli.no_output || cli.ci;
+    let units: Vec<crate::satellite::Unit> = fanned
+        .into_iter()
+        .map(|f| {
+            let label = if f.args.is_empty() {
+                f.target.clone()
+            } else {
+                let args: Vec<String> = f.args.iter().map(|(k, v)| format!("--{k}={v}")).collect();
+                format!("{} {}", f.target, args.join(" "))
+            };
+            let project = f.target.split_once('+').map_or("", |(p, _)| p);
+            let credentials = if cli.push {
+                push_credentials(settings, &cwd, project, f.args.values())
+            } else {
+                HashMap::new()
+            };
+            crate::satellite::Unit {
+                label,
+                request: berth_satellite::proto::BuildRequest {
+                    target: f.target,
+                    build_args: f.args.into_iter().collect(),
+                    credentials,
+                    ..request.clone()
+                },
+            }
+        })
+        .collect();
+    eprintln!(
+        "{}: {} independent builds over pool {pool}",
+        request.target,
+        units.len()
+    );
+    let result = crate::satellite::build_fanned(
+        settings,
+        pool,
+        cwd,
+        units,
+        sink,
+        (!no_output).then(|| settings.root.clone()),
+    );
+    if let Some(t) = &tty_view {
+        t.finish();
+    }
+    let done = result?;
+    let images: Vec<&berth_satellite::proto::SavedImage> =
+        done.iter().flat_map(|d| &d.result.result.images).collect();
+    let artifacts: Vec<&PathBuf> = done.iter().flat_map(|d| &d.result.artifacts).collect();
+    remote_outputs(settings, cli, &images, &artifacts)?;
+    let targets: u32 = done.iter().map(|d| d.result.result.targets).sum();
+    let ran: Vec<String> = done
+        .iter()
+        .map(|d| format!("{} on {}", d.label, d.member))
+        .collect();
+    let (files, bytes) = done.iter().fold((0, 0), |(f, b), d| {
+        (f + d.result.uploaded_files, b + d.result.uploaded_bytes)
+    });
+    eprintln!(
+        "built {targets} target{} on pool {pool} ({}): {} image{}, {} artifact{} written \
+         (context {} entries, {files} files uploaded, {bytes} bytes)",
+        if targets == 1 { "" } else { "s" },
+        ran.join(", "),
+        images.len(),
+        if images.len() == 1 { "" } else { "s" },
+        artifacts.len(),
+        if artifacts.len() == 1 { "" } else { "s" },
+        done.first().map_or(0, |d| d.result.entries),
     );
     Ok(())
 }

@@ -735,15 +735,10 @@ pub fn build(
     quiet: bool,
 ) -> Result<(String, berth_satellite::RemoteResult)> {
     let e = enrollments(settings);
-    let sums = settings.root.join("satellite-client/sums").join(format!(
-        "{:016x}",
-        fnv(context.to_string_lossy().as_bytes())
-    ));
-    let tags = request.tags.clone();
     let remote = berth_satellite::RemoteBuild {
+        sums: sums_path(settings, &context),
         context,
         dockerfile,
-        sums,
         request,
         ssh,
     };
@@ -779,79 +774,20 @@ pub fn build(
                     }
                 }
             };
-            let mut failed = Vec::new();
-            for (i, member) in order.iter().enumerate() {
-                if let Some(pool) = pool
-                    && !quiet
-                {
-                    eprintln!("building on satellite {member} (pool {pool})");
-                }
-                let mut started = false;
-                // Err((whether the next member may take the build, why)).
-                let attempt = async {
-                    let mut conn = e
-                        .connect(member)
-                        .await
-                        .map_err(|err| (true, anyhow::Error::from(err)))?;
-                    let mut on_event = |ev| {
-                        started = true;
-                        sink.event(ev)
-                    };
-                    let r = berth_satellite::build_described(
-                        &mut conn,
-                        remote.clone(),
-                        described.clone(),
-                        &mut on_event,
-                    )
-                    .await
-                    .map_err(|err| (err.is_satellite_unavailable(), err.into()))?;
-                    Ok((conn, r))
-                };
-                let (conn, r) = match attempt.await {
-                    Ok(done) => done,
-                    // Before its build started, a member that cannot take it (down,
-                    // draining, refusing this client) sends the build to the next one.
-                    Err((true, err)) if !started && pool.is_some() && i + 1 < order.len() => {
-                        eprintln!(
-                            "berth: satellite {member} failed before the build started: {err:#}; \
-                             trying {}",
-                            order[i + 1]
-                        );
-                        failed.push(format!("{member}: {err:#}"));
-                        continue;
-                    }
-                    Err((_, err)) if !failed.is_empty() => {
-                        failed.push(format!("{member}: {err:#}"));
-                        anyhow::bail!(
-                            "no member of pool {} could run the build:\n  {}",
-                            pool.unwrap_or(name),
-                            failed.join("\n  ")
-                        );
-                    }
-                    Err((_, err)) => return Err(err),
-                };
-                // Only the blobs this machine lacks come down.
-                if let Some(root) = &fetch {
-                    let store = berth_store::Store::open(root)
-                        .with_context(|| format!("open store at {}", root.display()))?;
-                    let images: Vec<(&str, &str)> = if r.result.images.is_empty() {
-                        tags.iter()
-                            .map(|t| (t.as_str(), r.result.manifest.as_str()))
-                            .collect()
-                    } else {
-                        r.result
-                            .images
-                            .iter()
-                            .map(|i| (i.name.as_str(), i.manifest.as_str()))
-                            .collect()
-                    };
-                    for (t, manifest) in images {
-                        conn.fetch_image(&store, t, &manifest.parse()?).await?;
-                    }
-                }
-                return anyhow::Ok((member.clone(), r));
-            }
-            anyhow::bail!("satellite pool {name} has no members")
+            let attempt = Attempt {
+                enrolled: &e,
+                pool,
+                remote: &remote,
+                described: &described,
+                fetch: fetch.as_deref(),
+                quiet,
+                label: None,
+                offset: 0,
+            };
+            attempt
+                .run(&order, sink.as_ref())
+                .await
+                .map_err(|(_, err)| err)
         };
         tokio::select! {
             r = run => r,
@@ -862,6 +798,320 @@ pub fn build(
             }
         }
     })
+}
+
+/// Where the client keeps the file hashes of `context` between builds.
+fn sums_path(settings: &Settings, context: &std::path::Path) -> PathBuf {
+    settings.root.join("satellite-client/sums").join(format!(
+        "{:016x}",
+        fnv(context.to_string_lossy().as_bytes())
+    ))
+}
+
+/// One build tried on the members of an order in turn (one member for a satellite).
+struct Attempt<'a> {
+    enrolled: &'a Enrollments,
+    /// The pool's name, when it is one.
+    pool: Option<&'a str>,
+    remote: &'a berth_satellite::RemoteBuild,
+    described: &'a berth_satellite::Described,
+    fetch: Option<&'a std::path::Path>,
+    quiet: bool,
+    /// What the build is, for its lines, when it is one of several (`+a`); its
+    /// steps' names then start with the member's, and their numbers with `offset`.
+    label: Option<&'a str>,
+    offset: usize,
+}
+
+impl Attempt<'_> {
+    /// Runs the build on the first member of `order` that takes it: a member that fails
+    /// before its build started (down, draining, refusing this client) hands it to the
+    /// next. Returns the member and what it made, or the member that failed (the last
+    /// one tried) and why.
+    async fn run(
+        &self,
+        order: &[String],
+        sink: &dyn Progress,
+    ) -> std::result::Result<(String, berth_satellite::RemoteResult), (String, anyhow::Error)> {
+        let (e, pool) = (self.enrolled, self.pool);
+        let what = self.label.map(|l| format!(" {l}")).unwrap_or_default();
+        let mut failed = Vec::new();
+        for (i, member) in order.iter().enumerate() {
+            if let Some(pool) = pool
+                && !self.quiet
+            {
+                eprintln!("building{what} on satellite {member} (pool {pool})");
+            }
+            let mut started = false;
+            // Err((whether the next member may take the build, why)).
+            let attempt = async {
+                let mut conn = e
+                    .connect(member)
+                    .await
+                    .map_err(|err| (true, anyhow::Error::from(err)))?;
+                let tagged = Tagged {
+                    inner: sink,
+                    offset: self.offset,
+                    tag: format!("{member}:"),
+                };
+                let sink: &dyn Progress = if self.label.is_some() { &tagged } else { sink };
+                let mut on_event = |ev| {
+                    started = true;
+                    sink.event(ev)
+                };
+                let r = berth_satellite::build_described(
+                    &mut conn,
+                    self.remote.clone(),
+                    self.described.clone(),
+                    &mut on_event,
+                )
+                .await
+                .map_err(|err| (err.is_satellite_unavailable(), err.into()))?;
+                Ok((conn, r))
+            };
+            let (conn, r) = match attempt.await {
+                Ok(done) => done,
+                // Before its build started, a member that cannot take it (down,
+                // draining, refusing this client) sends the build to the next one.
+                Err((true, err)) if !started && pool.is_some() && i + 1 < order.len() => {
+                    eprintln!(
+                        "berth: satellite {member} failed before the build{what} started: \
+                         {err:#}; trying {}",
+                        order[i + 1]
+                    );
+                    failed.push(format!("{member}: {err:#}"));
+                    continue;
+                }
+                Err((_, err)) if !failed.is_empty() => {
+                    failed.push(format!("{member}: {err:#}"));
+                    return Err((
+                        member.clone(),
+                        anyhow::anyhow!(
+                            "no member of pool {} could run the build{what}:\n  {}",
+                            pool.unwrap_or(member),
+                            failed.join("\n  ")
+                        ),
+                    ));
+                }
+                Err((_, err)) => return Err((member.clone(), err)),
+            };
+            self.fetch_images(conn, &r)
+                .await
+                .map_err(|err| (member.clone(), err))?;
+            return Ok((member.clone(), r));
+        }
+        Err((
+            String::new(),
+            anyhow::anyhow!("satellite pool {} has no members", pool.unwrap_or_default()),
+        ))
+    }
+
+    /// Brings the images `r` made into the store at `self.fetch`, if any: only the
+    /// blobs this machine lacks come down.
+    async fn fetch_images(
+        &self,
+        conn: berth_satellite::Connection,
+        r: &berth_satellite::RemoteResult,
+    ) -> Result<()> {
+        let Some(root) = self.fetch else {
+            return Ok(());
+        };
+        let store = berth_store::Store::open(root)
+            .with_context(|| format!("open store at {}", root.display()))?;
+        let images: Vec<(&str, &str)> = if r.result.images.is_empty() {
+            self.remote
+                .request
+                .tags
+                .iter()
+                .map(|t| (t.as_str(), r.result.manifest.as_str()))
+                .collect()
+        } else {
+            r.result
+                .images
+                .iter()
+                .map(|i| (i.name.as_str(), i.manifest.as_str()))
+                .collect()
+        };
+        for (t, manifest) in images {
+            conn.fetch_image(&store, t, &manifest.parse()?).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One of several builds [`build_fanned`] runs at once: what it is for people (`+a`)
+/// and its request.
+pub struct Unit {
+    pub label: String,
+    pub request: berth_satellite::proto::BuildRequest,
+}
+
+/// What one [`Unit`] made, and the member that made it.
+pub struct UnitDone {
+    pub label: String,
+    pub member: String,
+    pub result: berth_satellite::RemoteResult,
+}
+
+/// Builds `units` (from the folder `context`, no Dockerfile: Earthfile targets) at once
+/// on the members of pool `pool`: each member is probed for each unit, each unit goes to
+/// the member [`berth_satellite::pool::assign`] picks (its cache first, then spread over
+/// the members), and a member that fails before that unit's build starts hands it to
+/// the next of that unit's order. Each unit's progress comes through `sink` with the
+/// member before its steps' names. A unit that fails fails the whole, naming its member,
+/// once every unit has ended.
+pub fn build_fanned(
+    settings: &Settings,
+    pool: &str,
+    context: PathBuf,
+    units: Vec<Unit>,
+    sink: Arc<dyn Progress>,
+    fetch: Option<PathBuf>,
+) -> Result<Vec<UnitDone>> {
+    let e = enrollments(settings);
+    let pool = pools(settings).get(pool)?;
+    let sums = sums_path(settings, &context);
+    let remotes: Vec<berth_satellite::RemoteBuild> = units
+        .iter()
+        .map(|u| berth_satellite::RemoteBuild {
+            context: context.clone(),
+            dockerfile: None,
+            sums: sums.clone(),
+            request: u.request.clone(),
+            ssh: HashMap::new(),
+        })
+        .collect();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let run = async {
+            // The folder is described once: every unit sends the same one.
+            let described = berth_satellite::describe(&remotes[0]).await?;
+            let timeout = probe_timeout()?;
+            let orders: Vec<Vec<String>> = if timeout.is_zero() {
+                vec![pool.members.clone(); units.len()]
+            } else {
+                let probes = remotes.iter().map(|r| {
+                    berth_satellite::pool::probe_members(
+                        &e,
+                        &pool.members,
+                        &described,
+                        &r.request,
+                        timeout,
+                    )
+                });
+                let assigned =
+                    berth_satellite::pool::assign(futures_util::future::join_all(probes).await);
+                for (u, ranked) in units.iter().zip(&assigned) {
+                    for c in ranked {
+                        eprintln!(
+                            "pool {}: {} {}: {}",
+                            pool.name,
+                            u.label,
+                            c.name,
+                            c.summary()
+                        );
+                    }
+                }
+                assigned
+                    .into_iter()
+                    .map(|r| r.into_iter().map(|c| c.name).collect())
+                    .collect()
+            };
+            let each = units.iter().zip(&remotes).zip(&orders).enumerate().map(
+                |(i, ((u, remote), order))| {
+                    let attempt = Attempt {
+                        enrolled: &e,
+                        pool: Some(&pool.name),
+                        remote,
+                        described: &described,
+                        fetch: fetch.as_deref(),
+                        quiet: false,
+                        label: Some(&u.label),
+                        offset: i * 1000,
+                    };
+                    let sink = sink.clone();
+                    async move { attempt.run(order, sink.as_ref()).await }
+                },
+            );
+            let ended = futures_util::future::join_all(each).await;
+            let mut done = Vec::new();
+            let mut failed = Vec::new();
+            for (u, r) in units.iter().zip(ended) {
+                match r {
+                    Ok((member, result)) => done.push(UnitDone {
+                        label: u.label.clone(),
+                        member,
+                        result,
+                    }),
+                    Err((member, err)) if member.is_empty() => {
+                        failed.push(format!("{}: {err:#}", u.label))
+                    }
+                    Err((member, err)) => failed.push(format!(
+                        "{} on satellite {member} (pool {}): {err:#}",
+                        u.label, pool.name
+                    )),
+                }
+            }
+            match failed.len() {
+                0 => Ok(done),
+                1 => anyhow::bail!("{}", failed[0]),
+                n => anyhow::bail!("{n} builds failed:\n  {}", failed.join("\n  ")),
+            }
+        };
+        tokio::select! {
+            r = run => r,
+            () = crate::shutdown_signal() => {
+                // Dropping the streams tells the members to stop their builds.
+                eprintln!("berth: canceling the builds on pool {}", pool.name);
+                std::process::exit(130);
+            }
+        }
+    })
+}
+
+/// The progress of one of several builds at once: its step numbers moved past the
+/// others' (`offset`), its steps' names after `tag` (the member's).
+struct Tagged<'a> {
+    inner: &'a dyn Progress,
+    offset: usize,
+    tag: String,
+}
+
+impl Progress for Tagged<'_> {
+    fn event(&self, e: berth_build::Event) {
+        use berth_build::Event;
+        let o = self.offset;
+        let tag = |name: String| format!("{} {name}", self.tag);
+        self.inner.event(match e {
+            Event::Started { id, name } => Event::Started {
+                id: id + o,
+                name: tag(name),
+            },
+            Event::Cached { id, name } => Event::Cached {
+                id: id + o,
+                name: tag(name),
+            },
+            Event::Reason { id, name, reason } => Event::Reason {
+                id: id + o,
+                name: tag(name),
+                reason,
+            },
+            Event::Log { id, stream, data } => Event::Log {
+                id: id + o,
+                stream,
+                data,
+            },
+            Event::Done { id, name, elapsed } => Event::Done {
+                id: id + o,
+                name: tag(name),
+                elapsed,
+            },
+            Event::Failed { id, name } => Event::Failed {
+                id: id + o,
+                name: tag(name),
+            },
+        });
+    }
 }
 
 fn fnv(bytes: &[u8]) -> u64 {

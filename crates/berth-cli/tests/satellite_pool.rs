@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use common::satellite::{Client, Sat, open_gate, wait_at_gate, wait_for};
 use common::*;
@@ -308,8 +308,9 @@ fn a_stopped_member_is_passed_over_and_the_build_runs_on_another() {
         out.stderr
     );
 
-    // An Earthfile target through the pool: its probe is answered but not counted, the
-    // stopped member still goes last, and the artifact comes back here.
+    // An Earthfile target through the pool: its probe counts the steps of the target's
+    // last build there (none yet), the stopped member still goes last, and the artifact
+    // comes back here.
     let earth = dir.path().join("earth");
     std::fs::create_dir_all(&earth).unwrap();
     std::fs::write(
@@ -329,8 +330,7 @@ fn a_stopped_member_is_passed_over_and_the_build_runs_on_another() {
         "+art",
     ]));
     assert!(
-        out.stderr
-            .contains("pool p: s2: cache not counted (Earthfile builds are not counted)"),
+        out.stderr.contains("pool p: s2: never built this target"),
         "{}",
         out.stderr
     );
@@ -384,6 +384,258 @@ fn a_stopped_member_is_passed_over_and_the_build_runs_on_another() {
             .contains("no member of pool p could run the build")
             && out.stderr.contains("s1: ")
             && out.stderr.contains("s2: "),
+        "{}",
+        out.stderr
+    );
+}
+
+/// An Earthfile whose `+all` BUILDs two independent targets (one with an argument), each
+/// writing an artifact, `+a` saving an image; `+fails` BUILDs `+a` and a failing one.
+fn fan_project(dir: &Path, base: &BuildBase) -> PathBuf {
+    let proj = dir.join("fan");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(
+        proj.join("Earthfile"),
+        format!(
+            "VERSION 0.8\n\
+             all:\n    BUILD +a\n    BUILD +b --WHO=bee\n\
+             fails:\n    BUILD +a\n    BUILD +broken\n\
+             a:\n    FROM {base}\n    RUN echo from-a > /a.txt\n    \
+             SAVE ARTIFACT /a.txt AS LOCAL out/a.txt\n    SAVE IMAGE berth-test/pool-fan-a:1\n\
+             b:\n    FROM {base}\n    ARG WHO\n    RUN echo from-$WHO > /b.txt\n    \
+             SAVE ARTIFACT /b.txt AS LOCAL out/b.txt\n\
+             broken:\n    FROM {base}\n    RUN echo broken-on-purpose && exit 3\n",
+            base = base.reference()
+        ),
+    )
+    .unwrap();
+    proj
+}
+
+/// The members of a fanned-out build, by target, from its closing line (`built 2
+/// targets on pool p (+a on s1, +b --WHO=bee on s2): …`).
+fn fanned_over(out: &Output) -> Vec<(String, String)> {
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("built ") && l.contains(" on pool p ("))
+        .unwrap_or_else(|| panic!("no closing line of a fanned-out build in:\n{}", out.stderr));
+    let inside = line.split_once(" (").unwrap().1.split_once("):").unwrap().0;
+    inside
+        .split(", ")
+        .map(|r| {
+            let (t, m) = r.rsplit_once(" on ").unwrap();
+            (t.to_string(), m.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn independent_targets_spread_over_the_pool_and_go_back_to_their_cache() {
+    if !require_build() || !require_docker() {
+        return;
+    }
+    let _images = DockerImages(vec!["berth-test/pool-fan-a:1".into()]);
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_sats, client) = pool_of(dir.path(), 2);
+    output_ok(
+        client
+            .berth()
+            .args(["satellite", "pool", "add", "p", "s1", "s2"]),
+    );
+    let proj = fan_project(dir.path(), &base);
+    let fan = |target: &str| {
+        output(client.berth().current_dir(&proj).args([
+            "--satellite",
+            "pool:p",
+            "--progress",
+            "plain",
+            target,
+        ]))
+    };
+
+    // Nothing cached anywhere: one target on each member, both outputs here.
+    let first = fan("+all");
+    assert!(first.success, "{}", first.stderr);
+    assert!(
+        first
+            .stderr
+            .contains("+all: 2 independent builds over pool p"),
+        "{}",
+        first.stderr
+    );
+    let placed = fanned_over(&first);
+    assert_eq!(placed.len(), 2, "{placed:?}");
+    assert_eq!(placed[0].0, "+a");
+    assert_eq!(placed[1].0, "+b --WHO=bee");
+    assert_ne!(placed[0].1, placed[1].1, "{}", first.stderr);
+    for (target, member) in &placed {
+        assert!(
+            first.stderr.contains(&format!(
+                "pool p: {target} {member}: never built this target"
+            )),
+            "{}",
+            first.stderr
+        );
+        assert!(
+            first
+                .stderr
+                .contains(&format!("building {target} on satellite {member} (pool p)")),
+            "{}",
+            first.stderr
+        );
+    }
+    // Each target's steps are shown under the member that ran them.
+    let (a_on, b_on) = (&placed[0].1, &placed[1].1);
+    assert!(
+        first
+            .stderr
+            .lines()
+            .any(|l| l.contains(&format!("{b_on}: ")) && l.contains("RUN echo from-$WHO")),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(proj.join("out/a.txt")).unwrap(),
+        "from-a\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(proj.join("out/b.txt")).unwrap(),
+        "from-bee\n"
+    );
+    assert!(
+        first.stdout.contains("berth-test/pool-fan-a:1 sha256:"),
+        "{}",
+        first.stdout
+    );
+    let inspect = Command::new(docker())
+        .args(["image", "inspect", "berth-test/pool-fan-a:1"])
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "the image of +a is not in docker: {}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+
+    // The rebuild: each target goes back to the member that has its cache.
+    std::fs::remove_dir_all(proj.join("out")).unwrap();
+    let again = fan("+all");
+    assert!(again.success, "{}", again.stderr);
+    assert_eq!(fanned_over(&again), placed, "{}", again.stderr);
+    for (target, member, other) in [("+a", a_on, b_on), ("+b --WHO=bee", b_on, a_on)] {
+        assert!(
+            again.stderr.contains(&format!(
+                "pool p: {target} {member}: 2/2 steps of its last build of this target cached"
+            )),
+            "{}",
+            again.stderr
+        );
+        assert!(
+            again.stderr.contains(&format!(
+                "pool p: {target} {other}: never built this target"
+            )),
+            "{}",
+            again.stderr
+        );
+    }
+    assert!(again.stderr.contains("CACHED"), "{}", again.stderr);
+    assert_eq!(
+        std::fs::read_to_string(proj.join("out/b.txt")).unwrap(),
+        "from-bee\n"
+    );
+
+    // One target fails: the command fails and names the member it failed on.
+    let failed = fan("+fails");
+    assert!(!failed.success, "{}", failed.stderr);
+    let broken_on = failed
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("building +broken on satellite "))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{}", failed.stderr))
+        .to_string();
+    assert!(
+        failed
+            .stderr
+            .contains(&format!("+broken on satellite {broken_on} (pool p): ")),
+        "{}",
+        failed.stderr
+    );
+    // Only the failed target is named in the error: +a succeeded.
+    let error = failed
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("berth: error:"))
+        .unwrap_or_else(|| panic!("{}", failed.stderr));
+    assert!(!error.contains("+a "), "{}", failed.stderr);
+}
+
+#[test]
+fn independent_targets_all_go_to_the_member_that_is_up() {
+    if !require_build() {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sats, client) = pool_of(dir.path(), 2);
+    output_ok(
+        client
+            .berth()
+            .args(["satellite", "pool", "add", "p", "s1", "s2"]),
+    );
+    let proj = fan_project(dir.path(), &base);
+    sats[0].kill9();
+    let out = output_ok(client.berth().current_dir(&proj).args([
+        "--satellite",
+        "pool:p",
+        "--no-output",
+        "--progress",
+        "plain",
+        "+all",
+    ]));
+    assert_eq!(
+        fanned_over(&out),
+        [
+            ("+a".to_string(), "s2".to_string()),
+            ("+b --WHO=bee".to_string(), "s2".to_string())
+        ],
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("pool p: +a s1: no answer"),
+        "{}",
+        out.stderr
+    );
+
+    // Not probed (the pool's order): s1 fails before each build starts, both go on to s2.
+    let out = output_ok(
+        client
+            .berth()
+            .current_dir(&proj)
+            .args([
+                "--satellite",
+                "pool:p",
+                "--no-output",
+                "--progress",
+                "plain",
+                "+all",
+            ])
+            .env("BERTH_POOL_PROBE_TIMEOUT", "0"),
+    );
+    assert_eq!(
+        out.stderr
+            .matches("satellite s1 failed before the build")
+            .count(),
+        2,
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        fanned_over(&out).iter().filter(|(_, m)| m == "s2").count(),
+        2,
         "{}",
         out.stderr
     );

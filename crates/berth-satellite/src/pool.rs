@@ -10,8 +10,13 @@
 //! member that fails before its build starts (down, draining, refusing this client) is
 //! skipped for the next; once a build has started on a member, its result is the
 //! build's. Images leave the members through their registries as with one satellite.
+//!
+//! Several builds at once (the targets an Earthfile's `BUILD`-only target stands for)
+//! are placed by [`assign`]: each by its own probes, the ones placed before it counted
+//! as running on their members. An Earthfile build's probe counts the steps of its
+//! target's last build on the member (`ProbeResponse.from_history`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -183,6 +188,15 @@ impl Candidate {
     /// answer.
     pub fn summary(&self) -> String {
         match &self.probe {
+            Ok(p) if p.uncounted.is_empty() && p.from_history && p.steps == 0 => format!(
+                "never built this target, {} builds running, load {:.2} on {} cpus",
+                p.running_builds, p.load1, p.cpus
+            ),
+            Ok(p) if p.uncounted.is_empty() && p.from_history => format!(
+                "{}/{} steps of its last build of this target cached, {} builds running, \
+                 load {:.2} on {} cpus",
+                p.cached, p.steps, p.running_builds, p.load1, p.cpus
+            ),
             Ok(p) if p.uncounted.is_empty() => format!(
                 "{}/{} steps cached, {} builds running, load {:.2} on {} cpus",
                 p.cached, p.steps, p.running_builds, p.load1, p.cpus
@@ -229,6 +243,30 @@ pub async fn probe_members(
 /// order. Ties are broken at random: clients that start builds at the same moment see
 /// the same answers, and would otherwise all pick the same member.
 pub fn rank(candidates: Vec<Candidate>) -> Vec<Candidate> {
+    rank_with(candidates, &HashMap::new())
+}
+
+/// Where each of several builds that run at once goes: `units` holds each build's
+/// probe answers, and the result each one's order to try the members in. The builds
+/// are placed one after another, each by [`rank`] with the builds placed before it
+/// counted as running on their members, so builds whose cache is nowhere spread over
+/// the members while a build still goes where its cache is (cached steps come first).
+pub fn assign(units: Vec<Vec<Candidate>>) -> Vec<Vec<Candidate>> {
+    let mut placed: HashMap<String, u32> = HashMap::new();
+    units
+        .into_iter()
+        .map(|candidates| {
+            let ranked = rank_with(candidates, &placed);
+            if let Some(first) = ranked.first().filter(|c| c.probe.is_ok()) {
+                *placed.entry(first.name.clone()).or_default() += 1;
+            }
+            ranked
+        })
+        .collect()
+}
+
+/// [`rank`], with `placed` builds counted as running on the members they name.
+fn rank_with(candidates: Vec<Candidate>, placed: &HashMap<String, u32>) -> Vec<Candidate> {
     use std::hash::BuildHasher;
     // Random keys per call: a random order among equals, with no RNG crate.
     let random = std::collections::hash_map::RandomState::new();
@@ -240,7 +278,7 @@ pub fn rank(candidates: Vec<Candidate>) -> Vec<Candidate> {
                 Ok(p) => (
                     u8::from(!p.uncounted.is_empty()),
                     std::cmp::Reverse(p.cached),
-                    p.running_builds,
+                    p.running_builds + placed.get(&c.name).copied().unwrap_or(0),
                     (p.load1.max(0.0) / f64::from(p.cpus.max(1)) * 4.0) as u64,
                     random.hash_one(&c.name),
                 ),
@@ -320,6 +358,67 @@ mod tests {
             firsts.insert(ranked[0].name.clone());
         }
         assert_eq!(firsts.len(), 2, "{firsts:?}");
+    }
+
+    #[test]
+    fn builds_at_once_spread_over_members_but_follow_their_cache() {
+        let down = |n: &str| Candidate {
+            name: n.into(),
+            probe: Err("x".into()),
+        };
+        for _ in 0..16 {
+            // Nothing cached anywhere: one build each, whichever goes first.
+            let fresh = || vec![answered("a", 0, 0, 0.1), answered("b", 0, 0, 0.1)];
+            let got = assign(vec![fresh(), fresh()]);
+            let mut firsts = vec![got[0][0].name.clone(), got[1][0].name.clone()];
+            firsts.sort();
+            assert_eq!(firsts, ["a", "b"]);
+            // A third build goes to either, and each member still comes second once.
+            let got = assign(vec![fresh(), fresh(), fresh()]);
+            assert_ne!(got[0][0].name, got[1][0].name);
+        }
+        // Each build's cache wins over the other placed there: both go to `a` when
+        // both are cached there, and each to its own when each has one.
+        let got = assign(vec![
+            vec![answered("a", 3, 0, 0.1), answered("b", 0, 0, 0.1)],
+            vec![answered("a", 2, 0, 0.1), answered("b", 0, 0, 0.1)],
+        ]);
+        assert_eq!((names(&got[0])[0], names(&got[1])[0]), ("a", "a"));
+        let got = assign(vec![
+            vec![answered("a", 0, 0, 0.1), answered("b", 3, 0, 0.1)],
+            vec![answered("a", 3, 0, 0.1), answered("b", 0, 0, 0.1)],
+        ]);
+        assert_eq!((names(&got[0])[0], names(&got[1])[0]), ("b", "a"));
+        // A member that did not answer takes none while another answers.
+        let got = assign(vec![
+            vec![down("a"), answered("b", 0, 0, 0.1)],
+            vec![down("a"), answered("b", 0, 0, 0.1)],
+        ]);
+        assert_eq!(names(&got[0]), ["b", "a"]);
+        assert_eq!(names(&got[1]), ["b", "a"]);
+    }
+
+    #[test]
+    fn history_answers_say_what_they_count() {
+        let mut c = answered("a", 0, 0, 0.5);
+        if let Ok(p) = &mut c.probe {
+            p.from_history = true;
+            p.steps = 0;
+        }
+        assert!(
+            c.summary().starts_with("never built this target"),
+            "{}",
+            c.summary()
+        );
+        if let Ok(p) = &mut c.probe {
+            (p.steps, p.cached) = (4, 3);
+        }
+        assert!(
+            c.summary()
+                .starts_with("3/4 steps of its last build of this target cached"),
+            "{}",
+            c.summary()
+        );
     }
 
     #[test]

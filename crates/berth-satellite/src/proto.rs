@@ -432,6 +432,11 @@ pub struct ProbeResponse {
     pub load1: f64,
     #[prost(uint32, tag = "7")]
     pub cpus: u32,
+    /// An Earthfile build: steps and cached count the cache keys of this target's last
+    /// build on this satellite (its step history), not keys computed for this request;
+    /// steps is 0 when it never built the target here.
+    #[prost(bool, tag = "120")]
+    pub from_history: bool,
 }
 /// Generated client implementations.
 pub mod satellite_client {

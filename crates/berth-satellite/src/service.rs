@@ -299,7 +299,13 @@ impl proto::satellite_server::Satellite for Service {
             cpus: cpus(),
             ..Default::default()
         };
-        match self.count_cached(&who, r).await {
+        let counted = if r.frontend == "earthfile" {
+            answer.from_history = true;
+            self.count_history(&who, &r).await
+        } else {
+            self.count_cached(&who, r).await
+        };
+        match counted {
             Ok(c) => {
                 answer.steps = c.steps as u32;
                 answer.cached = c.cached as u32;
@@ -392,12 +398,8 @@ impl Service {
         who: &CertInfo,
         r: proto::ProbeRequest,
     ) -> Result<berth_build::CacheProbe, String> {
-        // An Earthfile build's keys come from several targets and Earthfiles, lowered
-        // with imports and remote references: not counted. A pool ranks the answer
-        // after counted ones, by running builds and load.
         match r.frontend.as_str() {
             "" | "dockerfile" => {}
-            "earthfile" => return Err("Earthfile builds are not counted".into()),
             other => {
                 return Err(format!(
                     "frontend {other:?} is not one this satellite knows"
@@ -468,6 +470,39 @@ impl Service {
         .map_err(|e| e.to_string());
         drop(held);
         counted
+    }
+}
+
+impl Service {
+    /// An Earthfile target's steps as its last build on this satellite from the
+    /// client's tree of the context made them, and those still cached: its keys come
+    /// from several targets and Earthfiles, imports, remote references and `IF`/`FOR`
+    /// over command output, which no dry walk computes. Zero steps when this satellite
+    /// never built the target from that tree.
+    async fn count_history(
+        &self,
+        who: &CertInfo,
+        r: &proto::ProbeRequest,
+    ) -> Result<berth_build::CacheProbe, String> {
+        if r.target.is_empty() {
+            return Err("an Earthfile build names its target (+target)".into());
+        }
+        // The build's id as `run_earth` makes it: over the canonical tree.
+        let tree = self.contexts(who).context_path(&r.context).join("tree");
+        let (root, store, target) = (
+            self.sat.inner.dirs.root.clone(),
+            self.sat.inner.store.clone(),
+            r.target.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let Ok(tree) = tree.canonicalize() else {
+                return berth_build::CacheProbe::default();
+            };
+            let id = berth_build::build_id(&tree, &tree.join("Earthfile"), Some(target.as_str()));
+            berth_build::probe_history(&root, &store, &id)
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -55,7 +55,7 @@ use crate::fileops;
 use schedule::SharedSolve;
 
 pub use capture::Captured;
-pub use probe::CacheProbe;
+pub use probe::{CacheProbe, probe_history};
 
 mod cache;
 mod capture;

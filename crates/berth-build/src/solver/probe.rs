@@ -104,20 +104,62 @@ impl Solver {
     /// Whether `key` has a record whose layers are all stored, as [`Solver::lookup`]
     /// asks, without marking the record used.
     fn has_record(&self, key: &Digest) -> bool {
-        #[derive(serde::Deserialize)]
-        struct Record {
-            layers: Vec<super::Layer>,
-        }
-        let Ok(bytes) = std::fs::read(self.root.join("cache/records").join(key.hex())) else {
-            return false;
-        };
-        let Ok(rec) = serde_json::from_slice::<Record>(&bytes) else {
-            return false;
-        };
-        rec.layers
-            .iter()
-            .all(|l| matches!(self.store.blob_size(&l.blob.digest), Ok(Some(_))))
+        has_record(&self.root, &self.store, key)
     }
+}
+
+/// Whether `key` has a record under `root` whose layers are all in `store`, without
+/// marking the record used.
+fn has_record(root: &Path, store: &berth_store::Store, key: &Digest) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Record {
+        layers: Vec<super::Layer>,
+    }
+    let Ok(bytes) = std::fs::read(root.join("cache/records").join(key.hex())) else {
+        return false;
+    };
+    let Ok(rec) = serde_json::from_slice::<Record>(&bytes) else {
+        return false;
+    };
+    rec.layers
+        .iter()
+        .all(|l| matches!(store.blob_size(&l.blob.digest), Ok(Some(_))))
+}
+
+/// The steps of the last run of build `build_id` (see [`super::build_id`]) under `root`,
+/// as its step history keeps them (`cache/history/<build>/<step>`, each with its key),
+/// and those whose key still has a record with its layers in `store`. Zero steps when
+/// the build never ran here.
+///
+/// This is what a satellite pool asks of an Earthfile target, whose keys a dry walk
+/// cannot compute (they come from several Earthfiles, imports and `IF`/`FOR` over
+/// command output): the keys its last build here made, not those the request would
+/// make, so a changed file still counts as cached until the target is built again.
+pub fn probe_history(root: &Path, store: &berth_store::Store, build_id: &str) -> CacheProbe {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        key: Digest,
+    }
+    let dir = root
+        .join("cache/history")
+        .join(Digest::sha256(build_id.as_bytes()).hex());
+    let mut count = CacheProbe::default();
+    let Ok(steps) = std::fs::read_dir(&dir) else {
+        return count;
+    };
+    for step in steps.flatten() {
+        let Some(entry) = std::fs::read(step.path())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Entry>(&b).ok())
+        else {
+            continue;
+        };
+        count.steps += 1;
+        if has_record(root, store, &entry.key) {
+            count.cached += 1;
+        }
+    }
+    count
 }
 
 #[cfg(test)]
@@ -190,5 +232,43 @@ mod tests {
         );
         // Probing ran nothing.
         assert!(f.exec.runs().is_empty(), "ran: {:?}", f.exec.runs());
+    }
+
+    #[tokio::test]
+    async fn the_history_probe_counts_the_last_builds_keys_that_still_have_records() {
+        let f = Fixture::new();
+        let store = berth_store::Store::open(f.root().join("store")).unwrap();
+        // Run::default()'s build.
+        let id = "project-a";
+        assert_eq!(
+            probe_history(&f.root(), &store, id),
+            CacheProbe::default(),
+            "never built"
+        );
+        let b = run(&run(&State::scratch(), "a", "a"), "b", "b");
+        f.build_ok(&b, Run::default()).await;
+        assert_eq!(
+            probe_history(&f.root(), &store, id),
+            CacheProbe {
+                steps: 2,
+                cached: 2
+            }
+        );
+        // Another build's history is not this one's.
+        assert_eq!(
+            probe_history(&f.root(), &store, "other build"),
+            CacheProbe::default()
+        );
+        // A record pruned since: its step is no longer cached.
+        let records = f.root().join("cache/records");
+        let first = fs::read_dir(&records).unwrap().next().unwrap().unwrap();
+        fs::remove_file(first.path()).unwrap();
+        assert_eq!(
+            probe_history(&f.root(), &store, id),
+            CacheProbe {
+                steps: 2,
+                cached: 1
+            }
+        );
     }
 }

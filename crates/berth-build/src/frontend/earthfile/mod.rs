@@ -10,13 +10,17 @@
 //!   state (files copied out of the first), and `FROM +t`, `COPY +t/a` and `BUILD +t`
 //!   are edges to other targets' states. The result is a [`lower::Plan`]; the solver
 //!   then runs every state the output needs at once.
+//! - [`fanout`]: a target whose recipe only `BUILD`s others, split into those builds
+//!   (a satellite pool runs each on a member of its own).
 
 pub mod ast;
 mod dump;
+pub mod fanout;
 pub mod lower;
 pub mod parse;
 
 pub use ast::{Command, Earthfile, Recipe, Stmt};
+pub use fanout::{FannedTarget, fan_out};
 
 impl Earthfile {
     /// Parse `text`, naming it `file` in errors.
