@@ -168,6 +168,7 @@ pub async fn earth_build(
         opts.client.clone(),
         opts.resolve,
         opts.progress.clone(),
+        crate::Platform::host(),
     ));
     let holds = Arc::new(std::sync::Mutex::new(Vec::new()));
     let holds2 = holds.clone();
@@ -208,8 +209,8 @@ pub async fn earth_build(
             &dir,
             &target,
             &lower_opts,
-            &mut |r| {
-                let resolved = bases.resolve_blocking(&handle, r)?;
+            &mut |r, platform| {
+                let resolved = bases.resolve_blocking(&handle, r, platform)?;
                 let hold = store2.hold_image(&resolved.manifest)?;
                 holds2.lock().expect("image holds").push(hold);
                 Ok(resolved)

@@ -55,6 +55,7 @@ pub mod image;
 pub mod ir;
 mod mode;
 mod pattern;
+pub mod platform;
 mod probe;
 mod prune;
 mod secrets;
@@ -78,6 +79,7 @@ pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
 pub use ir::Entitlement;
 pub use ir::parse_extra_host;
 pub use pattern::{Ignore, Pattern};
+pub use platform::Platform;
 pub use probe::{ProbeOptions, probe_cache};
 pub use prune::{BuildCache, CacheUsage, PruneOptions, PruneReport, cache_usage, prune};
 pub use solver::{

@@ -24,6 +24,11 @@ pub struct BuildArgs {
     /// Build this stage instead of the last.
     #[arg(long)]
     target: Option<String>,
+    /// Build the image for this platform (os/arch[/variant], e.g. linux/arm64) instead
+    /// of this machine's: base images are resolved to that platform's manifest, and RUN
+    /// steps run through the kernel's binfmt_misc emulation (qemu-user-static).
+    #[arg(long, value_parser = parse_platform)]
+    platform: Option<berth_build::Platform>,
     /// A build argument, KEY=VALUE (repeatable).
     #[arg(long = "build-arg", value_parser = key_value)]
     build_args: Vec<(String, String)>,
@@ -97,6 +102,16 @@ fn key_value(s: &str) -> Result<(String, String), String> {
             .map(|v| (s.to_string(), v))
             .map_err(|_| format!("--build-arg {s}: no value given and ${s} is not set")),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_platform(s: &str) -> Result<berth_build::Platform, String> {
+    let list = berth_build::Platform::parse_list(s)?;
+    match list.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(format!(
+            "{s}: berth builds one platform at a time; run one build per platform"
+        )),
     }
 }
 
@@ -219,6 +234,11 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     if let Some(name) =
         crate::satellite::chosen(args.satellite.as_deref(), args.no_satellite, settings)?
     {
+        if let Some(p) = &args.platform {
+            bail!(
+                "--platform {p}: satellites build for their own platform only so far; build on this machine with --no-satellite"
+            );
+        }
         return remote(
             settings, &name, &args, context, dockerfile, secrets, ssh, &build, sink, tty_view,
         );
@@ -260,6 +280,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         extra_hosts: args.add_hosts.clone(),
         ca_bundle: None,
         step_slots: None,
+        platform: args.platform.clone(),
     };
     // [network] ca_to_steps: the bundle lives in the root's tmp/ for this build only.
     let step_ca = settings

@@ -880,6 +880,7 @@ async fn run_build(
         extra_hosts,
         ca_bundle: None,
         step_slots: None,
+        platform: None,
     };
     let step_ca = network
         .step_bundle(&sat.inner.dirs.root.join("tmp"))

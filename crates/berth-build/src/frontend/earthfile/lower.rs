@@ -27,15 +27,16 @@ use crate::frontend::dockerfile::expand::expand;
 use crate::frontend::dockerfile::instructions::{CommandLine, InstructionKind, RunMount};
 use crate::frontend::dockerfile::lower::run::{MountEnv, base_name, clean_abs, exec_mount};
 use crate::frontend::dockerfile::lower::{
-    DEFAULT_PATH, command_list, exposed_ports, healthcheck, memo_image,
+    DEFAULT_PATH, ImageMemo, ResolveFn, command_list, exposed_ports, healthcheck, memo_image,
 };
 use crate::frontend::source::Pos;
-use crate::image::{History, ImageConfig, ResolvedImage, host_platform};
+use crate::image::{History, ImageConfig, host_platform};
 use crate::ir::{
     self, DockerCompose, ExecMount, ExecOp, FileAction, FileOp, GitSource, LocalSource,
     MountSource, Op, Sharing, State,
 };
 use crate::pattern::Ignore;
+use crate::platform::Platform;
 use crate::solver::Cancel;
 
 /// What lowering needs besides the Earthfiles.
@@ -342,13 +343,13 @@ impl Ts {
 /// Lowers targets of Earthfiles.
 pub struct Lowerer<'a> {
     opts: &'a EarthOptions,
-    resolve: &'a mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    resolve: &'a mut ResolveFn<'a>,
     root: PathBuf,
     projects: HashMap<PathBuf, Arc<Project>>,
     memo: HashMap<String, usize>,
     active: Vec<(String, String)>,
     targets: Vec<TargetOut>,
-    images: HashMap<String, (State, ImageConfig)>,
+    images: ImageMemo,
     contexts: HashMap<String, PathBuf>,
     sources: Vec<(String, crate::SourceError)>,
     host: &'a mut dyn Host,
@@ -448,7 +449,7 @@ pub fn lower<'a>(
     dir: &Path,
     reference: &str,
     opts: &'a EarthOptions,
-    resolve: &'a mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    resolve: &'a mut ResolveFn<'a>,
     host: &'a mut dyn Host,
 ) -> Result<Plan> {
     let root = std::fs::canonicalize(dir)
@@ -1545,10 +1546,12 @@ impl Lowerer<'_> {
     /// Image `r` (written at `pos`) resolved as `FROM` resolves it (the store, then
     /// the registry), once per build.
     fn image(&mut self, proj: &Project, r: &str, pos: Pos) -> Result<(State, ImageConfig)> {
-        memo_image(&mut self.images, &mut *self.resolve, r).map_err(|e| match e {
-            BuildError::Image(m) => src_err(proj, pos, m),
-            e => e,
-        })
+        memo_image(&mut self.images, &mut *self.resolve, r, &Platform::host()).map_err(
+            |e| match e {
+                BuildError::Image(m) => src_err(proj, pos, m),
+                e => e,
+            },
+        )
     }
 
     /// `WITH DOCKER [--pull img] [--load [name=]+target] … RUN … END`: the one RUN as a
@@ -1769,6 +1772,7 @@ impl Lowerer<'_> {
             created: self.opts.created.clone(),
             allow: self.opts.allow.clone(),
             cancel: self.opts.cancel.clone(),
+            platform: None,
         };
         let lowered = crate::frontend::dockerfile::lower::lower_in(
             &df,
@@ -3278,7 +3282,7 @@ mod tests {
             scratch: tempfile::tempdir().unwrap(),
             runs: Vec::new(),
         };
-        let mut resolve = |r: &str| panic!("nothing to resolve, asked {r}");
+        let mut resolve = |r: &str, _: &Platform| panic!("nothing to resolve, asked {r}");
         let plan = lower(dir.path(), reference, &opts, &mut resolve, &mut host);
         RUNS.with(|r| *r.borrow_mut() = host.runs.clone());
         plan
