@@ -105,7 +105,7 @@ fn key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_platform(s: &str) -> Result<berth_build::Platform, String> {
+pub(crate) fn parse_platform(s: &str) -> Result<berth_build::Platform, String> {
     let list = berth_build::Platform::parse_list(s)?;
     match list.as_slice() {
         [one] => Ok(one.clone()),

@@ -318,3 +318,115 @@ fn arm64_image_loads_into_docker_as_arm64() {
     let _ = Command::new(d).args(["rmi", "-f", &name]).output();
     assert_eq!(out.trim(), "arm64 linux 2");
 }
+
+/// `berth --root ROOT ARGS…` in the folder `cwd` (Earthfile builds).
+fn earth(root: &Path, cwd: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(berth_bin());
+    c.arg("--root")
+        .arg(root)
+        .args(args)
+        .current_dir(cwd)
+        .env("SOURCE_DATE_EPOCH", "0")
+        .env("BERTH_LOG", "warn");
+    c
+}
+
+#[test]
+fn earthfile_targets_build_for_the_platform_asked() {
+    if !ready() {
+        return;
+    }
+    let fx = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("note"), "a note\n").unwrap();
+    std::fs::write(
+        proj.join("Earthfile"),
+        format!(
+            "VERSION 0.8\n\
+             img:\n    FROM {base}\n    ARG TARGETARCH\n    ARG NATIVEARCH\n    \
+             LABEL arch=$TARGETARCH native=$NATIVEARCH\n    COPY note /note\n    \
+             SAVE IMAGE earth-plat:$TARGETARCH\n\
+             both:\n    BUILD --platform=linux/arm64 +img\n    BUILD +img\n\
+             pinned:\n    FROM --platform=linux/arm64 {base}\n    ARG TARGETPLATFORM\n    \
+             LABEL platform=$TARGETPLATFORM\n    SAVE IMAGE earth-plat:pinned\n\
+             tool:\n    ARG NATIVEPLATFORM\n    FROM --platform=$NATIVEPLATFORM {base}\n    ARG TARGETARCH\n    \
+             RUN echo \"for $TARGETARCH on $(uname -m)\" > /out\n    SAVE ARTIFACT /out\n\
+             cross:\n    FROM {base}\n    COPY --platform=linux/amd64 +tool/out /out\n    \
+             SAVE IMAGE earth-plat:cross\n\
+             runs:\n    FROM {base}\n    RUN [\"/hello\"]\n\
+             bad:\n    FROM --platform=linux/ {base}\n",
+            base = fx.reference()
+        ),
+    )
+    .unwrap();
+    let root = dir.path().join("root");
+    // BUILD --platform and the target's own default (the host's).
+    output_ok(&mut earth(&root, &proj, &["+both"]));
+    let arm = inspect(&root, "earth-plat:arm64");
+    assert_eq!(arm["Architecture"], "arm64", "{arm:#}");
+    assert_eq!(
+        arm["Config"]["Labels"],
+        serde_json::json!({"arch": "arm64", "native": "amd64"})
+    );
+    let base = fx.diff_ids(&fx.arm64);
+    assert_eq!(layers(&arm)[..base.len()], base[..]);
+    let host = inspect(&root, "earth-plat:amd64");
+    assert_eq!(host["Architecture"], "amd64");
+    let base = fx.diff_ids(&fx.amd64);
+    assert_eq!(layers(&host)[..base.len()], base[..]);
+
+    // `berth --platform` for the invoked target; FROM --platform in the target itself.
+    let dir2 = tempfile::tempdir().unwrap();
+    let root2 = dir2.path().join("root");
+    output_ok(&mut earth(
+        &root2,
+        &proj,
+        &["--platform", "linux/arm64", "+img"],
+    ));
+    assert_eq!(inspect(&root2, "earth-plat:arm64")["Architecture"], "arm64");
+    output_ok(&mut earth(&root, &proj, &["+pinned"]));
+    let pinned = inspect(&root, "earth-plat:pinned");
+    assert_eq!(pinned["Architecture"], "arm64");
+    assert_eq!(pinned["Config"]["Labels"]["platform"], "linux/arm64");
+
+    // A native tool target copied into an arm64 image: the tool runs on this host.
+    output_ok(&mut earth(
+        &root,
+        &proj,
+        &["--platform", "linux/arm64", "+cross"],
+    ));
+    let cross = inspect(&root, "earth-plat:cross");
+    assert_eq!(cross["Architecture"], "arm64");
+
+    // RUN for arm64 without emulation names the step and the fix.
+    let out = output(&mut earth(
+        &root,
+        &proj,
+        &["--platform", "linux/arm64", "+runs"],
+    ));
+    if arm64_emulation() {
+        assert!(
+            out.success && out.stderr.contains("hello from arm64"),
+            "{}",
+            out.stderr
+        );
+    } else {
+        assert!(
+            !out.success
+                && out.stderr.contains("RUN [\"/hello\"]")
+                && out.stderr.contains("apt-get install qemu-user-static"),
+            "{}",
+            out.stderr
+        );
+    }
+    let out = output(&mut earth(&root, &proj, &["+bad"]));
+    assert!(
+        !out.success
+            && out.stderr.contains("Earthfile:31:10")
+            && out.stderr.contains("--platform: platform \"linux/\""),
+        "{}",
+        out.stderr
+    );
+}

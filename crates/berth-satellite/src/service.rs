@@ -1014,6 +1014,7 @@ async fn run_earth(
             next: std::sync::atomic::AtomicU32::new(0),
         })),
         step_slots: sat.inner.step_slots.clone(),
+        platform: None,
     };
     let root = sat.inner.dirs.root.clone();
     let result = until_done(
