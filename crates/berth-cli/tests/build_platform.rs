@@ -221,6 +221,26 @@ fn foreign_run_uses_emulation_or_says_how_to_get_it() {
         &format!("FROM {}\nRUN [\"/hello\"]\n", fx.reference()),
     );
     let root = dir.path().join("root");
+    // A platform no handler is registered for (install-test-deps registers aarch64
+    // only): the step is refused before runc, saying how to get emulation.
+    if !Path::new("/proc/sys/fs/binfmt_misc/qemu-riscv64").exists() {
+        let ctx = context(dir.path(), "riscv", "FROM scratch\nRUN [\"/nothing\"]\n");
+        let out = output(
+            berth_build(&root)
+                .args(["--platform", "linux/riscv64"])
+                .arg(&ctx),
+        );
+        assert!(
+            !out.success
+                && out
+                    .stderr
+                    .contains("[stage-0 2/2] RUN [\"/nothing\"]: running linux/riscv64 binaries")
+                && out.stderr.contains("binfmt_misc")
+                && out.stderr.contains("apt-get install qemu-user-static"),
+            "{}",
+            out.stderr
+        );
+    }
     let out = output(
         berth_build(&root)
             .args(["--platform", "linux/arm64", "-t", "hello:arm64"])
