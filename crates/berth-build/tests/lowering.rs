@@ -58,7 +58,7 @@ fn options(case: &str) -> LowerOptions {
         },
         cancel: Default::default(),
         // `platform-*` cases build for another platform than the host's.
-        platform: case.starts_with("platform-").then(|| foreign_platform()),
+        platform: case.starts_with("platform-").then(foreign_platform),
     }
 }
 

@@ -2153,7 +2153,7 @@ impl Lowerer<'_> {
                     target: PERSIST_MOUNT.into(),
                     source: m.source.clone(),
                 }],
-                platform: (!ts.platform.is_host()).then(|| ts.platform.clone()),
+                platform: (!ts.platform.is_host()).then(|| Box::new(ts.platform.clone())),
                 ..ExecOp::default()
             };
             state = state
@@ -2524,7 +2524,7 @@ impl Lowerer<'_> {
             proxy_env: self.opts.proxy_env.clone(),
             privileged,
             extra_hosts: ts.hosts.clone(),
-            platform: (!ts.platform.is_host()).then(|| ts.platform.clone()),
+            platform: (!ts.platform.is_host()).then(|| Box::new(ts.platform.clone())),
             ..ExecOp::default()
         };
         Ok((exec, extra))

@@ -78,7 +78,7 @@ impl Lowerer<'_> {
             extra_hosts: self.opts.extra_hosts.clone(),
             docker: None,
             on_failure: Vec::new(),
-            platform: (!st.platform.is_host()).then(|| st.platform.clone()),
+            platform: (!st.platform.is_host()).then(|| Box::new(st.platform.clone())),
         };
         Ok(st
             .state
