@@ -450,3 +450,55 @@ fn earthfile_targets_build_for_the_platform_asked() {
         out.stderr
     );
 }
+
+#[test]
+fn registry_bases_are_pulled_for_the_platform_without_moving_the_hosts_tag() {
+    if !ready() || !require("skopeo") {
+        return;
+    }
+    let fx = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Berth::serve(&dir.path().join("registry"), &[]);
+    run(&mut skopeo_copy(
+        &format!("oci:{}:t", fx.layout.display()),
+        &format!("docker://{}/multi/base:t", reg.addr),
+        &["--all"],
+    ));
+    let base = format!("{}/multi/base:t", reg.addr);
+    let ctx = context(
+        dir.path(),
+        "ctx",
+        &format!("FROM {base}\nCOPY note /note\n"),
+    );
+    std::fs::write(ctx.join("note"), "n\n").unwrap();
+    let root = dir.path().join("root");
+    let layers_of = |name: &str| layers(&inspect(&root, name));
+
+    // The host's build names the tag in the store (the amd64 child).
+    output_ok(berth_build(&root).args(["-t", "r:host"]).arg(&ctx));
+    let host_base = fx.diff_ids(&fx.amd64);
+    assert_eq!(layers_of("r:host")[..host_base.len()], host_base[..]);
+    // arm64: the stored tag does not serve it, so its child is pulled, and the tag
+    // still names the host's image afterwards.
+    let arm = output_ok(
+        berth_build(&root)
+            .args(["--platform", "linux/arm64", "-t", "r:arm64"])
+            .arg(&ctx),
+    );
+    assert!(
+        arm.stderr
+            .contains(&format!("load metadata for {base} (linux/arm64)")),
+        "{}",
+        arm.stderr
+    );
+    let doc = inspect(&root, "r:arm64");
+    assert_eq!(doc["Architecture"], "arm64");
+    let arm_base = fx.diff_ids(&fx.arm64);
+    assert_eq!(layers(&doc)[..arm_base.len()], arm_base[..]);
+    let stored = inspect(&root, &base);
+    assert_eq!(stored["Architecture"], "amd64", "{stored:#}");
+    // And the host's build again: from the store and cache, the same image.
+    let again = output_ok(berth_build(&root).args(["-t", "r:host2"]).arg(&ctx));
+    assert!(again.stderr.contains("berth's store"), "{}", again.stderr);
+    assert_eq!(layers_of("r:host2"), layers_of("r:host"));
+}
