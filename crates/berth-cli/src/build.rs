@@ -234,11 +234,6 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     if let Some(name) =
         crate::satellite::chosen(args.satellite.as_deref(), args.no_satellite, settings)?
     {
-        if let Some(p) = &args.platform {
-            bail!(
-                "--platform {p}: satellites build for their own platform only so far; build on this machine with --no-satellite"
-            );
-        }
         return remote(
             settings, &name, &args, context, dockerfile, secrets, ssh, &build, sink, tty_view,
         );
@@ -438,6 +433,11 @@ fn remote(
         force_compression: args.force_compression,
         push: args.push,
         credentials,
+        platform: args
+            .platform
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         ..Default::default()
     };
     let result = crate::satellite::build(

@@ -300,11 +300,6 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
     if let Some(name) =
         crate::satellite::chosen(cli.satellite.as_deref(), cli.no_satellite, settings)?
     {
-        if let Some(p) = &cli.platform {
-            bail!(
-                "--platform {p}: satellites build for their own platform only so far; build on this machine with --no-satellite"
-            );
-        }
         return remote(
             settings,
             &name,
@@ -495,6 +490,11 @@ fn remote(
         image_only: r.output == EarthOutput::Image,
         artifact: artifact.0,
         artifact_dest: artifact.1,
+        platform: cli
+            .platform
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         ..Default::default()
     };
     let result = crate::satellite::build(

@@ -502,3 +502,37 @@ fn registry_bases_are_pulled_for_the_platform_without_moving_the_hosts_tag() {
     assert!(again.stderr.contains("berth's store"), "{}", again.stderr);
     assert_eq!(layers_of("r:host2"), layers_of("r:host"));
 }
+
+#[test]
+fn satellites_build_for_the_platform_the_client_asks() {
+    if !ready() {
+        return;
+    }
+    use common::satellite::{Client, Sat};
+    let fx = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        dir.path(),
+        "ctx",
+        &format!(
+            "FROM {}\nARG TARGETARCH\nLABEL arch=$TARGETARCH\nCOPY note /note\n",
+            fx.reference()
+        ),
+    );
+    std::fs::write(ctx.join("note"), "n\n").unwrap();
+    let sat = Sat::on_loopback(&dir.path().join("sat-root"), &[]);
+    let client = Client::new(dir.path(), "client", None);
+    assert!(client.add("s", &sat.token(&[])).success);
+    output_ok(&mut client.build(&ctx, &["--platform", "linux/arm64", "-t", "sat:arm64"]));
+    let doc = inspect(&sat.root, "sat:arm64");
+    assert_eq!(doc["Architecture"], "arm64", "{doc:#}");
+    assert_eq!(doc["Config"]["Labels"]["arch"], "arm64");
+    let base = fx.diff_ids(&fx.arm64);
+    assert_eq!(layers(&doc)[..base.len()], base[..]);
+    let out = output(&mut client.build(&ctx, &["--platform", "linux/", "-t", "sat:bad"]));
+    assert!(
+        !out.success && out.stderr.contains("is not os/arch[/variant]"),
+        "{}",
+        out.stderr
+    );
+}
