@@ -172,6 +172,64 @@ pub fn export_image(
     })
 }
 
+/// A multi-platform image: an OCI index over image manifests of the store, one per
+/// platform (each built by its own [`crate::build`]), named by each of `tags` (the
+/// children and their blobs are linked into each repository too, so the registry
+/// serves them). Returns the index's digest.
+pub fn export_index(
+    store: &Store,
+    children: &[(crate::Platform, Digest)],
+    tags: &[String],
+) -> Result<Digest> {
+    let mut manifests = Vec::with_capacity(children.len());
+    let mut blobs = Vec::new();
+    for (platform, digest) in children {
+        let bytes = store.read_blob(digest)?.ok_or_else(|| {
+            BuildError::Image(format!("manifest {digest} is missing from the store"))
+        })?;
+        let (m, _) = berth_oci::Manifest::parse(&bytes, None)
+            .map_err(|e| BuildError::Image(format!("manifest {digest}: {e}")))?;
+        blobs.extend(m.blobs().map(|d| d.digest.clone()));
+        let mut p = serde_json::json!({
+            "architecture": platform.architecture,
+            "os": platform.os,
+        });
+        if !platform.variant.is_empty() {
+            p["variant"] = serde_json::json!(platform.variant);
+        }
+        manifests.push(serde_json::json!({
+            "mediaType": media_type::OCI_MANIFEST,
+            "digest": digest.to_string(),
+            "size": bytes.len(),
+            "platform": p,
+        }));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let bytes = serde_json::to_vec(&index).expect("json");
+    let digest = store.put_blob(Algorithm::Sha256, &bytes)?.digest;
+    let repos = store.repos();
+    for t in tags {
+        let written = berth_oci::WrittenReference::parse(t)
+            .map_err(|e| BuildError::Invalid(format!("image name: {e}")))?;
+        let (name, tag) = (written.local_repository(), written.tag_or_latest());
+        berth_oci::validate_repository(&name)
+            .map_err(|e| BuildError::Invalid(format!("image name {t:?}: {e}")))?;
+        for b in &blobs {
+            repos.link_blob(&name, b)?;
+        }
+        for (_, child) in children {
+            repos.link_manifest(&name, child, media_type::OCI_MANIFEST)?;
+        }
+        repos.link_manifest(&name, &digest, media_type::OCI_INDEX)?;
+        repos.set_tag(&name, tag, &digest)?;
+    }
+    Ok(digest)
+}
+
 /// The image every one of `tags` names already, if it is the one [`export_image`] would
 /// write but for its timestamps (`created`, top-level and in the history): a rebuild
 /// that changed nothing. As with BuildKit, such a rebuild keeps the image, its ID and

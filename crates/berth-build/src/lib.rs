@@ -71,7 +71,7 @@ pub use earthbuild::{
     earth_build, local_staging, place_local_output,
 };
 pub use error::{BuildError, Result};
-pub use export::{Exported, export_image, export_oci_tar, export_rootfs, push_image};
+pub use export::{Exported, export_image, export_index, export_oci_tar, export_rootfs, push_image};
 pub use frontend::dockerfile::Dockerfile;
 pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::earthfile::Earthfile;

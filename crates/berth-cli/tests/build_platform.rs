@@ -283,8 +283,8 @@ fn platforms_that_cannot_be_built_are_refused_clearly() {
     };
     let e = bad(&["--platform", "linux/"]);
     assert!(e.contains("is not os/arch[/variant]"), "{e}");
-    let e = bad(&["--platform", "linux/amd64,linux/arm64"]);
-    assert!(e.contains("one platform at a time"), "{e}");
+    let e = bad(&["--platform", "linux/amd64,linux/arm64", "--load", "-t", "x"]);
+    assert!(e.contains("--load with several platforms"), "{e}");
     let e = bad(&["--platform", "linux/s390x"]);
     assert!(
         e.contains("Dockerfile:1:1")
@@ -535,4 +535,90 @@ fn satellites_build_for_the_platform_the_client_asks() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn several_platforms_make_an_index_that_is_pushed_whole() {
+    if !ready() || !require("skopeo") {
+        return;
+    }
+    let fx = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        dir.path(),
+        "ctx",
+        &format!(
+            "FROM {}\nARG TARGETARCH\nLABEL arch=$TARGETARCH\nCOPY note /note\n",
+            fx.reference()
+        ),
+    );
+    std::fs::write(ctx.join("note"), "n\n").unwrap();
+    let root = dir.path().join("root");
+    let reg = Berth::serve(&dir.path().join("registry"), &[]);
+    let name = format!("{}/multi/app:1", reg.addr);
+    let out = output_ok(
+        berth_build(&root)
+            .args([
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--push",
+                "-t",
+                &name,
+            ])
+            .arg(&ctx),
+    );
+    assert!(
+        out.stderr.contains("built a multi-platform image"),
+        "{}",
+        out.stderr
+    );
+    // The store's tag names an index of the two, each with its platform's config.
+    let index_digest = out.stdout.lines().nth(1).unwrap().trim().to_string();
+    let blob = |d: &str| -> serde_json::Value {
+        let path = root.join("blobs/sha256").join(&d["sha256:".len()..]);
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let index = blob(&index_digest);
+    let children = index["manifests"].as_array().unwrap();
+    let platforms: Vec<String> = children
+        .iter()
+        .map(|c| c["platform"]["architecture"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(platforms, ["amd64", "arm64"], "{index:#}");
+    for (c, (arch, base)) in children
+        .iter()
+        .zip([("amd64", &fx.amd64), ("arm64", &fx.arm64)])
+    {
+        let m = blob(c["digest"].as_str().unwrap());
+        let config = blob(m["config"]["digest"].as_str().unwrap());
+        assert_eq!(config["architecture"], arch);
+        assert_eq!(config["config"]["Labels"]["arch"], arch);
+        let diff_ids = fx.diff_ids(base);
+        let got: Vec<String> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got[..diff_ids.len()], diff_ids[..]);
+    }
+    // The registry has the index byte for byte, and each platform's image.
+    let raw = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{name}"),
+    ]));
+    let pushed: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(pushed, index);
+    let arm = run(Command::new("skopeo").args([
+        "inspect",
+        "--config",
+        "--tls-verify=false",
+        "--override-arch",
+        "arm64",
+        &format!("docker://{name}"),
+    ]));
+    let arm: serde_json::Value = serde_json::from_str(&arm).unwrap();
+    assert_eq!(arm["architecture"], "arm64");
 }
