@@ -151,20 +151,16 @@ pub fn export_image(
     });
     let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
     let digest = store.put_blob(Algorithm::Sha256, &manifest_bytes)?.digest;
-    let repos = store.repos();
-    for t in tags {
-        let written = berth_oci::WrittenReference::parse(t)
-            .map_err(|e| BuildError::Invalid(format!("image name: {e}")))?;
-        let (name, tag) = (written.local_repository(), written.tag_or_latest());
-        berth_oci::validate_repository(&name)
-            .map_err(|e| BuildError::Invalid(format!("image name {t:?}: {e}")))?;
-        repos.link_blob(&name, &config_digest)?;
-        for l in layers {
-            repos.link_blob(&name, &l.blob.digest)?;
-        }
-        repos.link_manifest(&name, &digest, media_type::OCI_MANIFEST)?;
-        repos.set_tag(&name, tag, &digest)?;
-    }
+    let blobs: Vec<Digest> = std::iter::once(config_digest.clone())
+        .chain(layers.iter().map(|l| l.blob.digest.clone()))
+        .collect();
+    name_in_store(
+        store,
+        tags,
+        &blobs,
+        &[],
+        (&digest, media_type::OCI_MANIFEST),
+    )?;
     Ok(Exported {
         manifest: digest,
         config: config_digest,
@@ -211,6 +207,26 @@ pub fn export_index(
     });
     let bytes = serde_json::to_vec(&index).expect("json");
     let digest = store.put_blob(Algorithm::Sha256, &bytes)?.digest;
+    let child_manifests: Vec<Digest> = children.iter().map(|(_, d)| d.clone()).collect();
+    name_in_store(
+        store,
+        tags,
+        &blobs,
+        &child_manifests,
+        (&digest, media_type::OCI_INDEX),
+    )?;
+    Ok(digest)
+}
+
+/// Name `top` (digest, media type) by each of `tags` in the store, with `blobs` and the
+/// image manifests `manifests` it references linked into each repository.
+fn name_in_store(
+    store: &Store,
+    tags: &[String],
+    blobs: &[Digest],
+    manifests: &[Digest],
+    top: (&Digest, &str),
+) -> Result<()> {
     let repos = store.repos();
     for t in tags {
         let written = berth_oci::WrittenReference::parse(t)
@@ -218,16 +234,16 @@ pub fn export_index(
         let (name, tag) = (written.local_repository(), written.tag_or_latest());
         berth_oci::validate_repository(&name)
             .map_err(|e| BuildError::Invalid(format!("image name {t:?}: {e}")))?;
-        for b in &blobs {
+        for b in blobs {
             repos.link_blob(&name, b)?;
         }
-        for (_, child) in children {
-            repos.link_manifest(&name, child, media_type::OCI_MANIFEST)?;
+        for m in manifests {
+            repos.link_manifest(&name, m, media_type::OCI_MANIFEST)?;
         }
-        repos.link_manifest(&name, &digest, media_type::OCI_INDEX)?;
-        repos.set_tag(&name, tag, &digest)?;
+        repos.link_manifest(&name, top.0, top.1)?;
+        repos.set_tag(&name, tag, top.0)?;
     }
-    Ok(digest)
+    Ok(())
 }
 
 /// The image every one of `tags` names already, if it is the one [`export_image`] would

@@ -352,15 +352,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         }
         println!("{index}");
         if args.push {
-            if args.tags.is_empty() {
-                bail!("--push needs at least one -t name saying where to push");
-            }
-            let client = settings.registry_client();
-            for t in &args.tags {
-                let dest: berth_oci::Reference = t.parse()?;
-                let digest = rt.block_on(push_one(&store, &client, &index, &dest))?;
-                println!("{}/{}@{digest}", dest.registry, dest.repository);
-            }
+            push_tags(settings, &rt, &store, &index, &args.tags)?;
         }
         if !args.quiet {
             let names: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
@@ -393,16 +385,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         }
     }
     if args.push {
-        if args.tags.is_empty() {
-            bail!("--push needs at least one -t name saying where to push");
-        }
-        let client = settings.registry_client();
-        for t in &args.tags {
-            let dest: berth_oci::Reference = t.parse()?;
-            let digest =
-                rt.block_on(push_one(&store_for_push, &client, &result.manifest, &dest))?;
-            println!("{}/{}@{digest}", dest.registry, dest.repository);
-        }
+        push_tags(settings, &rt, &store_for_push, &result.manifest, &args.tags)?;
     }
     if !args.quiet {
         eprintln!(
@@ -676,6 +659,27 @@ pub struct PushArgs {
     name: String,
     /// Where to push it [default: NAME itself, e.g. registry.internal:5000/app:1].
     dest: Option<String>,
+}
+
+/// `--push`: the image (or index) `manifest` to the registry of each of `tags`, each
+/// pushed digest printed.
+fn push_tags(
+    settings: &Settings,
+    rt: &tokio::runtime::Runtime,
+    store: &berth_store::Store,
+    manifest: &berth_oci::Digest,
+    tags: &[String],
+) -> Result<()> {
+    if tags.is_empty() {
+        bail!("--push needs at least one -t name saying where to push");
+    }
+    let client = settings.registry_client();
+    for t in tags {
+        let dest: berth_oci::Reference = t.parse()?;
+        let digest = rt.block_on(push_one(store, &client, manifest, &dest))?;
+        println!("{}/{}@{digest}", dest.registry, dest.repository);
+    }
+    Ok(())
 }
 
 pub(crate) async fn push_one(

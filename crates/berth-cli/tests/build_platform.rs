@@ -45,6 +45,20 @@ impl Fixture {
         format!("oci-layout://{}:t", self.layout.display())
     }
 
+    /// A build context on the layout: `ARG TARGETARCH`, `LABEL arch=$TARGETARCH`, a COPY.
+    fn labelled_context(&self, dir: &Path) -> PathBuf {
+        let ctx = context(
+            dir,
+            "ctx",
+            &format!(
+                "FROM {}\nARG TARGETARCH\nLABEL arch=$TARGETARCH\nCOPY note /note\n",
+                self.reference()
+            ),
+        );
+        std::fs::write(ctx.join("note"), "n\n").unwrap();
+        ctx
+    }
+
     /// The diff IDs of a child manifest of the layout.
     fn diff_ids(&self, manifest: &str) -> Vec<String> {
         let blob = |d: &str| {
@@ -511,15 +525,7 @@ fn satellites_build_for_the_platform_the_client_asks() {
     use common::satellite::{Client, Sat};
     let fx = Fixture::new();
     let dir = tempfile::tempdir().unwrap();
-    let ctx = context(
-        dir.path(),
-        "ctx",
-        &format!(
-            "FROM {}\nARG TARGETARCH\nLABEL arch=$TARGETARCH\nCOPY note /note\n",
-            fx.reference()
-        ),
-    );
-    std::fs::write(ctx.join("note"), "n\n").unwrap();
+    let ctx = fx.labelled_context(dir.path());
     let sat = Sat::on_loopback(&dir.path().join("sat-root"), &[]);
     let client = Client::new(dir.path(), "client", None);
     assert!(client.add("s", &sat.token(&[])).success);
@@ -544,15 +550,7 @@ fn several_platforms_make_an_index_that_is_pushed_whole() {
     }
     let fx = Fixture::new();
     let dir = tempfile::tempdir().unwrap();
-    let ctx = context(
-        dir.path(),
-        "ctx",
-        &format!(
-            "FROM {}\nARG TARGETARCH\nLABEL arch=$TARGETARCH\nCOPY note /note\n",
-            fx.reference()
-        ),
-    );
-    std::fs::write(ctx.join("note"), "n\n").unwrap();
+    let ctx = fx.labelled_context(dir.path());
     let root = dir.path().join("root");
     let reg = Berth::serve(&dir.path().join("registry"), &[]);
     let name = format!("{}/multi/app:1", reg.addr);
