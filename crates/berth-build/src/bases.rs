@@ -17,6 +17,7 @@ use berth_store::Store;
 
 use crate::error::{BuildError, Result};
 use crate::image;
+use crate::platform::Platform;
 use crate::solver::{Event, Progress};
 
 /// When a stored tag is resolved against its registry again.
@@ -37,8 +38,10 @@ pub(crate) struct Bases {
     client: Option<Arc<berth_client::Client>>,
     policy: ResolvePolicy,
     progress: Arc<dyn Progress>,
-    /// What each reference resolved to in this build.
-    resolved: Mutex<HashMap<String, Digest>>,
+    /// The build's target platform: what [`Bases::prefetch`] resolves for.
+    platform: Platform,
+    /// What each reference resolved to in this build, per platform.
+    resolved: Mutex<HashMap<(String, Platform), Digest>>,
 }
 
 impl Bases {
@@ -47,12 +50,14 @@ impl Bases {
         client: Option<Arc<berth_client::Client>>,
         policy: ResolvePolicy,
         progress: Arc<dyn Progress>,
+        platform: Platform,
     ) -> Bases {
         Bases {
             store,
             client,
             policy,
             progress,
+            platform,
             resolved: Mutex::new(HashMap::new()),
         }
     }
@@ -63,7 +68,7 @@ impl Bases {
         let each = references
             .iter()
             .filter(|r| !r.starts_with(berth_oci::LAYOUT_SCHEME))
-            .map(|r| self.resolve(r));
+            .map(|r| self.resolve(r, &self.platform));
         for r in futures_util::future::join_all(each).await {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "base image not resolved ahead; lowering retries");
@@ -71,55 +76,66 @@ impl Bases {
         }
     }
 
-    /// [`image::ResolvedImage`] of `reference`, from a blocking thread of the runtime
-    /// `handle`: what [`Bases::prefetch`] found, else resolved now.
+    /// [`image::ResolvedImage`] of `reference` for `platform`, from a blocking thread of
+    /// the runtime `handle`: what [`Bases::prefetch`] found, else resolved now.
     pub(crate) fn resolve_blocking(
         &self,
         handle: &tokio::runtime::Handle,
         reference: &str,
+        platform: &Platform,
     ) -> Result<image::ResolvedImage> {
         if reference.starts_with(berth_oci::LAYOUT_SCHEME) {
-            return image::resolve(&self.store, reference, None);
+            return image::resolve_for(&self.store, reference, platform, None);
         }
-        let manifest = match self.known(reference) {
+        let manifest = match self.known(reference, platform) {
             Some(d) => d,
-            None => handle.block_on(self.resolve(reference))?,
+            None => handle.block_on(self.resolve(reference, platform))?,
         };
-        image::load(&self.store, reference, manifest)
+        image::load_for(&self.store, reference, manifest, platform)
     }
 
-    fn known(&self, reference: &str) -> Option<Digest> {
+    fn known(&self, reference: &str, platform: &Platform) -> Option<Digest> {
         self.resolved
             .lock()
             .expect("resolved")
-            .get(reference)
+            .get(&(reference.to_string(), platform.clone()))
             .cloned()
     }
 
-    /// The manifest (or index) `reference` names, by the policy.
-    async fn resolve(&self, reference: &str) -> Result<Digest> {
-        if let Some(d) = self.known(reference) {
+    /// The manifest (or index) `reference` names for `platform`, by the policy.
+    async fn resolve(&self, reference: &str, platform: &Platform) -> Result<Digest> {
+        if let Some(d) = self.known(reference, platform) {
             return Ok(d);
         }
-        let d = self.decide(reference).await?;
+        let d = self.decide(reference, platform).await?;
         self.resolved
             .lock()
             .expect("resolved")
-            .insert(reference.to_string(), d.clone());
+            .insert((reference.to_string(), platform.clone()), d.clone());
         Ok(d)
     }
 
-    async fn decide(&self, reference: &str) -> Result<Digest> {
+    async fn decide(&self, reference: &str, platform: &Platform) -> Result<Digest> {
         let written =
             WrittenReference::parse(reference).map_err(|e| BuildError::Image(e.to_string()))?;
         let local = image::local_manifest(&self.store, reference).ok();
+        // A stored image that does not serve the platform is no answer for it. Names in
+        // the store are the host's: a pull for another platform names nothing, so it
+        // does not move a tag another build reads.
+        if !platform.is_host() {
+            if let Some(d) = local.filter(|d| image::serves(&self.store, d, platform)) {
+                self.note_stored(reference, &format!("has {platform}"));
+                return Ok(d);
+            }
+            return self.pull(reference, None, platform).await;
+        }
         if written.digest.is_some() {
             // A digest names one image forever: the store's copy is it.
             if let Some(d) = local {
                 self.note_stored(reference, "pinned by digest");
                 return Ok(d);
             }
-            return self.pull(reference, None).await;
+            return self.pull(reference, None, platform).await;
         }
         let familiar = written.familiar();
         let name = (
@@ -133,7 +149,7 @@ impl Bases {
             .resolution(&name.0, &name.1)?
             .filter(|r| Some(&r.manifest) == local.as_ref());
         let Some(local) = local else {
-            return self.pull(reference, Some(&name)).await;
+            return self.pull(reference, Some(&name), platform).await;
         };
         let age = record.as_ref().map(|r| r.age());
         let expired = matches!((self.policy.ttl, age), (Some(ttl), Some(age)) if age > ttl);
@@ -145,7 +161,7 @@ impl Bases {
             self.note_stored(reference, &how);
             return Ok(local);
         }
-        match self.pull(reference, Some(&name)).await {
+        match self.pull(reference, Some(&name), platform).await {
             Ok(d) => Ok(d),
             // A TTL asks when it can; an unreachable registry leaves the stored answer.
             Err(e) if !self.policy.pull => {
@@ -172,19 +188,28 @@ impl Bases {
         }
     }
 
-    /// Pull `reference` and, for a tag, name it `name` (repository, tag) in the store
-    /// and record when it was resolved.
-    async fn pull(&self, reference: &str, name: Option<&(String, String)>) -> Result<Digest> {
+    /// Pull `reference` for `platform` and, for a tag, name it `name` (repository, tag)
+    /// in the store and record when it was resolved.
+    async fn pull(
+        &self,
+        reference: &str,
+        name: Option<&(String, String)>,
+        platform: &Platform,
+    ) -> Result<Digest> {
         let client = self.client.as_ref().ok_or_else(|| {
             BuildError::Image(format!("image {reference} is not in berth's store"))
         })?;
-        let label = format!("[internal] load metadata for {reference}");
+        let label = if platform.is_host() {
+            format!("[internal] load metadata for {reference}")
+        } else {
+            format!("[internal] load metadata for {reference} ({platform})")
+        };
         self.progress.event(Event::Started {
             id: RESOLVE_ID,
             name: label.clone(),
         });
         let start = Instant::now();
-        let pulled = image::pull(client, &self.store, reference).await;
+        let pulled = image::pull(client, &self.store, reference, platform).await;
         let pulled = pulled.and_then(|d| {
             if let Some((repo, tag)) = name {
                 self.store.name_image(repo, Some(tag), &d)?;

@@ -71,6 +71,8 @@ pub struct BuildOptions {
     pub ca_bundle: Option<PathBuf>,
     /// Limits steps running at once, shared with other builds (`None`: no limit).
     pub step_slots: Option<Arc<crate::solver::StepSlots>>,
+    /// The platform the image is for (`--platform`; `None`: this host's).
+    pub platform: Option<crate::Platform>,
 }
 
 /// What a build made.
@@ -137,6 +139,7 @@ pub async fn build(
         created,
         allow: opts.allow.clone(),
         cancel: opts.cancel.clone(),
+        platform: opts.platform.clone(),
     };
     // Parsing a big Dockerfile takes seconds, and lowering resolves base images, which
     // may mean pulling them: both run on a blocking thread (which waits for the async
@@ -147,6 +150,7 @@ pub async fn build(
         opts.client.clone(),
         opts.resolve,
         opts.progress.clone(),
+        lower_opts.target_platform(),
     ));
     let (store2, cancel) = (store.clone(), opts.cancel.clone());
     // `berth rmi` refuses the base images this build holds until it ends.
@@ -160,8 +164,8 @@ pub async fn build(
         // Every base the target needs at once, rather than one at a time as met.
         let needed = base_references(&df, &lower_opts)?;
         handle.block_on(bases.prefetch(&needed));
-        lower(&df, &lower_opts, &mut |r| {
-            let resolved = bases.resolve_blocking(&handle, r)?;
+        lower(&df, &lower_opts, &mut |r, platform| {
+            let resolved = bases.resolve_blocking(&handle, r, platform)?;
             let hold = store2.hold_image(&resolved.manifest)?;
             holds2.lock().expect("image holds").push(hold);
             Ok(resolved)

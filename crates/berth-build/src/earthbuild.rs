@@ -87,6 +87,8 @@ pub struct EarthBuildOptions {
     pub local_sink: Option<Arc<dyn LocalSink>>,
     /// Steps at once, shared with other builds (a satellite's `max_parallel_steps`).
     pub step_slots: Option<Arc<crate::solver::StepSlots>>,
+    /// The platform the invoked target is for (`--platform`; `None`: this host's).
+    pub platform: Option<crate::Platform>,
 }
 
 /// A `SAVE ARTIFACT … AS LOCAL` output, as it is placed on a host.
@@ -158,6 +160,7 @@ pub async fn earth_build(
         strict: opts.strict,
         no_output: opts.no_output,
         satellite: opts.satellite,
+        platform: opts.platform.clone(),
     };
     let handle = tokio::runtime::Handle::current();
     let store2 = store.clone();
@@ -168,6 +171,7 @@ pub async fn earth_build(
         opts.client.clone(),
         opts.resolve,
         opts.progress.clone(),
+        opts.platform.clone().unwrap_or_else(crate::Platform::host),
     ));
     let holds = Arc::new(std::sync::Mutex::new(Vec::new()));
     let holds2 = holds.clone();
@@ -208,8 +212,8 @@ pub async fn earth_build(
             &dir,
             &target,
             &lower_opts,
-            &mut |r| {
-                let resolved = bases.resolve_blocking(&handle, r)?;
+            &mut |r, platform| {
+                let resolved = bases.resolve_blocking(&handle, r, platform)?;
                 let hold = store2.hold_image(&resolved.manifest)?;
                 holds2.lock().expect("image holds").push(hold);
                 Ok(resolved)

@@ -151,6 +151,82 @@ pub fn export_image(
     });
     let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
     let digest = store.put_blob(Algorithm::Sha256, &manifest_bytes)?.digest;
+    let blobs: Vec<Digest> = std::iter::once(config_digest.clone())
+        .chain(layers.iter().map(|l| l.blob.digest.clone()))
+        .collect();
+    name_in_store(
+        store,
+        tags,
+        &blobs,
+        &[],
+        (&digest, media_type::OCI_MANIFEST),
+    )?;
+    Ok(Exported {
+        manifest: digest,
+        config: config_digest,
+        manifest_bytes,
+    })
+}
+
+/// A multi-platform image: an OCI index over image manifests of the store, one per
+/// platform (each built by its own [`crate::build`]), named by each of `tags` (the
+/// children and their blobs are linked into each repository too, so the registry
+/// serves them). Returns the index's digest.
+pub fn export_index(
+    store: &Store,
+    children: &[(crate::Platform, Digest)],
+    tags: &[String],
+) -> Result<Digest> {
+    let mut manifests = Vec::with_capacity(children.len());
+    let mut blobs = Vec::new();
+    for (platform, digest) in children {
+        let bytes = store.read_blob(digest)?.ok_or_else(|| {
+            BuildError::Image(format!("manifest {digest} is missing from the store"))
+        })?;
+        let (m, _) = berth_oci::Manifest::parse(&bytes, None)
+            .map_err(|e| BuildError::Image(format!("manifest {digest}: {e}")))?;
+        blobs.extend(m.blobs().map(|d| d.digest.clone()));
+        let mut p = serde_json::json!({
+            "architecture": platform.architecture,
+            "os": platform.os,
+        });
+        if !platform.variant.is_empty() {
+            p["variant"] = serde_json::json!(platform.variant);
+        }
+        manifests.push(serde_json::json!({
+            "mediaType": media_type::OCI_MANIFEST,
+            "digest": digest.to_string(),
+            "size": bytes.len(),
+            "platform": p,
+        }));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_INDEX,
+        "manifests": manifests,
+    });
+    let bytes = serde_json::to_vec(&index).expect("json");
+    let digest = store.put_blob(Algorithm::Sha256, &bytes)?.digest;
+    let child_manifests: Vec<Digest> = children.iter().map(|(_, d)| d.clone()).collect();
+    name_in_store(
+        store,
+        tags,
+        &blobs,
+        &child_manifests,
+        (&digest, media_type::OCI_INDEX),
+    )?;
+    Ok(digest)
+}
+
+/// Name `top` (digest, media type) by each of `tags` in the store, with `blobs` and the
+/// image manifests `manifests` it references linked into each repository.
+fn name_in_store(
+    store: &Store,
+    tags: &[String],
+    blobs: &[Digest],
+    manifests: &[Digest],
+    top: (&Digest, &str),
+) -> Result<()> {
     let repos = store.repos();
     for t in tags {
         let written = berth_oci::WrittenReference::parse(t)
@@ -158,18 +234,16 @@ pub fn export_image(
         let (name, tag) = (written.local_repository(), written.tag_or_latest());
         berth_oci::validate_repository(&name)
             .map_err(|e| BuildError::Invalid(format!("image name {t:?}: {e}")))?;
-        repos.link_blob(&name, &config_digest)?;
-        for l in layers {
-            repos.link_blob(&name, &l.blob.digest)?;
+        for b in blobs {
+            repos.link_blob(&name, b)?;
         }
-        repos.link_manifest(&name, &digest, media_type::OCI_MANIFEST)?;
-        repos.set_tag(&name, tag, &digest)?;
+        for m in manifests {
+            repos.link_manifest(&name, m, media_type::OCI_MANIFEST)?;
+        }
+        repos.link_manifest(&name, top.0, top.1)?;
+        repos.set_tag(&name, tag, top.0)?;
     }
-    Ok(Exported {
-        manifest: digest,
-        config: config_digest,
-        manifest_bytes,
-    })
+    Ok(())
 }
 
 /// The image every one of `tags` names already, if it is the one [`export_image`] would

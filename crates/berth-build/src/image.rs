@@ -13,6 +13,7 @@ use berth_store::Store;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BuildError, Result};
+use crate::platform::Platform;
 
 /// Reads JSON `null` as the type's default (empty). Docker writes `"Env": null`,
 /// `"Cmd": null`, `"Volumes": null`, `"history": null` … wherever its Go structs hold a
@@ -174,6 +175,13 @@ pub struct ImageConfig {
     /// Operating system.
     #[serde(default, deserialize_with = "null_as_default")]
     pub os: String,
+    /// CPU variant (`v7` of `arm`).
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub variant: String,
     /// Runtime configuration.
     #[serde(default, deserialize_with = "null_as_default")]
     pub config: ContainerConfig,
@@ -232,17 +240,19 @@ pub fn host_platform() -> (&'static str, &'static str) {
 }
 
 /// Pull `reference` (as written in the build file) from its registry into the store:
-/// the manifest for the host platform, its config and layers (see
-/// [`berth_client::pull_image`]). Returns the manifest's digest.
+/// the manifest for `platform` (os and architecture; a variant is picked later, by
+/// [`load_for`]), its config and layers (see [`berth_client::pull_image`]). Returns the
+/// manifest's digest.
 pub(crate) async fn pull(
     client: &berth_client::Client,
     store: &Store,
     reference: &str,
+    platform: &Platform,
 ) -> Result<Digest> {
     let r: Reference = reference
         .parse()
         .map_err(|e: ReferenceError| BuildError::Image(e.to_string()))?;
-    let (os, arch) = host_platform();
+    let (os, arch) = (&platform.os, &platform.architecture);
     let opts = PullOptions::new(berth_client::Platform::new(os, arch));
     match berth_client::pull_image(client, store, &r, &opts).await {
         Ok(pulled) => Ok(pulled.manifest),
@@ -268,6 +278,16 @@ pub type PullFn<'a> = dyn Fn(&str) -> Result<Digest> + 'a;
 /// or else an image in a registry, pulled into the store through `pull` (which gets
 /// the reference and returns the manifest digest).
 pub fn resolve(store: &Store, reference: &str, pull: Option<&PullFn<'_>>) -> Result<ResolvedImage> {
+    resolve_for(store, reference, &Platform::host(), pull)
+}
+
+/// [`resolve`] for `platform`: an index gives its manifest for that platform.
+pub fn resolve_for(
+    store: &Store,
+    reference: &str,
+    platform: &Platform,
+    pull: Option<&PullFn<'_>>,
+) -> Result<ResolvedImage> {
     let manifest = if let Some(rest) = reference.strip_prefix(berth_oci::LAYOUT_SCHEME) {
         import_layout(store, rest)?
     } else {
@@ -277,12 +297,55 @@ pub fn resolve(store: &Store, reference: &str, pull: Option<&PullFn<'_>>) -> Res
             (Err(e), None) => return Err(e),
         }
     };
-    load(store, reference, manifest)
+    load_for(store, reference, manifest, platform)
 }
 
 /// The image `reference` resolved to, `manifest` (an image manifest or an index, in
 /// the store): for an index, its manifest for the host platform; and its config.
 pub(crate) fn load(store: &Store, reference: &str, manifest: Digest) -> Result<ResolvedImage> {
+    load_for(store, reference, manifest, &Platform::host())
+}
+
+/// Whether `manifest` (in the store) serves `platform`: an index with that platform's
+/// manifest in the store, or an image manifest whose config names that platform (or
+/// none).
+pub(crate) fn serves(store: &Store, manifest: &Digest, platform: &Platform) -> bool {
+    let Ok(Some(bytes)) = store.read_blob(manifest) else {
+        return false;
+    };
+    let Ok((m, mt)) = Manifest::parse(&bytes, None) else {
+        return false;
+    };
+    if media_type::is_index(&mt) {
+        return m.manifests.iter().any(|d| {
+            d.platform.as_ref().is_some_and(|p| platform.matches(p))
+                && store.blob_size(&d.digest).ok().flatten().is_some()
+        });
+    }
+    let config = m
+        .config
+        .and_then(|c| store.read_blob(&c.digest).ok().flatten())
+        .and_then(|b| serde_json::from_slice::<ImageConfig>(&b).ok());
+    config.is_some_and(|c| c.architecture.is_empty() || platform.matches(&config_platform(&c)))
+}
+
+/// The `platform` object of an index entry for `config`.
+fn config_platform(config: &ImageConfig) -> serde_json::Value {
+    serde_json::json!({
+        "os": config.os,
+        "architecture": config.architecture,
+        "variant": config.variant,
+    })
+}
+
+/// [`load`] for `platform`. An image manifest (not an index) is taken whatever its
+/// config says, with a warning when that is another platform, as BuildKit does.
+pub(crate) fn load_for(
+    store: &Store,
+    reference: &str,
+    manifest: Digest,
+    platform: &Platform,
+) -> Result<ResolvedImage> {
     let bytes = store.read_blob(&manifest)?.ok_or_else(|| {
         BuildError::Image(format!(
             "manifest {manifest} of {reference} is missing from the store"
@@ -291,17 +354,28 @@ pub(crate) fn load(store: &Store, reference: &str, manifest: Digest) -> Result<R
     let (m, mt) = Manifest::parse(&bytes, None)
         .map_err(|e| BuildError::Image(format!("{reference}: {e}")))?;
     let (manifest, m) = if media_type::is_index(&mt) {
-        let (os, arch) = host_platform();
         let pick = m
             .manifests
             .iter()
-            .find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| p["os"] == os && p["architecture"] == arch)
-            })
+            .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
             .ok_or_else(|| {
-                BuildError::Image(format!("{reference} has no image for {os}/{arch}"))
+                let has: Vec<String> = m
+                    .manifests
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref())
+                    .map(|p| {
+                        let f = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                        Platform::new(&f("os"), &f("architecture"), &f("variant")).to_string()
+                    })
+                    .collect();
+                BuildError::Image(format!(
+                    "{reference} has no image for {platform}; it has: {}",
+                    if has.is_empty() {
+                        "no platforms named".to_string()
+                    } else {
+                        has.join(", ")
+                    }
+                ))
             })?;
         let bytes = store.read_blob(&pick.digest)?.ok_or_else(|| {
             BuildError::Image(format!("{reference}: manifest {} is missing", pick.digest))
@@ -324,6 +398,13 @@ pub(crate) fn load(store: &Store, reference: &str, manifest: Digest) -> Result<R
     })?;
     let config: ImageConfig = serde_json::from_slice(&cfg_bytes)
         .map_err(|e| BuildError::Image(format!("{reference}: image config is not valid: {e}")))?;
+    if !config.architecture.is_empty() && !platform.matches(&config_platform(&config)) {
+        tracing::warn!(
+            "{reference} is a {}/{} image, not {platform}; using it as it is",
+            config.os,
+            config.architecture
+        );
+    }
     if config.rootfs.diff_ids.len() != m.layers.len() {
         return Err(BuildError::Image(format!(
             "{reference}: config lists {} layers, manifest {}",

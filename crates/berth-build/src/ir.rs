@@ -272,6 +272,11 @@ pub struct ExecOp {
     /// failure is no part of the key.
     #[serde(skip)]
     pub on_failure: Vec<FailureSave>,
+    /// The platform whose binaries the step runs, when it is not this host's: the
+    /// solver checks that the kernel can emulate it. Left out of the digest when absent
+    /// (the inputs' keys already differ by platform). Boxed: `Op` stays small.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Box<crate::platform::Platform>>,
 }
 
 /// A path of a failed command's file system written to the host.

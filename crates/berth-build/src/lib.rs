@@ -55,6 +55,7 @@ pub mod image;
 pub mod ir;
 mod mode;
 mod pattern;
+pub mod platform;
 mod probe;
 mod prune;
 mod secrets;
@@ -70,7 +71,7 @@ pub use earthbuild::{
     earth_build, local_staging, place_local_output,
 };
 pub use error::{BuildError, Result};
-pub use export::{Exported, export_image, export_oci_tar, export_rootfs, push_image};
+pub use export::{Exported, export_image, export_index, export_oci_tar, export_rootfs, push_image};
 pub use frontend::dockerfile::Dockerfile;
 pub use frontend::dockerfile::lower::{LowerOptions, Lowered, PROXY_ARGS, lower};
 pub use frontend::earthfile::Earthfile;
@@ -78,6 +79,7 @@ pub use frontend::source::{LineRange, Pos, Source, SourceError, Warning};
 pub use ir::Entitlement;
 pub use ir::parse_extra_host;
 pub use pattern::{Ignore, Pattern};
+pub use platform::Platform;
 pub use probe::{ProbeOptions, probe_cache};
 pub use prune::{BuildCache, CacheUsage, PruneOptions, PruneReport, cache_usage, prune};
 pub use solver::{

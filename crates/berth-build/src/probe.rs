@@ -62,6 +62,7 @@ pub async fn probe_cache(root: &Path, store: Store, opts: ProbeOptions) -> Resul
         allow: opts.allow.clone(),
         extra_hosts: opts.extra_hosts.clone(),
         cancel: Cancel::default(),
+        platform: None,
     };
     let handle = tokio::runtime::Handle::current();
     let bases = Bases::new(
@@ -69,12 +70,13 @@ pub async fn probe_cache(root: &Path, store: Store, opts: ProbeOptions) -> Resul
         None,
         ResolvePolicy::default(),
         Arc::new(NoProgress),
+        lower_opts.target_platform(),
     );
     let (name, text) = (opts.dockerfile_name.clone(), opts.dockerfile.clone());
     let lowered = tokio::task::spawn_blocking(move || {
         let df = Dockerfile::parse(&name, &text)?;
-        lower(&df, &lower_opts, &mut |r| {
-            bases.resolve_blocking(&handle, r)
+        lower(&df, &lower_opts, &mut |r, platform| {
+            bases.resolve_blocking(&handle, r, platform)
         })
     })
     .await

@@ -12,6 +12,7 @@ use std::fmt::Write;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use berth_build::Platform;
 use berth_build::image::{ContainerConfig, ImageConfig, ResolvedImage, host_platform};
 use berth_build::ir::{Entitlement, Op, State};
 use berth_build::{Dockerfile, LowerOptions, Lowered, Result, lower};
@@ -56,12 +57,24 @@ fn options(case: &str) -> LowerOptions {
             vec![Entitlement::NetworkHost]
         },
         cancel: Default::default(),
+        // `platform-*` cases build for another platform than the host's.
+        platform: case.starts_with("platform-").then(foreign_platform),
     }
+}
+
+/// A platform that is not this host's.
+fn foreign_platform() -> Platform {
+    let arch = if host_platform().1 == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    Platform::new("linux", arch, "")
 }
 
 /// Base images: any reference resolves to a manifest named after it and a config with
 /// a PATH, a user and a history entry; `onbuild-image` also has ONBUILD triggers.
-fn resolve(reference: &str) -> Result<ResolvedImage> {
+fn resolve(reference: &str, platform: &Platform) -> Result<ResolvedImage> {
     let mut config = ImageConfig {
         architecture: "amd64".into(),
         os: "linux".into(),
@@ -82,7 +95,12 @@ fn resolve(reference: &str) -> Result<ResolvedImage> {
     }
     Ok(ResolvedImage {
         reference: reference.to_string(),
-        manifest: Digest::sha256(reference.as_bytes()),
+        // Another platform's manifest is another image.
+        manifest: if platform.is_host() {
+            Digest::sha256(reference.as_bytes())
+        } else {
+            Digest::sha256(format!("{reference} {platform}").as_bytes())
+        },
         config,
     })
 }
@@ -152,7 +170,7 @@ fn dockerfiles_lower_to_their_graph_and_config() {
         let path = case.join("Dockerfile");
         let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let df = Dockerfile::parse("Dockerfile", &text).expect("the case parses");
-        let got = match lower(&df, &options(&name), &mut |r| resolve(r)) {
+        let got = match lower(&df, &options(&name), &mut |r, p| resolve(r, p)) {
             Ok(lowered) => dump(&lowered),
             Err(e) => format!("error: {e}\n"),
         };

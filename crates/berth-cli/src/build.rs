@@ -24,6 +24,12 @@ pub struct BuildArgs {
     /// Build this stage instead of the last.
     #[arg(long)]
     target: Option<String>,
+    /// Build the image for this platform (os/arch[/variant], e.g. linux/arm64) instead
+    /// of this machine's, or for several (linux/amd64,linux/arm64: one build each, named
+    /// together as an OCI index): base images are resolved to that platform's manifest, and RUN
+    /// steps run through the kernel's binfmt_misc emulation (qemu-user-static).
+    #[arg(long, value_parser = parse_platforms)]
+    platform: Option<Platforms>,
     /// A build argument, KEY=VALUE (repeatable).
     #[arg(long = "build-arg", value_parser = key_value)]
     build_args: Vec<(String, String)>,
@@ -97,6 +103,24 @@ fn key_value(s: &str) -> Result<(String, String), String> {
             .map(|v| (s.to_string(), v))
             .map_err(|_| format!("--build-arg {s}: no value given and ${s} is not set")),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// `--platform`'s list.
+#[derive(Clone, Debug)]
+struct Platforms(Vec<berth_build::Platform>);
+
+fn parse_platforms(s: &str) -> Result<Platforms, String> {
+    berth_build::Platform::parse_list(s).map(Platforms)
+}
+
+pub(crate) fn parse_platform(s: &str) -> Result<berth_build::Platform, String> {
+    let list = berth_build::Platform::parse_list(s)?;
+    match list.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(format!(
+            "{s}: berth builds one platform at a time; run one build per platform"
+        )),
     }
 }
 
@@ -204,6 +228,26 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         .iter()
         .any(|o| matches!(o, berth_build::OutputSpec::OciTar(_)));
     let build = settings.build(&args.allow)?;
+    let platforms = args
+        .platform
+        .as_ref()
+        .map(|p| p.0.clone())
+        .unwrap_or_default();
+    let one_platform = match platforms.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    };
+    let multi = platforms.len() > 1;
+    if multi && args.load {
+        bail!(
+            "--load with several platforms: Docker keeps one image per name; load one platform (e.g. --platform linux/arm64 --load)"
+        );
+    }
+    if multi && !outputs.is_empty() {
+        bail!(
+            "--output with several platforms is not supported yet; build one platform for an OCI or local output"
+        );
+    }
     let tty = match args.progress {
         _ if args.quiet => false,
         Mode::Tty => true,
@@ -219,6 +263,11 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     if let Some(name) =
         crate::satellite::chosen(args.satellite.as_deref(), args.no_satellite, settings)?
     {
+        if multi {
+            bail!(
+                "--platform with several platforms: satellites build one platform at a time; build each on the satellite, or all with --no-satellite"
+            );
+        }
         return remote(
             settings, &name, &args, context, dockerfile, secrets, ssh, &build, sink, tty_view,
         );
@@ -260,6 +309,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         extra_hosts: args.add_hosts.clone(),
         ca_bundle: None,
         step_slots: None,
+        platform: one_platform.clone(),
     };
     // [network] ca_to_steps: the bundle lives in the root's tmp/ for this build only.
     let step_ca = settings
@@ -278,6 +328,41 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if multi {
+        // One build per platform (sharing the store and cache), then an index over them.
+        let mut children = Vec::new();
+        for p in &platforms {
+            let one = BuildOptions {
+                platform: Some(p.clone()),
+                tags: Vec::new(),
+                ..opts.clone()
+            };
+            let built = run_cancelable(
+                &rt,
+                berth_build::build(&settings.root, store.clone(), executor.clone(), one),
+                &cancel,
+                executor.as_ref(),
+                tty_view.as_deref(),
+            )?;
+            children.push((p.clone(), built.manifest));
+        }
+        let index = berth_build::export_index(&store, &children, &args.tags)?;
+        for t in args.tags.iter().filter(|_| !args.quiet) {
+            println!("{t}");
+        }
+        println!("{index}");
+        if args.push {
+            push_tags(settings, &rt, &store, &index, &args.tags)?;
+        }
+        if !args.quiet {
+            let names: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+            eprintln!(
+                "built a multi-platform image (index {index}: {})",
+                names.join(", ")
+            );
+        }
+        return Ok(());
+    }
     let result = run_cancelable(
         &rt,
         berth_build::build(&settings.root, store, executor.clone(), opts),
@@ -300,16 +385,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         }
     }
     if args.push {
-        if args.tags.is_empty() {
-            bail!("--push needs at least one -t name saying where to push");
-        }
-        let client = settings.registry_client();
-        for t in &args.tags {
-            let dest: berth_oci::Reference = t.parse()?;
-            let digest =
-                rt.block_on(push_one(&store_for_push, &client, &result.manifest, &dest))?;
-            println!("{}/{}@{digest}", dest.registry, dest.repository);
-        }
+        push_tags(settings, &rt, &store_for_push, &result.manifest, &args.tags)?;
     }
     if !args.quiet {
         eprintln!(
@@ -417,6 +493,12 @@ fn remote(
         force_compression: args.force_compression,
         push: args.push,
         credentials,
+        platform: args
+            .platform
+            .as_ref()
+            .and_then(|p| p.0.first())
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         ..Default::default()
     };
     let result = crate::satellite::build(
@@ -577,6 +659,27 @@ pub struct PushArgs {
     name: String,
     /// Where to push it [default: NAME itself, e.g. registry.internal:5000/app:1].
     dest: Option<String>,
+}
+
+/// `--push`: the image (or index) `manifest` to the registry of each of `tags`, each
+/// pushed digest printed.
+fn push_tags(
+    settings: &Settings,
+    rt: &tokio::runtime::Runtime,
+    store: &berth_store::Store,
+    manifest: &berth_oci::Digest,
+    tags: &[String],
+) -> Result<()> {
+    if tags.is_empty() {
+        bail!("--push needs at least one -t name saying where to push");
+    }
+    let client = settings.registry_client();
+    for t in tags {
+        let dest: berth_oci::Reference = t.parse()?;
+        let digest = rt.block_on(push_one(store, &client, manifest, &dest))?;
+        println!("{}/{}@{digest}", dest.registry, dest.repository);
+    }
+    Ok(())
 }
 
 pub(crate) async fn push_one(

@@ -67,9 +67,11 @@ struct EarthCli {
     /// WITH DOCKER.
     #[arg(short = 'P', long = "allow-privileged")]
     allow_privileged: bool,
-    /// Build for this platform (only the host's is supported).
-    #[arg(long)]
-    platform: Option<String>,
+    /// Build the invoked target for this platform (os/arch[/variant], e.g. linux/arm64);
+    /// RUN steps of another platform than this machine's run through binfmt_misc
+    /// emulation (qemu-user-static).
+    #[arg(long, value_parser = crate::build::parse_platform)]
+    platform: Option<berth_build::Platform>,
     /// Progress display.
     #[arg(long, value_enum, default_value = "auto")]
     progress: Mode,
@@ -229,16 +231,6 @@ pub fn build_target(
 }
 
 fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
-    if let Some(p) = &cli.platform {
-        let host = berth_build::image::host_platform();
-        if *p != format!("{}/{}", host.0, host.1) {
-            bail!(
-                "--platform {p}: berth builds for the host platform {}/{} only",
-                host.0,
-                host.1
-            );
-        }
-    }
     let (target, output) = match (&cli.artifact, &cli.image, &cli.target) {
         (Some(a), None, None) => {
             let r = &a[0];
@@ -354,6 +346,7 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
         satellite: false,
         local_sink: None,
         step_slots: None,
+        platform: cli.platform.clone(),
     };
     let store = crate::open_store(settings)?;
     let executor: Arc<dyn berth_exec::Executor> =
@@ -477,6 +470,11 @@ fn remote(
         image_only: r.output == EarthOutput::Image,
         artifact: artifact.0,
         artifact_dest: artifact.1,
+        platform: cli
+            .platform
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         ..Default::default()
     };
     if let Some(pool) = name.strip_prefix(berth_satellite::POOL_PREFIX)

@@ -386,6 +386,7 @@ async fn deploy(cp: &ControlPlane, ns: &str, image: &str, creds: Option<&PullCre
         context: None,
         namespace: Some(ns.to_owned()),
         force_conflicts: false,
+        network: Default::default(),
     })
     .await
     .unwrap();

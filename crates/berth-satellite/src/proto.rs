@@ -216,6 +216,10 @@ pub struct BuildRequest {
     pub artifact: ::prost::alloc::string::String,
     #[prost(string, tag = "27")]
     pub artifact_dest: ::prost::alloc::string::String,
+    /// The platform to build for (`--platform`, os/arch\[/variant\]); "" is the satellite's
+    /// own. A satellite older than this field ignores it and builds for its own platform.
+    #[prost(string, tag = "110")]
+    pub platform: ::prost::alloc::string::String,
 }
 /// One frame of an SshAgent session.
 #[allow(clippy::all)]

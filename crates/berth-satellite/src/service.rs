@@ -876,6 +876,7 @@ async fn run_build(
         }
     }
 
+    let platform = request_platform(&r.platform)?;
     let (etx, forward) = forward_events(sat, &tx);
     let cancel = cancel.clone();
     let tags = r.tags.clone();
@@ -915,6 +916,7 @@ async fn run_build(
         extra_hosts,
         ca_bundle: None,
         step_slots: None,
+        platform,
     };
     let step_ca = network
         .step_bundle(&sat.inner.dirs.root.join("tmp"))
@@ -998,6 +1000,7 @@ async fn run_earth(
             "--artifact: the destination must be absolute (on the client)".into(),
         ));
     }
+    let platform = request_platform(&r.platform)?;
     let (_held, tree) = checkout(sat, &contexts, &r.context, &r.snapshot).await?;
     let tree = tree
         .canonicalize()
@@ -1048,6 +1051,7 @@ async fn run_earth(
             next: std::sync::atomic::AtomicU32::new(0),
         })),
         step_slots: sat.inner.step_slots.clone(),
+        platform,
     };
     let root = sat.inner.dirs.root.clone();
     let result = until_done(
@@ -1220,6 +1224,16 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// `BuildRequest.platform`: `None` for "" (the satellite's own).
+fn request_platform(p: &str) -> Result<Option<berth_build::Platform>, SatError> {
+    if p.is_empty() {
+        return Ok(None);
+    }
+    berth_build::Platform::parse(p)
+        .map(Some)
+        .map_err(|m| SatError::BadRequest(format!("--platform: {m}")))
 }
 
 #[cfg(test)]

@@ -27,6 +27,12 @@ impl Solver {
                 "RUN needs a file system, not a directory".into(),
             ));
         };
+        // A foreign platform's step runs through the kernel's binfmt_misc emulation;
+        // without it, the step's first exec would fail with a bare "exec format error".
+        if let Some(p) = &op.platform {
+            p.check_emulation()
+                .map_err(|m| BuildError::Invalid(format!("{}: {m}", state.vertex().name)))?;
+        }
         let active = self.prepare(below)?;
         let mut holds = Holds::default();
         let result = self.exec_in(state, id, op, inputs, &active, &mut holds);

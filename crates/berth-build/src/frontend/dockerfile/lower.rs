@@ -24,8 +24,9 @@ use crate::frontend::dockerfile::instructions::{
     PortSpec, Protocol, Stage,
 };
 use crate::frontend::source::Pos;
-use crate::image::{ContainerConfig, History, ImageConfig, ResolvedImage, host_platform};
+use crate::image::{ContainerConfig, History, ImageConfig, ResolvedImage};
 use crate::ir::{self, FileAction, FileOp, ImageSource, LocalSource, State};
+use crate::platform::Platform;
 use crate::solver::Cancel;
 
 mod bases;
@@ -77,7 +78,19 @@ pub struct LowerOptions {
     pub allow: Vec<ir::Entitlement>,
     /// Stops lowering between instructions with [`BuildError::Canceled`].
     pub cancel: Cancel,
+    /// The platform the image is for (`--platform`; `None`: this host's).
+    pub platform: Option<Platform>,
 }
+
+impl LowerOptions {
+    /// The build's target platform.
+    pub fn target_platform(&self) -> Platform {
+        self.platform.clone().unwrap_or_else(Platform::host)
+    }
+}
+
+/// Resolves an image reference as written for a platform (see [`lower`]).
+pub type ResolveFn<'a> = dyn FnMut(&str, &Platform) -> Result<ResolvedImage> + 'a;
 
 /// The lowered target.
 #[derive(Debug, Clone)]
@@ -104,24 +117,23 @@ struct StageOut {
     vars: Vec<Var>,
     /// The ARGs declared, in order (see [`StageState::arg_names`]).
     arg_names: Vec<String>,
+    /// The platform the stage is for.
+    platform: Platform,
 }
 
 struct Lowerer<'a> {
     df: &'a Dockerfile,
     opts: &'a LowerOptions,
-    resolve: &'a mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    resolve: &'a mut ResolveFn<'a>,
     meta: HashMap<String, Option<String>>,
     done: HashMap<usize, StageOut>,
     context: State,
-    images: HashMap<String, (State, ImageConfig)>,
+    images: ImageMemo,
 }
 
-/// Lower `df` for the target stage.
-pub fn lower(
-    df: &Dockerfile,
-    opts: &LowerOptions,
-    resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
-) -> Result<Lowered> {
+/// Lower `df` for the target stage; `resolve` gives an image reference's manifest for a
+/// platform (the stage's: `FROM --platform`, else the target's).
+pub fn lower(df: &Dockerfile, opts: &LowerOptions, resolve: &mut ResolveFn<'_>) -> Result<Lowered> {
     lower_in(df, opts, "context", resolve)
 }
 
@@ -131,7 +143,7 @@ pub(crate) fn lower_in(
     df: &Dockerfile,
     opts: &LowerOptions,
     context_name: &str,
-    resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    resolve: &mut ResolveFn<'_>,
 ) -> Result<Lowered> {
     let meta = meta_args(df, opts)?;
     let target = target_stage(df, opts)?;
@@ -166,20 +178,12 @@ pub(crate) fn meta_args(
 ) -> Result<HashMap<String, Option<String>>> {
     let escape = df.directives.escape;
     // BuildKit's automatic platform ARGs: global, and visible in a stage once declared.
-    let (os, arch) = host_platform();
-    let mut meta: HashMap<String, Option<String>> = [
-        ("TARGETPLATFORM", format!("{os}/{arch}")),
-        ("TARGETOS", os.to_string()),
-        ("TARGETARCH", arch.to_string()),
-        ("TARGETVARIANT", String::new()),
-        ("BUILDPLATFORM", format!("{os}/{arch}")),
-        ("BUILDOS", os.to_string()),
-        ("BUILDARCH", arch.to_string()),
-        ("BUILDVARIANT", String::new()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), Some(v)))
-    .collect();
+    let mut meta: HashMap<String, Option<String>> = opts
+        .target_platform()
+        .build_args(&Platform::host())
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Some(v)))
+        .collect();
     for m in &df.meta_args {
         if opts.cancel.is_canceled() {
             return Err(BuildError::Canceled);
@@ -352,6 +356,8 @@ struct StageState {
     /// The ARGs declared in this stage (and its base stage), each once, in order, with or
     /// without a value: what BuildKit's RUN history lists (`RUN |2 A=1 B= …`).
     arg_names: Vec<String>,
+    /// The platform the stage is for: its RUN steps run that platform's binaries.
+    platform: Platform,
 }
 
 impl StageState {
@@ -408,8 +414,8 @@ impl Lowerer<'_> {
             .map_err(|e| src_err(self.df, line, 1, &e.to_string()))
     }
 
-    fn image(&mut self, reference: &str) -> Result<(State, ImageConfig)> {
-        memo_image(&mut self.images, &mut *self.resolve, reference)
+    fn image(&mut self, reference: &str, platform: &Platform) -> Result<(State, ImageConfig)> {
+        memo_image(&mut self.images, &mut *self.resolve, reference, platform)
     }
 
     /// A stage by name, in any case, or index (for `--from`), lowering it if needed.
@@ -443,11 +449,11 @@ impl Lowerer<'_> {
         Ok(idx)
     }
 
-    /// The state named by `--from` (a stage or an image).
-    fn state_named(&mut self, name: &str, before: usize) -> Result<State> {
+    /// The state named by `--from` (a stage, or an image for `platform`).
+    fn state_named(&mut self, name: &str, before: usize, platform: &Platform) -> Result<State> {
         match self.stage_ref(name, before)? {
             Some(i) => Ok(self.done[&i].state.clone()),
-            None => Ok(self.image(name)?.0),
+            None => Ok(self.image(name, platform)?.0),
         }
     }
 
@@ -493,6 +499,7 @@ impl Lowerer<'_> {
                 base_history: st.base_history,
                 vars: st.vars,
                 arg_names: st.arg_names,
+                platform: st.platform,
             },
         );
         Ok(())
@@ -513,42 +520,43 @@ impl Lowerer<'_> {
             escape,
         )
         .map_err(|e| src_err(df, line, 1, &e.to_string()))?;
-        if let Some(p) = &stage.from.platform {
-            let p = expand(p, |k| meta.get(k).cloned().flatten(), escape).unwrap_or_default();
-            let (os, arch) = host_platform();
-            if !p.is_empty() && p != format!("{os}/{arch}") && !p.contains("BUILDPLATFORM") {
-                return Err(src_err(
-                    df,
-                    line,
-                    1,
-                    &format!("--platform={p}: berth builds for the host platform {os}/{arch} only"),
-                ));
+        // `FROM --platform=$BUILDPLATFORM` and the like: the stage's own platform.
+        let asked = match &stage.from.platform {
+            Some(p) => {
+                let p = expand(p, |k| meta.get(k).cloned().flatten(), escape)
+                    .map_err(|e| src_err(df, line, 1, &e.to_string()))?;
+                let p = Platform::parse(&p)
+                    .map_err(|m| src_err(df, line, 1, &format!("FROM --platform: {m}")))?;
+                Some(p)
             }
-        }
-        let (state, mut config, inherited) = if from.eq_ignore_ascii_case("scratch") {
-            let (os, arch) = host_platform();
-            let mut config = ImageConfig {
-                architecture: arch.into(),
-                os: os.into(),
-                ..Default::default()
-            };
+            None => None,
+        };
+        let target = asked.clone().unwrap_or_else(|| self.opts.target_platform());
+        let (state, mut config, inherited, platform) = if from.eq_ignore_ascii_case("scratch") {
+            let mut config = ImageConfig::default();
             // BuildKit's empty image works in `/`.
             config.config.working_dir = "/".into();
-            (State::scratch(), config, None)
+            (State::scratch(), config, None, target)
         } else if let Some(i) = self.base_stage(&from, idx)? {
             let o = &self.done[&i];
             (
                 o.state.clone(),
                 o.config.clone(),
                 Some((o.vars.clone(), o.arg_names.clone())),
+                // A stage built on another is for that one's platform unless it says.
+                asked.unwrap_or_else(|| o.platform.clone()),
             )
         } else {
-            let (state, config) = self.image(&from).map_err(|e| match e {
+            let (state, config) = self.image(&from, &target).map_err(|e| match e {
                 BuildError::Image(m) => src_err(df, line, 1, &m),
                 e => e,
             })?;
-            (state, config, None)
+            (state, config, None, target)
         };
+        // The image is for the stage's platform, whatever the base's config said.
+        config.os = platform.os.clone();
+        config.architecture = platform.architecture.clone();
+        config.variant = platform.variant.clone();
         // As BuildKit: an image always gets a PATH, and its Env is where a stage's
         // variables start (a stage's base stage hands on its own, ARGs included).
         if config.config.env_get("PATH").is_none() {
@@ -588,6 +596,7 @@ impl Lowerer<'_> {
             vars,
             cmd_set_here: false,
             arg_names,
+            platform,
         };
         Ok((st, triggers))
     }
@@ -814,22 +823,29 @@ pub(crate) fn command_list(c: &CommandLine, config: &ContainerConfig) -> Vec<Str
     }
 }
 
-/// Image `reference` as a state and its config, resolved once per build through
-/// `resolve` and kept in `images` (both frontends' `FROM`, Earthly's `--pull`).
+/// Images resolved in one lowering, by reference and platform.
+pub(crate) type ImageMemo = HashMap<(String, Platform), (State, ImageConfig)>;
+
+/// Image `reference` for `platform` as a state and its config, resolved once per build
+/// through `resolve` and kept in `images` (both frontends' `FROM`, Earthly's `--pull`).
+/// The state names the platform's own manifest, so the cache keys of what is built on
+/// it differ by platform.
 pub(crate) fn memo_image(
-    images: &mut HashMap<String, (State, ImageConfig)>,
-    resolve: &mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    images: &mut ImageMemo,
+    resolve: &mut ResolveFn<'_>,
     reference: &str,
+    platform: &Platform,
 ) -> Result<(State, ImageConfig)> {
-    if let Some(x) = images.get(reference) {
+    let key = (reference.to_string(), platform.clone());
+    if let Some(x) = images.get(&key) {
         return Ok(x.clone());
     }
-    let r = resolve(reference)?;
+    let r = resolve(reference, platform)?;
     let st = State::image(ImageSource {
         reference: reference.to_string(),
         manifest: r.manifest.clone(),
     });
-    images.insert(reference.to_string(), (st.clone(), r.config.clone()));
+    images.insert(key, (st.clone(), r.config.clone()));
     Ok((st, r.config))
 }
 
@@ -846,7 +862,8 @@ mod tests {
             "FROM scratch\nRUN a\nRUN --network=none b\nRUN --network=default c\nRUN --network=host d\n",
         )
         .unwrap();
-        let mut resolve = |r: &str| panic!("FROM scratch resolves nothing, asked for {r}");
+        let mut resolve =
+            |r: &str, _: &crate::Platform| panic!("FROM scratch resolves nothing, asked for {r}");
         let err = lower(&df, &LowerOptions::default(), &mut resolve).unwrap_err();
         assert!(
             err.to_string().starts_with(
@@ -886,7 +903,8 @@ mod tests {
             "FROM scratch\nRUN --security=sandbox a\nRUN --security=insecure b\n",
         )
         .unwrap();
-        let mut resolve = |r: &str| panic!("FROM scratch resolves nothing, asked for {r}");
+        let mut resolve =
+            |r: &str, _: &crate::Platform| panic!("FROM scratch resolves nothing, asked for {r}");
         let opts = LowerOptions {
             allow: vec![Entitlement::NetworkHost],
             ..LowerOptions::default()

@@ -27,15 +27,16 @@ use crate::frontend::dockerfile::expand::expand;
 use crate::frontend::dockerfile::instructions::{CommandLine, InstructionKind, RunMount};
 use crate::frontend::dockerfile::lower::run::{MountEnv, base_name, clean_abs, exec_mount};
 use crate::frontend::dockerfile::lower::{
-    DEFAULT_PATH, command_list, exposed_ports, healthcheck, memo_image,
+    DEFAULT_PATH, ImageMemo, ResolveFn, command_list, exposed_ports, healthcheck, memo_image,
 };
 use crate::frontend::source::Pos;
-use crate::image::{History, ImageConfig, ResolvedImage, host_platform};
+use crate::image::{History, ImageConfig, host_platform};
 use crate::ir::{
     self, DockerCompose, ExecMount, ExecOp, FileAction, FileOp, GitSource, LocalSource,
     MountSource, Op, Sharing, State,
 };
 use crate::pattern::Ignore;
+use crate::platform::Platform;
 use crate::solver::Cancel;
 
 /// What lowering needs besides the Earthfiles.
@@ -68,6 +69,8 @@ pub struct EarthOptions {
     /// outside it, `LOCALLY` (it would run on the satellite's host) and `TRY` without
     /// `--no-output` (its saves would land there too) are refused.
     pub satellite: bool,
+    /// The platform the invoked target is for (`--platform`; `None`: this host's).
+    pub platform: Option<Platform>,
 }
 
 /// The lowered build: every target reached, and which one was invoked.
@@ -127,6 +130,8 @@ pub struct TargetOut {
     pub saved: Vec<SavedPath>,
     /// Its `HOST` lines, which `FROM` of it inherits with its state.
     pub hosts: Vec<(String, std::net::IpAddr)>,
+    /// The platform its image is for.
+    pub platform: Platform,
 }
 
 impl TargetOut {
@@ -259,6 +264,9 @@ struct Ts {
     locally: bool,
     /// `HOST` lines for the `/etc/hosts` of its RUNs (until a `FROM`).
     hosts: Vec<(String, std::net::IpAddr)>,
+    /// The platform the target is for: the one it was referenced for, or its `FROM
+    /// --platform`'s.
+    platform: Platform,
 }
 
 impl Ts {
@@ -342,13 +350,13 @@ impl Ts {
 /// Lowers targets of Earthfiles.
 pub struct Lowerer<'a> {
     opts: &'a EarthOptions,
-    resolve: &'a mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    resolve: &'a mut ResolveFn<'a>,
     root: PathBuf,
     projects: HashMap<PathBuf, Arc<Project>>,
     memo: HashMap<String, usize>,
     active: Vec<(String, String)>,
     targets: Vec<TargetOut>,
-    images: HashMap<String, (State, ImageConfig)>,
+    images: ImageMemo,
     contexts: HashMap<String, PathBuf>,
     sources: Vec<(String, crate::SourceError)>,
     host: &'a mut dyn Host,
@@ -356,6 +364,10 @@ pub struct Lowerer<'a> {
     try_saves: Vec<ir::FailureSave>,
     /// Checkouts of remote references → the reference, for labels.
     remote_names: HashMap<PathBuf, String>,
+    /// The platform of the command being lowered: its `--platform`, else its target's.
+    /// A target it references (`FROM +t`, `COPY +t/a`, `BUILD +t`) is lowered for it,
+    /// and an image it names is resolved for it.
+    platform: Platform,
 }
 
 /// What lowering asks of the machine it runs on. Earthly runs some commands while it
@@ -448,7 +460,7 @@ pub fn lower<'a>(
     dir: &Path,
     reference: &str,
     opts: &'a EarthOptions,
-    resolve: &'a mut dyn FnMut(&str) -> Result<ResolvedImage>,
+    resolve: &'a mut ResolveFn<'a>,
     host: &'a mut dyn Host,
 ) -> Result<Plan> {
     let root = std::fs::canonicalize(dir)
@@ -467,6 +479,7 @@ pub fn lower<'a>(
         host,
         try_saves: Vec::new(),
         remote_names: HashMap::new(),
+        platform: opts.platform.clone().unwrap_or_else(Platform::host),
     };
     let (proj_part, name) = reference.split_once('+').ok_or_else(|| {
         BuildError::Invalid(format!(
@@ -810,7 +823,11 @@ impl Lowerer<'_> {
         at: Option<(&Arc<Project>, Pos)>,
     ) -> Result<usize> {
         let label = format!("{}+{name}", proj.reference);
-        let key = format!("{}+{name} {overrides:?}", proj.dir.display());
+        let key = format!(
+            "{}+{name} {overrides:?} {}",
+            proj.dir.display(),
+            self.platform
+        );
         if let Some(&i) = self.memo.get(&key) {
             return Ok(i);
         }
@@ -842,14 +859,19 @@ impl Lowerer<'_> {
         };
         let body = recipe.body.clone();
         self.active.push((key.clone(), label.clone()));
+        // The target's commands set the command platform as they go; the command that
+        // referenced it gets its own back.
+        let outer = self.platform.clone();
         let result = (|| -> Result<Ts> {
             let mut ts = self.base(proj, &overrides)?;
             ts.label = label.clone();
             ts.name = name.to_string();
             ts.is_base = false;
+            self.platform = ts.platform.clone();
             self.stmts(&mut ts, proj, &body)?;
             Ok(ts)
         })();
+        self.platform = outer;
         self.active.pop();
         let mut ts = result?;
         if ts.pre_push.is_none() {
@@ -881,6 +903,7 @@ impl Lowerer<'_> {
             push_state,
             saved: ts.saved,
             hosts: ts.hosts,
+            platform: ts.platform,
         });
         let idx = self.targets.len() - 1;
         self.memo.insert(key, idx);
@@ -889,7 +912,7 @@ impl Lowerer<'_> {
 
     /// The base recipe of `proj` lowered with `overrides`: where every target starts.
     fn base(&mut self, proj: &Arc<Project>, overrides: &BTreeMap<String, String>) -> Result<Ts> {
-        let config = scratch_config();
+        let config = scratch_config(&self.platform);
         let mut ts = Ts {
             label: format!("{}+base", proj.reference),
             name: "base".into(),
@@ -911,6 +934,7 @@ impl Lowerer<'_> {
             is_base: true,
             locally: false,
             hosts: Vec::new(),
+            platform: self.platform.clone(),
         };
         let base = proj.ef.base.clone();
         self.stmts(&mut ts, proj, &base)?;
@@ -1091,6 +1115,7 @@ impl Lowerer<'_> {
     }
 
     fn command(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
+        self.platform = self.platform_of(ts, proj, c)?;
         if ts.pre_push.is_some()
             && !matches!(
                 c.name.as_str(),
@@ -1297,7 +1322,6 @@ impl Lowerer<'_> {
                 Ok(())
             }
             "BUILD" => {
-                self.platform(ts, proj, c)?;
                 let r = self.x(ts, proj, &c.args[0])?;
                 for idx in self.referenced_targets(ts, proj, c, &r, true)? {
                     if !ts.builds.contains(&idx) {
@@ -1479,20 +1503,19 @@ impl Lowerer<'_> {
         Ok(out)
     }
 
-    /// Refuse `--platform` other than this host's.
-    fn platform(&mut self, ts: &Ts, proj: &Project, c: &Command) -> Result<()> {
-        if let Some(p) = c.value("platform") {
-            let p = self.x_text(ts, proj, p, c.pos)?;
-            let (os, arch) = host_platform();
-            if p != format!("{os}/{arch}") && p != arch {
-                return Err(src_err(
-                    proj,
-                    c.flag_pos("platform").unwrap_or(c.pos),
-                    format!("--platform={p}: berth builds for the host platform {os}/{arch} only"),
-                ));
-            }
-        }
-        Ok(())
+    /// The platform of command `c` of `ts`: its `--platform`, else the target's.
+    fn platform_of(&mut self, ts: &Ts, proj: &Project, c: &Command) -> Result<Platform> {
+        let Some(p) = c.value("platform") else {
+            return Ok(ts.platform.clone());
+        };
+        let p = self.x_text(ts, proj, p, c.pos)?;
+        Platform::parse(&p).map_err(|m| {
+            src_err(
+                proj,
+                c.flag_pos("platform").unwrap_or(c.pos),
+                format!("--platform: {m}"),
+            )
+        })
     }
 
     /// The deprecated `--build-arg K=V` flags.
@@ -1512,13 +1535,15 @@ impl Lowerer<'_> {
     }
 
     fn from(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
-        self.platform(ts, proj, c)?;
         let r = self.x(ts, proj, &c.args[0])?;
         let mut hosts = Vec::new();
-        let (state, config, hist) = if r.contains('+') {
+        // The target is for the platform of what it starts from from here on.
+        let mut platform = self.platform.clone();
+        let (state, mut config, hist) = if r.contains('+') {
             let idx = self.referenced_target(ts, proj, c, &r)?;
             let t = &self.targets[idx];
             hosts = t.hosts.clone();
+            platform = t.platform.clone();
             (t.state.clone(), t.config.clone(), t.history_states.clone())
         } else {
             if c.args.len() > 1 {
@@ -1529,7 +1554,7 @@ impl Lowerer<'_> {
                 ));
             }
             if r == "scratch" {
-                (State::scratch(), scratch_config(), Vec::new())
+                (State::scratch(), scratch_config(&platform), Vec::new())
             } else {
                 let (state, mut config) = self.image(proj, &r, c.args[0].pos)?;
                 config.created = self.opts.created.clone();
@@ -1537,6 +1562,10 @@ impl Lowerer<'_> {
                 (state, config, vec![None; n])
             }
         };
+        config.os = platform.os.clone();
+        config.architecture = platform.architecture.clone();
+        config.variant = platform.variant.clone();
+        ts.platform = platform;
         ts.rebase(state, config, hist);
         ts.hosts = hosts;
         Ok(())
@@ -1545,7 +1574,8 @@ impl Lowerer<'_> {
     /// Image `r` (written at `pos`) resolved as `FROM` resolves it (the store, then
     /// the registry), once per build.
     fn image(&mut self, proj: &Project, r: &str, pos: Pos) -> Result<(State, ImageConfig)> {
-        memo_image(&mut self.images, &mut *self.resolve, r).map_err(|e| match e {
+        let platform = self.platform.clone();
+        memo_image(&mut self.images, &mut *self.resolve, r, &platform).map_err(|e| match e {
             BuildError::Image(m) => src_err(proj, pos, m),
             e => e,
         })
@@ -1563,7 +1593,6 @@ impl Lowerer<'_> {
         body: &[Stmt],
     ) -> Result<()> {
         self.entitled_privileged(proj, head.pos, "WITH DOCKER")?;
-        self.platform(ts, proj, head)?;
         let run = match body {
             [Stmt::Command(c)] if c.name == "RUN" => c,
             _ => {
@@ -1691,7 +1720,6 @@ impl Lowerer<'_> {
     /// Dockerfile frontend lowers it into the same graph; its image is where the target
     /// goes on.
     fn dockerfile_base(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
-        self.platform(ts, proj, c)?;
         let ctx = self.x(ts, proj, &c.args[0])?;
         // An artifact (`+t/dir`, or `-f +t/Dockerfile`) is built now and written into a
         // folder of the build, which is then a context like a local one.
@@ -1769,6 +1797,7 @@ impl Lowerer<'_> {
             created: self.opts.created.clone(),
             allow: self.opts.allow.clone(),
             cancel: self.opts.cancel.clone(),
+            platform: Some(self.platform.clone()),
         };
         let lowered = crate::frontend::dockerfile::lower::lower_in(
             &df,
@@ -1926,7 +1955,9 @@ impl Lowerer<'_> {
         if self.remote_names.contains_key(&proj.dir) {
             self.entitled_privileged(proj, c.pos, "LOCALLY in a remote Earthfile")?;
         }
-        let mut config = scratch_config();
+        // Its commands run on this host, so it is for this host's platform.
+        ts.platform = Platform::host();
+        let mut config = scratch_config(&ts.platform);
         config.config.working_dir = proj.dir.display().to_string();
         ts.rebase(State::scratch(), config, Vec::new());
         ts.locally = true;
@@ -2122,6 +2153,7 @@ impl Lowerer<'_> {
                     target: PERSIST_MOUNT.into(),
                     source: m.source.clone(),
                 }],
+                platform: (!ts.platform.is_host()).then(|| Box::new(ts.platform.clone())),
                 ..ExecOp::default()
             };
             state = state
@@ -2247,6 +2279,7 @@ impl Lowerer<'_> {
     /// Earthly's builtin ARGs, declared with `ARG NAME`.
     fn builtin(&self, ts: &Ts, name: &str) -> Option<String> {
         let (os, arch) = host_platform();
+        let target = &ts.platform;
         // Git is asked only for a git ARG.
         let git = || ts.proj.git();
         let project = ts.proj.reference.clone();
@@ -2279,10 +2312,14 @@ impl Lowerer<'_> {
             "EARTHLY_CI" => self.opts.ci.to_string(),
             "EARTHLY_PUSH" => self.opts.push.to_string(),
             "EARTHLY_LOCALLY" => ts.locally.to_string(),
-            "TARGETPLATFORM" | "NATIVEPLATFORM" | "USERPLATFORM" => format!("{os}/{arch}"),
-            "TARGETOS" | "NATIVEOS" | "USEROS" => os.into(),
-            "TARGETARCH" | "NATIVEARCH" | "USERARCH" => arch.into(),
-            "TARGETVARIANT" | "NATIVEVARIANT" | "USERVARIANT" => String::new(),
+            "TARGETPLATFORM" => target.to_string(),
+            "TARGETOS" => target.os.clone(),
+            "TARGETARCH" => target.architecture.clone(),
+            "TARGETVARIANT" => target.variant.clone(),
+            "NATIVEPLATFORM" | "USERPLATFORM" => format!("{os}/{arch}"),
+            "NATIVEOS" | "USEROS" => os.into(),
+            "NATIVEARCH" | "USERARCH" => arch.into(),
+            "NATIVEVARIANT" | "USERVARIANT" => String::new(),
             _ => return None,
         })
     }
@@ -2487,6 +2524,7 @@ impl Lowerer<'_> {
             proxy_env: self.opts.proxy_env.clone(),
             privileged,
             extra_hosts: ts.hosts.clone(),
+            platform: (!ts.platform.is_host()).then(|| Box::new(ts.platform.clone())),
             ..ExecOp::default()
         };
         Ok((exec, extra))
@@ -2560,7 +2598,6 @@ impl Lowerer<'_> {
     }
 
     fn copy(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
-        self.platform(ts, proj, c)?;
         if let Some(p) = c.flag_pos("from") {
             return Err(src_err(
                 proj,
@@ -3042,13 +3079,13 @@ impl Lowerer<'_> {
     }
 }
 
-/// The config of the empty image (`FROM scratch`, and a base recipe without FROM):
-/// this host's platform, working in `/` as BuildKit's empty image does.
-fn scratch_config() -> ImageConfig {
-    let (os, arch) = host_platform();
+/// The config of the empty image (`FROM scratch`, and a base recipe without FROM) for
+/// `platform`, working in `/` as BuildKit's empty image does.
+fn scratch_config(platform: &Platform) -> ImageConfig {
     let mut config = ImageConfig {
-        architecture: arch.into(),
-        os: os.into(),
+        architecture: platform.architecture.clone(),
+        os: platform.os.clone(),
+        variant: platform.variant.clone(),
         ..Default::default()
     };
     config.config.working_dir = "/".into();
@@ -3278,7 +3315,7 @@ mod tests {
             scratch: tempfile::tempdir().unwrap(),
             runs: Vec::new(),
         };
-        let mut resolve = |r: &str| panic!("nothing to resolve, asked {r}");
+        let mut resolve = |r: &str, _: &Platform| panic!("nothing to resolve, asked {r}");
         let plan = lower(dir.path(), reference, &opts, &mut resolve, &mut host);
         RUNS.with(|r| *r.borrow_mut() = host.runs.clone());
         plan

@@ -216,7 +216,7 @@ impl Lowerer<'_> {
             Some(match from {
                 Some(f) => {
                     let f = self.expand(st, f, line)?;
-                    self.state_named(&f, st.idx)?
+                    self.state_named(&f, st.idx, &st.platform.clone())?
                 }
                 None => self.context.clone(),
             })

@@ -78,6 +78,7 @@ impl Lowerer<'_> {
             extra_hosts: self.opts.extra_hosts.clone(),
             docker: None,
             on_failure: Vec::new(),
+            platform: (!st.platform.is_host()).then(|| Box::new(st.platform.clone())),
         };
         Ok(st
             .state
@@ -144,6 +145,7 @@ impl Lowerer<'_> {
         let df = self.df;
         let err = move |msg: String| src_err(df, line, 1, &msg);
         let idx = st.idx;
+        let platform = st.platform.clone();
         let context = self.context.clone();
         exec_mount(
             &m,
@@ -152,7 +154,7 @@ impl Lowerer<'_> {
                 context: &context,
                 err: &err,
             },
-            &mut |f| self.state_named(f, idx),
+            &mut |f| self.state_named(f, idx, &platform),
             extra,
         )
     }
@@ -389,8 +391,9 @@ mod tests {
     /// The exec op of the last step of `text`, lowered with `opts`.
     fn last_exec(text: &str, opts: &LowerOptions) -> ExecOp {
         let df = Dockerfile::parse("Dockerfile", text).unwrap();
-        let mut resolve =
-            |r: &str| -> crate::Result<ResolvedImage> { panic!("nothing to resolve, asked {r}") };
+        let mut resolve = |r: &str, _: &crate::Platform| -> crate::Result<ResolvedImage> {
+            panic!("nothing to resolve, asked {r}")
+        };
         let lowered = lower(&df, opts, &mut resolve).unwrap();
         match &lowered.state.vertex().op {
             Op::Exec(e) => e.clone(),
