@@ -90,6 +90,10 @@ struct EarthCli {
     no_satellite: bool,
     /// The target: +target, ./dir+target, ../dir+target, host/org/repo[/path][:ref]+target.
     target: Option<String>,
+    /// An ARG override, NAME=value, before the target (Earthly's older form of
+    /// `--NAME=value` after it; repeatable).
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    build_arg: Vec<String>,
     /// --ARG=value overrides of the target's ARGs.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     build_args: Vec<String>,
@@ -127,6 +131,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--progress",
     "--satellite",
     "--registry-proxy-port",
+    "--build-arg",
 ];
 
 /// The first word of `rest` that is neither a flag nor the value of one.
@@ -255,6 +260,12 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
         _ => bail!("give one of a target, --artifact or --image"),
     };
     let mut args = BTreeMap::new();
+    for a in &cli.build_arg {
+        let (k, v) = a.split_once('=').with_context(|| {
+            format!("--build-arg {a:?}: write --build-arg NAME=value")
+        })?;
+        args.insert(k.to_string(), v.to_string());
+    }
     for a in &cli.build_args {
         let Some((k, v)) = a.strip_prefix("--").and_then(|kv| kv.split_once('=')) else {
             bail!(
@@ -262,6 +273,12 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
             );
         };
         args.insert(k.to_string(), v.to_string());
+    }
+    if let Some(k) = args
+        .keys()
+        .find(|k| berth_build::frontend::earthfile::lower::is_builtin_arg(k))
+    {
+        bail!("{k} is a built-in ARG: its value cannot be passed on the command line");
     }
     let mut secrets: HashMap<String, SecretSource> = HashMap::new();
     for s in &cli.secrets {

@@ -142,9 +142,24 @@ pub struct Command {
     pub rest: String,
     /// The command as written, continuations joined (for progress labels).
     pub text: String,
+    /// Its flags or argument count are wrong: raised when the command runs, as Earthly
+    /// does (a bad line in a target that is not built fails nothing).
+    pub invalid: Option<Box<crate::SourceError>>,
 }
 
 impl Command {
+    /// The command of statement `s` (an IF's first condition, a block's head).
+    pub fn of(s: &Stmt) -> &Command {
+        match s {
+            Stmt::Command(c) => c,
+            Stmt::If { branches, .. } => &branches[0].0,
+            Stmt::For { head, .. }
+            | Stmt::Wait { head, .. }
+            | Stmt::WithDocker { head, .. }
+            | Stmt::Try { head, .. } => head,
+        }
+    }
+
     /// Whether boolean flag `name` is set (`--name` or `--name=true`).
     pub fn flag(&self, name: &str) -> bool {
         self.flags
@@ -560,8 +575,9 @@ pub const COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "HOST",
         flags: &[],
-        min: 2,
-        max: Some(2),
+        // Counted when it runs, with Earthly's message.
+        min: 0,
+        max: None,
         usage: "HOST <hostname> <ip>",
     },
 ];

@@ -341,10 +341,52 @@ impl Ts {
     fn arg_overrides(&self) -> BTreeMap<String, String> {
         self.vars
             .iter()
-            .filter(|v| v.kind == VarKind::Arg)
+            .filter(|v| v.kind == VarKind::Arg && !is_builtin_arg(&v.name))
             .map(|v| (v.name.clone(), v.value.clone()))
             .collect()
     }
+}
+
+/// Earthly's builtin ARGs: declared with `ARG NAME`, never given a value.
+pub const BUILTIN_ARGS: &[&str] = &[
+    "EARTHLY_TARGET",
+    "EARTHLY_TARGET_NAME",
+    "EARTHLY_TARGET_PROJECT",
+    "EARTHLY_TARGET_PROJECT_NO_TAG",
+    "EARTHLY_TARGET_TAG",
+    "EARTHLY_TARGET_TAG_DOCKER",
+    "EARTHLY_GIT_HASH",
+    "EARTHLY_GIT_SHORT_HASH",
+    "EARTHLY_GIT_BRANCH",
+    "EARTHLY_GIT_ORIGIN_URL",
+    "EARTHLY_GIT_PROJECT_NAME",
+    "EARTHLY_GIT_COMMIT_TIMESTAMP",
+    "EARTHLY_GIT_COMMIT_AUTHOR_TIMESTAMP",
+    "EARTHLY_GIT_REFS",
+    "EARTHLY_SOURCE_DATE_EPOCH",
+    "EARTHLY_VERSION",
+    "EARTHLY_BUILD_SHA",
+    "EARTHLY_CI",
+    "EARTHLY_CI_RUNNER",
+    "EARTHLY_PUSH",
+    "EARTHLY_LOCALLY",
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "NATIVEPLATFORM",
+    "NATIVEOS",
+    "NATIVEARCH",
+    "NATIVEVARIANT",
+    "USERPLATFORM",
+    "USEROS",
+    "USERARCH",
+    "USERVARIANT",
+];
+
+/// Whether `name` is one of [`BUILTIN_ARGS`].
+pub fn is_builtin_arg(name: &str) -> bool {
+    BUILTIN_ARGS.contains(&name)
 }
 
 /// Lowers targets of Earthfiles.
@@ -963,6 +1005,9 @@ impl Lowerer<'_> {
             if self.opts.cancel.is_canceled() {
                 return Err(BuildError::Canceled);
             }
+            if let Some(e) = &Command::of(s).invalid {
+                return Err(BuildError::Source((**e).clone()));
+            }
             match s {
                 Stmt::Command(c) => self.command(ts, proj, c)?,
                 Stmt::Wait { body, .. } => self.stmts(ts, proj, body)?,
@@ -972,6 +1017,9 @@ impl Lowerer<'_> {
                 } => {
                     let mut taken = None;
                     for (head, body) in branches {
+                        if let Some(e) = &head.invalid {
+                            return Err(BuildError::Source((**e).clone()));
+                        }
                         // The condition is a shell command, run with the variables
                         // in scope; exit code 0 is true.
                         let (code, _) = self.capture(ts, proj, head, &head.rest)?;
@@ -1037,6 +1085,7 @@ impl Lowerer<'_> {
                 args: Vec::new(),
                 rest: String::new(),
                 text: text.to_string(),
+                invalid: None,
             };
             for cmd in cmds {
                 let (code, out) = self.capture(ts, proj, &c, &cmd)?;
@@ -1424,11 +1473,23 @@ impl Lowerer<'_> {
             "HOST" => {
                 // As Earthly: a line in /etc/hosts for this target's later RUNs (and
                 // of targets built FROM it), never in the image.
-                let name = self.x(ts, proj, &c.args[0])?;
-                let addr = self.x(ts, proj, &c.args[1])?;
+                let [name, addr] = &c.args[..] else {
+                    return Err(BuildError::Source(
+                        proj.ef
+                            .source
+                            .error(c.pos, "invalid number of arguments for HOST")
+                            .with_hint("usage: HOST <hostname> <ip>"),
+                    ));
+                };
+                let name = self.x(ts, proj, name)?;
+                let addr = self.x(ts, proj, addr)?;
                 let host = ir::parse_extra_host(&format!("{name}={addr}")).map_err(|m| {
                     let why = m.split_once(": ").map_or(m.as_str(), |(_, why)| why);
-                    src_err(proj, c.pos, format!("HOST {name} {addr}: {why}"))
+                    src_err(
+                        proj,
+                        c.pos,
+                        format!("HOST {name} {addr}: invalid HOST ip: {why}"),
+                    )
                 })?;
                 ts.hosts.retain(|(n, _)| *n != host.0);
                 ts.hosts.push(host);
@@ -2228,6 +2289,20 @@ impl Lowerer<'_> {
                 format!("ARG {name:?}: not a valid name"),
             ));
         }
+        if default.is_some() && is_builtin_arg(&name) {
+            return Err(src_err(
+                proj,
+                w.pos,
+                format!("arg default value supplied for built-in ARG {name}"),
+            ));
+        }
+        if ts.overrides.contains_key(&name) && is_builtin_arg(&name) {
+            return Err(src_err(
+                proj,
+                w.pos,
+                format!("value cannot be specified for built-in build arg {name}"),
+            ));
+        }
         if c.flag("required") && default.is_some() {
             return Err(src_err(
                 proj,
@@ -2303,12 +2378,25 @@ impl Lowerer<'_> {
             "EARTHLY_GIT_ORIGIN_URL" => git().get("origin").cloned().unwrap_or_default(),
             "EARTHLY_GIT_PROJECT_NAME" => git().get("project").cloned().unwrap_or_default(),
             "EARTHLY_GIT_COMMIT_TIMESTAMP" => git().get("timestamp").cloned().unwrap_or_default(),
+            "EARTHLY_GIT_COMMIT_AUTHOR_TIMESTAMP" => git()
+                .get("author_timestamp")
+                .cloned()
+                .unwrap_or_default(),
+            "EARTHLY_GIT_REFS" => git().get("refs").cloned().unwrap_or_default(),
             "EARTHLY_SOURCE_DATE_EPOCH" => git()
                 .get("timestamp")
                 .cloned()
                 .unwrap_or_else(|| "0".into()),
             "EARTHLY_VERSION" => format!("berth-{}", env!("CARGO_PKG_VERSION")),
-            "EARTHLY_BUILD_SHA" => String::new(),
+            // Earthly's is its own commit; berth's version stands in for it.
+            "EARTHLY_BUILD_SHA" => format!("berth-{}", env!("CARGO_PKG_VERSION")),
+            // Not on Earthly's CI runner; empty unless the feature flag asks for it.
+            "EARTHLY_CI_RUNNER" => {
+                let flag = ts.proj.ef.version.as_ref().is_some_and(|v| {
+                    v.features.iter().any(|f| f == "earthly-ci-runner-arg")
+                });
+                if flag { "false".into() } else { String::new() }
+            }
             "EARTHLY_CI" => self.opts.ci.to_string(),
             "EARTHLY_PUSH" => self.opts.push.to_string(),
             "EARTHLY_LOCALLY" => ts.locally.to_string(),
@@ -3269,6 +3357,13 @@ fn git_info(dir: &Path) -> HashMap<&'static str, String> {
     }
     if let Some(t) = git(&["log", "-1", "--format=%ct"]) {
         m.insert("timestamp", t);
+    }
+    if let Some(t) = git(&["log", "-1", "--format=%at"]) {
+        m.insert("author_timestamp", t);
+    }
+    // The branches and tags at HEAD, as Earthly's EARTHLY_GIT_REFS.
+    if let Some(r) = git(&["for-each-ref", "--points-at", "HEAD", "--format=%(refname:short)"]) {
+        m.insert("refs", r.lines().collect::<Vec<_>>().join(" "));
     }
     m
 }

@@ -119,19 +119,48 @@ pub fn parse(file: &str, text: &str) -> Result<Earthfile, SourceError> {
 }
 
 /// Lines → logical lines: blank and comment lines dropped, continuations joined.
+///
+/// As in Earthly: a continued line's next lines lose their leading whitespace, comment
+/// lines inside a continuation are skipped, `\\` at the end is an escaped backslash (no
+/// continuation), and a quoted string may span lines (the newline is kept in it).
 fn logical_lines(source: &Source) -> Result<Vec<Logical>, SourceError> {
     let mut out = Vec::new();
     let mut cur: Option<Logical> = None;
+    // Open quote at the end of the previous line (the logical line goes on).
+    let mut open: Option<char> = None;
+    // The previous line ended in a continuation `\`.
+    let mut continued = false;
     for (i, raw) in source.lines().iter().enumerate() {
         let number = i + 1;
-        let stripped = strip_comment(raw);
-        let body = stripped.trim_end();
+        let in_quote = open.is_some();
+        if cur.is_none() && raw.trim().is_empty() {
+            continue;
+        }
+        // A comment line inside a continuation is skipped, the line goes on.
+        if continued && !in_quote && raw.trim_start().starts_with('#') {
+            continue;
+        }
+        let (stripped, quote) = strip_comment(raw, open);
+        open = quote;
+        let body = if open.is_some() {
+            stripped
+        } else {
+            stripped.trim_end()
+        };
         if cur.is_none() && body.trim().is_empty() {
             continue;
         }
-        let (body, continues) = match body.strip_suffix('\\') {
-            Some(b) => (b, true),
-            None => (body, false),
+        let trailing = body.len() - body.trim_end_matches('\\').len();
+        let (body, continues) = if open.is_none() && trailing % 2 == 1 {
+            (&body[..body.len() - 1], true)
+        } else {
+            (body, false)
+        };
+        // A continued line's leading whitespace goes (not inside a quote).
+        let skip = if continued && !in_quote {
+            body.len() - body.trim_start().len()
+        } else {
+            0
         };
         let l = cur.get_or_insert_with(|| Logical {
             text: String::new(),
@@ -143,7 +172,10 @@ fn logical_lines(source: &Source) -> Result<Vec<Logical>, SourceError> {
             },
         });
         l.lines.end = number;
-        for (col, (_, c)) in body.char_indices().enumerate() {
+        for (col, (at, c)) in body.char_indices().enumerate() {
+            if at < skip {
+                continue;
+            }
             let before = l.text.len();
             l.text.push(c);
             for _ in before..l.text.len() {
@@ -153,7 +185,15 @@ fn logical_lines(source: &Source) -> Result<Vec<Logical>, SourceError> {
                 });
             }
         }
-        if !continues {
+        if open.is_some() {
+            l.text.push('\n');
+            l.pos.push(Pos {
+                line: number,
+                column: body.chars().count() + 1,
+            });
+        }
+        continued = continues;
+        if !continues && open.is_none() {
             let done = cur.take().expect("current line");
             if !done.text.trim().is_empty() {
                 out.push(done);
@@ -168,28 +208,32 @@ fn logical_lines(source: &Source) -> Result<Vec<Logical>, SourceError> {
     Ok(out)
 }
 
-/// `line` without its comment: `#` at the start or after whitespace, outside quotes.
-fn strip_comment(line: &str) -> &str {
-    let mut quote: Option<char> = None;
+/// `line` without its comment: `#` at the start or after whitespace, outside quotes;
+/// `\ #…` and `\#…` are a continuation then a comment. `quote` is the quote open at the
+/// start of the line; returned with the quote open at its end.
+fn strip_comment(line: &str, quote: Option<char>) -> (&str, Option<char>) {
+    let mut quote = quote;
     let mut prev_space = true;
     let mut escaped = false;
     for (i, c) in line.char_indices() {
         if escaped {
-            // `\ #…` is a continuation then a comment, as Earthly reads it.
             escaped = false;
             prev_space = c.is_whitespace();
             continue;
         }
         match (quote, c) {
+            (None, '\\') if line[i + 1..].trim_start().starts_with('#') => {
+                return (&line[..=i], None);
+            }
             (_, '\\') if quote != Some('\'') => escaped = true,
             (None, '\'' | '"') => quote = Some(c),
             (Some(q), c) if c == q => quote = None,
-            (None, '#') if prev_space => return &line[..i],
+            (None, '#') if prev_space => return (&line[..i], None),
             _ => {}
         }
         prev_space = c.is_whitespace();
     }
-    line
+    (line, quote)
 }
 
 /// The recipe name if `l` is a `name:` line.
@@ -307,6 +351,39 @@ fn command(source: &Source, l: &Logical) -> Result<Command, SourceError> {
         };
         return Err(err);
     };
+    match validated(source, l, &words, &name, n, spec) {
+        Ok(c) => Ok(c),
+        // VERSION's flags decide how the file reads: wrong ones fail it at once.
+        Err(e) if name == "VERSION" => Err(e),
+        // Others fail when the command runs, as in Earthly.
+        Err(e) => Ok(Command {
+            pos: first.pos,
+            lines: l.lines,
+            flags: Vec::new(),
+            args: words[n..].to_vec(),
+            rest: words
+                .get(n)
+                .map(|w| l.text[w.offset..].trim().to_string())
+                .unwrap_or_default(),
+            text: l.text.trim().to_string(),
+            name,
+            invalid: Some(Box::new(e)),
+        }),
+    }
+}
+
+/// The command `name` (its first `n` words) of `words` with its flags and argument
+/// count checked against `spec`.
+fn validated(
+    source: &Source,
+    l: &Logical,
+    words: &[Word],
+    name: &str,
+    n: usize,
+    spec: &super::ast::CommandSpec,
+) -> Result<Command, SourceError> {
+    let first = &words[0];
+    let name = name.to_string();
     let mut flags = Vec::new();
     let mut rest_at = None;
     let mut idx = n;
@@ -380,7 +457,13 @@ fn command(source: &Source, l: &Logical) -> Result<Command, SourceError> {
         idx += 1;
     }
     let arg_start = rest_at.unwrap_or(idx);
-    let args: Vec<Word> = words[arg_start.min(words.len())..].to_vec();
+    let mut args: Vec<Word> = words[arg_start.min(words.len())..].to_vec();
+    if matches!(name.as_str(), "ARG" | "LET" | "SET")
+        && args.len() > 1
+        && let Some(merged) = assignment(&l.text, &args[0])
+    {
+        args = vec![merged];
+    }
     let rest = args
         .first()
         .map(|w| l.text[w.offset..].trim().to_string())
@@ -408,6 +491,25 @@ fn command(source: &Source, l: &Logical) -> Result<Command, SourceError> {
         args,
         rest,
         text: l.text.trim().to_string(),
+        invalid: None,
+    })
+}
+
+/// `NAME = value…`, `NAME =value…`, `NAME= value…` or `NAME=value with spaces` (the
+/// forms ARG, LET and SET take, as in Earthly) starting at `first`, as one `NAME=value`
+/// word whose value is the rest of the line; `None` without an `=` after the name.
+fn assignment(line: &str, first: &Word) -> Option<Word> {
+    let raw = line[first.offset..].trim_end();
+    let key_len = raw
+        .find(|c: char| c == '=' || c.is_whitespace())
+        .unwrap_or(raw.len());
+    let (key, after) = raw.split_at(key_len);
+    let value = after.trim_start().strip_prefix('=')?.trim_start();
+    Some(Word {
+        text: format!("{key}={value}"),
+        pos: first.pos,
+        offset: first.offset,
+        group: false,
     })
 }
 
@@ -586,10 +688,17 @@ mod tests {
     use super::*;
 
     fn first_line(text: &str) -> String {
-        match parse("Earthfile", text) {
-            Ok(_) => panic!("{text:?} should not parse"),
-            Err(e) => e.to_string().lines().next().unwrap().to_string(),
-        }
+        // Bad flags and argument counts fail when the command runs.
+        let e = match parse("Earthfile", text) {
+            Ok(ef) => ef
+                .targets
+                .iter()
+                .flat_map(|r| &r.body)
+                .find_map(|s| Command::of(s).invalid.as_deref().cloned())
+                .unwrap_or_else(|| panic!("{text:?} should not parse")),
+            Err(e) => e,
+        };
+        e.to_string().lines().next().unwrap().to_string()
     }
 
     fn cmd(stmt: &Stmt) -> &Command {
@@ -754,6 +863,30 @@ PRINT:
         for (text, want) in cases {
             assert_eq!(first_line(text), want, "for {text:?}");
         }
+    }
+
+    #[test]
+    fn earthly_line_rules_assignments_and_deferred_errors() {
+        let text = "VERSION 0.8\nARG --global g = a b\nt:\n    LET x= 1\n    SET x =2 3\n    RUN echo a\\\n        # skipped\n        b \\# comment\n        c\n    RUN echo \"one\ntwo  # kept\n\" \\\\\n    RUN --bogus x\nu:\n    HOST only\n";
+        let ef = parse("Earthfile", text).unwrap();
+        assert_eq!(cmd(&ef.base[0]).args[0].text, "g=a b");
+        let t = ef.target("t").unwrap();
+        assert_eq!(cmd(&t.body[0]).args[0].text, "x=1");
+        assert_eq!(cmd(&t.body[1]).args[0].text, "x=2 3");
+        // Continued lines lose their indentation; comment lines in between go.
+        assert_eq!(cmd(&t.body[2]).rest, "echo ab c");
+        // A quoted newline is kept, `\\\\` ends nothing.
+        assert_eq!(cmd(&t.body[3]).rest, "echo \"one\ntwo  # kept\n\" \\\\");
+        // A bad flag fails when the command runs, not when the file is read.
+        let bad = cmd(&t.body[4]);
+        assert!(
+            bad.invalid
+                .as_ref()
+                .unwrap()
+                .to_string()
+                .starts_with("Earthfile:13:9: unknown flag --bogus for RUN")
+        );
+        assert!(ef.target("u").is_some());
     }
 
     #[test]
