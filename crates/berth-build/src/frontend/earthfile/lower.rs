@@ -264,6 +264,9 @@ struct Ts {
     locally: bool,
     /// `HOST` lines for the `/etc/hosts` of its RUNs (until a `FROM`).
     hosts: Vec<(String, std::net::IpAddr)>,
+    /// The names ARG declared in this recipe (or function), for Earthly's errors on
+    /// declaring one twice.
+    declared: Vec<String>,
     /// The platform the target is for: the one it was referenced for, or its `FROM
     /// --platform`'s.
     platform: Platform,
@@ -887,7 +890,11 @@ impl Lowerer<'_> {
                 None => BuildError::Invalid(msg),
             });
         }
-        let Some(recipe) = proj.ef.target(name) else {
+        // `+base` is the base recipe, unless a target has that name.
+        let body = match proj.ef.target(name) {
+            Some(recipe) => recipe.body.clone(),
+            None if name == "base" => Vec::new(),
+            None => {
             let names: Vec<&str> = proj.ef.targets.iter().map(|t| t.name.as_str()).collect();
             let msg = format!(
                 "target {label} not found in {}; its targets are: {}",
@@ -898,8 +905,8 @@ impl Lowerer<'_> {
                 Some((p, pos)) => src_err(p, pos, msg),
                 None => BuildError::Invalid(msg),
             });
+            }
         };
-        let body = recipe.body.clone();
         self.active.push((key.clone(), label.clone()));
         // The target's commands set the command platform as they go; the command that
         // referenced it gets its own back.
@@ -976,6 +983,7 @@ impl Lowerer<'_> {
             is_base: true,
             locally: false,
             hosts: Vec::new(),
+            declared: Vec::new(),
             platform: self.platform.clone(),
         };
         let base = proj.ef.base.clone();
@@ -996,6 +1004,7 @@ impl Lowerer<'_> {
         ts.vars = vars;
         ts.artifact = State::scratch();
         ts.saved.clear();
+        ts.declared.clear();
         Ok(ts)
     }
 
@@ -1216,13 +1225,30 @@ impl Lowerer<'_> {
                     src_err(proj, c.args[0].pos, format!("{} needs NAME=value", c.name))
                 })?;
                 let existing = ts.vars.iter().rev().find(|v| v.name == k).map(|v| v.kind);
+                // As Earthly: LET may shadow an ARG; SET changes a LET only.
                 match (c.name.as_str(), existing) {
-                    ("SET", Some(VarKind::Let)) | ("LET", None | Some(VarKind::Env)) => {}
+                    ("SET", Some(VarKind::Let)) | ("LET", None | Some(VarKind::Env | VarKind::Arg)) => {}
+                    ("SET", Some(VarKind::Arg)) => {
+                        return Err(BuildError::Source(
+                            proj.ef
+                                .source
+                                .error(c.args[0].pos, format!("SET {k}: {k} is an ARG"))
+                                .with_hint(format!(
+                                    "'{k}' is an ARG and cannot be used with SET - try declaring 'LET {k} = ${k}' first"
+                                )),
+                        ));
+                    }
                     ("SET", _) => {
-                        return Err(src_err(
-                            proj,
-                            c.args[0].pos,
-                            format!("SET {k}: {k} was not declared with LET"),
+                        return Err(BuildError::Source(
+                            proj.ef
+                                .source
+                                .error(
+                                    c.args[0].pos,
+                                    format!("SET {k}: {k} was not declared with LET"),
+                                )
+                                .with_hint(format!(
+                                    "'{k}' needs to be declared with 'LET {k} = someValue' before it can be used with SET"
+                                )),
                         ));
                     }
                     _ => {
@@ -1323,6 +1349,13 @@ impl Lowerer<'_> {
                     let (k, v) = t.split_once('=').ok_or_else(|| {
                         src_err(proj, w.pos, format!("LABEL {t:?}: write key=value"))
                     })?;
+                    if k.starts_with("dev.earthly.") {
+                        return Err(src_err(
+                            proj,
+                            w.pos,
+                            format!("LABEL {k}: LABEL keys starting with \"dev.earthly.\" are reserved"),
+                        ));
+                    }
                     ts.config.config.labels.insert(k.to_string(), v.to_string());
                 }
                 self.history(ts, c, None);
@@ -2315,9 +2348,46 @@ impl Lowerer<'_> {
             return Err(src_err(
                 proj,
                 c.flag_pos("global").unwrap_or(c.pos),
-                "ARG --global is only allowed in the base recipe",
+                "ARG --global: a global ARG can only be set in the base target (the recipe before the first target)",
             ));
         }
+        let existing = ts.vars.iter().rev().find(|v| v.name == name).map(|v| v.kind);
+        if existing == Some(VarKind::Let) {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(w.pos, format!("ARG {name}: {name} is declared with LET"))
+                    .with_hint(format!(
+                        "'{name}' was already declared with LET and cannot be redeclared as an ARG"
+                    )),
+            ));
+        }
+        if ts.declared.contains(&name) {
+            if global && !ts.globals.iter().any(|g| g.name == name) {
+                return Err(BuildError::Source(
+                    proj.ef
+                        .source
+                        .error(w.pos, format!("ARG --global {name}: {name} is already an ARG"))
+                        .with_hint(format!(
+                            "'{name}' was already declared as a non-global ARG in this scope - did you mean to add '--global' to the original declaration?"
+                        )),
+                ));
+            }
+            // Earthly 0.8 (`--arg-scope-and-set`) forbids declaring one twice.
+            let scoped = proj
+                .ef
+                .version
+                .as_ref()
+                .is_some_and(|v| v.minor >= 8 || v.features.iter().any(|f| f == "arg-scope-and-set"));
+            if !ts.is_base && scoped {
+                return Err(src_err(
+                    proj,
+                    w.pos,
+                    format!("ARG {name} is declared twice in this recipe"),
+                ));
+            }
+        }
+        ts.declared.push(name.clone());
         let value = if let Some(v) = ts.overrides.get(&name) {
             v.clone()
         } else if c.flag("required") {
@@ -3144,12 +3214,23 @@ impl Lowerer<'_> {
             ));
         }
         let saved_vars = ts.vars.clone();
+        let saved_declared = std::mem::take(&mut ts.declared);
         let saved_overrides = std::mem::replace(&mut ts.overrides, args);
         ts.vars.retain(|v| v.kind == VarKind::Env);
+        // A function of the same Earthfile sees its global ARGs, which the DO's
+        // `--NAME=value`s override, as in Earthly.
+        if fp.dir == proj.dir {
+            let globals = ts.globals.clone();
+            for g in globals {
+                let value = ts.overrides.get(&g.name).cloned().unwrap_or(g.value);
+                ts.set_var(&g.name, value, VarKind::Arg);
+            }
+        }
         self.active.push((key, r));
         let result = self.stmts(ts, &fp, &body);
         self.active.pop();
         ts.overrides = saved_overrides;
+        ts.declared = saved_declared;
         let env: Vec<Var> = ts
             .vars
             .iter()
@@ -3547,7 +3628,7 @@ mod tests {
         );
         assert_eq!(
             err("VERSION 0.8\nt:\n    ARG --global x\n", "+t"),
-            "Earthfile:3:9: ARG --global is only allowed in the base recipe"
+            "Earthfile:3:9: ARG --global: a global ARG can only be set in the base target (the recipe before the first target)"
         );
     }
 

@@ -51,6 +51,11 @@ pub fn parse(file: &str, text: &str) -> Result<Earthfile, SourceError> {
                     .error(l.pos_at(0), format!("recipe {name} is defined twice"))
                     .with_hint(format!("the first one is on line {}", prev.1.line)));
             }
+            if name == "base" {
+                return Err(source
+                    .error(l.pos_at(0), "base is a reserved target name")
+                    .with_hint("+base names the base recipe (the commands before the first target); rename this target"));
+            }
             recipes.push((name, l.pos_at(0), Vec::new()));
             continue;
         }
@@ -553,6 +558,12 @@ fn parse_version(source: &Source, c: &Command) -> Result<Version, SourceError> {
                 .error(v.pos, format!("unsupported VERSION {}", v.text))
                 .with_hint("berth runs Earthfiles of VERSION 0.6, 0.7 and 0.8")
         })?;
+    let has = |f: &str| c.flags.iter().any(|x| x.name == f);
+    if minor < 8 && has("arg-scope-and-set") && !has("shell-out-anywhere") {
+        return Err(source
+            .error(c.pos, "VERSION: --arg-scope-and-set requires --shell-out-anywhere")
+            .with_hint("add --shell-out-anywhere to the VERSION line, as Earthly requires"));
+    }
     Ok(Version {
         minor,
         features: c.flags.iter().map(|f| f.name.clone()).collect(),
