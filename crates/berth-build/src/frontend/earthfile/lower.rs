@@ -24,7 +24,7 @@ use super::ast::{Command, Earthfile, Stmt, Word};
 use crate::docker::{DockerImage, docker_compose_run};
 use crate::error::{BuildError, Result};
 use crate::frontend::dockerfile::expand::expand;
-use crate::frontend::dockerfile::instructions::{CommandLine, InstructionKind, RunMount};
+use crate::frontend::dockerfile::instructions::{CommandLine, InstructionKind, MountType, RunMount};
 use crate::frontend::dockerfile::lower::run::{MountEnv, base_name, clean_abs, exec_mount};
 use crate::frontend::dockerfile::lower::{
     DEFAULT_PATH, ImageMemo, ResolveFn, command_list, exposed_ports, healthcheck, memo_image,
@@ -273,6 +273,19 @@ struct Ts {
 }
 
 impl Ts {
+    /// `$HOME` where the image sets none: the user's home, as Earthly expands it in
+    /// a RUN's `--mount`.
+    fn home(&self, key: &str) -> Option<String> {
+        if key != "HOME" {
+            return None;
+        }
+        let user = self.config.config.user.split(':').next().unwrap_or("");
+        Some(match user {
+            "" | "root" | "0" => "/root".into(),
+            u => format!("/home/{u}"),
+        })
+    }
+
     fn lookup(&self, key: &str) -> Option<String> {
         self.vars
             .iter()
@@ -1018,6 +1031,10 @@ impl Lowerer<'_> {
                 return Err(BuildError::Source((**e).clone()));
             }
             match s {
+                Stmt::Command(c) if c.flags.iter().any(|f| f.value.as_ref().is_some_and(|v| v.contains('$'))) => {
+                    let c = self.expand_flags(ts, proj, c)?;
+                    self.command(ts, proj, &c)?
+                }
                 Stmt::Command(c) => self.command(ts, proj, c)?,
                 Stmt::Wait { body, .. } => self.stmts(ts, proj, body)?,
                 Stmt::If {
@@ -1170,6 +1187,41 @@ impl Lowerer<'_> {
 
     fn step_name(ts: &Ts, c: &Command) -> String {
         format!("[{}] {}", ts.label, c.text.lines().next().unwrap_or(""))
+    }
+
+    /// `c` with its flags' values expanded (`--privileged=$P`, `--chmod=$MODE`), as
+    /// Earthly does; a boolean flag's must then be true or false.
+    fn expand_flags(&mut self, ts: &Ts, proj: &Arc<Project>, c: &Command) -> Result<Command> {
+        let mut c = c.clone();
+        let spec = super::ast::spec(&c.name);
+        for f in &mut c.flags {
+            let Some(v) = &f.value else { continue };
+            // A mount's words are expanded by its own parser.
+            if !v.contains('$') || f.name == "mount" {
+                continue;
+            }
+            let x = self.x_text(ts, proj, v, f.pos)?;
+            // Go's strconv.ParseBool, which Earthly's flags use.
+            let x = match x.as_str() {
+                "1" | "t" | "T" | "TRUE" | "True" => "true".to_string(),
+                "0" | "f" | "F" | "FALSE" | "False" => "false".to_string(),
+                _ => x,
+            };
+            let boolean = spec.is_some_and(|s| {
+                s.flags
+                    .iter()
+                    .any(|(k, kind)| *k == f.name && *kind == super::ast::FlagKind::Bool)
+            });
+            if boolean && x != "true" && x != "false" {
+                return Err(src_err(
+                    proj,
+                    f.pos,
+                    format!("--{}={v}: invalid argument for flag --{}: expected bool, got {x:?}", f.name, f.name),
+                ));
+            }
+            f.value = Some(x);
+        }
+        Ok(c)
     }
 
     fn command(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
@@ -1449,8 +1501,9 @@ impl Lowerer<'_> {
                         ));
                     }
                 };
+                // Earthly makes a new CACHE folder 0644.
                 let mode = match c.value("chmod") {
-                    None => None,
+                    None => Some(0o644),
                     Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
                         src_err(proj, c.pos, format!("--chmod={m} is not an octal mode"))
                     })?),
@@ -2595,12 +2648,25 @@ impl Lowerer<'_> {
         let mut mounts = ts.caches.clone();
         let mut extra = Vec::new();
         for raw in c.values("mount") {
-            let m = RunMount::parse(raw, &mut |w| {
-                expand(w, |k| ts.lookup(k), '\\').map_err(|e| e.to_string())
+            // Earthly's spellings: chmod= for mode=, id=+secrets/ID.
+            let raw = raw
+                .split(',')
+                .map(|kv| match kv.strip_prefix("chmod=") {
+                    Some(v) => format!("mode={v}"),
+                    None => kv.replacen("id=+secrets/", "id=", 1),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut m = RunMount::parse(&raw, &mut |w| {
+                expand(w, |k| ts.lookup(k).or_else(|| ts.home(k)), '\\').map_err(|e| e.to_string())
             })
             .map_err(|(message, hint)| {
                 BuildError::Source(proj.ef.source.error(c.pos, message).with_hint(hint))
             })?;
+            // Earthly makes a new cache folder 0644.
+            if m.kind == MountType::Cache && m.mode.is_none() {
+                m.mode = Some(0o644);
+            }
             let err = |msg: String| src_err(proj, c.pos, msg);
             let mut from = |f: &str| -> Result<State> {
                 Err(src_err(
@@ -3189,6 +3255,15 @@ impl Lowerer<'_> {
         let r = self.x(ts, proj, &c.args[0])?;
         let (fp, name) = self.resolve_ref(proj, &r, c.args[0].pos)?;
         let Some(f) = fp.ef.function(&name) else {
+            // A recipe that starts with the other version's keyword.
+            if let Some(e) = fp
+                .ef
+                .target(&name)
+                .and_then(|t| t.body.first())
+                .and_then(|s| Command::of(s).invalid.as_deref())
+            {
+                return Err(BuildError::Source(e.clone()));
+            }
             return Err(src_err(
                 proj,
                 c.args[0].pos,

@@ -90,15 +90,31 @@ pub fn parse(file: &str, text: &str) -> Result<Earthfile, SourceError> {
     let base = statements(&source, base)?;
     let mut targets = Vec::new();
     let mut functions = Vec::new();
+    // Earthly 0.8 writes FUNCTION, earlier versions COMMAND (without VERSION: either).
+    let keyword = version
+        .as_ref()
+        .map(|v: &Version| if v.minor >= 8 { "FUNCTION" } else { "COMMAND" });
     for (name, pos, mut cmds) in recipes {
-        let is_function = cmds
-            .first()
-            .is_some_and(|c| c.name == "FUNCTION" || c.name == "COMMAND");
+        let is_function = cmds.first().is_some_and(|c| {
+            keyword.map_or(c.name == "FUNCTION" || c.name == "COMMAND", |k| c.name == k)
+        });
         if is_function {
             cmds.remove(0);
+        } else if let (Some(first), Some(k), Some(v)) = (cmds.first_mut(), keyword, &version)
+            && (first.name == "FUNCTION" || first.name == "COMMAND")
+        {
+            // Fails when the recipe is used, as in Earthly.
+            first.invalid = Some(Box::new(source.error(
+                first.pos,
+                format!(
+                    "{} is not a keyword of VERSION 0.{}: write {k}",
+                    first.name, v.minor
+                ),
+            )));
         }
         if let Some(c) = cmds
             .iter()
+            .skip(usize::from(cmds.first().is_some_and(|c| c.invalid.is_some())))
             .find(|c| c.name == "FUNCTION" || c.name == "COMMAND")
         {
             return Err(source.error(
@@ -436,7 +452,8 @@ fn validated(
             }
         };
         let value = match (kind, inline) {
-            (FlagKind::Bool, Some(v)) if v != "true" && v != "false" => {
+            // A variable is expanded (and checked) when the command runs.
+            (FlagKind::Bool, Some(v)) if v != "true" && v != "false" && !v.contains('$') => {
                 return Err(source.error(
                     w.pos,
                     format!("--{fname} takes no value, or =true or =false; got {v:?}"),
