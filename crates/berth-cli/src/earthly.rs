@@ -90,6 +90,14 @@ struct EarthCli {
     no_satellite: bool,
     /// The target: +target, ./dir+target, ../dir+target, host/org/repo[/path][:ref]+target.
     target: Option<String>,
+    /// Build arguments from this dotenv file [default: .arg in the current folder, if
+    /// there is one; env: EARTHLY_ARG_FILE_PATH].
+    #[arg(long = "arg-file-path", env = "EARTHLY_ARG_FILE_PATH")]
+    arg_file_path: Option<PathBuf>,
+    /// Secrets from this dotenv file [default: .secret in the current folder, if there
+    /// is one; env: EARTHLY_SECRET_FILE_PATH].
+    #[arg(long = "secret-file-path", env = "EARTHLY_SECRET_FILE_PATH")]
+    secret_file_path: Option<PathBuf>,
     /// An ARG override, NAME=value, before the target (Earthly's older form of
     /// `--NAME=value` after it; repeatable).
     #[arg(long = "build-arg", value_name = "NAME=VALUE")]
@@ -132,6 +140,8 @@ const VALUE_FLAGS: &[&str] = &[
     "--satellite",
     "--registry-proxy-port",
     "--build-arg",
+    "--arg-file-path",
+    "--secret-file-path",
 ];
 
 /// The first word of `rest` that is neither a flag nor the value of one.
@@ -211,6 +221,40 @@ fn parse_secret(s: &str) -> Result<(String, SecretSource)> {
     }
 }
 
+/// `NAME=value` lines of dotenv file `path`, or of `default` in the current folder
+/// when there is one (a missing `path` is an error).
+fn dotenv(path: Option<&std::path::Path>, default: &str) -> Result<BTreeMap<String, String>> {
+    let (path, required) = match path {
+        Some(p) => (p.to_path_buf(), true),
+        None => (PathBuf::from(default), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(BTreeMap::new());
+        }
+        Err(e) => return Err(anyhow::anyhow!("open {}: {e}", path.display())),
+    };
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = line.split_once('=').with_context(|| {
+            format!("{}:{}: write NAME=value", path.display(), i + 1)
+        })?;
+        let v = v.trim();
+        let v = match (v.chars().next(), v.chars().last()) {
+            (Some(q @ ('"' | '\'')), Some(e)) if v.len() >= 2 && q == e => &v[1..v.len() - 1],
+            _ => v,
+        };
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
 fn run(cli: EarthCli) -> Result<()> {
     let settings = Settings::load(cli.root.clone(), cli.config.as_deref())?;
     run_with(&settings, cli)
@@ -259,7 +303,8 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
         (None, None, None) => bail!("name a target: berth +target [--ARG=value…]"),
         _ => bail!("give one of a target, --artifact or --image"),
     };
-    let mut args = BTreeMap::new();
+    // Earthly's .arg and .secret files: the lowest precedence.
+    let mut args = dotenv(cli.arg_file_path.as_deref(), ".arg")?;
     for a in &cli.build_arg {
         let (k, v) = a.split_once('=').with_context(|| {
             format!("--build-arg {a:?}: write --build-arg NAME=value")
@@ -281,6 +326,9 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
         bail!("{k} is a built-in ARG: its value cannot be passed on the command line");
     }
     let mut secrets: HashMap<String, SecretSource> = HashMap::new();
+    for (id, v) in dotenv(cli.secret_file_path.as_deref(), ".secret")? {
+        secrets.insert(id, SecretSource::Value(Arc::from(v.as_bytes())));
+    }
     for s in &cli.secrets {
         let (id, src) = parse_secret(s)?;
         secrets.insert(id, src);

@@ -298,6 +298,7 @@ pub const COMMANDS: &[CommandSpec] = &[
             ("allow-privileged", Bool),
             ("pass-args", Bool),
             ("build-arg", Value),
+            ("chown", Value),
         ],
         min: 2,
         max: None,

@@ -1425,9 +1425,15 @@ impl Lowerer<'_> {
                 Ok(())
             }
             "HEALTHCHECK" => {
+                // Earthly also takes `--interval 15s`; the Dockerfile parser wants `=`.
+                let flags: String = c
+                    .flags
+                    .iter()
+                    .map(|f| format!("--{}={} ", f.name, f.value.as_deref().unwrap_or("")))
+                    .collect();
                 let df = crate::Dockerfile::parse(
                     proj.ef.source.name(),
-                    &format!("FROM scratch\n{}\n", c.text),
+                    &format!("FROM scratch\nHEALTHCHECK {flags}{}\n", c.rest),
                 )
                 .map_err(|e| src_err(proj, c.pos, e.message))?;
                 if let Some(InstructionKind::Healthcheck(h)) =
@@ -2858,13 +2864,17 @@ impl Lowerer<'_> {
         // --keep-own, dated 2020-04-16T12:00:00Z unless --keep-ts.
         let keep_own = c.flag("keep-own");
         let user = &ts.config.config.user;
-        let owner = (!keep_own).then(|| {
-            if user.is_empty() {
-                "0:0".to_string()
-            } else {
-                user.clone()
-            }
-        });
+        let owner = match c.value("chown") {
+            Some(o) => Some(o.to_string()),
+            None => (!keep_own).then(|| {
+                if user.is_empty() {
+                    "0:0".to_string()
+                } else {
+                    user.clone()
+                }
+            }),
+        };
+        let keep_own = keep_own && c.value("chown").is_none();
         let mut inputs: Vec<State> = Vec::new();
         let mut actions = Vec::new();
         for w in srcs {
@@ -3432,7 +3442,8 @@ fn split_artifact(text: &str) -> Option<(&str, &str)> {
     let plus = text.find('+')?;
     let slash = text[plus..].find('/')? + plus;
     let path = &text[slash + 1..];
-    (!path.is_empty()).then_some((&text[..slash], path))
+    // `+t/` is the whole artifact folder (FROM DOCKERFILE +t/).
+    Some((&text[..slash], if path.is_empty() { "." } else { path }))
 }
 
 fn collect_commands<'a>(body: &'a [Stmt], out: &mut Vec<&'a Command>) {
@@ -4098,6 +4109,7 @@ mod tests {
         assert_eq!(split_artifact("./sub+t/f"), Some(("./sub+t", "f")));
         assert_eq!(split_artifact("../a/b+t/x/*"), Some(("../a/b+t", "x/*")));
         assert_eq!(split_artifact("+build"), None);
+        assert_eq!(split_artifact("+build/"), Some(("+build", ".")));
     }
 
     #[test]
