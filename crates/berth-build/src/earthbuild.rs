@@ -578,7 +578,8 @@ pub fn local_staging(dest: &Path) -> Result<Staging> {
 pub fn place_local_output(tmp: &Path, l: &LocalOutput) -> Result<()> {
     let dest = Path::new(&l.dest);
     let out = tmp.join("out");
-    if l.glob || l.dest.ends_with('/') {
+    // `AS LOCAL .` (and `dir/.`) is a folder too, as in Earthly.
+    if l.glob || l.dest.ends_with('/') || l.dest.ends_with("/.") || l.dest == "." {
         std::fs::create_dir_all(dest)
             .map_err(|e| BuildError::Io(format!("create directory {}: {e}", dest.display())))?;
         let entries: Vec<PathBuf> = if l.glob {

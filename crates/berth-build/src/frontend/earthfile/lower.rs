@@ -680,10 +680,9 @@ impl Lowerer<'_> {
                 exclude.extend(Ignore::parse(&t).patterns());
             }
         }
-        let implicit = !ef
-            .version
-            .as_ref()
-            .is_some_and(|v| v.features.iter().any(|f| f == "no-implicit-ignore"));
+        // Earthly ignores these only in an Earthfile without VERSION (0.5 and
+        // before); --no-implicit-ignore is on from VERSION 0.6.
+        let implicit = ef.version.is_none();
         if implicit {
             exclude.extend(IMPLICIT_IGNORE.iter().map(|s| s.to_string()));
         }
@@ -1157,8 +1156,17 @@ impl Lowerer<'_> {
         words: &[Word],
     ) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
-        for w in words {
+        let mut it = words.iter().peekable();
+        while let Some(w) = it.next() {
             let text = self.x(ts, proj, w)?;
+            // Earthly also takes `--NAME value`.
+            if let Some(k) = text.strip_prefix("--").filter(|k| !k.contains('='))
+                && !k.is_empty()
+                && let Some(v) = it.next_if(|n| !n.text.starts_with("--"))
+            {
+                out.push((k.to_string(), self.x(ts, proj, v)?));
+                continue;
+            }
             let Some((k, v)) = text.strip_prefix("--").and_then(|kv| kv.split_once('=')) else {
                 return Err(src_err(
                     proj,
@@ -2589,7 +2597,8 @@ impl Lowerer<'_> {
         c: &Command,
         docker: Option<(Vec<DockerImage>, Option<DockerCompose>)>,
     ) -> Result<()> {
-        if c.rest.is_empty() {
+        let entrypoint = c.flag("entrypoint");
+        if c.rest.is_empty() && !entrypoint {
             return Err(src_err(proj, c.pos, "RUN needs a command"));
         }
         if ts.locally {
@@ -2597,9 +2606,11 @@ impl Lowerer<'_> {
         }
         let mut args = match CommandLine::parse(&c.rest) {
             CommandLine::Exec(list) => list,
+            // The entrypoint's arguments: words, not a shell command (as Earthly).
+            CommandLine::Shell(s) if entrypoint => super::parse::group_words(&s),
             CommandLine::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
         };
-        if c.flag("entrypoint") {
+        if entrypoint {
             let mut full = ts.config.config.entrypoint.clone().unwrap_or_default();
             full.extend(args);
             args = full;
