@@ -242,9 +242,9 @@ fn dotenv(path: Option<&std::path::Path>, default: &str) -> Result<BTreeMap<Stri
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
-        let (k, v) = line.split_once('=').with_context(|| {
-            format!("{}:{}: write NAME=value", path.display(), i + 1)
-        })?;
+        let (k, v) = line
+            .split_once('=')
+            .with_context(|| format!("{}:{}: write NAME=value", path.display(), i + 1))?;
         let v = v.trim();
         let v = match (v.chars().next(), v.chars().last()) {
             (Some(q @ ('"' | '\'')), Some(e)) if v.len() >= 2 && q == e => &v[1..v.len() - 1],
@@ -306,9 +306,9 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
     // Earthly's .arg and .secret files: the lowest precedence.
     let mut args = dotenv(cli.arg_file_path.as_deref(), ".arg")?;
     for a in &cli.build_arg {
-        let (k, v) = a.split_once('=').with_context(|| {
-            format!("--build-arg {a:?}: write --build-arg NAME=value")
-        })?;
+        let (k, v) = a
+            .split_once('=')
+            .with_context(|| format!("--build-arg {a:?}: write --build-arg NAME=value"))?;
         args.insert(k.to_string(), v.to_string());
     }
     for a in &cli.build_args {

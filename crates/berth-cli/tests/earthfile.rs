@@ -271,10 +271,10 @@ fn earthfile_host_lines_reach_later_runs_and_targets_from_them() {
     let Some(env) = Env::new() else { return };
     let case = env.case("host");
     // A target FROM another saves none of the other's artifacts (Earthly's output rule).
-    output_ok(&mut env.berth(&case, &["+base"]));
+    output_ok(&mut env.berth(&case, &["+hosted"]));
     output_ok(&mut env.berth(&case, &["+child"]));
     output_ok(&mut env.berth(&case, &["+fresh"]));
-    assert_eq!(read(&case.join("base.txt")), "192.0.2.7\tdb.internal\n");
+    assert_eq!(read(&case.join("hosted.txt")), "192.0.2.7\tdb.internal\n");
     let child = read(&case.join("child.txt"));
     assert!(
         child.ends_with("192.0.2.7\tdb.internal\n2001:db8::9\tcache.internal\n"),

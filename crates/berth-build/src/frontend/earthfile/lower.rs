@@ -24,7 +24,9 @@ use super::ast::{Command, Earthfile, Stmt, Word};
 use crate::docker::{DockerImage, docker_compose_run};
 use crate::error::{BuildError, Result};
 use crate::frontend::dockerfile::expand::expand;
-use crate::frontend::dockerfile::instructions::{CommandLine, InstructionKind, MountType, RunMount};
+use crate::frontend::dockerfile::instructions::{
+    CommandLine, InstructionKind, MountType, RunMount,
+};
 use crate::frontend::dockerfile::lower::run::{MountEnv, base_name, clean_abs, exec_mount};
 use crate::frontend::dockerfile::lower::{
     DEFAULT_PATH, ImageMemo, ResolveFn, command_list, exposed_ports, healthcheck, memo_image,
@@ -907,16 +909,16 @@ impl Lowerer<'_> {
             Some(recipe) => recipe.body.clone(),
             None if name == "base" => Vec::new(),
             None => {
-            let names: Vec<&str> = proj.ef.targets.iter().map(|t| t.name.as_str()).collect();
-            let msg = format!(
-                "target {label} not found in {}; its targets are: {}",
-                proj.ef.source.name(),
-                names.join(", ")
-            );
-            return Err(match at {
-                Some((p, pos)) => src_err(p, pos, msg),
-                None => BuildError::Invalid(msg),
-            });
+                let names: Vec<&str> = proj.ef.targets.iter().map(|t| t.name.as_str()).collect();
+                let msg = format!(
+                    "target {label} not found in {}; its targets are: {}",
+                    proj.ef.source.name(),
+                    names.join(", ")
+                );
+                return Err(match at {
+                    Some((p, pos)) => src_err(p, pos, msg),
+                    None => BuildError::Invalid(msg),
+                });
             }
         };
         self.active.push((key.clone(), label.clone()));
@@ -1030,7 +1032,11 @@ impl Lowerer<'_> {
                 return Err(BuildError::Source((**e).clone()));
             }
             match s {
-                Stmt::Command(c) if c.flags.iter().any(|f| f.value.as_ref().is_some_and(|v| v.contains('$'))) => {
+                Stmt::Command(c)
+                    if c.flags
+                        .iter()
+                        .any(|f| f.value.as_ref().is_some_and(|v| v.contains('$'))) =>
+                {
                     let c = self.expand_flags(ts, proj, c)?;
                     self.command(ts, proj, &c)?
                 }
@@ -1224,7 +1230,10 @@ impl Lowerer<'_> {
                 return Err(src_err(
                     proj,
                     f.pos,
-                    format!("--{}={v}: invalid argument for flag --{}: expected bool, got {x:?}", f.name, f.name),
+                    format!(
+                        "--{}={v}: invalid argument for flag --{}: expected bool, got {x:?}",
+                        f.name, f.name
+                    ),
                 ));
             }
             f.value = Some(x);
@@ -1287,7 +1296,8 @@ impl Lowerer<'_> {
                 let existing = ts.vars.iter().rev().find(|v| v.name == k).map(|v| v.kind);
                 // As Earthly: LET may shadow an ARG; SET changes a LET only.
                 match (c.name.as_str(), existing) {
-                    ("SET", Some(VarKind::Let)) | ("LET", None | Some(VarKind::Env | VarKind::Arg)) => {}
+                    ("SET", Some(VarKind::Let))
+                    | ("LET", None | Some(VarKind::Env | VarKind::Arg)) => {}
                     ("SET", Some(VarKind::Arg)) => {
                         return Err(BuildError::Source(
                             proj.ef
@@ -1413,7 +1423,9 @@ impl Lowerer<'_> {
                         return Err(src_err(
                             proj,
                             w.pos,
-                            format!("LABEL {k}: LABEL keys starting with \"dev.earthly.\" are reserved"),
+                            format!(
+                                "LABEL {k}: LABEL keys starting with \"dev.earthly.\" are reserved"
+                            ),
                         ));
                     }
                     ts.config.config.labels.insert(k.to_string(), v.to_string());
@@ -2418,7 +2430,12 @@ impl Lowerer<'_> {
                 "ARG --global: a global ARG can only be set in the base target (the recipe before the first target)",
             ));
         }
-        let existing = ts.vars.iter().rev().find(|v| v.name == name).map(|v| v.kind);
+        let existing = ts
+            .vars
+            .iter()
+            .rev()
+            .find(|v| v.name == name)
+            .map(|v| v.kind);
         if existing == Some(VarKind::Let) {
             return Err(BuildError::Source(
                 proj.ef
@@ -2441,11 +2458,9 @@ impl Lowerer<'_> {
                 ));
             }
             // Earthly 0.8 (`--arg-scope-and-set`) forbids declaring one twice.
-            let scoped = proj
-                .ef
-                .version
-                .as_ref()
-                .is_some_and(|v| v.minor >= 8 || v.features.iter().any(|f| f == "arg-scope-and-set"));
+            let scoped = proj.ef.version.as_ref().is_some_and(|v| {
+                v.minor >= 8 || v.features.iter().any(|f| f == "arg-scope-and-set")
+            });
             if !ts.is_base && scoped {
                 return Err(src_err(
                     proj,
@@ -2515,10 +2530,9 @@ impl Lowerer<'_> {
             "EARTHLY_GIT_ORIGIN_URL" => git().get("origin").cloned().unwrap_or_default(),
             "EARTHLY_GIT_PROJECT_NAME" => git().get("project").cloned().unwrap_or_default(),
             "EARTHLY_GIT_COMMIT_TIMESTAMP" => git().get("timestamp").cloned().unwrap_or_default(),
-            "EARTHLY_GIT_COMMIT_AUTHOR_TIMESTAMP" => git()
-                .get("author_timestamp")
-                .cloned()
-                .unwrap_or_default(),
+            "EARTHLY_GIT_COMMIT_AUTHOR_TIMESTAMP" => {
+                git().get("author_timestamp").cloned().unwrap_or_default()
+            }
             "EARTHLY_GIT_REFS" => git().get("refs").cloned().unwrap_or_default(),
             "EARTHLY_SOURCE_DATE_EPOCH" => git()
                 .get("timestamp")
@@ -2529,9 +2543,12 @@ impl Lowerer<'_> {
             "EARTHLY_BUILD_SHA" => format!("berth-{}", env!("CARGO_PKG_VERSION")),
             // Not on Earthly's CI runner; empty unless the feature flag asks for it.
             "EARTHLY_CI_RUNNER" => {
-                let flag = ts.proj.ef.version.as_ref().is_some_and(|v| {
-                    v.features.iter().any(|f| f == "earthly-ci-runner-arg")
-                });
+                let flag = ts
+                    .proj
+                    .ef
+                    .version
+                    .as_ref()
+                    .is_some_and(|v| v.features.iter().any(|f| f == "earthly-ci-runner-arg"));
                 if flag { "false".into() } else { String::new() }
             }
             "EARTHLY_CI" => self.opts.ci.to_string(),
@@ -3540,7 +3557,12 @@ fn git_info(dir: &Path) -> HashMap<&'static str, String> {
         m.insert("author_timestamp", t);
     }
     // The branches and tags at HEAD, as Earthly's EARTHLY_GIT_REFS.
-    if let Some(r) = git(&["for-each-ref", "--points-at", "HEAD", "--format=%(refname:short)"]) {
+    if let Some(r) = git(&[
+        "for-each-ref",
+        "--points-at",
+        "HEAD",
+        "--format=%(refname:short)",
+    ]) {
         m.insert("refs", r.lines().collect::<Vec<_>>().join(" "));
     }
     m

@@ -90,10 +90,15 @@ pub fn parse(file: &str, text: &str) -> Result<Earthfile, SourceError> {
     let base = statements(&source, base)?;
     let mut targets = Vec::new();
     let mut functions = Vec::new();
-    // Earthly 0.8 writes FUNCTION, earlier versions COMMAND (without VERSION: either).
-    let keyword = version
-        .as_ref()
-        .map(|v: &Version| if v.minor >= 8 { "FUNCTION" } else { "COMMAND" });
+    // Earthly 0.8 (or 0.7 with --use-function-keyword) writes FUNCTION, earlier versions
+    // COMMAND (without VERSION: either).
+    let keyword = version.as_ref().map(|v: &Version| {
+        if v.minor >= 8 || v.features.iter().any(|f| f == "use-function-keyword") {
+            "FUNCTION"
+        } else {
+            "COMMAND"
+        }
+    });
     for (name, pos, mut cmds) in recipes {
         let is_function = cmds.first().is_some_and(|c| {
             keyword.map_or(c.name == "FUNCTION" || c.name == "COMMAND", |k| c.name == k)
@@ -114,7 +119,9 @@ pub fn parse(file: &str, text: &str) -> Result<Earthfile, SourceError> {
         }
         if let Some(c) = cmds
             .iter()
-            .skip(usize::from(cmds.first().is_some_and(|c| c.invalid.is_some())))
+            .skip(usize::from(
+                cmds.first().is_some_and(|c| c.invalid.is_some()),
+            ))
             .find(|c| c.name == "FUNCTION" || c.name == "COMMAND")
         {
             return Err(source.error(
@@ -578,7 +585,10 @@ fn parse_version(source: &Source, c: &Command) -> Result<Version, SourceError> {
     let has = |f: &str| c.flags.iter().any(|x| x.name == f);
     if minor < 8 && has("arg-scope-and-set") && !has("shell-out-anywhere") {
         return Err(source
-            .error(c.pos, "VERSION: --arg-scope-and-set requires --shell-out-anywhere")
+            .error(
+                c.pos,
+                "VERSION: --arg-scope-and-set requires --shell-out-anywhere",
+            )
             .with_hint("add --shell-out-anywhere to the VERSION line, as Earthly requires"));
     }
     Ok(Version {
@@ -755,7 +765,7 @@ build:
     RUN ["echo", "exec form"]
 
 PRINT:
-    FUNCTION
+    COMMAND
     ARG text
     RUN echo $text
 "##;
@@ -793,8 +803,46 @@ PRINT:
         assert_eq!(group.text, r#"+dep/file --X="1 2""#);
         assert_eq!(cmd(&build.body[5]).rest, r#"["echo", "exec form"]"#);
         let f = ef.function("PRINT").unwrap();
-        assert_eq!(f.body.len(), 2, "FUNCTION itself is left out");
+        assert_eq!(
+            f.body.len(),
+            2,
+            "COMMAND (0.7's FUNCTION) itself is left out"
+        );
         assert!(ef.target("PRINT").is_none());
+    }
+
+    #[test]
+    fn the_function_keyword_follows_version_and_its_feature_flag() {
+        let f = |version: &str, keyword: &str| {
+            let text = format!("VERSION {version}\nFN:\n    {keyword}\n    RUN true\n");
+            parse("Earthfile", &text).unwrap()
+        };
+        assert!(f("0.8", "FUNCTION").function("FN").is_some());
+        assert!(f("0.7", "COMMAND").function("FN").is_some());
+        assert!(
+            f("--use-function-keyword 0.7", "FUNCTION")
+                .function("FN")
+                .is_some()
+        );
+        // The other keyword makes a target that fails when it is used.
+        for (version, keyword, want) in [
+            (
+                "0.7",
+                "FUNCTION",
+                "FUNCTION is not a keyword of VERSION 0.7: write COMMAND",
+            ),
+            (
+                "0.8",
+                "COMMAND",
+                "COMMAND is not a keyword of VERSION 0.8: write FUNCTION",
+            ),
+        ] {
+            let ef = f(version, keyword);
+            assert!(ef.function("FN").is_none());
+            let t = ef.target("FN").unwrap();
+            let err = cmd(&t.body[0]).invalid.as_ref().unwrap();
+            assert!(err.to_string().contains(want), "{err}");
+        }
     }
 
     #[test]
