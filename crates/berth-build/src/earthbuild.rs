@@ -238,6 +238,24 @@ pub async fn earth_build(
             Some((_, err)) => BuildError::Source(err.clone()),
             None => BuildError::SourceNotFound(path),
         },
+        // Earthly's errors name the Earthfile line of the failed RUN.
+        BuildError::StepFailed {
+            step,
+            command,
+            code,
+            output,
+        } => {
+            let step = match plan.step_at(&step) {
+                Some(at) => format!("{}:{}:{}: {step}", at.file, at.line, at.column),
+                None => step,
+            };
+            BuildError::StepFailed {
+                step,
+                command,
+                code,
+                output,
+            }
+        }
         e => e,
     })
 }

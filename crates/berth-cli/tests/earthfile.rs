@@ -743,6 +743,47 @@ fn earthfile_errors_name_file_line_and_column() {
     }
 }
 
+#[test]
+fn earthfile_a_failed_run_names_its_line() {
+    let Some(env) = Env::new() else { return };
+    let error = |file: &str, target: &str| {
+        let dir = env.single(file);
+        let out = output(&mut env.berth(&dir, &[target]));
+        assert!(!out.success, "{file} {target} should fail");
+        let line = out
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("berth: error: "))
+            .unwrap_or_else(|| panic!("no error line in:\n{}", out.stderr))
+            .to_string();
+        (line, out)
+    };
+    // Earthly's fail.earth: the line of the RUN, and its output (in the log and again
+    // under the error). Earthly counts columns from 0 ("Earthfile:10:4"), berth from 1.
+    let (line, out) = error("earthly/tests/fail.earth", "+test");
+    assert!(
+        line.starts_with(
+            "Earthfile:10:5: [+test] RUN echo \"fail 7b72e024-5e21-4e1b-96e4-655c39876107\" \
+             | base64; false: command "
+        ),
+        "{line}"
+    );
+    let encoded = "ZmFpbCA3YjcyZTAyNC01ZTIxLTRlMWItOTZlNC02NTVjMzk4NzYxMDcK";
+    assert_eq!(out.stderr.matches(encoded).count(), 2, "{}", out.stderr);
+    // A RUN of a function: the function's line.
+    let (line, _) = error("errors/failed-run.earth", "+t");
+    assert!(
+        line.starts_with("Earthfile:9:5: [+t] RUN exit $CODE: command "),
+        "{line}"
+    );
+    // Two RUNs alike in one target: which one failed is not known, so no line is named.
+    let (line, _) = error("errors/failed-run.earth", "+twice");
+    assert!(
+        line.starts_with("[+twice] RUN test ! -f /m && touch /m: command "),
+        "{line}"
+    );
+}
+
 /// Earthly's own examples and tests, unchanged, on the local base images.
 #[test]
 fn earthfile_earthly_examples_run_unchanged() {
@@ -1081,11 +1122,19 @@ const EARTHLY_TESTS: &[Case] = &[
     },
     Case {
         file: "fail.earth",
+        args: &["+test"],
+        setup: "",
+        env: &[],
+        fail: true,
+        want: "Earthfile:10:5: [+test] RUN echo \"fail 7b72e024-5e21-4e1b-96e4-655c39876107\" | base64; false: command",
+    },
+    Case {
+        file: "fail.earth",
         args: &["--push", "+test-push"],
         setup: "",
         env: &[],
         fail: true,
-        want: "[+test-push] RUN --push ls /this-too-will-fail",
+        want: "Earthfile:19:5: [+test-push] RUN --push ls /this-too-will-fail",
     },
     Case {
         file: "fail-invalid-artifact.earth",
@@ -1723,7 +1772,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "",
         env: &[],
         fail: true,
-        want: "[+wrapper7] RUN \"hello $nothing\"",
+        want: "Earthfile:69:3: [+wrapper7] RUN \"hello $nothing\"",
     },
     Case {
         file: "infinite-recursion.earth",
@@ -1731,7 +1780,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "",
         env: &[],
         fail: true,
-        want: "[+wrapper8] RUN \"hello $nothing\"",
+        want: "Earthfile:84:3: [+wrapper8] RUN \"hello $nothing\"",
     },
     Case {
         file: "from-dockerfile-arg.earth",
@@ -1771,7 +1820,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "",
         env: &[],
         fail: true,
-        want: "[+run-false] RUN --no-cache false",
+        want: "Earthfile:7:5: [+run-false] RUN --no-cache false",
     },
     Case {
         file: "true-false-flag-invalid.earth",
@@ -1779,7 +1828,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "",
         env: &[],
         fail: true,
-        want: "[+run-false-with-args] RUN --no-cache false echo test",
+        want: "Earthfile:11:5: [+run-false-with-args] RUN --no-cache false echo test",
     },
     Case {
         file: "true-false-flag-invalid.earth",

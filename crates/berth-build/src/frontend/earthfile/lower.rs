@@ -87,9 +87,25 @@ pub struct Plan {
     /// For each path a COPY or SAVE ARTIFACT copies, the error to give if the solver
     /// finds it missing (it only knows the path; this says where it was written).
     pub sources: Vec<(String, crate::SourceError)>,
+    /// For each RUN step's name, where it is written (a failed step's error names it).
+    pub steps: Vec<(String, crate::SourceError)>,
 }
 
 impl Plan {
+    /// Where the RUN named `step` is written; `None` when no RUN has that name or when
+    /// RUNs on different lines share it (the same command twice in a target).
+    pub fn step_at(&self, step: &str) -> Option<&crate::SourceError> {
+        let mut found = self
+            .steps
+            .iter()
+            .filter(|(s, _)| s == step)
+            .map(|(_, at)| at);
+        let first = found.next()?;
+        found
+            .all(|at| (&at.file, at.line, at.column) == (&first.file, first.line, first.column))
+            .then_some(first)
+    }
+
     /// The invoked target and those connected to it through `BUILD` chains: Earthly's
     /// output rule saves images and artifacts of these only.
     pub fn connected(&self) -> Vec<usize> {
@@ -419,6 +435,7 @@ pub struct Lowerer<'a> {
     images: ImageMemo,
     contexts: HashMap<String, PathBuf>,
     sources: Vec<(String, crate::SourceError)>,
+    steps: Vec<(String, crate::SourceError)>,
     host: &'a mut dyn Host,
     /// What the RUN of the `TRY` being lowered saves if it fails.
     try_saves: Vec<ir::FailureSave>,
@@ -536,6 +553,7 @@ pub fn lower<'a>(
         images: HashMap::new(),
         contexts: HashMap::new(),
         sources: Vec::new(),
+        steps: Vec::new(),
         host,
         try_saves: Vec::new(),
         remote_names: HashMap::new(),
@@ -569,6 +587,7 @@ pub fn lower<'a>(
         targets: l.targets,
         invoked,
         sources: l.sources,
+        steps: l.steps,
     })
 }
 
@@ -2638,6 +2657,8 @@ impl Lowerer<'_> {
             ts.pre_push = Some(ts.state.clone());
         }
         let name = Self::step_name(ts, c);
+        self.steps
+            .push((name.clone(), proj.ef.source.error(c.pos, String::new())));
         let made = match docker {
             None => ts.state.run(exec, extra, name),
             Some((images, compose)) => {
