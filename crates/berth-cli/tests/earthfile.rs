@@ -2059,6 +2059,22 @@ const EARTHLY_TESTS: &[Case] = &[
         fail: false,
         want: "",
     },
+    Case {
+        file: "escape.earth",
+        args: &["+all"],
+        setup: "printf content > file-with-+.txt; printf content > regular-file.txt",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "escape-dir1.earth",
+        args: &["--no-output", "+test"],
+        setup: "mkdir ./dir-with-+-in-it && cp \"$CORPUS\"/escape-dir2.earth ./dir-with-+-in-it/Earthfile",
+        env: &[],
+        fail: false,
+        want: "",
+    },
 ];
 
 fn earthly_tests(cases: &[Case]) {

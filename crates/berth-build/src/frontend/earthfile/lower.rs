@@ -598,6 +598,18 @@ fn is_remote_ref(p: &str) -> bool {
     (host.contains('.') || host.contains(':')) && parts.count() >= 2
 }
 
+/// Where the `+` of reference `text` is: the first one not escaped as `\+` (Earthly's
+/// escape for a `+` in a folder or file name: `COPY ./dir-with-\++t/f`).
+fn ref_plus(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    (0..b.len()).find(|&i| b[i] == b'+' && (i == 0 || b[i - 1] != b'\\'))
+}
+
+/// `text` with each `\+` made a `+` (Earthly's unescapeSlashPlus).
+fn unescape_plus(text: &str) -> String {
+    text.replace("\\+", "+")
+}
+
 fn is_local_ref(p: &str) -> bool {
     p == "." || p == ".." || p.starts_with("./") || p.starts_with("../") || p.starts_with('/')
 }
@@ -860,13 +872,18 @@ impl Lowerer<'_> {
         text: &str,
         pos: Pos,
     ) -> Result<(Arc<Project>, String)> {
-        let (p, name) = text.split_once('+').ok_or_else(|| {
-            src_err(
-                proj,
-                pos,
-                format!("{text:?} is not a target reference (+target, ./dir+target, alias+target)"),
-            )
-        })?;
+        let (p, name) = ref_plus(text)
+            .map(|i| (unescape_plus(&text[..i]), &text[i + 1..]))
+            .ok_or_else(|| {
+                src_err(
+                    proj,
+                    pos,
+                    format!(
+                        "{text:?} is not a target reference (+target, ./dir+target, alias+target)"
+                    ),
+                )
+            })?;
+        let p = p.as_str();
         if p.is_empty() {
             return Ok((proj.clone(), name.to_string()));
         }
@@ -1161,6 +1178,12 @@ impl Lowerer<'_> {
             '\\',
         )
         .map_err(|e| src_err(proj, pos, e.to_string()))
+    }
+
+    /// `w` expanded keeping its `\+` escapes (Earthly's keepPlusEscape), for words that
+    /// may be references: a `\+` is no reference's `+`.
+    fn x_ref(&mut self, ts: &Ts, proj: &Project, text: &str, pos: Pos) -> Result<String> {
+        self.x_text(ts, proj, &text.replace("\\+", "\\\\+"), pos)
     }
 
     /// `--NAME=value` words after a reference, expanded.
@@ -1501,7 +1524,7 @@ impl Lowerer<'_> {
                 Ok(())
             }
             "BUILD" => {
-                let r = self.x(ts, proj, &c.args[0])?;
+                let r = self.x_ref(ts, proj, &c.args[0].text, c.args[0].pos)?;
                 for idx in self.referenced_targets(ts, proj, c, &r, true)? {
                     if !ts.builds.contains(&idx) {
                         ts.builds.push(idx);
@@ -1719,7 +1742,7 @@ impl Lowerer<'_> {
     ) -> Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         for v in c.values("build-arg") {
-            let t = self.x_text(ts, proj, v, c.pos)?;
+            let t = self.x_ref(ts, proj, v, c.pos)?;
             let (k, v) = t.split_once('=').unwrap_or((&t, ""));
             out.insert(k.to_string(), v.to_string());
         }
@@ -1727,11 +1750,11 @@ impl Lowerer<'_> {
     }
 
     fn from(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
-        let r = self.x(ts, proj, &c.args[0])?;
+        let r = self.x_ref(ts, proj, &c.args[0].text, c.args[0].pos)?;
         let mut hosts = Vec::new();
         // The target is for the platform of what it starts from from here on.
         let mut platform = self.platform.clone();
-        let (state, mut config, hist) = if r.contains('+') {
+        let (state, mut config, hist) = if ref_plus(&r).is_some() {
             let idx = self.referenced_target(ts, proj, c, &r)?;
             let t = &self.targets[idx];
             hosts = t.hosts.clone();
@@ -3072,22 +3095,25 @@ impl Lowerer<'_> {
                 })
                 .collect();
             (
-                self.x_text(ts, proj, &first, w.pos)?,
+                self.x_ref(ts, proj, &first, w.pos)?,
                 self.ref_args(ts, proj, &rest)?,
             )
         } else {
-            (self.x(ts, proj, w)?, BTreeMap::new())
+            (self.x_ref(ts, proj, &w.text, w.pos)?, BTreeMap::new())
         };
         if !(w.group || self.is_artifact_ref(proj, &text)) {
-            return Ok((text, None));
+            return Ok((unescape_plus(&text), None));
         }
-        let (r, _) = split_artifact(&text).ok_or_else(|| {
+        let (r, path) = split_artifact(&text).ok_or_else(|| {
             src_err(
                 proj,
                 w.pos,
                 format!("{text:?}: an artifact reference is +target/path"),
             )
         })?;
+        // The path's escapes go; the reference keeps its own for resolve_ref.
+        let text = format!("{r}/{}", unescape_plus(path));
+        let r = &text[..r.len()];
         let mut all = if c.flag("pass-args") {
             ts.arg_overrides()
         } else {
@@ -3102,7 +3128,7 @@ impl Lowerer<'_> {
 
     /// Whether a COPY source names an artifact (`+t/p`, `./d+t/p`, `alias+t/p`).
     fn is_artifact_ref(&self, proj: &Project, text: &str) -> bool {
-        match text.split_once('+') {
+        match ref_plus(text).map(|i| text.split_at(i)) {
             Some(("", _)) => true,
             Some((p, _)) => is_local_ref(p) || proj.imports.contains_key(p) || is_remote_ref(p),
             None => false,
@@ -3488,7 +3514,7 @@ fn optional_glob(path: &str) -> String {
 
 /// `+t/path` → (`+t`, `path`).
 fn split_artifact(text: &str) -> Option<(&str, &str)> {
-    let plus = text.find('+')?;
+    let plus = ref_plus(text)?;
     let slash = text[plus..].find('/')? + plus;
     let path = &text[slash + 1..];
     // `+t/` is the whole artifact folder (FROM DOCKERFILE +t/).
@@ -4164,6 +4190,14 @@ mod tests {
         assert_eq!(split_artifact("../a/b+t/x/*"), Some(("../a/b+t", "x/*")));
         assert_eq!(split_artifact("+build"), None);
         assert_eq!(split_artifact("+build/"), Some(("+build", ".")));
+        // Earthly's \+: a plus in a folder or file name, not the reference's.
+        assert_eq!(
+            split_artifact(r"./dir-\+x+t/f\+g"),
+            Some((r"./dir-\+x+t", r"f\+g"))
+        );
+        assert_eq!(split_artifact(r"file-\+x/y"), None);
+        assert_eq!(ref_plus(r"a\+b+c"), Some(4));
+        assert_eq!(unescape_plus(r"a\+b+c"), "a+b+c");
     }
 
     #[test]
