@@ -2075,6 +2075,14 @@ const EARTHLY_TESTS: &[Case] = &[
         fail: false,
         want: "",
     },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-if-exists-wildcard"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
 ];
 
 fn earthly_tests(cases: &[Case]) {

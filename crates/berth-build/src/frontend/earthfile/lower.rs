@@ -2989,10 +2989,14 @@ impl Lowerer<'_> {
                     }
                 }
                 None => {
-                    if if_exists
-                        && !proj.dir.join(&text).exists()
-                        && !text.contains(['*', '?', '['])
-                    {
+                    // --if-exists: a missing path, or a wildcard under a missing folder,
+                    // copies nothing (Earthly's AllowNotFound); a wildcard that matches
+                    // nothing copies nothing anyway.
+                    let fixed: PathBuf = Path::new(&text)
+                        .components()
+                        .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+                        .collect();
+                    if if_exists && !proj.dir.join(&fixed).exists() {
                         continue;
                     }
                     (
