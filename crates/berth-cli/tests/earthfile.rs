@@ -852,7 +852,8 @@ struct Case {
     fail: bool,
     /// A failure: a part of berth's error (`berth: error: …`); a success: a part of
     /// the build's output (Earthly's `--output_contains`; run with --no-cache so the
-    /// steps run and print).
+    /// steps run and print); `!part`: a success whose output lacks `part` (Earthly's
+    /// `--output_does_not_contain`).
     want: &'static str,
 }
 
@@ -922,7 +923,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "touch in",
         env: &[],
         fail: false,
-        want: "",
+        want: "!which does not expand to a home directory",
     },
     Case {
         file: "cache1.earth",
@@ -2083,6 +2084,46 @@ const EARTHLY_TESTS: &[Case] = &[
         fail: false,
         want: "",
     },
+    Case {
+        file: "copy-tilde.earth",
+        args: &["+copy-tilde-destination"],
+        setup: "touch in",
+        env: &[],
+        fail: false,
+        want: "destination path \"~/.\" contains a \"~\" which does not expand to a home directory",
+    },
+    Case {
+        file: "copy-tilde.earth",
+        args: &["+copy-tilde-in-destination"],
+        setup: "touch in",
+        env: &[],
+        fail: false,
+        want: "destination path \"/some/dir/~/.\" contains a \"~\" which does not expand to a home directory",
+    },
+    Case {
+        file: "copy-tilde.earth",
+        args: &["+copy-tilde-in-destination-prefix"],
+        setup: "touch in",
+        env: &[],
+        fail: false,
+        want: "destination path \"~some/dir.\" contains a \"~\" which does not expand to a home directory",
+    },
+    Case {
+        file: "copy-tilde.earth",
+        args: &["+copy-tilde-arg-in-destination"],
+        setup: "touch in",
+        env: &[],
+        fail: false,
+        want: "destination path \"/some/dir/~/.\" contains a \"~\" which does not expand to a home directory",
+    },
+    Case {
+        file: "copy-tilde.earth",
+        args: &["+copy-tilde-artifact"],
+        setup: "touch in",
+        env: &[],
+        fail: false,
+        want: "destination path \"/some/dir/~/.\" contains a \"~\" which does not expand to a home directory",
+    },
 ];
 
 fn earthly_tests(cases: &[Case]) {
@@ -2113,6 +2154,8 @@ fn earthly_tests(cases: &[Case]) {
                     .lines()
                     .filter_map(|l| l.strip_prefix("berth: error: "))
                     .any(|l| l.contains(c.want))
+        } else if let Some(unwanted) = c.want.strip_prefix('!') {
+            out.success && !out.stdout.contains(unwanted) && !out.stderr.contains(unwanted)
         } else {
             out.success && (out.stdout.contains(c.want) || out.stderr.contains(c.want))
         };

@@ -2259,6 +2259,7 @@ impl Lowerer<'_> {
     fn local_copy(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
         let (srcs, dest_w) = c.args.split_at(c.args.len() - 1);
         let dest_raw = self.x(ts, proj, &dest_w[0])?;
+        warn_tilde(proj, c, &dest_raw);
         let dest = PathBuf::from(ts.abs(&dest_raw));
         let into = dest_raw.ends_with('/') || srcs.len() > 1 || dest.is_dir();
         for w in srcs {
@@ -2912,6 +2913,7 @@ impl Lowerer<'_> {
         }
         let (srcs, dest_w) = c.args.split_at(c.args.len() - 1);
         let dest_raw = self.x(ts, proj, &dest_w[0])?;
+        warn_tilde(proj, c, &dest_raw);
         let dir = c.flag("dir");
         let many = srcs.len() > 1;
         let dest = ts.abs(&dest_raw);
@@ -3426,6 +3428,19 @@ fn scratch_config(platform: &Platform) -> ImageConfig {
 }
 
 /// A copy of `sources` of input `from` to `dest`.
+/// Earthly's warning for a COPY destination with a `~` word (`~/x`, `/a/~/b`, `~u/x`):
+/// no shell expands it, so it names a folder called `~`.
+fn warn_tilde(proj: &Project, c: &Command, dest: &str) {
+    if dest.split('/').any(|s| s.starts_with('~')) {
+        tracing::warn!(
+            "{}:{}:{}: destination path {dest:?} contains a \"~\" which does not expand to a home directory",
+            proj.ef.source.name(),
+            c.pos.line,
+            c.pos.column
+        );
+    }
+}
+
 fn copy_action(from: usize, sources: Vec<String>, dest: String, chmod: Option<u32>) -> FileAction {
     FileAction::Copy {
         from,
