@@ -1276,7 +1276,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "",
         env: &[],
         fail: true,
-        want: "Earthfile:39:10: COPY +save/not_ok: the artifact does not exist",
+        want: "Earthfile:39:10: COPY +save/not_ok: not_ok not found in the artifacts of +save",
     },
     Case {
         file: "if-exists.earth",
@@ -1284,7 +1284,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "",
         env: &[],
         fail: true,
-        want: "Earthfile:43:10: COPY +save/baddir/*: the artifact does not exist",
+        want: "Earthfile:43:10: COPY +save/baddir/*: baddir/* not found in the artifacts of +save",
     },
     Case {
         file: "if-exists.earth",
@@ -2123,6 +2123,22 @@ const EARTHLY_TESTS: &[Case] = &[
         env: &[],
         fail: false,
         want: "destination path \"/some/dir/~/.\" contains a \"~\" which does not expand to a home directory",
+    },
+    Case {
+        file: "push-arg.earth",
+        args: &["--push", "+indirect-test"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "shoop",
+    },
+    Case {
+        file: "save-artifact-after-push.earth",
+        args: &["+copy-test"],
+        setup: "",
+        env: &[],
+        fail: true,
+        want: "Earthfile:21:10: COPY +test/2: 2 not found in the artifacts of +test",
     },
 ];
 

@@ -439,6 +439,9 @@ pub struct Lowerer<'a> {
     host: &'a mut dyn Host,
     /// What the RUN of the `TRY` being lowered saves if it fails.
     try_saves: Vec<ir::FailureSave>,
+    /// Whether the target being lowered is BUILD-connected to the invoked one (its
+    /// EARTHLY_PUSH is `--push`'s value).
+    pushing: bool,
     /// Checkouts of remote references → the reference, for labels.
     remote_names: HashMap<PathBuf, String>,
     /// The platform of the command being lowered: its `--platform`, else its target's.
@@ -556,6 +559,7 @@ pub fn lower<'a>(
         steps: Vec::new(),
         host,
         try_saves: Vec::new(),
+        pushing: true,
         remote_names: HashMap::new(),
         platform: opts.platform.clone().unwrap_or_else(Platform::host),
     };
@@ -581,7 +585,7 @@ pub fn lower<'a>(
         )));
     };
     let proj = l.project(&tdir)?;
-    let invoked = l.target(&proj, name, opts.args.clone(), None)?;
+    let invoked = l.target(&proj, name, opts.args.clone(), None, true)?;
     Ok(Plan {
         contexts: l.contexts,
         targets: l.targets,
@@ -909,19 +913,24 @@ impl Lowerer<'_> {
     }
 
     /// Lower target `name` of `proj` with ARG `overrides` (once per set of values);
-    /// `at` is the command that asked for it, for errors.
+    /// `at` is the command that asked for it, for errors. `via_build`: asked for by
+    /// BUILD (or invoked), so connected to the invoked target when the asking one is:
+    /// its EARTHLY_PUSH is `--push`'s value, as in Earthly (false through FROM and COPY).
     fn target(
         &mut self,
         proj: &Arc<Project>,
         name: &str,
         overrides: BTreeMap<String, String>,
         at: Option<(&Arc<Project>, Pos)>,
+        via_build: bool,
     ) -> Result<usize> {
         let label = format!("{}+{name}", proj.reference);
+        let pushing = self.opts.push && self.pushing && via_build;
         let key = format!(
-            "{}+{name} {overrides:?} {}",
+            "{}+{name} {overrides:?} {}{}",
             proj.dir.display(),
-            self.platform
+            self.platform,
+            if pushing { " pushing" } else { "" }
         );
         if let Some(&i) = self.memo.get(&key) {
             return Ok(i);
@@ -961,6 +970,7 @@ impl Lowerer<'_> {
         // The target's commands set the command platform as they go; the command that
         // referenced it gets its own back.
         let outer = self.platform.clone();
+        let outer_pushing = std::mem::replace(&mut self.pushing, pushing);
         let result = (|| -> Result<Ts> {
             let mut ts = self.base(proj, &overrides)?;
             ts.label = label.clone();
@@ -971,6 +981,7 @@ impl Lowerer<'_> {
             Ok(ts)
         })();
         self.platform = outer;
+        self.pushing = outer_pushing;
         self.active.pop();
         let mut ts = result?;
         if ts.pre_push.is_none() {
@@ -1713,7 +1724,8 @@ impl Lowerer<'_> {
         let mut out = Vec::new();
         for mut args in combos {
             args.extend(build_args.clone());
-            out.push(self.target(&tp, &name, args, Some((proj, c.args[0].pos)))?);
+            // BUILD passes --push on (EARTHLY_PUSH); FROM does not.
+            out.push(self.target(&tp, &name, args, Some((proj, c.args[0].pos)), matrix)?);
         }
         Ok(out)
     }
@@ -1904,7 +1916,7 @@ impl Lowerer<'_> {
             args.insert(k.to_string(), v.to_string());
         }
         let (tp, tname) = self.resolve_ref(proj, r, pos)?;
-        let idx = self.target(&tp, &tname, args, Some((proj, pos)))?;
+        let idx = self.target(&tp, &tname, args, Some((proj, pos)), false)?;
         let t = &self.targets[idx];
         let tag = match name {
             Some(n) => n,
@@ -2303,7 +2315,7 @@ impl Lowerer<'_> {
                 src_err(
                     proj,
                     w.pos,
-                    format!("COPY {text}: the artifact does not exist"),
+                    format!("COPY {text}: {}", artifact_not_found(&text)),
                 )
             };
             match self.host.export(&self.contexts, &state, &dir) {
@@ -2407,7 +2419,7 @@ impl Lowerer<'_> {
             )
         })?;
         let (tp, name) = self.resolve_ref(proj, r, pos)?;
-        let idx = self.target(&tp, &name, BTreeMap::new(), Some((proj, pos)))?;
+        let idx = self.target(&tp, &name, BTreeMap::new(), Some((proj, pos)), false)?;
         let state = State::scratch().file(
             FileOp {
                 actions: vec![copy_action(1, vec![path.to_string()], to.into(), None)],
@@ -2421,7 +2433,7 @@ impl Lowerer<'_> {
             Err(BuildError::SourceNotFound(_)) => Err(src_err(
                 proj,
                 pos,
-                format!("{text}: the artifact does not exist"),
+                format!("{text}: {}", artifact_not_found(text)),
             )),
             r => r.map(|_| dir),
         }
@@ -2595,7 +2607,7 @@ impl Lowerer<'_> {
                 if flag { "false".into() } else { String::new() }
             }
             "EARTHLY_CI" => self.opts.ci.to_string(),
-            "EARTHLY_PUSH" => self.opts.push.to_string(),
+            "EARTHLY_PUSH" => (self.opts.push && self.pushing).to_string(),
             "EARTHLY_LOCALLY" => ts.locally.to_string(),
             "TARGETPLATFORM" => target.to_string(),
             "TARGETOS" => target.os.clone(),
@@ -3025,7 +3037,7 @@ impl Lowerer<'_> {
                 proj.ef.source.error(
                     w.pos,
                     if artifact {
-                        format!("COPY {text}: the artifact does not exist")
+                        format!("COPY {text}: {}", artifact_not_found(&text))
                     } else {
                         format!(
                             "COPY {text}: not found in {} (or excluded by .earthlyignore)",
@@ -3128,7 +3140,7 @@ impl Lowerer<'_> {
         all.extend(args);
         all.extend(self.build_args(ts, proj, c)?);
         let (tp, name) = self.resolve_ref(proj, r, w.pos)?;
-        let idx = self.target(&tp, &name, all, Some((proj, w.pos)))?;
+        let idx = self.target(&tp, &name, all, Some((proj, w.pos)), false)?;
         Ok((text, Some(idx)))
     }
 
@@ -3532,6 +3544,15 @@ fn optional_glob(path: &str) -> String {
 }
 
 /// `+t/path` → (`+t`, `path`).
+/// Why artifact `text` (`+t/path`) cannot be copied: `path` is not among the
+/// artifacts of `+t` (Earthly's words: "not found").
+fn artifact_not_found(text: &str) -> String {
+    match split_artifact(text) {
+        Some((r, path)) => format!("{path} not found in the artifacts of {r}"),
+        None => "not found".into(),
+    }
+}
+
 fn split_artifact(text: &str) -> Option<(&str, &str)> {
     let plus = ref_plus(text)?;
     let slash = text[plus..].find('/')? + plus;
