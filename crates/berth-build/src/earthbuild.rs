@@ -206,6 +206,10 @@ pub async fn earth_build(
         scratch: scratch.clone(),
         progress: opts.progress.clone(),
         cancel: opts.cancel.clone(),
+        // A satellite's sink places outputs at the build's end only.
+        write_early: opts.output == EarthOutput::Normal
+            && !opts.no_output
+            && opts.local_sink.is_none(),
     };
     let plan: Plan = tokio::task::spawn_blocking(move || {
         lower(
@@ -311,7 +315,10 @@ async fn run_plan(
             images.push(img);
         }
         if opts.output == EarthOutput::Normal {
-            for l in &target.locals {
+            for l in target.locals.iter().filter(|l| l.early && !opts.no_output) {
+                out.artifacts.push(PathBuf::from(&l.dest));
+            }
+            for l in target.locals.iter().filter(|l| !l.early) {
                 states.push(l.state.clone());
                 locals.push(l);
             }
@@ -409,6 +416,27 @@ struct LowerHost<F> {
     scratch: Arc<Mutex<Vec<Staging>>>,
     progress: Arc<dyn Progress>,
     cancel: Cancel,
+    /// `AS LOCAL` outputs may be written during lowering (the end of a `WAIT`).
+    write_early: bool,
+}
+
+impl<F: Fn(HashMap<String, PathBuf>) -> SolveOptions> LowerHost<F> {
+    /// The solver over `contexts` (made anew when they changed).
+    fn solver(&mut self, contexts: &HashMap<String, PathBuf>) -> Result<Arc<Solver>> {
+        if self.solver.as_ref().is_none_or(|(c, _)| c != contexts) {
+            if let Some((_, old)) = self.solver.take() {
+                old.save_sums();
+            }
+            let s = Solver::new(
+                &self.root,
+                self.store.clone(),
+                self.executor.clone(),
+                (self.solve_opts)(contexts.clone()),
+            )?;
+            self.solver = Some((contexts.clone(), s));
+        }
+        Ok(self.solver.as_ref().expect("made above").1.clone())
+    }
 }
 
 impl<F: Fn(HashMap<String, PathBuf>) -> SolveOptions> Host for LowerHost<F> {
@@ -427,25 +455,42 @@ impl<F: Fn(HashMap<String, PathBuf>) -> SolveOptions> Host for LowerHost<F> {
         state: &State,
         dest: &Path,
     ) -> Result<()> {
-        if self.solver.as_ref().is_none_or(|(c, _)| c != contexts) {
-            if let Some((_, old)) = self.solver.take() {
-                old.save_sums();
-            }
-            let s = Solver::new(
-                &self.root,
-                self.store.clone(),
-                self.executor.clone(),
-                (self.solve_opts)(contexts.clone()),
-            )?;
-            self.solver = Some((contexts.clone(), s));
-        }
-        let solver = &self.solver.as_ref().expect("made above").1;
-        let layers = self.handle.block_on(layers_of(solver, state))?;
+        let solver = self.solver(contexts)?;
+        let layers = self.handle.block_on(layers_of(&solver, state))?;
         solver.export_dir(&layers, dest)
     }
 
     fn run_local(&mut self, run: &LocalRun) -> Result<(i32, String)> {
         run_on_host(run, &*self.progress, &self.cancel)
+    }
+
+    fn write_locals(
+        &mut self,
+        contexts: &HashMap<String, PathBuf>,
+        locals: &[SavedLocal],
+    ) -> Result<bool> {
+        if !self.write_early {
+            return Ok(false);
+        }
+        let solver = self.solver(contexts)?;
+        let states: Vec<&State> = locals.iter().map(|l| &l.state).collect();
+        self.handle.block_on(futures_util::future::try_join_all(
+            states.iter().map(|s| solver.solve(s)),
+        ))?;
+        for l in locals {
+            let layers = self.handle.block_on(layers_of(&solver, &l.state))?;
+            let tmp = local_staging(Path::new(&l.dest))?;
+            solver.export_dir(&layers, tmp.path())?;
+            place_local_output(
+                tmp.path(),
+                &LocalOutput {
+                    dest: l.dest.clone(),
+                    glob: l.glob,
+                    name: l.name.clone(),
+                },
+            )?;
+        }
+        Ok(true)
     }
 }
 

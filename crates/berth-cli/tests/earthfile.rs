@@ -230,6 +230,31 @@ fn earthfile_locally_runs_on_the_host_in_the_earthfile_folder() {
 }
 
 #[test]
+fn earthfile_wait_writes_its_builds_outputs_before_the_next_command() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("wait");
+    output_ok(&mut env.berth(&case, &["+test"]));
+    assert_eq!(read(&case.join("out/data")), "foo");
+    // Read by the LOCALLY RUN, which runs while the build is lowered.
+    assert_eq!(read(&case.join("seen.txt")), "foo");
+    std::fs::remove_dir_all(case.join("out")).unwrap();
+    // --no-output: nothing written, so nothing for +check to read.
+    let out = output(&mut env.berth(&case, &["--no-output", "+test"]));
+    assert!(!out.success);
+    assert!(!case.join("out").exists());
+    let out = output(&mut env.berth(&case, &["+again"]));
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains(
+            "Earthfile:26:10: COPY out/data: unable to copy a file this build has already \
+             output elsewhere (SAVE ARTIFACT … AS LOCAL at Earthfile:8, before a WAIT's END)"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn earthfile_try_finally_saves_the_failed_runs_files() {
     let Some(env) = Env::new() else { return };
     let case = env.case("try");

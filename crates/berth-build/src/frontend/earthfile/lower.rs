@@ -16,7 +16,7 @@
 //! `security.insecure`. What berth does not run yet is refused with an error at its
 //! line.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -218,6 +218,8 @@ pub struct SavedLocal {
     pub dest: String,
     /// Where it was written, for errors (`Earthfile:12`).
     pub origin: String,
+    /// Already written on the host, at the end of a `WAIT` block: not again.
+    pub early: bool,
 }
 
 /// A variable in scope.
@@ -439,9 +441,12 @@ pub struct Lowerer<'a> {
     host: &'a mut dyn Host,
     /// What the RUN of the `TRY` being lowered saves if it fails.
     try_saves: Vec<ir::FailureSave>,
+    /// The host paths written at the end of a `WAIT` block, and the SAVE ARTIFACT that
+    /// wrote each: a later COPY of one from a build context is refused, as in Earthly.
+    written: HashMap<PathBuf, String>,
     /// Whether the target being lowered is BUILD-connected to the invoked one (its
-    /// EARTHLY_PUSH is `--push`'s value).
-    pushing: bool,
+    /// outputs are written; its EARTHLY_PUSH is `--push`'s value).
+    connected: bool,
     /// Checkouts of remote references → the reference, for labels.
     remote_names: HashMap<PathBuf, String>,
     /// The platform of the command being lowered: its `--platform`, else its target's.
@@ -467,6 +472,15 @@ pub trait Host {
     /// Run a `LOCALLY` command on this host: its exit code, and its standard output
     /// when [`LocalRun::capture`] asks for it.
     fn run_local(&mut self, run: &LocalRun) -> Result<(i32, String)>;
+    /// Write `locals` on the host now (the end of a `WAIT` block), as the build's end
+    /// would; `false` when this host leaves them to the build's end.
+    fn write_locals(
+        &mut self,
+        _contexts: &HashMap<String, PathBuf>,
+        _locals: &[SavedLocal],
+    ) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// A command of a `LOCALLY` target, run on the host.
@@ -559,7 +573,8 @@ pub fn lower<'a>(
         steps: Vec::new(),
         host,
         try_saves: Vec::new(),
-        pushing: true,
+        connected: true,
+        written: HashMap::new(),
         remote_names: HashMap::new(),
         platform: opts.platform.clone().unwrap_or_else(Platform::host),
     };
@@ -925,7 +940,8 @@ impl Lowerer<'_> {
         via_build: bool,
     ) -> Result<usize> {
         let label = format!("{}+{name}", proj.reference);
-        let pushing = self.opts.push && self.pushing && via_build;
+        let connected = self.connected && via_build;
+        let pushing = self.opts.push && connected;
         let key = format!(
             "{}+{name} {overrides:?} {}{}",
             proj.dir.display(),
@@ -970,7 +986,7 @@ impl Lowerer<'_> {
         // The target's commands set the command platform as they go; the command that
         // referenced it gets its own back.
         let outer = self.platform.clone();
-        let outer_pushing = std::mem::replace(&mut self.pushing, pushing);
+        let outer_connected = std::mem::replace(&mut self.connected, connected);
         let result = (|| -> Result<Ts> {
             let mut ts = self.base(proj, &overrides)?;
             ts.label = label.clone();
@@ -981,7 +997,7 @@ impl Lowerer<'_> {
             Ok(ts)
         })();
         self.platform = outer;
-        self.pushing = outer_pushing;
+        self.connected = outer_connected;
         self.active.pop();
         let mut ts = result?;
         if ts.pre_push.is_none() {
@@ -1088,7 +1104,11 @@ impl Lowerer<'_> {
                     self.command(ts, proj, &c)?
                 }
                 Stmt::Command(c) => self.command(ts, proj, c)?,
-                Stmt::Wait { body, .. } => self.stmts(ts, proj, body)?,
+                Stmt::Wait { body, .. } => {
+                    let (builds, locals) = (ts.builds.len(), ts.locals.len());
+                    self.stmts(ts, proj, body)?;
+                    self.wait_end(ts, builds, locals)?;
+                }
                 Stmt::If {
                     branches,
                     otherwise,
@@ -1137,6 +1157,54 @@ impl Lowerer<'_> {
                     finally,
                 } => self.try_finally(ts, proj, head, body, finally.as_deref())?,
             }
+        }
+        Ok(())
+    }
+
+    /// The end of a `WAIT` block whose BUILDs are `ts.builds[builds..]` and whose
+    /// `SAVE ARTIFACT … AS LOCAL`s are `ts.locals[locals..]`: in a target connected to
+    /// the invoked one, those artifacts (and those of the targets the BUILDs connect)
+    /// are written on the host now, before the next command (a `LOCALLY` RUN may read
+    /// them), as Earthly does.
+    fn wait_end(&mut self, ts: &mut Ts, builds: usize, locals: usize) -> Result<()> {
+        if !self.connected || self.opts.no_output {
+            return Ok(());
+        }
+        let mut list: Vec<SavedLocal> = ts.locals[locals..]
+            .iter()
+            .filter(|l| !l.early)
+            .cloned()
+            .collect();
+        let mut marks = Vec::new();
+        let mut seen = HashSet::new();
+        let mut stack: Vec<usize> = ts.builds[builds..].to_vec();
+        while let Some(i) = stack.pop() {
+            if !seen.insert(i) {
+                continue;
+            }
+            for (j, l) in self.targets[i].locals.iter().enumerate() {
+                if !l.early {
+                    list.push(l.clone());
+                    marks.push((i, j));
+                }
+            }
+            stack.extend(self.targets[i].builds.iter().copied());
+        }
+        if list.is_empty() || !self.host.write_locals(&self.contexts, &list)? {
+            return Ok(());
+        }
+        for l in &list {
+            let dest = PathBuf::from(&l.dest);
+            if l.dest.ends_with('/') && !l.glob {
+                self.written.insert(dest.join(&l.name), l.origin.clone());
+            }
+            self.written.insert(lexical_clean(&dest), l.origin.clone());
+        }
+        for l in &mut ts.locals[locals..] {
+            l.early = true;
+        }
+        for (i, j) in marks {
+            self.targets[i].locals[j].early = true;
         }
         Ok(())
     }
@@ -2607,7 +2675,7 @@ impl Lowerer<'_> {
                 if flag { "false".into() } else { String::new() }
             }
             "EARTHLY_CI" => self.opts.ci.to_string(),
-            "EARTHLY_PUSH" => (self.opts.push && self.pushing).to_string(),
+            "EARTHLY_PUSH" => (self.opts.push && self.connected).to_string(),
             "EARTHLY_LOCALLY" => ts.locally.to_string(),
             "TARGETPLATFORM" => target.to_string(),
             "TARGETOS" => target.os.clone(),
@@ -2965,6 +3033,18 @@ impl Lowerer<'_> {
         let mut actions = Vec::new();
         for w in srcs {
             let (text, from_target) = self.copy_source(ts, proj, c, w)?;
+            if from_target.is_none()
+                && let Some(origin) = self.written.get(&lexical_clean(&proj.dir.join(&text)))
+            {
+                return Err(src_err(
+                    proj,
+                    w.pos,
+                    format!(
+                        "COPY {text}: unable to copy a file this build has already output \
+                         elsewhere (SAVE ARTIFACT … AS LOCAL at {origin}, before a WAIT's END)"
+                    ),
+                ));
+            }
             let artifact = from_target.is_some();
             // The source, its path there, and how the copy dates and owns entries.
             let (from_state, path, keep_ts, chown, keep) = match from_target {
@@ -3260,6 +3340,7 @@ impl Lowerer<'_> {
                 name,
                 dest,
                 origin: format!("{}:{}", proj.ef.source.name(), c.pos.line),
+                early: false,
             });
         }
         Ok(())
