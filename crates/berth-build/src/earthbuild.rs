@@ -211,8 +211,8 @@ pub async fn earth_build(
             && !opts.no_output
             && opts.local_sink.is_none(),
     };
-    let plan: Plan = tokio::task::spawn_blocking(move || {
-        lower(
+    let (plan, lowering_solver) = tokio::task::spawn_blocking(move || {
+        let plan = lower(
             &dir,
             &target,
             &lower_opts,
@@ -223,16 +223,27 @@ pub async fn earth_build(
                 Ok(resolved)
             },
             &mut host,
-        )
+        );
+        plan.map(|p| (p, host.solver.take()))
     })
     .await
     .map_err(|e| BuildError::Invalid(format!("lowering panicked: {e}")))??;
-    let solver = Solver::new(
-        root,
-        store.clone(),
-        executor,
-        solve_opts(plan.contexts.clone()),
-    )?;
+    // The solver lowering used, when it has every context: what it solved (a WAIT
+    // block's BUILDs, `RUN --no-cache` steps included) is not solved again.
+    let solver = match lowering_solver {
+        Some((contexts, s)) if contexts == plan.contexts => s,
+        other => {
+            if let Some((_, s)) = other {
+                s.save_sums();
+            }
+            Solver::new(
+                root,
+                store.clone(),
+                executor,
+                solve_opts(plan.contexts.clone()),
+            )?
+        }
+    };
     let result = run_plan(root, &solver, &store, &plan, &opts).await;
     solver.save_sums();
     drop(scratch);
@@ -464,19 +475,23 @@ impl<F: Fn(HashMap<String, PathBuf>) -> SolveOptions> Host for LowerHost<F> {
         run_on_host(run, &*self.progress, &self.cancel)
     }
 
-    fn write_locals(
+    fn wait(
         &mut self,
         contexts: &HashMap<String, PathBuf>,
+        states: &[State],
         locals: &[SavedLocal],
     ) -> Result<bool> {
+        let solver = self.solver(contexts)?;
+        let mut all: Vec<&State> = states.iter().collect();
+        if self.write_early {
+            all.extend(locals.iter().map(|l| &l.state));
+        }
+        self.handle.block_on(futures_util::future::try_join_all(
+            all.iter().map(|s| solver.solve(s)),
+        ))?;
         if !self.write_early {
             return Ok(false);
         }
-        let solver = self.solver(contexts)?;
-        let states: Vec<&State> = locals.iter().map(|l| &l.state).collect();
-        self.handle.block_on(futures_util::future::try_join_all(
-            states.iter().map(|s| solver.solve(s)),
-        ))?;
         for l in locals {
             let layers = self.handle.block_on(layers_of(&solver, &l.state))?;
             let tmp = local_staging(Path::new(&l.dest))?;

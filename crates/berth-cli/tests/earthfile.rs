@@ -237,6 +237,17 @@ fn earthfile_wait_writes_its_builds_outputs_before_the_next_command() {
     assert_eq!(read(&case.join("out/data")), "foo");
     // Read by the LOCALLY RUN, which runs while the build is lowered.
     assert_eq!(read(&case.join("seen.txt")), "foo");
+    // Earthly's wait-block/no-cache: +a (sleep, then "alpha") is built before +b
+    // ("bravo", then sleep) starts, and each RUN --no-cache runs once.
+    let earthly = env.case("earthly/tests/wait-block/no-cache");
+    let out = output_ok(&mut env.berth(&earthly, &["+test"]));
+    let log = format!("{}{}", out.stdout, out.stderr);
+    let (alpha, bravo) = (
+        log.matches("alpha\n").count(),
+        log.matches("bravo\n").count(),
+    );
+    assert_eq!((alpha, bravo), (1, 1), "{log}");
+    assert!(log.find("alpha\n") < log.find("bravo\n"), "{log}");
     std::fs::remove_dir_all(case.join("out")).unwrap();
     // --no-output: nothing written, so nothing for +check to read.
     let out = output(&mut env.berth(&case, &["--no-output", "+test"]));

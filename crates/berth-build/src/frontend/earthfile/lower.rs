@@ -472,11 +472,13 @@ pub trait Host {
     /// Run a `LOCALLY` command on this host: its exit code, and its standard output
     /// when [`LocalRun::capture`] asks for it.
     fn run_local(&mut self, run: &LocalRun) -> Result<(i32, String)>;
-    /// Write `locals` on the host now (the end of a `WAIT` block), as the build's end
-    /// would; `false` when this host leaves them to the build's end.
-    fn write_locals(
+    /// The end of a `WAIT` block: solve `states` (the targets its BUILDs reached) and
+    /// write `locals` on the host now, as the build's end would; `false` when this host
+    /// leaves the outputs to the build's end.
+    fn wait(
         &mut self,
         _contexts: &HashMap<String, PathBuf>,
+        _states: &[State],
         _locals: &[SavedLocal],
     ) -> Result<bool> {
         Ok(false)
@@ -1163,18 +1165,20 @@ impl Lowerer<'_> {
 
     /// The end of a `WAIT` block whose BUILDs are `ts.builds[builds..]` and whose
     /// `SAVE ARTIFACT … AS LOCAL`s are `ts.locals[locals..]`: in a target connected to
-    /// the invoked one, those artifacts (and those of the targets the BUILDs connect)
-    /// are written on the host now, before the next command (a `LOCALLY` RUN may read
-    /// them), as Earthly does.
+    /// the invoked one, the targets the BUILDs reach are built now, and those artifacts
+    /// (and those of the targets the BUILDs connect) written on the host, before the
+    /// next command (a `LOCALLY` RUN may read them), as Earthly does.
     fn wait_end(&mut self, ts: &mut Ts, builds: usize, locals: usize) -> Result<()> {
-        if !self.connected || self.opts.no_output {
+        if !self.connected {
             return Ok(());
         }
+        let no_output = self.opts.no_output;
         let mut list: Vec<SavedLocal> = ts.locals[locals..]
             .iter()
-            .filter(|l| !l.early)
+            .filter(|l| !l.early && !no_output)
             .cloned()
             .collect();
+        let mut states = Vec::new();
         let mut marks = Vec::new();
         let mut seen = HashSet::new();
         let mut stack: Vec<usize> = ts.builds[builds..].to_vec();
@@ -1182,15 +1186,19 @@ impl Lowerer<'_> {
             if !seen.insert(i) {
                 continue;
             }
+            states.push(self.targets[i].state.clone());
             for (j, l) in self.targets[i].locals.iter().enumerate() {
-                if !l.early {
+                if !l.early && !no_output {
                     list.push(l.clone());
                     marks.push((i, j));
                 }
             }
             stack.extend(self.targets[i].builds.iter().copied());
         }
-        if list.is_empty() || !self.host.write_locals(&self.contexts, &list)? {
+        if (states.is_empty() && list.is_empty())
+            || !self.host.wait(&self.contexts, &states, &list)?
+            || list.is_empty()
+        {
             return Ok(());
         }
         for l in &list {
