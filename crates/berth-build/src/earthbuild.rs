@@ -549,6 +549,9 @@ fn run_on_host(run: &LocalRun, progress: &dyn Progress, cancel: &Cancel) -> Resu
         id: 0,
         name: run.name.clone(),
     });
+    // A LOCALLY WORKDIR's folder, as Earthly makes it.
+    std::fs::create_dir_all(&run.cwd)
+        .map_err(|e| BuildError::Io(format!("create directory {}: {e}", run.cwd.display())))?;
     let start = std::time::Instant::now();
     let mut child = std::process::Command::new(program)
         .args(args)

@@ -227,6 +227,12 @@ fn earthfile_locally_runs_on_the_host_in_the_earthfile_folder() {
         );
     }
     assert_eq!(read(&case.join("runs.txt")), "run\nrun\n");
+    // WORKDIR in a LOCALLY target.
+    output_ok(&mut env.berth(&case, &["+workdir"]));
+    let sub = case.join("sub/dir");
+    assert_eq!(read(&sub.join("list.txt")), "a\nb\n");
+    assert_eq!(read(&sub.join("where.txt")), "in dir\n");
+    assert_eq!(read(&sub.join("app.txt")), "built\n");
 }
 
 #[test]
@@ -2175,6 +2181,126 @@ const EARTHLY_TESTS: &[Case] = &[
         env: &[],
         fail: true,
         want: "Earthfile:21:10: COPY +test/2: 2 not found in the artifacts of +test",
+    },
+    Case {
+        file: "if.earth",
+        args: &["+test-build"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "if.earth",
+        args: &["+test-nested"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "if.earth",
+        args: &["+test-always"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "if.earth",
+        args: &["+test-never"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "if.earth",
+        args: &["+test-workdir"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "if.earth",
+        args: &["+test-build-arg"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "if.earth",
+        args: &["+test-empty"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "if.earth",
+        args: &["+test-else-if"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "for.earth",
+        args: &["+test-for-ls"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "for.earth",
+        args: &["+test-for-empty"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "for.earth",
+        args: &["+test-for-single"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "for.earth",
+        args: &["+test-for-comma"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "for.earth",
+        args: &["+test-for-comma-colon"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "for.earth",
+        args: &["+test-for-constant"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "for.earth",
+        args: &["+test-for-expand-arg"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
     },
 ];
 

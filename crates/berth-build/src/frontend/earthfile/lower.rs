@@ -492,7 +492,7 @@ pub struct LocalRun {
     pub args: Vec<String>,
     /// Variables added to berth's own environment (the ARGs and LETs in scope).
     pub env: Vec<(String, String)>,
-    /// The Earthfile's folder.
+    /// The folder to run in: the Earthfile's, or one a `WORKDIR` named (made if missing).
     pub cwd: PathBuf,
     /// A label for progress.
     pub name: String,
@@ -674,7 +674,7 @@ fn not_supported(proj: &Project, pos: Pos, what: &str) -> BuildError {
 }
 
 /// What a `LOCALLY` target may hold, for errors.
-const LOCALLY_HINT: &str = "a LOCALLY target runs RUN, COPY +target/artifact and SAVE ARTIFACT on this host (and ARG, LET, SET, BUILD, DO, IF, FOR); put the rest in a target with a FROM";
+const LOCALLY_HINT: &str = "a LOCALLY target runs RUN, COPY +target/artifact and SAVE ARTIFACT on this host (and ARG, LET, SET, BUILD, DO, IF, FOR, WORKDIR); put the rest in a target with a FROM";
 
 /// Where `CACHE --persist` mounts the cache while its contents are copied in.
 const PERSIST_MOUNT: &str = "/.berth-cache-persist";
@@ -1400,6 +1400,7 @@ impl Lowerer<'_> {
                     | "FROM"
                     | "FROM DOCKERFILE"
                     | "LOCALLY"
+                    | "WORKDIR"
             )
         {
             return Err(BuildError::Source(
@@ -1492,6 +1493,10 @@ impl Lowerer<'_> {
                 let abs = ts.abs(&p).trim_end_matches('/').to_string();
                 let abs = if abs.is_empty() { "/".to_string() } else { abs };
                 ts.config.config.working_dir = abs.clone();
+                if ts.locally {
+                    // The host folder the next commands run in (made when one runs).
+                    return Ok(());
+                }
                 let user = ts.config.config.user.clone();
                 let op = FileOp {
                     actions: vec![FileAction::Mkdir {
@@ -2328,7 +2333,7 @@ impl Lowerer<'_> {
         let (code, _) = self.host.run_local(&LocalRun {
             args,
             env: Self::local_env(ts),
-            cwd: proj.dir.clone(),
+            cwd: PathBuf::from(&ts.config.config.working_dir),
             name: format!("{} (LOCALLY)", Self::step_name(ts, c)),
             capture: false,
         })?;
@@ -2939,7 +2944,7 @@ impl Lowerer<'_> {
             let (code, out) = self.host.run_local(&LocalRun {
                 args: vec!["/bin/sh".into(), "-c".into(), script.to_string()],
                 env: Self::local_env(ts),
-                cwd: proj.dir.clone(),
+                cwd: PathBuf::from(&ts.config.config.working_dir),
                 name: format!("[{}] {} (evaluate {script}, LOCALLY)", ts.label, c.name),
                 capture: true,
             })?;
