@@ -326,6 +326,12 @@ pub enum FileAction {
         /// `--keep-own`); `chown` must be `None`. Left out of the digest when false.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         keep_owner: bool,
+        /// A matched folder is copied as itself, not its contents, as BuildKit's copy
+        /// without `CopyDirContentsOnly` (Earthly's `COPY --dir` and `SAVE ARTIFACT`):
+        /// into `dest` when it ends in `/`, there are several sources or `dest` is a
+        /// folder already, else as `dest`. Left out of the digest when false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dirs: bool,
     },
     /// Write a file (heredocs, `COPY <<EOF`).
     Write {

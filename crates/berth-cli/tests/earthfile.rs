@@ -826,6 +826,36 @@ fn earthfile_a_failed_run_names_its_line() {
     );
 }
 
+/// Earthly's file-copying.earth: what SAVE ARTIFACT … AS LOCAL writes, compared as
+/// Earthly's tests/Earthfile does (`find out-X -printf '%P\n' | sort`, `diff -w`).
+#[test]
+fn earthfile_earthly_file_copying_writes_what_it_expects() {
+    let Some(env) = Env::new() else { return };
+    let dir = env.single("earthly/tests/file-copying.earth");
+    output_ok(&mut env.berth(&dir, &["+all"]));
+    for x in [
+        "glob",
+        "dot",
+        "dot-slash",
+        "sub",
+        "sub-glob",
+        "dot-single",
+        "rel-single",
+        "src-dest-file-rename",
+        "src-dest-dir-rename",
+    ] {
+        let diff = output(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "find out-{x} -printf '%P\\n' | sort > result-{x} && diff -w expected-{x} result-{x}"
+                ))
+                .current_dir(&dir),
+        );
+        assert!(diff.success, "out-{x}:\n{}{}", diff.stdout, diff.stderr);
+    }
+}
+
 /// Earthly's own examples and tests, unchanged, on the local base images.
 #[test]
 fn earthfile_earthly_examples_run_unchanged() {
@@ -2301,6 +2331,126 @@ const EARTHLY_TESTS: &[Case] = &[
         env: &[],
         fail: false,
         want: "",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-no-exist"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-trailing-slash"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-existing"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-multi-no-exist"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-multi-trailing-slash"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-multi-existing"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-art-no-exist"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-art-trailing-slash"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-art-existing"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-art-multi-no-exist"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-art-multi-trailing-slash"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-art-multi-existing"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-dir-containing-invalid-symlink"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "copy.earth",
+        args: &["+copy-chmod"],
+        setup: "mkdir -p in/sub/1 in/sub/2 && echo root > in/root && echo 1 > in/sub/1/file && echo 2 > in/sub/2/file && echo sub > in/sub/file",
+        env: &[],
+        fail: false,
+        want: "!which does not expand to a home directory",
+    },
+    Case {
+        file: "file-copying.earth",
+        args: &["+test-dot-scratch"],
+        setup: "",
+        env: &[],
+        fail: true,
+        want: "Earthfile:31:19: SAVE ARTIFACT .: the root folder cannot be saved as an artifact",
     },
 ];
 

@@ -11,7 +11,7 @@ use crate::error::{BuildError, Result};
 use crate::fileops::{self, Chmod, CopyOptions};
 use crate::ir::{FileAction, FileOp};
 use crate::mode::ModeSet;
-use crate::pattern::Ignore;
+use crate::pattern::{Ignore, Pattern};
 
 impl Solver {
     /// Where the files of `input` are read from: the directory, its ignore rules, the
@@ -92,6 +92,7 @@ impl Solver {
                 chmod_symbolic,
                 mtime,
                 keep_owner,
+                dirs,
             } => {
                 let input = inputs.get(*from).ok_or_else(|| {
                     BuildError::Invalid(format!("copy from missing input {from}"))
@@ -121,6 +122,30 @@ impl Solver {
                     );
                 }
                 let matched = fileops::resolve_sources(&root, sources, &ignore)?;
+                if *dirs {
+                    // Each matched folder as itself (BuildKit's copy of a folder).
+                    let into = dest.ends_with('/')
+                        || matched.len() > 1
+                        || sources.iter().any(|s| Pattern::new(s).has_wildcards())
+                        || fileops::resolve_in_root(target, &dest).is_ok_and(|p| p.is_dir());
+                    let dest = if into {
+                        format!("{}/", dest.trim_end_matches('/'))
+                    } else {
+                        dest
+                    };
+                    for m in matched {
+                        let is_dir = fileops::resolve_in_root(&root, &m.rel)
+                            .is_ok_and(|p| fs::symlink_metadata(&p).is_ok_and(|md| md.is_dir()));
+                        let to = match Path::new(&m.rel).file_name() {
+                            Some(name) if is_dir && into => {
+                                format!("{dest}{}", name.to_string_lossy())
+                            }
+                            _ => dest.clone(),
+                        };
+                        fileops::copy(&root, &[m], &ignore, &exclude, target, &to, opts)?;
+                    }
+                    return Ok(());
+                }
                 fileops::copy(&root, &matched, &ignore, &exclude, target, &dest, opts)
             }
             FileAction::Mkdir { path, chown } => {

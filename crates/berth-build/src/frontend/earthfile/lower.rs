@@ -3139,18 +3139,9 @@ impl Lowerer<'_> {
                     },
                 ),
             ));
-            // Named as written: a folder copied with --dir keeps the artifact's name.
-            let named = match from_target {
-                Some(_) => split_artifact(&text).map_or(path.as_str(), |(_, p)| p),
-                None => path.as_str(),
-            };
-            let target = if dir && !named.contains(['*', '?', '[']) {
-                format!(
-                    "{}/{}",
-                    dest.trim_end_matches('/'),
-                    base_name(named.trim_end_matches('/'))
-                )
-            } else if into_dir {
+            // --dir: a folder is copied as itself, into `dest` or as it (when `dest`
+            // is not a folder yet), as BuildKit's copy decides when it runs.
+            let target = if into_dir {
                 format!("{}/", dest.trim_end_matches('/'))
             } else {
                 dest.clone()
@@ -3160,12 +3151,16 @@ impl Lowerer<'_> {
             } else {
                 path
             };
-            actions.push(with_meta(
+            let mut action = with_meta(
                 copy_action(input, vec![path], target, chmod),
                 keep_ts,
                 chown,
                 keep,
-            ));
+            );
+            if let FileAction::Copy { dirs, .. } = &mut action {
+                *dirs = dir;
+            }
+            actions.push(action);
         }
         if actions.is_empty() {
             return Ok(());
@@ -3281,10 +3276,19 @@ impl Lowerer<'_> {
                 ),
             ),
         ));
+        // Named by the absolute path (`.` in WORKDIR /base is `base`), as in Earthly.
+        let cleaned = clean_abs(&abs_src);
+        let name = base_name(&cleaned).to_string();
+        if cleaned == "/" && !glob {
+            return Err(src_err(
+                proj,
+                c.args[0].pos,
+                format!("SAVE ARTIFACT {src}: the root folder cannot be saved as an artifact"),
+            ));
+        }
         if c.flag("if-exists") {
             abs_src = optional_glob(&abs_src);
         }
-        let name = base_name(src.trim_end_matches('/')).to_string();
         let target = match dest {
             None if glob => "/".to_string(),
             None => format!("/{name}"),
@@ -3302,13 +3306,21 @@ impl Lowerer<'_> {
             });
         let owner = (!keep_own).then(|| "0:0".to_string());
         let keep_ts = c.flag("keep-ts");
-        let op = FileOp {
-            actions: vec![with_meta(
-                copy_action(1, vec![abs_src.clone()], target.clone(), None),
+        // A wildcard's folders are saved as themselves (Earthly's copy of a folder).
+        let save_copy = |src: String, to: String| {
+            let mut a = with_meta(
+                copy_action(1, vec![src], to, None),
                 keep_ts,
                 owner.clone(),
                 keep_own,
-            )],
+            );
+            if let FileAction::Copy { dirs, .. } = &mut a {
+                *dirs = glob;
+            }
+            a
+        };
+        let op = FileOp {
+            actions: vec![save_copy(abs_src.clone(), target.clone())],
             cwd: "/".into(),
         };
         // The CACHE --persist folders are in what SAVE ARTIFACT copies from.
@@ -3326,18 +3338,20 @@ impl Lowerer<'_> {
         // artifacts are for COPY and --artifact only.
         let local = local.filter(|_| !self.remote_names.contains_key(&proj.dir));
         if let Some(p) = local {
+            // AS LOCAL writes the artifact, named as it is (`SAVE ARTIFACT a b AS
+            // LOCAL d/` writes d/b).
+            let name = match base_name(&clean_abs(&target)) {
+                // `SAVE ARTIFACT x .`: x, in the artifact's root.
+                "/" => name,
+                n => n.to_string(),
+            };
             let out_dest = if glob {
                 "/out/".to_string()
             } else {
                 format!("/out/{name}")
             };
             let op = FileOp {
-                actions: vec![with_meta(
-                    copy_action(1, vec![abs_src], out_dest, None),
-                    keep_ts,
-                    owner,
-                    keep_own,
-                )],
+                actions: vec![save_copy(abs_src, out_dest)],
                 cwd: "/".into(),
             };
             let state =
@@ -3560,6 +3574,7 @@ fn copy_action(from: usize, sources: Vec<String>, dest: String, chmod: Option<u3
         chmod_symbolic: None,
         mtime: None,
         keep_owner: false,
+        dirs: false,
     }
 }
 

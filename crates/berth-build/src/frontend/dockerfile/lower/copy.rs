@@ -278,6 +278,7 @@ fn copy_op(
             parents: spec.parents,
             mtime: None,
             keep_owner: false,
+            dirs: false,
         });
     }
     for (name, data) in sources.writes {
