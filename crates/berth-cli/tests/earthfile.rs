@@ -2452,6 +2452,38 @@ const EARTHLY_TESTS: &[Case] = &[
         fail: true,
         want: "Earthfile:31:19: SAVE ARTIFACT .: the root folder cannot be saved as an artifact",
     },
+    Case {
+        file: "fail.earth",
+        args: &["+test-copy"],
+        setup: "",
+        env: &[],
+        fail: true,
+        want: "Earthfile:14:10: COPY ./does-not-exist: not found in ",
+    },
+    Case {
+        file: "stack-failure.earth",
+        args: &["--no-output", "+fail"],
+        setup: "",
+        env: &[],
+        fail: true,
+        want: "Earthfile:7:9: unknown flag --cause-interpreter-failure for RUN",
+    },
+    Case {
+        file: "multi-stack-failure.earth",
+        args: &["--no-output", "--build-arg", "BAR=bar", "+fail"],
+        setup: "echo FOO=foo > .arg; echo THIS_IS_SECRET=dont-display-this >> .secret; echo THIS_IS_ALSO_A_SECRET=dont-display-this-either >> .env",
+        env: &[],
+        fail: true,
+        want: "Earthfile:16:7: unknown flag --cause-interpreter-failure for RUN",
+    },
+    Case {
+        file: "cache-cmd.earth",
+        args: &["+test-id-expand-args"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
 ];
 
 fn earthly_tests(cases: &[Case]) {
