@@ -141,14 +141,53 @@ pub fn deploy(
                 }
             }
             if !failed.is_empty() {
-                bail!("rollout failed for {} (see above)", failed.join(", "));
+                bail!(
+                    "rollout failed for {} (see above; nothing was pruned)",
+                    failed.join(", ")
+                );
             }
         }
+        prune(&kube, &rendered, &progress).await;
         for r in &rendered {
             println!("{}\tdeployed\tnamespace {}", r.service, kube.namespace);
         }
         Ok(())
     })
+}
+
+/// After a deploy (its rollouts done, with --wait): each service's ConfigMaps and Secrets
+/// that no kept revision names, and `berth-pull` entries of registries nothing in the
+/// namespace pulls from (berth_kube::prune has the rules). A failure to prune is told,
+/// not fatal: the deploy itself went through.
+async fn prune(kube: &Kube, rendered: &[berth_kube::render::Rendered], progress: &dyn Fn(&str)) {
+    for r in rendered {
+        match berth_kube::prune::prune_service(kube, &r.service).await {
+            Ok(gone) => {
+                for g in gone {
+                    progress(&format!(
+                        "{}: deleted {g} (no kept revision names it)",
+                        r.service
+                    ));
+                }
+            }
+            Err(e) => progress(&format!("{}: warning: pruning failed: {e}", r.service)),
+        }
+    }
+    match berth_kube::prune::prune_pull_secret(kube).await {
+        Ok(gone) => {
+            for g in gone {
+                progress(&format!(
+                    "{}: dropped the entry of {g} (nothing in namespace {} pulls from it)",
+                    berth_kube::config::PULL_SECRET,
+                    kube.namespace
+                ));
+            }
+        }
+        Err(e) => progress(&format!(
+            "{}: warning: pruning failed: {e}",
+            berth_kube::config::PULL_SECRET
+        )),
+    }
 }
 
 /// `berth rollback --k8s [VERSION] [--service S] [--list]`.

@@ -176,6 +176,7 @@ image_pull_secrets = ["regcred"]
         err.contains("web: 0/1 updated") || err.contains("/1 available"),
         "{err}"
     );
+    assert!(err.contains("nothing was pruned"), "{err}");
 
     wait_revision(cp, &ns, "1");
     run(&mut deploy(&["--version", "v2"]));
@@ -211,6 +212,44 @@ image_pull_secrets = ["regcred"]
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no revision of version v9"), "{err}");
+
+    // A new environment with no old revision kept (replicas 0: the rollout completes
+    // without a kubelet, and the controller then drops the old ReplicaSets): the old
+    // ConfigMap goes after the rollout, the Secret (same content, same name) stays.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("\"hello\"", "\"bye\"");
+    std::fs::write(
+        &file,
+        format!("{text}[k8s.services.web]\nreplicas = 0\nrevision_history_limit = 0\n"),
+    )
+    .unwrap();
+    let before = names(cp, &ns, "configmaps", "web-env-");
+    assert_eq!(before.len(), 1, "{before:?}");
+    let out = output_ok(&mut deploy(&["--wait", "--timeout", "2m"]));
+    assert!(
+        out.stderr
+            .contains(&format!("web: deleted configmap/{}", before[0])),
+        "{}",
+        out.stderr
+    );
+    let after = names(cp, &ns, "configmaps", "web-env-");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before);
+    assert_eq!(names(cp, &ns, "secrets", "web-secrets-").len(), 1);
+}
+
+/// Names of the namespace's objects of `plural` (core API) starting with `prefix`.
+fn names(cp: &ControlPlane, ns: &str, plural: &str, prefix: &str) -> Vec<String> {
+    let list = get(cp, &format!("/api/v1/namespaces/{ns}/{plural}")).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
