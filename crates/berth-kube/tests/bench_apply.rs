@@ -166,6 +166,15 @@ async fn apply_50_services_against_kubectl() {
                 .len();
             assert_eq!(got, n, "{}", k.namespace);
         }
+        // Untimed: the namespaces go (their Services' addresses with them).
+        let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+            kube::Api::all(kb.client.clone());
+        for k in [&kb, &kk] {
+            namespaces
+                .delete(&k.namespace, &Default::default())
+                .await
+                .unwrap();
+        }
     }
     println!(
         "apply of {n} services (ConfigMap + Deployment + Service each), Kubernetes 1.20 \
