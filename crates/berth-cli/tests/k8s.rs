@@ -398,6 +398,59 @@ fn satellite_deploy_puts_the_pod_through_berths_identity() {
         sts["metadata"]["generation"]
     );
     assert_eq!(berths(&again), berths(&sts));
+    // How to enroll, exactly (the pod cannot run here: no node).
+    let out = deploy();
+    assert!(
+        out.stderr
+            .contains("kubectl -n sat logs builder-0 -c satellite | grep 'satellite add'"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(
+            "kubectl -n sat exec builder-0 -c satellite -- berth --root /var/lib/berth satellite token create"
+        ),
+        "{}",
+        out.stderr
+    );
+    // --enroll waits for the pod to run, then says why it could not and how.
+    let mut c = berth(&dir.path().join("root"));
+    c.env("KUBECONFIG", &cp.kubeconfig)
+        .env("DOCKER_CONFIG", dir.path().join("no-docker"))
+        .args([
+            "satellite",
+            "deploy",
+            "--k8s",
+            "-n",
+            ns,
+            "--name",
+            "builder",
+            "--image",
+            "127.0.0.1:5000/berth:1",
+            "--storage",
+            "1Gi",
+            "--image-pull-secret",
+            "regcred",
+            "--enroll",
+            "--timeout",
+            "2s",
+        ]);
+    let enroll = output(&mut c);
+    assert!(!enroll.success);
+    assert!(
+        enroll.stderr.contains(
+            "satellite builder: not enrolled: pod builder-0 is Pending, not scheduled to a node after 2s"
+        ),
+        "{}",
+        enroll.stderr
+    );
+    assert!(
+        enroll
+            .stderr
+            .contains("berth satellite add builder --token <token>"),
+        "{}",
+        enroll.stderr
+    );
     // Bad input is refused before anything is sent.
     let mut c = berth(&dir.path().join("root"));
     c.env("KUBECONFIG", &cp.kubeconfig).args([
@@ -810,5 +863,61 @@ fn registry_manifests_and_deploy_on_kubernetes() {
         bad.stderr.contains("[registry.storage] kind = \"s3\""),
         "{}",
         bad.stderr
+    );
+}
+
+/// The text a satellite's first start prints (its pod's log in a cluster) holds the token
+/// `satellite deploy --k8s --enroll` reads, and that token enrolls a client: the real
+/// `berth satellite serve` on 127.0.0.1, its stdout read as berth-kube reads a pod's log.
+#[test]
+fn the_first_start_token_in_the_log_enrolls_a_client() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut sat = Command::new(berth_bin())
+        .arg("--root")
+        .arg(dir.path().join("sat"))
+        .args(["satellite", "serve", "--addr", &addr, "--name", "builder"])
+        .args(["--advertise", "127.0.0.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    let mut reader = BufReader::new(sat.stdout.take().unwrap());
+    for _ in 0..4 {
+        if reader.read_line(&mut log).unwrap() == 0 || log.contains("valid 24 h") {
+            break;
+        }
+    }
+    let token = berth_kube::satellite::token_in_log(&log, "builder");
+    let Some(token) = token else {
+        let _ = sat.kill();
+        panic!("no token in the first start's text: {log}");
+    };
+    assert!(token.contains(&format!("@{addr}#sha256:")), "{token}");
+    let cfg = dir.path().join("client");
+    let add = output(
+        Command::new(berth_bin())
+            .env("XDG_CONFIG_HOME", &cfg)
+            .arg("--root")
+            .arg(dir.path().join("client-root"))
+            .args([
+                "satellite",
+                "add",
+                "builder",
+                "--token",
+                &token,
+                "--client-name",
+                "ci",
+            ]),
+    );
+    let _ = sat.kill();
+    let _ = sat.wait();
+    assert!(add.success, "{}", add.stderr);
+    assert!(
+        add.stdout.contains("enrolled with satellite builder") && add.stdout.contains(" as ci"),
+        "{}",
+        add.stdout
     );
 }
