@@ -15,6 +15,10 @@ use crate::settings::{DockerArgs, Settings};
 pub struct BuildArgs {
     /// The build context directory.
     context: PathBuf,
+    /// On a satellite, bring the image into this machine's store even without --load or
+    /// --output: `berth deploy` builds a service's image and pushes it from the store.
+    #[arg(skip)]
+    pub(crate) fetch: bool,
     /// The Dockerfile [default: CONTEXT/Dockerfile].
     #[arg(short = 'f', long)]
     file: Option<PathBuf>,
@@ -446,7 +450,7 @@ fn remote(
         .iter()
         .map(|s| parse_output(s))
         .collect::<Result<Vec<_>>>()?;
-    let fetch = args.load || !outputs.is_empty();
+    let fetch = args.load || !outputs.is_empty() || args.fetch;
     if (fetch || args.push) && args.tags.is_empty() {
         bail!("--load, --push and --output with a satellite need a -t name for the image");
     }

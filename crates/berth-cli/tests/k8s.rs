@@ -921,3 +921,98 @@ fn the_first_start_token_in_the_log_enrolls_a_client() {
         add.stdout
     );
 }
+
+/// Issue 12 item 3's end, as far as this machine allows: `berth deploy --k8s` of a service
+/// with a `build`, the chosen satellite building it, is one command that builds there,
+/// pushes to the registry the cluster pulls from and applies the Deployment naming
+/// exactly what was pushed. (The satellite runs on 127.0.0.1, not in the cluster: the test
+/// control plane has no node to run its pod; the client's path is the same.)
+#[test]
+fn a_build_on_a_satellite_is_pushed_and_deployed_in_one_command() {
+    use common::satellite::{Client, Sat};
+    let Some(cp) = control_plane() else { return };
+    if !require("skopeo") || !require("htpasswd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sat = Sat::on_loopback(&dir.path().join("sat-root"), &[]);
+    let client = Client::new(dir.path(), "client", None);
+    let add = client.add("s", &sat.token(&[]));
+    assert!(add.success, "{}", add.stderr);
+    let reg = serve_with_user(dir.path(), "deploy", "s3cret");
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("Dockerfile"), "FROM scratch\nCOPY hello /hello\n").unwrap();
+    std::fs::write(app.join("hello"), "built on the satellite\n").unwrap();
+    let ns = format!("satbuild{}", std::process::id());
+    let file = dir.path().join("berth.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[deploy.registry]
+address = "{reg}"
+username = "deploy"
+password_env = "REG_PASSWORD"
+[deploy.roles.web]
+hosts = ["unused"]
+[deploy.services.web]
+image = "web:v1"
+roles = ["web"]
+command = ["/hello"]
+build = {{ context = "app" }}
+[k8s]
+kubeconfig = "{kc}"
+namespace = "{ns}"
+"#,
+            reg = reg.addr,
+            kc = cp.kubeconfig.display(),
+        ),
+    )
+    .unwrap();
+    let out = output(
+        client
+            .berth()
+            .args(["deploy", "-f"])
+            .arg(&file)
+            .arg("--k8s")
+            .env("BERTH_SATELLITE", "s")
+            .env("REG_PASSWORD", "s3cret"),
+    );
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("building web:v1 for service web"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(" on satellite s "), "{}", out.stderr);
+    assert!(out.stdout.contains("web\tdeployed"), "{}", out.stdout);
+    let d = get(
+        cp,
+        &format!("/apis/apps/v1/namespaces/{ns}/deployments/web"),
+    )
+    .unwrap();
+    let image = d["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let digest = image
+        .strip_prefix(&format!("{}/web@", reg.addr))
+        .unwrap_or_else(|| panic!("{image}"));
+    let served = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "deploy:s3cret",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{}/web:v1", reg.addr),
+    ]));
+    assert_eq!(served.trim(), digest);
+    // The satellite built it; the client fetched it and pushed that very manifest.
+    assert!(
+        out.stderr.contains(&format!("(manifest {digest},")),
+        "{}",
+        out.stderr
+    );
+}
