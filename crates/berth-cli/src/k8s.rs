@@ -331,6 +331,14 @@ pub struct RegistryManifestArgs {
     /// 1.21) [default: 1.21 and newer].
     #[arg(long, value_name = "1.MINOR")]
     pub kube_version: Option<String>,
+    /// The replicas serve TLS with this PEM certificate chain (for the names clients use:
+    /// the Service's) and --tls-key, carried in the Secret [default: config.toml's
+    /// [registry] tls_cert and tls_key, else plain HTTP].
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Flags of `berth registry deploy`.
@@ -357,6 +365,7 @@ fn registry_input(
         files: settings.registry_replica_files(
             berth_kube::registry::POD_CONFIG_DIR,
             berth_kube::registry::CONFIG_KEY,
+            args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
             &|k| std::env::var(k).ok(),
         )?,
         identity: berth_kube::pod::PodIdentity {

@@ -1016,3 +1016,166 @@ namespace = "{ns}"
         out.stderr
     );
 }
+
+/// `berth registry manifests --tls-cert --tls-key` (or `[registry] tls_cert/tls_key`): the
+/// Secret carries the pair and the replicas' config.toml names it; a replica started from
+/// exactly the Secret's files (paths moved from /etc/berth/registry to a directory here,
+/// S3 on moto) serves HTTPS with that certificate and the Secret's htpasswd.
+#[test]
+fn registry_replicas_serve_tls_from_their_secret() {
+    use std::io::BufRead;
+    if !require("htpasswd") || !require("curl") {
+        return;
+    }
+    let Some(moto) = berth_testutil::moto::Moto::start("images") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, crt, key) = make_tls(dir.path());
+    let htpasswd = dir.path().join("htpasswd");
+    run(Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args(["deploy", "s3cret"]));
+    let config = dir.path().join("config.toml");
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[registry]\nhtpasswd = \"{}\"\n{extra}[registry.storage]\nkind = \"s3\"\n\
+                 bucket = \"images\"\nendpoint = \"{}\"\n",
+                htpasswd.display(),
+                moto.endpoint
+            ),
+        )
+        .unwrap()
+    };
+    write_config("");
+    let manifests = |args: &[&str]| {
+        let mut c = berth(&dir.path().join("root"));
+        c.arg("--config")
+            .arg(&config)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("AWS_SESSION_TOKEN")
+            .args(["registry", "manifests"])
+            .args(args);
+        output(&mut c)
+    };
+    let out = manifests(&[
+        "--tls-cert",
+        crt.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    let docs = yaml_docs(&out.stdout);
+    let data = docs[0]["data"].as_object().unwrap();
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "config.toml",
+            "credentials",
+            "htpasswd",
+            "tls.crt",
+            "tls.key"
+        ]
+    );
+    // The Secret's files, as the pod mounts them, here.
+    let mounted = dir.path().join("mounted");
+    std::fs::create_dir_all(&mounted).unwrap();
+    for (k, v) in data {
+        let text =
+            b64d(v.as_str().unwrap()).replace("/etc/berth/registry", mounted.to_str().unwrap());
+        std::fs::write(mounted.join(k), text).unwrap();
+    }
+    let toml = std::fs::read_to_string(mounted.join("config.toml")).unwrap();
+    assert!(
+        toml.contains(&format!("tls_cert = \"{}/tls.crt\"", mounted.display())),
+        "{toml}"
+    );
+    let mut replica = Command::new(berth_bin())
+        .arg("--root")
+        .arg(dir.path().join("replica"))
+        .arg("--config")
+        .arg(mounted.join("config.toml"))
+        .args(["registry", "serve", "--addr", "127.0.0.1:0"])
+        .env("BERTH_LOG", "warn")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(replica.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .map(str::to_owned);
+    let curl = |user: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("--cacert")
+        .arg(&ca);
+        if let Some(u) = user {
+            c.args(["-u", u]);
+        }
+        c.arg(format!(
+            "{}/v2/",
+            url.as_deref().unwrap_or("https://127.0.0.1:1")
+        ));
+        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+    };
+    let (anonymous, with_user) = (curl(None), curl(Some("deploy:s3cret")));
+    let _ = replica.kill();
+    let _ = replica.wait();
+    assert!(url.is_some(), "the replica does not serve HTTPS: {line:?}");
+    assert_eq!((anonymous.as_str(), with_user.as_str()), ("401", "200"));
+
+    // Without flags, this machine's [registry] TLS settings are carried.
+    write_config(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        crt.display(),
+        key.display()
+    ));
+    let out = manifests(&[]);
+    assert!(out.success, "{}", out.stderr);
+    let docs = yaml_docs(&out.stdout);
+    assert_eq!(
+        b64d(docs[0]["data"]["tls.crt"].as_str().unwrap()).trim(),
+        std::fs::read_to_string(&crt).unwrap().trim()
+    );
+    // Bad input names what is wrong.
+    let out = manifests(&[
+        "--tls-cert",
+        htpasswd.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("holds no PEM CERTIFICATE"),
+        "{}",
+        out.stderr
+    );
+    write_config(&format!("tls_cert = \"{}\"\n", crt.display()));
+    let out = manifests(&[]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("TLS needs both tls_cert and tls_key"),
+        "{}",
+        out.stderr
+    );
+}
