@@ -662,6 +662,8 @@ fn remote_fanned(
         settings,
         pool,
         cwd,
+        None,
+        HashMap::new(),
         units,
         sink,
         (!no_output).then(|| settings.root.clone()),

@@ -953,17 +953,20 @@ pub struct UnitDone {
     pub result: berth_satellite::RemoteResult,
 }
 
-/// Builds `units` (from the folder `context`, no Dockerfile: Earthfile targets) at once
-/// on the members of pool `pool`: each member is probed for each unit, each unit goes to
+/// Builds `units` (from the folder `context`, with `dockerfile` for Dockerfile stages, or
+/// none for Earthfile targets) at once on the members of pool `pool`: each member is probed for each unit, each unit goes to
 /// the member [`berth_satellite::pool::assign`] picks (its cache first, then spread over
 /// the members), and a member that fails before that unit's build starts hands it to
 /// the next of that unit's order. Each unit's progress comes through `sink` with the
 /// member before its steps' names. A unit that fails fails the whole, naming its member,
 /// once every unit has ended.
+#[allow(clippy::too_many_arguments)]
 pub fn build_fanned(
     settings: &Settings,
     pool: &str,
     context: PathBuf,
+    dockerfile: Option<PathBuf>,
+    ssh: HashMap<String, PathBuf>,
     units: Vec<Unit>,
     sink: Arc<dyn Progress>,
     fetch: Option<PathBuf>,
@@ -975,10 +978,10 @@ pub fn build_fanned(
         .iter()
         .map(|u| berth_satellite::RemoteBuild {
             context: context.clone(),
-            dockerfile: None,
+            dockerfile: dockerfile.clone(),
             sums: sums.clone(),
             request: u.request.clone(),
-            ssh: HashMap::new(),
+            ssh: ssh.clone(),
         })
         .collect();
     let rt = runtime()?;
