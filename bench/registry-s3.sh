@@ -6,8 +6,8 @@
 # 2. aggregate pull throughput of CLIENTS clients at once through one berth replica
 #    and through three on one bucket (client i on replica i mod n), with the bytes
 #    through the replicas and with `redirect = true` (a 307 to a presigned URL: the
-#    bytes come from the bucket, curl -L follows). The CPU seconds moto and the
-#    replicas spent in each round are printed beside it: they say what bounds it.
+#    bytes come from the bucket, curl -L follows). The CPU seconds moto, the replicas
+#    and the clients spent in each round are printed beside it: they say what bounds it.
 #
 # Usage: bench/registry-s3.sh
 #   BERTH_BIN=path     use this berth binary instead of `cargo build --release -p berth-cli`
@@ -19,7 +19,8 @@
 #   PULL_BLOBS=8       distinct blobs pulled in part 2 (client i pulls blob i mod this)
 #   REPLICAS=3         replicas of part 2's "n replicas" rows
 #
-# Needs: curl, python3, docker-registry, moto_server (scripts/install-test-deps).
+# Needs: curl, python3, GNU time (/usr/bin/time), docker-registry, moto_server
+# (scripts/install-test-deps).
 # It fails (non-zero) if any request fails; the ratios are only reported, never enforced.
 # moto is slow and single-threaded: the ratios say more about the registries' overhead
 # than about what they would do on a real S3. Only 127.0.0.1 is contacted.
@@ -228,7 +229,8 @@ pull_round() { # replica...
 	t0=$(now)
 	for ((i = 0; i < CLIENTS; i++)); do
 		r=${reps[i % n]}
-		curl "${CURL[@]}" -L -o /dev/null -w '%{http_code} %{size_download}' \
+		/usr/bin/time -f '%U %S' -o "$work/pull.$i.cpu" \
+			curl "${CURL[@]}" -L -o /dev/null -w '%{http_code} %{size_download}' \
 			"${url[$r]}/v2/$REPO/blobs/${pulls[i % PULL_BLOBS]}" >"$work/pull.$i" 2>&1 &
 		cpids+=($!)
 	done
@@ -241,8 +243,10 @@ pull_round() { # replica...
 		[[ $out == "200 $PULL_SIZE" ]] || die "pull $i: got '$out', want '200 $PULL_SIZE'"
 	done
 	for r in "${reps[@]}"; do rep1=$(awk -v a="$rep1" -v b="$(cpu_secs "${pid[$r]}")" 'BEGIN { print a + b }'); done
-	printf '%s %s %s %s\n' "$(mbps $((CLIENTS * PULL_SIZE)) "$(elapsed "$t0" "$t1")")" \
-		"$(elapsed "$t0" "$t1")" "$(elapsed "$moto0" "$(cpu_secs "${pid[moto]}")")" "$(elapsed "$rep0" "$rep1")"
+	clients=$(cat "$work"/pull.*.cpu | awk '{ n += $1 + $2 } END { printf "%.2f", n }')
+	rm -f "$work"/pull.*.cpu
+	printf '%s %s %s %s %s\n' "$(mbps $((CLIENTS * PULL_SIZE)) "$(elapsed "$t0" "$t1")")" \
+		"$(elapsed "$t0" "$t1")" "$(elapsed "$moto0" "$(cpu_secs "${pid[moto]}")")" "$(elapsed "$rep0" "$rep1")" "$clients"
 }
 
 stop_replica berth
@@ -276,7 +280,7 @@ for redirect in false true; do
 		for ((r = 0; r < REPS; r++)); do
 			row=$(pull_round "${reps[@]}")
 			rows+=("$row")
-			log "redirect=$redirect, $n replica(s): ${rows[-1]} (MB/s, s, moto CPU s, replicas CPU s)"
+			log "redirect=$redirect, $n replica(s): ${rows[-1]} (MB/s, s, CPU s of moto, replicas, clients)"
 		done
 		# The round with the median throughput.
 		pullres[$redirect|$n]=$(printf '%s\n' "${rows[@]}" | sort -g | sed -n "$(((REPS + 1) / 2))p")
@@ -284,15 +288,16 @@ for redirect in false true; do
 	for ((k = 0; k < REPLICAS; k++)); do stop_replica "r$k"; done
 done
 
-printf '\n%-34s %10s %8s %12s %16s %8s\n' "pull, $CLIENTS clients (median of $REPS)" MB/s secs "moto CPU s" "replicas CPU s" ratio
+printf '\n%-34s %8s %6s %22s %7s\n' "pull, $CLIENTS clients (median of $REPS)" MB/s secs "CPU s: moto/repl/cli" ratio
 for redirect in false true; do
 	base=${pullres[$redirect|1]%% *}
 	for n in 1 "$REPLICAS"; do
-		read -r m secs mc rc <<<"${pullres[$redirect|$n]}"
+		read -r m secs mc rc cc <<<"${pullres[$redirect|$n]}"
 		label="$n replica(s)"
 		[[ $redirect == true ]] && label="$label, redirect"
-		printf '%-34s %10s %8.2f %12.2f %16.2f %7sx\n' "$label" "$m" "$secs" "$mc" "$rc" \
+		printf '%-34s %8s %6.2f %22s %6sx\n' "$label" "$m" "$secs" "$(printf '%.2f / %.2f / %.2f' "$mc" "$rc" "$cc")" \
 			"$(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.2f", a / b }')"
 	done
 done
-echo "(ratio: against 1 replica with the same redirect setting; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "(ratio: against 1 replica with the same redirect setting; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg);"
+echo " CPU s: moto's, the replicas' and the clients' during the round, against secs × $(nproc) CPUs)"
