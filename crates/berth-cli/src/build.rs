@@ -723,18 +723,10 @@ fn remote_targets(
         load_tags(settings, args, &store, &names.concat())?;
     }
     if !args.quiet {
-        let ran: Vec<String> = done
-            .iter()
-            .map(|d| format!("{} on {}", d.label, d.member))
-            .collect();
-        let (files, bytes) = done.iter().fold((0, 0), |(f, b), d| {
-            (f + d.result.uploaded_files, b + d.result.uploaded_bytes)
-        });
+        let (ran, entries, files, bytes) = crate::satellite::UnitDone::summary(&done);
         eprintln!(
-            "built {} targets on pool {pool} ({}): context {} entries, {files} files uploaded, {bytes} bytes",
+            "built {} targets on pool {pool} ({ran}): context {entries} entries, {files} files uploaded, {bytes} bytes",
             done.len(),
-            ran.join(", "),
-            done.first().map_or(0, |d| d.result.entries),
         );
     }
     Ok(())

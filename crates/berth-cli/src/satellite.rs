@@ -953,6 +953,22 @@ pub struct UnitDone {
     pub result: berth_satellite::RemoteResult,
 }
 
+impl UnitDone {
+    /// For a closing line: `+a on s1, +b on s2`, and the context's entries, the files
+    /// and bytes uploaded, over all of `done`.
+    pub fn summary(done: &[UnitDone]) -> (String, usize, u64, u64) {
+        let ran: Vec<String> = done
+            .iter()
+            .map(|d| format!("{} on {}", d.label, d.member))
+            .collect();
+        let (files, bytes) = done.iter().fold((0, 0), |(f, b), d| {
+            (f + d.result.uploaded_files, b + d.result.uploaded_bytes)
+        });
+        let entries = done.first().map_or(0, |d| d.result.entries);
+        (ran.join(", "), entries, files, bytes)
+    }
+}
+
 /// Builds `units` (from the folder `context`, with `dockerfile` for Dockerfile stages, or
 /// none for Earthfile targets) at once on the members of pool `pool`: each member is probed for each unit, each unit goes to
 /// the member [`berth_satellite::pool::assign`] picks (its cache first, then spread over
