@@ -481,4 +481,35 @@ mod tests {
         // A 5 GiB blob, the limit of one PUT or copy, is still in 8 MiB parts: 640.
         assert!(((5u64 << 30) / (8 << 20)) < PARTS_PER_SIZE as u64);
     }
+
+    /// A request holds the receive budget its part size needs: one unit up to 1000
+    /// parts, two after, all of it (not more) for parts larger than the budget; taking
+    /// more gives back what it held first; the body read, it holds nothing.
+    #[tokio::test]
+    async fn requests_hold_the_budget_their_part_size_needs() {
+        let settings = super::super::S3Settings {
+            bucket: "b".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        let env = |k: &str| k.starts_with("AWS_").then(|| "test".to_string());
+        let os = ObjectStorage::with_env(&settings, &Default::default(), &env).unwrap();
+        let mut s = os.start_upload("r", true).await.unwrap();
+        let free = || os.receiving.available_permits();
+        assert_eq!(free(), RECEIVING);
+        os.reserve(&mut s).await.unwrap();
+        assert_eq!(free(), RECEIVING - 1);
+        s.state.parts = vec![String::new(); 1000];
+        os.reserve(&mut s).await.unwrap();
+        assert_eq!(free(), RECEIVING - 2);
+        // Fewer parts than what it holds: it keeps what it has.
+        s.state.parts.truncate(10);
+        os.reserve(&mut s).await.unwrap();
+        assert_eq!(free(), RECEIVING - 2);
+        s.state.parts = vec![String::new(); MAX_PARTS - 1];
+        os.reserve(&mut s).await.unwrap();
+        assert_eq!(free(), 0);
+        s.release();
+        assert_eq!(free(), RECEIVING);
+    }
 }
