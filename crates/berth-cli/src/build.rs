@@ -24,7 +24,7 @@ pub struct BuildArgs {
     /// Build this stage instead of the last. Repeated (--target a --target b) with
     /// --satellite pool:NAME: one build per stage, all at once, each on the member that
     /// holds most of its cache; name each stage's image with -t STAGE=NAME.
-    #[arg(long = "target")]
+    #[arg(long = "target", value_name = "STAGE")]
     targets: Vec<String>,
     /// Build the image for this platform (os/arch[/variant], e.g. linux/arm64) instead
     /// of this machine's, or for several (linux/amd64,linux/arm64: one build each, named
