@@ -1009,17 +1009,36 @@ pub struct UnitDone {
     pub result: berth_satellite::RemoteResult,
 }
 
-/// Builds `units` (from the folder `context`, no Dockerfile: Earthfile targets) at once
-/// on the members of pool `pool`: each member is probed for each unit, each unit goes to
+impl UnitDone {
+    /// For a closing line: `+a on s1, +b on s2`, and the context's entries, the files
+    /// and bytes uploaded, over all of `done`.
+    pub fn summary(done: &[UnitDone]) -> (String, usize, u64, u64) {
+        let ran: Vec<String> = done
+            .iter()
+            .map(|d| format!("{} on {}", d.label, d.member))
+            .collect();
+        let (files, bytes) = done.iter().fold((0, 0), |(f, b), d| {
+            (f + d.result.uploaded_files, b + d.result.uploaded_bytes)
+        });
+        let entries = done.first().map_or(0, |d| d.result.entries);
+        (ran.join(", "), entries, files, bytes)
+    }
+}
+
+/// Builds `units` (from the folder `context`, with `dockerfile` for Dockerfile stages, or
+/// none for Earthfile targets) at once on the members of pool `pool`: each member is probed for each unit, each unit goes to
 /// the member [`berth_satellite::pool::assign`] picks (its cache first, then spread over
 /// the members), and a member that fails before that unit's build starts hands it to
 /// the next of that unit's order. Each unit's progress comes through `sink` with the
 /// member before its steps' names. A unit that fails fails the whole, naming its member,
 /// once every unit has ended.
+#[allow(clippy::too_many_arguments)]
 pub fn build_fanned(
     settings: &Settings,
     pool: &str,
     context: PathBuf,
+    dockerfile: Option<PathBuf>,
+    ssh: HashMap<String, PathBuf>,
     units: Vec<Unit>,
     sink: Arc<dyn Progress>,
     fetch: Option<PathBuf>,
@@ -1031,10 +1050,10 @@ pub fn build_fanned(
         .iter()
         .map(|u| berth_satellite::RemoteBuild {
             context: context.clone(),
-            dockerfile: None,
+            dockerfile: dockerfile.clone(),
             sums: sums.clone(),
             request: u.request.clone(),
-            ssh: HashMap::new(),
+            ssh: ssh.clone(),
         })
         .collect();
     let rt = runtime()?;
