@@ -63,7 +63,9 @@ impl Gate {
         let gathered = {
             let mut st = self.state.lock().expect("gate lock");
             *st.waiting.entry(index).or_default() += 1;
-            *st.first_request.get_or_insert_with(tokio::time::Instant::now) + GATHER
+            *st.first_request
+                .get_or_insert_with(tokio::time::Instant::now)
+                + GATHER
         };
         tokio::time::sleep_until(gathered).await;
         loop {
@@ -190,7 +192,12 @@ async fn handle(State(s): State<Arc<Served>>, req: Request) -> Response {
         return not_found("BLOB_UNKNOWN");
     }
     if head {
-        return blob_response(Body::empty(), layer.size, "application/octet-stream", digest);
+        return blob_response(
+            Body::empty(),
+            layer.size,
+            "application/octet-stream",
+            digest,
+        );
     }
     layer_response(layer.clone(), s.gate.clone().turn(index))
 }
