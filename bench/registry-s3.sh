@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# Benchmark berth's registry on S3-compatible object storage against Debian's
-# docker-registry (distribution 2.8) with its S3 driver, both on one moto server on
-# 127.0.0.1 (a bucket each): monolithic push, chunked push, pull of one big blob.
+# Benchmark berth's registry on S3-compatible object storage, on one moto server on
+# 127.0.0.1:
+# 1. one berth replica against Debian's docker-registry (distribution 2.8) with its S3
+#    driver (a bucket each): monolithic push, chunked push, pull of one big blob;
+# 2. aggregate pull throughput of CLIENTS clients at once through one berth replica
+#    and through three on one bucket (client i on replica i mod n), with the bytes
+#    through the replicas and with `redirect = true` (a 307 to a presigned URL: the
+#    bytes come from the bucket, curl -L follows). The CPU seconds moto, the replicas
+#    and the clients spent in each round are printed beside it: they say what bounds it.
 #
 # Usage: bench/registry-s3.sh
 #   BERTH_BIN=path     use this berth binary instead of `cargo build --release -p berth-cli`
 #   DIST_BIN=path      distribution binary (default: docker-registry from PATH)
-#   SIZE_MIB=128       size of the blob (MiB)
+#   SIZE_MIB=128       size of the blob of part 1 (MiB)
 #   REPS=3             attempts per measurement (the median is reported)
+#   CLIENTS=32         parallel clients of part 2
+#   PULL_MIB=32        size of each blob pulled in part 2 (MiB)
+#   PULL_BLOBS=8       distinct blobs pulled in part 2 (client i pulls blob i mod this)
+#   REPLICAS=3         replicas of part 2's "n replicas" rows
 #
-# Needs: curl, python3, docker-registry, moto_server (scripts/install-test-deps).
+# Needs: curl, python3, GNU time (/usr/bin/time), docker-registry, moto_server
+# (scripts/install-test-deps).
 # It fails (non-zero) if any request fails; the ratios are only reported, never enforced.
 # moto is slow and single-threaded: the ratios say more about the registries' overhead
 # than about what they would do on a real S3. Only 127.0.0.1 is contacted.
@@ -31,7 +42,19 @@ SERVERS=(berth distribution)
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY AWS_CA_BUNDLE
 CURL=(--silent --show-error --noproxy '*' --max-time 600 -H 'Expect:')
 
-declare -A url pid errlog res
+declare -A url pid errlog res cpu
+clk=$(getconf CLK_TCK)
+
+# CPU seconds (user + system) of process $1 so far.
+cpu_secs() { awk -v t="$clk" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
+# "moto server" CPU seconds so far.
+cpu_now() { echo "$(cpu_secs "${pid[moto]}") $(cpu_secs "${pid[$1]}")"; }
+# Add the CPU seconds between two cpu_now readings to cpu[$1].
+add_cpu() { # key "before" "after"
+	cpu[$1]=$(awk -v o="${cpu[$1]:-0 0}" -v b="$2" -v a="$3" 'BEGIN {
+		split(o, x, " "); split(b, y, " "); split(a, z, " ")
+		printf "%.2f %.2f", x[1] + z[1] - y[1], x[2] + z[2] - y[2] }')
+}
 
 # shellcheck source=bench/registry-lib.sh
 source "$here/registry-lib.sh"
@@ -134,19 +157,22 @@ for s in "${SERVERS[@]}"; do
 	for ((r = 0; r < REPS; r++)); do
 		refresh_blob "$work/big"
 		d=$(sha "$work/big")
-		t0=$(now)
+		c0=$(cpu_now "$s") t0=$(now)
 		push_blob "$s" "$work/big" "$d"
 		push+=("$(mbps "$SIZE" "$(elapsed "$t0" "$(now)")")")
-		t0=$(now)
+		add_cpu "push|$s" "$c0" "$(cpu_now "$s")"
+		c0=$(cpu_now "$s") t0=$(now)
 		out=$(curl "${CURL[@]}" -o /dev/null -w '%{http_code} %{size_download}' "${url[$s]}/v2/$REPO/blobs/$d") ||
 			die "$s: GET blob: curl failed"
 		[[ $out == "200 $SIZE" ]] || die "$s: GET blob: got '$out'"
 		pull+=("$(mbps "$SIZE" "$(elapsed "$t0" "$(now)")")")
+		add_cpu "pull|$s" "$c0" "$(cpu_now "$s")"
 		refresh_blob "$work/big"
 		d=$(sha "$work/big")
-		t0=$(now)
+		c0=$(cpu_now "$s") t0=$(now)
 		push_chunked "$s" "$work/big" "$d"
 		chunked+=("$(mbps "$SIZE" "$(elapsed "$t0" "$(now)")")")
+		add_cpu "chunked|$s" "$c0" "$(cpu_now "$s")"
 	done
 	res[push|$s]=$(median "${push[@]}")
 	res[chunked|$s]=$(median "${chunked[@]}")
@@ -158,3 +184,120 @@ for m in push chunked pull; do
 	b=${res[$m|berth]} d=${res[$m|distribution]}
 	printf '%-28s %12s %14s %9sx\n' "$m ${SIZE_MIB} MiB" "$b" "$d" "$(awk -v b="$b" -v d="$d" 'BEGIN { printf "%.2f", b / d }')"
 done
+printf '\n%-28s %24s %24s\n' "CPU s, all $REPS reps" "berth: moto / itself" "distribution: moto / itself"
+for m in push chunked pull; do
+	printf '%-28s %24s %24s\n' "$m ${SIZE_MIB} MiB" "${cpu[$m|berth]/ / \/ }" "${cpu[$m|distribution]/ / \/ }"
+done
+
+# --- 2. Aggregate pull throughput: one replica against REPLICAS on the same bucket ---
+
+CLIENTS=${CLIENTS:-32}
+PULL_MIB=${PULL_MIB:-32}
+PULL_BLOBS=${PULL_BLOBS:-8}
+REPLICAS=${REPLICAS:-3}
+PULL_SIZE=$((PULL_MIB * MIB))
+start_replica() { # name port redirect
+	local name=$1 dir=$work/$1
+	mkdir -p "$dir/root"
+	cat >"$dir/config.toml" <<-EOF
+		[registry.storage]
+		kind = "s3"
+		bucket = "berth"
+		endpoint = "$moto"
+		redirect = $3
+	EOF
+	errlog[$name]=$dir/stderr
+	BERTH_LOG=warn "$berth_bin" registry serve --addr "127.0.0.1:$2" --root "$dir/root" \
+		--config "$dir/config.toml" >"$dir/stdout" 2>"${errlog[$name]}" &
+	pid[$name]=$!
+	url[$name]=http://127.0.0.1:$2
+	wait_ready "$name"
+}
+
+stop_replica() { # name
+	kill "${pid[$1]}" 2>/dev/null || true
+	wait "${pid[$1]}" 2>/dev/null || true
+	unset "pid[$1]"
+}
+
+# One round: CLIENTS pulls at once over the replicas given; prints MB/s and the CPU
+# seconds of moto and of the replicas during the round.
+pull_round() { # replica...
+	local reps=("$@") n=$# i r out cpids=() moto0 rep0=0 rep1=0 t0 t1
+	moto0=$(cpu_secs "${pid[moto]}")
+	for r in "${reps[@]}"; do rep0=$(awk -v a="$rep0" -v b="$(cpu_secs "${pid[$r]}")" 'BEGIN { print a + b }'); done
+	t0=$(now)
+	for ((i = 0; i < CLIENTS; i++)); do
+		r=${reps[i % n]}
+		/usr/bin/time -f '%U %S' -o "$work/pull.$i.cpu" \
+			curl "${CURL[@]}" -L -o /dev/null -w '%{http_code} %{size_download}' \
+			"${url[$r]}/v2/$REPO/blobs/${pulls[i % PULL_BLOBS]}" >"$work/pull.$i" 2>&1 &
+		cpids+=($!)
+	done
+	for i in "${!cpids[@]}"; do
+		wait "${cpids[$i]}" || die "pull $i: curl failed: $(cat "$work/pull.$i")"
+	done
+	t1=$(now)
+	for ((i = 0; i < CLIENTS; i++)); do
+		out=$(cat "$work/pull.$i")
+		[[ $out == "200 $PULL_SIZE" ]] || die "pull $i: got '$out', want '200 $PULL_SIZE'"
+	done
+	for r in "${reps[@]}"; do rep1=$(awk -v a="$rep1" -v b="$(cpu_secs "${pid[$r]}")" 'BEGIN { print a + b }'); done
+	clients=$(cat "$work"/pull.*.cpu | awk '{ n += $1 + $2 } END { printf "%.2f", n }')
+	rm -f "$work"/pull.*.cpu
+	printf '%s %s %s %s %s\n' "$(mbps $((CLIENTS * PULL_SIZE)) "$(elapsed "$t0" "$t1")")" \
+		"$(elapsed "$t0" "$t1")" "$(elapsed "$moto0" "$(cpu_secs "${pid[moto]}")")" "$(elapsed "$rep0" "$rep1")" "$clients"
+}
+
+stop_replica berth
+stop_replica distribution
+SERVERS=()
+for ((k = 0; k < REPLICAS; k++)); do SERVERS+=("r$k"); done
+ports=$(python3 -c '
+import socket, sys
+s = [socket.socket() for _ in range(int(sys.argv[1]))]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*[x.getsockname()[1] for x in s])' "$REPLICAS")
+read -r -a rports <<<"$ports"
+
+declare -A pullres
+pulls=()
+for redirect in false true; do
+	for ((k = 0; k < REPLICAS; k++)); do start_replica "r$k" "${rports[$k]}" "$redirect"; done
+	if ((${#pulls[@]} == 0)); then
+		for ((b = 0; b < PULL_BLOBS; b++)); do
+			head -c "$PULL_SIZE" /dev/urandom >"$work/pull-blob"
+			pulls+=("$(sha "$work/pull-blob")")
+			push_blob r0 "$work/pull-blob" "${pulls[b]}"
+		done
+		rm -f "$work/pull-blob"
+		log "pushed $PULL_BLOBS blobs of $PULL_MIB MiB; $CLIENTS clients pull $((CLIENTS * PULL_MIB)) MiB a round"
+	fi
+	for n in 1 "$REPLICAS"; do
+		reps=()
+		for ((k = 0; k < n; k++)); do reps+=("r$k"); done
+		rows=()
+		for ((r = 0; r < REPS; r++)); do
+			row=$(pull_round "${reps[@]}")
+			rows+=("$row")
+			log "redirect=$redirect, $n replica(s): ${rows[-1]} (MB/s, s, CPU s of moto, replicas, clients)"
+		done
+		# The round with the median throughput.
+		pullres[$redirect|$n]=$(printf '%s\n' "${rows[@]}" | sort -g | sed -n "$(((REPS + 1) / 2))p")
+	done
+	for ((k = 0; k < REPLICAS; k++)); do stop_replica "r$k"; done
+done
+
+printf '\n%-34s %8s %6s %22s %7s\n' "pull, $CLIENTS clients (median of $REPS)" MB/s secs "CPU s: moto/repl/cli" ratio
+for redirect in false true; do
+	base=${pullres[$redirect|1]%% *}
+	for n in 1 "$REPLICAS"; do
+		read -r m secs mc rc cc <<<"${pullres[$redirect|$n]}"
+		label="$n replica(s)"
+		[[ $redirect == true ]] && label="$label, redirect"
+		printf '%-34s %8s %6.2f %22s %6sx\n' "$label" "$m" "$secs" "$(printf '%.2f / %.2f / %.2f' "$mc" "$rc" "$cc")" \
+			"$(awk -v a="$m" -v b="$base" 'BEGIN { printf "%.2f", a / b }')"
+	done
+done
+echo "(ratio: against 1 replica with the same redirect setting; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg);"
+echo " CPU s: moto's, the replicas' and the clients' during the round, against secs × $(nproc) CPUs)"

@@ -685,17 +685,33 @@ pub fn place_local_output(tmp: &Path, l: &LocalOutput) -> Result<()> {
     replace(&src, dest)
 }
 
-/// Rename `src` to `dest`, replacing what is there.
+/// Rename `src` to `dest`, replacing what is there. The old `dest` is first renamed
+/// aside and removed only once `src` is in its place, so a failure (a mount point, a
+/// busy folder, a full disk) leaves the old `dest` whole where it was.
 fn replace(src: &Path, dest: &Path) -> Result<()> {
-    if let Ok(m) = std::fs::symlink_metadata(dest) {
-        let r = if m.is_dir() {
-            std::fs::remove_dir_all(dest)
-        } else {
-            std::fs::remove_file(dest)
-        };
-        r.map_err(|e| BuildError::Io(format!("replace {}: {e}", dest.display())))?;
+    let old = std::fs::symlink_metadata(dest).is_ok().then(|| {
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        dest.with_file_name(format!(".{name}.berth-old-{}", std::process::id()))
+    });
+    if let Some(old) = &old {
+        std::fs::rename(dest, old)
+            .map_err(|e| BuildError::Io(format!("replace {}: {e}", dest.display())))?;
     }
-    std::fs::rename(src, dest).map_err(|e| BuildError::Io(format!("write {}: {e}", dest.display())))
+    if let Err(e) = std::fs::rename(src, dest) {
+        if let Some(old) = &old {
+            let _ = std::fs::rename(old, dest);
+        }
+        return Err(BuildError::Io(format!("write {}: {e}", dest.display())));
+    }
+    if let Some(old) = old {
+        let r = if std::fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir_all(&old)
+        } else {
+            std::fs::remove_file(&old)
+        };
+        r.map_err(|e| BuildError::Io(format!("remove the replaced {}: {e}", old.display())))?;
+    }
+    Ok(())
 }
 
 /// `--artifact +t/path dest` for a [`LocalSink`]: the artifact file system exported
@@ -781,4 +797,41 @@ fn export_artifact(
         dest.to_path_buf()
     };
     replace(&src, &dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace;
+
+    #[test]
+    fn a_replaced_output_is_whole_before_and_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out");
+        std::fs::create_dir_all(dest.join("sub")).unwrap();
+        std::fs::write(dest.join("sub/old"), "old").unwrap();
+        // A failing replace (nothing to move in) keeps the old folder where it was.
+        let err = replace(&dir.path().join("missing"), &dest).unwrap_err();
+        assert!(err.to_string().contains("write "), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("sub/old")).unwrap(),
+            "old"
+        );
+        // A working one puts the new content in and leaves nothing aside.
+        let src = dir.path().join("new");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), "new").unwrap();
+        replace(&src, &dest).unwrap();
+        assert_eq!(std::fs::read_to_string(dest.join("f")).unwrap(), "new");
+        assert!(!dest.join("sub").exists());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("out")]);
+        // A file over a folder and back.
+        std::fs::write(&src, "file").unwrap();
+        replace(&src, &dest).unwrap();
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "file");
+    }
 }

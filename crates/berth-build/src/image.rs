@@ -547,7 +547,12 @@ fn import_blob(store: &Store, dir: &Path, digest: &Digest) -> Result<Vec<u8>> {
     if store.blob_size(digest)?.is_none() {
         let mut f = fs::File::open(&path)
             .map_err(|e| BuildError::Image(format!("read {}: {e}", path.display())))?;
-        let reference = format!("import-{}-{}", std::process::id(), digest.hex());
+        // An ingest of its own: two builds (or probes) of this process importing the
+        // same layout at once would otherwise meet on one ingest, and the second fail
+        // as "in use"; both commit, the second finds the blob there.
+        static IMPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = IMPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reference = format!("import-{}-{n}-{}", std::process::id(), digest.hex());
         let mut w = store.writer(&reference, digest.algorithm())?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -574,6 +579,62 @@ fn import_blob(store: &Store, dir: &Path, digest: &Digest) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two imports of one layout at once (two builds or probes in one satellite) both
+    /// succeed: each writes its own ingest.
+    #[test]
+    fn one_layout_imported_by_several_threads_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let blobs = layout.join("blobs/sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        let put = |data: &[u8]| {
+            let d = Digest::sha256(data);
+            fs::write(blobs.join(d.hex()), data).unwrap();
+            d
+        };
+        let layer = vec![7u8; 3 << 20];
+        let layer_d = put(&layer);
+        let config_d = put(b"{}");
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_d}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer_d}","size":{}}}]}}"#,
+            media_type::OCI_MANIFEST,
+            layer.len()
+        );
+        let manifest_d = put(manifest.as_bytes());
+        fs::write(
+            layout.join("index.json"),
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{manifest_d}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"base"}}}}]}}"#,
+                media_type::OCI_MANIFEST,
+                manifest.len()
+            ),
+        )
+        .unwrap();
+        fs::write(
+            layout.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        let store = Store::open(dir.path().join("root")).unwrap();
+        let spec = format!("{}:base", layout.display());
+        let barrier = std::sync::Barrier::new(4);
+        let results: Vec<Result<Digest>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        import_layout(&store, &spec)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in results {
+            assert_eq!(r.unwrap(), manifest_d);
+        }
+        assert_eq!(store.blob_size(&layer_d).unwrap(), Some(layer.len() as u64));
+    }
 
     #[test]
     fn store_names_resolve_as_written_with_hub_forms_tried() {

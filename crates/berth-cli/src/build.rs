@@ -15,15 +15,21 @@ use crate::settings::{DockerArgs, Settings};
 pub struct BuildArgs {
     /// The build context directory.
     context: PathBuf,
+    /// On a satellite, bring the image into this machine's store even without --load or
+    /// --output: `berth deploy` builds a service's image and pushes it from the store.
+    #[arg(skip)]
+    pub(crate) fetch: bool,
     /// The Dockerfile [default: CONTEXT/Dockerfile].
     #[arg(short = 'f', long)]
     file: Option<PathBuf>,
     /// Name the image (repeatable), e.g. -t app:1.0.
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,
-    /// Build this stage instead of the last.
-    #[arg(long)]
-    target: Option<String>,
+    /// Build this stage instead of the last. Repeated (--target a --target b) with
+    /// --satellite pool:NAME: one build per stage, all at once, each on the member that
+    /// holds most of its cache; name each stage's image with -t STAGE=NAME.
+    #[arg(long = "target", value_name = "STAGE")]
+    targets: Vec<String>,
     /// Build the image for this platform (os/arch[/variant], e.g. linux/arm64) instead
     /// of this machine's, or for several (linux/amd64,linux/arm64: one build each, named
     /// together as an OCI index): base images are resolved to that platform's manifest, and RUN
@@ -260,9 +266,29 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         None if args.quiet => Arc::new(berth_build::NoProgress),
         None => Arc::new(progress::Plain::new(args.explain)),
     };
-    if let Some(name) =
-        crate::satellite::chosen(args.satellite.as_deref(), args.no_satellite, settings)?
-    {
+    let chosen = crate::satellite::chosen(args.satellite.as_deref(), args.no_satellite, settings)?;
+    if args.targets.len() > 1 {
+        let pool = chosen
+            .as_deref()
+            .and_then(|n| n.strip_prefix(berth_satellite::POOL_PREFIX))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "several --target: berth builds them at once over a satellite pool (--satellite pool:NAME); elsewhere build one target per command"
+                )
+            })?;
+        if multi {
+            bail!("several --target with several platforms: build one platform at a time");
+        }
+        if !outputs.is_empty() {
+            bail!(
+                "--output with several --target is not supported; build the target to write alone"
+            );
+        }
+        return remote_targets(
+            settings, pool, &args, context, dockerfile, secrets, ssh, &build, sink, tty_view,
+        );
+    }
+    if let Some(name) = chosen {
         if multi {
             bail!(
                 "--platform with several platforms: satellites build one platform at a time; build each on the satellite, or all with --no-satellite"
@@ -281,7 +307,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         dockerfile,
         context,
         tags: args.tags.clone(),
-        target: args.target.clone(),
+        target: args.targets.first().cloned(),
         build_args: args.build_args.iter().cloned().collect::<BTreeMap<_, _>>(),
         secrets,
         ssh,
@@ -446,61 +472,18 @@ fn remote(
         .iter()
         .map(|s| parse_output(s))
         .collect::<Result<Vec<_>>>()?;
-    let fetch = args.load || !outputs.is_empty();
+    let fetch = args.load || !outputs.is_empty() || args.fetch;
     if (fetch || args.push) && args.tags.is_empty() {
         bail!("--load, --push and --output with a satellite need a -t name for the image");
     }
-    // The registry credentials a push from the satellite needs, for this build only.
-    let mut credentials = HashMap::new();
-    if args.push {
-        let docker = settings.registry_config().docker_config;
-        for t in &args.tags {
-            let dest: berth_oci::Reference = t.parse()?;
-            if let Some(c) = docker.credentials(&dest.registry) {
-                credentials.insert(
-                    dest.registry.clone(),
-                    berth_satellite::proto::Credential {
-                        username: c.username,
-                        password: c.password,
-                    },
-                );
-            }
-        }
-    }
-    let request = berth_satellite::proto::BuildRequest {
-        tags: args.tags.clone(),
-        target: args.target.clone().unwrap_or_default(),
-        build_args: args.build_args.iter().cloned().collect(),
-        secrets: secrets
-            .iter()
-            .map(|(id, src)| Ok((id.clone(), crate::satellite::secret_value(src)?)))
-            .collect::<Result<_>>()?,
-        no_cache: args.no_cache,
-        pull: args.pull,
-        resolve_ttl_secs: build.resolve_ttl.map(|t| t.as_secs()),
-        source_date_epoch: build.source_date_epoch,
-        allow: build.allow.iter().map(|e| e.name().to_owned()).collect(),
-        extra_hosts: args
-            .add_hosts
-            .iter()
-            .map(|(name, addr)| format!("{name}={addr}"))
-            .collect(),
-        compression: match args.compression {
-            Some(berth_build::Compression::Zstd) => "zstd".into(),
-            Some(berth_build::Compression::Uncompressed) => "uncompressed".into(),
-            _ => String::new(),
-        },
-        force_compression: args.force_compression,
-        push: args.push,
-        credentials,
-        platform: args
-            .platform
-            .as_ref()
-            .and_then(|p| p.0.first())
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
-        ..Default::default()
-    };
+    let request = satellite_request(
+        settings,
+        args,
+        &args.tags,
+        args.targets.first().map_or("", String::as_str),
+        &secrets,
+        build,
+    )?;
     let result = crate::satellite::build(
         settings,
         name,
@@ -527,13 +510,7 @@ fn remote(
         let store = berth_store::Store::open(&settings.root)
             .with_context(|| format!("open store at {}", settings.root.display()))?;
         if args.load {
-            let opts = settings.docker(&args.docker);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            for t in &args.tags {
-                rt.block_on(load_one(&store, t, None, &opts))?;
-            }
+            load_tags(settings, args, &store, &args.tags)?;
         }
         let manifest: berth_oci::Digest = r.result.manifest.parse()?;
         for out in &outputs {
@@ -567,6 +544,193 @@ fn remote(
             r.entries,
             r.uploaded_files,
             r.uploaded_bytes
+        );
+    }
+    Ok(())
+}
+
+/// Load each of `tags` from `store` into Docker.
+fn load_tags(
+    settings: &Settings,
+    args: &BuildArgs,
+    store: &berth_store::Store,
+    tags: &[String],
+) -> Result<()> {
+    let opts = settings.docker(&args.docker);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    for t in tags {
+        rt.block_on(load_one(store, t, None, &opts))?;
+    }
+    Ok(())
+}
+
+/// The request a satellite builds stage `target` from (empty: the last), naming the
+/// image `tags`; with `--push`, the credentials of their registries for this build only.
+fn satellite_request(
+    settings: &Settings,
+    args: &BuildArgs,
+    tags: &[String],
+    target: &str,
+    secrets: &HashMap<String, SecretSource>,
+    build: &crate::settings::BuildSettings,
+) -> Result<berth_satellite::proto::BuildRequest> {
+    let mut credentials = HashMap::new();
+    if args.push {
+        let docker = settings.registry_config().docker_config;
+        for t in tags {
+            let dest: berth_oci::Reference = t.parse()?;
+            if let Some(c) = docker.credentials(&dest.registry) {
+                credentials.insert(
+                    dest.registry.clone(),
+                    berth_satellite::proto::Credential {
+                        username: c.username,
+                        password: c.password,
+                    },
+                );
+            }
+        }
+    }
+    Ok(berth_satellite::proto::BuildRequest {
+        tags: tags.to_vec(),
+        target: target.to_owned(),
+        build_args: args.build_args.iter().cloned().collect(),
+        secrets: secrets
+            .iter()
+            .map(|(id, src)| Ok((id.clone(), crate::satellite::secret_value(src)?)))
+            .collect::<Result<_>>()?,
+        no_cache: args.no_cache,
+        pull: args.pull,
+        resolve_ttl_secs: build.resolve_ttl.map(|t| t.as_secs()),
+        source_date_epoch: build.source_date_epoch,
+        allow: build.allow.iter().map(|e| e.name().to_owned()).collect(),
+        extra_hosts: args
+            .add_hosts
+            .iter()
+            .map(|(name, addr)| format!("{name}={addr}"))
+            .collect(),
+        compression: match args.compression {
+            Some(berth_build::Compression::Zstd) => "zstd".into(),
+            Some(berth_build::Compression::Uncompressed) => "uncompressed".into(),
+            _ => String::new(),
+        },
+        force_compression: args.force_compression,
+        push: args.push,
+        credentials,
+        platform: args
+            .platform
+            .as_ref()
+            .and_then(|p| p.0.first())
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        ..Default::default()
+    })
+}
+
+/// `-t` names with several `--target`s: each is `STAGE=NAME` for one of them. Returns
+/// each target's names, in the targets' order.
+fn tags_by_target(targets: &[String], tags: &[String]) -> Result<Vec<Vec<String>>> {
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = targets.iter().find(|t| !seen.insert(t.as_str())) {
+        bail!("--target {dup} is given twice");
+    }
+    let mut out = vec![Vec::new(); targets.len()];
+    for t in tags {
+        let Some((stage, name)) = t.split_once('=') else {
+            bail!(
+                "-t {t}: with several --target, name each stage's image as -t STAGE=NAME (e.g. -t {}={t})",
+                targets[0]
+            );
+        };
+        let i = targets.iter().position(|x| x == stage).ok_or_else(|| {
+            anyhow::anyhow!(
+                "-t {t}: {stage} is not one of the --target stages ({})",
+                targets.join(", ")
+            )
+        })?;
+        berth_oci::WrittenReference::parse(name).with_context(|| format!("-t {t}"))?;
+        out[i].push(name.to_owned());
+    }
+    Ok(out)
+}
+
+/// `berth build --satellite pool:NAME --target a --target b`: one build per stage, all at
+/// once over the pool, each on the member that holds most of its cache (then the least
+/// busy); the closing line says which member built which stage.
+#[allow(clippy::too_many_arguments)]
+fn remote_targets(
+    settings: &Settings,
+    pool: &str,
+    args: &BuildArgs,
+    context: PathBuf,
+    dockerfile: PathBuf,
+    secrets: HashMap<String, SecretSource>,
+    ssh: HashMap<String, PathBuf>,
+    build: &crate::settings::BuildSettings,
+    sink: Arc<dyn Progress>,
+    tty_view: Option<Arc<progress::Tty>>,
+) -> Result<()> {
+    let names = tags_by_target(&args.targets, &args.tags)?;
+    let unnamed = args.targets.iter().zip(&names).find(|(_, n)| n.is_empty());
+    if (args.load || args.push)
+        && let Some((t, _)) = unnamed
+    {
+        bail!(
+            "--load and --push with several --target need a name for each stage's image: -t {t}=NAME"
+        );
+    }
+    let units = args
+        .targets
+        .iter()
+        .zip(&names)
+        .map(|(target, tags)| {
+            Ok(crate::satellite::Unit {
+                label: target.clone(),
+                request: satellite_request(settings, args, tags, target, &secrets, build)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if !args.quiet {
+        eprintln!(
+            "{} targets over pool {pool}: {}",
+            units.len(),
+            args.targets.join(", ")
+        );
+    }
+    let result = crate::satellite::build_fanned(
+        settings,
+        pool,
+        context,
+        Some(dockerfile),
+        ssh,
+        units,
+        sink,
+        args.load.then(|| settings.root.clone()),
+    );
+    if let Some(t) = &tty_view {
+        t.finish();
+    }
+    let done = result?;
+    for (d, tags) in done.iter().zip(&names) {
+        for t in tags.iter().filter(|_| !args.quiet) {
+            println!("{t}");
+        }
+        println!("{}", d.result.result.image_id);
+        for p in &d.result.result.pushed {
+            println!("{p}");
+        }
+    }
+    if args.load {
+        let store = berth_store::Store::open(&settings.root)
+            .with_context(|| format!("open store at {}", settings.root.display()))?;
+        load_tags(settings, args, &store, &names.concat())?;
+    }
+    if !args.quiet {
+        let (ran, entries, files, bytes) = crate::satellite::UnitDone::summary(&done);
+        eprintln!(
+            "built {} targets on pool {pool} ({ran}): context {entries} entries, {files} files uploaded, {bytes} bytes",
+            done.len(),
         );
     }
     Ok(())
@@ -650,6 +814,44 @@ mod tests {
         assert_eq!(super::parse_size("1.5MiB").unwrap(), 1_572_864);
         assert!(super::parse_size("ten").is_err());
         assert!(super::parse_size("5XB").is_err());
+    }
+
+    fn strings(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn several_targets_name_their_images_stage_by_stage() {
+        let targets = strings(&["api", "worker"]);
+        assert_eq!(
+            super::tags_by_target(
+                &targets,
+                &strings(&["worker=reg.example/w:1", "api=api:1", "api=api:latest"])
+            )
+            .unwrap(),
+            vec![
+                strings(&["api:1", "api:latest"]),
+                strings(&["reg.example/w:1"])
+            ]
+        );
+        assert_eq!(
+            super::tags_by_target(&targets, &[]).unwrap(),
+            vec![Vec::<String>::new(), Vec::new()]
+        );
+        let e = super::tags_by_target(&targets, &strings(&["app:1"])).unwrap_err();
+        assert!(format!("{e:#}").contains("-t api=app:1"), "{e:#}");
+        let e = super::tags_by_target(&targets, &strings(&["web=app:1"])).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("web is not one of the --target stages (api, worker)"),
+            "{e:#}"
+        );
+        let e = super::tags_by_target(&targets, &strings(&["api=Not A Name"])).unwrap_err();
+        assert!(format!("{e:#}").contains("-t api=Not A Name"), "{e:#}");
+        let e = super::tags_by_target(&strings(&["api", "api"]), &[]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("--target api is given twice"),
+            "{e:#}"
+        );
     }
 }
 

@@ -628,7 +628,10 @@ pub(crate) fn build_service(
             let matches = crate::build::BuildArgs::augment_args(clap::Command::new("build"))
                 .try_get_matches_from(argv)
                 .with_context(what)?;
-            let args = crate::build::BuildArgs::from_arg_matches(&matches).with_context(what)?;
+            let mut args =
+                crate::build::BuildArgs::from_arg_matches(&matches).with_context(what)?;
+            // Built on a satellite, the image comes here: the push goes from the store.
+            args.fetch = true;
             crate::build::run(settings, args).with_context(what)
         }
         Build::Earthfile { target, args } => {

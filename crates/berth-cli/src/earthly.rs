@@ -727,6 +727,8 @@ fn remote_fanned(
         settings,
         pool,
         cwd,
+        None,
+        HashMap::new(),
         units,
         sink,
         (!no_output).then(|| settings.root.clone()),
@@ -740,23 +742,15 @@ fn remote_fanned(
     let artifacts: Vec<&PathBuf> = done.iter().flat_map(|d| &d.result.artifacts).collect();
     remote_outputs(settings, cli, &images, &artifacts)?;
     let targets: u32 = done.iter().map(|d| d.result.result.targets).sum();
-    let ran: Vec<String> = done
-        .iter()
-        .map(|d| format!("{} on {}", d.label, d.member))
-        .collect();
-    let (files, bytes) = done.iter().fold((0, 0), |(f, b), d| {
-        (f + d.result.uploaded_files, b + d.result.uploaded_bytes)
-    });
+    let (ran, entries, files, bytes) = crate::satellite::UnitDone::summary(&done);
     eprintln!(
-        "built {targets} target{} on pool {pool} ({}): {} image{}, {} artifact{} written \
-         (context {} entries, {files} files uploaded, {bytes} bytes)",
+        "built {targets} target{} on pool {pool} ({ran}): {} image{}, {} artifact{} written \
+         (context {entries} entries, {files} files uploaded, {bytes} bytes)",
         if targets == 1 { "" } else { "s" },
-        ran.join(", "),
         images.len(),
         if images.len() == 1 { "" } else { "s" },
         artifacts.len(),
         if artifacts.len() == 1 { "" } else { "s" },
-        done.first().map_or(0, |d| d.result.entries),
     );
     Ok(())
 }

@@ -141,14 +141,53 @@ pub fn deploy(
                 }
             }
             if !failed.is_empty() {
-                bail!("rollout failed for {} (see above)", failed.join(", "));
+                bail!(
+                    "rollout failed for {} (see above; nothing was pruned)",
+                    failed.join(", ")
+                );
             }
         }
+        prune(&kube, &rendered, &progress).await;
         for r in &rendered {
             println!("{}\tdeployed\tnamespace {}", r.service, kube.namespace);
         }
         Ok(())
     })
+}
+
+/// After a deploy (its rollouts done, with --wait): each service's ConfigMaps and Secrets
+/// that no kept revision names, and `berth-pull` entries of registries nothing in the
+/// namespace pulls from (berth_kube::prune has the rules). A failure to prune is told,
+/// not fatal: the deploy itself went through.
+async fn prune(kube: &Kube, rendered: &[berth_kube::render::Rendered], progress: &dyn Fn(&str)) {
+    for r in rendered {
+        match berth_kube::prune::prune_service(kube, &r.service).await {
+            Ok(gone) => {
+                for g in gone {
+                    progress(&format!(
+                        "{}: deleted {g} (no kept revision names it)",
+                        r.service
+                    ));
+                }
+            }
+            Err(e) => progress(&format!("{}: warning: pruning failed: {e}", r.service)),
+        }
+    }
+    match berth_kube::prune::prune_pull_secret(kube).await {
+        Ok(gone) => {
+            for g in gone {
+                progress(&format!(
+                    "{}: dropped the entry of {g} (nothing in namespace {} pulls from it)",
+                    berth_kube::config::PULL_SECRET,
+                    kube.namespace
+                ));
+            }
+        }
+        Err(e) => progress(&format!(
+            "{}: warning: pruning failed: {e}",
+            berth_kube::config::PULL_SECRET
+        )),
+    }
 }
 
 /// `berth rollback --k8s [VERSION] [--service S] [--list]`.
@@ -292,6 +331,14 @@ pub struct RegistryManifestArgs {
     /// 1.21) [default: 1.21 and newer].
     #[arg(long, value_name = "1.MINOR")]
     pub kube_version: Option<String>,
+    /// The replicas serve TLS with this PEM certificate chain (for the names clients use:
+    /// the Service's) and --tls-key, carried in the Secret [default: config.toml's
+    /// [registry] tls_cert and tls_key, else plain HTTP].
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Flags of `berth registry deploy`.
@@ -318,6 +365,7 @@ fn registry_input(
         files: settings.registry_replica_files(
             berth_kube::registry::POD_CONFIG_DIR,
             berth_kube::registry::CONFIG_KEY,
+            args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
             &|k| std::env::var(k).ok(),
         )?,
         identity: berth_kube::pod::PodIdentity {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use berth_build::Progress;
 use berth_pki::{Token, TokenKind, TokenOptions};
 use berth_satellite::{Enrollments, POOL_PREFIX, Pools, SatelliteOptions, SatelliteRoot};
@@ -79,6 +79,14 @@ pub struct SatDeployArgs {
     cluster: crate::k8s::ClusterArgs,
     #[command(flatten)]
     manifest: ManifestArgs,
+    /// Wait (up to --timeout) until the pod runs, read the enrollment token its first
+    /// start printed from its log, and enroll this client (`satellite add`): the token's
+    /// address, `<name>.<namespace>.svc`, must resolve here (inside the cluster).
+    #[arg(long)]
+    enroll: bool,
+    /// With --enroll: the name this client enrolls as [default: USER-host].
+    #[arg(long, requires = "enroll")]
+    client_name: Option<String>,
 }
 
 #[derive(Args)]
@@ -684,8 +692,56 @@ fn deploy_k8s(settings: &Settings, args: &SatDeployArgs) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        Ok(())
+        let how = berth_kube::satellite::enroll_instructions(&input.name, &kube.namespace);
+        if !args.enroll {
+            eprintln!("{how}\n(or deploy with --enroll to do it now)");
+            return Ok(());
+        }
+        enroll_in_cluster(settings, &kube, &input.name, args, &how).await
     })
+}
+
+/// `satellite deploy --k8s --enroll`: waits for the pod to run, reads its first-start
+/// token from its log and enrolls with it; otherwise says why and how to do it by hand.
+async fn enroll_in_cluster(
+    settings: &Settings,
+    kube: &berth_kube::Kube,
+    name: &str,
+    args: &SatDeployArgs,
+    how: &str,
+) -> Result<()> {
+    use berth_kube::satellite::{Enrollment, first_start_token};
+    let start = std::time::Instant::now();
+    let token = loop {
+        match first_start_token(kube, name).await? {
+            Enrollment::Token(t) => break t,
+            Enrollment::NoToken => bail!(
+                "satellite {name}: its log holds no first-start token (its root was there \
+                 before, or the log was rotated)\n{how}"
+            ),
+            Enrollment::NotRunning(why) if start.elapsed() >= args.cluster.timeout => bail!(
+                "satellite {name}: not enrolled: {why} after {}s\n{how}",
+                args.cluster.timeout.as_secs()
+            ),
+            Enrollment::NotRunning(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    };
+    let token: Token = token
+        .parse()
+        .with_context(|| format!("satellite {name}: the token in its log is not a berth token"))?;
+    let client = args.client_name.clone().unwrap_or_else(|| {
+        let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+        plain_name(&format!("{user}-{}", host_name()))
+    });
+    let rec = enrollments(settings)
+        .add(name, &token, &client)
+        .await
+        .with_context(|| format!("satellite {name}: enroll with the token from its log\n{how}"))?;
+    println!(
+        "enrolled with satellite {} ({}) as {}",
+        rec.satellite, rec.address, rec.client
+    );
+    Ok(())
 }
 
 /// The satellite a build goes to: `--satellite NAME`, BERTH_SATELLITE, or the one chosen
@@ -953,17 +1009,36 @@ pub struct UnitDone {
     pub result: berth_satellite::RemoteResult,
 }
 
-/// Builds `units` (from the folder `context`, no Dockerfile: Earthfile targets) at once
-/// on the members of pool `pool`: each member is probed for each unit, each unit goes to
+impl UnitDone {
+    /// For a closing line: `+a on s1, +b on s2`, and the context's entries, the files
+    /// and bytes uploaded, over all of `done`.
+    pub fn summary(done: &[UnitDone]) -> (String, usize, u64, u64) {
+        let ran: Vec<String> = done
+            .iter()
+            .map(|d| format!("{} on {}", d.label, d.member))
+            .collect();
+        let (files, bytes) = done.iter().fold((0, 0), |(f, b), d| {
+            (f + d.result.uploaded_files, b + d.result.uploaded_bytes)
+        });
+        let entries = done.first().map_or(0, |d| d.result.entries);
+        (ran.join(", "), entries, files, bytes)
+    }
+}
+
+/// Builds `units` (from the folder `context`, with `dockerfile` for Dockerfile stages, or
+/// none for Earthfile targets) at once on the members of pool `pool`: each member is probed for each unit, each unit goes to
 /// the member [`berth_satellite::pool::assign`] picks (its cache first, then spread over
 /// the members), and a member that fails before that unit's build starts hands it to
 /// the next of that unit's order. Each unit's progress comes through `sink` with the
 /// member before its steps' names. A unit that fails fails the whole, naming its member,
 /// once every unit has ended.
+#[allow(clippy::too_many_arguments)]
 pub fn build_fanned(
     settings: &Settings,
     pool: &str,
     context: PathBuf,
+    dockerfile: Option<PathBuf>,
+    ssh: HashMap<String, PathBuf>,
     units: Vec<Unit>,
     sink: Arc<dyn Progress>,
     fetch: Option<PathBuf>,
@@ -975,10 +1050,10 @@ pub fn build_fanned(
         .iter()
         .map(|u| berth_satellite::RemoteBuild {
             context: context.clone(),
-            dockerfile: None,
+            dockerfile: dockerfile.clone(),
             sums: sums.clone(),
             request: u.request.clone(),
-            ssh: HashMap::new(),
+            ssh: ssh.clone(),
         })
         .collect();
     let rt = runtime()?;

@@ -670,6 +670,7 @@ impl Settings {
         &self,
         dir: &str,
         config_key: &str,
+        tls: Option<(&Path, &Path)>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> anyhow::Result<BTreeMap<String, String>> {
         let where_ = || {
@@ -759,6 +760,33 @@ impl Settings {
         }
         if let Some(n) = r.max_connections {
             registry.insert("max_connections".into(), (n as i64).into());
+        }
+        // TLS: the given pair, else this machine's [registry] tls_cert/tls_key; the
+        // replicas read them as `berth registry serve` reads its own.
+        let tls = match (tls, &r.tls_cert, &r.tls_key) {
+            (Some((c, k)), _, _) => {
+                Some((c.to_path_buf(), k.to_path_buf(), "--tls-cert/--tls-key"))
+            }
+            (None, Some(c), Some(k)) => Some((c.clone(), k.clone(), "[registry] tls_cert/tls_key")),
+            (None, None, None) => None,
+            (None, _, _) => bail!(
+                "[registry] in {}: TLS needs both tls_cert and tls_key",
+                where_()
+            ),
+        };
+        if let Some((cert, key, what)) = tls {
+            for (name, path, pem) in [
+                ("tls.crt", &cert, "CERTIFICATE"),
+                ("tls.key", &key, "PRIVATE KEY"),
+            ] {
+                let text = read(what, path)?;
+                if !text.contains("-----BEGIN ") || !text.contains(pem) {
+                    bail!("{what}: {} holds no PEM {pem}", path.display());
+                }
+                files.insert(name.to_owned(), text);
+            }
+            registry.insert("tls_cert".into(), format!("{dir}/tls.crt").into());
+            registry.insert("tls_key".into(), format!("{dir}/tls.key").into());
         }
         registry.insert("storage".into(), storage.into());
         let mut top = toml::Table::new();

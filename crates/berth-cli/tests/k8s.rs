@@ -176,6 +176,7 @@ image_pull_secrets = ["regcred"]
         err.contains("web: 0/1 updated") || err.contains("/1 available"),
         "{err}"
     );
+    assert!(err.contains("nothing was pruned"), "{err}");
 
     wait_revision(cp, &ns, "1");
     run(&mut deploy(&["--version", "v2"]));
@@ -211,6 +212,44 @@ image_pull_secrets = ["regcred"]
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no revision of version v9"), "{err}");
+
+    // A new environment with no old revision kept (replicas 0: the rollout completes
+    // without a kubelet, and the controller then drops the old ReplicaSets): the old
+    // ConfigMap goes after the rollout, the Secret (same content, same name) stays.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("\"hello\"", "\"bye\"");
+    std::fs::write(
+        &file,
+        format!("{text}[k8s.services.web]\nreplicas = 0\nrevision_history_limit = 0\n"),
+    )
+    .unwrap();
+    let before = names(cp, &ns, "configmaps", "web-env-");
+    assert_eq!(before.len(), 1, "{before:?}");
+    let out = output_ok(&mut deploy(&["--wait", "--timeout", "2m"]));
+    assert!(
+        out.stderr
+            .contains(&format!("web: deleted configmap/{}", before[0])),
+        "{}",
+        out.stderr
+    );
+    let after = names(cp, &ns, "configmaps", "web-env-");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before);
+    assert_eq!(names(cp, &ns, "secrets", "web-secrets-").len(), 1);
+}
+
+/// Names of the namespace's objects of `plural` (core API) starting with `prefix`.
+fn names(cp: &ControlPlane, ns: &str, plural: &str, prefix: &str) -> Vec<String> {
+    let list = get(cp, &format!("/api/v1/namespaces/{ns}/{plural}")).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -359,6 +398,59 @@ fn satellite_deploy_puts_the_pod_through_berths_identity() {
         sts["metadata"]["generation"]
     );
     assert_eq!(berths(&again), berths(&sts));
+    // How to enroll, exactly (the pod cannot run here: no node).
+    let out = deploy();
+    assert!(
+        out.stderr
+            .contains("kubectl -n sat logs builder-0 -c satellite | grep 'satellite add'"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(
+            "kubectl -n sat exec builder-0 -c satellite -- berth --root /var/lib/berth satellite token create"
+        ),
+        "{}",
+        out.stderr
+    );
+    // --enroll waits for the pod to run, then says why it could not and how.
+    let mut c = berth(&dir.path().join("root"));
+    c.env("KUBECONFIG", &cp.kubeconfig)
+        .env("DOCKER_CONFIG", dir.path().join("no-docker"))
+        .args([
+            "satellite",
+            "deploy",
+            "--k8s",
+            "-n",
+            ns,
+            "--name",
+            "builder",
+            "--image",
+            "127.0.0.1:5000/berth:1",
+            "--storage",
+            "1Gi",
+            "--image-pull-secret",
+            "regcred",
+            "--enroll",
+            "--timeout",
+            "2s",
+        ]);
+    let enroll = output(&mut c);
+    assert!(!enroll.success);
+    assert!(
+        enroll.stderr.contains(
+            "satellite builder: not enrolled: pod builder-0 is Pending, not scheduled to a node after 2s"
+        ),
+        "{}",
+        enroll.stderr
+    );
+    assert!(
+        enroll
+            .stderr
+            .contains("berth satellite add builder --token <token>"),
+        "{}",
+        enroll.stderr
+    );
     // Bad input is refused before anything is sent.
     let mut c = berth(&dir.path().join("root"));
     c.env("KUBECONFIG", &cp.kubeconfig).args([
@@ -771,5 +863,319 @@ fn registry_manifests_and_deploy_on_kubernetes() {
         bad.stderr.contains("[registry.storage] kind = \"s3\""),
         "{}",
         bad.stderr
+    );
+}
+
+/// The text a satellite's first start prints (its pod's log in a cluster) holds the token
+/// `satellite deploy --k8s --enroll` reads, and that token enrolls a client: the real
+/// `berth satellite serve` on 127.0.0.1, its stdout read as berth-kube reads a pod's log.
+#[test]
+fn the_first_start_token_in_the_log_enrolls_a_client() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut sat = Command::new(berth_bin())
+        .arg("--root")
+        .arg(dir.path().join("sat"))
+        .args(["satellite", "serve", "--addr", &addr, "--name", "builder"])
+        .args(["--advertise", "127.0.0.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    let mut reader = BufReader::new(sat.stdout.take().unwrap());
+    for _ in 0..4 {
+        if reader.read_line(&mut log).unwrap() == 0 || log.contains("valid 24 h") {
+            break;
+        }
+    }
+    let token = berth_kube::satellite::token_in_log(&log, "builder");
+    let Some(token) = token else {
+        let _ = sat.kill();
+        panic!("no token in the first start's text: {log}");
+    };
+    assert!(token.contains(&format!("@{addr}#sha256:")), "{token}");
+    let cfg = dir.path().join("client");
+    let add = output(
+        Command::new(berth_bin())
+            .env("XDG_CONFIG_HOME", &cfg)
+            .arg("--root")
+            .arg(dir.path().join("client-root"))
+            .args([
+                "satellite",
+                "add",
+                "builder",
+                "--token",
+                &token,
+                "--client-name",
+                "ci",
+            ]),
+    );
+    let _ = sat.kill();
+    let _ = sat.wait();
+    assert!(add.success, "{}", add.stderr);
+    assert!(
+        add.stdout.contains("enrolled with satellite builder") && add.stdout.contains(" as ci"),
+        "{}",
+        add.stdout
+    );
+}
+
+/// Issue 12 item 3's end, as far as this machine allows: `berth deploy --k8s` of a service
+/// with a `build`, the chosen satellite building it, is one command that builds there,
+/// pushes to the registry the cluster pulls from and applies the Deployment naming
+/// exactly what was pushed. (The satellite runs on 127.0.0.1, not in the cluster: the test
+/// control plane has no node to run its pod; the client's path is the same.)
+#[test]
+fn a_build_on_a_satellite_is_pushed_and_deployed_in_one_command() {
+    use common::satellite::{Client, Sat};
+    let Some(cp) = control_plane() else { return };
+    if !require("skopeo") || !require("htpasswd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sat = Sat::on_loopback(&dir.path().join("sat-root"), &[]);
+    let client = Client::new(dir.path(), "client", None);
+    let add = client.add("s", &sat.token(&[]));
+    assert!(add.success, "{}", add.stderr);
+    let reg = serve_with_user(dir.path(), "deploy", "s3cret");
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("Dockerfile"), "FROM scratch\nCOPY hello /hello\n").unwrap();
+    std::fs::write(app.join("hello"), "built on the satellite\n").unwrap();
+    let ns = format!("satbuild{}", std::process::id());
+    let file = dir.path().join("berth.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[deploy.registry]
+address = "{reg}"
+username = "deploy"
+password_env = "REG_PASSWORD"
+[deploy.roles.web]
+hosts = ["unused"]
+[deploy.services.web]
+image = "web:v1"
+roles = ["web"]
+command = ["/hello"]
+build = {{ context = "app" }}
+[k8s]
+kubeconfig = "{kc}"
+namespace = "{ns}"
+"#,
+            reg = reg.addr,
+            kc = cp.kubeconfig.display(),
+        ),
+    )
+    .unwrap();
+    let out = output(
+        client
+            .berth()
+            .args(["deploy", "-f"])
+            .arg(&file)
+            .arg("--k8s")
+            .env("BERTH_SATELLITE", "s")
+            .env("REG_PASSWORD", "s3cret"),
+    );
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("building web:v1 for service web"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(" on satellite s "), "{}", out.stderr);
+    assert!(out.stdout.contains("web\tdeployed"), "{}", out.stdout);
+    let d = get(
+        cp,
+        &format!("/apis/apps/v1/namespaces/{ns}/deployments/web"),
+    )
+    .unwrap();
+    let image = d["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let digest = image
+        .strip_prefix(&format!("{}/web@", reg.addr))
+        .unwrap_or_else(|| panic!("{image}"));
+    let served = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "deploy:s3cret",
+        "--format",
+        "{{.Digest}}",
+        &format!("docker://{}/web:v1", reg.addr),
+    ]));
+    assert_eq!(served.trim(), digest);
+    // The satellite built it; the client fetched it and pushed that very manifest.
+    assert!(
+        out.stderr.contains(&format!("(manifest {digest},")),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `berth registry manifests --tls-cert --tls-key` (or `[registry] tls_cert/tls_key`): the
+/// Secret carries the pair and the replicas' config.toml names it; a replica started from
+/// exactly the Secret's files (paths moved from /etc/berth/registry to a directory here,
+/// S3 on moto) serves HTTPS with that certificate and the Secret's htpasswd.
+#[test]
+fn registry_replicas_serve_tls_from_their_secret() {
+    use std::io::BufRead;
+    if !require("htpasswd") || !require("curl") {
+        return;
+    }
+    let Some(moto) = berth_testutil::moto::Moto::start("images") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, crt, key) = make_tls(dir.path());
+    let htpasswd = dir.path().join("htpasswd");
+    run(Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args(["deploy", "s3cret"]));
+    let config = dir.path().join("config.toml");
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[registry]\nhtpasswd = \"{}\"\n{extra}[registry.storage]\nkind = \"s3\"\n\
+                 bucket = \"images\"\nendpoint = \"{}\"\n",
+                htpasswd.display(),
+                moto.endpoint
+            ),
+        )
+        .unwrap()
+    };
+    write_config("");
+    let manifests = |args: &[&str]| {
+        let mut c = berth(&dir.path().join("root"));
+        c.arg("--config")
+            .arg(&config)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("AWS_SESSION_TOKEN")
+            .args(["registry", "manifests"])
+            .args(args);
+        output(&mut c)
+    };
+    let out = manifests(&[
+        "--tls-cert",
+        crt.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.success, "{}", out.stderr);
+    let docs = yaml_docs(&out.stdout);
+    let data = docs[0]["data"].as_object().unwrap();
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "config.toml",
+            "credentials",
+            "htpasswd",
+            "tls.crt",
+            "tls.key"
+        ]
+    );
+    // The Secret's files, as the pod mounts them, here.
+    let mounted = dir.path().join("mounted");
+    std::fs::create_dir_all(&mounted).unwrap();
+    for (k, v) in data {
+        let text =
+            b64d(v.as_str().unwrap()).replace("/etc/berth/registry", mounted.to_str().unwrap());
+        std::fs::write(mounted.join(k), text).unwrap();
+    }
+    let toml = std::fs::read_to_string(mounted.join("config.toml")).unwrap();
+    assert!(
+        toml.contains(&format!("tls_cert = \"{}/tls.crt\"", mounted.display())),
+        "{toml}"
+    );
+    let mut replica = Command::new(berth_bin())
+        .arg("--root")
+        .arg(dir.path().join("replica"))
+        .arg("--config")
+        .arg(mounted.join("config.toml"))
+        .args(["registry", "serve", "--addr", "127.0.0.1:0"])
+        .env("BERTH_LOG", "warn")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(replica.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .map(str::to_owned);
+    let curl = |user: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("--cacert")
+        .arg(&ca);
+        if let Some(u) = user {
+            c.args(["-u", u]);
+        }
+        c.arg(format!(
+            "{}/v2/",
+            url.as_deref().unwrap_or("https://127.0.0.1:1")
+        ));
+        String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned()
+    };
+    let (anonymous, with_user) = (curl(None), curl(Some("deploy:s3cret")));
+    let _ = replica.kill();
+    let _ = replica.wait();
+    assert!(url.is_some(), "the replica does not serve HTTPS: {line:?}");
+    assert_eq!((anonymous.as_str(), with_user.as_str()), ("401", "200"));
+
+    // Without flags, this machine's [registry] TLS settings are carried.
+    write_config(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        crt.display(),
+        key.display()
+    ));
+    let out = manifests(&[]);
+    assert!(out.success, "{}", out.stderr);
+    let docs = yaml_docs(&out.stdout);
+    assert_eq!(
+        b64d(docs[0]["data"]["tls.crt"].as_str().unwrap()).trim(),
+        std::fs::read_to_string(&crt).unwrap().trim()
+    );
+    // Bad input names what is wrong.
+    let out = manifests(&[
+        "--tls-cert",
+        htpasswd.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("holds no PEM CERTIFICATE"),
+        "{}",
+        out.stderr
+    );
+    write_config(&format!("tls_cert = \"{}\"\n", crt.display()));
+    let out = manifests(&[]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("TLS needs both tls_cert and tls_key"),
+        "{}",
+        out.stderr
     );
 }

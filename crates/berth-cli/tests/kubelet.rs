@@ -565,6 +565,36 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
         "{reason}: {message}; events: {failed:?}"
     );
     eprintln!("without the pull secret: {reason}: {message}; events: {failed:?}");
+    // berth's own rollout wait says the same: it names the pod, its container's waiting
+    // reason and the pod's events, where the registry's refusal is.
+    let kube = Kube::connect(&KubeOptions {
+        kubeconfig: Some(cp.kubeconfig.clone()),
+        namespace: Some(without.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = berth_kube::rollout::wait(&kube, "web", Duration::from_secs(1), &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    let pod_name =
+        get(cp, &format!("/api/v1/namespaces/{without}/pods"))["items"][0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    assert!(err.contains("rollout of web failed"), "{err}");
+    assert!(err.contains(&format!("pod {pod_name}: Pending")), "{err}");
+    assert!(
+        err.contains("container web: waiting: ErrImagePull")
+            || err.contains("container web: waiting: ImagePullBackOff"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("event Warning Failed") && l.contains("no basic auth credentials")),
+        "{err}"
+    );
     let pulled = node.docker(&["image", "ls", "--format", "{{.Repository}}"]);
     assert!(!pulled.stdout.contains(REGISTRY), "{}", pulled.stdout);
 

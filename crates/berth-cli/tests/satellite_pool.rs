@@ -640,3 +640,166 @@ fn independent_targets_all_go_to_the_member_that_is_up() {
         out.stderr
     );
 }
+
+/// `berth build --satellite pool:p --target api --target worker`: one build per stage,
+/// at once, one per member while neither has a cache, each back to its member on a
+/// rebuild; -t STAGE=NAME names a stage's image; a failing stage is named with its
+/// member; several targets without a pool, or a -t without its stage, are refused.
+#[test]
+fn several_dockerfile_targets_spread_over_the_pool_and_go_back_to_their_cache() {
+    if !require_build() {
+        return;
+    }
+    let base = BuildBase::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (_sats, client) = pool_of(dir.path(), 2);
+    output_ok(
+        client
+            .berth()
+            .args(["satellite", "pool", "add", "p", "s1", "s2"]),
+    );
+    let app = ctx(
+        dir.path(),
+        "stages",
+        &format!(
+            "FROM {b} AS api\nCOPY a.txt /a\nRUN cat /a > /api\n\n\
+             FROM {b} AS worker\nCOPY w.txt /w\nRUN cat /w > /worker\n\n\
+             FROM {b} AS broken\nRUN echo broken-on-purpose && exit 3\n",
+            b = base.reference()
+        ),
+        &[("a.txt", "alpha\n"), ("w.txt", "omega\n")],
+    );
+    let build = |extra: &[&str]| {
+        let mut args = vec!["--satellite", "pool:p"];
+        args.extend_from_slice(extra);
+        output(&mut client.build(&app, &args))
+    };
+    let both = [
+        "--target",
+        "api",
+        "--target",
+        "worker",
+        "-t",
+        "worker=berth-test/pool-worker:1",
+    ];
+
+    let first = build(&both);
+    assert!(first.success, "{}", first.stderr);
+    assert!(
+        first.stderr.contains("2 targets over pool p: api, worker"),
+        "{}",
+        first.stderr
+    );
+    let placed = fanned_over(&first);
+    assert_eq!(placed.len(), 2, "{placed:?}");
+    assert_eq!(
+        (placed[0].0.as_str(), placed[1].0.as_str()),
+        ("api", "worker")
+    );
+    assert_ne!(placed[0].1, placed[1].1, "{}", first.stderr);
+    for ((stage, member), file) in placed.iter().zip(["/a > /api", "/w > /worker"]) {
+        assert!(
+            first
+                .stderr
+                .contains(&format!("pool p: {stage} {member}: 0/2 steps cached")),
+            "{}",
+            first.stderr
+        );
+        assert!(
+            first
+                .stderr
+                .contains(&format!("building {stage} on satellite {member} (pool p)")),
+            "{}",
+            first.stderr
+        );
+        assert!(
+            first
+                .stderr
+                .lines()
+                .any(|l| l.contains(&format!("{member}: ")) && l.contains(file)),
+            "{stage}'s steps shown under {member}: {}",
+            first.stderr
+        );
+    }
+    // stdout: api's image ID, then worker's name and image ID.
+    let lines: Vec<&str> = first.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", first.stdout);
+    assert!(lines[0].starts_with("sha256:"), "{}", first.stdout);
+    assert_eq!(lines[1], "berth-test/pool-worker:1");
+    assert!(
+        lines[2].starts_with("sha256:") && lines[2] != lines[0],
+        "{}",
+        first.stdout
+    );
+
+    // The rebuild: each stage goes back to the member with its cache.
+    let again = build(&both);
+    assert!(again.success, "{}", again.stderr);
+    assert_eq!(fanned_over(&again), placed, "{}", again.stderr);
+    let (api_on, worker_on) = (&placed[0].1, &placed[1].1);
+    for (stage, member, other) in [("api", api_on, worker_on), ("worker", worker_on, api_on)] {
+        assert!(
+            again
+                .stderr
+                .contains(&format!("pool p: {stage} {member}: 2/2 steps cached")),
+            "{}",
+            again.stderr
+        );
+        assert!(
+            again
+                .stderr
+                .contains(&format!("pool p: {stage} {other}: 0/2 steps cached")),
+            "{}",
+            again.stderr
+        );
+    }
+    assert_eq!(again.stdout, first.stdout, "the same images");
+
+    // A failing stage fails the command, named with its member; api still ran.
+    let failed = build(&["--target", "api", "--target", "broken"]);
+    assert!(!failed.success, "{}", failed.stderr);
+    let broken_on = failed
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("building broken on satellite "))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{}", failed.stderr))
+        .to_string();
+    let error = failed
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("berth: error:"))
+        .unwrap_or_else(|| panic!("{}", failed.stderr));
+    assert!(
+        error.contains(&format!("broken on satellite {broken_on} (pool p): ")),
+        "{}",
+        failed.stderr
+    );
+    assert!(!error.contains("api on satellite"), "{}", failed.stderr);
+
+    // Refused before anything is sent.
+    let unnamed = build(&["--target", "api", "--target", "worker", "-t", "app:1"]);
+    assert!(!unnamed.success);
+    assert!(
+        unnamed.stderr.contains("-t api=app:1"),
+        "{}",
+        unnamed.stderr
+    );
+    let no_pool = output(&mut client.build(
+        &app,
+        &["--satellite", "s1", "--target", "api", "--target", "worker"],
+    ));
+    assert!(!no_pool.success);
+    assert!(
+        no_pool.stderr.contains("over a satellite pool"),
+        "{}",
+        no_pool.stderr
+    );
+    let load_unnamed = build(&["--target", "api", "--target", "worker", "--load"]);
+    assert!(!load_unnamed.success);
+    assert!(
+        load_unnamed.stderr.contains("-t api=NAME"),
+        "{}",
+        load_unnamed.stderr
+    );
+}

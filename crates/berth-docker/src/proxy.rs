@@ -2,8 +2,10 @@
 //! (its manifest, config and layers) for the daemon to pull, and nothing else. It lives
 //! for one load; it writes nothing.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -20,6 +22,71 @@ const FAILPOINT_LAYER_404: &str = "load-proxy-layer-404";
 struct Served {
     image: Image,
     failing_layer: Option<berth_oci::Digest>,
+    gate: Arc<Gate>,
+}
+
+/// How long the first layer request waits for the daemon's other ones, so that the
+/// lowest layer it asks for goes first. dockerd sends its (up to 3) layer requests at once.
+const GATHER: Duration = Duration::from_millis(10);
+
+/// Layer bodies go to the daemon one at a time, lowest layer first. dockerd downloads up to
+/// three layers at once but extracts them in order, each only after its own download
+/// ended: served side by side, the first layer finishes when nearly all bytes are through,
+/// and extraction starts late; one at a time, it starts after the first layer's bytes and
+/// overlaps the other downloads (bench/load.sh).
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct GateState {
+    serving: bool,
+    /// Layer index -> requests waiting for their turn.
+    waiting: BTreeMap<usize, usize>,
+    first_request: Option<tokio::time::Instant>,
+}
+
+/// The right to send one layer's body; the next waiting layer goes when it is dropped.
+struct Turn(Arc<Gate>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("gate lock").serving = false;
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl Gate {
+    async fn turn(self: Arc<Self>, index: usize) -> Turn {
+        let gathered = {
+            let mut st = self.state.lock().expect("gate lock");
+            *st.waiting.entry(index).or_default() += 1;
+            *st.first_request
+                .get_or_insert_with(tokio::time::Instant::now)
+                + GATHER
+        };
+        tokio::time::sleep_until(gathered).await;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.state.lock().expect("gate lock");
+                if !st.serving && st.waiting.keys().next() == Some(&index) {
+                    st.serving = true;
+                    let n = st.waiting.get_mut(&index).expect("waiting");
+                    *n -= 1;
+                    if *n == 0 {
+                        st.waiting.remove(&index);
+                    }
+                    return Turn(self.clone());
+                }
+            }
+            notified.await;
+        }
+    }
 }
 
 pub(crate) struct Proxy {
@@ -37,6 +104,7 @@ impl Proxy {
         let state = Arc::new(Served {
             image,
             failing_layer,
+            gate: Arc::default(),
         });
         let app = axum::Router::new().fallback(handle).with_state(state);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -112,13 +180,26 @@ async fn handle(State(s): State<Arc<Served>>, req: Request) -> Response {
             head,
         );
     }
-    let Some(layer) = img.layers.iter().find(|l| l.digest.to_string() == digest) else {
+    let Some((index, layer)) = img
+        .layers
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.digest.to_string() == digest)
+    else {
         return not_found("BLOB_UNKNOWN");
     };
     if s.failing_layer.as_ref() == Some(&layer.digest) {
         return not_found("BLOB_UNKNOWN");
     }
-    layer_response(layer.clone(), head)
+    if head {
+        return blob_response(
+            Body::empty(),
+            layer.size,
+            "application/octet-stream",
+            digest,
+        );
+    }
+    layer_response(layer.clone(), s.gate.clone().turn(index))
 }
 
 fn bytes_response(
@@ -151,15 +232,19 @@ fn blob_response(body: Body, size: u64, media_type: &str, digest: &str) -> Respo
     r
 }
 
-/// A layer's bytes, read (and inflated) on a blocking thread as the daemon takes them.
-fn layer_response(layer: Layer, head: bool) -> Response {
+/// A layer's bytes, read (and inflated) on a blocking thread as the daemon takes them,
+/// once `turn` comes (the head goes at once).
+fn layer_response(
+    layer: Layer,
+    turn: impl std::future::Future<Output = Turn> + Send + 'static,
+) -> Response {
     let (size, digest) = (layer.size, layer.digest.to_string());
-    let body = if head {
-        Body::empty()
-    } else {
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
-        let path = layer.path.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    let path = layer.path.clone();
+    tokio::spawn(async move {
+        let turn = turn.await;
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let mut r = match layer.open() {
                 Ok(r) => r,
                 Err(e) => {
@@ -185,7 +270,7 @@ fn layer_response(layer: Layer, head: bool) -> Response {
                 }
             }
         });
-        Body::from_stream(crate::receiver_stream(rx))
-    };
+    });
+    let body = Body::from_stream(crate::receiver_stream(rx));
     blob_response(body, size, "application/octet-stream", &digest)
 }

@@ -12,6 +12,7 @@
 //! [k8s.services.app]
 //! replicas = 3
 //! host_users = false                # user namespaces (Kubernetes 1.25+)
+//! revision_history_limit = 10       # old ReplicaSets kept for rollback (default 10)
 //! ```
 
 use std::collections::BTreeMap;
@@ -52,6 +53,9 @@ pub struct ServiceK8s {
     pub replicas: Option<i32>,
     /// `hostUsers` of its pods.
     pub host_users: Option<bool>,
+    /// The Deployment's `revisionHistoryLimit`: old ReplicaSets kept for rollback
+    /// (default 10); the ConfigMaps and Secrets they name are kept with them.
+    pub revision_history_limit: Option<i32>,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +82,7 @@ struct K8sRaw {
 struct ServiceRaw {
     replicas: Option<i64>,
     host_users: Option<bool>,
+    revision_history_limit: Option<i64>,
 }
 
 /// A DNS-1123 label (namespaces, object names).
@@ -168,11 +173,22 @@ impl K8sConfig {
                     ));
                 }
             };
+            let revision_history_limit = match s.revision_history_limit {
+                None => None,
+                Some(n) if (0..=1000).contains(&n) => Some(n as i32),
+                Some(n) => {
+                    return Err(err(
+                        &format!("k8s.services.{name}.revision_history_limit"),
+                        format!("{n}: give 0 to 1000"),
+                    ));
+                }
+            };
             services.insert(
                 name,
                 ServiceK8s {
                     replicas,
                     host_users: s.host_users,
+                    revision_history_limit,
                 },
             );
         }
@@ -231,6 +247,10 @@ mod tests {
             (
                 "[k8s.services.web]\nreplicas = -1\n",
                 "k8s.services.web.replicas",
+            ),
+            (
+                "[k8s.services.web]\nrevision_history_limit = 5000\n",
+                "k8s.services.web.revision_history_limit",
             ),
             ("[k8s]\nnamespac = \"x\"\n", "line 2"),
         ] {

@@ -6,20 +6,22 @@
 //! ([`version`]), server-side apply under one field manager with conflicts reported
 //! ([`apply`]), rollouts waited on and rollbacks to the previous ReplicaSet revision
 //! ([`rollout`]), a satellite in the cluster ([`satellite`], printed through the small
-//! YAML emitter [`yaml`]), and berth's registry as replicas on one bucket ([`registry`]).
+//! YAML emitter [`yaml`]), berth's registry as replicas on one bucket ([`registry`]), and
+//! pruning what no kept revision needs after a deploy ([`prune`]).
 //! The client takes berth's `[network]` settings (proxy, NO_PROXY, extra CAs) like every
 //! other client of berth ([`KubeOptions::network`]).
 //!
 //! Building and pushing images is the caller's (berth-cli owns the store); this crate
 //! gets the pinned image references.
 //!
-//! Not yet: helper pods, pruning old ConfigMaps/Secrets.
+//! Not yet: helper pods.
 #![warn(missing_docs)]
 
 pub mod apply;
 pub mod config;
 mod error;
 pub mod pod;
+pub mod prune;
 pub mod pull;
 pub mod registry;
 pub mod render;

@@ -31,13 +31,10 @@ pub fn pull_secret(creds: &PullCredentials) -> Secret {
 /// The dockerconfigjson Secret for `creds`, keeping the other registries' entries of
 /// `existing` (the namespace's `berth-pull` as it is): `berth deploy --k8s` and
 /// `berth satellite deploy --k8s` may pull from different registries, and each
-/// registry's entry is replaced only by new credentials for that registry.
+/// registry's entry is replaced only by new credentials for that registry. Entries no
+/// workload pulls from any more go after a deploy ([`crate::prune::prune_pull_secret`]).
 pub fn pull_secret_over(existing: Option<&Secret>, creds: &PullCredentials) -> Secret {
-    let mut auths = existing
-        .and_then(|s| s.data.as_ref()?.get(".dockerconfigjson"))
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b.0).ok())
-        .and_then(|v| v.get("auths")?.as_object().cloned())
-        .unwrap_or_default();
+    let mut auths = existing.map(auths_of).unwrap_or_default();
     let auth = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{}", creds.username, creds.password));
     auths.insert(
@@ -48,6 +45,22 @@ pub fn pull_secret_over(existing: Option<&Secret>, creds: &PullCredentials) -> S
             "auth": auth,
         }),
     );
+    secret_of(auths)
+}
+
+/// The `auths` entries of a dockerconfigjson Secret (none when it holds no such JSON).
+pub fn auths_of(secret: &Secret) -> serde_json::Map<String, serde_json::Value> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b.0).ok())
+        .and_then(|v| v.get("auths")?.as_object().cloned())
+        .unwrap_or_default()
+}
+
+/// berth's pull Secret ([`PULL_SECRET`]) holding `auths`.
+pub fn secret_of(auths: serde_json::Map<String, serde_json::Value>) -> Secret {
     let json = serde_json::json!({ "auths": auths });
     Secret {
         metadata: ObjectMeta {

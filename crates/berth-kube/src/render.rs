@@ -212,7 +212,7 @@ pub fn render(input: &RenderInput<'_>) -> Result<Rendered, String> {
         metadata: dmeta,
         spec: Some(DeploymentSpec {
             replicas: Some(k.replicas.unwrap_or(1)),
-            revision_history_limit: Some(10),
+            revision_history_limit: Some(k.revision_history_limit.unwrap_or(10)),
             selector: LabelSelector {
                 match_labels: Some(BTreeMap::from([(NAME_LABEL.to_owned(), name.clone())])),
                 ..Default::default()

@@ -358,6 +358,101 @@ pub async fn deploy(
     Ok(pods.into_iter().next().expect("one pod"))
 }
 
+/// What the satellite's pod says about enrolling a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrollment {
+    /// The token its first start printed (valid 24 h, once).
+    Token(String),
+    /// Its container is not running yet: why (phase, waiting reason, no node).
+    NotRunning(String),
+    /// It runs, but its log holds no first-start token: the root was there before (a
+    /// restart on the same claim, or the token scrolled away).
+    NoToken,
+}
+
+/// The token in `berth satellite serve`'s first-start text: the word after
+/// `berth satellite add <name> --token`.
+pub fn token_in_log(log: &str, name: &str) -> Option<String> {
+    let prefix = format!("berth satellite add {name} --token ");
+    log.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix(&prefix)?;
+        rest.split_whitespace().next().map(str::to_owned)
+    })
+}
+
+/// Reads the first-start token of satellite `name` from its pod's log (`<name>-0`,
+/// container `satellite`), through the API server (which asks the node's kubelet).
+pub async fn first_start_token(kube: &crate::Kube, name: &str) -> Result<Enrollment, KubeError> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pod_name = format!("{name}-0");
+    let Some(pod) = kube
+        .api::<Pod>()
+        .get_opt(&pod_name)
+        .await
+        .map_err(|e| KubeError::api(format!("get pod {pod_name}"), e))?
+    else {
+        return Ok(Enrollment::NotRunning(format!(
+            "there is no pod {pod_name} (yet)"
+        )));
+    };
+    let status = pod.status.clone().unwrap_or_default();
+    let running = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .any(|c| c.name == PORT_NAME && c.state.as_ref().is_some_and(|s| s.running.is_some()));
+    if !running {
+        let phase = status.phase.as_deref().unwrap_or("Unknown");
+        let mut why = format!("pod {pod_name} is {phase}");
+        if pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_none()
+        {
+            why.push_str(", not scheduled to a node");
+        }
+        for c in status.container_statuses.iter().flatten() {
+            if let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) {
+                why.push_str(&format!(
+                    ", container {}: {} {}",
+                    c.name,
+                    w.reason.as_deref().unwrap_or(""),
+                    w.message.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        return Ok(Enrollment::NotRunning(why.trim_end().to_owned()));
+    }
+    let log = kube
+        .api::<Pod>()
+        .logs(
+            &pod_name,
+            &kube::api::LogParams {
+                container: Some(PORT_NAME.to_owned()),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| KubeError::api(format!("read the log of pod {pod_name}"), e))?;
+    Ok(match token_in_log(&log, name) {
+        Some(t) => Enrollment::Token(t),
+        None => Enrollment::NoToken,
+    })
+}
+
+/// How to enroll a client with satellite `name` in namespace `ns` by hand.
+pub fn enroll_instructions(name: &str, ns: &str) -> String {
+    format!(
+        "enroll a client with satellite {name} (namespace {ns}):\n  \
+         token: its first start prints one: kubectl -n {ns} logs {name}-0 -c {PORT_NAME} | grep 'satellite add'\n  \
+         or make one: kubectl -n {ns} exec {name}-0 -c {PORT_NAME} -- berth --root {POD_ROOT} satellite token create\n  \
+         then, where {name}.{ns}.svc resolves (inside the cluster): berth satellite add {name} --token <token>\n  \
+         from outside the cluster, the token's address must reach the Service: expose it and add that name to the \
+         satellite's --advertise (see `berth satellite manifests`)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,6 +501,19 @@ mod tests {
                 .0,
             "80Gi"
         );
+    }
+
+    #[test]
+    fn the_token_is_read_from_the_first_start_text() {
+        let log = "berth satellite builder listening on 0.0.0.0:8372 (root /var/lib/berth, tokens name builder.ns.svc:8372)\n\
+                   first start: enroll a client with\n  berth satellite add builder --token berth-0123abcd.00112233445566778899aabbccddeeff@builder.ns.svc:8372#sha256:ab\n\
+                   (valid 24 h, once; more with `berth satellite token create`)\n";
+        assert_eq!(
+            token_in_log(log, "builder").as_deref(),
+            Some("berth-0123abcd.00112233445566778899aabbccddeeff@builder.ns.svc:8372#sha256:ab")
+        );
+        assert_eq!(token_in_log(log, "other"), None);
+        assert_eq!(token_in_log("listening\n", "builder"), None);
     }
 
     #[test]

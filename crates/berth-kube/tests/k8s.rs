@@ -571,3 +571,269 @@ async fn rollback_reapplies_the_previous_revision() {
         .unwrap();
     assert_eq!(rs.items.len(), 2, "no third ReplicaSet");
 }
+
+/// The `web` service of FILE with its environment and secret set to `tag`, `image`, and
+/// `extra` TOML, rendered with the namespace's identity.
+async fn rendered_with(
+    kube: &Kube,
+    extra: &str,
+    image: &str,
+    tag: &str,
+    creds: Option<&PullCredentials>,
+) -> Vec<Rendered> {
+    let text = format!(
+        "{}{extra}",
+        FILE.replace("\"hello\"", &format!("\"{tag}\""))
+    );
+    let file = DeployFile::parse(&text, Path::new("berth.toml")).unwrap();
+    let config = K8sConfig::parse(&text, Path::new("berth.toml")).unwrap();
+    let identity = berth_kube::pull::ensure(kube, &config, creds)
+        .await
+        .unwrap();
+    let secrets = BTreeMap::from([("TOKEN".to_owned(), format!("secret-{tag}"))]);
+    vec![
+        render(&RenderInput {
+            service: &file.services["web"],
+            image,
+            version: tag,
+            secrets: &secrets,
+            config: &config,
+            identity: &identity,
+        })
+        .unwrap(),
+    ]
+}
+
+/// Applies, waits for the rollout (replicas 0: done once the controller saw it).
+async fn deploy_and_wait(kube: &Kube, objs: &[Rendered]) {
+    rollout::apply_all(kube, objs, &quiet).await.unwrap();
+    rollout::wait(kube, "web", Duration::from_secs(120), &quiet)
+        .await
+        .unwrap();
+}
+
+async fn replica_sets(kube: &Kube) -> usize {
+    kube.api::<ReplicaSet>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+fn names_of(objs: &[Rendered]) -> (String, String) {
+    (
+        objs[0]
+            .config_map
+            .as_ref()
+            .unwrap()
+            .metadata
+            .name
+            .clone()
+            .unwrap(),
+        objs[0]
+            .secret
+            .as_ref()
+            .unwrap()
+            .metadata
+            .name
+            .clone()
+            .unwrap(),
+    )
+}
+
+async fn sorted_names<K>(kube: &Kube, prefix: &str) -> Vec<String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let mut v: Vec<String> = kube
+        .api::<K>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|o| o.meta().name.clone())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn pruning_keeps_what_the_kept_revisions_name() {
+    let Some(cp) = control_plane() else { return };
+    let ns = namespace("prune");
+    let kube = connect(cp, &ns, false).await;
+    // replicas 0: a rollout completes without a scheduler, and the controller then
+    // deletes ReplicaSets beyond the limit (it does only for complete rollouts).
+    let extra = "[k8s.services.web]\nreplicas = 0\nrevision_history_limit = 1\n";
+    // A ConfigMap of the user's whose name looks like berth's: not berth's, kept.
+    let mine = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("web-env-mine".into()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/name".to_owned(),
+                "web".to_owned(),
+            )])),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    kube.api::<ConfigMap>()
+        .create(&PostParams::default(), &mine)
+        .await
+        .unwrap();
+
+    let v1 = rendered_with(&kube, extra, IMAGE_A, "v1", None).await;
+    deploy_and_wait(&kube, &v1).await;
+    assert!(
+        berth_kube::prune::prune_service(&kube, "web")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let v2 = rendered_with(&kube, extra, IMAGE_B, "v2", None).await;
+    deploy_and_wait(&kube, &v2).await;
+    // Revision 1 is kept (limit 1): so are its objects.
+    assert_eq!(replica_sets(&kube).await, 2);
+    assert!(
+        berth_kube::prune::prune_service(&kube, "web")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let v3 = rendered_with(&kube, extra, IMAGE_A, "v3", None).await;
+    deploy_and_wait(&kube, &v3).await;
+    eventually(
+        "revision 1's ReplicaSet deleted by the controller",
+        || async { (replica_sets(&kube).await == 2).then_some(()) },
+    )
+    .await;
+    // The controller keeps one old ReplicaSet; which one is its choice (it sorts by
+    // creation time, in whole seconds, then by name): v1's or v2's.
+    let hist = rollout::history(&kube, "web").await.unwrap();
+    let kept: Vec<&str> = hist.iter().map(|(r, _)| r.version.as_str()).collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!(kept[0], "v3");
+    let (old_kept, old_gone) = if kept[1] == "v1" {
+        (&v1, &v2)
+    } else {
+        (&v2, &v1)
+    };
+    let (cm_kept, s_kept) = names_of(old_kept);
+    let (cm_gone, s_gone) = names_of(old_gone);
+    let (cm3, s3) = names_of(&v3);
+    let mut deleted = berth_kube::prune::prune_service(&kube, "web")
+        .await
+        .unwrap();
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        [format!("configmap/{cm_gone}"), format!("secret/{s_gone}")]
+    );
+    let mut want = vec![cm_kept.clone(), cm3.clone(), "web-env-mine".to_owned()];
+    want.sort();
+    assert_eq!(sorted_names::<ConfigMap>(&kube, "web-").await, want);
+    let mut want = vec![s_kept.clone(), s3.clone()];
+    want.sort();
+    assert_eq!(sorted_names::<Secret>(&kube, "web-").await, want);
+
+    // What the kept revision needs is there: rolling back to it rolls out.
+    let back = rollout::rollback(&kube, "web", None).await.unwrap();
+    assert_eq!(back.version, kept[1]);
+    rollout::wait(&kube, "web", Duration::from_secs(120), &quiet)
+        .await
+        .unwrap();
+    eventually("v3's ReplicaSet kept, the old one current", || async {
+        (replica_sets(&kube).await == 2).then_some(())
+    })
+    .await;
+    // Now v3 is the kept old revision, the other the current one: nothing to delete.
+    assert!(
+        berth_kube::prune::prune_service(&kube, "web")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(sorted_names::<ConfigMap>(&kube, "web-").await.len(), 3);
+}
+
+fn other_creds() -> PullCredentials {
+    PullCredentials {
+        registry: "other.example:443".into(),
+        username: "o".into(),
+        password: "q".into(),
+    }
+}
+
+async fn pull_registries(kube: &Kube) -> Vec<String> {
+    let s = kube.api::<Secret>().get("berth-pull").await.unwrap();
+    berth_kube::pull::auths_of(&s).keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn pull_entries_go_when_no_kept_revision_pulls_from_their_registry() {
+    let Some(cp) = control_plane() else { return };
+    let ns = namespace("prunepull");
+    let kube = connect(cp, &ns, false).await;
+    let limit =
+        |n: u32| format!("[k8s.services.web]\nreplicas = 0\nrevision_history_limit = {n}\n");
+    // Credentials for two registries; the service pulls from 127.0.0.1:5000.
+    berth_kube::pull::ensure(&kube, &K8sConfig::default(), Some(&other_creds()))
+        .await
+        .unwrap();
+    let a = rendered_with(&kube, &limit(1), IMAGE_A, "v1", Some(&creds("pw"))).await;
+    deploy_and_wait(&kube, &a).await;
+    assert_eq!(
+        pull_registries(&kube).await,
+        ["127.0.0.1:5000", "other.example:443"]
+    );
+    let dropped = berth_kube::prune::prune_pull_secret(&kube).await.unwrap();
+    assert_eq!(dropped, ["other.example:443"]);
+    assert_eq!(pull_registries(&kube).await, ["127.0.0.1:5000"]);
+    assert!(
+        berth_kube::prune::prune_pull_secret(&kube)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The service moves to the other registry: the old revision (kept for rollback)
+    // still pulls from the first, so its entry stays.
+    let image_other = IMAGE_B.replace("127.0.0.1:5000", "other.example:443");
+    let b = rendered_with(&kube, &limit(1), &image_other, "v2", Some(&other_creds())).await;
+    deploy_and_wait(&kube, &b).await;
+    assert!(
+        berth_kube::prune::prune_pull_secret(&kube)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        pull_registries(&kube).await,
+        ["127.0.0.1:5000", "other.example:443"]
+    );
+    // No old revision kept: the first registry's entry goes.
+    let b = rendered_with(&kube, &limit(0), &image_other, "v2", None).await;
+    deploy_and_wait(&kube, &b).await;
+    eventually("the old ReplicaSet deleted by the controller", || async {
+        (replica_sets(&kube).await == 1).then_some(())
+    })
+    .await;
+    let dropped = berth_kube::prune::prune_pull_secret(&kube).await.unwrap();
+    assert_eq!(dropped, ["127.0.0.1:5000"]);
+    assert_eq!(pull_registries(&kube).await, ["other.example:443"]);
+    // The pods still name the Secret, and the ServiceAccount lists it once.
+    let sa = kube.api::<ServiceAccount>().get("berth").await.unwrap();
+    let names: Vec<String> = sa
+        .image_pull_secrets
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["berth-pull"]);
+}

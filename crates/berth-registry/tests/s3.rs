@@ -22,7 +22,22 @@ async fn replica(m: &Moto, bucket: &str, dir: &std::path::Path) -> String {
 }
 
 async fn replica_with(settings: &S3Settings, dir: &std::path::Path) -> String {
-    let env = |k: &str| k.starts_with("AWS_").then(|| "test".to_string());
+    replica_env(settings, dir, &[]).await
+}
+
+/// [`replica_with`], with variables beyond the AWS keys in its environment.
+async fn replica_env(
+    settings: &S3Settings,
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> String {
+    let env = |k: &str| {
+        extra
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+            .or_else(|| k.starts_with("AWS_").then(|| "test".to_string()))
+    };
     let os = ObjectStorage::with_env(settings, &Default::default(), &env).unwrap();
     os.check(false).await.unwrap();
     let mut config = Config::new(Store::open(dir).unwrap());
@@ -169,6 +184,105 @@ async fn a_chunked_upload_started_on_one_replica_finishes_on_another() {
     assert!(
         keys.contains(&format!("blobs/sha256/{}", d.hex())),
         "{keys:?}"
+    );
+}
+
+/// Blobs above the single-copy limit (5 GiB on S3, lowered to 6 MiB here) go from the
+/// upload's object to their key as a multipart upload of UploadPartCopy parts: a chunked
+/// upload and a single-request one, both whole afterwards, their objects made of the
+/// copy's parts (a multipart ETag ends in `-<parts>`), no session left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_above_the_copy_limit_are_copied_in_parts() {
+    let Some(m) = Moto::start("bigcopy") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let settings = S3Settings {
+        bucket: "bigcopy".into(),
+        endpoint: Some(m.endpoint.clone()),
+        ..Default::default()
+    };
+    let a = replica_env(&settings, dir.path(), &[("BERTH_S3_COPY_LIMIT", "6291456")]).await;
+    let http = Client::new();
+    // 21 MiB + 5 bytes: uploaded in 8 MiB parts (3), copied in 6 MiB ones (4).
+    let big: Vec<u8> = (0..(21usize << 20) + 5)
+        .map(|i| (i % 253) as u8 ^ (i >> 19) as u8)
+        .collect();
+    let d_big = Digest::sha256(&big);
+    let r = http
+        .post(format!("{a}/v2/big/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let split = 10 << 20;
+    let r = http
+        .patch(format!("{a}{loc}"))
+        .header("content-range", format!("0-{}", split - 1))
+        .body(big[..split].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = http
+        .put(format!("{a}{loc}?digest={d_big}"))
+        .body(big[split..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    // 13 MiB in one POST: 2 parts uploaded, 3 copied.
+    let mono: Vec<u8> = big[..13 << 20].iter().map(|b| b ^ 0x5a).collect();
+    let d_mono = Digest::sha256(&mono);
+    let r = http
+        .post(format!("{a}/v2/big/blobs/uploads/?digest={d_mono}"))
+        .body(mono.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    for (d, data, parts) in [(&d_big, &big, 4), (&d_mono, &mono, 3)] {
+        let got = http
+            .get(format!("{a}/v2/big/blobs/{d}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), StatusCode::OK);
+        let body = got.bytes().await.unwrap();
+        assert!(
+            body.len() == data.len() && body[..] == data[..],
+            "{d} is the bytes sent"
+        );
+        // The object itself, from moto (no auth): its ETag counts the copy's parts.
+        let head = http
+            .head(format!("{}/bigcopy/blobs/sha256/{}", m.endpoint, d.hex()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+        let etag = head.headers()["etag"]
+            .to_str()
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        assert!(etag.ends_with(&format!("-{parts}")), "{d}: ETag {etag}");
+    }
+    let keys = m.keys_in("bigcopy");
+    assert!(
+        !keys.iter().any(|k| k.starts_with("uploads/")),
+        "sessions left: {keys:?}"
     );
 }
 

@@ -116,7 +116,7 @@ set -u
   --initial-cluster default=http://127.0.0.1:{etcd_peer} >{dir}/etcd.log 2>&1 &
 etcd=$!
 {apiserver} --etcd-servers=http://127.0.0.1:{etcd_client} --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
-  --secure-port={api} --cert-dir={dir}/certs --service-cluster-ip-range=10.0.0.0/24 \
+  --secure-port={api} --cert-dir={dir}/certs --service-cluster-ip-range=10.0.0.0/16 \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file={dir}/sa.pub --service-account-signing-key-file={dir}/sa.key \
   --token-auth-file={dir}/tokens.csv --authorization-mode=RBAC --allow-privileged=true --endpoint-reconciler-type=none \

@@ -201,10 +201,19 @@ async fn receive(
     expect: Option<u64>,
     keep: bool,
 ) -> Result<()> {
-    let _slot = os.receiving.clone().acquire_owned().await.map_err(|_| {
-        RegistryError::new(Code::Unavailable, "the registry is shutting down")
-            .with_status(StatusCode::SERVICE_UNAVAILABLE)
-    })?;
+    os.reserve(s).await?;
+    let result = receive_body(os, s, body, expect, keep).await;
+    s.release();
+    result
+}
+
+async fn receive_body(
+    os: &ObjectStorage,
+    s: &mut Session,
+    body: Body,
+    expect: Option<u64>,
+    keep: bool,
+) -> Result<()> {
     let start = s.received();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {

@@ -18,6 +18,7 @@
 //! another (see [`upload`]).
 
 pub(crate) mod api;
+mod copy;
 mod gc;
 pub(crate) mod upload;
 mod verify;
@@ -105,6 +106,11 @@ pub struct ObjectStorage {
     /// ([`upload::PART`]) in memory, so this bounds the memory uploads take.
     receiving: Arc<tokio::sync::Semaphore>,
     redirect: bool,
+    /// object_store's HTTP client on the bucket's options, for the requests it has no
+    /// call for (UploadPartCopy with a range, see [`copy`]).
+    copier: object_store::client::HttpClient,
+    /// The largest object one CopyObject copies (5 GiB on S3).
+    copy_limit: u64,
     prefix: String,
     bucket: String,
     endpoint: String,
@@ -274,6 +280,13 @@ impl ObjectStorage {
         if scheme == "http" {
             options = options.with_allow_http(true);
         }
+        let copier = {
+            use object_store::client::{HttpConnector, ReqwestConnector};
+            ReqwestConnector::default()
+                .connect(&options)
+                .map_err(|e| StorageError::Settings(e.to_string()))?
+        };
+        let copy_limit = copy_limit(env)?;
         let path_style = settings.path_style.unwrap_or(endpoint.is_some());
         builder = builder
             .with_bucket_name(&settings.bucket)
@@ -299,6 +312,8 @@ impl ObjectStorage {
             inner: Arc::new(inner),
             receiving: Arc::new(tokio::sync::Semaphore::new(RECEIVING)),
             redirect: settings.redirect,
+            copier,
+            copy_limit,
             prefix,
             bucket: settings.bucket.clone(),
             endpoint: endpoint.unwrap_or_else(|| "AWS".into()),
@@ -671,8 +686,26 @@ impl ObjectStorage {
     }
 }
 
-/// Upload bodies received at once per replica (64 × 8 MiB parts = 512 MiB at most);
-/// further ones wait for a slot before their body is read.
+/// The largest object one CopyObject copies: S3's 5 GiB, or less from
+/// `BERTH_S3_COPY_LIMIT` (bytes, at least 5 MiB) for a store with a lower limit, and for
+/// tests that take the multipart copy without moving 5 GiB.
+fn copy_limit(env: &dyn Fn(&str) -> Option<String>) -> Result<u64, StorageError> {
+    let Some(v) = env("BERTH_S3_COPY_LIMIT") else {
+        return Ok(copy::SINGLE_COPY_MAX);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(n) if (copy::MIN_PART..=copy::SINGLE_COPY_MAX).contains(&n) => Ok(n),
+        _ => Err(StorageError::Settings(format!(
+            "BERTH_S3_COPY_LIMIT={v:?}: want a number of bytes from {} (5 MiB) to {} (5 GiB)",
+            copy::MIN_PART,
+            copy::SINGLE_COPY_MAX
+        ))),
+    }
+}
+
+/// The receive budget of a replica, in first-size parts ([`upload::PART`]): 64 × 8 MiB
+/// = 512 MiB; a request takes as many as its part size needs (one, until its upload has
+/// 1000 parts), and further ones wait before their body is read.
 const RECEIVING: usize = 64;
 
 /// How long a redirect's presigned URL is valid: long enough for a slow client to
@@ -766,7 +799,7 @@ mod tests {
             endpoint: Some("127.0.0.1:9000".into()),
             ..s.clone()
         };
-        let env = |k: &str| Some(k.to_string());
+        let env = |k: &str| k.starts_with("AWS_").then(|| k.to_string());
         let e = ObjectStorage::with_env(&bad, &net, &env)
             .unwrap_err()
             .to_string();
@@ -778,6 +811,25 @@ mod tests {
         assert!(e.contains("bucket"), "{e}");
         let ok = ObjectStorage::with_env(&s, &net, &env).unwrap();
         assert_eq!(ok.key("blobs").as_ref(), "blobs");
+        assert_eq!(ok.copy_limit, 5 << 30);
+        for (v, good) in [
+            ("6291456", true),
+            ("1000", false),
+            ("6GiB", false),
+            ("6442450944", false),
+        ] {
+            let env = |k: &str| match k {
+                "BERTH_S3_COPY_LIMIT" => Some(v.to_string()),
+                k => k.starts_with("AWS_").then(|| k.to_string()),
+            };
+            match ObjectStorage::with_env(&s, &net, &env) {
+                Ok(os) => assert!(good && os.copy_limit == 6 << 20, "{v}"),
+                Err(e) => assert!(
+                    !good && e.to_string().contains("BERTH_S3_COPY_LIMIT"),
+                    "{v}: {e}"
+                ),
+            }
+        }
         let p = S3Settings {
             prefix: "/reg/one/".into(),
             ..s

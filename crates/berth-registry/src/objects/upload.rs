@@ -2,8 +2,9 @@
 //!
 //! A session is one JSON object, `uploads/<id>/state`, rewritten (conditionally on its
 //! ETag) after every request that adds bytes. The bytes go into an S3 multipart upload
-//! to `uploads/<id>/data` in parts of [`PART`] bytes (S3 wants at least 5 MiB for all
-//! but the last); what is left over after a request, less than a part, is kept as its own
+//! to `uploads/<id>/data` in parts of [`part_size`] bytes (S3 wants at least 5 MiB for all
+//! but the last, at most 5 GiB, and at most 10,000 parts); what is left over after a
+//! request, less than a part, is kept as its own
 //! small object `uploads/<id>/tail-<uuid>` that the state names, and the next request
 //! starts its first part with it. The state also holds the running SHA-256 (its
 //! serialized internal state), so each byte is hashed once, wherever it arrived.
@@ -11,7 +12,8 @@
 //! A request that dies mid-body leaves the state as it was: the client resumes from the
 //! offset the upload reports, and parts it sent again replace the ones uploaded for
 //! nothing (same part numbers). The closing PUT completes the multipart upload, checks
-//! the digest and copies the object to `blobs/<alg>/<hex>`.
+//! the digest and copies the object to `blobs/<alg>/<hex>` (server-side: CopyObject up
+//! to 5 GiB, UploadPartCopy beyond, see [`ObjectStorage::copy_object`]).
 
 use berth_oci::{Algorithm, Digest, Hasher};
 use bytes::{Bytes, BytesMut};
@@ -22,11 +24,29 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use serde::{Deserialize, Serialize};
 use sha2::digest::common::hazmat::SerializableState;
 
-use super::{ObjectStorage, failure};
+use super::{ObjectStorage, RECEIVING, failure};
 use crate::error::{Code, RegistryError};
 
-/// Size of each multipart part but the last.
+/// Size of the first parts of an upload (see [`part_size`]), and the unit in which
+/// receiving requests take memory.
 pub(crate) const PART: usize = 8 << 20;
+
+/// Parts of one size before the size doubles.
+const PARTS_PER_SIZE: usize = 1000;
+
+/// S3's limit on the parts of one multipart upload.
+pub(crate) const MAX_PARTS: usize = 10_000;
+
+/// The size of part `index` (from 0): 8 MiB for the first 1000 parts (7.8 GiB), then
+/// twice as much every 1000 parts. An upload's length is not known when it starts (a
+/// chunked push announces none), so the size follows the parts already sent: small
+/// blobs keep small parts (memory per request is one part), and 10,000 parts hold
+/// 8000 MiB × 1023 ≈ 7.8 TiB, above S3's 5 TiB object limit, with the largest part
+/// (4 GiB) under S3's 5 GiB part limit. S3 allows parts of different sizes (R2, which
+/// wants equal ones, is not served by this).
+pub(crate) fn part_size(index: usize) -> usize {
+    PART << (index / PARTS_PER_SIZE).min(9)
+}
 
 /// The persisted session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +77,9 @@ pub(crate) struct Session {
     hasher: sha2::Sha256,
     /// Bytes after the last part (the tail, then what this request added).
     buf: BytesMut,
+    /// The share of the replica's receive budget this request holds (units of [`PART`]),
+    /// while it reads a body: see [`ObjectStorage::reserve`].
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -106,6 +129,7 @@ impl ObjectStorage {
             version: None,
             hasher,
             buf: BytesMut::new(),
+            slot: None,
         };
         if !ephemeral {
             self.save(&mut s).await?;
@@ -159,6 +183,7 @@ impl ObjectStorage {
             version: Some(version),
             hasher,
             buf,
+            slot: None,
         }))
     }
 
@@ -175,8 +200,25 @@ impl ObjectStorage {
     /// Send full parts out of the session's buffer.
     async fn flush_parts(&self, s: &mut Session, all: bool) -> Result<(), RegistryError> {
         let data_key = self.upload_key(&s.id, "data");
-        while s.buf.len() >= PART || (all && !s.buf.is_empty()) {
-            let n = s.buf.len().min(PART);
+        loop {
+            let size = part_size(s.state.parts.len());
+            let full = s.buf.len() >= size;
+            let last = all && !s.buf.is_empty();
+            if !full && !last {
+                break;
+            }
+            if s.state.parts.len() >= MAX_PARTS {
+                return Err(RegistryError::new(
+                    Code::SizeInvalid,
+                    format!(
+                        "upload {} is larger than object storage takes ({MAX_PARTS} parts, {} bytes)",
+                        s.id,
+                        s.state.part_bytes
+                    ),
+                )
+                .with_status(axum::http::StatusCode::PAYLOAD_TOO_LARGE));
+            }
+            let n = s.buf.len().min(size);
             let part = s.buf.split_to(n).freeze();
             let mp = match &s.state.multipart {
                 Some(m) => m.clone(),
@@ -202,7 +244,36 @@ impl ObjectStorage {
                 .map_err(failure)?;
             s.state.parts.push(content_id);
             s.state.part_bytes += n as u64;
+            if s.slot.is_some() {
+                self.reserve(s).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// Hold as much of the receive budget as session `s`'s next part needs (the budget
+    /// counts [`PART`]s; a part bigger than all of it takes all of it). A request that
+    /// needs more gives back what it holds and waits for the larger share, so two
+    /// growing requests cannot each hold half and wait for the other.
+    pub(crate) async fn reserve(&self, s: &mut Session) -> Result<(), RegistryError> {
+        let want = (part_size(s.state.parts.len()) / PART).min(RECEIVING) as u32;
+        if s.slot
+            .as_ref()
+            .is_some_and(|p| p.num_permits() as u32 >= want)
+        {
+            return Ok(());
+        }
+        s.slot = None;
+        let permit = self
+            .receiving
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| {
+                RegistryError::new(Code::Unavailable, "the registry is shutting down")
+                    .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+            })?;
+        s.slot = Some(permit);
         Ok(())
     }
 
@@ -210,7 +281,7 @@ impl ObjectStorage {
     pub(crate) async fn append(&self, s: &mut Session, chunk: &Bytes) -> Result<(), RegistryError> {
         sha2::Digest::update(&mut s.hasher, chunk);
         s.buf.extend_from_slice(chunk);
-        if s.buf.len() >= PART {
+        if s.buf.len() >= part_size(s.state.parts.len()) {
             self.flush_parts(s, false).await?;
         }
         Ok(())
@@ -335,11 +406,7 @@ impl ObjectStorage {
                 }
             };
             check_digest(expected, &actual, size)?;
-            self.inner
-                .copy(&data_key, &blob_key)
-                .await
-                .map_err(failure)?;
-            Ok(())
+            self.copy_object(&data_key, &blob_key, size).await
         }
         .await;
         self.discard(&s.id, s.state.multipart.as_deref()).await;
@@ -375,6 +442,11 @@ impl Session {
     pub(crate) fn received(&self) -> u64 {
         self.state.part_bytes + self.buf.len() as u64
     }
+
+    /// Give back the receive budget (the body is read).
+    pub(crate) fn release(&mut self) {
+        self.slot = None;
+    }
 }
 
 fn check_digest(expected: &Digest, actual: &Digest, size: u64) -> Result<(), RegistryError> {
@@ -385,4 +457,59 @@ fn check_digest(expected: &Digest, actual: &Digest, size: u64) -> Result<(), Reg
         Code::DigestInvalid,
         format!("upload of {size} bytes has digest {actual}, not {expected}"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parts S3 takes (5 MiB to 5 GiB), and 10,000 of them hold S3's largest object.
+    #[test]
+    fn part_sizes_cover_s3s_largest_object_in_10000_parts() {
+        let mut total = 0u64;
+        for i in 0..MAX_PARTS {
+            let n = part_size(i) as u64;
+            assert!((5 << 20..=5 << 30).contains(&n), "part {i}: {n}");
+            assert!(i == 0 || n >= part_size(i - 1) as u64, "part {i} shrinks");
+            total += n;
+        }
+        assert!(total >= 5 << 40, "10,000 parts hold {total} bytes");
+        assert_eq!(part_size(0), 8 << 20);
+        assert_eq!(part_size(999), 8 << 20);
+        assert_eq!(part_size(1000), 16 << 20);
+        assert_eq!(part_size(MAX_PARTS - 1), 4 << 30);
+        // A 5 GiB blob, the limit of one PUT or copy, is still in 8 MiB parts: 640.
+        assert!(((5u64 << 30) / (8 << 20)) < PARTS_PER_SIZE as u64);
+    }
+
+    /// A request holds the receive budget its part size needs: one unit up to 1000
+    /// parts, two after, all of it (not more) for parts larger than the budget; taking
+    /// more gives back what it held first; the body read, it holds nothing.
+    #[tokio::test]
+    async fn requests_hold_the_budget_their_part_size_needs() {
+        let settings = super::super::S3Settings {
+            bucket: "b".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        let env = |k: &str| k.starts_with("AWS_").then(|| "test".to_string());
+        let os = ObjectStorage::with_env(&settings, &Default::default(), &env).unwrap();
+        let mut s = os.start_upload("r", true).await.unwrap();
+        let free = || os.receiving.available_permits();
+        assert_eq!(free(), RECEIVING);
+        os.reserve(&mut s).await.unwrap();
+        assert_eq!(free(), RECEIVING - 1);
+        s.state.parts = vec![String::new(); 1000];
+        os.reserve(&mut s).await.unwrap();
+        assert_eq!(free(), RECEIVING - 2);
+        // Fewer parts than what it holds: it keeps what it has.
+        s.state.parts.truncate(10);
+        os.reserve(&mut s).await.unwrap();
+        assert_eq!(free(), RECEIVING - 2);
+        s.state.parts = vec![String::new(); MAX_PARTS - 1];
+        os.reserve(&mut s).await.unwrap();
+        assert_eq!(free(), 0);
+        s.release();
+        assert_eq!(free(), RECEIVING);
+    }
 }
