@@ -29,12 +29,27 @@ fn io_err(op: &str, path: &Path, e: io::Error) -> BuildError {
 /// nothing is skipped (so a COPY whose every source is such a glob copies nothing), but
 /// the folders before its first wildcard must exist.
 pub fn resolve_sources(root: &Path, sources: &[String], ignore: &Ignore) -> Result<Vec<Matched>> {
+    resolve_sources_with(root, sources, ignore, false)
+}
+
+/// [`resolve_sources`]; with `no_follow` (Earthly's `--symlink-no-follow`) a plain path
+/// that is a symbolic link is the link itself, so a dangling one is found too.
+pub fn resolve_sources_with(
+    root: &Path,
+    sources: &[String],
+    ignore: &Ignore,
+    no_follow: bool,
+) -> Result<Vec<Matched>> {
     let mut out = Vec::new();
     for src in sources {
         let pat = Pattern::new(src);
         if !pat.has_wildcards() {
             let rel = pat.path();
-            let path = resolve_in_root(root, &rel)?;
+            let path = if no_follow {
+                resolve_link_in_root(root, &rel)?
+            } else {
+                resolve_in_root(root, &rel)?
+            };
             if fs::symlink_metadata(&path).is_err() || (!rel.is_empty() && ignore.excludes(&rel)) {
                 return Err(BuildError::SourceNotFound(src.clone()));
             }
@@ -341,6 +356,9 @@ pub struct CopyOptions {
     /// The modification time of everything written (seconds since the epoch); `None`
     /// keeps the source's.
     pub mtime: Option<i64>,
+    /// A top-level source that is a symbolic link is copied as the link (Earthly's
+    /// `--symlink-no-follow`), not as what it points to.
+    pub no_follow: bool,
 }
 
 /// Copy `src` (a file, a link or a folder) from a build's file system to `dest` on the
@@ -378,6 +396,17 @@ pub fn copy_tree(src: &Path, dest: &Path) -> std::io::Result<()> {
     }
     let times = fs::FileTimes::new().set_modified(meta.modified()?);
     fs::File::open(dest)?.set_times(times)
+}
+
+/// [`resolve_in_root`] of the folders of `path`, its last component left as it is: a
+/// symbolic link there is the link, not what it points to.
+pub fn resolve_link_in_root(root: &Path, path: &str) -> Result<PathBuf> {
+    let trimmed = path.trim_end_matches('/');
+    let (dir, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
+    if name.is_empty() || name == "." || name == ".." {
+        return resolve_in_root(root, path);
+    }
+    Ok(resolve_in_root(root, dir)?.join(name))
 }
 
 /// Resolve `path` (absolute, inside the container) against `root`, following symlinks as
@@ -484,7 +513,11 @@ pub fn copy(
         copier.links.clear();
         // The top-level source is followed if it is a symlink, as Docker does — but
         // inside the source's own root, never the host's.
-        let src = resolve_in_root(src_root, &m.rel)?;
+        let src = if opts.no_follow {
+            resolve_link_in_root(src_root, &m.rel)?
+        } else {
+            resolve_in_root(src_root, &m.rel)?
+        };
         let meta = fs::symlink_metadata(&src).map_err(|e| io_err("stat", &src, e))?;
         if meta.is_dir() {
             let dir = mkdir_all(dst_root, dest, opts.chown)?;
@@ -1357,6 +1390,37 @@ mod tests {
             fs::metadata(dst.join("tree/x")).unwrap().ino(),
             fs::metadata(dst.join("tree/y")).unwrap().ino()
         );
+    }
+
+    #[test]
+    fn no_follow_copies_a_link_as_the_link_even_dangling() {
+        let (_d, src, dst) = src_and_root("a", "content");
+        std::os::unix::fs::symlink("nonexistenttarget", src.join("dangling")).unwrap();
+        std::os::unix::fs::symlink("a", src.join("b")).unwrap();
+        fs::create_dir(src.join("dir")).unwrap();
+        std::os::unix::fs::symlink("../a", src.join("dir/up")).unwrap();
+        let none = Ignore::default();
+        // Followed, the dangling link is not found.
+        assert!(matches!(
+            resolve_sources(&src, &["dangling".into()], &none),
+            Err(BuildError::SourceNotFound(_))
+        ));
+        let sources = ["dangling".to_string(), "b".into(), "dir/up".into()];
+        let matched = resolve_sources_with(&src, &sources, &none, true).unwrap();
+        let opts = CopyOptions {
+            no_follow: true,
+            ..CopyOptions::default()
+        };
+        copy(&src, &matched, &none, &none, &dst, "/out/", opts).unwrap();
+        for (name, target) in [
+            ("dangling", "nonexistenttarget"),
+            ("b", "a"),
+            ("up", "../a"),
+        ] {
+            let p = dst.join("out").join(name);
+            assert!(fs::symlink_metadata(&p).unwrap().is_symlink(), "{name}");
+            assert_eq!(fs::read_link(&p).unwrap(), Path::new(target));
+        }
     }
 
     #[test]

@@ -332,6 +332,10 @@ pub enum FileAction {
         /// folder already, else as `dest`. Left out of the digest when false.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         dirs: bool,
+        /// A source that is a symbolic link is copied as the link, even a dangling one
+        /// (Earthly's `--symlink-no-follow`). Left out of the digest when false.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_follow: bool,
     },
     /// Write a file (heredocs, `COPY <<EOF`).
     Write {

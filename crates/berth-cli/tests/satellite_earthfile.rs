@@ -55,7 +55,7 @@ FROM busybox:1.36
 
 docs:
     RUN mkdir /docs && echo docs > /docs/index.txt && ln -s index.txt /docs/link
-    SAVE ARTIFACT /docs AS LOCAL ../dist/docs
+    SAVE ARTIFACT --force /docs AS LOCAL ../dist/docs
 "#;
 
 const TRY_EARTHFILE: &str = r#"VERSION --try 0.8

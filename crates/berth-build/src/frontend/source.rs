@@ -59,6 +59,7 @@ impl Source {
             message: message.into(),
             hint: None,
             source_line: self.line(pos.line).map(str::to_owned),
+            stack: None,
         }
     }
 }
@@ -134,13 +135,26 @@ pub struct SourceError {
     pub hint: Option<String>,
     /// The text of `line`, shown with a caret under `column`.
     pub source_line: Option<String>,
+    /// Where it was reached from, innermost first (Earthfile targets with their ARG
+    /// values, shown as `in +t --A=1`); boxed, as most errors have none and every
+    /// `Result` of the crate carries this type.
+    pub stack: Option<Box<Stack>>,
 }
+
+/// The frames of a [`SourceError::stack`], innermost first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stack(pub Vec<String>);
 
 impl SourceError {
     /// Adds a hint (shown as `hint: ...` after the source line).
     pub fn with_hint(mut self, hint: impl Into<String>) -> SourceError {
         self.hint = Some(hint.into());
         self
+    }
+
+    /// Adds the next outer frame of [`Self::stack`].
+    pub fn push_frame(&mut self, frame: String) {
+        self.stack.get_or_insert_with(Box::default).0.push(frame);
     }
 
     /// Where the error is.
@@ -173,6 +187,9 @@ impl fmt::Display for SourceError {
         }
         if let Some(hint) = &self.hint {
             write!(f, "\nhint: {hint}")?;
+        }
+        for frame in self.stack.iter().flat_map(|s| &s.0) {
+            write!(f, "\nin {frame}")?;
         }
         Ok(())
     }

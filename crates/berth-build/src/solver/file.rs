@@ -93,6 +93,7 @@ impl Solver {
                 mtime,
                 keep_owner,
                 dirs,
+                no_follow,
             } => {
                 let input = inputs.get(*from).ok_or_else(|| {
                     BuildError::Invalid(format!("copy from missing input {from}"))
@@ -115,13 +116,14 @@ impl Solver {
                     mtime: *mtime,
                     // Only archives from the build context are unpacked, as in Docker.
                     extract_archives: *extract_archives && !from_stage,
+                    no_follow: *no_follow,
                 };
                 if *parents {
                     return fileops::copy_parents(
                         &root, sources, &ignore, &exclude, target, &dest, opts,
                     );
                 }
-                let matched = fileops::resolve_sources(&root, sources, &ignore)?;
+                let matched = fileops::resolve_sources_with(&root, sources, &ignore, *no_follow)?;
                 if *dirs {
                     // Each matched folder as itself (BuildKit's copy of a folder).
                     let into = dest.ends_with('/')
@@ -134,8 +136,13 @@ impl Solver {
                         dest
                     };
                     for m in matched {
-                        let is_dir = fileops::resolve_in_root(&root, &m.rel)
-                            .is_ok_and(|p| fs::symlink_metadata(&p).is_ok_and(|md| md.is_dir()));
+                        let at = if *no_follow {
+                            fileops::resolve_link_in_root(&root, &m.rel)
+                        } else {
+                            fileops::resolve_in_root(&root, &m.rel)
+                        };
+                        let is_dir =
+                            at.is_ok_and(|p| fs::symlink_metadata(&p).is_ok_and(|md| md.is_dir()));
                         let to = match Path::new(&m.rel).file_name() {
                             Some(name) if is_dir && into => {
                                 format!("{dest}{}", name.to_string_lossy())

@@ -37,7 +37,7 @@ use crate::ir::{
     self, DockerCompose, ExecMount, ExecOp, FileAction, FileOp, GitSource, LocalSource,
     MountSource, Op, Sharing, State,
 };
-use crate::pattern::Ignore;
+use crate::pattern::{Ignore, Pattern};
 use crate::platform::Platform;
 use crate::solver::Cancel;
 
@@ -306,6 +306,24 @@ impl Ts {
         })
     }
 
+    /// `+t --A=1 --B=`: the target and the ARGs it declared (builtins left out), for
+    /// an error's stack, as Earthly shows it; no other variable is shown, so what the
+    /// `.arg` or `.secret` files hold beyond that stays out of logs.
+    fn frame(&self) -> String {
+        let mut names: Vec<&String> = self
+            .declared
+            .iter()
+            .filter(|n| !is_builtin_arg(n))
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut out = self.label.clone();
+        for n in names {
+            out.push_str(&format!(" --{n}={}", self.lookup(n).unwrap_or_default()));
+        }
+        out
+    }
+
     fn lookup(&self, key: &str) -> Option<String> {
         self.vars
             .iter()
@@ -380,6 +398,28 @@ impl Ts {
             .filter(|v| v.kind == VarKind::Arg && !is_builtin_arg(&v.name))
             .map(|v| (v.name.clone(), v.value.clone()))
             .collect()
+    }
+
+    /// What a reference passes on before its own `--NAME=value`s, as Earthly's
+    /// `prepOverridingVars`: with `--pass-args`, the values this target was given and
+    /// its ARGs (given values first); else, to a target of the same Earthfile
+    /// (`internal`), the values it was given: they follow BUILD, FROM and COPY chains
+    /// inside an Earthfile, never across into another.
+    fn passed_args(&self, pass_args: bool, internal: bool) -> BTreeMap<String, String> {
+        let given = self
+            .overrides
+            .iter()
+            .filter(|(k, _)| !is_builtin_arg(k))
+            .map(|(k, v)| (k.clone(), v.clone()));
+        if pass_args {
+            let mut all = self.arg_overrides();
+            all.extend(given);
+            all
+        } else if internal {
+            given.collect()
+        } else {
+            BTreeMap::new()
+        }
     }
 }
 
@@ -635,6 +675,37 @@ fn is_local_ref(p: &str) -> bool {
     p == "." || p == ".." || p.starts_with("./") || p.starts_with("../") || p.starts_with('/')
 }
 
+/// The folders under `base` that the relative path `pattern` (wildcards in any
+/// component but `**`) matches, relative to `base`, sorted: Earthly's `GlobDirs`.
+fn glob_dirs(base: &Path, pattern: &str) -> Vec<PathBuf> {
+    let mut found = vec![PathBuf::new()];
+    for comp in pattern.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        let mut next = Vec::new();
+        for rel in &found {
+            if comp == ".." || !Pattern::new(comp).has_wildcards() {
+                let p = rel.join(comp);
+                if base.join(&p).is_dir() {
+                    next.push(p);
+                }
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(base.join(rel)) else {
+                continue;
+            };
+            let mut names: Vec<String> = entries
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| crate::pattern::match_component(comp.as_bytes(), n.as_bytes()))
+                .collect();
+            names.sort();
+            next.extend(names.into_iter().map(|n| rel.join(n)));
+        }
+        found = next;
+    }
+    found
+}
+
 /// `p` with `.` and `..` taken out without asking the file system.
 fn lexical_clean(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -662,6 +733,35 @@ fn outside_error() -> BuildError {
 
 fn src_err(proj: &Project, pos: Pos, msg: impl Into<String>) -> BuildError {
     BuildError::Source(proj.ef.source.error(pos, msg))
+}
+
+/// Earthly's `require-force-for-unsafe-saves` (on from VERSION 0.6, and berth takes a
+/// file without VERSION as 0.8): `AS LOCAL path` must stay under the Earthfile's
+/// folder unless `SAVE ARTIFACT --force`. Lexical, as Earthly's `canSave`: the folder
+/// itself only as `.` or `dir/`, a path into which the artifact goes.
+fn check_local_save(proj: &Project, c: &Command, local: &str) -> Result<()> {
+    if c.flag("force") {
+        return Ok(());
+    }
+    let dest = lexical_clean(&proj.dir.join(local));
+    let base = lexical_clean(&proj.dir);
+    let into = local == "." || local.ends_with('/') || local.ends_with("/.");
+    if (dest != base && dest.starts_with(&base)) || (dest == base && into) {
+        return Ok(());
+    }
+    Err(BuildError::Source(
+        proj.ef
+            .source
+            .error(
+                c.pos,
+                format!(
+                    "SAVE ARTIFACT … AS LOCAL {local}: unable to save to {local}; path must be \
+                     located under {}",
+                    base.display()
+                ),
+            )
+            .with_hint("SAVE ARTIFACT --force writes outside the Earthfile's folder"),
+    ))
 }
 
 fn not_supported(proj: &Project, pos: Pos, what: &str) -> BuildError {
@@ -995,8 +1095,15 @@ impl Lowerer<'_> {
             ts.name = name.to_string();
             ts.is_base = false;
             self.platform = ts.platform.clone();
-            self.stmts(&mut ts, proj, &body)?;
-            Ok(ts)
+            match self.stmts(&mut ts, proj, &body) {
+                Ok(()) => Ok(ts),
+                // Earthly's error names each target it was in, with its ARGs.
+                Err(BuildError::Source(mut e)) => {
+                    e.push_frame(ts.frame());
+                    Err(BuildError::Source(e))
+                }
+                Err(e) => Err(e),
+            }
         })();
         self.platform = outer;
         self.connected = outer_connected;
@@ -1617,9 +1724,11 @@ impl Lowerer<'_> {
             }
             "BUILD" => {
                 let r = self.x_ref(ts, proj, &c.args[0].text, c.args[0].pos)?;
-                for idx in self.referenced_targets(ts, proj, c, &r, true)? {
-                    if !ts.builds.contains(&idx) {
-                        ts.builds.push(idx);
+                for r in self.wildcard_targets(proj, &r, c.args[0].pos)? {
+                    for idx in self.referenced_targets(ts, proj, c, &r, true)? {
+                        if !ts.builds.contains(&idx) {
+                            ts.builds.push(idx);
+                        }
                     }
                 }
                 Ok(())
@@ -1775,11 +1884,7 @@ impl Lowerer<'_> {
         r: &str,
         matrix: bool,
     ) -> Result<Vec<usize>> {
-        let base = if c.flag("pass-args") {
-            ts.arg_overrides()
-        } else {
-            BTreeMap::new()
-        };
+        let base = ts.passed_args(c.flag("pass-args"), ref_plus(r) == Some(0));
         let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
         for (k, v) in self.ref_arg_list(ts, proj, &c.args[1..])? {
             match grouped.iter_mut().find(|(n, _)| *n == k) {
@@ -1807,6 +1912,40 @@ impl Lowerer<'_> {
             args.extend(build_args.clone());
             // BUILD passes --push on (EARTHLY_PUSH); FROM does not.
             out.push(self.target(&tp, &name, args, Some((proj, c.args[0].pos)), matrix)?);
+        }
+        Ok(out)
+    }
+
+    /// Earthly's wildcard BUILD (`BUILD ./dir/*+t`): one reference per folder the
+    /// local path's wildcards match whose Earthfile has target `t` (folders without an
+    /// Earthfile, or without that target, are skipped, as Earthly's
+    /// `expandWildcardTargets`); `r` itself when its path has no wildcard.
+    fn wildcard_targets(&mut self, proj: &Arc<Project>, r: &str, pos: Pos) -> Result<Vec<String>> {
+        let Some((path, name)) = ref_plus(r).map(|i| (&r[..i], &r[i + 1..])) else {
+            return Ok(vec![r.to_string()]);
+        };
+        if !is_local_ref(path) || !Pattern::new(path).has_wildcards() {
+            return Ok(vec![r.to_string()]);
+        }
+        if path.contains("**") {
+            return Err(src_err(
+                proj,
+                pos,
+                format!("{r}: globstar (**) pattern not yet supported, as in Earthly"),
+            ));
+        }
+        let mut out = Vec::new();
+        for rel in glob_dirs(&proj.dir, path) {
+            let dir = proj.dir.join(&rel);
+            if !dir.join("Earthfile").is_file() {
+                continue;
+            }
+            let found = self
+                .project(&dir)
+                .map_err(|e| src_err(proj, pos, format!("{r}: {e}")))?;
+            if found.ef.target(name).is_some() {
+                out.push(format!("./{}+{name}", rel.display()));
+            }
         }
         Ok(out)
     }
@@ -2209,6 +2348,7 @@ impl Lowerer<'_> {
                     "a SAVE ARTIFACT in FINALLY saves one path, no wildcards",
                 ));
             }
+            check_local_save(proj, c, local)?;
             if self.remote_names.contains_key(&proj.dir) || self.opts.no_output {
                 continue;
             }
@@ -3157,8 +3297,12 @@ impl Lowerer<'_> {
                 chown,
                 keep,
             );
-            if let FileAction::Copy { dirs, .. } = &mut action {
+            if let FileAction::Copy {
+                dirs, no_follow, ..
+            } = &mut action
+            {
                 *dirs = dir;
+                *no_follow = c.flag("symlink-no-follow");
             }
             actions.push(action);
         }
@@ -3220,11 +3364,7 @@ impl Lowerer<'_> {
         // The path's escapes go; the reference keeps its own for resolve_ref.
         let text = format!("{r}/{}", unescape_plus(path));
         let r = &text[..r.len()];
-        let mut all = if c.flag("pass-args") {
-            ts.arg_overrides()
-        } else {
-            BTreeMap::new()
-        };
+        let mut all = ts.passed_args(c.flag("pass-args"), ref_plus(r) == Some(0));
         all.extend(args);
         all.extend(self.build_args(ts, proj, c)?);
         let (tp, name) = self.resolve_ref(proj, r, w.pos)?;
@@ -3314,8 +3454,12 @@ impl Lowerer<'_> {
                 owner.clone(),
                 keep_own,
             );
-            if let FileAction::Copy { dirs, .. } = &mut a {
+            if let FileAction::Copy {
+                dirs, no_follow, ..
+            } = &mut a
+            {
                 *dirs = glob;
+                *no_follow = c.flag("symlink-no-follow");
             }
             a
         };
@@ -3338,6 +3482,7 @@ impl Lowerer<'_> {
         // artifacts are for COPY and --artifact only.
         let local = local.filter(|_| !self.remote_names.contains_key(&proj.dir));
         if let Some(p) = local {
+            check_local_save(proj, c, p)?;
             // AS LOCAL writes the artifact, named as it is (`SAVE ARTIFACT a b AS
             // LOCAL d/` writes d/b).
             let name = match base_name(&clean_abs(&target)) {
@@ -3485,11 +3630,8 @@ impl Lowerer<'_> {
             ));
         };
         let body = f.body.clone();
-        let mut args = if c.flag("pass-args") {
-            ts.arg_overrides()
-        } else {
-            BTreeMap::new()
-        };
+        // A function gets no ARGs of its caller but with --pass-args.
+        let mut args = ts.passed_args(c.flag("pass-args"), false);
         args.extend(self.ref_args(ts, proj, &c.args[1..])?);
         let key = format!("{}+{name}", fp.dir.display());
         if self.active.iter().any(|(k, _)| *k == key) {
@@ -3575,6 +3717,7 @@ fn copy_action(from: usize, sources: Vec<String>, dest: String, chmod: Option<u3
         mtime: None,
         keep_owner: false,
         dirs: false,
+        no_follow: false,
     }
 }
 
@@ -4094,8 +4237,58 @@ mod tests {
     }
 
     #[test]
+    fn errors_name_the_targets_they_were_reached_from() {
+        // Earthly's tests/multi-stack-failure.earth, shaped for lowering alone.
+        let text = "VERSION 0.8\nFROM scratch\nARG GLOBAL_ARG\nmybase:\n    ARG MYBASE_ARG\nfail:\n    FROM +mybase\n    ARG FOO=foo\n    ARG EMPTY\n    RUN --cause-interpreter-failure true\nfrom-fail:\n    ARG ANOTHER_ARG=another-value\n    FROM +fail\n";
+        let e = plan(text, &[], "+from-fail", &[]).unwrap_err().to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        assert!(lines[0].starts_with("Earthfile:10:9: unknown flag"), "{e}");
+        assert_eq!(
+            lines[lines.len() - 2..],
+            [
+                "in +fail --EMPTY= --FOO=foo",
+                "in +from-fail --ANOTHER_ARG=another-value"
+            ],
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn as_local_outside_the_earthfile_folder_needs_force() {
+        // Earthly's tests/save-artifact-dont-overwrite.earth paths.
+        for dest in [
+            "/test",
+            "../test",
+            "/",
+            "/.",
+            "/tmp/..",
+            "sub/../../x",
+            "..",
+        ] {
+            let text =
+                format!("VERSION 0.8\nFROM scratch\nt:\n    SAVE ARTIFACT /data AS LOCAL {dest}\n");
+            let e = err(&text, "+t");
+            assert!(
+                e.starts_with("Earthfile:4:5: SAVE ARTIFACT … AS LOCAL ")
+                    && e.contains("path must be located under"),
+                "{dest}: {e}"
+            );
+            let forced = text.replace("ARTIFACT /data", "ARTIFACT --force /data");
+            assert!(plan(&forced, &[], "+t", &[]).is_ok(), "{dest} with --force");
+        }
+        for dest in ["out", "./out/", ".", "./", "a/b/../c", "sub/."] {
+            let text =
+                format!("VERSION 0.8\nFROM scratch\nt:\n    SAVE ARTIFACT /data AS LOCAL {dest}\n");
+            assert!(plan(&text, &[], "+t", &[]).is_ok(), "{dest}");
+        }
+        // TRY … FINALLY saves follow the same rule.
+        let text = "VERSION --try 0.8\nFROM scratch\nt:\n    TRY\n        RUN x\n    FINALLY\n        SAVE ARTIFACT /r AS LOCAL ../r\n    END\n";
+        assert!(err(text, "+t").contains("path must be located under"));
+    }
+
+    #[test]
     fn try_saves_its_finally_paths_when_the_run_fails() {
-        let text = "VERSION --try 0.8\nFROM scratch\nt:\n    WORKDIR /w\n    TRY\n        RUN make test\n    FINALLY\n        SAVE ARTIFACT out.xml AS LOCAL reports/\n        SAVE ARTIFACT --if-exists /cov AS LOCAL /tmp/cov\n    END\n";
+        let text = "VERSION --try 0.8\nFROM scratch\nt:\n    WORKDIR /w\n    TRY\n        RUN make test\n    FINALLY\n        SAVE ARTIFACT out.xml AS LOCAL reports/\n        SAVE ARTIFACT --if-exists --force /cov AS LOCAL /tmp/cov\n    END\n";
         let p = plan(text, &[], "+t", &[]).unwrap();
         let t = &p.targets[p.invoked];
         let Op::Exec(e) = &t.state.vertex().op else {

@@ -149,7 +149,7 @@ pub fn parse(file: &str, text: &str) -> Result<Earthfile, SourceError> {
 /// Lines → logical lines: blank and comment lines dropped, continuations joined.
 ///
 /// As in Earthly: a continued line's next lines lose their leading whitespace, comment
-/// lines inside a continuation are skipped, `\\` at the end is an escaped backslash (no
+/// and blank lines inside a continuation are skipped, `\\` at the end is an escaped backslash (no
 /// continuation), and a quoted string may span lines (the newline is kept in it).
 fn logical_lines(source: &Source) -> Result<Vec<Logical>, SourceError> {
     let mut out = Vec::new();
@@ -164,8 +164,9 @@ fn logical_lines(source: &Source) -> Result<Vec<Logical>, SourceError> {
         if cur.is_none() && raw.trim().is_empty() {
             continue;
         }
-        // A comment line inside a continuation is skipped, the line goes on.
-        if continued && !in_quote && raw.trim_start().starts_with('#') {
+        // A comment or blank line inside a continuation is skipped, the line goes on
+        // (Earthly's lexer takes the newlines after `\` as one continuation).
+        if continued && !in_quote && (raw.trim_start().starts_with('#') || raw.trim().is_empty()) {
             continue;
         }
         let (stripped, quote) = strip_comment(raw, open);
@@ -289,7 +290,7 @@ fn words(source: &Source, l: &Logical) -> Result<Vec<Word>, SourceError> {
             i += 1;
             continue;
         }
-        let group = c == '(';
+        let mut group = c == '(';
         let mut depth = 0usize;
         let mut quote: Option<char> = None;
         let mut j = i;
@@ -317,6 +318,8 @@ fn words(source: &Source, l: &Logical) -> Result<Vec<Word>, SourceError> {
         if group {
             match word.strip_prefix('(').and_then(|w| w.strip_suffix(')')) {
                 Some(inner) => word = inner.trim().to_string(),
+                // `if (find … | grep x); then` in a RUN: a shell word, no group.
+                None if depth == 0 => group = false,
                 None => {
                     return Err(source.error(l.pos_at(start), "unterminated ( … ) group"));
                 }
@@ -583,7 +586,7 @@ fn parse_version(source: &Source, c: &Command) -> Result<Version, SourceError> {
                 .with_hint("berth runs Earthfiles of VERSION 0.6, 0.7 and 0.8")
         })?;
     let has = |f: &str| c.flags.iter().any(|x| x.name == f);
-    if minor < 8 && has("arg-scope-and-set") && !has("shell-out-anywhere") {
+    if minor < 7 && has("arg-scope-and-set") && !has("shell-out-anywhere") {
         return Err(source
             .error(
                 c.pos,
@@ -744,6 +747,39 @@ mod tests {
             Stmt::Command(c) => c,
             other => panic!("not a command: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_shell_subshell_is_no_artifact_group() {
+        // Earthly's release/apt-repo/Earthfile.
+        let ef = parse(
+            "Earthfile",
+            "VERSION 0.8\nt:\n    RUN if (find /repo | grep -i private); then exit 1; fi\n    COPY (+a/x --N=1) ./\n",
+        )
+        .unwrap();
+        let body = &ef.target("t").unwrap().body;
+        assert_eq!(
+            cmd(&body[0]).rest,
+            "if (find /repo | grep -i private); then exit 1; fi"
+        );
+        let copy = cmd(&body[1]);
+        assert!(copy.args[0].group);
+        assert_eq!(copy.args[0].text, "+a/x --N=1");
+        let e = parse("Earthfile", "VERSION 0.8\nt:\n    COPY (+a/x --N=1 ./\n").unwrap_err();
+        assert!(e.to_string().contains("unterminated"), "{e}");
+    }
+
+    #[test]
+    fn blank_lines_inside_a_continuation_are_skipped() {
+        // Earthly's tests/version/multi-line-with-empty-newline.earth.
+        let ef = parse(
+            "Earthfile",
+            "VERSION \\\n\n\n    0.8\n\nFROM alpine:3.18\ntest:\n    RUN echo a \\\n\n        b\n",
+        )
+        .unwrap();
+        assert_eq!(ef.version.as_ref().unwrap().minor, 8);
+        let run = cmd(&ef.target("test").unwrap().body[0]);
+        assert_eq!(run.rest, "echo a b");
     }
 
     #[test]

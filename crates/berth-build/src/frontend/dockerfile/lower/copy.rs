@@ -279,6 +279,7 @@ fn copy_op(
             mtime: None,
             keep_owner: false,
             dirs: false,
+            no_follow: false,
         });
     }
     for (name, data) in sources.writes {
