@@ -29,8 +29,8 @@ struct EarthCli {
     #[arg(long, env = "BERTH_CONFIG")]
     config: Option<PathBuf>,
     /// Push `SAVE IMAGE --push` images and run `RUN --push` steps, after everything
-    /// else succeeded.
-    #[arg(long)]
+    /// else succeeded [env: EARTHLY_PUSH, also from the .env file].
+    #[arg(long, env = "EARTHLY_PUSH", value_parser = clap::builder::FalseyValueParser::new())]
     push: bool,
     /// CI mode: --no-output --strict, and EARTHLY_CI=true.
     #[arg(long)]
@@ -98,6 +98,11 @@ struct EarthCli {
     /// is one; env: EARTHLY_SECRET_FILE_PATH].
     #[arg(long = "secret-file-path", env = "EARTHLY_SECRET_FILE_PATH")]
     secret_file_path: Option<PathBuf>,
+    /// Earthly's settings (EARTHLY_* variables) from this dotenv file, for those not
+    /// set in the environment [default: .env in the current folder, if there is one;
+    /// env: EARTHLY_ENV_FILE_PATH].
+    #[arg(long = "env-file-path", env = "EARTHLY_ENV_FILE_PATH")]
+    _env_file_path: Option<PathBuf>,
     /// An ARG override, NAME=value, before the target (Earthly's older form of
     /// `--NAME=value` after it; repeatable).
     #[arg(long = "build-arg", value_name = "NAME=VALUE")]
@@ -142,6 +147,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--build-arg",
     "--arg-file-path",
     "--secret-file-path",
+    "--env-file-path",
 ];
 
 /// The first word of `rest` that is neither a flag nor the value of one.
@@ -198,6 +204,10 @@ pub fn intercept(init_logging: impl FnOnce()) -> Option<i32> {
     if !earthly {
         return None;
     }
+    if let Err(e) = load_env_file(&args) {
+        eprintln!("berth: error: {e:#}");
+        return Some(1);
+    }
     let cli = EarthCli::parse_from(args);
     init_logging();
     Some(match run(cli) {
@@ -219,6 +229,30 @@ fn parse_secret(s: &str) -> Result<(String, SecretSource)> {
             Ok((s.to_string(), SecretSource::Env(s.to_string())))
         }
     }
+}
+
+/// Earthly reads `.env` (or `--env-file-path`, `$EARTHLY_ENV_FILE_PATH`) into its
+/// environment before its flags, so `EARTHLY_PUSH=1` there is `--push`. Only its
+/// `EARTHLY_*` settings are taken, and none that the environment already sets: the
+/// other lines of a project's `.env` are the application's, and LOCALLY commands get
+/// berth's environment.
+fn load_env_file(args: &[String]) -> Result<()> {
+    let mut path = std::env::var_os("EARTHLY_ENV_FILE_PATH").map(PathBuf::from);
+    for (i, a) in args.iter().enumerate() {
+        if a == "--env-file-path" {
+            path = args.get(i + 1).map(PathBuf::from);
+        } else if let Some(p) = a.strip_prefix("--env-file-path=") {
+            path = Some(PathBuf::from(p));
+        }
+    }
+    for (k, v) in dotenv(path.as_deref(), ".env")? {
+        if k.starts_with("EARTHLY_") && std::env::var_os(&k).is_none() {
+            // SAFETY: called from `intercept`, the first thing `main` does, before any
+            // other thread exists.
+            unsafe { std::env::set_var(&k, v) };
+        }
+    }
+    Ok(())
 }
 
 /// `NAME=value` lines of dotenv file `path`, or of `default` in the current folder

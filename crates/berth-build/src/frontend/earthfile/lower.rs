@@ -2495,8 +2495,20 @@ impl Lowerer<'_> {
         warn_tilde(proj, c, &dest_raw);
         let dest = PathBuf::from(ts.abs(&dest_raw));
         let into = dest_raw.ends_with('/') || srcs.len() > 1 || dest.is_dir();
-        for w in srcs {
-            let (text, artifact) = self.copy_source(ts, proj, c, w)?;
+        let sources: Vec<(&Word, (String, Option<usize>))> = srcs
+            .iter()
+            .map(|w| {
+                Ok(self
+                    .copy_source(ts, proj, c, w)?
+                    .into_iter()
+                    .map(move |s| (w, s)))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let into = into || sources.len() > 1;
+        for (w, (text, artifact)) in sources {
             let Some(artifact) = artifact.map(|i| self.targets[i].artifact.clone()) else {
                 return Err(BuildError::Source(
                     proj.ef
@@ -3184,8 +3196,17 @@ impl Lowerer<'_> {
         let keep_own = keep_own && c.value("chown").is_none();
         let mut inputs: Vec<State> = Vec::new();
         let mut actions = Vec::new();
+        let mut sources = Vec::new();
         for w in srcs {
-            let (text, from_target) = self.copy_source(ts, proj, c, w)?;
+            sources.extend(
+                self.copy_source(ts, proj, c, w)?
+                    .into_iter()
+                    .map(|s| (w, s)),
+            );
+        }
+        // A wildcard reference (`./dir/*+t/path`) that matched several targets.
+        let into_dir = into_dir || sources.len() > 1;
+        for (w, (text, from_target)) in sources {
             if from_target.is_none()
                 && let Some(origin) = self.written.get(&lexical_clean(&proj.dir.join(&text)))
             {
@@ -3330,7 +3351,7 @@ impl Lowerer<'_> {
         proj: &Arc<Project>,
         c: &Command,
         w: &Word,
-    ) -> Result<(String, Option<usize>)> {
+    ) -> Result<Vec<(String, Option<usize>)>> {
         // The artifact form, with or without ( … --ARG=v ).
         let (text, args) = if w.group {
             let inner = super::parse::group_words(&w.text);
@@ -3352,7 +3373,7 @@ impl Lowerer<'_> {
             (self.x_ref(ts, proj, &w.text, w.pos)?, BTreeMap::new())
         };
         if !(w.group || self.is_artifact_ref(proj, &text)) {
-            return Ok((unescape_plus(&text), None));
+            return Ok(vec![(unescape_plus(&text), None)]);
         }
         let (r, path) = split_artifact(&text).ok_or_else(|| {
             src_err(
@@ -3364,12 +3385,18 @@ impl Lowerer<'_> {
         // The path's escapes go; the reference keeps its own for resolve_ref.
         let text = format!("{r}/{}", unescape_plus(path));
         let r = &text[..r.len()];
+        let path = &text[r.len() + 1..];
         let mut all = ts.passed_args(c.flag("pass-args"), ref_plus(r) == Some(0));
         all.extend(args);
         all.extend(self.build_args(ts, proj, c)?);
-        let (tp, name) = self.resolve_ref(proj, r, w.pos)?;
-        let idx = self.target(&tp, &name, all, Some((proj, w.pos)), false)?;
-        Ok((text, Some(idx)))
+        // `./dir/*+t/path`: Earthly's wildcard COPY, one source per matched target.
+        let mut out = Vec::new();
+        for r in self.wildcard_targets(proj, r, w.pos)? {
+            let (tp, name) = self.resolve_ref(proj, &r, w.pos)?;
+            let idx = self.target(&tp, &name, all.clone(), Some((proj, w.pos)), false)?;
+            out.push((format!("{r}/{path}"), Some(idx)));
+        }
+        Ok(out)
     }
 
     /// Whether a COPY source names an artifact (`+t/p`, `./d+t/p`, `alias+t/p`).

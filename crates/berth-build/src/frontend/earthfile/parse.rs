@@ -44,6 +44,8 @@ pub fn parse(file: &str, text: &str) -> Result<Earthfile, SourceError> {
     // Group the lines into the base recipe and named recipes.
     let mut base: Vec<Command> = Vec::new();
     let mut recipes: Vec<(String, Pos, Vec<Command>)> = Vec::new();
+    // Blocks open in the base recipe: their commands may be indented.
+    let mut base_depth = 0usize;
     for l in &logical {
         if let Some(name) = header(l) {
             if let Some(prev) = recipes.iter().find(|r| r.0 == name) {
@@ -61,7 +63,25 @@ pub fn parse(file: &str, text: &str) -> Result<Earthfile, SourceError> {
         }
         let cmd = command(&source, l)?;
         match recipes.last_mut() {
-            None => base.push(cmd),
+            None => {
+                if l.indented && base_depth == 0 {
+                    return Err(source
+                        .error(
+                            cmd.pos,
+                            format!(
+                                "syntax error: {} is indented, but no recipe or block is open",
+                                cmd.name
+                            ),
+                        )
+                        .with_hint("the base recipe's commands start at the left margin, as Earthly requires"));
+                }
+                match cmd.name.as_str() {
+                    "IF" | "FOR" | "WAIT" | "TRY" | "WITH DOCKER" => base_depth += 1,
+                    "END" => base_depth = base_depth.saturating_sub(1),
+                    _ => {}
+                }
+                base.push(cmd)
+            }
             Some(r) => {
                 if !l.indented {
                     return Err(source
@@ -747,6 +767,23 @@ mod tests {
             Stmt::Command(c) => c,
             other => panic!("not a command: {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_indented_base_command_outside_a_block_is_a_syntax_error() {
+        // Earthly's tests/invalid/leading-whitespace.earth.
+        let e = parse("Earthfile", "VERSION 0.8\nFROM alpine:3.18\n\n ARG foo\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("Earthfile:4:2: syntax error: ARG is indented"),
+            "{e}"
+        );
+        // Inside a block of the base recipe it is fine.
+        parse(
+            "Earthfile",
+            "VERSION 0.8\nIF true\n    ARG foo=1\nEND\nt:\n    RUN x\n",
+        )
+        .unwrap();
     }
 
     #[test]
