@@ -3306,6 +3306,38 @@ const EARTHLY_TESTS: &[Case] = &[
         fail: true,
         want: "Earthfile:4:2: syntax error: ARG is indented, but no recipe or block is open",
     },
+    Case {
+        file: "shell-out/old-no-middle-shell-out.earth",
+        args: &["+test"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "shell-out/old-ignore-shellout-errors.earth",
+        args: &["+test"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "shell-out/old-fail1.earth",
+        args: &["+test"],
+        setup: "",
+        env: &[],
+        fail: true,
+        want: "Earthfile:6:19: SAVE ARTIFACT valid-$(echo file): /valid-$(echo file) does not exist in +hasfile",
+    },
+    Case {
+        file: "shell-out/new.earth",
+        args: &["+test"],
+        setup: "",
+        env: &[],
+        fail: false,
+        want: "",
+    },
 ];
 
 fn earthly_tests(cases: &[Case]) {

@@ -148,6 +148,24 @@ pub struct Command {
 }
 
 impl Command {
+    /// A command that stands for `text` at `pos` in errors and progress (a `$( … )`
+    /// evaluated on its own).
+    pub fn synthetic(name: &str, pos: Pos, text: &str) -> Command {
+        Command {
+            name: name.into(),
+            pos,
+            lines: LineRange {
+                start: pos.line,
+                end: pos.line,
+            },
+            flags: Vec::new(),
+            args: Vec::new(),
+            rest: String::new(),
+            text: text.to_string(),
+            invalid: None,
+        }
+    }
+
     /// The command of statement `s` (an IF's first condition, a block's head).
     pub fn of(s: &Stmt) -> &Command {
         match s {

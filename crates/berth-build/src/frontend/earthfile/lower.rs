@@ -544,12 +544,14 @@ pub struct LocalRun {
 const SHELL_OUT: &str = "__BERTH_SHELL_OUT_";
 
 /// `text` with each `$( … )` outside single quotes replaced by `${SHELL_OUT<n>}`, and
-/// the commands.
+/// the commands. A command's `\\` is one backslash, as Earthly reads the word before
+/// the shell does (its `$(echo \\(\\))` prints `()`, quoted or not).
 fn shell_outs(text: &str) -> std::result::Result<(String, Vec<String>), String> {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::new();
     let mut cmds = Vec::new();
     let mut single = false;
+    let mut double = false;
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
@@ -559,8 +561,11 @@ fn shell_outs(text: &str) -> std::result::Result<(String, Vec<String>), String> 
             i += 2;
             continue;
         }
-        if c == '\'' {
+        if c == '\'' && !double {
             single = !single;
+        }
+        if c == '"' && !single {
+            double = !double;
         }
         if !single && c == '$' && chars.get(i + 1) == Some(&'(') {
             let mut depth = 1;
@@ -576,7 +581,8 @@ fn shell_outs(text: &str) -> std::result::Result<(String, Vec<String>), String> 
             if depth > 0 {
                 return Err("unterminated $( … )".into());
             }
-            cmds.push(chars[i + 2..j - 1].iter().collect());
+            let cmd: String = chars[i + 2..j - 1].iter().collect();
+            cmds.push(cmd.replace("\\\\", "\\"));
             out.push_str(&format!("${{{SHELL_OUT}{}}}", cmds.len() - 1));
             i = j;
             continue;
@@ -673,6 +679,27 @@ fn unescape_plus(text: &str) -> String {
 
 fn is_local_ref(p: &str) -> bool {
     p == "." || p == ".." || p.starts_with("./") || p.starts_with("../") || p.starts_with('/')
+}
+
+/// Earthly's `--shell-out-anywhere` (on from VERSION 0.7; berth takes a file without
+/// VERSION as 0.8): `$( … )` anywhere in a value.
+fn shell_out_anywhere(proj: &Project) -> bool {
+    proj.ef
+        .version
+        .as_ref()
+        .is_none_or(|v| v.minor >= 7 || v.features.iter().any(|f| f == "shell-out-anywhere"))
+}
+
+/// The command of `text` when it is one `$( … )` and nothing else (quotes around it
+/// allowed), as Earthly before 0.7 runs them.
+fn whole_shell_out(text: &str) -> Option<String> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(t);
+    let (rewritten, cmds) = shell_outs(t).ok()?;
+    (cmds.len() == 1 && rewritten == format!("${{{SHELL_OUT}0}}")).then(|| cmds[0].clone())
 }
 
 /// The folders under `base` that the relative path `pattern` (wildcards in any
@@ -1333,21 +1360,22 @@ impl Lowerer<'_> {
     /// run in the container, and its output taken as it is.
     fn x_text(&mut self, ts: &Ts, proj: &Project, text: &str, pos: Pos) -> Result<String> {
         let mut outs: Vec<String> = Vec::new();
+        let literal;
+        let text = if text.contains("$(") && !shell_out_anywhere(proj) {
+            // Earthly before 0.7 (no --shell-out-anywhere): only a value that is one
+            // `$( … )` is run, and its failure is ignored; elsewhere `$(` is text.
+            if let Some(cmd) = whole_shell_out(text) {
+                let c = Command::synthetic("$( … )", pos, text);
+                return Ok(self.capture(ts, proj, &c, &cmd)?.1);
+            }
+            literal = text.replace("$(", "\\$(");
+            &literal
+        } else {
+            text
+        };
         let text = if text.contains("$(") {
             let (rewritten, cmds) = shell_outs(text).map_err(|m| src_err(proj, pos, m))?;
-            let c = Command {
-                name: "$( … )".into(),
-                pos,
-                lines: crate::frontend::source::LineRange {
-                    start: pos.line,
-                    end: pos.line,
-                },
-                flags: Vec::new(),
-                args: Vec::new(),
-                rest: String::new(),
-                text: text.to_string(),
-                invalid: None,
-            };
+            let c = Command::synthetic("$( … )", pos, text);
             for cmd in cmds {
                 let (code, out) = self.capture(ts, proj, &c, &cmd)?;
                 if code != 0 {
@@ -1400,6 +1428,19 @@ impl Lowerer<'_> {
         let mut out = Vec::new();
         let mut it = words.iter().peekable();
         while let Some(w) = it.next() {
+            // Before 0.7 the value of `--NAME=$(cmd)` is a whole shell-out: expanded
+            // on its own.
+            if !shell_out_anywhere(proj)
+                && let Some((k, v)) = w.text.strip_prefix("--").and_then(|kv| kv.split_once('='))
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '{' | '}'))
+            {
+                let k = self.x_text(ts, proj, k, w.pos)?;
+                if !k.contains('=') {
+                    out.push((k, self.x_text(ts, proj, v, w.pos)?));
+                    continue;
+                }
+            }
             let text = self.x(ts, proj, w)?;
             // Earthly also takes `--NAME value`.
             if let Some(k) = text.strip_prefix("--").filter(|k| !k.contains('='))
@@ -4547,6 +4588,13 @@ mod tests {
         assert_eq!(cmds, ["echo (x)"]);
         assert_eq!(text, "a-${__BERTH_SHELL_OUT_0}-'$(no)'-\\$(no)");
         assert!(shell_outs("$(open").is_err());
+        // Earthly's shell-out/new.earth test9 and test10.
+        for text in [r#""$(echo \\(\\))""#, r"$(echo \\(\\))"] {
+            let (_, cmds) = shell_outs(text).unwrap();
+            assert_eq!(cmds, [r"echo \(\)"], "{text}");
+        }
+        let (_, cmds) = shell_outs(r#""it's $(echo x)""#).unwrap();
+        assert_eq!(cmds, ["echo x"]);
     }
 
     #[test]
