@@ -3338,6 +3338,14 @@ const EARTHLY_TESTS: &[Case] = &[
         fail: false,
         want: "",
     },
+    Case {
+        file: "version/invalid-feature-flag-override.earth",
+        args: &["+test"],
+        setup: "",
+        env: &[],
+        fail: true,
+        want: "Earthfile:1:9: VERSION: bool flag --referenced-save-only cannot have an argument",
+    },
 ];
 
 fn earthly_tests(cases: &[Case]) {

@@ -605,6 +605,15 @@ fn parse_version(source: &Source, c: &Command) -> Result<Version, SourceError> {
                 .error(v.pos, format!("unsupported VERSION {}", v.text))
                 .with_hint("berth runs Earthfiles of VERSION 0.6, 0.7 and 0.8")
         })?;
+    // Feature flags are booleans: Earthly refuses `--flag=value` there.
+    if let Some(f) = c.flags.iter().find(|f| f.value.is_some()) {
+        return Err(source
+            .error(
+                f.pos,
+                format!("VERSION: bool flag --{} cannot have an argument", f.name),
+            )
+            .with_hint(format!("write --{} to turn it on, or leave it out", f.name)));
+    }
     let has = |f: &str| c.flags.iter().any(|x| x.name == f);
     if minor < 7 && has("arg-scope-and-set") && !has("shell-out-anywhere") {
         return Err(source
@@ -767,6 +776,18 @@ mod tests {
             Stmt::Command(c) => c,
             other => panic!("not a command: {other:?}"),
         }
+    }
+
+    #[test]
+    fn version_feature_flags_take_no_value() {
+        // Earthly's tests/version/invalid-feature-flag-override.earth.
+        let e = parse("Earthfile", "VERSION --referenced-save-only=false 0.6\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "Earthfile:1:9: VERSION: bool flag --referenced-save-only cannot have an argument"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
