@@ -979,6 +979,35 @@ namespace = "{ns}"
     (proj, file)
 }
 
+/// Enrolls a client with `sat` as `s`, serves berth's registry (user deploy), writes
+/// [`satellite_project`] for namespace `ns` and runs `berth deploy --k8s` there with
+/// BERTH_SATELLITE=s, which must succeed: the client, the registry and what it printed.
+fn deploy_through(
+    cp: &ControlPlane,
+    dir: &Path,
+    sat: &common::satellite::Sat,
+    ns: &str,
+) -> (common::satellite::Client, Berth, Output) {
+    let client = common::satellite::Client::new(dir, "client", None);
+    let add = client.add("s", &sat.token(&[]));
+    assert!(add.success, "{}", add.stderr);
+    let reg = serve_with_user(dir, "deploy", "s3cret");
+    let (proj, file) = satellite_project(cp, dir, &reg.addr, ns);
+    let out = output(
+        client
+            .berth()
+            .current_dir(&proj)
+            .args(["deploy", "-f"])
+            .arg(&file)
+            .arg("--k8s")
+            .env("BERTH_SATELLITE", "s")
+            .env("REG_PASSWORD", "s3cret"),
+    );
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    eprintln!("{}", out.stderr);
+    (client, reg, out)
+}
+
 /// The image of Deployment `name` in `ns`, and the digest it names in `registry`.
 fn deployed_digest(cp: &ControlPlane, ns: &str, name: &str, registry: &str) -> String {
     let d = get(
@@ -1020,31 +1049,15 @@ fn registry_digest(registry: &str, reference: &str) -> String {
 /// to run its pod; the client's path is the same.)
 #[test]
 fn a_build_on_a_satellite_is_pushed_from_there_and_deployed_in_one_command() {
-    use common::satellite::{Client, Sat};
+    use common::satellite::Sat;
     let Some(cp) = control_plane() else { return };
     if !require("skopeo") || !require("htpasswd") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let sat = Sat::on_loopback(&dir.path().join("sat-root"), &[]);
-    let client = Client::new(dir.path(), "client", None);
-    let add = client.add("s", &sat.token(&[]));
-    assert!(add.success, "{}", add.stderr);
-    let reg = serve_with_user(dir.path(), "deploy", "s3cret");
     let ns = format!("satbuild{}", std::process::id());
-    let (proj, file) = satellite_project(cp, dir.path(), &reg.addr, &ns);
-    let out = output(
-        client
-            .berth()
-            .current_dir(&proj)
-            .args(["deploy", "-f"])
-            .arg(&file)
-            .arg("--k8s")
-            .env("BERTH_SATELLITE", "s")
-            .env("REG_PASSWORD", "s3cret"),
-    );
-    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
-    eprintln!("{}", out.stderr);
+    let (client, reg, out) = deploy_through(cp, dir.path(), &sat, &ns);
     for (svc, kind) in [("web", "image"), ("api", "target")] {
         assert!(
             out.stderr
@@ -1102,7 +1115,7 @@ fn a_build_on_a_satellite_is_pushed_from_there_and_deployed_in_one_command() {
 /// Deployments name what this machine pushed.
 #[test]
 fn a_satellite_that_cannot_push_hands_the_images_to_this_machine() {
-    use common::satellite::{Client, Sat};
+    use common::satellite::Sat;
     let Some(cp) = control_plane() else { return };
     if !require("skopeo") || !require("htpasswd") {
         return;
@@ -1124,24 +1137,8 @@ fn a_satellite_that_cannot_push_hands_the_images_to_this_machine() {
         ],
         std::process::Stdio::inherit(),
     );
-    let client = Client::new(dir.path(), "client", None);
-    let add = client.add("s", &sat.token(&[]));
-    assert!(add.success, "{}", add.stderr);
-    let reg = serve_with_user(dir.path(), "deploy", "s3cret");
     let ns = format!("satfall{}", std::process::id());
-    let (proj, file) = satellite_project(cp, dir.path(), &reg.addr, &ns);
-    let out = output(
-        client
-            .berth()
-            .current_dir(&proj)
-            .args(["deploy", "-f"])
-            .arg(&file)
-            .arg("--k8s")
-            .env("BERTH_SATELLITE", "s")
-            .env("REG_PASSWORD", "s3cret"),
-    );
-    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
-    eprintln!("{}", out.stderr);
+    let (client, reg, out) = deploy_through(cp, dir.path(), &sat, &ns);
     for svc in ["web", "api"] {
         let said = format!(
             "push: satellite s could not push {svc}:v1 to {}/{svc}:v1: ",
