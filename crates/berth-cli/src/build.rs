@@ -15,10 +15,11 @@ use crate::settings::{DockerArgs, Settings};
 pub struct BuildArgs {
     /// The build context directory.
     context: PathBuf,
-    /// On a satellite, bring the image into this machine's store even without --load or
-    /// --output: `berth deploy` builds a service's image and pushes it from the store.
+    /// `berth deploy`: on a satellite, the image goes from there to the deploy's registry
+    /// (or, when the satellite cannot push, comes into this machine's store to be pushed
+    /// from here). A build here leaves it in the store.
     #[arg(skip)]
-    pub(crate) fetch: bool,
+    pub(crate) deploy_push: Option<crate::satellite::DeployPush>,
     /// The Dockerfile [default: CONTEXT/Dockerfile].
     #[arg(short = 'f', long)]
     file: Option<PathBuf>,
@@ -207,6 +208,12 @@ fn parse_output(s: &str) -> Result<OutputSpec> {
 }
 
 pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
+    build(settings, args).map(drop)
+}
+
+/// `berth build`; for `berth deploy` ([`BuildArgs::deploy_push`]), where a satellite
+/// pushed the image (`registry/repository@digest`), if one did.
+pub(crate) fn build(settings: &Settings, args: BuildArgs) -> Result<Option<String>> {
     let context = args
         .context
         .canonicalize()
@@ -286,7 +293,8 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
         }
         return remote_targets(
             settings, pool, &args, context, dockerfile, secrets, ssh, &build, sink, tty_view,
-        );
+        )
+        .map(|()| None);
     }
     if let Some(name) = chosen {
         if multi {
@@ -387,7 +395,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
                 names.join(", ")
             );
         }
-        return Ok(());
+        return Ok(None);
     }
     let result = run_cancelable(
         &rt,
@@ -419,7 +427,7 @@ pub fn run(settings: &Settings, args: BuildArgs) -> Result<()> {
             result.image_id, result.manifest, result.layers
         );
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Runs `build` on `rt` until it ends; Ctrl-C or SIGTERM cancels it (running steps
@@ -454,6 +462,7 @@ pub(crate) fn run_cancelable<T>(
 }
 
 /// `berth build` on a satellite: the same request, progress and output as a local build.
+/// For a deploy, where the satellite pushed the image, if it did.
 #[allow(clippy::too_many_arguments)]
 fn remote(
     settings: &Settings,
@@ -466,17 +475,17 @@ fn remote(
     build: &crate::settings::BuildSettings,
     sink: Arc<dyn Progress>,
     tty_view: Option<Arc<progress::Tty>>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let outputs = args
         .outputs
         .iter()
         .map(|s| parse_output(s))
         .collect::<Result<Vec<_>>>()?;
-    let fetch = args.load || !outputs.is_empty() || args.fetch;
+    let fetch = args.load || !outputs.is_empty();
     if (fetch || args.push) && args.tags.is_empty() {
         bail!("--load, --push and --output with a satellite need a -t name for the image");
     }
-    let request = satellite_request(
+    let mut request = satellite_request(
         settings,
         args,
         &args.tags,
@@ -484,6 +493,9 @@ fn remote(
         &secrets,
         build,
     )?;
+    if let Some(push) = &args.deploy_push {
+        push.add_to(&mut request);
+    }
     let result = crate::satellite::build(
         settings,
         name,
@@ -546,7 +558,15 @@ fn remote(
             r.uploaded_bytes
         );
     }
-    Ok(())
+    match &args.deploy_push {
+        Some(push) => push.outcome(
+            settings,
+            &member,
+            &r.result,
+            Some(r.result.manifest.as_str()),
+        ),
+        None => Ok(None),
+    }
 }
 
 /// Load each of `tags` from `store` into Docker.

@@ -459,8 +459,14 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
             }
         }
     }
+    let mut built = Vec::new();
     for svc in &services {
-        build_service(settings, &file, svc, args.version.as_deref())?;
+        built.push(build_service(
+            settings,
+            &file,
+            svc,
+            args.version.as_deref(),
+        )?);
     }
     let store = crate::open_store(settings)?;
     let client = push_client(settings, &file)?;
@@ -468,15 +474,14 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
     let progress = |line: &str| eprintln!("{line}");
     runtime()?.block_on(async {
         let mut results = Vec::new();
-        for svc in services {
+        for (svc, built) in services.into_iter().zip(built) {
             // The hosts are reached (SSH logins, agent containers) while the image is
             // pushed; nothing is asked of them before the push is done.
             let (pushed, connected) = tokio::join!(
-                push_service(&store, &client, &file, svc, args.version.as_deref()),
+                push_unless_pushed(built, &store, &client, &file, svc, args.version.as_deref()),
                 berth_deploy::deployer::connect_hosts(&file, &hosts, svc)
             );
             let (pushed, connected) = (pushed?, connected?);
-            progress(&format!("pushed {} as {}", pushed.local, pushed.image));
             let (image, version) = (pushed.image, pushed.version);
             let plan = Planned {
                 service: svc.clone(),
@@ -495,6 +500,10 @@ pub fn deploy(settings: &Settings, args: DeployArgs) -> Result<()> {
 /// The registry client `berth deploy` pushes with: `berth login`'s credentials, and the
 /// deploy file's registry credentials over them.
 pub(crate) fn push_client(settings: &Settings, file: &DeployFile) -> Result<berth_client::Client> {
+    Ok(berth_client::Client::new(push_config(settings, file)?))
+}
+
+fn push_config(settings: &Settings, file: &DeployFile) -> Result<berth_client::ClientConfig> {
     let mut config = settings.registry_config();
     if let Some(auth) = berth_deploy::deployer::registry_auth(file)? {
         config.credentials.insert(
@@ -505,12 +514,28 @@ pub(crate) fn push_client(settings: &Settings, file: &DeployFile) -> Result<bert
             },
         );
     }
-    Ok(berth_client::Client::new(config))
+    Ok(config)
+}
+
+/// The credentials [`push_client`] has for the file's registry, for a satellite to push
+/// with.
+fn push_credential(
+    settings: &Settings,
+    file: &DeployFile,
+) -> Result<Option<(String, berth_client::Credentials)>> {
+    let config = push_config(settings, file)?;
+    let registry = &file.registry.address;
+    Ok(config
+        .credentials
+        .get(registry)
+        .cloned()
+        .or_else(|| config.docker_config.credentials(registry))
+        .map(|c| (registry.clone(), c)))
 }
 
 /// A service's image as pushed to the file's registry.
 pub(crate) struct Pushed {
-    /// `IMAGE:VERSION` in berth's store.
+    /// `IMAGE:VERSION`: its name in berth's store (unless a satellite pushed it).
     pub local: String,
     /// `registry/repository@digest`.
     pub image: String,
@@ -522,6 +547,24 @@ pub(crate) struct Pushed {
     pub version: String,
 }
 
+/// `svc`'s image in the deploy file's registry: as the satellite that built it pushed it
+/// (`built`, which it said), or pushed from berth's store now ([`push_service`]).
+pub(crate) async fn push_unless_pushed(
+    built: Option<Pushed>,
+    store: &berth_store::Store,
+    client: &berth_client::Client,
+    file: &DeployFile,
+    svc: &berth_deploy::config::Service,
+    version: Option<&str>,
+) -> Result<Pushed> {
+    let pushed = match built {
+        Some(p) => p,
+        None => push_service(store, client, file, svc, version).await?,
+    };
+    eprintln!("pushed {} as {}", pushed.local, pushed.image);
+    Ok(pushed)
+}
+
 /// Pushes `svc`'s image (`IMAGE:VERSION` of berth's store) to the deploy file's registry:
 /// the one push path of hosts and Kubernetes deploys.
 pub(crate) async fn push_service(
@@ -531,11 +574,7 @@ pub(crate) async fn push_service(
     svc: &berth_deploy::config::Service,
     version: Option<&str>,
 ) -> Result<Pushed> {
-    let written = written_image(file, svc)?;
-    let version = version
-        .map(str::to_owned)
-        .unwrap_or_else(|| written.tag_or_latest().to_owned());
-    let local = format!("{}:{version}", written.name());
+    let (local, dest, version) = destination(file, svc, version)?;
     let manifest =
         berth_build::image::local_manifest(store, &local).with_context(|| match &svc.build {
             Some(berth_deploy::config::Build::Earthfile { target, .. }) => format!(
@@ -549,18 +588,59 @@ pub(crate) async fn push_service(
                 svc.name, svc.name
             ),
         })?;
-    let dest: berth_oci::Reference = format!(
-        "{}/{}:{version}",
-        file.registry.address,
-        written.local_repository()
-    )
-    .parse()?;
     let digest = crate::build::push_one(store, client, &manifest, &dest)
         .await
         .with_context(|| format!("push {dest}"))?;
     Ok(Pushed {
         local,
         image: format!("{}/{}@{digest}", dest.registry, dest.repository),
+        repository: dest.repository.clone(),
+        digest: digest.to_string(),
+        version,
+    })
+}
+
+/// `svc`'s image in berth's store (`IMAGE:VERSION`), where it goes in the file's registry,
+/// and the version deployed.
+fn destination(
+    file: &DeployFile,
+    svc: &berth_deploy::config::Service,
+    version: Option<&str>,
+) -> Result<(String, berth_oci::Reference, String)> {
+    let written = written_image(file, svc)?;
+    let version = version
+        .map(str::to_owned)
+        .unwrap_or_else(|| written.tag_or_latest().to_owned());
+    let local = format!("{}:{version}", written.name());
+    let dest = format!(
+        "{}/{}:{version}",
+        file.registry.address,
+        written.local_repository()
+    )
+    .parse()
+    .with_context(|| format!("the destination of service {}", svc.name))?;
+    Ok((local, dest, version))
+}
+
+/// `svc`'s image as a satellite pushed it for the deploy (`registry/repository@digest`).
+fn pushed_by_satellite(
+    file: &DeployFile,
+    svc: &berth_deploy::config::Service,
+    version: Option<&str>,
+    reported: &str,
+) -> Result<Pushed> {
+    let (local, dest, version) = destination(file, svc, version)?;
+    let digest = reported
+        .strip_prefix(&format!("{}/{}@", dest.registry, dest.repository))
+        .with_context(|| {
+            format!("the satellite reported pushing {reported}, not to {dest} as asked")
+        })?;
+    let digest: berth_oci::Digest = digest
+        .parse()
+        .with_context(|| format!("the satellite's push {reported}"))?;
+    Ok(Pushed {
+        local,
+        image: reported.to_owned(),
         repository: dest.repository.clone(),
         digest: digest.to_string(),
         version,
@@ -583,27 +663,30 @@ fn written_image(
 
 /// Builds `svc`'s image when the file says how (`build = …`), through `berth build`'s and
 /// `berth +target`'s own paths: a Dockerfile is tagged `IMAGE:VERSION`; an Earthfile
-/// target must `SAVE IMAGE` that name itself.
+/// target must `SAVE IMAGE` that name itself. Built here, the image is in the store for
+/// [`push_service`]; built on a satellite, the satellite pushes it to the file's registry
+/// and this returns that push (or, when the satellite could not, the image is fetched
+/// into the store and this returns `None`).
 pub(crate) fn build_service(
     settings: &Settings,
     file: &DeployFile,
     svc: &berth_deploy::config::Service,
     version: Option<&str>,
-) -> Result<()> {
+) -> Result<Option<Pushed>> {
     use berth_deploy::config::Build;
     use clap::{Args as _, FromArgMatches as _};
     let Some(build) = &svc.build else {
-        return Ok(());
+        return Ok(None);
     };
-    let written = written_image(file, svc)?;
-    let tag = format!(
-        "{}:{}",
-        written.name(),
-        version.unwrap_or_else(|| written.tag_or_latest())
-    );
+    let (tag, dest, _) = destination(file, svc, version)?;
     eprintln!("building {tag} for service {}", svc.name);
+    let push = crate::satellite::DeployPush {
+        name: tag.clone(),
+        dest: dest.to_string(),
+        credential: push_credential(settings, file)?,
+    };
     let what = || format!("build of service {} ({tag})", svc.name);
-    match build {
+    let pushed = match build {
         Build::Dockerfile {
             context,
             dockerfile,
@@ -630,14 +713,20 @@ pub(crate) fn build_service(
                 .with_context(what)?;
             let mut args =
                 crate::build::BuildArgs::from_arg_matches(&matches).with_context(what)?;
-            // Built on a satellite, the image comes here: the push goes from the store.
-            args.fetch = true;
-            crate::build::run(settings, args).with_context(what)
+            args.deploy_push = Some(push);
+            crate::build::build(settings, args).with_context(what)
         }
         Build::Earthfile { target, args } => {
-            crate::earthly::build_target(settings, target, args).with_context(what)
+            let dir = match file.path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            crate::earthly::build_target(settings, dir, target, args, &push).with_context(what)
         }
-    }
+    }?;
+    pushed
+        .map(|p| pushed_by_satellite(file, svc, version, &p))
+        .transpose()
 }
 
 pub fn rollback(settings: &Settings, args: RollbackArgs) -> Result<()> {

@@ -6,7 +6,7 @@
 //! before clap ([`intercept`]) and, when it names a target, parsed here.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -291,29 +291,57 @@ fn dotenv(path: Option<&std::path::Path>, default: &str) -> Result<BTreeMap<Stri
 
 fn run(cli: EarthCli) -> Result<()> {
     let settings = Settings::load(cli.root.clone(), cli.config.as_deref())?;
-    run_with(&settings, cli)
+    run_with(&settings, cli, None).map(drop)
 }
 
-/// Runs Earthfile `target` with `--NAME=value` `args` for `berth deploy`: its images go
-/// into the store only (`--no-output`), as a command line `berth --no-output TARGET`.
-pub fn build_target(
+/// Runs Earthfile `target` with `--NAME=value` `args` for `berth deploy`, as a command
+/// line `berth --no-output TARGET` run in `dir` (the deploy file's folder): built here,
+/// its images go into the store only; on the chosen satellite, `push`'s image goes from
+/// there to the deploy's registry (or comes into the store when the satellite cannot
+/// push). Returns where the satellite pushed it.
+pub(crate) fn build_target(
     settings: &Settings,
+    dir: &Path,
     target: &str,
     args: &BTreeMap<String, String>,
-) -> Result<()> {
-    // Deploys take the images from this machine's store: built here.
-    let mut argv = vec![
-        "berth".to_owned(),
-        "--no-output".to_owned(),
-        "--no-satellite".to_owned(),
-        target.to_owned(),
-    ];
+    push: &crate::satellite::DeployPush,
+) -> Result<Option<String>> {
+    let dir = std::path::absolute(dir).with_context(|| format!("{}", dir.display()))?;
+    let target = target_in(&dir, target);
+    let mut argv = vec!["berth".to_owned(), "--no-output".to_owned(), target];
     argv.extend(args.iter().map(|(k, v)| format!("--{k}={v}")));
     let cli = EarthCli::try_parse_from(argv)?;
-    run_with(settings, cli)
+    run_with(settings, cli, Some(Deploy { dir: &dir, push }))
 }
 
-fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
+/// `target` (`/abs/dir+t`, as deploy files resolve theirs) relative to the folder `dir`
+/// it lies in (`./sub+t`, `+t`): a satellite is sent that folder. Others stay as given.
+fn target_in(dir: &Path, target: &str) -> String {
+    let Some((project, name)) = target.split_once('+') else {
+        return target.to_owned();
+    };
+    match Path::new(project).strip_prefix(dir) {
+        Ok(rel) if project.starts_with('/') && rel.as_os_str().is_empty() => format!("+{name}"),
+        Ok(rel) if project.starts_with('/') => format!("./{}+{name}", rel.display()),
+        _ => target.to_owned(),
+    }
+}
+
+/// What a deploy's build adds to a command line: the folder it runs in, and where the
+/// satellite pushes the service's image.
+#[derive(Clone, Copy)]
+struct Deploy<'a> {
+    dir: &'a Path,
+    push: &'a crate::satellite::DeployPush,
+}
+
+/// `berth [flags] +target`; for `berth deploy` (`deploy`), where a satellite pushed the
+/// service's image, if one did.
+fn run_with(settings: &Settings, cli: EarthCli, deploy: Option<Deploy>) -> Result<Option<String>> {
+    let cwd = match deploy {
+        Some(d) => d.dir.to_path_buf(),
+        None => std::env::current_dir()?,
+    };
     let (target, output) = match (&cli.artifact, &cli.image, &cli.target) {
         (Some(a), None, None) => {
             let r = &a[0];
@@ -323,7 +351,7 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
                 .map(|s| s + plus)
                 .context("--artifact takes +target/path")?;
             let dest = a.get(1).cloned().unwrap_or_else(|| "./".into());
-            let dest = std::env::current_dir()?.join(dest);
+            let dest = cwd.join(dest);
             (
                 r[..slash].to_string(),
                 EarthOutput::Artifact {
@@ -409,6 +437,8 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
                 args,
                 secrets,
                 build,
+                cwd,
+                deploy,
             },
             sink,
             tty_view,
@@ -420,7 +450,7 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
         .step_bundle(&settings.root.join("tmp"))
         .map_err(|e| anyhow::anyhow!("[network] ca_to_steps: {e}"))?;
     let opts = EarthBuildOptions {
-        dir: std::env::current_dir()?,
+        dir: cwd,
         target,
         args,
         secrets,
@@ -493,16 +523,18 @@ fn run_with(settings: &Settings, cli: EarthCli) -> Result<()> {
         result.artifacts.len(),
         if result.artifacts.len() == 1 { "" } else { "s" },
     );
-    Ok(())
+    Ok(None)
 }
 
 /// What `run_with` resolved, for a build on a satellite.
-struct Remote {
+struct Remote<'a> {
     target: String,
     output: EarthOutput,
     args: BTreeMap<String, String>,
     secrets: HashMap<String, SecretSource>,
     build: crate::settings::BuildSettings,
+    cwd: PathBuf,
+    deploy: Option<Deploy<'a>>,
 }
 
 /// `berth --satellite NAME +target`: the folder berth runs in goes to the satellite
@@ -510,7 +542,8 @@ struct Remote {
 /// outputs come back into this folder as a local build writes them, saved images come
 /// down into this machine's store and Docker (not with `--no-output`), and `--push`
 /// pushes from the satellite with this machine's credentials for the registry hosts
-/// the invoked Earthfile and the `--ARG` values name.
+/// the invoked Earthfile and the `--ARG` values name. For a deploy, the satellite pushes
+/// the service's image too ([`crate::satellite::DeployPush`]).
 fn remote(
     settings: &Settings,
     name: &str,
@@ -518,8 +551,8 @@ fn remote(
     r: Remote,
     sink: Arc<dyn Progress>,
     tty_view: Option<Arc<progress::Tty>>,
-) -> Result<()> {
-    let cwd = std::env::current_dir()?;
+) -> Result<Option<String>> {
+    let cwd = r.cwd.clone();
     let project = r.target.split_once('+').map_or("", |(p, _)| p);
     if project == ".." || project.starts_with("../") || project.starts_with('/') {
         bail!(
@@ -547,7 +580,7 @@ fn remote(
     } else {
         HashMap::new()
     };
-    let request = berth_satellite::proto::BuildRequest {
+    let mut request = berth_satellite::proto::BuildRequest {
         frontend: "earthfile".into(),
         target: r.target.clone(),
         build_args: r.args.into_iter().collect(),
@@ -576,11 +609,16 @@ fn remote(
             .unwrap_or_default(),
         ..Default::default()
     };
+    if let Some(d) = r.deploy {
+        d.push.add_to(&mut request);
+    }
     if let Some(pool) = name.strip_prefix(berth_satellite::POOL_PREFIX)
         && r.output == EarthOutput::Normal
+        && r.deploy.is_none()
         && let Some(fanned) = fanned(&cwd, &r.target, &request)
     {
-        return remote_fanned(settings, pool, cli, cwd, request, fanned, sink, tty_view);
+        return remote_fanned(settings, pool, cli, cwd, request, fanned, sink, tty_view)
+            .map(|()| None);
     }
     let result = crate::satellite::build(
         settings,
@@ -621,7 +659,16 @@ fn remote(
         done.uploaded_files,
         done.uploaded_bytes,
     );
-    Ok(())
+    match r.deploy {
+        Some(Deploy { push, .. }) => {
+            let manifest = images
+                .iter()
+                .find(|i| i.name == push.name)
+                .map(|i| i.manifest.as_str());
+            push.outcome(settings, &member, &done.result, manifest)
+        }
+        None => Ok(None),
+    }
 }
 
 /// What builds on satellites made, here: their images (already in the store) loaded
@@ -791,6 +838,20 @@ fn remote_fanned(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn deploy_targets_are_relative_to_the_deploy_files_folder() {
+        let dir = std::path::Path::new("/srv/proj");
+        assert_eq!(
+            super::target_in(dir, "/srv/proj/api+docker"),
+            "./api+docker"
+        );
+        assert_eq!(super::target_in(dir, "/srv/proj/a/b+t"), "./a/b+t");
+        assert_eq!(super::target_in(dir, "/srv/proj+t"), "+t");
+        assert_eq!(super::target_in(dir, "/srv/other+t"), "/srv/other+t");
+        assert_eq!(super::target_in(dir, "./api+t"), "./api+t");
+        assert_eq!(super::target_in(dir, "+t"), "+t");
+    }
+
     #[test]
     fn targets_are_told_from_paths() {
         for t in [

@@ -95,8 +95,9 @@ pub fn deploy(
     for svc in &services {
         secrets.push(file.secrets_of(svc)?);
     }
+    let mut built = Vec::new();
     for svc in &services {
-        crate::deploy::build_service(settings, &file, svc, version)?;
+        built.push(crate::deploy::build_service(settings, &file, svc, version)?);
     }
     let store = crate::open_store(settings)?;
     let client = crate::deploy::push_client(settings, &file)?;
@@ -115,10 +116,14 @@ pub fn deploy(
         kube.ensure_namespace().await?;
         let identity = berth_kube::pull::ensure(&kube, &config, creds.as_ref()).await?;
         let mut rendered = Vec::new();
-        for (svc, secrets) in services.iter().zip(&secrets) {
-            let pushed = crate::deploy::push_service(&store, &client, &file, svc, version).await?;
+        for ((svc, secrets), built) in services.iter().zip(&secrets).zip(built) {
+            let pushed =
+                crate::deploy::push_unless_pushed(built, &store, &client, &file, svc, version)
+                    .await?;
             let image = format!("{cluster_registry}/{}@{}", pushed.repository, pushed.digest);
-            progress(&format!("pushed {} as {image}", pushed.local));
+            if image != pushed.image {
+                progress(&format!("the cluster pulls {} as {image}", pushed.local));
+            }
             rendered.push(
                 render(&RenderInput {
                     service: svc,

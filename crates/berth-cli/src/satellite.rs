@@ -856,6 +856,80 @@ pub fn build(
     })
 }
 
+/// Where `berth deploy` has a satellite push the image it builds for a service, so the
+/// image goes from the satellite straight to the deploy's registry.
+pub(crate) struct DeployPush {
+    /// The image's name in the build (`IMAGE:VERSION`): the Dockerfile build's tag, or the
+    /// name the Earthfile target saves it under.
+    pub name: String,
+    /// Where it goes: `registry/repository:version`.
+    pub dest: String,
+    /// berth's credentials for the deploy's registry (`registry`, then the login).
+    pub credential: Option<(String, berth_client::Credentials)>,
+}
+
+impl DeployPush {
+    /// Asks the satellite to push, with the credentials for this push only.
+    pub(crate) fn add_to(&self, request: &mut berth_satellite::proto::BuildRequest) {
+        request.push_to.insert(self.name.clone(), self.dest.clone());
+        if let Some((registry, c)) = &self.credential {
+            request.credentials.insert(
+                registry.clone(),
+                berth_satellite::proto::Credential {
+                    username: c.username.clone(),
+                    password: c.password.clone(),
+                },
+            );
+        }
+    }
+
+    /// After the build on `member`: the satellite's push (`registry/repository@digest`),
+    /// said so; or, when it could not push (no route to the registry, credentials
+    /// refused, a satellite older than this berth), why, and the image (`manifest`)
+    /// fetched into this machine's store under its name, for the deploy to push from
+    /// here (`None`).
+    pub(crate) fn outcome(
+        &self,
+        settings: &Settings,
+        member: &str,
+        result: &berth_satellite::proto::BuildResult,
+        manifest: Option<&str>,
+    ) -> Result<Option<String>> {
+        if let Some(pushed) = result.pushed_to.get(&self.name) {
+            eprintln!(
+                "push: satellite {member} pushed {} to {} ({pushed}); nothing came to this machine",
+                self.name, self.dest
+            );
+            return Ok(Some(pushed.clone()));
+        }
+        let why = if result.push_error.is_empty() {
+            "it did not push (a berth older than this one, without pushes for deploys)".to_owned()
+        } else {
+            result.push_error.clone()
+        };
+        eprintln!(
+            "push: satellite {member} could not push {} to {}: {why}\n\
+             push: fetching {} from satellite {member} and pushing it from this machine instead",
+            self.name, self.dest, self.name
+        );
+        let manifest: berth_oci::Digest = manifest
+            .with_context(|| {
+                format!(
+                    "the build on satellite {member} made no image named {}",
+                    self.name
+                )
+            })?
+            .parse()?;
+        let store = crate::open_store(settings)?;
+        let e = enrollments(settings);
+        runtime()?.block_on(async {
+            let conn = e.connect(member).await?;
+            conn.fetch_image(&store, &self.name, &manifest).await
+        })?;
+        Ok(None)
+    }
+}
+
 /// Where the client keeps the file hashes of `context` between builds.
 fn sums_path(settings: &Settings, context: &std::path::Path) -> PathBuf {
     settings.root.join("satellite-client/sums").join(format!(

@@ -922,36 +922,38 @@ fn the_first_start_token_in_the_log_enrolls_a_client() {
     );
 }
 
-/// Issue 12 item 3's end, as far as this machine allows: `berth deploy --k8s` of a service
-/// with a `build`, the chosen satellite building it, is one command that builds there,
-/// pushes to the registry the cluster pulls from and applies the Deployment naming
-/// exactly what was pushed. (The satellite runs on 127.0.0.1, not in the cluster: the test
-/// control plane has no node to run its pod; the client's path is the same.)
-#[test]
-fn a_build_on_a_satellite_is_pushed_and_deployed_in_one_command() {
-    use common::satellite::{Client, Sat};
-    let Some(cp) = control_plane() else { return };
-    if !require("skopeo") || !require("htpasswd") {
-        return;
+/// A project deployed through a satellite: a Dockerfile service `web` and an Earthfile
+/// service `api` (`./api+docker` saves `api:v1`), both `FROM scratch`, in `dir/proj`
+/// (the folder `berth deploy` runs in, sent whole for the Earthfile), to berth's registry
+/// with basic auth (user deploy, password s3cret from REG_PASSWORD) and namespace `ns`.
+/// Returns the project folder and the deploy file.
+fn satellite_project(
+    cp: &ControlPlane,
+    dir: &Path,
+    registry: &str,
+    ns: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let proj = dir.join("proj");
+    for (path, text) in [
+        ("app/Dockerfile", "FROM scratch\nCOPY hello /hello\n"),
+        ("app/hello", "web, built on the satellite\n"),
+        (
+            "api/Earthfile",
+            "VERSION 0.8\ndocker:\n    FROM scratch\n    COPY hello /hello\n    SAVE IMAGE api:v1\n",
+        ),
+        ("api/hello", "api, built on the satellite\n"),
+    ] {
+        let path = proj.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let sat = Sat::on_loopback(&dir.path().join("sat-root"), &[]);
-    let client = Client::new(dir.path(), "client", None);
-    let add = client.add("s", &sat.token(&[]));
-    assert!(add.success, "{}", add.stderr);
-    let reg = serve_with_user(dir.path(), "deploy", "s3cret");
-    let app = dir.path().join("app");
-    std::fs::create_dir_all(&app).unwrap();
-    std::fs::write(app.join("Dockerfile"), "FROM scratch\nCOPY hello /hello\n").unwrap();
-    std::fs::write(app.join("hello"), "built on the satellite\n").unwrap();
-    let ns = format!("satbuild{}", std::process::id());
-    let file = dir.path().join("berth.toml");
+    let file = proj.join("berth.toml");
     std::fs::write(
         &file,
         format!(
             r#"
 [deploy.registry]
-address = "{reg}"
+address = "{registry}"
 username = "deploy"
 password_env = "REG_PASSWORD"
 [deploy.roles.web]
@@ -961,18 +963,40 @@ image = "web:v1"
 roles = ["web"]
 command = ["/hello"]
 build = {{ context = "app" }}
+[deploy.services.api]
+image = "api:v1"
+roles = ["web"]
+command = ["/hello"]
+build = {{ earthfile = "./api+docker" }}
 [k8s]
 kubeconfig = "{kc}"
 namespace = "{ns}"
 "#,
-            reg = reg.addr,
             kc = cp.kubeconfig.display(),
         ),
     )
     .unwrap();
+    (proj, file)
+}
+
+/// Enrolls a client with `sat` as `s`, serves berth's registry (user deploy), writes
+/// [`satellite_project`] for namespace `ns` and runs `berth deploy --k8s` there with
+/// BERTH_SATELLITE=s, which must succeed: the client, the registry and what it printed.
+fn deploy_through(
+    cp: &ControlPlane,
+    dir: &Path,
+    sat: &common::satellite::Sat,
+    ns: &str,
+) -> (common::satellite::Client, Berth, Output) {
+    let client = common::satellite::Client::new(dir, "client", None);
+    let add = client.add("s", &sat.token(&[]));
+    assert!(add.success, "{}", add.stderr);
+    let reg = serve_with_user(dir, "deploy", "s3cret");
+    let (proj, file) = satellite_project(cp, dir, &reg.addr, ns);
     let out = output(
         client
             .berth()
+            .current_dir(&proj)
             .args(["deploy", "-f"])
             .arg(&file)
             .arg("--k8s")
@@ -980,38 +1004,168 @@ namespace = "{ns}"
             .env("REG_PASSWORD", "s3cret"),
     );
     assert!(out.success, "{}\n{}", out.stdout, out.stderr);
-    assert!(
-        out.stderr.contains("building web:v1 for service web"),
-        "{}",
-        out.stderr
-    );
-    assert!(out.stderr.contains(" on satellite s "), "{}", out.stderr);
-    assert!(out.stdout.contains("web\tdeployed"), "{}", out.stdout);
+    eprintln!("{}", out.stderr);
+    (client, reg, out)
+}
+
+/// The image of Deployment `name` in `ns`, and the digest it names in `registry`.
+fn deployed_digest(cp: &ControlPlane, ns: &str, name: &str, registry: &str) -> String {
     let d = get(
         cp,
-        &format!("/apis/apps/v1/namespaces/{ns}/deployments/web"),
+        &format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"),
     )
-    .unwrap();
+    .unwrap_or_else(|| panic!("no Deployment {name} in {ns}"));
     let image = d["spec"]["template"]["spec"]["containers"][0]["image"]
         .as_str()
         .unwrap()
         .to_owned();
-    let digest = image
-        .strip_prefix(&format!("{}/web@", reg.addr))
-        .unwrap_or_else(|| panic!("{image}"));
-    let served = run(Command::new("skopeo").args([
+    image
+        .strip_prefix(&format!("{registry}/{name}@"))
+        .unwrap_or_else(|| panic!("{image}"))
+        .to_owned()
+}
+
+/// The digest `registry/repo:tag` has, asked of the registry with the deploy's credentials.
+fn registry_digest(registry: &str, reference: &str) -> String {
+    run(Command::new("skopeo").args([
         "inspect",
         "--tls-verify=false",
         "--creds",
         "deploy:s3cret",
         "--format",
         "{{.Digest}}",
-        &format!("docker://{}/web:v1", reg.addr),
-    ]));
-    assert_eq!(served.trim(), digest);
-    // The satellite built it; the client fetched it and pushed that very manifest.
+        &format!("docker://{registry}/{reference}"),
+    ]))
+    .trim()
+    .to_owned()
+}
+
+/// Issue 12 item 3's sentence, as far as this machine allows: `berth deploy --k8s` of
+/// services with a `build` (a Dockerfile and an Earthfile target), the chosen satellite
+/// building them, is one command: the satellite builds, pushes to the registry the deploy
+/// targets with berth's credentials for it, and the Deployments name the digests it
+/// reported. Nothing comes to this machine: its store never holds the images. (The
+/// satellite runs on 127.0.0.1, not in the cluster: the test control plane has no node
+/// to run its pod; the client's path is the same.)
+#[test]
+fn a_build_on_a_satellite_is_pushed_from_there_and_deployed_in_one_command() {
+    use common::satellite::Sat;
+    let Some(cp) = control_plane() else { return };
+    if !require("skopeo") || !require("htpasswd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sat = Sat::on_loopback(&dir.path().join("sat-root"), &[]);
+    let ns = format!("satbuild{}", std::process::id());
+    let (client, reg, out) = deploy_through(cp, dir.path(), &sat, &ns);
+    for (svc, kind) in [("web", "image"), ("api", "target")] {
+        assert!(
+            out.stderr
+                .contains(&format!("building {svc}:v1 for service {svc}")),
+            "{}",
+            out.stderr
+        );
+        assert!(
+            out.stdout.contains(&format!("{svc}\tdeployed")),
+            "{}",
+            out.stdout
+        );
+        let digest = deployed_digest(cp, &ns, svc, &reg.addr);
+        assert_eq!(registry_digest(&reg.addr, &format!("{svc}:v1")), digest);
+        // The satellite said it pushed that digest, to the deploy's registry.
+        assert!(
+            out.stderr.contains(&format!(
+                "push: satellite s pushed {svc}:v1 to {r}/{svc}:v1 ({r}/{svc}@{digest}); \
+                 nothing came to this machine",
+                r = reg.addr
+            )),
+            "{kind}: {}",
+            out.stderr
+        );
+        // This machine's store never held it (by name or by digest).
+        let inspect = output(client.berth().args(["inspect", &format!("{svc}:v1")]));
+        assert!(!inspect.success, "{}", inspect.stdout);
+        let inspect = output(
+            client
+                .berth()
+                .args(["inspect", &format!("{}/{svc}@{digest}", reg.addr)]),
+        );
+        assert!(!inspect.success, "{}", inspect.stdout);
+    }
+    assert!(!out.stderr.contains("could not push"), "{}", out.stderr);
+    let images = output(client.berth().args(["images"]));
+    assert!(images.success, "{}", images.stderr);
     assert!(
-        out.stderr.contains(&format!("(manifest {digest},")),
+        !images.stdout.contains("web") && !images.stdout.contains("api"),
+        "{}",
+        images.stdout
+    );
+    // The Dockerfile build's closing line names the manifest the registry serves.
+    let web = registry_digest(&reg.addr, "web:v1");
+    assert!(
+        out.stderr.contains(&format!("(manifest {web},")),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A satellite that cannot reach the deploy's registry (its proxy is a closed port of
+/// 127.0.0.1: no route) builds, says why it could not push, and the deploy fetches the
+/// images into this machine's store and pushes them from here, saying so; the
+/// Deployments name what this machine pushed.
+#[test]
+fn a_satellite_that_cannot_push_hands_the_images_to_this_machine() {
+    use common::satellite::Sat;
+    let Some(cp) = control_plane() else { return };
+    if !require("skopeo") || !require("htpasswd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let sat = Sat::start_with(
+        None,
+        &dir.path().join("sat-root"),
+        &format!("127.0.0.1:{}", free_port()),
+        &["--advertise", "127.0.0.1"],
+        &[
+            ("HTTP_PROXY", &dead),
+            ("HTTPS_PROXY", &dead),
+            ("http_proxy", &dead),
+            ("https_proxy", &dead),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ],
+        std::process::Stdio::inherit(),
+    );
+    let ns = format!("satfall{}", std::process::id());
+    let (client, reg, out) = deploy_through(cp, dir.path(), &sat, &ns);
+    for svc in ["web", "api"] {
+        let said = format!(
+            "push: satellite s could not push {svc}:v1 to {}/{svc}:v1: ",
+            reg.addr
+        );
+        assert!(out.stderr.contains(&said), "{said}\n{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!(
+                "push: fetching {svc}:v1 from satellite s and pushing it from this machine instead"
+            )),
+            "{}",
+            out.stderr
+        );
+        let digest = deployed_digest(cp, &ns, svc, &reg.addr);
+        assert_eq!(registry_digest(&reg.addr, &format!("{svc}:v1")), digest);
+        assert!(
+            out.stderr
+                .contains(&format!("pushed {svc}:v1 as {}/{svc}@{digest}", reg.addr)),
+            "{}",
+            out.stderr
+        );
+        // The image came here, under its name, as the manifest the satellite built.
+        let inspect = output(client.berth().args(["inspect", &format!("{svc}:v1")]));
+        assert!(inspect.success, "{}", inspect.stderr);
+    }
+    assert!(
+        !out.stderr.contains("nothing came to this machine"),
         "{}",
         out.stderr
     );

@@ -220,6 +220,15 @@ pub struct BuildRequest {
     /// own. A satellite older than this field ignores it and builds for its own platform.
     #[prost(string, tag = "110")]
     pub platform: ::prost::alloc::string::String,
+    /// `berth deploy`: after the build, push the image named by each key (a tag of a
+    /// Dockerfile build, or the name an Earthfile build saved an image under) to the value
+    /// (`registry/repository:tag`), with `credentials`, whatever `push` says. A push that
+    /// fails does not fail the build: `BuildResult.push_error` says why and the image stays
+    /// in the satellite's store, where the client can fetch it. A satellite older than this
+    /// field pushes nothing (the result then has no `pushed_to`).
+    #[prost(map = "string, string", tag = "111")]
+    pub push_to:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
 }
 /// One frame of an SshAgent session.
 #[allow(clippy::all)]
@@ -377,6 +386,13 @@ pub struct BuildResult {
     pub images: ::prost::alloc::vec::Vec<SavedImage>,
     #[prost(uint32, tag = "6")]
     pub targets: u32,
+    /// `push_to`: each image pushed, by its name in the request, as
+    /// `registry/repository@digest`; and why a push failed (those after it were not tried).
+    #[prost(map = "string, string", tag = "7")]
+    pub pushed_to:
+        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
+    #[prost(string, tag = "8")]
+    pub push_error: ::prost::alloc::string::String,
 }
 /// A build as PrepareContext and Build would describe it, without file contents.
 #[allow(clippy::all)]

@@ -940,20 +940,65 @@ async fn run_build(
     // The build held the event sender: the forwarder has seen the end.
     let _ = forward.await;
     let res = result?;
+    let pusher =
+        (r.push || !r.push_to.is_empty()).then(|| push_client(sat, network, r.credentials));
     let mut pushed = Vec::new();
-    if r.push {
-        let client = push_client(sat, network, r.credentials);
+    if let Some(client) = pusher.as_ref().filter(|_| r.push) {
         for t in &tags {
-            pushed.push(push_one(sat, &client, &res.manifest, t).await?);
+            pushed.push(push_one(sat, client, &res.manifest, t).await?);
         }
     }
+    let (pushed_to, push_error) = match &pusher {
+        Some(client) => {
+            push_named(sat, client, r.push_to, |name| {
+                tags.iter().any(|t| t == name).then(|| res.manifest.clone())
+            })
+            .await
+        }
+        None => Default::default(),
+    };
     Ok(proto::BuildResult {
         manifest: res.manifest.to_string(),
         image_id: res.image_id.to_string(),
         layers: res.layers as u32,
         pushed,
+        pushed_to,
+        push_error,
         ..Default::default()
     })
+}
+
+/// `BuildRequest::push_to` (`berth deploy`): each named image to its destination, in the
+/// names' order, until one fails. A failure (no route to the registry, refused
+/// credentials) is the result's `push_error`, not the build's: the image stays here and
+/// the client fetches it to push it itself.
+async fn push_named(
+    sat: &Satellite,
+    client: &berth_client::Client,
+    push_to: HashMap<String, String>,
+    manifest_of: impl Fn(&str) -> Option<berth_oci::Digest>,
+) -> (HashMap<String, String>, String) {
+    let mut wanted: Vec<(String, String)> = push_to.into_iter().collect();
+    wanted.sort();
+    let mut pushed = HashMap::new();
+    for (name, dest) in wanted {
+        let Some(manifest) = manifest_of(&name) else {
+            return (
+                pushed,
+                format!("the build made no image named {name} to push to {dest}"),
+            );
+        };
+        match push_one(sat, client, &manifest, &dest).await {
+            Ok(p) => {
+                pushed.insert(name, p);
+            }
+            Err(e) => {
+                tracing::warn!(image = %name, %dest, "push for a deploy failed: {e}");
+                return (pushed, e.to_string());
+            }
+        }
+    }
+    (pushed, String::new())
 }
 
 /// Pushes `manifest` from the satellite's store to `name`: `registry/repository@digest`.
@@ -1066,10 +1111,23 @@ async fn run_earth(
     let _ = forward.await;
     let res = result?;
     let mut images = Vec::new();
-    let pusher = r.push.then(|| push_client(sat, network, r.credentials));
+    let pusher =
+        (r.push || !r.push_to.is_empty()).then(|| push_client(sat, network, r.credentials));
+    let (pushed_to, push_error) = match &pusher {
+        Some(client) => {
+            push_named(sat, client, r.push_to, |name| {
+                res.images
+                    .iter()
+                    .find(|i| i.name == name)
+                    .map(|i| i.manifest.clone())
+            })
+            .await
+        }
+        None => Default::default(),
+    };
     for img in res.images {
         let pushed = match &pusher {
-            Some(p) if img.push => push_one(sat, p, &img.manifest, &img.name).await?,
+            Some(p) if img.push && r.push => push_one(sat, p, &img.manifest, &img.name).await?,
             _ => String::new(),
         };
         images.push(proto::SavedImage {
@@ -1083,6 +1141,8 @@ async fn run_earth(
     Ok(proto::BuildResult {
         images,
         targets: res.targets as u32,
+        pushed_to,
+        push_error,
         ..Default::default()
     })
 }

@@ -49,6 +49,11 @@ fn command(out: &mut String, c: &Command, depth: usize) {
             let _ = write!(out, " | {}", a.text);
         }
     }
+    // A bad command is an error when it runs (Earthly's rule): the dump shows it.
+    if let Some(err) = &c.invalid {
+        let first = err.to_string();
+        let _ = write!(out, "  ! {}", first.lines().next().unwrap_or(""));
+    }
     out.push('\n');
 }
 
