@@ -1,7 +1,0 @@
-function component() {
-    const element = document.createElement('div');
-    element.innerHTML = "hello world"
-    return element;
-}
-
-document.body.appendChild(component());
