@@ -15,7 +15,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, Pod, Probe, Secret, SecretVolumeSource,
-    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    Service, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -73,13 +73,7 @@ pub struct RegistryObjects {
 }
 
 fn labels(name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            "app.kubernetes.io/name".to_owned(),
-            "berth-registry".to_owned(),
-        ),
-        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
-    ])
+    crate::render::component_labels("berth-registry", name)
 }
 
 /// The label selector of the replicas, as `kubectl -l` takes it.
@@ -255,21 +249,8 @@ pub fn render(input: &RegistryInput) -> Result<RegistryObjects, String> {
         }),
         ..Default::default()
     };
-    let service = Service {
-        metadata: meta(name.clone()),
-        spec: Some(ServiceSpec {
-            selector: Some(labels(name)),
-            ports: Some(vec![ServicePort {
-                name: Some(PORT_NAME.to_owned()),
-                port,
-                target_port: Some(IntOrString::String(PORT_NAME.to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let service =
+        crate::render::one_port_service(meta(name.clone()), labels(name), PORT_NAME, port);
     // policy/v1beta1 has the same fields berth sets: the typed policy/v1 object with the
     // apiVersion the server takes.
     let pdb = PodDisruptionBudget {

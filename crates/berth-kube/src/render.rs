@@ -65,6 +65,40 @@ fn labels(service: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// The labels of one of berth's own components (`berth-registry`, `berth-satellite`)
+/// named `name`: what its Service selects and its pods carry.
+pub(crate) fn component_labels(component: &str, name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), component.to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
+    ])
+}
+
+/// A Service of one TCP port `port` named `port_name`, sent to the pods' port of that
+/// name, selecting `selector`.
+pub(crate) fn one_port_service(
+    metadata: ObjectMeta,
+    selector: BTreeMap<String, String>,
+    port_name: &str,
+    port: i32,
+) -> KService {
+    KService {
+        metadata,
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some(port_name.to_owned()),
+                port,
+                target_port: Some(IntOrString::String(port_name.to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn content_hash<'a>(items: impl Iterator<Item = (&'a String, &'a [u8])>) -> String {
     let mut h = Sha256::new();
     for (k, v) in items {

@@ -11,8 +11,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, Probe, SecretVolumeSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Service, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -97,13 +96,7 @@ pub fn validate(input: &SatelliteInput) -> Result<(), String> {
 }
 
 fn labels(name: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            "app.kubernetes.io/name".to_owned(),
-            "berth-satellite".to_owned(),
-        ),
-        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
-    ])
+    crate::render::component_labels("berth-satellite", name)
 }
 
 /// The satellite's Service and StatefulSet.
@@ -116,21 +109,7 @@ pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
         labels: Some(labels(name)),
         ..Default::default()
     };
-    let service = Service {
-        metadata: meta.clone(),
-        spec: Some(ServiceSpec {
-            selector: Some(labels(name)),
-            ports: Some(vec![ServicePort {
-                name: Some(PORT_NAME.to_owned()),
-                port,
-                target_port: Some(IntOrString::String(PORT_NAME.to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let service = crate::render::one_port_service(meta.clone(), labels(name), PORT_NAME, port);
     let named_port = || IntOrString::String(PORT_NAME.to_owned());
     let container = Container {
         name: PORT_NAME.to_owned(),
