@@ -36,7 +36,8 @@ pub struct AgentServeArgs {
     /// The agent's name [default: the host name].
     #[arg(long)]
     name: Option<String>,
-    /// Names and addresses deploying machines reach it by, comma-separated; the first goes
+    /// Names and addresses deploying machines reach it by, comma-separated, each with an
+    /// optional :PORT when a NAT or proxy maps another port to --addr's; the first goes
     /// into tokens [default: the --addr address].
     #[arg(long, value_delimiter = ',')]
     advertise: Vec<String>,

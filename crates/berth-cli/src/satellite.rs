@@ -81,7 +81,8 @@ pub struct SatDeployArgs {
     manifest: ManifestArgs,
     /// Wait (up to --timeout) until the pod runs, read the enrollment token its first
     /// start printed from its log, and enroll this client (`satellite add`): the token's
-    /// address, `<name>.<namespace>.svc`, must resolve here (inside the cluster).
+    /// address (the first --advertise, else `<name>.<namespace>.svc`, which resolves only
+    /// inside the cluster) must reach the satellite from here.
     #[arg(long)]
     enroll: bool,
     /// With --enroll: the name this client enrolls as [default: USER-host].
@@ -106,6 +107,18 @@ pub struct ManifestArgs {
     /// An image pull secret for the pod (repeatable), e.g. `berth-pull`.
     #[arg(long = "image-pull-secret")]
     image_pull_secrets: Vec<String>,
+    /// The Service's type: ClusterIP (in the cluster only), NodePort (with --node-port)
+    /// or LoadBalancer, for clients outside the cluster.
+    #[arg(long, default_value = "ClusterIP", value_parser = ["ClusterIP", "NodePort", "LoadBalancer"])]
+    service_type: String,
+    /// With --service-type NodePort: the port on every node.
+    #[arg(long)]
+    node_port: Option<u16>,
+    /// Names and addresses clients outside the cluster reach the satellite by (a node's or
+    /// the load balancer's), comma-separated or repeated, each with an optional :PORT
+    /// (the node port is added to those without one); the first goes into tokens.
+    #[arg(long, value_delimiter = ',')]
+    advertise: Vec<String>,
 }
 
 #[derive(Args)]
@@ -116,8 +129,9 @@ pub struct ServeArgs {
     /// The satellite's name [default: the host name].
     #[arg(long)]
     name: Option<String>,
-    /// Names and addresses clients reach it by, comma-separated; the first goes into
-    /// tokens [default: the host's first address].
+    /// Names and addresses clients reach it by, comma-separated, each with an optional
+    /// :PORT when something maps another port to --addr's (a Kubernetes NodePort, a NAT,
+    /// a proxy); the first goes into tokens [default: the host's first address].
     #[arg(long, value_delimiter = ',')]
     advertise: Vec<String>,
     /// Let builds ask for an entitlement (repeatable): network.host.
@@ -651,11 +665,21 @@ fn import_buildkitd(file: &std::path::Path) -> Result<()> {
 /// (mounting it at `--ca-dir`) then uses it even on a fresh volume. It is not printed
 /// here: it would need the CA's key, which only the first start makes.
 fn manifests(args: &ManifestArgs) -> Result<String> {
-    berth_kube::satellite::manifests(&satellite_input(args)).map_err(anyhow::Error::msg)
+    berth_kube::satellite::manifests(&satellite_input(args)?).map_err(anyhow::Error::msg)
 }
 
-fn satellite_input(args: &ManifestArgs) -> berth_kube::satellite::SatelliteInput {
-    berth_kube::satellite::SatelliteInput {
+fn satellite_input(args: &ManifestArgs) -> Result<berth_kube::satellite::SatelliteInput> {
+    use berth_kube::satellite::Exposure;
+    let exposure = match (args.service_type.as_str(), args.node_port) {
+        ("NodePort", Some(port)) => Exposure::NodePort(port),
+        ("NodePort", None) => {
+            bail!("--service-type NodePort needs --node-port: the port tokens name")
+        }
+        (_, Some(_)) => bail!("--node-port goes with --service-type NodePort"),
+        ("LoadBalancer", None) => Exposure::LoadBalancer,
+        _ => Exposure::ClusterIp,
+    };
+    Ok(berth_kube::satellite::SatelliteInput {
         name: args.name.clone(),
         image: args.image.clone(),
         storage: args.storage.clone(),
@@ -664,14 +688,16 @@ fn satellite_input(args: &ManifestArgs) -> berth_kube::satellite::SatelliteInput
             service_account: args.service_account.clone(),
             pull_secrets: args.image_pull_secrets.clone(),
         },
-    }
+        advertise: args.advertise.clone(),
+        exposure,
+    })
 }
 
 /// `berth satellite deploy --k8s`: berth_kube::satellite::deploy on the chosen cluster,
 /// with a pull Secret from berth's credentials for the image's registry (when it has
 /// some), as `berth deploy --k8s` makes one from the credentials it pushed with.
 fn deploy_k8s(settings: &Settings, args: &SatDeployArgs) -> Result<()> {
-    let input = satellite_input(&args.manifest);
+    let input = satellite_input(&args.manifest)?;
     berth_kube::satellite::validate(&input).map_err(anyhow::Error::msg)?;
     let creds = crate::k8s::pull_credentials_for(&input.image)?;
     runtime()?.block_on(async {

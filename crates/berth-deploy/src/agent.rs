@@ -98,20 +98,17 @@ impl Agent {
     /// address tokens carry, connects to dockerd and restores the proxies. Returns the
     /// agent, whether this is its first start, and the address.
     pub async fn open(opts: &AgentOptions) -> Result<(Agent, bool, String), DeployError> {
+        let advertised =
+            berth_pki::Advertised::parse(&opts.advertise).map_err(DeployError::BadRequest)?;
         let root = AgentRoot::new(&opts.root);
         let authority = root.authority();
         let (ca, first) = authority.load_or_create_ca(&opts.name)?;
-        let mut names = Vec::new();
         let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
-        for a in &opts.advertise {
-            match a.parse::<IpAddr>() {
-                Ok(ip) => ips.push(ip),
-                Err(_) => names.push(a.clone()),
-            }
-        }
+        ips.extend(&advertised.ips);
         if !opts.addr.ip().is_unspecified() {
             ips.push(opts.addr.ip());
         }
+        let mut names = advertised.names.clone();
         if names.is_empty() {
             names.push("localhost".into());
         }
@@ -121,15 +118,7 @@ impl Agent {
             Validity::from_now(berth_pki::DEFAULT_SERVER_VALIDITY),
         )?;
         server.save(&root.dir, "server")?;
-        let host = opts
-            .advertise
-            .first()
-            .cloned()
-            .unwrap_or_else(|| opts.addr.ip().to_string());
-        let address = match host.parse::<IpAddr>() {
-            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", opts.addr.port()),
-            _ => format!("{host}:{}", opts.addr.port()),
-        };
+        let address = advertised.token_address(&opts.addr.ip().to_string(), opts.addr.port());
         authority.set_address(&address)?;
         let engine = Engine::new(&root.dir, &opts.name).await?;
         engine.restore().await;

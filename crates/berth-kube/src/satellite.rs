@@ -40,6 +40,68 @@ pub struct SatelliteInput {
     pub port: u16,
     /// Service account and pull secrets of the pod.
     pub identity: PodIdentity,
+    /// Names and addresses (each with an optional `:PORT`) clients outside the cluster
+    /// reach it by; the first goes into tokens. The in-cluster names follow them.
+    pub advertise: Vec<String>,
+    /// How the Service exposes the satellite.
+    pub exposure: Exposure,
+}
+
+/// The satellite Service's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Exposure {
+    /// Inside the cluster only (`<name>.<namespace>.svc`).
+    #[default]
+    ClusterIp,
+    /// On this port of every node (30000–32767 by default).
+    NodePort(u16),
+    /// On a load balancer's address, port `SatelliteInput::port`.
+    LoadBalancer,
+}
+
+impl Exposure {
+    /// The Service's `type`.
+    fn service_type(self) -> &'static str {
+        match self {
+            Exposure::ClusterIp => "ClusterIP",
+            Exposure::NodePort(_) => "NodePort",
+            Exposure::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// The `--advertise` entries the satellite serves with: the given ones (a NodePort's
+/// added to those without a port, as clients reach it there), then its in-cluster names.
+fn advertised(input: &SatelliteInput) -> Vec<String> {
+    let mut out: Vec<String> = input
+        .advertise
+        .iter()
+        .map(|a| match input.exposure {
+            Exposure::NodePort(port) if !has_port(a) => match a.parse::<std::net::Ipv6Addr>() {
+                Ok(v6) => format!("[{v6}]:{port}"),
+                Err(_) => format!("{a}:{port}"),
+            },
+            _ => a.clone(),
+        })
+        .collect();
+    let name = &input.name;
+    out.extend([
+        format!("{name}.$(POD_NAMESPACE).svc"),
+        format!("{name}.$(POD_NAMESPACE).svc.cluster.local"),
+        name.clone(),
+    ]);
+    out
+}
+
+/// Whether an `--advertise` entry names a port (`host:port`, `[v6]:port`).
+fn has_port(entry: &str) -> bool {
+    if entry.parse::<std::net::Ipv6Addr>().is_ok() {
+        return false;
+    }
+    match entry.strip_prefix('[') {
+        Some(rest) => rest.contains("]:"),
+        None => entry.contains(':'),
+    }
 }
 
 /// A satellite's objects, in apply order.
@@ -83,6 +145,12 @@ pub fn validate(input: &SatelliteInput) -> Result<(), String> {
         .storage
         .trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &input.storage[digits.len()..];
+    berth_pki::Advertised::parse(&input.advertise)?;
+    if input.exposure == Exposure::NodePort(0) {
+        return Err(
+            "--node-port: give the node port clients reach (30000-32767 by default)".into(),
+        );
+    }
     if digits.is_empty()
         || !digits.chars().all(|c| c.is_ascii_digit())
         || !["", "Ki", "Mi", "Gi", "Ti", "Pi", "k", "M", "G", "T", "P"].contains(&unit)
@@ -109,7 +177,18 @@ pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
         labels: Some(labels(name)),
         ..Default::default()
     };
-    let service = crate::render::one_port_service(meta.clone(), labels(name), PORT_NAME, port);
+    let mut service = crate::render::one_port_service(meta.clone(), labels(name), PORT_NAME, port);
+    if let Some(spec) = service.spec.as_mut() {
+        if input.exposure != Exposure::ClusterIp {
+            spec.type_ = Some(input.exposure.service_type().to_owned());
+        }
+        if let (Exposure::NodePort(node_port), Some(p)) = (
+            input.exposure,
+            spec.ports.as_mut().and_then(|p| p.first_mut()),
+        ) {
+            p.node_port = Some(i32::from(node_port));
+        }
+    }
     let named_port = || IntOrString::String(PORT_NAME.to_owned());
     let container = Container {
         name: PORT_NAME.to_owned(),
@@ -120,9 +199,7 @@ pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
             "serve".to_owned(),
             format!("--addr=0.0.0.0:{port}"),
             format!("--name={name}"),
-            format!(
-                "--advertise={name}.$(POD_NAMESPACE).svc,{name}.$(POD_NAMESPACE).svc.cluster.local,{name}"
-            ),
+            format!("--advertise={}", advertised(input).join(",")),
             format!("--ca-dir={POD_CA_DIR}"),
             "--drain-timeout=10m".to_owned(),
         ]),
@@ -261,8 +338,10 @@ pub fn header(name: &str, identity: &PodIdentity) -> String {
 # Enroll a client:
 #   kubectl exec {name}-0 -- berth --root {POD_ROOT} satellite token create
 #   berth satellite add {name} --token <token>
-# Tokens carry {name}.<namespace>.svc; for clients outside the cluster, expose the Service
-# and add their name for it to --advertise.
+# Tokens carry the first --advertise name, else {name}.<namespace>.svc (inside the
+# cluster only). For clients outside the cluster: --service-type NodePort --node-port PORT
+# --advertise NODE (a node's name or address), or --service-type LoadBalancer --advertise
+# the balancer's name.
 #
 # Optional: keep the CA in the Secret {name}-ca, so that it outlives the volume (then a
 # fresh volume still serves the CA every client trusts). After the first start:
@@ -427,8 +506,8 @@ pub fn enroll_instructions(name: &str, ns: &str) -> String {
          token: its first start prints one: kubectl -n {ns} logs {name}-0 -c {PORT_NAME} | grep 'satellite add'\n  \
          or make one: kubectl -n {ns} exec {name}-0 -c {PORT_NAME} -- berth --root {POD_ROOT} satellite token create\n  \
          then, where {name}.{ns}.svc resolves (inside the cluster): berth satellite add {name} --token <token>\n  \
-         from outside the cluster, the token's address must reach the Service: expose it and add that name to the \
-         satellite's --advertise (see `berth satellite manifests`)"
+         from outside the cluster, the token's address must reach the Service: deploy with --service-type \
+         NodePort --node-port PORT --advertise NODE (or LoadBalancer and its name)"
     )
 }
 
@@ -446,7 +525,56 @@ mod tests {
                 service_account: "berth".into(),
                 pull_secrets: vec!["berth-pull".into()],
             },
+            advertise: vec![],
+            exposure: Exposure::ClusterIp,
         }
+    }
+
+    fn args(s: &Satellite) -> Vec<String> {
+        let pod = s.stateful_set.spec.clone().unwrap().template.spec.unwrap();
+        pod.containers[0].args.clone().unwrap()
+    }
+
+    #[test]
+    fn a_node_port_goes_into_the_service_and_the_advertised_names() {
+        let mut i = input();
+        let s = render(&i).unwrap();
+        let spec = s.service.spec.clone().unwrap();
+        assert_eq!(spec.type_, None);
+        assert!(args(&s).contains(
+            &"--advertise=builder.$(POD_NAMESPACE).svc,builder.$(POD_NAMESPACE).svc.cluster.local,builder"
+                .to_owned()
+        ));
+        i.exposure = Exposure::NodePort(30372);
+        i.advertise = vec![
+            "build.example.com".into(),
+            "10.0.0.7:31000".into(),
+            "fd00::7".into(),
+        ];
+        let s = render(&i).unwrap();
+        let spec = s.service.spec.clone().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+        let port = &spec.ports.unwrap()[0];
+        assert_eq!((port.port, port.node_port), (8372, Some(30372)));
+        let advertise = args(&s)
+            .into_iter()
+            .find_map(|a| a.strip_prefix("--advertise=").map(str::to_owned))
+            .unwrap();
+        assert!(
+            advertise.starts_with("build.example.com:30372,10.0.0.7:31000,[fd00::7]:30372,builder.$(POD_NAMESPACE).svc,"),
+            "{advertise}"
+        );
+        i.exposure = Exposure::LoadBalancer;
+        let s = render(&i).unwrap();
+        assert_eq!(
+            s.service.spec.clone().unwrap().type_.as_deref(),
+            Some("LoadBalancer")
+        );
+        assert!(
+            args(&s)
+                .iter()
+                .any(|a| a.starts_with("--advertise=build.example.com,"))
+        );
     }
 
     #[test]
@@ -505,6 +633,9 @@ mod tests {
             (|i| i.image = "a b".into(), "--image"),
             (|i| i.storage = "lots".into(), "--storage"),
             (|i| i.storage = "5Xi".into(), "--storage"),
+            (|i| i.advertise = vec!["a b".into()], "--advertise"),
+            (|i| i.advertise = vec!["x:0".into()], "--advertise"),
+            (|i| i.exposure = Exposure::NodePort(0), "--node-port"),
         ] {
             let mut i = input();
             f(&mut i);

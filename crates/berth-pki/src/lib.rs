@@ -55,6 +55,7 @@
 //! berth-satellite's and berth-cli's; this crate holds no network protocol of its own.
 #![warn(missing_docs)]
 
+mod advertise;
 mod authority;
 mod ca;
 mod cert;
@@ -64,6 +65,7 @@ mod revocation;
 mod tls;
 mod token;
 
+pub use advertise::Advertised;
 pub use authority::{
     Authority, ClientRecord, EnrollRequest, EnrollResponse, PeerStore, TrustDir, check_enrollment,
     pem_to_der,

@@ -208,6 +208,8 @@ impl Satellite {
     /// Loads the satellite's identity (making its CA on the first start) and issues the
     /// listener's certificate for the advertised names and the host's addresses.
     pub fn open(opts: &SatelliteOptions) -> Result<(Satellite, Opened), SatError> {
+        let advertised =
+            berth_pki::Advertised::parse(&opts.advertise).map_err(SatError::BadRequest)?;
         let dirs = SatelliteRoot::new(&opts.root);
         let dir = dirs.dir();
         std::fs::create_dir_all(&dir).map_err(SatError::io("create", &dir))?;
@@ -218,7 +220,7 @@ impl Satellite {
             }
             _ => Ca::load_or_create(&dirs.pki(), &opts.name)?,
         };
-        let (names, mut ips) = split_names(&opts.advertise);
+        let mut ips = advertised.ips.clone();
         if !opts.addr.ip().is_unspecified() {
             ips.push(opts.addr.ip());
         } else {
@@ -228,27 +230,24 @@ impl Satellite {
         ips.push(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
         ips.sort();
         ips.dedup();
+        let mut names = advertised.names.clone();
+        if names.is_empty() {
+            names.push("localhost".into());
+        }
         let server = ca.issue_server_cert(
             &names,
             &ips,
             Validity::from_now(berth_pki::DEFAULT_SERVER_VALIDITY),
         )?;
         server.save(&dir, "server")?;
-        let host = opts
-            .advertise
-            .first()
-            .cloned()
-            .unwrap_or_else(|| match opts.addr.ip() {
-                ip if ip.is_unspecified() => ips
-                    .iter()
-                    .find(|i| !i.is_loopback() && i.is_ipv4())
-                    .map_or("127.0.0.1".into(), ToString::to_string),
-                ip => ip.to_string(),
-            });
-        let address = match host.parse::<IpAddr>() {
-            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", opts.addr.port()),
-            _ => format!("{host}:{}", opts.addr.port()),
+        let fallback = match opts.addr.ip() {
+            ip if ip.is_unspecified() => ips
+                .iter()
+                .find(|i| !i.is_loopback() && i.is_ipv4())
+                .map_or("127.0.0.1".into(), ToString::to_string),
+            ip => ip.to_string(),
         };
+        let address = advertised.token_address(&fallback, opts.addr.port());
         dirs.authority().set_address(&address)?;
         write_atomic(&dir.join("name"), opts.name.as_bytes())?;
         let store = berth_store::Store::open(&opts.root).map_err(|e| {
@@ -474,23 +473,6 @@ fn install_ca(given: &Path, pki: &Path) -> Result<Ca, SatError> {
     }
     ca.save(pki)?;
     Ok(ca)
-}
-
-/// Splits advertised names into DNS names and IP addresses.
-fn split_names(advertise: &[String]) -> (Vec<String>, Vec<IpAddr>) {
-    let mut names = Vec::new();
-    let mut ips = Vec::new();
-    for a in advertise {
-        let a = a.trim_start_matches('[').trim_end_matches(']');
-        match a.parse::<IpAddr>() {
-            Ok(ip) => ips.push(ip),
-            Err(_) => names.push(a.to_owned()),
-        }
-    }
-    if names.is_empty() {
-        names.push("localhost".into());
-    }
-    (names, ips)
 }
 
 /// Checks that overlayfs can keep upper directories under the data root `root` (in
