@@ -759,10 +759,33 @@ async fn enroll_in_cluster(
         let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
         plain_name(&format!("{user}-{}", host_name()))
     });
-    let rec = enrollments(settings)
-        .add(name, &token, &client)
-        .await
-        .with_context(|| format!("satellite {name}: enroll with the token from its log\n{how}"))?;
+    // The Service sends connections only to a Ready pod (its /healthz answers), and a
+    // node port or load balancer may take a moment more to follow.
+    while !berth_kube::satellite::pod_ready(kube, name).await? {
+        if start.elapsed() >= args.cluster.timeout {
+            bail!(
+                "satellite {name}: not enrolled: its pod runs but is not Ready after {}s \
+                 (its readiness probe, /healthz, fails: see kubectl describe pod {name}-0)\n{how}",
+                args.cluster.timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rec = loop {
+        match enrollments(settings).add(name, &token, &client).await {
+            Ok(rec) => break rec,
+            // The connection failed (a Service without a ready endpoint resets or refuses
+            // it), so the token went nowhere: try again.
+            Err(berth_satellite::SatError::Remote(_)) if start.elapsed() < args.cluster.timeout => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "satellite {name}: enroll with the token from its log\n{how}"
+                )));
+            }
+        }
+    };
     println!(
         "enrolled with satellite {} ({}) as {}",
         rec.satellite, rec.address, rec.client

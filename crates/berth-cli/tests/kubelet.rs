@@ -48,20 +48,30 @@ const REGISTRY: &str = "127.0.0.1:5000";
 /// The node dockerd's bridge (inside the node's namespace).
 const BRIDGE: &str = "bkubelet";
 const BRIDGE_ADDR: &str = "10.94.0.1/24";
-/// The node dockerd's runtime: runc with a negative `oomScoreAdj` of the bundle made 0.
-/// dockershim gives every pod sandbox -998 (and Guaranteed pods' containers too), and
-/// lowering a score needs CAP_SYS_RESOURCE, which this machine's root lacks (its
-/// bounding set): runc fails with "can't get final child's PID from pipe: EOF".
-const RUNC_CLAMP: &str = r#"#!/bin/sh
+/// The node dockerd's runtime: runc with a negative `oomScoreAdj` of the bundle made 0,
+/// and the capabilities this machine's root lacks (its bounding set) taken out of the
+/// bundle. dockershim gives every pod sandbox -998 (and Guaranteed pods' containers
+/// too), and lowering a score needs CAP_SYS_RESOURCE, which root here lacks: runc fails
+/// with "can't get final child's PID from pipe: EOF"; a privileged container asks for
+/// every capability, and runc fails with "unable to apply caps" on the one missing.
+fn runc_clamp() -> String {
+    let drop: String = capabilities_not_held()
+        .iter()
+        .map(|c| format!(r#" -e 's/"CAP_{c}",//g' -e 's/,"CAP_{c}"//g' -e 's/\["CAP_{c}"\]/[]/g'"#))
+        .collect();
+    format!(
+        r#"#!/bin/sh
 prev=
 for a in "$@"; do
   if [ "$prev" = --bundle ] || [ "$prev" = -b ]; then
-    [ -f "$a/config.json" ] && sed -i 's/"oomScoreAdj":-[0-9]*/"oomScoreAdj":0/' "$a/config.json"
+    [ -f "$a/config.json" ] && sed -i -e 's/"oomScoreAdj":-[0-9]*/"oomScoreAdj":0/'{drop} "$a/config.json"
   fi
   prev=$a
 done
 exec runc "$@"
-"#;
+"#
+    )
+}
 /// The sandbox ("pause") image kubelet starts each pod with, made locally.
 const PAUSE: &str = "berth-test/pause:1";
 
@@ -82,12 +92,15 @@ struct Node {
 }
 
 impl Node {
-    fn start(cp: &ControlPlane, host: &Host, dir: &Path, name: &str) -> Node {
+    /// kubelet listens on `address`, an address of this machine; anything but 127.0.0.1
+    /// (which kubelet refuses as a node IP) is also the node's InternalIP, where the API
+    /// server reaches kubelet for pods' logs.
+    fn start(cp: &ControlPlane, host: &Host, dir: &Path, name: &str, address: &str) -> Node {
         std::fs::create_dir_all(dir.join("sysctl")).unwrap();
         std::fs::create_dir_all(dir.join("fakebin")).unwrap();
         for (name, text) in [
             ("modprobe", "#!/bin/sh\nexit 0\n"),
-            ("runc-clamp", RUNC_CLAMP),
+            ("runc-clamp", runc_clamp().as_str()),
         ] {
             let path = dir.join("fakebin").join(name);
             std::fs::write(&path, text).unwrap();
@@ -146,7 +159,7 @@ PATH=$D/fakebin:$PATH {kubelet} --kubeconfig={kubeconfig} --hostname-override={n
   --pod-infra-container-image={pause} --network-plugin= --hairpin-mode=none \
   --cgroup-driver=cgroupfs --cgroups-per-qos=false --enforce-node-allocatable= \
   --fail-swap-on=false --protect-kernel-defaults=true --make-iptables-util-chains=false \
-  --address=127.0.0.1 --port={kport} --healthz-bind-address=127.0.0.1 --healthz-port={hport} --read-only-port=0 \
+  {node_ip} --address={address} --port={kport} --healthz-bind-address=127.0.0.1 --healthz-port={hport} --read-only-port=0 \
   --eviction-hard='memory.available<1Mi,nodefs.available<1%,imagefs.available<1%,nodefs.inodesFree<1%' \
   --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
   --v=2 >$D/kubelet.log 2>&1 &
@@ -169,6 +182,11 @@ stop
             kubelet = kubelet_bin().display(),
             kubeconfig = cp.kubeconfig.display(),
             pause = PAUSE,
+            node_ip = if address == "127.0.0.1" {
+                String::new()
+            } else {
+                format!("--node-ip={address}")
+            },
             kport = port(),
             hport = port(),
             parent = std::process::id(),
@@ -198,6 +216,40 @@ stop
             std::thread::sleep(Duration::from_millis(200));
         }
         node
+    }
+
+    /// Gives the node its sandbox image and waits until it registers as Ready.
+    fn ready(&self, cp: &ControlPlane, dir: &Path, name: &str) {
+        let tar = busybox_rootfs_tar(dir);
+        let imported = self.docker(&[
+            "import",
+            "--change",
+            r#"CMD ["sleep", "2147483647"]"#,
+            tar.to_str().unwrap(),
+            PAUSE,
+        ]);
+        assert!(imported.success, "{}", imported.stderr);
+        let start = Instant::now();
+        loop {
+            let (code, body) = api(cp, "GET", &format!("/api/v1/nodes/{name}"), None);
+            if code == 200 {
+                let n: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let ready = n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                if ready {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "node {name} did not become Ready: {code} {body}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     fn docker(&self, args: &[&str]) -> Output {
@@ -436,23 +488,33 @@ fn wait_pod<T>(
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
+/// One node at a time: each test runs a kubelet and a dockerd of its own.
+static ONE_NODE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The control plane, when kubelet and the node's tools are here (else a skip).
+fn prerequisites() -> Option<&'static ControlPlane> {
     if !kubelet_bin().exists() {
         berth_testutil::skip(&format!(
             "{} is missing: run scripts/k8s-envtest (or set BERTH_K8S_BIN)",
             kubelet_bin().display()
         ));
-        return;
+        return None;
     }
-    let Some(cp) = control_plane() else { return };
+    let cp = control_plane()?;
     if !(require("skopeo") && require("htpasswd") && require("unshare") && require("dockerd")) {
-        return;
+        return None;
     }
     if !std::path::Path::new("/var/run/docker.pid").exists() {
         berth_testutil::skip("/var/run/docker.pid is missing (scripts/start-dockerd)");
-        return;
+        return None;
     }
+    Some(cp)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
+    let Some(cp) = prerequisites() else { return };
+    let _one = ONE_NODE.lock().await;
     let dir = tempfile::Builder::new()
         .prefix("berth-kubelet-")
         .tempdir()
@@ -460,7 +522,7 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
     let mut lab = Lab::new("kubelet");
     let host = lab.host("node");
     let node_name = format!("berth-node-{}", std::process::id());
-    let node = Node::start(cp, &host, &dir.path().join("node"), &node_name);
+    let node = Node::start(cp, &host, &dir.path().join("node"), &node_name, "127.0.0.1");
     let _registry = Registry::start(&host, dir.path());
 
     // The image in berth's registry (pushed with the credentials), and the sandbox image
@@ -496,38 +558,7 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
         anonymous.starts_with("HTTP/1.1 401") && anonymous.contains("Basic realm"),
         "{anonymous}"
     );
-    let tar = busybox_rootfs_tar(dir.path());
-    let imported = node.docker(&[
-        "import",
-        "--change",
-        r#"CMD ["sleep", "2147483647"]"#,
-        tar.to_str().unwrap(),
-        PAUSE,
-    ]);
-    assert!(imported.success, "{}", imported.stderr);
-
-    // The node registers and becomes Ready.
-    let start = Instant::now();
-    loop {
-        let (code, body) = api(cp, "GET", &format!("/api/v1/nodes/{node_name}"), None);
-        if code == 200 {
-            let n: serde_json::Value = serde_json::from_str(&body).unwrap();
-            let ready = n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            if ready {
-                break;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "node {node_name} did not become Ready: {code} {body}\n{}",
-            node.logs()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    node.ready(cp, dir.path(), &node_name);
 
     let pid = std::process::id();
     let (without, with) = (format!("kl{pid}-nosecret"), format!("kl{pid}-secret"));
@@ -632,5 +663,320 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
     assert_eq!(logs.stdout.trim(), "berth-pod-ran");
 
     // The node leaves the cluster with the test.
+    let _ = api(cp, "DELETE", &format!("/api/v1/nodes/{node_name}"), None);
+}
+
+/// What kube-proxy does for a NodePort, on this machine's 127.0.0.1 (the node's address
+/// here, kubelet's `--node-ip`): a connection to the port goes to a ready address of the
+/// Service's Endpoints, which the controller-manager's endpoint controller keeps from the
+/// pod's readiness (kubelet probes it). Stops when dropped.
+struct NodePortProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NodePortProxy {
+    /// Listens on a free port of the default NodePort range (30000-32767).
+    fn start(cp: &'static ControlPlane, ns: String, service: String) -> NodePortProxy {
+        let listener = (30000 + std::process::id() % 2000..32768)
+            .find_map(|p| std::net::TcpListener::bind(("127.0.0.1", p as u16)).ok())
+            .expect("a free port in the NodePort range");
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    Err(e) => panic!("node port {port}: accept: {e}"),
+                };
+                // No ready endpoint: the connection is closed, as kube-proxy rejects it.
+                let Some(backend) = ready_endpoint(cp, &ns, &service) else {
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                std::thread::spawn(move || {
+                    if let Ok(server) = std::net::TcpStream::connect(&backend) {
+                        splice(client, server);
+                    }
+                });
+            }
+        });
+        NodePortProxy {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NodePortProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `ip:port` of the first ready address of Endpoints `ns/name`.
+fn ready_endpoint(cp: &ControlPlane, ns: &str, name: &str) -> Option<String> {
+    let (code, body) = api(
+        cp,
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/endpoints/{name}"),
+        None,
+    );
+    (code == 200).then_some(())?;
+    let e: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let subset = &e["subsets"][0];
+    let ip = subset["addresses"][0]["ip"].as_str()?;
+    let port = subset["ports"][0]["port"].as_u64()?;
+    Some(format!("{ip}:{port}"))
+}
+
+/// Copies both ways between `a` and `b` until each side has closed.
+fn splice(a: std::net::TcpStream, b: std::net::TcpStream) {
+    let (mut a_read, mut b_write) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut a_read, &mut b_write);
+        let _ = b_write.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut b_read, mut a_write) = (b, a);
+    let _ = std::io::copy(&mut b_read, &mut a_write);
+    let _ = a_write.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}
+
+/// Issue 12's satellite in the cluster, end to end: `berth satellite deploy --k8s` with
+/// a NodePort applies the StatefulSet; the controller-manager makes its pod and binds its
+/// claim to a hostPath volume on the node; kubelet runs the image scripts/satellite-image
+/// made (privileged: runc and overlayfs nested in the pod); berth reads the first-start
+/// token from the pod's log and enrolls through the node port, which the token names. A
+/// build with a RUN step runs on that satellite. The pod is deleted, the StatefulSet makes
+/// a new one on the same volume: the client's certificate is still accepted (the CA is the
+/// volume's) and the build is a cache hit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_satellite_pod_builds_for_a_client_outside_the_cluster_and_survives_a_restart() {
+    let Some(cp) = prerequisites() else { return };
+    let _one = ONE_NODE.lock().await;
+    let pid = std::process::id();
+    let dir = tempfile::Builder::new()
+        .prefix("berth-kubesat-")
+        .tempdir()
+        .unwrap();
+    let mut lab = Lab::new("kubesat");
+    let host = lab.host("node");
+    // kubelet (on this machine's network) reaches the pods' bridge, as its probes must:
+    // a veth to the node's namespace, which forwards to the bridge.
+    let root_end = lab.link_root(&host, "10.94.1.1/30", "10.94.1.2/30");
+    run(Command::new("ip").args([
+        "route",
+        "add",
+        "10.94.0.0/24",
+        "via",
+        "10.94.1.2",
+        "dev",
+        &root_end,
+    ]));
+    run(host
+        .command("sh")
+        .args(["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]));
+    let node_name = format!("berth-satnode-{pid}");
+    // kubelet on the veth's end here: the node's address, where the API server asks
+    // kubelet for the satellite's log.
+    let node = Node::start(cp, &host, &dir.path().join("node"), &node_name, "10.94.1.1");
+    node.ready(cp, dir.path(), &node_name);
+
+    // The satellite's image, made by scripts/satellite-image with the berth under test and
+    // loaded into the node's dockerd (which cannot reach berth's registry proxy on this
+    // machine's loopback, so berth streams a tar instead).
+    let image = format!("berth-test/satellite:k{pid}");
+    let made = output_ok(
+        Command::new(repo_root().join("scripts/satellite-image"))
+            .arg(&image)
+            .env("BERTH", berth_bin())
+            .env("BERTH_ROOT", dir.path().join("image-root"))
+            .env("XDG_CONFIG_HOME", dir.path().join("image-config"))
+            .env("DOCKER_HOST", format!("unix://{}", node.socket.display()))
+            .env("BERTH_LOG", "warn"),
+    );
+    assert!(made.stderr.contains("loaded"), "{}", made.stderr);
+
+    // No provisioner here: the claim the StatefulSet makes (root-sat-0) gets a hostPath
+    // volume on the node, bound by the controller-manager.
+    let ns = format!("ks{pid}");
+    let pv_name = format!("berth-sat-{pid}");
+    let sat_root = dir.path().join("satellite-root");
+    let pv = serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv_name},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "hostPath": {"path": sat_root, "type": "DirectoryOrCreate"},
+            "claimRef": {"namespace": ns, "name": "root-sat-0"},
+        },
+    });
+    let (code, body) = api(
+        cp,
+        "POST",
+        "/api/v1/persistentvolumes",
+        Some(&pv.to_string()),
+    );
+    assert_eq!(code, 201, "{body}");
+    let _binder = Binder::start(cp, vec![ns.clone()], node_name.clone());
+    let proxy = NodePortProxy::start(cp, ns.clone(), "sat".into());
+    let port = proxy.port.to_string();
+
+    let client = || {
+        let mut c = Command::new(berth_bin());
+        c.env("XDG_CONFIG_HOME", dir.path().join("client-config"))
+            .env("BERTH_LOG", "warn")
+            .arg("--root")
+            .arg(dir.path().join("client-root"));
+        c
+    };
+    let deployed = output(
+        client()
+            .args(["satellite", "deploy", "--k8s", "--kubeconfig"])
+            .arg(&cp.kubeconfig)
+            .args(["--namespace", &ns, "--name", "sat", "--image", &image])
+            .args([
+                "--storage",
+                "1Gi",
+                "--service-type",
+                "NodePort",
+                "--node-port",
+                &port,
+            ])
+            .args([
+                "--advertise",
+                "127.0.0.1",
+                "--enroll",
+                "--client-name",
+                "outside",
+            ])
+            .args(["--timeout", "300s"]),
+    );
+    assert!(
+        deployed.success,
+        "{}\n{}\n{}",
+        deployed.stdout,
+        deployed.stderr,
+        node.logs()
+    );
+    assert!(
+        deployed.stdout.contains(&format!(
+            "enrolled with satellite sat (127.0.0.1:{port}) as outside"
+        )),
+        "{}",
+        deployed.stdout
+    );
+    let svc = get(cp, &format!("/api/v1/namespaces/{ns}/services/sat"));
+    assert_eq!(svc["spec"]["type"], "NodePort");
+    assert_eq!(
+        svc["spec"]["ports"][0]["nodePort"].as_u64(),
+        Some(proxy.port.into())
+    );
+    let claim = get(
+        cp,
+        &format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/root-sat-0"),
+    );
+    assert_eq!(claim["status"]["phase"], "Bound");
+    assert_eq!(claim["spec"]["volumeName"], pv_name.as_str());
+    let pod = get(cp, &format!("/api/v1/namespaces/{ns}/pods/sat-0"));
+    assert_eq!(pod["spec"]["serviceAccountName"], "berth");
+    assert_eq!(
+        pod["spec"]["containers"][0]["securityContext"]["privileged"],
+        true
+    );
+    // The satellite's root is the volume: its CA is on the node's disk.
+    assert!(sat_root.join("satellite/pki/ca.crt").is_file());
+
+    // A build with a RUN step, on the satellite in the pod.
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox echo built in the pod > /out\"]\n",
+    )
+    .unwrap();
+    let build = |dest: &str| {
+        output(
+            client()
+                .args(["build", "--progress", "plain", "--satellite", "sat"])
+                .args(["-t", "from-the-pod:1", "-o"])
+                .arg(format!(
+                    "type=local,dest={}",
+                    dir.path().join(dest).display()
+                ))
+                .arg(&ctx),
+        )
+    };
+    let first = build("out1");
+    assert!(first.success, "{}\n{}", first.stderr, node.logs());
+    assert!(
+        first.stderr.contains("on satellite sat"),
+        "{}",
+        first.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out1/out")).unwrap(),
+        "built in the pod\n"
+    );
+
+    // The pod goes; the StatefulSet makes another on the same claim.
+    let old_uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
+    let (code, body) = api(
+        cp,
+        "DELETE",
+        &format!("/api/v1/namespaces/{ns}/pods/sat-0"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_pod(cp, &node, &ns, "the satellite's new pod, ready", |p| {
+        (p["metadata"]["uid"] != old_uid.as_str()
+            && p["status"]["containerStatuses"][0]["ready"] == true)
+            .then_some(())
+    });
+    let log = api(
+        cp,
+        "GET",
+        &format!("/api/v1/namespaces/{ns}/pods/sat-0/log"),
+        None,
+    );
+    assert_eq!(log.0, 200, "{}", log.1);
+    assert!(!log.1.contains("first start"), "{}", log.1);
+    let again = build("out2");
+    assert!(again.success, "{}\n{}", again.stderr, node.logs());
+    let run_cached = |stderr: &str| {
+        stderr
+            .lines()
+            .any(|l| l.contains("built in the pod") && l.contains("CACHED"))
+    };
+    assert!(!run_cached(&first.stderr), "{}", first.stderr);
+    assert!(run_cached(&again.stderr), "{}", again.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out2/out")).unwrap(),
+        "built in the pod\n"
+    );
+
+    let _ = api(cp, "DELETE", &format!("/api/v1/namespaces/{ns}"), None);
+    let _ = api(
+        cp,
+        "DELETE",
+        &format!("/api/v1/persistentvolumes/{pv_name}"),
+        None,
+    );
     let _ = api(cp, "DELETE", &format!("/api/v1/nodes/{node_name}"), None);
 }

@@ -11,51 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Docker's names of the capabilities, by number.
-const CAPABILITIES: [&str; 41] = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
-
 /// Removes docker objects (`docker rm -f`, `docker rmi -f`) when dropped.
 struct DockerGuard {
     args: Vec<String>,
@@ -150,17 +105,9 @@ fn privileges(image: &str) -> Vec<String> {
         "docker run --privileged failed: {}",
         probe.stderr
     );
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
-        .unwrap();
     let mut flags: Vec<String> = ["--cap-add", "ALL"].map(String::from).to_vec();
-    for (bit, name) in CAPABILITIES.iter().enumerate() {
-        if bounding & (1 << bit) == 0 {
-            flags.extend(["--cap-drop".into(), (*name).into()]);
-        }
+    for name in capabilities_not_held() {
+        flags.extend(["--cap-drop".into(), name.into()]);
     }
     flags.extend(
         [

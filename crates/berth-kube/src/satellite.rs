@@ -193,6 +193,9 @@ pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
     let container = Container {
         name: PORT_NAME.to_owned(),
         image: Some(input.image.clone()),
+        // Not the image's entrypoint: scripts/satellite-image's is `berth satellite serve`,
+        // and a root option comes before the command.
+        command: Some(vec!["berth".to_owned()]),
         args: Some(vec![
             format!("--root={POD_ROOT}"),
             "satellite".to_owned(),
@@ -499,6 +502,24 @@ pub async fn first_start_token(kube: &crate::Kube, name: &str) -> Result<Enrollm
     })
 }
 
+/// Whether the satellite's pod is Ready: its readiness probe (`/healthz`) passes, so its
+/// Service sends connections to it.
+pub async fn pod_ready(kube: &crate::Kube, name: &str) -> Result<bool, KubeError> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pod_name = format!("{name}-0");
+    let pod = kube
+        .api::<Pod>()
+        .get_opt(&pod_name)
+        .await
+        .map_err(|e| KubeError::api(format!("get pod {pod_name}"), e))?;
+    Ok(pod
+        .and_then(|p| p.status)
+        .and_then(|s| s.conditions)
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// How to enroll a client with satellite `name` in namespace `ns` by hand.
 pub fn enroll_instructions(name: &str, ns: &str) -> String {
     format!(
@@ -583,6 +604,10 @@ mod tests {
         let spec = s.stateful_set.spec.unwrap();
         let pod = spec.template.spec.unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("berth"));
+        assert_eq!(
+            pod.containers[0].command.as_deref(),
+            Some(&["berth".to_owned()][..])
+        );
         assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "berth-pull");
         assert_eq!(
             pod.volumes.unwrap()[0]

@@ -120,11 +120,12 @@ etcd=$!
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file={dir}/sa.pub --service-account-signing-key-file={dir}/sa.key \
   --token-auth-file={dir}/tokens.csv --authorization-mode=RBAC --allow-privileged=true --endpoint-reconciler-type=none \
+  --kubelet-preferred-address-types=InternalIP \
   >{dir}/apiserver.log 2>&1 &
 api=$!
 for i in $(seq 1 600); do [ -s {dir}/certs/apiserver.crt ] && break; sleep 0.1; done
 {kcm} --kubeconfig={dir}/kubeconfig --leader-elect=false \
-  --controllers=serviceaccount-token,serviceaccount,root-ca-cert-publisher,deployment,replicaset,statefulset,namespace,garbagecollector \
+  --controllers=serviceaccount-token,serviceaccount,root-ca-cert-publisher,deployment,replicaset,statefulset,namespace,garbagecollector,persistentvolume-binder,endpoint \
   --service-account-private-key-file={dir}/sa.key --root-ca-file={dir}/certs/apiserver.crt \
   --bind-address=127.0.0.1 --secure-port=0 --port=0 >{dir}/kcm.log 2>&1 &
 kcm=$!
