@@ -612,7 +612,9 @@ fn earthfile_builtin_args_come_from_the_git_repository() {
         "feature/x".into(),
         "https://git.example.invalid/org/repo.git".into(),
         epoch,
-        "+builtins".into(),
+        // Earthly names a target of a repository with an origin by that origin,
+        // tagged with the branch.
+        "git.example.invalid/org/repo:feature/x+builtins".into(),
         "builtins".into(),
         "false".into(),
         "false".into(),
@@ -2185,7 +2187,15 @@ const EARTHLY_TESTS: &[Case] = &[
     Case {
         file: "empty-git.earth",
         args: &["--no-output", "+test-empty"],
-        setup: "",
+        setup: "git init -q",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "empty-git.earth",
+        args: &["--no-output", "+test-origin-no-hash"],
+        setup: "git init -q && git remote add origin https://github.com/earthly/earthly.git",
         env: &[],
         fail: false,
         want: "",

@@ -439,6 +439,7 @@ pub const BUILTIN_ARGS: &[&str] = &[
     "EARTHLY_GIT_COMMIT_TIMESTAMP",
     "EARTHLY_GIT_COMMIT_AUTHOR_TIMESTAMP",
     "EARTHLY_GIT_REFS",
+    "EARTHLY_GIT_TAG",
     "EARTHLY_SOURCE_DATE_EPOCH",
     "EARTHLY_VERSION",
     "EARTHLY_BUILD_SHA",
@@ -2838,18 +2839,47 @@ impl Lowerer<'_> {
         let target = &ts.platform;
         // Git is asked only for a git ARG.
         let git = || ts.proj.git();
-        let project = ts.proj.reference.clone();
+        let remote = self.remote_names.contains_key(&ts.proj.dir);
+        // Earthly names a local target by its repository's origin when there is one
+        // (`github.com/org/repo/sub:branch+t`, gitutil.ReferenceWithGitMeta): the
+        // project path, tagged with HEAD's tag, else its branch, else its commit.
+        let named = || {
+            let g = git();
+            let url = g.get("git_url").filter(|_| !remote)?.replace('+', "\\+");
+            let tag = ["tag", "branch", "hash"]
+                .iter()
+                .find_map(|k| g.get(k))
+                .cloned()
+                .unwrap_or_default()
+                .replace('+', "\\+");
+            Some((url, tag))
+        };
+        let project = || match named() {
+            Some((url, tag)) if tag.is_empty() => url,
+            Some((url, tag)) => format!("{url}:{tag}"),
+            None => ts.proj.reference.clone(),
+        };
+        // A remote target's tag is the ref it was fetched at; a local one without an
+        // origin has none.
+        let tag = || match named() {
+            Some((_, tag)) => tag,
+            None if remote => git().get("branch").cloned().unwrap_or_default(),
+            None => String::new(),
+        };
         Some(match name {
-            "EARTHLY_TARGET" => ts.label.clone(),
+            "EARTHLY_TARGET" => match named() {
+                Some(_) => format!("{}+{}", project(), ts.name),
+                None => ts.label.clone(),
+            },
             "EARTHLY_TARGET_NAME" => ts.name.clone(),
-            "EARTHLY_TARGET_PROJECT" | "EARTHLY_TARGET_PROJECT_NO_TAG" => project,
-            "EARTHLY_TARGET_TAG" => git().get("branch").cloned().unwrap_or_default(),
-            "EARTHLY_TARGET_TAG_DOCKER" => {
-                git().get("branch").cloned().unwrap_or_default().replace(
-                    |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
-                    "_",
-                )
-            }
+            "EARTHLY_TARGET_PROJECT" => project(),
+            "EARTHLY_TARGET_PROJECT_NO_TAG" => match named() {
+                Some((url, _)) => url,
+                None => ts.proj.reference.clone(),
+            },
+            "EARTHLY_TARGET_TAG" => tag(),
+            "EARTHLY_TARGET_TAG_DOCKER" => docker_tag_safe(&tag()),
+            "EARTHLY_GIT_TAG" => git().get("tag").cloned().unwrap_or_default(),
             "EARTHLY_GIT_HASH" => git().get("hash").cloned().unwrap_or_default(),
             "EARTHLY_GIT_SHORT_HASH" => git()
                 .get("hash")
@@ -3930,32 +3960,43 @@ fn run_git(args: &[&str], dir: Option<&Path>) -> std::result::Result<String, Str
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The git facts builtin ARGs give, for the repository `dir` is in (none outside one).
+/// The git facts builtin ARGs give, for the repository `dir` is in (none outside one),
+/// read as Earthly's `gitutil.Metadata` reads them: each fact on its own, so a
+/// repository without commits still gives its origin.
 fn git_info(dir: &Path) -> HashMap<&'static str, String> {
     let git = |args: &[&str]| -> Option<String> {
-        let s = run_git(args, Some(dir)).ok()?.trim().to_string();
-        (!s.is_empty()).then_some(s)
+        let s = run_git(args, Some(dir)).ok()?;
+        let first = s.lines().next().unwrap_or("").trim().to_string();
+        (!first.is_empty()).then_some(first)
     };
     let mut m = HashMap::new();
-    let Some(hash) = git(&["rev-parse", "HEAD"]) else {
+    let Some(top) = git(&["rev-parse", "--show-toplevel"]) else {
         return m;
     };
-    m.insert("hash", hash);
+    if let Some(o) = git(&["config", "--get", "remote.origin.url"]) {
+        let rel = std::fs::canonicalize(dir)
+            .ok()
+            .and_then(|d| {
+                let top = std::fs::canonicalize(&top).ok()?;
+                Some(d.strip_prefix(top).ok()?.to_path_buf())
+            })
+            .unwrap_or_default();
+        let mut url = origin_project(&o);
+        if !rel.as_os_str().is_empty() {
+            url = format!("{url}/{}", rel.display());
+        }
+        m.insert("git_url", url);
+        m.insert("project", git_project_name(&o));
+        m.insert("origin", o);
+    }
+    if let Some(hash) = git(&["rev-parse", "HEAD"]) {
+        m.insert("hash", hash);
+    }
     if let Some(b) = git(&["rev-parse", "--abbrev-ref", "HEAD"]) {
         m.insert("branch", b);
     }
-    if let Some(o) = git(&["config", "--get", "remote.origin.url"]) {
-        let project = o
-            .trim_end_matches(".git")
-            .rsplit([':', '/'])
-            .take(2)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("/");
-        m.insert("project", project);
-        m.insert("origin", o);
+    if let Some(t) = git(&["describe", "--exact-match", "--tags"]) {
+        m.insert("tag", t);
     }
     if let Some(t) = git(&["log", "-1", "--format=%ct"]) {
         m.insert("timestamp", t);
@@ -3964,15 +4005,68 @@ fn git_info(dir: &Path) -> HashMap<&'static str, String> {
         m.insert("author_timestamp", t);
     }
     // The branches and tags at HEAD, as Earthly's EARTHLY_GIT_REFS.
-    if let Some(r) = git(&[
-        "for-each-ref",
-        "--points-at",
-        "HEAD",
-        "--format=%(refname:short)",
-    ]) {
+    if let Ok(r) = run_git(
+        &[
+            "for-each-ref",
+            "--points-at",
+            "HEAD",
+            "--format=%(refname:short)",
+        ],
+        Some(dir),
+    ) && !r.trim().is_empty()
+    {
         m.insert("refs", r.lines().collect::<Vec<_>>().join(" "));
     }
     m
+}
+
+/// `tag` as a Docker tag, as Earthly's `llbutil.DockerTagSafe` makes it: `latest` for
+/// none, at most 128 characters, a first one that is not a word character and later
+/// ones that are not word characters, `.` or `-` made `_`.
+fn docker_tag_safe(tag: &str) -> String {
+    if tag.is_empty() {
+        return "latest".into();
+    }
+    tag.chars()
+        .take(128)
+        .enumerate()
+        .map(|(i, c)| {
+            let word = c.is_ascii_alphanumeric() || c == '_';
+            if word || (i > 0 && (c == '.' || c == '-')) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The project path Earthly names a repository by, from its origin URL (its
+/// `ParseGitRemoteURL`): without the scheme, the `user@` and a `.git` suffix, the
+/// first `:` (of `git@host:org/repo`) made a `/`. `https://github.com/earthly/earthly.git`
+/// and `git@github.com:earthly/earthly.git` give `github.com/earthly/earthly`.
+fn origin_project(origin: &str) -> String {
+    let s = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    let s = s.split_once('@').map_or(s, |(_, rest)| rest);
+    let s = s.replacen(':', "/", 1);
+    s.strip_suffix(".git").unwrap_or(&s).to_string()
+}
+
+/// EARTHLY_GIT_PROJECT_NAME, as Earthly's `getProjectName` makes it from the origin
+/// URL: the path after the host (`earthly/earthly`, or `group/sub/repo`).
+fn git_project_name(origin: &str) -> String {
+    let (scheme, s) = match origin.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, origin),
+    };
+    let s = s.split_once('@').map_or(s, |(_, rest)| rest);
+    let s = if scheme.is_none() {
+        s.replacen(':', "/", 1)
+    } else {
+        s.to_string()
+    };
+    let s = s.strip_suffix(".git").unwrap_or(&s);
+    s.split_once('/').map_or(s, |(_, path)| path).to_string()
 }
 
 #[cfg(test)]
@@ -4013,12 +4107,17 @@ mod tests {
             allow: allow.to_vec(),
             ..EarthOptions::default()
         };
+        plan_in(dir.path(), reference, &opts)
+    }
+
+    /// Lower `reference` of the Earthfiles already written under `dir`.
+    fn plan_in(dir: &Path, reference: &str, opts: &EarthOptions) -> Result<Plan> {
         let mut host = Fake {
             scratch: tempfile::tempdir().unwrap(),
             runs: Vec::new(),
         };
         let mut resolve = |r: &str, _: &Platform| panic!("nothing to resolve, asked {r}");
-        let plan = lower(dir.path(), reference, &opts, &mut resolve, &mut host);
+        let plan = lower(dir, reference, opts, &mut resolve, &mut host);
         RUNS.with(|r| *r.borrow_mut() = host.runs.clone());
         plan
     }
@@ -4125,6 +4224,138 @@ mod tests {
             err(text, "+a"),
             "Earthfile:8:11: cycle: +a -> +b -> +c -> +a"
         );
+    }
+
+    /// Earthly names the targets of a repository with an origin by that origin
+    /// (`gitutil.ReferenceWithGitMeta`), in a folder of it by the folder too, and tags
+    /// them with HEAD's tag, branch or commit; without commits, untagged.
+    #[test]
+    fn builtin_target_names_come_from_the_git_origin() {
+        let git_found = std::process::Command::new("git")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !git_found && !berth_testutil::skip("git is not installed") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    ARG EARTHLY_TARGET\n    \
+                    ARG EARTHLY_TARGET_PROJECT\n    ARG EARTHLY_TARGET_PROJECT_NO_TAG\n    \
+                    ARG EARTHLY_TARGET_TAG\n    ARG EARTHLY_TARGET_TAG_DOCKER\n    \
+                    ARG EARTHLY_GIT_PROJECT_NAME\n    ARG EARTHLY_GIT_HASH\n    RUN true\n";
+        std::fs::write(dir.path().join("Earthfile"), text).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/Earthfile"), text).unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(dir.path())
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+        };
+        let builtins = |reference: &str| -> Vec<String> {
+            let p = plan_in(dir.path(), reference, &EarthOptions::default()).unwrap();
+            let mut env = exec_env(&p.targets[p.invoked].state);
+            env.retain(|e| e.starts_with("EARTHLY_"));
+            env.sort();
+            env
+        };
+        // A repository, no origin: the target keeps its plain name, untagged.
+        git(&["init", "-q", "-b", "main"]);
+        assert_eq!(
+            builtins("+t"),
+            [
+                "EARTHLY_GIT_HASH=",
+                "EARTHLY_GIT_PROJECT_NAME=",
+                "EARTHLY_TARGET=+t",
+                "EARTHLY_TARGET_PROJECT=",
+                "EARTHLY_TARGET_PROJECT_NO_TAG=",
+                "EARTHLY_TARGET_TAG=",
+                "EARTHLY_TARGET_TAG_DOCKER=latest",
+            ]
+        );
+        // An origin, no commit yet (Earthly's empty-git.earth +test-origin-no-hash).
+        git(&[
+            "remote",
+            "add",
+            "origin",
+            "https://github.com/earthly/earthly.git",
+        ]);
+        assert_eq!(
+            builtins("+t"),
+            [
+                "EARTHLY_GIT_HASH=",
+                "EARTHLY_GIT_PROJECT_NAME=earthly/earthly",
+                "EARTHLY_TARGET=github.com/earthly/earthly+t",
+                "EARTHLY_TARGET_PROJECT=github.com/earthly/earthly",
+                "EARTHLY_TARGET_PROJECT_NO_TAG=github.com/earthly/earthly",
+                "EARTHLY_TARGET_TAG=",
+                "EARTHLY_TARGET_TAG_DOCKER=latest",
+            ]
+        );
+        // A commit on a branch: tagged with the branch; a folder of the repository
+        // is part of the project path.
+        git(&["add", "-A"]);
+        git(&["commit", "-qm", "one"]);
+        git(&["checkout", "-qb", "feature/x"]);
+        git(&[
+            "remote",
+            "set-url",
+            "origin",
+            "git@gitlab.com:group/sub/repo.git",
+        ]);
+        let sub = builtins("./sub+t");
+        let hash = sub[0].clone();
+        assert!(hash.len() == "EARTHLY_GIT_HASH=".len() + 40, "{hash}");
+        assert_eq!(
+            sub[1..],
+            [
+                "EARTHLY_GIT_PROJECT_NAME=group/sub/repo",
+                "EARTHLY_TARGET=gitlab.com/group/sub/repo/sub:feature/x+t",
+                "EARTHLY_TARGET_PROJECT=gitlab.com/group/sub/repo/sub:feature/x",
+                "EARTHLY_TARGET_PROJECT_NO_TAG=gitlab.com/group/sub/repo/sub",
+                "EARTHLY_TARGET_TAG=feature/x",
+                "EARTHLY_TARGET_TAG_DOCKER=feature_x",
+            ]
+        );
+        // A tag at HEAD goes before the branch.
+        git(&["tag", "v1.0"]);
+        assert!(builtins("+t").contains(&"EARTHLY_TARGET=gitlab.com/group/sub/repo:v1.0+t".into()));
+    }
+
+    #[test]
+    fn origin_urls_become_project_paths_as_in_earthly() {
+        for (origin, project, name) in [
+            (
+                "https://github.com/earthly/earthly.git",
+                "github.com/earthly/earthly",
+                "earthly/earthly",
+            ),
+            (
+                "git@github.com:earthly/earthly.git",
+                "github.com/earthly/earthly",
+                "earthly/earthly",
+            ),
+            // Earthly makes the first `:` a `/` whatever the form, a port's too.
+            (
+                "ssh://git@host.example:2222/org/repo",
+                "host.example/2222/org/repo",
+                "org/repo",
+            ),
+            (
+                "https://user:token@git.example/a/b/c.git",
+                "git.example/a/b/c",
+                "a/b/c",
+            ),
+        ] {
+            assert_eq!(origin_project(origin), project, "{origin}");
+            assert_eq!(git_project_name(origin), name, "{origin}");
+        }
+        assert_eq!(docker_tag_safe(""), "latest");
+        assert_eq!(docker_tag_safe("-feature/x.1"), "_feature_x.1");
     }
 
     #[test]
