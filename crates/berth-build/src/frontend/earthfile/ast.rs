@@ -95,6 +95,9 @@ pub enum Stmt {
         head: Command,
         /// The body.
         body: Vec<Stmt>,
+        /// The `CATCH` body: parsed as Earthly parses it, refused when lowered, as
+        /// Earthly refuses it.
+        catch: Option<Vec<Stmt>>,
         /// The `FINALLY` body.
         finally: Option<Vec<Stmt>>,
     },
@@ -460,6 +463,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         min: 0,
         max: Some(0),
         usage: "TRY",
+    },
+    CommandSpec {
+        name: "CATCH",
+        flags: &[],
+        min: 0,
+        max: Some(0),
+        usage: "CATCH",
     },
     CommandSpec {
         name: "FINALLY",
