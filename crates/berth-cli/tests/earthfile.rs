@@ -680,6 +680,37 @@ fn earthfile_builtin_args_come_from_the_git_repository() {
     assert_eq!(got.lines().collect::<Vec<_>>(), want);
 }
 
+/// Build arguments left in `.env` (where Earthly before 0.7 read them) are not build
+/// arguments, and each gets Earthly's warning unless an `.arg` or `.secret` file is
+/// there; Earthly's own settings (`EARTHLY_*`) are not warned about.
+#[test]
+fn earthfile_build_args_in_dot_env_are_warned_about() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("basic");
+    std::fs::write(case.join(".env"), "NAME=from-env\nEARTHLY_CI=false\n").unwrap();
+    let warning = "berth: warning: unexpected env \"NAME\": as of v0.7.0, --build-arg values \
+                   must be defined in .arg (and --secret values in .secret)";
+    let out = output_ok(&mut env.berth(&case, &["+build"]));
+    assert!(out.stderr.contains(warning), "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("unexpected env").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert_eq!(read(&case.join("dist/greeting.txt")), "hello world dev\n");
+    for file in [".arg", ".secret"] {
+        std::fs::write(case.join(file), "").unwrap();
+        let out = output_ok(&mut env.berth(&case, &["+build"]));
+        assert!(
+            !out.stderr.contains("unexpected env"),
+            "{file}: {}",
+            out.stderr
+        );
+        std::fs::remove_file(case.join(file)).unwrap();
+    }
+}
+
 #[test]
 fn earthfile_artifact_flag_outputs_one_artifact() {
     let Some(env) = Env::new() else { return };
@@ -2225,6 +2256,22 @@ const EARTHLY_TESTS: &[Case] = &[
         env: &[],
         fail: false,
         want: "",
+    },
+    Case {
+        file: "dotenv.earth",
+        args: &["--no-output", "+test-no-dotenv"],
+        setup: "echo TEST_IN_DOTENV=this-should-not-appear-as-a-build-arg > .env",
+        env: &[],
+        fail: false,
+        want: "unexpected env \"TEST_IN_DOTENV\": as of v0.7.0, --build-arg values must be defined in .arg",
+    },
+    Case {
+        file: "dotenv.earth",
+        args: &["--no-output", "+test-no-dotenv"],
+        setup: "echo TEST_IN_DOTENV=this-should-not-appear-as-a-build-arg > .env; touch .arg",
+        env: &[],
+        fail: false,
+        want: "!unexpected env",
     },
     Case {
         file: "dotenv.earth",
