@@ -682,13 +682,9 @@ fn is_local_ref(p: &str) -> bool {
     p == "." || p == ".." || p.starts_with("./") || p.starts_with("../") || p.starts_with('/')
 }
 
-/// Earthly's `--shell-out-anywhere` (on from VERSION 0.7; berth takes a file without
-/// VERSION as 0.8): `$( … )` anywhere in a value.
+/// Earthly's `--shell-out-anywhere` (on from VERSION 0.7): `$( … )` anywhere in a value.
 fn shell_out_anywhere(proj: &Project) -> bool {
-    proj.ef
-        .version
-        .as_ref()
-        .is_none_or(|v| v.minor >= 7 || v.features.iter().any(|f| f == "shell-out-anywhere"))
+    proj.ef.feature("shell-out-anywhere")
 }
 
 /// The command of `text` when it is one `$( … )` and nothing else (quotes around it
@@ -763,9 +759,10 @@ fn src_err(proj: &Project, pos: Pos, msg: impl Into<String>) -> BuildError {
     BuildError::Source(proj.ef.source.error(pos, msg))
 }
 
-/// Earthly's `require-force-for-unsafe-saves` (on from VERSION 0.6, and berth takes a
-/// file without VERSION as 0.8): `AS LOCAL path` must stay under the Earthfile's
-/// folder unless `SAVE ARTIFACT --force`. Lexical, as Earthly's `canSave`: the folder
+/// Earthly's `require-force-for-unsafe-saves` (on from VERSION 0.6; berth keeps it on
+/// for a file without VERSION, which Earthly takes as 0.5, rather than let an old
+/// Earthfile overwrite a folder outside its own unasked): `AS LOCAL path` must stay
+/// under the Earthfile's folder unless `SAVE ARTIFACT --force`. Lexical, as Earthly's `canSave`: the folder
 /// itself only as `.` or `dir/`, a path into which the artifact goes.
 fn check_local_save(proj: &Project, c: &Command, local: &str) -> Result<()> {
     if c.flag("force") {
@@ -864,7 +861,7 @@ impl Lowerer<'_> {
         }
         // Earthly ignores these only in an Earthfile without VERSION (0.5 and
         // before); --no-implicit-ignore is on from VERSION 0.6.
-        let implicit = ef.version.is_none();
+        let implicit = !ef.feature("no-implicit-ignore");
         if implicit {
             exclude.extend(IMPLICIT_IGNORE.iter().map(|s| s.to_string()));
         }
@@ -1786,9 +1783,7 @@ impl Lowerer<'_> {
                 let target = ts.abs(&p);
                 // Earthly 0.8 (`--cache-persist-option`) keeps a CACHE folder's contents
                 // in the image only with --persist; before, always.
-                let persist_option = proj.ef.version.as_ref().is_none_or(|v| {
-                    v.minor >= 8 || v.features.iter().any(|f| f == "cache-persist-option")
-                });
+                let persist_option = proj.ef.feature("cache-persist-option");
                 let persist = if persist_option {
                     c.flag("persist")
                 } else if let Some(pos) = c.flag_pos("persist") {
@@ -2318,11 +2313,7 @@ impl Lowerer<'_> {
         catch: bool,
         finally: Option<&[Stmt]>,
     ) -> Result<()> {
-        let enabled = proj
-            .ef
-            .version
-            .as_ref()
-            .is_some_and(|v| v.features.iter().any(|f| f == "try"));
+        let enabled = proj.ef.feature("try");
         if !enabled {
             return Err(src_err(
                 proj,
@@ -2744,12 +2735,13 @@ impl Lowerer<'_> {
                 format!("ARG {name:?}: not a valid name"),
             ));
         }
-        if default.is_some() && is_builtin_arg(&name) {
-            return Err(src_err(
-                proj,
-                w.pos,
-                format!("arg default value supplied for built-in ARG {name}"),
-            ));
+        // Earthly refuses a builtin's default when it is not empty once expanded;
+        // before --shell-out-anywhere (0.7) that expansion runs no `$( … )`, so any
+        // such default is refused without running it (a shell-out: see below).
+        let builtin_default = format!("arg default value supplied for built-in ARG {name}");
+        let unexpanded = default.as_deref().is_some_and(|d| !d.is_empty());
+        if unexpanded && is_builtin_arg(&name) && !shell_out_anywhere(proj) {
+            return Err(src_err(proj, w.pos, builtin_default));
         }
         if ts.overrides.contains_key(&name) && is_builtin_arg(&name) {
             return Err(src_err(
@@ -2765,7 +2757,24 @@ impl Lowerer<'_> {
                 format!("ARG --required {name} cannot have a default value"),
             ));
         }
-        let global = c.flag("global");
+        // Before --explicit-global (0.7) every ARG of the base recipe is global, and
+        // --global is no flag of ARG.
+        let explicit_global = proj.ef.feature("explicit-global");
+        if c.flag("global") && !explicit_global {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(
+                        c.flag_pos("global").unwrap_or(c.pos),
+                        "unknown flag --global",
+                    )
+                    .with_hint(
+                        "ARG --global needs VERSION 0.7 (or VERSION --explicit-global); \
+                         before it, every ARG of the base recipe is global",
+                    ),
+            ));
+        }
+        let global = c.flag("global") || (ts.is_base && !explicit_global);
         if global && !ts.is_base {
             return Err(src_err(
                 proj,
@@ -2801,9 +2810,7 @@ impl Lowerer<'_> {
                 ));
             }
             // Earthly 0.8 (`--arg-scope-and-set`) forbids declaring one twice.
-            let scoped = proj.ef.version.as_ref().is_some_and(|v| {
-                v.minor >= 8 || v.features.iter().any(|f| f == "arg-scope-and-set")
-            });
+            let scoped = proj.ef.feature("arg-scope-and-set");
             if !ts.is_base && scoped {
                 return Err(src_err(
                     proj,
@@ -2825,10 +2832,24 @@ impl Lowerer<'_> {
                         ts.name, ts.name
                     )),
             ));
+        } else if is_builtin_arg(&name) {
+            // `ARG EARTHLY_VERSION=$(…)` whose command prints nothing is the builtin.
+            if let Some(d) = &default
+                && !self.x_text(ts, proj, d, w.pos)?.is_empty()
+            {
+                return Err(src_err(proj, w.pos, builtin_default));
+            }
+            match self.builtin(ts, &name) {
+                Some(b) => b,
+                None => ts
+                    .globals
+                    .iter()
+                    .find(|g| g.name == name)
+                    .map(|g| g.value.clone())
+                    .unwrap_or_default(),
+            }
         } else if let Some(d) = &default {
             self.x_text(ts, proj, d, w.pos)?
-        } else if let Some(b) = self.builtin(ts, &name) {
-            b
         } else if let Some(g) = ts.globals.iter().find(|g| g.name == name) {
             g.value.clone()
         } else {
@@ -2848,6 +2869,21 @@ impl Lowerer<'_> {
 
     /// Earthly's builtin ARGs, declared with `ARG NAME`.
     fn builtin(&self, ts: &Ts, name: &str) -> Option<String> {
+        // Earthly gives these only from the version whose feature flag they come with
+        // (variables.BuiltinArgs); before it, `ARG NAME` is an ordinary ARG.
+        let since = match name {
+            "EARTHLY_VERSION" | "EARTHLY_BUILD_SHA" => Some("earthly-version-arg"),
+            "EARTHLY_CI" => Some("ci-arg"),
+            "EARTHLY_LOCALLY" => Some("earthly-locally-arg"),
+            "EARTHLY_PUSH" => Some("wait-block"),
+            "NATIVEPLATFORM" | "NATIVEOS" | "NATIVEARCH" | "NATIVEVARIANT" => Some("new-platform"),
+            "EARTHLY_GIT_REFS" => Some("git-refs"),
+            "EARTHLY_GIT_COMMIT_AUTHOR_TIMESTAMP" => Some("git-commit-author-timestamp"),
+            _ => None,
+        };
+        if since.is_some_and(|f| !ts.proj.ef.feature(f)) {
+            return None;
+        }
         let (os, arch) = host_platform();
         let target = &ts.platform;
         // Git is asked only for a git ARG.
@@ -2915,13 +2951,11 @@ impl Lowerer<'_> {
             "EARTHLY_BUILD_SHA" => format!("berth-{}", env!("CARGO_PKG_VERSION")),
             // Not on Earthly's CI runner; empty unless the feature flag asks for it.
             "EARTHLY_CI_RUNNER" => {
-                let flag = ts
-                    .proj
-                    .ef
-                    .version
-                    .as_ref()
-                    .is_some_and(|v| v.features.iter().any(|f| f == "earthly-ci-runner-arg"));
-                if flag { "false".into() } else { String::new() }
+                if ts.proj.ef.feature("earthly-ci-runner-arg") {
+                    "false".into()
+                } else {
+                    String::new()
+                }
             }
             "EARTHLY_CI" => self.opts.ci.to_string(),
             "EARTHLY_PUSH" => (self.opts.push && self.connected).to_string(),
@@ -3560,10 +3594,7 @@ impl Lowerer<'_> {
         };
         // Earthly 0.7+ keeps the owners (save-artifact-keep-own); 0.6 gives root
         // unless --keep-own.
-        let keep_own = c.flag("keep-own")
-            || proj.ef.version.as_ref().is_none_or(|v| {
-                v.minor >= 7 || v.features.iter().any(|f| f == "save-artifact-keep-own")
-            });
+        let keep_own = c.flag("keep-own") || proj.ef.feature("save-artifact-keep-own");
         let owner = (!keep_own).then(|| "0:0".to_string());
         let keep_ts = c.flag("keep-ts");
         // A wildcard's folders are saved as themselves (Earthly's copy of a folder).
@@ -4383,6 +4414,73 @@ mod tests {
         }
         assert_eq!(docker_tag_safe(""), "latest");
         assert_eq!(docker_tag_safe("-feature/x.1"), "_feature_x.1");
+    }
+
+    /// A file without VERSION is Earthly 0.5: the builtins of later versions are
+    /// ordinary ARGs, every ARG of the base recipe is global, and a builtin's default
+    /// is refused unless empty, without running its `$( … )`.
+    #[test]
+    fn a_file_without_version_is_earthly_0_5() {
+        let text = "FROM scratch\nARG G=g\nt:\n    ARG EARTHLY_VERSION\n    ARG EARTHLY_CI\n    \
+                    ARG EARTHLY_TARGET_NAME\n    ARG NATIVEARCH\n    ARG EARTHLY_PUSH\n    \
+                    BUILD +u\n    RUN true\nu:\n    ARG G\n    RUN u\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let env = exec_env(&p.targets[p.invoked].state);
+        for want in [
+            "EARTHLY_VERSION=",
+            "EARTHLY_CI=",
+            "EARTHLY_TARGET_NAME=t",
+            "NATIVEARCH=",
+            "EARTHLY_PUSH=",
+        ] {
+            assert!(env.contains(&want.to_string()), "{want} not in {env:?}");
+        }
+        // The base recipe's ARG is global: +u, built with no ARGs, sees its value.
+        let u = p.targets.iter().find(|t| t.label == "+u").unwrap();
+        assert!(exec_env(&u.state).contains(&"G=g".to_string()));
+        // The same file at VERSION 0.8: builtins, and G only where declared global.
+        let p = plan(&format!("VERSION 0.8\n{text}"), &[], "+t", &[]).unwrap();
+        let env = exec_env(&p.targets[p.invoked].state);
+        assert!(env.contains(&"EARTHLY_CI=false".to_string()), "{env:?}");
+        assert!(env.iter().any(|e| e.starts_with("EARTHLY_VERSION=berth-")));
+        let u = p.targets.iter().find(|t| t.label == "+u").unwrap();
+        assert!(exec_env(&u.state).contains(&"G=".to_string()));
+
+        for (text, want) in [
+            // Refused as in Earthly (its static list of builtins), the command not run.
+            (
+                "FROM scratch\nt:\n    ARG EARTHLY_VERSION=$(echo \"$TAG\" | cut -c 2-)\n",
+                "Earthfile:3:9: arg default value supplied for built-in ARG EARTHLY_VERSION",
+            ),
+            (
+                "FROM scratch\nARG --global G=g\nt:\n    RUN true\n",
+                "Earthfile:2:5: unknown flag --global",
+            ),
+            // From 0.7 the default is expanded first: refused when not empty.
+            (
+                "VERSION 0.8\nFROM scratch\nt:\n    ARG EARTHLY_VERSION=$(echo v1)\n",
+                "Earthfile:4:9: arg default value supplied for built-in ARG EARTHLY_VERSION",
+            ),
+        ] {
+            assert_eq!(err(text, "+t"), want, "{text:?}");
+        }
+        // An empty default is no default; one that expands to nothing gives the builtin.
+        let p = plan(
+            "FROM scratch\nt:\n    ARG EARTHLY_VERSION=\n    RUN true\n",
+            &[],
+            "+t",
+            &[],
+        );
+        let p = p.unwrap();
+        let env = exec_env(&p.targets[p.invoked].state);
+        assert!(env.contains(&"EARTHLY_VERSION=".to_string()), "{env:?}");
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    ARG EARTHLY_VERSION=$(echo)\n    RUN true\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let env = exec_env(&p.targets[p.invoked].state);
+        assert!(
+            env.iter().any(|e| e.starts_with("EARTHLY_VERSION=berth-")),
+            "{env:?}"
+        );
     }
 
     #[test]

@@ -460,7 +460,7 @@ fn validated(
             None => (flag_name, None),
         };
         let kind = if name == "VERSION" {
-            if !FEATURES.contains(&fname) {
+            if !FEATURES.iter().any(|(n, _)| *n == fname) {
                 return Err(source
                     .error(w.pos, format!("unknown VERSION feature flag --{fname}"))
                     .with_hint("berth knows the feature flags of Earthly 0.6 to 0.8"));
