@@ -255,9 +255,36 @@ fn load_env_file(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The environment variables of Earthly's own flags that are not `EARTHLY_*`: what a
+/// `.env` may hold besides those without Earthly warning about it.
+const EARTHLY_FLAG_ENVS: &[&str] = &["GITHUB_ACTIONS", "GIT_USERNAME", "GIT_PASSWORD"];
+
+/// Earthly 0.7 moved build arguments from `.env` to `.arg` (and secrets to
+/// `.secret`): when neither of those is there, each `.env` line that is none of
+/// Earthly's settings gets Earthly's warning (its dotenv test looks for the words).
+fn warn_build_args_in_env_file(path: Option<&Path>) -> Result<()> {
+    for k in dotenv(path, ".env")?.keys() {
+        if !k.starts_with("EARTHLY_") && !EARTHLY_FLAG_ENVS.contains(&k.as_str()) {
+            eprintln!(
+                "berth: warning: unexpected env \"{k}\": as of v0.7.0, --build-arg values \
+                 must be defined in .arg (and --secret values in .secret)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `NAME=value` lines of dotenv file `path`, or of `default` in the current folder
 /// when there is one (a missing `path` is an error).
 fn dotenv(path: Option<&std::path::Path>, default: &str) -> Result<BTreeMap<String, String>> {
+    Ok(dotenv_file(path, default)?.unwrap_or_default())
+}
+
+/// As [`dotenv`], `None` where there is no file to read.
+fn dotenv_file(
+    path: Option<&std::path::Path>,
+    default: &str,
+) -> Result<Option<BTreeMap<String, String>>> {
     let (path, required) = match path {
         Some(p) => (p.to_path_buf(), true),
         None => (PathBuf::from(default), false),
@@ -265,7 +292,7 @@ fn dotenv(path: Option<&std::path::Path>, default: &str) -> Result<BTreeMap<Stri
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(BTreeMap::new());
+            return Ok(None);
         }
         Err(e) => return Err(anyhow::anyhow!("open {}: {e}", path.display())),
     };
@@ -286,7 +313,7 @@ fn dotenv(path: Option<&std::path::Path>, default: &str) -> Result<BTreeMap<Stri
         };
         out.insert(k.trim().to_string(), v.to_string());
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 fn run(cli: EarthCli) -> Result<()> {
@@ -366,7 +393,12 @@ fn run_with(settings: &Settings, cli: EarthCli, deploy: Option<Deploy>) -> Resul
         _ => bail!("give one of a target, --artifact or --image"),
     };
     // Earthly's .arg and .secret files: the lowest precedence.
-    let mut args = dotenv(cli.arg_file_path.as_deref(), ".arg")?;
+    let arg_file = dotenv_file(cli.arg_file_path.as_deref(), ".arg")?;
+    let secret_file = dotenv_file(cli.secret_file_path.as_deref(), ".secret")?;
+    if arg_file.is_none() && secret_file.is_none() && deploy.is_none() {
+        warn_build_args_in_env_file(cli._env_file_path.as_deref())?;
+    }
+    let mut args = arg_file.unwrap_or_default();
     for a in &cli.build_arg {
         let (k, v) = a
             .split_once('=')
@@ -388,7 +420,7 @@ fn run_with(settings: &Settings, cli: EarthCli, deploy: Option<Deploy>) -> Resul
         bail!("{k} is a built-in ARG: its value cannot be passed on the command line");
     }
     let mut secrets: HashMap<String, SecretSource> = HashMap::new();
-    for (id, v) in dotenv(cli.secret_file_path.as_deref(), ".secret")? {
+    for (id, v) in secret_file.unwrap_or_default() {
         secrets.insert(id, SecretSource::Value(Arc::from(v.as_bytes())));
     }
     for s in &cli.secrets {

@@ -275,11 +275,18 @@ fn earthfile_wait_writes_its_builds_outputs_before_the_next_command() {
     assert!(!case.join("out").exists());
     let out = output(&mut env.berth(&case, &["+again"]));
     assert!(!out.success);
+    // Earthly's words, which its wait-block/save-artifact test greps for.
     assert!(
         out.stderr.contains(
-            "Earthfile:26:10: COPY out/data: unable to copy a file this build has already \
-             output elsewhere (SAVE ARTIFACT … AS LOCAL at Earthfile:8, before a WAIT's END)"
+            "Earthfile:26:10: unable to copy file out/data, which has is outputted elsewhere \
+             by SAVE ARTIFACT AS LOCAL\n"
         ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("hint: the SAVE ARTIFACT … AS LOCAL at Earthfile:8 wrote it"),
         "{}",
         out.stderr
     );
@@ -300,6 +307,54 @@ fn earthfile_earthly_wait_block_runs_in_order_and_once() {
     );
     assert_eq!((alpha, bravo), (1, 1), "{log}");
     assert!(log.find("alpha\n") < log.find("bravo\n"), "{log}");
+}
+
+/// Earthly's wait-block/save-artifact, as its test.sh runs it: a file a WAIT wrote
+/// with SAVE ARTIFACT … AS LOCAL is read by the next WAIT's LOCALLY RUN; copying it
+/// from the build context afterwards fails with Earthly's words, before the RUN after
+/// that COPY.
+#[test]
+#[ignore = "runs Earthly's own Earthfiles: set BERTH_EARTHLY_SRC to a checkout of github.com/earthly/earthly at 6e641c15 (third-party files are not committed)"]
+fn earthfile_earthly_wait_block_refuses_copying_a_saved_file() {
+    let Some(env) = Env::new() else { return };
+    let dir = env.case("earthly/tests/wait-block/save-artifact");
+    output_ok(&mut env.berth(&dir, &["+test"]));
+    assert_eq!(read(&dir.join("data")), "foo");
+    let out = output(&mut env.berth(&dir, &["+test-fail"]));
+    assert!(!out.success, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("unable to copy file data, which has is outputted elsewhere"),
+        "{}",
+        out.stderr
+    );
+    let log = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        !log.contains("this magic string should never appear"),
+        "{log}"
+    );
+    // +change-file ran and wrote its output before the refused COPY.
+    assert_eq!(read(&dir.join("data")), "foobar");
+}
+
+/// Earthly's try-catch/try-catch-not-currently-implemented, as its test.sh runs it:
+/// TRY … CATCH fails with Earthly's words and saves nothing.
+#[test]
+#[ignore = "runs Earthly's own Earthfiles: set BERTH_EARTHLY_SRC to a checkout of github.com/earthly/earthly at 6e641c15 (third-party files are not committed)"]
+fn earthfile_earthly_try_catch_is_refused() {
+    let Some(env) = Env::new() else { return };
+    let dir = env.case("earthly/tests/try-catch/try-catch-not-currently-implemented");
+    let out = output(&mut env.berth(&dir, &["+test"]));
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains(
+            "berth: error: Earthfile:5:5: TRY/FINALLY doesn't (currently) support CATCH \
+             statements"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!dir.join(".testdata").exists());
 }
 
 #[test]
@@ -612,7 +667,9 @@ fn earthfile_builtin_args_come_from_the_git_repository() {
         "feature/x".into(),
         "https://git.example.invalid/org/repo.git".into(),
         epoch,
-        "+builtins".into(),
+        // Earthly names a target of a repository with an origin by that origin,
+        // tagged with the branch.
+        "git.example.invalid/org/repo:feature/x+builtins".into(),
         "builtins".into(),
         "false".into(),
         "false".into(),
@@ -621,6 +678,37 @@ fn earthfile_builtin_args_come_from_the_git_repository() {
     ];
     let got = read(&case.join("builtins.txt"));
     assert_eq!(got.lines().collect::<Vec<_>>(), want);
+}
+
+/// Build arguments left in `.env` (where Earthly before 0.7 read them) are not build
+/// arguments, and each gets Earthly's warning unless an `.arg` or `.secret` file is
+/// there; Earthly's own settings (`EARTHLY_*`) are not warned about.
+#[test]
+fn earthfile_build_args_in_dot_env_are_warned_about() {
+    let Some(env) = Env::new() else { return };
+    let case = env.case("basic");
+    std::fs::write(case.join(".env"), "NAME=from-env\nEARTHLY_CI=false\n").unwrap();
+    let warning = "berth: warning: unexpected env \"NAME\": as of v0.7.0, --build-arg values \
+                   must be defined in .arg (and --secret values in .secret)";
+    let out = output_ok(&mut env.berth(&case, &["+build"]));
+    assert!(out.stderr.contains(warning), "{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("unexpected env").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert_eq!(read(&case.join("dist/greeting.txt")), "hello world dev\n");
+    for file in [".arg", ".secret"] {
+        std::fs::write(case.join(file), "").unwrap();
+        let out = output_ok(&mut env.berth(&case, &["+build"]));
+        assert!(
+            !out.stderr.contains("unexpected env"),
+            "{file}: {}",
+            out.stderr
+        );
+        std::fs::remove_file(case.join(file)).unwrap();
+    }
 }
 
 #[test]
@@ -2171,6 +2259,22 @@ const EARTHLY_TESTS: &[Case] = &[
     },
     Case {
         file: "dotenv.earth",
+        args: &["--no-output", "+test-no-dotenv"],
+        setup: "echo TEST_IN_DOTENV=this-should-not-appear-as-a-build-arg > .env",
+        env: &[],
+        fail: false,
+        want: "unexpected env \"TEST_IN_DOTENV\": as of v0.7.0, --build-arg values must be defined in .arg",
+    },
+    Case {
+        file: "dotenv.earth",
+        args: &["--no-output", "+test-no-dotenv"],
+        setup: "echo TEST_IN_DOTENV=this-should-not-appear-as-a-build-arg > .env; touch .arg",
+        env: &[],
+        fail: false,
+        want: "!unexpected env",
+    },
+    Case {
+        file: "dotenv.earth",
         args: &[
             "--no-output",
             "--arg-file-path",
@@ -2185,7 +2289,15 @@ const EARTHLY_TESTS: &[Case] = &[
     Case {
         file: "empty-git.earth",
         args: &["--no-output", "+test-empty"],
-        setup: "",
+        setup: "git init -q",
+        env: &[],
+        fail: false,
+        want: "",
+    },
+    Case {
+        file: "empty-git.earth",
+        args: &["--no-output", "+test-origin-no-hash"],
+        setup: "git init -q && git remote add origin https://github.com/earthly/earthly.git",
         env: &[],
         fail: false,
         want: "",

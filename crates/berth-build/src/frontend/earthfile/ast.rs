@@ -11,7 +11,8 @@ use crate::frontend::source::{LineRange, Pos, Source};
 pub struct Earthfile {
     /// The text, for errors.
     pub source: Source,
-    /// `VERSION` (required by Earthly 0.7+; berth accepts a file without it as 0.8).
+    /// `VERSION` (required by Earthly 0.7+; a file without it is Earthly 0.5, see
+    /// [`Earthfile::feature`]).
     pub version: Option<Version>,
     /// The base recipe: the commands before the first target.
     pub base: Vec<Stmt>,
@@ -31,6 +32,18 @@ impl Earthfile {
     pub fn function(&self, name: &str) -> Option<&Recipe> {
         self.functions.iter().find(|t| t.name == name)
     }
+
+    /// Whether Earthly's feature flag `name` is on for this file. A file without
+    /// `VERSION` is Earthly 0.5 (features.Get: "the Earthly version before the VERSION
+    /// command was introduced"), so none of 0.6's and later flags are.
+    pub fn feature(&self, name: &str) -> bool {
+        match &self.version {
+            Some(v) => v.feature(name),
+            None => FEATURES
+                .iter()
+                .any(|(n, since)| *n == name && since.is_some_and(|m| m <= 5)),
+        }
+    }
 }
 
 /// `VERSION [--feature…] 0.N`.
@@ -42,6 +55,17 @@ pub struct Version {
     pub features: Vec<String>,
     /// Where it is.
     pub pos: Pos,
+}
+
+impl Version {
+    /// Whether Earthly's feature flag `name` is on: named in `VERSION`, or on from
+    /// this version.
+    pub fn feature(&self, name: &str) -> bool {
+        self.features.iter().any(|f| f == name)
+            || FEATURES
+                .iter()
+                .any(|(n, since)| *n == name && since.is_some_and(|m| m <= self.minor))
+    }
 }
 
 /// A target or a function.
@@ -95,6 +119,9 @@ pub enum Stmt {
         head: Command,
         /// The body.
         body: Vec<Stmt>,
+        /// The `CATCH` body: parsed as Earthly parses it, refused when lowered, as
+        /// Earthly refuses it.
+        catch: Option<Vec<Stmt>>,
         /// The `FINALLY` body.
         finally: Option<Vec<Stmt>>,
     },
@@ -462,6 +489,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         usage: "TRY",
     },
     CommandSpec {
+        name: "CATCH",
+        flags: &[],
+        min: 0,
+        max: Some(0),
+        usage: "CATCH",
+    },
+    CommandSpec {
         name: "FINALLY",
         flags: &[],
         min: 0,
@@ -621,54 +655,55 @@ pub fn spec(name: &str) -> Option<&'static CommandSpec> {
     COMMANDS.iter().find(|c| c.name == name)
 }
 
-/// The VERSION feature flags of Earthly 0.6–0.8 (features/features.go).
-pub const FEATURES: &[&str] = &[
-    "no-use-registry-for-with-docker",
-    "earthly-ci-runner-arg",
-    "exec-after-parallel",
-    "parallel-load",
-    "use-registry-for-with-docker",
-    "for-in",
-    "no-implicit-ignore",
-    "referenced-save-only",
-    "require-force-for-unsafe-saves",
-    "use-copy-include-patterns",
-    "check-duplicate-images",
-    "ci-arg",
-    "earthly-git-author-args",
-    "earthly-locally-arg",
-    "earthly-version-arg",
-    "explicit-global",
-    "git-commit-author-timestamp",
-    "new-platform",
-    "no-tar-build-output",
-    "save-artifact-keep-own",
-    "shell-out-anywhere",
-    "use-cache-command",
-    "use-chmod",
-    "use-copy-link",
-    "use-host-command",
-    "use-no-manifest-list",
-    "use-project-secrets",
-    "wait-block",
-    "no-network",
-    "arg-scope-and-set",
-    "use-docker-ignore",
-    "pass-args",
-    "global-cache",
-    "cache-persist-option",
-    "git-refs",
-    "use-visited-upfront-hash-collection",
-    "use-function-keyword",
-    "try",
-    "wildcard-builds",
-    "build-auto-skip",
-    "allow-privileged-from-dockerfile",
-    "run-with-aws",
-    "wildcard-copy",
-    "raw-output",
-    "git-author-email-name-args",
-    "allow-without-earthly-labels",
-    "docker-cache",
-    "run-with-aws-oidc",
+/// The VERSION feature flags of Earthly 0.6–0.8 (features/features.go), each with the
+/// minor version that turns it on (`enabled_in_version`; `None`: only when named).
+pub const FEATURES: &[(&str, Option<u32>)] = &[
+    ("no-use-registry-for-with-docker", None),
+    ("earthly-ci-runner-arg", None),
+    ("exec-after-parallel", Some(5)),
+    ("parallel-load", Some(5)),
+    ("use-registry-for-with-docker", Some(5)),
+    ("for-in", Some(6)),
+    ("no-implicit-ignore", Some(6)),
+    ("referenced-save-only", Some(6)),
+    ("require-force-for-unsafe-saves", Some(6)),
+    ("use-copy-include-patterns", Some(6)),
+    ("check-duplicate-images", Some(7)),
+    ("ci-arg", Some(7)),
+    ("earthly-git-author-args", Some(7)),
+    ("earthly-locally-arg", Some(7)),
+    ("earthly-version-arg", Some(7)),
+    ("explicit-global", Some(7)),
+    ("git-commit-author-timestamp", Some(7)),
+    ("new-platform", Some(7)),
+    ("no-tar-build-output", Some(7)),
+    ("save-artifact-keep-own", Some(7)),
+    ("shell-out-anywhere", Some(7)),
+    ("use-cache-command", Some(7)),
+    ("use-chmod", Some(7)),
+    ("use-copy-link", Some(7)),
+    ("use-host-command", Some(7)),
+    ("use-no-manifest-list", Some(7)),
+    ("use-project-secrets", Some(7)),
+    ("wait-block", Some(7)),
+    ("no-network", Some(8)),
+    ("arg-scope-and-set", Some(8)),
+    ("use-docker-ignore", Some(8)),
+    ("pass-args", Some(8)),
+    ("global-cache", Some(8)),
+    ("cache-persist-option", Some(8)),
+    ("git-refs", Some(8)),
+    ("use-visited-upfront-hash-collection", Some(8)),
+    ("use-function-keyword", Some(8)),
+    ("try", None),
+    ("wildcard-builds", None),
+    ("build-auto-skip", None),
+    ("allow-privileged-from-dockerfile", None),
+    ("run-with-aws", None),
+    ("wildcard-copy", None),
+    ("raw-output", None),
+    ("git-author-email-name-args", None),
+    ("allow-without-earthly-labels", None),
+    ("docker-cache", None),
+    ("run-with-aws-oidc", None),
 ];

@@ -86,10 +86,15 @@ fn stmts(out: &mut String, body: &[Stmt], depth: usize) {
             Stmt::Try {
                 head,
                 body,
+                catch,
                 finally,
             } => {
                 command(out, head, depth);
                 stmts(out, body, depth + 1);
+                if let Some(b) = catch {
+                    let _ = writeln!(out, "{pad}CATCH");
+                    stmts(out, b, depth + 1);
+                }
                 if let Some(b) = finally {
                     let _ = writeln!(out, "{pad}FINALLY");
                     stmts(out, b, depth + 1);

@@ -439,6 +439,7 @@ pub const BUILTIN_ARGS: &[&str] = &[
     "EARTHLY_GIT_COMMIT_TIMESTAMP",
     "EARTHLY_GIT_COMMIT_AUTHOR_TIMESTAMP",
     "EARTHLY_GIT_REFS",
+    "EARTHLY_GIT_TAG",
     "EARTHLY_SOURCE_DATE_EPOCH",
     "EARTHLY_VERSION",
     "EARTHLY_BUILD_SHA",
@@ -681,13 +682,9 @@ fn is_local_ref(p: &str) -> bool {
     p == "." || p == ".." || p.starts_with("./") || p.starts_with("../") || p.starts_with('/')
 }
 
-/// Earthly's `--shell-out-anywhere` (on from VERSION 0.7; berth takes a file without
-/// VERSION as 0.8): `$( … )` anywhere in a value.
+/// Earthly's `--shell-out-anywhere` (on from VERSION 0.7): `$( … )` anywhere in a value.
 fn shell_out_anywhere(proj: &Project) -> bool {
-    proj.ef
-        .version
-        .as_ref()
-        .is_none_or(|v| v.minor >= 7 || v.features.iter().any(|f| f == "shell-out-anywhere"))
+    proj.ef.feature("shell-out-anywhere")
 }
 
 /// The command of `text` when it is one `$( … )` and nothing else (quotes around it
@@ -762,9 +759,10 @@ fn src_err(proj: &Project, pos: Pos, msg: impl Into<String>) -> BuildError {
     BuildError::Source(proj.ef.source.error(pos, msg))
 }
 
-/// Earthly's `require-force-for-unsafe-saves` (on from VERSION 0.6, and berth takes a
-/// file without VERSION as 0.8): `AS LOCAL path` must stay under the Earthfile's
-/// folder unless `SAVE ARTIFACT --force`. Lexical, as Earthly's `canSave`: the folder
+/// Earthly's `require-force-for-unsafe-saves` (on from VERSION 0.6; berth keeps it on
+/// for a file without VERSION, which Earthly takes as 0.5, rather than let an old
+/// Earthfile overwrite a folder outside its own unasked): `AS LOCAL path` must stay
+/// under the Earthfile's folder unless `SAVE ARTIFACT --force`. Lexical, as Earthly's `canSave`: the folder
 /// itself only as `.` or `dir/`, a path into which the artifact goes.
 fn check_local_save(proj: &Project, c: &Command, local: &str) -> Result<()> {
     if c.flag("force") {
@@ -863,7 +861,7 @@ impl Lowerer<'_> {
         }
         // Earthly ignores these only in an Earthfile without VERSION (0.5 and
         // before); --no-implicit-ignore is on from VERSION 0.6.
-        let implicit = ef.version.is_none();
+        let implicit = !ef.feature("no-implicit-ignore");
         if implicit {
             exclude.extend(IMPLICIT_IGNORE.iter().map(|s| s.to_string()));
         }
@@ -1290,8 +1288,12 @@ impl Lowerer<'_> {
                 Stmt::Try {
                     head,
                     body,
+                    catch,
                     finally,
-                } => self.try_finally(ts, proj, head, body, finally.as_deref())?,
+                } => {
+                    let catch = catch.is_some();
+                    self.try_finally(ts, proj, head, body, catch, finally.as_deref())?
+                }
             }
         }
         Ok(())
@@ -1781,9 +1783,7 @@ impl Lowerer<'_> {
                 let target = ts.abs(&p);
                 // Earthly 0.8 (`--cache-persist-option`) keeps a CACHE folder's contents
                 // in the image only with --persist; before, always.
-                let persist_option = proj.ef.version.as_ref().is_none_or(|v| {
-                    v.minor >= 8 || v.features.iter().any(|f| f == "cache-persist-option")
-                });
+                let persist_option = proj.ef.feature("cache-persist-option");
                 let persist = if persist_option {
                     c.flag("persist")
                 } else if let Some(pos) = c.flag_pos("persist") {
@@ -2310,13 +2310,10 @@ impl Lowerer<'_> {
         proj: &Arc<Project>,
         head: &Command,
         body: &[Stmt],
+        catch: bool,
         finally: Option<&[Stmt]>,
     ) -> Result<()> {
-        let enabled = proj
-            .ef
-            .version
-            .as_ref()
-            .is_some_and(|v| v.features.iter().any(|f| f == "try"));
+        let enabled = proj.ef.feature("try");
         if !enabled {
             return Err(src_err(
                 proj,
@@ -2342,6 +2339,14 @@ impl Lowerer<'_> {
                     .source
                     .error(head.pos, "TRY is not allowed in a LOCALLY target")
                     .with_hint(LOCALLY_HINT),
+            ));
+        }
+        // Earthly's words (its try-catch tests grep for them), at the TRY.
+        if catch && body.len() == 1 {
+            return Err(src_err(
+                proj,
+                head.pos,
+                "TRY/FINALLY doesn't (currently) support CATCH statements",
             ));
         }
         let run = match body {
@@ -2730,12 +2735,13 @@ impl Lowerer<'_> {
                 format!("ARG {name:?}: not a valid name"),
             ));
         }
-        if default.is_some() && is_builtin_arg(&name) {
-            return Err(src_err(
-                proj,
-                w.pos,
-                format!("arg default value supplied for built-in ARG {name}"),
-            ));
+        // Earthly refuses a builtin's default when it is not empty once expanded;
+        // before --shell-out-anywhere (0.7) that expansion runs no `$( … )`, so any
+        // such default is refused without running it (a shell-out: see below).
+        let builtin_default = format!("arg default value supplied for built-in ARG {name}");
+        let unexpanded = default.as_deref().is_some_and(|d| !d.is_empty());
+        if unexpanded && is_builtin_arg(&name) && !shell_out_anywhere(proj) {
+            return Err(src_err(proj, w.pos, builtin_default));
         }
         if ts.overrides.contains_key(&name) && is_builtin_arg(&name) {
             return Err(src_err(
@@ -2751,7 +2757,24 @@ impl Lowerer<'_> {
                 format!("ARG --required {name} cannot have a default value"),
             ));
         }
-        let global = c.flag("global");
+        // Before --explicit-global (0.7) every ARG of the base recipe is global, and
+        // --global is no flag of ARG.
+        let explicit_global = proj.ef.feature("explicit-global");
+        if c.flag("global") && !explicit_global {
+            return Err(BuildError::Source(
+                proj.ef
+                    .source
+                    .error(
+                        c.flag_pos("global").unwrap_or(c.pos),
+                        "unknown flag --global",
+                    )
+                    .with_hint(
+                        "ARG --global needs VERSION 0.7 (or VERSION --explicit-global); \
+                         before it, every ARG of the base recipe is global",
+                    ),
+            ));
+        }
+        let global = c.flag("global") || (ts.is_base && !explicit_global);
         if global && !ts.is_base {
             return Err(src_err(
                 proj,
@@ -2787,9 +2810,7 @@ impl Lowerer<'_> {
                 ));
             }
             // Earthly 0.8 (`--arg-scope-and-set`) forbids declaring one twice.
-            let scoped = proj.ef.version.as_ref().is_some_and(|v| {
-                v.minor >= 8 || v.features.iter().any(|f| f == "arg-scope-and-set")
-            });
+            let scoped = proj.ef.feature("arg-scope-and-set");
             if !ts.is_base && scoped {
                 return Err(src_err(
                     proj,
@@ -2811,10 +2832,24 @@ impl Lowerer<'_> {
                         ts.name, ts.name
                     )),
             ));
+        } else if is_builtin_arg(&name) {
+            // `ARG EARTHLY_VERSION=$(…)` whose command prints nothing is the builtin.
+            if let Some(d) = &default
+                && !self.x_text(ts, proj, d, w.pos)?.is_empty()
+            {
+                return Err(src_err(proj, w.pos, builtin_default));
+            }
+            match self.builtin(ts, &name) {
+                Some(b) => b,
+                None => ts
+                    .globals
+                    .iter()
+                    .find(|g| g.name == name)
+                    .map(|g| g.value.clone())
+                    .unwrap_or_default(),
+            }
         } else if let Some(d) = &default {
             self.x_text(ts, proj, d, w.pos)?
-        } else if let Some(b) = self.builtin(ts, &name) {
-            b
         } else if let Some(g) = ts.globals.iter().find(|g| g.name == name) {
             g.value.clone()
         } else {
@@ -2834,22 +2869,66 @@ impl Lowerer<'_> {
 
     /// Earthly's builtin ARGs, declared with `ARG NAME`.
     fn builtin(&self, ts: &Ts, name: &str) -> Option<String> {
+        // Earthly gives these only from the version whose feature flag they come with
+        // (variables.BuiltinArgs); before it, `ARG NAME` is an ordinary ARG.
+        let since = match name {
+            "EARTHLY_VERSION" | "EARTHLY_BUILD_SHA" => Some("earthly-version-arg"),
+            "EARTHLY_CI" => Some("ci-arg"),
+            "EARTHLY_LOCALLY" => Some("earthly-locally-arg"),
+            "EARTHLY_PUSH" => Some("wait-block"),
+            "NATIVEPLATFORM" | "NATIVEOS" | "NATIVEARCH" | "NATIVEVARIANT" => Some("new-platform"),
+            "EARTHLY_GIT_REFS" => Some("git-refs"),
+            "EARTHLY_GIT_COMMIT_AUTHOR_TIMESTAMP" => Some("git-commit-author-timestamp"),
+            _ => None,
+        };
+        if since.is_some_and(|f| !ts.proj.ef.feature(f)) {
+            return None;
+        }
         let (os, arch) = host_platform();
         let target = &ts.platform;
         // Git is asked only for a git ARG.
         let git = || ts.proj.git();
-        let project = ts.proj.reference.clone();
+        let remote = self.remote_names.contains_key(&ts.proj.dir);
+        // Earthly names a local target by its repository's origin when there is one
+        // (`github.com/org/repo/sub:branch+t`, gitutil.ReferenceWithGitMeta): the
+        // project path, tagged with HEAD's tag, else its branch, else its commit.
+        let named = || {
+            let g = git();
+            let url = g.get("git_url").filter(|_| !remote)?.replace('+', "\\+");
+            let tag = ["tag", "branch", "hash"]
+                .iter()
+                .find_map(|k| g.get(k))
+                .cloned()
+                .unwrap_or_default()
+                .replace('+', "\\+");
+            Some((url, tag))
+        };
+        let project = || match named() {
+            Some((url, tag)) if tag.is_empty() => url,
+            Some((url, tag)) => format!("{url}:{tag}"),
+            None => ts.proj.reference.clone(),
+        };
+        // A remote target's tag is the ref it was fetched at; a local one without an
+        // origin has none.
+        let tag = || match named() {
+            Some((_, tag)) => tag,
+            None if remote => git().get("branch").cloned().unwrap_or_default(),
+            None => String::new(),
+        };
         Some(match name {
-            "EARTHLY_TARGET" => ts.label.clone(),
+            "EARTHLY_TARGET" => match named() {
+                Some(_) => format!("{}+{}", project(), ts.name),
+                None => ts.label.clone(),
+            },
             "EARTHLY_TARGET_NAME" => ts.name.clone(),
-            "EARTHLY_TARGET_PROJECT" | "EARTHLY_TARGET_PROJECT_NO_TAG" => project,
-            "EARTHLY_TARGET_TAG" => git().get("branch").cloned().unwrap_or_default(),
-            "EARTHLY_TARGET_TAG_DOCKER" => {
-                git().get("branch").cloned().unwrap_or_default().replace(
-                    |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
-                    "_",
-                )
-            }
+            "EARTHLY_TARGET_PROJECT" => project(),
+            "EARTHLY_TARGET_PROJECT_NO_TAG" => match named() {
+                Some((url, _)) => url,
+                None => ts.proj.reference.clone(),
+            },
+            "EARTHLY_TARGET_TAG" => tag(),
+            "EARTHLY_TARGET_TAG_DOCKER" => docker_tag_safe(&tag()),
+            "EARTHLY_GIT_TAG" => git().get("tag").cloned().unwrap_or_default(),
             "EARTHLY_GIT_HASH" => git().get("hash").cloned().unwrap_or_default(),
             "EARTHLY_GIT_SHORT_HASH" => git()
                 .get("hash")
@@ -2872,13 +2951,11 @@ impl Lowerer<'_> {
             "EARTHLY_BUILD_SHA" => format!("berth-{}", env!("CARGO_PKG_VERSION")),
             // Not on Earthly's CI runner; empty unless the feature flag asks for it.
             "EARTHLY_CI_RUNNER" => {
-                let flag = ts
-                    .proj
-                    .ef
-                    .version
-                    .as_ref()
-                    .is_some_and(|v| v.features.iter().any(|f| f == "earthly-ci-runner-arg"));
-                if flag { "false".into() } else { String::new() }
+                if ts.proj.ef.feature("earthly-ci-runner-arg") {
+                    "false".into()
+                } else {
+                    String::new()
+                }
             }
             "EARTHLY_CI" => self.opts.ci.to_string(),
             "EARTHLY_PUSH" => (self.opts.push && self.connected).to_string(),
@@ -3251,13 +3328,22 @@ impl Lowerer<'_> {
             if from_target.is_none()
                 && let Some(origin) = self.written.get(&lexical_clean(&proj.dir.join(&text)))
             {
-                return Err(src_err(
-                    proj,
-                    w.pos,
-                    format!(
-                        "COPY {text}: unable to copy a file this build has already output \
-                         elsewhere (SAVE ARTIFACT … AS LOCAL at {origin}, before a WAIT's END)"
-                    ),
+                // Earthly's words (sic; its wait-block tests grep for them).
+                return Err(BuildError::Source(
+                    proj.ef
+                        .source
+                        .error(
+                            w.pos,
+                            format!(
+                                "unable to copy file {text}, which has is outputted elsewhere \
+                                 by SAVE ARTIFACT AS LOCAL"
+                            ),
+                        )
+                        .with_hint(format!(
+                            "the SAVE ARTIFACT … AS LOCAL at {origin} wrote it at a WAIT's \
+                             END, earlier in this build; copy it from that target's artifact \
+                             instead"
+                        )),
                 ));
             }
             let artifact = from_target.is_some();
@@ -3508,10 +3594,7 @@ impl Lowerer<'_> {
         };
         // Earthly 0.7+ keeps the owners (save-artifact-keep-own); 0.6 gives root
         // unless --keep-own.
-        let keep_own = c.flag("keep-own")
-            || proj.ef.version.as_ref().is_none_or(|v| {
-                v.minor >= 7 || v.features.iter().any(|f| f == "save-artifact-keep-own")
-            });
+        let keep_own = c.flag("keep-own") || proj.ef.feature("save-artifact-keep-own");
         let owner = (!keep_own).then(|| "0:0".to_string());
         let keep_ts = c.flag("keep-ts");
         // A wildcard's folders are saved as themselves (Earthly's copy of a folder).
@@ -3899,9 +3982,14 @@ fn collect_commands<'a>(body: &'a [Stmt], out: &mut Vec<&'a Command>) {
             Stmt::For { body, .. } | Stmt::Wait { body, .. } | Stmt::WithDocker { body, .. } => {
                 collect_commands(body, out)
             }
-            Stmt::Try { body, finally, .. } => {
+            Stmt::Try {
+                body,
+                catch,
+                finally,
+                ..
+            } => {
                 collect_commands(body, out);
-                if let Some(b) = finally {
+                for b in [catch, finally].into_iter().flatten() {
                     collect_commands(b, out);
                 }
             }
@@ -3930,32 +4018,43 @@ fn run_git(args: &[&str], dir: Option<&Path>) -> std::result::Result<String, Str
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The git facts builtin ARGs give, for the repository `dir` is in (none outside one).
+/// The git facts builtin ARGs give, for the repository `dir` is in (none outside one),
+/// read as Earthly's `gitutil.Metadata` reads them: each fact on its own, so a
+/// repository without commits still gives its origin.
 fn git_info(dir: &Path) -> HashMap<&'static str, String> {
     let git = |args: &[&str]| -> Option<String> {
-        let s = run_git(args, Some(dir)).ok()?.trim().to_string();
-        (!s.is_empty()).then_some(s)
+        let s = run_git(args, Some(dir)).ok()?;
+        let first = s.lines().next().unwrap_or("").trim().to_string();
+        (!first.is_empty()).then_some(first)
     };
     let mut m = HashMap::new();
-    let Some(hash) = git(&["rev-parse", "HEAD"]) else {
+    let Some(top) = git(&["rev-parse", "--show-toplevel"]) else {
         return m;
     };
-    m.insert("hash", hash);
+    if let Some(o) = git(&["config", "--get", "remote.origin.url"]) {
+        let rel = std::fs::canonicalize(dir)
+            .ok()
+            .and_then(|d| {
+                let top = std::fs::canonicalize(&top).ok()?;
+                Some(d.strip_prefix(top).ok()?.to_path_buf())
+            })
+            .unwrap_or_default();
+        let mut url = origin_project(&o);
+        if !rel.as_os_str().is_empty() {
+            url = format!("{url}/{}", rel.display());
+        }
+        m.insert("git_url", url);
+        m.insert("project", git_project_name(&o));
+        m.insert("origin", o);
+    }
+    if let Some(hash) = git(&["rev-parse", "HEAD"]) {
+        m.insert("hash", hash);
+    }
     if let Some(b) = git(&["rev-parse", "--abbrev-ref", "HEAD"]) {
         m.insert("branch", b);
     }
-    if let Some(o) = git(&["config", "--get", "remote.origin.url"]) {
-        let project = o
-            .trim_end_matches(".git")
-            .rsplit([':', '/'])
-            .take(2)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("/");
-        m.insert("project", project);
-        m.insert("origin", o);
+    if let Some(t) = git(&["describe", "--exact-match", "--tags"]) {
+        m.insert("tag", t);
     }
     if let Some(t) = git(&["log", "-1", "--format=%ct"]) {
         m.insert("timestamp", t);
@@ -3964,15 +4063,68 @@ fn git_info(dir: &Path) -> HashMap<&'static str, String> {
         m.insert("author_timestamp", t);
     }
     // The branches and tags at HEAD, as Earthly's EARTHLY_GIT_REFS.
-    if let Some(r) = git(&[
-        "for-each-ref",
-        "--points-at",
-        "HEAD",
-        "--format=%(refname:short)",
-    ]) {
+    if let Ok(r) = run_git(
+        &[
+            "for-each-ref",
+            "--points-at",
+            "HEAD",
+            "--format=%(refname:short)",
+        ],
+        Some(dir),
+    ) && !r.trim().is_empty()
+    {
         m.insert("refs", r.lines().collect::<Vec<_>>().join(" "));
     }
     m
+}
+
+/// `tag` as a Docker tag, as Earthly's `llbutil.DockerTagSafe` makes it: `latest` for
+/// none, at most 128 characters, a first one that is not a word character and later
+/// ones that are not word characters, `.` or `-` made `_`.
+fn docker_tag_safe(tag: &str) -> String {
+    if tag.is_empty() {
+        return "latest".into();
+    }
+    tag.chars()
+        .take(128)
+        .enumerate()
+        .map(|(i, c)| {
+            let word = c.is_ascii_alphanumeric() || c == '_';
+            if word || (i > 0 && (c == '.' || c == '-')) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The project path Earthly names a repository by, from its origin URL (its
+/// `ParseGitRemoteURL`): without the scheme, the `user@` and a `.git` suffix, the
+/// first `:` (of `git@host:org/repo`) made a `/`. `https://github.com/earthly/earthly.git`
+/// and `git@github.com:earthly/earthly.git` give `github.com/earthly/earthly`.
+fn origin_project(origin: &str) -> String {
+    let s = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    let s = s.split_once('@').map_or(s, |(_, rest)| rest);
+    let s = s.replacen(':', "/", 1);
+    s.strip_suffix(".git").unwrap_or(&s).to_string()
+}
+
+/// EARTHLY_GIT_PROJECT_NAME, as Earthly's `getProjectName` makes it from the origin
+/// URL: the path after the host (`earthly/earthly`, or `group/sub/repo`).
+fn git_project_name(origin: &str) -> String {
+    let (scheme, s) = match origin.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, origin),
+    };
+    let s = s.split_once('@').map_or(s, |(_, rest)| rest);
+    let s = if scheme.is_none() {
+        s.replacen(':', "/", 1)
+    } else {
+        s.to_string()
+    };
+    let s = s.strip_suffix(".git").unwrap_or(&s);
+    s.split_once('/').map_or(s, |(_, path)| path).to_string()
 }
 
 #[cfg(test)]
@@ -4013,12 +4165,17 @@ mod tests {
             allow: allow.to_vec(),
             ..EarthOptions::default()
         };
+        plan_in(dir.path(), reference, &opts)
+    }
+
+    /// Lower `reference` of the Earthfiles already written under `dir`.
+    fn plan_in(dir: &Path, reference: &str, opts: &EarthOptions) -> Result<Plan> {
         let mut host = Fake {
             scratch: tempfile::tempdir().unwrap(),
             runs: Vec::new(),
         };
         let mut resolve = |r: &str, _: &Platform| panic!("nothing to resolve, asked {r}");
-        let plan = lower(dir.path(), reference, &opts, &mut resolve, &mut host);
+        let plan = lower(dir, reference, opts, &mut resolve, &mut host);
         RUNS.with(|r| *r.borrow_mut() = host.runs.clone());
         plan
     }
@@ -4124,6 +4281,205 @@ mod tests {
         assert_eq!(
             err(text, "+a"),
             "Earthfile:8:11: cycle: +a -> +b -> +c -> +a"
+        );
+    }
+
+    /// Earthly names the targets of a repository with an origin by that origin
+    /// (`gitutil.ReferenceWithGitMeta`), in a folder of it by the folder too, and tags
+    /// them with HEAD's tag, branch or commit; without commits, untagged.
+    #[test]
+    fn builtin_target_names_come_from_the_git_origin() {
+        let git_found = std::process::Command::new("git")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !git_found && !berth_testutil::skip("git is not installed") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    ARG EARTHLY_TARGET\n    \
+                    ARG EARTHLY_TARGET_PROJECT\n    ARG EARTHLY_TARGET_PROJECT_NO_TAG\n    \
+                    ARG EARTHLY_TARGET_TAG\n    ARG EARTHLY_TARGET_TAG_DOCKER\n    \
+                    ARG EARTHLY_GIT_PROJECT_NAME\n    ARG EARTHLY_GIT_HASH\n    RUN true\n";
+        std::fs::write(dir.path().join("Earthfile"), text).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/Earthfile"), text).unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(dir.path())
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+        };
+        let builtins = |reference: &str| -> Vec<String> {
+            let p = plan_in(dir.path(), reference, &EarthOptions::default()).unwrap();
+            let mut env = exec_env(&p.targets[p.invoked].state);
+            env.retain(|e| e.starts_with("EARTHLY_"));
+            env.sort();
+            env
+        };
+        // A repository, no origin: the target keeps its plain name, untagged.
+        git(&["init", "-q", "-b", "main"]);
+        assert_eq!(
+            builtins("+t"),
+            [
+                "EARTHLY_GIT_HASH=",
+                "EARTHLY_GIT_PROJECT_NAME=",
+                "EARTHLY_TARGET=+t",
+                "EARTHLY_TARGET_PROJECT=",
+                "EARTHLY_TARGET_PROJECT_NO_TAG=",
+                "EARTHLY_TARGET_TAG=",
+                "EARTHLY_TARGET_TAG_DOCKER=latest",
+            ]
+        );
+        // An origin, no commit yet (Earthly's empty-git.earth +test-origin-no-hash).
+        git(&[
+            "remote",
+            "add",
+            "origin",
+            "https://github.com/earthly/earthly.git",
+        ]);
+        assert_eq!(
+            builtins("+t"),
+            [
+                "EARTHLY_GIT_HASH=",
+                "EARTHLY_GIT_PROJECT_NAME=earthly/earthly",
+                "EARTHLY_TARGET=github.com/earthly/earthly+t",
+                "EARTHLY_TARGET_PROJECT=github.com/earthly/earthly",
+                "EARTHLY_TARGET_PROJECT_NO_TAG=github.com/earthly/earthly",
+                "EARTHLY_TARGET_TAG=",
+                "EARTHLY_TARGET_TAG_DOCKER=latest",
+            ]
+        );
+        // A commit on a branch: tagged with the branch; a folder of the repository
+        // is part of the project path.
+        git(&["add", "-A"]);
+        git(&["commit", "-qm", "one"]);
+        git(&["checkout", "-qb", "feature/x"]);
+        git(&[
+            "remote",
+            "set-url",
+            "origin",
+            "git@gitlab.com:group/sub/repo.git",
+        ]);
+        let sub = builtins("./sub+t");
+        let hash = sub[0].clone();
+        assert!(hash.len() == "EARTHLY_GIT_HASH=".len() + 40, "{hash}");
+        assert_eq!(
+            sub[1..],
+            [
+                "EARTHLY_GIT_PROJECT_NAME=group/sub/repo",
+                "EARTHLY_TARGET=gitlab.com/group/sub/repo/sub:feature/x+t",
+                "EARTHLY_TARGET_PROJECT=gitlab.com/group/sub/repo/sub:feature/x",
+                "EARTHLY_TARGET_PROJECT_NO_TAG=gitlab.com/group/sub/repo/sub",
+                "EARTHLY_TARGET_TAG=feature/x",
+                "EARTHLY_TARGET_TAG_DOCKER=feature_x",
+            ]
+        );
+        // A tag at HEAD goes before the branch.
+        git(&["tag", "v1.0"]);
+        assert!(builtins("+t").contains(&"EARTHLY_TARGET=gitlab.com/group/sub/repo:v1.0+t".into()));
+    }
+
+    #[test]
+    fn origin_urls_become_project_paths_as_in_earthly() {
+        for (origin, project, name) in [
+            (
+                "https://github.com/earthly/earthly.git",
+                "github.com/earthly/earthly",
+                "earthly/earthly",
+            ),
+            (
+                "git@github.com:earthly/earthly.git",
+                "github.com/earthly/earthly",
+                "earthly/earthly",
+            ),
+            // Earthly makes the first `:` a `/` whatever the form, a port's too.
+            (
+                "ssh://git@host.example:2222/org/repo",
+                "host.example/2222/org/repo",
+                "org/repo",
+            ),
+            (
+                "https://user:token@git.example/a/b/c.git",
+                "git.example/a/b/c",
+                "a/b/c",
+            ),
+        ] {
+            assert_eq!(origin_project(origin), project, "{origin}");
+            assert_eq!(git_project_name(origin), name, "{origin}");
+        }
+        assert_eq!(docker_tag_safe(""), "latest");
+        assert_eq!(docker_tag_safe("-feature/x.1"), "_feature_x.1");
+    }
+
+    /// A file without VERSION is Earthly 0.5: the builtins of later versions are
+    /// ordinary ARGs, every ARG of the base recipe is global, and a builtin's default
+    /// is refused unless empty, without running its `$( … )`.
+    #[test]
+    fn a_file_without_version_is_earthly_0_5() {
+        let text = "FROM scratch\nARG G=g\nt:\n    ARG EARTHLY_VERSION\n    ARG EARTHLY_CI\n    \
+                    ARG EARTHLY_TARGET_NAME\n    ARG NATIVEARCH\n    ARG EARTHLY_PUSH\n    \
+                    BUILD +u\n    RUN true\nu:\n    ARG G\n    RUN u\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let env = exec_env(&p.targets[p.invoked].state);
+        for want in [
+            "EARTHLY_VERSION=",
+            "EARTHLY_CI=",
+            "EARTHLY_TARGET_NAME=t",
+            "NATIVEARCH=",
+            "EARTHLY_PUSH=",
+        ] {
+            assert!(env.contains(&want.to_string()), "{want} not in {env:?}");
+        }
+        // The base recipe's ARG is global: +u, built with no ARGs, sees its value.
+        let u = p.targets.iter().find(|t| t.label == "+u").unwrap();
+        assert!(exec_env(&u.state).contains(&"G=g".to_string()));
+        // The same file at VERSION 0.8: builtins, and G only where declared global.
+        let p = plan(&format!("VERSION 0.8\n{text}"), &[], "+t", &[]).unwrap();
+        let env = exec_env(&p.targets[p.invoked].state);
+        assert!(env.contains(&"EARTHLY_CI=false".to_string()), "{env:?}");
+        assert!(env.iter().any(|e| e.starts_with("EARTHLY_VERSION=berth-")));
+        let u = p.targets.iter().find(|t| t.label == "+u").unwrap();
+        assert!(exec_env(&u.state).contains(&"G=".to_string()));
+
+        for (text, want) in [
+            // Refused as in Earthly (its static list of builtins), the command not run.
+            (
+                "FROM scratch\nt:\n    ARG EARTHLY_VERSION=$(echo \"$TAG\" | cut -c 2-)\n",
+                "Earthfile:3:9: arg default value supplied for built-in ARG EARTHLY_VERSION",
+            ),
+            (
+                "FROM scratch\nARG --global G=g\nt:\n    RUN true\n",
+                "Earthfile:2:5: unknown flag --global",
+            ),
+            // From 0.7 the default is expanded first: refused when not empty.
+            (
+                "VERSION 0.8\nFROM scratch\nt:\n    ARG EARTHLY_VERSION=$(echo v1)\n",
+                "Earthfile:4:9: arg default value supplied for built-in ARG EARTHLY_VERSION",
+            ),
+        ] {
+            assert_eq!(err(text, "+t"), want, "{text:?}");
+        }
+        // An empty default is no default; one that expands to nothing gives the builtin.
+        let p = plan(
+            "FROM scratch\nt:\n    ARG EARTHLY_VERSION=\n    RUN true\n",
+            &[],
+            "+t",
+            &[],
+        );
+        let p = p.unwrap();
+        let env = exec_env(&p.targets[p.invoked].state);
+        assert!(env.contains(&"EARTHLY_VERSION=".to_string()), "{env:?}");
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    ARG EARTHLY_VERSION=$(echo)\n    RUN true\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let env = exec_env(&p.targets[p.invoked].state);
+        assert!(
+            env.iter().any(|e| e.starts_with("EARTHLY_VERSION=berth-")),
+            "{env:?}"
         );
     }
 
@@ -4392,6 +4748,15 @@ mod tests {
             (
                 "VERSION --try 0.8\nt:\n    TRY\n        RUN x\n    FINALLY\n        RUN y\n    END\n",
                 "Earthfile:6:9: FINALLY holds SAVE ARTIFACT … AS LOCAL commands only",
+            ),
+            // Earthly parses CATCH and refuses it, at the TRY, in its own words.
+            (
+                "VERSION --try 0.8\nt:\n    TRY\n        RUN x\n    CATCH\n        RUN y\n    FINALLY\n        SAVE ARTIFACT z AS LOCAL z\n    END\n",
+                "Earthfile:3:5: TRY/FINALLY doesn't (currently) support CATCH statements",
+            ),
+            (
+                "VERSION --try 0.8\nt:\n    TRY\n        RUN x\n    FINALLY\n        SAVE ARTIFACT z AS LOCAL z\n    CATCH\n    END\n",
+                "Earthfile:7:5: CATCH",
             ),
         ] {
             let got = err(body, "+t");

@@ -460,7 +460,7 @@ fn validated(
             None => (flag_name, None),
         };
         let kind = if name == "VERSION" {
-            if !FEATURES.contains(&fname) {
+            if !FEATURES.iter().any(|(n, _)| *n == fname) {
                 return Err(source
                     .error(w.pos, format!("unknown VERSION feature flag --{fname}"))
                     .with_hint("berth knows the feature flags of Earthly 0.6 to 0.8"));
@@ -649,7 +649,7 @@ fn block(
     let mut out = Vec::new();
     while let Some(c) = it.next() {
         match c.name.as_str() {
-            "END" | "ELSE" | "ELSE IF" | "FINALLY" => {
+            "END" | "ELSE" | "ELSE IF" | "CATCH" | "FINALLY" => {
                 if opener.is_none() {
                     return Err(source.error(c.pos, format!("{} without a block to close", c.name)));
                 }
@@ -707,23 +707,28 @@ fn block(
                 });
             }
             "TRY" => {
+                // TRY … [CATCH …] [FINALLY …] END, Earthly's grammar.
                 let (body, end) = block(source, it, Some(&c))?;
-                let end = closed(source, &c, end)?;
-                let finally = match end.name.as_str() {
-                    "END" => None,
-                    "FINALLY" => {
-                        let (f, end2) = block(source, it, Some(&end))?;
-                        let end2 = closed(source, &end, end2)?;
-                        if end2.name != "END" {
-                            return Err(misplaced(source, &end2, "TRY"));
-                        }
-                        Some(f)
-                    }
-                    _ => return Err(misplaced(source, &end, "TRY")),
-                };
+                let mut end = closed(source, &c, end)?;
+                let mut catch = None;
+                if end.name == "CATCH" {
+                    let (b, next) = block(source, it, Some(&end))?;
+                    end = closed(source, &end, next)?;
+                    catch = Some(b);
+                }
+                let mut finally = None;
+                if end.name == "FINALLY" {
+                    let (b, next) = block(source, it, Some(&end))?;
+                    end = closed(source, &end, next)?;
+                    finally = Some(b);
+                }
+                if end.name != "END" {
+                    return Err(misplaced(source, &end, "TRY"));
+                }
                 out.push(Stmt::Try {
                     head: c,
                     body,
+                    catch,
                     finally,
                 });
             }
