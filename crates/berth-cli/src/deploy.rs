@@ -623,7 +623,16 @@ fn destination(
     Ok((local, dest, version))
 }
 
-/// `svc`'s image as a satellite pushed it for the deploy (`registry/repository@digest`).
+/// The deploy's registry as a satellite reaches it: `satellite_address`, else `address`.
+fn satellite_registry(file: &DeployFile) -> &str {
+    file.registry
+        .satellite_address
+        .as_deref()
+        .unwrap_or(&file.registry.address)
+}
+
+/// `svc`'s image as a satellite pushed it for the deploy (`registry/repository@digest`
+/// under the satellite's name for the registry), named as the hosts reach it.
 fn pushed_by_satellite(
     file: &DeployFile,
     svc: &berth_deploy::config::Service,
@@ -631,17 +640,16 @@ fn pushed_by_satellite(
     reported: &str,
 ) -> Result<Pushed> {
     let (local, dest, version) = destination(file, svc, version)?;
-    let digest = reported
-        .strip_prefix(&format!("{}/{}@", dest.registry, dest.repository))
-        .with_context(|| {
-            format!("the satellite reported pushing {reported}, not to {dest} as asked")
-        })?;
+    let asked = format!("{}/{}@", satellite_registry(file), dest.repository);
+    let digest = reported.strip_prefix(&asked).with_context(|| {
+        format!("the satellite reported pushing {reported}, not to {asked}… as asked")
+    })?;
     let digest: berth_oci::Digest = digest
         .parse()
         .with_context(|| format!("the satellite's push {reported}"))?;
     Ok(Pushed {
         local,
-        image: reported.to_owned(),
+        image: format!("{}/{}@{digest}", dest.registry, dest.repository),
         repository: dest.repository.clone(),
         digest: digest.to_string(),
         version,
@@ -679,12 +687,16 @@ pub(crate) fn build_service(
     let Some(build) = &svc.build else {
         return Ok(None);
     };
-    let (tag, dest, _) = destination(file, svc, version)?;
+    let (tag, dest, version_tag) = destination(file, svc, version)?;
     eprintln!("building {tag} for service {}", svc.name);
+    // A satellite pushes to the registry under the name it reaches it by, with the same
+    // credentials.
+    let satellite_registry = satellite_registry(file);
     let push = crate::satellite::DeployPush {
         name: tag.clone(),
-        dest: dest.to_string(),
-        credential: push_credential(settings, file)?,
+        dest: format!("{satellite_registry}/{}:{version_tag}", dest.repository),
+        credential: push_credential(settings, file)?
+            .map(|(_, c)| (satellite_registry.to_owned(), c)),
     };
     let what = || format!("build of service {} ({tag})", svc.name);
     let pushed = match build {

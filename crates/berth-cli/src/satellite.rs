@@ -119,6 +119,11 @@ pub struct ManifestArgs {
     /// (the node port is added to those without one); the first goes into tokens.
     #[arg(long, value_delimiter = ',')]
     advertise: Vec<String>,
+    /// The satellite's configuration file (as `berth satellite serve --config`:
+    /// [network], [registries], …), kept in the ConfigMap `<name>-config`; paths in it
+    /// are the pod's.
+    #[arg(long, value_name = "FILE")]
+    satellite_config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -679,6 +684,15 @@ fn satellite_input(args: &ManifestArgs) -> Result<berth_kube::satellite::Satelli
         ("LoadBalancer", None) => Exposure::LoadBalancer,
         _ => Exposure::ClusterIp,
     };
+    let config = match &args.satellite_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--satellite-config {}", path.display()))?;
+            berth_satellite::SatelliteConfig::parse(&text, &path.display().to_string())?;
+            Some(text)
+        }
+        None => None,
+    };
     Ok(berth_kube::satellite::SatelliteInput {
         name: args.name.clone(),
         image: args.image.clone(),
@@ -690,6 +704,7 @@ fn satellite_input(args: &ManifestArgs) -> Result<berth_kube::satellite::Satelli
         },
         advertise: args.advertise.clone(),
         exposure,
+        config,
     })
 }
 

@@ -45,6 +45,9 @@ use k8s_cp::{ControlPlane, TOKEN, control_plane};
 /// The registry, on the loopback of the node's network namespace (dockerd counts
 /// 127.0.0.0/8 as insecure, so plain HTTP needs no flag).
 const REGISTRY: &str = "127.0.0.1:5000";
+/// The same registry (listening on every address of the node's namespace) as pods reach
+/// it: the node's end of their bridge.
+const POD_SIDE_REGISTRY: &str = "10.94.0.1:5000";
 /// The node dockerd's bridge (inside the node's namespace).
 const BRIDGE: &str = "bkubelet";
 const BRIDGE_ADDR: &str = "10.94.0.1/24";
@@ -299,7 +302,8 @@ impl Drop for Node {
 struct Registry(Child);
 
 impl Registry {
-    fn start(host: &Host, dir: &Path) -> Registry {
+    /// On `addr` of the node's namespace.
+    fn start(host: &Host, dir: &Path, addr: &str) -> Registry {
         let htpasswd = dir.join("htpasswd");
         run(Command::new("htpasswd")
             .args(["-Bbc"])
@@ -309,7 +313,7 @@ impl Registry {
             .command(berth_bin())
             .arg("--root")
             .arg(dir.join("registry"))
-            .args(["registry", "serve", "--addr", REGISTRY, "--htpasswd"])
+            .args(["registry", "serve", "--addr", addr, "--htpasswd"])
             .arg(&htpasswd)
             .env("BERTH_LOG", "info")
             .stdout(Stdio::piped())
@@ -523,7 +527,7 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
     let host = lab.host("node");
     let node_name = format!("berth-node-{}", std::process::id());
     let node = Node::start(cp, &host, &dir.path().join("node"), &node_name, "127.0.0.1");
-    let _registry = Registry::start(&host, dir.path());
+    let _registry = Registry::start(&host, dir.path(), REGISTRY);
 
     // The image in berth's registry (pushed with the credentials), and the sandbox image
     // in the node's dockerd.
@@ -844,10 +848,19 @@ async fn a_satellite_pod_builds_for_a_client_outside_the_cluster_and_survives_a_
             .arg(dir.path().join("client-root"));
         c
     };
+    // The satellite reaches the node's registry through the pods' bridge, over HTTP.
+    let sat_config = dir.path().join("satellite.toml");
+    std::fs::write(
+        &sat_config,
+        format!("[registries.\"{POD_SIDE_REGISTRY}\"]\nhttp = true\n"),
+    )
+    .unwrap();
     let deployed = output(
         client()
             .args(["satellite", "deploy", "--k8s", "--kubeconfig"])
             .arg(&cp.kubeconfig)
+            .arg("--satellite-config")
+            .arg(&sat_config)
             .args(["--namespace", &ns, "--name", "sat", "--image", &image])
             .args([
                 "--storage",
@@ -970,6 +983,93 @@ async fn a_satellite_pod_builds_for_a_client_outside_the_cluster_and_survives_a_
         std::fs::read_to_string(dir.path().join("out2/out")).unwrap(),
         "built in the pod\n"
     );
+
+    // One command: the satellite in the pod builds the service, pushes it to the node's
+    // registry by the name it reaches it by, and the cluster runs the digest it reported,
+    // pulled by the node from its own name for that registry.
+    let _registry = Registry::start(&host, dir.path(), "0.0.0.0:5000");
+    let proj = dir.path().join("proj");
+    std::fs::create_dir_all(proj.join("app")).unwrap();
+    std::fs::copy("/bin/busybox", proj.join("app/busybox")).unwrap();
+    std::fs::write(
+        proj.join("app/Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox echo served from the pod-built image > /msg\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proj.join("berth.toml"),
+        format!(
+            r#"
+[deploy.registry]
+address = "{REGISTRY}"
+satellite_address = "{POD_SIDE_REGISTRY}"
+username = "deploy"
+password_env = "REG_PASSWORD"
+[deploy.roles.web]
+hosts = ["unused"]
+[deploy.services.web]
+image = "web:v1"
+roles = ["web"]
+command = ["/bin/busybox", "sh", "-c", "/bin/busybox cat /msg; exec /bin/busybox sleep 3600"]
+build = {{ context = "app" }}
+[k8s]
+kubeconfig = "{kc}"
+namespace = "{ns}"
+"#,
+            kc = cp.kubeconfig.display(),
+        ),
+    )
+    .unwrap();
+    let out = output(
+        client()
+            .current_dir(&proj)
+            .args(["deploy", "--k8s", "--wait", "--timeout", "240s"])
+            .env("BERTH_SATELLITE", "sat")
+            .env("REG_PASSWORD", "s3cret"),
+    );
+    assert!(
+        out.success,
+        "{}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        node.logs()
+    );
+    assert!(out.stdout.contains("web\tdeployed"), "{}", out.stdout);
+    let said = format!(
+        "push: satellite sat pushed web:v1 to {POD_SIDE_REGISTRY}/web:v1 ({POD_SIDE_REGISTRY}/web@sha256:"
+    );
+    assert!(out.stderr.contains(&said), "{said}\n{}", out.stderr);
+    let d = get(
+        cp,
+        &format!("/apis/apps/v1/namespaces/{ns}/deployments/web"),
+    );
+    let image = d["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        image.starts_with(&format!("{REGISTRY}/web@sha256:")),
+        "{image}"
+    );
+    let pod = wait_pod(cp, &node, &ns, "the service's pod, running", |p| {
+        (p["metadata"]["labels"]["app.kubernetes.io/name"] == "web"
+            && p["status"]["containerStatuses"][0]["ready"] == true)
+            .then(|| p.clone())
+    });
+    let status = &pod["status"]["containerStatuses"][0];
+    let digest = image.rsplit_once('@').unwrap().1;
+    assert!(
+        status["imageID"].as_str().unwrap().ends_with(digest),
+        "{status}"
+    );
+    let id = status["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("docker://")
+        .to_owned();
+    let logs = node.docker(&["logs", &id]);
+    assert_eq!(logs.stdout.trim(), "served from the pod-built image");
 
     let _ = api(cp, "DELETE", &format!("/api/v1/namespaces/{ns}"), None);
     let _ = api(

@@ -218,3 +218,38 @@ fn steps_see_the_company_ca_only_when_asked_and_it_stays_out_of_the_image() {
     let seen = std::fs::read_to_string(out.join("seen")).unwrap();
     assert!(seen.contains("No such file"), "{seen}");
 }
+
+/// A machine without a system trust store (a container image holding only berth, as the
+/// satellite's) still pulls from a plain-HTTP registry: the client trusts only the CAs of
+/// berth's configuration then, and says so, instead of failing to make any HTTP client.
+#[test]
+fn without_a_system_trust_store_plain_http_registries_still_work() {
+    if !require("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Berth::serve(&dir.path().join("registry"), &[]);
+    let layout = dir.path().join("layout");
+    busybox_layout(&layout, "v1");
+    run(&mut skopeo_copy(
+        &format!("oci:{}:v1", layout.display()),
+        &format!("docker://{}/base/busybox:v1", reg.addr),
+        &["--dest-tls-verify=false"],
+    ));
+    let none = dir.path().join("no-such-trust-store");
+    let out = output(
+        Command::new(berth_bin())
+            .arg("--root")
+            .arg(dir.path().join("client"))
+            .args(["pull", &format!("{}/base/busybox:v1", reg.addr)])
+            .env("SSL_CERT_FILE", &none)
+            .env("SSL_CERT_DIR", &none)
+            .env("BERTH_LOG", "warn"),
+    );
+    assert!(out.success, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no system trust store"),
+        "{}",
+        out.stderr
+    );
+}

@@ -354,50 +354,66 @@ impl Client {
             return Ok(c.clone());
         }
         let opts = self.host(registry);
-        let mut b = reqwest::Client::builder()
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            // Proxies come from the one network configuration, NO_PROXY rules included
-            // (CIDRs and ports, which reqwest's own reading of the environment lacks).
-            .no_proxy();
-        let proxies = self.config.network.proxies.clone();
-        if proxies.http.is_some() || proxies.https.is_some() {
-            b = b.proxy(reqwest::Proxy::custom(move |url| {
-                let host = url.host_str()?;
-                let port = url.port_or_known_default()?;
-                proxies
-                    .proxy_for(url.scheme(), host, port)
-                    .map(str::to_owned)
-            }));
-        }
-        for pem in self.config.network.extra_roots().map_err(Error::Local)? {
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Local(format!("a CA bundle of [network] is not PEM: {e}")))?
-            {
-                b = b.add_root_certificate(cert);
+        let builder = || {
+            let mut b = reqwest::Client::builder()
+                .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+                // Proxies come from the one network configuration, NO_PROXY rules
+                // included (CIDRs and ports, which reqwest's own reading of the
+                // environment lacks).
+                .no_proxy();
+            let proxies = self.config.network.proxies.clone();
+            if proxies.http.is_some() || proxies.https.is_some() {
+                b = b.proxy(reqwest::Proxy::custom(move |url| {
+                    let host = url.host_str()?;
+                    let port = url.port_or_known_default()?;
+                    proxies
+                        .proxy_for(url.scheme(), host, port)
+                        .map(str::to_owned)
+                }));
             }
+            if opts.insecure {
+                b = b.danger_accept_invalid_certs(true);
+            }
+            if let Some(tls) = &opts.tls {
+                b = b.use_preconfigured_tls((**tls).clone());
+            }
+            b
+        };
+        let mut roots = Vec::new();
+        for pem in self.config.network.extra_roots().map_err(Error::Local)? {
+            roots.extend(
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    Error::Local(format!("a CA bundle of [network] is not PEM: {e}"))
+                })?,
+            );
         }
         if let Some(ca) = &opts.ca {
             let pem = std::fs::read(ca).map_err(|e| {
                 Error::Local(format!("read CA {} for {registry}: {e}", ca.display()))
             })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            roots.extend(reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 Error::Local(format!(
                     "CA {} for {registry} is not PEM: {e}",
                     ca.display()
                 ))
-            })? {
-                b = b.add_root_certificate(cert);
+            })?);
+        }
+        // The system's trust store and the configured CAs; a system without one (a
+        // container image holding only berth) still reaches plain-HTTP registries and
+        // those whose CA is configured.
+        let c = match builder().tls_certs_merge(roots.clone()).build() {
+            Ok(c) => c,
+            Err(first) => {
+                tracing::warn!(
+                    "no system trust store ({}): for {registry} only the CAs of berth's \
+                     configuration are trusted",
+                    error_chain(&first)
+                );
+                builder().tls_certs_only(roots).build().map_err(|e| {
+                    Error::Local(format!("HTTP client for {registry}: {}", error_chain(&e)))
+                })?
             }
-        }
-        if opts.insecure {
-            b = b.danger_accept_invalid_certs(true);
-        }
-        if let Some(tls) = &opts.tls {
-            b = b.use_preconfigured_tls((**tls).clone());
-        }
-        let c = b
-            .build()
-            .map_err(|e| Error::Local(format!("HTTP client for {registry}: {e}")))?;
+        };
         cache.insert(registry.to_string(), c.clone());
         Ok(c)
     }
@@ -1160,4 +1176,16 @@ mod tests {
         assert_eq!(p["service"], "registry.example");
         assert_eq!(p["scope"], "repository:a/b:pull,push");
     }
+}
+
+/// An error and its sources, `: `-separated (reqwest's own text is only "builder error").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
 }

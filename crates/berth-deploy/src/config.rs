@@ -9,6 +9,8 @@
 //! address = "registry.internal:5000"
 //! username = "deploy"
 //! password_env = "REGISTRY_PASSWORD" # or password_file = "secrets/registry"
+//! satellite_address = "registry.berth.svc:5000" # optional: the same registry as a
+//!                                   # satellite building the services reaches it
 //!
 //! [deploy.batch]
 //! limit = "50%"                     # or a count of hosts
@@ -97,6 +99,10 @@ pub struct SshHost {
 pub struct Registry {
     /// `host[:port]`, as the hosts reach it.
     pub address: String,
+    /// `host[:port]` of the same registry as a satellite that builds the services reaches
+    /// it, when its network names it otherwise (a satellite in a cluster: the registry's
+    /// Service name): the satellite pushes there, the hosts pull the digest from `address`.
+    pub satellite_address: Option<String>,
     /// User name for pulls and pushes.
     pub username: Option<String>,
     /// Where the password comes from.
@@ -353,6 +359,7 @@ struct HostRaw {
 #[serde(deny_unknown_fields)]
 struct RegistryRaw {
     address: String,
+    satellite_address: Option<String>,
     username: Option<String>,
     password_env: Option<String>,
     password_file: Option<PathBuf>,
@@ -531,10 +538,17 @@ impl DeployFile {
                 "missing: say where images go, e.g. [deploy.registry] address = \"registry.internal:5000\"",
             )
         })?;
-        if r.address.is_empty() || r.address.contains('/') || r.address.contains("://") {
+        let not_host = |a: &str| a.is_empty() || a.contains('/');
+        if not_host(&r.address) {
             return Err(c.err(
                 "deploy.registry.address",
                 format!("{:?} is not host[:port] (no scheme, no path)", r.address),
+            ));
+        }
+        if let Some(a) = r.satellite_address.as_deref().filter(|a| not_host(a)) {
+            return Err(c.err(
+                "deploy.registry.satellite_address",
+                format!("{a:?} is not host[:port] (no scheme, no path)"),
             ));
         }
         let password = match (r.password_env, r.password_file) {
@@ -556,6 +570,7 @@ impl DeployFile {
         }
         let registry = Registry {
             address: r.address,
+            satellite_address: r.satellite_address,
             username: r.username,
             password,
         };
@@ -1314,6 +1329,13 @@ health = { path = "/ok", interval = "200ms", retries = 4 }
             (
                 GOOD.replace("address = \"10.0.0.1:5000\"", "address = \"http://x/y\""),
                 "deploy.registry.address",
+            ),
+            (
+                GOOD.replace(
+                    "address = \"10.0.0.1:5000\"",
+                    "address = \"10.0.0.1:5000\"\nsatellite_address = \"reg.svc/x\"",
+                ),
+                "deploy.registry.satellite_address",
             ),
             (GOOD.replace("history = 3", "history = 0"), "deploy.history"),
             (

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, Probe, SecretVolumeSource, SecurityContext,
-    Service, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, Probe,
+    SecretVolumeSource, SecurityContext, Service, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -26,6 +27,12 @@ pub const POD_ROOT: &str = "/var/lib/berth";
 pub const POD_CA_DIR: &str = "/etc/berth/ca";
 /// The name of the port, on the container and the Service.
 const PORT_NAME: &str = "satellite";
+/// The ConfigMap key holding the configuration.
+const CONFIG_KEY: &str = "satellite.toml";
+/// The environment variable `berth satellite serve` reads an inline configuration from.
+const CONFIG_ENV: &str = "BERTH_SATELLITE_CONFIG";
+/// The pod template's annotation carrying the configuration's hash.
+const CONFIG_HASH_ANNOTATION: &str = "berth.dev/satellite-config-sha256";
 
 /// What a satellite is rendered from.
 #[derive(Debug, Clone)]
@@ -45,6 +52,10 @@ pub struct SatelliteInput {
     pub advertise: Vec<String>,
     /// How the Service exposes the satellite.
     pub exposure: Exposure,
+    /// The satellite's configuration (TOML: `[network]`, `[registries]`, …), kept in the
+    /// ConfigMap `<name>-config` and given to `berth satellite serve` as
+    /// BERTH_SATELLITE_CONFIG; a change rolls the pod.
+    pub config: Option<String>,
 }
 
 /// The satellite Service's type.
@@ -107,6 +118,8 @@ fn has_port(entry: &str) -> bool {
 /// A satellite's objects, in apply order.
 #[derive(Debug, Clone)]
 pub struct Satellite {
+    /// The ConfigMap holding its configuration, when it has one.
+    pub config_map: Option<ConfigMap>,
     /// The Service.
     pub service: Service,
     /// The StatefulSet.
@@ -190,6 +203,40 @@ pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
         }
     }
     let named_port = || IntOrString::String(PORT_NAME.to_owned());
+    let mut env = vec![EnvVar {
+        name: "POD_NAMESPACE".to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.namespace".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let config_map = input.config.as_ref().map(|text| ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}-config")),
+            labels: Some(labels(name)),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), text.clone())])),
+        ..Default::default()
+    });
+    if config_map.is_some() {
+        env.push(EnvVar {
+            name: CONFIG_ENV.to_owned(),
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: format!("{name}-config"),
+                    key: CONFIG_KEY.to_owned(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let container = Container {
         name: PORT_NAME.to_owned(),
         image: Some(input.image.clone()),
@@ -206,17 +253,7 @@ pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
             format!("--ca-dir={POD_CA_DIR}"),
             "--drain-timeout=10m".to_owned(),
         ]),
-        env: Some(vec![EnvVar {
-            name: "POD_NAMESPACE".to_owned(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.namespace".to_owned(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.to_owned()),
             container_port: port,
@@ -260,12 +297,20 @@ pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
         ]),
         ..Default::default()
     };
-    let annotations = BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         ("prometheus.io/scrape".to_owned(), "true".to_owned()),
         ("prometheus.io/scheme".to_owned(), "https".to_owned()),
         ("prometheus.io/port".to_owned(), port.to_string()),
         ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
     ]);
+    if let Some(text) = &input.config {
+        // An environment variable from a ConfigMap is read when the container starts: a
+        // new configuration must change the template for the StatefulSet to roll.
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(text.as_bytes());
+        let hex: String = hash.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        annotations.insert(CONFIG_HASH_ANNOTATION.to_owned(), hex);
+    }
     let template = pod_template(
         labels(name),
         annotations,
@@ -321,6 +366,7 @@ pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
         ..Default::default()
     };
     Ok(Satellite {
+        config_map,
         service,
         stateful_set,
     })
@@ -364,14 +410,17 @@ pub fn header(name: &str, identity: &PodIdentity) -> String {
 /// StatefulSet as YAML documents.
 pub fn manifests(input: &SatelliteInput) -> Result<String, String> {
     let sat = render(input)?;
-    let docs = [
-        serde_json::to_value(&sat.service),
-        serde_json::to_value(&sat.stateful_set),
-    ]
-    .into_iter()
-    .map(|v| v.map(|v| crate::yaml::to_yaml(&v)))
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| format!("serialize the satellite's objects: {e}"))?;
+    let docs = sat
+        .config_map
+        .iter()
+        .map(serde_json::to_value)
+        .chain([
+            serde_json::to_value(&sat.service),
+            serde_json::to_value(&sat.stateful_set),
+        ])
+        .map(|v| v.map(|v| crate::yaml::to_yaml(&v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("serialize the satellite's objects: {e}"))?;
     Ok(format!(
         "{}{}",
         header(&input.name, &input.identity),
@@ -401,6 +450,10 @@ pub async fn deploy(
     let mut input = input.clone();
     input.identity = crate::pull::ensure_for(kube, creds, &input.identity).await?;
     let sat = render(&input).map_err(bad)?;
+    if let Some(cm) = &sat.config_map {
+        kube.check(&[cm])?;
+        kube.apply(cm).await?;
+    }
     kube.check(&[&sat.service])?;
     kube.check(&[&sat.stateful_set])?;
     kube.apply(&sat.service).await?;
@@ -548,12 +601,68 @@ mod tests {
             },
             advertise: vec![],
             exposure: Exposure::ClusterIp,
+            config: None,
         }
     }
 
     fn args(s: &Satellite) -> Vec<String> {
         let pod = s.stateful_set.spec.clone().unwrap().template.spec.unwrap();
         pod.containers[0].args.clone().unwrap()
+    }
+
+    #[test]
+    fn a_configuration_is_a_config_map_whose_change_rolls_the_pod() {
+        let mut i = input();
+        let plain = render(&i).unwrap();
+        assert!(plain.config_map.is_none());
+        let pod = plain.stateful_set.spec.unwrap().template;
+        let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+        assert!(env.iter().all(|e| e.name != "BERTH_SATELLITE_CONFIG"));
+        let hash = |s: &Satellite| {
+            s.stateful_set
+                .spec
+                .clone()
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        i.config = Some("[registries.\"10.0.0.1:5000\"]\nhttp = true\n".into());
+        let a = render(&i).unwrap();
+        let cm = a.config_map.clone().unwrap();
+        assert_eq!(cm.metadata.name.as_deref(), Some("builder-config"));
+        assert_eq!(
+            cm.data.unwrap()["satellite.toml"],
+            i.config.clone().unwrap()
+        );
+        let env = a
+            .stateful_set
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let from = env
+            .iter()
+            .find(|e| e.name == "BERTH_SATELLITE_CONFIG")
+            .and_then(|e| e.value_from.clone())
+            .and_then(|v| v.config_map_key_ref)
+            .unwrap();
+        assert_eq!(
+            (from.name.as_str(), from.key.as_str()),
+            ("builder-config", "satellite.toml")
+        );
+        i.config = Some("[registries.\"10.0.0.1:5000\"]\nhttp = false\n".into());
+        assert_ne!(hash(&a), hash(&render(&i).unwrap()));
+        assert!(manifests(&i).unwrap().contains("name: builder-config"));
     }
 
     #[test]
