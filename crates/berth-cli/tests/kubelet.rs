@@ -95,9 +95,9 @@ struct Node {
 }
 
 impl Node {
-    /// kubelet listens on `address`, an address of this machine; anything but 127.0.0.1
-    /// (which kubelet refuses as a node IP) is also the node's InternalIP, where the API
-    /// server reaches kubelet for pods' logs.
+    /// kubelet listens on `address`, an address of this machine (a test's veth end, not
+    /// 127.0.0.1: kubelet refuses a loopback node IP), which is also the node's
+    /// InternalIP, where the API server reaches kubelet for pods' logs.
     fn start(cp: &ControlPlane, host: &Host, dir: &Path, name: &str, address: &str) -> Node {
         std::fs::create_dir_all(dir.join("sysctl")).unwrap();
         std::fs::create_dir_all(dir.join("fakebin")).unwrap();
@@ -162,7 +162,7 @@ PATH=$D/fakebin:$PATH {kubelet} --kubeconfig={kubeconfig} --hostname-override={n
   --pod-infra-container-image={pause} --network-plugin= --hairpin-mode=none \
   --cgroup-driver=cgroupfs --cgroups-per-qos=false --enforce-node-allocatable= \
   --fail-swap-on=false --protect-kernel-defaults=true --make-iptables-util-chains=false \
-  {node_ip} --address={address} --port={kport} --healthz-bind-address=127.0.0.1 --healthz-port={hport} --read-only-port=0 \
+  --node-ip={address} --address={address} --port={kport} --healthz-bind-address=127.0.0.1 --healthz-port={hport} --read-only-port=0 \
   --eviction-hard='memory.available<1Mi,nodefs.available<1%,imagefs.available<1%,nodefs.inodesFree<1%' \
   --image-gc-high-threshold=100 --image-gc-low-threshold=99 \
   --v=2 >$D/kubelet.log 2>&1 &
@@ -185,11 +185,6 @@ stop
             kubelet = kubelet_bin().display(),
             kubeconfig = cp.kubeconfig.display(),
             pause = PAUSE,
-            node_ip = if address == "127.0.0.1" {
-                String::new()
-            } else {
-                format!("--node-ip={address}")
-            },
             kport = port(),
             hport = port(),
             parent = std::process::id(),
@@ -437,6 +432,17 @@ command = ["sh", "-c", "echo berth-pod-ran; exec sleep 3600"]
 /// berth's objects for FILE's `web` with `image` into `ns` (pull identity first: with
 /// `creds` the namespace gets berth's pull secret), applied.
 async fn deploy(cp: &ControlPlane, ns: &str, image: &str, creds: Option<&PullCredentials>) {
+    deploy_file(cp, ns, image, creds, FILE).await;
+}
+
+/// [`deploy`] of the service `web` of deploy file `file`.
+async fn deploy_file(
+    cp: &ControlPlane,
+    ns: &str,
+    image: &str,
+    creds: Option<&PullCredentials>,
+    file: &str,
+) {
     let kube = Kube::connect(&KubeOptions {
         kubeconfig: Some(cp.kubeconfig.clone()),
         context: None,
@@ -447,8 +453,8 @@ async fn deploy(cp: &ControlPlane, ns: &str, image: &str, creds: Option<&PullCre
     .await
     .unwrap();
     kube.ensure_namespace().await.unwrap();
-    let file = DeployFile::parse(FILE, Path::new("berth.toml")).unwrap();
-    let config = K8sConfig::parse(FILE, Path::new("berth.toml")).unwrap();
+    let config = K8sConfig::parse(file, Path::new("berth.toml")).unwrap();
+    let file = DeployFile::parse(file, Path::new("berth.toml")).unwrap();
     let identity = berth_kube::pull::ensure(&kube, &config, creds)
         .await
         .unwrap();
@@ -525,8 +531,10 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
         .unwrap();
     let mut lab = Lab::new("kubelet");
     let host = lab.host("node");
+    // kubelet's address: a veth end on this machine.
+    lab.link_root(&host, "10.94.2.1/30", "10.94.2.2/30");
     let node_name = format!("berth-node-{}", std::process::id());
-    let node = Node::start(cp, &host, &dir.path().join("node"), &node_name, "127.0.0.1");
+    let node = Node::start(cp, &host, &dir.path().join("node"), &node_name, "10.94.2.1");
     let _registry = Registry::start(&host, dir.path(), REGISTRY);
 
     // The image in berth's registry (pushed with the credentials), and the sandbox image
@@ -566,7 +574,12 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
 
     let pid = std::process::id();
     let (without, with) = (format!("kl{pid}-nosecret"), format!("kl{pid}-secret"));
-    let _binder = Binder::start(cp, vec![without.clone(), with.clone()], node_name.clone());
+    let crash = format!("kl{pid}-crash");
+    let _binder = Binder::start(
+        cp,
+        vec![without.clone(), with.clone(), crash.clone()],
+        node_name.clone(),
+    );
 
     // Without berth's pull secret first: once the node holds the image, kubelet would
     // start it for any pod naming it (IfNotPresent), secret or not.
@@ -665,6 +678,36 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
     let logs = node.docker(&["logs", &id]);
     assert!(logs.success, "{}", logs.stderr);
     assert_eq!(logs.stdout.trim(), "berth-pod-ran");
+
+    // A container that exits: once it has, the rollout's error carries its last log
+    // lines, which the API server reads from kubelet at the node's address.
+    let crashing = FILE.replace(
+        "echo berth-pod-ran; exec sleep 3600",
+        "echo berth-pod-crashed-here; exit 3",
+    );
+    deploy_file(cp, &crash, &image, Some(&creds), &crashing).await;
+    wait_pod(cp, &node, &crash, "a container that exited", |p| {
+        let s = &p["status"]["containerStatuses"][0];
+        (s["restartCount"].as_u64().unwrap_or(0) > 0 || !s["state"]["terminated"].is_null())
+            .then_some(())
+    });
+    let kube = Kube::connect(&KubeOptions {
+        kubeconfig: Some(cp.kubeconfig.clone()),
+        namespace: Some(crash.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = berth_kube::rollout::wait(&kube, "web", Duration::from_secs(1), &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.lines()
+            .any(|l| l.trim() == "log: berth-pod-crashed-here"),
+        "{err}"
+    );
+    assert!(err.contains("exited 3"), "{err}");
 
     // The node leaves the cluster with the test.
     let _ = api(cp, "DELETE", &format!("/api/v1/nodes/{node_name}"), None);

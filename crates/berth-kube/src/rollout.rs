@@ -253,9 +253,16 @@ async fn failing_pods(kube: &Kube, service: &str) -> String {
                     w.message.as_deref().unwrap_or("")
                 ));
             }
-            if let Some(t) = &state.terminated {
+            // A container waiting to restart (CrashLoopBackOff) exited before: say how.
+            let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+            if let Some((t, when)) = state
+                .terminated
+                .as_ref()
+                .map(|t| (t, "exited"))
+                .or(last.map(|t| (t, "last exited")))
+            {
                 out.push_str(&format!(
-                    "\n    container {}: exited {} {}",
+                    "\n    container {}: {when} {} {}",
                     c.name,
                     t.exit_code,
                     t.reason.as_deref().unwrap_or("")
@@ -286,10 +293,13 @@ async fn failing_pods(kube: &Kube, service: &str) -> String {
                 tail_lines: Some(20),
                 ..Default::default()
             };
-            if let Ok(log) = kube.api::<Pod>().logs(&name, &lp).await {
-                for line in log.lines() {
-                    out.push_str(&format!("\n    log: {line}"));
+            match kube.api::<Pod>().logs(&name, &lp).await {
+                Ok(log) => {
+                    for line in log.lines() {
+                        out.push_str(&format!("\n    log: {line}"));
+                    }
                 }
+                Err(e) => out.push_str(&format!("\n    (its log could not be read: {e})")),
             }
         }
     }
