@@ -473,6 +473,21 @@ async fn deploy_file(
         .unwrap();
 }
 
+/// The error of berth's rollout wait for service `web` of `ns`, which must fail.
+async fn failed_rollout(cp: &ControlPlane, ns: &str) -> String {
+    let kube = Kube::connect(&KubeOptions {
+        kubeconfig: Some(cp.kubeconfig.clone()),
+        namespace: Some(ns.to_owned()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    berth_kube::rollout::wait(&kube, "web", Duration::from_secs(1), &|_| {})
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
 /// Polls the pods of `ns` until `f` finds what it looks for in one.
 fn wait_pod<T>(
     cp: &ControlPlane,
@@ -615,17 +630,7 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
     eprintln!("without the pull secret: {reason}: {message}; events: {failed:?}");
     // berth's own rollout wait says the same: it names the pod, its container's waiting
     // reason and the pod's events, where the registry's refusal is.
-    let kube = Kube::connect(&KubeOptions {
-        kubeconfig: Some(cp.kubeconfig.clone()),
-        namespace: Some(without.clone()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let err = berth_kube::rollout::wait(&kube, "web", Duration::from_secs(1), &|_| {})
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = failed_rollout(cp, &without).await;
     let pod_name =
         get(cp, &format!("/api/v1/namespaces/{without}/pods"))["items"][0]["metadata"]["name"]
             .as_str()
@@ -691,17 +696,7 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
         (s["restartCount"].as_u64().unwrap_or(0) > 0 || !s["state"]["terminated"].is_null())
             .then_some(())
     });
-    let kube = Kube::connect(&KubeOptions {
-        kubeconfig: Some(cp.kubeconfig.clone()),
-        namespace: Some(crash.clone()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let err = berth_kube::rollout::wait(&kube, "web", Duration::from_secs(1), &|_| {})
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = failed_rollout(cp, &crash).await;
     assert!(
         err.lines()
             .any(|l| l.trim() == "log: berth-pod-crashed-here"),

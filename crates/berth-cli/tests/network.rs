@@ -11,20 +11,26 @@ use std::process::Command;
 use common::tinyproxy::Proxy;
 use common::*;
 
-#[test]
-fn pulls_go_through_the_proxy_unless_no_proxy_says_otherwise() {
-    if !require_build() || !require("skopeo") || !require("tinyproxy") {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Berth::serve(&dir.path().join("registry"), &[]);
-    let layout = dir.path().join("layout");
+/// `berth registry serve` under `dir`, holding busybox as `base/busybox:v1`.
+fn registry_with_busybox(dir: &std::path::Path) -> Berth {
+    let reg = Berth::serve(&dir.join("registry"), &[]);
+    let layout = dir.join("layout");
     busybox_layout(&layout, "v1");
     run(&mut skopeo_copy(
         &format!("oci:{}:v1", layout.display()),
         &format!("docker://{}/base/busybox:v1", reg.addr),
         &["--dest-tls-verify=false"],
     ));
+    reg
+}
+
+#[test]
+fn pulls_go_through_the_proxy_unless_no_proxy_says_otherwise() {
+    if !require_build() || !require("skopeo") || !require("tinyproxy") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry_with_busybox(dir.path());
     let proxy = Proxy::start(dir.path());
     let proxy_url = format!("http://{}", proxy.addr);
 
@@ -228,14 +234,7 @@ fn without_a_system_trust_store_plain_http_registries_still_work() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let reg = Berth::serve(&dir.path().join("registry"), &[]);
-    let layout = dir.path().join("layout");
-    busybox_layout(&layout, "v1");
-    run(&mut skopeo_copy(
-        &format!("oci:{}:v1", layout.display()),
-        &format!("docker://{}/base/busybox:v1", reg.addr),
-        &["--dest-tls-verify=false"],
-    ));
+    let reg = registry_with_busybox(dir.path());
     let none = dir.path().join("no-such-trust-store");
     let out = output(
         Command::new(berth_bin())
