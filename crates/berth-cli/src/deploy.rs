@@ -623,12 +623,19 @@ fn destination(
     Ok((local, dest, version))
 }
 
-/// The deploy's registry as a satellite reaches it: `satellite_address`, else `address`.
-fn satellite_registry(file: &DeployFile) -> &str {
-    file.registry
-        .satellite_address
-        .as_deref()
-        .unwrap_or(&file.registry.address)
+/// `dest` (in the deploy's registry) as a satellite reaches it: in `satellite_address`,
+/// else `dest` itself.
+fn satellite_destination(
+    file: &DeployFile,
+    dest: &berth_oci::Reference,
+    version: &str,
+) -> Result<berth_oci::Reference> {
+    match &file.registry.satellite_address {
+        Some(a) => format!("{a}/{}:{version}", dest.repository)
+            .parse()
+            .with_context(|| format!("deploy.registry.satellite_address {a:?}")),
+        None => Ok(dest.clone()),
+    }
 }
 
 /// `svc`'s image as a satellite pushed it for the deploy (`registry/repository@digest`
@@ -640,7 +647,8 @@ fn pushed_by_satellite(
     reported: &str,
 ) -> Result<Pushed> {
     let (local, dest, version) = destination(file, svc, version)?;
-    let asked = format!("{}/{}@", satellite_registry(file), dest.repository);
+    let sat_dest = satellite_destination(file, &dest, &version)?;
+    let asked = format!("{}/{}@", sat_dest.registry, sat_dest.repository);
     let digest = reported.strip_prefix(&asked).with_context(|| {
         format!("the satellite reported pushing {reported}, not to {asked}… as asked")
     })?;
@@ -691,12 +699,11 @@ pub(crate) fn build_service(
     eprintln!("building {tag} for service {}", svc.name);
     // A satellite pushes to the registry under the name it reaches it by, with the same
     // credentials.
-    let satellite_registry = satellite_registry(file);
+    let sat_dest = satellite_destination(file, &dest, &version_tag)?;
     let push = crate::satellite::DeployPush {
         name: tag.clone(),
-        dest: format!("{satellite_registry}/{}:{version_tag}", dest.repository),
-        credential: push_credential(settings, file)?
-            .map(|(_, c)| (satellite_registry.to_owned(), c)),
+        dest: sat_dest.to_string(),
+        credential: push_credential(settings, file)?.map(|(_, c)| (sat_dest.registry.clone(), c)),
     };
     let what = || format!("build of service {} ({tag})", svc.name);
     let pushed = match build {

@@ -120,7 +120,7 @@ pub struct ManifestArgs {
     #[arg(long, value_delimiter = ',')]
     advertise: Vec<String>,
     /// The satellite's configuration file (as `berth satellite serve --config`:
-    /// [network], [registries], …), kept in the ConfigMap `<name>-config`; paths in it
+    /// [network], [registries], …), kept in the Secret `<name>-config`; paths in it
     /// are the pod's.
     #[arg(long, value_name = "FILE")]
     satellite_config: Option<PathBuf>,
@@ -676,12 +676,26 @@ fn manifests(args: &ManifestArgs) -> Result<String> {
 fn satellite_input(args: &ManifestArgs) -> Result<berth_kube::satellite::SatelliteInput> {
     use berth_kube::satellite::Exposure;
     let exposure = match (args.service_type.as_str(), args.node_port) {
+        ("NodePort", Some(_)) if args.advertise.is_empty() => bail!(
+            "--service-type NodePort needs --advertise NODE (a node's name or address): \
+             tokens name it with the node port, and the certificate carries it"
+        ),
         ("NodePort", Some(port)) => Exposure::NodePort(port),
         ("NodePort", None) => {
             bail!("--service-type NodePort needs --node-port: the port tokens name")
         }
         (_, Some(_)) => bail!("--node-port goes with --service-type NodePort"),
-        ("LoadBalancer", None) => Exposure::LoadBalancer,
+        ("LoadBalancer", None) => {
+            if args.advertise.is_empty() {
+                eprintln!(
+                    "warning: --service-type LoadBalancer without --advertise: tokens name \
+                     {}.<namespace>.svc, which clients outside the cluster cannot reach; \
+                     deploy again with --advertise and the balancer's name once it has one",
+                    args.name
+                );
+            }
+            Exposure::LoadBalancer
+        }
         _ => Exposure::ClusterIp,
     };
     let config = match &args.satellite_config {
@@ -786,12 +800,19 @@ async fn enroll_in_cluster(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let mut tries = 0u32;
     let rec = loop {
         match enrollments(settings).add(name, &token, &client).await {
             Ok(rec) => break rec,
-            // The connection failed (a Service without a ready endpoint resets or refuses
-            // it), so the token went nowhere: try again.
-            Err(berth_satellite::SatError::Remote(_)) if start.elapsed() < args.cluster.timeout => {
+            // Refused or reset before the request went out (a Service whose endpoint is
+            // not there yet): the token went nowhere, try again.
+            Err(berth_satellite::SatError::Unreachable(why))
+                if start.elapsed() < args.cluster.timeout =>
+            {
+                if tries % 10 == 0 {
+                    eprintln!("satellite {name}: waiting for {}: {why}", token.addr);
+                }
+                tries += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => {

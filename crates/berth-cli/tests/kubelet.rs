@@ -995,11 +995,23 @@ async fn a_satellite_pod_builds_for_a_client_outside_the_cluster_and_survives_a_
         None,
     );
     assert_eq!(code, 200, "{body}");
-    wait_pod(cp, &node, &ns, "the satellite's new pod, ready", |p| {
+    let new_ip = wait_pod(cp, &node, &ns, "the satellite's new pod, ready", |p| {
         (p["metadata"]["uid"] != old_uid.as_str()
             && p["status"]["containerStatuses"][0]["ready"] == true)
-            .then_some(())
+            .then(|| p["status"]["podIP"].as_str().map(str::to_owned))
+            .flatten()
     });
+    // The Service follows the new pod once the endpoint controller has seen it Ready
+    // (kube-proxy would lag the same way).
+    let start = Instant::now();
+    while ready_endpoint(cp, &ns, "sat") != Some(format!("{new_ip}:8372")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the Service never pointed at the new pod {new_ip}: {:?}",
+            ready_endpoint(cp, &ns, "sat")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let log = api(
         cp,
         "GET",

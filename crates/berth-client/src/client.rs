@@ -403,7 +403,11 @@ impl Client {
         // those whose CA is configured.
         let c = match builder().tls_certs_merge(roots.clone()).build() {
             Ok(c) => c,
-            Err(first) => {
+            // The platform verifier fails only for a missing system store, and only when
+            // no CA is configured (with some, it merges them): anything else is a real
+            // error.
+            Err(first) if roots.is_empty() => {
+                NO_SYSTEM_TRUST_STORE.store(true, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     "no system trust store ({}): for {registry} only the CAs of berth's \
                      configuration are trusted",
@@ -412,6 +416,12 @@ impl Client {
                 builder().tls_certs_only(roots).build().map_err(|e| {
                     Error::Local(format!("HTTP client for {registry}: {}", error_chain(&e)))
                 })?
+            }
+            Err(e) => {
+                return Err(Error::Local(format!(
+                    "HTTP client for {registry}: {}",
+                    error_chain(&e)
+                )));
             }
         };
         cache.insert(registry.to_string(), c.clone());
@@ -1096,14 +1106,17 @@ fn closed_under_us(e: &reqwest::Error) -> bool {
     false
 }
 
+/// Set when a client was made without the system's trust store (it has none).
+static NO_SYSTEM_TRUST_STORE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 pub(crate) fn transport(url: &str, e: reqwest::Error) -> Error {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg = format!("{msg}: {s}");
-        src = s.source();
-    }
-    let hint = if msg.contains("certificate") || msg.contains("UnknownIssuer") {
+    let msg = error_chain(&e);
+    let untrusted = msg.contains("certificate") || msg.contains("UnknownIssuer");
+    let hint = if untrusted && NO_SYSTEM_TRUST_STORE.load(std::sync::atomic::Ordering::Relaxed) {
+        "; the registry's certificate is not trusted: this system has no CA bundle \
+         (install ca-certificates), or set `ca` for this registry in berth's config"
+    } else if untrusted {
         "; the registry's certificate is not trusted: set `ca` for this registry in berth's config (or `insecure = true`)"
     } else if msg.contains("dns error") || msg.contains("failed to lookup") {
         "; the registry's host name does not resolve: check the image name, DNS or the proxy settings (HTTPS_PROXY, NO_PROXY)"

@@ -538,7 +538,8 @@ impl DeployFile {
                 "missing: say where images go, e.g. [deploy.registry] address = \"registry.internal:5000\"",
             )
         })?;
-        let not_host = |a: &str| a.is_empty() || a.contains('/');
+        let not_host =
+            |a: &str| a.is_empty() || a.contains(|c: char| c == '/' || c.is_whitespace());
         if not_host(&r.address) {
             return Err(c.err(
                 "deploy.registry.address",

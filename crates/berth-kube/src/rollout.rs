@@ -289,8 +289,15 @@ async fn failing_pods(kube: &Kube, service: &str) -> String {
                 c.restart_count > 0 || c.state.as_ref().is_some_and(|s| s.waiting.is_none())
             });
         if has_run {
+            // A container that restarted and runs again: the log of the run that ended
+            // says why (as `kubectl logs --previous`); one waiting to restart
+            // (CrashLoopBackOff) is served its last run's log anyway.
+            let restarted_and_running = status.container_statuses.iter().flatten().any(|c| {
+                c.restart_count > 0 && c.state.as_ref().is_some_and(|s| s.running.is_some())
+            });
             let lp = LogParams {
                 tail_lines: Some(20),
+                previous: restarted_and_running,
                 ..Default::default()
             };
             match kube.api::<Pod>().logs(&name, &lp).await {

@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, Probe,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, Probe, Secret, SecretKeySelector,
     SecretVolumeSource, SecurityContext, Service, TCPSocketAction, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
@@ -53,8 +54,8 @@ pub struct SatelliteInput {
     /// How the Service exposes the satellite.
     pub exposure: Exposure,
     /// The satellite's configuration (TOML: `[network]`, `[registries]`, …), kept in the
-    /// ConfigMap `<name>-config` and given to `berth satellite serve` as
-    /// BERTH_SATELLITE_CONFIG; a change rolls the pod.
+    /// Secret `<name>-config` (proxy URLs may carry passwords) and given to `berth
+    /// satellite serve` as BERTH_SATELLITE_CONFIG; a change rolls the pod.
     pub config: Option<String>,
 }
 
@@ -87,12 +88,14 @@ fn advertised(input: &SatelliteInput) -> Vec<String> {
     let mut out: Vec<String> = input
         .advertise
         .iter()
-        .map(|a| match input.exposure {
-            Exposure::NodePort(port) if !has_port(a) => match a.parse::<std::net::Ipv6Addr>() {
-                Ok(v6) => format!("[{v6}]:{port}"),
-                Err(_) => format!("{a}:{port}"),
-            },
-            _ => a.clone(),
+        .map(|a| match (input.exposure, berth_pki::split_advertised(a)) {
+            (Exposure::NodePort(port), Some((host, None))) => {
+                match host.parse::<std::net::Ipv6Addr>() {
+                    Ok(v6) => format!("[{v6}]:{port}"),
+                    Err(_) => format!("{host}:{port}"),
+                }
+            }
+            _ => a.trim().to_owned(),
         })
         .collect();
     let name = &input.name;
@@ -104,22 +107,11 @@ fn advertised(input: &SatelliteInput) -> Vec<String> {
     out
 }
 
-/// Whether an `--advertise` entry names a port (`host:port`, `[v6]:port`).
-fn has_port(entry: &str) -> bool {
-    if entry.parse::<std::net::Ipv6Addr>().is_ok() {
-        return false;
-    }
-    match entry.strip_prefix('[') {
-        Some(rest) => rest.contains("]:"),
-        None => entry.contains(':'),
-    }
-}
-
 /// A satellite's objects, in apply order.
 #[derive(Debug, Clone)]
 pub struct Satellite {
-    /// The ConfigMap holding its configuration, when it has one.
-    pub config_map: Option<ConfigMap>,
+    /// The Secret holding its configuration, when it has one.
+    pub config: Option<Secret>,
     /// The Service.
     pub service: Service,
     /// The StatefulSet.
@@ -214,20 +206,24 @@ pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
         }),
         ..Default::default()
     }];
-    let config_map = input.config.as_ref().map(|text| ConfigMap {
+    let config = input.config.as_ref().map(|text| Secret {
         metadata: ObjectMeta {
             name: Some(format!("{name}-config")),
             labels: Some(labels(name)),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), text.clone())])),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            CONFIG_KEY.to_owned(),
+            ByteString(text.as_bytes().to_vec()),
+        )])),
         ..Default::default()
     });
-    if config_map.is_some() {
+    if config.is_some() {
         env.push(EnvVar {
             name: CONFIG_ENV.to_owned(),
             value_from: Some(EnvVarSource {
-                config_map_key_ref: Some(ConfigMapKeySelector {
+                secret_key_ref: Some(SecretKeySelector {
                     name: format!("{name}-config"),
                     key: CONFIG_KEY.to_owned(),
                     optional: Some(false),
@@ -304,7 +300,7 @@ pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
         ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
     ]);
     if let Some(text) = &input.config {
-        // An environment variable from a ConfigMap is read when the container starts: a
+        // An environment variable from a Secret is read when the container starts: a
         // new configuration must change the template for the StatefulSet to roll.
         use sha2::Digest;
         let hash = sha2::Sha256::digest(text.as_bytes());
@@ -366,7 +362,7 @@ pub fn render(input: &SatelliteInput) -> Result<Satellite, String> {
         ..Default::default()
     };
     Ok(Satellite {
-        config_map,
+        config,
         service,
         stateful_set,
     })
@@ -411,7 +407,7 @@ pub fn header(name: &str, identity: &PodIdentity) -> String {
 pub fn manifests(input: &SatelliteInput) -> Result<String, String> {
     let sat = render(input)?;
     let docs = sat
-        .config_map
+        .config
         .iter()
         .map(serde_json::to_value)
         .chain([
@@ -450,9 +446,9 @@ pub async fn deploy(
     let mut input = input.clone();
     input.identity = crate::pull::ensure_for(kube, creds, &input.identity).await?;
     let sat = render(&input).map_err(bad)?;
-    if let Some(cm) = &sat.config_map {
-        kube.check(&[cm])?;
-        kube.apply(cm).await?;
+    if let Some(secret) = &sat.config {
+        kube.check(&[secret])?;
+        kube.apply(secret).await?;
     }
     kube.check(&[&sat.service])?;
     kube.check(&[&sat.stateful_set])?;
@@ -611,10 +607,10 @@ mod tests {
     }
 
     #[test]
-    fn a_configuration_is_a_config_map_whose_change_rolls_the_pod() {
+    fn a_configuration_is_a_secret_whose_change_rolls_the_pod() {
         let mut i = input();
         let plain = render(&i).unwrap();
-        assert!(plain.config_map.is_none());
+        assert!(plain.config.is_none());
         let pod = plain.stateful_set.spec.unwrap().template;
         let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
         assert!(env.iter().all(|e| e.name != "BERTH_SATELLITE_CONFIG"));
@@ -632,11 +628,11 @@ mod tests {
         };
         i.config = Some("[registries.\"10.0.0.1:5000\"]\nhttp = true\n".into());
         let a = render(&i).unwrap();
-        let cm = a.config_map.clone().unwrap();
-        assert_eq!(cm.metadata.name.as_deref(), Some("builder-config"));
+        let secret = a.config.clone().unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("builder-config"));
         assert_eq!(
-            cm.data.unwrap()["satellite.toml"],
-            i.config.clone().unwrap()
+            secret.data.unwrap()["satellite.toml"].0,
+            i.config.clone().unwrap().into_bytes()
         );
         let env = a
             .stateful_set
@@ -654,7 +650,7 @@ mod tests {
             .iter()
             .find(|e| e.name == "BERTH_SATELLITE_CONFIG")
             .and_then(|e| e.value_from.clone())
-            .and_then(|v| v.config_map_key_ref)
+            .and_then(|v| v.secret_key_ref)
             .unwrap();
         assert_eq!(
             (from.name.as_str(), from.key.as_str()),
@@ -679,7 +675,7 @@ mod tests {
         i.advertise = vec![
             "build.example.com".into(),
             "10.0.0.7:31000".into(),
-            "fd00::7".into(),
+            " fd00::7".into(),
         ];
         let s = render(&i).unwrap();
         let spec = s.service.spec.clone().unwrap();

@@ -60,8 +60,9 @@ impl Advertised {
     }
 }
 
-/// `host`, `host:port`, `ip`, `[v6]`, `[v6]:port` or a bare IPv6 address, as host and port.
-fn split_entry(entry: &str) -> Option<(String, Option<u16>)> {
+/// One `--advertise` entry, `host`, `host:port`, `ip`, `[v6]`, `[v6]:port` or a bare
+/// IPv6 address, as its host and port; `None` when it is none of those.
+pub fn split_entry(entry: &str) -> Option<(String, Option<u16>)> {
     let entry = entry.trim();
     if entry.is_empty() || entry.contains(|c: char| c.is_whitespace() || c == '/') {
         return None;
@@ -82,10 +83,11 @@ fn split_entry(entry: &str) -> Option<(String, Option<u16>)> {
         Some((h, p)) => (h, Some(parse_port(p)?)),
         None => (entry, None),
     };
+    // `*` for wildcard names (`*.builders.corp`), as certificates carry them.
     let name_ok = !host.is_empty()
         && host
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+            .all(|c| c.is_ascii_alphanumeric() || "-._*".contains(c));
     name_ok.then(|| (host.to_owned(), port))
 }
 
@@ -124,6 +126,8 @@ mod tests {
         assert_eq!(a.token_address("x", 8372), "[2001:db8::1]:8372");
         let a = parse(&["[2001:db8::1]:30001", "n"]).unwrap();
         assert_eq!(a.token_address("x", 8372), "[2001:db8::1]:30001");
+        let a = parse(&["*.builders.corp", " sat.ns.svc:1 "]).unwrap();
+        assert_eq!(a.names, ["*.builders.corp", "sat.ns.svc"]);
         let a = parse(&["sat.ns.svc"]).unwrap();
         assert_eq!(a.token_address("x", 8372), "sat.ns.svc:8372");
         assert_eq!(

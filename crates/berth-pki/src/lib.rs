@@ -65,7 +65,7 @@ mod revocation;
 mod tls;
 mod token;
 
-pub use advertise::Advertised;
+pub use advertise::{Advertised, split_entry as split_advertised};
 pub use authority::{
     Authority, ClientRecord, EnrollRequest, EnrollResponse, PeerStore, TrustDir, check_enrollment,
     pem_to_der,

@@ -438,18 +438,32 @@ fn host_of(addr: &str) -> &str {
 
 /// Finds the I/O error under a transport error and explains trust failures.
 fn connect_error(addr: &str, e: &(dyn std::error::Error + 'static)) -> SatError {
+    use std::io::ErrorKind;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut last = e.to_string();
+    let mut refused = false;
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             if let Some(why) = berth_pki::explain_refusal(io) {
                 return SatError::Denied(format!("satellite {addr}: {why}"));
             }
             last = io.to_string();
+            refused = matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::UnexpectedEof
+            );
         }
         cur = err.source();
     }
-    SatError::Remote(format!("cannot reach satellite {addr}: {last}"))
+    let message = format!("cannot reach satellite {addr}: {last}");
+    if refused {
+        SatError::Unreachable(message)
+    } else {
+        SatError::Remote(message)
+    }
 }
 
 /// An error status from the satellite, with trust failures explained.

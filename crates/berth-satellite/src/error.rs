@@ -33,6 +33,11 @@ pub enum SatError {
     /// Talking to the satellite failed.
     #[error("{0}")]
     Remote(String),
+    /// The connection to the satellite was refused or reset before any request went
+    /// out (nothing listens yet, a Service without a ready endpoint): trying again
+    /// repeats nothing the satellite saw.
+    #[error("{0}")]
+    Unreachable(String),
     /// A bug or an unexpected state.
     #[error("{0}")]
     Internal(String),
@@ -45,7 +50,11 @@ impl SatError {
     pub fn is_satellite_unavailable(&self) -> bool {
         matches!(
             self,
-            SatError::Remote(_) | SatError::Unavailable(_) | SatError::Denied(_) | SatError::Pki(_)
+            SatError::Remote(_)
+                | SatError::Unreachable(_)
+                | SatError::Unavailable(_)
+                | SatError::Denied(_)
+                | SatError::Pki(_)
         )
     }
 
