@@ -98,6 +98,25 @@ const QUICK_CHECKS: std::time::Duration = std::time::Duration::from_millis(10);
 /// Log lines of a failed container shown in the error.
 const LOG_LINES: &str = "20";
 
+/// What one health check found.
+enum Probe {
+    /// It passed; the container's address, if it has one.
+    Passed(Option<IpAddr>),
+    /// What the check said.
+    Failed(String),
+}
+
+/// The address of an inspected container on its (first) network.
+fn ip_of(info: &bollard::models::ContainerInspectResponse) -> Option<IpAddr> {
+    info.network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|e| e.ip_address.as_deref())
+        .find_map(|ip| ip.parse().ok())
+}
+
 /// The serving containers of a service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Current {
@@ -363,17 +382,11 @@ impl Engine {
             .inspect_container(container, None)
             .await
             .map_err(derr(&format!("inspect container {container}")))?;
-        info.network_settings
-            .and_then(|n| n.networks)
-            .into_iter()
-            .flat_map(|m| m.into_values())
-            .filter_map(|e| e.ip_address)
-            .find_map(|ip| ip.parse().ok())
-            .ok_or_else(|| {
-                DeployError::Docker(format!(
-                    "container {container} has no network address (is it running?)"
-                ))
-            })
+        ip_of(&info).ok_or_else(|| {
+            DeployError::Docker(format!(
+                "container {container} has no network address (is it running?)"
+            ))
+        })
     }
 
     /// Runs one deploy for `client` (see the module's steps) and sends its report to
@@ -601,8 +614,9 @@ impl Engine {
         clock: &mut Clock,
     ) -> Result<Vec<String>, DeployError> {
         let svc = &req.service;
-        self.pin_bridge(steps).await;
-        self.pull(req).await?;
+        // The bridge's MAC only has to be pinned before a container starts.
+        let ((), pulled) = tokio::join!(self.pin_bridge(steps), self.pull(req));
+        pulled?;
         clock.lap("pull");
         steps.push(format!("pulled {}", req.image));
         let base = container_name(&svc.name, &req.version);
@@ -633,9 +647,9 @@ impl Engine {
         )
         .await;
         if let Some((i, e)) = checks
-            .into_iter()
+            .iter()
             .enumerate()
-            .find_map(|(i, r)| r.err().map(|e| (i, e)))
+            .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
         {
             let name = &names[i];
             let logs = self.last_logs(name).await;
@@ -659,7 +673,11 @@ impl Engine {
         }
         clock.lap("health");
         steps.push(format!("{} healthy", names.join(", ")));
-        let ips = self.addresses(&ids).await?;
+        let seen: Option<Vec<IpAddr>> = checks.into_iter().map(|r| r.ok().flatten()).collect();
+        let ips = match seen {
+            Some(ips) => ips,
+            None => self.addresses(&ids).await?,
+        };
         let mut old_targets = Vec::new();
         if let Some(ext) = &svc.proxy {
             if let Err(e) = self.hand_over(ext, &svc.name, &req.version, &ips).await {
@@ -1013,12 +1031,21 @@ impl Engine {
             name: Some(name.to_owned()),
             ..Default::default()
         };
+        let t = std::time::Instant::now();
         let created = self
             .docker
             .create_container(Some(opts), body)
             .await
             .map_err(derr(&format!("create container {name}")))?;
-        if let Err(e) = self.docker.start_container(name, None).await {
+        let create_ms = t.elapsed().as_millis() as u64;
+        let started = self.docker.start_container(name, None).await;
+        tracing::debug!(
+            container = name,
+            create_ms,
+            start_ms = t.elapsed().as_millis() as u64 - create_ms,
+            "container created and started"
+        );
+        if let Err(e) = started {
             let logs = self.last_logs(name).await;
             self.discard(name, svc).await;
             return Err(DeployError::Docker(format!(
@@ -1033,9 +1060,22 @@ impl Engine {
     /// failure's output. A container just started usually listens within milliseconds:
     /// until the first interval is over, checks also run at [`QUICK_CHECKS`] pauses that
     /// double up to the interval, and their failures do not count against `retries`.
-    async fn wait_healthy(&self, name: &str, health: &Health) -> Result<(), String> {
+    ///
+    /// Passed, it gives the container's address as the passing check's inspect saw it
+    /// (the switch needs it: no second inspect).
+    async fn wait_healthy(&self, name: &str, health: &Health) -> Result<Option<IpAddr>, String> {
         let start = tokio::time::Instant::now();
         let mut last = String::new();
+        let mut probes = 0;
+        let passed = |probes: u32, ip: Option<IpAddr>| {
+            tracing::debug!(
+                container = name,
+                probes,
+                ms = start.elapsed().as_millis() as u64,
+                "healthy"
+            );
+            Ok(ip)
+        };
         for attempt in 1..=health.retries {
             if attempt == 2 {
                 // The quick checks took the first interval.
@@ -1043,9 +1083,10 @@ impl Engine {
             } else if attempt > 2 {
                 tokio::time::sleep(health.interval).await;
             }
+            probes += 1;
             match self.probe(name, health).await? {
-                None => return Ok(()),
-                Some(out) => last = out,
+                Probe::Passed(ip) => return passed(probes, ip),
+                Probe::Failed(out) => last = out,
             }
             if attempt == 1 {
                 let mut pause = QUICK_CHECKS;
@@ -1055,9 +1096,10 @@ impl Engine {
                         break;
                     }
                     tokio::time::sleep_until(at).await;
+                    probes += 1;
                     match self.probe(name, health).await? {
-                        None => return Ok(()),
-                        Some(out) => last = out,
+                        Probe::Passed(ip) => return passed(probes, ip),
+                        Probe::Failed(out) => last = out,
                     }
                     pause *= 2;
                 }
@@ -1069,35 +1111,40 @@ impl Engine {
         ))
     }
 
-    /// One health check of container `name`: `None` when it passes, else what it said;
-    /// `Err` when the container is not running (no check can pass).
-    async fn probe(&self, name: &str, health: &Health) -> Result<Option<String>, String> {
-        let state = self
+    /// One health check of container `name`; `Err` when the container is not running
+    /// (no check can pass). One inspect gives its state and its address.
+    async fn probe(&self, name: &str, health: &Health) -> Result<Probe, String> {
+        let info = self
             .docker
             .inspect_container(name, None)
             .await
-            .map_err(|e| docker_message(&e))?
-            .state
-            .unwrap_or_default();
+            .map_err(|e| docker_message(&e))?;
+        let state = info.state.clone().unwrap_or_default();
         if state.running != Some(true) {
             return Err(format!(
                 "the container exited (code {})",
                 state.exit_code.unwrap_or(-1)
             ));
         }
-        let check = tokio::time::timeout(health.timeout, self.check_once(name, &health.check));
+        let ip = ip_of(&info);
+        let check = tokio::time::timeout(health.timeout, self.check_once(name, &health.check, ip));
         Ok(match check.await {
-            Ok(Ok(())) => None,
-            Ok(Err(out)) => Some(out),
-            Err(_) => Some(format!("the check took longer than {:?}", health.timeout)),
+            Ok(Ok(())) => Probe::Passed(ip),
+            Ok(Err(out)) => Probe::Failed(out),
+            Err(_) => Probe::Failed(format!("the check took longer than {:?}", health.timeout)),
         })
     }
 
-    async fn check_once(&self, name: &str, check: &Check) -> Result<(), String> {
+    async fn check_once(
+        &self,
+        name: &str,
+        check: &Check,
+        ip: Option<IpAddr>,
+    ) -> Result<(), String> {
         match check {
             Check::Running => Ok(()),
             Check::Http { path, port } => {
-                let ip = self.address(name).await.map_err(|e| e.to_string())?;
+                let ip = ip.ok_or_else(|| format!("container {name} has no network address"))?;
                 http_check(SocketAddr::new(ip, *port), path).await
             }
             Check::Command(cmd) => {
