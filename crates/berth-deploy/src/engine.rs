@@ -626,17 +626,23 @@ impl Engine {
         } else {
             (1..=n).map(|i| format!("{base}-{i}")).collect()
         };
-        let mut ids = Vec::new();
-        for name in &names {
-            match self.create(req, name).await {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    for started in &names[..ids.len()] {
-                        self.discard(started, svc).await;
+        // The replicas side by side: dockerd starts them in parallel.
+        let created =
+            futures_util::future::join_all(names.iter().map(|name| self.create(req, name))).await;
+        if created.iter().any(Result::is_err) {
+            let mut first = None;
+            for (name, c) in names.iter().zip(created) {
+                match c {
+                    Ok(_) => self.discard(name, svc).await,
+                    Err(e) => {
+                        first.get_or_insert(e);
                     }
-                    return Err(e);
                 }
             }
+            return Err(first.expect("an error"));
+        }
+        let ids: Vec<String> = created.into_iter().map(Result::unwrap).collect();
+        for name in &names {
             steps.push(format!("started container {name}"));
         }
         clock.lap("create and start");
