@@ -876,7 +876,7 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
                     match r {
                         Ok(list) => {
                             for s in list {
-                                let state = match &s.deploying {
+                                let mut state = match &s.deploying {
                                     Some((client, since)) => format!(
                                         "{} (deploy by {client} since {})",
                                         s.state,
@@ -886,6 +886,18 @@ fn on_hosts(settings: &Settings, command: DeployCommand) -> Result<()> {
                                     ),
                                     None => s.state,
                                 };
+                                if !s.removing.is_empty() {
+                                    state.push_str(&format!(
+                                        " (removing the old {})",
+                                        s.removing.join(", ")
+                                    ));
+                                }
+                                for (c, e) in &s.leftovers {
+                                    state.push_str(&format!(
+                                        " (old {c} not removed: {e}; the next deploy tries \
+                                         again, or `docker rm -f {c}` on the host)"
+                                    ));
+                                }
                                 println!(
                                     "{name}\t{}\t{}\t{state}\t{}\t{}\t{}",
                                     s.name,

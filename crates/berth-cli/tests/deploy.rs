@@ -594,6 +594,25 @@ impl World {
     fn deploy(&self, args: &[&str]) -> Output {
         output(self.berth().arg("deploy").args(args))
     }
+
+    /// Waits (two minutes at most) until no agent removes old containers any more: a
+    /// deploy reports before it stops and removes them, and `deploy ps` says
+    /// `(removing the old …)` until then.
+    fn settle(&self) {
+        let start = Instant::now();
+        loop {
+            let ps = output_ok(self.berth().args(["deploy", "ps"]));
+            if !ps.stdout.contains("(removing the old ") {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "old containers still being removed: {}",
+                ps.stdout
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 fn require_deploy_world() -> bool {
@@ -908,6 +927,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
         ok + failed
     );
     assert!(ok > 0);
+    w.settle();
     for (i, h) in w.hosts.iter().enumerate() {
         assert_eq!(w.get(i).stdout.trim(), "version-2");
         let names = h.dockerd.containers("web");
@@ -974,6 +994,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
             .env("TEST_API_KEY", "s3cret-value"),
     );
     assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    w.settle();
     for (i, h) in w.hosts.iter().enumerate() {
         assert_eq!(w.get(i).stdout.trim(), "version-2");
         assert_eq!(h.dockerd.containers("web").len(), 1);
@@ -1017,6 +1038,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
+    w.settle();
     for (i, h) in w.hosts.iter().enumerate() {
         assert_eq!(w.get(i).stdout.trim(), "version-1");
         assert_eq!(h.dockerd.containers("web").len(), 1);
@@ -1063,6 +1085,7 @@ fn two_hosts_deploy_under_load_health_gate_rollback_lock_and_failed_pull() {
     assert_eq!(w.get(0).stdout.trim(), "version-4");
 
     // `berth deploy ps|exec|logs|history` over the agents' API: h1 serves v4, h2 v1.
+    w.settle();
     let ps = output_ok(w.berth().args(["deploy", "ps"]));
     let row = |host: &str| {
         ps.stdout
@@ -1366,6 +1389,7 @@ fn three_hosts_one_over_ssh_and_hosts_losing_their_network() {
     assert_eq!(again.stdout.lines().count(), 1, "{}", again.stdout);
 
     // ps, history and exec reach the SSH host too.
+    w.settle();
     let ps = output_ok(w.berth().args(["deploy", "ps"]));
     assert!(
         ps.stdout
@@ -1467,6 +1491,7 @@ fn three_hosts_one_over_ssh_and_hosts_losing_their_network() {
             got.stderr
         );
     }
+    w.settle();
     let ps = output_ok(w.berth().args(["deploy", "ps"]));
     for host in ["h1", "h2", "h3"] {
         assert!(
@@ -1872,6 +1897,7 @@ fn replicas_and_the_lock_of_a_killed_agent() {
     w.write_deploy_file("replicas = 3");
     let out = w.deploy(&["--version", "v2"]);
     assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    w.settle();
     let v2 = names(&w);
     assert_eq!(v2.len(), 3, "{v2:?}");
     assert!(v2.iter().all(|c| c.contains("-v2-")), "{v2:?}");
@@ -2083,6 +2109,7 @@ fn an_existing_nginx_is_handed_the_new_version() {
     );
     let v2 = nginx.upstreams();
     assert!(v2.starts_with("# web v2\nserver 172.31.1."), "{v2}");
+    w.settle();
     let running = w.hosts[0].dockerd.containers("web");
     assert_eq!(running.len(), 1, "{running:?}");
     assert!(running[0].contains("-v2-"), "{running:?}");
@@ -2207,4 +2234,168 @@ fn an_existing_nginx_is_handed_the_new_version() {
     let running = w.hosts[0].dockerd.containers("web");
     assert_eq!(running.len(), 1, "{running:?}");
     assert!(running[0].starts_with(&v2), "{running:?}");
+}
+
+/// `chattr +i` on a file, undone on drop (before the test's dockerd and directory go).
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: PathBuf) -> Immutable {
+        run(Command::new("chattr").arg("+i").arg(&path));
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = output(Command::new("chattr").arg("-i").arg(&self.0));
+    }
+}
+
+/// A deploy reports once traffic is switched and drained, then stops and removes the old
+/// container while it still holds the service's lock. The service's process here holds
+/// its stop (SIGTERM) until `/tmp/may-stop` exists in its container, so the test decides
+/// when a removal can end: the report of v2 comes while v1's container is still there
+/// and `deploy ps` says it is being removed; a deploy of v3 arriving then waits (the
+/// agent says so, and starts nothing) instead of being refused, and goes on once v1 is
+/// gone. A removal that fails (a file of the old container made immutable: dockerd
+/// cannot delete its layer) is logged and shown by `deploy ps`, and the next deploy
+/// removes it.
+#[test]
+fn old_containers_go_after_the_report_and_a_deploy_meanwhile_waits() {
+    if !require_deploy_world() || !require("chattr") {
+        return;
+    }
+    let w = World::new("deploylate", 1);
+    w.enroll_all();
+    for v in 1..=4 {
+        w.build(&format!("v{v}"), &format!("version-{v}"), true);
+    }
+    w.write_deploy_file(
+        "command = [\"/bin/busybox\", \"sh\", \"-c\", \"trap 'until [ -e /tmp/may-stop ]; \
+         do /bin/busybox sleep 0.2; done; exit 0' TERM; \
+         /bin/busybox httpd -f -p 80 -h /www & wait\"]",
+    );
+    // Long enough for the test to let each stop end itself (the template's 2 s would
+    // have dockerd kill the process).
+    let file = w.dir.path().join("berth.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("stop_timeout = \"2s\"", "stop_timeout = \"600s\""),
+    )
+    .unwrap();
+    let h = &w.hosts[0];
+    let log = || std::fs::read_to_string(h.agent().root.with_extension("log")).unwrap_or_default();
+    let ps = || output_ok(w.berth().args(["deploy", "ps"])).stdout;
+    let let_stop = |c: &str| {
+        let out = h
+            .dockerd
+            .docker(&["exec", c, "/bin/busybox", "touch", "/tmp/may-stop"]);
+        assert!(out.success, "{}", out.stderr);
+    };
+
+    let out = w.deploy(&["--version", "v1"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    let v1 = h.new_container("v1").unwrap();
+
+    // v2's report comes before v1's container is removed.
+    let out = w.deploy(&["--version", "v2"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("stopping and removing {v1} (after this report)")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(w.get(0).stdout.trim(), "version-2");
+    let v2 = h.new_container("v2").unwrap();
+    assert!(h.new_container("v1").is_some(), "v1 went before the report");
+    let p = ps();
+    assert!(p.contains(&format!("(removing the old {v1})")), "{p}");
+    assert!(!p.contains("(deploy by "), "{p}");
+
+    // v3 arrives meanwhile: it waits for the lock, and starts nothing until v1 is gone.
+    let v3_deploy = w
+        .berth()
+        .args(["deploy", "--version", "v3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !log().contains("deploy waits for the removal of the previous version's containers") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the deploy of v3 did not wait:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        h.new_container("v3").is_none(),
+        "v3 started while v1 was being removed"
+    );
+    assert!(ps().contains(&format!("(removing the old {v1})")));
+    let_stop(&v1);
+    let out = v3_deploy.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("waited for the removal of {v1}")),
+        "{stderr}"
+    );
+    assert!(h.new_container("v1").is_none(), "v1 is still there");
+    assert_eq!(w.get(0).stdout.trim(), "version-3");
+    let v3 = h.new_container("v3").unwrap();
+
+    // v2's removal fails: a file in its layer that no one may delete.
+    let pin = h
+        .dockerd
+        .docker(&["exec", &v2, "/bin/busybox", "touch", "/tmp/pin"]);
+    assert!(pin.success, "{}", pin.stderr);
+    let upper = h
+        .dockerd
+        .docker(&["inspect", "--format", "{{.GraphDriver.Data.UpperDir}}", &v2]);
+    assert!(upper.success, "{}", upper.stderr);
+    let pinned = Immutable::set(Path::new(upper.stdout.trim()).join("tmp/pin"));
+    let_stop(&v2);
+    let start = Instant::now();
+    let mut p = ps();
+    while !p.contains(&format!("(old {v2} not removed: ")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the failed removal is not shown: {p}\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        p = ps();
+    }
+    assert!(!p.contains("(removing the old "), "{p}");
+    assert!(
+        log().contains("old container not removed after the deploy"),
+        "{}",
+        log()
+    );
+    assert!(h.new_container("v2").is_some());
+
+    // The next deploy removes it with v3's container.
+    drop(pinned);
+    let out = w.deploy(&["--version", "v4"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    for c in [&v2, &v3] {
+        assert!(
+            out.stderr
+                .contains(&format!("stopping and removing {c} (after this report)")),
+            "{}",
+            out.stderr
+        );
+    }
+    let_stop(&v3);
+    w.settle();
+    let names = h.dockerd.containers("web");
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].contains("-v4-"), "{names:?}");
+    let p = ps();
+    assert!(!p.contains("not removed"), "{p}");
 }

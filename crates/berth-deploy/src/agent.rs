@@ -308,11 +308,15 @@ async fn deploy(
     tracing::info!(service = %req.service.name, version = %req.version, image = %req.image, %client, "deploy");
     // On a task of its own: a caller that goes away (a host losing its network) does not
     // cancel a deploy halfway (a new container started, or ports switched and the old
-    // container left running); it ends as it would have.
+    // container left running); it ends as it would have. The report comes before the
+    // task ends: once traffic is switched and drained, the old containers are stopped
+    // and removed after the answer (see [`Engine::deploy`]).
     let a = agent.clone();
-    let report = tokio::spawn(async move { a.inner.engine.deploy(req, &client).await })
-        .await
-        .map_err(|e| DeployError::Internal(format!("the deploy panicked: {e}")))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move { a.inner.engine.deploy(req, &client, tx).await });
+    let report = rx.await.map_err(|_| {
+        DeployError::Internal("the deploy panicked (the agent's log says where)".into())
+    })?;
     match &report.error {
         Some(e) => tracing::warn!(error = %e, "deploy failed"),
         None => tracing::info!(serving = ?report.serving, "deploy done"),

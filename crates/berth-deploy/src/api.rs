@@ -111,7 +111,16 @@ pub struct ServiceState {
     /// Published ports (`host:container`).
     pub ports: Vec<String>,
     /// A deploy running now: by which client, since when (seconds since the epoch).
+    /// Not while it only removes the old containers after its report: see `removing`.
     pub deploying: Option<(String, u64)>,
+    /// Old containers a deploy that has reported is stopping and removing now (it still
+    /// holds the lock; a new deploy waits for the end).
+    #[serde(default)]
+    pub removing: Vec<String>,
+    /// Old containers whose removal after a deploy failed, and dockerd's error: they
+    /// still exist, and the next deploy of the service tries again.
+    #[serde(default)]
+    pub leftovers: Vec<(String, String)>,
 }
 
 /// A command to run in a service's serving container.

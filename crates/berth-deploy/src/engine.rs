@@ -9,17 +9,21 @@
 //!    and the check's last output; the old ones serve on;
 //! 4. switch the proxy's ports to them (requests go to the replicas in turn); let
 //!    requests and upgraded connections in flight to the old ones finish (at most
-//!    `stop_timeout`, then the connections still open are closed); stop and remove the
-//!    old ones;
-//! 5. record the version in the history (the last N, newest first).
+//!    `stop_timeout`, then the connections still open are closed);
+//! 5. record the version in the history (the last N, newest first);
+//! 6. report, then stop and remove the old containers (still under the lock: a deploy
+//!    of the service arriving meanwhile waits for the end instead of being refused; a
+//!    failed removal is logged, kept in `leftovers.json`, shown by `ps` and tried again
+//!    by the next deploy).
 //!
 //! The whole deploy holds the service's lock ([`crate::lock`], the agent's `lock.json`).
 //! A lock left by a deploy whose agent process died is stale: the next deploy of the
 //! service, or the agent's next start, drops it and removes the containers of the
 //! service that do not serve (what the dead deploy had started).
 //!
-//! Under the agent's `services/<name>/`: `history.json` ([`Release`]s; no secret values)
-//! and `current.json` (the serving containers), read again at start to restore the proxy.
+//! Under the agent's `services/<name>/`: `history.json` ([`Release`]s; no secret values),
+//! `current.json` (the serving containers), read again at start to restore the proxy,
+//! and `leftovers.json` (old containers whose removal failed).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -41,7 +45,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::api::{DeployReport, DeployRequest, ExecResult, Release, ServiceState};
 use crate::config::{Check, ExternalProxy, Health, Service};
 use crate::error::DeployError;
-use crate::lock::{Acquired, Holder, Locks};
+use crate::lock::{Acquired, Held, Holder, Locks};
 use crate::proxy::{Proxies, Target};
 
 /// Times the steps of one deploy, in the agent's log (`deploy step`, at debug; the whole
@@ -94,6 +98,25 @@ const QUICK_CHECKS: std::time::Duration = std::time::Duration::from_millis(10);
 /// Log lines of a failed container shown in the error.
 const LOG_LINES: &str = "20";
 
+/// What one health check found.
+enum Probe {
+    /// It passed; the container's address, if it has one.
+    Passed(Option<IpAddr>),
+    /// What the check said.
+    Failed(String),
+}
+
+/// The address of an inspected container on its (first) network.
+fn ip_of(info: &bollard::models::ContainerInspectResponse) -> Option<IpAddr> {
+    info.network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|e| e.ip_address.as_deref())
+        .find_map(|ip| ip.parse().ok())
+}
+
 /// The serving containers of a service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Current {
@@ -124,6 +147,48 @@ pub struct Engine {
     /// The agent's name, for messages about this host.
     host: String,
     locks: Locks,
+    /// The removals of old containers running after a deploy's report, by service.
+    removals: std::sync::Mutex<HashMap<String, Running>>,
+}
+
+/// A removal of old containers after a deploy's report (see [`Engine::deploy`]).
+struct Running {
+    containers: Vec<String>,
+    /// Closed when the removal ends, after the service's lock is released.
+    done: tokio::sync::watch::Receiver<()>,
+}
+
+/// Holds the service's lock while its old containers are removed; on drop releases the
+/// lock, then wakes the deploys waiting for it.
+struct Removal<'a> {
+    engine: &'a Engine,
+    service: String,
+    held: Option<Held<'a>>,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Removal<'_> {
+    fn drop(&mut self) {
+        drop(self.held.take());
+        self.engine
+            .removals
+            .lock()
+            .expect("removals")
+            .remove(&self.service);
+        // `_done` drops after this: the waiters wake.
+    }
+}
+
+/// The service's file of old containers whose removal failed ([`Leftover`]s).
+const LEFTOVERS: &str = "leftovers.json";
+
+/// An old container whose removal after a deploy failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Leftover {
+    container: String,
+    /// dockerd's error.
+    error: String,
+    since_unix: u64,
 }
 
 fn derr(what: &str) -> impl FnOnce(bollard::errors::Error) -> DeployError + '_ {
@@ -176,6 +241,7 @@ impl Engine {
             proxies: Proxies::default(),
             host: host.to_owned(),
             locks: Locks::new(dir),
+            removals: std::sync::Mutex::default(),
         })
     }
 
@@ -316,45 +382,82 @@ impl Engine {
             .inspect_container(container, None)
             .await
             .map_err(derr(&format!("inspect container {container}")))?;
-        info.network_settings
-            .and_then(|n| n.networks)
-            .into_iter()
-            .flat_map(|m| m.into_values())
-            .filter_map(|e| e.ip_address)
-            .find_map(|ip| ip.parse().ok())
-            .ok_or_else(|| {
-                DeployError::Docker(format!(
-                    "container {container} has no network address (is it running?)"
-                ))
-            })
+        ip_of(&info).ok_or_else(|| {
+            DeployError::Docker(format!(
+                "container {container} has no network address (is it running?)"
+            ))
+        })
     }
 
-    /// Runs one deploy for `client` (see the module's steps). A failure leaves the
-    /// previous version serving; the report says what happened either way. A second
-    /// deploy of the same service while one runs is refused, naming who holds it.
-    pub async fn deploy(&self, req: DeployRequest, client: &str) -> DeployReport {
+    /// Runs one deploy for `client` (see the module's steps) and sends its report to
+    /// `reply`. A failure leaves the previous version serving; the report says what
+    /// happened either way. A second deploy of the same service while one runs is
+    /// refused, naming who holds it.
+    ///
+    /// The old containers are stopped and removed after the report is sent (traffic is
+    /// switched and drained by then), still under the service's lock: a deploy of the
+    /// service that arrives meanwhile waits for the removal to end instead of being
+    /// refused, and `ps` shows the containers being removed. A removal that fails is
+    /// logged and kept in `leftovers.json`: `ps` shows it while the container exists,
+    /// and the next deploy of the service tries again.
+    pub async fn deploy(
+        &self,
+        req: DeployRequest,
+        client: &str,
+        reply: tokio::sync::oneshot::Sender<DeployReport>,
+    ) {
         let mut steps = Vec::new();
         if let Err(e) = check_service_name(&req.service.name) {
-            return DeployReport {
+            let _ = reply.send(DeployReport {
                 serving: None,
                 steps,
                 error: Some(e.to_string()),
-            };
+            });
+            return;
         }
-        let svc = &req.service.name;
-        let result = match self.locks.acquire(svc, client, &req.version) {
+        let svc = &req.service;
+        let held = loop {
+            self.wait_removal(&svc.name, &mut steps).await;
+            match self.locks.acquire(&svc.name, client, &req.version) {
+                Ok(Acquired::Busy(_)) if self.is_removing(&svc.name) => continue,
+                other => break other,
+            }
+        };
+        let result = match held {
             Ok(Acquired::Taken { held, stale }) => {
                 if let Some(h) = stale {
-                    self.clean_stale(svc, &h).await;
+                    self.clean_stale(&svc.name, &h).await;
                     steps.push(format!(
                         "dropped the stale lock of {}'s deploy of {} (its agent process is gone) \
                          and removed its containers",
                         h.client, h.version
                     ));
                 }
-                let r = self.deploy_locked(&req, &mut steps).await;
-                drop(held);
-                r
+                let mut clock = Clock::new(&svc.name, &req.version);
+                match self.deploy_locked(&req, &mut steps, &mut clock).await {
+                    Ok(old) => {
+                        let old = self.with_leftovers(&svc.name, old);
+                        if old.is_empty() {
+                            drop(held);
+                            Ok(())
+                        } else {
+                            for c in &old {
+                                steps
+                                    .push(format!("stopping and removing {c} (after this report)"));
+                            }
+                            let removal = self.begin_removal(&svc.name, &old, held);
+                            let _ = reply.send(self.report(&svc.name, steps, Ok(())));
+                            self.remove_late(svc, &old).await;
+                            clock.lap("stop and remove (after the report)");
+                            drop(removal);
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        drop(held);
+                        Err(e)
+                    }
+                }
             }
             Ok(Acquired::Busy(h)) => {
                 let process = if h.agent.pid == std::process::id() {
@@ -363,8 +466,9 @@ impl Engine {
                     format!(", in agent process {}", h.agent.pid)
                 };
                 Err(DeployError::BadRequest(format!(
-                    "another deploy of service {svc} is running on host {} (locked since {} by \
+                    "another deploy of service {} is running on host {} (locked since {} by \
                      client {}, version {}{process}); wait for it to end",
+                    svc.name,
                     self.host,
                     berth_pki::format_utc(
                         std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.since_unix)
@@ -375,10 +479,19 @@ impl Engine {
             }
             Err(e) => Err(e),
         };
-        let current: Option<Current> =
-            read_json(&self.service_dir(&req.service.name).join("current.json"))
-                .ok()
-                .flatten();
+        let _ = reply.send(self.report(&svc.name, steps, result));
+    }
+
+    /// The report of a deploy of `service` that ended with `result`.
+    fn report(
+        &self,
+        service: &str,
+        steps: Vec<String>,
+        result: Result<(), DeployError>,
+    ) -> DeployReport {
+        let current: Option<Current> = read_json(&self.service_dir(service).join("current.json"))
+            .ok()
+            .flatten();
         DeployReport {
             serving: current.map(|c| c.version),
             steps,
@@ -386,15 +499,124 @@ impl Engine {
         }
     }
 
+    /// Whether old containers of `service` are being removed after a deploy's report.
+    fn is_removing(&self, service: &str) -> bool {
+        self.removals
+            .lock()
+            .expect("removals")
+            .contains_key(service)
+    }
+
+    /// Waits until the removal of old containers of `service` after a deploy's report
+    /// (if one runs) ends, and says so in `steps`.
+    async fn wait_removal(&self, service: &str, steps: &mut Vec<String>) {
+        let running = self
+            .removals
+            .lock()
+            .expect("removals")
+            .get(service)
+            .map(|r| (r.containers.clone(), r.done.clone()));
+        let Some((containers, mut done)) = running else {
+            return;
+        };
+        tracing::info!(
+            service,
+            containers = %containers.join(", "),
+            "deploy waits for the removal of the previous version's containers"
+        );
+        // Err once the sender is gone: the removal ended and its lock is released.
+        while done.changed().await.is_ok() {}
+        steps.push(format!(
+            "waited for the removal of {} (the previous deploy's old containers)",
+            containers.join(", ")
+        ));
+    }
+
+    /// Registers the removal of `containers` of `service`, which keeps `held` (the
+    /// service's lock) until the returned guard drops.
+    fn begin_removal<'a>(
+        &'a self,
+        service: &str,
+        containers: &[String],
+        held: Held<'a>,
+    ) -> Removal<'a> {
+        let (tx, rx) = tokio::sync::watch::channel(());
+        self.removals.lock().expect("removals").insert(
+            service.to_owned(),
+            Running {
+                containers: containers.to_vec(),
+                done: rx,
+            },
+        );
+        Removal {
+            engine: self,
+            service: service.to_owned(),
+            held: Some(held),
+            _done: tx,
+        }
+    }
+
+    /// `old` and the containers of `service` whose removal failed before (and that
+    /// still exist: the next removal tries them again).
+    fn with_leftovers(&self, service: &str, mut old: Vec<String>) -> Vec<String> {
+        let path = self.service_dir(service).join(LEFTOVERS);
+        let before: Vec<Leftover> = read_json(&path).ok().flatten().unwrap_or_default();
+        for l in before {
+            if !old.contains(&l.container) {
+                old.push(l.container);
+            }
+        }
+        old
+    }
+
+    /// Stops and removes `old` (containers of `svc` that no longer serve). Failures are
+    /// logged and written to the service's `leftovers.json` (for `ps`); the file holds
+    /// exactly this removal's failures afterwards.
+    async fn remove_late(&self, svc: &Service, old: &[String]) {
+        let mut failed = Vec::new();
+        for c in old {
+            if let Err(e) = self.remove(c, svc).await {
+                tracing::error!(
+                    service = %svc.name,
+                    container = %c,
+                    error = %e,
+                    "old container not removed after the deploy; `berth deploy ps` shows it"
+                );
+                failed.push(Leftover {
+                    container: c.clone(),
+                    error: e,
+                    since_unix: unix_now(),
+                });
+            }
+        }
+        let path = self.service_dir(&svc.name).join(LEFTOVERS);
+        let saved = if failed.is_empty() {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(DeployError::io("remove", &path)(e))
+                }
+                _ => Ok(()),
+            }
+        } else {
+            write_json(&path, &failed)
+        };
+        if let Err(e) = saved {
+            tracing::error!(service = %svc.name, error = %e, "leftover containers not recorded");
+        }
+    }
+
+    /// Steps 1 to 4 of the module's up to the drain: the old containers to stop and
+    /// remove.
     async fn deploy_locked(
         &self,
         req: &DeployRequest,
         steps: &mut Vec<String>,
-    ) -> Result<(), DeployError> {
+        clock: &mut Clock,
+    ) -> Result<Vec<String>, DeployError> {
         let svc = &req.service;
-        let mut clock = Clock::new(&svc.name, &req.version);
-        self.pin_bridge(steps).await;
-        self.pull(req).await?;
+        // The bridge's MAC only has to be pinned before a container starts.
+        let ((), pulled) = tokio::join!(self.pin_bridge(steps), self.pull(req));
+        pulled?;
         clock.lap("pull");
         steps.push(format!("pulled {}", req.image));
         let base = container_name(&svc.name, &req.version);
@@ -404,17 +626,23 @@ impl Engine {
         } else {
             (1..=n).map(|i| format!("{base}-{i}")).collect()
         };
-        let mut ids = Vec::new();
-        for name in &names {
-            match self.create(req, name).await {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    for started in &names[..ids.len()] {
-                        self.remove(started, svc).await;
+        // The replicas side by side: dockerd starts them in parallel.
+        let created =
+            futures_util::future::join_all(names.iter().map(|name| self.create(req, name))).await;
+        if created.iter().any(Result::is_err) {
+            let mut first = None;
+            for (name, c) in names.iter().zip(created) {
+                match c {
+                    Ok(_) => self.discard(name, svc).await,
+                    Err(e) => {
+                        first.get_or_insert(e);
                     }
-                    return Err(e);
                 }
             }
+            return Err(first.expect("an error"));
+        }
+        let ids: Vec<String> = created.into_iter().map(Result::unwrap).collect();
+        for name in &names {
             steps.push(format!("started container {name}"));
         }
         clock.lap("create and start");
@@ -425,14 +653,14 @@ impl Engine {
         )
         .await;
         if let Some((i, e)) = checks
-            .into_iter()
+            .iter()
             .enumerate()
-            .find_map(|(i, r)| r.err().map(|e| (i, e)))
+            .find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
         {
             let name = &names[i];
             let logs = self.last_logs(name).await;
             for c in &names {
-                self.remove(c, svc).await;
+                self.discard(c, svc).await;
             }
             steps.push(format!(
                 "removed unhealthy version's containers {}",
@@ -451,12 +679,16 @@ impl Engine {
         }
         clock.lap("health");
         steps.push(format!("{} healthy", names.join(", ")));
-        let ips = self.addresses(&ids).await?;
+        let seen: Option<Vec<IpAddr>> = checks.into_iter().map(|r| r.ok().flatten()).collect();
+        let ips = match seen {
+            Some(ips) => ips,
+            None => self.addresses(&ids).await?,
+        };
         let mut old_targets = Vec::new();
         if let Some(ext) = &svc.proxy {
             if let Err(e) = self.hand_over(ext, &svc.name, &req.version, &ips).await {
                 for c in &names {
-                    self.remove(c, svc).await;
+                    self.discard(c, svc).await;
                 }
                 steps.push(format!(
                     "removed the new containers {} (the proxy was not switched)",
@@ -496,7 +728,7 @@ impl Engine {
                 Ok(old) => old_targets.extend(old),
                 Err(e) => {
                     for c in &names {
-                        self.remove(c, svc).await;
+                        self.discard(c, svc).await;
                     }
                     return Err(e);
                 }
@@ -550,16 +782,12 @@ impl Engine {
             }
         }
         clock.lap("drain");
-        if let Some(prev) = previous {
-            for c in prev.all() {
-                if !names.contains(&c) {
-                    self.remove(&c, svc).await;
-                    steps.push(format!("stopped and removed {c}"));
-                }
-            }
-        }
-        clock.lap("stop and remove");
-        Ok(())
+        Ok(previous
+            .map(|p| p.all())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| !names.contains(c))
+            .collect())
     }
 
     /// Pins the MAC of the bridge of dockerd's default network (where berth starts
@@ -809,14 +1037,23 @@ impl Engine {
             name: Some(name.to_owned()),
             ..Default::default()
         };
+        let t = std::time::Instant::now();
         let created = self
             .docker
             .create_container(Some(opts), body)
             .await
             .map_err(derr(&format!("create container {name}")))?;
-        if let Err(e) = self.docker.start_container(name, None).await {
+        let create_ms = t.elapsed().as_millis() as u64;
+        let started = self.docker.start_container(name, None).await;
+        tracing::debug!(
+            container = name,
+            create_ms,
+            start_ms = t.elapsed().as_millis() as u64 - create_ms,
+            "container created and started"
+        );
+        if let Err(e) = started {
             let logs = self.last_logs(name).await;
-            self.remove(name, svc).await;
+            self.discard(name, svc).await;
             return Err(DeployError::Docker(format!(
                 "start container {name}: {}\n{logs}",
                 docker_message(&e)
@@ -829,9 +1066,22 @@ impl Engine {
     /// failure's output. A container just started usually listens within milliseconds:
     /// until the first interval is over, checks also run at [`QUICK_CHECKS`] pauses that
     /// double up to the interval, and their failures do not count against `retries`.
-    async fn wait_healthy(&self, name: &str, health: &Health) -> Result<(), String> {
+    ///
+    /// Passed, it gives the container's address as the passing check's inspect saw it
+    /// (the switch needs it: no second inspect).
+    async fn wait_healthy(&self, name: &str, health: &Health) -> Result<Option<IpAddr>, String> {
         let start = tokio::time::Instant::now();
         let mut last = String::new();
+        let mut probes = 0;
+        let passed = |probes: u32, ip: Option<IpAddr>| {
+            tracing::debug!(
+                container = name,
+                probes,
+                ms = start.elapsed().as_millis() as u64,
+                "healthy"
+            );
+            Ok(ip)
+        };
         for attempt in 1..=health.retries {
             if attempt == 2 {
                 // The quick checks took the first interval.
@@ -839,9 +1089,10 @@ impl Engine {
             } else if attempt > 2 {
                 tokio::time::sleep(health.interval).await;
             }
+            probes += 1;
             match self.probe(name, health).await? {
-                None => return Ok(()),
-                Some(out) => last = out,
+                Probe::Passed(ip) => return passed(probes, ip),
+                Probe::Failed(out) => last = out,
             }
             if attempt == 1 {
                 let mut pause = QUICK_CHECKS;
@@ -851,9 +1102,10 @@ impl Engine {
                         break;
                     }
                     tokio::time::sleep_until(at).await;
+                    probes += 1;
                     match self.probe(name, health).await? {
-                        None => return Ok(()),
-                        Some(out) => last = out,
+                        Probe::Passed(ip) => return passed(probes, ip),
+                        Probe::Failed(out) => last = out,
                     }
                     pause *= 2;
                 }
@@ -865,35 +1117,40 @@ impl Engine {
         ))
     }
 
-    /// One health check of container `name`: `None` when it passes, else what it said;
-    /// `Err` when the container is not running (no check can pass).
-    async fn probe(&self, name: &str, health: &Health) -> Result<Option<String>, String> {
-        let state = self
+    /// One health check of container `name`; `Err` when the container is not running
+    /// (no check can pass). One inspect gives its state and its address.
+    async fn probe(&self, name: &str, health: &Health) -> Result<Probe, String> {
+        let info = self
             .docker
             .inspect_container(name, None)
             .await
-            .map_err(|e| docker_message(&e))?
-            .state
-            .unwrap_or_default();
+            .map_err(|e| docker_message(&e))?;
+        let state = info.state.clone().unwrap_or_default();
         if state.running != Some(true) {
             return Err(format!(
                 "the container exited (code {})",
                 state.exit_code.unwrap_or(-1)
             ));
         }
-        let check = tokio::time::timeout(health.timeout, self.check_once(name, &health.check));
+        let ip = ip_of(&info);
+        let check = tokio::time::timeout(health.timeout, self.check_once(name, &health.check, ip));
         Ok(match check.await {
-            Ok(Ok(())) => None,
-            Ok(Err(out)) => Some(out),
-            Err(_) => Some(format!("the check took longer than {:?}", health.timeout)),
+            Ok(Ok(())) => Probe::Passed(ip),
+            Ok(Err(out)) => Probe::Failed(out),
+            Err(_) => Probe::Failed(format!("the check took longer than {:?}", health.timeout)),
         })
     }
 
-    async fn check_once(&self, name: &str, check: &Check) -> Result<(), String> {
+    async fn check_once(
+        &self,
+        name: &str,
+        check: &Check,
+        ip: Option<IpAddr>,
+    ) -> Result<(), String> {
         match check {
             Check::Running => Ok(()),
             Check::Http { path, port } => {
-                let ip = self.address(name).await.map_err(|e| e.to_string())?;
+                let ip = ip.ok_or_else(|| format!("container {name} has no network address"))?;
                 http_check(SocketAddr::new(ip, *port), path).await
             }
             Check::Command(cmd) => {
@@ -990,7 +1247,35 @@ impl Engine {
                 .into_iter()
                 .find(|r| r.version == cur.version)
                 .map(|r| r.image);
-            let deploying = holders.get(&name).map(|h| (h.client.clone(), h.since_unix));
+            let removing = self
+                .removals
+                .lock()
+                .expect("removals")
+                .get(&name)
+                .map(|r| r.containers.clone())
+                .unwrap_or_default();
+            let deploying = holders
+                .get(&name)
+                .filter(|_| removing.is_empty())
+                .map(|h| (h.client.clone(), h.since_unix));
+            let mut leftovers = Vec::new();
+            let found: Vec<Leftover> = read_json(&self.service_dir(&name).join(LEFTOVERS))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            for l in found {
+                // Removed since (by hand, or by a removal running now): not a leftover.
+                let gone = matches!(
+                    self.docker.inspect_container(&l.container, None).await,
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    })
+                );
+                if !gone && !removing.contains(&l.container) {
+                    leftovers.push((l.container, l.error));
+                }
+            }
             let containers = cur.all();
             out.push(ServiceState {
                 ports: cur
@@ -1005,6 +1290,8 @@ impl Engine {
                 container: cur.container,
                 state: states.join(","),
                 deploying,
+                removing,
+                leftovers,
             });
         }
         Ok(out)
@@ -1100,8 +1387,9 @@ impl Engine {
         container_logs(&self.docker, name).await
     }
 
-    /// Stops (the service's signal, then its timeout) and removes a container.
-    async fn remove(&self, name: &str, svc: &Service) {
+    /// Stops (the service's signal, then its timeout) and removes a container; a
+    /// container that is gone already counts as removed. The error is dockerd's.
+    async fn remove(&self, name: &str, svc: &Service) -> Result<(), String> {
         let stop = StopContainerOptions {
             t: Some(svc.stop_timeout.as_secs() as i32),
             signal: None,
@@ -1113,7 +1401,18 @@ impl Engine {
             force: true,
             ..Default::default()
         };
-        if let Err(e) = self.docker.remove_container(name, Some(rm)).await {
+        match self.docker.remove_container(name, Some(rm)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(docker_message(&e)),
+        }
+    }
+
+    /// [`Engine::remove`] of a container that never served; a failure is logged.
+    async fn discard(&self, name: &str, svc: &Service) {
+        if let Err(e) = self.remove(name, svc).await {
             tracing::warn!(container = name, error = %e, "remove failed");
         }
     }

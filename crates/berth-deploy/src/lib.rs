@@ -7,8 +7,8 @@
 //! rollbacks.
 //!
 //! A deploy on one host pulls the pinned image, starts the new container beside the old
-//! one, waits for its health check, switches the proxy, drains and removes the old one
-//! ([`engine`]). Building and pushing the image is the caller's (berth-cli), which owns
+//! one, waits for its health check, switches the proxy, drains, reports, and then stops
+//! and removes the old one ([`engine`]). Building and pushing the image is the caller's (berth-cli), which owns
 //! the store.
 //!
 //! SSH-driven hosts ([`ssh`]) run the same agent, as a container berth installs through
