@@ -809,7 +809,7 @@ async fn enroll_in_cluster(
             Err(berth_satellite::SatError::Unreachable(why))
                 if start.elapsed() < args.cluster.timeout =>
             {
-                if tries % 10 == 0 {
+                if tries.is_multiple_of(10) {
                     eprintln!("satellite {name}: waiting for {}: {why}", token.addr);
                 }
                 tries += 1;
