@@ -56,6 +56,8 @@
 #   KEEP_LOGS=dir        copy every build log there
 #   STORE_DIR=/var/lib   where berth's roots and buildah's storage go (a temp dir)
 #   SETTLE=1             wait ~30 s after the cold-state deletions (0: don't)
+#   PULL_ARGS=           extra arguments of the untimed `berth pull` of "cold, base
+#                        pulled" (--no-unpack: blobs only, what berth pull left before)
 #
 # Needs: docker.io (daemon via scripts/start-dockerd), buildah, skopeo, debootstrap,
 # busybox-static, runc. Contacts only Debian's mirror (debootstrap, first run only).
@@ -365,7 +367,8 @@ run_project() {
 	# unpacked, as docker pull extracts; a berth before that kept the blobs only).
 	if [[ $p == regapp ]]; then
 		BROOT[$p]=$stores/berth-$p-pulled
-		"$BERTH" --root "${BROOT[$p]}" pull "$(base_ref berth "$p")" >"$work/logs/$p-pull-berth.log" 2>&1 ||
+		# shellcheck disable=SC2086 # PULL_ARGS is words
+		"$BERTH" --root "${BROOT[$p]}" pull ${PULL_ARGS:-} "$(base_ref berth "$p")" >"$work/logs/$p-pull-berth.log" 2>&1 ||
 			{ tail -n 40 "$work/logs/$p-pull-berth.log" >&2; die "berth pull of $p's base failed"; }
 		settle
 		measure "$p" coldpulled 1 berth
