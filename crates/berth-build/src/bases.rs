@@ -42,6 +42,10 @@ pub(crate) struct Bases {
     platform: Platform,
     /// What each reference resolved to in this build, per platform.
     resolved: Mutex<HashMap<(String, Platform), Digest>>,
+    /// Where a pulled image's layers are unpacked as they arrive (`None`: not on pull).
+    unpack_into: Option<berth_snapshot::Snapshotter>,
+    /// The unpacks of the images pulled, still running or done.
+    unpacks: Mutex<Vec<crate::PullUnpack>>,
 }
 
 impl Bases {
@@ -59,7 +63,22 @@ impl Bases {
             progress,
             platform,
             resolved: Mutex::new(HashMap::new()),
+            unpack_into: None,
+            unpacks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Unpack the layers of the images this resolver pulls into `snapshots` while they
+    /// download; the unpacks run on after the pull returns ([`Bases::take_unpacks`]).
+    pub(crate) fn with_unpack(mut self, snapshots: berth_snapshot::Snapshotter) -> Bases {
+        self.unpack_into = Some(snapshots);
+        self
+    }
+
+    /// The unpacks of the images pulled so far, for the solver to wait for before it
+    /// unpacks those chains itself.
+    pub(crate) fn take_unpacks(&self) -> Vec<crate::PullUnpack> {
+        std::mem::take(&mut *self.unpacks.lock().expect("unpacks"))
     }
 
     /// Resolve `references` concurrently. Failures are left for lowering, which
@@ -209,7 +228,25 @@ impl Bases {
             name: label.clone(),
         });
         let start = Instant::now();
-        let pulled = image::pull(client, &self.store, reference, platform).await;
+        let unpack = self
+            .unpack_into
+            .as_ref()
+            .map(|s| crate::PullUnpack::new(self.store.clone(), s.clone()));
+        let pulled = image::pull(
+            client,
+            &self.store,
+            reference,
+            platform,
+            unpack.as_ref().map(|u| u.sink()),
+        )
+        .await;
+        if let Some(u) = unpack {
+            // Left running: the solver waits for it when it needs the chain.
+            if pulled.is_err() {
+                u.stop();
+            }
+            self.unpacks.lock().expect("unpacks").push(u);
+        }
         let pulled = pulled.and_then(|d| {
             if let Some((repo, tag)) = name {
                 self.store.name_image(repo, Some(tag), &d)?;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_oci::Digest;
+use berth_snapshot::Snapshotter;
 use berth_store::Store;
 
 use crate::bases::{Bases, ResolvePolicy};
@@ -145,13 +146,19 @@ pub async fn build(
     // may mean pulling them: both run on a blocking thread (which waits for the async
     // pulls), so a cancel is seen while they run; each checks it as it goes.
     let handle = tokio::runtime::Handle::current();
-    let bases = Arc::new(Bases::new(
-        store.clone(),
-        opts.client.clone(),
-        opts.resolve,
-        opts.progress.clone(),
-        lower_opts.target_platform(),
-    ));
+    // A base pulled now is unpacked while it downloads, and on while the build goes on.
+    let snapshots = Snapshotter::open(root.join("snapshots"))?;
+    let bases = Arc::new(
+        Bases::new(
+            store.clone(),
+            opts.client.clone(),
+            opts.resolve,
+            opts.progress.clone(),
+            lower_opts.target_platform(),
+        )
+        .with_unpack(snapshots),
+    );
+    let bases2 = bases.clone();
     let (store2, cancel) = (store.clone(), opts.cancel.clone());
     // `berth rmi` refuses the base images this build holds until it ends.
     let holds = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -192,6 +199,7 @@ pub async fn build(
             client: opts.client.clone(),
         },
     )?;
+    solver.await_unpacks(bases2.take_unpacks());
     let solved = solver.solve(&lowered.state).await;
     solver.save_sums();
     let solved = solved?;

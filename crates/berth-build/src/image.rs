@@ -241,19 +241,21 @@ pub fn host_platform() -> (&'static str, &'static str) {
 
 /// Pull `reference` (as written in the build file) from its registry into the store:
 /// the manifest for `platform` (os and architecture; a variant is picked later, by
-/// [`load_for`]), its config and layers (see [`berth_client::pull_image`]). Returns the
-/// manifest's digest.
+/// [`load_for`]), its config and layers (see [`berth_client::pull_image`]), handing the
+/// layers to `layers` as they arrive. Returns the manifest's digest.
 pub(crate) async fn pull(
     client: &berth_client::Client,
     store: &Store,
     reference: &str,
     platform: &Platform,
+    layers: Option<std::sync::Arc<dyn berth_client::LayerSink>>,
 ) -> Result<Digest> {
     let r: Reference = reference
         .parse()
         .map_err(|e: ReferenceError| BuildError::Image(e.to_string()))?;
     let (os, arch) = (&platform.os, &platform.architecture);
-    let opts = PullOptions::new(berth_client::Platform::new(os, arch));
+    let mut opts = PullOptions::new(berth_client::Platform::new(os, arch));
+    opts.layers = layers;
     match berth_client::pull_image(client, store, &r, &opts).await {
         Ok(pulled) => Ok(pulled.manifest),
         // Told with the reference as the build file wrote it.
@@ -439,11 +441,16 @@ pub fn resolve_config_diff_ids(store: &Store, manifest: &Digest) -> Result<Vec<D
     let cfg = m
         .config
         .ok_or_else(|| BuildError::Image(format!("manifest {manifest} has no config")))?;
-    let cfg_bytes = store.read_blob(&cfg.digest)?.ok_or_else(|| {
-        BuildError::Image(format!("config {} is missing from the store", cfg.digest))
-    })?;
+    diff_ids_of_config(store, &cfg.digest)
+}
+
+/// The `rootfs.diff_ids` of the image config `config` in the store.
+pub(crate) fn diff_ids_of_config(store: &Store, config: &Digest) -> Result<Vec<Digest>> {
+    let cfg_bytes = store
+        .read_blob(config)?
+        .ok_or_else(|| BuildError::Image(format!("config {config} is missing from the store")))?;
     let config: ImageConfig = serde_json::from_slice(&cfg_bytes)
-        .map_err(|e| BuildError::Image(format!("config {}: {e}", cfg.digest)))?;
+        .map_err(|e| BuildError::Image(format!("config {config}: {e}")))?;
     Ok(config.rootfs.diff_ids)
 }
 

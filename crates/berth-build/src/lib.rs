@@ -61,6 +61,7 @@ mod prune;
 mod secrets;
 mod solver;
 mod ssh;
+mod unpack;
 
 pub use bases::ResolvePolicy;
 pub use berth_exec::Stream;
@@ -86,3 +87,4 @@ pub use solver::{
     CacheProbe, Cancel, Captured, Event, Layer, NoProgress, Output, Progress, SecretSource,
     SolveOptions, Solved, Solver, StepSlots, build_id, probe_history,
 };
+pub use unpack::PullUnpack;

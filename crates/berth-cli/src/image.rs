@@ -211,12 +211,17 @@ pub struct PullArgs {
     /// [default: every platform].
     #[arg(long)]
     platform: Option<String>,
+    /// Only fetch the blobs: do not unpack the layers of this host's platform into
+    /// berth's snapshots (for mirroring images; a build unpacks what it needs).
+    #[arg(long)]
+    no_unpack: bool,
 }
 
 pub fn pull(settings: &Settings, args: PullArgs) -> Result<()> {
     let written = berth_oci::WrittenReference::parse(&args.name)?;
     let reference = written.clone().into_reference();
     let store = crate::open_store(settings)?;
+    let (host_os, host_arch) = berth_build::image::host_platform();
     let mut opts = match &args.platform {
         Some(p) => {
             let (os, arch) = p
@@ -226,9 +231,23 @@ pub fn pull(settings: &Settings, args: PullArgs) -> Result<()> {
         }
         None => berth_client::PullOptions {
             all_platforms: true,
-            ..berth_client::PullOptions::new(berth_client::Platform::new("linux", "amd64"))
+            // Of an index pulled whole, the manifest a build here takes is unpacked.
+            ..berth_client::PullOptions::new(berth_client::Platform::new(host_os, host_arch))
         },
     };
+    // As `docker pull`, the image is left ready to run a build on: its layers are
+    // unpacked as they arrive. Another platform's are not (a build here would not take
+    // them unless asked for that platform; it unpacks them then).
+    let host = opts.platform == berth_client::Platform::new(host_os, host_arch);
+    let unpack = if host && !args.no_unpack {
+        Some(berth_build::PullUnpack::open(
+            store.clone(),
+            &settings.root,
+        )?)
+    } else {
+        None
+    };
+    opts.layers = unpack.as_ref().map(|u| u.sink());
     opts.progress = Some(std::sync::Arc::new(|e: &berth_client::PullEvent| {
         use berth_client::PullEvent::*;
         let short = |d: &berth_oci::Digest| d.hex()[..12].to_string();
@@ -256,7 +275,20 @@ pub fn pull(settings: &Settings, args: PullArgs) -> Result<()> {
     eprintln!("pulling {reference}");
     // Held shared (as builds hold it) until the image is named: gc takes it exclusively.
     let _lock = store.lock_root(false)?;
-    let pulled = rt.block_on(berth_client::pull_image(&client, &store, &reference, &opts))?;
+    let pulled = rt.block_on(berth_client::pull_image(&client, &store, &reference, &opts));
+    if let Some(u) = &unpack {
+        if pulled.is_err() {
+            u.stop();
+        }
+        // The pull is whole without it: a build unpacks what is missing.
+        match u.wait() {
+            Ok(Some(chain)) => eprintln!("Unpacked: {chain}"),
+            Ok(None) => {}
+            Err(e) if pulled.is_ok() => eprintln!("berth: warning: {e}"),
+            Err(_) => {}
+        }
+    }
+    let pulled = pulled?;
     let familiar = written.familiar();
     let repository = familiar.local_repository();
     let tag = match (&familiar.tag, &familiar.digest) {

@@ -25,7 +25,7 @@ pub use client::{
 };
 pub use probe::{Outcome, ProbeStep, RateLimit};
 pub use transfer::{
-    Platform, PullEvent, PullOptions, PullProgress, PulledImage, TransferError, pull_image,
-    push_image, push_manifest,
+    ArrivalWatch, ArrivingBlob, LayerData, LayerSink, Platform, PullEvent, PullOptions,
+    PullProgress, PulledImage, TransferError, pull_image, push_image, push_manifest,
 };
 pub use url::{UrlFetch, Validators};

@@ -98,6 +98,9 @@ pub struct PullOptions {
     pub all_platforms: bool,
     /// Told about each blob as it is fetched.
     pub progress: Option<PullProgress>,
+    /// Handed the layers of the image pulled for `platform` as they arrive (for an index
+    /// pulled whole, those of `platform`'s manifest): to unpack them beside the download.
+    pub layers: Option<Arc<dyn LayerSink>>,
 }
 
 impl PullOptions {
@@ -107,6 +110,7 @@ impl PullOptions {
             platform,
             all_platforms: false,
             progress: None,
+            layers: None,
         }
     }
 }
@@ -116,6 +120,7 @@ impl std::fmt::Debug for PullOptions {
         f.debug_struct("PullOptions")
             .field("platform", &self.platform)
             .field("all_platforms", &self.all_platforms)
+            .field("layers", &self.layers.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -157,6 +162,141 @@ pub enum PullEvent {
 
 /// Where [`pull_image`] sends its [`PullEvent`]s (from several tasks at once).
 pub type PullProgress = Arc<dyn Fn(&PullEvent) + Send + Sync>;
+
+/// Where [`pull_image`] hands the layers of the image it pulls for its platform, as they
+/// arrive: `docker pull` extracts an image while it downloads it, and a sink can do the
+/// same (berth's snapshots). The sink is told of the image first, once its config is in
+/// the store (a pull with a sink fetches the config before the layers), then of each
+/// layer as its fetch starts or, for a layer the store has, right away.
+pub trait LayerSink: Send + Sync {
+    /// The layers of the image manifest `manifest` (digest `digest`) are about to be
+    /// fetched; its config is in the store. `false`: say nothing of its layers.
+    fn image(&self, digest: &Digest, manifest: &Manifest) -> bool;
+    /// Layer `index` (0 the lowest) of that image, `layer`. Called on the pull's async
+    /// tasks: it must not block (read `data` on a thread of its own). A layer can come
+    /// again (from the next mirror) after an attempt whose data failed.
+    fn layer(&self, index: usize, layer: &Descriptor, data: LayerData);
+}
+
+/// A layer's bytes, for a [`LayerSink`].
+#[derive(Debug)]
+pub enum LayerData {
+    /// The store has the blob (`Store::open_blob`).
+    Stored,
+    /// The blob is being fetched: read it as it arrives.
+    Arriving(ArrivingBlob),
+}
+
+/// How far a blob being fetched has got, shared by its fetch and its readers.
+#[derive(Debug, Default)]
+struct Fill {
+    /// Bytes in the ingest file.
+    written: u64,
+    /// `Some(true)`: whole, verified and committed; `Some(false)`: the fetch failed.
+    end: Option<bool>,
+}
+
+#[derive(Debug, Default)]
+struct Arrival {
+    fill: std::sync::Mutex<Fill>,
+    grew: std::sync::Condvar,
+}
+
+/// A blob read while it is fetched: it reads the store's ingest file up to what has been
+/// written, waits (blocking) for more, ends once the blob is verified and committed, and
+/// fails if the fetch failed (a cut stream, a digest that does not match): a reader
+/// never takes a blob the store refused for whole.
+#[derive(Debug)]
+pub struct ArrivingBlob {
+    file: std::fs::File,
+    pos: u64,
+    arrival: Arc<Arrival>,
+}
+
+impl ArrivingBlob {
+    /// A handle that tells when the fetch ends, kept by a reader that stops before the
+    /// end of the blob (a tar's end-of-archive comes before its padding).
+    pub fn watch(&self) -> ArrivalWatch {
+        ArrivalWatch(self.arrival.clone())
+    }
+}
+
+/// See [`ArrivingBlob::watch`].
+#[derive(Debug, Clone)]
+pub struct ArrivalWatch(Arc<Arrival>);
+
+impl ArrivalWatch {
+    /// Wait (blocking) until the fetch ends: `true` when the blob is whole, verified and
+    /// committed.
+    pub fn wait_whole(&self) -> bool {
+        let mut fill = self.0.fill.lock().expect("fill");
+        while fill.end.is_none() {
+            fill = self.0.grew.wait(fill).expect("fill");
+        }
+        fill.end == Some(true)
+    }
+}
+
+impl std::io::Read for ArrivingBlob {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let written = {
+            let mut fill = self.arrival.fill.lock().expect("fill");
+            while fill.written <= self.pos && fill.end.is_none() {
+                fill = self.arrival.grew.wait(fill).expect("fill");
+            }
+            if fill.written <= self.pos {
+                return match fill.end {
+                    Some(true) => Ok(0),
+                    _ => Err(std::io::Error::other("the blob's fetch failed")),
+                };
+            }
+            fill.written
+        };
+        let want = buf.len().min((written - self.pos) as usize);
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the ingest file is shorter than written",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// The fetch's side of its [`ArrivingBlob`]s: dropped before [`Feed::whole`], the readers
+/// fail.
+struct Feed {
+    arrival: Arc<Arrival>,
+}
+
+impl Feed {
+    fn tell(&self, f: impl FnOnce(&mut Fill)) {
+        f(&mut self.arrival.fill.lock().expect("fill"));
+        self.arrival.grew.notify_all();
+    }
+
+    fn grown(&self, written: u64) {
+        self.tell(|f| f.written = written);
+    }
+
+    fn whole(&self) {
+        self.tell(|f| f.end = Some(true));
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.tell(|f| {
+            f.end.get_or_insert(false);
+        });
+    }
+}
 
 /// What [`pull_image`] brought into the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,9 +419,24 @@ async fn pull_from(
             message: e.to_string(),
         }
     })?;
-    let fetches = m
+    let feeds = feed_image(
+        client,
+        store,
+        reference,
+        &pulled.digest,
+        &m,
+        &registry,
+        opts,
+    )
+    .await?;
+    // With a sink the config is in already.
+    let rest = m
         .blobs()
-        .map(|d| pull_blob(client, store, reference, d, &registry, opts));
+        .skip(usize::from(opts.layers.is_some() && m.config.is_some()));
+    let fetches = unique_blobs(rest).into_iter().map(|d| {
+        let feed = feeds.map(|f| (f, layer_indexes(&m, &d.digest)));
+        pull_blob(client, store, reference, d, &registry, opts, feed)
+    });
     futures_util::future::try_join_all(fetches).await?;
     store.put_blob(pulled.digest.algorithm(), &pulled.bytes)?;
     if let Some(index) = &index {
@@ -315,6 +470,11 @@ async fn pull_index(
             })
     };
     let index = parse(&pulled.bytes, &pulled.media_type, reference.to_string())?;
+    // The manifest a build here would take from the index: its layers go to the sink.
+    let fed = opts.layers.as_ref().and_then(|_| {
+        Client::pick_platform(&pulled, &opts.platform.os, &opts.platform.architecture)
+    });
+    let mut feeds = None;
     let mut children = Vec::new();
     let mut blobs: Vec<Descriptor> = Vec::new();
     for c in &index.manifests {
@@ -335,6 +495,11 @@ async fn pull_index(
             &child.media_type,
             format!("manifest {}", c.digest),
         )?;
+        if fed.as_ref() == Some(&c.digest) {
+            feeds = feed_image(client, store, reference, &c.digest, &m, &registry, opts)
+                .await?
+                .map(|sink| (sink, m.clone()));
+        }
         for d in m.blobs() {
             if !blobs.iter().any(|b| b.digest == d.digest) {
                 blobs.push(d.clone());
@@ -342,9 +507,12 @@ async fn pull_index(
         }
         children.push(child);
     }
-    let fetches = blobs
-        .iter()
-        .map(|d| pull_blob(client, store, reference, d, &registry, opts));
+    let fetches = blobs.iter().map(|d| {
+        let feed = feeds
+            .as_ref()
+            .map(|(sink, m)| (*sink, layer_indexes(m, &d.digest)));
+        pull_blob(client, store, reference, d, &registry, opts, feed)
+    });
     futures_util::future::try_join_all(fetches).await?;
     for child in &children {
         store.put_blob(child.digest.algorithm(), &child.bytes)?;
@@ -357,7 +525,50 @@ async fn pull_index(
     })
 }
 
-/// Fetch blob `d` of `reference`'s repository into the store, unless it is there.
+/// With a [`LayerSink`] in `opts`: fetch the config of the image `manifest` (digest
+/// `digest`) first and ask the sink whether it takes the layers; `None` when it does
+/// not, or there is no sink.
+async fn feed_image<'a>(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    digest: &Digest,
+    manifest: &Manifest,
+    registry: &impl Fn(Error) -> TransferError,
+    opts: &'a PullOptions,
+) -> TransferResult<Option<&'a Arc<dyn LayerSink>>> {
+    let Some(sink) = &opts.layers else {
+        return Ok(None);
+    };
+    if let Some(config) = &manifest.config {
+        pull_blob(client, store, reference, config, registry, opts, None).await?;
+    }
+    Ok(sink.image(digest, manifest).then_some(sink))
+}
+
+/// Each blob once (a manifest may name a layer twice: one fetch fills both).
+fn unique_blobs<'a>(blobs: impl Iterator<Item = &'a Descriptor>) -> Vec<&'a Descriptor> {
+    let mut out: Vec<&Descriptor> = Vec::new();
+    for d in blobs {
+        if !out.iter().any(|o| o.digest == d.digest) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// Where `digest` is among the layers of `m`.
+fn layer_indexes(m: &Manifest, digest: &Digest) -> Vec<usize> {
+    m.layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.digest == *digest)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Fetch blob `d` of `reference`'s repository into the store, unless it is there; with
+/// `feed`, hand it to the sink as the layers of those indexes.
 async fn pull_blob(
     client: &Client,
     store: &Store,
@@ -365,16 +576,23 @@ async fn pull_blob(
     d: &Descriptor,
     registry: &impl Fn(Error) -> TransferError,
     opts: &PullOptions,
+    feed: Option<(&Arc<dyn LayerSink>, Vec<usize>)>,
 ) -> TransferResult<()> {
     let tell = |e: PullEvent| {
         if let Some(p) = &opts.progress {
             p(&e)
         }
     };
+    let feed = feed.filter(|(_, at)| !at.is_empty());
     let (digest, size) = (d.digest.clone(), d.size);
     store.add_source(&d.digest, &reference.registry, &reference.repository);
     if store.blob_size(&d.digest)?.is_some() {
         tell(PullEvent::Exists { digest, size });
+        if let Some((sink, at)) = feed {
+            for i in at {
+                sink.layer(i, d, LayerData::Stored);
+            }
+        }
         return Ok(());
     }
     tell(PullEvent::Started {
@@ -389,6 +607,24 @@ async fn pull_blob(
         reference: &ingest,
     };
     let mut w = store.writer(&ingest, d.digest.algorithm())?;
+    // Declared after the writer so it drops first: the readers are told of a failure
+    // before the ingest goes.
+    let fed = match feed {
+        Some((sink, at)) => {
+            let arrival = Arc::new(Arrival::default());
+            arrival.fill.lock().expect("fill").written = w.offset();
+            for i in at {
+                let blob = ArrivingBlob {
+                    file: w.reader()?,
+                    pos: 0,
+                    arrival: arrival.clone(),
+                };
+                sink.layer(i, d, LayerData::Arriving(blob));
+            }
+            Some(Feed { arrival })
+        }
+        None => None,
+    };
     let (mut done, mut told) = (0u64, std::time::Instant::now());
     client
         .blob(reference, &d.digest, &mut |chunk| {
@@ -401,11 +637,18 @@ async fn pull_blob(
                     size,
                 });
             }
-            w.write_all(chunk).map_err(|e| e.to_string())
+            w.write_all(chunk).map_err(|e| e.to_string())?;
+            if let Some(f) = &fed {
+                f.grown(w.offset());
+            }
+            Ok(())
         })
         .await
         .map_err(registry)?;
     w.commit(Some(&d.digest), Some(d.size))?;
+    if let Some(f) = &fed {
+        f.whole();
+    }
     tell(PullEvent::Done { digest, size });
     Ok(())
 }

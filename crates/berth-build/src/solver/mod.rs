@@ -336,6 +336,8 @@ pub struct Solver {
     targets: Mutex<Vec<crate::ir::State>>,
     /// Whether the background context walk was started.
     prefetched: std::sync::atomic::AtomicBool,
+    /// Unpacks of pulled bases still running (see `ensure_chain`).
+    unpacks: Mutex<Vec<crate::PullUnpack>>,
     /// Shared prune lock, held while this solver lives.
     _lock: fs::File,
 }
@@ -404,6 +406,7 @@ impl Solver {
             context_sums: Mutex::new(HashMap::new()),
             targets: Mutex::new(Vec::new()),
             prefetched: std::sync::atomic::AtomicBool::new(false),
+            unpacks: Mutex::new(Vec::new()),
             _lock: lock,
         }))
     }

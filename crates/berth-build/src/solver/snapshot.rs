@@ -16,6 +16,12 @@ use crate::image;
 use crate::pattern::Ignore;
 
 impl Solver {
+    /// Unpacks of base images a pull started (unpacking while it downloaded): a chain
+    /// one of them unpacks is waited for rather than unpacked again.
+    pub fn await_unpacks(&self, unpacks: Vec<crate::PullUnpack>) {
+        self.unpacks.lock().expect("unpacks").extend(unpacks);
+    }
+
     /// The layers of an image in the store.
     pub(super) fn load_image(&self, manifest: &Digest) -> Result<Output> {
         let descs = image::layers_of(&self.store, manifest)?;
@@ -65,18 +71,39 @@ impl Solver {
         // The lowest missing layer; everything above it is missing too, unless another
         // build is installing the same chain right now (then its layers are staged
         // here as well and the first install wins).
-        let Some(first) = chains.iter().position(|c| !self.snapshots.exists(c)) else {
+        let missing_from = || chains.iter().position(|c| !self.snapshots.exists(c));
+        if missing_from().is_none() {
             return Ok(parent);
+        }
+        // A pull's unpack of these layers (the base was pulled by this build) is
+        // waited for; what it did not install is unpacked here.
+        let pulling: Vec<crate::PullUnpack> = {
+            let mut all = self.unpacks.lock().expect("unpacks");
+            let (these, others) = std::mem::take(&mut *all)
+                .into_iter()
+                .partition(|u| u.chains().iter().any(|c| chains.contains(c)));
+            *all = others;
+            these
         };
-        let missing = &layers[first..];
         // The first unpack of the build walks the context beside it: the steps after
         // it find their checksums made.
         let prefetch = !self.prefetched.swap(true, Ordering::Relaxed);
-        let (mut staged, origin) = std::thread::scope(|scope| {
+        let (mut staged, origin, first) = std::thread::scope(|scope| {
             if prefetch {
                 scope.spawn(|| self.prefetch_context_sums());
             }
-            self.stage_layers(missing)
+            for u in &pulling {
+                if let Err(e) = u.wait() {
+                    tracing::debug!(error = %e, "a pull's unpack stopped; unpacking the rest here");
+                }
+            }
+            match missing_from() {
+                Some(first) => {
+                    let (staged, origin) = self.stage_layers(&layers[first..]);
+                    (staged, origin, first)
+                }
+                None => (Vec::new(), None, layers.len()),
+            }
         });
         // The layers staged whole from the bottom up are installed, also when one above
         // failed (or the build was canceled): that work is kept, as a one-by-one unpack
@@ -144,49 +171,14 @@ impl Solver {
         let (file, _) = self.store.open_blob(&l.blob.digest)?.ok_or_else(|| {
             BuildError::Image(format!("layer {} is missing from the store", l.blob.digest))
         })?;
-        let compression = berth_snapshot::Compression::of_media_type(&l.blob.media_type)
-            .ok_or_else(|| {
-                BuildError::Image(format!(
-                    "layer {} has media type {}, which berth cannot unpack",
-                    l.blob.digest, l.blob.media_type
-                ))
-            })?;
-        if compression == berth_snapshot::Compression::Uncompressed {
-            let reader = std::io::BufReader::with_capacity(1 << 20, file);
-            let reader = berth_snapshot::Cancelable::new(reader, stop);
-            return Ok(self.snapshots.stage(&l.diff_id, reader)?);
-        }
-        // Decompress on a thread of its own, piping into the unpacker: the two halves
-        // (inflate; creating files) overlap on two cores.
-        let (pipe_r, mut pipe_w) =
-            std::io::pipe().map_err(|e| io_err("create pipe", &self.root, e))?;
-        let inflater =
-            std::thread::spawn(move || std::io::copy(&mut compression.reader(file)?, &mut pipe_w));
-        let reader = std::io::BufReader::with_capacity(1 << 20, pipe_r);
-        let staged = self
-            .snapshots
-            .stage(&l.diff_id, berth_snapshot::Cancelable::new(reader, stop));
-        let inflated = inflater
-            .join()
-            .map_err(|_| BuildError::Invalid("layer decompression panicked".into()))?;
-        let staged = staged?;
-        match inflated {
-            // A hint for loads into Docker, which take layers uncompressed.
-            Ok(size) => self.store.set_uncompressed(
-                &l.blob.digest,
-                &berth_store::Uncompressed {
-                    diff_id: l.diff_id.clone(),
-                    size,
-                },
-            ),
-            // The tar ended before the stream (padding past the end-of-archive blocks):
-            // the unpacker stopped reading, and the layer is whole.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            Err(e) => {
-                return Err(BuildError::Image(format!("layer {}: {e}", l.blob.digest)));
-            }
-        }
-        Ok(staged)
+        crate::unpack::stage_blob(
+            &self.snapshots,
+            &self.store,
+            &l.blob,
+            &l.diff_id,
+            file,
+            stop,
+        )
     }
 
     /// An active snapshot on top of `layers`, unpacking them first if needed.
