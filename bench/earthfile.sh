@@ -13,7 +13,9 @@
 # imported (untimed) into every new --root under the name dockerd has it.
 #
 #   cold    berth: a new --root holding only the imported base; docker: after
-#           `docker builder prune -af`, the base loaded again            (1 run)
+#           `docker builder prune -af`, the base loaded again (min of COLD_REPS; each
+#           rep starts from new roots and a settle, and the kinds take turns at going
+#           first, so none is always the first build after the pause)
 #   no-op   the same build again, nothing changed                   (min of NOOP_REPS)
 #
 # and prints the times, Earthfile/Dockerfile (issue 9's target: <= 1.1x, cold and
@@ -29,6 +31,7 @@
 #   PROJECTS="small large"   which projects to run
 #   TOOLS="berth docker"     docker may be left out (berth must stay)
 #   NOOP_REPS=2          no-op runs per tool (the minimum is reported)
+#   COLD_REPS=1          cold runs per tool (the minimum is reported)
 #   MULTI_SECONDS="1 2 3 4"  the multi-target case's targets ("" skips it)
 #   LARGE_MODULES=30 LARGE_FILES=100 LARGE_BUILT=5   shape of the large context
 #   CACHE=/var/tmp/berth-bench   debootstrap rootfs and Debian OCI layout, kept
@@ -50,6 +53,7 @@ CACHE=${CACHE:-/var/tmp/berth-bench}
 PROJECTS=${PROJECTS:-small large}
 TOOLS=${TOOLS:-berth docker}
 NOOP_REPS=${NOOP_REPS:-2}
+COLD_REPS=${COLD_REPS:-1}
 MULTI_SECONDS=${MULTI_SECONDS-1 2 3 4}
 LARGE_MODULES=${LARGE_MODULES:-30}
 LARGE_FILES=${LARGE_FILES:-100}
@@ -240,12 +244,18 @@ measure() {
 
 # run_project PROJECT: the kinds take turns at every measurement.
 run_project() {
-	local p=$1 r kind
-	new_root "$p" earth
-	new_root "$p" dfile
-	has_tool docker && docker_cold "$p"
-	settle
-	for kind in "${KINDS[@]}"; do measure "$p" cold 1 "$kind"; done
+	local p=$1 r i kind n=${#KINDS[@]}
+	for ((r = 1; r <= COLD_REPS; r++)); do
+		new_root "$p" earth
+		new_root "$p" dfile
+		has_tool docker && docker_cold "$p"
+		settle
+		# Rep r starts with the (r-1)th kind.
+		for ((i = 0; i < n; i++)); do
+			kind=${KINDS[$(((i + r - 1) % n))]}
+			measure "$p" cold "$r" "$kind"
+		done
+	done
 	for ((r = 1; r <= NOOP_REPS; r++)); do
 		for kind in "${KINDS[@]}"; do measure "$p" noop "$r" "$kind"; done
 	done
@@ -309,7 +319,7 @@ verdict() { [[ $1 == "-" ]] && echo "-" || awk -v r="${1%x}" 'BEGIN { printf "<=
 
 echo
 echo "berth +image (Earthfile) vs berth build (Dockerfile) vs docker build (BuildKit, docker.io $("$DOCKER" version --format '{{.Server.Version}}' 2>/dev/null || echo '?'))"
-echo "wall time per build; cold: 1 run; no-op: min of $NOOP_REPS. Lower is better."
+echo "wall time per build; cold: min of $COLD_REPS (kinds taking turns at going first); no-op: min of $NOOP_REPS. Lower is better."
 printf '%-6s %-14s %10s %10s %10s   %-11s %-12s %-12s\n' project scenario earthfile dockerfile docker earth/dfile target earth/docker
 for p in $PROJECTS; do
 	for s in cold noop; do
