@@ -361,60 +361,78 @@ fn get(cp: &ControlPlane, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// What kube-scheduler would do: binds every pod of `namespaces` without a node to
-/// `node`, until dropped.
-struct Binder {
+/// A thread running `round` over and over until dropped; a panic in it fails the test
+/// when it is dropped.
+struct Looping {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Binder {
-    fn start(cp: &'static ControlPlane, namespaces: Vec<String>, node: String) -> Binder {
+impl Looping {
+    fn start(mut round: impl FnMut() + Send + 'static) -> Looping {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
-                for ns in &namespaces {
-                    let pods = get(
-                        cp,
-                        &format!("/api/v1/namespaces/{ns}/pods?fieldSelector=spec.nodeName%3D"),
-                    );
-                    for p in pods["items"].as_array().into_iter().flatten() {
-                        let name = p["metadata"]["name"].as_str().unwrap();
-                        let binding = serde_json::json!({
-                            "apiVersion": "v1", "kind": "Binding",
-                            "metadata": {"name": name},
-                            "target": {"apiVersion": "v1", "kind": "Node", "name": node},
-                        });
-                        let (code, body) = api(
-                            cp,
-                            "POST",
-                            &format!("/api/v1/namespaces/{ns}/pods/{name}/binding"),
-                            Some(&binding.to_string()),
-                        );
-                        // 409: bound meanwhile (or gone).
-                        assert!(
-                            code == 201 || code == 409 || code == 404,
-                            "bind {ns}/{name}: {code} {body}"
-                        );
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(300));
+                round();
             }
         });
-        Binder {
+        Looping {
             stop,
             thread: Some(thread),
         }
     }
 }
 
-impl Drop for Binder {
+impl Drop for Looping {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(t) = self.thread.take()
+            && let Err(panic) = t.join()
+            && !std::thread::panicking()
+        {
+            std::panic::resume_unwind(panic);
         }
+    }
+}
+
+/// What kube-scheduler would do: binds every pod of `namespaces` without a node to
+/// `node`, until dropped.
+struct Binder {
+    _binding: Looping,
+}
+
+impl Binder {
+    fn start(cp: &'static ControlPlane, namespaces: Vec<String>, node: String) -> Binder {
+        let binding = Looping::start(move || {
+            for ns in &namespaces {
+                let pods = get(
+                    cp,
+                    &format!("/api/v1/namespaces/{ns}/pods?fieldSelector=spec.nodeName%3D"),
+                );
+                for p in pods["items"].as_array().into_iter().flatten() {
+                    let name = p["metadata"]["name"].as_str().unwrap();
+                    let binding = serde_json::json!({
+                        "apiVersion": "v1", "kind": "Binding",
+                        "metadata": {"name": name},
+                        "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+                    });
+                    let (code, body) = api(
+                        cp,
+                        "POST",
+                        &format!("/api/v1/namespaces/{ns}/pods/{name}/binding"),
+                        Some(&binding.to_string()),
+                    );
+                    // 409: bound meanwhile (or gone).
+                    assert!(
+                        code == 201 || code == 409 || code == 404,
+                        "bind {ns}/{name}: {code} {body}"
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        Binder { _binding: binding }
     }
 }
 
@@ -714,8 +732,7 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
 /// pod's readiness (kubelet probes it). Stops when dropped.
 struct NodePortProxy {
     port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _forwarding: Looping,
 }
 
 impl NodePortProxy {
@@ -726,43 +743,29 @@ impl NodePortProxy {
             .expect("a free port in the NodePort range");
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                let client = match listener.accept() {
-                    Ok((c, _)) => c,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
-                        continue;
-                    }
-                    Err(e) => panic!("node port {port}: accept: {e}"),
-                };
-                // No ready endpoint: the connection is closed, as kube-proxy rejects it.
-                let Some(backend) = ready_endpoint(cp, &ns, &service) else {
-                    continue;
-                };
-                client.set_nonblocking(false).unwrap();
-                std::thread::spawn(move || {
-                    if let Ok(server) = std::net::TcpStream::connect(&backend) {
-                        splice(client, server);
-                    }
-                });
-            }
+        let forwarding = Looping::start(move || {
+            let client = match listener.accept() {
+                Ok((c, _)) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    return;
+                }
+                Err(e) => panic!("node port {port}: accept: {e}"),
+            };
+            // No ready endpoint: the connection is closed, as kube-proxy rejects it.
+            let Some(backend) = ready_endpoint(cp, &ns, &service) else {
+                return;
+            };
+            client.set_nonblocking(false).unwrap();
+            std::thread::spawn(move || {
+                if let Ok(server) = std::net::TcpStream::connect(&backend) {
+                    splice(client, server);
+                }
+            });
         });
         NodePortProxy {
             port,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for NodePortProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _forwarding: forwarding,
         }
     }
 }
