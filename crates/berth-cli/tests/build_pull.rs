@@ -490,16 +490,8 @@ fn pull_unpacks_the_layers_a_build_uses() {
     let top = root.join("snapshots/layers").join(&chains[1]);
     use std::os::unix::fs::MetadataExt;
     let inode = std::fs::metadata(&top).unwrap().ino();
-    let ctx = context(dir.path(), &image);
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {image}\nRUN busybox sha256sum /big/data\n"),
-    )
-    .unwrap();
-    let out = build(&root, &ctx, &[], None);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains(&data_sum), "{err}");
+    let ctx = sum_context(dir.path(), &image);
+    build_reads_the_data(&root, &ctx, &data_sum);
     assert_eq!(
         std::fs::metadata(&top).unwrap().ino(),
         inode,
@@ -510,14 +502,31 @@ fn pull_unpacks_the_layers_a_build_uses() {
     let root2 = dir.path().join("root2");
     run(&mut pull(&root2, &["--no-unpack", &image]));
     assert!(unpacked(&root2).is_empty(), "{:?}", unpacked(&root2));
-    let out = build(&root2, &ctx, &[], None);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains(&data_sum), "{err}");
+    build_reads_the_data(&root2, &ctx, &data_sum);
     let have = unpacked(&root2);
     assert!(chains.iter().all(|c| have.contains(c)), "{have:?}");
     check_store(&root);
     check_store(&root2);
+}
+
+/// A context whose Dockerfile builds on `image` and hashes its `/big/data`.
+fn sum_context(dir: &Path, image: &str) -> std::path::PathBuf {
+    let ctx = context(dir, image);
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {image}\nRUN busybox sha256sum /big/data\n"),
+    )
+    .unwrap();
+    ctx
+}
+
+/// Builds `ctx` in `root`, which must succeed and print `data_sum` (the RUN read the
+/// whole base).
+fn build_reads_the_data(root: &Path, ctx: &Path, data_sum: &str) {
+    let out = build(root, ctx, &[], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(data_sum), "{err}");
 }
 
 /// A pull killed while its top layer downloads leaves the layers below it unpacked whole
@@ -575,16 +584,8 @@ fn a_pull_killed_mid_layer_leaves_whole_snapshots_only() {
     );
     assert!(half_unpacked(), "the staging directory is the dead pull's");
 
-    let ctx = context(dir.path(), &image);
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {image}\nRUN busybox sha256sum /big/data\n"),
-    )
-    .unwrap();
-    let out = build(&root, &ctx, &[], None);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains(&data_sum), "{err}");
+    let ctx = sum_context(dir.path(), &image);
+    build_reads_the_data(&root, &ctx, &data_sum);
     // The base's chains, and the RUN step's layer above them.
     let have = unpacked(&root);
     assert!(chains.iter().all(|c| have.contains(c)), "{have:?}");
