@@ -250,6 +250,15 @@ stop
         }
     }
 
+    /// `docker logs` of the container a pod's container `status` names.
+    fn container_logs(&self, status: &serde_json::Value) -> Output {
+        let id = status["containerID"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("docker://");
+        self.docker(&["logs", id])
+    }
+
     fn docker(&self, args: &[&str]) -> Output {
         output(
             Command::new(docker())
@@ -693,12 +702,7 @@ async fn pods_pull_from_berths_registry_only_with_the_pull_secret() {
         status["imageID"].as_str().unwrap().ends_with(digest.trim()),
         "{status}"
     );
-    let id = status["containerID"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("docker://")
-        .to_owned();
-    let logs = node.docker(&["logs", &id]);
+    let logs = node.container_logs(status);
     assert!(logs.success, "{}", logs.stderr);
     assert_eq!(logs.stdout.trim(), "berth-pod-ran");
 
@@ -1116,12 +1120,7 @@ namespace = "{ns}"
         status["imageID"].as_str().unwrap().ends_with(digest),
         "{status}"
     );
-    let id = status["containerID"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("docker://")
-        .to_owned();
-    let logs = node.docker(&["logs", &id]);
+    let logs = node.container_logs(status);
     assert_eq!(logs.stdout.trim(), "served from the pod-built image");
 
     let _ = api(cp, "DELETE", &format!("/api/v1/namespaces/{ns}"), None);
