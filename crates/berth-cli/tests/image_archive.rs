@@ -300,3 +300,78 @@ fn skopeo_archives_import() {
     );
     check_store(&root);
 }
+
+/// Layers as containers-storage tools rewrite them: skopeo recompresses the busybox
+/// fixture's layers as zstd and as zstd:chunked (zstd with skippable frames holding a
+/// table of contents, and annotations naming it). Both import, build FROM and give the
+/// same image config as the gzip original: the layers' uncompressed bytes are the same.
+#[test]
+fn zstd_and_zstd_chunked_layers_from_skopeo_are_bases() {
+    if !require_build() || !require("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = BuildBase::new();
+    let layout = format!("oci:{}:base", base.layout().display());
+    let original_config = {
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                base.layout()
+                    .join("blobs/sha256")
+                    .join(&layout_digest(&base.layout())["sha256:".len()..]),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        m["config"]["digest"].as_str().unwrap().to_string()
+    };
+    let root = dir.path().join("root");
+    for format in ["zstd", "zstd:chunked"] {
+        let tag = format.replace(':', "-");
+        let archive = dir.path().join(format!("{tag}.tar"));
+        run(&mut skopeo_copy(
+            &layout,
+            &format!("oci-archive:{}:peer/{tag}:1", archive.display()),
+            &["--dest-compress", "--dest-compress-format", format],
+        ));
+        let out = run(berth(&root).arg("import").arg(&archive));
+        assert!(out.contains(&format!("imported peer/{tag}:1 ")), "{out}");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&blob(&root, &tagged(&root, &format!("peer/{tag}"), "1")))
+                .unwrap();
+        let layer = &manifest["layers"][0];
+        assert_eq!(
+            layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd",
+            "{format}: skopeo recompressed the layer"
+        );
+        if format == "zstd:chunked" {
+            assert!(
+                layer["annotations"]["io.containers.zstd-chunked.manifest-position"].is_string(),
+                "a chunked layer: {layer}"
+            );
+        }
+        assert_eq!(
+            manifest["config"]["digest"], original_config,
+            "{format}: the same image"
+        );
+
+        let ctx = context(
+            dir.path(),
+            &format!("ctx-{tag}"),
+            &format!("FROM peer/{tag}:1\nRUN ls /bin/busybox > /ran && echo {tag} >> /ran\n"),
+        );
+        let out_dir = dir.path().join(format!("out-{tag}"));
+        let built = output(
+            berth_build(&root)
+                .arg("-o")
+                .arg(format!("type=local,dest={}", out_dir.display()))
+                .arg(&ctx),
+        );
+        assert!(built.success, "FROM a {format} base:\n{}", built.stderr);
+        assert_eq!(
+            std::fs::read_to_string(out_dir.join("ran")).unwrap(),
+            format!("/bin/busybox\n{tag}\n")
+        );
+    }
+    check_store(&root);
+}
