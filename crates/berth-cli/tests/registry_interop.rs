@@ -1,4 +1,4 @@
-//! Real clients against `berth registry serve`: skopeo and docker push and pull, TLS
+//! Real clients against `berth registry serve`: skopeo, docker and buildah push and pull, TLS
 //! with a CA made here, basic auth. The skopeo round trip also runs against Debian's
 //! docker-registry, so the test itself is checked against the reference registry.
 
@@ -308,5 +308,136 @@ fn docker_login_push_pull_over_tls() {
     let out = run(d().args(["run", "--rm", "--network=none", &pushed, "echo", "over tls"]));
     assert_eq!(out.trim(), "over tls");
     let _ = d().args(["rmi", "-f", &name, &pushed]).output();
+    check_store(&root);
+}
+
+/// buildah (containers/storage and containers/image) with its own storage in a temp dir.
+fn buildah(storage: &std::path::Path) -> Command {
+    let mut c = Command::new("buildah");
+    c.arg("--root")
+        .arg(storage.join("root"))
+        .arg("--runroot")
+        .arg(storage.join("run"))
+        .args(["--storage-driver", "vfs"]);
+    c
+}
+
+/// Images buildah made and pushed (OCI and Docker schema 2, a whiteout in the second
+/// layer) are bases for berth; an image berth built and pushed is pulled and run by
+/// buildah.
+#[test]
+fn buildah_images_are_bases_and_berth_images_run_in_buildah() {
+    if !require("buildah") || !require("busybox") || !require_build() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry_root = dir.path().join("registry");
+    let registry = Berth::serve(&registry_root, &[]);
+    let storage = dir.path().join("buildah");
+
+    // Layer 1: busybox and its links, /who and /gone; layer 2 deletes /gone (a whiteout buildah writes).
+    let ctr = run(buildah(&storage).args(["from", "scratch"]));
+    let ctr = ctr.trim();
+    run(buildah(&storage).args(["copy", ctr, "/bin/busybox", "/bin/busybox"]));
+    let sh = |ctr: &str, script: &str| {
+        run(buildah(&storage).args([
+            "run",
+            "--isolation",
+            "chroot",
+            ctr,
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            script,
+        ]));
+    };
+    sh(
+        ctr,
+        "/bin/busybox --install -s /bin && echo made-by-buildah > /who && echo x > /gone",
+    );
+    run(buildah(&storage).args(["commit", "-q", ctr, "peer-one"]));
+    let on_top = run(buildah(&storage).args(["from", "peer-one"]));
+    sh(on_top.trim(), "rm /gone");
+    run(buildah(&storage).args(["commit", "-q", on_top.trim(), "peer-two"]));
+
+    let root = dir.path().join("root");
+    for format in ["oci", "v2s2"] {
+        let name = format!("{}/peer/buildah:{format}", registry.addr);
+        run(buildah(&storage).args([
+            "push",
+            "-q",
+            "--tls-verify=false",
+            "--format",
+            format,
+            "peer-two",
+            &format!("docker://{name}"),
+        ]));
+        let raw = run(Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{name}"),
+        ]));
+        let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(
+            manifest["layers"].as_array().unwrap().len(),
+            2,
+            "the deletion is a layer of its own: {raw}"
+        );
+        let ctx = context(
+            dir.path(),
+            &format!("ctx-{format}"),
+            &format!(
+                "FROM {name}\nRUN test ! -e /gone && cat /who > /ran && echo {format} >> /ran\n"
+            ),
+        );
+        let out_dir = dir.path().join(format!("out-{format}"));
+        let built = output(
+            berth_build(&root)
+                .arg("-o")
+                .arg(format!("type=local,dest={}", out_dir.display()))
+                .arg(&ctx),
+        );
+        assert!(
+            built.success,
+            "FROM buildah's {format} image:\n{}",
+            built.stderr
+        );
+        assert_eq!(
+            std::fs::read_to_string(out_dir.join("ran")).unwrap(),
+            format!("made-by-buildah\n{format}\n"),
+            "buildah's layers, its whiteout applied"
+        );
+        assert!(!out_dir.join("gone").exists());
+    }
+
+    // And back: berth builds on it and pushes; buildah pulls and runs the result.
+    let ctx = context(
+        dir.path(),
+        "ctx-back",
+        &format!(
+            "FROM {}/peer/buildah:oci\nRUN echo built-by-berth > /by\n",
+            registry.addr
+        ),
+    );
+    let ours = format!("{}/peer/ours:1", registry.addr);
+    let built = output(berth_build(&root).args(["-t", &ours, "--push"]).arg(&ctx));
+    assert!(built.success, "{}", built.stderr);
+    run(buildah(&storage).args(["pull", "-q", "--tls-verify=false", &ours]));
+    let back = run(buildah(&storage).args(["from", &ours]));
+    let out = run(buildah(&storage).args([
+        "run",
+        "--isolation",
+        "chroot",
+        back.trim(),
+        "--",
+        "/bin/busybox",
+        "cat",
+        "/by",
+        "/who",
+    ]));
+    assert_eq!(out, "built-by-berth\nmade-by-buildah\n");
+    check_store(&registry_root);
     check_store(&root);
 }
