@@ -298,10 +298,13 @@ pub fn pull(settings: &Settings, args: PullArgs) -> Result<()> {
     store
         .name_image(&repository, tag, &pulled.manifest)
         .with_context(|| format!("name the pulled image {}", args.name))?;
-    // A build then takes this tag from the store, and knows how old it is.
-    if let Some(tag) = tag
-        && let Err(e) = store.record_resolution(&repository, tag, &pulled.manifest)
-    {
+    // A build then takes this tag from the store, and knows how old it is; `prune`
+    // keeps the image unpacked (a tag while it names this image, a digest until rmi).
+    let recorded = match tag {
+        Some(tag) => store.record_resolution(&repository, tag, &pulled.manifest),
+        None => store.record_pin(&repository, &pulled.manifest),
+    };
+    if let Err(e) = recorded {
         tracing::debug!(error = %e, "resolution not recorded");
     }
     let remote = pulled.index.clone().unwrap_or(pulled.manifest.clone());
