@@ -207,12 +207,12 @@ pub(crate) fn display_repository(repo: &str) -> String {
 pub struct PullArgs {
     /// The image: NAME[:TAG|@DIGEST] (Docker Hub's short names as docker reads them).
     name: String,
-    /// Only this platform of a multi-platform image (os/arch, e.g. linux/arm64)
-    /// [default: every platform].
+    /// Only this platform of a multi-platform image (os/arch, e.g. linux/arm64), unpacked
+    /// for builds with `--platform` [default: every platform, this host's unpacked].
     #[arg(long)]
     platform: Option<String>,
-    /// Only fetch the blobs: do not unpack the layers of this host's platform into
-    /// berth's snapshots (for mirroring images; a build unpacks what it needs).
+    /// Only fetch the blobs: do not unpack the layers into berth's snapshots (for
+    /// mirroring images; a build unpacks what it needs).
     #[arg(long)]
     no_unpack: bool,
 }
@@ -235,11 +235,9 @@ pub fn pull(settings: &Settings, args: PullArgs) -> Result<()> {
             ..berth_client::PullOptions::new(berth_client::Platform::new(host_os, host_arch))
         },
     };
-    // As `docker pull`, the image is left ready to run a build on: its layers are
-    // unpacked as they arrive. Another platform's are not (a build here would not take
-    // them unless asked for that platform; it unpacks them then).
-    let host = opts.platform == berth_client::Platform::new(host_os, host_arch);
-    let unpack = if host && !args.no_unpack {
+    // As `docker pull`, the image is left ready to run a build on: the layers of the
+    // platform pulled (of an index pulled whole, the host's) are unpacked as they arrive.
+    let unpack = if !args.no_unpack {
         Some(berth_build::PullUnpack::open(
             store.clone(),
             &settings.root,
