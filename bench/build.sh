@@ -40,7 +40,7 @@
 # then each reported run's step timings (berth and docker, from --progress plain).
 # The tools take turns at each measurement (berth, docker, buildah, berth, ...), so
 # other load on the machine is spread over them; the load average is printed.
-# Cold builds start ~30 s after the deletions that made the caches cold (see settle).
+# Cold builds start ~6 min after the deletions that made the caches cold (see settle).
 # Every build's output is checked: cold and change builds must print the same
 # BENCH_RESULT under all three tools; a no-op that re-runs a step is flagged.
 #
@@ -55,7 +55,8 @@
 #   CACHE=/var/tmp/berth-bench   debootstrap rootfs and Debian OCI layout, kept
 #   KEEP_LOGS=dir        copy every build log there
 #   STORE_DIR=/var/lib   where berth's roots and buildah's storage go (a temp dir)
-#   SETTLE=1             wait ~30 s after the cold-state deletions (0: don't)
+#   SETTLE=1             wait ~6 min after the cold-state deletions (0: don't;
+#                        SETTLE_SECS=N: N s; see settle in common.sh)
 #   PULL_ARGS=           extra arguments of the untimed `berth pull` of "cold, base
 #                        pulled" (--no-unpack: blobs only, what berth pull left before)
 #
@@ -291,10 +292,11 @@ build() {
 	elapsed "$t0" "$t1"
 }
 
-# This VM's ext4 has no journal, and ext4 then skips inodes freed in the last
-# dirty_expire seconds when it allocates new ones: right after a mass deletion
-# (docker builder prune, buildah rmi) creating thousands of files costs seconds of
-# kernel time in whichever tool comes next. So wait that long after the deletions.
+# This VM's ext4 has no journal, and ext4 then avoids inodes freed in the last minutes
+# when it allocates new ones: right after a mass deletion (docker builder prune, rmi,
+# buildah rmi) creating thousands of files costs seconds of kernel time in whichever
+# tool comes next (regapp's cold berth build unpacks its base then). So settle waits
+# out that window after the deletions (see common.sh).
 last_delete=0
 
 # Make TOOL's cache cold for PROJECT (untimed).

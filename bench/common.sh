@@ -170,15 +170,20 @@ remove_trees() {
 # in_ns NAME CMD...: CMD in network namespace NAME (and nothing else changed).
 in_ns() { local ns=$1; shift; nsenter --net="/run/netns/$ns" -- "$@"; }
 
-# This VM's ext4 has no journal, and ext4 then skips inodes freed in the last
-# dirty_expire seconds when it allocates new ones: right after a mass deletion
-# creating thousands of files costs seconds of kernel time in whichever tool comes
-# next. settle waits that long after $last_delete (a now timestamp); SETTLE=0 skips.
+# This VM's ext4 has no journal, and ext4 then avoids reusing an inode freed in the last
+# 60 s (RECENTCY_MIN in fs/ext4/ialloc.c), or 360 s while its inode-table block is dirty
+# (+RECENTCY_DIRTY): each new inode scans past every such free inode of its group, with a
+# buffer-cache lookup apiece. A mass creation dirties those blocks itself, so right after
+# a mass deletion (docker builder prune, rmi, a removed root) creating thousands of files
+# costs seconds of kernel time in whichever tool comes next, for about 6 minutes: an
+# unpack of regapp's Debian base spent 5-10 s in the kernel at once and 65 s after a
+# deletion of the same size, 1.1 s after 6.5 minutes (`perf`: recently_deleted,
+# find_get_block_common). settle waits SETTLE_SECS (default 361) after $last_delete (a
+# now timestamp); SETTLE=0 skips.
 settle() {
-	local expire left
+	local left
 	[[ ${SETTLE:-1} == 1 ]] || return 0
-	expire=$(( $(cat /proc/sys/vm/dirty_expire_centisecs 2>/dev/null || echo 3000) / 100 + 1 ))
-	left=$(awk -v l="${last_delete:-0}" -v n="$(now)" -v e="$expire" 'BEGIN { d = e - (n - l); print (d > 0 ? d : 0) }')
+	left=$(awk -v l="${last_delete:-0}" -v n="$(now)" -v e="${SETTLE_SECS:-361}" 'BEGIN { d = e - (n - l); print (d > 0 ? d : 0) }')
 	log "settling $(printf '%.0f' "$left")s after deletions"
 	sleep "$left"
 }

@@ -37,7 +37,8 @@
 #   CACHE=/var/tmp/berth-bench   debootstrap rootfs and Debian OCI layout, kept
 #   KEEP_LOGS=dir        copy every build log there
 #   STORE_DIR=/var/lib   where berth's roots go (a temp dir)
-#   SETTLE=1             wait ~30 s after the cold-state deletions (0: don't)
+#   SETTLE=1             wait ~6 min after the cold-state deletions (0: don't;
+#                        SETTLE_SECS=N: N s; see settle in common.sh)
 #
 # Needs: docker.io (daemon via scripts/start-dockerd), skopeo, busybox-static, runc;
 # debootstrap for large. It fails (non-zero) if any build fails or the tools print

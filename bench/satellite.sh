@@ -45,7 +45,8 @@
 #                        bench/build.sh; the first run fetches from Debian's mirror)
 #   KEEP_LOGS=dir        copy every build log (and the daemons' logs) there
 #   STORE_DIR=/var/lib   where berth's roots and the second dockerd's data go
-#   SETTLE=1             wait ~30 s after the cold-state deletions (0: don't)
+#   SETTLE=1             wait ~6 min after the cold-state deletions (0: don't;
+#                        SETTLE_SECS=N: N s; see settle in common.sh)
 #   NET=10.78.0          the /24 the veth pair uses
 #
 # Needs: iproute2, nsenter, openssl, docker.io 20.10 (dockerd and /usr/bin/docker),

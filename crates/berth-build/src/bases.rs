@@ -146,17 +146,18 @@ impl Bases {
                 self.note_stored(reference, &format!("has {platform}"));
                 return Ok(d);
             }
-            return self.pull(reference, None, platform).await;
+            return self.pull(reference, Name::Nothing, platform).await;
         }
-        if written.digest.is_some() {
+        let familiar = written.familiar();
+        if let Some(digest) = &familiar.digest {
             // A digest names one image forever: the store's copy is it.
             if let Some(d) = local {
                 self.note_stored(reference, "pinned by digest");
                 return Ok(d);
             }
-            return self.pull(reference, None, platform).await;
+            let pin = Name::Pin(familiar.local_repository(), digest.clone());
+            return self.pull(reference, pin, platform).await;
         }
-        let familiar = written.familiar();
         let name = (
             familiar.local_repository(),
             familiar.tag_or_latest().to_string(),
@@ -168,7 +169,7 @@ impl Bases {
             .resolution(&name.0, &name.1)?
             .filter(|r| Some(&r.manifest) == local.as_ref());
         let Some(local) = local else {
-            return self.pull(reference, Some(&name), platform).await;
+            return self.pull(reference, Name::Tag(&name), platform).await;
         };
         let age = record.as_ref().map(|r| r.age());
         let expired = matches!((self.policy.ttl, age), (Some(ttl), Some(age)) if age > ttl);
@@ -180,7 +181,7 @@ impl Bases {
             self.note_stored(reference, &how);
             return Ok(local);
         }
-        match self.pull(reference, Some(&name), platform).await {
+        match self.pull(reference, Name::Tag(&name), platform).await {
             Ok(d) => Ok(d),
             // A TTL asks when it can; an unreachable registry leaves the stored answer.
             Err(e) if !self.policy.pull => {
@@ -207,14 +208,8 @@ impl Bases {
         }
     }
 
-    /// Pull `reference` for `platform` and, for a tag, name it `name` (repository, tag)
-    /// in the store and record when it was resolved.
-    async fn pull(
-        &self,
-        reference: &str,
-        name: Option<&(String, String)>,
-        platform: &Platform,
-    ) -> Result<Digest> {
+    /// Pull `reference` for `platform`, and name it in the store as `name` says.
+    async fn pull(&self, reference: &str, name: Name<'_>, platform: &Platform) -> Result<Digest> {
         let client = self.client.as_ref().ok_or_else(|| {
             BuildError::Image(format!("image {reference} is not in berth's store"))
         })?;
@@ -248,9 +243,18 @@ impl Bases {
             self.unpacks.lock().expect("unpacks").push(u);
         }
         let pulled = pulled.and_then(|d| {
-            if let Some((repo, tag)) = name {
-                self.store.name_image(repo, Some(tag), &d)?;
-                self.store.record_resolution(repo, tag, &d)?;
+            match name {
+                Name::Nothing => {}
+                Name::Tag((repo, tag)) => {
+                    self.store.name_image(repo, Some(tag), &d)?;
+                    self.store.record_resolution(repo, tag, &d)?;
+                }
+                // The digest written (an index's, whose manifest for the platform is
+                // `d`): the next build finds it by that digest.
+                Name::Pin(repo, digest) => {
+                    self.store.name_image(&repo, None, &digest)?;
+                    self.store.record_pin(&repo, &digest)?;
+                }
             }
             Ok(d)
         });
@@ -274,6 +278,17 @@ impl Bases {
             name: format!("[internal] load metadata for {reference}: berth's store, {how}"),
         });
     }
+}
+
+/// How [`Bases::pull`] names what it pulled in the store.
+enum Name<'a> {
+    /// Not at all (a pull for another platform: the store's names are the host's).
+    Nothing,
+    /// As (repository, tag), with the time it was resolved.
+    Tag(&'a (String, String)),
+    /// Untagged in the repository, as the digest written (a pin: as `docker pull
+    /// NAME@DIGEST` keeps it, a cold build finds it, and prune keeps it unpacked).
+    Pin(String, Digest),
 }
 
 /// `42s`, `5m`, `3h`, `2d`.

@@ -3,9 +3,10 @@
 //! The build cache is the cache records (a step's key → its layers), the unpacked
 //! snapshots and the layer blobs only records refer to. Images named in the store are
 //! never removed, though their unpacked snapshots may be (they are unpacked again when
-//! a build needs them); the unpacked snapshots of base images (tags resolved against a
-//! registry) stay unless `--all`, as Docker keeps its images extracted. Builds hold a shared lock on the root for their whole run and
-//! prune takes it exclusively, so prune never removes a layer a running build mounts.
+//! a build needs them); the unpacked snapshots of base images (images a registry gave,
+//! by a tag or a digest) stay unless `--all`, as Docker keeps its images extracted.
+//! Builds hold a shared lock on the root for their whole run and prune takes it
+//! exclusively, so prune never removes a layer a running build mounts.
 //!
 //! The cache-miss history (`cache/history/<build>/<step>`, see the solver) goes with
 //! the records: an entry whose cache key no longer has a record is removed, and
@@ -161,19 +162,17 @@ fn du(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// The snapshot chains of the base images in the store: images named by a tag that a
-/// build or `berth pull` resolved against a registry (and that still names what it
-/// resolved; see `Store::record_resolution`), for the host platform.
+/// The snapshot chains of the base images in the store, for the host platform: the
+/// images a registry gave, by a tag that still names what a build or `berth pull`
+/// resolved it to, or by the digest they were pulled by (see `Store::pulled_images`).
 fn base_chains(store: &Store) -> HashSet<Digest> {
     let mut out = HashSet::new();
     let mut seen = HashSet::new();
-    for e in store.images().unwrap_or_default() {
-        let Some(tag) = &e.tag else { continue };
-        let resolved = store.resolution(&e.repository, tag).ok().flatten();
-        if resolved.is_none_or(|r| r.manifest != e.manifest) || !seen.insert(e.manifest.clone()) {
+    for (repository, manifest) in store.pulled_images().unwrap_or_default() {
+        if !seen.insert(manifest.clone()) {
             continue;
         }
-        let Ok(image) = crate::image::load(store, &e.repository, e.manifest.clone()) else {
+        let Ok(image) = crate::image::load(store, &repository, manifest) else {
             continue;
         };
         let mut parent: Option<Digest> = None;

@@ -207,12 +207,12 @@ pub(crate) fn display_repository(repo: &str) -> String {
 pub struct PullArgs {
     /// The image: NAME[:TAG|@DIGEST] (Docker Hub's short names as docker reads them).
     name: String,
-    /// Only this platform of a multi-platform image (os/arch, e.g. linux/arm64)
-    /// [default: every platform].
+    /// Only this platform of a multi-platform image (os/arch, e.g. linux/arm64), unpacked
+    /// for builds with `--platform` [default: every platform, this host's unpacked].
     #[arg(long)]
     platform: Option<String>,
-    /// Only fetch the blobs: do not unpack the layers of this host's platform into
-    /// berth's snapshots (for mirroring images; a build unpacks what it needs).
+    /// Only fetch the blobs: do not unpack the layers into berth's snapshots (for
+    /// mirroring images; a build unpacks what it needs).
     #[arg(long)]
     no_unpack: bool,
 }
@@ -235,11 +235,9 @@ pub fn pull(settings: &Settings, args: PullArgs) -> Result<()> {
             ..berth_client::PullOptions::new(berth_client::Platform::new(host_os, host_arch))
         },
     };
-    // As `docker pull`, the image is left ready to run a build on: its layers are
-    // unpacked as they arrive. Another platform's are not (a build here would not take
-    // them unless asked for that platform; it unpacks them then).
-    let host = opts.platform == berth_client::Platform::new(host_os, host_arch);
-    let unpack = if host && !args.no_unpack {
+    // As `docker pull`, the image is left ready to run a build on: the layers of the
+    // platform pulled (of an index pulled whole, the host's) are unpacked as they arrive.
+    let unpack = if !args.no_unpack {
         Some(berth_build::PullUnpack::open(
             store.clone(),
             &settings.root,
@@ -298,10 +296,13 @@ pub fn pull(settings: &Settings, args: PullArgs) -> Result<()> {
     store
         .name_image(&repository, tag, &pulled.manifest)
         .with_context(|| format!("name the pulled image {}", args.name))?;
-    // A build then takes this tag from the store, and knows how old it is.
-    if let Some(tag) = tag
-        && let Err(e) = store.record_resolution(&repository, tag, &pulled.manifest)
-    {
+    // A build then takes this tag from the store, and knows how old it is; `prune`
+    // keeps the image unpacked (a tag while it names this image, a digest until rmi).
+    let recorded = match tag {
+        Some(tag) => store.record_resolution(&repository, tag, &pulled.manifest),
+        None => store.record_pin(&repository, &pulled.manifest),
+    };
+    if let Err(e) = recorded {
         tracing::debug!(error = %e, "resolution not recorded");
     }
     let remote = pulled.index.clone().unwrap_or(pulled.manifest.clone());

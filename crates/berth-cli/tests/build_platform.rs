@@ -25,13 +25,7 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let layout = dir.path().join("multi");
-        let out = run(
-            Command::new(repo_root().join("scripts/make-platform-layout"))
-                .arg(&layout)
-                .arg("t"),
-        );
-        let mut lines = out.lines().map(str::to_string);
-        let (amd64, arm64) = (lines.next().unwrap(), lines.next().unwrap());
+        let (amd64, arm64) = platform_layout(&layout, "t");
         Fixture {
             _dir: dir,
             layout,

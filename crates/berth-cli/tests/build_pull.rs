@@ -441,7 +441,11 @@ fn unpacked(root: &Path) -> Vec<String> {
 
 fn chain_ids(served: &Served) -> Vec<String> {
     let m: serde_json::Value = serde_json::from_slice(&served.manifest).unwrap();
-    let config = &served.blobs[m["config"]["digest"].as_str().unwrap()];
+    chains_of_config(&served.blobs[m["config"]["digest"].as_str().unwrap()])
+}
+
+/// The chain IDs (bare hex) of the layers of the image config `config`, lowest first.
+fn chains_of_config(config: &[u8]) -> Vec<String> {
     let c: serde_json::Value = serde_json::from_slice(config).unwrap();
     let mut out = Vec::new();
     let mut parent: Option<String> = None;
@@ -594,4 +598,112 @@ fn a_pull_killed_mid_layer_leaves_whole_snapshots_only() {
         "the dead pull's staging directory was removed"
     );
     check_store(&root);
+}
+
+/// The inode of each unpacked layer directory of `chains` under `root`: the same after a
+/// build means the build unpacked none of them again.
+fn inodes(root: &Path, chains: &[String]) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    chains
+        .iter()
+        .map(|c| {
+            std::fs::metadata(root.join("snapshots/layers").join(c))
+                .unwrap()
+                .ino()
+        })
+        .collect()
+}
+
+/// `berth pull` of a multi-platform index unpacks the layers of the manifest a build
+/// here takes (this host's) and no other platform's; `--platform` pulls and unpacks the
+/// other one instead; a build on either, for its platform, unpacks nothing again.
+#[test]
+fn pull_of_an_index_unpacks_the_platform_it_takes() {
+    if !ready() {
+        return;
+    }
+    if std::env::consts::ARCH != "x86_64" {
+        berth_testutil::skip("the two-platform fixture's host child is linux/amd64");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("multi");
+    let children = platform_layout(&layout, "t");
+    let blob = |d: &str| {
+        std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let chains_of = |manifest: &str| {
+        let m: serde_json::Value = serde_json::from_slice(&blob(manifest)).unwrap();
+        let mut c = chains_of_config(&blob(m["config"]["digest"].as_str().unwrap()));
+        c.sort();
+        c
+    };
+    let (amd64, arm64) = (chains_of(&children.0), chains_of(&children.1));
+    assert!(amd64.iter().all(|c| !arm64.contains(c)));
+    let reg = Berth::serve(&dir.path().join("registry"), &[]);
+    let base = format!("{}/multi/base:t", reg.addr);
+    run(&mut skopeo_copy(
+        &format!("oci:{}:t", layout.display()),
+        &format!("docker://{base}"),
+        &["--all"],
+    ));
+
+    // Every platform's blobs are pulled; the host's layers alone are unpacked.
+    let root = dir.path().join("root");
+    let out = output_ok(&mut pull(&root, &[&base]));
+    assert!(out.stderr.contains("Unpacked: "), "{}", out.stderr);
+    assert_eq!(unpacked(&root), amd64);
+    let before = inodes(&root, &amd64);
+    let ctx = context(dir.path(), &base);
+    let out = build(&root, &ctx, &[], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("the-base-runs"),
+        "{err}"
+    );
+    assert_eq!(
+        inodes(&root, &amd64),
+        before,
+        "the build unpacked the base again"
+    );
+    assert!(
+        unpacked(&root).iter().all(|c| !arm64.contains(c)),
+        "{:?}",
+        unpacked(&root)
+    );
+
+    // The other platform: its layers, and none of the host's.
+    let root2 = dir.path().join("root2");
+    let out = output_ok(&mut pull(&root2, &["--platform", "linux/arm64", &base]));
+    assert!(out.stderr.contains("Unpacked: "), "{}", out.stderr);
+    assert_eq!(unpacked(&root2), arm64);
+    let before = inodes(&root2, &arm64);
+    let ctx2 = common::context(
+        dir.path(),
+        "ctx-arm64",
+        &format!("FROM {base}\nCOPY note /note\n"),
+    );
+    std::fs::write(ctx2.join("note"), "n\n").unwrap();
+    output_ok(
+        berth_build(&root2)
+            .args(["--platform", "linux/arm64"])
+            .arg(&ctx2),
+    );
+    assert_eq!(
+        inodes(&root2, &arm64),
+        before,
+        "the build unpacked the base again"
+    );
+    assert!(
+        unpacked(&root2).iter().all(|c| !amd64.contains(c)),
+        "{:?}",
+        unpacked(&root2)
+    );
+    check_store(&root);
+    check_store(&root2);
 }

@@ -219,6 +219,44 @@ fn no_op_rebuild_sends_no_request_unless_pull_or_ttl() {
     check_store(&root);
 }
 
+/// The chain ID (bare hex) of the busybox fixture in `dir/layout`: it has one layer, so
+/// its chain is its diff ID.
+fn base_chain(dir: &Path) -> String {
+    let layout = dir.join("layout");
+    let blob = |d: &str| {
+        let hex = d.trim_start_matches("sha256:");
+        serde_json::from_slice::<serde_json::Value>(
+            &std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap(),
+        )
+        .unwrap()
+    };
+    let manifest = blob(&layout_digest(&layout));
+    let config = blob(manifest["config"]["digest"].as_str().unwrap());
+    config["rootfs"]["diff_ids"][0]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string()
+}
+
+/// The unpacked layers (chain IDs) of `root`, sorted.
+fn snapshots(root: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root.join("snapshots/layers"))
+        .map(|it| {
+            it.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `berth` in `root` with `args`, which must succeed.
+fn berth_ok(root: &Path, args: &[&str]) -> Output {
+    output_ok(Command::new(berth_bin()).arg("--root").arg(root).args(args))
+}
+
 /// The unpacked base survives `berth prune` (as Docker keeps its images extracted), and
 /// `prune --all` frees it too.
 #[test]
@@ -231,58 +269,84 @@ fn unpacked_bases_survive_prune_unless_all() {
     let ctx = ctx(dir.path(), &format!("{}/base/busybox:v1", relay.addr));
     let root = dir.path().join("root");
     output_ok(berth_build(&root).arg(&ctx));
-    // The busybox fixture has one layer: its chain is its diff ID.
-    let layout = dir.path().join("layout");
-    let blob = |d: &str| {
-        let hex = d.trim_start_matches("sha256:");
-        serde_json::from_slice::<serde_json::Value>(
-            &std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap(),
-        )
-        .unwrap()
-    };
-    let manifest = blob(&layout_digest(&layout));
-    let config = blob(manifest["config"]["digest"].as_str().unwrap());
-    let base_chain = config["rootfs"]["diff_ids"][0]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
-    let snapshots = || -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(root.join("snapshots/layers"))
-            .map(|it| {
-                it.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
-    assert!(snapshots().contains(&base_chain), "{:?}", snapshots());
-    let prune = |extra: &[&str]| {
-        output_ok(
-            Command::new(berth_bin())
-                .arg("--root")
-                .arg(&root)
-                .arg("prune")
-                .args(extra),
-        )
-    };
-    prune(&[]);
+    let base_chain = base_chain(dir.path());
+    assert!(
+        snapshots(&root).contains(&base_chain),
+        "{:?}",
+        snapshots(&root)
+    );
+    berth_ok(&root, &["prune"]);
     assert_eq!(
-        snapshots(),
+        snapshots(&root),
         std::slice::from_ref(&base_chain),
         "prune kept more or less than the base"
     );
-    prune(&["--all"]);
+    berth_ok(&root, &["prune", "--all"]);
     assert_eq!(
-        snapshots(),
+        snapshots(&root),
         Vec::<String>::new(),
         "prune --all kept the base"
     );
     // The base is still an image of the store; a build unpacks it again.
     output_ok(berth_build(&root).arg(&ctx));
-    assert!(snapshots().contains(&base_chain));
+    assert!(snapshots(&root).contains(&base_chain));
+}
+
+/// A base named by digest (`FROM name@sha256:…`, `berth pull name@sha256:…`) stays
+/// unpacked through `prune` as a tagged one does (Docker's `builder prune` leaves images
+/// pulled by digest alone too), and the build after the prune takes it from the store
+/// with no request and unpacks nothing; `prune --all`, or `rmi` of the image, lets its
+/// snapshots go.
+#[test]
+fn bases_pulled_by_digest_survive_prune_unless_all() {
+    if !require_build() || !require("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_reg, relay) = registry(dir.path());
+    let digest = layout_digest(&dir.path().join("layout"));
+    let from = format!("{}/base/busybox@{digest}", relay.addr);
+    let ctx = ctx(dir.path(), &from);
+    let base_chain = base_chain(dir.path());
+    let inode = |root: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(root.join("snapshots/layers").join(&base_chain))
+            .unwrap()
+            .ino()
+    };
+
+    // A build pulls it: the base is kept, the step's layer goes.
+    let root = dir.path().join("root");
+    output_ok(berth_build(&root).arg(&ctx));
+    assert!(snapshots(&root).len() > 1, "{:?}", snapshots(&root));
+    let unpacked = inode(&root);
+    berth_ok(&root, &["prune"]);
+    assert_eq!(snapshots(&root), std::slice::from_ref(&base_chain));
+    relay.take();
+    let again = output_ok(berth_build(&root).arg(&ctx));
+    assert_eq!(relay.take(), (0, 0, 0), "{}", again.stderr);
+    assert!(
+        again.stderr.contains(&format!(
+            "load metadata for {from}: berth's store, pinned by digest"
+        )),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(inode(&root), unpacked, "the base was unpacked again");
+    berth_ok(&root, &["prune", "--all"]);
+    assert_eq!(snapshots(&root), Vec::<String>::new());
+
+    // `berth pull` by digest: kept through prune until the image is removed.
+    let root2 = dir.path().join("root2");
+    berth_ok(&root2, &["pull", &from]);
+    assert_eq!(snapshots(&root2), std::slice::from_ref(&base_chain));
+    berth_ok(&root2, &["prune"]);
+    assert_eq!(snapshots(&root2), std::slice::from_ref(&base_chain));
+    berth_ok(&root2, &["rmi", &from]);
+    berth_ok(&root2, &["prune"]);
+    assert_eq!(snapshots(&root2), Vec::<String>::new());
+    check_store(&root);
+    check_store(&root2);
 }
 
 #[test]

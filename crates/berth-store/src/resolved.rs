@@ -6,20 +6,27 @@
 //! still tell how old that answer is, and re-resolve it once it is older than a TTL:
 //!
 //! ```text
-//! root/resolved/<repository>/<tag>    "<manifest digest> <unix seconds>\n"
+//! root/resolved/<repository>/<tag>        "<manifest digest> <unix seconds>\n"
+//! root/resolved/<repository>/@<digest>    the same, for an image pulled by digest
 //! ```
 //!
-//! A record is a hint: it counts only while the tag still names the manifest it
-//! recorded (a tag moved by `berth tag` or a build is a local name again).
+//! A record is a hint: it counts only while the name still names the manifest it
+//! recorded (a tag moved by `berth tag` or a build is a local name again; an image
+//! pulled by digest counts while its repository holds it, until `rmi`). The images whose
+//! records count are the store's *pulled* images ([`Store::pulled_images`]), whose
+//! unpacked layers `berth prune` keeps, as Docker keeps its images extracted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_oci::Digest;
 
 use crate::content::Store;
 use crate::error::Result;
-use crate::fsutil::{read_optional, write_replace};
+use crate::fsutil::{list_dir, read_optional, write_replace};
+
+/// How deep repository names go under `resolved/` before a walk stops looking.
+const MAX_DEPTH: usize = 32;
 
 /// A tag's last resolution against its registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +61,55 @@ impl Store {
         let Some(path) = self.resolution_path(repository, tag) else {
             return Ok(());
         };
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        write_replace(&path, format!("{manifest} {secs}\n").as_bytes())
+        write_replace(&path, format!("{manifest} {}\n", unix_now()).as_bytes())
+    }
+
+    /// Record that image `manifest` was pulled from a registry into `repository` by its
+    /// digest (`repository@manifest`, named in the store without a tag). Written as
+    /// [`Store::record_resolution`]; a digest is never resolved again, the record only
+    /// tells [`Store::pulled_images`] the image came from a registry.
+    pub fn record_pin(&self, repository: &str, manifest: &Digest) -> Result<()> {
+        if berth_oci::validate_repository(repository).is_err() {
+            return Ok(());
+        }
+        let path = self
+            .root()
+            .join("resolved")
+            .join(repository)
+            .join(format!("@{manifest}"));
+        write_replace(&path, format!("{manifest} {}\n", unix_now()).as_bytes())
+    }
+
+    /// The images of the store a registry gave (repository and manifest, each once, by
+    /// repository): those whose record still counts, a tag that still names what it
+    /// resolved to or a digest pin whose repository still holds the manifest. Records
+    /// that do not read are skipped.
+    pub fn pulled_images(&self) -> Result<Vec<(String, Digest)>> {
+        let mut records = Vec::new();
+        walk_records(&self.root().join("resolved"), "", 0, &mut records)?;
+        records.sort();
+        let repos = self.repos();
+        let mut out: Vec<(String, Digest)> = Vec::new();
+        for (repository, name) in records {
+            let manifest = match name.strip_prefix('@') {
+                Some(pin) => pin
+                    .parse::<Digest>()
+                    .ok()
+                    .filter(|d| repos.manifest(&repository, d).ok().flatten().is_some()),
+                None => self
+                    .resolution(&repository, &name)
+                    .ok()
+                    .flatten()
+                    .map(|r| r.manifest)
+                    .filter(|m| repos.tag(&repository, &name).ok().flatten().as_ref() == Some(m)),
+            };
+            if let Some(m) = manifest
+                && !out.iter().any(|(r, d)| *r == repository && *d == m)
+            {
+                out.push((repository, m));
+            }
+        }
+        Ok(out)
     }
 
     /// The last resolution of `repository:tag`, if one was recorded and still reads.
@@ -80,6 +132,42 @@ impl Store {
             at: UNIX_EPOCH + Duration::from_secs(secs),
         }))
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The records under `dir` (`resolved/`, or a repository prefix `prefix` of it), as
+/// (repository, tag or `@digest`); `_schemes` and temporary files are not records.
+fn walk_records(
+    dir: &Path,
+    prefix: &str,
+    depth: usize,
+    out: &mut Vec<(String, String)>,
+) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Ok(());
+    }
+    for name in list_dir(dir)? {
+        if name.starts_with('.') || (prefix.is_empty() && name == "_schemes") {
+            continue;
+        }
+        let path = dir.join(&name);
+        if path.is_dir() {
+            let child = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            walk_records(&path, &child, depth + 1, out)?;
+        } else if !prefix.is_empty() {
+            out.push((prefix.to_string(), name));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -108,5 +196,42 @@ mod tests {
         // A torn or foreign file reads as no record.
         std::fs::write(dir.path().join("resolved/127.0.0.1-5000/app/v1"), "junk").unwrap();
         assert_eq!(store.resolution("127.0.0.1-5000/app", "v1").unwrap(), None);
+    }
+
+    #[test]
+    fn pulled_images_are_those_whose_record_still_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let blob = |b: &[u8]| {
+            store
+                .put_blob(berth_oci::Algorithm::Sha256, b)
+                .unwrap()
+                .digest
+        };
+        let (a, b) = (blob(b"{\"a\":1}"), blob(b"{\"b\":1}"));
+        let (base, pinned) = ("127.0.0.1-5000/team/base", "127.0.0.1-5000/pinned");
+        store.name_image(base, Some("v1"), &a).unwrap();
+        store.record_resolution(base, "v1", &a).unwrap();
+        store.name_image(pinned, None, &b).unwrap();
+        store.record_pin(pinned, &b).unwrap();
+        // Not records: the scheme memory, a record of a tag the store does not have.
+        std::fs::create_dir_all(dir.path().join("resolved/_schemes")).unwrap();
+        std::fs::write(dir.path().join("resolved/_schemes/127.0.0.1:5000"), "http").unwrap();
+        store.record_resolution("gone", "v1", &a).unwrap();
+        assert_eq!(
+            store.pulled_images().unwrap(),
+            [
+                (pinned.to_string(), b.clone()),
+                (base.to_string(), a.clone())
+            ]
+        );
+        // A tag moved here is a local name; an image removed from its repository is gone.
+        store.name_image(base, Some("v1"), &b).unwrap();
+        assert_eq!(
+            store.pulled_images().unwrap(),
+            [(pinned.to_string(), b.clone())]
+        );
+        store.unlink_image(pinned, &b).unwrap();
+        assert_eq!(store.pulled_images().unwrap(), []);
     }
 }

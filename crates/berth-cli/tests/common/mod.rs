@@ -89,6 +89,18 @@ pub fn busybox_layout(dir: &Path, tag: &str) -> String {
     out.trim().to_string()
 }
 
+/// Make the two-platform OCI layout fixture (scripts/make-platform-layout) in `dir` with
+/// `tag`; returns its linux/amd64 and linux/arm64 manifest digests.
+pub fn platform_layout(dir: &Path, tag: &str) -> (String, String) {
+    let out = run(
+        Command::new(repo_root().join("scripts/make-platform-layout"))
+            .arg(dir)
+            .arg(tag),
+    );
+    let mut lines = out.lines().map(str::to_string);
+    (lines.next().unwrap(), lines.next().unwrap())
+}
+
 /// A `berth registry serve` process on 127.0.0.1 with a free port, killed on drop.
 pub struct Berth {
     pub child: Child,
