@@ -1874,7 +1874,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "",
         env: &[],
         fail: true,
-        want: "Earthfile:120:5: FUNCTION is not a keyword of VERSION 0.7: write COMMAND",
+        want: "Earthfile:119:1: command recipes must start with COMMAND",
     },
     Case {
         file: "command-explicit-global.earth",
@@ -1890,7 +1890,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "",
         env: &[],
         fail: true,
-        want: "Earthfile:121:5: COMMAND is not a keyword of VERSION 0.8: write FUNCTION",
+        want: "Earthfile:120:1: function recipes must start with FUNCTION",
     },
     Case {
         file: "function-nested-global.earth",
@@ -3199,7 +3199,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "mkdir -p some/subdir && cp $CORPUS/command-to-function-rename/function.earth some/subdir/Earthfile",
         env: &[],
         fail: true,
-        want: "some/subdir/Earthfile:8:5: COMMAND is not a keyword of VERSION 0.7: write FUNCTION",
+        want: "some/subdir/Earthfile:7:1: function recipes must start with FUNCTION",
     },
     Case {
         file: "command-to-function-rename/caller.earth",
@@ -3207,7 +3207,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "mkdir -p some/subdir && cp $CORPUS/command-to-function-rename/command.earth some/subdir/Earthfile",
         env: &[],
         fail: true,
-        want: "some/subdir/Earthfile:8:5: FUNCTION is not a keyword of VERSION 0.7: write COMMAND",
+        want: "some/subdir/Earthfile:7:1: command recipes must start with COMMAND",
     },
     Case {
         file: "functions-do-not-propagate-args/propagate.earth",

@@ -391,6 +391,7 @@ pub const COMMANDS: &[CommandSpec] = &[
             ("cache-hint", Bool),
             ("no-manifest-list", Bool),
             ("insecure", Bool),
+            ("without-earthly-labels", Bool),
         ],
         min: 0,
         max: None,

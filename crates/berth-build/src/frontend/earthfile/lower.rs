@@ -290,6 +290,9 @@ struct Ts {
     /// The platform the target is for: the one it was referenced for, or its `FROM
     /// --platform`'s.
     platform: Platform,
+    /// The `IMPORT`s run so far, by the folder of their Earthfile and alias: those with
+    /// variables, which [`Project::imports`] leaves out.
+    imports: HashMap<(PathBuf, String), String>,
 }
 
 impl Ts {
@@ -682,6 +685,46 @@ fn is_local_ref(p: &str) -> bool {
     p == "." || p == ".." || p.starts_with("./") || p.starts_with("../") || p.starts_with('/')
 }
 
+/// Whether `state` is made from the local source called `name`.
+fn reads_local(state: &State, name: &str) -> bool {
+    let mut seen = HashSet::new();
+    let mut todo = vec![state];
+    while let Some(s) = todo.pop() {
+        if !seen.insert(s.digest().clone()) {
+            continue;
+        }
+        if matches!(&s.vertex().op, Op::Local(l) if l.name == name) {
+            return true;
+        }
+        todo.extend(&s.vertex().inputs);
+    }
+    false
+}
+
+/// `IMPORT r [AS alias]` of the Earthfile in `dir`: the alias (by default the last
+/// part of the path, without its `:ref`) and what it stands for (an absolute folder,
+/// or the remote reference).
+fn import_entry(dir: &Path, r: &str, alias: Option<&str>) -> (String, String) {
+    let alias = alias.map(str::to_string).unwrap_or_else(|| {
+        let last = r.trim_end_matches('/').rsplit('/').next().unwrap_or(r);
+        last.split(':').next().unwrap_or(last).to_string()
+    });
+    let target = if is_local_ref(r) {
+        dir.join(r).display().to_string()
+    } else {
+        r.to_string()
+    };
+    (alias, target)
+}
+
+/// What IMPORT alias `alias` of `proj` stands for, with those `ts` ran.
+fn import_of<'a>(ts: &'a Ts, proj: &'a Project, alias: &str) -> Option<&'a str> {
+    proj.imports
+        .get(alias)
+        .or_else(|| ts.imports.get(&(proj.dir.clone(), alias.to_string())))
+        .map(String::as_str)
+}
+
 /// Earthly's `--shell-out-anywhere` (on from VERSION 0.7): `$( … )` anywhere in a value.
 fn shell_out_anywhere(proj: &Project) -> bool {
     proj.ef.feature("shell-out-anywhere")
@@ -799,7 +842,7 @@ fn not_supported(proj: &Project, pos: Pos, what: &str) -> BuildError {
 }
 
 /// What a `LOCALLY` target may hold, for errors.
-const LOCALLY_HINT: &str = "a LOCALLY target runs RUN, COPY +target/artifact and SAVE ARTIFACT on this host (and ARG, LET, SET, BUILD, DO, IF, FOR, WORKDIR); put the rest in a target with a FROM";
+const LOCALLY_HINT: &str = "a LOCALLY target runs RUN, COPY +target/artifact and SAVE ARTIFACT on this host (and ARG, LET, SET, ENV, BUILD, DO, IF, FOR, WORKDIR); put the rest in a target with a FROM";
 
 /// Where `CACHE --persist` mounts the cache while its contents are copied in.
 const PERSIST_MOUNT: &str = "/.berth-cache-persist";
@@ -882,18 +925,9 @@ impl Lowerer<'_> {
             collect_commands(&t.body, &mut all);
         }
         for c in all.into_iter().filter(|c| c.name == "IMPORT") {
-            let r = c.args[0].text.clone();
             let alias = match (c.args.get(1), c.args.get(2)) {
-                (Some(a), Some(alias)) if a.text == "AS" => alias.text.clone(),
-                (None, None) => r
-                    .trim_end_matches('/')
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or(&r)
-                    .split(':')
-                    .next()
-                    .unwrap_or(&r)
-                    .to_string(),
+                (Some(a), Some(alias)) if a.text == "AS" => Some(alias.text.as_str()),
+                (None, None) => None,
                 _ => {
                     return Err(src_err(
                         &Project {
@@ -909,11 +943,11 @@ impl Lowerer<'_> {
                     ));
                 }
             };
-            let target = if is_local_ref(&r) {
-                dir.join(&r).display().to_string()
-            } else {
-                r
-            };
+            // One with variables is added when it runs (Earthly expands them).
+            if c.args.iter().any(|a| a.text.contains('$')) {
+                continue;
+            }
+            let (alias, target) = import_entry(&dir, &c.args[0].text, alias);
             imports.insert(alias, target);
         }
         let p = Arc::new(Project {
@@ -1014,6 +1048,7 @@ impl Lowerer<'_> {
     /// `proj` at `pos`.
     fn resolve_ref(
         &mut self,
+        ts: &Ts,
         proj: &Arc<Project>,
         text: &str,
         pos: Pos,
@@ -1033,10 +1068,7 @@ impl Lowerer<'_> {
         if p.is_empty() {
             return Ok((proj.clone(), name.to_string()));
         }
-        let p = match proj.imports.get(p) {
-            Some(r) => r.as_str(),
-            None => p,
-        };
+        let p = import_of(ts, proj, p).unwrap_or(p);
         let dir = if is_local_ref(p) {
             proj.dir.join(p)
         } else if is_remote_ref(p) {
@@ -1196,6 +1228,7 @@ impl Lowerer<'_> {
             hosts: Vec::new(),
             declared: Vec::new(),
             platform: self.platform.clone(),
+            imports: HashMap::new(),
         };
         let base = proj.ef.base.clone();
         self.stmts(&mut ts, proj, &base)?;
@@ -1551,6 +1584,13 @@ impl Lowerer<'_> {
                     | "FROM DOCKERFILE"
                     | "LOCALLY"
                     | "WORKDIR"
+                    | "ENV"
+                    // Earthly takes these too; they change no host command.
+                    | "LABEL"
+                    | "EXPOSE"
+                    | "CMD"
+                    | "ENTRYPOINT"
+                    | "VOLUME"
             )
         {
             return Err(BuildError::Source(
@@ -1750,6 +1790,17 @@ impl Lowerer<'_> {
             }
             "SAVE ARTIFACT" => self.save_artifact(ts, proj, c),
             "SAVE IMAGE" => {
+                // berth labels no image dev.earthly.*, so the flag only has to be allowed.
+                if let Some(pos) = c.flag_pos("without-earthly-labels")
+                    && !proj.ef.feature("allow-without-earthly-labels")
+                {
+                    return Err(src_err(
+                        proj,
+                        pos,
+                        "the SAVE IMAGE --without-earthly-labels flag must be enabled with the \
+                         VERSION --allow-without-earthly-labels feature flag",
+                    ));
+                }
                 let mut names = Vec::new();
                 for w in &c.args {
                     names.push(self.x(ts, proj, w)?);
@@ -1777,7 +1828,17 @@ impl Lowerer<'_> {
                 Ok(())
             }
             "DO" => self.call(ts, proj, c),
-            "IMPORT" | "PROJECT" => Ok(()),
+            "IMPORT" => {
+                // The ones without variables are known from the start (Project::imports).
+                if c.args.iter().any(|a| a.text.contains('$')) {
+                    let r = self.x(ts, proj, &c.args[0])?;
+                    let alias = c.args.get(2).map(|a| self.x(ts, proj, a)).transpose()?;
+                    let (alias, target) = import_entry(&proj.dir, &r, alias.as_deref());
+                    ts.imports.insert((proj.dir.clone(), alias), target);
+                }
+                Ok(())
+            }
+            "PROJECT" => Ok(()),
             "CACHE" => {
                 let p = self.x(ts, proj, &c.args[0])?;
                 let target = ts.abs(&p);
@@ -1891,10 +1952,11 @@ impl Lowerer<'_> {
                 ts.hosts.push(host);
                 Ok(())
             }
+            // Earthly's words: only a function's first command may be one.
             "FUNCTION" | "COMMAND" => Err(src_err(
                 proj,
                 c.pos,
-                format!("{} must be the first command of its recipe", c.name),
+                format!("command {} not allowed in a target definition", c.name),
             )),
             other => Err(src_err(proj, c.pos, format!("{other} is not allowed here"))),
         }
@@ -1947,7 +2009,7 @@ impl Lowerer<'_> {
             combos = next;
         }
         let build_args = self.build_args(ts, proj, c)?;
-        let (tp, name) = self.resolve_ref(proj, r, c.args[0].pos)?;
+        let (tp, name) = self.resolve_ref(ts, proj, r, c.args[0].pos)?;
         let mut out = Vec::new();
         for mut args in combos {
             args.extend(build_args.clone());
@@ -2095,7 +2157,7 @@ impl Lowerer<'_> {
         for raw in head.values("load") {
             let pos = head.flag_pos("load").unwrap_or(head.pos);
             let text = self.x_text(ts, proj, raw, pos)?;
-            images.push(self.docker_load(proj, &text, pos)?);
+            images.push(self.docker_load(ts, proj, &text, pos)?);
         }
         for raw in head.values("pull") {
             let pos = head.flag_pos("pull").unwrap_or(head.pos);
@@ -2151,32 +2213,56 @@ impl Lowerer<'_> {
     /// One `--load` of `WITH DOCKER`: `name=+target`, `+target` (named by the target's
     /// `SAVE IMAGE`), or either with the target in parentheses with its ARGs,
     /// `name=(+target --X=1)`.
-    fn docker_load(&mut self, proj: &Arc<Project>, text: &str, pos: Pos) -> Result<DockerImage> {
+    fn docker_load(
+        &mut self,
+        ts: &Ts,
+        proj: &Arc<Project>,
+        text: &str,
+        pos: Pos,
+    ) -> Result<DockerImage> {
         let reference_at = text.find(['+', '(']).unwrap_or(0);
+        // `name=+t`; with no name (`+t`, or `=+t` as an unset `$NAME=` leaves it) the
+        // name is the one the target's SAVE IMAGE gives, as in Earthly's ParseLoad.
         let (name, reference) = match text[..reference_at].split_once('=') {
             Some((n, _)) => (Some(n.to_string()), &text[n.len() + 1..]),
             None => (None, text),
         };
+        let name = name.filter(|n| !n.is_empty());
         let inner = match reference.strip_prefix('(') {
             Some(r) => r
                 .strip_suffix(')')
                 .ok_or_else(|| src_err(proj, pos, format!("--load {text}: a ( without its )")))?,
             None => reference,
         };
-        let mut words = inner.split_whitespace();
+        let mut words = inner.split_whitespace().peekable();
         let r = words.next().unwrap_or_default();
         let mut args = BTreeMap::new();
-        for w in words {
-            let Some((k, v)) = w.strip_prefix("--").and_then(|kv| kv.split_once('=')) else {
-                return Err(src_err(
-                    proj,
-                    pos,
-                    format!("--load {text}: {w:?} is not a build argument (--NAME=value)"),
-                ));
+        while let Some(w) = words.next() {
+            // `--NAME=value`, or `--NAME value` as Earthly's ParseFlagArgs also takes.
+            let kv = w.strip_prefix("--").filter(|kv| !kv.is_empty());
+            let (k, v) = match kv.map(|kv| (kv, kv.split_once('='))) {
+                Some((_, Some((k, v)))) => (k, v),
+                Some((k, None)) => match words.next_if(|n| !n.starts_with("--")) {
+                    Some(v) => (k, v),
+                    None => {
+                        return Err(src_err(
+                            proj,
+                            pos,
+                            format!("--load {text}: no value provided for --{k}"),
+                        ));
+                    }
+                },
+                None => {
+                    return Err(src_err(
+                        proj,
+                        pos,
+                        format!("--load {text}: {w:?} is not a build argument (--NAME=value)"),
+                    ));
+                }
             };
             args.insert(k.to_string(), v.to_string());
         }
-        let (tp, tname) = self.resolve_ref(proj, r, pos)?;
+        let (tp, tname) = self.resolve_ref(ts, proj, r, pos)?;
         let idx = self.target(&tp, &tname, args, Some((proj, pos)), false)?;
         let t = &self.targets[idx];
         let tag = match name {
@@ -2211,8 +2297,8 @@ impl Lowerer<'_> {
         let ctx = self.x(ts, proj, &c.args[0])?;
         // An artifact (`+t/dir`, or `-f +t/Dockerfile`) is built now and written into a
         // folder of the build, which is then a context like a local one.
-        let ctx_dir = if self.is_artifact_ref(proj, &ctx) {
-            self.artifact_folder(proj, &ctx, c.args[0].pos, "/")?
+        let ctx_dir = if self.is_artifact_ref(ts, proj, &ctx) {
+            self.artifact_folder(ts, proj, &ctx, c.args[0].pos, "/")?
         } else {
             proj.dir.join(&ctx)
         };
@@ -2220,10 +2306,10 @@ impl Lowerer<'_> {
         let file = match c.value("f") {
             Some(f) => {
                 let f = self.x_text(ts, proj, f, c.pos)?;
-                local_file = !self.is_artifact_ref(proj, &f);
+                local_file = !self.is_artifact_ref(ts, proj, &f);
                 if !local_file {
                     let pos = c.flag_pos("f").unwrap_or(c.pos);
-                    self.artifact_folder(proj, &f, pos, "/Dockerfile")?
+                    self.artifact_folder(ts, proj, &f, pos, "/Dockerfile")?
                         .join("Dockerfile")
                 } else {
                     proj.dir.join(f)
@@ -2235,7 +2321,7 @@ impl Lowerer<'_> {
             self.outside_sent(&lexical_clean(p))
                 || std::fs::canonicalize(p).is_ok_and(|p| self.outside_sent(&p))
         };
-        if (!self.is_artifact_ref(proj, &ctx) && outside(&ctx_dir))
+        if (!self.is_artifact_ref(ts, proj, &ctx) && outside(&ctx_dir))
             || (local_file && outside(&file))
         {
             return Err(src_err(
@@ -2260,21 +2346,19 @@ impl Lowerer<'_> {
             .map(|t| self.x_text(ts, proj, t, c.pos))
             .transpose()?;
         let build_args = self.build_args(ts, proj, c)?;
-        let ctx_dir = std::fs::canonicalize(&ctx_dir).map_err(|e| {
-            src_err(
-                proj,
-                c.args[0].pos,
-                format!("context {}: {e}", ctx_dir.display()),
-            )
-        })?;
+        // A context folder that is not there (`-`, say) fails in Earthly only when the
+        // Dockerfile copies from it: BuildKit reads a context lazily.
+        let (ctx_dir, missing) = match std::fs::canonicalize(&ctx_dir) {
+            Ok(d) => (d, None),
+            Err(e) => (lexical_clean(&ctx_dir), Some(e)),
+        };
         // Named by what was written, so an artifact's context keeps its name (and its
         // steps their keys) from build to build.
-        let ctx_name = if self.is_artifact_ref(proj, &ctx) {
+        let ctx_name = if self.is_artifact_ref(ts, proj, &ctx) {
             format!("dockerfile:{}/{ctx}", proj.dir.display())
         } else {
             format!("dockerfile:{}", ctx_dir.display())
         };
-        self.contexts.insert(ctx_name.clone(), ctx_dir);
         let opts = crate::LowerOptions {
             build_args,
             target,
@@ -2293,6 +2377,19 @@ impl Lowerer<'_> {
             &ctx_name,
             &mut *self.resolve,
         )?;
+        match missing {
+            Some(e) if reads_local(&lowered.state, &ctx_name) => {
+                return Err(src_err(
+                    proj,
+                    c.args[0].pos,
+                    format!("context {}: {e}", ctx_dir.display()),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.contexts.insert(ctx_name, ctx_dir);
+            }
+        }
         let mut hist = vec![None; lowered.base_history];
         hist.extend(lowered.steps);
         hist.resize(lowered.config.history.len(), None);
@@ -2454,16 +2551,18 @@ impl Lowerer<'_> {
         let mut config = scratch_config(&ts.platform);
         config.config.working_dir = proj.dir.display().to_string();
         ts.rebase(State::scratch(), config, Vec::new());
+        // As Earthly's LOCALLY (a FROM scratch): no image environment, not even the
+        // PATH rebase gives; the ENVs after it are the host commands'.
+        ts.vars.retain(|v| v.kind != VarKind::Env);
         ts.locally = true;
         Ok(())
     }
 
     /// The variables a `LOCALLY` command gets on top of berth's environment: the ARGs
-    /// and LETs in scope (the image's ENV means nothing on the host).
+    /// and LETs in scope and the target's ENVs after `LOCALLY`.
     fn local_env(ts: &Ts) -> Vec<(String, String)> {
         ts.vars
             .iter()
-            .filter(|v| v.kind != VarKind::Env)
             .map(|v| (v.name.clone(), v.value.clone()))
             .collect()
     }
@@ -2685,6 +2784,7 @@ impl Lowerer<'_> {
     /// new folder of the build (a folder's contents go into `to`).
     fn artifact_folder(
         &mut self,
+        ts: &Ts,
         proj: &Arc<Project>,
         text: &str,
         pos: Pos,
@@ -2697,7 +2797,7 @@ impl Lowerer<'_> {
                 format!("{text:?}: an artifact reference is +target/path"),
             )
         })?;
-        let (tp, name) = self.resolve_ref(proj, r, pos)?;
+        let (tp, name) = self.resolve_ref(ts, proj, r, pos)?;
         let idx = self.target(&tp, &name, BTreeMap::new(), Some((proj, pos)), false)?;
         let state = State::scratch().file(
             FileOp {
@@ -3090,6 +3190,10 @@ impl Lowerer<'_> {
         let mut mounts = ts.caches.clone();
         let mut extra = Vec::new();
         for raw in c.values("mount") {
+            // Expanded whole, then split at its commas, as Earthly does: one variable may
+            // hold several options (`--mount $CACHE_OPTS`).
+            let raw = expand(raw, |k| ts.lookup(k).or_else(|| ts.home(k)), '\\')
+                .map_err(|e| src_err(proj, c.pos, format!("--mount {raw}: {e}")))?;
             // Earthly's spellings: chmod= for mode=, id=+secrets/ID.
             let raw = raw
                 .split(',')
@@ -3099,12 +3203,10 @@ impl Lowerer<'_> {
                 })
                 .collect::<Vec<_>>()
                 .join(",");
-            let mut m = RunMount::parse(&raw, &mut |w| {
-                expand(w, |k| ts.lookup(k).or_else(|| ts.home(k)), '\\').map_err(|e| e.to_string())
-            })
-            .map_err(|(message, hint)| {
-                BuildError::Source(proj.ef.source.error(c.pos, message).with_hint(hint))
-            })?;
+            let mut m =
+                RunMount::parse(&raw, &mut |w| Ok(w.to_string())).map_err(|(message, hint)| {
+                    BuildError::Source(proj.ef.source.error(c.pos, message).with_hint(hint))
+                })?;
             // Earthly makes a new cache folder 0644.
             if m.kind == MountType::Cache && m.mode.is_none() {
                 m.mode = Some(0o644);
@@ -3499,7 +3601,7 @@ impl Lowerer<'_> {
         } else {
             (self.x_ref(ts, proj, &w.text, w.pos)?, BTreeMap::new())
         };
-        if !(w.group || self.is_artifact_ref(proj, &text)) {
+        if !(w.group || self.is_artifact_ref(ts, proj, &text)) {
             return Ok(vec![(unescape_plus(&text), None)]);
         }
         let (r, path) = split_artifact(&text).ok_or_else(|| {
@@ -3519,7 +3621,7 @@ impl Lowerer<'_> {
         // `./dir/*+t/path`: Earthly's wildcard COPY, one source per matched target.
         let mut out = Vec::new();
         for r in self.wildcard_targets(proj, r, w.pos)? {
-            let (tp, name) = self.resolve_ref(proj, &r, w.pos)?;
+            let (tp, name) = self.resolve_ref(ts, proj, &r, w.pos)?;
             let idx = self.target(&tp, &name, all.clone(), Some((proj, w.pos)), false)?;
             out.push((format!("{r}/{path}"), Some(idx)));
         }
@@ -3527,10 +3629,10 @@ impl Lowerer<'_> {
     }
 
     /// Whether a COPY source names an artifact (`+t/p`, `./d+t/p`, `alias+t/p`).
-    fn is_artifact_ref(&self, proj: &Project, text: &str) -> bool {
+    fn is_artifact_ref(&self, ts: &Ts, proj: &Project, text: &str) -> bool {
         match ref_plus(text).map(|i| text.split_at(i)) {
             Some(("", _)) => true,
-            Some((p, _)) => is_local_ref(p) || proj.imports.contains_key(p) || is_remote_ref(p),
+            Some((p, _)) => is_local_ref(p) || import_of(ts, proj, p).is_some() || is_remote_ref(p),
             None => false,
         }
     }
@@ -3760,24 +3862,25 @@ impl Lowerer<'_> {
     /// scope of their own.
     fn call(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
         let r = self.x(ts, proj, &c.args[0])?;
-        let (fp, name) = self.resolve_ref(proj, &r, c.args[0].pos)?;
+        let (fp, name) = self.resolve_ref(ts, proj, &r, c.args[0].pos)?;
         let Some(f) = fp.ef.function(&name) else {
-            // A recipe that starts with the other version's keyword.
-            if let Some(e) = fp
+            // A function's name (Earthly's lexer: upper case) whose recipe does not
+            // start with its VERSION's keyword.
+            if let Some(t) = fp
                 .ef
                 .target(&name)
-                .and_then(|t| t.body.first())
-                .and_then(|s| Command::of(s).invalid.as_deref())
+                .filter(|_| name.starts_with(|c: char| c.is_ascii_uppercase()))
             {
-                return Err(BuildError::Source(e.clone()));
+                return Err(BuildError::Source(super::parse::function_keyword_error(
+                    &fp.ef.source,
+                    fp.ef.version.as_ref(),
+                    t.pos,
+                )));
             }
             return Err(src_err(
                 proj,
                 c.args[0].pos,
-                format!(
-                    "function {r} not found in {}; a function's recipe starts with FUNCTION",
-                    fp.ef.source.name()
-                ),
+                format!("function {r} not found in {}", fp.ef.source.name()),
             ));
         };
         let body = f.body.clone();
@@ -4484,6 +4587,153 @@ mod tests {
     }
 
     #[test]
+    fn function_keywords_follow_the_version_as_in_earthly() {
+        // A file without VERSION is Earthly 0.5: COMMAND, as in 0.6 and 0.7.
+        let call = "FROM scratch\nt:\n    DO +FN\nFN:\n";
+        assert!(
+            plan(
+                &format!("{call}    COMMAND\n    RUN true\n"),
+                &[],
+                "+t",
+                &[]
+            )
+            .is_ok()
+        );
+        for (text, want) in [
+            (
+                format!("{call}    FUNCTION\n    RUN true\n"),
+                "Earthfile:4:1: command recipes must start with COMMAND",
+            ),
+            (
+                format!("VERSION 0.8\n{call}    COMMAND\n    RUN true\n"),
+                "Earthfile:5:1: function recipes must start with FUNCTION",
+            ),
+            // A function's name whose recipe starts with neither.
+            (
+                format!("VERSION 0.7\n{call}    RUN true\n"),
+                "Earthfile:5:1: command recipes must start with COMMAND",
+            ),
+            (
+                format!("VERSION 0.8\n{call}    FUNCTION\n    RUN a\n    FUNCTION\n"),
+                "Earthfile:8:5: command FUNCTION not allowed in a target definition",
+            ),
+            (
+                "VERSION 0.8\nFROM scratch\nt:\n    DO +NONE\n".to_string(),
+                "Earthfile:4:8: function +NONE not found in Earthfile",
+            ),
+        ] {
+            assert_eq!(err(&text, "+t"), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn imports_expand_their_variables_when_they_run() {
+        // Earthly expands an IMPORT's reference and alias with the ARGs in scope: the
+        // base recipe's for a global one, the target's for one in a recipe.
+        let text = "VERSION 0.8\nARG --global lib=./one\nIMPORT $lib AS l\nt:\n    BUILD l+u\n\
+                    r:\n    ARG name=two\n    IMPORT ./$name AS $name\n    BUILD two+u\n";
+        let files = [
+            (
+                "one",
+                "VERSION 0.8\nu:\n    FROM scratch\n    SAVE IMAGE one\n",
+            ),
+            (
+                "two",
+                "VERSION 0.8\nu:\n    FROM scratch\n    SAVE IMAGE two\n",
+            ),
+        ];
+        let images = |reference: &str, args: &[(&str, &str)]| {
+            let p = plan(text, &files, reference, args).unwrap();
+            let mut names: Vec<String> = p
+                .connected()
+                .iter()
+                .flat_map(|&i| p.targets[i].images.iter().flat_map(|s| s.names.clone()))
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(images("+t", &[]), ["one"]);
+        assert_eq!(images("+t", &[("lib", "./two")]), ["two"]);
+        assert_eq!(images("+r", &[]), ["two"]);
+        // An alias is known only once its IMPORT ran.
+        let text =
+            "VERSION 0.8\nFROM scratch\nt:\n    ARG d=./one\n    BUILD l+u\n    IMPORT $d AS l\n";
+        let got = plan(text, &files, "+t", &[]).unwrap_err().to_string();
+        assert!(got.contains("l is not an IMPORT alias"), "{got}");
+    }
+
+    #[test]
+    fn run_mounts_are_expanded_before_they_are_split() {
+        // One variable may hold a whole mount spec, as Earthly expands the flag first.
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    ENV M=\"type=cache,id=c1,sharing=shared,target=/c\"\n    RUN --mount $M x\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let Op::Exec(e) = &p.targets[p.invoked].state.vertex().op else {
+            panic!("a RUN step")
+        };
+        assert_eq!(e.mounts.len(), 1);
+        assert_eq!(e.mounts[0].target, "/c");
+        assert!(matches!(&e.mounts[0].source, MountSource::Cache { id, .. } if id == "c1"));
+    }
+
+    #[test]
+    fn with_docker_load_names_as_earthly_parses_them() {
+        let insecure = [ir::Entitlement::SecurityInsecure];
+        let loads = |load: &str| {
+            let text = format!(
+                "VERSION 0.8\nFROM scratch\nimg:\n    ARG var=none\n    FROM scratch\n    \
+                 SAVE IMAGE saved:$var\nt:\n    WITH DOCKER --load {load}\n        RUN x\n    END\n"
+            );
+            let p = plan_allowed(&text, &[], "+t", &[], &insecure)?;
+            let Op::Exec(e) = &p.targets[p.invoked].state.vertex().op else {
+                panic!("a RUN step")
+            };
+            Ok::<_, BuildError>(e.docker.clone().unwrap().loads[0].tag.clone())
+        };
+        // `$NAME=` of an unset NAME leaves `=`: the name SAVE IMAGE gives, as none.
+        assert_eq!(loads("$UNSET=+img").unwrap(), "saved:none");
+        assert_eq!(loads("n=(+img --var a)").unwrap(), "n");
+        // `--NAME value` too, as Earthly's flag parser takes it.
+        assert_eq!(loads("(+img --var b)").unwrap(), "saved:b");
+        let e = loads("(+img --var)").unwrap_err().to_string();
+        assert!(e.contains("no value provided for --var"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_dockerfile_context_fails_only_when_it_is_read() {
+        // `FROM DOCKERFILE -f d/Earthfile -`: Earthly's context `-` is a folder that is
+        // not there, which BuildKit reads only if the Dockerfile copies from it.
+        let text = "VERSION 0.8\nt:\n    FROM DOCKERFILE -f d/Earthfile -\n    RUN x\n";
+        let p = plan(text, &[("d", "FROM scratch\nENV A=1\n")], "+t", &[]).unwrap();
+        assert!(
+            !p.contexts.keys().any(|k| k.starts_with("dockerfile:")),
+            "{:?}",
+            p.contexts
+        );
+        let got = plan(text, &[("d", "FROM scratch\nCOPY a /a\n")], "+t", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(got.starts_with("Earthfile:3:36: context "), "{got}");
+        assert!(got.contains("/-: No such file"), "{got}");
+    }
+
+    #[test]
+    fn save_image_without_earthly_labels_needs_its_feature_flag() {
+        let body = "FROM scratch\nt:\n    SAVE IMAGE --without-earthly-labels app\n";
+        let p = plan(
+            &format!("VERSION --allow-without-earthly-labels 0.8\n{body}"),
+            &[],
+            "+t",
+            &[],
+        );
+        assert_eq!(p.unwrap().targets[0].images[0].names, ["app"]);
+        assert_eq!(
+            err(&format!("VERSION 0.8\n{body}"), "+t"),
+            "Earthfile:4:16: the SAVE IMAGE --without-earthly-labels flag must be enabled with \
+             the VERSION --allow-without-earthly-labels feature flag"
+        );
+    }
+
+    #[test]
     fn arg_rules() {
         let text = "VERSION 0.8\nFROM scratch\nARG --global G=g\nARG LOCAL=l\nt:\n    ARG --required NEED\n    ARG D=$G-d\n    ARG EARTHLY_TARGET_NAME\n    ARG TARGETARCH\n    ARG LOCAL\n    LET v=1\n    SET v=2\n    RUN true\n";
         assert_eq!(
@@ -4579,7 +4829,7 @@ mod tests {
 
     #[test]
     fn locally_runs_on_the_host_in_the_earthfile_folder() {
-        let text = "VERSION 0.8\nt:\n    LOCALLY\n    ARG NAME=earth\n    RUN echo hi $NAME\n    IF true\n        RUN echo yes\n    END\n    RUN --push echo pushed\n    FROM scratch\n    RUN inside\n";
+        let text = "VERSION 0.8\nFROM scratch\nENV IMAGE=x\nt:\n    LOCALLY\n    ARG NAME=earth\n    RUN echo hi $NAME\n    ENV GREETING=hello\n    IF true\n        RUN echo yes\n    END\n    RUN --push echo pushed\n    FROM scratch\n    RUN inside\n";
         let p = plan(text, &[], "+t", &[]).unwrap();
         let runs = RUNS.with(|r| r.borrow().clone());
         let scripts: Vec<&str> = runs.iter().map(|r| r.args[2].as_str()).collect();
@@ -4587,7 +4837,16 @@ mod tests {
         assert_eq!(scripts, ["echo hi $NAME", "true", "echo yes"]);
         assert!(runs[0].env.contains(&("NAME".into(), "earth".into())));
         assert_eq!(runs[0].cwd, p.contexts["context"]);
-        assert!(!runs[0].env.iter().any(|(k, _)| k == "PATH"));
+        // No image environment (LOCALLY starts from scratch, as Earthly's), but the
+        // ENVs after LOCALLY, as in Earthly.
+        for run in &runs {
+            assert!(
+                !run.env.iter().any(|(k, _)| k == "PATH" || k == "IMAGE"),
+                "{run:?}"
+            );
+        }
+        assert!(!runs[0].env.iter().any(|(k, _)| k == "GREETING"));
+        assert!(runs[2].env.contains(&("GREETING".into(), "hello".into())));
         // FROM ends LOCALLY: the next RUN is a step in the container.
         let Op::Exec(e) = &p.targets[p.invoked].state.vertex().op else {
             panic!("a RUN step")
@@ -4818,8 +5077,8 @@ mod tests {
                 "Earthfile:3:5: WITH DOCKER needs the entitlement security.insecure, which this build was not granted",
             ),
             (
-                "    LOCALLY\n    ENV X=1\n",
-                "Earthfile:4:5: ENV is not allowed in a LOCALLY target",
+                "    LOCALLY\n    USER app\n",
+                "Earthfile:4:5: USER is not allowed in a LOCALLY target",
             ),
             (
                 "    LOCALLY\n    RUN --mount=type=cache,target=/c x\n",
