@@ -807,12 +807,12 @@ fn src_err(proj: &Project, pos: Pos, msg: impl Into<String>) -> BuildError {
 /// Earthfile overwrite a folder outside its own unasked): `AS LOCAL path` must stay
 /// under the Earthfile's folder unless `SAVE ARTIFACT --force`. Lexical, as Earthly's `canSave`: the folder
 /// itself only as `.` or `dir/`, a path into which the artifact goes.
-fn check_local_save(proj: &Project, c: &Command, local: &str) -> Result<()> {
+fn check_local_save(proj: &Project, dir: &Path, c: &Command, local: &str) -> Result<()> {
     if c.flag("force") {
         return Ok(());
     }
-    let dest = lexical_clean(&proj.dir.join(local));
-    let base = lexical_clean(&proj.dir);
+    let dest = lexical_clean(&dir.join(local));
+    let base = lexical_clean(dir);
     let into = local == "." || local.ends_with('/') || local.ends_with("/.");
     if (dest != base && dest.starts_with(&base)) || (dest == base && into) {
         return Ok(());
@@ -2491,7 +2491,7 @@ impl Lowerer<'_> {
                     "a SAVE ARTIFACT in FINALLY saves one path, no wildcards",
                 ));
             }
-            check_local_save(proj, c, local)?;
+            check_local_save(proj, &proj.dir, c, local)?;
             if self.remote_names.contains_key(&proj.dir) || self.opts.no_output {
                 continue;
             }
@@ -3426,9 +3426,12 @@ impl Lowerer<'_> {
         }
         // A wildcard reference (`./dir/*+t/path`) that matched several targets.
         let into_dir = into_dir || sources.len() > 1;
+        // Local files come from the target's folder, also in a function of another
+        // Earthfile: functions inherit their caller's build context (Earthly's guide).
+        let cx = ts.proj.clone();
         for (w, (text, from_target)) in sources {
             if from_target.is_none()
-                && let Some(origin) = self.written.get(&lexical_clean(&proj.dir.join(&text)))
+                && let Some(origin) = self.written.get(&lexical_clean(&cx.dir.join(&text)))
             {
                 // Earthly's words (sic; its wait-block tests grep for them).
                 return Err(BuildError::Source(
@@ -3493,11 +3496,11 @@ impl Lowerer<'_> {
                         .components()
                         .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
                         .collect();
-                    if if_exists && !proj.dir.join(&fixed).exists() {
+                    if if_exists && !cx.dir.join(&fixed).exists() {
                         continue;
                     }
                     (
-                        proj.context.clone(),
+                        cx.context.clone(),
                         text.clone(),
                         c.flag("keep-ts"),
                         owner.clone(),
@@ -3524,7 +3527,7 @@ impl Lowerer<'_> {
                     } else {
                         format!(
                             "COPY {text}: not found in {} (or excluded by .earthlyignore)",
-                            proj.dir.display()
+                            cx.dir.display()
                         )
                     },
                 ),
@@ -3731,11 +3734,14 @@ impl Lowerer<'_> {
         ts.artifact =
             ts.artifact
                 .file(op, vec![from.clone()], format!("[{}] {}", ts.label, c.text));
-        // A remote Earthfile's AS LOCAL would write into berth's checkout of it: its
-        // artifacts are for COPY and --artifact only.
-        let local = local.filter(|_| !self.remote_names.contains_key(&proj.dir));
+        // AS LOCAL is relative to the target's folder, also in a function of another
+        // Earthfile (Earthly's c.target.LocalPath: the caller's). A remote Earthfile's
+        // would write into berth's checkout of it: its artifacts are for COPY and
+        // --artifact only.
+        let cx = ts.proj.clone();
+        let local = local.filter(|_| !self.remote_names.contains_key(&cx.dir));
         if let Some(p) = local {
-            check_local_save(proj, c, p)?;
+            check_local_save(proj, &cx.dir, c, p)?;
             // AS LOCAL writes the artifact, named as it is (`SAVE ARTIFACT a b AS
             // LOCAL d/` writes d/b).
             let name = match base_name(&clean_abs(&target)) {
@@ -3757,7 +3763,7 @@ impl Lowerer<'_> {
             let dest = if p.starts_with('/') {
                 p.clone()
             } else {
-                format!("{}/{p}", proj.dir.display())
+                format!("{}/{p}", cx.dir.display())
             };
             ts.locals.push(SavedLocal {
                 state,
@@ -3907,6 +3913,23 @@ impl Lowerer<'_> {
                 let value = ts.overrides.get(&g.name).cloned().unwrap_or(g.value);
                 ts.set_var(&g.name, value, VarKind::Arg);
             }
+        } else {
+            // One of another Earthfile sees that file's global ARGs (and IMPORTs): its
+            // base recipe lowered with the DO's arguments, as Earthly's EnterScopeDo.
+            let outer = self.platform.clone();
+            let base = self.base(&fp, &ts.overrides);
+            self.platform = outer;
+            let base = base.map_err(|e| match e {
+                BuildError::Source(mut e) => {
+                    e.push_frame(format!("{}+base", fp.reference));
+                    BuildError::Source(e)
+                }
+                e => e,
+            })?;
+            for g in base.globals {
+                ts.set_var(&g.name, g.value, VarKind::Arg);
+            }
+            ts.imports.extend(base.imports);
         }
         self.active.push((key, r));
         let result = self.stmts(ts, &fp, &body);
@@ -4731,6 +4754,27 @@ mod tests {
             "Earthfile:4:16: the SAVE IMAGE --without-earthly-labels flag must be enabled with \
              the VERSION --allow-without-earthly-labels feature flag"
         );
+    }
+
+    #[test]
+    fn a_function_of_another_earthfile_works_in_its_callers_folder() {
+        // Earthly's guide: a function inherits its caller's build context (COPY reads
+        // the caller's folder, AS LOCAL writes there), and sees the global ARGs of its
+        // own Earthfile's base recipe.
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    DO ./lib+CP\n";
+        let lib = "VERSION 0.8\nARG --global G=lib-global\nCP:\n    FUNCTION\n    \
+                   COPY a.txt /a.txt\n    RUN echo $G\n    SAVE ARTIFACT /a.txt AS LOCAL out/a.txt\n";
+        let p = plan(text, &[("lib", lib)], "+t", &[]).unwrap();
+        let t = &p.targets[p.invoked];
+        assert!(reads_local(&t.state, "context"));
+        assert!(!reads_local(&t.state, "earthfile:./lib"));
+        assert!(exec_env(&t.state).contains(&"G=lib-global".to_string()));
+        let root = p.contexts["context"].display().to_string();
+        assert_eq!(t.locals[0].dest, format!("{root}/out/a.txt"));
+        // The DO's arguments override that file's global ARGs.
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    DO ./lib+CP --G=given\n";
+        let p = plan(text, &[("lib", lib)], "+t", &[]).unwrap();
+        assert!(exec_env(&p.targets[p.invoked].state).contains(&"G=given".to_string()));
     }
 
     #[test]
