@@ -802,6 +802,16 @@ fn src_err(proj: &Project, pos: Pos, msg: impl Into<String>) -> BuildError {
     BuildError::Source(proj.ef.source.error(pos, msg))
 }
 
+/// [`src_err`] with a hint: what to write or do instead.
+fn hint_err(
+    proj: &Project,
+    pos: Pos,
+    msg: impl Into<String>,
+    hint: impl Into<String>,
+) -> BuildError {
+    BuildError::Source(proj.ef.source.error(pos, msg).with_hint(hint))
+}
+
 /// Earthly's `require-force-for-unsafe-saves` (on from VERSION 0.6; berth keeps it on
 /// for a file without VERSION, which Earthly takes as 0.5, rather than let an old
 /// Earthfile overwrite a folder outside its own unasked): `AS LOCAL path` must stay
@@ -817,27 +827,24 @@ fn check_local_save(proj: &Project, dir: &Path, c: &Command, local: &str) -> Res
     if (dest != base && dest.starts_with(&base)) || (dest == base && into) {
         return Ok(());
     }
-    Err(BuildError::Source(
-        proj.ef
-            .source
-            .error(
-                c.pos,
-                format!(
-                    "SAVE ARTIFACT … AS LOCAL {local}: unable to save to {local}; path must be \
-                     located under {}",
-                    base.display()
-                ),
-            )
-            .with_hint("SAVE ARTIFACT --force writes outside the Earthfile's folder"),
+    Err(hint_err(
+        proj,
+        c.pos,
+        format!(
+            "SAVE ARTIFACT … AS LOCAL {local}: unable to save to {local}; path must be \
+             located under {}",
+            base.display()
+        ),
+        "SAVE ARTIFACT --force writes outside the Earthfile's folder",
     ))
 }
 
 fn not_supported(proj: &Project, pos: Pos, what: &str) -> BuildError {
-    BuildError::Source(
-        proj.ef
-            .source
-            .error(pos, format!("{what} is not supported by berth yet"))
-            .with_hint("see README.md, section Earthfiles, for what berth runs today"),
+    hint_err(
+        proj,
+        pos,
+        format!("{what} is not supported by berth yet"),
+        "see README.md, section Earthfiles, for what berth runs today",
     )
 }
 
@@ -1593,14 +1600,11 @@ impl Lowerer<'_> {
                     | "VOLUME"
             )
         {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(
-                        c.pos,
-                        format!("{} is not allowed in a LOCALLY target", c.name),
-                    )
-                    .with_hint(LOCALLY_HINT),
+            return Err(hint_err(
+                proj,
+                c.pos,
+                format!("{} is not allowed in a LOCALLY target", c.name),
+                LOCALLY_HINT,
             ));
         }
         match c.name.as_str() {
@@ -1619,26 +1623,23 @@ impl Lowerer<'_> {
                     ("SET", Some(VarKind::Let))
                     | ("LET", None | Some(VarKind::Env | VarKind::Arg)) => {}
                     ("SET", Some(VarKind::Arg)) => {
-                        return Err(BuildError::Source(
-                            proj.ef
-                                .source
-                                .error(c.args[0].pos, format!("SET {k}: {k} is an ARG"))
-                                .with_hint(format!(
-                                    "'{k}' is an ARG and cannot be used with SET - try declaring 'LET {k} = ${k}' first"
-                                )),
+                        return Err(hint_err(
+                            proj,
+                            c.args[0].pos,
+                            format!("SET {k}: {k} is an ARG"),
+                            format!(
+                                "'{k}' is an ARG and cannot be used with SET - try declaring 'LET {k} = ${k}' first"
+                            ),
                         ));
                     }
                     ("SET", _) => {
-                        return Err(BuildError::Source(
-                            proj.ef
-                                .source
-                                .error(
-                                    c.args[0].pos,
-                                    format!("SET {k}: {k} was not declared with LET"),
-                                )
-                                .with_hint(format!(
-                                    "'{k}' needs to be declared with 'LET {k} = someValue' before it can be used with SET"
-                                )),
+                        return Err(hint_err(
+                            proj,
+                            c.args[0].pos,
+                            format!("SET {k}: {k} was not declared with LET"),
+                            format!(
+                                "'{k}' needs to be declared with 'LET {k} = someValue' before it can be used with SET"
+                            ),
                         ));
                     }
                     _ => {
@@ -1931,11 +1932,11 @@ impl Lowerer<'_> {
                 // As Earthly: a line in /etc/hosts for this target's later RUNs (and
                 // of targets built FROM it), never in the image.
                 let [name, addr] = &c.args[..] else {
-                    return Err(BuildError::Source(
-                        proj.ef
-                            .source
-                            .error(c.pos, "invalid number of arguments for HOST")
-                            .with_hint("usage: HOST <hostname> <ip>"),
+                    return Err(hint_err(
+                        proj,
+                        c.pos,
+                        "invalid number of arguments for HOST",
+                        "usage: HOST <hostname> <ip>",
                     ));
                 };
                 let name = self.x(ts, proj, name)?;
@@ -2419,23 +2420,20 @@ impl Lowerer<'_> {
             ));
         }
         if self.opts.satellite && !self.opts.no_output {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(
-                        head.pos,
-                        "TRY on a satellite needs --no-output (or --ci): the files a failed \
-                         RUN saves would be written on the satellite",
-                    )
-                    .with_hint("add --no-output, or build without --satellite"),
+            return Err(hint_err(
+                proj,
+                head.pos,
+                "TRY on a satellite needs --no-output (or --ci): the files a failed \
+                 RUN saves would be written on the satellite",
+                "add --no-output, or build without --satellite",
             ));
         }
         if ts.locally {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(head.pos, "TRY is not allowed in a LOCALLY target")
-                    .with_hint(LOCALLY_HINT),
+            return Err(hint_err(
+                proj,
+                head.pos,
+                "TRY is not allowed in a LOCALLY target",
+                LOCALLY_HINT,
             ));
         }
         // Earthly's words (its try-catch tests grep for them), at the TRY.
@@ -2524,23 +2522,20 @@ impl Lowerer<'_> {
     /// remote Earthfile without `--allow-privileged` (berth: `security.insecure`).
     fn locally(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
         if self.opts.strict {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(c.pos, "LOCALLY cannot be used with --strict (or --ci)")
-                    .with_hint("run this target without --strict, or give it a FROM"),
+            return Err(hint_err(
+                proj,
+                c.pos,
+                "LOCALLY cannot be used with --strict (or --ci)",
+                "run this target without --strict, or give it a FROM",
             ));
         }
         if self.opts.satellite {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(
-                        c.pos,
-                        "LOCALLY cannot run on a satellite: its commands would run on the \
-                         satellite's host, not on this machine",
-                    )
-                    .with_hint("build this target without --satellite, or give it a FROM"),
+            return Err(hint_err(
+                proj,
+                c.pos,
+                "LOCALLY cannot run on a satellite: its commands would run on the \
+                 satellite's host, not on this machine",
+                "build this target without --satellite, or give it a FROM",
             ));
         }
         if self.remote_names.contains_key(&proj.dir) {
@@ -2580,14 +2575,11 @@ impl Lowerer<'_> {
             "oidc",
         ] {
             if let Some(pos) = c.flag_pos(flag) {
-                return Err(BuildError::Source(
-                    proj.ef
-                        .source
-                        .error(
-                            pos,
-                            format!("{} --{flag} is not allowed in a LOCALLY target", c.name),
-                        )
-                        .with_hint(LOCALLY_HINT),
+                return Err(hint_err(
+                    proj,
+                    pos,
+                    format!("{} --{flag} is not allowed in a LOCALLY target", c.name),
+                    LOCALLY_HINT,
                 ));
             }
         }
@@ -2655,16 +2647,11 @@ impl Lowerer<'_> {
         let into = into || sources.len() > 1;
         for (w, (text, artifact)) in sources {
             let Some(artifact) = artifact.map(|i| self.targets[i].artifact.clone()) else {
-                return Err(BuildError::Source(
-                    proj.ef
-                        .source
-                        .error(
-                            w.pos,
-                            format!(
-                                "COPY {text}: a LOCALLY target copies artifacts (+target/path) only"
-                            ),
-                        )
-                        .with_hint("the files of the Earthfile's folder are already on this host"),
+                return Err(hint_err(
+                    proj,
+                    w.pos,
+                    format!("COPY {text}: a LOCALLY target copies artifacts (+target/path) only"),
+                    "the files of the Earthfile's folder are already on this host",
                 ));
             };
             let (_, path) = split_artifact(&text).expect("checked by copy_source");
@@ -2861,17 +2848,12 @@ impl Lowerer<'_> {
         // --global is no flag of ARG.
         let explicit_global = proj.ef.feature("explicit-global");
         if c.flag("global") && !explicit_global {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(
-                        c.flag_pos("global").unwrap_or(c.pos),
-                        "unknown flag --global",
-                    )
-                    .with_hint(
-                        "ARG --global needs VERSION 0.7 (or VERSION --explicit-global); \
-                         before it, every ARG of the base recipe is global",
-                    ),
+            return Err(hint_err(
+                proj,
+                c.flag_pos("global").unwrap_or(c.pos),
+                "unknown flag --global",
+                "ARG --global needs VERSION 0.7 (or VERSION --explicit-global); \
+                 before it, every ARG of the base recipe is global",
             ));
         }
         let global = c.flag("global") || (ts.is_base && !explicit_global);
@@ -2889,24 +2871,24 @@ impl Lowerer<'_> {
             .find(|v| v.name == name)
             .map(|v| v.kind);
         if existing == Some(VarKind::Let) {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(w.pos, format!("ARG {name}: {name} is declared with LET"))
-                    .with_hint(format!(
-                        "'{name}' was already declared with LET and cannot be redeclared as an ARG"
-                    )),
+            return Err(hint_err(
+                proj,
+                w.pos,
+                format!("ARG {name}: {name} is declared with LET"),
+                format!(
+                    "'{name}' was already declared with LET and cannot be redeclared as an ARG"
+                ),
             ));
         }
         if ts.declared.contains(&name) {
             if global && !ts.globals.iter().any(|g| g.name == name) {
-                return Err(BuildError::Source(
-                    proj.ef
-                        .source
-                        .error(w.pos, format!("ARG --global {name}: {name} is already an ARG"))
-                        .with_hint(format!(
-                            "'{name}' was already declared as a non-global ARG in this scope - did you mean to add '--global' to the original declaration?"
-                        )),
+                return Err(hint_err(
+                    proj,
+                    w.pos,
+                    format!("ARG --global {name}: {name} is already an ARG"),
+                    format!(
+                        "'{name}' was already declared as a non-global ARG in this scope - did you mean to add '--global' to the original declaration?"
+                    ),
                 ));
             }
             // Earthly 0.8 (`--arg-scope-and-set`) forbids declaring one twice.
@@ -2923,14 +2905,14 @@ impl Lowerer<'_> {
         let value = if let Some(v) = ts.overrides.get(&name) {
             v.clone()
         } else if c.flag("required") {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(w.pos, format!("ARG {name} is required but was not given"))
-                    .with_hint(format!(
-                        "pass it: berth +{} --{name}=value, or BUILD +{} --{name}=value",
-                        ts.name, ts.name
-                    )),
+            return Err(hint_err(
+                proj,
+                w.pos,
+                format!("ARG {name} is required but was not given"),
+                format!(
+                    "pass it: berth +{} --{name}=value, or BUILD +{} --{name}=value",
+                    ts.name, ts.name
+                ),
             ));
         } else if is_builtin_arg(&name) {
             // `ARG EARTHLY_VERSION=$(…)` whose command prints nothing is the builtin.
@@ -3078,16 +3060,13 @@ impl Lowerer<'_> {
         if self.opts.allow.contains(&ir::Entitlement::SecurityInsecure) {
             return Ok(());
         }
-        Err(BuildError::Source(
-            proj.ef
-                .source
-                .error(
-                    pos,
-                    format!(
-                        "{what} needs the entitlement security.insecure, which this build was not granted"
-                    ),
-                )
-                .with_hint("grant it with --allow security.insecure (or Earthly's -P, --allow-privileged)"),
+        Err(hint_err(
+            proj,
+            pos,
+            format!(
+                "{what} needs the entitlement security.insecure, which this build was not granted"
+            ),
+            "grant it with --allow security.insecure (or Earthly's -P, --allow-privileged)",
         ))
     }
 
@@ -3203,10 +3182,8 @@ impl Lowerer<'_> {
                 })
                 .collect::<Vec<_>>()
                 .join(",");
-            let mut m =
-                RunMount::parse(&raw, &mut |w| Ok(w.to_string())).map_err(|(message, hint)| {
-                    BuildError::Source(proj.ef.source.error(c.pos, message).with_hint(hint))
-                })?;
+            let mut m = RunMount::parse(&raw, &mut |w| Ok(w.to_string()))
+                .map_err(|(message, hint)| hint_err(proj, c.pos, message, hint))?;
             // Earthly makes a new cache folder 0644.
             if m.kind == MountType::Cache && m.mode.is_none() {
                 m.mode = Some(0o644);
@@ -3262,14 +3239,11 @@ impl Lowerer<'_> {
             Some("none") => ir::NetworkMode::None,
             Some("host") => {
                 if !self.opts.allow.contains(&ir::Entitlement::NetworkHost) {
-                    return Err(BuildError::Source(
-                        proj.ef
-                            .source
-                            .error(
-                                c.flag_pos("network").unwrap_or(c.pos),
-                                "RUN --network=host needs the entitlement network.host, which this build was not granted",
-                            )
-                            .with_hint("grant it with --allow network.host"),
+                    return Err(hint_err(
+                        proj,
+                        c.flag_pos("network").unwrap_or(c.pos),
+                        "RUN --network=host needs the entitlement network.host, which this build was not granted",
+                        "grant it with --allow network.host",
                     ));
                 }
                 ir::NetworkMode::Host
@@ -3434,21 +3408,18 @@ impl Lowerer<'_> {
                 && let Some(origin) = self.written.get(&lexical_clean(&cx.dir.join(&text)))
             {
                 // Earthly's words (sic; its wait-block tests grep for them).
-                return Err(BuildError::Source(
-                    proj.ef
-                        .source
-                        .error(
-                            w.pos,
-                            format!(
-                                "unable to copy file {text}, which has is outputted elsewhere \
-                                 by SAVE ARTIFACT AS LOCAL"
-                            ),
-                        )
-                        .with_hint(format!(
-                            "the SAVE ARTIFACT … AS LOCAL at {origin} wrote it at a WAIT's \
-                             END, earlier in this build; copy it from that target's artifact \
-                             instead"
-                        )),
+                return Err(hint_err(
+                    proj,
+                    w.pos,
+                    format!(
+                        "unable to copy file {text}, which has is outputted elsewhere \
+                         by SAVE ARTIFACT AS LOCAL"
+                    ),
+                    format!(
+                        "the SAVE ARTIFACT … AS LOCAL at {origin} wrote it at a WAIT's \
+                         END, earlier in this build; copy it from that target's artifact \
+                         instead"
+                    ),
                 ));
             }
             let artifact = from_target.is_some();
@@ -3652,11 +3623,11 @@ impl Lowerer<'_> {
             [s, a, l, p] if a == "AS" && l == "LOCAL" => (s, None, Some(p)),
             [s, d, a, l, p] if a == "AS" && l == "LOCAL" => (s, Some(d), Some(p)),
             _ => {
-                return Err(BuildError::Source(
-                    proj.ef
-                        .source
-                        .error(c.pos, "SAVE ARTIFACT: unexpected arguments")
-                        .with_hint("usage: SAVE ARTIFACT [flags] <src> [<dest>] [AS LOCAL <path>]"),
+                return Err(hint_err(
+                    proj,
+                    c.pos,
+                    "SAVE ARTIFACT: unexpected arguments",
+                    "usage: SAVE ARTIFACT [flags] <src> [<dest>] [AS LOCAL <path>]",
                 ));
             }
         };
@@ -3790,14 +3761,11 @@ impl Lowerer<'_> {
         as_local: bool,
     ) -> Result<()> {
         if as_local {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(
-                        c.pos,
-                        "SAVE ARTIFACT … AS LOCAL is not allowed in a LOCALLY target",
-                    )
-                    .with_hint("the file is on this host already; copy it with RUN cp"),
+            return Err(hint_err(
+                proj,
+                c.pos,
+                "SAVE ARTIFACT … AS LOCAL is not allowed in a LOCALLY target",
+                "the file is on this host already; copy it with RUN cp",
             ));
         }
         if src.contains(['*', '?', '[']) {
