@@ -875,6 +875,12 @@ fn earthfile_errors_name_file_line_and_column() {
             "Earthfile:4:10: target +nowhere not found in Earthfile; its targets are: t",
         ),
         (
+            // No VERSION: Earthly 0.5, whose functions start with COMMAND.
+            "errors/function-keyword.earth",
+            "+t",
+            "Earthfile:4:1: command recipes must start with COMMAND",
+        ),
+        (
             "errors/unreachable-remote.earth",
             "+t",
             "Earthfile:4:11: registry.invalid/org/repo:main: git ls-remote https://registry.invalid/org/repo.git main failed: ",
