@@ -404,6 +404,14 @@ fn command(source: &Source, l: &Logical) -> Result<Command, SourceError> {
     }
     let Some(spec) = spec(&name) else {
         let err = match UNSUPPORTED.iter().find(|(k, _)| *k == name) {
+            // Earthly's grammar has these (not MAINTAINER): it refuses them only when
+            // they run, so other targets of the file still build.
+            Some((_, hint)) if name != "MAINTAINER" => {
+                let e = source
+                    .error(first.pos, format!("{name} is not an Earthfile command"))
+                    .with_hint(*hint);
+                return Ok(deferred(l, &words, name, n, e));
+            }
             Some((_, hint)) => source
                 .error(first.pos, format!("{name} is not an Earthfile command"))
                 .with_hint(*hint),
@@ -429,19 +437,24 @@ fn command(source: &Source, l: &Logical) -> Result<Command, SourceError> {
         // VERSION's flags decide how the file reads: wrong ones fail it at once.
         Err(e) if name == "VERSION" => Err(e),
         // Others fail when the command runs, as in Earthly.
-        Err(e) => Ok(Command {
-            pos: first.pos,
-            lines: l.lines,
-            flags: Vec::new(),
-            args: words[n..].to_vec(),
-            rest: words
-                .get(n)
-                .map(|w| l.text[w.offset..].trim().to_string())
-                .unwrap_or_default(),
-            text: l.text.trim().to_string(),
-            name,
-            invalid: Some(Box::new(e)),
-        }),
+        Err(e) => Ok(deferred(l, &words, name, n, e)),
+    }
+}
+
+/// Command `name` (the first `n` of `words`) that fails with `e` when it runs.
+fn deferred(l: &Logical, words: &[Word], name: String, n: usize, e: SourceError) -> Command {
+    Command {
+        pos: words[0].pos,
+        lines: l.lines,
+        flags: Vec::new(),
+        args: words[n..].to_vec(),
+        rest: words
+            .get(n)
+            .map(|w| l.text[w.offset..].trim().to_string())
+            .unwrap_or_default(),
+        text: l.text.trim().to_string(),
+        name,
+        invalid: Some(Box::new(e)),
     }
 }
 
@@ -1119,6 +1132,24 @@ PRINT:
                 .starts_with("Earthfile:13:9: unknown flag --bogus for RUN")
         );
         assert!(ef.target("u").is_some());
+        // So do the Dockerfile commands Earthly's grammar knows but refuses (ADD,
+        // SHELL, ONBUILD, STOPSIGNAL): the file's other targets still build. A word
+        // Earthly's grammar does not know fails the file.
+        let ef = parse(
+            "Earthfile",
+            "VERSION 0.8\nold:\n    ADD a b\n    SHELL [\"bash\"]\n    ONBUILD RUN x\n    STOPSIGNAL 9\nnew:\n    RUN x\n",
+        )
+        .unwrap();
+        let old = &ef.target("old").unwrap().body;
+        assert_eq!(old.len(), 4);
+        assert!(old.iter().all(|s| Command::of(s).invalid.is_some()));
+        assert!(cmd(&ef.target("new").unwrap().body[0]).invalid.is_none());
+        let e = parse("Earthfile", "VERSION 0.8\nt:\n    MAINTAINER me\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("Earthfile:3:5: MAINTAINER is not an Earthfile command"),
+            "{e}"
+        );
     }
 
     #[test]
