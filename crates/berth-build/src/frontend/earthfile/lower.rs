@@ -4532,6 +4532,11 @@ mod tests {
         // The base recipe's ARG is global: +u, built with no ARGs, sees its value.
         let u = p.targets.iter().find(|t| t.label == "+u").unwrap();
         assert!(exec_env(&u.state).contains(&"G=g".to_string()));
+        // `VERSION 0.5`, which Earthly 0.5 to 0.7 took, is the same.
+        let p = plan(&format!("VERSION 0.5\n{text}"), &[], "+t", &[]).unwrap();
+        assert!(exec_env(&p.targets[p.invoked].state).contains(&"EARTHLY_CI=".to_string()));
+        let u = p.targets.iter().find(|t| t.label == "+u").unwrap();
+        assert!(exec_env(&u.state).contains(&"G=g".to_string()));
         // The same file at VERSION 0.8: builtins, and G only where declared global.
         let p = plan(&format!("VERSION 0.8\n{text}"), &[], "+t", &[]).unwrap();
         let env = exec_env(&p.targets[p.invoked].state);

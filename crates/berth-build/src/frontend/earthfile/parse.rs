@@ -634,11 +634,13 @@ fn parse_version(source: &Source, c: &Command) -> Result<Version, SourceError> {
         .text
         .strip_prefix("0.")
         .and_then(|m| m.parse::<u32>().ok())
-        .filter(|m| (6..=8).contains(m))
+        // 0.5 as Earthly 0.5 to 0.7 took it (0.8 dropped it): what a file without
+        // VERSION is.
+        .filter(|m| (5..=8).contains(m))
         .ok_or_else(|| {
             source
                 .error(v.pos, format!("unsupported VERSION {}", v.text))
-                .with_hint("berth runs Earthfiles of VERSION 0.6, 0.7 and 0.8")
+                .with_hint("berth runs Earthfiles of VERSION 0.5 to 0.8")
         })?;
     // Feature flags are booleans: Earthly refuses `--flag=value` there.
     if let Some(f) = c.flags.iter().find(|f| f.value.is_some()) {
@@ -955,6 +957,7 @@ PRINT:
         // FUNCTION.
         for (version, keyword) in [
             ("", "COMMAND"),
+            ("VERSION 0.5", "COMMAND"),
             ("VERSION 0.6", "COMMAND"),
             ("VERSION 0.7", "COMMAND"),
             ("VERSION --use-function-keyword 0.7", "FUNCTION"),
@@ -1055,7 +1058,7 @@ PRINT:
                 "VERSION --no-such-feature 0.8\n",
                 "Earthfile:1:9: unknown VERSION feature flag --no-such-feature",
             ),
-            ("VERSION 0.5\n", "Earthfile:1:9: unsupported VERSION 0.5"),
+            ("VERSION 0.4\n", "Earthfile:1:9: unsupported VERSION 0.4"),
             (
                 "VERSION 0.8\nt:\nRUN x\n",
                 "Earthfile:3:1: RUN is not indented under a recipe",
