@@ -1990,7 +1990,11 @@ impl Lowerer<'_> {
     ) -> Result<Vec<usize>> {
         let base = ts.passed_args(c.flag("pass-args"), ref_plus(r) == Some(0));
         let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
-        for (k, v) in self.ref_arg_list(ts, proj, &c.args[1..])? {
+        // The `--NAME=value`s after the reference, then the `--build-arg`s: one
+        // matrix in BUILD (Earthly's BuildArgMatrix), the last value elsewhere.
+        let mut given = self.ref_arg_list(ts, proj, &c.args[1..])?;
+        given.extend(self.build_arg_list(ts, proj, c)?);
+        for (k, v) in given {
             match grouped.iter_mut().find(|(n, _)| *n == k) {
                 Some((_, vals)) if matrix => vals.push(v),
                 Some((_, vals)) => *vals = vec![v],
@@ -2009,11 +2013,9 @@ impl Lowerer<'_> {
             }
             combos = next;
         }
-        let build_args = self.build_args(ts, proj, c)?;
         let (tp, name) = self.resolve_ref(ts, proj, r, c.args[0].pos)?;
         let mut out = Vec::new();
-        for mut args in combos {
-            args.extend(build_args.clone());
+        for args in combos {
             // BUILD passes --push on (EARTHLY_PUSH); FROM does not.
             out.push(self.target(&tp, &name, args, Some((proj, c.args[0].pos)), matrix)?);
         }
@@ -2076,11 +2078,31 @@ impl Lowerer<'_> {
         proj: &Project,
         c: &Command,
     ) -> Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
+        Ok(self.build_arg_list(ts, proj, c)?.into_iter().collect())
+    }
+
+    /// `--build-arg NAME=value`s, expanded, in order (a name may repeat). The value is
+    /// expanded on its own, so that before VERSION 0.7 a value that is one `$( … )`
+    /// runs, as `--NAME=$( … )` does.
+    fn build_arg_list(
+        &mut self,
+        ts: &Ts,
+        proj: &Project,
+        c: &Command,
+    ) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
         for v in c.values("build-arg") {
-            let t = self.x_ref(ts, proj, v, c.pos)?;
-            let (k, v) = t.split_once('=').unwrap_or((&t, ""));
-            out.insert(k.to_string(), v.to_string());
+            let (k, v) = match v.split_once('=') {
+                Some((k, v)) if !k.contains('$') => {
+                    (k.to_string(), self.x_ref(ts, proj, v, c.pos)?)
+                }
+                _ => {
+                    let t = self.x_ref(ts, proj, v, c.pos)?;
+                    let (k, v) = t.split_once('=').unwrap_or((&t, ""));
+                    (k.to_string(), v.to_string())
+                }
+            };
+            out.push((k, v));
         }
         Ok(out)
     }
@@ -4367,6 +4389,14 @@ mod tests {
             ]
         );
         assert_eq!(p.targets[p.invoked].builds.len(), 4);
+        // `--build-arg`s join the matrix (Earthly's BuildArgMatrix), and before VERSION
+        // 0.7 a value that is one `$( … )` runs in the caller, as `--X=$( … )` does.
+        let text = "VERSION 0.6\nFROM scratch\na:\n    BUILD --build-arg X=1 --build-arg X=\"$(echo 2)\" +b\n\
+                    b:\n    ARG X\n    RUN echo $X\n";
+        let p = plan(text, &[], "+a", &[]).unwrap();
+        let mut labels: Vec<&str> = p.targets.iter().map(|t| t.label.as_str()).collect();
+        labels.sort();
+        assert_eq!(labels, ["+a", "+b --X=1", "+b --X=2"]);
     }
 
     #[test]
