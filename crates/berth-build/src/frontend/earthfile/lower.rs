@@ -2098,8 +2098,23 @@ impl Lowerer<'_> {
                 }
                 _ => {
                     let t = self.x_ref(ts, proj, v, c.pos)?;
-                    let (k, v) = t.split_once('=').unwrap_or((&t, ""));
-                    (k.to_string(), v.to_string())
+                    match t.split_once('=') {
+                        Some((k, v)) => (k.to_string(), v.to_string()),
+                        // `--build-arg NAME`: its value here, as Earthly's parseArg.
+                        None => {
+                            let v = ts.lookup(&t).ok_or_else(|| {
+                                src_err(
+                                    proj,
+                                    c.flag_pos("build-arg").unwrap_or(c.pos),
+                                    format!(
+                                        "value not specified for build arg {t} and no value \
+                                         can be inferred"
+                                    ),
+                                )
+                            })?;
+                            (t, v)
+                        }
+                    }
                 }
             };
             out.push((k, v));
@@ -4397,6 +4412,15 @@ mod tests {
         let mut labels: Vec<&str> = p.targets.iter().map(|t| t.label.as_str()).collect();
         labels.sort();
         assert_eq!(labels, ["+a", "+b --X=1", "+b --X=2"]);
+        // `--build-arg X` passes this target's X, as Earthly infers it; none is an error.
+        let text = "VERSION 0.8\nFROM scratch\na:\n    ARG X=mine\n    BUILD --build-arg X +b\n\
+                    b:\n    ARG X\n    RUN echo $X\nc:\n    BUILD --build-arg Y +b\n";
+        let p = plan(text, &[], "+a", &[]).unwrap();
+        assert!(p.targets.iter().any(|t| t.label == "+b --X=mine"));
+        assert_eq!(
+            err(text, "+c"),
+            "Earthfile:10:11: value not specified for build arg Y and no value can be inferred"
+        );
     }
 
     #[test]
