@@ -2581,7 +2581,9 @@ impl Lowerer<'_> {
         // Its commands run on this host, so it is for this host's platform.
         ts.platform = Platform::host();
         let mut config = scratch_config(&ts.platform);
-        config.config.working_dir = proj.dir.display().to_string();
+        // The target's folder, also in a function of another Earthfile (Earthly's
+        // localWorkingDir is the calling target's).
+        config.config.working_dir = ts.proj.dir.display().to_string();
         ts.rebase(State::scratch(), config, Vec::new());
         // As Earthly's LOCALLY (a FROM scratch): no image environment, not even the
         // PATH rebase gives; the ENVs after it are the host commands'.
@@ -4802,6 +4804,12 @@ mod tests {
         let text = "VERSION 0.8\nFROM scratch\nt:\n    DO ./lib+CP --G=given\n";
         let p = plan(text, &[("lib", lib)], "+t", &[]).unwrap();
         assert!(exec_env(&p.targets[p.invoked].state).contains(&"G=given".to_string()));
+        // Its LOCALLY runs in the caller's folder too.
+        let lib = "VERSION 0.8\nHERE:\n    FUNCTION\n    LOCALLY\n    RUN pwd\n";
+        let text = "VERSION 0.8\nt:\n    DO ./lib+HERE\n";
+        let p = plan(text, &[("lib", lib)], "+t", &[]).unwrap();
+        let runs = RUNS.with(|r| r.borrow().clone());
+        assert_eq!(runs[0].cwd, p.contexts["context"]);
     }
 
     #[test]
