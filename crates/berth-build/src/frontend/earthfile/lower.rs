@@ -3112,7 +3112,6 @@ impl Lowerer<'_> {
     /// What RUN (IF, FOR) flags berth cannot run.
     fn refuse_run_flags(&self, proj: &Project, c: &Command) -> Result<()> {
         for (flag, what) in [
-            ("ssh", "RUN --ssh is not supported by berth yet"),
             ("interactive", "RUN --interactive is not supported by berth"),
             (
                 "interactive-keep",
@@ -3239,7 +3238,8 @@ impl Lowerer<'_> {
                 &m,
                 &MountEnv {
                     cwd: ts.cwd(),
-                    context: &proj.context,
+                    // The target's, also in a function (Earthly: the caller's context).
+                    context: &ts.proj.context,
                     err: &err,
                 },
                 &mut from,
@@ -3270,6 +3270,24 @@ impl Lowerer<'_> {
                     uid: 0,
                     gid: 0,
                     mode: 0o400,
+                },
+            });
+        }
+        if c.flag("ssh") {
+            // Earthly's RUN --ssh (BuildKit's AddSSHSocket): the client's agent, as
+            // `--mount=type=ssh` gives it, at the first agent socket.
+            let target = "/run/buildkit/ssh_agent.0".to_string();
+            if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                env.push(format!("SSH_AUTH_SOCK={target}"));
+            }
+            mounts.push(ExecMount {
+                target,
+                source: MountSource::Ssh {
+                    id: "default".into(),
+                    required: true,
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o600,
                 },
             });
         }
@@ -4813,6 +4831,26 @@ mod tests {
     }
 
     #[test]
+    fn run_ssh_mounts_the_default_agent() {
+        // Earthly's RUN --ssh: BuildKit's first agent socket, with SSH_AUTH_SOCK.
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    RUN --ssh git ls-remote git@host:r\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let Op::Exec(e) = &p.targets[p.invoked].state.vertex().op else {
+            panic!("a RUN step")
+        };
+        assert_eq!(e.mounts.len(), 1);
+        assert_eq!(e.mounts[0].target, "/run/buildkit/ssh_agent.0");
+        assert!(matches!(
+            &e.mounts[0].source,
+            MountSource::Ssh { id, required: true, .. } if id == "default"
+        ));
+        assert!(
+            e.env
+                .contains(&"SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0".to_string())
+        );
+    }
+
+    #[test]
     fn arg_rules() {
         let text = "VERSION 0.8\nFROM scratch\nARG --global G=g\nARG LOCAL=l\nt:\n    ARG --required NEED\n    ARG D=$G-d\n    ARG EARTHLY_TARGET_NAME\n    ARG TARGETARCH\n    ARG LOCAL\n    LET v=1\n    SET v=2\n    RUN true\n";
         assert_eq!(
@@ -5146,10 +5184,6 @@ mod tests {
             (
                 "    RUN --privileged x\n",
                 "Earthfile:3:9: RUN --privileged needs the entitlement security.insecure, which this build was not granted",
-            ),
-            (
-                "    RUN --ssh x\n",
-                "Earthfile:3:9: RUN --ssh is not supported by berth yet",
             ),
             (
                 "    WITH DOCKER\n        RUN x\n    END\n",
