@@ -49,6 +49,8 @@ pub struct EarthBuildOptions {
     pub args: BTreeMap<String, String>,
     /// Secrets by id.
     pub secrets: HashMap<String, SecretSource>,
+    /// SSH agent sockets by id, for `RUN --ssh` (id `default`).
+    pub ssh: HashMap<String, PathBuf>,
     /// Reuse nothing.
     pub no_cache: bool,
     /// `--push`: run `RUN --push` steps and mark `SAVE IMAGE --push` images for pushing.
@@ -181,7 +183,7 @@ pub async fn earth_build(
         move |contexts: HashMap<String, PathBuf>| SolveOptions {
             contexts,
             secrets: opts.secrets.clone(),
-            ssh: HashMap::new(),
+            ssh: opts.ssh.clone(),
             no_cache: opts.no_cache,
             source_date_epoch: opts.source_date_epoch,
             compression: opts.compression,

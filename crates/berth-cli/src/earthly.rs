@@ -90,6 +90,10 @@ struct EarthCli {
     no_satellite: bool,
     /// The target: +target, ./dir+target, ../dir+target, host/org/repo[/path][:ref]+target.
     target: Option<String>,
+    /// The SSH agent socket `RUN --ssh` steps get [default: $SSH_AUTH_SOCK; env:
+    /// EARTHLY_SSH_AUTH_SOCK].
+    #[arg(long = "ssh-auth-sock", env = "EARTHLY_SSH_AUTH_SOCK")]
+    ssh_auth_sock: Option<PathBuf>,
     /// Build arguments from this dotenv file [default: .arg in the current folder, if
     /// there is one; env: EARTHLY_ARG_FILE_PATH].
     #[arg(long = "arg-file-path", env = "EARTHLY_ARG_FILE_PATH")]
@@ -486,6 +490,14 @@ fn run_with(settings: &Settings, cli: EarthCli, deploy: Option<Deploy>) -> Resul
         target,
         args,
         secrets,
+        // Earthly forwards the agent of --ssh-auth-sock ($SSH_AUTH_SOCK) to `RUN --ssh`.
+        ssh: cli
+            .ssh_auth_sock
+            .clone()
+            .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from))
+            .filter(|s| !s.as_os_str().is_empty())
+            .map(|s| HashMap::from([("default".to_string(), s)]))
+            .unwrap_or_default(),
         no_cache: cli.no_cache,
         push: cli.push,
         ci: cli.ci,

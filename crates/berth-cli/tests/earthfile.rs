@@ -424,6 +424,54 @@ fn earthfile_host_lines_reach_later_runs_and_targets_from_them() {
     );
 }
 
+/// `RUN --ssh`: the agent of $SSH_AUTH_SOCK (a test's own, holding one key), forwarded
+/// as Earthly does, answers the step through the socket its SSH_AUTH_SOCK names
+/// (agent-ask: busybox has no unix-socket client); without an agent the step fails.
+#[test]
+fn earthfile_run_ssh_forwards_the_agent_of_ssh_auth_sock() {
+    let Some(env) = Env::new() else { return };
+    if !require("ssh-agent") || !require("ssh-keygen") || !require("gcc") {
+        return;
+    }
+    let case = run_ssh_context(env.dir.path());
+    std::fs::write(
+        case.join("Earthfile"),
+        "VERSION 0.8\nFROM busybox:1.36\nt:\n    COPY agent-ask /usr/bin/agent-ask\n    \
+         RUN --ssh agent-ask > /keys.txt && echo \"sock=$SSH_AUTH_SOCK\" >> /keys.txt\n    \
+         SAVE ARTIFACT /keys.txt AS LOCAL keys.txt\n",
+    )
+    .unwrap();
+    let agent = Agent::start(env.dir.path());
+    output_ok(
+        env.berth(&case, &["+t"])
+            .env("SSH_AUTH_SOCK", &agent.socket),
+    );
+    assert_eq!(
+        read(&case.join("keys.txt")),
+        "agent answered: 1 key(s)\nsock=/run/buildkit/ssh_agent.0\n"
+    );
+    // Earthly's --ssh-auth-sock names it too.
+    std::fs::remove_file(case.join("keys.txt")).unwrap();
+    let sock = agent.socket.to_str().unwrap();
+    output_ok(
+        env.berth(&case, &["--no-cache", "--ssh-auth-sock", sock, "+t"])
+            .env_remove("SSH_AUTH_SOCK"),
+    );
+    assert!(read(&case.join("keys.txt")).starts_with("agent answered: 1 key(s)\n"));
+    drop(agent);
+    let out = output(
+        env.berth(&case, &["--no-cache", "+t"])
+            .env_remove("SSH_AUTH_SOCK"),
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("no SSH agent \"default\" was forwarded"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn earthfile_secrets_reach_run_as_variables() {
     let Some(env) = Env::new() else { return };
@@ -873,6 +921,12 @@ fn earthfile_errors_name_file_line_and_column() {
             "errors/bad-reference.earth",
             "+t",
             "Earthfile:4:10: target +nowhere not found in Earthfile; its targets are: t",
+        ),
+        (
+            // No VERSION: Earthly 0.5, whose functions start with COMMAND.
+            "errors/function-keyword.earth",
+            "+t",
+            "Earthfile:4:1: command recipes must start with COMMAND",
         ),
         (
             "errors/unreachable-remote.earth",
@@ -1874,7 +1928,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "",
         env: &[],
         fail: true,
-        want: "Earthfile:120:5: FUNCTION is not a keyword of VERSION 0.7: write COMMAND",
+        want: "Earthfile:119:1: command recipes must start with COMMAND",
     },
     Case {
         file: "command-explicit-global.earth",
@@ -1890,7 +1944,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "",
         env: &[],
         fail: true,
-        want: "Earthfile:121:5: COMMAND is not a keyword of VERSION 0.8: write FUNCTION",
+        want: "Earthfile:120:1: function recipes must start with FUNCTION",
     },
     Case {
         file: "function-nested-global.earth",
@@ -3199,7 +3253,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "mkdir -p some/subdir && cp $CORPUS/command-to-function-rename/function.earth some/subdir/Earthfile",
         env: &[],
         fail: true,
-        want: "some/subdir/Earthfile:8:5: COMMAND is not a keyword of VERSION 0.7: write FUNCTION",
+        want: "some/subdir/Earthfile:7:1: function recipes must start with FUNCTION",
     },
     Case {
         file: "command-to-function-rename/caller.earth",
@@ -3207,7 +3261,7 @@ const EARTHLY_TESTS: &[Case] = &[
         setup: "mkdir -p some/subdir && cp $CORPUS/command-to-function-rename/command.earth some/subdir/Earthfile",
         env: &[],
         fail: true,
-        want: "some/subdir/Earthfile:8:5: FUNCTION is not a keyword of VERSION 0.7: write COMMAND",
+        want: "some/subdir/Earthfile:7:1: command recipes must start with COMMAND",
     },
     Case {
         file: "functions-do-not-propagate-args/propagate.earth",

@@ -1061,6 +1061,8 @@ async fn run_earth(
         target: r.target.clone(),
         args: r.build_args.into_iter().collect(),
         secrets: secret_values(r.secrets),
+        // No agent of the client reaches a satellite: RUN --ssh fails there.
+        ssh: HashMap::new(),
         no_cache: r.no_cache,
         push: r.push,
         ci: r.ci,

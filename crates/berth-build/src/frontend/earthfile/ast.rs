@@ -49,7 +49,7 @@ impl Earthfile {
 /// `VERSION [--feature…] 0.N`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version {
-    /// The minor version (6, 7 or 8).
+    /// The minor version (5 to 8; 5 is also a file without VERSION).
     pub minor: u32,
     /// Feature flags, without their `--`.
     pub features: Vec<String>,
@@ -391,6 +391,7 @@ pub const COMMANDS: &[CommandSpec] = &[
             ("cache-hint", Bool),
             ("no-manifest-list", Bool),
             ("insecure", Bool),
+            ("without-earthly-labels", Bool),
         ],
         min: 0,
         max: None,

@@ -290,6 +290,9 @@ struct Ts {
     /// The platform the target is for: the one it was referenced for, or its `FROM
     /// --platform`'s.
     platform: Platform,
+    /// The `IMPORT`s run so far, by the folder of their Earthfile and alias: those with
+    /// variables, which [`Project::imports`] leaves out.
+    imports: HashMap<(PathBuf, String), String>,
 }
 
 impl Ts {
@@ -682,6 +685,46 @@ fn is_local_ref(p: &str) -> bool {
     p == "." || p == ".." || p.starts_with("./") || p.starts_with("../") || p.starts_with('/')
 }
 
+/// Whether `state` is made from the local source called `name`.
+fn reads_local(state: &State, name: &str) -> bool {
+    let mut seen = HashSet::new();
+    let mut todo = vec![state];
+    while let Some(s) = todo.pop() {
+        if !seen.insert(s.digest().clone()) {
+            continue;
+        }
+        if matches!(&s.vertex().op, Op::Local(l) if l.name == name) {
+            return true;
+        }
+        todo.extend(&s.vertex().inputs);
+    }
+    false
+}
+
+/// `IMPORT r [AS alias]` of the Earthfile in `dir`: the alias (by default the last
+/// part of the path, without its `:ref`) and what it stands for (an absolute folder,
+/// or the remote reference).
+fn import_entry(dir: &Path, r: &str, alias: Option<&str>) -> (String, String) {
+    let alias = alias.map(str::to_string).unwrap_or_else(|| {
+        let last = r.trim_end_matches('/').rsplit('/').next().unwrap_or(r);
+        last.split(':').next().unwrap_or(last).to_string()
+    });
+    let target = if is_local_ref(r) {
+        dir.join(r).display().to_string()
+    } else {
+        r.to_string()
+    };
+    (alias, target)
+}
+
+/// What IMPORT alias `alias` of `proj` stands for, with those `ts` ran.
+fn import_of<'a>(ts: &'a Ts, proj: &'a Project, alias: &str) -> Option<&'a str> {
+    proj.imports
+        .get(alias)
+        .or_else(|| ts.imports.get(&(proj.dir.clone(), alias.to_string())))
+        .map(String::as_str)
+}
+
 /// Earthly's `--shell-out-anywhere` (on from VERSION 0.7): `$( … )` anywhere in a value.
 fn shell_out_anywhere(proj: &Project) -> bool {
     proj.ef.feature("shell-out-anywhere")
@@ -759,47 +802,54 @@ fn src_err(proj: &Project, pos: Pos, msg: impl Into<String>) -> BuildError {
     BuildError::Source(proj.ef.source.error(pos, msg))
 }
 
+/// [`src_err`] with a hint: what to write or do instead.
+fn hint_err(
+    proj: &Project,
+    pos: Pos,
+    msg: impl Into<String>,
+    hint: impl Into<String>,
+) -> BuildError {
+    BuildError::Source(proj.ef.source.error(pos, msg).with_hint(hint))
+}
+
 /// Earthly's `require-force-for-unsafe-saves` (on from VERSION 0.6; berth keeps it on
 /// for a file without VERSION, which Earthly takes as 0.5, rather than let an old
 /// Earthfile overwrite a folder outside its own unasked): `AS LOCAL path` must stay
 /// under the Earthfile's folder unless `SAVE ARTIFACT --force`. Lexical, as Earthly's `canSave`: the folder
 /// itself only as `.` or `dir/`, a path into which the artifact goes.
-fn check_local_save(proj: &Project, c: &Command, local: &str) -> Result<()> {
+fn check_local_save(proj: &Project, dir: &Path, c: &Command, local: &str) -> Result<()> {
     if c.flag("force") {
         return Ok(());
     }
-    let dest = lexical_clean(&proj.dir.join(local));
-    let base = lexical_clean(&proj.dir);
+    let dest = lexical_clean(&dir.join(local));
+    let base = lexical_clean(dir);
     let into = local == "." || local.ends_with('/') || local.ends_with("/.");
     if (dest != base && dest.starts_with(&base)) || (dest == base && into) {
         return Ok(());
     }
-    Err(BuildError::Source(
-        proj.ef
-            .source
-            .error(
-                c.pos,
-                format!(
-                    "SAVE ARTIFACT … AS LOCAL {local}: unable to save to {local}; path must be \
-                     located under {}",
-                    base.display()
-                ),
-            )
-            .with_hint("SAVE ARTIFACT --force writes outside the Earthfile's folder"),
+    Err(hint_err(
+        proj,
+        c.pos,
+        format!(
+            "SAVE ARTIFACT … AS LOCAL {local}: unable to save to {local}; path must be \
+             located under {}",
+            base.display()
+        ),
+        "SAVE ARTIFACT --force writes outside the Earthfile's folder",
     ))
 }
 
 fn not_supported(proj: &Project, pos: Pos, what: &str) -> BuildError {
-    BuildError::Source(
-        proj.ef
-            .source
-            .error(pos, format!("{what} is not supported by berth yet"))
-            .with_hint("see README.md, section Earthfiles, for what berth runs today"),
+    hint_err(
+        proj,
+        pos,
+        format!("{what} is not supported by berth yet"),
+        "see README.md, section Earthfiles, for what berth runs today",
     )
 }
 
 /// What a `LOCALLY` target may hold, for errors.
-const LOCALLY_HINT: &str = "a LOCALLY target runs RUN, COPY +target/artifact and SAVE ARTIFACT on this host (and ARG, LET, SET, BUILD, DO, IF, FOR, WORKDIR); put the rest in a target with a FROM";
+const LOCALLY_HINT: &str = "a LOCALLY target runs RUN, COPY +target/artifact and SAVE ARTIFACT on this host (and ARG, LET, SET, ENV, BUILD, DO, IF, FOR, WORKDIR); put the rest in a target with a FROM";
 
 /// Where `CACHE --persist` mounts the cache while its contents are copied in.
 const PERSIST_MOUNT: &str = "/.berth-cache-persist";
@@ -882,18 +932,9 @@ impl Lowerer<'_> {
             collect_commands(&t.body, &mut all);
         }
         for c in all.into_iter().filter(|c| c.name == "IMPORT") {
-            let r = c.args[0].text.clone();
             let alias = match (c.args.get(1), c.args.get(2)) {
-                (Some(a), Some(alias)) if a.text == "AS" => alias.text.clone(),
-                (None, None) => r
-                    .trim_end_matches('/')
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or(&r)
-                    .split(':')
-                    .next()
-                    .unwrap_or(&r)
-                    .to_string(),
+                (Some(a), Some(alias)) if a.text == "AS" => Some(alias.text.as_str()),
+                (None, None) => None,
                 _ => {
                     return Err(src_err(
                         &Project {
@@ -909,11 +950,11 @@ impl Lowerer<'_> {
                     ));
                 }
             };
-            let target = if is_local_ref(&r) {
-                dir.join(&r).display().to_string()
-            } else {
-                r
-            };
+            // One with variables is added when it runs (Earthly expands them).
+            if c.args.iter().any(|a| a.text.contains('$')) {
+                continue;
+            }
+            let (alias, target) = import_entry(&dir, &c.args[0].text, alias);
             imports.insert(alias, target);
         }
         let p = Arc::new(Project {
@@ -1014,6 +1055,7 @@ impl Lowerer<'_> {
     /// `proj` at `pos`.
     fn resolve_ref(
         &mut self,
+        ts: &Ts,
         proj: &Arc<Project>,
         text: &str,
         pos: Pos,
@@ -1033,10 +1075,7 @@ impl Lowerer<'_> {
         if p.is_empty() {
             return Ok((proj.clone(), name.to_string()));
         }
-        let p = match proj.imports.get(p) {
-            Some(r) => r.as_str(),
-            None => p,
-        };
+        let p = import_of(ts, proj, p).unwrap_or(p);
         let dir = if is_local_ref(p) {
             proj.dir.join(p)
         } else if is_remote_ref(p) {
@@ -1196,6 +1235,7 @@ impl Lowerer<'_> {
             hosts: Vec::new(),
             declared: Vec::new(),
             platform: self.platform.clone(),
+            imports: HashMap::new(),
         };
         let base = proj.ef.base.clone();
         self.stmts(&mut ts, proj, &base)?;
@@ -1551,16 +1591,20 @@ impl Lowerer<'_> {
                     | "FROM DOCKERFILE"
                     | "LOCALLY"
                     | "WORKDIR"
+                    | "ENV"
+                    // Earthly takes these too; they change no host command.
+                    | "LABEL"
+                    | "EXPOSE"
+                    | "CMD"
+                    | "ENTRYPOINT"
+                    | "VOLUME"
             )
         {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(
-                        c.pos,
-                        format!("{} is not allowed in a LOCALLY target", c.name),
-                    )
-                    .with_hint(LOCALLY_HINT),
+            return Err(hint_err(
+                proj,
+                c.pos,
+                format!("{} is not allowed in a LOCALLY target", c.name),
+                LOCALLY_HINT,
             ));
         }
         match c.name.as_str() {
@@ -1579,26 +1623,23 @@ impl Lowerer<'_> {
                     ("SET", Some(VarKind::Let))
                     | ("LET", None | Some(VarKind::Env | VarKind::Arg)) => {}
                     ("SET", Some(VarKind::Arg)) => {
-                        return Err(BuildError::Source(
-                            proj.ef
-                                .source
-                                .error(c.args[0].pos, format!("SET {k}: {k} is an ARG"))
-                                .with_hint(format!(
-                                    "'{k}' is an ARG and cannot be used with SET - try declaring 'LET {k} = ${k}' first"
-                                )),
+                        return Err(hint_err(
+                            proj,
+                            c.args[0].pos,
+                            format!("SET {k}: {k} is an ARG"),
+                            format!(
+                                "'{k}' is an ARG and cannot be used with SET - try declaring 'LET {k} = ${k}' first"
+                            ),
                         ));
                     }
                     ("SET", _) => {
-                        return Err(BuildError::Source(
-                            proj.ef
-                                .source
-                                .error(
-                                    c.args[0].pos,
-                                    format!("SET {k}: {k} was not declared with LET"),
-                                )
-                                .with_hint(format!(
-                                    "'{k}' needs to be declared with 'LET {k} = someValue' before it can be used with SET"
-                                )),
+                        return Err(hint_err(
+                            proj,
+                            c.args[0].pos,
+                            format!("SET {k}: {k} was not declared with LET"),
+                            format!(
+                                "'{k}' needs to be declared with 'LET {k} = someValue' before it can be used with SET"
+                            ),
                         ));
                     }
                     _ => {
@@ -1750,6 +1791,17 @@ impl Lowerer<'_> {
             }
             "SAVE ARTIFACT" => self.save_artifact(ts, proj, c),
             "SAVE IMAGE" => {
+                // berth labels no image dev.earthly.*, so the flag only has to be allowed.
+                if let Some(pos) = c.flag_pos("without-earthly-labels")
+                    && !proj.ef.feature("allow-without-earthly-labels")
+                {
+                    return Err(src_err(
+                        proj,
+                        pos,
+                        "the SAVE IMAGE --without-earthly-labels flag must be enabled with the \
+                         VERSION --allow-without-earthly-labels feature flag",
+                    ));
+                }
                 let mut names = Vec::new();
                 for w in &c.args {
                     names.push(self.x(ts, proj, w)?);
@@ -1777,7 +1829,17 @@ impl Lowerer<'_> {
                 Ok(())
             }
             "DO" => self.call(ts, proj, c),
-            "IMPORT" | "PROJECT" => Ok(()),
+            "IMPORT" => {
+                // The ones without variables are known from the start (Project::imports).
+                if c.args.iter().any(|a| a.text.contains('$')) {
+                    let r = self.x(ts, proj, &c.args[0])?;
+                    let alias = c.args.get(2).map(|a| self.x(ts, proj, a)).transpose()?;
+                    let (alias, target) = import_entry(&proj.dir, &r, alias.as_deref());
+                    ts.imports.insert((proj.dir.clone(), alias), target);
+                }
+                Ok(())
+            }
+            "PROJECT" => Ok(()),
             "CACHE" => {
                 let p = self.x(ts, proj, &c.args[0])?;
                 let target = ts.abs(&p);
@@ -1870,11 +1932,11 @@ impl Lowerer<'_> {
                 // As Earthly: a line in /etc/hosts for this target's later RUNs (and
                 // of targets built FROM it), never in the image.
                 let [name, addr] = &c.args[..] else {
-                    return Err(BuildError::Source(
-                        proj.ef
-                            .source
-                            .error(c.pos, "invalid number of arguments for HOST")
-                            .with_hint("usage: HOST <hostname> <ip>"),
+                    return Err(hint_err(
+                        proj,
+                        c.pos,
+                        "invalid number of arguments for HOST",
+                        "usage: HOST <hostname> <ip>",
                     ));
                 };
                 let name = self.x(ts, proj, name)?;
@@ -1891,10 +1953,11 @@ impl Lowerer<'_> {
                 ts.hosts.push(host);
                 Ok(())
             }
+            // Earthly's words: only a function's first command may be one.
             "FUNCTION" | "COMMAND" => Err(src_err(
                 proj,
                 c.pos,
-                format!("{} must be the first command of its recipe", c.name),
+                format!("command {} not allowed in a target definition", c.name),
             )),
             other => Err(src_err(proj, c.pos, format!("{other} is not allowed here"))),
         }
@@ -1927,7 +1990,11 @@ impl Lowerer<'_> {
     ) -> Result<Vec<usize>> {
         let base = ts.passed_args(c.flag("pass-args"), ref_plus(r) == Some(0));
         let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
-        for (k, v) in self.ref_arg_list(ts, proj, &c.args[1..])? {
+        // The `--NAME=value`s after the reference, then the `--build-arg`s: one
+        // matrix in BUILD (Earthly's BuildArgMatrix), the last value elsewhere.
+        let mut given = self.ref_arg_list(ts, proj, &c.args[1..])?;
+        given.extend(self.build_arg_list(ts, proj, c)?);
+        for (k, v) in given {
             match grouped.iter_mut().find(|(n, _)| *n == k) {
                 Some((_, vals)) if matrix => vals.push(v),
                 Some((_, vals)) => *vals = vec![v],
@@ -1946,11 +2013,9 @@ impl Lowerer<'_> {
             }
             combos = next;
         }
-        let build_args = self.build_args(ts, proj, c)?;
-        let (tp, name) = self.resolve_ref(proj, r, c.args[0].pos)?;
+        let (tp, name) = self.resolve_ref(ts, proj, r, c.args[0].pos)?;
         let mut out = Vec::new();
-        for mut args in combos {
-            args.extend(build_args.clone());
+        for args in combos {
             // BUILD passes --push on (EARTHLY_PUSH); FROM does not.
             out.push(self.target(&tp, &name, args, Some((proj, c.args[0].pos)), matrix)?);
         }
@@ -2013,11 +2078,46 @@ impl Lowerer<'_> {
         proj: &Project,
         c: &Command,
     ) -> Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
+        Ok(self.build_arg_list(ts, proj, c)?.into_iter().collect())
+    }
+
+    /// `--build-arg NAME=value`s, expanded, in order (a name may repeat). The value is
+    /// expanded on its own, so that before VERSION 0.7 a value that is one `$( … )`
+    /// runs, as `--NAME=$( … )` does.
+    fn build_arg_list(
+        &mut self,
+        ts: &Ts,
+        proj: &Project,
+        c: &Command,
+    ) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
         for v in c.values("build-arg") {
-            let t = self.x_ref(ts, proj, v, c.pos)?;
-            let (k, v) = t.split_once('=').unwrap_or((&t, ""));
-            out.insert(k.to_string(), v.to_string());
+            let (k, v) = match v.split_once('=') {
+                Some((k, v)) if !k.contains('$') => {
+                    (k.to_string(), self.x_ref(ts, proj, v, c.pos)?)
+                }
+                _ => {
+                    let t = self.x_ref(ts, proj, v, c.pos)?;
+                    match t.split_once('=') {
+                        Some((k, v)) => (k.to_string(), v.to_string()),
+                        // `--build-arg NAME`: its value here, as Earthly's parseArg.
+                        None => {
+                            let v = ts.lookup(&t).ok_or_else(|| {
+                                src_err(
+                                    proj,
+                                    c.flag_pos("build-arg").unwrap_or(c.pos),
+                                    format!(
+                                        "value not specified for build arg {t} and no value \
+                                         can be inferred"
+                                    ),
+                                )
+                            })?;
+                            (t, v)
+                        }
+                    }
+                }
+            };
+            out.push((k, v));
         }
         Ok(out)
     }
@@ -2095,7 +2195,7 @@ impl Lowerer<'_> {
         for raw in head.values("load") {
             let pos = head.flag_pos("load").unwrap_or(head.pos);
             let text = self.x_text(ts, proj, raw, pos)?;
-            images.push(self.docker_load(proj, &text, pos)?);
+            images.push(self.docker_load(ts, proj, &text, pos)?);
         }
         for raw in head.values("pull") {
             let pos = head.flag_pos("pull").unwrap_or(head.pos);
@@ -2151,32 +2251,56 @@ impl Lowerer<'_> {
     /// One `--load` of `WITH DOCKER`: `name=+target`, `+target` (named by the target's
     /// `SAVE IMAGE`), or either with the target in parentheses with its ARGs,
     /// `name=(+target --X=1)`.
-    fn docker_load(&mut self, proj: &Arc<Project>, text: &str, pos: Pos) -> Result<DockerImage> {
+    fn docker_load(
+        &mut self,
+        ts: &Ts,
+        proj: &Arc<Project>,
+        text: &str,
+        pos: Pos,
+    ) -> Result<DockerImage> {
         let reference_at = text.find(['+', '(']).unwrap_or(0);
+        // `name=+t`; with no name (`+t`, or `=+t` as an unset `$NAME=` leaves it) the
+        // name is the one the target's SAVE IMAGE gives, as in Earthly's ParseLoad.
         let (name, reference) = match text[..reference_at].split_once('=') {
             Some((n, _)) => (Some(n.to_string()), &text[n.len() + 1..]),
             None => (None, text),
         };
+        let name = name.filter(|n| !n.is_empty());
         let inner = match reference.strip_prefix('(') {
             Some(r) => r
                 .strip_suffix(')')
                 .ok_or_else(|| src_err(proj, pos, format!("--load {text}: a ( without its )")))?,
             None => reference,
         };
-        let mut words = inner.split_whitespace();
+        let mut words = inner.split_whitespace().peekable();
         let r = words.next().unwrap_or_default();
         let mut args = BTreeMap::new();
-        for w in words {
-            let Some((k, v)) = w.strip_prefix("--").and_then(|kv| kv.split_once('=')) else {
-                return Err(src_err(
-                    proj,
-                    pos,
-                    format!("--load {text}: {w:?} is not a build argument (--NAME=value)"),
-                ));
+        while let Some(w) = words.next() {
+            // `--NAME=value`, or `--NAME value` as Earthly's ParseFlagArgs also takes.
+            let kv = w.strip_prefix("--").filter(|kv| !kv.is_empty());
+            let (k, v) = match kv.map(|kv| (kv, kv.split_once('='))) {
+                Some((_, Some((k, v)))) => (k, v),
+                Some((k, None)) => match words.next_if(|n| !n.starts_with("--")) {
+                    Some(v) => (k, v),
+                    None => {
+                        return Err(src_err(
+                            proj,
+                            pos,
+                            format!("--load {text}: no value provided for --{k}"),
+                        ));
+                    }
+                },
+                None => {
+                    return Err(src_err(
+                        proj,
+                        pos,
+                        format!("--load {text}: {w:?} is not a build argument (--NAME=value)"),
+                    ));
+                }
             };
             args.insert(k.to_string(), v.to_string());
         }
-        let (tp, tname) = self.resolve_ref(proj, r, pos)?;
+        let (tp, tname) = self.resolve_ref(ts, proj, r, pos)?;
         let idx = self.target(&tp, &tname, args, Some((proj, pos)), false)?;
         let t = &self.targets[idx];
         let tag = match name {
@@ -2211,8 +2335,8 @@ impl Lowerer<'_> {
         let ctx = self.x(ts, proj, &c.args[0])?;
         // An artifact (`+t/dir`, or `-f +t/Dockerfile`) is built now and written into a
         // folder of the build, which is then a context like a local one.
-        let ctx_dir = if self.is_artifact_ref(proj, &ctx) {
-            self.artifact_folder(proj, &ctx, c.args[0].pos, "/")?
+        let ctx_dir = if self.is_artifact_ref(ts, proj, &ctx) {
+            self.artifact_folder(ts, proj, &ctx, c.args[0].pos, "/")?
         } else {
             proj.dir.join(&ctx)
         };
@@ -2220,10 +2344,10 @@ impl Lowerer<'_> {
         let file = match c.value("f") {
             Some(f) => {
                 let f = self.x_text(ts, proj, f, c.pos)?;
-                local_file = !self.is_artifact_ref(proj, &f);
+                local_file = !self.is_artifact_ref(ts, proj, &f);
                 if !local_file {
                     let pos = c.flag_pos("f").unwrap_or(c.pos);
-                    self.artifact_folder(proj, &f, pos, "/Dockerfile")?
+                    self.artifact_folder(ts, proj, &f, pos, "/Dockerfile")?
                         .join("Dockerfile")
                 } else {
                     proj.dir.join(f)
@@ -2235,7 +2359,7 @@ impl Lowerer<'_> {
             self.outside_sent(&lexical_clean(p))
                 || std::fs::canonicalize(p).is_ok_and(|p| self.outside_sent(&p))
         };
-        if (!self.is_artifact_ref(proj, &ctx) && outside(&ctx_dir))
+        if (!self.is_artifact_ref(ts, proj, &ctx) && outside(&ctx_dir))
             || (local_file && outside(&file))
         {
             return Err(src_err(
@@ -2260,21 +2384,19 @@ impl Lowerer<'_> {
             .map(|t| self.x_text(ts, proj, t, c.pos))
             .transpose()?;
         let build_args = self.build_args(ts, proj, c)?;
-        let ctx_dir = std::fs::canonicalize(&ctx_dir).map_err(|e| {
-            src_err(
-                proj,
-                c.args[0].pos,
-                format!("context {}: {e}", ctx_dir.display()),
-            )
-        })?;
+        // A context folder that is not there (`-`, say) fails in Earthly only when the
+        // Dockerfile copies from it: BuildKit reads a context lazily.
+        let (ctx_dir, missing) = match std::fs::canonicalize(&ctx_dir) {
+            Ok(d) => (d, None),
+            Err(e) => (lexical_clean(&ctx_dir), Some(e)),
+        };
         // Named by what was written, so an artifact's context keeps its name (and its
         // steps their keys) from build to build.
-        let ctx_name = if self.is_artifact_ref(proj, &ctx) {
+        let ctx_name = if self.is_artifact_ref(ts, proj, &ctx) {
             format!("dockerfile:{}/{ctx}", proj.dir.display())
         } else {
             format!("dockerfile:{}", ctx_dir.display())
         };
-        self.contexts.insert(ctx_name.clone(), ctx_dir);
         let opts = crate::LowerOptions {
             build_args,
             target,
@@ -2293,6 +2415,19 @@ impl Lowerer<'_> {
             &ctx_name,
             &mut *self.resolve,
         )?;
+        match missing {
+            Some(e) if reads_local(&lowered.state, &ctx_name) => {
+                return Err(src_err(
+                    proj,
+                    c.args[0].pos,
+                    format!("context {}: {e}", ctx_dir.display()),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.contexts.insert(ctx_name, ctx_dir);
+            }
+        }
         let mut hist = vec![None; lowered.base_history];
         hist.extend(lowered.steps);
         hist.resize(lowered.config.history.len(), None);
@@ -2322,23 +2457,20 @@ impl Lowerer<'_> {
             ));
         }
         if self.opts.satellite && !self.opts.no_output {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(
-                        head.pos,
-                        "TRY on a satellite needs --no-output (or --ci): the files a failed \
-                         RUN saves would be written on the satellite",
-                    )
-                    .with_hint("add --no-output, or build without --satellite"),
+            return Err(hint_err(
+                proj,
+                head.pos,
+                "TRY on a satellite needs --no-output (or --ci): the files a failed \
+                 RUN saves would be written on the satellite",
+                "add --no-output, or build without --satellite",
             ));
         }
         if ts.locally {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(head.pos, "TRY is not allowed in a LOCALLY target")
-                    .with_hint(LOCALLY_HINT),
+            return Err(hint_err(
+                proj,
+                head.pos,
+                "TRY is not allowed in a LOCALLY target",
+                LOCALLY_HINT,
             ));
         }
         // Earthly's words (its try-catch tests grep for them), at the TRY.
@@ -2394,7 +2526,7 @@ impl Lowerer<'_> {
                     "a SAVE ARTIFACT in FINALLY saves one path, no wildcards",
                 ));
             }
-            check_local_save(proj, c, local)?;
+            check_local_save(proj, &proj.dir, c, local)?;
             if self.remote_names.contains_key(&proj.dir) || self.opts.no_output {
                 continue;
             }
@@ -2427,23 +2559,20 @@ impl Lowerer<'_> {
     /// remote Earthfile without `--allow-privileged` (berth: `security.insecure`).
     fn locally(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
         if self.opts.strict {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(c.pos, "LOCALLY cannot be used with --strict (or --ci)")
-                    .with_hint("run this target without --strict, or give it a FROM"),
+            return Err(hint_err(
+                proj,
+                c.pos,
+                "LOCALLY cannot be used with --strict (or --ci)",
+                "run this target without --strict, or give it a FROM",
             ));
         }
         if self.opts.satellite {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(
-                        c.pos,
-                        "LOCALLY cannot run on a satellite: its commands would run on the \
-                         satellite's host, not on this machine",
-                    )
-                    .with_hint("build this target without --satellite, or give it a FROM"),
+            return Err(hint_err(
+                proj,
+                c.pos,
+                "LOCALLY cannot run on a satellite: its commands would run on the \
+                 satellite's host, not on this machine",
+                "build this target without --satellite, or give it a FROM",
             ));
         }
         if self.remote_names.contains_key(&proj.dir) {
@@ -2452,18 +2581,22 @@ impl Lowerer<'_> {
         // Its commands run on this host, so it is for this host's platform.
         ts.platform = Platform::host();
         let mut config = scratch_config(&ts.platform);
-        config.config.working_dir = proj.dir.display().to_string();
+        // The target's folder, also in a function of another Earthfile (Earthly's
+        // localWorkingDir is the calling target's).
+        config.config.working_dir = ts.proj.dir.display().to_string();
         ts.rebase(State::scratch(), config, Vec::new());
+        // As Earthly's LOCALLY (a FROM scratch): no image environment, not even the
+        // PATH rebase gives; the ENVs after it are the host commands'.
+        ts.vars.retain(|v| v.kind != VarKind::Env);
         ts.locally = true;
         Ok(())
     }
 
     /// The variables a `LOCALLY` command gets on top of berth's environment: the ARGs
-    /// and LETs in scope (the image's ENV means nothing on the host).
+    /// and LETs in scope and the target's ENVs after `LOCALLY`.
     fn local_env(ts: &Ts) -> Vec<(String, String)> {
         ts.vars
             .iter()
-            .filter(|v| v.kind != VarKind::Env)
             .map(|v| (v.name.clone(), v.value.clone()))
             .collect()
     }
@@ -2481,14 +2614,11 @@ impl Lowerer<'_> {
             "oidc",
         ] {
             if let Some(pos) = c.flag_pos(flag) {
-                return Err(BuildError::Source(
-                    proj.ef
-                        .source
-                        .error(
-                            pos,
-                            format!("{} --{flag} is not allowed in a LOCALLY target", c.name),
-                        )
-                        .with_hint(LOCALLY_HINT),
+                return Err(hint_err(
+                    proj,
+                    pos,
+                    format!("{} --{flag} is not allowed in a LOCALLY target", c.name),
+                    LOCALLY_HINT,
                 ));
             }
         }
@@ -2556,16 +2686,11 @@ impl Lowerer<'_> {
         let into = into || sources.len() > 1;
         for (w, (text, artifact)) in sources {
             let Some(artifact) = artifact.map(|i| self.targets[i].artifact.clone()) else {
-                return Err(BuildError::Source(
-                    proj.ef
-                        .source
-                        .error(
-                            w.pos,
-                            format!(
-                                "COPY {text}: a LOCALLY target copies artifacts (+target/path) only"
-                            ),
-                        )
-                        .with_hint("the files of the Earthfile's folder are already on this host"),
+                return Err(hint_err(
+                    proj,
+                    w.pos,
+                    format!("COPY {text}: a LOCALLY target copies artifacts (+target/path) only"),
+                    "the files of the Earthfile's folder are already on this host",
                 ));
             };
             let (_, path) = split_artifact(&text).expect("checked by copy_source");
@@ -2685,6 +2810,7 @@ impl Lowerer<'_> {
     /// new folder of the build (a folder's contents go into `to`).
     fn artifact_folder(
         &mut self,
+        ts: &Ts,
         proj: &Arc<Project>,
         text: &str,
         pos: Pos,
@@ -2697,7 +2823,7 @@ impl Lowerer<'_> {
                 format!("{text:?}: an artifact reference is +target/path"),
             )
         })?;
-        let (tp, name) = self.resolve_ref(proj, r, pos)?;
+        let (tp, name) = self.resolve_ref(ts, proj, r, pos)?;
         let idx = self.target(&tp, &name, BTreeMap::new(), Some((proj, pos)), false)?;
         let state = State::scratch().file(
             FileOp {
@@ -2761,17 +2887,12 @@ impl Lowerer<'_> {
         // --global is no flag of ARG.
         let explicit_global = proj.ef.feature("explicit-global");
         if c.flag("global") && !explicit_global {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(
-                        c.flag_pos("global").unwrap_or(c.pos),
-                        "unknown flag --global",
-                    )
-                    .with_hint(
-                        "ARG --global needs VERSION 0.7 (or VERSION --explicit-global); \
-                         before it, every ARG of the base recipe is global",
-                    ),
+            return Err(hint_err(
+                proj,
+                c.flag_pos("global").unwrap_or(c.pos),
+                "unknown flag --global",
+                "ARG --global needs VERSION 0.7 (or VERSION --explicit-global); \
+                 before it, every ARG of the base recipe is global",
             ));
         }
         let global = c.flag("global") || (ts.is_base && !explicit_global);
@@ -2789,24 +2910,24 @@ impl Lowerer<'_> {
             .find(|v| v.name == name)
             .map(|v| v.kind);
         if existing == Some(VarKind::Let) {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(w.pos, format!("ARG {name}: {name} is declared with LET"))
-                    .with_hint(format!(
-                        "'{name}' was already declared with LET and cannot be redeclared as an ARG"
-                    )),
+            return Err(hint_err(
+                proj,
+                w.pos,
+                format!("ARG {name}: {name} is declared with LET"),
+                format!(
+                    "'{name}' was already declared with LET and cannot be redeclared as an ARG"
+                ),
             ));
         }
         if ts.declared.contains(&name) {
             if global && !ts.globals.iter().any(|g| g.name == name) {
-                return Err(BuildError::Source(
-                    proj.ef
-                        .source
-                        .error(w.pos, format!("ARG --global {name}: {name} is already an ARG"))
-                        .with_hint(format!(
-                            "'{name}' was already declared as a non-global ARG in this scope - did you mean to add '--global' to the original declaration?"
-                        )),
+                return Err(hint_err(
+                    proj,
+                    w.pos,
+                    format!("ARG --global {name}: {name} is already an ARG"),
+                    format!(
+                        "'{name}' was already declared as a non-global ARG in this scope - did you mean to add '--global' to the original declaration?"
+                    ),
                 ));
             }
             // Earthly 0.8 (`--arg-scope-and-set`) forbids declaring one twice.
@@ -2823,14 +2944,14 @@ impl Lowerer<'_> {
         let value = if let Some(v) = ts.overrides.get(&name) {
             v.clone()
         } else if c.flag("required") {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(w.pos, format!("ARG {name} is required but was not given"))
-                    .with_hint(format!(
-                        "pass it: berth +{} --{name}=value, or BUILD +{} --{name}=value",
-                        ts.name, ts.name
-                    )),
+            return Err(hint_err(
+                proj,
+                w.pos,
+                format!("ARG {name} is required but was not given"),
+                format!(
+                    "pass it: berth +{} --{name}=value, or BUILD +{} --{name}=value",
+                    ts.name, ts.name
+                ),
             ));
         } else if is_builtin_arg(&name) {
             // `ARG EARTHLY_VERSION=$(…)` whose command prints nothing is the builtin.
@@ -2978,23 +3099,19 @@ impl Lowerer<'_> {
         if self.opts.allow.contains(&ir::Entitlement::SecurityInsecure) {
             return Ok(());
         }
-        Err(BuildError::Source(
-            proj.ef
-                .source
-                .error(
-                    pos,
-                    format!(
-                        "{what} needs the entitlement security.insecure, which this build was not granted"
-                    ),
-                )
-                .with_hint("grant it with --allow security.insecure (or Earthly's -P, --allow-privileged)"),
+        Err(hint_err(
+            proj,
+            pos,
+            format!(
+                "{what} needs the entitlement security.insecure, which this build was not granted"
+            ),
+            "grant it with --allow security.insecure (or Earthly's -P, --allow-privileged)",
         ))
     }
 
     /// What RUN (IF, FOR) flags berth cannot run.
     fn refuse_run_flags(&self, proj: &Project, c: &Command) -> Result<()> {
         for (flag, what) in [
-            ("ssh", "RUN --ssh is not supported by berth yet"),
             ("interactive", "RUN --interactive is not supported by berth"),
             (
                 "interactive-keep",
@@ -3090,6 +3207,10 @@ impl Lowerer<'_> {
         let mut mounts = ts.caches.clone();
         let mut extra = Vec::new();
         for raw in c.values("mount") {
+            // Expanded whole, then split at its commas, as Earthly does: one variable may
+            // hold several options (`--mount $CACHE_OPTS`).
+            let raw = expand(raw, |k| ts.lookup(k).or_else(|| ts.home(k)), '\\')
+                .map_err(|e| src_err(proj, c.pos, format!("--mount {raw}: {e}")))?;
             // Earthly's spellings: chmod= for mode=, id=+secrets/ID.
             let raw = raw
                 .split(',')
@@ -3099,12 +3220,8 @@ impl Lowerer<'_> {
                 })
                 .collect::<Vec<_>>()
                 .join(",");
-            let mut m = RunMount::parse(&raw, &mut |w| {
-                expand(w, |k| ts.lookup(k).or_else(|| ts.home(k)), '\\').map_err(|e| e.to_string())
-            })
-            .map_err(|(message, hint)| {
-                BuildError::Source(proj.ef.source.error(c.pos, message).with_hint(hint))
-            })?;
+            let mut m = RunMount::parse(&raw, &mut |w| Ok(w.to_string()))
+                .map_err(|(message, hint)| hint_err(proj, c.pos, message, hint))?;
             // Earthly makes a new cache folder 0644.
             if m.kind == MountType::Cache && m.mode.is_none() {
                 m.mode = Some(0o644);
@@ -3121,7 +3238,8 @@ impl Lowerer<'_> {
                 &m,
                 &MountEnv {
                     cwd: ts.cwd(),
-                    context: &proj.context,
+                    // The target's, also in a function (Earthly: the caller's context).
+                    context: &ts.proj.context,
                     err: &err,
                 },
                 &mut from,
@@ -3155,19 +3273,34 @@ impl Lowerer<'_> {
                 },
             });
         }
+        if c.flag("ssh") {
+            // Earthly's RUN --ssh (BuildKit's AddSSHSocket): the client's agent, as
+            // `--mount=type=ssh` gives it, at the first agent socket.
+            let target = "/run/buildkit/ssh_agent.0".to_string();
+            if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                env.push(format!("SSH_AUTH_SOCK={target}"));
+            }
+            mounts.push(ExecMount {
+                target,
+                source: MountSource::Ssh {
+                    id: "default".into(),
+                    required: true,
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o600,
+                },
+            });
+        }
         let network = match c.value("network") {
             None | Some("default") => ir::NetworkMode::Isolated,
             Some("none") => ir::NetworkMode::None,
             Some("host") => {
                 if !self.opts.allow.contains(&ir::Entitlement::NetworkHost) {
-                    return Err(BuildError::Source(
-                        proj.ef
-                            .source
-                            .error(
-                                c.flag_pos("network").unwrap_or(c.pos),
-                                "RUN --network=host needs the entitlement network.host, which this build was not granted",
-                            )
-                            .with_hint("grant it with --allow network.host"),
+                    return Err(hint_err(
+                        proj,
+                        c.flag_pos("network").unwrap_or(c.pos),
+                        "RUN --network=host needs the entitlement network.host, which this build was not granted",
+                        "grant it with --allow network.host",
                     ));
                 }
                 ir::NetworkMode::Host
@@ -3324,26 +3457,26 @@ impl Lowerer<'_> {
         }
         // A wildcard reference (`./dir/*+t/path`) that matched several targets.
         let into_dir = into_dir || sources.len() > 1;
+        // Local files come from the target's folder, also in a function of another
+        // Earthfile: functions inherit their caller's build context (Earthly's guide).
+        let cx = ts.proj.clone();
         for (w, (text, from_target)) in sources {
             if from_target.is_none()
-                && let Some(origin) = self.written.get(&lexical_clean(&proj.dir.join(&text)))
+                && let Some(origin) = self.written.get(&lexical_clean(&cx.dir.join(&text)))
             {
                 // Earthly's words (sic; its wait-block tests grep for them).
-                return Err(BuildError::Source(
-                    proj.ef
-                        .source
-                        .error(
-                            w.pos,
-                            format!(
-                                "unable to copy file {text}, which has is outputted elsewhere \
-                                 by SAVE ARTIFACT AS LOCAL"
-                            ),
-                        )
-                        .with_hint(format!(
-                            "the SAVE ARTIFACT … AS LOCAL at {origin} wrote it at a WAIT's \
-                             END, earlier in this build; copy it from that target's artifact \
-                             instead"
-                        )),
+                return Err(hint_err(
+                    proj,
+                    w.pos,
+                    format!(
+                        "unable to copy file {text}, which has is outputted elsewhere \
+                         by SAVE ARTIFACT AS LOCAL"
+                    ),
+                    format!(
+                        "the SAVE ARTIFACT … AS LOCAL at {origin} wrote it at a WAIT's \
+                         END, earlier in this build; copy it from that target's artifact \
+                         instead"
+                    ),
                 ));
             }
             let artifact = from_target.is_some();
@@ -3391,11 +3524,11 @@ impl Lowerer<'_> {
                         .components()
                         .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
                         .collect();
-                    if if_exists && !proj.dir.join(&fixed).exists() {
+                    if if_exists && !cx.dir.join(&fixed).exists() {
                         continue;
                     }
                     (
-                        proj.context.clone(),
+                        cx.context.clone(),
                         text.clone(),
                         c.flag("keep-ts"),
                         owner.clone(),
@@ -3422,7 +3555,7 @@ impl Lowerer<'_> {
                     } else {
                         format!(
                             "COPY {text}: not found in {} (or excluded by .earthlyignore)",
-                            proj.dir.display()
+                            cx.dir.display()
                         )
                     },
                 ),
@@ -3499,7 +3632,7 @@ impl Lowerer<'_> {
         } else {
             (self.x_ref(ts, proj, &w.text, w.pos)?, BTreeMap::new())
         };
-        if !(w.group || self.is_artifact_ref(proj, &text)) {
+        if !(w.group || self.is_artifact_ref(ts, proj, &text)) {
             return Ok(vec![(unescape_plus(&text), None)]);
         }
         let (r, path) = split_artifact(&text).ok_or_else(|| {
@@ -3519,7 +3652,7 @@ impl Lowerer<'_> {
         // `./dir/*+t/path`: Earthly's wildcard COPY, one source per matched target.
         let mut out = Vec::new();
         for r in self.wildcard_targets(proj, r, w.pos)? {
-            let (tp, name) = self.resolve_ref(proj, &r, w.pos)?;
+            let (tp, name) = self.resolve_ref(ts, proj, &r, w.pos)?;
             let idx = self.target(&tp, &name, all.clone(), Some((proj, w.pos)), false)?;
             out.push((format!("{r}/{path}"), Some(idx)));
         }
@@ -3527,10 +3660,10 @@ impl Lowerer<'_> {
     }
 
     /// Whether a COPY source names an artifact (`+t/p`, `./d+t/p`, `alias+t/p`).
-    fn is_artifact_ref(&self, proj: &Project, text: &str) -> bool {
+    fn is_artifact_ref(&self, ts: &Ts, proj: &Project, text: &str) -> bool {
         match ref_plus(text).map(|i| text.split_at(i)) {
             Some(("", _)) => true,
-            Some((p, _)) => is_local_ref(p) || proj.imports.contains_key(p) || is_remote_ref(p),
+            Some((p, _)) => is_local_ref(p) || import_of(ts, proj, p).is_some() || is_remote_ref(p),
             None => false,
         }
     }
@@ -3547,11 +3680,11 @@ impl Lowerer<'_> {
             [s, a, l, p] if a == "AS" && l == "LOCAL" => (s, None, Some(p)),
             [s, d, a, l, p] if a == "AS" && l == "LOCAL" => (s, Some(d), Some(p)),
             _ => {
-                return Err(BuildError::Source(
-                    proj.ef
-                        .source
-                        .error(c.pos, "SAVE ARTIFACT: unexpected arguments")
-                        .with_hint("usage: SAVE ARTIFACT [flags] <src> [<dest>] [AS LOCAL <path>]"),
+                return Err(hint_err(
+                    proj,
+                    c.pos,
+                    "SAVE ARTIFACT: unexpected arguments",
+                    "usage: SAVE ARTIFACT [flags] <src> [<dest>] [AS LOCAL <path>]",
                 ));
             }
         };
@@ -3629,11 +3762,14 @@ impl Lowerer<'_> {
         ts.artifact =
             ts.artifact
                 .file(op, vec![from.clone()], format!("[{}] {}", ts.label, c.text));
-        // A remote Earthfile's AS LOCAL would write into berth's checkout of it: its
-        // artifacts are for COPY and --artifact only.
-        let local = local.filter(|_| !self.remote_names.contains_key(&proj.dir));
+        // AS LOCAL is relative to the target's folder, also in a function of another
+        // Earthfile (Earthly's c.target.LocalPath: the caller's). A remote Earthfile's
+        // would write into berth's checkout of it: its artifacts are for COPY and
+        // --artifact only.
+        let cx = ts.proj.clone();
+        let local = local.filter(|_| !self.remote_names.contains_key(&cx.dir));
         if let Some(p) = local {
-            check_local_save(proj, c, p)?;
+            check_local_save(proj, &cx.dir, c, p)?;
             // AS LOCAL writes the artifact, named as it is (`SAVE ARTIFACT a b AS
             // LOCAL d/` writes d/b).
             let name = match base_name(&clean_abs(&target)) {
@@ -3655,7 +3791,7 @@ impl Lowerer<'_> {
             let dest = if p.starts_with('/') {
                 p.clone()
             } else {
-                format!("{}/{p}", proj.dir.display())
+                format!("{}/{p}", cx.dir.display())
             };
             ts.locals.push(SavedLocal {
                 state,
@@ -3682,14 +3818,11 @@ impl Lowerer<'_> {
         as_local: bool,
     ) -> Result<()> {
         if as_local {
-            return Err(BuildError::Source(
-                proj.ef
-                    .source
-                    .error(
-                        c.pos,
-                        "SAVE ARTIFACT … AS LOCAL is not allowed in a LOCALLY target",
-                    )
-                    .with_hint("the file is on this host already; copy it with RUN cp"),
+            return Err(hint_err(
+                proj,
+                c.pos,
+                "SAVE ARTIFACT … AS LOCAL is not allowed in a LOCALLY target",
+                "the file is on this host already; copy it with RUN cp",
             ));
         }
         if src.contains(['*', '?', '[']) {
@@ -3760,24 +3893,25 @@ impl Lowerer<'_> {
     /// scope of their own.
     fn call(&mut self, ts: &mut Ts, proj: &Arc<Project>, c: &Command) -> Result<()> {
         let r = self.x(ts, proj, &c.args[0])?;
-        let (fp, name) = self.resolve_ref(proj, &r, c.args[0].pos)?;
+        let (fp, name) = self.resolve_ref(ts, proj, &r, c.args[0].pos)?;
         let Some(f) = fp.ef.function(&name) else {
-            // A recipe that starts with the other version's keyword.
-            if let Some(e) = fp
+            // A function's name (Earthly's lexer: upper case) whose recipe does not
+            // start with its VERSION's keyword.
+            if let Some(t) = fp
                 .ef
                 .target(&name)
-                .and_then(|t| t.body.first())
-                .and_then(|s| Command::of(s).invalid.as_deref())
+                .filter(|_| name.starts_with(|c: char| c.is_ascii_uppercase()))
             {
-                return Err(BuildError::Source(e.clone()));
+                return Err(BuildError::Source(super::parse::function_keyword_error(
+                    &fp.ef.source,
+                    fp.ef.version.as_ref(),
+                    t.pos,
+                )));
             }
             return Err(src_err(
                 proj,
                 c.args[0].pos,
-                format!(
-                    "function {r} not found in {}; a function's recipe starts with FUNCTION",
-                    fp.ef.source.name()
-                ),
+                format!("function {r} not found in {}", fp.ef.source.name()),
             ));
         };
         let body = f.body.clone();
@@ -3804,6 +3938,23 @@ impl Lowerer<'_> {
                 let value = ts.overrides.get(&g.name).cloned().unwrap_or(g.value);
                 ts.set_var(&g.name, value, VarKind::Arg);
             }
+        } else {
+            // One of another Earthfile sees that file's global ARGs (and IMPORTs): its
+            // base recipe lowered with the DO's arguments, as Earthly's EnterScopeDo.
+            let outer = self.platform.clone();
+            let base = self.base(&fp, &ts.overrides);
+            self.platform = outer;
+            let base = base.map_err(|e| match e {
+                BuildError::Source(mut e) => {
+                    e.push_frame(format!("{}+base", fp.reference));
+                    BuildError::Source(e)
+                }
+                e => e,
+            })?;
+            for g in base.globals {
+                ts.set_var(&g.name, g.value, VarKind::Arg);
+            }
+            ts.imports.extend(base.imports);
         }
         self.active.push((key, r));
         let result = self.stmts(ts, &fp, &body);
@@ -4273,6 +4424,23 @@ mod tests {
             ]
         );
         assert_eq!(p.targets[p.invoked].builds.len(), 4);
+        // `--build-arg`s join the matrix (Earthly's BuildArgMatrix), and before VERSION
+        // 0.7 a value that is one `$( … )` runs in the caller, as `--X=$( … )` does.
+        let text = "VERSION 0.6\nFROM scratch\na:\n    BUILD --build-arg X=1 --build-arg X=\"$(echo 2)\" +b\n\
+                    b:\n    ARG X\n    RUN echo $X\n";
+        let p = plan(text, &[], "+a", &[]).unwrap();
+        let mut labels: Vec<&str> = p.targets.iter().map(|t| t.label.as_str()).collect();
+        labels.sort();
+        assert_eq!(labels, ["+a", "+b --X=1", "+b --X=2"]);
+        // `--build-arg X` passes this target's X, as Earthly infers it; none is an error.
+        let text = "VERSION 0.8\nFROM scratch\na:\n    ARG X=mine\n    BUILD --build-arg X +b\n\
+                    b:\n    ARG X\n    RUN echo $X\nc:\n    BUILD --build-arg Y +b\n";
+        let p = plan(text, &[], "+a", &[]).unwrap();
+        assert!(p.targets.iter().any(|t| t.label == "+b --X=mine"));
+        assert_eq!(
+            err(text, "+c"),
+            "Earthfile:10:11: value not specified for build arg Y and no value can be inferred"
+        );
     }
 
     #[test]
@@ -4438,6 +4606,11 @@ mod tests {
         // The base recipe's ARG is global: +u, built with no ARGs, sees its value.
         let u = p.targets.iter().find(|t| t.label == "+u").unwrap();
         assert!(exec_env(&u.state).contains(&"G=g".to_string()));
+        // `VERSION 0.5`, which Earthly 0.5 to 0.7 took, is the same.
+        let p = plan(&format!("VERSION 0.5\n{text}"), &[], "+t", &[]).unwrap();
+        assert!(exec_env(&p.targets[p.invoked].state).contains(&"EARTHLY_CI=".to_string()));
+        let u = p.targets.iter().find(|t| t.label == "+u").unwrap();
+        assert!(exec_env(&u.state).contains(&"G=g".to_string()));
         // The same file at VERSION 0.8: builtins, and G only where declared global.
         let p = plan(&format!("VERSION 0.8\n{text}"), &[], "+t", &[]).unwrap();
         let env = exec_env(&p.targets[p.invoked].state);
@@ -4480,6 +4653,200 @@ mod tests {
         assert!(
             env.iter().any(|e| e.starts_with("EARTHLY_VERSION=berth-")),
             "{env:?}"
+        );
+    }
+
+    #[test]
+    fn function_keywords_follow_the_version_as_in_earthly() {
+        // A file without VERSION is Earthly 0.5: COMMAND, as in 0.6 and 0.7.
+        let call = "FROM scratch\nt:\n    DO +FN\nFN:\n";
+        assert!(
+            plan(
+                &format!("{call}    COMMAND\n    RUN true\n"),
+                &[],
+                "+t",
+                &[]
+            )
+            .is_ok()
+        );
+        for (text, want) in [
+            (
+                format!("{call}    FUNCTION\n    RUN true\n"),
+                "Earthfile:4:1: command recipes must start with COMMAND",
+            ),
+            (
+                format!("VERSION 0.8\n{call}    COMMAND\n    RUN true\n"),
+                "Earthfile:5:1: function recipes must start with FUNCTION",
+            ),
+            // A function's name whose recipe starts with neither.
+            (
+                format!("VERSION 0.7\n{call}    RUN true\n"),
+                "Earthfile:5:1: command recipes must start with COMMAND",
+            ),
+            (
+                format!("VERSION 0.8\n{call}    FUNCTION\n    RUN a\n    FUNCTION\n"),
+                "Earthfile:8:5: command FUNCTION not allowed in a target definition",
+            ),
+            (
+                "VERSION 0.8\nFROM scratch\nt:\n    DO +NONE\n".to_string(),
+                "Earthfile:4:8: function +NONE not found in Earthfile",
+            ),
+        ] {
+            assert_eq!(err(&text, "+t"), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn imports_expand_their_variables_when_they_run() {
+        // Earthly expands an IMPORT's reference and alias with the ARGs in scope: the
+        // base recipe's for a global one, the target's for one in a recipe.
+        let text = "VERSION 0.8\nARG --global lib=./one\nIMPORT $lib AS l\nt:\n    BUILD l+u\n\
+                    r:\n    ARG name=two\n    IMPORT ./$name AS $name\n    BUILD two+u\n";
+        let files = [
+            (
+                "one",
+                "VERSION 0.8\nu:\n    FROM scratch\n    SAVE IMAGE one\n",
+            ),
+            (
+                "two",
+                "VERSION 0.8\nu:\n    FROM scratch\n    SAVE IMAGE two\n",
+            ),
+        ];
+        let images = |reference: &str, args: &[(&str, &str)]| {
+            let p = plan(text, &files, reference, args).unwrap();
+            let mut names: Vec<String> = p
+                .connected()
+                .iter()
+                .flat_map(|&i| p.targets[i].images.iter().flat_map(|s| s.names.clone()))
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(images("+t", &[]), ["one"]);
+        assert_eq!(images("+t", &[("lib", "./two")]), ["two"]);
+        assert_eq!(images("+r", &[]), ["two"]);
+        // An alias is known only once its IMPORT ran.
+        let text =
+            "VERSION 0.8\nFROM scratch\nt:\n    ARG d=./one\n    BUILD l+u\n    IMPORT $d AS l\n";
+        let got = plan(text, &files, "+t", &[]).unwrap_err().to_string();
+        assert!(got.contains("l is not an IMPORT alias"), "{got}");
+    }
+
+    #[test]
+    fn run_mounts_are_expanded_before_they_are_split() {
+        // One variable may hold a whole mount spec, as Earthly expands the flag first.
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    ENV M=\"type=cache,id=c1,sharing=shared,target=/c\"\n    RUN --mount $M x\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let Op::Exec(e) = &p.targets[p.invoked].state.vertex().op else {
+            panic!("a RUN step")
+        };
+        assert_eq!(e.mounts.len(), 1);
+        assert_eq!(e.mounts[0].target, "/c");
+        assert!(matches!(&e.mounts[0].source, MountSource::Cache { id, .. } if id == "c1"));
+    }
+
+    #[test]
+    fn with_docker_load_names_as_earthly_parses_them() {
+        let insecure = [ir::Entitlement::SecurityInsecure];
+        let loads = |load: &str| {
+            let text = format!(
+                "VERSION 0.8\nFROM scratch\nimg:\n    ARG var=none\n    FROM scratch\n    \
+                 SAVE IMAGE saved:$var\nt:\n    WITH DOCKER --load {load}\n        RUN x\n    END\n"
+            );
+            let p = plan_allowed(&text, &[], "+t", &[], &insecure)?;
+            let Op::Exec(e) = &p.targets[p.invoked].state.vertex().op else {
+                panic!("a RUN step")
+            };
+            Ok::<_, BuildError>(e.docker.clone().unwrap().loads[0].tag.clone())
+        };
+        // `$NAME=` of an unset NAME leaves `=`: the name SAVE IMAGE gives, as none.
+        assert_eq!(loads("$UNSET=+img").unwrap(), "saved:none");
+        assert_eq!(loads("n=(+img --var a)").unwrap(), "n");
+        // `--NAME value` too, as Earthly's flag parser takes it.
+        assert_eq!(loads("(+img --var b)").unwrap(), "saved:b");
+        let e = loads("(+img --var)").unwrap_err().to_string();
+        assert!(e.contains("no value provided for --var"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_dockerfile_context_fails_only_when_it_is_read() {
+        // `FROM DOCKERFILE -f d/Earthfile -`: Earthly's context `-` is a folder that is
+        // not there, which BuildKit reads only if the Dockerfile copies from it.
+        let text = "VERSION 0.8\nt:\n    FROM DOCKERFILE -f d/Earthfile -\n    RUN x\n";
+        let p = plan(text, &[("d", "FROM scratch\nENV A=1\n")], "+t", &[]).unwrap();
+        assert!(
+            !p.contexts.keys().any(|k| k.starts_with("dockerfile:")),
+            "{:?}",
+            p.contexts
+        );
+        let got = plan(text, &[("d", "FROM scratch\nCOPY a /a\n")], "+t", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(got.starts_with("Earthfile:3:36: context "), "{got}");
+        assert!(got.contains("/-: No such file"), "{got}");
+    }
+
+    #[test]
+    fn save_image_without_earthly_labels_needs_its_feature_flag() {
+        let body = "FROM scratch\nt:\n    SAVE IMAGE --without-earthly-labels app\n";
+        let p = plan(
+            &format!("VERSION --allow-without-earthly-labels 0.8\n{body}"),
+            &[],
+            "+t",
+            &[],
+        );
+        assert_eq!(p.unwrap().targets[0].images[0].names, ["app"]);
+        assert_eq!(
+            err(&format!("VERSION 0.8\n{body}"), "+t"),
+            "Earthfile:4:16: the SAVE IMAGE --without-earthly-labels flag must be enabled with \
+             the VERSION --allow-without-earthly-labels feature flag"
+        );
+    }
+
+    #[test]
+    fn a_function_of_another_earthfile_works_in_its_callers_folder() {
+        // Earthly's guide: a function inherits its caller's build context (COPY reads
+        // the caller's folder, AS LOCAL writes there), and sees the global ARGs of its
+        // own Earthfile's base recipe.
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    DO ./lib+CP\n";
+        let lib = "VERSION 0.8\nARG --global G=lib-global\nCP:\n    FUNCTION\n    \
+                   COPY a.txt /a.txt\n    RUN echo $G\n    SAVE ARTIFACT /a.txt AS LOCAL out/a.txt\n";
+        let p = plan(text, &[("lib", lib)], "+t", &[]).unwrap();
+        let t = &p.targets[p.invoked];
+        assert!(reads_local(&t.state, "context"));
+        assert!(!reads_local(&t.state, "earthfile:./lib"));
+        assert!(exec_env(&t.state).contains(&"G=lib-global".to_string()));
+        let root = p.contexts["context"].display().to_string();
+        assert_eq!(t.locals[0].dest, format!("{root}/out/a.txt"));
+        // The DO's arguments override that file's global ARGs.
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    DO ./lib+CP --G=given\n";
+        let p = plan(text, &[("lib", lib)], "+t", &[]).unwrap();
+        assert!(exec_env(&p.targets[p.invoked].state).contains(&"G=given".to_string()));
+        // Its LOCALLY runs in the caller's folder too.
+        let lib = "VERSION 0.8\nHERE:\n    FUNCTION\n    LOCALLY\n    RUN pwd\n";
+        let text = "VERSION 0.8\nt:\n    DO ./lib+HERE\n";
+        let p = plan(text, &[("lib", lib)], "+t", &[]).unwrap();
+        let runs = RUNS.with(|r| r.borrow().clone());
+        assert_eq!(runs[0].cwd, p.contexts["context"]);
+    }
+
+    #[test]
+    fn run_ssh_mounts_the_default_agent() {
+        // Earthly's RUN --ssh: BuildKit's first agent socket, with SSH_AUTH_SOCK.
+        let text = "VERSION 0.8\nFROM scratch\nt:\n    RUN --ssh git ls-remote git@host:r\n";
+        let p = plan(text, &[], "+t", &[]).unwrap();
+        let Op::Exec(e) = &p.targets[p.invoked].state.vertex().op else {
+            panic!("a RUN step")
+        };
+        assert_eq!(e.mounts.len(), 1);
+        assert_eq!(e.mounts[0].target, "/run/buildkit/ssh_agent.0");
+        assert!(matches!(
+            &e.mounts[0].source,
+            MountSource::Ssh { id, required: true, .. } if id == "default"
+        ));
+        assert!(
+            e.env
+                .contains(&"SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0".to_string())
         );
     }
 
@@ -4579,7 +4946,7 @@ mod tests {
 
     #[test]
     fn locally_runs_on_the_host_in_the_earthfile_folder() {
-        let text = "VERSION 0.8\nt:\n    LOCALLY\n    ARG NAME=earth\n    RUN echo hi $NAME\n    IF true\n        RUN echo yes\n    END\n    RUN --push echo pushed\n    FROM scratch\n    RUN inside\n";
+        let text = "VERSION 0.8\nFROM scratch\nENV IMAGE=x\nt:\n    LOCALLY\n    ARG NAME=earth\n    RUN echo hi $NAME\n    ENV GREETING=hello\n    IF true\n        RUN echo yes\n    END\n    RUN --push echo pushed\n    FROM scratch\n    RUN inside\n";
         let p = plan(text, &[], "+t", &[]).unwrap();
         let runs = RUNS.with(|r| r.borrow().clone());
         let scripts: Vec<&str> = runs.iter().map(|r| r.args[2].as_str()).collect();
@@ -4587,7 +4954,16 @@ mod tests {
         assert_eq!(scripts, ["echo hi $NAME", "true", "echo yes"]);
         assert!(runs[0].env.contains(&("NAME".into(), "earth".into())));
         assert_eq!(runs[0].cwd, p.contexts["context"]);
-        assert!(!runs[0].env.iter().any(|(k, _)| k == "PATH"));
+        // No image environment (LOCALLY starts from scratch, as Earthly's), but the
+        // ENVs after LOCALLY, as in Earthly.
+        for run in &runs {
+            assert!(
+                !run.env.iter().any(|(k, _)| k == "PATH" || k == "IMAGE"),
+                "{run:?}"
+            );
+        }
+        assert!(!runs[0].env.iter().any(|(k, _)| k == "GREETING"));
+        assert!(runs[2].env.contains(&("GREETING".into(), "hello".into())));
         // FROM ends LOCALLY: the next RUN is a step in the container.
         let Op::Exec(e) = &p.targets[p.invoked].state.vertex().op else {
             panic!("a RUN step")
@@ -4810,16 +5186,12 @@ mod tests {
                 "Earthfile:3:9: RUN --privileged needs the entitlement security.insecure, which this build was not granted",
             ),
             (
-                "    RUN --ssh x\n",
-                "Earthfile:3:9: RUN --ssh is not supported by berth yet",
-            ),
-            (
                 "    WITH DOCKER\n        RUN x\n    END\n",
                 "Earthfile:3:5: WITH DOCKER needs the entitlement security.insecure, which this build was not granted",
             ),
             (
-                "    LOCALLY\n    ENV X=1\n",
-                "Earthfile:4:5: ENV is not allowed in a LOCALLY target",
+                "    LOCALLY\n    USER app\n",
+                "Earthfile:4:5: USER is not allowed in a LOCALLY target",
             ),
             (
                 "    LOCALLY\n    RUN --mount=type=cache,target=/c x\n",

@@ -111,43 +111,29 @@ pub fn parse(file: &str, text: &str) -> Result<Earthfile, SourceError> {
     let mut targets = Vec::new();
     let mut functions = Vec::new();
     // Earthly 0.8 (or 0.7 with --use-function-keyword) writes FUNCTION, earlier versions
-    // COMMAND (without VERSION: either).
-    let keyword = version.as_ref().map(|v: &Version| {
-        if v.minor >= 8 || v.features.iter().any(|f| f == "use-function-keyword") {
-            "FUNCTION"
-        } else {
-            "COMMAND"
-        }
-    });
+    // and a file without VERSION (0.5) COMMAND; Earthly refuses the other one when the
+    // function is called (interpreter.go handleDoFunction).
+    let keyword = if version
+        .as_ref()
+        .is_some_and(|v| v.feature("use-function-keyword"))
+    {
+        "FUNCTION"
+    } else {
+        "COMMAND"
+    };
     for (name, pos, mut cmds) in recipes {
-        let is_function = cmds.first().is_some_and(|c| {
-            keyword.map_or(c.name == "FUNCTION" || c.name == "COMMAND", |k| c.name == k)
-        });
+        let is_function = cmds.first().is_some_and(|c| c.name == keyword);
         if is_function {
             cmds.remove(0);
-        } else if let (Some(first), Some(k), Some(v)) = (cmds.first_mut(), keyword, &version)
+        } else if let Some(first) = cmds.first_mut()
             && (first.name == "FUNCTION" || first.name == "COMMAND")
         {
-            // Fails when the recipe is used, as in Earthly.
-            first.invalid = Some(Box::new(source.error(
-                first.pos,
-                format!(
-                    "{} is not a keyword of VERSION 0.{}: write {k}",
-                    first.name, v.minor
-                ),
+            // Fails when the recipe is used, as in Earthly, at its name.
+            first.invalid = Some(Box::new(function_keyword_error(
+                &source,
+                version.as_ref(),
+                pos,
             )));
-        }
-        if let Some(c) = cmds
-            .iter()
-            .skip(usize::from(
-                cmds.first().is_some_and(|c| c.invalid.is_some()),
-            ))
-            .find(|c| c.name == "FUNCTION" || c.name == "COMMAND")
-        {
-            return Err(source.error(
-                c.pos,
-                format!("{} must be the first command of its recipe", c.name),
-            ));
         }
         let body = statements(&source, cmds)?;
         let recipe = Recipe { name, pos, body };
@@ -164,6 +150,42 @@ pub fn parse(file: &str, text: &str) -> Result<Earthfile, SourceError> {
         targets,
         functions,
     })
+}
+
+/// Earthly's error for a function whose recipe does not start with the keyword of its
+/// file's VERSION, at the function's name.
+pub(super) fn function_keyword_error(
+    source: &Source,
+    version: Option<&Version>,
+    pos: Pos,
+) -> SourceError {
+    let (keyword, hint) = match version {
+        Some(v) if v.feature("use-function-keyword") => (
+            "FUNCTION",
+            format!("VERSION 0.{} writes FUNCTION (COMMAND is 0.7's)", v.minor),
+        ),
+        Some(v) => (
+            "COMMAND",
+            format!(
+                "VERSION 0.{} writes COMMAND; FUNCTION needs VERSION 0.8 or --use-function-keyword",
+                v.minor
+            ),
+        ),
+        None => (
+            "COMMAND",
+            "a file without VERSION is Earthly 0.5, which writes COMMAND; FUNCTION needs VERSION 0.8"
+                .to_string(),
+        ),
+    };
+    source
+        .error(
+            pos,
+            format!(
+                "{} recipes must start with {keyword}",
+                keyword.to_lowercase()
+            ),
+        )
+        .with_hint(hint)
 }
 
 /// Lines → logical lines: blank and comment lines dropped, continuations joined.
@@ -382,6 +404,14 @@ fn command(source: &Source, l: &Logical) -> Result<Command, SourceError> {
     }
     let Some(spec) = spec(&name) else {
         let err = match UNSUPPORTED.iter().find(|(k, _)| *k == name) {
+            // Earthly's grammar has these (not MAINTAINER): it refuses them only when
+            // they run, so other targets of the file still build.
+            Some((_, hint)) if name != "MAINTAINER" => {
+                let e = source
+                    .error(first.pos, format!("{name} is not an Earthfile command"))
+                    .with_hint(*hint);
+                return Ok(deferred(l, &words, name, n, e));
+            }
             Some((_, hint)) => source
                 .error(first.pos, format!("{name} is not an Earthfile command"))
                 .with_hint(*hint),
@@ -407,19 +437,24 @@ fn command(source: &Source, l: &Logical) -> Result<Command, SourceError> {
         // VERSION's flags decide how the file reads: wrong ones fail it at once.
         Err(e) if name == "VERSION" => Err(e),
         // Others fail when the command runs, as in Earthly.
-        Err(e) => Ok(Command {
-            pos: first.pos,
-            lines: l.lines,
-            flags: Vec::new(),
-            args: words[n..].to_vec(),
-            rest: words
-                .get(n)
-                .map(|w| l.text[w.offset..].trim().to_string())
-                .unwrap_or_default(),
-            text: l.text.trim().to_string(),
-            name,
-            invalid: Some(Box::new(e)),
-        }),
+        Err(e) => Ok(deferred(l, &words, name, n, e)),
+    }
+}
+
+/// Command `name` (the first `n` of `words`) that fails with `e` when it runs.
+fn deferred(l: &Logical, words: &[Word], name: String, n: usize, e: SourceError) -> Command {
+    Command {
+        pos: words[0].pos,
+        lines: l.lines,
+        flags: Vec::new(),
+        args: words[n..].to_vec(),
+        rest: words
+            .get(n)
+            .map(|w| l.text[w.offset..].trim().to_string())
+            .unwrap_or_default(),
+        text: l.text.trim().to_string(),
+        name,
+        invalid: Some(Box::new(e)),
     }
 }
 
@@ -599,11 +634,13 @@ fn parse_version(source: &Source, c: &Command) -> Result<Version, SourceError> {
         .text
         .strip_prefix("0.")
         .and_then(|m| m.parse::<u32>().ok())
-        .filter(|m| (6..=8).contains(m))
+        // 0.5 as Earthly 0.5 to 0.7 took it (0.8 dropped it): what a file without
+        // VERSION is.
+        .filter(|m| (5..=8).contains(m))
         .ok_or_else(|| {
             source
                 .error(v.pos, format!("unsupported VERSION {}", v.text))
-                .with_hint("berth runs Earthfiles of VERSION 0.6, 0.7 and 0.8")
+                .with_hint("berth runs Earthfiles of VERSION 0.5 to 0.8")
         })?;
     // Feature flags are booleans: Earthly refuses `--flag=value` there.
     if let Some(f) = c.flags.iter().find(|f| f.value.is_some()) {
@@ -913,35 +950,71 @@ PRINT:
     #[test]
     fn the_function_keyword_follows_version_and_its_feature_flag() {
         let f = |version: &str, keyword: &str| {
-            let text = format!("VERSION {version}\nFN:\n    {keyword}\n    RUN true\n");
+            let text = format!("{version}\nFN:\n    {keyword}\n    RUN true\n");
             parse("Earthfile", &text).unwrap()
         };
-        assert!(f("0.8", "FUNCTION").function("FN").is_some());
-        assert!(f("0.7", "COMMAND").function("FN").is_some());
-        assert!(
-            f("--use-function-keyword 0.7", "FUNCTION")
-                .function("FN")
-                .is_some()
-        );
-        // The other keyword makes a target that fails when it is used.
+        // Earthly 0.5 (no VERSION), 0.6 and 0.7 write COMMAND; 0.8 and the feature flag
+        // FUNCTION.
+        for (version, keyword) in [
+            ("", "COMMAND"),
+            ("VERSION 0.5", "COMMAND"),
+            ("VERSION 0.6", "COMMAND"),
+            ("VERSION 0.7", "COMMAND"),
+            ("VERSION --use-function-keyword 0.7", "FUNCTION"),
+            ("VERSION 0.8", "FUNCTION"),
+        ] {
+            let ef = f(version, keyword);
+            let func = ef.function("FN").unwrap();
+            assert_eq!(
+                func.body.len(),
+                1,
+                "{version}: {keyword} itself is left out"
+            );
+        }
+        // The other keyword makes a recipe that fails when it is used, at its name, with
+        // Earthly's message.
         for (version, keyword, want) in [
             (
-                "0.7",
+                "",
                 "FUNCTION",
-                "FUNCTION is not a keyword of VERSION 0.7: write COMMAND",
+                "Earthfile:2:1: command recipes must start with COMMAND",
             ),
             (
-                "0.8",
+                "VERSION 0.6",
+                "FUNCTION",
+                "Earthfile:2:1: command recipes must start with COMMAND",
+            ),
+            (
+                "VERSION 0.7",
+                "FUNCTION",
+                "Earthfile:2:1: command recipes must start with COMMAND",
+            ),
+            (
+                "VERSION --use-function-keyword 0.7",
                 "COMMAND",
-                "COMMAND is not a keyword of VERSION 0.8: write FUNCTION",
+                "Earthfile:2:1: function recipes must start with FUNCTION",
+            ),
+            (
+                "VERSION 0.8",
+                "COMMAND",
+                "Earthfile:2:1: function recipes must start with FUNCTION",
             ),
         ] {
             let ef = f(version, keyword);
-            assert!(ef.function("FN").is_none());
+            assert!(ef.function("FN").is_none(), "{version} {keyword}");
             let t = ef.target("FN").unwrap();
-            let err = cmd(&t.body[0]).invalid.as_ref().unwrap();
-            assert!(err.to_string().contains(want), "{err}");
+            let err = cmd(&t.body[0]).invalid.as_ref().unwrap().to_string();
+            assert!(err.starts_with(want), "{version} {keyword}: {err}");
         }
+        // Anywhere else either keyword parses, and fails only if it runs (Earthly's
+        // "not allowed in a target definition").
+        let ef = parse(
+            "Earthfile",
+            "VERSION 0.8\nFN:\n    FUNCTION\n    RUN a\n    FUNCTION\nt:\n    RUN b\n    COMMAND\n",
+        )
+        .unwrap();
+        assert_eq!(ef.function("FN").unwrap().body.len(), 2);
+        assert_eq!(cmd(&ef.target("t").unwrap().body[1]).name, "COMMAND");
     }
 
     #[test]
@@ -985,7 +1058,7 @@ PRINT:
                 "VERSION --no-such-feature 0.8\n",
                 "Earthfile:1:9: unknown VERSION feature flag --no-such-feature",
             ),
-            ("VERSION 0.5\n", "Earthfile:1:9: unsupported VERSION 0.5"),
+            ("VERSION 0.4\n", "Earthfile:1:9: unsupported VERSION 0.4"),
             (
                 "VERSION 0.8\nt:\nRUN x\n",
                 "Earthfile:3:1: RUN is not indented under a recipe",
@@ -1062,6 +1135,24 @@ PRINT:
                 .starts_with("Earthfile:13:9: unknown flag --bogus for RUN")
         );
         assert!(ef.target("u").is_some());
+        // So do the Dockerfile commands Earthly's grammar knows but refuses (ADD,
+        // SHELL, ONBUILD, STOPSIGNAL): the file's other targets still build. A word
+        // Earthly's grammar does not know fails the file.
+        let ef = parse(
+            "Earthfile",
+            "VERSION 0.8\nold:\n    ADD a b\n    SHELL [\"bash\"]\n    ONBUILD RUN x\n    STOPSIGNAL 9\nnew:\n    RUN x\n",
+        )
+        .unwrap();
+        let old = &ef.target("old").unwrap().body;
+        assert_eq!(old.len(), 4);
+        assert!(old.iter().all(|s| Command::of(s).invalid.is_some()));
+        assert!(cmd(&ef.target("new").unwrap().body[0]).invalid.is_none());
+        let e = parse("Earthfile", "VERSION 0.8\nt:\n    MAINTAINER me\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("Earthfile:3:5: MAINTAINER is not an Earthfile command"),
+            "{e}"
+        );
     }
 
     #[test]
